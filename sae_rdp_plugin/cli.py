@@ -1,0 +1,57 @@
+"""``sae-rdp``: the command-line entry point.
+
+Each command group lives in ``sae_rdp_plugin/commands/<group>.py`` and exposes
+``register(subparsers)``; heavy imports happen inside the handlers so ``sae-rdp --help`` is fast.
+Every handler raises :class:`~sae_rdp_plugin.errors.SaeRdpError` (or ValueError / OSError) on bad
+input; :func:`main` prints it as one line, ``error: ...``, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+COMMAND_GROUPS = [
+    "demo",
+    "theory",
+    "sweep",
+    "audit",
+    "train",
+    "identifiability",
+    "models",
+    "bench",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sae-rdp",
+        description="Rate-Distortion-Polysemanticity theory, metrics and audits, and weighted SAEs for SAELens/SAEBench.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for group in COMMAND_GROUPS:
+        mod = importlib.import_module(f"sae_rdp_plugin.commands.{group}")
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, KeyError, json.JSONDecodeError) as exc:  # SaeRdpError is a ValueError
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -112,6 +112,11 @@ class WeightedConfigMixin:
             raise SaeRdpError(f"gamma_estimation_batches must be positive, got {self.gamma_estimation_batches}")
         if not (self.variance_floor >= 0):
             raise SaeRdpError(f"variance_floor must be >= 0, got {self.variance_floor}")
+        if getattr(self, "normalize_activations", "none") == "covariance_whitening":
+            raise SaeRdpError(
+                "weighted_* architectures do not support normalize_activations='covariance_whitening' "
+                "(gamma is estimated on unwhitened activations; whitening already reweights the loss)"
+            )
         super().__post_init__()  # type: ignore[misc]
 
     def get_inference_config_class(self) -> type[SAEConfig]:

@@ -311,11 +311,11 @@ class AuditResult:
 
     n_saes: int
     n_dominated_pairs: int
-    violation_rate: float
+    violation_rate: float | None
     rank_correlation: float | None
     violation_rate_ci: tuple[float, float] | None
     rank_correlation_ci: tuple[float, float] | None
-    p_value_violation: float
+    p_value_violation: float | None
     p_value_rank_correlation: float | None
     n_boot: int
     n_boot_defined_v: int
@@ -328,10 +328,17 @@ class AuditResult:
     extra: dict = field(default_factory=dict)
 
     def verdict(self, alpha: float = 0.05) -> str:
-        """'faithful' / 'inverted' when V's permutation p < alpha, else 'no clear trend'."""
-        if self.p_value_violation < alpha:
-            return "faithful" if self.violation_rate < 0.5 else "inverted"
-        return "no clear trend"
+        """'faithful' / 'inverted' when V's permutation p < alpha, else 'no clear trend'. Without a
+        dominated pair (V undefined) the verdict uses rho's p-value; 'undefined' when neither exists."""
+        if self.violation_rate is not None and self.p_value_violation is not None:
+            if self.p_value_violation < alpha:
+                return "faithful" if self.violation_rate < 0.5 else "inverted"
+            return "no clear trend"
+        if self.rank_correlation is not None and self.p_value_rank_correlation is not None:
+            if self.p_value_rank_correlation < alpha:
+                return "faithful" if self.rank_correlation > 0 else "inverted"
+            return "no clear trend"
+        return "undefined"
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -362,6 +369,7 @@ def audit_proxy(
     tie_weight: float = 0.5,
     aggregation: Aggregation = "sum",
     names: Sequence[str] | None = None,
+    allow_no_pairs: bool = False,
 ) -> AuditResult:
     """V and rho of one oriented proxy with bootstrap intervals (resampling SAEs) and permutation
     p-values (shuffling Pi across SAEs). Seeded (``seed``) and vectorised over resamples.
@@ -371,6 +379,9 @@ def audit_proxy(
     defined resamples (None if fewer than half are defined).
     Permutation: V*, rho* with Pi permuted; p = (1 + #{|T* - c| >= |T - c| - 1e-12}) / (1 + n_perm),
     c = 0.5 for V, 0 for rho.
+    A sweep with no dominated pair (a pure rate-distortion Pareto front) raises SaeRdpError unless
+    ``allow_no_pairs=True``, which returns V = None (rho may still be defined, or None when the joint
+    budget rank is constant, as on an exactly anti-monotone front).
     """
     r, d, p = _as_arrays(rate, distortion, pi, names)
     if not (0 < ci_level < 1):
@@ -380,7 +391,7 @@ def audit_proxy(
     n = len(r)
     dom = _dominance(r, d)
     v_obs, npairs = _v_batched(dom, p, tie_weight)
-    if npairs == 0:
+    if npairs == 0 and not allow_no_pairs:
         raise SaeRdpError(
             f"no dominated pairs among {n} SAEs: every SAE trades rate against distortion, "
             "so Definition 3 is undefined"
@@ -417,7 +428,7 @@ def audit_proxy(
     vp_a = np.concatenate(vp)
     rp_a = np.concatenate(rp)
     eps = 1e-12
-    p_v = (1 + np.sum(np.abs(vp_a - 0.5) >= abs(v_obs - 0.5) - eps)) / (1 + n_perm)
+    p_v = (1 + np.sum(np.abs(vp_a - 0.5) >= abs(v_obs - 0.5) - eps)) / (1 + n_perm) if npairs else None
     if math.isfinite(rho_obs):
         p_rho: float | None = float(
             (1 + np.sum(np.abs(np.nan_to_num(rp_a)) >= abs(rho_obs) - eps)) / (1 + n_perm)
@@ -427,11 +438,11 @@ def audit_proxy(
     return AuditResult(
         n_saes=n,
         n_dominated_pairs=int(npairs),
-        violation_rate=float(v_obs),
+        violation_rate=float(v_obs) if npairs else None,
         rank_correlation=rho_obs if math.isfinite(rho_obs) else None,
         violation_rate_ci=_ci(vb_a),
         rank_correlation_ci=_ci(rb_a),
-        p_value_violation=float(p_v),
+        p_value_violation=None if p_v is None else float(p_v),
         p_value_rank_correlation=p_rho,
         n_boot=n_boot,
         n_boot_defined_v=int(np.isfinite(vb_a).sum()),

@@ -1,0 +1,1 @@
+"""SAEBench eval modules shipped by sae-rdp (one folder per eval, SAEBench layout)."""

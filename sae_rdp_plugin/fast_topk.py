@@ -1,0 +1,458 @@
+"""A fast training step for (weighted) TopK and BatchTopK SAEs: sparse decoder, sparse gradients,
+fused gradient clipping + Adam.
+
+The step computes exactly the loss and gradients of SAELens's ``TopKTrainingSAE`` /
+``BatchTopKTrainingSAE`` (and of this plugin's ``weighted_topk`` / ``weighted_batchtopk``) followed by
+SAELens's ``SAETrainer`` update (``clip_grad_norm_(params, 1.0)`` then Adam), but never forms the dense
+``[batch, d_sae]`` activation matrix after the TopK and never runs the dense decoder matmuls.
+
+Math (one batch x of B rows, n_j = ||W_dec[j]|| when ``rescale_acts_by_decoder_norm`` else 1)::
+
+    u      = x - b_dec                      (apply_b_dec_to_input; else u = x)
+    pre    = u W_enc + b_enc                ([B, d_sae], the only dense matmul)
+    S_b    = TopK_j(pre_bj * n_j)           (BatchTopK: the k*B largest of relu(pre * n) over the batch)
+    a_bj   = relu(pre_bj * n_j) / n_j = relu(pre_bj)          for j in S_b
+    x_hat  = b_dec + sum_{j in S_b} a_bj W_dec[j]             (gather / embedding_bag, B*k rows)
+    L_mse  = (1/B) sum_b sum_i w_i (x_hat_bi - x_bi)^2        (w = gamma^2; w = 1 unweighted)
+    L_aux  = c * min(n_dead/(d_in/2), 1) * (1/B) sum_b sum_i w_i (e_hat_bi - (x - x_hat)_bi)^2,
+             e_hat_b = sum_{j in A_b} pre_bj W_dec[j],  A_b = top min(d_in/2, n_dead) dead latents of pre*n
+
+Gradients, with r = dL/dx_hat = (2/B) w (x_hat - x):
+    dL/dW_dec[j] = sum_{b: j in S_b} a_bj r_b               (only active rows; sort + segment sum)
+    dL/da_bj     = r_b . W_dec[j]                           (B*k dot products)
+    g_bj         = dL/da_bj * 1[a_bj > 0]                   (sparse pre-activation gradient)
+    dL/dW_enc[:, j] = sum_b g_bj u_b,  dL/db_enc[j] = sum_b g_bj
+    dL/db_dec    = sum_b r_b - W_enc (sum_b g_b)            (second term only with apply_b_dec_to_input)
+The decoder-norm factor n_j cancels in a_bj, so its gradient is zero analytically (SAELens's autograd
+evaluates it to rounding error); it only moves the selection S. All sparse kernels are PyTorch's own
+``embedding_bag`` forward / backward kernels (CPU and CUDA), so this module runs anywhere PyTorch runs.
+
+Then ``total = ||(grads)||_2``, ``grads *= min(1, 1/(total + 1e-6))`` (folded into the fused Adam as its
+``grad_scale``, no extra pass), Adam(lr, betas, eps=1e-8) exactly as ``torch.optim.Adam``.
+Dead-latent bookkeeping follows ``SAETrainer`` (``n_forward_passes_since_fired``, ``act_freq_scores``,
+dead = passes > ``dead_feature_window``); BatchTopK's threshold follows
+``BatchTopKTrainingSAE.update_topk_threshold``.
+
+``bf16=True`` is the counterpart of SAELens's ``autocast=True``: the encoder matmul and the decoder gather
+run on bf16 copies of the weights (fp32 accumulation); weights, gradients and Adam state stay fp32.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from sae_rdp_plugin.errors import SaeRdpError
+
+__all__ = ["FastTopKConfig", "FastTopKTrainer", "fast_architecture_of", "FAST_ARCHITECTURES"]
+
+#: training architectures the fast step implements -> ("topk" | "batchtopk")
+FAST_ARCHITECTURES: dict[str, str] = {
+    "topk": "topk",
+    "batchtopk": "batchtopk",
+    "weighted_topk": "topk",
+    "weighted_batchtopk": "batchtopk",
+}
+
+_EB_SUM = 0  # embedding_bag mode "sum"
+
+
+def fast_architecture_of(architecture: str) -> str | None:
+    """'topk' / 'batchtopk' when the fast step implements ``architecture``, else None."""
+    return FAST_ARCHITECTURES.get(architecture)
+
+
+@dataclass
+class FastTopKConfig:
+    """What one fast step needs. Defaults are SAELens's (TopKTrainingSAEConfig, SAETrainerConfig)."""
+
+    d_in: int
+    d_sae: int
+    k: float
+    kind: str = "topk"  # "topk" | "batchtopk"
+    rescale_acts_by_decoder_norm: bool = True
+    apply_b_dec_to_input: bool = True
+    aux_loss_coefficient: float = 1.0
+    topk_threshold_lr: float = 0.01
+    dead_feature_window: int = 1000
+    lr: float = 3e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    bf16: bool = False
+    batchtopk_candidates: float = 4.0  # per-row candidates = this * k (exactness is checked each step)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("topk", "batchtopk"):
+            raise SaeRdpError(f"fast step: unknown kind {self.kind!r} (topk or batchtopk)")
+        if self.d_in <= 0 or self.d_sae <= 0:
+            raise SaeRdpError(f"fast step: d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}")
+        if not (0 < self.k <= self.d_sae):
+            raise SaeRdpError(f"fast step: k must be in (0, d_sae={self.d_sae}], got {self.k}")
+        if self.kind == "topk" and int(self.k) != self.k:
+            raise SaeRdpError(f"fast step: TopK needs an integer k, got {self.k}")
+
+
+class _Sparse:
+    """A batch of sparse codes in embedding_bag layout: flat latent indices, bag offsets, and the
+    offset2bag / bag_size / max_indices that PyTorch's embedding_bag kernels return and reuse."""
+
+    __slots__ = ("idx", "offsets", "vals", "offset2bag", "bag_size", "max_idx")
+
+    def __init__(self, idx: torch.Tensor, offsets: torch.Tensor, vals: torch.Tensor, offset2bag: torch.Tensor):
+        self.idx = idx
+        self.offsets = offsets
+        self.vals = vals
+        # computed here: some CPU kernels (float32 fbgemm path) return an empty offset2bag
+        self.offset2bag = offset2bag
+        self.bag_size = self.max_idx = None  # type: ignore[assignment]
+
+
+def _decode(sp: _Sparse, W: torch.Tensor) -> torch.Tensor:
+    """out_b = sum_{entries e of bag b} vals_e W[idx_e] (fp32 accumulate; dtype of W)."""
+    out, _, bag_size, max_idx = torch.ops.aten._embedding_bag(
+        W, sp.idx, sp.offsets, False, _EB_SUM, False, sp.vals.to(W.dtype), False, -1
+    )
+    sp.bag_size, sp.max_idx = bag_size, max_idx  # unused in "sum" mode, passed through
+    return out
+
+
+def _vals_grad(sp: _Sparse, W: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """d/dvals_e of <grad_out, decode(sp, W)> = grad_out[bag(e)] . W[idx_e] (no [nnz, d] temporary)."""
+    return torch.ops.aten._embedding_bag_per_sample_weights_backward(
+        grad_out.to(W.dtype), W, sp.idx, sp.offsets, sp.offset2bag, _EB_SUM, -1
+    )
+
+
+def _weight_grad(sp: _Sparse, grad_out: torch.Tensor, coef: torch.Tensor, num_weights: int) -> torch.Tensor:
+    """G[j] = sum_{entries e with idx_e = j} coef_e grad_out[bag(e)] as a dense [num_weights, d] tensor
+    (PyTorch's sort + segment-sum embedding backward; untouched rows are zero)."""
+    return torch.ops.aten._embedding_bag_dense_backward(
+        grad_out, sp.idx, sp.offset2bag, sp.bag_size, sp.max_idx, num_weights, False, _EB_SUM,
+        coef.to(grad_out.dtype), -1,
+    )
+
+
+class FastTopKTrainer:
+    """Owns fp32 parameters (W_enc stored transposed, [d_sae, d_in]), Adam state and dead-latent
+    statistics, and runs :meth:`step` on activation batches. Use :meth:`from_training_sae` to start from
+    a SAELens (weighted) TopK/BatchTopK training SAE and :meth:`write_to` to copy the result back."""
+
+    def __init__(
+        self,
+        cfg: FastTopKConfig,
+        W_enc: torch.Tensor,
+        b_enc: torch.Tensor,
+        W_dec: torch.Tensor,
+        b_dec: torch.Tensor,
+        gamma: torch.Tensor | None = None,
+        topk_threshold: torch.Tensor | float = 0.0,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.cfg = cfg
+        dev = torch.device(device) if device is not None else W_dec.device
+        self.device = dev
+        if tuple(W_enc.shape) != (cfg.d_in, cfg.d_sae) or tuple(W_dec.shape) != (cfg.d_sae, cfg.d_in):
+            raise SaeRdpError(
+                f"fast step: W_enc {tuple(W_enc.shape)} / W_dec {tuple(W_dec.shape)} do not match "
+                f"d_in={cfg.d_in}, d_sae={cfg.d_sae}"
+            )
+        f32 = dict(device=dev, dtype=dtype)
+        self.dtype = dtype
+        self.W_encT = W_enc.detach().to(**f32).t().contiguous()
+        self.b_enc = b_enc.detach().to(**f32).clone()
+        self.W_dec = W_dec.detach().to(**f32).contiguous().clone()
+        self.b_dec = b_dec.detach().to(**f32).clone()
+        self.params = [self.W_encT, self.b_enc, self.W_dec, self.b_dec]
+        for p in self.params:
+            if not torch.isfinite(p).all():
+                raise SaeRdpError("fast step: initial parameters contain NaN/Inf")
+        if gamma is not None:
+            gamma = gamma.detach().to(**f32).reshape(-1)
+            if gamma.numel() != cfg.d_in or not torch.isfinite(gamma).all() or bool((gamma < 0).any()):
+                raise SaeRdpError(f"fast step: gamma must be {cfg.d_in} finite non-negative numbers")
+            self.w = gamma.pow(2)  # loss weights gamma_i^2
+        else:
+            self.w = None
+        self.topk_threshold = torch.as_tensor(topk_threshold, dtype=torch.float64, device=dev).clone()
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self.state_steps = [torch.zeros((), device=dev, dtype=torch.float32) for _ in self.params]
+        self.n_forward_passes_since_fired = torch.zeros(cfg.d_sae, **f32)
+        self.act_freq_scores = torch.zeros(cfg.d_sae, **f32)
+        self.n_frac_active_samples = 0
+        self.n_training_steps = 0
+        self.n_inexact_batchtopk_fallbacks = 0
+        self._fused = dev.type in ("cuda", "cpu")
+        self._lr = cfg.lr
+
+    # ------------------------------------------------------------------ construction / export
+    @classmethod
+    def from_training_sae(
+        cls,
+        sae: Any,
+        *,
+        lr: float = 3e-4,
+        adam_beta1: float = 0.9,
+        adam_beta2: float = 0.999,
+        dead_feature_window: int = 1000,
+        bf16: bool = False,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> "FastTopKTrainer":
+        """Start from a SAELens TopK/BatchTopK training SAE (or a weighted_* one: its ``gamma`` buffer
+        becomes the loss weights). Raises SaeRdpError for architectures the fast step doesn't cover."""
+        arch = sae.cfg.architecture()
+        kind = fast_architecture_of(arch)
+        if kind is None:
+            raise SaeRdpError(f"fast step: architecture {arch!r} is not one of {sorted(FAST_ARCHITECTURES)}")
+        c = sae.cfg
+        if getattr(c, "normalize_activations", "none") not in ("none", "expected_average_only_in"):
+            raise SaeRdpError(f"fast step: normalize_activations={c.normalize_activations!r} is not supported")
+        if getattr(c, "reshape_activations", "none") != "none":
+            raise SaeRdpError("fast step: reshape_activations must be 'none'")
+        if getattr(c, "use_sparse_activations", False):
+            pass  # same math; the fast step is sparse anyway
+        cfg = FastTopKConfig(
+            d_in=c.d_in, d_sae=c.d_sae, k=c.k, kind=kind,
+            rescale_acts_by_decoder_norm=c.rescale_acts_by_decoder_norm,
+            apply_b_dec_to_input=c.apply_b_dec_to_input,
+            aux_loss_coefficient=c.aux_loss_coefficient,
+            topk_threshold_lr=getattr(c, "topk_threshold_lr", 0.01),
+            dead_feature_window=dead_feature_window, lr=lr, adam_beta1=adam_beta1, adam_beta2=adam_beta2,
+            bf16=bf16,
+        )
+        gamma = getattr(sae, "gamma", None)
+        thr = getattr(sae, "topk_threshold", torch.tensor(0.0))
+        return cls(cfg, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, gamma=gamma, topk_threshold=thr, device=device, dtype=dtype)
+
+    @torch.no_grad()
+    def write_to(self, sae: Any) -> Any:
+        """Copy the trained parameters (and BatchTopK threshold) into a SAELens training SAE of the same
+        shape, on its device and dtype; returns it (save it with ``sae.save_inference_model(path)``)."""
+        sae.W_enc.data.copy_(self.W_encT.t())
+        sae.b_enc.data.copy_(self.b_enc)
+        sae.W_dec.data.copy_(self.W_dec)
+        sae.b_dec.data.copy_(self.b_dec)
+        if hasattr(sae, "topk_threshold"):
+            sae.topk_threshold = self.topk_threshold.to(sae.topk_threshold.device).clone()
+        return sae
+
+    def set_lr(self, lr: float) -> None:
+        self._lr = float(lr)
+
+    @property
+    def dead_neurons(self) -> torch.Tensor:
+        return self.n_forward_passes_since_fired > self.cfg.dead_feature_window
+
+    @property
+    def feature_sparsity(self) -> torch.Tensor:
+        return self.act_freq_scores / max(self.n_frac_active_samples, 1)
+
+    # ------------------------------------------------------------------ selection
+    def _select(self, pre_s: torch.Tensor) -> _Sparse:
+        """Sparse codes from the rescaled pre-activations pre_s = pre * n (values: relu(pre_s), rescaled)."""
+        B, d_sae = pre_s.shape
+        cfg = self.cfg
+        if cfg.kind == "topk":
+            k = int(cfg.k)
+            v, i = pre_s.topk(k, dim=1, sorted=False)
+            offsets = torch.arange(0, B * k, k, device=pre_s.device)
+            o2b = torch.arange(B, device=pre_s.device).repeat_interleave(k)
+            return _Sparse(i.reshape(-1), offsets, v.to(self.dtype).relu_().reshape(-1), o2b)
+        K = int(cfg.k * B)  # BatchTopK: the K largest of relu(pre_s) over the whole batch
+        kc = min(d_sae, max(1, int(math.ceil(cfg.batchtopk_candidates * cfg.k))))
+        if kc < d_sae:
+            cv, ci = pre_s.topk(kc, dim=1, sorted=False)
+            flat = cv.to(self.dtype).relu_().reshape(-1)
+            K = min(K, flat.numel())
+            tv, tp = flat.topk(K, sorted=False)
+            rows = tp // kc
+            counts = torch.bincount(rows, minlength=B)
+            # exact unless some row had all its kc candidates selected (it might hold more)
+            if bool((counts >= kc).any()):
+                self.n_inexact_batchtopk_fallbacks += 1
+            else:
+                order = torch.argsort(tp)
+                tp = tp[order]
+                offsets = torch.cumsum(counts, 0) - counts
+                return _Sparse(ci.reshape(-1)[tp], offsets, tv[order], rows[order])
+        flat = pre_s.to(self.dtype).relu().reshape(-1)
+        tv, tp = flat.topk(min(K, flat.numel()), sorted=False)
+        order = torch.argsort(tp)
+        tp = tp[order]
+        rows = tp // d_sae
+        counts = torch.bincount(rows, minlength=B)
+        offsets = torch.cumsum(counts, 0) - counts
+        return _Sparse(tp % d_sae, offsets, tv[order], rows)
+
+    # ------------------------------------------------------------------ the step
+    def step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One training step on a batch ``x`` [B, d_in]; returns the losses (device tensors, no sync):
+        ``mse_loss``, ``auxiliary_reconstruction_loss``, ``loss``, ``l0``."""
+        cfg = self.cfg
+        if x.ndim != 2 or x.shape[1] != cfg.d_in:
+            raise SaeRdpError(f"fast step: batch must be [B, {cfg.d_in}], got {tuple(x.shape)}")
+        x = x.to(device=self.device, dtype=self.dtype)
+        B = x.shape[0]
+        # dead mask as SAETrainer computes it before the forward pass; a latent can be dead only after
+        # dead_feature_window steps, so the host sync to count them is skipped until then
+        dead = None
+        if self.n_training_steps > cfg.dead_feature_window:
+            dead = self.dead_neurons
+        losses, grads, sp, vals_s = self.loss_and_grads(x, dead)
+        with torch.no_grad():
+            # ---- clip_grad_norm_(max_norm) folded into Adam's grad_scale (grad / scale)
+            total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            clip = torch.clamp(cfg.max_grad_norm / (total + 1e-6), max=1.0)
+            self._adam(grads, clip)
+            # ---- trainer bookkeeping (no host sync)
+            a = sp.vals
+            fired = torch.zeros(cfg.d_sae, device=self.device, dtype=self.dtype).index_add_(0, sp.idx, (a > 0).to(self.dtype))
+            self.act_freq_scores += fired
+            self.n_forward_passes_since_fired += 1
+            self.n_forward_passes_since_fired.masked_fill_(fired > 0, 0)
+            self.n_frac_active_samples += B
+            if cfg.kind == "batchtopk":
+                pos = torch.where(vals_s > 0, vals_s, torch.full_like(vals_s, torch.inf))
+                mn = pos.min() if pos.numel() else torch.tensor(torch.inf, device=self.device)
+                lr_t = cfg.topk_threshold_lr
+                new = (1 - lr_t) * self.topk_threshold + lr_t * mn.double()
+                self.topk_threshold = torch.where(torch.isfinite(mn), new, self.topk_threshold)
+            self.n_training_steps += 1
+            losses["l0"] = (a > 0).sum() / B
+        return losses
+
+    @torch.no_grad()
+    def loss_and_grads(
+        self, x: torch.Tensor, dead: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor], _Sparse, torch.Tensor]:
+        """Losses and the gradients of (mse + aux) w.r.t. [W_enc^T, b_enc, W_dec, b_dec], without
+        updating anything. ``dead``: boolean [d_sae] dead-latent mask (None: no aux loss)."""
+        cfg = self.cfg
+        B = x.shape[0]
+        W_encT, b_enc, W_dec, b_dec = self.params
+        lowp = torch.bfloat16 if cfg.bf16 else self.dtype
+        num_dead = int(dead.sum()) if dead is not None else 0
+        if True:
+            u = x - b_dec if cfg.apply_b_dec_to_input else x
+            n = W_dec.norm(dim=1) if cfg.rescale_acts_by_decoder_norm else None
+            # ---- encoder: the one dense matmul, with the decoder-norm rescale folded into it
+            if cfg.bf16:
+                Wl = W_encT.to(lowp)
+                if n is not None:
+                    Wl.mul_(n.to(lowp)[:, None])
+                bias = (b_enc * n if n is not None else b_enc).to(lowp)
+                pre_s = torch.addmm(bias, u.to(lowp), Wl.t())
+            else:
+                pre_s = torch.addmm(b_enc, u, W_encT.t())
+                if n is not None:
+                    pre_s.mul_(n)
+            sp = self._select(pre_s)
+            vals_s = sp.vals  # relu(pre * n), fp32 (what SAELens calls feature_acts)
+            inv_n_sel = (1.0 / n)[sp.idx] if n is not None else None
+            a = vals_s * inv_n_sel if n is not None else vals_s
+            sp.vals = a
+            # ---- sparse decoder
+            Wd = W_dec.to(lowp) if cfg.bf16 else W_dec
+            x_hat = _decode(sp, Wd).to(self.dtype) + b_dec
+            err = x_hat - x
+            werr = err * self.w if self.w is not None else err
+            mse = (werr * err).sum() / B
+            r = werr * (2.0 / B)  # dL/dx_hat
+            # ---- backward through the decoder
+            g_a = _vals_grad(sp, Wd, r).to(self.dtype)
+            g_Wdec = _weight_grad(sp, r, a, cfg.d_sae)
+            g_pre = g_a * (a > 0)
+            # ---- dead-latent auxiliary loss (SAELens calculate_topk_aux_loss; gamma^2-weighted if weighted)
+            aux = torch.zeros((), device=self.device, dtype=self.dtype)
+            aux_sp = None
+            if num_dead > 0:
+                k_aux_full = cfg.d_in // 2
+                scale = min(num_dead / k_aux_full, 1.0)
+                k_aux = min(k_aux_full, num_dead)
+                masked = torch.where(dead[None], pre_s, torch.full((), -torch.inf, dtype=pre_s.dtype, device=pre_s.device))
+                av, ai = masked.topk(k_aux, dim=1, sorted=False)
+                del masked
+                ai = ai.reshape(-1)
+                av = av.to(self.dtype).reshape(-1)
+                aux_a = av / n[ai] if n is not None else av  # = pre (no relu), as SAELens
+                aux_sp = _Sparse(
+                    ai, torch.arange(0, B * k_aux, k_aux, device=self.device), aux_a,
+                    torch.arange(B, device=self.device).repeat_interleave(k_aux),
+                )
+                e_hat = _decode(aux_sp, Wd).to(self.dtype)
+                d_aux = e_hat + err  # e_hat - (x - x_hat)
+                wd_aux = d_aux * self.w if self.w is not None else d_aux
+                c = cfg.aux_loss_coefficient * scale
+                aux = c * (wd_aux * d_aux).sum() / B
+                r_aux = wd_aux * (2.0 * c / B)
+                g_aux_a = _vals_grad(aux_sp, Wd, r_aux).to(self.dtype)
+                g_Wdec += _weight_grad(aux_sp, r_aux, aux_a, cfg.d_sae)
+            # ---- backward through the encoder (sparse pre-activation gradient)
+            g_WencT = _weight_grad(sp, u, g_pre, cfg.d_sae)
+            g_benc = torch.zeros_like(b_enc).index_add_(0, sp.idx, g_pre)
+            if aux_sp is not None:
+                g_WencT += _weight_grad(aux_sp, u, g_aux_a, cfg.d_sae)
+                g_benc.index_add_(0, aux_sp.idx, g_aux_a)
+            g_bdec = r.sum(0)
+            if cfg.apply_b_dec_to_input:
+                g_bdec -= g_benc @ W_encT
+            grads = [g_WencT, g_benc, g_Wdec, g_bdec]
+        return {"mse_loss": mse, "auxiliary_reconstruction_loss": aux, "loss": mse + aux}, grads, sp, vals_s
+
+    def _adam(self, grads: list[torch.Tensor], clip: torch.Tensor) -> None:
+        cfg = self.cfg
+        torch._foreach_add_(self.state_steps, 1)
+        if self._fused:
+            torch._fused_adam_(
+                self.params, grads, self.exp_avg, self.exp_avg_sq, [], self.state_steps,
+                lr=self._lr, beta1=cfg.adam_beta1, beta2=cfg.adam_beta2, weight_decay=0.0,
+                eps=cfg.adam_eps, amsgrad=False, maximize=False, grad_scale=(1.0 / clip).float().reshape(1), found_inf=None,
+            )
+            return
+        torch._foreach_mul_(grads, clip)  # pragma: no cover - other devices
+        for p, g, m, v, s in zip(self.params, grads, self.exp_avg, self.exp_avg_sq, self.state_steps):
+            m.lerp_(g, 1 - cfg.adam_beta1)
+            v.mul_(cfg.adam_beta2).addcmul_(g, g, value=1 - cfg.adam_beta2)
+            t = float(s)
+            bc1 = 1 - cfg.adam_beta1**t
+            bc2 = 1 - cfg.adam_beta2**t
+            p.addcdiv_(m, (v / bc2).sqrt_().add_(cfg.adam_eps), value=-self._lr / bc1)
+
+
+def train_fast(
+    sae: Any,
+    batches: Any,
+    n_steps: int,
+    *,
+    lr: float = 3e-4,
+    adam_beta1: float = 0.9,
+    adam_beta2: float = 0.999,
+    dead_feature_window: int = 1000,
+    bf16: bool = False,
+    lr_fn: Callable[[int], float] | None = None,
+    device: str | torch.device | None = None,
+    on_step: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+) -> FastTopKTrainer:
+    """Train ``sae`` (a SAELens topk/batchtopk or weighted_* training SAE) for ``n_steps`` batches from
+    the iterator ``batches`` with the fast step, then copy the weights back into ``sae``. ``lr_fn(step)``
+    optionally gives the learning rate per step (SAELens's schedulers multiply ``lr``)."""
+    tr = FastTopKTrainer.from_training_sae(
+        sae, lr=lr, adam_beta1=adam_beta1, adam_beta2=adam_beta2, dead_feature_window=dead_feature_window,
+        bf16=bf16, device=device,
+    )
+    it = iter(batches)
+    for s in range(n_steps):
+        if lr_fn is not None:
+            tr.set_lr(lr_fn(s))
+        out = tr.step(next(it))
+        if on_step is not None:
+            on_step(s, out)
+    tr.write_to(sae)
+    return tr

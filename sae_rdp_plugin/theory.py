@@ -554,7 +554,8 @@ def monosemantic_points(
       * "topk" (default): the distortion-optimal TopK-k' decoder for some k' <= k, so
         |S_hat(S)| = min(|S intersect A|, k'); the attainable points are indexed by (A, k').
       * "omission": every deterministic map (any |S_hat(S)| in 0..min(|S intersect A|, k) per set),
-        the class of the paper's Theorem 5; the attainable set is computed exactly as a subset-sum
+        the class of the paper's Theorem 5; the attainable set is computed as a subset-sum (values rounded
+        to 12 decimals at each step, to merge equal sums)
         (at most ``max_values`` distinct values, else an error).
     d_min = min over |A| <= width of [sum_{l not in A} Pr[l in S] + E(|S intersect A| - k)_+]."""
     _check_common(pmf, k, "binary", width)

@@ -274,3 +274,14 @@ def test_all_subsets_enumeration_is_complete():
     # BernoulliPMF's table covers every subset exactly once (2^m entries when 0 < q < 1)
     p = BernoulliPMF([0.3, 0.4, 0.5])
     assert set(p.table()) == {frozenset(c) for r in range(4) for c in itertools.combinations(range(3), r)}
+
+
+@pytest.mark.parametrize("obj,msg", BAD[:8])
+def test_cli_bad_pmf_exits_nonzero_one_line(tmp_path, capsys, obj, msg):
+    from sae_rdp_plugin.cli import main
+
+    out = tmp_path / "out.json"
+    rc = main(["theory", "frontier", "--pmf", str(_write(tmp_path, obj)), "--width", "2", "--k", "1", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert not out.exists()

@@ -118,10 +118,11 @@ def plot_tax_sweep(
     """Rate tax against the co-occurrence knob rho, one line per series (None = infeasible, skipped)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, ys in series.items():
+    styles = [dict(marker="o", ls="-"), dict(marker="s", ms=9, ls="-", mfc="none", lw=2.5), dict(marker="x", ms=7, ls="--")]
+    for j, (name, ys) in enumerate(series.items()):
         xs = [r for r, y in zip(rhos, ys) if y is not None]
         yv = [y for y in ys if y is not None]
-        ax.plot(xs, yv, marker="o", label=name)
+        ax.plot(xs, yv, label=name, **styles[j % len(styles)])
     ax.set_xlabel("co-occurrence knob rho (pair block probability)")
     ax.set_ylabel("rate tax")
     ax.set_title(title or "rate tax of monosemanticity vs co-occurrence")

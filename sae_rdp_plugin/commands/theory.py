@@ -347,6 +347,15 @@ def _report(res: dict[str, Any], np: Any) -> str:
         f"Closed forms equal brute-force enumeration: {e1['closed_forms_match_enumeration']} "
         f"(K=2: {res['example1']['K2']['closed_forms_match_enumeration']}).",
         "",
+        "Best of all dictionaries by enumeration (least D, then least R): "
+        + "; ".join(
+            f"{w.replace('width', 'width ')}: "
+            + " ".join("{" + ",".join(map(str, a)) + "}" for a in b["atoms"])
+            + f" (R = {b['rate']:.3f}, D = {b['distortion']:.3f})"
+            for w, b in e1["best_code_by_enumeration"].items()
+        )
+        + ".",
+        "",
         "![example 1](theory/example1_K1.png)",
         "",
         f"Checks on the enumerated classes: Proposition 2 (R + D = E|S| for monosemantic codes) max deviation "

@@ -1,16 +1,125 @@
-"""`sae-rdp sweep ...` commands (placeholder: owned by the sweep work, not yet implemented)."""
+"""``sae-rdp sweep ...``: batched SAE sweeps on synthetic data with known concepts.
+
+* ``sae-rdp sweep run --config CFG.json --out DIR [--device cuda] [--resume]``: train the grid
+  (``sae_rdp_plugin.sweep.train_sweep``), write ``DIR/results.json`` and per-member JSON.
+* ``sae-rdp sweep eval --out DIR [--sae-path P ...] [--config CFG.json --dgp NAME]``: run the
+  ``rdp_synthetic`` SAEBench eval on finished sweep members (exported as SAELens SAEs) or on SAELens
+  SAE folders, against a DGP of the sweep config.
+* ``sae-rdp sweep export --sweep DIR --member ID --dest PATH``: one member as a SAELens SAE folder.
+* ``sae-rdp sweep plot --sweep DIR``: the RDP figures of a finished sweep.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `sweep` command group to the top-level parser."""
-    return None
+    p = sub.add_parser("sweep", help="batched SAE sweeps on synthetic data: train, evaluate, export")
+    ss = p.add_subparsers(dest="sweep_command", metavar="SUBCOMMAND")
+    ss.required = True
+
+    r = ss.add_parser("run", help="train a grid of SAEs at once (batched), with checkpoints")
+    r.add_argument("--config", required=True, type=Path, help="SweepConfig JSON")
+    r.add_argument("--out", required=True, type=Path, help="output folder")
+    r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    r.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
+    r.add_argument("--no-plots", action="store_true", help="skip the figures")
+    r.set_defaults(func=_run)
+
+    e = ss.add_parser("eval", help="rdp_synthetic SAEBench eval of sweep members or SAELens SAE folders")
+    e.add_argument("--sweep", type=Path, default=None, help="a finished sweep folder (all its members)")
+    e.add_argument("--sae-path", type=Path, nargs="*", default=[], help="SAELens SAE folders (cfg.json + weights)")
+    e.add_argument("--config", type=Path, default=None, help="sweep config naming the DGP (default: the sweep's)")
+    e.add_argument("--dgp", default=None, help="DGP name in the config (default: each member's own / the first)")
+    e.add_argument("--out", required=True, type=Path, help="output folder for SAEBench-format JSON")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--n-samples", type=int, default=20000)
+    e.add_argument("--force-rerun", action="store_true")
+    e.set_defaults(func=_eval)
+
+    x = ss.add_parser("export", help="write one sweep member as a SAELens SAE folder")
+    x.add_argument("--sweep", required=True, type=Path)
+    x.add_argument("--member", required=True)
+    x.add_argument("--dest", required=True, type=Path)
+    x.set_defaults(func=_export)
+
+    pl = ss.add_parser("plot", help="RDP figures of a finished sweep")
+    pl.add_argument("--sweep", required=True, type=Path)
+    pl.set_defaults(func=_plot)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sae_rdp_plugin.errors import SaeRdpError
+    from sae_rdp_plugin.sweep import load_config, train_sweep
+
+    cfg = load_config(args.config)
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SaeRdpError(f"--device {args.device}: CUDA is not available")
+    res = train_sweep(cfg, args.out, device=args.device, resume=args.resume)
+    if not args.no_plots:
+        from sae_rdp_plugin.sweep_analysis import plot_sweep
+
+        plot_sweep(res, args.out)
+    print(f"[sweep] {len(res)} SAEs; results in {args.out / 'results.json'}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from sae_rdp_plugin.errors import SaeRdpError
+    from sae_rdp_plugin.evals.rdp_synthetic.eval_config import RDPSyntheticEvalConfig
+    from sae_rdp_plugin.evals.rdp_synthetic.main import run_eval_on_sweep, run_eval
+    from sae_rdp_plugin.sweep import load_config
+
+    if args.sweep is None and not args.sae_path:
+        raise SaeRdpError("give --sweep DIR or --sae-path PATH ...")
+    if args.sweep is not None:
+        written = run_eval_on_sweep(args.sweep, args.out, device=args.device, n_samples=args.n_samples,
+                                    force_rerun=args.force_rerun)
+    else:
+        if args.config is None:
+            raise SaeRdpError("--sae-path needs --config (the DGP the SAEs are evaluated on)")
+        cfg = load_config(args.config)
+        names = [g.name for g in cfg.dgps]
+        name = args.dgp or names[0]
+        if name not in names:
+            raise SaeRdpError(f"unknown DGP {name!r} (config has {', '.join(names)})")
+        spec = next(g for g in cfg.dgps if g.name == name)
+        ecfg = RDPSyntheticEvalConfig(dgp=json.loads(json.dumps(spec.__dict__)), n_samples=args.n_samples)
+        from sae_lens import SAE
+
+        saes = [(p.name, SAE.load_from_disk(p, device=args.device)) for p in args.sae_path]
+        written = run_eval(ecfg, saes, args.device, str(args.out), force_rerun=args.force_rerun)
+    print(f"[sweep eval] wrote {len(written)} result file(s) under {args.out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from sae_rdp_plugin.sweep import export_member
+
+    dest = export_member(args.sweep, args.member, args.dest)
+    print(f"[sweep export] {dest}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from sae_rdp_plugin.sweep import load_results
+    from sae_rdp_plugin.sweep_analysis import plot_sweep
+
+    figs = plot_sweep(load_results(args.sweep), args.sweep)
+    print("\n".join(str(f) for f in figs))
+    return 0
 
 
 def demo_section(out: Path) -> str | None:
-    """Run this group's part of `sae-rdp demo` into `out`; return its markdown (None = nothing yet)."""
-    return None
+    """A CPU-sized RDP sweep (< 60 s): TopK SAEs on pairs that co-occur with rho in {0, 0.5},
+    against the monosemantic conservation line R + D = E|S|; figures + JSON under out/sweep/."""
+    from sae_rdp_plugin.experiments_rdp import demo
+
+    return demo(out / "sweep")

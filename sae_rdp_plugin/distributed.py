@@ -35,7 +35,8 @@ need them.
 CLI (torchrun convention: the module is the program, ``--nproc_per_node`` the GPU count)::
 
     torchrun --standalone --nproc_per_node 4 -m sae_rdp_plugin.distributed train --out runs/d --steps 2000
-    torchrun --standalone --nproc_per_node 4 -m sae_rdp_plugin.distributed sweep --out runs/s --ks 8,16,32
+    torchrun --standalone --nproc_per_node 4 -m sae_rdp_plugin.distributed sweep --config sweep.json --out runs/s
+    torchrun --standalone --nproc_per_node 4 -m sae_rdp_plugin.distributed grid --out runs/g --ks 8,16,32
 
 Without torchrun the same commands run as one process (world size 1).
 """
@@ -62,7 +63,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from sae_rdp_plugin.errors import SaeRdpError  # noqa: E402
-from sae_rdp_plugin.io import atomic_write_json  # noqa: E402
+from sae_rdp_plugin.io import atomic_save, atomic_write_json  # noqa: E402
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -387,6 +388,12 @@ def _make_trainer_class() -> type:
                 del self.sae.training_forward_pass
 
         def _train_step(self, sae: Any, sae_in: torch.Tensor) -> Any:
+            if self.ctx.distributed and getattr(self.sae, "gamma_is_set", True) is False:
+                # WSAE without a gamma: SAELens's one-process run estimates it from the first training
+                # batch; here that batch is spread over the ranks, so gather it (rank order) first.
+                parts = [torch.empty_like(sae_in) for _ in range(self.ctx.world_size)]
+                dist.all_gather(parts, sae_in.detach().contiguous())
+                self.sae._ensure_gamma(torch.cat(parts))
             old_freq = self.act_freq_scores.clone()
             with self._forward_through_ddp():
                 out = super()._train_step(sae, sae_in)
@@ -411,6 +418,8 @@ def _make_trainer_class() -> type:
                 self.activation_scaler.scaling_factor = self.sae.cfg.d_in**0.5 / (t.item() / self.ctx.world_size)
             elif self.ctx.distributed and norm == "covariance_whitening":
                 raise SaeRdpError("covariance_whitening is not supported in distributed training yet")
+            if self.ctx.distributed and getattr(self.sae, "gamma_is_set", False):
+                sync_gamma(self.sae, self.ctx)
             self.checkpoint_thresholds = [x for x in self.checkpoint_thresholds if x >= self.n_training_samples]
             try:
                 return super().fit()
@@ -438,8 +447,48 @@ def _make_trainer_class() -> type:
             """Resume from a checkpoint folder written by :meth:`save_checkpoint` (every rank reads it)."""
             self.sae.load_weights_from_checkpoint(path)
             self.load_trainer_state(path)
+            # SAETrainer checkpoints from inside fit() after step() but before n_training_steps += 1,
+            # so the stored step count is one short; the sample count is right.
+            self.n_training_steps = self.n_training_samples // self.cfg.train_batch_size_samples
 
     return DistributedSAETrainer
+
+
+def reduce_activation_stats(stats: Any, ctx: DistContext) -> Any:
+    """Combine per-rank float64 ``ActivationStats`` (mean, population variance, n) into the stats of
+    all ranks' samples together (Chan et al.'s parallel formula):
+    ``N = sum n_r``, ``mu = sum n_r mu_r / N``, ``var = (sum n_r var_r + sum n_r (mu_r - mu)^2) / N``."""
+    if not ctx.distributed:
+        return stats
+    parts: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(parts, (stats.n_samples, stats.mean.double().cpu(), stats.variance.double().cpu()))
+    n = torch.tensor([float(p[0]) for p in parts], dtype=torch.float64)
+    mu = torch.stack([p[1] for p in parts])
+    var = torch.stack([p[2] for p in parts])
+    total = n.sum()
+    mean = (n[:, None] * mu).sum(0) / total
+    variance = ((n[:, None] * var).sum(0) + (n[:, None] * (mu - mean) ** 2).sum(0)) / total
+    return dataclasses.replace(stats, mean=mean, variance=variance, n_samples=int(total.item()),
+                               source=f"{stats.source} ({ctx.world_size} ranks)")
+
+
+def estimate_gamma_distributed(sae: Any, batches: Any, n_batches: int, ctx: DistContext) -> Any:
+    """WSAE gamma from ``n_batches`` of this rank's batches, reduced over all ranks (equal to the
+    one-process estimate on the union of the ranks' rows, up to float64 rounding); installs it on
+    ``sae`` on every rank and returns the combined ``ActivationStats``."""
+    from sae_rdp_plugin.gamma import estimate_activation_stats
+
+    stats = reduce_activation_stats(estimate_activation_stats(batches, sae.cfg.d_in, n_batches), ctx)
+    sae.set_gamma_from_stats(stats)
+    return stats
+
+
+def sync_gamma(sae: Any, ctx: DistContext) -> None:
+    """Make every rank use rank 0's WSAE gamma (bit for bit, float64 master copy included)."""
+    if not ctx.distributed:
+        return
+    g, src, stats = broadcast_object(ctx, (sae.gamma_float64.cpu(), sae._gamma_source, sae._gamma_stats))
+    sae._install_gamma(g, src or "rank 0", stats)
 
 
 _TRAINER_CLS: type | None = None
@@ -569,7 +618,7 @@ def train_distributed(cfg: DistTrainConfig, out_dir: str | os.PathLike, ctx: Dis
     trainer = DistributedSAETrainer(tcfg, sae, stream, ctx)
     if start is not None:
         trainer.load_checkpoint(start)
-        stream.t = trainer.n_training_steps + (
+        stream.t = trainer.n_training_samples // cfg.batch + (
             tcfg.n_batches_for_norm_estimate if cfg.normalize_activations == "expected_average_only_in" else 0
         )
     steps_before = trainer.n_training_steps
@@ -582,8 +631,6 @@ def train_distributed(cfg: DistTrainConfig, out_dir: str | os.PathLike, ctx: Dis
     wall = time.perf_counter() - t0
     result = None
     if ctx.is_main:
-        from sae_rdp_plugin.io import atomic_save
-
         sae_dir = out / "sae"
         tmp = out / ".sae.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -677,53 +724,113 @@ def sweep_distributed(
 
 
 # --------------------------------------------------------------------------------------------------
-# CLI (shared by `torchrun -m sae_rdp_plugin.distributed` and `sae-rdp distributed`)
+# sae_rdp_plugin.sweep (batched grids) spread over ranks, group by group
 # --------------------------------------------------------------------------------------------------
 
 
-def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
-    def parse(s: str) -> list[Any]:
-        try:
-            return [kind(x) for x in s.split(",") if x.strip()]
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from exc
-
-    return parse
-
-
-def add_common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="output folder (rank 0 writes it)")
-    p.add_argument("--architecture", default="topk", help="SAELens training architecture (topk, standard, jumprelu, batchtopk, weighted_*)")
-    p.add_argument("--d-in", type=int, default=64)
-    p.add_argument("--d-sae", type=int, default=256)
-    p.add_argument("--k", type=float, default=8)
-    p.add_argument("--sae-kwargs", default="{}", help="extra SAELens config fields as JSON")
-    p.add_argument("--n-features", type=int, default=512, help="ground-truth features of the synthetic stream")
-    p.add_argument("--batch", type=int, default=1024, help="GLOBAL batch (rows, all ranks together)")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-seed", type=int, default=1)
-    p.add_argument("--n-chunks", type=int, default=8, help="chunks per global batch; must be divisible by the world size")
-    p.add_argument("--normalize-activations", default="none")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (cuda:LOCAL_RANK under torchrun)")
-    p.add_argument("--backend", default=None, help="nccl | gloo (default: nccl on CUDA, gloo on CPU)")
-    p.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, help="collective timeout")
+def assign_groups(sizes: Sequence[int], world_size: int) -> list[int]:
+    """Rank of each sweep group: greedy longest-processing-time (largest group first, to the least
+    loaded rank; ties to the lower index). Deterministic: depends only on the sizes and world size."""
+    load = [0] * world_size
+    owner = [0] * len(sizes)
+    for g in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        r = min(range(world_size), key=lambda j: (load[j], j))
+        owner[g] = r
+        load[r] += sizes[g]
+    return owner
 
 
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    add_common_args(p)
-    p.add_argument("--n-checkpoints", type=int, default=0)
-    p.add_argument("--dead-feature-window", type=int, default=1000)
-    p.add_argument("--no-resume", action="store_true")
-    p.add_argument("--autocast", action="store_true")
+def train_sweep_distributed(cfg: Any, out_dir: str | os.PathLike, ctx: DistContext, resume: bool = False,
+                            progress: bool = True) -> list[dict[str, Any]] | None:
+    """:func:`sae_rdp_plugin.sweep.train_sweep` with its groups spread over the ranks.
+
+    The grid, its groups and each group's index ``gi`` (which seeds the group's data stream) are the
+    one-process ones; rank ``r`` trains the groups :func:`assign_groups` gives it, via ``train_sweep``
+    on its own folder ``out_dir/ranks/rank<r>`` whose ``state.json`` marks the other ranks' groups as
+    done. Every member therefore sees the same initialisation, data and updates as in a one-process
+    ``train_sweep`` (same config, same ``max_group_size``). Rank 0 then merges the rank folders into
+    ``out_dir`` (``state.json``, ``members/``, ``groups/``, ``results.json``: the one-process layout, so
+    ``load_results`` and ``export_member`` work on it). A rerun with ``resume=True`` continues each
+    rank's groups from their checkpoints. Returns the results (grid order) on rank 0, None elsewhere.
+    """
+    from sae_rdp_plugin import sweep as S
+
+    cfg.validate()
+    out = Path(out_dir)
+    members = S.enumerate_members(cfg)
+    groups = S._group_members(cfg, members, S._dims(cfg))
+    owner = assign_groups([len(m) for _, m in groups], ctx.world_size)
+    mine = {gid for (gid, _), r in zip(groups, owner) if r == ctx.rank}
+    if ctx.is_main and len(groups) < ctx.world_size:
+        print(f"[dist-sweep] warning: {len(groups)} group(s) for {ctx.world_size} ranks; some ranks idle "
+              "(set max_group_size to split groups; results then match a one-process run with the same value)",
+              file=sys.stderr, flush=True)
+    if ctx.is_main and (out / "state.json").exists() and not resume:
+        err = f"{out} already holds a sweep: pass --resume (resume=True) or use a new folder"
+    else:
+        err = None
+    err = broadcast_object(ctx, err)
+    if err:
+        raise SaeRdpError(err)
+    rank_dir = out / "ranks" / f"rank{ctx.rank}"
+    cfg_dict = S._json_safe(cfg.to_dict())
+    state_path = rank_dir / "state.json"
+    state = json.loads(state_path.read_text()) if (resume and state_path.exists()) else {"config": cfg_dict, "groups": {}}
+    if state.get("config") != cfg_dict:
+        raise SaeRdpError(f"{rank_dir} holds a sweep with a different config; cannot resume")
+    for gid, _ in groups:
+        if gid not in mine:
+            state["groups"][gid] = {"status": "done", "step": cfg.steps, "other_rank": True}
+    atomic_write_json(state_path, state)
+    t0 = time.perf_counter()
+    status = "ok"
+    try:
+        S.train_sweep(cfg, rank_dir, device=ctx.device, resume=True, progress=progress and bool(mine))
+    except Exception as exc:  # reported on rank 0 after the barrier
+        status = f"rank {ctx.rank}: {type(exc).__name__}: {exc}"
+        traceback.print_exc(file=sys.stderr)
+    wall = time.perf_counter() - t0
+    if ctx.distributed:
+        statuses: list[Any] = [None] * ctx.world_size
+        dist.all_gather_object(statuses, (status, wall))
+    else:
+        statuses = [(status, wall)]
+    bad = [s for s, _ in statuses if s != "ok"]
+    if bad:
+        raise SaeRdpError(f"distributed sweep failed: {bad[0]}")
+    if not ctx.is_main:
+        barrier(ctx)
+        return None
+    try:
+        (out / "members").mkdir(parents=True, exist_ok=True)
+        (out / "groups").mkdir(parents=True, exist_ok=True)
+        merged = {"config": cfg_dict, "groups": {}, "members": {mb.member_id: gid for gid, mbs in groups for mb in mbs}}
+        for (gid, mbs), r in zip(groups, owner):
+            src = out / "ranks" / f"rank{r}"
+            gstate = json.loads((src / "state.json").read_text())["groups"].get(gid, {})
+            if gstate.get("status") != "done" or gstate.get("other_rank"):
+                raise SaeRdpError(f"group {gid} did not finish on rank {r}")
+            merged["groups"][gid] = {**gstate, "rank": r}
+            for f in (src / "groups").glob(f"{gid}.*"):
+                atomic_save(out / "groups" / f.name, lambda p, f=f: shutil.copyfile(f, p))
+            for mb in mbs:
+                atomic_save(out / "members" / f"{mb.member_id}.json",
+                            lambda p, mb=mb, src=src: shutil.copyfile(src / "members" / f"{mb.member_id}.json", p))
+        atomic_write_json(out / "state.json", merged)
+        results = S.load_results(out)
+        atomic_write_json(out / "results.json", {
+            "config": cfg_dict, "seconds": max(w for _, w in statuses), "world_size": ctx.world_size,
+            "rank_seconds": [w for _, w in statuses], "group_rank": dict(zip([g for g, _ in groups], owner)),
+            "members": results,
+        })
+    finally:
+        barrier(ctx)
+    return results
 
 
-def add_sweep_args(p: argparse.ArgumentParser) -> None:
-    add_common_args(p)
-    p.add_argument("--ks", type=_csv(float), default=None, help="sweep over k (comma-separated)")
-    p.add_argument("--d-saes", type=_csv(int), default=None, help="sweep over d_sae (comma-separated)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per grid point")
+# --------------------------------------------------------------------------------------------------
+# CLI (shared by `torchrun -m sae_rdp_plugin.distributed` and `sae-rdp distributed`)
+# --------------------------------------------------------------------------------------------------
 
 
 def config_from_args(a: argparse.Namespace) -> DistTrainConfig:
@@ -766,6 +873,20 @@ def run_train(a: argparse.Namespace) -> int:
 
 
 def run_sweep(a: argparse.Namespace) -> int:
+    from sae_rdp_plugin.sweep import load_config
+
+    cfg = load_config(a.config)
+    ctx = init_distributed(a.device, a.backend, a.timeout_s)
+    try:
+        res = train_sweep_distributed(cfg, a.out, ctx, resume=a.resume, progress=not a.quiet)
+        if res is not None:
+            print(json.dumps({"members": len(res), "world_size": ctx.world_size, "out": str(Path(a.out) / "results.json")}))
+    finally:
+        destroy_distributed()
+    return 0
+
+
+def run_grid(a: argparse.Namespace) -> int:
     cfg = config_from_args(a)
     grid = sweep_grid(a)
     ctx = init_distributed(a.device, a.backend, a.timeout_s)
@@ -781,15 +902,11 @@ def run_sweep(a: argparse.Namespace) -> int:
 
 
 def build_parser(prog: str = "python -m sae_rdp_plugin.distributed") -> argparse.ArgumentParser:
+    """The torchrun entry point's parser (the same subcommands as ``sae-rdp distributed``)."""
+    from sae_rdp_plugin.commands.distributed import add_subcommands
+
     parser = argparse.ArgumentParser(prog=prog, description="Data-parallel SAE training and sweeps (run under torchrun).")
-    sub = parser.add_subparsers(dest="dist_command", metavar="{train,sweep}")
-    sub.required = True
-    t = sub.add_parser("train", help="train one SAE data-parallel over the ranks")
-    add_train_args(t)
-    t.set_defaults(func=run_train)
-    s = sub.add_parser("sweep", help="train a grid of SAEs, members spread over the ranks")
-    add_sweep_args(s)
-    s.set_defaults(func=run_sweep)
+    add_subcommands(parser)
     return parser
 
 

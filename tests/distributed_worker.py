@@ -17,9 +17,12 @@ from sae_rdp_plugin.distributed import (  # noqa: E402
     DistTrainConfig,
     destroy_distributed,
     init_distributed,
+    reduce_activation_stats,
     run_partitioned,
+    sweep_distributed,
     train_distributed,
 )
+from sae_rdp_plugin.gamma import estimate_activation_stats  # noqa: E402
 from sae_rdp_plugin.io import atomic_write_json  # noqa: E402
 
 CASES = {
@@ -29,7 +32,19 @@ CASES = {
     "batchtopk": dict(architecture="batchtopk", k=4, dead_feature_window=1),
     "jumprelu": dict(architecture="jumprelu"),
     "standard": dict(architecture="standard", normalize_activations="expected_average_only_in"),
+    # WSAE (plugin architecture) with no gamma given: estimated from the first (global) training batch
+    "weighted_topk": dict(architecture="weighted_topk", k=4, dead_feature_window=1, sae_kwargs={"alpha": 1.0}),
 }
+GRID = [{"k": 2.0}, {"k": 4.0}, {"k": 2.0}]
+GRID_BASE = dict(d_in=8, d_sae=16, n_features=24, batch=32, steps=3, seed=0, data_seed=2)
+
+
+def rank_rows(rank: int) -> torch.Tensor:
+    """Unequal, rank-specific activations for the stats reduction check."""
+    g = torch.Generator().manual_seed(100 + rank)
+    return torch.randn(40 + 25 * rank, 6, generator=g, dtype=torch.float64) * (1 + rank) + rank
+
+
 BASE = dict(d_in=16, d_sae=32, n_features=48, batch=64, steps=4, lr=1e-3, seed=3, data_seed=5)
 
 
@@ -51,6 +66,12 @@ def main() -> None:
         got = run_partitioned(list(range(5)), lambda i, x: {"i": i, "sq": x * x, "rank": ctx.rank}, ctx,
                               out_path=out / "partitioned.json")
         assert (got is None) == (ctx.rank != 0)
+        # SAELens-trainer grid, members over ranks
+        sweep_distributed(DistTrainConfig(**GRID_BASE), GRID, out / "grid", ctx)
+        # float64 activation statistics (WSAE gamma) reduced over ranks with unequal row counts
+        st = reduce_activation_stats(estimate_activation_stats([rank_rows(ctx.rank)], 6, 1), ctx)
+        if ctx.is_main:
+            torch.save({"mean": st.mean, "variance": st.variance, "n": st.n_samples}, out / "stats.pt")
     finally:
         destroy_distributed()
 

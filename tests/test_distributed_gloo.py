@@ -95,18 +95,57 @@ def test_partitioned_results_gathered_in_order(worker_out):
     assert {r["rank"] for r in res} == {0, 1}  # both ranks did work
 
 
-def test_cli_sweep_under_torchrun_matches_single_process(tmp_path):
-    args = ["--d-in", "8", "--d-sae", "16", "--n-features", "24", "--batch", "32", "--steps", "3",
-            "--ks", "2,4", "--seeds", "2", "--device", "cpu"]
-    _torchrun(["-m", "sae_rdp_plugin.distributed", "sweep", "--out", str(tmp_path / "two"), *args], cwd=REPO)
-    two = json.loads((tmp_path / "two" / "sweep_results.json").read_text())
-    from sae_rdp_plugin.distributed import main
+def test_grid_members_identical_to_single_process(worker_out):
+    from sae_rdp_plugin.distributed import DistTrainConfig, _sweep_member
 
-    assert main(["sweep", "--out", str(tmp_path / "one"), *args]) == 0
-    one = json.loads((tmp_path / "one" / "sweep_results.json").read_text())
-    assert two["world_size"] == 2 and one["world_size"] == 1
-    assert len(two["members"]) == len(one["members"]) == 4
-    for a, b in zip(one["members"], two["members"]):
-        assert a["member"] == b["member"] and a["overrides"] == b["overrides"] and a["seed"] == b["seed"]
-        for key in ("mse", "explained_variance", "l0"):
-            assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    res = json.loads((worker_out / "grid" / "sweep_results.json").read_text())
+    assert res["world_size"] == 2 and [m["member"] for m in res["members"]] == [0, 1, 2]
+    solo = _sweep_member(DistTrainConfig(**W.GRID_BASE), "cpu")(2, W.GRID[2])  # rank 0 ran member 2
+    solo1 = _sweep_member(DistTrainConfig(**W.GRID_BASE), "cpu")(1, W.GRID[1])  # rank 1 ran member 1
+    for ref, got in ((solo, res["members"][2]), (solo1, res["members"][1])):
+        for key in ("mse", "explained_variance", "l0", "seed"):
+            assert got[key] == pytest.approx(ref[key], abs=1e-6), key
+
+
+def test_activation_stats_reduced_over_ranks(worker_out):
+    st = torch.load(worker_out / "stats.pt")
+    union = torch.cat([W.rank_rows(0), W.rank_rows(1)])
+    assert st["n"] == union.shape[0]
+    assert torch.allclose(st["mean"], union.mean(0), atol=1e-12, rtol=0)
+    assert torch.allclose(st["variance"], union.var(0, unbiased=False), atol=1e-12, rtol=0)
+
+
+SWEEP_CFG = {
+    "dgps": [{"name": "p", "kind": "pairs", "m": 4, "d": 8, "rho": 0.5, "q": 0.2}],
+    "architectures": ["topk", "standard", "batchtopk"], "widths": [6], "ks": [2], "seeds": [0, 1],
+    "steps": 12, "batch_size": 64, "eval_samples": 400, "checkpoint_every": 5,
+}
+
+
+def test_cli_sweep_under_torchrun_matches_single_process(tmp_path):
+    from sae_rdp_plugin.sweep import SweepConfig, export_member, train_sweep
+
+    cfg_path = tmp_path / "sweep.json"
+    cfg_path.write_text(json.dumps(SWEEP_CFG))
+    args = ["-m", "sae_rdp_plugin.distributed", "sweep", "--config", str(cfg_path), "--device", "cpu", "--quiet"]
+    _torchrun([*args, "--out", str(tmp_path / "two")], cwd=REPO)
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    one = train_sweep(SweepConfig.from_dict(SWEEP_CFG), tmp_path / "one", progress=False)
+    assert two["world_size"] == 2 and set(two["group_rank"].values()) == {0, 1}
+    assert [m["member_id"] for m in two["members"]] == [m["member_id"] for m in one]
+    for a, b in zip(one, two["members"]):
+        for key, v in a.items():
+            if isinstance(v, float):
+                assert b[key] == pytest.approx(v, abs=1e-6), (a["member_id"], key)
+    # the merged folder is a normal sweep folder: export a member that rank 1 trained, load it stock
+    from sae_lens import SAE
+
+    mid = next(m for m, g in json.loads((tmp_path / "two" / "state.json").read_text())["members"].items()
+               if two["group_rank"][g] == 1)
+    sae = SAE.load_from_disk(str(export_member(tmp_path / "two", mid, tmp_path / "exported")))
+    ref = SAE.load_from_disk(str(export_member(tmp_path / "one", mid, tmp_path / "exported_one")))
+    assert torch.allclose(sae.W_dec, ref.W_dec, atol=1e-6)
+    # rerunning into the same folder without --resume is refused (exit 2, no traceback)
+    proc = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "two")], cwd=REPO,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and "--resume" in proc.stderr

@@ -1,0 +1,113 @@
+"""`sae-rdp distributed ...`: multi-GPU training and sweeps on torch.distributed (launch under torchrun).
+
+    torchrun --standalone --nproc_per_node 8 --no-python sae-rdp distributed train --out runs/d ...
+    torchrun --standalone --nproc_per_node 8 -m sae_rdp_plugin.distributed train --out runs/d ...   (same)
+
+Subcommands: ``train`` (one SAE, data-parallel), ``sweep`` (a sae_rdp_plugin.sweep config, groups
+spread over ranks), ``grid`` (SAELens-trainer SAEs of any architecture, members spread over ranks).
+Without torchrun they run as one process. The argument definitions live here (no torch import);
+the handlers in :mod:`sae_rdp_plugin.distributed`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable
+
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    def parse(s: str) -> list[Any]:
+        try:
+            return [kind(x) for x in s.split(",") if x.strip()]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return parse
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder (rank 0 writes it)")
+    p.add_argument("--architecture", default="topk", help="SAELens training architecture (topk, standard, jumprelu, batchtopk, weighted_*)")
+    p.add_argument("--d-in", type=int, default=64)
+    p.add_argument("--d-sae", type=int, default=256)
+    p.add_argument("--k", type=float, default=8)
+    p.add_argument("--sae-kwargs", default="{}", help="extra SAELens config fields as JSON")
+    p.add_argument("--n-features", type=int, default=512, help="ground-truth features of the synthetic stream")
+    p.add_argument("--batch", type=int, default=1024, help="GLOBAL batch (rows, all ranks together)")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-seed", type=int, default=1)
+    p.add_argument("--n-chunks", type=int, default=8, help="chunks per global batch; must be divisible by the world size")
+    p.add_argument("--normalize-activations", default="none")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (cuda:LOCAL_RANK under torchrun)")
+    p.add_argument("--backend", default=None, help="nccl | gloo (default: nccl on CUDA, gloo on CPU)")
+    p.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, help="collective timeout")
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    add_common_args(p)
+    p.add_argument("--n-checkpoints", type=int, default=0)
+    p.add_argument("--dead-feature-window", type=int, default=1000)
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--autocast", action="store_true")
+
+
+def add_sweep_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="sweep config JSON (sae_rdp_plugin.sweep.SweepConfig)")
+    p.add_argument("--out", required=True, help="output folder (rank 0 merges the ranks' results into it)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (cuda:LOCAL_RANK under torchrun)")
+    p.add_argument("--backend", default=None, help="nccl | gloo (default: nccl on CUDA, gloo on CPU)")
+    p.add_argument("--timeout-s", type=float, default=3600.0, help="collective timeout (covers the longest rank's share)")
+    p.add_argument("--quiet", action="store_true")
+
+
+def add_grid_args(p: argparse.ArgumentParser) -> None:
+    add_common_args(p)
+    p.add_argument("--ks", type=_csv(float), default=None, help="sweep over k (comma-separated)")
+    p.add_argument("--d-saes", type=_csv(int), default=None, help="sweep over d_sae (comma-separated)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per grid point")
+
+
+def _handler(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from sae_rdp_plugin import distributed
+
+        return getattr(distributed, name)(args)
+
+    return run
+
+
+def add_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Add ``train``, ``sweep`` and ``grid`` to ``parser``."""
+    sub = parser.add_subparsers(dest="dist_command", metavar="{train,sweep,grid}")
+    sub.required = True
+    t = sub.add_parser("train", help="train one SAE data-parallel over the ranks (synthetic SynthSAEBench stream)")
+    add_train_args(t)
+    t.set_defaults(func=_handler("run_train"))
+    s = sub.add_parser("sweep", help="a sae_rdp_plugin.sweep grid (SweepConfig JSON), its groups spread over the ranks")
+    add_sweep_args(s)
+    s.set_defaults(func=_handler("run_sweep"))
+    g = sub.add_parser("grid", help="a grid of SAELens-trainer SAEs (any architecture), members spread over the ranks")
+    add_grid_args(g)
+    g.set_defaults(func=_handler("run_grid"))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `distributed` command group to the top-level parser."""
+    p = sub.add_parser(
+        "distributed",
+        help="multi-GPU training and sweeps (torch.distributed; launch under torchrun)",
+        description="Multi-GPU training and sweeps on torch.distributed. Launch under torchrun: "
+        "torchrun --standalone --nproc_per_node N --no-python sae-rdp distributed train ...",
+    )
+    add_subcommands(p)
+
+
+def demo_section(out: Path) -> str | None:
+    """No demo section: multi-process runs are exercised by tests/test_distributed_gloo.py."""
+    return None

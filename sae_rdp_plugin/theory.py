@@ -639,26 +639,38 @@ def rate_tax_zero_distortion(pmf: ActiveSetPMF) -> float:
 
 
 def rate_tax(table: CodeTable, points: MonoPoints, pmf: ActiveSetPMF | None = None, digits: int = 10) -> dict[str, Any]:
-    """Theorem 4 on the enumerated class: for every code on the unrestricted (R, D) lower envelope
-    (rate R, best distortion D*), the least monosemantic rate with distortion <= D* is
-    R_mono(D*) = E|S| - D_bar (D_bar = largest attainable monosemantic distortion <= D*), and the tax
-    is R_mono(D*) - R (None where no monosemantic code reaches D*: an infinite tax). Also the dual
-    distortion tax D_mono(R) - D*(R), D_mono(R) = least monosemantic distortion at rate <= R.
-    With ``pmf``, adds the wide-enough D = 0 closed form E(|S| - 1)_+ (:func:`rate_tax_zero_distortion`)."""
-    stair = best_code_staircase(table.rate, table.distortion, digits=digits)
+    """Theorem 4 on the enumerated class. The unrestricted class is every enumerated dictionary
+    together with the monosemantic codes of ``points`` (these are width-n TopK-K SAEs too, with zero
+    latents or fewer active atoms), so the unrestricted optimum is never worse than the monosemantic one.
+    For every point (R, D*) on its lower envelope (best distortion D* at rate budget R), the least
+    monosemantic rate with distortion <= D* is R_mono(D*) = E|S| - D_bar (D_bar = the largest attainable
+    monosemantic distortion <= D*) and the tax is R_mono(D*) - R >= 0 (None where no monosemantic code
+    reaches D*: an infinite tax). Also the dual distortion tax D_mono(R) - D*(R), D_mono(R) = least
+    monosemantic distortion at rate <= R. With ``pmf``, adds the wide-enough D = 0 closed form
+    E(|S| - 1)_+ (:func:`rate_tax_zero_distortion`)."""
+    nc = len(table)
+    R_all = np.concatenate([table.rate, points.rate])
+    D_all = np.concatenate([table.distortion, points.distortion])
+    stair = best_code_staircase(R_all, D_all, digits=digits)
     mono_r, mono_d = points.rate, points.distortion
     rows = []
     for r, d, i in stair:
         rm = float(r_mono(points, d)[0])
         ok = mono_r <= r + 1e-10
         dm = float(mono_d[ok].min()) if ok.any() else math.inf
+        if i < nc:
+            atoms, code, poly = table.atoms(i), i, float(table.polysemanticity[i])
+        else:
+            j = i - nc
+            atoms = [[l] for l in points.sets[j]] if points.sets else None
+            code, poly = None, 0.0
         rows.append(
             {
-                "code": i,
-                "atoms": table.atoms(i),
+                "code": code,
+                "atoms": atoms,
                 "rate": r,
                 "distortion": d,
-                "polysemanticity": float(table.polysemanticity[i]),
+                "polysemanticity": poly,
                 "r_mono": None if math.isinf(rm) else rm,
                 "rate_tax": None if math.isinf(rm) else rm - r,
                 "d_mono": None if math.isinf(dm) else dm,
@@ -667,7 +679,8 @@ def rate_tax(table: CodeTable, points: MonoPoints, pmf: ActiveSetPMF | None = No
         )
     finite = [x["rate_tax"] for x in rows if x["rate_tax"] is not None]
     out: dict[str, Any] = {
-        "definition": "rate_tax = R_mono(D*) - R for each (R, D*) on the unrestricted lower envelope; "
+        "definition": "rate_tax = R_mono(D*) - R for each (R, D*) on the lower envelope of the unrestricted "
+        "class (enumerated codes plus monosemantic codes; code = None marks a monosemantic point); "
         "None = no monosemantic code reaches D* (infinite tax)",
         "per_rate": rows,
         "max_rate_tax": max(finite) if finite else None,

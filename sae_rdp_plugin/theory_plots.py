@@ -66,16 +66,16 @@ def plot_frontier(
     sc = ax.scatter(D, R, c=P, s=6, cmap="viridis", alpha=0.5, rasterized=True, linewidths=0)
     fig.colorbar(sc, ax=ax, label="polysemanticity P of the code")
     xmax = max(float(D.max()), es) * 1.02
-    ux, uy = _rate_staircase(R, D)
+    ux, uy = _rate_staircase(np.concatenate([R, mono.rate]), np.concatenate([D, mono.distortion]))
     px, py = _steps(ux, uy, xmax)
-    ax.plot(px, py, color="black", lw=2, label="best code, any P: R*(D)")
+    ax.plot(px, py, color="black", lw=2, label="best code, any P: R*(D) (incl. monosemantic)")
     md = np.unique(np.round(mono.distortion, 10))
     mx, my = _steps(md, es - md, xmax)
     ax.plot(mx, my, color="crimson", lw=2, label="monosemantic staircase R_mono(D) (Thm 5)")
     ax.axvline(mono.d_min, color="crimson", ls=":", lw=1)
     dd = np.linspace(0, xmax, 50)
     ax.plot(dd, np.clip(es - dd, 0, None), color="grey", ls="--", lw=1, label="R + D = E|S| (Prop 2)")
-    stair = best_code_staircase(R, D)
+    stair = best_code_staircase(np.concatenate([R, mono.rate]), np.concatenate([D, mono.distortion]))
     first = True
     for r, d, _ in stair:
         rm = float(r_mono(mono, d)[0])

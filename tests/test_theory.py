@@ -372,6 +372,27 @@ def test_tax_grows_with_cooccurrence_mass():
     assert vals[0] == 0 and all(a < b for a, b in zip(vals, vals[1:]))
 
 
+@SETTINGS
+@given(pmf=pmfs(), width=st.integers(1, 4), K=st.integers(1, 3))
+def test_rate_tax_nonnegative_and_matches_definition(pmf, width, K):
+    t = enumerate_codes(pmf, width, K)
+    mp = monosemantic_points(pmf, width, K)
+    rt = rate_tax(t, mp, pmf)
+    R_all = np.concatenate([t.rate, mp.rate])
+    D_all = np.concatenate([t.distortion, mp.distortion])
+    for row in rt["per_rate"]:
+        # D* is the least distortion at rate <= R over the unrestricted class (codes + monosemantic codes)
+        assert abs(D_all[R_all <= row["rate"] + 1e-12].min() - row["distortion"]) < 1e-12
+        ok = mp.distortion <= row["distortion"] + 1e-12
+        if ok.any():
+            assert abs(row["r_mono"] - mp.rate[ok].min()) < 1e-12
+            assert row["rate_tax"] >= -1e-12
+        else:
+            assert row["rate_tax"] is None
+        if row["code"] is None:  # a monosemantic point on the envelope pays no tax
+            assert abs(row["rate_tax"]) < 1e-12
+
+
 def test_rate_tax_is_positive_when_optimum_is_polysemantic():
     pmf = ExplicitPMF(3, {frozenset({0, 1}): 0.6, frozenset({2}): 0.2, frozenset(): 0.2})
     t = enumerate_codes(pmf, 2, 2)

@@ -85,6 +85,7 @@ class FastTopKConfig:
     max_grad_norm: float = 1.0
     bf16: bool = False
     batchtopk_candidates: float = 4.0  # per-row candidates = this * k (exactness is checked each step)
+    weight_grad_impl: str = "embedding_bag"  # "embedding_bag" (sort + segment sum) | "csr" (sparse matmul)
 
     def __post_init__(self) -> None:
         if self.kind not in ("topk", "batchtopk"):
@@ -93,6 +94,8 @@ class FastTopKConfig:
             raise SaeRdpError(f"fast step: d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}")
         if not (0 < self.k <= self.d_sae):
             raise SaeRdpError(f"fast step: k must be in (0, d_sae={self.d_sae}], got {self.k}")
+        if self.weight_grad_impl not in ("embedding_bag", "csr"):
+            raise SaeRdpError(f"fast step: weight_grad_impl must be embedding_bag or csr, got {self.weight_grad_impl!r}")
         if self.kind == "topk" and int(self.k) != self.k:
             raise SaeRdpError(f"fast step: TopK needs an integer k, got {self.k}")
 
@@ -101,7 +104,7 @@ class _Sparse:
     """A batch of sparse codes in embedding_bag layout: flat latent indices, bag offsets, and the
     offset2bag / bag_size / max_indices that PyTorch's embedding_bag kernels return and reuse."""
 
-    __slots__ = ("idx", "offsets", "vals", "offset2bag", "bag_size", "max_idx")
+    __slots__ = ("idx", "offsets", "vals", "offset2bag", "bag_size", "max_idx", "csr")
 
     def __init__(self, idx: torch.Tensor, offsets: torch.Tensor, vals: torch.Tensor, offset2bag: torch.Tensor):
         self.idx = idx
@@ -110,6 +113,7 @@ class _Sparse:
         # computed here: some CPU kernels (float32 fbgemm path) return an empty offset2bag
         self.offset2bag = offset2bag
         self.bag_size = self.max_idx = None  # type: ignore[assignment]
+        self.csr = None
 
 
 def _decode(sp: _Sparse, W: torch.Tensor) -> torch.Tensor:
@@ -137,6 +141,19 @@ def _weight_grad(sp: _Sparse, grad_out: torch.Tensor, coef: torch.Tensor, num_we
     )
 
 
+def _weight_grad_csr(sp: _Sparse, grad_out: torch.Tensor, coef: torch.Tensor, num_weights: int) -> torch.Tensor:
+    """Same as :func:`_weight_grad` as a CSR [num_weights, B] x dense [B, d] product (cuSPARSE SpMM on
+    CUDA; no host sync). The latent-sorted order is computed once per batch and cached on ``sp``."""
+    if sp.csr is None:
+        order = torch.argsort(sp.idx)
+        sidx = sp.idx[order]
+        crow = torch.searchsorted(sidx, torch.arange(num_weights + 1, device=sidx.device, dtype=sidx.dtype))
+        sp.csr = (order, crow, sp.offset2bag[order])
+    order, crow, cols = sp.csr
+    M = torch.sparse_csr_tensor(crow, cols, coef[order].to(grad_out.dtype), size=(num_weights, grad_out.shape[0]))
+    return M @ grad_out
+
+
 class FastTopKTrainer:
     """Owns fp32 parameters (W_enc stored transposed, [d_sae, d_in]), Adam state and dead-latent
     statistics, and runs :meth:`step` on activation batches. Use :meth:`from_training_sae` to start from
@@ -153,6 +170,7 @@ class FastTopKTrainer:
         topk_threshold: torch.Tensor | float = 0.0,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
+        in_place: bool = False,
     ):
         self.cfg = cfg
         dev = torch.device(device) if device is not None else W_dec.device
@@ -164,11 +182,24 @@ class FastTopKTrainer:
             )
         f32 = dict(device=dev, dtype=dtype)
         self.dtype = dtype
-        self.W_encT = W_enc.detach().to(**f32).t().contiguous()
-        self.b_enc = b_enc.detach().to(**f32).clone()
-        self.W_dec = W_dec.detach().to(**f32).contiguous().clone()
-        self.b_dec = b_dec.detach().to(**f32).clone()
-        self.params = [self.W_encT, self.b_enc, self.W_dec, self.b_dec]
+        # in_place: train the given tensors themselves (SAELens layout, W_enc [d_in, d_sae]); else own
+        # copies with W_enc stored latent-major ([d_sae, d_in]), which saves a transpose of its gradient
+        self.in_place = in_place
+        if in_place:
+            ts = [W_enc, b_enc, W_dec, b_dec]
+            if any(t.dtype != dtype or t.device != dev or not t.is_contiguous() for t in ts):
+                raise SaeRdpError(f"fast step: in-place training needs contiguous {dtype} parameters on {dev}")
+            self.params = [t.detach() for t in ts]
+            self.W_encT = self.params[0].t()
+        else:
+            self.params = [
+                W_enc.detach().to(**f32).t().contiguous(),
+                b_enc.detach().to(**f32).clone(),
+                W_dec.detach().to(**f32).contiguous().clone(),
+                b_dec.detach().to(**f32).clone(),
+            ]
+            self.W_encT = self.params[0]
+        self.b_enc, self.W_dec, self.b_dec = self.params[1:]
         for p in self.params:
             if not torch.isfinite(p).all():
                 raise SaeRdpError("fast step: initial parameters contain NaN/Inf")
@@ -179,7 +210,10 @@ class FastTopKTrainer:
             self.w = gamma.pow(2)  # loss weights gamma_i^2
         else:
             self.w = None
-        self.topk_threshold = torch.as_tensor(topk_threshold, dtype=torch.float64, device=dev).clone()
+        if in_place and isinstance(topk_threshold, torch.Tensor):
+            self.topk_threshold = topk_threshold  # updated in place (the SAE's buffer)
+        else:
+            self.topk_threshold = torch.as_tensor(topk_threshold, dtype=torch.float64, device=dev).clone()
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
         self.state_steps = [torch.zeros((), device=dev, dtype=torch.float32) for _ in self.params]
@@ -204,6 +238,7 @@ class FastTopKTrainer:
         bf16: bool = False,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
+        **cfg_overrides: Any,
     ) -> "FastTopKTrainer":
         """Start from a SAELens TopK/BatchTopK training SAE (or a weighted_* one: its ``gamma`` buffer
         becomes the loss weights). Raises SaeRdpError for architectures the fast step doesn't cover."""
@@ -218,6 +253,7 @@ class FastTopKTrainer:
             raise SaeRdpError("fast step: reshape_activations must be 'none'")
         if getattr(c, "use_sparse_activations", False):
             pass  # same math; the fast step is sparse anyway
+        in_place = cfg_overrides.pop("in_place", False)
         cfg = FastTopKConfig(
             d_in=c.d_in, d_sae=c.d_sae, k=c.k, kind=kind,
             rescale_acts_by_decoder_norm=c.rescale_acts_by_decoder_norm,
@@ -225,16 +261,50 @@ class FastTopKTrainer:
             aux_loss_coefficient=c.aux_loss_coefficient,
             topk_threshold_lr=getattr(c, "topk_threshold_lr", 0.01),
             dead_feature_window=dead_feature_window, lr=lr, adam_beta1=adam_beta1, adam_beta2=adam_beta2,
-            bf16=bf16,
+            bf16=bf16, **cfg_overrides,
         )
         gamma = getattr(sae, "gamma", None)
         thr = getattr(sae, "topk_threshold", torch.tensor(0.0))
-        return cls(cfg, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, gamma=gamma, topk_threshold=thr, device=device, dtype=dtype)
+        return cls(cfg, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, gamma=gamma, topk_threshold=thr, device=device, dtype=dtype, in_place=in_place)
+
+    @classmethod
+    def attach(cls, sae: Any, **kwargs: Any) -> "FastTopKTrainer":
+        """Like :meth:`from_training_sae` but trains ``sae``'s own parameter tensors in place (they
+        must be contiguous float32 or float64), so SAELens code that reads ``sae`` (checkpoints,
+        saving, evals) always sees the current weights."""
+        tr = cls.from_training_sae(sae, in_place=True, dtype=sae.W_dec.dtype, device=sae.W_dec.device, **kwargs)
+        return tr
+
+    @torch.no_grad()
+    def adam_state_to(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+        """Write this trainer's Adam state into ``optimizer`` (a torch Adam over ``params`` =
+        [W_enc, b_enc, W_dec, b_dec] in SAELens layout), so its state_dict is a valid checkpoint."""
+        for i, p in enumerate(params):
+            m, v = self.exp_avg[i], self.exp_avg_sq[i]
+            if i == 0 and not self.in_place:
+                m, v = m.t(), v.t()
+            optimizer.state[p] = {"step": self.state_steps[i].clone().cpu(), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
+
+    @torch.no_grad()
+    def adam_state_from(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+        """Read Adam state (e.g. a resumed SAELens checkpoint) from ``optimizer`` if it has any."""
+        for i, p in enumerate(params):
+            st = optimizer.state.get(p)
+            if not st:
+                continue
+            m, v = st["exp_avg"], st["exp_avg_sq"]
+            if i == 0 and not self.in_place:
+                m, v = m.t(), v.t()
+            self.exp_avg[i].copy_(m)
+            self.exp_avg_sq[i].copy_(v)
+            self.state_steps[i].fill_(float(st["step"]))
 
     @torch.no_grad()
     def write_to(self, sae: Any) -> Any:
         """Copy the trained parameters (and BatchTopK threshold) into a SAELens training SAE of the same
         shape, on its device and dtype; returns it (save it with ``sae.save_inference_model(path)``)."""
+        if self.in_place and sae.W_enc.data.data_ptr() == self.params[0].data_ptr():
+            return sae
         sae.W_enc.data.copy_(self.W_encT.t())
         sae.b_enc.data.copy_(self.b_enc)
         sae.W_dec.data.copy_(self.W_dec)
@@ -263,7 +333,7 @@ class FastTopKTrainer:
             k = int(cfg.k)
             v, i = pre_s.topk(k, dim=1, sorted=False)
             offsets = torch.arange(0, B * k, k, device=pre_s.device)
-            o2b = torch.arange(B, device=pre_s.device).repeat_interleave(k)
+            o2b = torch.arange(B * k, device=pre_s.device) // k
             return _Sparse(i.reshape(-1), offsets, v.to(self.dtype).relu_().reshape(-1), o2b)
         K = int(cfg.k * B)  # BatchTopK: the K largest of relu(pre_s) over the whole batch
         kc = min(d_sae, max(1, int(math.ceil(cfg.batchtopk_candidates * cfg.k))))
@@ -292,9 +362,11 @@ class FastTopKTrainer:
         return _Sparse(tp % d_sae, offsets, tv[order], rows)
 
     # ------------------------------------------------------------------ the step
-    def step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def step(self, x: torch.Tensor, dead: torch.Tensor | None | str = "auto") -> dict[str, torch.Tensor]:
         """One training step on a batch ``x`` [B, d_in]; returns the losses (device tensors, no sync):
-        ``mse_loss``, ``auxiliary_reconstruction_loss``, ``loss``, ``l0``."""
+        ``mse_loss``, ``auxiliary_reconstruction_loss``, ``loss``, ``l0``, and ``fired`` (per-latent
+        count of nonzero activations in this batch). ``dead``: the dead-latent mask for the aux loss
+        ("auto": from this trainer's own counters, as SAETrainer does)."""
         cfg = self.cfg
         if x.ndim != 2 or x.shape[1] != cfg.d_in:
             raise SaeRdpError(f"fast step: batch must be [B, {cfg.d_in}], got {tuple(x.shape)}")
@@ -302,10 +374,11 @@ class FastTopKTrainer:
         B = x.shape[0]
         # dead mask as SAETrainer computes it before the forward pass; a latent can be dead only after
         # dead_feature_window steps, so the host sync to count them is skipped until then
-        dead = None
-        if self.n_training_steps > cfg.dead_feature_window:
-            dead = self.dead_neurons
+        if isinstance(dead, str):
+            dead = self.dead_neurons if self.n_training_steps > cfg.dead_feature_window else None
         losses, grads, sp, vals_s = self.loss_and_grads(x, dead)
+        self._last_sparse = sp
+        self._last_vals_s = vals_s
         with torch.no_grad():
             # ---- clip_grad_norm_(max_norm) folded into Adam's grad_scale (grad / scale)
             total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
@@ -323,9 +396,10 @@ class FastTopKTrainer:
                 mn = pos.min() if pos.numel() else torch.tensor(torch.inf, device=self.device)
                 lr_t = cfg.topk_threshold_lr
                 new = (1 - lr_t) * self.topk_threshold + lr_t * mn.double()
-                self.topk_threshold = torch.where(torch.isfinite(mn), new, self.topk_threshold)
+                self.topk_threshold.copy_(torch.where(torch.isfinite(mn), new, self.topk_threshold))
             self.n_training_steps += 1
             losses["l0"] = (a > 0).sum() / B
+            losses["fired"] = fired
         return losses
 
     @torch.no_grad()
@@ -336,9 +410,11 @@ class FastTopKTrainer:
         updating anything. ``dead``: boolean [d_sae] dead-latent mask (None: no aux loss)."""
         cfg = self.cfg
         B = x.shape[0]
-        W_encT, b_enc, W_dec, b_dec = self.params
+        _, b_enc, W_dec, b_dec = self.params
+        W_encT = self.W_encT
         lowp = torch.bfloat16 if cfg.bf16 else self.dtype
         num_dead = int(dead.sum()) if dead is not None else 0
+        wgrad = _weight_grad_csr if cfg.weight_grad_impl == "csr" else _weight_grad
         if True:
             u = x - b_dec if cfg.apply_b_dec_to_input else x
             n = W_dec.norm(dim=1) if cfg.rescale_acts_by_decoder_norm else None
@@ -367,7 +443,7 @@ class FastTopKTrainer:
             r = werr * (2.0 / B)  # dL/dx_hat
             # ---- backward through the decoder
             g_a = _vals_grad(sp, Wd, r).to(self.dtype)
-            g_Wdec = _weight_grad(sp, r, a, cfg.d_sae)
+            g_Wdec = wgrad(sp, r, a, cfg.d_sae)
             g_pre = g_a * (a > 0)
             # ---- dead-latent auxiliary loss (SAELens calculate_topk_aux_loss; gamma^2-weighted if weighted)
             aux = torch.zeros((), device=self.device, dtype=self.dtype)
@@ -384,7 +460,7 @@ class FastTopKTrainer:
                 aux_a = av / n[ai] if n is not None else av  # = pre (no relu), as SAELens
                 aux_sp = _Sparse(
                     ai, torch.arange(0, B * k_aux, k_aux, device=self.device), aux_a,
-                    torch.arange(B, device=self.device).repeat_interleave(k_aux),
+                    torch.arange(B * k_aux, device=self.device) // k_aux,
                 )
                 e_hat = _decode(aux_sp, Wd).to(self.dtype)
                 d_aux = e_hat + err  # e_hat - (x - x_hat)
@@ -393,17 +469,20 @@ class FastTopKTrainer:
                 aux = c * (wd_aux * d_aux).sum() / B
                 r_aux = wd_aux * (2.0 * c / B)
                 g_aux_a = _vals_grad(aux_sp, Wd, r_aux).to(self.dtype)
-                g_Wdec += _weight_grad(aux_sp, r_aux, aux_a, cfg.d_sae)
+                g_Wdec += wgrad(aux_sp, r_aux, aux_a, cfg.d_sae)
             # ---- backward through the encoder (sparse pre-activation gradient)
-            g_WencT = _weight_grad(sp, u, g_pre, cfg.d_sae)
+            g_WencT = wgrad(sp, u, g_pre, cfg.d_sae)
             g_benc = torch.zeros_like(b_enc).index_add_(0, sp.idx, g_pre)
             if aux_sp is not None:
-                g_WencT += _weight_grad(aux_sp, u, g_aux_a, cfg.d_sae)
+                g_WencT += wgrad(aux_sp, u, g_aux_a, cfg.d_sae)
                 g_benc.index_add_(0, aux_sp.idx, g_aux_a)
             g_bdec = r.sum(0)
             if cfg.apply_b_dec_to_input:
                 g_bdec -= g_benc @ W_encT
+            if self.in_place:
+                g_WencT = g_WencT.t().contiguous()  # the gradient in the parameter's own layout
             grads = [g_WencT, g_benc, g_Wdec, g_bdec]
+        self._last_x_hat = x_hat
         return {"mse_loss": mse, "auxiliary_reconstruction_loss": aux, "loss": mse + aux}, grads, sp, vals_s
 
     def _adam(self, grads: list[torch.Tensor], clip: torch.Tensor) -> None:
@@ -456,3 +535,77 @@ def train_fast(
             on_step(s, out)
     tr.write_to(sae)
     return tr
+
+
+# ---------------------------------------------------------------------------- SAELens SAETrainer hook
+def install_fast_step(trainer: Any) -> FastTopKTrainer | None:
+    """Make a SAELens ``SAETrainer`` run its steps with the fast path when it applies: the SAE is a
+    (weighted_)topk / (weighted_)batchtopk training SAE in float32/float64 with no activation
+    normalisation other than SAELens's scalar scaling. Returns the FastTopKTrainer, or None (the
+    trainer is left untouched) when the fast path does not apply.
+
+    Only ``trainer._train_step`` is replaced (on this instance): ``fit()``'s loop, the activation
+    scaler, the lr and coefficient schedulers, dead-latent statistics, sparsity windows, checkpoints
+    (the Adam state is written into the trainer's torch Adam before each save) and the final folding
+    and saving stay SAELens's own. Autocast (``SAETrainerConfig.autocast``) maps to ``bf16=True``."""
+    from sae_lens.saes.sae import TrainStepOutput
+
+    sae = trainer.sae
+    try:
+        arch = sae.cfg.architecture()
+    except Exception:  # noqa: BLE001
+        return None
+    if fast_architecture_of(arch) is None or sae.W_dec.dtype not in (torch.float32, torch.float64):
+        return None
+    if getattr(sae.cfg, "normalize_activations", "none") not in ("none", "expected_average_only_in"):
+        return None
+    if getattr(sae.cfg, "reshape_activations", "none") != "none" or getattr(sae, "use_error_term", False):
+        return None
+    if arch.startswith("weighted_") and hasattr(sae, "gamma_is_set") and not sae.gamma_is_set:
+        return None  # let the weighted SAE's first-batch gamma estimate run on the reference path
+    tc = trainer.cfg
+    ft = FastTopKTrainer.attach(
+        sae, lr=tc.lr, adam_beta1=tc.adam_beta1, adam_beta2=tc.adam_beta2,
+        dead_feature_window=tc.dead_feature_window, bf16=bool(tc.autocast),
+    )
+    params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
+    if set(map(id, params)) != {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}:
+        return None  # extra trainable parameters: not a plain TopK SAE
+    ft.adam_state_from(trainer.optimizer, params)
+
+    def _train_step(sae: Any, sae_in: torch.Tensor) -> Any:
+        ft.set_lr(trainer.optimizer.param_groups[0]["lr"])
+        dead = trainer.dead_neurons if trainer.n_training_steps > tc.dead_feature_window else None
+        out = ft.step(sae_in, dead=dead)
+        fired = out.pop("fired")
+        with torch.no_grad():
+            trainer.n_forward_passes_since_fired += 1
+            trainer.n_forward_passes_since_fired.masked_fill_(fired > 0, 0)
+            trainer.act_freq_scores += fired.to(trainer.act_freq_scores.dtype)
+            trainer.n_frac_active_samples += tc.train_batch_size_samples
+        trainer.lr_scheduler.step()
+        for sched in trainer.coefficient_schedulers.values():
+            sched.step()
+        sp = ft._last_sparse
+        feature_acts = torch.sparse_coo_tensor(
+            torch.stack([sp.offset2bag, sp.idx]), ft._last_vals_s, (sae_in.shape[0], sae.cfg.d_sae)
+        )
+        losses = {"mse_loss": out["mse_loss"], "auxiliary_reconstruction_loss": out["auxiliary_reconstruction_loss"]}
+        metrics: dict[str, Any] = {}
+        if hasattr(sae, "topk_threshold"):
+            metrics["topk_threshold"] = sae.topk_threshold
+        return TrainStepOutput(
+            sae_in=sae_in, sae_out=ft._last_x_hat, feature_acts=feature_acts, hidden_pre=sae_in.new_empty(0),
+            loss=out["loss"], losses=losses, metrics=metrics,
+        )
+
+    orig_save_state = trainer.save_trainer_state
+
+    def save_trainer_state(checkpoint_path: Any) -> None:
+        ft.adam_state_to(trainer.optimizer, params)
+        orig_save_state(checkpoint_path)
+
+    trainer._train_step = _train_step
+    trainer.save_trainer_state = save_trainer_state
+    trainer.fast_step = ft
+    return ft

@@ -10,7 +10,7 @@ import torch
 
 import sae_rdp_plugin  # noqa: F401  (registers weighted_*)
 from sae_rdp_plugin.errors import SaeRdpError
-from sae_rdp_plugin.fast_topk import FastTopKTrainer
+from sae_rdp_plugin.fast_topk import FastTopKTrainer, install_fast_step
 
 sae_lens = pytest.importorskip("sae_lens")
 from sae_lens import SAE  # noqa: E402
@@ -67,7 +67,8 @@ def _ref_grads(sae, x, dead):
 @pytest.mark.parametrize("kind", ["topk", "batchtopk"])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("with_dead", [False, True])
-def test_grads_match_float64_autograd(kind, weighted, with_dead):
+@pytest.mark.parametrize("impl", ["embedding_bag", "csr"])
+def test_grads_match_float64_autograd(kind, weighted, with_dead, impl):
     """float64 fast step == float64 SAELens autograd (to rounding); float32 fast step within 1e-5 of it."""
     sae = _make(kind, weighted, "float64")
     x = torch.randn(32, D_IN, dtype=torch.float64) * (torch.rand(D_IN, dtype=torch.float64) + 0.5)
@@ -79,7 +80,7 @@ def test_grads_match_float64_autograd(kind, weighted, with_dead):
     if with_dead:
         assert float(ref_out.losses["auxiliary_reconstruction_loss"]) > 0
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-5)):
-        tr = FastTopKTrainer.from_training_sae(sae, dtype=dtype)
+        tr = FastTopKTrainer.from_training_sae(sae, dtype=dtype, weight_grad_impl=impl)
         losses, grads, _, _ = tr.loss_and_grads(x.to(dtype), dead)
         assert abs(float(losses["mse_loss"]) - float(ref_out.losses["mse_loss"])) <= tol * float(ref_out.losses["mse_loss"])
         if with_dead:
@@ -227,3 +228,45 @@ def test_rejects_bad_input():
 
     with pytest.raises(SaeRdpError):
         FastTopKTrainer.from_training_sae(StandardTrainingSAE(StandardTrainingSAEConfig(d_in=4, d_sae=8)))
+
+
+@pytest.mark.parametrize("kind", ["topk", "batchtopk"])
+def test_installed_fast_step_matches_saelens_fit(tmp_path, kind):
+    """SAETrainer.fit() with install_fast_step (in-place, SAELens layout) == plain SAETrainer.fit(),
+    float64, with dead latents, lr warm-up, a checkpoint (whose Adam state must be the fast one)."""
+    sae_a = _make(kind, True, "float64")
+    sae_b = copy.deepcopy(sae_a)
+    torch.manual_seed(4)
+    batches = [torch.randn(32, D_IN, dtype=torch.float64) for _ in range(8)]
+
+    def cfg(path):
+        return SAETrainerConfig(
+            total_training_samples=32 * 8, train_batch_size_samples=32, lr=3e-3, lr_end=3e-3,
+            lr_warm_up_steps=3, dead_feature_window=2, n_checkpoints=1, checkpoint_path=str(path),
+        )
+
+    ta = SAETrainer(cfg(tmp_path / "a"), sae_a, _Provider(batches))
+    ta.fit()
+    tb = SAETrainer(cfg(tmp_path / "b"), sae_b, _Provider(batches))
+    ft = install_fast_step(tb)
+    assert ft is not None
+    tb.fit()
+    for pa, pb in zip([sae_a.W_enc, sae_a.b_enc, sae_a.W_dec, sae_a.b_dec], [sae_b.W_enc, sae_b.b_enc, sae_b.W_dec, sae_b.b_dec]):
+        assert _rel(pb, pa) < 1e-6  # float64 rounding amplified by Adam's 1/sqrt(v) over 8 steps
+    assert torch.equal(ta.n_forward_passes_since_fired, tb.n_forward_passes_since_fired)
+    assert torch.allclose(ta.act_freq_scores, tb.act_freq_scores)
+    ck_a = next((tmp_path / "a").iterdir())
+    ck_b = next((tmp_path / "b").iterdir())
+    sa = torch.load(ck_a / "trainer_state.pt", weights_only=False)["optimizer"]["state"]
+    sb = torch.load(ck_b / "trainer_state.pt", weights_only=False)["optimizer"]["state"]
+    for i in sa:
+        assert _rel(sb[i]["exp_avg"], sa[i]["exp_avg"]) < 1e-6
+        assert float(sb[i]["step"]) == float(sa[i]["step"])
+
+
+def test_install_declines_other_architectures():
+    from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+
+    sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=4, d_sae=8))
+    t = SAETrainer(SAETrainerConfig(total_training_samples=8, train_batch_size_samples=4, lr_end=3e-4), sae, _Provider([torch.randn(4, 4)]))
+    assert install_fast_step(t) is None

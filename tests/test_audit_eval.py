@@ -135,3 +135,39 @@ def test_cli_run_and_errors(tmp_path, capsys):
 def test_cli_orientations_subprocess():
     r = subprocess.run([sys.executable, "-m", "sae_rdp_plugin", "audit", "orientations"], capture_output=True, text=True)
     assert r.returncode == 0 and "sparse_probing.sae.sae_top_*_test_accuracy | -s | proxy" in r.stdout
+
+
+def test_bundled_audit_matches_brute_force(tmp_path):
+    """The bundled pipeline's V for one (sweep, control) equals a brute-force count on the shipped CSV."""
+    import csv
+    import itertools
+
+    from sae_rdp_plugin.readers import BUNDLED_DIR, read_bundled
+
+    t = read_bundled(None).where(model="pythia-70m-deduped", layer=3)
+    cfg = RdpAuditEvalConfig(group_by=["model", "layer"], distortion_field="basic.l2_loss",
+                             proxies=["cossim"], n_bootstrap=20, n_permutations=20, make_plots=False)
+    res = run_eval(cfg, None, "cpu", str(tmp_path), table=t)
+    row = res["pythia-70m-deduped_L3"]["eval_result_details"][0]
+    with open(BUNDLED_DIR / "core_2024-09_final.csv") as f:
+        recs = [r for r in csv.DictReader(f) if r["model"] == "pythia-70m-deduped" and r["layer"] == "3"]
+    R = [float(r["core.sparsity.l0"]) for r in recs]
+    D = [float(r["basic.l2_loss"]) for r in recs]
+    P = [-float(r["core.reconstruction_quality.cossim"]) for r in recs]
+    num = den = 0.0
+    for i, j in itertools.permutations(range(len(R)), 2):
+        if R[i] <= R[j] and D[i] <= D[j] and (R[i], D[i]) != (R[j], D[j]):
+            den += 1
+            num += 1.0 if P[i] < P[j] else 0.5 if P[i] == P[j] else 0.0
+    assert row["n_saes"] == len(R) and row["n_dominated_pairs"] == den
+    assert row["violation_rate"] == pytest.approx(num / den)
+    assert row["proxy"] == "core.reconstruction_quality.cossim" and row["orientation"] == -1
+
+
+@pytest.mark.slow
+def test_demo_section(tmp_path):
+    from sae_rdp_plugin.commands.audit import demo_section
+
+    md = demo_section(tmp_path)
+    assert "sae_top_20" in md and "(audit/rdp_audit_gemma-2-2b_L19.png)" in md
+    assert (tmp_path / "audit" / "rdp_audit_gemma-2-2b_L19.png").exists()

@@ -73,6 +73,7 @@ def run_bundled(
     runs: tuple[str, ...] = ("A", "A2", "B"),
     plots: tuple[str, ...] = ("pooled_layer",),
     distortions: tuple[str, ...] = ("fve", "l2"),
+    plot_distortion: str = "l2",
 ) -> dict[str, Any]:
     """Run every analysis on the bundled data into ``out/<analysis>[_run<R>]/``; write
     ``out/summary.md`` and ``out/summary.json``; return the summary rows."""
@@ -94,7 +95,7 @@ def run_bundled(
                 n_bootstrap=n_boot,
                 n_permutations=n_perm,
                 random_seed=seed,
-                make_plots=name in plots and dname == distortions[0],
+                make_plots=name in plots and dname == plot_distortion,
             )
             sub_out = out / f"{name}_run{run}_{dname}"
             sub = table
@@ -127,6 +128,24 @@ def run_bundled(
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "summary.md", summary_markdown(summary))
     return summary
+
+
+CSV_FIELDS = ["distortion", "analysis", "probing_run", "sweep", "proxy", "orientation", "role", "n_saes", "n_missing",
+              "n_dominated_pairs", "violation_rate", "violation_rate_ci_low", "violation_rate_ci_high",
+              "rank_correlation", "rank_correlation_ci_low", "rank_correlation_ci_high", "p_value_violation",
+              "p_value_rank_correlation", "verdict"]
+
+
+def summary_csv(summary: dict[str, Any]) -> str:
+    """All (distortion, analysis, run, sweep, proxy) audit rows as CSV (floats to 4 decimals)."""
+    lines = [",".join(CSV_FIELDS)]
+    for r in summary["rows"]:
+        vals = []
+        for f in CSV_FIELDS:
+            v = r.get(f)
+            vals.append("" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v))
+        lines.append(",".join(vals))
+    return "\n".join(lines) + "\n"
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:

@@ -186,7 +186,7 @@ def _plot(path: Path, title: str, b: np.ndarray, pis: dict[str, np.ndarray], det
         ax.tick_params(labelsize=6)
     fig.suptitle(f"{title}\nfaithful proxy: Pi rises to the right (tighter budget)", fontsize=9)
     fig.tight_layout()
-    atomic_save(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    atomic_save(path, lambda p: fig.savefig(p, dpi=80, format="png"))
     plt.close(fig)
 
 
@@ -320,7 +320,7 @@ def run_eval(
                 "rate_field": rate_col,
                 "distortion_field": config.distortion_field,
                 "skipped_proxies": skipped,
-                "reader_report": table.report[:50],
+                "reader_report": table.report[:3] + ([f"... {len(table.report) - 3} more"] if len(table.report) > 3 else []),
             },
         )
         obj = json.loads(json.dumps(asdict(output), default=str))

@@ -278,6 +278,33 @@ class BuiltDGP:
         return self._sampler(n, generator)
 
 
+def dgp_from_synthetic_model(
+    model: Any,
+    name: str = "saelens",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    spec: DGPSpec | None = None,
+    seed: int = 0,
+) -> BuiltDGP:
+    """A :class:`BuiltDGP` over a SAELens ``SyntheticModel``: concepts = its FeatureDictionary vectors,
+    samples = ``sample_with_features`` (seeded from our generator through a forked global RNG, since
+    SAELens draws from torch's global RNG); E|S| estimated on 20,000 samples."""
+    device = torch.device(device)
+    concepts = model.feature_dict.feature_vectors.detach().to(device=device, dtype=dtype)
+
+    def sample_saelens(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        s = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+        devs = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devs):
+            torch.manual_seed(s)
+            x, f = model.sample_with_features(n)
+        return x.to(device=device, dtype=dtype), f.to(device=device, dtype=dtype)
+
+    g = torch.Generator(device=device).manual_seed(seed)
+    es = float((sample_saelens(20000, g)[1] > 0).float().sum(1).mean())
+    return BuiltDGP(name, concepts, sample_saelens, es, pmf=None, spec=spec, source=model)
+
+
 def build_dgp(spec: DGPSpec, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> BuiltDGP:
     """Instantiate a :class:`DGPSpec` on ``device`` (uses ``sae_rdp_plugin.dgp`` / ``sae_lens.synthetic``)."""
     device = torch.device(device)
@@ -291,21 +318,7 @@ def build_dgp(spec: DGPSpec, device: str | torch.device = "cpu", dtype: torch.dt
             model = SyntheticModel(mcfg, device=str(device))
         except (TypeError, KeyError, ValueError) as exc:
             raise SaeRdpError(f"DGP {spec.name!r}: bad saelens_config: {exc}") from None
-        concepts = model.feature_dict.feature_vectors.detach().to(dtype)
-
-        def sample_saelens(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-            # SAELens samples from torch's global RNG: seed a forked RNG from our generator.
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-            devs = [device] if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devs):
-                torch.manual_seed(seed)
-                x, f = model.sample_with_features(n)
-            return x.to(dtype), f.to(dtype)
-
-        # E|S| by Monte Carlo (hierarchy / correlation make it implicit)
-        g = torch.Generator(device=device).manual_seed(spec.concept_seed)
-        es = float((sample_saelens(20000, g)[1] > 0).float().sum(1).mean())
-        return BuiltDGP(spec.name, concepts, sample_saelens, es, pmf=None, spec=spec, source=model)
+        return dgp_from_synthetic_model(model, spec.name, device, dtype, spec=spec, seed=spec.concept_seed)
 
     from sae_rdp_plugin import dgp as D
 

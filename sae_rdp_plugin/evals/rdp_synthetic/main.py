@@ -1,0 +1,288 @@
+"""``rdp_synthetic``: rate, distortion and polysemanticity of SAEs on a synthetic model with known
+concepts, in SAEBench's eval format.
+
+For each selected SAE: draw ``n_samples`` observations x from the DGP (a ``sae_rdp_plugin.sweep``
+DGPSpec, or a SAELens ``SyntheticModel``), encode/decode them with the SAE, and report
+
+* rate R = E||z||_0, distortion D = E||x - x_hat||^2 (sum over dims), explained variance, dead latents,
+  E|S| and the gap to the monosemantic conservation line E|S| - R - D;
+* P_dec, P_enc, P_ED (THEORY.md section 3; CHOICE parameters from the config);
+* SAELens's ground-truth metrics: MCC, uniqueness, precision / recall / F1 (``sae_lens.synthetic``).
+
+Python::
+
+    from sae_rdp_plugin.evals.rdp_synthetic.eval_config import RDPSyntheticEvalConfig
+    from sae_rdp_plugin.evals.rdp_synthetic.main import run_eval
+    cfg = RDPSyntheticEvalConfig(dgp={"name": "p", "kind": "pairs", "m": 8, "d": 16, "rho": 0.5})
+    run_eval(cfg, [("my_sae", sae)], "cpu", "eval_results/rdp_synthetic")
+
+CLI (SAEBench's standard flags)::
+
+    python -m sae_rdp_plugin.evals.rdp_synthetic.main --sae_paths DIR1 DIR2 --dgp_path cfg.json \\
+        --output_folder eval_results/rdp_synthetic
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from sae_rdp_plugin.errors import SaeRdpError
+from sae_rdp_plugin.evals.rdp_synthetic.eval_config import RDPSyntheticEvalConfig
+from sae_rdp_plugin.evals.rdp_synthetic.eval_output import (
+    EVAL_TYPE_ID_RDP_SYNTHETIC,
+    RDPGroundTruthMetrics,
+    RDPPolysemanticityMetrics,
+    RDPRateDistortionMetrics,
+    RDPSyntheticEvalOutput,
+    RDPSyntheticMetricCategories,
+)
+from sae_rdp_plugin.io import atomic_write_text
+
+
+def load_dgp(config: RDPSyntheticEvalConfig, device: str | torch.device) -> Any:
+    """The config's DGP as a ``sae_rdp_plugin.sweep.BuiltDGP`` on ``device``."""
+    from sae_rdp_plugin.sweep import DGPSpec, SweepConfig, build_dgp, dgp_from_synthetic_model
+
+    if config.synthetic_model_path:
+        from sae_lens.synthetic import SyntheticModel
+
+        p = Path(config.synthetic_model_path)
+        if not p.exists():
+            raise SaeRdpError(f"synthetic model folder not found: {p}")
+        model = SyntheticModel.load_from_disk(str(p), device=str(device))
+        return dgp_from_synthetic_model(model, p.name, device, seed=config.random_seed)
+    spec_d: dict[str, Any] = dict(config.dgp)
+    if config.dgp_path:
+        p = Path(config.dgp_path)
+        try:
+            obj = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise SaeRdpError(f"DGP file not found: {p}") from None
+        except json.JSONDecodeError as exc:
+            raise SaeRdpError(f"malformed JSON in {p}: {exc.msg}") from None
+        if isinstance(obj, dict) and "dgps" in obj:
+            cfg = SweepConfig.from_dict(obj)
+            names = [g.name for g in cfg.dgps]
+            name = config.dgp_name or names[0]
+            if name not in names:
+                raise SaeRdpError(f"unknown DGP {name!r} in {p} (has {', '.join(names)})")
+            return build_dgp(next(g for g in cfg.dgps if g.name == name), device)
+        spec_d = obj
+    try:
+        spec = DGPSpec(**spec_d)
+    except TypeError as exc:
+        raise SaeRdpError(f"bad DGP spec: {exc}") from None
+    return build_dgp(spec, device)
+
+
+@torch.no_grad()
+def evaluate_sae(sae: Any, built: Any, config: RDPSyntheticEvalConfig, device: str | torch.device) -> dict[str, dict[str, float]]:
+    """The three metric categories of one SAE on the DGP (batched; bounded memory)."""
+    from sae_lens.synthetic import ClassificationMetricsCalculator, feature_uniqueness, mean_correlation_coefficient
+
+    from sae_rdp_plugin.metrics import joint_polysemanticity, polysemanticity
+
+    if int(sae.cfg.d_in) != built.d:
+        raise SaeRdpError(f"shape mismatch: SAE d_in={sae.cfg.d_in} but the DGP has d={built.d}")
+    gen = torch.Generator(device=torch.device(device)).manual_seed(config.random_seed)
+    dec = sae.W_dec.detach().float()
+    enc = sae.W_enc.detach().float().T
+    concepts = built.concepts.float().to(dec.device)
+    calc = ClassificationMetricsCalculator(dec.cpu(), concepts.cpu())
+    n, done = config.n_samples, 0
+    l0 = se = s2 = 0.0
+    s1 = torch.zeros(built.d, dtype=torch.float64)
+    fired = torch.zeros(dec.shape[0], dtype=torch.bool)
+    while done < n:
+        b = min(config.batch_size, n - done)
+        x, acts = built.sample(b, gen)
+        x = x.to(device=dec.device, dtype=torch.float32)
+        z = sae.encode(x.to(sae.dtype))
+        xh = sae.decode(z).float()
+        if not bool(torch.isfinite(xh).all()):
+            raise SaeRdpError("SAE reconstruction contains NaN or Inf")
+        nz = z != 0
+        l0 += float(nz.sum())
+        se += float((x.double() - xh.double()).pow(2).sum())
+        s1 += x.double().sum(0).cpu()
+        s2 += float(x.double().pow(2).sum())
+        fired |= nz.any(0).cpu()
+        calc.add_batch(z.float().cpu(), acts.float().cpu())
+        done += b
+    tv = s2 - float(s1.pow(2).sum()) / n
+    R, D = l0 / n, se / n
+    kw = dict(reduction=config.reduction, use_abs=config.use_abs, zero_tol=config.zero_tol)
+    cls = calc.compute()
+    return {
+        "rate_distortion": {
+            "rate": R,
+            "distortion": D,
+            "explained_variance": 1.0 - se / tv if tv > 0 else float("nan"),
+            "dead_latents": int((~fired).sum()),
+            "expected_size": float(built.expected_size),
+            "mono_line_gap": float(built.expected_size) - R - D,
+        },
+        "polysemanticity": {
+            "P_dec": polysemanticity(dec, concepts, **kw),
+            "P_enc": polysemanticity(enc, concepts, **kw),
+            "P_ED": joint_polysemanticity(enc, dec, concepts, **kw),
+        },
+        "ground_truth": {
+            "mcc": mean_correlation_coefficient(dec.cpu(), concepts.cpu()),
+            "uniqueness": feature_uniqueness(dec.cpu(), concepts.cpu()),
+            "precision": cls.precision,
+            "recall": cls.recall,
+            "f1": cls.f1_score,
+        },
+    }
+
+
+def _sae_lens_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("sae_lens")
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def run_eval(
+    config: RDPSyntheticEvalConfig,
+    selected_saes: Sequence[tuple[str, Any]],
+    device: str,
+    output_path: str,
+    force_rerun: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate each (release, sae_id) or (name, SAE object) pair as SAEBench does (objects get sae_id
+    "custom_sae"); write ``{output_path}/{release}_{sae_id}_eval_results.json`` (existing files are kept
+    unless ``force_rerun``). Returns {file path: output dict}."""
+    from sae_bench.sae_bench_utils import get_eval_uuid, get_sae_bench_version
+    from sae_bench.sae_bench_utils.general_utils import get_results_filepath, load_and_format_sae
+
+    os.makedirs(output_path, exist_ok=True)
+    built = load_dgp(config, device)
+    results: dict[str, dict[str, Any]] = {}
+    for release, sae_obj in selected_saes:
+        path = get_results_filepath(output_path, release, "custom_sae" if not isinstance(sae_obj, str) else sae_obj)
+        if os.path.exists(path) and not force_rerun:
+            print(f"[rdp_synthetic] skipping {path} (exists; use force_rerun)")
+            continue
+        if isinstance(sae_obj, str):  # (release, sae_id): SAEBench's loader (SAELens pretrained directory)
+            loaded = load_and_format_sae(release, sae_obj, device)
+            assert loaded is not None
+            sae_id, sae, _ = loaded
+        else:  # a SAE object, as SAEBench's custom SAEs (its cfg standardisation needs an LLM hook, skipped)
+            sae_id, sae = "custom_sae", sae_obj
+        sae = sae.to(device)
+        m = evaluate_sae(sae, built, config, device)
+        out = RDPSyntheticEvalOutput(
+            eval_config=config,
+            eval_id=get_eval_uuid(),
+            datetime_epoch_millis=int(datetime.now().timestamp() * 1000),
+            eval_result_metrics=RDPSyntheticMetricCategories(
+                rate_distortion=RDPRateDistortionMetrics(**m["rate_distortion"]),
+                polysemanticity=RDPPolysemanticityMetrics(**m["polysemanticity"]),
+                ground_truth=RDPGroundTruthMetrics(**m["ground_truth"]),
+            ),
+            eval_result_details=[],
+            sae_bench_commit_hash=get_sae_bench_version(),
+            sae_lens_id=sae_id,
+            sae_lens_release_id=release,
+            sae_lens_version=_sae_lens_version(),
+            sae_cfg_dict=sae.cfg.to_dict(),
+            eval_result_unstructured={"dgp": built.name, "dgp_spec": None if built.spec is None else built.spec.__dict__},
+        )
+        assert out.eval_type_id == EVAL_TYPE_ID_RDP_SYNTHETIC
+        text = out.to_json()
+        atomic_write_text(path, text)
+        results[path] = json.loads(text)
+    return results
+
+
+def run_eval_on_sweep(
+    sweep_dir: str | Path, output_path: str | Path, device: str = "cpu", n_samples: int = 20000, force_rerun: bool = False
+) -> dict[str, dict[str, Any]]:
+    """Run the eval on every finished member of a sweep folder, each against its own DGP (members are
+    exported as SAELens SAEs and loaded with the stock loader first)."""
+    from sae_lens import SAE
+
+    from sae_rdp_plugin.sweep import SweepConfig, export_member, load_results
+
+    sweep_dir = Path(sweep_dir)
+    state = json.loads((sweep_dir / "state.json").read_text())
+    cfg = SweepConfig.from_dict(state["config"])
+    specs = {g.name: g for g in cfg.dgps}
+    written: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in load_results(sweep_dir):
+            dest = export_member(sweep_dir, r["member_id"], Path(tmp) / r["member_id"])
+            sae = SAE.load_from_disk(str(dest), device=device)
+            ecfg = RDPSyntheticEvalConfig(dgp=dict(specs[r["dgp"]].__dict__), n_samples=n_samples)
+            written.update(run_eval(ecfg, [(r["member_id"], sae)], device, str(output_path), force_rerun=force_rerun))
+    return written
+
+
+def arg_parser() -> argparse.ArgumentParser:
+    d = RDPSyntheticEvalConfig()
+    p = argparse.ArgumentParser(description="Run the rdp_synthetic eval (sae-rdp): R, D and P on a synthetic model")
+    p.add_argument("--sae_regex_pattern", type=str, default=".*", help="Regex on the SAE release (with --sae_paths: on the folder name)")
+    p.add_argument("--sae_block_pattern", type=str, default=".*", help="Regex on the SAE id")
+    p.add_argument("--output_folder", type=str, default="eval_results/rdp_synthetic", help="Output folder")
+    p.add_argument("--force_rerun", action="store_true", help="Overwrite existing outputs")
+    p.add_argument("--model_name", type=str, default=d.model_name, help="Label of the synthetic model")
+    p.add_argument("--dgp", type=json.loads, default=d.dgp, help="DGPSpec as a JSON string")
+    p.add_argument("--dgp_path", type=str, default="", help="JSON file: a DGPSpec or a sweep config")
+    p.add_argument("--dgp_name", type=str, default="", help="DGP name within the sweep config")
+    p.add_argument("--synthetic_model_path", type=str, default="", help="SAELens SyntheticModel folder")
+    p.add_argument("--sae_paths", type=str, nargs="*", default=[], help="Local SAELens SAE folders")
+    p.add_argument("--n_samples", type=int, default=d.n_samples, help="Evaluation samples")
+    p.add_argument("--batch_size", type=int, default=d.batch_size, help="Samples per forward pass")
+    p.add_argument("--random_seed", type=int, default=d.random_seed, help="Seed of the evaluation sample")
+    p.add_argument("--reduction", type=str, default=d.reduction, choices=["mean", "sum", "max"], help="P reduction (CHOICE)")
+    p.add_argument("--use_abs", type=lambda s: s.lower() in ("1", "true", "yes"), default=True, help="|cos| (true) or cos^2 (false)")
+    p.add_argument("--zero_tol", type=float, default=d.zero_tol, help="Dead-row norm tolerance")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    import re
+
+    args = arg_parser().parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = RDPSyntheticEvalConfig(
+        model_name=args.model_name, dgp=args.dgp, dgp_path=args.dgp_path, dgp_name=args.dgp_name,
+        synthetic_model_path=args.synthetic_model_path, sae_paths=args.sae_paths, n_samples=args.n_samples,
+        batch_size=args.batch_size, random_seed=args.random_seed, reduction=args.reduction, use_abs=args.use_abs,
+        zero_tol=args.zero_tol,
+    )
+    if args.sae_paths:
+        from sae_lens import SAE
+
+        selected: list[tuple[str, Any]] = [
+            (Path(p).name, SAE.load_from_disk(p, device=device))
+            for p in args.sae_paths
+            if re.search(args.sae_regex_pattern, Path(p).name)
+        ]
+    else:
+        from sae_bench.sae_bench_utils.sae_selection_utils import get_saes_from_regex
+
+        selected = list(get_saes_from_regex(args.sae_regex_pattern, args.sae_block_pattern))
+    if not selected:
+        raise SaeRdpError("no SAE selected")
+    t0 = time.time()
+    out = run_eval(config, selected, device, args.output_folder, force_rerun=args.force_rerun)
+    print(f"[rdp_synthetic] {len(out)} file(s) in {time.time() - t0:.1f} s under {args.output_folder}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -514,15 +514,13 @@ def rdp_function(
     rb = np.asarray(r_budgets, dtype=np.float64)
     pb = np.asarray(p_budgets, dtype=np.float64)
     out = np.full((rb.size, pb.size), np.inf)
+    o = np.argsort(R, kind="stable")
+    r, d, q = R[o], D[o], P[o]
+    pos = np.searchsorted(r, rb + tol, side="right") - 1
+    has = pos >= 0
     for j, pv in enumerate(pb):
-        ok_p = P <= pv + tol
-        if not ok_p.any():
-            continue
-        r, d = R[ok_p], D[ok_p]
-        o = np.argsort(r, kind="stable")
-        r, dmin = r[o], np.minimum.accumulate(d[o])
-        pos = np.searchsorted(r, rb + tol, side="right") - 1
-        out[pos >= 0, j] = dmin[pos[pos >= 0]]
+        dmin = np.minimum.accumulate(np.where(q <= pv + tol, d, np.inf))
+        out[has, j] = dmin[pos[has]]
     return out
 
 
@@ -856,14 +854,17 @@ def frontier_summary(
     # Theorem 3 on the enumerated class: D(R_b, P_b) non-increasing in each budget
     rb = np.unique(_rounded(R))
     pb = np.unique(_rounded(P))
+    rb = rb[np.unique(np.linspace(0, rb.size - 1, min(rb.size, 512)).round().astype(int))]  # budget grid (<= 512)
+    pb = pb[np.unique(np.linspace(0, pb.size - 1, min(pb.size, 512)).round().astype(int))]
     grid = rdp_function(R, D, P, rb, pb)
     g = np.where(np.isinf(grid), 1e300, grid)
     mono_r = bool((np.diff(g, axis=0) <= 1e-12).all())
     mono_p = bool((np.diff(g, axis=1) <= 1e-12).all())
+    atom_lists = ids_to_atoms(range(2**pmf.m - 1))
     codes_json = (
         [
-            {"atoms": ids_to_atoms(table.codes[i]), "rate": float(R[i]), "distortion": float(D[i]), "polysemanticity": float(P[i])}
-            for i in range(len(table))
+            {"atoms": [atom_lists[a] for a in c], "rate": r, "distortion": d, "polysemanticity": q}
+            for c, r, d, q in zip(table.codes.tolist(), R.tolist(), D.tolist(), P.tolist())
         ]
         if include_codes
         else []

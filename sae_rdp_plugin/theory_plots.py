@@ -53,6 +53,7 @@ def plot_frontier(
     path: str | os.PathLike,
     title: str = "",
     n_rate_budgets: int = 4,
+    max_arrows: int = 24,
 ) -> Path:
     """Two panels. Left: every code in the (D, R) plane coloured by P; the unrestricted optimum
     R*(D) = min rate at distortion <= D (black staircase), the exact monosemantic staircase R_mono(D)
@@ -76,16 +77,20 @@ def plot_frontier(
     dd = np.linspace(0, xmax, 50)
     ax.plot(dd, np.clip(es - dd, 0, None), color="grey", ls="--", lw=1, label="R + D = E|S| (Prop 2)")
     stair = best_code_staircase(np.concatenate([R, mono.rate]), np.concatenate([D, mono.distortion]))
-    first = True
+    arrows = []
     for r, d, _ in stair:
         rm = float(r_mono(mono, d)[0])
         if np.isfinite(rm) and rm - r > 1e-9:
-            ax.annotate(
-                "", xy=(d, rm), xytext=(d, r), arrowprops=dict(arrowstyle="->", color="darkorange", lw=1.5)
-            )
-            if first:
-                ax.plot([], [], color="darkorange", lw=1.5, label="rate tax R_mono(D*) - R (Thm 4)")
-                first = False
+            arrows.append((d, r, rm))
+    if len(arrows) > max_arrows:  # thin out evenly; the JSON has every point
+        arrows = [arrows[i] for i in np.linspace(0, len(arrows) - 1, max_arrows).round().astype(int)]
+    for d, r, rm in arrows:
+        ax.annotate(
+            "", xy=(d, rm), xytext=(d, r),
+            arrowprops=dict(arrowstyle="->", color="darkorange", lw=1.2, mutation_scale=9),
+        )
+    if arrows:
+        ax.plot([], [], color="darkorange", lw=1.5, label="rate tax R_mono(D*) - R (Thm 4)")
     ax.set_xlabel("distortion D = E||x - x_hat||^2")
     ax.set_ylabel("rate R = E||z||_0")
     ax.set_xlim(-0.02 * xmax, xmax)
@@ -101,7 +106,8 @@ def plot_frontier(
     for i, rb in enumerate(rvals):
         ok = np.isfinite(grid[i])
         if ok.any():
-            bx.step(pb[ok], grid[i, ok], where="post", marker="o", ms=3, label=f"R_b = {rb:.3f}")
+            mk = dict(marker="o", ms=3) if ok.sum() <= 30 else {}
+            bx.step(pb[ok], grid[i, ok], where="post", label=f"R_b = {rb:.3f}", **mk)
     bx.set_xlabel("polysemanticity budget P_b")
     bx.set_ylabel("D(R_b, P_b) = best distortion")
     bx.set_title("distortion against polysemanticity at fixed rate (Thm 3)")

@@ -202,6 +202,7 @@ def train_synthetic(
     gamma_estimation_batches: int = 20,
     n_checkpoints: int = 0,
     resume_from: str | Path | None = None,
+    fast: bool = True,
 ) -> SyntheticTrainResult:
     """Train ``architecture`` on sae_lens.synthetic activations and save it (+ gamma) to ``out``."""
     from sae_lens.synthetic import SyntheticActivationIterator, mean_correlation_coefficient
@@ -237,6 +238,13 @@ def train_synthetic(
     if resume_from is not None:
         trainer.load_trainer_state(resume_from)
         sae.load_weights_from_checkpoint(resume_from)
+    # ---- BEGIN fast path (sae_rdp_plugin.fast_topk): (weighted_)topk/batchtopk steps run sparse;
+    # same loss/gradients/Adam as SAELens's step; fast=False (`--no-fast`) keeps the reference step.
+    if fast:
+        from sae_rdp_plugin.fast_topk import install_fast_step
+
+        install_fast_step(trainer)
+    # ---- END fast path
     trainer.fit()
     sae.save_inference_model(out)
     x_eval = next(data).to(device)
@@ -269,6 +277,7 @@ def train_language_model(
     override_model: Any = None,
     override_dataset: Any = None,
     gamma_progress: bool = True,
+    fast: bool = True,
 ) -> Any:
     """Run SAELens's LanguageModelSAETrainingRunner with ``cfg`` (a LanguageModelSAERunnerConfig).
 
@@ -298,6 +307,18 @@ def train_language_model(
                 break
         if not sae.gamma_is_set:
             sae.estimate_gamma(runner.activations_store, progress=gamma_progress)
+    # ---- BEGIN fast path (sae_rdp_plugin.fast_topk; fast=False / `--no-fast` disables)
+    if fast:
+        from sae_rdp_plugin.fast_topk import install_fast_step
+
+        _run_trainer = runner.run_trainer_with_interruption_handling
+
+        def _run_trainer_fast(trainer: Any) -> Any:
+            install_fast_step(trainer)
+            return _run_trainer(trainer)
+
+        runner.run_trainer_with_interruption_handling = _run_trainer_fast
+    # ---- END fast path
     return runner.run()
 
 

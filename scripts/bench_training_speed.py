@@ -121,7 +121,7 @@ def _saelens_sae(arch: str, d_in, d_sae, k, dev, gamma):
     return sae.to(dev)
 
 
-def build_saelens(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0):
+def build_saelens(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, fast=False):
     from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
@@ -132,6 +132,11 @@ def build_saelens(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0):
         device=str(dev), autocast=bf16,
     )
     tr = SAETrainer(cfg, sae, iter(()))
+    if fast:  # what `sae-rdp train` runs: SAELens's trainer with the fast step installed
+        from sae_rdp_plugin.fast_topk import install_fast_step
+
+        if install_fast_step(tr) is None:
+            raise RuntimeError("install_fast_step declined")
     if dead_frac > 0:
         tr.n_forward_passes_since_fired[: int(dead_frac * d_sae)] = 1e9
     it = [0]
@@ -324,7 +329,7 @@ def bench_pipeline(dev, quick, warmup, iters, hook_layer=6) -> dict:
     gamma = _gamma(d_in, dev)
     xs0 = [acts_fn(True)().reshape(-1, d_in).float() for _ in range(2)]
     for name, builder in (
-        ("fast_weighted_topk", lambda: build_fast("weighted_topk", d_in, d_sae, k, True, dev, xs0, gamma)),
+        ("fast_weighted_topk", lambda: build_saelens("weighted_topk", d_in, d_sae, k, True, dev, xs0, gamma, fast=True)),
         ("saelens_weighted_topk", lambda: build_saelens("weighted_topk", d_in, d_sae, k, True, dev, xs0, gamma)),
     ):
         try:
@@ -432,6 +437,8 @@ def main(argv=None) -> int:
                 ("fast_weighted_topk", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma)),
                 ("fast_weighted_batchtopk", "sparse", lambda: build_fast("weighted_batchtopk", d_in, d_sae, k, bf16, dev, xs, gamma)),
                 ("fast_weighted_topk[csr]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, impl="csr")),
+                ("fast_weighted_topk[SAETrainer]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True)),
+                ("fast_weighted_batchtopk[SAETrainer]", "sparse", lambda: build_saelens("weighted_batchtopk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True)),
             ]
             if bf16:
                 impls += [

@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--firing-probability", type=float, default=0.02, help="synthetic mean firing probability")
     p.add_argument("--checkpoints", type=int, default=0, help="number of intermediate checkpoints")
     p.add_argument("--resume", default=None, help="checkpoint directory to resume from (synthetic)")
+    p.add_argument("--no-fast", action="store_true", help="use SAELens's reference training step instead of the fast sparse step (fast_topk; default for (weighted_)topk/batchtopk)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
@@ -75,6 +76,7 @@ def _handle(args: argparse.Namespace) -> int:
             gamma_estimation_batches=args.gamma_batches,
             n_checkpoints=args.checkpoints,
             resume_from=args.resume,
+            fast=not args.no_fast,
         )
         print(
             f"saved {res.architecture} SAE to {res.out}: {res.steps} steps in {res.seconds:.1f} s, "
@@ -122,7 +124,7 @@ def _train_lm(args: argparse.Namespace) -> int:
         seed=args.seed,
         **({"gamma_path": args.gamma_file} if args.gamma_file else {}),
     )
-    train_language_model(cfg, override_model=model, override_dataset=dataset)
+    train_language_model(cfg, override_model=model, override_dataset=dataset, fast=not args.no_fast)
     print(f"saved {args.architecture} SAE for {args.model} {args.hook} to {args.out}")
     return 0
 

@@ -10,7 +10,8 @@ Setting (the paper's Assumptions 1-4)
 * A *code* (an idealised TopK-K SAE of width n) is a dictionary of n distinct binary atoms, and the
   distortion-optimal K-sparse encoding of every active set: for each S it activates the subset T of
   at most K dictionary atoms that minimises the squared error ||x - x_hat_T||^2, ties broken toward
-  fewer atoms (then arbitrarily: R and D do not depend on the rest). Whether a linear encoder followed
+  fewer atoms (then arbitrarily: R and D do not depend on the rest). Errors are compared on a grid of
+  2^-32 (binary-mode errors are integers, so exactly). Whether a linear encoder followed
   by TopK realises this map is not checked (the paper also treats an SAE as a map S -> S_hat).
 * CHOICE ``coefficients`` (how the active atoms are weighted), default ``"binary"``:
     - "binary" (the paper's Assumption 4, default): each active atom writes its concepts with unit
@@ -37,6 +38,7 @@ What is computed
   Theorem 5: the exact monosemantic staircase R_mono(D) = E|S| - max{D' attainable : D' <= D}.
 * :func:`rate_tax` (Theorem 4) and :func:`rate_tax_zero_distortion` (= E(|S| - 1)_+).
 * :func:`example1` - the three-concept Example 1 in closed form (binary coefficients).
+* :func:`frontier_summary` - all of the above for one (pmf, width, K) as a JSON-ready dict.
 
 Cost: the enumeration evaluates C(2^m - 1, n) codes x (number of active sets in the support, <= 2^m)
 x (number of subsets of at most K atoms of a code, sum_{k<=K} C(n, k)); the error of every k-subset
@@ -53,7 +55,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from sae_rdp_plugin.dgp import ActiveSetPMF, ExplicitPMF
+from sae_rdp_plugin.dgp import ActiveSetPMF
 from sae_rdp_plugin.errors import SaeRdpError
 
 COEFFICIENTS = ("binary", "nnls", "lstsq")
@@ -87,6 +89,7 @@ __all__ = [
     "rate_tax_zero_distortion",
     "example1",
     "example1_closed_form",
+    "frontier_summary",
 ]
 
 

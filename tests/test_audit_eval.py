@@ -171,3 +171,16 @@ def test_demo_section(tmp_path):
     md = demo_section(tmp_path)
     assert "sae_top_20" in md and "(audit/rdp_audit_gemma-2-2b_L19.png)" in md
     assert (tmp_path / "audit" / "rdp_audit_gemma-2-2b_L19.png").exists()
+
+
+@pytest.mark.slow
+def test_proxy_validation_quick(tmp_path):
+    """The synthetic proxy-validation runner end to end (4 tiny SAELens TopK SAEs)."""
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "evals" / "proxy_validation" / "run.py"
+    r = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    obj = json.loads((tmp_path / "results.json").read_text())
+    assert len(obj["saes"]) == 4 and {t["proxy"] for t in obj["audit"]} >= {"P_true", "dec_redundancy"}
+    assert all(0 <= s["P_true"] <= 1 for s in obj["saes"])

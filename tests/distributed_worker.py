@@ -4,7 +4,7 @@ Trains a few tiny SAEs data-parallel with sae_rdp_plugin.distributed, exercises 
 everything under argv[1]; the test process compares against single-process SAELens runs.
 """
 
-import dataclasses
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -15,6 +15,7 @@ torch.set_num_threads(1)
 
 from sae_rdp_plugin.distributed import (  # noqa: E402
     DistTrainConfig,
+    barrier,
     destroy_distributed,
     init_distributed,
     reduce_activation_stats,
@@ -22,6 +23,7 @@ from sae_rdp_plugin.distributed import (  # noqa: E402
     sweep_distributed,
     train_distributed,
 )
+from sae_rdp_plugin.distributed import main as cli_main  # noqa: E402
 from sae_rdp_plugin.gamma import estimate_activation_stats  # noqa: E402
 from sae_rdp_plugin.io import atomic_write_json  # noqa: E402
 
@@ -44,6 +46,12 @@ def rank_rows(rank: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(100 + rank)
     return torch.randn(40 + 25 * rank, 6, generator=g, dtype=torch.float64) * (1 + rank) + rank
 
+
+SWEEP_CFG = {
+    "dgps": [{"name": "p", "kind": "pairs", "m": 4, "d": 8, "rho": 0.5, "q": 0.2}],
+    "architectures": ["topk", "standard", "batchtopk"], "widths": [6], "ks": [2], "seeds": [0, 1],
+    "steps": 12, "batch_size": 64, "eval_samples": 400, "checkpoint_every": 5,
+}
 
 BASE = dict(d_in=16, d_sae=32, n_features=48, batch=64, steps=4, lr=1e-3, seed=3, data_seed=5)
 
@@ -72,8 +80,14 @@ def main() -> None:
         st = reduce_activation_stats(estimate_activation_stats([rank_rows(ctx.rank)], 6, 1), ctx)
         if ctx.is_main:
             torch.save({"mean": st.mean, "variance": st.variance, "n": st.n_samples}, out / "stats.pt")
-    finally:
+            (out / "sweep.json").write_text(json.dumps(SWEEP_CFG))
+        barrier(ctx)
+    except BaseException:
         destroy_distributed()
+        raise
+    # last: the `sweep` CLI under torchrun (its handler joins the existing group and leaves it at the end)
+    rc = cli_main(["sweep", "--config", str(out / "sweep.json"), "--out", str(out / "sweep_two"), "--device", "cpu", "--quiet"])
+    sys.exit(rc)
 
 
 if __name__ == "__main__":

@@ -115,22 +115,14 @@ def test_activation_stats_reduced_over_ranks(worker_out):
     assert torch.allclose(st["variance"], union.var(0, unbiased=False), atol=1e-12, rtol=0)
 
 
-SWEEP_CFG = {
-    "dgps": [{"name": "p", "kind": "pairs", "m": 4, "d": 8, "rho": 0.5, "q": 0.2}],
-    "architectures": ["topk", "standard", "batchtopk"], "widths": [6], "ks": [2], "seeds": [0, 1],
-    "steps": 12, "batch_size": 64, "eval_samples": 400, "checkpoint_every": 5,
-}
-
-
-def test_cli_sweep_under_torchrun_matches_single_process(tmp_path):
+def test_cli_sweep_under_torchrun_matches_single_process(worker_out, tmp_path):
+    """The worker's last act is `sweep --config ...` (the CLI handler) with 2 ranks."""
+    from sae_rdp_plugin.distributed import main
     from sae_rdp_plugin.sweep import SweepConfig, export_member, train_sweep
 
-    cfg_path = tmp_path / "sweep.json"
-    cfg_path.write_text(json.dumps(SWEEP_CFG))
-    args = ["-m", "sae_rdp_plugin.distributed", "sweep", "--config", str(cfg_path), "--device", "cpu", "--quiet"]
-    _torchrun([*args, "--out", str(tmp_path / "two")], cwd=REPO)
-    two = json.loads((tmp_path / "two" / "results.json").read_text())
-    one = train_sweep(SweepConfig.from_dict(SWEEP_CFG), tmp_path / "one", progress=False)
+    two_dir = worker_out / "sweep_two"
+    two = json.loads((two_dir / "results.json").read_text())
+    one = train_sweep(SweepConfig.from_dict(W.SWEEP_CFG), tmp_path / "one", progress=False)
     assert two["world_size"] == 2 and set(two["group_rank"].values()) == {0, 1}
     assert [m["member_id"] for m in two["members"]] == [m["member_id"] for m in one]
     for a, b in zip(one, two["members"]):
@@ -140,12 +132,10 @@ def test_cli_sweep_under_torchrun_matches_single_process(tmp_path):
     # the merged folder is a normal sweep folder: export a member that rank 1 trained, load it stock
     from sae_lens import SAE
 
-    mid = next(m for m, g in json.loads((tmp_path / "two" / "state.json").read_text())["members"].items()
+    mid = next(m for m, g in json.loads((two_dir / "state.json").read_text())["members"].items()
                if two["group_rank"][g] == 1)
-    sae = SAE.load_from_disk(str(export_member(tmp_path / "two", mid, tmp_path / "exported")))
+    sae = SAE.load_from_disk(str(export_member(two_dir, mid, tmp_path / "exported")))
     ref = SAE.load_from_disk(str(export_member(tmp_path / "one", mid, tmp_path / "exported_one")))
     assert torch.allclose(sae.W_dec, ref.W_dec, atol=1e-6)
-    # rerunning into the same folder without --resume is refused (exit 2, no traceback)
-    proc = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "two")], cwd=REPO,
-                          capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert proc.returncode == 2 and proc.stderr.startswith("error:") and "--resume" in proc.stderr
+    # rerunning into the same folder without --resume is refused (exit 2, one-line error)
+    assert main(["sweep", "--config", str(worker_out / "sweep.json"), "--out", str(two_dir), "--device", "cpu"]) == 2

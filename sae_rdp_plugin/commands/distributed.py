@@ -53,6 +53,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-checkpoints", type=int, default=0)
     p.add_argument("--dead-feature-window", type=int, default=1000)
     p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--warmup-steps", type=int, default=0, help="steps left out of steady_samples_per_s")
     p.add_argument("--autocast", action="store_true")
 
 

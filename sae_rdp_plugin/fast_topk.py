@@ -86,6 +86,7 @@ class FastTopKConfig:
     bf16: bool = False
     batchtopk_candidates: float = 4.0  # per-row candidates = this * k (exactness is checked each step)
     weight_grad_impl: str = "embedding_bag"  # "embedding_bag" (sort + segment sum) | "csr" (sparse matmul)
+    decoder_bf16: bool = True  # with bf16: gather bf16 decoder rows (else fp32 rows)
 
     def __post_init__(self) -> None:
         if self.kind not in ("topk", "batchtopk"):
@@ -435,7 +436,7 @@ class FastTopKTrainer:
             a = vals_s * inv_n_sel if n is not None else vals_s
             sp.vals = a
             # ---- sparse decoder
-            Wd = W_dec.to(lowp) if cfg.bf16 else W_dec
+            Wd = W_dec.to(lowp) if (cfg.bf16 and cfg.decoder_bf16) else W_dec
             x_hat = _decode(sp, Wd).to(self.dtype) + b_dec
             err = x_hat - x
             werr = err * self.w if self.w is not None else err

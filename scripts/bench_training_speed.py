@@ -152,9 +152,9 @@ def build_saelens(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, fas
     return step, {"sae": sae, "trainer": tr}
 
 
-def build_fast(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, graph=False, impl="embedding_bag"):
+def build_fast(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, graph=False, impl="embedding_bag", dec_bf16=True):
     sae = _saelens_sae(arch, d_in, d_sae, k, dev, gamma)
-    tr = FastTopKTrainer.from_training_sae(sae, lr=3e-4, bf16=bf16, weight_grad_impl=impl)
+    tr = FastTopKTrainer.from_training_sae(sae, lr=3e-4, bf16=bf16, weight_grad_impl=impl, decoder_bf16=dec_bf16)
     del sae
     if dead_frac > 0:
         tr.n_training_steps = 10**9  # past the dead-feature window: the aux path runs
@@ -370,7 +370,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--skip-pipeline", action="store_true")
     ap.add_argument("--only", nargs="*", default=None, help="implementation names to run")
     args = ap.parse_args(argv)
@@ -444,6 +444,8 @@ def main(argv=None) -> int:
                 impls += [
                     ("saelens_weighted_topk+aux", "dense", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5)),
                     ("fast_weighted_topk+aux", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5)),
+                    ("fast_weighted_topk[dec_fp32]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dec_bf16=False)),
+                    ("fast_weighted_topk[csr,dec_fp32]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, impl="csr", dec_bf16=False)),
                 ]
             for name, kind, builder in impls:
                 if args.only and name not in args.only:
@@ -542,7 +544,38 @@ def graph_section(rows, args, dev, gemm_rate, configs, save):
             save()
         add_ratios(rows)
         save()
+    (Path(args.out) / "training_speed.md").write_text(markdown())
     print_table()
+
+
+def markdown() -> str:
+    """The results as a markdown table (written next to the JSON)."""
+    env = RESULTS["env"]
+    L = [f"# Training step speed: {env['device']}, {env['date_utc']} UTC", "",
+         f"torch {env['torch']}, sae_lens {env.get('sae_lens')}, sparsify {env.get('sparsify')}, triton {env.get('triton')}. "
+         "One full training step (forward, backward, optimizer) on a batch of random activations; median of "
+         "CUDA-event times after warm-up. Roofline = counted FLOPs (dense: 6 matmuls of 2*B*d_in*d_sae; sparse: "
+         "the dense encoder matmul + 4 sparse products of 2*B*k*d_in) at the bf16 (fp32 for fp32 rows) GEMM rate measured "
+         "in the same run, over the step time. xFloor = step time / (sparse bf16 arithmetic + fp32 Adam traffic at the measured copy bandwidth).", "",
+         f"Ceilings measured: {', '.join(f'{k} = {v:.0f}' for k, v in RESULTS['ceilings'].items())}", ""]
+    for c, f in RESULTS.get("floors", {}).items():
+        L.append(f"Floors {c}: " + ", ".join(f"{k} {v:.2f}" for k, v in f.items()))
+    L += ["", "| config | precision | implementation | step ms | tokens/s | roofline | x SAELens topk | x sparsify (bf16) | x sparse floor |",
+          "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in RESULTS["rows"]:
+        if "median_ms" not in r:
+            L.append(f"| {r['config']} | {r['precision']} | {r['impl']} | error: {r.get('error', '')[:80]} | | | | | |")
+            continue
+        L.append(
+            f"| {r['config']} | {r['precision']} | {r['impl']} | {r['median_ms']:.2f} | {r['tokens_per_s'] / 1e6:.2f} M | "
+            f"{r['roofline_fraction']:.2f} | {r.get('speedup_vs_saelens_topk', float('nan')):.2f} | "
+            f"{r.get('speedup_vs_sparsify_bf16', float('nan')):.2f} | {r.get('x_sparse_floor', float('nan')):.2f} |"
+        )
+    if "pipeline" in RESULTS:
+        L += ["", "End-to-end pipeline: " + json.dumps(RESULTS["pipeline"])]
+    if RESULTS.get("checks"):
+        L += ["", "Gradient checks (fast path vs SAELens autograd, same batch): " + json.dumps(RESULTS["checks"])]
+    return "\n".join(L) + "\n"
 
 
 def print_table():

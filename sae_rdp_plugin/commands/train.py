@@ -138,7 +138,7 @@ def demo_section(out: Path) -> str | None:
     from sae_rdp_plugin.training import train_synthetic
 
     out = Path(out)
-    res = train_synthetic("weighted_topk", 32, 128, out / "wsae_run", k=4, alpha=1.0, tokens=40_960, batch_size=512, lr=1e-3, seed=0)
+    res = train_synthetic("weighted_topk", 32, 128, out / "wsae_run", k=4, alpha=1.0, tokens=16_384, batch_size=512, lr=2e-3, seed=0)
     from sae_lens import SAE
 
     loaded = SAE.load_from_disk(out / "wsae_run")
@@ -151,7 +151,7 @@ def demo_section(out: Path) -> str | None:
     atomic_write_json(out / "train_demo.json", summary)
     return (
         "### Weighted SAE training round trip\n\n"
-        f"`sae-rdp train --synthetic --architecture weighted_topk --d-in 32 --d-sae 128 --k 4 --alpha 1 --tokens 40960`: "
+        f"`sae-rdp train --synthetic --architecture weighted_topk --d-in 32 --d-sae 128 --k 4 --alpha 1 --tokens 16384 --batch-size 512 --lr 2e-3`: "
         f"{res.steps} SAELens trainer steps in {res.seconds:.1f} s on CPU; MCC against the 64 ground-truth directions "
         f"{res.mcc:.3f}, explained variance {res.explained_variance:.3f}, L0 {res.l0:.1f}. "
         f"gamma (alpha = 1, mean(gamma^2) = 1) ranges {float(g.min()):.2f} .. {float(g.max()):.2f} over the 32 dimensions "

@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep-tokens", type=int, default=10_000_000, help="requested tokens per sweep SAE")
     ap.add_argument("--sweep-k", default="8,16,32,64,128,256")
     ap.add_argument("--sweep-l1", default="0.5,1,2,4,8,16")
-    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--batch", type=int, default=8192)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--eval-batches", type=int, default=16)
     ap.add_argument("--eval-prompts", type=int, default=2)
@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_s_guess = 6.0 if dev.startswith("cuda") else 30.0
     overhead = (len(alphas) + len(sweep_specs)) * eval_s_guess + 20
     train_budget = max(0.0, remaining() - overhead)
-    main_share = 0.6
+    main_share = 0.7
     main_tokens = int(min(args.main_tokens, cal["main_tok_per_s"] * train_budget * main_share / len(alphas)))
     sweep_tokens = int(min(args.sweep_tokens, cal["sweep_tok_per_s"] * train_budget * (1 - main_share) / len(sweep_specs)))
     main_tokens = max(main_tokens, args.batch * 10)

@@ -782,6 +782,10 @@ def evaluate_group(
             )
         except SaeRdpError:
             res.update(P_dec=float("nan"), P_enc=float("nan"), P_ED=float("nan"))
+        live = fired[i].to(dec.device)
+        # P over latents active on the evaluation sample (dead latents keep their random init rows)
+        res["P_dec_live"] = polysemanticity(dec[live], concepts.to(dec.device)) if bool(live.any()) else float("nan")
+        res["P_ED_live"] = joint_polysemanticity(enc[live], dec[live], concepts.to(dec.device)) if bool(live.any()) else float("nan")
         gt = ground_truth_metrics(
             dec.cpu(), concepts.float().cpu(), latents=None if lat is None else lat[i], concept_acts=acts.cpu() if lat is not None else None
         )
@@ -842,6 +846,20 @@ def saelens_toy_data(built: BuiltDGP, seed: int = 0) -> tuple[Any, Any]:
     with torch.no_grad():
         fd.feature_vectors.copy_(built.concepts.float())
     return fd, _PMFActivations(built, seed)
+
+
+@torch.no_grad()
+def _curve_point(model: StackedSAEs, mbs: list[Member], dgps: dict[str, BuiltDGP], step: int, terms: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Training-curve record: batch MSE, batch L0 and P_dec of every member at ``step``."""
+    from sae_rdp_plugin.metrics import polysemanticity
+
+    pd = []
+    for i, mb in enumerate(mbs):
+        try:
+            pd.append(polysemanticity(model.W_dec[i].detach().float(), dgps[mb.dgp].concepts.float()))
+        except SaeRdpError:
+            pd.append(None)
+    return {"step": step, "mse": terms["mse"].tolist(), "l0": terms["l0_batch"].tolist(), "P_dec": pd}
 
 
 def _json_safe(obj: Any) -> Any:
@@ -930,8 +948,8 @@ def train_sweep(
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
-            if cfg.record_every and (step + 1) % cfg.record_every == 0:
-                curve.append({"step": step + 1, "mse": terms["mse"].tolist(), "l0": terms["l0_batch"].tolist()})
+            if cfg.record_every and ((step + 1) % cfg.record_every == 0 or step == step0):
+                curve.append(_curve_point(model, mbs, dgps, step + 1, terms))
             if on_step is not None:
                 on_step(gid, step + 1)
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:

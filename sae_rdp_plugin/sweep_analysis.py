@@ -23,6 +23,12 @@ from sae_rdp_plugin.io import atomic_save, atomic_write_json
 __all__ = ["pareto_mask", "summarize", "plot_sweep"]
 
 
+def _p(r: dict[str, Any]) -> float:
+    """A member's decoder polysemanticity over its live latents (P_dec_live), else P_dec; NaN if none."""
+    v = r.get("P_dec_live", r.get("P_dec"))
+    return float("nan") if v is None else float(v)
+
+
 def pareto_mask(*cols: np.ndarray) -> np.ndarray:
     """Points not dominated in every column (smaller is better): the empirical RDP lower envelope."""
     X = np.stack([np.asarray(c, dtype=float) for c in cols], axis=1)
@@ -46,7 +52,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     for name, rs in by.items():
         R = np.array([r["rate"] for r in rs])
         D = np.array([r["distortion"] for r in rs])
-        P = np.array([np.nan if r.get("P_dec") is None else r["P_dec"] for r in rs])
+        P = np.array([_p(r) for r in rs])
         es = float(rs[0]["expected_size"])
         prem = es - R - D
         Pf = np.nan_to_num(P, nan=1.0)
@@ -60,7 +66,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
             "premium_argmax_P_dec": float(P[i]),
             "fraction_below_line": float((prem > 0.01).mean()),
             "pareto": [
-                {k: rs[j][k] for k in ("member_id", "rate", "distortion", "P_dec", "P_ED")} for j in np.flatnonzero(par)
+                {k: rs[j][k] for k in ("member_id", "rate", "distortion", "P_dec", "P_dec_live", "P_ED")} for j in np.flatnonzero(par)
             ],
             "corr_premium_P": float(np.corrcoef(prem, Pf)[0, 1]) if len(rs) > 2 and prem.std() > 0 and Pf.std() > 0 else None,
         }
@@ -97,7 +103,7 @@ def plot_sweep(results: list[dict[str, Any]], out_dir: str | Path, prefix: str =
             if not sel:
                 continue
             sc = ax.scatter([r["rate"] for r in sel], [r["distortion"] for r in sel],
-                            c=[r["P_dec"] if r["P_dec"] is not None else np.nan for r in sel],
+                            c=[_p(r) for r in sel],
                             cmap="viridis", vmin=0, vmax=0.5, marker=mk, s=28, edgecolors="k", linewidths=0.3, label=arch)
         rr = np.linspace(0, es, 20)
         ax.plot(rr, es - rr, "r--", lw=1, label="R + D = E|S| (mono bound)")
@@ -108,7 +114,7 @@ def plot_sweep(results: list[dict[str, Any]], out_dir: str | Path, prefix: str =
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=6)
     if sc is not None:
-        fig.colorbar(sc, ax=axes[0].tolist(), label="P_dec")
+        fig.colorbar(sc, ax=axes[0].tolist(), label="P_dec (live latents)")
     p1 = out / f"{prefix}_rate_distortion.png"
     atomic_save(p1, lambda p: fig.savefig(p, dpi=110, bbox_inches="tight", format="png"))
     plt.close(fig)
@@ -118,9 +124,9 @@ def plot_sweep(results: list[dict[str, Any]], out_dir: str | Path, prefix: str =
     for name in names:
         rs = by[name]
         prem = [r["expected_size"] - r["rate"] - r["distortion"] for r in rs]
-        ax.scatter([r["P_dec"] for r in rs], prem, s=16, label=name)
+        ax.scatter([_p(r) for r in rs], prem, s=16, label=name)
     ax.axhline(0, color="r", ls="--", lw=1)
-    ax.set_xlabel("P_dec (decoder polysemanticity)")
+    ax.set_xlabel("P_dec over live latents")
     ax.set_ylabel("E|S| - R - D (below the mono line if > 0)")
     ax.legend(fontsize=7)
     p2 = out / f"{prefix}_premium_vs_P.png"

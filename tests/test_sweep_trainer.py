@@ -63,7 +63,12 @@ def _trainer_cfg(steps, batch, lr, dead_window):
 
 @pytest.mark.parametrize(
     "arch, knob",
-    [("topk", {"ks": [2]}), ("batchtopk", {"ks": [1.5]}), ("standard", {"l1_coefficients": [0.3]}), ("jumprelu", {"l0_coefficients": [0.05]})],
+    [
+        ("topk", {"ks": [2]}),
+        pytest.param("batchtopk", {"ks": [1.5]}, marks=pytest.mark.slow),
+        pytest.param("standard", {"l1_coefficients": [0.3]}, marks=pytest.mark.slow),
+        pytest.param("jumprelu", {"l0_coefficients": [0.05]}, marks=pytest.mark.slow),
+    ],
 )
 def test_step_parity_with_saelens_trainer(arch, knob):
     """Same init, same batches: the stacked trainer and SAELens's SAETrainer give the same weights."""
@@ -95,6 +100,7 @@ def test_step_parity_with_saelens_trainer(arch, knob):
     assert (model.since_fired[0] > window).sum() == trainer.dead_neurons.sum()
 
 
+@pytest.mark.slow
 def test_statistical_parity_with_train_toy_sae(tmp_path):
     """One grid member vs the same SAE trained alone by sae_lens.synthetic.train_toy_sae on the same DGP
     (different random streams): final rate, distortion and P agree within seed noise.
@@ -146,6 +152,31 @@ def _small_cfg(**kw):
     return base
 
 
+def test_interrupt_and_resume_in_process(tmp_path):
+    """Interrupt (KeyboardInterrupt) mid-way through the second group; resume keeps the first group's
+    results and continues the second from its last checkpoint."""
+    cfg = SweepConfig.from_dict(_small_cfg(steps=120, checkpoint_every=40))
+    out = tmp_path / "sw"
+
+    def boom(gid, step):
+        if gid.startswith("standard") and step == 90:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_sweep(cfg, out, progress=False, on_step=boom)
+    state = json.loads((out / "state.json").read_text())
+    done = [g for g, v in state["groups"].items() if v["status"] == "done"]
+    assert len(done) == 1 and state["groups"][next(g for g in state["groups"] if g.startswith("standard"))]["step"] == 80
+    finished = {m: (out / "members" / f"{m}.json").read_text() for m, g in state["members"].items() if g in done}
+    seen = []
+    res = train_sweep(cfg, out, resume=True, progress=False, on_step=lambda gid, s: seen.append((gid, s)))
+    assert len(res) == len(enumerate_members(cfg))
+    assert all(g.startswith("standard") for g, _ in seen) and seen[0][1] == 81
+    for m, text in finished.items():
+        assert (out / "members" / f"{m}.json").read_text() == text
+
+
+@pytest.mark.slow
 def test_kill_and_resume(tmp_path):
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(json.dumps(_small_cfg(steps=3000)))

@@ -120,6 +120,6 @@ def _plot(args: argparse.Namespace) -> int:
 def demo_section(out: Path) -> str | None:
     """A CPU-sized RDP sweep (< 60 s): TopK SAEs on pairs that co-occur with rho in {0, 0.5},
     against the monosemantic conservation line R + D = E|S|; figures + JSON under out/sweep/."""
-    from sae_rdp_plugin.experiments_rdp import demo
+    from sae_rdp_plugin.rdp_experiments import demo
 
     return demo(out / "sweep")

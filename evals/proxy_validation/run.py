@@ -153,8 +153,8 @@ def _audit_rows(rows, nb: int, seed: int, group: str) -> list[dict]:
         out.append({
             "group": group,
             "proxy": name,
-            "spearman_with_P": None if name == "P_true" else float(sp.statistic),
-            "spearman_p": None if name == "P_true" else float(sp.pvalue),
+            "spearman_with_P": None if name == "P_true" or not np.isfinite(sp.statistic) else float(sp.statistic),
+            "spearman_p": None if name == "P_true" or not np.isfinite(sp.pvalue) else float(sp.pvalue),
             **{k: v for k, v in res.to_dict().items() if k in (
                 "n_saes", "n_dominated_pairs", "violation_rate", "violation_rate_ci", "rank_correlation",
                 "rank_correlation_ci", "p_value_violation", "p_value_rank_correlation")},
@@ -189,7 +189,8 @@ def to_markdown(meta, rows, table) -> str:
         rci = t["rank_correlation_ci"]
         v = _f(t["violation_rate"]) + ("" if not vci else f" [{vci[0]:.2f}, {vci[1]:.2f}]")
         rho = _f(t["rank_correlation"], "+.2f") + ("" if not rci else f" [{rci[0]:+.2f}, {rci[1]:+.2f}]")
-        sp = "(the truth)" if t["proxy"] == "P_true" else f"{t['spearman_with_P']:+.2f} (p={t['spearman_p']:.3f})"
+        sp = ("(the truth)" if t["proxy"] == "P_true" else "n/a" if t["spearman_with_P"] is None
+              else f"{t['spearman_with_P']:+.2f} (p={_f(t['spearman_p'], '.3f')})")
         lines.append(f"| {t['group']} | {t['proxy']} | {sp} | {v} | {rho} | {_f(t['p_value_violation'], '.3f')} | "
                      f"{t['n_dominated_pairs']} | {t['verdict']} |")
     lines += ["", "| width | k | seed | R (L0) | D | EV | P true | dec_redundancy | coactivation | enc_dec_misalignment |",
@@ -214,7 +215,7 @@ def plot(path: Path, rows, table) -> None:
             sel = np.array([r["width"] == w for r in rows])
             ax.scatter(P[sel], s[sel], marker=mk, label=f"width {w}")
         t = next(t for t in table if t["proxy"] == name and t["group"] == "all widths")
-        ax.set_title(f"{name}\nSpearman {t['spearman_with_P']:+.2f}, V {_f(t['violation_rate'])}", fontsize=8)
+        ax.set_title(f"{name}\nSpearman {_f(t['spearman_with_P'], '+.2f')}, V {_f(t['violation_rate'])}", fontsize=8)
         ax.set_xlabel("true P", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0].legend(fontsize=7)

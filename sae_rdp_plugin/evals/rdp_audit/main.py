@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sae_rdp_plugin.audit import ORIENTATION, audit_proxy, joint_budget_rank, orientation_of, parse_proxy_spec
+from sae_rdp_plugin.audit import audit_proxy, dominated_pairs, joint_budget_rank, orientation_of, parse_proxy_spec
 from sae_rdp_plugin.errors import SaeRdpError
 from sae_rdp_plugin.evals.rdp_audit.eval_config import RdpAuditEvalConfig
 from sae_rdp_plugin.evals.rdp_audit.eval_output import (
@@ -165,7 +165,7 @@ def _plot(path: Path, title: str, b: np.ndarray, pis: dict[str, np.ndarray], det
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dd = details[:12]
+    dd = details[:16]
     n = len(dd)
     ncol = min(4, n)
     nrow = math.ceil(n / ncol)
@@ -278,8 +278,6 @@ def run_eval(
         rate, dist = sub.column(config.rate_field), sub.column(config.distortion_field)
         details, skipped, pis = audit_sweep(sub, config, proxies, rate, dist)
         n = len(sub)
-        from sae_rdp_plugin.audit import dominated_pairs
-
         npairs = len(dominated_pairs(rate, dist))
         if not details:
             skipped_sweeps.append(f"{slug}: no proxy could be audited ({'; '.join(skipped[:2])})")

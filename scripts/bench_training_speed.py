@@ -152,7 +152,7 @@ def build_saelens(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, fas
     return step, {"sae": sae, "trainer": tr}
 
 
-def build_fast(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, graph=False, impl="embedding_bag", dec_bf16=True):
+def build_fast(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, graph=False, impl="csr", dec_bf16=False):
     sae = _saelens_sae(arch, d_in, d_sae, k, dev, gamma)
     tr = FastTopKTrainer.from_training_sae(sae, lr=3e-4, bf16=bf16, weight_grad_impl=impl, decoder_bf16=dec_bf16)
     del sae
@@ -436,7 +436,7 @@ def main(argv=None) -> int:
                 ("fast_topk", "sparse", lambda: build_fast("topk", d_in, d_sae, k, bf16, dev, xs, gamma)),
                 ("fast_weighted_topk", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma)),
                 ("fast_weighted_batchtopk", "sparse", lambda: build_fast("weighted_batchtopk", d_in, d_sae, k, bf16, dev, xs, gamma)),
-                ("fast_weighted_topk[csr]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, impl="csr")),
+                ("fast_weighted_topk[embedding_bag]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, impl="embedding_bag")),
                 ("fast_weighted_topk[SAETrainer]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True)),
                 ("fast_weighted_batchtopk[SAETrainer]", "sparse", lambda: build_saelens("weighted_batchtopk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True)),
             ]
@@ -444,8 +444,6 @@ def main(argv=None) -> int:
                 impls += [
                     ("saelens_weighted_topk+aux", "dense", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5)),
                     ("fast_weighted_topk+aux", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5)),
-                    ("fast_weighted_topk[dec_fp32]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dec_bf16=False)),
-                    ("fast_weighted_topk[csr,dec_fp32]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, impl="csr", dec_bf16=False)),
                 ]
             for name, kind, builder in impls:
                 if args.only and name not in args.only:
@@ -538,8 +536,8 @@ def graph_section(rows, args, dev, gemm_rate, configs, save):
             xs = [torch.randn(B, d_in, device=dev) * scale for _ in range(4)]
             gamma = _gamma(d_in, dev)
             dense_f, sparse_f, _ = flops(B, d_in, d_sae, k)
-            run_one(rows, "fast_weighted_topk[csr]+cudagraph", "sparse",
-                    lambda: build_fast("weighted_topk", d_in, d_sae, k, True, dev, xs, gamma, graph=True, impl="csr"),
+            run_one(rows, "fast_weighted_topk+cudagraph", "sparse",
+                    lambda: build_fast("weighted_topk", d_in, d_sae, k, True, dev, xs, gamma, graph=True),
                     f"{d_in}x{d_sae}_k{k}", d_in, d_sae, k, B, "bf16", dev, args, gemm_rate, dense_f, sparse_f)
             save()
         add_ratios(rows)

@@ -73,8 +73,17 @@ def _run(args: argparse.Namespace) -> int:
         random_seed=args.seed,
         make_plots=not args.no_plots,
     )
-    res = run_eval(cfg, None, "cpu", str(args.out), force_rerun=True)
+    import json
+    import warnings
+
+    with warnings.catch_warnings():  # reader notes go to the summary, not to stderr (stderr = the error line)
+        warnings.simplefilter("ignore", UserWarning)
+        res = run_eval(cfg, None, "cpu", str(args.out), force_rerun=True)
     print((args.out / "rdp_audit_summary.md").read_text())
+    notes = json.loads((args.out / "rdp_audit_summary.json").read_text())["reader_report"]
+    if notes:
+        print(f"[audit] {len(notes)} reader note(s) (skipped files, metrics missing for some SAEs): "
+              f"see reader_report in {args.out / 'rdp_audit_summary.json'}")
     print(f"[audit] {len(res)} sweep(s) -> {args.out}")
     return 0
 

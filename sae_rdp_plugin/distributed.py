@@ -21,9 +21,15 @@ Two things run under ``torchrun`` (one process per GPU; NCCL on CUDA, gloo on CP
   Equal up to floating-point summation order: the tests bound the parameter difference after a few steps
   by 1e-5 (float32).
 
-* **Sweeps spread over ranks** (:func:`run_partitioned`): member ``i`` of a sweep goes to rank
-  ``i mod W``; each rank runs its members with their own seeds (the same as in a one-process run, so the
-  results are identical), the results are gathered on rank 0 and written atomically there.
+  SAELens 6.54's trainer applies no post-step decoder-norm constraint (the decoder norm enters through
+  ``rescale_acts_by_decoder_norm`` inside the forward pass), so there is nothing further to reduce.
+  A WSAE's gamma is estimated from the union of the ranks' rows (or broadcast from rank 0 if set).
+
+* **Sweeps spread over ranks**: :func:`train_sweep_distributed` runs a :mod:`sae_rdp_plugin.sweep`
+  grid with its groups assigned to ranks (:func:`assign_groups`, deterministic); :func:`run_partitioned`
+  maps any callable over items (item ``i`` to rank ``i mod W``). Each member keeps the seeds and data
+  of the one-process run, so its results are identical; results are gathered on rank 0 and written
+  atomically there.
 
 Environment defaults (set at import, only where unset): ``NCCL_NVLS_ENABLE=0`` and
 ``TORCH_SYMM_MEM_DISABLE_MULTICAST=1``. NVLink SHARP / multicast objects are a host-wide resource of

@@ -139,3 +139,17 @@ def test_cli_sweep_under_torchrun_matches_single_process(worker_out, tmp_path):
     assert torch.allclose(sae.W_dec, ref.W_dec, atol=1e-6)
     # rerunning into the same folder without --resume is refused (exit 2, one-line error)
     assert main(["sweep", "--config", str(worker_out / "sweep.json"), "--out", str(two_dir), "--device", "cpu"]) == 2
+
+
+@pytest.mark.slow
+def test_bench_script_quick_on_cpu(tmp_path):
+    """scripts/bench_distributed.py --quick (gloo, 1 and 2 processes): runs, and its own 1-vs-2 check
+    holds (several torchrun launches: minutes on a small CPU, hence slow)."""
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_distributed.py"), "--quick", "--device", "cpu",
+                           "--out", str(tmp_path), "--timeout-s", "300"], cwd=REPO, capture_output=True, text=True,
+                          timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads((tmp_path / "bench_distributed.json").read_text())
+    assert [r["nprocs"] for r in rep["train"]] == [1, 2] and all(r["steady_samples_per_s"] > 0 for r in rep["train"])
+    assert rep["check"]["train"]["max_abs_diff_overall"] <= ATOL
+    assert rep["check"]["sweep"]["max_abs_diff_member_metrics"] <= 1e-6

@@ -287,3 +287,26 @@ def test_cuda_grads_match_saelens(kind, impl):
         for g, r in zip(grads, ref):
             assert _rel(g, r) < tol
         tr.step(x)  # the full step (fused Adam with grad_scale) runs
+
+
+def test_train_synthetic_fast_equals_reference(tmp_path):
+    """The integration block in training.train_synthetic: fast=True and fast=False train the same SAE."""
+    from sae_rdp_plugin.training import train_synthetic
+
+    kw = dict(k=4, alpha=1.0, tokens=2048, batch_size=256, lr=1e-3, seed=0, gamma_estimation_batches=2)
+    a = train_synthetic("weighted_topk", 16, 64, tmp_path / "fast", fast=True, **kw)
+    b = train_synthetic("weighted_topk", 16, 64, tmp_path / "ref", fast=False, **kw)
+    assert abs(a.explained_variance - b.explained_variance) < 1e-4
+    assert abs(a.mcc - b.mcc) < 1e-4
+    sa = SAE.load_from_disk(tmp_path / "fast")
+    sb = SAE.load_from_disk(tmp_path / "ref")
+    assert _rel(sa.W_dec, sb.W_dec) < 1e-4
+
+
+def test_train_cli_has_no_fast_flag():
+    from sae_rdp_plugin.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["train", "--synthetic", "--d-in", "8", "--d-sae", "16", "--tokens", "64", "--out", "x", "--no-fast"]
+    )
+    assert args.no_fast is True

@@ -987,7 +987,7 @@ def load_results(out_dir: str | Path) -> list[dict[str, Any]]:
     return res
 
 
-def _saelens_training_sae(cfg: SweepConfig, mb: Member, d: int) -> Any:
+def _saelens_training_sae(cfg: SweepConfig, mb: Member, d: int, device: str | torch.device = "cpu") -> Any:
     """A stock SAELens training SAE of the member's architecture and knobs."""
     from sae_lens import (
         BatchTopKTrainingSAE,
@@ -1000,7 +1000,8 @@ def _saelens_training_sae(cfg: SweepConfig, mb: Member, d: int) -> Any:
         TopKTrainingSAEConfig,
     )
 
-    common = dict(d_in=d, d_sae=mb.width, apply_b_dec_to_input=cfg.apply_b_dec_to_input, decoder_init_norm=cfg.decoder_init_norm)
+    common = dict(d_in=d, d_sae=mb.width, apply_b_dec_to_input=cfg.apply_b_dec_to_input, decoder_init_norm=cfg.decoder_init_norm,
+                  device=str(device))
     if mb.architecture == "topk":
         return TopKTrainingSAE(TopKTrainingSAEConfig(k=int(mb.k), rescale_acts_by_decoder_norm=cfg.rescale_acts_by_decoder_norm, aux_loss_coefficient=cfg.aux_loss_coefficient, **common))  # type: ignore[arg-type]
     if mb.architecture == "batchtopk":

@@ -135,12 +135,12 @@ def bench_baseline(cfg: SweepConfig, device: torch.device, n_members: int, steps
     fd, gen = saelens_toy_data(built, seed=0)
     mbs = enumerate_members(cfg)
     # warm-up (CUDA context, kernels, SAELens imports)
-    sae = _saelens_training_sae(cfg, mbs[0], built.d).to(device)
+    sae = _saelens_training_sae(cfg, mbs[0], built.d, device)
     train_toy_sae(sae, fd, gen, training_samples=warmup * cfg.batch_size, batch_size=cfg.batch_size, lr=cfg.lr, device=device)
     with Timer(device) as t:
         for mb in mbs[:n_members]:
             torch.manual_seed(mb.seed)
-            sae = _saelens_training_sae(cfg, mb, built.d).to(device)
+            sae = _saelens_training_sae(cfg, mb, built.d, device)
             train_toy_sae(sae, fd, gen, training_samples=steps * cfg.batch_size, batch_size=cfg.batch_size,
                           lr=cfg.lr, device=device)
     return {"members_timed": n_members, "steps_each": steps, "seconds": t.seconds,

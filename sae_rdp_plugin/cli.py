@@ -22,6 +22,7 @@ COMMAND_GROUPS = [
     "identifiability",
     "models",
     "bench",
+    "distributed",
 ]
 
 

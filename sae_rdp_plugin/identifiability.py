@@ -18,7 +18,9 @@ W_p (CHOICE ``wp_init``): "random" (default) uses random unit columns; "tms" tra
 toy model of superposition, x' = ReLU(W^T W x + b), at sparsity ``tms_sparsity``. The paper assumes
 non-positive interference W_p[:,i]^T W_p[:,j] <= 0 (i != j), but at most 2 n_p = 40 vectors in R^20
 can have pairwise non-positive inner products, so with n = 200 it cannot hold for either choice
-(TMS gives about 45% non-positive pairs, random about 50%). W_p is fixed per seed and shared by every S, sigma, n_m and alpha,
+(TMS gives about 45% non-positive pairs, random about 50%). "mixed" makes half the input dims
+monosemantic (dim i = feature i, i < n_p/2) and lets the other half superpose the remaining features:
+the setting where per-dimension reweighting can matter (mcc_mono reports MCC on those n_p/2 features). W_p is fixed per seed and shared by every S, sigma, n_m and alpha,
 so that each comparison changes one thing.
 
 Metrics (per trained SAE)
@@ -91,8 +93,8 @@ class ToyConfig:
                 raise SaeRdpError(f"sparsity S must be in [0, 1), got {s}")
         for a in self.alphas:
             check_alpha(a)
-        if self.wp_init not in ("tms", "random"):
-            raise SaeRdpError(f"wp_init must be 'tms' or 'random', got {self.wp_init!r}")
+        if self.wp_init not in ("tms", "random", "mixed"):
+            raise SaeRdpError(f"wp_init must be 'tms', 'random' or 'mixed', got {self.wp_init!r}")
         if min(self.n_ms) <= 0 or self.n <= 0 or self.n_p <= 0 or self.steps <= 0 or self.batch <= 0:
             raise SaeRdpError("n, n_p, n_ms, steps and batch must be positive")
         if self.topk_k <= 0:
@@ -137,6 +139,17 @@ def make_wp(seeds: list[int], cfg: ToyConfig) -> torch.Tensor:
     W = torch.stack(ws).to(cfg.device)
     if cfg.wp_init == "random":
         return W
+    if cfg.wp_init == "mixed":
+        # half of the input dims are monosemantic (dim i carries feature i alone), the other half
+        # superpose the remaining n - n_p/2 features with random unit columns
+        h = cfg.n_p // 2
+        Wm = torch.zeros_like(W)
+        for j, s in enumerate(seeds):
+            g = torch.Generator().manual_seed(30_000 + s)
+            Wm[j, torch.arange(h), torch.arange(h)] = 1.0
+            rest = torch.randn(cfg.n_p - h, cfg.n - h, generator=g)
+            Wm[j, h:, h:] = rest / rest.norm(dim=0, keepdim=True)
+        return Wm
     W = (W * 0.5).requires_grad_(True)
     b = torch.zeros(M, 1, cfg.n, device=cfg.device, requires_grad=True)
     opt = torch.optim.Adam([W, b], lr=1e-2)
@@ -235,6 +248,10 @@ def evaluate_sae(
 
     fpl, n_live, fpl_rel = feats_per_latent(Wm, Wp, activation, cfg, b)
     mcc = mean_correlation_coefficient(Wm.float().cpu(), Wp.T.float().cpu())
+    h = cfg.n_p // 2
+    mcc_mono = mean_correlation_coefficient(Wm.float().cpu(), Wp.T[:h].float().cpu()) if cfg.wp_init == "mixed" else float("nan")
+    rgen = torch.Generator().manual_seed(99)
+    mcc_random = mean_correlation_coefficient(torch.randn(Wm.shape, generator=rgen), Wp.T.float().cpu())
     rows, cols = _assignment(Wm, Wp)
     x = sample_features(torch.tensor([S], device=cfg.device), cfg.eval_samples, cfg.n, gen, cfg.device)[0].double()
     Wp64, Wm64, g2 = Wp.double(), Wm.double(), gamma.double().pow(2)
@@ -252,6 +269,8 @@ def evaluate_sae(
         "feats_per_latent_rel": fpl_rel,
         "live_latents": n_live,
         "mcc": float(mcc),
+        "mcc_random_baseline": float(mcc_random),
+        **({"mcc_mono": float(mcc_mono)} if cfg.wp_init == "mixed" else {}),
         "loss_sae": loss_sae,
         "loss_sae_weighted": loss_sae_w,
         "loss_gt": loss_gt,
@@ -365,7 +384,8 @@ def aggregate(rows: list[dict[str, Any]], metrics: tuple[str, ...] = ("feats_per
     for k in keys:
         rs = [r for r in rows if (r["activation"], r["n_m"], r["S"], r["alpha"]) == k]
         agg: dict[str, Any] = {"activation": k[0], "n_m": k[1], "S": k[2], "alpha": k[3], "n_seeds": len(rs)}
-        for mname in metrics:
+        extra = tuple(m for m in ("mcc_random_baseline", "mcc_mono") if all(m in r for r in rs))
+        for mname in metrics + extra:
             v = torch.tensor([float(r[mname]) for r in rs], dtype=torch.float64)
             agg[mname] = float(v.mean())
             agg[mname + "_std"] = float(v.std()) if len(rs) > 1 else 0.0
@@ -376,13 +396,14 @@ def aggregate(rows: list[dict[str, Any]], metrics: tuple[str, ...] = ("feats_per
 QUICK = dict(sparsities=(0.6, 0.99), activations=("relu", "topk"), n_ms=(200,), alphas=(0.0, 1.0), seeds=(0, 1), steps=150, batch=128, eval_samples=1024)
 #: the committed grids (evals/identifiability): S sweep x 5 activations at n_m = n, and a width sweep
 FULL_SPARSITY = dict(sparsities=(0.2, 0.5, 0.8, 0.9, 0.95, 0.99), steps=800, batch=128, eval_samples=4096)
+MIXED_WP = dict(sparsities=(0.9, 0.99), activations=("relu_bias", "topk"), alphas=(0.0, 0.5, 1.0), wp_init="mixed", steps=800, batch=128, eval_samples=4096)
 FULL_WIDTH = dict(sparsities=(0.9, 0.99), activations=("relu_bias", "topk"), n_ms=(50, 100, 200, 400), alphas=(0.0, 1.0), steps=800, batch=128, eval_samples=4096)
 
 
 def grid_configs(quick: bool, only: list[str] | None = None) -> dict[str, ToyConfig]:
     if quick:
         return {"quick": ToyConfig(**QUICK)}
-    grids = {"sparsity_activation": ToyConfig(**FULL_SPARSITY), "width": ToyConfig(**FULL_WIDTH)}
+    grids = {"sparsity_activation": ToyConfig(**FULL_SPARSITY), "width": ToyConfig(**FULL_WIDTH), "mixed_wp": ToyConfig(**MIXED_WP)}
     if only:
         bad = [g for g in only if g not in grids]
         if bad:
@@ -405,7 +426,9 @@ def _plot(agg: list[dict[str, Any]], name: str, out: Path) -> list[str]:
     n_ms = sorted({r["n_m"] for r in agg})
     styles = {0.0: ("k", "o", "uniform SAE"), 0.5: ("tab:orange", "s", "WSAE alpha=0.5"), 1.0: ("tab:blue", "^", "WSAE alpha=1")}
     xkey = "S" if len({r["S"] for r in agg}) > 2 or len(n_ms) == 1 else "n_m"
-    for metric, ylabel in (("feats_per_latent", "true features per live latent (ideal 1)"), ("feats_per_latent_rel", "features per latent, >= 10% of max (ideal 1)"), ("mcc", "MCC vs true directions"), ("loss_gt", "ground-truth loss E||x - Pi x_m||^2")):
+    for metric, ylabel in (("feats_per_latent", "true features per live latent (ideal 1)"), ("feats_per_latent_rel", "features per latent, >= 10% of max (ideal 1)"), ("mcc", "MCC vs true directions"), ("mcc_mono", "MCC on the monosemantic-dim features"), ("loss_gt", "ground-truth loss E||x - Pi x_m||^2")):
+        if metric not in agg[0]:
+            continue
         if xkey == "S":
             panels = [(a, n_ms[0], None) for a in acts]
         else:
@@ -421,6 +444,9 @@ def _plot(agg: list[dict[str, Any]], name: str, out: Path) -> list[str]:
             ax.set_xlabel("sparsity S" if xkey == "S" else "SAE width n_m (n = 200)")
             if xkey == "n_m":
                 ax.set_xscale("log")
+                ax.minorticks_off()
+                ax.set_xticks(n_ms)
+                ax.set_xticklabels([str(v) for v in n_ms])
                 ax.axvline(200, color="gray", lw=0.6, ls=":")
             if metric.startswith("feats_per_latent"):
                 ax.set_yscale("log")
@@ -503,3 +529,12 @@ def run_experiment(
     atomic_write_text(out / f"RESULTS_{tag}.md", "\n".join(md))
     atomic_write_json(out / f"summary_{tag}.json", summary)
     return summary
+
+
+def replot(out: str | Path, name: str) -> list[str]:
+    """Redraw the figures of a finished grid from its JSON (no retraining)."""
+    import json
+
+    out = Path(out)
+    res = json.loads((out / f"{name}.json").read_text())
+    return _plot(res["aggregate"], name, out)

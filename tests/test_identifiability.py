@@ -137,3 +137,14 @@ def test_config_validation():
         ToyConfig(sparsities=(1.0,)).validate()
     with pytest.raises(SaeRdpError, match="alpha"):
         ToyConfig(alphas=(-1.0,)).validate()
+
+
+def test_mixed_wp_has_monosemantic_dims_and_variance_gamma_downweights_them():
+    from sae_rdp_plugin.identifiability import make_wp
+
+    cfg = ToyConfig(n=40, n_p=8, wp_init="mixed", eval_samples=4000)
+    W = make_wp([0], cfg)[0]
+    assert torch.equal(W[:4, :4], torch.eye(4)) and torch.all(W[:4, 4:] == 0) and torch.all(W[4:, :4] == 0)
+    assert torch.allclose(W.norm(dim=0), torch.ones(40))
+    g = input_gamma(W, 1.0, 0.9, cfg, torch.Generator().manual_seed(0))
+    assert g[:4].max() < g[4:].min()  # a monosemantic dim carries one feature: least variance

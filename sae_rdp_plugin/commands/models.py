@@ -100,7 +100,9 @@ def _load_check(args: argparse.Namespace) -> int:
     if args.compare_hf:
         from sae_rdp_plugin.models import gguf_path, load_hf_from_gguf
 
-        hf, _ = load_hf_from_gguf(gguf_path(args.model, args.gguf) if args.n_layers is None else _truncated(args))
+        hf, _ = load_hf_from_gguf(
+            gguf_path(args.model, args.gguf) if args.n_layers is None else _truncated(args), tokenizer=model.tokenizer
+        )
         with torch.no_grad():
             hs = hf(toks.cpu(), output_hidden_states=True).hidden_states
         summary["max_abs_diff_vs_hf"] = max(

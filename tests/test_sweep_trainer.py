@@ -65,9 +65,9 @@ def _trainer_cfg(steps, batch, lr, dead_window):
     "arch, knob",
     [
         ("topk", {"ks": [2]}),
-        pytest.param("batchtopk", {"ks": [1.5]}, marks=pytest.mark.slow),
-        pytest.param("standard", {"l1_coefficients": [0.3]}, marks=pytest.mark.slow),
-        pytest.param("jumprelu", {"l0_coefficients": [0.05]}, marks=pytest.mark.slow),
+        ("batchtopk", {"ks": [1.5]}),
+        ("standard", {"l1_coefficients": [0.3]}),
+        ("jumprelu", {"l0_coefficients": [0.05]}),
     ],
 )
 def test_step_parity_with_saelens_trainer(arch, knob):
@@ -100,7 +100,6 @@ def test_step_parity_with_saelens_trainer(arch, knob):
     assert (model.since_fired[0] > window).sum() == trainer.dead_neurons.sum()
 
 
-@pytest.mark.slow
 def test_statistical_parity_with_train_toy_sae(tmp_path):
     """One grid member vs the same SAE trained alone by sae_lens.synthetic.train_toy_sae on the same DGP
     (different random streams): final rate, distortion and P agree within seed noise.

@@ -402,6 +402,12 @@ def demo(out: Path) -> str:
         "monosemantic code reaches, by using polysemantic atoms (P_dec > 0). Theory's rate tax at D = 0: "
         + ", ".join(f"{n}: {v:.2f}" for n, v in tax.items()) + ".",
         "",
+        " ".join(
+            f"At K = 1 on {n}: mean E|S| - R - D = {np.mean([r['expected_size'] - r['rate'] - r['distortion'] for r in res if r['dgp'] == n and r['k'] == 1]):.2f}, "
+            f"mean P_dec = {np.mean([_p(r) for r in res if r['dgp'] == n and r['k'] == 1]):.2f}."
+            for n in specs
+        ) + " TopK spends K latents on every sample (R = K, even when |S| < K), hence the negative gaps at K = 2.",
+        "",
         f"![rate-distortion]({rel(figs[1])})" if len(figs) > 1 else "",
         "",
         "\n".join(lines),

@@ -147,6 +147,27 @@ def bench_baseline(cfg: SweepConfig, device: torch.device, n_members: int, steps
             "sae_steps_per_s": n_members * steps / t.seconds}
 
 
+def bench_metrics(device: torch.device, quick: bool) -> dict:
+    """Time P(W) for a Gemma-Scope-sized dictionary (65,536 x 2,304) against 16,384 concepts."""
+    from sae_rdp_plugin.metrics import polysemanticity
+
+    n, d, m = (2048, 64, 256) if quick else (65536, 2304, 16384)
+    chunk = 256 if quick else 4096
+    g = torch.Generator(device=device).manual_seed(0)
+    w = torch.randn(n, d, device=device, generator=g)
+    v = torch.randn(m, d, device=device, generator=g)
+    polysemanticity(w[:256], v)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    with Timer(device) as t:
+        p = polysemanticity(w, v, chunk_size=chunk)
+    peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda" else None
+    p_full = polysemanticity(w, v, chunk_size=n)  # one chunk = the unchunked table
+    return {"n_features": n, "d": d, "m": m, "chunk_size": chunk, "seconds_chunked": t.seconds, "peak_mib": peak,
+            "P": p, "abs_diff": abs(p - p_full)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -201,6 +222,16 @@ def main() -> int:
     print(f"{'loop of train_toy_sae':28s}{base['sae_steps_per_s']:14.1f}{grid_base_s:16.2f}  (extrapolated)")
     print(f"speedup: {part_a['speedup']:.1f}x  ({G} TopK SAEs, width {tcfg.widths[0]}, d {tcfg.dgps[0].d}, batch {tcfg.batch_size})")
     result = {"meta": meta, "throughput": part_a}
+    atomic_write_json(args.out / "bench_sweep_gpu.json", result)
+
+    # ---- part C: polysemanticity of a large dictionary (chunked cosine table)
+    try:
+        result["metrics"] = bench_metrics(device, quick)
+        mt = result["metrics"]
+        print(f"\npolysemanticity of {mt['n_features']} x {mt['d']} vs {mt['m']} concepts: {mt['seconds_chunked']:.3f} s "
+              f"(chunk {mt['chunk_size']}, peak extra {mt['peak_mib'] or 0:.0f} MiB); |chunked - unchunked| = {mt['abs_diff']:.2e}")
+    except Exception as exc:  # noqa: BLE001  (never lose parts A/B to this add-on)
+        result["metrics"] = {"error": f"{type(exc).__name__}: {exc}"}
     atomic_write_json(args.out / "bench_sweep_gpu.json", result)
 
     # ---- part B

@@ -9,6 +9,9 @@ latents encodes x_m = sigma(W_m x_p) and reconstructs x_hat_p = W_m^T x_m; it is
     L_SAE(W_m) = E || Gamma (x_p - W_m^T sigma(W_m x_p)) ||^2,     Gamma = diag(gamma),
 
 with gamma = 1 (uniform SAE) or gamma_i = s_i^alpha, s_i = Var(x_p,i), mean(gamma^2) = 1 (WSAE).
+CHOICE ``gamma_rule="inverse_variance"`` (toy only) uses gamma_i = s_i^(-alpha) instead: in this toy
+model variance grows with superposition, so this is the paper's principle (larger weights on the
+monosemantic dims) expressed through the same statistic.
 sigma is one of: none (identity), relu, topk (k = ``topk_k``, ReLU on the kept values), jumprelu
 (z * 1[z > threshold], fixed threshold), and relu_bias = ReLU(W_m x_p + b) with a learned encoder bias
 (not in the paper's formulation; added because with n > 2 n_p the paper's non-positive-interference
@@ -82,6 +85,7 @@ class ToyConfig:
     tol: float = 1e-6
     rel_tol: float = 0.1
     threads: int = 1
+    gamma_rule: str = "variance"
     device: str = "cpu"
 
     def validate(self) -> None:
@@ -97,6 +101,8 @@ class ToyConfig:
             raise SaeRdpError(f"wp_init must be 'tms', 'random' or 'mixed', got {self.wp_init!r}")
         if min(self.n_ms) <= 0 or self.n <= 0 or self.n_p <= 0 or self.steps <= 0 or self.batch <= 0:
             raise SaeRdpError("n, n_p, n_ms, steps and batch must be positive")
+        if self.gamma_rule not in ("variance", "inverse_variance"):
+            raise SaeRdpError(f"gamma_rule must be 'variance' or 'inverse_variance', got {self.gamma_rule!r}")
         if self.topk_k <= 0:
             raise SaeRdpError(f"topk_k must be positive, got {self.topk_k}")
 
@@ -186,6 +192,9 @@ def input_gamma(Wp: torch.Tensor, alpha: float, S: float, cfg: ToyConfig, gen: t
     x = sample_features(torch.tensor([S], device=cfg.device), cfg.eval_samples, cfg.n, gen, cfg.device)[0]
     xp = (x @ Wp.T).double()
     var = xp.var(0, unbiased=False)
+    if cfg.gamma_rule == "inverse_variance":  # toy-only: gamma_i = s_i^(-alpha), the paper's principle when
+        # variance measures superposition (more weight on the monosemantic, low-variance dims)
+        var = 1.0 / var.clamp(min=1e-12)
     return gamma_from_variance(var.cpu(), alpha).to(torch.float32).to(cfg.device)
 
 
@@ -397,13 +406,15 @@ QUICK = dict(sparsities=(0.6, 0.99), activations=("relu", "topk"), n_ms=(200,), 
 #: the committed grids (evals/identifiability): S sweep x 5 activations at n_m = n, and a width sweep
 FULL_SPARSITY = dict(sparsities=(0.2, 0.5, 0.8, 0.9, 0.95, 0.99), steps=800, batch=128, eval_samples=4096)
 MIXED_WP = dict(sparsities=(0.9, 0.99), activations=("relu_bias", "topk"), alphas=(0.0, 0.5, 1.0), wp_init="mixed", steps=800, batch=128, eval_samples=4096)
+MIXED_WP_INVERSE = dict(MIXED_WP, gamma_rule="inverse_variance")
 FULL_WIDTH = dict(sparsities=(0.9, 0.99), activations=("relu_bias", "topk"), n_ms=(50, 100, 200, 400), alphas=(0.0, 1.0), steps=800, batch=128, eval_samples=4096)
 
 
 def grid_configs(quick: bool, only: list[str] | None = None) -> dict[str, ToyConfig]:
     if quick:
         return {"quick": ToyConfig(**QUICK)}
-    grids = {"sparsity_activation": ToyConfig(**FULL_SPARSITY), "width": ToyConfig(**FULL_WIDTH), "mixed_wp": ToyConfig(**MIXED_WP)}
+    grids = {"sparsity_activation": ToyConfig(**FULL_SPARSITY), "width": ToyConfig(**FULL_WIDTH), "mixed_wp": ToyConfig(**MIXED_WP),
+             "mixed_wp_inverse": ToyConfig(**MIXED_WP_INVERSE)}
     if only:
         bad = [g for g in only if g not in grids]
         if bad:
@@ -425,6 +436,8 @@ def _plot(agg: list[dict[str, Any]], name: str, out: Path) -> list[str]:
     alphas = sorted({r["alpha"] for r in agg})
     n_ms = sorted({r["n_m"] for r in agg})
     styles = {0.0: ("k", "o", "uniform SAE"), 0.5: ("tab:orange", "s", "WSAE alpha=0.5"), 1.0: ("tab:blue", "^", "WSAE alpha=1")}
+    if "inverse" in name:
+        styles = {0.0: styles[0.0], 0.5: ("tab:orange", "s", "gamma = s^-0.5"), 1.0: ("tab:blue", "^", "gamma = s^-1")}
     xkey = "S" if len({r["S"] for r in agg}) > 2 or len(n_ms) == 1 else "n_m"
     for metric, ylabel in (("feats_per_latent", "true features per live latent (ideal 1)"), ("feats_per_latent_rel", "features per latent, >= 10% of max (ideal 1)"), ("mcc", "MCC vs true directions"), ("mcc_mono", "MCC on the monosemantic-dim features"), ("loss_gt", "ground-truth loss E||x - Pi x_m||^2")):
         if metric not in agg[0]:
@@ -481,7 +494,7 @@ def _table(agg: list[dict[str, Any]]) -> str:
     for r in agg:
         lines.append(
             f"| {r['activation']} | {r['n_m']} | {r['S']} | {r['alpha']} | {r['feats_per_latent']:.2f} ± {r['feats_per_latent_std']:.2f} | {r['feats_per_latent_rel']:.2f} ± {r['feats_per_latent_rel_std']:.2f} | "
-            f"{r['mcc']:.3f} ± {r['mcc_std']:.3f} | {r['loss_sae']:.3f} | {r['loss_gt']:.3f} | {r['gap_trained']:.3f} | "
+            f"{r['mcc']:.3f} ± {r['mcc_std']:.3f}" + (f" (mono {r['mcc_mono']:.3f} ± {r['mcc_mono_std']:.3f})" if "mcc_mono" in r else "") + f" | {r['loss_sae']:.3f} | {r['loss_gt']:.3f} | {r['gap_trained']:.3f} | "
             f"{r['gap_measured']:.4f} | {r['gap_closed_form']:.4f} |"
         )
     return "\n".join(lines)

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-evals/identifiability}
-.venv/bin/sae-rdp identifiability --out "$OUT" --grid sparsity_activation &
-.venv/bin/sae-rdp identifiability --out "$OUT" --grid width &
+for g in sparsity_activation width mixed_wp mixed_wp_inverse; do
+  .venv/bin/sae-rdp identifiability --out "$OUT" --grid "$g" --no-progress &
+done
 wait

@@ -379,14 +379,18 @@ def load_model(
         raise SaeRdpError(f"unknown model {model!r}: not offline ({sorted(OFFLINE_MODELS)}) nor a TransformerLens name") from exc
 
 
-def random_model_like(model: str, *, n_layers: int | None = None, seed: int = 0, device: str = "cpu") -> Any:
+def random_model_like(
+    model: str, *, n_layers: int | None = None, seed: int = 0, device: str = "cpu", tokenizer: Any = None
+) -> Any:
     """A randomly initialised HookedTransformer with TransformerLens's config for ``model`` (no weights,
     no network for models whose config TransformerLens hard-codes, e.g. gemma-3-270m, gemma-2-2b).
-    For configs that TransformerLens reads from the hub (gpt2, pythia) this needs the hub."""
+    For configs that TransformerLens reads from the hub (gpt2, pythia) this needs the hub. No tokenizer
+    unless one is given (TransformerLens would fetch it from the hub)."""
     from transformer_lens import HookedTransformer
     from transformer_lens.loading_from_pretrained import get_official_model_name, get_pretrained_model_config
 
     cfg = get_pretrained_model_config(get_official_model_name(model), device=device, first_n_layers=n_layers)
     cfg.init_weights = True
     cfg.seed = seed
-    return HookedTransformer(cfg)
+    cfg.tokenizer_name = None
+    return HookedTransformer(cfg, tokenizer=tokenizer)

@@ -139,6 +139,8 @@ def build_saelens(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, fas
             raise RuntimeError("install_fast_step declined")
     if dead_frac > 0:
         tr.n_forward_passes_since_fired[: int(dead_frac * d_sae)] = 1e9
+        if fast:  # the installed step skips the dead-mask sync until dead_feature_window steps have run
+            tr.n_training_steps = 10**6 + 1
     it = [0]
 
     def step():
@@ -152,9 +154,9 @@ def build_saelens(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, fas
     return step, {"sae": sae, "trainer": tr}
 
 
-def build_fast(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, graph=False, impl="csr", dec_bf16=False):
+def build_fast(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, graph=False, impl="csr", dec_bf16=False, aux_impl="auto"):
     sae = _saelens_sae(arch, d_in, d_sae, k, dev, gamma)
-    tr = FastTopKTrainer.from_training_sae(sae, lr=3e-4, bf16=bf16, weight_grad_impl=impl, decoder_bf16=dec_bf16)
+    tr = FastTopKTrainer.from_training_sae(sae, lr=3e-4, bf16=bf16, weight_grad_impl=impl, decoder_bf16=dec_bf16, aux_impl=aux_impl)
     del sae
     if dead_frac > 0:
         tr.n_training_steps = 10**9  # past the dead-feature window: the aux path runs
@@ -271,6 +273,27 @@ def check_fast_vs_saelens(arch, d_in, d_sae, k, dev, xs, gamma) -> dict:
         for name, g, r in zip(["W_enc", "b_enc", "W_dec", "b_dec"], grads, ref):
             res[f"rel_err_grad_{name}_{tag}"] = float((g - r).norm() / r.norm().clamp_min(1e-30))
         del tr, grads
+    # with half the latents dead (the aux loss), both aux implementations
+    dead = torch.zeros(d_sae, dtype=torch.bool, device=dev)
+    dead[: d_sae // 2] = True
+    del ref
+    sae.zero_grad()
+    out = sae.training_forward_pass(
+        TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=dead, n_training_steps=0, is_logging_step=False)
+    )
+    out.loss.backward()
+    ref = [sae.W_enc.grad.t().clone(), sae.b_enc.grad.clone(), sae.W_dec.grad.clone(), sae.b_dec.grad.clone()]
+    res["aux_loss_ref"] = float(out.losses["auxiliary_reconstruction_loss"])
+    sae.zero_grad()
+    for bf16 in (False, True):
+        for aux_impl in ("dense", "sparse"):
+            tr = FastTopKTrainer.from_training_sae(sae, bf16=bf16, aux_impl=aux_impl)
+            losses, grads, _, _ = tr.loss_and_grads(x, dead)
+            tag = f"{'bf16' if bf16 else 'fp32'}_aux_{aux_impl}"
+            res[f"aux_loss_fast_{tag}"] = float(losses["auxiliary_reconstruction_loss"])
+            for name, g, r in zip(["W_enc", "b_enc", "W_dec", "b_dec"], grads, ref):
+                res[f"rel_err_grad_{name}_{tag}"] = float((g - r).norm() / r.norm().clamp_min(1e-30))
+            del tr, grads
     del sae, ref
     return res
 
@@ -440,11 +463,14 @@ def main(argv=None) -> int:
                 ("fast_weighted_topk[SAETrainer]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True)),
                 ("fast_weighted_batchtopk[SAETrainer]", "sparse", lambda: build_saelens("weighted_batchtopk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True)),
             ]
-            if bf16:
-                impls += [
-                    ("saelens_weighted_topk+aux", "dense", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5)),
-                    ("fast_weighted_topk+aux", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5)),
-                ]
+            # half the latents dead: the aux loss runs (fast: default aux_impl="auto", and each forced)
+            impls += [
+                ("saelens_weighted_topk+aux", "dense", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5)),
+                ("fast_weighted_topk+aux", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5)),
+                ("fast_weighted_topk+aux[dense]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5, aux_impl="dense")),
+                ("fast_weighted_topk+aux[sparse]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5, aux_impl="sparse")),
+                ("fast_weighted_topk+aux[SAETrainer]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5, fast=True)),
+            ]
             for name, kind, builder in impls:
                 if args.only and name not in args.only:
                     continue

@@ -90,6 +90,46 @@ def test_grads_match_float64_autograd(kind, weighted, with_dead, impl):
             assert _rel(g, r) < tol, (dtype, name, _rel(g, r))
 
 
+@pytest.mark.parametrize("aux_impl", ["dense", "sparse"])
+@pytest.mark.parametrize("kind", ["topk", "batchtopk"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_aux_impls_match_float64_autograd(aux_impl, kind, weighted):
+    """Both dead-latent aux-loss implementations (forced) == float64 SAELens autograd, with a few dead
+    latents (k_aux = n_dead, scale < 1), many (k_aux = d_in/2 < n_dead) and all of them."""
+    sae = _make(kind, weighted, "float64", seed=3)
+    x = torch.randn(32, D_IN, dtype=torch.float64) * (torch.rand(D_IN, dtype=torch.float64) + 0.5)
+    for n_dead in (3, 30, D_SAE):
+        dead = torch.zeros(D_SAE, dtype=torch.bool)
+        dead[torch.randperm(D_SAE)[:n_dead]] = True
+        ref_out, ref = _ref_grads(sae, x, dead)
+        ra = float(ref_out.losses["auxiliary_reconstruction_loss"])
+        assert ra > 0
+        tr = FastTopKTrainer.from_training_sae(sae, dtype=torch.float64, aux_impl=aux_impl)
+        assert tr._aux_dense(min(n_dead, D_IN // 2)) == (aux_impl == "dense")
+        losses, grads, _, _ = tr.loss_and_grads(x, dead)
+        assert abs(float(losses["auxiliary_reconstruction_loss"]) - ra) <= 1e-10 * ra
+        for name, g, r in zip(["W_enc", "b_enc", "W_dec", "b_dec"], grads, ref):
+            assert _rel(g, r) < 1e-10, (n_dead, name, _rel(g, r))
+
+
+@pytest.mark.parametrize("aux_impl", ["dense", "sparse"])
+def test_bf16_aux_close_to_float64(aux_impl):
+    """bf16 fast step with the aux loss (half the latents dead) vs float64 SAELens autograd and vs SAELens
+    under bf16 autocast: gradients agree to bf16 accuracy."""
+    sae = _make("topk", True, "float32", seed=4)
+    x = torch.randn(64, D_IN)
+    dead = torch.zeros(D_SAE, dtype=torch.bool)
+    dead[::2] = True
+    _, ref64 = _ref_grads(copy.deepcopy(sae).to(torch.float64), x.double(), dead)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, refbf = _ref_grads(sae, x, dead)
+    tr = FastTopKTrainer.from_training_sae(sae, bf16=True, aux_impl=aux_impl)
+    _, grads, _, _ = tr.loss_and_grads(x, dead)
+    for g, r64, rbf in zip(grads, ref64, refbf):
+        assert _rel(g, r64) < 3e-2
+        assert _rel(rbf, r64) < 3e-2
+
+
 def test_no_rescale_and_no_b_dec_input():
     sae = _make("topk", True, "float64", rescale=False)
     sae.cfg.apply_b_dec_to_input = False

@@ -506,14 +506,14 @@ class FastTopKTrainer:
         ~4 * B*k_aux*d_in gathered elements (fp32 rows on CUDA), the dense one runs 3 GEMMs of
         2*B*d_sae*d_in FLOPs; with an H100's ~800 TFLOP/s bf16, ~52 TFLOP/s fp32 and ~3 TB/s, dense wins
         above ~1/700 (bf16) and ~1/45 (fp32); the CUDA defaults keep a 2x margin toward sparse at
-        bf16. On CPU (measured on 2 shared cores, B=1024, d_sae=8192) the dense fp32 path is about even
-        with the sparse one at 1/32 and bf16 matmuls are slower than fp32 gathers, so CPU uses dense
-        only in fp32 from 1/32."""
+        bf16. On CPU (2 shared cores, B=512, d_sae=4096, fp32; scripts/bench_fast_aux_cpu.py) dense is
+        1.3x slower than sparse at 1/32 and 1.0-1.1x at 1/16, and bf16 matmuls are 2x slower than fp32
+        gathers, so CPU uses dense only in fp32 from 1/8."""
         if self.cfg.aux_dense_min_density is not None:
             return self.cfg.aux_dense_min_density
         if self.device.type == "cuda":
             return 1 / 350 if self.cfg.bf16 else 1 / 45
-        return math.inf if self.cfg.bf16 else 1 / 32
+        return math.inf if self.cfg.bf16 else 1 / 8
 
     def _aux_dense(self, k_aux: int) -> bool:
         if self.cfg.aux_impl != "auto":

@@ -21,7 +21,6 @@ COMMAND_GROUPS = [
     "train",
     "identifiability",
     "models",
-    "bench",
     "distributed",
 ]
 

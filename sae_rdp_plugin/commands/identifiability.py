@@ -36,7 +36,7 @@ def demo_section(out: Path) -> str | None:
     uniform vs WSAE alpha = 1, 2 seeds."""
     from sae_rdp_plugin.identifiability import run_experiment
 
-    out = Path(out)
+    out = Path(out) / "identifiability"
     run_experiment(out, quick=True, progress=False)
     res = json.loads((out / "quick.json").read_text())
     agg = res["aggregate"]
@@ -45,7 +45,7 @@ def demo_section(out: Path) -> str | None:
         return next(r[m] for r in agg if r["activation"] == act and r["S"] == S and r["alpha"] == a)
 
     lines = [
-        "### Identifiability toy model (uniform SAE vs WSAE)",
+        "## Identifiability toy model (uniform SAE vs WSAE)",
         "",
         "x in R^200 with each feature 0 with probability S else U(0,1), seen as x_p = W_p x in R^20; tied SAEs with "
         "200 latents trained on E||Gamma(x_p - x_hat_p)||^2 (Gamma = I, or gamma = Var(x_p)^alpha with mean(gamma^2) = 1). "
@@ -68,7 +68,7 @@ def demo_section(out: Path) -> str | None:
         f"({get('relu', 0.99, 0.0, 'feats_per_latent_rel'):.0f} features per latent at S = 0.99): with 200 features in R^20 the paper's "
         "non-positive-interference assumption cannot hold. The full grid is in `evals/identifiability/FINDINGS.md`.",
         "",
-        "\n".join(f"![{f}]({f})" for f in res["figures"] if "mcc" in f or "rel" in f),
+        "\n".join(f"![{f}](identifiability/{f})" for f in res["figures"] if "mcc" in f or "rel" in f),
         "",
     ]
     return "\n".join(lines)

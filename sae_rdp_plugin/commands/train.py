@@ -150,7 +150,7 @@ def demo_section(out: Path) -> str | None:
                "gamma_min": float(g.min()), "gamma_max": float(g.max()), "loaded_output_finite": bool(torch.isfinite(loaded(x)).all())}
     atomic_write_json(out / "train_demo.json", summary)
     return (
-        "### Weighted SAE training round trip\n\n"
+        "## Weighted SAE training round trip\n\n"
         f"`sae-rdp train --synthetic --architecture weighted_topk --d-in 32 --d-sae 128 --k 4 --alpha 1 --tokens 16384 --batch-size 512 --lr 2e-3`: "
         f"{res.steps} SAELens trainer steps in {res.seconds:.1f} s on CPU; MCC against the 64 ground-truth directions "
         f"{res.mcc:.3f}, explained variance {res.explained_variance:.3f}, L0 {res.l0:.1f}. "

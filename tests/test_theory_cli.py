@@ -3,35 +3,18 @@ bad input gives one line on stderr, exit status 2 and no output file."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import subprocess
 import sys
 
 import pytest
+from theory_reference import ref_code
 
 from sae_rdp_plugin.cli import main
 from sae_rdp_plugin.dgp import ExplicitPMF
 
 PMF = {"concepts": 3, "pmf": {"": 0.1, "0": 0.2, "1": 0.15, "2": 0.15, "0,1": 0.3, "0,1,2": 0.1}}
-
-
-def _bf(pmf: ExplicitPMF, atoms, K):
-    """Independent brute force (binary coefficients): (R, D)."""
-    atoms = [frozenset(a) for a in atoms]
-    R = D = 0.0
-    for S, p in pmf.table().items():
-        best = None
-        for k in range(min(K, len(atoms)) + 1):
-            for T in itertools.combinations(atoms, k):
-                cnt = {l: sum(l in A for A in T) for l in range(pmf.m)}
-                e = sum(((l in S) - cnt[l]) ** 2 for l in range(pmf.m))
-                if best is None or e < best[0]:
-                    best = (e, k)
-        R += p * best[1]
-        D += p * best[0]
-    return R, D
 
 
 @pytest.fixture
@@ -51,7 +34,7 @@ def test_frontier_json_and_plot(tmp_path, pmf_file, capsys):
     pmf = ExplicitPMF.from_json(PMF)
     assert len(f["codes"]) == math.comb(7, 3)
     for c in f["codes"]:
-        R, D = _bf(pmf, c["atoms"], 1)
+        R, D = ref_code(pmf, c["atoms"], 1, "binary")
         assert abs(c["rate"] - R) < 1e-12 and abs(c["distortion"] - D) < 1e-12
         assert abs(c["polysemanticity"] - sum(1 - len(a) ** -0.5 for a in c["atoms"]) / 3) < 1e-12
     # Pareto indices: exactly the non-dominated codes
@@ -75,7 +58,7 @@ def test_example1_json(pmf_file, capsys):
     res = json.loads(capsys.readouterr().out)
     pmf = ExplicitPMF.from_json(PMF)
     for name, c in res["codes"].items():
-        R, D = _bf(pmf, c["atoms"], 1)
+        R, D = ref_code(pmf, c["atoms"], 1, "binary")
         assert abs(c["rate"] - R) < 1e-12 and abs(c["distortion"] - D) < 1e-12
     assert res["closed_forms_match_enumeration"] is True
     # by hand: split3 = {v0+v1, v0, v1}: D = p(2) + p(0,1,2) = 0.25 < mono3: p(0,1) + 2 p(0,1,2) = 0.5

@@ -9,8 +9,11 @@ Each device call carries the whole working tree (tracked + untracked non-ignored
 carry paths, 64 MiB in all. This script measures the working tree now, sizes the model pieces to fill
 each call (minus ``--margin-mib``), and prints the exact calls (command + carry list). Call 0 carries
 ``.whl`` + the corpus + a first model piece, calls 1..N-1 one piece each; the last one also assembles
-the GGUF (sha256-checked), converts it to a HookedTransformer and saves it under /tmp/g3; then the run
-call carries nothing extra. All calls must be made back to back (files on the device survive ~30 s).
+the GGUF (sha256-checked), converts it to a HookedTransformer and saves it under /tmp/g3. Then the
+``probes`` call carries the sae-probes / SAEBench / zstandard wheels (``--probes-whl``, copied to
+``.carry/g3/call_probes``) for SAEBench's sparse_probing_sae_probes step (skipped with
+``--no-probes``), and the run call carries nothing extra. All calls must be made back to back (files
+on the device survive only between back-to-back calls).
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", default=".carry/corpus_gemma3", help="`sae-rdp corpus build` output (Gemma tokenizer, context 1024)")
     ap.add_argument("--gguf", default=None, help="the full Gemma-3-270M GGUF (default: assembled from the PyPI packages)")
     ap.add_argument("--out", default=".carry/g3")
+    ap.add_argument(
+        "--probes-whl", default=".carry/probes_whl",
+        help="folder with the sae-probes, sae-bench and zstandard cp312 wheels (evals/gemma3_270m/README.md)",
+    )
+    ap.add_argument("--no-probes", action="store_true", help="no probes call (the run then needs --probe-datasets 0)")
+    ap.add_argument("--run-args", default="", help="extra arguments for the run call (e.g. --skip-sweep)")
     ap.add_argument("--limit-mib", type=float, default=64.0)
     ap.add_argument("--margin-mib", type=float, default=2.0, help="slack for files that appear before the calls")
     args = ap.parse_args(argv)
@@ -72,6 +81,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     if cap < 8 * MIB:
         raise SystemExit(f"working tree is {tree / MIB:.1f} MiB: too little room left per call")
+    probes = None if args.no_probes else ROOT / args.probes_whl
+    if probes is not None:
+        wheels = sorted(probes.glob("*.whl"))
+        names = {w.name.split("-")[0].lower() for w in wheels}
+        if not {"sae_probes", "sae_bench", "zstandard"} <= names:
+            raise SystemExit(f"{probes} must hold the sae_probes, sae_bench and zstandard wheels (found {sorted(names)}): see evals/gemma3_270m/README.md")
+        probes_b = sum(w.stat().st_size for w in wheels)
+        if probes_b > cap:
+            raise SystemExit(f"probes call does not fit: tree {tree / MIB:.1f} + wheels {probes_b / MIB:.1f} MiB > {args.limit_mib - args.margin_mib} MiB")
     if out.exists():
         shutil.rmtree(out)
     size = gguf.stat().st_size
@@ -98,8 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         payload = dir_bytes(out / f"call{c}") + (whl_b if c == 0 else 0)
         calls.append({"command": f"bash scripts/gpu_gemma3_stage.sh {c}", "carry": carry, "payload_mib": round(payload / MIB, 2),
                       "total_with_tree_mib": round((payload + tree) / MIB, 2)})
-    calls.append({"command": "bash scripts/gpu_gemma3_stage.sh run", "carry": [], "payload_mib": 0,
-                  "total_with_tree_mib": round(tree / MIB, 2)})
+    if probes is not None:
+        pdir = out / "call_probes"
+        pdir.mkdir(parents=True)
+        for w in wheels:
+            shutil.copy(w, pdir / w.name)
+        calls.append({"command": "bash scripts/gpu_gemma3_stage.sh probes", "carry": [f"{args.out}/call_probes"],
+                      "payload_mib": round(probes_b / MIB, 2), "total_with_tree_mib": round((probes_b + tree) / MIB, 2)})
+    run_cmd = "bash scripts/gpu_gemma3_stage.sh run" + (f" {args.run_args}" if args.run_args else "")
+    if probes is None and "--probe-datasets" not in args.run_args:
+        run_cmd += " --probe-datasets 0"
+    calls.append({"command": run_cmd, "carry": [], "payload_mib": 0, "total_with_tree_mib": round(tree / MIB, 2)})
     plan = {"gguf": gguf.name, "gguf_bytes": size, "pieces": len(sizes), "tree_mib": round(tree / MIB, 2), "calls": calls}
     (out / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
     print(f"working tree {tree / MIB:.1f} MiB; {len(sizes)} model pieces; {len(calls)} device calls, back to back:")

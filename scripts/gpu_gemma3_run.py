@@ -3,7 +3,9 @@
 and a TopK + ReLU/L1 sparsity sweep through SAELens's SAETrainer, evaluate them with SAELens's
 run_evals (CE loss recovered, KL, explained variance, L0) on held-out text, compute two offline
 polysemanticity proxies, and audit those proxies on the sweep with the RDP violation rate / rank
-correlation (sae_rdp_plugin.audit). See evals/gemma3_270m/README.md for the device calls.
+correlation (sae_rdp_plugin.audit), and run SAEBench's ``sparse_probing_sae_probes`` eval on the three
+main SAEs (scripts/gemma3_probing.py; needs the sae-probes wheels of the ``probes`` stage call). See
+evals/gemma3_270m/README.md for the device calls.
 
 Everything is sized by a wall-clock budget (``--budget-s``): the activation cache and model loading
 are timed, SAE training throughput is measured on a short calibration run, and the number of
@@ -338,6 +340,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heldout-tokens", type=int, default=65536)
     ap.add_argument("--top-m", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--probe-datasets", type=int, default=None,
+        help="SAEBench sparse_probing_sae_probes on the main SAEs, on the first N datasets of "
+        "gemma3_probing.PROBE_DATASETS (default 12; --quick 1; 0 = skip the step)",
+    )
+    ap.add_argument("--probe-budget-s", type=float, default=180.0, help="seconds reserved for sparse probing")
+    ap.add_argument("--skip-sweep", action="store_true", help="main SAEs (+ run_evals, sparse probing) only: no sweep, no audit")
     ap.add_argument("--prepare-only", action="store_true", help="assemble + convert the model, save state, exit")
     ap.add_argument("--quick", action="store_true", help="tiny CPU run for testing")
     args = ap.parse_args(argv)
@@ -348,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
         args.sweep_k, args.sweep_l1 = "4,16", "1,8"
         args.eval_batches, args.eval_prompts, args.heldout_tokens, args.top_m = 1, 2, 2048, 8
         args.cache_tokens = args.cache_tokens or 20000
+        if args.probe_datasets is None:
+            args.probe_datasets = 1
+    if args.probe_datasets is None:
+        import gemma3_probing
+
+        args.probe_datasets = gemma3_probing.DEFAULT_N_DATASETS
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work)
@@ -423,6 +438,28 @@ def main(argv: list[str] | None = None) -> int:
     def remaining() -> float:
         return args.budget_s - elapsed()
 
+    # ---- sparse probing, phase 1 (scripts/gemma3_probing.py): sae-probes' model activations for the
+    # datasets with the loaded model, then the LLM baselines (CPU) in background processes while the GPU trains
+    probing = None
+    probe_left = [args.probe_budget_s if args.probe_datasets > 0 else 0.0]  # still reserved for probing
+    if args.probe_datasets > 0:
+        import gemma3_probing
+
+        R["sparse_probing"] = {"datasets_requested": gemma3_probing.dataset_names(args.probe_datasets)}
+        try:
+            probing = gemma3_probing.Probing(model, hook, work, gemma3_probing.dataset_names(args.probe_datasets), dev, log=log)
+            R["sparse_probing"] = probing.start(0.4 * args.probe_budget_s)
+            probe_left[0] = max(0.0, args.probe_budget_s - R["sparse_probing"]["start_seconds"])
+        except Exception as exc:  # record, keep going: the SAEs are still worth having
+            import traceback
+
+            if probing is not None:
+                probing.close()
+            probing, probe_left[0] = None, 0.0
+            R["sparse_probing"]["error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
+            log(f"sparse probing (start) failed: {R['sparse_probing']['error']}\n{traceback.format_exc()[-2000:]}")
+        save()
+
     # ---- calibration: SAETrainer throughput for each SAE shape
     if "calibration" not in R:
         csteps = 40 if not args.quick else 4
@@ -436,12 +473,15 @@ def main(argv: list[str] | None = None) -> int:
     sweep_specs = [("topk", {"k": int(k)}) for k in args.sweep_k.split(",")] + [
         ("standard", {"sparsity_coefficient": float(c)}) for c in args.sweep_l1.split(",")
     ]
+    if args.skip_sweep:
+        sweep_specs = []
+    probe_reserve = probe_left[0]
     eval_s_guess = 6.0 if dev.startswith("cuda") else 30.0
-    overhead = (len(alphas) + len(sweep_specs)) * eval_s_guess + 20
+    overhead = (len(alphas) + len(sweep_specs)) * eval_s_guess + 20 + probe_reserve
     train_budget = max(0.0, remaining() - overhead)
-    main_share = 0.7
+    main_share = 0.7 if sweep_specs else 1.0
     main_tokens = int(min(args.main_tokens, cal["main_tok_per_s"] * train_budget * main_share / len(alphas)))
-    sweep_tokens = int(min(args.sweep_tokens, cal["sweep_tok_per_s"] * train_budget * (1 - main_share) / len(sweep_specs)))
+    sweep_tokens = int(min(args.sweep_tokens, cal["sweep_tok_per_s"] * train_budget * (1 - main_share) / max(1, len(sweep_specs))))
     main_tokens = max(main_tokens, args.batch * 10)
     sweep_tokens = max(sweep_tokens, args.batch * 10)
     R["plan"] = {
@@ -451,7 +491,10 @@ def main(argv: list[str] | None = None) -> int:
         "main_epochs_over_cache": main_tokens / acts.shape[0],
         "sweep_tokens_requested": args.sweep_tokens,
         "sweep_tokens_planned": sweep_tokens,
-        "note": "tokens per SAE = min(requested, calibrated throughput x budget share); epochs over the cached corpus allowed",
+        "probe_reserve_s": probe_reserve,
+        "skip_sweep": bool(args.skip_sweep),
+        "note": "tokens per SAE = min(requested, calibrated throughput x budget share); epochs over the cached corpus allowed; "
+        "re-planned before each SAE with the throughput measured on the SAEs already trained",
     }
     log(f"plan: main SAEs {main_tokens:,} tokens each ({main_tokens / acts.shape[0]:.2f} epochs), sweep SAEs {sweep_tokens:,} tokens each")
     save()
@@ -460,7 +503,11 @@ def main(argv: list[str] | None = None) -> int:
     for arch, kw in sweep_specs:
         tag = f"k{kw['k']}" if arch == "topk" else f"l1_{kw['sparsity_coefficient']:g}"
         members.append(("sweep", f"sweep_{arch}_{tag}", arch, args.sweep_width, sweep_tokens, kw))
-    planned_s = {m[1]: m[4] / (cal["main_tok_per_s"] if m[0] == "main" else cal["sweep_tok_per_s"]) for m in members}
+    measured: dict[str, float] = {}  # group -> tokens/s of SAETrainer measured on this run's trained SAEs
+
+    def rate_of(group: str) -> float:
+        return measured.get(group) or (cal["main_tok_per_s"] if group == "main" else cal["sweep_tok_per_s"])
+
     eval_times: list[float] = []
 
     def run_member(idx: int, group: str, name: str, arch: str, width: int, tokens: int, **kw) -> None:
@@ -470,11 +517,11 @@ def main(argv: list[str] | None = None) -> int:
         # re-plan with what is left: measured eval time per SAE, training shrunk proportionally
         ev_s = max(eval_times) if eval_times else eval_s_guess
         todo = [m for m in members[idx:] if not (m[1] in R[m[0]] and "heldout" in R[m[0]][m[1]])]
-        avail = remaining() - len(todo) * ev_s - 15
-        need = sum(planned_s[m[1]] for m in todo)
+        avail = remaining() - len(todo) * ev_s - 15 - probe_left[0]
+        need = sum(m[4] / rate_of(m[0]) for m in todo)
         scale = max(0.0, min(1.0, avail / need)) if need > 0 else 1.0
         min_tokens = args.batch * (2 if args.quick else 20)
-        rate = cal["main_tok_per_s"] if group == "main" else cal["sweep_tok_per_s"]
+        rate = rate_of(group)
         tokens = max(int(tokens * scale), min_tokens)
         if remaining() < ev_s + min_tokens / rate + 10:
             log(f"{name}: skipped, out of time budget")
@@ -484,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(args.seed)
         sae = build_sae(arch, d_in, width, hook, ctx, dev, **kw)
         info = train_one(sae, acts, tokens, args.batch, args.lr, dev, args.seed)
+        if info["train_seconds"] > 0:
+            measured[group] = info["tokens_trained"] / info["train_seconds"]
         rec = {"architecture": arch, "d_sae": width, **{k: v for k, v in kw.items()}, **info}
         t = time.time()
         rec["heldout"] = heldout_metrics(sae, hacts, hids, args.top_m, 8192 if width <= 4096 else 4096)
@@ -509,14 +558,53 @@ def main(argv: list[str] | None = None) -> int:
         )
         save()
 
-    for idx, (group, name, arch, width, tokens, kw) in enumerate(members):
+    n_main = len(alphas)
+    for idx, (group, name, arch, width, tokens, kw) in enumerate(members[:n_main]):
         run_member(idx, group, name, arch, width, tokens, **kw)
+
+    # ---- sparse probing, phase 2: SAEBench sparse_probing_sae_probes run_eval on the main SAEs
+    if probing is not None:
+        budget = min(probe_left[0], remaining() - 10)
+        probe_left[0] = 0.0
+        names = [m[1] for m in members[:n_main] if "heldout" in R["main"].get(m[1], {})]
+        R["sparse_probing"]["finish_budget_s"] = budget
+        if budget < 5 or not names:
+            probing.close()
+            R["sparse_probing"]["skipped"] = "time budget" if names else "no main SAE trained"
+            log(f"sparse probing skipped: {R['sparse_probing']['skipped']}")
+        else:
+            from sae_lens import SAE
+
+            def loader(name: str):
+                sdir = work / "saes" / name
+                # the SAE as saved for inference (stock SAELens "topk": gamma only weights the training
+                # loss, so inference = plain TopK encode), loaded with stock SAELens
+                return lambda: SAE.load_from_disk(str(sdir), device=dev)
+
+            def progress(rec: dict) -> None:
+                R["sparse_probing"] = rec
+                save()
+
+            try:
+                R["sparse_probing"] = probing.finish([(n, loader(n)) for n in names], out, time.time() + budget, on_progress=progress)
+            except Exception as exc:  # record, keep going (sweep / audit still worth having)
+                import traceback
+
+                R["sparse_probing"]["error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
+                log(f"sparse probing failed: {R['sparse_probing']['error']}\n{traceback.format_exc()[-2000:]}")
+        save()
+
+    for idx, (group, name, arch, width, tokens, kw) in enumerate(members):
+        if idx >= n_main:
+            run_member(idx, group, name, arch, width, tokens, **kw)
 
     # ---- RDP audit of the proxies on the sweep (rate = L0, distortion = 1 - explained variance)
     from sae_rdp_plugin.audit import audit_proxy
 
     rows = [(n, r["heldout"]) for n, r in R["sweep"].items() if "heldout" in r]
-    R["audit"] = {"rate": "held-out L0", "distortion": "1 - held-out explained variance", "n_saes": len(rows), "proxies": {}}
+    if args.skip_sweep:
+        rows = []
+    R["audit"] = {"skipped": "--skip-sweep"} if args.skip_sweep else {"rate": "held-out L0", "distortion": "1 - held-out explained variance", "n_saes": len(rows), "proxies": {}}
     if len(rows) >= 3:
         names = [n for n, _ in rows]
         rate = [h["l0"] for _, h in rows]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call of the Gemma-3-270M plan (evals/gemma3_270m/README.md). Usage on the device:
 #   bash scripts/gpu_gemma3_stage.sh N     # N = 0, 1, ...: stage call N's payload into /tmp/g3
-#   bash scripts/gpu_gemma3_stage.sh run   # the experiment (needs stages 0..last done back to back)
+#   bash scripts/gpu_gemma3_stage.sh probes  # install the sae-probes / SAEBench wheels (.carry/g3/call_probes)
+#   bash scripts/gpu_gemma3_stage.sh run   # the experiment (needs stages 0..last [+ probes] done back to back)
 # Call 0 also installs the carried wheels into /tmp/site (pip --no-deps --no-index --target);
 # the last stage call (marker file LAST) assembles + sha256-checks the GGUF, converts it to a
 # HookedTransformer and saves it (/tmp/g3/tl_model.pt, tokenizer under /tmp/g3/model_cache).
@@ -20,6 +21,15 @@ if [ "$STEP" = run ]; then
   [ -f "$WORK/tl_model.pt" ] || { echo "error: $WORK/tl_model.pt missing: redo the stage calls back to back"; exit 3; }
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
   exec "$PY" scripts/gpu_gemma3_run.py --work "$WORK" --out "$OUT" --budget-s "${G3_BUDGET_S:-470}" "${@:2}"
+fi
+if [ "$STEP" = probes ]; then
+  SRC=.carry/g3/call_probes
+  [ -d "$SRC" ] || { echo "error: $SRC not carried (carry it with this call)"; exit 3; }
+  [ -d "$SITE/sae_lens" ] || { echo "error: $SITE has no sae_lens: stage 0 must come first, back to back"; exit 3; }
+  "$PY" -m pip install -q --no-deps --no-index --no-compile --no-cache-dir --upgrade --target "$SITE" "$SRC"/*.whl
+  "$PY" scripts/gemma3_probing.py --check
+  echo "stage probes done in $(( $(date +%s) - t0 ))s"
+  exit 0
 fi
 SRC=".carry/g3/call$STEP"
 [ -d "$SRC" ] || { echo "error: $SRC not carried (carry it with this call)"; exit 3; }

@@ -14,5 +14,6 @@ python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[test,models]"
 python -m pip install -q --no-deps "sae-bench>=0.6,<0.7"
 python -m pip install -q "scikit-learn>=1.5" "seaborn>=0.13" "tabulate>=0.9" "collectibles>=0.1.5"
+python -m pip install -q --no-deps "sae-probes>=0.4.2,<0.5" && python -m pip install -q "zstandard>=0.19"  # [probes], see pyproject
 python -c "import sae_rdp_plugin, sae_bench.evals.base_eval_output" >/dev/null
 echo "setup: ok ($(python -c 'import torch; print("torch", torch.__version__)'))"

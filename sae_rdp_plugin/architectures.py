@@ -24,6 +24,9 @@ _lock = threading.RLock()
 def register_now() -> None:
     """Import SAELens and register the ``weighted_*`` training architectures (idempotent)."""
     with _lock:
+        wsae = sys.modules.get("sae_rdp_plugin.wsae")
+        if wsae is not None and not hasattr(wsae, "WEIGHTED_ARCHITECTURES"):
+            return  # sae_lens was first imported by wsae itself, mid-import: wsae registers at its end
         from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY, register_sae_training_class
 
         from sae_rdp_plugin.errors import SaeRdpError

@@ -48,8 +48,9 @@ enough for the device, and through the sparse gathers otherwise; both give SAELe
 from __future__ import annotations
 
 import math
+import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -105,6 +106,11 @@ class FastTopKConfig:
     # k_aux / d_sae >= aux_dense_min_density; see _aux_dense_threshold for the default per device)
     aux_impl: str = "auto"
     aux_dense_min_density: float | None = None
+    # "auto": the Triton kernels of sae_rdp_plugin.fast_kernels on CUDA when Triton imports (fused sparse
+    # weight gradients + clipping + Adam, bf16 decoder gathers), else the PyTorch kernels; "triton":
+    # always Triton (on CPU only under TRITON_INTERPRET=1, for tests); "torch": never. Default from the
+    # environment variable SAE_RDP_FAST_KERNELS when set (e.g. SAE_RDP_FAST_KERNELS=torch to rule Triton out)
+    kernels: str = field(default_factory=lambda: os.environ.get("SAE_RDP_FAST_KERNELS", "auto"))
 
     def __post_init__(self) -> None:
         if self.kind not in ("topk", "batchtopk"):
@@ -115,6 +121,8 @@ class FastTopKConfig:
             raise SaeRdpError(f"fast step: k must be in (0, d_sae={self.d_sae}], got {self.k}")
         if self.weight_grad_impl not in ("embedding_bag", "csr"):
             raise SaeRdpError(f"fast step: weight_grad_impl must be embedding_bag or csr, got {self.weight_grad_impl!r}")
+        if self.kernels not in ("auto", "triton", "torch"):
+            raise SaeRdpError(f"fast step: kernels must be auto, triton or torch, got {self.kernels!r}")
         if self.aux_impl not in ("auto", "dense", "sparse"):
             raise SaeRdpError(f"fast step: aux_impl must be auto, dense or sparse, got {self.aux_impl!r}")
         if self.kind == "topk" and int(self.k) != self.k:
@@ -247,6 +255,16 @@ class FastTopKTrainer:
         self.n_inexact_batchtopk_fallbacks = 0
         self._fused = dev.type in ("cuda", "cpu")
         self._lr = cfg.lr
+        self._lp_cache: dict[str, Any] | None = None
+        from sae_rdp_plugin import fast_kernels
+
+        if cfg.kernels == "triton" and not fast_kernels.available(dev):
+            raise SaeRdpError(f"fast step: kernels='triton' needs Triton and a CUDA device (or TRITON_INTERPRET=1 on CPU); device {dev}")
+        if cfg.kernels == "triton" and dtype != torch.float32:
+            raise SaeRdpError(f"fast step: the Triton kernels train float32 parameters, got {dtype}")
+        self.use_triton = cfg.kernels == "triton" or (
+            cfg.kernels == "auto" and dev.type == "cuda" and dtype == torch.float32 and fast_kernels.available(dev)
+        )
 
     # ------------------------------------------------------------------ construction / export
     @classmethod
@@ -397,14 +415,18 @@ class FastTopKTrainer:
         # dead_feature_window steps, so the host sync to count them is skipped until then
         if isinstance(dead, str):
             dead = self.dead_neurons if self.n_training_steps > cfg.dead_feature_window else None
-        losses, grads, sp, vals_s = self.loss_and_grads(x, dead)
+        if self.use_triton:
+            losses, sp, vals_s = self._fused_step(x, dead)
+        else:
+            losses, grads, sp, vals_s = self.loss_and_grads(x, dead)
         self._last_sparse = sp
         self._last_vals_s = vals_s
         with torch.no_grad():
-            # ---- clip_grad_norm_(max_norm) folded into Adam's grad_scale (grad / scale)
-            total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-            clip = torch.clamp(cfg.max_grad_norm / (total + 1e-6), max=1.0)
-            self._adam(grads, clip)
+            if not self.use_triton:
+                # ---- clip_grad_norm_(max_norm) folded into Adam's grad_scale (grad / scale)
+                total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+                clip = torch.clamp(cfg.max_grad_norm / (total + 1e-6), max=1.0)
+                self._adam(grads, clip)
             # ---- trainer bookkeeping (no host sync)
             a = sp.vals
             fired = torch.zeros(cfg.d_sae, device=self.device, dtype=self.dtype).index_add_(0, sp.idx, (a > 0).to(self.dtype))
@@ -499,6 +521,175 @@ class FastTopKTrainer:
         grads = [g_WencT, g_benc, g_Wdec, g_bdec]
         self._last_x_hat = x_hat
         return {"mse_loss": mse, "auxiliary_reconstruction_loss": aux, "loss": mse + aux}, grads, sp, vals_s
+
+    # ------------------------------------------------------------------ the Triton step
+    def invalidate_cache(self) -> None:
+        """Forget the cached decoder norms and low-precision weight copies (call after changing the
+        parameters by other means than :meth:`step`, e.g. through ``.data``; in-place changes to the
+        parameters themselves are detected through their version counters)."""
+        self._lp_cache = None
+
+    def _cache_key(self) -> tuple[int, ...]:
+        W_enc, _, W_dec, _ = self.params
+        return (W_dec._version, W_enc._version, W_dec.data_ptr(), W_enc.data_ptr())
+
+    def _lowp_weights(self) -> dict[str, Any]:
+        """Decoder row norms n, the decoder rows to gather (bf16 copy under bf16, else W_dec itself) and,
+        under bf16, the encoder's latent-major bf16 copy pre-multiplied by n. Written by the fused Adam
+        pass of the previous step; recomputed here only when the parameters changed otherwise."""
+        c = self._lp_cache
+        if c is not None and c["key"] == self._cache_key():
+            return c
+        cfg = self.cfg
+        W_dec, W_encT = self.W_dec, self.W_encT
+        n = W_dec.norm(dim=1) if cfg.rescale_acts_by_decoder_norm else None
+        c = {"n": n, "Wdec": W_dec, "Wenc": None}
+        if cfg.bf16:
+            c["Wdec"] = W_dec.to(torch.bfloat16)
+            c["Wenc"] = torch.empty(cfg.d_sae, cfg.d_in, device=self.device, dtype=torch.bfloat16)
+            c["Wenc"].copy_(W_encT * n[:, None] if n is not None else W_encT)
+        c["key"] = self._cache_key()
+        self._lp_cache = c
+        return c
+
+    @torch.no_grad()
+    def _fused_backward(self, x: torch.Tensor, dead: torch.Tensor | None) -> dict[str, Any]:
+        """Forward and backward of the Triton step up to (not including) the weight gradients: losses,
+        sparse codes, the latent-major CSR (crow, tok) with the decoder / encoder coefficients and the
+        rows they scale (S_dec = dL/dx_hat, S_enc = u; bf16 under bf16), dense extra gradients of the aux
+        loss, and the bias gradients."""
+        from sae_rdp_plugin import fast_kernels as fk
+
+        cfg = self.cfg
+        B = x.shape[0]
+        _, b_enc, W_dec, b_dec = self.params
+        W_encT = self.W_encT
+        c = self._lowp_weights()
+        n = c["n"]
+        num_dead = int(dead.sum()) if dead is not None else 0
+        u = x - b_dec if cfg.apply_b_dec_to_input else x
+        lowp = torch.bfloat16 if cfg.bf16 else self.dtype
+        if cfg.bf16:
+            u_l = u.to(lowp)
+            bias = (b_enc * n if n is not None else b_enc).to(lowp)
+            pre_s = torch.addmm(bias, u_l, c["Wenc"].t())
+        else:
+            u_l = u
+            pre_s = torch.addmm(b_enc, u, W_encT.t())
+            if n is not None:
+                pre_s.mul_(n)
+        sp = self._select(pre_s)
+        vals_s = sp.vals
+        a = vals_s / n[sp.idx] if n is not None else vals_s
+        sp.vals = a
+        nnz = sp.idx.numel()
+        off = torch.cat([sp.offsets, torch.full((1,), nnz, device=self.device, dtype=sp.offsets.dtype)])
+        Wd = c["Wdec"]
+        x_hat = fk.decode(Wd, sp.idx, a, off, b_dec)
+        err = x_hat - x
+        werr = err * self.w if self.w is not None else err
+        mse = (werr * err).sum() / B
+        r = werr * (2.0 / B)
+        g_pre = fk.rowdot(Wd, sp.idx, off, r) * (a > 0)
+        # latent-major CSR of the entries: tokens and coefficients of each latent's gradient rows
+        order = torch.argsort(sp.idx)
+        crow = torch.searchsorted(sp.idx[order], torch.arange(cfg.d_sae + 1, device=self.device, dtype=sp.idx.dtype))
+        g_benc = torch.zeros_like(b_enc).index_add_(0, sp.idx, g_pre)
+        # dead-latent aux loss: dense extra gradients (both aux implementations)
+        aux = torch.zeros((), device=self.device, dtype=self.dtype)
+        X_dec = X_enc = None
+        if num_dead > 0:
+            k_aux_full = cfg.d_in // 2
+            k_aux = min(k_aux_full, num_dead)
+            coeff = cfg.aux_loss_coefficient * min(num_dead / k_aux_full, 1.0)
+            if num_dead < cfg.d_sae:
+                dead_idx = dead.nonzero().squeeze(1)
+                av, ai = pre_s.index_select(1, dead_idx).topk(k_aux, dim=1, sorted=False)
+                ai = dead_idx[ai]
+            else:
+                av, ai = pre_s.topk(k_aux, dim=1, sorted=False)
+            av = av.to(self.dtype)
+            aux_a = av / n[ai] if n is not None else av
+            X_dec = torch.zeros(cfg.d_sae, cfg.d_in, device=self.device, dtype=self.dtype)
+            X_enc = torch.zeros(cfg.d_sae, cfg.d_in, device=self.device, dtype=self.dtype)
+            if self._aux_dense(k_aux):
+                aux, g_aux_a = self._aux_loss_dense(ai, aux_a, err, coeff, u, X_enc, X_dec, lowp)
+                g_benc.index_add_(0, ai.reshape(-1), g_aux_a.reshape(-1))
+            else:
+                wgrad = _weight_grad_csr if cfg.weight_grad_impl == "csr" else _weight_grad
+                aux, aux_sp, g_aux_a = self._aux_loss_sparse(ai, aux_a, err, coeff, W_dec, X_dec, wgrad)
+                X_enc += wgrad(aux_sp, u, g_aux_a, cfg.d_sae)
+                g_benc.index_add_(0, aux_sp.idx, g_aux_a)
+        g_bdec = r.sum(0)
+        if cfg.apply_b_dec_to_input:
+            g_bdec -= g_benc @ W_encT
+        self._last_x_hat = x_hat
+        return {
+            "losses": {"mse_loss": mse, "auxiliary_reconstruction_loss": aux, "loss": mse + aux},
+            "sp": sp, "vals_s": vals_s, "crow": crow, "tok": sp.offset2bag[order],
+            "coef_dec": a[order].contiguous(), "coef_enc": g_pre[order].contiguous(),
+            "S_dec": r.to(lowp) if cfg.bf16 else r, "S_enc": u_l, "X_dec": X_dec, "X_enc": X_enc,
+            "g_benc": g_benc, "g_bdec": g_bdec, "cache": c,
+        }
+
+    @torch.no_grad()
+    def triton_loss_and_grads(self, x: torch.Tensor, dead: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """Losses and the gradients [W_enc^T, b_enc, W_dec, b_dec] as the Triton step forms them (the
+        weight gradients materialised through the same fused kernel, with Adam reduced to the identity),
+        without updating anything. For tests and on-device checks against :meth:`loss_and_grads`."""
+        from sae_rdp_plugin import fast_kernels as fk
+
+        x = x.to(device=self.device, dtype=self.dtype)
+        f = self._fused_backward(x, dead)
+        grads = []
+        for key in ("enc", "dec"):
+            grads.append(fk.sparse_grad(f["crow"], f["tok"], f["coef_" + key], f["S_" + key], f["X_" + key]))
+        return f["losses"], [grads[0], f["g_benc"], grads[1], f["g_bdec"]]
+
+    @torch.no_grad()
+    def _fused_step(self, x: torch.Tensor, dead: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], _Sparse, torch.Tensor]:
+        """The whole step with the Triton kernels: the same loss, gradients and update as
+        :meth:`loss_and_grads` + clipping + Adam, but the weight gradients are formed row by row inside
+        two fused passes (norm, then clipped Adam), never as dense [d_sae, d_in] tensors."""
+        from sae_rdp_plugin import fast_kernels as fk
+
+        cfg = self.cfg
+        f = self._fused_backward(x, dead)
+        c, crow, tok = f["cache"], f["crow"], f["tok"]
+        g_benc, g_bdec = f["g_benc"], f["g_bdec"]
+        n = c["n"]
+        _, b_enc, W_dec, b_dec = self.params
+        # ---- pass 1: the global gradient norm -> clip coefficient (SAETrainer's clip_grad_norm_)
+        sq = (
+            fk.sparse_grad_sq(crow, tok, f["coef_dec"], f["S_dec"], f["X_dec"])
+            + fk.sparse_grad_sq(crow, tok, f["coef_enc"], f["S_enc"], f["X_enc"])
+            + g_benc.square().sum() + g_bdec.square().sum()
+        )
+        clip = torch.clamp(cfg.max_grad_norm / (sq.sqrt() + 1e-6), max=1.0)
+        # ---- pass 2: clipped Adam on the weight rows (decoder first: its new row norms scale the
+        # encoder's bf16 copy), then torch's fused Adam on the two bias vectors
+        torch._foreach_add_(self.state_steps, 1)
+        t = self.state_steps[0]
+        b1, b2 = cfg.adam_beta1, cfg.adam_beta2
+        hp = torch.stack([self._lr / (1 - torch.pow(b1, t)), torch.sqrt(1 - torch.pow(b2, t)), clip.to(t.dtype)]).float()
+        M_enc, V_enc = self.exp_avg[0], self.exp_avg_sq[0]
+        if self.in_place:
+            M_enc, V_enc = M_enc.t(), V_enc.t()
+        fk.sparse_grad_adam(
+            crow, tok, f["coef_dec"], f["S_dec"], W_dec, self.exp_avg[2], self.exp_avg_sq[2], hp, betas=(b1, b2),
+            eps=cfg.adam_eps, X=f["X_dec"], norm_out=n, lp_out=c["Wdec"] if cfg.bf16 else None,
+        )
+        fk.sparse_grad_adam(
+            crow, tok, f["coef_enc"], f["S_enc"], self.W_encT, M_enc, V_enc, hp, betas=(b1, b2), eps=cfg.adam_eps,
+            X=f["X_enc"], scale=n if cfg.bf16 else None, lp_out=c["Wenc"],
+        )
+        torch._fused_adam_(
+            [b_enc, b_dec], [g_benc, g_bdec], [self.exp_avg[1], self.exp_avg[3]], [self.exp_avg_sq[1], self.exp_avg_sq[3]],
+            [], [self.state_steps[1], self.state_steps[3]], lr=self._lr, beta1=b1, beta2=b2, weight_decay=0.0,
+            eps=cfg.adam_eps, amsgrad=False, maximize=False, grad_scale=(1.0 / clip).float().reshape(1), found_inf=None,
+        )
+        c["key"] = self._cache_key()
+        return f["losses"], f["sp"], f["vals_s"]
 
     # ------------------------------------------------------------------ dead-latent aux loss
     def _aux_dense_threshold(self) -> float:
@@ -617,7 +808,7 @@ def train_fast(
 
 
 # ---------------------------------------------------------------------------- SAELens SAETrainer hook
-def install_fast_step(trainer: Any) -> FastTopKTrainer | None:
+def install_fast_step(trainer: Any, **cfg_overrides: Any) -> FastTopKTrainer | None:
     """Make a SAELens ``SAETrainer`` run its steps with the fast path when it applies: the SAE is a
     (weighted_)topk / (weighted_)batchtopk training SAE in float32/float64 with no activation
     normalisation other than SAELens's scalar scaling. Returns the FastTopKTrainer, or None (the
@@ -645,7 +836,7 @@ def install_fast_step(trainer: Any) -> FastTopKTrainer | None:
     tc = trainer.cfg
     ft = FastTopKTrainer.attach(
         sae, lr=tc.lr, adam_beta1=tc.adam_beta1, adam_beta2=tc.adam_beta2,
-        dead_feature_window=tc.dead_feature_window, bf16=bool(tc.autocast),
+        dead_feature_window=tc.dead_feature_window, bf16=bool(tc.autocast), **cfg_overrides,
     )
     params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
     if set(map(id, params)) != {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}:
@@ -686,5 +877,6 @@ def install_fast_step(trainer: Any) -> FastTopKTrainer | None:
 
     trainer._train_step = _train_step
     trainer.save_trainer_state = save_trainer_state
+    ft.invalidate_cache()
     trainer.fast_step = ft
     return ft

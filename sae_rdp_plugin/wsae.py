@@ -399,3 +399,10 @@ def estimate_gamma(sae: WeightedSAEMixin, batches: Any, n_batches: int | None = 
     if not isinstance(sae, WeightedSAEMixin):
         raise SaeRdpError(f"{type(sae).__name__} is not a weighted SAE (architectures: {', '.join(WEIGHTED_ARCHITECTURES)})")
     return sae.estimate_gamma(batches, n_batches, progress=progress)
+
+
+# When this module is what first imported sae_lens, the import hook skipped registration (this module
+# was half-initialised then); register now that WEIGHTED_ARCHITECTURES exists (idempotent).
+from sae_rdp_plugin.architectures import register as _register  # noqa: E402
+
+_register()

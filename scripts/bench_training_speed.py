@@ -121,7 +121,7 @@ def _saelens_sae(arch: str, d_in, d_sae, k, dev, gamma):
     return sae.to(dev)
 
 
-def build_saelens(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, fast=False):
+def build_saelens(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, fast=False, kernels="auto"):
     from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
@@ -135,7 +135,7 @@ def build_saelens(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, fas
     if fast:  # what `sae-rdp train` runs: SAELens's trainer with the fast step installed
         from sae_rdp_plugin.fast_topk import install_fast_step
 
-        if install_fast_step(tr) is None:
+        if install_fast_step(tr, kernels=kernels) is None:
             raise RuntimeError("install_fast_step declined")
     if dead_frac > 0:
         tr.n_forward_passes_since_fired[: int(dead_frac * d_sae)] = 1e9
@@ -154,9 +154,9 @@ def build_saelens(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, fas
     return step, {"sae": sae, "trainer": tr}
 
 
-def build_fast(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, graph=False, impl="csr", dec_bf16=False, aux_impl="auto"):
+def build_fast(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, graph=False, impl="csr", dec_bf16=False, aux_impl="auto", kernels="auto"):
     sae = _saelens_sae(arch, d_in, d_sae, k, dev, gamma)
-    tr = FastTopKTrainer.from_training_sae(sae, lr=3e-4, bf16=bf16, weight_grad_impl=impl, decoder_bf16=dec_bf16, aux_impl=aux_impl)
+    tr = FastTopKTrainer.from_training_sae(sae, lr=3e-4, bf16=bf16, weight_grad_impl=impl, decoder_bf16=dec_bf16, aux_impl=aux_impl, kernels=kernels)
     del sae
     if dead_frac > 0:
         tr.n_training_steps = 10**9  # past the dead-feature window: the aux path runs
@@ -266,13 +266,17 @@ def check_fast_vs_saelens(arch, d_in, d_sae, k, dev, xs, gamma) -> dict:
         res[f"rel_err_grad_{name}_saelens_autocast_bf16"] = float((g - r).norm() / r.norm().clamp_min(1e-30))
     sae.zero_grad()
     for bf16 in (False, True):
-        tr = FastTopKTrainer.from_training_sae(sae, bf16=bf16)
-        losses, grads, _, _ = tr.loss_and_grads(x, None)
-        tag = "bf16" if bf16 else "fp32"
-        res[f"loss_fast_{tag}"] = float(losses["loss"])
-        for name, g, r in zip(["W_enc", "b_enc", "W_dec", "b_dec"], grads, ref):
-            res[f"rel_err_grad_{name}_{tag}"] = float((g - r).norm() / r.norm().clamp_min(1e-30))
-        del tr, grads
+        for kern in ("torch", "triton"):
+            tr = FastTopKTrainer.from_training_sae(sae, bf16=bf16, kernels=kern)
+            if kern == "triton":
+                losses, grads = tr.triton_loss_and_grads(x, None)
+            else:
+                losses, grads, _, _ = tr.loss_and_grads(x, None)
+            tag = ("bf16" if bf16 else "fp32") + ("_triton" if kern == "triton" else "")
+            res[f"loss_fast_{tag}"] = float(losses["loss"])
+            for name, g, r in zip(["W_enc", "b_enc", "W_dec", "b_dec"], grads, ref):
+                res[f"rel_err_grad_{name}_{tag}"] = float((g - r).norm() / r.norm().clamp_min(1e-30))
+            del tr, grads
     # with half the latents dead (the aux loss), both aux implementations
     dead = torch.zeros(d_sae, dtype=torch.bool, device=dev)
     dead[: d_sae // 2] = True
@@ -288,8 +292,11 @@ def check_fast_vs_saelens(arch, d_in, d_sae, k, dev, xs, gamma) -> dict:
     for bf16 in (False, True):
         for aux_impl in ("dense", "sparse"):
             tr = FastTopKTrainer.from_training_sae(sae, bf16=bf16, aux_impl=aux_impl)
-            losses, grads, _, _ = tr.loss_and_grads(x, dead)
-            tag = f"{'bf16' if bf16 else 'fp32'}_aux_{aux_impl}"
+            if tr.use_triton:
+                losses, grads = tr.triton_loss_and_grads(x, dead)
+            else:
+                losses, grads, _, _ = tr.loss_and_grads(x, dead)
+            tag = f"{'bf16' if bf16 else 'fp32'}_aux_{aux_impl}" + ("_triton" if tr.use_triton else "")
             res[f"aux_loss_fast_{tag}"] = float(losses["auxiliary_reconstruction_loss"])
             for name, g, r in zip(["W_enc", "b_enc", "W_dec", "b_dec"], grads, ref):
                 res[f"rel_err_grad_{name}_{tag}"] = float((g - r).norm() / r.norm().clamp_min(1e-30))
@@ -459,7 +466,9 @@ def main(argv=None) -> int:
                 ("fast_topk", "sparse", lambda: build_fast("topk", d_in, d_sae, k, bf16, dev, xs, gamma)),
                 ("fast_weighted_topk", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma)),
                 ("fast_weighted_batchtopk", "sparse", lambda: build_fast("weighted_batchtopk", d_in, d_sae, k, bf16, dev, xs, gamma)),
-                ("fast_weighted_topk[embedding_bag]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, impl="embedding_bag")),
+                ("fast_weighted_topk[torch]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, kernels="torch")),
+                ("fast_weighted_topk[SAETrainer,torch]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, kernels="torch")),
+                ("fast_weighted_topk[embedding_bag]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, impl="embedding_bag", kernels="torch")),
                 ("fast_weighted_topk[SAETrainer]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True)),
                 ("fast_weighted_batchtopk[SAETrainer]", "sparse", lambda: build_saelens("weighted_batchtopk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True)),
             ]

@@ -8,6 +8,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+if not torch.cuda.is_available():  # Triton kernels (sae_rdp_plugin.fast_kernels) run in its CPU interpreter
+    import triton_interp
+
+    triton_interp.enable()
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

@@ -288,3 +288,22 @@ def test_whitening_and_unweighted_alpha_rejected():
     assert sae_config_dict("topk", 8, 16, k=2, alpha=0.0)["architecture"] == "topk"
     with pytest.raises(SaeRdpError, match="valid: weighted_standard, weighted_topk"):
         check_architecture("weighted_gated")
+
+
+def test_weighted_architectures_registered_when_wsae_imports_saelens_first():
+    """Importing sae_rdp_plugin.wsae before sae_lens (wsae's own import triggers sae_lens's import
+    and the registration hook) must work and leave all four weighted_* architectures registered."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sae_rdp_plugin\n"
+        "from sae_rdp_plugin.wsae import WeightedTopKTrainingSAE\n"
+        "from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY as R\n"
+        "names = ['weighted_standard', 'weighted_topk', 'weighted_jumprelu', 'weighted_batchtopk']\n"
+        "assert all(n in R for n in names), sorted(R)\n"
+        "assert R['weighted_topk'][0] is WeightedTopKTrainingSAE\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]

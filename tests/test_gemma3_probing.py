@@ -4,7 +4,7 @@ SAELens, with a tiny random HookedTransformer standing in for Gemma (no hub acce
 sae-probes tries to load a model by name). Checked against SAEBench's validator and against an
 independent recomputation of the LLM baseline's input (the cached activations equal our model's).
 
-Needs the optional ``probes`` extra (sae-probes, zstandard); skipped otherwise.
+The probing test needs the optional ``probes`` extra (sae-probes, zstandard); skipped otherwise.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("zstandard")
-if importlib.util.find_spec("sae_probes") is None:
-    pytest.skip("sae-probes not installed (pip install -e .[probes])", allow_module_level=True)
+needs_probes = pytest.mark.skipif(
+    importlib.util.find_spec("sae_probes") is None or importlib.util.find_spec("zstandard") is None,
+    reason="sae-probes / zstandard not installed (scripts/setup.sh; extra [probes])",
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,6 +64,7 @@ def _tiny_model():
     return model
 
 
+@needs_probes
 def test_sparse_probing_step_runs_saebench_eval_on_weighted_sae(tmp_path, monkeypatch):
     gp = _probing_module()
     gp.install_xgboost_stub()  # sae-probes imports xgboost at module level (only its xgboost baseline uses it)
@@ -125,3 +127,37 @@ def test_dataset_subset_is_fixed_prefix():
     assert len(set(gp.PROBE_DATASETS)) == len(gp.PROBE_DATASETS) >= gp.DEFAULT_N_DATASETS
     with pytest.raises(ValueError):
         gp.dataset_names(len(gp.PROBE_DATASETS) + 1)
+
+
+def test_prepare_plans_the_probes_call(tmp_path):
+    """gpu_gemma3_prepare.py: the probes wheels get their own call, after the model pieces and before
+    run, within the size limit; without them (--no-probes) the run call turns the step off."""
+    import subprocess
+
+    MIB = 1 << 20
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"\0" * (30 * MIB))
+    whl, corpus, pw = tmp_path / "whl", tmp_path / "corpus", tmp_path / "pw"
+    for d in (whl, corpus, pw):
+        d.mkdir()
+    (whl / "a-1-py3-none-any.whl").write_bytes(b"x" * MIB)
+    (corpus / "tokens.npz").write_bytes(b"t" * 1000)
+    (corpus / "manifest.json").write_text("{}")
+    for n in ("sae_probes-0.4.2-py3-none-any.whl", "sae_bench-0.6.0-py3-none-any.whl", "zstandard-0.25.0-cp312-cp312-x.whl"):
+        (pw / n).write_bytes(b"w" * (2 * MIB))
+    base = [sys.executable, str(ROOT / "scripts" / "gpu_gemma3_prepare.py"), "--gguf", str(gguf), "--whl", str(whl),
+            "--corpus", str(corpus), "--limit-mib", "24", "--probes-whl", str(pw)]
+    out = tmp_path / "g3"
+    subprocess.run([*base, "--out", str(out), "--run-args=--skip-sweep"], check=True, capture_output=True)
+    plan = json.loads((out / "plan.json").read_text())
+    cmds = [c["command"] for c in plan["calls"]]
+    assert cmds[-2:] == ["bash scripts/gpu_gemma3_stage.sh probes", "bash scripts/gpu_gemma3_stage.sh run --skip-sweep"]
+    assert plan["calls"][-2]["carry"] == [f"{out}/call_probes"]
+    assert sorted(p.name for p in (out / "call_probes").iterdir()) == sorted(p.name for p in pw.iterdir())
+    assert all(c["total_with_tree_mib"] <= 22.0 + 1e-6 for c in plan["calls"])
+    pieces = sorted(out.glob("call*/m.gguf.piece*"))
+    assert sum(p.stat().st_size for p in pieces) == 30 * MIB
+    out2 = tmp_path / "g3b"
+    subprocess.run([*base, "--out", str(out2), "--no-probes"], check=True, capture_output=True)
+    cmds = [c["command"] for c in json.loads((out2 / "plan.json").read_text())["calls"]]
+    assert "bash scripts/gpu_gemma3_stage.sh probes" not in cmds and cmds[-1].endswith("--probe-datasets 0")

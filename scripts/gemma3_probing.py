@@ -24,8 +24,12 @@ The datasets ship inside the sae-probes wheel (113 binary tasks, zstd CSVs). Per
 "normal" setting uses ``min(n - 100, 1024)`` balanced training prompts and the rest (of at most 5,000) as
 the test set; the activation of the last token of each prompt (truncated to 1,024 tokens) is probed.
 Cost per dataset: one forward pass (up to the hooked layer) over all its prompts, then per SAE an encode
-of those activations and, per k, 10 L1 logistic regressions (validation split) + 1 final fit; the
-baseline: 10 + 1 L2 logistic regressions on the d_model-dim activations, once per dataset.
+of those activations and, per k, 10 L1 logistic regressions (validation split) + 1 final fit (about 1 s
+per SAE and dataset on the dev CPU); the LLM baseline: 10 + 1 L2 logistic regressions (lbfgs, up to
+1,000 iterations) on the d_model-dim activations, once per dataset, by far the costliest part (71 s for
+22_headline_isobama on one dev-CPU core with the 2-layer test model; massive-activation residuals
+converge slowly). Hence the two phases of :class:`Probing`: the baselines run in spawned worker
+processes (GPU hidden from them) while the GPU trains the SAEs.
 
 ``PROBE_DATASETS`` is the fixed, ordered subset: ``--probe-datasets N`` takes its first N. It was chosen
 for short prompts (<= ~500 characters on average, so the forward pass is cheap), small sizes (728-3,332
@@ -232,7 +236,16 @@ class Probing:
         threads = max(1, (n_cpu - 1) // n)
         rec["baseline_workers"], rec["baseline_threads_per_worker"] = n, threads
         if ran:
-            self.pool = mp.get_context("spawn").Pool(n)
+            # workers need no GPU: hide it from them (read at their start-up), so none opens a CUDA context
+            old = os.environ.get("CUDA_VISIBLE_DEVICES")
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
+            try:
+                self.pool = mp.get_context("spawn").Pool(n)
+            finally:
+                if old is None:
+                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+                else:
+                    os.environ["CUDA_VISIBLE_DEVICES"] = old
             self.jobs = {
                 ds: self.pool.apply_async(
                     _baseline_job, (self.hook, ds, self.model_name, str(self.cache), str(self.results), self.seed, threads)

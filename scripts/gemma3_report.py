@@ -23,6 +23,38 @@ def fmt(v, nd=3):
     return str(v)
 
 
+def sparse_probing_lines(sp: dict) -> list[str]:
+    """Markdown for results.json["sparse_probing"] (scripts/gemma3_probing.py)."""
+    L = ["", "SAEBench `sparse_probing_sae_probes` (sae-probes, setting normal, L1 probes on the top-k latents; "
+         "LLM baseline: logistic regression on the residual stream); mean test accuracy over the datasets run:", ""]
+    if sp.get("error") or sp.get("skipped"):
+        L.append(f"Not completed: {sp.get('error') or sp.get('skipped')}.")
+        return L
+    ks = sp.get("ks", [1, 2, 5])
+    ran = sp.get("datasets_run", [])
+    L += [f"Datasets ({len(ran)}): {', '.join(ran)}." + (
+        f" Dropped (LLM baseline unfinished in the budget): {', '.join(sp['datasets_dropped_no_baseline'])}."
+        if sp.get("datasets_dropped_no_baseline") else ""), ""]
+    L += ["| SAE | " + " | ".join(f"top-{k} acc." for k in ks) + " | LLM baseline acc. | " + " | ".join(f"top-{k} AUC" for k in ks) + " | LLM AUC |",
+          "|---|" + "---|" * (2 * len(ks) + 2)]
+    for name, s in sp.get("saes", {}).items():
+        if "skipped" in s:
+            L.append(f"| {name} | skipped ({s['skipped']}) |" + " |" * (2 * len(ks) + 1))
+            continue
+        L.append(f"| {name} | " + " | ".join(fmt(s.get(f"sae_top_{k}_test_accuracy")) for k in ks) + f" | {fmt(s.get('llm_test_accuracy'))} | "
+                 + " | ".join(fmt(s.get(f"sae_top_{k}_test_auc")) for k in ks) + f" | {fmt(s.get('llm_test_auc'))} |")
+    per = {n: s["per_dataset_test_accuracy"] for n, s in sp.get("saes", {}).items() if "per_dataset_test_accuracy" in s}
+    if per and ran:
+        names = list(per)
+        kmax = max(ks)
+        L += ["", f"Per dataset, test accuracy at k = {kmax} (LLM baseline in the last column):", "",
+              "| dataset | " + " | ".join(names) + " | LLM |", "|---|" + "---|" * (len(names) + 1)]
+        for ds in ran:
+            llm = next((per[n][ds].get("llm") for n in names if ds in per[n]), None)
+            L.append(f"| {ds} | " + " | ".join(fmt(per[n].get(ds, {}).get(f"k{kmax}")) for n in names) + f" | {fmt(llm)} |")
+    return L
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("results")
@@ -66,9 +98,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"{fmt(e.get('model_performance_preservation/ce_loss_without_sae'))} | {fmt(h['token_entropy'], 2)} | {fmt(h['decoder_max_cos'])} |"
             )
             pts.append((group, name, r.get("architecture"), h["l0"], 1 - h["explained_variance"]))
+    sp = R.get("sparse_probing")
+    if sp:
+        L += sparse_probing_lines(sp)
     au = R.get("audit", {})
-    L += ["", f"RDP audit on the sweep ({au.get('n_saes', 0)} SAEs; rate = {au.get('rate')}, distortion = {au.get('distortion')}, Pi = +proxy):", "",
-          "| proxy | dominated pairs | V | V 95% CI | p(V) | rho | rho 95% CI | p(rho) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    if au.get("skipped"):
+        L += ["", f"RDP audit on the sweep: not run ({au['skipped']})."]
+        au = {}
+    else:
+        L += ["", f"RDP audit on the sweep ({au.get('n_saes', 0)} SAEs; rate = {au.get('rate')}, distortion = {au.get('distortion')}, Pi = +proxy):", "",
+              "| proxy | dominated pairs | V | V 95% CI | p(V) | rho | rho 95% CI | p(rho) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for proxy, a in au.get("proxies", {}).items():
         if "error" in a:
             L.append(f"| {proxy} | error: {a['error']} |" + " |" * 7)

@@ -25,7 +25,7 @@ fi
 if [ "$STEP" = probes ]; then
   SRC=.carry/g3/call_probes
   [ -d "$SRC" ] || { echo "error: $SRC not carried (carry it with this call)"; exit 3; }
-  [ -d "$SITE/sae_lens" ] || { echo "error: $SITE has no sae_lens: stage 0 must come first, back to back"; exit 3; }
+  "$PY" -c "import sae_lens, transformer_lens" 2>/dev/null || { echo "error: no sae_lens / transformer_lens: stage 0 must come first, back to back"; exit 3; }
   "$PY" -m pip install -q --no-deps --no-index --no-compile --no-cache-dir --upgrade --target "$SITE" "$SRC"/*.whl
   "$PY" scripts/gemma3_probing.py --check
   echo "stage probes done in $(( $(date +%s) - t0 ))s"

@@ -56,22 +56,25 @@ if _HAVE_TRITON:
 
     @triton.jit
     def _decode_kernel(W, stride_w, idx, val, off, bias, out, d, HAS_BIAS: tl.constexpr, BE: tl.constexpr, BD: tl.constexpr):
+        # one program per row b; loop over d in chunks, and over the row's entries in tiles of BE
         b = tl.program_id(0)
-        cols = tl.program_id(1) * BD + tl.arange(0, BD)
-        cm = cols < d
         start = tl.load(off + b)
         end = tl.load(off + b + 1)
-        acc = tl.zeros([BD], dtype=tl.float32)
-        for e0 in range(start, end, BE):
-            e = e0 + tl.arange(0, BE)
-            em = e < end
-            j = tl.load(idx + e, mask=em, other=0).to(tl.int64)
-            a = tl.load(val + e, mask=em, other=0.0)
-            w = tl.load(W + j[:, None] * stride_w + cols[None, :], mask=em[:, None] & cm[None, :], other=0.0)
-            acc += tl.sum(w.to(tl.float32) * a[:, None], axis=0)
-        if HAS_BIAS:
-            acc += tl.load(bias + cols, mask=cm, other=0.0)
-        tl.store(out + b.to(tl.int64) * d + cols, acc, mask=cm)
+        orow = out + b.to(tl.int64) * d
+        for d0 in range(0, d, BD):
+            cols = d0 + tl.arange(0, BD)
+            cm = cols < d
+            acc = tl.zeros([BD], dtype=tl.float32)
+            for e0 in range(start, end, BE):
+                e = e0 + tl.arange(0, BE)
+                em = e < end
+                j = tl.load(idx + e, mask=em, other=0).to(tl.int64)
+                a = tl.load(val + e, mask=em, other=0.0)
+                w = tl.load(W + j[:, None] * stride_w + cols[None, :], mask=em[:, None] & cm[None, :], other=0.0)
+                acc += tl.sum(w.to(tl.float32) * a[:, None], axis=0)
+            if HAS_BIAS:
+                acc += tl.load(bias + cols, mask=cm, other=0.0)
+            tl.store(orow + cols, acc, mask=cm)
 
     @triton.jit
     def _rowdot_kernel(W, stride_w, idx, off, r, out, d, BE: tl.constexpr, BD: tl.constexpr):
@@ -160,9 +163,10 @@ if _HAVE_TRITON:
 
 # ------------------------------------------------------------------------------------ wrappers
 # block sizes and warps per program (measured on an H100: scripts/tune_fast_kernels.py)
-_DEC_BE, _DEC_BD, _DEC_W = 16, 256, 4
+_DEC_BE, _DEC_BD, _DEC_W = 32, 128, 4
 _DOT_BE, _DOT_BD, _DOT_W = 32, 128, 4
-_ADAM_BJ, _ADAM_BD, _ADAM_W = 16, 128, 4
+_ADAM_BJ, _ADAM_BD, _ADAM_W = 16, 128, 4  # latent-major parameters ([d_sae, d_in] rows contiguous)
+_ADAMT_BJ, _ADAMT_BD, _ADAMT_W = 64, 32, 4  # SAELens's W_enc layout ([d_in, d_sae]: latents contiguous)
 
 
 def _tune(**kw: int) -> None:
@@ -180,8 +184,7 @@ def decode(W: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor, offsets: torc
     out = torch.empty(B, d, device=W.device, dtype=torch.float32)
     if B == 0:
         return out
-    grid = (B, triton.cdiv(d, _DEC_BD))
-    _decode_kernel[grid](
+    _decode_kernel[(B,)](
         W, W.stride(0), idx, vals.float().contiguous(), offsets, bias if bias is not None else out, out, d,
         HAS_BIAS=bias is not None, BE=_DEC_BE, BD=_DEC_BD, num_warps=_DEC_W,
     )
@@ -201,7 +204,11 @@ def rowdot(W: torch.Tensor, idx: torch.Tensor, offsets: torch.Tensor, r: torch.T
 def _launch(crow, tok, coef, S, P, X, mode, *, M=None, V=None, hp=None, betas=(0.9, 0.999), eps=1e-8,
             norm_out=None, scale=None, lp_out=None):
     n_rows, d = crow.numel() - 1, S.shape[1]
-    grid = (triton.cdiv(n_rows, _ADAM_BJ),)
+    # tile shape by layout: latents contiguous (SAELens's W_enc) -> wide in j; else wide in d
+    lay = X if mode == 0 and X is not None else P
+    transposed = lay.stride(0) == 1 and lay.stride(1) != 1
+    BJ, BD, NW = (_ADAMT_BJ, _ADAMT_BD, _ADAMT_W) if transposed else (_ADAM_BJ, _ADAM_BD, _ADAM_W)
+    grid = (triton.cdiv(n_rows, BJ),)
     sq = torch.empty(grid[0], device=S.device, dtype=torch.float32) if mode == 0 else None
     dummy = coef
     sx = X.stride() if X is not None else (0, 0)
@@ -214,7 +221,7 @@ def _launch(crow, tok, coef, S, P, X, mode, *, M=None, V=None, hp=None, betas=(0
         sq if sq is not None else dummy, norm_out if norm_out is not None else dummy,
         scale if scale is not None else dummy, lp_out if lp_out is not None else dummy,
         MODE=mode, HAS_X=X is not None, WRITE_NORM=norm_out is not None, HAS_SCALE=scale is not None,
-        WRITE_LP=lp_out is not None, BJ=_ADAM_BJ, BD=_ADAM_BD, num_warps=_ADAM_W,
+        WRITE_LP=lp_out is not None, BJ=BJ, BD=BD, num_warps=NW,
     )
     return sq
 

@@ -403,7 +403,24 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--skip-pipeline", action="store_true")
     ap.add_argument("--only", nargs="*", default=None, help="implementation names to run")
+    ap.add_argument("--precisions", nargs="*", default=["bf16", "fp32"])
+    ap.add_argument("--blocks-json", default=None, help="tune_fast_kernels.py JSON: use its best Triton block sizes (at the largest config)")
     args = ap.parse_args(argv)
+    if args.blocks_json:
+        from sae_rdp_plugin import fast_kernels as fk
+
+        best = json.loads(Path(args.blocks_json).read_text())["best"]
+        big = max({k.split("/")[0] for k in best}, key=lambda c: int(c.split("x")[0]))
+        applied = {}
+        for key, v in best.items():
+            cfg_name, g = key.split("/")
+            if cfg_name == big:
+                a, b, w = v["blocks"]
+                kw = {f"{g}_{'BJ' if g.startswith('ADAM') else 'BE'}": a, f"{g}_BD": b, f"{g}_W": w}
+                fk._tune(**kw)
+                applied.update(kw)
+        RESULTS["triton_blocks_applied"] = applied
+        print("triton blocks:", applied, flush=True)
     dev = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -454,7 +471,7 @@ def main(argv=None) -> int:
             RESULTS["checks"][cfg_key] = {"error": repr(e)[:500]}
             traceback.print_exc()
         gc.collect()
-        for prec in ("bf16", "fp32"):
+        for prec in args.precisions:
             bf16 = prec == "bf16"
             impls = [
                 ("saelens_topk", "dense", lambda: build_saelens("topk", d_in, d_sae, k, bf16, dev, xs, gamma)),

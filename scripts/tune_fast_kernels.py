@@ -24,10 +24,16 @@ from sae_rdp_plugin import fast_kernels as fk  # noqa: E402
 from sae_rdp_plugin.io import atomic_write_json  # noqa: E402
 
 GROUPS = {
-    "ADAM": [(16, 128, 4), (32, 64, 4), (8, 256, 4), (16, 256, 8), (32, 128, 8), (64, 64, 8), (8, 128, 2), (4, 256, 4)],
-    "DEC": [(16, 256, 4), (32, 128, 4), (8, 512, 4), (16, 512, 8), (32, 256, 8)],
+    "ADAM": [(16, 128, 4), (32, 64, 4), (8, 256, 4), (16, 256, 8), (32, 128, 8), (8, 128, 2), (4, 256, 4)],
+    "DEC": [(32, 128, 4), (64, 64, 4), (16, 256, 4), (64, 128, 8), (32, 256, 8)],
     "DOT": [(32, 128, 4), (64, 64, 4), (16, 256, 4), (64, 128, 8), (32, 256, 8)],
+    # SAELens's W_enc layout, timed through SAETrainer (what `sae-rdp train` runs)
+    "ADAMT": [(64, 32, 4), (128, 32, 4), (32, 64, 4), (64, 64, 4), (128, 16, 4), (32, 32, 2), (16, 128, 4)],
 }
+
+
+def _key(g: str) -> str:
+    return f"{g}_{'BJ' if g.startswith('ADAM') else 'BE'}"
 
 
 def main(argv=None) -> int:
@@ -42,7 +48,7 @@ def main(argv=None) -> int:
     configs = [(64, 512, 8)] if args.quick else [(640, 16384, 32), (2304, 65536, 64)]
     batch = 128 if args.quick else 4096
     warm, iters = (1, 2) if args.quick else (5, args.iters)
-    defaults = {g: (getattr(fk, f"_{g}_{'BJ' if g == 'ADAM' else 'BE'}"), getattr(fk, f"_{g}_BD"), getattr(fk, f"_{g}_W")) for g in GROUPS}
+    defaults = {g: (getattr(fk, f"_{_key(g)}"), getattr(fk, f"_{g}_BD"), getattr(fk, f"_{g}_W")) for g in GROUPS}
     res = {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu (interpreter)",
@@ -54,22 +60,24 @@ def main(argv=None) -> int:
         xs = [torch.randn(batch, d_in, device=dev) * gamma.sqrt() for _ in range(4)]
         step, keep = B.build_fast("weighted_topk", d_in, d_sae, k, True, dev, xs, gamma, kernels="triton")
         assert keep["trainer"].use_triton, "Triton kernels not in use"
+        step_t, keep_t = B.build_saelens("weighted_topk", d_in, d_sae, k, True, dev, xs, gamma, fast=True, kernels="triton")
         for g, cands in GROUPS.items():
+            fn = step_t if g == "ADAMT" else step
             for cand in cands[: 2 if args.quick else None]:
                 a, b, w = cand
-                fk._tune(**{f"{g}_{'BJ' if g == 'ADAM' else 'BE'}": a, f"{g}_BD": b, f"{g}_W": w})
+                fk._tune(**{_key(g): a, f"{g}_BD": b, f"{g}_W": w})
                 try:
-                    t = B.time_fn(step, dev, warm, iters)["median_ms"]
+                    t = B.time_fn(fn, dev, warm, iters)["median_ms"]
                     err = None
                 except Exception as e:  # noqa: BLE001
-                    t, err = float("nan"), repr(e)[:200]
+                    t, err = None, repr(e)[:200]
                 row = {"config": f"{d_in}x{d_sae}_k{k}", "group": g, "blocks": cand, "median_ms": t, "error": err}
                 res["rows"].append(row)
-                lines.append(f"{row['config']:>16} {g:>5} {str(cand):>14} {t:8.3f} ms {err or ''}")
+                lines.append(f"{row['config']:>16} {g:>5} {str(cand):>14} {t if t is not None else float('nan'):8.3f} ms {err or ''}")
                 print(lines[-1], flush=True)
             a, b, w = defaults[g]
-            fk._tune(**{f"{g}_{'BJ' if g == 'ADAM' else 'BE'}": a, f"{g}_BD": b, f"{g}_W": w})
-        del step, keep, xs
+            fk._tune(**{_key(g): a, f"{g}_BD": b, f"{g}_W": w})
+        del step, keep, step_t, keep_t, xs
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     # best per (config, group)

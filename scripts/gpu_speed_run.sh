@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One device call for the training-speed work (benchmarks/training_speed): installs the carried wheels,
+# runs the CUDA tests of the fast step, tunes the Triton block sizes, then benchmarks with the best
+# ones. Usage on the device (carry .whl):  bash scripts/gpu_speed_run.sh [bench args...]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl >/dev/null 2>&1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 WANDB_MODE=disabled
+OUT=${OUT:-out/speed}; mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+python3 -m pytest -q -p no:cacheprovider tests/test_fast_kernels.py 2>&1 | tail -3 | tee "$OUT/pytest.txt"
+python3 -m pytest -q -p no:cacheprovider tests/test_fast_topk.py -m gpu 2>&1 | tail -1 | tee -a "$OUT/pytest.txt"
+if [ "${SKIP_TUNE:-0}" != 1 ]; then
+  python3 scripts/tune_fast_kernels.py --out "$OUT" 2>&1 | grep -v -i warn | tail -12
+  BLOCKS="--blocks-json $OUT/tune_fast_kernels.json"
+else
+  BLOCKS=""
+fi
+python3 scripts/bench_training_speed.py --device cuda --out "$OUT" $BLOCKS "$@" 2>&1 | grep -v -i warn | tee "$OUT/log.txt" | tail -40

@@ -77,9 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         f"Model: {run.get('model')}. Hook `{act.get('hook')}`; {act.get('train_tokens_cached', 0):,} training and "
         f"{act.get('heldout_tokens_cached', 0):,} held-out activations (BOS excluded), cached once in GPU memory (bf16).",
         f"Tokens per SAE: main requested {plan.get('main_tokens_requested', 0):,}, planned {plan.get('main_tokens_planned', 0):,} "
-        f"({fmt(plan.get('main_epochs_over_cache'), 2)} epochs over the cache); sweep requested "
-        f"{plan.get('sweep_tokens_requested', 0):,}, planned {plan.get('sweep_tokens_planned', 0):,} (budget-limited: "
-        "tokens = min(requested, calibrated throughput x time share), re-planned per SAE).",
+        f"({fmt(plan.get('main_epochs_over_cache'), 2)} epochs over the cache); "
+        + ("sweep not run (--skip-sweep); budget-limited: tokens = min(requested, calibrated throughput x time share), "
+           "re-planned per SAE." if plan.get("skip_sweep") else
+           f"sweep requested {plan.get('sweep_tokens_requested', 0):,}, planned {plan.get('sweep_tokens_planned', 0):,} "
+           "(budget-limited: tokens = min(requested, calibrated throughput x time share), re-planned per SAE)."),
         "",
         "| SAE | tokens trained | L0 | explained var. | MSE/token | dead | CE loss recovered | KL score | CE with SAE | CE clean | token entropy | dec. max cos |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",

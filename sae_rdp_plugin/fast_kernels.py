@@ -163,10 +163,16 @@ if _HAVE_TRITON:
 
 # ------------------------------------------------------------------------------------ wrappers
 # block sizes and warps per program (measured on an H100: scripts/tune_fast_kernels.py)
-_DEC_BE, _DEC_BD, _DEC_W = 32, 128, 4
+# (tune run of 2026-11-23, benchmarks/training_speed/run5/tune_fast_kernels.json: best at (2304, 65536, 64))
+_DEC_BE, _DEC_BD, _DEC_W = 64, 64, 4
 _DOT_BE, _DOT_BD, _DOT_W = 32, 128, 4
-_ADAM_BJ, _ADAM_BD, _ADAM_W = 16, 128, 4  # latent-major parameters ([d_sae, d_in] rows contiguous)
-_ADAMT_BJ, _ADAMT_BD, _ADAMT_W = 64, 32, 4  # SAELens's W_enc layout ([d_in, d_sae]: latents contiguous)
+_ADAM_BJ, _ADAM_BD, _ADAM_W = 8, 256, 4  # latent-major parameters ([d_sae, d_in] rows contiguous)
+_ADAMT_BJ, _ADAMT_BD, _ADAMT_W = 128, 16, 4  # SAELens's W_enc layout ([d_in, d_sae]: latents contiguous)
+# Triton 3.6's layout pass fails to compile some tile shapes of the fused Adam kernel on Hopper
+# ("PassManager::run failed", e.g. BJ*BD = 2048 with BJ in {32, 64}); these compiled and were measured
+# there, and are tried in order when the configured shape does not compile
+_ADAM_FALLBACKS = {False: [(16, 128, 4), (8, 256, 4), (4, 256, 4)], True: [(128, 16, 4), (16, 128, 4), (128, 32, 4)]}
+_ADAM_BAD: set = set()
 
 
 def _tune(**kw: int) -> None:
@@ -207,23 +213,34 @@ def _launch(crow, tok, coef, S, P, X, mode, *, M=None, V=None, hp=None, betas=(0
     # tile shape by layout: latents contiguous (SAELens's W_enc) -> wide in j; else wide in d
     lay = X if mode == 0 and X is not None else P
     transposed = lay.stride(0) == 1 and lay.stride(1) != 1
-    BJ, BD, NW = (_ADAMT_BJ, _ADAMT_BD, _ADAMT_W) if transposed else (_ADAM_BJ, _ADAM_BD, _ADAM_W)
-    grid = (triton.cdiv(n_rows, BJ),)
-    sq = torch.empty(grid[0], device=S.device, dtype=torch.float32) if mode == 0 else None
+    first = (_ADAMT_BJ, _ADAMT_BD, _ADAMT_W) if transposed else (_ADAM_BJ, _ADAM_BD, _ADAM_W)
+    flags = (mode, X is not None, norm_out is not None, scale is not None, lp_out is not None, transposed)
     dummy = coef
     sx = X.stride() if X is not None else (0, 0)
-    # P's (row=latent, column=dim) strides; X likewise
-    _sparse_adam_kernel[grid](
-        crow, tok, coef, S, n_rows, d,
-        X if X is not None else dummy, sx[0], sx[1],
-        P, M if M is not None else P, V if V is not None else P, P.stride(0), P.stride(1),
-        hp if hp is not None else dummy, float(betas[0]), float(betas[1]), float(eps),
-        sq if sq is not None else dummy, norm_out if norm_out is not None else dummy,
-        scale if scale is not None else dummy, lp_out if lp_out is not None else dummy,
-        MODE=mode, HAS_X=X is not None, WRITE_NORM=norm_out is not None, HAS_SCALE=scale is not None,
-        WRITE_LP=lp_out is not None, BJ=BJ, BD=BD, num_warps=NW,
-    )
-    return sq
+    err: Exception | None = None
+    for BJ, BD, NW in [first] + [c for c in _ADAM_FALLBACKS[transposed] if c != first]:
+        if (flags, BJ, BD, NW) in _ADAM_BAD:
+            continue
+        grid = (triton.cdiv(n_rows, BJ),)
+        sq = torch.empty(grid[0], device=S.device, dtype=torch.float32) if mode == 0 else None
+        try:
+            _sparse_adam_kernel[grid](
+                crow, tok, coef, S, n_rows, d,
+                X if X is not None else dummy, sx[0], sx[1],
+                P, M if M is not None else P, V if V is not None else P, P.stride(0), P.stride(1),
+                hp if hp is not None else dummy, float(betas[0]), float(betas[1]), float(eps),
+                sq if sq is not None else dummy, norm_out if norm_out is not None else dummy,
+                scale if scale is not None else dummy, lp_out if lp_out is not None else dummy,
+                MODE=mode, HAS_X=X is not None, WRITE_NORM=norm_out is not None, HAS_SCALE=scale is not None,
+                WRITE_LP=lp_out is not None, BJ=BJ, BD=BD, num_warps=NW,
+            )
+            return sq
+        except RuntimeError as e:  # a tile shape that does not compile here: next one
+            if "PassManager" not in str(e) and "compil" not in str(e).lower():
+                raise
+            _ADAM_BAD.add((flags, BJ, BD, NW))
+            err = e
+    raise RuntimeError(f"fused sparse Adam kernel: no tile shape compiled ({err})")
 
 
 def sparse_grad_sq(crow: torch.Tensor, tok: torch.Tensor, coef: torch.Tensor, S: torch.Tensor, X: torch.Tensor | None = None) -> torch.Tensor:

@@ -121,7 +121,7 @@ def _saelens_sae(arch: str, d_in, d_sae, k, dev, gamma):
     return sae.to(dev)
 
 
-def build_saelens(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, fast=False, kernels="auto"):
+def build_saelens(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, fast=False, kernels="auto", **fast_cfg):
     from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
@@ -135,7 +135,7 @@ def build_saelens(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, fas
     if fast:  # what `sae-rdp train` runs: SAELens's trainer with the fast step installed
         from sae_rdp_plugin.fast_topk import install_fast_step
 
-        if install_fast_step(tr, kernels=kernels) is None:
+        if install_fast_step(tr, kernels=kernels, **fast_cfg) is None:
             raise RuntimeError("install_fast_step declined")
     if dead_frac > 0:
         tr.n_forward_passes_since_fired[: int(dead_frac * d_sae)] = 1e9
@@ -154,9 +154,9 @@ def build_saelens(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, fas
     return step, {"sae": sae, "trainer": tr}
 
 
-def build_fast(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, graph=False, impl="csr", dec_bf16=False, aux_impl="auto", kernels="auto"):
+def build_fast(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, graph=False, impl="csr", dec_bf16=False, aux_impl="auto", kernels="auto", **fast_cfg):
     sae = _saelens_sae(arch, d_in, d_sae, k, dev, gamma)
-    tr = FastTopKTrainer.from_training_sae(sae, lr=3e-4, bf16=bf16, weight_grad_impl=impl, decoder_bf16=dec_bf16, aux_impl=aux_impl, kernels=kernels)
+    tr = FastTopKTrainer.from_training_sae(sae, lr=3e-4, bf16=bf16, weight_grad_impl=impl, decoder_bf16=dec_bf16, aux_impl=aux_impl, kernels=kernels, **fast_cfg)
     del sae
     if dead_frac > 0:
         tr.n_training_steps = 10**9  # past the dead-feature window: the aux path runs
@@ -484,6 +484,8 @@ def main(argv=None) -> int:
                 ("fast_weighted_topk", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma)),
                 ("fast_weighted_batchtopk", "sparse", lambda: build_fast("weighted_batchtopk", d_in, d_sae, k, bf16, dev, xs, gamma)),
                 ("fast_weighted_topk[torch]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, kernels="torch")),
+                ("fast_weighted_topk[nograph]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, cuda_graph=False)),
+                ("fast_weighted_topk[SAETrainer,nograph]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, cuda_graph=False)),
                 ("fast_weighted_topk[SAETrainer,torch]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, kernels="torch")),
                 ("fast_weighted_topk[embedding_bag]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, impl="embedding_bag", kernels="torch")),
                 ("fast_weighted_topk[SAETrainer]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True)),

@@ -245,3 +245,46 @@ def test_forced_triton_rejects_float64():
         FastTopKTrainer.from_training_sae(sae, dtype=torch.float64, kernels="triton", device=DEV)
     with pytest.raises(SaeRdpError, match="kernels"):
         FastTopKTrainer.from_training_sae(sae, kernels="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bf16", [False, True])
+def test_cuda_graph_replay_equals_eager_steps(bf16):
+    """TopK steps replayed from a captured CUDA graph (learning rate changed between steps, a batch of
+    another shape in between) == the same steps run eagerly."""
+    sae = _make("topk", True, "float32", seed=12)
+    a = FastTopKTrainer.from_training_sae(copy.deepcopy(sae), lr=1e-3, bf16=bf16, kernels="triton", cuda_graph=True, device="cuda")
+    b = FastTopKTrainer.from_training_sae(copy.deepcopy(sae), lr=1e-3, bf16=bf16, kernels="triton", cuda_graph=False, device="cuda")
+    torch.manual_seed(13)
+    for s in range(8):
+        x = torch.randn(48 if s == 5 else 64, D_IN, device="cuda")
+        for tr in (a, b):
+            tr.set_lr(1e-3 * (1 + s))
+        la, lb = a.step(x), b.step(x)
+        assert float(la["loss"]) == pytest.approx(float(lb["loss"]), rel=1e-6)
+        assert torch.equal(la["fired"], lb["fired"])
+    assert a._graph is not None and a._graph_failed is None
+    assert torch.equal(a.n_forward_passes_since_fired, b.n_forward_passes_since_fired)
+    for p, q in zip(a.params, b.params):
+        assert _rel(p, q) < 1e-6
+
+
+@pytest.mark.gpu
+def test_cuda_graph_through_saelens_trainer_equals_eager():
+    """SAETrainer.fit with the installed fast step: graph replay (default) == eager (cuda_graph=False),
+    including the steps after the dead-feature window (dead mask checked on the host)."""
+    base = _make("topk", True, "float32", seed=14).to("cuda")
+    torch.manual_seed(15)
+    batches = [torch.randn(64, D_IN, device="cuda") for _ in range(10)]
+    out = []
+    for graph in (True, False):
+        sae = copy.deepcopy(base)
+        cfg = SAETrainerConfig(total_training_samples=640, train_batch_size_samples=64, lr=3e-3, lr_end=3e-3, lr_warm_up_steps=3, dead_feature_window=4, device="cuda")
+        t = SAETrainer(cfg, sae, _Provider(batches))
+        ft = install_fast_step(t, kernels="triton", cuda_graph=graph)
+        t.fit()
+        out.append((sae, ft))
+    (ga, fa), (gb, _) = out
+    assert fa._graph_failed is None and fa._graph is not None
+    for p, q in zip([ga.W_enc, ga.b_enc, ga.W_dec, ga.b_dec], [gb.W_enc, gb.b_enc, gb.W_dec, gb.b_dec]):
+        assert _rel(p, q) < 1e-6

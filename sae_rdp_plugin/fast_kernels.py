@@ -39,7 +39,7 @@ except Exception:  # noqa: BLE001  (ImportError, or a broken install)
     tl = None  # type: ignore[assignment]
     _HAVE_TRITON = False
 
-__all__ = ["available", "decode", "rowdot", "sparse_grad", "sparse_grad_sq", "sparse_grad_adam"]
+__all__ = ["available", "decode", "rowdot", "hot_rows", "sparse_grad", "sparse_grad_sq", "sparse_grad_adam"]
 
 
 def available(device: torch.device | str) -> bool:
@@ -101,15 +101,20 @@ if _HAVE_TRITON:
         X, sx_j, sx_d,
         P, M, V, sp_j, sp_d,
         hp, beta1, beta2, eps,
-        SQ, NORM, SCALE, LP,
+        SQ, NORM, SCALE, LP, SLOT, GH,
         MODE: tl.constexpr, HAS_X: tl.constexpr, WRITE_NORM: tl.constexpr, HAS_SCALE: tl.constexpr,
-        WRITE_LP: tl.constexpr, BJ: tl.constexpr, BD: tl.constexpr,
+        WRITE_LP: tl.constexpr, HAS_HOT: tl.constexpr, BJ: tl.constexpr, BD: tl.constexpr,
     ):
         pid = tl.program_id(0)
         jj = pid * BJ + tl.arange(0, BJ)
         jm = jj < n_rows
         start = tl.load(crow + jj, mask=jm, other=0)
         cnt = tl.load(crow + jj + 1, mask=jm, other=0) - start
+        if HAS_HOT:  # rows with many entries come precomputed (GH[slot]) instead of a long gather loop
+            slot = tl.load(SLOT + jj, mask=jm, other=-1)
+            hot = slot >= 0
+            cnt = tl.where(hot, 0, cnt)
+            slot64 = tl.where(hot, slot, 0).to(tl.int64)
         maxc = tl.max(cnt, axis=0)
         jj64 = jj.to(tl.int64)
         sq = tl.zeros([BJ], dtype=tl.float32)
@@ -134,6 +139,8 @@ if _HAVE_TRITON:
                 acc += c[:, None] * s.to(tl.float32)
             if HAS_X:
                 acc += tl.load(X + jj64[:, None] * sx_j + dd[None, :] * sx_d, mask=m2, other=0.0)
+            if HAS_HOT:
+                acc += tl.load(GH + slot64[:, None] * d + dd[None, :], mask=hot[:, None] & dm[None, :], other=0.0)
             if MODE == 0:
                 sq += tl.sum(acc * acc, axis=1)
             else:
@@ -208,13 +215,13 @@ def rowdot(W: torch.Tensor, idx: torch.Tensor, offsets: torch.Tensor, r: torch.T
 
 
 def _launch(crow, tok, coef, S, P, X, mode, *, M=None, V=None, hp=None, betas=(0.9, 0.999), eps=1e-8,
-            norm_out=None, scale=None, lp_out=None):
+            norm_out=None, scale=None, lp_out=None, hot=None):
     n_rows, d = crow.numel() - 1, S.shape[1]
     # tile shape by layout: latents contiguous (SAELens's W_enc) -> wide in j; else wide in d
     lay = X if mode == 0 and X is not None else P
     transposed = lay.stride(0) == 1 and lay.stride(1) != 1
     first = (_ADAMT_BJ, _ADAMT_BD, _ADAMT_W) if transposed else (_ADAM_BJ, _ADAM_BD, _ADAM_W)
-    flags = (mode, X is not None, norm_out is not None, scale is not None, lp_out is not None, transposed)
+    flags = (mode, X is not None, norm_out is not None, scale is not None, lp_out is not None, transposed, hot is not None)
     dummy = coef
     sx = X.stride() if X is not None else (0, 0)
     err: Exception | None = None
@@ -231,8 +238,9 @@ def _launch(crow, tok, coef, S, P, X, mode, *, M=None, V=None, hp=None, betas=(0
                 hp if hp is not None else dummy, float(betas[0]), float(betas[1]), float(eps),
                 sq if sq is not None else dummy, norm_out if norm_out is not None else dummy,
                 scale if scale is not None else dummy, lp_out if lp_out is not None else dummy,
+                hot[0] if hot is not None else dummy, hot[1] if hot is not None else dummy,
                 MODE=mode, HAS_X=X is not None, WRITE_NORM=norm_out is not None, HAS_SCALE=scale is not None,
-                WRITE_LP=lp_out is not None, BJ=BJ, BD=BD, num_warps=NW,
+                WRITE_LP=lp_out is not None, HAS_HOT=hot is not None, BJ=BJ, BD=BD, num_warps=NW,
             )
             return sq
         except RuntimeError as e:  # a tile shape that does not compile here: next one
@@ -243,7 +251,10 @@ def _launch(crow, tok, coef, S, P, X, mode, *, M=None, V=None, hp=None, betas=(0
     raise RuntimeError(f"fused sparse Adam kernel: no tile shape compiled ({err})")
 
 
-def sparse_grad_sq(crow: torch.Tensor, tok: torch.Tensor, coef: torch.Tensor, S: torch.Tensor, X: torch.Tensor | None = None) -> torch.Tensor:
+def sparse_grad_sq(
+    crow: torch.Tensor, tok: torch.Tensor, coef: torch.Tensor, S: torch.Tensor, X: torch.Tensor | None = None,
+    hot: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """sum_j ||G[j]||^2 for G[j] = sum_{e in crow[j]:crow[j+1]} coef[e] S[tok[e]] (+ X[j]) (a 0-d float32
     tensor; no host sync). ``S`` [B, d] contiguous; ``X``: a [n_rows, d] view with any strides."""
     n_rows = crow.numel() - 1
@@ -251,14 +262,14 @@ def sparse_grad_sq(crow: torch.Tensor, tok: torch.Tensor, coef: torch.Tensor, S:
         return torch.zeros((), device=S.device)
     # P is only used for its strides in mode 0: pass X or S-shaped placeholder
     P = X if X is not None else S
-    return _launch(crow, tok, coef, S, P, X, 0).sum()
+    return _launch(crow, tok, coef, S, P, X, 0, hot=hot).sum()
 
 
 def sparse_grad_adam(
     crow: torch.Tensor, tok: torch.Tensor, coef: torch.Tensor, S: torch.Tensor, P: torch.Tensor,
     M: torch.Tensor, V: torch.Tensor, hp: torch.Tensor, *, betas: tuple[float, float], eps: float,
     X: torch.Tensor | None = None, norm_out: torch.Tensor | None = None, scale: torch.Tensor | None = None,
-    lp_out: torch.Tensor | None = None,
+    lp_out: torch.Tensor | None = None, hot: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """One Adam step of the [n_rows, d] parameter view ``P`` (state ``M``, ``V`` with the same strides)
     with gradient clip * G (G as in :func:`sparse_grad_sq`); ``hp`` = [lr / bc1, sqrt(bc2), clip] on the
@@ -266,10 +277,13 @@ def sparse_grad_adam(
     in lp_out's dtype (lp_out: contiguous [n_rows, d])."""
     if P.stride() != M.stride() or P.stride() != V.stride():
         raise ValueError("sparse_grad_adam: parameter and Adam state must share strides")
-    _launch(crow, tok, coef, S, P, X, 1, M=M, V=V, hp=hp, betas=betas, eps=eps, norm_out=norm_out, scale=scale, lp_out=lp_out)
+    _launch(crow, tok, coef, S, P, X, 1, M=M, V=V, hp=hp, betas=betas, eps=eps, norm_out=norm_out, scale=scale, lp_out=lp_out, hot=hot)
 
 
-def sparse_grad(crow: torch.Tensor, tok: torch.Tensor, coef: torch.Tensor, S: torch.Tensor, X: torch.Tensor | None = None) -> torch.Tensor:
+def sparse_grad(
+    crow: torch.Tensor, tok: torch.Tensor, coef: torch.Tensor, S: torch.Tensor, X: torch.Tensor | None = None,
+    hot: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """G (float32 [n_rows, d]) materialised by the fused Adam kernel itself with Adam reduced to the
     identity (m = g with beta1 = 0, denominator sqrt(v)/inf + eps = 1, step size -1, p = 0): the very
     code path of :func:`sparse_grad_adam`, for tests and on-device gradient checks."""
@@ -278,5 +292,32 @@ def sparse_grad(crow: torch.Tensor, tok: torch.Tensor, coef: torch.Tensor, S: to
     M, V = torch.zeros_like(P), torch.zeros_like(P)
     hp = torch.tensor([-1.0, float("inf"), 1.0], device=S.device, dtype=torch.float32)
     if n_rows:
-        _launch(crow, tok, coef, S, P, X, 1, M=M, V=V, hp=hp, betas=(0.0, 0.0), eps=1.0)
+        _launch(crow, tok, coef, S, P, X, 1, M=M, V=V, hp=hp, betas=(0.0, 0.0), eps=1.0, hot=hot)
     return P
+
+
+def hot_rows(
+    crow: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor, coefs: list[torch.Tensor], sources: list[torch.Tensor],
+    max_hot: int = 256, min_count: int = 64,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Rows of the latent-major CSR with many entries (a latent that fires on most tokens, common on real
+    activations) would make one program loop over thousands of entries while the others idle. The up to
+    ``max_hot`` rows with the most entries, if above ``min_count``, are computed here instead as one small
+    dense product per gradient: GH = C S with C [max_hot, B] the coefficients of those rows' entries
+    (static shapes, no host sync). Returns (slot [n_rows]: row of GH or -1, [GH for each (coef, S)]);
+    ``coefs`` are per entry in the original (unsorted) entry order, ``rows`` the entries' batch rows."""
+    n_rows = crow.numel() - 1
+    H = min(max_hot, n_rows)
+    counts = crow[1:] - crow[:-1]
+    cv, ci = counts.topk(H, sorted=False)
+    slot = torch.full((n_rows,), -1, device=crow.device, dtype=torch.int64)
+    slot[ci] = torch.where(cv > min_count, torch.arange(H, device=crow.device), -1)
+    se = slot[idx]
+    se = torch.where(se < 0, H, se)  # entries of other rows go to a discarded row H
+    B = sources[0].shape[0]
+    out = []
+    for coef, S in zip(coefs, sources):
+        C = torch.zeros(H + 1, B, device=S.device, dtype=S.dtype)
+        C.index_put_((se, rows), coef.to(S.dtype), accumulate=True)
+        out.append((C[:H] @ S).float())
+    return slot, out

@@ -116,6 +116,10 @@ class FastTopKConfig:
     # the captured step; anything else runs eagerly. Removes the per-kernel launch cost that dominates
     # small SAEs. Default from SAE_RDP_FAST_CUDA_GRAPH ("0" turns it off).
     cuda_graph: bool = field(default_factory=lambda: os.environ.get("SAE_RDP_FAST_CUDA_GRAPH", "1") != "0")
+    # Triton path: up to hot_rows latents with more than hot_min_count entries in a batch get their weight
+    # gradients from a small dense product instead of one long per-latent gather loop (0 turns it off)
+    hot_rows: int = 256
+    hot_min_count: int = 64
 
     def __post_init__(self) -> None:
         if self.kind not in ("topk", "batchtopk"):
@@ -687,12 +691,19 @@ class FastTopKTrainer:
         g_bdec = r.sum(0)
         if cfg.apply_b_dec_to_input:
             g_bdec -= g_benc @ W_encT
+        S_dec = r.to(lowp) if cfg.bf16 else r
+        hot_dec = hot_enc = None
+        if cfg.hot_rows > 0:
+            slot, (gh_dec, gh_enc) = fk.hot_rows(
+                crow, sp.idx, sp.offset2bag, [a, g_pre], [S_dec, u_l], max_hot=cfg.hot_rows, min_count=cfg.hot_min_count
+            )
+            hot_dec, hot_enc = (slot, gh_dec), (slot, gh_enc)
         self._last_x_hat = x_hat
         return {
             "losses": {"mse_loss": mse, "auxiliary_reconstruction_loss": aux, "loss": mse + aux},
             "sp": sp, "vals_s": vals_s, "crow": crow, "tok": sp.offset2bag[order],
             "coef_dec": a[order].contiguous(), "coef_enc": g_pre[order].contiguous(),
-            "S_dec": r.to(lowp) if cfg.bf16 else r, "S_enc": u_l, "X_dec": X_dec, "X_enc": X_enc,
+            "S_dec": S_dec, "S_enc": u_l, "X_dec": X_dec, "X_enc": X_enc, "hot_dec": hot_dec, "hot_enc": hot_enc,
             "g_benc": g_benc, "g_bdec": g_bdec, "cache": c,
         }
 
@@ -707,7 +718,7 @@ class FastTopKTrainer:
         f = self._fused_backward(x, dead)
         grads = []
         for key in ("enc", "dec"):
-            grads.append(fk.sparse_grad(f["crow"], f["tok"], f["coef_" + key], f["S_" + key], f["X_" + key]))
+            grads.append(fk.sparse_grad(f["crow"], f["tok"], f["coef_" + key], f["S_" + key], f["X_" + key], hot=f["hot_" + key]))
         return f["losses"], [grads[0], f["g_benc"], grads[1], f["g_bdec"]]
 
     @torch.no_grad()
@@ -725,8 +736,8 @@ class FastTopKTrainer:
         _, b_enc, W_dec, b_dec = self.params
         # ---- pass 1: the global gradient norm -> clip coefficient (SAETrainer's clip_grad_norm_)
         sq = (
-            fk.sparse_grad_sq(crow, tok, f["coef_dec"], f["S_dec"], f["X_dec"])
-            + fk.sparse_grad_sq(crow, tok, f["coef_enc"], f["S_enc"], f["X_enc"])
+            fk.sparse_grad_sq(crow, tok, f["coef_dec"], f["S_dec"], f["X_dec"], hot=f["hot_dec"])
+            + fk.sparse_grad_sq(crow, tok, f["coef_enc"], f["S_enc"], f["X_enc"], hot=f["hot_enc"])
             + g_benc.square().sum() + g_bdec.square().sum()
         )
         clip = torch.clamp(cfg.max_grad_norm / (sq.sqrt() + 1e-6), max=1.0)
@@ -741,11 +752,11 @@ class FastTopKTrainer:
             M_enc, V_enc = M_enc.t(), V_enc.t()
         fk.sparse_grad_adam(
             crow, tok, f["coef_dec"], f["S_dec"], W_dec, self.exp_avg[2], self.exp_avg_sq[2], hp, betas=(b1, b2),
-            eps=cfg.adam_eps, X=f["X_dec"], norm_out=n, lp_out=c["Wdec"] if cfg.bf16 else None,
+            eps=cfg.adam_eps, X=f["X_dec"], norm_out=n, lp_out=c["Wdec"] if cfg.bf16 else None, hot=f["hot_dec"],
         )
         fk.sparse_grad_adam(
             crow, tok, f["coef_enc"], f["S_enc"], self.W_encT, M_enc, V_enc, hp, betas=(b1, b2), eps=cfg.adam_eps,
-            X=f["X_enc"], scale=n if cfg.bf16 else None, lp_out=c["Wenc"],
+            X=f["X_enc"], scale=n if cfg.bf16 else None, lp_out=c["Wenc"], hot=f["hot_enc"],
         )
         torch._fused_adam_(
             [b_enc, b_dec], [g_benc, g_bdec], [self.exp_avg[1], self.exp_avg[3]], [self.exp_avg_sq[1], self.exp_avg_sq[3]],

@@ -60,8 +60,8 @@ def _csr(idx, rows, coef, n):
 
 
 @pytest.mark.parametrize("layout", ["latent_major", "saelens"])
-@pytest.mark.parametrize("with_x", [False, True])
-def test_sparse_grad_norm_and_adam_match_torch_adam(layout, with_x):
+@pytest.mark.parametrize("with_x,with_hot", [(False, False), (True, False), (True, True)])
+def test_sparse_grad_norm_and_adam_match_torch_adam(layout, with_x, with_hot):
     """Pass 1 == ||G||^2 and pass 2 == torch.optim.Adam on clip * G (G = the sparse weight gradient,
     plus a dense extra term), in both parameter layouts; norms and the scaled bf16 copy of the result."""
     B, n, d = 9, 41, 70
@@ -76,7 +76,12 @@ def test_sparse_grad_norm_and_adam_match_torch_adam(layout, with_x):
         X = torch.randn(d, n, device=DEV).t()  # a strided [n, d] view
         G = G + X.double()
     crow, tok, c = _csr(idx, rows, coef, n)
-    sq = fk.sparse_grad_sq(crow, tok, c, S, X)
+    hot = None
+    if with_hot:  # the hot latent (20 entries) and the next busiest rows via the dense product
+        hot = fk.hot_rows(crow, idx, rows, [coef], [S], max_hot=3, min_count=4)
+        hot = (hot[0], hot[1][0])
+        assert int(hot[0][5]) >= 0 and int((hot[0] >= 0).sum()) <= 3
+    sq = fk.sparse_grad_sq(crow, tok, c, S, X, hot=hot)
     assert abs(float(sq) - float(G.square().sum())) <= 1e-5 * float(G.square().sum())
 
     def state():
@@ -91,7 +96,7 @@ def test_sparse_grad_norm_and_adam_match_torch_adam(layout, with_x):
     hp = torch.tensor([lr / (1 - b1**t), (1 - b2**t) ** 0.5, clip], device=DEV)
     norm, scale = torch.empty(n, device=DEV), torch.rand(n, device=DEV) + 0.5
     lp = torch.empty(n, d, device=DEV, dtype=torch.bfloat16)
-    fk.sparse_grad_adam(crow, tok, c, S, P, M, V, hp, betas=(b1, b2), eps=eps, X=X, norm_out=norm, scale=scale, lp_out=lp)
+    fk.sparse_grad_adam(crow, tok, c, S, P, M, V, hp, betas=(b1, b2), eps=eps, X=X, norm_out=norm, scale=scale, lp_out=lp, hot=hot)
     p = P0.clone().requires_grad_()
     opt = torch.optim.Adam([p], lr=lr, betas=(b1, b2), eps=eps)
     opt.state[p] = {"step": torch.tensor(float(t - 1)), "exp_avg": M0.clone(), "exp_avg_sq": V0.clone()}
@@ -112,8 +117,11 @@ def test_sparse_grad_adam_rejects_mismatched_state_layout():
         fk.sparse_grad_adam(crow, e, e.float(), torch.zeros(1, 4, device=DEV), P, torch.zeros(4, 2, device=DEV).t(), P.clone(), torch.ones(3, device=DEV), betas=(0.9, 0.999), eps=1e-8)
 
 
-@pytest.mark.parametrize("kind,weighted,rescale", [("topk", True, True), ("batchtopk", False, True), ("topk", False, False)])
-def test_triton_steps_match_float64_saelens_trainer(kind, weighted, rescale):
+@pytest.mark.parametrize(
+    "kind,weighted,rescale,hot_min",
+    [("topk", True, True, 64), ("batchtopk", False, True, 64), ("topk", False, False, 64), ("topk", True, True, 3), ("batchtopk", True, True, 3)],
+)
+def test_triton_steps_match_float64_saelens_trainer(kind, weighted, rescale, hot_min):
     """float32 Triton steps vs SAELens's SAETrainer in float64 (loss, clip_grad_norm_, Adam, dead-latent
     aux loss after step 1): relative parameter error after 5 steps (fp32 rounding amplified by Adam)."""
     sae = _make(kind, weighted, "float64", rescale=rescale)
@@ -122,7 +130,9 @@ def test_triton_steps_match_float64_saelens_trainer(kind, weighted, rescale):
     fast_sae = copy.deepcopy(sae).to(torch.float32)
     tcfg = SAETrainerConfig(total_training_samples=160, train_batch_size_samples=32, lr=3e-3, lr_end=3e-3, dead_feature_window=1)
     trainer = SAETrainer(tcfg, sae, _Provider(batches))
-    tr = FastTopKTrainer.from_training_sae(fast_sae, lr=3e-3, dead_feature_window=1, kernels="triton", device=DEV)
+    tr = FastTopKTrainer.from_training_sae(
+        fast_sae, lr=3e-3, dead_feature_window=1, kernels="triton", device=DEV, hot_rows=6, hot_min_count=hot_min
+    )  # hot_min 3: busy latents take the dense-product path (hot_rows), 64: none do
     assert tr.use_triton
     n_aux = 0
     for b in batches:

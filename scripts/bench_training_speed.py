@@ -484,8 +484,10 @@ def main(argv=None) -> int:
                 ("fast_weighted_topk", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma)),
                 ("fast_weighted_batchtopk", "sparse", lambda: build_fast("weighted_batchtopk", d_in, d_sae, k, bf16, dev, xs, gamma)),
                 ("fast_weighted_topk[torch]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, kernels="torch")),
-                ("fast_weighted_topk[nograph]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, cuda_graph=False)),
-                ("fast_weighted_topk[SAETrainer,nograph]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, cuda_graph=False)),
+                # runs 6-7 had cuda_graph on by default ("fast_weighted_topk" = graph, "[nograph]" = eager);
+                # since then it is off by default: these two rows switch it on
+                ("fast_weighted_topk[graph]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, cuda_graph=True)),
+                ("fast_weighted_topk[SAETrainer,graph]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, cuda_graph=True)),
                 ("fast_weighted_topk[SAETrainer,torch]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, kernels="torch")),
                 ("fast_weighted_topk[embedding_bag]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, impl="embedding_bag", kernels="torch")),
                 ("fast_weighted_topk[SAETrainer]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True)),

@@ -8,7 +8,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --tar
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 OUT=${OUT:-out/speed}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-python3 -m pytest -q -p no:cacheprovider tests/test_fast_kernels.py 2>&1 | tail -3 | tee "$OUT/pytest.txt"
+python3 -m pytest -q -p no:cacheprovider -m "gpu or not gpu" tests/test_fast_kernels.py 2>&1 | tail -3 | tee "$OUT/pytest.txt"
 python3 -m pytest -q -p no:cacheprovider tests/test_fast_topk.py -m gpu 2>&1 | tail -1 | tee -a "$OUT/pytest.txt"
 if [ "${SKIP_TUNE:-0}" != 1 ]; then
   python3 scripts/tune_fast_kernels.py --out "$OUT" 2>&1 | grep -v -i warn | tail -12

@@ -15,5 +15,7 @@ python -m pip install -q -e ".[test,models]"
 python -m pip install -q --no-deps "sae-bench>=0.6,<0.7"
 python -m pip install -q "scikit-learn>=1.5" "seaborn>=0.13" "tabulate>=0.9" "collectibles>=0.1.5"
 python -m pip install -q --no-deps "sae-probes>=0.4.2,<0.5" && python -m pip install -q "zstandard>=0.19"  # [probes], see pyproject
+# Triton: the fast step's GPU kernels are tested on CPU through Triton's interpreter (tests/test_fast_kernels.py)
+python -c "import triton" 2>/dev/null || python -m pip install -q "triton==3.6.0" || echo "setup: triton not installed: tests/test_fast_kernels.py will be skipped"
 python -c "import sae_rdp_plugin, sae_bench.evals.base_eval_output" >/dev/null
 echo "setup: ok ($(python -c 'import torch; print("torch", torch.__version__)'))"

@@ -281,7 +281,7 @@ def test_cuda_graph_replay_equals_eager_steps(bf16):
 
 @pytest.mark.gpu
 def test_cuda_graph_through_saelens_trainer_equals_eager():
-    """SAETrainer.fit with the installed fast step: graph replay (default) == eager (cuda_graph=False),
+    """SAETrainer.fit with the installed fast step: graph replay (cuda_graph=True) == eager (False),
     including the steps after the dead-feature window (dead mask checked on the host)."""
     base = _make("topk", True, "float32", seed=14).to("cuda")
     torch.manual_seed(15)

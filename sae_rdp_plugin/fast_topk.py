@@ -24,8 +24,11 @@ Gradients, with r = dL/dx_hat = (2/B) w (x_hat - x):
     dL/dW_enc[:, j] = sum_b g_bj u_b,  dL/db_enc[j] = sum_b g_bj
     dL/db_dec    = sum_b r_b - W_enc (sum_b g_b)            (second term only with apply_b_dec_to_input)
 The decoder-norm factor n_j cancels in a_bj, so its gradient is zero analytically (SAELens's autograd
-evaluates it to rounding error); it only moves the selection S. All sparse kernels are PyTorch's own
-``embedding_bag`` forward / backward kernels (CPU and CUDA), so this module runs anywhere PyTorch runs.
+evaluates it to rounding error); it only moves the selection S. Two kernel sets (``kernels``): on CUDA
+with Triton, :mod:`sae_rdp_plugin.fast_kernels` (bf16 gathers; the weight gradients are formed row by row
+inside one fused "gradient norm, then clipped Adam" pass, never as dense [d_sae, d_in] tensors; see
+:meth:`FastTopKTrainer._fused_step`); elsewhere PyTorch's own ``embedding_bag`` / CSR kernels (CPU and
+CUDA), so this module runs anywhere PyTorch runs.
 
 Then ``total = ||(grads)||_2``, ``grads *= min(1, 1/(total + 1e-6))`` (folded into the fused Adam as its
 ``grad_scale``, no extra pass), Adam(lr, betas, eps=1e-8) exactly as ``torch.optim.Adam``.

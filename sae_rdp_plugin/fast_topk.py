@@ -565,26 +565,7 @@ class FastTopKTrainer:
         # ---- dead-latent auxiliary loss (SAELens calculate_topk_aux_loss; gamma^2-weighted if weighted)
         aux = torch.zeros((), device=self.device, dtype=self.dtype)
         if num_dead > 0:
-            k_aux_full = cfg.d_in // 2
-            scale = min(num_dead / k_aux_full, 1.0)
-            k_aux = min(k_aux_full, num_dead)
-            c = cfg.aux_loss_coefficient * scale
-            # the top k_aux dead latents of pre*n per row, taken over the dead columns only
-            if num_dead < cfg.d_sae:
-                dead_idx = dead.nonzero().squeeze(1)
-                av, ai = pre_s.index_select(1, dead_idx).topk(k_aux, dim=1, sorted=False)
-                ai = dead_idx[ai]
-            else:
-                av, ai = pre_s.topk(k_aux, dim=1, sorted=False)
-            av = av.to(self.dtype)
-            aux_a = av / n[ai] if n is not None else av  # = pre (no relu), as SAELens; [B, k_aux]
-            if self._aux_dense(k_aux):
-                aux, g_aux_a = self._aux_loss_dense(ai, aux_a, err, c, u, g_WencT, g_Wdec, lowp)
-                g_benc.index_add_(0, ai.reshape(-1), g_aux_a.reshape(-1))
-            else:
-                aux, aux_sp, g_aux_a = self._aux_loss_sparse(ai, aux_a, err, c, Wd, g_Wdec, wgrad)
-                g_WencT += wgrad(aux_sp, u, g_aux_a, cfg.d_sae)
-                g_benc.index_add_(0, aux_sp.idx, g_aux_a)
+            aux = self._aux_loss(dead, num_dead, pre_s, n, err, u, g_WencT, g_Wdec, g_benc, lowp, Wd, wgrad)
         g_bdec = r.sum(0)
         if cfg.apply_b_dec_to_input:
             g_bdec -= g_benc @ W_encT
@@ -672,27 +653,10 @@ class FastTopKTrainer:
         aux = torch.zeros((), device=self.device, dtype=self.dtype)
         X_dec = X_enc = None
         if num_dead > 0:
-            k_aux_full = cfg.d_in // 2
-            k_aux = min(k_aux_full, num_dead)
-            coeff = cfg.aux_loss_coefficient * min(num_dead / k_aux_full, 1.0)
-            if num_dead < cfg.d_sae:
-                dead_idx = dead.nonzero().squeeze(1)
-                av, ai = pre_s.index_select(1, dead_idx).topk(k_aux, dim=1, sorted=False)
-                ai = dead_idx[ai]
-            else:
-                av, ai = pre_s.topk(k_aux, dim=1, sorted=False)
-            av = av.to(self.dtype)
-            aux_a = av / n[ai] if n is not None else av
             X_dec = torch.zeros(cfg.d_sae, cfg.d_in, device=self.device, dtype=self.dtype)
             X_enc = torch.zeros(cfg.d_sae, cfg.d_in, device=self.device, dtype=self.dtype)
-            if self._aux_dense(k_aux):
-                aux, g_aux_a = self._aux_loss_dense(ai, aux_a, err, coeff, u, X_enc, X_dec, lowp)
-                g_benc.index_add_(0, ai.reshape(-1), g_aux_a.reshape(-1))
-            else:
-                wgrad = _weight_grad_csr if cfg.weight_grad_impl == "csr" else _weight_grad
-                aux, aux_sp, g_aux_a = self._aux_loss_sparse(ai, aux_a, err, coeff, W_dec, X_dec, wgrad)
-                X_enc += wgrad(aux_sp, u, g_aux_a, cfg.d_sae)
-                g_benc.index_add_(0, aux_sp.idx, g_aux_a)
+            wgrad = _weight_grad_csr if cfg.weight_grad_impl == "csr" else _weight_grad
+            aux = self._aux_loss(dead, num_dead, pre_s, n, err, u, X_enc, X_dec, g_benc, lowp, W_dec, wgrad)
         g_bdec = r.sum(0)
         if cfg.apply_b_dec_to_input:
             g_bdec -= g_benc @ W_encT
@@ -772,6 +736,36 @@ class FastTopKTrainer:
         return f["losses"], f["sp"], f["vals_s"]
 
     # ------------------------------------------------------------------ dead-latent aux loss
+    def _aux_loss(
+        self, dead: torch.Tensor, num_dead: int, pre_s: torch.Tensor, n: torch.Tensor | None, err: torch.Tensor,
+        u: torch.Tensor, g_WencT: torch.Tensor, g_Wdec: torch.Tensor, g_benc: torch.Tensor, lowp: torch.dtype,
+        Wd: torch.Tensor, wgrad: Callable[..., torch.Tensor],
+    ) -> torch.Tensor:
+        """SAELens's calculate_topk_aux_loss (gamma^2-weighted if weighted): the top k_aux = min(d_in/2,
+        n_dead) dead latents of pre*n per row (taken over the dead columns only), their pre-activations
+        (no ReLU) decoding the residual, scale min(n_dead / (d_in/2), 1). Accumulates its gradients into
+        g_WencT, g_Wdec (dense [d_sae, d_in]) and g_benc; returns the loss."""
+        cfg = self.cfg
+        k_aux_full = cfg.d_in // 2
+        k_aux = min(k_aux_full, num_dead)
+        c = cfg.aux_loss_coefficient * min(num_dead / k_aux_full, 1.0)
+        if num_dead < cfg.d_sae:
+            dead_idx = dead.nonzero().squeeze(1)
+            av, ai = pre_s.index_select(1, dead_idx).topk(k_aux, dim=1, sorted=False)
+            ai = dead_idx[ai]
+        else:
+            av, ai = pre_s.topk(k_aux, dim=1, sorted=False)
+        av = av.to(self.dtype)
+        aux_a = av / n[ai] if n is not None else av  # = pre (no relu), as SAELens; [B, k_aux]
+        if self._aux_dense(k_aux):
+            aux, g_aux_a = self._aux_loss_dense(ai, aux_a, err, c, u, g_WencT, g_Wdec, lowp)
+            g_benc.index_add_(0, ai.reshape(-1), g_aux_a.reshape(-1))
+        else:
+            aux, aux_sp, g_aux_a = self._aux_loss_sparse(ai, aux_a, err, c, Wd, g_Wdec, wgrad)
+            g_WencT += wgrad(aux_sp, u, g_aux_a, cfg.d_sae)
+            g_benc.index_add_(0, aux_sp.idx, g_aux_a)
+        return aux
+
     def _aux_dense_threshold(self) -> float:
         """k_aux / d_sae above which the dense aux path is faster. Per aux term the sparse path reads
         ~4 * B*k_aux*d_in gathered elements (fp32 rows on CUDA), the dense one runs 3 GEMMs of

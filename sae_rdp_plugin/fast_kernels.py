@@ -182,11 +182,27 @@ _ADAM_FALLBACKS = {False: [(16, 128, 4), (8, 256, 4), (4, 256, 4)], True: [(128,
 _ADAM_BAD: set = set()
 
 
-def _tune(**kw: int) -> None:
-    """Override block sizes (benchmarks): _tune(ADAM_BJ=32, ADAM_BD=64, ...)."""
+_BLOCK_GROUPS = {  # kernel group -> the module globals holding its (block, block, warps)
+    "DEC": ("_DEC_BE", "_DEC_BD", "_DEC_W"),
+    "DOT": ("_DOT_BE", "_DOT_BD", "_DOT_W"),
+    "ADAM": ("_ADAM_BJ", "_ADAM_BD", "_ADAM_W"),
+    "ADAMT": ("_ADAMT_BJ", "_ADAMT_BD", "_ADAMT_W"),
+}
+
+
+def get_blocks(group: str) -> tuple[int, int, int]:
+    """(block, block, warps) of a kernel group: DEC, DOT, ADAM (latent-major) or ADAMT (SAELens layout)."""
     g = globals()
-    for k, v in kw.items():
-        g["_" + k] = int(v)
+    return tuple(int(g[name]) for name in _BLOCK_GROUPS[group])  # type: ignore[return-value]
+
+
+def set_blocks(group: str, blocks: tuple[int, int, int] | list[int]) -> None:
+    """Override a kernel group's (block, block, warps) (benchmarks and tuning: scripts/tune_fast_kernels.py)."""
+    if group not in _BLOCK_GROUPS or len(blocks) != 3:
+        raise ValueError(f"set_blocks: group must be one of {sorted(_BLOCK_GROUPS)} and blocks 3 ints, got {group!r}, {blocks!r}")
+    g = globals()
+    for name, v in zip(_BLOCK_GROUPS[group], blocks):
+        g[name] = int(v)
 
 
 def decode(W: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor, offsets: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

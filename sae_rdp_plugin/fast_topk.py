@@ -136,7 +136,9 @@ class FastTopKConfig:
         if self.weight_grad_impl not in ("embedding_bag", "csr"):
             raise SaeRdpError(f"fast step: weight_grad_impl must be embedding_bag or csr, got {self.weight_grad_impl!r}")
         if self.kernels not in ("auto", "triton", "torch"):
-            raise SaeRdpError(f"fast step: kernels must be auto, triton or torch, got {self.kernels!r}")
+            raise SaeRdpError(f"fast step: kernels (or SAE_RDP_FAST_KERNELS) must be auto, triton or torch, got {self.kernels!r}")
+        if self.hot_rows < 0 or self.hot_min_count < 0:
+            raise SaeRdpError(f"fast step: hot_rows and hot_min_count must be >= 0, got {self.hot_rows}, {self.hot_min_count}")
         if self.aux_impl not in ("auto", "dense", "sparse"):
             raise SaeRdpError(f"fast step: aux_impl must be auto, dense or sparse, got {self.aux_impl!r}")
         if self.kind == "topk" and int(self.k) != self.k:
@@ -435,9 +437,10 @@ class FastTopKTrainer:
         # dead_feature_window steps, so the host sync to count them is skipped until then
         if isinstance(dead, str):
             dead = self.dead_neurons if self.n_training_steps > cfg.dead_feature_window else None
-        if dead is not None and self._graph_applicable(x) and not bool(dead.any()):
+        graph = self._graph_applicable()
+        if dead is not None and graph and not bool(dead.any()):
             dead = None  # (one host sync) no latent is dead: the step can be replayed as a graph
-        if dead is None and self._graph_applicable(x):
+        if dead is None and graph:
             losses = self._graph_step(x)
         else:
             losses, sp, vals_s = self._device_step(x, dead)
@@ -478,7 +481,7 @@ class FastTopKTrainer:
         return losses, sp, vals_s
 
     # ------------------------------------------------------------------ CUDA graph replay
-    def _graph_applicable(self, x: torch.Tensor) -> bool:
+    def _graph_applicable(self) -> bool:
         return (
             self.cfg.cuda_graph and self._graph_failed is None and self.use_triton and self.cfg.kind == "topk"
             and self.device.type == "cuda"

@@ -415,10 +415,8 @@ def main(argv=None) -> int:
         for key, v in best.items():
             cfg_name, g = key.split("/")
             if cfg_name == big:
-                a, b, w = v["blocks"]
-                kw = {f"{g}_{'BJ' if g.startswith('ADAM') else 'BE'}": a, f"{g}_BD": b, f"{g}_W": w}
-                fk._tune(**kw)
-                applied.update(kw)
+                fk.set_blocks(g, v["blocks"])
+                applied[g] = list(fk.get_blocks(g))
         RESULTS["triton_blocks_applied"] = applied
         print("triton blocks:", applied, flush=True)
     dev = torch.device(args.device)

@@ -32,9 +32,6 @@ GROUPS = {
 }
 
 
-def _key(g: str) -> str:
-    return f"{g}_{'BJ' if g.startswith('ADAM') else 'BE'}"
-
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -48,7 +45,7 @@ def main(argv=None) -> int:
     configs = [(64, 512, 8)] if args.quick else [(640, 16384, 32), (2304, 65536, 64)]
     batch = 128 if args.quick else 4096
     warm, iters = (1, 2) if args.quick else (5, args.iters)
-    defaults = {g: (getattr(fk, f"_{_key(g)}"), getattr(fk, f"_{g}_BD"), getattr(fk, f"_{g}_W")) for g in GROUPS}
+    defaults = {g: fk.get_blocks(g) for g in GROUPS}
     res = {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu (interpreter)",
@@ -64,8 +61,7 @@ def main(argv=None) -> int:
         for g, cands in GROUPS.items():
             fn = step_t if g == "ADAMT" else step
             for cand in cands[: 2 if args.quick else None]:
-                a, b, w = cand
-                fk._tune(**{_key(g): a, f"{g}_BD": b, f"{g}_W": w})
+                fk.set_blocks(g, cand)
                 try:
                     t = B.time_fn(fn, dev, warm, iters)["median_ms"]
                     err = None
@@ -75,8 +71,7 @@ def main(argv=None) -> int:
                 res["rows"].append(row)
                 lines.append(f"{row['config']:>16} {g:>5} {str(cand):>14} {t if t is not None else float('nan'):8.3f} ms {err or ''}")
                 print(lines[-1], flush=True)
-            a, b, w = defaults[g]
-            fk._tune(**{_key(g): a, f"{g}_BD": b, f"{g}_W": w})
+            fk.set_blocks(g, defaults[g])
         del step, keep, step_t, keep_t, xs
         if dev.type == "cuda":
             torch.cuda.empty_cache()

@@ -298,3 +298,27 @@ def test_cuda_graph_through_saelens_trainer_equals_eager():
     assert fa._graph_failed is None and fa._graph is not None
     for p, q in zip([ga.W_enc, ga.b_enc, ga.W_dec, ga.b_dec], [gb.W_enc, gb.b_enc, gb.W_dec, gb.b_dec]):
         assert _rel(p, q) < 1e-6
+
+
+def test_block_sizes_round_trip_and_reject_unknown_groups():
+    before = fk.get_blocks("ADAM")
+    try:
+        fk.set_blocks("ADAM", (4, 256, 4))
+        assert fk.get_blocks("ADAM") == (4, 256, 4)
+    finally:
+        fk.set_blocks("ADAM", before)
+    assert fk.get_blocks("ADAM") == before
+    with pytest.raises(ValueError, match="group"):
+        fk.set_blocks("ADAMX", (4, 256, 4))
+    with pytest.raises(ValueError, match="3 ints"):
+        fk.set_blocks("DEC", (4, 256))
+
+
+def test_config_rejects_bad_hot_rows_and_kernel_names(monkeypatch):
+    from sae_rdp_plugin.fast_topk import FastTopKConfig
+
+    with pytest.raises(SaeRdpError, match="hot_rows"):
+        FastTopKConfig(d_in=4, d_sae=8, k=2, hot_rows=-1)
+    monkeypatch.setenv("SAE_RDP_FAST_KERNELS", "cuda")
+    with pytest.raises(SaeRdpError, match="SAE_RDP_FAST_KERNELS"):
+        FastTopKConfig(d_in=4, d_sae=8, k=2)

@@ -314,14 +314,16 @@ def sparse_grad(
 
 def hot_rows(
     crow: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor, coefs: list[torch.Tensor], sources: list[torch.Tensor],
-    max_hot: int = 256, min_count: int = 64,
+    max_hot: int = 256, min_count: int = 64, unique: bool = False,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Rows of the latent-major CSR with many entries (a latent that fires on most tokens, common on real
     activations) would make one program loop over thousands of entries while the others idle. The up to
     ``max_hot`` rows with the most entries, if above ``min_count``, are computed here instead as one small
     dense product per gradient: GH = C S with C [max_hot, B] the coefficients of those rows' entries
     (static shapes, no host sync). Returns (slot [n_rows]: row of GH or -1, [GH for each (coef, S)]);
-    ``coefs`` are per entry in the original (unsorted) entry order, ``rows`` the entries' batch rows."""
+    ``coefs`` are per entry in the original (unsorted) entry order, ``rows`` the entries' batch rows.
+    ``unique=True`` promises that no (latent, batch row) pair repeats (true of TopK/BatchTopK codes: a token
+    selects a latent once): C is then filled by a plain scatter instead of a sort-based accumulate."""
     n_rows = crow.numel() - 1
     H = min(max_hot, n_rows)
     counts = crow[1:] - crow[:-1]
@@ -334,6 +336,7 @@ def hot_rows(
     out = []
     for coef, S in zip(coefs, sources):
         C = torch.zeros(H + 1, B, device=S.device, dtype=S.dtype)
-        C.index_put_((se, rows), coef.to(S.dtype), accumulate=True)
+        # unique pairs: a plain scatter is exact (colliding writes only hit the discarded row H)
+        C.index_put_((se, rows), coef.to(S.dtype), accumulate=not unique)
         out.append((C[:H] @ S).float())
     return slot, out

@@ -486,6 +486,9 @@ def main(argv=None) -> int:
                 # since then it is off by default: these two rows switch it on
                 ("fast_weighted_topk[graph]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, cuda_graph=True)),
                 ("fast_weighted_topk[SAETrainer,graph]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, cuda_graph=True)),
+                # one torch.topk over the whole row (topk_chunks=1) instead of the automatic two-stage TopK
+                ("fast_weighted_topk[chunks1]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, topk_chunks=1)),
+                ("fast_weighted_topk[graph,chunks1]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, cuda_graph=True, topk_chunks=1)),
                 ("fast_weighted_topk[SAETrainer,torch]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, kernels="torch")),
                 ("fast_weighted_topk[embedding_bag]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, impl="embedding_bag", kernels="torch")),
                 ("fast_weighted_topk[SAETrainer]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True)),

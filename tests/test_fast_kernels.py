@@ -109,6 +109,26 @@ def test_sparse_grad_norm_and_adam_match_torch_adam(layout, with_x, with_hot):
     assert _rel(lp, p.detach() * scale.double()[:, None]) < 5e-3  # bf16 rounding
 
 
+@pytest.mark.parametrize("unique", [False, True])
+def test_hot_rows_dense_product_matches_float64(unique):
+    """hot_rows: the busiest latents (> min_count entries, at most max_hot) get slots and their gradient rows
+    sum_b coef_b S_b; unique=True (plain scatter) is exact when no (latent, row) pair repeats (TopK codes)."""
+    B, n, d = 40, 30, 17
+    lens = [12] * B  # distinct latents per row: pairs unique
+    idx, coef, _, rows = _codes(B, n, lens, 3)
+    coef = coef - 0.5
+    S = torch.randn(B, d, device=DEV)
+    crow, _, _ = _csr(idx, rows, coef, n)
+    G = torch.zeros(n, d, dtype=torch.float64, device=DEV).index_add_(0, idx, coef.double()[:, None] * S.double()[rows])
+    slot, (gh,) = fk.hot_rows(crow, idx, rows, [coef], [S], max_hot=5, min_count=10, unique=unique)
+    counts = (crow[1:] - crow[:-1]).cpu()
+    hot = (slot >= 0).cpu()
+    assert 0 < int(hot.sum()) <= 5 and bool((counts[hot] > 10).all())
+    assert int(counts[~hot].max()) <= int(counts[hot].min())  # the busiest rows were taken
+    for l in torch.nonzero(hot).flatten().tolist():
+        assert _rel(gh[int(slot[l])], G[l]) < 1e-5
+
+
 def test_sparse_grad_adam_rejects_mismatched_state_layout():
     crow = torch.zeros(3, dtype=torch.long, device=DEV)
     e = torch.zeros(0, dtype=torch.long, device=DEV)

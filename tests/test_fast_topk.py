@@ -350,3 +350,50 @@ def test_train_cli_has_no_fast_flag():
         ["train", "--synthetic", "--d-in", "8", "--d-sae", "16", "--tokens", "64", "--out", "x", "--no-fast"]
     )
     assert args.no_fast is True
+
+
+def test_chunked_topk_equals_topk_property():
+    """Two-stage TopK == one torch.topk: same multiset of values, indices unique and pointing at them,
+    including heavy ties (small integer values) and block counts that do not divide the row (fallback)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from sae_rdp_plugin.fast_topk import chunked_topk
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        B=st.integers(1, 5), n=st.sampled_from([8, 12, 48, 64, 96]), k=st.integers(1, 16),
+        chunks=st.integers(1, 12), ties=st.booleans(), seed=st.integers(0, 2**31 - 1),
+    )
+    def check(B, n, k, chunks, ties, seed):
+        k = min(k, n)
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randint(-3, 4, (B, n), generator=g).float() if ties else torch.randn(B, n, generator=g)
+        v, i = chunked_topk(x, k, chunks)
+        rv, _ = x.topk(k, dim=1)
+        assert v.shape == (B, k) and i.shape == (B, k)
+        assert torch.equal(v.sort(dim=1).values, rv.sort(dim=1).values)
+        assert torch.equal(x.gather(1, i), v)
+        assert all(len(set(r.tolist())) == k for r in i)
+
+    check()
+
+
+@pytest.mark.parametrize("kind,chunks", [("topk", 4), ("topk", 12), ("batchtopk", 3)])
+def test_chunked_topk_step_matches_float64_autograd(kind, chunks):
+    """The fast step with the two-stage TopK gives SAELens's float64 loss and gradients."""
+    sae = _make(kind, True, "float64")
+    x = torch.randn(32, D_IN, dtype=torch.float64) * (torch.rand(D_IN, dtype=torch.float64) + 0.5)
+    ref_out, ref = _ref_grads(sae, x, None)
+    tr = FastTopKTrainer.from_training_sae(sae, dtype=torch.float64, topk_chunks=chunks)
+    losses, grads, _, _ = tr.loss_and_grads(x, None)
+    assert abs(float(losses["mse_loss"]) - float(ref_out.losses["mse_loss"])) <= 1e-10 * float(ref_out.losses["mse_loss"])
+    for name, g, r in zip(["W_enc", "b_enc", "W_dec", "b_dec"], grads, ref):
+        assert _rel(g, r) < 1e-10, (name, _rel(g, r))
+
+
+def test_config_rejects_bad_topk_chunks():
+    from sae_rdp_plugin.fast_topk import FastTopKConfig
+
+    with pytest.raises(SaeRdpError, match="topk_chunks"):
+        FastTopKConfig(d_in=4, d_sae=8, k=2, topk_chunks=0)

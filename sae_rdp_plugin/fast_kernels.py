@@ -143,6 +143,8 @@ if _HAVE_TRITON:
                 acc += tl.load(GH + slot64[:, None] * d + dd[None, :], mask=hot[:, None] & dm[None, :], other=0.0)
             if MODE == 0:
                 sq += tl.sum(acc * acc, axis=1)
+            elif MODE == 2:  # write G itself into P
+                tl.store(P + jj64[:, None] * sp_j + dd[None, :] * sp_d, acc, mask=m2)
             else:
                 g = acc * clip
                 po = jj64[:, None] * sp_j + dd[None, :] * sp_d
@@ -300,15 +302,13 @@ def sparse_grad(
     crow: torch.Tensor, tok: torch.Tensor, coef: torch.Tensor, S: torch.Tensor, X: torch.Tensor | None = None,
     hot: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """G (float32 [n_rows, d]) materialised by the fused Adam kernel itself with Adam reduced to the
-    identity (m = g with beta1 = 0, denominator sqrt(v)/inf + eps = 1, step size -1, p = 0): the very
-    code path of :func:`sparse_grad_adam`, for tests and on-device gradient checks."""
+    """G (float32 [n_rows, d], contiguous) materialised by the fused kernel (the gradient rows of
+    :func:`sparse_grad_adam`, written instead of applied). Used by the step for SAELens's W_enc layout
+    (see FastTopKTrainer._fused_step), by tests and by the on-device gradient checks."""
     n_rows, d = crow.numel() - 1, S.shape[1]
-    P = torch.zeros(n_rows, d, device=S.device, dtype=torch.float32)
-    M, V = torch.zeros_like(P), torch.zeros_like(P)
-    hp = torch.tensor([-1.0, float("inf"), 1.0], device=S.device, dtype=torch.float32)
+    P = torch.empty(n_rows, d, device=S.device, dtype=torch.float32)
     if n_rows:
-        _launch(crow, tok, coef, S, P, X, 1, M=M, V=V, hp=hp, betas=(0.0, 0.0), eps=1.0, hot=hot)
+        _launch(crow, tok, coef, S, P, X, 2, hot=hot)
     return P
 
 

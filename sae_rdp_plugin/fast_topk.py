@@ -117,18 +117,16 @@ class FastTopKConfig:
     # replay TopK steps of the Triton path as one CUDA graph (after two eager steps) when nothing in the
     # step needs the host: no dead latents (the aux loss counts them on the host) and the batch shape of
     # the captured step; anything else runs eagerly. Removes the per-kernel launch cost that dominates
-    # small SAEs (H100: 1.56 vs 2.33 ms at (640, 16384, k32)). OFF by default: its GPU tests
-    # (tests/test_fast_kernels.py, marked gpu) have not run on a GPU yet. Default from
-    # SAE_RDP_FAST_CUDA_GRAPH ("1" turns it on).
-    cuda_graph: bool = field(default_factory=lambda: os.environ.get("SAE_RDP_FAST_CUDA_GRAPH", "0") == "1")
+    # small SAEs (H100: 1.56 vs 2.33 ms at (640, 16384, k32)); its GPU tests (tests/test_fast_kernels.py,
+    # marked gpu: replay == eager steps) passed on an H100 on 2026-11-23. Default from
+    # SAE_RDP_FAST_CUDA_GRAPH ("0" turns it off).
+    cuda_graph: bool = field(default_factory=lambda: os.environ.get("SAE_RDP_FAST_CUDA_GRAPH", "1") != "0")
     # Triton path: up to hot_rows latents with more than hot_min_count entries in a batch get their weight
-    # gradients from a small dense product instead of one long per-latent gather loop (0 turns it off)
-    hot_rows: int = 256
-    hot_min_count: int = 64
-    # TopK over the [B, d_sae] pre-activations in two stages: the top k of each of ``topk_chunks`` equal
-    # column blocks, then the top k of those chunks * k candidates (exact: every row's top k lies among its
-    # blocks' top k). 1 = one torch.topk over the whole row; -1 = automatic (see _auto_topk_chunks).
-    topk_chunks: int = -1
+    # gradients from a small dense product instead of one long per-latent gather loop (0 turns it off;
+    # -1 = automatic, sized from B*k: see FastTopKTrainer._hot_rows). Real activations have hundreds of
+    # busy latents (SmolLM2-135M layer 2 at init: 531 of 16384 latents with > 64 of 131k entries).
+    hot_rows: int = -1
+    hot_min_count: int = 32
 
     def __post_init__(self) -> None:
         if self.kind not in ("topk", "batchtopk"):
@@ -141,41 +139,12 @@ class FastTopKConfig:
             raise SaeRdpError(f"fast step: weight_grad_impl must be embedding_bag or csr, got {self.weight_grad_impl!r}")
         if self.kernels not in ("auto", "triton", "torch"):
             raise SaeRdpError(f"fast step: kernels (or SAE_RDP_FAST_KERNELS) must be auto, triton or torch, got {self.kernels!r}")
-        if self.hot_rows < 0 or self.hot_min_count < 0:
-            raise SaeRdpError(f"fast step: hot_rows and hot_min_count must be >= 0, got {self.hot_rows}, {self.hot_min_count}")
-        if self.topk_chunks == 0 or self.topk_chunks < -1:
-            raise SaeRdpError(f"fast step: topk_chunks must be >= 1 or -1 (automatic), got {self.topk_chunks}")
+        if self.hot_rows < -1 or self.hot_min_count < 0:
+            raise SaeRdpError(f"fast step: hot_rows must be >= 0 or -1 (automatic) and hot_min_count >= 0, got {self.hot_rows}, {self.hot_min_count}")
         if self.aux_impl not in ("auto", "dense", "sparse"):
             raise SaeRdpError(f"fast step: aux_impl must be auto, dense or sparse, got {self.aux_impl!r}")
         if self.kind == "topk" and int(self.k) != self.k:
             raise SaeRdpError(f"fast step: TopK needs an integer k, got {self.k}")
-
-
-def _auto_topk_chunks(n: int, k: int, device: torch.device) -> int:
-    """Number of column blocks for :func:`chunked_topk` (1 = a single torch.topk): on CUDA, blocks of
-    about 4096 columns when there are at least 4 of them and k leaves room (measured faster on an H100,
-    benchmarks/training_speed); one torch.topk elsewhere."""
-    if device.type != "cuda":
-        return 1
-    c = 1
-    while n // (2 * c) >= 4096 and n % (2 * c) == 0:
-        c *= 2
-    return c if c >= 4 and n // c >= 8 * k else 1
-
-
-def chunked_topk(x: torch.Tensor, k: int, chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top k along dim 1 of a 2-D tensor in two stages (values, indices; unsorted): the top k of each of
-    ``chunks`` equal column blocks, then the top k of the chunks * k survivors. Exact: an element in the
-    row's top k is in its block's top k. Ties may pick other (equal-valued) indices than one torch.topk.
-    Falls back to one torch.topk when the blocks would not divide the row or hold fewer than k columns."""
-    B, n = x.shape
-    if chunks <= 1 or n % chunks or n // chunks < k:
-        return x.topk(k, dim=1, sorted=False)
-    c = n // chunks
-    v1, i1 = x.reshape(B, chunks, c).topk(k, dim=2, sorted=False)
-    i1 = i1 + torch.arange(0, n, c, device=x.device, dtype=i1.dtype).view(1, chunks, 1)
-    v, j = v1.reshape(B, chunks * k).topk(k, dim=1, sorted=False)
-    return v, i1.reshape(B, chunks * k).gather(1, j)
 
 
 class _Sparse:
@@ -419,24 +388,20 @@ class FastTopKTrainer:
         return self.act_freq_scores / max(self.n_frac_active_samples, 1)
 
     # ------------------------------------------------------------------ selection
-    def _topk_chunks(self, k: int) -> int:
-        c = self.cfg.topk_chunks
-        return _auto_topk_chunks(self.cfg.d_sae, k, self.W_dec.device) if c == -1 else c
-
     def _select(self, pre_s: torch.Tensor) -> _Sparse:
         """Sparse codes from the rescaled pre-activations pre_s = pre * n (values: relu(pre_s), rescaled)."""
         B, d_sae = pre_s.shape
         cfg = self.cfg
         if cfg.kind == "topk":
             k = int(cfg.k)
-            v, i = chunked_topk(pre_s, k, self._topk_chunks(k))
+            v, i = pre_s.topk(k, dim=1, sorted=False)
             offsets = torch.arange(0, B * k, k, device=pre_s.device)
             o2b = torch.arange(B * k, device=pre_s.device) // k
             return _Sparse(i.reshape(-1), offsets, v.to(self.dtype).relu_().reshape(-1), o2b)
         K = int(cfg.k * B)  # BatchTopK: the K largest of relu(pre_s) over the whole batch
         kc = min(d_sae, max(1, int(math.ceil(cfg.batchtopk_candidates * cfg.k))))
         if kc < d_sae:
-            cv, ci = chunked_topk(pre_s, kc, self._topk_chunks(kc))
+            cv, ci = pre_s.topk(kc, dim=1, sorted=False)
             flat = cv.to(self.dtype).relu_().reshape(-1)
             K = min(K, flat.numel())
             tv, tp = flat.topk(K, sorted=False)
@@ -702,9 +667,10 @@ class FastTopKTrainer:
             g_bdec -= g_benc @ W_encT
         S_dec = r.to(lowp) if cfg.bf16 else r
         hot_dec = hot_enc = None
-        if cfg.hot_rows > 0:
+        n_hot = self._hot_rows(B)
+        if n_hot > 0:
             slot, (gh_dec, gh_enc) = fk.hot_rows(
-                crow, sp.idx, sp.offset2bag, [a, g_pre], [S_dec, u_l], max_hot=cfg.hot_rows, min_count=cfg.hot_min_count,
+                crow, sp.idx, sp.offset2bag, [a, g_pre], [S_dec, u_l], max_hot=n_hot, min_count=cfg.hot_min_count,
                 unique=True,
             )
             hot_dec, hot_enc = (slot, gh_dec), (slot, gh_enc)
@@ -716,6 +682,16 @@ class FastTopKTrainer:
             "S_dec": S_dec, "S_enc": u_l, "X_dec": X_dec, "X_enc": X_enc, "hot_dec": hot_dec, "hot_enc": hot_enc,
             "g_benc": g_benc, "g_bdec": g_bdec, "cache": c,
         }
+
+    def _hot_rows(self, B: int) -> int:
+        """Hot-row capacity H of the Triton step (static per batch size). Automatic (hot_rows=-1): with
+        H >= B*k / c, every latent left to the gather loop has at most c entries (the (H+1)-th busiest
+        latent has at most B*k / (H+1)); c = 64 under bf16 (the two [H, B] x [B, d] products run as bf16
+        GEMMs) and 256 in float32 (float32 GEMMs are ~15x slower); at least 256, at most d_sae."""
+        if self.cfg.hot_rows >= 0:
+            return self.cfg.hot_rows
+        c = 64 if self.cfg.bf16 else 256
+        return min(self.cfg.d_sae, max(256, -(-int(B * math.ceil(self.cfg.k)) // c)))
 
     @torch.no_grad()
     def triton_loss_and_grads(self, x: torch.Tensor, dead: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
@@ -744,11 +720,20 @@ class FastTopKTrainer:
         g_benc, g_bdec = f["g_benc"], f["g_bdec"]
         n = c["n"]
         _, b_enc, W_dec, b_dec = self.params
+        # SAELens's W_enc layout ([d_in, d_sae], in_place): its Adam tiles are narrow in d, so forming the
+        # gradient rows inside them would gather every entry d/BD times (slow when a latent has many
+        # entries, as on real activations): form G_enc latent-major first, then a dense Adam pass over it
+        G_enc = None
+        if self.in_place:
+            G_enc = fk.sparse_grad(crow, tok, f["coef_enc"], f["S_enc"], f["X_enc"], hot=f["hot_enc"])
         # ---- pass 1: the global gradient norm -> clip coefficient (SAETrainer's clip_grad_norm_)
+        sq_enc = (
+            G_enc.square().sum() if G_enc is not None
+            else fk.sparse_grad_sq(crow, tok, f["coef_enc"], f["S_enc"], f["X_enc"], hot=f["hot_enc"])
+        )
         sq = (
             fk.sparse_grad_sq(crow, tok, f["coef_dec"], f["S_dec"], f["X_dec"], hot=f["hot_dec"])
-            + fk.sparse_grad_sq(crow, tok, f["coef_enc"], f["S_enc"], f["X_enc"], hot=f["hot_enc"])
-            + g_benc.square().sum() + g_bdec.square().sum()
+            + sq_enc + g_benc.square().sum() + g_bdec.square().sum()
         )
         clip = torch.clamp(cfg.max_grad_norm / (sq.sqrt() + 1e-6), max=1.0)
         # ---- pass 2: clipped Adam on the weight rows (decoder first: its new row norms scale the
@@ -764,10 +749,17 @@ class FastTopKTrainer:
             crow, tok, f["coef_dec"], f["S_dec"], W_dec, self.exp_avg[2], self.exp_avg_sq[2], hp, betas=(b1, b2),
             eps=cfg.adam_eps, X=f["X_dec"], norm_out=n, lp_out=c["Wdec"] if cfg.bf16 else None, hot=f["hot_dec"],
         )
-        fk.sparse_grad_adam(
-            crow, tok, f["coef_enc"], f["S_enc"], self.W_encT, M_enc, V_enc, hp, betas=(b1, b2), eps=cfg.adam_eps,
-            X=f["X_enc"], scale=n if cfg.bf16 else None, lp_out=c["Wenc"], hot=f["hot_enc"],
-        )
+        if G_enc is not None:  # dense pass: no entries (an empty CSR), the gradient comes in as X
+            ecrow = torch.zeros(cfg.d_sae + 1, device=self.device, dtype=crow.dtype)
+            fk.sparse_grad_adam(
+                ecrow, tok[:1], f["coef_enc"][:1], f["S_enc"], self.W_encT, M_enc, V_enc, hp, betas=(b1, b2),
+                eps=cfg.adam_eps, X=G_enc, scale=n if cfg.bf16 else None, lp_out=c["Wenc"],
+            )
+        else:
+            fk.sparse_grad_adam(
+                crow, tok, f["coef_enc"], f["S_enc"], self.W_encT, M_enc, V_enc, hp, betas=(b1, b2), eps=cfg.adam_eps,
+                X=f["X_enc"], scale=n if cfg.bf16 else None, lp_out=c["Wenc"], hot=f["hot_enc"],
+            )
         torch._fused_adam_(
             [b_enc, b_dec], [g_benc, g_bdec], [self.exp_avg[1], self.exp_avg[3]], [self.exp_avg_sq[1], self.exp_avg_sq[3]],
             [], [self.state_steps[1], self.state_steps[3]], lr=self._lr_t, beta1=b1, beta2=b2, weight_decay=0.0,

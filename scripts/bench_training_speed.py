@@ -404,6 +404,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-pipeline", action="store_true")
     ap.add_argument("--only", nargs="*", default=None, help="implementation names to run")
     ap.add_argument("--precisions", nargs="*", default=["bf16", "fp32"])
+    ap.add_argument("--acts", default=None, help="safetensors file with real activations ('x': [n, d_in], n >= batch): adds the config (d_in, 16384, k32) on them (cfg key suffix _acts)")
     ap.add_argument("--blocks-json", default=None, help="tune_fast_kernels.py JSON: use its best Triton block sizes (at the largest config)")
     args = ap.parse_args(argv)
     if args.blocks_json:
@@ -424,10 +425,19 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     if args.quick:
-        configs = [(32, 256, 8)]
+        configs = [(32, 256, 8, None)]
         args.batch, args.warmup, args.iters = 64, 1, 3
     else:
-        configs = [(640, 16384, 32), (2304, 65536, 64)]
+        configs = [(640, 16384, 32, None), (2304, 65536, 64, None)]
+    acts = None
+    if args.acts:
+        from safetensors.torch import load_file
+
+        acts = load_file(args.acts)["x"].float()
+        if acts.ndim != 2 or acts.shape[0] < args.batch or not torch.isfinite(acts).all():
+            raise SystemExit(f"error: --acts {args.acts}: need finite [n >= {args.batch}, d_in] activations, got {tuple(acts.shape)}")
+    if acts is not None:
+        configs.append((acts.shape[1], 256 if args.quick else 16384, 8 if args.quick else 32, args.acts))
     env = {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
@@ -454,14 +464,19 @@ def main(argv=None) -> int:
     def save():
         (out / "training_speed.json").write_text(json.dumps(RESULTS, indent=2, default=str))
 
-    for d_in, d_sae, k in configs:
+    for d_in, d_sae, k, acts_path in configs:
         B = args.batch
         torch.manual_seed(1)
-        scale = torch.rand(d_in, device=dev) * 2 + 0.1  # per-dimension scales: gamma is not trivial
-        xs = [torch.randn(B, d_in, device=dev) * scale for _ in range(4)]
-        gamma = _gamma(d_in, dev)
+        if acts_path is None:
+            scale = torch.rand(d_in, device=dev) * 2 + 0.1  # per-dimension scales: gamma is not trivial
+            xs = [torch.randn(B, d_in, device=dev) * scale for _ in range(4)]
+            gamma = _gamma(d_in, dev)
+        else:  # real activations: batches of B rows; gamma = variance^0.5 (alpha 0.5), RMS-normalised
+            xs = [acts[i * B : (i + 1) * B].to(dev) for i in range(acts.shape[0] // B)]
+            g = acts.double().var(0).sqrt().float().to(dev)
+            gamma = g / g.pow(2).mean().sqrt()
         dense_f, sparse_f, P = flops(B, d_in, d_sae, k)
-        cfg_key = f"{d_in}x{d_sae}_k{k}"
+        cfg_key = f"{d_in}x{d_sae}_k{k}" + ("_acts" if acts_path else "")
         try:
             RESULTS["checks"][cfg_key] = check_fast_vs_saelens("weighted_topk", d_in, d_sae, k, dev, xs, gamma)
             print("check", cfg_key, json.dumps(RESULTS["checks"][cfg_key]), flush=True)
@@ -482,13 +497,15 @@ def main(argv=None) -> int:
                 ("fast_weighted_topk", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma)),
                 ("fast_weighted_batchtopk", "sparse", lambda: build_fast("weighted_batchtopk", d_in, d_sae, k, bf16, dev, xs, gamma)),
                 ("fast_weighted_topk[torch]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, kernels="torch")),
-                # runs 6-7 had cuda_graph on by default ("fast_weighted_topk" = graph, "[nograph]" = eager);
-                # since then it is off by default: these two rows switch it on
+                # cuda_graph: on by default in runs 6-7 and from run 9 on, off in run 8 ([graph] rows switch it on)
                 ("fast_weighted_topk[graph]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, cuda_graph=True)),
                 ("fast_weighted_topk[SAETrainer,graph]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, cuda_graph=True)),
-                # one torch.topk over the whole row (topk_chunks=1) instead of the automatic two-stage TopK
-                ("fast_weighted_topk[chunks1]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, topk_chunks=1)),
-                ("fast_weighted_topk[graph,chunks1]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, cuda_graph=True, topk_chunks=1)),
+                # run 8 (this script at commit 8e090ae) also had [chunks1] rows: one torch.topk instead of a
+                # two-stage TopK, which was the default there (measured slower, removed; scripts/bench_topk_hot.py)
+                ("fast_weighted_topk[nograph]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, cuda_graph=False)),
+                ("fast_weighted_topk[SAETrainer,nograph]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, cuda_graph=False)),
+                ("fast_weighted_topk[hot256]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, hot_rows=256, hot_min_count=64)),
+                ("fast_weighted_topk[SAETrainer,hot256]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, hot_rows=256, hot_min_count=64)),
                 ("fast_weighted_topk[SAETrainer,torch]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, kernels="torch")),
                 ("fast_weighted_topk[embedding_bag]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, impl="embedding_bag", kernels="torch")),
                 ("fast_weighted_topk[SAETrainer]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True)),
@@ -546,7 +563,7 @@ def run_one(rows, name, kind, builder, cfg_key, d_in, d_sae, k, B, prec, dev, ar
 
 
 def finish(rows, args, dev, bw, gemm_rate, configs, save):
-    for d_in, d_sae, k in configs:
+    for d_in, d_sae, k, _ in configs:
         B = args.batch
         dense_f, sparse_f, P = flops(B, d_in, d_sae, k)
         cfg_key = f"{d_in}x{d_sae}_k{k}"
@@ -586,7 +603,7 @@ def add_ratios(rows):
 def graph_section(rows, args, dev, gemm_rate, configs, save):
     # last, since a failed CUDA-graph capture can leave the device unusable for what follows
     if dev.type == "cuda" and not args.only:
-        for d_in, d_sae, k in configs:
+        for d_in, d_sae, k, _ in configs:
             B = args.batch
             torch.manual_seed(1)
             scale = torch.rand(d_in, device=dev) * 2 + 0.1

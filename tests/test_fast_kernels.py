@@ -338,7 +338,26 @@ def test_config_rejects_bad_hot_rows_and_kernel_names(monkeypatch):
     from sae_rdp_plugin.fast_topk import FastTopKConfig
 
     with pytest.raises(SaeRdpError, match="hot_rows"):
-        FastTopKConfig(d_in=4, d_sae=8, k=2, hot_rows=-1)
+        FastTopKConfig(d_in=4, d_sae=8, k=2, hot_rows=-2)
     monkeypatch.setenv("SAE_RDP_FAST_KERNELS", "cuda")
     with pytest.raises(SaeRdpError, match="SAE_RDP_FAST_KERNELS"):
         FastTopKConfig(d_in=4, d_sae=8, k=2)
+
+
+def test_auto_hot_rows_capacity_bounds_the_gather_loop():
+    """hot_rows=-1: H >= B*k/64 (bf16) or B*k/256 (float32), at least 256, at most d_sae; explicit values kept."""
+    from sae_rdp_plugin.fast_topk import FastTopKConfig, FastTopKTrainer
+
+    def H(d_sae, k, bf16, B, **kw):
+        tr = FastTopKTrainer.__new__(FastTopKTrainer)
+        tr.cfg = FastTopKConfig(d_in=8, d_sae=d_sae, k=k, bf16=bf16, **kw)
+        return tr._hot_rows(B)
+
+    assert H(65536, 64, True, 4096) == 4096 and H(65536, 64, False, 4096) == 1024
+    assert H(16384, 32, True, 4096) == 2048 and H(16384, 32, False, 4096) == 512
+    assert H(65536, 8, True, 512) == 256 and H(100, 8, True, 4096) == 100
+    assert H(65536, 64, True, 4096, hot_rows=7) == 7
+    for d_sae, k, bf16, B in [(65536, 64, True, 4096), (16384, 32, False, 4096), (4096, 16, True, 1000)]:
+        h = H(d_sae, k, bf16, B)
+        # the (h+1)-th busiest of d_sae latents holding B*k entries has at most B*k/(h+1) of them
+        assert h == d_sae or B * k / (h + 1) <= (64 if bf16 else 256)

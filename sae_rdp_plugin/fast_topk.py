@@ -127,6 +127,8 @@ class FastTopKConfig:
     # busy latents (SmolLM2-135M layer 2 at init: 531 of 16384 latents with > 64 of 131k entries).
     hot_rows: int = -1
     hot_min_count: int = 32
+    # Triton path: TopK with the exact per-row kernel sae_rdp_plugin.topk_kernel.row_topk instead of torch.topk
+    row_topk: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in ("topk", "batchtopk"):
@@ -388,20 +390,36 @@ class FastTopKTrainer:
         return self.act_freq_scores / max(self.n_frac_active_samples, 1)
 
     # ------------------------------------------------------------------ selection
+    def _row_topk(self, pre_s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row top k (unsorted): the Triton kernel sae_rdp_plugin.topk_kernel.row_topk on the Triton
+        path (1.5-2x faster than torch.topk on an H100; exact, same values; ties may pick other columns)
+        when cfg.row_topk, k <= 256 (its lower bound needs k <= 256 column groups) and on CUDA (under
+        Triton's CPU interpreter it is far too slow for whole steps; tests/test_topk_kernel.py checks it
+        there on its own, and tests/test_fast_kernels.py::test_row_topk_in_the_triton_step in one step), else torch.topk."""
+        if self.use_triton and self.cfg.row_topk and k <= 256 and (pre_s.device.type == "cuda" or self._row_topk_on_cpu):
+            from sae_rdp_plugin import topk_kernel
+
+            if topk_kernel.available(pre_s.device):
+                return topk_kernel.row_topk(pre_s, k)
+        return pre_s.topk(k, dim=1, sorted=False)
+
+    #: tests only: use row_topk on CPU too (Triton interpreter)
+    _row_topk_on_cpu = False
+
     def _select(self, pre_s: torch.Tensor) -> _Sparse:
         """Sparse codes from the rescaled pre-activations pre_s = pre * n (values: relu(pre_s), rescaled)."""
         B, d_sae = pre_s.shape
         cfg = self.cfg
         if cfg.kind == "topk":
             k = int(cfg.k)
-            v, i = pre_s.topk(k, dim=1, sorted=False)
+            v, i = self._row_topk(pre_s, k)
             offsets = torch.arange(0, B * k, k, device=pre_s.device)
             o2b = torch.arange(B * k, device=pre_s.device) // k
             return _Sparse(i.reshape(-1), offsets, v.to(self.dtype).relu_().reshape(-1), o2b)
         K = int(cfg.k * B)  # BatchTopK: the K largest of relu(pre_s) over the whole batch
         kc = min(d_sae, max(1, int(math.ceil(cfg.batchtopk_candidates * cfg.k))))
         if kc < d_sae:
-            cv, ci = pre_s.topk(kc, dim=1, sorted=False)
+            cv, ci = self._row_topk(pre_s, kc)
             flat = cv.to(self.dtype).relu_().reshape(-1)
             K = min(K, flat.numel())
             tv, tp = flat.topk(K, sorted=False)

@@ -504,6 +504,8 @@ def main(argv=None) -> int:
                 # two-stage TopK, which was the default there (measured slower, removed; scripts/bench_topk_hot.py)
                 ("fast_weighted_topk[nograph]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, cuda_graph=False)),
                 ("fast_weighted_topk[SAETrainer,nograph]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, cuda_graph=False)),
+                ("fast_weighted_topk[torch_topk]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, row_topk=False)),
+                ("fast_weighted_topk[SAETrainer,torch_topk]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, row_topk=False)),
                 ("fast_weighted_topk[hot256]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, hot_rows=256, hot_min_count=64)),
                 ("fast_weighted_topk[SAETrainer,hot256]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, hot_rows=256, hot_min_count=64)),
                 ("fast_weighted_topk[SAETrainer,torch]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, kernels="torch")),

@@ -361,3 +361,30 @@ def test_auto_hot_rows_capacity_bounds_the_gather_loop():
         h = H(d_sae, k, bf16, B)
         # the (h+1)-th busiest of d_sae latents holding B*k entries has at most B*k/(h+1) of them
         assert h == d_sae or B * k / (h + 1) <= (64 if bf16 else 256)
+
+
+def test_row_topk_in_the_triton_step(monkeypatch):
+    """The Triton step with the row_topk kernel (used on CUDA) gives the same loss and gradients as with
+    torch.topk (float32, small blocks so the interpreter stays quick)."""
+    from sae_rdp_plugin import topk_kernel
+    from sae_rdp_plugin.fast_topk import FastTopKTrainer
+
+    monkeypatch.setattr(topk_kernel, "_BLOCK_32", 64)
+    monkeypatch.setattr(topk_kernel, "_GROUPS", 16)
+    monkeypatch.setattr(topk_kernel, "_CB", 16)
+    monkeypatch.setattr(topk_kernel, "_CAP", 32)
+    calls = []
+    orig = topk_kernel.row_topk
+    monkeypatch.setattr(topk_kernel, "row_topk", lambda x, k: calls.append(k) or orig(x, k))
+    sae = _make("topk", True, "float32")
+    x = torch.randn(16, D_IN, device=DEV) * 2
+    out = []
+    for use in (False, True):
+        tr = FastTopKTrainer.from_training_sae(sae, kernels="triton", device=DEV)
+        tr._row_topk_on_cpu = use
+        losses, grads = tr.triton_loss_and_grads(x)
+        out.append((float(losses["loss"]), grads))
+        assert len(calls) == int(use)  # the kernel ran in the second step only
+    assert abs(out[0][0] - out[1][0]) <= 1e-6 * abs(out[0][0])
+    for a, b in zip(out[0][1], out[1][1]):
+        assert _rel(a, b) < 1e-6

@@ -45,6 +45,7 @@ def config(request, monkeypatch):
 
 
 def _check(x: torch.Tensor, k: int) -> None:
+    x = x.to(DEV)  # inputs are built on CPU; the kernel runs on CUDA when there is one
     v, i = tk.row_topk(x, k)
     assert v.shape == (x.shape[0], k) and i.shape == (x.shape[0], k)
     assert v.dtype == x.dtype and i.dtype == torch.int64
@@ -100,7 +101,7 @@ def test_row_topk_non_contiguous_rows_and_empty_batch(monkeypatch):
     base = torch.randn(6, 500)
     _check(base[::2], 10)  # row stride 1000
     _check(base[:, 100:400], 12)  # row stride 500, 300 columns
-    v, i = tk.row_topk(torch.empty(0, 50), 5)
+    v, i = tk.row_topk(torch.empty(0, 50, device=DEV), 5)
     assert v.shape == (0, 5) and i.shape == (0, 5)
 
 

@@ -27,8 +27,9 @@ The decoder-norm factor n_j cancels in a_bj, so its gradient is zero analyticall
 evaluates it to rounding error); it only moves the selection S. Two kernel sets (``kernels``): on CUDA
 with Triton, :mod:`sae_rdp_plugin.fast_kernels` (bf16 gathers; the weight gradients are formed row by row
 inside one fused "gradient norm, then clipped Adam" pass, never as dense [d_sae, d_in] tensors; see
-:meth:`FastTopKTrainer._fused_step`); elsewhere PyTorch's own ``embedding_bag`` / CSR kernels (CPU and
-CUDA), so this module runs anywhere PyTorch runs.
+:meth:`FastTopKTrainer._fused_step`), the TopK by :func:`sae_rdp_plugin.topk_kernel.row_topk`, and TopK
+steps replayed as one CUDA graph; elsewhere PyTorch's own ``embedding_bag`` / CSR kernels and ``torch.topk``
+(CPU and CUDA), so this module runs anywhere PyTorch runs.
 
 Then ``total = ||(grads)||_2``, ``grads *= min(1, 1/(total + 1e-6))`` (folded into the fused Adam as its
 ``grad_scale``, no extra pass), Adam(lr, betas, eps=1e-8) exactly as ``torch.optim.Adam``.

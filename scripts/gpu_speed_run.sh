@@ -10,6 +10,7 @@ OUT=${OUT:-out/speed}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 -m pytest -q -p no:cacheprovider -m "gpu or not gpu" tests/test_fast_kernels.py 2>&1 | tail -3 | tee "$OUT/pytest.txt"
 python3 -m pytest -q -p no:cacheprovider tests/test_fast_topk.py -m gpu 2>&1 | tail -1 | tee -a "$OUT/pytest.txt"
+python3 -m pytest -q -p no:cacheprovider tests/test_topk_kernel.py 2>&1 | tail -1 | tee -a "$OUT/pytest.txt"
 python3 scripts/bench_topk_hot.py --out "$OUT" 2>&1 | grep -v -i warn | tail -8
 if [ "${SKIP_TUNE:-0}" != 1 ]; then
   python3 scripts/tune_fast_kernels.py --out "$OUT" 2>&1 | grep -v -i warn | tail -12

@@ -769,16 +769,14 @@ class FastTopKTrainer:
             eps=cfg.adam_eps, X=f["X_dec"], norm_out=n, lp_out=c["Wdec"] if cfg.bf16 else None, hot=f["hot_dec"],
         )
         if G_enc is not None:  # dense pass: no entries (an empty CSR), the gradient comes in as X
-            ecrow = torch.zeros(cfg.d_sae + 1, device=self.device, dtype=crow.dtype)
-            fk.sparse_grad_adam(
-                ecrow, tok[:1], f["coef_enc"][:1], f["S_enc"], self.W_encT, M_enc, V_enc, hp, betas=(b1, b2),
-                eps=cfg.adam_eps, X=G_enc, scale=n if cfg.bf16 else None, lp_out=c["Wenc"],
-            )
+            csr_enc = (torch.zeros(cfg.d_sae + 1, device=self.device, dtype=crow.dtype), tok[:1], f["coef_enc"][:1])
+            X_enc, hot_enc = G_enc, None
         else:
-            fk.sparse_grad_adam(
-                crow, tok, f["coef_enc"], f["S_enc"], self.W_encT, M_enc, V_enc, hp, betas=(b1, b2), eps=cfg.adam_eps,
-                X=f["X_enc"], scale=n if cfg.bf16 else None, lp_out=c["Wenc"], hot=f["hot_enc"],
-            )
+            csr_enc, X_enc, hot_enc = (crow, tok, f["coef_enc"]), f["X_enc"], f["hot_enc"]
+        fk.sparse_grad_adam(
+            *csr_enc, f["S_enc"], self.W_encT, M_enc, V_enc, hp, betas=(b1, b2), eps=cfg.adam_eps,
+            X=X_enc, scale=n if cfg.bf16 else None, lp_out=c["Wenc"], hot=hot_enc,
+        )
         torch._fused_adam_(
             [b_enc, b_dec], [g_benc, g_bdec], [self.exp_avg[1], self.exp_avg[3]], [self.exp_avg_sq[1], self.exp_avg_sq[3]],
             [], [self.state_steps[1], self.state_steps[3]], lr=self._lr_t, beta1=b1, beta2=b2, weight_decay=0.0,

@@ -48,8 +48,6 @@ tests/test_topk_kernel.py checks it. :func:`available` says whether it can run f
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 try:  # Triton is optional
@@ -61,6 +59,9 @@ except Exception:  # noqa: BLE001  (ImportError, or a broken install)
     triton = None  # type: ignore[assignment]
     tl = None  # type: ignore[assignment]
     _HAVE_TRITON = False
+
+# the same condition as the fused-step kernels: CUDA with Triton, or CPU under Triton's interpreter
+from sae_rdp_plugin.fast_kernels import available  # noqa: E402  (after the optional triton import)
 
 __all__ = ["available", "row_topk"]
 
@@ -81,16 +82,6 @@ _DIGITS_16 = (8, 8, 0, 0)  # bf16 / fp16: 16-bit keys
 _DIGITS_32 = (8, 8, 8, 8)  # fp32: 32-bit keys
 
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-
-
-def available(device: torch.device | str) -> bool:
-    """True when the kernel can run on ``device``: CUDA with Triton, or CPU under Triton's interpreter."""
-    if not _HAVE_TRITON:
-        return False
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return True
-    return dev.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 if _HAVE_TRITON:

@@ -55,23 +55,6 @@ def _exact(x: torch.Tensor, k: int, v: torch.Tensor, i: torch.Tensor) -> bool:
     return same_vals and gathered and unique and in_range
 
 
-def _load_kernel():
-    """sae_rdp_plugin.topk_kernel; loaded from its file when the package's own imports (SAELens) are
-    missing, as on a bare GPU machine."""
-    try:
-        from sae_rdp_plugin import topk_kernel
-
-        return topk_kernel
-    except ImportError:
-        import importlib.util
-
-        path = Path(__file__).resolve().parents[1] / "sae_rdp_plugin" / "topk_kernel.py"
-        spec = importlib.util.spec_from_file_location("topk_kernel", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)  # type: ignore[union-attr]
-        return mod
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=30)
@@ -80,7 +63,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("bench_row_topk: needs a CUDA device (none found)", file=sys.stderr)
         return 1
-    tk = _load_kernel()
+    from sae_rdp_plugin import topk_kernel as tk  # the package imports without SAELens
 
     torch.manual_seed(0)
     rows = []

@@ -17,13 +17,15 @@ import argparse
 import datetime as _dt
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_row_topk import _time_ms  # noqa: E402  (one CUDA-event timer for both micro-benchmarks)
+
 from sae_rdp_plugin import fast_kernels as fk  # noqa: E402
 
 
@@ -39,20 +41,6 @@ def chunked_topk(x: torch.Tensor, k: int, chunks: int) -> tuple[torch.Tensor, to
     i1 = i1 + torch.arange(0, n, c, device=x.device, dtype=i1.dtype).view(1, chunks, 1)
     v, j = v1.reshape(B, chunks * k).topk(k, dim=1, sorted=False)
     return v, i1.reshape(B, chunks * k).gather(1, j)
-
-
-def time_ms(fn, warmup: int, iters: int) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
 
 
 def main(argv=None) -> int:
@@ -77,14 +65,14 @@ def main(argv=None) -> int:
             torch.manual_seed(0)
             x = torch.randn(B, n, device=dev).to(dtype)
             ref_v = x.topk(k, dim=1).values.sort(dim=1).values
-            base = time_ms(lambda: x.topk(k, dim=1, sorted=False), args.warmup, args.iters)
+            base = _time_ms(lambda: x.topk(k, dim=1, sorted=False), args.iters, args.warmup)
             row = {"d_sae": n, "k": k, "dtype": str(dtype).split(".")[-1], "torch_topk_ms": base}
             for c in (2, 4, 8, 16, 32, 64):
                 if n % c or n // c < k:
                     continue
                 v, _ = chunked_topk(x, k, c)
                 assert torch.equal(v.sort(dim=1).values, ref_v), "chunked_topk disagrees with torch.topk"
-                row[f"chunks{c}_ms"] = time_ms(lambda: chunked_topk(x, k, c), args.warmup, args.iters)
+                row[f"chunks{c}_ms"] = _time_ms(lambda: chunked_topk(x, k, c), args.iters, args.warmup)
             res["topk"].append(row)
             best = min((v, kk) for kk, v in row.items() if kk.startswith("chunks"))
             lines.append(f"topk  {n:>6} k{k:<3} {row['dtype']:<8} torch {base:6.3f} ms  best {best[1]} {best[0]:6.3f} ms  "
@@ -104,7 +92,7 @@ def main(argv=None) -> int:
         outs = {}
         for unique in (False, True):
             outs[unique] = fk.hot_rows(crow, idx, rows, coefs, S, unique=unique)
-            hr[f"unique_{unique}_ms"] = time_ms(lambda: fk.hot_rows(crow, idx, rows, coefs, S, unique=unique), args.warmup, args.iters)
+            hr[f"unique_{unique}_ms"] = _time_ms(lambda: fk.hot_rows(crow, idx, rows, coefs, S, unique=unique), args.iters, args.warmup)
         assert torch.equal(outs[False][0], outs[True][0])
         hr["max_abs_diff"] = max(float((a - b).abs().max()) for a, b in zip(outs[False][1], outs[True][1]))
         res["hot_rows"].append(hr)

@@ -4,7 +4,7 @@ Importing the package registers the ``weighted_*`` training architectures with S
 nothing else happens at import time.
 """
 
-from sae_rdp_plugin.architectures import register as _register_architectures
+from sae_rdp_plugin.wsae.registry import register as _register_architectures
 
 __version__ = "0.1.0"
 

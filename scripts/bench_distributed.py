@@ -1,13 +1,13 @@
 #!/usr/bin/env python
-"""Multi-GPU scaling of sae_rdp_plugin.distributed, and the single- vs multi-process result check.
+"""Multi-GPU scaling of sae_rdp_plugin.train.distributed, and the single- vs multi-process result check.
 
 For each process count N (default: 1, 2, 4, 8 up to the visible GPU count) it launches
-``torchrun --standalone --nproc_per_node N -m sae_rdp_plugin.distributed ...`` and records:
+``torchrun --standalone --nproc_per_node N -m sae_rdp_plugin distributed ...`` and records:
 
 * ``train``: one SAE, weak scaling (fixed rows per GPU, global batch = N x per-GPU batch):
   steady-state samples (tokens) / s after warm-up steps, and the efficiency
   ``throughput(N) / (N * throughput(1))``.
-* ``sweep``: a sae_rdp_plugin.sweep grid split into equal groups (``max_group_size``): members / s
+* ``sweep``: a sae_rdp_plugin.sweep.core grid split into equal groups (``max_group_size``): members / s
   (members / wall time of the slowest rank) and its efficiency.
 * ``check``: the same SAE with the same *global* batch on 1 and on max(N) processes: max |dtheta|
   over all parameters after the run (DDP all-reduce vs one process: only the summation order differs);
@@ -42,8 +42,18 @@ from sae_rdp_plugin.io import atomic_write_json  # noqa: E402
 
 
 def torchrun(n: int, args: list[str], timeout: float, env_extra: dict[str, str]) -> tuple[int, str, float]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
-           "-m", "sae_rdp_plugin.distributed", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(n),
+        "-m",
+        "sae_rdp_plugin",
+        "distributed",
+        *args,
+    ]
     env = {**os.environ, "TQDM_DISABLE": "1", **env_extra}
     t0 = time.perf_counter()
     try:
@@ -85,8 +95,21 @@ def main() -> int:
     dev = "cuda" if cuda else "cpu"
     env_extra = {} if cuda else {"OMP_NUM_THREADS": "1"}
     n_features = 4 * a.d_in
-    common = ["--architecture", a.architecture, "--d-in", str(a.d_in), "--d-sae", str(a.d_sae), "--k", str(a.k),
-              "--n-features", str(n_features), "--device", dev, "--no-resume"]
+    common = [
+        "--architecture",
+        a.architecture,
+        "--d-in",
+        str(a.d_in),
+        "--d-sae",
+        str(a.d_sae),
+        "--k",
+        str(a.k),
+        "--n-features",
+        str(n_features),
+        "--device",
+        dev,
+        "--no-resume",
+    ]
     report: dict = {
         "script": "scripts/bench_distributed.py",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -97,7 +120,9 @@ def main() -> int:
         "backend": "nccl" if cuda else "gloo",
         "quick": a.quick,
         "env": {k: os.environ.get(k) for k in ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST")},
-        "train": [], "sweep": [], "check": {},
+        "train": [],
+        "sweep": [],
+        "check": {},
     }
 
     def save() -> None:
@@ -107,8 +132,20 @@ def main() -> int:
     for n in counts:
         d = out / f"train_n{n}"
         shutil.rmtree(d, ignore_errors=True)
-        args = ["train", "--out", str(d), *common, "--batch", str(a.per_gpu_batch * n), "--steps", str(a.steps),
-                "--warmup-steps", str(a.warmup_steps), "--n-chunks", str(max(counts))]
+        args = [
+            "train",
+            "--out",
+            str(d),
+            *common,
+            "--batch",
+            str(a.per_gpu_batch * n),
+            "--steps",
+            str(a.steps),
+            "--warmup-steps",
+            str(a.warmup_steps),
+            "--n-chunks",
+            str(max(counts)),
+        ]
         rc, log, wall = torchrun(n, args, a.timeout_s, env_extra)
         row = {"nprocs": n, "rc": rc, "launch_wall_s": wall, "global_batch": a.per_gpu_batch * n}
         if rc == 0:
@@ -134,8 +171,20 @@ def main() -> int:
             d = out / f"check_n{n}"
             shutil.rmtree(d, ignore_errors=True)
             steps = min(a.steps, 20)
-            args = ["train", "--out", str(d), *common, "--batch", str(gb), "--steps", str(steps),
-                    "--n-chunks", str(nmax), "--dead-feature-window", "5"]
+            args = [
+                "train",
+                "--out",
+                str(d),
+                *common,
+                "--batch",
+                str(gb),
+                "--steps",
+                str(steps),
+                "--n-chunks",
+                str(nmax),
+                "--dead-feature-window",
+                "5",
+            ]
             rc, log, _ = torchrun(n, args, a.timeout_s, env_extra)
             if rc != 0:
                 report["check"][f"train_n{n}_error"] = log
@@ -144,9 +193,14 @@ def main() -> int:
         if len(states) == 2:
             diffs = {k: (states[1][k].double() - states[nmax][k].double()).abs().max().item() for k in states[1]}
             scale = {k: states[1][k].double().abs().max().item() for k in states[1]}
-            report["check"]["train"] = {"nprocs": [1, nmax], "global_batch": gb, "steps": min(a.steps, 20),
-                                        "max_abs_diff": diffs, "max_abs_param": scale,
-                                        "max_abs_diff_overall": max(diffs.values())}
+            report["check"]["train"] = {
+                "nprocs": [1, nmax],
+                "global_batch": gb,
+                "steps": min(a.steps, 20),
+                "max_abs_diff": diffs,
+                "max_abs_param": scale,
+                "max_abs_diff_overall": max(diffs.values()),
+            }
         save()
 
     # -- sweep: members / s --------------------------------------------------------------------------
@@ -154,9 +208,15 @@ def main() -> int:
     d = 16 if a.quick else 256
     sweep_cfg = {
         "dgps": [{"name": "p", "kind": "pairs", "m": 8 if a.quick else 64, "d": d, "rho": 0.5, "q": 0.05}],
-        "architectures": ["topk"], "widths": [w], "ks": [2, 4], "seeds": list(range(2 * a.sweep_groups)),
-        "max_group_size": 4, "steps": 10 if a.quick else 300, "batch_size": 64 if a.quick else 4096,
-        "eval_samples": 500 if a.quick else 20000, "checkpoint_every": 1000000,
+        "architectures": ["topk"],
+        "widths": [w],
+        "ks": [2, 4],
+        "seeds": list(range(2 * a.sweep_groups)),
+        "max_group_size": 4,
+        "steps": 10 if a.quick else 300,
+        "batch_size": 64 if a.quick else 4096,
+        "eval_samples": 500 if a.quick else 20000,
+        "checkpoint_every": 1000000,
     }
     (out / "sweep_config.json").write_text(json.dumps(sweep_cfg, indent=1))
     n_members = 2 * len(sweep_cfg["seeds"])
@@ -164,14 +224,23 @@ def main() -> int:
     for n in counts:
         sd = out / f"sweep_n{n}"
         shutil.rmtree(sd, ignore_errors=True)
-        rc, log, wall = torchrun(n, ["sweep", "--config", str(out / "sweep_config.json"), "--out", str(sd),
-                                     "--device", dev, "--quiet"], a.timeout_s, env_extra)
+        rc, log, wall = torchrun(
+            n,
+            ["sweep", "--config", str(out / "sweep_config.json"), "--out", str(sd), "--device", dev, "--quiet"],
+            a.timeout_s,
+            env_extra,
+        )
         row = {"nprocs": n, "rc": rc, "launch_wall_s": wall, "members": n_members}
         if rc == 0:
             r = json.loads((sd / "results.json").read_text())
             results[n] = r["members"]
-            row.update({"seconds": r["seconds"], "members_per_s": n_members / r["seconds"],
-                        "rank_seconds": r.get("rank_seconds")})
+            row.update(
+                {
+                    "seconds": r["seconds"],
+                    "members_per_s": n_members / r["seconds"],
+                    "rank_seconds": r.get("rank_seconds"),
+                }
+            )
         else:
             row["log_tail"] = log
         report["sweep"].append(row)
@@ -190,9 +259,21 @@ def main() -> int:
                     worst = max(worst, abs(v - y[key]))
         report["check"]["sweep"] = {"nprocs": [1, nmax], "max_abs_diff_member_metrics": worst}
     save()
-    print(json.dumps({"out": str(out / "bench_distributed.json"), "check": {
-        k: (v.get("max_abs_diff_overall", v.get("max_abs_diff_member_metrics")) if isinstance(v, dict) else v)
-        for k, v in report["check"].items()}}))
+    print(
+        json.dumps(
+            {
+                "out": str(out / "bench_distributed.json"),
+                "check": {
+                    k: (
+                        v.get("max_abs_diff_overall", v.get("max_abs_diff_member_metrics"))
+                        if isinstance(v, dict)
+                        else v
+                    )
+                    for k, v in report["check"].items()
+                },
+            }
+        )
+    )
     ok = all(r["rc"] == 0 for r in report["train"] + report["sweep"])
     return 0 if ok else 1
 

@@ -1,4 +1,4 @@
-"""GPU timing of the radix-select TopK kernel (sae_rdp_plugin.topk_kernel.row_topk) against torch.topk.
+"""GPU timing of the radix-select TopK kernel (sae_rdp_plugin.fast.topk_kernel.row_topk) against torch.topk.
 
 For each case (rows, cols, dtype, k) it checks exactness (same sorted values as torch.topk, values ==
 x.gather(1, indices), indices unique per row), then times both with CUDA events: warm-up, then the
@@ -63,7 +63,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("bench_row_topk: needs a CUDA device (none found)", file=sys.stderr)
         return 1
-    from sae_rdp_plugin import topk_kernel as tk  # the package imports without SAELens
+    from sae_rdp_plugin.fast import topk_kernel as tk  # the package imports without SAELens
 
     torch.manual_seed(0)
     rows = []
@@ -77,20 +77,38 @@ def main() -> int:
         t_torch = _time_ms(lambda: x.topk(k, dim=1, sorted=False), args.reps)
         t_ours = _time_ms(lambda: tk.row_topk(x, k), args.reps)
         floor = x.numel() * x.element_size() / 1e9  # GB read once
-        rows.append({
-            "rows": B, "cols": n, "dtype": str(dt).replace("torch.", ""), "k": k,
-            "torch_topk_ms": round(t_torch, 4), "row_topk_ms": round(t_ours, 4),
-            "speedup": round(t_torch / t_ours, 3), "exact": exact, "exact_ties": exact_ties,
-            "row_topk_GBps_one_read": round(floor / (t_ours / 1e3), 1),
-        })
+        rows.append(
+            {
+                "rows": B,
+                "cols": n,
+                "dtype": str(dt).replace("torch.", ""),
+                "k": k,
+                "torch_topk_ms": round(t_torch, 4),
+                "row_topk_ms": round(t_ours, 4),
+                "speedup": round(t_torch / t_ours, 3),
+                "exact": exact,
+                "exact_ties": exact_ties,
+                "row_topk_GBps_one_read": round(floor / (t_ours / 1e3), 1),
+            }
+        )
     hdr = f"{'shape':>14} {'dtype':>9} {'k':>3} {'torch ms':>9} {'row_topk ms':>11} {'speedup':>8} {'exact':>6} {'ties':>5}"
     print(hdr)
     for r in rows:
-        print(f"{r['rows']}x{r['cols']:>8} {r['dtype']:>9} {r['k']:>3} {r['torch_topk_ms']:>9.3f} "
-              f"{r['row_topk_ms']:>11.3f} {r['speedup']:>8.2f} {str(r['exact']):>6} {str(r['exact_ties']):>5}")
+        print(
+            f"{r['rows']}x{r['cols']:>8} {r['dtype']:>9} {r['k']:>3} {r['torch_topk_ms']:>9.3f} "
+            f"{r['row_topk_ms']:>11.3f} {r['speedup']:>8.2f} {str(r['exact']):>6} {str(r['exact_ties']):>5}"
+        )
     meta = {
-        "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-        "block_16": tk._BLOCK_16, "block_32": tk._BLOCK_32, "groups": tk._GROUPS, "cap": tk._CAP, "cb": tk._CB, "num_warps": tk._NUM_WARPS, "reps": args.reps, "cases": rows,
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "block_16": tk._BLOCK_16,
+        "block_32": tk._BLOCK_32,
+        "groups": tk._GROUPS,
+        "cap": tk._CAP,
+        "cb": tk._CB,
+        "num_warps": tk._NUM_WARPS,
+        "reps": args.reps,
+        "cases": rows,
     }
     try:
         import triton

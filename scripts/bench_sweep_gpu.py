@@ -2,7 +2,7 @@
 """Batched sweep trainer vs a loop of SAELens's ``train_toy_sae``, and a timed paper-style sweep.
 
 Part A (throughput): the same grid of TopK SAEs on the same DGP, trained (1) all at once by
-``sae_rdp_plugin.sweep`` (stacked weights, one shared data stream) and (2) one after another by
+``sae_rdp_plugin.sweep.core`` (stacked weights, one shared data stream) and (2) one after another by
 ``sae_lens.synthetic.train_toy_sae``. Both are timed with CUDA events after a warm-up, per SAE-step
 (one optimizer step of one SAE on one batch, data generation included on both sides). The baseline
 loop trains only ``--baseline-members`` members for ``--baseline-steps`` steps each and is
@@ -20,7 +20,6 @@ No network needed. Writes ``$OUT/bench_sweep_gpu.json`` and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -35,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from sae_rdp_plugin.io import atomic_write_json  # noqa: E402
-from sae_rdp_plugin.sweep import (  # noqa: E402
+from sae_rdp_plugin.sweep.core import (  # noqa: E402
     DataStream,
     DGPSpec,
     StackedSAEs,
@@ -77,11 +76,29 @@ class Timer:
 def throughput_config(quick: bool) -> SweepConfig:
     if quick:
         spec = DGPSpec(name="pairs_rho0.5", m=8, d=16, rho=0.5, q=0.1)
-        return SweepConfig(dgps=[spec], architectures=["topk"], widths=[16], ks=[1, 2], seeds=[0, 1],
-                           batch_size=128, steps=30, lr=1e-3, eval_samples=256)
+        return SweepConfig(
+            dgps=[spec],
+            architectures=["topk"],
+            widths=[16],
+            ks=[1, 2],
+            seeds=[0, 1],
+            batch_size=128,
+            steps=30,
+            lr=1e-3,
+            eval_samples=256,
+        )
     spec = DGPSpec(name="pairs_rho0.5", m=64, d=128, rho=0.5, q=0.05)
-    return SweepConfig(dgps=[spec], architectures=["topk"], widths=[256], ks=[2, 4, 8, 16], seeds=list(range(16)),
-                       batch_size=1024, steps=400, lr=1e-3, eval_samples=4096)
+    return SweepConfig(
+        dgps=[spec],
+        architectures=["topk"],
+        widths=[256],
+        ks=[2, 4, 8, 16],
+        seeds=list(range(16)),
+        batch_size=1024,
+        steps=400,
+        lr=1e-3,
+        eval_samples=4096,
+    )
 
 
 def full_sweep_config(quick: bool) -> SweepConfig:
@@ -90,14 +107,32 @@ def full_sweep_config(quick: bool) -> SweepConfig:
     rhos = [0.0, 0.25, 0.5, 0.75]
     if quick:
         dgps = [DGPSpec(name=f"pairs_rho{r}", m=8, d=16, rho=r, q=0.1) for r in (0.0, 0.5)]
-        return SweepConfig(dgps=dgps, architectures=["topk", "standard"], widths=[8], ks=[1, 2],
-                           l1_coefficients=[0.1], seeds=[0], steps=40, batch_size=128, lr=1e-3,
-                           eval_samples=500, checkpoint_every=20)
+        return SweepConfig(
+            dgps=dgps,
+            architectures=["topk", "standard"],
+            widths=[8],
+            ks=[1, 2],
+            l1_coefficients=[0.1],
+            seeds=[0],
+            steps=40,
+            batch_size=128,
+            lr=1e-3,
+            eval_samples=500,
+            checkpoint_every=20,
+        )
     dgps = [DGPSpec(name=f"pairs_rho{r}", m=32, d=64, rho=r, q=0.05) for r in rhos]
     return SweepConfig(
-        dgps=dgps, architectures=["topk", "standard", "batchtopk"], widths=[32, 64],
-        ks=[1, 2, 3, 4, 6, 8], l1_coefficients=[0.01, 0.03, 0.1, 0.3, 1.0], seeds=[0, 1],
-        steps=4000, batch_size=2048, lr=1e-3, eval_samples=20000, checkpoint_every=1000,
+        dgps=dgps,
+        architectures=["topk", "standard", "batchtopk"],
+        widths=[32, 64],
+        ks=[1, 2, 3, 4, 6, 8],
+        l1_coefficients=[0.01, 0.03, 0.1, 0.3, 1.0],
+        seeds=[0, 1],
+        steps=4000,
+        batch_size=2048,
+        lr=1e-3,
+        eval_samples=20000,
+        checkpoint_every=1000,
         dead_feature_window=1000,
     )
 
@@ -136,20 +171,33 @@ def bench_baseline(cfg: SweepConfig, device: torch.device, n_members: int, steps
     mbs = enumerate_members(cfg)
     # warm-up (CUDA context, kernels, SAELens imports)
     sae = _saelens_training_sae(cfg, mbs[0], built.d, device)
-    train_toy_sae(sae, fd, gen, training_samples=warmup * cfg.batch_size, batch_size=cfg.batch_size, lr=cfg.lr, device=device)
+    train_toy_sae(
+        sae, fd, gen, training_samples=warmup * cfg.batch_size, batch_size=cfg.batch_size, lr=cfg.lr, device=device
+    )
     with Timer(device) as t:
         for mb in mbs[:n_members]:
             torch.manual_seed(mb.seed)
             sae = _saelens_training_sae(cfg, mb, built.d, device)
-            train_toy_sae(sae, fd, gen, training_samples=steps * cfg.batch_size, batch_size=cfg.batch_size,
-                          lr=cfg.lr, device=device)
-    return {"members_timed": n_members, "steps_each": steps, "seconds": t.seconds,
-            "sae_steps_per_s": n_members * steps / t.seconds}
+            train_toy_sae(
+                sae,
+                fd,
+                gen,
+                training_samples=steps * cfg.batch_size,
+                batch_size=cfg.batch_size,
+                lr=cfg.lr,
+                device=device,
+            )
+    return {
+        "members_timed": n_members,
+        "steps_each": steps,
+        "seconds": t.seconds,
+        "sae_steps_per_s": n_members * steps / t.seconds,
+    }
 
 
 def bench_metrics(device: torch.device, quick: bool) -> dict:
     """Time P(W) for a Gemma-Scope-sized dictionary (65,536 x 2,304) against 16,384 concepts."""
-    from sae_rdp_plugin.metrics import polysemanticity
+    from sae_rdp_plugin.rdp.metrics import polysemanticity
 
     n, d, m = (2048, 64, 256) if quick else (65536, 2304, 16384)
     chunk = 256 if quick else 4096
@@ -164,8 +212,16 @@ def bench_metrics(device: torch.device, quick: bool) -> dict:
         p = polysemanticity(w, v, chunk_size=chunk)
     peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda" else None
     p_full = polysemanticity(w, v, chunk_size=n)  # one chunk = the unchunked table
-    return {"n_features": n, "d": d, "m": m, "chunk_size": chunk, "seconds_chunked": t.seconds, "peak_mib": peak,
-            "P": p, "abs_diff": abs(p - p_full)}
+    return {
+        "n_features": n,
+        "d": d,
+        "m": m,
+        "chunk_size": chunk,
+        "seconds_chunked": t.seconds,
+        "peak_mib": peak,
+        "P": p,
+        "abs_diff": abs(p - p_full),
+    }
 
 
 def main() -> int:
@@ -208,8 +264,16 @@ def main() -> int:
     grid_batched_s = G * tcfg.steps / batched["sae_steps_per_s"]
     grid_base_s = G * tcfg.steps / base["sae_steps_per_s"]
     part_a = {
-        "grid": {"dgp": tcfg.dgps[0].__dict__, "architecture": "topk", "width": tcfg.widths[0], "ks": tcfg.ks,
-                 "seeds": len(tcfg.seeds), "members": G, "batch_size": tcfg.batch_size, "steps": tcfg.steps},
+        "grid": {
+            "dgp": tcfg.dgps[0].__dict__,
+            "architecture": "topk",
+            "width": tcfg.widths[0],
+            "ks": tcfg.ks,
+            "seeds": len(tcfg.seeds),
+            "members": G,
+            "batch_size": tcfg.batch_size,
+            "steps": tcfg.steps,
+        },
         "batched": batched,
         "baseline_train_toy_sae": base,
         "baseline_note": f"baseline timed on {nb} member(s) x {sb} steps and extrapolated linearly to {G} members x {tcfg.steps} steps",
@@ -220,7 +284,9 @@ def main() -> int:
     print(f"\n{'':28s}{'SAE-steps/s':>14s}{'grid time (s)':>16s}")
     print(f"{'batched sweep trainer':28s}{batched['sae_steps_per_s']:14.1f}{grid_batched_s:16.2f}")
     print(f"{'loop of train_toy_sae':28s}{base['sae_steps_per_s']:14.1f}{grid_base_s:16.2f}  (extrapolated)")
-    print(f"speedup: {part_a['speedup']:.1f}x  ({G} TopK SAEs, width {tcfg.widths[0]}, d {tcfg.dgps[0].d}, batch {tcfg.batch_size})")
+    print(
+        f"speedup: {part_a['speedup']:.1f}x  ({G} TopK SAEs, width {tcfg.widths[0]}, d {tcfg.dgps[0].d}, batch {tcfg.batch_size})"
+    )
     result = {"meta": meta, "throughput": part_a}
     atomic_write_json(args.out / "bench_sweep_gpu.json", result)
 
@@ -228,8 +294,10 @@ def main() -> int:
     try:
         result["metrics"] = bench_metrics(device, quick)
         mt = result["metrics"]
-        print(f"\npolysemanticity of {mt['n_features']} x {mt['d']} vs {mt['m']} concepts: {mt['seconds_chunked']:.3f} s "
-              f"(chunk {mt['chunk_size']}, peak extra {mt['peak_mib'] or 0:.0f} MiB); |chunked - unchunked| = {mt['abs_diff']:.2e}")
+        print(
+            f"\npolysemanticity of {mt['n_features']} x {mt['d']} vs {mt['m']} concepts: {mt['seconds_chunked']:.3f} s "
+            f"(chunk {mt['chunk_size']}, peak extra {mt['peak_mib'] or 0:.0f} MiB); |chunked - unchunked| = {mt['abs_diff']:.2e}"
+        )
     except Exception as exc:  # noqa: BLE001  (never lose parts A/B to this add-on)
         result["metrics"] = {"error": f"{type(exc).__name__}: {exc}"}
     atomic_write_json(args.out / "bench_sweep_gpu.json", result)
@@ -242,7 +310,7 @@ def main() -> int:
         atomic_write_json(args.out / "full_sweep_config.json", fcfg.to_dict())
         with Timer(device) as t:
             res = train_sweep(fcfg, fdir, device=device, resume=True, progress=True)
-        from sae_rdp_plugin.sweep_analysis import plot_sweep, summarize
+        from sae_rdp_plugin.sweep.analysis import plot_sweep, summarize
 
         figs = plot_sweep(res, args.out, prefix="full_sweep")
         summ = summarize(res)
@@ -257,11 +325,15 @@ def main() -> int:
             "files": [str(p.relative_to(args.out)) for p in figs] + ["full_sweep/results.json"],
             "summary": {k: {kk: vv for kk, vv in v.items() if kk != "pareto"} for k, v in summ.items()},
         }
-        print(f"\nfull sweep: {n_members} SAEs x {fcfg.steps} steps (batch {fcfg.batch_size}) in {t.wall:.1f} s "
-              f"(train_toy_sae loop, extrapolated: {base_full_est:.0f} s)")
+        print(
+            f"\nfull sweep: {n_members} SAEs x {fcfg.steps} steps (batch {fcfg.batch_size}) in {t.wall:.1f} s "
+            f"(train_toy_sae loop, extrapolated: {base_full_est:.0f} s)"
+        )
         print(f"{'dgp':16s}{'E|S|':>7s}{'max(E|S|-R-D)':>15s}{'P_dec there':>13s}{'frac below':>12s}")
         for k, v in summ.items():
-            print(f"{k:16s}{v['expected_size']:7.3f}{v['premium_max']:15.3f}{v['premium_argmax_P_dec']:13.3f}{v['fraction_below_line']:12.2f}")
+            print(
+                f"{k:16s}{v['expected_size']:7.3f}{v['premium_max']:15.3f}{v['premium_argmax_P_dec']:13.3f}{v['fraction_below_line']:12.2f}"
+            )
     result["total_seconds"] = time.perf_counter() - t_all
     atomic_write_json(args.out / "bench_sweep_gpu.json", result)
     print(f"\nwrote {args.out / 'bench_sweep_gpu.json'} (total {result['total_seconds']:.1f} s)")

@@ -4,7 +4,7 @@ Default: m = 5 concepts, width 5 (all C(31, 5) = 169,911 dictionaries), every To
 full support (all 32 active sets: pairs that co-occur, rho = 0.3, otherwise independent q = 0.1), binary
 coefficients; also the growth with m at a fixed width. Prints a table and writes JSON.
 
-    python scripts/bench_theory_frontier.py [--out evals/theory/bench_frontier.json] [--coefficients binary nnls]
+    python scripts/bench_theory_frontier.py [--out experiments/theory/bench_frontier.json] [--coefficients binary nnls]
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from sae_rdp_plugin.dgp import cooccurring_pairs  # noqa: E402
 from sae_rdp_plugin.io import atomic_write_json  # noqa: E402
-from sae_rdp_plugin.theory import enumerate_codes, monosemantic_points, pareto_front, rate_tax  # noqa: E402
+from sae_rdp_plugin.rdp.dgp import cooccurring_pairs  # noqa: E402
+from sae_rdp_plugin.rdp.theory import enumerate_codes, monosemantic_points, pareto_front, rate_tax  # noqa: E402
 
 
 def _cpu_name() -> str:
@@ -63,7 +63,7 @@ def run(m: int, width: int, k: int, coefficients: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path("evals/theory/bench_frontier.json"))
+    ap.add_argument("--out", type=Path, default=Path("experiments/theory/bench_frontier.json"))
     ap.add_argument("--m", type=int, default=5)
     ap.add_argument("--width", type=int, default=5)
     ap.add_argument("--coefficients", nargs="+", default=["binary"], choices=["binary", "nnls", "lstsq"])
@@ -72,30 +72,49 @@ def main() -> None:
     torch.set_num_threads(1)
     m, width = (4, 4) if args.quick else (args.m, args.width)
     rows = []
-    print(f"{'m':>2} {'width':>5} {'K':>2} {'coef':>7} {'codes':>8} {'sets':>5} {'pareto':>6} {'enum s':>7} {'total s':>7}")
+    print(
+        f"{'m':>2} {'width':>5} {'K':>2} {'coef':>7} {'codes':>8} {'sets':>5} {'pareto':>6} {'enum s':>7} {'total s':>7}"
+    )
     for coef in args.coefficients:
         t_sum = 0.0
         for k in range(1, width + 1):
             r = run(m, width, k, coef)
             rows.append(r)
             t_sum += r["seconds_total"]
-            print(f"{m:2d} {width:5d} {k:2d} {coef:>7} {r['codes']:8d} {r['active_sets']:5d} {r['pareto']:6d} {r['seconds_enumerate']:7.2f} {r['seconds_total']:7.2f}")
+            print(
+                f"{m:2d} {width:5d} {k:2d} {coef:>7} {r['codes']:8d} {r['active_sets']:5d} {r['pareto']:6d} {r['seconds_enumerate']:7.2f} {r['seconds_total']:7.2f}"
+            )
         print(f"   every K ({coef}): {t_sum:.1f} s")
     # growth with m at a fixed width (K = width: the most subsets per code)
     growth = []
     gw = min(width, 4)
     for mm in (3, 4, 5):
         growth.append(run(mm, gw, gw, "binary"))
-    print(f"growth with m at width {gw}, K={gw}: " + ", ".join(f"m={g['m']}: {g['codes']} codes {g['seconds_total']:.2f} s" for g in growth))
-    per_k_total = {c: round(sum(r["seconds_total"] for r in rows if r["coefficients"] == c), 2) for c in args.coefficients}
+    print(
+        f"growth with m at width {gw}, K={gw}: "
+        + ", ".join(f"m={g['m']}: {g['codes']} codes {g['seconds_total']:.2f} s" for g in growth)
+    )
+    per_k_total = {
+        c: round(sum(r["seconds_total"] for r in rows if r["coefficients"] == c), 2) for c in args.coefficients
+    }
     cost = {
-        str(mm): {"codes": math.comb(2**mm - 1, width), "active_sets": 2**mm, "codes_x_sets": math.comb(2**mm - 1, width) * 2**mm}
+        str(mm): {
+            "codes": math.comb(2**mm - 1, width),
+            "active_sets": 2**mm,
+            "codes_x_sets": math.comb(2**mm - 1, width) * 2**mm,
+        }
         for mm in range(3, 8)
     }
     res = {
         "description": f"exhaustive exact frontier, m={m}, width {width}, every K, one CPU core (torch.set_num_threads(1), BLAS 1 thread)",
-        "machine": {"cpu": _cpu_name(), "arch": platform.machine(), "python": platform.python_version(), "torch": torch.__version__,
-                    "load_average_1min_at_end": os.getloadavg()[0], "cpu_count": os.cpu_count()},
+        "machine": {
+            "cpu": _cpu_name(),
+            "arch": platform.machine(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "load_average_1min_at_end": os.getloadavg()[0],
+            "cpu_count": os.cpu_count(),
+        },
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "rows": rows,
         "seconds_every_k": per_k_total,

@@ -4,7 +4,7 @@
   below: the top k of each of 2..64 column blocks, then the top k of the survivors). Measured on an H100
   (2026-11-23, benchmarks/training_speed/run8): slower than one torch.topk in every case, so the fast
   step keeps torch.topk; the comparison stays here;
-* :func:`sae_rdp_plugin.fast_kernels.hot_rows` with ``unique=False`` (sort-based accumulate) vs ``True``
+* :func:`sae_rdp_plugin.fast.kernels.hot_rows` with ``unique=False`` (sort-based accumulate) vs ``True``
   (plain scatter) on TopK codes of random pre-activations.
 
 Median of CUDA-event timings after warm-up. Prints a table, writes ``$OUT/topk_hot.json``.
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_row_topk import _time_ms  # noqa: E402  (one CUDA-event timer for both micro-benchmarks)
 
-from sae_rdp_plugin import fast_kernels as fk  # noqa: E402
+from sae_rdp_plugin.fast import kernels as fk  # noqa: E402
 
 
 def chunked_topk(x: torch.Tensor, k: int, chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,9 +54,13 @@ def main(argv=None) -> int:
         raise SystemExit("error: bench_topk_hot.py needs a CUDA GPU")
     dev = torch.device("cuda")
     res = {
-        "env": {"date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-                "device": torch.cuda.get_device_name(dev), "torch": torch.__version__},
-        "topk": [], "hot_rows": [],
+        "env": {
+            "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            "device": torch.cuda.get_device_name(dev),
+            "torch": torch.__version__,
+        },
+        "topk": [],
+        "hot_rows": [],
     }
     B = args.batch
     lines = []
@@ -75,8 +79,10 @@ def main(argv=None) -> int:
                 row[f"chunks{c}_ms"] = _time_ms(lambda: chunked_topk(x, k, c), args.iters, args.warmup)
             res["topk"].append(row)
             best = min((v, kk) for kk, v in row.items() if kk.startswith("chunks"))
-            lines.append(f"topk  {n:>6} k{k:<3} {row['dtype']:<8} torch {base:6.3f} ms  best {best[1]} {best[0]:6.3f} ms  "
-                         f"({base / best[0]:.2f}x)")
+            lines.append(
+                f"topk  {n:>6} k{k:<3} {row['dtype']:<8} torch {base:6.3f} ms  best {best[1]} {best[0]:6.3f} ms  "
+                f"({base / best[0]:.2f}x)"
+            )
             del x
         # hot rows on TopK codes (bf16 sources, as in the bf16 step)
         torch.manual_seed(1)
@@ -92,12 +98,16 @@ def main(argv=None) -> int:
         outs = {}
         for unique in (False, True):
             outs[unique] = fk.hot_rows(crow, idx, rows, coefs, S, unique=unique)
-            hr[f"unique_{unique}_ms"] = _time_ms(lambda: fk.hot_rows(crow, idx, rows, coefs, S, unique=unique), args.iters, args.warmup)
+            hr[f"unique_{unique}_ms"] = _time_ms(
+                lambda: fk.hot_rows(crow, idx, rows, coefs, S, unique=unique), args.iters, args.warmup
+            )
         assert torch.equal(outs[False][0], outs[True][0])
         hr["max_abs_diff"] = max(float((a - b).abs().max()) for a, b in zip(outs[False][1], outs[True][1]))
         res["hot_rows"].append(hr)
-        lines.append(f"hot   {n:>6} k{k:<3} accumulate {hr['unique_False_ms']:6.3f} ms  scatter {hr['unique_True_ms']:6.3f} ms  "
-                     f"busy={hr['busy_latents_over_64']}  maxdiff={hr['max_abs_diff']:.2e}")
+        lines.append(
+            f"hot   {n:>6} k{k:<3} accumulate {hr['unique_False_ms']:6.3f} ms  scatter {hr['unique_True_ms']:6.3f} ms  "
+            f"busy={hr['busy_latents_over_64']}  maxdiff={hr['max_abs_diff']:.2e}"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "topk_hot.json.tmp"

@@ -1,7 +1,7 @@
 """Training-step speed of TopK-family SAEs, every implementation side by side on the same random
 activations: SAELens's trainer step (stock topk/batchtopk and our weighted_* architectures), EleutherAI
 sparsify (as shipped: bf16 autocast, Triton sparse decoder, torch Adam), a plain PyTorch TopK SAE (dense
-decoder, fused Adam) and our fast path (sae_rdp_plugin.fast_topk). One full training step each
+decoder, fused Adam) and our fast path (sae_rdp_plugin.fast.step). One full training step each
 (forward, backward, optimizer), batch 4096 tokens, fp32 and bf16 autocast.
 
 Reports the median step time (CUDA events after warm-up), tokens/s, fraction of the matmul roofline
@@ -16,7 +16,6 @@ initialised model of Gemma-3-270M's configuration -> residual activations -> SAE
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as _dt
 import gc
 import json
@@ -34,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sae_rdp_plugin  # noqa: E402,F401  (registers weighted_*)
-from sae_rdp_plugin.fast_topk import FastTopKTrainer  # noqa: E402
+from sae_rdp_plugin.fast.step import FastTopKTrainer  # noqa: E402
 
 RESULTS: dict = {}
 
@@ -98,7 +97,7 @@ def _saelens_sae(arch: str, d_in, d_sae, k, dev, gamma):
     from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
-    from sae_rdp_plugin.wsae import (
+    from sae_rdp_plugin.wsae.architectures import (
         WeightedBatchTopKTrainingSAE,
         WeightedBatchTopKTrainingSAEConfig,
         WeightedTopKTrainingSAE,
@@ -128,12 +127,16 @@ def build_saelens(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, fas
     sae = _saelens_sae(arch, d_in, d_sae, k, dev, gamma)
     B = xs[0].shape[0]
     cfg = SAETrainerConfig(
-        total_training_samples=B * 10**6, train_batch_size_samples=B, lr=3e-4, lr_end=3e-4,
-        device=str(dev), autocast=bf16,
+        total_training_samples=B * 10**6,
+        train_batch_size_samples=B,
+        lr=3e-4,
+        lr_end=3e-4,
+        device=str(dev),
+        autocast=bf16,
     )
     tr = SAETrainer(cfg, sae, iter(()))
     if fast:  # what `sae-rdp train` runs: SAELens's trainer with the fast step installed
-        from sae_rdp_plugin.fast_topk import install_fast_step
+        from sae_rdp_plugin.fast.step import install_fast_step
 
         if install_fast_step(tr, kernels=kernels, **fast_cfg) is None:
             raise RuntimeError("install_fast_step declined")
@@ -154,9 +157,34 @@ def build_saelens(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, fas
     return step, {"sae": sae, "trainer": tr}
 
 
-def build_fast(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, graph=False, impl="csr", dec_bf16=False, aux_impl="auto", kernels="auto", **fast_cfg):
+def build_fast(
+    arch,
+    d_in,
+    d_sae,
+    k,
+    bf16,
+    dev,
+    xs,
+    gamma,
+    dead_frac=0.0,
+    graph=False,
+    impl="csr",
+    dec_bf16=False,
+    aux_impl="auto",
+    kernels="auto",
+    **fast_cfg,
+):
     sae = _saelens_sae(arch, d_in, d_sae, k, dev, gamma)
-    tr = FastTopKTrainer.from_training_sae(sae, lr=3e-4, bf16=bf16, weight_grad_impl=impl, decoder_bf16=dec_bf16, aux_impl=aux_impl, kernels=kernels, **fast_cfg)
+    tr = FastTopKTrainer.from_training_sae(
+        sae,
+        lr=3e-4,
+        bf16=bf16,
+        weight_grad_impl=impl,
+        decoder_bf16=dec_bf16,
+        aux_impl=aux_impl,
+        kernels=kernels,
+        **fast_cfg,
+    )
     del sae
     if dead_frac > 0:
         tr.n_training_steps = 10**9  # past the dead-feature window: the aux path runs
@@ -167,11 +195,13 @@ def build_fast(arch, d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.0, graph=
             tr.n_forward_passes_since_fired[: int(dead_frac * d_sae)] = 1e9
 
     if not graph:
+
         def step():
             x = xs[it[0] % len(xs)]
             it[0] += 1
             mark_dead()
             tr.step(x)
+
         return step, {"trainer": tr}
 
     # CUDA graph of the whole step (TopK, no host sync inside): static input buffer, replayed
@@ -262,7 +292,9 @@ def check_fast_vs_saelens(arch, d_in, d_sae, k, dev, xs, gamma) -> dict:
             TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False)
         )
     out_bf.loss.backward()
-    for name, g, r in zip(["W_enc", "b_enc", "W_dec", "b_dec"], [sae.W_enc.grad.t(), sae.b_enc.grad, sae.W_dec.grad, sae.b_dec.grad], ref):
+    for name, g, r in zip(
+        ["W_enc", "b_enc", "W_dec", "b_dec"], [sae.W_enc.grad.t(), sae.b_enc.grad, sae.W_dec.grad, sae.b_dec.grad], ref
+    ):
         res[f"rel_err_grad_{name}_saelens_autocast_bf16"] = float((g - r).norm() / r.norm().clamp_min(1e-30))
     sae.zero_grad()
     for bf16 in (False, True):
@@ -311,9 +343,17 @@ def gemma3_270m_config():
     from transformers import Gemma3TextConfig
 
     return Gemma3TextConfig(
-        vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
-        num_attention_heads=4, num_key_value_heads=1, head_dim=256, sliding_window=512,
-        max_position_embeddings=32768, query_pre_attn_scalar=256, rms_norm_eps=1e-6,
+        vocab_size=262144,
+        hidden_size=640,
+        intermediate_size=2048,
+        num_hidden_layers=18,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,
+        sliding_window=512,
+        max_position_embeddings=32768,
+        query_pre_attn_scalar=256,
+        rms_norm_eps=1e-6,
         hidden_activation="gelu_pytorch_tanh",
         layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(18)],
     )
@@ -345,13 +385,19 @@ def bench_pipeline(dev, quick, warmup, iters, hook_layer=6) -> dict:
                 out = base(input_ids=t, output_hidden_states=False, use_cache=False).last_hidden_state
                 base.layers = full_layers
             return out
+
         return f
 
     # last_hidden_state of a truncated model has the final norm applied; the residual itself is what
     # SAELens hooks, but the cost difference (one RMSNorm) is negligible: we time, not train on, it.
-    res = {"model": "Gemma-3-270M architecture, random init (no weights travel to the GPU machine)",
-           "n_params": n_params, "dtype": "bfloat16", "tokens_per_batch": n_seq * ctx,
-           "hook_layer": hook_layer, "context": ctx}
+    res = {
+        "model": "Gemma-3-270M architecture, random init (no weights travel to the GPU machine)",
+        "n_params": n_params,
+        "dtype": "bfloat16",
+        "tokens_per_batch": n_seq * ctx,
+        "hook_layer": hook_layer,
+        "context": ctx,
+    }
     res["model_forward_to_layer_ms"] = time_fn(acts_fn(True), dev, warmup, iters)["median_ms"]
     res["model_forward_full_ms"] = time_fn(acts_fn(False), dev, warmup, iters)["median_ms"]
     d_in = cfg.hidden_size
@@ -359,7 +405,10 @@ def bench_pipeline(dev, quick, warmup, iters, hook_layer=6) -> dict:
     gamma = _gamma(d_in, dev)
     xs0 = [acts_fn(True)().reshape(-1, d_in).float() for _ in range(2)]
     for name, builder in (
-        ("fast_weighted_topk", lambda: build_saelens("weighted_topk", d_in, d_sae, k, True, dev, xs0, gamma, fast=True)),
+        (
+            "fast_weighted_topk",
+            lambda: build_saelens("weighted_topk", d_in, d_sae, k, True, dev, xs0, gamma, fast=True),
+        ),
         ("saelens_weighted_topk", lambda: build_saelens("weighted_topk", d_in, d_sae, k, True, dev, xs0, gamma)),
     ):
         try:
@@ -404,11 +453,19 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-pipeline", action="store_true")
     ap.add_argument("--only", nargs="*", default=None, help="implementation names to run")
     ap.add_argument("--precisions", nargs="*", default=["bf16", "fp32"])
-    ap.add_argument("--acts", default=None, help="safetensors file with real activations ('x': [n, d_in], n >= batch): adds the config (d_in, 16384, k32) on them (cfg key suffix _acts)")
-    ap.add_argument("--blocks-json", default=None, help="tune_fast_kernels.py JSON: use its best Triton block sizes (at the largest config)")
+    ap.add_argument(
+        "--acts",
+        default=None,
+        help="safetensors file with real activations ('x': [n, d_in], n >= batch): adds the config (d_in, 16384, k32) on them (cfg key suffix _acts)",
+    )
+    ap.add_argument(
+        "--blocks-json",
+        default=None,
+        help="tune_fast_kernels.py JSON: use its best Triton block sizes (at the largest config)",
+    )
     args = ap.parse_args(argv)
     if args.blocks_json:
-        from sae_rdp_plugin import fast_kernels as fk
+        from sae_rdp_plugin.fast import kernels as fk
 
         best = json.loads(Path(args.blocks_json).read_text())["best"]
         big = max({k.split("/")[0] for k in best}, key=lambda c: int(c.split("x")[0]))
@@ -435,13 +492,16 @@ def main(argv=None) -> int:
 
         acts = load_file(args.acts)["x"].float()
         if acts.ndim != 2 or acts.shape[0] < args.batch or not torch.isfinite(acts).all():
-            raise SystemExit(f"error: --acts {args.acts}: need finite [n >= {args.batch}, d_in] activations, got {tuple(acts.shape)}")
+            raise SystemExit(
+                f"error: --acts {args.acts}: need finite [n >= {args.batch}, d_in] activations, got {tuple(acts.shape)}"
+            )
     if acts is not None:
         configs.append((acts.shape[1], 256 if args.quick else 16384, 8 if args.quick else 32, args.acts))
     env = {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "python": platform.python_version(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
     }
     for mod in ("sae_lens", "sparsify", "triton", "transformers"):
         try:
@@ -454,8 +514,10 @@ def main(argv=None) -> int:
     ceil = measure_ceilings(dev, args.quick)
     RESULTS["ceilings"] = ceil
     print(json.dumps(ceil), flush=True)
-    gemm_rate = {"bf16": ceil.get("gemm_bf16_8192_tflops", ceil.get("gemm_bf16_1024_tflops")),
-                 "fp32": ceil.get("gemm_fp32_8192_tflops", ceil.get("gemm_bf16_1024_tflops"))}
+    gemm_rate = {
+        "bf16": ceil.get("gemm_bf16_8192_tflops", ceil.get("gemm_bf16_1024_tflops")),
+        "fp32": ceil.get("gemm_fp32_8192_tflops", ceil.get("gemm_bf16_1024_tflops")),
+    }
     bw = ceil["copy_GBps_read_plus_write"]
     rows = []
     RESULTS["rows"] = rows
@@ -488,43 +550,157 @@ def main(argv=None) -> int:
             bf16 = prec == "bf16"
             impls = [
                 ("saelens_topk", "dense", lambda: build_saelens("topk", d_in, d_sae, k, bf16, dev, xs, gamma)),
-                ("saelens_weighted_topk", "dense", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma)),
-                ("saelens_batchtopk", "dense", lambda: build_saelens("batchtopk", d_in, d_sae, k, bf16, dev, xs, gamma)),
-                ("saelens_weighted_batchtopk", "dense", lambda: build_saelens("weighted_batchtopk", d_in, d_sae, k, bf16, dev, xs, gamma)),
+                (
+                    "saelens_weighted_topk",
+                    "dense",
+                    lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma),
+                ),
+                (
+                    "saelens_batchtopk",
+                    "dense",
+                    lambda: build_saelens("batchtopk", d_in, d_sae, k, bf16, dev, xs, gamma),
+                ),
+                (
+                    "saelens_weighted_batchtopk",
+                    "dense",
+                    lambda: build_saelens("weighted_batchtopk", d_in, d_sae, k, bf16, dev, xs, gamma),
+                ),
                 ("sparsify", "sparse", lambda: build_sparsify(d_in, d_sae, k, bf16, dev, xs)),
                 ("plain_torch_topk", "dense", lambda: build_plain(d_in, d_sae, k, bf16, dev, xs)),
                 ("fast_topk", "sparse", lambda: build_fast("topk", d_in, d_sae, k, bf16, dev, xs, gamma)),
-                ("fast_weighted_topk", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma)),
-                ("fast_weighted_batchtopk", "sparse", lambda: build_fast("weighted_batchtopk", d_in, d_sae, k, bf16, dev, xs, gamma)),
-                ("fast_weighted_topk[torch]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, kernels="torch")),
+                (
+                    "fast_weighted_topk",
+                    "sparse",
+                    lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma),
+                ),
+                (
+                    "fast_weighted_batchtopk",
+                    "sparse",
+                    lambda: build_fast("weighted_batchtopk", d_in, d_sae, k, bf16, dev, xs, gamma),
+                ),
+                (
+                    "fast_weighted_topk[torch]",
+                    "sparse",
+                    lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, kernels="torch"),
+                ),
                 # cuda_graph: on by default in runs 6-7 and from run 9 on, off in run 8 ([graph] rows switch it on)
-                ("fast_weighted_topk[graph]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, cuda_graph=True)),
-                ("fast_weighted_topk[SAETrainer,graph]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, cuda_graph=True)),
+                (
+                    "fast_weighted_topk[graph]",
+                    "sparse",
+                    lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, cuda_graph=True),
+                ),
+                (
+                    "fast_weighted_topk[SAETrainer,graph]",
+                    "sparse",
+                    lambda: build_saelens(
+                        "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, cuda_graph=True
+                    ),
+                ),
                 # run 8 (this script at commit 8e090ae) also had [chunks1] rows: one torch.topk instead of a
                 # two-stage TopK, which was the default there (measured slower, removed; scripts/bench_topk_hot.py)
-                ("fast_weighted_topk[nograph]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, cuda_graph=False)),
-                ("fast_weighted_topk[SAETrainer,nograph]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, cuda_graph=False)),
-                ("fast_weighted_topk[torch_topk]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, row_topk=False)),
-                ("fast_weighted_topk[SAETrainer,torch_topk]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, row_topk=False)),
-                ("fast_weighted_topk[hot256]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, hot_rows=256, hot_min_count=64)),
-                ("fast_weighted_topk[SAETrainer,hot256]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, hot_rows=256, hot_min_count=64)),
-                ("fast_weighted_topk[SAETrainer,torch]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, kernels="torch")),
-                ("fast_weighted_topk[embedding_bag]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, impl="embedding_bag", kernels="torch")),
-                ("fast_weighted_topk[SAETrainer]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True)),
-                ("fast_weighted_batchtopk[SAETrainer]", "sparse", lambda: build_saelens("weighted_batchtopk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True)),
+                (
+                    "fast_weighted_topk[nograph]",
+                    "sparse",
+                    lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, cuda_graph=False),
+                ),
+                (
+                    "fast_weighted_topk[SAETrainer,nograph]",
+                    "sparse",
+                    lambda: build_saelens(
+                        "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, cuda_graph=False
+                    ),
+                ),
+                (
+                    "fast_weighted_topk[torch_topk]",
+                    "sparse",
+                    lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, row_topk=False),
+                ),
+                (
+                    "fast_weighted_topk[SAETrainer,torch_topk]",
+                    "sparse",
+                    lambda: build_saelens(
+                        "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, row_topk=False
+                    ),
+                ),
+                (
+                    "fast_weighted_topk[hot256]",
+                    "sparse",
+                    lambda: build_fast(
+                        "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, hot_rows=256, hot_min_count=64
+                    ),
+                ),
+                (
+                    "fast_weighted_topk[SAETrainer,hot256]",
+                    "sparse",
+                    lambda: build_saelens(
+                        "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, hot_rows=256, hot_min_count=64
+                    ),
+                ),
+                (
+                    "fast_weighted_topk[SAETrainer,torch]",
+                    "sparse",
+                    lambda: build_saelens(
+                        "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, kernels="torch"
+                    ),
+                ),
+                (
+                    "fast_weighted_topk[embedding_bag]",
+                    "sparse",
+                    lambda: build_fast(
+                        "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, impl="embedding_bag", kernels="torch"
+                    ),
+                ),
+                (
+                    "fast_weighted_topk[SAETrainer]",
+                    "sparse",
+                    lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True),
+                ),
+                (
+                    "fast_weighted_batchtopk[SAETrainer]",
+                    "sparse",
+                    lambda: build_saelens("weighted_batchtopk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True),
+                ),
             ]
             # half the latents dead: the aux loss runs (fast: default aux_impl="auto", and each forced)
             impls += [
-                ("saelens_weighted_topk+aux", "dense", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5)),
-                ("fast_weighted_topk+aux", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5)),
-                ("fast_weighted_topk+aux[dense]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5, aux_impl="dense")),
-                ("fast_weighted_topk+aux[sparse]", "sparse", lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5, aux_impl="sparse")),
-                ("fast_weighted_topk+aux[SAETrainer]", "sparse", lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5, fast=True)),
+                (
+                    "saelens_weighted_topk+aux",
+                    "dense",
+                    lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5),
+                ),
+                (
+                    "fast_weighted_topk+aux",
+                    "sparse",
+                    lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5),
+                ),
+                (
+                    "fast_weighted_topk+aux[dense]",
+                    "sparse",
+                    lambda: build_fast(
+                        "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5, aux_impl="dense"
+                    ),
+                ),
+                (
+                    "fast_weighted_topk+aux[sparse]",
+                    "sparse",
+                    lambda: build_fast(
+                        "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5, aux_impl="sparse"
+                    ),
+                ),
+                (
+                    "fast_weighted_topk+aux[SAETrainer]",
+                    "sparse",
+                    lambda: build_saelens(
+                        "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5, fast=True
+                    ),
+                ),
             ]
             for name, kind, builder in impls:
                 if args.only and name not in args.only:
                     continue
-                run_one(rows, name, kind, builder, cfg_key, d_in, d_sae, k, B, prec, dev, args, gemm_rate, dense_f, sparse_f)
+                run_one(
+                    rows, name, kind, builder, cfg_key, d_in, d_sae, k, B, prec, dev, args, gemm_rate, dense_f, sparse_f
+                )
                 save()
         del xs
         gc.collect()
@@ -537,7 +713,15 @@ def run_one(rows, name, kind, builder, cfg_key, d_in, d_sae, k, B, prec, dev, ar
     if True:
         if True:
             if True:
-                row = {"config": cfg_key, "d_in": d_in, "d_sae": d_sae, "k": k, "batch": B, "precision": prec, "impl": name}
+                row = {
+                    "config": cfg_key,
+                    "d_in": d_in,
+                    "d_sae": d_sae,
+                    "k": k,
+                    "batch": B,
+                    "precision": prec,
+                    "impl": name,
+                }
                 try:
                     step_fn, keep = builder()
                     t = time_fn(step_fn, dev, args.warmup, args.iters)
@@ -591,8 +775,19 @@ def finish(rows, args, dev, bw, gemm_rate, configs, save):
 def add_ratios(rows):
     """Ratios to SAELens topk (same config and precision), to sparsify bf16, and to the sparse floor."""
     for r in rows:
-        base = [b for b in rows if b["config"] == r["config"] and b["precision"] == r["precision"] and b["impl"] == "saelens_topk" and "median_ms" in b]
-        sp = [b for b in rows if b["config"] == r["config"] and b["precision"] == "bf16" and b["impl"] == "sparsify" and "median_ms" in b]
+        base = [
+            b
+            for b in rows
+            if b["config"] == r["config"]
+            and b["precision"] == r["precision"]
+            and b["impl"] == "saelens_topk"
+            and "median_ms" in b
+        ]
+        sp = [
+            b
+            for b in rows
+            if b["config"] == r["config"] and b["precision"] == "bf16" and b["impl"] == "sparsify" and "median_ms" in b
+        ]
         if base and "median_ms" in r:
             r["speedup_vs_saelens_topk"] = base[0]["median_ms"] / r["median_ms"]
         if sp and "median_ms" in r:
@@ -612,9 +807,23 @@ def graph_section(rows, args, dev, gemm_rate, configs, save):
             xs = [torch.randn(B, d_in, device=dev) * scale for _ in range(4)]
             gamma = _gamma(d_in, dev)
             dense_f, sparse_f, _ = flops(B, d_in, d_sae, k)
-            run_one(rows, "fast_weighted_topk+cudagraph", "sparse",
-                    lambda: build_fast("weighted_topk", d_in, d_sae, k, True, dev, xs, gamma, graph=True),
-                    f"{d_in}x{d_sae}_k{k}", d_in, d_sae, k, B, "bf16", dev, args, gemm_rate, dense_f, sparse_f)
+            run_one(
+                rows,
+                "fast_weighted_topk+cudagraph",
+                "sparse",
+                lambda: build_fast("weighted_topk", d_in, d_sae, k, True, dev, xs, gamma, graph=True),
+                f"{d_in}x{d_sae}_k{k}",
+                d_in,
+                d_sae,
+                k,
+                B,
+                "bf16",
+                dev,
+                args,
+                gemm_rate,
+                dense_f,
+                sparse_f,
+            )
             save()
         add_ratios(rows)
         save()
@@ -625,17 +834,25 @@ def graph_section(rows, args, dev, gemm_rate, configs, save):
 def markdown() -> str:
     """The results as a markdown table (written next to the JSON)."""
     env = RESULTS["env"]
-    L = [f"# Training step speed: {env['device']}, {env['date_utc']} UTC", "",
-         f"torch {env['torch']}, sae_lens {env.get('sae_lens')}, sparsify {env.get('sparsify')}, triton {env.get('triton')}. "
-         "One full training step (forward, backward, optimizer) on a batch of random activations; median of "
-         "CUDA-event times after warm-up. Roofline = counted FLOPs (dense: 6 matmuls of 2*B*d_in*d_sae; sparse: "
-         "the dense encoder matmul + 4 sparse products of 2*B*k*d_in) at the bf16 (fp32 for fp32 rows) GEMM rate measured "
-         "in the same run, over the step time. xFloor = step time / (sparse bf16 arithmetic + fp32 Adam traffic at the measured copy bandwidth).", "",
-         f"Ceilings measured: {', '.join(f'{k} = {v:.0f}' for k, v in RESULTS['ceilings'].items())}", ""]
+    L = [
+        f"# Training step speed: {env['device']}, {env['date_utc']} UTC",
+        "",
+        f"torch {env['torch']}, sae_lens {env.get('sae_lens')}, sparsify {env.get('sparsify')}, triton {env.get('triton')}. "
+        "One full training step (forward, backward, optimizer) on a batch of random activations; median of "
+        "CUDA-event times after warm-up. Roofline = counted FLOPs (dense: 6 matmuls of 2*B*d_in*d_sae; sparse: "
+        "the dense encoder matmul + 4 sparse products of 2*B*k*d_in) at the bf16 (fp32 for fp32 rows) GEMM rate measured "
+        "in the same run, over the step time. xFloor = step time / (sparse bf16 arithmetic + fp32 Adam traffic at the measured copy bandwidth).",
+        "",
+        f"Ceilings measured: {', '.join(f'{k} = {v:.0f}' for k, v in RESULTS['ceilings'].items())}",
+        "",
+    ]
     for c, f in RESULTS.get("floors", {}).items():
         L.append(f"Floors {c}: " + ", ".join(f"{k} {v:.2f}" for k, v in f.items()))
-    L += ["", "| config | precision | implementation | step ms | tokens/s | roofline | x SAELens topk | x sparsify (bf16) | x sparse floor |",
-          "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    L += [
+        "",
+        "| config | precision | implementation | step ms | tokens/s | roofline | x SAELens topk | x sparsify (bf16) | x sparse floor |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in RESULTS["rows"]:
         if "median_ms" not in r:
             L.append(f"| {r['config']} | {r['precision']} | {r['impl']} | error: {r.get('error', '')[:80]} | | | | | |")
@@ -656,8 +873,12 @@ def print_table():
     env = RESULTS["env"]
     print(f"\n# Training step speed, {env['device']}, {env['date_utc']} UTC, torch {env['torch']}")
     print(f"ceilings: {json.dumps({k: round(v, 1) for k, v in RESULTS['ceilings'].items()})}")
-    print(f"floors: {json.dumps({c: {k: round(v, 2) for k, v in f.items()} for c, f in RESULTS.get('floors', {}).items()})}")
-    hdr = f"{'config':<18}{'prec':<6}{'impl':<32}{'ms':>9}{'Mtok/s':>9}{'roofl':>7}{'xSAEL':>7}{'xSpars':>7}{'xFloor':>8}"
+    print(
+        f"floors: {json.dumps({c: {k: round(v, 2) for k, v in f.items()} for c, f in RESULTS.get('floors', {}).items()})}"
+    )
+    hdr = (
+        f"{'config':<18}{'prec':<6}{'impl':<32}{'ms':>9}{'Mtok/s':>9}{'roofl':>7}{'xSAEL':>7}{'xSpars':>7}{'xFloor':>8}"
+    )
     print(hdr)
     for r in RESULTS["rows"]:
         if "median_ms" not in r:
@@ -669,7 +890,10 @@ def print_table():
             f"{r.get('speedup_vs_sparsify_bf16', float('nan')):>7.2f}{r.get('x_sparse_floor', float('nan')):>8.2f}"
         )
     if "pipeline" in RESULTS:
-        print("pipeline:", json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in RESULTS["pipeline"].items()}))
+        print(
+            "pipeline:",
+            json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in RESULTS["pipeline"].items()}),
+        )
 
 
 if __name__ == "__main__":

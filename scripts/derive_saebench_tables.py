@@ -1,9 +1,9 @@
-"""Derive the small SAEBench tables shipped in sae_rdp_plugin/data/saebench/ from the raw public files.
+"""Derive the small SAEBench tables shipped in sae_rdp_plugin/audit/data/saebench/ from the raw public files.
 
-Reads /work/shared/data/saebench (or --src) with sae_rdp_plugin.readers, keeps the final SAEs (no training
+Reads /work/shared/data/saebench (or --src) with sae_rdp_plugin.audit.readers, keeps the final SAEs (no training
 checkpoints) and only the fields the audit uses, and writes CSVs + PROVENANCE.md.
 
-    python scripts/derive_saebench_tables.py [--src DIR] [--out sae_rdp_plugin/data/saebench]
+    python scripts/derive_saebench_tables.py [--src DIR] [--out sae_rdp_plugin/audit/data/saebench]
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sae_rdp_plugin.audit.readers import read_results
 from sae_rdp_plugin.io import atomic_write_text
-from sae_rdp_plugin.readers import read_results
 
 CORE_FIELDS = [
     "core.sparsity.l0",
@@ -43,7 +43,7 @@ RUNS = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--src", type=Path, default=Path("/work/shared/data/saebench"))
-    ap.add_argument("--out", type=Path, default=Path("sae_rdp_plugin/data/saebench"))
+    ap.add_argument("--out", type=Path, default=Path("sae_rdp_plugin/audit/data/saebench"))
     a = ap.parse_args()
     core = read_results(a.src / "SAE_Bench_Template_sae_bench_data_2024-09", include_checkpoints=False, warn=False)
     core.to_csv(a.out / "core_2024-09_final.csv", CORE_FIELDS)

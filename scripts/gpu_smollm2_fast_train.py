@@ -49,11 +49,43 @@ def _write_json(path: Path, obj: dict) -> None:
 def train(args: argparse.Namespace, name: str, out: Path) -> dict:
     env_extra, flags = VARIANTS[name]
     cmd = [
-        sys.executable, "-m", "sae_rdp_plugin", "train", "--model", "smollm2-135m", "--gguf", args.gguf,
-        "--n-layers", str(args.n_layers), "--hook", args.hook, "--dataset", str(Path(args.work) / "train_dataset"),
-        "--architecture", "weighted_topk", "--d-sae", str(args.d_sae), "--k", str(args.k), "--alpha", str(args.alpha),
-        "--tokens", str(args.tokens), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-        "--context-size", "128", "--device", args.device, "--seed", "0", "--out", str(Path(args.work) / name), *flags,
+        sys.executable,
+        "-m",
+        "sae_rdp_plugin",
+        "train",
+        "--model",
+        "smollm2-135m",
+        "--gguf",
+        args.gguf,
+        "--n-layers",
+        str(args.n_layers),
+        "--hook",
+        args.hook,
+        "--dataset",
+        str(Path(args.work) / "train_dataset"),
+        "--architecture",
+        "weighted_topk",
+        "--d-sae",
+        str(args.d_sae),
+        "--k",
+        str(args.k),
+        "--alpha",
+        str(args.alpha),
+        "--tokens",
+        str(args.tokens),
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        str(args.lr),
+        "--context-size",
+        "128",
+        "--device",
+        args.device,
+        "--seed",
+        "0",
+        "--out",
+        str(Path(args.work) / name),
+        *flags,
     ]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, env={**os.environ, **env_extra}, capture_output=True, text=True)
@@ -70,7 +102,7 @@ def evaluate(args: argparse.Namespace, out: Path, names: list[str]) -> dict:
     import torch
     from sae_lens import SAE
 
-    from sae_rdp_plugin.models import load_model
+    from sae_rdp_plugin.lm.models import load_model
 
     model = load_model("smollm2-135m", path=args.gguf, device=args.device, n_layers=args.n_layers)
     with np.load(Path(args.corpus) / "tokens.npz") as z:
@@ -79,7 +111,9 @@ def evaluate(args: argparse.Namespace, out: Path, names: list[str]) -> dict:
     acts = []
     with torch.no_grad():
         for i in range(0, len(held), 32):
-            _, cache = model.run_with_cache(held[i : i + 32].to(args.device), names_filter=args.hook, stop_at_layer=args.n_layers)
+            _, cache = model.run_with_cache(
+                held[i : i + 32].to(args.device), names_filter=args.hook, stop_at_layer=args.n_layers
+            )
             acts.append(cache[args.hook][:, 1:].reshape(-1, model.cfg.d_model).float())
     x = torch.cat(acts)
     var = (x - x.mean(0)).square().sum()
@@ -96,7 +130,9 @@ def evaluate(args: argparse.Namespace, out: Path, names: list[str]) -> dict:
                 fired |= (f != 0).any(0)
         res[name] = {
             "loaded_with": f"sae_lens.SAE.load_from_disk -> {type(sae).__name__} ({sae.cfg.architecture()})",
-            "fvu": se / float(var), "mse": se / x.numel(), "l0": l0 / x.shape[0],
+            "fvu": se / float(var),
+            "mse": se / x.numel(),
+            "l0": l0 / x.shape[0],
             "dead_on_heldout": float((~fired).float().mean()),
         }
     return res
@@ -133,11 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     res = {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "torch": torch.__version__, "config": {k: v for k, v in vars(args).items() if k != "out"}, "runs": {},
+        "torch": torch.__version__,
+        "config": {k: v for k, v in vars(args).items() if k != "out"},
+        "runs": {},
     }
     work = Path(args.work)
     if not (work / "train_dataset").is_dir():
-        from sae_rdp_plugin.corpus import load_corpus
+        from sae_rdp_plugin.lm.corpus import load_corpus
 
         load_corpus(args.corpus)["train"].save_to_disk(str(work / "train_dataset"))
     for name in args.variants:
@@ -153,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         if r["returncode"]:
             print(f"{n:<8} FAILED: {r.get('error')}")
             continue
-        print(f"{n:<8} {r['wall_s']:7.1f} {args.tokens / r['wall_s']:11.0f} {e['fvu']:7.4f} {e['l0']:6.1f} {e['dead_on_heldout']:6.3f}")
+        print(
+            f"{n:<8} {r['wall_s']:7.1f} {args.tokens / r['wall_s']:11.0f} {e['fvu']:7.4f} {e['l0']:6.1f} {e['dead_on_heldout']:6.3f}"
+        )
     return 0 if len(ok) == len(args.variants) else 1
 
 

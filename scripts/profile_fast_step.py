@@ -1,6 +1,6 @@
 """Where the fast TopK step's GPU time goes: torch.profiler kernel table per configuration.
 
-Runs the fast step (sae_rdp_plugin.fast_topk) standalone and through SAELens's SAETrainer on random
+Runs the fast step (sae_rdp_plugin.fast.step) standalone and through SAELens's SAETrainer on random
 activations (batch 4096, bf16 autocast), profiles ``--steps`` steps after warm-up and prints / writes the
 CUDA kernels sorted by total device time (ms per step).
 
@@ -11,7 +11,6 @@ CUDA kernels sorted by total device time (ms per step).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,7 +25,8 @@ from sae_rdp_plugin.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 
 def profile(step, steps: int, dev: torch.device) -> list[dict]:
-    from torch.profiler import ProfilerActivity, profile as tprof
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprof
 
     for _ in range(5):
         step()
@@ -62,14 +62,21 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     configs = [(64, 512, 8)] if args.quick else [(640, 16384, 32), (2304, 65536, 64)]
     batch = 256 if args.quick else 4096
-    res: dict = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu", "torch": torch.__version__, "runs": {}}
+    res: dict = {
+        "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "runs": {},
+    }
     text = []
     for d_in, d_sae, k in configs:
         gamma = B._gamma(d_in, dev)
         xs = [torch.randn(batch, d_in, device=dev) * gamma.sqrt() for _ in range(4)]
         for name, build in (
             ("fast_weighted_topk", lambda: B.build_fast("weighted_topk", d_in, d_sae, k, True, dev, xs, gamma)),
-            ("fast_weighted_topk[SAETrainer]", lambda: B.build_saelens("weighted_topk", d_in, d_sae, k, True, dev, xs, gamma, fast=True)),
+            (
+                "fast_weighted_topk[SAETrainer]",
+                lambda: B.build_saelens("weighted_topk", d_in, d_sae, k, True, dev, xs, gamma, fast=True),
+            ),
         ):
             step, _extras = build()
             rows = profile(step, args.steps, dev)

@@ -1,4 +1,4 @@
-"""Block sizes of the fast step's Triton kernels (sae_rdp_plugin.fast_kernels), by coordinate search:
+"""Block sizes of the fast step's Triton kernels (sae_rdp_plugin.fast.kernels), by coordinate search:
 for each kernel group (decode, rowdot, fused sparse-gradient Adam) try a few (block, block, warps)
 settings with the others at their defaults, timing the whole bf16 fast weighted-TopK step (median of
 CUDA-event timings after warm-up) at (640, 16384, 32) and (2304, 65536, 64), batch 4096.
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_training_speed as B  # noqa: E402
 
-from sae_rdp_plugin import fast_kernels as fk  # noqa: E402
+from sae_rdp_plugin.fast import kernels as fk  # noqa: E402
 from sae_rdp_plugin.io import atomic_write_json  # noqa: E402
 
 GROUPS = {
@@ -30,7 +30,6 @@ GROUPS = {
     # SAELens's W_enc layout, timed through SAETrainer (what `sae-rdp train` runs)
     "ADAMT": [(64, 32, 4), (128, 32, 4), (32, 64, 4), (64, 64, 4), (128, 16, 4), (32, 32, 2), (16, 128, 4)],
 }
-
 
 
 def main(argv=None) -> int:
@@ -49,7 +48,8 @@ def main(argv=None) -> int:
     res = {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu (interpreter)",
-        "defaults": defaults, "rows": [],
+        "defaults": defaults,
+        "rows": [],
     }
     lines = []
     for d_in, d_sae, k in configs:
@@ -57,7 +57,9 @@ def main(argv=None) -> int:
         xs = [torch.randn(batch, d_in, device=dev) * gamma.sqrt() for _ in range(4)]
         step, keep = B.build_fast("weighted_topk", d_in, d_sae, k, True, dev, xs, gamma, kernels="triton")
         assert keep["trainer"].use_triton, "Triton kernels not in use"
-        step_t, keep_t = B.build_saelens("weighted_topk", d_in, d_sae, k, True, dev, xs, gamma, fast=True, kernels="triton")
+        step_t, keep_t = B.build_saelens(
+            "weighted_topk", d_in, d_sae, k, True, dev, xs, gamma, fast=True, kernels="triton"
+        )
         for g, cands in GROUPS.items():
             fn = step_t if g == "ADAMT" else step
             for cand in cands[: 2 if args.quick else None]:
@@ -69,7 +71,9 @@ def main(argv=None) -> int:
                     t, err = None, repr(e)[:200]
                 row = {"config": f"{d_in}x{d_sae}_k{k}", "group": g, "blocks": cand, "median_ms": t, "error": err}
                 res["rows"].append(row)
-                lines.append(f"{row['config']:>16} {g:>5} {str(cand):>14} {t if t is not None else float('nan'):8.3f} ms {err or ''}")
+                lines.append(
+                    f"{row['config']:>16} {g:>5} {str(cand):>14} {t if t is not None else float('nan'):8.3f} ms {err or ''}"
+                )
                 print(lines[-1], flush=True)
             fk.set_blocks(g, defaults[g])
         del step, keep, step_t, keep_t, xs

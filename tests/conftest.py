@@ -8,7 +8,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-if not torch.cuda.is_available():  # Triton kernels (sae_rdp_plugin.fast_kernels) run in its CPU interpreter
+if not torch.cuda.is_available():  # Triton kernels (sae_rdp_plugin.fast.kernels) run in its CPU interpreter
     import triton_interp
 
     triton_interp.enable()

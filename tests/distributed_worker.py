@@ -1,6 +1,6 @@
 """Run under ``torchrun --nproc_per_node 2`` (gloo, CPU) by tests/test_distributed_gloo.py.
 
-Trains a few tiny SAEs data-parallel with sae_rdp_plugin.distributed, exercises resume, and writes
+Trains a few tiny SAEs data-parallel with sae_rdp_plugin.train.distributed, exercises resume, and writes
 everything under argv[1]; the test process compares against single-process SAELens runs.
 """
 
@@ -13,7 +13,9 @@ import torch
 
 torch.set_num_threads(1)
 
-from sae_rdp_plugin.distributed import (  # noqa: E402
+from sae_rdp_plugin.cli import main as cli_main  # noqa: E402
+from sae_rdp_plugin.io import atomic_write_json  # noqa: E402
+from sae_rdp_plugin.train.distributed import (  # noqa: E402
     DistTrainConfig,
     barrier,
     destroy_distributed,
@@ -23,9 +25,7 @@ from sae_rdp_plugin.distributed import (  # noqa: E402
     sweep_distributed,
     train_distributed,
 )
-from sae_rdp_plugin.distributed import main as cli_main  # noqa: E402
-from sae_rdp_plugin.gamma import estimate_activation_stats  # noqa: E402
-from sae_rdp_plugin.io import atomic_write_json  # noqa: E402
+from sae_rdp_plugin.wsae.gamma import estimate_activation_stats  # noqa: E402
 
 CASES = {
     # dead_feature_window=1: latents that did not fire in the last step are "dead", so TopK's aux loss
@@ -49,8 +49,14 @@ def rank_rows(rank: int) -> torch.Tensor:
 
 SWEEP_CFG = {
     "dgps": [{"name": "p", "kind": "pairs", "m": 4, "d": 8, "rho": 0.5, "q": 0.2}],
-    "architectures": ["topk", "standard", "batchtopk"], "widths": [6], "ks": [2], "seeds": [0, 1],
-    "steps": 12, "batch_size": 64, "eval_samples": 400, "checkpoint_every": 5,
+    "architectures": ["topk", "standard", "batchtopk"],
+    "widths": [6],
+    "ks": [2],
+    "seeds": [0, 1],
+    "steps": 12,
+    "batch_size": 64,
+    "eval_samples": 400,
+    "checkpoint_every": 5,
 }
 
 BASE = dict(d_in=16, d_sae=32, n_features=48, batch=64, steps=4, lr=1e-3, seed=3, data_seed=5)
@@ -69,10 +75,13 @@ def main() -> None:
             shutil.copy(out / "resume" / "training_state.pt", out / "resume_uninterrupted.pt")
         res = train_distributed(rcfg, out / "resume", ctx, resume=True)
         if ctx.is_main:
-            atomic_write_json(out / "resume_info.json", {"resumed_from": res["resumed_from"], "steps_run": res["steps_run"]})
+            atomic_write_json(
+                out / "resume_info.json", {"resumed_from": res["resumed_from"], "steps_run": res["steps_run"]}
+            )
         # partitioned map: which rank ran which item
-        got = run_partitioned(list(range(5)), lambda i, x: {"i": i, "sq": x * x, "rank": ctx.rank}, ctx,
-                              out_path=out / "partitioned.json")
+        got = run_partitioned(
+            list(range(5)), lambda i, x: {"i": i, "sq": x * x, "rank": ctx.rank}, ctx, out_path=out / "partitioned.json"
+        )
         assert (got is None) == (ctx.rank != 0)
         # SAELens-trainer grid, members over ranks
         sweep_distributed(DistTrainConfig(**GRID_BASE), GRID, out / "grid", ctx)
@@ -86,7 +95,19 @@ def main() -> None:
         destroy_distributed()
         raise
     # last: the `sweep` CLI under torchrun (its handler joins the existing group and leaves it at the end)
-    rc = cli_main(["sweep", "--config", str(out / "sweep.json"), "--out", str(out / "sweep_two"), "--device", "cpu", "--quiet"])
+    rc = cli_main(
+        [
+            "distributed",
+            "sweep",
+            "--config",
+            str(out / "sweep.json"),
+            "--out",
+            str(out / "sweep_two"),
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     sys.exit(rc)
 
 

@@ -1,4 +1,4 @@
-"""Pure-Python brute-force references for the exact theory (independent of sae_rdp_plugin.theory)."""
+"""Pure-Python brute-force references for the exact theory (independent of sae_rdp_plugin.rdp.theory)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """``sae-rdp audit ...``: audit interpretability metrics against the RDP ordering (THEORY.md section 6).
 
-  sae-rdp audit run --results DIR_OR_FILES... [--rate-field sparsity.l0]
-                    [--distortion-field 1-explained_variance] [--proxy NAME[:+|-] ...]
-                    [--group-by model layer d_sae architecture] --out DIR
-  sae-rdp audit bundled --out DIR [--quick]      # the shipped real SAEBench data
-  sae-rdp audit orientations                     # the orientation table
+sae-rdp audit run --results DIR_OR_FILES... [--rate-field sparsity.l0]
+                  [--distortion-field 1-explained_variance] [--proxy NAME[:+|-] ...]
+                  [--group-by model layer d_sae architecture] --out DIR
+sae-rdp audit bundled --out DIR [--quick]      # the shipped real SAEBench data
+sae-rdp audit orientations                     # the orientation table
 """
 
 from __future__ import annotations
@@ -23,13 +23,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = asub.add_parser("run", help="audit SAEBench results (folders/files of any eval type, or CSV)")
     r.add_argument("--results", nargs="+", required=True, help="SAEBench result folders or files (JSON/CSV)")
     r.add_argument("--rate-field", default="sparsity.l0", help="rate metric (column or unique suffix)")
-    r.add_argument("--distortion-field", default="1-reconstruction_quality.explained_variance",
-                   help="distortion metric; '1-NAME' = 1 - NAME")
-    r.add_argument("--proxy", action="append", default=[], metavar="NAME[:+|-]",
-                   help="proxy to audit (repeatable); +: higher = more polysemantic, -: higher = more "
-                        "monosemantic; NAME alone uses the orientation table. Default: every known metric")
-    r.add_argument("--group-by", nargs="*", default=["model", "layer", "d_sae", "architecture"],
-                   help="metadata columns defining a sweep (none = pool everything)")
+    r.add_argument(
+        "--distortion-field",
+        default="1-reconstruction_quality.explained_variance",
+        help="distortion metric; '1-NAME' = 1 - NAME",
+    )
+    r.add_argument(
+        "--proxy",
+        action="append",
+        default=[],
+        metavar="NAME[:+|-]",
+        help="proxy to audit (repeatable); +: higher = more polysemantic, -: higher = more "
+        "monosemantic; NAME alone uses the orientation table. Default: every known metric",
+    )
+    r.add_argument(
+        "--group-by",
+        nargs="*",
+        default=["model", "layer", "d_sae", "architecture"],
+        help="metadata columns defining a sweep (none = pool everything)",
+    )
     r.add_argument("--no-controls", action="store_true", help="skip the reconstruction-side core controls")
     r.add_argument("--include-checkpoints", action="store_true", help="also audit training checkpoints")
     r.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (over SAEs)")
@@ -82,8 +94,10 @@ def _run(args: argparse.Namespace) -> int:
     print((args.out / "rdp_audit_summary.md").read_text())
     notes = json.loads((args.out / "rdp_audit_summary.json").read_text())["reader_report"]
     if notes:
-        print(f"[audit] {len(notes)} reader note(s) (skipped files, metrics missing for some SAEs): "
-              f"see reader_report in {args.out / 'rdp_audit_summary.json'}")
+        print(
+            f"[audit] {len(notes)} reader note(s) (skipped files, metrics missing for some SAEs): "
+            f"see reader_report in {args.out / 'rdp_audit_summary.json'}"
+        )
     print(f"[audit] {len(res)} sweep(s) -> {args.out}")
     return 0
 
@@ -99,7 +113,7 @@ def _bundled(args: argparse.Namespace) -> int:
 
 
 def _orientations(args: argparse.Namespace) -> int:
-    from sae_rdp_plugin.audit import NOT_PROXIES, ORIENTATION
+    from sae_rdp_plugin.audit.stats import NOT_PROXIES, ORIENTATION
 
     print("| metric pattern | Pi | role | note |\n|---|---|---|---|")
     for pat, o in ORIENTATION.items():
@@ -113,33 +127,53 @@ def demo_section(out: Path) -> str | None:
     (layer, width), sparse probing (run A) and the controls, with a short table and one figure."""
     import numpy as np
 
+    from sae_rdp_plugin.audit.readers import read_bundled
+    from sae_rdp_plugin.evals.rdp_audit.bundled import _keep
     from sae_rdp_plugin.evals.rdp_audit.eval_config import RdpAuditEvalConfig
     from sae_rdp_plugin.evals.rdp_audit.main import run_eval
-    from sae_rdp_plugin.evals.rdp_audit.bundled import _keep
-    from sae_rdp_plugin.readers import read_bundled
 
     d = Path(out) / "audit"
     table = _keep(read_bundled("A"), with_probing=True)
     # D = mean L2 error: the 2024 files' explained variance is too noisy to order SAEs (FINDINGS.md section 2)
-    cfg = RdpAuditEvalConfig(group_by=["model", "layer"], distortion_field="basic.l2_loss", n_bootstrap=300,
-                             n_permutations=300, random_seed=42, make_plots=True)
+    cfg = RdpAuditEvalConfig(
+        group_by=["model", "layer"],
+        distortion_field="basic.l2_loss",
+        n_bootstrap=300,
+        n_permutations=300,
+        random_seed=42,
+        make_plots=True,
+    )
     run_eval(cfg, None, "cpu", str(d), force_rerun=True, table=table)
     import json
 
     rows = json.loads((d / "rdp_audit_summary.json").read_text())["rows"]
-    pick = [r for r in rows if r["proxy"].startswith("sparse_probing") or
-            r["proxy"] == "core.model_performance_preservation.ce_loss_score"]
+    pick = [
+        r
+        for r in rows
+        if r["proxy"].startswith("sparse_probing") or r["proxy"] == "core.model_performance_preservation.ce_loss_score"
+    ]
 
     def f(x: float | None, s: str = ".2f") -> str:
         return "n/a" if x is None else format(x, s)
 
-    lines = ["| sweep (pooled archs + widths) | proxy | N | pairs | V [95% CI] | rho | verdict |", "|---|---|---:|---:|---|---:|---|"]
+    lines = [
+        "| sweep (pooled archs + widths) | proxy | N | pairs | V [95% CI] | rho | verdict |",
+        "|---|---|---:|---:|---|---:|---|",
+    ]
     for r in pick:
-        ci = "" if r["violation_rate_ci_low"] is None else f" [{r['violation_rate_ci_low']:.2f}, {r['violation_rate_ci_high']:.2f}]"
+        ci = (
+            ""
+            if r["violation_rate_ci_low"] is None
+            else f" [{r['violation_rate_ci_low']:.2f}, {r['violation_rate_ci_high']:.2f}]"
+        )
         name = r["proxy"].split(".")[-1].replace("_test_accuracy", "")
-        lines.append(f"| {r['sweep']} | {name} | {r['n_saes']} | {r['n_dominated_pairs']} | "
-                     f"{f(r['violation_rate'])}{ci} | {f(r['rank_correlation'], '+.2f')} | {r['verdict']} |")
-    probe_v = [r["violation_rate"] for r in pick if r["proxy"].startswith("sparse_probing") and r["violation_rate"] is not None]
+        lines.append(
+            f"| {r['sweep']} | {name} | {r['n_saes']} | {r['n_dominated_pairs']} | "
+            f"{f(r['violation_rate'])}{ci} | {f(r['rank_correlation'], '+.2f')} | {r['verdict']} |"
+        )
+    probe_v = [
+        r["violation_rate"] for r in pick if r["proxy"].startswith("sparse_probing") and r["violation_rate"] is not None
+    ]
     fig = next((p.name for p in sorted(d.glob("rdp_audit_gemma-2-2b_L19*.png"))), None)
     md = [
         "## Audit of real interpretability metrics (SAEBench, Gemma-2-2B and Pythia-70M)\n",
@@ -157,8 +191,8 @@ def demo_section(out: Path) -> str | None:
         "ce_loss_score (loss recovered) is a reconstruction-side control, not a polysemanticity proxy: read as "
         "monosemanticity it must come out inverted (V near 1), and does. autointerp, absorption, SCR/TPP, RAVEL "
         "and unlearning are not in these files, so they are not audited here. Caveat: pooling widths and "
-        "architectures can invert even the true polysemanticity (synthetic check, evals/proxy_validation). "
-        "See evals/saebench_audit/FINDINGS.md.",
+        "architectures can invert even the true polysemanticity (synthetic check, experiments/proxy_validation). "
+        "See experiments/saebench_audit/FINDINGS.md.",
     ]
     if fig:
         md.append(f"\n![Pi against the joint budget rank, Gemma-2-2B layer 19](audit/{fig})\n")

@@ -19,9 +19,7 @@ SECTIONS = ["theory", "sweep", "audit", "identifiability", "train"]
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the main job on its embedded defaults (CPU, no network)")
     p.add_argument("--out", required=True, type=Path, help="output folder (report.md, figures, JSON)")
-    p.add_argument(
-        "--only", nargs="+", choices=SECTIONS, default=None, help="run only these sections"
-    )
+    p.add_argument("--only", nargs="+", choices=SECTIONS, default=None, help="run only these sections")
     p.set_defaults(func=run)
 
 

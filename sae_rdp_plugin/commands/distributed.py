@@ -1,19 +1,24 @@
 """`sae-rdp distributed ...`: multi-GPU training and sweeps on torch.distributed (launch under torchrun).
 
     torchrun --standalone --nproc_per_node 8 --no-python sae-rdp distributed train --out runs/d ...
-    torchrun --standalone --nproc_per_node 8 -m sae_rdp_plugin.distributed train --out runs/d ...   (same)
+    torchrun --standalone --nproc_per_node 8 -m sae_rdp_plugin distributed train --out runs/d ...   (same)
 
-Subcommands: ``train`` (one SAE, data-parallel), ``sweep`` (a sae_rdp_plugin.sweep config, groups
+Subcommands: ``train`` (one SAE, data-parallel), ``sweep`` (a sae_rdp_plugin.sweep.core config, groups
 spread over ranks), ``grid`` (SAELens-trainer SAEs of any architecture, members spread over ranks).
 Without torchrun they run as one process. The argument definitions live here (no torch import);
-the handlers in :mod:`sae_rdp_plugin.distributed`.
+the library in :mod:`sae_rdp_plugin.train.distributed`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from sae_rdp_plugin.errors import SaeRdpError
 
 DEFAULT_TIMEOUT_S = 600.0
 
@@ -30,7 +35,11 @@ def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (rank 0 writes it)")
-    p.add_argument("--architecture", default="topk", help="SAELens training architecture (topk, standard, jumprelu, batchtopk, weighted_*)")
+    p.add_argument(
+        "--architecture",
+        default="topk",
+        help="SAELens training architecture (topk, standard, jumprelu, batchtopk, weighted_*)",
+    )
     p.add_argument("--d-in", type=int, default=64)
     p.add_argument("--d-sae", type=int, default=256)
     p.add_argument("--k", type=float, default=8)
@@ -41,7 +50,9 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=1)
-    p.add_argument("--n-chunks", type=int, default=8, help="chunks per global batch; must be divisible by the world size")
+    p.add_argument(
+        "--n-chunks", type=int, default=8, help="chunks per global batch; must be divisible by the world size"
+    )
     p.add_argument("--normalize-activations", default="none")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (cuda:LOCAL_RANK under torchrun)")
     p.add_argument("--backend", default=None, help="nccl | gloo (default: nccl on CUDA, gloo on CPU)")
@@ -58,12 +69,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="sweep config JSON (sae_rdp_plugin.sweep.SweepConfig)")
+    p.add_argument("--config", required=True, help="sweep config JSON (sae_rdp_plugin.sweep.core.SweepConfig)")
     p.add_argument("--out", required=True, help="output folder (rank 0 merges the ranks' results into it)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (cuda:LOCAL_RANK under torchrun)")
     p.add_argument("--backend", default=None, help="nccl | gloo (default: nccl on CUDA, gloo on CPU)")
-    p.add_argument("--timeout-s", type=float, default=3600.0, help="collective timeout (covers the longest rank's share)")
+    p.add_argument(
+        "--timeout-s", type=float, default=3600.0, help="collective timeout (covers the longest rank's share)"
+    )
     p.add_argument("--quiet", action="store_true")
 
 
@@ -74,13 +87,102 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=1, help="seeds per grid point")
 
 
-def _handler(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        from sae_rdp_plugin import distributed
+def config_from_args(a: argparse.Namespace) -> Any:
+    from sae_rdp_plugin.train.distributed import DistTrainConfig
 
-        return getattr(distributed, name)(args)
+    try:
+        kw = json.loads(a.sae_kwargs)
+    except json.JSONDecodeError as exc:
+        raise SaeRdpError(f"--sae-kwargs is not valid JSON: {exc}") from exc
+    if not isinstance(kw, dict):
+        raise SaeRdpError("--sae-kwargs must be a JSON object")
+    return DistTrainConfig(
+        architecture=a.architecture,
+        d_in=a.d_in,
+        d_sae=a.d_sae,
+        k=a.k,
+        sae_kwargs=kw,
+        n_features=a.n_features,
+        batch=a.batch,
+        steps=a.steps,
+        lr=a.lr,
+        seed=a.seed,
+        data_seed=a.data_seed,
+        n_chunks=a.n_chunks,
+        normalize_activations=a.normalize_activations,
+        n_checkpoints=getattr(a, "n_checkpoints", 0),
+        dead_feature_window=getattr(a, "dead_feature_window", 1000),
+        autocast=getattr(a, "autocast", False),
+    )
 
-    return run
+
+def sweep_grid(a: argparse.Namespace) -> list[dict[str, Any]]:
+    """The cross product of --ks x --d-saes x seeds (seed offsets come from the member index)."""
+    ks = a.ks or [a.k]
+    ds = a.d_saes or [a.d_sae]
+    if a.seeds < 1:
+        raise SaeRdpError("--seeds must be >= 1")
+    return [{"k": k, "d_sae": d} for k in ks for d in ds for _ in range(a.seeds)]
+
+
+def run_train(a: argparse.Namespace) -> int:
+    from sae_rdp_plugin.train.distributed import destroy_distributed, init_distributed, train_distributed
+
+    cfg = config_from_args(a)
+    ctx = init_distributed(a.device, a.backend, a.timeout_s)
+    if not ctx.is_main:
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    try:
+        res = train_distributed(cfg, a.out, ctx, resume=not a.no_resume, warmup_steps=a.warmup_steps)
+        if res is not None:
+            print(
+                json.dumps(
+                    {
+                        k: res[k]
+                        for k in ("world_size", "n_training_steps", "wall_s", "samples_per_s", "steady_samples_per_s")
+                    }
+                )
+            )
+    finally:
+        destroy_distributed()
+    return 0
+
+
+def run_sweep(a: argparse.Namespace) -> int:
+    from sae_rdp_plugin.sweep.core import load_config
+    from sae_rdp_plugin.sweep.distributed import train_sweep_distributed
+    from sae_rdp_plugin.train.distributed import destroy_distributed, init_distributed
+
+    cfg = load_config(a.config)
+    ctx = init_distributed(a.device, a.backend, a.timeout_s)
+    try:
+        res = train_sweep_distributed(cfg, a.out, ctx, resume=a.resume, progress=not a.quiet)
+        if res is not None:
+            print(
+                json.dumps(
+                    {"members": len(res), "world_size": ctx.world_size, "out": str(Path(a.out) / "results.json")}
+                )
+            )
+    finally:
+        destroy_distributed()
+    return 0
+
+
+def run_grid(a: argparse.Namespace) -> int:
+    from sae_rdp_plugin.train.distributed import destroy_distributed, init_distributed, sweep_distributed
+
+    cfg = config_from_args(a)
+    grid = sweep_grid(a)
+    ctx = init_distributed(a.device, a.backend, a.timeout_s)
+    if not ctx.is_main:
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    try:
+        res = sweep_distributed(cfg, grid, a.out, ctx)
+        if res is not None:
+            print(json.dumps({"members": len(res), "out": str(Path(a.out) / "sweep_results.json")}))
+    finally:
+        destroy_distributed()
+    return 0
 
 
 def add_subcommands(parser: argparse.ArgumentParser) -> None:
@@ -89,13 +191,15 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
     sub.required = True
     t = sub.add_parser("train", help="train one SAE data-parallel over the ranks (synthetic SynthSAEBench stream)")
     add_train_args(t)
-    t.set_defaults(func=_handler("run_train"))
-    s = sub.add_parser("sweep", help="a sae_rdp_plugin.sweep grid (SweepConfig JSON), its groups spread over the ranks")
+    t.set_defaults(func=run_train)
+    s = sub.add_parser(
+        "sweep", help="a sae_rdp_plugin.sweep.core grid (SweepConfig JSON), its groups spread over the ranks"
+    )
     add_sweep_args(s)
-    s.set_defaults(func=_handler("run_sweep"))
+    s.set_defaults(func=run_sweep)
     g = sub.add_parser("grid", help="a grid of SAELens-trainer SAEs (any architecture), members spread over the ranks")
     add_grid_args(g)
-    g.set_defaults(func=_handler("run_grid"))
+    g.set_defaults(func=run_grid)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,8 +1,8 @@
 """`sae-rdp identifiability`: the WSAE paper's toy identifiability experiments (uniform SAE vs WSAE).
 
-    sae-rdp identifiability --out evals/identifiability            # both committed grids (CPU, minutes)
-    sae-rdp identifiability --out DIR --grid width                 # one grid
-    sae-rdp identifiability --out DIR --quick                      # a CPU-sized check (< 1 min)
+sae-rdp identifiability --out experiments/identifiability            # both committed grids (CPU, minutes)
+sae-rdp identifiability --out DIR --grid width                 # one grid
+sae-rdp identifiability --out DIR --quick                      # a CPU-sized check (< 1 min)
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("identifiability", help="toy identifiability experiments: uniform SAE vs weighted SAE (WSAE)")
     p.add_argument("--out", required=True, help="output directory (JSON, PNG, RESULTS_*.md)")
     p.add_argument("--quick", action="store_true", help="small grid (2 S x relu/topk x alpha 0/1 x 2 seeds)")
-    p.add_argument("--grid", action="append", default=None, help="run only this grid: sparsity_activation or width (repeatable)")
+    p.add_argument(
+        "--grid", action="append", default=None, help="run only this grid: sparsity_activation or width (repeatable)"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_handle)
 
 
 def _handle(args: argparse.Namespace) -> int:
-    from sae_rdp_plugin.identifiability import run_experiment
+    from sae_rdp_plugin.experiments.identifiability import run_experiment
 
     summary = run_experiment(args.out, quick=args.quick, progress=not args.no_progress, only=args.grid)
     for name, g in summary["grids"].items():
@@ -34,7 +36,7 @@ def _handle(args: argparse.Namespace) -> int:
 def demo_section(out: Path) -> str | None:
     """CPU-sized identifiability run (about 30-60 s): S in {0.6, 0.99}, ReLU and TopK tied SAEs,
     uniform vs WSAE alpha = 1, 2 seeds."""
-    from sae_rdp_plugin.identifiability import run_experiment
+    from sae_rdp_plugin.experiments.identifiability import run_experiment
 
     out = Path(out) / "identifiability"
     run_experiment(out, quick=True, progress=False)
@@ -66,7 +68,7 @@ def demo_section(out: Path) -> str | None:
         f"(change with S: {get('topk', 0.99, 0.0, 'mcc') - get('topk', 0.6, 0.0, 'mcc'):+.3f}; WSAE minus uniform at S = 0.99: "
         f"{get('topk', 0.99, 1.0, 'mcc') - get('topk', 0.99, 0.0, 'mcc'):+.3f}). ReLU without an encoder bias stays polysemantic "
         f"({get('relu', 0.99, 0.0, 'feats_per_latent_rel'):.0f} features per latent at S = 0.99): with 200 features in R^20 the paper's "
-        "non-positive-interference assumption cannot hold. The full grid is in `evals/identifiability/FINDINGS.md`.",
+        "non-positive-interference assumption cannot hold. The full grid is in `experiments/identifiability/FINDINGS.md`.",
         "",
         "\n".join(f"![{f}](identifiability/{f})" for f in res["figures"] if "mcc" in f or "rel" in f),
         "",

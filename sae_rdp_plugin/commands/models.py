@@ -1,10 +1,10 @@
 """`sae-rdp models ...`, `sae-rdp corpus ...` and `sae-rdp cache`: real language models offline.
 
-    sae-rdp models load-check --model gemma3-270m [--n-layers 2] [--gguf FILE] [--device cuda]
-    sae-rdp models truncate --model gemma3-270m --n-layers 6 --out first6.gguf
-    sae-rdp corpus build --model gemma3-270m --raw .carry/corpus_pkgs --out .carry/corpus_gemma3
-    sae-rdp corpus info --corpus .carry/corpus_gemma3
-    sae-rdp cache --model gemma3-270m --hook blocks.9.hook_resid_post --corpus DIR --out DIR --tokens 1000000
+sae-rdp models load-check --model gemma3-270m [--n-layers 2] [--gguf FILE] [--device cuda]
+sae-rdp models truncate --model gemma3-270m --n-layers 6 --out first6.gguf
+sae-rdp corpus build --model gemma3-270m --raw .carry/corpus_pkgs --out .carry/corpus_gemma3
+sae-rdp corpus info --corpus .carry/corpus_gemma3
+sae-rdp cache --model gemma3-270m --hook blocks.9.hook_resid_post --corpus DIR --out DIR --tokens 1000000
 """
 
 from __future__ import annotations
@@ -17,15 +17,22 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `models`, `corpus` and `cache` commands."""
-    p = sub.add_parser("models", help="load real language models (Gemma-3-270M, SmolLM2-135M offline; any TransformerLens name via the hub)")
+    p = sub.add_parser(
+        "models",
+        help="load real language models (Gemma-3-270M, SmolLM2-135M offline; any TransformerLens name via the hub)",
+    )
     ms = p.add_subparsers(dest="models_cmd", metavar="SUBCOMMAND")
     ms.required = True
     lc = ms.add_parser("load-check", help="load a model as a HookedTransformer, run one sentence, print a summary")
-    lc.add_argument("--model", required=True, help="gemma3-270m, smollm2-135m (offline) or a TransformerLens name (hub)")
+    lc.add_argument(
+        "--model", required=True, help="gemma3-270m, smollm2-135m (offline) or a TransformerLens name (hub)"
+    )
     lc.add_argument("--gguf", default=None, help="local GGUF file/folder instead of the installed packages")
     lc.add_argument("--n-layers", type=int, default=None, help="keep only the first N blocks")
     lc.add_argument("--device", default="cpu")
-    lc.add_argument("--compare-hf", action="store_true", help="also check hook activations against transformers' hidden states")
+    lc.add_argument(
+        "--compare-hf", action="store_true", help="also check hook activations against transformers' hidden states"
+    )
     lc.add_argument("--text", default="The quick brown fox jumps over the lazy dog.")
     lc.set_defaults(func=_load_check)
     tr = ms.add_parser("truncate", help="write a GGUF keeping only its first N blocks")
@@ -72,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from sae_rdp_plugin.models import load_model
+    from sae_rdp_plugin.lm.models import load_model
 
     return load_model(args.model, path=args.gguf, device=args.device, n_layers=args.n_layers)
 
@@ -95,10 +102,12 @@ def _load_check(args: argparse.Namespace) -> int:
         "load_seconds": round(load_s, 1),
         "tokens": int(toks.shape[1]),
         "mean_logprob_next_token": lp,
-        "resid_norm_last_layer": float(cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"][0, 1:].norm(dim=-1).mean()),
+        "resid_norm_last_layer": float(
+            cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"][0, 1:].norm(dim=-1).mean()
+        ),
     }
     if args.compare_hf:
-        from sae_rdp_plugin.models import gguf_path, load_hf_from_gguf
+        from sae_rdp_plugin.lm.models import gguf_path, load_hf_from_gguf
 
         hf, _ = load_hf_from_gguf(
             gguf_path(args.model, args.gguf) if args.n_layers is None else _truncated(args), tokenizer=model.tokenizer
@@ -106,14 +115,15 @@ def _load_check(args: argparse.Namespace) -> int:
         with torch.no_grad():
             hs = hf(toks.cpu(), output_hidden_states=True).hidden_states
         summary["max_abs_diff_vs_hf"] = max(
-            float((cache[f"blocks.{l}.hook_resid_post"].cpu() - hs[l + 1]).abs().max()) for l in range(model.cfg.n_layers - 1)
+            float((cache[f"blocks.{l}.hook_resid_post"].cpu() - hs[l + 1]).abs().max())
+            for l in range(model.cfg.n_layers - 1)
         )
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def _truncated(args: argparse.Namespace) -> Path:
-    from sae_rdp_plugin.models import _cache_dir, gguf_path, truncate_gguf
+    from sae_rdp_plugin.lm.models import _cache_dir, gguf_path, truncate_gguf
 
     p = gguf_path(args.model, args.gguf)
     dst = _cache_dir() / f"{p.stem}.first{args.n_layers}.gguf"
@@ -121,7 +131,7 @@ def _truncated(args: argparse.Namespace) -> Path:
 
 
 def _truncate(args: argparse.Namespace) -> int:
-    from sae_rdp_plugin.models import gguf_path, truncate_gguf
+    from sae_rdp_plugin.lm.models import gguf_path, truncate_gguf
 
     out = truncate_gguf(gguf_path(args.model, args.gguf), args.out, args.n_layers)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {args.n_layers} blocks)")
@@ -131,7 +141,7 @@ def _truncate(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     import importlib.util
 
-    from sae_rdp_plugin.models import OFFLINE_MODELS
+    from sae_rdp_plugin.lm.models import OFFLINE_MODELS
 
     for name, spec in OFFLINE_MODELS.items():
         mods = [p.replace("-", "_") for p in spec.packages]
@@ -141,8 +151,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _corpus_build(args: argparse.Namespace) -> int:
-    from sae_rdp_plugin.corpus import DEFAULT_SOURCES, build_corpus
-    from sae_rdp_plugin.models import load_tokenizer
+    from sae_rdp_plugin.lm.corpus import DEFAULT_SOURCES, build_corpus
+    from sae_rdp_plugin.lm.models import load_tokenizer
 
     tok = load_tokenizer(args.model, args.gguf)
     sources = tuple(s.strip() for s in args.sources.split(",")) if args.sources else DEFAULT_SOURCES
@@ -156,20 +166,22 @@ def _corpus_build(args: argparse.Namespace) -> int:
         sources=sources,
         max_docs_per_source=args.max_docs_per_source,
     )
-    print(f"corpus: {m['train_tokens']:,} train + {m['heldout_tokens']:,} held-out tokens ({m['train_rows']} + {m['heldout_rows']} rows of {m['context_size']}) -> {args.out}")
+    print(
+        f"corpus: {m['train_tokens']:,} train + {m['heldout_tokens']:,} held-out tokens ({m['train_rows']} + {m['heldout_rows']} rows of {m['context_size']}) -> {args.out}"
+    )
     return 0
 
 
 def _corpus_info(args: argparse.Namespace) -> int:
-    from sae_rdp_plugin.corpus import read_manifest
+    from sae_rdp_plugin.lm.corpus import read_manifest
 
     print(json.dumps(read_manifest(args.corpus), indent=2))
     return 0
 
 
 def _cache(args: argparse.Namespace) -> int:
-    from sae_rdp_plugin.activations import cache_activations
-    from sae_rdp_plugin.corpus import load_tokens, read_manifest
+    from sae_rdp_plugin.lm.activations import cache_activations
+    from sae_rdp_plugin.lm.corpus import load_tokens, read_manifest
 
     tokens = load_tokens(args.corpus, args.split)
     man = read_manifest(args.corpus)

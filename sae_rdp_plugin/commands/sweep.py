@@ -1,7 +1,7 @@
 """``sae-rdp sweep ...``: batched SAE sweeps on synthetic data with known concepts.
 
 * ``sae-rdp sweep run --config CFG.json --out DIR [--device cuda] [--resume]``: train the grid
-  (``sae_rdp_plugin.sweep.train_sweep``), write ``DIR/results.json`` and per-member JSON.
+  (``sae_rdp_plugin.sweep.core.train_sweep``), write ``DIR/results.json`` and per-member JSON.
 * ``sae-rdp sweep eval --out DIR [--sae-path P ...] [--config CFG.json --dgp NAME]``: run the
   ``rdp_synthetic`` SAEBench eval on finished sweep members (exported as SAELens SAEs) or on SAELens
   SAE folders, against a DGP of the sweep config.
@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from sae_rdp_plugin.errors import SaeRdpError
-    from sae_rdp_plugin.sweep import load_config, train_sweep
+    from sae_rdp_plugin.sweep.core import load_config, train_sweep
 
     cfg = load_config(args.config)
     if args.device.startswith("cuda"):
@@ -64,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
             raise SaeRdpError(f"--device {args.device}: CUDA is not available")
     res = train_sweep(cfg, args.out, device=args.device, resume=args.resume)
     if not args.no_plots:
-        from sae_rdp_plugin.sweep_analysis import plot_sweep
+        from sae_rdp_plugin.sweep.analysis import plot_sweep
 
         plot_sweep(res, args.out)
     print(f"[sweep] {len(res)} SAEs; results in {args.out / 'results.json'}")
@@ -74,14 +74,15 @@ def _run(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from sae_rdp_plugin.errors import SaeRdpError
     from sae_rdp_plugin.evals.rdp_synthetic.eval_config import RDPSyntheticEvalConfig
-    from sae_rdp_plugin.evals.rdp_synthetic.main import run_eval_on_sweep, run_eval
-    from sae_rdp_plugin.sweep import load_config
+    from sae_rdp_plugin.evals.rdp_synthetic.main import run_eval, run_eval_on_sweep
+    from sae_rdp_plugin.sweep.core import load_config
 
     if args.sweep is None and not args.sae_path:
         raise SaeRdpError("give --sweep DIR or --sae-path PATH ...")
     if args.sweep is not None:
-        written = run_eval_on_sweep(args.sweep, args.out, device=args.device, n_samples=args.n_samples,
-                                    force_rerun=args.force_rerun)
+        written = run_eval_on_sweep(
+            args.sweep, args.out, device=args.device, n_samples=args.n_samples, force_rerun=args.force_rerun
+        )
     else:
         if args.config is None:
             raise SaeRdpError("--sae-path needs --config (the DGP the SAEs are evaluated on)")
@@ -101,7 +102,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from sae_rdp_plugin.sweep import export_member
+    from sae_rdp_plugin.sweep.core import export_member
 
     dest = export_member(args.sweep, args.member, args.dest)
     print(f"[sweep export] {dest}")
@@ -109,8 +110,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from sae_rdp_plugin.sweep import load_results
-    from sae_rdp_plugin.sweep_analysis import plot_sweep
+    from sae_rdp_plugin.sweep.analysis import plot_sweep
+    from sae_rdp_plugin.sweep.core import load_results
 
     figs = plot_sweep(load_results(args.sweep), args.sweep)
     print("\n".join(str(f) for f in figs))
@@ -120,6 +121,6 @@ def _plot(args: argparse.Namespace) -> int:
 def demo_section(out: Path) -> str | None:
     """A CPU-sized RDP sweep (< 60 s): TopK SAEs on pairs that co-occur with rho in {0, 0.5},
     against the monosemantic conservation line R + D = E|S|; figures + JSON under out/sweep/."""
-    from sae_rdp_plugin.rdp_experiments import demo
+    from sae_rdp_plugin.experiments.rdp_sweeps import demo
 
     return demo(out / "sweep")

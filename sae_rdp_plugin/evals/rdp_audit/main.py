@@ -1,7 +1,7 @@
 """The ``rdp_audit`` SAEBench eval: audit interpretability metrics against the RDP ordering.
 
 Unlike the per-SAE SAEBench evals this one works on a *sweep*: it reads SAEBench results that already
-exist (any eval type; see :mod:`sae_rdp_plugin.readers`), splits the SAEs into sweeps (``group_by``),
+exist (any eval type; see :mod:`sae_rdp_plugin.audit.readers`), splits the SAEs into sweeps (``group_by``),
 and for every proxy reports the violation rate V (Definition 3) and rank correlation rho (Definition 4)
 with bootstrap intervals (SAEs resampled) and permutation p-values. It writes, under ``output_path``:
 
@@ -23,13 +23,15 @@ import math
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from sae_rdp_plugin.audit import audit_proxy, dominated_pairs, joint_budget_rank, orientation_of, parse_proxy_spec
+from sae_rdp_plugin.audit.readers import ResultsTable, read_results
+from sae_rdp_plugin.audit.stats import audit_proxy, dominated_pairs, joint_budget_rank, orientation_of, parse_proxy_spec
 from sae_rdp_plugin.errors import SaeRdpError
 from sae_rdp_plugin.evals.rdp_audit.eval_config import RdpAuditEvalConfig
 from sae_rdp_plugin.evals.rdp_audit.eval_output import (
@@ -41,7 +43,6 @@ from sae_rdp_plugin.evals.rdp_audit.eval_output import (
     RdpAuditSweepMetrics,
 )
 from sae_rdp_plugin.io import atomic_save, atomic_write_json, atomic_write_text
-from sae_rdp_plugin.readers import ResultsTable, read_results
 
 
 def select_proxies(
@@ -134,10 +135,17 @@ def audit_sweep(
         names = [k for k, o in zip(sub.keys, ok) if o]
         try:
             res = audit_proxy(
-                rate[ok], dist[ok], pi,
-                n_boot=config.n_bootstrap, n_perm=config.n_permutations, ci_level=config.ci_level,
-                seed=config.random_seed, tie_weight=config.tie_weight, aggregation=config.aggregation,  # type: ignore[arg-type]
-                names=names, allow_no_pairs=True,
+                rate[ok],
+                dist[ok],
+                pi,
+                n_boot=config.n_bootstrap,
+                n_perm=config.n_permutations,
+                ci_level=config.ci_level,
+                seed=config.random_seed,
+                tie_weight=config.tie_weight,
+                aggregation=config.aggregation,  # type: ignore[arg-type]
+                names=names,
+                allow_no_pairs=True,
             )
         except SaeRdpError as e:
             skipped.append(f"{col}: {e}")
@@ -147,19 +155,29 @@ def audit_sweep(
         rci = res.rank_correlation_ci or (None, None)
         details.append(
             RdpAuditResultDetail(
-                proxy=col, orientation=sign, role=role, n_saes=res.n_saes, n_missing=n_missing,
-                n_dominated_pairs=res.n_dominated_pairs, violation_rate=res.violation_rate,
-                violation_rate_ci_low=_none(vci[0]), violation_rate_ci_high=_none(vci[1]),
+                proxy=col,
+                orientation=sign,
+                role=role,
+                n_saes=res.n_saes,
+                n_missing=n_missing,
+                n_dominated_pairs=res.n_dominated_pairs,
+                violation_rate=res.violation_rate,
+                violation_rate_ci_low=_none(vci[0]),
+                violation_rate_ci_high=_none(vci[1]),
                 rank_correlation=_none(res.rank_correlation),
-                rank_correlation_ci_low=_none(rci[0]), rank_correlation_ci_high=_none(rci[1]),
-                p_value_violation=res.p_value_violation, p_value_rank_correlation=_none(res.p_value_rank_correlation),
+                rank_correlation_ci_low=_none(rci[0]),
+                rank_correlation_ci_high=_none(rci[1]),
+                p_value_violation=res.p_value_violation,
+                p_value_rank_correlation=_none(res.p_value_rank_correlation),
                 verdict=res.verdict(config.alpha),
             )
         )
     return details, skipped, pis
 
 
-def _plot(path: Path, title: str, b: np.ndarray, pis: dict[str, np.ndarray], details: list[RdpAuditResultDetail]) -> None:
+def _plot(
+    path: Path, title: str, b: np.ndarray, pis: dict[str, np.ndarray], details: list[RdpAuditResultDetail]
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -292,9 +310,13 @@ def run_eval(
             datetime_epoch_millis=int(time.time() * 1000),
             eval_result_metrics=RdpAuditMetricCategories(
                 sweep=RdpAuditSweepMetrics(
-                    n_saes=n, n_dominated_pairs=npairs, frac_pairs_dominated=npairs / (n * (n - 1) / 2),
-                    rate_min=float(rate.min()), rate_max=float(rate.max()),
-                    distortion_min=float(dist.min()), distortion_max=float(dist.max()),
+                    n_saes=n,
+                    n_dominated_pairs=npairs,
+                    frac_pairs_dominated=npairs / (n * (n - 1) / 2),
+                    rate_min=float(rate.min()),
+                    rate_max=float(rate.max()),
+                    distortion_min=float(dist.min()),
+                    distortion_max=float(dist.max()),
                 ),
                 summary=RdpAuditSummaryMetrics(
                     n_proxies=len(details),
@@ -318,7 +340,8 @@ def run_eval(
                 "rate_field": rate_col,
                 "distortion_field": config.distortion_field,
                 "skipped_proxies": skipped,
-                "reader_report": table.report[:3] + ([f"... {len(table.report) - 3} more"] if len(table.report) > 3 else []),
+                "reader_report": table.report[:3]
+                + ([f"... {len(table.report) - 3} more"] if len(table.report) > 3 else []),
             },
         )
         obj = json.loads(json.dumps(asdict(output), default=str))
@@ -360,19 +383,33 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_name", type=str, default="", help="Keep only SAEs of this model ('' = all)")
     p.add_argument("--results_paths", type=str, nargs="+", required=True, help="SAEBench result folders/files")
     p.add_argument("--rate_field", type=str, default=d.rate_field, help="Rate metric (default sparsity.l0)")
-    p.add_argument("--distortion_field", type=str, default=d.distortion_field, help="Distortion metric; '1-NAME' = 1 - NAME")
+    p.add_argument(
+        "--distortion_field", type=str, default=d.distortion_field, help="Distortion metric; '1-NAME' = 1 - NAME"
+    )
     p.add_argument("--proxies", type=str, nargs="*", default=[], help="NAME, NAME:+ or NAME:- (default: all known)")
     p.add_argument("--group_by", type=str, nargs="*", default=d.group_by, help="Metadata columns defining a sweep")
     p.add_argument("--include_checkpoints", action="store_true", help="Also audit training checkpoints")
-    p.add_argument("--include_controls", type=lambda s: s.lower() in ("1", "true", "yes"), default=True, help="Audit core controls too (true/false)")
+    p.add_argument(
+        "--include_controls",
+        type=lambda s: s.lower() in ("1", "true", "yes"),
+        default=True,
+        help="Audit core controls too (true/false)",
+    )
     p.add_argument("--min_saes", type=int, default=d.min_saes, help="Minimum SAEs per sweep and proxy")
     p.add_argument("--n_bootstrap", type=int, default=d.n_bootstrap, help="Bootstrap resamples (SAEs)")
     p.add_argument("--n_permutations", type=int, default=d.n_permutations, help="Permutations for p-values")
     p.add_argument("--ci_level", type=float, default=d.ci_level, help="Interval level")
     p.add_argument("--tie_weight", type=float, default=d.tie_weight, help="Weight of ties (Definition 3)")
-    p.add_argument("--aggregation", type=str, default=d.aggregation, choices=["sum", "max"], help="Budget rank aggregation")
+    p.add_argument(
+        "--aggregation", type=str, default=d.aggregation, choices=["sum", "max"], help="Budget rank aggregation"
+    )
     p.add_argument("--alpha", type=float, default=d.alpha, help="p-value threshold for verdicts")
-    p.add_argument("--make_plots", type=lambda s: s.lower() in ("1", "true", "yes"), default=True, help="Write PNG plots (true/false)")
+    p.add_argument(
+        "--make_plots",
+        type=lambda s: s.lower() in ("1", "true", "yes"),
+        default=True,
+        help="Write PNG plots (true/false)",
+    )
     p.add_argument("--random_seed", type=int, default=d.random_seed, help="Random seed")
     return p
 
@@ -388,7 +425,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     table = read_results(config.results_paths, include_checkpoints=config.include_checkpoints)
     rel_re, blk_re = re.compile(args.sae_regex_pattern), re.compile(args.sae_block_pattern)
     keep = [
-        i for i in range(len(table))
+        i
+        for i in range(len(table))
         if rel_re.fullmatch(str(table.meta["release"][i])) and blk_re.fullmatch(str(table.meta["sae_id"][i]))
     ]
     if not keep:

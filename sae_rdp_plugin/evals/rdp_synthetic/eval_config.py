@@ -21,7 +21,7 @@ class RDPSyntheticEvalConfig(BaseEvalConfig):
     dgp: dict[str, Any] = Field(
         default_factory=lambda: dict(DEFAULT_DGP),
         title="DGP",
-        description="Data-generating process as a sae_rdp_plugin.sweep.DGPSpec dict (kinds: pairs, blocks, "
+        description="Data-generating process as a sae_rdp_plugin.sweep.core.DGPSpec dict (kinds: pairs, blocks, "
         "bernoulli, explicit, saelens). Ignored when dgp_path or synthetic_model_path is set.",
     )
     dgp_path: str = Field(
@@ -45,7 +45,9 @@ class RDPSyntheticEvalConfig(BaseEvalConfig):
     batch_size: int = Field(default=4096, title="Batch Size", description="Samples per forward pass.")
     random_seed: int = Field(default=42, title="Random Seed", description="Seed of the evaluation sample.")
     reduction: str = Field(
-        default="mean", title="P Reduction", description="CHOICE of Definition 1: mean (default), sum or max over live latents."
+        default="mean",
+        title="P Reduction",
+        description="CHOICE of Definition 1: mean (default), sum or max over live latents.",
     )
     use_abs: bool = Field(
         default=True, title="Use |cos|", description="CHOICE of Definition 1: |cos| (True) or cos^2 (False)."

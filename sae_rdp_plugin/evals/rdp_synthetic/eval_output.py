@@ -19,12 +19,18 @@ EVAL_TYPE_ID_RDP_SYNTHETIC = "rdp_synthetic"
 
 @dataclass
 class RDPRateDistortionMetrics(BaseMetrics):
-    rate: float = Field(title="Rate", description="R = E||z||_0 (mean L0) on the DGP sample", json_schema_extra=DEFAULT_DISPLAY)
+    rate: float = Field(
+        title="Rate", description="R = E||z||_0 (mean L0) on the DGP sample", json_schema_extra=DEFAULT_DISPLAY
+    )
     distortion: float = Field(
-        title="Distortion", description="D = E||x - x_hat||^2, summed over dimensions", json_schema_extra=DEFAULT_DISPLAY
+        title="Distortion",
+        description="D = E||x - x_hat||^2, summed over dimensions",
+        json_schema_extra=DEFAULT_DISPLAY,
     )
     explained_variance: float = Field(
-        title="Explained Variance", description="1 - sum||x - x_hat||^2 / sum||x - mean x||^2", json_schema_extra=DEFAULT_DISPLAY
+        title="Explained Variance",
+        description="1 - sum||x - x_hat||^2 / sum||x - mean x||^2",
+        json_schema_extra=DEFAULT_DISPLAY,
     )
     dead_latents: int = Field(title="Dead Latents", description="Latents never active on the sample")
     expected_size: float = Field(title="E|S|", description="Expected number of active concepts per sample (the DGP's)")
@@ -36,16 +42,28 @@ class RDPRateDistortionMetrics(BaseMetrics):
 
 @dataclass
 class RDPPolysemanticityMetrics(BaseMetrics):
-    P_dec: float = Field(title="P (decoder)", description="Definition 1 on decoder rows", json_schema_extra=DEFAULT_DISPLAY)
-    P_enc: float = Field(title="P (encoder)", description="Definition 1 on encoder rows (W_enc columns)", json_schema_extra=DEFAULT_DISPLAY)
+    P_dec: float = Field(
+        title="P (decoder)", description="Definition 1 on decoder rows", json_schema_extra=DEFAULT_DISPLAY
+    )
+    P_enc: float = Field(
+        title="P (encoder)",
+        description="Definition 1 on encoder rows (W_enc columns)",
+        json_schema_extra=DEFAULT_DISPLAY,
+    )
     P_ED: float = Field(
-        title="P (encoder-decoder)", description="1 - max_l |cos_enc| |cos_dec|, mean over live latents", json_schema_extra=DEFAULT_DISPLAY
+        title="P (encoder-decoder)",
+        description="1 - max_l |cos_enc| |cos_dec|, mean over live latents",
+        json_schema_extra=DEFAULT_DISPLAY,
     )
 
 
 @dataclass
 class RDPGroundTruthMetrics(BaseMetrics):
-    mcc: float = Field(title="MCC", description="SAELens mean_correlation_coefficient (Hungarian |cos| matching)", json_schema_extra=DEFAULT_DISPLAY)
+    mcc: float = Field(
+        title="MCC",
+        description="SAELens mean_correlation_coefficient (Hungarian |cos| matching)",
+        json_schema_extra=DEFAULT_DISPLAY,
+    )
     uniqueness: float = Field(title="Uniqueness", description="SAELens feature_uniqueness")
     precision: float = Field(title="Precision", description="SAELens latents-as-detectors mean precision")
     recall: float = Field(title="Recall", description="SAELens latents-as-detectors mean recall")
@@ -55,10 +73,14 @@ class RDPGroundTruthMetrics(BaseMetrics):
 @dataclass
 class RDPSyntheticMetricCategories(BaseMetricCategories):
     rate_distortion: RDPRateDistortionMetrics = Field(
-        title="Rate and Distortion", description="Rate, distortion and reconstruction on the DGP", json_schema_extra=DEFAULT_DISPLAY
+        title="Rate and Distortion",
+        description="Rate, distortion and reconstruction on the DGP",
+        json_schema_extra=DEFAULT_DISPLAY,
     )
     polysemanticity: RDPPolysemanticityMetrics = Field(
-        title="Polysemanticity", description="Polysemanticity against the DGP's concepts", json_schema_extra=DEFAULT_DISPLAY
+        title="Polysemanticity",
+        description="Polysemanticity against the DGP's concepts",
+        json_schema_extra=DEFAULT_DISPLAY,
     )
     ground_truth: RDPGroundTruthMetrics = Field(
         title="Ground Truth", description="SAELens synthetic ground-truth metrics", json_schema_extra=DEFAULT_DISPLAY

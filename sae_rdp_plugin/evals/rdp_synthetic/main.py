@@ -1,7 +1,7 @@
 """``rdp_synthetic``: rate, distortion and polysemanticity of SAEs on a synthetic model with known
 concepts, in SAEBench's eval format.
 
-For each selected SAE: draw ``n_samples`` observations x from the DGP (a ``sae_rdp_plugin.sweep``
+For each selected SAE: draw ``n_samples`` observations x from the DGP (a ``sae_rdp_plugin.sweep.core``
 DGPSpec, or a SAELens ``SyntheticModel``), encode/decode them with the SAE, and report
 
 * rate R = E||z||_0, distortion D = E||x - x_hat||^2 (sum over dims), explained variance, dead latents,
@@ -29,9 +29,10 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -49,8 +50,8 @@ from sae_rdp_plugin.io import atomic_write_text
 
 
 def load_dgp(config: RDPSyntheticEvalConfig, device: str | torch.device) -> Any:
-    """The config's DGP as a ``sae_rdp_plugin.sweep.BuiltDGP`` on ``device``."""
-    from sae_rdp_plugin.sweep import DGPSpec, SweepConfig, build_dgp, dgp_from_synthetic_model
+    """The config's DGP as a ``sae_rdp_plugin.sweep.core.BuiltDGP`` on ``device``."""
+    from sae_rdp_plugin.sweep.core import DGPSpec, SweepConfig, build_dgp, dgp_from_synthetic_model
 
     if config.synthetic_model_path:
         from sae_lens.synthetic import SyntheticModel
@@ -85,11 +86,13 @@ def load_dgp(config: RDPSyntheticEvalConfig, device: str | torch.device) -> Any:
 
 
 @torch.no_grad()
-def evaluate_sae(sae: Any, built: Any, config: RDPSyntheticEvalConfig, device: str | torch.device) -> dict[str, dict[str, float]]:
+def evaluate_sae(
+    sae: Any, built: Any, config: RDPSyntheticEvalConfig, device: str | torch.device
+) -> dict[str, dict[str, float]]:
     """The three metric categories of one SAE on the DGP (batched; bounded memory)."""
     from sae_lens.synthetic import ClassificationMetricsCalculator, feature_uniqueness, mean_correlation_coefficient
 
-    from sae_rdp_plugin.metrics import joint_polysemanticity, polysemanticity
+    from sae_rdp_plugin.rdp.metrics import joint_polysemanticity, polysemanticity
 
     if int(sae.cfg.d_in) != built.d:
         raise SaeRdpError(f"shape mismatch: SAE d_in={sae.cfg.d_in} but the DGP has d={built.d}")
@@ -199,7 +202,10 @@ def run_eval(
             sae_lens_release_id=release,
             sae_lens_version=_sae_lens_version(),
             sae_cfg_dict=sae.cfg.to_dict(),
-            eval_result_unstructured={"dgp": built.name, "dgp_spec": None if built.spec is None else built.spec.__dict__},
+            eval_result_unstructured={
+                "dgp": built.name,
+                "dgp_spec": None if built.spec is None else built.spec.__dict__,
+            },
         )
         assert out.eval_type_id == EVAL_TYPE_ID_RDP_SYNTHETIC
         text = out.to_json()
@@ -209,13 +215,17 @@ def run_eval(
 
 
 def run_eval_on_sweep(
-    sweep_dir: str | Path, output_path: str | Path, device: str = "cpu", n_samples: int = 20000, force_rerun: bool = False
+    sweep_dir: str | Path,
+    output_path: str | Path,
+    device: str = "cpu",
+    n_samples: int = 20000,
+    force_rerun: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Run the eval on every finished member of a sweep folder, each against its own DGP (members are
     exported as SAELens SAEs and loaded with the stock loader first)."""
     from sae_lens import SAE
 
-    from sae_rdp_plugin.sweep import SweepConfig, export_member, load_results
+    from sae_rdp_plugin.sweep.core import SweepConfig, export_member, load_results
 
     sweep_dir = Path(sweep_dir)
     state = json.loads((sweep_dir / "state.json").read_text())
@@ -234,7 +244,12 @@ def run_eval_on_sweep(
 def arg_parser() -> argparse.ArgumentParser:
     d = RDPSyntheticEvalConfig()
     p = argparse.ArgumentParser(description="Run the rdp_synthetic eval (sae-rdp): R, D and P on a synthetic model")
-    p.add_argument("--sae_regex_pattern", type=str, default=".*", help="Regex on the SAE release (with --sae_paths: on the folder name)")
+    p.add_argument(
+        "--sae_regex_pattern",
+        type=str,
+        default=".*",
+        help="Regex on the SAE release (with --sae_paths: on the folder name)",
+    )
     p.add_argument("--sae_block_pattern", type=str, default=".*", help="Regex on the SAE id")
     p.add_argument("--output_folder", type=str, default="eval_results/rdp_synthetic", help="Output folder")
     p.add_argument("--force_rerun", action="store_true", help="Overwrite existing outputs")
@@ -247,8 +262,15 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_samples", type=int, default=d.n_samples, help="Evaluation samples")
     p.add_argument("--batch_size", type=int, default=d.batch_size, help="Samples per forward pass")
     p.add_argument("--random_seed", type=int, default=d.random_seed, help="Seed of the evaluation sample")
-    p.add_argument("--reduction", type=str, default=d.reduction, choices=["mean", "sum", "max"], help="P reduction (CHOICE)")
-    p.add_argument("--use_abs", type=lambda s: s.lower() in ("1", "true", "yes"), default=True, help="|cos| (true) or cos^2 (false)")
+    p.add_argument(
+        "--reduction", type=str, default=d.reduction, choices=["mean", "sum", "max"], help="P reduction (CHOICE)"
+    )
+    p.add_argument(
+        "--use_abs",
+        type=lambda s: s.lower() in ("1", "true", "yes"),
+        default=True,
+        help="|cos| (true) or cos^2 (false)",
+    )
     p.add_argument("--zero_tol", type=float, default=d.zero_tol, help="Dead-row norm tolerance")
     return p
 
@@ -259,9 +281,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     args = arg_parser().parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     config = RDPSyntheticEvalConfig(
-        model_name=args.model_name, dgp=args.dgp, dgp_path=args.dgp_path, dgp_name=args.dgp_name,
-        synthetic_model_path=args.synthetic_model_path, sae_paths=args.sae_paths, n_samples=args.n_samples,
-        batch_size=args.batch_size, random_seed=args.random_seed, reduction=args.reduction, use_abs=args.use_abs,
+        model_name=args.model_name,
+        dgp=args.dgp,
+        dgp_path=args.dgp_path,
+        dgp_name=args.dgp_name,
+        synthetic_model_path=args.synthetic_model_path,
+        sae_paths=args.sae_paths,
+        n_samples=args.n_samples,
+        batch_size=args.batch_size,
+        random_seed=args.random_seed,
+        reduction=args.reduction,
+        use_abs=args.use_abs,
         zero_tol=args.zero_tol,
     )
     if args.sae_paths:

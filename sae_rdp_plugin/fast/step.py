@@ -1,0 +1,1171 @@
+"""A fast training step for (weighted) TopK and BatchTopK SAEs: sparse decoder, sparse gradients,
+fused gradient clipping + Adam.
+
+The step computes exactly the loss and gradients of SAELens's ``TopKTrainingSAE`` /
+``BatchTopKTrainingSAE`` (and of this plugin's ``weighted_topk`` / ``weighted_batchtopk``) followed by
+SAELens's ``SAETrainer`` update (``clip_grad_norm_(params, 1.0)`` then Adam), but never forms the dense
+``[batch, d_sae]`` activation matrix after the TopK and never runs the dense decoder matmuls.
+
+Math (one batch x of B rows, n_j = ||W_dec[j]|| when ``rescale_acts_by_decoder_norm`` else 1)::
+
+    u      = x - b_dec                      (apply_b_dec_to_input; else u = x)
+    pre    = u W_enc + b_enc                ([B, d_sae], the only dense matmul)
+    S_b    = TopK_j(pre_bj * n_j)           (BatchTopK: the k*B largest of relu(pre * n) over the batch)
+    a_bj   = relu(pre_bj * n_j) / n_j = relu(pre_bj)          for j in S_b
+    x_hat  = b_dec + sum_{j in S_b} a_bj W_dec[j]             (gather / embedding_bag, B*k rows)
+    L_mse  = (1/B) sum_b sum_i w_i (x_hat_bi - x_bi)^2        (w = gamma^2; w = 1 unweighted)
+    L_aux  = c * min(n_dead/(d_in/2), 1) * (1/B) sum_b sum_i w_i (e_hat_bi - (x - x_hat)_bi)^2,
+             e_hat_b = sum_{j in A_b} pre_bj W_dec[j],  A_b = top min(d_in/2, n_dead) dead latents of pre*n
+
+Gradients, with r = dL/dx_hat = (2/B) w (x_hat - x):
+    dL/dW_dec[j] = sum_{b: j in S_b} a_bj r_b               (only active rows; sort + segment sum)
+    dL/da_bj     = r_b . W_dec[j]                           (B*k dot products)
+    g_bj         = dL/da_bj * 1[a_bj > 0]                   (sparse pre-activation gradient)
+    dL/dW_enc[:, j] = sum_b g_bj u_b,  dL/db_enc[j] = sum_b g_bj
+    dL/db_dec    = sum_b r_b - W_enc (sum_b g_b)            (second term only with apply_b_dec_to_input)
+The decoder-norm factor n_j cancels in a_bj, so its gradient is zero analytically (SAELens's autograd
+evaluates it to rounding error); it only moves the selection S. Two kernel sets (``kernels``): on CUDA
+with Triton, :mod:`sae_rdp_plugin.fast.kernels` (bf16 gathers; the weight gradients are formed row by row
+inside one fused "gradient norm, then clipped Adam" pass, never as dense [d_sae, d_in] tensors; see
+:meth:`FastTopKTrainer._fused_step`), the TopK by :func:`sae_rdp_plugin.fast.topk_kernel.row_topk`, and TopK
+steps replayed as one CUDA graph; elsewhere PyTorch's own ``embedding_bag`` / CSR kernels and ``torch.topk``
+(CPU and CUDA), so this module runs anywhere PyTorch runs.
+
+Then ``total = ||(grads)||_2``, ``grads *= min(1, 1/(total + 1e-6))`` (folded into the fused Adam as its
+``grad_scale``, no extra pass), Adam(lr, betas, eps=1e-8) exactly as ``torch.optim.Adam``.
+Dead-latent bookkeeping follows ``SAETrainer`` (``n_forward_passes_since_fired``, ``act_freq_scores``,
+dead = passes > ``dead_feature_window``); BatchTopK's threshold follows
+``BatchTopKTrainingSAE.update_topk_threshold``.
+
+``bf16=True`` is the counterpart of SAELens's ``autocast=True``: the encoder matmul runs on a bf16 copy of
+W_enc (fp32 accumulation); the sparse decoder gathers fp32 rows (``decoder_bf16`` gathers bf16 rows on
+CPU); weights, gradients and Adam state stay fp32. The weight gradients are sparse-times-dense products
+(``weight_grad_impl="csr"``, default, or PyTorch's embedding_bag backward).
+
+The aux loss has B*k_aux entries (k_aux = d_in/2 when enough latents are dead, e.g. 1152 per row at
+d_in=2304 against k=64), so gathering that many decoder rows costs more than SAELens's dense matmuls
+(measured on an H100: +60 ms at (2304, 65536), bf16). ``aux_impl="auto"`` (default) therefore runs the aux
+term densely (scatter into [B, d_sae], three dense matmuls, bf16 under bf16) when k_aux / d_sae is large
+enough for the device, and through the sparse gathers otherwise; both give SAELens's loss and gradients.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sae_rdp_plugin.errors import SaeRdpError
+
+__all__ = ["FastTopKConfig", "FastTopKTrainer", "fast_architecture_of", "FAST_ARCHITECTURES"]
+
+#: training architectures the fast step implements -> ("topk" | "batchtopk")
+FAST_ARCHITECTURES: dict[str, str] = {
+    "topk": "topk",
+    "batchtopk": "batchtopk",
+    "weighted_topk": "topk",
+    "weighted_batchtopk": "batchtopk",
+}
+
+_EB_SUM = 0  # embedding_bag mode "sum"
+
+
+def fast_architecture_of(architecture: str) -> str | None:
+    """'topk' / 'batchtopk' when the fast step implements ``architecture``, else None."""
+    return FAST_ARCHITECTURES.get(architecture)
+
+
+@dataclass
+class FastTopKConfig:
+    """What one fast step needs. Defaults are SAELens's (TopKTrainingSAEConfig, SAETrainerConfig)."""
+
+    d_in: int
+    d_sae: int
+    k: float
+    kind: str = "topk"  # "topk" | "batchtopk"
+    rescale_acts_by_decoder_norm: bool = True
+    apply_b_dec_to_input: bool = True
+    aux_loss_coefficient: float = 1.0
+    topk_threshold_lr: float = 0.01
+    dead_feature_window: int = 1000
+    lr: float = 3e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    bf16: bool = False
+    batchtopk_candidates: float = 4.0  # per-row candidates = this * k (exactness is checked each step)
+    # weight gradients: "csr" (CSR x dense, cuSPARSE SpMM on CUDA; measured fastest on an H100, see
+    # benchmarks/training_speed) | "embedding_bag" (PyTorch's sort + segment-sum embedding backward)
+    weight_grad_impl: str = "csr"
+    # with bf16: gather bf16 decoder rows instead of fp32 rows. CPU only: PyTorch's CUDA kernel for the
+    # per-sample-weight gradient has no bf16 version (torch 2.11), so CUDA always gathers fp32 rows.
+    decoder_bf16: bool = False
+    # dead-latent aux loss: "dense" ([B, d_sae] scatter + three dense matmuls, bf16 under bf16, as
+    # SAELens), "sparse" (the main path's gathers over B*k_aux rows) or "auto" (dense when
+    # k_aux / d_sae >= aux_dense_min_density; see _aux_dense_threshold for the default per device)
+    aux_impl: str = "auto"
+    aux_dense_min_density: float | None = None
+    # "auto": the Triton kernels of sae_rdp_plugin.fast.kernels on CUDA when Triton imports (fused sparse
+    # weight gradients + clipping + Adam, bf16 decoder gathers), else the PyTorch kernels; "triton":
+    # always Triton (on CPU only under TRITON_INTERPRET=1, for tests); "torch": never. Default from the
+    # environment variable SAE_RDP_FAST_KERNELS when set (e.g. SAE_RDP_FAST_KERNELS=torch to rule Triton out)
+    kernels: str = field(default_factory=lambda: os.environ.get("SAE_RDP_FAST_KERNELS", "auto"))
+    # replay TopK steps of the Triton path as one CUDA graph (after two eager steps) when nothing in the
+    # step needs the host: no dead latents (the aux loss counts them on the host) and the batch shape of
+    # the captured step; anything else runs eagerly. Removes the per-kernel launch cost that dominates
+    # small SAEs (H100: 1.56 vs 2.33 ms at (640, 16384, k32)); its GPU tests (tests/test_fast_kernels.py,
+    # marked gpu: replay == eager steps) passed on an H100 on 2026-11-23. Default from
+    # SAE_RDP_FAST_CUDA_GRAPH ("0" turns it off).
+    cuda_graph: bool = field(default_factory=lambda: os.environ.get("SAE_RDP_FAST_CUDA_GRAPH", "1") != "0")
+    # Triton path: up to hot_rows latents with more than hot_min_count entries in a batch get their weight
+    # gradients from a small dense product instead of one long per-latent gather loop (0 turns it off;
+    # -1 = automatic, sized from B*k: see FastTopKTrainer._hot_rows). Real activations have hundreds of
+    # busy latents (SmolLM2-135M layer 2 at init: 531 of 16384 latents with > 64 of 131k entries).
+    hot_rows: int = -1
+    hot_min_count: int = 32
+    # Triton path: TopK with the exact per-row kernel sae_rdp_plugin.fast.topk_kernel.row_topk instead of torch.topk
+    row_topk: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("topk", "batchtopk"):
+            raise SaeRdpError(f"fast step: unknown kind {self.kind!r} (topk or batchtopk)")
+        if self.d_in <= 0 or self.d_sae <= 0:
+            raise SaeRdpError(f"fast step: d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}")
+        if not (0 < self.k <= self.d_sae):
+            raise SaeRdpError(f"fast step: k must be in (0, d_sae={self.d_sae}], got {self.k}")
+        if self.weight_grad_impl not in ("embedding_bag", "csr"):
+            raise SaeRdpError(
+                f"fast step: weight_grad_impl must be embedding_bag or csr, got {self.weight_grad_impl!r}"
+            )
+        if self.kernels not in ("auto", "triton", "torch"):
+            raise SaeRdpError(
+                f"fast step: kernels (or SAE_RDP_FAST_KERNELS) must be auto, triton or torch, got {self.kernels!r}"
+            )
+        if self.hot_rows < -1 or self.hot_min_count < 0:
+            raise SaeRdpError(
+                f"fast step: hot_rows must be >= 0 or -1 (automatic) and hot_min_count >= 0, got {self.hot_rows}, {self.hot_min_count}"
+            )
+        if self.aux_impl not in ("auto", "dense", "sparse"):
+            raise SaeRdpError(f"fast step: aux_impl must be auto, dense or sparse, got {self.aux_impl!r}")
+        if self.kind == "topk" and int(self.k) != self.k:
+            raise SaeRdpError(f"fast step: TopK needs an integer k, got {self.k}")
+
+
+class _Sparse:
+    """A batch of sparse codes in embedding_bag layout: flat latent indices, bag offsets, and the
+    offset2bag / bag_size / max_indices that PyTorch's embedding_bag kernels return and reuse."""
+
+    __slots__ = ("idx", "offsets", "vals", "offset2bag", "bag_size", "max_idx", "csr")
+
+    def __init__(self, idx: torch.Tensor, offsets: torch.Tensor, vals: torch.Tensor, offset2bag: torch.Tensor):
+        self.idx = idx
+        self.offsets = offsets
+        self.vals = vals
+        # computed here: some CPU kernels (float32 fbgemm path) return an empty offset2bag
+        self.offset2bag = offset2bag
+        self.bag_size = self.max_idx = None  # type: ignore[assignment]
+        self.csr = None
+
+
+def _decode(sp: _Sparse, W: torch.Tensor) -> torch.Tensor:
+    """out_b = sum_{entries e of bag b} vals_e W[idx_e] (fp32 accumulate; dtype of W)."""
+    out, _, bag_size, max_idx = torch.ops.aten._embedding_bag(
+        W, sp.idx, sp.offsets, False, _EB_SUM, False, sp.vals.to(W.dtype), False, -1
+    )
+    sp.bag_size, sp.max_idx = bag_size, max_idx  # unused in "sum" mode, passed through
+    return out
+
+
+def _vals_grad(sp: _Sparse, W: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """d/dvals_e of <grad_out, decode(sp, W)> = grad_out[bag(e)] . W[idx_e] (no [nnz, d] temporary)."""
+    return torch.ops.aten._embedding_bag_per_sample_weights_backward(
+        grad_out.to(W.dtype), W, sp.idx, sp.offsets, sp.offset2bag, _EB_SUM, -1
+    )
+
+
+def _weight_grad(sp: _Sparse, grad_out: torch.Tensor, coef: torch.Tensor, num_weights: int) -> torch.Tensor:
+    """G[j] = sum_{entries e with idx_e = j} coef_e grad_out[bag(e)] as a dense [num_weights, d] tensor
+    (PyTorch's sort + segment-sum embedding backward; untouched rows are zero)."""
+    return torch.ops.aten._embedding_bag_dense_backward(
+        grad_out,
+        sp.idx,
+        sp.offset2bag,
+        sp.bag_size,
+        sp.max_idx,
+        num_weights,
+        False,
+        _EB_SUM,
+        coef.to(grad_out.dtype),
+        -1,
+    )
+
+
+def _weight_grad_csr(sp: _Sparse, grad_out: torch.Tensor, coef: torch.Tensor, num_weights: int) -> torch.Tensor:
+    """Same as :func:`_weight_grad` as a CSR [num_weights, B] x dense [B, d] product (cuSPARSE SpMM on
+    CUDA; no host sync). The latent-sorted order is computed once per batch and cached on ``sp``."""
+    if sp.csr is None:
+        order = torch.argsort(sp.idx)
+        sidx = sp.idx[order]
+        crow = torch.searchsorted(sidx, torch.arange(num_weights + 1, device=sidx.device, dtype=sidx.dtype))
+        sp.csr = (order, crow, sp.offset2bag[order])
+    order, crow, cols = sp.csr
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        M = torch.sparse_csr_tensor(crow, cols, coef[order].to(grad_out.dtype), size=(num_weights, grad_out.shape[0]))
+    return M @ grad_out
+
+
+class FastTopKTrainer:
+    """Owns fp32 parameters (W_enc stored transposed, [d_sae, d_in]), Adam state and dead-latent
+    statistics, and runs :meth:`step` on activation batches. Use :meth:`from_training_sae` to start from
+    a SAELens (weighted) TopK/BatchTopK training SAE and :meth:`write_to` to copy the result back."""
+
+    def __init__(
+        self,
+        cfg: FastTopKConfig,
+        W_enc: torch.Tensor,
+        b_enc: torch.Tensor,
+        W_dec: torch.Tensor,
+        b_dec: torch.Tensor,
+        gamma: torch.Tensor | None = None,
+        topk_threshold: torch.Tensor | float = 0.0,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        in_place: bool = False,
+    ):
+        self.cfg = cfg
+        dev = torch.device(device) if device is not None else W_dec.device
+        self.device = dev
+        if tuple(W_enc.shape) != (cfg.d_in, cfg.d_sae) or tuple(W_dec.shape) != (cfg.d_sae, cfg.d_in):
+            raise SaeRdpError(
+                f"fast step: W_enc {tuple(W_enc.shape)} / W_dec {tuple(W_dec.shape)} do not match "
+                f"d_in={cfg.d_in}, d_sae={cfg.d_sae}"
+            )
+        f32 = dict(device=dev, dtype=dtype)
+        self.dtype = dtype
+        # in_place: train the given tensors themselves (SAELens layout, W_enc [d_in, d_sae]); else own
+        # copies with W_enc stored latent-major ([d_sae, d_in]), which saves a transpose of its gradient
+        self.in_place = in_place
+        if in_place:
+            ts = [W_enc, b_enc, W_dec, b_dec]
+            if any(t.dtype != dtype or t.device != dev or not t.is_contiguous() for t in ts):
+                raise SaeRdpError(f"fast step: in-place training needs contiguous {dtype} parameters on {dev}")
+            self.params = [t.detach() for t in ts]
+            self.W_encT = self.params[0].t()
+        else:
+            self.params = [
+                W_enc.detach().to(**f32).t().contiguous(),
+                b_enc.detach().to(**f32).clone(),
+                W_dec.detach().to(**f32).contiguous().clone(),
+                b_dec.detach().to(**f32).clone(),
+            ]
+            self.W_encT = self.params[0]
+        self.b_enc, self.W_dec, self.b_dec = self.params[1:]
+        for p in self.params:
+            if not torch.isfinite(p).all():
+                raise SaeRdpError("fast step: initial parameters contain NaN/Inf")
+        if gamma is not None:
+            gamma = gamma.detach().to(**f32).reshape(-1)
+            if gamma.numel() != cfg.d_in or not torch.isfinite(gamma).all() or bool((gamma < 0).any()):
+                raise SaeRdpError(f"fast step: gamma must be {cfg.d_in} finite non-negative numbers")
+            self.w = gamma.pow(2)  # loss weights gamma_i^2
+        else:
+            self.w = None
+        if in_place and isinstance(topk_threshold, torch.Tensor):
+            self.topk_threshold = topk_threshold  # updated in place (the SAE's buffer)
+        else:
+            self.topk_threshold = torch.as_tensor(topk_threshold, dtype=torch.float64, device=dev).clone()
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self.state_steps = [torch.zeros((), device=dev, dtype=torch.float32) for _ in self.params]
+        self.n_forward_passes_since_fired = torch.zeros(cfg.d_sae, **f32)
+        self.act_freq_scores = torch.zeros(cfg.d_sae, **f32)
+        self.n_frac_active_samples = 0
+        self.n_training_steps = 0
+        self.n_inexact_batchtopk_fallbacks = 0
+        self._fused = dev.type in ("cuda", "cpu")
+        self._lr = cfg.lr
+        self._lr_t = torch.full((), float(cfg.lr), device=dev, dtype=torch.float32)
+        self._lp_cache: dict[str, Any] | None = None
+        self._graph: Any = None
+        self._graph_key: Any = None
+        self._graph_eager_steps = 0
+        self._graph_failed: str | None = None
+        from sae_rdp_plugin.fast import kernels as fast_kernels
+
+        if cfg.kernels == "triton" and not fast_kernels.available(dev):
+            raise SaeRdpError(
+                f"fast step: kernels='triton' needs Triton and a CUDA device (or TRITON_INTERPRET=1 on CPU); device {dev}"
+            )
+        if cfg.kernels == "triton" and dtype != torch.float32:
+            raise SaeRdpError(f"fast step: the Triton kernels train float32 parameters, got {dtype}")
+        self.use_triton = cfg.kernels == "triton" or (
+            cfg.kernels == "auto" and dev.type == "cuda" and dtype == torch.float32 and fast_kernels.available(dev)
+        )
+
+    # ------------------------------------------------------------------ construction / export
+    @classmethod
+    def from_training_sae(
+        cls,
+        sae: Any,
+        *,
+        lr: float = 3e-4,
+        adam_beta1: float = 0.9,
+        adam_beta2: float = 0.999,
+        dead_feature_window: int = 1000,
+        bf16: bool = False,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        **cfg_overrides: Any,
+    ) -> FastTopKTrainer:
+        """Start from a SAELens TopK/BatchTopK training SAE (or a weighted_* one: its ``gamma`` buffer
+        becomes the loss weights). Raises SaeRdpError for architectures the fast step doesn't cover."""
+        arch = sae.cfg.architecture()
+        kind = fast_architecture_of(arch)
+        if kind is None:
+            raise SaeRdpError(f"fast step: architecture {arch!r} is not one of {sorted(FAST_ARCHITECTURES)}")
+        c = sae.cfg
+        if getattr(c, "normalize_activations", "none") not in ("none", "expected_average_only_in"):
+            raise SaeRdpError(f"fast step: normalize_activations={c.normalize_activations!r} is not supported")
+        if getattr(c, "reshape_activations", "none") != "none":
+            raise SaeRdpError("fast step: reshape_activations must be 'none'")
+        in_place = cfg_overrides.pop("in_place", False)
+        cfg = FastTopKConfig(
+            d_in=c.d_in,
+            d_sae=c.d_sae,
+            k=c.k,
+            kind=kind,
+            rescale_acts_by_decoder_norm=c.rescale_acts_by_decoder_norm,
+            apply_b_dec_to_input=c.apply_b_dec_to_input,
+            aux_loss_coefficient=c.aux_loss_coefficient,
+            topk_threshold_lr=getattr(c, "topk_threshold_lr", 0.01),
+            dead_feature_window=dead_feature_window,
+            lr=lr,
+            adam_beta1=adam_beta1,
+            adam_beta2=adam_beta2,
+            bf16=bf16,
+            **cfg_overrides,
+        )
+        gamma = getattr(sae, "gamma", None)
+        thr = getattr(sae, "topk_threshold", torch.tensor(0.0))
+        return cls(
+            cfg,
+            sae.W_enc,
+            sae.b_enc,
+            sae.W_dec,
+            sae.b_dec,
+            gamma=gamma,
+            topk_threshold=thr,
+            device=device,
+            dtype=dtype,
+            in_place=in_place,
+        )
+
+    @classmethod
+    def attach(cls, sae: Any, **kwargs: Any) -> FastTopKTrainer:
+        """Like :meth:`from_training_sae` but trains ``sae``'s own parameter tensors in place (they
+        must be contiguous float32 or float64), so SAELens code that reads ``sae`` (checkpoints,
+        saving, evals) always sees the current weights."""
+        tr = cls.from_training_sae(sae, in_place=True, dtype=sae.W_dec.dtype, device=sae.W_dec.device, **kwargs)
+        return tr
+
+    @torch.no_grad()
+    def adam_state_to(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+        """Write this trainer's Adam state into ``optimizer`` (a torch Adam over ``params`` =
+        [W_enc, b_enc, W_dec, b_dec] in SAELens layout), so its state_dict is a valid checkpoint."""
+        for i, p in enumerate(params):
+            m, v = self.exp_avg[i], self.exp_avg_sq[i]
+            if i == 0 and not self.in_place:
+                m, v = m.t(), v.t()
+            optimizer.state[p] = {
+                "step": self.state_steps[i].clone().cpu(),
+                "exp_avg": m.clone(),
+                "exp_avg_sq": v.clone(),
+            }
+
+    @torch.no_grad()
+    def adam_state_from(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+        """Read Adam state (e.g. a resumed SAELens checkpoint) from ``optimizer`` if it has any."""
+        for i, p in enumerate(params):
+            st = optimizer.state.get(p)
+            if not st:
+                continue
+            m, v = st["exp_avg"], st["exp_avg_sq"]
+            if i == 0 and not self.in_place:
+                m, v = m.t(), v.t()
+            self.exp_avg[i].copy_(m)
+            self.exp_avg_sq[i].copy_(v)
+            self.state_steps[i].fill_(float(st["step"]))
+
+    @torch.no_grad()
+    def write_to(self, sae: Any) -> Any:
+        """Copy the trained parameters (and BatchTopK threshold) into a SAELens training SAE of the same
+        shape, on its device and dtype; returns it (save it with ``sae.save_inference_model(path)``)."""
+        if self.in_place and sae.W_enc.data.data_ptr() == self.params[0].data_ptr():
+            return sae
+        sae.W_enc.data.copy_(self.W_encT.t())
+        sae.b_enc.data.copy_(self.b_enc)
+        sae.W_dec.data.copy_(self.W_dec)
+        sae.b_dec.data.copy_(self.b_dec)
+        if hasattr(sae, "topk_threshold"):
+            sae.topk_threshold = self.topk_threshold.to(sae.topk_threshold.device).clone()
+        return sae
+
+    def set_lr(self, lr: float) -> None:
+        self._lr = float(lr)
+        self._lr_t.fill_(self._lr)
+
+    @property
+    def dead_neurons(self) -> torch.Tensor:
+        return self.n_forward_passes_since_fired > self.cfg.dead_feature_window
+
+    @property
+    def feature_sparsity(self) -> torch.Tensor:
+        return self.act_freq_scores / max(self.n_frac_active_samples, 1)
+
+    # ------------------------------------------------------------------ selection
+    def _row_topk(self, pre_s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row top k (unsorted): the Triton kernel sae_rdp_plugin.fast.topk_kernel.row_topk on the Triton
+        path (1.5-2x faster than torch.topk on an H100; exact, same values; ties may pick other columns)
+        when cfg.row_topk, k <= 256 (its lower bound needs k <= 256 column groups) and on CUDA (under
+        Triton's CPU interpreter it is far too slow for whole steps; tests/test_topk_kernel.py checks it
+        there on its own, and tests/test_fast_kernels.py::test_row_topk_in_the_triton_step in one step), else torch.topk."""
+        if (
+            self.use_triton
+            and self.cfg.row_topk
+            and k <= 256
+            and (pre_s.device.type == "cuda" or self._row_topk_on_cpu)
+        ):
+            from sae_rdp_plugin.fast import topk_kernel
+
+            if topk_kernel.available(pre_s.device):
+                return topk_kernel.row_topk(pre_s, k)
+        return pre_s.topk(k, dim=1, sorted=False)
+
+    #: tests only: use row_topk on CPU too (Triton interpreter)
+    _row_topk_on_cpu = False
+
+    def _select(self, pre_s: torch.Tensor) -> _Sparse:
+        """Sparse codes from the rescaled pre-activations pre_s = pre * n (values: relu(pre_s), rescaled)."""
+        B, d_sae = pre_s.shape
+        cfg = self.cfg
+        if cfg.kind == "topk":
+            k = int(cfg.k)
+            v, i = self._row_topk(pre_s, k)
+            offsets = torch.arange(0, B * k, k, device=pre_s.device)
+            o2b = torch.arange(B * k, device=pre_s.device) // k
+            return _Sparse(i.reshape(-1), offsets, v.to(self.dtype).relu_().reshape(-1), o2b)
+        K = int(cfg.k * B)  # BatchTopK: the K largest of relu(pre_s) over the whole batch
+        kc = min(d_sae, max(1, int(math.ceil(cfg.batchtopk_candidates * cfg.k))))
+        if kc < d_sae:
+            cv, ci = self._row_topk(pre_s, kc)
+            flat = cv.to(self.dtype).relu_().reshape(-1)
+            K = min(K, flat.numel())
+            tv, tp = flat.topk(K, sorted=False)
+            rows = tp // kc
+            counts = torch.bincount(rows, minlength=B)
+            # exact unless some row had all its kc candidates selected (it might hold more)
+            if bool((counts >= kc).any()):
+                self.n_inexact_batchtopk_fallbacks += 1
+            else:
+                order = torch.argsort(tp)
+                tp = tp[order]
+                offsets = torch.cumsum(counts, 0) - counts
+                return _Sparse(ci.reshape(-1)[tp], offsets, tv[order], rows[order])
+        flat = pre_s.to(self.dtype).relu().reshape(-1)
+        tv, tp = flat.topk(min(K, flat.numel()), sorted=False)
+        order = torch.argsort(tp)
+        tp = tp[order]
+        rows = tp // d_sae
+        counts = torch.bincount(rows, minlength=B)
+        offsets = torch.cumsum(counts, 0) - counts
+        return _Sparse(tp % d_sae, offsets, tv[order], rows)
+
+    # ------------------------------------------------------------------ the step
+    def step(self, x: torch.Tensor, dead: torch.Tensor | None | str = "auto") -> dict[str, torch.Tensor]:
+        """One training step on a batch ``x`` [B, d_in]; returns the losses (device tensors, no sync):
+        ``mse_loss``, ``auxiliary_reconstruction_loss``, ``loss``, ``l0``, and ``fired`` (per-latent
+        count of nonzero activations in this batch). ``dead``: the dead-latent mask for the aux loss
+        ("auto": from this trainer's own counters, as SAETrainer does)."""
+        cfg = self.cfg
+        if x.ndim != 2 or x.shape[1] != cfg.d_in:
+            raise SaeRdpError(f"fast step: batch must be [B, {cfg.d_in}], got {tuple(x.shape)}")
+        x = x.to(device=self.device, dtype=self.dtype)
+        B = x.shape[0]
+        # dead mask as SAETrainer computes it before the forward pass; a latent can be dead only after
+        # dead_feature_window steps, so the host sync to count them is skipped until then
+        if isinstance(dead, str):
+            dead = self.dead_neurons if self.n_training_steps > cfg.dead_feature_window else None
+        graph = self._graph_applicable()
+        if dead is not None and graph and not bool(dead.any()):
+            dead = None  # (one host sync) no latent is dead: the step can be replayed as a graph
+        if dead is None and graph:
+            losses = self._graph_step(x)
+        else:
+            losses, sp, vals_s = self._device_step(x, dead)
+            self._last_sparse = sp
+            self._last_vals_s = vals_s
+        self.n_frac_active_samples += B
+        self.n_training_steps += 1
+        return losses
+
+    @torch.no_grad()
+    def _device_step(
+        self, x: torch.Tensor, dead: torch.Tensor | None
+    ) -> tuple[dict[str, torch.Tensor], _Sparse, torch.Tensor]:
+        """Everything :meth:`step` runs on the device (loss, gradients, clipping, Adam, dead-latent and
+        BatchTopK bookkeeping); no host sync for TopK without dead latents."""
+        cfg = self.cfg
+        B = x.shape[0]
+        if self.use_triton:
+            losses, sp, vals_s = self._fused_step(x, dead)
+        else:
+            losses, grads, sp, vals_s = self.loss_and_grads(x, dead)
+            # ---- clip_grad_norm_(max_norm) folded into Adam's grad_scale (grad / scale)
+            total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            clip = torch.clamp(cfg.max_grad_norm / (total + 1e-6), max=1.0)
+            self._adam(grads, clip)
+        # ---- trainer bookkeeping (no host sync)
+        a = sp.vals
+        fired = torch.zeros(cfg.d_sae, device=self.device, dtype=self.dtype).index_add_(
+            0, sp.idx, (a > 0).to(self.dtype)
+        )
+        self.act_freq_scores += fired
+        self.n_forward_passes_since_fired += 1
+        self.n_forward_passes_since_fired.masked_fill_(fired > 0, 0)
+        if cfg.kind == "batchtopk":
+            pos = torch.where(vals_s > 0, vals_s, torch.full_like(vals_s, torch.inf))
+            mn = pos.min() if pos.numel() else torch.tensor(torch.inf, device=self.device)
+            lr_t = cfg.topk_threshold_lr
+            new = (1 - lr_t) * self.topk_threshold + lr_t * mn.double()
+            self.topk_threshold.copy_(torch.where(torch.isfinite(mn), new, self.topk_threshold))
+        losses["l0"] = (a > 0).sum() / B
+        losses["fired"] = fired
+        return losses, sp, vals_s
+
+    # ------------------------------------------------------------------ CUDA graph replay
+    def _graph_applicable(self) -> bool:
+        return (
+            self.cfg.cuda_graph
+            and self._graph_failed is None
+            and self.use_triton
+            and self.cfg.kind == "topk"
+            and self.device.type == "cuda"
+        )
+
+    def _graph_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run the step as a replay of a captured CUDA graph: the batch is copied into the graph's input
+        buffer, the learning rate lives in a device tensor; the first two steps (Triton compilation,
+        cache allocation) and steps of another batch shape or after the parameters changed otherwise
+        run eagerly and (re)capture."""
+        key = (tuple(x.shape), self._cache_key() if self._lp_cache is not None else None)
+        if self._graph is not None and key == self._graph_key:
+            self._static_x.copy_(x)
+            self._graph.replay()
+            return {k: v.clone() for k, v in self._graph_out.items()}
+        self._graph = None
+        if self._graph_eager_steps < 2 or self._lp_cache is None:
+            self._graph_eager_steps += 1
+            losses, sp, vals_s = self._device_step(x, None)
+            self._last_sparse, self._last_vals_s = sp, vals_s
+            return losses
+        self._static_x = x.clone()
+        g = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(g):
+                out, sp, vals_s = self._device_step(self._static_x, None)
+        except Exception as e:  # noqa: BLE001  (capture unsupported here: stay eager from now on)
+            self._graph_failed = f"{type(e).__name__}: {e}"[:300]
+            warnings.warn(f"fast step: CUDA graph capture failed, running eagerly ({self._graph_failed})", stacklevel=2)
+            losses, sp, vals_s = self._device_step(x, None)
+            self._last_sparse, self._last_vals_s = sp, vals_s
+            return losses
+        self._graph, self._graph_out = g, out
+        self._last_sparse, self._last_vals_s = sp, vals_s
+        self._graph_key = (tuple(x.shape), self._cache_key())
+        g.replay()  # capturing does not run the step: run it
+        return {k: v.clone() for k, v in out.items()}
+
+    @torch.no_grad()
+    def loss_and_grads(
+        self, x: torch.Tensor, dead: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor], _Sparse, torch.Tensor]:
+        """Losses and the gradients of (mse + aux) w.r.t. [W_enc^T, b_enc, W_dec, b_dec], without
+        updating anything. ``dead``: boolean [d_sae] dead-latent mask (None: no aux loss)."""
+        cfg = self.cfg
+        B = x.shape[0]
+        _, b_enc, W_dec, b_dec = self.params
+        W_encT = self.W_encT
+        lowp = torch.bfloat16 if cfg.bf16 else self.dtype
+        num_dead = int(dead.sum()) if dead is not None else 0
+        wgrad = _weight_grad_csr if cfg.weight_grad_impl == "csr" else _weight_grad
+        u = x - b_dec if cfg.apply_b_dec_to_input else x
+        n = W_dec.norm(dim=1) if cfg.rescale_acts_by_decoder_norm else None
+        # ---- encoder: the one dense matmul, with the decoder-norm rescale folded into it
+        if cfg.bf16:
+            Wl = W_encT.to(lowp)
+            if n is not None:
+                Wl.mul_(n.to(lowp)[:, None])
+            bias = (b_enc * n if n is not None else b_enc).to(lowp)
+            pre_s = torch.addmm(bias, u.to(lowp), Wl.t())
+        else:
+            pre_s = torch.addmm(b_enc, u, W_encT.t())
+            if n is not None:
+                pre_s.mul_(n)
+        sp = self._select(pre_s)
+        vals_s = sp.vals  # relu(pre * n), fp32 (what SAELens calls feature_acts)
+        inv_n_sel = (1.0 / n)[sp.idx] if n is not None else None
+        a = vals_s * inv_n_sel if n is not None else vals_s
+        sp.vals = a
+        # ---- sparse decoder
+        Wd = W_dec.to(lowp) if (cfg.bf16 and cfg.decoder_bf16 and W_dec.device.type != "cuda") else W_dec
+        x_hat = _decode(sp, Wd).to(self.dtype) + b_dec
+        err = x_hat - x
+        werr = err * self.w if self.w is not None else err
+        mse = (werr * err).sum() / B
+        r = werr * (2.0 / B)  # dL/dx_hat
+        # ---- backward through the decoder
+        g_a = _vals_grad(sp, Wd, r).to(self.dtype)
+        g_Wdec = wgrad(sp, r, a, cfg.d_sae)
+        g_pre = g_a * (a > 0)
+        # ---- backward through the encoder (sparse pre-activation gradient)
+        g_WencT = wgrad(sp, u, g_pre, cfg.d_sae)
+        g_benc = torch.zeros_like(b_enc).index_add_(0, sp.idx, g_pre)
+        # ---- dead-latent auxiliary loss (SAELens calculate_topk_aux_loss; gamma^2-weighted if weighted)
+        aux = torch.zeros((), device=self.device, dtype=self.dtype)
+        if num_dead > 0:
+            aux = self._aux_loss(dead, num_dead, pre_s, n, err, u, g_WencT, g_Wdec, g_benc, lowp, Wd, wgrad)
+        g_bdec = r.sum(0)
+        if cfg.apply_b_dec_to_input:
+            g_bdec -= g_benc @ W_encT
+        if self.in_place:
+            g_WencT = g_WencT.t().contiguous()  # the gradient in the parameter's own layout
+        grads = [g_WencT, g_benc, g_Wdec, g_bdec]
+        self._last_x_hat = x_hat
+        return {"mse_loss": mse, "auxiliary_reconstruction_loss": aux, "loss": mse + aux}, grads, sp, vals_s
+
+    # ------------------------------------------------------------------ the Triton step
+    def invalidate_cache(self) -> None:
+        """Forget the cached decoder norms and low-precision weight copies, and the captured CUDA graph
+        (call after changing the parameters by other means than :meth:`step`, e.g. through ``.data``;
+        in-place changes to the parameters themselves are detected through their version counters)."""
+        self._lp_cache = None
+        self._graph = None
+
+    def _cache_key(self) -> tuple[int, ...]:
+        W_enc, _, W_dec, _ = self.params
+        return (W_dec._version, W_enc._version, W_dec.data_ptr(), W_enc.data_ptr())
+
+    def _lowp_weights(self) -> dict[str, Any]:
+        """Decoder row norms n, the decoder rows to gather (bf16 copy under bf16, else W_dec itself) and,
+        under bf16, the encoder's latent-major bf16 copy pre-multiplied by n. Written by the fused Adam
+        pass of the previous step; recomputed here only when the parameters changed otherwise."""
+        c = self._lp_cache
+        if c is not None and c["key"] == self._cache_key():
+            return c
+        cfg = self.cfg
+        W_dec, W_encT = self.W_dec, self.W_encT
+        n = W_dec.norm(dim=1) if cfg.rescale_acts_by_decoder_norm else None
+        c = {"n": n, "Wdec": W_dec, "Wenc": None}
+        if cfg.bf16:
+            c["Wdec"] = W_dec.to(torch.bfloat16)
+            c["Wenc"] = torch.empty(cfg.d_sae, cfg.d_in, device=self.device, dtype=torch.bfloat16)
+            c["Wenc"].copy_(W_encT * n[:, None] if n is not None else W_encT)
+        c["key"] = self._cache_key()
+        self._lp_cache = c
+        return c
+
+    @torch.no_grad()
+    def _fused_backward(self, x: torch.Tensor, dead: torch.Tensor | None) -> dict[str, Any]:
+        """Forward and backward of the Triton step up to (not including) the weight gradients: losses,
+        sparse codes, the latent-major CSR (crow, tok) with the decoder / encoder coefficients and the
+        rows they scale (S_dec = dL/dx_hat, S_enc = u; bf16 under bf16), dense extra gradients of the aux
+        loss, and the bias gradients."""
+        from sae_rdp_plugin.fast import kernels as fk
+
+        cfg = self.cfg
+        B = x.shape[0]
+        _, b_enc, W_dec, b_dec = self.params
+        W_encT = self.W_encT
+        c = self._lowp_weights()
+        n = c["n"]
+        num_dead = int(dead.sum()) if dead is not None else 0
+        u = x - b_dec if cfg.apply_b_dec_to_input else x
+        lowp = torch.bfloat16 if cfg.bf16 else self.dtype
+        if cfg.bf16:
+            u_l = u.to(lowp)
+            bias = (b_enc * n if n is not None else b_enc).to(lowp)
+            pre_s = torch.addmm(bias, u_l, c["Wenc"].t())
+        else:
+            u_l = u
+            pre_s = torch.addmm(b_enc, u, W_encT.t())
+            if n is not None:
+                pre_s.mul_(n)
+        sp = self._select(pre_s)
+        vals_s = sp.vals
+        a = vals_s / n[sp.idx] if n is not None else vals_s
+        sp.vals = a
+        nnz = sp.idx.numel()
+        off = torch.cat([sp.offsets, torch.full((1,), nnz, device=self.device, dtype=sp.offsets.dtype)])
+        Wd = c["Wdec"]
+        x_hat = fk.decode(Wd, sp.idx, a, off, b_dec)
+        err = x_hat - x
+        werr = err * self.w if self.w is not None else err
+        mse = (werr * err).sum() / B
+        r = werr * (2.0 / B)
+        g_pre = fk.rowdot(Wd, sp.idx, off, r) * (a > 0)
+        # latent-major CSR of the entries: tokens and coefficients of each latent's gradient rows
+        order = torch.argsort(sp.idx)
+        crow = torch.searchsorted(sp.idx[order], torch.arange(cfg.d_sae + 1, device=self.device, dtype=sp.idx.dtype))
+        g_benc = torch.zeros_like(b_enc).index_add_(0, sp.idx, g_pre)
+        # dead-latent aux loss: dense extra gradients (both aux implementations)
+        aux = torch.zeros((), device=self.device, dtype=self.dtype)
+        X_dec = X_enc = None
+        if num_dead > 0:
+            X_dec = torch.zeros(cfg.d_sae, cfg.d_in, device=self.device, dtype=self.dtype)
+            X_enc = torch.zeros(cfg.d_sae, cfg.d_in, device=self.device, dtype=self.dtype)
+            wgrad = _weight_grad_csr if cfg.weight_grad_impl == "csr" else _weight_grad
+            aux = self._aux_loss(dead, num_dead, pre_s, n, err, u, X_enc, X_dec, g_benc, lowp, W_dec, wgrad)
+        g_bdec = r.sum(0)
+        if cfg.apply_b_dec_to_input:
+            g_bdec -= g_benc @ W_encT
+        S_dec = r.to(lowp) if cfg.bf16 else r
+        hot_dec = hot_enc = None
+        n_hot = self._hot_rows(B)
+        if n_hot > 0:
+            slot, (gh_dec, gh_enc) = fk.hot_rows(
+                crow,
+                sp.idx,
+                sp.offset2bag,
+                [a, g_pre],
+                [S_dec, u_l],
+                max_hot=n_hot,
+                min_count=cfg.hot_min_count,
+                unique=True,
+            )
+            hot_dec, hot_enc = (slot, gh_dec), (slot, gh_enc)
+        self._last_x_hat = x_hat
+        return {
+            "losses": {"mse_loss": mse, "auxiliary_reconstruction_loss": aux, "loss": mse + aux},
+            "sp": sp,
+            "vals_s": vals_s,
+            "crow": crow,
+            "tok": sp.offset2bag[order],
+            "coef_dec": a[order].contiguous(),
+            "coef_enc": g_pre[order].contiguous(),
+            "S_dec": S_dec,
+            "S_enc": u_l,
+            "X_dec": X_dec,
+            "X_enc": X_enc,
+            "hot_dec": hot_dec,
+            "hot_enc": hot_enc,
+            "g_benc": g_benc,
+            "g_bdec": g_bdec,
+            "cache": c,
+        }
+
+    def _hot_rows(self, B: int) -> int:
+        """Hot-row capacity H of the Triton step (static per batch size). Automatic (hot_rows=-1): with
+        H >= B*k / c, every latent left to the gather loop has at most c entries (the (H+1)-th busiest
+        latent has at most B*k / (H+1)); c = 64 under bf16 (the two [H, B] x [B, d] products run as bf16
+        GEMMs) and 256 in float32 (float32 GEMMs are ~15x slower); at least 256, at most d_sae."""
+        if self.cfg.hot_rows >= 0:
+            return self.cfg.hot_rows
+        c = 64 if self.cfg.bf16 else 256
+        return min(self.cfg.d_sae, max(256, -(-int(B * math.ceil(self.cfg.k)) // c)))
+
+    @torch.no_grad()
+    def triton_loss_and_grads(
+        self, x: torch.Tensor, dead: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """Losses and the gradients [W_enc^T, b_enc, W_dec, b_dec] as the Triton step forms them (the
+        weight gradients materialised through the same fused kernel, with Adam reduced to the identity),
+        without updating anything. For tests and on-device checks against :meth:`loss_and_grads`."""
+        from sae_rdp_plugin.fast import kernels as fk
+
+        x = x.to(device=self.device, dtype=self.dtype)
+        f = self._fused_backward(x, dead)
+        grads = []
+        for key in ("enc", "dec"):
+            grads.append(
+                fk.sparse_grad(f["crow"], f["tok"], f["coef_" + key], f["S_" + key], f["X_" + key], hot=f["hot_" + key])
+            )
+        return f["losses"], [grads[0], f["g_benc"], grads[1], f["g_bdec"]]
+
+    @torch.no_grad()
+    def _fused_step(
+        self, x: torch.Tensor, dead: torch.Tensor | None
+    ) -> tuple[dict[str, torch.Tensor], _Sparse, torch.Tensor]:
+        """The whole step with the Triton kernels: the same loss, gradients and update as
+        :meth:`loss_and_grads` + clipping + Adam, but the weight gradients are formed row by row inside
+        two fused passes (norm, then clipped Adam), never as dense [d_sae, d_in] tensors."""
+        from sae_rdp_plugin.fast import kernels as fk
+
+        cfg = self.cfg
+        f = self._fused_backward(x, dead)
+        c, crow, tok = f["cache"], f["crow"], f["tok"]
+        g_benc, g_bdec = f["g_benc"], f["g_bdec"]
+        n = c["n"]
+        _, b_enc, W_dec, b_dec = self.params
+        # SAELens's W_enc layout ([d_in, d_sae], in_place): its Adam tiles are narrow in d, so forming the
+        # gradient rows inside them would gather every entry d/BD times (slow when a latent has many
+        # entries, as on real activations): form G_enc latent-major first, then a dense Adam pass over it
+        G_enc = None
+        if self.in_place:
+            G_enc = fk.sparse_grad(crow, tok, f["coef_enc"], f["S_enc"], f["X_enc"], hot=f["hot_enc"])
+        # ---- pass 1: the global gradient norm -> clip coefficient (SAETrainer's clip_grad_norm_)
+        sq_enc = (
+            G_enc.square().sum()
+            if G_enc is not None
+            else fk.sparse_grad_sq(crow, tok, f["coef_enc"], f["S_enc"], f["X_enc"], hot=f["hot_enc"])
+        )
+        sq = (
+            fk.sparse_grad_sq(crow, tok, f["coef_dec"], f["S_dec"], f["X_dec"], hot=f["hot_dec"])
+            + sq_enc
+            + g_benc.square().sum()
+            + g_bdec.square().sum()
+        )
+        clip = torch.clamp(cfg.max_grad_norm / (sq.sqrt() + 1e-6), max=1.0)
+        # ---- pass 2: clipped Adam on the weight rows (decoder first: its new row norms scale the
+        # encoder's bf16 copy), then torch's fused Adam on the two bias vectors
+        torch._foreach_add_(self.state_steps, 1)
+        t = self.state_steps[0]
+        b1, b2 = cfg.adam_beta1, cfg.adam_beta2
+        hp = torch.stack(
+            [self._lr_t / (1 - torch.pow(b1, t)), torch.sqrt(1 - torch.pow(b2, t)), clip.to(t.dtype)]
+        ).float()
+        M_enc, V_enc = self.exp_avg[0], self.exp_avg_sq[0]
+        if self.in_place:
+            M_enc, V_enc = M_enc.t(), V_enc.t()
+        fk.sparse_grad_adam(
+            crow,
+            tok,
+            f["coef_dec"],
+            f["S_dec"],
+            W_dec,
+            self.exp_avg[2],
+            self.exp_avg_sq[2],
+            hp,
+            betas=(b1, b2),
+            eps=cfg.adam_eps,
+            X=f["X_dec"],
+            norm_out=n,
+            lp_out=c["Wdec"] if cfg.bf16 else None,
+            hot=f["hot_dec"],
+        )
+        if G_enc is not None:  # dense pass: no entries (an empty CSR), the gradient comes in as X
+            csr_enc = (torch.zeros(cfg.d_sae + 1, device=self.device, dtype=crow.dtype), tok[:1], f["coef_enc"][:1])
+            X_enc, hot_enc = G_enc, None
+        else:
+            csr_enc, X_enc, hot_enc = (crow, tok, f["coef_enc"]), f["X_enc"], f["hot_enc"]
+        fk.sparse_grad_adam(
+            *csr_enc,
+            f["S_enc"],
+            self.W_encT,
+            M_enc,
+            V_enc,
+            hp,
+            betas=(b1, b2),
+            eps=cfg.adam_eps,
+            X=X_enc,
+            scale=n if cfg.bf16 else None,
+            lp_out=c["Wenc"],
+            hot=hot_enc,
+        )
+        torch._fused_adam_(
+            [b_enc, b_dec],
+            [g_benc, g_bdec],
+            [self.exp_avg[1], self.exp_avg[3]],
+            [self.exp_avg_sq[1], self.exp_avg_sq[3]],
+            [],
+            [self.state_steps[1], self.state_steps[3]],
+            lr=self._lr_t,
+            beta1=b1,
+            beta2=b2,
+            weight_decay=0.0,
+            eps=cfg.adam_eps,
+            amsgrad=False,
+            maximize=False,
+            grad_scale=(1.0 / clip).float().reshape(1),
+            found_inf=None,
+        )
+        c["key"] = self._cache_key()
+        return f["losses"], f["sp"], f["vals_s"]
+
+    # ------------------------------------------------------------------ dead-latent aux loss
+    def _aux_loss(
+        self,
+        dead: torch.Tensor,
+        num_dead: int,
+        pre_s: torch.Tensor,
+        n: torch.Tensor | None,
+        err: torch.Tensor,
+        u: torch.Tensor,
+        g_WencT: torch.Tensor,
+        g_Wdec: torch.Tensor,
+        g_benc: torch.Tensor,
+        lowp: torch.dtype,
+        Wd: torch.Tensor,
+        wgrad: Callable[..., torch.Tensor],
+    ) -> torch.Tensor:
+        """SAELens's calculate_topk_aux_loss (gamma^2-weighted if weighted): the top k_aux = min(d_in/2,
+        n_dead) dead latents of pre*n per row (taken over the dead columns only), their pre-activations
+        (no ReLU) decoding the residual, scale min(n_dead / (d_in/2), 1). Accumulates its gradients into
+        g_WencT, g_Wdec (dense [d_sae, d_in]) and g_benc; returns the loss."""
+        cfg = self.cfg
+        k_aux_full = cfg.d_in // 2
+        k_aux = min(k_aux_full, num_dead)
+        c = cfg.aux_loss_coefficient * min(num_dead / k_aux_full, 1.0)
+        if num_dead < cfg.d_sae:
+            dead_idx = dead.nonzero().squeeze(1)
+            av, ai = pre_s.index_select(1, dead_idx).topk(k_aux, dim=1, sorted=False)
+            ai = dead_idx[ai]
+        else:
+            av, ai = pre_s.topk(k_aux, dim=1, sorted=False)
+        av = av.to(self.dtype)
+        aux_a = av / n[ai] if n is not None else av  # = pre (no relu), as SAELens; [B, k_aux]
+        if self._aux_dense(k_aux):
+            aux, g_aux_a = self._aux_loss_dense(ai, aux_a, err, c, u, g_WencT, g_Wdec, lowp)
+            g_benc.index_add_(0, ai.reshape(-1), g_aux_a.reshape(-1))
+        else:
+            aux, aux_sp, g_aux_a = self._aux_loss_sparse(ai, aux_a, err, c, Wd, g_Wdec, wgrad)
+            g_WencT += wgrad(aux_sp, u, g_aux_a, cfg.d_sae)
+            g_benc.index_add_(0, aux_sp.idx, g_aux_a)
+        return aux
+
+    def _aux_dense_threshold(self) -> float:
+        """k_aux / d_sae above which the dense aux path is faster. Per aux term the sparse path reads
+        ~4 * B*k_aux*d_in gathered elements (fp32 rows on CUDA), the dense one runs 3 GEMMs of
+        2*B*d_sae*d_in FLOPs; with an H100's ~800 TFLOP/s bf16, ~52 TFLOP/s fp32 and ~3 TB/s, dense wins
+        above ~1/700 (bf16) and ~1/45 (fp32); the CUDA defaults keep a 2x margin toward sparse at
+        bf16. On CPU (2 shared cores, B=512, d_sae=4096, fp32; scripts/bench_fast_aux_cpu.py) dense is
+        1.3x slower than sparse at 1/32 and 1.0-1.1x at 1/16, and bf16 matmuls are 2x slower than fp32
+        gathers, so CPU uses dense only in fp32 from 1/8."""
+        if self.cfg.aux_dense_min_density is not None:
+            return self.cfg.aux_dense_min_density
+        if self.device.type == "cuda":
+            return 1 / 350 if self.cfg.bf16 else 1 / 45
+        return math.inf if self.cfg.bf16 else 1 / 8
+
+    def _aux_dense(self, k_aux: int) -> bool:
+        if self.cfg.aux_impl != "auto":
+            return self.cfg.aux_impl == "dense"
+        return k_aux / self.cfg.d_sae >= self._aux_dense_threshold()
+
+    def _aux_loss_dense(
+        self,
+        ai: torch.Tensor,
+        aux_a: torch.Tensor,
+        err: torch.Tensor,
+        c: float,
+        u: torch.Tensor,
+        g_WencT: torch.Tensor,
+        g_Wdec: torch.Tensor,
+        lowp: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAELens's aux loss the way SAELens computes it (scatter into a dense [B, d_sae] matrix, dense
+        decoder matmul; bf16 under bf16), with the backward as three dense matmuls: e_hat = A W_dec,
+        dL/dA = r_aux W_dec^T (gathered at the aux entries), dW_dec += A^T r_aux, dW_enc^T += G^T u.
+        Accumulates into g_WencT, g_Wdec; returns (aux loss, dL/d aux_a [B, k_aux])."""
+        B = err.shape[0]
+        W_dec = self.W_dec
+        Wdl = W_dec.to(lowp)
+        A = torch.zeros(B, self.cfg.d_sae, device=err.device, dtype=lowp).scatter_(1, ai, aux_a.to(lowp))
+        e_hat = (A @ Wdl).to(self.dtype)
+        d_aux = e_hat + err  # e_hat - (x - x_hat); the residual is detached in SAELens
+        wd_aux = d_aux * self.w if self.w is not None else d_aux
+        aux = c * (wd_aux * d_aux).sum() / B
+        rl = (wd_aux * (2.0 * c / B)).to(lowp)
+        g_aux_a = (rl @ Wdl.t()).gather(1, ai).to(self.dtype)
+        g_Wdec += A.t() @ rl
+        A.zero_().scatter_(1, ai, g_aux_a.to(lowp))  # reuse the buffer for dL/dpre (dense)
+        g_WencT += A.t() @ u.to(lowp)
+        return aux, g_aux_a
+
+    def _aux_loss_sparse(
+        self,
+        ai: torch.Tensor,
+        aux_a: torch.Tensor,
+        err: torch.Tensor,
+        c: float,
+        Wd: torch.Tensor,
+        g_Wdec: torch.Tensor,
+        wgrad: Callable[..., torch.Tensor],
+    ) -> tuple[torch.Tensor, _Sparse, torch.Tensor]:
+        """The aux loss with the main path's sparse decoder (gathers of B*k_aux rows). Accumulates
+        into g_Wdec; returns (aux loss, the sparse codes, dL/d aux_a flat)."""
+        B, k_aux = ai.shape
+        dev = err.device
+        aux_sp = _Sparse(
+            ai.reshape(-1),
+            torch.arange(0, B * k_aux, k_aux, device=dev),
+            aux_a.reshape(-1),
+            torch.arange(B * k_aux, device=dev) // k_aux,
+        )
+        e_hat = _decode(aux_sp, Wd).to(self.dtype)
+        d_aux = e_hat + err
+        wd_aux = d_aux * self.w if self.w is not None else d_aux
+        aux = c * (wd_aux * d_aux).sum() / B
+        r_aux = wd_aux * (2.0 * c / B)
+        g_aux_a = _vals_grad(aux_sp, Wd, r_aux).to(self.dtype)
+        g_Wdec += wgrad(aux_sp, r_aux, aux_sp.vals, self.cfg.d_sae)
+        return aux, aux_sp, g_aux_a
+
+    def _adam(self, grads: list[torch.Tensor], clip: torch.Tensor) -> None:
+        cfg = self.cfg
+        torch._foreach_add_(self.state_steps, 1)
+        if self._fused:
+            torch._fused_adam_(
+                self.params,
+                grads,
+                self.exp_avg,
+                self.exp_avg_sq,
+                [],
+                self.state_steps,
+                lr=self._lr,
+                beta1=cfg.adam_beta1,
+                beta2=cfg.adam_beta2,
+                weight_decay=0.0,
+                eps=cfg.adam_eps,
+                amsgrad=False,
+                maximize=False,
+                grad_scale=(1.0 / clip).float().reshape(1),
+                found_inf=None,
+            )
+            return
+        torch._foreach_mul_(grads, clip)  # pragma: no cover - other devices
+        for p, g, m, v, s in zip(self.params, grads, self.exp_avg, self.exp_avg_sq, self.state_steps):
+            m.lerp_(g, 1 - cfg.adam_beta1)
+            v.mul_(cfg.adam_beta2).addcmul_(g, g, value=1 - cfg.adam_beta2)
+            t = float(s)
+            bc1 = 1 - cfg.adam_beta1**t
+            bc2 = 1 - cfg.adam_beta2**t
+            p.addcdiv_(m, (v / bc2).sqrt_().add_(cfg.adam_eps), value=-self._lr / bc1)
+
+
+def train_fast(
+    sae: Any,
+    batches: Any,
+    n_steps: int,
+    *,
+    lr: float = 3e-4,
+    adam_beta1: float = 0.9,
+    adam_beta2: float = 0.999,
+    dead_feature_window: int = 1000,
+    bf16: bool = False,
+    lr_fn: Callable[[int], float] | None = None,
+    device: str | torch.device | None = None,
+    on_step: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+) -> FastTopKTrainer:
+    """Train ``sae`` (a SAELens topk/batchtopk or weighted_* training SAE) for ``n_steps`` batches from
+    the iterator ``batches`` with the fast step, then copy the weights back into ``sae``. ``lr_fn(step)``
+    optionally gives the learning rate per step (SAELens's schedulers multiply ``lr``)."""
+    tr = FastTopKTrainer.from_training_sae(
+        sae,
+        lr=lr,
+        adam_beta1=adam_beta1,
+        adam_beta2=adam_beta2,
+        dead_feature_window=dead_feature_window,
+        bf16=bf16,
+        device=device,
+    )
+    it = iter(batches)
+    for s in range(n_steps):
+        if lr_fn is not None:
+            tr.set_lr(lr_fn(s))
+        out = tr.step(next(it))
+        if on_step is not None:
+            on_step(s, out)
+    tr.write_to(sae)
+    return tr
+
+
+# ---------------------------------------------------------------------------- SAELens SAETrainer hook
+def install_fast_step(trainer: Any, **cfg_overrides: Any) -> FastTopKTrainer | None:
+    """Make a SAELens ``SAETrainer`` run its steps with the fast path when it applies: the SAE is a
+    (weighted_)topk / (weighted_)batchtopk training SAE in float32/float64 with no activation
+    normalisation other than SAELens's scalar scaling. Returns the FastTopKTrainer, or None (the
+    trainer is left untouched) when the fast path does not apply.
+
+    Only ``trainer._train_step`` is replaced (on this instance): ``fit()``'s loop, the activation
+    scaler, the lr and coefficient schedulers, dead-latent statistics, sparsity windows, checkpoints
+    (the Adam state is written into the trainer's torch Adam before each save) and the final folding
+    and saving stay SAELens's own. Autocast (``SAETrainerConfig.autocast``) maps to ``bf16=True``."""
+    from sae_lens.saes.sae import TrainStepOutput
+
+    sae = trainer.sae
+    try:
+        arch = sae.cfg.architecture()
+    except Exception:  # noqa: BLE001
+        return None
+    if fast_architecture_of(arch) is None or sae.W_dec.dtype not in (torch.float32, torch.float64):
+        return None
+    if getattr(sae.cfg, "normalize_activations", "none") not in ("none", "expected_average_only_in"):
+        return None
+    if getattr(sae.cfg, "reshape_activations", "none") != "none" or getattr(sae, "use_error_term", False):
+        return None
+    if arch.startswith("weighted_") and hasattr(sae, "gamma_is_set") and not sae.gamma_is_set:
+        return None  # let the weighted SAE's first-batch gamma estimate run on the reference path
+    tc = trainer.cfg
+    ft = FastTopKTrainer.attach(
+        sae,
+        lr=tc.lr,
+        adam_beta1=tc.adam_beta1,
+        adam_beta2=tc.adam_beta2,
+        dead_feature_window=tc.dead_feature_window,
+        bf16=bool(tc.autocast),
+        **cfg_overrides,
+    )
+    params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
+    if set(map(id, params)) != {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}:
+        return None  # extra trainable parameters: not a plain TopK SAE
+    ft.adam_state_from(trainer.optimizer, params)
+
+    def _train_step(sae: Any, sae_in: torch.Tensor) -> Any:
+        ft.set_lr(trainer.optimizer.param_groups[0]["lr"])
+        dead = trainer.dead_neurons if trainer.n_training_steps > tc.dead_feature_window else None
+        out = ft.step(sae_in, dead=dead)
+        fired = out.pop("fired")
+        with torch.no_grad():
+            trainer.n_forward_passes_since_fired += 1
+            trainer.n_forward_passes_since_fired.masked_fill_(fired > 0, 0)
+            trainer.act_freq_scores += fired.to(trainer.act_freq_scores.dtype)
+            trainer.n_frac_active_samples += tc.train_batch_size_samples
+        trainer.lr_scheduler.step()
+        for sched in trainer.coefficient_schedulers.values():
+            sched.step()
+        sp = ft._last_sparse
+        feature_acts = torch.sparse_coo_tensor(
+            torch.stack([sp.offset2bag, sp.idx]), ft._last_vals_s, (sae_in.shape[0], sae.cfg.d_sae)
+        )
+        losses = {"mse_loss": out["mse_loss"], "auxiliary_reconstruction_loss": out["auxiliary_reconstruction_loss"]}
+        metrics: dict[str, Any] = {}
+        if hasattr(sae, "topk_threshold"):
+            metrics["topk_threshold"] = sae.topk_threshold
+        return TrainStepOutput(
+            sae_in=sae_in,
+            sae_out=ft._last_x_hat,
+            feature_acts=feature_acts,
+            hidden_pre=sae_in.new_empty(0),
+            loss=out["loss"],
+            losses=losses,
+            metrics=metrics,
+        )
+
+    orig_save_state = trainer.save_trainer_state
+
+    def save_trainer_state(checkpoint_path: Any) -> None:
+        ft.adam_state_to(trainer.optimizer, params)
+        orig_save_state(checkpoint_path)
+
+    trainer._train_step = _train_step
+    trainer.save_trainer_state = save_trainer_state
+    ft.invalidate_cache()
+    trainer.fast_step = ft
+    return ft

@@ -1,0 +1,37 @@
+"""The training-speed benchmark script runs end to end in its tiny CPU mode (slow: ~1-2 min)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_bench_quick_runs(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run(
+        [
+            sys.executable,
+            str(root / "scripts" / "bench_training_speed.py"),
+            "--quick",
+            "--out",
+            str(tmp_path),
+            "--only",
+            "saelens_weighted_topk",
+            "fast_weighted_topk",
+            "--skip-pipeline",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    res = json.loads((tmp_path / "training_speed.json").read_text())
+    rows = {(r["impl"], r["precision"]): r for r in res["rows"]}
+    for prec in ("bf16", "fp32"):
+        assert rows[("fast_weighted_topk", prec)]["median_ms"] > 0
+        assert rows[("saelens_weighted_topk", prec)]["median_ms"] > 0
+    chk = next(iter(res["checks"].values()))
+    assert chk["rel_err_grad_W_enc_fp32"] < 1e-5  # fast vs SAELens autograd, float32
+    assert (tmp_path / "training_speed.md").exists()

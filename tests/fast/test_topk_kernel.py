@@ -1,0 +1,149 @@
+"""The exact per-row TopK kernel (sae_rdp_plugin.fast.topk_kernel.row_topk) against torch.topk.
+
+On CPU the kernel runs in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1). Besides the
+default block sizes, the tests shrink the module's blocks, groups and scratch capacity so that small
+rows take several blocks, and rows with more candidates than the scratch holds take the radix-select
+fallback path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from sae_rdp_plugin.fast import topk_kernel as tk  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif(
+    not tk.available(DEV), reason="Triton kernel unavailable (no CUDA, no TRITON_INTERPRET)"
+)
+
+DTYPES = [torch.bfloat16, torch.float32, torch.float16]
+# (block_16, block_32, groups, cap, cb): the defaults; small blocks (several per row) with the bound
+# and candidates spread over several rank tiles (tie-heavy rows overflow the scratch: fallback); a
+# one-slot scratch (the radix-select fallback for every row)
+CONFIGS = {
+    "default": (tk._BLOCK_16, tk._BLOCK_32, tk._GROUPS, tk._CAP, tk._CB),
+    "small": (128, 64, 64, 256, 16),  # k <= 64: bound used; ~k candidates in several 16-tiles
+    "fallback": (64, 64, 16, 1, 16),
+}
+
+
+def _use(monkeypatch, config: str) -> None:
+    for name, v in zip(("_BLOCK_16", "_BLOCK_32", "_GROUPS", "_CAP", "_CB"), CONFIGS[config]):
+        monkeypatch.setattr(tk, name, v)
+
+
+@pytest.fixture(params=["small", "fallback"])
+def config(request, monkeypatch):
+    """Small blocks (several per row) or a one-slot scratch (the radix-select fallback); the default
+    sizes are slow in the interpreter and get their own, shorter test."""
+    _use(monkeypatch, request.param)
+    return request.param
+
+
+def _check(x: torch.Tensor, k: int) -> None:
+    x = x.to(DEV)  # inputs are built on CPU; the kernel runs on CUDA when there is one
+    v, i = tk.row_topk(x, k)
+    assert v.shape == (x.shape[0], k) and i.shape == (x.shape[0], k)
+    assert v.dtype == x.dtype and i.dtype == torch.int64
+    assert bool(((i >= 0) & (i < x.shape[1])).all()), "index out of range"
+    si = i.sort(1).values
+    assert bool((si[:, 1:] != si[:, :-1]).all()), "repeated index in a row"
+    assert torch.equal(x.gather(1, i), v), "values are not x at the indices"
+    tv, _ = x.topk(k, dim=1, sorted=False)
+    assert torch.equal(v.sort(1).values, tv.sort(1).values), "values differ from torch.topk"
+
+
+def _rows(kind: str, shape: tuple[int, int], seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if kind == "randn":
+        return torch.randn(*shape, generator=g)
+    if kind == "integers":  # many ties at the threshold
+        return torch.randint(-4, 4, shape, generator=g).float()
+    if kind == "negative":
+        return -torch.rand(*shape, generator=g) - 1.0
+    if kind == "equal":  # every row constant
+        return torch.full(shape, -0.75)
+    if kind == "zeros":  # -0.0 and +0.0 (equal values, different bits) with a few positives
+        x = torch.where(torch.rand(*shape, generator=g) < 0.5, torch.tensor(-0.0), torch.tensor(0.0))
+        x[:, ::37] = 1.0
+        return x
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("kind", ["randn", "integers", "negative", "equal", "zeros"])
+@pytest.mark.parametrize("shape,k", [((5, 300), 7), ((3, 1000), 40)])
+def test_row_topk_matches_torch(config, dtype, kind, shape, k):
+    _check(_rows(kind, shape, seed=k).to(dtype), k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["randn", "integers"])
+def test_row_topk_default_blocks(dtype, kind):
+    """The module's own block sizes (one block per row here; integer rows: more candidates)."""
+    _check(_rows(kind, (3, 1000), seed=1).to(dtype), 40)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_row_topk_k_equals_n_and_one_column(dtype, monkeypatch):
+    _use(monkeypatch, "small")
+    x = torch.randn(4, 37).to(dtype)
+    _check(x, 37)
+    _check(torch.randn(3, 1).to(dtype), 1)
+
+
+def test_row_topk_non_contiguous_rows_and_empty_batch(monkeypatch):
+    _use(monkeypatch, "small")
+    base = torch.randn(6, 500)
+    _check(base[::2], 10)  # row stride 1000
+    _check(base[:, 100:400], 12)  # row stride 500, 300 columns
+    v, i = tk.row_topk(torch.empty(0, 50, device=DEV), 5)
+    assert v.shape == (0, 5) and i.shape == (0, 5)
+
+
+@pytest.mark.parametrize(
+    "x,k,msg",
+    [
+        (torch.randn(10), 2, "2-D"),
+        (torch.randn(2, 3, 4), 2, "2-D"),
+        (torch.randn(3, 10).double(), 2, "dtype"),
+        (torch.randint(0, 5, (3, 10)), 2, "dtype"),
+        (torch.randn(3, 10), 0, "k must be"),
+        (torch.randn(3, 10), 11, "k must be"),
+        (torch.randn(3, 10), 2.0, "k must be"),
+    ],
+)
+def test_row_topk_rejects_bad_input(x, k, msg):
+    with pytest.raises(ValueError, match=msg):
+        tk.row_topk(x, k)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.integers(1, 3),
+    n=st.integers(1, 400),
+    kfrac=st.floats(0.0, 1.0),
+    levels=st.sampled_from([0, 3, 50]),  # 0: continuous values; else few distinct values (ties)
+    dtype=st.sampled_from(DTYPES),
+    config=st.sampled_from(["small", "fallback"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_row_topk_property(rows, n, kfrac, levels, dtype, config, seed):
+    k = max(1, min(n, round(kfrac * 40) if kfrac < 0.9 else n))
+    g = torch.Generator().manual_seed(seed)
+    if levels == 0:
+        x = torch.randn(rows, n, generator=g) * 10
+    else:
+        x = torch.randint(-levels, levels + 1, (rows, n), generator=g).float() / 4
+    saved = (tk._BLOCK_16, tk._BLOCK_32, tk._GROUPS, tk._CAP, tk._CB)
+    try:
+        tk._BLOCK_16, tk._BLOCK_32, tk._GROUPS, tk._CAP, tk._CB = CONFIGS[config]
+        _check(x.to(dtype), k)
+    finally:
+        tk._BLOCK_16, tk._BLOCK_32, tk._GROUPS, tk._CAP, tk._CB = saved

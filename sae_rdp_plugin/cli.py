@@ -28,7 +28,9 @@ COMMAND_GROUPS = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sae-rdp",
-        description="Rate-Distortion-Polysemanticity theory, metrics and audits, and weighted SAEs for SAELens/SAEBench.",
+        description=(
+            "Rate-Distortion-Polysemanticity theory, metrics and audits, and weighted SAEs for SAELens/SAEBench."
+        ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -240,8 +240,10 @@ def to_markdown(meta, rows, table) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['width']} | {r['k']} | {r['seed']} | {r['rate']:.2f} | {r['distortion']:.4f} | {r['explained_variance']:.3f} | "
-            f"{r['P_true']:.3f} | {r['dec_redundancy']:.3f} | {r['coactivation']:.3f} | {r['enc_dec_misalignment']:.3f} |"
+            f"| {r['width']} | {r['k']} | {r['seed']} | {r['rate']:.2f} | {r['distortion']:.4f} | "
+            f"{r['explained_variance']:.3f} | "
+            f"{r['P_true']:.3f} | {r['dec_redundancy']:.3f} | {r['coactivation']:.3f} | "
+            f"{r['enc_dec_misalignment']:.3f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Empirical RDP experiments on trained SAEs (sae_rdp_plugin.experiments.rdp_sweeps).
 
-    python experiments/rdp_sweeps/run.py                       # all, CPU size, results under experiments/rdp_sweeps/results/
+    python experiments/rdp_sweeps/run.py                       # all, CPU size, into experiments/rdp_sweeps/results/
     python experiments/rdp_sweeps/run.py --only rotation
     python experiments/rdp_sweeps/run.py --size gpu --device cuda --out $OUT   # paper-sized (lead, H100)
 
@@ -15,12 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import torch
 
-import torch  # noqa: E402
-
-from sae_rdp_plugin.experiments.rdp_sweeps import EXPERIMENTS, run_experiment  # noqa: E402
-from sae_rdp_plugin.io import atomic_write_text  # noqa: E402
+from sae_rdp_plugin.experiments.rdp_sweeps import EXPERIMENTS, run_experiment
+from sae_rdp_plugin.io import atomic_write_text
 
 
 def main() -> int:

@@ -186,7 +186,8 @@ def demo_section(out: Path) -> str | None:
         "resamples / permutations.\n",
         "\n".join(lines),
         "",
-        f"Median V of the sparse-probing accuracies over these sweeps: {f(float(np.median(probe_v)) if probe_v else None)} "
+        "Median V of the sparse-probing accuracies over these sweeps: "
+        f"{f(float(np.median(probe_v)) if probe_v else None)} "
         f"({len(probe_v)} (sweep, k) audits): small-k probes lean faithful, k = 1, large k and all latents do not. "
         "ce_loss_score (loss recovered) is a reconstruction-side control, not a polysemanticity proxy: read as "
         "monosemanticity it must come out inverted (V near 1), and does. autointerp, absorption, SCR/TPP, RAVEL "

@@ -50,25 +50,33 @@ def demo_section(out: Path) -> str | None:
         "## Identifiability toy model (uniform SAE vs WSAE)",
         "",
         "x in R^200 with each feature 0 with probability S else U(0,1), seen as x_p = W_p x in R^20; tied SAEs with "
-        "200 latents trained on E||Gamma(x_p - x_hat_p)||^2 (Gamma = I, or gamma = Var(x_p)^alpha with mean(gamma^2) = 1). "
+        "200 latents trained on E||Gamma(x_p - x_hat_p)||^2 (Gamma = I, or gamma = Var(x_p)^alpha with mean(gamma^2) "
+        "= 1). "
         f"Quick grid: {len(res['rows'])} SAEs, {res['config']['steps']} steps each, {res['seconds']} s on CPU.",
         "",
-        "| sigma | S | alpha | features per latent (>= 10% of max) | MCC | L_GT | gap at W_p^T measured / closed form |",
+        "| sigma | S | alpha | features per latent (>= 10% of max) | MCC | L_GT "
+        "| gap at W_p^T measured / closed form |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in agg:
         lines.append(
-            f"| {r['activation']} | {r['S']} | {r['alpha']} | {r['feats_per_latent_rel']:.2f} | {r['mcc']:.3f} ± {r['mcc_std']:.3f} | "
+            f"| {r['activation']} | {r['S']} | {r['alpha']} | {r['feats_per_latent_rel']:.2f} | {r['mcc']:.3f} ± "
+            f"{r['mcc_std']:.3f} | "
             f"{r['loss_gt']:.2f} | {r['gap_measured']:.3f} / {r['gap_closed_form']:.3f} |"
         )
     lines += [
         "",
-        f"TopK at S = 0.99 reaches MCC {get('topk', 0.99, 0.0, 'mcc'):.2f} (uniform) / {get('topk', 0.99, 1.0, 'mcc'):.2f} (WSAE) against "
+        f"TopK at S = 0.99 reaches MCC {get('topk', 0.99, 0.0, 'mcc'):.2f} (uniform) / "
+        f"{get('topk', 0.99, 1.0, 'mcc'):.2f} (WSAE) against "
         f"{get('topk', 0.6, 0.0, 'mcc'):.2f} / {get('topk', 0.6, 1.0, 'mcc'):.2f} at S = 0.6 "
-        f"(change with S: {get('topk', 0.99, 0.0, 'mcc') - get('topk', 0.6, 0.0, 'mcc'):+.3f}; WSAE minus uniform at S = 0.99: "
-        f"{get('topk', 0.99, 1.0, 'mcc') - get('topk', 0.99, 0.0, 'mcc'):+.3f}). ReLU without an encoder bias stays polysemantic "
-        f"({get('relu', 0.99, 0.0, 'feats_per_latent_rel'):.0f} features per latent at S = 0.99): with 200 features in R^20 the paper's "
-        "non-positive-interference assumption cannot hold. The full grid is in `experiments/identifiability/FINDINGS.md`.",
+        f"(change with S: {get('topk', 0.99, 0.0, 'mcc') - get('topk', 0.6, 0.0, 'mcc'):+.3f}; WSAE minus uniform at "
+        "S = 0.99: "
+        f"{get('topk', 0.99, 1.0, 'mcc') - get('topk', 0.99, 0.0, 'mcc'):+.3f}). ReLU without an encoder bias stays "
+        "polysemantic "
+        f"({get('relu', 0.99, 0.0, 'feats_per_latent_rel'):.0f} features per latent at S = 0.99): with 200 features "
+        "in R^20 the paper's "
+        "non-positive-interference assumption cannot hold. The full grid is in "
+        "`experiments/identifiability/FINDINGS.md`.",
         "",
         "\n".join(f"![{f}](identifiability/{f})" for f in res["figures"] if "mcc" in f or "rel" in f),
         "",

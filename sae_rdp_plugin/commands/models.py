@@ -167,7 +167,8 @@ def _corpus_build(args: argparse.Namespace) -> int:
         max_docs_per_source=args.max_docs_per_source,
     )
     print(
-        f"corpus: {m['train_tokens']:,} train + {m['heldout_tokens']:,} held-out tokens ({m['train_rows']} + {m['heldout_rows']} rows of {m['context_size']}) -> {args.out}"
+        f"corpus: {m['train_tokens']:,} train + {m['heldout_tokens']:,} held-out tokens ({m['train_rows']} + "
+        f"{m['heldout_rows']} rows of {m['context_size']}) -> {args.out}"
     )
     return 0
 

@@ -1,7 +1,7 @@
 """``sae-rdp sweep ...``: batched SAE sweeps on synthetic data with known concepts.
 
 * ``sae-rdp sweep run --config CFG.json --out DIR [--device cuda] [--resume]``: train the grid
-  (``sae_rdp_plugin.sweep.core.train_sweep``), write ``DIR/results.json`` and per-member JSON.
+  (``sae_rdp_plugin.sweep.train.train_sweep``), write ``DIR/results.json`` and per-member JSON.
 * ``sae-rdp sweep eval --out DIR [--sae-path P ...] [--config CFG.json --dgp NAME]``: run the
   ``rdp_synthetic`` SAEBench eval on finished sweep members (exported as SAELens SAEs) or on SAELens
   SAE folders, against a DGP of the sweep config.
@@ -54,7 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from sae_rdp_plugin.errors import SaeRdpError
-    from sae_rdp_plugin.sweep.core import load_config, train_sweep
+    from sae_rdp_plugin.sweep.config import load_config
+    from sae_rdp_plugin.sweep.train import train_sweep
 
     cfg = load_config(args.config)
     if args.device.startswith("cuda"):
@@ -75,7 +76,7 @@ def _eval(args: argparse.Namespace) -> int:
     from sae_rdp_plugin.errors import SaeRdpError
     from sae_rdp_plugin.evals.rdp_synthetic.eval_config import RDPSyntheticEvalConfig
     from sae_rdp_plugin.evals.rdp_synthetic.main import run_eval, run_eval_on_sweep
-    from sae_rdp_plugin.sweep.core import load_config
+    from sae_rdp_plugin.sweep.config import load_config
 
     if args.sweep is None and not args.sae_path:
         raise SaeRdpError("give --sweep DIR or --sae-path PATH ...")
@@ -102,7 +103,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from sae_rdp_plugin.sweep.core import export_member
+    from sae_rdp_plugin.sweep.export import export_member
 
     dest = export_member(args.sweep, args.member, args.dest)
     print(f"[sweep export] {dest}")
@@ -111,7 +112,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _plot(args: argparse.Namespace) -> int:
     from sae_rdp_plugin.sweep.analysis import plot_sweep
-    from sae_rdp_plugin.sweep.core import load_results
+    from sae_rdp_plugin.sweep.train import load_results
 
     figs = plot_sweep(load_results(args.sweep), args.sweep)
     print("\n".join(str(f) for f in figs))

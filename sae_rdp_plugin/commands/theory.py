@@ -90,7 +90,8 @@ def _frontier(args: argparse.Namespace) -> int:
     tax = summary["rate_tax"]
     print(
         f"{len(table)} codes, {len(summary['pareto'])} Pareto-optimal in (R, D, P); "
-        f"monosemantic staircase: {len(summary['monosemantic_frontier'])} corners, D_min = {summary['monosemantic_d_min']:.4f}; "
+        f"monosemantic staircase: {len(summary['monosemantic_frontier'])} corners, D_min = "
+        f"{summary['monosemantic_d_min']:.4f}; "
         f"max rate tax {tax['max_rate_tax']}; E(|S|-1)_+ = {tax['zero_distortion_closed_form']:.4f}; wrote {args.out}"
     )
     return 0
@@ -126,7 +127,8 @@ def _example1(args: argparse.Namespace) -> int:
         print(f"winner at {w}: {nm}")
     for nm, q in res["inequalities"].items():
         print(
-            f"{nm} beats mono in distortion iff {q['beats_monosemantic_in_distortion_iff']}  [{'holds' if q['holds'] else 'fails'}]"
+            f"{nm} beats mono in distortion iff {q['beats_monosemantic_in_distortion_iff']}  "
+            f"[{'holds' if q['holds'] else 'fails'}]"
         )
     if args.check:
         print(f"closed forms match enumeration: {res['closed_forms_match_enumeration']}")

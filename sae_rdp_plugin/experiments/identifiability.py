@@ -23,7 +23,8 @@ non-positive interference W_p[:,i]^T W_p[:,j] <= 0 (i != j), but at most 2 n_p =
 can have pairwise non-positive inner products, so with n = 200 it cannot hold for either choice
 (TMS gives about 45% non-positive pairs, random about 50%). "mixed" makes half the input dims
 monosemantic (dim i = feature i, i < n_p/2) and lets the other half superpose the remaining features:
-the setting where per-dimension reweighting can matter (mcc_mono reports MCC on those n_p/2 features). W_p is fixed per seed and shared by every S, sigma, n_m and alpha,
+the setting where per-dimension reweighting can matter (mcc_mono reports MCC on those n_p/2 features).
+W_p is fixed per seed and shared by every S, sigma, n_m and alpha,
 so that each comparison changes one thing.
 
 Metrics (per trained SAE)
@@ -598,12 +599,15 @@ def _plot(agg: list[dict[str, Any]], name: str, out: Path) -> list[str]:
 
 def _table(agg: list[dict[str, Any]]) -> str:
     lines = [
-        "| sigma | n_m | S | alpha | feats/latent | feats/latent (rel.) | MCC | L_SAE | L_GT | gap (trained) | gap at W_p^T: measured | closed form |",
+        "| sigma | n_m | S | alpha | feats/latent | feats/latent (rel.) | MCC | L_SAE | L_GT | gap (trained) | gap at "
+        "W_p^T: measured | closed form |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in agg:
         lines.append(
-            f"| {r['activation']} | {r['n_m']} | {r['S']} | {r['alpha']} | {r['feats_per_latent']:.2f} ± {r['feats_per_latent_std']:.2f} | {r['feats_per_latent_rel']:.2f} ± {r['feats_per_latent_rel_std']:.2f} | "
+            f"| {r['activation']} | {r['n_m']} | {r['S']} | {r['alpha']} | {r['feats_per_latent']:.2f} ± "
+            f"{r['feats_per_latent_std']:.2f} | {r['feats_per_latent_rel']:.2f} ± {r['feats_per_latent_rel_std']:.2f} "
+            "| "
             f"{r['mcc']:.3f} ± {r['mcc_std']:.3f}"
             + (f" (mono {r['mcc_mono']:.3f} ± {r['mcc_mono_std']:.3f})" if "mcc_mono" in r else "")
             + f" | {r['loss_sae']:.3f} | {r['loss_gt']:.3f} | {r['gap_trained']:.3f} | "
@@ -629,13 +633,15 @@ def run_experiment(
     out.mkdir(parents=True, exist_ok=True)
     configs = configs or grid_configs(quick, only)
     summary: dict[str, Any] = {
-        "machine": f"{platform.node()} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, CPU)",
+        "machine": f"{platform.node()} ({platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads, CPU)",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "grids": {},
     }
     md = [
-        f"# Identifiability toy experiments\n\nMachine: {summary['machine']}; date {summary['date']}; torch {torch.__version__}.\n"
+        f"# Identifiability toy experiments\n\nMachine: {summary['machine']}; date {summary['date']}; torch "
+        f"{torch.__version__}.\n"
     ]
     for name, cfg in configs.items():
         res = run_grid(cfg, progress=progress, checkpoint=out / f".{name}.checkpoint.json")
@@ -655,13 +661,17 @@ def run_experiment(
         md.append(
             f"## Grid `{name}` ({len(res['rows'])} SAEs, {res['seconds']} s)\n\n"
             f"n = {c['n']}, n_p = {c['n_p']}, S in {list(c['sparsities'])}, sigma in {list(c['activations'])}, "
-            f"n_m in {list(c['n_ms'])}, alpha in {list(c['alphas'])}, seeds {list(c['seeds'])}; {c['steps']} Adam steps "
-            f"(lr {c['lr']}, batch {c['batch']}), TopK k = {c['topk_k']}, JumpReLU threshold {c['jumprelu_threshold']}, "
-            f"W_p = {c['wp_init']} (TMS at S = {c['tms_sparsity']}, {c['tms_steps']} steps); metrics on {c['eval_samples']} "
+            f"n_m in {list(c['n_ms'])}, alpha in {list(c['alphas'])}, seeds {list(c['seeds'])}; {c['steps']} Adam "
+            "steps "
+            f"(lr {c['lr']}, batch {c['batch']}), TopK k = {c['topk_k']}, JumpReLU threshold "
+            f"{c['jumprelu_threshold']}, "
+            f"W_p = {c['wp_init']} (TMS at S = {c['tms_sparsity']}, {c['tms_steps']} steps); metrics on "
+            f"{c['eval_samples']} "
             f"fresh samples. Mean ± std over seeds.\n\n"
             + "W_p per seed: "
             + "; ".join(
-                f"seed {s}: col. norm {v['col_norm_mean']:.2f} (min {v['col_norm_min']:.2f}), non-positive interference {100 * v['frac_interference_nonpositive']:.0f}%"
+                f"seed {s}: col. norm {v['col_norm_mean']:.2f} (min {v['col_norm_min']:.2f}), non-positive "
+                f"interference {100 * v['frac_interference_nonpositive']:.0f}%"
                 for s, v in res["wp"].items()
             )
             + "\n\n"

@@ -1,5 +1,5 @@
 """The empirical RDP experiments on trained SAEs (``experiments/rdp_sweeps/run.py`` runs them; ``sae-rdp demo``
-runs a small one). Each experiment is a :class:`~sae_rdp_plugin.sweep.core.SweepConfig` (a CPU size and a
+runs a small one). Each experiment is a :class:`~sae_rdp_plugin.sweep.config.SweepConfig` (a CPU size and a
 GPU size) plus an analysis that writes JSON and PNG figures:
 
 * ``frontier``: small m (4 concepts, 2 co-occurring pairs): trained TopK SAEs against the exact toy
@@ -28,7 +28,9 @@ import numpy as np
 
 from sae_rdp_plugin.io import atomic_save, atomic_write_json, atomic_write_text
 from sae_rdp_plugin.sweep.analysis import _p, pareto_mask, plot_sweep, summarize
-from sae_rdp_plugin.sweep.core import DGPSpec, SweepConfig, build_dgp, train_sweep
+from sae_rdp_plugin.sweep.config import DGPSpec, SweepConfig
+from sae_rdp_plugin.sweep.data import build_dgp
+from sae_rdp_plugin.sweep.train import train_sweep
 
 EXPERIMENTS = ("frontier", "cooccurrence", "rotation", "saelens")
 
@@ -221,12 +223,14 @@ def analyze_frontier(results: list[dict[str, Any]], cfg: SweepConfig, out: Path)
     fig.colorbar(sc, ax=axes[0].tolist(), label="P_dec (live latents)")
     _save(fig, out / "frontier_vs_theory.png")
     lines = [
-        "| DGP | width | K | theory best D, binary coefficients | theory best D, nnls coefficients | theory best D, monosemantic | trained best D | its R | its P_dec (live) |",
+        "| DGP | width | K | theory best D, binary coefficients | theory best D, nnls coefficients | theory best D, "
+        "monosemantic | trained best D | its R | its P_dec (live) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['dgp']} | {r['width']} | {r['K']} | {r['theory_best_D']:.3f} | {r['theory_best_D_nnls']:.3f} | {r['theory_best_mono_D']:.3f} | "
+            f"| {r['dgp']} | {r['width']} | {r['K']} | {r['theory_best_D']:.3f} | {r['theory_best_D_nnls']:.3f} | "
+            f"{r['theory_best_mono_D']:.3f} | "
             f"{r['trained_best_D']:.3f} | {r['trained_best_R']:.2f} | {r['trained_best_P_dec']:.3f} |"
         )
     return {"rows": rows}, "\n".join(lines)
@@ -308,7 +312,8 @@ def analyze_cooccurrence(results: list[dict[str, Any]], cfg: SweepConfig, out: P
     _save(fig, out / "premium_vs_cooccurrence.png")
     budget = budget_function(results, out)
     lines = [
-        "| DGP | Pr[abs(S)>=2] | E abs(S) | theory tax at D=0 | trained max(E abs(S) - R - D) | P_dec there | TopK K=1 best D | mono K=1 min D |",
+        "| DGP | Pr[abs(S)>=2] | E abs(S) | theory tax at D=0 | trained max(E abs(S) - R - D) | P_dec there | TopK "
+        "K=1 best D | mono K=1 min D |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -402,7 +407,8 @@ def analyze_rotation(
         axes[0, col].legend(fontsize=5)
     _save(fig, out / "rotation_curves.png")
     lines = [
-        "| DGP | init | width | P_dec after 1 step | P_dec final | P_dec final (live latents) | D final | R final | seeds |",
+        "| DGP | init | width | P_dec after 1 step | P_dec final | P_dec final (live latents) | D final | R final | "
+        "seeds |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     agg: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
@@ -410,7 +416,8 @@ def analyze_rotation(
         agg[(r["dgp"], r["init"], r["width"])].append(r)
     for (d, i, w), rs in sorted(agg.items()):
         lines.append(
-            f"| {d} | {i} | {w} | {np.mean([r['P_dec_start'] for r in rs]):.3f} | {np.mean([r['P_dec_end'] for r in rs]):.3f} | {np.mean([r['P_dec_live_end'] for r in rs]):.3f} | "
+            f"| {d} | {i} | {w} | {np.mean([r['P_dec_start'] for r in rs]):.3f} | "
+            f"{np.mean([r['P_dec_end'] for r in rs]):.3f} | {np.mean([r['P_dec_live_end'] for r in rs]):.3f} | "
             f"{np.mean([r['D_end'] for r in rs]):.3f} | {np.mean([r['R_end'] for r in rs]):.2f} | {len(rs)} |"
         )
     return {"rows": rows}, "\n".join(lines)
@@ -449,12 +456,14 @@ def analyze_saelens(results: list[dict[str, Any]], cfg: SweepConfig, out: Path) 
             }
         )
     lines = [
-        "| model | width | K | E abs(S) | R | D | monosemantic TopK-K D = E(abs(S)-K)+ | EV | P_dec (live) | P_ED | MCC |",
+        "| model | width | K | E abs(S) | R | D | monosemantic TopK-K D = E(abs(S)-K)+ | EV | P_dec (live) | P_ED | "
+        "MCC |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['dgp']} | {r['width']} | {r['K']} | {r['E|S|']:.2f} | {r['R']:.2f} | {r['D']:.3f} | {r['mono_D_at_K']:.3f} | "
+            f"| {r['dgp']} | {r['width']} | {r['K']} | {r['E|S|']:.2f} | {r['R']:.2f} | {r['D']:.3f} | "
+            f"{r['mono_D_at_K']:.3f} | "
             f"{r['EV']:.3f} | {r['P_dec']:.3f} | {r['P_ED']:.3f} | {r['MCC']:.3f} |"
         )
     return {"rows": rows}, "\n".join(lines)
@@ -494,7 +503,8 @@ def run_experiment(
         import matplotlib  # noqa: F401
     except ImportError:
         md = (
-            f"results only (matplotlib missing): rerun `python experiments/rdp_sweeps/run.py --only {name} --size {size} "
+            f"results only (matplotlib missing): rerun `python experiments/rdp_sweeps/run.py --only {name} --size "
+            f"{size} "
             f"--work {Path(work)}` where matplotlib is installed to analyse (training is skipped on resume)"
         )
         atomic_write_text(o / "table.md", md + "\n")
@@ -567,9 +577,11 @@ def demo(out: Path) -> str:
             + ".",
             "",
             " ".join(
-                f"At K = 1 on {n}: mean E|S| - R - D = {np.mean([r['expected_size'] - r['rate'] - r['distortion'] for r in res if r['dgp'] == n and r['k'] == 1]):.2f}, "
-                f"mean P_dec = {np.mean([_p(r) for r in res if r['dgp'] == n and r['k'] == 1]):.2f}."
+                f"At K = 1 on {n}: mean E|S| - R - D = "
+                f"{np.mean([r['expected_size'] - r['rate'] - r['distortion'] for r in k1]):.2f}, "
+                f"mean P_dec = {np.mean([_p(r) for r in k1]):.2f}."
                 for n in specs
+                for k1 in ([r for r in res if r["dgp"] == n and r["k"] == 1],)
             )
             + " TopK spends K latents on every sample (R = K, even when |S| < K), hence the negative gaps at K = 2.",
             "",

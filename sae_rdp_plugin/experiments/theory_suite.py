@@ -153,6 +153,9 @@ def _report(res: dict[str, Any], np: Any) -> str:
     co, ind = res["cooccurring"], res["independent"]
     sw = res["tax_sweep"]
     e1 = res["example1"]["K1"]
+    thm3 = (
+        co["checks"]["theorem3_nonincreasing_in_rate_budget"] and co["checks"]["theorem3_nonincreasing_in_poly_budget"]
+    )
     lines = [
         "## Exact RDP theory (binary-atom toy model)",
         "",
@@ -166,7 +169,8 @@ def _report(res: dict[str, Any], np: Any) -> str:
         f"rho = {cfg['rho']}, else independent with q = {cfg['q']}) and **independent** Bernoulli firing. "
         f"Pr[0 and 1 both active] = {co['pr_01_cooccur']:.3f} vs {ind['pr_01_cooccur']:.3f}.",
         "",
-        "| pmf | E\\|S\\| | codes | Pareto codes (R,D,P) | max rate tax | E(\\|S\\|-1)+ (D=0 tax, wide) | least D (any code) |",
+        "| pmf | E\\|S\\| | codes | Pareto codes (R,D,P) | max rate tax | E(\\|S\\|-1)+ (D=0 tax, wide) | least D "
+        "(any code) |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in (("co-occurring", co), ("independent", ind)):
@@ -178,9 +182,11 @@ def _report(res: dict[str, Any], np: Any) -> str:
         "",
         f"Independent firing co-occurs too (E(|S|-1)+ = {ind['zero_distortion_tax']:.3f} > 0), so both pmfs pay a "
         f"finite tax of similar size ({_fmt(co['max_rate_tax'])} vs {_fmt(ind['max_rate_tax'])}); the difference is "
-        f"that block co-occurrence lets polysemantic codes reach distortion {co['best_unrestricted_last']['distortion']:.3f}, "
+        "that block co-occurrence lets polysemantic codes reach distortion "
+        f"{co['best_unrestricted_last']['distortion']:.3f}, "
         f"far below anything a monosemantic code of this width and K reaches ({co['monosemantic_d_min']:.3f}: an "
-        f"infinite tax there), while with independent firing the least distortion is {ind['best_unrestricted_last']['distortion']:.3f} "
+        "infinite tax there), while with independent firing the least distortion is "
+        f"{ind['best_unrestricted_last']['distortion']:.3f} "
         f"for both classes. The controlled comparison is the sweep below.",
         "",
         "![frontier, co-occurring](theory/frontier_cooccurring.png)",
@@ -215,7 +221,8 @@ def _report(res: dict[str, Any], np: Any) -> str:
         "**Tax against co-occurrence.** Pairs {0,1}, {2,3} fire together with probability rho; otherwise at "
         "most one concept fires, so rho = 0 means no two concepts ever co-occur.",
         "",
-        f"| rho | max tax (width {cfg['width']}, K={cfg['k']}) | enumerated D=0 tax (width {sw['zero_tax_width']}, K={sw['zero_tax_k']}) | E(\\|S\\|-1)+ |",
+        f"| rho | max tax (width {cfg['width']}, K={cfg['k']}) | enumerated D=0 tax (width {sw['zero_tax_width']}, "
+        f"K={sw['zero_tax_k']}) | E(\\|S\\|-1)+ |",
         "|---|---|---|---|",
     ]
     for r, a, b, c in zip(
@@ -258,7 +265,7 @@ def _report(res: dict[str, Any], np: Any) -> str:
         "",
         f"Checks on the enumerated classes: Proposition 2 (R + D = E|S| for monosemantic codes) max deviation "
         f"{co['checks']['proposition2'].get('max_abs(R+D-E|S|)', 0.0):.1e}; Theorem 3 monotonicity holds: "
-        f"{co['checks']['theorem3_nonincreasing_in_rate_budget'] and co['checks']['theorem3_nonincreasing_in_poly_budget']}. "
+        f"{thm3}. "
         "JSON: `theory/summary.json`, `theory/frontier_*.json`.",
     ]
     return "\n".join(lines)

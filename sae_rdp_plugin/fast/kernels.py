@@ -198,15 +198,15 @@ if _HAVE_TRITON:
 
 
 # ------------------------------------------------------------------------------------ wrappers
-# block sizes and warps per program (measured on an H100: scripts/tune_fast_kernels.py)
-# (tune run of 2026-11-23, benchmarks/training_speed/run5/tune_fast_kernels.json: best at (2304, 65536, 64))
+# block sizes and warps per program: the fastest tiles of benchmarks/training_speed/tune_fast_kernels.py on
+# Hopper at (2304, 65536, 64); set_blocks() overrides them
 _DEC_BE, _DEC_BD, _DEC_W = 64, 64, 4
 _DOT_BE, _DOT_BD, _DOT_W = 32, 128, 4
 _ADAM_BJ, _ADAM_BD, _ADAM_W = 8, 256, 4  # latent-major parameters ([d_sae, d_in] rows contiguous)
 _ADAMT_BJ, _ADAMT_BD, _ADAMT_W = 128, 16, 4  # SAELens's W_enc layout ([d_in, d_sae]: latents contiguous)
 # Triton 3.6's layout pass fails to compile some tile shapes of the fused Adam kernel on Hopper
-# ("PassManager::run failed", e.g. BJ*BD = 2048 with BJ in {32, 64}); these compiled and were measured
-# there, and are tried in order when the configured shape does not compile
+# ("PassManager::run failed", e.g. BJ*BD = 2048 with BJ in {32, 64}); these shapes compile there and are
+# tried in order when the configured shape does not compile
 _ADAM_FALLBACKS = {False: [(16, 128, 4), (8, 256, 4), (4, 256, 4)], True: [(128, 16, 4), (16, 128, 4), (128, 32, 4)]}
 _ADAM_BAD: set = set()
 
@@ -226,7 +226,7 @@ def get_blocks(group: str) -> tuple[int, int, int]:
 
 
 def set_blocks(group: str, blocks: tuple[int, int, int] | list[int]) -> None:
-    """Override a kernel group's (block, block, warps) (benchmarks and tuning: scripts/tune_fast_kernels.py)."""
+    """Override a kernel group's (block, block, warps) (tuning: benchmarks/training_speed/tune_fast_kernels.py)."""
     if group not in _BLOCK_GROUPS or len(blocks) != 3:
         raise ValueError(
             f"set_blocks: group must be one of {sorted(_BLOCK_GROUPS)} and blocks 3 ints, got {group!r}, {blocks!r}"

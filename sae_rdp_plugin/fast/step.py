@@ -44,9 +44,10 @@ CPU); weights, gradients and Adam state stay fp32. The weight gradients are spar
 
 The aux loss has B*k_aux entries (k_aux = d_in/2 when enough latents are dead, e.g. 1152 per row at
 d_in=2304 against k=64), so gathering that many decoder rows costs more than SAELens's dense matmuls
-(measured on an H100: +60 ms at (2304, 65536), bf16). ``aux_impl="auto"`` (default) therefore runs the aux
-term densely (scatter into [B, d_sae], three dense matmuls, bf16 under bf16) when k_aux / d_sae is large
-enough for the device, and through the sparse gathers otherwise; both give SAELens's loss and gradients.
+(tens of ms per step at (2304, 65536) bf16; benchmarks/training_speed). ``aux_impl="auto"`` (default)
+therefore runs the aux term densely (scatter into [B, d_sae], three dense matmuls, bf16 under bf16) when
+k_aux / d_sae is large enough for the device, and through the sparse gathers otherwise; both give SAELens's
+loss and gradients.
 """
 
 from __future__ import annotations
@@ -60,17 +61,13 @@ from typing import Any
 
 import torch
 
+from sae_rdp_plugin.architectures import ARCHITECTURES, FAST_NAMES
 from sae_rdp_plugin.errors import SaeRdpError
 
 __all__ = ["FastTopKConfig", "FastTopKTrainer", "fast_architecture_of", "FAST_ARCHITECTURES"]
 
-#: training architectures the fast step implements -> ("topk" | "batchtopk")
-FAST_ARCHITECTURES: dict[str, str] = {
-    "topk": "topk",
-    "batchtopk": "batchtopk",
-    "weighted_topk": "topk",
-    "weighted_batchtopk": "batchtopk",
-}
+#: training architectures the fast step implements -> ("topk" | "batchtopk"), from sae_rdp_plugin.architectures
+FAST_ARCHITECTURES: dict[str, str] = {name: ARCHITECTURES[name].stock for name in FAST_NAMES}
 
 _EB_SUM = 0  # embedding_bag mode "sum"
 
@@ -100,7 +97,7 @@ class FastTopKConfig:
     max_grad_norm: float = 1.0
     bf16: bool = False
     batchtopk_candidates: float = 4.0  # per-row candidates = this * k (exactness is checked each step)
-    # weight gradients: "csr" (CSR x dense, cuSPARSE SpMM on CUDA; measured fastest on an H100, see
+    # weight gradients: "csr" (CSR x dense, cuSPARSE SpMM on CUDA; the faster of the two in
     # benchmarks/training_speed) | "embedding_bag" (PyTorch's sort + segment-sum embedding backward)
     weight_grad_impl: str = "csr"
     # with bf16: gather bf16 decoder rows instead of fp32 rows. CPU only: PyTorch's CUDA kernel for the
@@ -119,9 +116,8 @@ class FastTopKConfig:
     # replay TopK steps of the Triton path as one CUDA graph (after two eager steps) when nothing in the
     # step needs the host: no dead latents (the aux loss counts them on the host) and the batch shape of
     # the captured step; anything else runs eagerly. Removes the per-kernel launch cost that dominates
-    # small SAEs (H100: 1.56 vs 2.33 ms at (640, 16384, k32)); its GPU tests (tests/test_fast_kernels.py,
-    # marked gpu: replay == eager steps) passed on an H100 on 2026-11-23. Default from
-    # SAE_RDP_FAST_CUDA_GRAPH ("0" turns it off).
+    # small SAEs (numbers: benchmarks/training_speed); its GPU tests (tests/fast/test_fast_kernels.py, marked
+    # gpu) check replay == eager steps. Default from SAE_RDP_FAST_CUDA_GRAPH ("0" turns it off).
     cuda_graph: bool = field(default_factory=lambda: os.environ.get("SAE_RDP_FAST_CUDA_GRAPH", "1") != "0")
     # Triton path: up to hot_rows latents with more than hot_min_count entries in a batch get their weight
     # gradients from a small dense product instead of one long per-latent gather loop (0 turns it off;
@@ -149,7 +145,8 @@ class FastTopKConfig:
             )
         if self.hot_rows < -1 or self.hot_min_count < 0:
             raise SaeRdpError(
-                f"fast step: hot_rows must be >= 0 or -1 (automatic) and hot_min_count >= 0, got {self.hot_rows}, {self.hot_min_count}"
+                "fast step: hot_rows must be >= 0 or -1 (automatic) and hot_min_count >= 0, "
+                f"got {self.hot_rows}, {self.hot_min_count}"
             )
         if self.aux_impl not in ("auto", "dense", "sparse"):
             raise SaeRdpError(f"fast step: aux_impl must be auto, dense or sparse, got {self.aux_impl!r}")
@@ -301,7 +298,8 @@ class FastTopKTrainer:
 
         if cfg.kernels == "triton" and not fast_kernels.available(dev):
             raise SaeRdpError(
-                f"fast step: kernels='triton' needs Triton and a CUDA device (or TRITON_INTERPRET=1 on CPU); device {dev}"
+                "fast step: kernels='triton' needs Triton and a CUDA device (or TRITON_INTERPRET=1 on CPU); "
+                f"device {dev}"
             )
         if cfg.kernels == "triton" and dtype != torch.float32:
             raise SaeRdpError(f"fast step: the Triton kernels train float32 parameters, got {dtype}")
@@ -432,10 +430,11 @@ class FastTopKTrainer:
     # ------------------------------------------------------------------ selection
     def _row_topk(self, pre_s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-row top k (unsorted): the Triton kernel sae_rdp_plugin.fast.topk_kernel.row_topk on the Triton
-        path (1.5-2x faster than torch.topk on an H100; exact, same values; ties may pick other columns)
-        when cfg.row_topk, k <= 256 (its lower bound needs k <= 256 column groups) and on CUDA (under
-        Triton's CPU interpreter it is far too slow for whole steps; tests/test_topk_kernel.py checks it
-        there on its own, and tests/test_fast_kernels.py::test_row_topk_in_the_triton_step in one step), else torch.topk."""
+        path (faster than torch.topk: benchmarks/training_speed; exact, same values; ties may pick other
+        columns) when cfg.row_topk, k <= 256 (its lower bound needs k <= 256 column groups) and on CUDA
+        (under Triton's CPU interpreter it is far too slow for whole steps; tests/fast/test_topk_kernel.py
+        checks it there on its own, and tests/fast/test_fast_kernels.py::test_row_topk_in_the_triton_step in
+        one step), else torch.topk."""
         if (
             self.use_triton
             and self.cfg.row_topk
@@ -944,7 +943,7 @@ class FastTopKTrainer:
         ~4 * B*k_aux*d_in gathered elements (fp32 rows on CUDA), the dense one runs 3 GEMMs of
         2*B*d_sae*d_in FLOPs; with an H100's ~800 TFLOP/s bf16, ~52 TFLOP/s fp32 and ~3 TB/s, dense wins
         above ~1/700 (bf16) and ~1/45 (fp32); the CUDA defaults keep a 2x margin toward sparse at
-        bf16. On CPU (2 shared cores, B=512, d_sae=4096, fp32; scripts/bench_fast_aux_cpu.py) dense is
+        bf16. On CPU (2 shared cores, B=512, d_sae=4096, fp32; benchmarks/training_speed/bench_fast_aux_cpu.py) dense is
         1.3x slower than sparse at 1/32 and 1.0-1.1x at 1/16, and bf16 matmuls are 2x slower than fp32
         gathers, so CPU uses dense only in fp32 from 1/8."""
         if self.cfg.aux_dense_min_density is not None:

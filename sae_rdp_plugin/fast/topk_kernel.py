@@ -32,18 +32,15 @@ contiguous columns, one coalesced load per block):
 No host synchronisation and no data-dependent shapes (the branch is taken inside the kernel), so the
 call can be captured in a CUDA graph. The scratch (``B * CAP`` int32) is allocated per call.
 
-Measured on an H100 (scripts/bench_row_topk.py; randn rows, torch.topk(sorted=False) in brackets;
-one sweep, 10 timed calls each): [4096, 65536] bf16 k=64 1.32 ms (2.05), fp32 k=64 1.87 ms (3.30);
-[4096, 16384] bf16 k=32 0.35 ms (0.59), fp32 k=32 0.45 ms (0.92). Still well above the ~0.17 ms
-(bf16) memory floor of one read of x: the two full reads and the per-program latency of the
-selection are not yet tuned further.
+Timings against ``torch.topk``: ``benchmarks/training_speed/bench_row_topk.py`` and its results. One read
+of x is the memory floor; the two full reads and the per-program latency of the selection sit above it.
 
 Inputs must be finite: NaN has no place in the key order (a NaN becomes a key above +inf or below
 -inf, depending on its sign bit, where ``torch.topk`` ranks every NaN as the largest value). The caller
 guarantees finite inputs (SAE pre-activations); nothing checks it.
 
 The kernel runs on CUDA, and on CPU under Triton's interpreter (``TRITON_INTERPRET=1``), which is how
-tests/test_topk_kernel.py checks it. :func:`available` says whether it can run for a tensor's device.
+tests/fast/test_topk_kernel.py checks it. :func:`available` says whether it can run for a tensor's device.
 """
 
 from __future__ import annotations
@@ -66,7 +63,7 @@ from sae_rdp_plugin.fast.kernels import available  # noqa: E402  (after the opti
 __all__ = ["available", "row_topk"]
 
 # columns per block (one coalesced 4 KiB load per pass and iteration) and warps per program: the best
-# of a sweep on an H100 (BLOCK x warps in {512..8192} x {2, 4, 8, 16}); fewer, smaller programs won
+# of a sweep on Hopper (BLOCK x warps in {512..8192} x {2, 4, 8, 16}); fewer, smaller programs won
 _BLOCK_16 = 2048  # bf16 / fp16
 _BLOCK_32 = 1024  # fp32
 _NUM_WARPS = 2

@@ -20,6 +20,9 @@ import torch.distributed as dist
 
 from sae_rdp_plugin.errors import SaeRdpError
 from sae_rdp_plugin.io import atomic_save, atomic_write_json
+from sae_rdp_plugin.sweep.config import SweepConfig, json_safe
+from sae_rdp_plugin.sweep.members import group_members
+from sae_rdp_plugin.sweep.train import load_results, train_sweep
 from sae_rdp_plugin.train.distributed import DistContext, barrier, broadcast_object
 
 
@@ -36,27 +39,25 @@ def assign_groups(sizes: Sequence[int], world_size: int) -> list[int]:
 
 
 def train_sweep_distributed(
-    cfg: Any, out_dir: str | os.PathLike, ctx: DistContext, resume: bool = False, progress: bool = True
+    cfg: SweepConfig, out_dir: str | os.PathLike, ctx: DistContext, resume: bool = False, progress: bool = True
 ) -> list[dict[str, Any]] | None:
-    """:func:`sae_rdp_plugin.sweep.core.train_sweep` with its groups spread over the ranks.
+    """:func:`sae_rdp_plugin.sweep.train.train_sweep` with its groups spread over the ranks.
 
-    The grid, its groups and each group's index ``gi`` (which seeds the group's data stream) are the
-    one-process ones; rank ``r`` trains the groups :func:`assign_groups` gives it, via ``train_sweep``
-    on its own folder ``out_dir/ranks/rank<r>`` whose ``state.json`` marks the other ranks' groups as
-    done. Every member therefore sees the same initialisation, data and updates as in a one-process
-    ``train_sweep`` (same config, same ``max_group_size``). Rank 0 then merges the rank folders into
-    ``out_dir`` (``state.json``, ``members/``, ``groups/``, ``results.json``: the one-process layout, so
-    ``load_results`` and ``export_member`` work on it). A rerun with ``resume=True`` continues each
-    rank's groups from their checkpoints. Returns the results (grid order) on rank 0, None elsewhere.
+    The grid, its groups and each group's index (which seeds the group's data stream) are the
+    one-process ones (:func:`~sae_rdp_plugin.sweep.members.group_members`); rank ``r`` trains the groups
+    :func:`assign_groups` gives it, via ``train_sweep(..., groups=mine)`` on its own folder
+    ``out_dir/ranks/rank<r>``. Every member therefore sees the same initialisation, data and updates as
+    in a one-process ``train_sweep`` (same config, same ``max_group_size``). Rank 0 then merges the rank
+    folders into ``out_dir`` (``state.json``, ``members/``, ``groups/``, ``results.json``: the one-process
+    layout, so ``load_results`` and ``export_member`` work on it). A rerun with ``resume=True`` continues
+    each rank's groups from their checkpoints; without it, a rank folder left by an earlier run is an
+    error, as in ``train_sweep``. Returns the results (grid order) on rank 0, None elsewhere.
     """
-    from sae_rdp_plugin.sweep import core as S
-
     cfg.validate()
     out = Path(out_dir)
-    members = S.enumerate_members(cfg)
-    groups = S._group_members(cfg, members, S._dims(cfg))
+    groups = group_members(cfg)
     owner = assign_groups([len(m) for _, m in groups], ctx.world_size)
-    mine = {gid for (gid, _), r in zip(groups, owner) if r == ctx.rank}
+    mine = [gid for (gid, _), r in zip(groups, owner) if r == ctx.rank]
     if ctx.is_main and len(groups) < ctx.world_size:
         print(
             f"[dist-sweep] warning: {len(groups)} group(s) for {ctx.world_size} ranks; some ranks idle "
@@ -71,24 +72,13 @@ def train_sweep_distributed(
     err = broadcast_object(ctx, err)
     if err:
         raise SaeRdpError(err)
-    rank_dir = out / "ranks" / f"rank{ctx.rank}"
-    cfg_dict = S._json_safe(cfg.to_dict())
-    state_path = rank_dir / "state.json"
-    state = (
-        json.loads(state_path.read_text()) if (resume and state_path.exists()) else {"config": cfg_dict, "groups": {}}
-    )
-    if state.get("config") != cfg_dict:
-        raise SaeRdpError(f"{rank_dir} holds a sweep with a different config; cannot resume")
-    for gid, _ in groups:
-        if gid not in mine:
-            state["groups"][gid] = {"status": "done", "step": cfg.steps, "other_rank": True}
-    atomic_write_json(state_path, state)
     import sae_lens.training.optim  # noqa: F401  (train_sweep imports SAELens lazily: keep it out of the timing)
 
+    rank_dir = out / "ranks" / f"rank{ctx.rank}"
     t0 = time.perf_counter()
     status = "ok"
     try:
-        S.train_sweep(cfg, rank_dir, device=ctx.device, resume=True, progress=progress and bool(mine))
+        train_sweep(cfg, rank_dir, device=ctx.device, resume=resume, progress=progress and bool(mine), groups=mine)
     except Exception as exc:  # reported on rank 0 after the barrier
         status = f"rank {ctx.rank}: {type(exc).__name__}: {exc}"
         traceback.print_exc(file=sys.stderr)
@@ -105,13 +95,14 @@ def train_sweep_distributed(
         barrier(ctx)
         return None
     try:
+        cfg_dict = json_safe(cfg.to_dict())
         (out / "members").mkdir(parents=True, exist_ok=True)
         (out / "groups").mkdir(parents=True, exist_ok=True)
         merged = {"config": cfg_dict, "groups": {}, "members": {mb.member_id: gid for gid, mbs in groups for mb in mbs}}
         for (gid, mbs), r in zip(groups, owner):
             src = out / "ranks" / f"rank{r}"
             gstate = json.loads((src / "state.json").read_text())["groups"].get(gid, {})
-            if gstate.get("status") != "done" or gstate.get("other_rank"):
+            if gstate.get("status") != "done":
                 raise SaeRdpError(f"group {gid} did not finish on rank {r}")
             merged["groups"][gid] = {**gstate, "rank": r}
             for f in (src / "groups").glob(f"{gid}.*"):
@@ -122,7 +113,7 @@ def train_sweep_distributed(
                     lambda p, mb=mb, src=src: shutil.copyfile(src / "members" / f"{mb.member_id}.json", p),
                 )
         atomic_write_json(out / "state.json", merged)
-        results = S.load_results(out)
+        results = load_results(out)
         atomic_write_json(
             out / "results.json",
             {

@@ -1,5 +1,7 @@
-"""Training SAEs: SAELens's trainer with the plugin's architectures and step.
+"""Training SAEs with SAELens's trainer and the plugin's architectures and step.
 
-``saelens`` (synthetic and language-model training through SAELens), ``distributed``
-(torch.distributed data-parallel training and sweeps).
+``config`` (the one :class:`~sae_rdp_plugin.train.config.TrainConfig`), ``synthetic`` (synthetic training
+activations), ``saelens`` (training on synthetic or language-model activations through SAELens),
+``distributed`` (the torch.distributed process group and partitioning), ``ddp`` (one SAE data-parallel over
+ranks), ``grid`` (a grid of SAELens SAEs spread over ranks).
 """

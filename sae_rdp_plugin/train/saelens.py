@@ -12,97 +12,56 @@ Two entry points:
   estimated from the runner's own ActivationsStore before training (or taken from the resume
   checkpoint / ``from_pretrained_path`` / ``gamma_path``).
 
-Both write a SAELens-loadable SAE (cfg.json + sae_weights.safetensors, stock architecture name) and,
-for weighted architectures, ``gamma.safetensors`` next to it.
+Both are described by a :class:`~sae_rdp_plugin.train.config.TrainConfig` (:func:`runner_config` turns
+one into the runner's config) and write a SAELens-loadable SAE (cfg.json + sae_weights.safetensors,
+stock architecture name) and, for weighted architectures, ``gamma.safetensors`` next to it.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sae_rdp_plugin.architectures import check_architecture, is_weighted
 from sae_rdp_plugin.errors import SaeRdpError
-from sae_rdp_plugin.wsae.gamma import GAMMA_FILENAME, check_alpha
+from sae_rdp_plugin.rdp.metrics import rate_distortion
+from sae_rdp_plugin.train.config import TrainConfig, sae_config_dict
+from sae_rdp_plugin.train.synthetic import make_synthetic_source
+from sae_rdp_plugin.wsae.gamma import GAMMA_FILENAME
 
-STOCK_ARCHITECTURES = ("standard", "topk", "jumprelu", "batchtopk")
-WEIGHTED_ARCHITECTURES = ("weighted_standard", "weighted_topk", "weighted_jumprelu", "weighted_batchtopk")
-VALID_ARCHITECTURES = WEIGHTED_ARCHITECTURES + STOCK_ARCHITECTURES
-
-
-def check_architecture(architecture: str) -> str:
-    if architecture not in VALID_ARCHITECTURES:
-        raise SaeRdpError(f"unknown architecture {architecture!r}; valid: {', '.join(VALID_ARCHITECTURES)}")
-    return architecture
-
-
-def is_weighted(architecture: str) -> bool:
-    return architecture.startswith("weighted_")
-
-
-def sae_config_dict(
-    architecture: str,
-    d_in: int,
-    d_sae: int,
-    *,
-    k: float | None = None,
-    alpha: float | None = None,
-    device: str = "cpu",
-    dtype: str = "float32",
-    sparsity_coefficient: float | None = None,
-    gamma_path: str | None = None,
-    gamma_estimation_batches: int | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """A training-SAE config dict for SAELens (``TrainingSAEConfig.from_dict``) for one architecture.
-
-    ``k`` applies to (weighted_)topk / batchtopk; ``sparsity_coefficient`` is l1_coefficient for
-    standard and l0_coefficient for jumprelu. ``alpha`` and gamma fields only for weighted ones."""
-    check_architecture(architecture)
-    if d_in <= 0 or d_sae <= 0:
-        raise SaeRdpError(f"d_in and d_sae must be positive, got d_in={d_in}, d_sae={d_sae}")
-    base = architecture.removeprefix("weighted_")
-    cfg: dict[str, Any] = {
-        "architecture": architecture,
-        "d_in": int(d_in),
-        "d_sae": int(d_sae),
-        "device": device,
-        "dtype": dtype,
-    }
-    if base in ("topk", "batchtopk"):
-        kk = 32 if k is None else k
-        if kk <= 0 or kk > d_sae:
-            raise SaeRdpError(f"k must be in 1..d_sae={d_sae}, got {kk}")
-        cfg["k"] = int(kk) if base == "topk" else float(kk)
-    if base == "standard" and sparsity_coefficient is not None:
-        cfg["l1_coefficient"] = float(sparsity_coefficient)
-    if base == "jumprelu" and sparsity_coefficient is not None:
-        cfg["l0_coefficient"] = float(sparsity_coefficient)
-    if is_weighted(architecture):
-        cfg["alpha"] = check_alpha(1.0 if alpha is None else alpha)
-        if gamma_path is not None:
-            cfg["gamma_path"] = str(gamma_path)
-        if gamma_estimation_batches is not None:
-            cfg["gamma_estimation_batches"] = int(gamma_estimation_batches)
-    elif alpha is not None and check_alpha(alpha) != 0:
-        raise SaeRdpError(
-            f"alpha={alpha} needs a weighted architecture (weighted_{base}); {architecture!r} is unweighted"
-        )
-    cfg.update(extra)
-    return cfg
+__all__ = [
+    "check_architecture",
+    "is_weighted",
+    "sae_config_dict",
+    "build_training_sae",
+    "SyntheticTrainResult",
+    "train_synthetic",
+    "train_language_model",
+    "tokens_dataset_from_text",
+    "load_dataset_arg",
+    "runner_config",
+    "saelens_cli",
+]
 
 
 def build_training_sae(cfg_dict: dict[str, Any]) -> Any:
-    """Build a SAELens TrainingSAE from a config dict (through SAELens's registry)."""
+    """Build a SAELens TrainingSAE from a config dict (through SAELens's registry). Keys that are not
+    fields of the architecture's config class raise SaeRdpError (SAELens would drop them silently)."""
     import sae_rdp_plugin.wsae.registry as arch
 
     arch.register_now()
+    from sae_lens.registry import get_sae_training_class
     from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
 
+    cfg_cls = get_sae_training_class(check_architecture(cfg_dict.get("architecture")))[1]
+    unknown = set(cfg_dict) - {f.name for f in fields(cfg_cls)} - {"architecture"}
+    if unknown:
+        raise SaeRdpError(f"unknown config fields for {cfg_dict['architecture']}: {sorted(unknown)}")
     return TrainingSAE.from_dict(TrainingSAEConfig.from_dict(cfg_dict).to_dict())
 
 
@@ -129,128 +88,56 @@ class SyntheticTrainResult:
     gamma_file: str | None = None
 
 
-def make_synthetic_source(
-    d_in: int,
-    n_features: int,
-    *,
-    firing_probability: float = 0.02,
-    seed: int = 0,
-    device: str = "cpu",
-    magnitude_std: float = 0.2,
-) -> tuple[Any, Any]:
-    """(FeatureDictionary, ActivationGenerator) from sae_lens.synthetic with Zipf-like firing
-    probabilities (mean ``firing_probability``) so that input dimensions have unequal variance."""
-    from sae_lens.synthetic import ActivationGenerator, FeatureDictionary
-
-    if n_features <= 0:
-        raise SaeRdpError(f"n_features must be positive, got {n_features}")
-    if not 0 < firing_probability < 1:
-        raise SaeRdpError(f"firing_probability must be in (0, 1), got {firing_probability}")
-    torch.manual_seed(seed)
-    fd = FeatureDictionary(n_features, d_in, device=device, seed=seed, initializer=None)
-    ranks = torch.arange(1, n_features + 1, dtype=torch.float32)
-    p = 1.0 / ranks**0.5
-    p = (p / p.mean() * firing_probability).clamp(max=0.9)
-    gen = ActivationGenerator(
-        n_features,
-        firing_probabilities=p.to(device),
-        std_firing_magnitudes=magnitude_std,
-        mean_firing_magnitudes=1.0,
-        device=device,
-    )
-    return fd, gen
-
-
-def _trainer_config(
-    tokens: int, batch_size: int, lr: float, device: str, checkpoint_path: str | None, n_checkpoints: int
-) -> Any:
-    from sae_lens.config import LoggingConfig, SAETrainerConfig
-
-    return SAETrainerConfig(
-        total_training_samples=int(tokens),
-        train_batch_size_samples=int(batch_size),
-        lr=lr,
-        lr_end=lr,  # explicit (ECOSYSTEM.md): SAETrainer asserts it is set
-        lr_scheduler_name="constant",
-        device=device,
-        n_checkpoints=n_checkpoints,
-        checkpoint_path=checkpoint_path,
-        save_final_checkpoint=False,
-        dead_feature_window=200,
-        feature_sampling_window=1000,
-        logger=LoggingConfig(log_to_wandb=False, eval_every_n_wandb_logs=2**31 - 1),
-    )
-
-
-@torch.no_grad()
-def _eval_on_batch(sae: Any, x: torch.Tensor) -> dict[str, float]:
-    sae.eval()
-    acts = sae.encode(x)
-    x_hat = sae.decode(acts)
-    resid = (x - x_hat).pow(2).sum(-1).mean()
-    tot = (x - x.mean(0)).pow(2).sum(-1).mean()
-    return {
-        "explained_variance": float(1 - resid / tot),
-        "l0": float((acts != 0).float().sum(-1).mean()),
-        "dead_latents": int(((acts != 0).sum(0) == 0).sum()),
-    }
-
-
 def train_synthetic(
-    architecture: str,
-    d_in: int,
-    d_sae: int,
-    out: str | Path,
-    *,
-    k: float | None = 8,
-    alpha: float | None = None,
-    tokens: int = 200_000,
-    batch_size: int = 1024,
-    lr: float = 3e-4,
+    cfg: TrainConfig | str,
+    *args: Any,
     n_features: int | None = None,
     firing_probability: float = 0.02,
-    sparsity_coefficient: float | None = None,
-    device: str = "cpu",
-    seed: int = 0,
-    gamma_path: str | None = None,
-    gamma_estimation_batches: int = 20,
-    n_checkpoints: int = 0,
     resume_from: str | Path | None = None,
     fast: bool = True,
+    **train_fields: Any,
 ) -> SyntheticTrainResult:
-    """Train ``architecture`` on sae_lens.synthetic activations and save it (+ gamma) to ``out``."""
+    """Train an SAE on sae_lens.synthetic activations and save it (+ gamma) to ``out``.
+
+    Called as ``train_synthetic(cfg, out)`` with a :class:`~sae_rdp_plugin.train.config.TrainConfig`, or
+    as ``train_synthetic(architecture, d_in, d_sae, out, **train_fields)`` with TrainConfig's other
+    fields as keywords (the same run). The data (:func:`~sae_rdp_plugin.train.synthetic.make_synthetic_source`,
+    seeded by ``cfg.seed``) has ``n_features`` ground-truth directions (default ``2 * d_in``) firing with
+    mean probability ``firing_probability``. For weighted architectures gamma is estimated first from
+    ``cfg.gamma_estimation_batches`` batches (unless ``cfg.gamma_path`` or ``resume_from`` gives it).
+    ``resume_from`` is a checkpoint folder; ``fast=False`` uses SAELens's reference step.
+
+    Reports MCC of the decoder against the true directions, and the explained variance, L0 and dead
+    latents of one fresh batch (:func:`sae_rdp_plugin.rdp.metrics.rate_distortion`)."""
     from sae_lens.synthetic import SyntheticActivationIterator, mean_correlation_coefficient
     from sae_lens.training.sae_trainer import SAETrainer
 
     from sae_rdp_plugin.io import atomic_write_json
 
-    check_architecture(architecture)
-    if tokens < batch_size:
-        raise SaeRdpError(f"tokens ({tokens}) must be at least one batch ({batch_size})")
-    n_features = n_features or 2 * d_in
+    if isinstance(cfg, TrainConfig):
+        if len(args) != 1 or train_fields:
+            raise TypeError("train_synthetic(cfg, out): a TrainConfig and the output folder, nothing else")
+        (out,) = args
+    else:
+        if len(args) != 3:
+            raise TypeError("train_synthetic(architecture, d_in, d_sae, out, **train_fields)")
+        d_in, d_sae, out = args
+        cfg = TrainConfig(cfg, d_in, d_sae, **train_fields)
+    n_features = n_features or 2 * cfg.d_in
     out = Path(out)
     t0 = time.time()
-    fd, gen = make_synthetic_source(d_in, n_features, firing_probability=firing_probability, seed=seed, device=device)
-    data = SyntheticActivationIterator(fd, gen, batch_size=batch_size)
-    cfg = sae_config_dict(
-        architecture,
-        d_in,
-        d_sae,
-        k=k,
-        alpha=alpha,
-        device=device,
-        sparsity_coefficient=sparsity_coefficient,
-        gamma_path=gamma_path,
-        gamma_estimation_batches=gamma_estimation_batches if is_weighted(architecture) else None,
+    fd, gen = make_synthetic_source(
+        cfg.d_in, n_features, firing_probability=firing_probability, seed=cfg.seed, device=cfg.device
     )
-    torch.manual_seed(seed)
-    sae = build_training_sae(cfg)
-    if is_weighted(architecture) and not sae.gamma_is_set and resume_from is None:
-        sae.estimate_gamma(data, gamma_estimation_batches, progress=True)
-    ckpt_dir = str(out / "checkpoints") if n_checkpoints > 0 else None
-    trainer = SAETrainer(
-        cfg=_trainer_config(tokens, batch_size, lr, device, ckpt_dir, n_checkpoints), sae=sae, data_provider=data
-    )
+    data = SyntheticActivationIterator(fd, gen, batch_size=cfg.batch_size)
+    sae_cfg = cfg.sae_config_dict()
+    torch.manual_seed(cfg.seed)
+    sae = build_training_sae(sae_cfg)
+    weighted = cfg.arch.weighted
+    if weighted and not sae.gamma_is_set and resume_from is None:
+        sae.estimate_gamma(data, cfg.gamma_estimation_batches, progress=True)
+    ckpt_dir = str(out / "checkpoints") if cfg.n_checkpoints > 0 else None
+    trainer = SAETrainer(cfg=cfg.trainer_config(ckpt_dir), sae=sae, data_provider=data)
     if resume_from is not None:
         trainer.load_trainer_state(resume_from)
         sae.load_weights_from_checkpoint(resume_from)
@@ -263,23 +150,25 @@ def train_synthetic(
     # ---- END fast path
     trainer.fit()
     sae.save_inference_model(out)
-    x_eval = next(data).to(device)
-    ev = _eval_on_batch(sae, x_eval)
+    sae.eval()
+    rd = rate_distortion(sae, next(data).to(cfg.device))
     mcc = mean_correlation_coefficient(sae.W_dec.detach().float().cpu(), fd.feature_vectors.detach().float().cpu())
     res = SyntheticTrainResult(
         out=str(out),
-        architecture=architecture,
-        d_in=d_in,
-        d_sae=d_sae,
-        k=cfg.get("k"),
-        alpha=cfg.get("alpha"),
-        tokens=int(tokens),
+        architecture=cfg.architecture,
+        d_in=cfg.d_in,
+        d_sae=cfg.d_sae,
+        k=sae_cfg.get("k"),
+        alpha=sae_cfg.get("alpha"),
+        tokens=int(cfg.tokens),
         steps=trainer.n_training_steps,
-        device=device,
+        device=cfg.device,
         seconds=round(time.time() - t0, 2),
         mcc=float(mcc),
-        gamma_file=str(out / GAMMA_FILENAME) if is_weighted(architecture) else None,
-        **ev,
+        explained_variance=rd.explained_variance,
+        l0=rd.rate,
+        dead_latents=rd.dead_latents,
+        gamma_file=str(out / GAMMA_FILENAME) if weighted else None,
     )
     atomic_write_json(out / "train_summary.json", asdict(res))
     return res
@@ -366,65 +255,50 @@ def load_dataset_arg(path: str, tokenizer: Any, context_size: int) -> Any:
 
 
 def runner_config(
-    architecture: str,
-    d_in: int,
-    d_sae: int,
+    cfg: TrainConfig,
     *,
     model_name: str,
     hook_name: str,
-    training_tokens: int,
     out: str | Path,
-    k: float | None = 32,
-    alpha: float | None = None,
-    device: str = "cpu",
     context_size: int = 128,
-    batch_size_tokens: int = 1024,
-    lr: float = 3e-4,
     n_batches_in_buffer: int = 16,
     store_batch_size_prompts: int = 8,
-    gamma_estimation_batches: int = 20,
-    seed: int = 0,
-    **sae_extra: Any,
 ) -> Any:
-    """A LanguageModelSAERunnerConfig for a (weighted) architecture, for offline use (no wandb)."""
+    """A LanguageModelSAERunnerConfig training ``cfg`` on ``hook_name`` of ``model_name``, for offline use
+    (no wandb): ``cfg.tokens`` training tokens in batches of ``cfg.batch_size`` tokens, the SAE and trainer
+    fields of :class:`~sae_rdp_plugin.train.config.TrainConfig`; the final SAE goes to ``out`` and
+    checkpoints to ``out/checkpoints``. The buffer holds at least one training batch."""
     import sae_rdp_plugin.wsae.registry as arch
 
     arch.register_now()
     from sae_lens.config import LanguageModelSAERunnerConfig, LoggingConfig
     from sae_lens.saes.sae import TrainingSAEConfig
 
-    sae_cfg = TrainingSAEConfig.from_dict(
-        sae_config_dict(
-            architecture,
-            d_in,
-            d_sae,
-            k=k,
-            alpha=alpha,
-            device=device,
-            gamma_estimation_batches=gamma_estimation_batches if is_weighted(architecture) else None,
-            **sae_extra,
-        )
-    )
-    n_buf = max(n_batches_in_buffer, math.ceil(batch_size_tokens / context_size))
+    n_buf = max(n_batches_in_buffer, math.ceil(cfg.batch_size / context_size))
     return LanguageModelSAERunnerConfig(
-        sae=sae_cfg,
+        sae=TrainingSAEConfig.from_dict(cfg.sae_config_dict()),
         model_name=model_name,
         hook_name=hook_name,
         dataset_path="",
         is_dataset_tokenized=True,
         streaming=False,
         context_size=context_size,
-        training_tokens=int(training_tokens),
-        train_batch_size_tokens=batch_size_tokens,
+        training_tokens=int(cfg.tokens),
+        train_batch_size_tokens=cfg.batch_size,
         store_batch_size_prompts=store_batch_size_prompts,
         n_batches_in_buffer=n_buf,
-        lr=lr,
-        lr_end=lr,
-        device=device,
-        seed=seed,
+        lr=cfg.lr,
+        lr_end=cfg.lr,
+        lr_scheduler_name="constant",
+        autocast=cfg.autocast,
+        dead_feature_window=cfg.dead_feature_window,
+        feature_sampling_window=cfg.feature_sampling_window,
+        n_batches_for_norm_estimate=cfg.n_batches_for_norm_estimate,
+        device=cfg.device,
+        seed=cfg.seed,
         output_path=str(out),
         checkpoint_path=str(Path(out) / "checkpoints"),
-        n_checkpoints=0,
+        n_checkpoints=cfg.n_checkpoints,
         logger=LoggingConfig(log_to_wandb=False),
         verbose=False,
     )

@@ -263,7 +263,8 @@ class WeightedSAEMixin:
             return
         warnings.warn(
             f"{self.cfg.architecture()}: no gamma given (set_gamma / estimate_gamma / gamma_path); estimating "
-            f"the activation variance from the first training batch only ({sae_in.reshape(-1, self.cfg.d_in).shape[0]} samples)",
+            "the activation variance from the first training batch only "
+            f"({sae_in.reshape(-1, self.cfg.d_in).shape[0]} samples)",
             stacklevel=3,
         )
         stats = estimate_activation_stats([sae_in], self.cfg.d_in, 1)
@@ -380,19 +381,16 @@ class WeightedBatchTopKTrainingSAE(WeightedSAEMixin, WeightedTopKAuxMixin, Batch
         self._init_gamma()
 
 
+#: (training SAE class, config class) of each weighted architecture, keyed by the config's own name
+#: (tests/test_architectures.py checks the keys are sae_rdp_plugin.architectures.WEIGHTED_NAMES)
 WEIGHTED_ARCHITECTURES: dict[str, tuple[type, type]] = {
-    "weighted_standard": (WeightedStandardTrainingSAE, WeightedStandardTrainingSAEConfig),
-    "weighted_topk": (WeightedTopKTrainingSAE, WeightedTopKTrainingSAEConfig),
-    "weighted_jumprelu": (WeightedJumpReLUTrainingSAE, WeightedJumpReLUTrainingSAEConfig),
-    "weighted_batchtopk": (WeightedBatchTopKTrainingSAE, WeightedBatchTopKTrainingSAEConfig),
-}
-
-#: the stock SAELens training architecture each weighted one extends
-STOCK_ARCHITECTURE: dict[str, str] = {
-    "weighted_standard": "standard",
-    "weighted_topk": "topk",
-    "weighted_jumprelu": "jumprelu",
-    "weighted_batchtopk": "batchtopk",
+    cfg_cls.architecture(): (sae_cls, cfg_cls)
+    for sae_cls, cfg_cls in (
+        (WeightedStandardTrainingSAE, WeightedStandardTrainingSAEConfig),
+        (WeightedTopKTrainingSAE, WeightedTopKTrainingSAEConfig),
+        (WeightedJumpReLUTrainingSAE, WeightedJumpReLUTrainingSAEConfig),
+        (WeightedBatchTopKTrainingSAE, WeightedBatchTopKTrainingSAEConfig),
+    )
 }
 
 

@@ -17,7 +17,7 @@ import importlib.util
 import sys
 import threading
 
-WEIGHTED_ARCHITECTURE_NAMES = ("weighted_standard", "weighted_topk", "weighted_jumprelu", "weighted_batchtopk")
+from sae_rdp_plugin.architectures import WEIGHTED_NAMES
 
 _lock = threading.RLock()
 _ARCHITECTURES_MODULE = "sae_rdp_plugin.wsae.architectures"
@@ -86,4 +86,4 @@ def is_registered() -> bool:
         return False
     from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
 
-    return all(n in SAE_TRAINING_CLASS_REGISTRY for n in WEIGHTED_ARCHITECTURE_NAMES)
+    return all(n in SAE_TRAINING_CLASS_REGISTRY for n in WEIGHTED_NAMES)

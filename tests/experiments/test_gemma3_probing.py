@@ -1,4 +1,4 @@
-"""The sparse-probing step of scripts/gpu_gemma3_run.py (scripts/gemma3_probing.py): SAEBench's own
+"""The sparse-probing step of experiments/gemma3_270m/run.py (its probing.py): SAEBench's own
 sparse_probing_sae_probes run_eval on a weighted TopK SAE saved for inference and re-loaded with stock
 SAELens, with a tiny random HookedTransformer standing in for Gemma (no hub access: the test fails if
 sae-probes tries to load a model by name). Checked against SAEBench's validator and against an
@@ -9,6 +9,7 @@ The probing test needs the optional ``probes`` extra (sae-probes, zstandard); sk
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import sys
@@ -23,15 +24,16 @@ needs_probes = pytest.mark.skipif(
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+EXP = ROOT / "experiments" / "gemma3_270m"
+STAGE = "experiments/gemma3_270m/stage.sh"  # the device command, relative to the repository root
 
 
-def _probing_module():
-    spec = importlib.util.spec_from_file_location("gemma3_probing", ROOT / "scripts" / "gemma3_probing.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules["gemma3_probing"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture
+def gp(monkeypatch):
+    """experiments/gemma3_270m/probing.py, imported by name as run.py imports it (its folder on sys.path:
+    the spawned baseline workers inherit sys.path and re-import the module by that name)."""
+    monkeypatch.syspath_prepend(str(EXP))
+    return importlib.import_module("probing")
 
 
 def _char_tokenizer():
@@ -73,8 +75,7 @@ def _tiny_model():
 
 
 @needs_probes
-def test_sparse_probing_step_runs_saebench_eval_on_weighted_sae(tmp_path, monkeypatch):
-    gp = _probing_module()
+def test_sparse_probing_step_runs_saebench_eval_on_weighted_sae(gp, tmp_path, monkeypatch):
     gp.install_xgboost_stub()  # sae-probes imports xgboost at module level (only its xgboost baseline uses it)
     from sae_bench.evals.sparse_probing_sae_probes.eval_output import SparseProbingSaeProbesEvalOutput
     from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
@@ -137,8 +138,7 @@ def test_sparse_probing_step_runs_saebench_eval_on_weighted_sae(tmp_path, monkey
     assert model.tokenizer.padding_side == "right" and model.tokenizer.truncation_side == "right"
 
 
-def test_dataset_subset_is_fixed_prefix():
-    gp = _probing_module()
+def test_dataset_subset_is_fixed_prefix(gp):
     assert gp.dataset_names(3) == gp.PROBE_DATASETS[:3]
     assert len(set(gp.PROBE_DATASETS)) == len(gp.PROBE_DATASETS) >= gp.DEFAULT_N_DATASETS
     with pytest.raises(ValueError):
@@ -146,7 +146,7 @@ def test_dataset_subset_is_fixed_prefix():
 
 
 def test_prepare_plans_the_probes_call(tmp_path):
-    """gpu_gemma3_prepare.py: the probes wheels get their own call, after the model pieces and before
+    """prepare.py: the probes wheels get their own call, after the model pieces and before
     run, within the size limit; without them (--no-probes) the run call turns the step off."""
     import subprocess
 
@@ -167,7 +167,7 @@ def test_prepare_plans_the_probes_call(tmp_path):
         (pw / n).write_bytes(b"w" * (2 * MIB))
     base = [
         sys.executable,
-        str(ROOT / "scripts" / "gpu_gemma3_prepare.py"),
+        str(EXP / "prepare.py"),
         "--gguf",
         str(gguf),
         "--whl",
@@ -183,7 +183,8 @@ def test_prepare_plans_the_probes_call(tmp_path):
     subprocess.run([*base, "--out", str(out), "--run-args=--skip-sweep"], check=True, capture_output=True)
     plan = json.loads((out / "plan.json").read_text())
     cmds = [c["command"] for c in plan["calls"]]
-    assert cmds[-2:] == ["bash scripts/gpu_gemma3_stage.sh probes", "bash scripts/gpu_gemma3_stage.sh run --skip-sweep"]
+    assert (ROOT / STAGE).is_file()
+    assert cmds[-2:] == [f"bash {STAGE} probes", f"bash {STAGE} run --skip-sweep"]
     assert plan["calls"][-2]["carry"] == [f"{out}/call_probes"]
     assert sorted(p.name for p in (out / "call_probes").iterdir()) == sorted(p.name for p in pw.iterdir())
     assert all(c["total_with_tree_mib"] <= 22.0 + 1e-6 for c in plan["calls"])
@@ -192,4 +193,4 @@ def test_prepare_plans_the_probes_call(tmp_path):
     out2 = tmp_path / "g3b"
     subprocess.run([*base, "--out", str(out2), "--no-probes"], check=True, capture_output=True)
     cmds = [c["command"] for c in json.loads((out2 / "plan.json").read_text())["calls"]]
-    assert "bash scripts/gpu_gemma3_stage.sh probes" not in cmds and cmds[-1].endswith("--probe-datasets 0")
+    assert f"bash {STAGE} probes" not in cmds and cmds[-1].endswith("--probe-datasets 0")

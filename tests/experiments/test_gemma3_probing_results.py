@@ -7,10 +7,10 @@ re-run reproduced them. Reads JSON only (fast); the validator test needs the opt
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -41,12 +41,9 @@ def _mean(xs: list[float]) -> float:
 
 @needs_probes
 @pytest.mark.parametrize("name", SAES)
-def test_saebench_validator_accepts_committed_json(name):
-    spec = importlib.util.spec_from_file_location("gemma3_probing", ROOT / "scripts" / "gemma3_probing.py")
-    gp = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules.setdefault("gemma3_probing", gp)
-    spec.loader.exec_module(gp)
+def test_saebench_validator_accepts_committed_json(name, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "experiments" / "gemma3_270m"))
+    gp = importlib.import_module("probing")  # experiments/gemma3_270m/probing.py
     gp.install_xgboost_stub()  # sae-probes imports xgboost at module level; only its xgboost baseline uses it
     from sae_bench.evals.sparse_probing_sae_probes.eval_output import SparseProbingSaeProbesEvalOutput
     from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file

@@ -215,7 +215,7 @@ def test_triton_grads_match_float64_autograd(kind, with_dead):
     float32 within 2e-5; bf16 no less accurate than the PyTorch-kernel bf16 step or SAELens's own bf16
     autocast (2x margin or 5e-2: at these tiny shapes the bf16 errors are dominated by the few TopK
     selections that flip near ties, which differ between implementations; the large-shape comparison is
-    scripts/bench_training_speed.py's on-device check)."""
+    benchmarks/training_speed/bench_training_speed.py's on-device check)."""
     sae = _make(kind, True, "float32", seed=7)
     x = torch.randn(64, D_IN)
     dead = None

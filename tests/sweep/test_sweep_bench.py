@@ -9,13 +9,13 @@ import pytest
 
 @pytest.mark.slow
 def test_bench_sweep_gpu_quick(tmp_path):
-    """scripts/bench_sweep_gpu.py --quick runs on CPU and writes its JSON (both parts)."""
+    """benchmarks/sweep/bench_sweep_gpu.py --quick runs on CPU and writes its JSON (both parts)."""
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
         [
             sys.executable,
-            str(root / "scripts" / "bench_sweep_gpu.py"),
+            str(root / "benchmarks" / "sweep" / "bench_sweep_gpu.py"),
             "--quick",
             "--device",
             "cpu",

@@ -11,7 +11,8 @@ import torch
 from sae_rdp_plugin.evals.rdp_synthetic.eval_config import RDPSyntheticEvalConfig
 from sae_rdp_plugin.evals.rdp_synthetic.eval_output import RDPSyntheticEvalOutput
 from sae_rdp_plugin.evals.rdp_synthetic.main import arg_parser, run_eval
-from sae_rdp_plugin.sweep.core import DGPSpec, build_dgp
+from sae_rdp_plugin.sweep.config import DGPSpec
+from sae_rdp_plugin.sweep.data import build_dgp
 
 SPEC = {"name": "pairs", "kind": "pairs", "m": 6, "d": 10, "rho": 0.5, "q": 0.1}
 

@@ -1,4 +1,4 @@
-"""Two-process (gloo, CPU) checks of sae_rdp_plugin.train.distributed against single-process SAELens runs.
+"""Two-process (gloo, CPU) checks of sae_rdp_plugin.train.ddp / grid against single-process SAELens runs.
 
 One torchrun launch (tests/distributed_worker.py) trains tiny SAEs with 2 ranks x batch B; here the
 same SAEs are trained by SAELens's stock SAETrainer in one process on the concatenated batch 2B from
@@ -46,31 +46,27 @@ def worker_out(tmp_path_factory):
     return out
 
 
-def _reference(case: dict, steps: int) -> dict[str, torch.Tensor]:
+def _reference(name: str, steps: int) -> dict[str, torch.Tensor]:
     """Stock SAELens SAETrainer, one process, batch 2B = the global batch, same init and data."""
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
-    from sae_rdp_plugin.train.distributed import (
-        DistContext,
-        DistTrainConfig,
-        ShardedSyntheticStream,
-        build_sae,
-        synthetic_model,
-    )
+    from sae_rdp_plugin.train.ddp import build_sae
+    from sae_rdp_plugin.train.distributed import DistContext
+    from sae_rdp_plugin.train.synthetic import ShardedSyntheticStream, synthetic_model
 
-    cfg = DistTrainConfig(**{**W.BASE, "steps": steps}, **case)
-    sae = build_sae(cfg, "cpu")
+    cfg, stream = W.case_config(name, steps=steps), W.STREAM
+    sae = build_sae(cfg)
     data = ShardedSyntheticStream(
-        synthetic_model(cfg.d_in, cfg.n_features, cfg.data_seed),
-        cfg.batch,
+        synthetic_model(cfg.d_in, stream.n_features, stream.data_seed),
+        cfg.batch_size,
         DistContext(),
-        seed=cfg.data_seed,
-        n_chunks=cfg.n_chunks,
+        seed=stream.data_seed,
+        n_chunks=stream.n_chunks,
     )
     tcfg = SAETrainerConfig(
-        total_training_samples=cfg.batch * steps,
-        train_batch_size_samples=cfg.batch,
+        total_training_samples=cfg.batch_size * steps,
+        train_batch_size_samples=cfg.batch_size,
         lr=cfg.lr,
         lr_end=cfg.lr,
         device="cpu",
@@ -85,18 +81,18 @@ def _reference(case: dict, steps: int) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("name", list(W.CASES))
 def test_two_ranks_equal_one_rank_on_concatenated_batch(worker_out, name):
-    ref, trainer = _reference(W.CASES[name], W.BASE["steps"])
+    ref, trainer = _reference(name, W.STEPS)
     got = torch.load(worker_out / name / "training_state.pt")
     assert set(got) == set(ref)
     for k in ref:
         assert torch.allclose(got[k], ref[k], atol=ATOL, rtol=0), (k, (got[k] - ref[k]).abs().max().item())
     # the parameters moved (the comparison is not trivially between two initialisations)
-    init = __import__("sae_rdp_plugin.train.distributed", fromlist=["x"]).build_sae(
-        __import__("sae_rdp_plugin.train.distributed", fromlist=["x"]).DistTrainConfig(**W.BASE, **W.CASES[name]), "cpu"
-    )
+    from sae_rdp_plugin.train.ddp import build_sae
+
+    init = build_sae(W.case_config(name))
     assert (init.W_dec.detach() - ref["W_dec"]).abs().max() > 1e-4
     metrics = json.loads((worker_out / name / "train_metrics.json").read_text())
-    assert metrics["world_size"] == 2 and metrics["n_training_samples"] == W.BASE["batch"] * W.BASE["steps"]
+    assert metrics["world_size"] == 2 and metrics["n_training_samples"] == W.BATCH * W.STEPS
     assert metrics["dead_latents"] == int(trainer.dead_neurons.sum())
     if name == "topk":  # the aux loss was exercised: some latents were dead during training
         assert trainer.dead_neurons.any()
@@ -107,7 +103,7 @@ def test_resume_matches_uninterrupted(worker_out):
     assert info["resumed_from"] is not None and info["steps_run"] == 2
     a = torch.load(worker_out / "resume_uninterrupted.pt")
     b = torch.load(worker_out / "resume" / "training_state.pt")
-    ref, _ = _reference(W.CASES["topk"], 6)
+    ref, _ = _reference("topk", 6)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=ATOL, rtol=0), k
         assert torch.allclose(b[k], ref[k], atol=ATOL, rtol=0), k
@@ -121,12 +117,14 @@ def test_partitioned_results_gathered_in_order(worker_out):
 
 
 def test_grid_members_identical_to_single_process(worker_out):
-    from sae_rdp_plugin.train.distributed import DistTrainConfig, _sweep_member
+    from sae_rdp_plugin.train.config import SyntheticStreamConfig, TrainConfig
+    from sae_rdp_plugin.train.grid import _sweep_member
 
     res = json.loads((worker_out / "grid" / "sweep_results.json").read_text())
     assert res["world_size"] == 2 and [m["member"] for m in res["members"]] == [0, 1, 2]
-    solo = _sweep_member(DistTrainConfig(**W.GRID_BASE), "cpu")(2, W.GRID[2])  # rank 0 ran member 2
-    solo1 = _sweep_member(DistTrainConfig(**W.GRID_BASE), "cpu")(1, W.GRID[1])  # rank 1 ran member 1
+    member = _sweep_member(TrainConfig(**W.GRID_BASE), SyntheticStreamConfig(**W.GRID_STREAM), "cpu")
+    solo = member(2, W.GRID[2])  # rank 0 ran member 2
+    solo1 = member(1, W.GRID[1])  # rank 1 ran member 1
     for ref, got in ((solo, res["members"][2]), (solo1, res["members"][1])):
         for key in ("mse", "explained_variance", "l0", "seed"):
             assert got[key] == pytest.approx(ref[key], abs=1e-6), key
@@ -143,7 +141,9 @@ def test_activation_stats_reduced_over_ranks(worker_out):
 def test_cli_sweep_under_torchrun_matches_single_process(worker_out, tmp_path):
     """The worker's last act is `sweep --config ...` (the CLI handler) with 2 ranks."""
     from sae_rdp_plugin.cli import main
-    from sae_rdp_plugin.sweep.core import SweepConfig, export_member, train_sweep
+    from sae_rdp_plugin.sweep.config import SweepConfig
+    from sae_rdp_plugin.sweep.export import export_member
+    from sae_rdp_plugin.sweep.train import train_sweep
 
     two_dir = worker_out / "sweep_two"
     two = json.loads((two_dir / "results.json").read_text())
@@ -183,12 +183,12 @@ def test_cli_sweep_under_torchrun_matches_single_process(worker_out, tmp_path):
 
 @pytest.mark.slow
 def test_bench_script_quick_on_cpu(tmp_path):
-    """scripts/bench_distributed.py --quick (gloo, 1 and 2 processes): runs, and its own 1-vs-2 check
+    """benchmarks/distributed/bench_distributed.py --quick (gloo, 1 and 2 processes): runs, and its own 1-vs-2 check
     holds (several torchrun launches: minutes on a small CPU, hence slow)."""
     proc = subprocess.run(
         [
             sys.executable,
-            str(REPO / "scripts" / "bench_distributed.py"),
+            str(REPO / "benchmarks" / "distributed" / "bench_distributed.py"),
             "--quick",
             "--device",
             "cpu",

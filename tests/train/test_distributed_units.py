@@ -1,4 +1,4 @@
-"""In-process checks of sae_rdp_plugin.train.distributed (no process group needed)."""
+"""In-process checks of sae_rdp_plugin.train.distributed / ddp / synthetic (no process group needed)."""
 
 import json
 import os
@@ -13,14 +13,10 @@ from hypothesis import strategies as st
 
 from sae_rdp_plugin.errors import SaeRdpError
 from sae_rdp_plugin.sweep.distributed import assign_groups
-from sae_rdp_plugin.train.distributed import (
-    DistContext,
-    ShardedSyntheticStream,
-    latest_checkpoint,
-    partition,
-    run_partitioned,
-    synthetic_model,
-)
+from sae_rdp_plugin.train.config import SyntheticStreamConfig, TrainConfig
+from sae_rdp_plugin.train.ddp import latest_checkpoint
+from sae_rdp_plugin.train.distributed import DistContext, partition, run_partitioned
+from sae_rdp_plugin.train.synthetic import ShardedSyntheticStream, synthetic_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,7 +101,10 @@ def test_latest_checkpoint_pointer(tmp_path):
 
 
 def test_nvlink_multicast_off_by_default_but_user_value_kept():
-    code = "import os, sae_rdp_plugin.train.distributed; print(os.environ['NCCL_NVLS_ENABLE'], os.environ['TORCH_SYMM_MEM_DISABLE_MULTICAST'])"
+    code = (
+        "import os, sae_rdp_plugin.train.distributed; "
+        "print(os.environ['NCCL_NVLS_ENABLE'], os.environ['TORCH_SYMM_MEM_DISABLE_MULTICAST'])"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.stdout.split() == ["0", "1"], out.stderr
@@ -147,17 +146,33 @@ def test_cli_errors_are_one_line(tmp_path):
     assert not (tmp_path / "train_metrics.json").exists()
 
 
+def test_cli_refuses_bad_configs_before_training(tmp_path, capsys):
+    """Unknown SAELens fields in --sae-kwargs and a grid point with k > d_sae fail as one-line errors."""
+    from sae_rdp_plugin.cli import main
+
+    common = ["--device", "cpu", "--steps", "1", "--batch", "32", "--d-in", "8", "--d-sae", "16"]
+    rc = main(
+        ["distributed", "train", "--out", str(tmp_path / "t"), "--k", "2", "--sae-kwargs", '{"nope": 1}', *common]
+    )
+    assert rc == 2 and "unknown config fields" in capsys.readouterr().err
+    assert main(["distributed", "grid", "--out", str(tmp_path / "g"), "--ks", "2,17", *common]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: k must be in 1..d_sae=16") and "\n" not in err.strip()
+    assert not (tmp_path / "g" / "sweep_results.json").exists()
+
+
 def test_single_process_train_and_resume(tmp_path):
     """World size 1 (no torchrun): a run with a mid-way checkpoint, resumed, ends where an
     uninterrupted run ends."""
-    from sae_rdp_plugin.train.distributed import DistTrainConfig, train_distributed
+    from sae_rdp_plugin.train.ddp import train_distributed
 
-    cfg = DistTrainConfig(d_in=8, d_sae=16, n_features=24, batch=32, steps=4, k=2, n_checkpoints=1)
-    a = train_distributed(cfg, tmp_path / "a", DistContext(), resume=False)
+    cfg = TrainConfig("topk", d_in=8, d_sae=16, k=2, tokens=4 * 32, batch_size=32, n_checkpoints=1)
+    stream = SyntheticStreamConfig(n_features=24)
+    a = train_distributed(cfg, tmp_path / "a", DistContext(), stream, resume=False)
     assert a["world_size"] == 1 and a["n_training_steps"] == 4 and a["resumed_from"] is None
-    b = train_distributed(cfg, tmp_path / "a", DistContext(), resume=True)
+    b = train_distributed(cfg, tmp_path / "a", DistContext(), stream, resume=True)
     assert b["resumed_from"] is not None and b["steps_run"] < 4
-    ref = train_distributed(cfg, tmp_path / "ref", DistContext(), resume=False)
+    ref = train_distributed(cfg, tmp_path / "ref", DistContext(), stream, resume=False)
     sa = torch.load(tmp_path / "a" / "training_state.pt")
     sr = torch.load(tmp_path / "ref" / "training_state.pt")
     assert ref["n_training_steps"] == b["n_training_steps"] == 4

@@ -217,7 +217,8 @@ def test_inference_save_loads_with_stock_saelens_in_clean_process(tmp_path):
         assert not any(m.startswith("sae_rdp_plugin") for m in sys.modules), "plugin was imported"
         x = torch.load({str(tmp_path / "x.pt")!r})
         with torch.no_grad():
-            torch.save({{"out": sae(x), "acts": sae.encode(x), "cls": type(sae).__name__}}, {str(tmp_path / "res.pt")!r})
+            res = {{"out": sae(x), "acts": sae.encode(x), "cls": type(sae).__name__}}
+        torch.save(res, {str(tmp_path / "res.pt")!r})
         """
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=tmp_path)

@@ -10,6 +10,7 @@ import torch
 
 import sae_rdp_plugin  # noqa: F401
 from sae_rdp_plugin.cli import main as cli_main
+from sae_rdp_plugin.train.config import TrainConfig
 from sae_rdp_plugin.train.saelens import runner_config, train_language_model, train_synthetic
 from sae_rdp_plugin.wsae.gamma import load_gamma_file
 
@@ -71,22 +72,17 @@ def test_language_model_runner_path_with_tiny_model(tmp_path):
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(1, 50, (64, 32), generator=g)
     ds = Dataset.from_dict({"tokens": tokens.tolist()})
+    cfg = TrainConfig("weighted_topk", 16, 32, k=4, alpha=1.0, tokens=1024, batch_size=256, gamma_estimation_batches=8)
     rc = runner_config(
-        "weighted_topk",
-        16,
-        32,
+        cfg,
         model_name="tiny",
         hook_name="blocks.0.hook_resid_post",
-        training_tokens=1024,
         out=tmp_path / "lm",
-        k=4,
-        alpha=1.0,
         context_size=32,
-        batch_size_tokens=256,
         n_batches_in_buffer=8,
         store_batch_size_prompts=4,
-        gamma_estimation_batches=8,
     )
+    assert rc.training_tokens == 1024 and rc.train_batch_size_tokens == 256 and rc.sae.k == 4
     rc.sequence_separator_token = None
     rc.prepend_bos = False
     train_language_model(rc, override_model=model, override_dataset=ds, gamma_progress=False)

@@ -169,7 +169,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     parts = [
         "# RDP audit of the bundled SAEBench results\n",
         f"Generated {summary['generated']} on {summary['machine']}; rate = L0; two distortions (1 - explained "
-        f"variance, the default; mean L2 error as a robustness check); final SAEs only; {summary['n_boot']} bootstrap resamples (SAEs), {summary['n_perm']} "
+        f"variance, the default; mean L2 error as a robustness check); final SAEs only; {summary['n_boot']} bootstrap "
+        f"resamples (SAEs), {summary['n_perm']} "
         "permutations. V: 0 faithful, 0.5 random, 1 inverted; rho: +1 faithful, -1 inverted.\n",
     ]
     for dname in summary["distortions"]:

@@ -112,7 +112,9 @@ class RdpAuditResultDetail(BaseResultDetail):
     )
     verdict: str = Field(
         title="Verdict",
-        description="faithful / inverted / no clear trend (permutation p of V vs alpha; of rho when V is undefined) / undefined",
+        description=(
+            "faithful / inverted / no clear trend (permutation p of V vs alpha; of rho when V is undefined) / undefined"
+        ),
     )
 
 

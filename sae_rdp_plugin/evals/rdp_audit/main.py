@@ -226,7 +226,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(
             f"| {r['sweep']} | {r['proxy']}{'' if r['orientation'] < 0 else ' (+)'} | {r['role']} | {r['n_saes']} | "
-            f"{r['n_dominated_pairs']} | {_fmt_ci(r['violation_rate'], r['violation_rate_ci_low'], r['violation_rate_ci_high'])} | "
+            f"{r['n_dominated_pairs']} | "
+            f"{_fmt_ci(r['violation_rate'], r['violation_rate_ci_low'], r['violation_rate_ci_high'])} | "
             f"{_fmt_ci(r['rank_correlation'], r['rank_correlation_ci_low'], r['rank_correlation_ci_high'], True)} | "
             f"{'n/a' if r['p_value_violation'] is None else format(r['p_value_violation'], '.3f')} | {r['verdict']} |"
         )

@@ -21,7 +21,7 @@ class RDPSyntheticEvalConfig(BaseEvalConfig):
     dgp: dict[str, Any] = Field(
         default_factory=lambda: dict(DEFAULT_DGP),
         title="DGP",
-        description="Data-generating process as a sae_rdp_plugin.sweep.core.DGPSpec dict (kinds: pairs, blocks, "
+        description="Data-generating process as a sae_rdp_plugin.sweep.config.DGPSpec dict (kinds: pairs, blocks, "
         "bernoulli, explicit, saelens). Ignored when dgp_path or synthetic_model_path is set.",
     )
     dgp_path: str = Field(

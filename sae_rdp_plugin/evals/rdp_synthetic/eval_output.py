@@ -36,7 +36,10 @@ class RDPRateDistortionMetrics(BaseMetrics):
     expected_size: float = Field(title="E|S|", description="Expected number of active concepts per sample (the DGP's)")
     mono_line_gap: float = Field(
         title="E|S| - R - D",
-        description="Distance below the monosemantic conservation line R + D = E|S| (> 0: no monosemantic code reaches this point)",
+        description=(
+            "Distance below the monosemantic conservation line R + D = E|S| "
+            "(> 0: no monosemantic code reaches this point)"
+        ),
     )
 
 

@@ -1,7 +1,7 @@
 """``rdp_synthetic``: rate, distortion and polysemanticity of SAEs on a synthetic model with known
 concepts, in SAEBench's eval format.
 
-For each selected SAE: draw ``n_samples`` observations x from the DGP (a ``sae_rdp_plugin.sweep.core``
+For each selected SAE: draw ``n_samples`` observations x from the DGP (a ``sae_rdp_plugin.sweep``
 DGPSpec, or a SAELens ``SyntheticModel``), encode/decode them with the SAE, and report
 
 * rate R = E||z||_0, distortion D = E||x - x_hat||^2 (sum over dims), explained variance, dead latents,
@@ -50,8 +50,9 @@ from sae_rdp_plugin.io import atomic_write_text
 
 
 def load_dgp(config: RDPSyntheticEvalConfig, device: str | torch.device) -> Any:
-    """The config's DGP as a ``sae_rdp_plugin.sweep.core.BuiltDGP`` on ``device``."""
-    from sae_rdp_plugin.sweep.core import DGPSpec, SweepConfig, build_dgp, dgp_from_synthetic_model
+    """The config's DGP as a ``sae_rdp_plugin.sweep.data.BuiltDGP`` on ``device``."""
+    from sae_rdp_plugin.sweep.config import DGPSpec, SweepConfig
+    from sae_rdp_plugin.sweep.data import build_dgp, dgp_from_synthetic_model
 
     if config.synthetic_model_path:
         from sae_lens.synthetic import SyntheticModel
@@ -225,7 +226,9 @@ def run_eval_on_sweep(
     exported as SAELens SAEs and loaded with the stock loader first)."""
     from sae_lens import SAE
 
-    from sae_rdp_plugin.sweep.core import SweepConfig, export_member, load_results
+    from sae_rdp_plugin.sweep.config import SweepConfig
+    from sae_rdp_plugin.sweep.export import export_member
+    from sae_rdp_plugin.sweep.train import load_results
 
     sweep_dir = Path(sweep_dir)
     state = json.loads((sweep_dir / "state.json").read_text())

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One device call for the training-speed work (benchmarks/training_speed): installs the carried wheels,
+# runs the CUDA tests of the fast step, tunes the Triton block sizes, then benchmarks with the best
+# ones. Usage on the device (carry .whl):  bash benchmarks/training_speed/gpu_speed_run.sh [bench args...]
+# The package is not installed there: PYTHONPATH puts the repository root on the import path.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl >/dev/null 2>&1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 WANDB_MODE=disabled
+OUT=${OUT:-out/speed}; mkdir -p "$OUT"
+B=benchmarks/training_speed
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+python3 -m pytest -q -p no:cacheprovider -m "gpu or not gpu" tests/fast/test_fast_kernels.py 2>&1 | tail -3 | tee "$OUT/pytest.txt"
+python3 -m pytest -q -p no:cacheprovider tests/fast/test_fast_topk.py -m gpu 2>&1 | tail -1 | tee -a "$OUT/pytest.txt"
+python3 -m pytest -q -p no:cacheprovider tests/fast/test_topk_kernel.py 2>&1 | tail -1 | tee -a "$OUT/pytest.txt"
+python3 $B/bench_topk_hot.py --out "$OUT" 2>&1 | grep -v -i warn | tail -8
+if [ "${SKIP_TUNE:-0}" != 1 ]; then
+  python3 $B/tune_fast_kernels.py --out "$OUT" 2>&1 | grep -v -i warn | tail -12
+  BLOCKS="--blocks-json $OUT/tune_fast_kernels.json"
+else
+  BLOCKS=""
+fi
+python3 $B/bench_training_speed.py --device cuda --out "$OUT" $BLOCKS "$@" 2>&1 | grep -v -i warn | tee "$OUT/log.txt" | tail -40

@@ -1,0 +1,209 @@
+"""The configuration of a batched sweep: its DGPs (:class:`DGPSpec`) and its grid and training
+hyper-parameters (:class:`SweepConfig`), read from JSON with :func:`load_config`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sae_rdp_plugin.architectures import STOCK_NAMES
+from sae_rdp_plugin.errors import SaeRdpError
+
+#: the stacked trainer implements the four stock SAELens architectures (weighting needs SAELens's trainer)
+ARCHITECTURES = STOCK_NAMES
+DGP_KINDS = ("pairs", "blocks", "bernoulli", "explicit", "saelens")
+
+
+@dataclass
+class DGPSpec:
+    """One data-generating process of a sweep.
+
+    kind:
+      * "pairs": ``sae_rdp_plugin.rdp.dgp.cooccurring_pairs(m, rho, q)``: pairs {0,1}, {2,3}, .. fire
+        together with mixture weight ``rho`` (the co-occurrence knob); otherwise independent Bernoulli(q)
+        (``base="independent"``) or at most one concept (``base="exclusive"``).
+      * "blocks": ``CooccurringBlocksPMF(m, blocks, q, rho, base=base)``.
+      * "bernoulli": independent firing with probability q (no extra co-occurrence).
+      * "explicit": an explicit table ``pmf`` in the PMF-file format ({"0,1": 0.4, ...}).
+      * "saelens": a SAELens ``SyntheticModel`` built from ``saelens_config`` (a
+        ``SyntheticModelConfig.to_dict()``-style dict: hierarchy, low-rank correlation, Zipfian firing,
+        magnitudes ...); its feature vectors are the concepts.
+    Concepts (non-saelens kinds): ``concepts="orthonormal"`` (d >= m) or ``"random"`` unit vectors,
+    seeded by ``concept_seed``; observations x = sum_S c_l v_l + noise (``magnitude``, ``noise_std``).
+    """
+
+    name: str
+    kind: str = "pairs"
+    m: int = 8
+    d: int = 16
+    rho: float = 0.0
+    q: float | list[float] = 0.1
+    base: str = "independent"
+    blocks: list[list[int]] | None = None
+    pmf: dict[str, float] | None = None
+    concepts: str = "orthonormal"
+    concept_seed: int = 0
+    magnitude: str = "binary"
+    noise_std: float = 0.0
+    saelens_config: dict[str, Any] | None = None
+
+    @property
+    def input_dim(self) -> int:
+        """Dimension d of the observations x (kind "saelens": the SyntheticModel's ``hidden_dim``)."""
+        if self.kind == "saelens":
+            return int((self.saelens_config or {}).get("hidden_dim", 0))
+        return int(self.d)
+
+
+@dataclass
+class SweepConfig:
+    """A grid of SAEs trained together. The grid is the product
+    dgps x architectures x widths x sparsity knob (``ks`` for topk/batchtopk, ``l1_coefficients`` for
+    standard, ``l0_coefficients`` for jumprelu) x seeds x inits. Training hyper-parameters default to
+    SAELens's (``train_toy_sae``: constant lr 3e-4, Adam(0.9, 0.999), grad-norm clip 1.0,
+    dead_feature_window 1000)."""
+
+    dgps: list[DGPSpec]
+    architectures: list[str] = field(default_factory=lambda: ["topk"])
+    widths: list[int] = field(default_factory=lambda: [8])
+    ks: list[float] = field(default_factory=lambda: [1, 2])
+    l1_coefficients: list[float] = field(default_factory=lambda: [1.0])
+    l0_coefficients: list[float] = field(default_factory=lambda: [0.1])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    inits: list[str] = field(default_factory=lambda: ["random"])
+    steps: int = 2000
+    batch_size: int = 1024
+    lr: float = 3e-4
+    lr_scheduler_name: str = "constant"
+    lr_warm_up_steps: int = 0
+    lr_decay_steps: int = 0
+    lr_end: float | None = None
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    grad_clip_norm: float | None = 1.0
+    decoder_init_norm: float | None = 0.1
+    apply_b_dec_to_input: bool = True
+    rescale_acts_by_decoder_norm: bool = True
+    aux_loss_coefficient: float = 1.0
+    dead_feature_window: int = 1000
+    topk_threshold_lr: float = 0.01
+    jumprelu_init_threshold: float = 0.01
+    jumprelu_bandwidth: float = 0.05
+    jumprelu_ste_to_input: bool = False
+    l1_warm_up_steps: int = 0
+    l0_warm_up_steps: int = 0
+    monosemantic_init_noise: float = 0.0
+    eval_samples: int = 20000
+    eval_seed: int = 12345
+    data_seed: int = 0
+    checkpoint_every: int = 500
+    max_group_size: int | None = None
+    record_every: int = 0
+    dtype: str = "float32"
+
+    # -- (de)serialisation
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SweepConfig:
+        if not isinstance(d, dict):
+            raise SaeRdpError("sweep config must be a JSON object")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise SaeRdpError(f"unknown sweep config key(s): {', '.join(unknown)}")
+        if "dgps" not in d:
+            raise SaeRdpError("sweep config needs 'dgps' (a list of DGP specs)")
+        dnames = {f.name for f in dataclasses.fields(DGPSpec)}
+        dgps = []
+        for i, g in enumerate(d["dgps"] if isinstance(d["dgps"], list) else [None]):
+            if not isinstance(g, dict):
+                raise SaeRdpError(f"dgps[{i}] must be an object")
+            bad = sorted(set(g) - dnames)
+            if bad:
+                raise SaeRdpError(f"dgps[{i}]: unknown key(s): {', '.join(bad)}")
+            if "name" not in g:
+                raise SaeRdpError(f"dgps[{i}] needs a 'name'")
+            dgps.append(DGPSpec(**g))
+        cfg = cls(**{**d, "dgps": dgps})
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise SaeRdpError naming the first problem."""
+        if not self.dgps:
+            raise SaeRdpError("sweep config needs at least one DGP")
+        seen = set()
+        for g in self.dgps:
+            if g.name in seen:
+                raise SaeRdpError(f"duplicate DGP name {g.name!r}")
+            seen.add(g.name)
+            if g.kind not in DGP_KINDS:
+                raise SaeRdpError(f"DGP {g.name!r}: unknown kind {g.kind!r} (one of {', '.join(DGP_KINDS)})")
+            if g.kind != "saelens" and (int(g.m) < 1 or int(g.d) < 1):
+                raise SaeRdpError(f"DGP {g.name!r}: m and d must be positive")
+        for a in self.architectures:
+            if a not in ARCHITECTURES:
+                raise SaeRdpError(f"unknown architecture {a!r} (one of {', '.join(ARCHITECTURES)})")
+        if not self.architectures:
+            raise SaeRdpError("sweep config needs at least one architecture")
+        for w in self.widths:
+            if not isinstance(w, int) or w < 1:
+                raise SaeRdpError(f"widths must be positive integers, got {w!r}")
+        for k in self.ks:
+            if not isinstance(k, (int, float)) or k <= 0:
+                raise SaeRdpError(f"ks must be positive, got {k!r}")
+        for c in list(self.l1_coefficients) + list(self.l0_coefficients):
+            if not isinstance(c, (int, float)) or c < 0 or not math.isfinite(c):
+                raise SaeRdpError(f"sparsity coefficients must be finite and >= 0, got {c!r}")
+        for i in self.inits:
+            if i not in ("random", "monosemantic"):
+                raise SaeRdpError(f"unknown init {i!r} (random or monosemantic)")
+        for name in ("steps", "batch_size", "eval_samples", "checkpoint_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise SaeRdpError(f"{name} must be a positive integer, got {v!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise SaeRdpError(f"lr must be positive, got {self.lr}")
+        if self.dtype not in ("float32", "float64", "bfloat16"):
+            raise SaeRdpError(f"dtype must be float32, float64 or bfloat16, got {self.dtype!r}")
+        if not self.seeds:
+            raise SaeRdpError("sweep config needs at least one seed")
+
+
+def load_config(path: str | Path) -> SweepConfig:
+    """Read a sweep config JSON file (raises SaeRdpError on a missing file or malformed JSON)."""
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise SaeRdpError(f"config file not found: {p}") from None
+    except json.JSONDecodeError as exc:
+        raise SaeRdpError(f"malformed JSON in {p}: {exc.msg} (line {exc.lineno})") from None
+    try:
+        return SweepConfig.from_dict(d)
+    except TypeError as exc:
+        raise SaeRdpError(f"bad sweep config {p}: {exc}") from None
+
+
+def iter_configs(paths: Iterable[str | Path]) -> list[SweepConfig]:
+    """:func:`load_config` of each path."""
+    return [load_config(p) for p in paths]
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (JSON has no NaN / Inf), through dicts and lists."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [json_safe(v) for v in obj]
+    return obj

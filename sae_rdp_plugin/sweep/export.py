@@ -1,0 +1,122 @@
+"""Sweep members as stock SAELens SAEs: :func:`saelens_training_sae` (a SAELens training SAE with a
+member's architecture and knobs) and :func:`export_member` (a finished member as a SAELens SAE folder,
+``sae_lens.SAE.load_from_disk``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sae_rdp_plugin.errors import SaeRdpError
+from sae_rdp_plugin.sweep.config import SweepConfig
+from sae_rdp_plugin.sweep.members import Member, group_members
+
+
+def saelens_training_sae(cfg: SweepConfig, mb: Member, d: int, device: str | torch.device = "cpu") -> Any:
+    """A stock SAELens training SAE of the member's architecture and knobs."""
+    from sae_lens import (
+        BatchTopKTrainingSAE,
+        BatchTopKTrainingSAEConfig,
+        JumpReLUTrainingSAE,
+        JumpReLUTrainingSAEConfig,
+        StandardTrainingSAE,
+        StandardTrainingSAEConfig,
+        TopKTrainingSAE,
+        TopKTrainingSAEConfig,
+    )
+
+    common = dict(
+        d_in=d,
+        d_sae=mb.width,
+        apply_b_dec_to_input=cfg.apply_b_dec_to_input,
+        decoder_init_norm=cfg.decoder_init_norm,
+        device=str(device),
+    )
+    if mb.architecture == "topk":
+        return TopKTrainingSAE(
+            TopKTrainingSAEConfig(
+                k=int(mb.k),
+                rescale_acts_by_decoder_norm=cfg.rescale_acts_by_decoder_norm,
+                aux_loss_coefficient=cfg.aux_loss_coefficient,
+                **common,
+            )
+        )  # type: ignore[arg-type]
+    if mb.architecture == "batchtopk":
+        return BatchTopKTrainingSAE(
+            BatchTopKTrainingSAEConfig(
+                k=float(mb.k),
+                rescale_acts_by_decoder_norm=cfg.rescale_acts_by_decoder_norm,
+                aux_loss_coefficient=cfg.aux_loss_coefficient,
+                topk_threshold_lr=cfg.topk_threshold_lr,
+                **common,
+            )
+        )  # type: ignore[arg-type]
+    if mb.architecture == "standard":
+        return StandardTrainingSAE(
+            StandardTrainingSAEConfig(
+                l1_coefficient=float(mb.l1_coefficient), l1_warm_up_steps=cfg.l1_warm_up_steps, **common
+            )
+        )  # type: ignore[arg-type]
+    return JumpReLUTrainingSAE(
+        JumpReLUTrainingSAEConfig(
+            l0_coefficient=float(mb.l0_coefficient),
+            l0_warm_up_steps=cfg.l0_warm_up_steps,
+            jumprelu_init_threshold=cfg.jumprelu_init_threshold,
+            jumprelu_bandwidth=cfg.jumprelu_bandwidth,
+            jumprelu_ste_to_input=cfg.jumprelu_ste_to_input,
+            **common,
+        )
+    )  # type: ignore[arg-type]
+
+
+def export_member(out_dir: str | Path, member_id: str, dest: str | Path) -> Path:
+    """Write member ``member_id`` of a finished group as a SAELens SAE folder (cfg.json +
+    sae_weights.safetensors, stock architecture name: topk, standard, jumprelu; batchtopk is saved as
+    jumprelu, as SAELens does), loadable with ``sae_lens.SAE.load_from_disk(dest)``. The weights go
+    through SAELens's own ``save_inference_model`` (decoder-norm fold for TopK / BatchTopK)."""
+    from safetensors import safe_open
+
+    out = Path(out_dir)
+    state = json.loads((out / "state.json").read_text()) if (out / "state.json").exists() else None
+    if state is None:
+        raise SaeRdpError(f"{out} is not a sweep folder (no state.json)")
+    gid = state.get("members", {}).get(member_id)
+    if gid is None:
+        raise SaeRdpError(f"unknown member {member_id!r} in {out}")
+    if state["groups"].get(gid, {}).get("status") != "done":
+        raise SaeRdpError(f"member {member_id!r} has not finished training")
+    cfg = SweepConfig.from_dict(state["config"])
+    mbs = dict(group_members(cfg))[gid]
+    i = [m.member_id for m in mbs].index(member_id)
+    mb = mbs[i]
+    with safe_open(str(out / "groups" / f"{gid}.safetensors"), framework="pt") as f:
+        W_enc = f.get_tensor("param.W_enc")[i]
+        sd = {
+            "W_enc": W_enc,
+            "W_dec": f.get_tensor("param.W_dec")[i],
+            "b_enc": f.get_tensor("param.b_enc")[i],
+            "b_dec": f.get_tensor("param.b_dec")[i],
+        }
+        if mb.architecture == "jumprelu":
+            sd["threshold"] = f.get_tensor("param.threshold")[i]
+        if mb.architecture == "batchtopk":
+            sd["topk_threshold"] = f.get_tensor("buf.topk_threshold")[i]
+    sae = saelens_training_sae(cfg, mb, int(W_enc.shape[0]))
+    sae.load_state_dict({k: v.float().contiguous() if k != "topk_threshold" else v.double() for k, v in sd.items()})
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    try:
+        sae.save_inference_model(tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest

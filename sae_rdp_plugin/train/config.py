@@ -1,0 +1,245 @@
+"""One training configuration: :class:`TrainConfig`, for every way sae-rdp trains an SAE.
+
+``sae-rdp train`` (synthetic and ``--model``), ``sae-rdp distributed train`` / ``grid`` and the Python API
+(:func:`sae_rdp_plugin.train.saelens.train_synthetic`, :func:`~sae_rdp_plugin.train.saelens.runner_config`,
+:func:`sae_rdp_plugin.train.ddp.train_distributed`, :func:`sae_rdp_plugin.train.grid.sweep_distributed`)
+all describe the SAE and its training with it, so each hyperparameter has one name, one meaning and
+one default. It builds the two SAELens objects every path needs: the training-SAE config dict
+(:meth:`TrainConfig.sae_config_dict`, for ``TrainingSAEConfig.from_dict``) and the trainer config
+(:meth:`TrainConfig.trainer_config`, a ``SAETrainerConfig``). :class:`SyntheticStreamConfig` adds what
+only the distributed synthetic stream needs.
+
+Importing this module imports neither torch nor SAELens (the CLI reads its defaults).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sae_rdp_plugin.architectures import Architecture, get_architecture
+from sae_rdp_plugin.errors import SaeRdpError
+
+__all__ = ["TrainConfig", "SyntheticStreamConfig", "sae_config_dict"]
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    try:
+        v = operator.index(value)  # ints, numpy ints; not floats
+    except TypeError:
+        v = None
+    if v is None or isinstance(value, bool) or v < minimum:
+        raise SaeRdpError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _finite(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise SaeRdpError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise SaeRdpError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+@dataclass
+class TrainConfig:
+    """One SAE and its training with SAELens's ``SAETrainer`` (constant learning rate, Adam).
+
+    ``architecture``, ``d_in`` and ``d_sae`` say what is trained and have no default; every other field
+    has the one default used by the CLI commands and the Python API. Invalid values raise SaeRdpError
+    when the config is made (also through ``dataclasses.replace``).
+    """
+
+    # ---- the SAE
+    architecture: str
+    """Training architecture: a name in :mod:`sae_rdp_plugin.architectures` (``weighted_topk``, ``topk``, ...)."""
+    d_in: int
+    """Input width: the dimension of the activations."""
+    d_sae: int
+    """Number of latents (dictionary size)."""
+    k: float = 32
+    """Active latents per row, for (weighted_)topk (a whole number) and (weighted_)batchtopk (the mean per
+    row over a batch); SAELens's default. Other architectures ignore it."""
+    alpha: float | None = None
+    """WSAE exponent in gamma_i = variance_i^alpha (>= 0); None means 1 for weighted_* architectures.
+    Unweighted architectures accept only None or 0."""
+    sparsity_coefficient: float | None = None
+    """Sparsity penalty weight: ``l1_coefficient`` of (weighted_)standard, ``l0_coefficient`` of
+    (weighted_)jumprelu; None keeps SAELens's default. TopK / BatchTopK have none (refused)."""
+    normalize_activations: str = "none"
+    """SAELens's input normalisation (``none``, ``expected_average_only_in``, ...)."""
+    dtype: str = "float32"
+    """SAE parameter dtype."""
+    gamma_path: str | None = None
+    """WSAE: a gamma.safetensors file (or a run directory) to take gamma from instead of estimating it."""
+    gamma_estimation_batches: int = 20
+    """WSAE: batches (of ``batch_size`` rows) in the streaming float64 variance pass before training."""
+    sae_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Further SAELens training-SAE config fields (unknown names are refused); they override the above."""
+
+    # ---- the training run
+    tokens: int = 200_000
+    """Training samples (activation rows; tokens of a language model), all ranks together."""
+    batch_size: int = 1024
+    """Rows per optimizer step, all ranks together."""
+    lr: float = 3e-4
+    """Adam learning rate (constant schedule)."""
+    seed: int = 0
+    """Seed of the SAE's initialisation (``train_synthetic`` also draws its data with it)."""
+    n_checkpoints: int = 0
+    """Intermediate checkpoints, evenly spaced in samples."""
+    dead_feature_window: int = 1000
+    """Steps without firing after which a latent counts as dead (TopK's auxiliary loss trains dead
+    latents); SAELens's default."""
+    feature_sampling_window: int = 2000
+    """Steps per window of SAELens's firing-frequency statistics; SAELens's default."""
+    n_batches_for_norm_estimate: int = 4
+    """Batches of the input norm estimate (``normalize_activations="expected_average_only_in"``)."""
+    autocast: bool = False
+    """bfloat16 autocast of the training step (CUDA)."""
+    device: str = "cpu"
+    """Torch device (distributed training puts each rank on its own device)."""
+
+    def __post_init__(self) -> None:
+        a = get_architecture(self.architecture)
+        _positive_int("d_in", self.d_in)
+        _positive_int("d_sae", self.d_sae)
+        if a.uses_k:
+            k = _finite("k", self.k)
+            if not 0 < k <= self.d_sae:
+                raise SaeRdpError(f"k must be in 1..d_sae={self.d_sae}, got {self.k}")
+            if a.k_is_integer and k != int(k):
+                raise SaeRdpError(f"k of {self.architecture} is a whole number of latents, got {self.k}")
+        from sae_rdp_plugin.wsae.gamma import check_alpha
+
+        if self.alpha is not None and check_alpha(self.alpha) != 0 and not a.weighted:
+            raise SaeRdpError(
+                f"alpha={self.alpha} needs a weighted architecture (weighted_{a.stock}); "
+                f"{self.architecture!r} is unweighted"
+            )
+        if self.sparsity_coefficient is not None:
+            if a.sparsity_field is None:
+                raise SaeRdpError(f"{self.architecture} has no sparsity coefficient (its sparsity is k)")
+            if _finite("sparsity_coefficient", self.sparsity_coefficient) < 0:
+                raise SaeRdpError(f"sparsity_coefficient must be >= 0, got {self.sparsity_coefficient}")
+        _positive_int("gamma_estimation_batches", self.gamma_estimation_batches)
+        if not isinstance(self.sae_kwargs, dict):
+            raise SaeRdpError(f"sae_kwargs must be a dict of SAELens config fields, got {self.sae_kwargs!r}")
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("tokens", self.tokens)
+        if self.tokens < self.batch_size:
+            raise SaeRdpError(f"tokens ({self.tokens}) must be at least one batch ({self.batch_size})")
+        if not _finite("lr", self.lr) > 0:
+            raise SaeRdpError(f"lr must be > 0, got {self.lr}")
+        _positive_int("n_checkpoints", self.n_checkpoints, minimum=0)
+        _positive_int("dead_feature_window", self.dead_feature_window)
+        _positive_int("feature_sampling_window", self.feature_sampling_window)
+        _positive_int("n_batches_for_norm_estimate", self.n_batches_for_norm_estimate)
+
+    @property
+    def arch(self) -> Architecture:
+        """The architecture's row of :mod:`sae_rdp_plugin.architectures`."""
+        return get_architecture(self.architecture)
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps: ``tokens // batch_size`` (SAETrainer stops once ``tokens`` rows are seen)."""
+        return self.tokens // self.batch_size
+
+    def sae_config_dict(self) -> dict[str, Any]:
+        """The training-SAE config dict for SAELens (``TrainingSAEConfig.from_dict``)."""
+        from sae_rdp_plugin.wsae.gamma import check_alpha
+
+        a = self.arch
+        cfg: dict[str, Any] = {
+            "architecture": a.name,
+            "d_in": int(self.d_in),
+            "d_sae": int(self.d_sae),
+            "device": self.device,
+            "dtype": self.dtype,
+            "normalize_activations": self.normalize_activations,
+        }
+        if a.uses_k:
+            cfg["k"] = int(self.k) if a.k_is_integer else float(self.k)
+        if a.sparsity_field is not None and self.sparsity_coefficient is not None:
+            cfg[a.sparsity_field] = float(self.sparsity_coefficient)
+        if a.weighted:
+            cfg["alpha"] = check_alpha(1.0 if self.alpha is None else self.alpha)
+            if self.gamma_path is not None:
+                cfg["gamma_path"] = str(self.gamma_path)
+            cfg["gamma_estimation_batches"] = int(self.gamma_estimation_batches)
+        cfg.update(self.sae_kwargs)
+        return cfg
+
+    def trainer_config(self, checkpoint_path: str | None = None) -> Any:
+        """SAELens's ``SAETrainerConfig`` for this run (``total_training_samples = tokens``, constant lr,
+        no wandb); checkpoints go to ``checkpoint_path`` (None: nowhere)."""
+        from sae_lens.config import LoggingConfig, SAETrainerConfig
+
+        return SAETrainerConfig(
+            total_training_samples=int(self.tokens),
+            train_batch_size_samples=int(self.batch_size),
+            lr=self.lr,
+            lr_end=self.lr,  # explicit: SAETrainer asserts it is set
+            lr_scheduler_name="constant",
+            device=self.device,
+            autocast=self.autocast,
+            dead_feature_window=self.dead_feature_window,
+            feature_sampling_window=self.feature_sampling_window,
+            n_checkpoints=self.n_checkpoints,
+            checkpoint_path=checkpoint_path,
+            save_final_checkpoint=False,
+            logger=LoggingConfig(log_to_wandb=False),
+            n_batches_for_norm_estimate=self.n_batches_for_norm_estimate,
+        )
+
+
+@dataclass
+class SyntheticStreamConfig:
+    """The deterministic synthetic stream of distributed training
+    (:class:`sae_rdp_plugin.train.synthetic.ShardedSyntheticStream` of a SynthSAEBench ``SyntheticModel``)."""
+
+    n_features: int = 512
+    """Ground-truth features of the synthetic model."""
+    data_seed: int = 1
+    """Seed of the synthetic model and of its batches (TrainConfig.seed seeds the SAE)."""
+    n_chunks: int = 8
+    """Seeded chunks per global batch; the world size must divide it (rows per chunk: batch_size / n_chunks)."""
+
+    def __post_init__(self) -> None:
+        _positive_int("n_features", self.n_features)
+        _positive_int("n_chunks", self.n_chunks)
+
+
+def sae_config_dict(
+    architecture: str,
+    d_in: int,
+    d_sae: int,
+    *,
+    k: float | None = None,
+    alpha: float | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    sparsity_coefficient: float | None = None,
+    gamma_path: str | None = None,
+    gamma_estimation_batches: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """``TrainConfig(...).sae_config_dict()`` with keyword arguments; ``extra`` are further SAELens
+    config fields (``sae_kwargs``); None means TrainConfig's default."""
+    defaults = {"k": k, "gamma_estimation_batches": gamma_estimation_batches}
+    return TrainConfig(
+        architecture,
+        d_in,
+        d_sae,
+        alpha=alpha,
+        device=device,
+        dtype=dtype,
+        sparsity_coefficient=sparsity_coefficient,
+        gamma_path=gamma_path,
+        sae_kwargs=extra,
+        **{name: v for name, v in defaults.items() if v is not None},
+    ).sae_config_dict()

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import distributed_worker as W  # noqa: E402
 
 TIMEOUT_S = 240

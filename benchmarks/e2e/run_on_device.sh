@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One device call of the end-to-end benchmark (benchmarks/e2e/bench_e2e.py) on the lent GPU machine.
+# Carry .carry/e2e (the wheels of sae-lens, transformer-lens, eai-sparsify, datasets and of what they need
+# that the machine's image lacks; see README.md). Installs them offline into /tmp/site, puts the
+# repository on the import path (the package is not pip-installed there), turns NVLink multicast off, and
+# runs the benchmark with this script's arguments; its log goes to $OUT/log.txt next to latest.json/md.
+#
+#   bash benchmarks/e2e/run_on_device.sh --out $OUT [--only ROW ...] [--resume benchmarks/e2e/latest.json]
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+WHEELS=.carry/e2e/wheels
+LOG_DIR=${OUT:-out/e2e}
+mkdir -p "$LOG_DIR"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export PYTHONUNBUFFERED=1 WANDB_MODE=disabled HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+  echo "no wheels in $WHEELS: call the device with carry [\".carry/e2e\"] (README.md says how to fill it)" >&2
+  exit 2
+fi
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+  --find-links "$WHEELS" "$WHEELS"/*.whl 2>&1 | grep -v -i "warning" | tail -5
+export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  python3 - <<'EOF'
+import importlib.metadata as md
+for d in ("torch", "triton", "transformers", "sae-lens", "transformer-lens", "eai-sparsify", "datasets"):
+    try:
+        print(d, md.version(d), end="; ")
+    except md.PackageNotFoundError:
+        print(d, "MISSING", end="; ")
+print()
+EOF
+} 2>&1 | tee "$LOG_DIR/log.txt"
+python3 benchmarks/e2e/bench_e2e.py "$@" 2>&1 | tee -a "$LOG_DIR/log.txt"

@@ -1,0 +1,781 @@
+"""Training SAEs on language-model activations: one activation stream, several SAEs, in lockstep.
+
+:func:`train_saes` takes any iterator of batch dicts ``{hook: [batch_size, d_in] tensor}`` and trains
+every :class:`SAESpec` on it: each SAE is a SAELens training SAE
+(:func:`~sae_rdp_plugin.train.saelens.build_training_sae`) driven by its own SAELens ``SAETrainer``
+(:meth:`~sae_rdp_plugin.train.config.TrainConfig.trainer_config`, with the fast step of
+:mod:`sae_rdp_plugin.fast.step` when ``fast``), and one batch dict serves every SAE of its hook.
+:class:`SteppedFit` is ``SAETrainer.fit`` cut at its loop: :meth:`~SteppedFit.start` (what precedes the
+loop), :meth:`~SteppedFit.step` (one pass of the loop body) and :meth:`~SteppedFit.finish` (what
+follows it), so the driver, not the trainer, draws the batches.
+
+The stream is consumed in this order (the order of :func:`~sae_rdp_plugin.train.saelens.train_synthetic`
+and of SAELens's own runner):
+
+1. gamma of weighted SAEs: a streaming float64 pass over the first ``gamma_estimation_batches`` batches
+   (Chan/Welford, :class:`~sae_rdp_plugin.wsae.gamma.RunningMoments`),
+   gamma_i = max(s_i, floor * mean(s))^alpha / sqrt(mean(gamma^2)) with s_i the variance of dimension i;
+2. activation normalisation (``normalize_activations``), from the next ``n_batches_for_norm_estimate``;
+3. training: ``ceil(tokens / batch_size)`` batches, each stepping every SAE once.
+
+:func:`train_on_model` feeds it from :class:`sae_rdp_plugin.lm.pipeline.ActivationPipeline` (a model's
+activations, several hooks from one forward). Held-out metrics, on ``heldout_batches`` batches of a
+second stream, are those of :func:`sae_rdp_plugin.rdp.metrics.rate_distortion` on the saved SAE::
+
+    FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2,   L0 = E ||z||_0,
+    dead fraction = #{latents never non-zero on the held-out rows} / d_sae.
+
+Each SAE is written to a temporary sibling of its ``out`` folder (checkpoints included) and renamed into
+place at the end; an ``out`` that exists, is not empty and is not an earlier sae-rdp training output is
+refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import operator
+import os
+import shutil
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sae_rdp_plugin.errors import SaeRdpError
+from sae_rdp_plugin.io import atomic_write_json
+from sae_rdp_plugin.rdp.metrics import rate_distortion
+from sae_rdp_plugin.train.config import TrainConfig
+from sae_rdp_plugin.train.saelens import build_training_sae
+from sae_rdp_plugin.wsae.gamma import GAMMA_FILENAME, ActivationStats, RunningMoments
+
+__all__ = [
+    "SAESpec",
+    "SteppedFit",
+    "train_saes",
+    "train_on_model",
+    "grid_specs",
+    "dataset_tokens",
+    "sae_name",
+    "check_out_dir",
+    "write_summary",
+    "SUMMARY_FORMAT",
+]
+
+#: "format" of train_summary.json / summary.json written here (marks a folder as an sae-rdp output)
+SUMMARY_FORMAT = "sae-rdp lm training v1"
+#: the progress bar, the NaN check and wandb are refreshed when this many seconds have passed
+REFRESH_S = 0.5
+#: losses kept on the device between two refreshes (a refresh is forced when the buffer is full)
+_LOSS_BUFFER = 1024
+
+
+@dataclass
+class SAESpec:
+    """One SAE to train: on ``hook``'s activations, described by ``cfg``, saved to ``out``.
+
+    ``cfg.d_in`` must equal the stream's width at ``hook``; ``cfg.tokens`` is replaced by the run's token
+    budget (one stream, one budget). ``name`` (default: the last part of ``out``) labels the SAE in the
+    progress bar, errors, wandb and the summaries."""
+
+    hook: str
+    cfg: TrainConfig
+    out: str | Path
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.out).name
+
+
+# ------------------------------------------------------------------------------------ SAETrainer.fit, by steps
+
+
+class SteppedFit:
+    """SAELens's ``SAETrainer.fit``, one step at a time.
+
+    ``fit()`` is ``start(); while not done: step(next(data)); finish()``, with the batches drawn by the
+    caller instead of the trainer: :meth:`start` is what ``fit`` does before its loop, :meth:`step` one
+    pass of its loop body (sparsity-window reset, ``trainer.step``, checkpoint, step count) and
+    :meth:`finish` what it does after the loop (normalisation folded into the weights, final metadata).
+    wandb and the progress bar are the caller's: :attr:`sparsity_log` holds the window statistics
+    ``fit`` would log at this step."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self.sparsity_log: dict[str, Any] = {}
+
+    @property
+    def done(self) -> bool:
+        """``fit``'s loop condition: ``total_training_samples`` rows seen."""
+        t = self.trainer
+        return t.n_training_samples >= t.cfg.total_training_samples
+
+    @property
+    def norm_batches(self) -> int:
+        """Batches :meth:`start` needs for the activation normalisation (0: none)."""
+        t = self.trainer
+        mode = t.sae.cfg.normalize_activations
+        if (mode == "expected_average_only_in" and t.activation_scaler.scaling_factor is None) or (
+            mode == "covariance_whitening" and t.activation_scaler.whitening is None
+        ):
+            return int(t.cfg.n_batches_for_norm_estimate)
+        return 0
+
+    def start(self, norm_batches: Iterable[torch.Tensor] = ()) -> None:
+        """Before the loop: the SAE onto the trainer's device, and the normalisation that
+        ``normalize_activations`` asks for estimated from ``norm_batches`` (``norm_batches`` of them)."""
+        t = self.trainer
+        t.sae.to(t.cfg.device)
+        n = self.norm_batches
+        if n == 0:
+            return
+        kw = {"d_in": t.sae.cfg.d_in, "data_provider": iter(norm_batches), "n_batches_for_norm_estimate": n}
+        if t.sae.cfg.normalize_activations == "expected_average_only_in":
+            t.activation_scaler.estimate_scaling_factor(**kw)
+        else:
+            t.activation_scaler.estimate_whitening(**kw)
+
+    def step(self, batch: torch.Tensor) -> Any:
+        """One pass of the loop on a raw activation batch; returns SAELens's ``TrainStepOutput``."""
+        t = self.trainer
+        self.sparsity_log = t.maybe_reset_sparsity()
+        out = t.step(batch)
+        t._checkpoint_if_needed()
+        t.n_training_steps += 1
+        return out
+
+    def finish(self) -> Any:
+        """After the loop: the estimated normalisation folded into the weights, the final metadata
+        (L0 and dead latents of the last sparsity window) recorded; returns the SAE."""
+        t = self.trainer
+        self.sparsity_log = t.full_sparsity_window_log()
+        scaler = t.activation_scaler
+        if scaler.scaling_factor is not None:
+            t.sae.fold_activation_norm_scaling_factor(scaler.scaling_factor)
+            scaler.scaling_factor = None
+        if scaler.whitening is not None:
+            w = scaler.whitening
+            t.sae.fold_activation_whitening(mean=w.mean, whitening_matrix=w.matrix, unwhitening_matrix=w.inverse_matrix)
+            scaler.whitening = None
+        t.set_final_sae_metadata()
+        return t.sae
+
+
+# ------------------------------------------------------------------------------------ output folders
+
+
+def _is_ours(p: Path) -> bool:
+    if (p / "train_summary.json").is_file():
+        return True
+    try:
+        return json.loads((p / "summary.json").read_text()).get("format") == SUMMARY_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_out_dir(out: str | Path) -> Path:
+    """``out`` as a Path if a training run may write it: it does not exist, is an empty folder, or holds an
+    earlier sae-rdp training output (``train_summary.json``, or a ``summary.json`` of this module), which is
+    replaced at the end. Anything else raises SaeRdpError; nothing is written or deleted here."""
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise SaeRdpError(f"output {p} exists and is not a folder")
+    if p.is_dir() and any(p.iterdir()) and not _is_ours(p):
+        raise SaeRdpError(f"output folder {p} is not empty and holds no sae-rdp training run; choose another --out")
+    return p
+
+
+def _staging_dir(out: Path) -> Path:
+    """A fresh hidden sibling of ``out`` (not created here: only checkpoints or the final save create it)."""
+    return out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.partial"
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Rename the finished ``staging`` folder to ``out`` (an earlier sae-rdp output there is replaced)."""
+    check_out_dir(out)
+    if out.is_dir() and any(out.iterdir()):
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, old / "run")
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    if out.is_dir():
+        out.rmdir()
+    os.replace(staging, out)
+
+
+def _finite_or_none(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def write_summary(out: str | Path, results: list[dict], **extra: Any) -> Path:
+    """``out/summary.json`` of a run of several SAEs: ``{"format", **extra, "saes": results}``."""
+    return atomic_write_json(Path(out) / "summary.json", {"format": SUMMARY_FORMAT, **extra, "saes": results})
+
+
+def sae_name(cfg: TrainConfig) -> str:
+    """A folder name for one SAE of a sweep: ``<architecture>-d<d_sae>[-k<k>][-a<alpha>]``."""
+    a = cfg.arch
+    name = f"{a.name}-d{cfg.d_sae}"
+    if a.uses_k:
+        name += f"-k{cfg.k:g}"
+    if a.weighted:
+        name += f"-a{1.0 if cfg.alpha is None else cfg.alpha:g}"
+    return name
+
+
+def grid_specs(hooks: list[str], cfgs: list[TrainConfig], out: str | Path) -> list[SAESpec]:
+    """One SAE per (hook, cfg). A single SAE is saved in ``out`` itself; several go to
+    ``out/<hook>/<sae_name(cfg)>/`` (write their :func:`write_summary` to ``out``). Duplicates raise."""
+    out = Path(out)
+    if len(hooks) == 1 and len(cfgs) == 1:
+        return [SAESpec(hooks[0], cfgs[0], out, sae_name(cfgs[0]))]
+    names = [sae_name(c) for c in cfgs]
+    if len(set(names)) != len(names) or len(set(hooks)) != len(hooks):
+        raise SaeRdpError(f"duplicate SAEs in the sweep: hooks {hooks}, SAEs {names}")
+    return [SAESpec(h, c, out / h / n, n) for h in hooks for c, n in zip(cfgs, names)]
+
+
+# ------------------------------------------------------------------------------------ the stream
+
+
+class _Stream:
+    """The caller's batch iterator, checked: every hooked tensor present, [rows, d_in]."""
+
+    def __init__(self, batches: Iterator[Any], d_in: dict[str, int]) -> None:
+        self.it = batches
+        self.d_in = d_in
+        self.n = 0
+        self.wait_s = 0.0
+
+    def next(self, what: str, rows: int | None = None) -> Mapping[str, torch.Tensor]:
+        t0 = time.perf_counter()
+        try:
+            b = next(self.it)
+        except StopIteration:
+            raise SaeRdpError(f"the activation stream ended after {self.n} batches, during {what}") from None
+        self.wait_s += time.perf_counter() - t0
+        self.n += 1
+        return self.check(b, rows)
+
+    def check(self, b: Any, rows: int | None = None) -> Mapping[str, torch.Tensor]:
+        if not isinstance(b, Mapping):
+            raise SaeRdpError(f"the activation stream must yield {{hook: tensor}} dicts, got {type(b).__name__}")
+        for hook, d in self.d_in.items():
+            x = b.get(hook)
+            if x is None:
+                raise SaeRdpError(f"hook {hook!r} is not in the activation stream (it has {sorted(b)})")
+            if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != d:
+                shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                raise SaeRdpError(f"d_in mismatch at {hook}: the SAE config says d_in={d}, the stream gives {shape}")
+            if rows is not None and x.shape[0] != rows:
+                raise SaeRdpError(f"{hook} batch {self.n} has {x.shape[0]} rows, the SAEs' batch_size is {rows}")
+        return b
+
+
+def _forward_seconds(stats: Any) -> float | None:
+    """The stream's model-forward seconds so far (first forward, with its compilation, included), if it
+    reports them (``stats["forward_seconds"]`` of an ActivationPipeline)."""
+    if not isinstance(stats, Mapping) or "forward_seconds" not in stats:
+        return None
+    return float(stats["forward_seconds"]) + float(stats.get("first_forward_seconds", 0.0))
+
+
+# ------------------------------------------------------------------------------------ one SAE of the run
+
+
+class _Clock:
+    """Seconds of one SAE's steps: ``timer()`` differences when a timer is given, CUDA events on CUDA
+    (read at each refresh, after the sync the refresh does anyway), else perf_counter."""
+
+    def __init__(self, timer: Callable[[], float] | None, device: torch.device) -> None:
+        self.timer = timer
+        self.cuda = timer is None and device.type == "cuda"
+        self.seconds = 0.0
+        self.pending: list[tuple[Any, Any]] = []
+
+    def begin(self) -> Any:
+        if self.timer is not None:
+            return self.timer()
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def end(self, token: Any) -> None:
+        if self.timer is not None:
+            self.seconds += self.timer() - token
+        elif self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self.pending.append((token, ev))
+        else:
+            self.seconds += time.perf_counter() - token
+
+    def collect(self) -> float:
+        for a, b in self.pending:
+            b.synchronize()
+            self.seconds += a.elapsed_time(b) / 1000.0
+        self.pending.clear()
+        return self.seconds
+
+
+class _Run:
+    """One SAE being trained: its SAE, trainer, staging folder, step clock and loss buffer."""
+
+    def __init__(self, spec: SAESpec, cfg: TrainConfig, timer: Callable[[], float] | None) -> None:
+        from sae_lens.training.sae_trainer import SAETrainer
+
+        self.spec, self.cfg, self.hook, self.name = spec, cfg, spec.hook, spec.label
+        self.out = Path(spec.out)
+        self.staging = _staging_dir(self.out)  # SAETrainer creates it for a checkpoint, _save at the end
+        torch.manual_seed(cfg.seed)
+        self.sae = build_training_sae(cfg.sae_config_dict())
+        ckpt = str(self.staging / "checkpoints") if cfg.n_checkpoints > 0 else None
+        self.trainer = SAETrainer(cfg=cfg.trainer_config(ckpt), sae=self.sae, data_provider=iter(()))
+        self.fit = SteppedFit(self.trainer)
+        self.clock = _Clock(timer, torch.device(cfg.device))
+        self.fast = False
+        self.losses: torch.Tensor | None = None
+        self.n_buffered = 0
+        self.checked_steps = 0
+        self.last_loss = float("nan")
+        self.last_l0 = float("nan")
+
+    @property
+    def where(self) -> str:
+        return f"SAE {self.name!r} (hook {self.hook})"
+
+    def step(self, x: torch.Tensor) -> Any:
+        token = self.clock.begin()
+        out = self.fit.step(x)
+        self.clock.end(token)
+        loss = out.loss.detach()
+        if self.losses is None:
+            self.losses = torch.empty(_LOSS_BUFFER, dtype=torch.float32, device=loss.device)
+        self.losses[self.n_buffered].copy_(loss)
+        self.n_buffered += 1
+        if self.n_buffered == _LOSS_BUFFER:
+            self.check()
+        return out
+
+    def check(self) -> None:
+        """Read the buffered losses (a device sync): NaN/Inf raise naming the step; the last loss and the
+        L0 of the current sparsity window are kept for the progress bar."""
+        if self.n_buffered:
+            vals = self.losses[: self.n_buffered].tolist()
+            for i, v in enumerate(vals):
+                if not math.isfinite(v):
+                    raise SaeRdpError(f"loss is {v} for {self.where} at step {self.checked_steps + i}")
+            self.checked_steps += self.n_buffered
+            self.n_buffered = 0
+            self.last_loss = vals[-1]
+        t = self.trainer
+        if t.n_frac_active_samples > 0:
+            self.last_l0 = float(t.act_freq_scores.sum()) / t.n_frac_active_samples
+        self.clock.collect()
+
+
+# ------------------------------------------------------------------------------------ the driver
+
+
+def _check_specs(specs: list[SAESpec], tokens: int) -> tuple[int, dict[str, int]]:
+    if not specs:
+        raise SaeRdpError("no SAEs to train (specs is empty)")
+    if any(not isinstance(s, SAESpec) or not isinstance(s.cfg, TrainConfig) for s in specs):
+        raise SaeRdpError("specs must be SAESpec(hook, TrainConfig, out) objects")
+    sizes = {s.cfg.batch_size for s in specs}
+    if len(sizes) != 1:
+        raise SaeRdpError(f"SAEs trained from one stream share its batch size; got batch_size {sorted(sizes)}")
+    (batch_size,) = sizes
+    try:
+        tokens = operator.index(tokens)
+    except TypeError:
+        raise SaeRdpError(f"tokens must be an integer, got {tokens!r}") from None
+    if tokens < batch_size:
+        raise SaeRdpError(f"tokens ({tokens}) must be at least one batch ({batch_size} rows)")
+    d_in: dict[str, int] = {}
+    for s in specs:
+        if d_in.setdefault(s.hook, s.cfg.d_in) != s.cfg.d_in:
+            raise SaeRdpError(f"d_in mismatch: SAEs of hook {s.hook} have d_in {d_in[s.hook]} and {s.cfg.d_in}")
+    outs = [Path(s.out).resolve() for s in specs]
+    if len(set(outs)) != len(outs):
+        raise SaeRdpError("two SAEs have the same out folder")
+    for s in specs:
+        check_out_dir(s.out)
+    return batch_size, d_in
+
+
+def _import_wandb() -> Any:
+    try:
+        import wandb
+    except ImportError:
+        raise SaeRdpError("wandb_project needs wandb: pip install wandb") from None
+    return wandb
+
+
+@torch.no_grad()
+def _gamma_pass(runs: list[_Run], stream: _Stream) -> int:
+    """gamma of each weighted SAE without one, from the first ``gamma_estimation_batches`` batches of its
+    hook (one float64 pass; SAEs of a hook with the same batch count share it). Returns batches drawn."""
+    todo = [r for r in runs if r.cfg.arch.weighted and not r.sae.gamma_is_set]
+    if not todo:
+        return 0
+    moments = {(r.hook, r.cfg.gamma_estimation_batches): RunningMoments(r.cfg.d_in) for r in todo}
+    n_max = max(n for _, n in moments)
+    for i in range(n_max):
+        b = stream.next("the gamma estimation")
+        for (hook, n), m in moments.items():
+            if i < n:
+                try:
+                    m.update(b[hook])
+                except SaeRdpError as exc:
+                    raise SaeRdpError(f"{hook}, gamma batch {i}: {exc}") from None
+    for r in todo:
+        m = moments[(r.hook, r.cfg.gamma_estimation_batches)]
+        stats = ActivationStats(m.mean.cpu(), m.variance.cpu(), m.n, source=f"activation stream {r.hook}")
+        r.sae.set_gamma_from_stats(stats)
+    return n_max
+
+
+def _start(runs: list[_Run], stream: _Stream, fast: bool) -> int:
+    """fit()'s preamble for every SAE, from shared normalisation batches; then the fast step. Returns the
+    batches drawn."""
+    from sae_rdp_plugin.fast.step import install_fast_step
+
+    n_norm = max(r.fit.norm_batches for r in runs)
+    cached = []
+    for _ in range(n_norm):  # a few batches, copied: the stream may reuse its buffers
+        cached.append({h: x.clone() for h, x in stream.next("the normalisation estimate").items() if h in stream.d_in})
+    for r in runs:
+        r.fit.start([b[r.hook] for b in cached[: r.fit.norm_batches]])
+        if fast:
+            r.fast = install_fast_step(r.trainer) is not None
+    return n_norm
+
+
+@torch.no_grad()
+def _heldout(runs: list[_Run], heldout: Iterable[Any] | None, n_batches: int) -> dict[str, torch.Tensor]:
+    """The held-out rows per hook (``n_batches`` batches of the held-out stream, fewer if it ends)."""
+    if heldout is None or n_batches <= 0:
+        return {}
+    it = iter(heldout)
+    stream = _Stream(it, {r.hook: r.cfg.d_in for r in runs})
+    xs: dict[str, list[torch.Tensor]] = {h: [] for h in stream.d_in}
+    for _ in range(n_batches):
+        b = next(it, None)
+        if b is None:
+            break
+        for h, x in stream.check(b).items():
+            if h in xs:  # copied: the stream may reuse its buffers
+                xs[h].append(x.detach().to(torch.float32, copy=True))
+    if not xs or not next(iter(xs.values())):
+        raise SaeRdpError("the held-out stream yielded no batches")
+    return {h: torch.cat(v) for h, v in xs.items()}
+
+
+class _Progress:
+    """tqdm bar over tokens with tokens/s, loss and L0, and optional wandb logging, at each refresh."""
+
+    def __init__(self, total: int, runs: list[_Run], enabled: bool, wandb: Any) -> None:
+        from tqdm.auto import tqdm
+
+        desc = runs[0].name if len(runs) == 1 else f"{len(runs)} SAEs"
+        self.bar = tqdm(total=total, unit="tok", unit_scale=True, desc=desc, disable=not enabled, mininterval=0)
+        self.runs, self.wandb = runs, wandb
+        self.t0 = self.last = time.perf_counter()
+        self.shown = 0
+
+    def due(self) -> bool:
+        return time.perf_counter() - self.last >= REFRESH_S
+
+    def refresh(self, tokens: int, step: int) -> None:
+        for r in self.runs:
+            r.check()
+        now = time.perf_counter()
+        self.last = now
+        rate = tokens / max(now - self.t0, 1e-9)
+        loss = sum(r.last_loss for r in self.runs) / len(self.runs)
+        l0 = sum(r.last_l0 for r in self.runs) / len(self.runs)
+        self.bar.set_postfix({"tok/s": f"{rate:,.0f}", "loss": f"{loss:.4g}", "L0": f"{l0:.1f}"}, refresh=False)
+        self.bar.update(tokens - self.shown)
+        self.shown = tokens
+        if self.wandb is not None:
+            log: dict[str, Any] = {"tokens": tokens, "tokens_per_s": rate}
+            for r in self.runs:
+                key = f"{r.hook}/{r.name}"
+                log[f"{key}/loss"] = r.last_loss
+                log[f"{key}/l0"] = r.last_l0
+                log[f"{key}/dead_fraction"] = float(r.trainer.dead_neurons.float().mean())
+            self.wandb.log(log, step=step)
+
+
+def train_saes(
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    specs: list[SAESpec],
+    *,
+    tokens: int,
+    fast: bool = True,
+    heldout: Iterable[Mapping[str, torch.Tensor]] | None = None,
+    heldout_batches: int = 8,
+    progress: bool = True,
+    wandb_project: str | None = None,
+    timer: Callable[[], float] | None = None,
+    notes: dict[str, Any] | None = None,
+) -> list[dict]:
+    """Train every SAE of ``specs`` on one stream of ``{hook: [batch_size, d_in]}`` batches, in lockstep.
+
+    ``tokens`` rows train every SAE (``ceil(tokens / batch_size)`` SAETrainer steps; it replaces each
+    ``cfg.tokens``); all specs share ``cfg.batch_size``, the rows of each batch. Before training, gamma
+    of weighted SAEs and the activation normalisation come from the same stream (module docstring).
+    ``fast`` installs :func:`sae_rdp_plugin.fast.step.install_fast_step` where it applies. ``heldout``
+    (another stream of the same hooks) gives each SAE's held-out FVU, L0 and dead fraction on
+    ``heldout_batches`` batches. ``timer`` (a clock in seconds, e.g. a synchronising perf_counter) times
+    each SAE step; without one, CUDA events on CUDA. When ``batches`` has a ``stats`` dict with
+    ``forward_seconds`` (an :class:`~sae_rdp_plugin.lm.pipeline.ActivationPipeline`), that is the forward
+    time; otherwise the time spent waiting for the next batch.
+
+    Each SAE is saved stock-loadable in ``spec.out`` (``cfg.json``, ``sae_weights.safetensors``,
+    ``gamma.safetensors`` for weighted ones, ``train_summary.json``, ``checkpoints/`` if any). Returns
+    one dict per SAE (the contents of its ``train_summary.json``): tokens, steps, seconds,
+    tokens_per_s, the time split ``forward_s`` / ``sae_step_s`` (this SAE) / ``sae_steps_s`` (all) /
+    ``other_s`` of the training loop, ``heldout_fvu`` / ``heldout_l0`` / ``heldout_dead_fraction``,
+    the stream's own ``stats`` under ``stream`` (the pipeline's epochs, forwards, ...) and ``notes``.
+    """
+    t_start = time.perf_counter()
+    specs = list(specs)
+    batch_size, d_in = _check_specs(specs, tokens)
+    wandb = _import_wandb() if wandb_project else None
+    stats = getattr(batches, "stats", None)
+    runs: list[_Run] = []
+    try:
+        for s in specs:
+            runs.append(_Run(s, dataclasses.replace(s.cfg, tokens=tokens), timer))
+        stream = _Stream(iter(batches), d_in)
+        n_gamma = _gamma_pass(runs, stream)
+        n_norm = _start(runs, stream, fast)
+        if wandb is not None:
+            wandb.init(project=wandb_project, config={f"{r.hook}/{r.name}": dataclasses.asdict(r.cfg) for r in runs})
+        bar = _Progress(tokens, runs, progress, wandb)
+        fwd0, wait0 = (_forward_seconds(stats) if stream.n else 0.0), stream.wait_s
+        loop_t0 = time.perf_counter()
+        seen = step = 0
+        while not runs[0].fit.done:
+            b = stream.next("training", rows=batch_size)
+            for r in runs:
+                r.step(b[r.hook])
+                if wandb is not None and r.fit.sparsity_log:
+                    wandb.log({f"{r.hook}/{r.name}/{k}": v for k, v in r.fit.sparsity_log.items()}, step=step)
+            seen += batch_size
+            step += 1
+            if bar.due():
+                bar.refresh(min(seen, tokens), step)
+        bar.refresh(min(seen, tokens), step)
+        bar.bar.close()
+        loop_s = time.perf_counter() - loop_t0
+        fwd1 = _forward_seconds(stats)
+        forward_s = fwd1 - (fwd0 or 0.0) if fwd1 is not None else stream.wait_s - wait0
+        steps_s = sum(r.clock.seconds for r in runs)
+        for r in runs:
+            r.fit.finish()
+        held = _heldout(runs, heldout, heldout_batches)
+        common = {
+            "format": SUMMARY_FORMAT,
+            "train_seconds": round(loop_s, 4),
+            "tokens_per_s": round(seen / loop_s, 1),
+            "forward_s": round(forward_s, 4),
+            "sae_steps_s": round(steps_s, 4),
+            "other_s": round(max(0.0, loop_s - forward_s - steps_s), 4),
+            "data_wait_s": round(stream.wait_s - wait0, 4),
+            "gamma_batches": n_gamma,
+            "norm_batches": n_norm,
+            "stream_batches": stream.n,
+            "n_saes": len(runs),
+        }
+        if isinstance(stats, Mapping):
+            common["stream"] = {k: v for k, v in stats.items() if isinstance(v, (bool, int, float, str))}
+            if "epochs" in common["stream"]:
+                common["epochs"] = round(float(common["stream"]["epochs"]), 4)
+        common.update(notes or {})
+        results = []
+        for r in runs:
+            res = _save(r, held, common, seen)
+            res["seconds"] = round(time.perf_counter() - t_start, 3)
+            atomic_write_json(r.staging / "train_summary.json", res)
+            results.append(res)
+        for r in runs:
+            _publish(r.staging, r.out)
+        if wandb is not None:
+            wandb.log({f"{r['hook']}/{r['name']}/heldout_fvu": r["heldout_fvu"] for r in results})
+            wandb.finish()
+        return results
+    except BaseException:
+        for r in runs:  # staging folders are ours; keep those holding checkpoints
+            if r.staging.exists() and not (r.staging / "checkpoints").exists():
+                shutil.rmtree(r.staging, ignore_errors=True)
+        raise
+
+
+@torch.no_grad()
+def _save(r: _Run, held: dict[str, torch.Tensor], common: dict[str, Any], seen: int) -> dict[str, Any]:
+    """Save the inference SAE into the staging folder, reload it with stock SAELens and evaluate that."""
+    from sae_lens import SAE
+
+    r.staging.mkdir(parents=True, exist_ok=True)
+    r.sae.save_inference_model(r.staging)
+    res: dict[str, Any] = {
+        "name": r.name,
+        "hook": r.hook,
+        "out": str(r.out),
+        "architecture": r.cfg.architecture,
+        "d_in": r.cfg.d_in,
+        "d_sae": r.cfg.d_sae,
+        "k": r.cfg.k if r.cfg.arch.uses_k else None,
+        "alpha": r.sae.cfg.alpha if r.cfg.arch.weighted else None,
+        "batch_size": r.cfg.batch_size,
+        "lr": r.cfg.lr,
+        "fast_step": r.fast,
+        "tokens": int(r.trainer.n_training_samples),
+        "steps": int(r.trainer.n_training_steps),
+        "final_loss": _finite_or_none(r.last_loss),
+        "train_l0": _finite_or_none(r.last_l0),
+        "sae_step_s": round(r.clock.seconds, 4),
+        **common,
+        "gamma_file": str(r.out / GAMMA_FILENAME) if r.cfg.arch.weighted else None,
+    }
+    x = held.get(r.hook)
+    if x is not None:
+        sae = SAE.load_from_disk(r.staging, device=r.cfg.device)
+        rd = rate_distortion(sae, x.to(device=r.cfg.device, dtype=sae.W_dec.dtype))
+        res.update(
+            heldout_fvu=_finite_or_none(1.0 - rd.explained_variance),
+            heldout_l0=rd.rate,
+            heldout_dead_fraction=rd.dead_latents / r.cfg.d_sae,
+            heldout_tokens=rd.n_samples,
+        )
+    else:
+        res.update(heldout_fvu=None, heldout_l0=None, heldout_dead_fraction=None, heldout_tokens=0)
+    return res
+
+
+def train_on_model(
+    model: Any,
+    tokens: Any,
+    pipeline_cfg: Any,
+    specs: list[SAESpec],
+    *,
+    heldout_tokens: Any = None,
+    bos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    fast: bool = True,
+    progress: bool = True,
+    wandb_project: str | None = None,
+    heldout_batches: int = 8,
+    notes: dict[str, Any] | None = None,
+) -> list[dict]:
+    """Train ``specs`` on a language model's activations: an
+    :class:`~sae_rdp_plugin.lm.pipeline.ActivationPipeline` over the token rows ``tokens`` ([n_rows,
+    context_size] ids) feeds :func:`train_saes`; ``heldout_tokens`` (rows of held-out text, read in order,
+    at most one pass) give the held-out metrics. The training budget is the specs' common ``cfg.tokens``;
+    their ``batch_size`` must equal ``pipeline_cfg.batch_size``, their hooks be in ``pipeline_cfg.hooks``
+    and their ``d_in`` the model's width. A corpus smaller than the budget is repeated: a warning says so
+    and each result records the pipeline's ``epochs``. ``notes`` go into every result as they are."""
+    from sae_rdp_plugin.lm.pipeline import ActivationPipeline
+
+    specs = list(specs)
+    if not specs:
+        raise SaeRdpError("no SAEs to train (specs is empty)")
+    budgets = {s.cfg.tokens for s in specs}
+    if len(budgets) != 1:
+        raise SaeRdpError(f"SAEs trained from one stream share one token budget; got tokens {sorted(budgets)}")
+    (budget,) = budgets
+    for s in specs:
+        if s.cfg.batch_size != pipeline_cfg.batch_size:
+            raise SaeRdpError(
+                f"SAE {s.label!r} has batch_size {s.cfg.batch_size}, the pipeline {pipeline_cfg.batch_size}"
+            )
+        if s.hook not in pipeline_cfg.hooks:
+            raise SaeRdpError(f"SAE {s.label!r} trains on {s.hook!r}, which is not in the pipeline's hooks")
+    _check_specs(specs, budget)  # before the model is touched
+    pipe = ActivationPipeline(model, tokens, pipeline_cfg, bos_token_id=bos_token_id, pad_token_id=pad_token_id)
+    for s in specs:
+        if s.cfg.d_in != pipe.d_in:
+            raise SaeRdpError(f"d_in mismatch: SAE {s.label!r} has d_in {s.cfg.d_in}, the model's width is {pipe.d_in}")
+    if pipe.tokens_per_epoch < budget:
+        warnings.warn(
+            f"the corpus has {pipe.tokens_per_epoch} usable tokens, fewer than the {budget} requested: it is "
+            f"repeated (~{budget / pipe.tokens_per_epoch:.1f} epochs; each result records 'epochs')",
+            stacklevel=2,
+        )
+    heldout = None
+    if heldout_tokens is not None:
+        # read in order (a buffer of two batches; no shuffle needed), not compiled (a few forwards)
+        hcfg = dataclasses.replace(pipeline_cfg, buffer_tokens=2 * pipeline_cfg.batch_size, compile=False)
+
+        def _heldout_batches() -> Iterator[Mapping[str, torch.Tensor]]:  # the model runs when training is done
+            hp = ActivationPipeline(model, heldout_tokens, hcfg, bos_token_id=bos_token_id, pad_token_id=pad_token_id)
+            yield from itertools.islice(hp, max(1, hp.tokens_per_epoch // hcfg.batch_size))  # one pass at most
+
+        heldout = _heldout_batches()
+    return train_saes(
+        pipe,
+        specs,
+        tokens=budget,
+        fast=fast,
+        heldout=heldout,
+        heldout_batches=heldout_batches,
+        progress=progress,
+        wandb_project=wandb_project,
+        notes=notes,
+    )
+
+
+def dataset_tokens(
+    path: str | Path, tokenizer: Any, context_size: int | None = None, heldout_fraction: float = 0.05
+) -> tuple[np.ndarray, np.ndarray, str, int | None]:
+    """Token rows for :func:`train_on_model` from ``sae-rdp train --dataset``: (train rows, held-out rows, where
+    the held-out rows come from, the corpus's BOS id or None).
+
+    A corpus folder of ``sae-rdp models corpus build`` (``tokens.npz``) gives its train and held-out
+    splits; a ``datasets`` folder with a ``tokens`` column, or a text file (tokenised with ``tokenizer``
+    into rows of ``context_size``, default 128), is split into its first and last ``heldout_fraction`` of
+    rows. ``context_size`` shorter than the stored rows cuts them; longer raises."""
+    from sae_rdp_plugin.lm.corpus import load_tokens, read_manifest
+    from sae_rdp_plugin.train.saelens import load_dataset_arg
+
+    p = Path(path)
+    bos = None
+    if (p / "tokens.npz").is_file():
+        train, held = load_tokens(p, "train"), load_tokens(p, "heldout")
+        bos = read_manifest(p).get("bos_token_id") if (p / "manifest.json").is_file() else None
+        note = f"held-out split of corpus {p} ({held.shape[0]} rows)"
+    else:
+        if p.is_file() and tokenizer is None:
+            raise SaeRdpError(
+                f"--dataset {p} is a text file but the model has no tokenizer (random init): give a datasets "
+                "folder with a 'tokens' column or a corpus folder"
+            )
+        rows = np.asarray(load_dataset_arg(str(p), tokenizer, context_size or 128)["tokens"])
+        if rows.ndim != 2 or rows.shape[0] < 2:
+            raise SaeRdpError(f"--dataset {p} has {rows.shape[0]} token rows; need at least 2 (train and held out)")
+        n_held = max(1, round(heldout_fraction * rows.shape[0]))
+        train, held = rows[:-n_held], rows[-n_held:]
+        note = f"last {heldout_fraction:.0%} of the rows of {p} ({n_held} of {rows.shape[0]})"
+    if context_size is not None and context_size != train.shape[1]:
+        if context_size > train.shape[1]:
+            raise SaeRdpError(f"--context-size {context_size} is longer than the dataset's rows ({train.shape[1]})")
+        train, held = train[:, :context_size], held[:, :context_size]
+    if held.shape[0] == 0:
+        raise SaeRdpError(f"--dataset {p} has no held-out rows")
+    return train, held, note, bos

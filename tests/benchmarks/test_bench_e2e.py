@@ -1,0 +1,176 @@
+"""benchmarks/e2e/bench_e2e.py: its SAELens model is the HF model (same activations), its driver records
+failing rows and resumes, its summary computes the issue's targets, and --quick runs end to end on CPU."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "e2e" / "bench_e2e.py"
+ALL_ROWS = [
+    "forward_only",
+    "step_only",
+    "ours",
+    "ours_3hooks",
+    "ours_4saes",
+    "sparsify",
+    "saelens_speed",
+    "saelens",
+    "ce_recovered",
+]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_e2e", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_e2e"] = mod  # its dataclass looks its module up there
+    try:
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.modules.pop("bench_e2e", None)
+
+
+def test_hooked_transformer_has_the_hf_models_activations(bench):
+    """The SAELens rows train on a TransformerLens copy of the HF model: every residual stream must match
+    (float32), else SAELens and ours would not train on the same data."""
+    from sae_rdp_plugin.lm.models import hf_model
+
+    model, _ = hf_model("tiny-gemma3", n_layers=7, dtype="float32")
+    hooks = [f"blocks.{i}.hook_resid_post" for i in range(7)] + ["blocks.3.hook_resid_pre"]
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(4, model.config.vocab_size, (2, 40), generator=g).numpy()
+    tokens[:, 0] = model.config.bos_token_id
+    ref = bench.hook_activations(model, tokens, hooks, "cpu", exclude=[model.config.bos_token_id])
+    hooked = bench.hooked_transformer(model, None, "cpu")
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is left as it was
+    _, cache = hooked.run_with_cache(torch.as_tensor(tokens, dtype=torch.long), names_filter=lambda n: n in hooks)
+    for h in hooks:
+        tl = cache[h][:, 1:].reshape(-1, ref[h].shape[1])  # BOS positions dropped, as in hook_activations
+        assert tl.shape == ref[h].shape
+        assert ((tl - ref[h]).norm() / ref[h].norm()).item() < 1e-4, h
+    # resid_pre of block 3 is resid_post of block 2
+    assert torch.equal(ref["blocks.3.hook_resid_pre"], ref["blocks.2.hook_resid_post"])
+
+
+def _row(name, impl, tps, **kw):
+    return {"row": name, "impl": impl, "tokens_per_s": tps, "tokens": 100, **kw}
+
+
+def test_summary_targets(bench):
+    rows = [
+        _row("forward_only", "ours", 3.0e6),
+        _row("step_only", "ours", 2.0e6),
+        _row("ours", "ours", 1.0e6, heldout_fvu=0.101),
+        _row("saelens", "saelens", 0.8e5, heldout_fvu=0.100),
+        _row("sparsify", "sparsify", 1.25e5),
+    ]
+    s = bench.summary(rows)
+    assert s["ours_x_saelens"] == pytest.approx(12.5)
+    assert s["ours_x_sparsify"] == pytest.approx(8.0)
+    assert s["fvu_rel_diff_vs_saelens"] == pytest.approx(0.01)
+    # 1 us per token against 1/3 + 1/2 us: 1.2x
+    assert s["ours_time_over_forward_plus_step"] == pytest.approx(1.2)
+    assert s["targets_met"] == {
+        "x10_saelens": True,
+        "x10_sparsify": False,
+        "fvu_within_2pct": True,
+        "within_1p5x_forward_plus_step": True,
+    }
+    rows[2]["heldout_fvu"] = 0.103  # 3% above SAELens's
+    assert bench.summary(rows)["targets_met"]["fvu_within_2pct"] is False
+    # FVU is compared only at equal tokens; failed rows count for nothing
+    rows[3] = _row("saelens", "saelens", 0.8e5, heldout_fvu=0.05, tokens=50)
+    rows[4]["error"] = "RuntimeError: boom"
+    s = bench.summary(rows)
+    assert "fvu_rel_diff_vs_saelens" not in s and "ours_x_sparsify" not in s
+    assert s["targets_met"]["fvu_within_2pct"] is None
+
+
+def test_failing_row_is_recorded_and_resume_reruns_only_it(bench, tmp_path, monkeypatch):
+    calls = []
+
+    def ok(b):
+        calls.append("ours")
+        return {"hooks": [b.hook], "n_saes": 1, "tokens": 10, "tokens_per_s": 5.0, "heldout_fvu": 0.5}
+
+    def boom(b):
+        calls.append("saelens")
+        raise RuntimeError("no luck\nsecond line")
+
+    monkeypatch.setitem(bench.ROW_FNS, "ours", ok)
+    monkeypatch.setitem(bench.ROW_FNS, "saelens", boom)
+    out = tmp_path / "out"
+    argv = ["--quick", "--in-process", "--out", str(out), "--work", str(tmp_path / "w"), "--only", "ours", "saelens"]
+    assert bench.main(argv) == 0
+    res = json.loads((out / "latest.json").read_text())
+    rows = {r["row"]: r for r in res["rows"]}
+    assert rows["ours"]["tokens_per_s"] == 5.0 and "error" not in rows["ours"]
+    assert rows["saelens"]["error"] == "RuntimeError: no luck" and rows["saelens"]["impl"] == "saelens"
+    assert {"device", "date", "versions", "summary"} <= set(res)
+    assert "| saelens |" in (out / "latest.md").read_text()
+    calls.clear()
+
+    def ok_now(b):
+        calls.append("saelens again")
+        return ok(b)
+
+    monkeypatch.setitem(bench.ROW_FNS, "saelens", ok_now)
+    assert bench.main([*argv, "--resume"]) == 0
+    assert calls == ["saelens again", "ours"]  # only the failed row ran again (through ok)
+    rows = {r["row"]: r for r in json.loads((out / "latest.json").read_text())["rows"]}
+    assert set(rows) == {"ours", "saelens"} and "error" not in rows["saelens"]
+
+
+def test_isolated_row_reports_the_childs_error(bench, tmp_path):
+    """A row in its own process: the child's exception comes back as the row's error (ce_recovered
+    with no trained SAEs in OUT/latest.json fails before any model is built)."""
+    args = bench.parse_args(["--quick", "--out", str(tmp_path), "--work", str(tmp_path / "w")])
+    row = bench.run_row_isolated("ce_recovered", args)
+    assert row["row"] == "ce_recovered"
+    assert row["error"] == "RuntimeError: ce_recovered needs the SAEs of rows ours / saelens of this run (none found)"
+
+
+@pytest.mark.slow
+def test_bench_quick_runs_every_row(tmp_path):
+    """The whole --quick run, one process per row (~1-2 min on 2 cores): latest.json has the issue's shape,
+    finite held-out FVU for ours and SAELens, sparsify's row either ran or says it is not installed, and
+    the CE row evaluated both SAEs (random tiny model: the values are only checked to be finite)."""
+    env = {**os.environ, "TRITON_INTERPRET": "0", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path), "--only", *ALL_ROWS]
+    subprocess.run(cmd, check=True, env=env, timeout=900)
+    res = json.loads((tmp_path / "latest.json").read_text())
+    assert isinstance(res["device"], str) and isinstance(res["date"], str)
+    rows = {r["row"]: r for r in res["rows"]}
+    assert list(rows) == ALL_ROWS
+    for name in ("forward_only", "step_only", "ours", "ours_3hooks", "ours_4saes", "saelens_speed", "saelens"):
+        r = rows[name]
+        assert "error" not in r, (name, r.get("error"))
+        assert r["impl"] in ("ours", "saelens") and r["model"] == "tiny-gemma3"
+        assert isinstance(r["hooks"], list) and isinstance(r["n_saes"], int) and isinstance(r["tokens"], int)
+        assert r["tokens_per_s"] > 0
+    for name, n in (("ours", 1), ("ours_3hooks", 3), ("ours_4saes", 4), ("saelens", 1), ("saelens_speed", 1)):
+        fvu = rows[name]["heldout_fvu"]
+        fvus = fvu if isinstance(fvu, list) else [fvu]
+        assert len(fvus) == n and all(math.isfinite(f) and f > 0 for f in fvus), (name, fvu)
+        assert set(rows[name]["time_split"]) >= {"forward_s", "sae_step_s", "other_s"}
+    assert rows["ours_3hooks"]["hooks"] == [f"blocks.{i}.hook_resid_post" for i in (2, 4, 6)]
+    assert rows["ours"]["tokens"] == rows["saelens"]["tokens"]  # FVU at equal tokens
+    sp = rows["sparsify"]
+    if importlib.util.find_spec("sparsify") is None:
+        assert "not installed" in sp["error"]
+    else:
+        assert math.isfinite(sp["heldout_fvu"]) and sp["tokens_per_s"] > 0
+    ce = rows["ce_recovered"]
+    assert "error" not in ce, ce.get("error")
+    assert ce["n_saes"] == 2 and all(math.isfinite(v["ce_recovered"]) for v in ce["saes"].values())
+    assert "ours_x_saelens" in res["summary"] and "fvu_rel_diff_vs_saelens" in res["summary"]
+    assert "| ours |" in (tmp_path / "latest.md").read_text()

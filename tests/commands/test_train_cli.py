@@ -1,0 +1,143 @@
+"""`sae-rdp train --model`: the activation-pipeline path end to end on a tiny random model (CPU), its
+layouts (one SAE in --out, several in out/<hook>/<name>/ with out/summary.json) and its refusals."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from sae_rdp_plugin.cli import main
+
+HOOKS = "blocks.0.hook_resid_post,blocks.1.hook_resid_pre"
+T = 16
+
+
+def token_rows(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(3, 512, size=(n, T)).astype(np.int32)
+    rows[:, 0] = 2  # BOS of the tiny Gemma3
+    return rows
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    import datasets
+
+    p = tmp_path_factory.mktemp("ds") / "tokens_ds"
+    datasets.Dataset.from_dict({"tokens": token_rows(40)}).save_to_disk(str(p))
+    return p
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    p = tmp_path_factory.mktemp("corpus")
+    np.savez_compressed(p / "tokens.npz", train=token_rows(30), heldout=token_rows(4, seed=1))
+    (p / "manifest.json").write_text(json.dumps({"bos_token_id": 2, "context_size": T}))
+    return p
+
+
+def run(out, dataset, *extra: str) -> int:
+    base = ["train", "--model", "tiny-gemma3", "--dataset", str(dataset), "--out", str(out)]
+    small = ["--tokens", "1024", "--batch-size", "64", "--buffer-tokens", "256", "--model-dtype", "float32"]
+    return main([*base, *small, *extra])
+
+
+def test_several_saes_per_hook_from_one_stream(tmp_path, dataset_dir, capsys):
+    from sae_lens import SAE
+
+    out = tmp_path / "sweep"
+    rc = run(out, dataset_dir, "--hook", HOOKS, "--architecture", "weighted_topk", "--d-sae", "64,96", "--k", "4")
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["hooks"] == HOOKS.split(",") and len(summary["saes"]) == 4
+    assert summary["heldout"] == f"last 5% of the rows of {dataset_dir} (2 of 40)"
+    names = {(s["hook"], s["name"]) for s in summary["saes"]}
+    assert names == {(h, f"weighted_topk-d{d}-k4-a1") for h in HOOKS.split(",") for d in (64, 96)}
+    for s in summary["saes"]:
+        assert s["tokens"] == 1024 and s["heldout_tokens"] > 0 and 0 < s["heldout_fvu"] < 2
+        assert s["stream"]["forwards"] >= 1 and s["epochs"] > 0 and s["forward_s"] > 0
+        sae = SAE.load_from_disk(s["out"])
+        assert sae.cfg.d_in == 64 and sae.cfg.d_sae in (64, 96)
+        assert (tmp_path / "sweep" / s["hook"] / s["name"] / "gamma.safetensors").is_file()
+    assert capsys.readouterr().out.count("saved weighted_topk SAE for tiny-gemma3") == 4
+
+
+def test_one_sae_keeps_todays_layout_and_corpus_heldout(tmp_path, corpus_dir):
+    from sae_lens import SAE
+
+    out = tmp_path / "one"
+    with pytest.warns(UserWarning, match="the corpus has 450 usable tokens, fewer than the 1024 requested"):
+        rc = run(out, corpus_dir, "--hook", "blocks.1.hook_resid_post", "--architecture", "topk", "--d-sae", "64")
+    assert rc == 0
+    s = json.loads((out / "train_summary.json").read_text())
+    assert s["epochs"] > 1  # the corpus was repeated, and the summary says so
+    assert s["heldout"] == f"held-out split of corpus {corpus_dir} (4 rows)"
+    assert s["heldout_tokens"] > 0 and not (out / "summary.json").exists()
+    assert SAE.load_from_disk(out).cfg.d_sae == 64
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--hook", "blocks.7.hook_resid_post"], "unknown hook 'blocks.7.hook_resid_post'"),
+        (["--hook", "blocks.0.hook_resid_post", "--k", "4,x"], "--k takes comma-separated floats, got '4,x'"),
+        (["--hook", "blocks.0.hook_resid_post", "--tokens", "10"], r"tokens \(10\) must be at least one batch"),
+        (["--hook", "blocks.0.hook_resid_post", "--d-in", "32"], "--d-in 32 does not match the model's width 64"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, dataset_dir, capsys, extra, match):
+    out = tmp_path / "o"
+    args = ["--architecture", "topk", "--d-sae", "64", *extra]
+    assert run(out, dataset_dir, *args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert re.search(match, err[0])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_foreign_out_is_refused_and_left_intact(tmp_path, dataset_dir, capsys):
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / "paper.tex").write_text("draft")
+    assert run(out, dataset_dir, "--hook", "blocks.0.hook_resid_post", "--architecture", "topk", "--d-sae", "64") == 2
+    assert "is not empty and holds no sae-rdp training run" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["theirs"]
+    assert [p.name for p in out.iterdir()] == ["paper.tex"] and (out / "paper.tex").read_text() == "draft"
+
+
+def test_pipeline_flags_refused_on_the_other_paths(tmp_path, capsys):
+    synthetic = ["train", "--synthetic", "--d-in", "8", "--k", "4", "--tokens", "4096", "--out", str(tmp_path / "s")]
+    assert main([*synthetic, "--d-sae", "16", "--no-compile"]) == 2
+    assert "--no-compile: only with --model and without --saelens-store" in capsys.readouterr().err
+    assert main([*synthetic, "--d-sae", "16,32"]) == 2
+    assert "several --d-sae / --k / --alpha values need --model" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_saelens_store_keeps_the_runner_path(tmp_path, monkeypatch, capsys):
+    """--saelens-store: SAELens's runner and activation store on a TransformerLens model (a tiny random one
+    stands in for the offline loader), the SAE saved in --out as before."""
+    import datasets
+    from sae_lens import SAE
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    import sae_rdp_plugin.lm.models as models
+
+    tiny = HookedTransformerConfig(
+        n_layers=2, d_model=16, d_head=4, n_heads=4, d_mlp=32, n_ctx=32, d_vocab=50, act_fn="gelu", seed=0
+    )
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: HookedTransformer(tiny))
+    ds = tmp_path / "ds"
+    rows = np.random.default_rng(0).integers(1, 50, size=(64, T))
+    datasets.Dataset.from_dict({"tokens": rows}).save_to_disk(str(ds))
+    out = tmp_path / "o"
+    args = ["train", "--saelens-store", "--model", "tiny", "--hook", "blocks.1.hook_resid_post", "--dataset", str(ds)]
+    rest = ["--architecture", "topk", "--d-sae", "32", "--k", "4", "--tokens", "512", "--batch-size", "128"]
+    assert main([*args, *rest, "--context-size", str(T), "--out", str(out)]) == 0
+    assert "saved topk SAE for tiny blocks.1.hook_resid_post" in capsys.readouterr().out
+    assert SAE.load_from_disk(out).cfg.d_sae == 32
+    assert main([*args, *rest, "--d-sae", "32,64", "--out", str(tmp_path / "p")]) == 2
+    assert "several --d-sae / --k / --alpha values need --model (without --saelens-store)" in capsys.readouterr().err

@@ -60,6 +60,7 @@ ROWS = (
     "ours",
     "ours_3hooks",
     "ours_4saes",
+    "ours_reference",
     "sparsify",
     "saelens_speed",
     "saelens",
@@ -416,11 +417,12 @@ def row_step_only(b: Bench) -> dict[str, Any]:
     }
 
 
-def run_ours(b: Bench, name: str, specs_def: list[tuple[str, int]]) -> dict[str, Any]:
+def run_ours(b: Bench, name: str, specs_def: list[tuple[str, int]], fast: bool = True) -> dict[str, Any]:
     """Ours: the two calls of ``train_on_model`` (an ActivationPipeline over the token rows, then
     ``train_saes`` with the fast step), made here so that a clock can tick on each batch and leave the
     warm-up (torch.compile, the first buffer fill) out of tokens/s. One SAE per (hook, k) of
-    ``specs_def``; every SAE sees the same ``--tokens`` rows of one stream."""
+    ``specs_def``; every SAE sees the same ``--tokens`` rows of one stream. ``fast=False``: SAELens's own
+    training step on the same stream (separates the step's effect on FVU from the data's)."""
     from sae_rdp_plugin.lm.pipeline import ActivationPipeline
     from sae_rdp_plugin.train.lm import SAESpec, train_saes
 
@@ -437,7 +439,7 @@ def run_ours(b: Bench, name: str, specs_def: list[tuple[str, int]]) -> dict[str,
     clock = StepClock(b.device, b.warmup_steps, math.ceil(b.tokens / b.batch))
     sync(b.device)
     t0 = time.perf_counter()
-    reports = train_saes(TickingPipeline(pipe, clock), specs, tokens=b.tokens, fast=True, progress=not b.quick)
+    reports = train_saes(TickingPipeline(pipe, clock), specs, tokens=b.tokens, fast=fast, progress=not b.quick)
     sync(b.device)
     wall = time.perf_counter() - t0
     peak = peak_gb(b)
@@ -486,6 +488,10 @@ def row_ours_3hooks(b: Bench) -> dict[str, Any]:
 
 def row_ours_4saes(b: Bench) -> dict[str, Any]:
     return run_ours(b, "ours_4saes", [(b.hook, k) for k in b.ks4])
+
+
+def row_ours_reference(b: Bench) -> dict[str, Any]:
+    return run_ours(b, "ours_reference", [(b.hook, b.k)], fast=False)
 
 
 def hooked_transformer(model: Any, tok: Any, device: str) -> Any:

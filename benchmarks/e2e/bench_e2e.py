@@ -127,7 +127,7 @@ def make_bench(args: argparse.Namespace) -> Bench:
         k=8 if quick else 32,
         ks4=(4, 8, 16, 32) if quick else (16, 32, 64, 128),
         batch=256 if quick else 4096,
-        context=64 if quick else 1024,
+        context=args.context or (64 if quick else 1024),
         saelens_context=16 if quick else 128,
         saelens_prompts=4 if quick else 32,
         saelens_buffer_batches=16 if quick else 32,
@@ -981,6 +981,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default=None, help="cuda (default when available) or cpu")
     ap.add_argument("--work", default=None, help="where the trained SAEs go (default: a temporary folder)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--context", type=int, default=None, help="tokens per row of ours and of held-out text (1024)")
     ap.add_argument("--in-process", action="store_true", help="run every row in this process")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)

@@ -1,6 +1,6 @@
 """A generic reader of SAEBench results: one tidy table, one row per SAE, one column per metric.
 
-Accepted inputs (files or folders, searched recursively for ``*.json`` and ``*.csv``):
+Accepted inputs (files or folders, searched recursively for ``*.json``, ``*.jsonl`` and ``*.csv``):
 
 * **Current SAEBench output** (``BaseEvalOutput`` JSON of *any* eval type, including ones SAEBench's
   own graphing code does not know, e.g. ``rdp_audit``): ``eval_result_metrics`` is
@@ -15,6 +15,15 @@ Accepted inputs (files or folders, searched recursively for ``*.json`` and ``*.c
   columns ``sparse_probing.sae.*`` / ``sparse_probing.llm.*`` as in the current format.
 * **Plain CSV** with columns ``release`` and ``sae_id`` (the SAE), optional metadata columns
   (:data:`META_COLUMNS`) and numeric metric columns (empty cell = missing).
+* **JSON lines** (``.jsonl``): one object of the formats above per line; a ``.jsonl`` file that is not
+  is skipped with a warning naming it.
+
+Model and layer come from ``sae_cfg_dict`` (pre-6.0 SAELens: ``model_name``, ``hook_layer``) or its
+``metadata`` (SAELens 6: ``metadata.model_name``, ``metadata.hook_layer``, else the layer L of
+``metadata.hook_name = blocks.L.*``). A training checkpoint (``checkpoint`` = True) is an SAE whose id
+ends in ``_step_<N>`` or whose old key sits under ``resid_post_layer_<L>_checkpoints/``; ``_step_final``
+is the final SAE. rdp_audit's own outputs (``eval_type_id = "rdp_audit"`` and its summary JSON) are
+skipped silently, so an audit written into the folder it reads can be re-run.
 
 SAEs are joined on ``release/sae_id`` (SAELens release and id). Old dictionary_learning keys
 ``<sweep>/resid_post_layer_<L>/trainer_<i>`` are mapped to SAELens' names
@@ -22,8 +31,10 @@ SAEs are joined on ``release/sae_id`` (SAELens release and id). Old dictionary_l
 same SAE join. Outputs without release and id are keyed by a hash of ``sae_cfg_dict``.
 
 Errors name the file: unparsable JSON, a recognised format with a broken structure or non-numeric
-metric, the same SAE metric with two different values in two files (a duplicate SAE). JSON files in no
-known format are skipped and listed in ``table.report`` (``strict=True`` makes them errors). A metric
+metric, the same SAE metric with two different values in two files (a duplicate SAE). A file found by
+searching a folder that is unreadable in that way is skipped with a warning naming it, and the rest of the
+folder is read (a file given by name raises). JSON files in no known format are skipped and listed in
+``table.report`` (``strict=True`` makes all of these errors). A metric
 present for some SAEs but missing for others is listed in ``table.report`` (and warned), never
 silently dropped: its column holds NaN for those SAEs.
 """
@@ -77,6 +88,13 @@ _TRAINER_ARCH = {
     "PAnnealTrainer": "p_anneal",
     "TrainerJumpRelu": "jumprelu",
 }
+
+#: eval_type_id of the rdp_audit eval's own result files (its eval_output.EVAL_TYPE_ID_RDP_AUDIT)
+RDP_AUDIT_EVAL_TYPE_ID = "rdp_audit"
+_RDP_AUDIT_SUMMARY_KEYS = {"rows", "skipped_sweeps", "reader_report"}
+_CHECKPOINT_ID = re.compile(r"_step_\d+$")
+_HOOK_LAYER = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+CHECKPOINT_MODES = ("exclude", "only", "all")
 
 _DL_KEY = re.compile(
     r"^(?P<sweep>[^/]+)/resid_post_layer_(?P<layer>\d+)(?P<ck>_checkpoints)?/trainer_(?P<t>\d+)(?P<step>_step_\d+)?$"
@@ -206,9 +224,14 @@ def _meta_from_cfg(cfg: dict[str, Any] | None) -> dict[str, Any]:
     if cfg.get("activation_fn_str") == "topk" or "k" in (cfg.get("activation_fn_kwargs") or {}):
         arch = "topk"
     k = (cfg.get("activation_fn_kwargs") or {}).get("k", cfg.get("k"))
+    md = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    layer = cfg.get("hook_layer", md.get("hook_layer"))
+    if layer is None:
+        m = _HOOK_LAYER.search(str(cfg.get("hook_name") or md.get("hook_name") or ""))
+        layer = int(m[1]) if m else None
     return {
-        "model": cfg.get("model_name"),
-        "layer": cfg.get("hook_layer"),
+        "model": cfg.get("model_name") or md.get("model_name"),
+        "layer": layer,
         "d_sae": cfg.get("d_sae"),
         "architecture": arch,
         "k": k,
@@ -245,8 +268,7 @@ def _parse_eval_output(obj: dict[str, Any], path: Path, where: str = "") -> tupl
     if rel is None:
         raise SaeRdpError(f"{path}: {where}no sae_lens_release_id/sae_lens_id and no sae_cfg_dict to identify the SAE")
     meta = _meta_from_cfg(obj.get("sae_cfg_dict"))
-    meta.update(release=rel, sae_id=sid)
-    meta.setdefault("checkpoint", False)
+    meta.update(release=rel, sae_id=sid, checkpoint=bool(_CHECKPOINT_ID.search(sid)))
     return f"{rel}/{sid}", (meta, out)
 
 
@@ -259,7 +281,7 @@ def _dl_key(key: str, release: str | None) -> tuple[str, str, dict[str, Any]]:
         return rel, sid, {"layer": int(m["layer"]), "checkpoint": bool(m["ck"])}
     if release is None:
         raise SaeRdpError(f"cannot tell the SAELens release of key {key!r}")
-    return release, key, {"checkpoint": "_step_" in key}
+    return release, key, {"checkpoint": bool(_CHECKPOINT_ID.search(key))}
 
 
 def _parse_sae_bench_data(obj: dict[str, Any], path: Path) -> dict[str, Record]:
@@ -345,7 +367,7 @@ def _parse_csv(path: Path) -> dict[str, Record]:
             continue
         if len(row) != len(header):
             raise SaeRdpError(f"{path}: line {ln} has {len(row)} fields, header has {len(header)}")
-        meta: dict[str, Any] = {"checkpoint": False}
+        meta: dict[str, Any] = {}
         metrics: dict[str, float] = {}
         for h, c in zip(header, row):
             c = c.strip()
@@ -356,6 +378,8 @@ def _parse_csv(path: Path) -> dict[str, Record]:
                     metrics[h] = float(c)
                 except ValueError:
                     raise SaeRdpError(f"{path}: line {ln}, column {h!r}: {c!r} is not a number") from None
+        if meta.get("checkpoint") is None:
+            meta["checkpoint"] = bool(_CHECKPOINT_ID.search(str(meta.get("sae_id") or "")))
         key = f"{meta['release']}/{meta['sae_id']}"
         if key in out:
             raise SaeRdpError(f"{path}: duplicate SAE {key} (line {ln})")
@@ -375,22 +399,60 @@ def _meta_value(name: str, c: str) -> Any:
     return c
 
 
+def is_rdp_audit_output(obj: Any) -> bool:
+    """Whether a parsed JSON object is one of rdp_audit's own outputs (a per-sweep result or the summary)."""
+    if not isinstance(obj, dict):
+        return False
+    return obj.get("eval_type_id") == RDP_AUDIT_EVAL_TYPE_ID or set(obj) == _RDP_AUDIT_SUMMARY_KEYS
+
+
 def parse_file(path: str | Path) -> dict[str, Record] | None:
-    """Records ``{"release/sae_id": (meta, metrics)}`` of one file; None if it is JSON in no known
-    format. Raises SaeRdpError naming the file when it is unreadable or malformed."""
+    """Records ``{"release/sae_id": (meta, metrics)}`` of one file; None if it is JSON (lines) in no
+    known format; ``{}`` for rdp_audit's own outputs. Raises SaeRdpError naming the file when it is
+    unreadable or malformed."""
     path = Path(path)
     if path.suffix.lower() == ".csv":
         return _parse_csv(path)
     try:
-        obj = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SaeRdpError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+        text = path.read_text()
     except UnicodeDecodeError as e:
         raise SaeRdpError(f"{path}: not a UTF-8 JSON file ({e.reason})") from None
+    if path.suffix.lower() == ".jsonl":
+        return _parse_jsonl(text, path)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SaeRdpError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    return _parse_object(obj, path)
+
+
+def _parse_jsonl(text: str, path: Path) -> dict[str, Record] | None:
+    """One object per line, each in a known format (None if a line is not JSON or in no known format)."""
+    out: dict[str, Record] = {}
+    for ln, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            return None
+        recs = _parse_object(obj, path, where=f"line {ln}: ")
+        if recs is None:
+            return None
+        for key, rec in recs.items():
+            if key in out:
+                raise SaeRdpError(f"{path}: line {ln}: duplicate SAE {key}")
+            out[key] = rec
+    return out
+
+
+def _parse_object(obj: Any, path: Path, where: str = "") -> dict[str, Record] | None:
     if not isinstance(obj, dict):
         return None
+    if is_rdp_audit_output(obj):
+        return {}
     if "eval_result_metrics" in obj:
-        k, rec = _parse_eval_output(obj, path)
+        k, rec = _parse_eval_output(obj, path, where)
         return {k: rec}
     if "basic_eval_results" in obj:
         return _parse_sae_bench_data(obj, path)
@@ -399,25 +461,44 @@ def parse_file(path: str | Path) -> dict[str, Record] | None:
     if obj and all(isinstance(v, dict) and "eval_result_metrics" in v for v in obj.values()):
         out = {}
         for name, v in obj.items():
-            k, rec = _parse_eval_output(v, path, where=f"[{name!r}] ")
+            if is_rdp_audit_output(v):
+                continue
+            k, rec = _parse_eval_output(v, path, where=f"{where}[{name!r}] ")
             out[k] = rec
         return out
     return None
 
 
-def _expand(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+def _expand(paths: str | Path | Sequence[str | Path]) -> list[tuple[Path, bool]]:
+    """(file, found by searching a folder) for every input file."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    files: list[Path] = []
+    files: list[tuple[Path, bool]] = []
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            files += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in (".json", ".csv"))
+            found = (q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in (".json", ".jsonl", ".csv"))
+            files += [(q, True) for q in sorted(found)]
         elif p.is_file():
-            files.append(p)
+            files.append((p, False))
         else:
             raise SaeRdpError(f"no such file or folder: {p}")
     return files
+
+
+def check_checkpoint_mode(mode: str) -> str:
+    """``mode`` itself if it is one of :data:`CHECKPOINT_MODES`; SaeRdpError otherwise."""
+    if mode not in CHECKPOINT_MODES:
+        raise SaeRdpError(f"unknown checkpoints mode {mode!r}; valid: {', '.join(CHECKPOINT_MODES)}")
+    return mode
+
+
+def filter_checkpoints(table: ResultsTable, mode: str) -> ResultsTable:
+    """Rows by training-checkpoint status: "exclude" (final SAEs), "only" (checkpoints) or "all"."""
+    if check_checkpoint_mode(mode) == "all":
+        return table
+    want = mode == "only"
+    return table.subset([i for i, c in enumerate(table.meta["checkpoint"]) if bool(c) == want])
 
 
 def read_results(
@@ -426,19 +507,31 @@ def read_results(
     strict: bool = False,
     include_checkpoints: bool = True,
     warn: bool = True,
+    checkpoints: str | None = None,
 ) -> ResultsTable:
     """Read SAEBench result files/folders (any eval type, old formats, plain CSV) into one table.
 
-    ``strict=True`` turns JSON files in no known format into errors (default: skipped and reported).
-    ``include_checkpoints=False`` drops training checkpoints (keys with ``_step_``), keeping final SAEs.
+    ``strict=True`` turns JSON files in no known format, and unreadable files in a folder, into errors
+    (default: skipped and reported). ``checkpoints``: "exclude" (final SAEs), "only" (training
+    checkpoints) or "all"; None = ``"all" if include_checkpoints else "exclude"``.
     """
+    mode = check_checkpoint_mode(checkpoints or ("all" if include_checkpoints else "exclude"))
     files = _expand(paths)
     if not files:
-        raise SaeRdpError(f"no .json or .csv files in {paths}")
+        raise SaeRdpError(f"no .json, .jsonl or .csv files in {paths}")
     rows: dict[str, dict[str, Any]] = {}
     report: list[str] = []
-    for f in files:
-        recs = parse_file(f)
+    for f, in_folder in files:
+        try:
+            recs = parse_file(f)
+        except SaeRdpError as e:
+            if strict or not in_folder:
+                raise
+            msg = f"skipped {f}: {e}"
+            report.append(msg)
+            if warn:
+                warnings.warn(msg, stacklevel=2)
+            continue
         if recs is None:
             msg = f"skipped {f}: not a SAEBench result file in a known format" + (
                 " (eval_type_id without eval_result_metrics: an older schema)" if _has_eval_type(f) else ""
@@ -446,6 +539,8 @@ def read_results(
             if strict:
                 raise SaeRdpError(msg)
             report.append(msg)
+            if warn and f.suffix.lower() == ".jsonl":
+                warnings.warn(msg, stacklevel=2)
             continue
         for key, (meta, metrics) in recs.items():
             row = rows.setdefault(key, {"meta": {}, "metrics": {}, "src": {}, "files": []})
@@ -462,10 +557,14 @@ def read_results(
                 row["metrics"][name] = v
                 row["src"][name] = str(f)
     keys = sorted(rows)
-    if not include_checkpoints:
-        keys = [k for k in keys if not rows[k]["meta"].get("checkpoint")]
+    if mode != "all":
+        keys = [k for k in keys if bool(rows[k]["meta"].get("checkpoint")) == (mode == "only")]
+    if not rows and report:
+        more = f" (and {len(report) - 1} more file(s))" if len(report) > 1 else ""
+        raise SaeRdpError(f"no SAE results read: {report[0]}{more}")
     if not keys:
-        raise SaeRdpError(f"no SAE results found in {', '.join(map(str, files[:3]))}")
+        which = {"exclude": "final SAE", "only": "checkpoint", "all": "SAE"}[mode]
+        raise SaeRdpError(f"no {which} results found in {', '.join(str(f) for f, _ in files[:3])}")
     names = sorted({n for k in keys for n in rows[k]["metrics"]})
     columns = {n: np.array([rows[k]["metrics"].get(n, np.nan) for k in keys], dtype=np.float64) for n in names}
     meta = {m: [rows[k]["meta"].get(m) for k in keys] for m in META_COLUMNS}

@@ -203,6 +203,17 @@ def _dominance(r: np.ndarray, d: np.ndarray) -> np.ndarray:
     return (ri <= rj) & (di <= dj) & ((ri != rj) | (di != dj))
 
 
+def _check_tie_weight(tie_weight: float) -> float:
+    """tie_weight as a float in [0, 1] (the weight of a tie in V, which then stays in [0, 1]), else SaeRdpError."""
+    try:
+        w = float(tie_weight)
+    except (TypeError, ValueError):
+        raise SaeRdpError(f"tie_weight must be a number in [0, 1], got {tie_weight!r}") from None
+    if isinstance(tie_weight, bool) or not 0 <= w <= 1:  # NaN fails too
+        raise SaeRdpError(f"tie_weight must be a number in [0, 1], got {tie_weight!r}")
+    return w
+
+
 def _v_batched(dom: np.ndarray, p: np.ndarray, tie_weight: float) -> tuple[np.ndarray, np.ndarray]:
     """V per batch row and the number of dominated pairs; V = NaN where there is none."""
     pi_, pj = p[..., :, None], p[..., None, :]
@@ -265,10 +276,11 @@ def violation_rate(
 ) -> float:
     """Definition 3: V = fraction of dominated pairs (i under the tighter budget) with Pi_i < Pi_j.
 
-    Ties Pi_i == Pi_j count ``tie_weight`` (CHOICE, default 1/2). ``pi`` is already oriented
+    Ties Pi_i == Pi_j count ``tie_weight`` in [0, 1] (CHOICE, default 1/2). ``pi`` is already oriented
     (higher = more polysemantic). Raises SaeRdpError on < 2 SAEs, NaN, mismatched lengths,
     duplicate SAEs or a sweep with no dominated pair.
     """
+    tie_weight = _check_tie_weight(tie_weight)
     r, d, p = _as_arrays(rate, distortion, pi, names)
     v, n = _v_batched(_dominance(r, d), p, tie_weight)
     if n == 0:
@@ -380,6 +392,7 @@ def audit_proxy(
     ``allow_no_pairs=True``, which returns V = None (rho may still be defined, or None when the joint
     budget rank is constant, as on an exactly anti-monotone front).
     """
+    tie_weight = _check_tie_weight(tie_weight)
     r, d, p = _as_arrays(rate, distortion, pi, names)
     if not (0 < ci_level < 1):
         raise SaeRdpError(f"ci_level must be in (0, 1), got {ci_level}")

@@ -2,7 +2,7 @@
 
 sae-rdp audit run --results DIR_OR_FILES... [--rate-field sparsity.l0]
                   [--distortion-field 1-explained_variance] [--proxy NAME[:+|-] ...]
-                  [--group-by model layer d_sae architecture] --out DIR
+                  [--group-by model layer d_sae architecture] [--checkpoints exclude|only|all] --out DIR
 sae-rdp audit bundled --out DIR [--quick]      # the shipped real SAEBench data
 sae-rdp audit orientations                     # the orientation table
 """
@@ -43,7 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="metadata columns defining a sweep (none = pool everything)",
     )
     r.add_argument("--no-controls", action="store_true", help="skip the reconstruction-side core controls")
-    r.add_argument("--include-checkpoints", action="store_true", help="also audit training checkpoints")
+    r.add_argument(
+        "--checkpoints",
+        choices=["exclude", "only", "all"],
+        default=None,
+        help="training checkpoints (id ending in _step_<N>): exclude (default: final SAEs), only, or all",
+    )
+    r.add_argument("--include-checkpoints", action="store_true", help="also audit training checkpoints (= all)")
     r.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (over SAEs)")
     r.add_argument("--n-perm", type=int, default=2000, help="permutations for the p-values")
     r.add_argument("--seed", type=int, default=42, help="random seed")
@@ -77,7 +83,7 @@ def _run(args: argparse.Namespace) -> int:
         distortion_field=args.distortion_field,
         proxies=list(args.proxy),
         group_by=list(args.group_by),
-        include_checkpoints=args.include_checkpoints,
+        checkpoints=args.checkpoints or ("all" if args.include_checkpoints else "exclude"),
         include_controls=not args.no_controls,
         min_saes=args.min_saes,
         n_bootstrap=args.n_boot,
@@ -88,10 +94,16 @@ def _run(args: argparse.Namespace) -> int:
     import json
     import warnings
 
-    with warnings.catch_warnings():  # reader notes go to the summary, not to stderr (stderr = the error line)
-        warnings.simplefilter("ignore", UserWarning)
+    # reader notes go to the summary, not to stderr (stderr = the error line); the warnings that change
+    # what is audited (unreadable files skipped, SAEs without a grouping key) are printed
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
         res = run_eval(cfg, None, "cpu", str(args.out), force_rerun=True)
     print((args.out / "rdp_audit_summary.md").read_text())
+    for w in caught:
+        msg = str(w.message)
+        if msg.startswith(("rdp_audit: ", "skipped ")):
+            print(f"[audit] warning: {msg.removeprefix('rdp_audit: ')}")
     notes = json.loads((args.out / "rdp_audit_summary.json").read_text())["reader_report"]
     if notes:
         print(

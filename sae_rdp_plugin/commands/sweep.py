@@ -7,6 +7,10 @@
   SAE folders, against a DGP of the sweep config.
 * ``sae-rdp sweep export --sweep DIR --member ID --dest PATH``: one member as a SAELens SAE folder.
 * ``sae-rdp sweep plot --sweep DIR``: the RDP figures of a finished sweep.
+
+``eval --sweep`` and ``plot`` refuse an unfinished sweep (a killed run): the error names how many members
+are missing and the ``--resume`` command; ``--allow-partial`` uses the finished members, with a warning.
+``export`` writes a new folder, or replaces a previous export; it never deletes a folder it did not write.
 """
 
 from __future__ import annotations
@@ -14,6 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+_PARTIAL_HELP = (
+    "use the finished members of an unfinished sweep (with a warning); without it an unfinished sweep is an "
+    "error naming the missing members and the --resume command"
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--device", default="cpu")
     e.add_argument("--n-samples", type=int, default=20000)
     e.add_argument("--force-rerun", action="store_true")
+    e.add_argument("--allow-partial", action="store_true", help=_PARTIAL_HELP)
     e.set_defaults(func=_eval)
 
     x = ss.add_parser("export", help="write one sweep member as a SAELens SAE folder")
@@ -49,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     pl = ss.add_parser("plot", help="RDP figures of a finished sweep")
     pl.add_argument("--sweep", required=True, type=Path)
+    pl.add_argument("--allow-partial", action="store_true", help=_PARTIAL_HELP)
     pl.set_defaults(func=_plot)
 
 
@@ -82,7 +93,12 @@ def _eval(args: argparse.Namespace) -> int:
         raise SaeRdpError("give --sweep DIR or --sae-path PATH ...")
     if args.sweep is not None:
         written = run_eval_on_sweep(
-            args.sweep, args.out, device=args.device, n_samples=args.n_samples, force_rerun=args.force_rerun
+            args.sweep,
+            args.out,
+            device=args.device,
+            n_samples=args.n_samples,
+            force_rerun=args.force_rerun,
+            allow_partial=args.allow_partial,
         )
     else:
         if args.config is None:
@@ -114,7 +130,7 @@ def _plot(args: argparse.Namespace) -> int:
     from sae_rdp_plugin.sweep.analysis import plot_sweep
     from sae_rdp_plugin.sweep.train import load_results
 
-    figs = plot_sweep(load_results(args.sweep), args.sweep)
+    figs = plot_sweep(load_results(args.sweep, allow_partial=args.allow_partial), args.sweep)
     print("\n".join(str(f) for f in figs))
     return 0
 

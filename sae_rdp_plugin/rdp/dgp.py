@@ -345,6 +345,9 @@ class ExplicitPMF(ActiveSetPMF):
                 raise SaeRdpError(f"malformed JSON in PMF file {path}: {exc.msg} (line {exc.lineno})") from None
         if not isinstance(obj, Mapping):
             raise SaeRdpError("PMF JSON must be an object with keys 'concepts' and 'pmf'")
+        unknown = sorted(str(k) for k in obj if k not in ("concepts", "pmf"))
+        if unknown:  # a misspelt key would otherwise be ignored
+            raise SaeRdpError(f"unknown key(s) in PMF JSON: {', '.join(unknown)} (expected 'concepts' and 'pmf')")
         if "concepts" not in obj:
             raise SaeRdpError("PMF JSON is missing 'concepts' (the number of concepts m)")
         m = obj["concepts"]

@@ -63,10 +63,12 @@ class DGPSpec:
 @dataclass
 class SweepConfig:
     """A grid of SAEs trained together. The grid is the product
-    dgps x architectures x widths x sparsity knob (``ks`` for topk/batchtopk, ``l1_coefficients`` for
-    standard, ``l0_coefficients`` for jumprelu) x seeds x inits. Training hyper-parameters default to
-    SAELens's (``train_toy_sae``: constant lr 3e-4, Adam(0.9, 0.999), grad-norm clip 1.0,
-    dead_feature_window 1000)."""
+        dgps x architectures x widths x sparsity knob (``ks`` for topk/batchtopk, ``l1_coefficients`` for
+        standard, ``l0_coefficients`` for jumprelu) x seeds x inits, less the (k, width) pairs with k > width
+    (and, for topk, a fractional k); a k that no member can use is an error, as is every other value
+    out of range (:meth:`validate`). Training hyper-parameters default to
+        SAELens's (``train_toy_sae``: constant lr 3e-4, Adam(0.9, 0.999), grad-norm clip 1.0,
+        dead_feature_window 1000)."""
 
     dgps: list[DGPSpec]
     architectures: list[str] = field(default_factory=lambda: ["topk"])
@@ -155,27 +157,59 @@ class SweepConfig:
         if not self.architectures:
             raise SaeRdpError("sweep config needs at least one architecture")
         for w in self.widths:
-            if not isinstance(w, int) or w < 1:
+            if isinstance(w, bool) or not isinstance(w, int) or w < 1:
                 raise SaeRdpError(f"widths must be positive integers, got {w!r}")
         for k in self.ks:
-            if not isinstance(k, (int, float)) or k <= 0:
-                raise SaeRdpError(f"ks must be positive, got {k!r}")
+            if isinstance(k, bool) or not isinstance(k, (int, float)) or not (0 < k < math.inf):
+                raise SaeRdpError(f"ks must be positive numbers, got {k!r}")
+        k_archs = [a for a in self.architectures if a in ("topk", "batchtopk")]
+        for k in self.ks if k_archs else []:
+            # a (k, width) pair with k > width is skipped (enumerate_members); a k no member can use is an error
+            usable = [a for a in k_archs if k <= max(self.widths) and (a == "batchtopk" or int(k) == k)]
+            if not usable:
+                raise SaeRdpError(
+                    f"k={k!r} fits no member: {'/'.join(k_archs)} needs k <= the largest width "
+                    f"({max(self.widths)})" + (" and a whole number for topk" if k_archs == ["topk"] else "")
+                )
         for c in list(self.l1_coefficients) + list(self.l0_coefficients):
-            if not isinstance(c, (int, float)) or c < 0 or not math.isfinite(c):
+            if isinstance(c, bool) or not isinstance(c, (int, float)) or c < 0 or not math.isfinite(c):
                 raise SaeRdpError(f"sparsity coefficients must be finite and >= 0, got {c!r}")
         for i in self.inits:
             if i not in ("random", "monosemantic"):
                 raise SaeRdpError(f"unknown init {i!r} (random or monosemantic)")
         for name in ("steps", "batch_size", "eval_samples", "checkpoint_every"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise SaeRdpError(f"{name} must be a positive integer, got {v!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise SaeRdpError(f"lr must be positive, got {self.lr}")
+        for name in ("lr_warm_up_steps", "lr_decay_steps", "dead_feature_window", "record_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise SaeRdpError(f"{name} must be an integer >= 0, got {v!r}")
+        for s in self.seeds:
+            if isinstance(s, bool) or not isinstance(s, int):
+                raise SaeRdpError(f"seeds must be integers, got {s!r}")
+        _positive("lr", self.lr)
+        # a clip norm <= 0 flips or zeroes the gradient (grad_clip_norm = -1 is gradient ascent); None = no clipping
+        for name in ("grad_clip_norm", "decoder_init_norm"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+        for name in ("adam_beta1", "adam_beta2"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                raise SaeRdpError(f"{name} must be in [0, 1), got {v!r}")
+        if self.max_group_size is not None:
+            v = self.max_group_size
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise SaeRdpError(f"max_group_size must be a positive integer or null, got {v!r}")
         if self.dtype not in ("float32", "float64", "bfloat16"):
             raise SaeRdpError(f"dtype must be float32, float64 or bfloat16, got {self.dtype!r}")
         if not self.seeds:
             raise SaeRdpError("sweep config needs at least one seed")
+
+
+def _positive(name: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf):
+        raise SaeRdpError(f"{name} must be a finite number > 0, got {v!r}")
 
 
 def load_config(path: str | Path) -> SweepConfig:

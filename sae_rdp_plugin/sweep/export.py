@@ -16,6 +16,9 @@ from sae_rdp_plugin.errors import SaeRdpError
 from sae_rdp_plugin.sweep.config import SweepConfig
 from sae_rdp_plugin.sweep.members import Member, group_members
 
+#: written into every exported folder; only a folder holding it may be replaced by a later export
+EXPORT_MARKER = ".sae_rdp_export.json"
+
 
 def saelens_training_sae(cfg: SweepConfig, mb: Member, d: int, device: str | torch.device = "cpu") -> Any:
     """A stock SAELens training SAE of the member's architecture and knobs."""
@@ -78,7 +81,10 @@ def export_member(out_dir: str | Path, member_id: str, dest: str | Path) -> Path
     """Write member ``member_id`` of a finished group as a SAELens SAE folder (cfg.json +
     sae_weights.safetensors, stock architecture name: topk, standard, jumprelu; batchtopk is saved as
     jumprelu, as SAELens does), loadable with ``sae_lens.SAE.load_from_disk(dest)``. The weights go
-    through SAELens's own ``save_inference_model`` (decoder-norm fold for TopK / BatchTopK)."""
+    through SAELens's own ``save_inference_model`` (decoder-norm fold for TopK / BatchTopK).
+
+    ``dest`` must be new, an empty folder, or a previous export (it holds :data:`EXPORT_MARKER`), which is
+    then replaced; any other existing path raises SaeRdpError and is left untouched."""
     from safetensors import safe_open
 
     out = Path(out_dir)
@@ -109,14 +115,38 @@ def export_member(out_dir: str | Path, member_id: str, dest: str | Path) -> Path
     sae = saelens_training_sae(cfg, mb, int(W_enc.shape[0]))
     sae.load_state_dict({k: v.float().contiguous() if k != "topk_threshold" else v.double() for k, v in sd.items()})
     dest = Path(dest)
+    _check_replaceable(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    # written into a temporary sibling, then renamed: a failure leaves no half-written folder
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    old = None
     try:
         sae.save_inference_model(tmp)
+        (tmp / EXPORT_MARKER).write_text(json.dumps({"sweep": str(out), "member": member_id}) + "\n")
         if dest.exists():
-            shutil.rmtree(dest)
+            _check_replaceable(dest)  # again: the folder may have changed while the weights were written
+            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old."))
+            dest.rename(old / "previous")
         tmp.rename(dest)
     except BaseException:
+        if old is not None and not dest.exists() and (old / "previous").exists():
+            (old / "previous").rename(dest)  # put the previous export back
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         raise
+    if old is not None:
+        shutil.rmtree(old)  # a previous export of ours (it held EXPORT_MARKER)
     return dest
+
+
+def _check_replaceable(dest: Path) -> None:
+    """Refuse to replace anything but nothing, an empty folder or a previous export (it holds EXPORT_MARKER)."""
+    if not dest.exists() and not dest.is_symlink():
+        return
+    if dest.is_symlink() or not dest.is_dir():
+        raise SaeRdpError(f"--dest {dest} exists and is not a folder; give a new path")
+    if any(dest.iterdir()) and not (dest / EXPORT_MARKER).is_file():
+        raise SaeRdpError(
+            f"--dest {dest} is a non-empty folder that is not a sae-rdp export; give a new or empty folder"
+        )

@@ -49,8 +49,8 @@ def enumerate_members(cfg: SweepConfig) -> list[Member]:
                 knobs = [("l0", c) for c in cfg.l0_coefficients]
             for w in cfg.widths:
                 for kname, kv in knobs:
-                    if arch == "topk" and (int(kv) != kv or kv > w):
-                        continue  # TopK needs an integer K <= width
+                    if arch in ("topk", "batchtopk") and kv > w or arch == "topk" and int(kv) != kv:
+                        continue  # K <= width (TopK: a whole number); SweepConfig refuses a k no member can use
                     for seed in cfg.seeds:
                         for init in cfg.inits:
                             mid = f"{g.name}__{arch}__w{w}__{kname}{kv:g}__s{seed}__{init}"
@@ -68,7 +68,7 @@ def enumerate_members(cfg: SweepConfig) -> list[Member]:
                                 )
                             )
     if not out:
-        raise SaeRdpError("the sweep grid is empty (TopK needs integer ks <= width)")
+        raise SaeRdpError("the sweep grid is empty (no ks / sparsity coefficients)")
     return out
 
 

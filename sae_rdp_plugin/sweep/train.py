@@ -22,6 +22,7 @@ groups and continues an interrupted one from its last checkpoint.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -153,7 +154,7 @@ def train_sweep(
         _save_group_ckpt(ckpt, model, opt, cfg.steps, gens)
         state["groups"][gid] = {"status": "done", "step": cfg.steps, "seconds": time.time() - t0}
         atomic_write_json(state_path, state)
-    results = load_results(out)
+    results, _ = _evaluated_members(out)
     if all(state["groups"].get(gid, {}).get("status") == "done" for gid, _ in grid):
         atomic_write_json(
             out / "results.json", {"config": cfg_dict, "seconds": time.time() - t_start, "members": results}
@@ -163,9 +164,29 @@ def train_sweep(
     return results
 
 
-def load_results(out_dir: str | Path) -> list[dict[str, Any]]:
-    """Per-member results of a sweep folder, finished or not: every member evaluated so far, in grid order."""
+def load_results(out_dir: str | Path, allow_partial: bool = False) -> list[dict[str, Any]]:
+    """Per-member results of a sweep folder, in grid order.
+
+    A sweep that has not finished (killed, or trained in parts with ``groups=``) lacks some members'
+    results: that raises SaeRdpError naming how many are missing and the ``--resume`` command, so a part
+    of the grid is never taken for the whole; ``allow_partial=True`` returns the members evaluated so far
+    (with a warning on stderr when some are missing)."""
     out = Path(out_dir)
+    res, n_members = _evaluated_members(out)
+    missing = n_members - len(res)
+    if missing:
+        msg = (
+            f"sweep {out} is incomplete: {missing} of {n_members} members have no results; "
+            f"finish it with `sae-rdp sweep run --config CFG.json --out {out} --resume`"
+        )
+        if not allow_partial:
+            raise SaeRdpError(msg + " (or pass --allow-partial / allow_partial=True)")
+        print(f"warning: {msg}; using the {len(res)} finished members only", file=sys.stderr)
+    return res
+
+
+def _evaluated_members(out: Path) -> tuple[list[dict[str, Any]], int]:
+    """(every member evaluated so far, grid order; the number of members in the grid)."""
     state_path = out / "state.json"
     if not state_path.exists():
         raise SaeRdpError(f"{out} is not a sweep folder (no state.json)")
@@ -175,7 +196,7 @@ def load_results(out_dir: str | Path) -> list[dict[str, Any]]:
         p = out / "members" / f"{mid}.json"
         if p.exists():
             res.append(json.loads(p.read_text()))
-    return res
+    return res, len(state.get("members", {}))
 
 
 def _save_group_ckpt(

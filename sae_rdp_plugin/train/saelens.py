@@ -123,7 +123,7 @@ def train_synthetic(
             raise TypeError("train_synthetic(architecture, d_in, d_sae, out, **train_fields)")
         d_in, d_sae, out = args
         cfg = TrainConfig(cfg, d_in, d_sae, **train_fields)
-    n_features = n_features or 2 * cfg.d_in
+    n_features = 2 * cfg.d_in if n_features is None else n_features
     out = Path(out)
     t0 = time.time()
     fd, gen = make_synthetic_source(

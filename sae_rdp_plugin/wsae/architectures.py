@@ -25,12 +25,13 @@ the zero-variance rule).
 
 Where gamma comes from, in order: (1) ``sae.set_gamma(...)`` / ``sae.set_gamma_from_stats(...)`` /
 :func:`estimate_gamma` (a streaming float64 pass over an activation iterator such as SAELens's
-ActivationsStore), or a training checkpoint (``load_weights_from_checkpoint`` reads the checkpoint's
-gamma.safetensors); (2) the config field ``gamma_path`` (a gamma file or a run directory);
-(3) if none of these, alpha = 0 needs no statistics (gamma = 1), otherwise the first training batch
-is used to estimate the variance, with a warning (SAELens's runner gives the SAE no access to the
-activation store before training; :func:`sae_rdp_plugin.train.saelens.train_language_model` does the full
-``gamma_estimation_batches`` pass first).
+ActivationsStore), or a training checkpoint (``load_weights_from_checkpoint`` and, with the plugin imported,
+SAELens's ``TrainingSAE.load_from_disk`` read the checkpoint's gamma.safetensors); (2) the config field
+``gamma_path`` (a gamma file or a run directory); (3) if none of these, alpha = 0 needs no statistics (gamma =
+1), otherwise the first training batch is used to estimate the variance, with a warning (SAELens's runner
+gives the SAE no access to the activation store before training;
+:func:`sae_rdp_plugin.train.saelens.train_language_model` does the full ``gamma_estimation_batches`` pass
+first).
 
 gamma is a non-persistent buffer: it never enters ``sae_weights.safetensors``. ``save_model``
 (checkpoints) and ``save_inference_model`` (final SAE) write ``gamma.safetensors`` next to the weights
@@ -46,17 +47,25 @@ cousin.
 
 from __future__ import annotations
 
+import difflib
 import warnings
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
-from sae_lens.saes.jumprelu_sae import JumpReLUSAEConfig, JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+from sae_lens.saes.jumprelu_sae import (
+    JumpReLUSAE,
+    JumpReLUSAEConfig,
+    JumpReLUTrainingSAE,
+    JumpReLUTrainingSAEConfig,
+)
 from sae_lens.saes.sae import SAEConfig, TrainStepInput, TrainStepOutput, mse_loss
-from sae_lens.saes.standard_sae import StandardSAEConfig, StandardTrainingSAE, StandardTrainingSAEConfig
+from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig, StandardTrainingSAE, StandardTrainingSAEConfig
 from sae_lens.saes.topk_sae import (
+    TopKSAE,
     TopKSAEConfig,
     TopKTrainingSAE,
     TopKTrainingSAEConfig,
@@ -64,6 +73,7 @@ from sae_lens.saes.topk_sae import (
     calculate_topk_aux_acts,
 )
 
+from sae_rdp_plugin.architectures import get_architecture
 from sae_rdp_plugin.errors import SaeRdpError
 from sae_rdp_plugin.wsae.gamma import (
     GAMMA_FILENAME,
@@ -281,7 +291,14 @@ class WeightedSAEMixin:
         return per * self._gamma_sq(per)
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        self._ensure_gamma(step_input.sae_in)
+        x = step_input.sae_in
+        self._ensure_gamma(x)  # a first-batch estimate refuses NaN / Inf itself
+        # once gamma is set, the gamma-weighted loss of a NaN / Inf row is NaN and training would go on silently
+        if not bool(torch.isfinite(x).all()):
+            raise SaeRdpError(
+                f"{self.cfg.architecture()}: NaN or Inf in the training activations at step "
+                f"{step_input.n_training_steps} (batch of shape {tuple(x.shape)})"
+            )
         return super().training_forward_pass(step_input)  # type: ignore[misc]
 
     # ---- saving / loading
@@ -305,13 +322,19 @@ class WeightedSAEMixin:
 
     def load_weights_from_checkpoint(self, checkpoint_path: Path | str) -> None:
         super().load_weights_from_checkpoint(checkpoint_path)  # type: ignore[misc]
-        gpath = Path(checkpoint_path) / GAMMA_FILENAME
-        if gpath.exists():
-            self.load_gamma(gpath, verbatim=True)
-        elif self.cfg.alpha != 0:
+        if not self.load_checkpoint_gamma(checkpoint_path) and self.cfg.alpha != 0:
             raise SaeRdpError(
                 f"checkpoint {checkpoint_path} has no {GAMMA_FILENAME}: cannot resume with the same gamma"
             )
+
+    def load_checkpoint_gamma(self, checkpoint_path: Path | str) -> bool:
+        """Install the gamma saved next to a checkpoint's weights bit for bit (``SAE.load_from_disk`` and
+        ``TrainingSAE.load_from_disk`` call this); False if the folder has no gamma file."""
+        gpath = Path(checkpoint_path) / GAMMA_FILENAME
+        if not gpath.exists():
+            return False
+        self.load_gamma(gpath, verbatim=True)
+        return True
 
 
 class WeightedTopKAuxMixin:
@@ -394,6 +417,45 @@ WEIGHTED_ARCHITECTURES: dict[str, tuple[type, type]] = {
 }
 
 
+@dataclass
+class WeightedBatchTopKCheckpointConfig(JumpReLUSAEConfig):
+    """Inference config of a ``weighted_batchtopk`` training checkpoint (a JumpReLU SAE, see below)."""
+
+    rescale_acts_by_decoder_norm: bool = False
+
+    @classmethod
+    def architecture(cls) -> str:
+        return "weighted_batchtopk"
+
+
+class WeightedBatchTopKCheckpointSAE(JumpReLUSAE):
+    """A ``weighted_batchtopk`` training checkpoint loaded for inference: the JumpReLU SAE that
+    ``save_inference_model`` would write, as SAELens's TopK/BatchTopK ``process_state_dict_for_saving_inference``
+    does: with rescale_acts_by_decoder_norm, b_enc_j *= n_j, W_enc[:, j] *= n_j, W_dec[j] /= n_j
+    (n_j = ||W_dec[j]||); then threshold_j = the learned global BatchTopK threshold for every latent j."""
+
+    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
+        if "topk_threshold" in state_dict:
+            if self.cfg.rescale_acts_by_decoder_norm:
+                n = state_dict["W_dec"].norm(dim=-1).clamp(min=1e-8)
+                state_dict["b_enc"] = state_dict["b_enc"] * n
+                state_dict["W_enc"] = state_dict["W_enc"] * n.unsqueeze(0)
+                state_dict["W_dec"] = state_dict["W_dec"] / n.unsqueeze(1)
+            t = state_dict.pop("topk_threshold").item()
+            state_dict["threshold"] = torch.ones_like(state_dict["b_enc"]) * t
+        super().process_state_dict_for_loading(state_dict)
+
+
+#: (inference SAE class, config class) that SAELens's ``SAE.load_from_disk`` builds from a ``weighted_*``
+#: training checkpoint: the stock inference class the final SAE is saved as (gamma is a training-only weight)
+CHECKPOINT_INFERENCE_CLASSES: dict[str, tuple[type, type]] = {
+    "weighted_standard": (StandardSAE, StandardSAEConfig),
+    "weighted_topk": (TopKSAE, TopKSAEConfig),
+    "weighted_jumprelu": (JumpReLUSAE, JumpReLUSAEConfig),
+    "weighted_batchtopk": (WeightedBatchTopKCheckpointSAE, WeightedBatchTopKCheckpointConfig),
+}
+
+
 def estimate_gamma(
     sae: WeightedSAEMixin, batches: Any, n_batches: int | None = None, progress: bool = False
 ) -> ActivationStats:
@@ -406,19 +468,90 @@ def estimate_gamma(
 
 
 def register_with_saelens() -> None:
-    """Add the ``weighted_*`` classes to SAELens's training-SAE registry (idempotent).
+    """Add the ``weighted_*`` classes to SAELens's registries (idempotent).
 
+    Training registry: the weighted training classes. Inference registry (``SAE.load_from_disk``):
+    :data:`CHECKPOINT_INFERENCE_CLASSES`, as only a training checkpoint's cfg.json names ``weighted_*`` (a
+    final SAE is saved under the stock name). Also wraps two SAELens entry points once
+    (:func:`_patch_saelens`).
     Raises if another package already registered one of the names with different classes."""
-    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY, register_sae_training_class
+    from sae_lens.registry import (
+        SAE_CLASS_REGISTRY,
+        SAE_TRAINING_CLASS_REGISTRY,
+        register_sae_class,
+        register_sae_training_class,
+    )
 
     for name, (sae_cls, cfg_cls) in WEIGHTED_ARCHITECTURES.items():
-        existing = SAE_TRAINING_CLASS_REGISTRY.get(name)
-        if existing is None:
-            register_sae_training_class(name, sae_cls, cfg_cls)
-        elif existing != (sae_cls, cfg_cls):
-            raise SaeRdpError(
-                f"SAELens architecture {name!r} is already registered by another package ({existing[0].__module__})"
-            )
+        for registry, register, classes in (
+            (SAE_TRAINING_CLASS_REGISTRY, register_sae_training_class, (sae_cls, cfg_cls)),
+            (SAE_CLASS_REGISTRY, register_sae_class, CHECKPOINT_INFERENCE_CLASSES[name]),
+        ):
+            existing = registry.get(name)
+            if existing is None:
+                register(name, *classes)
+            elif existing != classes:
+                raise SaeRdpError(
+                    f"SAELens architecture {name!r} is already registered by another package ({existing[0].__module__})"
+                )
+    _patch_saelens()
+
+
+def check_config_keys(config_dict: dict[str, Any]) -> None:
+    """Refuse a ``weighted_*`` config dict with a key that is no field of its config class (SAELens would
+    drop it silently, e.g. ``aplha`` -> the default alpha 1), naming the closest valid key; refuse a
+    ``weighted_*`` name no registry knows, listing the valid names. Other dicts are SAELens's business and
+    keep SAELens's behaviour (a KeyError for an unknown architecture), so importing the plugin changes
+    nothing for them."""
+    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+
+    name = config_dict.get("architecture")
+    if name is None:
+        return
+    if name not in SAE_TRAINING_CLASS_REGISTRY and str(name).startswith("weighted"):
+        get_architecture(name)  # raises, listing the valid names
+    if name not in WEIGHTED_ARCHITECTURES:
+        return
+    valid = {f.name for f in fields(WEIGHTED_ARCHITECTURES[name][1])} | {"architecture", "metadata"}
+    for key in config_dict:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), sorted(valid), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(sorted(valid))}"
+            raise SaeRdpError(f"unknown config key {key!r} for {name}; {hint}")
+
+
+_loading_from_disk: ContextVar[bool] = ContextVar("sae_rdp_loading_from_disk", default=False)
+
+
+def _patch_saelens() -> None:
+    """Wrap ``TrainingSAEConfig.from_dict`` (check the keys, :func:`check_config_keys`) and
+    ``SAE.load_from_disk`` (a weighted SAE also reads the folder's gamma.safetensors: SAELens's loader
+    hands the SAE its cfg and weights, never the folder). Both wrappers call SAELens's own function."""
+    from sae_lens.saes.sae import SAE, TrainingSAEConfig
+
+    if getattr(TrainingSAEConfig.from_dict, "_sae_rdp_wrapped", False):
+        return
+    from_dict, load_from_disk = TrainingSAEConfig.from_dict.__func__, SAE.load_from_disk.__func__
+
+    def checked_from_dict(cls: type, config_dict: dict[str, Any]) -> Any:
+        if not _loading_from_disk.get():  # a saved cfg.json may hold keys of older versions: only typed dicts
+            check_config_keys(config_dict)
+        return from_dict(cls, config_dict)
+
+    def load_with_gamma(cls: type, path: str | Path, *args: Any, **kwargs: Any) -> Any:
+        token = _loading_from_disk.set(True)
+        try:
+            sae = load_from_disk(cls, path, *args, **kwargs)
+        finally:
+            _loading_from_disk.reset(token)
+        if isinstance(sae, WeightedSAEMixin):
+            sae.load_checkpoint_gamma(path)
+        return sae
+
+    for fn, orig in ((checked_from_dict, from_dict), (load_with_gamma, load_from_disk)):
+        fn.__doc__, fn._sae_rdp_wrapped = orig.__doc__, True  # type: ignore[attr-defined]
+    TrainingSAEConfig.from_dict = classmethod(checked_from_dict)  # type: ignore[method-assign,assignment]
+    SAE.load_from_disk = classmethod(load_with_gamma)  # type: ignore[method-assign,assignment]
 
 
 # Importing this module registers its classes: whichever of sae_lens and this module is imported first,

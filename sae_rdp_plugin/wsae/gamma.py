@@ -168,7 +168,8 @@ def gamma_from_variance(
     normalization: str = "mean_square",
     variance_floor: float = 1e-6,
 ) -> torch.Tensor:
-    """gamma_i = max(s_i, variance_floor * mean(s)) ** alpha, then normalised (float64).
+    """gamma_i = max(s_i, variance_floor * mean(s)) ** alpha, then normalised (float64). An alpha so large
+    that some gamma_i leaves float64 range (overflow, or underflow to 0) raises SaeRdpError.
 
     alpha = 0 returns exactly 1 everywhere (the ordinary SAE), whatever the variances.
     """
@@ -187,7 +188,18 @@ def gamma_from_variance(
     s = torch.clamp(s, min=floor) if variance_floor > 0 else s
     if bool((s == 0).any()):
         raise SaeRdpError("a dimension has zero variance and variance_floor = 0: gamma would be 0 there")
-    return normalize_gamma(s.pow(alpha), normalization)
+    gamma = s.pow(alpha)
+    if normalization == "mean_square":
+        gamma = gamma / gamma.pow(2).mean().sqrt()  # normalize_gamma, with its non-finite cases checked below
+    else:
+        check_normalization(normalization)
+    # a large alpha takes s^alpha (or its square) out of float64 range: inf, then NaN or 0 after normalising
+    if not bool(torch.isfinite(gamma).all()) or bool((gamma == 0).any()):
+        raise SaeRdpError(
+            f"alpha={alpha} is too large for these variances (from {float(s.min()):.3g} to {float(s.max()):.3g}): "
+            "gamma = variance^alpha leaves float64 range; use a smaller alpha"
+        )
+    return gamma
 
 
 def check_gamma(gamma: torch.Tensor | Iterable[float], d_in: int) -> torch.Tensor:

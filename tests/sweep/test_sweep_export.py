@@ -51,3 +51,38 @@ def test_export_of_an_untrained_group_is_refused(tmp_path, small_cfg):
     untrained = next(m for m, g in state["members"].items() if g == "standard_w4_d8_c0")
     with pytest.raises(SaeRdpError, match="has not finished training"):
         export_member(out, untrained, tmp_path / "x")
+
+
+def test_export_never_replaces_a_folder_it_did_not_write(tmp_path, small_cfg, monkeypatch):
+    from sae_rdp_plugin.sweep.export import EXPORT_MARKER
+
+    cfg = SweepConfig.from_dict(small_cfg(architectures=["topk"], ks=[2], steps=10))
+    out = tmp_path / "sw"
+    mid = train_sweep(cfg, out, progress=False)[0]["member_id"]
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "thesis.tex").write_text("precious")
+    with pytest.raises(SaeRdpError, match="not a sae-rdp export"):
+        export_member(out, mid, user)
+    assert [p.name for p in user.iterdir()] == ["thesis.tex"] and (user / "thesis.tex").read_text() == "precious"
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SaeRdpError, match="not a folder"):
+        export_member(out, mid, tmp_path / "afile")
+    assert (tmp_path / "afile").read_text() == "x"
+    (tmp_path / "empty").mkdir()
+    dest = export_member(out, mid, tmp_path / "empty")
+    assert (dest / EXPORT_MARKER).is_file() and (dest / "cfg.json").is_file()
+    (dest / "stale.txt").write_text("from the previous export")
+    export_member(out, mid, dest)  # a previous export of ours is replaced
+    assert not (dest / "stale.txt").exists() and (dest / "cfg.json").is_file()
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    def boom(self, path):
+        raise OSError("disk full")
+
+    from sae_lens import TopKTrainingSAE
+
+    monkeypatch.setattr(TopKTrainingSAE, "save_inference_model", boom)
+    with pytest.raises(OSError, match="disk full"):
+        export_member(out, mid, tmp_path / "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temporary folder left behind

@@ -14,8 +14,19 @@ def test_members_skip_topk_ks_above_width(small_cfg):
     assert len(ids) == 2 * (1 + 2) * 2 == len(set(ids))
     assert ids[0] == "a__topk__w2__k1__s0__random"
     assert "a__topk__w2__k3__s0__random" not in ids
+    with pytest.raises(SaeRdpError, match="k=3 fits no member"):
+        SweepConfig.from_dict(small_cfg(architectures=["topk"], widths=[2], ks=[3]))
     with pytest.raises(SaeRdpError, match="grid is empty"):
-        enumerate_members(SweepConfig.from_dict(small_cfg(architectures=["topk"], widths=[2], ks=[3])))
+        enumerate_members(SweepConfig.from_dict(small_cfg(architectures=["topk"], widths=[2], ks=[])))
+
+
+def test_members_skip_batchtopk_ks_above_width(small_cfg):
+    cfg = SweepConfig.from_dict(small_cfg(architectures=["batchtopk"], widths=[2, 4], ks=[1.5, 3]))
+    ids = [m.member_id for m in enumerate_members(cfg)]
+    assert "a__batchtopk__w2__k3__s0__random" not in ids  # k > width: no BatchTopK member
+    assert "a__batchtopk__w4__k3__s0__random" in ids and "a__batchtopk__w2__k1.5__s0__random" in ids
+    with pytest.raises(SaeRdpError, match="k=5 fits no member"):
+        SweepConfig.from_dict(small_cfg(architectures=["batchtopk"], widths=[2, 4], ks=[5]))
 
 
 def test_groups_by_architecture_width_and_dim(small_cfg):

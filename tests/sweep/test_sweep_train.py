@@ -166,7 +166,9 @@ def test_groups_in_parts_equal_one_full_run(tmp_path, small_cfg):
         assert len(state["members"]) == len(full)  # the grid's index is always whole
         mine = [m.member_id for g, ms in group_members(cfg) if g in part for m in ms]
         assert [r["member_id"] for r in res] == mine  # this call's members, grid order
-        assert len(load_results(out)) == sum(len(ms) for g, ms in group_members(cfg) if g in trained)
+        assert len(load_results(out, allow_partial=True)) == sum(
+            len(ms) for g, ms in group_members(cfg) if g in trained
+        )
     assert _member_texts(out) == _member_texts(tmp_path / "full")
     assert (
         json.loads((out / "results.json").read_text())["members"]

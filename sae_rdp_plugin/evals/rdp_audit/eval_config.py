@@ -36,10 +36,16 @@ class RdpAuditEvalConfig(BaseEvalConfig):
         title="Group By",
         description="Metadata columns defining a sweep (one audit per group); [] pools all selected SAEs.",
     )
+    checkpoints: str = Field(
+        default="exclude",
+        title="Checkpoints",
+        description="Which SAEs to audit by training-checkpoint status (an id ending in _step_<N>, or an old "
+        "key under resid_post_layer_<L>_checkpoints/): 'exclude' (final SAEs), 'only' (checkpoints) or 'all'.",
+    )
     include_checkpoints: bool = Field(
         default=False,
         title="Include Checkpoints",
-        description="Also audit training checkpoints (default: final SAEs only).",
+        description="Also audit training checkpoints: the same as checkpoints='all' (kept for older configs).",
     )
     include_controls: bool = Field(
         default=True,

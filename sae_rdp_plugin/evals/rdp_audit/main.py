@@ -10,6 +10,10 @@ with bootstrap intervals (SAEs resampled) and permutation p-values. It writes, u
 * ``rdp_audit_summary.md`` (one table over sweeps and proxies) and ``rdp_audit_summary.json``,
 * ``rdp_audit_<sweep>.png``: each proxy's Pi against the joint budget rank b = rank(R) + rank(D).
 
+The readers skip these outputs, so ``output_path`` may lie inside the results folder (SAEBench's layout
+``--results_paths eval_results/ --output_folder eval_results/rdp_audit``) and the audit can be re-run. SAEs
+that lack a ``group_by`` key (e.g. no layer in their cfg) are grouped apart, with a warning.
+
 Use from Python (``run_eval(config, selected_saes, device, output_path)``), from SAEBench's CLI style
 (``python -m sae_rdp_plugin.evals.rdp_audit.main --results_paths DIR --sae_regex_pattern ".*"
 --sae_block_pattern ".*"``), or with ``sae-rdp audit run``. ``device`` is unused (CPU statistics).
@@ -23,6 +27,7 @@ import math
 import re
 import time
 import uuid
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -30,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from sae_rdp_plugin.audit.readers import ResultsTable, read_results
+from sae_rdp_plugin.audit.readers import ResultsTable, check_checkpoint_mode, filter_checkpoints, read_results
 from sae_rdp_plugin.audit.stats import audit_proxy, dominated_pairs, joint_budget_rank, orientation_of, parse_proxy_spec
 from sae_rdp_plugin.errors import SaeRdpError
 from sae_rdp_plugin.evals.rdp_audit.eval_config import RdpAuditEvalConfig
@@ -101,6 +106,26 @@ def split_sweeps(table: ResultsTable, group_by: Sequence[str]) -> list[tuple[dic
     for key in sorted(groups, key=lambda k: tuple((x is None, str(type(x)), x if x is not None else 0) for x in k)):
         out.append((dict(zip(group_by, key)), table.subset(groups[key])))
     return out
+
+
+def missing_group_keys(table: ResultsTable, group_by: Sequence[str]) -> list[str]:
+    """One line per ``group_by`` column that some SAEs lack (they would form a sweep of their own)."""
+    notes = []
+    for g in group_by:
+        miss = [k for k, v in zip(table.keys, table.meta.get(g, [None] * len(table))) if v is None]
+        if miss:
+            shown = ", ".join(miss[:3]) + (", ..." if len(miss) > 3 else "")
+            notes.append(
+                f"{len(miss)} of {len(table)} SAEs have no {g!r} (grouped together as {g}=None): {shown}; "
+                "give it in the results (CSV column) or drop it from group_by"
+            )
+    return notes
+
+
+def checkpoint_mode(config: RdpAuditEvalConfig) -> str:
+    """The checkpoint filter of a config: ``checkpoints``, or "all" for the older include_checkpoints=True."""
+    mode = check_checkpoint_mode(config.checkpoints)
+    return "all" if config.include_checkpoints and mode == "exclude" else mode
 
 
 def sweep_slug(group: dict[str, Any]) -> str:
@@ -265,10 +290,15 @@ def run_eval(
     if table is None:
         if not config.results_paths:
             raise SaeRdpError("no results given: set results_paths (folders or files of SAEBench results)")
-        table = read_results(config.results_paths, include_checkpoints=config.include_checkpoints)
-    elif not config.include_checkpoints:
-        table = table.subset([i for i, c in enumerate(table.meta["checkpoint"]) if not c])
+        table = read_results(config.results_paths, checkpoints=checkpoint_mode(config))
+    else:
+        table = filter_checkpoints(table, checkpoint_mode(config))
+        if not len(table):
+            raise SaeRdpError(f"no SAE left after the checkpoint filter checkpoints={checkpoint_mode(config)!r}")
     table = _select_rows(table, selected_saes, config.model_name)
+    grouping_notes = missing_group_keys(table, config.group_by)
+    for note in grouping_notes:
+        warnings.warn(f"rdp_audit: {note}", stacklevel=2)
     rate_col = table.resolve(config.rate_field)
     dist_spec = config.distortion_field.replace(" ", "")
     dist_col = table.resolve(dist_spec[2:] if dist_spec.startswith("1-") else dist_spec)
@@ -354,7 +384,7 @@ def run_eval(
             _plot(out_dir / f"rdp_audit_{slug}.png", slug, b, pis, details)
     if not results:
         raise SaeRdpError("no sweep could be audited: " + "; ".join(skipped_sweeps[:3]))
-    summary = {"rows": rows, "skipped_sweeps": skipped_sweeps, "reader_report": table.report}
+    summary = {"rows": rows, "skipped_sweeps": skipped_sweeps, "reader_report": grouping_notes + table.report}
     atomic_write_json(out_dir / "rdp_audit_summary.json", summary)
     md = "# RDP audit\n\n" + markdown_table(rows)
     if skipped_sweeps:
@@ -389,7 +419,14 @@ def arg_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--proxies", type=str, nargs="*", default=[], help="NAME, NAME:+ or NAME:- (default: all known)")
     p.add_argument("--group_by", type=str, nargs="*", default=d.group_by, help="Metadata columns defining a sweep")
-    p.add_argument("--include_checkpoints", action="store_true", help="Also audit training checkpoints")
+    p.add_argument(
+        "--checkpoints",
+        type=str,
+        default=d.checkpoints,
+        choices=["exclude", "only", "all"],
+        help="Training checkpoints: exclude (final SAEs), only, or all",
+    )
+    p.add_argument("--include_checkpoints", action="store_true", help="Same as --checkpoints all")
     p.add_argument(
         "--include_controls",
         type=lambda s: s.lower() in ("1", "true", "yes"),
@@ -423,7 +460,7 @@ def config_from_args(args: argparse.Namespace) -> RdpAuditEvalConfig:
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     args = arg_parser().parse_args(argv)
     config = config_from_args(args)
-    table = read_results(config.results_paths, include_checkpoints=config.include_checkpoints)
+    table = read_results(config.results_paths, checkpoints=checkpoint_mode(config))
     rel_re, blk_re = re.compile(args.sae_regex_pattern), re.compile(args.sae_block_pattern)
     keep = [
         i

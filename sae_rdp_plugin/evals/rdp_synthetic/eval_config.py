@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 from sae_bench.evals.base_eval_output import BaseEvalConfig
+
+from sae_rdp_plugin.errors import SaeRdpError
 
 DEFAULT_DGP: dict[str, Any] = {"name": "pairs_rho0.5", "kind": "pairs", "m": 8, "d": 16, "rho": 0.5, "q": 0.1}
 
@@ -55,3 +58,17 @@ class RDPSyntheticEvalConfig(BaseEvalConfig):
     zero_tol: float = Field(
         default=1e-8, title="Zero Tolerance", description="Rows with norm <= zero_tol count as dead (left out of P)."
     )
+
+    def check(self) -> RDPSyntheticEvalConfig:
+        """Raise SaeRdpError naming the first bad value; return self. (pydantic checks only the types;
+        n_samples <= 0 would run and write a rate of -0.0 and a NaN. Not a ``__post_init__``: pydantic
+        would wrap the error in a multi-line ValidationError.)"""
+        for name in ("n_samples", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or v < 1:
+                raise SaeRdpError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.reduction not in ("mean", "sum", "max"):
+            raise SaeRdpError(f"reduction must be mean, sum or max, got {self.reduction!r}")
+        if not (math.isfinite(self.zero_tol) and self.zero_tol >= 0):
+            raise SaeRdpError(f"zero_tol must be finite and >= 0, got {self.zero_tol!r}")
+        return self

@@ -95,6 +95,7 @@ def evaluate_sae(
 
     from sae_rdp_plugin.rdp.metrics import joint_polysemanticity, polysemanticity
 
+    config.check()
     if int(sae.cfg.d_in) != built.d:
         raise SaeRdpError(f"shape mismatch: SAE d_in={sae.cfg.d_in} but the DGP has d={built.d}")
     gen = torch.Generator(device=torch.device(device)).manual_seed(config.random_seed)
@@ -172,6 +173,7 @@ def run_eval(
     from sae_bench.sae_bench_utils import get_eval_uuid, get_sae_bench_version
     from sae_bench.sae_bench_utils.general_utils import get_results_filepath, load_and_format_sae
 
+    config.check()
     os.makedirs(output_path, exist_ok=True)
     built = load_dgp(config, device)
     results: dict[str, dict[str, Any]] = {}
@@ -221,9 +223,11 @@ def run_eval_on_sweep(
     device: str = "cpu",
     n_samples: int = 20000,
     force_rerun: bool = False,
+    allow_partial: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Run the eval on every finished member of a sweep folder, each against its own DGP (members are
-    exported as SAELens SAEs and loaded with the stock loader first)."""
+    """Run the eval on every member of a finished sweep folder, each against its own DGP (members are
+    exported as SAELens SAEs and loaded with the stock loader first). An unfinished sweep raises
+    SaeRdpError unless ``allow_partial`` (then its finished members, with a warning)."""
     from sae_lens import SAE
 
     from sae_rdp_plugin.sweep.config import SweepConfig
@@ -231,12 +235,14 @@ def run_eval_on_sweep(
     from sae_rdp_plugin.sweep.train import load_results
 
     sweep_dir = Path(sweep_dir)
+    RDPSyntheticEvalConfig(n_samples=n_samples).check()  # before any work
+    results = load_results(sweep_dir, allow_partial=allow_partial)
     state = json.loads((sweep_dir / "state.json").read_text())
     cfg = SweepConfig.from_dict(state["config"])
     specs = {g.name: g for g in cfg.dgps}
     written: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for r in load_results(sweep_dir):
+        for r in results:
             dest = export_member(sweep_dir, r["member_id"], Path(tmp) / r["member_id"])
             sae = SAE.load_from_disk(str(dest), device=device)
             ecfg = RDPSyntheticEvalConfig(dgp=dict(specs[r["dgp"]].__dict__), n_samples=n_samples)

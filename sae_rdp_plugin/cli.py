@@ -12,6 +12,8 @@ import argparse
 import importlib
 import json
 import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 COMMAND_GROUPS = [
     "demo",
@@ -25,8 +27,31 @@ COMMAND_GROUPS = [
 ]
 
 
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse with the project's error contract: a usage error is one line, ``error: ...``, exit 2
+    (argparse's own error prints the usage block first). Subparsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+
+def run_entry_point(fn: Callable[[], Any]) -> int:
+    """Run a command-line entry point under the error contract: bad input (SaeRdpError, ValueError,
+    OSError, KeyError, JSON errors) is printed as one line ``error: ...`` and gives exit status 2."""
+    try:
+        rc = fn()
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, KeyError, json.JSONDecodeError) as exc:  # SaeRdpError is a ValueError
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    return rc if isinstance(rc, int) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="sae-rdp",
         description=(
             "Rate-Distortion-Polysemanticity theory, metrics and audits, and weighted SAEs for SAELens/SAEBench."
@@ -41,18 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        rc = args.func(args)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, KeyError, json.JSONDecodeError) as exc:  # SaeRdpError is a ValueError
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    return int(rc or 0)
+    args = build_parser().parse_args(argv)
+    return run_entry_point(lambda: int(args.func(args) or 0))
 
 
 if __name__ == "__main__":

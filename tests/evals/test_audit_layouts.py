@@ -79,3 +79,28 @@ def test_checkpoint_filter_in_config_and_cli(tmp_path, capsys):
     capsys.readouterr()
     rows = json.loads((tmp_path / "cli" / "rdp_audit_summary.json").read_text())["rows"]
     assert rows and {r["n_saes"] for r in rows} == {6}
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["-m", "sae_rdp_plugin.evals.rdp_synthetic.main", "--sae_paths", "x"], "--dgp"),
+        (["-m", "sae_rdp_plugin.evals.rdp_synthetic.main", "--n_samples", "many"], "n_samples"),
+        (["-m", "sae_rdp_plugin.evals.rdp_audit.main", "--results_paths", "/no/such/folder"], "/no/such/folder"),
+        (["-m", "sae_rdp_plugin.evals.rdp_audit.main", "--results_paths", "r", "--bogus"], "--bogus"),
+        (["-m", "sae_rdp_plugin", "sweep", "run", "--config", "c.json", "--out", "o", "--nope"], "--nope"),
+        (["-m", "sae_rdp_plugin", "sweep", "run"], "--config"),
+    ],
+)
+def test_entry_points_fail_with_one_error_line(args, words, tmp_path):
+    """The SAEBench-style eval mains and argparse usage errors: exit 2, one `error:` line naming the
+    problem, no traceback, nothing written."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip() and "Warning" not in ln and "warn(" not in ln]
+    assert r.returncode == 2, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import re
+import sys
 import time
 import uuid
 import warnings
@@ -37,6 +38,7 @@ import numpy as np
 
 from sae_rdp_plugin.audit.readers import ResultsTable, check_checkpoint_mode, filter_checkpoints, read_results
 from sae_rdp_plugin.audit.stats import audit_proxy, dominated_pairs, joint_budget_rank, orientation_of, parse_proxy_spec
+from sae_rdp_plugin.cli import OneLineArgumentParser, run_entry_point
 from sae_rdp_plugin.errors import SaeRdpError
 from sae_rdp_plugin.evals.rdp_audit.eval_config import RdpAuditEvalConfig
 from sae_rdp_plugin.evals.rdp_audit.eval_output import (
@@ -405,7 +407,7 @@ def _sae_lens_version() -> str | None:
 def arg_parser() -> argparse.ArgumentParser:
     """SAEBench's standard CLI (sae_regex_pattern, sae_block_pattern, output_folder, force_rerun,
     model_name) plus one flag per config field (validated by validate_eval_cli_interface)."""
-    p = argparse.ArgumentParser(description="Run the RDP audit of interpretability metrics (sae-rdp)")
+    p = OneLineArgumentParser(description="Run the RDP audit of interpretability metrics (sae-rdp)")
     d = RdpAuditEvalConfig()
     p.add_argument("--sae_regex_pattern", type=str, default=".*", help="Regex on the SAE release (SAEs kept)")
     p.add_argument("--sae_block_pattern", type=str, default=".*", help="Regex on the SAE id (SAEs kept)")
@@ -473,4 +475,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry_point(main))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ from typing import Any
 
 import torch
 
+from sae_rdp_plugin.cli import OneLineArgumentParser, run_entry_point
 from sae_rdp_plugin.errors import SaeRdpError
 from sae_rdp_plugin.evals.rdp_synthetic.eval_config import RDPSyntheticEvalConfig
 from sae_rdp_plugin.evals.rdp_synthetic.eval_output import (
@@ -252,7 +254,7 @@ def run_eval_on_sweep(
 
 def arg_parser() -> argparse.ArgumentParser:
     d = RDPSyntheticEvalConfig()
-    p = argparse.ArgumentParser(description="Run the rdp_synthetic eval (sae-rdp): R, D and P on a synthetic model")
+    p = OneLineArgumentParser(description="Run the rdp_synthetic eval (sae-rdp): R, D and P on a synthetic model")
     p.add_argument(
         "--sae_regex_pattern",
         type=str,
@@ -263,7 +265,7 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_folder", type=str, default="eval_results/rdp_synthetic", help="Output folder")
     p.add_argument("--force_rerun", action="store_true", help="Overwrite existing outputs")
     p.add_argument("--model_name", type=str, default=d.model_name, help="Label of the synthetic model")
-    p.add_argument("--dgp", type=json.loads, default=d.dgp, help="DGPSpec as a JSON string")
+    p.add_argument("--dgp", type=json.loads, default=None, help="DGPSpec as a JSON string")
     p.add_argument("--dgp_path", type=str, default="", help="JSON file: a DGPSpec or a sweep config")
     p.add_argument("--dgp_name", type=str, default="", help="DGP name within the sweep config")
     p.add_argument("--synthetic_model_path", type=str, default="", help="SAELens SyntheticModel folder")
@@ -288,10 +290,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     import re
 
     args = arg_parser().parse_args(argv)
+    if args.dgp is None and not args.dgp_path and not args.synthetic_model_path:
+        # the config's default DGP suits the Python API's examples; on the command line it would silently
+        # stand in for the user's concepts
+        raise SaeRdpError(
+            "give the concepts to measure against: --dgp JSON, --dgp_path FILE or --synthetic_model_path DIR"
+        )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     config = RDPSyntheticEvalConfig(
         model_name=args.model_name,
-        dgp=args.dgp,
+        dgp=args.dgp if args.dgp is not None else RDPSyntheticEvalConfig().dgp,
         dgp_path=args.dgp_path,
         dgp_name=args.dgp_name,
         synthetic_model_path=args.synthetic_model_path,
@@ -324,4 +332,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry_point(main))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -50,3 +51,25 @@ def atomic_save(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path
             os.unlink(tmp)
         raise
     return path
+
+
+def replace_dir(staging: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Rename the finished folder ``staging`` to ``dest`` (a sibling), replacing what ``dest`` holds.
+
+    The old ``dest`` is first moved aside into a hidden sibling, so ``dest`` is at every moment absent, the
+    old complete folder or the new complete folder; if the swap fails the old folder is put back. The
+    caller decides beforehand whether ``dest`` may be replaced (this function deletes the old one)."""
+    staging, dest = Path(staging), Path(dest)
+    if not dest.exists():
+        os.replace(staging, dest)
+        return dest
+    aside = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".old"))
+    os.replace(dest, aside / "previous")
+    try:
+        os.replace(staging, dest)
+    except BaseException:
+        os.replace(aside / "previous", dest)
+        aside.rmdir()
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    return dest

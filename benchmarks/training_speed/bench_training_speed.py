@@ -348,31 +348,12 @@ def check_fast_vs_saelens(arch, d_in, d_sae, k, dev, xs, gamma) -> dict:
 
 
 # ---------------------------------------------------------------------------------- end-to-end pipeline
-def gemma3_270m_config():
-    """Gemma-3-270M's architecture (values of google/gemma-3-270m's config.json, built offline)."""
-    from transformers import Gemma3TextConfig
-
-    return Gemma3TextConfig(
-        vocab_size=262144,
-        hidden_size=640,
-        intermediate_size=2048,
-        num_hidden_layers=18,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=256,
-        sliding_window=512,
-        max_position_embeddings=32768,
-        query_pre_attn_scalar=256,
-        rms_norm_eps=1e-6,
-        hidden_activation="gelu_pytorch_tanh",
-        layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(18)],
-    )
-
-
 def bench_pipeline(dev, quick, warmup, iters, hook_layer=6) -> dict:
     from transformers import Gemma3ForCausalLM
 
-    cfg = gemma3_270m_config()
+    from sae_rdp_plugin.lm.models import gemma3_270m_hf_config
+
+    cfg = gemma3_270m_hf_config()
     if quick:
         cfg.num_hidden_layers, cfg.vocab_size, cfg.layer_types = 2, 1024, cfg.layer_types[:2]
         hook_layer = 1

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from sae_rdp_plugin.errors import SaeRdpError
+from sae_rdp_plugin.io import replace_dir
 from sae_rdp_plugin.sweep.config import SweepConfig
 from sae_rdp_plugin.sweep.members import Member, group_members
 
@@ -119,25 +120,14 @@ def export_member(out_dir: str | Path, member_id: str, dest: str | Path) -> Path
     dest.parent.mkdir(parents=True, exist_ok=True)
     # written into a temporary sibling, then renamed: a failure leaves no half-written folder
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-    old = None
     try:
         sae.save_inference_model(tmp)
         (tmp / EXPORT_MARKER).write_text(json.dumps({"sweep": str(out), "member": member_id}) + "\n")
-        if dest.exists():
-            _check_replaceable(dest)  # again: the folder may have changed while the weights were written
-            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old."))
-            dest.rename(old / "previous")
-        tmp.rename(dest)
+        _check_replaceable(dest)  # again: the folder may have changed while the weights were written
+        return replace_dir(tmp, dest)  # a previous export of ours (it held EXPORT_MARKER) is replaced
     except BaseException:
-        if old is not None and not dest.exists() and (old / "previous").exists():
-            (old / "previous").rename(dest)  # put the previous export back
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
         raise
-    if old is not None:
-        shutil.rmtree(old)  # a previous export of ours (it held EXPORT_MARKER)
-    return dest
 
 
 def _check_replaceable(dest: Path) -> None:

@@ -45,7 +45,7 @@ import torch
 import torch.distributed as dist
 
 from sae_rdp_plugin.errors import SaeRdpError
-from sae_rdp_plugin.io import atomic_save, atomic_write_json
+from sae_rdp_plugin.io import atomic_save, atomic_write_json, replace_dir
 from sae_rdp_plugin.train.config import SyntheticStreamConfig, TrainConfig
 from sae_rdp_plugin.train.distributed import DistContext, barrier, broadcast_object
 from sae_rdp_plugin.train.saelens import build_training_sae
@@ -219,7 +219,7 @@ def _make_trainer_class() -> type:
                 shutil.rmtree(tmp, ignore_errors=True)
                 super().save_checkpoint(f".{checkpoint_name}.tmp", base_path=base, wandb_aliases=wandb_aliases)
                 atomic_write_json(tmp / "rdp_dist_state.json", {"world_size": self.ctx.world_size})
-                _replace_dir(tmp, final)
+                replace_dir(tmp, final)
                 atomic_write_json(Path(base) / "latest.json", {"checkpoint": checkpoint_name})
             barrier(self.ctx)
 
@@ -286,17 +286,6 @@ def DistributedSAETrainer(cfg: Any, sae: Any, data_provider: Any, ctx: DistConte
     if _TRAINER_CLS is None:
         _TRAINER_CLS = _make_trainer_class()
     return _TRAINER_CLS(cfg, sae, data_provider, ctx, **kwargs)
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move directory ``src`` to ``dst``, replacing an existing ``dst`` (rename-based, so ``dst`` is
-    always either the old or the new complete checkpoint; an interrupted swap leaves ``dst.old``)."""
-    old = dst.with_name(dst.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def latest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
@@ -390,7 +379,7 @@ def train_distributed(
         tmp = out / ".sae.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         trainer.sae.save_inference_model(str(tmp))
-        _replace_dir(tmp, sae_dir)
+        replace_dir(tmp, sae_dir)
         atomic_save(
             out / "training_state.pt",
             lambda p: torch.save({k: v.detach().cpu() for k, v in trainer.sae.state_dict().items()}, p),

@@ -37,9 +37,7 @@ import itertools
 import json
 import math
 import operator
-import os
 import shutil
-import tempfile
 import time
 import uuid
 import warnings
@@ -52,7 +50,7 @@ import numpy as np
 import torch
 
 from sae_rdp_plugin.errors import SaeRdpError
-from sae_rdp_plugin.io import atomic_write_json
+from sae_rdp_plugin.io import atomic_write_json, replace_dir
 from sae_rdp_plugin.rdp.metrics import rate_distortion
 from sae_rdp_plugin.train.config import TrainConfig
 from sae_rdp_plugin.train.saelens import build_training_sae
@@ -203,15 +201,7 @@ def _staging_dir(out: Path) -> Path:
 def _publish(staging: Path, out: Path) -> None:
     """Rename the finished ``staging`` folder to ``out`` (an earlier sae-rdp output there is replaced)."""
     check_out_dir(out)
-    if out.is_dir() and any(out.iterdir()):
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        os.replace(out, old / "run")
-        os.replace(staging, out)
-        shutil.rmtree(old, ignore_errors=True)
-        return
-    if out.is_dir():
-        out.rmdir()
-    os.replace(staging, out)
+    replace_dir(staging, out)
 
 
 def _finite_or_none(v: Any) -> Any:

@@ -36,6 +36,7 @@ holds) and DIR/latest.md; the table is printed last.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import gc
 import importlib.metadata as _md
@@ -90,6 +91,7 @@ class Bench:
     saelens_prompts: int
     saelens_buffer_batches: int
     sparsify_seqs: int
+    sparsify_context: int
     tokens: int
     baseline_tokens: int
     heldout_tokens: int
@@ -132,6 +134,7 @@ def make_bench(args: argparse.Namespace) -> Bench:
         saelens_prompts=4 if quick else 32,
         saelens_buffer_batches=16 if quick else 32,
         sparsify_seqs=4,
+        sparsify_context=64 if quick else 1024,  # its CLI's rows, whatever --context gives ours
         tokens=args.tokens or (8192 if quick else 20_000_000),
         baseline_tokens=args.baseline_tokens or (4096 if quick else 2_000_000),
         heldout_tokens=args.heldout_tokens or (2048 if quick else 131_072),
@@ -644,7 +647,7 @@ def row_sparsify(b: Bench) -> dict[str, Any]:
 
     model, tok = load_hf(b)
     bos, pad = special_ids(model, tok)
-    train, held = token_rows(b, model, bos, b.baseline_tokens)
+    train, held = token_rows(dataclasses.replace(b, context=b.sparsify_context), model, bos, b.baseline_tokens)
     excl = [i for i in (bos, pad) if i is not None]
     per_row = train.shape[1] - 1  # BOS excluded
     n_batches = max(2, math.ceil(b.baseline_tokens / (b.sparsify_seqs * per_row)))
@@ -718,7 +721,12 @@ def row_sparsify(b: Bench) -> dict[str, Any]:
         "peak_mem_gb": peak,
         "time_split": split.report(wall),
         "heldout_fvu": f,
-        "settings": {"batch_seqs": b.sparsify_seqs, "optimizer": cfg.optimizer, "model_dtype": "bfloat16"},
+        "settings": {
+            "batch_seqs": b.sparsify_seqs,
+            "context": train.shape[1],
+            "optimizer": cfg.optimizer,
+            "model_dtype": "bfloat16",
+        },
     }
 
 
@@ -881,8 +889,10 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     sl = ok.get("saelens") or ok.get("saelens_speed")
     if ours and sl:
         s["ours_x_saelens"] = ours["tokens_per_s"] / sl["tokens_per_s"]
-    if ours and "sparsify" in ok:
-        s["ours_x_sparsify"] = ours["tokens_per_s"] / ok["sparsify"]["tokens_per_s"]
+    sp = ok.get("sparsify")
+    # sparsify's own rows (4 x 1024); a run that cut them shorter starves its batch and is no baseline
+    if ours and sp and sp.get("settings", {}).get("context", 1024) >= 1024:
+        s["ours_x_sparsify"] = ours["tokens_per_s"] / sp["tokens_per_s"]
     if ours and "forward_only" in ok and "step_only" in ok:
         t_sum = 1 / ok["forward_only"]["tokens_per_s"] + 1 / ok["step_only"]["tokens_per_s"]
         s["ours_time_over_forward_plus_step"] = (1 / ours["tokens_per_s"]) / t_sum

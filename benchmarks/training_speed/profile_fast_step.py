@@ -54,11 +54,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="out/profile_fast_step")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--dead-frac", type=float, default=0.0, help="fraction of latents kept dead (aux loss runs)")
+    ap.add_argument("--small-only", action="store_true", help="only the (640, 16384, k32) configuration")
     args = ap.parse_args(argv)
     dev = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     configs = [(64, 512, 8)] if args.quick else [(640, 16384, 32), (2304, 65536, 64)]
+    if args.small_only:
+        configs = configs[:1]
+    dead = {"dead_frac": args.dead_frac}
     batch = 256 if args.quick else 4096
     res: dict = {
         "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
@@ -70,15 +75,15 @@ def main(argv=None) -> int:
         gamma = B._gamma(d_in, dev)
         xs = [torch.randn(batch, d_in, device=dev) * gamma.sqrt() for _ in range(4)]
         for name, build in (
-            ("fast_weighted_topk", lambda: B.build_fast("weighted_topk", d_in, d_sae, k, True, dev, xs, gamma)),
+            ("fast_weighted_topk", lambda: B.build_fast("weighted_topk", d_in, d_sae, k, True, dev, xs, gamma, **dead)),
             (
                 "fast_weighted_topk[SAETrainer]",
-                lambda: B.build_saelens("weighted_topk", d_in, d_sae, k, True, dev, xs, gamma, fast=True),
+                lambda: B.build_saelens("weighted_topk", d_in, d_sae, k, True, dev, xs, gamma, fast=True, **dead),
             ),
         ):
             step, _extras = build()
             rows = profile(step, args.steps, dev)
-            key = f"{name}@{d_in}x{d_sae}k{k}"
+            key = f"{name}@{d_in}x{d_sae}k{k}" + (f"_dead{args.dead_frac:g}" if args.dead_frac else "")
             total = sum(r["ms_per_step"] for r in rows)
             res["runs"][key] = {"total_kernel_ms_per_step": total, "kernels": rows[:40]}
             text.append(f"## {key}: kernels {total:.2f} ms/step")

@@ -316,8 +316,9 @@ class FastTopKTrainer:
         self._lr = cfg.lr
         self._lr_t = torch.full((), float(cfg.lr), device=dev, dtype=torch.float32)
         self._lp_cache: dict[str, Any] | None = None
-        self._graph: Any = None
-        self._graph_key: Any = None
+        # captured CUDA graphs of the step, one without and one with the dead-latent aux loss:
+        # {with_aux: (graph, outputs, key, static input, sparse codes, vals_s)}
+        self._graphs: dict[bool, tuple[Any, ...]] = {}
         self._graph_eager_steps = 0
         self._graph_failed: str | None = None
         from sae_rdp_plugin.fast import kernels as fast_kernels
@@ -528,11 +529,11 @@ class FastTopKTrainer:
         if isinstance(dead, str):
             dead = self.dead_neurons if self.n_training_steps > cfg.dead_feature_window else None
         graph = self._graph_applicable()
-        if dead is not None and graph and not bool(dead.any()):
-            dead = None  # (one host sync) no latent is dead: the step can be replayed as a graph
+        if dead is not None and not bool(dead.any()):
+            dead = None  # (one host sync) no latent is dead: no aux loss, the cheaper graph
         with _deterministic_algorithms(cfg.deterministic):
-            if dead is None and graph:
-                losses = self._graph_step(x)
+            if graph:
+                losses = self._graph_step(x, dead)
             else:
                 losses, sp, vals_s = self._device_step(x, dead)
                 self._last_sparse = sp
@@ -585,36 +586,45 @@ class FastTopKTrainer:
             and self.device.type == "cuda"
         )
 
-    def _graph_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Run the step as a replay of a captured CUDA graph: the batch is copied into the graph's input
-        buffer, the learning rate lives in a device tensor; the first two steps (Triton compilation,
-        cache allocation) and steps of another batch shape or after the parameters changed otherwise
-        run eagerly and (re)capture."""
+    def _graph_step(self, x: torch.Tensor, dead: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Run the step as a replay of a captured CUDA graph: the batch (and the dead-latent mask) are
+        copied into the graph's input buffers, the learning rate lives in a device tensor. Two graphs are
+        kept, without and with the aux loss (its shapes are static: see :meth:`_aux_loss`). The first two
+        steps (Triton compilation, cache allocation) and steps of another batch shape or after the
+        parameters changed otherwise run eagerly and (re)capture."""
+        aux = dead is not None
         key = (tuple(x.shape), self._cache_key() if self._lp_cache is not None else None)
-        if self._graph is not None and key == self._graph_key:
-            self._static_x.copy_(x)
-            self._graph.replay()
-            return {k: v.clone() for k, v in self._graph_out.items()}
-        self._graph = None
+        held = self._graphs.get(aux)
+        if held is not None and key == held[2]:
+            g, out, _, static_x, static_dead, sp, vals_s = held
+            static_x.copy_(x)
+            if aux:
+                static_dead.copy_(dead)
+            g.replay()
+            self._last_sparse, self._last_vals_s = sp, vals_s
+            return {k: v.clone() for k, v in out.items()}
+        if any(h[2] != key for h in self._graphs.values()):
+            self._graphs.clear()  # another batch shape, or the parameters changed outside the step
         if self._graph_eager_steps < 2 or self._lp_cache is None:
             self._graph_eager_steps += 1
-            losses, sp, vals_s = self._device_step(x, None)
+            losses, sp, vals_s = self._device_step(x, dead)
             self._last_sparse, self._last_vals_s = sp, vals_s
             return losses
-        self._static_x = x.clone()
+        static_x = x.clone()
+        static_dead = dead.clone() if aux else None
         g = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(g):
-                out, sp, vals_s = self._device_step(self._static_x, None)
+                out, sp, vals_s = self._device_step(static_x, static_dead)
         except Exception as e:  # noqa: BLE001  (capture unsupported here: stay eager from now on)
             self._graph_failed = f"{type(e).__name__}: {e}"[:300]
             warnings.warn(f"fast step: CUDA graph capture failed, running eagerly ({self._graph_failed})", stacklevel=2)
-            losses, sp, vals_s = self._device_step(x, None)
+            self._graphs.clear()
+            losses, sp, vals_s = self._device_step(x, dead)
             self._last_sparse, self._last_vals_s = sp, vals_s
             return losses
-        self._graph, self._graph_out = g, out
+        self._graphs[aux] = (g, out, (tuple(x.shape), self._cache_key()), static_x, static_dead, sp, vals_s)
         self._last_sparse, self._last_vals_s = sp, vals_s
-        self._graph_key = (tuple(x.shape), self._cache_key())
         g.replay()  # capturing does not run the step: run it
         return {k: v.clone() for k, v in out.items()}
 
@@ -629,7 +639,6 @@ class FastTopKTrainer:
         _, b_enc, W_dec, b_dec = self.params
         W_encT = self.W_encT
         lowp = torch.bfloat16 if cfg.bf16 else self.dtype
-        num_dead = int(dead.sum()) if dead is not None else 0
         wgrad = _weight_grad_csr if cfg.weight_grad_impl == "csr" else _weight_grad
         u = x - b_dec if cfg.apply_b_dec_to_input else x
         n = W_dec.norm(dim=1) if cfg.rescale_acts_by_decoder_norm else None
@@ -665,8 +674,8 @@ class FastTopKTrainer:
         g_benc = torch.zeros_like(b_enc).index_add_(0, sp.idx, g_pre)
         # ---- dead-latent auxiliary loss (SAELens calculate_topk_aux_loss; gamma^2-weighted if weighted)
         aux = torch.zeros((), device=self.device, dtype=self.dtype)
-        if num_dead > 0:
-            aux = self._aux_loss(dead, num_dead, pre_s, n, err, u, g_WencT, g_Wdec, g_benc, lowp, Wd, wgrad)
+        if dead is not None:
+            aux = self._aux_loss(dead, pre_s, n, err, u, g_WencT, g_Wdec, g_benc, lowp, Wd, wgrad)
         g_bdec = r.sum(0)
         if cfg.apply_b_dec_to_input:
             g_bdec -= g_benc @ W_encT
@@ -682,7 +691,7 @@ class FastTopKTrainer:
         (call after changing the parameters by other means than :meth:`step`, e.g. through ``.data``;
         in-place changes to the parameters themselves are detected through their version counters)."""
         self._lp_cache = None
-        self._graph = None
+        self._graphs.clear()
 
     def _cache_key(self) -> tuple[int, ...]:
         W_enc, _, W_dec, _ = self.params
@@ -721,7 +730,6 @@ class FastTopKTrainer:
         W_encT = self.W_encT
         c = self._lowp_weights()
         n = c["n"]
-        num_dead = int(dead.sum()) if dead is not None else 0
         u = x - b_dec if cfg.apply_b_dec_to_input else x
         lowp = torch.bfloat16 if cfg.bf16 else self.dtype
         if cfg.bf16:
@@ -753,11 +761,11 @@ class FastTopKTrainer:
         # dead-latent aux loss: dense extra gradients (both aux implementations)
         aux = torch.zeros((), device=self.device, dtype=self.dtype)
         X_dec = X_enc = None
-        if num_dead > 0:
+        if dead is not None:
             X_dec = torch.zeros(cfg.d_sae, cfg.d_in, device=self.device, dtype=self.dtype)
             X_enc = torch.zeros(cfg.d_sae, cfg.d_in, device=self.device, dtype=self.dtype)
             wgrad = _weight_grad_csr if cfg.weight_grad_impl == "csr" else _weight_grad
-            aux = self._aux_loss(dead, num_dead, pre_s, n, err, u, X_enc, X_dec, g_benc, lowp, W_dec, wgrad)
+            aux = self._aux_loss(dead, pre_s, n, err, u, X_enc, X_dec, g_benc, lowp, W_dec, wgrad)
         g_bdec = r.sum(0)
         if cfg.apply_b_dec_to_input:
             g_bdec -= g_benc @ W_encT
@@ -928,7 +936,6 @@ class FastTopKTrainer:
     def _aux_loss(
         self,
         dead: torch.Tensor,
-        num_dead: int,
         pre_s: torch.Tensor,
         n: torch.Tensor | None,
         err: torch.Tensor,
@@ -941,26 +948,29 @@ class FastTopKTrainer:
         wgrad: Callable[..., torch.Tensor],
     ) -> torch.Tensor:
         """SAELens's calculate_topk_aux_loss (gamma^2-weighted if weighted): the top k_aux = min(d_in/2,
-        n_dead) dead latents of pre*n per row (taken over the dead columns only), their pre-activations
-        (no ReLU) decoding the residual, scale min(n_dead / (d_in/2), 1). Accumulates its gradients into
-        g_WencT, g_Wdec (dense [d_sae, d_in]) and g_benc; returns the loss."""
+        n_dead) dead latents of pre*n per row, their pre-activations (no ReLU) decoding the residual,
+        scale c * min(n_dead / (d_in/2), 1). Accumulates its gradients into g_WencT, g_Wdec (dense
+        [d_sae, d_in]) and g_benc; returns the loss.
+
+        Shapes are static (no host sync, so the step can be captured as a CUDA graph): the top
+        K = min(d_in/2, d_sae) of pre*n with live latents set to -inf are taken, and the entries that
+        are not dead latents are zeroed. With n_dead >= K these are SAELens's K entries; with
+        n_dead < K they are all n_dead dead latents plus zeroed entries, i.e. SAELens's top n_dead."""
         cfg = self.cfg
         k_aux_full = cfg.d_in // 2
-        k_aux = min(k_aux_full, num_dead)
-        c = cfg.aux_loss_coefficient * min(num_dead / k_aux_full, 1.0)
-        if num_dead < cfg.d_sae:
-            dead_idx = dead.nonzero().squeeze(1)
-            av, ai = pre_s.index_select(1, dead_idx).topk(k_aux, dim=1, sorted=False)
-            ai = dead_idx[ai]
-        else:
-            av, ai = pre_s.topk(k_aux, dim=1, sorted=False)
+        k_aux = min(k_aux_full, cfg.d_sae)
+        num_dead = dead.sum().to(self.dtype)
+        c = cfg.aux_loss_coefficient * torch.clamp(num_dead / k_aux_full, max=1.0)
+        # torch.topk, not row_topk: with k_aux > 256 and live columns at -inf its bound does not prune
+        av, ai = pre_s.masked_fill(~dead, -torch.inf).topk(k_aux, dim=1, sorted=False)
+        valid = dead[ai]
         av = av.to(self.dtype)
-        aux_a = av / n[ai] if n is not None else av  # = pre (no relu), as SAELens; [B, k_aux]
+        aux_a = torch.where(valid, av / n[ai] if n is not None else av, 0.0)  # = pre (no relu), as SAELens
         if self._aux_dense(k_aux):
-            aux, g_aux_a = self._aux_loss_dense(ai, aux_a, err, c, u, g_WencT, g_Wdec, lowp)
+            aux, g_aux_a = self._aux_loss_dense(ai, aux_a, valid, err, c, u, g_WencT, g_Wdec, lowp)
             g_benc.index_add_(0, ai.reshape(-1), g_aux_a.reshape(-1))
         else:
-            aux, aux_sp, g_aux_a = self._aux_loss_sparse(ai, aux_a, err, c, Wd, g_Wdec, wgrad)
+            aux, aux_sp, g_aux_a = self._aux_loss_sparse(ai, aux_a, valid, err, c, Wd, g_Wdec, wgrad)
             g_WencT += wgrad(aux_sp, u, g_aux_a, cfg.d_sae)
             g_benc.index_add_(0, aux_sp.idx, g_aux_a)
         return aux
@@ -988,8 +998,9 @@ class FastTopKTrainer:
         self,
         ai: torch.Tensor,
         aux_a: torch.Tensor,
+        valid: torch.Tensor,
         err: torch.Tensor,
-        c: float,
+        c: torch.Tensor,
         u: torch.Tensor,
         g_WencT: torch.Tensor,
         g_Wdec: torch.Tensor,
@@ -1008,7 +1019,7 @@ class FastTopKTrainer:
         wd_aux = d_aux * self.w if self.w is not None else d_aux
         aux = c * (wd_aux * d_aux).sum() / B
         rl = (wd_aux * (2.0 * c / B)).to(lowp)
-        g_aux_a = (rl @ Wdl.t()).gather(1, ai).to(self.dtype)
+        g_aux_a = (rl @ Wdl.t()).gather(1, ai).to(self.dtype) * valid
         g_Wdec += A.t() @ rl
         A.zero_().scatter_(1, ai, g_aux_a.to(lowp))  # reuse the buffer for dL/dpre (dense)
         g_WencT += A.t() @ u.to(lowp)
@@ -1018,8 +1029,9 @@ class FastTopKTrainer:
         self,
         ai: torch.Tensor,
         aux_a: torch.Tensor,
+        valid: torch.Tensor,
         err: torch.Tensor,
-        c: float,
+        c: torch.Tensor,
         Wd: torch.Tensor,
         g_Wdec: torch.Tensor,
         wgrad: Callable[..., torch.Tensor],
@@ -1039,7 +1051,7 @@ class FastTopKTrainer:
         wd_aux = d_aux * self.w if self.w is not None else d_aux
         aux = c * (wd_aux * d_aux).sum() / B
         r_aux = wd_aux * (2.0 * c / B)
-        g_aux_a = _vals_grad(aux_sp, Wd, r_aux).to(self.dtype)
+        g_aux_a = _vals_grad(aux_sp, Wd, r_aux).to(self.dtype) * valid.reshape(-1)
         g_Wdec += wgrad(aux_sp, r_aux, aux_sp.vals, self.cfg.d_sae)
         return aux, aux_sp, g_aux_a
 

@@ -323,7 +323,7 @@ def test_cuda_graph_replay_equals_eager_steps(bf16):
         la, lb = a.step(x), b.step(x)
         assert float(la["loss"]) == pytest.approx(float(lb["loss"]), rel=1e-6)
         assert torch.equal(la["fired"], lb["fired"])
-    assert a._graph is not None and a._graph_failed is None
+    assert a._graphs and a._graph_failed is None
     assert torch.equal(a.n_forward_passes_since_fired, b.n_forward_passes_since_fired)
     for p, q in zip(a.params, b.params):
         assert _rel(p, q) < 1e-6
@@ -353,7 +353,7 @@ def test_cuda_graph_through_saelens_trainer_equals_eager():
         t.fit()
         out.append((sae, ft))
     (ga, fa), (gb, _) = out
-    assert fa._graph_failed is None and fa._graph is not None
+    assert fa._graph_failed is None and fa._graphs
     for p, q in zip([ga.W_enc, ga.b_enc, ga.W_dec, ga.b_dec], [gb.W_enc, gb.b_enc, gb.W_dec, gb.b_dec]):
         assert _rel(p, q) < 1e-6
 
@@ -426,3 +426,33 @@ def test_row_topk_in_the_triton_step(monkeypatch):
     assert abs(out[0][0] - out[1][0]) <= 1e-6 * abs(out[0][0])
     for a, b in zip(out[0][1], out[1][1]):
         assert _rel(a, b) < 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bf16", [False, True])
+def test_cuda_graph_with_dead_latents_equals_eager(bf16):
+    """With dead latents (aux loss active) the step is replayed from its second graph (static aux shapes,
+    no host count of dead latents) and equals the eager steps, whether few (n_dead < d_in/2) or many
+    latents are dead."""
+    sae = _make("topk", True, "float32", seed=16)
+    a = FastTopKTrainer.from_training_sae(
+        copy.deepcopy(sae), lr=1e-3, bf16=bf16, kernels="triton", cuda_graph=True, device="cuda"
+    )
+    b = FastTopKTrainer.from_training_sae(
+        copy.deepcopy(sae), lr=1e-3, bf16=bf16, kernels="triton", cuda_graph=False, device="cuda"
+    )
+    torch.manual_seed(17)
+    d_sae = a.cfg.d_sae
+    for s in range(8):
+        x = torch.randn(64, D_IN, device="cuda")
+        dead = torch.zeros(d_sae, dtype=torch.bool, device="cuda")
+        dead[: (3 if s % 2 else d_sae - 5)] = True
+        la, lb = a.step(x, dead=dead), b.step(x, dead=dead)
+        assert float(lb["auxiliary_reconstruction_loss"]) > 0
+        assert float(la["loss"]) == pytest.approx(float(lb["loss"]), rel=1e-5)
+        assert float(la["auxiliary_reconstruction_loss"]) == pytest.approx(
+            float(lb["auxiliary_reconstruction_loss"]), rel=1e-5
+        )
+    assert True in a._graphs and a._graph_failed is None
+    for p, q in zip(a.params, b.params):
+        assert _rel(p, q) < 1e-5

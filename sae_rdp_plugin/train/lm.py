@@ -28,6 +28,16 @@ second stream, are those of :func:`sae_rdp_plugin.rdp.metrics.rate_distortion` o
 Each SAE is written to a temporary sibling of its ``out`` folder (checkpoints included) and renamed into
 place at the end; an ``out`` that exists, is not empty and is not an earlier sae-rdp training output is
 refused before anything runs.
+
+Data-parallel over ``torch.distributed`` ranks (``ctx``, a
+:class:`~sae_rdp_plugin.train.distributed.DistContext` of world size W > 1): ``batch_size`` is the global
+batch and each rank's stream yields its ``batch_size / W`` rows (:func:`train_on_model` gives rank r the
+token rows r, r + W, ...); each SAE is stepped by
+:func:`~sae_rdp_plugin.train.ddp.DistributedSAETrainer` (DDP gradient all-reduce, dead-latent counters
+reduced; :mod:`sae_rdp_plugin.train.ddp` gives the math), gamma comes from the moments of all ranks' rows
+(Chan's parallel formula) and the normalisation from the mean of the ranks' mean norms, so the run equals
+one process on the concatenated batches up to summation order. SAELens's step runs there (the fast step
+fuses the gradient into Adam and has no all-reduce point). Rank 0 alone evaluates and writes.
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ from sae_rdp_plugin.errors import SaeRdpError
 from sae_rdp_plugin.io import atomic_write_json, replace_dir
 from sae_rdp_plugin.rdp.metrics import rate_distortion
 from sae_rdp_plugin.train.config import TrainConfig
+from sae_rdp_plugin.train.distributed import DistContext, barrier, broadcast_object
 from sae_rdp_plugin.train.saelens import build_training_sae
 from sae_rdp_plugin.wsae.gamma import GAMMA_FILENAME, ActivationStats, RunningMoments
 
@@ -324,16 +335,24 @@ class _Clock:
 class _Run:
     """One SAE being trained: its SAE, trainer, staging folder, step clock and loss buffer."""
 
-    def __init__(self, spec: SAESpec, cfg: TrainConfig, timer: Callable[[], float] | None) -> None:
+    def __init__(
+        self, spec: SAESpec, cfg: TrainConfig, timer: Callable[[], float] | None, ctx: DistContext | None = None
+    ) -> None:
         from sae_lens.training.sae_trainer import SAETrainer
 
         self.spec, self.cfg, self.hook, self.name = spec, cfg, spec.hook, spec.label
         self.out = Path(spec.out)
-        self.staging = _staging_dir(self.out)  # SAETrainer creates it for a checkpoint, _save at the end
+        # SAETrainer creates it for a checkpoint, _save at the end; one name on every rank (rank 0 writes)
+        self.staging = broadcast_object(ctx, _staging_dir(self.out)) if ctx else _staging_dir(self.out)
         torch.manual_seed(cfg.seed)
         self.sae = build_training_sae(cfg.sae_config_dict())
         ckpt = str(self.staging / "checkpoints") if cfg.n_checkpoints > 0 else None
-        self.trainer = SAETrainer(cfg=cfg.trainer_config(ckpt), sae=self.sae, data_provider=iter(()))
+        if ctx is not None and ctx.distributed:
+            from sae_rdp_plugin.train.ddp import DistributedSAETrainer
+
+            self.trainer = DistributedSAETrainer(cfg.trainer_config(ckpt), self.sae, iter(()), ctx)
+        else:
+            self.trainer = SAETrainer(cfg=cfg.trainer_config(ckpt), sae=self.sae, data_provider=iter(()))
         self.fit = SteppedFit(self.trainer)
         self.clock = _Clock(timer, torch.device(cfg.device))
         self.fast = False
@@ -416,7 +435,7 @@ def _import_wandb() -> Any:
 
 
 @torch.no_grad()
-def _gamma_pass(runs: list[_Run], stream: _Stream) -> int:
+def _gamma_pass(runs: list[_Run], stream: _Stream, ctx: DistContext | None = None) -> int:
     """gamma of each weighted SAE without one, from the first ``gamma_estimation_batches`` batches of its
     hook (one float64 pass; SAEs of a hook with the same batch count share it). Returns batches drawn."""
     todo = [r for r in runs if r.cfg.arch.weighted and not r.sae.gamma_is_set]
@@ -435,13 +454,18 @@ def _gamma_pass(runs: list[_Run], stream: _Stream) -> int:
     for r in todo:
         m = moments[(r.hook, r.cfg.gamma_estimation_batches)]
         stats = ActivationStats(m.mean.cpu(), m.variance.cpu(), m.n, source=f"activation stream {r.hook}")
+        if ctx is not None and ctx.distributed:
+            from sae_rdp_plugin.train.ddp import reduce_activation_stats
+
+            stats = reduce_activation_stats(stats, ctx)  # the moments of all ranks' rows
         r.sae.set_gamma_from_stats(stats)
     return n_max
 
 
-def _start(runs: list[_Run], stream: _Stream, fast: bool) -> int:
+def _start(runs: list[_Run], stream: _Stream, fast: bool, ctx: DistContext | None = None) -> int:
     """fit()'s preamble for every SAE, from shared normalisation batches; then the fast step. Returns the
-    batches drawn."""
+    batches drawn. Over several ranks the scaling factor sqrt(d_in) / mean||x|| uses the mean of the
+    ranks' mean norms (equal shard sizes: the mean over all rows)."""
     from sae_rdp_plugin.fast.step import install_fast_step
 
     n_norm = max(r.fit.norm_batches for r in runs)
@@ -449,7 +473,19 @@ def _start(runs: list[_Run], stream: _Stream, fast: bool) -> int:
     for _ in range(n_norm):  # a few batches, copied: the stream may reuse its buffers
         cached.append({h: x.clone() for h, x in stream.next("the normalisation estimate").items() if h in stream.d_in})
     for r in runs:
-        r.fit.start([b[r.hook] for b in cached[: r.fit.norm_batches]])
+        n = r.fit.norm_batches  # (0 once start() has estimated the normalisation)
+        r.fit.start([b[r.hook] for b in cached[:n]])
+        scaler = r.trainer.activation_scaler
+        if ctx is not None and ctx.distributed and n and scaler.scaling_factor is not None:
+            import torch.distributed as dist
+
+            t = torch.tensor([r.cfg.d_in**0.5 / scaler.scaling_factor], dtype=torch.float64, device=r.cfg.device)
+            dist.all_reduce(t)
+            scaler.scaling_factor = r.cfg.d_in**0.5 / (t.item() / ctx.world_size)
+        if ctx is not None and ctx.distributed and getattr(r.sae, "gamma_is_set", False):
+            from sae_rdp_plugin.train.ddp import sync_gamma
+
+            sync_gamma(r.sae, ctx)  # bit-identical gamma on every rank
         if fast:
             r.fast = install_fast_step(r.trainer) is not None
     return n_norm
@@ -523,6 +559,7 @@ def train_saes(
     wandb_project: str | None = None,
     timer: Callable[[], float] | None = None,
     notes: dict[str, Any] | None = None,
+    ctx: DistContext | None = None,
 ) -> list[dict]:
     """Train every SAE of ``specs`` on one stream of ``{hook: [batch_size, d_in]}`` batches, in lockstep.
 
@@ -542,27 +579,45 @@ def train_saes(
     tokens_per_s, the time split ``forward_s`` / ``sae_step_s`` (this SAE) / ``sae_steps_s`` (all) /
     ``other_s`` of the training loop, ``heldout_fvu`` / ``heldout_l0`` / ``heldout_dead_fraction``,
     the stream's own ``stats`` under ``stream`` (the pipeline's epochs, forwards, ...) and ``notes``.
+
+    ``ctx`` (world size W > 1): data-parallel over the ranks (module docstring); ``batch_size`` is the
+    global batch, each rank's ``batches`` yield ``batch_size / W`` rows, ``fast`` is not used (SAELens's
+    step), and only rank 0 evaluates ``heldout``, writes the SAEs, shows progress and logs to wandb; every
+    rank returns rank 0's results.
     """
     t_start = time.perf_counter()
     specs = list(specs)
     batch_size, d_in = _check_specs(specs, tokens)
-    wandb = _import_wandb() if wandb_project else None
+    distributed = ctx is not None and ctx.distributed
+    main = not distributed or ctx.is_main
+    rows = batch_size
+    if distributed:
+        if batch_size % ctx.world_size:
+            raise SaeRdpError(f"batch_size {batch_size} is not divisible by the world size {ctx.world_size}")
+        rows = batch_size // ctx.world_size
+        if fast:
+            warnings.warn(
+                "fast step: not used over several ranks (it has no gradient all-reduce); SAELens's step runs",
+                stacklevel=2,
+            )
+        fast = False
+    wandb = _import_wandb() if wandb_project and main else None
     stats = getattr(batches, "stats", None)
     runs: list[_Run] = []
     try:
         for s in specs:
-            runs.append(_Run(s, dataclasses.replace(s.cfg, tokens=tokens), timer))
+            runs.append(_Run(s, dataclasses.replace(s.cfg, tokens=tokens), timer, ctx))
         stream = _Stream(iter(batches), d_in)
-        n_gamma = _gamma_pass(runs, stream)
-        n_norm = _start(runs, stream, fast)
+        n_gamma = _gamma_pass(runs, stream, ctx)
+        n_norm = _start(runs, stream, fast, ctx)
         if wandb is not None:
             wandb.init(project=wandb_project, config={f"{r.hook}/{r.name}": dataclasses.asdict(r.cfg) for r in runs})
-        bar = _Progress(tokens, runs, progress, wandb)
+        bar = _Progress(tokens, runs, progress and main, wandb)
         fwd0, wait0 = (_forward_seconds(stats) if stream.n else 0.0), stream.wait_s
         loop_t0 = time.perf_counter()
         seen = step = 0
         while not runs[0].fit.done:
-            b = stream.next("training", rows=batch_size)
+            b = stream.next("training", rows=rows)
             for r in runs:
                 r.step(b[r.hook])
                 if wandb is not None and r.fit.sparsity_log:
@@ -579,6 +634,9 @@ def train_saes(
         steps_s = sum(r.clock.seconds for r in runs)
         for r in runs:
             r.fit.finish()
+        if not main:  # rank 0 evaluates and writes; the others wait for it and return its results
+            barrier(ctx)
+            return broadcast_object(ctx, None)
         held = _heldout(runs, heldout, heldout_batches)
         common = {
             "format": SUMMARY_FORMAT,
@@ -609,10 +667,13 @@ def train_saes(
         if wandb is not None:
             wandb.log({f"{r['hook']}/{r['name']}/heldout_fvu": r["heldout_fvu"] for r in results})
             wandb.finish()
+        if distributed:
+            barrier(ctx)
+            broadcast_object(ctx, results)
         return results
     except BaseException:
-        for r in runs:  # staging folders are ours; keep those holding checkpoints
-            if r.staging.exists() and not (r.staging / "checkpoints").exists():
+        for r in runs:  # staging folders are ours (rank 0 writes them); keep those holding checkpoints
+            if main and r.staging.exists() and not (r.staging / "checkpoints").exists():
                 shutil.rmtree(r.staging, ignore_errors=True)
         raise
 
@@ -673,6 +734,7 @@ def train_on_model(
     wandb_project: str | None = None,
     heldout_batches: int = 8,
     notes: dict[str, Any] | None = None,
+    ctx: DistContext | None = None,
 ) -> list[dict]:
     """Train ``specs`` on a language model's activations: an
     :class:`~sae_rdp_plugin.lm.pipeline.ActivationPipeline` over the token rows ``tokens`` ([n_rows,
@@ -680,7 +742,11 @@ def train_on_model(
     at most one pass) give the held-out metrics. The training budget is the specs' common ``cfg.tokens``;
     their ``batch_size`` must equal ``pipeline_cfg.batch_size``, their hooks be in ``pipeline_cfg.hooks``
     and their ``d_in`` the model's width. A corpus smaller than the budget is repeated: a warning says so
-    and each result records the pipeline's ``epochs``. ``notes`` go into every result as they are."""
+    and each result records the pipeline's ``epochs``. ``notes`` go into every result as they are.
+
+    ``ctx`` (world size W > 1): rank r streams the token rows r, r + W, r + 2W, ... of ``tokens`` through
+    its own copy of the model in batches of ``batch_size / W`` rows, and :func:`train_saes` trains the SAEs
+    data-parallel (rank 0 alone reads ``heldout_tokens`` and writes)."""
     from sae_rdp_plugin.lm.pipeline import ActivationPipeline
 
     specs = list(specs)
@@ -698,14 +764,27 @@ def train_on_model(
         if s.hook not in pipeline_cfg.hooks:
             raise SaeRdpError(f"SAE {s.label!r} trains on {s.hook!r}, which is not in the pipeline's hooks")
     _check_specs(specs, budget)  # before the model is touched
+    if ctx is not None and ctx.distributed:
+        if pipeline_cfg.batch_size % ctx.world_size:
+            raise SaeRdpError(
+                f"batch_size {pipeline_cfg.batch_size} is not divisible by the world size {ctx.world_size}"
+            )
+        tokens = tokens[ctx.rank :: ctx.world_size]  # this rank's shard of the rows
+        pipeline_cfg = dataclasses.replace(pipeline_cfg, batch_size=pipeline_cfg.batch_size // ctx.world_size)
+        budget_rank = budget // ctx.world_size
+        if not ctx.is_main:
+            heldout_tokens = None
+    else:
+        budget_rank = budget
     pipe = ActivationPipeline(model, tokens, pipeline_cfg, bos_token_id=bos_token_id, pad_token_id=pad_token_id)
     for s in specs:
         if s.cfg.d_in != pipe.d_in:
             raise SaeRdpError(f"d_in mismatch: SAE {s.label!r} has d_in {s.cfg.d_in}, the model's width is {pipe.d_in}")
-    if pipe.tokens_per_epoch < budget:
+    if pipe.tokens_per_epoch < budget_rank:
         warnings.warn(
-            f"the corpus has {pipe.tokens_per_epoch} usable tokens, fewer than the {budget} requested: it is "
-            f"repeated (~{budget / pipe.tokens_per_epoch:.1f} epochs; each result records 'epochs')",
+            f"the corpus has {pipe.tokens_per_epoch} usable tokens (this rank), fewer than the {budget_rank} "
+            f"requested: it is repeated (~{budget_rank / pipe.tokens_per_epoch:.1f} epochs; each result records "
+            "'epochs')",
             stacklevel=2,
         )
     heldout = None
@@ -728,6 +807,7 @@ def train_on_model(
         progress=progress,
         wandb_project=wandb_project,
         notes=notes,
+        ctx=ctx,
     )
 
 

@@ -228,6 +228,8 @@ def _v_batched(dom: np.ndarray, p: np.ndarray, tie_weight: float) -> tuple[np.nd
 def joint_budget_rank(rate: np.ndarray, distortion: np.ndarray, aggregation: Aggregation = "sum") -> np.ndarray:
     """b_i = rank(R_i) + rank(D_i) (ascending, average ranks for ties); ``aggregation="max"`` takes
     the larger of the two ranks instead (CHOICE; default "sum"). Works on the last axis."""
+    if np.shape(rate) != np.shape(distortion):
+        raise SaeRdpError(f"rate and distortion differ in shape: {np.shape(rate)} and {np.shape(distortion)}")
     rr = rankdata(rate, axis=-1)
     rd = rankdata(distortion, axis=-1)
     if aggregation == "sum":
@@ -263,6 +265,8 @@ def dominated_pairs(rate: Sequence[float], distortion: Sequence[float]) -> np.nd
     """All (i, j) with R_i <= R_j, D_i <= D_j, (R_i, D_i) != (R_j, D_j), as an (n_pairs, 2) int array."""
     r = np.asarray(rate, dtype=np.float64)
     d = np.asarray(distortion, dtype=np.float64)
+    if r.ndim != 1 or r.shape != d.shape:
+        raise SaeRdpError(f"rate and distortion must be 1-D of one length, got shapes {r.shape} and {d.shape}")
     return np.argwhere(_dominance(r, d))
 
 
@@ -301,11 +305,16 @@ def rdp_rank_correlation(
 ) -> float:
     """Definition 4: rho = -Spearman(b, Pi) with b_i = rank(R_i) + rank(D_i) (average ranks).
 
-    +1 = faithful (the tighter the joint budget, the more polysemantic), -1 = inverted. NaN when
-    Pi or b is constant across the sweep (Spearman undefined).
+    +1 = faithful (the tighter the joint budget, the more polysemantic), -1 = inverted. Raises
+    SaeRdpError, as :func:`violation_rate` does on undefined input, when Pi or b is constant across the
+    sweep (Spearman undefined); :func:`audit_proxy` reports that case as ``rank_correlation=None``.
     """
     r, d, p = _as_arrays(rate, distortion, pi, names)
-    return float(_rho_batched(r, d, p, aggregation))
+    rho = float(_rho_batched(r, d, p, aggregation))
+    if not math.isfinite(rho):
+        which = "the proxy" if np.all(p == p[0]) else "the joint budget rank"
+        raise SaeRdpError(f"{which} is constant across the {len(r)} SAEs, so Definition 4 (Spearman) is undefined")
+    return rho
 
 
 # ----------------------------------------------------------------------------------------------
@@ -359,6 +368,18 @@ class AuditResult:
         return out
 
 
+#: the most bootstrap resamples / permutations one audit runs: the p-value resolution is then 1e-5, and
+#: the work (resamples x SAEs^2) stays bounded
+MAX_RESAMPLES = 100_000
+
+
+def check_resamples(n_boot: int, n_perm: int) -> None:
+    """Raise SaeRdpError unless 0 <= n_boot <= MAX_RESAMPLES and 1 <= n_perm <= MAX_RESAMPLES (integers)."""
+    for name, v, low in (("n_boot", n_boot, 0), ("n_perm", n_perm, 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not low <= v <= MAX_RESAMPLES:
+            raise SaeRdpError(f"{name} must be an integer in {low}..{MAX_RESAMPLES:,}, got {v!r}")
+
+
 def _chunks(total: int, size: int):
     s = 0
     while s < total:
@@ -396,8 +417,7 @@ def audit_proxy(
     r, d, p = _as_arrays(rate, distortion, pi, names)
     if not (0 < ci_level < 1):
         raise SaeRdpError(f"ci_level must be in (0, 1), got {ci_level}")
-    if n_boot < 0 or n_perm < 1:
-        raise SaeRdpError(f"n_boot must be >= 0 and n_perm >= 1, got {n_boot}, {n_perm}")
+    check_resamples(n_boot, n_perm)
     n = len(r)
     dom = _dominance(r, d)
     v_obs, npairs = _v_batched(dom, p, tie_weight)

@@ -50,12 +50,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="training checkpoints (id ending in _step_<N>): exclude (default: final SAEs), only, or all",
     )
     r.add_argument("--include-checkpoints", action="store_true", help="also audit training checkpoints (= all)")
-    r.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (over SAEs)")
-    r.add_argument("--n-perm", type=int, default=2000, help="permutations for the p-values")
+    r.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (over SAEs), at most 100,000")
+    r.add_argument("--n-perm", type=int, default=2000, help="permutations for the p-values, at most 100,000")
     r.add_argument("--seed", type=int, default=42, help="random seed")
     r.add_argument("--min-saes", type=int, default=3, help="minimum SAEs per sweep and proxy")
     r.add_argument("--no-plots", action="store_true", help="skip the PNG scatter plots")
-    r.add_argument("--out", required=True, type=Path, help="output folder")
+    r.add_argument(
+        "--out", required=True, type=Path, help="output folder: new, empty, or an earlier audit run's (replaced)"
+    )
     r.set_defaults(func=_run)
 
     b = asub.add_parser("bundled", help="audit the bundled real SAEBench results (Gemma-2-2B, Pythia-70M)")
@@ -69,14 +71,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sae_rdp_plugin.errors import SaeRdpError
+    from sae_rdp_plugin.audit.stats import check_resamples
     from sae_rdp_plugin.evals.rdp_audit.eval_config import RdpAuditEvalConfig
     from sae_rdp_plugin.evals.rdp_audit.main import run_eval
+    from sae_rdp_plugin.io import check_out_folder, staged_folder
 
-    if args.out.exists() and not args.out.is_dir():
-        raise SaeRdpError(f"--out {args.out} exists and is not a directory")
-    if args.n_boot < 0 or args.n_perm < 1:
-        raise SaeRdpError("--n-boot must be >= 0 and --n-perm >= 1")
+    check_resamples(args.n_boot, args.n_perm)
+    check_out_folder(args.out, _is_audit_output)
     cfg = RdpAuditEvalConfig(
         results_paths=[str(p) for p in args.results],
         rate_field=args.rate_field,
@@ -98,7 +99,8 @@ def _run(args: argparse.Namespace) -> int:
     # what is audited (unreadable files skipped, SAEs without a grouping key) are printed
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        res = run_eval(cfg, None, "cpu", str(args.out), force_rerun=True)
+        with staged_folder(args.out) as tmp:  # the per-sweep files appear all together or not at all
+            res = run_eval(cfg, None, "cpu", str(tmp), force_rerun=True)
     print((args.out / "rdp_audit_summary.md").read_text())
     for w in caught:
         msg = str(w.message)
@@ -114,12 +116,33 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_audit_output(p: Path) -> bool:
+    """A folder holding only what ``audit run`` writes (rdp_audit_* files, one of them the summary)."""
+    names = [q.name for q in p.iterdir()]
+    return "rdp_audit_summary.json" in names and all(
+        q.is_file() and q.name.startswith("rdp_audit_") and q.suffix in (".json", ".md", ".png") for q in p.iterdir()
+    )
+
+
+def _is_bundled_output(p: Path) -> bool:
+    """A folder holding only what ``audit bundled`` writes (summary.json / .md and audit run folders)."""
+    if not (p / "summary.json").is_file():
+        return False
+    return all(
+        (q.is_file() and q.name in ("summary.json", "summary.md")) or (q.is_dir() and _is_audit_output(q))
+        for q in p.iterdir()
+    )
+
+
 def _bundled(args: argparse.Namespace) -> int:
     from sae_rdp_plugin.evals.rdp_audit.bundled import run_bundled
+    from sae_rdp_plugin.io import check_out_folder, staged_folder
 
+    check_out_folder(args.out, _is_bundled_output)
     n = 200 if args.quick else 2000
     t0 = time.time()
-    s = run_bundled(args.out, n_boot=n, n_perm=n, seed=args.seed)
+    with staged_folder(args.out) as tmp:  # every analysis's files appear together or not at all
+        s = run_bundled(tmp, n_boot=n, n_perm=n, seed=args.seed)
     print(f"[audit] {len(s['rows'])} (sweep, proxy) audits in {time.time() - t0:.0f} s -> {args.out}/summary.md")
     return 0
 

@@ -64,16 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sae_rdp_plugin.errors import SaeRdpError
+    from sae_rdp_plugin.devices import check_device
     from sae_rdp_plugin.sweep.config import load_config
     from sae_rdp_plugin.sweep.train import train_sweep
 
     cfg = load_config(args.config)
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise SaeRdpError(f"--device {args.device}: CUDA is not available")
+    check_device(args.device)
     res = train_sweep(cfg, args.out, device=args.device, resume=args.resume)
     if not args.no_plots:
         from sae_rdp_plugin.sweep.analysis import plot_sweep
@@ -84,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from sae_rdp_plugin.devices import check_device
     from sae_rdp_plugin.errors import SaeRdpError
     from sae_rdp_plugin.evals.rdp_synthetic.eval_config import RDPSyntheticEvalConfig
     from sae_rdp_plugin.evals.rdp_synthetic.main import run_eval, run_eval_on_sweep
@@ -91,6 +88,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.sweep is None and not args.sae_path:
         raise SaeRdpError("give --sweep DIR or --sae-path PATH ...")
+    check_device(args.device)
     if args.sweep is not None:
         written = run_eval_on_sweep(
             args.sweep,
@@ -110,12 +108,25 @@ def _eval(args: argparse.Namespace) -> int:
             raise SaeRdpError(f"unknown DGP {name!r} (config has {', '.join(names)})")
         spec = next(g for g in cfg.dgps if g.name == name)
         ecfg = RDPSyntheticEvalConfig(dgp=json.loads(json.dumps(spec.__dict__)), n_samples=args.n_samples)
-        from sae_lens import SAE
-
-        saes = [(p.name, SAE.load_from_disk(p, device=args.device)) for p in args.sae_path]
+        saes = [(p.name, _load_sae(p, args.device)) for p in args.sae_path]
         written = run_eval(ecfg, saes, args.device, str(args.out), force_rerun=args.force_rerun)
     print(f"[sweep eval] wrote {len(written)} result file(s) under {args.out}")
     return 0
+
+
+def _load_sae(path: Path, device: str) -> object:
+    """A SAELens SAE folder; a missing, truncated or foreign one is a one-line SaeRdpError."""
+    from sae_lens import SAE
+
+    from sae_rdp_plugin.errors import SaeRdpError
+
+    if not (path / "cfg.json").is_file():
+        raise SaeRdpError(f"--sae-path {path} is not a SAELens SAE folder (no cfg.json)")
+    try:
+        return SAE.load_from_disk(path, device=device)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise SaeRdpError(f"--sae-path {path}: cannot load the SAE ({reason})") from None
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 from pathlib import Path
 
 from sae_rdp_plugin.architectures import architecture_help
@@ -177,9 +178,13 @@ _PIPELINE_FLAGS = ("tokens_per_forward", "buffer_tokens", "model_dtype", "no_com
 
 def _handle(args: argparse.Namespace) -> int:
     from sae_rdp_plugin.architectures import check_architecture
+    from sae_rdp_plugin.devices import check_device
     from sae_rdp_plugin.errors import SaeRdpError
 
     check_architecture(args.architecture)
+    check_device(args.device)
+    if args.resume is not None and not args.synthetic:
+        raise SaeRdpError("--resume (a checkpoint folder) works with --synthetic only")
     if args.synthetic or args.saelens_store:
         used = [f"--{f.replace('_', '-')}" for f in _PIPELINE_FLAGS if getattr(args, f) not in (None, False)]
         if used:
@@ -217,6 +222,12 @@ def _train_pipeline(args: argparse.Namespace) -> int:
     hooks = [h for h in args.hook.split(",") if h]
     check_out_dir(args.out)
     train_configs(args, d_in=1 if args.d_in is None else args.d_in)  # flag values checked before the model loads
+    ctx = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: data-parallel, rank r on cuda:r (or CPU)
+        from sae_rdp_plugin.train.distributed import init_distributed
+
+        ctx = init_distributed(args.device if args.device != "cuda" else "cuda")
+        args.device = ctx.device
     dtype = args.model_dtype or "bfloat16"
     try:
         model, tok = hf_model(
@@ -263,7 +274,10 @@ def _train_pipeline(args: argparse.Namespace) -> int:
         fast=not args.no_fast,
         wandb_project=args.wandb_project,
         notes=notes,
+        ctx=ctx,
     )
+    if ctx is not None and not ctx.is_main:
+        return 0  # rank 0 wrote and reports
     if len(specs) > 1:
         write_summary(args.out, results, **notes, hooks=hooks)
     for r in results:

@@ -209,11 +209,13 @@ def joint_polysemanticity(
 def sae_feature_rows(sae: Any, which: Literal["decoder", "encoder"] = "decoder") -> torch.Tensor:
     """Feature rows [d_sae, d_in] of a SAELens SAE: ``W_dec`` (decoder; SAELens stores it
     [d_sae, d_in]) or ``W_enc.T`` (encoder; SAELens stores ``W_enc`` as [d_in, d_sae])."""
-    if which == "decoder":
-        return sae.W_dec.detach()
-    if which == "encoder":
-        return sae.W_enc.detach().T
-    raise SaeRdpError(f"which must be 'decoder' or 'encoder', got {which!r}")
+    if which not in ("decoder", "encoder"):
+        raise SaeRdpError(f"which must be 'decoder' or 'encoder', got {which!r}")
+    name = "W_dec" if which == "decoder" else "W_enc"
+    w = getattr(sae, name, None)
+    if not isinstance(w, torch.Tensor):
+        raise SaeRdpError(f"{type(sae).__name__} has no {name} tensor: not a SAELens SAE")
+    return w.detach() if which == "decoder" else w.detach().T
 
 
 def sae_polysemanticity(
@@ -265,7 +267,11 @@ def rate_distortion(
     """
     if decode is None:
         sae = encode
+        if not (callable(getattr(sae, "encode", None)) and callable(getattr(sae, "decode", None))):
+            raise SaeRdpError(f"{type(sae).__name__} has no encode/decode: give a SAELens SAE or both callables")
         encode, decode = sae.encode, sae.decode
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise SaeRdpError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     check_matrix("x", x)
     n = x.shape[0]
     l0 = torch.zeros((), dtype=torch.float64)

@@ -17,6 +17,8 @@ from sae_rdp_plugin.errors import SaeRdpError
 #: the stacked trainer implements the four stock SAELens architectures (weighting needs SAELens's trainer)
 ARCHITECTURES = STOCK_NAMES
 DGP_KINDS = ("pairs", "blocks", "bernoulli", "explicit", "saelens")
+#: SAELens's lr schedulers (``sae_lens.training.optim.get_lr_scheduler``, case-insensitive)
+LR_SCHEDULERS = ("constant", "cosineannealing", "cosineannealingwarmrestarts")
 
 
 @dataclass
@@ -142,15 +144,21 @@ class SweepConfig:
         """Raise SaeRdpError naming the first problem."""
         if not self.dgps:
             raise SaeRdpError("sweep config needs at least one DGP")
+        for name in ("architectures", "widths", "ks", "l1_coefficients", "l0_coefficients", "seeds", "inits"):
+            if not isinstance(getattr(self, name), list):
+                raise SaeRdpError(f"{name} must be a list, got {getattr(self, name)!r}")
+        if not self.widths:
+            raise SaeRdpError("sweep config needs at least one width")
         seen = set()
         for g in self.dgps:
+            if not isinstance(g.name, str) or not g.name:
+                raise SaeRdpError(f"a DGP name must be a non-empty string, got {g.name!r}")
             if g.name in seen:
                 raise SaeRdpError(f"duplicate DGP name {g.name!r}")
             seen.add(g.name)
             if g.kind not in DGP_KINDS:
                 raise SaeRdpError(f"DGP {g.name!r}: unknown kind {g.kind!r} (one of {', '.join(DGP_KINDS)})")
-            if g.kind != "saelens" and (int(g.m) < 1 or int(g.d) < 1):
-                raise SaeRdpError(f"DGP {g.name!r}: m and d must be positive")
+            _check_dgp(g)
         for a in self.architectures:
             if a not in ARCHITECTURES:
                 raise SaeRdpError(f"unknown architecture {a!r} (one of {', '.join(ARCHITECTURES)})")
@@ -181,14 +189,34 @@ class SweepConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise SaeRdpError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("lr_warm_up_steps", "lr_decay_steps", "dead_feature_window", "record_every"):
+        for name in (
+            "lr_warm_up_steps",
+            "lr_decay_steps",
+            "dead_feature_window",
+            "record_every",
+            "l1_warm_up_steps",
+            "l0_warm_up_steps",
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise SaeRdpError(f"{name} must be an integer >= 0, got {v!r}")
-        for s in self.seeds:
+        for s in [*self.seeds, self.eval_seed, self.data_seed]:
             if isinstance(s, bool) or not isinstance(s, int):
-                raise SaeRdpError(f"seeds must be integers, got {s!r}")
+                raise SaeRdpError(f"seeds (seeds, eval_seed, data_seed) must be integers, got {s!r}")
         _positive("lr", self.lr)
+        if str(self.lr_scheduler_name).lower() not in LR_SCHEDULERS:
+            raise SaeRdpError(
+                f"unknown lr_scheduler_name {self.lr_scheduler_name!r} (one of {', '.join(LR_SCHEDULERS)})"
+            )
+        if self.lr_end is not None:
+            _number("lr_end", self.lr_end, low=0.0)
+        for name in ("aux_loss_coefficient", "jumprelu_init_threshold", "monosemantic_init_noise"):
+            _number(name, getattr(self, name), low=0.0)
+        _number("topk_threshold_lr", self.topk_threshold_lr, low=0.0, high=1.0)
+        _positive("jumprelu_bandwidth", self.jumprelu_bandwidth)
+        for name in ("apply_b_dec_to_input", "rescale_acts_by_decoder_norm", "jumprelu_ste_to_input"):
+            if not isinstance(getattr(self, name), bool):
+                raise SaeRdpError(f"{name} must be true or false, got {getattr(self, name)!r}")
         # a clip norm <= 0 flips or zeroes the gradient (grad_clip_norm = -1 is gradient ascent); None = no clipping
         for name in ("grad_clip_norm", "decoder_init_norm"):
             if getattr(self, name) is not None:
@@ -207,6 +235,40 @@ class SweepConfig:
             raise SaeRdpError("sweep config needs at least one seed")
 
 
+def _number(name: str, v: Any, low: float = -math.inf, high: float = math.inf) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low <= v <= high:
+        span = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
+        raise SaeRdpError(f"{name} must be a finite number {span}, got {v!r}")
+
+
+def _int(name: str, v: Any, low: int | None = None) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or (low is not None and v < low):
+        raise SaeRdpError(f"{name} must be an integer" + ("" if low is None else f" >= {low}") + f", got {v!r}")
+
+
+def _check_dgp(g: DGPSpec) -> None:
+    """The fields of one DGP spec (the rest, e.g. block indices, is checked when the DGP is built)."""
+    where = f"DGP {g.name!r}"
+    _int(f"{where}: concept_seed", g.concept_seed)
+    _number(f"{where}: noise_std", g.noise_std, low=0.0)
+    if g.kind == "saelens":
+        if not isinstance(g.saelens_config, dict):
+            raise SaeRdpError(f"{where}: kind 'saelens' needs saelens_config (an object)")
+        return
+    _int(f"{where}: m", g.m, low=1)
+    _int(f"{where}: d", g.d, low=1)
+    _number(f"{where}: rho", g.rho, low=0.0, high=1.0)
+    qs = g.q if isinstance(g.q, list) else [g.q]
+    if isinstance(g.q, list) and len(g.q) != g.m:
+        raise SaeRdpError(f"{where}: q has {len(g.q)} entries for m={g.m} concepts")
+    for q in qs:
+        _number(f"{where}: q", q, low=0.0, high=1.0)
+    if g.blocks is not None and not isinstance(g.blocks, list):
+        raise SaeRdpError(f"{where}: blocks must be a list of lists of concept indices")
+    if g.pmf is not None and not isinstance(g.pmf, dict):
+        raise SaeRdpError(f'{where}: pmf must be an object {{"0,1": probability, ...}}')
+
+
 def _positive(name: str, v: Any) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf):
         raise SaeRdpError(f"{name} must be a finite number > 0, got {v!r}")
@@ -219,8 +281,14 @@ def load_config(path: str | Path) -> SweepConfig:
         d = json.loads(p.read_text())
     except FileNotFoundError:
         raise SaeRdpError(f"config file not found: {p}") from None
+    except IsADirectoryError:
+        raise SaeRdpError(f"config {p} is a folder, not a JSON file") from None
+    except UnicodeDecodeError:
+        raise SaeRdpError(f"config {p} is not a UTF-8 JSON file") from None
     except json.JSONDecodeError as exc:
         raise SaeRdpError(f"malformed JSON in {p}: {exc.msg} (line {exc.lineno})") from None
+    except RecursionError:
+        raise SaeRdpError(f"config {p} is nested too deeply to be a sweep config") from None
     try:
         return SweepConfig.from_dict(d)
     except TypeError as exc:

@@ -132,9 +132,29 @@ class DataStream:
         self._x: torch.Tensor | None = None
         self._a: torch.Tensor | None = None
         self._pos = 0
+        self._chunk_state = generator.get_state()  # the generator's state before the current chunk
+        self._pending: tuple[torch.Tensor, int] | None = None
+
+    def position(self) -> tuple[torch.Tensor, int]:
+        """(the generator state the current chunk was drawn from, rows of the chunk used so far): a stream
+        given them by :meth:`restore` continues with exactly the batches this one would draw next."""
+        return self._chunk_state.clone(), self._pos
+
+    def restore(self, state: torch.Tensor, pos: int) -> None:
+        """Continue from a :meth:`position` (the chunk is redrawn from ``state`` on the next batch)."""
+        self._x = self._a = None
+        self._pending = (state, int(pos))
 
     def next_batch(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._pending is not None:
+            state, pos = self._pending
+            self._pending = None
+            self.generator.set_state(state)
+            self._chunk_state = self.generator.get_state()
+            self._x, self._a = self.built.sample(b * self.chunk, self.generator)
+            self._pos = pos
         if self._x is None or self._pos + b > self._x.shape[0]:
+            self._chunk_state = self.generator.get_state()
             self._x, self._a = self.built.sample(b * self.chunk, self.generator)
             self._pos = 0
         s = self._pos

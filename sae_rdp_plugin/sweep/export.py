@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from sae_rdp_plugin.errors import SaeRdpError
-from sae_rdp_plugin.io import replace_dir
+from sae_rdp_plugin.io import read_json_object, replace_dir
 from sae_rdp_plugin.sweep.config import SweepConfig
 from sae_rdp_plugin.sweep.members import Member, group_members
 
@@ -86,12 +86,12 @@ def export_member(out_dir: str | Path, member_id: str, dest: str | Path) -> Path
 
     ``dest`` must be new, an empty folder, or a previous export (it holds :data:`EXPORT_MARKER`), which is
     then replaced; any other existing path raises SaeRdpError and is left untouched."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     out = Path(out_dir)
-    state = json.loads((out / "state.json").read_text()) if (out / "state.json").exists() else None
-    if state is None:
+    if not (out / "state.json").is_file():
         raise SaeRdpError(f"{out} is not a sweep folder (no state.json)")
+    state = read_json_object(out / "state.json", "sweep state")
     gid = state.get("members", {}).get(member_id)
     if gid is None:
         raise SaeRdpError(f"unknown member {member_id!r} in {out}")
@@ -101,18 +101,23 @@ def export_member(out_dir: str | Path, member_id: str, dest: str | Path) -> Path
     mbs = dict(group_members(cfg))[gid]
     i = [m.member_id for m in mbs].index(member_id)
     mb = mbs[i]
-    with safe_open(str(out / "groups" / f"{gid}.safetensors"), framework="pt") as f:
-        W_enc = f.get_tensor("param.W_enc")[i]
-        sd = {
-            "W_enc": W_enc,
-            "W_dec": f.get_tensor("param.W_dec")[i],
-            "b_enc": f.get_tensor("param.b_enc")[i],
-            "b_dec": f.get_tensor("param.b_dec")[i],
-        }
-        if mb.architecture == "jumprelu":
-            sd["threshold"] = f.get_tensor("param.threshold")[i]
-        if mb.architecture == "batchtopk":
-            sd["topk_threshold"] = f.get_tensor("buf.topk_threshold")[i]
+    weights = out / "groups" / f"{gid}.safetensors"
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            W_enc = f.get_tensor("param.W_enc")[i]
+            sd = {
+                "W_enc": W_enc,
+                "W_dec": f.get_tensor("param.W_dec")[i],
+                "b_enc": f.get_tensor("param.b_enc")[i],
+                "b_dec": f.get_tensor("param.b_dec")[i],
+            }
+            if mb.architecture == "jumprelu":
+                sd["threshold"] = f.get_tensor("param.threshold")[i]
+            if mb.architecture == "batchtopk":
+                sd["topk_threshold"] = f.get_tensor("buf.topk_threshold")[i]
+    except (SafetensorError, OSError, IndexError) as exc:
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise SaeRdpError(f"group weights {weights} are unreadable ({reason})") from None
     sae = saelens_training_sae(cfg, mb, int(W_enc.shape[0]))
     sae.load_state_dict({k: v.float().contiguous() if k != "topk_threshold" else v.double() for k, v in sd.items()})
     dest = Path(dest)

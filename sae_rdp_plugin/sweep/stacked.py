@@ -269,7 +269,7 @@ class StackedSAEs(torch.nn.Module):
         return sd
 
 
-def make_optimizer(cfg: SweepConfig, model: StackedSAEs, device: torch.device) -> tuple[torch.optim.Adam, Any]:
+def make_optimizer(cfg: SweepConfig, model: torch.nn.Module, device: torch.device) -> tuple[torch.optim.Adam, Any]:
     """One Adam over the stacked tensors (element-wise, so G independent Adams) and SAELens's lr scheduler."""
     from sae_lens.training.optim import get_lr_scheduler
 

@@ -21,19 +21,29 @@ groups and continues an interrupted one from its last checkpoint.
 
 from __future__ import annotations
 
-import json
+import contextlib
+import os
+import shutil
 import sys
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sae_rdp_plugin.devices import check_device
 from sae_rdp_plugin.errors import SaeRdpError
-from sae_rdp_plugin.io import atomic_save, atomic_write_json
+from sae_rdp_plugin.io import (
+    FolderLock,
+    atomic_save,
+    atomic_write_json,
+    is_temp_name,
+    read_json_object,
+    remove_stale_temps,
+)
 from sae_rdp_plugin.sweep.config import SweepConfig, json_safe
-from sae_rdp_plugin.sweep.data import DataStream, build_dgp
+from sae_rdp_plugin.sweep.data import BuiltDGP, DataStream, build_dgp
 from sae_rdp_plugin.sweep.evaluate import curve_point, evaluate_group
 from sae_rdp_plugin.sweep.members import group_members
 from sae_rdp_plugin.sweep.stacked import StackedSAEs, make_optimizer
@@ -56,9 +66,15 @@ def train_sweep(
     members; None trains them all. With ``resume=True`` a previous run in ``out_dir`` (same config)
     continues: done groups are kept, an interrupted one restarts from its last checkpoint. Without it,
     a non-empty ``out_dir`` holding a sweep is an error.
+
+    Everything that can be checked (config, device, DGPs, lr schedule, whether the largest group fits in
+    the device's memory) is checked before anything is written. The folder is locked
+    (:class:`~sae_rdp_plugin.io.FolderLock`) while training: a second process on it gets SaeRdpError.
+    Temporary files a killed run left are removed. A new sweep needs a new or empty folder; if it fails
+    before its first checkpoint, it removes what it wrote.
     """
     cfg.validate()
-    device = torch.device(device)
+    device = check_device(device, flag="device")
     grid = group_members(cfg)
     if groups is None:
         selected = {gid for gid, _ in grid}
@@ -68,23 +84,81 @@ def train_sweep(
         if unknown:
             raise SaeRdpError(f"unknown sweep group id(s): {', '.join(unknown)}")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SaeRdpError(f"sweep output {out} exists and is not a folder")
+    dtype = getattr(torch, cfg.dtype)
+    dgps = {g.name: build_dgp(g, device, dtype=torch.float32 if dtype == torch.bfloat16 else dtype) for g in cfg.dgps}
+    _check_schedule(cfg)
+    _check_fits(cfg, grid, dgps, device)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with FolderLock(out):
+            return _train_locked(cfg, out, device, dgps, grid, selected, resume, progress, on_step, groups)
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a run that failed before writing anything leaves no folder behind
+
+
+def _train_locked(
+    cfg: SweepConfig,
+    out: Path,
+    device: torch.device,
+    dgps: dict[str, BuiltDGP],
+    grid: list[tuple[str, list[Any]]],
+    selected: set[str],
+    resume: bool,
+    progress: bool,
+    on_step: Callable[[str, int], None] | None,
+    groups: Collection[str] | None,
+) -> list[dict[str, Any]]:
     state_path = out / "state.json"
     cfg_dict = json_safe(cfg.to_dict())
-    if state_path.exists():
+    fresh = not state_path.exists()
+    if fresh and [p for p in out.iterdir() if p.name != FolderLock.NAME and not is_temp_name(p.name)]:
+        raise SaeRdpError(f"{out} is a non-empty folder that holds no sweep; give a new or empty folder")
+    if not fresh:
         if not resume:
             raise SaeRdpError(f"{out} already holds a sweep: pass --resume (resume=True) or use a new folder")
-        state = json.loads(state_path.read_text())
+        state = read_json_object(state_path, "sweep state")
         if state.get("config") != cfg_dict:
             raise SaeRdpError(f"{out} holds a sweep with a different config; cannot resume")
     else:
         state = {"config": cfg_dict, "groups": {}}
-    out.mkdir(parents=True, exist_ok=True)
+    for sub in (out, out / "groups", out / "members"):
+        remove_stale_temps(sub)  # we hold the lock: any temporary file here is a killed run's
+    try:
+        return _train_groups(cfg, out, device, dgps, grid, selected, resume, progress, on_step, groups, state)
+    except BaseException:
+        if fresh and not state["groups"]:
+            # no checkpoint to resume from, and the folder held nothing before: leave it as it was
+            for name in ("groups", "members"):
+                shutil.rmtree(out / name, ignore_errors=True)
+            state_path.unlink(missing_ok=True)
+            remove_stale_temps(out)
+        raise
+
+
+def _train_groups(
+    cfg: SweepConfig,
+    out: Path,
+    device: torch.device,
+    dgps: dict[str, BuiltDGP],
+    grid: list[tuple[str, list[Any]]],
+    selected: set[str],
+    resume: bool,
+    progress: bool,
+    on_step: Callable[[str, int], None] | None,
+    groups: Collection[str] | None,
+    state: dict[str, Any],
+) -> list[dict[str, Any]]:
+    state_path = out / "state.json"
+    cfg_dict = state["config"]
+    dtype = getattr(torch, cfg.dtype)
+    state["members"] = {mb.member_id: gid for gid, mbs in grid for mb in mbs}
+    atomic_write_json(state_path, state)  # first: a folder with our subfolders always has its state.json
     (out / "groups").mkdir(exist_ok=True)
     (out / "members").mkdir(exist_ok=True)
-    dtype = getattr(torch, cfg.dtype)
-    dgps = {g.name: build_dgp(g, device, dtype=torch.float32 if dtype == torch.bfloat16 else dtype) for g in cfg.dgps}
-    state["members"] = {mb.member_id: gid for gid, mbs in grid for mb in mbs}
-    atomic_write_json(state_path, state)
     todo = [
         (gi, gid, mbs)
         for gi, (gid, mbs) in enumerate(grid)
@@ -101,59 +175,8 @@ def train_sweep(
 
     t_start = time.time()
     for gi, gid, mbs in todo:
-        arch, width, d = mbs[0].architecture, mbs[0].width, dgps[mbs[0].dgp].d
-        model = StackedSAEs(cfg, arch, width, d, mbs, {k: v.concepts for k, v in dgps.items()}, device)
-        opt, sched = make_optimizer(cfg, model, device)
-        used = sorted({mb.dgp for mb in mbs}, key=list(dgps).index)
-        gens = {
-            name: torch.Generator(device=device).manual_seed(
-                cfg.data_seed * 1_000_003 + 7919 * gi + list(dgps).index(name)
-            )
-            for name in used
-        }
-        ckpt = out / "groups" / f"{gid}.safetensors"
-        step0 = 0
-        if resume and ckpt.exists():
-            step0 = _load_group_ckpt(ckpt, model, opt, gens)
-            for _ in range(step0):
-                sched.step()
-        streams = {name: DataStream(dgps[name], gens[name]) for name in used}
-        index = torch.tensor([used.index(mb.dgp) for mb in mbs], device=device)
-        curve: list[dict[str, Any]] = []
-        t0 = time.time()
-        for step in range(step0, cfg.steps):
-            xs = [streams[name].next_batch(cfg.batch_size)[0].to(dtype) for name in used]
-            x = xs[0].unsqueeze(0).expand(len(mbs), -1, -1) if len(used) == 1 else torch.stack(xs)[index]
-            loss, terms = model.loss(x, step)
-            loss.sum().backward()
-            if cfg.grad_clip_norm is not None:
-                model.clip_grads_(cfg.grad_clip_norm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sched.step()
-            if cfg.record_every and ((step + 1) % cfg.record_every == 0 or step == step0):
-                curve.append(curve_point(model, mbs, dgps, step + 1, terms))
-            if on_step is not None:
-                on_step(gid, step + 1)
-            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                _save_group_ckpt(ckpt, model, opt, step + 1, gens)
-                state["groups"][gid] = {"status": "running", "step": step + 1}
-                atomic_write_json(state_path, state)
-            if progress and (step + 1) % max(cfg.steps // 4, 1) == 0:
-                print(
-                    f"[sweep] {gid} ({len(mbs)} SAEs) step {step + 1}/{cfg.steps} "
-                    f"mse {terms['mse'].mean():.4f} ({time.time() - t0:.1f} s)",
-                    flush=True,
-                )
-        for r in evaluate_group(model, mbs, dgps, eval_data):
-            atomic_write_json(out / "members" / f"{r['member_id']}.json", json_safe(r))
-        if curve:
-            atomic_write_json(
-                out / "groups" / f"{gid}.curve.json", {"members": [m.member_id for m in mbs], "curve": curve}
-            )
-        _save_group_ckpt(ckpt, model, opt, cfg.steps, gens)
-        state["groups"][gid] = {"status": "done", "step": cfg.steps, "seconds": time.time() - t0}
-        atomic_write_json(state_path, state)
+        with _out_of_memory_as_error(gid, device):
+            _train_group(cfg, out, device, dgps, gi, gid, mbs, resume, progress, on_step, state, eval_data, dtype)
     results, _ = _evaluated_members(out)
     if all(state["groups"].get(gid, {}).get("status") == "done" for gid, _ in grid):
         atomic_write_json(
@@ -162,6 +185,142 @@ def train_sweep(
     if groups is not None:
         results = [r for r in results if state["members"][r["member_id"]] in selected]
     return results
+
+
+def _train_group(
+    cfg: SweepConfig,
+    out: Path,
+    device: torch.device,
+    dgps: dict[str, BuiltDGP],
+    gi: int,
+    gid: str,
+    mbs: list[Any],
+    resume: bool,
+    progress: bool,
+    on_step: Callable[[str, int], None] | None,
+    state: dict[str, Any],
+    eval_data: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    dtype: torch.dtype,
+) -> None:
+    """Train one group from scratch or from its checkpoint, evaluate its members, mark it done."""
+    state_path = out / "state.json"
+    arch, width, d = mbs[0].architecture, mbs[0].width, dgps[mbs[0].dgp].d
+    model = StackedSAEs(cfg, arch, width, d, mbs, {k: v.concepts for k, v in dgps.items()}, device)
+    opt, sched = make_optimizer(cfg, model, device)
+    used = sorted({mb.dgp for mb in mbs}, key=list(dgps).index)
+    gens = {
+        name: torch.Generator(device=device).manual_seed(cfg.data_seed * 1_000_003 + 7919 * gi + list(dgps).index(name))
+        for name in used
+    }
+    streams = {name: DataStream(dgps[name], gens[name]) for name in used}
+    ckpt = out / "groups" / f"{gid}.safetensors"
+    step0 = 0
+    if resume and ckpt.exists():
+        step0 = _load_group_ckpt(ckpt, model, opt, streams)
+        for _ in range(step0):
+            sched.step()
+    index = torch.tensor([used.index(mb.dgp) for mb in mbs], device=device)
+    curve: list[dict[str, Any]] = []
+    t0 = time.time()
+    for step in range(step0, cfg.steps):
+        xs = [streams[name].next_batch(cfg.batch_size)[0].to(dtype) for name in used]
+        x = xs[0].unsqueeze(0).expand(len(mbs), -1, -1) if len(used) == 1 else torch.stack(xs)[index]
+        loss, terms = model.loss(x, step)
+        loss.sum().backward()
+        if cfg.grad_clip_norm is not None:
+            model.clip_grads_(cfg.grad_clip_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        if cfg.record_every and ((step + 1) % cfg.record_every == 0 or step == step0):
+            curve.append(curve_point(model, mbs, dgps, step + 1, terms))
+        if on_step is not None:
+            on_step(gid, step + 1)
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            _save_group_ckpt(ckpt, model, opt, step + 1, streams)
+            state["groups"][gid] = {"status": "running", "step": step + 1}
+            atomic_write_json(state_path, state)
+        if progress and (step + 1) % max(cfg.steps // 4, 1) == 0:
+            print(
+                f"[sweep] {gid} ({len(mbs)} SAEs) step {step + 1}/{cfg.steps} "
+                f"mse {terms['mse'].mean():.4f} ({time.time() - t0:.1f} s)",
+                flush=True,
+            )
+    for r in evaluate_group(model, mbs, dgps, eval_data):
+        atomic_write_json(out / "members" / f"{r['member_id']}.json", json_safe(r))
+    if curve:
+        atomic_write_json(out / "groups" / f"{gid}.curve.json", {"members": [m.member_id for m in mbs], "curve": curve})
+    _save_group_ckpt(ckpt, model, opt, cfg.steps, streams)
+    state["groups"][gid] = {"status": "done", "step": cfg.steps, "seconds": time.time() - t0}
+    atomic_write_json(state_path, state)
+
+
+def _check_schedule(cfg: SweepConfig) -> None:
+    """Build the optimizer and SAELens's lr scheduler once on a dummy parameter: a schedule SAELens
+    refuses (e.g. ``lr_decay_steps`` with ``lr_end`` 0) is an error before anything is written."""
+    if cfg.lr_warm_up_steps + cfg.lr_decay_steps > cfg.steps:
+        raise SaeRdpError(
+            f"lr_warm_up_steps + lr_decay_steps ({cfg.lr_warm_up_steps} + {cfg.lr_decay_steps}) "
+            f"exceed steps ({cfg.steps})"
+        )
+    try:
+        make_optimizer(cfg, torch.nn.Linear(1, 1), torch.device("cpu"))
+    except (ValueError, ZeroDivisionError) as exc:
+        raise SaeRdpError(f"lr schedule {cfg.lr_scheduler_name!r}: {exc}") from None
+
+
+def _memory_bytes(device: torch.device) -> int | None:
+    """The device's total memory (None where unknown)."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.get_device_properties(device).total_memory)
+        if device.type == "cpu":
+            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        return None
+    return None
+
+
+def group_bytes(cfg: SweepConfig, width: int, d: int, n_members: int, arch: str) -> int:
+    """A rough estimate of a group's training memory in bytes: parameters, gradients and two Adam moments,
+    4 G (2 n d + n + d) (+ G n JumpReLU thresholds), and one step's activations, G batch (6 n + 4 d)."""
+    item = torch.finfo(getattr(torch, cfg.dtype)).bits // 8
+    params = n_members * (2 * width * d + width + d + (width if arch == "jumprelu" else 0))
+    acts = n_members * cfg.batch_size * (6 * width + 4 * d)
+    return item * (4 * params + acts)
+
+
+def _check_fits(
+    cfg: SweepConfig, grid: list[tuple[str, list[Any]]], dgps: dict[str, BuiltDGP], device: torch.device
+) -> None:
+    """Refuse a grid whose largest group cannot fit in the device's memory (:func:`group_bytes`)."""
+    total = _memory_bytes(device)
+    if total is None:
+        return
+    for gid, mbs in grid:
+        need = group_bytes(cfg, mbs[0].width, dgps[mbs[0].dgp].d, len(mbs), mbs[0].architecture)
+        if need > total:
+            raise SaeRdpError(
+                f"group {gid} ({len(mbs)} SAEs of width {mbs[0].width}) needs about {need / 2**30:,.1f} GiB, "
+                f"more than the {total / 2**30:,.1f} GiB of {device}; lower widths, batch_size or max_group_size"
+            )
+
+
+@contextlib.contextmanager
+def _out_of_memory_as_error(gid: str, device: torch.device) -> Iterator[None]:
+    """An allocation failure while training a group becomes one SaeRdpError line."""
+    try:
+        yield
+    except (MemoryError, torch.OutOfMemoryError) as exc:
+        raise SaeRdpError(
+            f"group {gid}: out of memory on {device}; lower widths, batch_size or max_group_size"
+        ) from exc
+    except RuntimeError as exc:
+        if "allocate" not in str(exc) and "out of memory" not in str(exc):
+            raise
+        raise SaeRdpError(
+            f"group {gid}: out of memory on {device}; lower widths, batch_size or max_group_size"
+        ) from exc
 
 
 def load_results(out_dir: str | Path, allow_partial: bool = False) -> list[dict[str, Any]]:
@@ -190,18 +349,19 @@ def _evaluated_members(out: Path) -> tuple[list[dict[str, Any]], int]:
     state_path = out / "state.json"
     if not state_path.exists():
         raise SaeRdpError(f"{out} is not a sweep folder (no state.json)")
-    state = json.loads(state_path.read_text())
+    state = read_json_object(state_path, "sweep state")
     res = []
     for mid in state.get("members", {}):
         p = out / "members" / f"{mid}.json"
         if p.exists():
-            res.append(json.loads(p.read_text()))
+            res.append(read_json_object(p, "member result"))
     return res, len(state.get("members", {}))
 
 
 def _save_group_ckpt(
-    path: Path, model: StackedSAEs, opt: torch.optim.Optimizer, step: int, gens: dict[str, torch.Generator]
+    path: Path, model: StackedSAEs, opt: torch.optim.Optimizer, step: int, streams: dict[str, DataStream]
 ) -> None:
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {
@@ -217,17 +377,34 @@ def _save_group_ckpt(
                     tensors[f"adam.{names[id(p)]}.{sk}"] = st[sk].detach().cpu().contiguous()
             if "step" in st:
                 tensors[f"adam.{names[id(p)]}.step"] = torch.as_tensor(st["step"]).detach().cpu().reshape(1).float()
-    for dn, g in gens.items():
-        tensors[f"rng.{dn}"] = g.get_state().cpu()
+    for dn, stream in streams.items():
+        # the state the stream's current chunk was drawn from and the rows used: a resume redraws that
+        # chunk and continues inside it, so it sees the batches an uninterrupted run sees
+        rng, pos = stream.position()
+        tensors[f"rng.{dn}"] = rng.cpu()
+        tensors[f"pos.{dn}"] = torch.tensor([pos], dtype=torch.int64)
     meta = {"step": str(step)}
-    atomic_save(path, lambda p: save_file(tensors, str(p), metadata=meta))
+    try:
+        atomic_save(path, lambda p: save_file(tensors, str(p), metadata=meta))
+    except (OSError, SafetensorError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        raise SaeRdpError(f"cannot write checkpoint {path}: {reason}") from None
 
 
-def _load_group_ckpt(
-    path: Path, model: StackedSAEs, opt: torch.optim.Optimizer, gens: dict[str, torch.Generator]
+def _load_group_ckpt(path: Path, model: StackedSAEs, opt: torch.optim.Optimizer, streams: dict[str, DataStream]) -> int:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return _read_group_ckpt(path, model, opt, streams, safe_open)
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise SaeRdpError(
+            f"checkpoint {path} is unreadable ({str(exc).splitlines()[0][:120]}); delete it to retrain its group"
+        ) from None
+
+
+def _read_group_ckpt(
+    path: Path, model: StackedSAEs, opt: torch.optim.Optimizer, streams: dict[str, DataStream], safe_open: Any
 ) -> int:
-    from safetensors import safe_open
-
     dev = model.W_enc.device
     with safe_open(str(path), framework="pt") as f:
         step = int(f.metadata()["step"])
@@ -248,7 +425,9 @@ def _load_group_ckpt(
                         "exp_avg": f.get_tensor(f"adam.{k}.exp_avg").to(dev),
                         "exp_avg_sq": f.get_tensor(f"adam.{k}.exp_avg_sq").to(dev),
                     }
-        for dn, g in gens.items():
-            if f"rng.{dn}" in keys:
-                g.set_state(f.get_tensor(f"rng.{dn}"))
+        for dn, stream in streams.items():
+            if f"pos.{dn}" in keys:
+                stream.restore(f.get_tensor(f"rng.{dn}"), int(f.get_tensor(f"pos.{dn}")[0]))
+            elif f"rng.{dn}" in keys:  # a checkpoint of an earlier version: the generator's state only
+                stream.generator.set_state(f.get_tensor(f"rng.{dn}"))
     return step

@@ -19,8 +19,11 @@ stock architecture name) and, for weighted architectures, ``gamma.safetensors`` 
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,8 @@ __all__ = [
     "tokens_dataset_from_text",
     "load_dataset_arg",
     "runner_config",
+    "runner_model",
+    "runner_dataset",
     "saelens_cli",
 ]
 
@@ -107,12 +112,21 @@ def train_synthetic(
     ``cfg.gamma_estimation_batches`` batches (unless ``cfg.gamma_path`` or ``resume_from`` gives it).
     ``resume_from`` is a checkpoint folder; ``fast=False`` uses SAELens's reference step.
 
+    ``out`` must be new, an empty folder or an earlier training run (:func:`check_run_folder`), checked
+    before training. The run is written into a hidden sibling ``.<out>.<id>.partial`` (checkpoints
+    included) and renamed to ``out`` at the end (:func:`sae_rdp_plugin.io.replace_dir`), so ``out`` only
+    ever holds a complete run; a failed run leaves the sibling only if it holds checkpoints (resume from
+    one of them: the run then continues in that sibling).
+
     Reports MCC of the decoder against the true directions, and the explained variance, L0 and dead
     latents of one fresh batch (:func:`sae_rdp_plugin.rdp.metrics.rate_distortion`)."""
+    import shutil
+
     from sae_lens.synthetic import SyntheticActivationIterator, mean_correlation_coefficient
     from sae_lens.training.sae_trainer import SAETrainer
 
-    from sae_rdp_plugin.io import atomic_write_json
+    from sae_rdp_plugin.devices import check_device
+    from sae_rdp_plugin.io import atomic_write_json, replace_dir
 
     if isinstance(cfg, TrainConfig):
         if len(args) != 1 or train_fields:
@@ -124,7 +138,11 @@ def train_synthetic(
         d_in, d_sae, out = args
         cfg = TrainConfig(cfg, d_in, d_sae, **train_fields)
     n_features = 2 * cfg.d_in if n_features is None else n_features
-    out = Path(out)
+    check_device(cfg.device)
+    out = check_run_folder(out)
+    resume = _check_resume_dir(resume_from) if resume_from is not None else None
+    staging = _resume_staging(resume, out) or out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.partial"
+    reused = staging.exists()
     t0 = time.time()
     fd, gen = make_synthetic_source(
         cfg.d_in, n_features, firing_probability=firing_probability, seed=cfg.seed, device=cfg.device
@@ -134,44 +152,187 @@ def train_synthetic(
     torch.manual_seed(cfg.seed)
     sae = build_training_sae(sae_cfg)
     weighted = cfg.arch.weighted
-    if weighted and not sae.gamma_is_set and resume_from is None:
-        sae.estimate_gamma(data, cfg.gamma_estimation_batches, progress=True)
-    ckpt_dir = str(out / "checkpoints") if cfg.n_checkpoints > 0 else None
-    trainer = SAETrainer(cfg=cfg.trainer_config(ckpt_dir), sae=sae, data_provider=data)
-    if resume_from is not None:
-        trainer.load_trainer_state(resume_from)
-        sae.load_weights_from_checkpoint(resume_from)
-    # ---- BEGIN fast path (sae_rdp_plugin.fast.step): (weighted_)topk/batchtopk steps run sparse;
-    # same loss/gradients/Adam as SAELens's step; fast=False (`--no-fast`) keeps the reference step.
-    if fast:
-        from sae_rdp_plugin.fast.step import install_fast_step
-
-        install_fast_step(trainer)
-    # ---- END fast path
-    trainer.fit()
-    sae.save_inference_model(out)
-    sae.eval()
-    rd = rate_distortion(sae, next(data).to(cfg.device))
-    mcc = mean_correlation_coefficient(sae.W_dec.detach().float().cpu(), fd.feature_vectors.detach().float().cpu())
-    res = SyntheticTrainResult(
-        out=str(out),
-        architecture=cfg.architecture,
-        d_in=cfg.d_in,
-        d_sae=cfg.d_sae,
-        k=sae_cfg.get("k"),
-        alpha=sae_cfg.get("alpha"),
-        tokens=int(cfg.tokens),
-        steps=trainer.n_training_steps,
-        device=cfg.device,
-        seconds=round(time.time() - t0, 2),
-        mcc=float(mcc),
-        explained_variance=rd.explained_variance,
-        l0=rd.rate,
-        dead_latents=rd.dead_latents,
-        gamma_file=str(out / GAMMA_FILENAME) if weighted else None,
+    ckpt_dir = staging / "checkpoints" if cfg.n_checkpoints > 0 else None
+    trainer = SAETrainer(
+        cfg=cfg.trainer_config(None if ckpt_dir is None else str(ckpt_dir)), sae=sae, data_provider=data
     )
-    atomic_write_json(out / "train_summary.json", asdict(res))
+    if resume is not None:
+        _load_resume(trainer, sae, resume)
+        if reused:  # continuing the interrupted run's own folder: its checkpoints after this one are void
+            for ck in _checkpoints(staging, complete=False):
+                if _step_of(ck) > (_step_of(resume) or 0):
+                    shutil.rmtree(ck)
+    elif weighted and not sae.gamma_is_set:
+        sae.estimate_gamma(data, cfg.gamma_estimation_batches, progress=True)
+    _checkpoint_errors_as_input_errors(trainer, out)
+    try:
+        # ---- BEGIN fast path (sae_rdp_plugin.fast.step): (weighted_)topk/batchtopk steps run sparse;
+        # same loss/gradients/Adam as SAELens's step; fast=False (`--no-fast`) keeps the reference step.
+        if fast:
+            from sae_rdp_plugin.fast.step import install_fast_step
+
+            install_fast_step(trainer)
+        # ---- END fast path
+        trainer.fit()
+        if resume is not None and _step_of(resume) is not None and out.absolute() in resume.parents:
+            # the run resumed from a checkpoint of the run in ``out``, which the publish replaces: keep it
+            # and the earlier ones in the new run
+            for ck in resume.parent.iterdir():
+                if ck.is_dir() and _step_of(ck) is not None and _step_of(ck) <= _step_of(resume):
+                    shutil.copytree(ck, staging / "checkpoints" / ck.name, dirs_exist_ok=True)
+        staging.mkdir(parents=True, exist_ok=True)
+        _drop_incomplete_checkpoints(staging)
+        try:
+            sae.save_inference_model(staging)
+        except Exception as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
+            raise SaeRdpError(f"cannot save the trained SAE for {out}: {reason}") from exc
+        sae.eval()
+        rd = rate_distortion(sae, next(data).to(cfg.device))
+        mcc = mean_correlation_coefficient(sae.W_dec.detach().float().cpu(), fd.feature_vectors.detach().float().cpu())
+        res = SyntheticTrainResult(
+            out=str(out),
+            architecture=cfg.architecture,
+            d_in=cfg.d_in,
+            d_sae=cfg.d_sae,
+            k=sae_cfg.get("k"),
+            alpha=sae_cfg.get("alpha"),
+            tokens=int(cfg.tokens),
+            steps=trainer.n_training_steps,
+            device=cfg.device,
+            seconds=round(time.time() - t0, 2),
+            mcc=float(mcc),
+            explained_variance=rd.explained_variance,
+            l0=rd.rate,
+            dead_latents=rd.dead_latents,
+            gamma_file=str(out / GAMMA_FILENAME) if weighted else None,
+        )
+        atomic_write_json(staging / "train_summary.json", asdict(res))
+        check_run_folder(out)  # again: the folder may have changed during training
+        replace_dir(staging, out)
+    except BaseException:
+        _drop_incomplete_checkpoints(staging)
+        if staging.exists() and not reused and not _checkpoints(staging):
+            shutil.rmtree(staging, ignore_errors=True)  # ours, and nothing in it to resume from
+        elif staging.exists():
+            print(f"note: the checkpoints of this run are kept in {staging / 'checkpoints'}", file=sys.stderr)
+        raise
     return res
+
+
+#: SAELens's checkpoint files: the trainer state (a torch pickle) and the activation scaler
+_TRAINER_STATE = "trainer_state.pt"
+_SCALER = "activation_scaler.json"
+_CHECKPOINT_FILES = ("sae_weights.safetensors", _TRAINER_STATE, _SCALER)
+
+
+def _is_train_run(p: Path) -> bool:
+    """A folder written by a sae-rdp training command (``train_summary.json``, or the ``summary.json``
+    of a ``train --model`` grid)."""
+    if (p / "train_summary.json").is_file():
+        return True
+    try:
+        return str(json.loads((p / "summary.json").read_text()).get("format", "")).startswith("sae-rdp ")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return False
+
+
+def check_run_folder(out: str | Path) -> Path:
+    """``out`` as a Path if a training run may be written there: new, an empty folder, or an earlier
+    sae-rdp training run (replaced whole at the end, so no file of the old run survives next to the new
+    SAE); its nearest existing parent must be writable. Anything else raises SaeRdpError; nothing is
+    written or deleted here."""
+    from sae_rdp_plugin.io import check_out_folder
+
+    return check_out_folder(out, _is_train_run)
+
+
+def _step_of(ck: Path) -> int | None:
+    return int(ck.name) if ck.name.isdigit() else None
+
+
+def _checkpoints(run: Path, complete: bool = True) -> list[Path]:
+    """The SAELens checkpoint folders (``checkpoints/<samples>``) of a run folder; ``complete``: only those
+    holding every file a resume reads."""
+    found = [ck for ck in (run / "checkpoints").glob("*") if ck.is_dir() and _step_of(ck) is not None]
+    if complete:
+        found = [ck for ck in found if all((ck / n).is_file() for n in _CHECKPOINT_FILES)]
+    return sorted(found, key=_step_of)
+
+
+def _drop_incomplete_checkpoints(run: Path) -> None:
+    """Remove the checkpoint folders of our own run folder that a failure or a kill left half-written."""
+    import shutil
+
+    complete = set(_checkpoints(run))
+    for ck in _checkpoints(run, complete=False):
+        if ck not in complete:
+            shutil.rmtree(ck, ignore_errors=True)
+
+
+def _check_resume_dir(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise SaeRdpError(f"--resume {p}: no such checkpoint folder")
+    missing = [n for n in _CHECKPOINT_FILES if not (p / n).is_file()]
+    if missing:
+        raise SaeRdpError(f"--resume {p} is not a SAELens training checkpoint (missing {', '.join(missing)})")
+    return p.absolute()
+
+
+def _resume_staging(resume: Path | None, out: Path) -> Path | None:
+    """The staging folder of an earlier, interrupted run into ``out`` that ``resume`` is a checkpoint of."""
+    if resume is None or resume.parent.name != "checkpoints" or _step_of(resume) is None:
+        return None
+    run = resume.parent.parent
+    if run.parent == out.absolute().parent and run.name.startswith(f".{out.name}.") and run.name.endswith(".partial"):
+        return out.parent / run.name
+    return None
+
+
+def _load_resume(trainer: Any, sae: Any, resume: Path) -> None:
+    """Load a checkpoint into the trainer and SAE. The trainer state is first read by ``torch.load`` with
+    ``weights_only=True`` (plain tensors and containers only: a crafted pickle is refused, never run);
+    any unreadable or mismatched checkpoint is a SaeRdpError. Then the step count and the checkpoint
+    schedule are set so that the resumed run counts every step once and writes only the checkpoints
+    still due."""
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's note on the pickle protocol
+            torch.load(resume / _TRAINER_STATE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise SaeRdpError(
+            f"--resume {resume}: {_TRAINER_STATE} holds objects other than tensors and plain containers; "
+            "refused (loading it could run code)"
+        ) from None
+    except Exception as exc:
+        raise SaeRdpError(f"--resume {resume}: {_TRAINER_STATE} is unreadable ({type(exc).__name__})") from None
+    try:
+        trainer.load_trainer_state(resume)
+        sae.load_weights_from_checkpoint(resume)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise SaeRdpError(f"--resume {resume}: cannot load the checkpoint ({reason})") from None
+    # SAETrainer saves a checkpoint inside a step, after counting its samples but before counting the step
+    trainer.n_training_steps = trainer.n_training_samples // trainer.cfg.train_batch_size_samples
+    trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds if t >= trainer.n_training_samples]
+
+
+def _checkpoint_errors_as_input_errors(trainer: Any, out: Path) -> None:
+    """A checkpoint that cannot be written (full disk, permissions) stops training with one SaeRdpError."""
+    save = trainer.save_checkpoint
+
+    def save_checkpoint(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return save(*args, **kwargs)
+        except Exception as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
+            raise SaeRdpError(f"cannot write a checkpoint of the run for {out}: {reason}") from exc
+
+    trainer.save_checkpoint = save_checkpoint
 
 
 # ------------------------------------------------------------------------------------ language models
@@ -190,7 +351,8 @@ def train_language_model(
     ``cfg.from_pretrained_path`` (their gamma.safetensors, verbatim), from the SAE config's
     ``gamma_path``, or else from a streaming float64 pass over ``gamma_estimation_batches`` batches of
     the runner's own ActivationsStore. The final SAE is saved by SAELens to ``cfg.output_path`` with
-    gamma.safetensors next to it. Returns the trained SAE."""
+    gamma.safetensors next to it. Without ``override_model``, a ``cfg.model_name`` of the plugin's models is
+    loaded by :func:`runner_model`, any other by SAELens. Returns the trained SAE."""
     import sae_rdp_plugin.wsae.registry as arch
 
     arch.register_now()
@@ -203,6 +365,8 @@ def train_language_model(
             f"n_batches_in_buffer * context_size ({cfg.n_batches_in_buffer} * {cfg.context_size}) must be >= "
             f"train_batch_size_tokens ({cfg.train_batch_size_tokens})"
         )
+    if override_model is None:  # model names SAELens cannot load (offline GGUF models, GPT-2 / Pythia): ours
+        override_model = runner_model(cfg)
     runner = LanguageModelSAETrainingRunner(cfg, override_dataset=override_dataset, override_model=override_model)
     sae = runner.sae
     if isinstance(sae, WeightedSAEMixin):
@@ -254,6 +418,73 @@ def load_dataset_arg(path: str, tokenizer: Any, context_size: int) -> Any:
     raise SaeRdpError(f"dataset not found: {path} (give a text file or a datasets directory with a 'tokens' column)")
 
 
+#: ``model_from_pretrained_kwargs`` keys :func:`runner_model` reads (``first_n_layers`` is TransformerLens's
+#: name of ``n_layers``; ``d_model`` / ``n_heads`` resize a random GPT-2 / Pythia for tests)
+RUNNER_MODEL_KWARGS = ("path", "n_layers", "first_n_layers", "random_init", "seed", "d_model", "n_heads")
+#: TransformerLens's weight processing: the plugin's models load unprocessed (SAELens's
+#: ``from_pretrained_no_processing``), so these are accepted only when false
+_TL_PROCESSING = (
+    "fold_ln",
+    "center_writing_weights",
+    "center_unembed",
+    "fold_value_biases",
+    "refactor_factored_attn_matrices",
+)
+
+
+def runner_model(cfg: Any) -> Any:
+    """The HookedTransformer of ``cfg.model_name`` (a LanguageModelSAERunnerConfig) when the plugin loads that
+    name, else None (SAELens loads it): the offline ``gemma3-270m`` / ``smollm2-135m`` and the GPT-2 / Pythia
+    names, through :func:`sae_rdp_plugin.lm.models.load_model` (or ``random_model_like`` with ``random_init``).
+
+    ``cfg.model_from_pretrained_kwargs`` may hold ``path`` (a GGUF file or a model folder), ``n_layers``
+    (or ``first_n_layers``), and ``random_init`` with ``seed`` / ``d_model`` / ``n_heads`` (random weights of
+    the architecture, no network). Other keys, and TransformerLens processing switched on, raise SaeRdpError."""
+    from sae_rdp_plugin.lm.models import OFFLINE_MODELS, canonical_name, load_model, published_arch, random_model_like
+
+    name = cfg.model_name
+    if cfg.model_class_name != "HookedTransformer" or (
+        canonical_name(name) not in OFFLINE_MODELS and published_arch(name) is None
+    ):
+        return None
+    kw = dict(cfg.model_from_pretrained_kwargs or {})
+    on = [k for k in _TL_PROCESSING if kw.pop(k, False)]
+    if on:
+        raise SaeRdpError(f"{name} loads unprocessed (as from_pretrained_no_processing): {', '.join(on)} must be false")
+    unknown = sorted(set(kw) - set(RUNNER_MODEL_KWARGS))
+    if unknown:
+        raise SaeRdpError(
+            f"model_from_pretrained_kwargs {unknown} not understood for {name}; use {list(RUNNER_MODEL_KWARGS)}"
+        )
+    if "n_layers" in kw and "first_n_layers" in kw:
+        raise SaeRdpError("give n_layers or first_n_layers, not both")
+    n_layers = kw.pop("n_layers", kw.pop("first_n_layers", None))
+    device = cfg.llm_device or cfg.device
+    if kw.pop("random_init", False):
+        if "path" in kw:
+            raise SaeRdpError("random_init builds random weights: it takes no path")
+        return random_model_like(name, n_layers=n_layers, device=device, **kw)
+    if {"seed", "d_model", "n_heads"} & set(kw):
+        raise SaeRdpError("seed / d_model / n_heads only with random_init")
+    return load_model(name, path=kw.get("path"), device=device, n_layers=n_layers)
+
+
+def runner_dataset(dataset_path: str) -> Any:
+    """A ``datasets`` folder written by ``save_to_disk`` (which SAELens's ``load_dataset`` cannot read) as a
+    Dataset for ``override_dataset``; None for anything else (SAELens reads it)."""
+    p = Path(dataset_path) if dataset_path else None
+    if p is None or not p.is_dir() or not ((p / "state.json").is_file() or (p / "dataset_dict.json").is_file()):
+        return None
+    from datasets import DatasetDict, load_from_disk
+
+    ds = load_from_disk(str(p))
+    if isinstance(ds, DatasetDict):
+        if "train" not in ds:
+            raise SaeRdpError(f"dataset {p} has no 'train' split (splits: {list(ds)})")
+        ds = ds["train"]
+    return ds
+
+
 def runner_config(
     cfg: TrainConfig,
     *,
@@ -263,11 +494,13 @@ def runner_config(
     context_size: int = 128,
     n_batches_in_buffer: int = 16,
     store_batch_size_prompts: int = 8,
+    model_from_pretrained_kwargs: dict[str, Any] | None = None,
 ) -> Any:
     """A LanguageModelSAERunnerConfig training ``cfg`` on ``hook_name`` of ``model_name``, for offline use
     (no wandb): ``cfg.tokens`` training tokens in batches of ``cfg.batch_size`` tokens, the SAE and trainer
     fields of :class:`~sae_rdp_plugin.train.config.TrainConfig`; the final SAE goes to ``out`` and
-    checkpoints to ``out/checkpoints``. The buffer holds at least one training batch."""
+    checkpoints to ``out/checkpoints``. The buffer holds at least one training batch.
+    ``model_from_pretrained_kwargs``: for the plugin's model names, what :func:`runner_model` reads."""
     import sae_rdp_plugin.wsae.registry as arch
 
     arch.register_now()
@@ -278,6 +511,7 @@ def runner_config(
     return LanguageModelSAERunnerConfig(
         sae=TrainingSAEConfig.from_dict(cfg.sae_config_dict()),
         model_name=model_name,
+        model_from_pretrained_kwargs=model_from_pretrained_kwargs,
         hook_name=hook_name,
         dataset_path="",
         is_dataset_tokenized=True,
@@ -307,7 +541,10 @@ def runner_config(
 def saelens_cli(argv: list[str] | None = None) -> Any:
     """SAELens's own runner CLI (``--architecture weighted_topk --alpha 0.5 --model_name ... ``) with the
     plugin registered and gamma estimated from the activation store before training:
-    ``python -m sae_rdp_plugin.train.saelens --architecture weighted_topk --alpha 1 --d_in 768 ...``."""
+    ``python -m sae_rdp_plugin.train.saelens --architecture weighted_topk --alpha 1 --d_in 768 ...``.
+    ``--model_name gemma3-270m`` (or another of the plugin's models, :func:`runner_model`) loads that model,
+    with ``--model_from_pretrained_kwargs '{"path": ..., "n_layers": ...}'``; ``--dataset_path`` may be a
+    ``save_to_disk`` folder with a ``tokens`` column (:func:`runner_dataset`)."""
     import sys
 
     import sae_rdp_plugin.wsae.registry as arch
@@ -316,8 +553,12 @@ def saelens_cli(argv: list[str] | None = None) -> Any:
     from sae_lens.llm_sae_training_runner import _parse_cfg_args
 
     cfg = _parse_cfg_args(sys.argv[1:] if argv is None else argv)
-    return train_language_model(cfg)
+    return train_language_model(
+        cfg, override_model=runner_model(cfg), override_dataset=runner_dataset(cfg.dataset_path)
+    )
 
 
 if __name__ == "__main__":
-    saelens_cli()
+    from sae_rdp_plugin.cli import run_entry_point
+
+    raise SystemExit(run_entry_point(saelens_cli))

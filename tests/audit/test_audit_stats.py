@@ -73,11 +73,11 @@ def test_violation_rate_matches_brute_force(sw, tie):
 def test_rank_correlation_matches_scipy(sw):
     r, d, p = sw
     ref = brute_rho(r, d, p)
-    got = rdp_rank_correlation(r, d, p)
-    if np.isnan(ref):
-        assert np.isnan(got)
+    if np.isnan(ref):  # undefined (constant ranks): an error, as violation_rate without dominated pairs
+        with pytest.raises(SaeRdpError, match="is constant across"):
+            rdp_rank_correlation(r, d, p)
     else:
-        assert got == pytest.approx(ref, abs=1e-12)
+        assert rdp_rank_correlation(r, d, p) == pytest.approx(ref, abs=1e-12)
 
 
 def _chain(n=12, seed=0):
@@ -101,7 +101,9 @@ def test_known_cases():
     # all ties -> exactly the tie weight
     assert violation_rate(r, d, np.zeros(12)) == 0.5
     assert violation_rate(r, d, np.zeros(12), tie_weight=0.0) == 0.0
-    assert np.isnan(rdp_rank_correlation(r, d, np.zeros(12)))
+    # rho of a constant proxy is undefined: an error, as V is without dominated pairs
+    with pytest.raises(SaeRdpError, match="the proxy is constant"):
+        rdp_rank_correlation(r, d, np.zeros(12))
 
 
 def test_ties_in_rate_and_distortion():

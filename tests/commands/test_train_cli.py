@@ -69,7 +69,9 @@ def test_one_sae_keeps_todays_layout_and_corpus_heldout(tmp_path, corpus_dir):
     from sae_lens import SAE
 
     out = tmp_path / "one"
-    with pytest.warns(UserWarning, match="the corpus has 450 usable tokens, fewer than the 1024 requested"):
+    with pytest.warns(
+        UserWarning, match=r"the corpus has 450 usable tokens( \(this rank\))?, fewer than the 1024 requested"
+    ):
         rc = run(out, corpus_dir, "--hook", "blocks.1.hook_resid_post", "--architecture", "topk", "--d-sae", "64")
     assert rc == 0
     s = json.loads((out / "train_summary.json").read_text())
@@ -141,3 +143,60 @@ def test_saelens_store_keeps_the_runner_path(tmp_path, monkeypatch, capsys):
     assert SAE.load_from_disk(out).cfg.d_sae == 32
     assert main([*args, *rest, "--d-sae", "32,64", "--out", str(tmp_path / "p")]) == 2
     assert "several --d-sae / --k / --alpha values need --model (without --saelens-store)" in capsys.readouterr().err
+
+
+# ---- `train --synthetic`: the run folder is written whole, and a resume continues the count
+
+SYNTH = ["train", "--synthetic", "--architecture", "topk", "--d-in", "8", "--d-sae", "16", "--k", "2"]
+SMALL = ["--tokens", "2048", "--batch-size", "64"]  # 32 steps
+
+
+def _listing(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_synthetic_rerun_replaces_the_whole_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    weighted = ["--architecture", "weighted_topk", "--checkpoints", "2"]
+    assert main([*SYNTH, *SMALL, *weighted, "--out", str(out)]) == 0
+    assert (out / "gamma.safetensors").is_file() and len(list((out / "checkpoints").iterdir())) == 2
+    assert main([*SYNTH, *SMALL, "--out", str(out)]) == 0  # unweighted, no checkpoints, same folder
+    assert _listing(out) == ["cfg.json", "sae_weights.safetensors", "train_summary.json"]  # nothing of the old run
+    assert json.loads((out / "train_summary.json").read_text())["architecture"] == "topk"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging folder left
+
+
+def test_synthetic_resume_counts_steps_and_checkpoints_once(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*SYNTH, *SMALL, "--checkpoints", "3", "--out", str(out)]) == 0
+    first = sorted(int(p.name) for p in (out / "checkpoints").iterdir())
+    assert len(first) == 3
+    assert main([*SYNTH, *SMALL, "--checkpoints", "3", "--resume", str(out / "checkpoints" / str(first[0])),
+                 "--out", str(out)]) == 0  # fmt: skip
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 2048 // 64  # not one short
+    assert sorted(int(p.name) for p in (out / "checkpoints").iterdir()) == first  # none twice, none missing
+
+
+def test_interrupted_synthetic_run_keeps_only_its_checkpoints_and_resumes_in_place(tmp_path, monkeypatch, capsys):
+    """A run stopped after training (before its publish) leaves out untouched and its checkpoints in the
+    hidden staging folder; resuming from one of them continues in that folder and publishes it."""
+    import sae_rdp_plugin.train.saelens as S
+
+    out = tmp_path / "run"
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(S, "rate_distortion", stop)
+    assert main([*SYNTH, *SMALL, "--checkpoints", "2", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "error: interrupted" in err and "checkpoints of this run are kept" in err
+    monkeypatch.undo()
+    (staging,) = tmp_path.iterdir()  # no out, one hidden staging folder
+    assert staging.name.startswith(".run.") and staging.name.endswith(".partial")
+    cks = sorted((staging / "checkpoints").iterdir(), key=lambda p: int(p.name))
+    assert len(cks) == 2
+    assert main([*SYNTH, *SMALL, "--checkpoints", "2", "--resume", str(cks[0]), "--out", str(out)]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == sorted(p.name for p in cks)

@@ -20,7 +20,9 @@ Accepted inputs (files or folders, searched recursively for ``*.json``, ``*.json
 
 Model and layer come from ``sae_cfg_dict`` (pre-6.0 SAELens: ``model_name``, ``hook_layer``) or its
 ``metadata`` (SAELens 6: ``metadata.model_name``, ``metadata.hook_layer``, else the layer L of
-``metadata.hook_name = blocks.L.*``). A training checkpoint (``checkpoint`` = True) is an SAE whose id
+``metadata.hook_name = blocks.L.*``); without a model there, from ``eval_config.model_name``. A model
+name's organisation prefix is dropped (``EleutherAI/pythia-70m-deduped`` -> ``pythia-70m-deduped``).
+A training checkpoint (``checkpoint`` = True) is an SAE whose id
 ends in ``_step_<N>`` or whose old key sits under ``resid_post_layer_<L>_checkpoints/``; ``_step_final``
 is the final SAE. rdp_audit's own outputs (``eval_type_id = "rdp_audit"`` and its summary JSON) are
 skipped silently, so an audit written into the folder it reads can be re-run.
@@ -147,8 +149,13 @@ class ResultsTable:
     def subset(self, rows: Sequence[int] | np.ndarray) -> ResultsTable:
         idx = np.asarray(rows)
         if idx.dtype == bool:
+            if idx.shape != (len(self),):
+                raise SaeRdpError(f"row mask has shape {idx.shape}, the table has {len(self)} rows")
             idx = np.flatnonzero(idx)
         idx = [int(i) for i in idx]
+        bad = [i for i in idx if not -len(self) <= i < len(self)]
+        if bad:
+            raise SaeRdpError(f"row index {bad[0]} out of range for a table of {len(self)} rows")
         return ResultsTable(
             keys=[self.keys[i] for i in idx],
             columns={c: v[idx] for c, v in self.columns.items()},
@@ -172,7 +179,9 @@ class ResultsTable:
         return [k for k, v in zip(self.keys, col) if not np.isfinite(v)]
 
     def to_rows(self, columns: Iterable[str] | None = None) -> list[dict[str, Any]]:
-        cols = list(columns) if columns is not None else sorted(self.columns)
+        """One dict per SAE: its metadata and the metric ``columns`` (names as :meth:`resolve` takes them;
+        default all), None for a missing value."""
+        cols = [self.resolve(c) for c in columns] if columns is not None else sorted(self.columns)
         out = []
         for i in range(len(self)):
             row: dict[str, Any] = {m: self.meta[m][i] for m in self.meta}
@@ -188,7 +197,7 @@ class ResultsTable:
 
         from sae_rdp_plugin.io import atomic_write_text
 
-        cols = list(columns) if columns is not None else sorted(self.columns)
+        cols = [self.resolve(c) for c in columns] if columns is not None else sorted(self.columns)
         meta = [m for m in META_COLUMNS if m in self.meta]
         buf = StringIO()
         w = csv.writer(buf, lineterminator="\n")
@@ -268,6 +277,11 @@ def _parse_eval_output(obj: dict[str, Any], path: Path, where: str = "") -> tupl
     if rel is None:
         raise SaeRdpError(f"{path}: {where}no sae_lens_release_id/sae_lens_id and no sae_cfg_dict to identify the SAE")
     meta = _meta_from_cfg(obj.get("sae_cfg_dict"))
+    if meta.get("model") is None:  # SAEBench 0.6 outputs without a model in sae_cfg_dict name it here
+        ec = obj.get("eval_config")
+        meta["model"] = ec.get("model_name") if isinstance(ec, dict) else None
+    if isinstance(meta.get("model"), str):
+        meta["model"] = meta["model"].split("/")[-1]  # "EleutherAI/pythia-70m" and "pythia-70m": one model
     meta.update(release=rel, sae_id=sid, checkpoint=bool(_CHECKPOINT_ID.search(sid)))
     return f"{rel}/{sid}", (meta, out)
 
@@ -372,7 +386,7 @@ def _parse_csv(path: Path) -> dict[str, Record]:
         for h, c in zip(header, row):
             c = c.strip()
             if h in META_COLUMNS:
-                meta[h] = _meta_value(h, c)
+                meta[h] = _meta_value(h, c, f"{path}: line {ln}, column {h!r}")
             elif c:
                 try:
                     metrics[h] = float(c)
@@ -387,11 +401,19 @@ def _parse_csv(path: Path) -> dict[str, Record]:
     return out
 
 
-def _meta_value(name: str, c: str) -> Any:
+def _meta_value(name: str, c: str, where: str) -> Any:
     if c == "":
         return None
     if name in ("layer", "d_sae", "k"):
-        return int(float(c))
+        try:
+            v = float(c)
+        except ValueError:
+            v = math.nan
+        if name == "k" and math.isfinite(v) and v > 0 and v != int(v):
+            return v  # BatchTopK's k is a mean per row
+        if not math.isfinite(v) or v != int(v) or v < 0:
+            raise SaeRdpError(f"{where}: {c!r} is not a whole number >= 0")
+        return int(v)
     if name == "l1_penalty":
         return float(c)
     if name == "checkpoint":
@@ -423,6 +445,8 @@ def parse_file(path: str | Path) -> dict[str, Record] | None:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise SaeRdpError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise SaeRdpError(f"{path}: JSON nested too deeply to be a result file") from None
     return _parse_object(obj, path)
 
 
@@ -436,6 +460,8 @@ def _parse_jsonl(text: str, path: Path) -> dict[str, Record] | None:
             obj = json.loads(line)
         except json.JSONDecodeError:
             return None
+        except RecursionError:
+            raise SaeRdpError(f"{path}: line {ln}: JSON nested too deeply to be a result") from None
         recs = _parse_object(obj, path, where=f"line {ln}: ")
         if recs is None:
             return None
@@ -582,7 +608,7 @@ def read_results(
 def _has_eval_type(path: Path) -> bool:
     try:
         return "eval_type_id" in json.loads(path.read_text())
-    except Exception:
+    except (Exception, RecursionError):
         return False
 
 

@@ -12,8 +12,16 @@ dequantizes every tensor to float32; we then convert that model with Transformer
 converters. The activations are therefore those of the *dequantized* Q4/Q8 weights: close to, not
 identical with, the original bf16 checkpoints.
 
-Any other name (``gpt2``, ``pythia-160m-deduped``, ``gemma-2-2b`` ...) goes through
-``HookedTransformer.from_pretrained`` (needs the hub, or a warm HF cache).
+GPT-2 small and Pythia-70M / Pythia-160M (``gpt2``, ``pythia-160m-deduped``, ... :data:`PUBLISHED_NAMES`) are
+known by their published configs (:func:`published_hf_config`, :func:`published_tl_config`), so a model of their
+architecture with random weights builds with no network (:func:`random_model_like`, ``hf_model(...,
+random_init=True)``). Their real weights are read by ``transformers``' ``from_pretrained``, from the hub (or its
+cache) or, with ``path``, from a local folder or GGUF file (``local_files_only``), and converted with
+TransformerLens's weight converters: one code path for all three sources. No processing is applied (as
+SAELens's ``from_pretrained_no_processing``), so hook activations equal ``transformers``' hidden states.
+
+Any other name (``gemma-2-2b`` ...) goes through ``HookedTransformer.from_pretrained`` (needs the hub, or a
+warm HF cache).
 
 GGUF truncation (:func:`truncate_gguf`) keeps the first ``n`` blocks and rewrites
 ``<arch>.block_count``; since a residual stream only depends on the blocks before it, the activations
@@ -231,15 +239,19 @@ def gguf_block_count(path: str | os.PathLike) -> int:
 def load_tokenizer(model: str, path: str | os.PathLike | None = None, *, cache: bool = True) -> Any:
     """The model's tokenizer. Offline models: converted from the GGUF metadata (slow for Gemma's 262k
     vocabulary: 30-120 s) once, then saved to and read from ``$SAE_RDP_MODEL_CACHE/<model>-tokenizer``
-    (or the folder ``$SAE_RDP_TOKENIZER_DIR``). Other names: ``AutoTokenizer.from_pretrained`` (hub)."""
+    (or the folder ``$SAE_RDP_TOKENIZER_DIR``). Other names: ``AutoTokenizer.from_pretrained`` of ``path`` (a
+    local folder or GGUF file) or of the hub (a GPT-2 / Pythia name: its hub repository)."""
     from transformers import AutoTokenizer
 
     key = canonical_name(model)
     if key not in OFFLINE_MODELS:
+        hit = published_arch(model)
+        src, kw = ((hit[1] if hit else model), {}) if path is None else _local_source(path)
         try:
-            return AutoTokenizer.from_pretrained(model)
+            return AutoTokenizer.from_pretrained(src, **kw)
         except OSError as exc:
-            raise SaeRdpError(f"could not load the tokenizer of {model!r} through the hub") from exc
+            where = "through the hub" if path is None else f"from {path}"
+            raise SaeRdpError(f"could not load the tokenizer of {model!r} {where}") from exc
     tok_dir = Path(os.environ.get("SAE_RDP_TOKENIZER_DIR") or _cache_dir() / f"{key}-tokenizer")
     if (tok_dir / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(str(tok_dir))
@@ -336,6 +348,8 @@ def hooked_from_hf(model: str, hf: Any, tok: Any, device: str = "cpu", dtype: An
         )
         hooked.to(dtype, print_details=False)
         hooked.to(device, print_details=False)
+    elif published_arch(model) is not None:
+        return _hooked_published(model, hf, tok, device=device, dtype=dtype)
     else:
         raise SaeRdpError(f"no offline conversion for model {model!r}")
     hooked.eval()
@@ -352,9 +366,13 @@ def load_model(
 ) -> Any:
     """Load ``model`` as a HookedTransformer.
 
-    ``gemma3-270m`` / ``smollm2-135m`` (and their aliases) load offline from ``path`` or the installed
-    packages; ``n_layers`` loads a GGUF truncated to its first blocks (written next to the cache).
-    Any other name is passed to ``HookedTransformer.from_pretrained`` (needs the hub or an HF cache).
+    * ``gemma3-270m`` / ``smollm2-135m`` (and their aliases) load offline from ``path`` or the installed
+      packages; ``n_layers`` loads a GGUF truncated to its first blocks (written next to the cache).
+    * GPT-2 / Pythia names (:data:`PUBLISHED_NAMES`): ``transformers``' ``from_pretrained`` reads the weights
+      from ``path`` (a ``save_pretrained`` folder or a GGUF file, local files only) or else from the hub (or its
+      cache); TransformerLens's converters make the HookedTransformer, unprocessed. ``n_layers``: first blocks.
+    * Any other name is passed to ``HookedTransformer.from_pretrained`` (needs the hub or an HF cache);
+      ``path`` is refused for those.
     """
     import torch
 
@@ -372,6 +390,16 @@ def load_model(
         hooked = hooked_from_hf(key, hf, tok, device=device, dtype=dtype)
         del hf
         return hooked
+    if published_arch(model) is not None:
+        hf, tok = hf_weights(model, path=path, n_layers=n_layers)
+        hooked = hooked_from_hf(model, hf, tok, device=device, dtype=dtype)
+        del hf
+        return hooked
+    if path is not None:
+        raise SaeRdpError(
+            f"a local path is read for the offline models {sorted(OFFLINE_MODELS)} and GPT-2 / Pythia "
+            f"({', '.join(sorted({a for a, _ in PUBLISHED_NAMES.values()}))}), not for {model!r}"
+        )
     from transformer_lens import HookedTransformer
 
     try:
@@ -385,20 +413,335 @@ def load_model(
 
 
 def random_model_like(
-    model: str, *, n_layers: int | None = None, seed: int = 0, device: str = "cpu", tokenizer: Any = None
+    model: str,
+    *,
+    n_layers: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    tokenizer: Any = None,
+    d_model: int | None = None,
+    n_heads: int | None = None,
 ) -> Any:
-    """A randomly initialised HookedTransformer with TransformerLens's config for ``model`` (no weights,
-    no network for models whose config TransformerLens hard-codes, e.g. gemma-3-270m, gemma-2-2b).
-    For configs that TransformerLens reads from the hub (gpt2, pythia) this needs the hub. No tokenizer
-    unless one is given (TransformerLens would fetch it from the hub)."""
+    """A randomly initialised HookedTransformer of ``model``'s architecture, built with no network and no
+    weights: GPT-2 / Pythia from their published configs (:func:`published_tl_config`; ``d_model`` /
+    ``n_heads`` shrink them for tests), SmolLM2 from :func:`smollm2_config`, and any model whose config
+    TransformerLens hard-codes (gemma-3-270m, gemma-2-2b, ...); other names need the hub for their config.
+    ``n_layers``: first blocks only. No tokenizer unless one is given (TransformerLens would fetch it)."""
+    import torch
     from transformer_lens import HookedTransformer
     from transformer_lens.loading_from_pretrained import get_official_model_name, get_pretrained_model_config
 
-    cfg = get_pretrained_model_config(get_official_model_name(model), device=device, first_n_layers=n_layers)
+    key = canonical_name(model)
+    if (d_model is not None or n_heads is not None) and published_arch(model) is None:
+        raise SaeRdpError(f"d_model / n_heads resize only the GPT-2 / Pythia architectures, not {model!r}")
+    if published_arch(model) is not None:
+        cfg = published_tl_config(model, n_layers=n_layers, d_model=d_model, n_heads=n_heads, device=device)
+    elif key == "smollm2-135m":
+        cfg = smollm2_config(smollm2_135m_hf_config(n_layers))
+        cfg.device = device
+    else:
+        name = OFFLINE_MODELS[key].tl_name if key in OFFLINE_MODELS else get_official_model_name(model)
+        cfg = get_pretrained_model_config(name, device=device, first_n_layers=n_layers)
     cfg.init_weights = True
     cfg.seed = seed
     cfg.tokenizer_name = None
-    return HookedTransformer(cfg, tokenizer=tokenizer)
+    with torch.random.fork_rng(devices=[]):  # TransformerLens seeds the global generator from cfg.seed
+        return HookedTransformer(cfg, tokenizer=tokenizer)
+
+
+# ------------------------------------------------------------------ GPT-2 and Pythia: published architectures
+#
+# No GPT-2 or Pythia weights exist in the registries these machines reach, so these models are known by their
+# published configs, written out below; their real weights come from the hub (or its cache) or a local path.
+
+
+@dataclass(frozen=True)
+class PublishedArch:
+    """The shape of a published model, from its hub ``config.json`` (both families: MLP width 4 d_model)."""
+
+    key: str
+    model_type: str  # transformers' model_type: "gpt2" or "gpt_neox"
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_vocab: int
+    n_ctx: int
+
+
+#: openai-community/gpt2 and EleutherAI/pythia-{70m,160m}[-deduped] ``config.json`` (a deduplicated Pythia and
+#: the plain one share their architecture; Pythia's vocabulary is padded to 50,304 rows).
+PUBLISHED_ARCHS: dict[str, PublishedArch] = {
+    "gpt2": PublishedArch("gpt2", "gpt2", d_model=768, n_layers=12, n_heads=12, d_vocab=50257, n_ctx=1024),
+    "pythia-70m": PublishedArch(
+        "pythia-70m", "gpt_neox", d_model=512, n_layers=6, n_heads=8, d_vocab=50304, n_ctx=2048
+    ),
+    "pythia-160m": PublishedArch(
+        "pythia-160m", "gpt_neox", d_model=768, n_layers=12, n_heads=12, d_vocab=50304, n_ctx=2048
+    ),
+}
+
+
+def _published_names() -> dict[str, tuple[str, str]]:
+    names = {"gpt2": ("gpt2", "gpt2"), "gpt2-small": ("gpt2", "gpt2")}
+    names["openai-community/gpt2"] = ("gpt2", "openai-community/gpt2")
+    for size in ("70m", "160m"):
+        for variant in ("", "-deduped"):
+            repo = f"EleutherAI/pythia-{size}{variant}"
+            names[repo.lower()] = names[f"pythia-{size}{variant}"] = (f"pythia-{size}", repo)
+    return names
+
+
+#: model name (lower case) -> (architecture, hub repository). The repositories are TransformerLens's official
+#: names of these models (``transformer_lens/supported_models.py``), so the hub cache is the one it fills.
+PUBLISHED_NAMES: dict[str, tuple[str, str]] = _published_names()
+
+#: the small size of the tests: 2 blocks, d_model 64, 4 heads of 16 (MLP 256); everything else as published
+SMALL: dict[str, int] = {"n_layers": 2, "d_model": 64, "n_heads": 4}
+
+
+def published_arch(model: str) -> tuple[PublishedArch, str] | None:
+    """(architecture, hub repository) of a GPT-2 / Pythia name (any case), else None."""
+    hit = PUBLISHED_NAMES.get(model.lower())
+    return None if hit is None else (PUBLISHED_ARCHS[hit[0]], hit[1])
+
+
+def _size(
+    model: str, n_layers: int | None, d_model: int | None, n_heads: int | None
+) -> tuple[PublishedArch, int, int, int]:
+    hit = published_arch(model)
+    if hit is None:
+        raise SaeRdpError(f"no published architecture for {model!r}; known: {sorted(PUBLISHED_NAMES)}")
+    arch = hit[0]
+    d = arch.d_model if d_model is None else d_model
+    d_head = arch.d_model // arch.n_heads
+    h = n_heads if n_heads is not None else (arch.n_heads if d_model is None else max(1, d // d_head))
+    n = arch.n_layers if n_layers is None else n_layers
+    if not 1 <= n <= arch.n_layers:
+        raise SaeRdpError(f"n_layers must be in 1..{arch.n_layers} for {model}, got {n}")
+    if d < 1 or h < 1 or d % h:
+        raise SaeRdpError(f"d_model ({d}) must be a positive multiple of n_heads ({h})")
+    return arch, n, d, h
+
+
+def published_hf_config(
+    model: str, *, n_layers: int | None = None, d_model: int | None = None, n_heads: int | None = None
+) -> Any:
+    """The published ``config.json`` of GPT-2 small, Pythia-70M or Pythia-160M as a transformers config.
+
+    * GPT-2 (``GPT2Config``): learned positions (1024), pre-LayerNorm blocks, MLP 4 d_model with GELU (tanh
+      form, ``gelu_new``), LayerNorm eps 1e-5, vocabulary 50,257, tied embeddings, BOS = EOS = 50256.
+      The values are transformers' ``GPT2Config`` defaults (documented as those of openai-community/gpt2).
+    * Pythia (``GPTNeoXConfig``): rotary embeddings on the first 25% of each head's dimensions (base 10,000),
+      attention and MLP in parallel, ``x + attn(ln1(x)) + mlp(ln2(x))``, MLP 4 d_model with exact GELU, eps
+      1e-5, context 2048, vocabulary 50,304, untied embeddings, BOS = EOS = 0.
+
+    ``n_layers`` keeps the first blocks. ``d_model`` / ``n_heads`` shrink the width for tests (MLP 4 d_model;
+    heads keep the published 64 dimensions unless ``n_heads`` is given); everything else stays as published.
+    """
+    from transformers import GPT2Config, GPTNeoXConfig
+
+    arch, n, d, h = _size(model, n_layers, d_model, n_heads)
+    if arch.model_type == "gpt2":
+        return GPT2Config(
+            vocab_size=arch.d_vocab,
+            n_positions=arch.n_ctx,
+            n_ctx=arch.n_ctx,
+            n_embd=d,
+            n_layer=n,
+            n_head=h,
+            n_inner=None,  # 4 * n_embd
+            activation_function="gelu_new",
+            resid_pdrop=0.1,
+            embd_pdrop=0.1,
+            attn_pdrop=0.1,
+            layer_norm_epsilon=1e-5,
+            initializer_range=0.02,
+            scale_attn_weights=True,
+            bos_token_id=50256,
+            eos_token_id=50256,
+            tie_word_embeddings=True,
+            architectures=["GPT2LMHeadModel"],
+        )
+    return GPTNeoXConfig(
+        vocab_size=arch.d_vocab,
+        hidden_size=d,
+        intermediate_size=4 * d,
+        num_hidden_layers=n,
+        num_attention_heads=h,
+        hidden_act="gelu",
+        max_position_embeddings=arch.n_ctx,
+        rotary_pct=0.25,
+        rotary_emb_base=10_000,
+        layer_norm_eps=1e-5,
+        initializer_range=0.02,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=0,
+        architectures=["GPTNeoXForCausalLM"],
+    )
+
+
+def tl_config_from_hf(
+    hf_cfg: Any, *, model_name: str = "", device: str = "cpu", dtype: Any = None, init_weights: bool = False
+) -> Any:
+    """The HookedTransformerConfig of a GPT-2 or GPT-NeoX (Pythia) transformers config, field for field as
+    TransformerLens's ``convert_hf_model_config`` writes it (its ``GPT2LMHeadModel`` and
+    ``GPTNeoXForCausalLM`` branches, ``transformer_lens/loading_from_pretrained.py``), plus what its
+    ``get_pretrained_model_config`` adds (BOS prepended by default for GPT-2, not for Pythia). No tokenizer
+    name: TransformerLens would fetch it from the hub."""
+    import torch
+    from transformer_lens import HookedTransformerConfig
+
+    c = hf_cfg
+    if c.model_type == "gpt2":
+        fields = {
+            "d_model": c.n_embd,
+            "d_head": c.n_embd // c.n_head,
+            "n_heads": c.n_head,
+            "d_mlp": c.n_inner or 4 * c.n_embd,
+            "n_layers": c.n_layer,
+            "n_ctx": c.n_positions,
+            "eps": c.layer_norm_epsilon,
+            "d_vocab": c.vocab_size,
+            "act_fn": c.activation_function,
+            "use_attn_scale": c.scale_attn_weights,
+            "use_local_attn": False,
+            "scale_attn_by_inverse_layer_idx": c.scale_attn_by_inverse_layer_idx,
+            "normalization_type": "LN",
+            "original_architecture": "GPT2LMHeadModel",
+            "default_prepend_bos": True,
+        }
+    elif c.model_type == "gpt_neox":
+        d_head = c.hidden_size // c.num_attention_heads
+        rope = c.rope_parameters or {}
+        fields = {
+            "d_model": c.hidden_size,
+            "d_head": d_head,
+            "n_heads": c.num_attention_heads,
+            "d_mlp": c.intermediate_size,
+            "n_layers": c.num_hidden_layers,
+            "n_ctx": c.max_position_embeddings,
+            "eps": c.layer_norm_eps,
+            "d_vocab": c.vocab_size,
+            "act_fn": c.hidden_act,
+            "use_attn_scale": True,
+            "use_local_attn": False,
+            "scale_attn_by_inverse_layer_idx": False,
+            "parallel_attn_mlp": c.use_parallel_residual,
+            "positional_embedding_type": "rotary",
+            "rotary_adjacent_pairs": False,
+            "rotary_dim": round(rope.get("partial_rotary_factor", 1.0) * d_head),
+            "rotary_base": rope.get("rope_theta", 10_000),
+            "normalization_type": "LN",
+            "original_architecture": "GPTNeoXForCausalLM",
+            "default_prepend_bos": False,
+        }
+    else:
+        raise SaeRdpError(f"not a GPT-2 or GPT-NeoX config (model_type {c.model_type!r})")
+    return HookedTransformerConfig(
+        **fields,
+        model_name=model_name.split("/")[-1],
+        tokenizer_name=None,
+        init_weights=init_weights,
+        device=device,
+        dtype=dtype or torch.float32,
+    )
+
+
+def published_tl_config(
+    model: str,
+    *,
+    n_layers: int | None = None,
+    d_model: int | None = None,
+    n_heads: int | None = None,
+    device: str = "cpu",
+    dtype: Any = None,
+) -> Any:
+    """:func:`published_hf_config` as TransformerLens's HookedTransformerConfig (:func:`tl_config_from_hf`)."""
+    hf_cfg = published_hf_config(model, n_layers=n_layers, d_model=d_model, n_heads=n_heads)
+    return tl_config_from_hf(hf_cfg, model_name=model, device=device, dtype=dtype)
+
+
+def _hooked_published(model: str, hf: Any, tok: Any, *, device: str, dtype: Any) -> Any:
+    """A GPT-2 / GPT-NeoX transformers model as an unprocessed HookedTransformer (TransformerLens's converters;
+    no LayerNorm folding, no centring, value biases kept: SAELens's ``from_pretrained_no_processing``)."""
+    import torch
+    from transformer_lens import HookedTransformer
+    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights, convert_neox_weights
+
+    dtype = dtype or torch.float32
+    cfg = tl_config_from_hf(hf.config, model_name=model, device=device, dtype=torch.float32)
+    convert = convert_gpt2_weights if hf.config.model_type == "gpt2" else convert_neox_weights
+    hooked = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
+    hooked.load_and_process_state_dict(
+        convert(hf, cfg), fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False
+    )
+    hooked.cfg.dtype = dtype
+    hooked.to(dtype, print_details=False)
+    hooked.to(device, print_details=False)
+    return hooked.eval()
+
+
+def _local_source(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
+    """``from_pretrained`` arguments of a local folder (``save_pretrained``) or GGUF file: local files only."""
+    p = Path(path)
+    if p.is_file() and p.suffix == ".gguf":
+        _require_gguf()
+        return str(p.parent), {"gguf_file": p.name, "local_files_only": True}
+    if p.is_dir() and (p / "config.json").is_file():
+        return str(p), {"local_files_only": True}
+    raise SaeRdpError(f"no model at {p}: give a folder written by save_pretrained (config.json) or a .gguf file")
+
+
+def hf_weights(model: str, *, path: str | os.PathLike | None = None, n_layers: int | None = None) -> tuple[Any, Any]:
+    """(transformers causal LM in float32, tokenizer or None) with real weights, through ``from_pretrained``:
+    from ``path`` (a ``save_pretrained`` folder or a GGUF file, ``local_files_only``) when given, else from the
+    hub repository of a GPT-2 / Pythia name (or the name itself), which may be answered by the HF cache.
+    ``n_layers`` loads the first blocks only. A GPT-2 / Pythia name refuses weights of another model type.
+    A local folder without tokenizer files gives tokenizer None."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    hit = published_arch(model)
+    if path is None:
+        src, kw = (hit[1] if hit else model), {}
+    else:
+        src, kw = _local_source(path)
+    where = "through the hub" if path is None else f"from {path}"
+    try:
+        cfg = AutoConfig.from_pretrained(src, **kw)
+        if hit is not None and cfg.model_type != hit[0].model_type:
+            raise SaeRdpError(f"{src} holds a {cfg.model_type} model, not {hit[0].model_type} ({model})")
+        cfg = _first_layers(cfg, n_layers)
+        # a config with fewer blocks loads only their weights (the rest are reported unused)
+        hf = AutoModelForCausalLM.from_pretrained(src, config=cfg, dtype=torch.float32, **kw)
+        has_tok = (
+            path is None
+            or "gguf_file" in kw
+            or any((Path(src) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
+        )
+        tok = AutoTokenizer.from_pretrained(src, **kw) if has_tok else None
+    except OSError as exc:  # hub unreachable / not cached / not a model
+        raise SaeRdpError(f"could not load {model!r} {where} ({str(exc).splitlines()[0][:120]})") from exc
+    if getattr(hf.config, "quantization_config", None) is not None and "gguf_file" in kw:
+        del hf.config.quantization_config  # dequantized on load; TransformerLens refuses a declared quantization
+    return hf.eval(), tok
+
+
+def random_hf_model(
+    model: str,
+    *,
+    n_layers: int | None = None,
+    d_model: int | None = None,
+    n_heads: int | None = None,
+    seed: int = 0,
+    dtype: Any = "float32",
+    device: str = "cpu",
+) -> Any:
+    """A random ``GPT2LMHeadModel`` / ``GPTNeoXForCausalLM`` of :func:`published_hf_config` (no network)."""
+    cfg = published_hf_config(model, n_layers=n_layers, d_model=d_model, n_heads=n_heads)
+    return _random_model(cfg, seed=seed, dtype=dtype, device=device)
 
 
 # ------------------------------------------------------------------ Hugging Face models (activation pipeline)
@@ -608,11 +951,12 @@ def hf_model(
       (:func:`gemma3_270m_hf_config`, :func:`smollm2_135m_hf_config`), first ``n_layers`` blocks only;
       no package and no tokenizer needed (the tokenizer returned is ``None``).
     * ``tiny-gemma3``, ``tiny-llama``, ``tiny-gpt2``, ``tiny-gpt_neox``: :func:`tiny_hf_model` (always random).
-    * any other name: ``AutoModelForCausalLM.from_pretrained`` (or ``from_config`` when ``random_init``;
-      both need the hub or a warm HF cache).
+    * GPT-2 / Pythia names (:data:`PUBLISHED_NAMES`): ``random_init=True``: random weights of the published
+      config (:func:`random_hf_model`), no network; else real weights (:func:`hf_weights`): from ``path`` (a
+      ``save_pretrained`` folder or a GGUF file, local files only) or the hub (or its cache).
+    * any other name: :func:`hf_weights` (``path``, or the hub); ``random_init``: ``from_config`` of the
+      config at ``path`` or on the hub.
     """
-    import torch
-
     tdtype = _torch_dtype(dtype)
     key = canonical_name(name)
     if key.startswith("tiny-"):
@@ -620,6 +964,8 @@ def hf_model(
         return hf.to(device), None
     if key in HF_CONFIGS and random_init:
         return _random_model(HF_CONFIGS[key](n_layers), seed=seed, dtype=tdtype, device=device), None
+    if published_arch(key) is not None and random_init:
+        return random_hf_model(key, n_layers=n_layers, seed=seed, dtype=tdtype, device=device), None
     if key in OFFLINE_MODELS:
         p = gguf_path(key, path)
         if n_layers is not None and n_layers != gguf_block_count(p):
@@ -629,15 +975,14 @@ def hf_model(
             p = dst
         hf, tok = load_hf_from_gguf(p, tokenizer=load_tokenizer(key, path))
         return hf.to(device=device, dtype=tdtype).eval(), tok
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    if random_init:
+        from transformers import AutoConfig
 
-    try:
-        cfg = _first_layers(AutoConfig.from_pretrained(name), n_layers)
-        if random_init:
-            return _random_model(cfg, seed=seed, dtype=tdtype, device=device), None
-        # a config with fewer blocks loads only their weights (the rest are reported unused)
-        hf = AutoModelForCausalLM.from_pretrained(name, config=cfg, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(name)
-    except OSError as exc:  # hub unreachable / not cached / not a model
-        raise SaeRdpError(f"could not load {name!r} through the hub ({str(exc).splitlines()[0][:120]})") from exc
+        src, kw = (name, {}) if path is None else _local_source(path)
+        try:
+            cfg = _first_layers(AutoConfig.from_pretrained(src, **kw), n_layers)
+        except OSError as exc:  # hub unreachable / not cached / not a model
+            raise SaeRdpError(f"could not read the config of {name!r} ({str(exc).splitlines()[0][:120]})") from exc
+        return _random_model(cfg, seed=seed, dtype=tdtype, device=device), None
+    hf, tok = hf_weights(name, path=path, n_layers=n_layers)
     return hf.to(device=device, dtype=tdtype).eval(), tok

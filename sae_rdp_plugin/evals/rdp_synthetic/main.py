@@ -259,7 +259,7 @@ def arg_parser() -> argparse.ArgumentParser:
         "--sae_regex_pattern",
         type=str,
         default=".*",
-        help="Regex on the SAE release (with --sae_paths: on the folder name)",
+        help="Regex on the SAE release (with --sae_paths: the folder name; PARENT__NAME where names repeat)",
     )
     p.add_argument("--sae_block_pattern", type=str, default=".*", help="Regex on the SAE id")
     p.add_argument("--output_folder", type=str, default="eval_results/rdp_synthetic", help="Output folder")
@@ -315,9 +315,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         from sae_lens import SAE
 
         selected: list[tuple[str, Any]] = [
-            (Path(p).name, SAE.load_from_disk(p, device=device))
-            for p in args.sae_paths
-            if re.search(args.sae_regex_pattern, Path(p).name)
+            (name, SAE.load_from_disk(p, device=device))
+            for p, name in zip(args.sae_paths, release_names(args.sae_paths))
+            if re.search(args.sae_regex_pattern, name)
         ]
     else:
         from sae_bench.sae_bench_utils.sae_selection_utils import get_saes_from_regex
@@ -329,6 +329,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     out = run_eval(config, selected, device, args.output_folder, force_rerun=args.force_rerun)
     print(f"[rdp_synthetic] {len(out)} file(s) in {time.time() - t0:.1f} s under {args.output_folder}")
     return out
+
+
+def release_names(paths: list[str]) -> list[str]:
+    """The release name of each local SAE folder in its output file name: the folder's name, or, when two
+    folders share a name (``out/<hook>/<sae>/`` of a multi-hook run), its path below the folders' common
+    parent with ``/`` written ``__``, so that no two SAEs write the same file."""
+    ps = [Path(p).resolve() for p in paths]
+    names = [p.name for p in ps]
+    if len(set(names)) == len(names):
+        return names
+    common = Path(os.path.commonpath([str(p.parent) for p in ps]))
+    return ["__".join(p.relative_to(common).parts) for p in ps]
 
 
 if __name__ == "__main__":

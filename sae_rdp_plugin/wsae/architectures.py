@@ -18,8 +18,10 @@ per input dimension by gamma_i^2,
     mse_loss = mean_batch sum_i gamma_i^2 (x_i - x_hat_i)^2 = E || Gamma (x - x_hat) ||^2,
 
 including TopK/BatchTopK's dead-latent auxiliary loss  E || Gamma (e - W_dec^T z_aux) ||^2  with
-e = x - x_hat (the residual the dead latents learn to predict). The sparsity penalties (L1, L0,
-pre-activation) contain no reconstruction and are unchanged. gamma_i = s_i^alpha with s_i the
+e = x - x_hat (the residual the dead latents learn to predict). Attention ``hook_z`` activations, which a
+training SAE with hook_z reshaping on receives as (..., n_heads, d_head), are weighted by gamma in SAELens's
+flattening order i = h * d_head + j. The sparsity penalties (L1, L0, pre-activation) contain no reconstruction
+and are unchanged. gamma_i = s_i^alpha with s_i the
 activation variance of dimension i (see :mod:`sae_rdp_plugin.wsae.gamma` for the normalization CHOICE and
 the zero-variance rule).
 
@@ -83,6 +85,7 @@ from sae_rdp_plugin.wsae.gamma import (
     check_normalization,
     estimate_activation_stats,
     gamma_from_variance,
+    is_hook_z_shape,
     load_gamma_file,
     normalize_gamma,
     save_gamma_file,
@@ -274,7 +277,7 @@ class WeightedSAEMixin:
         warnings.warn(
             f"{self.cfg.architecture()}: no gamma given (set_gamma / estimate_gamma / gamma_path); estimating "
             "the activation variance from the first training batch only "
-            f"({sae_in.reshape(-1, self.cfg.d_in).shape[0]} samples)",
+            f"({sae_in.numel() // self.cfg.d_in} samples)",
             stacklevel=3,
         )
         stats = estimate_activation_stats([sae_in], self.cfg.d_in, 1)
@@ -283,10 +286,17 @@ class WeightedSAEMixin:
 
     # ---- loss
     def _gamma_sq(self, like: torch.Tensor) -> torch.Tensor:
-        return self.gamma.to(device=like.device, dtype=like.dtype).pow(2)
+        """gamma_i^2 shaped to broadcast against ``like``: (d_in,), or (n_heads, d_head) for hook_z
+        activations, which a training SAE with hook_z reshaping on receives and returns as
+        (..., n_heads, d_head); gamma is indexed in SAELens's flattening order i = h * d_head + j."""
+        g2 = self.gamma.to(device=like.device, dtype=like.dtype).pow(2)
+        if is_hook_z_shape(like.shape, self.cfg.d_in):
+            return g2.reshape(like.shape[-2], like.shape[-1])
+        return g2
 
     def _weighted_mse_loss(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-element gamma_i^2 (preds_i - target_i)^2 (SAELens's mse_loss times gamma^2)."""
+        """Per-element gamma_i^2 (preds_i - target_i)^2 (SAELens's mse_loss times gamma^2); for hook_z
+        activations (..., n_heads, d_head), gamma_{h * d_head + j}^2 (preds_hj - target_hj)^2."""
         per = mse_loss(preds, target)
         return per * self._gamma_sq(per)
 

@@ -61,6 +61,25 @@ def check_normalization(normalization: str) -> str:
     return normalization
 
 
+def is_hook_z_shape(shape: torch.Size | tuple[int, ...], d_in: int) -> bool:
+    """True for attention ``hook_z`` activations as SAELens passes them, (..., n_heads, d_head) with
+    n_heads * d_head = d_in != d_head."""
+    return len(shape) >= 2 and shape[-1] != d_in and shape[-2] * shape[-1] == d_in
+
+
+def flatten_activations(x: torch.Tensor, d_in: int) -> torch.Tensor:
+    """Activations of shape (..., d_in) or hook_z's (..., n_heads, d_head) as rows of length d_in.
+
+    A hook_z row is flattened in SAELens's order ``(n_heads d_head)``: coordinate i = h * d_head + j,
+    so gamma_i of a hook_z SAE weights head h, dimension j. Anything else raises SaeRdpError."""
+    if x.shape[-1:] != (d_in,) and not is_hook_z_shape(x.shape, d_in):
+        raise SaeRdpError(
+            f"activation batch has shape {tuple(x.shape)}: expected (..., {d_in}) or hook_z's "
+            f"(..., n_heads, d_head) with n_heads * d_head = d_in = {d_in}"
+        )
+    return x.reshape(-1, d_in)
+
+
 class RunningMoments:
     """Streaming float64 per-dimension mean and variance (Chan/Welford merge of batch moments).
 
@@ -81,9 +100,7 @@ class RunningMoments:
     def update(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):
             raise SaeRdpError(f"activation batch must be a torch.Tensor, got {type(x).__name__}")
-        if x.shape[-1] != self.d:
-            raise SaeRdpError(f"activation batch has last dimension {x.shape[-1]}, expected d_in = {self.d}")
-        xb = x.detach().reshape(-1, self.d).to(torch.float64)
+        xb = flatten_activations(x, self.d).detach().to(torch.float64)
         if xb.shape[0] == 0:
             return
         if not bool(torch.isfinite(xb).all()):
@@ -126,8 +143,9 @@ def estimate_activation_stats(
     n_batches: int,
     progress: bool = False,
 ) -> ActivationStats:
-    """One streaming float64 pass over ``n_batches`` batches of shape [..., d_in] (e.g. SAELens's
-    ActivationsStore, or any iterator of activation tensors). NaN/Inf activations raise SaeRdpError."""
+    """One streaming float64 pass over ``n_batches`` batches of shape [..., d_in] or hook_z's
+    [..., n_heads, d_head] (:func:`flatten_activations`), e.g. SAELens's ActivationsStore or any iterator of
+    activation tensors. NaN/Inf activations raise SaeRdpError."""
     if n_batches <= 0:
         raise SaeRdpError(f"n_batches must be positive, got {n_batches}")
     it = iter(batches)

@@ -202,25 +202,32 @@ def audit_sweep(
     return details, skipped, pis
 
 
-def _plot(
-    path: Path, title: str, b: np.ndarray, pis: dict[str, np.ndarray], details: list[RdpAuditResultDetail]
-) -> None:
-    import matplotlib
+#: marker colour and legend label of each metric role in the audit figure
+ROLE_STYLE: dict[str, tuple[str, str]] = {
+    "proxy": ("C0", "proxy (interpretability metric, audited)"),
+    "control": ("C3", "control (reconstruction-side metric)"),
+}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def audit_figure(title: str, b: np.ndarray, pis: dict[str, np.ndarray], details: list[RdpAuditResultDetail]) -> Any:
+    """One panel per metric (at most 16): Pi against the joint budget rank b, coloured by role, with a
+    legend naming the roles shown. Returns a matplotlib Figure made without pyplot (no global backend or
+    figure state is touched, so a notebook's inline plots keep working)."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     dd = details[:16]
     n = len(dd)
     ncol = min(4, n)
     nrow = math.ceil(n / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False)
+    fig = Figure(figsize=(3.2 * ncol, 2.6 * nrow))
+    axes = fig.subplots(nrow, ncol, squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, d in zip(axes.flat, dd):
         y = pis[d.proxy]
         ok = np.isfinite(y)
-        ax.scatter(b[ok], y[ok], s=18, c="C3" if d.role == "control" else "C0")
+        ax.scatter(b[ok], y[ok], s=18, c=ROLE_STYLE[d.role][0])
         short = d.proxy.split(".")[-1].replace("_test_accuracy", "").replace("sae_", "")
         rho = "n/a" if d.rank_correlation is None else f"{d.rank_correlation:+.2f}"
         vv = "n/a" if d.violation_rate is None else f"{d.violation_rate:.2f}"
@@ -230,9 +237,18 @@ def _plot(
         ax.invert_xaxis()
         ax.tick_params(labelsize=6)
     fig.suptitle(f"{title}\nfaithful proxy: Pi rises to the right (tighter budget)", fontsize=9)
-    fig.tight_layout()
+    roles = [r for r in ROLE_STYLE if any(d.role == r for d in dd)]
+    handles = [Line2D([], [], marker="o", linestyle="", color=ROLE_STYLE[r][0], label=ROLE_STYLE[r][1]) for r in roles]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.3 / fig.get_figheight(), 1, 1))  # 0.3 inch at the bottom for the legend
+    return fig
+
+
+def _plot(
+    path: Path, title: str, b: np.ndarray, pis: dict[str, np.ndarray], details: list[RdpAuditResultDetail]
+) -> None:
+    fig = audit_figure(title, b, pis, details)
     atomic_save(path, lambda p: fig.savefig(p, dpi=80, format="png"))
-    plt.close(fig)
 
 
 def _fmt_ci(x: float | None, lo: float | None, hi: float | None, signed: bool = False) -> str:

@@ -663,7 +663,9 @@ def run_experiment(
             f"n = {c['n']}, n_p = {c['n_p']}, S in {list(c['sparsities'])}, sigma in {list(c['activations'])}, "
             f"n_m in {list(c['n_ms'])}, alpha in {list(c['alphas'])}, seeds {list(c['seeds'])}; {c['steps']} Adam "
             "steps "
-            f"(lr {c['lr']}, batch {c['batch']}), TopK k = {c['topk_k']}, JumpReLU threshold "
+            f"(lr {c['lr']}, batch {c['batch']}), TopK k = {c['topk_k']} (a sample has n(1 - S) = "
+            + ", ".join(f"{c['n'] * (1 - S):g}" for S in c["sparsities"])
+            + " active features on average), JumpReLU threshold "
             f"{c['jumprelu_threshold']}, "
             f"W_p = {c['wp_init']} (TMS at S = {c['tms_sparsity']}, {c['tms_steps']} steps); metrics on "
             f"{c['eval_samples']} "

@@ -56,10 +56,11 @@ def plot_frontier(
     n_rate_budgets: int = 4,
     max_arrows: int = 24,
 ) -> Path:
-    """Two panels. Left: every code in the (D, R) plane coloured by P; the unrestricted optimum
+    """Two panels. Left: every row of the class in the (D, R) plane coloured by P; the unrestricted optimum
     R*(D) = min rate at distortion <= D (black staircase), the exact monosemantic staircase R_mono(D)
-    (Theorem 5, red), the conservation line R + D = E|S| and the rate tax R_mono(D*) - R at each
-    corner of the unrestricted optimum (arrows). Right: D(R_b, P_b) against the polysemanticity budget
+    (Theorem 5, red; dotted: the paper's threshold, dash-dotted: the least monosemantic distortion when
+    the cap of K atoms adds to it), the conservation line R + D = E|S| and the rate tax R_mono(D*) - R at
+    corners of the unrestricted optimum (arrows). Right: D(R_b, P_b) against the polysemanticity budget
     P_b at a few fixed rate budgets R_b (Theorem 3: each curve is non-increasing)."""
     plt = _plt()
     R, D, P = table.rate, table.distortion, table.polysemanticity
@@ -73,8 +74,10 @@ def plot_frontier(
     ax.plot(px, py, color="black", lw=2, label="best code, any P: R*(D) (incl. monosemantic)")
     md = np.unique(np.round(mono.distortion, 10))
     mx, my = _steps(md, es - md, xmax)
-    ax.plot(mx, my, color="crimson", lw=2, label="monosemantic staircase R_mono(D) (Thm 5)")
-    ax.axvline(mono.d_min, color="crimson", ls=":", lw=1)
+    ax.plot(mx, my, color="crimson", lw=2, label=f"monosemantic staircase R_mono(D) (Thm 5, {mono.mono_class})")
+    ax.axvline(mono.d_threshold, color="crimson", ls=":", lw=1, label="no monosemantic code left of this (Thm 5)")
+    if mono.topk_overflow > 1e-12:
+        ax.axvline(mono.d_min, color="crimson", ls="-.", lw=1, label="... nor left of this, with K atoms per sample")
     dd = np.linspace(0, xmax, 50)
     ax.plot(dd, np.clip(es - dd, 0, None), color="grey", ls="--", lw=1, label="R + D = E|S| (Prop 2)")
     stair = best_code_staircase(np.concatenate([R, mono.rate]), np.concatenate([D, mono.distortion]))
@@ -99,7 +102,7 @@ def plot_frontier(
     ax.set_xlim(-0.02 * xmax, xmax)
     ax.set_ylim(-0.05, max(float(R.max()), es) * 1.08)
     ax.legend(fontsize=8, loc="upper right")
-    ax.set_title(title or f"m={table.m}, width {table.width}, TopK K={table.k}: {len(table)} codes")
+    ax.set_title(title or f"m={table.m}, width {table.width}, TopK K={table.k}, encoders {table.encoders}")
     # right panel: D against P at fixed rate budgets
     rvals = np.unique(np.round(R, 10))
     if rvals.size > n_rate_budgets:

@@ -158,3 +158,14 @@ def test_mixed_wp_has_monosemantic_dims_and_variance_gamma_downweights_them():
     assert torch.allclose(W.norm(dim=0), torch.ones(40))
     g = input_gamma(W, 1.0, 0.9, cfg, torch.Generator().manual_seed(0))
     assert g[:4].max() < g[4:].min()  # a monosemantic dim carries one feature: least variance
+
+
+def test_run_experiment_report_states_the_active_count(tmp_path):
+    from sae_rdp_plugin.experiments.identifiability import run_experiment
+
+    cfg = ToyConfig(sparsities=(0.9, 0.99), activations=("topk",), alphas=(0.0,), seeds=(0,), steps=5, batch=16)
+    cfg.eval_samples = 64
+    run_experiment(tmp_path, configs={"tiny": cfg}, progress=False)
+    md = (tmp_path / "RESULTS_tiny.md").read_text()
+    # n(1 - S) for n = 200: 20 and 2 active features per sample against TopK k = 2
+    assert "TopK k = 2 (a sample has n(1 - S) = 20, 2 active features on average)" in md

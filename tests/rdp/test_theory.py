@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from theory_reference import ref_code
+from theory_reference import ref_code, ref_code_least_p
 
 from sae_rdp_plugin.errors import SaeRdpError
 from sae_rdp_plugin.rdp.dgp import BernoulliPMF, CorrelatedPMF, ExplicitPMF, cooccurring_pairs
@@ -84,10 +84,10 @@ def test_enumeration_equals_bruteforce(pmf, width, K, coef):
     for i in range(len(t)):
         atoms = t.atoms(i)
         seen.add(tuple(tuple(a) for a in atoms))
-        R, D = ref_code(pmf, atoms, K, coef)
+        R, D, P = ref_code_least_p(pmf, atoms, K, coef)
         assert abs(t.rate[i] - R) < 1e-9, (atoms, t.rate[i], R)
         assert abs(t.distortion[i] - D) < 1e-8, (atoms, t.distortion[i], D)
-        assert abs(t.polysemanticity[i] - ref_poly(atoms, 3)) < 1e-12
+        assert abs(t.polysemanticity[i] - P) < 1e-12, (atoms, t.polysemanticity[i], P)  # P over fired atoms
     assert len(seen) == len(t)  # every dictionary exactly once
 
 
@@ -439,8 +439,12 @@ def test_example1_theory_md_inequality(pmf):
 
 def test_frontier_summary_checks():
     pmf = cooccurring_pairs(4, 0.4, 0.15).to_explicit()
-    s, t, mono = frontier_summary(pmf, 3, 2)
-    assert s["stats"]["n_codes"] == math.comb(15, 3) == len(s["codes"])
+    s, t, mono = frontier_summary(pmf, 3, 2, encoders="optimal")
+    assert s["stats"]["n_codes"] == math.comb(15, 3) == len(s["codes"]) == s["stats"]["n_dictionaries"]
+    s_all, t_all, _ = frontier_summary(pmf, 3, 2)  # default: every encoder, one row per frontier point
+    assert s_all["inputs"]["encoders"] == "all" and s_all["stats"]["n_dictionaries"] == math.comb(15, 3)
+    assert len(s_all["codes"]) == len(t_all) == s_all["stats"]["n_codes"] > math.comb(15, 3)
+    assert set(t_all.dictionary.tolist()) == set(range(math.comb(15, 3)))
     assert s["checks"]["theorem3_nonincreasing_in_rate_budget"] and s["checks"]["theorem3_nonincreasing_in_poly_budget"]
     assert s["checks"]["proposition2"]["max_abs(R+D-E|S|)"] < 1e-12
     assert s["checks"]["proposition2"]["min(D - omitted_mass)"] >= -1e-12

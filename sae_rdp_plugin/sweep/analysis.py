@@ -95,7 +95,8 @@ def plot_sweep(results: list[dict[str, Any]], out_dir: str | Path, prefix: str =
     for r in results:
         by[r["dgp"]].append(r)
     names = list(by)
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False)
+    # constrained layout: each panel's tick and axis labels get their own room (no overlap between panels)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False, layout="constrained")
     markers = {"topk": "o", "standard": "s", "jumprelu": "^", "batchtopk": "D"}
     sc = None
     for ax, name in zip(axes[0], names):
@@ -121,7 +122,8 @@ def plot_sweep(results: list[dict[str, Any]], out_dir: str | Path, prefix: str =
         rr = np.linspace(0, es, 20)
         ax.plot(rr, es - rr, "r--", lw=1, label="R + D = E|S| (mono bound)")
         ax.set_xlabel("rate R = E L0")
-        ax.set_ylabel("distortion D = E||x - x_hat||^2")
+        if ax is axes[0][0]:  # one y label for the row: the panels share its meaning
+            ax.set_ylabel("distortion D = E||x - x_hat||^2")
         ax.set_title(f"{name} (E|S| = {es:.2f})", fontsize=9)
         ax.set_xlim(left=0)
         ax.set_ylim(bottom=0)

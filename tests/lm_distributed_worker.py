@@ -1,5 +1,5 @@
-"""torchrun worker (2 gloo ranks, CPU) for tests/train/test_lm_distributed.py: train_saes and train_on_model
-data-parallel. Rank r gets rows [r*B/2, (r+1)*B/2) of every global batch of ``global_batches``; the test
+"""torchrun worker (2 gloo ranks, CPU) for tests/train/test_lm_distributed.py: train_saes (SAELens's step and
+the fast step) and train_on_model data-parallel. Rank r gets rows [r*B/2, (r+1)*B/2) of every global batch of ``global_batches``; the test
 trains the same specs in one process on the global batches and compares the saved SAEs.
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/lm_distributed_worker.py OUT
@@ -68,14 +68,17 @@ def main(out: str) -> None:
     root = Path(out)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = train_saes(
-            shard(global_batches(), ctx.rank, ctx.world_size),
-            specs(root / "saes"),
-            tokens=STEPS * B,
-            progress=False,
-            ctx=ctx,
-        )
-        assert [r["name"] for r in res] == ["topk", "wtopk"], res  # every rank gets rank 0's results
+        for fast in (False, True):  # SAELens's step under DDP; the fast step with its gradient all-reduce
+            res = train_saes(
+                shard(global_batches(), ctx.rank, ctx.world_size),
+                specs(root / ("saes_fast" if fast else "saes")),
+                tokens=STEPS * B,
+                fast=fast,
+                progress=False,
+                ctx=ctx,
+            )
+            assert [r["name"] for r in res] == ["topk", "wtopk"], res  # every rank gets rank 0's results
+            assert [r["fast_step"] for r in res] == [fast, fast], res
         # the pipeline end to end: each rank its shard of the token rows, its own forward
         model = tiny_hf_model("gemma3", n_layers=2, d=D, vocab=128, seed=0)
         ids = torch.randint(4, 128, (64, 17), generator=torch.Generator().manual_seed(2))

@@ -8,9 +8,10 @@ ranks together), the scaling efficiency against one process
 
     efficiency(N) = tokens_per_s(N) / (N * tokens_per_s(1)),
 
-and the held-out FVU (rank 0, the same held-out rows at every N). Over several ranks the SAEs train with
-SAELens's step (the fast step has no all-reduce point), so N = 1 runs the same step (``--no-fast``) to
-isolate the scaling; the fast one-GPU number is the end-to-end benchmark's (benchmarks/e2e).
+and the held-out FVU (rank 0, the same held-out rows at every N). Over several ranks the fast step runs
+with its PyTorch kernels and a gradient all-reduce (the Triton step forms no gradient to reduce), so N = 1
+runs the same kernels (SAE_RDP_FAST_KERNELS=torch) to isolate the scaling, and a row ``gpus: 1,
+kernels: triton`` gives the one-GPU default for reference.
 
 Token rows are random ids (BOS first) unless ``--corpus DIR`` gives a corpus folder (tokens.npz). Writes
 OUT/bench_e2e_ddp.json and prints a table last. NVLink multicast stays off (NCCL_NVLS_ENABLE=0 etc.).
@@ -49,27 +50,29 @@ def random_corpus(folder: Path, rows: int, context: int, vocab: int, bos: int, s
     return folder
 
 
-def run_point(n: int, a: argparse.Namespace, corpus: Path, work: Path) -> dict:
-    out = work / f"n{n}"
+def run_point(n: int, a: argparse.Namespace, corpus: Path, work: Path, kernels: str = "torch") -> dict:
+    out = work / f"n{n}_{kernels}"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n)]
     cmd += ["-m", "sae_rdp_plugin", "train", "--model", a.model, "--random-init", "--dataset", str(corpus)]
     cmd += ["--out", str(out), "--hook", a.hook, "--architecture", "topk", "--d-sae", str(a.d_sae), "--k", str(a.k)]
     cmd += ["--tokens", str(n * a.tokens_per_gpu), "--batch-size", str(n * a.rows_per_gpu), "--device", a.device]
     cmd += ["--n-layers", str(a.n_layers)] if a.n_layers else []
     cmd += a.extra
-    if n == 1:
-        cmd += ["--no-fast"]  # the step every N > 1 runs
     env = {**os.environ, **NCCL_ENV, "TQDM_DISABLE": "1", "WANDB_MODE": "disabled"}
+    env["SAE_RDP_FAST_KERNELS"] = kernels  # "torch": the kernels every N > 1 runs; "auto": Triton on one GPU
     if a.device == "cpu":
         env["OMP_NUM_THREADS"] = "1"
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=a.timeout)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        return {"gpus": n, "error": proc.stderr.strip().splitlines()[-1][:300] if proc.stderr else "failed"}
+        err = proc.stderr.strip().splitlines()[-1][:300] if proc.stderr.strip() else "failed"
+        return {"gpus": n, "kernels": kernels, "error": err}
     s = json.loads((out / "train_summary.json").read_text())
     return {
         "gpus": n,
+        "kernels": kernels,
+        "fast_step": s["fast_step"],
         "tokens": s["tokens"],
         "global_batch": n * a.rows_per_gpu,
         "tokens_per_s": s["tokens_per_s"],
@@ -110,9 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     for n in a.gpus:
         rows.append(run_point(n, a, corpus, work))
         print(json.dumps(rows[-1]), flush=True)
-    one = next((r for r in rows if r["gpus"] == 1 and "error" not in r), None)
+    if a.device.startswith("cuda"):
+        rows.append(run_point(1, a, corpus, work, kernels="auto"))  # the one-GPU default (Triton step)
+        print(json.dumps(rows[-1]), flush=True)
+    one = next((r for r in rows if r["gpus"] == 1 and r["kernels"] == "torch" and "error" not in r), None)
     for r in rows:
-        if one and "error" not in r:
+        if one and "error" not in r and r["kernels"] == "torch":
             r["efficiency"] = r["tokens_per_s"] / (r["gpus"] * one["tokens_per_s"])
     res = {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -120,11 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
     }
     atomic_write_json(out / "bench_e2e_ddp.json", res)
-    print("gpus  tokens/s     efficiency  held-out FVU  error")
+    print("gpus  kernels  tokens/s     efficiency  held-out FVU  error")
     for r in rows:
         eff = f"{r['efficiency']:.3f}" if "efficiency" in r else "-"
         fvu = f"{r['heldout_fvu']:.4f}" if r.get("heldout_fvu") is not None else "-"
-        print(f"{r['gpus']:4d}  {r.get('tokens_per_s', 0):11,.0f}  {eff:>10}  {fvu:>12}  {r.get('error', '')}")
+        tps = r.get("tokens_per_s", 0)
+        print(f"{r['gpus']:4d}  {r['kernels']:7}  {tps:11,.0f}  {eff:>10}  {fvu:>12}  {r.get('error', '')}")
     return 0
 
 

@@ -333,6 +333,10 @@ class FastTopKTrainer:
         self.use_triton = cfg.kernels == "triton" or (
             cfg.kernels == "auto" and dev.type == "cuda" and dtype == torch.float32 and fast_kernels.available(dev)
         )
+        #: data-parallel training: called on the gradients [W_enc^T, b_enc, W_dec, b_dec] before clipping
+        #: (an all-reduce mean over ranks, see install_fast_step); needs the PyTorch kernels (the Triton
+        #: step never forms the weight gradients)
+        self.grad_allreduce: Callable[[list[torch.Tensor]], None] | None = None
 
     # ------------------------------------------------------------------ construction / export
     @classmethod
@@ -550,10 +554,12 @@ class FastTopKTrainer:
         BatchTopK bookkeeping); no host sync for TopK without dead latents."""
         cfg = self.cfg
         B = x.shape[0]
-        if self.use_triton:
+        if self.use_triton and self.grad_allreduce is None:
             losses, sp, vals_s = self._fused_step(x, dead)
         else:
             losses, grads, sp, vals_s = self.loss_and_grads(x, dead)
+            if self.grad_allreduce is not None:
+                self.grad_allreduce(grads)
             # ---- clip_grad_norm_(max_norm) folded into Adam's grad_scale (grad / scale)
             total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
             clip = torch.clamp(cfg.max_grad_norm / (total + 1e-6), max=1.0)
@@ -580,6 +586,7 @@ class FastTopKTrainer:
     def _graph_applicable(self) -> bool:
         return (
             self.cfg.cuda_graph
+            and self.grad_allreduce is None
             and self._graph_failed is None
             and self.use_triton
             and self.cfg.kind == "topk"
@@ -1125,11 +1132,19 @@ def train_fast(
 
 
 # ---------------------------------------------------------------------------- SAELens SAETrainer hook
-def install_fast_step(trainer: Any, **cfg_overrides: Any) -> FastTopKTrainer | None:
+def install_fast_step(trainer: Any, ctx: Any = None, **cfg_overrides: Any) -> FastTopKTrainer | None:
     """Make a SAELens ``SAETrainer`` run its steps with the fast path when it applies: the SAE is a
     (weighted_)topk / (weighted_)batchtopk training SAE in float32/float64 with no activation
     normalisation other than SAELens's scalar scaling. Returns the FastTopKTrainer, or None (the
     trainer is left untouched) when the fast path does not apply.
+
+    ``ctx`` (a :class:`~sae_rdp_plugin.train.distributed.DistContext` of world size W > 1, the trainer a
+    :func:`~sae_rdp_plugin.train.ddp.DistributedSAETrainer`): data-parallel. Each rank's gradients are
+    all-reduced to their mean before clipping (every loss is a per-row mean, so the mean of the ranks'
+    gradients is the gradient on the global batch) and the per-latent firing counts are summed over the
+    ranks before the dead-latent counters move, so every rank takes the one-process step on the
+    concatenated batch. The weight gradients must exist for that: the PyTorch kernels run (no Triton
+    step, no CUDA graph). TopK only: BatchTopK's batch-level selection would be per rank (None).
 
     Only ``trainer._train_step`` is replaced (on this instance): ``fit()``'s loop, the activation
     scaler, the lr and coefficient schedulers, dead-latent statistics, sparsity windows, checkpoints
@@ -1150,6 +1165,11 @@ def install_fast_step(trainer: Any, **cfg_overrides: Any) -> FastTopKTrainer | N
         return None
     if arch.startswith("weighted_") and hasattr(sae, "gamma_is_set") and not sae.gamma_is_set:
         return None  # let the weighted SAE's first-batch gamma estimate run on the reference path
+    distributed = ctx is not None and getattr(ctx, "distributed", False)
+    if distributed:
+        if fast_architecture_of(arch) != "topk":
+            return None
+        cfg_overrides = {**cfg_overrides, "kernels": "torch", "cuda_graph": False}
     tc = trainer.cfg
     ft = FastTopKTrainer.attach(
         sae,
@@ -1164,12 +1184,27 @@ def install_fast_step(trainer: Any, **cfg_overrides: Any) -> FastTopKTrainer | N
     if set(map(id, params)) != {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}:
         return None  # extra trainable parameters: not a plain TopK SAE
     ft.adam_state_from(trainer.optimizer, params)
+    if distributed:
+        import torch.distributed as dist
+
+        def _allreduce_mean(grads: list[torch.Tensor]) -> None:
+            flat = torch.cat([g.reshape(-1) for g in grads])  # one collective for all four gradients
+            dist.all_reduce(flat)
+            flat /= ctx.world_size
+            i = 0
+            for g in grads:
+                g.copy_(flat[i : i + g.numel()].view_as(g))
+                i += g.numel()
+
+        ft.grad_allreduce = _allreduce_mean
 
     def _train_step(sae: Any, sae_in: torch.Tensor) -> Any:
         ft.set_lr(trainer.optimizer.param_groups[0]["lr"])
         dead = trainer.dead_neurons if trainer.n_training_steps > tc.dead_feature_window else None
         out = ft.step(sae_in, dead=dead)
         fired = out.pop("fired")
+        if distributed:
+            dist.all_reduce(fired)  # firing counts over the global batch
         with torch.no_grad():
             trainer.n_forward_passes_since_fired += 1
             trainer.n_forward_passes_since_fired.masked_fill_(fired > 0, 0)

@@ -36,8 +36,9 @@ token rows r, r + W, ...); each SAE is stepped by
 :func:`~sae_rdp_plugin.train.ddp.DistributedSAETrainer` (DDP gradient all-reduce, dead-latent counters
 reduced; :mod:`sae_rdp_plugin.train.ddp` gives the math), gamma comes from the moments of all ranks' rows
 (Chan's parallel formula) and the normalisation from the mean of the ranks' mean norms, so the run equals
-one process on the concatenated batches up to summation order. SAELens's step runs there (the fast step
-fuses the gradient into Adam and has no all-reduce point). Rank 0 alone evaluates and writes.
+one process on the concatenated batches up to summation order. The fast step runs there for TopK SAEs with
+its PyTorch kernels and a gradient all-reduce (the Triton step fuses the gradient into Adam: no all-reduce
+point); other architectures take SAELens's step under DDP. Rank 0 alone evaluates and writes.
 """
 
 from __future__ import annotations
@@ -487,7 +488,7 @@ def _start(runs: list[_Run], stream: _Stream, fast: bool, ctx: DistContext | Non
 
             sync_gamma(r.sae, ctx)  # bit-identical gamma on every rank
         if fast:
-            r.fast = install_fast_step(r.trainer) is not None
+            r.fast = install_fast_step(r.trainer, ctx=ctx) is not None
     return n_norm
 
 
@@ -581,9 +582,10 @@ def train_saes(
     the stream's own ``stats`` under ``stream`` (the pipeline's epochs, forwards, ...) and ``notes``.
 
     ``ctx`` (world size W > 1): data-parallel over the ranks (module docstring); ``batch_size`` is the
-    global batch, each rank's ``batches`` yield ``batch_size / W`` rows, ``fast`` is not used (SAELens's
-    step), and only rank 0 evaluates ``heldout``, writes the SAEs, shows progress and logs to wandb; every
-    rank returns rank 0's results.
+    global batch, each rank's ``batches`` yield ``batch_size / W`` rows, the fast step (TopK) all-reduces its
+    gradients (PyTorch kernels, see :func:`~sae_rdp_plugin.fast.step.install_fast_step`), and only rank 0
+    evaluates ``heldout``, writes the SAEs, shows progress and logs to wandb; every rank returns rank 0's
+    results.
     """
     t_start = time.perf_counter()
     specs = list(specs)
@@ -595,12 +597,6 @@ def train_saes(
         if batch_size % ctx.world_size:
             raise SaeRdpError(f"batch_size {batch_size} is not divisible by the world size {ctx.world_size}")
         rows = batch_size // ctx.world_size
-        if fast:
-            warnings.warn(
-                "fast step: not used over several ranks (it has no gradient all-reduce); SAELens's step runs",
-                stacklevel=2,
-            )
-        fast = False
     wandb = _import_wandb() if wandb_project and main else None
     stats = getattr(batches, "stats", None)
     runs: list[_Run] = []

@@ -21,4 +21,5 @@ def test_quick_run_reports_both_points(tmp_path):
     assert rows[2]["tokens"] == 2 * rows[1]["tokens"] and rows[2]["global_batch"] == 2 * rows[1]["global_batch"]
     assert rows[1]["efficiency"] == 1.0 and rows[2]["efficiency"] > 0
     assert 0 < rows[2]["heldout_fvu"] < 10
+    assert rows[1]["fast_step"] and rows[2]["fast_step"] and rows[2]["kernels"] == "torch"
     assert proc.stdout.strip().splitlines()[-1].lstrip().startswith("2 ")  # the table comes last

@@ -36,13 +36,16 @@ def dist_out(tmp_path_factory):
     return out
 
 
-def test_two_ranks_equal_one_process_on_the_global_batch(dist_out, tmp_path):
+@pytest.mark.parametrize("fast", [False, True])
+def test_two_ranks_equal_one_process_on_the_global_batch(dist_out, tmp_path, fast):
+    """SAELens's step under DDP, and the fast step with its gradient all-reduce and summed firing counts
+    (the dead-latent aux loss runs from step 4 in the TopK SAE), against one process of the same step."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ref = train_saes(W.global_batches(), W.specs(tmp_path), tokens=W.STEPS * W.B, fast=False, progress=False)
-    assert [r["name"] for r in ref] == ["topk", "wtopk"]
+        ref = train_saes(W.global_batches(), W.specs(tmp_path), tokens=W.STEPS * W.B, fast=fast, progress=False)
+    assert [r["name"] for r in ref] == ["topk", "wtopk"] and [r["fast_step"] for r in ref] == [fast, fast]
     for name in ("topk", "wtopk"):
-        a = load_file(dist_out / "saes" / name / "sae_weights.safetensors")
+        a = load_file(dist_out / ("saes_fast" if fast else "saes") / name / "sae_weights.safetensors")
         b = load_file(tmp_path / name / "sae_weights.safetensors")
         assert a.keys() == b.keys()
         for k in a:
@@ -50,7 +53,7 @@ def test_two_ranks_equal_one_process_on_the_global_batch(dist_out, tmp_path):
         # the parameters moved: equality is not trivially the initialisation
         init_moved = (a["W_dec"] - b["W_dec"]).abs().max() < ATOL and a["b_dec"].abs().max() > 0
         assert init_moved
-    ga = load_file(dist_out / "saes" / "wtopk" / "gamma.safetensors")
+    ga = load_file(dist_out / ("saes_fast" if fast else "saes") / "wtopk" / "gamma.safetensors")
     gb = load_file(tmp_path / "wtopk" / "gamma.safetensors")
     for k in ga:
         assert torch.allclose(ga[k].double(), gb[k].double(), atol=1e-6), k
@@ -67,7 +70,7 @@ def test_rank0_alone_writes_and_the_lm_run_is_stock_loadable(dist_out):
 
     summary = json.loads((dist_out / "lm" / "train_summary.json").read_text())
     assert summary["tokens"] == 8 * W.B and summary["heldout_tokens"] > 0
-    assert summary["fast_step"] is False  # SAELens's step over several ranks
+    assert summary["fast_step"] is True  # the fast step with its gradient all-reduce
 
 
 def test_train_command_under_torchrun(tmp_path):
@@ -94,5 +97,5 @@ def test_train_command_under_torchrun(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("saved ") == 1, proc.stdout
     summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["tokens"] == 1024 and summary["fast_step"] is False
+    assert summary["tokens"] == 1024 and summary["fast_step"] is True
     assert SAE.load_from_disk(out, device="cpu").cfg.d_sae == 64

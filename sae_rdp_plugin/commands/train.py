@@ -93,7 +93,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--checkpoints", type=int, default=TrainConfig.n_checkpoints, help="number of intermediate checkpoints"
     )
-    p.add_argument("--resume", default=None, help="checkpoint directory to resume from (synthetic)")
+    p.add_argument(
+        "--resume",
+        default=None,
+        help="--synthetic: the checkpoint directory to resume from; --model: 'latest' continues the interrupted "
+        "run of --out from its newest checkpoint (needs --checkpoints > 0 in both runs)",
+    )
     p.add_argument(
         "--no-fast",
         action="store_true",
@@ -184,7 +189,12 @@ def _handle(args: argparse.Namespace) -> int:
     check_architecture(args.architecture)
     check_device(args.device)
     if args.resume is not None and not args.synthetic:
-        raise SaeRdpError("--resume (a checkpoint folder) works with --synthetic only")
+        if not args.model or args.saelens_store:
+            raise SaeRdpError("--resume works with --synthetic (a checkpoint folder) or --model (the word 'latest')")
+        if args.resume != "latest":
+            raise SaeRdpError(
+                f"--resume with --model takes 'latest' (the newest checkpoint of --out), not {args.resume!r}"
+            )
     if args.synthetic or args.saelens_store:
         used = [f"--{f.replace('_', '-')}" for f in _PIPELINE_FLAGS if getattr(args, f) not in (None, False)]
         if used:
@@ -275,6 +285,7 @@ def _train_pipeline(args: argparse.Namespace) -> int:
         wandb_project=args.wandb_project,
         notes=notes,
         ctx=ctx,
+        resume=args.resume == "latest",
     )
     if ctx is not None and not ctx.is_main:
         return 0  # rank 0 wrote and reports

@@ -79,6 +79,7 @@ __all__ = [
     "check_out_dir",
     "write_summary",
     "SUMMARY_FORMAT",
+    "latest_checkpoint",
 ]
 
 #: "format" of train_summary.json / summary.json written here (marks a folder as an sae-rdp output)
@@ -216,6 +217,24 @@ def _publish(staging: Path, out: Path) -> None:
     replace_dir(staging, out)
 
 
+#: files a complete SAETrainer checkpoint holds (a folder killed while being written lacks some)
+_CHECKPOINT_FILES = ("cfg.json", "sae_weights.safetensors", "trainer_state.pt", "activation_scaler.json")
+
+
+def latest_checkpoint(out: str | Path) -> tuple[Path, Path, int] | None:
+    """The newest complete checkpoint an interrupted run of ``out`` left: (its staging folder, the checkpoint
+    folder, the training samples it holds), or None. Checkpoints live in the hidden staging sibling
+    ``.<out>.<id>.partial/checkpoints/<samples>/`` that an unfinished run keeps."""
+    out = Path(out)
+    best: tuple[Path, Path, int] | None = None
+    for st in out.parent.glob(f".{out.name}.*.partial"):
+        for ck in (st / "checkpoints").glob("*"):
+            if ck.name.isdigit() and all((ck / f).is_file() for f in _CHECKPOINT_FILES):
+                if best is None or int(ck.name) > best[2]:
+                    best = (st, ck, int(ck.name))
+    return best
+
+
 def _finite_or_none(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
@@ -337,14 +356,23 @@ class _Run:
     """One SAE being trained: its SAE, trainer, staging folder, step clock and loss buffer."""
 
     def __init__(
-        self, spec: SAESpec, cfg: TrainConfig, timer: Callable[[], float] | None, ctx: DistContext | None = None
+        self,
+        spec: SAESpec,
+        cfg: TrainConfig,
+        timer: Callable[[], float] | None,
+        ctx: DistContext | None = None,
+        resume: bool = False,
     ) -> None:
         from sae_lens.training.sae_trainer import SAETrainer
 
         self.spec, self.cfg, self.hook, self.name = spec, cfg, spec.hook, spec.label
         self.out = Path(spec.out)
+        found = latest_checkpoint(self.out) if resume else None
+        found = broadcast_object(ctx, found) if ctx else found  # rank 0's view of the folder
+        self.resumed_from = str(found[1]) if found else None
         # SAETrainer creates it for a checkpoint, _save at the end; one name on every rank (rank 0 writes)
-        self.staging = broadcast_object(ctx, _staging_dir(self.out)) if ctx else _staging_dir(self.out)
+        staging = found[0] if found else _staging_dir(self.out)
+        self.staging = broadcast_object(ctx, staging) if ctx else staging
         torch.manual_seed(cfg.seed)
         self.sae = build_training_sae(cfg.sae_config_dict())
         ckpt = str(self.staging / "checkpoints") if cfg.n_checkpoints > 0 else None
@@ -354,6 +382,13 @@ class _Run:
             self.trainer = DistributedSAETrainer(cfg.trainer_config(ckpt), self.sae, iter(()), ctx)
         else:
             self.trainer = SAETrainer(cfg=cfg.trainer_config(ckpt), sae=self.sae, data_provider=iter(()))
+        if found:
+            t = self.trainer
+            self.sae.load_weights_from_checkpoint(found[1])  # weighted SAEs: their gamma too, bit for bit
+            t.load_trainer_state(found[1])  # Adam, schedules, counters, activation scaling
+            # saved inside the loop before the step count moved: the count follows from the samples
+            t.n_training_steps = t.n_training_samples // cfg.batch_size
+            t.checkpoint_thresholds = [x for x in t.checkpoint_thresholds if x > t.n_training_samples]
         self.fit = SteppedFit(self.trainer)
         self.clock = _Clock(timer, torch.device(cfg.device))
         self.fast = False
@@ -561,6 +596,7 @@ def train_saes(
     timer: Callable[[], float] | None = None,
     notes: dict[str, Any] | None = None,
     ctx: DistContext | None = None,
+    resume: bool = False,
 ) -> list[dict]:
     """Train every SAE of ``specs`` on one stream of ``{hook: [batch_size, d_in]}`` batches, in lockstep.
 
@@ -586,6 +622,11 @@ def train_saes(
     gradients (PyTorch kernels, see :func:`~sae_rdp_plugin.fast.step.install_fast_step`), and only rank 0
     evaluates ``heldout``, writes the SAEs, shows progress and logs to wandb; every rank returns rank 0's
     results.
+
+    ``resume``: every SAE continues from the newest complete checkpoint its interrupted run left
+    (:func:`latest_checkpoint`; weights, gamma, Adam state, schedules, dead-latent counters and activation
+    scaling restored, the remaining steps drawn from ``batches``); all SAEs must hold one at the same sample
+    count, else SaeRdpError.
     """
     t_start = time.perf_counter()
     specs = list(specs)
@@ -602,7 +643,11 @@ def train_saes(
     runs: list[_Run] = []
     try:
         for s in specs:
-            runs.append(_Run(s, dataclasses.replace(s.cfg, tokens=tokens), timer, ctx))
+            runs.append(_Run(s, dataclasses.replace(s.cfg, tokens=tokens), timer, ctx, resume))
+        if resume:
+            at = {r.name: r.trainer.n_training_samples if r.resumed_from else None for r in runs}
+            if None in at.values() or len(set(at.values())) != 1:
+                raise SaeRdpError(f"cannot resume: the SAEs' newest checkpoints are at samples {at} (need one each)")
         stream = _Stream(iter(batches), d_in)
         n_gamma = _gamma_pass(runs, stream, ctx)
         n_norm = _start(runs, stream, fast, ctx)
@@ -704,6 +749,7 @@ def _save(r: _Run, held: dict[str, torch.Tensor], common: dict[str, Any], seen: 
         "final_loss": _finite_or_none(r.last_loss),
         "train_l0": _finite_or_none(r.last_l0),
         "sae_step_s": round(r.clock.seconds, 4),
+        "resumed_from": r.resumed_from,
         **common,
         "gamma_file": str(r.out / GAMMA_FILENAME) if r.cfg.arch.weighted else None,
     }
@@ -737,6 +783,7 @@ def train_on_model(
     heldout_batches: int = 8,
     notes: dict[str, Any] | None = None,
     ctx: DistContext | None = None,
+    resume: bool = False,
 ) -> list[dict]:
     """Train ``specs`` on a language model's activations: an
     :class:`~sae_rdp_plugin.lm.pipeline.ActivationPipeline` over the token rows ``tokens`` ([n_rows,
@@ -748,7 +795,12 @@ def train_on_model(
 
     ``ctx`` (world size W > 1): rank r streams the token rows r, r + W, r + 2W, ... of ``tokens`` through
     its own copy of the model in batches of ``batch_size / W`` rows, and :func:`train_saes` trains the SAEs
-    data-parallel (rank 0 alone reads ``heldout_tokens`` and writes)."""
+    data-parallel (rank 0 alone reads ``heldout_tokens`` and writes).
+
+    ``resume``: continue interrupted runs from their newest checkpoints (:func:`train_saes`); the stream
+    starts at the first token row after those the checkpoint's samples and the gamma / normalisation
+    batches used (rows that sat in the shuffle buffer at the interruption are not replayed, so the data
+    order differs from an uninterrupted run)."""
     from sae_rdp_plugin.lm.pipeline import ActivationPipeline
 
     specs = list(specs)
@@ -778,6 +830,16 @@ def train_on_model(
             heldout_tokens = None
     else:
         budget_rank = budget
+    if resume:
+        found = [latest_checkpoint(s.out) for s in specs]
+        if found and all(found):
+            per_row = pipeline_cfg.context_size - (1 if bos_token_id is not None else 0)
+            extra = max(s.cfg.gamma_estimation_batches for s in specs) + max(
+                s.cfg.n_batches_for_norm_estimate for s in specs
+            )
+            used = found[0][2] // (ctx.world_size if ctx is not None and ctx.distributed else 1)
+            used += extra * pipeline_cfg.batch_size
+            tokens = np.roll(np.asarray(tokens), -((used // max(per_row, 1)) % len(tokens)), axis=0)
     pipe = ActivationPipeline(model, tokens, pipeline_cfg, bos_token_id=bos_token_id, pad_token_id=pad_token_id)
     for s in specs:
         if s.cfg.d_in != pipe.d_in:
@@ -816,6 +878,7 @@ def train_on_model(
         wandb_project=wandb_project,
         notes=notes,
         ctx=ctx,
+        resume=resume,
     )
 
 

@@ -1,6 +1,7 @@
 """torchrun worker (2 gloo ranks, CPU) for tests/train/test_lm_distributed.py: train_saes (SAELens's step and
-the fast step) and train_on_model data-parallel. Rank r gets rows [r*B/2, (r+1)*B/2) of every global batch of ``global_batches``; the test
-trains the same specs in one process on the global batches and compares the saved SAEs.
+the fast step) and train_on_model data-parallel. Rank r gets rows [r*B/2, (r+1)*B/2) of every global batch
+of ``global_batches``; the test trains the same specs in one process on the global batches and compares the
+saved SAEs.
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/lm_distributed_worker.py OUT
 """

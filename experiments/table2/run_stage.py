@@ -1,0 +1,591 @@
+#!/usr/bin/env python3
+"""Run one training stage of ``plan.json`` on a device: train its SAEs, then evaluate each with SAEBench's core.
+
+    python experiments/table2/run_stage.py --plan experiments/table2/plan.json --stage T-gemma3-270m-9-topk \\
+        --model-path /tmp/t2/gemma-3-270m-q4_k_m.gguf --corpus /tmp/t2/shards --out $OUT/t2 --device cuda
+
+Stages run here: ``T-*`` (the plan's SAEs of one model-layer and architecture), ``W-wsae`` (the WSAE arm) and
+``C-*`` (calibration of ``l1_coefficient`` / ``l0_coefficient``: the recipe's grid, per width, short runs;
+level ``calN`` = the grid value whose held-out L0 is nearest ``target_l0[N]`` on a log scale, written to
+``OUT/calibration_<stage>.json``, which the ``T-*`` stage of that architecture reads). ``E*`` stages
+(sparse probing, absorption) are not run here.
+
+Training: :func:`sae_rdp_plugin.train.lm.train_on_model`; the final SAEs of the stage that share a hook, a
+batch size and a token budget are trained in lockstep from one activation stream, ``--group-size`` at a time.
+A plan SAE with ``checkpoint_of_final`` (tokens = f x the final's) is the final run's SAELens checkpoint
+(``n_checkpoints`` = the number of such fractions, evenly spaced: f = i / (n + 1)), evaluated as a separate SAE.
+Resumable: an SAE whose folder holds ``train_summary.json`` is not trained again, a core JSON that exists is not
+recomputed (the library writes each SAE atomically; JSONs are written to a temporary file and renamed).
+
+Core eval: SAEBench's own code (``sae_bench.evals.core.main``: ``run_evals`` for CE loss recovered
+``ce_loss_score = (CE_abl - CE_sae) / (CE_abl - CE_orig)``, KL score, explained variance, MSE, L0, L1, shrinkage;
+``calculate_misc_metrics``; ``save_single_eval_result``, which builds the pydantic ``CoreEvalOutput``), with two
+offline adaptations: the HookedTransformer is passed in (converted from the training model by
+:func:`sae_rdp_plugin.lm.models.hooked_from_hf`) instead of loaded by name, and the tokens are the corpus's
+held-out rows (a ``datasets.Dataset`` with a ``tokens`` column) instead of openwebtext; BOS / pad positions are
+excluded (``ignore_tokens``). Per-feature details are computed (the misc metrics need them) but not stored
+(``--keep-feature-details`` stores them; 16k latents make MB-sized files). ``sae_lens_release_id`` is
+``table2-<model>-<architecture>``, ``sae_lens_id`` ``<hook>__w<width>_<level>_s<seed>_step_<final|N>``
+(the audit reads ``_step_<N>`` as a checkpoint).
+
+``OUT/stage_<ID>.json``: per device call (appended), the wall seconds, GPU seconds (wall time while the CUDA
+device was in use: training + eval), the SAEs trained / skipped / evaluated, and the deviations from the recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SAES_DIR, CORE_DIR = "saes", "core"
+
+# recipe settings TrainConfig has no field for (reported in every stage file; library change needed)
+DEVIATIONS = [
+    "lr schedule: constant (TrainConfig has no warm-up / decay; recipe asks 1,000 warm-up steps + 20% linear decay)",
+    "b_dec init: SAELens default (zeros), not the mean activation (no TrainConfig field)",
+]
+
+
+def fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def load_json(p: Path) -> dict:
+    try:
+        return json.loads(Path(p).read_text())
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read {p}: {exc}")
+    raise AssertionError
+
+
+def atomic_json(p: Path, obj: Any) -> None:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, p)
+
+
+# ------------------------------------------------------------------------------------ the stage's SAEs
+
+
+def level_of(s: dict) -> tuple[str, Any]:
+    """(sparsity field, level) of a plan SAE: k, l1_coefficient or l0_coefficient."""
+    for f in ("k", "l1_coefficient", "l0_coefficient"):
+        if f in s:
+            return f, s[f]
+    fail(f"plan SAE {s['id']} has no sparsity level")
+    raise AssertionError
+
+
+def family(s: dict) -> str:
+    """The id of the final run an SAE belongs to (its checkpoints share it): the plan id without ``/t<f>``."""
+    return re.sub(r"/t[0-9.]+$", "", s["id"])
+
+
+def sae_dir(out: Path, fam: str) -> Path:
+    return out / SAES_DIR / fam.replace("=", "-")
+
+
+def sae_lens_id(s: dict, step: str) -> str:
+    f, lev = level_of(s)
+    if "level_name" in s:  # calibrated: two levels may resolve to one value, their ids must differ
+        lev = f"{lev:g}_{s['level_name']}"
+    extra = f"_alpha{s['alpha']:g}" if "alpha" in s else ""
+    extra += "_gammasafe" if "/gamma=safe" in s["id"] else ""
+    return f"{s['hook']}__w{s['width']}_{f}{lev}{extra}_s{s['seed']}_step_{step}"
+
+
+def release_id(s: dict) -> str:
+    """``table2-<model>-L<layer>-<architecture>``: one release per architecture and model-layer."""
+    return f"table2-{s['model']}-L{s['hook'].split('.')[1]}-{s['architecture']}"
+
+
+def calibration_stage(stage: str) -> bool:
+    return stage.startswith("C-")
+
+
+def calibration_saes(recipe: dict, stage: str) -> list[dict]:
+    """The grid SAEs of a calibration stage ``C-<model>-<layer>-<arch>``, as plan-style dicts."""
+    for m in recipe["models"]:
+        for hook in m["hooks"] + m.get("optional_hooks", []):
+            for arch, a in recipe["architectures"].items():
+                if stage != f"C-{m['model']}-{hook.split('.')[1]}-{arch}" or "calibration" not in a:
+                    continue
+                cal, field = a["calibration"], a["sparsity_field"]
+                return [
+                    {
+                        "id": f"{m['model']}/{hook}/{arch}/w{w}/{field}={v:g}/s0/cal",
+                        "model": m["model"],
+                        "hook": hook,
+                        "architecture": arch,
+                        "width": w,
+                        field: v,
+                        "seed": 0,
+                        "tokens": cal["tokens"],
+                        "checkpoint_of_final": False,
+                        "stage": stage,
+                    }
+                    for w in recipe["widths"]
+                    for v in cal["grid"]
+                ]
+    fail(f"no calibration stage {stage!r} in the recipe")
+    raise AssertionError
+
+
+def resolve_levels(saes: list[dict], out: Path, recipe: dict) -> list[dict]:
+    """Replace ``calN`` levels by the values the calibration stage chose (OUT/calibration_C-*.json)."""
+    res = []
+    for s in saes:
+        f, lev = level_of(s)
+        if isinstance(lev, str) and lev.startswith("cal"):
+            stage = "C-" + s["stage"].removeprefix("T-")
+            p = out / f"calibration_{stage}.json"
+            if not p.is_file():
+                fail(f"{s['id']} needs the calibration of stage {stage}: run it first ({p} missing)")
+            chosen = load_json(p)["levels"][str(s["width"])]
+            s = {**s, f: chosen[lev], "level_name": lev}
+        res.append(s)
+    return res
+
+
+# ------------------------------------------------------------------------------------ model and corpus
+
+
+def load_corpus(path: Path) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """(train rows, held-out rows, BOS id) from a corpus folder (tokens.npz) or a shards folder (shards.json)."""
+    from sae_rdp_plugin.lm.corpus import load_tokens, read_manifest, read_shards
+
+    if (path / "shards.json").is_file():
+        arrs = read_shards(path)
+        meta = load_json(path / "shards.json").get("meta") or {}
+        return arrs["train"], arrs["heldout"], meta.get("bos_token_id")
+    if (path / "tokens.npz").is_file():
+        bos = read_manifest(path).get("bos_token_id") if (path / "manifest.json").is_file() else None
+        return load_tokens(path, "train"), load_tokens(path, "heldout"), bos
+    fail(f"--corpus {path}: neither a corpus folder (tokens.npz) nor a shards folder (shards.json)")
+    raise AssertionError
+
+
+def load_models(name: str, args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(HF causal LM for the activation pipeline, HookedTransformer with the same weights for SAEBench's core,
+    tokenizer or None). ``tiny-gpt2`` / ``tiny-gpt_neox``: random tiny models for tests."""
+    import torch
+
+    from sae_rdp_plugin.lm.models import hf_model, hooked_from_hf
+
+    hf, tok = hf_model(
+        name, path=args.model_path, n_layers=args.n_layers, random_init=args.random_init, dtype="float32", device="cpu"
+    )
+    conv = name.removeprefix("tiny-") if name.startswith("tiny-") else name
+    hooked = hooked_from_hf(conv, hf, tok, device=args.device, dtype=torch.float32)
+    return hf.to(args.device), hooked, tok
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def train_config(s: dict, d_in: int, recipe: dict, args: argparse.Namespace, n_ckpt: int) -> Any:
+    from sae_rdp_plugin.train.config import TrainConfig
+
+    tr = recipe["training"]
+    f, lev = level_of(s)
+    bs = args.batch_size or tr["batch_size_tokens"]
+    tokens = max(bs, int(round(s["tokens"] * args.tokens_scale / bs)) * bs)
+    kw: dict[str, Any] = {"k": lev} if f == "k" else {"sparsity_coefficient": float(lev)}
+    if "alpha" in s:
+        kw["alpha"] = float(s["alpha"])
+    return TrainConfig(
+        architecture=s["architecture"],
+        d_in=d_in,
+        d_sae=s["width"],
+        tokens=tokens,
+        batch_size=bs,
+        lr=tr["lr"],
+        seed=s["seed"],
+        n_checkpoints=n_ckpt,
+        normalize_activations=tr["normalize_activations"],
+        dead_feature_window=tr["dead_feature_window"],
+        autocast=tr["autocast"] == "bf16" and args.device.startswith("cuda"),
+        device=args.device,
+        **kw,
+    )
+
+
+def checkpoint_count(fam_saes: list[dict]) -> int:
+    final = [s for s in fam_saes if not s["checkpoint_of_final"]]
+    if len(final) != 1:
+        fail(f"{family(fam_saes[0])}: {len(final)} final SAEs in the plan (need 1)")
+    n = len(fam_saes) - 1
+    for i, s in enumerate(sorted((s for s in fam_saes if s["checkpoint_of_final"]), key=lambda s: s["tokens"])):
+        if abs(s["tokens"] / final[0]["tokens"] - (i + 1) / (n + 1)) > 1e-9:
+            fail(f"{s['id']}: checkpoints must be evenly spaced ({i + 1}/{n + 1} of the final's tokens)")
+    return n
+
+
+# ------------------------------------------------------------------------------------ core eval (SAEBench)
+
+
+def load_sae(path: Path, device: str) -> Any:
+    """A stock SAELens inference SAE from a final save, or from a SAETrainer checkpoint (a training SAE saved
+    before the normalisation was folded: its activation_scaler.json scaling factor is folded here)."""
+    from sae_lens import SAE
+
+    sae = SAE.load_from_disk(path, device=device)
+    scaler = path / "activation_scaler.json"
+    if scaler.is_file():
+        sf = json.loads(scaler.read_text()).get("scaling_factor")
+        if sf is not None:
+            sae.fold_activation_norm_scaling_factor(sf)
+    return sae
+
+
+def saebench_compat(sae: Any, plan_sae: dict) -> None:
+    """SAEBench 0.6's core reads SAELens-5 config fields (``cfg.hook_name``, ``hook_layer``, ``hook_head_index``,
+    ``model_name``, ``architecture_str``, ``model_from_pretrained_kwargs``); SAELens 6 keeps them in
+    ``cfg.metadata`` or has none. They are set on the config object (``to_dict`` does not write them)."""
+    c = sae.cfg
+    c.hook_name = plan_sae["hook"]
+    c.hook_layer = int(plan_sae["hook"].split(".")[1])
+    c.hook_head_index = None
+    c.model_name = plan_sae["model"]
+    c.architecture_str = c.architecture()
+    c.model_from_pretrained_kwargs = {}
+
+
+def core_eval(
+    sae: Any, hooked: Any, held: np.ndarray, ignore: set[int], plan_sae: dict, step: str, args: argparse.Namespace
+) -> dict:
+    """SAEBench's core output for one SAE (its own run_evals / calculate_misc_metrics / save_single_eval_result)."""
+    import tempfile
+
+    from datasets import Dataset
+    from sae_bench.evals.core.eval_config import CoreEvalConfig
+    from sae_bench.evals.core.main import (
+        calculate_misc_metrics,
+        replace_nans_with_negative_one,
+        run_evals,
+        save_single_eval_result,
+    )
+    from sae_bench.sae_bench_utils import get_eval_uuid, get_sae_bench_version, get_sae_lens_version
+    from sae_lens.training.activations_store import ActivationsStore
+
+    ctx = held.shape[1]
+    bp = min(args.eval_batch_prompts, held.shape[0])
+    n_batches = max(1, min(args.eval_batches, held.shape[0] // bp))
+    md = sae.cfg.metadata
+    md.hook_name, md.model_name, md.context_size = plan_sae["hook"], plan_sae["model"], ctx
+    md.prepend_bos = False  # the corpus rows already start with BOS
+    saebench_compat(sae, plan_sae)
+    ds = Dataset.from_dict({"tokens": held.astype(np.int64)})
+    store = ActivationsStore.from_sae(
+        hooked,
+        sae,
+        dataset=ds,
+        context_size=ctx,
+        streaming=False,
+        store_batch_size_prompts=bp,
+        n_batches_in_buffer=2,
+        train_batch_size_tokens=bp * ctx,
+        device=args.device,
+    )
+    cfg = CoreEvalConfig(
+        model_name=plan_sae["model"],
+        batch_size_prompts=bp,
+        n_eval_reconstruction_batches=n_batches,
+        n_eval_sparsity_variance_batches=n_batches,
+        exclude_special_tokens_from_reconstruction=True,
+        dataset=f"table2 corpus held-out split ({args.corpus})",
+        context_size=ctx,
+        compute_kl=True,
+        compute_ce_loss=True,
+        compute_l2_norms=True,
+        compute_sparsity_metrics=True,
+        compute_variance_metrics=True,
+        compute_featurewise_density_statistics=True,
+        compute_featurewise_weight_based_metrics=True,
+        llm_dtype="float32",
+    )
+    metrics, feature_metrics = run_evals(sae, store, hooked, cfg, ignore_tokens=ignore)
+    metrics["misc_metrics"] = calculate_misc_metrics(feature_metrics)
+    result = replace_nans_with_negative_one(
+        {
+            "sae_set": release_id(plan_sae),
+            "sae_id": sae_lens_id(plan_sae, step),
+            "eval_cfg": cfg,
+            "metrics": metrics,
+            "feature_metrics": feature_metrics if args.keep_feature_details else {},
+        }
+    )
+    with tempfile.TemporaryDirectory() as td:
+        p = Path(td) / "core.json"
+        save_single_eval_result(result, get_eval_uuid(), get_sae_lens_version(), get_sae_bench_version(), str(p), sae)
+        obj = json.loads(p.read_text())
+    # where the SAE reads and its training architecture, at the top level as well (SAELens 6 keeps the first two
+    # under "metadata"; a weighted_topk SAE is saved as a stock "topk" inference SAE)
+    f, lev = level_of(plan_sae)
+    obj["sae_cfg_dict"].update(model_name=plan_sae["model"], hook_name=plan_sae["hook"])
+    obj["sae_cfg_dict"]["training_architecture"] = plan_sae["architecture"]
+    obj["sae_cfg_dict"][f] = lev
+    return obj
+
+
+def validate_core(obj: dict) -> None:
+    """SAEBench's pydantic CoreEvalOutput accepts ``obj`` (raises otherwise)."""
+    from sae_bench.evals.core.eval_output import CoreEvalOutput
+
+    CoreEvalOutput(**obj)
+
+
+# ------------------------------------------------------------------------------------ the stage
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--plan", type=Path, default=HERE / "plan.json")
+    ap.add_argument("--recipe", type=Path, default=None, help="default: recipe.json next to --plan")
+    ap.add_argument("--stage", required=True)
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--model-path", default=None, help="GGUF file of the plan's model")
+    src.add_argument("--random-init", action="store_true", help="random weights (smoke runs)")
+    ap.add_argument("--n-layers", type=int, default=None, help="first blocks only (deeper than the hook: wasted)")
+    ap.add_argument("--corpus", type=Path, required=True, help="corpus folder (tokens.npz) or shards folder")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--max-saes", type=int, default=None, help="train at most N final SAEs in this call")
+    ap.add_argument("--tokens-scale", type=float, default=1.0, help="multiply every SAE's tokens (smoke runs)")
+    ap.add_argument("--group-size", type=int, default=10, help="SAEs per lockstep activation stream")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: the recipe's batch_size_tokens")
+    ap.add_argument("--context-size", type=int, default=None, help="cut the corpus rows (smoke runs)")
+    ap.add_argument("--heldout-batches", type=int, default=8)
+    ap.add_argument("--eval-batches", type=int, default=16, help="SAEBench core batches (reconstruction, sparsity)")
+    ap.add_argument("--eval-batch-prompts", type=int, default=8)
+    ap.add_argument("--keep-feature-details", action="store_true")
+    ap.add_argument("--buffer-tokens", type=int, default=2**19, help="activation shuffle buffer (rows)")
+    ap.add_argument("--no-eval", action="store_true", help="train only")
+    ap.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        help="write <stage>.tar.xz (core JSONs, train summaries) and stage_<stage>.json here, e.g. $OUT",
+    )
+    args = ap.parse_args(argv)
+    for name in (
+        "max_saes",
+        "group_size",
+        "batch_size",
+        "n_layers",
+        "eval_batches",
+        "eval_batch_prompts",
+        "buffer_tokens",
+    ):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            fail(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if not args.tokens_scale > 0:
+        fail(f"--tokens-scale must be > 0, got {args.tokens_scale}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    t_call = time.perf_counter()
+    plan = load_json(args.plan)
+    recipe = load_json(args.recipe or args.plan.parent / "recipe.json")
+    stage = args.stage
+    if calibration_stage(stage):
+        saes = calibration_saes(recipe, stage)
+    else:
+        saes = [s for s in plan["saes"] if s["stage"] == stage]
+        if not saes:
+            stages = sorted({s["stage"] for s in plan["saes"]})
+            fail(f"stage {stage!r} has no SAEs to train here (training stages: {', '.join(stages)}; C-* calibrate)")
+        skipped_gamma = [s["id"] for s in saes if "/gamma=safe" in s["id"]]
+        saes = [s for s in saes if "/gamma=safe" not in s["id"]]
+        saes = resolve_levels(saes, args.out, recipe)
+    models = {s["model"] for s in saes}
+    if len(models) != 1:
+        fail(f"stage {stage} spans models {sorted(models)}")
+    (model_name,) = models
+    if args.model_path is None and not args.random_init and not model_name.startswith("tiny-"):
+        fail("give --model-path GGUF or --random-init")
+    if args.random_init and not args.no_eval and not calibration_stage(stage):
+        # TransformerLens's Gemma / SmolLM2 conversion reads the tokenizer, which random weights do not have
+        fail("--random-init trains only: add --no-eval (SAEBench's core needs the real model and its tokenizer)")
+    train, held, bos = load_corpus(args.corpus)
+    if args.context_size:
+        train, held = train[:, : args.context_size], held[:, : args.context_size]
+
+    fams: dict[str, list[dict]] = {}
+    for s in saes:
+        fams.setdefault(family(s), []).append(s)
+    todo, done = [], []
+    for fam, members in fams.items():
+        (done if (sae_dir(args.out, fam) / "train_summary.json").is_file() else todo).append(fam)
+    if args.max_saes is not None:
+        todo = todo[: args.max_saes]
+
+    import torch
+
+    from sae_rdp_plugin.lm.pipeline import PipelineConfig
+    from sae_rdp_plugin.train.lm import SAESpec, train_on_model
+
+    hf, hooked, tok = load_models(model_name, args)
+    d_in = hf.config.hidden_size
+    pad = getattr(tok, "pad_token_id", None) if tok is not None else None
+    specs = []
+    for fam in todo:
+        members = fams[fam]
+        final = next(s for s in members if not s["checkpoint_of_final"])
+        cfg = train_config(final, d_in, recipe, args, checkpoint_count(members))
+        specs.append(SAESpec(final["hook"], cfg, sae_dir(args.out, fam), name=fam))
+    groups: dict[tuple, list] = {}
+    for sp in specs:
+        groups.setdefault((sp.hook, sp.cfg.batch_size, sp.cfg.tokens), []).append(sp)
+    trained = []
+    cuda = args.device.startswith("cuda")
+    for (hook, bs, _tokens), group in groups.items():
+        for i in range(0, len(group), args.group_size):
+            chunk = group[i : i + args.group_size]
+            pcfg = PipelineConfig(
+                hooks=[hook],
+                context_size=train.shape[1],
+                batch_size=bs,
+                buffer_tokens=max(2 * bs, args.buffer_tokens),
+                model_dtype="bfloat16" if cuda else "float32",
+                device=args.device,
+                seed=0,
+            )
+            res = train_on_model(
+                hf,
+                train,
+                pcfg,
+                chunk,
+                heldout_tokens=held,
+                bos_token_id=bos,
+                pad_token_id=pad,
+                progress=False,
+                heldout_batches=args.heldout_batches,
+                notes={"model": model_name, "stage": stage},
+            )
+            trained += [r["name"] for r in res]
+            if cuda:
+                torch.cuda.empty_cache()
+
+    evaluated, eval_skipped = [], []
+    if not args.no_eval and not calibration_stage(stage):
+        ignore = {t for t in (bos, pad) if t is not None}
+        for fam, members in fams.items():
+            d = sae_dir(args.out, fam)
+            if not (d / "train_summary.json").is_file():
+                continue  # not trained yet (--max-saes)
+            ckpts = sorted((p for p in (d / "checkpoints").glob("*") if p.is_dir()), key=lambda p: int(p.name))
+            ck_members = sorted((s for s in members if s["checkpoint_of_final"]), key=lambda s: s["tokens"])
+            if len(ckpts) != len(ck_members):
+                fail(f"{d}: {len(ckpts)} checkpoints saved, the plan has {len(ck_members)}")
+            pairs = [(s, p, p.name) for s, p in zip(ck_members, ckpts)]
+            pairs.append((next(s for s in members if not s["checkpoint_of_final"]), d, "final"))
+            for s, path, step in pairs:
+                js = args.out / CORE_DIR / f"{sae_lens_id(s, step).replace('.', '_')}.json"
+                if js.is_file():
+                    eval_skipped.append(s["id"])
+                    continue
+                obj = core_eval(load_sae(path, args.device), hooked, held, ignore, s, step, args)
+                validate_core(obj)
+                atomic_json(js, obj)
+                evaluated.append(s["id"])
+
+    calibration = None
+    if calibration_stage(stage):
+        calibration = write_calibration(args.out, stage, fams, recipe)
+
+    wall = time.perf_counter() - t_call
+    rec_path = args.out / f"stage_{stage}.json"
+    rec = load_json(rec_path) if rec_path.is_file() else {"stage": stage, "calls": []}
+    rec["calls"].append(
+        {
+            "wall_s": round(wall, 2),
+            "gpu_s": round(wall, 2) if cuda else 0.0,
+            "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+            "trained": trained,
+            "skipped_trained_before": done,
+            "left_for_later": [f for f in fams if f not in done and f not in todo],
+            "core_evaluated": evaluated,
+            "core_existing": eval_skipped,
+            "tokens_scale": args.tokens_scale,
+        }
+    )
+    rec["gpu_s_total"] = round(sum(c["gpu_s"] for c in rec["calls"]), 2)
+    rec["deviations_from_recipe"] = DEVIATIONS
+    if not calibration_stage(stage) and skipped_gamma:
+        rec["not_run"] = {"ids": skipped_gamma, "why": "massive-activation-safe gamma: not in the code yet"}
+    if calibration is not None:
+        rec["calibration"] = calibration
+    atomic_json(rec_path, rec)
+    if args.export is not None:
+        export(args.out, args.export, stage)
+    print(
+        f"stage {stage}: trained {len(trained)}, skipped {len(done)}, core JSONs {len(evaluated)} new "
+        f"({len(eval_skipped)} existing), {wall:.1f} s -> {rec_path}"
+    )
+    return 0
+
+
+def export(out: Path, dest: Path, stage: str) -> Path:
+    """What comes back from the device (at most 8 files per call): ``dest/<stage>.tar.xz`` holding every core
+    JSON (``core/``), the stage and calibration files and each SAE's train_summary.json
+    (``train_summaries/<family path with __>.json``), plus a plain copy of ``stage_<stage>.json``. The weights stay.
+    Unpack on the dev machine with ``tar -xJf <stage>.tar.xz -C <folder>``."""
+    import shutil
+    import tarfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = dest / f".{stage}.{uuid.uuid4().hex[:8]}.tmp"
+    with tarfile.open(tmp, "w:xz") as tar:
+        for p in sorted([*out.glob(f"{CORE_DIR}/*.json"), *out.glob("stage_*.json"), *out.glob("calibration_*.json")]):
+            tar.add(p, arcname=p.relative_to(out).as_posix())
+        for p in sorted((out / SAES_DIR).glob("**/train_summary.json")):
+            rel = p.parent.relative_to(out / SAES_DIR).as_posix().replace("/", "__")
+            tar.add(p, arcname=f"train_summaries/{rel}.json")
+    bundle = dest / f"{stage}.tar.xz"
+    os.replace(tmp, bundle)
+    shutil.copyfile(out / f"stage_{stage}.json", dest / f"stage_{stage}.json")
+    return bundle
+
+
+def write_calibration(out: Path, stage: str, fams: dict[str, list[dict]], recipe: dict) -> dict:
+    """Per width, level calN = the grid value whose held-out L0 is nearest target_l0[N] (log scale)."""
+    arch = stage.rsplit("-", 1)[1]
+    a = recipe["architectures"][arch]
+    field, targets = a["sparsity_field"], a["calibration"]["target_l0"]
+    l0: dict[int, list[tuple[float, float]]] = {}
+    for fam, (s,) in fams.items():
+        p = sae_dir(out, fam) / "train_summary.json"
+        if not p.is_file():
+            return {"complete": False}
+        v = json.loads(p.read_text()).get("heldout_l0")
+        if v is not None and v > 0:
+            l0.setdefault(s["width"], []).append((s[field], float(v)))
+    levels = {
+        str(w): {f"cal{i}": min(pts, key=lambda p: abs(math.log(p[1]) - math.log(t)))[0] for i, t in enumerate(targets)}
+        for w, pts in l0.items()
+    }
+    res = {"complete": True, "field": field, "target_l0": targets, "heldout_l0": {str(w): p for w, p in l0.items()}}
+    res["levels"] = levels
+    atomic_json(out / f"calibration_{stage}.json", {"stage": stage, **res})
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One device call of the table2 plan (experiments/table2/README.md, section 3). On the device, from the repository root:
+#   bash experiments/table2/stage.sh wheels            # carry [".whl"]: install the wheels into /tmp/site
+#   bash experiments/table2/stage.sh put DIR           # carry [DIR]: copy a pack.py call folder into /tmp/t2
+#   bash experiments/table2/stage.sh run STAGE [ARGS]  # run_stage.py on the staged model and shards
+# Files on the device survive only between back-to-back calls: wheels, puts and runs of one session follow each
+# other with no pause. `run` writes SAEs to /tmp/t2/run (they stay there) and brings back, under $OUT,
+# STAGE.tar.xz (core JSONs, train summaries, stage and calibration files), stage_STAGE.json and log.txt.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+WORK=${T2_WORK:-/tmp/t2}
+SITE=${T2_SITE:-/tmp/site}
+OUT=${OUT:-out/table2}
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 SAE_RDP_MODEL_CACHE="$WORK/model_cache"
+PY=${PYTHON:-python3}
+STEP=${1:?usage: stage.sh wheels|put DIR|run STAGE [ARGS]}
+mkdir -p "$WORK" "$OUT"
+t0=$(date +%s)
+case "$STEP" in
+wheels)
+  "$PY" -m pip install -q --no-deps --no-index --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
+  "$PY" -c "import sae_lens, transformer_lens, datasets, gguf, sae_bench.evals.core.main; print('wheels ok')"
+  ;;
+put)
+  SRC=${2:?usage: stage.sh put DIR}
+  [ -d "$SRC" ] || { echo "error: $SRC not carried (name it in carry)"; exit 3; }
+  cp -a "$SRC"/. "$WORK"/
+  du -sh "$WORK"; df -h /tmp | tail -1
+  ;;
+run)
+  STAGE=${2:?usage: stage.sh run STAGE [ARGS]}
+  [ -f "$WORK/GGUF" ] || { echo "error: $WORK/GGUF missing: redo the put calls back to back"; exit 3; }
+  read -r NAME SHA < "$WORK/GGUF"
+  if [ ! -f "$WORK/$NAME" ]; then
+    cat "$WORK/$NAME".piece* > "$WORK/$NAME.tmp"
+    echo "$SHA  $WORK/$NAME.tmp" | sha256sum -c - || { echo "error: GGUF pieces incomplete"; exit 3; }
+    mv "$WORK/$NAME.tmp" "$WORK/$NAME" && rm -f "$WORK/$NAME".piece*
+  fi
+  mkdir -p "$WORK/run"
+  for f in experiments/table2/results/calibration_*.json; do  # committed calibrations, for a fresh machine
+    if [ -f "$f" ] && [ ! -f "$WORK/run/$(basename "$f")" ]; then cp "$f" "$WORK/run/"; fi
+  done
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+  set -o pipefail
+  "$PY" experiments/table2/run_stage.py --stage "$STAGE" --model-path "$WORK/$NAME" --corpus "$WORK/shards" \
+    --out "$WORK/run" --device cuda --export "$OUT" "${@:3}" 2>&1 | tee "$OUT/log.txt"
+  ;;
+*) echo "error: unknown step $STEP (wheels, put, run)"; exit 2 ;;
+esac
+echo "stage.sh $STEP done in $(( $(date +%s) - t0 ))s"

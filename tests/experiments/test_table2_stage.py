@@ -1,0 +1,206 @@
+"""experiments/table2/run_stage.py end to end at tiny scale: a random tiny GPT-2, a random-token corpus folder, a
+plan stage of three SAE runs (one with a half-way checkpoint kept as a fourth SAE). Trains, writes SAEBench core
+JSONs, is skipped on a second call (resume), and the audit reads the JSONs.
+
+Checked independently of the code under test: SAEBench's pydantic CoreEvalOutput accepts each file; the CE loss
+without SAE equals a cross entropy computed with the transformers model itself (not the HookedTransformer the
+eval runs); the L0 of the L1 SAE equals a count over the held-out activations taken from the transformers
+model's hidden states; a checkpoint loaded for the eval (normalisation folded) equals the SAELens training SAE
+fed normalised inputs."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+EXP = ROOT / "experiments" / "table2"
+HOOK = "blocks.1.hook_resid_post"
+BOS = 1
+
+
+@pytest.fixture
+def rs(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXP))
+    return importlib.import_module("run_stage")
+
+
+def _setup(tmp: Path) -> tuple[Path, Path, np.ndarray]:
+    rng = np.random.default_rng(0)
+    ctx = 32
+    train = rng.integers(3, 512, size=(24, ctx)).astype(np.int32)
+    held = rng.integers(3, 512, size=(8, ctx)).astype(np.int32)
+    train[:, 0] = held[:, 0] = BOS
+    corpus = tmp / "corpus"
+    corpus.mkdir()
+    np.savez_compressed(corpus / "tokens.npz", train=train, heldout=held)
+    (corpus / "manifest.json").write_text(json.dumps({"bos_token_id": BOS}))
+    (tmp / "recipe.json").write_text((EXP / "recipe.json").read_text())
+
+    def sae(arch: str, field: str, lev: float, frac: float) -> dict:
+        return {
+            "id": f"tiny-gpt2/{HOOK}/{arch}/w128/{field}={lev:g}/s0/t{frac:g}",
+            "model": "tiny-gpt2",
+            "hook": HOOK,
+            "architecture": arch,
+            "width": 128,
+            field: lev,
+            "seed": 0,
+            "tokens": int(512 * frac),
+            "checkpoint_of_final": frac < 1,
+            "stage": "T-tiny",
+        }
+
+    saes = [sae("topk", "k", 4, 0.5), sae("topk", "k", 4, 1.0), sae("topk", "k", 8, 1.0)]
+    saes += [sae("standard", "l1_coefficient", 2.0, 1.0), {**sae("topk", "k", 2, 1.0), "stage": "T-other"}]
+    (tmp / "plan.json").write_text(json.dumps({"saes": saes}))
+    return tmp / "plan.json", corpus, held
+
+
+def _argv(plan: Path, corpus: Path, out: Path, export: Path) -> list[str]:
+    return [
+        "--plan", str(plan), "--stage", "T-tiny", "--corpus", str(corpus), "--out", str(out), "--n-layers", "2",
+        "--batch-size", "64", "--buffer-tokens", "128", "--eval-batches", "2", "--eval-batch-prompts", "4",
+        "--export", str(export),
+    ]  # fmt: skip
+
+
+def test_stage_end_to_end_resume_and_audit(rs, tmp_path, capsys):
+    from sae_bench.evals.core.eval_output import CoreEvalOutput
+    from sae_lens import SAE, TrainingSAE
+
+    from sae_rdp_plugin.cli import main as cli_main
+    from sae_rdp_plugin.lm.models import hf_model
+
+    plan, corpus, held = _setup(tmp_path)
+    out, export = tmp_path / "out", tmp_path / "export"
+    assert rs.main(_argv(plan, corpus, out, export)) == 0
+    rec = json.loads((out / "stage_T-tiny.json").read_text())
+    (call,) = rec["calls"]
+    assert len(call["trained"]) == 3 and call["skipped_trained_before"] == [] and len(call["core_evaluated"]) == 4
+    files = sorted((out / "core").glob("*.json"))
+    assert len(files) == 4
+    objs = {f.name: json.loads(f.read_text()) for f in files}
+    for o in objs.values():
+        CoreEvalOutput(**o)  # SAEBench's own schema
+        assert o["eval_type_id"] == "core"
+        cfg = o["sae_cfg_dict"]
+        assert cfg["model_name"] == "tiny-gpt2" and cfg["hook_name"] == HOOK and cfg["d_sae"] == 128
+        assert o["sae_lens_release_id"] == f"table2-tiny-gpt2-L1-{cfg['training_architecture']}"
+    ids = sorted(o["sae_lens_id"] for o in objs.values())
+    assert sum(i.endswith("_step_final") for i in ids) == 3 and sum(i.endswith("_step_320") for i in ids) == 1
+    for o in objs.values():
+        m = o["eval_result_metrics"]
+        if "k" in o["sae_cfg_dict"] and o["sae_cfg_dict"]["architecture"] == "topk":
+            assert 0 < m["sparsity"]["l0"] <= o["sae_cfg_dict"]["k"]
+
+    # independent references from the transformers model (same seed as the runner's tiny-gpt2)
+    hf, _ = hf_model("tiny-gpt2", n_layers=2, dtype="float32")
+    ids_t = torch.as_tensor(held, dtype=torch.long)
+    grab = []  # output of block 1 (its last hidden state is taken after the final norm)
+    hf.transformer.h[1].register_forward_hook(lambda m, i, o: grab.append(o[0] if isinstance(o, tuple) else o))
+    with torch.no_grad():
+        o_hf = hf(ids_t)
+    logp = torch.log_softmax(o_hf.logits[:, :-1].double(), -1)
+    nll = -logp.gather(-1, ids_t[:, 1:, None])[..., 0]
+    ce_ref = nll[:, 1:].mean().item()  # the loss at the BOS input position is excluded (ignore_tokens)
+    x = grab[0][:, 1:].reshape(-1, hf.config.hidden_size)  # blocks.1.hook_resid_post, BOS dropped
+    for o in objs.values():
+        got = o["eval_result_metrics"]["model_performance_preservation"]["ce_loss_without_sae"]
+        assert got == pytest.approx(ce_ref, rel=1e-4)
+    (std,) = [o for o in objs.values() if o["sae_cfg_dict"]["architecture"] == "standard"]
+    std_dir = out / "saes" / f"tiny-gpt2/{HOOK}/standard/w128/l1_coefficient-2/s0"
+    sae = SAE.load_from_disk(std_dir)
+    with torch.no_grad():
+        l0_ref = (sae.encode(x) != 0).float().sum(-1).mean().item()
+    assert std["eval_result_metrics"]["sparsity"]["l0"] == pytest.approx(l0_ref, rel=1e-2)
+    assert 0 < l0_ref < 128
+
+    # the checkpoint as evaluated = the training SAE on normalised inputs, mapped back
+    ck = next((out / "saes" / f"tiny-gpt2/{HOOK}/topk/w128/k-4/s0/checkpoints").iterdir())
+    sf = json.loads((ck / "activation_scaler.json").read_text())["scaling_factor"]
+    with torch.no_grad():
+        a = rs.load_sae(ck, "cpu")(x)
+        b = TrainingSAE.load_from_disk(ck, device="cpu")(x * sf) / sf
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-4) and sf != pytest.approx(1.0)
+
+    # what comes back from the device: one bundle + the stage file
+    with tarfile.open(export / "T-tiny.tar.xz") as tar:
+        names = tar.getnames()
+    assert sum(n.startswith("core/") for n in names) == 4 and sum(n.startswith("train_summaries/") for n in names) == 3
+    assert (export / "stage_T-tiny.json").is_file()
+
+    # resume: nothing trained or evaluated again, files untouched
+    mtimes = {f: f.stat().st_mtime_ns for f in [*files, *out.glob("saes/**/sae_weights.safetensors")]}
+    assert rs.main(_argv(plan, corpus, out, export)) == 0
+    rec = json.loads((out / "stage_T-tiny.json").read_text())
+    second = rec["calls"][1]
+    assert second["trained"] == [] and len(second["skipped_trained_before"]) == 3
+    assert second["core_evaluated"] == [] and len(second["core_existing"]) == 4
+    assert all(f.stat().st_mtime_ns == t for f, t in mtimes.items())
+
+    # the audit groups the JSONs (checkpoints included, pooled) and runs
+    capsys.readouterr()
+    rc = cli_main(
+        ["audit", "run", "--results", str(out / "core"), "--out", str(tmp_path / "audit"), "--group-by",
+         "--include-checkpoints", "--n-boot", "20", "--n-perm", "20", "--no-plots", "--proxy",
+         "core.model_behavior_preservation.kl_div_score:-"]
+    )  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    assert any((tmp_path / "audit").iterdir())
+
+
+def test_bad_inputs_exit_2_before_writing(rs, tmp_path, capsys):
+    plan, corpus, _ = _setup(tmp_path)
+    out = tmp_path / "out"
+    cases = [
+        (["--stage", "E-nope"], "has no SAEs to train here"),
+        (["--stage", "T-tiny", "--group-size", "0"], "--group-size must be >= 1"),
+        (["--stage", "T-tiny", "--tokens-scale", "0"], "--tokens-scale must be > 0"),
+        (["--stage", "T-tiny", "--corpus", str(tmp_path)], "neither a corpus folder"),
+        (["--stage", "C-gemma3-270m-9-topk"], "no calibration stage"),
+        (["--stage", "T-tiny", "--random-init"], "--random-init trains only"),
+    ]
+    for extra, msg in cases:
+        argv = ["--plan", str(plan), "--corpus", str(corpus), "--out", str(out), *extra]
+        with pytest.raises(SystemExit) as e:
+            rs.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and err.startswith("error: ") and msg in err and "\n" not in err, err
+    assert not out.exists()
+
+
+def test_calibration_choice(rs, tmp_path):
+    """calN = the grid value whose held-out L0 is nearest target_l0[N] on a log scale (brute force)."""
+    recipe = json.loads((EXP / "recipe.json").read_text())
+    stage = "C-gemma3-270m-9-standard"
+    saes = rs.calibration_saes(recipe, stage)
+    grid = recipe["architectures"]["standard"]["calibration"]["grid"]
+    assert len(saes) == len(grid) * len(recipe["widths"])
+    fams = {rs.family(s): [s] for s in saes}
+    rng = np.random.default_rng(1)
+    l0s = {}
+    for fam, (s,) in fams.items():
+        d = rs.sae_dir(tmp_path, fam)
+        d.mkdir(parents=True)
+        l0s[fam] = float(rng.uniform(5, 400))
+        (d / "train_summary.json").write_text(json.dumps({"heldout_l0": l0s[fam]}))
+    res = rs.write_calibration(tmp_path, stage, fams, recipe)
+    targets = recipe["architectures"]["standard"]["calibration"]["target_l0"]
+    for w in recipe["widths"]:
+        pts = [(s["l1_coefficient"], l0s[f]) for f, (s,) in fams.items() if s["width"] == w]
+        for i, t in enumerate(targets):
+            best = sorted(pts, key=lambda p: (np.log(p[1]) - np.log(t)) ** 2)[0][0]
+            assert res["levels"][str(w)][f"cal{i}"] == best
+    plan_saes = [
+        s for s in json.loads((EXP / "plan.json").read_text())["saes"] if s["stage"] == "T-gemma3-270m-9-standard"
+    ]
+    resolved = rs.resolve_levels(plan_saes, tmp_path, recipe)
+    assert len(resolved) == 20 and all(s["l1_coefficient"] in grid for s in resolved)
+    assert all(s["l1_coefficient"] == res["levels"][str(s["width"])][s["level_name"]] for s in resolved)

@@ -88,6 +88,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokens", type=int, required=True, help="training tokens (samples)")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--lr-warm-up-steps", type=int, default=0, help="linear learning-rate warm-up steps")
+    p.add_argument("--lr-decay-steps", type=int, default=0, help="linear decay steps at the end (to --lr-end)")
+    p.add_argument("--lr-end", type=float, default=None, help="learning rate after the decay (default lr / 10)")
     p.add_argument("--n-features", type=int, default=None, help="synthetic ground-truth features (default 2 * d_in)")
     p.add_argument("--firing-probability", type=float, default=0.02, help="synthetic mean firing probability")
     p.add_argument(
@@ -160,6 +163,9 @@ def train_configs(args: argparse.Namespace, d_in: int | None = None) -> list[Tra
             tokens=args.tokens,
             batch_size=args.batch_size,
             lr=args.lr,
+            lr_warm_up_steps=args.lr_warm_up_steps,
+            lr_decay_steps=args.lr_decay_steps,
+            lr_end=args.lr_end,
             seed=args.seed,
             n_checkpoints=args.checkpoints,
             device=args.device,

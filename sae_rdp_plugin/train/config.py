@@ -86,7 +86,13 @@ class TrainConfig:
     batch_size: int = 1024
     """Rows per optimizer step, all ranks together."""
     lr: float = 3e-4
-    """Adam learning rate (constant schedule)."""
+    """Adam learning rate (constant between the warm-up and the decay)."""
+    lr_warm_up_steps: int = 0
+    """Steps of SAELens's linear learning-rate warm-up at the start (0: none)."""
+    lr_decay_steps: int = 0
+    """Steps of SAELens's linear decay to ``lr_end`` at the end (0: none)."""
+    lr_end: float | None = None
+    """Learning rate at the end of the decay (None: lr / 10, SAELens's runner default)."""
     seed: int = 0
     """Seed of the SAE's initialisation (``train_synthetic`` also draws its data with it)."""
     n_checkpoints: int = 0
@@ -134,6 +140,16 @@ class TrainConfig:
             raise SaeRdpError(f"tokens ({self.tokens}) must be at least one batch ({self.batch_size})")
         if not _finite("lr", self.lr) > 0:
             raise SaeRdpError(f"lr must be > 0, got {self.lr}")
+        _positive_int("lr_warm_up_steps", self.lr_warm_up_steps, minimum=0)
+        _positive_int("lr_decay_steps", self.lr_decay_steps, minimum=0)
+        steps = -(-int(self.tokens) // int(self.batch_size))
+        if self.lr_warm_up_steps + self.lr_decay_steps > steps:
+            raise SaeRdpError(
+                f"lr_warm_up_steps + lr_decay_steps ({self.lr_warm_up_steps} + {self.lr_decay_steps}) exceed the "
+                f"run's {steps} steps"
+            )
+        if self.lr_end is not None and not _finite("lr_end", self.lr_end) >= 0:
+            raise SaeRdpError(f"lr_end must be >= 0, got {self.lr_end}")
         _positive_int("n_checkpoints", self.n_checkpoints, minimum=0)
         _positive_int("dead_feature_window", self.dead_feature_window)
         _positive_int("feature_sampling_window", self.feature_sampling_window)
@@ -175,16 +191,20 @@ class TrainConfig:
         return cfg
 
     def trainer_config(self, checkpoint_path: str | None = None) -> Any:
-        """SAELens's ``SAETrainerConfig`` for this run (``total_training_samples = tokens``, constant lr,
-        no wandb); checkpoints go to ``checkpoint_path`` (None: nowhere)."""
+        """SAELens's ``SAETrainerConfig`` for this run (``total_training_samples = tokens``, constant lr with
+        the optional linear warm-up and decay, no wandb); checkpoints go to ``checkpoint_path`` (None:
+        nowhere)."""
         from sae_lens.config import LoggingConfig, SAETrainerConfig
 
         return SAETrainerConfig(
             total_training_samples=int(self.tokens),
             train_batch_size_samples=int(self.batch_size),
             lr=self.lr,
-            lr_end=self.lr,  # explicit: SAETrainer asserts it is set
+            # explicit: SAETrainer asserts it is set; it only matters with a decay
+            lr_end=(self.lr / 10 if self.lr_end is None else self.lr_end) if self.lr_decay_steps else self.lr,
             lr_scheduler_name="constant",
+            lr_warm_up_steps=self.lr_warm_up_steps,
+            lr_decay_steps=self.lr_decay_steps,
             device=self.device,
             autocast=self.autocast,
             dead_feature_window=self.dead_feature_window,

@@ -90,3 +90,35 @@ def test_train_command_resume_latest(tmp_path, monkeypatch):
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["resumed_from"].endswith(str(11 * 64)) and summary["steps"] == 16
     assert main([*args, "--resume", "ck"]) == 2
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_lr_warm_up_and_decay_reach_the_step(tmp_path, fast, monkeypatch):
+    """TrainConfig's warm-up / decay become SAELens's schedule: the optimizer's rate at each step (which the
+    fast step reads every step, install_fast_step) rises, stays at lr, then falls linearly to lr_end."""
+    import sae_rdp_plugin.train.lm as lm
+
+    seen = []
+    real = lm._Run.step
+
+    def spy(self, x):
+        seen.append(self.trainer.optimizer.param_groups[0]["lr"])
+        return real(self, x)
+
+    monkeypatch.setattr(lm._Run, "step", spy)
+    c = cfg("topk", lr=1e-2, lr_warm_up_steps=4, lr_decay_steps=4, lr_end=1e-3)
+    train_saes(
+        iter(make_batches(12, hooks={"h.a": 16})),
+        [SAESpec("h.a", c, tmp_path / "t")],
+        tokens=12 * B,
+        fast=fast,
+        progress=False,
+    )
+    assert len(seen) == 12
+    assert seen[0] < seen[1] < seen[3] < 1e-2 + 1e-12 and seen[4] == pytest.approx(1e-2)  # warm-up, then flat
+    assert seen[7] == pytest.approx(1e-2) and seen[8] > seen[9] > seen[11] > 1e-3 - 1e-12  # linear decay
+
+
+def test_lr_schedule_longer_than_the_run_is_refused():
+    with pytest.raises(SaeRdpError, match="exceed the run's 12 steps"):
+        cfg("topk", lr_warm_up_steps=8, lr_decay_steps=8)

@@ -73,23 +73,16 @@ def test_rank0_alone_writes_and_the_lm_run_is_stock_loadable(dist_out):
     assert summary["fast_step"] is True  # the fast step with its gradient all-reduce
 
 
-def test_train_command_under_torchrun(tmp_path):
+def test_train_command_under_torchrun(tmp_path, tiny_corpus):
     """`torchrun --nproc_per_node 2 -m sae_rdp_plugin train --model ...`: data-parallel on 2 gloo ranks,
     one SAE written (by rank 0), one report line."""
     import json
 
-    import numpy as np
     from sae_lens import SAE
 
-    rng = np.random.default_rng(0)
-    rows = rng.integers(3, 512, size=(40, 33)).astype(np.int32)
-    rows[:, 0] = 2
-    (tmp_path / "corpus").mkdir()
-    np.savez_compressed(tmp_path / "corpus" / "tokens.npz", train=rows[:36], heldout=rows[36:])
-    (tmp_path / "corpus" / "manifest.json").write_text(json.dumps({"bos_token_id": 2, "context_size": 33}))
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "sae_rdp_plugin", "train", "--model", "tiny-gemma3", "--dataset", str(tmp_path / "corpus")]
+    cmd += ["-m", "sae_rdp_plugin", "train", "--model", "tiny-gemma3", "--dataset", str(tiny_corpus)]
     cmd += ["--out", str(out), "--hook", "blocks.1.hook_resid_post", "--d-sae", "64", "--k", "4"]
     cmd += ["--tokens", "1024", "--batch-size", "64", "--buffer-tokens", "256", "--model-dtype", "float32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}

@@ -51,23 +51,15 @@ def test_resume_needs_a_checkpoint_for_every_sae(tmp_path):
         train_saes(iter(make_batches(20, hooks={"h.a": 16})), specs(tmp_path), tokens=12 * B, resume=True)
 
 
-def test_train_command_resume_latest(tmp_path, monkeypatch):
+def test_train_command_resume_latest(tmp_path, monkeypatch, tiny_corpus):
     """`sae-rdp train --model ... --checkpoints 2 --resume latest` after a run that stopped: it continues from
     the newest checkpoint (train_summary records it); a wrong --resume value is one error line."""
     import json
 
-    import numpy as np
-
     from sae_rdp_plugin.cli import main
 
-    rng = np.random.default_rng(0)
-    rows = rng.integers(3, 512, size=(40, 33)).astype(np.int32)
-    rows[:, 0] = 2
-    (tmp_path / "corpus").mkdir()
-    np.savez_compressed(tmp_path / "corpus" / "tokens.npz", train=rows[:36], heldout=rows[36:])
-    (tmp_path / "corpus" / "manifest.json").write_text(json.dumps({"bos_token_id": 2, "context_size": 33}))
     out = tmp_path / "run"
-    args = ["train", "--model", "tiny-gemma3", "--dataset", str(tmp_path / "corpus"), "--out", str(out)]
+    args = ["train", "--model", "tiny-gemma3", "--dataset", str(tiny_corpus), "--out", str(out)]
     args += ["--hook", "blocks.1.hook_resid_post", "--architecture", "topk", "--d-sae", "64", "--k", "4"]
     args += ["--tokens", "1024", "--batch-size", "64", "--buffer-tokens", "256", "--model-dtype", "float32"]
     args += ["--checkpoints", "2"]

@@ -7,8 +7,11 @@
 Stages run here: ``T-*`` (the plan's SAEs of one model-layer and architecture), ``W-wsae`` (the WSAE arm) and
 ``C-*`` (calibration of ``l1_coefficient`` / ``l0_coefficient``: the recipe's grid, per width, short runs;
 level ``calN`` = the grid value whose held-out L0 is nearest ``target_l0[N]`` on a log scale, written to
-``OUT/calibration_<stage>.json``, which the ``T-*`` stage of that architecture reads). ``E*`` stages
-(sparse probing, absorption) are not run here.
+``OUT/calibration_<stage>.json``, which the ``T-*`` stage of that architecture reads) and ``E-<model>-<layer>``
+(SAEBench's ``sparse_probing_sae_probes`` on every SAE trained so far for that model-layer, finals and
+checkpoints, on ``probe_datasets.json``'s fixed subset: ``probing_stage.py``; with ``--evals absorption``
+SAEBench's ``absorption_first_letter`` (absorption and feature splitting): ``absorption_stage.py``; JSONs in
+``OUT/<eval type>/`` with the core JSONs' file names and ids).
 
 Training: :func:`sae_rdp_plugin.train.lm.train_on_model`; the final SAEs of the stage that share a hook, a
 batch size and a token budget are trained in lockstep from one activation stream, ``--group-size`` at a time.
@@ -48,7 +51,7 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-SAES_DIR, CORE_DIR = "saes", "core"
+SAES_DIR, CORE_DIR, PROBE_DIR, ABSORPTION_DIR = "saes", "core", "sparse_probing_sae_probes", "absorption_first_letter"
 
 # recipe settings TrainConfig has no field for (reported in every stage file; library change needed)
 DEVIATIONS = [
@@ -238,6 +241,28 @@ def checkpoint_count(fam_saes: list[dict]) -> int:
     return n
 
 
+def trained_saes(out: Path, fams: dict[str, list[dict]]) -> list[tuple[dict, Path, str]]:
+    """(plan SAE, folder, step) of every SAE trained so far: each trained family's checkpoints (step = the
+    checkpoint's training tokens), then its final SAE (step ``final``)."""
+    res = []
+    for fam, members in fams.items():
+        d = sae_dir(out, fam)
+        if not (d / "train_summary.json").is_file():
+            continue  # not trained yet (--max-saes)
+        ckpts = sorted((p for p in (d / "checkpoints").glob("*") if p.is_dir()), key=lambda p: int(p.name))
+        ck_members = sorted((s for s in members if s["checkpoint_of_final"]), key=lambda s: s["tokens"])
+        if len(ckpts) != len(ck_members):
+            fail(f"{d}: {len(ckpts)} checkpoints saved, the plan has {len(ck_members)}")
+        res += [(s, p, p.name) for s, p in zip(ck_members, ckpts)]
+        res.append((next(s for s in members if not s["checkpoint_of_final"]), d, "final"))
+    return res
+
+
+def json_name(s: dict, step: str) -> str:
+    """The file name of an SAE's SAEBench JSON, the same in every eval folder (``core/``, ``sparse_probing_...``)."""
+    return f"{sae_lens_id(s, step).replace('.', '_')}.json"
+
+
 # ------------------------------------------------------------------------------------ core eval (SAEBench)
 
 
@@ -352,6 +377,162 @@ def validate_core(obj: dict) -> None:
     CoreEvalOutput(**obj)
 
 
+# ------------------------------------------------------------------------------------ E-* stages (SAEBench evals)
+
+
+def eval_stage(stage: str) -> bool:
+    return stage.startswith("E-")
+
+
+def eval_stage_saes(plan: dict, stage: str, out: Path, recipe: dict) -> tuple[dict[str, list[dict]], list[str]]:
+    """The families of plan SAEs that ``E-<model>-<layer>`` evaluates (every training stage of that model-layer,
+    WSAE arm included), levels resolved; and the ids left out because their calibration file is missing (they
+    cannot have been trained)."""
+    sel = [
+        s for s in plan["saes"] if f"E-{s['model']}-{s['hook'].split('.')[1]}" == stage and "/gamma=safe" not in s["id"]
+    ]
+    if not sel:
+        layers = sorted({f"E-{s['model']}-{s['hook'].split('.')[1]}" for s in plan["saes"]})
+        fail(f"stage {stage!r} has no SAEs to evaluate (eval stages: {', '.join(layers)})")
+    ok, uncalibrated = [], []
+    for s in sel:
+        lev = level_of(s)[1]
+        cal = out / f"calibration_C-{s['stage'].removeprefix('T-')}.json"
+        if isinstance(lev, str) and lev.startswith("cal") and not cal.is_file():
+            uncalibrated.append(s["id"])
+        else:
+            ok.append(s)
+    fams: dict[str, list[dict]] = {}
+    for s in resolve_levels(ok, out, recipe):
+        fams.setdefault(family(s), []).append(s)
+    return fams, uncalibrated
+
+
+def probe_item(s: dict, path: Path, step: str, folder: Path, device: str) -> Any:
+    """A :class:`probing_stage.ProbeSAE` for one trained SAE: loaded like the core eval's, stored under
+    ``folder`` (``OUT/<eval type>/``) with the core JSON's file name, release and SAE id."""
+    from probing_stage import ProbeSAE
+
+    def load() -> Any:
+        sae = load_sae(path, device)
+        sae.cfg.metadata.hook_name, sae.cfg.metadata.model_name = s["hook"], s["model"]
+        saebench_compat(sae, s)
+        return sae
+
+    def finalize(d: dict) -> dict:
+        # SAEBench names an SAE object passed in "custom_sae" under the release given: the core JSON's ids instead
+        d["sae_lens_release_id"], d["sae_lens_id"] = release_id(s), sae_lens_id(s, step)
+        f, lev = level_of(s)
+        d["sae_cfg_dict"].update(model_name=s["model"], hook_name=s["hook"], training_architecture=s["architecture"])
+        d["sae_cfg_dict"][f] = lev
+        return d
+
+    return ProbeSAE(s["id"], load, folder / json_name(s, step), finalize)
+
+
+def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: float) -> int:
+    """``E-<model>-<layer>``: SAEBench's sparse_probing_sae_probes (``probing_stage``) and / or absorption
+    (``absorption_stage``) on every SAE trained so far for that model-layer (finals and checkpoints), resumable;
+    one record per call in the stage file."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    from probing_stage import probes_available, run_probing
+
+    stage = args.stage
+    why = probes_available()
+    if why and "sparse_probing" in args.evals:
+        fail(f"stage {stage} needs sae-probes: {why}")
+    try:
+        abs_cfg = json.loads(args.absorption_config)
+        if not isinstance(abs_cfg, dict) or "model_name" in abs_cfg:
+            raise ValueError("a JSON object of AbsorptionEvalConfig fields other than model_name")
+        if "absorption" in args.evals:
+            from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
+
+            AbsorptionEvalConfig(model_name="check", **abs_cfg)
+    except Exception as exc:  # noqa: BLE001 - any invalid config is a bad input
+        fail(f"--absorption-config: {str(exc).splitlines()[0]}")
+    fams, uncalibrated = eval_stage_saes(plan, stage, args.out, recipe)
+    subset = load_json(args.probe_datasets_file).get("subset")
+    if not isinstance(subset, list) or not subset:
+        fail(f"{args.probe_datasets_file}: no 'subset' list of datasets")
+    if args.probe_datasets is not None and args.probe_datasets > len(subset):
+        fail(f"--probe-datasets must be <= {len(subset)}, got {args.probe_datasets}")
+    datasets = subset[: args.probe_datasets or len(subset)]
+    where = {(s["model"], s["hook"]) for m in fams.values() for s in m}
+    if len(where) > 1:
+        fail(f"stage {stage} spans several hooks: {sorted(where)}")
+    model_name, hook = where.pop() if where else (None, None)
+    pairs = trained_saes(args.out, fams)
+    if not pairs:
+        fail(f"stage {stage}: no trained SAE under {args.out / SAES_DIR} (run the model-layer's T-* stages first)")
+    hf, hooked, _tok = load_models(model_name, args)
+    del hf
+    if hooked.tokenizer is None:
+        if args.tokenizer is None:
+            fail(f"{model_name} has no tokenizer: give --tokenizer DIR (a saved Hugging Face tokenizer)")
+        from transformers import AutoTokenizer
+
+        hooked.set_tokenizer(AutoTokenizer.from_pretrained(str(args.tokenizer)), default_padding_side="right")
+    deadline = time.time() - (time.perf_counter() - t_call) + args.time_budget
+    recs: dict[str, dict] = {}
+    if "sparse_probing" in args.evals:
+        items = [probe_item(s, path, step, args.out / PROBE_DIR, args.device) for s, path, step in pairs]
+        recs["sparse_probing"] = run_probing(
+            hooked,
+            model_name,
+            hook,
+            items,
+            args.out / "probing",
+            datasets,
+            deadline=deadline,
+            device=args.device,
+            ks=tuple(args.probe_ks),
+            workers=args.probe_workers,
+            max_saes=args.max_saes,
+        )
+    if "absorption" in args.evals:
+        from absorption_stage import run_absorption
+
+        items = [probe_item(s, path, step, args.out / ABSORPTION_DIR, args.device) for s, path, step in pairs]
+        recs["absorption"] = run_absorption(
+            hooked,
+            model_name,
+            items,
+            args.out / "absorption",
+            deadline=deadline,
+            device=args.device,
+            config=abs_cfg,
+            max_saes=args.max_saes,
+        )
+    cuda = args.device.startswith("cuda")
+    import torch
+
+    wall = time.perf_counter() - t_call
+    rec_path = args.out / f"stage_{stage}.json"
+    rec = load_json(rec_path) if rec_path.is_file() else {"stage": stage, "calls": []}
+    rec["calls"].append(
+        {
+            "wall_s": round(wall, 2),
+            "gpu_s": round(wall, 2) if cuda else 0.0,
+            "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+            **recs,
+            "not_trained_uncalibrated": uncalibrated,
+        }
+    )
+    rec["gpu_s_total"] = round(sum(c["gpu_s"] for c in rec["calls"]), 2)
+    all_trained = len(pairs) == sum(len(m) for m in fams.values())
+    rec["complete"] = {e: bool(r.get("complete")) and all_trained for e, r in recs.items()}
+    atomic_json(rec_path, rec)
+    if args.export is not None:
+        export(args.out, args.export, stage)
+    done = "; ".join(
+        f"{e} {len(r['evaluated'])} new, {len(r['existing'])} existing, {len(r['left'])} left" for e, r in recs.items()
+    )
+    print(f"stage {stage}: {done}; {len(pairs)} SAEs trained so far; {wall:.1f} s -> {rec_path}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------ the stage
 
 
@@ -367,7 +548,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--corpus", type=Path, required=True, help="corpus folder (tokens.npz) or shards folder")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--max-saes", type=int, default=None, help="train at most N final SAEs in this call")
+    ap.add_argument(
+        "--max-saes", type=int, default=None, help="train at most N final SAEs (E-*: evaluate N new SAEs) this call"
+    )
     ap.add_argument("--tokens-scale", type=float, default=1.0, help="multiply every SAE's tokens (smoke runs)")
     ap.add_argument("--group-size", type=int, default=10, help="SAEs per lockstep activation stream")
     ap.add_argument("--batch-size", type=int, default=None, help="default: the recipe's batch_size_tokens")
@@ -378,6 +561,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--keep-feature-details", action="store_true")
     ap.add_argument("--buffer-tokens", type=int, default=2**19, help="activation shuffle buffer (rows)")
     ap.add_argument("--no-eval", action="store_true", help="train only")
+    ap.add_argument(
+        "--probe-datasets-file", type=Path, default=HERE / "probe_datasets.json", help="E-*: the fixed subset"
+    )
+    ap.add_argument("--probe-datasets", type=int, default=None, help="E-*: the subset's first N (smoke runs)")
+    ap.add_argument("--probe-ks", type=int, nargs="+", default=[1, 2, 5], help="E-*: SAEBench's ks")
+    ap.add_argument("--probe-workers", type=int, default=8, help="E-*: CPU processes for LLM baselines (0: inline)")
+    ap.add_argument("--time-budget", type=float, default=540.0, help="E-*: seconds for this call, then stop")
+    ap.add_argument("--tokenizer", type=Path, default=None, help="E-*: a saved HF tokenizer (tiny test models)")
+    ap.add_argument(
+        "--evals", nargs="+", choices=["sparse_probing", "absorption"], default=["sparse_probing"], help="E-*"
+    )
+    ap.add_argument(
+        "--absorption-config", default="{}", help="E-*: JSON object of SAEBench AbsorptionEvalConfig fields"
+    )
     ap.add_argument(
         "--export",
         type=Path,
@@ -393,12 +590,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "eval_batches",
         "eval_batch_prompts",
         "buffer_tokens",
+        "probe_datasets",
     ):
         v = getattr(args, name)
         if v is not None and v < 1:
             fail(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     if not args.tokens_scale > 0:
         fail(f"--tokens-scale must be > 0, got {args.tokens_scale}")
+    if not args.time_budget > 0:
+        fail(f"--time-budget must be > 0, got {args.time_budget}")
+    if args.probe_workers < 0 or any(k < 1 for k in args.probe_ks):
+        fail("--probe-workers must be >= 0 and --probe-ks >= 1")
     return args
 
 
@@ -408,6 +610,10 @@ def main(argv: list[str] | None = None) -> int:
     plan = load_json(args.plan)
     recipe = load_json(args.recipe or args.plan.parent / "recipe.json")
     stage = args.stage
+    if eval_stage(stage):
+        return run_eval_stage(args, plan, recipe, t_call)
+    if stage == "E0":
+        fail("stage E0 is an E-<model>-<layer> call: add --evals absorption --max-saes 2 (README section 5)")
     if calibration_stage(stage):
         saes = calibration_saes(recipe, stage)
     else:
@@ -490,25 +696,15 @@ def main(argv: list[str] | None = None) -> int:
     evaluated, eval_skipped = [], []
     if not args.no_eval and not calibration_stage(stage):
         ignore = {t for t in (bos, pad) if t is not None}
-        for fam, members in fams.items():
-            d = sae_dir(args.out, fam)
-            if not (d / "train_summary.json").is_file():
-                continue  # not trained yet (--max-saes)
-            ckpts = sorted((p for p in (d / "checkpoints").glob("*") if p.is_dir()), key=lambda p: int(p.name))
-            ck_members = sorted((s for s in members if s["checkpoint_of_final"]), key=lambda s: s["tokens"])
-            if len(ckpts) != len(ck_members):
-                fail(f"{d}: {len(ckpts)} checkpoints saved, the plan has {len(ck_members)}")
-            pairs = [(s, p, p.name) for s, p in zip(ck_members, ckpts)]
-            pairs.append((next(s for s in members if not s["checkpoint_of_final"]), d, "final"))
-            for s, path, step in pairs:
-                js = args.out / CORE_DIR / f"{sae_lens_id(s, step).replace('.', '_')}.json"
-                if js.is_file():
-                    eval_skipped.append(s["id"])
-                    continue
-                obj = core_eval(load_sae(path, args.device), hooked, held, ignore, s, step, args)
-                validate_core(obj)
-                atomic_json(js, obj)
-                evaluated.append(s["id"])
+        for s, path, step in trained_saes(args.out, fams):
+            js = args.out / CORE_DIR / json_name(s, step)
+            if js.is_file():
+                eval_skipped.append(s["id"])
+                continue
+            obj = core_eval(load_sae(path, args.device), hooked, held, ignore, s, step, args)
+            validate_core(obj)
+            atomic_json(js, obj)
+            evaluated.append(s["id"])
 
     calibration = None
     if calibration_stage(stage):
@@ -547,8 +743,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export(out: Path, dest: Path, stage: str) -> Path:
-    """What comes back from the device (at most 8 files per call): ``dest/<stage>.tar.xz`` holding every core
-    JSON (``core/``), the stage and calibration files and each SAE's train_summary.json
+    """What comes back from the device (at most 8 files per call): ``dest/<stage>.tar.xz`` holding every core,
+    sparse-probing and absorption JSON (``core/``, ``sparse_probing_sae_probes/``, ``absorption_first_letter/``),
+    the stage and calibration files and each SAE's train_summary.json
     (``train_summaries/<family path with __>.json``), plus a plain copy of ``stage_<stage>.json``. The weights stay.
     Unpack on the dev machine with ``tar -xJf <stage>.tar.xz -C <folder>``."""
     import shutil
@@ -557,7 +754,8 @@ def export(out: Path, dest: Path, stage: str) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     tmp = dest / f".{stage}.{uuid.uuid4().hex[:8]}.tmp"
     with tarfile.open(tmp, "w:xz") as tar:
-        for p in sorted([*out.glob(f"{CORE_DIR}/*.json"), *out.glob("stage_*.json"), *out.glob("calibration_*.json")]):
+        jsons = [p for d in (CORE_DIR, PROBE_DIR, ABSORPTION_DIR) for p in out.glob(f"{d}/*.json")]
+        for p in sorted([*jsons, *out.glob("stage_*.json"), *out.glob("calibration_*.json")]):
             tar.add(p, arcname=p.relative_to(out).as_posix())
         for p in sorted((out / SAES_DIR).glob("**/train_summary.json")):
             rel = p.parent.relative_to(out / SAES_DIR).as_posix().replace("/", "__")

@@ -160,7 +160,10 @@ def test_bad_inputs_exit_2_before_writing(rs, tmp_path, capsys):
     plan, corpus, _ = _setup(tmp_path)
     out = tmp_path / "out"
     cases = [
-        (["--stage", "E-nope"], "has no SAEs to train here"),
+        (["--stage", "T-nope"], "has no SAEs to train here"),
+        (["--stage", "E-nope"], "has no SAEs to evaluate"),
+        (["--stage", "E0"], "--evals absorption"),
+        (["--stage", "T-tiny", "--time-budget", "0"], "--time-budget must be > 0"),
         (["--stage", "T-tiny", "--group-size", "0"], "--group-size must be >= 1"),
         (["--stage", "T-tiny", "--tokens-scale", "0"], "--tokens-scale must be > 0"),
         (["--stage", "T-tiny", "--corpus", str(tmp_path)], "neither a corpus folder"),

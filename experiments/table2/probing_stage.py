@@ -1,0 +1,270 @@
+"""SAEBench's ``sparse_probing_sae_probes`` on many saved SAEs, resumable across device calls (``E-*`` stages).
+
+Called by ``run_stage.py`` for an ``E-<model>-<layer>`` stage. The eval is SAEBench's own
+``sae_bench.evals.sparse_probing_sae_probes.main.run_eval`` (sae-probes, setting "normal": per dataset
+``min(n - 100, 1024)`` balanced training prompts, the rest of at most 5,000 as the test set, the hooked
+residual at the last token of each prompt; per SAE and k in ``ks``, an L1 logistic regression on the k latents
+with the largest mean difference between classes; the LLM baseline is an L2 logistic regression ("logreg") on
+the d_model-dim residual), unchanged. The offline adaptations are those of
+``experiments/gemma3_270m/probing.py``, imported from there: the HookedTransformer is passed in (sae-probes'
+model loader returns it for the model name and raises for any other name: nothing reaches the hub) and a stub
+``xgboost`` module when xgboost is missing (sae-probes imports it; only its unused "xgboost" baseline calls it).
+
+Three phases, each skipping what a previous call left on disk (``work``), so that a stage spans several
+back-to-back device calls of at most 600 s:
+
+1. activations: sae-probes' ``ensure_dataset_activations`` per dataset (a cached ``.pt`` file is kept);
+2. LLM baselines: sae-probes' ``run_baseline_dataset_layer`` per dataset without a baseline file, in spawned
+   CPU worker processes (``workers`` > 0) or in this process (``workers`` = 0);
+3. SAEs: only once every dataset of the fixed subset has activations and a baseline (every SAE JSON covers
+   the same datasets), ``run_eval`` SAE by SAE; each output is checked (all datasets present, LLM baseline
+   present), passed to ``finalize`` (the caller's ids), written atomically to its destination and validated
+   there against SAEBench's output schema (``validate_eval_output_format_file`` with
+   ``SparseProbingSaeProbesEvalOutput``). A destination that exists is not recomputed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+GEMMA_DIR = Path(__file__).resolve().parent.parent / "gemma3_270m"
+EVAL_TYPE = "sparse_probing_sae_probes"
+BASELINE = "logreg"
+
+
+def gemma_probing() -> Any:
+    """``experiments/gemma3_270m/probing.py``, imported by the name its spawned workers re-import it by."""
+    if str(GEMMA_DIR) not in sys.path:
+        sys.path.insert(0, str(GEMMA_DIR))
+    import probing
+
+    return probing
+
+
+def probes_available() -> str | None:
+    """None when sae-probes, zstandard and SAEBench's eval import; otherwise why not (one line)."""
+    import importlib.util
+
+    for mod in ("sae_probes", "zstandard", "sae_bench"):
+        if importlib.util.find_spec(mod) is None:
+            return f"{mod} is not installed (extra [probes])"
+    return None
+
+
+@dataclasses.dataclass
+class ProbeSAE:
+    """One SAE to probe: ``load`` returns the SAELens SAE (hook and model fields set), ``dest`` is its JSON,
+    ``finalize`` maps SAEBench's output dict to what is stored (ids, config)."""
+
+    name: str
+    load: Callable[[], Any]
+    dest: Path
+    finalize: Callable[[dict], dict]
+
+
+def _quiet_sklearn() -> None:
+    # sklearn >= 1.8 deprecates LogisticRegression(penalty=...), which sae-probes passes
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"sklearn\.")
+    warnings.filterwarnings("ignore", message="Inconsistent values: penalty", category=UserWarning)
+
+
+def run_probing(
+    model: Any,
+    model_name: str,
+    hook: str,
+    saes: list[ProbeSAE],
+    work: Path,
+    datasets: list[str],
+    deadline: float,
+    device: str,
+    ks: tuple[int, ...] = (1, 2, 5),
+    seed: int = 42,
+    workers: int = 0,
+    max_saes: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run the three phases (module doc) until ``deadline`` (time.time()) or ``max_saes`` new JSONs; returns
+    this call's record:
+    seconds per phase and dataset, the SAEs evaluated / existing / left, and ``complete`` (all SAEs done)."""
+    gp = gemma_probing()
+    rec: dict[str, Any] = {
+        "eval": f"SAEBench {EVAL_TYPE} (sae-probes), setting normal, reg_type l1, LLM baseline {BASELINE}",
+        "xgboost_stubbed": gp.install_xgboost_stub(),
+        "model_name": model_name,
+        "hook": hook,
+        "ks": list(ks),
+        "datasets": list(datasets),
+    }
+    import sae_probes
+    import sae_probes.generate_model_activations as gma
+    from sae_probes.run_baselines import get_baseline_save_path
+
+    unknown = [d for d in datasets if d not in sae_probes.DATASETS]
+    if unknown:
+        raise ValueError(f"unknown sae-probes datasets: {unknown}")
+    rec["sae_probes_version"] = gp._dist_version("sae-probes")
+    rec["sae_bench_version"] = gp._dist_version("sae-bench")
+    cache, results, raw = work / "model_acts", work / "sae_probes", work / "saebench_out"
+    for p in (cache, results, raw):
+        p.mkdir(parents=True, exist_ok=True)
+    existing = [s.name for s in saes if s.dest.is_file()]
+    todo = [s for s in saes if not s.dest.is_file()]
+    rec.update(existing=existing, evaluated=[], left=[s.name for s in todo])
+    if not todo:
+        rec["complete"] = True
+        return rec
+
+    # ---- 1. activations (one forward pass per dataset; sae-probes keeps a cached file)
+    def act_file(ds: str) -> Path:
+        return cache / f"model_activations_{model_name}" / f"{ds}_{hook}.pt"
+
+    act_s: dict[str, float] = {}
+    with gp._model_by_name(model, model_name):
+        for ds in datasets:
+            if act_file(ds).is_file():
+                continue
+            if act_s and time.time() + 1.5 * max(act_s.values()) > deadline:
+                break
+            t = time.time()
+            gma.ensure_dataset_activations(
+                model_name=model_name,
+                dataset_short_names=[ds],
+                hook_names=[hook],
+                model_cache_path=cache,
+                device=device,
+                max_seq_len=int(min(1024, model.cfg.n_ctx)),
+                model=model,
+            )
+            act_s[ds] = round(time.time() - t, 2)
+    rec["activation_s"] = act_s
+
+    # ---- 2. LLM baselines (CPU)
+    def has_baseline(ds: str) -> bool:
+        return get_baseline_save_path(ds, hook, BASELINE, model_name, results).is_file()
+
+    pending = [ds for ds in datasets if act_file(ds).is_file() and not has_baseline(ds)]
+    rec["baseline_s"] = _baselines(gp, pending, hook, model_name, cache, results, seed, workers, deadline)
+    missing = [ds for ds in datasets if not (act_file(ds).is_file() and has_baseline(ds))]
+    if missing:
+        rec["complete"] = False
+        rec["datasets_waiting"] = missing
+        log(f"sparse probing: {len(missing)} datasets still need activations / baselines (next call)")
+        return rec
+
+    # ---- 3. SAEs
+    from sae_bench.evals.sparse_probing_sae_probes.eval_config import SparseProbingSaeProbesEvalConfig
+    from sae_bench.evals.sparse_probing_sae_probes.eval_output import SparseProbingSaeProbesEvalOutput
+    from sae_bench.evals.sparse_probing_sae_probes.main import run_eval
+    from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
+
+    cfg = SparseProbingSaeProbesEvalConfig(
+        model_name=model_name,
+        random_seed=seed,
+        dataset_names=list(datasets),
+        reg_type="l1",
+        setting="normal",
+        ks=list(ks),
+        binarize=False,
+        results_path=str(results),
+        model_cache_path=str(cache),
+        include_llm_baseline=True,
+        baseline_method=BASELINE,
+    )
+    sae_s: dict[str, float] = {}
+    with warnings.catch_warnings(), gp._model_by_name(model, model_name):
+        _quiet_sklearn()
+        for s in todo:
+            if max_saes is not None and len(sae_s) >= max_saes:
+                break
+            if sae_s and time.time() + 1.3 * max(sae_s.values()) > deadline:
+                break
+            t = time.time()
+            # a release unique per SAE: sae-probes keeps (and reuses) its per-SAE results under
+            # <results>/<release>_custom_sae
+            release = s.dest.stem
+            run_eval(cfg, [(release, s.load())], device, str(raw), force_rerun=True)
+            d = json.loads((raw / f"{release}_custom_sae_eval_results.json").read_text())
+            got = sorted(det["dataset_name"] for det in d["eval_result_details"])
+            if got != sorted(datasets):
+                raise ValueError(f"{s.name}: results for datasets {got}, expected {sorted(datasets)}")
+            if any(det.get("llm_test_accuracy") is None for det in d["eval_result_details"]):
+                raise ValueError(f"{s.name}: LLM baseline missing for some dataset")
+            obj = s.finalize(d)
+            s.dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = s.dest.with_name(f".{s.dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+            tmp.write_text(json.dumps(obj, indent=1) + "\n")
+            try:
+                validate_eval_output_format_file(str(tmp), SparseProbingSaeProbesEvalOutput)
+            except Exception:
+                tmp.unlink()
+                raise
+            os.replace(tmp, s.dest)
+            sae_s[s.name] = round(time.time() - t, 2)
+            rec["evaluated"].append(s.name)
+            m = obj["eval_result_metrics"]
+            log(
+                f"sparse probing {s.name}: "
+                + ", ".join(f"k={k} {m['sae'].get(f'sae_top_{k}_test_accuracy'):.3f}" for k in ks)
+                + f", LLM {m['llm'].get('llm_test_accuracy'):.3f} ({sae_s[s.name]:.0f} s)"
+            )
+    rec["sae_s"] = sae_s
+    rec["left"] = [s.name for s in todo if s.name not in sae_s]
+    rec["complete"] = not rec["left"]
+    return rec
+
+
+def _baselines(
+    gp: Any,
+    pending: list[str],
+    hook: str,
+    model_name: str,
+    cache: Path,
+    results: Path,
+    seed: int,
+    workers: int,
+    deadline: float,
+) -> dict[str, float | None]:
+    """sae-probes' LLM baseline for each pending dataset (None: not finished by the deadline)."""
+    done: dict[str, float | None] = {}
+    if not pending:
+        return done
+    args = [(hook, ds, model_name, str(cache), str(results), seed) for ds in pending]
+    if workers <= 0:
+        with warnings.catch_warnings():
+            for a in args:
+                if done and time.time() + 1.5 * max(v for v in done.values() if v) > deadline:
+                    break
+                done[a[1]] = round(gp._baseline_job(*a, n_threads=os.cpu_count() or 1), 2)
+        return done
+    import multiprocessing as mp
+
+    n = min(workers, len(pending))
+    threads = max(1, (os.cpu_count() or 1) // n)
+    # the workers read cached activations only: hide the GPU so that none opens a CUDA context
+    old = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    try:
+        pool = mp.get_context("spawn").Pool(n)
+    finally:
+        if old is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = old
+    try:
+        jobs = {a[1]: pool.apply_async(gp._baseline_job, (*a, threads)) for a in args}
+        for ds, job in jobs.items():
+            job.wait(max(0.0, deadline - time.time()))
+            done[ds] = round(job.get(), 2) if job.ready() else None
+    finally:
+        pool.terminate()
+        pool.join()
+    return done

@@ -1,0 +1,281 @@
+"""The E-* stage of experiments/table2/run_stage.py: SAEBench's own sparse_probing_sae_probes on every SAE a
+T-* stage trained (finals and a checkpoint), on a random tiny GPT-2 with a byte-level tokenizer, offline, one
+sae-probes dataset. Resumable across calls (a short time budget leaves SAEs for the next call).
+
+Checked independently of the code under test: SAEBench's validator accepts each JSON; the file names, release
+and SAE ids equal those of the core JSONs the T-* stage wrote for the same SAEs; sae-probes kept one results
+folder per SAE (a shared one would silently reuse the first SAE's probes); the activations sae-probes probed
+are the transformers model's own last-token hidden state at the hook (not the HookedTransformer's); the second
+call evaluates only what the first left and leaves the first call's files untouched."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+EXP = ROOT / "experiments" / "table2"
+HOOK = "blocks.1.hook_resid_post"
+BOS = 1
+DS = "117_us_state_FL"  # 1,000 prompts of ~14 characters: the cheapest forward pass
+
+_missing = [m for m in ("sae_probes", "zstandard", "sae_bench") if importlib.util.find_spec(m) is None]
+needs_probes = pytest.mark.skipif(bool(_missing), reason=f"{_missing} not installed (extra [probes])")
+
+
+@pytest.fixture
+def rs(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXP))
+    return importlib.import_module("run_stage")
+
+
+def _char_tokenizer():
+    """A byte-level HF fast tokenizer built in memory (ids 4.. for bytes; BOS 1, EOS 2, PAD 0)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}
+    for i, ch in enumerate(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = 4 + i
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def _word_tokenizer(n_per_letter: int = 10):
+    """A word-level HF fast tokenizer: the absorption prompt's words, the 52 letters and n_per_letter random
+    lowercase words per first letter (SAEBench's absorption draws its words from the vocabulary)."""
+    import random
+    import string
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    rng = random.Random(0)
+    words = ["<pad>", "<bos>", "<eos>", "<unk>", ":", "has", "the", "first", "letter"]
+    words += [*string.ascii_uppercase, *string.ascii_lowercase]
+    for c in string.ascii_lowercase:
+        while sum(w[0] == c and len(w) > 1 for w in words) < n_per_letter:
+            w = c + "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 6)))
+            if w not in words:
+                words.append(w)
+    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def _setup(tmp: Path) -> tuple[Path, Path, Path, Path]:
+    rng = np.random.default_rng(0)
+    train = rng.integers(3, 512, size=(24, 32)).astype(np.int32)
+    held = rng.integers(3, 512, size=(8, 32)).astype(np.int32)
+    train[:, 0] = held[:, 0] = BOS
+    corpus = tmp / "corpus"
+    corpus.mkdir()
+    np.savez_compressed(corpus / "tokens.npz", train=train, heldout=held)
+    (corpus / "manifest.json").write_text(json.dumps({"bos_token_id": BOS}))
+    (tmp / "recipe.json").write_text((EXP / "recipe.json").read_text())
+
+    def sae(arch: str, field: str, lev: float, frac: float) -> dict:
+        return {
+            "id": f"tiny-gpt2/{HOOK}/{arch}/w64/{field}={lev:g}/s0/t{frac:g}",
+            "model": "tiny-gpt2",
+            "hook": HOOK,
+            "architecture": arch,
+            "width": 64,
+            field: lev,
+            "seed": 0,
+            "tokens": int(512 * frac),
+            "checkpoint_of_final": frac < 1,
+            "stage": "T-tiny",
+        }
+
+    saes = [sae("topk", "k", 4, 0.5), sae("topk", "k", 4, 1.0), sae("standard", "l1_coefficient", 2.0, 1.0)]
+    (tmp / "plan.json").write_text(json.dumps({"saes": saes}))
+    (tmp / "probes.json").write_text(json.dumps({"subset": [DS, "96_spam_is"]}))
+    tok_dir = tmp / "tok"
+    _char_tokenizer().save_pretrained(str(tok_dir))
+    return tmp / "plan.json", corpus, tmp / "probes.json", tok_dir
+
+
+@needs_probes
+def test_eval_stage_sparse_probing_resumable(rs, tmp_path, monkeypatch):
+    # sae-probes imports xgboost at module level (only its unused xgboost baseline needs it)
+    importlib.import_module("probing_stage").gemma_probing().install_xgboost_stub()
+    from sae_bench.evals.sparse_probing_sae_probes.eval_output import SparseProbingSaeProbesEvalOutput
+    from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
+    from transformer_lens import HookedTransformer
+
+    from sae_rdp_plugin.lm.models import hf_model
+
+    def no_hub(*a, **k):
+        raise AssertionError("a model was requested from the hub")
+
+    monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing", staticmethod(no_hub))
+    monkeypatch.setattr(HookedTransformer, "from_pretrained", staticmethod(no_hub))
+    plan, corpus, probes, tok_dir = _setup(tmp_path)
+    out = tmp_path / "out"
+    common = ["--plan", str(plan), "--corpus", str(corpus), "--out", str(out), "--n-layers", "2"]
+    train = ["--stage", "T-tiny", "--batch-size", "64", "--buffer-tokens", "128", "--eval-batches", "1"]
+    assert rs.main([*common, *train, "--eval-batch-prompts", "4"]) == 0
+    ev = [*common, "--stage", "E-tiny-gpt2-1", "--probe-datasets-file", str(probes), "--probe-datasets", "1"]
+    ev += ["--probe-ks", "1", "2", "--probe-workers", "0", "--tokenizer", str(tok_dir)]
+
+    # first call: a budget too short for more than one unit of each phase
+    assert rs.main([*ev, "--time-budget", "0.001"]) == 0
+    first = sorted((out / "sparse_probing_sae_probes").glob("*.json"))
+    assert len(first) == 1
+    mtime = first[0].stat().st_mtime_ns
+    # second call: the rest, and the bundle
+    assert rs.main([*ev, "--export", str(tmp_path / "export")]) == 0
+    rec = json.loads((out / "stage_E-tiny-gpt2-1.json").read_text())
+    c1, c2 = (c["sparse_probing"] for c in rec["calls"])
+    assert len(c1["evaluated"]) == 1 and len(c1["left"]) == 2 and not c1["complete"]
+    assert c2["existing"] == c1["evaluated"] and sorted(c2["evaluated"]) == sorted(c1["left"]) and c2["complete"]
+    assert (
+        rec["complete"] == {"sparse_probing": True}
+        and rec["gpu_s_total"] == 0.0
+        and all(c["wall_s"] > 0 for c in rec["calls"])
+    )
+    assert first[0].stat().st_mtime_ns == mtime
+
+    files = sorted((out / "sparse_probing_sae_probes").glob("*.json"))
+    core = sorted((out / "core").glob("*.json"))
+    assert [f.name for f in files] == [f.name for f in core] and len(files) == 3
+    for f, cf in zip(files, core):
+        validate_eval_output_format_file(str(f), SparseProbingSaeProbesEvalOutput)
+        d, c = json.loads(f.read_text()), json.loads(cf.read_text())
+        assert d["eval_type_id"] == "sparse_probing_sae_probes"
+        assert (d["sae_lens_release_id"], d["sae_lens_id"]) == (c["sae_lens_release_id"], c["sae_lens_id"])
+        assert d["sae_cfg_dict"]["training_architecture"] == c["sae_cfg_dict"]["training_architecture"]
+        assert d["eval_config"]["dataset_names"] == [DS] and d["eval_config"]["ks"] == [1, 2]
+        (det,) = d["eval_result_details"]
+        assert det["dataset_name"] == DS and 0 <= det["llm_test_accuracy"] <= 1
+        assert all(0 <= det[f"sae_top_{k}_test_accuracy"] <= 1 for k in (1, 2))
+    # one sae-probes results folder per SAE (a shared folder would reuse the first SAE's probes)
+    per_sae = [p for p in (out / "probing" / "sae_probes").iterdir() if p.name.endswith("_custom_sae")]
+    assert len(per_sae) == 3
+    with tarfile.open(tmp_path / "export" / "E-tiny-gpt2-1.tar.xz") as tar:
+        assert sum(n.startswith("sparse_probing_sae_probes/") for n in tar.getnames()) == 3
+
+    # the audit joins both folders per SAE (no duplicate-SAE conflict) and audits the probing proxy
+    from sae_rdp_plugin.cli import main as cli_main
+
+    proxy = "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"
+    rc = cli_main(
+        ["audit", "run", "--results", str(out / "core"), str(out / "sparse_probing_sae_probes"), "--out",
+         str(tmp_path / "audit"), "--group-by", "--include-checkpoints", "--n-boot", "20", "--n-perm", "20",
+         "--no-plots", "--proxy", f"{proxy}:-"]
+    )  # fmt: skip
+    assert rc == 0
+    pooled = json.loads((tmp_path / "audit" / "rdp_audit_pooled_eval_results.json").read_text())
+    assert pooled["eval_result_metrics"]["sweep"]["n_saes"] == 3
+    assert [d["proxy"] for d in pooled["eval_result_details"]] == [proxy]
+
+    # the activations sae-probes probed: the transformers model's block-1 output at each prompt's last token
+    import pandas as pd
+    from sae_probes.constants import DATA_PATH
+    from transformers import AutoTokenizer
+
+    acts = torch.load(out / "probing" / "model_acts" / "model_activations_tiny-gpt2" / f"{DS}_{HOOK}.pt")
+    prompts = pd.read_csv(DATA_PATH / "cleaned_data" / f"{DS}.csv.zst", compression="zstd")["prompt"].tolist()
+    hf, _ = hf_model("tiny-gpt2", n_layers=2, dtype="float32")
+    # the saved tokenizer the stage read (ByteLevel.alphabet()'s order differs between builds)
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    assert acts.shape == (len(prompts), hf.config.hidden_size)
+    grab = []
+    hf.transformer.h[1].register_forward_hook(lambda m, i, o: grab.append(o[0] if isinstance(o, tuple) else o))
+    for i in (0, 5, len(prompts) - 1):
+        with torch.no_grad():
+            hf(tok(prompts[i], return_tensors="pt")["input_ids"])
+        torch.testing.assert_close(acts[i], grab[-1][0, -1], atol=1e-4, rtol=1e-4)
+
+
+@needs_probes
+def test_eval_stage_bad_inputs_exit_2_before_writing(rs, tmp_path, capsys):
+    plan, corpus, probes, _ = _setup(tmp_path)
+    out = tmp_path / "out"
+    base = ["--plan", str(plan), "--corpus", str(corpus), "--out", str(out), "--stage", "E-tiny-gpt2-1"]
+    cases = [
+        ([], "no trained SAE"),
+        (["--probe-datasets-file", str(probes), "--probe-datasets", "3"], "--probe-datasets must be <= 2"),
+        (["--probe-workers", "-1"], "--probe-workers must be >= 0"),
+        (["--evals", "absorption", "--absorption-config", '{"min_feats_for_eval": 0}'], "--absorption-config"),
+        (["--evals", "absorption", "--absorption-config", "[1]"], "--absorption-config"),
+        (["--stage", "E-tiny-gpt2-7"], "has no SAEs to evaluate"),
+    ]
+    for extra, msg in cases:
+        with pytest.raises(SystemExit) as e:
+            rs.main([*base, *extra])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and err.startswith("error: ") and msg in err and "\n" not in err, err
+    assert not out.exists()
+
+
+def test_eval_stage_absorption_offline(rs, tmp_path, monkeypatch):
+    """SAEBench's absorption eval through the E stage: nothing written outside OUT (site-packages, working
+    directory), grad mode restored, no hub model; an SAE-independent 'not evaluable' stop writes nothing."""
+    from sae_bench.evals.absorption import common
+    from sae_bench.evals.absorption.eval_output import AbsorptionEvalOutput
+    from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
+    from transformer_lens import HookedTransformer
+
+    def no_hub(*a, **k):
+        raise AssertionError("a model was requested from the hub")
+
+    monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing", staticmethod(no_hub))
+    monkeypatch.setattr(HookedTransformer, "from_pretrained", staticmethod(no_hub))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    site_artifacts = common.RESULTS_DIR
+    existed = site_artifacts.exists()
+    plan, corpus, _, _ = _setup(tmp_path)
+    wtok = tmp_path / "wtok"
+    _word_tokenizer().save_pretrained(str(wtok))
+    out = tmp_path / "out"
+    common_args = ["--plan", str(plan), "--corpus", str(corpus), "--out", str(out), "--n-layers", "2"]
+    train = ["--stage", "T-tiny", "--batch-size", "64", "--buffer-tokens", "128", "--eval-batches", "1"]
+    assert rs.main([*common_args, *train, "--eval-batch-prompts", "4"]) == 0
+    ev = [*common_args, "--stage", "E-tiny-gpt2-1", "--evals", "absorption", "--tokenizer", str(wtok)]
+    cfg = {"min_GT_probe_f1": 0.0, "k_sparse_probe_num_epochs": 2, "max_k_value": 3}
+
+    # SAEBench writes nothing when too few letters have a good probe (27 > 26 letters): recorded, no file
+    assert rs.main([*ev, "--absorption-config", json.dumps({**cfg, "min_feats_for_eval": 27})]) == 0
+    rec = json.loads((out / "stage_E-tiny-gpt2-1.json").read_text())
+    a = rec["calls"][0]["absorption"]
+    assert "fewer than 27" in a["not_evaluable"] and a["evaluated"] == [] and len(a["left"]) == 3
+    assert not list(out.glob("absorption_first_letter/*.json"))
+    grad = torch.is_grad_enabled()
+    assert rs.main([*ev, "--absorption-config", json.dumps({**cfg, "min_feats_for_eval": 2})]) == 0
+    assert torch.is_grad_enabled() == grad
+    rec = json.loads((out / "stage_E-tiny-gpt2-1.json").read_text())
+    assert rec["complete"] == {"absorption": True} and len(rec["calls"][1]["absorption"]["evaluated"]) == 3
+
+    files = sorted((out / "absorption_first_letter").glob("*.json"))
+    core = sorted((out / "core").glob("*.json"))
+    assert [f.name for f in files] == [f.name for f in core] and len(files) == 3
+    for f, cf in zip(files, core):
+        validate_eval_output_format_file(str(f), AbsorptionEvalOutput)
+        d, c = json.loads(f.read_text()), json.loads(cf.read_text())
+        assert d["eval_type_id"] == "absorption_first_letter" and d["eval_config"]["model_name"] == "tiny-gpt2"
+        assert (d["sae_lens_release_id"], d["sae_lens_id"]) == (c["sae_lens_release_id"], c["sae_lens_id"])
+        det = d["eval_result_details"]
+        assert 2 <= len(det) <= 26 and len({x["first_letter"] for x in det}) == len(det)
+        m = d["eval_result_metrics"]["mean"]
+        assert m["mean_num_split_features"] == pytest.approx(np.mean([x["num_split_features"] for x in det]))
+        assert 0 <= m["mean_absorption_fraction_score"] <= 1 and 0 <= m["mean_full_absorption_score"] <= 1
+    # nothing written to site-packages or to the working directory
+    assert site_artifacts.exists() == existed and list(cwd.iterdir()) == []
+    assert (out / "absorption" / "results" / "probes").is_dir()

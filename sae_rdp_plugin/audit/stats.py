@@ -95,6 +95,9 @@ ORIENTATION: dict[str, Orientation] = {
     ),
     "sparse_probing.sae.sae_test_accuracy": Orientation(-1, "proxy", _HIB),
     "sparse_probing.sae.sae_top_*_test_accuracy": Orientation(-1, "proxy", _HIB),
+    # SAEBench's sae-probes variant (sparse_probing_sae_probes): the same accuracies, the same reading
+    "sparse_probing_sae_probes.sae.sae_test_accuracy": Orientation(-1, "proxy", _HIB),
+    "sparse_probing_sae_probes.sae.sae_top_*_test_accuracy": Orientation(-1, "proxy", _HIB),
     # core: reconstruction-side controls (higher-is-better fidelity -> Pi = -s; errors -> Pi = +s)
     "core.reconstruction_quality.explained_variance": Orientation(-1, "control", "fidelity, Pi = -s"),
     "core.reconstruction_quality.cossim": Orientation(-1, "control", "fidelity, Pi = -s"),
@@ -114,6 +117,7 @@ ORIENTATION: dict[str, Orientation] = {
 # Fields with no polysemanticity reading at all: refusing them is clearer than guessing.
 NOT_PROXIES = (
     "sparse_probing.llm.*",  # probes on the LLM itself: identical for every SAE of a layer
+    "sparse_probing_sae_probes.llm.*",
     "core.sparsity.l0",  # the rate itself
     "core.token_stats.*",
     "*std_dev*",

@@ -173,6 +173,10 @@ def test_orientation_table():
         orientation_of("my_eval.cat.score")
     with pytest.raises(SaeRdpError, match="not an SAE polysemanticity proxy"):
         orientation_of("sparse_probing.llm.llm_test_accuracy")
+    # SAEBench's sae-probes variant reads as sparse probing does
+    assert orientation_of("sparse_probing_sae_probes.sae.sae_top_1_test_accuracy").sign == -1
+    with pytest.raises(SaeRdpError, match="not an SAE polysemanticity proxy"):
+        orientation_of("sparse_probing_sae_probes.llm.llm_top_1_test_accuracy")
     assert parse_proxy_spec("x.y:+") == ("x.y", 1)
     assert parse_proxy_spec("x.y:-") == ("x.y", -1)
     assert parse_proxy_spec("x.y") == ("x.y", None)

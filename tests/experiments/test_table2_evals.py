@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_gemma3_probing import _char_tokenizer
+from test_table2_stage import plan_entry, tiny_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
 EXP = ROOT / "experiments" / "table2"
 HOOK = "blocks.1.hook_resid_post"
-BOS = 1
 DS = "117_us_state_FL"  # 1,000 prompts of ~14 characters: the cheapest forward pass
 
 _missing = [m for m in ("sae_probes", "zstandard", "sae_bench") if importlib.util.find_spec(m) is None]
@@ -34,22 +35,6 @@ needs_probes = pytest.mark.skipif(bool(_missing), reason=f"{_missing} not instal
 def rs(monkeypatch):
     monkeypatch.syspath_prepend(str(EXP))
     return importlib.import_module("run_stage")
-
-
-def _char_tokenizer():
-    """A byte-level HF fast tokenizer built in memory (ids 4.. for bytes; BOS 1, EOS 2, PAD 0)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}
-    for i, ch in enumerate(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[ch] = 4 + i
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
-    )
 
 
 def _word_tokenizer(n_per_letter: int = 10):
@@ -77,29 +62,10 @@ def _word_tokenizer(n_per_letter: int = 10):
 
 
 def _setup(tmp: Path) -> tuple[Path, Path, Path, Path]:
-    rng = np.random.default_rng(0)
-    train = rng.integers(3, 512, size=(24, 32)).astype(np.int32)
-    held = rng.integers(3, 512, size=(8, 32)).astype(np.int32)
-    train[:, 0] = held[:, 0] = BOS
-    corpus = tmp / "corpus"
-    corpus.mkdir()
-    np.savez_compressed(corpus / "tokens.npz", train=train, heldout=held)
-    (corpus / "manifest.json").write_text(json.dumps({"bos_token_id": BOS}))
-    (tmp / "recipe.json").write_text((EXP / "recipe.json").read_text())
+    corpus, _ = tiny_corpus(tmp)
 
     def sae(arch: str, field: str, lev: float, frac: float) -> dict:
-        return {
-            "id": f"tiny-gpt2/{HOOK}/{arch}/w64/{field}={lev:g}/s0/t{frac:g}",
-            "model": "tiny-gpt2",
-            "hook": HOOK,
-            "architecture": arch,
-            "width": 64,
-            field: lev,
-            "seed": 0,
-            "tokens": int(512 * frac),
-            "checkpoint_of_final": frac < 1,
-            "stage": "T-tiny",
-        }
+        return plan_entry(arch, field, lev, frac, width=64)
 
     saes = [sae("topk", "k", 4, 0.5), sae("topk", "k", 4, 1.0), sae("standard", "l1_coefficient", 2.0, 1.0)]
     (tmp / "plan.json").write_text(json.dumps({"saes": saes}))

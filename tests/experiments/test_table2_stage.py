@@ -31,7 +31,9 @@ def rs(monkeypatch):
     return importlib.import_module("run_stage")
 
 
-def _setup(tmp: Path) -> tuple[Path, Path, np.ndarray]:
+def tiny_corpus(tmp: Path) -> tuple[Path, np.ndarray]:
+    """A corpus folder of random token rows (BOS first) in ``tmp`` with the recipe copied next to it;
+    returns (the folder, its held-out rows)."""
     rng = np.random.default_rng(0)
     ctx = 32
     train = rng.integers(3, 512, size=(24, ctx)).astype(np.int32)
@@ -42,21 +44,28 @@ def _setup(tmp: Path) -> tuple[Path, Path, np.ndarray]:
     np.savez_compressed(corpus / "tokens.npz", train=train, heldout=held)
     (corpus / "manifest.json").write_text(json.dumps({"bos_token_id": BOS}))
     (tmp / "recipe.json").write_text((EXP / "recipe.json").read_text())
+    return corpus, held
 
-    def sae(arch: str, field: str, lev: float, frac: float) -> dict:
-        return {
-            "id": f"tiny-gpt2/{HOOK}/{arch}/w128/{field}={lev:g}/s0/t{frac:g}",
-            "model": "tiny-gpt2",
-            "hook": HOOK,
-            "architecture": arch,
-            "width": 128,
-            field: lev,
-            "seed": 0,
-            "tokens": int(512 * frac),
-            "checkpoint_of_final": frac < 1,
-            "stage": "T-tiny",
-        }
 
+def plan_entry(arch: str, field: str, lev: float, frac: float, width: int = 128) -> dict:
+    """One SAE of a tiny plan (stage T-tiny): ``frac`` of the final's 512 tokens (< 1: a checkpoint)."""
+    return {
+        "id": f"tiny-gpt2/{HOOK}/{arch}/w{width}/{field}={lev:g}/s0/t{frac:g}",
+        "model": "tiny-gpt2",
+        "hook": HOOK,
+        "architecture": arch,
+        "width": width,
+        field: lev,
+        "seed": 0,
+        "tokens": int(512 * frac),
+        "checkpoint_of_final": frac < 1,
+        "stage": "T-tiny",
+    }
+
+
+def _setup(tmp: Path) -> tuple[Path, Path, np.ndarray]:
+    corpus, held = tiny_corpus(tmp)
+    sae = plan_entry
     saes = [sae("topk", "k", 4, 0.5), sae("topk", "k", 4, 1.0), sae("topk", "k", 8, 1.0)]
     saes += [sae("standard", "l1_coefficient", 2.0, 1.0), {**sae("topk", "k", 2, 1.0), "stage": "T-other"}]
     (tmp / "plan.json").write_text(json.dumps({"saes": saes}))

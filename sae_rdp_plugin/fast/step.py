@@ -162,6 +162,20 @@ class FastTopKConfig:
             raise SaeRdpError(f"fast step: TopK needs an integer k, got {self.k}")
 
 
+@dataclass
+class _Captured:
+    """One captured CUDA graph of the step: what it replays, its input buffers (the batch; the dead-latent
+    mask when it runs the aux loss) and outputs, and the (batch shape, parameter cache) key it is valid for."""
+
+    graph: Any
+    key: tuple[Any, ...]
+    x: torch.Tensor
+    dead: torch.Tensor | None
+    out: dict[str, torch.Tensor]
+    sparse: Any
+    vals_s: torch.Tensor
+
+
 class _Sparse:
     """A batch of sparse codes in embedding_bag layout: flat latent indices, bag offsets, and the
     offset2bag / bag_size / max_indices that PyTorch's embedding_bag kernels return and reuse."""
@@ -316,9 +330,8 @@ class FastTopKTrainer:
         self._lr = cfg.lr
         self._lr_t = torch.full((), float(cfg.lr), device=dev, dtype=torch.float32)
         self._lp_cache: dict[str, Any] | None = None
-        # captured CUDA graphs of the step, one without and one with the dead-latent aux loss:
-        # {with_aux: (graph, outputs, key, static input, sparse codes, vals_s)}
-        self._graphs: dict[bool, tuple[Any, ...]] = {}
+        # captured CUDA graphs of the step, one without and one with the dead-latent aux loss: {with_aux: graph}
+        self._graphs: dict[bool, _Captured] = {}
         self._graph_eager_steps = 0
         self._graph_failed: str | None = None
         from sae_rdp_plugin.fast import kernels as fast_kernels
@@ -602,15 +615,14 @@ class FastTopKTrainer:
         aux = dead is not None
         key = (tuple(x.shape), self._cache_key() if self._lp_cache is not None else None)
         held = self._graphs.get(aux)
-        if held is not None and key == held[2]:
-            g, out, _, static_x, static_dead, sp, vals_s = held
-            static_x.copy_(x)
+        if held is not None and key == held.key:
+            held.x.copy_(x)
             if aux:
-                static_dead.copy_(dead)
-            g.replay()
-            self._last_sparse, self._last_vals_s = sp, vals_s
-            return {k: v.clone() for k, v in out.items()}
-        if any(h[2] != key for h in self._graphs.values()):
+                held.dead.copy_(dead)
+            held.graph.replay()
+            self._last_sparse, self._last_vals_s = held.sparse, held.vals_s
+            return {k: v.clone() for k, v in held.out.items()}
+        if any(h.key != key for h in self._graphs.values()):
             self._graphs.clear()  # another batch shape, or the parameters changed outside the step
         if self._graph_eager_steps < 2 or self._lp_cache is None:
             self._graph_eager_steps += 1
@@ -630,7 +642,7 @@ class FastTopKTrainer:
             losses, sp, vals_s = self._device_step(x, dead)
             self._last_sparse, self._last_vals_s = sp, vals_s
             return losses
-        self._graphs[aux] = (g, out, (tuple(x.shape), self._cache_key()), static_x, static_dead, sp, vals_s)
+        self._graphs[aux] = _Captured(g, (tuple(x.shape), self._cache_key()), static_x, static_dead, out, sp, vals_s)
         self._last_sparse, self._last_vals_s = sp, vals_s
         g.replay()  # capturing does not run the step: run it
         return {k: v.clone() for k, v in out.items()}

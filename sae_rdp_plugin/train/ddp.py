@@ -47,7 +47,7 @@ import torch.distributed as dist
 from sae_rdp_plugin.errors import SaeRdpError
 from sae_rdp_plugin.io import atomic_save, atomic_write_json, replace_dir
 from sae_rdp_plugin.train.config import SyntheticStreamConfig, TrainConfig
-from sae_rdp_plugin.train.distributed import DistContext, barrier, broadcast_object
+from sae_rdp_plugin.train.distributed import DistContext, barrier, broadcast_object, mean_over_ranks
 from sae_rdp_plugin.train.saelens import build_training_sae
 from sae_rdp_plugin.train.synthetic import ShardedSyntheticStream, synthetic_model
 
@@ -193,9 +193,7 @@ def _make_trainer_class() -> type:
                 local = self.activation_scaler._calculate_mean_norm(
                     self.data_provider, self.cfg.n_batches_for_norm_estimate
                 )
-                t = torch.tensor([local], dtype=torch.float64, device=self.cfg.device)
-                dist.all_reduce(t, op=dist.ReduceOp.SUM)
-                self.activation_scaler.scaling_factor = self.sae.cfg.d_in**0.5 / (t.item() / self.ctx.world_size)
+                self.activation_scaler.scaling_factor = self.sae.cfg.d_in**0.5 / mean_over_ranks(self.ctx, local)
             elif self.ctx.distributed and norm == "covariance_whitening":
                 raise SaeRdpError("covariance_whitening is not supported in distributed training yet")
             if self.ctx.distributed and getattr(self.sae, "gamma_is_set", False):

@@ -123,6 +123,15 @@ def barrier(ctx: DistContext) -> None:
             dist.barrier()
 
 
+def mean_over_ranks(ctx: DistContext, value: float) -> float:
+    """The mean of ``value`` over the ranks (float64 all-reduce); ``value`` itself without a group."""
+    if not ctx.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=ctx.device if ctx.backend == "nccl" else "cpu")
+    dist.all_reduce(t)
+    return t.item() / ctx.world_size
+
+
 def broadcast_object(ctx: DistContext, obj: T) -> T:
     """Rank 0's ``obj`` on every rank."""
     if not ctx.distributed:

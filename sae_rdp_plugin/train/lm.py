@@ -64,7 +64,7 @@ from sae_rdp_plugin.errors import SaeRdpError
 from sae_rdp_plugin.io import atomic_write_json, replace_dir
 from sae_rdp_plugin.rdp.metrics import rate_distortion
 from sae_rdp_plugin.train.config import TrainConfig
-from sae_rdp_plugin.train.distributed import DistContext, barrier, broadcast_object
+from sae_rdp_plugin.train.distributed import DistContext, barrier, broadcast_object, mean_over_ranks
 from sae_rdp_plugin.train.saelens import build_training_sae
 from sae_rdp_plugin.wsae.gamma import GAMMA_FILENAME, ActivationStats, RunningMoments
 
@@ -368,11 +368,13 @@ class _Run:
         self.spec, self.cfg, self.hook, self.name = spec, cfg, spec.hook, spec.label
         self.out = Path(spec.out)
         found = latest_checkpoint(self.out) if resume else None
-        found = broadcast_object(ctx, found) if ctx else found  # rank 0's view of the folder
-        self.resumed_from = str(found[1]) if found else None
-        # SAETrainer creates it for a checkpoint, _save at the end; one name on every rank (rank 0 writes)
+        # SAETrainer creates the staging folder for a checkpoint, _save at the end; rank 0's checkpoint and
+        # staging name on every rank (rank 0 writes)
         staging = found[0] if found else _staging_dir(self.out)
-        self.staging = broadcast_object(ctx, staging) if ctx else staging
+        if ctx is not None:
+            found, staging = broadcast_object(ctx, (found, staging))
+        self.resumed_from = str(found[1]) if found else None
+        self.staging = staging
         torch.manual_seed(cfg.seed)
         self.sae = build_training_sae(cfg.sae_config_dict())
         ckpt = str(self.staging / "checkpoints") if cfg.n_checkpoints > 0 else None
@@ -512,12 +514,8 @@ def _start(runs: list[_Run], stream: _Stream, fast: bool, ctx: DistContext | Non
         n = r.fit.norm_batches  # (0 once start() has estimated the normalisation)
         r.fit.start([b[r.hook] for b in cached[:n]])
         scaler = r.trainer.activation_scaler
-        if ctx is not None and ctx.distributed and n and scaler.scaling_factor is not None:
-            import torch.distributed as dist
-
-            t = torch.tensor([r.cfg.d_in**0.5 / scaler.scaling_factor], dtype=torch.float64, device=r.cfg.device)
-            dist.all_reduce(t)
-            scaler.scaling_factor = r.cfg.d_in**0.5 / (t.item() / ctx.world_size)
+        if ctx is not None and n and scaler.scaling_factor is not None:  # sqrt(d_in) / (mean norm over ranks)
+            scaler.scaling_factor = r.cfg.d_in**0.5 / mean_over_ranks(ctx, r.cfg.d_in**0.5 / scaler.scaling_factor)
         if ctx is not None and ctx.distributed and getattr(r.sae, "gamma_is_set", False):
             from sae_rdp_plugin.train.ddp import sync_gamma
 
@@ -832,13 +830,14 @@ def train_on_model(
         budget_rank = budget
     if resume:
         found = [latest_checkpoint(s.out) for s in specs]
-        if found and all(found):
+        if all(found):
             per_row = pipeline_cfg.context_size - (1 if bos_token_id is not None else 0)
-            extra = max(s.cfg.gamma_estimation_batches for s in specs) + max(
-                s.cfg.n_batches_for_norm_estimate for s in specs
-            )
+            # the batches the first run drew before training: gamma of weighted SAEs without a gamma file,
+            # then the normalisation estimate (train_saes draws the largest count of each)
+            gamma = [s.cfg.gamma_estimation_batches for s in specs if s.cfg.arch.weighted and not s.cfg.gamma_path]
+            norm = [s.cfg.n_batches_for_norm_estimate for s in specs if s.cfg.normalize_activations != "none"]
             used = found[0][2] // (ctx.world_size if ctx is not None and ctx.distributed else 1)
-            used += extra * pipeline_cfg.batch_size
+            used += (max(gamma, default=0) + max(norm, default=0)) * pipeline_cfg.batch_size
             tokens = np.roll(np.asarray(tokens), -((used // max(per_row, 1)) % len(tokens)), axis=0)
     pipe = ActivationPipeline(model, tokens, pipeline_cfg, bos_token_id=bos_token_id, pad_token_id=pad_token_id)
     for s in specs:

@@ -1,0 +1,65 @@
+"""The numbers the docs quote from this session's GPU runs are the committed result files' numbers: each
+quoted string is formatted here from the JSON, so a re-run that changes the JSON without the text (or a
+typo in the text) fails."""
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _e2e() -> tuple[dict, dict]:
+    d = json.loads((ROOT / "benchmarks/e2e/latest.json").read_text())
+    return d, {r["row"]: r for r in d["rows"]}
+
+
+def test_e2e_readme_quotes_latest_json():
+    d, r = _e2e()
+    text = (ROOT / "benchmarks/e2e/README.md").read_text()
+    latest = " ".join(text[text.index("## Latest result") :].split())  # lines wrap
+    ours, sl = r["ours"], r["saelens"]
+    quoted = [
+        d["date"],
+        f"{ours['tokens_per_s']:,.0f} tokens/s",
+        f"{ours['tokens_per_s'] / sl['tokens_per_s']:.2f}x SAELens",
+        f"({sl['tokens_per_s']:,.0f} tokens/s)",
+        f"{d['summary']['ours_time_over_forward_plus_step']:.2f}x the sum",
+        f"forward-only ({r['forward_only']['tokens_per_s'] / 1e6:.2f}M",
+        f"step-only ({r['step_only']['tokens_per_s'] / 1e6:.2f}M",
+        f"ours {ours['heldout_fvu']:.4f}, SAELens {sl['heldout_fvu']:.4f}",
+        f"ours {-d['summary']['fvu_rel_diff_vs_saelens']:.1%} lower",
+        f"{r['sparsify']['tokens_per_s']:,.0f} tokens/s",
+        f"{r['ours_3hooks']['tokens_per_s']:,.0f} input tokens/s",
+    ]
+    missing = [q for q in quoted if q not in latest]
+    assert not missing, missing
+
+
+def test_top_readme_row_quotes_latest_json():
+    d, r = _e2e()
+    lines = (ROOT / "README.md").read_text().splitlines()
+    row = next(line for line in lines if "sae-rdp train --model`, end to" in line)
+    ours, sl = r["ours"], r["saelens"]
+    for q in (
+        f"{ours['tokens_per_s']:,.0f} tokens/s",
+        f"{ours['tokens_per_s'] / sl['tokens_per_s']:.1f}x SAELens",
+        f"held-out FVU {ours['heldout_fvu']:.3f} vs SAELens {sl['heldout_fvu']:.3f}",
+        d["device"].split()[-1] + ", " + d["date"][:10],
+    ):
+        assert q in row, q
+
+
+def test_aux_graph_numbers_quoted():
+    rows = json.loads((ROOT / "benchmarks/training_speed/aux_graph/training_speed.json").read_text())["rows"]
+    ms = {(x["config"], x["impl"]): x["median_ms"] for x in rows}
+    text = " ".join((ROOT / "benchmarks/training_speed/README.md").read_text().split())  # lines wrap
+    small, large = "640x16384_k32", "2304x65536_k64"
+    sl, fast, via = "saelens_weighted_topk+aux", "fast_weighted_topk+aux", "fast_weighted_topk+aux[SAETrainer]"
+    quoted = [
+        f"SAELens {ms[small, sl]:.2f} ms, fast {ms[small, fast]:.2f} ms ({ms[small, sl] / ms[small, fast]:.2f}x)",
+        f"via `SAETrainer` {ms[small, via]:.2f} ms ({ms[small, sl] / ms[small, via]:.2f}x)",
+        f"{ms[large, sl]:.2f} / {ms[large, fast]:.2f} ({ms[large, sl] / ms[large, fast]:.2f}x)"
+        f" / {ms[large, via]:.2f} ms",
+    ]
+    missing = [q for q in quoted if q not in text]
+    assert not missing, missing

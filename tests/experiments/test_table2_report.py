@@ -1,0 +1,115 @@
+"""experiments/table2/report.py: table2.json rows checked against a brute-force V on synthetic SAEBench JSONs."""
+
+import importlib.util
+import json
+import sys
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _report():
+    spec = importlib.util.spec_from_file_location("t2_report", ROOT / "experiments/table2/report.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["t2_report"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _write(folder: Path, eval_type: str, release: str, sae_id: str, width: int, metrics: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    obj = {
+        "eval_type_id": eval_type,
+        "eval_config": {"model_name": "gemma3-270m"},
+        "eval_id": "x",
+        "datetime_epoch_millis": 0,
+        "eval_result_metrics": metrics,
+        "eval_result_details": [],
+        "sae_bench_commit_hash": "x",
+        "sae_lens_id": sae_id,
+        "sae_lens_release_id": release,
+        "sae_lens_version": "6.54.12",
+        "sae_cfg_dict": {"d_sae": width, "model_name": "gemma3-270m", "hook_name": "blocks.9.hook_resid_post"},
+    }
+    (folder / f"{release}__{sae_id}.json").write_text(json.dumps(obj))
+
+
+def _brute_v(r: np.ndarray, d: np.ndarray, pi: np.ndarray) -> tuple[float, int]:
+    """THEORY.md Definition 3 by enumeration: pairs (i, j), R_i <= R_j, D_i <= D_j, not equal; Pi_i < Pi_j
+    violates, ties count 1/2."""
+    viol, n = 0.0, 0
+    for i, j in product(range(len(r)), repeat=2):
+        if i != j and r[i] <= r[j] and d[i] <= d[j] and (r[i], d[i]) != (r[j], d[j]):
+            n += 1
+            viol += 1.0 if pi[i] < pi[j] else (0.5 if pi[i] == pi[j] else 0.0)
+    return viol / n, n
+
+
+@pytest.fixture
+def results(tmp_path):
+    rng = np.random.default_rng(3)
+    truth = {}
+    for arch in ("topk", "standard"):
+        release = f"table2-gemma3-270m-L9-{arch}"
+        rows = []
+        for w, lev, step in product((4096, 16384), range(3), ("final", "5000")):
+            sid = f"blocks.9.hook_resid_post__w{w}_lev{lev}_s0_step_{step}"
+            l0, ev, acc = float(rng.uniform(10, 200)), float(rng.uniform(0.5, 0.95)), float(rng.uniform(0.6, 0.9))
+            base = tmp_path / "results" / "gemma3-270m-L9"
+            core = {"sparsity": {"l0": l0}, "reconstruction_quality": {"explained_variance": ev}}
+            _write(base / "core", "core", release, sid, w, core)
+            probe = {"sae": {"sae_top_1_test_accuracy": acc}, "llm": {"llm_test_accuracy": 0.95}}
+            _write(base / "sparse_probing_sae_probes", "sparse_probing_sae_probes", release, sid, w, probe)
+            rows.append((l0, 1 - ev, -acc))  # Pi = -accuracy (higher accuracy = more monosemantic)
+        truth[arch] = np.array(rows)
+    return tmp_path, truth
+
+
+def test_rows_match_brute_force_v(results):
+    tmp, truth = results
+    rep = _report()
+    assert (
+        rep.main(["--results", str(tmp / "results"), "--out", str(tmp / "t2"), "--n-boot", "50", "--n-perm", "50"]) == 0
+    )
+    rows = json.loads((tmp / "t2" / "table2.json").read_text())["rows"]
+    col = "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"
+    for arch, t in truth.items():
+        (row,) = [
+            r for r in rows if r["grouping"] == "architecture" and r["architecture"] == arch and r["proxy"] == col
+        ]
+        v, n = _brute_v(t[:, 0], t[:, 1], t[:, 2])
+        assert row["n_saes"] == 12 and row["n_pairs"] == n and row["V"] == pytest.approx(v, abs=1e-12)
+        assert row["paper_proxy"] == "Sparse Probing" and row["V_ci"][0] <= row["V"] <= row["V_ci"][1]
+    pooled = [r for r in rows if r["grouping"] == "pooled" and r["proxy"] == col]
+    allt = np.concatenate(list(truth.values()))
+    assert len(pooled) == 1 and pooled[0]["n_saes"] == 24
+    assert pooled[0]["V"] == pytest.approx(_brute_v(allt[:, 0], allt[:, 1], allt[:, 2])[0], abs=1e-12)
+    widths = {(r["architecture"], r["width"]) for r in rows if r["grouping"] == "width" and r["proxy"] == col}
+    assert widths == {(a, w) for a in truth for w in (4096, 16384)}
+    md = (tmp / "t2" / "table2.md").read_text()
+    assert "| gemma3-270m | 9 | topk | `" + col in md and "paper 0.351 is" in md and "paper 0.709 is" in md
+
+
+def test_compare_text_follows_the_interval():
+    rep = _report()
+    row = {"paper_proxy": "Sparse Probing", "architecture": "topk", "V": 0.5, "V_ci": [0.4, 0.6]}
+    assert rep.compare(row) == "paper 0.351 is below our interval"
+    assert rep.compare({**row, "V_ci": [0.3, 0.6]}) == "paper 0.351 is inside our interval"
+    assert rep.compare({**row, "V_ci": [0.1, 0.3]}) == "paper 0.351 is above our interval"
+    assert rep.compare({**row, "architecture": "jumprelu"}) == "no paper value"
+
+
+def test_no_results_is_one_error_line(tmp_path, capsys):
+    rep = _report()
+    (tmp_path / "empty").mkdir()
+    for bad in (tmp_path / "missing", tmp_path / "empty"):
+        with pytest.raises(SystemExit) as e:
+            rep.main(["--results", str(bad), "--out", str(tmp_path / "o")])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ")
+    assert not (tmp_path / "o").exists()

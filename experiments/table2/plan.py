@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -77,11 +78,12 @@ def expand(recipe: dict) -> list[dict]:
                                 )
     w = recipe["wsae_arm"]
     for v in w["variants"]:
+        cap = {"variance_cap_quantile": v["variance_cap_quantile"]} if "variance_cap_quantile" in v else {}
         for seed in w["seeds"]:
             saes.append(
                 {
                     "id": f"{w['model']}/{w['hook']}/{v['architecture']}/w{w['width']}/alpha={v['alpha']}"
-                    + ("/gamma=safe" if "gamma" in v else "")
+                    + (f"/capq={cap['variance_cap_quantile']:g}" if cap else "")
                     + f"/s{seed}",
                     "model": w["model"],
                     "hook": w["hook"],
@@ -89,6 +91,7 @@ def expand(recipe: dict) -> list[dict]:
                     "width": w["width"],
                     "k": w["k"],
                     "alpha": v["alpha"],
+                    **cap,
                     "seed": seed,
                     "tokens": w["tokens"],
                     "checkpoint_of_final": False,
@@ -96,6 +99,17 @@ def expand(recipe: dict) -> list[dict]:
                 }
             )
     return saes
+
+
+def ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def capped_dimensions(d: int, q: float) -> int:
+    """How many of d variances lie above their q-quantile (torch.quantile's linear interpolation between the
+    order statistics v_(0) <= ... <= v_(d-1) at h = q (d - 1)), i.e. are lowered by the cap: those above
+    v_(floor(h)), d - 1 - floor(h) of them (distinct variances assumed)."""
+    return d - 1 - math.floor(q * (d - 1))
 
 
 def rates() -> dict:
@@ -211,6 +225,25 @@ def estimate(recipe: dict, saes: list[dict], r: dict, n_probe: int) -> list[dict
     return stages
 
 
+def cap_lines(recipe: dict) -> list[str]:
+    """One PLAN.md line per WSAE variant with a variance cap: where the cap falls among the d_in variances."""
+    w = recipe["wsae_arm"]
+    d = next(m["d_in"] for m in recipe["models"] if m["model"] == w["model"])
+    lines = []
+    for v in w["variants"]:
+        if "variance_cap_quantile" in v:
+            q = v["variance_cap_quantile"]
+            n = capped_dimensions(d, q)
+            lines += [
+                f"Massive-activation safe WSAE variant: {v['architecture']}, alpha {v['alpha']:g}, every variance "
+                f"capped at its {q:g}-quantile before the power (variance_cap_quantile); with d_in = {d} the cap lies "
+                f"between the {ordinal(n + 1)}- and {ordinal(n)}-largest variances "
+                f"(h = q (d_in - 1) = {q * (d - 1):.2f}), so the {n} largest dimensions share one weight.",
+                "",
+            ]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shards", default=".carry/corpus_table2_gemma3/shards", help="travel shards (for the call count)")
@@ -250,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k}: {v}" for k, v in per_ml.items())
         + f"; WSAE arm: {sum(1 for s in saes if s['stage'] == 'W-wsae')}.",
         "",
+        *cap_lines(recipe),
         "Rates used (read from the benchmark and result files named):",
         "",
         f"* fast step (topk, batchtopk, weighted_topk): {r['fast_sae_tokens_per_s'] / 1e6:.2f}M SAE-tokens/s "

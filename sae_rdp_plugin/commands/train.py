@@ -85,6 +85,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=TrainConfig.gamma_estimation_batches,
         help="batches in the streaming variance pass",
     )
+    p.add_argument(
+        "--variance-cap-quantile",
+        type=float,
+        default=TrainConfig.variance_cap_quantile,
+        help="cap every variance at this quantile (0 < q <= 1) of the d_in variances before the power, so that "
+        "a massive-activation dimension cannot take nearly all of the loss (weighted archs; default: no cap)",
+    )
     p.add_argument("--tokens", type=int, required=True, help="training tokens (samples)")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
@@ -160,6 +167,7 @@ def train_configs(args: argparse.Namespace, d_in: int | None = None) -> list[Tra
             sparsity_coefficient=args.sparsity_coefficient,
             gamma_path=args.gamma_file,
             gamma_estimation_batches=args.gamma_batches,
+            variance_cap_quantile=args.variance_cap_quantile,
             tokens=args.tokens,
             batch_size=args.batch_size,
             lr=args.lr,

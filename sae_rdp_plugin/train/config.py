@@ -77,6 +77,10 @@ class TrainConfig:
     """WSAE: a gamma.safetensors file (or a run directory) to take gamma from instead of estimating it."""
     gamma_estimation_batches: int = 20
     """WSAE: batches (of ``batch_size`` rows) in the streaming float64 variance pass before training."""
+    variance_cap_quantile: float | None = None
+    """WSAE massive-activation rule: q in (0, 1] caps every variance at the q-quantile of the d_in variances
+    before the power, s_i <- min(s_i, Q_q(s)) (so one dimension holding most of the variance cannot take
+    nearly all of the loss); None: no cap. Only for weighted_* architectures."""
     sae_kwargs: dict[str, Any] = field(default_factory=dict)
     """Further SAELens training-SAE config fields (unknown names are refused); they override the above."""
 
@@ -119,7 +123,7 @@ class TrainConfig:
                 raise SaeRdpError(f"k must be in 1..d_sae={self.d_sae}, got {self.k}")
             if a.k_is_integer and k != int(k):
                 raise SaeRdpError(f"k of {self.architecture} is a whole number of latents, got {self.k}")
-        from sae_rdp_plugin.wsae.gamma import check_alpha
+        from sae_rdp_plugin.wsae.gamma import check_alpha, check_variance_cap_quantile
 
         if self.alpha is not None and check_alpha(self.alpha) != 0 and not a.weighted:
             raise SaeRdpError(
@@ -132,6 +136,11 @@ class TrainConfig:
             if _finite("sparsity_coefficient", self.sparsity_coefficient) < 0:
                 raise SaeRdpError(f"sparsity_coefficient must be >= 0, got {self.sparsity_coefficient}")
         _positive_int("gamma_estimation_batches", self.gamma_estimation_batches)
+        if check_variance_cap_quantile(self.variance_cap_quantile) is not None and not a.weighted:
+            raise SaeRdpError(
+                f"variance_cap_quantile needs a weighted architecture (weighted_{a.stock}); "
+                f"{self.architecture!r} is unweighted"
+            )
         if not isinstance(self.sae_kwargs, dict):
             raise SaeRdpError(f"sae_kwargs must be a dict of SAELens config fields, got {self.sae_kwargs!r}")
         _positive_int("batch_size", self.batch_size)
@@ -187,6 +196,8 @@ class TrainConfig:
             if self.gamma_path is not None:
                 cfg["gamma_path"] = str(self.gamma_path)
             cfg["gamma_estimation_batches"] = int(self.gamma_estimation_batches)
+            if self.variance_cap_quantile is not None:
+                cfg["variance_cap_quantile"] = float(self.variance_cap_quantile)
         cfg.update(self.sae_kwargs)
         return cfg
 
@@ -246,6 +257,7 @@ def sae_config_dict(
     sparsity_coefficient: float | None = None,
     gamma_path: str | None = None,
     gamma_estimation_batches: int | None = None,
+    variance_cap_quantile: float | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """``TrainConfig(...).sae_config_dict()`` with keyword arguments; ``extra`` are further SAELens
@@ -260,6 +272,7 @@ def sae_config_dict(
         dtype=dtype,
         sparsity_coefficient=sparsity_coefficient,
         gamma_path=gamma_path,
+        variance_cap_quantile=variance_cap_quantile,
         sae_kwargs=extra,
         **{name: v for name, v in defaults.items() if v is not None},
     ).sae_config_dict()

@@ -23,7 +23,7 @@ training SAE with hook_z reshaping on receives as (..., n_heads, d_head), are we
 flattening order i = h * d_head + j. The sparsity penalties (L1, L0, pre-activation) contain no reconstruction
 and are unchanged. gamma_i = s_i^alpha with s_i the
 activation variance of dimension i (see :mod:`sae_rdp_plugin.wsae.gamma` for the normalization CHOICE and
-the zero-variance rule).
+the zero-variance and massive-activation rules).
 
 Where gamma comes from, in order: (1) ``sae.set_gamma(...)`` / ``sae.set_gamma_from_stats(...)`` /
 :func:`estimate_gamma` (a streaming float64 pass over an activation iterator such as SAELens's
@@ -83,6 +83,7 @@ from sae_rdp_plugin.wsae.gamma import (
     check_alpha,
     check_gamma,
     check_normalization,
+    check_variance_cap_quantile,
     estimate_activation_stats,
     gamma_from_variance,
     is_hook_z_shape,
@@ -105,9 +106,13 @@ class WeightedConfigMixin:
             weighted loss has the scale of the unweighted one; "none": gamma_i = s_i^alpha as is.
         gamma_path: a gamma.safetensors file (or a directory holding one) to read gamma from. If the
             file holds the variance, gamma is recomputed from it with this config's alpha,
-            normalization and floor; otherwise its gamma is used (normalised per gamma_normalization).
+            normalization, floor and cap; otherwise its gamma is used (normalised per gamma_normalization).
         gamma_estimation_batches: batches in the streaming variance pass done before training.
         variance_floor: zero-variance rule: s_i <- max(s_i, variance_floor * mean(s)) before the power.
+        variance_cap_quantile: massive-activation rule, q in (0, 1] or None (no cap, the default): after the
+            floor, s_i <- min(s_i, Q_q(s)), the q-quantile of the d_in variances, before the power. Without it
+            a dimension holding most of the variance gets gamma ~ its variance^alpha and the loss
+            reconstructs that dimension only; q = 1 caps at the maximum (no change).
     """
 
     alpha: float = 1.0
@@ -115,6 +120,7 @@ class WeightedConfigMixin:
     gamma_path: str | None = None
     gamma_estimation_batches: int = 100
     variance_floor: float = 1e-6
+    variance_cap_quantile: float | None = None
 
     _inference_config_class: ClassVar[type[SAEConfig]]
 
@@ -125,6 +131,7 @@ class WeightedConfigMixin:
             raise SaeRdpError(f"gamma_estimation_batches must be positive, got {self.gamma_estimation_batches}")
         if not (self.variance_floor >= 0):
             raise SaeRdpError(f"variance_floor must be >= 0, got {self.variance_floor}")
+        self.variance_cap_quantile = check_variance_cap_quantile(self.variance_cap_quantile)
         if getattr(self, "normalize_activations", "none") == "covariance_whitening":
             raise SaeRdpError(
                 "weighted_* architectures do not support normalize_activations='covariance_whitening' "
@@ -234,10 +241,14 @@ class WeightedSAEMixin:
         self._install_gamma(g, source, None)
 
     def set_gamma_from_stats(self, stats: ActivationStats) -> None:
-        """gamma = gamma_from_variance(stats.variance, cfg.alpha, cfg.gamma_normalization, cfg.variance_floor)."""
+        """gamma = gamma_from_variance(stats.variance, cfg.alpha, cfg.gamma_normalization, cfg.variance_floor,
+        cfg.variance_cap_quantile)."""
         if stats.variance.shape != (self.cfg.d_in,):
             raise SaeRdpError(f"variance has shape {tuple(stats.variance.shape)}, expected ({self.cfg.d_in},)")
-        g = gamma_from_variance(stats.variance, self.cfg.alpha, self.cfg.gamma_normalization, self.cfg.variance_floor)
+        c = self.cfg
+        g = gamma_from_variance(
+            stats.variance, c.alpha, c.gamma_normalization, c.variance_floor, c.variance_cap_quantile
+        )
         self._install_gamma(g, f"{stats.source}: variance over {stats.n_samples} samples", stats)
 
     def load_gamma(self, path: str | Path, verbatim: bool = False) -> None:
@@ -267,6 +278,7 @@ class WeightedSAEMixin:
             alpha=self.cfg.alpha,
             normalization=self.cfg.gamma_normalization,
             variance_floor=self.cfg.variance_floor,
+            variance_cap_quantile=self.cfg.variance_cap_quantile,
             stats=self._gamma_stats,
             source=self._gamma_source or "unset",
         )

@@ -15,13 +15,22 @@ weight instead of 0 (or NaN / inf for negative powers). If every dimension has z
 (constant data) gamma = 1 everywhere. The floor is relative, so gamma does not change when the
 activations are rescaled by a constant.
 
+Massive-activation rule (CHOICE ``variance_cap_quantile`` = q, default None = no cap): after the floor and
+before the power, every variance is capped at the q-quantile of the d floored variances,
+s_i <- min(s_i, Q_q(s)). Why: in a model with massive activations one dimension can hold most of the
+variance (Gemma-3-270M layer 9: 94% in one of 640); then gamma_i^2 = s_i^(2 alpha) puts nearly all of the
+loss weight on that dimension and the SAE learns to reconstruct it only. With the cap, the largest
+dimensions share the weight of the q-quantile dimension and the others keep their relative weights. q = 1
+caps at the maximum, which changes nothing. The cap is a quantile of the variances, so it too is unchanged
+when the activations are rescaled.
+
 The statistics are accumulated in float64 in one streaming pass (Chan et al.'s pairwise merge of
 per-batch mean and sum of squared deviations), so any number of batches fits in O(d) memory.
 
 The gamma used by a run is saved as ``gamma.safetensors`` next to the SAE (never inside
 ``sae_weights.safetensors``: SAELens loads weights strictly): tensor ``gamma`` (float64) plus, when
-estimated, ``mean`` and ``variance``; string metadata records alpha, normalization, floor, source and
-the number of samples.
+estimated, ``mean`` and ``variance``; string metadata records alpha, normalization, floor, cap quantile,
+source and the number of samples.
 """
 
 from __future__ import annotations
@@ -51,6 +60,19 @@ def check_alpha(alpha: float) -> float:
     if not math.isfinite(a) or a < 0:
         raise SaeRdpError(f"alpha must be a finite number >= 0 (alpha = 0 is the ordinary SAE), got {alpha!r}")
     return a
+
+
+def check_variance_cap_quantile(q: float | None) -> float | None:
+    """Return q as a float (None stays None: no cap); raise SaeRdpError unless 0 < q <= 1."""
+    if q is None:
+        return None
+    try:
+        v = float(q) if not isinstance(q, bool) else math.nan
+    except (TypeError, ValueError):
+        v = math.nan
+    if not (0 < v <= 1):  # also false for NaN
+        raise SaeRdpError(f"variance_cap_quantile must be a number in (0, 1] (None: no cap), got {q!r}")
+    return v
 
 
 def check_normalization(normalization: str) -> str:
@@ -185,13 +207,23 @@ def gamma_from_variance(
     alpha: float,
     normalization: str = "mean_square",
     variance_floor: float = 1e-6,
+    variance_cap_quantile: float | None = None,
 ) -> torch.Tensor:
-    """gamma_i = max(s_i, variance_floor * mean(s)) ** alpha, then normalised (float64). An alpha so large
-    that some gamma_i leaves float64 range (overflow, or underflow to 0) raises SaeRdpError.
+    """gamma_i = t_i ** alpha, then normalised (float64), with
 
-    alpha = 0 returns exactly 1 everywhere (the ordinary SAE), whatever the variances.
+        f_i = max(s_i, variance_floor * mean(s))        (zero-variance rule)
+        t_i = min(f_i, Q_q(f))   if variance_cap_quantile = q is given, else t_i = f_i
+
+    Q_q is torch.quantile's linear interpolation between order statistics: with f sorted ascending
+    f_(0) <= ... <= f_(d-1), h = q (d - 1) and j = floor(h), Q_q = f_(j) + (h - j) (f_(j+1) - f_(j)). The cap
+    keeps a dimension holding most of the variance (massive activations) from getting gamma ~ its
+    variance^alpha and so nearly all of the loss; q = 1 (Q = max f) and None give the same gamma.
+
+    An alpha so large that some gamma_i leaves float64 range (overflow, or underflow to 0) raises
+    SaeRdpError. alpha = 0 returns exactly 1 everywhere (the ordinary SAE), whatever the variances.
     """
     alpha = check_alpha(alpha)
+    cap_q = check_variance_cap_quantile(variance_cap_quantile)
     s = variance.detach().to(torch.float64).flatten()
     if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
         raise SaeRdpError("variance must be finite and non-negative")
@@ -204,6 +236,8 @@ def gamma_from_variance(
         return torch.ones_like(s)
     floor = variance_floor * mean_s
     s = torch.clamp(s, min=floor) if variance_floor > 0 else s
+    if cap_q is not None:
+        s = torch.clamp(s, max=torch.quantile(s, cap_q))
     if bool((s == 0).any()):
         raise SaeRdpError("a dimension has zero variance and variance_floor = 0: gamma would be 0 there")
     gamma = s.pow(alpha)
@@ -242,10 +276,12 @@ def save_gamma_file(
     alpha: float | None,
     normalization: str,
     variance_floor: float | None,
+    variance_cap_quantile: float | None = None,
     stats: ActivationStats | None = None,
     source: str = "explicit",
 ) -> Path:
-    """Write gamma (+ optional mean/variance) to a safetensors file atomically."""
+    """Write gamma (+ optional mean/variance) to a safetensors file atomically; metadata values are strings
+    ("" for None)."""
     from safetensors.torch import save_file
 
     from sae_rdp_plugin.io import atomic_save
@@ -256,6 +292,7 @@ def save_gamma_file(
         "alpha": "" if alpha is None else repr(float(alpha)),
         "gamma_normalization": normalization,
         "variance_floor": "" if variance_floor is None else repr(float(variance_floor)),
+        "variance_cap_quantile": "" if variance_cap_quantile is None else repr(float(variance_cap_quantile)),
         "source": source,
         "d_in": str(int(gamma.shape[0])),
     }

@@ -34,6 +34,10 @@ from sae_rdp_plugin.train.config import SyntheticStreamConfig, TrainConfig, sae_
         ({"architecture": "standard", "sparsity_coefficient": -1.0}, "sparsity_coefficient must be >= 0"),
         ({"n_checkpoints": -1}, "n_checkpoints must be an integer >= 0"),
         ({"gamma_estimation_batches": 0}, "gamma_estimation_batches"),
+        ({"variance_cap_quantile": 0.0}, r"variance_cap_quantile must be a number in \(0, 1\]"),
+        ({"variance_cap_quantile": 1.01}, "variance_cap_quantile must be"),
+        ({"variance_cap_quantile": float("nan")}, "variance_cap_quantile must be"),
+        ({"architecture": "topk", "variance_cap_quantile": 0.99}, "variance_cap_quantile needs a weighted"),
         ({"dead_feature_window": 0}, "dead_feature_window"),
         ({"sae_kwargs": [1]}, "sae_kwargs must be a dict"),
     ],
@@ -77,6 +81,9 @@ def test_sae_config_dict_per_architecture():
     assert TrainConfig("standard", 8, 64, sparsity_coefficient=2).sae_config_dict()["l1_coefficient"] == 2.0
     assert TrainConfig("weighted_jumprelu", 8, 64, sparsity_coefficient=3).sae_config_dict()["l0_coefficient"] == 3.0
     assert TrainConfig("topk", 8, 64, alpha=0.0).sae_config_dict().get("alpha") is None
+    assert "variance_cap_quantile" not in d  # no cap: the dict SAELens gets is unchanged
+    capped = TrainConfig("weighted_topk", 8, 64, k=3, variance_cap_quantile=0.99).sae_config_dict()
+    assert capped == {**TrainConfig("weighted_topk", 8, 64, k=3).sae_config_dict(), "variance_cap_quantile": 0.99}
     over = TrainConfig("topk", 8, 64, sae_kwargs={"k": 5, "normalize_activations": "expected_average_only_in"})
     assert over.sae_config_dict()["k"] == 5 and over.sae_config_dict()["normalize_activations"] != "none"
 
@@ -88,6 +95,9 @@ def test_unknown_sae_fields_are_refused_when_the_sae_is_built():
         build_training_sae(TrainConfig("topk", 8, 16, k=2, sae_kwargs={"nope": 1}).sae_config_dict())
     sae = build_training_sae(TrainConfig("weighted_topk", 8, 16, k=2, alpha=0.5).sae_config_dict())
     assert sae.cfg.k == 2 and sae.cfg.alpha == 0.5 and sae.cfg.gamma_estimation_batches == 20
+    assert sae.cfg.variance_cap_quantile is None
+    cfg = TrainConfig("weighted_topk", 8, 16, k=2, alpha=0.5, variance_cap_quantile=0.9)
+    assert build_training_sae(cfg.sae_config_dict()).cfg.variance_cap_quantile == 0.9
 
 
 def test_trainer_config_is_the_run():
@@ -100,7 +110,15 @@ def test_trainer_config_is_the_run():
 
 
 def test_keyword_function_is_the_config_method():
-    kw = dict(k=4, alpha=0.5, gamma_path="g", gamma_estimation_batches=7, device="cpu", dtype="float64")
+    kw = dict(
+        k=4,
+        alpha=0.5,
+        gamma_path="g",
+        gamma_estimation_batches=7,
+        variance_cap_quantile=0.9,
+        device="cpu",
+        dtype="float64",
+    )
     d = sae_config_dict("weighted_topk", 8, 16, normalize_activations="layer_norm", **kw)
     assert (
         d
@@ -124,6 +142,7 @@ def test_train_cli_builds_the_python_api_config():
     args = _train_args(
         *("--architecture", "weighted_batchtopk", "--k", "6", "--alpha", "0.5", "--batch-size", "512"),
         *("--lr", "1e-3", "--seed", "3", "--checkpoints", "2", "--gamma-batches", "5", "--gamma-file", "g"),
+        *("--variance-cap-quantile", "0.99"),
     )
     cfg = TrainConfig(
         "weighted_batchtopk",
@@ -138,6 +157,7 @@ def test_train_cli_builds_the_python_api_config():
         n_checkpoints=2,
         gamma_estimation_batches=5,
         gamma_path="g",
+        variance_cap_quantile=0.99,
     )
     assert train_config(args) == cfg
     assert train_config(args).sae_config_dict() == cfg.sae_config_dict()
@@ -188,3 +208,15 @@ def test_distributed_cli_builds_the_same_config():
     cfg, stream = config_from_args(a)
     assert cfg == TrainConfig("weighted_topk", 64, 32, k=2, tokens=192, batch_size=64, sae_kwargs={"alpha": 0.5})
     assert stream == SyntheticStreamConfig(data_seed=7)
+
+
+@pytest.mark.parametrize("q", ["0", "1.5", "nan"])
+def test_train_cli_refuses_a_bad_variance_cap_quantile(q, capsys, tmp_path):
+    from sae_rdp_plugin.cli import main
+
+    argv = ["train", "--synthetic", "--d-in", "8", "--d-sae", "64", "--k", "4", "--tokens", "2048"]
+    argv += ["--variance-cap-quantile", q, "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: variance_cap_quantile must be a number in (0, 1]") and "\n" not in err
+    assert list(tmp_path.iterdir()) == []

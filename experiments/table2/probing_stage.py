@@ -17,10 +17,14 @@ back-to-back device calls of at most 600 s:
 2. LLM baselines: sae-probes' ``run_baseline_dataset_layer`` per dataset without a baseline file, in spawned
    CPU worker processes (``workers`` > 0) or in this process (``workers`` = 0);
 3. SAEs: only once every dataset of the fixed subset has activations and a baseline (every SAE JSON covers
-   the same datasets), ``run_eval`` SAE by SAE; each output is checked (all datasets present, LLM baseline
-   present), passed to ``finalize`` (the caller's ids), written atomically to its destination and validated
-   there against SAEBench's output schema (``validate_eval_output_format_file`` with
-   ``SparseProbingSaeProbesEvalOutput``). A destination that exists is not recomputed.
+   the same datasets), ``run_eval`` SAE by SAE, in ``sae_workers`` spawned processes (one SAE per process at
+   a time, one thread each; the cost is sae-probes' single-threaded CV of sklearn logistic regressions) or in
+   this process (``sae_workers`` = 0); each output is checked (all datasets present, LLM baseline present),
+   passed to ``finalize`` (the caller's ids) in this process, written atomically to its destination and
+   validated there against SAEBench's output schema (``validate_eval_output_format_file`` with
+   ``SparseProbingSaeProbesEvalOutput``). A destination that exists is not recomputed. sae-probes keeps its
+   per-dataset JSONs of an SAE under ``<results>/<release>_custom_sae`` and skips a dataset whose JSON exists:
+   that folder is deleted before the SAE starts, so that a file left by a killed call is never reused.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -77,6 +82,44 @@ def _quiet_sklearn() -> None:
     warnings.filterwarnings("ignore", message="Inconsistent values: penalty", category=UserWarning)
 
 
+def _probe_one(cfg_kw: dict, release: str, load: Callable[[], Any], device: str, raw: str) -> tuple[dict, float]:
+    """SAEBench's ``run_eval`` on one SAE (``load()``) under ``release``: (its raw output dict, seconds).
+    Runs in this process or in an SAE worker (``load`` must then pickle: a top-level function or a partial)."""
+    from sae_bench.evals.sparse_probing_sae_probes.eval_config import SparseProbingSaeProbesEvalConfig
+    from sae_bench.evals.sparse_probing_sae_probes.main import run_eval
+
+    t = time.time()
+    cfg = SparseProbingSaeProbesEvalConfig(**cfg_kw)
+    # sae-probes skips a dataset whose per-SAE JSON exists: a call killed mid-SAE may have left a partial one
+    shutil.rmtree(Path(cfg.results_path) / f"{release}_custom_sae", ignore_errors=True)
+    run_eval(cfg, [(release, load())], device, raw, force_rerun=True)
+    d = json.loads((Path(raw) / f"{release}_custom_sae_eval_results.json").read_text())
+    return d, time.time() - t
+
+
+class _NoModel:
+    """sae-probes' model loader in an SAE worker: every activation file exists by phase 3, so a request for a
+    model means one is missing."""
+
+    @staticmethod
+    def from_pretrained_no_processing(name: str, *a: Any, **k: Any) -> Any:
+        raise RuntimeError(f"sae-probes asked for model {name!r} in an SAE worker (an activation file is missing)")
+
+
+def _sae_worker_init() -> None:
+    """An SAE worker: one thread, the xgboost stub before sae-probes is imported, no model loader."""
+    gemma_probing().install_xgboost_stub()
+    _quiet_sklearn()
+    import sae_probes.generate_model_activations as gma
+    import sklearn.linear_model  # noqa: F401 - loaded before the thread limit, which covers loaded libraries only
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(1)
+    gma.HookedTransformer = _NoModel  # type: ignore[assignment]
+
+
 def run_probing(
     model: Any,
     model_name: str,
@@ -91,10 +134,15 @@ def run_probing(
     workers: int = 0,
     max_saes: int | None = None,
     log: Callable[[str], None] = print,
+    sae_workers: int = 0,
 ) -> dict:
     """Run the three phases (module doc) until ``deadline`` (time.time()) or ``max_saes`` new JSONs; returns
     this call's record:
-    seconds per phase and dataset, the SAEs evaluated / existing / left, and ``complete`` (all SAEs done)."""
+    seconds per phase and dataset, the SAEs evaluated / existing / left, and ``complete`` (all SAEs done).
+    ``workers``: processes for the LLM baselines, ``sae_workers``: for the SAEs (0: this process). Either way
+    a call finishes at least one SAE, starts none whose estimated time (1.3 x the slowest SAE so far) would pass
+    the deadline and, with workers, stops at the deadline once one is done: an SAE not finished then is left
+    for the next call (its workers are terminated; nothing of it is written to its destination)."""
     gp = gemma_probing()
     rec: dict[str, Any] = {
         "eval": f"SAEBench {EVAL_TYPE} (sae-probes), setting normal, reg_type l1, LLM baseline {BASELINE}",
@@ -161,12 +209,10 @@ def run_probing(
         return rec
 
     # ---- 3. SAEs
-    from sae_bench.evals.sparse_probing_sae_probes.eval_config import SparseProbingSaeProbesEvalConfig
     from sae_bench.evals.sparse_probing_sae_probes.eval_output import SparseProbingSaeProbesEvalOutput
-    from sae_bench.evals.sparse_probing_sae_probes.main import run_eval
     from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
 
-    cfg = SparseProbingSaeProbesEvalConfig(
+    cfg_kw = dict(
         model_name=model_name,
         random_seed=seed,
         dataset_names=list(datasets),
@@ -179,47 +225,98 @@ def run_probing(
         include_llm_baseline=True,
         baseline_method=BASELINE,
     )
+    rec["sae_workers"] = sae_workers
     sae_s: dict[str, float] = {}
-    with warnings.catch_warnings(), gp._model_by_name(model, model_name):
-        _quiet_sklearn()
-        for s in todo:
-            if max_saes is not None and len(sae_s) >= max_saes:
-                break
-            if sae_s and time.time() + 1.3 * max(sae_s.values()) > deadline:
-                break
-            t = time.time()
-            # a release unique per SAE: sae-probes keeps (and reuses) its per-SAE results under
-            # <results>/<release>_custom_sae
-            release = s.dest.stem
-            run_eval(cfg, [(release, s.load())], device, str(raw), force_rerun=True)
-            d = json.loads((raw / f"{release}_custom_sae_eval_results.json").read_text())
-            got = sorted(det["dataset_name"] for det in d["eval_result_details"])
-            if got != sorted(datasets):
-                raise ValueError(f"{s.name}: results for datasets {got}, expected {sorted(datasets)}")
-            if any(det.get("llm_test_accuracy") is None for det in d["eval_result_details"]):
-                raise ValueError(f"{s.name}: LLM baseline missing for some dataset")
-            obj = s.finalize(d)
-            s.dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = s.dest.with_name(f".{s.dest.name}.{uuid.uuid4().hex[:8]}.tmp")
-            tmp.write_text(json.dumps(obj, indent=1) + "\n")
-            try:
-                validate_eval_output_format_file(str(tmp), SparseProbingSaeProbesEvalOutput)
-            except Exception:
-                tmp.unlink()
-                raise
-            os.replace(tmp, s.dest)
-            sae_s[s.name] = round(time.time() - t, 2)
-            rec["evaluated"].append(s.name)
-            m = obj["eval_result_metrics"]
-            log(
-                f"sparse probing {s.name}: "
-                + ", ".join(f"k={k} {m['sae'].get(f'sae_top_{k}_test_accuracy'):.3f}" for k in ks)
-                + f", LLM {m['llm'].get('llm_test_accuracy'):.3f} ({sae_s[s.name]:.0f} s)"
-            )
+
+    def store(s: ProbeSAE, d: dict, seconds: float) -> None:
+        got = sorted(det["dataset_name"] for det in d["eval_result_details"])
+        if got != sorted(datasets):
+            raise ValueError(f"{s.name}: results for datasets {got}, expected {sorted(datasets)}")
+        if any(det.get("llm_test_accuracy") is None for det in d["eval_result_details"]):
+            raise ValueError(f"{s.name}: LLM baseline missing for some dataset")
+        obj = s.finalize(d)
+        s.dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = s.dest.with_name(f".{s.dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_text(json.dumps(obj, indent=1) + "\n")
+        try:
+            validate_eval_output_format_file(str(tmp), SparseProbingSaeProbesEvalOutput)
+        except Exception:
+            tmp.unlink()
+            raise
+        os.replace(tmp, s.dest)
+        sae_s[s.name] = round(seconds, 2)
+        rec["evaluated"].append(s.name)
+        m = obj["eval_result_metrics"]
+        log(
+            f"sparse probing {s.name}: "
+            + ", ".join(f"k={k} {m['sae'].get(f'sae_top_{k}_test_accuracy'):.3f}" for k in ks)
+            + f", LLM {m['llm'].get('llm_test_accuracy'):.3f} ({sae_s[s.name]:.0f} s)"
+        )
+
+    def may_start() -> bool:
+        return not sae_s or time.time() + 1.3 * max(sae_s.values()) <= deadline
+
+    # a release unique per SAE: sae-probes keeps its per-SAE results under <results>/<release>_custom_sae
+    queue = [(s, (cfg_kw, s.dest.stem, s.load, device, str(raw))) for s in todo[:max_saes]]
+    if sae_workers <= 0:
+        with warnings.catch_warnings(), gp._model_by_name(model, model_name):
+            _quiet_sklearn()
+            for s, job in queue:
+                if not may_start():
+                    break
+                store(s, *_probe_one(*job))
+    else:
+        _saes_in_workers(queue, sae_workers, deadline, may_start, store, sae_s)
     rec["sae_s"] = sae_s
     rec["left"] = [s.name for s in todo if s.name not in sae_s]
     rec["complete"] = not rec["left"]
     return rec
+
+
+def _saes_in_workers(
+    queue: list[tuple[ProbeSAE, tuple]],
+    n: int,
+    deadline: float,
+    may_start: Callable[[], bool],
+    store: Callable[..., None],
+    done: dict[str, float],
+) -> None:
+    """``_probe_one(*job)`` for each queued SAE in ``n`` spawned workers, ``store``-d here as results come;
+    no new SAE once ``may_start()`` is False; past the deadline, the pool is terminated once one SAE is done."""
+    import multiprocessing as mp
+
+    n = min(n, len(queue))
+    # one thread per worker: the limits must be in the environment before the libraries load
+    env = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    os.environ.update(dict.fromkeys(env, "1"))
+    try:
+        pool = mp.get_context("spawn").Pool(n, initializer=_sae_worker_init)
+    finally:
+        for v, old in env.items():
+            if old is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = old
+    queue = list(queue)
+    running: list[tuple[ProbeSAE, Any]] = []
+    try:
+        while queue or running:
+            while queue and len(running) < n and may_start():
+                s, job = queue.pop(0)
+                running.append((s, pool.apply_async(_probe_one, job)))
+            if not running:
+                break
+            ready = [r for r in running if r[1].ready()]
+            for s, res in ready:
+                running.remove((s, res))
+                store(s, *res.get())
+            if not ready:
+                if done and time.time() > deadline:
+                    break
+                time.sleep(0.05)
+    finally:
+        pool.terminate()
+        pool.join()
 
 
 def _baselines(

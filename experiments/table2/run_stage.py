@@ -107,7 +107,7 @@ def sae_lens_id(s: dict, step: str) -> str:
     if "level_name" in s:  # calibrated: two levels may resolve to one value, their ids must differ
         lev = f"{lev:g}_{s['level_name']}"
     extra = f"_alpha{s['alpha']:g}" if "alpha" in s else ""
-    extra += "_gammasafe" if "/gamma=safe" in s["id"] else ""
+    extra += f"_capq{s['variance_cap_quantile']:g}" if "variance_cap_quantile" in s else ""
     return f"{s['hook']}__w{s['width']}_{f}{lev}{extra}_s{s['seed']}_step_{step}"
 
 
@@ -210,6 +210,8 @@ def train_config(s: dict, d_in: int, recipe: dict, args: argparse.Namespace, n_c
     kw: dict[str, Any] = {"k": lev} if f == "k" else {"sparsity_coefficient": float(lev)}
     if "alpha" in s:
         kw["alpha"] = float(s["alpha"])
+    if "variance_cap_quantile" in s:  # the massive-activation safe WSAE variant
+        kw["variance_cap_quantile"] = float(s["variance_cap_quantile"])
     return TrainConfig(
         architecture=s["architecture"],
         d_in=d_in,
@@ -388,9 +390,7 @@ def eval_stage_saes(plan: dict, stage: str, out: Path, recipe: dict) -> tuple[di
     """The families of plan SAEs that ``E-<model>-<layer>`` evaluates (every training stage of that model-layer,
     WSAE arm included), levels resolved; and the ids left out because their calibration file is missing (they
     cannot have been trained)."""
-    sel = [
-        s for s in plan["saes"] if f"E-{s['model']}-{s['hook'].split('.')[1]}" == stage and "/gamma=safe" not in s["id"]
-    ]
+    sel = [s for s in plan["saes"] if f"E-{s['model']}-{s['hook'].split('.')[1]}" == stage]
     if not sel:
         layers = sorted({f"E-{s['model']}-{s['hook'].split('.')[1]}" for s in plan["saes"]})
         fail(f"stage {stage!r} has no SAEs to evaluate (eval stages: {', '.join(layers)})")
@@ -408,16 +408,23 @@ def eval_stage_saes(plan: dict, stage: str, out: Path, recipe: dict) -> tuple[di
     return fams, uncalibrated
 
 
+def load_probe_sae(path: Path, s: dict, device: str) -> Any:
+    """The SAE at ``path`` (plan SAE ``s``) loaded like the core eval's, hook and model fields set; top-level so
+    that a partial of it pickles into probing_stage's spawned SAE workers."""
+    sae = load_sae(path, device)
+    sae.cfg.metadata.hook_name, sae.cfg.metadata.model_name = s["hook"], s["model"]
+    saebench_compat(sae, s)
+    return sae
+
+
 def probe_item(s: dict, path: Path, step: str, folder: Path, device: str) -> Any:
     """A :class:`probing_stage.ProbeSAE` for one trained SAE: loaded like the core eval's, stored under
     ``folder`` (``OUT/<eval type>/``) with the core JSON's file name, release and SAE id."""
+    from functools import partial
+
     from probing_stage import ProbeSAE
 
-    def load() -> Any:
-        sae = load_sae(path, device)
-        sae.cfg.metadata.hook_name, sae.cfg.metadata.model_name = s["hook"], s["model"]
-        saebench_compat(sae, s)
-        return sae
+    load = partial(load_probe_sae, path, s, device)
 
     def finalize(d: dict) -> dict:
         # SAEBench names an SAE object passed in "custom_sae" under the release given: the core JSON's ids instead
@@ -490,6 +497,7 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
             ks=tuple(args.probe_ks),
             workers=args.probe_workers,
             max_saes=args.max_saes,
+            sae_workers=args.probe_sae_workers,
         )
     if "absorption" in args.evals:
         from absorption_stage import run_absorption
@@ -567,6 +575,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--probe-datasets", type=int, default=None, help="E-*: the subset's first N (smoke runs)")
     ap.add_argument("--probe-ks", type=int, nargs="+", default=[1, 2, 5], help="E-*: SAEBench's ks")
     ap.add_argument("--probe-workers", type=int, default=8, help="E-*: CPU processes for LLM baselines (0: inline)")
+    ap.add_argument(
+        "--probe-sae-workers",
+        type=int,
+        default=max(0, min(14, (os.cpu_count() or 1) - 2)),
+        help="E-*: processes probing SAEs in parallel (0: inline; default min(14, CPUs - 2))",
+    )
     ap.add_argument("--time-budget", type=float, default=540.0, help="E-*: seconds for this call, then stop")
     ap.add_argument("--tokenizer", type=Path, default=None, help="E-*: a saved HF tokenizer (tiny test models)")
     ap.add_argument(
@@ -601,6 +615,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         fail(f"--time-budget must be > 0, got {args.time_budget}")
     if args.probe_workers < 0 or any(k < 1 for k in args.probe_ks):
         fail("--probe-workers must be >= 0 and --probe-ks >= 1")
+    if args.probe_sae_workers < 0:
+        fail(f"--probe-sae-workers must be >= 0, got {args.probe_sae_workers}")
     return args
 
 
@@ -621,8 +637,6 @@ def main(argv: list[str] | None = None) -> int:
         if not saes:
             stages = sorted({s["stage"] for s in plan["saes"]})
             fail(f"stage {stage!r} has no SAEs to train here (training stages: {', '.join(stages)}; C-* calibrate)")
-        skipped_gamma = [s["id"] for s in saes if "/gamma=safe" in s["id"]]
-        saes = [s for s in saes if "/gamma=safe" not in s["id"]]
         saes = resolve_levels(saes, args.out, recipe)
     models = {s["model"] for s in saes}
     if len(models) != 1:
@@ -728,8 +742,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     rec["gpu_s_total"] = round(sum(c["gpu_s"] for c in rec["calls"]), 2)
     rec["deviations_from_recipe"] = DEVIATIONS
-    if not calibration_stage(stage) and skipped_gamma:
-        rec["not_run"] = {"ids": skipped_gamma, "why": "massive-activation-safe gamma: not in the code yet"}
     if calibration is not None:
         rec["calibration"] = calibration
     atomic_json(rec_path, rec)

@@ -6,13 +6,15 @@ Checked independently of the code under test: SAEBench's validator accepts each 
 and SAE ids equal those of the core JSONs the T-* stage wrote for the same SAEs; sae-probes kept one results
 folder per SAE (a shared one would silently reuse the first SAE's probes); the activations sae-probes probed
 are the transformers model's own last-token hidden state at the hook (not the HookedTransformer's); the second
-call evaluates only what the first left and leaves the first call's files untouched."""
+call evaluates only what the first left and leaves the first call's files untouched. SAEs probed in spawned
+workers give the in-process JSONs (all fields but the run's uuid and time)."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -75,36 +77,48 @@ def _setup(tmp: Path) -> tuple[Path, Path, Path, Path]:
     return tmp / "plan.json", corpus, tmp / "probes.json", tok_dir
 
 
+def _no_hub(*a, **k):
+    raise AssertionError("a model was requested from the hub")
+
+
+@pytest.fixture(scope="module")
+def seq(tmp_path_factory):
+    """The T stage, then the E stage with SAEs probed in process (``--probe-sae-workers 0``) in two calls: the
+    first with a budget too short for more than one unit of each phase, the second for the rest and the bundle.
+    Returns the paths, the E arguments (``--out`` last) and the first call's JSON and its mtime."""
+    from transformer_lens import HookedTransformer
+
+    tmp = tmp_path_factory.mktemp("seq")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(EXP))
+        rs = importlib.import_module("run_stage")
+        # sae-probes imports xgboost at module level (only its unused xgboost baseline needs it)
+        importlib.import_module("probing_stage").gemma_probing().install_xgboost_stub()
+        mp.setattr(HookedTransformer, "from_pretrained_no_processing", staticmethod(_no_hub))
+        mp.setattr(HookedTransformer, "from_pretrained", staticmethod(_no_hub))
+        plan, corpus, probes, tok_dir = _setup(tmp)
+        out = tmp / "out"
+        common = ["--plan", str(plan), "--corpus", str(corpus), "--n-layers", "2"]
+        train = ["--stage", "T-tiny", "--batch-size", "64", "--buffer-tokens", "128", "--eval-batches", "1"]
+        assert rs.main([*common, "--out", str(out), *train, "--eval-batch-prompts", "4"]) == 0
+        ev = [*common, "--stage", "E-tiny-gpt2-1", "--probe-datasets-file", str(probes), "--probe-datasets", "1"]
+        ev += ["--probe-ks", "1", "2", "--probe-workers", "0", "--tokenizer", str(tok_dir)]
+        assert rs.main([*ev, "--probe-sae-workers", "0", "--time-budget", "0.001", "--out", str(out)]) == 0
+        first = sorted((out / "sparse_probing_sae_probes").glob("*.json"))
+        mtime = [f.stat().st_mtime_ns for f in first]
+        assert rs.main([*ev, "--probe-sae-workers", "0", "--export", str(tmp / "export"), "--out", str(out)]) == 0
+    return {"rs": rs, "tmp": tmp, "out": out, "tok_dir": tok_dir, "ev": ev, "first": first, "mtime": mtime}
+
+
 @needs_probes
-def test_eval_stage_sparse_probing_resumable(rs, tmp_path, monkeypatch):
-    # sae-probes imports xgboost at module level (only its unused xgboost baseline needs it)
-    importlib.import_module("probing_stage").gemma_probing().install_xgboost_stub()
+def test_eval_stage_sparse_probing_resumable(seq, tmp_path):
     from sae_bench.evals.sparse_probing_sae_probes.eval_output import SparseProbingSaeProbesEvalOutput
     from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
-    from transformer_lens import HookedTransformer
 
     from sae_rdp_plugin.lm.models import hf_model
 
-    def no_hub(*a, **k):
-        raise AssertionError("a model was requested from the hub")
-
-    monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing", staticmethod(no_hub))
-    monkeypatch.setattr(HookedTransformer, "from_pretrained", staticmethod(no_hub))
-    plan, corpus, probes, tok_dir = _setup(tmp_path)
-    out = tmp_path / "out"
-    common = ["--plan", str(plan), "--corpus", str(corpus), "--out", str(out), "--n-layers", "2"]
-    train = ["--stage", "T-tiny", "--batch-size", "64", "--buffer-tokens", "128", "--eval-batches", "1"]
-    assert rs.main([*common, *train, "--eval-batch-prompts", "4"]) == 0
-    ev = [*common, "--stage", "E-tiny-gpt2-1", "--probe-datasets-file", str(probes), "--probe-datasets", "1"]
-    ev += ["--probe-ks", "1", "2", "--probe-workers", "0", "--tokenizer", str(tok_dir)]
-
-    # first call: a budget too short for more than one unit of each phase
-    assert rs.main([*ev, "--time-budget", "0.001"]) == 0
-    first = sorted((out / "sparse_probing_sae_probes").glob("*.json"))
+    out, tok_dir, first = seq["out"], seq["tok_dir"], seq["first"]
     assert len(first) == 1
-    mtime = first[0].stat().st_mtime_ns
-    # second call: the rest, and the bundle
-    assert rs.main([*ev, "--export", str(tmp_path / "export")]) == 0
     rec = json.loads((out / "stage_E-tiny-gpt2-1.json").read_text())
     c1, c2 = (c["sparse_probing"] for c in rec["calls"])
     assert len(c1["evaluated"]) == 1 and len(c1["left"]) == 2 and not c1["complete"]
@@ -114,7 +128,7 @@ def test_eval_stage_sparse_probing_resumable(rs, tmp_path, monkeypatch):
         and rec["gpu_s_total"] == 0.0
         and all(c["wall_s"] > 0 for c in rec["calls"])
     )
-    assert first[0].stat().st_mtime_ns == mtime
+    assert first[0].stat().st_mtime_ns == seq["mtime"][0]
 
     files = sorted((out / "sparse_probing_sae_probes").glob("*.json"))
     core = sorted((out / "core").glob("*.json"))
@@ -132,7 +146,7 @@ def test_eval_stage_sparse_probing_resumable(rs, tmp_path, monkeypatch):
     # one sae-probes results folder per SAE (a shared folder would reuse the first SAE's probes)
     per_sae = [p for p in (out / "probing" / "sae_probes").iterdir() if p.name.endswith("_custom_sae")]
     assert len(per_sae) == 3
-    with tarfile.open(tmp_path / "export" / "E-tiny-gpt2-1.tar.xz") as tar:
+    with tarfile.open(seq["tmp"] / "export" / "E-tiny-gpt2-1.tar.xz") as tar:
         assert sum(n.startswith("sparse_probing_sae_probes/") for n in tar.getnames()) == 3
 
     # the audit joins both folders per SAE (no duplicate-SAE conflict) and audits the probing proxy
@@ -169,6 +183,58 @@ def test_eval_stage_sparse_probing_resumable(rs, tmp_path, monkeypatch):
 
 
 @needs_probes
+def test_eval_stage_sae_workers_equal_sequential(seq, tmp_path):
+    """SAEs probed in 2 spawned workers: JSONs equal to those probed in process (``seq``) in every field but
+    the run's uuid and time; a deadline hit leaves no JSON for the SAEs not finished, the next call completes
+    them, and a per-dataset result a killed call left in an SAE's sae-probes folder is not reused."""
+    src, out = seq["out"], tmp_path / "out"
+    shutil.copytree(src, out)
+    shutil.rmtree(out / "sparse_probing_sae_probes")
+    shutil.rmtree(out / "probing" / "saebench_out")
+    for d in (out / "probing" / "sae_probes").glob("*_custom_sae"):
+        shutil.rmtree(d)
+    (out / "stage_E-tiny-gpt2-1.json").unlink()
+    ev = [*seq["ev"], "--probe-sae-workers", "2", "--out", str(out)]
+    dest = out / "sparse_probing_sae_probes"
+
+    # activations and baselines exist: the SAE phase starts past the deadline, 2 SAEs start, the first one
+    # done ends the call
+    assert seq["rs"].main([*ev, "--time-budget", "0.001"]) == 0
+    c1 = json.loads((out / "stage_E-tiny-gpt2-1.json").read_text())["calls"][0]["sparse_probing"]
+    assert c1["sae_workers"] == 2 and 1 <= len(c1["evaluated"]) <= 2 and not c1["complete"]
+    assert c1["existing"] == [] and len(c1["evaluated"] + c1["left"]) == 3
+    assert sorted(c1["sae_s"]) == sorted(c1["evaluated"])
+    # only the finished SAEs' JSONs, no temporary file
+    names = [p.name for p in dest.iterdir()]
+    assert len(names) == len(c1["evaluated"]) and all(n.endswith(".json") and n[0] != "." for n in names)
+    # what a worker killed mid-SAE may leave: a per-dataset result (here with impossible accuracies) for each
+    # SAE without a JSON; sae-probes would skip that dataset and report it
+    planted = 0
+    for core in sorted((out / "core").glob("*.json")):
+        if (dest / core.name).is_file():
+            continue
+        for f in (src / "probing" / "sae_probes" / f"{core.stem}_custom_sae").rglob("*.json"):
+            g = out / f.relative_to(src)
+            g.parent.mkdir(parents=True, exist_ok=True)
+            g.write_text(json.dumps([{**e, "test_acc": -1.0} for e in json.loads(f.read_text())]))
+            planted += 1
+    assert planted == len(c1["left"])
+
+    assert seq["rs"].main(ev) == 0
+    c2 = json.loads((out / "stage_E-tiny-gpt2-1.json").read_text())["calls"][1]["sparse_probing"]
+    assert sorted(c2["evaluated"]) == sorted(c1["left"]) and c2["complete"] and c2["sae_workers"] == 2
+    ref = sorted((src / "sparse_probing_sae_probes").glob("*.json"))
+    assert [f.name for f in sorted(dest.glob("*.json"))] == [f.name for f in ref] and len(ref) == 3
+    for f in ref:
+        # the eval config holds the work folder's paths
+        a = json.loads(f.read_text())
+        b = json.loads((dest / f.name).read_text().replace(str(out), str(src)))
+        for d in (a, b):
+            del d["eval_id"], d["datetime_epoch_millis"]
+        assert a == b, f.name
+
+
+@needs_probes
 def test_eval_stage_bad_inputs_exit_2_before_writing(rs, tmp_path, capsys):
     plan, corpus, probes, _ = _setup(tmp_path)
     out = tmp_path / "out"
@@ -177,6 +243,7 @@ def test_eval_stage_bad_inputs_exit_2_before_writing(rs, tmp_path, capsys):
         ([], "no trained SAE"),
         (["--probe-datasets-file", str(probes), "--probe-datasets", "3"], "--probe-datasets must be <= 2"),
         (["--probe-workers", "-1"], "--probe-workers must be >= 0"),
+        (["--probe-sae-workers", "-1"], "--probe-sae-workers must be >= 0"),
         (["--evals", "absorption", "--absorption-config", '{"min_feats_for_eval": 0}'], "--absorption-config"),
         (["--evals", "absorption", "--absorption-config", "[1]"], "--absorption-config"),
         (["--stage", "E-tiny-gpt2-7"], "has no SAEs to evaluate"),

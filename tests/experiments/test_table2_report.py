@@ -59,12 +59,15 @@ def results(tmp_path):
         for w, lev, step in product((4096, 16384), range(3), ("final", "5000")):
             sid = f"blocks.9.hook_resid_post__w{w}_lev{lev}_s0_step_{step}"
             l0, ev, acc = float(rng.uniform(10, 200)), float(rng.uniform(0.5, 0.95)), float(rng.uniform(0.6, 0.9))
+            mse = float(rng.uniform(5, 80))
             base = tmp_path / "results" / "gemma3-270m-L9"
-            core = {"sparsity": {"l0": l0}, "reconstruction_quality": {"explained_variance": ev}}
+            # SAEBench 0.6's saturated explained_variance must not be the distortion: a constant here
+            quality = {"explained_variance": 1.0, "explained_variance_legacy": ev, "mse": mse}
+            core = {"sparsity": {"l0": l0}, "reconstruction_quality": quality}
             _write(base / "core", "core", release, sid, w, core)
             probe = {"sae": {"sae_top_1_test_accuracy": acc}, "llm": {"llm_test_accuracy": 0.95}}
             _write(base / "sparse_probing_sae_probes", "sparse_probing_sae_probes", release, sid, w, probe)
-            rows.append((l0, 1 - ev, -acc))  # Pi = -accuracy (higher accuracy = more monosemantic)
+            rows.append((l0, 1 - ev, -acc, mse))  # Pi = -accuracy (higher accuracy = more monosemantic)
         truth[arch] = np.array(rows)
     return tmp_path, truth
 
@@ -77,18 +80,27 @@ def test_rows_match_brute_force_v(results):
     )
     rows = json.loads((tmp / "t2" / "table2.json").read_text())["rows"]
     col = "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"
-    for arch, t in truth.items():
+    for (arch, t), (dist, dcol) in product(truth.items(), (("1-EV", 1), ("MSE", 3))):
         (row,) = [
-            r for r in rows if r["grouping"] == "architecture" and r["architecture"] == arch and r["proxy"] == col
+            r
+            for r in rows
+            if r["grouping"] == "architecture"
+            and r["architecture"] == arch
+            and r["proxy"] == col
+            and r["distortion"] == dist
         ]
-        v, n = _brute_v(t[:, 0], t[:, 1], t[:, 2])
+        v, n = _brute_v(t[:, 0], t[:, dcol], t[:, 2])
         assert row["n_saes"] == 12 and row["n_pairs"] == n and row["V"] == pytest.approx(v, abs=1e-12)
         assert row["paper_proxy"] == "Sparse Probing" and row["V_ci"][0] <= row["V"] <= row["V_ci"][1]
-    pooled = [r for r in rows if r["grouping"] == "pooled" and r["proxy"] == col]
+    pooled = [r for r in rows if r["grouping"] == "pooled" and r["proxy"] == col and r["distortion"] == "1-EV"]
     allt = np.concatenate(list(truth.values()))
     assert len(pooled) == 1 and pooled[0]["n_saes"] == 24
     assert pooled[0]["V"] == pytest.approx(_brute_v(allt[:, 0], allt[:, 1], allt[:, 2])[0], abs=1e-12)
-    widths = {(r["architecture"], r["width"]) for r in rows if r["grouping"] == "width" and r["proxy"] == col}
+    widths = {
+        (r["architecture"], r["width"])
+        for r in rows
+        if r["grouping"] == "width" and r["proxy"] == col and r["distortion"] == "1-EV"
+    }
     assert widths == {(a, w) for a in truth for w in (4096, 16384)}
     md = (tmp / "t2" / "table2.md").read_text()
     assert "| gemma3-270m | 9 | topk | `" + col in md and "paper 0.351 is" in md and "paper 0.709 is" in md
@@ -113,3 +125,32 @@ def test_no_results_is_one_error_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ")
     assert not (tmp_path / "o").exists()
+
+
+def test_findings_block_is_rewritten_between_markers(results):
+    tmp, truth = results
+    rep = _report()
+    out = tmp / "t2"
+    out.mkdir()
+    (out / "FINDINGS.md").write_text(f"head\n{rep.BEGIN}\nold text\n{rep.END}\ntail\n")
+    assert rep.main(["--results", str(tmp / "results"), "--out", str(out), "--n-boot", "50", "--n-perm", "50"]) == 0
+    doc = (out / "FINDINGS.md").read_text()
+    assert doc.startswith("head\n") and doc.endswith("tail\n") and "old text" not in doc
+    rows = json.loads((out / "table2.json").read_text())["rows"]
+    (topk,) = [
+        r
+        for r in rows
+        if r["grouping"] == "architecture"
+        and r["architecture"] == "topk"
+        and r["distortion"] == "1-EV"
+        and r["proxy"] == "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"
+    ]
+    assert f"V = {topk['V']:.3f} [{topk['V_ci'][0]:.3f}, {topk['V_ci'][1]:.3f}] over 12 SAEs" in doc
+    kinds = rep.pair_kinds(rep._core_points(tmp / "results" / "gemma3-270m-L9"))
+    assert sum(kinds.values()) == sum(_brute_v(t[:, 0], t[:, 1], t[:, 2])[1] for t in truth.values())
+    (out / "FINDINGS.md").write_text("no markers\n")
+    (out / "table2.json").unlink()
+    with pytest.raises(SystemExit) as e:
+        rep.main(["--results", str(tmp / "results"), "--out", str(out), "--n-boot", "50", "--n-perm", "50"])
+    assert e.value.code == 2 and (out / "FINDINGS.md").read_text() == "no markers\n"
+    assert not (out / "table2.json").exists()  # nothing written

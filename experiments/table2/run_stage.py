@@ -6,7 +6,8 @@
 
 Stages run here: ``T-*`` (the plan's SAEs of one model-layer and architecture), ``W-wsae`` (the WSAE arm) and
 ``C-*`` (calibration of ``l1_coefficient`` / ``l0_coefficient``: the recipe's grid, per width, short runs;
-level ``calN`` = the grid value whose held-out L0 is nearest ``target_l0[N]`` on a log scale, written to
+level ``calN`` = the coefficient interpolated (log-log) between the two grid values whose held-out L0 bracket
+``target_l0[N]`` (else the grid value nearest on a log scale), written to
 ``OUT/calibration_<stage>.json``, which the ``T-*`` stage of that architecture reads) and ``E-<model>-<layer>``
 (SAEBench's ``sparse_probing_sae_probes`` on every SAE trained so far for that model-layer, finals and
 checkpoints, on ``probe_datasets.json``'s fixed subset: ``probing_stage.py``; with ``--evals absorption``
@@ -778,8 +779,25 @@ def export(out: Path, dest: Path, stage: str) -> Path:
     return bundle
 
 
+def calibrated_value(pts: list[tuple[float, float]], target: float) -> tuple[float, bool]:
+    """The sparsity coefficient for a target L0 from calibration points (coefficient, held-out L0).
+
+    Points sorted by coefficient; if two neighbours bracket the target (L0 decreasing or increasing), the value
+    is interpolated linearly in (log coefficient, log L0) between them and rounded to 3 significant digits:
+        log c = log c_a + (log t - log L_a) (log c_b - log c_a) / (log L_b - log L_a).
+    Otherwise the grid value whose L0 is nearest the target on a log scale. Returns (value, bracketed)."""
+    pts = sorted(pts)
+    lt = math.log(target)
+    for (ca, la), (cb, lb) in zip(pts, pts[1:]):
+        if min(la, lb) <= target <= max(la, lb) and la != lb:
+            lc = math.log(ca) + (lt - math.log(la)) * (math.log(cb) - math.log(ca)) / (math.log(lb) - math.log(la))
+            return float(f"{math.exp(lc):.3g}"), True
+    return min(pts, key=lambda p: abs(math.log(p[1]) - lt))[0], False
+
+
 def write_calibration(out: Path, stage: str, fams: dict[str, list[dict]], recipe: dict) -> dict:
-    """Per width, level calN = the grid value whose held-out L0 is nearest target_l0[N] (log scale)."""
+    """Per width, level calN = :func:`calibrated_value` for target_l0[N]; records whether each target was
+    bracketed by the grid and whether the levels are distinct (a level shared by two targets is flagged)."""
     arch = stage.rsplit("-", 1)[1]
     a = recipe["architectures"][arch]
     field, targets = a["sparsity_field"], a["calibration"]["target_l0"]
@@ -791,12 +809,16 @@ def write_calibration(out: Path, stage: str, fams: dict[str, list[dict]], recipe
         v = json.loads(p.read_text()).get("heldout_l0")
         if v is not None and v > 0:
             l0.setdefault(s["width"], []).append((s[field], float(v)))
-    levels = {
-        str(w): {f"cal{i}": min(pts, key=lambda p: abs(math.log(p[1]) - math.log(t)))[0] for i, t in enumerate(targets)}
-        for w, pts in l0.items()
-    }
+    levels: dict[str, dict[str, float]] = {}
+    bracketed: dict[str, dict[str, bool]] = {}
+    for w, pts in l0.items():
+        got = [calibrated_value(pts, t) for t in targets]
+        levels[str(w)] = {f"cal{i}": v for i, (v, _) in enumerate(got)}
+        bracketed[str(w)] = {f"cal{i}": b for i, (_, b) in enumerate(got)}
     res = {"complete": True, "field": field, "target_l0": targets, "heldout_l0": {str(w): p for w, p in l0.items()}}
     res["levels"] = levels
+    res["bracketed"] = bracketed
+    res["distinct"] = {w: len(set(v.values())) == len(v) for w, v in levels.items()}
     atomic_json(out / f"calibration_{stage}.json", {"stage": stage, **res})
     return res
 

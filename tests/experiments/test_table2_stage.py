@@ -188,8 +188,19 @@ def test_bad_inputs_exit_2_before_writing(rs, tmp_path, capsys):
     assert not out.exists()
 
 
+def _interp_ref(pts, t):
+    """Reference: scan every pair of grid neighbours; the first bracketing pair gives the log-log line through
+    it evaluated at t (solved as a 2x2 linear system, not the closed form used by the code)."""
+    pts = sorted(pts)
+    for (ca, la), (cb, lb) in zip(pts, pts[1:]):
+        if min(la, lb) <= t <= max(la, lb) and la != lb:
+            slope, icpt = np.linalg.solve([[np.log(la), 1.0], [np.log(lb), 1.0]], [np.log(ca), np.log(cb)])
+            return float(f"{np.exp(slope * np.log(t) + icpt):.3g}"), True
+    return sorted(pts, key=lambda p: (np.log(p[1]) - np.log(t)) ** 2)[0][0], False
+
+
 def test_calibration_choice(rs, tmp_path):
-    """calN = the grid value whose held-out L0 is nearest target_l0[N] on a log scale (brute force)."""
+    """calN = log-log interpolation between the bracketing grid points, else the nearest on a log scale."""
     recipe = json.loads((EXP / "recipe.json").read_text())
     stage = "C-gemma3-270m-9-standard"
     saes = rs.calibration_saes(recipe, stage)
@@ -201,18 +212,32 @@ def test_calibration_choice(rs, tmp_path):
     for fam, (s,) in fams.items():
         d = rs.sae_dir(tmp_path, fam)
         d.mkdir(parents=True)
-        l0s[fam] = float(rng.uniform(5, 400))
+        # decreasing in the coefficient (as an L1 penalty does), with noise; the widest width never reaches 16
+        floor = 30.0 if s["width"] == max(recipe["widths"]) else 5.0
+        l0s[fam] = float(floor + 4000.0 / s["l1_coefficient"] ** 1.2 * rng.uniform(0.9, 1.1))
         (d / "train_summary.json").write_text(json.dumps({"heldout_l0": l0s[fam]}))
     res = rs.write_calibration(tmp_path, stage, fams, recipe)
     targets = recipe["architectures"]["standard"]["calibration"]["target_l0"]
     for w in recipe["widths"]:
         pts = [(s["l1_coefficient"], l0s[f]) for f, (s,) in fams.items() if s["width"] == w]
         for i, t in enumerate(targets):
-            best = sorted(pts, key=lambda p: (np.log(p[1]) - np.log(t)) ** 2)[0][0]
-            assert res["levels"][str(w)][f"cal{i}"] == best
+            want, bracketed = _interp_ref(pts, t)
+            assert res["levels"][str(w)][f"cal{i}"] == pytest.approx(want, rel=1e-9)
+            assert res["bracketed"][str(w)][f"cal{i}"] == bracketed
+    assert not all(res["bracketed"][str(max(recipe["widths"]))].values())  # 16 below the floor: nearest value
     plan_saes = [
         s for s in json.loads((EXP / "plan.json").read_text())["saes"] if s["stage"] == "T-gemma3-270m-9-standard"
     ]
     resolved = rs.resolve_levels(plan_saes, tmp_path, recipe)
-    assert len(resolved) == 20 and all(s["l1_coefficient"] in grid for s in resolved)
+    assert len(resolved) == 20
     assert all(s["l1_coefficient"] == res["levels"][str(s["width"])][s["level_name"]] for s in resolved)
+
+
+def test_calibrated_value_cases(rs):
+    pts = [(10.0, 400.0), (20.0, 100.0), (40.0, 10.0)]
+    assert rs.calibrated_value(pts, 200.0) == (float(f"{10 * 2**0.5:.3g}"), True)  # halfway in log L0
+    assert rs.calibrated_value(pts, 100.0) == (20.0, True)
+    assert rs.calibrated_value(pts, 5.0) == (40.0, False) and rs.calibrated_value(pts, 900.0) == (10.0, False)
+    # the measured Gemma-3-270M curve (2M tokens, 4k wide): 45 -> 371, 64 -> 14; 256 lies in between
+    v, ok = rs.calibrated_value([(32.0, 755.0), (45.0, 370.8), (64.0, 14.1)], 256.0)
+    assert ok and 45 < v < 64

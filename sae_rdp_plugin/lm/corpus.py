@@ -1330,8 +1330,11 @@ def build_corpus(
 
 
 def load_tokens(corpus_dir: str | Path, split: str = "train") -> np.ndarray:
-    """The int32 token array [rows, context] of one split."""
+    """The int32 token array [rows, context] of one split, from a corpus folder (``tokens.npz``) or a travel
+    shards folder (``shards.json``: :func:`read_shards`, the same arrays, checksums checked)."""
     p = Path(corpus_dir) / "tokens.npz"
+    if not p.is_file() and (Path(corpus_dir) / "shards.json").is_file():
+        return read_shards(corpus_dir, [split])[split]
     if not p.is_file():
         raise SaeRdpError(f"no corpus at {corpus_dir} (tokens.npz missing; run `sae-rdp corpus build`)")
     with np.load(p) as z:

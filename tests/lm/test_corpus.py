@@ -41,6 +41,16 @@ def test_shards_round_trip_exact(tmp_path, n_distinct):
         assert hashlib.sha256((tmp_path / "s" / s["file"]).read_bytes()).hexdigest() == s["sha256"]
 
 
+def test_load_tokens_reads_a_shards_folder(tmp_path):
+    a = np.arange(6 * 16, dtype=np.int32).reshape(6, 16)
+    h = np.arange(2 * 16, dtype=np.int32).reshape(2, 16) + 7
+    C.write_shards({"train": a, "heldout": h}, tmp_path / "s", rows_per_shard=4)
+    assert np.array_equal(C.load_tokens(tmp_path / "s", "train"), a)
+    assert np.array_equal(C.load_tokens(tmp_path / "s", "heldout"), h)
+    with pytest.raises(SaeRdpError, match="tokens.npz missing"):
+        C.load_tokens(tmp_path / "nothing", "train")
+
+
 def test_shards_detect_damage_and_missing(tmp_path):
     a = np.arange(4 * 16, dtype=np.int32).reshape(4, 16)
     idx = C.write_shards({"train": a}, tmp_path / "s", rows_per_shard=2)

@@ -48,6 +48,7 @@ def specs(out: Path) -> list[SAESpec]:
                 gamma_estimation_batches=3,
                 normalize_activations="expected_average_only_in",
                 n_batches_for_norm_estimate=2,
+                b_dec_init="mean",  # from the all-reduced row sums: the one-process mean
             ),
             out / "wtopk",
         ),

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from sae_rdp_plugin.architectures import architecture_help
-from sae_rdp_plugin.train.config import TrainConfig
+from sae_rdp_plugin.train.config import B_DEC_INITS, TrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -91,6 +91,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=TrainConfig.variance_cap_quantile,
         help="cap every variance at this quantile (0 < q <= 1) of the d_in variances before the power, so that "
         "a massive-activation dimension cannot take nearly all of the loss (weighted archs; default: no cap)",
+    )
+    p.add_argument(
+        "--b-dec-init",
+        choices=B_DEC_INITS,
+        default=TrainConfig.b_dec_init,
+        help="initial decoder bias: zeros (SAELens 6) or mean (the mean normalised activation of the first "
+        "norm-estimate batches; with --model, without --saelens-store)",
     )
     p.add_argument("--tokens", type=int, required=True, help="training tokens (samples)")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
@@ -168,6 +175,7 @@ def train_configs(args: argparse.Namespace, d_in: int | None = None) -> list[Tra
             gamma_path=args.gamma_file,
             gamma_estimation_batches=args.gamma_batches,
             variance_cap_quantile=args.variance_cap_quantile,
+            b_dec_init=args.b_dec_init,
             tokens=args.tokens,
             batch_size=args.batch_size,
             lr=args.lr,
@@ -211,6 +219,7 @@ def _handle(args: argparse.Namespace) -> int:
             )
     if args.synthetic or args.saelens_store:
         used = [f"--{f.replace('_', '-')}" for f in _PIPELINE_FLAGS if getattr(args, f) not in (None, False)]
+        used += [f"--b-dec-init {args.b_dec_init}"] if args.b_dec_init != TrainConfig.b_dec_init else []
         if used:
             raise SaeRdpError(f"{', '.join(used)}: only with --model and without --saelens-store")
     if args.synthetic:

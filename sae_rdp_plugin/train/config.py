@@ -22,7 +22,10 @@ from typing import Any
 from sae_rdp_plugin.architectures import Architecture, get_architecture
 from sae_rdp_plugin.errors import SaeRdpError
 
-__all__ = ["TrainConfig", "SyntheticStreamConfig", "sae_config_dict"]
+__all__ = ["TrainConfig", "SyntheticStreamConfig", "sae_config_dict", "B_DEC_INITS"]
+
+#: values of TrainConfig.b_dec_init
+B_DEC_INITS = ("zeros", "mean")
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
@@ -107,7 +110,18 @@ class TrainConfig:
     feature_sampling_window: int = 2000
     """Steps per window of SAELens's firing-frequency statistics; SAELens's default."""
     n_batches_for_norm_estimate: int = 4
-    """Batches of the input norm estimate (``normalize_activations="expected_average_only_in"``)."""
+    """Batches of the input norm estimate (``normalize_activations="expected_average_only_in"``), and of the
+    ``b_dec_init="mean"`` estimate."""
+    b_dec_init: str = "zeros"
+    """Initial decoder bias: ``"zeros"`` (SAELens 6's init) or ``"mean"``, the mean SAE input
+    b_dec = (1/n) sum_t s(x_t) over the n rows of the first N = ``n_batches_for_norm_estimate`` batches before
+    training (the normalisation estimate's own batches when the run has one), where s is the run's activation
+    normalisation (x * sqrt(d_in) / E||x|| for ``expected_average_only_in``, identity for ``none``), summed
+    in float64 over all ranks' rows. The normalisation is folded into the saved SAE at the end as usual
+    (b_dec / scale), which then reads raw activations. Why: with a large, nearly constant offset in the
+    activations (a massive dimension), a b_dec started at 0 moves ~lr per Adam step, so it needs ~|offset| / lr
+    steps, and latents spend themselves on the offset meanwhile. Only ``train_saes`` / ``train_on_model``
+    (``sae-rdp train --model``) honour ``"mean"``; the other trainers refuse it (:meth:`require_zero_b_dec`)."""
     autocast: bool = False
     """bfloat16 autocast of the training step (CUDA)."""
     device: str = "cpu"
@@ -163,6 +177,17 @@ class TrainConfig:
         _positive_int("dead_feature_window", self.dead_feature_window)
         _positive_int("feature_sampling_window", self.feature_sampling_window)
         _positive_int("n_batches_for_norm_estimate", self.n_batches_for_norm_estimate)
+        if self.b_dec_init not in B_DEC_INITS:
+            raise SaeRdpError(f"b_dec_init must be one of {', '.join(B_DEC_INITS)}, got {self.b_dec_init!r}")
+
+    def require_zero_b_dec(self, trainer: str) -> None:
+        """SaeRdpError unless ``b_dec_init`` is ``"zeros"``: for ``trainer``, a path that leaves b_dec at
+        SAELens's zero init."""
+        if self.b_dec_init != "zeros":
+            raise SaeRdpError(
+                f"b_dec_init={self.b_dec_init!r} needs sae-rdp train --model (train_saes / train_on_model); "
+                f"{trainer} starts b_dec at zero"
+            )
 
     @property
     def arch(self) -> Architecture:

@@ -346,6 +346,7 @@ def train_distributed(
     from the latest one (``resume=True``). ``samples_per_s`` counts all steps; ``steady_samples_per_s``
     those after ``warmup_steps``."""
     stream = stream or SyntheticStreamConfig()
+    cfg.require_zero_b_dec("train_distributed (sae-rdp distributed train)")
     cfg = dataclasses.replace(cfg, device=ctx.device)
     out = Path(out_dir)
     ck_dir = out / "checkpoints"

@@ -79,6 +79,8 @@ def sweep_distributed(
     ranks; rank 0 writes ``out_dir/sweep_results.json`` atomically and returns the member results in
     grid order."""
     stream = stream or SyntheticStreamConfig()
+    for overrides in [{}, *grid]:
+        dataclasses.replace(base, **overrides).require_zero_b_dec("sweep_distributed (sae-rdp distributed grid)")
     t0 = time.perf_counter()
     results = run_partitioned(grid, _sweep_member(base, stream, ctx.device), ctx)
     wall = time.perf_counter() - t0

@@ -15,7 +15,10 @@ and of SAELens's own runner):
 1. gamma of weighted SAEs: a streaming float64 pass over the first ``gamma_estimation_batches`` batches
    (Chan/Welford, :class:`~sae_rdp_plugin.wsae.gamma.RunningMoments`),
    gamma_i = max(s_i, floor * mean(s))^alpha / sqrt(mean(gamma^2)) with s_i the variance of dimension i;
-2. activation normalisation (``normalize_activations``), from the next ``n_batches_for_norm_estimate``;
+2. activation normalisation (``normalize_activations``), from the next ``n_batches_for_norm_estimate``, and
+   ``b_dec_init="mean"`` from the same batches (drawn for it alone when there is no normalisation):
+   b_dec = (1/n) sum_t s(x_t), the float64 mean of the normalised rows, set before the fast step is
+   installed (resumed runs keep their checkpoint's b_dec);
 3. training: ``ceil(tokens / batch_size)`` batches, each stepping every SAE once.
 
 :func:`train_on_model` feeds it from :class:`sae_rdp_plugin.lm.pipeline.ActivationPipeline` (a model's
@@ -35,8 +38,9 @@ batch and each rank's stream yields its ``batch_size / W`` rows (:func:`train_on
 token rows r, r + W, ...); each SAE is stepped by
 :func:`~sae_rdp_plugin.train.ddp.DistributedSAETrainer` (DDP gradient all-reduce, dead-latent counters
 reduced; :mod:`sae_rdp_plugin.train.ddp` gives the math), gamma comes from the moments of all ranks' rows
-(Chan's parallel formula) and the normalisation from the mean of the ranks' mean norms, so the run equals
-one process on the concatenated batches up to summation order. The fast step runs there for TopK SAEs with
+(Chan's parallel formula), the normalisation from the mean of the ranks' mean norms and a mean b_dec from
+the all-reduced row sums and counts, so the run equals one process on the concatenated batches up to
+summation order. The fast step runs there for TopK SAEs with
 its PyTorch kernels and a gradient all-reduce (the Triton step fuses the gradient into Adam: no all-reduce
 point); other architectures take SAELens's step under DDP. Rank 0 alone evaluates and writes.
 """
@@ -392,6 +396,8 @@ class _Run:
             t.n_training_steps = t.n_training_samples // cfg.batch_size
             t.checkpoint_thresholds = [x for x in t.checkpoint_thresholds if x > t.n_training_samples]
         self.fit = SteppedFit(self.trainer)
+        #: batches the b_dec mean needs before training (0: b_dec stays as built, or as the checkpoint holds it)
+        self.mean_batches = cfg.n_batches_for_norm_estimate if cfg.b_dec_init == "mean" and not found else 0
         self.clock = _Clock(timer, torch.device(cfg.device))
         self.fast = False
         self.losses: torch.Tensor | None = None
@@ -500,13 +506,33 @@ def _gamma_pass(runs: list[_Run], stream: _Stream, ctx: DistContext | None = Non
     return n_max
 
 
+@torch.no_grad()
+def _init_b_dec(r: _Run, xs: list[torch.Tensor], ctx: DistContext | None = None) -> None:
+    """b_dec <- (1/n) sum_t s(x_t) over the n rows of ``xs`` (of all ranks), s the run's normalisation: the
+    trainer's activation scaler, then the SAE's run-time input normalisation (identity unless
+    ``constant_norm_rescale`` / ``layer_norm``), in float64."""
+    sae, scaler = r.sae, r.trainer.activation_scaler
+    acc = torch.zeros(r.cfg.d_in + 1, dtype=torch.float64, device=sae.b_dec.device)  # [row sum, row count]
+    for x in xs:
+        u = sae.run_time_activation_norm_fn_in(scaler.scale(x.to(device=acc.device, dtype=torch.float64)))
+        acc[:-1] += u.sum(0)
+        acc[-1] += u.shape[0]
+    if ctx is not None and ctx.distributed:  # as mean_over_ranks: one float64 all-reduce, same result everywhere
+        import torch.distributed as dist
+
+        acc = acc.to(ctx.device if ctx.backend == "nccl" else "cpu")
+        dist.all_reduce(acc)
+    sae.b_dec.copy_((acc[:-1] / acc[-1]).to(sae.b_dec.device, sae.b_dec.dtype))
+
+
 def _start(runs: list[_Run], stream: _Stream, fast: bool, ctx: DistContext | None = None) -> int:
-    """fit()'s preamble for every SAE, from shared normalisation batches; then the fast step. Returns the
-    batches drawn. Over several ranks the scaling factor sqrt(d_in) / mean||x|| uses the mean of the
-    ranks' mean norms (equal shard sizes: the mean over all rows)."""
+    """fit()'s preamble for every SAE, from shared normalisation batches; b_dec <- the mean normalised row
+    for ``b_dec_init="mean"`` (same batches); then the fast step. Returns the batches drawn. Over several
+    ranks the scaling factor sqrt(d_in) / mean||x|| uses the mean of the ranks' mean norms (equal shard
+    sizes: the mean over all rows)."""
     from sae_rdp_plugin.fast.step import install_fast_step
 
-    n_norm = max(r.fit.norm_batches for r in runs)
+    n_norm = max(max(r.fit.norm_batches, r.mean_batches) for r in runs)
     cached = []
     for _ in range(n_norm):  # a few batches, copied: the stream may reuse its buffers
         cached.append({h: x.clone() for h, x in stream.next("the normalisation estimate").items() if h in stream.d_in})
@@ -520,6 +546,8 @@ def _start(runs: list[_Run], stream: _Stream, fast: bool, ctx: DistContext | Non
             from sae_rdp_plugin.train.ddp import sync_gamma
 
             sync_gamma(r.sae, ctx)  # bit-identical gamma on every rank
+        if r.mean_batches:  # after the normalisation (its space), before the fast step attaches to the SAE
+            _init_b_dec(r, [b[r.hook] for b in cached[: r.mean_batches]], ctx)
         if fast:
             r.fast = install_fast_step(r.trainer, ctx=ctx) is not None
     return n_norm
@@ -726,6 +754,7 @@ def _save(r: _Run, held: dict[str, torch.Tensor], common: dict[str, Any], seen: 
     # where the SAE reads, in SAELens's own metadata fields (SAEBench and the audit group by them)
     md = r.sae.cfg.metadata
     md.hook_name = r.hook
+    md.b_dec_init = r.cfg.b_dec_init
     for key in ("model_name", "context_size", "prepend_bos"):
         if common.get(key) is not None:
             setattr(md, key, common[key])
@@ -741,6 +770,7 @@ def _save(r: _Run, held: dict[str, torch.Tensor], common: dict[str, Any], seen: 
         "alpha": r.sae.cfg.alpha if r.cfg.arch.weighted else None,
         "batch_size": r.cfg.batch_size,
         "lr": r.cfg.lr,
+        "b_dec_init": r.cfg.b_dec_init,
         "fast_step": r.fast,
         "tokens": int(r.trainer.n_training_samples),
         "steps": int(r.trainer.n_training_steps),
@@ -833,9 +863,13 @@ def train_on_model(
         if all(found):
             per_row = pipeline_cfg.context_size - (1 if bos_token_id is not None else 0)
             # the batches the first run drew before training: gamma of weighted SAEs without a gamma file,
-            # then the normalisation estimate (train_saes draws the largest count of each)
+            # then the normalisation estimate and b_dec mean (train_saes draws the largest count of each)
             gamma = [s.cfg.gamma_estimation_batches for s in specs if s.cfg.arch.weighted and not s.cfg.gamma_path]
-            norm = [s.cfg.n_batches_for_norm_estimate for s in specs if s.cfg.normalize_activations != "none"]
+            norm = [
+                s.cfg.n_batches_for_norm_estimate
+                for s in specs
+                if s.cfg.normalize_activations != "none" or s.cfg.b_dec_init == "mean"
+            ]
             used = found[0][2] // (ctx.world_size if ctx is not None and ctx.distributed else 1)
             used += (max(gamma, default=0) + max(norm, default=0)) * pipeline_cfg.batch_size
             tokens = np.roll(np.asarray(tokens), -((used // max(per_row, 1)) % len(tokens)), axis=0)

@@ -137,6 +137,7 @@ def train_synthetic(
             raise TypeError("train_synthetic(architecture, d_in, d_sae, out, **train_fields)")
         d_in, d_sae, out = args
         cfg = TrainConfig(cfg, d_in, d_sae, **train_fields)
+    cfg.require_zero_b_dec("train_synthetic (sae-rdp train --synthetic)")
     n_features = 2 * cfg.d_in if n_features is None else n_features
     check_device(cfg.device)
     out = check_run_folder(out)
@@ -503,6 +504,7 @@ def runner_config(
     ``model_from_pretrained_kwargs``: for the plugin's model names, what :func:`runner_model` reads."""
     import sae_rdp_plugin.wsae.registry as arch
 
+    cfg.require_zero_b_dec("SAELens's runner (--saelens-store)")
     arch.register_now()
     from sae_lens.config import LanguageModelSAERunnerConfig, LoggingConfig
     from sae_lens.saes.sae import TrainingSAEConfig

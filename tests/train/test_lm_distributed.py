@@ -44,6 +44,7 @@ def test_two_ranks_equal_one_process_on_the_global_batch(dist_out, tmp_path, fas
         warnings.simplefilter("ignore")
         ref = train_saes(W.global_batches(), W.specs(tmp_path), tokens=W.STEPS * W.B, fast=fast, progress=False)
     assert [r["name"] for r in ref] == ["topk", "wtopk"] and [r["fast_step"] for r in ref] == [fast, fast]
+    assert [r["b_dec_init"] for r in ref] == ["zeros", "mean"]
     for name in ("topk", "wtopk"):
         a = load_file(dist_out / ("saes_fast" if fast else "saes") / name / "sae_weights.safetensors")
         b = load_file(tmp_path / name / "sae_weights.safetensors")

@@ -20,6 +20,32 @@ Offline adaptations (no metric changes), active only while the eval runs, at the
   ``work`` (``run_eval`` also writes ``./artifacts/absorption``). The first-letter probe is cached per
   HookedTransformer name and layer: one ``work`` per model-layer;
 * ``torch.set_grad_enabled(True)`` (set by ``run_eval``) is restored afterwards.
+
+Batching adaptations (the same activations, the same probe; only the cost changes):
+
+* the probe's activations: ``gen_and_save_df_acts_probing`` runs ``probe_batch`` prompts per forward pass
+  (SAEBench: 64, the probe's training batch, which stays 64) and every forward pass that reads
+  ``blocks.L.hook_resid_post`` stops after block L (``stop_at_layer``: the later blocks and the 262k-wide
+  unembedding do not change that activation);
+* padding: the tokenizer pads on the left during the eval. SAEBench reads position ``prompt_token_pos`` (-6)
+  of each padded row; with right padding a prompt shorter than the longest of its batch would be read at a pad
+  position, so the activation would depend on the batch. With left padding (TransformerLens masks the pads and
+  shifts the positions) the last tokens of every row are its own prompt's, as when it runs alone. SAEBench's
+  absorption calculator refuses prompts of unequal token lengths for that reason; its check is kept but a batch
+  also passes when the tokens after the word position are the same in every prompt (three Gemma-3 vocabulary
+  words tokenize to 2-3 tokens in context; each prompt holds 11 random words, so several letters would fail);
+* the probes' minibatches: ``train_multi_probe``'s ``DataLoader(dataset, batch_size, shuffle=True)`` gathers
+  each minibatch with one index per tensor (the same sampler, the same random permutation, the same batches in
+  the same order) instead of row by row;
+* ``BATCH_DEFAULTS`` (``llm_batch_size``, ``eval_k_sparse_probe_batch_size``: prompts per forward pass and
+  rows per SAE encoding, nothing else) unless ``config`` sets them. ``k_sparse_probe_batch_size`` is the sparse
+  probes' training minibatch (it changes the probes): it keeps SAEBench's default.
+
+Hard deadline: the work runs in a spawned child process (the model is passed to it, CUDA tensors through
+torch's IPC) that reports each step to this process; at ``deadline`` the child is terminated. The probe is
+trained into a temporary folder moved into place when complete, each SAE's JSON is written here after the child
+reports it done, so a cut leaves neither a partial probe nor a partial JSON; the record says which phase was cut
+and after how many seconds.
 """
 
 from __future__ import annotations
@@ -28,8 +54,12 @@ import contextlib
 import dataclasses
 import functools
 import json
+import multiprocessing as mp
 import os
+import re
+import shutil
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -38,12 +68,56 @@ from typing import Any
 from probing_stage import ProbeSAE
 
 EVAL_TYPE = "absorption_first_letter"
+PROBE_BATCH = 1024  # prompts of ~90 tokens; stopping after the hook's block keeps a batch well under 10 GB
+BATCH_DEFAULTS = {"llm_batch_size": 256, "eval_k_sparse_probe_batch_size": 1024}
+PROBE_TMP = ".probes_tmp_"
+
+
+class _UpToLayer:
+    """``model`` whose ``run_with_cache`` stops after block ``layer``: activations of that block and earlier are
+    unchanged, the later blocks and the unembedding are not computed."""
+
+    def __init__(self, model: Any, layer: int) -> None:
+        self._model, self._stop = model, layer + 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def run_with_cache(self, *a: Any, **k: Any) -> Any:
+        return self._model.run_with_cache(*a, stop_at_layer=self._stop, **k)
+
+
+def _hook_layer(hook_point: str) -> int | None:
+    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook_point)
+    return int(m.group(1)) if m else None
+
+
+def _batch_loader(loader_cls: Any) -> Callable[..., Any]:
+    """``DataLoader(dataset, batch_size, shuffle)`` yielding the same batches (same sampler, same order), each
+    gathered by ``dataset[list of indices]`` (one index per tensor of a TensorDataset) instead of row by row."""
+    from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
+
+    def make(dataset: Any, batch_size: int = 1, shuffle: bool = False, **kw: Any) -> Any:
+        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+        return loader_cls(dataset, batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last=False), **kw)
+
+    return make
 
 
 @contextlib.contextmanager
-def offline_absorption(model: Any, model_name: str, work: Path):
-    """Within the block SAEBench's absorption eval uses ``model`` and writes only under ``work``."""
+def offline_absorption(
+    model: Any,
+    model_name: str,
+    work: Path,
+    probe_batch: int = PROBE_BATCH,
+    progress: Callable[[str, float], None] | None = None,
+):
+    """Within the block SAEBench's absorption eval uses ``model``, writes only under ``work`` and runs batched
+    (module doc). ``progress(part, seconds)`` is called after the probe's activations are gathered."""
+    import sae_bench.evals.absorption.common as common
+    import sae_bench.evals.absorption.feature_absorption_calculator as fac
     import sae_bench.evals.absorption.main as am
+    import sae_bench.evals.absorption.probing as probing
     import torch
     from sae_bench.evals.absorption.feature_absorption import FEATURE_ABSORPTION_EXPERIMENT_NAME
     from sae_bench.evals.absorption.k_sparse_probing import SPARSE_PROBING_EXPERIMENT_NAME
@@ -58,22 +132,144 @@ def offline_absorption(model: Any, model_name: str, work: Path):
     res = work / "results"
     probes, ksp = res / "probes", res / SPARSE_PROBING_EXPERIMENT_NAME
     orig = (am.HookedTransformer, am.run_k_sparse_probing_experiment, am.run_feature_absortion_experiment)
+    orig_gather, orig_loader = common.gen_and_save_df_acts_probing, probing.DataLoader
+    Calc = fac.FeatureAbsorptionCalculator
+    orig_validate = Calc._validate_prompts_are_same_length
+
+    def gather(**kw: Any) -> Any:
+        t = time.time()
+        layer = _hook_layer(kw["hook_point"])
+        if layer is not None:
+            kw["model"] = _UpToLayer(kw["model"], layer)
+        out = orig_gather(**{**kw, "batch_size": probe_batch})
+        if progress is not None:
+            progress("activations", time.time() - t)
+        return out
+
+    def absorption_experiment(**kw: Any) -> Any:
+        kw["model"] = _UpToLayer(kw["model"], kw["layer"])
+        return orig[2](
+            **kw,
+            experiment_dir=res / FEATURE_ABSORPTION_EXPERIMENT_NAME,
+            sparse_probing_experiment_dir=ksp,
+            probes_dir=probes,
+        )
+
+    def validate(self: Any, prompts: list) -> None:
+        try:
+            orig_validate(self, prompts)
+        except ValueError:
+            # left padding: position word_token_pos of every row is its own prompt's if the tokens after it agree
+            tails = {tuple(self.model.to_tokens(p.base)[0, self.word_token_pos + 1 :].tolist()) for p in prompts}
+            if self.model.tokenizer.padding_side != "left" or len(tails) != 1 or self.word_token_pos >= -1:
+                raise
+
+    tok = model.tokenizer
+    side = tok.padding_side
     grad = torch.is_grad_enabled()
     work.mkdir(parents=True, exist_ok=True)
     am.HookedTransformer = _LoadedModel  # type: ignore[assignment]
     am.run_k_sparse_probing_experiment = functools.partial(orig[1], experiment_dir=ksp, probes_dir=probes)
-    am.run_feature_absortion_experiment = functools.partial(
-        orig[2],
-        experiment_dir=res / FEATURE_ABSORPTION_EXPERIMENT_NAME,
-        sparse_probing_experiment_dir=ksp,
-        probes_dir=probes,
-    )
+    am.run_feature_absortion_experiment = absorption_experiment
+    common.gen_and_save_df_acts_probing = gather
+    probing.DataLoader = _batch_loader(orig_loader)
+    Calc._validate_prompts_are_same_length = validate  # type: ignore[method-assign]
+    tok.padding_side = "left"
     try:
         with contextlib.chdir(work):
             yield
     finally:
         am.HookedTransformer, am.run_k_sparse_probing_experiment, am.run_feature_absortion_experiment = orig
+        common.gen_and_save_df_acts_probing, probing.DataLoader = orig_gather, orig_loader
+        Calc._validate_prompts_are_same_length = orig_validate  # type: ignore[method-assign]
+        tok.padding_side = side
         torch.set_grad_enabled(grad)
+
+
+def probe_folder(work: Path, model: Any, layer: int) -> Path:
+    """Where SAEBench reads the first-letter probe of ``model`` at ``layer`` (``work/results/probes/...``)."""
+    return work / "results" / "probes" / model.cfg.model_name / f"layer_{layer}"
+
+
+def _train_probe(model: Any, cfg: Any, layer: int, work: Path, device: str) -> None:
+    """SAEBench's ``train_and_save_probes`` with the arguments its ``load_or_train_probe`` passes, into a
+    temporary folder moved into place when complete (call inside :func:`offline_absorption`)."""
+    from sae_bench.evals.absorption import common
+
+    tmp = work / "results" / f"{PROBE_TMP}{uuid.uuid4().hex[:8]}"
+    common.train_and_save_probes(
+        model,
+        layers=[layer],
+        base_template=cfg.prompt_template,
+        pos_idx=cfg.prompt_token_pos,
+        probes_dir=tmp,
+        device=device,
+    )
+    dest = probe_folder(work, model, layer)
+    if dest.exists():  # incomplete (the check in _work found a file missing)
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp / model.cfg.model_name / f"layer_{layer}", dest)
+    shutil.rmtree(tmp)
+
+
+def _work(
+    model: Any,
+    model_name: str,
+    jobs: list[tuple[str, str, Callable[[], Any]]],
+    work: Path,
+    cfg_kw: dict,
+    device: str,
+    probe_batch: int,
+    deadline: float,
+    max_saes: int | None,
+    send: Callable[[tuple], None],
+) -> None:
+    """The eval SAE by SAE (``jobs``: name, release, loader), the probe first if missing; each step reported
+    through ``send`` (events handled by :func:`run_absorption`)."""
+    try:
+        from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
+        from sae_bench.evals.absorption.main import run_eval
+
+        cfg = AbsorptionEvalConfig(**cfg_kw)
+        raw = work / "saebench_out"
+        send(("ready",))
+        with offline_absorption(model, model_name, work, probe_batch, lambda part, s: send(("probe_part", part, s))):
+            raw.mkdir(parents=True, exist_ok=True)
+            sae_s: list[float] = []
+            for name, release, load in jobs:
+                if max_saes is not None and len(sae_s) >= max_saes:
+                    break
+                if sae_s and time.time() + 1.3 * max(sae_s) > deadline:
+                    break
+                send(("sae_start", name))
+                t = time.time()
+                sae = load()
+                p = probe_folder(work, model, sae.cfg.hook_layer)
+                if not (p / "probe.pth").is_file() or not (p / "data.npz").is_file():
+                    send(("probe_start",))
+                    t_probe = time.time()
+                    _train_probe(model, cfg, sae.cfg.hook_layer, work, device)
+                    send(("probe_done", time.time() - t_probe))
+                    send(("sae_start", name))
+                    t = time.time()
+                out = raw / f"{release}_custom_sae_eval_results.json"
+                out.unlink(missing_ok=True)
+                run_eval(cfg, [(release, sae)], device, str(raw), force_rerun=True)
+                if not out.is_file():
+                    send(("not_evaluable", name))
+                    break
+                sae_s.append(time.time() - t)
+                send(("sae_done", name, str(out), sae_s[-1]))
+    except Exception:  # noqa: BLE001 - reported to the parent, which records it
+        send(("error", traceback.format_exc()))
+    send(("end",))
+
+
+def _child(*args: Any) -> None:
+    conn = args[-1]
+    _work(*args[:-1], send=conn.send)
+    conn.close()
 
 
 def run_absorption(
@@ -86,40 +282,58 @@ def run_absorption(
     config: dict[str, Any] | None = None,
     max_saes: int | None = None,
     log: Callable[[str], None] = print,
+    probe_batch: int = PROBE_BATCH,
+    inline: bool = False,
 ) -> dict:
     """SAE by SAE until ``deadline`` (time.time()) or ``max_saes`` new JSONs; an existing destination is skipped.
-    ``config``: fields of SAEBench's ``AbsorptionEvalConfig`` other than ``model_name`` (default: its defaults)."""
+    ``config``: fields of SAEBench's ``AbsorptionEvalConfig`` other than ``model_name`` (default: its defaults,
+    with ``BATCH_DEFAULTS``). The work runs in a spawned child terminated at ``deadline`` (``inline``: in this
+    process, the deadline checked only between SAEs). Record: SAEs evaluated / existing / left, seconds of the
+    probe phase (``probe_s``, ``probe_parts_s``) and per SAE (``sae_s``), ``cut`` (the phase running at the
+    deadline), ``not_evaluable`` or ``error``."""
     from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
     from sae_bench.evals.absorption.eval_output import AbsorptionEvalOutput
-    from sae_bench.evals.absorption.main import run_eval
     from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
 
-    cfg = AbsorptionEvalConfig(model_name=model_name, **(config or {}))
+    cfg = AbsorptionEvalConfig(model_name=model_name, **{**BATCH_DEFAULTS, **(config or {})})
     existing = [s.name for s in saes if s.dest.is_file()]
     todo = [s for s in saes if not s.dest.is_file()]
     rec: dict[str, Any] = {"eval": f"SAEBench {EVAL_TYPE}", "existing": existing, "evaluated": [], "sae_s": {}}
-    raw = work / "saebench_out"
-    with offline_absorption(model, model_name, work):
-        raw.mkdir(parents=True, exist_ok=True)
-        for s in todo:
-            if max_saes is not None and len(rec["evaluated"]) >= max_saes:
-                break
-            if rec["sae_s"] and time.time() + 1.3 * max(rec["sae_s"].values()) > deadline:
-                break
-            t = time.time()
-            release = s.dest.stem  # unique per SAE: SAEBench caches k-sparse probing results per release
-            out = raw / f"{release}_custom_sae_eval_results.json"
-            out.unlink(missing_ok=True)
-            run_eval(cfg, [(release, s.load())], device, str(raw), force_rerun=True)
-            if not out.is_file():
-                # run_eval stops without output: < min_feats_for_eval letters with probe F1 > min_GT_probe_f1
-                # (a property of the model-layer, the same for every SAE)
-                rec["not_evaluable"] = (
-                    f"fewer than {cfg.min_feats_for_eval} first letters with a probe F1 > {cfg.min_GT_probe_f1}"
-                )
-                log(f"absorption: {rec['not_evaluable']} ({model_name}); no SAE evaluated")
-                break
-            obj = s.finalize(json.loads(out.read_text()))
+    rec.update(probe_batch=probe_batch, mode="inline" if inline else "child")
+    by_name = {s.name: s for s in todo}
+    for d in (work / "results").glob(f"{PROBE_TMP}*"):  # a probe phase cut by an earlier call's deadline
+        shutil.rmtree(d)
+    t0 = time.time()
+    state = {"phase": "starting", "since": t0, "sae": None}
+
+    def handle(ev: tuple) -> None:
+        kind, now = ev[0], time.time()
+        if kind == "ready" and not inline:
+            rec["child_start_s"] = round(now - t0, 2)  # spawn, imports, the model passed over
+            state.update(phase="ready", since=now)
+        elif kind == "probe_start":
+            state.update(phase="probe", since=now)
+            log("absorption: training the first-letter probe (SAEBench's probe phase)")
+        elif kind == "probe_part":
+            rec.setdefault("probe_parts_s", {})[ev[1]] = round(ev[2], 2)
+        elif kind == "probe_done":
+            rec["probe_s"] = round(ev[1], 2)
+            log(f"absorption: probe trained ({ev[1]:.0f} s)")
+        elif kind == "sae_start":
+            state.update(phase="sae", since=now, sae=ev[1])
+        elif kind == "not_evaluable":
+            # run_eval stops without output: < min_feats_for_eval letters with probe F1 > min_GT_probe_f1
+            # (a property of the model-layer, the same for every SAE)
+            rec["not_evaluable"] = (
+                f"fewer than {cfg.min_feats_for_eval} first letters with a probe F1 > {cfg.min_GT_probe_f1}"
+            )
+            log(f"absorption: {rec['not_evaluable']} ({model_name}); no SAE evaluated")
+        elif kind == "error":
+            rec["error"] = ev[1].strip().splitlines()[-1]
+            log(f"absorption failed in phase {state['phase']}:\n{ev[1]}")
+        elif kind == "sae_done":
+            s = by_name[ev[1]]
+            obj = s.finalize(json.loads(Path(ev[2]).read_text()))
             s.dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = s.dest.with_name(f".{s.dest.name}.{uuid.uuid4().hex[:8]}.tmp")
             tmp.write_text(json.dumps(obj, indent=1) + "\n")
@@ -129,15 +343,67 @@ def run_absorption(
                 tmp.unlink()
                 raise
             os.replace(tmp, s.dest)
-            rec["sae_s"][s.name] = round(time.time() - t, 2)
+            rec["sae_s"][s.name] = round(ev[3], 2)
             rec["evaluated"].append(s.name)
+            state.update(phase="between SAEs", since=now, sae=None)
             m = obj["eval_result_metrics"]["mean"]
             log(
                 f"absorption {s.name}: fraction {m['mean_absorption_fraction_score']:.3f}, full "
                 f"{m['mean_full_absorption_score']:.3f}, split features {m['mean_num_split_features']:.2f} "
-                f"({rec['sae_s'][s.name]:.0f} s)"
+                f"({ev[3]:.0f} s)"
             )
-    rec["config"] = dataclasses.asdict(cfg)
+
+    jobs = [(s.name, s.dest.stem, s.load) for s in todo]  # release unique per SAE: SAEBench caches per release
+    cfg_kw = dataclasses.asdict(cfg)
+    if todo and inline:
+        _work(model, model_name, jobs, work, cfg_kw, device, probe_batch, deadline, max_saes, handle)
+    elif todo:
+        _supervise(
+            (model, model_name, jobs, work, cfg_kw, device, probe_batch, deadline, max_saes),
+            deadline,
+            handle,
+            state,
+            rec,
+        )
+    rec["config"] = cfg_kw
     rec["left"] = [s.name for s in todo if s.name not in rec["evaluated"]]
-    rec["complete"] = not rec["left"]
+    rec["complete"] = not rec["left"] and "error" not in rec
     return rec
+
+
+def _supervise(args: tuple, deadline: float, handle: Callable[[tuple], None], state: dict, rec: dict) -> None:
+    """Run :func:`_work` in a spawned child, ``handle`` its events here, terminate it at ``deadline``."""
+    ctx = mp.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(*args, send))
+    proc.start()
+    send.close()
+    try:
+        while True:
+            left = deadline - time.time()
+            if left <= 0:
+                rec["cut"] = {"phase": state["phase"], "ran_s": round(time.time() - state["since"], 2)}
+                if state["sae"] is not None:
+                    rec["cut"]["sae"] = state["sae"]
+                break
+            if not recv.poll(min(left, 1.0)):
+                continue
+            try:
+                ev = recv.recv()
+            except EOFError:
+                if "end" not in state:
+                    proc.join(5)
+                    rec["error"] = f"the absorption process exited with code {proc.exitcode} in phase {state['phase']}"
+                break
+            if ev[0] == "end":
+                state["end"] = True
+                continue
+            handle(ev)
+    finally:
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+        proc.join()
+        recv.close()

@@ -55,9 +55,7 @@ HERE = Path(__file__).resolve().parent
 SAES_DIR, CORE_DIR, PROBE_DIR, ABSORPTION_DIR = "saes", "core", "sparse_probing_sae_probes", "absorption_first_letter"
 
 # recipe settings TrainConfig has no field for (reported in every stage file; library change needed)
-DEVIATIONS = [
-    "b_dec init: SAELens default (zeros), not the mean activation (no TrainConfig field)",
-]
+DEVIATIONS: list[str] = []
 WARM_UP_STEPS = 1000  # recipe: 1,000 warm-up steps, then a linear decay over the last 20% of the steps
 DECAY_FRACTION = 0.2
 
@@ -226,6 +224,7 @@ def train_config(s: dict, d_in: int, recipe: dict, args: argparse.Namespace, n_c
         seed=s["seed"],
         n_checkpoints=n_ckpt,
         normalize_activations=tr["normalize_activations"],
+        b_dec_init=tr["b_dec_init"],  # "mean": the mean normalised activation (TrainConfig.b_dec_init)
         dead_feature_window=tr["dead_feature_window"],
         autocast=tr["autocast"] == "bf16" and args.device.startswith("cuda"),
         device=args.device,
@@ -513,6 +512,8 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
             device=args.device,
             config=abs_cfg,
             max_saes=args.max_saes,
+            probe_batch=args.absorption_probe_batch,
+            inline=args.absorption_inline,
         )
     cuda = args.device.startswith("cuda")
     import torch
@@ -539,7 +540,10 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
         f"{e} {len(r['evaluated'])} new, {len(r['existing'])} existing, {len(r['left'])} left" for e, r in recs.items()
     )
     print(f"stage {stage}: {done}; {len(pairs)} SAEs trained so far; {wall:.1f} s -> {rec_path}")
-    return 0
+    errors = [f"{e}: {r['error']}" for e, r in recs.items() if "error" in r]
+    if errors:  # recorded in the stage file; the traceback is in the log
+        print(f"error: {'; '.join(errors)}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 # ------------------------------------------------------------------------------------ the stage
@@ -591,6 +595,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--absorption-config", default="{}", help="E-*: JSON object of SAEBench AbsorptionEvalConfig fields"
     )
     ap.add_argument(
+        "--absorption-probe-batch", type=int, default=1024, help="E-*: prompts per forward pass for the probe"
+    )
+    ap.add_argument(
+        "--absorption-inline",
+        action="store_true",
+        help="E-*: absorption in this process (no hard deadline: --time-budget checked between SAEs only)",
+    )
+    ap.add_argument(
         "--export",
         type=Path,
         default=None,
@@ -606,6 +618,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "eval_batch_prompts",
         "buffer_tokens",
         "probe_datasets",
+        "absorption_probe_batch",
     ):
         v = getattr(args, name)
         if v is not None and v < 1:

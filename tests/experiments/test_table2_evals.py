@@ -246,6 +246,7 @@ def test_eval_stage_bad_inputs_exit_2_before_writing(rs, tmp_path, capsys):
         (["--probe-sae-workers", "-1"], "--probe-sae-workers must be >= 0"),
         (["--evals", "absorption", "--absorption-config", '{"min_feats_for_eval": 0}'], "--absorption-config"),
         (["--evals", "absorption", "--absorption-config", "[1]"], "--absorption-config"),
+        (["--evals", "absorption", "--absorption-probe-batch", "0"], "--absorption-probe-batch must be >= 1"),
         (["--stage", "E-tiny-gpt2-7"], "has no SAEs to evaluate"),
     ]
     for extra, msg in cases:
@@ -256,9 +257,99 @@ def test_eval_stage_bad_inputs_exit_2_before_writing(rs, tmp_path, capsys):
     assert not out.exists()
 
 
+def _tiny_hooked(rs, tok_dir: Path, n_layers: int = 2):
+    """The E stage's HookedTransformer of the tiny test model (random GPT-2), with the saved tokenizer."""
+    import argparse
+
+    from transformers import AutoTokenizer
+
+    args = argparse.Namespace(model_path=None, n_layers=n_layers, random_init=False, device="cpu")
+    _, hooked, _ = rs.load_models("tiny-gpt2", args)
+    hooked.set_tokenizer(AutoTokenizer.from_pretrained(str(tok_dir)), default_padding_side="right")
+    return hooked
+
+
+def test_absorption_probe_batching_changes_nothing(rs, tmp_path):
+    """The first-letter probe's activations gathered as the stage does (1,024 or 64 prompts per pass, left
+    padding, the pass stopped after the hook's block) equal each prompt's own unpadded forward pass at position
+    -6, on prompts of unequal token lengths; SAEBench's gathering with the tokenizer's right padding does not
+    (so the test can fail). The probes' minibatch loader trains the same probe bit for bit."""
+    import random
+
+    from sae_bench.evals.absorption import common, probing
+    from sae_bench.evals.absorption.prompting import SpellingPrompt
+
+    ab = importlib.import_module("absorption_stage")
+    tok_dir = tmp_path / "wtok"
+    _word_tokenizer().save_pretrained(str(tok_dir))
+    model = _tiny_hooked(rs, tok_dir, n_layers=3)
+    hook = "blocks.1.hook_resid_post"
+    rng = random.Random(0)
+    words = [w for w in model.tokenizer.get_vocab() if len(w) > 2 and w.isalpha() and w.islower()]
+    words = [w for w in words if w not in ("has", "the", "first", "letter")]
+
+    def prompt() -> tuple:
+        w, ex = rng.choice(words), rng.sample(words, rng.randint(1, 8))  # 1 to 8 ICL examples: unequal lengths
+        base = "".join(f"\n{e} has the first letter: {e[0].upper()}" for e in ex) + f"\n{w} has the first letter:"
+        return SpellingPrompt(base, f" {w[0].upper()}", w), ord(w[0]) - ord("a")
+
+    data = [prompt() for _ in range(150)]
+    assert len({len(model.to_tokens(p.base)[0]) for p, _ in data}) == 8
+    with torch.no_grad():
+        ref = torch.stack([model.run_with_cache(p.base, names_filter=[hook])[1][hook][0, -6] for p, _ in data])
+
+    def gather(path: Path) -> torch.Tensor:
+        kw = dict(train_dataset=data, test_dataset=data[:2], path=path, hook_point=hook, batch_size=64)
+        return torch.from_numpy(np.array(common.gen_and_save_df_acts_probing(model=model, **kw, position_idx=-6)[2]))
+
+    last_block = []
+    handle = model.blocks[2].register_forward_hook(lambda *a: last_block.append(1))
+    for batch in (1024, 64):
+        with ab.offline_absorption(model, "tiny-gpt2", tmp_path / f"w{batch}", probe_batch=batch):
+            acts = gather(tmp_path / f"p{batch}")
+        torch.testing.assert_close(acts, ref, atol=1e-5, rtol=1e-5)
+    assert not last_block and model.tokenizer.padding_side == "right"
+    handle.remove()
+    own = gather(tmp_path / "own")  # SAEBench's own: 64 per pass, right padding
+    assert not torch.allclose(own, ref, atol=1e-3)
+
+    # SAEBench's absorption calculator refuses prompts of unequal lengths (right padding would misread them);
+    # with left padding it accepts them when the tokens after the word position agree
+    from sae_bench.evals.absorption.feature_absorption_calculator import FeatureAbsorptionCalculator
+
+    calc = FeatureAbsorptionCalculator(model=model, icl_word_list=words, word_token_pos=-6)
+    prompts = [p for p, _ in data[:20]]
+    odd = SpellingPrompt(prompts[0].base.replace("first ", ""), "", "")  # one token less after the word
+    with pytest.raises(ValueError, match="same token length"):
+        calc._validate_prompts_are_same_length(prompts)
+    with ab.offline_absorption(model, "tiny-gpt2", tmp_path / "w", probe_batch=8):
+        calc._validate_prompts_are_same_length(prompts)
+        with pytest.raises(ValueError, match="same token length"):
+            calc._validate_prompts_are_same_length([*prompts, odd])
+
+    x, y = torch.randn(300, 8), torch.nn.functional.one_hot(torch.randint(0, 26, (300,)), 26)
+
+    def train() -> torch.Tensor:
+        torch.manual_seed(0)
+        probe = probing.train_multi_probe(x, y, batch_size=64, num_epochs=3, show_progress=False, device="cpu")
+        return probe.weights.detach().clone()
+
+    w_own = train()
+    with ab.offline_absorption(model, "tiny-gpt2", tmp_path / "w", probe_batch=8):
+        assert probing.DataLoader is not torch.utils.data.DataLoader
+        w_ours = train()
+    assert torch.equal(w_own, w_ours)
+
+
 def test_eval_stage_absorption_offline(rs, tmp_path, monkeypatch):
     """SAEBench's absorption eval through the E stage: nothing written outside OUT (site-packages, working
-    directory), grad mode restored, no hub model; an SAE-independent 'not evaluable' stop writes nothing."""
+    directory), grad mode restored, no hub model; an SAE-independent 'not evaluable' stop writes nothing.
+    Hard deadline: a call cut before the probe is trained, and one cut while an SAE blocks, return at the
+    deadline and leave no JSON and no partial probe; the next calls complete (an existing JSON is skipped)."""
+    import dataclasses
+    import functools
+    import time
+
     from sae_bench.evals.absorption import common
     from sae_bench.evals.absorption.eval_output import AbsorptionEvalOutput
     from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
@@ -283,22 +374,58 @@ def test_eval_stage_absorption_offline(rs, tmp_path, monkeypatch):
     assert rs.main([*common_args, *train, "--eval-batch-prompts", "4"]) == 0
     ev = [*common_args, "--stage", "E-tiny-gpt2-1", "--evals", "absorption", "--tokenizer", str(wtok)]
     cfg = {"min_GT_probe_f1": 0.0, "k_sparse_probe_num_epochs": 2, "max_k_value": 3}
+    dest = out / "absorption_first_letter"
+    ab = importlib.import_module("absorption_stage")
+    hooked = _tiny_hooked(rs, wtok)
+    fams, _ = rs.eval_stage_saes(json.loads(plan.read_text()), "E-tiny-gpt2-1", out, {})
+    items = [rs.probe_item(s, p, step, dest, "cpu") for s, p, step in rs.trained_saes(out, fams)]
+    work = out / "absorption"
+
+    # cut before the probe is trained (the child barely starts); a temporary probe folder a cut call left is removed
+    (work / "results" / ".probes_tmp_cut").mkdir(parents=True)
+    t = time.time()
+    r = ab.run_absorption(hooked, "tiny-gpt2", items, work, t + 1.0, "cpu", config=cfg, log=lambda m: None)
+    assert time.time() - t < 6 and r["cut"]["ran_s"] >= 0 and r["evaluated"] == [] and not r["complete"]
+    assert not (work / "results" / ".probes_tmp_cut").exists() and not dest.exists()
+    probe = ab.probe_folder(work, hooked, 1)
+    assert not probe.exists() or {"probe.pth", "data.npz"} <= {f.name for f in probe.iterdir()}
 
     # SAEBench writes nothing when too few letters have a good probe (27 > 26 letters): recorded, no file
     assert rs.main([*ev, "--absorption-config", json.dumps({**cfg, "min_feats_for_eval": 27})]) == 0
     rec = json.loads((out / "stage_E-tiny-gpt2-1.json").read_text())
     a = rec["calls"][0]["absorption"]
     assert "fewer than 27" in a["not_evaluable"] and a["evaluated"] == [] and len(a["left"]) == 3
-    assert not list(out.glob("absorption_first_letter/*.json"))
+    assert a["mode"] == "child" and a["probe_batch"] == 1024 and a["child_start_s"] > 0
+    assert a["config"]["llm_batch_size"] == 256 and a["config"]["k_sparse_probe_batch_size"] == 4096
+    assert (probe / "probe.pth").is_file() and not list((work / "results").glob(".probes_tmp_*"))
+    assert not list(dest.glob("*.json"))
+    if "probe_s" in a:  # not when the first cut call finished the probe
+        assert 0 < a["probe_parts_s"]["activations"] < a["probe_s"]
+
+    # cut while an SAE blocks: back at the deadline, no JSON, no temporary file
+    cfg2 = {**cfg, "min_feats_for_eval": 2}
+    blocked = dataclasses.replace(items[1], load=functools.partial(time.sleep, 600))
+    budget = 2 * a["child_start_s"] + 4
+    t = time.time()
+    r = ab.run_absorption(hooked, "tiny-gpt2", [blocked], work, t + budget, "cpu", config=cfg2, log=lambda m: None)
+    assert budget <= time.time() - t < budget + 5
+    assert r["cut"]["phase"] == "sae" and r["cut"]["sae"] == blocked.name and r["left"] == [blocked.name]
+    assert not dest.exists() or not list(dest.iterdir())
+
+    ev2 = [*ev, "--absorption-config", json.dumps(cfg2)]
+    assert rs.main([*ev2, "--max-saes", "1"]) == 0
     grad = torch.is_grad_enabled()
-    assert rs.main([*ev, "--absorption-config", json.dumps({**cfg, "min_feats_for_eval": 2})]) == 0
+    assert rs.main([*ev2, "--absorption-inline"]) == 0
     assert torch.is_grad_enabled() == grad
     rec = json.loads((out / "stage_E-tiny-gpt2-1.json").read_text())
-    assert rec["complete"] == {"absorption": True} and len(rec["calls"][1]["absorption"]["evaluated"]) == 3
+    c2, c3 = rec["calls"][1]["absorption"], rec["calls"][2]["absorption"]
+    assert len(c2["evaluated"]) == 1 and list(c2["sae_s"]) == c2["evaluated"] and "probe_s" not in c2
+    assert c3["existing"] == c2["evaluated"] and sorted(c3["evaluated"]) == sorted(c2["left"]) and c3["complete"]
+    assert c3["mode"] == "inline" and rec["complete"] == {"absorption": True}
 
-    files = sorted((out / "absorption_first_letter").glob("*.json"))
+    files = sorted(dest.glob("*.json"))
     core = sorted((out / "core").glob("*.json"))
-    assert [f.name for f in files] == [f.name for f in core] and len(files) == 3
+    assert [f.name for f in files] == [f.name for f in core] and len(files) == 3 == len(list(dest.iterdir()))
     for f, cf in zip(files, core):
         validate_eval_output_format_file(str(f), AbsorptionEvalOutput)
         d, c = json.loads(f.read_text()), json.loads(cf.read_text())
@@ -311,4 +438,3 @@ def test_eval_stage_absorption_offline(rs, tmp_path, monkeypatch):
         assert 0 <= m["mean_absorption_fraction_score"] <= 1 and 0 <= m["mean_full_absorption_score"] <= 1
     # nothing written to site-packages or to the working directory
     assert site_artifacts.exists() == existed and list(cwd.iterdir()) == []
-    assert (out / "absorption" / "results" / "probes").is_dir()

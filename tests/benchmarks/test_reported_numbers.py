@@ -67,17 +67,21 @@ def test_aux_graph_numbers_quoted():
 
 def test_top_readme_table2_row_quotes_table2_json():
     rows = json.loads((ROOT / "experiments/table2/table2.json").read_text())["rows"]
-    (r,) = [
-        x
-        for x in rows
-        if x["grouping"] == "architecture"
-        and x["architecture"] == "topk"
-        and x["distortion"] == "1-EV"
-        and x["proxy"] == "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"
-    ]
-    line = next(x for x in (ROOT / "README.md").read_text().splitlines() if "our Table 2, first architecture" in x)
+    r, s = (
+        next(
+            x
+            for x in rows
+            if x["grouping"] == "architecture"
+            and x["architecture"] == arch
+            and x["distortion"] == "1-EV"
+            and x["proxy"] == "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"
+        )
+        for arch in ("topk", "standard")
+    )
+    line = next(x for x in (ROOT / "README.md").read_text().splitlines() if "our Table 2 (Gemma-3-270M L9)" in x)
     for q in (
         f"V {r['V']:.3f} [{r['V_ci'][0]:.3f}, {r['V_ci'][1]:.3f}] on {r['n_saes']} TopK SAEs",
         f"({r['n_pairs']} dominated pairs",
+        f"our {s['n_saes']} ReLU-L1 SAEs recover a median {s['median_ce_loss_score']:.2f} of the CE loss",
     ):
         assert q in line, q

@@ -1,0 +1,261 @@
+"""Does Gemma-3-270M's massive residual dimension make ReLU+L1 ("standard") SAEs reconstruct nothing per token?
+
+Context: standard SAEs trained on ``blocks.9.hook_resid_post`` (SAELens ``expected_average_only_in`` scaling)
+reached pooled FVU 0.10-0.13 but SAEBench ``explained_variance_legacy`` ~0 (per-token, batch-mean-centred),
+while TopK SAEs on the same data got 0.7-0.97.
+
+This script measures, on CPU, with real layer-9 activations (made by ``/tmp/diag/extract.py``-style code:
+the GGUF Gemma-3-270M truncated to 10 blocks, forward hook on decoder layer 9 = TransformerLens
+``blocks.9.hook_resid_post``, BOS / pad positions removed; saved to ``/tmp/diag/acts.pt``):
+
+1. statistics: per-dimension variance shares, the massive dimension's |deviation from the mean| vs the
+   norm of the other 639 dimensions' deviation, SAELens's scaling factor, and how much of each token's
+   centred energy sits in the massive dimension (median over tokens) vs pooled;
+2. small controlled fits (width 1024, batch 1024, Adam lr 3e-4, grad-norm clip 1.0 as SAELens's trainer,
+   b_dec initialised at the mean) with SAELens's own ``StandardTrainingSAE.training_forward_pass`` /
+   ``TopKTrainingSAE``:
+     (a) scaling as in our run (x * sqrt(d_in) / mean||x||), standard SAE at two l1 coefficients;
+     (b) the massive dimension shrunk to the median per-dimension std before the same scaling (the
+         reconstruction is mapped back, metrics are in the original space);
+     (b') per-dimension standardisation ((x - mean) / std, then the same scaling);
+     (c) TopK k=32 under (a).
+   Held-out metrics: SAEBench's EV-legacy (per token 1 - ||x - x_hat||^2 / ||x - batch_mean||^2, mean over
+   tokens, batches of 2048 tokens), pooled FVU, L0, dead fraction; also pooled FVU split into the massive
+   dimension and the rest.
+
+Usage: .venv/bin/python experiments/table2/diagnostics/l1_massive_dim.py stats|fit NAME ...|collect
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(1)
+
+ACTS = Path(os.environ.get("DIAG_ACTS", "/tmp/diag/acts.pt"))
+RES = Path(os.environ.get("DIAG_RES", "/tmp/diag/results"))
+OUT_JSON = Path(__file__).with_suffix(".json")
+D = 640
+EV_BATCH = 2048
+
+
+def load() -> tuple[torch.Tensor, torch.Tensor]:
+    a = torch.load(ACTS)
+    return a["train"].float(), a["heldout"].float()
+
+
+def pct(v: torch.Tensor, qs=(0.1, 0.25, 0.5, 0.75, 0.9)) -> dict[str, float]:
+    v = v.double()
+    return {f"p{int(q * 100)}": float(torch.quantile(v[: 2**24 - 1], q)) for q in qs} | {"mean": float(v.mean())}
+
+
+def stats() -> dict:
+    tr, ho = load()
+    x = tr
+    mu = x.mean(0)
+    dev = x - mu
+    var = dev.pow(2).mean(0)
+    share = var / var.sum()
+    order = torch.argsort(share, descending=True)
+    m = int(order[0])
+    rest = torch.ones(D, dtype=torch.bool)
+    rest[m] = False
+    dm = dev[:, m].abs()
+    dr = dev[:, rest].norm(dim=1)
+    norms = x.norm(dim=1)
+    s_mean = D**0.5 / float(norms.mean())  # SAELens ActivationScaler: sqrt(d_in) / mean ||x||
+    s_rms = D**0.5 / float(norms.pow(2).mean().sqrt())  # sqrt(d_in) / sqrt(E||x||^2)
+    e_tok = dev.pow(2).sum(1)
+    frac_tok = dev[:, m].pow(2) / e_tok
+    # a reconstruction that gets the mean + the massive dimension exactly, nothing else
+    oracle = ev_metrics(ho, ho.mean(0).expand_as(ho).clone().index_copy_(1, torch.tensor([m]), ho[:, m : m + 1]), m)
+    return {
+        "tokens_train": len(tr),
+        "tokens_heldout": len(ho),
+        "massive_dim": m,
+        "top3_dims": [int(i) for i in order[:3]],
+        "top3_var_share": [float(share[i]) for i in order[:3]],
+        "mean_of_massive_dim": float(mu[m]),
+        "std_massive_dim": float(var[m].sqrt()),
+        "median_std_other_dims": float(var[rest].sqrt().median()),
+        "abs_dev_massive_dim": pct(dm),
+        "norm_dev_other_639": pct(dr),
+        "ratio_massive_over_other": pct(dm / dr),
+        "mean_norm_x": float(norms.mean()),
+        "sqrt_mean_sq_norm_x": float(norms.pow(2).mean().sqrt()),
+        "scale_saelens_sqrt_d_over_mean_norm": s_mean,
+        "scale_sqrt_d_over_rms_norm": s_rms,
+        "after_scaling_saelens": {
+            "norm_dev_other_639": pct(dr * s_mean),
+            "abs_dev_massive_dim": pct(dm * s_mean),
+            "norm_scaled_x": pct(norms * s_mean),
+        },
+        "massive_share_of_token_centred_energy": pct(frac_tok),
+        "massive_share_pooled": float(dev[:, m].pow(2).sum() / e_tok.sum()),
+        "oracle_mean_plus_massive_dim_only_heldout": oracle,
+    }
+
+
+def ev_metrics(x: torch.Tensor, xh: torch.Tensor, m: int) -> dict:
+    """SAEBench EV-legacy (batch-mean centred, per token, averaged), pooled FVU and its split by dimension."""
+    evs = []
+    for i in range(0, len(x) - EV_BATCH + 1, EV_BATCH):
+        xb, hb = x[i : i + EV_BATCH], xh[i : i + EV_BATCH]
+        evs.append(1 - (xb - hb).pow(2).sum(1) / (xb - xb.mean(0)).pow(2).sum(1))
+    ev = torch.cat(evs)
+    c = x - x.mean(0)
+    r = (x - xh).pow(2)
+    rest = torch.ones(x.shape[1], dtype=torch.bool)
+    rest[m] = False
+    return {
+        "ev_legacy_mean": float(ev.mean()),
+        "ev_legacy_median": float(ev.median()),
+        "fvu_pooled": float(r.sum() / c.pow(2).sum()),
+        "fvu_massive_dim": float(r[:, m].sum() / c[:, m].pow(2).sum()),
+        "fvu_other_639": float(r[:, rest].sum() / c[:, rest].pow(2).sum()),
+    }
+
+
+def make_transform(kind: str, tr: torch.Tensor, m: int):
+    """(forward, inverse) maps original activations <-> SAE input space."""
+    mu, sd = tr.mean(0), tr.std(0)
+    if kind == "saelens":
+        scale = torch.ones(D)
+        shift = torch.zeros(D)
+    elif kind == "shrink_massive":  # massive dim's deviation shrunk to the median std of the other dims
+        scale = torch.ones(D)
+        rest = torch.ones(D, dtype=torch.bool)
+        rest[m] = False
+        scale[m] = float(sd[rest].median() / sd[m])
+        shift = torch.zeros(D)
+        shift[m] = float(mu[m])
+    elif kind == "standardise":
+        scale, shift = 1 / sd, mu.clone()
+    else:
+        raise ValueError(kind)
+
+    def pre(x):
+        return (x - shift) * scale
+
+    s = D**0.5 / float(pre(tr).norm(dim=1).mean())  # then SAELens's expected_average_only_in constant
+
+    def fwd(x):
+        return pre(x) * s
+
+    def inv(y):
+        return y / s / scale + shift
+
+    return fwd, inv, s
+
+
+def fit(name: str, arch: str, transform: str, coef: float, steps: int, seed: int = 0) -> dict:
+    from sae_lens.saes.sae import TrainStepInput
+    from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+
+    torch.manual_seed(seed)
+    tr, ho = load()
+    m = int((tr - tr.mean(0)).pow(2).mean(0).argmax())
+    fwd, inv, s = make_transform(transform, tr, m)
+    ytr, yho = fwd(tr), fwd(ho)
+    width, bs = 1024, 1024
+    if arch == "standard":
+        cfg = StandardTrainingSAEConfig(d_in=D, d_sae=width, l1_coefficient=coef, normalize_activations="none")
+        sae = StandardTrainingSAE(cfg)
+    else:
+        cfg = TopKTrainingSAEConfig(d_in=D, d_sae=width, k=int(coef), normalize_activations="none")
+        sae = TopKTrainingSAE(cfg)
+    with torch.no_grad():
+        sae.b_dec.data = ytr.mean(0).clone()
+    opt = torch.optim.Adam(sae.parameters(), lr=3e-4, betas=(0.9, 0.999))
+    since_fired = torch.zeros(width)
+    t0 = time.time()
+    log = []
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(ytr), generator=g)
+    pos = 0
+    for step in range(steps):
+        if pos + bs > len(perm):
+            perm, pos = torch.randperm(len(ytr), generator=g), 0
+        batch = ytr[perm[pos : pos + bs]]
+        pos += bs
+        key = "l1" if arch == "standard" else None
+        coefs = {key: coef} if key else {}
+        out = sae.training_forward_pass(
+            TrainStepInput(
+                sae_in=batch,
+                coefficients=coefs,
+                dead_neuron_mask=(since_fired > 256) if arch == "topk" else None,
+                n_training_steps=step,
+                is_logging_step=False,
+            )
+        )
+        opt.zero_grad()
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        opt.step()
+        fired = (out.feature_acts > 0).any(0)
+        since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + 1)
+        if step % 100 == 0 or step == steps - 1:
+            l0 = float((out.feature_acts > 0).float().sum(1).mean())
+            log.append({"step": step, **{k: round(float(v), 3) for k, v in out.losses.items()}, "l0": l0})
+            print(name, log[-1], round(time.time() - t0, 1), flush=True)
+    with torch.no_grad():
+        feats = torch.cat([sae.encode(yho[i : i + 4096]) for i in range(0, len(yho), 4096)])
+        yh = torch.cat([sae.decode(feats[i : i + 4096]) for i in range(0, len(feats), 4096)])
+    xh = inv(yh)
+    res = {
+        "name": name,
+        "arch": arch,
+        "transform": transform,
+        "l1_coefficient" if arch == "standard" else "k": coef,
+        "steps": steps,
+        "batch": bs,
+        "width": width,
+        "seed": seed,
+        "scale_factor": s,
+        "train_tokens_seen": steps * bs,
+        "epochs": steps * bs / len(ytr),
+        "heldout_tokens": len(ho),
+        "l0": float((feats > 0).float().sum(1).mean()),
+        "dead_fraction_heldout": float(((feats > 0).sum(0) == 0).float().mean()),
+        **ev_metrics(ho, xh, m),
+        "log": log,
+        "seconds": round(time.time() - t0, 1),
+    }
+    RES.mkdir(parents=True, exist_ok=True)
+    (RES / f"{name}.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+def main() -> None:
+    cmd = sys.argv[1]
+    if cmd == "stats":
+        RES.mkdir(parents=True, exist_ok=True)
+        r = stats()
+        (RES / "stats.json").write_text(json.dumps(r, indent=1))
+        print(json.dumps(r, indent=1))
+    elif cmd == "fit":  # fit NAME ARCH TRANSFORM COEF STEPS
+        name, arch, transform, coef, steps = sys.argv[2:7]
+        fit(name, arch, transform, float(coef), int(steps))
+    elif cmd == "collect":
+        out = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "model": "gemma3-270m (GGUF Q4_K_M, dequantised, float32), blocks.9.hook_resid_post, BOS/pad excluded",
+            "corpus": ".carry/corpus_table2_gemma3/tokens.npz (160 random train rows, 40 random held-out rows, seed 0)",
+            "stats": json.loads((RES / "stats.json").read_text()),
+            "fits": [json.loads(p.read_text()) for p in sorted(RES.glob("*.json")) if p.name != "stats.json"],
+        }
+        OUT_JSON.write_text(json.dumps(out, indent=1))
+        print(OUT_JSON)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""experiments/table2/collect.py: a device bundle merged into committed results without losing stage records."""
+
+import importlib.util
+import io
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _collect():
+    spec = importlib.util.spec_from_file_location("t2_collect", ROOT / "experiments/table2/collect.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["t2_collect"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _bundle(path: Path, files: dict[str, bytes], extra: tarfile.TarInfo | None = None) -> Path:
+    with tarfile.open(path, "w:xz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if extra is not None:
+            tar.addfile(extra)
+    return path
+
+
+def _stage(*calls: dict) -> bytes:
+    return json.dumps({"stage": "E-m-9", "calls": list(calls), "gpu_s_total": -1}).encode()
+
+
+def test_stage_calls_are_appended_and_summed(tmp_path):
+    col = _collect()
+    into, results = tmp_path / "results" / "m-L9", tmp_path / "results"
+    into.mkdir(parents=True)
+    old = {"wall_s": 250.3, "gpu_s": 250.3, "device": "H200"}
+    (into / "stage_E-m-9.json").write_text(_stage(old).decode())
+    (into / "core").mkdir()
+    (into / "core" / "a.json").write_text('{"x": 1}')
+    new = {"wall_s": 282.0, "gpu_s": 282.0, "device": "H200"}
+    b = _bundle(
+        tmp_path / "E.tar.xz",
+        {
+            "stage_E-m-9.json": _stage(new),
+            "core/a.json": b'{"x": 1}',
+            "core/b.json": b'{"x": 2}',
+            "calibration_C-m-9-standard.json": b'{"levels": {}}',
+        },
+    )
+    done = col.collect(b, into, results)
+    st = json.loads((into / "stage_E-m-9.json").read_text())
+    assert st["calls"] == [old, new] and st["gpu_s_total"] == pytest.approx(532.3)
+    assert (into / "core" / "b.json").read_bytes() == b'{"x": 2}'
+    assert (results / "calibration_C-m-9-standard.json").is_file() and (
+        into / "calibration_C-m-9-standard.json"
+    ).is_file()
+    assert len(done["same"]) == 1 and len(done["new"]) == 2
+    col.collect(b, into, results)  # the same bundle twice: no duplicated call
+    assert json.loads((into / "stage_E-m-9.json").read_text())["calls"] == [old, new]
+
+
+def test_bad_bundles_write_nothing(tmp_path, capsys):
+    col = _collect()
+    into = tmp_path / "into"
+    link = tarfile.TarInfo("core/evil.json")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    bad = [
+        _bundle(tmp_path / "link.tar.xz", {"core/ok.json": b"{}"}, extra=link),
+        _bundle(tmp_path / "up.tar.xz", {"core/ok.json": b"{}", "../escape.json": b"{}"}),
+        _bundle(tmp_path / "cal.tar.xz", {"core/ok.json": b"{}", "calibration_x.json": b"not json"}),
+        tmp_path / "missing.tar.xz",
+    ]
+    (tmp_path / "notatar.tar.xz").write_bytes(b"plain text")
+    bad.append(tmp_path / "notatar.tar.xz")
+    for b in bad:
+        assert col.main([str(b), "--into", str(into)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ")
+        assert not into.exists() and not (tmp_path / "escape.json").exists()

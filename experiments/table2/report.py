@@ -413,6 +413,29 @@ def findings(rows: list[dict[str, Any]], folders: list[Path]) -> str:
     return "\n".join(out)
 
 
+def archived(results: Path) -> str:
+    """The generated lines on ``results/archive/<name>/`` (sweeps set aside, e.g. trained with a normalisation
+    the recipe no longer uses): per architecture the SAE quality from the core JSONs, and the stages' GPU time.
+    They are not audited."""
+    folders = sorted(p for p in (results / "archive").glob("*") if (p / "core").is_dir())
+    if not folders:
+        return ""
+    out = ["", "### archived sweeps (not audited)", ""]
+    for folder in folders:
+        gpu = sum(json.loads(st.read_text()).get("gpu_s_total", 0.0) for st in folder.glob("stage_*.json"))
+        for (arch, width), q in sorted(quality(folder).items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+            if arch == "pooled" or width is not None:
+                continue
+            out.append(
+                f"- `{folder.name}` ({arch}): {q['n']} SAEs, SAEBench `ce_loss_score` median "
+                f"{q['median_ce_loss_score']:.2f} ({q['min_ce_loss_score']:.2f}-{q['max_ce_loss_score']:.2f}), "
+                f"`explained_variance_legacy` median {q['median_explained_variance_legacy']:.2f} "
+                f"({q['min_explained_variance_legacy']:.2f}-{q['max_explained_variance_legacy']:.2f}); "
+                f"{gpu:.0f} GPU seconds in its stages."
+            )
+    return "\n".join(out + [""])
+
+
 def check_markers(path: Path) -> str:
     """FINDINGS.md's text; fails (exit 2) unless it holds BEGIN and END once each, in that order."""
     doc = path.read_text()
@@ -479,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(args.out / "table2.json", json.dumps({"rows": rows, "sources": sources}, indent=1) + "\n")
     atomic_write_text(args.out / "table2.md", markdown(rows, sources))
     if (args.out / "FINDINGS.md").is_file():
-        write_findings(args.out / "FINDINGS.md", findings(rows, folders))
+        write_findings(args.out / "FINDINGS.md", findings(rows, folders) + archived(args.results))
     print(markdown(rows, sources).split("## Every sweep")[0])
     return 0
 

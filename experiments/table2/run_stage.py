@@ -157,7 +157,15 @@ def resolve_levels(saes: list[dict], out: Path, recipe: dict) -> list[dict]:
             p = out / f"calibration_{stage}.json"
             if not p.is_file():
                 fail(f"{s['id']} needs the calibration of stage {stage}: run it first ({p} missing)")
-            chosen = load_json(p)["levels"][str(s["width"])]
+            cal = load_json(p)
+            # calibrations before this field existed ran on the training default
+            made = cal.get("normalize_activations", recipe["training"]["normalize_activations"])
+            if made != normalization(recipe, s["architecture"]):
+                fail(
+                    f"{p.name} was made with normalize_activations={made!r}, the recipe now trains "
+                    f"{s['architecture']} with {normalization(recipe, s['architecture'])!r}: rerun stage {stage}"
+                )
+            chosen = cal["levels"][str(s["width"])]
             s = {**s, f: chosen[lev], "level_name": lev}
         res.append(s)
     return res
@@ -199,6 +207,13 @@ def load_models(name: str, args: argparse.Namespace) -> tuple[Any, Any, Any]:
 # ------------------------------------------------------------------------------------ training
 
 
+def normalization(recipe: dict, arch: str) -> str:
+    """The input normalisation of ``arch``: the recipe's per-architecture ``normalize_activations`` where it
+    gives one (standard: ``standardize``, FINDINGS.md), else the training default."""
+    a = recipe["architectures"].get(arch.removeprefix("weighted_"), {})
+    return a.get("normalize_activations", recipe["training"]["normalize_activations"])
+
+
 def train_config(s: dict, d_in: int, recipe: dict, args: argparse.Namespace, n_ckpt: int) -> Any:
     from sae_rdp_plugin.train.config import TrainConfig
 
@@ -223,7 +238,7 @@ def train_config(s: dict, d_in: int, recipe: dict, args: argparse.Namespace, n_c
         lr_decay_steps=int(DECAY_FRACTION * (tokens // bs)),
         seed=s["seed"],
         n_checkpoints=n_ckpt,
-        normalize_activations=tr["normalize_activations"],
+        normalize_activations=normalization(recipe, s["architecture"]),
         b_dec_init=tr["b_dec_init"],  # "mean": the mean normalised activation (TrainConfig.b_dec_init)
         dead_feature_window=tr["dead_feature_window"],
         autocast=tr["autocast"] == "bf16" and args.device.startswith("cuda"),
@@ -270,15 +285,20 @@ def json_name(s: dict, step: str) -> str:
 
 def load_sae(path: Path, device: str) -> Any:
     """A stock SAELens inference SAE from a final save, or from a SAETrainer checkpoint (a training SAE saved
-    before the normalisation was folded: its activation_scaler.json scaling factor is folded here)."""
+    before the normalisation was folded: its activation_scaler.json scaling factor and whitening are folded
+    here, as ``SAETrainer`` folds them at the end of training)."""
     from sae_lens import SAE
+    from sae_lens.training.activation_scaler import ActivationScaler
 
     sae = SAE.load_from_disk(path, device=device)
-    scaler = path / "activation_scaler.json"
-    if scaler.is_file():
-        sf = json.loads(scaler.read_text()).get("scaling_factor")
-        if sf is not None:
-            sae.fold_activation_norm_scaling_factor(sf)
+    if (path / "activation_scaler.json").is_file():  # SAELens's own reader: scaling factor and whitening
+        scaler = ActivationScaler()
+        scaler.load(path / "activation_scaler.json")
+        if scaler.scaling_factor is not None:
+            sae.fold_activation_norm_scaling_factor(scaler.scaling_factor)
+        if scaler.whitening is not None:  # normalize_activations "standardize" (diagonal) or covariance_whitening
+            w = scaler.whitening
+            sae.fold_activation_whitening(mean=w.mean, whitening_matrix=w.matrix, unwhitening_matrix=w.inverse_matrix)
     return sae
 
 
@@ -828,7 +848,8 @@ def write_calibration(out: Path, stage: str, fams: dict[str, list[dict]], recipe
         got = [calibrated_value(pts, t) for t in targets]
         levels[str(w)] = {f"cal{i}": v for i, (v, _) in enumerate(got)}
         bracketed[str(w)] = {f"cal{i}": b for i, (_, b) in enumerate(got)}
-    res = {"complete": True, "field": field, "target_l0": targets, "heldout_l0": {str(w): p for w, p in l0.items()}}
+    res = {"complete": True, "field": field, "normalize_activations": normalization(recipe, arch)}
+    res |= {"target_l0": targets, "heldout_l0": {str(w): p for w, p in l0.items()}}
     res["levels"] = levels
     res["bracketed"] = bracketed
     res["distinct"] = {w: len(set(v.values())) == len(v) for w, v in levels.items()}

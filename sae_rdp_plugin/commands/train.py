@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from sae_rdp_plugin.architectures import architecture_help
-from sae_rdp_plugin.train.config import B_DEC_INITS, TrainConfig
+from sae_rdp_plugin.train.config import B_DEC_INITS, NORMALIZATIONS, TrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -98,6 +98,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=TrainConfig.b_dec_init,
         help="initial decoder bias: zeros (SAELens 6) or mean (the mean normalised activation of the first "
         "norm-estimate batches; with --model, without --saelens-store)",
+    )
+    p.add_argument(
+        "--normalize-activations",
+        choices=NORMALIZATIONS,
+        default=TrainConfig.normalize_activations,
+        help="input normalisation: SAELens's, or standardize (per-dimension (x - mean) / sd, folded into the saved "
+        "SAE; with --model, without --saelens-store)",
     )
     p.add_argument("--tokens", type=int, required=True, help="training tokens (samples)")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
@@ -176,6 +183,7 @@ def train_configs(args: argparse.Namespace, d_in: int | None = None) -> list[Tra
             gamma_estimation_batches=args.gamma_batches,
             variance_cap_quantile=args.variance_cap_quantile,
             b_dec_init=args.b_dec_init,
+            normalize_activations=args.normalize_activations,
             tokens=args.tokens,
             batch_size=args.batch_size,
             lr=args.lr,

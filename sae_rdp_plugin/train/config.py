@@ -47,6 +47,17 @@ def _finite(name: str, value: Any) -> float:
     return v
 
 
+#: ``TrainConfig.normalize_activations`` values: SAELens's five, then ours (see the field)
+NORMALIZATIONS = (
+    "none",
+    "expected_average_only_in",
+    "constant_norm_rescale",
+    "layer_norm",
+    "covariance_whitening",
+    "standardize",
+)
+
+
 @dataclass
 class TrainConfig:
     """One SAE and its training with SAELens's ``SAETrainer`` (constant learning rate, Adam).
@@ -73,7 +84,16 @@ class TrainConfig:
     """Sparsity penalty weight: ``l1_coefficient`` of (weighted_)standard, ``l0_coefficient`` of
     (weighted_)jumprelu; None keeps SAELens's default. TopK / BatchTopK have none (refused)."""
     normalize_activations: str = "none"
-    """SAELens's input normalisation (``none``, ``expected_average_only_in``, ...)."""
+    """Input normalisation: SAELens's (``none``, ``expected_average_only_in``, ``constant_norm_rescale``,
+    ``layer_norm``, ``covariance_whitening``) or ``standardize`` (ours; ``train_on_model`` / ``train_saes`` only,
+    the other trainers refuse it: :meth:`require_zero_b_dec`): z_i = (x_i - mu_i) / sqrt(var_i + 1e-3) per
+    input dimension, mu and var in float64 over the ``n_batches_for_norm_estimate`` batches. It runs through
+    SAELens's activation scaler as a diagonal ``ActivationWhitening`` (matrix diag(1 / sd), inverse diag(sd)),
+    so checkpoints store it and the saved SAE has it folded into its weights by SAELens's
+    ``fold_activation_whitening`` (stock-loadable, acts on raw x). For layers where a few dimensions carry
+    most of the variance (Gemma-3-270M layer 9: one dimension 93% of it, from rare outlier tokens), where an
+    L1 SAE on the ``expected_average_only_in`` scale reconstructs that dimension and little else
+    (experiments/table2/diagnostics)."""
     dtype: str = "float32"
     """SAE parameter dtype."""
     gamma_path: str | None = None
@@ -155,6 +175,15 @@ class TrainConfig:
                 f"variance_cap_quantile needs a weighted architecture (weighted_{a.stock}); "
                 f"{self.architecture!r} is unweighted"
             )
+        if self.normalize_activations not in NORMALIZATIONS:
+            raise SaeRdpError(
+                f"normalize_activations must be one of {', '.join(NORMALIZATIONS)}; got {self.normalize_activations!r}"
+            )
+        if self.normalize_activations == "standardize" and a.weighted:
+            raise SaeRdpError(
+                f"normalize_activations='standardize' is not supported for {self.architecture} (gamma is estimated "
+                "on raw activations, and standardising already reweights the loss per dimension)"
+            )
         if not isinstance(self.sae_kwargs, dict):
             raise SaeRdpError(f"sae_kwargs must be a dict of SAELens config fields, got {self.sae_kwargs!r}")
         _positive_int("batch_size", self.batch_size)
@@ -181,12 +210,18 @@ class TrainConfig:
             raise SaeRdpError(f"b_dec_init must be one of {', '.join(B_DEC_INITS)}, got {self.b_dec_init!r}")
 
     def require_zero_b_dec(self, trainer: str) -> None:
-        """SaeRdpError unless ``b_dec_init`` is ``"zeros"``: for ``trainer``, a path that leaves b_dec at
-        SAELens's zero init."""
+        """SaeRdpError unless ``b_dec_init`` is ``"zeros"`` and the normalisation is SAELens's own: for
+        ``trainer``, a path that leaves b_dec at SAELens's zero init and runs SAELens's ``fit``."""
         if self.b_dec_init != "zeros":
             raise SaeRdpError(
                 f"b_dec_init={self.b_dec_init!r} needs sae-rdp train --model (train_saes / train_on_model); "
                 f"{trainer} starts b_dec at zero"
+            )
+        # the same paths run SAELens's own fit(), which would estimate a PCA whitening for "standardize"
+        if self.normalize_activations == "standardize":
+            raise SaeRdpError(
+                "normalize_activations='standardize' needs sae-rdp train --model (train_saes / train_on_model); "
+                f"{trainer} runs SAELens's own normalisation"
             )
 
     @property
@@ -210,7 +245,10 @@ class TrainConfig:
             "d_sae": int(self.d_sae),
             "device": self.device,
             "dtype": self.dtype,
-            "normalize_activations": self.normalize_activations,
+            # ours -> SAELens's whitening path (train.lm sets the diagonal whitening before SAELens estimates one)
+            "normalize_activations": (
+                "covariance_whitening" if self.normalize_activations == "standardize" else self.normalize_activations
+            ),
         }
         if a.uses_k:
             cfg["k"] = int(self.k) if a.k_is_integer else float(self.k)

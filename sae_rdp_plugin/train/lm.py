@@ -125,8 +125,11 @@ class SteppedFit:
     wandb and the progress bar are the caller's: :attr:`sparsity_log` holds the window statistics
     ``fit`` would log at this step."""
 
-    def __init__(self, trainer: Any) -> None:
+    def __init__(self, trainer: Any, standardize: bool = False) -> None:
         self.trainer = trainer
+        #: ``TrainConfig.normalize_activations="standardize"``: the SAE's config says ``covariance_whitening``
+        #: and :meth:`start` sets a diagonal whitening (per-dimension standardisation) instead of SAELens's PCA one
+        self.standardize = standardize
         self.sparsity_log: dict[str, Any] = {}
 
     @property
@@ -155,7 +158,9 @@ class SteppedFit:
         if n == 0:
             return
         kw = {"d_in": t.sae.cfg.d_in, "data_provider": iter(norm_batches), "n_batches_for_norm_estimate": n}
-        if t.sae.cfg.normalize_activations == "expected_average_only_in":
+        if self.standardize:
+            t.activation_scaler.whitening = standardization(itertools.islice(iter(norm_batches), n))
+        elif t.sae.cfg.normalize_activations == "expected_average_only_in":
             t.activation_scaler.estimate_scaling_factor(**kw)
         else:
             t.activation_scaler.estimate_whitening(**kw)
@@ -184,6 +189,31 @@ class SteppedFit:
             scaler.whitening = None
         t.set_final_sae_metadata()
         return t.sae
+
+
+@torch.no_grad()
+def standardization(batches: Iterable[torch.Tensor], eps: float = 1e-3) -> Any:
+    """Per-dimension standardisation as SAELens's ``ActivationWhitening`` (z = (x - mean) @ matrix):
+    mean_i and var_i (unbiased) in float64 over the rows of ``batches``, matrix = diag(1 / sqrt(var_i + eps)),
+    inverse_matrix = diag(sqrt(var_i + eps)); ``eps`` as SAELens's ``estimate_whitening`` adds to the
+    covariance eigenvalues."""
+    from sae_lens.training.activation_scaler import ActivationWhitening
+
+    count, sums, sq = 0, None, None
+    for b in batches:
+        x = b.detach().to(torch.float64).reshape(-1, b.shape[-1])
+        if sums is None:
+            sums = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+            sq = torch.zeros_like(sums)
+        count += x.shape[0]
+        sums += x.sum(0)
+        sq += (x * x).sum(0)
+    if sums is None or count < 2:
+        raise SaeRdpError("normalize_activations='standardize' needs at least two rows to estimate a variance")
+    mean = sums / count
+    var = ((sq - count * mean * mean) / (count - 1)).clamp(min=0.0)
+    sd = (var + eps).sqrt()
+    return ActivationWhitening(mean=mean.cpu(), matrix=torch.diag(1.0 / sd).cpu(), inverse_matrix=torch.diag(sd).cpu())
 
 
 # ------------------------------------------------------------------------------------ output folders
@@ -395,7 +425,7 @@ class _Run:
             # saved inside the loop before the step count moved: the count follows from the samples
             t.n_training_steps = t.n_training_samples // cfg.batch_size
             t.checkpoint_thresholds = [x for x in t.checkpoint_thresholds if x > t.n_training_samples]
-        self.fit = SteppedFit(self.trainer)
+        self.fit = SteppedFit(self.trainer, standardize=cfg.normalize_activations == "standardize")
         #: batches the b_dec mean needs before training (0: b_dec stays as built, or as the checkpoint holds it)
         self.mean_batches = cfg.n_batches_for_norm_estimate if cfg.b_dec_init == "mean" and not found else 0
         self.clock = _Clock(timer, torch.device(cfg.device))
@@ -532,6 +562,8 @@ def _start(runs: list[_Run], stream: _Stream, fast: bool, ctx: DistContext | Non
     sizes: the mean over all rows)."""
     from sae_rdp_plugin.fast.step import install_fast_step
 
+    if ctx is not None and ctx.distributed and any(r.fit.standardize and r.fit.norm_batches for r in runs):
+        raise SaeRdpError("normalize_activations='standardize' is not supported in distributed training yet")
     n_norm = max(max(r.fit.norm_batches, r.mean_batches) for r in runs)
     cached = []
     for _ in range(n_norm):  # a few batches, copied: the stream may reuse its buffers

@@ -241,3 +241,52 @@ def test_calibrated_value_cases(rs):
     # the measured Gemma-3-270M curve (2M tokens, 4k wide): 45 -> 371, 64 -> 14; 256 lies in between
     v, ok = rs.calibrated_value([(32.0, 755.0), (45.0, 370.8), (64.0, 14.1)], 256.0)
     assert ok and 45 < v < 64
+
+
+def test_calibration_made_with_another_normalisation_is_refused(rs, tmp_path, capsys):
+    """A calibration file records the normalisation it was made with (older ones: the training default); the T
+    stage refuses levels calibrated on another input scale than the recipe now trains with."""
+    recipe = json.loads((EXP / "recipe.json").read_text())
+    assert rs.normalization(recipe, "standard") == "standardize"
+    assert rs.normalization(recipe, "topk") == recipe["training"]["normalize_activations"]
+    plan_saes = [
+        s for s in json.loads((EXP / "plan.json").read_text())["saes"] if s["stage"] == "T-gemma3-270m-9-standard"
+    ]
+    levels = {str(w): {f"cal{i}": 1.0 + i for i in range(5)} for w in recipe["widths"]}
+    cal = tmp_path / "calibration_C-gemma3-270m-9-standard.json"
+    cal.write_text(json.dumps({"stage": "C-gemma3-270m-9-standard", "complete": True, "levels": levels}))
+    with pytest.raises(SystemExit) as e:
+        rs.resolve_levels(plan_saes, tmp_path, recipe)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "expected_average_only_in" in err[0] and "rerun stage" in err[0]
+    cal.write_text(json.dumps({"stage": "x", "normalize_activations": "standardize", "levels": levels}))
+    assert len(rs.resolve_levels(plan_saes, tmp_path, recipe)) == 20
+
+
+def test_load_sae_folds_a_standardised_checkpoint(rs, tmp_path):
+    """A checkpoint of a normalize_activations="standardize" run, loaded for the eval (whitening folded by
+    SAELens), equals the training SAE fed standardised inputs, mapped back."""
+    from sae_lens import TrainingSAE
+    from safetensors.torch import load_file
+
+    from sae_rdp_plugin.train.config import TrainConfig
+    from sae_rdp_plugin.train.lm import SAESpec, train_saes
+
+    g = torch.Generator().manual_seed(0)
+    d, b = 12, 64
+    scale = torch.ones(d)
+    scale[2] = 50.0  # one dimension with most of the variance
+    data = [{"h": torch.randn(b, d, generator=g) * scale + 3.0} for _ in range(10)]
+    cfg = TrainConfig(
+        "standard", d_in=d, d_sae=24, batch_size=b, tokens=6 * b, n_checkpoints=1, n_batches_for_norm_estimate=2,
+        normalize_activations="standardize", seed=0,
+    )  # fmt: skip
+    train_saes(iter(data), [SAESpec("h", cfg, tmp_path / "s")], tokens=6 * b, fast=False, progress=False)
+    (ck,) = [p for p in (tmp_path / "s" / "checkpoints").iterdir() if p.is_dir()]
+    w = load_file(str(ck / "activation_whitening.safetensors"))
+    x = torch.cat([t["h"] for t in data[8:]])
+    with torch.no_grad():
+        a = rs.load_sae(ck, "cpu")(x)
+        z = (x - w["mean"].float()) @ w["matrix"].float()
+        ref = TrainingSAE.load_from_disk(ck, device="cpu")(z) @ w["inverse_matrix"].float() + w["mean"].float()
+    assert torch.allclose(a, ref, atol=1e-3, rtol=1e-4) and (a - x).abs().mean() < x.abs().mean()

@@ -18,7 +18,9 @@ the GGUF Gemma-3-270M truncated to 10 blocks, forward hook on decoder layer 9 = 
      (b) the massive dimension shrunk to the median per-dimension std before the same scaling (the
          reconstruction is mapped back, metrics are in the original space);
      (b') per-dimension standardisation ((x - mean) / std, then the same scaling);
-     (c) TopK k=32 under (a).
+     (c) TopK k=32 under (a);
+     (e) JumpReLU (SAELens's JumpReLUTrainingSAE; DIAG_THRESHOLD sets jumprelu_init_threshold) under (a) / (b');
+     (d) SAELens's ``covariance_whitening`` (PCA whitening: (x - mean) E diag(lambda + 1e-3)^(-1/2)), standard SAE.
    Held-out metrics: SAEBench's EV-legacy (per token 1 - ||x - x_hat||^2 / ||x - batch_mean||^2, mean over
    tokens, batches of 2048 tokens), pooled FVU, L0, dead fraction; also pooled FVU split into the massive
    dimension and the rest.
@@ -126,6 +128,12 @@ def ev_metrics(x: torch.Tensor, xh: torch.Tensor, m: int) -> dict:
 def make_transform(kind: str, tr: torch.Tensor, m: int):
     """(forward, inverse) maps original activations <-> SAE input space."""
     mu, sd = tr.mean(0), tr.std(0)
+    if kind == "whiten":  # SAELens's normalize_activations="covariance_whitening" (PCA whitening, eps 1e-3)
+        x64 = tr.double()
+        lam, vec = torch.linalg.eigh(torch.cov(x64.T))
+        lam = lam.clamp(min=0) + 1e-3
+        mat, inv_mat, mu64 = (vec * lam.rsqrt()).float(), (lam.sqrt()[:, None] * vec.T).float(), x64.mean(0).float()
+        return (lambda x: (x - mu64) @ mat), (lambda y: y @ inv_mat + mu64), 1.0
     if kind == "saelens":
         scale = torch.ones(D)
         shift = torch.zeros(D)
@@ -155,7 +163,7 @@ def make_transform(kind: str, tr: torch.Tensor, m: int):
     return fwd, inv, s
 
 
-def fit(name: str, arch: str, transform: str, coef: float, steps: int, seed: int = 0) -> dict:
+def fit(name: str, arch: str, transform: str, coef: float, steps: int, seed: int = 0, warmup: int = 0) -> dict:
     from sae_lens.saes.sae import TrainStepInput
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
@@ -169,6 +177,14 @@ def fit(name: str, arch: str, transform: str, coef: float, steps: int, seed: int
     if arch == "standard":
         cfg = StandardTrainingSAEConfig(d_in=D, d_sae=width, l1_coefficient=coef, normalize_activations="none")
         sae = StandardTrainingSAE(cfg)
+    elif arch == "jumprelu":  # DIAG_THRESHOLD: jumprelu_init_threshold (SAELens default 0.01)
+        from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+
+        thr = float(os.environ.get("DIAG_THRESHOLD", "0.01"))
+        cfg = JumpReLUTrainingSAEConfig(
+            d_in=D, d_sae=width, l0_coefficient=coef, jumprelu_init_threshold=thr, normalize_activations="none"
+        )
+        sae = JumpReLUTrainingSAE(cfg)
     else:
         cfg = TopKTrainingSAEConfig(d_in=D, d_sae=width, k=int(coef), normalize_activations="none")
         sae = TopKTrainingSAE(cfg)
@@ -186,8 +202,10 @@ def fit(name: str, arch: str, transform: str, coef: float, steps: int, seed: int
             perm, pos = torch.randperm(len(ytr), generator=g), 0
         batch = ytr[perm[pos : pos + bs]]
         pos += bs
-        key = "l1" if arch == "standard" else None
-        coefs = {key: coef} if key else {}
+        key = {"standard": "l1", "jumprelu": "l0"}.get(arch)
+        coefs = (
+            {key: coef * min(1.0, (step + 1) / warmup) if warmup else coef} if key else {}
+        )  # linear l1 warm-up as SAELens
         out = sae.training_forward_pass(
             TrainStepInput(
                 sae_in=batch,
@@ -215,8 +233,10 @@ def fit(name: str, arch: str, transform: str, coef: float, steps: int, seed: int
         "name": name,
         "arch": arch,
         "transform": transform,
-        "l1_coefficient" if arch == "standard" else "k": coef,
+        {"standard": "l1_coefficient", "jumprelu": "l0_coefficient"}.get(arch, "k"): coef,
+        "jumprelu_init_threshold": float(os.environ.get("DIAG_THRESHOLD", "0.01")) if arch == "jumprelu" else None,
         "steps": steps,
+        "l1_warm_up_steps": warmup,
         "batch": bs,
         "width": width,
         "seed": seed,
@@ -242,9 +262,10 @@ def main() -> None:
         r = stats()
         (RES / "stats.json").write_text(json.dumps(r, indent=1))
         print(json.dumps(r, indent=1))
-    elif cmd == "fit":  # fit NAME ARCH TRANSFORM COEF STEPS
+    elif cmd == "fit":  # fit NAME ARCH TRANSFORM COEF STEPS [L1_WARMUP_STEPS]
         name, arch, transform, coef, steps = sys.argv[2:7]
-        fit(name, arch, transform, float(coef), int(steps))
+        warmup = int(sys.argv[7]) if len(sys.argv) > 7 else 0
+        fit(name, arch, transform, float(coef), int(steps), warmup=warmup)
     elif cmd == "collect":
         out = {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -252,6 +273,11 @@ def main() -> None:
             "corpus": ".carry/corpus_table2_gemma3/tokens.npz (160 random train rows, 40 random held-out rows, seed 0)",
             "stats": json.loads((RES / "stats.json").read_text()),
             "fits": [json.loads(p.read_text()) for p in sorted(RES.glob("*.json")) if p.name != "stats.json"],
+            # runs stopped by hand once every latent was dead: their last logged line
+            "stopped_runs": {
+                p.stem.removeprefix("killed_"): p.read_text().strip().splitlines()[-1]
+                for p in sorted(RES.parent.glob("killed_*.log"))
+            },
         }
         OUT_JSON.write_text(json.dumps(out, indent=1))
         print(OUT_JSON)

@@ -239,6 +239,10 @@ def train_config(s: dict, d_in: int, recipe: dict, args: argparse.Namespace, n_c
         seed=s["seed"],
         n_checkpoints=n_ckpt,
         normalize_activations=normalization(recipe, s["architecture"]),
+        # SAELens config fields the recipe sets per architecture (e.g. JumpReLU's threshold settings)
+        sae_kwargs=dict(
+            recipe["architectures"].get(s["architecture"].removeprefix("weighted_"), {}).get("sae_kwargs", {})
+        ),
         b_dec_init=tr["b_dec_init"],  # "mean": the mean normalised activation (TrainConfig.b_dec_init)
         dead_feature_window=tr["dead_feature_window"],
         autocast=tr["autocast"] == "bf16" and args.device.startswith("cuda"),

@@ -290,3 +290,17 @@ def test_load_sae_folds_a_standardised_checkpoint(rs, tmp_path):
         z = (x - w["mean"].float()) @ w["matrix"].float()
         ref = TrainingSAE.load_from_disk(ck, device="cpu")(z) @ w["inverse_matrix"].float() + w["mean"].float()
     assert torch.allclose(a, ref, atol=1e-3, rtol=1e-4) and (a - x).abs().mean() < x.abs().mean()
+
+
+def test_train_config_takes_the_recipes_per_architecture_settings(rs):
+    import argparse
+
+    recipe = json.loads((EXP / "recipe.json").read_text())
+    recipe["architectures"]["jumprelu"]["sae_kwargs"] = {"jumprelu_bandwidth": 0.1}
+    args = argparse.Namespace(batch_size=None, tokens_scale=1.0, device="cpu")
+    base = {"model": "m", "hook": HOOK, "width": 256, "seed": 0, "tokens": 8192 * 4, "checkpoint_of_final": False}
+    jr = rs.train_config({**base, "architecture": "jumprelu", "l0_coefficient": 2.0}, 64, recipe, args, 0)
+    assert jr.sae_config_dict()["jumprelu_bandwidth"] == 0.1 and jr.normalize_activations == "expected_average_only_in"
+    st = rs.train_config({**base, "architecture": "standard", "l1_coefficient": 2.0}, 64, recipe, args, 0)
+    assert st.normalize_activations == "standardize" and st.sae_kwargs == {}
+    assert st.sae_config_dict()["normalize_activations"] == "covariance_whitening"  # SAELens's path, ours inside

@@ -239,6 +239,9 @@ def train_config(s: dict, d_in: int, recipe: dict, args: argparse.Namespace, n_c
         seed=s["seed"],
         n_checkpoints=n_ckpt,
         normalize_activations=normalization(recipe, s["architecture"]),
+        threshold_lr_scale=float(
+            recipe["architectures"].get(s["architecture"].removeprefix("weighted_"), {}).get("threshold_lr_scale", 1.0)
+        ),
         # SAELens config fields the recipe sets per architecture (e.g. JumpReLU's threshold settings)
         sae_kwargs=dict(
             recipe["architectures"].get(s["architecture"].removeprefix("weighted_"), {}).get("sae_kwargs", {})

@@ -106,6 +106,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="input normalisation: SAELens's, or standardize (per-dimension (x - mean) / sd, folded into the saved "
         "SAE; with --model, without --saelens-store)",
     )
+    p.add_argument(
+        "--threshold-lr-scale",
+        type=float,
+        default=TrainConfig.threshold_lr_scale,
+        help="JumpReLU: the threshold's learning rate as a multiple of --lr (with --model, without --saelens-store)",
+    )
     p.add_argument("--tokens", type=int, required=True, help="training tokens (samples)")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
@@ -184,6 +190,7 @@ def train_configs(args: argparse.Namespace, d_in: int | None = None) -> list[Tra
             variance_cap_quantile=args.variance_cap_quantile,
             b_dec_init=args.b_dec_init,
             normalize_activations=args.normalize_activations,
+            threshold_lr_scale=args.threshold_lr_scale,
             tokens=args.tokens,
             batch_size=args.batch_size,
             lr=args.lr,

@@ -142,6 +142,12 @@ class TrainConfig:
     activations (a massive dimension), a b_dec started at 0 moves ~lr per Adam step, so it needs ~|offset| / lr
     steps, and latents spend themselves on the offset meanwhile. Only ``train_saes`` / ``train_on_model``
     (``sae-rdp train --model``) honour ``"mean"``; the other trainers refuse it (:meth:`require_zero_b_dec`)."""
+    threshold_lr_scale: float = 1.0
+    """(weighted_)jumprelu: the learning rate of the JumpReLU threshold as a multiple of ``lr`` (its own Adam
+    group; SAELens's trainer has one). Why: SAELens parameterises the threshold directly and Adam moves it by
+    about lr per step, so with lr 3e-4 it moves <= 0.15 in a 2M-token run (488 steps of 4096), and L0 is set by
+    the initial threshold, not by ``l0_coefficient`` (experiments/table2/diagnostics: x30-x100 makes L0 follow
+    the coefficient). Only ``train_saes`` / ``train_on_model``, one process."""
     autocast: bool = False
     """bfloat16 autocast of the training step (CUDA)."""
     device: str = "cpu"
@@ -184,6 +190,12 @@ class TrainConfig:
                 f"normalize_activations='standardize' is not supported for {self.architecture} (gamma is estimated "
                 "on raw activations, and standardising already reweights the loss per dimension)"
             )
+        if not _finite("threshold_lr_scale", self.threshold_lr_scale) > 0:
+            raise SaeRdpError(f"threshold_lr_scale must be > 0, got {self.threshold_lr_scale}")
+        if self.threshold_lr_scale != 1.0 and a.stock != "jumprelu":
+            raise SaeRdpError(
+                f"threshold_lr_scale needs a JumpReLU architecture; {self.architecture!r} has no threshold"
+            )
         if not isinstance(self.sae_kwargs, dict):
             raise SaeRdpError(f"sae_kwargs must be a dict of SAELens config fields, got {self.sae_kwargs!r}")
         _positive_int("batch_size", self.batch_size)
@@ -216,6 +228,11 @@ class TrainConfig:
             raise SaeRdpError(
                 f"b_dec_init={self.b_dec_init!r} needs sae-rdp train --model (train_saes / train_on_model); "
                 f"{trainer} starts b_dec at zero"
+            )
+        if self.threshold_lr_scale != 1.0:
+            raise SaeRdpError(
+                f"threshold_lr_scale={self.threshold_lr_scale} needs sae-rdp train --model (train_saes / "
+                f"train_on_model); {trainer} keeps SAELens's single learning rate"
             )
         # the same paths run SAELens's own fit(), which would estimate a PCA whitening for "standardize"
         if self.normalize_activations == "standardize":

@@ -191,6 +191,35 @@ class SteppedFit:
         return t.sae
 
 
+def scale_threshold_lr(trainer: Any, scale: float) -> None:
+    """Give a JumpReLU SAE's ``threshold`` its own Adam group at ``scale`` x lr. SAELens's ``SAETrainer``
+    builds one Adam group over every parameter and a scheduler on it; both are rebuilt the same way
+    (SAELens's Adam arguments, ``get_lr_scheduler`` with the trainer's config), with the threshold in group 1.
+    The scheduler's warm-up / decay factors multiply each group's initial lr alike, so the ratio holds
+    throughout (for the constant and linear schedules; SAELens's cosine schedules have an absolute floor).
+    Called before a checkpoint's trainer state is loaded (its Adam state has the same two groups)."""
+    from sae_lens.training.optim import get_lr_scheduler
+    from torch.optim import Adam
+
+    named = dict(trainer.sae.named_parameters())
+    if "threshold" not in named:
+        raise SaeRdpError("threshold_lr_scale: the SAE has no threshold parameter")
+    c = trainer.cfg
+    rest = [p for n, p in named.items() if n != "threshold"]
+    groups = [{"params": rest}, {"params": [named["threshold"]], "lr": c.lr * scale}]
+    trainer.optimizer = Adam(groups, lr=c.lr, betas=(c.adam_beta1, c.adam_beta2))
+    trainer.lr_scheduler = get_lr_scheduler(
+        c.lr_scheduler_name,
+        lr=c.lr,
+        optimizer=trainer.optimizer,
+        warm_up_steps=c.lr_warm_up_steps,
+        decay_steps=c.lr_decay_steps,
+        training_steps=c.total_training_steps,
+        lr_end=c.lr_end,
+        num_cycles=c.n_restart_cycles,
+    )
+
+
 @torch.no_grad()
 def standardization(batches: Iterable[torch.Tensor], eps: float = 1e-3) -> Any:
     """Per-dimension standardisation as SAELens's ``ActivationWhitening`` (z = (x - mean) @ matrix):
@@ -418,6 +447,10 @@ class _Run:
             self.trainer = DistributedSAETrainer(cfg.trainer_config(ckpt), self.sae, iter(()), ctx)
         else:
             self.trainer = SAETrainer(cfg=cfg.trainer_config(ckpt), sae=self.sae, data_provider=iter(()))
+        if cfg.threshold_lr_scale != 1.0:
+            if ctx is not None and ctx.distributed:
+                raise SaeRdpError("threshold_lr_scale is not supported in distributed training yet")
+            scale_threshold_lr(self.trainer, cfg.threshold_lr_scale)
         if found:
             t = self.trainer
             self.sae.load_weights_from_checkpoint(found[1])  # weighted SAEs: their gamma too, bit for bit

@@ -300,7 +300,10 @@ def test_train_config_takes_the_recipes_per_architecture_settings(rs):
     args = argparse.Namespace(batch_size=None, tokens_scale=1.0, device="cpu")
     base = {"model": "m", "hook": HOOK, "width": 256, "seed": 0, "tokens": 8192 * 4, "checkpoint_of_final": False}
     jr = rs.train_config({**base, "architecture": "jumprelu", "l0_coefficient": 2.0}, 64, recipe, args, 0)
-    assert jr.sae_config_dict()["jumprelu_bandwidth"] == 0.1 and jr.normalize_activations == "expected_average_only_in"
+    a = recipe["architectures"]["jumprelu"]
+    assert jr.sae_config_dict()["jumprelu_bandwidth"] == 0.1
+    assert jr.normalize_activations == a.get("normalize_activations", recipe["training"]["normalize_activations"])
+    assert jr.threshold_lr_scale == a.get("threshold_lr_scale", 1.0) != 1.0
     st = rs.train_config({**base, "architecture": "standard", "l1_coefficient": 2.0}, 64, recipe, args, 0)
     assert st.normalize_activations == "standardize" and st.sae_kwargs == {}
     assert st.sae_config_dict()["normalize_activations"] == "covariance_whitening"  # SAELens's path, ours inside

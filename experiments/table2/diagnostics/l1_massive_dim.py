@@ -163,6 +163,20 @@ def make_transform(kind: str, tr: torch.Tensor, m: int):
     return fwd, inv, s
 
 
+def jr_extra_cfg() -> dict:
+    """Extra JumpReLUTrainingSAEConfig fields from env (unset -> SAELens default, not passed)."""
+    env = {
+        "DIAG_JR_MODE": ("jumprelu_sparsity_loss_mode", str),
+        "DIAG_JR_BANDWIDTH": ("jumprelu_bandwidth", float),
+        "DIAG_PREACT": ("pre_act_loss_coefficient", float),
+        "DIAG_JR_TANH_SCALE": ("jumprelu_tanh_scale", float),
+        "DIAG_JR_STE_INPUT": ("jumprelu_ste_to_input", lambda v: v.lower() in ("1", "true", "yes")),
+        "DIAG_JR_TARGET_L0": ("target_l0", float),
+        "DIAG_JR_L0_WARMUP": ("l0_warm_up_steps", int),
+    }
+    return {field: conv(os.environ[k]) for k, (field, conv) in env.items() if os.environ.get(k)}
+
+
 def fit(name: str, arch: str, transform: str, coef: float, steps: int, seed: int = 0, warmup: int = 0) -> dict:
     from sae_lens.saes.sae import TrainStepInput
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
@@ -182,7 +196,12 @@ def fit(name: str, arch: str, transform: str, coef: float, steps: int, seed: int
 
         thr = float(os.environ.get("DIAG_THRESHOLD", "0.01"))
         cfg = JumpReLUTrainingSAEConfig(
-            d_in=D, d_sae=width, l0_coefficient=coef, jumprelu_init_threshold=thr, normalize_activations="none"
+            d_in=D,
+            d_sae=width,
+            l0_coefficient=coef,
+            jumprelu_init_threshold=thr,
+            normalize_activations="none",
+            **jr_extra_cfg(),
         )
         sae = JumpReLUTrainingSAE(cfg)
     else:
@@ -190,7 +209,19 @@ def fit(name: str, arch: str, transform: str, coef: float, steps: int, seed: int
         sae = TopKTrainingSAE(cfg)
     with torch.no_grad():
         sae.b_dec.data = ytr.mean(0).clone()
-    opt = torch.optim.Adam(sae.parameters(), lr=3e-4, betas=(0.9, 0.999))
+    thr_lr_mult = float(os.environ.get("DIAG_THR_LR_MULT", "1")) if arch == "jumprelu" else 1.0
+    if thr_lr_mult != 1.0:  # threshold in its own Adam param group, lr * DIAG_THR_LR_MULT
+        rest_params = [p for n, p in sae.named_parameters() if n != "threshold"]
+        opt = torch.optim.Adam(
+            [{"params": rest_params}, {"params": [sae.threshold], "lr": 3e-4 * thr_lr_mult}],
+            lr=3e-4,
+            betas=(0.9, 0.999),
+        )
+    else:
+        opt = torch.optim.Adam(sae.parameters(), lr=3e-4, betas=(0.9, 0.999))
+    # dead-latent mask for JumpReLU's pre_act_loss (SAELens: n_forward_passes_since_fired > dead_feature_window)
+    jr_dead_window = int(os.environ.get("DIAG_DEAD_WINDOW", "256"))
+    jr_mask = arch == "jumprelu" and "pre_act_loss_coefficient" in jr_extra_cfg()
     since_fired = torch.zeros(width)
     t0 = time.time()
     log = []
@@ -210,7 +241,9 @@ def fit(name: str, arch: str, transform: str, coef: float, steps: int, seed: int
             TrainStepInput(
                 sae_in=batch,
                 coefficients=coefs,
-                dead_neuron_mask=(since_fired > 256) if arch == "topk" else None,
+                dead_neuron_mask=(since_fired > 256)
+                if arch == "topk"
+                else ((since_fired > jr_dead_window) if jr_mask else None),
                 n_training_steps=step,
                 is_logging_step=False,
             )
@@ -250,6 +283,11 @@ def fit(name: str, arch: str, transform: str, coef: float, steps: int, seed: int
         "log": log,
         "seconds": round(time.time() - t0, 1),
     }
+    if arch == "jumprelu" and (jr_extra_cfg() or thr_lr_mult != 1.0):  # only for non-default JumpReLU runs
+        res["jumprelu_extra_cfg"] = jr_extra_cfg()
+        res["threshold_lr_mult"] = thr_lr_mult
+        res["dead_window_for_pre_act_loss"] = jr_dead_window if jr_mask else None
+        res["threshold_quantiles_final"] = pct(sae.threshold.detach())
     RES.mkdir(parents=True, exist_ok=True)
     (RES / f"{name}.json").write_text(json.dumps(res, indent=1))
     return res

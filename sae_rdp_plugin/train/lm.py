@@ -836,6 +836,8 @@ def _save(r: _Run, held: dict[str, torch.Tensor], common: dict[str, Any], seen: 
         "batch_size": r.cfg.batch_size,
         "lr": r.cfg.lr,
         "b_dec_init": r.cfg.b_dec_init,
+        "normalize_activations": r.cfg.normalize_activations,
+        "threshold_lr_scale": r.cfg.threshold_lr_scale,
         "fast_step": r.fast,
         "tokens": int(r.trainer.n_training_samples),
         "steps": int(r.trainer.n_training_steps),

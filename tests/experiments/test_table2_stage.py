@@ -68,6 +68,7 @@ def _setup(tmp: Path) -> tuple[Path, Path, np.ndarray]:
     sae = plan_entry
     saes = [sae("topk", "k", 4, 0.5), sae("topk", "k", 4, 1.0), sae("topk", "k", 8, 1.0)]
     saes += [sae("standard", "l1_coefficient", 2.0, 1.0), {**sae("topk", "k", 2, 1.0), "stage": "T-other"}]
+    saes += [sae("jumprelu", "l0_coefficient", 1.0, 1.0)]  # standardised inputs, threshold at 100 x lr (recipe)
     (tmp / "plan.json").write_text(json.dumps({"saes": saes}))
     return tmp / "plan.json", corpus, held
 
@@ -92,9 +93,9 @@ def test_stage_end_to_end_resume_and_audit(rs, tmp_path, capsys):
     assert rs.main(_argv(plan, corpus, out, export)) == 0
     rec = json.loads((out / "stage_T-tiny.json").read_text())
     (call,) = rec["calls"]
-    assert len(call["trained"]) == 3 and call["skipped_trained_before"] == [] and len(call["core_evaluated"]) == 4
+    assert len(call["trained"]) == 4 and call["skipped_trained_before"] == [] and len(call["core_evaluated"]) == 5
     files = sorted((out / "core").glob("*.json"))
-    assert len(files) == 4
+    assert len(files) == 5
     objs = {f.name: json.loads(f.read_text()) for f in files}
     for o in objs.values():
         CoreEvalOutput(**o)  # SAEBench's own schema
@@ -103,7 +104,7 @@ def test_stage_end_to_end_resume_and_audit(rs, tmp_path, capsys):
         assert cfg["model_name"] == "tiny-gpt2" and cfg["hook_name"] == HOOK and cfg["d_sae"] == 128
         assert o["sae_lens_release_id"] == f"table2-tiny-gpt2-L1-{cfg['training_architecture']}"
     ids = sorted(o["sae_lens_id"] for o in objs.values())
-    assert sum(i.endswith("_step_final") for i in ids) == 3 and sum(i.endswith("_step_320") for i in ids) == 1
+    assert sum(i.endswith("_step_final") for i in ids) == 4 and sum(i.endswith("_step_320") for i in ids) == 1
     for o in objs.values():
         m = o["eval_result_metrics"]
         if "k" in o["sae_cfg_dict"] and o["sae_cfg_dict"]["architecture"] == "topk":
@@ -130,6 +131,17 @@ def test_stage_end_to_end_resume_and_audit(rs, tmp_path, capsys):
         l0_ref = (sae.encode(x) != 0).float().sum(-1).mean().item()
     assert std["eval_result_metrics"]["sparsity"]["l0"] == pytest.approx(l0_ref, rel=1e-2)
     assert 0 < l0_ref < 128
+    # JumpReLU: trained on standardised inputs (folded: the saved SAE reads raw x), threshold at 100 x lr
+    (jr,) = [o for o in objs.values() if o["sae_cfg_dict"]["architecture"] == "jumprelu"]
+    jr_sae = SAE.load_from_disk(out / "saes" / f"tiny-gpt2/{HOOK}/jumprelu/w128/l0_coefficient-1/s0")
+    assert jr_sae.cfg.normalize_activations == "none"
+    summ = json.loads(
+        (out / "saes" / f"tiny-gpt2/{HOOK}/jumprelu/w128/l0_coefficient-1/s0/train_summary.json").read_text()
+    )
+    assert summ["normalize_activations"] == "standardize" and summ["threshold_lr_scale"] == 100
+    with torch.no_grad():
+        jr_l0 = (jr_sae.encode(x) != 0).float().sum(-1).mean().item()
+    assert jr["eval_result_metrics"]["sparsity"]["l0"] == pytest.approx(jr_l0, rel=1e-2)
 
     # the checkpoint as evaluated = the training SAE on normalised inputs, mapped back
     ck = next((out / "saes" / f"tiny-gpt2/{HOOK}/topk/w128/k-4/s0/checkpoints").iterdir())
@@ -142,7 +154,7 @@ def test_stage_end_to_end_resume_and_audit(rs, tmp_path, capsys):
     # what comes back from the device: one bundle + the stage file
     with tarfile.open(export / "T-tiny.tar.xz") as tar:
         names = tar.getnames()
-    assert sum(n.startswith("core/") for n in names) == 4 and sum(n.startswith("train_summaries/") for n in names) == 3
+    assert sum(n.startswith("core/") for n in names) == 5 and sum(n.startswith("train_summaries/") for n in names) == 4
     assert (export / "stage_T-tiny.json").is_file()
 
     # resume: nothing trained or evaluated again, files untouched
@@ -150,8 +162,8 @@ def test_stage_end_to_end_resume_and_audit(rs, tmp_path, capsys):
     assert rs.main(_argv(plan, corpus, out, export)) == 0
     rec = json.loads((out / "stage_T-tiny.json").read_text())
     second = rec["calls"][1]
-    assert second["trained"] == [] and len(second["skipped_trained_before"]) == 3
-    assert second["core_evaluated"] == [] and len(second["core_existing"]) == 4
+    assert second["trained"] == [] and len(second["skipped_trained_before"]) == 4
+    assert second["core_evaluated"] == [] and len(second["core_existing"]) == 5
     assert all(f.stat().st_mtime_ns == t for f, t in mtimes.items())
 
     # the audit groups the JSONs (checkpoints included, pooled) and runs

@@ -688,6 +688,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.random_init and not args.no_eval and not calibration_stage(stage):
         # TransformerLens's Gemma / SmolLM2 conversion reads the tokenizer, which random weights do not have
         fail("--random-init trains only: add --no-eval (SAEBench's core needs the real model and its tokenizer)")
+    depth = {m["model"]: m["n_layers"] for m in recipe["models"]}.get(model_name)
+    if args.n_layers is not None and depth is not None and args.n_layers < depth and not args.no_eval:
+        # the core eval's CE loss runs the model to its logits: a truncated stack gives meaningless scores
+        fail(
+            f"--n-layers {args.n_layers} truncates {model_name} ({depth} blocks): SAEBench's CE loss needs them "
+            "all; add --no-eval"
+        )
     train, held, bos = load_corpus(args.corpus)
     if args.context_size:
         train, held = train[:, : args.context_size], held[:, : args.context_size]

@@ -190,6 +190,7 @@ def test_bad_inputs_exit_2_before_writing(rs, tmp_path, capsys):
         (["--stage", "T-tiny", "--corpus", str(tmp_path)], "neither a corpus folder"),
         (["--stage", "C-gemma3-270m-9-topk"], "no calibration stage"),
         (["--stage", "T-tiny", "--random-init"], "--random-init trains only"),
+        (["--stage", "C-gemma3-270m-9-standard", "--model-path", "m.gguf", "--n-layers", "10"], "add --no-eval"),
     ]
     for extra, msg in cases:
         argv = ["--plan", str(plan), "--corpus", str(corpus), "--out", str(out), *extra]

@@ -19,8 +19,12 @@ the GGUF Gemma-3-270M truncated to 10 blocks, forward hook on decoder layer 9 = 
          reconstruction is mapped back, metrics are in the original space);
      (b') per-dimension standardisation ((x - mean) / std, then the same scaling);
      (c) TopK k=32 under (a);
-     (e) JumpReLU (SAELens's JumpReLUTrainingSAE; DIAG_THRESHOLD sets jumprelu_init_threshold) under (a) / (b');
-     (d) SAELens's ``covariance_whitening`` (PCA whitening: (x - mean) E diag(lambda + 1e-3)^(-1/2)), standard SAE.
+     (d) SAELens's ``covariance_whitening`` (PCA whitening: (x - mean) E diag(lambda + 1e-3)^(-1/2)), standard SAE;
+     (e) JumpReLU (SAELens's JumpReLUTrainingSAE) under (a) / (b'); environment: DIAG_THRESHOLD
+         (jumprelu_init_threshold), DIAG_JR_MODE, DIAG_JR_BANDWIDTH, DIAG_PREACT, DIAG_JR_TANH_SCALE,
+         DIAG_JR_STE_INPUT, DIAG_JR_TARGET_L0, DIAG_JR_L0_WARMUP (SAELens config fields), DIAG_THR_LR_MULT (the
+         threshold in its own Adam group at that multiple of lr, as TrainConfig.threshold_lr_scale),
+         DIAG_DEAD_WINDOW (steps without firing that count a latent dead for the TopK aux loss).
    Held-out metrics: SAEBench's EV-legacy (per token 1 - ||x - x_hat||^2 / ||x - batch_mean||^2, mean over
    tokens, batches of 2048 tokens), pooled FVU, L0, dead fraction; also pooled FVU split into the massive
    dimension and the rest.

@@ -436,6 +436,39 @@ def archived(results: Path) -> str:
     return "\n".join(out + [""])
 
 
+def diagnostics(path: Path) -> str:
+    """The generated table of ``diagnostics/l1_massive_dim.json`` (CPU fits on real layer-9 activations)."""
+    if not path.is_file():
+        return ""
+    d = json.loads(path.read_text())
+    st = d["stats"]
+    out = [
+        "",
+        "### diagnostics (CPU, `diagnostics/l1_massive_dim.json`)",
+        "",
+        f"- {d['model']}; {st['tokens_train']:,} training and {st['tokens_heldout']:,} held-out tokens; dimension "
+        f"{st['massive_dim']} holds {st['massive_share_pooled']:.1%} of the pooled variance, the next two "
+        f"{st['top3_var_share'][1]:.2%} and {st['top3_var_share'][2]:.2%}; its median share of a token's centred "
+        f"energy is {st['massive_share_of_token_centred_energy']['p50']:.2f}.",
+        "",
+        "| fit | architecture | input | coefficient / k | threshold lr x | steps | L0 | dead | EV-legacy | FVU |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for f in d["fits"]:
+        coef = f.get("l1_coefficient", f.get("l0_coefficient", f.get("k")))
+        extra = f.get("jumprelu_extra_cfg") or {}
+        arch = f["arch"] + (f" ({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else "")
+        if f["arch"] == "jumprelu":
+            arch += f", init threshold {f.get('jumprelu_init_threshold')}"
+        steps = str(f["steps"]) + (f" (L1 warm-up {f['l1_warm_up_steps']})" if f.get("l1_warm_up_steps") else "")
+        out.append(
+            f"| `{f['name']}` | {arch} | {f['transform']} | {coef:g} | {f.get('threshold_lr_mult', 1.0):g} | "
+            f"{steps} | {f['l0']:.1f} | {f['dead_fraction_heldout']:.3f} | {f['ev_legacy_mean']:.3f} | "
+            f"{f['fvu_pooled']:.3f} |"
+        )
+    return "\n".join(out + [""])
+
+
 def check_markers(path: Path) -> str:
     """FINDINGS.md's text; fails (exit 2) unless it holds BEGIN and END once each, in that order."""
     doc = path.read_text()
@@ -502,7 +535,12 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(args.out / "table2.json", json.dumps({"rows": rows, "sources": sources}, indent=1) + "\n")
     atomic_write_text(args.out / "table2.md", markdown(rows, sources))
     if (args.out / "FINDINGS.md").is_file():
-        write_findings(args.out / "FINDINGS.md", findings(rows, folders) + archived(args.results))
+        write_findings(
+            args.out / "FINDINGS.md",
+            findings(rows, folders)
+            + archived(args.results)
+            + diagnostics(args.results.parent / "diagnostics" / "l1_massive_dim.json"),
+        )
     print(markdown(rows, sources).split("## Every sweep")[0])
     return 0
 

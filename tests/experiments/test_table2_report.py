@@ -183,3 +183,23 @@ def test_findings_block_is_rewritten_between_markers(results):
         rep.main(["--results", str(tmp / "results"), "--out", str(out), "--n-boot", "50", "--n-perm", "50"])
     assert e.value.code == 2 and (out / "FINDINGS.md").read_text() == "no markers\n"
     assert not (out / "table2.json").exists()  # nothing written
+
+
+def test_diagnostics_table_is_computed_from_its_json(tmp_path):
+    rep = _report()
+    assert rep.diagnostics(tmp_path / "missing.json") == ""
+    stats = {
+        "tokens_train": 1000, "tokens_heldout": 200, "massive_dim": 7, "massive_share_pooled": 0.9,
+        "top3_var_share": [0.9, 0.01, 0.005], "massive_share_of_token_centred_energy": {"p50": 0.3},
+    }  # fmt: skip
+    fit = {"name": "a", "arch": "standard", "transform": "saelens", "l1_coefficient": 12, "steps": 800,
+           "l1_warm_up_steps": 400, "l0": 46.12, "dead_fraction_heldout": 0.002, "ev_legacy_mean": 0.0181,
+           "fvu_pooled": 0.1177}  # fmt: skip
+    jr = {**fit, "name": "j", "arch": "jumprelu", "l0_coefficient": 2, "jumprelu_init_threshold": 0.01,
+          "threshold_lr_mult": 30.0, "l1_warm_up_steps": 0}  # fmt: skip
+    del jr["l1_coefficient"]
+    (tmp_path / "d.json").write_text(json.dumps({"model": "m", "stats": stats, "fits": [fit, jr]}))
+    text = rep.diagnostics(tmp_path / "d.json")
+    assert "dimension 7 holds 90.0% of the pooled variance" in text
+    assert "| `a` | standard | saelens | 12 | 1 | 800 (L1 warm-up 400) | 46.1 | 0.002 | 0.018 | 0.118 |" in text
+    assert "| `j` | jumprelu, init threshold 0.01 | saelens | 2 | 30 | 800 | 46.1 |" in text

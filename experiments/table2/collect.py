@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Bring one device call's bundle into the committed results (dev machine, CPU).
 
-    .venv/bin/python experiments/table2/collect.py <files_at>/x/<ID>.tar.xz [--into results/gemma3-270m-L9]
+    .venv/bin/python experiments/table2/collect.py <files_at>/x/<ID>.tar.xz [--into results/<model>-L<layer>]
 
 ``stage.sh run`` returns ``<ID>.tar.xz``: every core / eval JSON of the device's run folder so far, each SAE's
 ``train_summary.json``, the stage and calibration files. A fresh machine's run folder holds only that session's
@@ -15,7 +15,11 @@ the new session's calls alone. This script extracts into a temporary folder, the
 * every other file: written when new or identical; a different existing file is replaced (an SAE's JSON is
   recomputed only when its SAE was retrained) and listed.
 
-Nothing is written before the whole bundle has been read and checked (member names relative, no links).
+The model-layer folder (``results/<model>-L<layer>``) is read from the bundle: the release ids of its SAEBench
+JSONs (``table2-<model>-L<layer>-<architecture>``), else its stage ids (``C-<model>-<layer>-<architecture>``,
+``T-...``, ``E-<model>-<layer>``); a bundle naming two model-layers, or none (give ``--into``), or another one than
+``--into``, is refused. Nothing is written before the whole bundle has been read and checked (member names
+relative, no links).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tarfile
 import tempfile
@@ -45,6 +50,30 @@ def merge_stage(old: dict, new: dict) -> dict:
     return out
 
 
+_RELEASE = re.compile(r"^table2-(?P<ml>.+-L\d+)-[a-z_]+$")
+_STAGE = re.compile(r"^[CTE]-(?P<model>.+)-(?P<layer>\d+)(?:-[a-z_]+)?$")
+
+
+def model_layer(files: dict[Path, bytes]) -> str | None:
+    """``<model>-L<layer>`` of a bundle (relative path -> bytes), from its JSONs' release ids, else its stage ids;
+    None when it names none; ValueError when it names several."""
+    found = set()
+    for rel, data in files.items():
+        if rel.suffix != ".json":
+            continue
+        d = json.loads(data)
+        if rel.parent != Path(".") and isinstance(d, dict) and (m := _RELEASE.match(str(d.get("sae_lens_release_id")))):
+            found.add(m["ml"])
+    if not found:
+        for rel, data in files.items():
+            if rel.parent == Path(".") and rel.name.startswith(("stage_", "calibration_")):
+                if m := _STAGE.match(str(json.loads(data).get("stage", ""))):
+                    found.add(f"{m['model']}-L{m['layer']}")
+    if len(found) > 1:
+        raise ValueError(f"the bundle spans model-layers {sorted(found)}")
+    return found.pop() if found else None
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -52,8 +81,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def collect(bundle: Path, into: Path, results: Path = RESULTS) -> dict[str, list[str]]:
-    """Extract ``bundle`` into ``into`` as described in the module docstring; returns what was done."""
+def collect(bundle: Path, into: Path | None = None, results: Path = RESULTS) -> dict[str, list[str]]:
+    """Extract ``bundle`` into ``into`` (default: ``results/<model>-L<layer>`` read from the bundle) as
+    described in the module docstring; returns what was done."""
     if not bundle.is_file():
         raise ValueError(f"no bundle at {bundle}")
     with tempfile.TemporaryDirectory() as tmp_s:
@@ -71,6 +101,13 @@ def collect(bundle: Path, into: Path, results: Path = RESULTS) -> dict[str, list
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         if not files:
             raise ValueError(f"{bundle}: empty bundle")
+        named = model_layer({f.relative_to(tmp): f.read_bytes() for f in files})
+        if into is None:
+            if named is None:
+                raise ValueError(f"{bundle}: names no model-layer; give --into")
+            into = results / named
+        elif named is not None and into.name != named:
+            raise ValueError(f"{bundle} holds {named} results, not {into.name} (--into)")
         plan: list[tuple[Path, bytes, str]] = []
         for f in files:
             rel = f.relative_to(tmp)
@@ -99,7 +136,7 @@ def collect(bundle: Path, into: Path, results: Path = RESULTS) -> dict[str, list
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("bundle", type=Path, help="<ID>.tar.xz from a stage.sh run call")
-    ap.add_argument("--into", type=Path, default=RESULTS / "gemma3-270m-L9", help="the model-layer folder")
+    ap.add_argument("--into", type=Path, default=None, help="the model-layer folder (default: read from the bundle)")
     args = ap.parse_args(argv)
     try:
         done = collect(args.bundle, args.into)

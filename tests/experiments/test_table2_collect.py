@@ -83,3 +83,44 @@ def test_bad_bundles_write_nothing(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ")
         assert not into.exists() and not (tmp_path / "escape.json").exists()
+
+
+def _core(release: str) -> bytes:
+    return json.dumps({"sae_lens_release_id": release, "eval_result_metrics": {}}).encode()
+
+
+def test_model_layer_folder_is_read_from_the_bundle(tmp_path, capsys):
+    col = _collect()
+    results = tmp_path / "results"
+    smol = _bundle(tmp_path / "s.tar.xz", {"core/a.json": _core("table2-smollm2-135m-L15-topk")})
+    done = col.collect(smol, None, results)
+    assert (results / "smollm2-135m-L15" / "core" / "a.json").is_file() and len(done["new"]) == 1
+    cal = _bundle(
+        tmp_path / "c.tar.xz", {"calibration_C-gemma3-270m-9-jumprelu.json": b'{"stage": "C-gemma3-270m-9-jumprelu"}'}
+    )
+    col.collect(cal, None, results)
+    assert (results / "gemma3-270m-L9" / "calibration_C-gemma3-270m-9-jumprelu.json").is_file()
+    wsae = _bundle(tmp_path / "w.tar.xz", {"core/w.json": _core("table2-gemma3-270m-L9-weighted_topk")})
+    col.collect(wsae, None, results)
+    assert (results / "gemma3-270m-L9" / "core" / "w.json").is_file()
+    # refused, nothing written: another folder than --into, two model-layers, none at all without --into
+    mixed = _bundle(
+        tmp_path / "m.tar.xz",
+        {"core/a.json": _core("table2-smollm2-135m-L15-topk"), "core/b.json": _core("table2-gemma3-270m-L9-topk")},
+    )
+    anon = _bundle(tmp_path / "n.tar.xz", {"core/x.json": b"{}"})
+    for b, into, msg in (
+        (smol, results / "gemma3-270m-L9", "holds smollm2-135m-L15 results"),
+        (mixed, None, "spans model-layers"),
+        (anon, None, "give --into"),
+    ):
+        before = sorted(p for p in results.rglob("*"))
+        argv = [str(b)] + ([] if into is None else ["--into", str(into)])
+        if into is None:
+            with pytest.raises(ValueError, match=msg):
+                col.collect(b, None, results)
+        else:
+            assert col.main(argv) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and msg in err[0]
+        assert sorted(p for p in results.rglob("*")) == before

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+from sae_rdp_plugin.io import atomic_write_bytes
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -74,13 +75,6 @@ def model_layer(files: dict[Path, bytes]) -> str | None:
     return found.pop() if found else None
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def collect(bundle: Path, into: Path | None = None, results: Path = RESULTS) -> dict[str, list[str]]:
     """Extract ``bundle`` into ``into`` (default: ``results/<model>-L<layer>`` read from the bundle) as
     described in the module docstring; returns what was done."""
@@ -98,10 +92,10 @@ def collect(bundle: Path, into: Path | None = None, results: Path = RESULTS) -> 
                 tar.extractall(tmp, members=members, filter="data")
         except tarfile.TarError as e:
             raise ValueError(f"{bundle}: not a readable tar archive ({e})") from e
-        files = sorted(p for p in tmp.rglob("*") if p.is_file())
-        if not files:
+        contents = {p.relative_to(tmp): p.read_bytes() for p in sorted(tmp.rglob("*")) if p.is_file()}
+        if not contents:
             raise ValueError(f"{bundle}: empty bundle")
-        named = model_layer({f.relative_to(tmp): f.read_bytes() for f in files})
+        named = model_layer(contents)
         if into is None:
             if named is None:
                 raise ValueError(f"{bundle}: names no model-layer; give --into")
@@ -109,10 +103,8 @@ def collect(bundle: Path, into: Path | None = None, results: Path = RESULTS) -> 
         elif named is not None and into.name != named:
             raise ValueError(f"{bundle} holds {named} results, not {into.name} (--into)")
         plan: list[tuple[Path, bytes, str]] = []
-        for f in files:
-            rel = f.relative_to(tmp)
+        for rel, data in contents.items():
             dest = into / rel
-            data = f.read_bytes()
             if rel.parent == Path(".") and rel.name.startswith("stage_") and rel.suffix == ".json":
                 new = json.loads(data)
                 if dest.is_file():
@@ -128,7 +120,7 @@ def collect(bundle: Path, into: Path | None = None, results: Path = RESULTS) -> 
     done: dict[str, list[str]] = {}
     for dest, data, kind in plan:
         if kind != "same":
-            _write_atomic(dest, data)
+            atomic_write_bytes(dest, data)
         done.setdefault(kind, []).append(str(dest))
     return done
 

@@ -32,6 +32,7 @@ import argparse
 import json
 import math
 import re
+import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -108,12 +109,6 @@ def _finite(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
-def _median(xs: list[float]) -> float:
-    ys = sorted(xs)
-    n = len(ys)
-    return ys[n // 2] if n % 2 else 0.5 * (ys[n // 2 - 1] + ys[n // 2])
-
-
 def quality(folder: Path) -> dict[tuple[str, int | None], dict[str, float | int]]:
     """SAE quality from the core JSONs, per (release, width) and per (release, None) (widths pooled), and per
     ("pooled", None): the number of SAEs and the median / min / max of ``ce_loss_score`` and
@@ -137,7 +132,7 @@ def quality(folder: Path) -> dict[tuple[str, int | None], dict[str, float | int]
     for key, slot in vals.items():
         out[key] = {"n": len(slot["ce_loss_score"])}
         for k, xs in slot.items():
-            out[key].update({f"median_{k}": _median(xs), f"min_{k}": min(xs), f"max_{k}": max(xs)})
+            out[key].update({f"median_{k}": statistics.median(xs), f"min_{k}": min(xs), f"max_{k}": max(xs)})
     return out
 
 

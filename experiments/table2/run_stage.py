@@ -160,10 +160,10 @@ def resolve_levels(saes: list[dict], out: Path, recipe: dict) -> list[dict]:
             cal = load_json(p)
             # calibrations before this field existed ran on the training default
             made = cal.get("normalize_activations", recipe["training"]["normalize_activations"])
-            if made != normalization(recipe, s["architecture"]):
+            if made != (now := normalization(recipe, s["architecture"])):
                 fail(
                     f"{p.name} was made with normalize_activations={made!r}, the recipe now trains "
-                    f"{s['architecture']} with {normalization(recipe, s['architecture'])!r}: rerun stage {stage}"
+                    f"{s['architecture']} with {now!r}: rerun stage {stage}"
                 )
             chosen = cal["levels"][str(s["width"])]
             s = {**s, f: chosen[lev], "level_name": lev}
@@ -207,11 +207,15 @@ def load_models(name: str, args: argparse.Namespace) -> tuple[Any, Any, Any]:
 # ------------------------------------------------------------------------------------ training
 
 
+def arch_recipe(recipe: dict, arch: str) -> dict:
+    """The recipe's entry for ``arch`` (a weighted_* architecture reads its stock one; {} if none)."""
+    return recipe["architectures"].get(arch.removeprefix("weighted_"), {})
+
+
 def normalization(recipe: dict, arch: str) -> str:
     """The input normalisation of ``arch``: the recipe's per-architecture ``normalize_activations`` where it
     gives one (standard: ``standardize``, FINDINGS.md), else the training default."""
-    a = recipe["architectures"].get(arch.removeprefix("weighted_"), {})
-    return a.get("normalize_activations", recipe["training"]["normalize_activations"])
+    return arch_recipe(recipe, arch).get("normalize_activations", recipe["training"]["normalize_activations"])
 
 
 def train_config(s: dict, d_in: int, recipe: dict, args: argparse.Namespace, n_ckpt: int) -> Any:
@@ -239,13 +243,9 @@ def train_config(s: dict, d_in: int, recipe: dict, args: argparse.Namespace, n_c
         seed=s["seed"],
         n_checkpoints=n_ckpt,
         normalize_activations=normalization(recipe, s["architecture"]),
-        threshold_lr_scale=float(
-            recipe["architectures"].get(s["architecture"].removeprefix("weighted_"), {}).get("threshold_lr_scale", 1.0)
-        ),
+        threshold_lr_scale=float(arch_recipe(recipe, s["architecture"]).get("threshold_lr_scale", 1.0)),
         # SAELens config fields the recipe sets per architecture (e.g. JumpReLU's threshold settings)
-        sae_kwargs=dict(
-            recipe["architectures"].get(s["architecture"].removeprefix("weighted_"), {}).get("sae_kwargs", {})
-        ),
+        sae_kwargs=dict(arch_recipe(recipe, s["architecture"]).get("sae_kwargs", {})),
         b_dec_init=tr["b_dec_init"],  # "mean": the mean normalised activation (TrainConfig.b_dec_init)
         dead_feature_window=tr["dead_feature_window"],
         autocast=tr["autocast"] == "bf16" and args.device.startswith("cuda"),

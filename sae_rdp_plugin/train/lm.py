@@ -223,26 +223,19 @@ def scale_threshold_lr(trainer: Any, scale: float) -> None:
 @torch.no_grad()
 def standardization(batches: Iterable[torch.Tensor], eps: float = 1e-3) -> Any:
     """Per-dimension standardisation as SAELens's ``ActivationWhitening`` (z = (x - mean) @ matrix):
-    mean_i and var_i (unbiased) in float64 over the rows of ``batches``, matrix = diag(1 / sqrt(var_i + eps)),
-    inverse_matrix = diag(sqrt(var_i + eps)); ``eps`` as SAELens's ``estimate_whitening`` adds to the
-    covariance eigenvalues."""
+    mean_i and var_i (unbiased) in float64 over the rows of ``batches`` (:class:`RunningMoments`, the streaming
+    moments gamma uses), matrix = diag(1 / sqrt(var_i + eps)), inverse_matrix = diag(sqrt(var_i + eps));
+    ``eps`` as SAELens's ``estimate_whitening`` adds to the covariance eigenvalues."""
     from sae_lens.training.activation_scaler import ActivationWhitening
 
-    count, sums, sq = 0, None, None
+    moments: RunningMoments | None = None
     for b in batches:
-        x = b.detach().to(torch.float64).reshape(-1, b.shape[-1])
-        if sums is None:
-            sums = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-            sq = torch.zeros_like(sums)
-        count += x.shape[0]
-        sums += x.sum(0)
-        sq += (x * x).sum(0)
-    if sums is None or count < 2:
+        moments = moments or RunningMoments(b.shape[-1])
+        moments.update(b)
+    if moments is None or moments.n < 2:
         raise SaeRdpError("normalize_activations='standardize' needs at least two rows to estimate a variance")
-    mean = sums / count
-    var = ((sq - count * mean * mean) / (count - 1)).clamp(min=0.0)
-    sd = (var + eps).sqrt()
-    return ActivationWhitening(mean=mean.cpu(), matrix=torch.diag(1.0 / sd).cpu(), inverse_matrix=torch.diag(sd).cpu())
+    sd = (moments.m2 / (moments.n - 1) + eps).sqrt().cpu()
+    return ActivationWhitening(mean=moments.mean.cpu(), matrix=torch.diag(1.0 / sd), inverse_matrix=torch.diag(sd))
 
 
 # ------------------------------------------------------------------------------------ output folders

@@ -1,23 +1,16 @@
 """experiments/table2/collect.py: a device bundle merged into committed results without losing stage records."""
 
-import importlib.util
 import io
 import json
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from script_loader import load_script
 
 
 def _collect():
-    spec = importlib.util.spec_from_file_location("t2_collect", ROOT / "experiments/table2/collect.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["t2_collect"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("t2_collect", "experiments/table2/collect.py")
 
 
 def _bundle(path: Path, files: dict[str, bytes], extra: tarfile.TarInfo | None = None) -> Path:

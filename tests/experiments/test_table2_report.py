@@ -1,23 +1,16 @@
 """experiments/table2/report.py: table2.json rows checked against a brute-force V on synthetic SAEBench JSONs."""
 
-import importlib.util
 import json
-import sys
 from itertools import product
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from script_loader import load_script
 
 
 def _report():
-    spec = importlib.util.spec_from_file_location("t2_report", ROOT / "experiments/table2/report.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["t2_report"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("t2_report", "experiments/table2/report.py")
 
 
 def _write(folder: Path, eval_type: str, release: str, sae_id: str, width: int, metrics: dict) -> None:

@@ -136,9 +136,30 @@ def quality(folder: Path) -> dict[tuple[str, int | None], dict[str, float | int]
     return out
 
 
-def rows_of(outputs: dict[str, dict[str, Any]], grouping: str, distortion: str, folder: Path) -> list[dict[str, Any]]:
-    """table2.json rows of one grouping's audit outputs (each with its sweep's median SAE quality)."""
-    qual = quality(folder)
+def per_architecture(qual: dict[tuple[str, int | None], dict[str, float | int]]) -> list[tuple[str, dict]]:
+    """(architecture, its quality over both widths) of :func:`quality`'s output, by name."""
+    return sorted((arch, q) for (arch, width), q in qual.items() if arch != "pooled" and width is None)
+
+
+def quality_text(q: dict[str, float | int]) -> str:
+    """SAEBench ``ce_loss_score`` and ``explained_variance_legacy``: median (min-max)."""
+    return (
+        f"SAEBench `ce_loss_score` median {q['median_ce_loss_score']:.2f} ({q['min_ce_loss_score']:.2f}-"
+        f"{q['max_ce_loss_score']:.2f}), `explained_variance_legacy` median "
+        f"{q['median_explained_variance_legacy']:.2f} ({q['min_explained_variance_legacy']:.2f}-"
+        f"{q['max_explained_variance_legacy']:.2f})"
+    )
+
+
+def rows_of(
+    outputs: dict[str, dict[str, Any]],
+    grouping: str,
+    distortion: str,
+    folder: Path,
+    qual: dict[tuple[str, int | None], dict[str, float | int]],
+) -> list[dict[str, Any]]:
+    """table2.json rows of one grouping's audit outputs (each with its sweep's median SAE quality from ``qual``,
+    :func:`quality` of ``folder``)."""
     m = re.match(r"^(?P<model>.+)-L(?P<layer>\d+)$", folder.name)
     assert m, folder
     rows = []
@@ -311,8 +332,9 @@ def _cal_fix(grid: list[list[float]], targets: list[float]) -> str:
     return "redo with a finer grid"
 
 
-def findings(rows: list[dict[str, Any]], folders: list[Path]) -> str:
-    """The generated part of FINDINGS.md: every number from the committed files."""
+def findings(rows: list[dict[str, Any]], folders: list[Path], quals: dict[Path, dict]) -> str:
+    """The generated part of FINDINGS.md: every number from the committed files (``quals``: :func:`quality`
+    of each folder)."""
     primary = list(DISTORTIONS)[0]
     out = []
     for folder in folders:
@@ -360,15 +382,9 @@ def findings(rows: list[dict[str, Any]], folders: list[Path]) -> str:
             f"- SAEBench core over {len(pts)} SAEs: `explained_variance` {min(ev):.4f}-{max(ev):.4f}, "
             f"`explained_variance_legacy` {min(dl):.4f}-{max(dl):.4f}."
         )
-        qual = quality(folder)
-        for (arch, width), q in sorted(qual.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
-            if arch == "pooled" or width is not None:
-                continue
+        for arch, q in per_architecture(quals[folder]):
             out.append(
-                f"- {arch}: SAEBench `ce_loss_score` median {q['median_ce_loss_score']:.2f} "
-                f"({q['min_ce_loss_score']:.2f}-{q['max_ce_loss_score']:.2f}), `explained_variance_legacy` median "
-                f"{q['median_explained_variance_legacy']:.2f} ({q['min_explained_variance_legacy']:.2f}-"
-                f"{q['max_explained_variance_legacy']:.2f}) over {q['n']} SAEs"
+                f"- {arch}: {quality_text(q)} over {q['n']} SAEs"
                 + (
                     f"; below the working-SAE bar (median CE loss recovered >= {MIN_CE_LOSS_SCORE})"
                     if q["median_ce_loss_score"] < MIN_CE_LOSS_SCORE
@@ -418,15 +434,9 @@ def archived(results: Path) -> str:
     out = ["", "### archived sweeps (not audited)", ""]
     for folder in folders:
         gpu = sum(json.loads(st.read_text()).get("gpu_s_total", 0.0) for st in folder.glob("stage_*.json"))
-        for (arch, width), q in sorted(quality(folder).items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
-            if arch == "pooled" or width is not None:
-                continue
+        for arch, q in per_architecture(quality(folder)):
             out.append(
-                f"- `{folder.name}` ({arch}): {q['n']} SAEs, SAEBench `ce_loss_score` median "
-                f"{q['median_ce_loss_score']:.2f} ({q['min_ce_loss_score']:.2f}-{q['max_ce_loss_score']:.2f}), "
-                f"`explained_variance_legacy` median {q['median_explained_variance_legacy']:.2f} "
-                f"({q['min_explained_variance_legacy']:.2f}-{q['max_explained_variance_legacy']:.2f}); "
-                f"{gpu:.0f} GPU seconds in its stages."
+                f"- `{folder.name}` ({arch}): {q['n']} SAEs, {quality_text(q)}; {gpu:.0f} GPU seconds in its stages."
             )
     return "\n".join(out + [""])
 
@@ -504,13 +514,14 @@ def main(argv: list[str] | None = None) -> int:
         check_resamples(args.n_boot, args.n_perm)
         rows: list[dict[str, Any]] = []
         n_saes: dict[str, int] = {}
+        quals = {folder: quality(folder) for folder in folders}  # read once, used by the rows and FINDINGS
         for folder in folders:
             n_saes[folder.name] = len(list((folder / "core").glob("*.json")))
             for distortion in DISTORTIONS:
                 for grouping in GROUPINGS:
                     dest = args.out / "audit" / folder.name / f"{grouping}_{distortion.replace('-', '')}"
                     outs = audit(folder, grouping, distortion, dest, args.n_boot, args.n_perm, args.seed)
-                    rows += rows_of(outs, grouping, distortion, folder)
+                    rows += rows_of(outs, grouping, distortion, folder, quals[folder])
     except SaeRdpError as exc:
         fail(str(exc))
     sources = {
@@ -532,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     if (args.out / "FINDINGS.md").is_file():
         write_findings(
             args.out / "FINDINGS.md",
-            findings(rows, folders)
+            findings(rows, folders, quals)
             + archived(args.results)
             + diagnostics(args.results.parent / "diagnostics" / "l1_massive_dim.json"),
         )

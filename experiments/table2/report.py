@@ -111,8 +111,8 @@ def _finite(x: Any) -> float | None:
 
 def quality(folder: Path) -> dict[tuple[str, int | None], dict[str, float | int]]:
     """SAE quality from the core JSONs, per (release, width) and per (release, None) (widths pooled), and per
-    ("pooled", None): the number of SAEs and the median / min / max of ``ce_loss_score`` and
-    ``explained_variance_legacy``."""
+    ("pooled", None): the number of SAEs and the median / min / max of ``ce_loss_score``,
+    ``explained_variance_legacy`` and the core L0."""
     vals: dict[tuple[str, int | None], dict[str, list[float]]] = {}
     for f in sorted((folder / "core").glob("*.json")):
         d = json.loads(f.read_text())
@@ -123,6 +123,7 @@ def quality(folder: Path) -> dict[tuple[str, int | None], dict[str, float | int]
         x = {
             "ce_loss_score": q["model_performance_preservation"]["ce_loss_score"],
             "explained_variance_legacy": q["reconstruction_quality"]["explained_variance_legacy"],
+            "l0": q["sparsity"]["l0"],
         }
         for key in ((arch, width), (arch, None), ("pooled", None)):
             slot = vals.setdefault(key, {k: [] for k in x})
@@ -142,12 +143,13 @@ def per_architecture(qual: dict[tuple[str, int | None], dict[str, float | int]])
 
 
 def quality_text(q: dict[str, float | int]) -> str:
-    """SAEBench ``ce_loss_score`` and ``explained_variance_legacy``: median (min-max)."""
+    """SAEBench ``ce_loss_score``, ``explained_variance_legacy`` and core L0: median (min-max)."""
     return (
         f"SAEBench `ce_loss_score` median {q['median_ce_loss_score']:.2f} ({q['min_ce_loss_score']:.2f}-"
         f"{q['max_ce_loss_score']:.2f}), `explained_variance_legacy` median "
         f"{q['median_explained_variance_legacy']:.2f} ({q['min_explained_variance_legacy']:.2f}-"
-        f"{q['max_explained_variance_legacy']:.2f})"
+        f"{q['max_explained_variance_legacy']:.2f}), L0 median {q['median_l0']:.1f} ({q['min_l0']:.1f}-"
+        f"{q['max_l0']:.1f})"
     )
 
 
@@ -332,6 +334,38 @@ def _cal_fix(grid: list[list[float]], targets: list[float]) -> str:
     return "redo with a finer grid"
 
 
+def calibration_drift(folder: Path, pts: list[dict[str, Any]]) -> list[str]:
+    """Per calibrated architecture and width: each level's target L0 (held-out, after the calibration's short
+    runs) against the core L0 of the final SAE trained at that level's coefficient, and their ratio."""
+    out = []
+    for cal in sorted(folder.glob("calibration_*.json")):
+        c = json.loads(cal.read_text())
+        arch = c["stage"].rsplit("-", 1)[1]
+        release = f"table2-{folder.name}-{arch}"
+        for width, levels in c["levels"].items():
+            pairs = []
+            for i, name in enumerate(sorted(levels, key=lambda n: int(n.removeprefix("cal")))):
+                got = [
+                    p["R"]
+                    for p in pts
+                    if p["release"] == release
+                    and p["width"] == int(width)
+                    and p["step"] == "final"
+                    and str(p["level"]).endswith(f"_{name}")
+                ]
+                if len(got) == 1:
+                    pairs.append((c["target_l0"][i], levels[name], got[0]))
+            if not pairs:
+                continue
+            ratios = [g / t for t, _, g in pairs]
+            out.append(
+                f"- `{arch}` width {width}, target L0 -> final SAE's core L0 (coefficient): "
+                + ", ".join(f"{t:g} -> {g:.1f} ({v:g})" for t, v, g in pairs)
+                + f"; final / target {min(ratios):.2f}-{max(ratios):.2f}."
+            )
+    return out
+
+
 def findings(rows: list[dict[str, Any]], folders: list[Path], quals: dict[Path, dict]) -> str:
     """The generated part of FINDINGS.md: every number from the committed files (``quals``: :func:`quality`
     of each folder)."""
@@ -373,6 +407,7 @@ def findings(rows: list[dict[str, Any]], folders: list[Path], quals: dict[Path, 
                     + "."
                 )
         pts = _core_points(folder)
+        out += calibration_drift(folder, pts)
         ev = [
             json.loads(f.read_text())["eval_result_metrics"]["reconstruction_quality"]["explained_variance"]
             for f in sorted((folder / "core").glob("*.json"))

@@ -147,6 +147,16 @@ def calibration_saes(recipe: dict, stage: str) -> list[dict]:
     raise AssertionError
 
 
+def stale_calibration(cal: dict, recipe: dict, architecture: str) -> str | None:
+    """Why a calibration file no longer serves ``architecture`` (made on another input scale than the recipe now
+    trains it with), or None."""
+    # calibrations before this field existed ran on the training default
+    made = cal.get("normalize_activations", recipe["training"]["normalize_activations"])
+    if made != (now := normalization(recipe, architecture)):
+        return f"was made with normalize_activations={made!r}, the recipe now trains {architecture} with {now!r}"
+    return None
+
+
 def resolve_levels(saes: list[dict], out: Path, recipe: dict) -> list[dict]:
     """Replace ``calN`` levels by the values the calibration stage chose (OUT/calibration_C-*.json)."""
     res = []
@@ -158,13 +168,8 @@ def resolve_levels(saes: list[dict], out: Path, recipe: dict) -> list[dict]:
             if not p.is_file():
                 fail(f"{s['id']} needs the calibration of stage {stage}: run it first ({p} missing)")
             cal = load_json(p)
-            # calibrations before this field existed ran on the training default
-            made = cal.get("normalize_activations", recipe["training"]["normalize_activations"])
-            if made != (now := normalization(recipe, s["architecture"])):
-                fail(
-                    f"{p.name} was made with normalize_activations={made!r}, the recipe now trains "
-                    f"{s['architecture']} with {now!r}: rerun stage {stage}"
-                )
+            if (why := stale_calibration(cal, recipe, s["architecture"])) is not None:
+                fail(f"{p.name} {why}: rerun stage {stage}")
             chosen = cal["levels"][str(s["width"])]
             s = {**s, f: chosen[lev], "level_name": lev}
         res.append(s)
@@ -415,8 +420,8 @@ def eval_stage(stage: str) -> bool:
 
 def eval_stage_saes(plan: dict, stage: str, out: Path, recipe: dict) -> tuple[dict[str, list[dict]], list[str]]:
     """The families of plan SAEs that ``E-<model>-<layer>`` evaluates (every training stage of that model-layer,
-    WSAE arm included), levels resolved; and the ids left out because their calibration file is missing (they
-    cannot have been trained)."""
+    WSAE arm included), levels resolved; and the ids left out because their calibration file is missing or was
+    made on another input scale than the recipe's (they cannot have been trained under this recipe)."""
     sel = [s for s in plan["saes"] if f"E-{s['model']}-{s['hook'].split('.')[1]}" == stage]
     if not sel:
         layers = sorted({f"E-{s['model']}-{s['hook'].split('.')[1]}" for s in plan["saes"]})
@@ -425,7 +430,9 @@ def eval_stage_saes(plan: dict, stage: str, out: Path, recipe: dict) -> tuple[di
     for s in sel:
         lev = level_of(s)[1]
         cal = out / f"calibration_C-{s['stage'].removeprefix('T-')}.json"
-        if isinstance(lev, str) and lev.startswith("cal") and not cal.is_file():
+        if isinstance(lev, str) and lev.startswith("cal") and (
+            not cal.is_file() or stale_calibration(load_json(cal), recipe, s["architecture"]) is not None
+        ):
             uncalibrated.append(s["id"])
         else:
             ok.append(s)

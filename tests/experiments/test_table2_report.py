@@ -116,6 +116,12 @@ def test_rows_match_brute_force_v(results):
         assert row["median_explained_variance_legacy"] == pytest.approx(float(np.median(1 - t[:, 1])), abs=1e-12)
     assert "paper 0.709 is" not in md
     assert "not compared with the paper's 0.709: median CE loss recovered" in md
+    qual = rep.quality(next((tmp / "results").iterdir()))
+    for arch, t in truth.items():
+        q = qual[(arch, None)]
+        assert q["n"] == len(t) and q["median_l0"] == pytest.approx(float(np.median(t[:, 0])), abs=1e-9)
+        assert (q["min_l0"], q["max_l0"]) == pytest.approx((t[:, 0].min(), t[:, 0].max()), abs=1e-9)
+        assert f"L0 median {np.median(t[:, 0]):.1f} ({t[:, 0].min():.1f}-{t[:, 0].max():.1f})" in rep.quality_text(q)
 
 
 def test_compare_text_follows_the_interval():
@@ -196,3 +202,27 @@ def test_diagnostics_table_is_computed_from_its_json(tmp_path):
     assert "dimension 7 holds 90.0% of the pooled variance" in text
     assert "| `a` | standard | saelens | 12 | 1 | 800 (L1 warm-up 400) | 46.1 | 0.002 | 0.018 | 0.118 |" in text
     assert "| `j` | jumprelu, init threshold 0.01 | saelens | 2 | 30 | 800 | 46.1 |" in text
+
+
+def test_calibration_drift_pairs_each_target_with_its_final_sae(tmp_path):
+    """Each calibrated level's target L0 is set against the core L0 of the final SAE at that level (checkpoints,
+    other widths and other architectures ignored); levels without a final SAE are left out."""
+    rep = _report()
+    folder = tmp_path / "gemma3-270m-L9"
+    folder.mkdir()
+    cal = {"stage": "C-gemma3-270m-9-standard", "target_l0": [256, 128, 64],
+           "levels": {"4096": {"cal0": 2.0, "cal1": 3.5, "cal2": 6.0}}}  # fmt: skip
+    (folder / "calibration_C-gemma3-270m-9-standard.json").write_text(json.dumps(cal))
+    rel = "table2-gemma3-270m-L9-standard"
+    pts = [
+        {"release": rel, "width": 4096, "level": "l1_coefficient2_cal0", "step": "final", "R": 64.0},
+        {"release": rel, "width": 4096, "level": "l1_coefficient2_cal0", "step": "10002432", "R": 90.0},
+        {"release": rel, "width": 4096, "level": "l1_coefficient3_5_cal1", "step": "final", "R": 16.0},
+        {"release": rel, "width": 16384, "level": "l1_coefficient3_5_cal1", "step": "final", "R": 5.0},
+        {"release": "table2-gemma3-270m-L9-topk", "width": 4096, "level": "k64_cal2", "step": "final", "R": 64.0},
+    ]
+    (line,) = rep.calibration_drift(folder, pts)
+    assert line == (
+        "- `standard` width 4096, target L0 -> final SAE's core L0 (coefficient): 256 -> 64.0 (2), "
+        "128 -> 16.0 (3.5); final / target 0.12-0.25."
+    )

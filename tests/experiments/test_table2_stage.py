@@ -276,6 +276,25 @@ def test_calibration_made_with_another_normalisation_is_refused(rs, tmp_path, ca
     assert len(rs.resolve_levels(plan_saes, tmp_path, recipe)) == 20
 
 
+def test_eval_stage_leaves_out_saes_of_a_stale_calibration(rs, tmp_path):
+    """E-* evaluates what can have been trained: an architecture whose calibration was made on another input scale
+    is left out by id (its T stage refuses to train), not a reason to refuse the whole eval stage."""
+    recipe = json.loads((EXP / "recipe.json").read_text())
+    plan = json.loads((EXP / "plan.json").read_text())
+    levels = {str(w): {f"cal{i}": 1.0 + i for i in range(5)} for w in recipe["widths"]}
+    stale = {"stage": "C-gemma3-270m-9-jumprelu", "normalize_activations": "expected_average_only_in", "levels": levels}
+    (tmp_path / "calibration_C-gemma3-270m-9-jumprelu.json").write_text(json.dumps(stale))
+    (tmp_path / "calibration_C-gemma3-270m-9-standard.json").write_text(
+        json.dumps({"stage": "C-gemma3-270m-9-standard", "normalize_activations": "standardize", "levels": levels})
+    )
+    fams, left_out = rs.eval_stage_saes(plan, "E-gemma3-270m-9", tmp_path, recipe)
+    want_out = {s["id"] for s in plan["saes"] if s["stage"] == "T-gemma3-270m-9-jumprelu"}
+    assert want_out and set(left_out) == want_out
+    archs = {s["architecture"] for members in fams.values() for s in members}
+    assert "standard" in archs and "jumprelu" not in archs
+    assert all(s["l1_coefficient"] in {1.0, 2.0, 3.0, 4.0, 5.0} for m in fams.values() for s in m if "l1_coefficient" in s)
+
+
 def test_load_sae_folds_a_standardised_checkpoint(rs, tmp_path):
     """A checkpoint of a normalize_activations="standardize" run, loaded for the eval (whitening folded by
     SAELens), equals the training SAE fed standardised inputs, mapped back."""

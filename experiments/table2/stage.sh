@@ -30,6 +30,8 @@ put)
 run)
   STAGE=${2:?usage: stage.sh run STAGE [ARGS]}
   [ -f "$WORK/GGUF" ] || { echo "error: $WORK/GGUF missing: redo the put calls back to back"; exit 3; }
+  # a refused `wheels` call does not stop the calls after it: say so at once instead of failing in the model load
+  "$PY" -c "import sae_lens, gguf, sae_bench" 2>/dev/null || { echo "error: the wheels are not installed in $SITE: run stage.sh wheels (carry .whl) first"; exit 3; }
   read -r NAME SHA < "$WORK/GGUF"
   if [ ! -f "$WORK/$NAME" ]; then
     cat "$WORK/$NAME".piece* > "$WORK/$NAME.tmp"

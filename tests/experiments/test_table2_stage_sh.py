@@ -1,0 +1,34 @@
+"""experiments/table2/stage.sh's own checks, run with bash (no device, no model)."""
+
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(tmp: Path, *args: str, python: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "T2_WORK": str(tmp / "work"), "T2_SITE": str(tmp / "site"), "OUT": str(tmp / "out"),
+           "PYTHON": python}  # fmt: skip
+    return subprocess.run(
+        ["bash", str(ROOT / "experiments/table2/stage.sh"), *args], env=env, capture_output=True, text=True
+    )
+
+
+def test_run_without_wheels_fails_at_once_naming_the_missing_step(tmp_path):
+    """A refused `wheels` call leaves the later calls without SAELens: `run` says so before loading anything."""
+    fake = tmp_path / "python-without-wheels"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    r = _run(tmp_path, "run", "T-gemma3-270m-9-topk", python=str(fake))
+    assert r.returncode == 3 and "GGUF missing" in r.stdout  # staging is checked first
+    (tmp_path / "work").mkdir(exist_ok=True)
+    (tmp_path / "work" / "GGUF").write_text("model.gguf 0000\n")
+    r = _run(tmp_path, "run", "T-gemma3-270m-9-topk", python=str(fake))
+    assert r.returncode == 3 and "wheels are not installed" in r.stdout and "stage.sh wheels" in r.stdout
+    assert not (tmp_path / "out" / "log.txt").exists()
+
+
+def test_unknown_step_is_refused(tmp_path):
+    r = _run(tmp_path, "train", python="python3")
+    assert r.returncode == 2 and r.stdout.strip() == "error: unknown step train (wheels, put, run)"

@@ -430,8 +430,10 @@ def eval_stage_saes(plan: dict, stage: str, out: Path, recipe: dict) -> tuple[di
     for s in sel:
         lev = level_of(s)[1]
         cal = out / f"calibration_C-{s['stage'].removeprefix('T-')}.json"
-        if isinstance(lev, str) and lev.startswith("cal") and (
-            not cal.is_file() or stale_calibration(load_json(cal), recipe, s["architecture"]) is not None
+        if (
+            isinstance(lev, str)
+            and lev.startswith("cal")
+            and (not cal.is_file() or stale_calibration(load_json(cal), recipe, s["architecture"]) is not None)
         ):
             uncalibrated.append(s["id"])
         else:

@@ -66,7 +66,7 @@ class Orientation:
 _HIB = "higher is better (more monosemantic / more useful), so Pi = -s"
 # Patterns are matched against the metric's column name "<eval>.<category>.<metric>" with fnmatch;
 # the first match wins. Eval type ids are as SAEBench writes them (autointerp, unlearning, RAVEL,
-# scr, tpp, absorption_first_letter, sparse_probing, core).
+# scr, tpp, absorption_first_letter, sparse_probing, core) and sae-rdp's rdp_proxies.
 ORIENTATION: dict[str, Orientation] = {
     "autointerp.*.autointerp_score": Orientation(-1, "proxy", _HIB),
     "unlearning.*.unlearning_score": Orientation(-1, "proxy", _HIB),
@@ -93,6 +93,14 @@ ORIENTATION: dict[str, Orientation] = {
     "absorption_first_letter.*.mean_num_split_features": Orientation(
         +1, "proxy", "feature splitting: higher = more split, Pi = +s"
     ),
+    # sae-rdp's rdp_proxies eval: ground-truth-free proxies, both higher = more polysemantic
+    "rdp_proxies.proxies.token_entropy": Orientation(
+        +1, "proxy", "entropy of the token ids at a latent's top activations: higher = more polysemantic, Pi = +s"
+    ),
+    "rdp_proxies.proxies.decoder_max_cos": Orientation(
+        +1, "proxy", "max |cos| of a decoder row with another: higher = more entangled, Pi = +s"
+    ),
+    "rdp_proxies.sample.dead_fraction": Orientation(+1, "control", "fraction of latents never active, Pi = +s"),
     "sparse_probing.sae.sae_test_accuracy": Orientation(-1, "proxy", _HIB),
     "sparse_probing.sae.sae_top_*_test_accuracy": Orientation(-1, "proxy", _HIB),
     # SAEBench's sae-probes variant (sparse_probing_sae_probes): the same accuracies, the same reading
@@ -119,6 +127,9 @@ NOT_PROXIES = (
     "sparse_probing.llm.*",  # probes on the LLM itself: identical for every SAE of a layer
     "sparse_probing_sae_probes.llm.*",
     "core.sparsity.l0",  # the rate itself
+    "rdp_proxies.sample.l0",  # the rate itself (rdp_proxies' held-out sample)
+    "rdp_proxies.sample.n_tokens",  # settings of the rdp_proxies measurement
+    "rdp_proxies.sample.top_m",
     "core.token_stats.*",
     "*std_dev*",
 )

@@ -53,6 +53,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SAES_DIR, CORE_DIR, PROBE_DIR, ABSORPTION_DIR = "saes", "core", "sparse_probing_sae_probes", "absorption_first_letter"
+PROXY_DIR = "rdp_proxies"  # our ground-truth-free proxies (sae_rdp_plugin.evals.rdp_proxies), next to core
 
 # recipe settings TrainConfig has no field for (reported in every stage file; library change needed)
 DEVIATIONS: list[str] = []
@@ -404,6 +405,32 @@ def core_eval(
     return obj
 
 
+def proxy_sample(hooked: Any, held: np.ndarray, hook: str, ignore: set[int], rows: int) -> tuple[Any, Any]:
+    """Held-out activations at ``hook`` of the first ``rows`` held-out rows and their token ids, special
+    tokens (BOS, padding) dropped: the sample every SAE's ground-truth-free proxies are measured on."""
+    import torch
+
+    from sae_rdp_plugin.lm.activations import hook_activations
+
+    toks = torch.as_tensor(held[:rows].astype(np.int64), device=hooked.cfg.device)
+    acts = torch.cat(
+        [hook_activations(hooked, toks[i : i + 8], hook).flatten(0, 1).float() for i in range(0, len(toks), 8)]
+    )
+    ids = toks.reshape(-1)
+    keep = ~torch.isin(ids, torch.tensor(sorted(ignore), dtype=ids.dtype, device=ids.device))
+    return acts[keep], ids[keep]
+
+
+def proxies_eval(sae: Any, acts: Any, ids: Any, plan_sae: dict, step: str) -> str:
+    """The ``rdp_proxies`` SAEBench JSON of one SAE (token entropy of each latent's top activations, decoder
+    max |cos|; ``sae_rdp_plugin.evals.rdp_proxies``) under the release / id its core JSON has, so they join."""
+    from sae_rdp_plugin.evals.rdp_proxies.eval_config import RDPProxiesEvalConfig
+    from sae_rdp_plugin.evals.rdp_proxies.main import evaluate_sae
+
+    cfg = RDPProxiesEvalConfig(model_name=plan_sae["model"])
+    return evaluate_sae(cfg, release_id(plan_sae), sae_lens_id(plan_sae, step), sae, acts, ids)
+
+
 def validate_core(obj: dict) -> None:
     """SAEBench's pydantic CoreEvalOutput accepts ``obj`` (raises otherwise)."""
     from sae_bench.evals.core.eval_output import CoreEvalOutput
@@ -608,6 +635,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--eval-batches", type=int, default=16, help="SAEBench core batches (reconstruction, sparsity)")
     ap.add_argument("--eval-batch-prompts", type=int, default=8)
     ap.add_argument("--keep-feature-details", action="store_true")
+    ap.add_argument("--proxy-rows", type=int, default=32, help="held-out rows for the rdp_proxies sample")
     ap.add_argument("--buffer-tokens", type=int, default=2**19, help="activation shuffle buffer (rows)")
     ap.add_argument("--no-eval", action="store_true", help="train only")
     ap.add_argument(
@@ -652,6 +680,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "n_layers",
         "eval_batches",
         "eval_batch_prompts",
+        "proxy_rows",
         "buffer_tokens",
         "probe_datasets",
         "absorption_probe_batch",
@@ -764,18 +793,27 @@ def main(argv: list[str] | None = None) -> int:
             if cuda:
                 torch.cuda.empty_cache()
 
-    evaluated, eval_skipped = [], []
+    evaluated, eval_skipped, proxied = [], [], []
     if not args.no_eval and not calibration_stage(stage):
         ignore = {t for t in (bos, pad) if t is not None}
+        samples: dict[str, tuple[Any, Any]] = {}
         for s, path, step in trained_saes(args.out, fams):
             js = args.out / CORE_DIR / json_name(s, step)
-            if js.is_file():
+            pj = args.out / PROXY_DIR / json_name(s, step)
+            if js.is_file() and pj.is_file():
                 eval_skipped.append(s["id"])
                 continue
-            obj = core_eval(load_sae(path, args.device), hooked, held, ignore, s, step, args)
-            validate_core(obj)
-            atomic_json(js, obj)
-            evaluated.append(s["id"])
+            sae = load_sae(path, args.device)
+            if not js.is_file():
+                obj = core_eval(sae, hooked, held, ignore, s, step, args)
+                validate_core(obj)
+                atomic_json(js, obj)
+                evaluated.append(s["id"])
+            if not pj.is_file():
+                if s["hook"] not in samples:
+                    samples[s["hook"]] = proxy_sample(hooked, held, s["hook"], ignore, args.proxy_rows)
+                atomic_json(pj, json.loads(proxies_eval(sae, *samples[s["hook"]], s, step)))
+                proxied.append(s["id"])
 
     calibration = None
     if calibration_stage(stage):
@@ -794,6 +832,7 @@ def main(argv: list[str] | None = None) -> int:
             "left_for_later": [f for f in fams if f not in done and f not in todo],
             "core_evaluated": evaluated,
             "core_existing": eval_skipped,
+            "proxies_evaluated": proxied,
             "tokens_scale": args.tokens_scale,
         }
     )
@@ -813,7 +852,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def export(out: Path, dest: Path, stage: str) -> Path:
     """What comes back from the device (at most 8 files per call): ``dest/<stage>.tar.xz`` holding every core,
-    sparse-probing and absorption JSON (``core/``, ``sparse_probing_sae_probes/``, ``absorption_first_letter/``),
+    proxy, sparse-probing and absorption JSON (``core/``, ``rdp_proxies/``, ``sparse_probing_sae_probes/``,
+    ``absorption_first_letter/``),
     the stage and calibration files and each SAE's train_summary.json
     (``train_summaries/<family path with __>.json``), plus a plain copy of ``stage_<stage>.json``. The weights stay.
     Unpack on the dev machine with ``tar -xJf <stage>.tar.xz -C <folder>``."""
@@ -823,7 +863,7 @@ def export(out: Path, dest: Path, stage: str) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     tmp = dest / f".{stage}.{uuid.uuid4().hex[:8]}.tmp"
     with tarfile.open(tmp, "w:xz") as tar:
-        jsons = [p for d in (CORE_DIR, PROBE_DIR, ABSORPTION_DIR) for p in out.glob(f"{d}/*.json")]
+        jsons = [p for d in (CORE_DIR, PROXY_DIR, PROBE_DIR, ABSORPTION_DIR) for p in out.glob(f"{d}/*.json")]
         for p in sorted([*jsons, *out.glob("stage_*.json"), *out.glob("calibration_*.json")]):
             tar.add(p, arcname=p.relative_to(out).as_posix())
         for p in sorted((out / SAES_DIR).glob("**/train_summary.json")):

@@ -151,19 +151,41 @@ def test_stage_end_to_end_resume_and_audit(rs, tmp_path, capsys):
         b = TrainingSAE.load_from_disk(ck, device="cpu")(x * sf) / sf
     assert torch.allclose(a, b, atol=1e-5, rtol=1e-4) and sf != pytest.approx(1.0)
 
+    # our ground-truth-free proxies: one rdp_proxies JSON per core JSON, same file name, release and id
+    pfiles = sorted((out / "rdp_proxies").glob("*.json"))
+    assert [f.name for f in pfiles] == [f.name for f in files] and len(call["proxies_evaluated"]) == 5
+    prox = {f.name: json.loads(f.read_text()) for f in pfiles}
+    for name, o in prox.items():
+        assert o["eval_type_id"] == "rdp_proxies"
+        assert (o["sae_lens_release_id"], o["sae_lens_id"]) == (
+            objs[name]["sae_lens_release_id"],
+            objs[name]["sae_lens_id"],
+        )
+    (pstd,) = [o for n, o in prox.items() if objs[n]["sae_cfg_dict"]["architecture"] == "standard"]
+    wd = sae.W_dec.detach().double()
+    cos = (wd / wd.norm(dim=1, keepdim=True)) @ (wd / wd.norm(dim=1, keepdim=True)).T
+    cos.fill_diagonal_(0.0)
+    assert pstd["eval_result_metrics"]["proxies"]["decoder_max_cos"] == pytest.approx(
+        cos.abs().max(1).values.mean().item(), rel=1e-5
+    )
+    n_ref = int((np.asarray(held[:32]) != BOS).sum())  # BOS dropped (no padding in this corpus)
+    assert n_ref == held.size - len(held)
+    assert pstd["eval_result_metrics"]["sample"]["n_tokens"] == n_ref
+
     # what comes back from the device: one bundle + the stage file
     with tarfile.open(export / "T-tiny.tar.xz") as tar:
         names = tar.getnames()
     assert sum(n.startswith("core/") for n in names) == 5 and sum(n.startswith("train_summaries/") for n in names) == 4
+    assert sum(n.startswith("rdp_proxies/") for n in names) == 5
     assert (export / "stage_T-tiny.json").is_file()
 
     # resume: nothing trained or evaluated again, files untouched
-    mtimes = {f: f.stat().st_mtime_ns for f in [*files, *out.glob("saes/**/sae_weights.safetensors")]}
+    mtimes = {f: f.stat().st_mtime_ns for f in [*files, *pfiles, *out.glob("saes/**/sae_weights.safetensors")]}
     assert rs.main(_argv(plan, corpus, out, export)) == 0
     rec = json.loads((out / "stage_T-tiny.json").read_text())
     second = rec["calls"][1]
     assert second["trained"] == [] and len(second["skipped_trained_before"]) == 4
-    assert second["core_evaluated"] == [] and len(second["core_existing"]) == 5
+    assert second["core_evaluated"] == [] and len(second["core_existing"]) == 5 and second["proxies_evaluated"] == []
     assert all(f.stat().st_mtime_ns == t for f, t in mtimes.items())
 
     # the audit groups the JSONs (checkpoints included, pooled) and runs

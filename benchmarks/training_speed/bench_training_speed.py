@@ -691,6 +691,27 @@ def bench_impls(rows, cfg_key, d_in, d_sae, k, B, xs, gamma, dev, args, gemm_rat
                 "sparse",
                 lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5, fast=True),
             ),
+            # the aux top-k over the dead columns only (aux_compact="auto") instead of all d_sae (default "off")
+            (
+                "fast_weighted_topk+aux[compact]",
+                "sparse",
+                lambda: build_fast(
+                    "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5, aux_compact="auto"
+                ),
+            ),
+            # a fifth of the latents dead: the compacted aux selection runs over d_sae/4 columns
+            (
+                "fast_weighted_topk+aux[dead0.2]",
+                "sparse",
+                lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.2),
+            ),
+            (
+                "fast_weighted_topk+aux[compact,dead0.2]",
+                "sparse",
+                lambda: build_fast(
+                    "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.2, aux_compact="auto"
+                ),
+            ),
         ]
         for name, kind, builder in impls:
             if args.only and name not in args.only:

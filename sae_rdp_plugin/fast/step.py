@@ -47,7 +47,13 @@ d_in=2304 against k=64), so gathering that many decoder rows costs more than SAE
 (tens of ms per step at (2304, 65536) bf16; benchmarks/training_speed). ``aux_impl="auto"`` (default)
 therefore runs the aux term densely (scatter into [B, d_sae], three dense matmuls, bf16 under bf16) when
 k_aux / d_sae is large enough for the device, and through the sparse gathers otherwise; both give SAELens's
-loss and gradients.
+loss and gradients. With ``aux_compact="auto"`` its selection (top k_aux of the dead latents per row) runs over
+the dead columns only (off by default until benchmarks/training_speed's ``+aux[compact]`` rows have measured it
+on a GPU): the step counts the dead latents on the host (the one sync it already made to skip
+the aux loss when none is dead) and picks a static padded width n_pad from a few buckets
+(:func:`aux_pad_width`); the device gathers the dead columns first (padded with live ones, masked to -inf)
+and takes the top k_aux of those n_pad columns instead of all d_sae, so the step stays graph-capturable
+(the captured aux step is redone when the bucket changes; aux_pad_width keeps a bucket while it fits).
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ import torch
 from sae_rdp_plugin.architectures import ARCHITECTURES, FAST_NAMES
 from sae_rdp_plugin.errors import SaeRdpError
 
-__all__ = ["FastTopKConfig", "FastTopKTrainer", "fast_architecture_of", "FAST_ARCHITECTURES"]
+__all__ = ["FastTopKConfig", "FastTopKTrainer", "fast_architecture_of", "FAST_ARCHITECTURES", "aux_pad_width"]
 
 #: training architectures the fast step implements -> ("topk" | "batchtopk"), from sae_rdp_plugin.architectures
 FAST_ARCHITECTURES: dict[str, str] = {name: ARCHITECTURES[name].stock for name in FAST_NAMES}
@@ -76,6 +82,43 @@ _EB_SUM = 0  # embedding_bag mode "sum"
 def fast_architecture_of(architecture: str) -> str | None:
     """'topk' / 'batchtopk' when the fast step implements ``architecture``, else None."""
     return FAST_ARCHITECTURES.get(architecture)
+
+
+#: fractions of d_sae that are the padded widths of the compacted aux-loss selection (see aux_pad_width)
+_AUX_BUCKET_FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 3 / 4)
+#: aux_pad_width hysteresis: move down to a smaller bucket only once n_dead <= this fraction of it
+_AUX_SHRINK_MARGIN = 0.9
+
+
+def aux_pad_buckets(d_sae: int, k_aux: int) -> tuple[int, ...]:
+    """The padded widths below d_sae that the compacted aux selection uses: d_sae/8, /4, /2, 3/4 rounded up
+    to a multiple of g, the largest power of two <= d_sae/16 capped at 128 (128 for d_sae >= 2048; at most
+    d_sae/16, so rounding never merges two buckets of d_sae >= 16), keeping those >= k_aux (the top k_aux
+    needs k_aux columns) and < d_sae. Ascending, no duplicates; empty when none qualifies (k_aux = d_sae)."""
+    g = 1 << max(0, min(7, (d_sae // 16).bit_length() - 1))
+    out: list[int] = []
+    for f in _AUX_BUCKET_FRACTIONS:
+        b = -(-math.ceil(f * d_sae) // g) * g
+        if k_aux <= b < d_sae and b not in out:
+            out.append(b)
+    return tuple(out)
+
+
+def aux_pad_width(n_dead: int, d_sae: int, k_aux: int, mode: str = "auto", prev: int | None = None) -> int:
+    """Static number of columns n_pad the aux-loss top-k runs over, given n_dead dead latents: the smallest
+    bucket of :func:`aux_pad_buckets` that holds all of them (n_dead <= n_pad), or d_sae (the uncompacted
+    selection over all columns) when none does or ``mode`` is "off". Any n_pad >= max(n_dead, k_aux) gives
+    the same loss, so ``prev`` (the width of the previous step) is kept while it still holds the dead
+    latents and n_dead is not yet <= 0.9 x a smaller bucket: a dead count hovering at a bucket's edge
+    would otherwise re-capture the step's CUDA graph (one per width) every step."""
+    if mode == "off":
+        return d_sae
+    buckets = aux_pad_buckets(d_sae, k_aux)
+    need = next((b for b in buckets if n_dead <= b), d_sae)
+    if prev is None or prev < need or prev > d_sae or (prev != d_sae and prev not in buckets):
+        return need
+    roomy = next((b for b in buckets if n_dead <= _AUX_SHRINK_MARGIN * b), d_sae)
+    return min(prev, roomy)
 
 
 @dataclass
@@ -109,16 +152,22 @@ class FastTopKConfig:
     # k_aux / d_sae >= aux_dense_min_density; see _aux_dense_threshold for the default per device)
     aux_impl: str = "auto"
     aux_dense_min_density: float | None = None
+    # dead-latent aux loss: "auto" takes its top k_aux over the dead columns only, gathered into a static
+    # padded width (d_sae/8, /4, /2 or 3/4: aux_pad_width; all d_sae columns when more are dead; the CUDA
+    # graph is recaptured when it changes); "off" (default until a GPU benchmark shows "auto" faster): always all
+    # d_sae columns, the live ones masked (same loss)
+    aux_compact: str = "off"
     # "auto": the Triton kernels of sae_rdp_plugin.fast.kernels on CUDA when Triton imports (fused sparse
     # weight gradients + clipping + Adam, bf16 decoder gathers), else the PyTorch kernels; "triton":
     # always Triton (on CPU only under TRITON_INTERPRET=1, for tests); "torch": never. Default from the
     # environment variable SAE_RDP_FAST_KERNELS when set (e.g. SAE_RDP_FAST_KERNELS=torch to rule Triton out)
     kernels: str = field(default_factory=lambda: os.environ.get("SAE_RDP_FAST_KERNELS", "auto"))
-    # replay TopK steps of the Triton path as one CUDA graph (after two eager steps) when nothing in the
-    # step needs the host: no dead latents (the aux loss counts them on the host) and the batch shape of
-    # the captured step; anything else runs eagerly. Removes the per-kernel launch cost that dominates
-    # small SAEs (numbers: benchmarks/training_speed); its GPU tests (tests/fast/test_fast_kernels.py, marked
-    # gpu) check replay == eager steps. Default from SAE_RDP_FAST_CUDA_GRAPH ("0" turns it off).
+    # replay TopK steps of the Triton path as one CUDA graph (after two eager steps): one graph without the
+    # aux loss and one with it (recaptured when the aux selection's padded width changes: aux_compact), each
+    # for the batch shape of the captured step; anything else runs eagerly. Removes the per-kernel launch
+    # cost that dominates small SAEs (numbers: benchmarks/training_speed); its GPU tests
+    # (tests/fast/test_fast_kernels.py, marked gpu) check replay == eager steps. Default from
+    # SAE_RDP_FAST_CUDA_GRAPH ("0" turns it off).
     cuda_graph: bool = field(default_factory=lambda: os.environ.get("SAE_RDP_FAST_CUDA_GRAPH", "1") != "0")
     # run every step under torch.use_deterministic_algorithms(True, warn_only=True): the float atomics of
     # index_add_ (bias gradient, firing counts, aux loss) become sorted segment sums, so two runs with the
@@ -158,6 +207,8 @@ class FastTopKConfig:
             )
         if self.aux_impl not in ("auto", "dense", "sparse"):
             raise SaeRdpError(f"fast step: aux_impl must be auto, dense or sparse, got {self.aux_impl!r}")
+        if self.aux_compact not in ("auto", "off"):
+            raise SaeRdpError(f"fast step: aux_compact must be auto or off, got {self.aux_compact!r}")
         if self.kind == "topk" and int(self.k) != self.k:
             raise SaeRdpError(f"fast step: TopK needs an integer k, got {self.k}")
 
@@ -165,7 +216,8 @@ class FastTopKConfig:
 @dataclass
 class _Captured:
     """One captured CUDA graph of the step: what it replays, its input buffers (the batch; the dead-latent
-    mask when it runs the aux loss) and outputs, and the (batch shape, parameter cache) key it is valid for."""
+    mask when it runs the aux loss) and outputs, the (batch shape, parameter cache) key it is valid for and
+    the padded width of its aux selection (None without the aux loss; see aux_pad_width)."""
 
     graph: Any
     key: tuple[Any, ...]
@@ -174,6 +226,7 @@ class _Captured:
     out: dict[str, torch.Tensor]
     sparse: Any
     vals_s: torch.Tensor
+    n_pad: int | None = None
 
 
 class _Sparse:
@@ -331,8 +384,11 @@ class FastTopKTrainer:
         self._lr_t = torch.full((), float(cfg.lr), device=dev, dtype=torch.float32)
         self._lp_cache: dict[str, Any] | None = None
         # captured CUDA graphs of the step, one without and one with the dead-latent aux loss: {with_aux: graph}
+        # (the aux one for one padded width of the aux selection, its n_pad: recaptured when that changes)
         self._graphs: dict[bool, _Captured] = {}
+        self._aux_n_pad: int | None = None  # padded width of the last step's aux selection (aux_pad_width)
         self._graph_eager_steps = 0
+        self._graph_aux_widths: set[int] = set()  # aux widths that have run eagerly (warm) in _graph_step
         self._graph_failed: str | None = None
         from sae_rdp_plugin.fast import kernels as fast_kernels
 
@@ -546,13 +602,20 @@ class FastTopKTrainer:
         if isinstance(dead, str):
             dead = self.dead_neurons if self.n_training_steps > cfg.dead_feature_window else None
         graph = self._graph_applicable()
-        if dead is not None and not bool(dead.any()):
-            dead = None  # (one host sync) no latent is dead: no aux loss, the cheaper graph
+        n_pad = None
+        if dead is not None:
+            n_dead = int(dead.sum())  # (one host sync) the dead count: whether the aux loss runs, its width
+            if n_dead == 0:
+                dead = None  # no latent is dead: no aux loss, the cheaper graph
+            else:
+                n_pad = self._aux_n_pad = aux_pad_width(
+                    n_dead, cfg.d_sae, self._k_aux(), cfg.aux_compact, prev=self._aux_n_pad
+                )
         with _deterministic_algorithms(cfg.deterministic):
             if graph:
-                losses = self._graph_step(x, dead)
+                losses = self._graph_step(x, dead, n_pad)
             else:
-                losses, sp, vals_s = self._device_step(x, dead)
+                losses, sp, vals_s = self._device_step(x, dead, n_pad)
                 self._last_sparse = sp
                 self._last_vals_s = vals_s
         self.n_frac_active_samples += B
@@ -561,16 +624,19 @@ class FastTopKTrainer:
 
     @torch.no_grad()
     def _device_step(
-        self, x: torch.Tensor, dead: torch.Tensor | None
+        self, x: torch.Tensor, dead: torch.Tensor | None, n_pad: int | None = None
     ) -> tuple[dict[str, torch.Tensor], _Sparse, torch.Tensor]:
         """Everything :meth:`step` runs on the device (loss, gradients, clipping, Adam, dead-latent and
-        BatchTopK bookkeeping); no host sync for TopK without dead latents."""
+        BatchTopK bookkeeping); no host sync for TopK. ``n_pad``: padded width of the aux selection
+        (:func:`aux_pad_width`; it must hold all dead latents); None = all d_sae columns."""
         cfg = self.cfg
         B = x.shape[0]
+        if n_pad is None:
+            n_pad = cfg.d_sae  # never derived here (that would sync inside a graph capture)
         if self.use_triton and self.grad_allreduce is None:
-            losses, sp, vals_s = self._fused_step(x, dead)
+            losses, sp, vals_s = self._fused_step(x, dead, n_pad)
         else:
-            losses, grads, sp, vals_s = self.loss_and_grads(x, dead)
+            losses, grads, sp, vals_s = self.loss_and_grads(x, dead, n_pad=n_pad)
             if self.grad_allreduce is not None:
                 self.grad_allreduce(grads)
             # ---- clip_grad_norm_(max_norm) folded into Adam's grad_scale (grad / scale)
@@ -606,15 +672,25 @@ class FastTopKTrainer:
             and self.device.type == "cuda"
         )
 
-    def _graph_step(self, x: torch.Tensor, dead: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def _graph_step(
+        self, x: torch.Tensor, dead: torch.Tensor | None, n_pad: int | None = None
+    ) -> dict[str, torch.Tensor]:
         """Run the step as a replay of a captured CUDA graph: the batch (and the dead-latent mask) are
         copied into the graph's input buffers, the learning rate lives in a device tensor. Two graphs are
-        kept, without and with the aux loss (its shapes are static: see :meth:`_aux_loss`). The first two
-        steps (Triton compilation, cache allocation) and steps of another batch shape or after the
-        parameters changed otherwise run eagerly and (re)capture."""
+        kept, without and with the aux loss (its shapes are static: see :meth:`_aux_loss`); the aux one is
+        valid for one padded width n_pad of the aux selection and is recaptured when the step asks for
+        another (aux_pad_width keeps the width while it fits). The first two steps (Triton compilation,
+        cache allocation) and the first step at each aux width (its kernels and shapes are new: they run
+        once outside a capture) run eagerly; steps of another batch shape or after the parameters changed
+        otherwise run eagerly and (re)capture."""
         aux = dead is not None
+        n_pad = (n_pad if n_pad is not None else self.cfg.d_sae) if aux else None
         key = (tuple(x.shape), self._cache_key() if self._lp_cache is not None else None)
         held = self._graphs.get(aux)
+        if held is not None and held.n_pad != n_pad:
+            # another aux width: drop the old graph (and its memory pool) before capturing the new one
+            del self._graphs[aux]
+            held = None
         if held is not None and key == held.key:
             held.x.copy_(x)
             if aux:
@@ -624,9 +700,11 @@ class FastTopKTrainer:
             return {k: v.clone() for k, v in held.out.items()}
         if any(h.key != key for h in self._graphs.values()):
             self._graphs.clear()  # another batch shape, or the parameters changed outside the step
-        if self._graph_eager_steps < 2 or self._lp_cache is None:
+        if self._graph_eager_steps < 2 or self._lp_cache is None or (aux and n_pad not in self._graph_aux_widths):
             self._graph_eager_steps += 1
-            losses, sp, vals_s = self._device_step(x, dead)
+            if aux:
+                self._graph_aux_widths.add(n_pad)
+            losses, sp, vals_s = self._device_step(x, dead, n_pad)
             self._last_sparse, self._last_vals_s = sp, vals_s
             return losses
         static_x = x.clone()
@@ -634,26 +712,32 @@ class FastTopKTrainer:
         g = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(g):
-                out, sp, vals_s = self._device_step(static_x, static_dead)
+                out, sp, vals_s = self._device_step(static_x, static_dead, n_pad)
         except Exception as e:  # noqa: BLE001  (capture unsupported here: stay eager from now on)
             self._graph_failed = f"{type(e).__name__}: {e}"[:300]
             warnings.warn(f"fast step: CUDA graph capture failed, running eagerly ({self._graph_failed})", stacklevel=2)
             self._graphs.clear()
-            losses, sp, vals_s = self._device_step(x, dead)
+            losses, sp, vals_s = self._device_step(x, dead, n_pad)
             self._last_sparse, self._last_vals_s = sp, vals_s
             return losses
-        self._graphs[aux] = _Captured(g, (tuple(x.shape), self._cache_key()), static_x, static_dead, out, sp, vals_s)
+        self._graphs[aux] = _Captured(
+            g, (tuple(x.shape), self._cache_key()), static_x, static_dead, out, sp, vals_s, n_pad
+        )
         self._last_sparse, self._last_vals_s = sp, vals_s
         g.replay()  # capturing does not run the step: run it
         return {k: v.clone() for k, v in out.items()}
 
     @torch.no_grad()
     def loss_and_grads(
-        self, x: torch.Tensor, dead: torch.Tensor | None = None
+        self, x: torch.Tensor, dead: torch.Tensor | None = None, n_pad: int | None = None
     ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor], _Sparse, torch.Tensor]:
         """Losses and the gradients of (mse + aux) w.r.t. [W_enc^T, b_enc, W_dec, b_dec], without
-        updating anything. ``dead``: boolean [d_sae] dead-latent mask (None: no aux loss)."""
+        updating anything. ``dead``: boolean [d_sae] dead-latent mask (None: no aux loss). ``n_pad``: the
+        padded width of the aux selection (>= the number of dead latents; d_sae = all columns); None: from
+        the dead count and ``aux_compact`` (a host sync)."""
         cfg = self.cfg
+        if dead is not None and n_pad is None:
+            n_pad = self._aux_n_pad_of(dead)
         B = x.shape[0]
         _, b_enc, W_dec, b_dec = self.params
         W_encT = self.W_encT
@@ -694,7 +778,7 @@ class FastTopKTrainer:
         # ---- dead-latent auxiliary loss (SAELens calculate_topk_aux_loss; gamma^2-weighted if weighted)
         aux = torch.zeros((), device=self.device, dtype=self.dtype)
         if dead is not None:
-            aux = self._aux_loss(dead, pre_s, n, err, u, g_WencT, g_Wdec, g_benc, lowp, Wd, wgrad)
+            aux = self._aux_loss(dead, pre_s, n, err, u, g_WencT, g_Wdec, g_benc, lowp, Wd, wgrad, n_pad)
         g_bdec = r.sum(0)
         if cfg.apply_b_dec_to_input:
             g_bdec -= g_benc @ W_encT
@@ -736,7 +820,7 @@ class FastTopKTrainer:
         return c
 
     @torch.no_grad()
-    def _fused_backward(self, x: torch.Tensor, dead: torch.Tensor | None) -> dict[str, Any]:
+    def _fused_backward(self, x: torch.Tensor, dead: torch.Tensor | None, n_pad: int | None = None) -> dict[str, Any]:
         """Forward and backward of the Triton step up to (not including) the weight gradients: losses,
         sparse codes, the latent-major CSR (crow, tok) with the decoder / encoder coefficients and the
         rows they scale (S_dec = dL/dx_hat, S_enc = u; bf16 under bf16), dense extra gradients of the aux
@@ -784,7 +868,7 @@ class FastTopKTrainer:
             X_dec = torch.zeros(cfg.d_sae, cfg.d_in, device=self.device, dtype=self.dtype)
             X_enc = torch.zeros(cfg.d_sae, cfg.d_in, device=self.device, dtype=self.dtype)
             wgrad = _weight_grad_csr if cfg.weight_grad_impl == "csr" else _weight_grad
-            aux = self._aux_loss(dead, pre_s, n, err, u, X_enc, X_dec, g_benc, lowp, W_dec, wgrad)
+            aux = self._aux_loss(dead, pre_s, n, err, u, X_enc, X_dec, g_benc, lowp, W_dec, wgrad, n_pad)
         g_bdec = r.sum(0)
         if cfg.apply_b_dec_to_input:
             g_bdec -= g_benc @ W_encT
@@ -835,15 +919,18 @@ class FastTopKTrainer:
 
     @torch.no_grad()
     def triton_loss_and_grads(
-        self, x: torch.Tensor, dead: torch.Tensor | None = None
+        self, x: torch.Tensor, dead: torch.Tensor | None = None, n_pad: int | None = None
     ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         """Losses and the gradients [W_enc^T, b_enc, W_dec, b_dec] as the Triton step forms them (the
         weight gradients materialised through the same fused kernel, with Adam reduced to the identity),
-        without updating anything. For tests and on-device checks against :meth:`loss_and_grads`."""
+        without updating anything. For tests and on-device checks against :meth:`loss_and_grads`
+        (``n_pad`` as there)."""
         from sae_rdp_plugin.fast import kernels as fk
 
         x = x.to(device=self.device, dtype=self.dtype)
-        f = self._fused_backward(x, dead)
+        if dead is not None and n_pad is None:
+            n_pad = self._aux_n_pad_of(dead)
+        f = self._fused_backward(x, dead, n_pad)
         grads = []
         for key in ("enc", "dec"):
             grads.append(
@@ -853,7 +940,7 @@ class FastTopKTrainer:
 
     @torch.no_grad()
     def _fused_step(
-        self, x: torch.Tensor, dead: torch.Tensor | None
+        self, x: torch.Tensor, dead: torch.Tensor | None, n_pad: int | None = None
     ) -> tuple[dict[str, torch.Tensor], _Sparse, torch.Tensor]:
         """The whole step with the Triton kernels: the same loss, gradients and update as
         :meth:`loss_and_grads` + clipping + Adam, but the weight gradients are formed row by row inside
@@ -861,7 +948,7 @@ class FastTopKTrainer:
         from sae_rdp_plugin.fast import kernels as fk
 
         cfg = self.cfg
-        f = self._fused_backward(x, dead)
+        f = self._fused_backward(x, dead, n_pad)
         c, crow, tok = f["cache"], f["crow"], f["tok"]
         g_benc, g_bdec = f["g_benc"], f["g_bdec"]
         n = c["n"]
@@ -952,6 +1039,14 @@ class FastTopKTrainer:
         return f["losses"], f["sp"], f["vals_s"]
 
     # ------------------------------------------------------------------ dead-latent aux loss
+    def _k_aux(self) -> int:
+        """Width of the aux selection: min(d_in/2, d_sae) (SAELens's k_aux, capped at the latent count)."""
+        return min(self.cfg.d_in // 2, self.cfg.d_sae)
+
+    def _aux_n_pad_of(self, dead: torch.Tensor) -> int:
+        """aux_pad_width for this mask (counts it: a host sync; no hysteresis)."""
+        return aux_pad_width(int(dead.sum()), self.cfg.d_sae, self._k_aux(), self.cfg.aux_compact)
+
     def _aux_loss(
         self,
         dead: torch.Tensor,
@@ -965,6 +1060,7 @@ class FastTopKTrainer:
         lowp: torch.dtype,
         Wd: torch.Tensor,
         wgrad: Callable[..., torch.Tensor],
+        n_pad: int | None = None,
     ) -> torch.Tensor:
         """SAELens's calculate_topk_aux_loss (gamma^2-weighted if weighted): the top k_aux = min(d_in/2,
         n_dead) dead latents of pre*n per row, their pre-activations (no ReLU) decoding the residual,
@@ -974,14 +1070,26 @@ class FastTopKTrainer:
         Shapes are static (no host sync, so the step can be captured as a CUDA graph): the top
         K = min(d_in/2, d_sae) of pre*n with live latents set to -inf are taken, and the entries that
         are not dead latents are zeroed. With n_dead >= K these are SAELens's K entries; with
-        n_dead < K they are all n_dead dead latents plus zeroed entries, i.e. SAELens's top n_dead."""
+        n_dead < K they are all n_dead dead latents plus zeroed entries, i.e. SAELens's top n_dead.
+
+        ``n_pad`` < d_sae (compacted selection; the caller guarantees n_dead <= n_pad and K <= n_pad, see
+        aux_pad_width): the top K runs over n_pad columns only, the dead latents' columns (ascending)
+        followed by live ones masked to -inf; same entries, static shapes."""
         cfg = self.cfg
         k_aux_full = cfg.d_in // 2
-        k_aux = min(k_aux_full, cfg.d_sae)
+        k_aux = self._k_aux()
         num_dead = dead.sum().to(self.dtype)
         c = cfg.aux_loss_coefficient * torch.clamp(num_dead / k_aux_full, max=1.0)
         # torch.topk, not row_topk: with k_aux > 256 and live columns at -inf its bound does not prune
-        av, ai = pre_s.masked_fill(~dead, -torch.inf).topk(k_aux, dim=1, sorted=False)
+        if n_pad is None or n_pad >= cfg.d_sae:
+            av, ai = pre_s.masked_fill(~dead, -torch.inf).topk(k_aux, dim=1, sorted=False)
+        else:
+            # dead latents first (a stable sort of one byte per latent: one radix pass on CUDA, no sync)
+            idx = torch.argsort((~dead).to(torch.int8), stable=True)[:n_pad]
+            sub = pre_s.index_select(1, idx)
+            sub.masked_fill_(~dead[idx], -torch.inf)  # the padding: live latents
+            av, j = sub.topk(k_aux, dim=1, sorted=False)
+            ai = idx[j]
         valid = dead[ai]
         av = av.to(self.dtype)
         aux_a = torch.where(valid, av / n[ai] if n is not None else av, 0.0)  # = pre (no relu), as SAELens

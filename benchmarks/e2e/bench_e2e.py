@@ -10,6 +10,7 @@ fast step; sparsify: bf16 model, as its CLI loads it). Rows, each in its own pro
     forward_only    our activation pipeline alone (model forward, shuffle buffer, batches), no SAE
     step_only       our fast step alone on pre-made batches of real activations
     ours            pipeline + train_saes, one hook, one SAE
+    ours_overlap    the same with PipelineConfig.overlap (the next forward on a side CUDA stream during the steps)
     ours_3hooks     blocks.2/4/6 resid_post from one forward, one SAE each
     ours_4saes      one hook, four SAEs (k 16/32/64/128) from one stream
     sparsify        sparsify's Trainer (batch 4 x 1024, its defaults otherwise), --baseline-tokens
@@ -59,6 +60,7 @@ ROWS = (
     "forward_only",
     "step_only",
     "ours",
+    "ours_overlap",
     "ours_3hooks",
     "ours_4saes",
     "ours_reference",
@@ -332,7 +334,7 @@ def train_cfg(b: Bench, d_in: int, *, k: int, tokens: int) -> Any:
     return TrainConfig("topk", d_in, b.d_sae, k=k, tokens=tokens, batch_size=b.batch, autocast=b.cuda, device=b.device)
 
 
-def pipeline_cfg(b: Bench, hooks: list[str], context: int) -> Any:
+def pipeline_cfg(b: Bench, hooks: list[str], context: int, overlap: bool = False) -> Any:
     from sae_rdp_plugin.lm.pipeline import PipelineConfig
 
     kw: dict[str, Any] = {"buffer_tokens": b.buffer_tokens} if b.buffer_tokens else {}
@@ -344,6 +346,7 @@ def pipeline_cfg(b: Bench, hooks: list[str], context: int) -> Any:
         compile=None if b.cuda else False,
         seed=b.seed,
         device=b.device,
+        overlap=overlap,
         **kw,
     )
 
@@ -420,12 +423,15 @@ def row_step_only(b: Bench) -> dict[str, Any]:
     }
 
 
-def run_ours(b: Bench, name: str, specs_def: list[tuple[str, int]], fast: bool = True) -> dict[str, Any]:
+def run_ours(
+    b: Bench, name: str, specs_def: list[tuple[str, int]], fast: bool = True, overlap: bool = False
+) -> dict[str, Any]:
     """Ours: the two calls of ``train_on_model`` (an ActivationPipeline over the token rows, then
     ``train_saes`` with the fast step), made here so that a clock can tick on each batch and leave the
     warm-up (torch.compile, the first buffer fill) out of tokens/s. One SAE per (hook, k) of
     ``specs_def``; every SAE sees the same ``--tokens`` rows of one stream. ``fast=False``: SAELens's own
-    training step on the same stream (separates the step's effect on FVU from the data's)."""
+    training step on the same stream (separates the step's effect on FVU from the data's). ``overlap``: the
+    pipeline's side-stream forward (``PipelineConfig.overlap``)."""
     from sae_rdp_plugin.lm.pipeline import ActivationPipeline
     from sae_rdp_plugin.train.lm import SAESpec, train_saes
 
@@ -438,7 +444,8 @@ def run_ours(b: Bench, name: str, specs_def: list[tuple[str, int]], fast: bool =
         SAESpec(hook=h, cfg=train_cfg(b, d_in, k=k, tokens=b.tokens), out=b.work / name / f"{h}-k{k}", name=f"{h}-k{k}")
         for h, k in specs_def
     ]
-    pipe = ActivationPipeline(model, train, pipeline_cfg(b, hooks, train.shape[1]), bos_token_id=bos, pad_token_id=pad)
+    pcfg = pipeline_cfg(b, hooks, train.shape[1], overlap=overlap)
+    pipe = ActivationPipeline(model, train, pcfg, bos_token_id=bos, pad_token_id=pad)
     clock = StepClock(b.device, b.warmup_steps, math.ceil(b.tokens / b.batch))
     sync(b.device)
     t0 = time.perf_counter()
@@ -483,6 +490,10 @@ def run_ours(b: Bench, name: str, specs_def: list[tuple[str, int]], fast: bool =
 
 def row_ours(b: Bench) -> dict[str, Any]:
     return run_ours(b, "ours", [(b.hook, b.k)])
+
+
+def row_ours_overlap(b: Bench) -> dict[str, Any]:
+    return run_ours(b, "ours_overlap", [(b.hook, b.k)], overlap=True)
 
 
 def row_ours_3hooks(b: Bench) -> dict[str, Any]:
@@ -889,6 +900,11 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     sl = ok.get("saelens") or ok.get("saelens_speed")
     if ours and sl:
         s["ours_x_saelens"] = ours["tokens_per_s"] / sl["tokens_per_s"]
+    over = ok.get("ours_overlap")
+    if over and ours:
+        s["overlap_x_ours"] = over["tokens_per_s"] / ours["tokens_per_s"]  # > 1: the overlap pays off
+    if over and sl:
+        s["ours_overlap_x_saelens"] = over["tokens_per_s"] / sl["tokens_per_s"]
     sp = ok.get("sparsify")
     # sparsify's own rows (4 x 1024); a run that cut them shorter starves its batch and is no baseline
     if ours and sp and sp.get("settings", {}).get("context", 1024) >= 1024:

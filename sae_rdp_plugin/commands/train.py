@@ -150,6 +150,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     lm.add_argument("--model-dtype", choices=("bfloat16", "float32"), default=None, help="default bfloat16")
     lm.add_argument("--no-compile", action="store_true", help="run the model forward without torch.compile")
     lm.add_argument(
+        "--overlap-forward",
+        action="store_true",
+        help="run the next model forward on a side CUDA stream during the SAE steps (same batches)",
+    )
+    lm.add_argument(
         "--random-init", action="store_true", help="random weights of the named architecture (benchmarks, tests)"
     )
     lm.add_argument("--wandb-project", default=None, help="log training to this wandb project (needs wandb)")
@@ -215,7 +220,15 @@ def train_config(args: argparse.Namespace, d_in: int | None = None) -> TrainConf
     return cfgs[0]
 
 
-_PIPELINE_FLAGS = ("tokens_per_forward", "buffer_tokens", "model_dtype", "no_compile", "random_init", "wandb_project")
+_PIPELINE_FLAGS = (
+    "tokens_per_forward",
+    "buffer_tokens",
+    "model_dtype",
+    "no_compile",
+    "overlap_forward",
+    "random_init",
+    "wandb_project",
+)
 
 
 def _handle(args: argparse.Namespace) -> int:
@@ -304,6 +317,7 @@ def _train_pipeline(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         model_dtype=dtype,
         compile=False if args.no_compile else None,
+        overlap=args.overlap_forward,
         seed=args.seed,
         device=args.device,
         **({} if args.buffer_tokens is None else {"buffer_tokens": args.buffer_tokens}),

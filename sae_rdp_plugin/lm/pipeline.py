@@ -23,6 +23,10 @@ a row survives a refill with probability 1/2, so rows of different forwards (and
 permutations come from a generator seeded by ``cfg.seed``: the same seed gives the same batches (on a
 deterministic forward).
 
+With ``cfg.overlap`` the forward of the next refill is launched (on a side CUDA stream) as soon as a refill has
+taken the previous one, so it runs while the SAE steps consume the buffer; the corpus rows, their order and the
+permutations are the same, hence the same batches.
+
 The corpus ``tokens`` is read in order, wrapping around at its end; ``stats["epochs"]`` counts passes
 (rows forwarded / rows in the corpus), so a corpus smaller than the training run is visible, never silent.
 """
@@ -34,6 +38,7 @@ import re
 import time
 import warnings
 from collections.abc import Iterator
+from contextlib import nullcontext as _nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +76,10 @@ class PipelineConfig:
     seed: int = 0
     device: str = "cpu"
     check_finite: bool = True
+    # run the next forward on a side CUDA stream while the SAE steps consume the current half of the buffer
+    # (one forward in flight; same batches as without). Off by default until a benchmark row shows it faster
+    # (benchmarks/e2e: ours_overlap against ours). On the CPU the prefetched forward simply runs earlier.
+    overlap: bool = False
 
 
 def base_model_parts(model: nn.Module) -> tuple[nn.Module, str, str]:
@@ -281,33 +290,62 @@ class ActivationPipeline:
     @torch.no_grad()
     def _forward(self, start_row: int) -> list[torch.Tensor]:
         """Run rows ``start_row ..`` (wrapping around the corpus) and return ``[n_kept, d_in]`` per hook."""
+        return self._collect(self._launch(start_row))
+
+    @torch.no_grad()
+    def _launch(self, start_row: int, stream: Any = None) -> dict[str, Any]:
+        """Start the forward of rows ``start_row ..`` (on ``stream`` if given) without waiting for it: the kept
+        positions come from the token ids on the host, so nothing here syncs with the device."""
         idx = np.arange(start_row, start_row + self.rows_per_forward) % self.n_rows
         rows = self.tokens[torch.from_numpy(idx)] if isinstance(self.tokens, torch.Tensor) else self.tokens[idx]
-        ids = torch.as_tensor(rows).to(self.device, torch.long, non_blocking=True)
-        step = self.stats["forwards"] + 1
+        keep_host = torch.as_tensor(np.flatnonzero(np.asarray(self._keep_mask(torch.as_tensor(rows))).ravel()))
         cuda = self.device.type == "cuda"
-        t0 = time.perf_counter()
-        try:
-            if cuda:
-                ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                ev0.record()
-            hs = self._run_checked(ids)
-            if cuda:
-                ev1.record()
-            keep = self._keep_mask(ids).flatten().nonzero().squeeze(1)  # waits for the forward
-            acts = [h.flatten(0, 1).index_select(0, keep) for h in hs]
-            del hs
-        except torch.cuda.OutOfMemoryError as exc:
-            raise SaeRdpError(
-                f"CUDA out of memory in the model forward at tokens_per_forward={self.tokens_per_forward} "
-                f"({self.rows_per_forward} rows x {self.cfg.context_size}): lower tokens_per_forward "
-                "(--tokens-per-forward)"
-            ) from exc
-        seconds = ev0.elapsed_time(ev1) / 1e3 if cuda else time.perf_counter() - t0
+        ctx = torch.cuda.stream(stream) if (cuda and stream is not None) else _nullcontext()
+        pending: dict[str, Any] = {"idx": idx, "stream": stream if cuda else None, "t0": time.perf_counter()}
+        with ctx:
+            ids = torch.as_tensor(rows).to(self.device, torch.long, non_blocking=True)
+            keep = keep_host.to(self.device, non_blocking=True)
+            try:
+                if cuda:
+                    pending["ev0"] = torch.cuda.Event(enable_timing=True)
+                    pending["ev1"] = torch.cuda.Event(enable_timing=True)
+                    pending["ev0"].record()
+                hs = self._run_checked(ids)
+                acts = [h.flatten(0, 1).index_select(0, keep) for h in hs]
+                del hs
+                if cuda:
+                    pending["ev1"].record()
+            except torch.cuda.OutOfMemoryError as exc:
+                raise SaeRdpError(
+                    f"CUDA out of memory in the model forward at tokens_per_forward={self.tokens_per_forward} "
+                    f"({self.rows_per_forward} rows x {self.cfg.context_size}): lower tokens_per_forward "
+                    "(--tokens-per-forward)"
+                ) from exc
+            finite = None
+            if self.cfg.check_finite and acts[0].numel():
+                finite = torch.stack([torch.isfinite(a).all() for a in acts])
+        pending.update(acts=acts, finite=finite, n_kept=int(keep_host.numel()))
+        return pending
+
+    def _collect(self, pending: dict[str, Any]) -> list[torch.Tensor]:
+        """The activations of a launched forward, usable on the current stream; its statistics and the
+        finiteness check (one sync for all hooks) happen here, in the order the forwards are consumed."""
+        acts = pending["acts"]
+        if pending["stream"] is not None:
+            main = torch.cuda.current_stream(self.device)
+            main.wait_stream(pending["stream"])
+            for a in acts:  # the side stream allocated them: keep them alive until the main stream is done
+                a.record_stream(main)
+        step = self.stats["forwards"] + 1
+        if "ev1" in pending:
+            pending["ev1"].synchronize()
+            seconds = pending["ev0"].elapsed_time(pending["ev1"]) / 1e3
+        else:
+            seconds = time.perf_counter() - pending["t0"]
         self.stats["first_forward_seconds" if step == 1 else "forward_seconds"] += seconds
-        if self.cfg.check_finite and acts[0].numel():
-            finite = torch.stack([torch.isfinite(a).all() for a in acts]).tolist()  # one sync for all hooks
-            for hook, ok in zip(self.hooks, finite, strict=True):
+        if pending["finite"] is not None:
+            idx = pending["idx"]
+            for hook, ok in zip(self.hooks, pending["finite"].tolist(), strict=True):
                 if not ok:
                     raise SaeRdpError(
                         f"non-finite activations (NaN/Inf) at {hook} in forward {step} (corpus rows "
@@ -315,7 +353,7 @@ class ActivationPipeline:
                     )
         self.stats["forwards"] = step
         self.stats["tokens_forwarded"] += self.tokens_per_forward
-        self.stats["tokens_kept"] += int(keep.numel())
+        self.stats["tokens_kept"] += pending["n_kept"]
         self.stats["epochs"] = self.stats["forwards"] * self.rows_per_forward / self.n_rows
         return acts
 
@@ -354,9 +392,18 @@ class ActivationPipeline:
                 "lower buffer_tokens (--buffer-tokens)"
             ) from exc
         filled, next_row = 0, 0
+        side = torch.cuda.Stream(self.device) if cfg.overlap and self.device.type == "cuda" else None
+        pending = None  # with overlap: the forward of rows next_row .. already launched
         while True:
             while filled < cfg.buffer_tokens:
-                acts = self._forward(next_row)
+                if cfg.overlap:
+                    if pending is None:
+                        pending = self._launch(next_row, side)
+                    acts = self._collect(pending)
+                    # the next forward starts now, before this refill's batches go to the SAE steps
+                    pending = self._launch((next_row + self.rows_per_forward) % self.n_rows, side)
+                else:
+                    acts = self._forward(next_row)
                 next_row = (next_row + self.rows_per_forward) % self.n_rows
                 n = acts[0].shape[0]
                 for buf, j in zip(bufs, which, strict=True):

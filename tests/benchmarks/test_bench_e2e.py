@@ -18,6 +18,7 @@ ALL_ROWS = [
     "forward_only",
     "step_only",
     "ours",
+    "ours_overlap",
     "ours_3hooks",
     "ours_4saes",
     "sparsify",
@@ -85,6 +86,9 @@ def test_summary_targets(bench):
         "fvu_within_2pct": True,
         "within_1p5x_forward_plus_step": True,
     }
+    over = bench.summary([*rows, _row("ours_overlap", "ours", 1.2e6)])
+    assert over["overlap_x_ours"] == pytest.approx(1.2) and over["ours_overlap_x_saelens"] == pytest.approx(15.0)
+    assert "overlap_x_ours" not in s
     rows[2]["heldout_fvu"] = 0.103  # 3% above SAELens's
     assert bench.summary(rows)["targets_met"]["fvu_within_2pct"] is False
     # FVU is compared only at equal tokens; failed rows count for nothing
@@ -151,7 +155,9 @@ def test_bench_quick_runs_every_row(tmp_path):
     assert isinstance(res["device"], str) and isinstance(res["date"], str)
     rows = {r["row"]: r for r in res["rows"]}
     assert list(rows) == ALL_ROWS
-    for name in ("forward_only", "step_only", "ours", "ours_3hooks", "ours_4saes", "saelens_speed", "saelens"):
+    for name in (
+        "forward_only", "step_only", "ours", "ours_overlap", "ours_3hooks", "ours_4saes", "saelens_speed", "saelens"
+    ):  # fmt: skip
         r = rows[name]
         assert "error" not in r, (name, r.get("error"))
         assert r["impl"] in ("ours", "saelens") and r["model"] == "tiny-gemma3"
@@ -163,6 +169,8 @@ def test_bench_quick_runs_every_row(tmp_path):
         assert len(fvus) == n and all(math.isfinite(f) and f > 0 for f in fvus), (name, fvu)
         assert set(rows[name]["time_split"]) >= {"forward_s", "sae_step_s", "other_s"}
     assert rows["ours_3hooks"]["hooks"] == [f"blocks.{i}.hook_resid_post" for i in (2, 4, 6)]
+    # the overlap moves forwards earlier, not batches: on the CPU the same SAE comes out
+    assert rows["ours_overlap"]["heldout_fvu"] == pytest.approx(rows["ours"]["heldout_fvu"], rel=1e-6)
     assert rows["ours"]["tokens"] == rows["saelens"]["tokens"]  # FVU at equal tokens
     sp = rows["sparsify"]
     if importlib.util.find_spec("sparsify") is None:

@@ -114,6 +114,8 @@ def test_pipeline_flags_refused_on_the_other_paths(tmp_path, capsys):
     synthetic = ["train", "--synthetic", "--d-in", "8", "--k", "4", "--tokens", "4096", "--out", str(tmp_path / "s")]
     assert main([*synthetic, "--d-sae", "16", "--no-compile"]) == 2
     assert "--no-compile: only with --model and without --saelens-store" in capsys.readouterr().err
+    assert main([*synthetic, "--d-sae", "16", "--overlap-forward"]) == 2
+    assert "--overlap-forward: only with --model and without --saelens-store" in capsys.readouterr().err
     assert main([*synthetic, "--d-sae", "16,32"]) == 2
     assert "several --d-sae / --k / --alpha values need --model" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

@@ -207,6 +207,35 @@ def test_same_seed_same_batches_other_seed_other_batches(models):
     assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
 
 
+def test_overlap_gives_the_same_batches_and_stats(models):
+    """overlap=True only moves each forward earlier (launched before the previous refill's batches are handed
+    out): the same corpus rows, order and permutations, hence identical batches and counts, past the corpus end."""
+    model, tokens = models["gemma3"], corpus(n_rows=5)
+    kw = dict(hooks=HOOKS, tokens_per_forward=T, buffer_tokens=48, batch_size=8)
+    plain, over = make(model, tokens, **kw), make(model, tokens, overlap=True, **kw)
+    a, b = iter(plain), iter(over)
+    for _ in range(20):
+        x, y = next(a), next(b)
+        assert all(torch.equal(x[h], y[h]) for h in HOOKS)
+    for key in ("forwards", "tokens_forwarded", "tokens_kept", "epochs", "batches"):
+        assert plain.stats[key] == over.stats[key], key
+    assert plain.stats["epochs"] > 1
+
+
+def test_overlap_launches_the_next_forward_before_the_batches(models):
+    """With overlap the forward after a refill has run (on the CPU: eagerly) before its batches are yielded;
+    without, it runs only when the buffer needs it."""
+    model, tokens = tiny_hf_model("llama", n_layers=2), corpus()
+    runs = []
+    model.model.layers[0].register_forward_hook(lambda m, i, o: runs.append(1))
+    for overlap in (False, True):
+        runs.clear()
+        pipe = make(model, tokens, hooks=["blocks.0.hook_resid_post"], tokens_per_forward=T, overlap=overlap)
+        next(iter(pipe))  # the first fill takes several forwards of T positions (BOS left out)
+        assert pipe.stats["forwards"] >= 2
+        assert len(runs) == pipe.stats["forwards"] + (1 if overlap else 0)
+
+
 def test_epochs_counted_past_the_end_of_the_corpus(models):
     model, tokens = models["llama"], corpus(n_rows=3)
     pipe = make(model, tokens, tokens_per_forward=2 * T)
@@ -285,6 +314,14 @@ def test_nan_activations_name_hook_and_forward(models):
         next(it)
     msg = one_line(exc)
     assert "blocks.1.hook_resid_post" in msg and "forward 2" in msg and "NaN" in msg
+    calls.clear()  # with overlap the poisoned forward runs early, and is reported when it is consumed
+    pipe = make(
+        model, tokens, hooks=["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"], tokens_per_forward=T,
+        overlap=True,
+    )  # fmt: skip
+    with pytest.raises(SaeRdpError) as exc:
+        next(iter(pipe))
+    assert "blocks.1.hook_resid_post" in one_line(exc) and "forward 2" in one_line(exc)
     # off: no check, the NaN passes through
     calls.clear()
     pipe = make(model, tokens, hooks=["blocks.1.hook_resid_post"], tokens_per_forward=T, check_finite=False)

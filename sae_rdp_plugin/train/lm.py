@@ -826,6 +826,7 @@ def _save(r: _Run, held: dict[str, torch.Tensor], common: dict[str, Any], seen: 
         "d_sae": r.cfg.d_sae,
         "k": r.cfg.k if r.cfg.arch.uses_k else None,
         "alpha": r.sae.cfg.alpha if r.cfg.arch.weighted else None,
+        "variance_cap_quantile": r.cfg.variance_cap_quantile if r.cfg.arch.weighted else None,
         "batch_size": r.cfg.batch_size,
         "lr": r.cfg.lr,
         "b_dec_init": r.cfg.b_dec_init,

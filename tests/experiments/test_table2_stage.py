@@ -362,3 +362,42 @@ def test_train_config_takes_the_recipes_per_architecture_settings(rs):
     st = rs.train_config({**base, "architecture": "standard", "l1_coefficient": 2.0}, 64, recipe, args, 0)
     assert st.normalize_activations == "standardize" and st.sae_kwargs == {}
     assert st.sae_config_dict()["normalize_activations"] == "covariance_whitening"  # SAELens's path, ours inside
+
+
+def test_wsae_stage_trains_weighted_saes_with_the_variance_cap(rs, tmp_path):
+    """W-wsae: weighted_topk SAEs at alpha 0 / 1 and the capped variant, each with a core and an rdp_proxies JSON
+    under the weighted release; the cap reaches the saved gamma (alpha 1 with and without it differ only there)
+    and is recorded in the train summary."""
+    from safetensors.torch import load_file
+
+    corpus, _ = tiny_corpus(tmp_path)
+    saes = []
+    for alpha, cap in ((0.0, None), (1.0, None), (1.0, 0.5)):
+        e = {**plan_entry("weighted_topk", "k", 4, 1.0), "alpha": alpha, "stage": "W-wsae"}
+        e["id"] = f"tiny-gpt2/{HOOK}/weighted_topk/w128/alpha={alpha}" + (f"/capq={cap}" if cap else "") + "/s0"
+        saes += [{**e, "variance_cap_quantile": cap} if cap else e]
+    (tmp_path / "plan.json").write_text(json.dumps({"saes": saes}))
+    out = tmp_path / "out"
+    argv = ["--plan", str(tmp_path / "plan.json"), "--stage", "W-wsae", "--corpus", str(corpus), "--out", str(out),
+            "--n-layers", "2", "--batch-size", "64", "--buffer-tokens", "128", "--eval-batches", "2",
+            "--eval-batch-prompts", "4"]  # fmt: skip
+    assert rs.main(argv) == 0
+    core = {json.loads(f.read_text())["sae_lens_id"]: f.name for f in (out / "core").glob("*.json")}
+    prox = sorted(f.name for f in (out / "rdp_proxies").glob("*.json"))
+    assert len(core) == 3 and prox == sorted(core.values())
+    assert {json.loads(f.read_text())["sae_lens_release_id"] for f in (out / "core").glob("*.json")} == {
+        "table2-tiny-gpt2-L1-weighted_topk"
+    }
+    base = out / "saes" / f"tiny-gpt2/{HOOK}/weighted_topk/w128"
+    summ = json.loads((base / "alpha-1.0/capq-0.5/s0/train_summary.json").read_text())
+    assert summ["variance_cap_quantile"] == 0.5 and summ["alpha"] == 1.0
+    g_cap = load_file(str(base / "alpha-1.0/capq-0.5/s0/gamma.safetensors"))
+    g_raw = load_file(str(base / "alpha-1.0/s0/gamma.safetensors"))
+    var = g_raw["variance"]
+    cap = torch.quantile(var, 0.5)
+    # gamma ~ min(var, cap)^alpha, normalised: the ratio of two dimensions above the cap is 1, below it var_i/var_j
+    hi, lo = var >= cap, var < cap
+    assert hi.sum() >= 2 and lo.sum() >= 2
+    gc = g_cap["gamma"]
+    assert torch.allclose(gc[hi], gc[hi][0].expand(int(hi.sum())), rtol=1e-6)
+    assert not torch.allclose(g_raw["gamma"][hi], g_raw["gamma"][hi][0].expand(int(hi.sum())), rtol=1e-3)

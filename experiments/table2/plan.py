@@ -244,6 +244,16 @@ def cap_lines(recipe: dict) -> list[str]:
     return lines
 
 
+def spent(results: Path) -> dict[str, float]:
+    """GPU seconds of every device call recorded so far per stage (``results/<model>-L<layer>/stage_*.json``'s
+    ``gpu_s_total``; calls that were redone or whose SAEs were archived count too: it is what the stage cost)."""
+    out: dict[str, float] = {}
+    for f in sorted(results.glob("*-L*/stage_*.json")) if results.is_dir() else []:
+        d = load(f)
+        out[d["stage"]] = out.get(d["stage"], 0.0) + float(d.get("gpu_s_total", 0.0))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shards", default=".carry/corpus_table2_gemma3/shards", help="travel shards (for the call count)")
@@ -284,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         + f"; WSAE arm: {sum(1 for s in saes if s['stage'] == 'W-wsae')}.",
         "",
         *cap_lines(recipe),
-        "Rates used (read from the benchmark and result files named):",
+        "Rates used (read from the benchmark and result files named); the last column sums the device calls recorded "
+        "in `results/<model>-L<layer>/stage_*.json` (redone calls count; `results/archive/` does not):",
         "",
         f"* fast step (topk, batchtopk, weighted_topk): {r['fast_sae_tokens_per_s'] / 1e6:.2f}M SAE-tokens/s "
         f"({r['fast_source']})",
@@ -297,12 +308,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{r['probe_baseline_wall_s_per_dataset']:.0f} s of device-CPU baseline per dataset ({r['probe_source']})",
         "* absorption (+ feature splitting): no measurement in this repository; stage E0 measures it",
         "",
-        "| stage | what | SAEs | GPU min (estimate) |",
-        "|---|---|---:|---:|",
+        "| stage | what | SAEs | GPU min (estimate) | GPU min spent so far |",
+        "|---|---|---:|---:|---:|",
     ]
+    used = spent(HERE / "results")
     for s in stages:
         est = "not measured" if s["gpu_s"] is None else f"{s['gpu_s'] / 60:.1f}"
-        lines.append(f"| {s['stage']} | {s['what']} | {s['n_saes']} | {est} |")
+        got = f"{used[s['stage']] / 60:.1f}" if s["stage"] in used else "-"
+        lines.append(f"| {s['stage']} | {s['what']} | {s['n_saes']} | {est} | {got} |")
     lines += [
         "",
         f"Total: {plan['total_gpu_s'] / 60:.0f} GPU minutes (training + core + probing; absorption, model "

@@ -51,3 +51,16 @@ def test_capped_dimension_count_matches_torch(mods, d, q):
     plan_mod, _ = mods
     v = torch.randperm(d, generator=torch.Generator().manual_seed(d)).to(torch.float64) + 1  # distinct variances
     assert plan_mod.capped_dimensions(d, q) == int((v > torch.quantile(v, q)).sum())
+
+
+def test_plan_sums_the_recorded_device_calls_per_stage(mods, tmp_path):
+    """PLAN.md's "spent so far" column: every call's GPU seconds of a stage, over model-layer folders only."""
+    plan_mod, _ = mods
+    (tmp_path / "m-L9").mkdir()
+    (tmp_path / "archive" / "m-L9-old").mkdir(parents=True)
+    rec = {"stage": "T-m-9-topk", "calls": [{"gpu_s": 100.0}, {"gpu_s": 20.5}], "gpu_s_total": 120.5}
+    (tmp_path / "m-L9" / "stage_T-m-9-topk.json").write_text(json.dumps(rec))
+    (tmp_path / "m-L9" / "stage_E-m-9.json").write_text(json.dumps({"stage": "E-m-9", "calls": [], "gpu_s_total": 0}))
+    (tmp_path / "archive" / "m-L9-old" / "stage_T-m-9-topk.json").write_text(json.dumps({**rec, "gpu_s_total": 9e9}))
+    assert plan_mod.spent(tmp_path) == {"T-m-9-topk": 120.5, "E-m-9": 0.0}
+    assert plan_mod.spent(tmp_path / "missing") == {}

@@ -892,11 +892,15 @@ def calibrated_value(pts: list[tuple[float, float]], target: float) -> tuple[flo
 
 
 def write_calibration(out: Path, stage: str, fams: dict[str, list[dict]], recipe: dict) -> dict:
-    """Per width, level calN = :func:`calibrated_value` for target_l0[N]; records whether each target was
+    """Per width, level calN = :func:`calibrated_value` for target_l0[N] / r, r = the calibration's
+    ``final_over_calibration_l0`` (default 1: how much lower a final SAE's L0 ends than a short calibration
+    run's at the same coefficient, measured on an earlier sweep); records the L0 aimed at, whether each aim was
     bracketed by the grid and whether the levels are distinct (a level shared by two targets is flagged)."""
     arch = stage.rsplit("-", 1)[1]
     a = recipe["architectures"][arch]
     field, targets = a["sparsity_field"], a["calibration"]["target_l0"]
+    drift = float(a["calibration"].get("final_over_calibration_l0", 1.0))
+    aims = [t / drift for t in targets]
     l0: dict[int, list[tuple[float, float]]] = {}
     for fam, (s,) in fams.items():
         p = sae_dir(out, fam) / "train_summary.json"
@@ -908,11 +912,12 @@ def write_calibration(out: Path, stage: str, fams: dict[str, list[dict]], recipe
     levels: dict[str, dict[str, float]] = {}
     bracketed: dict[str, dict[str, bool]] = {}
     for w, pts in l0.items():
-        got = [calibrated_value(pts, t) for t in targets]
+        got = [calibrated_value(pts, t) for t in aims]
         levels[str(w)] = {f"cal{i}": v for i, (v, _) in enumerate(got)}
         bracketed[str(w)] = {f"cal{i}": b for i, (_, b) in enumerate(got)}
     res = {"complete": True, "field": field, "normalize_activations": normalization(recipe, arch)}
-    res |= {"target_l0": targets, "heldout_l0": {str(w): p for w, p in l0.items()}}
+    res |= {"target_l0": targets, "final_over_calibration_l0": drift, "aim_l0": aims}
+    res |= {"heldout_l0": {str(w): p for w, p in l0.items()}}
     res["levels"] = levels
     res["bracketed"] = bracketed
     res["distinct"] = {w: len(set(v.values())) == len(v) for w, v in levels.items()}

@@ -237,6 +237,7 @@ def _interp_ref(pts, t):
 def test_calibration_choice(rs, tmp_path):
     """calN = log-log interpolation between the bracketing grid points, else the nearest on a log scale."""
     recipe = json.loads((EXP / "recipe.json").read_text())
+    recipe["architectures"]["standard"]["calibration"].pop("final_over_calibration_l0", None)  # aim = target
     stage = "C-gemma3-270m-9-standard"
     saes = rs.calibration_saes(recipe, stage)
     grid = recipe["architectures"]["standard"]["calibration"]["grid"]
@@ -266,6 +267,15 @@ def test_calibration_choice(rs, tmp_path):
     resolved = rs.resolve_levels(plan_saes, tmp_path, recipe)
     assert len(resolved) == 20
     assert all(s["l1_coefficient"] == res["levels"][str(s["width"])][s["level_name"]] for s in resolved)
+    # a recipe that expects final SAEs to end at r x the short runs' L0 aims the calibration at target / r
+    drifted = json.loads(json.dumps(recipe))
+    drifted["architectures"]["standard"]["calibration"]["final_over_calibration_l0"] = 0.25
+    res = rs.write_calibration(tmp_path, stage, fams, drifted)
+    assert res["aim_l0"] == [t / 0.25 for t in targets] and res["final_over_calibration_l0"] == 0.25
+    for w in recipe["widths"]:
+        pts = [(s["l1_coefficient"], l0s[f]) for f, (s,) in fams.items() if s["width"] == w]
+        for i, t in enumerate(targets):
+            assert res["levels"][str(w)][f"cal{i}"] == pytest.approx(_interp_ref(pts, t / 0.25)[0], rel=1e-9)
 
 
 def test_calibrated_value_cases(rs):

@@ -420,3 +420,38 @@ def test_graph_keyed_by_aux_width(monkeypatch):
         assert {a: h.n_pad for a, h in tr._graphs.items()} == held, i
     assert tr._graphs[True].graph.replays == 1 and tr._graphs[False].graph.replays == 2
     assert tr._graph_aux_widths == {32, 64, 128, 256}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bf16", [False, True])
+def test_cuda_graph_with_compacted_aux_equals_eager_full_selection(bf16):
+    """On CUDA: the Triton step replayed as CUDA graphs with the compacted aux selection (recaptured when the
+    dead count changes bucket) equals the eager step with the full selection, and captures without falling
+    back to eager steps."""
+    d_in, d_sae, k = 64, 1024, 8
+    p = {n: t.cuda() for n, t in _params(d_in, d_sae, 21, torch.float32).items()}
+
+    def make(graph: bool, compact: str) -> FastTopKTrainer:
+        c = FastTopKConfig(d_in=d_in, d_sae=d_sae, k=k, lr=1e-3, bf16=bf16, kernels="triton", cuda_graph=graph,
+                           aux_compact=compact)  # fmt: skip
+        return FastTopKTrainer(
+            c, *(p[n].clone() for n in ("W_enc", "b_enc", "W_dec", "b_dec")), gamma=p["gamma"].clone(),
+            dtype=torch.float32, device="cuda",
+        )  # fmt: skip
+
+    a, b = make(True, "auto"), make(False, "off")
+    g = torch.Generator().manual_seed(22)
+    widths = set()
+    for s in range(14):
+        n_dead = 100 if s < 7 else 600  # a bucket of d_sae/8, then of 3 d_sae/4
+        dead = _dead(d_sae, n_dead, seed=s).cuda()
+        x = torch.randn(256, d_in, generator=g).cuda()
+        la, lb = a.step(x, dead=dead), b.step(x, dead=dead)
+        widths.add(a._aux_n_pad)
+        assert float(la["auxiliary_reconstruction_loss"]) == pytest.approx(
+            float(lb["auxiliary_reconstruction_loss"]), rel=1e-4 if bf16 else 1e-5
+        )
+    assert a._graph_failed is None and True in a._graphs and a._graphs[True].n_pad < d_sae
+    assert len(widths) == 2 and max(widths) < d_sae
+    for q, r in zip(a.params, b.params):
+        assert _rel(q, r) < (1e-3 if bf16 else 1e-5)

@@ -330,10 +330,14 @@ class ActivationPipeline:
     def _collect(self, pending: dict[str, Any]) -> list[torch.Tensor]:
         """The activations of a launched forward, usable on the current stream; its statistics and the
         finiteness check (one sync for all hooks) happen here, in the order the forwards are consumed."""
-        acts = pending["acts"]
-        if pending["stream"] is not None:
+        acts, side = pending["acts"], pending["stream"]
+        # the host waits for the forward's stream only (on the side stream: not for the SAE steps queued on the
+        # main stream), then the main stream is ordered after it
+        with torch.cuda.stream(side) if side is not None else _nullcontext():
+            finite = pending["finite"].tolist() if pending["finite"] is not None else None
+        if side is not None:
             main = torch.cuda.current_stream(self.device)
-            main.wait_stream(pending["stream"])
+            main.wait_stream(side)
             for a in acts:  # the side stream allocated them: keep them alive until the main stream is done
                 a.record_stream(main)
         step = self.stats["forwards"] + 1
@@ -343,9 +347,9 @@ class ActivationPipeline:
         else:
             seconds = time.perf_counter() - pending["t0"]
         self.stats["first_forward_seconds" if step == 1 else "forward_seconds"] += seconds
-        if pending["finite"] is not None:
+        if finite is not None:
             idx = pending["idx"]
-            for hook, ok in zip(self.hooks, pending["finite"].tolist(), strict=True):
+            for hook, ok in zip(self.hooks, finite, strict=True):
                 if not ok:
                     raise SaeRdpError(
                         f"non-finite activations (NaN/Inf) at {hook} in forward {step} (corpus rows "

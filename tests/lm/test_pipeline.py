@@ -236,6 +236,23 @@ def test_overlap_launches_the_next_forward_before_the_batches(models):
         assert len(runs) == pipe.stats["forwards"] + (1 if overlap else 0)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("compile_forward", [False, True])
+def test_overlap_on_cuda_gives_the_same_batches(models, compile_forward):
+    """On CUDA the prefetched forward runs on a side stream concurrently with the consumer's work: the batches
+    are still those of the plain pipeline (the stream ordering and record_stream keep them intact)."""
+    model, tokens = models["gemma3"], corpus(n_rows=5)
+    kw = dict(hooks=HOOKS, tokens_per_forward=2 * T, buffer_tokens=48, batch_size=8, device="cuda",
+              compile=compile_forward)  # fmt: skip
+    a, b = iter(make(model, tokens, **kw)), iter(make(model, tokens, overlap=True, **kw))
+    w = torch.randn(64, 64, device="cuda")
+    for _ in range(24):
+        x, y = next(a), next(b)
+        for _ in range(20):  # main-stream work while the side stream's forward may be running
+            w = torch.tanh(w @ w)
+        assert all(torch.equal(x[h], y[h]) for h in HOOKS)
+
+
 def test_epochs_counted_past_the_end_of_the_corpus(models):
     model, tokens = models["llama"], corpus(n_rows=3)
     pipe = make(model, tokens, tokens_per_forward=2 * T)

@@ -342,6 +342,7 @@ def calibration_drift(folder: Path, pts: list[dict[str, Any]]) -> list[str]:
         c = json.loads(cal.read_text())
         arch = c["stage"].rsplit("-", 1)[1]
         release = f"table2-{folder.name}-{arch}"
+        pooled: list[float] = []
         for width, levels in c["levels"].items():
             pairs = []
             for i, name in enumerate(sorted(levels, key=lambda n: int(n.removeprefix("cal")))):
@@ -358,10 +359,16 @@ def calibration_drift(folder: Path, pts: list[dict[str, Any]]) -> list[str]:
             if not pairs:
                 continue
             ratios = [g / t for t, _, g in pairs]
+            pooled += ratios
             out.append(
                 f"- `{arch}` width {width}, target L0 -> final SAE's core L0 (coefficient): "
                 + ", ".join(f"{t:g} -> {g:.1f} ({v:g})" for t, v, g in pairs)
                 + f"; final / target {min(ratios):.2f}-{max(ratios):.2f}."
+            )
+        if pooled:
+            out.append(
+                f"- `{arch}` final / target over its {len(pooled)} final SAEs: median {statistics.median(pooled):.3f} "
+                "(recipe.json's `final_over_calibration_l0` for later calibrations comes from this line)."
             )
     return out
 

@@ -93,3 +93,15 @@ def test_top_readme_table2_row_quotes_table2_json():
         f"({s['n_pairs']} dominated pairs; the {len(ce)} trained recover a median {median:.2f} of the CE loss",
     ):
         assert q in line, q
+
+
+def test_recipe_calibration_drift_is_the_reported_median():
+    """recipe.json's final_over_calibration_l0 for ReLU-L1 is the median final/target ratio that report.py
+    prints for the Gemma sweep (FINDINGS.md), to the 3 decimals it prints."""
+    import re
+
+    recipe = json.loads((ROOT / "experiments/table2/recipe.json").read_text())
+    got = recipe["architectures"]["standard"]["calibration"]["final_over_calibration_l0"]
+    text = (ROOT / "experiments/table2/FINDINGS.md").read_text()
+    m = re.search(r"`standard` final / target over its \d+ final SAEs: median ([0-9.]+)", text)
+    assert m and float(m[1]) == got

@@ -221,7 +221,8 @@ def test_calibration_drift_pairs_each_target_with_its_final_sae(tmp_path):
         {"release": rel, "width": 16384, "level": "l1_coefficient3_5_cal1", "step": "final", "R": 5.0},
         {"release": "table2-gemma3-270m-L9-topk", "width": 4096, "level": "k64_cal2", "step": "final", "R": 64.0},
     ]
-    (line,) = rep.calibration_drift(folder, pts)
+    line, pooled = rep.calibration_drift(folder, pts)
+    assert pooled.startswith("- `standard` final / target over its 2 final SAEs: median 0.188 ")  # (0.25+0.125)/2
     assert line == (
         "- `standard` width 4096, target L0 -> final SAE's core L0 (coefficient): 256 -> 64.0 (2), "
         "128 -> 16.0 (3.5); final / target 0.12-0.25."

@@ -323,6 +323,20 @@ def pair_kinds(pts: list[dict[str, Any]]) -> dict[str, int]:
     return kinds
 
 
+def cross_pairs(pts: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """Dominated pairs between SAEs of different releases (R_a <= R_b, D_a <= D_b, not equal), counted per
+    (dominating architecture, dominated architecture)."""
+    out: dict[tuple[str, str], int] = {}
+    for a in pts:
+        for b in pts:
+            if a["release"] == b["release"]:
+                continue
+            if a["R"] <= b["R"] and a["D"] <= b["D"] and (a["R"], a["D"]) != (b["R"], b["D"]):
+                key = tuple(str(p["release"]).rsplit("-", 1)[-1] for p in (a, b))
+                out[key] = out.get(key, 0) + 1  # type: ignore[index]
+    return out
+
+
 def _cal_fix(grid: list[list[float]], targets: list[float]) -> str:
     """What a calibration grid whose levels collapse needs: its held-out L0 miss the targets on one side, or
     the targets fall between too few grid points."""
@@ -440,6 +454,13 @@ def findings(rows: list[dict[str, Any]], folders: list[Path], quals: dict[Path, 
                 f"- `{rel}`: {sum(kinds.values())} dominated pairs under D = {primary}: "
                 + ", ".join(f"{v} {k}" for k, v in kinds.items())
                 + "."
+            )
+        if len({p["release"] for p in pts}) > 1:
+            cross = cross_pairs(pts)
+            out.append(
+                f"- pooled: {sum(cross.values())} dominated pairs across architectures under D = {primary} ("
+                + ", ".join(f"{v} with `{a}` dominating `{b}`" for (a, b), v in sorted(cross.items()))
+                + ")."
             )
         out.append("")
         for r in rows:

@@ -227,3 +227,19 @@ def test_calibration_drift_pairs_each_target_with_its_final_sae(tmp_path):
         "- `standard` width 4096, target L0 -> final SAE's core L0 (coefficient): 256 -> 64.0 (2), "
         "128 -> 16.0 (3.5); final / target 0.12-0.25."
     )
+
+
+def test_cross_pairs_count_dominance_between_architectures():
+    """Pairs across releases only, keyed (dominating, dominated); equal points and same-release pairs skipped."""
+    rep = _report()
+    t, s = "table2-m-L9-topk", "table2-m-L9-standard"
+    pts = [
+        {"release": t, "R": 10.0, "D": 0.1},  # dominates (10, 0.3)
+        {"release": t, "R": 20.0, "D": 0.05},  # dominates (30, 0.05)
+        {"release": s, "R": 10.0, "D": 0.3},
+        {"release": s, "R": 30.0, "D": 0.05},
+        {"release": s, "R": 10.0, "D": 0.1},  # equals the first TopK point; dominates (10, 0.3): same release
+    ]
+    assert rep.cross_pairs(pts) == {("topk", "standard"): 2}
+    pts.append({"release": s, "R": 5.0, "D": 0.01})  # dominates every TopK point
+    assert rep.cross_pairs(pts) == {("topk", "standard"): 2, ("standard", "topk"): 2}

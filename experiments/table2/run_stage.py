@@ -54,6 +54,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 SAES_DIR, CORE_DIR, PROBE_DIR, ABSORPTION_DIR = "saes", "core", "sparse_probing_sae_probes", "absorption_first_letter"
 PROXY_DIR = "rdp_proxies"  # our ground-truth-free proxies (sae_rdp_plugin.evals.rdp_proxies), next to core
+# sae-probes' LLM baseline results (per dataset; the same for every SAE of a model-layer): exported under this
+# name so that stage.sh can put them back on a fresh machine and E-* skips recomputing them
+BASELINE_DIR = "probe_baselines"
 
 # recipe settings TrainConfig has no field for (reported in every stage file; library change needed)
 DEVIATIONS: list[str] = []
@@ -854,8 +857,9 @@ def export(out: Path, dest: Path, stage: str) -> Path:
     """What comes back from the device (at most 8 files per call): ``dest/<stage>.tar.xz`` holding every core,
     proxy, sparse-probing and absorption JSON (``core/``, ``rdp_proxies/``, ``sparse_probing_sae_probes/``,
     ``absorption_first_letter/``),
-    the stage and calibration files and each SAE's train_summary.json
-    (``train_summaries/<family path with __>.json``), plus a plain copy of ``stage_<stage>.json``. The weights stay.
+    the stage and calibration files, each SAE's train_summary.json (``train_summaries/<family path with __>.json``)
+    and sae-probes' LLM baseline results (``probe_baselines/``, as under ``probing/sae_probes/``), plus a plain
+    copy of ``stage_<stage>.json``. The weights stay.
     Unpack on the dev machine with ``tar -xJf <stage>.tar.xz -C <folder>``."""
     import shutil
     import tarfile
@@ -869,6 +873,9 @@ def export(out: Path, dest: Path, stage: str) -> Path:
         for p in sorted((out / SAES_DIR).glob("**/train_summary.json")):
             rel = p.parent.relative_to(out / SAES_DIR).as_posix().replace("/", "__")
             tar.add(p, arcname=f"train_summaries/{rel}.json")
+        probes = out / "probing" / "sae_probes"
+        for p in sorted(probes.glob("baseline_results_*/**/*.json")):
+            tar.add(p, arcname=f"{BASELINE_DIR}/{p.relative_to(probes).as_posix()}")
     bundle = dest / f"{stage}.tar.xz"
     os.replace(tmp, bundle)
     shutil.copyfile(out / f"stage_{stage}.json", dest / f"stage_{stage}.json")

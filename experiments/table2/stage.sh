@@ -39,8 +39,12 @@ run)
     mv "$WORK/$NAME.tmp" "$WORK/$NAME" && rm -f "$WORK/$NAME".piece*
   fi
   mkdir -p "$WORK/run"
-  for f in experiments/table2/results/calibration_*.json; do  # committed calibrations, for a fresh machine
+  RESULTS=${T2_RESULTS:-experiments/table2/results}
+  for f in "$RESULTS"/calibration_*.json; do  # committed calibrations, for a fresh machine
     if [ -f "$f" ] && [ ! -f "$WORK/run/$(basename "$f")" ]; then cp "$f" "$WORK/run/"; fi
+  done
+  for d in "$RESULTS"/*/probe_baselines; do  # committed LLM baselines of sae-probes: E-* skips those datasets
+    if [ -d "$d" ]; then mkdir -p "$WORK/run/probing/sae_probes" && cp -rn "$d"/. "$WORK/run/probing/sae_probes/"; fi
   done
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
   set -o pipefail

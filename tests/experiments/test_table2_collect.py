@@ -117,3 +117,14 @@ def test_model_layer_folder_is_read_from_the_bundle(tmp_path, capsys):
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and msg in err[0]
         assert sorted(p for p in results.rglob("*")) == before
+
+
+def test_llm_baselines_land_in_the_model_layer_folder(tmp_path):
+    """probe_baselines/ (sae-probes' LLM baseline JSONs, no release id) follows the bundle's core JSONs into
+    results/<model>-L<layer>/probe_baselines/, where stage.sh picks them up for the next fresh machine."""
+    col = _collect()
+    results = tmp_path / "results"
+    name = "probe_baselines/baseline_results_m/normal_setting/ds_blocks.9.hook_resid_post_logreg.json"
+    b = _bundle(tmp_path / "E.tar.xz", {"core/a.json": _core("table2-m-L9-topk"), name: b'{"test_auc": 0.9}'})
+    col.collect(b, None, results)
+    assert (results / "m-L9" / name).read_bytes() == b'{"test_auc": 0.9}'

@@ -148,6 +148,12 @@ def test_eval_stage_sparse_probing_resumable(seq, tmp_path):
     assert len(per_sae) == 3
     with tarfile.open(seq["tmp"] / "export" / "E-tiny-gpt2-1.tar.xz") as tar:
         assert sum(n.startswith("sparse_probing_sae_probes/") for n in tar.getnames()) == 3
+        # the LLM baseline travels back (stage.sh puts it on the next fresh machine), under sae-probes' own path
+        base = [n for n in tar.getnames() if n.startswith("probe_baselines/")]
+        assert base == [f"probe_baselines/baseline_results_tiny-gpt2/normal_setting/{DS}_{HOOK}_logreg.json"]
+        assert tar.extractfile(base[0]).read() == (
+            out / "probing" / "sae_probes" / base[0].removeprefix("probe_baselines/")
+        ).read_bytes()
 
     # the audit joins both folders per SAE (no duplicate-SAE conflict) and audits the probing proxy
     from sae_rdp_plugin.cli import main as cli_main

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _run(tmp: Path, *args: str, python: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "T2_WORK": str(tmp / "work"), "T2_SITE": str(tmp / "site"), "OUT": str(tmp / "out"),
-           "PYTHON": python}  # fmt: skip
+           "PYTHON": python, "T2_RESULTS": str(tmp / "results")}  # fmt: skip
     return subprocess.run(
         ["bash", str(ROOT / "experiments/table2/stage.sh"), *args], env=env, capture_output=True, text=True
     )
@@ -32,3 +32,28 @@ def test_run_without_wheels_fails_at_once_naming_the_missing_step(tmp_path):
 def test_unknown_step_is_refused(tmp_path):
     r = _run(tmp_path, "train", python="python3")
     assert r.returncode == 2 and r.stdout.strip() == "error: unknown step train (wheels, put, run)"
+
+
+def test_run_puts_committed_calibrations_and_llm_baselines_on_a_fresh_machine(tmp_path):
+    """Before run_stage starts: results/calibration_*.json into the run folder, and every model-layer's
+    probe_baselines/ tree into the run's sae-probes folder (files already there are kept)."""
+    fake = tmp_path / "python-ok"
+    fake.write_text('#!/bin/sh\n[ "$1" = "-c" ] && exit 0\necho "run_stage $*"\n')
+    fake.chmod(0o755)
+    work, res = tmp_path / "work", tmp_path / "results"
+    (work / "run" / "probing" / "sae_probes" / "baseline_results_m" / "normal_setting").mkdir(parents=True)
+    (work / "GGUF").write_text("model.gguf 0000\n")
+    (work / "model.gguf").write_bytes(b"weights")
+    kept = work / "run" / "probing" / "sae_probes" / "baseline_results_m" / "normal_setting" / "a_logreg.json"
+    kept.write_text("on the machine")
+    base = res / "m-L9" / "probe_baselines" / "baseline_results_m" / "normal_setting"
+    base.mkdir(parents=True)
+    (base / "a_logreg.json").write_text("committed a")
+    (base / "b_logreg.json").write_text("committed b")
+    (res / "calibration_C-m-9-standard.json").write_text("{}")
+    r = _run(tmp_path, "run", "E-m-9", python=str(fake))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "run_stage" in r.stdout and "--stage E-m-9" in r.stdout
+    assert kept.read_text() == "on the machine"
+    assert (kept.parent / "b_logreg.json").read_text() == "committed b"
+    assert (work / "run" / "calibration_C-m-9-standard.json").read_text() == "{}"

@@ -151,9 +151,10 @@ def test_eval_stage_sparse_probing_resumable(seq, tmp_path):
         # the LLM baseline travels back (stage.sh puts it on the next fresh machine), under sae-probes' own path
         base = [n for n in tar.getnames() if n.startswith("probe_baselines/")]
         assert base == [f"probe_baselines/baseline_results_tiny-gpt2/normal_setting/{DS}_{HOOK}_logreg.json"]
-        assert tar.extractfile(base[0]).read() == (
-            out / "probing" / "sae_probes" / base[0].removeprefix("probe_baselines/")
-        ).read_bytes()
+        assert (
+            tar.extractfile(base[0]).read()
+            == (out / "probing" / "sae_probes" / base[0].removeprefix("probe_baselines/")).read_bytes()
+        )
 
     # the audit joins both folders per SAE (no duplicate-SAE conflict) and audits the probing proxy
     from sae_rdp_plugin.cli import main as cli_main

@@ -56,6 +56,7 @@ from sae_rdp_plugin.evals.rdp_proxies.eval_output import (
     RDPProxiesMetrics,
     RDPProxiesSampleMetrics,
 )
+from sae_rdp_plugin.evals.selection import pending_saes, select_saes
 from sae_rdp_plugin.io import atomic_write_text
 
 #: the keys of compute_proxies' result that go into the "proxies" and "sample" categories
@@ -269,23 +270,13 @@ def run_eval(
     (atomically; existing files are kept unless ``force_rerun``). ``device``: where the SAEs run (None: SAE
     objects stay where they are, (release, sae_id) pairs load on the CPU); ``acts`` may stay on the CPU.
     Returns {file path: output dict}."""
-    from sae_bench.sae_bench_utils.general_utils import get_results_filepath, load_and_format_sae
-
     config.check()
     check_activations(acts, token_ids)  # before any work; d_in is checked per SAE
     os.makedirs(output_path, exist_ok=True)
     results: dict[str, dict[str, Any]] = {}
-    for release, sae_obj in selected_saes:
-        path = get_results_filepath(output_path, release, "custom_sae" if not isinstance(sae_obj, str) else sae_obj)
-        if os.path.exists(path) and not force_rerun:
-            print(f"[rdp_proxies] skipping {path} (exists; use force_rerun)")
-            continue
-        if isinstance(sae_obj, str):  # (release, sae_id): SAEBench's loader (SAELens pretrained directory)
-            loaded = load_and_format_sae(release, sae_obj, device or "cpu")
-            assert loaded is not None
-            sae_id, sae, _ = loaded
-        else:
-            sae_id, sae = "custom_sae", sae_obj
+    for path, release, sae_id, sae in pending_saes(
+        selected_saes, output_path, device or "cpu", force_rerun, "rdp_proxies"
+    ):
         if device is not None:
             sae = sae.to(device)
         text = evaluate_sae(config, release, sae_id, sae, acts, token_ids)
@@ -319,10 +310,6 @@ def arg_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-    import re
-
-    from sae_rdp_plugin.evals.rdp_synthetic.main import release_names
-
     args = arg_parser().parse_args(argv)
     if not args.activations_path:
         raise SaeRdpError("give the held-out activations: --activations_path FILE (.pt or .safetensors)")
@@ -335,21 +322,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     ).check()  # before loading anything
     acts, token_ids = load_activations(args.activations_path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.sae_paths:
-        from sae_lens import SAE
-
-        for p in args.sae_paths:
-            if not Path(p).is_dir():
-                raise SaeRdpError(f"SAE folder not found: {p}")
-        selected: list[tuple[str, Any]] = [
-            (name, SAE.load_from_disk(p, device=device))
-            for p, name in zip(args.sae_paths, release_names(args.sae_paths))
-            if re.search(args.sae_regex_pattern, name)
-        ]
-    else:
-        from sae_bench.sae_bench_utils.sae_selection_utils import get_saes_from_regex
-
-        selected = list(get_saes_from_regex(args.sae_regex_pattern, args.sae_block_pattern))
+    for p in args.sae_paths:
+        if not Path(p).is_dir():
+            raise SaeRdpError(f"SAE folder not found: {p}")
+    selected = select_saes(args.sae_paths, args.sae_regex_pattern, args.sae_block_pattern, device)
     if not selected:
         raise SaeRdpError("no SAE selected")
     t0 = time.time()

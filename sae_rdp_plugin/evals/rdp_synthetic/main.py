@@ -48,6 +48,8 @@ from sae_rdp_plugin.evals.rdp_synthetic.eval_output import (
     RDPSyntheticEvalOutput,
     RDPSyntheticMetricCategories,
 )
+from sae_rdp_plugin.evals.selection import pending_saes, select_saes
+from sae_rdp_plugin.evals.selection import release_names as release_names  # kept importable from here
 from sae_rdp_plugin.io import atomic_write_text
 
 
@@ -173,23 +175,12 @@ def run_eval(
     "custom_sae"); write ``{output_path}/{release}_{sae_id}_eval_results.json`` (existing files are kept
     unless ``force_rerun``). Returns {file path: output dict}."""
     from sae_bench.sae_bench_utils import get_eval_uuid, get_sae_bench_version
-    from sae_bench.sae_bench_utils.general_utils import get_results_filepath, load_and_format_sae
 
     config.check()
     os.makedirs(output_path, exist_ok=True)
     built = load_dgp(config, device)
     results: dict[str, dict[str, Any]] = {}
-    for release, sae_obj in selected_saes:
-        path = get_results_filepath(output_path, release, "custom_sae" if not isinstance(sae_obj, str) else sae_obj)
-        if os.path.exists(path) and not force_rerun:
-            print(f"[rdp_synthetic] skipping {path} (exists; use force_rerun)")
-            continue
-        if isinstance(sae_obj, str):  # (release, sae_id): SAEBench's loader (SAELens pretrained directory)
-            loaded = load_and_format_sae(release, sae_obj, device)
-            assert loaded is not None
-            sae_id, sae, _ = loaded
-        else:  # a SAE object, as SAEBench's custom SAEs (its cfg standardisation needs an LLM hook, skipped)
-            sae_id, sae = "custom_sae", sae_obj
+    for path, release, sae_id, sae in pending_saes(selected_saes, output_path, device, force_rerun, "rdp_synthetic"):
         sae = sae.to(device)
         m = evaluate_sae(sae, built, config, device)
         out = RDPSyntheticEvalOutput(
@@ -287,8 +278,6 @@ def arg_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-    import re
-
     args = arg_parser().parse_args(argv)
     if args.dgp is None and not args.dgp_path and not args.synthetic_model_path:
         # the config's default DGP suits the Python API's examples; on the command line it would silently
@@ -311,36 +300,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         use_abs=args.use_abs,
         zero_tol=args.zero_tol,
     )
-    if args.sae_paths:
-        from sae_lens import SAE
-
-        selected: list[tuple[str, Any]] = [
-            (name, SAE.load_from_disk(p, device=device))
-            for p, name in zip(args.sae_paths, release_names(args.sae_paths))
-            if re.search(args.sae_regex_pattern, name)
-        ]
-    else:
-        from sae_bench.sae_bench_utils.sae_selection_utils import get_saes_from_regex
-
-        selected = list(get_saes_from_regex(args.sae_regex_pattern, args.sae_block_pattern))
+    selected = select_saes(args.sae_paths, args.sae_regex_pattern, args.sae_block_pattern, device)
     if not selected:
         raise SaeRdpError("no SAE selected")
     t0 = time.time()
     out = run_eval(config, selected, device, args.output_folder, force_rerun=args.force_rerun)
     print(f"[rdp_synthetic] {len(out)} file(s) in {time.time() - t0:.1f} s under {args.output_folder}")
     return out
-
-
-def release_names(paths: list[str]) -> list[str]:
-    """The release name of each local SAE folder in its output file name: the folder's name, or, when two
-    folders share a name (``out/<hook>/<sae>/`` of a multi-hook run), its path below the folders' common
-    parent with ``/`` written ``__``, so that no two SAEs write the same file."""
-    ps = [Path(p).resolve() for p in paths]
-    names = [p.name for p in ps]
-    if len(set(names)) == len(names):
-        return names
-    common = Path(os.path.commonpath([str(p.parent) for p in ps]))
-    return ["__".join(p.relative_to(common).parts) for p in ps]
 
 
 if __name__ == "__main__":

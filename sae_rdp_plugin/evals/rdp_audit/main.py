@@ -40,6 +40,7 @@ from sae_rdp_plugin.audit.readers import ResultsTable, check_checkpoint_mode, fi
 from sae_rdp_plugin.audit.stats import audit_proxy, dominated_pairs, joint_budget_rank, orientation_of, parse_proxy_spec
 from sae_rdp_plugin.cli import OneLineArgumentParser, run_entry_point
 from sae_rdp_plugin.errors import SaeRdpError
+from sae_rdp_plugin.evals import sae_lens_version
 from sae_rdp_plugin.evals.rdp_audit.eval_config import RdpAuditEvalConfig
 from sae_rdp_plugin.evals.rdp_audit.eval_output import (
     EVAL_TYPE_ID_RDP_AUDIT,
@@ -381,7 +382,7 @@ def run_eval(
             sae_bench_commit_hash="unknown (sae-rdp rdp_audit)",
             sae_lens_id=None,
             sae_lens_release_id=releases[0] if len(releases) == 1 else None,
-            sae_lens_version=_sae_lens_version(),
+            sae_lens_version=sae_lens_version(),
             sae_cfg_dict=None,
             eval_result_unstructured={
                 "sweep": {k: v for k, v in group.items()},
@@ -409,15 +410,6 @@ def run_eval(
         md += "\nSkipped sweeps: " + "; ".join(skipped_sweeps) + "\n"
     atomic_write_text(out_dir / "rdp_audit_summary.md", md)
     return results
-
-
-def _sae_lens_version() -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version("sae-lens")
-    except Exception:
-        return None
 
 
 def arg_parser() -> argparse.ArgumentParser:

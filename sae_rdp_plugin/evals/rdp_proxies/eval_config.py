@@ -43,7 +43,12 @@ class RDPProxiesEvalConfig(BaseEvalConfig):
         """Raise SaeRdpError naming the first bad value; return self (pydantic checks only the types; not a
         ``__post_init__``, which pydantic would wrap in a multi-line ValidationError)."""
         for name in ("top_m", "chunk"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise SaeRdpError(f"{name} must be an integer >= 1, got {v!r}")
+            check_count(name, getattr(self, name))
         return self
+
+
+def check_count(name: str, v: object) -> int:
+    """``v`` if it is an integer >= 1 (not a bool), else SaeRdpError naming ``name``."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise SaeRdpError(f"{name} must be an integer >= 1, got {v!r}")
+    return v

@@ -48,7 +48,8 @@ import torch
 
 from sae_rdp_plugin.cli import OneLineArgumentParser, run_entry_point
 from sae_rdp_plugin.errors import SaeRdpError
-from sae_rdp_plugin.evals.rdp_proxies.eval_config import RDPProxiesEvalConfig
+from sae_rdp_plugin.evals import sae_lens_version
+from sae_rdp_plugin.evals.rdp_proxies.eval_config import RDPProxiesEvalConfig, check_count
 from sae_rdp_plugin.evals.rdp_proxies.eval_output import (
     EVAL_TYPE_ID_RDP_PROXIES,
     RDPProxiesEvalOutput,
@@ -62,12 +63,6 @@ from sae_rdp_plugin.io import atomic_write_text
 #: the keys of compute_proxies' result that go into the "proxies" and "sample" categories
 PROXY_KEYS = ("token_entropy", "decoder_max_cos")
 SAMPLE_KEYS = ("l0", "dead_fraction", "n_tokens", "top_m")
-
-
-def _check_count(name: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise SaeRdpError(f"{name} must be an integer >= 1, got {v!r}")
-    return v
 
 
 def check_activations(acts: Any, token_ids: Any, d_in: int | None = None) -> None:
@@ -112,8 +107,8 @@ def compute_proxies(
     proxy averages over (``n_entropy_latents``, ``n_decoder_latents``). Raises SaeRdpError on bad input or
     non-finite activations.
     """
-    _check_count("top_m", top_m)
-    _check_count("chunk", chunk)
+    check_count("top_m", top_m)
+    check_count("chunk", chunk)
     W = sae.W_dec.detach()
     n, dev = int(W.shape[0]), W.device
     check_activations(acts, token_ids, int(sae.cfg.d_in))
@@ -215,15 +210,6 @@ def load_activations(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tenso
     return obj["acts"], obj["token_ids"]
 
 
-def _sae_lens_version() -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version("sae_lens")
-    except Exception:  # noqa: BLE001
-        return None
-
-
 def evaluate_sae(
     config: RDPProxiesEvalConfig, release: str, sae_id: str, sae: Any, acts: torch.Tensor, token_ids: torch.Tensor
 ) -> str:
@@ -245,7 +231,7 @@ def evaluate_sae(
         sae_bench_commit_hash=get_sae_bench_version(),
         sae_lens_id=sae_id,
         sae_lens_release_id=release,
-        sae_lens_version=_sae_lens_version(),
+        sae_lens_version=sae_lens_version(),
         sae_cfg_dict=sae.cfg.to_dict(),
         eval_result_unstructured={
             "n_entropy_latents": m["n_entropy_latents"],

@@ -39,6 +39,7 @@ import torch
 
 from sae_rdp_plugin.cli import OneLineArgumentParser, run_entry_point
 from sae_rdp_plugin.errors import SaeRdpError
+from sae_rdp_plugin.evals import sae_lens_version
 from sae_rdp_plugin.evals.rdp_synthetic.eval_config import RDPSyntheticEvalConfig
 from sae_rdp_plugin.evals.rdp_synthetic.eval_output import (
     EVAL_TYPE_ID_RDP_SYNTHETIC,
@@ -155,15 +156,6 @@ def evaluate_sae(
     }
 
 
-def _sae_lens_version() -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version("sae_lens")
-    except Exception:  # noqa: BLE001
-        return None
-
-
 def run_eval(
     config: RDPSyntheticEvalConfig,
     selected_saes: Sequence[tuple[str, Any]],
@@ -196,7 +188,7 @@ def run_eval(
             sae_bench_commit_hash=get_sae_bench_version(),
             sae_lens_id=sae_id,
             sae_lens_release_id=release,
-            sae_lens_version=_sae_lens_version(),
+            sae_lens_version=sae_lens_version(),
             sae_cfg_dict=sae.cfg.to_dict(),
             eval_result_unstructured={
                 "dgp": built.name,

@@ -306,20 +306,25 @@ def _core_points(folder: Path) -> list[dict[str, Any]]:
     return pts
 
 
+def _dominating(pts: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(a, b) for every pair of ``pts`` where a dominates b under (R, D): ``audit.stats.dominated_pairs``."""
+    from sae_rdp_plugin.audit.stats import dominated_pairs
+
+    return [(pts[i], pts[j]) for i, j in dominated_pairs([p["R"] for p in pts], [p["D"] for p in pts])]
+
+
 def pair_kinds(pts: list[dict[str, Any]]) -> dict[str, int]:
     """Dominated pairs of one release (R_i <= R_j, D_i <= D_j, not equal) by what separates the two SAEs."""
     kinds = {"checkpoint vs final (same width, level)": 0, "width (same level)": 0, "sparsity level": 0}
-    for a in pts:
-        for b in pts:
-            if a is b or a["release"] != b["release"]:
-                continue
-            if a["R"] <= b["R"] and a["D"] <= b["D"] and (a["R"], a["D"]) != (b["R"], b["D"]):
-                if a["level"] != b["level"]:
-                    kinds["sparsity level"] += 1
-                elif a["width"] != b["width"]:
-                    kinds["width (same level)"] += 1
-                else:
-                    kinds["checkpoint vs final (same width, level)"] += 1
+    for a, b in _dominating(pts):
+        if a["release"] != b["release"]:
+            continue
+        if a["level"] != b["level"]:
+            kinds["sparsity level"] += 1
+        elif a["width"] != b["width"]:
+            kinds["width (same level)"] += 1
+        else:
+            kinds["checkpoint vs final (same width, level)"] += 1
     return kinds
 
 
@@ -327,13 +332,10 @@ def cross_pairs(pts: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
     """Dominated pairs between SAEs of different releases (R_a <= R_b, D_a <= D_b, not equal), counted per
     (dominating architecture, dominated architecture)."""
     out: dict[tuple[str, str], int] = {}
-    for a in pts:
-        for b in pts:
-            if a["release"] == b["release"]:
-                continue
-            if a["R"] <= b["R"] and a["D"] <= b["D"] and (a["R"], a["D"]) != (b["R"], b["D"]):
-                key = tuple(str(p["release"]).rsplit("-", 1)[-1] for p in (a, b))
-                out[key] = out.get(key, 0) + 1  # type: ignore[index]
+    for a, b in _dominating(pts):
+        if a["release"] != b["release"]:
+            key = (str(a["release"]).rsplit("-", 1)[-1], str(b["release"]).rsplit("-", 1)[-1])
+            out[key] = out.get(key, 0) + 1
     return out
 
 

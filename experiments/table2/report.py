@@ -287,7 +287,7 @@ BEGIN, END = "<!-- report.py: begin (generated; do not edit) -->", "<!-- report.
 
 
 def _core_points(folder: Path) -> list[dict[str, Any]]:
-    """(release, width, level, step, L0, 1 - EV legacy) of every core JSON of a model-layer folder."""
+    """(release, width, level, step, L0, 1 - EV legacy, EV) of every core JSON of a model-layer folder."""
     pts = []
     for f in sorted((folder / "core").glob("*.json")):
         d = json.loads(f.read_text())
@@ -301,6 +301,7 @@ def _core_points(folder: Path) -> list[dict[str, Any]]:
                 "step": m[4] if m else None,
                 "R": q["sparsity"]["l0"],
                 "D": 1 - q["reconstruction_quality"]["explained_variance_legacy"],
+                "ev": q["reconstruction_quality"]["explained_variance"],
             }
         )
     return pts
@@ -431,10 +432,7 @@ def findings(rows: list[dict[str, Any]], folders: list[Path], quals: dict[Path, 
                 )
         pts = _core_points(folder)
         out += calibration_drift(folder, pts)
-        ev = [
-            json.loads(f.read_text())["eval_result_metrics"]["reconstruction_quality"]["explained_variance"]
-            for f in sorted((folder / "core").glob("*.json"))
-        ]
+        ev = [p["ev"] for p in pts]
         dl = [1 - p["D"] for p in pts]
         out.append(
             f"- SAEBench core over {len(pts)} SAEs: `explained_variance` {min(ev):.4f}-{max(ev):.4f}, "

@@ -208,6 +208,7 @@ def test_bad_inputs_exit_2_before_writing(rs, tmp_path, capsys):
         (["--stage", "E0"], "--evals absorption"),
         (["--stage", "T-tiny", "--time-budget", "0"], "--time-budget must be > 0"),
         (["--stage", "T-tiny", "--group-size", "0"], "--group-size must be >= 1"),
+        (["--stage", "T-tiny", "--proxy-rows", "0"], "--proxy-rows must be >= 1"),
         (["--stage", "T-tiny", "--tokens-scale", "0"], "--tokens-scale must be > 0"),
         (["--stage", "T-tiny", "--corpus", str(tmp_path)], "neither a corpus folder"),
         (["--stage", "C-gemma3-270m-9-topk"], "no calibration stage"),

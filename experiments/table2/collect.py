@@ -12,6 +12,10 @@ the new session's calls alone. This script extracts into a temporary folder, the
   ``gpu_s_total`` re-summed, the other keys from the bundle;
 * ``calibration_*.json``: copied into the model-layer folder and into ``results/`` (``stage.sh run`` copies
   ``results/calibration_*.json`` onto a fresh machine, where ``T-*`` of standard / jumprelu need them);
+* an SAE's eval JSON (``core/``, ``rdp_proxies/``, ``sparse_probing_sae_probes/``, ``absorption_first_letter/``):
+  named from its own ``sae_lens_release_id`` and ``sae_lens_id`` (``run_stage.eval_json_name``), whatever its name
+  in the bundle, so that two architectures' SAEs of one id never overwrite each other (bundles made before the
+  architecture was part of the name are renamed); one without those ids is refused;
 * every other file: written when new or identical; a different existing file is replaced (an SAE's JSON is
   recomputed only when its SAE was retrained) and listed.
 
@@ -35,6 +39,10 @@ from pathlib import Path
 from sae_rdp_plugin.io import atomic_write_bytes
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from run_stage import ABSORPTION_DIR, CORE_DIR, PROBE_DIR, PROXY_DIR, eval_json_name  # noqa: E402
+
+EVAL_DIRS = (CORE_DIR, PROXY_DIR, PROBE_DIR, ABSORPTION_DIR)
 RESULTS = HERE / "results"
 
 
@@ -75,6 +83,26 @@ def model_layer(files: dict[Path, bytes]) -> str | None:
     return found.pop() if found else None
 
 
+def by_sae_ids(files: dict[Path, bytes]) -> dict[Path, bytes]:
+    """``files`` with every eval JSON (``<eval dir>/<name>.json``) renamed to ``eval_json_name`` of its ids;
+    ValueError for one without ids, or for two JSONs of one eval and one SAE."""
+    out: dict[Path, bytes] = {}
+    for rel, data in files.items():
+        if len(rel.parts) == 2 and rel.parts[0] in EVAL_DIRS and rel.suffix == ".json":
+            try:
+                d = json.loads(data)
+            except ValueError as e:
+                raise ValueError(f"{rel}: not JSON ({e})") from e
+            ids = (d.get("sae_lens_release_id"), d.get("sae_lens_id")) if isinstance(d, dict) else (None, None)
+            if not all(isinstance(i, str) and i for i in ids):
+                raise ValueError(f"{rel}: no sae_lens_release_id / sae_lens_id")
+            rel = Path(rel.parts[0]) / eval_json_name(*ids)
+            if rel in out:
+                raise ValueError(f"two {rel.parts[0]} JSONs of one SAE ({ids[0]}, {ids[1]})")
+        out[rel] = data
+    return out
+
+
 def collect(bundle: Path, into: Path | None = None, results: Path = RESULTS) -> dict[str, list[str]]:
     """Extract ``bundle`` into ``into`` (default: ``results/<model>-L<layer>`` read from the bundle) as
     described in the module docstring; returns what was done."""
@@ -95,7 +123,8 @@ def collect(bundle: Path, into: Path | None = None, results: Path = RESULTS) -> 
         contents = {p.relative_to(tmp): p.read_bytes() for p in sorted(tmp.rglob("*")) if p.is_file()}
         if not contents:
             raise ValueError(f"{bundle}: empty bundle")
-        named = model_layer(contents)
+        named = model_layer(contents)  # first: JSONs of two model-layers may share a name
+        contents = by_sae_ids(contents)
         if into is None:
             if named is None:
                 raise ValueError(f"{bundle}: names no model-layer; give --into")

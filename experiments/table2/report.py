@@ -430,6 +430,7 @@ def findings(rows: list[dict[str, Any]], folders: list[Path], quals: dict[Path, 
                     + (f" (UNUSABLE: {_cal_fix(grid, c['target_l0'])})" if distinct < len(levels) else "")
                     + "."
                 )
+        out += eval_counts(folder)
         pts = _core_points(folder)
         out += calibration_drift(folder, pts)
         ev = [p["ev"] for p in pts]
@@ -471,13 +472,7 @@ def findings(rows: list[dict[str, Any]], folders: list[Path], quals: dict[Path, 
             lo, hi = r["V_ci"]
             if r["V"] is None or lo is None:
                 continue
-            half = (
-                "0.5 (random) lies inside the interval"
-                if lo <= 0.5 <= hi
-                else (
-                    "the interval lies above 0.5 (inverted)" if lo > 0.5 else "the interval lies below 0.5 (faithful)"
-                )
-            )
+            half = direction_text(lo, hi, r["p_value_V"])
             out.append(
                 f"- {r['paper_proxy']} ({r['architecture']}, `{r['proxy']}`): V = {r['V']:.3f} "
                 f"[{lo:.3f}, {hi:.3f}] over {r['n_saes']} SAEs and {r['n_pairs']} dominated pairs, permutation "
@@ -485,6 +480,41 @@ def findings(rows: list[dict[str, Any]], folders: list[Path], quals: dict[Path, 
             )
         out.append("")
     return "\n".join(out)
+
+
+def eval_counts(folder: Path) -> list[str]:
+    """Generated lines: per architecture, how many SAEs have a JSON in each eval folder, and how many SAEs of the
+    model-layer have at least one (an SAE = release + SAE id, checkpoints counted as SAEs)."""
+    per: dict[str, dict[str, set]] = {}
+    for d in EVAL_DIRS:
+        for f in sorted((folder / d).glob("*.json")):
+            j = json.loads(f.read_text())
+            rel = _RELEASE.match(str(j.get("sae_lens_release_id")))
+            arch = rel["arch"] if rel else str(j.get("sae_lens_release_id"))
+            per.setdefault(arch, {}).setdefault(d, set()).add(j.get("sae_lens_id"))
+    if not per:
+        return []
+    every = {(a, i) for a, ds in per.items() for ids in ds.values() for i in ids}
+    return [
+        f"- {len(every)} SAEs (checkpoints included) with at least one SAEBench JSON; per architecture and eval: "
+        + "; ".join(
+            f"{a} " + ", ".join(f"`{d}` {len(per[a].get(d, ()))}" for d in EVAL_DIRS if per[a].get(d))
+            for a in sorted(per)
+        )
+        + "."
+    ]
+
+
+def direction_text(lo: float, hi: float, p: float, alpha: float = 0.05) -> str:
+    """What V's interval and permutation p-value say about the direction. The percentile bootstrap over SAEs is
+    degenerate with a handful of dominated pairs (every resample that keeps a pair repeats its order), so an
+    interval off 0.5 names a direction only when the permutation test also rejects random order (p < alpha)."""
+    if lo <= 0.5 <= hi:
+        return "0.5 (random) lies inside the interval"
+    side, word = ("above", "inverted") if lo > 0.5 else ("below", "faithful")
+    if p < alpha:
+        return f"the interval lies {side} 0.5 and p < {alpha:g} ({word})"
+    return f"the interval lies {side} 0.5, but the permutation test does not reject random order: no direction"
 
 
 def archived(results: Path) -> str:

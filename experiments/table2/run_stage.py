@@ -291,9 +291,17 @@ def trained_saes(out: Path, fams: dict[str, list[dict]]) -> list[tuple[dict, Pat
     return res
 
 
+def eval_json_name(release: str, sae_id: str) -> str:
+    """The file name of an SAE's SAEBench JSON, the same in every eval folder (``core/``, ``sparse_probing_...``):
+    ``<architecture>__<sae_lens_id>.json`` (dots as underscores). The architecture (last field of the release
+    ``table2-<model>-L<layer>-<architecture>``) is part of it because two architectures share SAE ids (TopK and
+    BatchTopK at one width and k); collect.py names every JSON of a bundle from its ids with this function."""
+    return f"{release.rsplit('-', 1)[-1]}__{sae_id}".replace(".", "_") + ".json"
+
+
 def json_name(s: dict, step: str) -> str:
-    """The file name of an SAE's SAEBench JSON, the same in every eval folder (``core/``, ``sparse_probing_...``)."""
-    return f"{sae_lens_id(s, step).replace('.', '_')}.json"
+    """``eval_json_name`` of a plan SAE at ``step``."""
+    return eval_json_name(release_id(s), sae_lens_id(s, step))
 
 
 # ------------------------------------------------------------------------------------ core eval (SAEBench)
@@ -653,7 +661,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=max(0, min(14, (os.cpu_count() or 1) - 2)),
         help="E-*: processes probing SAEs in parallel (0: inline; default min(14, CPUs - 2))",
     )
-    ap.add_argument("--time-budget", type=float, default=540.0, help="E-*: seconds for this call, then stop")
+    ap.add_argument(
+        "--time-budget",
+        type=float,
+        default=540.0,
+        help="seconds for this call, then stop and export (E-*: checked between SAEs; T-*, W-*: between the evals "
+        "after training, the rest left for the next call)",
+    )
     ap.add_argument("--tokenizer", type=Path, default=None, help="E-*: a saved HF tokenizer (tiny test models)")
     ap.add_argument(
         "--evals", nargs="+", choices=["sparse_probing", "absorption"], default=["sparse_probing"], help="E-*"
@@ -796,16 +810,22 @@ def main(argv: list[str] | None = None) -> int:
             if cuda:
                 torch.cuda.empty_cache()
 
-    evaluated, eval_skipped, proxied = [], [], []
+    evaluated, eval_skipped, proxied, eval_left = [], [], [], []
     if not args.no_eval and not calibration_stage(stage):
         ignore = {t for t in (bos, pad) if t is not None}
         samples: dict[str, tuple[Any, Any]] = {}
+        eval_s: list[float] = []  # seconds per evaluated SAE, to stop before the call's --time-budget
         for s, path, step in trained_saes(args.out, fams):
             js = args.out / CORE_DIR / json_name(s, step)
             pj = args.out / PROXY_DIR / json_name(s, step)
             if js.is_file() and pj.is_file():
                 eval_skipped.append(s["id"])
                 continue
+            # a call killed at the device's command limit brings nothing back: stop early and export instead
+            if eval_left or (eval_s and time.perf_counter() - t_call + 1.3 * max(eval_s) > args.time_budget):
+                eval_left.append(s["id"])
+                continue
+            t_sae = time.perf_counter()
             sae = load_sae(path, args.device)
             if not js.is_file():
                 obj = core_eval(sae, hooked, held, ignore, s, step, args)
@@ -817,6 +837,7 @@ def main(argv: list[str] | None = None) -> int:
                     samples[s["hook"]] = proxy_sample(hooked, held, s["hook"], ignore, args.proxy_rows)
                 atomic_json(pj, json.loads(proxies_eval(sae, *samples[s["hook"]], s, step)))
                 proxied.append(s["id"])
+            eval_s.append(time.perf_counter() - t_sae)
 
     calibration = None
     if calibration_stage(stage):
@@ -836,6 +857,7 @@ def main(argv: list[str] | None = None) -> int:
             "core_evaluated": evaluated,
             "core_existing": eval_skipped,
             "proxies_evaluated": proxied,
+            "evals_left_for_later": eval_left,
             "tokens_scale": args.tokens_scale,
         }
     )
@@ -848,7 +870,7 @@ def main(argv: list[str] | None = None) -> int:
         export(args.out, args.export, stage)
     print(
         f"stage {stage}: trained {len(trained)}, skipped {len(done)}, core JSONs {len(evaluated)} new "
-        f"({len(eval_skipped)} existing), {wall:.1f} s -> {rec_path}"
+        f"({len(eval_skipped)} existing, {len(eval_left)} left for the next call), {wall:.1f} s -> {rec_path}"
     )
     return 0
 

@@ -96,12 +96,13 @@ def test_top_readme_table2_row_quotes_table2_json():
 
 
 def test_recipe_calibration_drift_is_the_reported_median():
-    """recipe.json's final_over_calibration_l0 for ReLU-L1 is the median final/target ratio that report.py
-    prints for the Gemma sweep (FINDINGS.md), to the 3 decimals it prints."""
+    """recipe.json's final_over_calibration_l0 of each calibrated architecture (ReLU-L1, JumpReLU) is the median
+    final/target ratio that report.py prints for the Gemma sweep (FINDINGS.md), to the 3 decimals it prints."""
     import re
 
     recipe = json.loads((ROOT / "experiments/table2/recipe.json").read_text())
-    got = recipe["architectures"]["standard"]["calibration"]["final_over_calibration_l0"]
     text = (ROOT / "experiments/table2/FINDINGS.md").read_text()
-    m = re.search(r"`standard` final / target over its \d+ final SAEs: median ([0-9.]+)", text)
-    assert m and float(m[1]) == got
+    for arch in ("standard", "jumprelu"):
+        got = recipe["architectures"][arch]["calibration"]["final_over_calibration_l0"]
+        m = re.search(rf"`{arch}` final / target over its \d+ final SAEs: median ([0-9.]+)", text)
+        assert m and float(m[1]) == got, arch

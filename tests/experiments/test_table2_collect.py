@@ -35,21 +35,21 @@ def test_stage_calls_are_appended_and_summed(tmp_path):
     old = {"wall_s": 250.3, "gpu_s": 250.3, "device": "H200"}
     (into / "stage_E-m-9.json").write_text(_stage(old).decode())
     (into / "core").mkdir()
-    (into / "core" / "a.json").write_text('{"x": 1}')
+    (into / "core" / "topk__a.json").write_bytes(_core("table2-m-L9-topk", "a"))
     new = {"wall_s": 282.0, "gpu_s": 282.0, "device": "H200"}
     b = _bundle(
         tmp_path / "E.tar.xz",
         {
             "stage_E-m-9.json": _stage(new),
-            "core/a.json": b'{"x": 1}',
-            "core/b.json": b'{"x": 2}',
+            "core/old_name_a.json": _core("table2-m-L9-topk", "a"),
+            "core/b.json": _core("table2-m-L9-topk", "b"),
             "calibration_C-m-9-standard.json": b'{"levels": {}}',
         },
     )
     done = col.collect(b, into, results)
     st = json.loads((into / "stage_E-m-9.json").read_text())
     assert st["calls"] == [old, new] and st["gpu_s_total"] == pytest.approx(532.3)
-    assert (into / "core" / "b.json").read_bytes() == b'{"x": 2}'
+    assert (into / "core" / "topk__b.json").read_bytes() == _core("table2-m-L9-topk", "b")
     assert (results / "calibration_C-m-9-standard.json").is_file() and (
         into / "calibration_C-m-9-standard.json"
     ).is_file()
@@ -78,8 +78,11 @@ def test_bad_bundles_write_nothing(tmp_path, capsys):
         assert not into.exists() and not (tmp_path / "escape.json").exists()
 
 
-def _core(release: str) -> bytes:
-    return json.dumps({"sae_lens_release_id": release, "eval_result_metrics": {}}).encode()
+def _core(release: str, sae_id: str = "blocks.9.hook_resid_post__w16_k4_s0_step_final") -> bytes:
+    return json.dumps({"sae_lens_release_id": release, "sae_lens_id": sae_id, "eval_result_metrics": {}}).encode()
+
+
+SAE_FILE = "topk__blocks_9_hook_resid_post__w16_k4_s0_step_final.json"
 
 
 def test_model_layer_folder_is_read_from_the_bundle(tmp_path, capsys):
@@ -87,7 +90,7 @@ def test_model_layer_folder_is_read_from_the_bundle(tmp_path, capsys):
     results = tmp_path / "results"
     smol = _bundle(tmp_path / "s.tar.xz", {"core/a.json": _core("table2-smollm2-135m-L15-topk")})
     done = col.collect(smol, None, results)
-    assert (results / "smollm2-135m-L15" / "core" / "a.json").is_file() and len(done["new"]) == 1
+    assert (results / "smollm2-135m-L15" / "core" / SAE_FILE).is_file() and len(done["new"]) == 1
     cal = _bundle(
         tmp_path / "c.tar.xz", {"calibration_C-gemma3-270m-9-jumprelu.json": b'{"stage": "C-gemma3-270m-9-jumprelu"}'}
     )
@@ -95,13 +98,13 @@ def test_model_layer_folder_is_read_from_the_bundle(tmp_path, capsys):
     assert (results / "gemma3-270m-L9" / "calibration_C-gemma3-270m-9-jumprelu.json").is_file()
     wsae = _bundle(tmp_path / "w.tar.xz", {"core/w.json": _core("table2-gemma3-270m-L9-weighted_topk")})
     col.collect(wsae, None, results)
-    assert (results / "gemma3-270m-L9" / "core" / "w.json").is_file()
+    assert (results / "gemma3-270m-L9" / "core" / SAE_FILE.replace("topk", "weighted_topk", 1)).is_file()
     # refused, nothing written: another folder than --into, two model-layers, none at all without --into
     mixed = _bundle(
         tmp_path / "m.tar.xz",
         {"core/a.json": _core("table2-smollm2-135m-L15-topk"), "core/b.json": _core("table2-gemma3-270m-L9-topk")},
     )
-    anon = _bundle(tmp_path / "n.tar.xz", {"core/x.json": b"{}"})
+    anon = _bundle(tmp_path / "n.tar.xz", {"train_summaries/x.json": b"{}"})
     for b, into, msg in (
         (smol, results / "gemma3-270m-L9", "holds smollm2-135m-L15 results"),
         (mixed, None, "spans model-layers"),
@@ -128,3 +131,45 @@ def test_llm_baselines_land_in_the_model_layer_folder(tmp_path):
     b = _bundle(tmp_path / "E.tar.xz", {"core/a.json": _core("table2-m-L9-topk"), name: b'{"test_auc": 0.9}'})
     col.collect(b, None, results)
     assert (results / "m-L9" / name).read_bytes() == b'{"test_auc": 0.9}'
+
+
+def test_eval_jsons_are_named_from_their_ids(tmp_path, capsys):
+    """TopK and BatchTopK SAEs share SAE ids (width, k, seed, step): a bundle of BatchTopK JSONs under the ids'
+    old names must not replace the committed TopK ones; a JSON without ids, or two of one SAE, is refused."""
+    col = _collect()
+    results = tmp_path / "results"
+    into = results / "m-L9"
+    sid = "blocks.9.hook_resid_post__w16_k4_s0_step_final"
+    old_name = "blocks_9_hook_resid_post__w16_k4_s0_step_final.json"  # the name before the architecture was in it
+    topk = _bundle(tmp_path / "t.tar.xz", {f"core/{old_name}": _core("table2-m-L9-topk", sid)})
+    col.collect(topk, None, results)
+    btk = _bundle(
+        tmp_path / "b.tar.xz",
+        {
+            f"core/{old_name}": _core("table2-m-L9-batchtopk", sid),
+            f"sparse_probing_sae_probes/{old_name}": _core("table2-m-L9-batchtopk", sid),
+        },
+    )
+    done = col.collect(btk, None, results)
+    assert "replaced" not in done and len(done["new"]) == 2
+    assert json.loads((into / "core" / f"topk__{old_name}").read_text())["sae_lens_release_id"] == "table2-m-L9-topk"
+    assert json.loads((into / "core" / f"batchtopk__{old_name}").read_text())["sae_lens_release_id"].endswith(
+        "-batchtopk"
+    )
+    assert (
+        not (into / "core" / old_name).exists()
+        and (into / "sparse_probing_sae_probes" / f"batchtopk__{old_name}").is_file()
+    )
+    before = sorted(results.rglob("*"))
+    bad = {
+        "no sae_lens_release_id / sae_lens_id": {"core/x.json": b'{"sae_lens_release_id": "table2-m-L9-topk"}'},
+        "two core JSONs of one SAE": {
+            "core/x.json": _core("table2-m-L9-topk", sid),
+            "core/y.json": _core("table2-m-L9-topk", sid),
+        },
+    }
+    for i, (msg, files) in enumerate(bad.items()):
+        assert col.main([str(_bundle(tmp_path / f"bad{i}.tar.xz", files))]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and msg in err[0], err
+    assert sorted(results.rglob("*")) == before

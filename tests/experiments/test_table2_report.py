@@ -135,6 +135,17 @@ def test_compare_text_follows_the_interval():
     assert rep.compare({**row, "median_ce_loss_score": 0.3}).startswith("not compared with the paper's 0.351")
 
 
+def test_direction_needs_the_interval_and_the_permutation_test():
+    """A bootstrap interval of [1, 1] from two dominated pairs with p = 0.52 (the BatchTopK sweep) names no
+    direction; the same interval with p < 0.05 does; an interval holding 0.5 never does."""
+    rep = _report()
+    assert rep.direction_text(1.0, 1.0, 0.518).endswith("no direction")
+    assert "(inverted)" in rep.direction_text(0.6, 1.0, 0.01)
+    assert "(faithful)" in rep.direction_text(0.0, 0.2, 0.001)
+    assert rep.direction_text(0.0, 0.2, 0.2).endswith("no direction")
+    assert rep.direction_text(0.2, 0.9, 0.0001) == "0.5 (random) lies inside the interval"
+
+
 def test_calibration_fix_names_the_side_the_grid_misses():
     rep = _report()
     targets = [256, 128, 64, 32, 16]
@@ -243,3 +254,22 @@ def test_cross_pairs_count_dominance_between_architectures():
     assert rep.cross_pairs(pts) == {("topk", "standard"): 2}
     pts.append({"release": s, "R": 5.0, "D": 0.01})  # dominates every TopK point
     assert rep.cross_pairs(pts) == {("topk", "standard"): 2, ("standard", "topk"): 2}
+
+
+def test_eval_counts_keep_architectures_sharing_an_id_apart(tmp_path):
+    """TopK and BatchTopK SAEs share SAE ids; the counts go by release and id, one SAE with two evals counts once."""
+    rep = _report()
+    sid = "blocks.9.hook_resid_post__w16_k4_s0_step_final"
+    files = {
+        "core/topk__a.json": ("table2-m-L9-topk", sid),
+        "core/batchtopk__a.json": ("table2-m-L9-batchtopk", sid),
+        "sparse_probing_sae_probes/batchtopk__a.json": ("table2-m-L9-batchtopk", sid),
+        "sparse_probing_sae_probes/batchtopk__b.json": ("table2-m-L9-batchtopk", sid.replace("k4", "k8")),
+    }
+    for name, (rel, i) in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(json.dumps({"sae_lens_release_id": rel, "sae_lens_id": i}))
+    (line,) = rep.eval_counts(tmp_path)
+    assert line.startswith("- 3 SAEs (checkpoints included)")
+    assert "batchtopk `core` 1, `sparse_probing_sae_probes` 2; topk `core` 1." in line
+    assert rep.eval_counts(tmp_path / "nothing") == []

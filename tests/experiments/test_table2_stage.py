@@ -188,6 +188,22 @@ def test_stage_end_to_end_resume_and_audit(rs, tmp_path, capsys):
     assert second["core_evaluated"] == [] and len(second["core_existing"]) == 5 and second["proxies_evaluated"] == []
     assert all(f.stat().st_mtime_ns == t for f, t in mtimes.items())
 
+    # --time-budget: after the first SAE's evals, stop when the next would not fit, export, leave the rest
+    gone = sorted(objs)[:3]
+    for name in gone:
+        (out / "core" / name).unlink()
+        (out / "rdp_proxies" / name).unlink()
+    (export / "T-tiny.tar.xz").unlink()
+    assert rs.main([*_argv(plan, corpus, out, export), "--time-budget", "1e-6"]) == 0
+    third = json.loads((out / "stage_T-tiny.json").read_text())["calls"][2]
+    assert len(third["core_evaluated"]) == 1 and len(third["evals_left_for_later"]) == 2
+    assert len(third["core_existing"]) == 2 and (export / "T-tiny.tar.xz").is_file()
+    assert sum(not (out / "core" / n).is_file() for n in gone) == 2
+    assert rs.main(_argv(plan, corpus, out, export)) == 0  # the next call does the rest
+    fourth = json.loads((out / "stage_T-tiny.json").read_text())["calls"][3]
+    assert len(fourth["core_evaluated"]) == 2 and fourth["evals_left_for_later"] == []
+    assert all((out / "core" / n).is_file() and (out / "rdp_proxies" / n).is_file() for n in gone)
+
     # the audit groups the JSONs (checkpoints included, pooled) and runs
     capsys.readouterr()
     rc = cli_main(
@@ -412,3 +428,21 @@ def test_wsae_stage_trains_weighted_saes_with_the_variance_cap(rs, tmp_path):
     gc = g_cap["gamma"]
     assert torch.allclose(gc[hi], gc[hi][0].expand(int(hi.sum())), rtol=1e-6)
     assert not torch.allclose(g_raw["gamma"][hi], g_raw["gamma"][hi][0].expand(int(hi.sum())), rtol=1e-3)
+
+
+def test_eval_json_names_unique_across_the_plan(rs):
+    """Every SAE of the committed plan (checkpoints at their token step) has its own eval JSON name, in particular
+    TopK and BatchTopK at one width and k (they share an SAE id and differ in release only)."""
+    plan = json.loads((EXP / "plan.json").read_text())
+    names = {}
+    for s in plan["saes"]:
+        step = str(s["tokens"]) if s["checkpoint_of_final"] else "final"
+        name = rs.json_name(s, step)  # calibrated levels stay "calN" in the plan; still one name per SAE
+        assert name not in names, (s["id"], names.get(name))
+        names[name] = s["id"]
+    archs = {n.split("__", 1)[0] for n in names}
+    assert {"topk", "batchtopk"} <= archs and len(names) > 100
+    same_id = [n for n in names if n.startswith("topk__") and "batchtopk__" + n.removeprefix("topk__") in names]
+    assert same_id  # the collision this name prevents exists in the plan
+    name = rs.eval_json_name("table2-gemma3-270m-L9-batchtopk", "blocks.9.hook_resid_post__w16384_k16_s0_step_final")
+    assert name == "batchtopk__blocks_9_hook_resid_post__w16384_k16_s0_step_final.json"

@@ -3,6 +3,7 @@
 #   bash experiments/table2/stage.sh wheels            # carry [".whl"]: install the wheels into /tmp/site
 #   bash experiments/table2/stage.sh put DIR           # carry [DIR]: copy a pack.py call folder into /tmp/t2
 #   bash experiments/table2/stage.sh run STAGE [ARGS]  # run_stage.py on the staged model and shards
+#                                                      # (carry [".whl"] too: it installs them if `wheels` was refused)
 # Files on the device survive only between back-to-back calls: wheels, puts and runs of one session follow each
 # other with no pause. `run` writes SAEs to /tmp/t2/run (they stay there) and brings back, under $OUT,
 # STAGE.tar.xz (core JSONs, train summaries, stage and calibration files), stage_STAGE.json and log.txt.
@@ -13,13 +14,17 @@ SITE=${T2_SITE:-/tmp/site}
 OUT=${OUT:-out/table2}
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 SAE_RDP_MODEL_CACHE="$WORK/model_cache"
 PY=${PYTHON:-python3}
+WHL=${T2_WHL:-.whl}
+install_wheels() {
+  "$PY" -m pip install -q --no-deps --no-index --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHL"/*.whl
+  "$PY" -c "import sae_lens, transformer_lens, datasets, gguf, sae_bench.evals.core.main; print('wheels ok')"
+}
 STEP=${1:?usage: stage.sh wheels|put DIR|run STAGE [ARGS]}
 mkdir -p "$WORK" "$OUT"
 t0=$(date +%s)
 case "$STEP" in
 wheels)
-  "$PY" -m pip install -q --no-deps --no-index --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
-  "$PY" -c "import sae_lens, transformer_lens, datasets, gguf, sae_bench.evals.core.main; print('wheels ok')"
+  install_wheels
   ;;
 put)
   SRC=${2:?usage: stage.sh put DIR}
@@ -30,8 +35,17 @@ put)
 run)
   STAGE=${2:?usage: stage.sh run STAGE [ARGS]}
   [ -f "$WORK/GGUF" ] || { echo "error: $WORK/GGUF missing: redo the put calls back to back"; exit 3; }
-  # a refused `wheels` call does not stop the calls after it: say so at once instead of failing in the model load
-  "$PY" -c "import sae_lens, gguf, sae_bench" 2>/dev/null || { echo "error: the wheels are not installed in $SITE: run stage.sh wheels (carry .whl) first"; exit 3; }
+  # a refused `wheels` call does not stop the calls after it: install them here when they came with this call,
+  # else say so at once instead of failing in the model load
+  if ! "$PY" -c "import sae_lens, gguf, sae_bench" 2>/dev/null; then
+    if compgen -G "$WHL/*.whl" >/dev/null; then
+      echo "the wheels are not installed in $SITE: installing the carried $WHL first"
+      install_wheels
+    else
+      echo "error: the wheels are not installed in $SITE: run stage.sh wheels (carry .whl) first, or carry .whl with this call"
+      exit 3
+    fi
+  fi
   read -r NAME SHA < "$WORK/GGUF"
   if [ ! -f "$WORK/$NAME" ]; then
     cat "$WORK/$NAME".piece* > "$WORK/$NAME.tmp"

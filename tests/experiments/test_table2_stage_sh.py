@@ -7,9 +7,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(tmp: Path, *args: str, python: str) -> subprocess.CompletedProcess:
+def _run(tmp: Path, *args: str, python: str, whl: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "T2_WORK": str(tmp / "work"), "T2_SITE": str(tmp / "site"), "OUT": str(tmp / "out"),
-           "PYTHON": python, "T2_RESULTS": str(tmp / "results")}  # fmt: skip
+           "PYTHON": python, "T2_RESULTS": str(tmp / "results"), "T2_WHL": whl or str(tmp / "no_wheels")}  # fmt: skip
     return subprocess.run(
         ["bash", str(ROOT / "experiments/table2/stage.sh"), *args], env=env, capture_output=True, text=True
     )
@@ -57,3 +57,31 @@ def test_run_puts_committed_calibrations_and_llm_baselines_on_a_fresh_machine(tm
     assert kept.read_text() == "on the machine"
     assert (kept.parent / "b_logreg.json").read_text() == "committed b"
     assert (work / "run" / "calibration_C-m-9-standard.json").read_text() == "{}"
+
+
+def test_run_installs_carried_wheels_when_the_wheels_call_was_refused(tmp_path):
+    """`run` with .whl carried installs them first (pip into the site folder), then runs the stage."""
+    marker = tmp_path / "installed"
+    fake = tmp_path / "python-fresh"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = "-m" ]; then echo "pip $*"; touch {marker}; exit 0; fi\n'
+        f'if [ "$1" = "-c" ]; then [ -f {marker} ]; exit $?; fi\n'
+        'echo "run_stage $*"\n'
+    )
+    fake.chmod(0o755)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "GGUF").write_text("model.gguf 0000\n")
+    (tmp_path / "work" / "model.gguf").write_bytes(b"weights")
+    whl = tmp_path / "whl"
+    whl.mkdir()
+    (whl / "sae_lens-6.54.12-py3-none-any.whl").write_bytes(b"wheel")
+    r = _run(tmp_path, "run", "T-m-9-topk", python=str(fake), whl=str(whl))
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "installing the carried" in out and f"--target {tmp_path / 'site'}" in out
+    assert out.index("pip ") < out.index("run_stage ") and "--stage T-m-9-topk" in out
+    marker.unlink()
+    (whl / "sae_lens-6.54.12-py3-none-any.whl").unlink()  # nothing carried: the error, nothing run
+    r = _run(tmp_path, "run", "T-m-9-topk", python=str(fake), whl=str(whl))
+    assert r.returncode == 3 and "carry .whl with this call" in r.stdout and "run_stage" not in r.stdout

@@ -40,9 +40,8 @@ from sae_rdp_plugin.io import atomic_write_bytes
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run_stage import ABSORPTION_DIR, CORE_DIR, PROBE_DIR, PROXY_DIR, eval_json_name  # noqa: E402
+from run_stage import EVAL_DIRS, eval_json_name  # noqa: E402
 
-EVAL_DIRS = (CORE_DIR, PROXY_DIR, PROBE_DIR, ABSORPTION_DIR)
 RESULTS = HERE / "results"
 
 

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-EVAL_DIRS = ("core", "rdp_proxies", "sparse_probing_sae_probes", "absorption_first_letter")
+sys.path.insert(0, str(HERE))
+from run_stage import EVAL_DIRS  # noqa: E402  (the eval folders, in the audit's column order)
 
 #: The RDP paper's Table 2 (V on Gemma SAEBench sweeps, TopK / ReLU), the proxies SAEBench can run offline.
 #: ReLU in the paper = SAELens's "standard" (ReLU + L1) architecture here.

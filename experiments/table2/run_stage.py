@@ -54,6 +54,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 SAES_DIR, CORE_DIR, PROBE_DIR, ABSORPTION_DIR = "saes", "core", "sparse_probing_sae_probes", "absorption_first_letter"
 PROXY_DIR = "rdp_proxies"  # our ground-truth-free proxies (sae_rdp_plugin.evals.rdp_proxies), next to core
+EVAL_DIRS = (CORE_DIR, PROXY_DIR, PROBE_DIR, ABSORPTION_DIR)  # one JSON per SAE each, named by json_name
 # sae-probes' LLM baseline results (per dataset; the same for every SAE of a model-layer): exported under this
 # name so that stage.sh can put them back on a fresh machine and E-* skips recomputing them
 BASELINE_DIR = "probe_baselines"

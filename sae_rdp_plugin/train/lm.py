@@ -456,6 +456,7 @@ class _Run:
         self.mean_batches = cfg.n_batches_for_norm_estimate if cfg.b_dec_init == "mean" and not found else 0
         self.clock = _Clock(timer, torch.device(cfg.device))
         self.fast = False
+        self.fast_step: Any = None  # the FastTopKTrainer when the fast step is installed
         self.losses: torch.Tensor | None = None
         self.n_buffered = 0
         self.checked_steps = 0
@@ -607,7 +608,8 @@ def _start(runs: list[_Run], stream: _Stream, fast: bool, ctx: DistContext | Non
         if r.mean_batches:  # after the normalisation (its space), before the fast step attaches to the SAE
             _init_b_dec(r, [b[r.hook] for b in cached[: r.mean_batches]], ctx)
         if fast:
-            r.fast = install_fast_step(r.trainer, ctx=ctx) is not None
+            r.fast_step = install_fast_step(r.trainer, ctx=ctx)
+            r.fast = r.fast_step is not None
     return n_norm
 
 
@@ -838,6 +840,13 @@ def _save(r: _Run, held: dict[str, torch.Tensor], common: dict[str, Any], seen: 
         "final_loss": _finite_or_none(r.last_loss),
         "train_l0": _finite_or_none(r.last_l0),
         "sae_step_s": round(r.clock.seconds, 4),
+        # BatchTopK on the fast step: steps whose per-row candidates could miss a selected latent, redone with the
+        # exact dense selection (each costs a dense top-k over the batch)
+        "batchtopk_dense_fallback_steps": (
+            int(r.fast_step.n_inexact_batchtopk_fallbacks)
+            if r.fast_step is not None and r.fast_step.cfg.kind == "batchtopk"
+            else None
+        ),
         "resumed_from": r.resumed_from,
         **common,
         "gamma_file": str(r.out / GAMMA_FILENAME) if r.cfg.arch.weighted else None,

@@ -257,3 +257,21 @@ def test_grid_specs_layout(tmp_path):
     ]
     with pytest.raises(SaeRdpError, match="duplicate SAEs"):
         grid_specs(["h.a"], [cfg(), cfg()], tmp_path)
+
+
+def test_batchtopk_dense_fallbacks_are_counted_in_the_summary(tmp_path, monkeypatch):
+    """BatchTopK keeps k x B activations per batch; with one candidate per row (fewer than k x B) the candidate
+    selection can never be exact, so every step must take the dense fallback and the summary must say so.
+    With the default 4k candidates the count lies between 0 and the steps; TopK reports None."""
+    import sae_rdp_plugin.fast.step as fs
+
+    real = fs.install_fast_step
+    specs = [SAESpec("h.a", cfg("batchtopk"), tmp_path / "btk"), SAESpec("h.a", cfg("topk"), tmp_path / "tk")]
+    res = train_saes(iter(make_batches(20)), specs, tokens=12 * B)
+    assert 0 <= res[0]["batchtopk_dense_fallback_steps"] <= res[0]["steps"] == 12
+    assert res[1]["batchtopk_dense_fallback_steps"] is None and res[1]["fast_step"] is True
+    monkeypatch.setattr(fs, "install_fast_step", lambda tr, ctx=None: real(tr, ctx, batchtopk_candidates=0.25))
+    (r,) = train_saes(iter(make_batches(20)), [SAESpec("h.a", cfg("batchtopk"), tmp_path / "btk1")], tokens=12 * B)
+    assert r["fast_step"] is True and r["batchtopk_dense_fallback_steps"] == r["steps"] == 12
+    summary = json.loads((tmp_path / "btk1" / "train_summary.json").read_text())
+    assert summary["batchtopk_dense_fallback_steps"] == 12

@@ -4,6 +4,9 @@
 #   bash experiments/table2/stage.sh put DIR           # carry [DIR]: copy a pack.py call folder into /tmp/t2
 #   bash experiments/table2/stage.sh run STAGE [ARGS]  # run_stage.py on the staged model and shards
 #                                                      # (carry [".whl"] too: it installs them if `wheels` was refused)
+#   bash experiments/table2/stage.sh runprobe T-STAGE [ARGS]  # run T-STAGE, then its E-<model>-<layer> with the
+#                                                      # rest of the call's T2_CALL_S (560) seconds, if >= 150
+#                                                      # (W-wsae: T2_E=E-gemma3-270m-9 names the eval stage)
 # Files on the device survive only between back-to-back calls: wheels, puts and runs of one session follow each
 # other with no pause. `run` writes SAEs to /tmp/t2/run (they stay there) and brings back, under $OUT,
 # STAGE.tar.xz (core JSONs, train summaries, stage and calibration files), stage_STAGE.json and log.txt.
@@ -63,8 +66,25 @@ run)
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
   set -o pipefail
   "$PY" experiments/table2/run_stage.py --stage "$STAGE" --model-path "$WORK/$NAME" --corpus "$WORK/shards" \
-    --out "$WORK/run" --device cuda --export "$OUT" "${@:3}" 2>&1 | tee "$OUT/log.txt"
+    --out "$WORK/run" --device cuda --export "$OUT" "${@:3}" 2>&1 | tee -a "$OUT/log.txt"
   ;;
-*) echo "error: unknown step $STEP (wheels, put, run)"; exit 2 ;;
+runprobe)
+  # train, then sparse-probe in the same call what the call's time leaves (probes.sh must have run before, back
+  # to back): an SAE's probing no longer waits for a later E call that the session's budget may not reach
+  STAGE=${2:?usage: stage.sh runprobe T-STAGE [ARGS]}
+  case "$STAGE" in
+    T-*) E="E-${STAGE#T-}"; E="${E%-*}" ;;
+    *) E=${T2_E:-} ;;  # W-wsae: T2_E=E-<model>-<layer> names its eval stage
+  esac
+  [ -n "$E" ] || { echo "error: runprobe takes a T-<model>-<layer>-<architecture> stage (or T2_E=E-...), got $STAGE"; exit 2; }
+  bash "$0" run "$STAGE" "${@:3}"
+  LEFT=$(( ${T2_CALL_S:-560} - ($(date +%s) - t0) ))
+  if [ "$LEFT" -ge "${T2_MIN_PROBE_S:-150}" ]; then
+    bash "$0" run "$E" --time-budget "$LEFT"
+  else
+    echo "runprobe: $LEFT s left of ${T2_CALL_S:-560}: $E not started (run it in the next call)"
+  fi
+  ;;
+*) echo "error: unknown step $STEP (wheels, put, run, runprobe)"; exit 2 ;;
 esac
 echo "stage.sh $STEP done in $(( $(date +%s) - t0 ))s"

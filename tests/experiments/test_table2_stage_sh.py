@@ -7,9 +7,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(tmp: Path, *args: str, python: str, whl: str | None = None) -> subprocess.CompletedProcess:
+def _run(tmp: Path, *args: str, python: str, whl: str | None = None, **extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "T2_WORK": str(tmp / "work"), "T2_SITE": str(tmp / "site"), "OUT": str(tmp / "out"),
-           "PYTHON": python, "T2_RESULTS": str(tmp / "results"), "T2_WHL": whl or str(tmp / "no_wheels")}  # fmt: skip
+           "PYTHON": python, "T2_RESULTS": str(tmp / "results"), "T2_WHL": whl or str(tmp / "no_wheels"),
+           **extra}  # fmt: skip
     return subprocess.run(
         ["bash", str(ROOT / "experiments/table2/stage.sh"), *args], env=env, capture_output=True, text=True
     )
@@ -31,7 +32,7 @@ def test_run_without_wheels_fails_at_once_naming_the_missing_step(tmp_path):
 
 def test_unknown_step_is_refused(tmp_path):
     r = _run(tmp_path, "train", python="python3")
-    assert r.returncode == 2 and r.stdout.strip() == "error: unknown step train (wheels, put, run)"
+    assert r.returncode == 2 and r.stdout.strip() == "error: unknown step train (wheels, put, run, runprobe)"
 
 
 def test_run_puts_committed_calibrations_and_llm_baselines_on_a_fresh_machine(tmp_path):
@@ -85,3 +86,38 @@ def test_run_installs_carried_wheels_when_the_wheels_call_was_refused(tmp_path):
     (whl / "sae_lens-6.54.12-py3-none-any.whl").unlink()  # nothing carried: the error, nothing run
     r = _run(tmp_path, "run", "T-m-9-topk", python=str(fake), whl=str(whl))
     assert r.returncode == 3 and "carry .whl with this call" in r.stdout and "run_stage" not in r.stdout
+
+
+def _staged_fake(tmp: Path, body: str, name: str = "python-fake") -> Path:
+    (tmp / "work").mkdir(exist_ok=True)
+    (tmp / "work" / "GGUF").write_text("model.gguf 0000\n")
+    (tmp / "work" / "model.gguf").write_bytes(b"weights")
+    fake = tmp / name
+    fake.write_text('#!/bin/sh\n[ "$1" = "-c" ] && exit 0\n' + body)
+    fake.chmod(0o755)
+    return fake
+
+
+def test_runprobe_trains_then_probes_with_the_time_left(tmp_path):
+    """runprobe: the T stage with its arguments, then E-<model>-<layer> with --time-budget = what is left of
+    T2_CALL_S; both logs kept; with too little left, E is not started; a failed T stops the call."""
+    fake = _staged_fake(tmp_path, 'echo "run_stage $*"\n')
+    r = _run(tmp_path, "runprobe", "T-m-9-jumprelu", "--max-saes", "5", python=str(fake), T2_CALL_S="500")
+    assert r.returncode == 0, r.stdout + r.stderr
+    calls = [ln for ln in r.stdout.splitlines() if ln.startswith("run_stage ")]
+    assert len(calls) == 2 and "--stage T-m-9-jumprelu" in calls[0] and "--max-saes 5" in calls[0]
+    assert "--stage E-m-9 " in calls[1] and "--max-saes" not in calls[1]
+    budget = int(calls[1].split("--time-budget ")[1].split()[0])
+    assert 490 <= budget <= 500
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert "--stage T-m-9-jumprelu" in log and "--stage E-m-9" in log  # appended, not overwritten
+    r = _run(tmp_path, "runprobe", "T-m-9-jumprelu", python=str(fake), T2_CALL_S="100")
+    assert r.returncode == 0 and r.stdout.count("run_stage ") == 1 and "E-m-9 not started" in r.stdout
+    failing = _staged_fake(tmp_path, 'echo "run_stage $*"; exit 1\n', name="python-failing")
+    r = _run(tmp_path, "runprobe", "T-m-9-jumprelu", python=str(failing))
+    assert r.returncode != 0 and r.stdout.count("run_stage ") == 1
+    r = _run(tmp_path, "runprobe", "E-m-9", python=str(fake))
+    assert r.returncode == 2 and r.stdout.startswith("error: runprobe takes a T-")
+    r = _run(tmp_path, "runprobe", "W-wsae", python=str(fake), T2_E="E-m-9")
+    calls = [ln for ln in r.stdout.splitlines() if ln.startswith("run_stage ")]
+    assert r.returncode == 0 and "--stage W-wsae" in calls[0] and "--stage E-m-9 " in calls[1]

@@ -812,6 +812,7 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.empty_cache()
 
     evaluated, eval_skipped, proxied, eval_left = [], [], [], []
+    eval_seconds: dict[str, dict[str, float]] = {}
     if not args.no_eval and not calibration_stage(stage):
         ignore = {t for t in (bos, pad) if t is not None}
         samples: dict[str, tuple[Any, Any]] = {}
@@ -833,12 +834,15 @@ def main(argv: list[str] | None = None) -> int:
                 validate_core(obj)
                 atomic_json(js, obj)
                 evaluated.append(s["id"])
+            t_core = time.perf_counter()
             if not pj.is_file():
                 if s["hook"] not in samples:
                     samples[s["hook"]] = proxy_sample(hooked, held, s["hook"], ignore, args.proxy_rows)
                 atomic_json(pj, json.loads(proxies_eval(sae, *samples[s["hook"]], s, step)))
                 proxied.append(s["id"])
             eval_s.append(time.perf_counter() - t_sae)
+            # per SAE, for planning the next calls (a core eval's cost varies with the width and architecture)
+            eval_seconds[s["id"]] = {"core": round(t_core - t_sae, 2), "proxies": round(eval_s[-1] - t_core + t_sae, 2)}
 
     calibration = None
     if calibration_stage(stage):
@@ -859,6 +863,7 @@ def main(argv: list[str] | None = None) -> int:
             "core_existing": eval_skipped,
             "proxies_evaluated": proxied,
             "evals_left_for_later": eval_left,
+            "eval_seconds": eval_seconds,
             "tokens_scale": args.tokens_scale,
         }
     )

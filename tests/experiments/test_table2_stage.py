@@ -198,6 +198,8 @@ def test_stage_end_to_end_resume_and_audit(rs, tmp_path, capsys):
     third = json.loads((out / "stage_T-tiny.json").read_text())["calls"][2]
     assert len(third["core_evaluated"]) == 1 and len(third["evals_left_for_later"]) == 2
     assert len(third["core_existing"]) == 2 and (export / "T-tiny.tar.xz").is_file()
+    ((sid, secs),) = third["eval_seconds"].items()
+    assert sid in third["core_evaluated"] and secs["core"] > 0 and secs["proxies"] > 0
     assert sum(not (out / "core" / n).is_file() for n in gone) == 2
     assert rs.main(_argv(plan, corpus, out, export)) == 0  # the next call does the rest
     fourth = json.loads((out / "stage_T-tiny.json").read_text())["calls"][3]

@@ -550,8 +550,9 @@ def diagnostics(path: Path) -> str:
         f"{st['top3_var_share'][1]:.2%} and {st['top3_var_share'][2]:.2%}; its median share of a token's centred "
         f"energy is {st['massive_share_of_token_centred_energy']['p50']:.2f}.",
         "",
-        "| fit | architecture | input | coefficient / k | threshold lr x | steps | L0 | dead | EV-legacy | FVU |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| fit | architecture | input | coefficient / k | threshold lr x | steps | L0 | dead | EV-legacy | FVU | "
+        "FVU of the other dimensions |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for f in d["fits"]:
         coef = f.get("l1_coefficient", f.get("l0_coefficient", f.get("k")))
@@ -559,11 +560,18 @@ def diagnostics(path: Path) -> str:
         arch = f["arch"] + (f" ({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else "")
         if f["arch"] == "jumprelu":
             arch += f", init threshold {f.get('jumprelu_init_threshold')}"
+        if f["arch"] == "wtopk":
+            capq = f.get("variance_cap_quantile")
+            arch = (
+                f"weighted_topk (alpha {f['alpha']:g}, "
+                + (f"variance cap q {capq:g}" if capq is not None else "no cap")
+                + f"; massive dimension's share of gamma^2 {f['gamma_sq_share_of_massive_dim']:.3f})"
+            )
         steps = str(f["steps"]) + (f" (L1 warm-up {f['l1_warm_up_steps']})" if f.get("l1_warm_up_steps") else "")
         out.append(
             f"| `{f['name']}` | {arch} | {f['transform']} | {coef:g} | {f.get('threshold_lr_mult', 1.0):g} | "
             f"{steps} | {f['l0']:.1f} | {f['dead_fraction_heldout']:.3f} | {f['ev_legacy_mean']:.3f} | "
-            f"{f['fvu_pooled']:.3f} |"
+            f"{f['fvu_pooled']:.3f} | {f['fvu_other_639']:.3f} |"
         )
     return "\n".join(out + [""])
 

@@ -106,3 +106,25 @@ def test_recipe_calibration_drift_is_the_reported_median():
         got = recipe["architectures"][arch]["calibration"]["final_over_calibration_l0"]
         m = re.search(rf"`{arch}` final / target over its \d+ final SAEs: median ([0-9.]+)", text)
         assert m and float(m[1]) == got, arch
+
+
+def test_findings_wsae_diagnostic_reading_holds_in_its_json():
+    """FINDINGS.md's reading of the w_* CPU fits (no numbers typed there): uncapped alpha 1 puts almost all of
+    gamma^2 on the massive dimension and leaves the other dimensions far worse reconstructed than alpha 0;
+    alpha 0.5 uncapped goes the same way, less far; every capped fit has a few percent of gamma^2 there and
+    reconstructs better than both uncapped ones; alpha 0 equals SAELens's own TopK fit on the same data."""
+    fits = {
+        f["name"]: f
+        for f in json.loads((ROOT / "experiments/table2/diagnostics/l1_massive_dim.json").read_text())["fits"]
+    }
+    a0, a05, a1 = fits["w_a0"], fits["w_a0.5"], fits["w_a1"]
+    assert a1["gamma_sq_share_of_massive_dim"] > 0.99 and a1["fvu_other_639"] > 2 * a0["fvu_other_639"]
+    assert a1["dead_fraction_heldout"] > a0["dead_fraction_heldout"]
+    assert a0["fvu_other_639"] < a05["fvu_other_639"] < a1["fvu_other_639"]
+    capped = [f for n, f in fits.items() if n.startswith("w_") and f.get("variance_cap_quantile") is not None]
+    assert {f["name"] for f in capped} >= {"w_a1_capq0.99", "w_a1_capq0.9", "w_a0.5_capq0.99"}
+    for f in capped:
+        assert f["gamma_sq_share_of_massive_dim"] < 0.05
+        assert f["fvu_other_639"] < a05["fvu_other_639"] and f["ev_legacy_mean"] > a05["ev_legacy_mean"]
+    for key in ("ev_legacy_mean", "fvu_pooled", "l0", "dead_fraction_heldout"):
+        assert a0[key] == fits["c_topk32"][key]

@@ -204,14 +204,18 @@ def test_diagnostics_table_is_computed_from_its_json(tmp_path):
     }  # fmt: skip
     fit = {"name": "a", "arch": "standard", "transform": "saelens", "l1_coefficient": 12, "steps": 800,
            "l1_warm_up_steps": 400, "l0": 46.12, "dead_fraction_heldout": 0.002, "ev_legacy_mean": 0.0181,
-           "fvu_pooled": 0.1177}  # fmt: skip
+           "fvu_pooled": 0.1177, "fvu_other_639": 0.6543}  # fmt: skip
     jr = {**fit, "name": "j", "arch": "jumprelu", "l0_coefficient": 2, "jumprelu_init_threshold": 0.01,
           "threshold_lr_mult": 30.0, "l1_warm_up_steps": 0}  # fmt: skip
     del jr["l1_coefficient"]
-    (tmp_path / "d.json").write_text(json.dumps({"model": "m", "stats": stats, "fits": [fit, jr]}))
+    w = {**fit, "name": "w", "arch": "wtopk", "k": 32, "alpha": 1.0, "variance_cap_quantile": 0.99,
+         "gamma_sq_share_of_massive_dim": 0.04567, "l1_warm_up_steps": 0}  # fmt: skip
+    del w["l1_coefficient"]
+    (tmp_path / "d.json").write_text(json.dumps({"model": "m", "stats": stats, "fits": [fit, jr, w]}))
     text = rep.diagnostics(tmp_path / "d.json")
     assert "dimension 7 holds 90.0% of the pooled variance" in text
-    assert "| `a` | standard | saelens | 12 | 1 | 800 (L1 warm-up 400) | 46.1 | 0.002 | 0.018 | 0.118 |" in text
+    assert "| `a` | standard | saelens | 12 | 1 | 800 (L1 warm-up 400) | 46.1 | 0.002 | 0.018 | 0.118 | 0.654 |" in text
+    assert "| `w` | weighted_topk (alpha 1, variance cap q 0.99; massive dimension's share of gamma^2 0.046) |" in text
     assert "| `j` | jumprelu, init threshold 0.01 | saelens | 2 | 30 | 800 | 46.1 |" in text
 
 

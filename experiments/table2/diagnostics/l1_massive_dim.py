@@ -20,6 +20,9 @@ the GGUF Gemma-3-270M truncated to 10 blocks, forward hook on decoder layer 9 = 
      (b') per-dimension standardisation ((x - mean) / std, then the same scaling);
      (c) TopK k=32 under (a);
      (d) SAELens's ``covariance_whitening`` (PCA whitening: (x - mean) E diag(lambda + 1e-3)^(-1/2)), standard SAE;
+     (w) this plugin's weighted_topk (WSAE: loss weights gamma_i = s_i^alpha, s_i the variance of input
+         dimension i after the scaling, normalised to mean gamma^2 = 1) under (a); environment: DIAG_ALPHA,
+         DIAG_CAPQ (variance_cap_quantile; unset: no cap); gamma from the whole training sample;
      (e) JumpReLU (SAELens's JumpReLUTrainingSAE) under (a) / (b'); environment: DIAG_THRESHOLD
          (jumprelu_init_threshold), DIAG_JR_MODE, DIAG_JR_BANDWIDTH, DIAG_PREACT, DIAG_JR_TANH_SCALE,
          DIAG_JR_STE_INPUT, DIAG_JR_TARGET_L0, DIAG_JR_L0_WARMUP (SAELens config fields), DIAG_THR_LR_MULT (the
@@ -208,6 +211,20 @@ def fit(name: str, arch: str, transform: str, coef: float, steps: int, seed: int
             **jr_extra_cfg(),
         )
         sae = JumpReLUTrainingSAE(cfg)
+    elif arch == "wtopk":
+        from sae_rdp_plugin.wsae.architectures import WeightedTopKTrainingSAE, WeightedTopKTrainingSAEConfig
+
+        capq = os.environ.get("DIAG_CAPQ")
+        cfg = WeightedTopKTrainingSAEConfig(
+            d_in=D,
+            d_sae=width,
+            k=int(coef),
+            normalize_activations="none",
+            alpha=float(os.environ.get("DIAG_ALPHA", "0")),
+            variance_cap_quantile=float(capq) if capq else None,
+        )
+        sae = WeightedTopKTrainingSAE(cfg)
+        sae.estimate_gamma([ytr[i : i + 4096] for i in range(0, len(ytr), 4096)], n_batches=len(ytr) // 4096 + 1)
     else:
         cfg = TopKTrainingSAEConfig(d_in=D, d_sae=width, k=int(coef), normalize_activations="none")
         sae = TopKTrainingSAE(cfg)
@@ -246,7 +263,7 @@ def fit(name: str, arch: str, transform: str, coef: float, steps: int, seed: int
                 sae_in=batch,
                 coefficients=coefs,
                 dead_neuron_mask=(since_fired > 256)
-                if arch == "topk"
+                if arch in ("topk", "wtopk")
                 else ((since_fired > jr_dead_window) if jr_mask else None),
                 n_training_steps=step,
                 is_logging_step=False,
@@ -272,6 +289,15 @@ def fit(name: str, arch: str, transform: str, coef: float, steps: int, seed: int
         "transform": transform,
         {"standard": "l1_coefficient", "jumprelu": "l0_coefficient"}.get(arch, "k"): coef,
         "jumprelu_init_threshold": float(os.environ.get("DIAG_THRESHOLD", "0.01")) if arch == "jumprelu" else None,
+        **(
+            {
+                "alpha": sae.cfg.alpha,
+                "variance_cap_quantile": sae.cfg.variance_cap_quantile,
+                "gamma_sq_share_of_massive_dim": float(sae.gamma[m] ** 2 / sae.gamma.pow(2).sum()),
+            }
+            if arch == "wtopk"
+            else {}
+        ),
         "steps": steps,
         "l1_warm_up_steps": warmup,
         "batch": bs,

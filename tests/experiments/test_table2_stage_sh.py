@@ -16,6 +16,15 @@ def _run(tmp: Path, *args: str, python: str, whl: str | None = None, **extra: st
     )
 
 
+def _stage_model(tmp: Path) -> Path:
+    """What the put calls leave on the device: the GGUF record and the assembled model file."""
+    work = tmp / "work"
+    work.mkdir(exist_ok=True)
+    (work / "GGUF").write_text("model.gguf 0000\n")
+    (work / "model.gguf").write_bytes(b"weights")
+    return work
+
+
 def test_run_without_wheels_fails_at_once_naming_the_missing_step(tmp_path):
     """A refused `wheels` call leaves the later calls without SAELens: `run` says so before loading anything."""
     fake = tmp_path / "python-without-wheels"
@@ -42,9 +51,8 @@ def test_run_puts_committed_calibrations_and_llm_baselines_on_a_fresh_machine(tm
     fake.write_text('#!/bin/sh\n[ "$1" = "-c" ] && exit 0\necho "run_stage $*"\n')
     fake.chmod(0o755)
     work, res = tmp_path / "work", tmp_path / "results"
+    _stage_model(tmp_path)
     (work / "run" / "probing" / "sae_probes" / "baseline_results_m" / "normal_setting").mkdir(parents=True)
-    (work / "GGUF").write_text("model.gguf 0000\n")
-    (work / "model.gguf").write_bytes(b"weights")
     kept = work / "run" / "probing" / "sae_probes" / "baseline_results_m" / "normal_setting" / "a_logreg.json"
     kept.write_text("on the machine")
     base = res / "m-L9" / "probe_baselines" / "baseline_results_m" / "normal_setting"
@@ -71,9 +79,7 @@ def test_run_installs_carried_wheels_when_the_wheels_call_was_refused(tmp_path):
         'echo "run_stage $*"\n'
     )
     fake.chmod(0o755)
-    (tmp_path / "work").mkdir()
-    (tmp_path / "work" / "GGUF").write_text("model.gguf 0000\n")
-    (tmp_path / "work" / "model.gguf").write_bytes(b"weights")
+    _stage_model(tmp_path)
     whl = tmp_path / "whl"
     whl.mkdir()
     (whl / "sae_lens-6.54.12-py3-none-any.whl").write_bytes(b"wheel")
@@ -89,9 +95,7 @@ def test_run_installs_carried_wheels_when_the_wheels_call_was_refused(tmp_path):
 
 
 def _staged_fake(tmp: Path, body: str, name: str = "python-fake") -> Path:
-    (tmp / "work").mkdir(exist_ok=True)
-    (tmp / "work" / "GGUF").write_text("model.gguf 0000\n")
-    (tmp / "work" / "model.gguf").write_bytes(b"weights")
+    _stage_model(tmp)
     fake = tmp / name
     fake.write_text('#!/bin/sh\n[ "$1" = "-c" ] && exit 0\n' + body)
     fake.chmod(0o755)

@@ -230,6 +230,35 @@ def build_fast(
     return step, {"trainer": tr, "graph": g}
 
 
+def build_multi(n, streams, arch, d_in, d_sae, k, bf16, dev, xs, gamma, **fast_kw):
+    """n independent fast steps on the same batch, as a lockstep sweep runs them (train/lm.py): one after the
+    other on the current stream, or each on a CUDA stream of its own (the question: do they overlap?). One
+    timed step = all n SAE steps."""
+    steps = [build_fast(arch, d_in, d_sae, k, bf16, dev, xs, gamma, **fast_kw) for _ in range(n)]
+    fns = [f for f, _ in steps]
+    if not streams:
+
+        def step():
+            for f in fns:
+                f()
+
+        return step, {"parts": steps}
+    if dev.type != "cuda":
+        raise RuntimeError("the [streams] rows need CUDA")
+    side = [torch.cuda.Stream(dev) for _ in range(n)]
+
+    def step():
+        cur = torch.cuda.current_stream(dev)
+        for st, f in zip(side, fns):
+            st.wait_stream(cur)
+            with torch.cuda.stream(st):
+                f()
+        for st in side:
+            cur.wait_stream(st)
+
+    return step, {"parts": steps, "streams": side}
+
+
 def build_sparsify(d_in, d_sae, k, bf16, dev, xs):
     from sparsify import SparseCoder, SparseCoderConfig
 
@@ -713,6 +742,18 @@ def bench_impls(rows, cfg_key, d_in, d_sae, k, B, xs, gamma, dev, args, gemm_rat
                 ),
             ),
         ]
+        # 4 SAEs on one batch (a lockstep sweep): one after the other, or each on its own CUDA stream
+        for tag, kw in (("", {}), ("+aux", {"dead_frac": 0.5})):
+            for mode in ("seq", "streams"):
+                impls.append(
+                    (
+                        f"fast_topk{tag}[x4,{mode}]",
+                        "sparse",
+                        lambda kw=kw, mode=mode: build_multi(
+                            4, mode == "streams", "topk", d_in, d_sae, k, bf16, dev, xs, gamma, **kw
+                        ),
+                    )
+                )
         for name, kind, builder in impls:
             if args.only and name not in args.only:
                 continue

@@ -573,6 +573,15 @@ def diagnostics(path: Path) -> str:
             f"{steps} | {f['l0']:.1f} | {f['dead_fraction_heldout']:.3f} | {f['ev_legacy_mean']:.3f} | "
             f"{f['fvu_pooled']:.3f} | {f['fvu_other_639']:.3f} |"
         )
+    if ce := d.get("ce_loss_recovered"):
+        out += [
+            "",
+            f"- CE loss recovered (SAEBench's definition; the whole model on CPU, {ce['tokens_scored']:,} held-out "
+            f"tokens of {ce['rows']} rows x {ce['context']}; CE clean {ce['ce_clean']:.3f}, zero-ablated "
+            f"{ce['ce_zero_ablation']:.3f}): "
+            + ", ".join(f"`{n}` {v['ce_loss_recovered']:.3f}" for n, v in ce["fits"].items())
+            + ".",
+        ]
     return "\n".join(out + [""])
 
 

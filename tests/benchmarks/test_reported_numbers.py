@@ -112,7 +112,8 @@ def test_findings_wsae_diagnostic_reading_holds_in_its_json():
     """FINDINGS.md's reading of the w_* CPU fits (no numbers typed there): uncapped alpha 1 puts almost all of
     gamma^2 on the massive dimension and leaves the other dimensions far worse reconstructed than alpha 0;
     alpha 0.5 uncapped goes the same way, less far; every capped fit has a few percent of gamma^2 there and
-    reconstructs better than both uncapped ones; alpha 0 equals SAELens's own TopK fit on the same data."""
+    reconstructs better than both uncapped ones; alpha 0 equals SAELens's own TopK fit on the same data; CE loss
+    recovered orders them the same way."""
     fits = {
         f["name"]: f
         for f in json.loads((ROOT / "experiments/table2/diagnostics/l1_massive_dim.json").read_text())["fits"]
@@ -128,3 +129,8 @@ def test_findings_wsae_diagnostic_reading_holds_in_its_json():
         assert f["fvu_other_639"] < a05["fvu_other_639"] and f["ev_legacy_mean"] > a05["ev_legacy_mean"]
     for key in ("ev_legacy_mean", "fvu_pooled", "l0", "dead_fraction_heldout"):
         assert a0[key] == fits["c_topk32"][key]
+    # CE loss recovered: uncapped alpha 1 < uncapped alpha 0.5 < every capped fit, each capped one close to alpha 0
+    ce = json.loads((ROOT / "experiments/table2/diagnostics/l1_massive_dim.json").read_text())["ce_loss_recovered"]
+    rec = {n: v["ce_loss_recovered"] for n, v in ce["fits"].items()}
+    assert rec["w_a1"] < rec["w_a0.5"] < min(rec[f["name"]] for f in capped)
+    assert all(abs(rec[f["name"]] - rec["w_a0"]) < 0.05 for f in capped)

@@ -211,11 +211,16 @@ def test_diagnostics_table_is_computed_from_its_json(tmp_path):
     w = {**fit, "name": "w", "arch": "wtopk", "k": 32, "alpha": 1.0, "variance_cap_quantile": 0.99,
          "gamma_sq_share_of_massive_dim": 0.04567, "l1_warm_up_steps": 0}  # fmt: skip
     del w["l1_coefficient"]
-    (tmp_path / "d.json").write_text(json.dumps({"model": "m", "stats": stats, "fits": [fit, jr, w]}))
+    ce = {"rows": 8, "context": 256, "tokens_scored": 2040, "ce_clean": 4.2, "ce_zero_ablation": 22.6,
+          "fits": {"w": {"ce_with_sae": 5.0, "ce_loss_recovered": (22.6 - 5.0) / (22.6 - 4.2)}}}  # fmt: skip
+    (tmp_path / "d.json").write_text(
+        json.dumps({"model": "m", "stats": stats, "fits": [fit, jr, w], "ce_loss_recovered": ce})
+    )
     text = rep.diagnostics(tmp_path / "d.json")
     assert "dimension 7 holds 90.0% of the pooled variance" in text
     assert "| `a` | standard | saelens | 12 | 1 | 800 (L1 warm-up 400) | 46.1 | 0.002 | 0.018 | 0.118 | 0.654 |" in text
     assert "| `w` | weighted_topk (alpha 1, variance cap q 0.99; massive dimension's share of gamma^2 0.046) |" in text
+    assert "2,040 held-out tokens of 8 rows x 256; CE clean 4.200, zero-ablated 22.600): `w` 0.957." in text
     assert "| `j` | jumprelu, init threshold 0.01 | saelens | 2 | 30 | 800 | 46.1 |" in text
 
 

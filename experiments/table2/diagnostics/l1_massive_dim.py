@@ -319,8 +319,86 @@ def fit(name: str, arch: str, transform: str, coef: float, steps: int, seed: int
         res["dead_window_for_pre_act_loss"] = jr_dead_window if jr_mask else None
         res["threshold_quantiles_final"] = pct(sae.threshold.detach())
     RES.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("DIAG_SAVE_SAE"):  # for the `ce` command: the SAE and the input transform's constants
+        torch.save({"sae": sae.state_dict(), "cfg": sae.cfg.to_dict(), "arch": arch, "transform": transform},
+                   RES / f"{name}.sae.pt")  # fmt: skip
     (RES / f"{name}.json").write_text(json.dumps(res, indent=1))
     return res
+
+
+def ce(names: list[str], n_rows: int, ctx: int) -> dict:
+    """CE loss recovered of saved fits (DIAG_SAVE_SAE=1) on the whole Gemma-3-270M (GGUF, float32, CPU), as
+    SAEBench's core defines it: (CE_zero - CE_sae) / (CE_zero - CE_clean), where CE_sae replaces
+    blocks.9.hook_resid_post by the SAE's reconstruction at every non-BOS position (BOS keeps its activation,
+    as exclude_special_tokens_from_reconstruction does) and CE_zero sets it to 0 there; the loss at the BOS
+    input position is not counted. Rows: the first ``n_rows`` of the held-out rows extract_acts.py sampled
+    (numpy seed 0), their first ``ctx`` tokens."""
+    import numpy as np
+
+    from sae_rdp_plugin.lm.models import hf_model
+
+    z = np.load(".carry/corpus_table2_gemma3/tokens.npz")
+    tr_rows, ho_rows = z["train"], z["heldout"]
+    rng = np.random.default_rng(0)
+    rng.choice(len(tr_rows), 160, replace=False)  # extract_acts.py's draws, in its order
+    ho = ho_rows[rng.choice(len(ho_rows), 40, replace=False)][:n_rows, :ctx]
+    ids = torch.tensor(ho.astype(np.int64))
+    keep = ids != 2
+    hf, _ = hf_model("gemma3-270m", dtype="float32")
+    tr, _ = load()
+    m = int((tr - tr.mean(0)).pow(2).mean(0).argmax())
+    repl: dict = {}
+
+    def hook(mod, inp, out):
+        h = out[0] if isinstance(out, tuple) else out
+        if repl.get("f") is None:
+            return None
+        new = torch.where(keep[..., None], repl["f"](h), h)
+        return (new, *out[1:]) if isinstance(out, tuple) else new
+
+    hf.model.layers[9].register_forward_hook(hook)
+
+    def loss(f) -> float:
+        repl["f"] = f
+        with torch.no_grad():
+            logits = hf(input_ids=ids).logits[:, :-1].double()
+        nll = -torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
+        return float(nll[keep[:, :-1]].mean())
+
+    t0 = time.time()
+    clean, zero = loss(None), loss(lambda h: torch.zeros_like(h))
+    out = {"rows": n_rows, "context": ctx, "tokens_scored": int(keep[:, :-1].sum()), "ce_clean": clean,
+           "ce_zero_ablation": zero, "fits": {}}  # fmt: skip
+    for name in names:
+        saved = torch.load(RES / f"{name}.sae.pt")
+        fwd, inv, _ = make_transform(saved["transform"], tr, m)
+        sae = _rebuild(saved)
+
+        def recon(h, sae=sae, fwd=fwd, inv=inv):
+            y = fwd(h.reshape(-1, D))
+            return inv(sae.decode(sae.encode(y))).reshape(h.shape)
+
+        ce_sae = loss(recon)
+        out["fits"][name] = {"ce_with_sae": ce_sae, "ce_loss_recovered": (zero - ce_sae) / (zero - clean)}
+        print(name, out["fits"][name], round(time.time() - t0, 1), flush=True)
+    return out
+
+
+def _rebuild(saved: dict):
+    """The saved fit's SAELens / plugin training SAE with its trained weights."""
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+
+    cfg = {k: v for k, v in saved["cfg"].items() if k not in ("architecture", "metadata")}
+    if saved["arch"] == "wtopk":
+        from sae_rdp_plugin.wsae.architectures import WeightedTopKTrainingSAE, WeightedTopKTrainingSAEConfig
+
+        sae = WeightedTopKTrainingSAE(WeightedTopKTrainingSAEConfig.from_dict(cfg))
+    elif saved["arch"] == "topk":
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig.from_dict(cfg))
+    else:
+        raise ValueError(f"ce: {saved['arch']} fits are not supported")
+    sae.load_state_dict(saved["sae"])
+    return sae.eval()
 
 
 def main() -> None:
@@ -334,13 +412,19 @@ def main() -> None:
         name, arch, transform, coef, steps = sys.argv[2:7]
         warmup = int(sys.argv[7]) if len(sys.argv) > 7 else 0
         fit(name, arch, transform, float(coef), int(steps), warmup=warmup)
+    elif cmd == "ce":  # ce N_ROWS CONTEXT NAME... (fits saved with DIAG_SAVE_SAE=1)
+        n_rows, ctx, names = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+        (RES / "ce.json").write_text(json.dumps(ce(names, n_rows, ctx), indent=1))
     elif cmd == "collect":
         out = {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "model": "gemma3-270m (GGUF Q4_K_M, dequantised, float32), blocks.9.hook_resid_post, BOS/pad excluded",
             "corpus": ".carry/corpus_table2_gemma3/tokens.npz (160 random train rows, 40 random held-out rows, seed 0)",
             "stats": json.loads((RES / "stats.json").read_text()),
-            "fits": [json.loads(p.read_text()) for p in sorted(RES.glob("*.json")) if p.name != "stats.json"],
+            "fits": [
+                json.loads(p.read_text()) for p in sorted(RES.glob("*.json")) if p.name not in ("stats.json", "ce.json")
+            ],
+            **({"ce_loss_recovered": json.loads((RES / "ce.json").read_text())} if (RES / "ce.json").is_file() else {}),
             # runs stopped by hand once every latent was dead: their last logged line
             "stopped_runs": {
                 p.stem.removeprefix("killed_"): p.read_text().strip().splitlines()[-1]

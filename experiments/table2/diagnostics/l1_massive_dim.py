@@ -32,7 +32,10 @@ the GGUF Gemma-3-270M truncated to 10 blocks, forward hook on decoder layer 9 = 
    tokens, batches of 2048 tokens), pooled FVU, L0, dead fraction; also pooled FVU split into the massive
    dimension and the rest.
 
-Usage: .venv/bin/python experiments/table2/diagnostics/l1_massive_dim.py stats|fit NAME ...|collect
+3. ``ce N_ROWS CONTEXT NAME...``: CE loss recovered of fits saved with ``DIAG_SAVE_SAE=1`` (the whole model on
+   CPU, SAEBench's definition; written to ``ce.json``, which ``collect`` adds as ``ce_loss_recovered``).
+
+Usage: .venv/bin/python experiments/table2/diagnostics/l1_massive_dim.py stats|fit NAME ...|ce ...|collect
 """
 
 from __future__ import annotations

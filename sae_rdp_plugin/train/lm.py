@@ -455,13 +455,16 @@ class _Run:
         #: batches the b_dec mean needs before training (0: b_dec stays as built, or as the checkpoint holds it)
         self.mean_batches = cfg.n_batches_for_norm_estimate if cfg.b_dec_init == "mean" and not found else 0
         self.clock = _Clock(timer, torch.device(cfg.device))
-        self.fast = False
         self.fast_step: Any = None  # the FastTopKTrainer when the fast step is installed
         self.losses: torch.Tensor | None = None
         self.n_buffered = 0
         self.checked_steps = 0
         self.last_loss = float("nan")
         self.last_l0 = float("nan")
+
+    @property
+    def fast(self) -> bool:
+        return self.fast_step is not None
 
     @property
     def where(self) -> str:
@@ -609,7 +612,6 @@ def _start(runs: list[_Run], stream: _Stream, fast: bool, ctx: DistContext | Non
             _init_b_dec(r, [b[r.hook] for b in cached[: r.mean_batches]], ctx)
         if fast:
             r.fast_step = install_fast_step(r.trainer, ctx=ctx)
-            r.fast = r.fast_step is not None
     return n_norm
 
 
@@ -843,9 +845,7 @@ def _save(r: _Run, held: dict[str, torch.Tensor], common: dict[str, Any], seen: 
         # BatchTopK on the fast step: steps whose per-row candidates could miss a selected latent, redone with the
         # exact dense selection (each costs a dense top-k over the batch)
         "batchtopk_dense_fallback_steps": (
-            int(r.fast_step.n_inexact_batchtopk_fallbacks)
-            if r.fast_step is not None and r.fast_step.cfg.kind == "batchtopk"
-            else None
+            int(r.fast_step.n_inexact_batchtopk_fallbacks) if r.fast and r.fast_step.cfg.kind == "batchtopk" else None
         ),
         "resumed_from": r.resumed_from,
         **common,

@@ -812,11 +812,10 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.empty_cache()
 
     evaluated, eval_skipped, proxied, eval_left = [], [], [], []
-    eval_seconds: dict[str, dict[str, float]] = {}
+    eval_s: dict[str, tuple[float, float]] = {}  # (core, proxies) seconds per evaluated SAE
     if not args.no_eval and not calibration_stage(stage):
         ignore = {t for t in (bos, pad) if t is not None}
         samples: dict[str, tuple[Any, Any]] = {}
-        eval_s: list[float] = []  # seconds per evaluated SAE, to stop before the call's --time-budget
         for s, path, step in trained_saes(args.out, fams):
             js = args.out / CORE_DIR / json_name(s, step)
             pj = args.out / PROXY_DIR / json_name(s, step)
@@ -824,7 +823,8 @@ def main(argv: list[str] | None = None) -> int:
                 eval_skipped.append(s["id"])
                 continue
             # a call killed at the device's command limit brings nothing back: stop early and export instead
-            if eval_left or (eval_s and time.perf_counter() - t_call + 1.3 * max(eval_s) > args.time_budget):
+            longest = max((c + q for c, q in eval_s.values()), default=0.0)  # to stop before --time-budget
+            if eval_left or (eval_s and time.perf_counter() - t_call + 1.3 * longest > args.time_budget):
                 eval_left.append(s["id"])
                 continue
             t_sae = time.perf_counter()
@@ -840,9 +840,8 @@ def main(argv: list[str] | None = None) -> int:
                     samples[s["hook"]] = proxy_sample(hooked, held, s["hook"], ignore, args.proxy_rows)
                 atomic_json(pj, json.loads(proxies_eval(sae, *samples[s["hook"]], s, step)))
                 proxied.append(s["id"])
-            eval_s.append(time.perf_counter() - t_sae)
             # per SAE, for planning the next calls (a core eval's cost varies with the width and architecture)
-            eval_seconds[s["id"]] = {"core": round(t_core - t_sae, 2), "proxies": round(eval_s[-1] - t_core + t_sae, 2)}
+            eval_s[s["id"]] = (t_core - t_sae, time.perf_counter() - t_core)
 
     calibration = None
     if calibration_stage(stage):
@@ -863,7 +862,7 @@ def main(argv: list[str] | None = None) -> int:
             "core_existing": eval_skipped,
             "proxies_evaluated": proxied,
             "evals_left_for_later": eval_left,
-            "eval_seconds": eval_seconds,
+            "eval_seconds": {i: {"core": round(c, 2), "proxies": round(q, 2)} for i, (c, q) in eval_s.items()},
             "tokens_scale": args.tokens_scale,
         }
     )

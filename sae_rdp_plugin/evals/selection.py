@@ -4,11 +4,28 @@ selection (local SAELens folders, or SAEBench's release / id regexes) and the pe
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+
+def add_selection_args(p: argparse.ArgumentParser, eval_name: str) -> None:
+    """SAEBench's standard CLI arguments for choosing SAEs and where results go (``--sae_regex_pattern``,
+    ``--sae_block_pattern``, ``--output_folder`` = ``eval_results/<eval_name>``, ``--force_rerun``) plus
+    ``--sae_paths`` (local SAELens folders), read by :func:`select_saes`."""
+    p.add_argument(
+        "--sae_regex_pattern",
+        type=str,
+        default=".*",
+        help="Regex on the SAE release (with --sae_paths: the folder name; PARENT__NAME where names repeat)",
+    )
+    p.add_argument("--sae_block_pattern", type=str, default=".*", help="Regex on the SAE id")
+    p.add_argument("--output_folder", type=str, default=f"eval_results/{eval_name}", help="Output folder")
+    p.add_argument("--force_rerun", action="store_true", help="Overwrite existing outputs")
+    p.add_argument("--sae_paths", type=str, nargs="*", default=[], help="Local SAELens SAE folders")
 
 
 def release_names(paths: list[str]) -> list[str]:

@@ -57,7 +57,7 @@ from sae_rdp_plugin.evals.rdp_proxies.eval_output import (
     RDPProxiesMetrics,
     RDPProxiesSampleMetrics,
 )
-from sae_rdp_plugin.evals.selection import pending_saes, select_saes
+from sae_rdp_plugin.evals.selection import add_selection_args, pending_saes, select_saes
 from sae_rdp_plugin.io import atomic_write_text
 
 #: the keys of compute_proxies' result that go into the "proxies" and "sample" categories
@@ -276,20 +276,11 @@ def arg_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(
         description="Run the rdp_proxies eval (sae-rdp): token entropy and decoder max |cos| on held-out activations"
     )
-    p.add_argument(
-        "--sae_regex_pattern",
-        type=str,
-        default=".*",
-        help="Regex on the SAE release (with --sae_paths: the folder name; PARENT__NAME where names repeat)",
-    )
-    p.add_argument("--sae_block_pattern", type=str, default=".*", help="Regex on the SAE id")
-    p.add_argument("--output_folder", type=str, default="eval_results/rdp_proxies", help="Output folder")
-    p.add_argument("--force_rerun", action="store_true", help="Overwrite existing outputs")
+    add_selection_args(p, "rdp_proxies")
     p.add_argument("--model_name", type=str, default=d.model_name, help="Label of the language model (metadata)")
     p.add_argument(
         "--activations_path", type=str, default="", help=".pt or .safetensors file with 'acts' and 'token_ids'"
     )
-    p.add_argument("--sae_paths", type=str, nargs="*", default=[], help="Local SAELens SAE folders")
     p.add_argument("--top_m", type=int, default=d.top_m, help="Top activations per latent for token_entropy")
     p.add_argument("--chunk", type=int, default=d.chunk, help="Tokens per forward pass / decoder rows per block")
     return p

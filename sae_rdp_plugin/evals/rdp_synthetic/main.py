@@ -49,7 +49,7 @@ from sae_rdp_plugin.evals.rdp_synthetic.eval_output import (
     RDPSyntheticEvalOutput,
     RDPSyntheticMetricCategories,
 )
-from sae_rdp_plugin.evals.selection import pending_saes, select_saes
+from sae_rdp_plugin.evals.selection import add_selection_args, pending_saes, select_saes
 from sae_rdp_plugin.evals.selection import release_names as release_names  # kept importable from here
 from sae_rdp_plugin.io import atomic_write_text
 
@@ -238,21 +238,12 @@ def run_eval_on_sweep(
 def arg_parser() -> argparse.ArgumentParser:
     d = RDPSyntheticEvalConfig()
     p = OneLineArgumentParser(description="Run the rdp_synthetic eval (sae-rdp): R, D and P on a synthetic model")
-    p.add_argument(
-        "--sae_regex_pattern",
-        type=str,
-        default=".*",
-        help="Regex on the SAE release (with --sae_paths: the folder name; PARENT__NAME where names repeat)",
-    )
-    p.add_argument("--sae_block_pattern", type=str, default=".*", help="Regex on the SAE id")
-    p.add_argument("--output_folder", type=str, default="eval_results/rdp_synthetic", help="Output folder")
-    p.add_argument("--force_rerun", action="store_true", help="Overwrite existing outputs")
+    add_selection_args(p, "rdp_synthetic")
     p.add_argument("--model_name", type=str, default=d.model_name, help="Label of the synthetic model")
     p.add_argument("--dgp", type=json.loads, default=None, help="DGPSpec as a JSON string")
     p.add_argument("--dgp_path", type=str, default="", help="JSON file: a DGPSpec or a sweep config")
     p.add_argument("--dgp_name", type=str, default="", help="DGP name within the sweep config")
     p.add_argument("--synthetic_model_path", type=str, default="", help="SAELens SyntheticModel folder")
-    p.add_argument("--sae_paths", type=str, nargs="*", default=[], help="Local SAELens SAE folders")
     p.add_argument("--n_samples", type=int, default=d.n_samples, help="Evaluation samples")
     p.add_argument("--batch_size", type=int, default=d.batch_size, help="Samples per forward pass")
     p.add_argument("--random_seed", type=int, default=d.random_seed, help="Seed of the evaluation sample")

@@ -417,6 +417,11 @@ def main() -> None:
         fit(name, arch, transform, float(coef), int(steps), warmup=warmup)
     elif cmd == "ce":  # ce N_ROWS CONTEXT NAME... (fits saved with DIAG_SAVE_SAE=1)
         n_rows, ctx, names = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+        missing = [n for n in names if not (RES / f"{n}.sae.pt").is_file()]
+        if not names or missing or n_rows < 1 or ctx < 2:  # before the model loads
+            msg = f"ce needs N_ROWS >= 1, CONTEXT >= 2 and saved fits; missing in {RES}: {missing}"
+            print(f"error: {msg}", file=sys.stderr)
+            raise SystemExit(2)
         (RES / "ce.json").write_text(json.dumps(ce(names, n_rows, ctx), indent=1))
     elif cmd == "collect":
         out = {

@@ -184,6 +184,10 @@ class FastTopKConfig:
     hot_min_count: int = 32
     # Triton path: TopK with the exact per-row kernel sae_rdp_plugin.fast.topk_kernel.row_topk instead of torch.topk
     row_topk: bool = True
+    # the dead-latent aux selection (top d_in/2 of the dead latents per row) with row_topk's column mask
+    # instead of torch.topk of the pre-activations with the live latents set to -inf (CUDA; off until
+    # benchmarks/training_speed's +aux[rowtopk] rows measure it faster on a GPU)
+    aux_row_topk: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("topk", "batchtopk"):
@@ -1080,27 +1084,47 @@ class FastTopKTrainer:
         k_aux = self._k_aux()
         num_dead = dead.sum().to(self.dtype)
         c = cfg.aux_loss_coefficient * torch.clamp(num_dead / k_aux_full, max=1.0)
-        # torch.topk, not row_topk: with k_aux > 256 and live columns at -inf its bound does not prune
-        if n_pad is None or n_pad >= cfg.d_sae:
-            av, ai = pre_s.masked_fill(~dead, -torch.inf).topk(k_aux, dim=1, sorted=False)
-        else:
+        compact = n_pad is not None and n_pad < cfg.d_sae
+        cols = None  # compacted: the latent of each column of the selection (dead ones first, ascending)
+        sel, sel_dead = pre_s, dead
+        if compact:
             # dead latents first (a stable sort of one byte per latent: one radix pass on CUDA, no sync)
-            idx = torch.argsort((~dead).to(torch.int8), stable=True)[:n_pad]
-            sub = pre_s.index_select(1, idx)
-            sub.masked_fill_(~dead[idx], -torch.inf)  # the padding: live latents
-            av, j = sub.topk(k_aux, dim=1, sorted=False)
-            ai = idx[j]
+            cols = torch.argsort((~dead).to(torch.int8), stable=True)[:n_pad]
+            sel, sel_dead = pre_s.index_select(1, cols), dead[cols]
+        if self._aux_use_row_topk(sel):
+            from sae_rdp_plugin.fast import topk_kernel
+
+            av, j = topk_kernel.row_topk(sel, k_aux, sel_dead)  # the live columns never built at -inf
+        else:
+            # (the compacted selection is a fresh tensor: filled in place; pre_s itself stays untouched)
+            sel = sel.masked_fill_(~sel_dead, -torch.inf) if compact else sel.masked_fill(~sel_dead, -torch.inf)
+            av, j = sel.topk(k_aux, dim=1, sorted=False)
+        ai = cols[j] if compact else j
         valid = dead[ai]
         av = av.to(self.dtype)
         aux_a = torch.where(valid, av / n[ai] if n is not None else av, 0.0)  # = pre (no relu), as SAELens
-        if self._aux_dense(k_aux):
-            aux, g_aux_a = self._aux_loss_dense(ai, aux_a, valid, err, c, u, g_WencT, g_Wdec, lowp)
+        width = n_pad if compact else cfg.d_sae
+        if self._aux_dense(k_aux, width):
+            # compacted: the dense products run over the n_pad selected columns only (W_dec rows gathered)
+            aux, g_aux_a = self._aux_loss_dense(j, aux_a, valid, err, c, u, g_WencT, g_Wdec, lowp, cols)
             g_benc.index_add_(0, ai.reshape(-1), g_aux_a.reshape(-1))
         else:
             aux, aux_sp, g_aux_a = self._aux_loss_sparse(ai, aux_a, valid, err, c, Wd, g_Wdec, wgrad)
             g_WencT += wgrad(aux_sp, u, g_aux_a, cfg.d_sae)
             g_benc.index_add_(0, aux_sp.idx, g_aux_a)
         return aux
+
+    def _aux_use_row_topk(self, sel: torch.Tensor) -> bool:
+        """The aux selection with row_topk's column mask (cfg.aux_row_topk; CUDA with Triton, or CPU under
+        Triton's interpreter for tests via _row_topk_on_cpu) instead of torch.topk of the -inf-filled
+        pre-activations."""
+        if not (self.cfg.aux_row_topk and (sel.device.type == "cuda" or self._row_topk_on_cpu)):
+            return False
+        if sel.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+            return False
+        from sae_rdp_plugin.fast import topk_kernel
+
+        return topk_kernel.available(sel.device)
 
     def _aux_dense_threshold(self) -> float:
         """k_aux / d_sae above which the dense aux path is faster. Per aux term the sparse path reads
@@ -1116,10 +1140,11 @@ class FastTopKTrainer:
             return 1 / 350 if self.cfg.bf16 else 1 / 45
         return math.inf if self.cfg.bf16 else 1 / 8
 
-    def _aux_dense(self, k_aux: int) -> bool:
+    def _aux_dense(self, k_aux: int, width: int | None = None) -> bool:
+        """Dense or sparse aux products; ``width``: the columns of the selection (n_pad when compacted)."""
         if self.cfg.aux_impl != "auto":
             return self.cfg.aux_impl == "dense"
-        return k_aux / self.cfg.d_sae >= self._aux_dense_threshold()
+        return k_aux / (width or self.cfg.d_sae) >= self._aux_dense_threshold()
 
     def _aux_loss_dense(
         self,
@@ -1132,24 +1157,33 @@ class FastTopKTrainer:
         g_WencT: torch.Tensor,
         g_Wdec: torch.Tensor,
         lowp: torch.dtype,
+        cols: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """SAELens's aux loss the way SAELens computes it (scatter into a dense [B, d_sae] matrix, dense
         decoder matmul; bf16 under bf16), with the backward as three dense matmuls: e_hat = A W_dec,
         dL/dA = r_aux W_dec^T (gathered at the aux entries), dW_dec += A^T r_aux, dW_enc^T += G^T u.
+        ``cols`` (compacted selection): A has one column per latent in ``cols`` (``ai`` indexes them), the
+        products use W_dec[cols] and the weight gradients are added at the rows ``cols`` (distinct).
         Accumulates into g_WencT, g_Wdec; returns (aux loss, dL/d aux_a [B, k_aux])."""
         B = err.shape[0]
-        W_dec = self.W_dec
+        W_dec = self.W_dec if cols is None else self.W_dec.index_select(0, cols)
         Wdl = W_dec.to(lowp)
-        A = torch.zeros(B, self.cfg.d_sae, device=err.device, dtype=lowp).scatter_(1, ai, aux_a.to(lowp))
+        A = torch.zeros(B, W_dec.shape[0], device=err.device, dtype=lowp).scatter_(1, ai, aux_a.to(lowp))
         e_hat = (A @ Wdl).to(self.dtype)
         d_aux = e_hat + err  # e_hat - (x - x_hat); the residual is detached in SAELens
         wd_aux = d_aux * self.w if self.w is not None else d_aux
         aux = c * (wd_aux * d_aux).sum() / B
         rl = (wd_aux * (2.0 * c / B)).to(lowp)
         g_aux_a = (rl @ Wdl.t()).gather(1, ai).to(self.dtype) * valid
-        g_Wdec += A.t() @ rl
+        gW = A.t() @ rl
         A.zero_().scatter_(1, ai, g_aux_a.to(lowp))  # reuse the buffer for dL/dpre (dense)
-        g_WencT += A.t() @ u.to(lowp)
+        gE = A.t() @ u.to(lowp)
+        if cols is None:
+            g_Wdec += gW
+            g_WencT += gE
+        else:
+            g_Wdec.index_add_(0, cols, gW.to(g_Wdec.dtype))
+            g_WencT.index_add_(0, cols, gE.to(g_WencT.dtype))
         return aux, g_aux_a
 
     def _aux_loss_sparse(

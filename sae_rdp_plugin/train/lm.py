@@ -585,7 +585,26 @@ def _init_b_dec(r: _Run, xs: list[torch.Tensor], ctx: DistContext | None = None)
     sae.b_dec.copy_((acc[:-1] / acc[-1]).to(sae.b_dec.device, sae.b_dec.dtype))
 
 
-def _start(runs: list[_Run], stream: _Stream, fast: bool, ctx: DistContext | None = None) -> int:
+def _check_fast_options(fast_options: Mapping[str, Any] | None) -> None:
+    """Unknown FastTopKConfig fields (or ones train_saes sets itself) fail before anything runs."""
+    from sae_rdp_plugin.fast.step import FastTopKConfig
+
+    # set from the SAE's and its trainer's configs (FastTopKTrainer.from_training_sae, install_fast_step)
+    own = {"d_in", "d_sae", "k", "kind", "rescale_acts_by_decoder_norm", "apply_b_dec_to_input", "aux_loss_coefficient"}
+    own |= {"topk_threshold_lr", "dead_feature_window", "lr", "adam_beta1", "adam_beta2", "bf16"}
+    allowed = {f.name for f in dataclasses.fields(FastTopKConfig)} - own
+    bad = sorted(set(fast_options or {}) - allowed)
+    if bad:
+        raise SaeRdpError(f"fast_options: unknown fast-step option(s) {bad} (FastTopKConfig fields: {sorted(allowed)})")
+
+
+def _start(
+    runs: list[_Run],
+    stream: _Stream,
+    fast: bool,
+    ctx: DistContext | None = None,
+    fast_options: Mapping[str, Any] | None = None,
+) -> int:
     """fit()'s preamble for every SAE, from shared normalisation batches; b_dec <- the mean normalised row
     for ``b_dec_init="mean"`` (same batches); then the fast step. Returns the batches drawn. Over several
     ranks the scaling factor sqrt(d_in) / mean||x|| uses the mean of the ranks' mean norms (equal shard
@@ -611,7 +630,7 @@ def _start(runs: list[_Run], stream: _Stream, fast: bool, ctx: DistContext | Non
         if r.mean_batches:  # after the normalisation (its space), before the fast step attaches to the SAE
             _init_b_dec(r, [b[r.hook] for b in cached[: r.mean_batches]], ctx)
         if fast:
-            r.fast_step = install_fast_step(r.trainer, ctx=ctx)
+            r.fast_step = install_fast_step(r.trainer, ctx=ctx, **dict(fast_options or {}))
     return n_norm
 
 
@@ -685,13 +704,16 @@ def train_saes(
     notes: dict[str, Any] | None = None,
     ctx: DistContext | None = None,
     resume: bool = False,
+    fast_options: Mapping[str, Any] | None = None,
 ) -> list[dict]:
     """Train every SAE of ``specs`` on one stream of ``{hook: [batch_size, d_in]}`` batches, in lockstep.
 
     ``tokens`` rows train every SAE (``ceil(tokens / batch_size)`` SAETrainer steps; it replaces each
     ``cfg.tokens``); all specs share ``cfg.batch_size``, the rows of each batch. Before training, gamma
     of weighted SAEs and the activation normalisation come from the same stream (module docstring).
-    ``fast`` installs :func:`sae_rdp_plugin.fast.step.install_fast_step` where it applies. ``heldout``
+    ``fast`` installs :func:`sae_rdp_plugin.fast.step.install_fast_step` where it applies, with
+    ``fast_options`` (fields of :class:`~sae_rdp_plugin.fast.step.FastTopKConfig`, e.g.
+    ``{"aux_compact": "auto"}``) over its defaults. ``heldout``
     (another stream of the same hooks) gives each SAE's held-out FVU, L0 and dead fraction on
     ``heldout_batches`` batches. ``timer`` (a clock in seconds, e.g. a synchronising perf_counter) times
     each SAE step; without one, CUDA events on CUDA. When ``batches`` has a ``stats`` dict with
@@ -719,6 +741,7 @@ def train_saes(
     t_start = time.perf_counter()
     specs = list(specs)
     batch_size, d_in = _check_specs(specs, tokens)
+    _check_fast_options(fast_options)
     distributed = ctx is not None and ctx.distributed
     main = not distributed or ctx.is_main
     rows = batch_size
@@ -738,7 +761,7 @@ def train_saes(
                 raise SaeRdpError(f"cannot resume: the SAEs' newest checkpoints are at samples {at} (need one each)")
         stream = _Stream(iter(batches), d_in)
         n_gamma = _gamma_pass(runs, stream, ctx)
-        n_norm = _start(runs, stream, fast, ctx)
+        n_norm = _start(runs, stream, fast, ctx, fast_options)
         if wandb is not None:
             wandb.init(project=wandb_project, config={f"{r.hook}/{r.name}": dataclasses.asdict(r.cfg) for r in runs})
         bar = _Progress(tokens, runs, progress and main, wandb)

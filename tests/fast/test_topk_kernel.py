@@ -147,3 +147,77 @@ def test_row_topk_property(rows, n, kfrac, levels, dtype, config, seed):
         _check(x.to(dtype), k)
     finally:
         tk._BLOCK_16, tk._BLOCK_32, tk._GROUPS, tk._CAP, tk._CB = saved
+
+
+def _check_masked(x: torch.Tensor, k: int, mask: torch.Tensor) -> None:
+    """row_topk(x, k, mask) against torch.topk of the -inf-filled rows: the same values, indices of kept
+    columns at x's values, masked-out columns only at -inf, no repeated index."""
+    x, mask = x.to(DEV), mask.to(DEV)
+    v, i = tk.row_topk(x, k, mask)
+    assert v.shape == (x.shape[0], k) and i.dtype == torch.int64
+    ref = x.masked_fill(~mask, -torch.inf).topk(k, dim=1).values
+    assert torch.equal(v.sort(1).values, ref.sort(1).values), "values differ from torch.topk of the filled rows"
+    kept = mask[i]
+    neg_inf = torch.tensor(-torch.inf, dtype=x.dtype, device=DEV)
+    assert torch.equal(torch.where(kept, x.gather(1, i), neg_inf), v), "values are not x (or -inf) at the indices"
+    n_kept = int(mask.sum())
+    assert bool((kept.sum(1) == min(k, n_kept)).all()), "a row took a masked-out column while kept ones were left"
+    si = i.sort(1).values
+    assert bool((si[:, 1:] != si[:, :-1]).all()), "repeated index in a row"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("frac", [0.0, 0.03, 0.3, 0.9, 1.0])
+@pytest.mark.parametrize("kind", ["randn", "integers"])
+def test_row_topk_masked_matches_torch(config, dtype, frac, kind):
+    """The dead-latent aux selection: top k of the kept columns; fewer kept than k (all kept, then
+    masked-out at -inf); every column kept (= unmasked); none kept."""
+    x = _rows(kind, (4, 700), seed=3).to(dtype)
+    mask = torch.rand(700, generator=torch.Generator().manual_seed(int(frac * 100))) < frac
+    _check_masked(x, 48, mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_row_topk_k_above_256_groups(dtype):
+    """k > 256 (SAELens's aux k = d_in/2, e.g. 320): the bound takes max(256, k) groups rounded up to a
+    power of two instead of being skipped; masked and unmasked, module block sizes."""
+    x = torch.randn(2, 2500).to(dtype)
+    _check(x, 320)
+    _check_masked(x, 320, torch.rand(2500, generator=torch.Generator().manual_seed(0)) < 0.85)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 300),
+    kfrac=st.floats(0.0, 1.0),
+    frac=st.floats(0.0, 1.0),
+    levels=st.sampled_from([0, 3]),
+    dtype=st.sampled_from(DTYPES),
+    config=st.sampled_from(["small", "fallback"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_row_topk_masked_property(n, kfrac, frac, levels, dtype, config, seed):
+    k = max(1, min(n, round(kfrac * 80)))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, n, generator=g) * 10 if levels == 0 else torch.randint(-3, 4, (2, n), generator=g).float()
+    mask = torch.rand(n, generator=g) < frac
+    saved = (tk._BLOCK_16, tk._BLOCK_32, tk._GROUPS, tk._CAP, tk._CB)
+    try:
+        tk._BLOCK_16, tk._BLOCK_32, tk._GROUPS, tk._CAP, tk._CB = CONFIGS[config]
+        _check_masked(x.to(dtype), k, mask)
+    finally:
+        tk._BLOCK_16, tk._BLOCK_32, tk._GROUPS, tk._CAP, tk._CB = saved
+
+
+@pytest.mark.parametrize(
+    "mask,msg",
+    [
+        (torch.ones(9, dtype=torch.bool), r"shape \(10,\)"),
+        (torch.ones(10), "bool"),
+        (torch.ones(2, 10, dtype=torch.bool), "mask must be"),
+        ([True] * 10, "mask must be"),
+    ],
+)
+def test_row_topk_rejects_bad_mask(mask, msg):
+    with pytest.raises(ValueError, match=msg):
+        tk.row_topk(torch.randn(3, 10, device=DEV), 2, mask.to(DEV) if isinstance(mask, torch.Tensor) else mask)

@@ -1,0 +1,40 @@
+"""train_saes(fast_options=...): FastTopKConfig fields over the fast step's defaults reach the installed fast
+step (and change nothing else); unknown fields and the fields train_saes takes from the SAE's own configs fail
+with one SaeRdpError before anything is written."""
+
+from __future__ import annotations
+
+import pytest
+from test_lm import B, cfg, make_batches
+
+import sae_rdp_plugin.fast.step as step_mod
+from sae_rdp_plugin.errors import SaeRdpError
+from sae_rdp_plugin.train.lm import SAESpec, train_saes
+
+
+def test_fast_options_reach_the_fast_step(tmp_path, monkeypatch):
+    installed = []
+    real = step_mod.install_fast_step
+
+    def spy(trainer, ctx=None, **kw):
+        ft = real(trainer, ctx=ctx, **kw)
+        installed.append(ft)
+        return ft
+
+    monkeypatch.setattr(step_mod, "install_fast_step", spy)
+    specs = [SAESpec("h.a", cfg("topk"), tmp_path / "a"), SAESpec("h.a", cfg("topk"), tmp_path / "b")]
+    opts = {"aux_compact": "auto", "hot_rows": 0}
+    train_saes(iter(make_batches(4)), specs[:1], tokens=2 * B, progress=False, fast_options=opts)
+    train_saes(iter(make_batches(4)), specs[1:], tokens=2 * B, progress=False)
+    on, off = installed
+    assert (on.cfg.aux_compact, on.cfg.hot_rows) == ("auto", 0)
+    assert (off.cfg.aux_compact, off.cfg.hot_rows) == ("off", -1)  # the defaults without options
+    assert on.cfg.lr == off.cfg.lr and on.cfg.k == off.cfg.k  # the rest still from the SAE's configs
+
+
+@pytest.mark.parametrize("opts,word", [({"aux_compactt": "auto"}, "aux_compactt"), ({"lr": 1.0}, "'lr'")])
+def test_bad_fast_options_fail_before_writing(tmp_path, opts, word):
+    with pytest.raises(SaeRdpError, match=word):
+        train_saes(iter(make_batches(4)), [SAESpec("h.a", cfg("topk"), tmp_path / "a")], tokens=2 * B,
+                   progress=False, fast_options=opts)
+    assert not (tmp_path / "a").exists()

@@ -13,12 +13,15 @@ LOG_DIR=${OUT:-out/e2e}
 mkdir -p "$LOG_DIR"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-  echo "no wheels in $WHEELS: call the device with carry [\".carry/e2e\"] (README.md says how to fill it)" >&2
+if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    --find-links "$WHEELS" "$WHEELS"/*.whl 2>&1 | grep -v -i "warning" | tail -5
+elif ! PYTHONPATH=/tmp/site python3 -c "import sae_lens, sparsify, transformer_lens, datasets" 2>/dev/null; then
+  # (experiments/table2/stage.sh wheels installs a superset into /tmp/site earlier in the same session)
+  echo "no wheels in $WHEELS and none installed in /tmp/site: call the device with carry [\".carry/e2e\"]" \
+    "(README.md says how to fill it)" >&2
   exit 2
 fi
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-  --find-links "$WHEELS" "$WHEELS"/*.whl 2>&1 | grep -v -i "warning" | tail -5
 export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader

@@ -2,6 +2,7 @@
 # One device call of the table2 plan (experiments/table2/README.md, section 3). On the device, from the repository root:
 #   bash experiments/table2/stage.sh wheels            # carry [".whl"]: install the wheels into /tmp/site
 #   bash experiments/table2/stage.sh put DIR           # carry [DIR]: copy a pack.py call folder into /tmp/t2
+#   bash experiments/table2/stage.sh join              # join the put GGUF pieces (run does it too); prints its path
 #   bash experiments/table2/stage.sh run STAGE [ARGS]  # run_stage.py on the staged model and shards
 #                                                      # (carry [".whl"] too: it installs them if `wheels` was refused)
 #   bash experiments/table2/stage.sh runprobe T-STAGE [ARGS]  # run T-STAGE, then its E-<model>-<layer> with the
@@ -22,7 +23,16 @@ install_wheels() {
   "$PY" -m pip install -q --no-deps --no-index --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHL"/*.whl
   "$PY" -c "import sae_lens, transformer_lens, datasets, gguf, sae_bench.evals.core.main; print('wheels ok')"
 }
-STEP=${1:?usage: stage.sh wheels|put DIR|run STAGE [ARGS]}
+join_gguf() {  # the put calls leave the GGUF in pieces: join them once, checked against the packed sha256
+  [ -f "$WORK/GGUF" ] || { echo "error: $WORK/GGUF missing: redo the put calls back to back"; exit 3; }
+  read -r NAME SHA < "$WORK/GGUF"
+  if [ ! -f "$WORK/$NAME" ]; then
+    cat "$WORK/$NAME".piece* > "$WORK/$NAME.tmp"
+    echo "$SHA  $WORK/$NAME.tmp" | sha256sum -c - || { echo "error: GGUF pieces incomplete"; exit 3; }
+    mv "$WORK/$NAME.tmp" "$WORK/$NAME" && rm -f "$WORK/$NAME".piece*
+  fi
+}
+STEP=${1:?usage: stage.sh wheels|put DIR|join|run STAGE [ARGS]}
 mkdir -p "$WORK" "$OUT"
 t0=$(date +%s)
 case "$STEP" in
@@ -34,6 +44,10 @@ put)
   [ -d "$SRC" ] || { echo "error: $SRC not carried (name it in carry)"; exit 3; }
   cp -a "$SRC"/. "$WORK"/
   du -sh "$WORK"; df -h /tmp | tail -1
+  ;;
+join)
+  join_gguf
+  echo "$WORK/$NAME"
   ;;
 run)
   STAGE=${2:?usage: stage.sh run STAGE [ARGS]}
@@ -49,12 +63,7 @@ run)
       exit 3
     fi
   fi
-  read -r NAME SHA < "$WORK/GGUF"
-  if [ ! -f "$WORK/$NAME" ]; then
-    cat "$WORK/$NAME".piece* > "$WORK/$NAME.tmp"
-    echo "$SHA  $WORK/$NAME.tmp" | sha256sum -c - || { echo "error: GGUF pieces incomplete"; exit 3; }
-    mv "$WORK/$NAME.tmp" "$WORK/$NAME" && rm -f "$WORK/$NAME".piece*
-  fi
+  join_gguf
   mkdir -p "$WORK/run"
   RESULTS=${T2_RESULTS:-experiments/table2/results}
   for f in "$RESULTS"/calibration_*.json; do  # committed calibrations, for a fresh machine
@@ -85,6 +94,6 @@ runprobe)
     echo "runprobe: $LEFT s left of ${T2_CALL_S:-560}: $E not started (run it in the next call)"
   fi
   ;;
-*) echo "error: unknown step $STEP (wheels, put, run, runprobe)"; exit 2 ;;
+*) echo "error: unknown step $STEP (wheels, put, join, run, runprobe)"; exit 2 ;;
 esac
 echo "stage.sh $STEP done in $(( $(date +%s) - t0 ))s"

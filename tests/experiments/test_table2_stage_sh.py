@@ -41,7 +41,27 @@ def test_run_without_wheels_fails_at_once_naming_the_missing_step(tmp_path):
 
 def test_unknown_step_is_refused(tmp_path):
     r = _run(tmp_path, "train", python="python3")
-    assert r.returncode == 2 and r.stdout.strip() == "error: unknown step train (wheels, put, run, runprobe)"
+    assert r.returncode == 2 and r.stdout.strip() == "error: unknown step train (wheels, put, join, run, runprobe)"
+
+
+def test_join_assembles_the_gguf_pieces_checked_by_sha256(tmp_path):
+    """`join` (for the e2e benchmark's real weights, without running a stage): the pieces concatenated in
+    order and checked against the packed sha256; incomplete pieces leave no model file."""
+    import hashlib
+
+    work = tmp_path / "work"
+    work.mkdir()
+    data = b"gguf-bytes-" * 1000
+    (work / "m.gguf.piece00").write_bytes(data[:4000])
+    (work / "m.gguf.piece01").write_bytes(data[4000:])
+    (work / "GGUF").write_text(f"m.gguf {hashlib.sha256(data + b'x').hexdigest()}\n")
+    r = _run(tmp_path, "join", python="python3")
+    assert r.returncode == 3 and "GGUF pieces incomplete" in r.stdout and not (work / "m.gguf").exists()
+    (work / "GGUF").write_text(f"m.gguf {hashlib.sha256(data).hexdigest()}\n")
+    r = _run(tmp_path, "join", python="python3")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (work / "m.gguf").read_bytes() == data and str(work / "m.gguf") in r.stdout
+    assert not list(work.glob("m.gguf.piece*"))
 
 
 def test_run_puts_committed_calibrations_and_llm_baselines_on_a_fresh_machine(tmp_path):

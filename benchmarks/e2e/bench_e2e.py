@@ -11,7 +11,6 @@ fast step; sparsify: bf16 model, as its CLI loads it). Rows, each in its own pro
     step_only       our fast step alone on pre-made batches of real activations
     ours            pipeline + train_saes, one hook, one SAE
     ours_overlap    the same with PipelineConfig.overlap (the next forward on a side CUDA stream during the steps)
-    ours_opt        ours_overlap with the fast step's aux-loss options that are off by default (OPT_FAST_OPTIONS)
     ours_3hooks     blocks.2/4/6 resid_post from one forward, one SAE each
     ours_4saes      one hook, four SAEs (k 16/32/64/128) from one stream
     sparsify        sparsify's Trainer (batch 4 x 1024, its defaults otherwise), --baseline-tokens
@@ -62,7 +61,6 @@ ROWS = (
     "step_only",
     "ours",
     "ours_overlap",
-    "ours_opt",
     "ours_3hooks",
     "ours_4saes",
     "ours_reference",
@@ -425,26 +423,15 @@ def row_step_only(b: Bench) -> dict[str, Any]:
     }
 
 
-#: the ours_opt row: fast-step options that stay off by default until a GPU run measures them faster (the
-#: dead-latent aux selection over the dead columns only, by row_topk with the dead mask)
-OPT_FAST_OPTIONS = {"aux_compact": "auto", "aux_row_topk": True}
-
-
 def run_ours(
-    b: Bench,
-    name: str,
-    specs_def: list[tuple[str, int]],
-    fast: bool = True,
-    overlap: bool = False,
-    fast_options: dict[str, Any] | None = None,
+    b: Bench, name: str, specs_def: list[tuple[str, int]], fast: bool = True, overlap: bool = False
 ) -> dict[str, Any]:
     """Ours: the two calls of ``train_on_model`` (an ActivationPipeline over the token rows, then
     ``train_saes`` with the fast step), made here so that a clock can tick on each batch and leave the
     warm-up (torch.compile, the first buffer fill) out of tokens/s. One SAE per (hook, k) of
     ``specs_def``; every SAE sees the same ``--tokens`` rows of one stream. ``fast=False``: SAELens's own
     training step on the same stream (separates the step's effect on FVU from the data's). ``overlap``: the
-    pipeline's side-stream forward (``PipelineConfig.overlap``). ``fast_options``: FastTopKConfig fields
-    over the fast step's defaults (``train_saes(fast_options=...)``)."""
+    pipeline's side-stream forward (``PipelineConfig.overlap``)."""
     from sae_rdp_plugin.lm.pipeline import ActivationPipeline
     from sae_rdp_plugin.train.lm import SAESpec, train_saes
 
@@ -462,9 +449,7 @@ def run_ours(
     clock = StepClock(b.device, b.warmup_steps, math.ceil(b.tokens / b.batch))
     sync(b.device)
     t0 = time.perf_counter()
-    reports = train_saes(
-        TickingPipeline(pipe, clock), specs, tokens=b.tokens, fast=fast, progress=not b.quick, fast_options=fast_options
-    )
+    reports = train_saes(TickingPipeline(pipe, clock), specs, tokens=b.tokens, fast=fast, progress=not b.quick)
     sync(b.device)
     wall = time.perf_counter() - t0
     peak = peak_gb(b)
@@ -491,7 +476,6 @@ def run_ours(
             "first_forward_s": pipe.stats.get("first_forward_seconds"),
         },
         "heldout_fvu": fvus if len(specs) > 1 else fvus[0],
-        "fast_options": fast_options or {},
         "saes": [
             {"hook": s.hook, "k": k, "heldout_fvu": f, "fast_step": r.get("fast_step"), "steps": r.get("steps")}
             for s, (_, k), f, r in zip(specs, specs_def, fvus, reports)
@@ -510,10 +494,6 @@ def row_ours(b: Bench) -> dict[str, Any]:
 
 def row_ours_overlap(b: Bench) -> dict[str, Any]:
     return run_ours(b, "ours_overlap", [(b.hook, b.k)], overlap=True)
-
-
-def row_ours_opt(b: Bench) -> dict[str, Any]:
-    return run_ours(b, "ours_opt", [(b.hook, b.k)], overlap=True, fast_options=OPT_FAST_OPTIONS)
 
 
 def row_ours_3hooks(b: Bench) -> dict[str, Any]:
@@ -563,10 +543,15 @@ def hooked_transformer(model: Any, tok: Any, device: str) -> Any:
         setattr(cfg, key, v)
     hooked = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
     dtype = next(model.parameters()).dtype
-    state = convert_gemma_weights(model.float(), cfg)  # float32 arithmetic (Gemma's 1 + w norms)
+    # float32 arithmetic (Gemma's 1 + w norms); the parameters are cast in place, not by model.float(), which
+    # transformers refuses for a model loaded from a GGUF file (it counts as quantized)
+    for prm in model.parameters():
+        prm.data = prm.data.float()
+    state = convert_gemma_weights(model, cfg)
     hooked.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False, center_unembed=False)
     del state
-    model.to(dtype)
+    for prm in model.parameters():
+        prm.data = prm.data.to(dtype)
     hooked.to(device, print_details=False)
     return hooked.eval()
 
@@ -925,16 +910,6 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         s["overlap_x_ours"] = over["tokens_per_s"] / ours["tokens_per_s"]  # > 1: the overlap pays off
     if over and sl:
         s["ours_overlap_x_saelens"] = over["tokens_per_s"] / sl["tokens_per_s"]
-    opt = ok.get("ours_opt")
-    if opt and ours:
-        s["opt_x_ours"] = opt["tokens_per_s"] / ours["tokens_per_s"]  # > 1: the candidate defaults pay off
-    if opt and sl:
-        s["ours_opt_x_saelens"] = opt["tokens_per_s"] / sl["tokens_per_s"]
-    full = ok.get("saelens")
-    if opt and full and full.get("tokens") == opt.get("tokens"):
-        fo, fs = opt.get("heldout_fvu"), full.get("heldout_fvu")
-        if isinstance(fo, float) and isinstance(fs, float) and fs > 0:
-            s["opt_fvu_rel_diff_vs_saelens"] = (fo - fs) / fs
     sp = ok.get("sparsify")
     # sparsify's own rows (4 x 1024); a run that cut them shorter starves its batch and is no baseline
     if ours and sp and sp.get("settings", {}).get("context", 1024) >= 1024:

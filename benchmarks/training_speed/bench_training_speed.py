@@ -720,45 +720,24 @@ def bench_impls(rows, cfg_key, d_in, d_sae, k, B, xs, gamma, dev, args, gemm_rat
                 "sparse",
                 lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5, fast=True),
             ),
-            # the aux top-k over the dead columns only (aux_compact="auto") instead of all d_sae (default "off")
-            (
-                "fast_weighted_topk+aux[compact]",
-                "sparse",
-                lambda: build_fast(
-                    "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5, aux_compact="auto"
-                ),
-            ),
-            # a fifth of the latents dead: the compacted aux selection runs over d_sae/4 columns
-            (
-                "fast_weighted_topk+aux[dead0.2]",
-                "sparse",
-                lambda: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.2),
-            ),
-            (
-                "fast_weighted_topk+aux[compact,dead0.2]",
-                "sparse",
-                lambda: build_fast(
-                    "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.2, aux_compact="auto"
-                ),
-            ),
         ]
-        # the aux selection by row_topk with the dead mask (aux_row_topk) instead of torch.topk of the -inf-filled
-        # pre-activations, at half, a fifth and 85% of the latents dead (the e2e benchmark's random-init layer)
-        for dead_frac, dtag in ((0.5, ""), (0.2, "dead0.2,"), (0.85, "dead0.85,")):
-            for compact in ("off", "auto"):
-                for rt in ((False, True) if dead_frac == 0.85 else (True,)):
-                    ctag = "compact," if compact == "auto" else ""
-                    tags = (ctag + dtag + ("rowtopk" if rt else "")).rstrip(",")
-                    impls.append(
-                        (
-                            f"fast_weighted_topk+aux[{tags}]",
-                            "sparse",
-                            lambda dead_frac=dead_frac, compact=compact, rt=rt: build_fast(
-                                "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=dead_frac,
-                                aux_compact=compact, aux_row_topk=rt,
-                            ),
-                        )
+        # the aux top-k and products over all d_sae columns (aux_compact="off") against the default, which
+        # compacts them to the dead columns (d_sae/4 at a fifth dead, 3/4 at half; 85% dead: all columns)
+        for dead_frac, dtag in ((0.5, ""), (0.2, "dead0.2"), (0.85, "dead0.85")):
+            for compact in ("auto", "off"):
+                tags = ",".join(t for t in ("nocompact" if compact == "off" else "", dtag) if t)
+                if not tags:
+                    continue  # fast_weighted_topk+aux above
+                impls.append(
+                    (
+                        f"fast_weighted_topk+aux[{tags}]",
+                        "sparse",
+                        lambda dead_frac=dead_frac, compact=compact: build_fast(
+                            "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=dead_frac,
+                            aux_compact=compact,
+                        ),
                     )
+                )
         # 4 SAEs on one batch (a lockstep sweep): one after the other, or each on its own CUDA stream
         for tag, kw in (("", {}), ("+aux", {"dead_frac": 0.5})):
             for mode in ("seq", "streams"):

@@ -47,13 +47,14 @@ d_in=2304 against k=64), so gathering that many decoder rows costs more than SAE
 (tens of ms per step at (2304, 65536) bf16; benchmarks/training_speed). ``aux_impl="auto"`` (default)
 therefore runs the aux term densely (scatter into [B, d_sae], three dense matmuls, bf16 under bf16) when
 k_aux / d_sae is large enough for the device, and through the sparse gathers otherwise; both give SAELens's
-loss and gradients. With ``aux_compact="auto"`` its selection (top k_aux of the dead latents per row) runs over
-the dead columns only (off by default until benchmarks/training_speed's ``+aux[compact]`` rows have measured it
-on a GPU): the step counts the dead latents on the host (the one sync it already made to skip
-the aux loss when none is dead) and picks a static padded width n_pad from a few buckets
-(:func:`aux_pad_width`); the device gathers the dead columns first (padded with live ones, masked to -inf)
-and takes the top k_aux of those n_pad columns instead of all d_sae, so the step stays graph-capturable
-(the captured aux step is redone when the bucket changes; aux_pad_width keeps a bucket while it fits).
+loss and gradients. With ``aux_compact="auto"`` (default) its selection (top k_aux of the dead latents per row)
+and its dense products run over the dead columns only: the step counts the dead latents on the host (the one
+sync it already made to skip the aux loss when none is dead) and picks a static padded width n_pad from a few
+buckets (:func:`aux_pad_width`); the device gathers the dead columns first (padded with live ones, masked to
+-inf), takes the top k_aux of those n_pad columns instead of all d_sae, and multiplies by the n_pad gathered
+decoder rows, so the step stays graph-capturable (the captured aux step is redone when the bucket changes;
+aux_pad_width keeps a bucket while it fits). It pays when at most 3/4 of the latents are dead (the largest
+bucket; more dead: all d_sae columns, as "off"): benchmarks/training_speed/aux_compact/.
 """
 
 from __future__ import annotations
@@ -154,9 +155,9 @@ class FastTopKConfig:
     aux_dense_min_density: float | None = None
     # dead-latent aux loss: "auto" takes its top k_aux over the dead columns only, gathered into a static
     # padded width (d_sae/8, /4, /2 or 3/4: aux_pad_width; all d_sae columns when more are dead; the CUDA
-    # graph is recaptured when it changes); "off" (default until a GPU benchmark shows "auto" faster): always all
-    # d_sae columns, the live ones masked (same loss)
-    aux_compact: str = "off"
+    # graph is recaptured when it changes; the dense aux products then use those columns only); "off": always
+    # all d_sae columns, the live ones masked (same loss; slower: benchmarks/training_speed/aux_compact/)
+    aux_compact: str = "auto"
     # "auto": the Triton kernels of sae_rdp_plugin.fast.kernels on CUDA when Triton imports (fused sparse
     # weight gradients + clipping + Adam, bf16 decoder gathers), else the PyTorch kernels; "triton":
     # always Triton (on CPU only under TRITON_INTERPRET=1, for tests); "torch": never. Default from the
@@ -184,10 +185,6 @@ class FastTopKConfig:
     hot_min_count: int = 32
     # Triton path: TopK with the exact per-row kernel sae_rdp_plugin.fast.topk_kernel.row_topk instead of torch.topk
     row_topk: bool = True
-    # the dead-latent aux selection (top d_in/2 of the dead latents per row) with row_topk's column mask
-    # instead of torch.topk of the pre-activations with the live latents set to -inf (CUDA; off until
-    # benchmarks/training_speed's +aux[rowtopk] rows measure it faster on a GPU)
-    aux_row_topk: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("topk", "batchtopk"):
@@ -1091,14 +1088,10 @@ class FastTopKTrainer:
             # dead latents first (a stable sort of one byte per latent: one radix pass on CUDA, no sync)
             cols = torch.argsort((~dead).to(torch.int8), stable=True)[:n_pad]
             sel, sel_dead = pre_s.index_select(1, cols), dead[cols]
-        if self._aux_use_row_topk(sel):
-            from sae_rdp_plugin.fast import topk_kernel
-
-            av, j = topk_kernel.row_topk(sel, k_aux, sel_dead)  # the live columns never built at -inf
-        else:
-            # (the compacted selection is a fresh tensor: filled in place; pre_s itself stays untouched)
-            sel = sel.masked_fill_(~sel_dead, -torch.inf) if compact else sel.masked_fill(~sel_dead, -torch.inf)
-            av, j = sel.topk(k_aux, dim=1, sorted=False)
+        # torch.topk, not row_topk: a column-masked row_topk measured slower here (benchmarks/training_speed)
+        # (the compacted selection is a fresh tensor: filled in place; pre_s itself stays untouched)
+        sel = sel.masked_fill_(~sel_dead, -torch.inf) if compact else sel.masked_fill(~sel_dead, -torch.inf)
+        av, j = sel.topk(k_aux, dim=1, sorted=False)
         ai = cols[j] if compact else j
         valid = dead[ai]
         av = av.to(self.dtype)
@@ -1113,18 +1106,6 @@ class FastTopKTrainer:
             g_WencT += wgrad(aux_sp, u, g_aux_a, cfg.d_sae)
             g_benc.index_add_(0, aux_sp.idx, g_aux_a)
         return aux
-
-    def _aux_use_row_topk(self, sel: torch.Tensor) -> bool:
-        """The aux selection with row_topk's column mask (cfg.aux_row_topk; CUDA with Triton, or CPU under
-        Triton's interpreter for tests via _row_topk_on_cpu) instead of torch.topk of the -inf-filled
-        pre-activations."""
-        if not (self.cfg.aux_row_topk and (sel.device.type == "cuda" or self._row_topk_on_cpu)):
-            return False
-        if sel.dtype not in (torch.bfloat16, torch.float16, torch.float32):
-            return False
-        from sae_rdp_plugin.fast import topk_kernel
-
-        return topk_kernel.available(sel.device)
 
     def _aux_dense_threshold(self) -> float:
         """k_aux / d_sae above which the dense aux path is faster. Per aux term the sparse path reads

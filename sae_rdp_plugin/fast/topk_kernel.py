@@ -9,10 +9,9 @@ contiguous columns, one coalesced load per block):
    ``K = b ^ ((b >> 31) & 0x7fffffff)`` for fp32 and ``K = b ^ ((b >> 15) & 0x7fff)`` for 16-bit
    floats (arithmetic shifts). Then ``x < y`` implies ``K(x) < K(y)``; ``-0.0`` gets a key one below
    ``+0.0``, which is harmless (either is a valid pick among equal values).
-1. **Lower bound (read 1).** The maxima of ``G`` column groups (``G = max(_GROUPS, k)`` rounded up to a
-   power of two, at most one block; column ``c`` in group ``c % G``; an element-wise running max in
-   registers, reduced once), sorted; ``lo`` = the k-th largest group maximum (needs ``k <= G``; else
-   ``lo = -inf``). ``k`` groups have an element
+1. **Lower bound (read 1).** The maxima of ``G = _GROUPS`` column groups (column ``c`` in group
+   ``c % G``; an element-wise running max in registers, reduced once), sorted; ``lo`` = the k-th
+   largest group maximum (needs ``k <= G``; else ``lo = -inf``). ``k`` groups have an element
    ``>= lo``, so the k-th largest key is ``>= lo``: every top-k element is a *candidate* (``K >= lo``).
    For continuous data about ``k`` (+ a few) elements are candidates.
 2. **Compaction (read 2).** The candidates' column indices go to a per-row scratch of ``CAP =
@@ -29,12 +28,6 @@ contiguous columns, one coalesced load per block):
    ``need`` = how many keys ``== T`` to take. One more read writes the keys ``> T`` and the first
    ``need`` keys ``== T`` (slots from a packed ``tl.cumsum``). Exact, but 3 to 5 reads with
    histograms: several times slower than the main path.
-
-**Column mask** (``row_topk(x, k, mask)``, the dead-latent aux loss of the fast step: top k of the
-masked columns only): masked-out columns get the key -2^31, below every finite key, and are never
-candidates; pass 1 also counts the kept columns, and a row with at most k of them writes them all and
-then the leftmost masked-out columns (at -inf) in one read, as ``torch.topk`` of the ``-inf``-filled row
-would (up to which masked-out columns it names).
 
 No host synchronisation and no data-dependent shapes (the branch is taken inside the kernel), so the
 call can be captured in a CUDA graph. The scratch (``B * CAP`` int32) is allocated per call.
@@ -101,20 +94,8 @@ if _HAVE_TRITON:
             return b ^ ((b >> 31) & 0x7FFFFFFF)
 
     @triton.jit
-    def _load_keys(row, MROW, cols, cm, KEY_BITS: tl.constexpr, HAS_MASK: tl.constexpr):
-        """Values and keys of the columns ``cols`` (``cm``: in range); with a column mask, the keys of
-        the masked-out columns are the sentinel -2^31, below every finite key."""
-        v = tl.load(row + cols, mask=cm, other=0.0)
-        key = _keys(v, KEY_BITS)
-        if HAS_MASK:
-            keep = tl.load(MROW + cols, mask=cm, other=0) != 0
-            key = tl.where(keep, key, -2147483648)
-        return v, key
-
-    @triton.jit
     def _radix_level(
         row,
-        MROW,
         n,
         prefix,
         r,
@@ -124,7 +105,6 @@ if _HAVE_TRITON:
         KEY_BITS: tl.constexpr,
         NBINS: tl.constexpr,
         BLOCK: tl.constexpr,
-        HAS_MASK: tl.constexpr,
     ):
         """One level: histogram of the digit ``(K >> SHIFT)`` (BITS wide) over the elements whose
         higher bits equal ``prefix``; returns (new prefix, new rank r within the chosen bin)."""
@@ -132,7 +112,7 @@ if _HAVE_TRITON:
         for c0 in range(0, n, BLOCK):
             cols = c0 + tl.arange(0, BLOCK)
             cm = cols < n
-            _, key = _load_keys(row, MROW, cols, cm, KEY_BITS, HAS_MASK)
+            key = _keys(tl.load(row + cols, mask=cm, other=0.0), KEY_BITS)
             if FIRST:
                 # top digit of a signed key: arithmetic shift, then offset into [0, 2^BITS)
                 digit = (key >> SHIFT) + (1 << (BITS - 1))
@@ -155,7 +135,6 @@ if _HAVE_TRITON:
     def _row_topk_kernel(
         X,
         stride_x,
-        MASK,
         VAL,
         IDX,
         SCR,
@@ -172,7 +151,6 @@ if _HAVE_TRITON:
         USE_BOUND: tl.constexpr,
         CAP: tl.constexpr,
         CB: tl.constexpr,
-        HAS_MASK: tl.constexpr,
     ):
         pid = tl.program_id(0).to(tl.int64)
         row = X + pid * stride_x
@@ -181,98 +159,75 @@ if _HAVE_TRITON:
         srow = SCR + pid * CAP
         SENT: tl.constexpr = -2147483648  # below every finite key
         zero = 0 * tl.program_id(0)  # an int32 scalar tensor
-        # ---- pass 1: lower bound lo <= (k-th largest key) from the maxima of G column groups; with a
-        # column mask also the number of columns it keeps (the same for every row)
-        n_keep = zero + n
+        # ---- pass 1: lower bound lo <= (k-th largest key) from the maxima of G column groups
         if USE_BOUND:
             R: tl.constexpr = BLOCK // G
             offs = tl.arange(0, R)[:, None] * G + tl.arange(0, G)[None, :]
             acc = tl.full([R, G], SENT, tl.int32)
-            n_keep = zero
             for c0 in range(0, n, BLOCK):
                 cols = c0 + offs
                 cm = cols < n
-                _, key = _load_keys(row, MASK, cols, cm, KEY_BITS, HAS_MASK)
+                key = _keys(tl.load(row + cols, mask=cm, other=0.0), KEY_BITS)
                 acc = tl.maximum(acc, tl.where(cm, key, SENT))
-                n_keep += tl.sum(tl.sum((cm & (key > SENT)).to(tl.int32), 1), 0)
             gmax = tl.max(acc, axis=0)  # [G]: max of the columns c with c % G == g
             srt = tl.sort(gmax)  # ascending
             lo = tl.sum(tl.where(tl.arange(0, G) == G - k, srt, 0), 0)
         else:
             lo = zero + SENT
-            if HAS_MASK:
-                n_keep = zero
-                for c0 in range(0, n, BLOCK):
-                    cols = c0 + tl.arange(0, BLOCK)
-                    cm = cols < n
-                    n_keep += tl.sum((cm & (tl.load(MASK + cols, mask=cm, other=0) != 0)).to(tl.int32), 0)
-        if n_keep <= k:  # (without a mask only when k == n: every column, written in column order)
-            # all kept columns, then the leftmost masked-out ones (their values written as -inf)
-            _write_selected(row, MASK, n, k, zero + SENT, k - n_keep, vrow, irow, KEY_BITS, BLOCK, HAS_MASK)
+        # ---- pass 2: compact the candidates (key >= lo) into the row's scratch, in column order
+        cnt = zero
+        for c0 in range(0, n, BLOCK):
+            cols = c0 + tl.arange(0, BLOCK)
+            cm = cols < n
+            key = _keys(tl.load(row + cols, mask=cm, other=0.0), KEY_BITS)
+            cand = (cm & (key >= lo)).to(tl.int32)
+            pos = cnt + tl.cumsum(cand, 0) - 1
+            tl.store(srow + pos, cols, mask=(cand > 0) & (pos < CAP))
+            cnt += tl.sum(cand, 0)
+        tl.debug_barrier()  # the scratch written above is read by other threads of this program
+        if cnt <= CAP:
+            # ---- exact selection among the candidates: rank = #(larger) + #(equal and earlier);
+            # the ranks are a permutation of 0..cnt-1 and the top-k are the ranks < k
+            for i0 in range(0, cnt, CB):
+                ii = i0 + tl.arange(0, CB)
+                im = ii < cnt
+                ci = tl.load(srow + ii, mask=im, other=0)
+                vi = tl.load(row + ci, mask=im, other=0.0)
+                ki = _keys(vi, KEY_BITS)
+                rank = tl.zeros([CB], dtype=tl.int32)
+                for j0 in range(0, cnt, CB):
+                    jj = j0 + tl.arange(0, CB)
+                    jm = jj < cnt
+                    cj = tl.load(srow + jj, mask=jm, other=0)
+                    kj = _keys(tl.load(row + cj, mask=jm, other=0.0), KEY_BITS)
+                    beats = (kj[None, :] > ki[:, None]) | ((kj[None, :] == ki[:, None]) & (jj[None, :] < ii[:, None]))
+                    rank += tl.sum((beats & jm[None, :]).to(tl.int32), 1)
+                w = im & (rank < k)
+                tl.store(vrow + rank, vi, mask=w)
+                tl.store(irow + rank, ci.to(tl.int64), mask=w)
         else:
-            # ---- pass 2: compact the candidates (key >= lo; with a mask also key > SENT: more than k
-            # columns are kept, so the top k are all kept ones) into the row's scratch, in column order
-            cnt = zero
-            for c0 in range(0, n, BLOCK):
-                cols = c0 + tl.arange(0, BLOCK)
-                cm = cols < n
-                _, key = _load_keys(row, MASK, cols, cm, KEY_BITS, HAS_MASK)
-                cand_b = cm & (key >= lo)
-                if HAS_MASK:
-                    cand_b = cand_b & (key > SENT)
-                cand = cand_b.to(tl.int32)
-                pos = cnt + tl.cumsum(cand, 0) - 1
-                tl.store(srow + pos, cols, mask=(cand > 0) & (pos < CAP))
-                cnt += tl.sum(cand, 0)
-            tl.debug_barrier()  # the scratch written above is read by other threads of this program
-            if cnt <= CAP:
-                # ---- exact selection among the candidates: rank = #(larger) + #(equal and earlier);
-                # the ranks are a permutation of 0..cnt-1 and the top-k are the ranks < k
-                for i0 in range(0, cnt, CB):
-                    ii = i0 + tl.arange(0, CB)
-                    im = ii < cnt
-                    ci = tl.load(srow + ii, mask=im, other=0)
-                    vi = tl.load(row + ci, mask=im, other=0.0)
-                    ki = _keys(vi, KEY_BITS)
-                    rank = tl.zeros([CB], dtype=tl.int32)
-                    for j0 in range(0, cnt, CB):
-                        jj = j0 + tl.arange(0, CB)
-                        jm = jj < cnt
-                        cj = tl.load(srow + jj, mask=jm, other=0)
-                        kj = _keys(tl.load(row + cj, mask=jm, other=0.0), KEY_BITS)
-                        beats = (kj[None, :] > ki[:, None]) | (
-                            (kj[None, :] == ki[:, None]) & (jj[None, :] < ii[:, None])
-                        )
-                        rank += tl.sum((beats & jm[None, :]).to(tl.int32), 1)
-                    w = im & (rank < k)
-                    tl.store(vrow + rank, vi, mask=w)
-                    tl.store(irow + rank, ci.to(tl.int64), mask=w)
-            else:
-                # ---- fallback (more than CAP candidates: heavy ties): radix select over the whole row
-                r = zero + k
-                t, r = _radix_level(row, MASK, n, 0, r, D1 + D2 + D3, D0, True, KEY_BITS, NBINS, BLOCK, HAS_MASK)
-                t, r = _radix_level(row, MASK, n, t, r, D2 + D3, D1, False, KEY_BITS, NBINS, BLOCK, HAS_MASK)
-                if D2 > 0:
-                    t, r = _radix_level(row, MASK, n, t, r, D3, D2, False, KEY_BITS, NBINS, BLOCK, HAS_MASK)
-                if D3 > 0:
-                    t, r = _radix_level(row, MASK, n, t, r, 0, D3, False, KEY_BITS, NBINS, BLOCK, HAS_MASK)
-                _write_selected(row, MASK, n, k, t, r, vrow, irow, KEY_BITS, BLOCK, HAS_MASK)
+            # ---- fallback (more than CAP candidates: heavy ties): radix select over the whole row
+            r = zero + k
+            t, r = _radix_level(row, n, 0, r, D1 + D2 + D3, D0, True, KEY_BITS, NBINS, BLOCK)
+            t, r = _radix_level(row, n, t, r, D2 + D3, D1, False, KEY_BITS, NBINS, BLOCK)
+            if D2 > 0:
+                t, r = _radix_level(row, n, t, r, D3, D2, False, KEY_BITS, NBINS, BLOCK)
+            if D3 > 0:
+                t, r = _radix_level(row, n, t, r, 0, D3, False, KEY_BITS, NBINS, BLOCK)
+            _write_selected(row, n, k, t, r, vrow, irow, KEY_BITS, BLOCK)
 
     @triton.jit
-    def _write_selected(
-        row, MROW, n, k, t, need, vrow, irow, KEY_BITS: tl.constexpr, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr
-    ):
+    def _write_selected(row, n, k, t, need, vrow, irow, KEY_BITS: tl.constexpr, BLOCK: tl.constexpr):
         """Write the elements with key > t (slots 0..k-need-1) and the first ``need`` with key == t
-        (slots k-need..k-1), in column order; masked-out columns (key -2^31) as -inf."""
+        (slots k-need..k-1), in column order."""
         n_gt_total = k - need
         n_gt = 0 * need
         n_eq = 0 * need
         for c0 in range(0, n, BLOCK):
             cols = c0 + tl.arange(0, BLOCK)
             cm = cols < n
-            v, key = _load_keys(row, MROW, cols, cm, KEY_BITS, HAS_MASK)
-            if HAS_MASK:
-                v = tl.where(key > -2147483648, v.to(tl.float32), float("-inf")).to(v.dtype)
+            v = tl.load(row + cols, mask=cm, other=0.0)
+            key = _keys(v, KEY_BITS)
             gt = cm & (key > t)
             eq = cm & (key == t)
             packed = gt.to(tl.int32) + (eq.to(tl.int32) << 16)  # BLOCK < 2^15: no carry between halves
@@ -287,22 +242,15 @@ if _HAVE_TRITON:
             n_eq += tot >> 16
 
 
-def row_topk(x: torch.Tensor, k: int, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def row_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-``k`` of each row of a 2-D bf16/fp16/fp32 tensor: ``(values, indices)`` like
     ``x.topk(k, dim=1, sorted=False)`` (values in ``x.dtype``, int64 column indices, in no particular
     order; among equal values at the threshold the leftmost columns are taken). Inputs must be finite.
 
-    ``mask`` (bool ``[x.shape[1]]``, one per column, the same for every row): the top ``k`` of
-    ``x.masked_fill(~mask, -inf)`` without building it: the top k kept columns of each row, or, when
-    fewer than k columns are kept, all of them followed by the leftmost masked-out columns, whose values
-    are returned as -inf (torch.topk returns some masked-out columns there, also at -inf).
-
-    One Triton program per row: a lower bound from column-group maxima (``max(_GROUPS, k)`` groups
-    rounded up to a power of two, at most one block), compaction of the candidates above it, rank
-    selection among them (radix-select fallback for heavy ties; module docstring); no host
-    synchronisation, so the call can be captured in a CUDA graph. Raises ValueError for a tensor that is
-    not 2-D, an unsupported dtype, ``k`` outside ``1 .. x.shape[1]``, or a mask of the wrong shape,
-    dtype or device.
+    One Triton program per row: a lower bound from column-group maxima, compaction of the candidates
+    above it, rank selection among them (radix-select fallback for heavy ties; module docstring);
+    no host synchronisation, so the call can be captured in a CUDA graph. Raises ValueError for a
+    tensor that is not 2-D, an unsupported dtype, or ``k`` outside ``1 .. x.shape[1]``.
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         raise ValueError(f"row_topk: x must be a 2-D tensor, got shape {tuple(getattr(x, 'shape', ()))}")
@@ -313,16 +261,6 @@ def row_topk(x: torch.Tensor, k: int, mask: torch.Tensor | None = None) -> tuple
         raise ValueError(f"row_topk: k must be an int in 1..{n} (x.shape[1]), got {k!r}")
     if n >= 2**31 - 1:
         raise ValueError(f"row_topk: rows of {n} columns are too long (int32 column counter)")
-    if mask is not None and (
-        not isinstance(mask, torch.Tensor)
-        or mask.dtype != torch.bool
-        or tuple(mask.shape) != (n,)
-        or mask.device != x.device
-    ):
-        raise ValueError(
-            f"row_topk: mask must be a bool tensor of shape ({n},) on {x.device}, got "
-            f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}"
-        )
     if not _HAVE_TRITON:
         raise RuntimeError("row_topk: Triton is not installed")
     if x.stride(1) != 1:
@@ -333,15 +271,12 @@ def row_topk(x: torch.Tensor, k: int, mask: torch.Tensor | None = None) -> tuple
         return vals, idx
     key_bits, digits = (32, _DIGITS_32) if x.dtype == torch.float32 else (16, _DIGITS_16)
     block = _BLOCK_32 if x.dtype == torch.float32 else _BLOCK_16
-    # enough groups for the bound to exist (k <= groups), a power of two within one block
-    groups = min(max(_GROUPS, 1 << (k - 1).bit_length()), block)
+    groups = min(_GROUPS, block)
     cap = max(_CAP, 2 * k)
     scratch = torch.empty(B, cap, device=x.device, dtype=torch.int32)
-    m8 = mask.contiguous().view(torch.uint8) if mask is not None else x  # (unused pointer without a mask)
     _row_topk_kernel[(B,)](
         x,
         x.stride(0),
-        m8,
         vals,
         idx,
         scratch,
@@ -358,7 +293,6 @@ def row_topk(x: torch.Tensor, k: int, mask: torch.Tensor | None = None) -> tuple
         USE_BOUND=k <= groups,
         CAP=cap,
         CB=_CB,
-        HAS_MASK=mask is not None,
         num_warps=_NUM_WARPS,
     )
     return vals, idx

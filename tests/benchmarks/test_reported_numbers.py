@@ -134,3 +134,86 @@ def test_findings_wsae_diagnostic_reading_holds_in_its_json():
     rec = {n: v["ce_loss_recovered"] for n, v in ce["fits"].items()}
     assert rec["w_a1"] < rec["w_a0.5"] < min(rec[f["name"]] for f in capped)
     assert all(abs(rec[f["name"]] - rec["w_a0"]) < 0.05 for f in capped)
+
+
+def test_real_weight_run_numbers_quoted():
+    run = ROOT / "benchmarks/e2e/runs/2026-12-03-real-weights/latest.json"
+    d = json.loads(run.read_text())
+    r = {x["row"]: x for x in d["rows"]}
+    ours, over, sp = r["ours"], r["ours_overlap"], r["sparsify"]
+    text = (ROOT / "benchmarks/e2e/README.md").read_text()
+    section = " ".join(text[text.index("## Runs of 2026-12-03") :].split())
+    ce = d["summary"]["ce_recovered"]["ours:blocks.6.hook_resid_post-k32"]
+    quoted = [
+        f"ours {ours['tokens_per_s']:,.0f} tokens/s",
+        f"forward only {r['forward_only']['tokens_per_s']:,.0f}",
+        f"step only {r['step_only']['tokens_per_s']:,.0f}",
+        f"{d['summary']['ours_time_over_forward_plus_step']:.3f}x the sum",
+        f"({over['tokens_per_s']:,.0f} ({d['summary']['overlap_x_ours']:.3f}x ours"[1:],
+        f"{sp['tokens_per_s']:,.0f} tokens/s; ours is {d['summary']['ours_x_sparsify']:.1f}x",
+        f"ours FVU {ours['heldout_fvu']:.4f}",
+        f"sparsify at 2M tokens {sp['heldout_fvu']:.4f}",
+        f"whole model: {ce:.3f}",
+    ]
+    assert "error" in r["saelens"] and "error" in r["saelens_speed"]  # the text says they failed
+    missing = [q for q in quoted if q not in section]
+    assert not missing, missing
+    lines = (ROOT / "README.md").read_text().splitlines()
+    row = next(line for line in lines if "sae-rdp train --model`, end to" in line)
+    for q in (f"{ours['tokens_per_s']:,.0f} tokens/s", f"{d['summary']['ours_x_sparsify']:.1f}x sparsify", f"{ce:.3f}"):
+        assert q in row, q
+
+
+def test_aux_compact_numbers_quoted():
+    rows = json.loads((ROOT / "benchmarks/training_speed/aux_compact/training_speed.json").read_text())["rows"]
+    ms = {(x["config"], x["impl"]): x["median_ms"] for x in rows}
+    text = " ".join((ROOT / "benchmarks/training_speed/README.md").read_text().split())
+    small, large = "640x16384_k32", "2304x65536_k64"
+    sl, full, comp = "saelens_weighted_topk+aux", "fast_weighted_topk+aux", "fast_weighted_topk+aux[compact]"
+    f2, c2 = "fast_weighted_topk+aux[dead0.2]", "fast_weighted_topk+aux[compact,dead0.2]"
+    f85, c85 = "fast_weighted_topk+aux[dead0.85]", "fast_weighted_topk+aux[compact,dead0.85]"
+    rt = "fast_weighted_topk+aux[rowtopk]"
+    seq, st = "fast_topk[x4,seq]", "fast_topk[x4,streams]"
+    quoted = [
+        f"half the latents dead {ms[small, comp]:.2f} vs {ms[small, full]:.2f} ms (SAELens {ms[small, sl]:.2f} ms: "
+        f"{ms[small, sl] / ms[small, comp]:.2f}x)",
+        f"a fifth dead {ms[small, c2]:.2f} vs {ms[small, f2]:.2f} ms ({ms[small, sl] / ms[small, c2]:.2f}x)",
+        f"{ms[large, comp]:.2f} vs {ms[large, full]:.2f} ms ({ms[large, sl] / ms[large, comp]:.2f}x SAELens's "
+        f"{ms[large, sl]:.2f})",
+        f"{ms[large, c2]:.2f} vs {ms[large, f2]:.2f} ms ({ms[large, sl] / ms[large, c2]:.2f}x)",
+        f"{ms[small, c85]:.2f} vs {ms[small, f85]:.2f} ms ({ms[small, sl] / ms[small, c85]:.1f}x",
+        f"({ms[small, rt]:.2f} vs {ms[small, full]:.2f} ms at half dead, {ms[large, rt]:.2f} vs {ms[large, full]:.2f}",
+        f"{ms[small, st]:.2f} vs {ms[small, seq]:.2f} ms one after the other ({ms[small, seq] / ms[small, st]:.2f}x)",
+        f"{ms[large, st]:.2f} vs {ms[large, seq]:.2f} ms ({ms[large, seq] / ms[large, st]:.2f}x)",
+    ]
+    missing = [q for q in quoted if q not in text]
+    assert not missing, missing
+    fast_doc = " ".join((ROOT / "docs/fast_training.md").read_text().split())
+    for q in (
+        f"{ms[small, full] / ms[small, comp]:.2f}x faster with half the latents dead and "
+        f"{ms[small, f2] / ms[small, c2]:.2f}x with a fifth",
+        f"({ms[large, full] / ms[large, comp]:.2f}x / {ms[large, f2] / ms[large, c2]:.2f}x",
+    ):
+        assert q in fast_doc, q
+
+
+def test_random_init_rerun_numbers_quoted_from_its_log():
+    """That call ran out of device time before writing its JSON: its log's per-row result lines are the record."""
+    log = (ROOT / "benchmarks/e2e/runs/2026-12-03-random-init/log.txt").read_text().splitlines()
+    r = {}
+    for line in log:
+        if line.startswith("=== row ") and ": {" in line:
+            name, payload = line[len("=== row ") :].split(": ", 1)
+            r[name] = json.loads(payload)
+    text = (ROOT / "benchmarks/e2e/README.md").read_text()
+    section = " ".join(text[text.index("**Random init**") :].split())
+    ours, sl, opt = r["ours"], r["saelens_speed"], r["ours_opt"]
+    quoted = [
+        f"step only {r['step_only']['tokens_per_s']:,.0f} tokens/s",
+        f"ours {ours['tokens_per_s']:,.0f} (held-out FVU {ours['heldout_fvu']:.4f})",
+        f"2M tokens {sl['tokens_per_s']:,.0f} (FVU {sl['heldout_fvu']:.3f})",
+        f"ours is {ours['tokens_per_s'] / sl['tokens_per_s']:.1f}x that row",
+        f"ran at {opt['tokens_per_s']:,.0f} ({opt['tokens_per_s'] / ours['tokens_per_s']:.2f}x ours",
+    ]
+    missing = [q for q in quoted if q not in section]
+    assert not missing, missing

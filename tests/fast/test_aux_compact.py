@@ -423,24 +423,23 @@ def test_graph_keyed_by_aux_width(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("row_topk", [False, True])
 @pytest.mark.parametrize("bf16", [False, True])
-def test_cuda_graph_with_compacted_aux_equals_eager_full_selection(bf16, row_topk):
+def test_cuda_graph_with_compacted_aux_equals_eager_full_selection(bf16):
     """On CUDA: the Triton step replayed as CUDA graphs with the compacted aux selection (recaptured when the
-    dead count changes bucket; by row_topk with the dead mask or by torch.topk) equals the eager step with the
-    full torch.topk selection, and captures without falling back to eager steps."""
+    dead count changes bucket) equals the eager step with the full selection, and captures without falling
+    back to eager steps."""
     d_in, d_sae, k = 64, 1024, 8
     p = {n: t.cuda() for n, t in _params(d_in, d_sae, 21, torch.float32).items()}
 
-    def make(graph: bool, compact: str, rt: bool = False) -> FastTopKTrainer:
+    def make(graph: bool, compact: str) -> FastTopKTrainer:
         c = FastTopKConfig(d_in=d_in, d_sae=d_sae, k=k, lr=1e-3, bf16=bf16, kernels="triton", cuda_graph=graph,
-                           aux_compact=compact, aux_row_topk=rt)  # fmt: skip
+                           aux_compact=compact)  # fmt: skip
         return FastTopKTrainer(
             c, *(p[n].clone() for n in ("W_enc", "b_enc", "W_dec", "b_dec")), gamma=p["gamma"].clone(),
             dtype=torch.float32, device="cuda",
         )  # fmt: skip
 
-    a, b = make(True, "auto", row_topk), make(False, "off")
+    a, b = make(True, "auto"), make(False, "off")
     g = torch.Generator().manual_seed(22)
     widths = set()
     for s in range(14):
@@ -456,38 +455,3 @@ def test_cuda_graph_with_compacted_aux_equals_eager_full_selection(bf16, row_top
     assert len(widths) == 2 and max(widths) < d_sae
     for q, r in zip(a.params, b.params):
         assert _rel(q, r) < (1e-3 if bf16 else 1e-5)
-
-
-# ------------------------------------------------------------------------------------ row_topk aux selection
-@pytest.mark.parametrize("aux_impl,compact", [("dense", "auto"), ("sparse", "off")])
-def test_aux_row_topk_matches_bruteforce_and_torch_selection(aux_impl, compact, monkeypatch):
-    """FastTopKConfig.aux_row_topk: the aux selection by row_topk with the dead mask (Triton's CPU
-    interpreter here) gives SAELens's aux loss (float64 brute force) and the gradients of the torch.topk
-    selection, compacted or not; the kernel really ran."""
-    from sae_rdp_plugin.fast import topk_kernel
-
-    if not topk_kernel.available("cpu"):
-        pytest.skip("Triton kernel unavailable (no TRITON_INTERPRET)")
-    calls = []
-    real = topk_kernel.row_topk
-
-    def spy(x, k, mask=None):
-        calls.append(mask is not None)
-        return real(x, k, mask)
-
-    monkeypatch.setattr(topk_kernel, "row_topk", spy)
-    B, d_in, d_sae, k, coef = 6, 48, 160, 5, 0.8
-    p = _params(d_in, d_sae, 21, torch.float32)
-    x = torch.randn(B, d_in, generator=torch.Generator().manual_seed(22))
-    kw = dict(aux_impl=aux_impl, aux_loss_coefficient=coef)
-    rt = _trainer(p, d_in, d_sae, k, torch.float32, compact=compact, aux_row_topk=True, **kw)
-    rt._row_topk_on_cpu = True
-    ref_tr = _trainer(p, d_in, d_sae, k, torch.float32, compact=compact, **kw)
-    for n_dead in (3, 24, 70, 160):  # below and at k_aux = 24, above it, all dead
-        dead = _dead(d_sae, n_dead, 200 + n_dead)
-        n_calls = len(calls)
-        la, ga, _, _ = rt.loss_and_grads(x, dead)
-        assert calls[n_calls:] == [True], "the aux selection did not go through row_topk with the mask"
-        ref = _saelens_aux_reference(p, x, dead, k, coef, weighted=True)
-        assert abs(float(la["auxiliary_reconstruction_loss"]) - ref) <= 2e-5 * ref, (n_dead, ref)
-        _check_grads_equal((la, ga, None, None), ref_tr.loss_and_grads(x, dead), torch.float32, n_dead)

@@ -23,12 +23,12 @@ def test_fast_options_reach_the_fast_step(tmp_path, monkeypatch):
 
     monkeypatch.setattr(step_mod, "install_fast_step", spy)
     specs = [SAESpec("h.a", cfg("topk"), tmp_path / "a"), SAESpec("h.a", cfg("topk"), tmp_path / "b")]
-    opts = {"aux_compact": "auto", "hot_rows": 0}
+    opts = {"aux_compact": "off", "hot_rows": 0}
     train_saes(iter(make_batches(4)), specs[:1], tokens=2 * B, progress=False, fast_options=opts)
     train_saes(iter(make_batches(4)), specs[1:], tokens=2 * B, progress=False)
     on, off = installed
-    assert (on.cfg.aux_compact, on.cfg.hot_rows) == ("auto", 0)
-    assert (off.cfg.aux_compact, off.cfg.hot_rows) == ("off", -1)  # the defaults without options
+    assert (on.cfg.aux_compact, on.cfg.hot_rows) == ("off", 0)
+    assert (off.cfg.aux_compact, off.cfg.hot_rows) == ("auto", -1)  # the defaults without options
     assert on.cfg.lr == off.cfg.lr and on.cfg.k == off.cfg.k  # the rest still from the SAE's configs
 
 

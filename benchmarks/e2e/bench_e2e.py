@@ -13,6 +13,8 @@ fast step; sparsify: bf16 model, as its CLI loads it). Rows, each in its own pro
     ours_overlap    the same with PipelineConfig.overlap (the next forward on a side CUDA stream during the steps)
     ours_3hooks     blocks.2/4/6 resid_post from one forward, one SAE each
     ours_4saes      one hook, four SAEs (k 16/32/64/128) from one stream
+    ours_3hooks_streams, ours_4saes_streams
+                    the same two with train_saes(sae_streams=True): each SAE on its own CUDA stream
     sparsify        sparsify's Trainer (batch 4 x 1024, its defaults otherwise), --baseline-tokens
     saelens_speed   SAELens's runner (context 128, 32 prompts per forward, 32 batches in buffer), --baseline-tokens
     saelens         the same at --tokens (held-out FVU at equal tokens with ours)
@@ -63,6 +65,8 @@ ROWS = (
     "ours_overlap",
     "ours_3hooks",
     "ours_4saes",
+    "ours_3hooks_streams",
+    "ours_4saes_streams",
     "ours_reference",
     "sparsify",
     "saelens_speed",
@@ -424,14 +428,20 @@ def row_step_only(b: Bench) -> dict[str, Any]:
 
 
 def run_ours(
-    b: Bench, name: str, specs_def: list[tuple[str, int]], fast: bool = True, overlap: bool = False
+    b: Bench,
+    name: str,
+    specs_def: list[tuple[str, int]],
+    fast: bool = True,
+    overlap: bool = False,
+    sae_streams: bool = False,
 ) -> dict[str, Any]:
     """Ours: the two calls of ``train_on_model`` (an ActivationPipeline over the token rows, then
     ``train_saes`` with the fast step), made here so that a clock can tick on each batch and leave the
     warm-up (torch.compile, the first buffer fill) out of tokens/s. One SAE per (hook, k) of
     ``specs_def``; every SAE sees the same ``--tokens`` rows of one stream. ``fast=False``: SAELens's own
     training step on the same stream (separates the step's effect on FVU from the data's). ``overlap``: the
-    pipeline's side-stream forward (``PipelineConfig.overlap``)."""
+    pipeline's side-stream forward (``PipelineConfig.overlap``). ``sae_streams``: each SAE's steps on a CUDA
+    stream of its own (``train_saes(sae_streams=True)``)."""
     from sae_rdp_plugin.lm.pipeline import ActivationPipeline
     from sae_rdp_plugin.train.lm import SAESpec, train_saes
 
@@ -449,7 +459,9 @@ def run_ours(
     clock = StepClock(b.device, b.warmup_steps, math.ceil(b.tokens / b.batch))
     sync(b.device)
     t0 = time.perf_counter()
-    reports = train_saes(TickingPipeline(pipe, clock), specs, tokens=b.tokens, fast=fast, progress=not b.quick)
+    reports = train_saes(
+        TickingPipeline(pipe, clock), specs, tokens=b.tokens, fast=fast, progress=not b.quick, sae_streams=sae_streams
+    )
     sync(b.device)
     wall = time.perf_counter() - t0
     peak = peak_gb(b)
@@ -480,6 +492,7 @@ def run_ours(
             {"hook": s.hook, "k": k, "heldout_fvu": f, "fast_step": r.get("fast_step"), "steps": r.get("steps")}
             for s, (_, k), f, r in zip(specs, specs_def, fvus, reports)
         ],
+        "sae_streams": reports[0].get("sae_streams"),
         "epochs": pipe.stats.get("epochs"),
         "pipeline": {
             key: pipe.stats.get(key) for key in ("tokens_per_forward", "compiled", "forwards", "tokens_forwarded")
@@ -502,6 +515,14 @@ def row_ours_3hooks(b: Bench) -> dict[str, Any]:
 
 def row_ours_4saes(b: Bench) -> dict[str, Any]:
     return run_ours(b, "ours_4saes", [(b.hook, k) for k in b.ks4])
+
+
+def row_ours_3hooks_streams(b: Bench) -> dict[str, Any]:
+    return run_ours(b, "ours_3hooks_streams", [(h, b.k) for h in b.hooks3], sae_streams=True)
+
+
+def row_ours_4saes_streams(b: Bench) -> dict[str, Any]:
+    return run_ours(b, "ours_4saes_streams", [(b.hook, k) for k in b.ks4], sae_streams=True)
 
 
 def row_ours_reference(b: Bench) -> dict[str, Any]:

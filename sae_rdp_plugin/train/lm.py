@@ -585,6 +585,36 @@ def _init_b_dec(r: _Run, xs: list[torch.Tensor], ctx: DistContext | None = None)
     sae.b_dec.copy_((acc[:-1] / acc[-1]).to(sae.b_dec.device, sae.b_dec.dtype))
 
 
+def _side_streams(runs: list[_Run], wanted: bool) -> list[Any] | None:
+    """One CUDA stream per SAE when asked for, there are several SAEs and they train on CUDA; else None."""
+    devices = {torch.device(r.cfg.device) for r in runs}
+    if not wanted or len(runs) < 2 or len(devices) != 1:
+        return None
+    dev = devices.pop()
+    if dev.type != "cuda":
+        return None
+    return [torch.cuda.Stream(dev) for _ in runs]
+
+
+def _step_all(runs: list[_Run], batch: Mapping[str, torch.Tensor], side: list[Any] | None) -> None:
+    """One step of every SAE on ``batch``: one after the other, or each on its own stream of ``side`` after
+    the work already queued for the batch (the forward, the shuffle), all joined before returning so that the
+    pipeline may reuse the batch's memory."""
+    if side is None:
+        for r in runs:
+            r.step(batch[r.hook])
+        return
+    cur = torch.cuda.current_stream()
+    for r, st in zip(runs, side):
+        st.wait_stream(cur)
+        x = batch[r.hook]
+        x.record_stream(st)  # allocated on cur, read on st: the allocator must not hand it out before st is done
+        with torch.cuda.stream(st):
+            r.step(x)
+    for st in side:
+        cur.wait_stream(st)
+
+
 def _check_fast_options(fast_options: Mapping[str, Any] | None) -> None:
     """Unknown FastTopKConfig fields (or ones train_saes sets itself) fail before anything runs."""
     from sae_rdp_plugin.fast.step import FastTopKConfig
@@ -705,6 +735,7 @@ def train_saes(
     ctx: DistContext | None = None,
     resume: bool = False,
     fast_options: Mapping[str, Any] | None = None,
+    sae_streams: bool = False,
 ) -> list[dict]:
     """Train every SAE of ``specs`` on one stream of ``{hook: [batch_size, d_in]}`` batches, in lockstep.
 
@@ -713,7 +744,11 @@ def train_saes(
     of weighted SAEs and the activation normalisation come from the same stream (module docstring).
     ``fast`` installs :func:`sae_rdp_plugin.fast.step.install_fast_step` where it applies, with
     ``fast_options`` (fields of :class:`~sae_rdp_plugin.fast.step.FastTopKConfig`, e.g.
-    ``{"aux_compact": "auto"}``) over its defaults. ``heldout``
+    ``{"aux_compact": "off"}``) over its defaults. ``sae_streams`` (CUDA, several SAEs): each SAE steps on a
+    CUDA stream of its own, all of them on the same batch, joined before the next batch, so that the steps of
+    small SAEs overlap on the GPU (the same kernels, so the same results; off by default until a GPU run of
+    benchmarks/e2e measures it; on other devices it changes nothing). Its ``sae_step_s`` then sums overlapping
+    intervals. ``heldout``
     (another stream of the same hooks) gives each SAE's held-out FVU, L0 and dead fraction on
     ``heldout_batches`` batches. ``timer`` (a clock in seconds, e.g. a synchronising perf_counter) times
     each SAE step; without one, CUDA events on CUDA. When ``batches`` has a ``stats`` dict with
@@ -768,10 +803,11 @@ def train_saes(
         fwd0, wait0 = (_forward_seconds(stats) if stream.n else 0.0), stream.wait_s
         loop_t0 = time.perf_counter()
         seen = step = 0
+        side = _side_streams(runs, sae_streams)
         while not runs[0].fit.done:
             b = stream.next("training", rows=rows)
+            _step_all(runs, b, side)
             for r in runs:
-                r.step(b[r.hook])
                 if wandb is not None and r.fit.sparsity_log:
                     wandb.log({f"{r.hook}/{r.name}/{k}": v for k, v in r.fit.sparsity_log.items()}, step=step)
             seen += batch_size
@@ -802,6 +838,7 @@ def train_saes(
             "norm_batches": n_norm,
             "stream_batches": stream.n,
             "n_saes": len(runs),
+            "sae_streams": side is not None,
         }
         if isinstance(stats, Mapping):
             common["stream"] = {k: v for k, v in stats.items() if isinstance(v, (bool, int, float, str))}

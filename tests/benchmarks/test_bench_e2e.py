@@ -21,6 +21,8 @@ ALL_ROWS = [
     "ours_overlap",
     "ours_3hooks",
     "ours_4saes",
+    "ours_3hooks_streams",
+    "ours_4saes_streams",
     "sparsify",
     "saelens_speed",
     "saelens",

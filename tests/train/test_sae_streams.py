@@ -1,0 +1,49 @@
+"""train_saes(sae_streams=True): each SAE steps on a CUDA stream of its own. On the CPU it changes nothing (same
+weights, bit for bit, and the summary says no streams ran); on CUDA (marked gpu) the weights equal those of
+the sequential loop in the fast step's deterministic mode, and the summary says streams ran."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_lm import B, cfg, make_batches
+
+from sae_rdp_plugin.train.lm import SAESpec, train_saes
+
+
+def _train(tmp_path, name: str, streams: bool, device: str = "cpu", **kw) -> tuple[list[dict], list[dict]]:
+    specs = [
+        SAESpec("h.a", cfg("topk", device=device), tmp_path / name / "a"),
+        SAESpec("h.b", cfg("topk", k=3, device=device), tmp_path / name / "b"),
+        SAESpec("h.a", cfg("weighted_topk", gamma_estimation_batches=1, device=device), tmp_path / name / "w"),
+    ]
+    data = [{h: x.to(device) for h, x in b.items()} for b in make_batches(8)]
+    res = train_saes(iter(data), specs, tokens=4 * B, progress=False, sae_streams=streams, **kw)
+    weights = [load_file(str(s.out / "sae_weights.safetensors")) for s in specs]
+    return res, weights
+
+
+def _same(wa: list[dict], wb: list[dict]) -> None:
+    for a, b in zip(wa, wb):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_streams_change_nothing_on_cpu(tmp_path):
+    ra, wa = _train(tmp_path, "seq", False)
+    rb, wb = _train(tmp_path, "streams", True)
+    assert ra[0]["sae_streams"] is False and rb[0]["sae_streams"] is False  # no CUDA: the plain loop ran
+    _same(wa, wb)
+
+
+@pytest.mark.gpu
+def test_streams_on_cuda_give_the_sequential_weights(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    opts = {"deterministic": True}
+    ra, wa = _train(tmp_path, "seq", False, device="cuda", fast_options=opts)
+    rb, wb = _train(tmp_path, "streams", True, device="cuda", fast_options=opts)
+    assert ra[0]["sae_streams"] is False and rb[0]["sae_streams"] is True
+    _same(wa, wb)

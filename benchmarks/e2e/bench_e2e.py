@@ -489,7 +489,14 @@ def run_ours(
         },
         "heldout_fvu": fvus if len(specs) > 1 else fvus[0],
         "saes": [
-            {"hook": s.hook, "k": k, "heldout_fvu": f, "fast_step": r.get("fast_step"), "steps": r.get("steps")}
+            {
+                "hook": s.hook,
+                "k": k,
+                "heldout_fvu": f,
+                "fast_step": r.get("fast_step"),
+                "steps": r.get("steps"),
+                "train_dead_fraction": r.get("train_dead_fraction"),
+            }
             for s, (_, k), f, r in zip(specs, specs_def, fvus, reports)
         ],
         "sae_streams": reports[0].get("sae_streams"),

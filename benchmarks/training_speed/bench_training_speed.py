@@ -722,7 +722,7 @@ def bench_impls(rows, cfg_key, d_in, d_sae, k, B, xs, gamma, dev, args, gemm_rat
             ),
         ]
         # the aux top-k and products over all d_sae columns (aux_compact="off") against the default, which
-        # compacts them to the dead columns (d_sae/4 at a fifth dead, 3/4 at half; 85% dead: all columns)
+        # compacts them to the dead columns (d_sae/4 at a fifth dead, d_sae/2 at half; 85% dead: all columns)
         for dead_frac, dtag in ((0.5, ""), (0.2, "dead0.2"), (0.85, "dead0.85")):
             for compact in ("auto", "off"):
                 tags = ",".join(t for t in ("nocompact" if compact == "off" else "", dtag) if t)

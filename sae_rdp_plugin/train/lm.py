@@ -759,7 +759,8 @@ def train_saes(
     ``gamma.safetensors`` for weighted ones, ``train_summary.json``, ``checkpoints/`` if any). Returns
     one dict per SAE (the contents of its ``train_summary.json``): tokens, steps, seconds,
     tokens_per_s, the time split ``forward_s`` / ``sae_step_s`` (this SAE) / ``sae_steps_s`` (all) /
-    ``other_s`` of the training loop, ``heldout_fvu`` / ``heldout_l0`` / ``heldout_dead_fraction``,
+    ``other_s`` of the training loop, ``train_dead_fraction`` (latents silent for more than
+    ``dead_feature_window`` steps at the end), ``heldout_fvu`` / ``heldout_l0`` / ``heldout_dead_fraction``,
     the stream's own ``stats`` under ``stream`` (the pipeline's epochs, forwards, ...) and ``notes``.
 
     ``ctx`` (world size W > 1): data-parallel over the ranks (module docstring); ``batch_size`` is the
@@ -901,6 +902,9 @@ def _save(r: _Run, held: dict[str, torch.Tensor], common: dict[str, Any], seen: 
         "steps": int(r.trainer.n_training_steps),
         "final_loss": _finite_or_none(r.last_loss),
         "train_l0": _finite_or_none(r.last_l0),
+        # latents that had not fired for dead_feature_window steps at the end: those the aux loss trains (its
+        # cost depends on how many there are: benchmarks/training_speed/aux_compact/)
+        "train_dead_fraction": float(r.trainer.dead_neurons.float().mean()),
         "sae_step_s": round(r.clock.seconds, 4),
         # BatchTopK on the fast step: steps whose per-row candidates could miss a selected latent, redone with the
         # exact dense selection (each costs a dense top-k over the batch)

@@ -38,3 +38,15 @@ def test_bad_fast_options_fail_before_writing(tmp_path, opts, word):
         train_saes(iter(make_batches(4)), [SAESpec("h.a", cfg("topk"), tmp_path / "a")], tokens=2 * B,
                    progress=False, fast_options=opts)
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_train_dead_fraction_in_the_summary(tmp_path, fast):
+    """train_summary's train_dead_fraction: latents silent for more than dead_feature_window steps at the end.
+    Window 1 with k=1 and 64-row batches: at most 2 x 64 of 1024 latents fired in the last two steps, so at
+    least 7/8 are dead; a window longer than the run: none."""
+    short = SAESpec("h.a", cfg("topk", d_sae=1024, k=1, dead_feature_window=1), tmp_path / "short")
+    long = SAESpec("h.a", cfg("topk", d_sae=1024, k=1, dead_feature_window=10**6), tmp_path / "long")
+    res = train_saes(iter(make_batches(8)), [short, long], tokens=6 * B, progress=False, fast=fast)
+    assert 1 - 2 * B / 1024 <= res[0]["train_dead_fraction"] < 1.0
+    assert res[1]["train_dead_fraction"] == 0.0

@@ -1010,17 +1010,22 @@ def table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(path: Path, res: dict[str, Any]) -> None:
+def write_results(path: Path, res: dict[str, Any], copy_to: Path | None = None) -> None:
+    """latest.json and latest.md into ``path`` (and ``copy_to``: a device's $OUT, so that a call cut off at its
+    time limit still brings back the rows done while ``path`` stays for the next call's --resume)."""
     from sae_rdp_plugin.io import atomic_write_json, atomic_write_text
 
     res["summary"] = summary(res["rows"])
-    atomic_write_json(path / "latest.json", _jsonable(res))
-    atomic_write_text(path / "latest.md", table(res) + "\n")
+    for d in (path, copy_to) if copy_to is not None else (path,):
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(d / "latest.json", _jsonable(res))
+        atomic_write_text(d / "latest.md", table(res) + "\n")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", default="out/e2e", help="result folder (latest.json, latest.md)")
+    ap.add_argument("--copy-to", default=None, help="also write latest.json / latest.md here after every row")
     ap.add_argument("--tokens", type=int, default=None, help="training tokens of ours / saelens (default 20M)")
     ap.add_argument("--baseline-tokens", type=int, default=None, help="tokens of sparsify / saelens_speed (2M)")
     ap.add_argument("--heldout-tokens", type=int, default=None, help="held-out tokens for FVU (131072)")
@@ -1073,12 +1078,13 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(b).items() if k not in ("out", "work")},
         "rows": rows,
     }
-    write_results(b.out, res)
+    copy_to = Path(args.copy_to) if args.copy_to else None
+    write_results(b.out, res, copy_to)
     for name in names:
         print(f"=== row {name}", flush=True)
         row = run_row(name, b) if args.in_process else run_row_isolated(name, args)
         res["rows"] = [r for r in res["rows"] if r["row"] != name] + [row]
-        write_results(b.out, res)
+        write_results(b.out, res, copy_to)
         print(
             f"=== row {name}: " + json.dumps({k: row.get(k) for k in ("tokens_per_s", "heldout_fvu", "error")}),
             flush=True,

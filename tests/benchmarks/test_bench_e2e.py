@@ -184,3 +184,15 @@ def test_bench_quick_runs_every_row(tmp_path):
     assert ce["n_saes"] == 2 and all(math.isfinite(v["ce_recovered"]) for v in ce["saes"].values())
     assert "ours_x_saelens" in res["summary"] and "fvu_rel_diff_vs_saelens" in res["summary"]
     assert "| ours |" in (tmp_path / "latest.md").read_text()
+
+
+def test_write_results_copies_to_a_second_folder(bench, tmp_path):
+    """--copy-to: every write also lands in a second folder (a device's $OUT), identical to the first."""
+    res = {"device": "cpu", "date": "2026-12-03 00:00 UTC", "model": "m", "versions": {}, "settings": {},
+           "rows": [_row("ours", "ours", 1.0e6, heldout_fvu=0.1)]}  # fmt: skip
+    bench.write_results(tmp_path / "work", res, tmp_path / "out")
+    for f in ("latest.json", "latest.md"):
+        assert (tmp_path / "work" / f).read_text() == (tmp_path / "out" / f).read_text()
+    assert json.loads((tmp_path / "out" / "latest.json").read_text())["rows"][0]["tokens_per_s"] == 1.0e6
+    bench.write_results(tmp_path / "only", res)  # without a second folder: only the first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["only", "out", "work"]

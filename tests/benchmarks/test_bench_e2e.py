@@ -64,6 +64,29 @@ def test_hooked_transformer_has_the_hf_models_activations(bench):
     assert torch.equal(ref["blocks.3.hook_resid_pre"], ref["blocks.2.hook_resid_post"])
 
 
+def test_hooked_transformer_of_a_model_that_refuses_float(bench):
+    """transformers refuses ``model.float()`` for a model loaded from a GGUF file (it counts as quantized): the
+    conversion must not call it (it did, and SAELens's rows failed on the real weights), and must leave the
+    model's dtype as it was."""
+    from sae_rdp_plugin.lm.models import hf_model
+
+    model, _ = hf_model("tiny-gemma3", n_layers=3, dtype="bfloat16")
+
+    def refuse(*a, **kw):
+        raise ValueError("`.float()` is not supported for quantized model")
+
+    model.float = refuse
+    hooked = bench.hooked_transformer(model, None, "cpu")
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    tokens = torch.randint(4, model.config.vocab_size, (1, 12))
+    tokens[:, 0] = model.config.bos_token_id
+    ref = bench.hook_activations(model, tokens.numpy(), ["blocks.2.hook_resid_post"], "cpu", exclude=[])
+    _, cache = hooked.run_with_cache(tokens, names_filter=lambda n: n == "blocks.2.hook_resid_post")
+    got = cache["blocks.2.hook_resid_post"].reshape(-1, ref["blocks.2.hook_resid_post"].shape[1])
+    want = ref["blocks.2.hook_resid_post"].float()
+    assert ((got - want).norm() / want.norm()).item() < 2e-2  # bf16 model against the fp32 copy
+
+
 def _row(name, impl, tps, **kw):
     return {"row": name, "impl": impl, "tokens_per_s": tps, "tokens": 100, **kw}
 

@@ -4,6 +4,10 @@
   below: the top k of each of 2..64 column blocks, then the top k of the survivors). The two-stage TopK
   was slower than one torch.topk in every case (HISTORY.md), so the fast step does not use it; the
   comparison stays here;
+* the dead-latent aux selection (top k_aux = d_in/2 of the [B, d_sae] pre-activations with the live latents
+  at -inf, half or 85% of the latents dead; :func:`aux_topk_row`): the fast step's masked_fill + torch.topk
+  against the same on float32 and the two-stage TopK (its top k_aux costs about as much as the rest of the
+  step at 85% dead: benchmarks/training_speed/aux_compact/);
 * :func:`sae_rdp_plugin.fast.kernels.hot_rows` with ``unique=False`` (sort-based accumulate) vs ``True``
   (plain scatter) on TopK codes of random pre-activations.
 
@@ -57,6 +61,35 @@ def topk_row(x: torch.Tensor, k: int, iters: int, warmup: int) -> dict:
     return row
 
 
+def aux_topk_row(pre: torch.Tensor, k_aux: int, dead_frac: float, iters: int, warmup: int) -> dict:
+    """The aux selection as the fast step makes it (masked_fill of the live columns with -inf, then
+    torch.topk of k_aux) against the same in float32 and against chunked_topk of the filled rows (checked
+    equal values), in ms; ``fill_ms`` is the masked_fill alone."""
+    n = pre.shape[1]
+    dead = torch.zeros(n, dtype=torch.bool, device=pre.device)
+    dead[torch.randperm(n, device=pre.device)[: int(dead_frac * n)]] = True
+    filled = pre.masked_fill(~dead, -torch.inf)
+    ref_v = filled.topk(k_aux, dim=1).values.sort(dim=1).values
+    row = {"d_sae": n, "k_aux": k_aux, "dead_frac": dead_frac, "dtype": str(pre.dtype).split(".")[-1]}
+    row["fill_ms"] = _time_ms(lambda: pre.masked_fill(~dead, -torch.inf), iters, warmup)
+    row["fill_topk_ms"] = _time_ms(
+        lambda: pre.masked_fill(~dead, -torch.inf).topk(k_aux, dim=1, sorted=False), iters, warmup
+    )
+    f32 = pre.float()
+    row["fill_topk_fp32_ms"] = _time_ms(
+        lambda: f32.masked_fill(~dead, -torch.inf).topk(k_aux, dim=1, sorted=False), iters, warmup
+    )
+    for c in (2, 4, 8, 16, 32):
+        if n % c or n // c < k_aux:
+            continue
+        v, _ = chunked_topk(filled, k_aux, c)
+        assert torch.equal(v.sort(dim=1).values, ref_v), "chunked_topk disagrees with torch.topk"
+        row[f"fill_chunks{c}_ms"] = _time_ms(
+            lambda: chunked_topk(pre.masked_fill(~dead, -torch.inf), k_aux, c), iters, warmup
+        )
+    return row
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
@@ -74,6 +107,7 @@ def main(argv=None) -> int:
             "torch": torch.__version__,
         },
         "topk": [],
+        "aux_topk": [],
         "hot_rows": [],
     }
     B = args.batch
@@ -88,6 +122,16 @@ def main(argv=None) -> int:
             lines.append(
                 f"topk  {n:>6} k{k:<3} {row['dtype']:<8} torch {base:6.3f} ms  best {best[1]} {best[0]:6.3f} ms  "
                 f"({base / best[0]:.2f}x)"
+            )
+        # the aux selection (bf16 pre-activations, as in the bf16 step), k_aux = d_in / 2
+        for dead_frac in (0.5, 0.85):
+            torch.manual_seed(2)
+            row = aux_topk_row(torch.randn(B, n, device=dev).bfloat16(), d_in // 2, dead_frac, args.iters, args.warmup)
+            res["aux_topk"].append(row)
+            best = min((v, kk) for kk, v in row.items() if kk.startswith("fill_chunks"))
+            lines.append(
+                f"aux   {n:>6} k{d_in // 2:<4} dead {dead_frac:.2f}  fill {row['fill_ms']:6.3f}  fill+topk "
+                f"{row['fill_topk_ms']:6.3f}  fp32 {row['fill_topk_fp32_ms']:6.3f}  best {best[1]} {best[0]:6.3f} ms"
             )
         # hot rows on TopK codes (bf16 sources, as in the bf16 step)
         torch.manual_seed(1)

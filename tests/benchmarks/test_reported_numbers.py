@@ -162,6 +162,11 @@ def test_real_weight_run_numbers_quoted():
     row = next(line for line in lines if "sae-rdp train --model`, end to" in line)
     for q in (f"{ours['tokens_per_s']:,.0f} tokens/s", f"{d['summary']['ours_x_sparsify']:.1f}x sparsify", f"{ce:.3f}"):
         assert q in row, q
+    over_x = f"{d['summary']['overlap_x_ours']:.3f}x"
+    for doc in ("docs/models.md", "docs/limitations.md"):
+        assert over_x in " ".join((ROOT / doc).read_text().split()), (doc, over_x)
+    limits = " ".join((ROOT / "docs/limitations.md").read_text().split())
+    assert f"{d['summary']['ours_x_sparsify']:.1f}x sparsify" in limits
 
 
 def test_aux_compact_numbers_quoted():

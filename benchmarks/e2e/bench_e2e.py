@@ -181,13 +181,24 @@ def make_tokens(n_rows: int, context: int, vocab: int, bos: int | None, seed: in
     return t
 
 
+def cut_rows(rows: np.ndarray, context: int) -> np.ndarray:
+    """Token rows longer than ``context`` cut into consecutive rows of ``context`` tokens (each row's tail
+    shorter than ``context`` dropped); shorter rows unchanged."""
+    if rows.shape[1] <= context:
+        return rows
+    n = rows.shape[1] // context * context
+    return rows[:, :n].reshape(-1, context)
+
+
 def token_rows(b: Bench, model: Any, bos: int | None, tokens: int) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, held-out rows). Train rows hold ``tokens`` non-BOS tokens with a 25% margin (shuffle
-    buffer, warm-up); a corpus gives what it has (the pipeline reports epochs > 1)."""
+    buffer, warm-up); a corpus gives what it has (the pipeline reports epochs > 1), its rows cut into rows of
+    ``context`` tokens when longer (as SAELens's rows are cut: both train, and are evaluated, on the same rows)."""
     if b.corpus:
         from sae_rdp_plugin.lm.corpus import load_tokens
 
-        return load_tokens(b.corpus, "train"), load_tokens(b.corpus, "heldout")
+        train, held = load_tokens(b.corpus, "train"), load_tokens(b.corpus, "heldout")
+        return cut_rows(train, b.context), cut_rows(held, b.context)
     vocab = int(model.config.vocab_size)
     n_rows = math.ceil(1.25 * tokens / (b.context - 1)) + 8
     n_held = max(1, b.heldout_tokens // b.context)
@@ -596,7 +607,7 @@ def _run_saelens(b: Bench, name: str, tokens: int) -> dict[str, Any]:
     bos, pad = special_ids(model, tok)
     train, held = token_rows(b, model, bos, tokens)
     ctx = b.saelens_context
-    rows = train[:, : train.shape[1] // ctx * ctx].reshape(-1, ctx)
+    rows = cut_rows(train, ctx)
     ds = Dataset.from_dict({"tokens": rows})
     hooked = hooked_transformer(model, tok, b.device)
     cfg = train_cfg(b, int(model.config.hidden_size), k=b.k, tokens=tokens)

@@ -219,3 +219,21 @@ def test_write_results_copies_to_a_second_folder(bench, tmp_path):
     assert json.loads((tmp_path / "out" / "latest.json").read_text())["rows"][0]["tokens_per_s"] == 1.0e6
     bench.write_results(tmp_path / "only", res)  # without a second folder: only the first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["only", "out", "work"]
+
+
+def test_corpus_rows_are_cut_to_the_context(bench, monkeypatch):
+    """--corpus rows (1024 tokens) are cut into rows of --context for ours and the held-out rows, the same rows
+    SAELens's runner gets (the 2026-12-03 real-weight run trained ours on rows of 1024 while --context said 128)."""
+    import numpy as np
+
+    import sae_rdp_plugin.lm.corpus as corpus
+
+    train = np.arange(3 * 1030, dtype=np.int32).reshape(3, 1030)
+    held = np.arange(2 * 1030, dtype=np.int32).reshape(2, 1030) + 10**6
+    monkeypatch.setattr(corpus, "load_tokens", lambda path, split: train if split == "train" else held)
+    b = bench.make_bench(bench.parse_args(["--quick", "--corpus", "x", "--context", "128", "--work", "w"]))
+    t, h = bench.token_rows(b, None, 2, 1000)
+    assert t.shape == (3 * 8, 128) and h.shape == (2 * 8, 128)
+    assert np.array_equal(t[:8].reshape(-1), train[0, :1024]) and np.array_equal(t[8], train[1, :128])
+    assert np.array_equal(h[9], held[1, 128:256])
+    assert bench.cut_rows(train, 2000) is train  # rows not longer than the context stay as they are

@@ -8,6 +8,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _flat(rel: str, after: str | None = None) -> str:
+    """A doc's text with every run of whitespace one space (lines wrap anywhere in a quoted number's phrase);
+    ``after``: only from that heading or phrase on."""
+    text = " ".join((ROOT / rel).read_text().split())
+    return text[text.index(after) :] if after else text
+
+
+def _assert_quoted(quoted: list[str], text: str) -> None:
+    missing = [q for q in quoted if q not in text]
+    assert not missing, missing
+
+
+def _step_ms(rel: str) -> dict[tuple[str, str], float]:
+    """{(config, impl): median ms} of a bench_training_speed.py result file."""
+    return {(x["config"], x["impl"]): x["median_ms"] for x in json.loads((ROOT / rel).read_text())["rows"]}
+
+
 def _e2e() -> tuple[dict, dict]:
     d = json.loads((ROOT / "benchmarks/e2e/latest.json").read_text())
     return d, {r["row"]: r for r in d["rows"]}
@@ -15,8 +32,7 @@ def _e2e() -> tuple[dict, dict]:
 
 def test_e2e_readme_quotes_latest_json():
     d, r = _e2e()
-    text = (ROOT / "benchmarks/e2e/README.md").read_text()
-    latest = " ".join(text[text.index("## Latest result") :].split())  # lines wrap
+    latest = _flat("benchmarks/e2e/README.md", after="## Latest result")
     ours, sl = r["ours"], r["saelens"]
     quoted = [
         d["date"],
@@ -31,8 +47,7 @@ def test_e2e_readme_quotes_latest_json():
         f"{r['sparsify']['tokens_per_s']:,.0f} tokens/s",
         f"{r['ours_3hooks']['tokens_per_s']:,.0f} input tokens/s",
     ]
-    missing = [q for q in quoted if q not in latest]
-    assert not missing, missing
+    _assert_quoted(quoted, latest)
 
 
 def test_top_readme_row_quotes_latest_json():
@@ -50,9 +65,8 @@ def test_top_readme_row_quotes_latest_json():
 
 
 def test_aux_graph_numbers_quoted():
-    rows = json.loads((ROOT / "benchmarks/training_speed/aux_graph/training_speed.json").read_text())["rows"]
-    ms = {(x["config"], x["impl"]): x["median_ms"] for x in rows}
-    text = " ".join((ROOT / "benchmarks/training_speed/README.md").read_text().split())  # lines wrap
+    ms = _step_ms("benchmarks/training_speed/aux_graph/training_speed.json")
+    text = _flat("benchmarks/training_speed/README.md")
     small, large = "640x16384_k32", "2304x65536_k64"
     sl, fast, via = "saelens_weighted_topk+aux", "fast_weighted_topk+aux", "fast_weighted_topk+aux[SAETrainer]"
     quoted = [
@@ -61,8 +75,7 @@ def test_aux_graph_numbers_quoted():
         f"{ms[large, sl]:.2f} / {ms[large, fast]:.2f} ({ms[large, sl] / ms[large, fast]:.2f}x)"
         f" / {ms[large, via]:.2f} ms",
     ]
-    missing = [q for q in quoted if q not in text]
-    assert not missing, missing
+    _assert_quoted(quoted, text)
 
 
 def test_top_readme_table2_row_quotes_table2_json():
@@ -141,38 +154,34 @@ def test_real_weight_run_numbers_quoted():
     d = json.loads(run.read_text())
     r = {x["row"]: x for x in d["rows"]}
     ours, over, sp = r["ours"], r["ours_overlap"], r["sparsify"]
-    text = (ROOT / "benchmarks/e2e/README.md").read_text()
-    section = " ".join(text[text.index("## Runs of 2026-12-03") :].split())
+    section = _flat("benchmarks/e2e/README.md", after="## Runs of 2026-12-03")
     ce = d["summary"]["ce_recovered"]["ours:blocks.6.hook_resid_post-k32"]
     quoted = [
         f"ours {ours['tokens_per_s']:,.0f} tokens/s",
         f"forward only {r['forward_only']['tokens_per_s']:,.0f}",
         f"step only {r['step_only']['tokens_per_s']:,.0f}",
         f"{d['summary']['ours_time_over_forward_plus_step']:.3f}x the sum",
-        f"({over['tokens_per_s']:,.0f} ({d['summary']['overlap_x_ours']:.3f}x ours"[1:],
+        f"{over['tokens_per_s']:,.0f} ({d['summary']['overlap_x_ours']:.3f}x ours",
         f"{sp['tokens_per_s']:,.0f} tokens/s; ours is {d['summary']['ours_x_sparsify']:.1f}x",
         f"ours FVU {ours['heldout_fvu']:.4f}",
         f"sparsify at 2M tokens {sp['heldout_fvu']:.4f}",
         f"whole model: {ce:.3f}",
     ]
     assert "error" in r["saelens"] and "error" in r["saelens_speed"]  # the text says they failed
-    missing = [q for q in quoted if q not in section]
-    assert not missing, missing
+    _assert_quoted(quoted, section)
     lines = (ROOT / "README.md").read_text().splitlines()
     row = next(line for line in lines if "sae-rdp train --model`, end to" in line)
     for q in (f"{ours['tokens_per_s']:,.0f} tokens/s", f"{d['summary']['ours_x_sparsify']:.1f}x sparsify", f"{ce:.3f}"):
         assert q in row, q
     over_x = f"{d['summary']['overlap_x_ours']:.3f}x"
     for doc in ("docs/models.md", "docs/limitations.md"):
-        assert over_x in " ".join((ROOT / doc).read_text().split()), (doc, over_x)
-    limits = " ".join((ROOT / "docs/limitations.md").read_text().split())
-    assert f"{d['summary']['ours_x_sparsify']:.1f}x sparsify" in limits
+        assert over_x in _flat(doc), (doc, over_x)
+    assert f"{d['summary']['ours_x_sparsify']:.1f}x sparsify" in _flat("docs/limitations.md")
 
 
 def test_aux_compact_numbers_quoted():
-    rows = json.loads((ROOT / "benchmarks/training_speed/aux_compact/training_speed.json").read_text())["rows"]
-    ms = {(x["config"], x["impl"]): x["median_ms"] for x in rows}
-    text = " ".join((ROOT / "benchmarks/training_speed/README.md").read_text().split())
+    ms = _step_ms("benchmarks/training_speed/aux_compact/training_speed.json")
+    text = _flat("benchmarks/training_speed/README.md")
     small, large = "640x16384_k32", "2304x65536_k64"
     sl, full, comp = "saelens_weighted_topk+aux", "fast_weighted_topk+aux", "fast_weighted_topk+aux[compact]"
     f2, c2 = "fast_weighted_topk+aux[dead0.2]", "fast_weighted_topk+aux[compact,dead0.2]"
@@ -191,9 +200,8 @@ def test_aux_compact_numbers_quoted():
         f"{ms[small, st]:.2f} vs {ms[small, seq]:.2f} ms one after the other ({ms[small, seq] / ms[small, st]:.2f}x)",
         f"{ms[large, st]:.2f} vs {ms[large, seq]:.2f} ms ({ms[large, seq] / ms[large, st]:.2f}x)",
     ]
-    missing = [q for q in quoted if q not in text]
-    assert not missing, missing
-    fast_doc = " ".join((ROOT / "docs/fast_training.md").read_text().split())
+    _assert_quoted(quoted, text)
+    fast_doc = _flat("docs/fast_training.md")
     for q in (
         f"{ms[small, full] / ms[small, comp]:.2f}x faster with half the latents dead and "
         f"{ms[small, f2] / ms[small, c2]:.2f}x with a fifth",
@@ -210,8 +218,7 @@ def test_random_init_rerun_numbers_quoted_from_its_log():
         if line.startswith("=== row ") and ": {" in line:
             name, payload = line[len("=== row ") :].split(": ", 1)
             r[name] = json.loads(payload)
-    text = (ROOT / "benchmarks/e2e/README.md").read_text()
-    section = " ".join(text[text.index("**Random init**") :].split())
+    section = _flat("benchmarks/e2e/README.md", after="**Random init**")
     ours, sl, opt = r["ours"], r["saelens_speed"], r["ours_opt"]
     quoted = [
         f"step only {r['step_only']['tokens_per_s']:,.0f} tokens/s",
@@ -220,5 +227,4 @@ def test_random_init_rerun_numbers_quoted_from_its_log():
         f"ours is {ours['tokens_per_s'] / sl['tokens_per_s']:.1f}x that row",
         f"ran at {opt['tokens_per_s']:,.0f} ({opt['tokens_per_s'] / ours['tokens_per_s']:.2f}x ours",
     ]
-    missing = [q for q in quoted if q not in section]
-    assert not missing, missing
+    _assert_quoted(quoted, section)

@@ -1027,10 +1027,11 @@ def write_results(path: Path, res: dict[str, Any], copy_to: Path | None = None) 
     from sae_rdp_plugin.io import atomic_write_json, atomic_write_text
 
     res["summary"] = summary(res["rows"])
+    data, text = _jsonable(res), table(res) + "\n"
     for d in (path, copy_to) if copy_to is not None else (path,):
         d.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(d / "latest.json", _jsonable(res))
-        atomic_write_text(d / "latest.md", table(res) + "\n")
+        atomic_write_json(d / "latest.json", data)
+        atomic_write_text(d / "latest.md", text)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

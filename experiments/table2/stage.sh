@@ -23,8 +23,11 @@ install_wheels() {
   "$PY" -m pip install -q --no-deps --no-index --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHL"/*.whl
   "$PY" -c "import sae_lens, transformer_lens, datasets, gguf, sae_bench.evals.core.main; print('wheels ok')"
 }
-join_gguf() {  # the put calls leave the GGUF in pieces: join them once, checked against the packed sha256
+need_staged() {
   [ -f "$WORK/GGUF" ] || { echo "error: $WORK/GGUF missing: redo the put calls back to back"; exit 3; }
+}
+join_gguf() {  # the put calls leave the GGUF in pieces: join them once, checked against the packed sha256
+  need_staged
   read -r NAME SHA < "$WORK/GGUF"
   if [ ! -f "$WORK/$NAME" ]; then
     cat "$WORK/$NAME".piece* > "$WORK/$NAME.tmp"
@@ -51,7 +54,7 @@ join)
   ;;
 run)
   STAGE=${2:?usage: stage.sh run STAGE [ARGS]}
-  [ -f "$WORK/GGUF" ] || { echo "error: $WORK/GGUF missing: redo the put calls back to back"; exit 3; }
+  need_staged  # before the wheels: staging is what a fresh machine lacks first
   # a refused `wheels` call does not stop the calls after it: install them here when they came with this call,
   # else say so at once instead of failing in the model load
   if ! "$PY" -c "import sae_lens, gguf, sae_bench" 2>/dev/null; then

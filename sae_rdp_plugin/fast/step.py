@@ -76,6 +76,12 @@ __all__ = ["FastTopKConfig", "FastTopKTrainer", "fast_architecture_of", "FAST_AR
 
 #: training architectures the fast step implements -> ("topk" | "batchtopk"), from sae_rdp_plugin.architectures
 FAST_ARCHITECTURES: dict[str, str] = {name: ARCHITECTURES[name].stock for name in FAST_NAMES}
+#: FastTopKConfig fields that FastTopKTrainer.from_training_sae sets from the SAE and its trainer's config (the
+#: other fields are options a caller may override)
+FIELDS_FROM_SAE = frozenset(
+    {"d_in", "d_sae", "k", "kind", "rescale_acts_by_decoder_norm", "apply_b_dec_to_input", "aux_loss_coefficient"}
+    | {"topk_threshold_lr", "dead_feature_window", "lr", "adam_beta1", "adam_beta2", "bf16"}
+)
 
 _EB_SUM = 0  # embedding_bag mode "sum"
 

@@ -617,12 +617,9 @@ def _step_all(runs: list[_Run], batch: Mapping[str, torch.Tensor], side: list[An
 
 def _check_fast_options(fast_options: Mapping[str, Any] | None) -> None:
     """Unknown FastTopKConfig fields (or ones train_saes sets itself) fail before anything runs."""
-    from sae_rdp_plugin.fast.step import FastTopKConfig
+    from sae_rdp_plugin.fast.step import FIELDS_FROM_SAE, FastTopKConfig
 
-    # set from the SAE's and its trainer's configs (FastTopKTrainer.from_training_sae, install_fast_step)
-    own = {"d_in", "d_sae", "k", "kind", "rescale_acts_by_decoder_norm", "apply_b_dec_to_input", "aux_loss_coefficient"}
-    own |= {"topk_threshold_lr", "dead_feature_window", "lr", "adam_beta1", "adam_beta2", "bf16"}
-    allowed = {f.name for f in dataclasses.fields(FastTopKConfig)} - own
+    allowed = {f.name for f in dataclasses.fields(FastTopKConfig)} - FIELDS_FROM_SAE
     bad = sorted(set(fast_options or {}) - allowed)
     if bad:
         raise SaeRdpError(f"fast_options: unknown fast-step option(s) {bad} (FastTopKConfig fields: {sorted(allowed)})")

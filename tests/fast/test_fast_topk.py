@@ -398,3 +398,26 @@ def test_deterministic_mode_bit_identical_runs_on_cuda():
     c = _deterministic_run("cuda", False, 200, bf16=True)
     d = _deterministic_run("cuda", False, 200, bf16=True)
     print(f"default mode: max |diff| between two runs {float((c - d).abs().max()):.3g}")
+
+
+def test_fields_from_sae_are_exactly_the_ones_install_fast_step_sets():
+    """FIELDS_FROM_SAE (train_saes refuses them in fast_options) names the FastTopKConfig fields that
+    install_fast_step / from_training_sae set from the SAE's and its trainer's configs: each as an override
+    collides with that argument; every other field is accepted as an override and lands in the config."""
+    import dataclasses
+
+    from sae_rdp_plugin.fast.step import FIELDS_FROM_SAE, FastTopKConfig
+
+    def trainer():
+        sae = _make("topk", False, "float32")
+        tcfg = SAETrainerConfig(total_training_samples=8, train_batch_size_samples=4, lr_end=3e-4)
+        return SAETrainer(tcfg, sae, _Provider([torch.randn(4, D_IN)]))
+
+    defaults = FastTopKConfig(d_in=4, d_sae=8, k=2)
+    for f in dataclasses.fields(FastTopKConfig):
+        value = getattr(defaults, f.name)
+        if f.name in FIELDS_FROM_SAE:
+            with pytest.raises(TypeError, match=f.name):
+                install_fast_step(trainer(), **{f.name: value})
+        else:
+            assert getattr(install_fast_step(trainer(), **{f.name: value}).cfg, f.name) == value, f.name

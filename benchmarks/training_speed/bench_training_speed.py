@@ -486,7 +486,25 @@ def main(argv=None) -> int:
         default=None,
         help="tune_fast_kernels.py JSON: use its best Triton block sizes (at the largest config)",
     )
+    ap.add_argument(
+        "--table-from",
+        default=None,
+        metavar="JSON",
+        help="measure nothing: write training_speed.md into --out from a training_speed.json (a run cut off "
+        "before its table)",
+    )
     args = ap.parse_args(argv)
+    if args.table_from:
+        src = Path(args.table_from)
+        try:
+            RESULTS.update(json.loads(src.read_text()))
+            text = markdown()
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"error: --table-from {src}: not a readable training_speed.json ({type(e).__name__}: {e})")
+            return 2
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "training_speed.md").write_text(text)
+        return 0
     if args.blocks_json:
         from sae_rdp_plugin.fast import kernels as fk
 

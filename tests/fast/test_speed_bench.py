@@ -43,3 +43,25 @@ def test_bench_quick_runs(tmp_path):
     chk = next(iter(res["checks"].values()))
     assert chk["rel_err_grad_W_enc_fp32"] < 1e-5  # fast vs SAELens autograd, float32
     assert (tmp_path / "training_speed.md").exists()
+
+
+def test_table_from_a_cut_off_run(tmp_path):
+    """--table-from: the table of a committed run whose call stopped before writing it (every row of its JSON
+    in the table, nothing measured); an unreadable file is one error line, exit 2, nothing written."""
+    root = Path(__file__).resolve().parents[2]
+    script = root / "benchmarks" / "training_speed" / "bench_training_speed.py"
+    src = root / "benchmarks" / "training_speed" / "aux_compact" / "training_speed.json"
+    subprocess.run([sys.executable, str(script), "--table-from", str(src), "--out", str(tmp_path)], check=True)
+    md = (tmp_path / "training_speed.md").read_text()
+    rows = json.loads(src.read_text())["rows"]
+    for r in rows:
+        assert f"| {r['config']} | {r['precision']} | {r['impl']} | {r['median_ms']:.2f} |" in md, r["impl"]
+    assert md == (src.parent / "training_speed.md").read_text()  # the committed table is this one
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    p = subprocess.run(
+        [sys.executable, str(script), "--table-from", str(bad), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert p.returncode == 2 and p.stdout.startswith("error: --table-from") and p.stdout.count("\n") == 1
+    assert not (tmp_path / "o").exists()

@@ -275,6 +275,25 @@ def checkpoint_count(fam_saes: list[dict]) -> int:
     return n
 
 
+def pick_todo(
+    fams: dict[str, list[dict]], out: Path, widths: list[int] | None, max_saes: int | None
+) -> tuple[list[str], list[str]]:
+    """(to train this call, trained before) among a stage's families (final SAE + its checkpoints): those
+    without a train summary under ``out`` are to train, in plan order, only those of ``widths`` (None: all),
+    at most ``max_saes`` of them; the rest are left for a later call. Exit 2 if ``widths`` names none of them."""
+    if widths is not None:
+        have = sorted({m[0]["width"] for m in fams.values()})
+        if not set(widths) & set(have):
+            fail(f"--widths {widths}: the stage has no SAEs of those widths (its widths: {have})")
+    todo, done = [], []
+    for fam, members in fams.items():
+        if (sae_dir(out, fam) / "train_summary.json").is_file():
+            done.append(fam)
+        elif widths is None or members[0]["width"] in widths:
+            todo.append(fam)
+    return (todo if max_saes is None else todo[:max_saes]), done
+
+
 def trained_saes(out: Path, fams: dict[str, list[dict]]) -> list[tuple[dict, Path, str]]:
     """(plan SAE, folder, step) of every SAE trained so far: each trained family's checkpoints (step = the
     checkpoint's training tokens), then its final SAE (step ``final``)."""
@@ -639,6 +658,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--max-saes", type=int, default=None, help="train at most N final SAEs (E-*: evaluate N new SAEs) this call"
     )
+    ap.add_argument(
+        "--widths", type=int, nargs="+", default=None, help="T-*, W-*: train only SAEs of these widths this call"
+    )
     ap.add_argument("--tokens-scale", type=float, default=1.0, help="multiply every SAE's tokens (smoke runs)")
     ap.add_argument("--group-size", type=int, default=10, help="SAEs per lockstep activation stream")
     ap.add_argument("--batch-size", type=int, default=None, help="default: the recipe's batch_size_tokens")
@@ -706,6 +728,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         v = getattr(args, name)
         if v is not None and v < 1:
             fail(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if args.widths is not None and not args.stage.startswith(("T-", "W-")):
+        fail(f"--widths selects SAEs to train: T-* and W-* stages only, got {args.stage}")
+    if args.widths is not None and min(args.widths) < 1:
+        fail(f"--widths must be >= 1, got {args.widths}")
     if not args.tokens_scale > 0:
         fail(f"--tokens-scale must be > 0, got {args.tokens_scale}")
     if not args.time_budget > 0:
@@ -758,11 +784,7 @@ def main(argv: list[str] | None = None) -> int:
     fams: dict[str, list[dict]] = {}
     for s in saes:
         fams.setdefault(family(s), []).append(s)
-    todo, done = [], []
-    for fam, members in fams.items():
-        (done if (sae_dir(args.out, fam) / "train_summary.json").is_file() else todo).append(fam)
-    if args.max_saes is not None:
-        todo = todo[: args.max_saes]
+    todo, done = pick_todo(fams, args.out, args.widths, args.max_saes)
 
     import torch
 

@@ -106,6 +106,9 @@ def test_top_readme_table2_row_quotes_table2_json():
         f"({s['n_pairs']} dominated pairs; the {len(ce)} trained recover a median {median:.2f} of the CE loss",
     ):
         assert q in line, q
+    j = row("jumprelu")
+    words = {5: "five"}
+    assert j["n_pairs"] == 0 and f"the {words[j['n_saes']]} 4k JumpReLU SAEs, which form no dominated pair" in line
 
 
 def test_recipe_calibration_drift_is_the_reported_median():

@@ -231,6 +231,9 @@ def test_bad_inputs_exit_2_before_writing(rs, tmp_path, capsys):
         (["--stage", "T-tiny", "--corpus", str(tmp_path)], "neither a corpus folder"),
         (["--stage", "C-gemma3-270m-9-topk"], "no calibration stage"),
         (["--stage", "T-tiny", "--random-init"], "--random-init trains only"),
+        (["--stage", "T-tiny", "--widths", "64"], "no SAEs of those widths (its widths: [128])"),
+        (["--stage", "T-tiny", "--widths", "0"], "--widths must be >= 1"),
+        (["--stage", "E-tiny", "--widths", "128"], "T-* and W-* stages only"),
         (["--stage", "C-gemma3-270m-9-standard", "--model-path", "m.gguf", "--n-layers", "10"], "add --no-eval"),
     ]
     for extra, msg in cases:
@@ -240,6 +243,19 @@ def test_bad_inputs_exit_2_before_writing(rs, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert e.value.code == 2 and err.startswith("error: ") and msg in err and "\n" not in err, err
     assert not out.exists()
+
+
+def test_pick_todo_by_width_and_count(rs, tmp_path):
+    """--widths trains only SAEs of those widths (plan order), --max-saes caps them, trained ones are skipped:
+    a fresh machine retrains the first widths' SAEs unless told which (as 2026-12-03's JumpReLU call did)."""
+    fams = {f"f{i}": [{"width": w}] for i, w in enumerate([4, 4, 16, 16, 16])}
+    done_dir = rs.sae_dir(tmp_path, "f2")
+    done_dir.mkdir(parents=True)
+    (done_dir / "train_summary.json").write_text("{}")
+    assert rs.pick_todo(fams, tmp_path, None, None) == (["f0", "f1", "f3", "f4"], ["f2"])
+    assert rs.pick_todo(fams, tmp_path, [16], None) == (["f3", "f4"], ["f2"])
+    assert rs.pick_todo(fams, tmp_path, [16, 4], 3) == (["f0", "f1", "f3"], ["f2"])
+    assert rs.pick_todo(fams, tmp_path, None, 1) == (["f0"], ["f2"])
 
 
 def _interp_ref(pts, t):

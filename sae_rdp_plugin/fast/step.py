@@ -397,6 +397,11 @@ class FastTopKTrainer:
         self._graph_eager_steps = 0
         self._graph_aux_widths: set[int] = set()  # aux widths that have run eagerly (warm) in _graph_step
         self._graph_failed: str | None = None
+        # a capture stream per graph ({with_aux: stream}): PyTorch keys the cuBLAS workspace a graph bakes in by
+        # its capture stream, so graphs captured on one stream (torch.cuda.graph's default) share it. Replayed
+        # concurrently (train_saes(sae_streams=True): several SAEs on their own streams) they race on it, and
+        # freeing one graph can free the workspace of the others (pytorch/pytorch#193402)
+        self._capture_streams: dict[bool, Any] = {}
         from sae_rdp_plugin.fast import kernels as fast_kernels
 
         if cfg.kernels == "triton" and not fast_kernels.available(dev):
@@ -718,7 +723,10 @@ class FastTopKTrainer:
         static_dead = dead.clone() if aux else None
         g = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(g):
+            if aux not in self._capture_streams:
+                self._capture_streams[aux] = torch.cuda.Stream(self.device)
+            stream = self._capture_streams[aux]
+            with torch.cuda.graph(g, stream=stream):
                 out, sp, vals_s = self._device_step(static_x, static_dead, n_pad)
         except Exception as e:  # noqa: BLE001  (capture unsupported here: stay eager from now on)
             self._graph_failed = f"{type(e).__name__}: {e}"[:300]

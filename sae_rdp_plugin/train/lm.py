@@ -743,14 +743,16 @@ def train_saes(
     ``fast_options`` (fields of :class:`~sae_rdp_plugin.fast.step.FastTopKConfig`, e.g.
     ``{"aux_compact": "off"}``) over its defaults. ``sae_streams`` (CUDA, several SAEs): each SAE steps on a
     CUDA stream of its own, all of them on the same batch, joined before the next batch, so that the steps of
-    small SAEs overlap on the GPU (the same kernels, so the same results; off by default until a GPU run of
-    benchmarks/e2e measures it; on other devices it changes nothing). Its ``sae_step_s`` then sums overlapping
-    intervals. ``heldout``
-    (another stream of the same hooks) gives each SAE's held-out FVU, L0 and dead fraction on
-    ``heldout_batches`` batches. ``timer`` (a clock in seconds, e.g. a synchronising perf_counter) times
-    each SAE step; without one, CUDA events on CUDA. When ``batches`` has a ``stats`` dict with
-    ``forward_seconds`` (an :class:`~sae_rdp_plugin.lm.pipeline.ActivationPipeline`), that is the forward
-    time; otherwise the time spent waiting for the next batch.
+    small SAEs overlap on the GPU (the same kernels, so the same results; on other devices it changes nothing).
+    Off by default: its first GPU run (benchmarks/e2e, four SAEs) hit a NaN loss at step 4, which graphs
+    captured on one shared stream explain (they share a cuBLAS workspace; each graph now has its own capture
+    stream), but no GPU run has checked the fix yet (tests/train/test_sae_streams.py, marked gpu). Its
+    ``sae_step_s`` then sums overlapping intervals. ``heldout`` (another stream of the same hooks) gives each
+    SAE's held-out FVU, L0 and dead fraction on ``heldout_batches`` batches. ``timer`` (a clock in seconds,
+    e.g. a synchronising perf_counter) times each SAE step; without one, CUDA events on CUDA. When
+    ``batches`` has a ``stats`` dict with ``forward_seconds`` (an
+    :class:`~sae_rdp_plugin.lm.pipeline.ActivationPipeline`), that is the forward time; otherwise the time
+    spent waiting for the next batch.
 
     Each SAE is saved stock-loadable in ``spec.out`` (``cfg.json``, ``sae_weights.safetensors``,
     ``gamma.safetensors`` for weighted ones, ``train_summary.json``, ``checkpoints/`` if any). Returns

@@ -172,14 +172,10 @@ def test_real_weight_run_numbers_quoted():
     ]
     assert "error" in r["saelens"] and "error" in r["saelens_speed"]  # the text says they failed
     _assert_quoted(quoted, section)
-    lines = (ROOT / "README.md").read_text().splitlines()
-    row = next(line for line in lines if "sae-rdp train --model`, end to" in line)
-    for q in (f"{ours['tokens_per_s']:,.0f} tokens/s", f"{d['summary']['ours_x_sparsify']:.1f}x sparsify", f"{ce:.3f}"):
-        assert q in row, q
     over_x = f"{d['summary']['overlap_x_ours']:.3f}x"
     for doc in ("docs/models.md", "docs/limitations.md"):
         assert over_x in _flat(doc), (doc, over_x)
-    assert f"{d['summary']['ours_x_sparsify']:.1f}x sparsify" in _flat("docs/limitations.md")
+    assert f"({d['summary']['ours_x_sparsify']:.1f}x in an earlier run on rows of 1024" in _flat("docs/limitations.md")
 
 
 def test_aux_compact_numbers_quoted():
@@ -231,3 +227,84 @@ def test_random_init_rerun_numbers_quoted_from_its_log():
         f"ran at {opt['tokens_per_s']:,.0f} ({opt['tokens_per_s'] / ours['tokens_per_s']:.2f}x ours",
     ]
     _assert_quoted(quoted, section)
+
+
+def test_real_weight_ctx128_run_numbers_quoted():
+    d = json.loads((ROOT / "benchmarks/e2e/runs/2026-12-03-real-weights-ctx128/latest.json").read_text())
+    r = {x["row"]: x for x in d["rows"]}
+    ours, sp, sl, ce = r["ours"], r["sparsify"], r["saelens_speed"], r["ce_recovered"]
+    s = d["summary"]
+    rec = s["ce_recovered"]["ours:blocks.6.hook_resid_post-k32"]
+    (sae,) = ours["saes"]
+    outside = [x["row_s"] - x["wall_s"] for x in d["rows"] if x.get("wall_s")]
+    section = _flat("benchmarks/e2e/README.md", after="## Real weights at context 128")
+    quoted = [
+        f"ours {ours['tokens_per_s']:,.0f} tokens/s; forward only {r['forward_only']['tokens_per_s']:,.0f}; "
+        f"step only {r['step_only']['tokens_per_s']:,.0f}; ours' time per token "
+        f"{s['ours_time_over_forward_plus_step']:.3f}x the sum",
+        f"end of training {sae['train_dead_fraction']:.3f}",
+        f"SAELens's runner (2M tokens) {sl['tokens_per_s']:,.0f} tokens/s: ours is {s['ours_x_saelens']:.2f}x",
+        f"sparsify (2M tokens, its own rows) {sp['tokens_per_s']:,.0f}: ours is {s['ours_x_sparsify']:.2f}x",
+        f"the step-only rate, {r['step_only']['tokens_per_s'] / sl['tokens_per_s']:.1f}x this SAELens row",
+        f"ours {ours['heldout_fvu']:.4f} (rows of 128); SAELens's 2M-token SAE {sl['heldout_fvu']:.3f}",
+        f"sparsify's {sp['heldout_fvu']:.4f}",
+        f"rows of 128: {rec:.3f} (clean {ce['ce_clean']:.3f}, zero-ablated {ce['ce_zero_ablation']:.3f}, with the SAE "
+        f"{ce['saes']['ours:blocks.6.hook_resid_post-k32']['ce']:.3f})",
+        f"spends {min(outside):.0f}-{max(outside):.0f} s outside it",
+    ]
+    _assert_quoted(quoted, section)
+    assert d["settings"]["context"] == 128 and sp["settings"]["context"] == 1024
+    assert "saelens" not in r  # the text says the 20M-token row did not finish
+    old = json.loads((ROOT / "benchmarks/e2e/runs/2026-12-03-real-weights/latest.json").read_text())
+    assert f"({next(x for x in old['rows'] if x['row'] == 'ours')['heldout_fvu']:.4f}, trained" in section
+    row = next(x for x in (ROOT / "README.md").read_text().splitlines() if "sae-rdp train --model`, end to" in x)
+    for q in (
+        f"{ours['tokens_per_s']:,.0f} tokens/s, {s['ours_x_saelens']:.1f}x SAELens's runner",
+        f"{s['ours_x_sparsify']:.1f}x sparsify, CE loss recovered {rec:.3f}",
+    ):
+        assert q in row, q
+    lim = _flat("docs/limitations.md")
+    assert f"{s['ours_x_saelens']:.1f}x SAELens's runner (its 2M-token row) and {s['ours_x_sparsify']:.1f}x" in lim
+
+    f = json.loads((ROOT / "benchmarks/e2e/runs/2026-12-03-real-weights-4saes/latest.json").read_text())
+    four = {x["row"]: x for x in f["rows"]}
+    o4 = four["ours_4saes"]
+    fv = " / ".join(f"{v:.4f}" for v in o4["heldout_fvu"])
+    sec4 = _flat("benchmarks/e2e/README.md", after="**Four SAEs from one stream, real weights**")
+    _assert_quoted(
+        [
+            f"{o4['tokens_per_s']:,.0f} tokens/s, SAE steps {o4['time_split']['sae_step_s']:.1f} s of "
+            f"{o4['wall_s']:.1f} s",
+            f"held-out FVU {fv}",
+        ],
+        sec4,
+    )
+    assert "step 4" in four["ours_4saes_streams"]["error"] and "nan" in four["ours_4saes_streams"]["error"]
+
+
+def test_topk_hot_numbers_quoted():
+    d = json.loads((ROOT / "benchmarks/training_speed/topk_hot/topk_hot.json").read_text())
+    text = _flat("benchmarks/training_speed/README.md", after="* **Two-stage TopK, the aux selection")
+    tk = {(r["d_sae"], r["dtype"]): r for r in d["topk"]}
+    ax = {(r["d_sae"], r["dead_frac"]): r for r in d["aux_topk"]}
+    hot = {r["d_sae"]: r for r in d["hot_rows"]}
+
+    def best(r: dict, prefix: str) -> float:
+        return min(v for k, v in r.items() if k.startswith(prefix) and k.endswith("_ms"))
+
+    a, b = tk[16384, "bfloat16"], tk[65536, "bfloat16"]
+    h, H = ax[16384, 0.5], ax[65536, 0.5]
+    quoted = [
+        d["env"]["date_utc"],
+        f"{a['torch_topk_ms']:.3f} ms vs >= {best(a, 'chunks'):.3f} at 16384 columns, {b['torch_topk_ms']:.3f} vs >= "
+        f"{best(b, 'chunks'):.3f} at 65536",
+        f"{h['fill_topk_ms']:.3f} / {H['fill_topk_ms']:.3f} ms at half dead, of which the fill is {h['fill_ms']:.3f} / "
+        f"{H['fill_ms']:.3f} ms; in fp32 {h['fill_topk_fp32_ms']:.3f} / {H['fill_topk_fp32_ms']:.3f} ms; two-stage "
+        f">= {best(h, 'fill_chunks'):.3f} / {best(H, 'fill_chunks'):.3f}",
+        f"{hot[16384]['unique_True_ms']:.3f} vs {hot[16384]['unique_False_ms']:.3f} ms (16384 latents) and "
+        f"{hot[65536]['unique_True_ms']:.3f} vs {hot[65536]['unique_False_ms']:.3f} ms (65536)",
+    ]
+    _assert_quoted(quoted, text)
+    assert all(r["max_abs_diff"] == 0 for r in d["hot_rows"])
+    for n in (16384, 65536):  # "the dead fraction does not change these times"
+        assert abs(ax[n, 0.5]["fill_topk_ms"] - ax[n, 0.85]["fill_topk_ms"]) < 0.05 * ax[n, 0.5]["fill_topk_ms"]

@@ -375,7 +375,8 @@ def test_graph_keyed_by_aux_width(monkeypatch):
         raise RuntimeError("host sync inside a CUDA graph capture")
 
     @contextlib.contextmanager
-    def fake_graph(g):
+    def fake_graph(g, stream=None):
+        state["captures"].append(stream)
         state["capturing"] = True
         with monkeypatch.context() as m:
             for name in ("__bool__", "__int__", "__float__", "item", "tolist"):
@@ -393,6 +394,7 @@ def test_graph_keyed_by_aux_width(monkeypatch):
     tr._device_step = device_step
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph, raising=False)
     monkeypatch.setattr(torch.cuda, "graph", fake_graph, raising=False)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: object(), raising=False)
 
     x = torch.randn(B, d_in)
     plan = [  # (n_dead, expected _device_step call or None for a replay, graph widths held afterwards)
@@ -420,6 +422,12 @@ def test_graph_keyed_by_aux_width(monkeypatch):
         assert {a: h.n_pad for a, h in tr._graphs.items()} == held, i
     assert tr._graphs[True].graph.replays == 1 and tr._graphs[False].graph.replays == 2
     assert tr._graph_aux_widths == {32, 64, 128, 256}
+    # each graph is captured on a stream of its own, the aux graph on the same one at every recapture: the
+    # cuBLAS workspace PyTorch keys by capture stream is never shared between the two (pytorch/pytorch#193402)
+    aux_streams = {id(st) for st, (cap, aux, _) in zip(state["captures"], [c for c in calls if c[0]]) if aux}
+    plain_streams = {id(st) for st, (cap, aux, _) in zip(state["captures"], [c for c in calls if c[0]]) if not aux}
+    assert None not in state["captures"] and len(state["captures"]) == 6
+    assert len(aux_streams) == 1 and len(plain_streams) == 1 and aux_streams != plain_streams
 
 
 @pytest.mark.gpu

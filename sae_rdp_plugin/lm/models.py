@@ -355,13 +355,13 @@ def dequantized_hf(path: str | os.PathLike) -> Any:
     path, size and mtime in ``source.json``: another GGUF under the same name is dequantized anew). Loading
     that folder takes seconds where transformers' GGUF route parses the file's metadata twice (Gemma's
     vocabulary: tens of seconds each) and dequantizes every tensor; the weights are the same float32 values.
-    (transformers' ``save_pretrained`` refuses a GGUF-loaded model, hence safetensors' own save/load, which
-    keep tied weights tied.)"""
+    (transformers' ``save_pretrained`` refuses a GGUF-loaded model, hence safetensors' ``save_model``, which
+    stores tied weights once.)"""
     import json
 
     import torch
-    from safetensors.torch import load_model, save_model
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM
 
     from sae_rdp_plugin.io import atomic_write_json, staged_folder
 
@@ -373,10 +373,8 @@ def dequantized_hf(path: str | os.PathLike) -> Any:
         cached = json.loads((folder / "source.json").read_text()) == stamp
     except (OSError, ValueError):
         cached = False
-    if cached:
-        hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(folder)), dtype=torch.float32)
-        load_model(hf, str(folder / "model.safetensors"))
-        return hf.eval()
+    if cached:  # the folder has save_pretrained's layout, so transformers reads it (without a random init first)
+        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     _require_gguf()
     hf = _gguf_model(p)
     with staged_folder(folder) as tmp:

@@ -308,3 +308,18 @@ def test_topk_hot_numbers_quoted():
     assert all(r["max_abs_diff"] == 0 for r in d["hot_rows"])
     for n in (16384, 65536):  # "the dead fraction does not change these times"
         assert abs(ax[n, 0.5]["fill_topk_ms"] - ax[n, 0.85]["fill_topk_ms"]) < 0.05 * ax[n, 0.5]["fill_topk_ms"]
+
+
+def test_model_load_numbers_quoted():
+    d = json.loads((ROOT / "benchmarks/e2e/model_load/model_load.json").read_text())
+    t = {r["row"]: r["median_s"] for r in d["rows"]}
+    text = _flat("benchmarks/e2e/README.md", after="Most of the time outside the timed loops")
+    quoted = [
+        f"median of {d['repeats']} fresh processes, Gemma-3-270M cut to {d['n_layers']} blocks",
+        f"`gguf.GGUFReader` {t['ggufreader_block_count']:.2f} s and transformers' GGUF route "
+        f"{t['transformers_gguf']:.2f} s",
+        f"from the header ({t['gguf_block_count']:.2f} s)",
+        f"(first load {t['cache_first']:.2f} s, later loads {t['cache_hit']:.2f} s)",
+    ]
+    _assert_quoted(quoted, text)
+    assert d["machine"].endswith("2 CPUs") and d["date_utc"].startswith("2026-12-03")

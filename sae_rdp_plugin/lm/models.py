@@ -369,14 +369,19 @@ def dequantized_hf(path: str | os.PathLike) -> Any:
     st = p.stat()
     stamp = {"gguf": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     folder = _cache_dir() / f"{p.stem}.hf"
-    try:
-        cached = json.loads((folder / "source.json").read_text()) == stamp
-    except (OSError, ValueError):
-        cached = False
-    if cached:  # the folder has save_pretrained's layout, so transformers reads it (without a random init first)
+
+    def cached() -> bool:
+        try:
+            return json.loads((folder / "source.json").read_text()) == stamp
+        except (OSError, ValueError):
+            return False
+
+    if cached():  # the folder has save_pretrained's layout, so transformers reads it (without a random init first)
         return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     _require_gguf()
     hf = _gguf_model(p)
+    if cached():  # another process (e.g. a rank of the same run) wrote it meanwhile: leave its folder alone
+        return hf
     with staged_folder(folder) as tmp:
         hf.config.save_pretrained(str(tmp))
         save_model(hf, str(tmp / "model.safetensors"))

@@ -323,3 +323,13 @@ def test_model_load_numbers_quoted():
     ]
     _assert_quoted(quoted, text)
     assert d["machine"].endswith("2 CPUs") and d["date_utc"].startswith("2026-12-03")
+
+
+def test_table2_runprobe_times_quoted_from_the_stage_records():
+    base = ROOT / "experiments/table2/results/gemma3-270m-L9"
+    t = json.loads((base / "stage_T-gemma3-270m-9-jumprelu.json").read_text())["calls"][-1]
+    e = json.loads((base / "stage_E-gemma3-270m-9.json").read_text())["calls"][-1]
+    text = _flat("experiments/table2/README.md", after="`runprobe T-*-jumprelu --max-saes 5` (2026-12-03")
+    assert f"its T part {t['wall_s']:.0f} s ({len(t['trained'])} SAEs" in text
+    sp = e["sparse_probing"]
+    assert f"its E part {e['wall_s']:.0f} s ({len(sp['evaluated'])} SAEs, {len(sp['datasets'])} datasets)" in text

@@ -382,10 +382,15 @@ def dequantized_hf(path: str | os.PathLike) -> Any:
     hf = _gguf_model(p)
     if cached():  # another process (e.g. a rank of the same run) wrote it meanwhile: leave its folder alone
         return hf
-    with staged_folder(folder) as tmp:
-        hf.config.save_pretrained(str(tmp))
-        save_model(hf, str(tmp / "model.safetensors"))
-        atomic_write_json(tmp / "source.json", stamp)
+    try:
+        with staged_folder(folder) as tmp:
+            hf.config.save_pretrained(str(tmp))
+            save_model(hf, str(tmp / "model.safetensors"))
+            atomic_write_json(tmp / "source.json", stamp)
+    except OSError as exc:  # a full or read-only cache costs the next load time, not this one its model
+        import warnings
+
+        warnings.warn(f"could not cache the dequantized model in {folder}: {exc}", stacklevel=2)
     return hf
 
 

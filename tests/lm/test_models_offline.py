@@ -132,6 +132,16 @@ def test_dequantized_model_cache_reloads_the_same_weights(tmp_path, monkeypatch)
     assert len(calls) == 3
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["m.hf"]  # no staging folder left behind
 
+    def full_disk(*a, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save_model", full_disk)
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))
+    with pytest.warns(UserWarning, match="could not cache the dequantized model"):
+        model = M.dequantized_hf(src)  # the model still loads
+    assert len(calls) == 4 and model is not None
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["m.hf"]  # the old folder kept, no partial
+
 
 def test_split_and_assemble_roundtrip_and_sha_check(tmp_path):
     from sae_rdp_plugin.lm.models import assemble_chunks, split_file

@@ -153,6 +153,29 @@ def make_bench(args: argparse.Namespace) -> Bench:
 
 
 # ---------------------------------------------------------------------------------------- model, tokens
+#: seconds of a row spent outside its timed loop, by phase (run_row resets it and stores it as ``phase_s``): what a
+#: row's ``row_s`` holds besides ``wall_s``
+_PHASES: dict[str, float] = {}
+
+
+def _phase(name: str) -> Any:
+    """Decorator: add the wrapped call's wall seconds to ``_PHASES[name]``."""
+
+    def wrap(fn: Any) -> Any:
+        def timed(*a: Any, **kw: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                _PHASES[name] = _PHASES.get(name, 0.0) + time.perf_counter() - t
+
+        timed.__doc__, timed.__name__, timed.__wrapped__ = fn.__doc__, fn.__name__, fn  # type: ignore[attr-defined]
+        return timed
+
+    return wrap
+
+
+@_phase("load_model")
 def load_hf(b: Bench, *, full: bool = False) -> tuple[Any, Any]:
     """(Hugging Face CausalLM in bf16 on the bench device, tokenizer or None) from
     :func:`sae_rdp_plugin.lm.models.hf_model` (--quick: its ``tiny-gemma3``). ``full``: every block
@@ -190,6 +213,7 @@ def cut_rows(rows: np.ndarray, context: int) -> np.ndarray:
     return rows[:, :n].reshape(-1, context)
 
 
+@_phase("tokens")
 def token_rows(b: Bench, model: Any, bos: int | None, tokens: int) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, held-out rows). Train rows hold ``tokens`` non-BOS tokens with a 25% margin (shuffle
     buffer, warm-up); a corpus gives what it has (the pipeline reports epochs > 1), its rows cut into rows of
@@ -210,6 +234,7 @@ def base_of(model: Any) -> Any:
     return model.model if hasattr(model, "model") and hasattr(model.model, "layers") else model
 
 
+@_phase("heldout")
 @torch.no_grad()
 def hook_activations(
     model: Any, tokens: np.ndarray, hooks: list[str], device: str, exclude: list[int]
@@ -254,6 +279,7 @@ def fvu(sae: Any, x: torch.Tensor, decode: Any = None) -> float:
     return 1.0 - rate_distortion(sae, x, decode=decode).explained_variance
 
 
+@_phase("heldout")
 def saelens_fvu(path: str | Path, x: torch.Tensor, device: str) -> float:
     """FVU of a saved SAELens-format SAE (ours and SAELens's both save this format)."""
     from sae_lens import SAE
@@ -547,6 +573,7 @@ def row_ours_reference(b: Bench) -> dict[str, Any]:
     return run_ours(b, "ours_reference", [(b.hook, b.k)], fast=False)
 
 
+@_phase("convert_model")
 def hooked_transformer(model: Any, tok: Any, device: str) -> Any:
     """A TransformerLens HookedTransformer with the weights of the HF Gemma-3 ``model`` (float32; no hub:
     TransformerLens's hard-coded Gemma-3-270M config with the sizes of ``model.config``)."""
@@ -871,6 +898,7 @@ def run_row(name: str, b: Bench) -> dict[str, Any]:
     row: dict[str, Any] = {"row": name, "impl": IMPL[name], "model": b.model_name}
     if b.cuda:
         torch.cuda.reset_peak_memory_stats()
+    _PHASES.clear()
     t0 = time.perf_counter()
     try:
         row |= ROW_FNS[name](b)
@@ -880,6 +908,7 @@ def run_row(name: str, b: Bench) -> dict[str, Any]:
         row["traceback"] = traceback.format_exc()[-3000:]
         print(row["traceback"], file=sys.stderr, flush=True)
     row["row_s"] = round(time.perf_counter() - t0, 2)
+    row["phase_s"] = {k: round(v, 2) for k, v in _PHASES.items()}
     return _jsonable(row)
 
 

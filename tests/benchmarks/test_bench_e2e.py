@@ -193,6 +193,15 @@ def test_bench_quick_runs_every_row(tmp_path):
         fvus = fvu if isinstance(fvu, list) else [fvu]
         assert len(fvus) == n and all(math.isfinite(f) and f > 0 for f in fvus), (name, fvu)
         assert set(rows[name]["time_split"]) >= {"forward_s", "sae_step_s", "other_s"}
+    for name, r in rows.items():  # the time outside the timed loop, by phase, inside the row's own time
+        ph = r["phase_s"]
+        if name != "sparsify" or "error" not in r:
+            assert ph["load_model"] > 0 and ph["tokens"] >= 0, (name, ph)
+        assert sum(ph.values()) <= r["row_s"] + 0.05, (name, ph, r["row_s"])
+    for name in ("ours", "saelens", "sparsify"):
+        if "error" not in rows[name]:
+            assert rows[name]["phase_s"]["heldout"] > 0, name
+    assert rows["saelens"]["phase_s"]["convert_model"] > 0
     assert rows["ours_3hooks"]["hooks"] == [f"blocks.{i}.hook_resid_post" for i in (2, 4, 6)]
     # the overlap moves forwards earlier, not batches: on the CPU the same SAE comes out
     assert rows["ours_overlap"]["heldout_fvu"] == pytest.approx(rows["ours"]["heldout_fvu"], rel=1e-6)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
+import functools
 import gc
 import importlib.metadata as _md
 import json
@@ -162,6 +163,7 @@ def _phase(name: str) -> Any:
     """Decorator: add the wrapped call's wall seconds to ``_PHASES[name]``."""
 
     def wrap(fn: Any) -> Any:
+        @functools.wraps(fn)
         def timed(*a: Any, **kw: Any) -> Any:
             t = time.perf_counter()
             try:
@@ -169,7 +171,6 @@ def _phase(name: str) -> Any:
             finally:
                 _PHASES[name] = _PHASES.get(name, 0.0) + time.perf_counter() - t
 
-        timed.__doc__, timed.__name__, timed.__wrapped__ = fn.__doc__, fn.__name__, fn  # type: ignore[attr-defined]
         return timed
 
     return wrap

@@ -394,6 +394,10 @@ class FastTopKTrainer:
         # (the aux one for one padded width of the aux selection, its n_pad: recaptured when that changes)
         self._graphs: dict[bool, _Captured] = {}
         self._aux_n_pad: int | None = None  # padded width of the last step's aux selection (aux_pad_width)
+        # steps of this process per padded aux width (0: no aux loss) and the dead latents summed over the aux
+        # steps: the aux term's cost grows with the width, so these say where a run's step time went
+        self.aux_width_steps: dict[int, int] = {}
+        self.aux_dead_sum = 0
         self._graph_eager_steps = 0
         self._graph_aux_widths: set[int] = set()  # aux widths that have run eagerly (warm) in _graph_step
         self._graph_failed: str | None = None
@@ -623,6 +627,9 @@ class FastTopKTrainer:
                 n_pad = self._aux_n_pad = aux_pad_width(
                     n_dead, cfg.d_sae, self._k_aux(), cfg.aux_compact, prev=self._aux_n_pad
                 )
+                self.aux_dead_sum += n_dead
+        width = n_pad if dead is not None else 0
+        self.aux_width_steps[width] = self.aux_width_steps.get(width, 0) + 1
         with _deterministic_algorithms(cfg.deterministic):
             if graph:
                 losses = self._graph_step(x, dead, n_pad)

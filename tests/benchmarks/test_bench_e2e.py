@@ -193,6 +193,8 @@ def test_bench_quick_runs_every_row(tmp_path):
         fvus = fvu if isinstance(fvu, list) else [fvu]
         assert len(fvus) == n and all(math.isfinite(f) and f > 0 for f in fvus), (name, fvu)
         assert set(rows[name]["time_split"]) >= {"forward_s", "sae_step_s", "other_s"}
+    for sae in rows["ours"]["saes"]:  # the fast step's steps per aux width add up to the row's steps
+        assert sum(sae["aux_steps_by_width"].values()) == sae["steps"], sae
     for name, r in rows.items():  # the time outside the timed loop, by phase, inside the row's own time
         ph = r["phase_s"]
         if name != "sparsify" or "error" not in r:

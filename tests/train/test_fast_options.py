@@ -50,3 +50,20 @@ def test_train_dead_fraction_in_the_summary(tmp_path, fast):
     res = train_saes(iter(make_batches(8)), [short, long], tokens=6 * B, progress=False, fast=fast)
     assert 1 - 2 * B / 1024 <= res[0]["train_dead_fraction"] < 1.0
     assert res[1]["train_dead_fraction"] == 0.0
+
+
+def test_aux_widths_in_the_summary(tmp_path):
+    """aux_steps_by_width: the fast step's steps per padded aux width ("0": no aux loss). Window 1: the first two
+    steps have no dead latent by definition (a latent is dead once silent for more than one step), the other four
+    run the aux loss over at least the >= 7/8 x 1024 dead latents (a padded width holds every dead latent)."""
+    short = SAESpec("h.a", cfg("topk", d_sae=1024, k=1, dead_feature_window=1), tmp_path / "short")
+    long = SAESpec("h.a", cfg("topk", d_sae=1024, k=1, dead_feature_window=10**6), tmp_path / "long")
+    res = train_saes(iter(make_batches(8)), [short, long], tokens=6 * B, progress=False, fast=True)
+    widths = res[0]["aux_steps_by_width"]
+    assert widths.pop("0") == 2 and sum(widths.values()) == 4
+    assert all(1024 * 7 / 8 <= int(w) <= 1024 for w in widths)
+    assert 7 / 8 <= res[0]["mean_dead_fraction_aux_steps"] < 1.0
+    assert res[1]["aux_steps_by_width"] == {"0": 6} and res[1]["mean_dead_fraction_aux_steps"] is None
+    slow = train_saes(iter(make_batches(8)), [SAESpec("h.a", cfg("topk"), tmp_path / "s")], tokens=2 * B,
+                      progress=False, fast=False)
+    assert slow[0]["aux_steps_by_width"] is None and slow[0]["mean_dead_fraction_aux_steps"] is None

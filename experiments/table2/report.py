@@ -585,6 +585,34 @@ def diagnostics(path: Path) -> str:
     return "\n".join(out + [""])
 
 
+def absorption_probes(folder: Path) -> str:
+    """The generated lines of ``diagnostics/absorption_probe_*.json``: SAEBench's first-letter ground-truth probe
+    on a vocabulary sample (CPU), i.e. whether its absorption eval would write results at that model-layer."""
+    paths = sorted(folder.glob("absorption_probe_*.json"))
+    if not paths:
+        return ""
+    out = [
+        "",
+        "### absorption: SAEBench's first-letter probe on a vocabulary sample "
+        "(CPU, `diagnostics/absorption_probe_*.json`)",
+        "",
+    ]
+    for path in paths:
+        d = json.loads(path.read_text())
+        thr, need = d["min_GT_probe_f1"], d["min_feats_for_eval"]
+        low = sorted((r for r in d["letters"] if r["f1"] <= thr), key=lambda r: r["f1"])
+        verdict = "enough" if d["letters_passing"] >= need else "too few"
+        out.append(
+            f"- {d['model']} `{d['hook']}`: {d['letters_passing']} of 26 letters with probe F1 > {thr:g} "
+            f"({verdict}: SAEBench evaluates absorption only with >= {need}); a sample of {d['words']:,} of the "
+            f"model's {d['alpha_vocab']:,} alphabetic tokens ({d['n_train']:,} train / {d['n_test']:,} test words, "
+            f"seed {d['seed']}), where SAEBench trains on 80% of all of them; at or below {thr:g}: "
+            + (", ".join(f"{r['letter']} {r['f1']:.2f} ({r['n_test']} test words)" for r in low) or "none")
+            + f"; {d['seconds']['probe']:.0f} s on {d['machine']} (`{path.name}`)."
+        )
+    return "\n".join(out + [""])
+
+
 def check_markers(path: Path) -> str:
     """FINDINGS.md's text; fails (exit 2) unless it holds BEGIN and END once each, in that order."""
     doc = path.read_text()
@@ -656,7 +684,8 @@ def main(argv: list[str] | None = None) -> int:
             args.out / "FINDINGS.md",
             findings(rows, folders, quals)
             + archived(args.results)
-            + diagnostics(args.results.parent / "diagnostics" / "l1_massive_dim.json"),
+            + diagnostics(args.results.parent / "diagnostics" / "l1_massive_dim.json")
+            + absorption_probes(args.results.parent / "diagnostics"),
         )
     print(markdown(rows, sources).split("## Every sweep")[0])
     return 0

@@ -280,6 +280,22 @@ def test_real_weight_ctx128_run_numbers_quoted():
     )
     assert "step 4" in four["ours_4saes_streams"]["error"] and "nan" in four["ours_4saes_streams"]["error"]
 
+    t = _step_ms("benchmarks/training_speed/aux_compact/training_speed.json")
+    per_step = ours["time_split"]["sae_step_s"] / sae["steps"]
+    window, no_aux = 1000, t[("640x16384_k32", "fast_weighted_topk")]
+    hi = t[("640x16384_k32", "fast_weighted_topk+aux[dead0.85]")]
+    where = _flat("benchmarks/e2e/README.md", after="Where ours' step time went")
+    _assert_quoted(
+        [
+            f"averaged {per_step * 1e3:.2f} ms over {sae['steps']:,} steps",
+            f"measured {no_aux:.2f} ms without the dead-latent aux loss and {hi:.2f} ms with it at 85% dead",
+            f"The first {window:,} steps",
+        ],
+        where,
+    )
+    # "the others averaged more than the 85%-dead row": the steps after the window, at no_aux ms before it
+    assert (per_step * 1e3 * sae["steps"] - window * no_aux) / (sae["steps"] - window) > hi
+
 
 def test_topk_hot_numbers_quoted():
     d = json.loads((ROOT / "benchmarks/training_speed/topk_hot/topk_hot.json").read_text())

@@ -445,3 +445,34 @@ def test_eval_stage_absorption_offline(rs, tmp_path, monkeypatch):
         assert 0 <= m["mean_absorption_fraction_score"] <= 1 and 0 <= m["mean_full_absorption_score"] <= 1
     # nothing written to site-packages or to the working directory
     assert site_artifacts.exists() == existed and list(cwd.iterdir()) == []
+
+
+@needs_probes
+def test_absorption_probe_diagnostic_on_a_tiny_model(rs, tmp_path, monkeypatch, capsys):
+    """diagnostics/absorption_probe.py trains SAEBench's first-letter probe on a vocabulary sample (here the tiny
+    word-level model's own alphabetic tokens): the JSON's per-letter counts add up to the sample's 80/20 split
+    (SAEBench's), F1 is in [0, 1] and the passing count is the number of letters above the threshold; an
+    existing --out is refused with exit 2 and left as it was."""
+    import sae_rdp_plugin.lm.models as models
+
+    monkeypatch.syspath_prepend(str(EXP / "diagnostics"))
+    ap = importlib.import_module("absorption_probe")
+    tok_dir = tmp_path / "wtok"
+    _word_tokenizer(n_per_letter=12).save_pretrained(str(tok_dir))
+    model = _tiny_hooked(rs, tok_dir, n_layers=3)
+    monkeypatch.setattr(models, "load_model", lambda name, n_layers: model)
+    out = tmp_path / "p.json"
+    argv = ["--model", "gemma3-270m", "--layer", "1", "--words", "300", "--batch", "50", "--out", str(out)]
+    assert ap.main(argv) == 0
+    d = json.loads(out.read_text())
+    assert (d["n_train"], d["n_test"], d["words"]) == (240, 60, 300)
+    assert sum(r["n_train"] for r in d["letters"]) == 240 and sum(r["n_test"] for r in d["letters"]) == 60
+    assert [r["letter"] for r in d["letters"]] == list("abcdefghijklmnopqrstuvwxyz")
+    assert all(0.0 <= r["f1"] <= 1.0 for r in d["letters"])
+    assert d["letters_passing"] == sum(r["f1"] > 0.6 for r in d["letters"])
+    assert d["evaluable_on_this_sample"] == (d["letters_passing"] >= 20)
+    before = out.read_text()
+    with pytest.raises(SystemExit) as e:
+        ap.main(["--model", "gemma3-270m", "--layer", "1", "--out", str(out)])
+    assert e.value.code == 2 and "exists; not overwritten" in capsys.readouterr().err
+    assert out.read_text() == before

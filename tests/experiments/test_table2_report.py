@@ -282,3 +282,21 @@ def test_eval_counts_keep_architectures_sharing_an_id_apart(tmp_path):
     assert line.startswith("- 3 SAEs (checkpoints included)")
     assert "batchtopk `core` 1, `sparse_probing_sae_probes` 2; topk `core` 1." in line
     assert rep.eval_counts(tmp_path / "nothing") == []
+
+
+def test_absorption_probe_lines_are_computed_from_their_json(tmp_path):
+    rep = _report()
+    assert rep.absorption_probes(tmp_path) == ""
+    letters = [{"letter": c, "n_train": 10, "n_test": 5, "f1": 0.9} for c in "abcdefghijklmnopqrstuvwxyz"]
+    letters[21] = {**letters[21], "f1": 0.4, "n_test": 27}  # v
+    letters[22] = {**letters[22], "f1": 0.6}  # w: exactly at the threshold fails (SAEBench: F1 > 0.6)
+    d = {"model": "gemma3-270m", "hook": "blocks.9.hook_resid_post", "alpha_vocab": 139585, "words": 7500, "seed": 0,
+         "n_train": 6000, "n_test": 1500, "min_GT_probe_f1": 0.6, "min_feats_for_eval": 20, "letters_passing": 24,
+         "letters": letters, "seconds": {"probe": 425.5}, "machine": "x86_64, 2 CPU threads"}  # fmt: skip
+    (tmp_path / "absorption_probe_g.json").write_text(json.dumps(d))
+    (tmp_path / "absorption_probe_s.json").write_text(json.dumps({**d, "model": "s", "letters_passing": 3}))
+    text = rep.absorption_probes(tmp_path)
+    assert "- gemma3-270m `blocks.9.hook_resid_post`: 24 of 26 letters with probe F1 > 0.6 (enough:" in text
+    assert "a sample of 7,500 of the model's 139,585 alphabetic tokens (6,000 train / 1,500 test words, seed 0)" in text
+    assert "at or below 0.6: v 0.40 (27 test words), w 0.60 (5 test words); 426 s on x86_64" in text
+    assert "- s `blocks.9.hook_resid_post`: 3 of 26 letters with probe F1 > 0.6 (too few:" in text

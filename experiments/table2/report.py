@@ -588,8 +588,8 @@ def diagnostics(path: Path) -> str:
 def absorption_probes(folder: Path) -> str:
     """The generated lines of ``diagnostics/absorption_probe_*.json``: SAEBench's first-letter ground-truth probe
     on a vocabulary sample (CPU), i.e. whether its absorption eval would write results at that model-layer."""
-    paths = sorted(folder.glob("absorption_probe_*.json"))
-    if not paths:
+    runs = [(json.loads(p.read_text()), p) for p in folder.glob("absorption_probe_*.json")]
+    if not runs:
         return ""
     out = [
         "",
@@ -597,8 +597,7 @@ def absorption_probes(folder: Path) -> str:
         "(CPU, `diagnostics/absorption_probe_*.json`)",
         "",
     ]
-    for path in paths:
-        d = json.loads(path.read_text())
+    for d, path in sorted(runs, key=lambda r: (r[0]["model"], r[0]["hook"], r[0]["words"], r[0]["seed"])):
         thr, need = d["min_GT_probe_f1"], d["min_feats_for_eval"]
         low = sorted((r for r in d["letters"] if r["f1"] <= thr), key=lambda r: r["f1"])
         verdict = "enough" if d["letters_passing"] >= need else "too few"

@@ -300,3 +300,6 @@ def test_absorption_probe_lines_are_computed_from_their_json(tmp_path):
     assert "a sample of 7,500 of the model's 139,585 alphabetic tokens (6,000 train / 1,500 test words, seed 0)" in text
     assert "at or below 0.6: v 0.40 (27 test words), w 0.60 (5 test words); 426 s on x86_64" in text
     assert "- s `blocks.9.hook_resid_post`: 3 of 26 letters with probe F1 > 0.6 (too few:" in text
+    (tmp_path / "absorption_probe_a.json").write_text(json.dumps({**d, "words": 15000, "letters_passing": 25}))
+    lines = [x for x in rep.absorption_probes(tmp_path).splitlines() if x.startswith("- ")]
+    assert [x.split(":")[1][:3] for x in lines] == [" 24", " 25", " 3 "]  # by model, then sample size

@@ -60,7 +60,7 @@ except Exception:  # noqa: BLE001  (ImportError, or a broken install)
 # the same condition as the fused-step kernels: CUDA with Triton, or CPU under Triton's interpreter
 from sae_rdp_plugin.fast.kernels import available  # noqa: E402  (after the optional triton import)
 
-__all__ = ["available", "row_topk"]
+__all__ = ["available", "masked_topk", "row_topk"]
 
 # columns per block (one coalesced 4 KiB load per pass and iteration) and warps per program: the best
 # of a sweep on Hopper (BLOCK x warps in {512..8192} x {2, 4, 8, 16}); fewer, smaller programs won
@@ -94,6 +94,19 @@ if _HAVE_TRITON:
             return b ^ ((b >> 31) & 0x7FFFFFFF)
 
     @triton.jit
+    def _block_keys(row, cols, cm, MASK, HAS_MASK: tl.constexpr, KEY_BITS: tl.constexpr):
+        """(values, keys) of the columns ``cols`` of a row; with ``HAS_MASK`` the columns whose MASK byte is 0 get
+        the lowest key of the width (that of a negative NaN, below every finite value's)."""
+        v = tl.load(row + cols, mask=cm, other=0.0)
+        key = _keys(v, KEY_BITS)
+        if HAS_MASK:
+            keep = tl.load(MASK + cols, mask=cm, other=0) != 0
+            low: tl.constexpr = -32768 if KEY_BITS == 16 else -2147483648
+            key = tl.where(keep, key, low)
+            v = tl.where(keep, v.to(tl.float32), float("-inf")).to(v.dtype)  # no bf16 constant: interpreter
+        return v, key
+
+    @triton.jit
     def _radix_level(
         row,
         n,
@@ -105,6 +118,8 @@ if _HAVE_TRITON:
         KEY_BITS: tl.constexpr,
         NBINS: tl.constexpr,
         BLOCK: tl.constexpr,
+        MASK,
+        HAS_MASK: tl.constexpr,
     ):
         """One level: histogram of the digit ``(K >> SHIFT)`` (BITS wide) over the elements whose
         higher bits equal ``prefix``; returns (new prefix, new rank r within the chosen bin)."""
@@ -112,7 +127,7 @@ if _HAVE_TRITON:
         for c0 in range(0, n, BLOCK):
             cols = c0 + tl.arange(0, BLOCK)
             cm = cols < n
-            key = _keys(tl.load(row + cols, mask=cm, other=0.0), KEY_BITS)
+            _, key = _block_keys(row, cols, cm, MASK, HAS_MASK, KEY_BITS)
             if FIRST:
                 # top digit of a signed key: arithmetic shift, then offset into [0, 2^BITS)
                 digit = (key >> SHIFT) + (1 << (BITS - 1))
@@ -208,16 +223,28 @@ if _HAVE_TRITON:
         else:
             # ---- fallback (more than CAP candidates: heavy ties): radix select over the whole row
             r = zero + k
-            t, r = _radix_level(row, n, 0, r, D1 + D2 + D3, D0, True, KEY_BITS, NBINS, BLOCK)
-            t, r = _radix_level(row, n, t, r, D2 + D3, D1, False, KEY_BITS, NBINS, BLOCK)
+            t, r = _radix_level(row, n, 0, r, D1 + D2 + D3, D0, True, KEY_BITS, NBINS, BLOCK, row, False)
+            t, r = _radix_level(row, n, t, r, D2 + D3, D1, False, KEY_BITS, NBINS, BLOCK, row, False)
             if D2 > 0:
-                t, r = _radix_level(row, n, t, r, D3, D2, False, KEY_BITS, NBINS, BLOCK)
+                t, r = _radix_level(row, n, t, r, D3, D2, False, KEY_BITS, NBINS, BLOCK, row, False)
             if D3 > 0:
-                t, r = _radix_level(row, n, t, r, 0, D3, False, KEY_BITS, NBINS, BLOCK)
-            _write_selected(row, n, k, t, r, vrow, irow, KEY_BITS, BLOCK)
+                t, r = _radix_level(row, n, t, r, 0, D3, False, KEY_BITS, NBINS, BLOCK, row, False)
+            _write_selected(row, n, k, t, r, vrow, irow, KEY_BITS, BLOCK, row, False)
 
     @triton.jit
-    def _write_selected(row, n, k, t, need, vrow, irow, KEY_BITS: tl.constexpr, BLOCK: tl.constexpr):
+    def _write_selected(
+        row,
+        n,
+        k,
+        t,
+        need,
+        vrow,
+        irow,
+        KEY_BITS: tl.constexpr,
+        BLOCK: tl.constexpr,
+        MASK,
+        HAS_MASK: tl.constexpr,
+    ):
         """Write the elements with key > t (slots 0..k-need-1) and the first ``need`` with key == t
         (slots k-need..k-1), in column order."""
         n_gt_total = k - need
@@ -226,8 +253,7 @@ if _HAVE_TRITON:
         for c0 in range(0, n, BLOCK):
             cols = c0 + tl.arange(0, BLOCK)
             cm = cols < n
-            v = tl.load(row + cols, mask=cm, other=0.0)
-            key = _keys(v, KEY_BITS)
+            v, key = _block_keys(row, cols, cm, MASK, HAS_MASK, KEY_BITS)
             gt = cm & (key > t)
             eq = cm & (key == t)
             packed = gt.to(tl.int32) + (eq.to(tl.int32) << 16)  # BLOCK < 2^15: no carry between halves
@@ -242,6 +268,99 @@ if _HAVE_TRITON:
             n_eq += tot >> 16
 
 
+    @triton.jit
+    def _radix_topk_kernel(
+        X,
+        stride_x,
+        VAL,
+        IDX,
+        MASK,
+        n,
+        k,
+        HAS_MASK: tl.constexpr,
+        KEY_BITS: tl.constexpr,
+        D0: tl.constexpr,
+        D1: tl.constexpr,
+        D2: tl.constexpr,
+        D3: tl.constexpr,
+        NBINS: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        """Radix select of the exact k-th key (one histogram read per digit), then one read writing the
+        selection: 3 reads of the row for 16-bit keys, 5 for fp32, whatever k (``masked_topk``)."""
+        pid = tl.program_id(0).to(tl.int64)
+        row = X + pid * stride_x
+        r = 0 * tl.program_id(0) + k
+        t, r = _radix_level(row, n, 0, r, D1 + D2 + D3, D0, True, KEY_BITS, NBINS, BLOCK, MASK, HAS_MASK)
+        t, r = _radix_level(row, n, t, r, D2 + D3, D1, False, KEY_BITS, NBINS, BLOCK, MASK, HAS_MASK)
+        if D2 > 0:
+            t, r = _radix_level(row, n, t, r, D3, D2, False, KEY_BITS, NBINS, BLOCK, MASK, HAS_MASK)
+        if D3 > 0:
+            t, r = _radix_level(row, n, t, r, 0, D3, False, KEY_BITS, NBINS, BLOCK, MASK, HAS_MASK)
+        _write_selected(row, n, k, t, r, VAL + pid * k, IDX + pid * k, KEY_BITS, BLOCK, MASK, HAS_MASK)
+
+
+def _check(x: torch.Tensor, k: int, name: str) -> tuple[int, int]:
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        raise ValueError(f"{name}: x must be a 2-D tensor, got shape {tuple(getattr(x, 'shape', ()))}")
+    if x.dtype not in _DTYPES:
+        raise ValueError(f"{name}: x.dtype must be bfloat16, float16 or float32, got {x.dtype}")
+    B, n = x.shape
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > n:
+        raise ValueError(f"{name}: k must be an int in 1..{n} (x.shape[1]), got {k!r}")
+    if n >= 2**31 - 1:
+        raise ValueError(f"{name}: rows of {n} columns are too long (int32 column counter)")
+    if not _HAVE_TRITON:
+        raise RuntimeError(f"{name}: Triton is not installed")
+    return B, n
+
+
+def masked_topk(
+    x: torch.Tensor, k: int, keep: torch.Tensor | None = None, *, block: int | None = None, num_warps: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` of each row among the columns where ``keep`` (bool ``[x.shape[1]]``) is True, as
+    ``x.masked_fill(~keep, -inf).topk(k, dim=1, sorted=False)``: values in ``x.dtype`` (-inf for the columns
+    taken beyond the kept ones when a row has fewer than ``k``), int64 column indices, unordered; leftmost
+    columns among ties. No mask: every column. Inputs must be finite.
+
+    For large ``k`` (the dead-latent aux loss: k = d_in / 2 of thousands of columns), where :func:`row_topk`'s
+    candidate ranking grows as k^2: radix select, one histogram read of the row per 8-bit digit of the key
+    (2 for bf16/fp16, 4 for fp32), then one read writing the selection; the mask is applied while reading, so
+    no masked copy of ``x`` is made. One program per row, no host synchronisation (graph-capturable).
+    ``block``: columns per read (default: the module's block for the dtype), ``num_warps``: per program."""
+    B, n = _check(x, k, "masked_topk")
+    if keep is not None and (keep.shape != (n,) or keep.dtype != torch.bool or keep.device != x.device):
+        raise ValueError(f"masked_topk: keep must be a bool tensor of shape ({n},) on {x.device}")
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    vals = torch.empty(B, k, device=x.device, dtype=x.dtype)
+    idx = torch.empty(B, k, device=x.device, dtype=torch.int64)
+    if B == 0:
+        return vals, idx
+    key_bits, digits = (32, _DIGITS_32) if x.dtype == torch.float32 else (16, _DIGITS_16)
+    blk = block or (_BLOCK_32 if x.dtype == torch.float32 else _BLOCK_16)
+    mask = keep.contiguous().view(torch.uint8) if keep is not None else vals  # unused pointer without a mask
+    _radix_topk_kernel[(B,)](
+        x,
+        x.stride(0),
+        vals,
+        idx,
+        mask,
+        n,
+        k,
+        HAS_MASK=keep is not None,
+        KEY_BITS=key_bits,
+        D0=digits[0],
+        D1=digits[1],
+        D2=digits[2],
+        D3=digits[3],
+        NBINS=1 << max(digits),
+        BLOCK=blk,
+        num_warps=num_warps,
+    )
+    return vals, idx
+
+
 def row_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-``k`` of each row of a 2-D bf16/fp16/fp32 tensor: ``(values, indices)`` like
     ``x.topk(k, dim=1, sorted=False)`` (values in ``x.dtype``, int64 column indices, in no particular
@@ -252,17 +371,7 @@ def row_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     no host synchronisation, so the call can be captured in a CUDA graph. Raises ValueError for a
     tensor that is not 2-D, an unsupported dtype, or ``k`` outside ``1 .. x.shape[1]``.
     """
-    if not isinstance(x, torch.Tensor) or x.dim() != 2:
-        raise ValueError(f"row_topk: x must be a 2-D tensor, got shape {tuple(getattr(x, 'shape', ()))}")
-    if x.dtype not in _DTYPES:
-        raise ValueError(f"row_topk: x.dtype must be bfloat16, float16 or float32, got {x.dtype}")
-    B, n = x.shape
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > n:
-        raise ValueError(f"row_topk: k must be an int in 1..{n} (x.shape[1]), got {k!r}")
-    if n >= 2**31 - 1:
-        raise ValueError(f"row_topk: rows of {n} columns are too long (int32 column counter)")
-    if not _HAVE_TRITON:
-        raise RuntimeError("row_topk: Triton is not installed")
+    B, n = _check(x, k, "row_topk")
     if x.stride(1) != 1:
         x = x.contiguous()
     vals = torch.empty(B, k, device=x.device, dtype=x.dtype)

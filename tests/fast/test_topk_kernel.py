@@ -147,3 +147,83 @@ def test_row_topk_property(rows, n, kfrac, levels, dtype, config, seed):
         _check(x.to(dtype), k)
     finally:
         tk._BLOCK_16, tk._BLOCK_32, tk._GROUPS, tk._CAP, tk._CB = saved
+
+
+# ---- masked_topk: radix select with a column mask (the dead-latent aux loss's top k_aux)
+
+
+def _check_masked(x: torch.Tensor, k: int, keep: torch.Tensor | None, block: int = 64) -> None:
+    """Against ``x.masked_fill(~keep, -inf).topk(k)``: the same multiset of values per row, each value x at its
+    index (-inf at a masked index), distinct indices; among tied values the leftmost columns are taken."""
+    x = x.to(DEV)
+    keep = keep.to(DEV) if keep is not None else None
+    v, i = tk.masked_topk(x, k, keep, block=block)
+    assert v.shape == (x.shape[0], k) and i.shape == (x.shape[0], k) and v.dtype == x.dtype
+    ref = x.masked_fill(~keep, float("-inf")) if keep is not None else x
+    si = i.sort(1).values
+    assert bool((si[:, 1:] != si[:, :-1]).all()), "repeated index in a row"
+    assert torch.equal(ref.gather(1, i), v), "values are not the (masked) x at the indices"
+    tv, _ = ref.topk(k, dim=1, sorted=False)
+    assert torch.equal(v.sort(1).values, tv.sort(1).values), "values differ from masked_fill + torch.topk"
+    # the k-th largest key of each row: keys order -0.0 one below +0.0 (module docstring), so the k-th is -0.0
+    # when the selection holds a -0.0 and its smallest value is 0
+    kth = v.min(1, keepdim=True).values
+    kth_neg = (kth == 0) & ((v == 0) & torch.signbit(v)).any(1, keepdim=True)
+    sb = torch.signbit(ref)
+    n_gt = ((ref > kth) | ((ref == kth) & ~sb & kth_neg)).sum(1, keepdim=True)
+    tied = (ref == kth) & ((kth != 0) | (sb == kth_neg))
+    assert bool((tied.sum(1, keepdim=True) >= k - n_gt).all())  # the ties hold the slots left
+    # leftmost ties: the tied columns taken are the first (k - n_gt) tied columns of the row
+    first = (tied.cumsum(1) <= (k - n_gt)) & tied
+    taken = torch.zeros_like(tied).scatter_(1, i, True) & tied
+    assert torch.equal(taken, first), "ties at the threshold are not the leftmost"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["randn", "integers", "zeros"])
+@pytest.mark.parametrize("dead", [0.15, 0.5, 1.0])
+def test_masked_topk_matches_masked_fill_topk(dtype, kind, dead):
+    """k around d_in / 2 of a few hundred columns, with fewer kept columns than k at 15% kept (the rest of the
+    k slots are masked columns at -inf, as torch.topk of the masked copy gives); several blocks per row."""
+    x = _rows(kind, (4, 300), seed=3).to(dtype)
+    keep = torch.rand(300, generator=torch.Generator().manual_seed(5)) < dead
+    for k in (1, 32, 64, 120):
+        _check_masked(x, k, keep)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_masked_topk_without_mask_default_block_and_strides(dtype):
+    base = torch.randn(6, 700).to(dtype)
+    _check_masked(base, 50, None, block=None)  # the module's block: one block per row
+    _check_masked(base[::2, 100:600], 20, torch.rand(500) < 0.5)  # row stride 1400, 500 columns
+
+
+def test_masked_topk_rejects_bad_input():
+    x = torch.randn(3, 10)
+    for keep, msg in (
+        (torch.ones(9, dtype=torch.bool), "keep must be"),
+        (torch.ones(10), "keep must be"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            tk.masked_topk(x.to(DEV), 2, keep.to(DEV))
+    with pytest.raises(ValueError, match="k must be"):
+        tk.masked_topk(x, 11)
+    with pytest.raises(ValueError, match="dtype"):
+        tk.masked_topk(x.double(), 2)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 300),
+    kfrac=st.floats(0.0, 1.0),
+    keepfrac=st.floats(0.0, 1.0),
+    levels=st.sampled_from([0, 3]),
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_masked_topk_property(n, kfrac, keepfrac, levels, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    k = max(1, min(n, round(kfrac * n)))
+    x = torch.randn(2, n, generator=g) if levels == 0 else torch.randint(0, levels, (2, n), generator=g).float()
+    keep = torch.rand(n, generator=g) < keepfrac
+    _check_masked(x.to(dtype), k, keep, block=32)

@@ -6,8 +6,9 @@
   comparison stays here;
 * the dead-latent aux selection (top k_aux = d_in/2 of the [B, d_sae] pre-activations with the live latents
   at -inf, half or 85% of the latents dead; :func:`aux_topk_row`): the fast step's masked_fill + torch.topk
-  against the same on float32 and the two-stage TopK (its top k_aux costs about as much as the rest of the
-  step at 85% dead: benchmarks/training_speed/aux_compact/);
+  against the same on float32, the two-stage TopK and ``topk_kernel.masked_topk`` (radix select with the
+  mask fused, ``FastTopKConfig.aux_topk="radix"``) at several blocks and warps (its top k_aux costs about as
+  much as the rest of the step at 85% dead: benchmarks/training_speed/aux_compact/);
 * :func:`sae_rdp_plugin.fast.kernels.hot_rows` with ``unique=False`` (sort-based accumulate) vs ``True``
   (plain scatter) on TopK codes of random pre-activations.
 
@@ -30,6 +31,7 @@ import torch
 from bench_row_topk import _time_ms  # one CUDA-event timer for both micro-benchmarks
 
 from sae_rdp_plugin.fast import kernels as fk
+from sae_rdp_plugin.fast import topk_kernel
 
 
 def chunked_topk(x: torch.Tensor, k: int, chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,6 +81,18 @@ def aux_topk_row(pre: torch.Tensor, k_aux: int, dead_frac: float, iters: int, wa
     row["fill_topk_fp32_ms"] = _time_ms(
         lambda: f32.masked_fill(~dead, -torch.inf).topk(k_aux, dim=1, sorted=False), iters, warmup
     )
+    if topk_kernel.available(pre.device):
+        # radix select with the mask read by the kernel (no masked copy), at a few blocks / warps per program
+        v, _ = topk_kernel.masked_topk(pre, k_aux, dead)
+        assert torch.equal(v.sort(dim=1).values, ref_v), "masked_topk disagrees with torch.topk"
+        for block, warps in ((1024, 4), (2048, 4), (2048, 8), (4096, 8), (4096, 16)):
+            row[f"radix_b{block}_w{warps}_ms"] = _time_ms(
+                lambda block=block, warps=warps: topk_kernel.masked_topk(
+                    pre, k_aux, dead, block=block, num_warps=warps
+                ),
+                iters,
+                warmup,
+            )
     for c in (2, 4, 8, 16, 32):
         if n % c or n // c < k_aux:
             continue
@@ -129,9 +143,11 @@ def main(argv=None) -> int:
             row = aux_topk_row(torch.randn(B, n, device=dev).bfloat16(), d_in // 2, dead_frac, args.iters, args.warmup)
             res["aux_topk"].append(row)
             best = min((v, kk) for kk, v in row.items() if kk.startswith("fill_chunks"))
+            radix = min(((v, kk) for kk, v in row.items() if kk.startswith("radix")), default=(float("nan"), "-"))
             lines.append(
                 f"aux   {n:>6} k{d_in // 2:<4} dead {dead_frac:.2f}  fill {row['fill_ms']:6.3f}  fill+topk "
-                f"{row['fill_topk_ms']:6.3f}  fp32 {row['fill_topk_fp32_ms']:6.3f}  best {best[1]} {best[0]:6.3f} ms"
+                f"{row['fill_topk_ms']:6.3f}  fp32 {row['fill_topk_fp32_ms']:6.3f}  best {best[1]} {best[0]:6.3f} ms  "
+                f"radix {radix[1]} {radix[0]:6.3f} ms"
             )
         # hot rows on TopK codes (bf16 sources, as in the bf16 step)
         torch.manual_seed(1)

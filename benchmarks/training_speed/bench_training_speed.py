@@ -756,6 +756,18 @@ def bench_impls(rows, cfg_key, d_in, d_sae, k, B, xs, gamma, dev, args, gemm_rat
                         ),
                     )
                 )
+        # the aux top-k by topk_kernel.masked_topk (radix select, mask fused; aux_topk="radix") against the
+        # masked copy + torch.topk of the rows above, compacted as by default
+        for dead_frac, dtag in ((0.5, ""), (0.2, "dead0.2"), (0.85, "dead0.85")):
+            impls.append(
+                (
+                    f"fast_weighted_topk+aux[{','.join(t for t in ('radix', dtag) if t)}]",
+                    "sparse",
+                    lambda dead_frac=dead_frac: build_fast(
+                        "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=dead_frac, aux_topk="radix"
+                    ),
+                )
+            )
         # 4 SAEs on one batch (a lockstep sweep): one after the other, or each on its own CUDA stream
         for tag, kw in (("", {}), ("+aux", {"dead_frac": 0.5})):
             for mode in ("seq", "streams"):

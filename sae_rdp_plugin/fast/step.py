@@ -191,6 +191,10 @@ class FastTopKConfig:
     hot_min_count: int = 32
     # Triton path: TopK with the exact per-row kernel sae_rdp_plugin.fast.topk_kernel.row_topk instead of torch.topk
     row_topk: bool = True
+    # dead-latent aux loss's top k_aux of the dead columns: "torch" (a masked copy, then torch.topk) or "radix"
+    # (sae_rdp_plugin.fast.topk_kernel.masked_topk on the Triton path: radix select with the mask applied while
+    # reading, no masked copy; same entries up to ties). "torch" until benchmarks/training_speed measures "radix"
+    aux_topk: str = "torch"
 
     def __post_init__(self) -> None:
         if self.kind not in ("topk", "batchtopk"):
@@ -216,6 +220,8 @@ class FastTopKConfig:
             raise SaeRdpError(f"fast step: aux_impl must be auto, dense or sparse, got {self.aux_impl!r}")
         if self.aux_compact not in ("auto", "off"):
             raise SaeRdpError(f"fast step: aux_compact must be auto or off, got {self.aux_compact!r}")
+        if self.aux_topk not in ("torch", "radix"):
+            raise SaeRdpError(f"fast step: aux_topk must be torch or radix, got {self.aux_topk!r}")
         if self.kind == "topk" and int(self.k) != self.k:
             raise SaeRdpError(f"fast step: TopK needs an integer k, got {self.k}")
 
@@ -565,6 +571,21 @@ class FastTopKTrainer:
 
     #: tests only: use row_topk on CPU too (Triton interpreter)
     _row_topk_on_cpu = False
+
+    def _aux_topk(
+        self, sel: torch.Tensor, keep: torch.Tensor, k: int, fresh: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top k per row of ``sel`` among the columns ``keep`` (the others as -inf): cfg.aux_topk "radix" on the
+        Triton path (topk_kernel.masked_topk: the mask read by the kernel, no masked copy; on CPU only with
+        ``_row_topk_on_cpu``, as row_topk), else a masked copy and torch.topk (``fresh``: ``sel`` is a temporary
+        of the caller and is filled in place)."""
+        if self.cfg.aux_topk == "radix" and self.use_triton and (sel.device.type == "cuda" or self._row_topk_on_cpu):
+            from sae_rdp_plugin.fast import topk_kernel
+
+            if topk_kernel.available(sel.device) and sel.dtype in (torch.bfloat16, torch.float16, torch.float32):
+                return topk_kernel.masked_topk(sel, k, keep)
+        sel = sel.masked_fill_(~keep, -torch.inf) if fresh else sel.masked_fill(~keep, -torch.inf)
+        return sel.topk(k, dim=1, sorted=False)
 
     def _select(self, pre_s: torch.Tensor) -> _Sparse:
         """Sparse codes from the rescaled pre-activations pre_s = pre * n (values: relu(pre_s), rescaled)."""
@@ -1109,10 +1130,8 @@ class FastTopKTrainer:
             # dead latents first (a stable sort of one byte per latent: one radix pass on CUDA, no sync)
             cols = torch.argsort((~dead).to(torch.int8), stable=True)[:n_pad]
             sel, sel_dead = pre_s.index_select(1, cols), dead[cols]
-        # torch.topk, not row_topk: a column-masked row_topk measured slower here (benchmarks/training_speed)
-        # (the compacted selection is a fresh tensor: filled in place; pre_s itself stays untouched)
-        sel = sel.masked_fill_(~sel_dead, -torch.inf) if compact else sel.masked_fill(~sel_dead, -torch.inf)
-        av, j = sel.topk(k_aux, dim=1, sorted=False)
+        # not row_topk: its candidate ranking grows as k^2 and measured slower at k_aux (benchmarks/training_speed)
+        av, j = self._aux_topk(sel, sel_dead, k_aux, fresh=compact)
         ai = cols[j] if compact else j
         valid = dead[ai]
         av = av.to(self.dtype)

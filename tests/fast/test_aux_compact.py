@@ -463,3 +463,43 @@ def test_cuda_graph_with_compacted_aux_equals_eager_full_selection(bf16):
     assert len(widths) == 2 and max(widths) < d_sae
     for q, r in zip(a.params, b.params):
         assert _rel(q, r) < (1e-3 if bf16 else 1e-5)
+
+
+@pytest.mark.parametrize("compact", ["auto", "off"])
+@pytest.mark.parametrize("n_dead", [5, 40])
+def test_triton_step_radix_aux_topk_equals_torch(compact, n_dead, monkeypatch):
+    """aux_topk="radix" (topk_kernel.masked_topk, the mask fused into the kernel) gives the loss and gradients of
+    the masked copy + torch.topk, with the compacted selection and without, with fewer dead latents than k_aux
+    (5 < d_in/2 = 16: the selection dips into masked columns, which the aux loss must zero) and more; the kernel
+    must have run (a spy counts its calls)."""
+    from sae_rdp_plugin.fast import kernels as fk
+    from sae_rdp_plugin.fast import topk_kernel
+
+    if not fk.available("cpu"):
+        pytest.skip("Triton kernels unavailable (no TRITON_INTERPRET)")
+    monkeypatch.setattr(topk_kernel, "_BLOCK_32", 64)  # several blocks per row in the interpreter
+    calls = []
+    orig = topk_kernel.masked_topk
+    monkeypatch.setattr(topk_kernel, "masked_topk", lambda x, k, keep: calls.append(k) or orig(x, k, keep))
+    B, d_in, d_sae, k = 16, 32, 128, 4
+    p = _params(d_in, d_sae, 25, torch.float32)
+    x = torch.randn(B, d_in, generator=torch.Generator().manual_seed(26))
+    dead = _dead(d_sae, n_dead, 27)
+    out = []
+    for impl in ("torch", "radix"):
+        tr = _trainer(p, d_in, d_sae, k, torch.float32, kernels="triton", compact=compact, aux_topk=impl)
+        tr._row_topk_on_cpu = True
+        out.append(tr.triton_loss_and_grads(x, dead))
+    assert calls == [d_in // 2]  # the radix run only, k_aux = d_in / 2
+    (la, ga), (lb, gb) = out
+    assert float(lb["auxiliary_reconstruction_loss"]) > 0
+    assert float(la["auxiliary_reconstruction_loss"]) == pytest.approx(
+        float(lb["auxiliary_reconstruction_loss"]), rel=1e-6
+    )
+    for gx, gy in zip(ga, gb):
+        assert _rel(gx, gy) < 1e-6
+
+
+def test_aux_topk_is_validated():
+    with pytest.raises(SaeRdpError, match="aux_topk"):
+        FastTopKConfig(d_in=8, d_sae=16, k=2, aux_topk="bitonic")

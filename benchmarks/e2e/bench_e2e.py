@@ -11,6 +11,7 @@ fast step; sparsify: bf16 model, as its CLI loads it). Rows, each in its own pro
     step_only       our fast step alone on pre-made batches of real activations
     ours            pipeline + train_saes, one hook, one SAE
     ours_overlap    the same with PipelineConfig.overlap (the next forward on a side CUDA stream during the steps)
+    ours_radix      ours with the aux loss's top-k by topk_kernel.masked_topk (FastTopKConfig.aux_topk="radix")
     ours_3hooks     blocks.2/4/6 resid_post from one forward, one SAE each
     ours_4saes      one hook, four SAEs (k 16/32/64/128) from one stream
     ours_3hooks_streams, ours_4saes_streams
@@ -64,6 +65,7 @@ ROWS = (
     "step_only",
     "ours",
     "ours_overlap",
+    "ours_radix",
     "ours_3hooks",
     "ours_4saes",
     "ours_3hooks_streams",
@@ -472,6 +474,7 @@ def run_ours(
     fast: bool = True,
     overlap: bool = False,
     sae_streams: bool = False,
+    fast_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Ours: the two calls of ``train_on_model`` (an ActivationPipeline over the token rows, then
     ``train_saes`` with the fast step), made here so that a clock can tick on each batch and leave the
@@ -479,7 +482,8 @@ def run_ours(
     ``specs_def``; every SAE sees the same ``--tokens`` rows of one stream. ``fast=False``: SAELens's own
     training step on the same stream (separates the step's effect on FVU from the data's). ``overlap``: the
     pipeline's side-stream forward (``PipelineConfig.overlap``). ``sae_streams``: each SAE's steps on a CUDA
-    stream of its own (``train_saes(sae_streams=True)``)."""
+    stream of its own (``train_saes(sae_streams=True)``). ``fast_options``: FastTopKConfig fields over the fast
+    step's defaults (``train_saes(fast_options=...)``)."""
     from sae_rdp_plugin.lm.pipeline import ActivationPipeline
     from sae_rdp_plugin.train.lm import SAESpec, train_saes
 
@@ -498,7 +502,13 @@ def run_ours(
     sync(b.device)
     t0 = time.perf_counter()
     reports = train_saes(
-        TickingPipeline(pipe, clock), specs, tokens=b.tokens, fast=fast, progress=not b.quick, sae_streams=sae_streams
+        TickingPipeline(pipe, clock),
+        specs,
+        tokens=b.tokens,
+        fast=fast,
+        progress=not b.quick,
+        sae_streams=sae_streams,
+        fast_options=fast_options,
     )
     sync(b.device)
     wall = time.perf_counter() - t0
@@ -540,6 +550,7 @@ def run_ours(
             for s, (_, k), f, r in zip(specs, specs_def, fvus, reports)
         ],
         "sae_streams": reports[0].get("sae_streams"),
+        "fast_options": fast_options,
         "epochs": pipe.stats.get("epochs"),
         "pipeline": {
             key: pipe.stats.get(key) for key in ("tokens_per_forward", "compiled", "forwards", "tokens_forwarded")
@@ -554,6 +565,10 @@ def row_ours(b: Bench) -> dict[str, Any]:
 
 def row_ours_overlap(b: Bench) -> dict[str, Any]:
     return run_ours(b, "ours_overlap", [(b.hook, b.k)], overlap=True)
+
+
+def row_ours_radix(b: Bench) -> dict[str, Any]:
+    return run_ours(b, "ours_radix", [(b.hook, b.k)], fast_options={"aux_topk": "radix"})
 
 
 def row_ours_3hooks(b: Bench) -> dict[str, Any]:
@@ -981,6 +996,9 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         s["overlap_x_ours"] = over["tokens_per_s"] / ours["tokens_per_s"]  # > 1: the overlap pays off
     if over and sl:
         s["ours_overlap_x_saelens"] = over["tokens_per_s"] / sl["tokens_per_s"]
+    radix = ok.get("ours_radix")
+    if radix and ours:
+        s["radix_x_ours"] = radix["tokens_per_s"] / ours["tokens_per_s"]  # > 1: the radix aux top-k pays off
     sp = ok.get("sparsify")
     # sparsify's own rows (4 x 1024); a run that cut them shorter starves its batch and is no baseline
     if ours and sp and sp.get("settings", {}).get("context", 1024) >= 1024:

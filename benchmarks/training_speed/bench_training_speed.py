@@ -768,6 +768,19 @@ def bench_impls(rows, cfg_key, d_in, d_sae, k, B, xs, gamma, dev, args, gemm_rat
                     ),
                 )
             )
+        # at 85% dead (no compaction) the dense aux products run over all d_sae columns: the sparse gathers instead
+        for topk_impl in ("torch", "radix"):
+            tag = ",".join(t for t in ("radix" if topk_impl == "radix" else "", "sparse", "dead0.85") if t)
+            impls.append(
+                (
+                    f"fast_weighted_topk+aux[{tag}]",
+                    "sparse",
+                    lambda topk_impl=topk_impl: build_fast(
+                        "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.85, aux_impl="sparse",
+                        aux_topk=topk_impl,
+                    ),
+                )
+            )
         # 4 SAEs on one batch (a lockstep sweep): one after the other, or each on its own CUDA stream
         for tag, kw in (("", {}), ("+aux", {"dead_frac": 0.5})):
             for mode in ("seq", "streams"):

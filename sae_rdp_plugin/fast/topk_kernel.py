@@ -101,8 +101,10 @@ if _HAVE_TRITON:
         key = _keys(v, KEY_BITS)
         if HAS_MASK:
             keep = tl.load(MASK + cols, mask=cm, other=0) != 0
-            low: tl.constexpr = -32768 if KEY_BITS == 16 else -2147483648
-            key = tl.where(keep, key, low)
+            if KEY_BITS == 16:
+                key = tl.where(keep, key, -32768)
+            else:
+                key = tl.where(keep, key, -2147483648)
             v = tl.where(keep, v.to(tl.float32), float("-inf")).to(v.dtype)  # no bf16 constant: interpreter
         return v, key
 

@@ -348,3 +348,15 @@ def test_table2_runprobe_times_quoted_from_the_stage_records():
     assert f"its T part {t['wall_s']:.0f} s ({len(t['trained'])} SAEs" in text
     sp = e["sparse_probing"]
     assert f"its E part {e['wall_s']:.0f} s ({len(sp['evaluated'])} SAEs, {len(sp['datasets'])} datasets)" in text
+
+
+def test_findings_absorption_probe_reading_holds_in_its_jsons():
+    """FINDINGS.md: at Gemma's layer 9 the larger vocabulary sample passes more letters than either smaller one."""
+    folder = ROOT / "experiments/table2/diagnostics"
+    runs = [json.loads(p.read_text()) for p in folder.glob("absorption_probe_*.json")]
+    gemma = [r for r in runs if r["model"] == "gemma3-270m" and r["hook"] == "blocks.9.hook_resid_post"]
+    big = max(r["words"] for r in gemma)
+    small = [r["letters_passing"] for r in gemma if r["words"] < big]
+    assert len(small) >= 2
+    assert all(r["letters_passing"] > max(small) for r in gemma if r["words"] == big)
+    assert "the larger sample passes more letters than either smaller one" in _flat("experiments/table2/FINDINGS.md")

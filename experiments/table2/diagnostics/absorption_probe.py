@@ -12,8 +12,8 @@ does: per letter, F1 of ``probe logit > 0`` on the test words.
 The one difference from the eval: the vocabulary is a seeded random sample of ``--words`` of the model's
 alphabetic tokens (Gemma-3 has ~140k; SAEBench uses all, 80% train / 20% test), because the model's forward
 runs on the CPU here (~650 tokens/s for Gemma-3-270M cut after block 10 on 2 cores, prompts of ~88 tokens).
-Fewer training words can only make the probe worse, so a letter that passes here would pass with the whole
-vocabulary unless the smaller test set's noise put it there: the JSON gives each letter's test count.
+Fewer training words are expected to make the probe worse, so a letter that passes here should pass with the
+whole vocabulary unless the smaller test set's noise put it there: the JSON gives each letter's test count.
 
 Usage (from the repository root, ~20 minutes for 7,500 words):
     .venv/bin/python experiments/table2/diagnostics/absorption_probe.py --model gemma3-270m --layer 9 \

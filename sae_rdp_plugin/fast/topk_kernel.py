@@ -331,6 +331,9 @@ def masked_topk(
     no masked copy of ``x`` is made. One program per row, no host synchronisation (graph-capturable).
     ``block``: columns per read (default: the module's block for the dtype), ``num_warps``: per program."""
     B, n = _check(x, k, "masked_topk")
+    if block is not None and (block < 16 or block > 2**14 or block & (block - 1)):
+        # tl.arange needs a power of two; the packed counters of _write_selected need BLOCK < 2^15
+        raise ValueError(f"masked_topk: block must be a power of two in 16..16384, got {block}")
     if keep is not None and (keep.shape != (n,) or keep.dtype != torch.bool or keep.device != x.device):
         raise ValueError(f"masked_topk: keep must be a bool tensor of shape ({n},) on {x.device}")
     if x.stride(1) != 1:

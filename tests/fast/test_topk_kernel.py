@@ -210,6 +210,9 @@ def test_masked_topk_rejects_bad_input():
         tk.masked_topk(x, 11)
     with pytest.raises(ValueError, match="dtype"):
         tk.masked_topk(x.double(), 2)
+    for block in (8, 48, 2**15):
+        with pytest.raises(ValueError, match="power of two"):
+            tk.masked_topk(x, 2, block=block)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

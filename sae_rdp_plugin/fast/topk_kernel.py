@@ -224,14 +224,34 @@ if _HAVE_TRITON:
                 tl.store(irow + rank, ci.to(tl.int64), mask=w)
         else:
             # ---- fallback (more than CAP candidates: heavy ties): radix select over the whole row
-            r = zero + k
-            t, r = _radix_level(row, n, 0, r, D1 + D2 + D3, D0, True, KEY_BITS, NBINS, BLOCK, row, False)
-            t, r = _radix_level(row, n, t, r, D2 + D3, D1, False, KEY_BITS, NBINS, BLOCK, row, False)
-            if D2 > 0:
-                t, r = _radix_level(row, n, t, r, D3, D2, False, KEY_BITS, NBINS, BLOCK, row, False)
-            if D3 > 0:
-                t, r = _radix_level(row, n, t, r, 0, D3, False, KEY_BITS, NBINS, BLOCK, row, False)
-            _write_selected(row, n, k, t, r, vrow, irow, KEY_BITS, BLOCK, row, False)
+            _radix_select(row, n, zero + k, vrow, irow, row, False, KEY_BITS, D0, D1, D2, D3, NBINS, BLOCK)
+
+    @triton.jit
+    def _radix_select(
+        row,
+        n,
+        k,
+        vrow,
+        irow,
+        MASK,
+        HAS_MASK: tl.constexpr,
+        KEY_BITS: tl.constexpr,
+        D0: tl.constexpr,
+        D1: tl.constexpr,
+        D2: tl.constexpr,
+        D3: tl.constexpr,
+        NBINS: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        """Radix select of the exact k-th key of a row (one histogram read per digit: 2 for 16-bit keys, 4 for
+        fp32), then one read writing the selection to ``vrow`` / ``irow``."""
+        t, r = _radix_level(row, n, 0, k, D1 + D2 + D3, D0, True, KEY_BITS, NBINS, BLOCK, MASK, HAS_MASK)
+        t, r = _radix_level(row, n, t, r, D2 + D3, D1, False, KEY_BITS, NBINS, BLOCK, MASK, HAS_MASK)
+        if D2 > 0:
+            t, r = _radix_level(row, n, t, r, D3, D2, False, KEY_BITS, NBINS, BLOCK, MASK, HAS_MASK)
+        if D3 > 0:
+            t, r = _radix_level(row, n, t, r, 0, D3, False, KEY_BITS, NBINS, BLOCK, MASK, HAS_MASK)
+        _write_selected(row, n, k, t, r, vrow, irow, KEY_BITS, BLOCK, MASK, HAS_MASK)
 
     @triton.jit
     def _write_selected(
@@ -288,21 +308,19 @@ if _HAVE_TRITON:
         NBINS: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
-        """Radix select of the exact k-th key (one histogram read per digit), then one read writing the
-        selection: 3 reads of the row for 16-bit keys, 5 for fp32, whatever k (``masked_topk``)."""
+        """:func:`_radix_select` on every row: 3 reads of the row for 16-bit keys, 5 for fp32, whatever k
+        (``masked_topk``)."""
         pid = tl.program_id(0).to(tl.int64)
-        row = X + pid * stride_x
-        r = 0 * tl.program_id(0) + k
-        t, r = _radix_level(row, n, 0, r, D1 + D2 + D3, D0, True, KEY_BITS, NBINS, BLOCK, MASK, HAS_MASK)
-        t, r = _radix_level(row, n, t, r, D2 + D3, D1, False, KEY_BITS, NBINS, BLOCK, MASK, HAS_MASK)
-        if D2 > 0:
-            t, r = _radix_level(row, n, t, r, D3, D2, False, KEY_BITS, NBINS, BLOCK, MASK, HAS_MASK)
-        if D3 > 0:
-            t, r = _radix_level(row, n, t, r, 0, D3, False, KEY_BITS, NBINS, BLOCK, MASK, HAS_MASK)
-        _write_selected(row, n, k, t, r, VAL + pid * k, IDX + pid * k, KEY_BITS, BLOCK, MASK, HAS_MASK)
+        kk = 0 * tl.program_id(0) + k
+        _radix_select(
+            X + pid * stride_x, n, kk, VAL + pid * k, IDX + pid * k, MASK, HAS_MASK, KEY_BITS, D0, D1, D2, D3, NBINS,
+            BLOCK,
+        )  # fmt: skip
 
 
-def _check(x: torch.Tensor, k: int, name: str) -> tuple[int, int]:
+def _prepare(x: torch.Tensor, k: int, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, int]]:
+    """Checked input (rows made contiguous), empty outputs ``[B, k]`` (values, int64 indices) and the key
+    constexprs of its dtype (key width, radix digits, histogram bins) that both kernels take."""
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         raise ValueError(f"{name}: x must be a 2-D tensor, got shape {tuple(getattr(x, 'shape', ()))}")
     if x.dtype not in _DTYPES:
@@ -314,7 +332,18 @@ def _check(x: torch.Tensor, k: int, name: str) -> tuple[int, int]:
         raise ValueError(f"{name}: rows of {n} columns are too long (int32 column counter)")
     if not _HAVE_TRITON:
         raise RuntimeError(f"{name}: Triton is not installed")
-    return B, n
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    vals = torch.empty(B, k, device=x.device, dtype=x.dtype)
+    idx = torch.empty(B, k, device=x.device, dtype=torch.int64)
+    key_bits, digits = (32, _DIGITS_32) if x.dtype == torch.float32 else (16, _DIGITS_16)
+    keys = {"KEY_BITS": key_bits, "D0": digits[0], "D1": digits[1], "D2": digits[2], "D3": digits[3]}
+    return x, vals, idx, {**keys, "NBINS": 1 << max(digits)}
+
+
+def _default_block(dtype: torch.dtype) -> int:
+    """Columns per read of either kernel (the module's block sizes)."""
+    return _BLOCK_32 if dtype == torch.float32 else _BLOCK_16
 
 
 def masked_topk(
@@ -330,20 +359,15 @@ def masked_topk(
     (2 for bf16/fp16, 4 for fp32), then one read writing the selection; the mask is applied while reading, so
     no masked copy of ``x`` is made. One program per row, no host synchronisation (graph-capturable).
     ``block``: columns per read (default: the module's block for the dtype), ``num_warps``: per program."""
-    B, n = _check(x, k, "masked_topk")
+    x, vals, idx, keys = _prepare(x, k, "masked_topk")
+    B, n = x.shape
     if block is not None and (block < 16 or block > 2**14 or block & (block - 1)):
         # tl.arange needs a power of two; the packed counters of _write_selected need BLOCK < 2^15
         raise ValueError(f"masked_topk: block must be a power of two in 16..16384, got {block}")
     if keep is not None and (keep.shape != (n,) or keep.dtype != torch.bool or keep.device != x.device):
         raise ValueError(f"masked_topk: keep must be a bool tensor of shape ({n},) on {x.device}")
-    if x.stride(1) != 1:
-        x = x.contiguous()
-    vals = torch.empty(B, k, device=x.device, dtype=x.dtype)
-    idx = torch.empty(B, k, device=x.device, dtype=torch.int64)
     if B == 0:
         return vals, idx
-    key_bits, digits = (32, _DIGITS_32) if x.dtype == torch.float32 else (16, _DIGITS_16)
-    blk = block or (_BLOCK_32 if x.dtype == torch.float32 else _BLOCK_16)
     mask = keep.contiguous().view(torch.uint8) if keep is not None else vals  # unused pointer without a mask
     _radix_topk_kernel[(B,)](
         x,
@@ -354,14 +378,9 @@ def masked_topk(
         n,
         k,
         HAS_MASK=keep is not None,
-        KEY_BITS=key_bits,
-        D0=digits[0],
-        D1=digits[1],
-        D2=digits[2],
-        D3=digits[3],
-        NBINS=1 << max(digits),
-        BLOCK=blk,
+        BLOCK=block or _default_block(x.dtype),
         num_warps=num_warps,
+        **keys,
     )
     return vals, idx
 
@@ -376,15 +395,11 @@ def row_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     no host synchronisation, so the call can be captured in a CUDA graph. Raises ValueError for a
     tensor that is not 2-D, an unsupported dtype, or ``k`` outside ``1 .. x.shape[1]``.
     """
-    B, n = _check(x, k, "row_topk")
-    if x.stride(1) != 1:
-        x = x.contiguous()
-    vals = torch.empty(B, k, device=x.device, dtype=x.dtype)
-    idx = torch.empty(B, k, device=x.device, dtype=torch.int64)
+    x, vals, idx, keys = _prepare(x, k, "row_topk")
+    B, n = x.shape
     if B == 0:
         return vals, idx
-    key_bits, digits = (32, _DIGITS_32) if x.dtype == torch.float32 else (16, _DIGITS_16)
-    block = _BLOCK_32 if x.dtype == torch.float32 else _BLOCK_16
+    block = _default_block(x.dtype)
     groups = min(_GROUPS, block)
     cap = max(_CAP, 2 * k)
     scratch = torch.empty(B, cap, device=x.device, dtype=torch.int32)
@@ -396,17 +411,12 @@ def row_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         scratch,
         n,
         k,
-        KEY_BITS=key_bits,
-        D0=digits[0],
-        D1=digits[1],
-        D2=digits[2],
-        D3=digits[3],
-        NBINS=1 << max(digits),
         BLOCK=block,
         G=groups,
         USE_BOUND=k <= groups,
         CAP=cap,
         CB=_CB,
         num_warps=_NUM_WARPS,
+        **keys,
     )
     return vals, idx

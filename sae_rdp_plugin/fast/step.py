@@ -545,6 +545,15 @@ class FastTopKTrainer:
     def dead_neurons(self) -> torch.Tensor:
         return self.n_forward_passes_since_fired > self.cfg.dead_feature_window
 
+    def aux_stats(self) -> dict[str, Any]:
+        """This process's steps per padded aux width (``"0"``: without the aux loss; d_sae: over all columns) and
+        the mean dead fraction over its aux steps (None without any): where the step time went."""
+        aux_steps = sum(n for w, n in self.aux_width_steps.items() if w)
+        return {
+            "aux_steps_by_width": {str(w): n for w, n in sorted(self.aux_width_steps.items())},
+            "mean_dead_fraction_aux_steps": self.aux_dead_sum / (aux_steps * self.cfg.d_sae) if aux_steps else None,
+        }
+
     @property
     def feature_sparsity(self) -> torch.Tensor:
         return self.act_freq_scores / max(self.n_frac_active_samples, 1)
@@ -582,7 +591,7 @@ class FastTopKTrainer:
         if self.cfg.aux_topk == "radix" and self.use_triton and (sel.device.type == "cuda" or self._row_topk_on_cpu):
             from sae_rdp_plugin.fast import topk_kernel
 
-            if topk_kernel.available(sel.device) and sel.dtype in (torch.bfloat16, torch.float16, torch.float32):
+            if topk_kernel.available(sel.device):
                 return topk_kernel.masked_topk(sel, k, keep)
         sel = sel.masked_fill_(~keep, -torch.inf) if fresh else sel.masked_fill(~keep, -torch.inf)
         return sel.topk(k, dim=1, sorted=False)

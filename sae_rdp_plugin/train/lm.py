@@ -905,15 +905,8 @@ def _save(r: _Run, held: dict[str, torch.Tensor], common: dict[str, Any], seen: 
         # cost depends on how many there are: benchmarks/training_speed/aux_compact/)
         "train_dead_fraction": float(r.trainer.dead_neurons.float().mean()),
         "sae_step_s": round(r.clock.seconds, 4),
-        # fast step: this process's steps per padded width of the aux selection ("0": without the aux loss;
-        # d_sae: over all columns) and the mean dead fraction over its aux steps (FastTopKTrainer.aux_width_steps)
-        "aux_steps_by_width": (
-            {str(w): n for w, n in sorted(r.fast_step.aux_width_steps.items())} if r.fast else None
-        ),
-        "mean_dead_fraction_aux_steps": (
-            r.fast_step.aux_dead_sum / (aux_n * r.cfg.d_sae)
-            if r.fast and (aux_n := sum(n for w, n in r.fast_step.aux_width_steps.items() if w)) else None
-        ),
+        # fast step: its steps per padded width of the aux selection and mean dead fraction (FastTopKTrainer.aux_stats)
+        **(r.fast_step.aux_stats() if r.fast else {"aux_steps_by_width": None, "mean_dead_fraction_aux_steps": None}),
         # BatchTopK on the fast step: steps whose per-row candidates could miss a selected latent, redone with the
         # exact dense selection (each costs a dense top-k over the batch)
         "batchtopk_dense_fallback_steps": (

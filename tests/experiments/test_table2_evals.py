@@ -472,7 +472,14 @@ def test_absorption_probe_diagnostic_on_a_tiny_model(rs, tmp_path, monkeypatch, 
     assert d["letters_passing"] == sum(r["f1"] > 0.6 for r in d["letters"])
     assert d["evaluable_on_this_sample"] == (d["letters_passing"] >= 20)
     before = out.read_text()
+    capsys.readouterr()  # the run's progress bars
     with pytest.raises(SystemExit) as e:
         ap.main(["--model", "gemma3-270m", "--layer", "1", "--out", str(out)])
-    assert e.value.code == 2 and "exists; not overwritten" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and "exists; not overwritten" in err
     assert out.read_text() == before
+    big = tmp_path / "big.json"  # more words than the tiny vocabulary holds: one line, exit 2, nothing written
+    with pytest.raises(SystemExit) as e:
+        ap.main(["--model", "gemma3-270m", "--layer", "1", "--words", "100000", "--out", str(big)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "exceeds the model's" in err and not big.exists()

@@ -34,7 +34,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # absorption_stage, probing_stage
+sys.path.insert(0, str(HERE.parent))  # absorption_stage, probing_stage, run_stage
+
+from run_stage import fail  # noqa: E402  (one line "error: ...", exit 2)
 
 MODELS = ("gemma3-270m", "smollm2-135m")
 
@@ -50,13 +52,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="JSON to write (not overwritten)")
     a = p.parse_args(argv)
     if a.words < 100:
-        p.error(f"--words must be at least 100 (got {a.words})")
+        fail(f"--words must be at least 100 (got {a.words})")
     if a.layer < 0 or a.threads < 1 or a.batch < 1:
-        p.error("--layer must be >= 0, --threads and --batch >= 1")
+        fail("--layer must be >= 0, --threads and --batch >= 1")
     if a.out.exists():
-        p.error(f"{a.out} exists; not overwritten")
+        fail(f"{a.out} exists; not overwritten")
     if not a.out.parent.is_dir():
-        p.error(f"folder of --out does not exist: {a.out.parent}")
+        fail(f"folder of --out does not exist: {a.out.parent}")
     return a
 
 
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     load_s = time.time() - t0
     vocab = get_alpha_tokens(model.tokenizer)
     if a.words > len(vocab):
-        raise SystemExit(f"error: --words {a.words} exceeds the model's {len(vocab)} alphabetic tokens")
+        fail(f"--words {a.words} exceeds the model's {len(vocab)} alphabetic tokens")
     random.seed(a.seed)
     torch.manual_seed(a.seed)
     sample = random.sample(vocab, a.words)
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if not np.isfinite(logits).all():
         # SAEBench weighs each letter by negatives / positives: a letter without training words makes it inf
         missing = sorted(set(range(26)) - set(np.unique(y_train).tolist()))
-        raise SystemExit(f"error: the probe is not finite (letters without training words: {missing}); raise --words")
+        fail(f"the probe is not finite (letters without training words: {missing}); raise --words")
     letters = letter_scores(logits, y_test, y_train)
     n_pass = sum(r["f1"] > cfg.min_GT_probe_f1 for r in letters)
     result = {

@@ -757,28 +757,22 @@ def bench_impls(rows, cfg_key, d_in, d_sae, k, B, xs, gamma, dev, args, gemm_rat
                     )
                 )
         # the aux top-k by topk_kernel.masked_topk (radix select, mask fused; aux_topk="radix") against the
-        # masked copy + torch.topk of the rows above, compacted as by default
-        for dead_frac, dtag in ((0.5, ""), (0.2, "dead0.2"), (0.85, "dead0.85")):
-            impls.append(
-                (
-                    f"fast_weighted_topk+aux[{','.join(t for t in ('radix', dtag) if t)}]",
-                    "sparse",
-                    lambda dead_frac=dead_frac: build_fast(
-                        "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=dead_frac, aux_topk="radix"
-                    ),
-                )
-            )
-        # at 85% dead (no compaction) the dense aux products run over all d_sae columns: the sparse gathers instead
-        for topk_impl in ("torch", "radix"):
-            tag = ",".join(t for t in ("radix" if topk_impl == "radix" else "", "sparse", "dead0.85") if t)
+        # masked copy + torch.topk of the rows above, compacted as by default; at 85% dead (no compaction) the
+        # dense aux products run over all d_sae columns: the sparse gathers instead, with either top-k
+        radix = {"aux_topk": "radix"}
+        sparse = {"dead_frac": 0.85, "aux_impl": "sparse"}
+        for tag, kw in (
+            ("radix", {**radix, "dead_frac": 0.5}),
+            ("radix,dead0.2", {**radix, "dead_frac": 0.2}),
+            ("radix,dead0.85", {**radix, "dead_frac": 0.85}),
+            ("sparse,dead0.85", sparse),
+            ("radix,sparse,dead0.85", {**sparse, **radix}),
+        ):
             impls.append(
                 (
                     f"fast_weighted_topk+aux[{tag}]",
                     "sparse",
-                    lambda topk_impl=topk_impl: build_fast(
-                        "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.85, aux_impl="sparse",
-                        aux_topk=topk_impl,
-                    ),
+                    lambda kw=kw: build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, **kw),
                 )
             )
         # 4 SAEs on one batch (a lockstep sweep): one after the other, or each on its own CUDA stream

@@ -431,23 +431,24 @@ def test_graph_keyed_by_aux_width(monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("aux_topk", ["torch", "radix"])
 @pytest.mark.parametrize("bf16", [False, True])
-def test_cuda_graph_with_compacted_aux_equals_eager_full_selection(bf16):
+def test_cuda_graph_with_compacted_aux_equals_eager_full_selection(bf16, aux_topk):
     """On CUDA: the Triton step replayed as CUDA graphs with the compacted aux selection (recaptured when the
-    dead count changes bucket) equals the eager step with the full selection, and captures without falling
-    back to eager steps."""
+    dead count changes bucket), its aux top-k by torch.topk or by topk_kernel.masked_topk, equals the eager step
+    with the full selection by torch.topk, and captures without falling back to eager steps."""
     d_in, d_sae, k = 64, 1024, 8
     p = {n: t.cuda() for n, t in _params(d_in, d_sae, 21, torch.float32).items()}
 
-    def make(graph: bool, compact: str) -> FastTopKTrainer:
+    def make(graph: bool, compact: str, topk: str = "torch") -> FastTopKTrainer:
         c = FastTopKConfig(d_in=d_in, d_sae=d_sae, k=k, lr=1e-3, bf16=bf16, kernels="triton", cuda_graph=graph,
-                           aux_compact=compact)  # fmt: skip
+                           aux_compact=compact, aux_topk=topk)  # fmt: skip
         return FastTopKTrainer(
             c, *(p[n].clone() for n in ("W_enc", "b_enc", "W_dec", "b_dec")), gamma=p["gamma"].clone(),
             dtype=torch.float32, device="cuda",
         )  # fmt: skip
 
-    a, b = make(True, "auto"), make(False, "off")
+    a, b = make(True, "auto", aux_topk), make(False, "off")
     g = torch.Generator().manual_seed(22)
     widths = set()
     for s in range(14):

@@ -68,7 +68,11 @@ def test_streams_at_lm_shapes_stay_finite_and_match_the_sequential_loop(tmp_path
 
     def run(name: str, streams: bool) -> tuple[list[dict], list[dict]]:
         specs = [
-            SAESpec("h", cfg("topk", d_in=d, d_sae=n, k=k, batch_size=rows, device="cuda"), tmp_path / name / str(k))
+            SAESpec(
+                "h",
+                cfg("topk", d_in=d, d_sae=n, k=k, batch_size=rows, tokens=steps * rows, device="cuda"),
+                tmp_path / name / str(k),
+            )
             for k in (16, 32, 64, 128)
         ]
         res = train_saes(iter(data), specs, tokens=steps * rows, progress=False, sae_streams=streams)

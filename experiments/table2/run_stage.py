@@ -184,19 +184,38 @@ def resolve_levels(saes: list[dict], out: Path, recipe: dict) -> list[dict]:
 # ------------------------------------------------------------------------------------ model and corpus
 
 
-def load_corpus(path: Path) -> tuple[np.ndarray, np.ndarray, int | None]:
-    """(train rows, held-out rows, BOS id) from a corpus folder (tokens.npz) or a shards folder (shards.json)."""
+def load_corpus(path: Path) -> tuple[np.ndarray, np.ndarray, int | None, dict]:
+    """(train rows, held-out rows, BOS id, build metadata) from a corpus folder (tokens.npz) or a shards folder
+    (shards.json); the metadata holds the build's ``tokenizer`` and ``tokens_sha256`` when the folder says."""
     from sae_rdp_plugin.lm.corpus import load_tokens, read_manifest, read_shards
 
     if (path / "shards.json").is_file():
         arrs = read_shards(path)
         meta = load_json(path / "shards.json").get("meta") or {}
-        return arrs["train"], arrs["heldout"], meta.get("bos_token_id")
+        return arrs["train"], arrs["heldout"], meta.get("bos_token_id"), meta
     if (path / "tokens.npz").is_file():
-        bos = read_manifest(path).get("bos_token_id") if (path / "manifest.json").is_file() else None
-        return load_tokens(path, "train"), load_tokens(path, "heldout"), bos
+        meta = read_manifest(path) if (path / "manifest.json").is_file() else {}
+        return load_tokens(path, "train"), load_tokens(path, "heldout"), meta.get("bos_token_id"), meta
     fail(f"--corpus {path}: neither a corpus folder (tokens.npz) nor a shards folder (shards.json)")
     raise AssertionError
+
+
+def corpus_provenance(meta: dict, manifest: Path = HERE / "corpus_manifest.json") -> dict:
+    """The corpus build a call trained on, against the committed build of the same tokenizer
+    (``corpus_manifest.json``): ``matches_manifest`` is None when either side lacks a tokens hash. A rebuild
+    differs when a registry no longer serves a pinned archive (Debian mirrors drop point releases; the fetch
+    then takes the current version, with a warning), so the SAEs of different sessions may have seen slightly
+    different text: the stage record says which."""
+    sha = meta.get("tokens_sha256")
+    tok = meta.get("tokenizer")
+    committed = None
+    if manifest.is_file():
+        for b in load_json(manifest).get("builds", []):
+            m = b.get("manifest") or {}
+            if tok is not None and m.get("tokenizer") == tok:
+                committed = m.get("tokens_sha256")
+    same = None if sha is None or committed is None else sha == committed
+    return {"tokenizer": tok, "tokens_sha256": sha, "manifest_tokens_sha256": committed, "matches_manifest": same}
 
 
 def load_models(name: str, args: argparse.Namespace) -> tuple[Any, Any, Any]:
@@ -777,7 +796,13 @@ def main(argv: list[str] | None = None) -> int:
             f"--n-layers {args.n_layers} truncates {model_name} ({depth} blocks): SAEBench's CE loss needs them "
             "all; add --no-eval"
         )
-    train, held, bos = load_corpus(args.corpus)
+    train, held, bos, corpus_meta = load_corpus(args.corpus)
+    corpus = corpus_provenance(corpus_meta)
+    if corpus["matches_manifest"] is False:
+        print(
+            f"warning: corpus build {corpus['tokens_sha256'][:12]} differs from corpus_manifest.json's "
+            f"{corpus['manifest_tokens_sha256'][:12]} (a re-fetched archive version?): recorded in the stage file"
+        )
     if args.context_size:
         train, held = train[:, : args.context_size], held[:, : args.context_size]
 
@@ -886,6 +911,7 @@ def main(argv: list[str] | None = None) -> int:
             "evals_left_for_later": eval_left,
             "eval_seconds": {i: {"core": round(c, 2), "proxies": round(q, 2)} for i, (c, q) in eval_s.items()},
             "tokens_scale": args.tokens_scale,
+            "corpus": corpus,
         }
     )
     rec["gpu_s_total"] = round(sum(c["gpu_s"] for c in rec["calls"]), 2)

@@ -94,6 +94,10 @@ def test_stage_end_to_end_resume_and_audit(rs, tmp_path, capsys):
     rec = json.loads((out / "stage_T-tiny.json").read_text())
     (call,) = rec["calls"]
     assert len(call["trained"]) == 4 and call["skipped_trained_before"] == [] and len(call["core_evaluated"]) == 5
+    # the tiny corpus's manifest names no tokenizer and no hash: nothing to compare, and the record says so
+    assert call["corpus"] == {
+        "tokenizer": None, "tokens_sha256": None, "manifest_tokens_sha256": None, "matches_manifest": None
+    }  # fmt: skip
     files = sorted((out / "core").glob("*.json"))
     assert len(files) == 5
     objs = {f.name: json.loads(f.read_text()) for f in files}
@@ -464,3 +468,26 @@ def test_eval_json_names_unique_across_the_plan(rs):
     assert same_id  # the collision this name prevents exists in the plan
     name = rs.eval_json_name("table2-gemma3-270m-L9-batchtopk", "blocks.9.hook_resid_post__w16384_k16_s0_step_final")
     assert name == "batchtopk__blocks_9_hook_resid_post__w16384_k16_s0_step_final.json"
+
+
+def test_corpus_provenance_against_the_committed_build(rs, tmp_path):
+    """A call's corpus build is compared with the committed build of the same tokenizer (a rebuild differs when a
+    registry stopped serving a pinned archive); another tokenizer's build or a missing hash compares as None."""
+    man = tmp_path / "corpus_manifest.json"
+    builds = [
+        {"manifest": {"tokenizer": "m1", "tokens_sha256": "aa"}},
+        {"manifest": {"tokenizer": "m2", "tokens_sha256": "bb"}},
+    ]
+    man.write_text(json.dumps({"builds": builds}))
+    assert rs.corpus_provenance({"tokenizer": "m1", "tokens_sha256": "aa"}, man)["matches_manifest"] is True
+    got = rs.corpus_provenance({"tokenizer": "m2", "tokens_sha256": "aa"}, man)
+    assert got == {"tokenizer": "m2", "tokens_sha256": "aa", "manifest_tokens_sha256": "bb", "matches_manifest": False}
+    assert rs.corpus_provenance({"tokenizer": "m3", "tokens_sha256": "aa"}, man)["matches_manifest"] is None
+    assert rs.corpus_provenance({"tokenizer": "m1"}, man)["matches_manifest"] is None
+    assert (
+        rs.corpus_provenance({"tokenizer": "m1", "tokens_sha256": "aa"}, tmp_path / "none.json")["matches_manifest"]
+        is None
+    )
+    # the committed manifest holds both models' builds
+    committed = rs.corpus_provenance({"tokenizer": "gemma3-270m", "tokens_sha256": "x"})
+    assert committed["matches_manifest"] is False and len(committed["manifest_tokens_sha256"]) == 64

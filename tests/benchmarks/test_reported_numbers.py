@@ -5,6 +5,8 @@ typo in the text) fails."""
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -107,7 +109,11 @@ def test_top_readme_table2_row_quotes_table2_json():
     ):
         assert q in line, q
     j = row("jumprelu")
-    assert j["n_pairs"] == 0 and f"the {j['n_saes']} JumpReLU SAEs of width 4k, which form no dominated pair" in line
+    lo, hi = j["V_ci"]
+    q = f"JumpReLU V {j['V']:.3f} [{lo:.3f}, {hi:.3f}] on {j['n_saes']} SAEs, {j['n_pairs']} dominated"
+    assert q in line, q
+    # "no evidence either way" only while the interval holds 0.5
+    assert j["V_ci"][0] <= 0.5 <= j["V_ci"][1] and "no evidence either way" in line
 
 
 def test_recipe_calibration_drift_is_the_reported_median():
@@ -340,14 +346,24 @@ def test_model_load_numbers_quoted():
     assert d["machine"].endswith("2 CPUs") and d["date_utc"].startswith("2026-12-03")
 
 
-def test_table2_runprobe_times_quoted_from_the_stage_records():
+@pytest.mark.parametrize(
+    "call, heading",
+    [
+        (-2, "`runprobe T-*-jumprelu --max-saes 5` (2026-12-03"),
+        (-1, "`runprobe T-*-jumprelu --widths 16384` (2026-12-04)"),
+    ],
+)
+def test_table2_runprobe_times_quoted_from_the_stage_records(call, heading):
+    """The two runprobe calls of the JumpReLU SAEs (width 4k, then 16k): the last two records of each stage file."""
     base = ROOT / "experiments/table2/results/gemma3-270m-L9"
-    t = json.loads((base / "stage_T-gemma3-270m-9-jumprelu.json").read_text())["calls"][-1]
-    e = json.loads((base / "stage_E-gemma3-270m-9.json").read_text())["calls"][-1]
-    text = _flat("experiments/table2/README.md", after="`runprobe T-*-jumprelu --max-saes 5` (2026-12-03")
+    t = json.loads((base / "stage_T-gemma3-270m-9-jumprelu.json").read_text())["calls"][call]
+    e = json.loads((base / "stage_E-gemma3-270m-9.json").read_text())["calls"][call]
+    width = "w4096" if call == -2 else "w16384"
+    assert all(f"/{width}/" in i for i in t["trained"])
+    text = _flat("experiments/table2/README.md", after=heading)
     assert f"its T part {t['wall_s']:.0f} s ({len(t['trained'])} SAEs" in text
     sp = e["sparse_probing"]
-    assert f"its E part {e['wall_s']:.0f} s ({len(sp['evaluated'])} SAEs, {len(sp['datasets'])} datasets)" in text
+    assert f"its E part {e['wall_s']:.0f} s ({len(sp['evaluated'])} SAEs, {len(sp['datasets'])} datasets" in text
 
 
 def test_findings_absorption_probe_reading_holds_in_its_jsons():

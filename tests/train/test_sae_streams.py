@@ -54,8 +54,10 @@ def test_streams_at_lm_shapes_stay_finite_and_match_the_sequential_loop(tmp_path
     """The setting where the first streams run failed (H200, 2026-12-03: loss NaN at step 4 for the first of
     four SAEs on Gemma-3-270M activations): cuBLAS-sized products (d_in 640, 16,384 latents, 4,096 rows), the
     default (non-deterministic) fast step, enough steps that the captured graphs replay. Each SAE's graph has
-    its own capture stream (its own cuBLAS workspace); the weights match the sequential loop's to the
-    run-to-run spread of float atomics."""
+    its own capture stream (its own cuBLAS workspace); the weights stay finite and differ from the sequential
+    loop's by no more than a second sequential run differs from the first (the run-to-run spread of float
+    atomics, which Adam amplifies for rarely active latents: a fixed tolerance failed on the H200, 2026-12-04),
+    with a floor for runs that happen to agree."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     d, n, rows, steps = 640, 16384, 4096, 24
@@ -79,10 +81,15 @@ def test_streams_at_lm_shapes_stay_finite_and_match_the_sequential_loop(tmp_path
         return res, [load_file(str(s.out / "sae_weights.safetensors")) for s in specs]
 
     ra, wa = run("seq", False)
+    _, wa2 = run("seq2", False)
     rb, wb = run("streams", True)
-    assert rb[0]["sae_streams"] is True
-    for a, b in zip(wa, wb):
+    assert ra[0]["sae_streams"] is False and rb[0]["sae_streams"] is True
+
+    def rel(x: torch.Tensor, y: torch.Tensor) -> float:
+        return float((x.double() - y.double()).norm() / x.double().norm().clamp_min(1e-12))
+
+    for i, (a, a2, b) in enumerate(zip(wa, wa2, wb)):
         for key in a:
-            assert torch.isfinite(b[key]).all(), key
-            rel = (a[key] - b[key]).norm() / a[key].norm().clamp_min(1e-12)
-            assert rel < 1e-2, (key, float(rel))
+            assert torch.isfinite(b[key]).all(), (i, key)
+            spread, got = rel(a[key], a2[key]), rel(a[key], b[key])
+            assert got <= 3 * spread + 1e-3, (i, key, got, spread)

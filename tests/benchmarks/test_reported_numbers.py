@@ -397,6 +397,10 @@ def test_real_weight_equal_token_run_numbers_quoted():
         f"the step with it {step_x:.2f}x",
     ]
     _assert_quoted(quoted, section)
+    no_aux, aux = ms[small, "fast_weighted_topk"], ms[small, "fast_weighted_topk+aux"]
+    assert f"The aux term adds {aux - no_aux:.2f} ms to a {no_aux:.2f} ms step at half the latents dead" in _flat(
+        "benchmarks/e2e/README.md"
+    )
     old = json.loads((ROOT / "benchmarks/e2e/runs/2026-12-03-real-weights-ctx128/latest.json").read_text())
     sp_old = next(x for x in old["rows"] if x["row"] == "sparsify")
     assert f"({sp_old['tokens_per_s']:,.0f} tokens/s, another session) ours would be " in section

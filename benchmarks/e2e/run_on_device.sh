@@ -23,6 +23,11 @@ elif ! PYTHONPATH=/tmp/site python3 -c "import sae_lens, sparsify, transformer_l
   exit 2
 fi
 export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+# real weights staged by experiments/table2/stage.sh: its unpacked tokenizer (checked on the dev machine; the
+# image's transformers converts Gemma's GGUF tokenizer into one that splits words)
+if [ -z "${SAE_RDP_TOKENIZER_DIR:-}" ] && [ -f /tmp/t2/tokenizer/tokenizer.json ]; then
+  export SAE_RDP_TOKENIZER_DIR=/tmp/t2/tokenizer
+fi
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 - <<'EOF'

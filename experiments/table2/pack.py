@@ -8,6 +8,11 @@ Writes ``.carry/t2/<model>/call<N>/`` (the shards folder's files under ``shards/
 Each call carries the working tree too (64 MiB in all): the tree is measured now (``git ls-files``) and each call
 is filled to 64 MiB minus the tree minus ``--margin-mib``. The last call holds ``GGUF`` (the file name and its
 sha256), which ``stage.sh run`` uses to assemble and check the model.
+
+The first call also holds ``tokenizer.tar.xz``: the model's tokenizer as this machine converts it
+(``lm.models.load_tokenizer``, which checks it splits a probe sentence into whole vocabulary pieces).
+``stage.sh`` unpacks it on the device and points ``SAE_RDP_TOKENIZER_DIR`` at it, because the GPU image's
+transformers (5.17) converts Gemma's GGUF tokenizer into one that splits words.
 """
 
 from __future__ import annotations
@@ -29,6 +34,24 @@ def tree_bytes() -> int:
         ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
     ).stdout.split(b"\0")
     return sum((ROOT / f.decode()).stat().st_size for f in out if f and (ROOT / f.decode()).is_file())
+
+
+def tokenizer_archive(model: str, dest: Path) -> Path:
+    """``dest``: a tar.xz of the folder ``tokenizer/`` holding ``model``'s checked tokenizer (save_pretrained)."""
+    import tarfile
+    import tempfile
+
+    from sae_rdp_plugin.lm.models import load_tokenizer
+
+    tok = load_tokenizer(model)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.save_pretrained(str(Path(tmp) / "tokenizer"))
+        part = dest.with_name(dest.name + ".part")
+        with tarfile.open(part, "w:xz") as tar:
+            tar.add(Path(tmp) / "tokenizer", arcname="tokenizer")
+        part.replace(dest)
+    return dest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         shutil.rmtree(dest)  # an earlier run of this script
     items: list[tuple[str, Path | None, int, int]] = []  # (name in the call, source, offset, size)
+    tok_archive = tokenizer_archive(args.model, args.out / f".{args.model}-tokenizer.tar.xz")
+    items.append(("tokenizer.tar.xz", tok_archive, 0, tok_archive.stat().st_size))
     for f in sorted(args.shards.iterdir()):
         if f.is_file():
             items.append((f"shards/{f.name}", f, 0, f.stat().st_size))

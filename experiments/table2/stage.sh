@@ -37,6 +37,13 @@ join_gguf() {  # the put calls leave the GGUF in pieces: join them once, checked
 }
 STEP=${1:?usage: stage.sh wheels|put DIR|join|run STAGE [ARGS]}
 mkdir -p "$WORK" "$OUT"
+# the tokenizer pack.py put in the first call (converted and checked on the dev machine: the device image's
+# transformers converts Gemma's GGUF tokenizer into one that splits words): unpacked once, used by every step
+if [ -f "$WORK/tokenizer.tar.xz" ] && [ ! -f "$WORK/tokenizer/tokenizer.json" ]; then
+  "$PY" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' \
+    "$WORK/tokenizer.tar.xz" "$WORK"
+fi
+if [ -f "$WORK/tokenizer/tokenizer.json" ]; then export SAE_RDP_TOKENIZER_DIR="$WORK/tokenizer"; fi
 t0=$(date +%s)
 case "$STEP" in
 wheels)

@@ -298,6 +298,36 @@ def offline_gguf(model: str, path: str | os.PathLike | None = None, n_layers: in
     return dst
 
 
+# A sentence and the vocabulary pieces a faithful conversion of each offline model's tokenizer splits it into:
+# every word is one piece of the GGUF's own token list (tokenizer.ggml.tokens), so the model's BPE merges it
+# whole. transformers 5.17's GGUF conversion of Gemma's ("llama"-type) tokenizer builds a Unigram model that
+# splits words instead ("Hello", "▁w", "or", "ld", ...): text tokenized on a machine with it (the GPU
+# image's transformers) is not the text the model was trained on.
+TOKENIZER_PROBES: dict[str, tuple[str, list[str]]] = {
+    "gemma3-270m": ("Hello world, the tokenizer.", ["Hello", "\u2581world", ",", "\u2581the", "\u2581tokenizer", "."]),
+    "smollm2-135m": ("Hello world, the tokenizer.", ["Hello", "\u0120world", ",", "\u0120the", "\u0120tokenizer", "."]),
+}
+
+
+def check_tokenizer(model: str, tok: Any) -> None:
+    """Raise SaeRdpError when ``tok`` does not split :data:`TOKENIZER_PROBES`'s sentence of ``model`` into its
+    vocabulary pieces (a tokenizer converted by a transformers version whose GGUF conversion differs); no-op
+    for models without a probe."""
+    probe = TOKENIZER_PROBES.get(canonical_name(model))
+    if probe is None:
+        return
+    text, want = probe
+    got = tok.convert_ids_to_tokens(tok.encode(text, add_special_tokens=False))
+    if got != want:
+        import transformers
+
+        raise SaeRdpError(
+            f"the {model} tokenizer (loaded with transformers {transformers.__version__}) splits {text!r} into "
+            f"{got}, not the vocabulary pieces {want}: set SAE_RDP_TOKENIZER_DIR to a tokenizer folder saved where "
+            "this check passes (experiments/table2/pack.py carries one to the GPU machine)"
+        )
+
+
 def load_tokenizer(model: str, path: str | os.PathLike | None = None, *, cache: bool = True) -> Any:
     """The model's tokenizer. Offline models: converted from the GGUF metadata (slow for Gemma's 262k
     vocabulary: 30-120 s) once, then saved to and read from ``$SAE_RDP_MODEL_CACHE/<model>-tokenizer``
@@ -316,10 +346,13 @@ def load_tokenizer(model: str, path: str | os.PathLike | None = None, *, cache: 
             raise SaeRdpError(f"could not load the tokenizer of {model!r} {where}") from exc
     tok_dir = Path(os.environ.get("SAE_RDP_TOKENIZER_DIR") or _cache_dir() / f"{key}-tokenizer")
     if (tok_dir / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(str(tok_dir))
+        tok = AutoTokenizer.from_pretrained(str(tok_dir))
+        check_tokenizer(key, tok)
+        return tok
     _require_gguf()
     p = gguf_path(key, path)
     tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+    check_tokenizer(key, tok)  # before caching: a wrong conversion must not be reused silently
     if cache:
         tok.save_pretrained(str(tok_dir))
     return tok

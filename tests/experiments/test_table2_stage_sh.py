@@ -145,3 +145,33 @@ def test_runprobe_trains_then_probes_with_the_time_left(tmp_path):
     r = _run(tmp_path, "runprobe", "W-wsae", python=str(fake), T2_E="E-m-9")
     calls = [ln for ln in r.stdout.splitlines() if ln.startswith("run_stage ")]
     assert r.returncode == 0 and "--stage W-wsae" in calls[0] and "--stage E-m-9 " in calls[1]
+
+
+def test_the_carried_tokenizer_is_unpacked_once_and_named_to_every_step(tmp_path):
+    """pack.py puts tokenizer.tar.xz in the first call: stage.sh unpacks it into the work folder and exports
+    SAE_RDP_TOKENIZER_DIR for run_stage (the device's transformers would otherwise convert Gemma's tokenizer);
+    without the archive nothing is set."""
+    import tarfile
+
+    fake = tmp_path / "python-ok"
+    fake.write_text(
+        '#!/bin/sh\ncase "$2" in *tarfile*) exec python3 "$@";; esac\n[ "$1" = "-c" ] && exit 0\n'
+        'echo "run_stage TOK=${SAE_RDP_TOKENIZER_DIR:-none}"\n'
+    )
+    fake.chmod(0o755)
+    work = _stage_model(tmp_path)
+    r = _run(tmp_path, "run", "T-gemma3-270m-9-topk", python=str(fake))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "run_stage TOK=none" in r.stdout
+    src = tmp_path / "src" / "tokenizer"
+    src.mkdir(parents=True)
+    (src / "tokenizer.json").write_text('{"model": "checked on the dev machine"}')
+    with tarfile.open(work / "tokenizer.tar.xz", "w:xz") as tar:
+        tar.add(src, arcname="tokenizer")
+    r = _run(tmp_path, "run", "T-gemma3-270m-9-topk", python=str(fake))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"run_stage TOK={work / 'tokenizer'}" in r.stdout
+    assert (work / "tokenizer" / "tokenizer.json").read_text() == '{"model": "checked on the dev machine"}'
+    (work / "tokenizer" / "tokenizer.json").write_text("kept")  # unpacked once: a later step does not redo it
+    r = _run(tmp_path, "run", "T-gemma3-270m-9-topk", python=str(fake))
+    assert r.returncode == 0 and (work / "tokenizer" / "tokenizer.json").read_text() == "kept"

@@ -36,14 +36,15 @@ def tree_bytes() -> int:
     return sum((ROOT / f.decode()).stat().st_size for f in out if f and (ROOT / f.decode()).is_file())
 
 
-def tokenizer_archive(model: str, dest: Path) -> Path:
-    """``dest``: a tar.xz of the folder ``tokenizer/`` holding ``model``'s checked tokenizer (save_pretrained)."""
+def tokenizer_archive(model: str, dest: Path, gguf: Path | None = None) -> Path:
+    """``dest``: a tar.xz of the folder ``tokenizer/`` holding ``model``'s checked tokenizer (save_pretrained;
+    converted from ``gguf`` when given and not cached yet)."""
     import tarfile
     import tempfile
 
     from sae_rdp_plugin.lm.models import load_tokenizer
 
-    tok = load_tokenizer(model)
+    tok = load_tokenizer(model, gguf)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tok.save_pretrained(str(Path(tmp) / "tokenizer"))
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         shutil.rmtree(dest)  # an earlier run of this script
     items: list[tuple[str, Path | None, int, int]] = []  # (name in the call, source, offset, size)
-    tok_archive = tokenizer_archive(args.model, args.out / f".{args.model}-tokenizer.tar.xz")
+    tok_archive = tokenizer_archive(args.model, args.out / f".{args.model}-tokenizer.tar.xz", args.gguf)
     items.append(("tokenizer.tar.xz", tok_archive, 0, tok_archive.stat().st_size))
     for f in sorted(args.shards.iterdir()):
         if f.is_file():

@@ -175,3 +175,32 @@ def test_the_carried_tokenizer_is_unpacked_once_and_named_to_every_step(tmp_path
     (work / "tokenizer" / "tokenizer.json").write_text("kept")  # unpacked once: a later step does not redo it
     r = _run(tmp_path, "run", "T-gemma3-270m-9-topk", python=str(fake))
     assert r.returncode == 0 and (work / "tokenizer" / "tokenizer.json").read_text() == "kept"
+
+
+def test_pack_archives_the_checked_tokenizer_under_tokenizer(tmp_path, monkeypatch):
+    """pack.py's tokenizer.tar.xz: the folder tokenizer/ with the tokenizer load_tokenizer returned (given the
+    --gguf path), which AutoTokenizer reads back with the same pieces."""
+    import sys
+    import tarfile
+
+    from transformers import AutoTokenizer
+
+    sys.path.insert(0, str(ROOT / "tests" / "lm"))
+    from script_loader import load_script
+    from test_tokenizer_check import PIECES, TEXT, _fast
+
+    from sae_rdp_plugin.lm import models as M
+
+    pack = load_script("table2_pack", "experiments/table2/pack.py")
+    seen = []
+    monkeypatch.setattr(
+        M, "load_tokenizer", lambda model, path=None: seen.append((model, path)) or _fast(PIECES, False)
+    )
+    out = pack.tokenizer_archive("gemma3-270m", tmp_path / "t.tar.xz", tmp_path / "m.gguf")
+    assert seen == [("gemma3-270m", tmp_path / "m.gguf")] and out == tmp_path / "t.tar.xz"
+    with tarfile.open(out) as tar:
+        assert all(n == "tokenizer" or n.startswith("tokenizer/") for n in tar.getnames())
+        tar.extractall(tmp_path / "x", filter="data")
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "x" / "tokenizer"))
+    assert tok.convert_ids_to_tokens(tok.encode(TEXT, add_special_tokens=False)) == PIECES
+    assert not list(tmp_path.glob("*.part"))

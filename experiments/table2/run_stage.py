@@ -593,7 +593,14 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
             fail(f"{model_name} has no tokenizer: give --tokenizer DIR (a saved Hugging Face tokenizer)")
         from transformers import AutoTokenizer
 
-        hooked.set_tokenizer(AutoTokenizer.from_pretrained(str(args.tokenizer)), default_padding_side="right")
+        from sae_rdp_plugin.lm.models import check_tokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(args.tokenizer))
+        check_tokenizer(model_name, tok)  # the prompts of sparse probing and absorption are tokenized with it
+        hooked.set_tokenizer(tok, default_padding_side="right")
+    from sae_rdp_plugin.lm.models import tokenizer_provenance
+
+    tokenizer = tokenizer_provenance(model_name, hooked.tokenizer)
     deadline = time.time() - (time.perf_counter() - t_call) + args.time_budget
     recs: dict[str, dict] = {}
     if "sparse_probing" in args.evals:
@@ -640,6 +647,7 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
             "gpu_s": round(wall, 2) if cuda else 0.0,
             "device": torch.cuda.get_device_name(0) if cuda else "cpu",
             **recs,
+            "tokenizer": tokenizer,
             "not_trained_uncalibrated": uncalibrated,
         }
     )

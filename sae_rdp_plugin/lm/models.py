@@ -328,6 +328,23 @@ def check_tokenizer(model: str, tok: Any) -> None:
         )
 
 
+def tokenizer_provenance(model: str, tok: Any) -> dict[str, Any]:
+    """What a stage record keeps of the tokenizer it tokenized text with: its class, the transformers version,
+    ``SAE_RDP_TOKENIZER_DIR`` (a carried folder) and how it splits :data:`TOKENIZER_PROBES`' sentence (None for
+    models without a probe), with ``probe_ok`` (the pieces are the vocabulary's)."""
+    import transformers
+
+    probe = TOKENIZER_PROBES.get(canonical_name(model))
+    pieces = None if probe is None else tok.convert_ids_to_tokens(tok.encode(probe[0], add_special_tokens=False))
+    return {
+        "class": type(tok).__name__,
+        "transformers": transformers.__version__,
+        "dir": os.environ.get("SAE_RDP_TOKENIZER_DIR"),
+        "probe_pieces": pieces,
+        "probe_ok": None if probe is None else pieces == probe[1],
+    }
+
+
 def load_tokenizer(model: str, path: str | os.PathLike | None = None, *, cache: bool = True) -> Any:
     """The model's tokenizer. Offline models: converted from the GGUF metadata (slow for Gemma's 262k
     vocabulary: 30-120 s) once, then saved to and read from ``$SAE_RDP_MODEL_CACHE/<model>-tokenizer``

@@ -122,6 +122,8 @@ def test_eval_stage_sparse_probing_resumable(seq, tmp_path):
     rec = json.loads((out / "stage_E-tiny-gpt2-1.json").read_text())
     c1, c2 = (c["sparse_probing"] for c in rec["calls"])
     assert len(c1["evaluated"]) == 1 and len(c1["left"]) == 2 and not c1["complete"]
+    # each call records the tokenizer the prompts went through (tiny-gpt2 has no probe sentence: not checked)
+    assert all(c["tokenizer"]["class"] and c["tokenizer"]["probe_ok"] is None for c in rec["calls"])
     assert c2["existing"] == c1["evaluated"] and sorted(c2["evaluated"]) == sorted(c1["left"]) and c2["complete"]
     assert (
         rec["complete"] == {"sparse_probing": True}

@@ -70,3 +70,13 @@ def test_probe_pieces_are_entries_of_the_ggufs_token_list(model, module):
     text, pieces = M.TOKENIZER_PROBES[model]
     assert all(p in vocab for p in pieces), [p for p in pieces if p not in vocab]
     assert "".join(pieces).replace("\u2581", " ").replace("\u0120", " ") == text
+
+
+def test_provenance_records_the_probe_split(monkeypatch):
+    monkeypatch.setenv("SAE_RDP_TOKENIZER_DIR", "/carried/tokenizer")
+    good = M.tokenizer_provenance("gemma3-270m", _fast(PIECES, split_words=False))
+    assert good["probe_ok"] is True and good["probe_pieces"] == PIECES and good["dir"] == "/carried/tokenizer"
+    bad = M.tokenizer_provenance("gemma3-270m", _fast(sorted(set(PIECES + ["\u2581w", "orld"])), split_words=True))
+    assert bad["probe_ok"] is False and bad["probe_pieces"] != PIECES
+    none = M.tokenizer_provenance("tiny-gpt2", _fast(PIECES, split_words=False))
+    assert none["probe_ok"] is None and none["probe_pieces"] is None and none["class"] == good["class"]

@@ -323,8 +323,9 @@ def check_tokenizer(model: str, tok: Any) -> None:
 
         raise SaeRdpError(
             f"the {model} tokenizer (loaded with transformers {transformers.__version__}) splits {text!r} into "
-            f"{got}, not the vocabulary pieces {want}: set SAE_RDP_TOKENIZER_DIR to a tokenizer folder saved where "
-            "this check passes (experiments/table2/pack.py carries one to the GPU machine)"
+            f"{got}, not the vocabulary pieces {want}: use a transformers whose GGUF conversion passes (5.25 does, "
+            "5.17 does not) or set SAE_RDP_TOKENIZER_DIR to a tokenizer folder saved where this check passes "
+            "(experiments/table2/pack.py carries one to the GPU machine)"
         )
 
 

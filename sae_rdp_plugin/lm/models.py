@@ -309,15 +309,20 @@ TOKENIZER_PROBES: dict[str, tuple[str, list[str]]] = {
 }
 
 
+def probe_split(model: str, tok: Any) -> list[str] | None:
+    """How ``tok`` splits :data:`TOKENIZER_PROBES`' sentence of ``model`` (None for a model without a probe)."""
+    probe = TOKENIZER_PROBES.get(canonical_name(model))
+    return None if probe is None else tok.convert_ids_to_tokens(tok.encode(probe[0], add_special_tokens=False))
+
+
 def check_tokenizer(model: str, tok: Any) -> None:
     """Raise SaeRdpError when ``tok`` does not split :data:`TOKENIZER_PROBES`'s sentence of ``model`` into its
     vocabulary pieces (a tokenizer converted by a transformers version whose GGUF conversion differs); no-op
     for models without a probe."""
-    probe = TOKENIZER_PROBES.get(canonical_name(model))
-    if probe is None:
+    got = probe_split(model, tok)
+    if got is None:
         return
-    text, want = probe
-    got = tok.convert_ids_to_tokens(tok.encode(text, add_special_tokens=False))
+    text, want = TOKENIZER_PROBES[canonical_name(model)]
     if got != want:
         import transformers
 
@@ -335,14 +340,13 @@ def tokenizer_provenance(model: str, tok: Any) -> dict[str, Any]:
     models without a probe), with ``probe_ok`` (the pieces are the vocabulary's)."""
     import transformers
 
-    probe = TOKENIZER_PROBES.get(canonical_name(model))
-    pieces = None if probe is None else tok.convert_ids_to_tokens(tok.encode(probe[0], add_special_tokens=False))
+    pieces = probe_split(model, tok)
     return {
         "class": type(tok).__name__,
         "transformers": transformers.__version__,
         "dir": os.environ.get("SAE_RDP_TOKENIZER_DIR"),
         "probe_pieces": pieces,
-        "probe_ok": None if probe is None else pieces == probe[1],
+        "probe_ok": None if pieces is None else pieces == TOKENIZER_PROBES[canonical_name(model)][1],
     }
 
 

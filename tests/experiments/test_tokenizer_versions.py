@@ -76,3 +76,10 @@ def test_committed_comparisons_are_what_the_docs_say():
         f"SmolLM2-135M's tokenizer tokenizes all {s['lines']:,} lines identically under both versions",
     ):
         assert q in readme, q
+
+
+def test_argument_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        tv.main(["--model", "gemma3-270m"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and "--out" in err[0]

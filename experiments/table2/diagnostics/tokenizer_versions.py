@@ -19,21 +19,19 @@ first ``--lines`` lines are compared. Bad input: one ``error:`` line, exit 2.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tarfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[2]))  # the repository root: sae_rdp_plugin
+sys.path.insert(0, str(HERE.parent))  # run_stage
 
+from run_stage import fail  # noqa: E402  (one line "error: ...", exit 2)
+
+from sae_rdp_plugin.cli import OneLineArgumentParser  # noqa: E402
 from sae_rdp_plugin.io import atomic_write_json  # noqa: E402
-
-
-def fail(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def text_lines(src: Path, n: int) -> list[str]:
@@ -73,7 +71,7 @@ def compare(a_dir: Path, b_dir: Path, lines: list[str], probe: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="an offline model with a probe (lm.models.TOKENIZER_PROBES)")
     ap.add_argument("--a", type=Path, required=True)
     ap.add_argument("--a-label", required=True)
@@ -82,12 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--text", type=Path, required=True)
     ap.add_argument("--lines", type=int, default=2000)
     ap.add_argument("--out", type=Path, required=True)
-    try:
-        args = ap.parse_args(argv)
-    except SystemExit as e:
-        if e.code:
-            fail("bad arguments (see --help)")
-        raise
+    args = ap.parse_args(argv)
     from sae_rdp_plugin.lm.models import TOKENIZER_PROBES, canonical_name
 
     key = canonical_name(args.model)

@@ -485,3 +485,7 @@ def test_absorption_probe_diagnostic_on_a_tiny_model(rs, tmp_path, monkeypatch, 
         ap.main(["--model", "gemma3-270m", "--layer", "1", "--words", "100000", "--out", str(big)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "exceeds the model's" in err and not big.exists()
+    with pytest.raises(SystemExit) as e:  # an argument error: one line too, not argparse's usage block
+        ap.main(["--model", "gpt2", "--layer", "1", "--out", str(tmp_path / "q.json")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "--model" in err

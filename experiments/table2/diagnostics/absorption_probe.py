@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import random
@@ -38,11 +37,14 @@ sys.path.insert(0, str(HERE.parent))  # absorption_stage, probing_stage, run_sta
 
 from run_stage import fail  # noqa: E402  (one line "error: ...", exit 2)
 
+from sae_rdp_plugin.cli import OneLineArgumentParser  # noqa: E402
+from sae_rdp_plugin.io import atomic_write_json  # noqa: E402
+
 MODELS = ("gemma3-270m", "smollm2-135m")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, choices=MODELS)
     p.add_argument("--layer", type=int, required=True, help="blocks.LAYER.hook_resid_post")
     p.add_argument("--words", type=int, default=7500, help="vocabulary sample size (train + test words)")
@@ -155,9 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {a.threads} CPU threads, torch {torch.__version__}",
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
-    tmp_out = a.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp_out, a.out)
+    atomic_write_json(a.out, result, indent=1)
     print(f"{a.model} {result['hook']}: {n_pass}/26 letters with probe F1 > {cfg.min_GT_probe_f1} "
           f"({n_train} train / {len(y_test)} test words); SAEBench needs {cfg.min_feats_for_eval}")
     return 0

@@ -19,7 +19,9 @@ first ``--lines`` lines are compared. Bad input: one ``error:`` line, exit 2.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import platform
 import sys
 import tarfile
 from pathlib import Path
@@ -101,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     res = {"model": key, "a": args.a_label, "b": args.b_label, "text": args.text.name}
     res |= compare(args.a, args.b, lines, TOKENIZER_PROBES[key][0])
     res["probe_expected"] = TOKENIZER_PROBES[key][1]
+    res["machine"] = f"{platform.machine()}, python {platform.python_version()}"
+    res["date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     atomic_write_json(args.out, res)
     print(
         f"{key}: {res['identical_lines']}/{res['lines']} lines identical; tokens {res['a']} {res['tokens_a']:,} vs "

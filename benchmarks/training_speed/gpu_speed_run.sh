@@ -15,8 +15,8 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 PT="python3 -m pytest -q -p no:cacheprovider -p no:warnings --tb=short"
 : > "$OUT/pytest.txt"
 $PT -m "gpu or not gpu" tests/fast/test_fast_kernels.py >> "$OUT/pytest.txt" 2>&1
-$PT -m gpu tests/fast/test_fast_topk.py tests/fast/test_aux_compact.py tests/train/test_sae_streams.py tests/fast/test_topk_mask.py >> "$OUT/pytest.txt" 2>&1
-$PT tests/fast/test_topk_kernel.py >> "$OUT/pytest.txt" 2>&1
+$PT -m gpu tests/fast/test_fast_topk.py tests/fast/test_aux_compact.py tests/train/test_sae_streams.py >> "$OUT/pytest.txt" 2>&1
+$PT tests/fast/test_topk_kernel.py tests/fast/test_topk_mask.py >> "$OUT/pytest.txt" 2>&1
 grep -E "passed|failed|error|^FAILED|^E " "$OUT/pytest.txt" | tail -20
 python3 $B/bench_topk_hot.py --out "$OUT" 2>&1 | grep -v -i warn | tail -8
 if [ -n "${PROFILE_DEAD:-}" ]; then  # e.g. PROFILE_DEAD=0.5: the kernel table of the step with the aux loss

@@ -316,7 +316,7 @@ if _HAVE_TRITON:
             BLOCK,
         )  # fmt: skip
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["stride_x", "n", "k"])  # one compiled kernel per block and flags
     def _topk_mask_kernel(
         X,
         stride_x,
@@ -341,7 +341,10 @@ if _HAVE_TRITON:
         pid = tl.program_id(0).to(tl.int64)
         c = tl.arange(0, BLOCK)
         cm = c < n
-        src = tl.load(COLS + c, mask=cm, other=0) if HAS_COLS else c
+        if HAS_COLS:
+            src = tl.load(COLS + c, mask=cm, other=0)
+        else:
+            src = c
         v = tl.load(X + pid * stride_x + src, mask=cm, other=0.0)
         key = _keys(v, KEY_BITS)
         keep = cm
@@ -528,7 +531,7 @@ def topk_mask(
     M = torch.empty(B, n, device=x.device, dtype=torch.bool)
     if B == 0 or n == 0:
         return A, M
-    block = max(16, triton.next_power_of_2(n))
+    block = max(128, triton.next_power_of_2(n))  # (few distinct blocks: few compilations)
     _topk_mask_kernel[(B,)](
         x,
         x.stride(0),

@@ -12,6 +12,7 @@ fast step; sparsify: bf16 model, as its CLI loads it). Rows, each in its own pro
     ours            pipeline + train_saes, one hook, one SAE
     ours_overlap    the same with PipelineConfig.overlap (the next forward on a side CUDA stream during the steps)
     ours_radix      ours with the aux loss's top-k by topk_kernel.masked_topk (FastTopKConfig.aux_topk="radix")
+    ours_mask       ours with the aux loss's dense selection by topk_kernel.topk_mask (FastTopKConfig.aux_topk="mask")
     ours_3hooks     blocks.2/4/6 resid_post from one forward, one SAE each
     ours_4saes      one hook, four SAEs (k 16/32/64/128) from one stream
     ours_3hooks_streams, ours_4saes_streams
@@ -66,6 +67,7 @@ ROWS = (
     "ours",
     "ours_overlap",
     "ours_radix",
+    "ours_mask",
     "ours_3hooks",
     "ours_4saes",
     "ours_3hooks_streams",
@@ -571,6 +573,10 @@ def row_ours_radix(b: Bench) -> dict[str, Any]:
     return run_ours(b, "ours_radix", [(b.hook, b.k)], fast_options={"aux_topk": "radix"})
 
 
+def row_ours_mask(b: Bench) -> dict[str, Any]:
+    return run_ours(b, "ours_mask", [(b.hook, b.k)], fast_options={"aux_topk": "mask"})
+
+
 def row_ours_3hooks(b: Bench) -> dict[str, Any]:
     return run_ours(b, "ours_3hooks", [(h, b.k) for h in b.hooks3])
 
@@ -999,6 +1005,11 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     radix = ok.get("ours_radix")
     if radix and ours:
         s["radix_x_ours"] = radix["tokens_per_s"] / ours["tokens_per_s"]  # > 1: the radix aux top-k pays off
+    mask = ok.get("ours_mask")
+    if mask and ours:
+        s["mask_x_ours"] = mask["tokens_per_s"] / ours["tokens_per_s"]  # > 1: the dense topk_mask selection pays
+    if mask and sl:
+        s["ours_mask_x_saelens"] = mask["tokens_per_s"] / sl["tokens_per_s"]
     sp = ok.get("sparsify")
     # sparsify's own rows (4 x 1024); a run that cut them shorter starves its batch and is no baseline
     if ours and sp and sp.get("settings", {}).get("context", 1024) >= 1024:

@@ -475,6 +475,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-pipeline", action="store_true")
     ap.add_argument("--only", nargs="*", default=None, help="implementation names to run")
     ap.add_argument("--precisions", nargs="*", default=["bf16", "fp32"])
+    ap.add_argument("--small-only", action="store_true", help="only the (640, 16384, k32) configuration")
     ap.add_argument(
         "--acts",
         default=None,
@@ -526,7 +527,7 @@ def main(argv=None) -> int:
         configs = [(32, 256, 8, None)]
         args.batch, args.warmup, args.iters = 64, 1, 3
     else:
-        configs = [(640, 16384, 32, None), (2304, 65536, 64, None)]
+        configs = [(640, 16384, 32, None)] + ([] if args.small_only else [(2304, 65536, 64, None)])
     acts = None
     if args.acts:
         from safetensors.torch import load_file
@@ -756,10 +757,12 @@ def bench_impls(rows, cfg_key, d_in, d_sae, k, B, xs, gamma, dev, args, gemm_rat
                         ),
                     )
                 )
-        # the aux top-k by topk_kernel.masked_topk (radix select, mask fused; aux_topk="radix") against the
-        # masked copy + torch.topk of the rows above, compacted as by default; at 85% dead (no compaction) the
-        # dense aux products run over all d_sae columns: the sparse gathers instead, with either top-k
+        # the aux top-k by topk_kernel.masked_topk (radix select, mask fused; aux_topk="radix") and the dense
+        # selection by topk_kernel.topk_mask (aux_topk="mask") against the masked copy + torch.topk of the rows
+        # above, compacted as by default; at 85% dead (no compaction) the dense aux products run over all d_sae
+        # columns: the sparse gathers instead, with either top-k
         radix = {"aux_topk": "radix"}
+        mask = {"aux_topk": "mask"}
         sparse = {"dead_frac": 0.85, "aux_impl": "sparse"}
         for tag, kw in (
             ("radix", {**radix, "dead_frac": 0.5}),
@@ -767,6 +770,10 @@ def bench_impls(rows, cfg_key, d_in, d_sae, k, B, xs, gamma, dev, args, gemm_rat
             ("radix,dead0.85", {**radix, "dead_frac": 0.85}),
             ("sparse,dead0.85", sparse),
             ("radix,sparse,dead0.85", {**sparse, **radix}),
+            ("mask", {**mask, "dead_frac": 0.5}),
+            ("mask,dead0.2", {**mask, "dead_frac": 0.2}),
+            ("mask,dead0.85", {**mask, "dead_frac": 0.85}),
+            ("mask,nocompact", {**mask, "dead_frac": 0.5, "aux_compact": "off"}),
         ):
             impls.append(
                 (

@@ -2,7 +2,8 @@
 # One device call for the training-speed work (benchmarks/training_speed): installs the carried wheels,
 # runs the CUDA tests of the fast step, tunes the Triton block sizes, then benchmarks with the best
 # ones. Usage on the device (carry .whl):  bash benchmarks/training_speed/gpu_speed_run.sh [bench args...]
-# (SKIP_TUNE=1: no tuning; PROFILE_DEAD=F: also profile_fast_step.py with a fraction F of the latents dead)
+# (SKIP_TUNE=1: no tuning; PROFILE_DEAD=F: also profile_fast_step.py with a fraction F of the latents dead;
+# TESTS=aux: only the aux-loss tests; SKIP_HOT=1: no bench_topk_hot.py)
 # The package is not installed there: PYTHONPATH puts the repository root on the import path.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,11 +15,18 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 # whole pytest output into $OUT/pytest.txt (a failure's assertion comes back with it), its summary lines here
 PT="python3 -m pytest -q -p no:cacheprovider -p no:warnings --tb=short"
 : > "$OUT/pytest.txt"
-$PT -m "gpu or not gpu" tests/fast/test_fast_kernels.py >> "$OUT/pytest.txt" 2>&1
-$PT -m gpu tests/fast/test_fast_topk.py tests/fast/test_aux_compact.py tests/train/test_sae_streams.py >> "$OUT/pytest.txt" 2>&1
-$PT tests/fast/test_topk_kernel.py >> "$OUT/pytest.txt" 2>&1
+if [ "${TESTS:-all}" = aux ]; then  # TESTS=aux: only the aux-loss kernel and step tests (a short call)
+  $PT -m gpu tests/fast/test_aux_compact.py >> "$OUT/pytest.txt" 2>&1
+  $PT tests/fast/test_topk_mask.py >> "$OUT/pytest.txt" 2>&1
+else
+  $PT -m "gpu or not gpu" tests/fast/test_fast_kernels.py >> "$OUT/pytest.txt" 2>&1
+  $PT -m gpu tests/fast/test_fast_topk.py tests/fast/test_aux_compact.py tests/train/test_sae_streams.py >> "$OUT/pytest.txt" 2>&1
+  $PT tests/fast/test_topk_kernel.py tests/fast/test_topk_mask.py >> "$OUT/pytest.txt" 2>&1
+fi
 grep -E "passed|failed|error|^FAILED|^E " "$OUT/pytest.txt" | tail -20
-python3 $B/bench_topk_hot.py --out "$OUT" 2>&1 | grep -v -i warn | tail -8
+if [ "${SKIP_HOT:-0}" != 1 ]; then
+  python3 $B/bench_topk_hot.py --out "$OUT" 2>&1 | grep -v -i warn | tail -8
+fi
 if [ -n "${PROFILE_DEAD:-}" ]; then  # e.g. PROFILE_DEAD=0.5: the kernel table of the step with the aux loss
   python3 $B/profile_fast_step.py --dead-frac "$PROFILE_DEAD" --small-only --out "$OUT/profile" 2>&1 | grep -v -i warn | tail -25
 fi

@@ -74,13 +74,23 @@ def main(argv=None) -> int:
     for d_in, d_sae, k in configs:
         gamma = B._gamma(d_in, dev)
         xs = [torch.randn(batch, d_in, device=dev) * gamma.sqrt() for _ in range(4)]
-        for name, build in (
+        builds = [
             ("fast_weighted_topk", lambda: B.build_fast("weighted_topk", d_in, d_sae, k, True, dev, xs, gamma, **dead)),
             (
                 "fast_weighted_topk[SAETrainer]",
                 lambda: B.build_saelens("weighted_topk", d_in, d_sae, k, True, dev, xs, gamma, fast=True, **dead),
             ),
-        ):
+        ]
+        if args.dead_frac:  # the aux loss runs: also its dense selection by topk_kernel.topk_mask
+            builds.append(
+                (
+                    "fast_weighted_topk[mask]",
+                    lambda: B.build_fast(
+                        "weighted_topk", d_in, d_sae, k, True, dev, xs, gamma, aux_topk="mask", **dead
+                    ),
+                )
+            )
+        for name, build in builds:
             step, _extras = build()
             rows = profile(step, args.steps, dev)
             key = f"{name}@{d_in}x{d_sae}k{k}" + (f"_dead{args.dead_frac:g}" if args.dead_frac else "")

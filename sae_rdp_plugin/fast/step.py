@@ -191,10 +191,13 @@ class FastTopKConfig:
     hot_min_count: int = 32
     # Triton path: TopK with the exact per-row kernel sae_rdp_plugin.fast.topk_kernel.row_topk instead of torch.topk
     row_topk: bool = True
-    # dead-latent aux loss's top k_aux of the dead columns: "torch" (a masked copy, then torch.topk) or "radix"
+    # dead-latent aux loss's top k_aux of the dead columns: "torch" (a masked copy, then torch.topk), "radix"
     # (sae_rdp_plugin.fast.topk_kernel.masked_topk on the Triton path: radix select with the mask applied while
-    # reading, no masked copy; same entries up to ties). "torch" by default: radix saved ~3% of the step in
-    # benchmarks/training_speed/aux_radix and nothing end to end
+    # reading, no masked copy; same entries up to ties; it saved ~3% of the step in
+    # benchmarks/training_speed/aux_radix and nothing end to end) or "mask" (the dense aux products only, on the
+    # Triton path with at most topk_kernel.TOPK_MASK_MAX_COLS selection columns: topk_kernel.topk_mask writes
+    # the dense selection in one pass, the k_aux-th value found by bisection over the row held in registers,
+    # no indices, no scatter or gather; else as "torch")
     aux_topk: str = "torch"
 
     def __post_init__(self) -> None:
@@ -221,8 +224,8 @@ class FastTopKConfig:
             raise SaeRdpError(f"fast step: aux_impl must be auto, dense or sparse, got {self.aux_impl!r}")
         if self.aux_compact not in ("auto", "off"):
             raise SaeRdpError(f"fast step: aux_compact must be auto or off, got {self.aux_compact!r}")
-        if self.aux_topk not in ("torch", "radix"):
-            raise SaeRdpError(f"fast step: aux_topk must be torch or radix, got {self.aux_topk!r}")
+        if self.aux_topk not in ("torch", "radix", "mask"):
+            raise SaeRdpError(f"fast step: aux_topk must be torch, radix or mask, got {self.aux_topk!r}")
         if self.kind == "topk" and int(self.k) != self.k:
             raise SaeRdpError(f"fast step: TopK needs an integer k, got {self.k}")
 
@@ -1135,27 +1138,76 @@ class FastTopKTrainer:
         c = cfg.aux_loss_coefficient * torch.clamp(num_dead / k_aux_full, max=1.0)
         compact = n_pad is not None and n_pad < cfg.d_sae
         cols = None  # compacted: the latent of each column of the selection (dead ones first, ascending)
-        sel, sel_dead = pre_s, dead
         if compact:
             # dead latents first (a stable sort of one byte per latent: one radix pass on CUDA, no sync)
             cols = torch.argsort((~dead).to(torch.int8), stable=True)[:n_pad]
-            sel, sel_dead = pre_s.index_select(1, cols), dead[cols]
+        width = n_pad if compact else cfg.d_sae
+        if self._aux_dense(k_aux, width):
+            # compacted: the dense products run over the n_pad selected columns only (W_dec rows gathered)
+            A, M = self._aux_dense_selection(pre_s, dead, n, cols, k_aux, lowp)
+            return self._aux_loss_dense(A, M, err, c, u, g_WencT, g_Wdec, g_benc, lowp, cols)
+        _, ai, valid, aux_a = self._aux_entries(pre_s, dead, n, cols, k_aux)
+        aux, aux_sp, g_aux_a = self._aux_loss_sparse(ai, aux_a, valid, err, c, Wd, g_Wdec, wgrad)
+        g_WencT += wgrad(aux_sp, u, g_aux_a, cfg.d_sae)
+        g_benc.index_add_(0, aux_sp.idx, g_aux_a)
+        return aux
+
+    def _aux_entries(
+        self, pre_s: torch.Tensor, dead: torch.Tensor, n: torch.Tensor | None, cols: torch.Tensor | None, k_aux: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The aux selection as [B, k_aux] entries: (column in the selection ``j``, latent ``ai``, whether it is
+        dead ``valid``, its value pre = pre_s / n, zeroed where not ``valid``) from :meth:`_aux_topk` over the
+        columns ``cols`` (compacted) or all d_sae."""
+        compact = cols is not None
+        sel, sel_dead = (pre_s.index_select(1, cols), dead[cols]) if compact else (pre_s, dead)
         # not row_topk: its candidate ranking grows as k^2 and measured slower at k_aux (benchmarks/training_speed)
         av, j = self._aux_topk(sel, sel_dead, k_aux, fresh=compact)
         ai = cols[j] if compact else j
         valid = dead[ai]
         av = av.to(self.dtype)
         aux_a = torch.where(valid, av / n[ai] if n is not None else av, 0.0)  # = pre (no relu), as SAELens
-        width = n_pad if compact else cfg.d_sae
-        if self._aux_dense(k_aux, width):
-            # compacted: the dense products run over the n_pad selected columns only (W_dec rows gathered)
-            aux, g_aux_a = self._aux_loss_dense(j, aux_a, valid, err, c, u, g_WencT, g_Wdec, lowp, cols)
-            g_benc.index_add_(0, ai.reshape(-1), g_aux_a.reshape(-1))
-        else:
-            aux, aux_sp, g_aux_a = self._aux_loss_sparse(ai, aux_a, valid, err, c, Wd, g_Wdec, wgrad)
-            g_WencT += wgrad(aux_sp, u, g_aux_a, cfg.d_sae)
-            g_benc.index_add_(0, aux_sp.idx, g_aux_a)
-        return aux
+        return j, ai, valid, aux_a
+
+    def _aux_mask_kernel_applies(self, width: int, lowp: torch.dtype, device: torch.device) -> bool:
+        """Whether the dense aux selection runs as topk_kernel.topk_mask (cfg.aux_topk "mask", the Triton path,
+        a row of at most TOPK_MASK_MAX_COLS columns, fp32 or bf16 products; on CPU only with ``_row_topk_on_cpu``,
+        as row_topk)."""
+        if self.cfg.aux_topk != "mask" or not self.use_triton:
+            return False
+        if device.type != "cuda" and not self._row_topk_on_cpu:
+            return False
+        from sae_rdp_plugin.fast import topk_kernel
+
+        return (
+            width <= topk_kernel.TOPK_MASK_MAX_COLS
+            and lowp in (torch.float32, torch.bfloat16)
+            and topk_kernel.available(device)
+        )
+
+    def _aux_dense_selection(
+        self,
+        pre_s: torch.Tensor,
+        dead: torch.Tensor,
+        n: torch.Tensor | None,
+        cols: torch.Tensor | None,
+        k_aux: int,
+        lowp: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The aux selection as dense matrices over the selection's columns (``cols``, else all d_sae): ``A``
+        [B, width] (lowp) holds pre = pre_s / n at each row's top k_aux dead latents of pre_s and 0 elsewhere,
+        ``M`` [B, width] (bool) marks those entries. By topk_kernel.topk_mask (one pass, no indices) where
+        :meth:`_aux_mask_kernel_applies`, else by a top-k (:meth:`_aux_topk`) scattered into zeros; both take
+        the same entries (leftmost among ties for the kernels; torch.topk's tie order is unspecified)."""
+        width = self.cfg.d_sae if cols is None else int(cols.numel())
+        if self._aux_mask_kernel_applies(width, lowp, pre_s.device):
+            from sae_rdp_plugin.fast import topk_kernel
+
+            return topk_kernel.topk_mask(pre_s, k_aux, keep=dead, cols=cols, div=n, out_dtype=lowp)
+        j, _, valid, aux_a = self._aux_entries(pre_s, dead, n, cols, k_aux)
+        B = pre_s.shape[0]
+        A = torch.zeros(B, width, device=pre_s.device, dtype=lowp).scatter_(1, j, aux_a.to(lowp))
+        M = torch.zeros(B, width, device=pre_s.device, dtype=torch.bool).scatter_(1, j, valid)
+        return A, M
 
     def _aux_dense_threshold(self) -> float:
         """k_aux / d_sae above which the dense aux path is faster. Per aux term the sparse path reads
@@ -1179,43 +1231,44 @@ class FastTopKTrainer:
 
     def _aux_loss_dense(
         self,
-        ai: torch.Tensor,
-        aux_a: torch.Tensor,
-        valid: torch.Tensor,
+        A: torch.Tensor,
+        M: torch.Tensor,
         err: torch.Tensor,
         c: torch.Tensor,
         u: torch.Tensor,
         g_WencT: torch.Tensor,
         g_Wdec: torch.Tensor,
+        g_benc: torch.Tensor,
         lowp: torch.dtype,
         cols: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """SAELens's aux loss the way SAELens computes it (scatter into a dense [B, d_sae] matrix, dense
-        decoder matmul; bf16 under bf16), with the backward as three dense matmuls: e_hat = A W_dec,
-        dL/dA = r_aux W_dec^T (gathered at the aux entries), dW_dec += A^T r_aux, dW_enc^T += G^T u.
-        ``cols`` (compacted selection): A has one column per latent in ``cols`` (``ai`` indexes them), the
-        products use W_dec[cols] and the weight gradients are added at the rows ``cols`` (distinct).
-        Accumulates into g_WencT, g_Wdec; returns (aux loss, dL/d aux_a [B, k_aux])."""
+    ) -> torch.Tensor:
+        """SAELens's aux loss the way SAELens computes it (the selection as a dense [B, width] matrix ``A``,
+        dense decoder matmul; bf16 under bf16), with the backward as three dense matmuls: e_hat = A W_dec,
+        G = M * (r_aux W_dec^T) (dL/dpre at the selected entries ``M``), dW_dec += A^T r_aux,
+        dW_enc^T += G^T u, db_enc += column sums of G. ``cols`` (compacted selection): A has one column per
+        latent in ``cols``, the products use W_dec[cols] and the gradients are added at the rows ``cols``
+        (distinct). Accumulates into g_WencT, g_Wdec, g_benc; returns the aux loss."""
         B = err.shape[0]
         W_dec = self.W_dec if cols is None else self.W_dec.index_select(0, cols)
         Wdl = W_dec.to(lowp)
-        A = torch.zeros(B, W_dec.shape[0], device=err.device, dtype=lowp).scatter_(1, ai, aux_a.to(lowp))
         e_hat = (A @ Wdl).to(self.dtype)
         d_aux = e_hat + err  # e_hat - (x - x_hat); the residual is detached in SAELens
         wd_aux = d_aux * self.w if self.w is not None else d_aux
         aux = c * (wd_aux * d_aux).sum() / B
         rl = (wd_aux * (2.0 * c / B)).to(lowp)
-        g_aux_a = (rl @ Wdl.t()).gather(1, ai).to(self.dtype) * valid
         gW = A.t() @ rl
-        A.zero_().scatter_(1, ai, g_aux_a.to(lowp))  # reuse the buffer for dL/dpre (dense)
-        gE = A.t() @ u.to(lowp)
+        G = (rl @ Wdl.t()).masked_fill_(~M, 0)  # dL/dpre (pre itself, no ReLU: SAELens's aux acts)
+        gE = G.t() @ u.to(lowp)
+        gb = G.sum(0, dtype=self.dtype)
         if cols is None:
             g_Wdec += gW
             g_WencT += gE
+            g_benc += gb
         else:
             g_Wdec.index_add_(0, cols, gW.to(g_Wdec.dtype))
             g_WencT.index_add_(0, cols, gE.to(g_WencT.dtype))
-        return aux, g_aux_a
+            g_benc.index_add_(0, cols, gb)
+        return aux
 
     def _aux_loss_sparse(
         self,

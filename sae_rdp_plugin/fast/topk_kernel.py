@@ -60,7 +60,7 @@ except Exception:  # noqa: BLE001  (ImportError, or a broken install)
 # the same condition as the fused-step kernels: CUDA with Triton, or CPU under Triton's interpreter
 from sae_rdp_plugin.fast.kernels import available  # noqa: E402  (after the optional triton import)
 
-__all__ = ["available", "masked_topk", "row_topk"]
+__all__ = ["available", "masked_topk", "row_topk", "topk_mask", "TOPK_MASK_MAX_COLS"]
 
 # columns per block (one coalesced 4 KiB load per pass and iteration) and warps per program: the best
 # of a sweep on Hopper (BLOCK x warps in {512..8192} x {2, 4, 8, 16}); fewer, smaller programs won
@@ -289,7 +289,6 @@ if _HAVE_TRITON:
             n_gt += tot & 0xFFFF
             n_eq += tot >> 16
 
-
     @triton.jit
     def _radix_topk_kernel(
         X,
@@ -316,6 +315,69 @@ if _HAVE_TRITON:
             X + pid * stride_x, n, kk, VAL + pid * k, IDX + pid * k, MASK, HAS_MASK, KEY_BITS, D0, D1, D2, D3, NBINS,
             BLOCK,
         )  # fmt: skip
+
+    @triton.jit(do_not_specialize=["stride_x", "n", "k"])  # one compiled kernel per block and flags
+    def _topk_mask_kernel(
+        X,
+        stride_x,
+        COLS,
+        KEEP,
+        DIV,
+        A,
+        M,
+        n,
+        k,
+        HAS_COLS: tl.constexpr,
+        HAS_KEEP: tl.constexpr,
+        HAS_DIV: tl.constexpr,
+        OUT_BF16: tl.constexpr,
+        KEY_BITS: tl.constexpr,
+        ITERS: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        """:func:`topk_mask` on one row, the whole row held in registers: the k-th largest key T by a binary
+        search over the key range (ITERS counting passes over the registers, no further reads), then one
+        write of the dense selection."""
+        pid = tl.program_id(0).to(tl.int64)
+        c = tl.arange(0, BLOCK)
+        cm = c < n
+        if HAS_COLS:
+            src = tl.load(COLS + c, mask=cm, other=0)
+        else:
+            src = c
+        v = tl.load(X + pid * stride_x + src, mask=cm, other=0.0)
+        key = _keys(v, KEY_BITS)
+        keep = cm
+        if HAS_KEEP:
+            keep = keep & (tl.load(KEEP + src, mask=cm, other=0) != 0)
+        SENT: tl.constexpr = -32768 if KEY_BITS == 16 else -2147483648  # below every finite value's key
+        key = tl.where(keep, key, SENT)
+        # invariant: count(key >= lo) >= k (lo = SENT: all n >= k columns) and count(key >= hi) < k
+        lo = (0 * tl.program_id(0)).to(tl.int64) + SENT
+        hi = tl.max(key, 0).to(tl.int64) + 1
+        for _ in range(ITERS):
+            mid = lo + ((hi - lo) >> 1)
+            ok = tl.sum((key >= mid.to(tl.int32)).to(tl.int32), 0) >= k
+            lo = tl.where(ok, mid, lo)
+            hi = tl.where(ok, hi, mid)
+        t = lo.to(tl.int32)  # the k-th largest key
+        gt = key > t
+        eq = key == t
+        need = k - tl.sum(gt.to(tl.int32), 0)  # how many keys == t the top k holds: the leftmost ones
+        take = keep & (gt | (eq & (tl.cumsum(eq.to(tl.int32), 0) <= need)))
+        a = v.to(tl.float32)
+        if HAS_DIV:
+            a = a / tl.load(DIV + src, mask=cm, other=1.0)
+        a = tl.where(take, a, 0.0)
+        if OUT_BF16:
+            # round to nearest even by hand (torch's rounding; Triton's interpreter truncates): the carry of
+            # the low 16 bits, with ties to the even upper half, then the upper 16 bits
+            b = a.to(tl.int32, bitcast=True)
+            b = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+            tl.store(A + pid * n + c, b.to(tl.int16).to(tl.bfloat16, bitcast=True), mask=cm)
+        else:
+            tl.store(A + pid * n + c, a, mask=cm)
+        tl.store(M + pid * n + c, take.to(tl.int8), mask=cm)
 
 
 def _prepare(x: torch.Tensor, k: int, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, int]]:
@@ -420,3 +482,73 @@ def row_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         **keys,
     )
     return vals, idx
+
+
+#: the widest row :func:`topk_mask` holds in registers (one program per row)
+TOPK_MASK_MAX_COLS = 16384
+
+
+def topk_mask(
+    x: torch.Tensor,
+    k: int,
+    keep: torch.Tensor | None = None,
+    cols: torch.Tensor | None = None,
+    div: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-``k`` selection of each row as a dense matrix instead of (values, indices): with
+    ``S = x[:, cols]`` (``cols``: int64 source columns, default all) and the columns whose source column is
+    not in ``keep`` (bool over ``x``'s columns) ranked below every value, returns ``A`` [B, n] (``out_dtype``:
+    float32 or bfloat16, rounded to nearest even) with ``A[b, j] = S[b, j] / div[cols[j]]`` where ``j`` is
+    among the row's top ``k`` kept columns and 0 elsewhere, and the selection ``M`` [B, n] (bool). Among
+    equal values at the threshold the leftmost columns are taken; a row with fewer than ``k`` kept columns
+    selects all of them. It equals ``zeros.scatter_(1, i, v / div[cols[i]])`` with
+    ``v, i = S.masked_fill(~keep, -inf).topk(k)`` and the non-kept picks dropped: what the dense dead-latent
+    aux loss needs, without the indices.
+
+    One Triton program per row with the row in registers (``n <= TOPK_MASK_MAX_COLS``): the k-th largest
+    order-preserving key T by bisection over the key range (17 counting passes for 16-bit floats, 33 for
+    fp32, all over registers), then ``key > T`` plus the leftmost ``k - #(key > T)`` keys equal to T (a
+    cumulative count). One read of the selected columns, one write of ``A`` and ``M``; no sorting, no
+    histograms, no host synchronisation (graph-capturable). Inputs must be finite."""
+    # (k is checked against the selected columns below when cols is given)
+    x, _, _, keys = _prepare(x, k if cols is None else 1, "topk_mask")
+    B, n_src = x.shape
+    n = n_src if cols is None else int(cols.numel())
+    if cols is not None:  # its values (in 0..n_src-1) are the caller's to guarantee: checking would sync
+        if cols.dim() != 1 or cols.dtype != torch.int64 or cols.device != x.device:
+            raise ValueError(f"topk_mask: cols must be a 1-D int64 tensor on {x.device}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > n:
+            raise ValueError(f"topk_mask: k must be an int in 1..{n} (len(cols)), got {k!r}")
+    if n > TOPK_MASK_MAX_COLS:
+        raise ValueError(f"topk_mask: rows of {n} columns exceed TOPK_MASK_MAX_COLS = {TOPK_MASK_MAX_COLS}")
+    for name, t, dt in (("keep", keep, torch.bool), ("div", div, None)):
+        if t is not None and (t.shape != (n_src,) or t.device != x.device or (dt is not None and t.dtype != dt)):
+            raise ValueError(f"topk_mask: {name} must be a tensor of shape ({n_src},) on {x.device}")
+    if out_dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"topk_mask: out_dtype must be torch.float32 or torch.bfloat16, got {out_dtype}")
+    A = torch.empty(B, n, device=x.device, dtype=out_dtype)
+    M = torch.empty(B, n, device=x.device, dtype=torch.bool)
+    if B == 0 or n == 0:
+        return A, M
+    block = max(128, triton.next_power_of_2(n))  # (few distinct blocks: few compilations)
+    _topk_mask_kernel[(B,)](
+        x,
+        x.stride(0),
+        cols if cols is not None else x,
+        keep.contiguous().view(torch.uint8) if keep is not None else x,
+        div.float().contiguous() if div is not None else x,
+        A,
+        M.view(torch.int8),
+        n,
+        k,
+        HAS_COLS=cols is not None,
+        HAS_KEEP=keep is not None,
+        HAS_DIV=div is not None,
+        OUT_BF16=out_dtype == torch.bfloat16,
+        KEY_BITS=keys["KEY_BITS"],
+        ITERS=keys["KEY_BITS"] + 1,
+        BLOCK=block,
+        num_warps=max(4, min(16, block // 1024)),
+    )
+    return A, M

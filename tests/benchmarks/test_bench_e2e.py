@@ -20,6 +20,7 @@ ALL_ROWS = [
     "ours",
     "ours_overlap",
     "ours_radix",
+    "ours_mask",
     "ours_3hooks",
     "ours_4saes",
     "ours_3hooks_streams",
@@ -116,6 +117,8 @@ def test_summary_targets(bench):
     assert over["overlap_x_ours"] == pytest.approx(1.2) and over["ours_overlap_x_saelens"] == pytest.approx(15.0)
     assert "overlap_x_ours" not in s
     assert bench.summary([*rows, _row("ours_radix", "ours", 1.1e6)])["radix_x_ours"] == pytest.approx(1.1)
+    m = bench.summary([*rows, _row("ours_mask", "ours", 1.3e6)])
+    assert m["mask_x_ours"] == pytest.approx(1.3) and m["ours_mask_x_saelens"] == pytest.approx(1.3e6 / 0.8e5)
     rows[2]["heldout_fvu"] = 0.103  # 3% above SAELens's
     assert bench.summary(rows)["targets_met"]["fvu_within_2pct"] is False
     # FVU is compared only at equal tokens; failed rows count for nothing
@@ -183,7 +186,7 @@ def test_bench_quick_runs_every_row(tmp_path):
     rows = {r["row"]: r for r in res["rows"]}
     assert list(rows) == ALL_ROWS
     for name in (
-        "forward_only", "step_only", "ours", "ours_overlap", "ours_radix", "ours_3hooks", "ours_4saes",
+        "forward_only", "step_only", "ours", "ours_overlap", "ours_radix", "ours_mask", "ours_3hooks", "ours_4saes",
         "saelens_speed", "saelens",
     ):  # fmt: skip
         r = rows[name]
@@ -197,6 +200,7 @@ def test_bench_quick_runs_every_row(tmp_path):
         assert len(fvus) == n and all(math.isfinite(f) and f > 0 for f in fvus), (name, fvu)
         assert set(rows[name]["time_split"]) >= {"forward_s", "sae_step_s", "other_s"}
     assert rows["ours_radix"]["fast_options"] == {"aux_topk": "radix"} and rows["ours"]["fast_options"] is None
+    assert rows["ours_mask"]["fast_options"] == {"aux_topk": "mask"}
     for sae in rows["ours"]["saes"]:  # the fast step's steps per aux width add up to the row's steps
         assert sum(sae["aux_steps_by_width"].values()) == sae["steps"], sae
     for name, r in rows.items():  # the time outside the timed loop, by phase, inside the row's own time

@@ -431,7 +431,7 @@ def test_graph_keyed_by_aux_width(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("aux_topk", ["torch", "radix"])
+@pytest.mark.parametrize("aux_topk", ["torch", "radix", "mask"])
 @pytest.mark.parametrize("bf16", [False, True])
 def test_cuda_graph_with_compacted_aux_equals_eager_full_selection(bf16, aux_topk):
     """On CUDA: the Triton step replayed as CUDA graphs with the compacted aux selection (recaptured when the
@@ -466,13 +466,22 @@ def test_cuda_graph_with_compacted_aux_equals_eager_full_selection(bf16, aux_top
         assert _rel(q, r) < (1e-3 if bf16 else 1e-5)
 
 
-@pytest.mark.parametrize("compact", ["auto", "off"])
-@pytest.mark.parametrize("n_dead", [5, 40])
-def test_triton_step_radix_aux_topk_equals_torch(compact, n_dead, monkeypatch):
-    """aux_topk="radix" (topk_kernel.masked_topk, the mask fused into the kernel) gives the loss and gradients of
-    the masked copy + torch.topk, with the compacted selection and without, with fewer dead latents than k_aux
-    (5 < d_in/2 = 16: the selection dips into masked columns, which the aux loss must zero) and more; the kernel
-    must have run (a spy counts its calls)."""
+# (aux_topk, trainer flags, aux_compact, dead latents): both kernels on the four selection cases, the mask kernel
+# also without the decoder-norm rescale and gamma, and with bf16 products (slow in the interpreter: two cases)
+KERNEL_CASES = [(impl, {}, c, n) for impl in ("radix", "mask") for c in ("auto", "off") for n in (5, 40)] + [
+    ("mask", {"rescale_acts_by_decoder_norm": False, "weighted": False}, "auto", 40),
+    ("mask", {"bf16": True}, "auto", 40),
+    ("mask", {"bf16": True}, "off", 5),
+]
+
+
+@pytest.mark.parametrize("impl,flags,compact,n_dead", KERNEL_CASES)
+def test_triton_step_kernel_aux_topk_equals_torch(impl, flags, compact, n_dead, monkeypatch):
+    """aux_topk="radix" (topk_kernel.masked_topk, the mask fused into the kernel) and "mask" (topk_kernel.topk_mask,
+    the dense selection without indices) give the loss and gradients of the masked copy + torch.topk, with the
+    compacted selection and without, with fewer dead latents than k_aux (5 < d_in/2 = 16: the selection dips
+    into masked columns, which the aux loss must zero) and more, with and without the decoder-norm rescale, gamma
+    and bf16 products; the kernel must have run (a spy counts its calls)."""
     from sae_rdp_plugin.fast import kernels as fk
     from sae_rdp_plugin.fast import topk_kernel
 
@@ -480,25 +489,31 @@ def test_triton_step_radix_aux_topk_equals_torch(compact, n_dead, monkeypatch):
         pytest.skip("Triton kernels unavailable (no TRITON_INTERPRET)")
     monkeypatch.setattr(topk_kernel, "_BLOCK_32", 64)  # several blocks per row in the interpreter
     calls = []
-    orig = topk_kernel.masked_topk
-    monkeypatch.setattr(topk_kernel, "masked_topk", lambda x, k, keep: calls.append(k) or orig(x, k, keep))
+    name = {"radix": "masked_topk", "mask": "topk_mask"}[impl]
+    orig = getattr(topk_kernel, name)
+    monkeypatch.setattr(topk_kernel, name, lambda x, k, keep, **kw: calls.append(k) or orig(x, k, keep, **kw))
     B, d_in, d_sae, k = 16, 32, 128, 4
+    flags = dict(flags)
+    weighted = flags.pop("weighted", True)
     p = _params(d_in, d_sae, 25, torch.float32)
     x = torch.randn(B, d_in, generator=torch.Generator().manual_seed(26))
     dead = _dead(d_sae, n_dead, 27)
     out = []
-    for impl in ("torch", "radix"):
-        tr = _trainer(p, d_in, d_sae, k, torch.float32, kernels="triton", compact=compact, aux_topk=impl)
+    for topk in ("torch", impl):
+        tr = _trainer(p, d_in, d_sae, k, torch.float32, weighted=weighted, kernels="triton", compact=compact,
+                      aux_topk=topk, aux_impl="dense", **flags)  # fmt: skip
         tr._row_topk_on_cpu = True
         out.append(tr.triton_loss_and_grads(x, dead))
-    assert calls == [d_in // 2]  # the radix run only, k_aux = d_in / 2
+    assert calls == [d_in // 2]  # the kernel run only, k_aux = d_in / 2
     (la, ga), (lb, gb) = out
     assert float(lb["auxiliary_reconstruction_loss"]) > 0
+    # bf16: the same entries and bf16 products; the sums differ in order only (torch.topk's picks are unordered)
+    tol = 1e-3 if flags.get("bf16") else 1e-6
     assert float(la["auxiliary_reconstruction_loss"]) == pytest.approx(
-        float(lb["auxiliary_reconstruction_loss"]), rel=1e-6
+        float(lb["auxiliary_reconstruction_loss"]), rel=tol
     )
     for gx, gy in zip(ga, gb):
-        assert _rel(gx, gy) < 1e-6
+        assert _rel(gx, gy) < tol
 
 
 def test_aux_topk_is_validated():

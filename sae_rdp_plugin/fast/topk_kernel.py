@@ -367,7 +367,8 @@ if _HAVE_TRITON:
         take = keep & (gt | (eq & (tl.cumsum(eq.to(tl.int32), 0) <= need)))
         a = v.to(tl.float32)
         if HAS_DIV:
-            a = a / tl.load(DIV + src, mask=cm, other=1.0)
+            # IEEE division, as torch's (Triton's "/" on fp32 is the approximate one on CUDA: 1-ulp differences)
+            a = tl.math.div_rn(a, tl.load(DIV + src, mask=cm, other=1.0))
         a = tl.where(take, a, 0.0)
         if OUT_BF16:
             # round to nearest even by hand (torch's rounding; Triton's interpreter truncates): the carry of
@@ -486,6 +487,9 @@ def row_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 #: the widest row :func:`topk_mask` holds in registers (one program per row)
 TOPK_MASK_MAX_COLS = 16384
+# topk_mask's warps per program (None: block / 1024, in 4..16); benchmarks/training_speed/bench_topk_mask.py
+# sweeps it
+_TOPK_MASK_WARPS: int | None = None
 
 
 def topk_mask(
@@ -549,6 +553,6 @@ def topk_mask(
         KEY_BITS=keys["KEY_BITS"],
         ITERS=keys["KEY_BITS"] + 1,
         BLOCK=block,
-        num_warps=max(4, min(16, block // 1024)),
+        num_warps=_TOPK_MASK_WARPS or max(4, min(16, block // 1024)),
     )
     return A, M

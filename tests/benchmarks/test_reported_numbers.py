@@ -434,3 +434,38 @@ def test_real_weight_equal_token_run_numbers_quoted():
         ],
         lim,
     )
+
+
+def test_aux_mask_numbers_are_quoted():
+    """benchmarks/training_speed/README.md's topk_mask paragraph quotes aux_mask/'s JSONs."""
+    ms = _step_ms("benchmarks/training_speed/aux_mask/training_speed.json")
+    s = "640x16384_k32"
+    f = "fast_weighted_topk+aux"
+    sl = ms[s, "saelens_weighted_topk+aux"]
+    prof = json.loads((ROOT / "benchmarks/training_speed/aux_mask/profile_fast_step.json").read_text())["runs"]
+    kern = next(r for r in prof["fast_weighted_topk[mask]@640x16384k32_dead0.5"]["kernels"] if "topk_mask" in r["name"])
+    tm = json.loads((ROOT / "benchmarks/training_speed/aux_mask/topk_mask.json").read_text())["rows"]
+
+    def sel(width: int, impl: str | None = None) -> float:
+        rows = [r["ms"] for r in tm if r["width"] == width and (r["impl"] == impl if impl else "bisect" in r["impl"])]
+        return min(rows)
+
+    quoted = [
+        f"{ms[s, f + '[mask]']:.2f} ms with the mask kernel vs {ms[s, f]:.2f} ms at half the latents dead "
+        f"({ms[s, f] / ms[s, f + '[mask]']:.2f}x; no aux: {ms[s, 'fast_weighted_topk']:.2f} ms)",
+        f"{ms[s, f + '[mask,dead0.2]']:.2f} vs {ms[s, f + '[dead0.2]']:.2f} ms at a fifth dead "
+        f"({ms[s, f + '[dead0.2]'] / ms[s, f + '[mask,dead0.2]']:.2f}x)",
+        f"{ms[s, f + '[mask,dead0.85]']:.2f} vs {ms[s, f + '[dead0.85]']:.2f} ms at 85% dead "
+        f"({ms[s, f + '[dead0.85]'] / ms[s, f + '[mask,dead0.85]']:.2f}x)",
+        f"{ms[s, f + '[mask,nocompact]']:.2f} vs {ms[s, f + '[nocompact]']:.2f} ms over all columns",
+        f"({sl:.2f} ms) that is {sl / ms[s, f + '[mask]']:.2f}x at half dead ({sl / ms[s, f]:.2f}x before) and "
+        f"{sl / ms[s, f + '[mask,dead0.85]']:.2f}x at 85% dead ({sl / ms[s, f + '[dead0.85]']:.2f}x before)",
+        f"({kern['ms_per_step']:.3f} ms per step at 8,192 columns",
+        f"{sel(4096):.3f} vs {sel(4096, 'torch'):.3f} ms for the PyTorch selection at 4,096 columns, but "
+        f"{sel(12288):.3f} vs {sel(12288, 'torch'):.3f} ms at 12,288 and {sel(16384):.3f} vs "
+        f"{sel(16384, 'torch'):.3f} ms at 16,384",
+    ]
+    _assert_quoted(quoted, _flat("benchmarks/training_speed/README.md"))
+    text = (ROOT / "benchmarks/training_speed/aux_mask/pytest.txt").read_text()
+    assert "failed" not in text and "6 passed" in text and "14 passed" in text
+    assert "1 failed, 13 passed" in (ROOT / "benchmarks/training_speed/aux_mask/pytest_topk_mask.txt").read_text()

@@ -418,8 +418,9 @@ def test_row_topk_in_the_triton_step(monkeypatch):
     x = torch.randn(16, D_IN, device=DEV) * 2
     out = []
     for use in (False, True):
-        tr = FastTopKTrainer.from_training_sae(sae, kernels="triton", device=DEV)
-        tr._row_topk_on_cpu = use
+        # (cfg.row_topk switches it off on CUDA too, where the kernel is otherwise always used)
+        tr = FastTopKTrainer.from_training_sae(sae, kernels="triton", device=DEV, row_topk=use)
+        tr._row_topk_on_cpu = True
         losses, grads = tr.triton_loss_and_grads(x)
         out.append((float(losses["loss"]), grads))
         assert len(calls) == int(use)  # the kernel ran in the second step only

@@ -159,3 +159,22 @@ def test_aux_loss_shape():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call(torch.randn(2, 10, device=DEV))
+
+
+def test_bench_script_quick(tmp_path):
+    """benchmarks/training_speed/bench_topk_mask.py --quick (interpreter, tiny shapes): every dead fraction has
+    the torch row and the three warp settings, each kernel row equal to the first and with torch's picks per row."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "training_speed" / "bench_topk_mask.py"
+    spec = importlib.util.spec_from_file_location("bench_topk_mask", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--quick", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "topk_mask.json").read_text())
+    rows = res["rows"]
+    assert [r["impl"] for r in rows] == ["torch", "bisect_w4", "bisect_w8", "bisect_w16"] * 3
+    assert all(r["same_as_first_kernel_and_torch_picks"] is True for r in rows if r["impl"] != "torch")
+    assert tk._TOPK_MASK_WARPS is None  # the script restores the default

@@ -1,0 +1,114 @@
+"""The dead-latent aux loss's dense selection alone: topk_kernel.topk_mask (at 4, 8 and 16 warps per program)
+against the step's PyTorch selection (gather of the compacted columns, masked copy, torch.topk, scatter into
+zeros), on bf16 pre-activations of a batch of 4096 rows and 16,384 latents, k_aux 320, at three dead fractions
+(the compacted widths the step uses: aux_pad_width). CUDA events after warm-up, median of --iters; every
+variant's selection is checked equal to the first kernel variant's.
+
+    python benchmarks/training_speed/bench_topk_mask.py --out $OUT/topk_mask     # on the GPU
+    TRITON_INTERPRET=1 python benchmarks/training_speed/bench_topk_mask.py --quick --out /tmp/tm  # CPU smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from sae_rdp_plugin.fast import topk_kernel as tk
+from sae_rdp_plugin.fast.step import aux_pad_width
+from sae_rdp_plugin.io import atomic_write_json
+
+
+def torch_selection(pre, dead, cols, n, k):
+    """(A, M) as FastTopKTrainer._aux_dense_selection builds them without the kernel."""
+    sel = pre.index_select(1, cols) if cols is not None else pre.clone()
+    keep = dead[cols] if cols is not None else dead
+    v, j = sel.masked_fill_(~keep, -torch.inf).topk(k, dim=1, sorted=False)
+    ai = cols[j] if cols is not None else j
+    valid = dead[ai]
+    a = torch.where(valid, v.float() / n[ai], 0.0)
+    A = torch.zeros(sel.shape, device=pre.device, dtype=torch.bfloat16).scatter_(1, j, a.bfloat16())
+    M = torch.zeros(sel.shape, device=pre.device, dtype=torch.bool).scatter_(1, j, valid)
+    return A, M
+
+
+def timed(fn, iters: int, dev: torch.device) -> float:
+    for _ in range(3 if dev.type == "cuda" else 1):
+        fn()
+    if dev.type != "cuda":
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
+    ts = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b))
+    return statistics.median(ts)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="out/topk_mask")
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    dev = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
+    B, d_sae, k = (16, 1024, 20) if args.quick else (4096, 16384, 320)
+    g = torch.Generator(device=dev).manual_seed(0)
+    pre = (torch.randn(B, d_sae, device=dev, generator=g) * 2).bfloat16()
+    n = torch.rand(d_sae, device=dev, generator=g) + 0.5
+    rows, lines = [], []
+    try:
+        for frac in (0.2, 0.5, 0.85):
+            dead = torch.rand(d_sae, device=dev, generator=g) < frac
+            n_dead = int(dead.sum())
+            width = aux_pad_width(n_dead, d_sae, k)
+            cols = torch.argsort((~dead).to(torch.int8), stable=True)[:width] if width < d_sae else None
+            ref = None  # the first kernel variant's (A, M): every other kernel variant must equal it exactly
+            picks = None  # torch.topk's tie order is unspecified: against it, the picks per row are compared
+            variants = [("torch", None)] + [(f"bisect_w{w}", w) for w in (4, 8, 16)]
+            for name, warps in variants:
+                if warps is None:
+                    fn = lambda: torch_selection(pre, dead, cols, n, k)  # noqa: E731
+                else:
+                    tk._TOPK_MASK_WARPS = warps
+                    fn = lambda: tk.topk_mask(pre, k, keep=dead, cols=cols, div=n, out_dtype=torch.bfloat16)  # noqa: E731
+                A, M = fn()
+                same = None
+                if warps is None:
+                    picks = M.sum(1)
+                else:
+                    ref = ref or (A, M)
+                    same = bool(torch.equal(M, ref[1]) and torch.equal(A, ref[0]) and torch.equal(M.sum(1), picks))
+                ms = timed(fn, args.iters, dev)
+                row = {"dead_frac": frac, "n_dead": n_dead, "width": width, "impl": name, "ms": ms}
+                if warps is not None:
+                    row["same_as_first_kernel_and_torch_picks"] = same
+                rows.append(row)
+                lines.append(f"dead {frac:4.2f} width {width:6d}  {name:12s} {ms:8.3f} ms  same={same}")
+                print(lines[-1], flush=True)
+    finally:
+        tk._TOPK_MASK_WARPS = None  # the default again
+    env = {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "torch": torch.__version__,
+        "shape": {"batch": B, "d_sae": d_sae, "k_aux": k},
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "topk_mask.json", {**env, "rows": rows})
+    print(json.dumps(env))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

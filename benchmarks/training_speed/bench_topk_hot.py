@@ -9,7 +9,8 @@
   against the same on float32, the two-stage TopK and ``topk_kernel.masked_topk`` (radix select with the
   mask fused, ``FastTopKConfig.aux_topk="radix"``) at several blocks and warps (its top k_aux costs about as
   much as the rest of the step at 85% dead: benchmarks/training_speed/aux_compact/);
-* :func:`sae_rdp_plugin.fast.kernels.hot_rows` with ``unique=False`` (sort-based accumulate) vs ``True``
+* :func:`sae_rdp_plugin.fast.kernels.hot_rows` with ``unique=False`` (sort-based accumulate) vs ``True``; its
+  busiest-rows selection (``kernels.HOT_SELECT``: torch.topk vs a radix sort) alone and inside hot_rows
   (plain scatter) on TopK codes of random pre-activations.
 
 Median of CUDA-event timings after warm-up. Prints a table, writes ``$OUT/topk_hot.json``.
@@ -168,10 +169,28 @@ def main(argv=None) -> int:
             )
         assert torch.equal(outs[False][0], outs[True][0])
         hr["max_abs_diff"] = max(float((a - b).abs().max()) for a, b in zip(outs[False][1], outs[True][1]))
+        # the busiest-rows selection at the step's capacity (bf16: H = B*k/64), torch.topk vs a radix sort
+        # (kernels.HOT_SELECT), alone and inside hot_rows
+        H = min(n, max(256, B * k // 64))
+        counts = crow[1:] - crow[:-1]
+        hr["H"] = H
+        for mode in ("topk", "sort"):
+            fk.HOT_SELECT = mode
+            hr[f"select_{mode}_ms"] = _time_ms(lambda: fk.hot_select(counts, H), args.iters, args.warmup)
+            hr[f"hot_rows_H_{mode}_ms"] = _time_ms(
+                lambda: fk.hot_rows(crow, idx, rows, coefs, S, max_hot=H, min_count=32, unique=True),
+                args.iters,
+                args.warmup,
+            )
+        fk.HOT_SELECT = "sort"
         res["hot_rows"].append(hr)
         lines.append(
             f"hot   {n:>6} k{k:<3} accumulate {hr['unique_False_ms']:6.3f} ms  scatter {hr['unique_True_ms']:6.3f} ms  "
             f"busy={hr['busy_latents_over_64']}  maxdiff={hr['max_abs_diff']:.2e}"
+        )
+        lines.append(
+            f"hot   {n:>6} H{H:<5} select topk {hr['select_topk_ms']:6.3f} sort {hr['select_sort_ms']:6.3f} ms; "
+            f"hot_rows topk {hr['hot_rows_H_topk_ms']:6.3f} sort {hr['hot_rows_H_sort_ms']:6.3f} ms"
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

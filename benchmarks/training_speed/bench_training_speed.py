@@ -230,6 +230,23 @@ def build_fast(
     return step, {"trainer": tr, "graph": g}
 
 
+def with_hot_select(mode, built):
+    """A built step that runs with sae_rdp_plugin.fast.kernels.HOT_SELECT = ``mode`` (the busiest-rows selection
+    of the Triton step: "topk" or "sort"), the module's setting restored after each step."""
+    from sae_rdp_plugin.fast import kernels as fk
+
+    step, extras = built
+
+    def run():
+        old, fk.HOT_SELECT = fk.HOT_SELECT, mode
+        try:
+            return step()
+        finally:
+            fk.HOT_SELECT = old
+
+    return run, extras
+
+
 def build_multi(n, streams, arch, d_in, d_sae, k, bf16, dev, xs, gamma, **fast_kw):
     """n independent fast steps on the same batch, as a lockstep sweep runs them (train/lm.py): one after the
     other on the current stream, or each on a CUDA stream of its own (the question: do they overlap?). One
@@ -707,6 +724,17 @@ def bench_impls(rows, cfg_key, d_in, d_sae, k, B, xs, gamma, dev, args, gemm_rat
                 "sparse",
                 lambda: build_saelens("weighted_batchtopk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True),
             ),
+        ]
+        # the hot-row selection by torch.topk (the default before 2026-12-04) next to the default radix sort
+        impls += [
+            (
+                f"fast_weighted_topk[hot_topk]{tag}",
+                "sparse",
+                lambda kw=kw: with_hot_select(
+                    "topk", build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, **kw)
+                ),
+            )
+            for tag, kw in (("", {}), ("+aux", {"dead_frac": 0.5}))
         ]
         # half the latents dead: the aux loss runs (fast: default aux_impl="auto", and each forced)
         impls += [

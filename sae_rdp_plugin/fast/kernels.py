@@ -39,7 +39,16 @@ except Exception:  # noqa: BLE001  (ImportError, or a broken install)
     tl = None  # type: ignore[assignment]
     _HAVE_TRITON = False
 
-__all__ = ["available", "decode", "rowdot", "hot_rows", "sparse_grad", "sparse_grad_sq", "sparse_grad_adam"]
+__all__ = [
+    "available",
+    "decode",
+    "rowdot",
+    "hot_rows",
+    "hot_select",
+    "sparse_grad",
+    "sparse_grad_sq",
+    "sparse_grad_adam",
+]
 
 
 def available(device: torch.device | str) -> bool:
@@ -441,6 +450,20 @@ def sparse_grad(
     return P
 
 
+#: how :func:`hot_select` picks the busiest rows: "sort" (one radix sort of the int32 counts, multi-block) or "topk"
+#: (torch.topk, which runs a single row's selection in one thread block: slow at d_sae entries)
+HOT_SELECT = "sort"
+
+
+def hot_select(counts: torch.Tensor, H: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices) of H largest entries of the 1-D ``counts`` (any H among ties; unordered for "topk",
+    descending for "sort"), by :data:`HOT_SELECT`. Static shapes, no host sync."""
+    if HOT_SELECT == "topk":
+        return counts.topk(H, sorted=False)
+    cv, ci = torch.sort(counts.to(torch.int32), descending=True)  # counts <= batch size: int32 halves the passes
+    return cv[:H].to(counts.dtype), ci[:H]
+
+
 def hot_rows(
     crow: torch.Tensor,
     idx: torch.Tensor,
@@ -462,7 +485,7 @@ def hot_rows(
     n_rows = crow.numel() - 1
     H = min(max_hot, n_rows)
     counts = crow[1:] - crow[:-1]
-    cv, ci = counts.topk(H, sorted=False)
+    cv, ci = hot_select(counts, H)
     slot = torch.full((n_rows,), -1, device=crow.device, dtype=torch.int64)
     slot[ci] = torch.where(cv > min_count, torch.arange(H, device=crow.device), -1)
     se = slot[idx]

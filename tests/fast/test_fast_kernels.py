@@ -114,6 +114,19 @@ def test_sparse_grad_norm_and_adam_match_torch_adam(layout, with_x, with_hot):
     assert _rel(lp, p.detach() * scale.double()[:, None]) < 5e-3  # bf16 rounding
 
 
+@pytest.mark.parametrize("mode", ["sort", "topk"])
+@pytest.mark.parametrize("n,H,top", [(50, 7, 30), (16384, 2048, 4096), (9, 9, 2)])  # top: small values, many ties
+def test_hot_select_takes_the_largest(mode, n, H, top, monkeypatch):
+    """hot_select (either mode) returns H distinct indices whose values are the H largest counts (as a multiset:
+    which of the tied rows is free), with the values at those indices."""
+    monkeypatch.setattr(fk, "HOT_SELECT", mode)
+    counts = torch.randint(0, top, (n,), generator=torch.Generator().manual_seed(n)).to(DEV)
+    cv, ci = fk.hot_select(counts, H)
+    assert cv.dtype == counts.dtype and ci.shape == (H,) and cv.shape == (H,)
+    assert ci.unique().numel() == H and torch.equal(counts[ci], cv)
+    assert torch.equal(cv.sort().values, counts.sort().values[-H:])
+
+
 @pytest.mark.parametrize("unique", [False, True])
 def test_hot_rows_dense_product_matches_float64(unique):
     """hot_rows: the busiest latents (> min_count entries, at most max_hot) get slots and their gradient rows

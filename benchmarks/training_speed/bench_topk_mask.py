@@ -1,8 +1,9 @@
-"""The dead-latent aux loss's dense selection alone: topk_kernel.topk_mask (at 4, 8 and 16 warps per program)
-against the step's PyTorch selection (gather of the compacted columns, masked copy, torch.topk, scatter into
-zeros), on bf16 pre-activations of a batch of 4096 rows and 16,384 latents, k_aux 320, at three dead fractions
-(the compacted widths the step uses: aux_pad_width). CUDA events after warm-up, median of --iters; every
-variant's selection is checked equal to the first kernel variant's.
+"""The dead-latent aux loss's dense selection alone: topk_kernel.topk_mask (only the keys in registers through
+the search, "lean", or the values too, "regs"; at 4, 8 and 16 warps per program) against the step's PyTorch
+selection (gather of the compacted columns, masked copy, torch.topk, scatter into zeros), on bf16
+pre-activations of a batch of 4096 rows and 16,384 latents, k_aux 320, at three dead fractions (the compacted
+widths the step uses: aux_pad_width). CUDA events after warm-up, median of --iters; every kernel variant's
+selection is checked equal to the first kernel variant's, and its picks per row to torch's.
 
     python benchmarks/training_speed/bench_topk_mask.py --out $OUT/topk_mask     # on the GPU
     TRITON_INTERPRET=1 python benchmarks/training_speed/bench_topk_mask.py --quick --out /tmp/tm  # CPU smoke test
@@ -74,12 +75,14 @@ def main(argv=None) -> int:
             cols = torch.argsort((~dead).to(torch.int8), stable=True)[:width] if width < d_sae else None
             ref = None  # the first kernel variant's (A, M): every other kernel variant must equal it exactly
             picks = None  # torch.topk's tie order is unspecified: against it, the picks per row are compared
-            variants = [("torch", None)] + [(f"bisect_w{w}", w) for w in (4, 8, 16)]
-            for name, warps in variants:
+            variants = [("torch", None, None)] + [
+                (f"{'lean' if lean else 'regs'}_w{w}", lean, w) for lean in (True, False) for w in (4, 8, 16)
+            ]
+            for name, lean, warps in variants:
                 if warps is None:
                     fn = lambda: torch_selection(pre, dead, cols, n, k)  # noqa: E731
                 else:
-                    tk._TOPK_MASK_WARPS = warps
+                    tk._TOPK_MASK_LEAN, tk._TOPK_MASK_WARPS = lean, warps
                     fn = lambda: tk.topk_mask(pre, k, keep=dead, cols=cols, div=n, out_dtype=torch.bfloat16)  # noqa: E731
                 A, M = fn()
                 same = None
@@ -96,7 +99,7 @@ def main(argv=None) -> int:
                 lines.append(f"dead {frac:4.2f} width {width:6d}  {name:12s} {ms:8.3f} ms  same={same}")
                 print(lines[-1], flush=True)
     finally:
-        tk._TOPK_MASK_WARPS = None  # the default again
+        tk._TOPK_MASK_LEAN, tk._TOPK_MASK_WARPS = True, None  # the defaults again
     env = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),

@@ -333,25 +333,27 @@ if _HAVE_TRITON:
         OUT_BF16: tl.constexpr,
         KEY_BITS: tl.constexpr,
         ITERS: tl.constexpr,
+        LEAN: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
         """:func:`topk_mask` on one row, the whole row held in registers: the k-th largest key T by a binary
         search over the key range (ITERS counting passes over the registers, no further reads), then one
         write of the dense selection."""
         pid = tl.program_id(0).to(tl.int64)
+        row = X + pid * stride_x
         c = tl.arange(0, BLOCK)
         cm = c < n
         if HAS_COLS:
-            src = tl.load(COLS + c, mask=cm, other=0)
+            src = tl.load(COLS + c, mask=cm, other=0).to(tl.int32)  # (n_src < 2^31: checked by the caller)
         else:
             src = c
-        v = tl.load(X + pid * stride_x + src, mask=cm, other=0.0)
+        v = tl.load(row + src, mask=cm, other=0.0)
         key = _keys(v, KEY_BITS)
         keep = cm
         if HAS_KEEP:
             keep = keep & (tl.load(KEEP + src, mask=cm, other=0) != 0)
         SENT: tl.constexpr = -32768 if KEY_BITS == 16 else -2147483648  # below every finite value's key
-        key = tl.where(keep, key, SENT)
+        key = tl.where(keep, key, SENT)  # from here on a column is kept iff its key > SENT
         # invariant: count(key >= lo) >= k (lo = SENT: all n >= k columns) and count(key >= hi) < k
         lo = (0 * tl.program_id(0)).to(tl.int64) + SENT
         hi = tl.max(key, 0).to(tl.int64) + 1
@@ -364,11 +366,17 @@ if _HAVE_TRITON:
         gt = key > t
         eq = key == t
         need = k - tl.sum(gt.to(tl.int32), 0)  # how many keys == t the top k holds: the leftmost ones
-        take = keep & (gt | (eq & (tl.cumsum(eq.to(tl.int32), 0) <= need)))
+        take = (key > SENT) & (gt | (eq & (tl.cumsum(eq.to(tl.int32), 0) <= need)))
+        if LEAN:
+            # only the keys were live through the search (fewer registers, no spills at wide rows): the
+            # selected values and their divisors are read again, for the selected columns only (cache hits)
+            if HAS_COLS:
+                src = tl.load(COLS + c, mask=take, other=0).to(tl.int32)
+            v = tl.load(row + src, mask=take, other=0.0)
         a = v.to(tl.float32)
         if HAS_DIV:
             # IEEE division, as torch's (Triton's "/" on fp32 is the approximate one on CUDA: 1-ulp differences)
-            a = tl.math.div_rn(a, tl.load(DIV + src, mask=cm, other=1.0))
+            a = tl.math.div_rn(a, tl.load(DIV + src, mask=take, other=1.0))
         a = tl.where(take, a, 0.0)
         if OUT_BF16:
             # round to nearest even by hand (torch's rounding; Triton's interpreter truncates): the carry of
@@ -487,9 +495,10 @@ def row_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 #: the widest row :func:`topk_mask` holds in registers (one program per row)
 TOPK_MASK_MAX_COLS = 16384
-# topk_mask's warps per program (None: block / 1024, in 4..16); benchmarks/training_speed/bench_topk_mask.py
-# sweeps it
+# topk_mask's warps per program (None: block / 1024, in 4..16) and whether only the keys stay in registers
+# through the search (the values re-read at the end); benchmarks/training_speed/bench_topk_mask.py sweeps both
 _TOPK_MASK_WARPS: int | None = None
+_TOPK_MASK_LEAN = True
 
 
 def topk_mask(
@@ -552,6 +561,7 @@ def topk_mask(
         OUT_BF16=out_dtype == torch.bfloat16,
         KEY_BITS=keys["KEY_BITS"],
         ITERS=keys["KEY_BITS"] + 1,
+        LEAN=_TOPK_MASK_LEAN,
         BLOCK=block,
         num_warps=_TOPK_MASK_WARPS or max(4, min(16, block // 1024)),
     )

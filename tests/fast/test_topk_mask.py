@@ -161,6 +161,22 @@ def test_bad_input(call, match):
         call(torch.randn(2, 10, device=DEV))
 
 
+@pytest.mark.parametrize("lean", [True, False])
+def test_both_register_layouts(lean, monkeypatch):
+    """The kernel with only the keys live through the search (values re-read at the end; the default) and with
+    the values kept in registers: both equal the reference, with and without compaction, ties included."""
+    monkeypatch.setattr(tk, "_TOPK_MASK_LEAN", lean)
+    g = torch.Generator().manual_seed(5)
+    for dtype in (torch.bfloat16, torch.float32):
+        x = torch.randint(-6, 7, (4, 700), generator=g).to(dtype) + 0.5  # ties, no zeros
+        keep = torch.rand(700, generator=g) < 0.7
+        cols = torch.argsort((~keep).to(torch.int8), stable=True)[:512]
+        div = torch.rand(700, generator=g) + 0.5
+        out = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+        _check(x, 50, keep=keep, cols=cols, div=div, out_dtype=out)
+        _check(x, 300, keep=keep, out_dtype=out)
+
+
 def test_bench_script_quick(tmp_path):
     """benchmarks/training_speed/bench_topk_mask.py --quick (interpreter, tiny shapes): every dead fraction has
     the torch row and the three warp settings, each kernel row equal to the first and with torch's picks per row."""
@@ -175,6 +191,7 @@ def test_bench_script_quick(tmp_path):
     assert mod.main(["--quick", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "topk_mask.json").read_text())
     rows = res["rows"]
-    assert [r["impl"] for r in rows] == ["torch", "bisect_w4", "bisect_w8", "bisect_w16"] * 3
+    kernels = [f"{lay}_w{w}" for lay in ("lean", "regs") for w in (4, 8, 16)]
+    assert [r["impl"] for r in rows] == (["torch"] + kernels) * 3
     assert all(r["same_as_first_kernel_and_torch_picks"] is True for r in rows if r["impl"] != "torch")
-    assert tk._TOPK_MASK_WARPS is None  # the script restores the default
+    assert tk._TOPK_MASK_WARPS is None and tk._TOPK_MASK_LEAN is True  # the script restores the defaults

@@ -9,7 +9,7 @@ records, so a plain ``tar -x`` would replace a committed ``stage_<ID>.json`` (on
 the new session's calls alone. This script extracts into a temporary folder, then
 
 * ``stage_*.json``: the committed calls followed by the bundle's calls not already committed (same record),
-  ``gpu_s_total`` re-summed, the other keys from the bundle;
+  ``gpu_s_total`` re-summed, ``complete`` (per eval) merged, the other keys from the bundle;
 * ``calibration_*.json``: copied into the model-layer folder and into ``results/`` (``stage.sh run`` copies
   ``results/calibration_*.json`` onto a fresh machine, where ``T-*`` of standard / jumprelu need them);
 * an SAE's eval JSON (``core/``, ``rdp_proxies/``, ``sparse_probing_sae_probes/``, ``absorption_first_letter/``):
@@ -54,6 +54,8 @@ def merge_stage(old: dict, new: dict) -> dict:
         if c not in calls:
             calls.append(c)
     out = {**old, **new, "calls": calls}
+    if isinstance(old.get("complete"), dict) and isinstance(new.get("complete"), dict):
+        out["complete"] = {**old["complete"], **new["complete"]}  # per eval: one the bundle did not run stays
     out["gpu_s_total"] = round(sum(float(c.get("gpu_s", 0.0)) for c in calls), 2)
     return out
 

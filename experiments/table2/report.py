@@ -299,6 +299,7 @@ def _core_points(folder: Path) -> list[dict[str, Any]]:
                 "release": d["sae_lens_release_id"],
                 "width": int(m[1]) if m else None,
                 "level": m[2] if m else None,
+                "seed": int(m[3]) if m else None,
                 "step": m[4] if m else None,
                 "R": q["sparsity"]["l0"],
                 "D": 1 - q["reconstruction_quality"]["explained_variance_legacy"],
@@ -316,18 +317,66 @@ def _dominating(pts: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[st
 
 
 def pair_kinds(pts: list[dict[str, Any]]) -> dict[str, int]:
-    """Dominated pairs of one release (R_i <= R_j, D_i <= D_j, not equal) by what separates the two SAEs."""
-    kinds = {"checkpoint vs final (same width, level)": 0, "width (same level)": 0, "sparsity level": 0}
+    """Dominated pairs of one release (R_i <= R_j, D_i <= D_j, not equal) by what separates the two SAEs, in this
+    order: the level (the part of the SAE id between width and seed: the sparsity level, or for the WSAE arm's
+    ``weighted_topk`` the alpha / cap variant at one k), the width, the seed, else the training step."""
+    kinds = {
+        "sparsity level": 0,
+        "WSAE variant (alpha / cap)": 0,
+        "width (same level)": 0,
+        "seed (same width, level)": 0,
+        "checkpoint vs final (same width, level, seed)": 0,
+    }
     for a, b in _dominating(pts):
         if a["release"] != b["release"]:
             continue
         if a["level"] != b["level"]:
-            kinds["sparsity level"] += 1
+            wsae = str(a["release"]).endswith("-weighted_topk")
+            kinds["WSAE variant (alpha / cap)" if wsae else "sparsity level"] += 1
         elif a["width"] != b["width"]:
             kinds["width (same level)"] += 1
+        elif a.get("seed") != b.get("seed"):
+            kinds["seed (same width, level)"] += 1
         else:
-            kinds["checkpoint vs final (same width, level)"] += 1
-    return kinds
+            kinds["checkpoint vs final (same width, level, seed)"] += 1
+    return {k: v for k, v in kinds.items() if v or not k.startswith(("WSAE", "seed"))}
+
+
+def wsae_variants(folder: Path) -> list[str]:
+    """One line per WSAE-arm variant (the ``weighted_topk`` core JSONs grouped by the level part of their id: k,
+    alpha and the variance cap): SAEBench ``ce_loss_score`` and ``explained_variance_legacy`` per seed, and the
+    dead-latent fraction of our proxies' held-out sample where that JSON exists."""
+    by: dict[str, list[tuple[int, float, float, float | None]]] = {}
+    for f in sorted((folder / "core").glob("weighted_topk__*.json")):
+        d = json.loads(f.read_text())
+        m = re.search(r"__w\d+_(.+)_s(\d+)_step_final$", d["sae_lens_id"])
+        if not m:
+            continue  # checkpoints: the arm trains final SAEs only
+        q = d["eval_result_metrics"]
+        prox = folder / "rdp_proxies" / f.name
+        dead = None
+        if prox.is_file():
+            dead = json.loads(prox.read_text())["eval_result_metrics"]["sample"]["dead_fraction"]
+        by.setdefault(m[1], []).append(
+            (
+                int(m[2]),
+                q["model_performance_preservation"]["ce_loss_score"],
+                q["reconstruction_quality"]["explained_variance_legacy"],
+                dead,
+            )
+        )
+    out = []
+    for level, rows in sorted(by.items()):
+        rows.sort()
+        seeds = ", ".join(f"s{r[0]}" for r in rows)
+        line = (
+            f"- WSAE `{level}` ({seeds}): `ce_loss_score` {', '.join(f'{r[1]:.3f}' for r in rows)}; "
+            f"`explained_variance_legacy` {', '.join(f'{r[2]:.3f}' for r in rows)}"
+        )
+        if all(r[3] is not None for r in rows):
+            line += f"; held-out dead-latent fraction {', '.join(f'{r[3]:.2f}' for r in rows)}"
+        out.append(line + ".")
+    return out
 
 
 def cross_pairs(pts: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
@@ -432,6 +481,7 @@ def findings(rows: list[dict[str, Any]], folders: list[Path], quals: dict[Path, 
                     + "."
                 )
         out += eval_counts(folder)
+        out += wsae_variants(folder)
         pts = _core_points(folder)
         out += calibration_drift(folder, pts)
         ev = [p["ev"] for p in pts]

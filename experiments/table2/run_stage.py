@@ -653,7 +653,9 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
     )
     rec["gpu_s_total"] = round(sum(c["gpu_s"] for c in rec["calls"]), 2)
     all_trained = len(pairs) == sum(len(m) for m in fams.values())
-    rec["complete"] = {e: bool(r.get("complete")) and all_trained for e, r in recs.items()}
+    # per eval; an eval this call did not run keeps its flag from the calls before
+    prev = rec.get("complete") if isinstance(rec.get("complete"), dict) else {}
+    rec["complete"] = {**prev, **{e: bool(r.get("complete")) and all_trained for e, r in recs.items()}}
     atomic_json(rec_path, rec)
     if args.export is not None:
         export(args.out, args.export, stage)

@@ -95,6 +95,16 @@ def test_top_readme_table2_row_quotes_table2_json():
         "Sparse probing withdrawn",
     ):
         assert q in line, q
+    ce_w = {}
+    for f in core.glob("weighted_topk__*_s0_step_final.json"):
+        d = json.loads(f.read_text())
+        ce_w[d["sae_lens_id"].split("__w16384_")[1].rsplit("_s0", 1)[0]] = d["eval_result_metrics"][
+            "model_performance_preservation"
+        ]["ce_loss_score"]
+    assert (
+        f"CE loss recovered {ce_w['k32_alpha0']:.3f} unweighted, {ce_w['k32_alpha1_capq0.99']:.3f} capped, "
+        f"{ce_w['k32_alpha1']:.3f} uncapped alpha 1" in line
+    )
 
 
 def test_recipe_calibration_drift_is_the_reported_median():
@@ -330,11 +340,18 @@ def test_model_load_numbers_quoted():
     ],
 )
 def test_table2_runprobe_times_quoted_from_the_stage_records(call, heading):
-    """The two runprobe calls of the JumpReLU SAEs (width 4k, then 16k): the last two records of each stage file."""
+    """The two runprobe calls of the JumpReLU SAEs (width 4k, then 16k): the last two records of the JumpReLU T
+    stage file, and the E records that probed those SAEs."""
     base = ROOT / "experiments/table2/results/gemma3-270m-L9"
     t = json.loads((base / "stage_T-gemma3-270m-9-jumprelu.json").read_text())["calls"][call]
-    e = json.loads((base / "stage_E-gemma3-270m-9.json").read_text())["calls"][call]
     width = "w4096" if call == -2 else "w16384"
+    calls = json.loads((base / "stage_E-gemma3-270m-9.json").read_text())["calls"]
+    (e,) = [
+        c
+        for c in calls
+        if c.get("sparse_probing", {}).get("evaluated")
+        and all(f"/jumprelu/{width}/" in i for i in c["sparse_probing"]["evaluated"])
+    ]
     assert all(f"/{width}/" in i for i in t["trained"])
     text = _flat("experiments/table2/README.md", after=heading)
     assert f"its T part {t['wall_s']:.0f} s ({len(t['trained'])} SAEs" in text
@@ -469,3 +486,26 @@ def test_aux_mask_numbers_are_quoted():
     text = (ROOT / "benchmarks/training_speed/aux_mask/pytest.txt").read_text()
     assert "failed" not in text and "6 passed" in text and "14 passed" in text
     assert "1 failed, 13 passed" in (ROOT / "benchmarks/training_speed/aux_mask/pytest_topk_mask.txt").read_text()
+
+
+
+def test_table2_wsae_runprobe_and_e0_quoted_from_the_stage_records():
+    """The W-wsae runprobe (T and E parts) and the E0 absorption call of 2026-12-04 in table2's README."""
+    base = ROOT / "experiments/table2/results/gemma3-270m-L9"
+    (t,) = json.loads((base / "stage_W-wsae.json").read_text())["calls"]
+    calls = json.loads((base / "stage_E-gemma3-270m-9.json").read_text())["calls"]
+    (e,) = [c for c in calls if any("/weighted_topk/" in i for i in c.get("sparse_probing", {}).get("evaluated", []))]
+    (a,) = [c for c in calls if "absorption" in c]
+    sp, ab = e["sparse_probing"], a["absorption"]
+    text = _flat("experiments/table2/README.md", after="`runprobe W-wsae` (2026-12-04, third session)")
+    quoted = [
+        f"its T part {t['wall_s']:.0f} s ({len(t['trained'])} SAEs x 20M tokens in lockstep",
+        f"its E part {e['wall_s']:.0f} s ({len(sp['evaluated'])} SAEs, {len(sp['datasets'])} datasets)",
+        f"took {sum(sp['baseline_s'].values()):.0f} s summed over the part's workers",
+        f"stopped at {a['wall_s']:.0f} s before any SAE finished: the child's start {ab['child_start_s']:.0f} s, "
+        f"SAEBench's first-letter probe {ab['probe_s']:.0f} s (its activations "
+        f"{ab['probe_parts_s']['activations']:.0f} s), then {ab['cut']['ran_s']:.0f} s into the first SAE",
+    ]
+    _assert_quoted(quoted, text)
+    assert e["tokenizer"]["probe_ok"] is True and e["tokenizer"]["dir"] == "/tmp/t2/tokenizer"
+    assert not ab["evaluated"] and ab["cut"]["phase"] == "sae"

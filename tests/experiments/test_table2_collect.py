@@ -58,6 +58,17 @@ def test_stage_calls_are_appended_and_summed(tmp_path):
     assert json.loads((into / "stage_E-m-9.json").read_text())["calls"] == [old, new]
 
 
+def test_complete_flags_merge_per_eval():
+    """An E call that ran absorption only keeps the committed sparse-probing flag (a bundle's ``complete`` held
+    only its own call's evals and replaced the committed one)."""
+    col = _collect()
+    old = {"stage": "E-m-9", "calls": [{"gpu_s": 1.0}], "complete": {"sparse_probing": False}}
+    new = {"stage": "E-m-9", "calls": [{"gpu_s": 2.0}], "complete": {"absorption": False}}
+    assert col.merge_stage(old, new)["complete"] == {"sparse_probing": False, "absorption": False}
+    new["complete"] = {"sparse_probing": True}
+    assert col.merge_stage(old, new)["complete"] == {"sparse_probing": True}
+
+
 def test_bad_bundles_write_nothing(tmp_path, capsys):
     col = _collect()
     into = tmp_path / "into"

@@ -303,3 +303,68 @@ def test_absorption_probe_lines_are_computed_from_their_json(tmp_path):
     (tmp_path / "absorption_probe_a.json").write_text(json.dumps({**d, "words": 15000, "letters_passing": 25}))
     lines = [x for x in rep.absorption_probes(tmp_path).splitlines() if x.startswith("- ")]
     assert [x.split(":")[1][:3] for x in lines] == [" 24", " 25", " 3 "]  # by model, then sample size
+
+
+def test_pair_kinds_tell_seeds_and_wsae_variants_from_checkpoints_and_levels():
+    """Dominated pairs are classed by what separates the two SAEs: a WSAE arm's alpha / cap variants are not
+    sparsity levels and its seeds are not checkpoints (a first version counted them so)."""
+    rep = _report()
+
+    def pt(release, width, level, seed, step, R, D):
+        return {"release": release, "width": width, "level": level, "seed": seed, "step": step, "R": R, "D": D}
+
+    w = "table2-gemma3-270m-L9-weighted_topk"
+    t = "table2-gemma3-270m-L9-topk"
+    pts = [
+        pt(w, 16384, "k32_alpha0", 0, "final", 32, 0.10),
+        pt(w, 16384, "k32_alpha0", 1, "final", 32, 0.11),  # dominated by seed 0: a seed pair
+        pt(w, 16384, "k32_alpha1", 0, "final", 32, 0.60),  # dominated by both alpha-0 SAEs: variant pairs
+    ]
+    assert rep.pair_kinds(pts) == {
+        "sparsity level": 0,
+        "WSAE variant (alpha / cap)": 2,
+        "width (same level)": 0,
+        "seed (same width, level)": 1,
+        "checkpoint vs final (same width, level, seed)": 0,
+    }
+    pts = [
+        pt(t, 4096, "k32", 0, "final", 32, 0.20),
+        pt(t, 4096, "k32", 0, "10000000", 32, 0.25),  # its own half-way checkpoint
+        pt(t, 16384, "k32", 0, "final", 32, 0.15),  # dominates both 4k SAEs: width pairs
+        pt(t, 4096, "k64", 0, "final", 64, 0.30),  # dominated by all three: level pairs
+    ]
+    assert rep.pair_kinds(pts) == {
+        "sparsity level": 3,
+        "width (same level)": 2,
+        "checkpoint vs final (same width, level, seed)": 1,
+    }
+
+
+def test_wsae_variant_lines_from_core_and_proxy_jsons(tmp_path):
+    """One line per WSAE variant with each seed's CE score, EV (legacy) and the proxies' dead fraction."""
+    rep = _report()
+    for sub in ("core", "rdp_proxies"):
+        (tmp_path / sub).mkdir()
+
+    def write(level: str, seed: int, ce: float, ev: float, dead: float | None) -> None:
+        name = f"weighted_topk__x__w16384_{level}_s{seed}_step_final.json"
+        core = {
+            "sae_lens_id": f"blocks.9.hook_resid_post__w16384_{level}_s{seed}_step_final",
+            "eval_result_metrics": {
+                "model_performance_preservation": {"ce_loss_score": ce},
+                "reconstruction_quality": {"explained_variance_legacy": ev},
+            },
+        }
+        (tmp_path / "core" / name).write_text(json.dumps(core))
+        if dead is not None:
+            prox = {"eval_result_metrics": {"sample": {"dead_fraction": dead}}}
+            (tmp_path / "rdp_proxies" / name).write_text(json.dumps(prox))
+
+    write("k32_alpha1", 1, -0.0131, 0.3851, 0.971)
+    write("k32_alpha1", 0, 0.0252, 0.3951, 0.9637)
+    write("k32_alpha0", 0, 0.9634, 0.8912, None)
+    assert rep.wsae_variants(tmp_path) == [
+        "- WSAE `k32_alpha0` (s0): `ce_loss_score` 0.963; `explained_variance_legacy` 0.891.",
+        "- WSAE `k32_alpha1` (s0, s1): `ce_loss_score` 0.025, -0.013; `explained_variance_legacy` 0.395, 0.385; "
+        "held-out dead-latent fraction 0.96, 0.97.",
+    ]

@@ -34,3 +34,26 @@ def test_committed_eval_jsons_are_named_by_their_ids():
         key = (f.parent, rel, sid)
         assert key not in seen, f
         seen.add(key)
+
+
+def test_findings_wsae_reading_holds_in_its_jsons():
+    """FINDINGS.md's WSAE reading: uncapped alpha 1 mostly dead with about no CE loss recovered, uncapped alpha 0.5
+    in between, the 0.99-quantile cap keeps alpha 1 near (below) alpha 0 on every measure; seeds agree closely."""
+    rep = load_script("t2_report_wsae", "experiments/table2/report.py")
+    lines = rep.wsae_variants(ROOT / "experiments/table2/results/gemma3-270m-L9")
+    v = {}
+    for line in lines:
+        level = line.split("`")[1]
+        nums = [float(x) for x in re.findall(r"-?\d+\.\d+", line.split(":", 1)[1])]
+        v[level] = {"ce": nums[0:2], "ev": nums[2:4], "dead": nums[4:6]}
+    assert set(v) == {"k32_alpha0", "k32_alpha0.5", "k32_alpha1", "k32_alpha1_capq0.99"}
+    a0, a05, a1, cap = v["k32_alpha0"], v["k32_alpha0.5"], v["k32_alpha1"], v["k32_alpha1_capq0.99"]
+    assert max(map(abs, a1["ce"])) < 0.05 and min(a1["dead"]) > 0.9
+    assert max(a1["ce"]) < min(a05["ce"]) <= max(a05["ce"]) < min(cap["ce"]) <= max(cap["ce"]) < min(a0["ce"])
+    for m in ("ce", "ev"):
+        assert max(a0[m]) - min(cap[m]) < 0.1  # close to alpha 0, below it
+    assert min(cap["dead"]) > max(a0["dead"]) and max(cap["dead"]) < 0.5
+    for x in v.values():
+        assert abs(x["ce"][0] - x["ce"][1]) < 0.05 and abs(x["ev"][0] - x["ev"][1]) < 0.05
+    text = " ".join((ROOT / "experiments/table2/FINDINGS.md").read_text().split())
+    assert "uncapped alpha 1 leaves most latents dead and recovers about none of the CE loss" in text

@@ -653,9 +653,7 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
     )
     rec["gpu_s_total"] = round(sum(c["gpu_s"] for c in rec["calls"]), 2)
     all_trained = len(pairs) == sum(len(m) for m in fams.values())
-    # per eval; an eval this call did not run keeps its flag from the calls before
-    prev = rec.get("complete") if isinstance(rec.get("complete"), dict) else {}
-    rec["complete"] = {**prev, **{e: bool(r.get("complete")) and all_trained for e, r in recs.items()}}
+    rec["complete"] = merge_complete(rec.get("complete"), recs, all_trained)
     atomic_json(rec_path, rec)
     if args.export is not None:
         export(args.out, args.export, stage)
@@ -936,6 +934,13 @@ def main(argv: list[str] | None = None) -> int:
         f"({len(eval_skipped)} existing, {len(eval_left)} left for the next call), {wall:.1f} s -> {rec_path}"
     )
     return 0
+
+
+def merge_complete(prev: Any, recs: dict[str, dict], all_trained: bool) -> dict[str, bool]:
+    """An E stage file's ``complete``: per eval, whether every SAE of the plan is trained and has it; the evals
+    this call ran (``recs``) are set from their records, the others keep their flag from the calls before."""
+    base = prev if isinstance(prev, dict) else {}
+    return {**base, **{e: bool(r.get("complete")) and all_trained for e, r in recs.items()}}
 
 
 def export(out: Path, dest: Path, stage: str) -> Path:

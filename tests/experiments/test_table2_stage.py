@@ -491,3 +491,14 @@ def test_corpus_provenance_against_the_committed_build(rs, tmp_path):
     # the committed manifest holds both models' builds
     committed = rs.corpus_provenance({"tokenizer": "gemma3-270m", "tokens_sha256": "x"})
     assert committed["matches_manifest"] is False and len(committed["manifest_tokens_sha256"]) == 64
+
+
+def test_merge_complete_keeps_the_evals_a_call_did_not_run(rs):
+    """An absorption-only E call leaves sparse probing's flag as the calls before set it (it once dropped it)."""
+    prev = {"sparse_probing": False}
+    assert rs.merge_complete(prev, {"absorption": {"complete": True}}, True) == {
+        "sparse_probing": False,
+        "absorption": True,
+    }
+    assert rs.merge_complete(prev, {"sparse_probing": {"complete": True}}, False) == {"sparse_probing": False}
+    assert rs.merge_complete(None, {"sparse_probing": {"complete": True}}, True) == {"sparse_probing": True}

@@ -483,6 +483,14 @@ def test_aux_mask_numbers_are_quoted():
         f"{sel(16384, 'torch'):.3f} ms at 16,384",
     ]
     _assert_quoted(quoted, _flat("benchmarks/training_speed/README.md"))
+    hot = next(r for r in prof["fast_weighted_topk@640x16384k32_dead0.5"]["kernels"] if "gatherTopK<long" in r["name"])
+    assert f"`sbtopk::gatherTopK<long>`, at {hot['ms_per_step']:.3f} ms of the step" in _flat(
+        "benchmarks/training_speed/README.md"
+    )
+    assert (
+        f"{hot['ms_per_step']:.3f} ms per step, against {ms[s, 'fast_weighted_topk']:.2f} ms for the whole step"
+        in _flat("docs/fast_training.md")
+    )
     text = (ROOT / "benchmarks/training_speed/aux_mask/pytest.txt").read_text()
     assert "failed" not in text and "6 passed" in text and "14 passed" in text
     assert "1 failed, 13 passed" in (ROOT / "benchmarks/training_speed/aux_mask/pytest_topk_mask.txt").read_text()

@@ -230,19 +230,18 @@ def build_fast(
     return step, {"trainer": tr, "graph": g}
 
 
-def with_hot_select(mode, built):
-    """A built step that runs with sae_rdp_plugin.fast.kernels.HOT_SELECT = ``mode`` (the busiest-rows selection
-    of the Triton step: "topk" or "sort"), the module's setting restored after each step."""
-    from sae_rdp_plugin.fast import kernels as fk
-
+def with_setting(module, name, value, built):
+    """A built step that runs with ``module.name = value`` (a module-level switch of the fast step, e.g.
+    kernels.HOT_SELECT or step.AUX_GRAD_ROWS), the module's setting restored after each step."""
     step, extras = built
 
     def run():
-        old, fk.HOT_SELECT = fk.HOT_SELECT, mode
+        old = getattr(module, name)
+        setattr(module, name, value)
         try:
             return step()
         finally:
-            fk.HOT_SELECT = old
+            setattr(module, name, old)
 
     return run, extras
 
@@ -725,16 +724,31 @@ def bench_impls(rows, cfg_key, d_in, d_sae, k, B, xs, gamma, dev, args, gemm_rat
                 lambda: build_saelens("weighted_batchtopk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True),
             ),
         ]
-        # the hot-row selection by torch.topk (the default before 2026-12-04) next to the default radix sort
+        # the hot-row selection by torch.topk (the default before 2026-12-04) next to the default radix sort, and
+        # the compacted aux gradients as dense zero-filled matrices (before 2026-12-04) next to RowsAt
+        from sae_rdp_plugin.fast import kernels as fk
+        from sae_rdp_plugin.fast import step as fstep
+
         impls += [
             (
                 f"fast_weighted_topk[hot_topk]{tag}",
                 "sparse",
-                lambda kw=kw: with_hot_select(
-                    "topk", build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, **kw)
+                lambda kw=kw: with_setting(
+                    fk, "HOT_SELECT", "topk", build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, **kw)
                 ),
             )
             for tag, kw in (("", {}), ("+aux", {"dead_frac": 0.5}))
+        ] + [
+            (
+                "fast_weighted_topk+aux[dense_x]",
+                "sparse",
+                lambda: with_setting(
+                    fstep,
+                    "AUX_GRAD_ROWS",
+                    "dense",
+                    build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5),
+                ),
+            )
         ]
         # half the latents dead: the aux loss runs (fast: default aux_impl="auto", and each forced)
         impls += [

@@ -29,6 +29,8 @@ import os
 
 import torch
 
+from sae_rdp_plugin.fast.rows import RowsAt, rows_at
+
 try:  # Triton is optional: the fast step falls back to PyTorch kernels without it
     import triton
     import triton.language as tl
@@ -45,6 +47,8 @@ __all__ = [
     "rowdot",
     "hot_rows",
     "hot_select",
+    "RowsAt",
+    "rows_at",
     "sparse_grad",
     "sparse_grad_sq",
     "sparse_grad_adam",
@@ -138,6 +142,8 @@ if _HAVE_TRITON:
         HAS_SCALE: tl.constexpr,
         WRITE_LP: tl.constexpr,
         HAS_HOT: tl.constexpr,
+        XSLOT,
+        X_MAPPED: tl.constexpr,
         BJ: tl.constexpr,
         BD: tl.constexpr,
     ):
@@ -153,6 +159,13 @@ if _HAVE_TRITON:
             slot64 = tl.where(hot, slot, 0).to(tl.int64)
         maxc = tl.max(cnt, axis=0)
         jj64 = jj.to(tl.int64)
+        if X_MAPPED:  # X given at some rows only (RowsAt): row j's extra gradient is X[xslot[j]], or none
+            xslot = tl.load(XSLOT + jj, mask=jm, other=-1)
+            xhas = xslot >= 0
+            xrow64 = tl.where(xhas, xslot, 0).to(tl.int64)
+        else:
+            xhas = jm
+            xrow64 = jj64
         sq = tl.zeros([BJ], dtype=tl.float32)
         nsq = tl.zeros([BJ], dtype=tl.float32)
         if MODE == 1:
@@ -174,7 +187,8 @@ if _HAVE_TRITON:
                 s = tl.load(S + tb[:, None] * d + dd[None, :], mask=em[:, None] & dm[None, :], other=0.0)
                 acc += c[:, None] * s.to(tl.float32)
             if HAS_X:
-                acc += tl.load(X + jj64[:, None] * sx_j + dd[None, :] * sx_d, mask=m2, other=0.0)
+                xm = xhas[:, None] & dm[None, :]
+                acc += tl.load(X + xrow64[:, None] * sx_j + dd[None, :] * sx_d, mask=xm, other=0.0).to(tl.float32)
             if HAS_HOT:
                 acc += tl.load(GH + slot64[:, None] * d + dd[None, :], mask=hot[:, None] & dm[None, :], other=0.0)
             if MODE == 0:
@@ -304,6 +318,9 @@ def _launch(
     hot=None,
 ):
     n_rows, d = crow.numel() - 1, S.shape[1]
+    xslot = None
+    if isinstance(X, RowsAt):
+        xslot, X = X.slot, X.rows
     # tile shape by layout: latents contiguous (SAELens's W_enc) -> wide in j; else wide in d
     lay = X if mode == 0 and X is not None else P
     transposed = lay.stride(0) == 1 and lay.stride(1) != 1
@@ -316,6 +333,7 @@ def _launch(
         lp_out is not None,
         transposed,
         hot is not None,
+        xslot is not None,
     )
     dummy = coef
     sx = X.stride() if X is not None else (0, 0)
@@ -357,6 +375,8 @@ def _launch(
                 HAS_SCALE=scale is not None,
                 WRITE_LP=lp_out is not None,
                 HAS_HOT=hot is not None,
+                XSLOT=xslot if xslot is not None else dummy,
+                X_MAPPED=xslot is not None,
                 BJ=BJ,
                 BD=BD,
                 num_warps=NW,
@@ -375,16 +395,17 @@ def sparse_grad_sq(
     tok: torch.Tensor,
     coef: torch.Tensor,
     S: torch.Tensor,
-    X: torch.Tensor | None = None,
+    X: torch.Tensor | RowsAt | None = None,
     hot: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """sum_j ||G[j]||^2 for G[j] = sum_{e in crow[j]:crow[j+1]} coef[e] S[tok[e]] (+ X[j]) (a 0-d float32
-    tensor; no host sync). ``S`` [B, d] contiguous; ``X``: a [n_rows, d] view with any strides."""
+    tensor; no host sync). ``S`` [B, d] contiguous; ``X``: a [n_rows, d] view with any strides, or a
+    :class:`RowsAt` (zero except at its rows)."""
     n_rows = crow.numel() - 1
     if n_rows == 0:
         return torch.zeros((), device=S.device)
     # P is only used for its strides in mode 0: pass X or S-shaped placeholder
-    P = X if X is not None else S
+    P = X.rows if isinstance(X, RowsAt) else X if X is not None else S
     return _launch(crow, tok, coef, S, P, X, 0, hot=hot).sum()
 
 
@@ -400,7 +421,7 @@ def sparse_grad_adam(
     *,
     betas: tuple[float, float],
     eps: float,
-    X: torch.Tensor | None = None,
+    X: torch.Tensor | RowsAt | None = None,
     norm_out: torch.Tensor | None = None,
     scale: torch.Tensor | None = None,
     lp_out: torch.Tensor | None = None,
@@ -437,7 +458,7 @@ def sparse_grad(
     tok: torch.Tensor,
     coef: torch.Tensor,
     S: torch.Tensor,
-    X: torch.Tensor | None = None,
+    X: torch.Tensor | RowsAt | None = None,
     hot: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """G (float32 [n_rows, d], contiguous) materialised by the fused kernel (the gradient rows of

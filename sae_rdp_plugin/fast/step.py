@@ -71,6 +71,7 @@ import torch
 
 from sae_rdp_plugin.architectures import ARCHITECTURES, FAST_NAMES
 from sae_rdp_plugin.errors import SaeRdpError
+from sae_rdp_plugin.fast.rows import RowsAt, rows_at
 
 __all__ = ["FastTopKConfig", "FastTopKTrainer", "fast_architecture_of", "FAST_ARCHITECTURES", "aux_pad_width"]
 
@@ -90,6 +91,11 @@ def fast_architecture_of(architecture: str) -> str | None:
     """'topk' / 'batchtopk' when the fast step implements ``architecture``, else None."""
     return FAST_ARCHITECTURES.get(architecture)
 
+
+#: the compacted dense aux loss's weight gradients: "rows" (a RowsAt over the compacted columns, read by the fused
+#: kernels as they are) or "dense" (zero-filled [d_sae, d_in] matrices with the rows added: the layout before
+#: 2026-12-04, kept for benchmarks/training_speed's side-by-side rows)
+AUX_GRAD_ROWS = "rows"
 
 #: fractions of d_sae that are the padded widths of the compacted aux-loss selection (see aux_pad_width)
 _AUX_BUCKET_FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 3 / 4)
@@ -834,7 +840,9 @@ class FastTopKTrainer:
         # ---- dead-latent auxiliary loss (SAELens calculate_topk_aux_loss; gamma^2-weighted if weighted)
         aux = torch.zeros((), device=self.device, dtype=self.dtype)
         if dead is not None:
-            aux = self._aux_loss(dead, pre_s, n, err, u, g_WencT, g_Wdec, g_benc, lowp, Wd, wgrad, n_pad)
+            aux, x_enc, x_dec = self._aux_loss(dead, pre_s, n, err, u, g_benc, lowp, Wd, wgrad, n_pad)
+            _add_rows(g_WencT, x_enc)
+            _add_rows(g_Wdec, x_dec)
         g_bdec = r.sum(0)
         if cfg.apply_b_dec_to_input:
             g_bdec -= g_benc @ W_encT
@@ -919,12 +927,10 @@ class FastTopKTrainer:
         g_benc = torch.zeros_like(b_enc).index_add_(0, sp.idx, g_pre)
         # dead-latent aux loss: dense extra gradients (both aux implementations)
         aux = torch.zeros((), device=self.device, dtype=self.dtype)
-        X_dec = X_enc = None
+        X_dec = X_enc = None  # the aux loss's weight gradients: dense, or at the compacted columns only (RowsAt)
         if dead is not None:
-            X_dec = torch.zeros(cfg.d_sae, cfg.d_in, device=self.device, dtype=self.dtype)
-            X_enc = torch.zeros(cfg.d_sae, cfg.d_in, device=self.device, dtype=self.dtype)
             wgrad = _weight_grad_csr if cfg.weight_grad_impl == "csr" else _weight_grad
-            aux = self._aux_loss(dead, pre_s, n, err, u, X_enc, X_dec, g_benc, lowp, W_dec, wgrad, n_pad)
+            aux, X_enc, X_dec = self._aux_loss(dead, pre_s, n, err, u, g_benc, lowp, W_dec, wgrad, n_pad)
         g_bdec = r.sum(0)
         if cfg.apply_b_dec_to_input:
             g_bdec -= g_benc @ W_encT
@@ -1110,18 +1116,17 @@ class FastTopKTrainer:
         n: torch.Tensor | None,
         err: torch.Tensor,
         u: torch.Tensor,
-        g_WencT: torch.Tensor,
-        g_Wdec: torch.Tensor,
         g_benc: torch.Tensor,
         lowp: torch.dtype,
         Wd: torch.Tensor,
         wgrad: Callable[..., torch.Tensor],
         n_pad: int | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | RowsAt, torch.Tensor | RowsAt]:
         """SAELens's calculate_topk_aux_loss (gamma^2-weighted if weighted): the top k_aux = min(d_in/2,
         n_dead) dead latents of pre*n per row, their pre-activations (no ReLU) decoding the residual,
-        scale c * min(n_dead / (d_in/2), 1). Accumulates its gradients into g_WencT, g_Wdec (dense
-        [d_sae, d_in]) and g_benc; returns the loss.
+        scale c * min(n_dead / (d_in/2), 1). Accumulates its bias gradient into g_benc; returns (the loss,
+        its W_enc^T and W_dec gradients [d_sae, d_in]: dense, or given at the compacted columns only as
+        :class:`RowsAt`, which the fused kernels read without a dense zero-filled matrix).
 
         Shapes are static (no host sync, so the step can be captured as a CUDA graph): the top
         K = min(d_in/2, d_sae) of pre*n with live latents set to -inf are taken, and the entries that
@@ -1145,12 +1150,11 @@ class FastTopKTrainer:
         if self._aux_dense(k_aux, width):
             # compacted: the dense products run over the n_pad selected columns only (W_dec rows gathered)
             A, M = self._aux_dense_selection(pre_s, dead, n, cols, k_aux, lowp)
-            return self._aux_loss_dense(A, M, err, c, u, g_WencT, g_Wdec, g_benc, lowp, cols)
+            return self._aux_loss_dense(A, M, err, c, u, g_benc, lowp, cols)
         _, ai, valid, aux_a = self._aux_entries(pre_s, dead, n, cols, k_aux)
-        aux, aux_sp, g_aux_a = self._aux_loss_sparse(ai, aux_a, valid, err, c, Wd, g_Wdec, wgrad)
-        g_WencT += wgrad(aux_sp, u, g_aux_a, cfg.d_sae)
+        aux, aux_sp, g_aux_a, g_dec = self._aux_loss_sparse(ai, aux_a, valid, err, c, Wd, wgrad)
         g_benc.index_add_(0, aux_sp.idx, g_aux_a)
-        return aux
+        return aux, wgrad(aux_sp, u, g_aux_a, cfg.d_sae), g_dec
 
     def _aux_entries(
         self, pre_s: torch.Tensor, dead: torch.Tensor, n: torch.Tensor | None, cols: torch.Tensor | None, k_aux: int
@@ -1236,18 +1240,17 @@ class FastTopKTrainer:
         err: torch.Tensor,
         c: torch.Tensor,
         u: torch.Tensor,
-        g_WencT: torch.Tensor,
-        g_Wdec: torch.Tensor,
         g_benc: torch.Tensor,
         lowp: torch.dtype,
         cols: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | RowsAt, torch.Tensor | RowsAt]:
         """SAELens's aux loss the way SAELens computes it (the selection as a dense [B, width] matrix ``A``,
         dense decoder matmul; bf16 under bf16), with the backward as three dense matmuls: e_hat = A W_dec,
         G = M * (r_aux W_dec^T) (dL/dpre at the selected entries ``M``), dW_dec += A^T r_aux,
         dW_enc^T += G^T u, db_enc += column sums of G. ``cols`` (compacted selection): A has one column per
-        latent in ``cols``, the products use W_dec[cols] and the gradients are added at the rows ``cols``
-        (distinct). Accumulates into g_WencT, g_Wdec, g_benc; returns the aux loss."""
+        latent in ``cols``, the products use W_dec[cols] and the weight gradients are given at the rows ``cols``
+        (distinct) only. Accumulates into g_benc; returns (aux loss, dW_enc^T, dW_dec) in lowp, dense
+        [d_sae, d_in] or :class:`RowsAt`."""
         B = err.shape[0]
         W_dec = self.W_dec if cols is None else self.W_dec.index_select(0, cols)
         Wdl = W_dec.to(lowp)
@@ -1261,14 +1264,14 @@ class FastTopKTrainer:
         gE = G.t() @ u.to(lowp)
         gb = G.sum(0, dtype=self.dtype)
         if cols is None:
-            g_Wdec += gW
-            g_WencT += gE
             g_benc += gb
-        else:
-            g_Wdec.index_add_(0, cols, gW.to(g_Wdec.dtype))
-            g_WencT.index_add_(0, cols, gE.to(g_WencT.dtype))
-            g_benc.index_add_(0, cols, gb)
-        return aux
+            return aux, gE, gW
+        g_benc.index_add_(0, cols, gb)
+        if AUX_GRAD_ROWS == "dense":  # the layout before RowsAt, for side-by-side benchmarks
+            z = torch.zeros(self.cfg.d_sae, self.cfg.d_in, device=gW.device, dtype=self.dtype)
+            return aux, z.index_add(0, cols, gE.to(self.dtype)), z.index_add_(0, cols, gW.to(self.dtype))
+        at = rows_at(cols, gE, self.cfg.d_sae)
+        return aux, at, at._replace(rows=gW)
 
     def _aux_loss_sparse(
         self,
@@ -1278,11 +1281,10 @@ class FastTopKTrainer:
         err: torch.Tensor,
         c: torch.Tensor,
         Wd: torch.Tensor,
-        g_Wdec: torch.Tensor,
         wgrad: Callable[..., torch.Tensor],
-    ) -> tuple[torch.Tensor, _Sparse, torch.Tensor]:
-        """The aux loss with the main path's sparse decoder (gathers of B*k_aux rows). Accumulates
-        into g_Wdec; returns (aux loss, the sparse codes, dL/d aux_a flat)."""
+    ) -> tuple[torch.Tensor, _Sparse, torch.Tensor, torch.Tensor]:
+        """The aux loss with the main path's sparse decoder (gathers of B*k_aux rows). Returns (aux loss, the
+        sparse codes, dL/d aux_a flat, dW_dec dense [d_sae, d_in])."""
         B, k_aux = ai.shape
         dev = err.device
         aux_sp = _Sparse(
@@ -1297,8 +1299,7 @@ class FastTopKTrainer:
         aux = c * (wd_aux * d_aux).sum() / B
         r_aux = wd_aux * (2.0 * c / B)
         g_aux_a = _vals_grad(aux_sp, Wd, r_aux).to(self.dtype) * valid.reshape(-1)
-        g_Wdec += wgrad(aux_sp, r_aux, aux_sp.vals, self.cfg.d_sae)
-        return aux, aux_sp, g_aux_a
+        return aux, aux_sp, g_aux_a, wgrad(aux_sp, r_aux, aux_sp.vals, self.cfg.d_sae)
 
     def _adam(self, grads: list[torch.Tensor], clip: torch.Tensor) -> None:
         cfg = self.cfg
@@ -1330,6 +1331,14 @@ class FastTopKTrainer:
             bc1 = 1 - cfg.adam_beta1**t
             bc2 = 1 - cfg.adam_beta2**t
             p.addcdiv_(m, (v / bc2).sqrt_().add_(cfg.adam_eps), value=-self._lr / bc1)
+
+
+def _add_rows(G: torch.Tensor, X: torch.Tensor | RowsAt) -> None:
+    """G += X (dense, in G's dtype), or at X's rows only (:class:`RowsAt`)."""
+    if isinstance(X, RowsAt):
+        X.add_to(G)
+    else:
+        G += X.to(G.dtype)
 
 
 def train_fast(

@@ -519,3 +519,27 @@ def test_triton_step_kernel_aux_topk_equals_torch(impl, flags, compact, n_dead, 
 def test_aux_topk_is_validated():
     with pytest.raises(SaeRdpError, match="aux_topk"):
         FastTopKConfig(d_in=8, d_sae=16, k=2, aux_topk="bitonic")
+
+
+def test_triton_step_aux_gradients_as_rows_equal_the_dense_layout(monkeypatch):
+    """The fused step's compacted aux weight gradients given as RowsAt (the default) and as dense zero-filled
+    matrices (step.AUX_GRAD_ROWS = "dense", the benchmarks' comparison arm): same loss and gradients."""
+    from sae_rdp_plugin.fast import kernels as fk
+
+    if not fk.available("cpu"):
+        pytest.skip("Triton kernels unavailable (no TRITON_INTERPRET)")
+    B, d_in, d_sae, k = 16, 32, 128, 4
+    p = _params(d_in, d_sae, 31, torch.float32)
+    x = torch.randn(B, d_in, generator=torch.Generator().manual_seed(32))
+    dead = _dead(d_sae, 40, 33)
+    out = []
+    for layout in ("rows", "dense"):
+        monkeypatch.setattr(step_mod, "AUX_GRAD_ROWS", layout)
+        tr = _trainer(p, d_in, d_sae, k, torch.float32, kernels="triton", aux_impl="dense")
+        assert tr._aux_n_pad_of(dead) < d_sae  # compacted: the RowsAt path
+        out.append(tr.triton_loss_and_grads(x, dead))
+    (la, ga), (lb, gb) = out
+    assert float(lb["auxiliary_reconstruction_loss"]) > 0
+    assert float(la["loss"]) == pytest.approx(float(lb["loss"]), rel=1e-6)
+    for gx, gy in zip(ga, gb):
+        assert _rel(gx, gy) < 1e-6

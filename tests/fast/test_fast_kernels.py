@@ -63,7 +63,7 @@ def _csr(idx, rows, coef, n):
 
 
 @pytest.mark.parametrize("layout", ["latent_major", "saelens"])
-@pytest.mark.parametrize("with_x,with_hot", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("with_x,with_hot", [(False, False), (True, False), (True, True), ("rows", True)])
 def test_sparse_grad_norm_and_adam_match_torch_adam(layout, with_x, with_hot):
     """Pass 1 == ||G||^2 and pass 2 == torch.optim.Adam on clip * G (G = the sparse weight gradient,
     plus a dense extra term), in both parameter layouts; norms and the scaled bf16 copy of the result."""
@@ -75,7 +75,12 @@ def test_sparse_grad_norm_and_adam_match_torch_adam(layout, with_x, with_hot):
     S = torch.randn(B, d, device=DEV)
     G = torch.zeros(n, d, dtype=torch.float64, device=DEV).index_add_(0, idx, coef.double()[:, None] * S.double()[rows])
     X = None
-    if with_x:
+    if with_x == "rows":  # the extra term at some rows only (RowsAt: the aux loss's compacted columns), in bf16
+        at = torch.tensor([0, 5, 6, 17, 40], device=DEV)  # a hot row (5), rows never hit, the last row
+        vals = torch.randn(5, d, device=DEV).bfloat16()
+        X = fk.rows_at(at, vals, n)
+        G = G.index_add(0, at, vals.double())
+    elif with_x:
         X = torch.randn(d, n, device=DEV).t()  # a strided [n, d] view
         G = G + X.double()
     crow, tok, c = _csr(idx, rows, coef, n)
@@ -470,3 +475,22 @@ def test_cuda_graph_with_dead_latents_equals_eager(bf16):
     assert True in a._graphs and a._graph_failed is None
     for p, q in zip(a.params, b.params):
         assert _rel(p, q) < 1e-5
+
+
+def test_rows_at_equals_the_dense_matrix_it_stands_for():
+    """RowsAt (an extra term given at some rows) in sparse_grad and add_to: the same as the dense, zero-filled
+    matrix with those rows (float64 reference)."""
+    B, n, d = 6, 23, 19
+    idx, coef, _, rows = _codes(B, n, [4, 1, 0, 6, 2, 3], 7)
+    S = torch.randn(B, d, device=DEV)
+    crow, tok, c = _csr(idx, rows, coef, n)
+    at = torch.tensor([22, 3, 9], device=DEV)  # unordered, distinct
+    vals = torch.randn(3, d, device=DEV)
+    X = fk.rows_at(at, vals, n)
+    assert X.slot.tolist() == [-1, -1, -1, 1, -1, -1, -1, -1, -1, 2] + [-1] * 12 + [0]
+    dense = torch.zeros(n, d, device=DEV).index_copy_(0, at, vals)
+    assert torch.equal(X.add_to(torch.zeros(n, d, device=DEV)), dense)
+    ref = torch.zeros(n, d, dtype=torch.float64, device=DEV)
+    ref.index_add_(0, idx, coef.double()[:, None] * S.double()[rows])
+    G = fk.sparse_grad(crow, tok, c, S, X)
+    assert _rel(G, ref + dense.double()) < 1e-6 and _rel(G, fk.sparse_grad(crow, tok, c, S, dense)) < 1e-7

@@ -336,9 +336,9 @@ if _HAVE_TRITON:
         LEAN: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
-        """:func:`topk_mask` on one row, the whole row held in registers: the k-th largest key T by a binary
-        search over the key range (ITERS counting passes over the registers, no further reads), then one
-        write of the dense selection."""
+        """:func:`topk_mask` on one row, its keys held in registers: the k-th largest key T by a binary search
+        over the key range (ITERS counting passes over the registers), then one write of the dense selection
+        (``LEAN``: its values read again for the selected columns; else the values stay in registers too)."""
         pid = tl.program_id(0).to(tl.int64)
         row = X + pid * stride_x
         c = tl.arange(0, BLOCK)
@@ -522,8 +522,9 @@ def topk_mask(
     One Triton program per row with the row in registers (``n <= TOPK_MASK_MAX_COLS``): the k-th largest
     order-preserving key T by bisection over the key range (17 counting passes for 16-bit floats, 33 for
     fp32, all over registers), then ``key > T`` plus the leftmost ``k - #(key > T)`` keys equal to T (a
-    cumulative count). One read of the selected columns, one write of ``A`` and ``M``; no sorting, no
-    histograms, no host synchronisation (graph-capturable). Inputs must be finite."""
+    cumulative count). One read of the selected columns (and of the k picked values again, which keeps only
+    the keys in registers through the search), one write of ``A`` and ``M``; no sorting, no histograms, no
+    host synchronisation (graph-capturable). Inputs must be finite."""
     # (k is checked against the selected columns below when cols is given)
     x, _, _, keys = _prepare(x, k if cols is None else 1, "topk_mask")
     B, n_src = x.shape

@@ -288,7 +288,8 @@ BEGIN, END = "<!-- report.py: begin (generated; do not edit) -->", "<!-- report.
 
 
 def _core_points(folder: Path) -> list[dict[str, Any]]:
-    """(release, width, level, step, L0, 1 - EV legacy, EV) of every core JSON of a model-layer folder."""
+    """(release, width, level, seed, step, L0, 1 - EV legacy, EV, CE loss score, file name) of every core JSON of
+    a model-layer folder."""
     pts = []
     for f in sorted((folder / "core").glob("*.json")):
         d = json.loads(f.read_text())
@@ -304,6 +305,8 @@ def _core_points(folder: Path) -> list[dict[str, Any]]:
                 "R": q["sparsity"]["l0"],
                 "D": 1 - q["reconstruction_quality"]["explained_variance_legacy"],
                 "ev": q["reconstruction_quality"]["explained_variance"],
+                "ce": q["model_performance_preservation"]["ce_loss_score"],
+                "file": f.name,
             }
         )
     return pts
@@ -342,29 +345,21 @@ def pair_kinds(pts: list[dict[str, Any]]) -> dict[str, int]:
     return {k: v for k, v in kinds.items() if v or not k.startswith(("WSAE", "seed"))}
 
 
-def wsae_variants(folder: Path) -> list[str]:
-    """One line per WSAE-arm variant (the ``weighted_topk`` core JSONs grouped by the level part of their id: k,
-    alpha and the variance cap): SAEBench ``ce_loss_score`` and ``explained_variance_legacy`` per seed, and the
-    dead-latent fraction of our proxies' held-out sample where that JSON exists."""
+def wsae_variants(folder: Path, pts: list[dict[str, Any]] | None = None) -> list[str]:
+    """One line per WSAE-arm variant (the final ``weighted_topk`` SAEs among ``pts``, :func:`_core_points` of
+    ``folder`` by default, grouped by level: k, alpha and the variance cap): SAEBench ``ce_loss_score`` and
+    ``explained_variance_legacy`` per seed, and the dead-latent fraction of our proxies' held-out sample where
+    that JSON exists."""
+    pts = _core_points(folder) if pts is None else pts
     by: dict[str, list[tuple[int, float, float, float | None]]] = {}
-    for f in sorted((folder / "core").glob("weighted_topk__*.json")):
-        d = json.loads(f.read_text())
-        m = re.search(r"__w\d+_(.+)_s(\d+)_step_final$", d["sae_lens_id"])
-        if not m:
+    for p in pts:
+        if not str(p["release"]).endswith("-weighted_topk") or p["step"] != "final":
             continue  # checkpoints: the arm trains final SAEs only
-        q = d["eval_result_metrics"]
-        prox = folder / "rdp_proxies" / f.name
+        prox = folder / "rdp_proxies" / p["file"]
         dead = None
         if prox.is_file():
             dead = json.loads(prox.read_text())["eval_result_metrics"]["sample"]["dead_fraction"]
-        by.setdefault(m[1], []).append(
-            (
-                int(m[2]),
-                q["model_performance_preservation"]["ce_loss_score"],
-                q["reconstruction_quality"]["explained_variance_legacy"],
-                dead,
-            )
-        )
+        by.setdefault(p["level"], []).append((p["seed"], p["ce"], 1 - p["D"], dead))
     out = []
     for level, rows in sorted(by.items()):
         rows.sort()
@@ -481,8 +476,8 @@ def findings(rows: list[dict[str, Any]], folders: list[Path], quals: dict[Path, 
                     + "."
                 )
         out += eval_counts(folder)
-        out += wsae_variants(folder)
         pts = _core_points(folder)
+        out += wsae_variants(folder, pts)
         out += calibration_drift(folder, pts)
         ev = [p["ev"] for p in pts]
         dl = [1 - p["D"] for p in pts]

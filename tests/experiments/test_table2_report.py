@@ -349,10 +349,12 @@ def test_wsae_variant_lines_from_core_and_proxy_jsons(tmp_path):
     def write(level: str, seed: int, ce: float, ev: float, dead: float | None) -> None:
         name = f"weighted_topk__x__w16384_{level}_s{seed}_step_final.json"
         core = {
+            "sae_lens_release_id": "table2-m-L9-weighted_topk",
             "sae_lens_id": f"blocks.9.hook_resid_post__w16384_{level}_s{seed}_step_final",
             "eval_result_metrics": {
                 "model_performance_preservation": {"ce_loss_score": ce},
-                "reconstruction_quality": {"explained_variance_legacy": ev},
+                "reconstruction_quality": {"explained_variance_legacy": ev, "explained_variance": 1.0},
+                "sparsity": {"l0": 32.0},
             },
         }
         (tmp_path / "core" / name).write_text(json.dumps(core))

@@ -1267,11 +1267,13 @@ class FastTopKTrainer:
             g_benc += gb
             return aux, gE, gW
         g_benc.index_add_(0, cols, gb)
+        g_enc = rows_at(cols, gE, self.cfg.d_sae)
+        g_dec = g_enc._replace(rows=gW)
         if AUX_GRAD_ROWS == "dense":  # the layout before RowsAt, for side-by-side benchmarks
-            z = torch.zeros(self.cfg.d_sae, self.cfg.d_in, device=gW.device, dtype=self.dtype)
-            return aux, z.index_add(0, cols, gE.to(self.dtype)), z.index_add_(0, cols, gW.to(self.dtype))
-        at = rows_at(cols, gE, self.cfg.d_sae)
-        return aux, at, at._replace(rows=gW)
+            shape = (self.cfg.d_sae, self.cfg.d_in)
+            zeros = [torch.zeros(shape, device=gW.device, dtype=self.dtype) for _ in range(2)]
+            return aux, g_enc.add_to(zeros[0]), g_dec.add_to(zeros[1])
+        return aux, g_enc, g_dec
 
     def _aux_loss_sparse(
         self,

@@ -1,9 +1,10 @@
 """The dead-latent aux loss's dense selection alone: topk_kernel.topk_mask (only the keys in registers through
 the search, "lean", or the values too, "regs"; at 4, 8 and 16 warps per program) against the step's PyTorch
-selection (gather of the compacted columns, masked copy, torch.topk, scatter into zeros), on bf16
-pre-activations of a batch of 4096 rows and 16,384 latents, k_aux 320, at three dead fractions (the compacted
-widths the step uses: aux_pad_width). CUDA events after warm-up, median of --iters; every kernel variant's
-selection is checked equal to the first kernel variant's, and its picks per row to torch's.
+selection (gather of the compacted columns, masked copy, torch.topk, scatter into zeros), both through the
+step's own FastTopKTrainer._aux_dense_selection, on bf16 pre-activations of a batch of 4096 rows and 16,384
+latents, k_aux 320, at three dead fractions (the compacted widths the step uses: aux_pad_width). CUDA events
+after warm-up, median of --iters; every kernel variant's selection is checked equal to the first kernel
+variant's, and its picks per row to torch's.
 
     python benchmarks/training_speed/bench_topk_mask.py --out $OUT/topk_mask     # on the GPU
     TRITON_INTERPRET=1 python benchmarks/training_speed/bench_topk_mask.py --quick --out /tmp/tm  # CPU smoke test
@@ -20,21 +21,20 @@ from pathlib import Path
 import torch
 
 from sae_rdp_plugin.fast import topk_kernel as tk
-from sae_rdp_plugin.fast.step import aux_pad_width
+from sae_rdp_plugin.fast.step import FastTopKConfig, FastTopKTrainer, aux_pad_width
 from sae_rdp_plugin.io import atomic_write_json
 
 
-def torch_selection(pre, dead, cols, n, k):
-    """(A, M) as FastTopKTrainer._aux_dense_selection builds them without the kernel."""
-    sel = pre.index_select(1, cols) if cols is not None else pre.clone()
-    keep = dead[cols] if cols is not None else dead
-    v, j = sel.masked_fill_(~keep, -torch.inf).topk(k, dim=1, sorted=False)
-    ai = cols[j] if cols is not None else j
-    valid = dead[ai]
-    a = torch.where(valid, v.float() / n[ai], 0.0)
-    A = torch.zeros(sel.shape, device=pre.device, dtype=torch.bfloat16).scatter_(1, j, a.bfloat16())
-    M = torch.zeros(sel.shape, device=pre.device, dtype=torch.bool).scatter_(1, j, valid)
-    return A, M
+def selection(aux_topk: str, d_sae: int, dev: torch.device):
+    """The step's own dense aux selection, ``FastTopKTrainer._aux_dense_selection`` (bf16 products), of a trainer
+    with ``aux_topk`` ("torch": top-k scattered into zeros; "mask": topk_kernel.topk_mask); the weights are not
+    read by it (d_in 64)."""
+    d_in = 64
+    cfg = FastTopKConfig(d_in=d_in, d_sae=d_sae, k=8, kernels="triton", bf16=True, aux_topk=aux_topk)
+    w = torch.zeros(d_in, d_sae, device=dev)
+    tr = FastTopKTrainer(cfg, w, torch.zeros(d_sae, device=dev), w.t().contiguous(), torch.zeros(d_in, device=dev))
+    tr._row_topk_on_cpu = dev.type == "cpu"  # (the --quick run: the kernel in Triton's interpreter)
+    return lambda pre, dead, cols, n, k: tr._aux_dense_selection(pre, dead, n, cols, k, torch.bfloat16)
 
 
 def timed(fn, iters: int, dev: torch.device) -> float:
@@ -66,6 +66,7 @@ def main(argv=None) -> int:
     g = torch.Generator(device=dev).manual_seed(0)
     pre = (torch.randn(B, d_sae, device=dev, generator=g) * 2).bfloat16()
     n = torch.rand(d_sae, device=dev, generator=g) + 0.5
+    by_torch, by_mask = selection("torch", d_sae, dev), selection("mask", d_sae, dev)
     rows, lines = [], []
     try:
         for frac in (0.2, 0.5, 0.85):
@@ -79,11 +80,10 @@ def main(argv=None) -> int:
                 (f"{'lean' if lean else 'regs'}_w{w}", lean, w) for lean in (True, False) for w in (4, 8, 16)
             ]
             for name, lean, warps in variants:
-                if warps is None:
-                    fn = lambda: torch_selection(pre, dead, cols, n, k)  # noqa: E731
-                else:
+                if warps is not None:
                     tk._TOPK_MASK_LEAN, tk._TOPK_MASK_WARPS = lean, warps
-                    fn = lambda: tk.topk_mask(pre, k, keep=dead, cols=cols, div=n, out_dtype=torch.bfloat16)  # noqa: E731
+                sel = by_torch if warps is None else by_mask
+                fn = lambda sel=sel: sel(pre, dead, cols, n, k)  # noqa: E731
                 A, M = fn()
                 same = None
                 if warps is None:

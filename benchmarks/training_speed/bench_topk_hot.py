@@ -174,15 +174,18 @@ def main(argv=None) -> int:
         H = min(n, max(256, B * k // 64))
         counts = crow[1:] - crow[:-1]
         hr["H"] = H
-        for mode in ("topk", "sort"):
-            fk.HOT_SELECT = mode
-            hr[f"select_{mode}_ms"] = _time_ms(lambda: fk.hot_select(counts, H), args.iters, args.warmup)
-            hr[f"hot_rows_H_{mode}_ms"] = _time_ms(
-                lambda: fk.hot_rows(crow, idx, rows, coefs, S, max_hot=H, min_count=32, unique=True),
-                args.iters,
-                args.warmup,
-            )
-        fk.HOT_SELECT = "sort"
+        default = fk.HOT_SELECT
+        try:
+            for mode in ("topk", "sort"):
+                fk.HOT_SELECT = mode
+                hr[f"select_{mode}_ms"] = _time_ms(lambda: fk.hot_select(counts, H), args.iters, args.warmup)
+                hr[f"hot_rows_H_{mode}_ms"] = _time_ms(
+                    lambda: fk.hot_rows(crow, idx, rows, coefs, S, max_hot=H, min_count=32, unique=True),
+                    args.iters,
+                    args.warmup,
+                )
+        finally:
+            fk.HOT_SELECT = default  # the module's own setting, whatever it is
         res["hot_rows"].append(hr)
         lines.append(
             f"hot   {n:>6} k{k:<3} accumulate {hr['unique_False_ms']:6.3f} ms  scatter {hr['unique_True_ms']:6.3f} ms  "

@@ -14,6 +14,7 @@ script's folder first on the import path).
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import bench_training_speed as B
@@ -67,6 +68,7 @@ def main(argv=None) -> int:
     batch = 256 if args.quick else 4096
     res: dict = {
         "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "torch": torch.__version__,
         "runs": {},
     }

@@ -3,7 +3,7 @@
 # runs the CUDA tests of the fast step, tunes the Triton block sizes, then benchmarks with the best
 # ones. Usage on the device (carry .whl):  bash benchmarks/training_speed/gpu_speed_run.sh [bench args...]
 # (SKIP_TUNE=1: no tuning; PROFILE_DEAD=F: also profile_fast_step.py with a fraction F of the latents dead;
-# TESTS=aux: only the aux-loss and hot-row tests; SKIP_HOT=1: no bench_topk_hot.py)
+# TESTS=aux: only the aux-loss, hot-row and RowsAt tests; SKIP_HOT=1: no bench_topk_hot.py)
 # The package is not installed there: PYTHONPATH puts the repository root on the import path.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,7 +18,7 @@ PT="python3 -m pytest -q -p no:cacheprovider -p no:warnings --tb=short"
 if [ "${TESTS:-all}" = aux ]; then  # TESTS=aux: only the aux-loss kernel and step tests (a short call)
   $PT -m gpu tests/fast/test_aux_compact.py >> "$OUT/pytest.txt" 2>&1
   $PT tests/fast/test_topk_mask.py >> "$OUT/pytest.txt" 2>&1
-  $PT -m "gpu or not gpu" tests/fast/test_fast_kernels.py -k "hot or row_topk_in" >> "$OUT/pytest.txt" 2>&1
+  $PT -m "gpu or not gpu" tests/fast/test_fast_kernels.py -k "hot or row_topk_in or rows_at or sparse_grad" >> "$OUT/pytest.txt" 2>&1
 else
   $PT -m "gpu or not gpu" tests/fast/test_fast_kernels.py >> "$OUT/pytest.txt" 2>&1
   $PT -m gpu tests/fast/test_fast_topk.py tests/fast/test_aux_compact.py tests/train/test_sae_streams.py >> "$OUT/pytest.txt" 2>&1

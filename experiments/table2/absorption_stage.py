@@ -21,6 +21,16 @@ Offline adaptations (no metric changes), active only while the eval runs, at the
   HookedTransformer name and layer: one ``work`` per model-layer;
 * ``torch.set_grad_enabled(True)`` (set by ``run_eval``) is restored afterwards.
 
+Reproducibility adaptations (they change which random draws an SAE gets, not the metric): SAEBench's
+``run_eval`` draws from Python's, NumPy's and torch's global random generators (the probe's train / test split
+of the vocabulary, the ICL examples of every prompt, the probes' initialisation and minibatch order) and never
+seeds them (``AbsorptionEvalConfig.random_seed`` is read by nothing), so an SAE's result depended on what had
+run before it in the same process; and it lists the vocabulary in the order of a fast tokenizer's ``vocab``,
+which comes from a Rust hash map and changes from call to call, so even seeded draws picked other words. The
+generators are seeded with ``random_seed`` before the probe is trained and before each SAE's ``run_eval`` (and
+restored afterwards), and ``vocab.get_tokens`` sees the vocabulary in token-id order, so an SAE's JSON no longer
+depends on the order, the call or the process it runs in.
+
 Batching adaptations (the same activations, the same probe; only the cost changes):
 
 * the probe's activations: ``gen_and_save_df_acts_probing`` runs ``probe_batch`` prompts per forward pass
@@ -41,11 +51,14 @@ Batching adaptations (the same activations, the same probe; only the cost change
   rows per SAE encoding, nothing else) unless ``config`` sets them. ``k_sparse_probe_batch_size`` is the sparse
   probes' training minibatch (it changes the probes): it keeps SAEBench's default.
 
-Hard deadline: the work runs in a spawned child process (the model is passed to it, CUDA tensors through
-torch's IPC) that reports each step to this process; at ``deadline`` the child is terminated. The probe is
-trained into a temporary folder moved into place when complete, each SAE's JSON is written here after the child
-reports it done, so a cut leaves neither a partial probe nor a partial JSON; the record says which phase was cut
-and after how many seconds.
+Hard deadline and parallel SAEs: the work runs in ``workers`` spawned child processes (the model is passed to
+each, CUDA tensors through torch's IPC, so its weights are not copied) that take SAEs from one queue and report
+each step to this process; at ``deadline`` they are terminated. Per SAE, most of the eval is Python and CPU
+work (scikit-learn's k-sparse probes, 26 letters x ``max_k_value``, and a row-by-row scoring loop), so SAEs in
+parallel processes overlap it. The first child trains the probe if it is missing while the others wait for it;
+the probe is trained into a temporary folder moved into place when complete, each SAE's JSON is written here
+after its child reports it done, so a cut leaves neither a partial probe nor a partial JSON; the record says
+which phase was cut and after how many seconds.
 """
 
 from __future__ import annotations
@@ -56,6 +69,8 @@ import functools
 import json
 import multiprocessing as mp
 import os
+import queue
+import random
 import re
 import shutil
 import time
@@ -85,6 +100,21 @@ class _UpToLayer:
 
     def run_with_cache(self, *a: Any, **k: Any) -> Any:
         return self._model.run_with_cache(*a, stop_at_layer=self._stop, **k)
+
+
+class _IdOrderedVocab:
+    """``tokenizer`` whose ``vocab`` lists the tokens in id order (a fast tokenizer's ``vocab`` is built from a
+    Rust hash map, in an order that changes from call to call); everything else is the tokenizer's."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    @property
+    def vocab(self) -> dict[str, int]:
+        return dict(sorted(self._tokenizer.vocab.items(), key=lambda kv: kv[1]))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
 
 
 def _hook_layer(hook_point: str) -> int | None:
@@ -118,6 +148,7 @@ def offline_absorption(
     import sae_bench.evals.absorption.feature_absorption_calculator as fac
     import sae_bench.evals.absorption.main as am
     import sae_bench.evals.absorption.probing as probing
+    import sae_bench.evals.absorption.vocab as vocab
     import torch
     from sae_bench.evals.absorption.feature_absorption import FEATURE_ABSORPTION_EXPERIMENT_NAME
     from sae_bench.evals.absorption.k_sparse_probing import SPARSE_PROBING_EXPERIMENT_NAME
@@ -135,6 +166,10 @@ def offline_absorption(
     orig_gather, orig_loader = common.gen_and_save_df_acts_probing, probing.DataLoader
     Calc = fac.FeatureAbsorptionCalculator
     orig_validate = Calc._validate_prompts_are_same_length
+    orig_get_tokens = vocab.get_tokens
+
+    def get_tokens(tokenizer: Any, *a: Any, **k: Any) -> list[str]:
+        return orig_get_tokens(_IdOrderedVocab(tokenizer), *a, **k)
 
     def gather(**kw: Any) -> Any:
         t = time.time()
@@ -167,6 +202,7 @@ def offline_absorption(
     tok = model.tokenizer
     side = tok.padding_side
     grad = torch.is_grad_enabled()
+    rng = _rng_state()
     work.mkdir(parents=True, exist_ok=True)
     am.HookedTransformer = _LoadedModel  # type: ignore[assignment]
     am.run_k_sparse_probing_experiment = functools.partial(orig[1], experiment_dir=ksp, probes_dir=probes)
@@ -174,6 +210,7 @@ def offline_absorption(
     common.gen_and_save_df_acts_probing = gather
     probing.DataLoader = _batch_loader(orig_loader)
     Calc._validate_prompts_are_same_length = validate  # type: ignore[method-assign]
+    vocab.get_tokens = get_tokens
     tok.padding_side = "left"
     try:
         with contextlib.chdir(work):
@@ -182,8 +219,43 @@ def offline_absorption(
         am.HookedTransformer, am.run_k_sparse_probing_experiment, am.run_feature_absortion_experiment = orig
         common.gen_and_save_df_acts_probing, probing.DataLoader = orig_gather, orig_loader
         Calc._validate_prompts_are_same_length = orig_validate  # type: ignore[method-assign]
+        vocab.get_tokens = orig_get_tokens
         tok.padding_side = side
         torch.set_grad_enabled(grad)
+        _set_rng_state(rng)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the global generators SAEBench's absorption eval draws from (module doc: reproducibility)."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # the CUDA generators too
+
+
+def _rng_state() -> tuple:
+    import numpy as np
+    import torch
+
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state[0])
+    np.random.set_state(state[1])
+    torch.set_rng_state(state[2])
+    if state[3] is not None:
+        torch.cuda.set_rng_state_all(state[3])
+
+
+def _probe_ready(p: Path) -> bool:
+    return (p / "probe.pth").is_file() and (p / "data.npz").is_file()
 
 
 def probe_folder(work: Path, model: Any, layer: int) -> Path:
@@ -216,45 +288,57 @@ def _train_probe(model: Any, cfg: Any, layer: int, work: Path, device: str) -> N
 def _work(
     model: Any,
     model_name: str,
-    jobs: list[tuple[str, str, Callable[[], Any]]],
+    jobs: list[tuple[str, str, Callable[[], Any]] | None] | Any,
     work: Path,
     cfg_kw: dict,
     device: str,
     probe_batch: int,
     deadline: float,
-    max_saes: int | None,
     send: Callable[[tuple], None],
+    trains_probe: bool = True,
+    threads: int | None = None,
 ) -> None:
-    """The eval SAE by SAE (``jobs``: name, release, loader), the probe first if missing; each step reported
-    through ``send`` (events handled by :func:`run_absorption`)."""
+    """The eval SAE by SAE (``jobs``: a list, or a queue shared by the workers, of (name, release, loader), None
+    ends it), the probe first if missing (``trains_probe``; else wait until another worker has moved it into
+    place); each step reported through ``send`` (events handled by :func:`run_absorption`)."""
     try:
+        import torch
         from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
         from sae_bench.evals.absorption.main import run_eval
 
+        if threads is not None:
+            torch.set_num_threads(threads)
         cfg = AbsorptionEvalConfig(**cfg_kw)
         raw = work / "saebench_out"
         send(("ready",))
         with offline_absorption(model, model_name, work, probe_batch, lambda part, s: send(("probe_part", part, s))):
             raw.mkdir(parents=True, exist_ok=True)
             sae_s: list[float] = []
-            for name, release, load in jobs:
-                if max_saes is not None and len(sae_s) >= max_saes:
+            while True:
+                job = (jobs.pop(0) if jobs else None) if isinstance(jobs, list) else jobs.get()
+                if job is None or (sae_s and time.time() + 1.3 * max(sae_s) > deadline):
                     break
-                if sae_s and time.time() + 1.3 * max(sae_s) > deadline:
-                    break
+                name, release, load = job
                 send(("sae_start", name))
                 t = time.time()
                 sae = load()
                 p = probe_folder(work, model, sae.cfg.hook_layer)
-                if not (p / "probe.pth").is_file() or not (p / "data.npz").is_file():
-                    send(("probe_start",))
-                    t_probe = time.time()
-                    _train_probe(model, cfg, sae.cfg.hook_layer, work, device)
-                    send(("probe_done", time.time() - t_probe))
+                if not _probe_ready(p):
+                    if trains_probe:
+                        send(("probe_start",))
+                        t_probe = time.time()
+                        seed_everything(cfg.random_seed)
+                        _train_probe(model, cfg, sae.cfg.hook_layer, work, device)
+                        send(("probe_done", time.time() - t_probe))
+                    else:
+                        send(("probe_wait",))
+                        while not _probe_ready(p):  # the parent ends this process at the deadline
+                            time.sleep(0.5)
                     send(("sae_start", name))
                     t = time.time()
                 out = raw / f"{release}_custom_sae_eval_results.json"
                 out.unlink(missing_ok=True)
+                seed_everything(cfg.random_seed)
                 run_eval(cfg, [(release, sae)], device, str(raw), force_rerun=True)
                 if not out.is_file():
                     send(("not_evaluable", name))
@@ -266,10 +350,31 @@ def _work(
     send(("end",))
 
 
-def _child(*args: Any) -> None:
-    conn = args[-1]
-    _work(*args[:-1], send=conn.send)
-    conn.close()
+def _child(
+    model: Any,
+    model_name: str,
+    work: Path,
+    cfg_kw: dict,
+    device: str,
+    probe_batch: int,
+    deadline: float,
+    jobs: Any,
+    events: Any,
+    index: int,
+    threads: int | None,
+) -> None:
+    """A spawned worker: ``_work`` on the shared job queue, its events tagged with the worker's index (the queue's
+    feeder thread flushes them before the process exits); worker 0 trains the probe if it is missing."""
+
+    def send(ev: tuple) -> None:
+        events.put((index, ev))
+
+    _work(model, model_name, jobs, work, cfg_kw, device, probe_batch, deadline, send, index == 0, threads)
+
+
+def default_workers() -> int:
+    """SAEs evaluated in parallel by default: one process per two CPUs beyond two, at most 8 (the device: 7)."""
+    return max(1, min(8, ((os.cpu_count() or 1) - 2) // 2))
 
 
 def run_absorption(
@@ -284,17 +389,20 @@ def run_absorption(
     log: Callable[[str], None] = print,
     probe_batch: int = PROBE_BATCH,
     inline: bool = False,
+    workers: int = 1,
 ) -> dict:
     """SAE by SAE until ``deadline`` (time.time()) or ``max_saes`` new JSONs; an existing destination is skipped.
     ``config``: fields of SAEBench's ``AbsorptionEvalConfig`` other than ``model_name`` (default: its defaults,
-    with ``BATCH_DEFAULTS``). The work runs in a spawned child terminated at ``deadline`` (``inline``: in this
-    process, the deadline checked only between SAEs). Record: SAEs evaluated / existing / left, seconds of the
-    probe phase (``probe_s``, ``probe_parts_s``) and per SAE (``sae_s``), ``cut`` (the phase running at the
-    deadline), ``not_evaluable`` or ``error``."""
+    with ``BATCH_DEFAULTS``). The work runs in ``workers`` spawned children taking SAEs from one queue, terminated
+    at ``deadline`` (``inline``: in this process, the deadline checked only between SAEs). Record: SAEs evaluated
+    / existing / left, seconds of the probe phase (``probe_s``, ``probe_parts_s``) and per SAE (``sae_s``),
+    ``cut`` (the phase running longest at the deadline, and every SAE cut), ``not_evaluable`` or ``error``."""
     from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
     from sae_bench.evals.absorption.eval_output import AbsorptionEvalOutput
     from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
 
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     cfg = AbsorptionEvalConfig(model_name=model_name, **{**BATCH_DEFAULTS, **(config or {})})
     existing = [s.name for s in saes if s.dest.is_file()]
     todo = [s for s in saes if not s.dest.is_file()]
@@ -304,16 +412,22 @@ def run_absorption(
     for d in (work / "results").glob(f"{PROBE_TMP}*"):  # a probe phase cut by an earlier call's deadline
         shutil.rmtree(d)
     t0 = time.time()
-    state = {"phase": "starting", "since": t0, "sae": None}
+    jobs = [(s.name, s.dest.stem, s.load) for s in todo[:max_saes]]  # release unique per SAE (SAEBench's cache)
+    n = 1 if inline else max(1, min(workers, len(jobs)))
+    if not inline:
+        rec["workers"] = n
+    states = [{"phase": "starting", "since": t0, "sae": None} for _ in range(n)]
 
-    def handle(ev: tuple) -> None:
-        kind, now = ev[0], time.time()
+    def handle(i: int, ev: tuple) -> None:
+        kind, now, state = ev[0], time.time(), states[i]
         if kind == "ready" and not inline:
-            rec["child_start_s"] = round(now - t0, 2)  # spawn, imports, the model passed over
+            rec.setdefault("child_start_s", round(now - t0, 2))  # spawn, imports, the model passed over
             state.update(phase="ready", since=now)
         elif kind == "probe_start":
             state.update(phase="probe", since=now)
             log("absorption: training the first-letter probe (SAEBench's probe phase)")
+        elif kind == "probe_wait":
+            state.update(phase="probe_wait", since=now)
         elif kind == "probe_part":
             rec.setdefault("probe_parts_s", {})[ev[1]] = round(ev[2], 2)
         elif kind == "probe_done":
@@ -324,10 +438,12 @@ def run_absorption(
         elif kind == "not_evaluable":
             # run_eval stops without output: < min_feats_for_eval letters with probe F1 > min_GT_probe_f1
             # (a property of the model-layer, the same for every SAE)
-            rec["not_evaluable"] = (
-                f"fewer than {cfg.min_feats_for_eval} first letters with a probe F1 > {cfg.min_GT_probe_f1}"
-            )
-            log(f"absorption: {rec['not_evaluable']} ({model_name}); no SAE evaluated")
+            if "not_evaluable" not in rec:
+                rec["not_evaluable"] = (
+                    f"fewer than {cfg.min_feats_for_eval} first letters with a probe F1 > {cfg.min_GT_probe_f1}"
+                )
+                log(f"absorption: {rec['not_evaluable']} ({model_name}); no SAE evaluated")
+            state.update(phase="done", since=now, sae=None)
         elif kind == "error":
             rec["error"] = ev[1].strip().splitlines()[-1]
             log(f"absorption failed in phase {state['phase']}:\n{ev[1]}")
@@ -353,57 +469,77 @@ def run_absorption(
                 f"({ev[3]:.0f} s)"
             )
 
-    jobs = [(s.name, s.dest.stem, s.load) for s in todo]  # release unique per SAE: SAEBench caches per release
     cfg_kw = dataclasses.asdict(cfg)
-    if todo and inline:
-        _work(model, model_name, jobs, work, cfg_kw, device, probe_batch, deadline, max_saes, handle)
-    elif todo:
-        _supervise(
-            (model, model_name, jobs, work, cfg_kw, device, probe_batch, deadline, max_saes),
-            deadline,
-            handle,
-            state,
-            rec,
-        )
+    if jobs and inline:
+        _work(model, model_name, list(jobs), work, cfg_kw, device, probe_batch, deadline, lambda ev: handle(0, ev))
+    elif jobs:
+        # threads per worker: the CPUs shared out (one worker keeps torch's default)
+        threads = None if n == 1 else max(1, (os.cpu_count() or 1) // n)
+        common = (model, model_name, work, cfg_kw, device, probe_batch, deadline)
+        _supervise(common, jobs, n, threads, deadline, handle, states, rec)
     rec["config"] = cfg_kw
     rec["left"] = [s.name for s in todo if s.name not in rec["evaluated"]]
     rec["complete"] = not rec["left"] and "error" not in rec
     return rec
 
 
-def _supervise(args: tuple, deadline: float, handle: Callable[[tuple], None], state: dict, rec: dict) -> None:
-    """Run :func:`_work` in a spawned child, ``handle`` its events here, terminate it at ``deadline``."""
+def _supervise(
+    common: tuple,
+    jobs: list,
+    n: int,
+    threads: int | None,
+    deadline: float,
+    handle: Callable[[int, tuple], None],
+    states: list[dict],
+    rec: dict,
+) -> None:
+    """Run :func:`_work` in ``n`` spawned children sharing ``jobs``, ``handle`` their events here, terminate them
+    at ``deadline`` or at the first error."""
     ctx = mp.get_context("spawn")
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(*args, send))
-    proc.start()
-    send.close()
+    job_q, events = ctx.Queue(), ctx.Queue()
+    for job in [*jobs, *[None] * n]:
+        job_q.put(job)
+    procs = [ctx.Process(target=_child, args=(*common, job_q, events, i, threads)) for i in range(n)]
+    for p in procs:
+        p.start()
+    ended, silent = [False] * n, [0] * n
     try:
-        while True:
+        while not all(ended) and "error" not in rec:
             left = deadline - time.time()
             if left <= 0:
-                rec["cut"] = {"phase": state["phase"], "ran_s": round(time.time() - state["since"], 2)}
-                if state["sae"] is not None:
-                    rec["cut"]["sae"] = state["sae"]
+                now = time.time()
+                cut = [(i, st) for i, st in enumerate(states) if not ended[i]]
+                i, st = min(cut, key=lambda c: c[1]["since"])
+                rec["cut"] = {"phase": st["phase"], "ran_s": round(now - st["since"], 2)}
+                if st["sae"] is not None:
+                    rec["cut"]["sae"] = st["sae"]
+                rec["cut"]["saes"] = [c[1]["sae"] for c in cut if c[1]["sae"] is not None]
                 break
-            if not recv.poll(min(left, 1.0)):
-                continue
             try:
-                ev = recv.recv()
-            except EOFError:
-                if "end" not in state:
-                    proc.join(5)
-                    rec["error"] = f"the absorption process exited with code {proc.exitcode} in phase {state['phase']}"
-                break
-            if ev[0] == "end":
-                state["end"] = True
+                i, ev = events.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                # a child that exited without its "end" event: its events were flushed before it exited, so an
+                # empty queue on two polls in a row means it died (killed, or out of memory)
+                for i, p in enumerate(procs):
+                    if not ended[i] and p.exitcode is not None:
+                        silent[i] += 1
+                        if silent[i] >= 2:
+                            rec["error"] = (
+                                f"an absorption process exited with code {p.exitcode} in phase {states[i]['phase']}"
+                            )
                 continue
-            handle(ev)
+            if ev[0] == "end":
+                ended[i] = True
+            else:
+                handle(i, ev)
     finally:
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
-        proc.join()
-        recv.close()
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+            p.join()
+        job_q.cancel_join_thread()
+        events.cancel_join_thread()

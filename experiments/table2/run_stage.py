@@ -620,7 +620,7 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
             sae_workers=args.probe_sae_workers,
         )
     if "absorption" in args.evals:
-        from absorption_stage import run_absorption
+        from absorption_stage import default_workers, run_absorption
 
         items = [probe_item(s, path, step, args.out / ABSORPTION_DIR, args.device) for s, path, step in pairs]
         recs["absorption"] = run_absorption(
@@ -634,6 +634,7 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
             max_saes=args.max_saes,
             probe_batch=args.absorption_probe_batch,
             inline=args.absorption_inline,
+            workers=default_workers() if args.absorption_workers is None else args.absorption_workers,
         )
     cuda = args.device.startswith("cuda")
     import torch
@@ -734,6 +735,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="E-*: absorption in this process (no hard deadline: --time-budget checked between SAEs only)",
     )
     ap.add_argument(
+        "--absorption-workers",
+        type=int,
+        default=None,
+        help="E-*: processes evaluating SAEs' absorption in parallel (default: one per two CPUs beyond two, <= 8)",
+    )
+    ap.add_argument(
         "--export",
         type=Path,
         default=None,
@@ -751,6 +758,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "buffer_tokens",
         "probe_datasets",
         "absorption_probe_batch",
+        "absorption_workers",
     ):
         v = getattr(args, name)
         if v is not None and v < 1:

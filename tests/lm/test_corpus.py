@@ -299,7 +299,7 @@ def test_build_with_paragraph_dedup_and_shuffle(tmp_path):
 def test_fetch_is_resumable_and_atomic(tmp_path, monkeypatch):
     calls = []
 
-    def fake_download(registry, pkg, ver, tmp, log):
+    def fake_download(registry, pkg, ver, tmp, log, fallback=True):
         calls.append(pkg)
         if pkg == "nlp-corpus":
             (tmp / "partial.tgz").write_bytes(b"x")
@@ -324,6 +324,39 @@ def test_fetch_is_resumable_and_atomic(tmp_path, monkeypatch):
     assert not any("shakespeare" in p.name or p.name.startswith(".fetch") for p in tmp_path.iterdir())
     with pytest.raises(SaeRdpError, match="unknown corpus source"):
         C.fetch_sources(tmp_path, ["nope"], log=lambda s: None)
+
+
+def test_fetch_tries_the_pinned_debian_version_next_to_a_fallback(tmp_path, monkeypatch):
+    """An earlier fetch fell back to another Debian version (a stale apt index): the next fetch asks apt for the
+    pinned version only, puts it next to the other (the build then reads the pinned one) and deletes nothing;
+    when apt still lacks it, the other archive is kept without error."""
+    ((pkg, ver, sha),) = C.SOURCES["dict-devil"].packages
+    old = tmp_path / f"{pkg}_0.0-1_all.deb"
+    old.write_bytes(b"old")
+    seen = []
+
+    def fake_download(registry, p, v, tmp, log, fallback=True):
+        seen.append((p, v, fallback))
+        if serve:
+            out = tmp / f"{p}_{v}_all.deb"
+            out.write_bytes(b"pinned")
+            return out
+        raise SaeRdpError(f"apt has no {p}={v}")
+
+    monkeypatch.setattr(C, "_download", fake_download)
+    monkeypatch.setattr(C, "_sha256", lambda path: sha)
+    serve = False
+    got = C.fetch_sources(tmp_path, ["dict-devil"], log=lambda s: None)
+    assert seen == [(pkg, ver, False)] and got == [{"package": pkg, "archive": old.name, "fetched": False}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [old.name]
+    serve = True
+    got = C.fetch_sources(tmp_path, ["dict-devil"], log=lambda s: None)
+    pinned = f"{pkg}_{ver}_all.deb"
+    assert got == [{"package": pkg, "archive": pinned, "fetched": True}] and old.is_file()
+    assert C.find_archive(tmp_path, pkg, "debian", ver).name == pinned
+    seen.clear()
+    C.fetch_sources(tmp_path, ["dict-devil"], log=lambda s: None)
+    assert seen == []  # the pinned one is there
 
 
 def test_main_errors_are_one_line(tmp_path, capsys):

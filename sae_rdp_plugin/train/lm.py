@@ -371,6 +371,10 @@ def _forward_seconds(stats: Any) -> float | None:
 # ------------------------------------------------------------------------------------ one SAE of the run
 
 
+# the keys of FastTopKTrainer.aux_stats, None in the report of an SAE on SAELens's step
+AUX_STATS_KEYS = ("aux_steps_by_width", "first_step_s_by_width", "mean_dead_fraction_aux_steps")
+
+
 class _Clock:
     """Seconds of one SAE's steps: ``timer()`` differences when a timer is given, CUDA events on CUDA
     (read at each refresh, after the sync the refresh does anyway), else perf_counter."""
@@ -906,7 +910,7 @@ def _save(r: _Run, held: dict[str, torch.Tensor], common: dict[str, Any], seen: 
         "train_dead_fraction": float(r.trainer.dead_neurons.float().mean()),
         "sae_step_s": round(r.clock.seconds, 4),
         # fast step: its steps per padded width of the aux selection and mean dead fraction (FastTopKTrainer.aux_stats)
-        **(r.fast_step.aux_stats() if r.fast else {"aux_steps_by_width": None, "mean_dead_fraction_aux_steps": None}),
+        **(r.fast_step.aux_stats() if r.fast else dict.fromkeys(AUX_STATS_KEYS)),
         # BatchTopK on the fast step: steps whose per-row candidates could miss a selected latent, redone with the
         # exact dense selection (each costs a dense top-k over the batch)
         "batchtopk_dense_fallback_steps": (

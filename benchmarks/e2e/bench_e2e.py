@@ -112,6 +112,7 @@ class Bench:
     corpus: str | None
     seed: int
     hook_layers3: tuple[int, ...] = field(default=(2, 4, 6))
+    profile: tuple[int, int] | None = None  # ours rows: torch.profiler over (count) steps from step (start)
 
     @property
     def cuda(self) -> bool:
@@ -154,6 +155,7 @@ def make_bench(args: argparse.Namespace) -> Bench:
         gguf=args.gguf,
         corpus=args.corpus,
         seed=args.seed,
+        profile=tuple(args.profile) if getattr(args, "profile", None) else None,
     )
 
 
@@ -303,14 +305,17 @@ class StepClock:
     """Steady-state rate: ``tick()`` at the start of every step; a synchronised wall-clock mark at step
     ``warmup`` and at step ``total - 1`` gives (total - 1 - warmup) steps over their time."""
 
-    def __init__(self, device: str, warmup: int, total: int):
+    def __init__(self, device: str, warmup: int, total: int, profiler: StepProfiler | None = None):
         self.device, self.total = device, total
         self.warmup = min(warmup, max(0, total - 2))
         self.n = 0
         self.t_warm: float | None = None
         self.t_last: float | None = None
+        self.profiler = profiler
 
     def tick(self) -> None:
+        if self.profiler is not None:
+            self.profiler.tick(self.n)
         if self.n in (self.warmup, self.total - 1):
             sync(self.device)
             now = time.perf_counter()
@@ -321,9 +326,95 @@ class StepClock:
         self.n += 1
 
     def steps_per_s(self) -> float | None:
+        """Steps per second between the marks, a profiler window inside them left out (its overhead)."""
         if self.t_warm is None or self.t_last is None or self.t_last <= self.t_warm:
             return None
-        return (self.total - 1 - self.warmup) / (self.t_last - self.t_warm)
+        steps, seconds = self.total - 1 - self.warmup, self.t_last - self.t_warm
+        w = self.profiler.window if self.profiler is not None else None
+        if w is not None and self.warmup <= w[0] and w[0] + w[1] <= self.total - 1 and w[1] < steps:
+            steps, seconds = steps - w[1], seconds - w[2]
+        return steps / seconds if seconds > 0 else None
+
+
+class StepProfiler:
+    """torch.profiler over ``count`` training steps from step ``start`` of an ours row, ticked by its StepClock
+    (synchronised at both ends; the window holds the forwards that fall in it; the clock's tokens/s leaves the
+    window out, since profiling slows the steps it records). ``result()``: the kernels by
+    self device time per step (CPU ops on a CPU run), wall ms per step, the GPU's busy share of the window (the
+    union of all kernel intervals, any stream, over the window: 1 - it is idle time a faster host side could
+    fill) and host syncs per step (``aten::_local_scalar_dense``: ``.item()`` / ``int()`` of a device tensor)."""
+
+    def __init__(self, device: str, start: int, count: int, top: int = 30):
+        self.device, self.start, self.count, self.top = device, start, count, top
+        self.prof: Any = None
+        self.t0 = 0.0
+        self.out: dict[str, Any] | None = None
+        self.window: tuple[int, int, float] | None = None  # (start step, steps, seconds) once stopped
+
+    def tick(self, n: int) -> None:
+        if n == self.start:
+            from torch.profiler import ProfilerActivity, profile
+
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.startswith("cuda") else [])
+            sync(self.device)
+            self.prof = profile(activities=acts)
+            self.prof.start()
+            self.t0 = time.perf_counter()
+        elif self.prof is not None and n == self.start + self.count:
+            self._stop(self.count)
+
+    def finish(self, steps_run: int) -> None:
+        """Stop a window the run ended inside (fewer steps than asked)."""
+        if self.prof is not None:
+            self._stop(max(1, steps_run - self.start))
+
+    def _stop(self, steps: int) -> None:
+        sync(self.device)
+        wall = time.perf_counter() - self.t0
+        self.prof.stop()
+        prof, self.prof = self.prof, None
+        self.window = (self.start, steps, wall)
+        try:
+            self.out = self._summary(prof, steps, wall)
+        except Exception as exc:  # noqa: BLE001 - a profile is a diagnostic: its failure must not lose the row
+            self.out = {"error": f"{type(exc).__name__}: {exc}"}
+
+    def _summary(self, prof: Any, steps: int, wall: float) -> dict[str, Any]:
+        cuda = self.device.startswith("cuda")
+        rows = []
+        for ev in prof.key_averages():
+            self_dt = getattr(ev, "self_device_time_total", getattr(ev, "self_cuda_time_total", 0)) if cuda else 0
+            if cuda and self_dt <= 0:
+                continue
+            dt = self_dt if cuda else ev.self_cpu_time_total
+            rows.append({"name": ev.key[:110], "calls_per_step": ev.count / steps, "ms_per_step": dt / 1e3 / steps})
+        rows.sort(key=lambda r: -r["ms_per_step"])
+        events = prof.events()
+        syncs = sum(1 for e in events if e.name == "aten::_local_scalar_dense")
+        busy = None
+        if cuda:
+            spans = sorted(
+                (e.time_range.start, e.time_range.end)
+                for e in events
+                if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start
+            )
+            busy_us, end = 0.0, float("-inf")
+            for a, z in spans:  # union of the intervals
+                if z > end:
+                    busy_us += z - max(a, end)
+                    end = z
+            busy = busy_us / 1e6 / wall
+        return {
+            "start_step": self.start,
+            "steps": steps,
+            "wall_ms_per_step": 1e3 * wall / steps,
+            "gpu_busy_fraction": busy,
+            "host_syncs_per_step": syncs / steps,
+            "top": rows[: self.top],
+        }
+
+    def result(self) -> dict[str, Any] | None:
+        return self.out
 
 
 class Split:
@@ -500,7 +591,8 @@ def run_ours(
     ]
     pcfg = pipeline_cfg(b, hooks, train.shape[1], overlap=overlap)
     pipe = ActivationPipeline(model, train, pcfg, bos_token_id=bos, pad_token_id=pad)
-    clock = StepClock(b.device, b.warmup_steps, math.ceil(b.tokens / b.batch))
+    profiler = StepProfiler(b.device, *b.profile) if b.profile else None
+    clock = StepClock(b.device, b.warmup_steps, math.ceil(b.tokens / b.batch), profiler)
     sync(b.device)
     t0 = time.perf_counter()
     reports = train_saes(
@@ -514,6 +606,8 @@ def run_ours(
     )
     sync(b.device)
     wall = time.perf_counter() - t0
+    if profiler is not None:
+        profiler.finish(clock.n)
     peak = peak_gb(b)
     sps = clock.steps_per_s()
     x = hook_activations(model, held, hooks, b.device, [i for i in (bos, pad) if i is not None])
@@ -559,6 +653,7 @@ def run_ours(
             key: pipe.stats.get(key) for key in ("tokens_per_forward", "compiled", "forwards", "tokens_forwarded")
         },
         "sae_dirs": [str(s.out) for s in specs],
+        "profile": profiler.result() if profiler is not None else None,
     }
 
 
@@ -1121,12 +1216,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--context", type=int, default=None, help="tokens per row of ours and of held-out text (1024)")
     ap.add_argument("--in-process", action="store_true", help="run every row in this process")
+    ap.add_argument(
+        "--profile",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("START", "COUNT"),
+        help="ours rows: torch.profiler over COUNT steps from step START (kernel table, GPU busy share, syncs)",
+    )
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.profile is not None and (args.profile[0] < 0 or args.profile[1] < 1):
+        print(f"error: --profile START COUNT needs START >= 0 and COUNT >= 1, got {args.profile}", file=sys.stderr)
+        return 2
     if args._child:  # one row in this (child) process
         cargs = argparse.Namespace(**json.loads(args._child))
         row = run_row(cargs._row, make_bench(cargs))

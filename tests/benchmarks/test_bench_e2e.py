@@ -179,7 +179,7 @@ def test_bench_quick_runs_every_row(tmp_path):
     finite held-out FVU for ours and SAELens, sparsify's row either ran or says it is not installed, and
     the CE row evaluated both SAEs (random tiny model: the values are only checked to be finite)."""
     env = {**os.environ, "TRITON_INTERPRET": "0", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path), "--only", *ALL_ROWS]
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path), "--profile", "3", "4", "--only", *ALL_ROWS]
     subprocess.run(cmd, check=True, env=env, timeout=900)
     res = json.loads((tmp_path / "latest.json").read_text())
     assert isinstance(res["device"], str) and isinstance(res["date"], str)
@@ -201,6 +201,12 @@ def test_bench_quick_runs_every_row(tmp_path):
         assert set(rows[name]["time_split"]) >= {"forward_s", "sae_step_s", "other_s"}
     assert rows["ours_radix"]["fast_options"] == {"aux_topk": "radix"} and rows["ours"]["fast_options"] is None
     assert rows["ours_mask"]["fast_options"] == {"aux_topk": "mask"}
+    # --profile 3 4: the ours rows' profiler window, 4 steps from step 3 (a CPU run: CPU ops, no GPU share)
+    prof = rows["ours"]["profile"]
+    assert prof["start_step"] == 3 and prof["steps"] == 4 and prof["gpu_busy_fraction"] is None, prof
+    assert prof["wall_ms_per_step"] > 0 and prof["host_syncs_per_step"] >= 0 and prof["top"], prof
+    assert all(r["ms_per_step"] >= 0 for r in prof["top"]) and rows["ours_4saes"]["profile"]["steps"] == 4
+    assert "profile" not in rows["saelens"]
     for sae in rows["ours"]["saes"]:  # the fast step's steps per aux width add up to the row's steps
         assert sum(sae["aux_steps_by_width"].values()) == sae["steps"], sae
     for name, r in rows.items():  # the time outside the timed loop, by phase, inside the row's own time
@@ -226,6 +232,36 @@ def test_bench_quick_runs_every_row(tmp_path):
     assert ce["n_saes"] == 2 and all(math.isfinite(v["ce_recovered"]) for v in ce["saes"].values())
     assert "ours_x_saelens" in res["summary"] and "fvu_rel_diff_vs_saelens" in res["summary"]
     assert "| ours |" in (tmp_path / "latest.md").read_text()
+
+
+@pytest.mark.parametrize("bad", [["-1", "4"], ["3", "0"]])
+def test_bad_profile_window_is_one_error_line(bench, bad, tmp_path, capsys):
+    assert bench.main(["--quick", "--out", str(tmp_path / "o"), "--profile", *bad]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --profile") and not (tmp_path / "o").exists()
+
+
+def test_profiler_window_cut_short_by_the_run_end(bench):
+    """A window the run ends inside is stopped by finish() and counts the steps that ran in it."""
+    p = bench.StepProfiler("cpu", start=1, count=50)
+    for n in range(4):
+        p.tick(n)
+        torch.ones(64, 64) @ torch.ones(64, 64)
+    p.finish(4)
+    r = p.result()
+    assert r["steps"] == 3 and r["start_step"] == 1 and r["top"] and r["gpu_busy_fraction"] is None
+
+
+def test_clock_leaves_the_profiler_window_out(bench, monkeypatch):
+    """10 steps between the marks, 4 of them profiled in 3 of the 6 seconds: 6 steps in 3 s."""
+    p = bench.StepProfiler("cpu", start=3, count=4)
+    c = bench.StepClock("cpu", warmup=1, total=12, profiler=p)
+    c.t_warm, c.t_last = 100.0, 106.0
+    assert c.steps_per_s() == pytest.approx(10 / 6)
+    p.window = (3, 4, 3.0)
+    assert c.steps_per_s() == pytest.approx(6 / 3)
+    p.window = (9, 4, 3.0)  # past the last mark: not inside the timed steps, nothing left out
+    assert c.steps_per_s() == pytest.approx(10 / 6)
 
 
 def test_write_results_copies_to_a_second_folder(bench, tmp_path):

@@ -641,7 +641,7 @@ def run_ours(
                 "steps": r.get("steps"),
                 "train_dead_fraction": r.get("train_dead_fraction"),
                 "aux_steps_by_width": r.get("aux_steps_by_width"),
-                "first_step_s_by_width": r.get("first_step_s_by_width"),
+                "first_steps_s_by_width": r.get("first_steps_s_by_width"),
                 "mean_dead_fraction_aux_steps": r.get("mean_dead_fraction_aux_steps"),
             }
             for s, (_, k), f, r in zip(specs, specs_def, fvus, reports)

@@ -414,7 +414,7 @@ class FastTopKTrainer:
         # steps of this process per padded aux width (0: no aux loss) and the dead latents summed over the aux
         # steps: the aux term's cost grows with the width, so these say where a run's step time went
         self.aux_width_steps: dict[int, int] = {}
-        self.first_step_s: dict[int, float] = {}  # CUDA: seconds of the first step at each aux width
+        self.first_steps_s: dict[int, list[float]] = {}  # CUDA: seconds of the first two steps at each aux width
         self.aux_dead_sum = 0
         self._graph_eager_steps = 0
         self._graph_aux_widths: set[int] = set()  # aux widths that have run eagerly (warm) in _graph_step
@@ -559,13 +559,13 @@ class FastTopKTrainer:
 
     def aux_stats(self) -> dict[str, Any]:
         """This process's steps per padded aux width (``"0"``: without the aux loss; d_sae: over all columns), the
-        seconds of the first step at each width on CUDA (compilation and graph capture included:
-        ``first_step_s_by_width``) and the mean dead fraction over its aux steps (None without any): where the
-        step time went."""
+        seconds of the first two steps at each width on CUDA (``first_steps_s_by_width``: the first runs eagerly
+        and compiles that width's kernels, the second captures its CUDA graph) and the mean dead fraction over
+        its aux steps (None without any): where the step time went."""
         aux_steps = sum(n for w, n in self.aux_width_steps.items() if w)
         return {
             "aux_steps_by_width": {str(w): n for w, n in sorted(self.aux_width_steps.items())},
-            "first_step_s_by_width": {str(w): round(s, 4) for w, s in sorted(self.first_step_s.items())},
+            "first_steps_s_by_width": {str(w): [round(t, 4) for t in s] for w, s in sorted(self.first_steps_s.items())},
             "mean_dead_fraction_aux_steps": self.aux_dead_sum / (aux_steps * self.cfg.d_sae) if aux_steps else None,
         }
 
@@ -674,9 +674,9 @@ class FastTopKTrainer:
                 )
                 self.aux_dead_sum += n_dead
         width = n_pad if dead is not None else 0
-        # the first step at a width compiles its kernels and captures its graph: timed (two syncs, once per
-        # width) so that a run's report shows what that one-off cost was and when it came
-        first = width not in self.aux_width_steps and self.device.type == "cuda"
+        # the first two steps at a width compile its kernels and capture its graph: timed (two syncs each, twice
+        # per width) so that a run's report shows what that one-off cost was
+        first = self.device.type == "cuda" and self.aux_width_steps.get(width, 0) < 2
         if first:
             torch.cuda.synchronize(self.device)
             t_first = time.perf_counter()
@@ -690,7 +690,7 @@ class FastTopKTrainer:
                 self._last_vals_s = vals_s
         if first:
             torch.cuda.synchronize(self.device)
-            self.first_step_s[width] = time.perf_counter() - t_first
+            self.first_steps_s.setdefault(width, []).append(time.perf_counter() - t_first)
         self.n_frac_active_samples += B
         self.n_training_steps += 1
         return losses

@@ -738,7 +738,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--absorption-workers",
         type=int,
         default=None,
-        help="E-*: processes evaluating SAEs' absorption in parallel (default: one per two CPUs beyond two, <= 8)",
+        help="E-*: processes evaluating SAEs' absorption in parallel (default min(14, CPUs - 2), at least 1)",
     )
     ap.add_argument(
         "--export",

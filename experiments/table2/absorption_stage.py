@@ -102,7 +102,7 @@ class _UpToLayer:
         return self._model.run_with_cache(*a, stop_at_layer=self._stop, **k)
 
 
-class _IdOrderedVocab:
+class IdOrderedVocab:
     """``tokenizer`` whose ``vocab`` lists the tokens in id order (a fast tokenizer's ``vocab`` is built from a
     Rust hash map, in an order that changes from call to call); everything else is the tokenizer's."""
 
@@ -169,7 +169,7 @@ def offline_absorption(
     orig_get_tokens = vocab.get_tokens
 
     def get_tokens(tokenizer: Any, *a: Any, **k: Any) -> list[str]:
-        return orig_get_tokens(_IdOrderedVocab(tokenizer), *a, **k)
+        return orig_get_tokens(IdOrderedVocab(tokenizer), *a, **k)
 
     def gather(**kw: Any) -> Any:
         t = time.time()

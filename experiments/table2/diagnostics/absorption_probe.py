@@ -10,8 +10,9 @@ batched and stopped after the layer's block, left padding), and scores it as SAE
 does: per letter, F1 of ``probe logit > 0`` on the test words.
 
 The one difference from the eval: the vocabulary is a seeded random sample of ``--words`` of the model's
-alphabetic tokens (Gemma-3 has ~140k; SAEBench uses all, 80% train / 20% test), because the model's forward
-runs on the CPU here (~650 tokens/s for Gemma-3-270M cut after block 10 on 2 cores, prompts of ~88 tokens).
+alphabetic tokens (listed in token-id order, as the eval's ``offline_absorption`` lists them; Gemma-3 has ~140k;
+SAEBench uses all, 80% train / 20% test), because the model's forward runs on the CPU here (~650 tokens/s for
+Gemma-3-270M cut after block 10 on 2 cores, prompts of ~88 tokens).
 Fewer training words are expected to make the probe worse, so a letter that passes here should pass with the
 whole vocabulary unless the smaller test set's noise put it there: the JSON gives each letter's test count.
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     import numpy as np
     import torch
-    from absorption_stage import offline_absorption, probe_folder
+    from absorption_stage import IdOrderedVocab, offline_absorption, probe_folder
     from sae_bench.evals.absorption import common
     from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
     from sae_bench.evals.absorption.prompting import first_letter_formatter
@@ -102,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     model = load_model(a.model, n_layers=a.layer + 1)
     load_s = time.time() - t0
-    vocab = get_alpha_tokens(model.tokenizer)
+    # in token-id order: a fast tokenizer lists its vocab in an order that changes from call to call, which made
+    # the seeded sample of the committed JSONs (made before this) irreproducible; reruns now draw the same sample
+    vocab = get_alpha_tokens(IdOrderedVocab(model.tokenizer))
     if a.words > len(vocab):
         fail(f"--words {a.words} exceeds the model's {len(vocab)} alphabetic tokens")
     random.seed(a.seed)

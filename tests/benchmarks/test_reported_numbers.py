@@ -254,6 +254,8 @@ def test_real_weight_ctx128_run_numbers_quoted():
     assert f"({next(x for x in old['rows'] if x['row'] == 'ours')['heldout_fvu']:.4f}, trained" in section
     row = next(x for x in (ROOT / "README.md").read_text().splitlines() if "sae-rdp train --model`, end to" in x)
     assert f"{s['ours_x_sparsify']:.1f}x sparsify in the previous session's run" in row
+    readme_lim = _flat("README.md", after="## Main limitations")
+    assert f"and {s['ours_x_sparsify']:.1f}x sparsify (an earlier session's run)" in readme_lim
     lim = _flat("docs/limitations.md")
     assert f"and {s['ours_x_sparsify']:.1f}x sparsify in an earlier session's run" in lim
 
@@ -442,6 +444,8 @@ def test_real_weight_equal_token_run_numbers_quoted():
         f"three hooks from one forward {st['tokens_per_s']:,.0f} tokens/s",
     ):
         assert q in row, q
+    readme_lim = _flat("README.md", after="## Main limitations")
+    assert f"we measured {s['ours_x_saelens']:.1f}x SAELens's runner (real Gemma-3-270M weights" in readme_lim
     lim = _flat("docs/limitations.md")
     _assert_quoted(
         [

@@ -141,9 +141,12 @@ def offline_absorption(
     work: Path,
     probe_batch: int = PROBE_BATCH,
     progress: Callable[[str, float], None] | None = None,
+    vocab_sample: int | None = None,
 ):
     """Within the block SAEBench's absorption eval uses ``model``, writes only under ``work`` and runs batched
-    (module doc). ``progress(part, seconds)`` is called after the probe's activations are gathered."""
+    (module doc). ``progress(part, seconds)`` is called after the probe's activations are gathered.
+    ``vocab_sample``: smoke runs only, not SAEBench's eval: its vocabulary cut to a fixed sample of that many
+    words (seeded, in token-id order), for the probe and the absorption prompts alike."""
     import sae_bench.evals.absorption.common as common
     import sae_bench.evals.absorption.feature_absorption_calculator as fac
     import sae_bench.evals.absorption.main as am
@@ -169,7 +172,11 @@ def offline_absorption(
     orig_get_tokens = vocab.get_tokens
 
     def get_tokens(tokenizer: Any, *a: Any, **k: Any) -> list[str]:
-        return orig_get_tokens(IdOrderedVocab(tokenizer), *a, **k)
+        words = orig_get_tokens(IdOrderedVocab(tokenizer), *a, **k)
+        if vocab_sample is None or vocab_sample >= len(words):
+            return words
+        keep = sorted(random.Random(0).sample(range(len(words)), vocab_sample))  # its own generator
+        return [words[i] for i in keep]
 
     def gather(**kw: Any) -> Any:
         t = time.time()
@@ -297,6 +304,7 @@ def _work(
     send: Callable[[tuple], None],
     trains_probe: bool = True,
     threads: int | None = None,
+    vocab_sample: int | None = None,
 ) -> None:
     """The eval SAE by SAE (``jobs``: a list, or a queue shared by the workers, of (name, release, loader), None
     ends it), the probe first if missing (``trains_probe``; else wait until another worker has moved it into
@@ -311,7 +319,10 @@ def _work(
         cfg = AbsorptionEvalConfig(**cfg_kw)
         raw = work / "saebench_out"
         send(("ready",))
-        with offline_absorption(model, model_name, work, probe_batch, lambda part, s: send(("probe_part", part, s))):
+        def part(name: str, s: float) -> None:
+            send(("probe_part", name, s))
+
+        with offline_absorption(model, model_name, work, probe_batch, part, vocab_sample):
             raw.mkdir(parents=True, exist_ok=True)
             sae_s: list[float] = []
             while True:
@@ -362,6 +373,7 @@ def _child(
     events: Any,
     index: int,
     threads: int | None,
+    vocab_sample: int | None,
 ) -> None:
     """A spawned worker: ``_work`` on the shared job queue, its events tagged with the worker's index (the queue's
     feeder thread flushes them before the process exits); worker 0 trains the probe if it is missing."""
@@ -369,7 +381,7 @@ def _child(
     def send(ev: tuple) -> None:
         events.put((index, ev))
 
-    _work(model, model_name, jobs, work, cfg_kw, device, probe_batch, deadline, send, index == 0, threads)
+    _work(model, model_name, jobs, work, cfg_kw, device, probe_batch, deadline, send, index == 0, threads, vocab_sample)
 
 
 def default_workers() -> int:
@@ -391,13 +403,15 @@ def run_absorption(
     probe_batch: int = PROBE_BATCH,
     inline: bool = False,
     workers: int = 1,
+    vocab_sample: int | None = None,
 ) -> dict:
     """SAE by SAE until ``deadline`` (time.time()) or ``max_saes`` new JSONs; an existing destination is skipped.
     ``config``: fields of SAEBench's ``AbsorptionEvalConfig`` other than ``model_name`` (default: its defaults,
     with ``BATCH_DEFAULTS``). The work runs in ``workers`` spawned children taking SAEs from one queue, terminated
     at ``deadline`` (``inline``: in this process, the deadline checked only between SAEs). Record: SAEs evaluated
-    / existing / left, seconds of the probe phase (``probe_s``, ``probe_parts_s``) and per SAE (``sae_s``),
-    ``cut`` (the phase running longest at the deadline, and every SAE cut), ``not_evaluable`` or ``error``."""
+    / existing / left, ``vocab_sample`` (smoke runs: :func:`offline_absorption`), seconds of the probe phase
+    (``probe_s``, ``probe_parts_s``) and per SAE (``sae_s``), ``cut`` (the phase running longest at the deadline,
+    and every SAE cut), ``not_evaluable`` or ``error``."""
     from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
     from sae_bench.evals.absorption.eval_output import AbsorptionEvalOutput
     from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
@@ -409,6 +423,8 @@ def run_absorption(
     todo = [s for s in saes if not s.dest.is_file()]
     rec: dict[str, Any] = {"eval": f"SAEBench {EVAL_TYPE}", "existing": existing, "evaluated": [], "sae_s": {}}
     rec.update(probe_batch=probe_batch, mode="inline" if inline else "child")
+    if vocab_sample is not None:
+        rec["vocab_sample"] = vocab_sample
     by_name = {s.name: s for s in todo}
     for d in (work / "results").glob(f"{PROBE_TMP}*"):  # a probe phase cut by an earlier call's deadline
         shutil.rmtree(d)
@@ -472,12 +488,14 @@ def run_absorption(
 
     cfg_kw = dataclasses.asdict(cfg)
     if jobs and inline:
-        _work(model, model_name, list(jobs), work, cfg_kw, device, probe_batch, deadline, lambda ev: handle(0, ev))
+        send0 = functools.partial(handle, 0)
+        args = (model, model_name, list(jobs), work, cfg_kw, device, probe_batch, deadline, send0)
+        _work(*args, trains_probe=True, threads=None, vocab_sample=vocab_sample)
     elif jobs:
         # threads per worker: the CPUs shared out (one worker keeps torch's default)
         threads = None if n == 1 else max(1, (os.cpu_count() or 1) // n)
         common = (model, model_name, work, cfg_kw, device, probe_batch, deadline)
-        _supervise(common, jobs, n, threads, deadline, handle, states, rec)
+        _supervise(common, jobs, n, threads, vocab_sample, deadline, handle, states, rec)
     rec["config"] = cfg_kw
     rec["left"] = [s.name for s in todo if s.name not in rec["evaluated"]]
     rec["complete"] = not rec["left"] and "error" not in rec
@@ -489,6 +507,7 @@ def _supervise(
     jobs: list,
     n: int,
     threads: int | None,
+    vocab_sample: int | None,
     deadline: float,
     handle: Callable[[int, tuple], None],
     states: list[dict],
@@ -500,7 +519,7 @@ def _supervise(
     job_q, events = ctx.Queue(), ctx.Queue()
     for job in [*jobs, *[None] * n]:
         job_q.put(job)
-    procs = [ctx.Process(target=_child, args=(*common, job_q, events, i, threads)) for i in range(n)]
+    procs = [ctx.Process(target=_child, args=(*common, job_q, events, i, threads, vocab_sample)) for i in range(n)]
     for p in procs:
         p.start()
     ended, silent = [False] * n, [0] * n

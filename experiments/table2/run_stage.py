@@ -622,12 +622,14 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
     if "absorption" in args.evals:
         from absorption_stage import default_workers, run_absorption
 
-        items = [probe_item(s, path, step, args.out / ABSORPTION_DIR, args.device) for s, path, step in pairs]
+        # a vocabulary sample (smoke runs) is not SAEBench's eval: its JSONs and its probe go elsewhere
+        tag = f"_vocab{args.absorption_vocab_sample}" if args.absorption_vocab_sample else ""
+        items = [probe_item(s, path, step, args.out / f"{ABSORPTION_DIR}{tag}", args.device) for s, path, step in pairs]
         recs["absorption"] = run_absorption(
             hooked,
             model_name,
             items,
-            args.out / "absorption",
+            args.out / f"absorption{tag}",
             deadline=deadline,
             device=args.device,
             config=abs_cfg,
@@ -635,6 +637,7 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
             probe_batch=args.absorption_probe_batch,
             inline=args.absorption_inline,
             workers=default_workers() if args.absorption_workers is None else args.absorption_workers,
+            vocab_sample=args.absorption_vocab_sample,
         )
     cuda = args.device.startswith("cuda")
     import torch
@@ -735,6 +738,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="E-*: absorption in this process (no hard deadline: --time-budget checked between SAEs only)",
     )
     ap.add_argument(
+        "--absorption-vocab-sample",
+        type=int,
+        default=None,
+        help="E-*: smoke runs on a CPU only: absorption on a fixed sample of N vocabulary words (not SAEBench's "
+        "eval; JSONs in absorption_first_letter_vocabN/, never collected)",
+    )
+    ap.add_argument(
         "--absorption-workers",
         type=int,
         default=None,
@@ -759,6 +769,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "probe_datasets",
         "absorption_probe_batch",
         "absorption_workers",
+        "absorption_vocab_sample",
     ):
         v = getattr(args, name)
         if v is not None and v < 1:

@@ -451,6 +451,31 @@ def test_eval_stage_absorption_offline(rs, tmp_path, monkeypatch):
 
 
 @needs_probes
+def test_absorption_vocabulary_in_id_order_and_the_smoke_sample(rs, tmp_path):
+    """Inside offline_absorption SAEBench lists the alphabetic vocabulary in token-id order (a fast tokenizer's
+    own listing changes from call to call); ``vocab_sample`` (CPU smoke runs) cuts it to the same N words each
+    time, still in id order; outside, SAEBench's function is back."""
+    import types
+
+    from sae_bench.evals.absorption import vocab
+
+    ab = importlib.import_module("absorption_stage")
+    tok = _word_tokenizer()
+    ids = tok.get_vocab()
+    model = types.SimpleNamespace(tokenizer=tok)
+    orig = vocab.get_tokens
+    with ab.offline_absorption(model, "m", tmp_path / "w"):
+        full = vocab.get_alpha_tokens(tok)
+    assert full == vocab.get_alpha_tokens(ab.IdOrderedVocab(tok)) and len(full) > 200
+    assert [ids[w] for w in full] == sorted(ids[w] for w in full)
+    with ab.offline_absorption(model, "m", tmp_path / "w", vocab_sample=20):
+        a, b = vocab.get_alpha_tokens(tok), vocab.get_alpha_tokens(tok)
+    assert a == b and len(a) == 20 and set(a) <= set(full)
+    assert [ids[w] for w in a] == sorted(ids[w] for w in a)
+    assert vocab.get_tokens is orig
+
+
+@needs_probes
 def test_absorption_in_workers_and_in_any_order_gives_the_same_jsons(rs, tmp_path):
     """SAEBench's absorption draws from unseeded global generators (probe split, ICL prompts, probe init and
     minibatches); seeded per SAE, an SAE's JSON is the same in process in one order, in process in the reverse

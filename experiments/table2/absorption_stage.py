@@ -319,6 +319,7 @@ def _work(
         cfg = AbsorptionEvalConfig(**cfg_kw)
         raw = work / "saebench_out"
         send(("ready",))
+
         def part(name: str, s: float) -> None:
             send(("probe_part", name, s))
 

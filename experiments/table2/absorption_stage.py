@@ -405,6 +405,7 @@ def run_absorption(
     inline: bool = False,
     workers: int = 1,
     vocab_sample: int | None = None,
+    on_result: Callable[[], None] | None = None,
 ) -> dict:
     """SAE by SAE until ``deadline`` (time.time()) or ``max_saes`` new JSONs; an existing destination is skipped.
     ``config``: fields of SAEBench's ``AbsorptionEvalConfig`` other than ``model_name`` (default: its defaults,
@@ -412,7 +413,8 @@ def run_absorption(
     at ``deadline`` (``inline``: in this process, the deadline checked only between SAEs). Record: SAEs evaluated
     / existing / left, ``vocab_sample`` (smoke runs: :func:`offline_absorption`), seconds of the probe phase
     (``probe_s``, ``probe_parts_s``) and per SAE (``sae_s``), ``cut`` (the phase running longest at the deadline,
-    and every SAE cut), ``not_evaluable`` or ``error``."""
+    and every SAE cut), ``not_evaluable`` or ``error``. ``on_result()`` is called after each SAE's JSON is
+    written (the stage's progress export)."""
     from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
     from sae_bench.evals.absorption.eval_output import AbsorptionEvalOutput
     from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
@@ -479,6 +481,8 @@ def run_absorption(
             os.replace(tmp, s.dest)
             rec["sae_s"][s.name] = round(ev[3], 2)
             rec["evaluated"].append(s.name)
+            if on_result is not None:
+                on_result()
             state.update(phase="between SAEs", since=now, sae=None)
             m = obj["eval_result_metrics"]["mean"]
             log(

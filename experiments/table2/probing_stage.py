@@ -135,6 +135,7 @@ def run_probing(
     max_saes: int | None = None,
     log: Callable[[str], None] = print,
     sae_workers: int = 0,
+    on_result: Callable[[], None] | None = None,
 ) -> dict:
     """Run the three phases (module doc) until ``deadline`` (time.time()) or ``max_saes`` new JSONs; returns
     this call's record:
@@ -142,7 +143,8 @@ def run_probing(
     ``workers``: processes for the LLM baselines, ``sae_workers``: for the SAEs (0: this process). Either way
     a call finishes at least one SAE, starts none whose estimated time (1.3 x the slowest SAE so far) would pass
     the deadline and, with workers, stops at the deadline once one is done: an SAE not finished then is left
-    for the next call (its workers are terminated; nothing of it is written to its destination)."""
+    for the next call (its workers are terminated; nothing of it is written to its destination).
+    ``on_result()`` is called after each SAE's JSON is written (the stage's progress export)."""
     gp = gemma_probing()
     rec: dict[str, Any] = {
         "eval": f"SAEBench {EVAL_TYPE} (sae-probes), setting normal, reg_type l1, LLM baseline {BASELINE}",
@@ -246,6 +248,8 @@ def run_probing(
         os.replace(tmp, s.dest)
         sae_s[s.name] = round(seconds, 2)
         rec["evaluated"].append(s.name)
+        if on_result is not None:
+            on_result()
         m = obj["eval_result_metrics"]
         log(
             f"sparse probing {s.name}: "

@@ -602,6 +602,7 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
 
     tokenizer = tokenizer_provenance(model_name, hooked.tokenizer)
     deadline = time.time() - (time.perf_counter() - t_call) + args.time_budget
+    progress = ProgressExport(args.out, args.export, stage)
     recs: dict[str, dict] = {}
     if "sparse_probing" in args.evals:
         items = [probe_item(s, path, step, args.out / PROBE_DIR, args.device) for s, path, step in pairs]
@@ -618,6 +619,7 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
             workers=args.probe_workers,
             max_saes=args.max_saes,
             sae_workers=args.probe_sae_workers,
+            on_result=progress,
         )
     if "absorption" in args.evals:
         from absorption_stage import default_workers, run_absorption
@@ -638,6 +640,7 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
             inline=args.absorption_inline,
             workers=default_workers() if args.absorption_workers is None else args.absorption_workers,
             vocab_sample=args.absorption_vocab_sample,
+            on_result=progress if not args.absorption_vocab_sample else None,
         )
     cuda = args.device.startswith("cuda")
     import torch
@@ -885,6 +888,9 @@ def main(argv: list[str] | None = None) -> int:
             if cuda:
                 torch.cuda.empty_cache()
 
+    progress = ProgressExport(args.out, args.export, stage)
+    if trained:
+        progress()  # the trained SAEs' summaries, before the evals
     evaluated, eval_skipped, proxied, eval_left = [], [], [], []
     eval_s: dict[str, tuple[float, float]] = {}  # (core, proxies) seconds per evaluated SAE
     if not args.no_eval and not calibration_stage(stage):
@@ -916,6 +922,7 @@ def main(argv: list[str] | None = None) -> int:
                 proxied.append(s["id"])
             # per SAE, for planning the next calls (a core eval's cost varies with the width and architecture)
             eval_s[s["id"]] = (t_core - t_sae, time.perf_counter() - t_core)
+            progress()
 
     calibration = None
     if calibration_stage(stage):
@@ -987,8 +994,29 @@ def export(out: Path, dest: Path, stage: str) -> Path:
             tar.add(p, arcname=f"{BASELINE_DIR}/{p.relative_to(probes).as_posix()}")
     bundle = dest / f"{stage}.tar.xz"
     os.replace(tmp, bundle)
-    shutil.copyfile(out / f"stage_{stage}.json", dest / f"stage_{stage}.json")
+    if (out / f"stage_{stage}.json").is_file():  # not yet, in a progress export of a stage's first call
+        shutil.copyfile(out / f"stage_{stage}.json", dest / f"stage_{stage}.json")
     return bundle
+
+
+class ProgressExport:
+    """:func:`export` during a call, after a result was written, at most every ``interval`` seconds: a device call
+    cut by the session's budget (which, unlike ``--time-budget``, the stage cannot see coming) then still brings
+    back what it finished. The bundle lacks that call's record until the call's own final export."""
+
+    def __init__(self, out: Path, dest: Path | None, stage: str, interval: float = 20.0, clock=time.monotonic):
+        self.out, self.dest, self.stage, self.interval, self.clock = out, dest, stage, interval, clock
+        self.last: float | None = None
+        self.n = 0
+
+    def __call__(self) -> None:
+        if self.dest is None:
+            return
+        now = self.clock()
+        if self.last is not None and now - self.last < self.interval:
+            return
+        export(self.out, self.dest, self.stage)
+        self.last, self.n = now, self.n + 1
 
 
 def calibrated_value(pts: list[tuple[float, float]], target: float) -> tuple[float, bool]:

@@ -502,3 +502,31 @@ def test_merge_complete_keeps_the_evals_a_call_did_not_run(rs):
     }
     assert rs.merge_complete(prev, {"sparse_probing": {"complete": True}}, False) == {"sparse_probing": False}
     assert rs.merge_complete(None, {"sparse_probing": {"complete": True}}, True) == {"sparse_probing": True}
+
+
+def test_progress_export_during_a_call(rs, tmp_path):
+    """ProgressExport: a bundle after a result, at most one per interval, also before the stage file exists (a
+    stage's first call); nothing without --export."""
+    out, dest = tmp_path / "out", tmp_path / "x"
+    (out / "core").mkdir(parents=True)
+    (out / "core" / "a.json").write_text("{}")
+    now = [100.0]
+    p = rs.ProgressExport(out, dest, "T-x", interval=20.0, clock=lambda: now[0])
+    p()
+    with tarfile.open(dest / "T-x.tar.xz") as tar:
+        assert tar.getnames() == ["core/a.json"]
+    assert not (dest / "stage_T-x.json").exists() and p.n == 1
+    (out / "core" / "b.json").write_text("{}")
+    now[0] = 110.0
+    p()  # within the interval: no new bundle
+    with tarfile.open(dest / "T-x.tar.xz") as tar:
+        assert tar.getnames() == ["core/a.json"]
+    now[0] = 121.0
+    (out / "stage_T-x.json").write_text('{"calls": []}')
+    p()
+    with tarfile.open(dest / "T-x.tar.xz") as tar:
+        assert sorted(tar.getnames()) == ["core/a.json", "core/b.json", "stage_T-x.json"]
+    assert (dest / "stage_T-x.json").is_file() and p.n == 2
+    none = rs.ProgressExport(out, None, "T-x")
+    none()
+    assert none.n == 0

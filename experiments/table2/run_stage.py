@@ -46,6 +46,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -1004,7 +1005,14 @@ class ProgressExport:
     cut by the session's budget (which, unlike ``--time-budget``, the stage cannot see coming) then still brings
     back what it finished. The bundle lacks that call's record until the call's own final export."""
 
-    def __init__(self, out: Path, dest: Path | None, stage: str, interval: float = 20.0, clock=time.monotonic):
+    def __init__(
+        self,
+        out: Path,
+        dest: Path | None,
+        stage: str,
+        interval: float = 20.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.out, self.dest, self.stage, self.interval, self.clock = out, dest, stage, interval, clock
         self.last: float | None = None
         self.n = 0

@@ -379,10 +379,32 @@ def _child(
     """A spawned worker: ``_work`` on the shared job queue, its events tagged with the worker's index (the queue's
     feeder thread flushes them before the process exits); worker 0 trains the probe if it is missing."""
 
+    _die_with_parent()
+
     def send(ev: tuple) -> None:
         events.put((index, ev))
 
-    _work(model, model_name, jobs, work, cfg_kw, device, probe_batch, deadline, send, index == 0, threads, vocab_sample)
+    with contextlib.ExitStack() as stack:
+        if threads is not None:  # scikit-learn's BLAS / OpenMP pools too, not only torch's
+            from threadpoolctl import threadpool_limits
+
+            stack.enter_context(threadpool_limits(threads))
+        args = (model, model_name, jobs, work, cfg_kw, device, probe_batch, deadline, send)
+        _work(*args, trains_probe=index == 0, threads=threads, vocab_sample=vocab_sample)
+
+
+def _die_with_parent() -> None:
+    """Linux: this process gets SIGTERM when its parent dies (a stage killed from outside leaves no worker going
+    on through the queue); elsewhere nothing."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
 
 
 def default_workers() -> int:
@@ -421,6 +443,7 @@ def run_absorption(
 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    work = work.resolve()  # the eval runs inside it (chdir): a relative path would point elsewhere there
     cfg = AbsorptionEvalConfig(model_name=model_name, **{**BATCH_DEFAULTS, **(config or {})})
     existing = [s.name for s in saes if s.dest.is_file()]
     todo = [s for s in saes if not s.dest.is_file()]
@@ -519,26 +542,27 @@ def _supervise(
     rec: dict,
 ) -> None:
     """Run :func:`_work` in ``n`` spawned children sharing ``jobs``, ``handle`` their events here, terminate them
-    at ``deadline`` or at the first error."""
+    at ``deadline``, at the first error or at the first 'not evaluable' (a property of the model-layer). Before
+    stopping, the events already queued are handled (an SAE finished just before the deadline is kept)."""
     ctx = mp.get_context("spawn")
     job_q, events = ctx.Queue(), ctx.Queue()
     for job in [*jobs, *[None] * n]:
         job_q.put(job)
     procs = [ctx.Process(target=_child, args=(*common, job_q, events, i, threads, vocab_sample)) for i in range(n)]
-    for p in procs:
-        p.start()
     ended, silent = [False] * n, [0] * n
+
+    def take(i: int, ev: tuple) -> None:
+        if ev[0] == "end":
+            ended[i] = True
+        else:
+            handle(i, ev)
+
     try:
-        while not all(ended) and "error" not in rec:
+        for p in procs:
+            p.start()
+        while not all(ended) and "error" not in rec and "not_evaluable" not in rec:
             left = deadline - time.time()
             if left <= 0:
-                now = time.time()
-                cut = [(i, st) for i, st in enumerate(states) if not ended[i]]
-                i, st = min(cut, key=lambda c: c[1]["since"])
-                rec["cut"] = {"phase": st["phase"], "ran_s": round(now - st["since"], 2)}
-                if st["sae"] is not None:
-                    rec["cut"]["sae"] = st["sae"]
-                rec["cut"]["saes"] = [c[1]["sae"] for c in cut if c[1]["sae"] is not None]
                 break
             try:
                 i, ev = events.get(timeout=min(left, 1.0))
@@ -553,16 +577,29 @@ def _supervise(
                                 f"an absorption process exited with code {p.exitcode} in phase {states[i]['phase']}"
                             )
                 continue
-            if ev[0] == "end":
-                ended[i] = True
-            else:
-                handle(i, ev)
+            take(i, ev)
+        while True:  # what is already queued: a finished SAE's JSON is kept even at the deadline
+            try:
+                take(*events.get_nowait())
+            except queue.Empty:
+                break
+        if not all(ended) and time.time() >= deadline:
+            now = time.time()
+            cut = [(i, st) for i, st in enumerate(states) if not ended[i]]
+            _, st = min(cut, key=lambda c: c[1]["since"])
+            rec["cut"] = {"phase": st["phase"], "ran_s": round(now - st["since"], 2)}
+            if st["sae"] is not None:
+                rec["cut"]["sae"] = st["sae"]
+            rec["cut"]["saes"] = [c[1]["sae"] for c in cut if c[1]["sae"] is not None]
     finally:
         for p in procs:
             if p.is_alive():
                 p.terminate()
+        stop = time.time() + 10  # one grace period for all
         for p in procs:
-            p.join(10)
+            if p.pid is None:  # never started
+                continue
+            p.join(max(0.0, stop - time.time()))
             if p.is_alive():
                 p.kill()
             p.join()

@@ -1023,7 +1023,11 @@ class ProgressExport:
         now = self.clock()
         if self.last is not None and now - self.last < self.interval:
             return
-        export(self.out, self.dest, self.stage)
+        try:
+            export(self.out, self.dest, self.stage)
+        except Exception as exc:  # noqa: BLE001 - best effort: the call's own final export still runs (and raises)
+            print(f"warning: progress export failed: {type(exc).__name__}: {exc}", flush=True)
+            return
         self.last, self.n = now, self.n + 1
 
 

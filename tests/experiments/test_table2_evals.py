@@ -476,7 +476,7 @@ def test_absorption_vocabulary_in_id_order_and_the_smoke_sample(rs, tmp_path):
 
 
 @needs_probes
-def test_absorption_in_workers_and_in_any_order_gives_the_same_jsons(rs, tmp_path):
+def test_absorption_in_workers_and_in_any_order_gives_the_same_jsons(rs, tmp_path, monkeypatch):
     """SAEBench's absorption draws from unseeded global generators (probe split, ICL prompts, probe init and
     minibatches); seeded per SAE, an SAE's JSON is the same in process in one order, in process in the reverse
     order (after other SAEs drew from the generators), and in 2 spawned workers sharing the queue with a probe
@@ -536,6 +536,25 @@ def test_absorption_in_workers_and_in_any_order_gives_the_same_jsons(rs, tmp_pat
     assert budget <= time.time() - t < budget + 10 and r["workers"] == 2 and r["evaluated"] == [items[1].name], r
     assert r["cut"]["phase"] == "sae" and r["cut"]["sae"] == items[0].name and r["cut"]["saes"] == [items[0].name]
     assert [f.name for f in dest.iterdir()] == [items[1].dest.name] and r["left"] == [items[0].name]
+
+    # the deadline passes while the parent handles the first result (a slow export) and the other SAE finishes
+    # meanwhile: its queued result is still taken. A relative work folder (the children work inside it).
+    monkeypatch.chdir(tmp_path)
+    dest = tmp_path / "late"
+    items = [rs.probe_item(s, p, step, dest, "cpu") for s, p, step in trained][:2]
+    t = time.time()
+    deadline = t + budget
+    exports = []
+
+    def slow_export() -> None:
+        exports.append(time.time())
+        if len(exports) == 1:
+            time.sleep(max(0.0, deadline - time.time()) + 2)
+
+    r = ab.run_absorption(hooked, "tiny-gpt2", items, Path("w_workers"), deadline, "cpu", config=cfg,
+                          log=lambda m: None, workers=2, on_result=slow_export)
+    assert sorted(r["evaluated"]) == sorted(s.name for s in items) and r["complete"] and "cut" not in r, r
+    assert sorted(f.name for f in dest.iterdir()) == sorted(s.dest.name for s in items)
 
 
 @needs_probes

@@ -257,6 +257,8 @@ def test_eval_stage_bad_inputs_exit_2_before_writing(rs, tmp_path, capsys):
         (["--evals", "absorption", "--absorption-config", '{"min_feats_for_eval": 0}'], "--absorption-config"),
         (["--evals", "absorption", "--absorption-config", "[1]"], "--absorption-config"),
         (["--evals", "absorption", "--absorption-probe-batch", "0"], "--absorption-probe-batch must be >= 1"),
+        (["--evals", "absorption", "--absorption-workers", "0"], "--absorption-workers must be >= 1"),
+        (["--evals", "absorption", "--absorption-vocab-sample", "0"], "--absorption-vocab-sample must be >= 1"),
         (["--stage", "E-tiny-gpt2-7"], "has no SAEs to evaluate"),
     ]
     for extra, msg in cases:
@@ -277,6 +279,24 @@ def _tiny_hooked(rs, tok_dir: Path, n_layers: int = 2):
     _, hooked, _ = rs.load_models("tiny-gpt2", args)
     hooked.set_tokenizer(AutoTokenizer.from_pretrained(str(tok_dir)), default_padding_side="right")
     return hooked
+
+
+def _absorption_setup(rs, tmp_path: Path):
+    """The T-tiny stage trained under tmp_path/out (3 SAEs: finals and a checkpoint), the word tokenizer saved,
+    the tiny HookedTransformer with it, and the E-tiny-gpt2-1 stage's (SAE, path, step) triples."""
+    import types
+
+    plan, corpus, _, _ = _setup(tmp_path)
+    wtok = tmp_path / "wtok"
+    _word_tokenizer().save_pretrained(str(wtok))
+    out = tmp_path / "out"
+    common_args = ["--plan", str(plan), "--corpus", str(corpus), "--out", str(out), "--n-layers", "2"]
+    train = ["--stage", "T-tiny", "--batch-size", "64", "--buffer-tokens", "128", "--eval-batches", "1"]
+    assert rs.main([*common_args, *train, "--eval-batch-prompts", "4"]) == 0
+    fams, _ = rs.eval_stage_saes(json.loads(plan.read_text()), "E-tiny-gpt2-1", out, {})
+    return types.SimpleNamespace(
+        out=out, wtok=wtok, common_args=common_args, hooked=_tiny_hooked(rs, wtok), trained=rs.trained_saes(out, fams)
+    )
 
 
 def test_absorption_probe_batching_changes_nothing(rs, tmp_path):
@@ -375,20 +395,13 @@ def test_eval_stage_absorption_offline(rs, tmp_path, monkeypatch):
     monkeypatch.chdir(cwd)
     site_artifacts = common.RESULTS_DIR
     existed = site_artifacts.exists()
-    plan, corpus, _, _ = _setup(tmp_path)
-    wtok = tmp_path / "wtok"
-    _word_tokenizer().save_pretrained(str(wtok))
-    out = tmp_path / "out"
-    common_args = ["--plan", str(plan), "--corpus", str(corpus), "--out", str(out), "--n-layers", "2"]
-    train = ["--stage", "T-tiny", "--batch-size", "64", "--buffer-tokens", "128", "--eval-batches", "1"]
-    assert rs.main([*common_args, *train, "--eval-batch-prompts", "4"]) == 0
-    ev = [*common_args, "--stage", "E-tiny-gpt2-1", "--evals", "absorption", "--tokenizer", str(wtok)]
+    t = _absorption_setup(rs, tmp_path)
+    out, hooked = t.out, t.hooked
+    ev = [*t.common_args, "--stage", "E-tiny-gpt2-1", "--evals", "absorption", "--tokenizer", str(t.wtok)]
     cfg = {"min_GT_probe_f1": 0.0, "k_sparse_probe_num_epochs": 2, "max_k_value": 3}
     dest = out / "absorption_first_letter"
     ab = importlib.import_module("absorption_stage")
-    hooked = _tiny_hooked(rs, wtok)
-    fams, _ = rs.eval_stage_saes(json.loads(plan.read_text()), "E-tiny-gpt2-1", out, {})
-    items = [rs.probe_item(s, p, step, dest, "cpu") for s, p, step in rs.trained_saes(out, fams)]
+    items = [rs.probe_item(s, p, step, dest, "cpu") for s, p, step in t.trained]
     work = out / "absorption"
 
     # cut before the probe is trained (the child barely starts); a temporary probe folder a cut call left is removed
@@ -483,17 +496,9 @@ def test_absorption_in_workers_and_in_any_order_gives_the_same_jsons(rs, tmp_pat
     trained by one of them (every field but the run's uuid and time). The caller's generators are untouched."""
     import random
 
-    plan, corpus, _, _ = _setup(tmp_path)
-    wtok = tmp_path / "wtok"
-    _word_tokenizer().save_pretrained(str(wtok))
-    out = tmp_path / "out"
-    common_args = ["--plan", str(plan), "--corpus", str(corpus), "--out", str(out), "--n-layers", "2"]
-    train = ["--stage", "T-tiny", "--batch-size", "64", "--buffer-tokens", "128", "--eval-batches", "1"]
-    assert rs.main([*common_args, *train, "--eval-batch-prompts", "4"]) == 0
+    t = _absorption_setup(rs, tmp_path)
+    hooked, trained = t.hooked, t.trained
     ab = importlib.import_module("absorption_stage")
-    hooked = _tiny_hooked(rs, wtok)
-    fams, _ = rs.eval_stage_saes(json.loads(plan.read_text()), "E-tiny-gpt2-1", out, {})
-    trained = rs.trained_saes(out, fams)
     cfg = {"min_GT_probe_f1": 0.0, "k_sparse_probe_num_epochs": 2, "max_k_value": 3, "min_feats_for_eval": 2}
 
     def run(name: str, order: list, **kw) -> tuple[list[dict], dict]:

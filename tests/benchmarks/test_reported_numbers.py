@@ -521,3 +521,27 @@ def test_table2_wsae_runprobe_and_e0_quoted_from_the_stage_records():
     _assert_quoted(quoted, text)
     assert e["tokenizer"]["probe_ok"] is True and e["tokenizer"]["dir"] == "/tmp/t2/tokenizer"
     assert not ab["evaluated"] and ab["cut"]["phase"] == "sae"
+
+
+def test_table2_readme_quotes_the_cpu_smoke_records():
+    """The table2 README's CPU smoke sentences quote the committed stage records of those runs."""
+    d = ROOT / "experiments/table2/diagnostics/cpu_smoke_2026-12-04"
+    rec = {p.stem: json.loads(p.read_text())["calls"] for p in d.glob("stage_*.json")}
+    st, se = rec["stage_T-smollm2-135m-15-topk"], rec["stage_E-smollm2-135m-15"]
+    gt, ge = rec["stage_T-gemma3-270m-9-topk"], rec["stage_E-gemma3-270m-9"]
+    assert all(c["device"] == "cpu" for calls in rec.values() for c in calls)
+    probe_call, abs_call = se[1]["absorption"], se[2]["absorption"]
+    assert "not_evaluable" in probe_call and abs_call["complete"] and abs_call["vocab_sample"] == 1500
+    g = ge[0]["absorption"]
+    assert g["complete"] and g["vocab_sample"] == 1200 and g["workers"] == 2
+    sae_s = sorted(g["sae_s"].values())
+    _assert_quoted(
+        [
+            f"--max-saes 1` (training, SAEBench core and our proxies; {st[0]['wall_s']:.0f} s",
+            f"sparse probing on one dataset ({se[0]['wall_s']:.0f} s;",
+            f"the probe {probe_call['probe_s']:.0f} s, then both SAEs in one call of {se[2]['wall_s']:.0f} s",
+            f"--buffer-tokens 8192`, {gt[0]['wall_s']:.0f} s; 1,200 words",
+            f"probe {g['probe_s']:.0f} s, both SAEs in parallel ({sae_s[0]:.0f} s and {sae_s[1]:.0f} s)",
+        ],
+        _flat("experiments/table2/README.md"),
+    )

@@ -436,7 +436,8 @@ def run_absorption(
     / existing / left, ``vocab_sample`` (smoke runs: :func:`offline_absorption`), seconds of the probe phase
     (``probe_s``, ``probe_parts_s``) and per SAE (``sae_s``), ``cut`` (the phase running longest at the deadline,
     and every SAE cut), ``not_evaluable`` or ``error``. ``on_result()`` is called after each SAE's JSON is
-    written (the stage's progress export)."""
+    written (the stage's progress export). If no worker starts (the model cannot be passed to them), the SAEs
+    are evaluated in this process instead (``mode`` and ``workers_failed`` in the record say so)."""
     from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
     from sae_bench.evals.absorption.eval_output import AbsorptionEvalOutput
     from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
@@ -463,7 +464,7 @@ def run_absorption(
 
     def handle(i: int, ev: tuple) -> None:
         kind, now, state = ev[0], time.time(), states[i]
-        if kind == "ready" and not inline:
+        if kind == "ready" and rec["mode"] == "child":
             rec.setdefault("child_start_s", round(now - t0, 2))  # spawn, imports, the model passed over
             state.update(phase="ready", since=now)
         elif kind == "probe_start":
@@ -523,7 +524,22 @@ def run_absorption(
         # threads per worker: the CPUs shared out (one worker keeps torch's default)
         threads = None if n == 1 else max(1, (os.cpu_count() or 1) // n)
         common = (model, model_name, work, cfg_kw, device, probe_batch, deadline)
-        _supervise(common, jobs, n, threads, vocab_sample, deadline, handle, states, rec)
+        try:
+            _supervise(common, jobs, n, threads, vocab_sample, deadline, handle, states, rec)
+        except Exception as e:  # noqa: BLE001 - starting the workers failed here (e.g. the model not picklable)
+            rec["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
+        if "error" in rec and "child_start_s" not in rec and time.time() < deadline:
+            # no worker got as far as its first event: the model did not reach them (sharing it with spawned
+            # processes, CUDA IPC on a GPU, is the one step the in-process mode does not take), so the SAEs
+            # run in this process instead of the call ending with nothing
+            rec["workers_failed"] = rec.pop("error")
+            rec["mode"] = "inline (the workers failed to start)"
+            log(f"absorption: the workers failed to start ({rec['workers_failed']}); evaluating in this process")
+            for d in (work / "results").glob(f"{PROBE_TMP}*"):
+                shutil.rmtree(d)
+            send0 = functools.partial(handle, 0)
+            args = (model, model_name, list(jobs), work, cfg_kw, device, probe_batch, deadline, send0)
+            _work(*args, trains_probe=True, threads=None, vocab_sample=vocab_sample)
     rec["config"] = cfg_kw
     rec["left"] = [s.name for s in todo if s.name not in rec["evaluated"]]
     rec["complete"] = not rec["left"] and "error" not in rec

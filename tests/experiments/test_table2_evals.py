@@ -527,6 +527,18 @@ def test_absorption_in_workers_and_in_any_order_gives_the_same_jsons(rs, tmp_pat
     got, rec = run("workers", [1, 2, 0], workers=2)
     assert got == forward and rec["workers"] == 2 and rec["mode"] == "child" and "probe_s" in rec
 
+    # the model cannot reach the workers (here it does not pickle; on a GPU, CUDA IPC could fail): the same JSONs,
+    # evaluated in this process, and the record says why
+    import threading
+
+    hooked._unpicklable = threading.Lock()
+    try:
+        got, rec_f = run("fallback", [0, 1, 2], workers=2)
+    finally:
+        del hooked._unpicklable
+    assert got == forward and rec_f["mode"] == "inline (the workers failed to start)", rec_f
+    assert "pickle" in rec_f["workers_failed"] and "child_start_s" not in rec_f and "error" not in rec_f
+
     # 2 workers, one SAE blocking: the other's JSON is written, the call returns at the deadline and names the cut
     import dataclasses
     import functools

@@ -529,8 +529,8 @@ def run_absorption(
         except Exception as e:  # noqa: BLE001 - starting the workers failed here (e.g. the model not picklable)
             rec["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
         if "error" in rec and "child_start_s" not in rec and time.time() < deadline:
-            # no worker got as far as its first event: the model did not reach them (sharing it with spawned
-            # processes, CUDA IPC on a GPU, is the one step the in-process mode does not take), so the SAEs
+            # no worker got as far as its first event: the model did not reach them (passing it to spawned
+            # processes, by CUDA IPC on a GPU, is the one step the in-process mode does not take), so the SAEs
             # run in this process instead of the call ending with nothing
             rec["workers_failed"] = rec.pop("error")
             rec["mode"] = "inline (the workers failed to start)"

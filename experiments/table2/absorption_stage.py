@@ -144,7 +144,9 @@ def offline_absorption(
     vocab_sample: int | None = None,
 ):
     """Within the block SAEBench's absorption eval uses ``model``, writes only under ``work`` and runs batched
-    (module doc). ``progress(part, seconds)`` is called after the probe's activations are gathered.
+    (module doc). ``progress(part, seconds)`` is called after each timed part of SAEBench's eval: the vocabulary
+    listing, the probe's activations, its training and saving (the probe phase), the k-sparse probing and the
+    absorption experiment (per SAE).
     ``vocab_sample``: smoke runs only, not SAEBench's eval: its vocabulary cut to a fixed sample of that many
     words (seeded, in token-id order), for the probe and the absorption prompts alike."""
     import sae_bench.evals.absorption.common as common
@@ -170,6 +172,7 @@ def offline_absorption(
     Calc = fac.FeatureAbsorptionCalculator
     orig_validate = Calc._validate_prompts_are_same_length
     orig_get_tokens = vocab.get_tokens
+    orig_train, orig_save = common.train_linear_probe_for_task, common.save_probe_and_data
 
     def get_tokens(tokenizer: Any, *a: Any, **k: Any) -> list[str]:
         words = orig_get_tokens(IdOrderedVocab(tokenizer), *a, **k)
@@ -178,15 +181,21 @@ def offline_absorption(
         keep = sorted(random.Random(0).sample(range(len(words)), vocab_sample))  # its own generator
         return [words[i] for i in keep]
 
+    def timed(part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*a: Any, **k: Any) -> Any:
+            t = time.time()
+            out = fn(*a, **k)
+            if progress is not None:
+                progress(part, time.time() - t)
+            return out
+
+        return run
+
     def gather(**kw: Any) -> Any:
-        t = time.time()
         layer = _hook_layer(kw["hook_point"])
         if layer is not None:
             kw["model"] = _UpToLayer(kw["model"], layer)
-        out = orig_gather(**{**kw, "batch_size": probe_batch})
-        if progress is not None:
-            progress("activations", time.time() - t)
-        return out
+        return orig_gather(**{**kw, "batch_size": probe_batch})
 
     def absorption_experiment(**kw: Any) -> Any:
         kw["model"] = _UpToLayer(kw["model"], kw["layer"])
@@ -212,12 +221,15 @@ def offline_absorption(
     rng = _rng_state()
     work.mkdir(parents=True, exist_ok=True)
     am.HookedTransformer = _LoadedModel  # type: ignore[assignment]
-    am.run_k_sparse_probing_experiment = functools.partial(orig[1], experiment_dir=ksp, probes_dir=probes)
-    am.run_feature_absortion_experiment = absorption_experiment
-    common.gen_and_save_df_acts_probing = gather
+    ksp_run = functools.partial(orig[1], experiment_dir=ksp, probes_dir=probes)
+    am.run_k_sparse_probing_experiment = timed("k_sparse_probing", ksp_run)
+    am.run_feature_absortion_experiment = timed("absorption_experiment", absorption_experiment)
+    common.gen_and_save_df_acts_probing = timed("activations", gather)
+    common.train_linear_probe_for_task = timed("probe_training", orig_train)
+    common.save_probe_and_data = timed("probe_save", orig_save)
     probing.DataLoader = _batch_loader(orig_loader)
     Calc._validate_prompts_are_same_length = validate  # type: ignore[method-assign]
-    vocab.get_tokens = get_tokens
+    vocab.get_tokens = timed("vocabulary", get_tokens)
     tok.padding_side = "left"
     try:
         with contextlib.chdir(work):
@@ -225,6 +237,7 @@ def offline_absorption(
     finally:
         am.HookedTransformer, am.run_k_sparse_probing_experiment, am.run_feature_absortion_experiment = orig
         common.gen_and_save_df_acts_probing, probing.DataLoader = orig_gather, orig_loader
+        common.train_linear_probe_for_task, common.save_probe_and_data = orig_train, orig_save
         Calc._validate_prompts_are_same_length = orig_validate  # type: ignore[method-assign]
         vocab.get_tokens = orig_get_tokens
         tok.padding_side = side
@@ -321,7 +334,7 @@ def _work(
         send(("ready",))
 
         def part(name: str, s: float) -> None:
-            send(("probe_part", name, s))
+            send(("part", name, s))
 
         with offline_absorption(model, model_name, work, probe_batch, part, vocab_sample):
             raw.mkdir(parents=True, exist_ok=True)
@@ -434,10 +447,11 @@ def run_absorption(
     with ``BATCH_DEFAULTS``). The work runs in ``workers`` spawned children taking SAEs from one queue, terminated
     at ``deadline`` (``inline``: in this process, the deadline checked only between SAEs). Record: SAEs evaluated
     / existing / left, ``vocab_sample`` (smoke runs: :func:`offline_absorption`), seconds of the probe phase
-    (``probe_s``, ``probe_parts_s``) and per SAE (``sae_s``), ``cut`` (the phase running longest at the deadline,
-    and every SAE cut), ``not_evaluable`` or ``error``. ``on_result()`` is called after each SAE's JSON is
-    written (the stage's progress export). If no worker starts (the model cannot be passed to them), the SAEs
-    are evaluated in this process instead (``mode`` and ``workers_failed`` in the record say so)."""
+    (``probe_s``, ``probe_parts_s``) and per SAE (``sae_s``, ``sae_parts_s``: SAEBench's timed parts), ``cut``
+    (the phase running longest at the deadline, and every SAE cut), ``not_evaluable`` or ``error``.
+    ``on_result()`` is called after each SAE's JSON is written (the stage's progress export). If no worker starts
+    (the model cannot be passed to them), the SAEs are evaluated in this process instead (``mode`` and
+    ``workers_failed`` in the record say so)."""
     from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
     from sae_bench.evals.absorption.eval_output import AbsorptionEvalOutput
     from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
@@ -472,8 +486,14 @@ def run_absorption(
             log("absorption: training the first-letter probe (SAEBench's probe phase)")
         elif kind == "probe_wait":
             state.update(phase="probe_wait", since=now)
-        elif kind == "probe_part":
-            rec.setdefault("probe_parts_s", {})[ev[1]] = round(ev[2], 2)
+        elif kind == "part":  # a timed part of SAEBench's eval, in the probe phase or an SAE's
+            if state["phase"] == "probe":
+                parts = rec.setdefault("probe_parts_s", {})
+            elif state["phase"] == "sae" and state["sae"] is not None:
+                parts = rec.setdefault("sae_parts_s", {}).setdefault(state["sae"], {})
+            else:
+                return
+            parts[ev[1]] = round(parts.get(ev[1], 0.0) + ev[2], 2)
         elif kind == "probe_done":
             rec["probe_s"] = round(ev[1], 2)
             log(f"absorption: probe trained ({ev[1]:.0f} s)")

@@ -68,6 +68,7 @@ ROWS = (
     "ours_overlap",
     "ours_radix",
     "ours_mask",
+    "ours_profile",
     "ours_3hooks",
     "ours_4saes",
     "ours_3hooks_streams",
@@ -112,7 +113,7 @@ class Bench:
     corpus: str | None
     seed: int
     hook_layers3: tuple[int, ...] = field(default=(2, 4, 6))
-    profile: tuple[int, int] | None = None  # ours rows: torch.profiler over (count) steps from step (start)
+    profile: tuple[int, int] = (2000, 200)  # ours_profile: torch.profiler over (count) steps from step (start)
 
     @property
     def cuda(self) -> bool:
@@ -155,7 +156,7 @@ def make_bench(args: argparse.Namespace) -> Bench:
         gguf=args.gguf,
         corpus=args.corpus,
         seed=args.seed,
-        profile=tuple(args.profile) if getattr(args, "profile", None) else None,
+        profile=tuple(args.profile) if getattr(args, "profile", None) else (2000, 200),
     )
 
 
@@ -342,10 +343,19 @@ class StepProfiler:
     window out, since profiling slows the steps it records). ``result()``: the kernels by
     self device time per step (CPU ops on a CPU run), wall ms per step, the GPU's busy share of the window (the
     union of all kernel intervals, any stream, over the window: 1 - it is idle time a faster host side could
-    fill) and host syncs per step (``aten::_local_scalar_dense``: ``.item()`` / ``int()`` of a device tensor)."""
+    fill) and host syncs per step (``aten::_local_scalar_dense``: ``.item()`` / ``int()`` of a device tensor).
+
+    Built before the row's first step: on CUDA it first runs PyTorch's workaround for profiling CUDA graphs captured
+    before the profiler's first use (``torch.profiler._utils._init_for_cuda_graphs``, an empty profile; without
+    it a replay under the profiler could fault: pytorch/pytorch#75504, #100441); the fast step captures its
+    graphs in the first steps."""
 
     def __init__(self, device: str, start: int, count: int, top: int = 30):
         self.device, self.start, self.count, self.top = device, start, count, top
+        if device.startswith("cuda"):
+            from torch.profiler import _utils
+
+            _utils._init_for_cuda_graphs()
         self.prof: Any = None
         self.t0 = 0.0
         self.out: dict[str, Any] | None = None
@@ -568,6 +578,7 @@ def run_ours(
     overlap: bool = False,
     sae_streams: bool = False,
     fast_options: dict[str, Any] | None = None,
+    profile: bool = False,
 ) -> dict[str, Any]:
     """Ours: the two calls of ``train_on_model`` (an ActivationPipeline over the token rows, then
     ``train_saes`` with the fast step), made here so that a clock can tick on each batch and leave the
@@ -576,7 +587,9 @@ def run_ours(
     training step on the same stream (separates the step's effect on FVU from the data's). ``overlap``: the
     pipeline's side-stream forward (``PipelineConfig.overlap``). ``sae_streams``: each SAE's steps on a CUDA
     stream of its own (``train_saes(sae_streams=True)``). ``fast_options``: FastTopKConfig fields over the fast
-    step's defaults (``train_saes(fast_options=...)``)."""
+    step's defaults (``train_saes(fast_options=...)``). ``profile``: torch.profiler over the ``b.profile`` window
+    (only the ``ours_profile`` row: profiling CUDA-graph replays has crashed processes in PyTorch, see
+    :class:`StepProfiler`, so no measured row takes that risk)."""
     from sae_rdp_plugin.lm.pipeline import ActivationPipeline
     from sae_rdp_plugin.train.lm import SAESpec, train_saes
 
@@ -591,7 +604,7 @@ def run_ours(
     ]
     pcfg = pipeline_cfg(b, hooks, train.shape[1], overlap=overlap)
     pipe = ActivationPipeline(model, train, pcfg, bos_token_id=bos, pad_token_id=pad)
-    profiler = StepProfiler(b.device, *b.profile) if b.profile else None
+    profiler = StepProfiler(b.device, *b.profile) if profile else None
     clock = StepClock(b.device, b.warmup_steps, math.ceil(b.tokens / b.batch), profiler)
     sync(b.device)
     t0 = time.perf_counter()
@@ -643,6 +656,7 @@ def run_ours(
                 "aux_steps_by_width": r.get("aux_steps_by_width"),
                 "first_steps_s_by_width": r.get("first_steps_s_by_width"),
                 "mean_dead_fraction_aux_steps": r.get("mean_dead_fraction_aux_steps"),
+                "cuda_graph_failed": r.get("cuda_graph_failed"),
             }
             for s, (_, k), f, r in zip(specs, specs_def, fvus, reports)
         ],
@@ -671,6 +685,10 @@ def row_ours_radix(b: Bench) -> dict[str, Any]:
 
 def row_ours_mask(b: Bench) -> dict[str, Any]:
     return run_ours(b, "ours_mask", [(b.hook, b.k)], fast_options={"aux_topk": "mask"})
+
+
+def row_ours_profile(b: Bench) -> dict[str, Any]:
+    return run_ours(b, "ours_profile", [(b.hook, b.k)], profile=True)
 
 
 def row_ours_3hooks(b: Bench) -> dict[str, Any]:
@@ -1222,7 +1240,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs=2,
         default=None,
         metavar=("START", "COUNT"),
-        help="ours rows: torch.profiler over COUNT steps from step START (kernel table, GPU busy share, syncs)",
+        help="the ours_profile row's torch.profiler window: COUNT steps from step START (default 2000 200; kernel "
+        "table, GPU busy share, syncs)",
     )
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -1244,7 +1263,10 @@ def main(argv: list[str] | None = None) -> int:
     args.work = args.work or tempfile.mkdtemp(prefix="bench_e2e_")
     b = make_bench(args)
     b.out.mkdir(parents=True, exist_ok=True)
-    names = list(args.only or [r for r in ROWS if r != "ce_recovered" or args.gguf])
+    # by default every row but the diagnostic ours_profile (unless --profile asks for it) and, without real
+    # weights, ce_recovered
+    default = [r for r in ROWS if (r != "ce_recovered" or args.gguf) and (r != "ours_profile" or args.profile)]
+    names = list(args.only or default)
     rows: list[dict[str, Any]] = []
     if args.resume is not None:
         rows = _load_rows(Path(args.resume) if args.resume else b.out / "latest.json")

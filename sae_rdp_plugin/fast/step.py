@@ -561,12 +561,14 @@ class FastTopKTrainer:
         """This process's steps per padded aux width (``"0"``: without the aux loss; d_sae: over all columns), the
         seconds of the first two steps at each width on CUDA (``first_steps_s_by_width``: the first runs eagerly
         and compiles that width's kernels, the second captures its CUDA graph) and the mean dead fraction over
-        its aux steps (None without any): where the step time went."""
+        its aux steps (None without any), and why CUDA-graph replay was given up (``cuda_graph_failed``: the capture
+        error; None if it never failed): where the step time went."""
         aux_steps = sum(n for w, n in self.aux_width_steps.items() if w)
         return {
             "aux_steps_by_width": {str(w): n for w, n in sorted(self.aux_width_steps.items())},
             "first_steps_s_by_width": {str(w): [round(t, 4) for t in s] for w, s in sorted(self.first_steps_s.items())},
             "mean_dead_fraction_aux_steps": self.aux_dead_sum / (aux_steps * self.cfg.d_sae) if aux_steps else None,
+            "cuda_graph_failed": self._graph_failed,
         }
 
     @property

@@ -430,6 +430,32 @@ def test_graph_keyed_by_aux_width(monkeypatch):
     assert len(aux_streams) == 1 and len(plain_streams) == 1 and aux_streams != plain_streams
 
 
+def test_a_failed_graph_capture_is_reported(monkeypatch):
+    """A capture that raises: the step runs eagerly (a real step) and the train summary's aux stats say why
+    (``cuda_graph_failed``), so a benchmark row whose steps fell back to eager shows it."""
+    B, d_in, d_sae, k = 8, 32, 256, 4
+    tr = _trainer(_params(d_in, d_sae, 19, torch.float32), d_in, d_sae, k, torch.float32)
+    tr._graph_applicable = lambda: tr._graph_failed is None
+    tr._lp_cache = {}
+    tr._cache_key = lambda: (0,)
+
+    @contextlib.contextmanager
+    def failing_graph(g, stream=None):
+        raise RuntimeError("operation not permitted when stream is capturing")
+        yield
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph, raising=False)
+    monkeypatch.setattr(torch.cuda, "graph", failing_graph, raising=False)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: object(), raising=False)
+    x = torch.randn(B, d_in)
+    assert tr.aux_stats()["cuda_graph_failed"] is None
+    with pytest.warns(UserWarning, match="capture failed"):
+        for _ in range(4):
+            out = tr.step(x, dead=None)
+    assert torch.isfinite(out["loss"]) and tr.n_training_steps == 4
+    assert "not permitted" in tr.aux_stats()["cuda_graph_failed"]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("aux_topk", ["torch", "radix", "mask"])
 @pytest.mark.parametrize("bf16", [False, True])

@@ -65,10 +65,11 @@ def test_aux_widths_in_the_summary(tmp_path):
     assert 7 / 8 <= res[0]["mean_dead_fraction_aux_steps"] < 1.0
     assert res[1]["aux_steps_by_width"] == {"0": 6} and res[1]["mean_dead_fraction_aux_steps"] is None
     assert res[0]["first_steps_s_by_width"] == {}  # timed on CUDA only (test below)
+    assert res[0]["cuda_graph_failed"] is None  # (no graphs on a CPU)
     slow = train_saes(iter(make_batches(8)), [SAESpec("h.a", cfg("topk"), tmp_path / "s")], tokens=2 * B,
                       progress=False, fast=False)
     assert slow[0]["aux_steps_by_width"] is None and slow[0]["mean_dead_fraction_aux_steps"] is None
-    assert slow[0]["first_steps_s_by_width"] is None
+    assert slow[0]["first_steps_s_by_width"] is None and slow[0]["cuda_graph_failed"] is None
 
 
 @pytest.mark.gpu

@@ -173,6 +173,42 @@ def check_out_folder(path: str | os.PathLike, is_ours: Callable[[Path], bool], f
     return p
 
 
+def folder_holds_only(path: str | os.PathLike, known: Callable[[str], bool]) -> bool:
+    """True if every entry directly in the folder ``path`` has a name ``known`` accepts (our temporary names
+    aside). An earlier output of a command may be replaced only when this holds for the names that command
+    writes: a user's file put into it must not be deleted with it."""
+    return all(known(e.name) or is_temp_name(e.name) for e in Path(path).iterdir())
+
+
+def check_out_file(
+    path: str | os.PathLike,
+    flag: str = "--out",
+    inputs: tuple[str | os.PathLike, ...] = (),
+    is_ours: Callable[[Path], bool] | None = None,
+) -> Path:
+    """``path`` as a Path if a command may write the file there: it is not a folder, not one of the command's
+    ``inputs`` (the same file by any name), and either absent or ``is_ours(path)`` (a file this command wrote
+    before); the nearest existing folder above it is writable. Anything else raises SaeRdpError naming
+    ``flag``; nothing is written."""
+    p = Path(path)
+    if str(path) == "" or p.is_dir():
+        raise SaeRdpError(f"{flag} {p} is a folder; give a file path")
+    for i in inputs:
+        if Path(i).exists() and p.exists() and os.path.samefile(p, i):
+            raise SaeRdpError(f"{flag} {p} is the input file {i}; give another path")
+    if p.exists() or p.is_symlink():
+        if is_ours is None or not p.is_file() or not is_ours(p):
+            raise SaeRdpError(f"{flag} {p} exists and was not written by this command; give a new path")
+    above = p.absolute().parent
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        raise SaeRdpError(f"{flag} {p}: {above} is not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise SaeRdpError(f"{flag} {p}: no permission to write in {above}")
+    return p
+
+
 class FolderLock:
     """An exclusive lock on a folder for one process: ``with FolderLock(out): ...``.
 

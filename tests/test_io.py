@@ -93,3 +93,33 @@ def test_check_out_folder(tmp_path):
     with pytest.raises(SaeRdpError, match="is not a folder"):
         check_out_folder(tmp_path / "f" / "run", ours)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "mine"]  # nothing written
+
+
+def test_folder_holds_only(tmp_path):
+    from sae_rdp_plugin.io import folder_holds_only
+
+    (tmp_path / "sae.safetensors").write_text("")
+    (tmp_path / ".cfg.json.ab12cd34.tmp").write_text("")  # a temporary name of ours
+    known = {"sae.safetensors", "cfg.json"}.__contains__
+    assert folder_holds_only(tmp_path, known)
+    (tmp_path / "notes.md").write_text("mine")
+    assert not folder_holds_only(tmp_path, known)
+
+
+def test_check_out_file(tmp_path):
+    from sae_rdp_plugin.errors import SaeRdpError
+    from sae_rdp_plugin.io import check_out_file
+
+    src = tmp_path / "pmf.json"
+    src.write_text("{}")
+    assert check_out_file(tmp_path / "new" / "out.json") == tmp_path / "new" / "out.json"
+    with pytest.raises(SaeRdpError, match="is the input file"):
+        check_out_file(tmp_path / "." / "pmf.json", inputs=(src,), is_ours=lambda p: True)
+    with pytest.raises(SaeRdpError, match="not written by this command"):
+        check_out_file(src)
+    assert check_out_file(src, is_ours=lambda p: p.read_text() == "{}") == src
+    with pytest.raises(SaeRdpError, match="is a folder"):
+        check_out_file(tmp_path)
+    with pytest.raises(SaeRdpError, match="--dest"):
+        check_out_file(src, flag="--dest")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pmf.json"]  # nothing written

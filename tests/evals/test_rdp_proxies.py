@@ -345,3 +345,31 @@ def test_activations_file_without_keys(tmp_path):
     torch.save({"acts": torch.ones(2, 2)}, tmp_path / "a.pt")
     with pytest.raises(SaeRdpError, match="missing 'token_ids'"):
         main(["--sae_paths", str(tmp_path), "--activations_path", str(tmp_path / "a.pt")])
+
+
+def test_reads_a_sae_rdp_cache_folder_and_its_shards(tmp_path):
+    """What `sae-rdp cache` writes (shards holding 'activations' + 'token_ids', a manifest) is read as the
+    held-out activations: the folder (shards concatenated in manifest order) and one shard file; both equal the
+    hook's activations the cache stored (read back by the cache's own reader)."""
+    from safetensors.torch import load_file
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from sae_rdp_plugin.evals.rdp_proxies.main import load_activations
+    from sae_rdp_plugin.lm import activations as A
+
+    torch.manual_seed(0)
+    cfg = HookedTransformerConfig(n_layers=2, d_model=16, d_head=4, n_heads=4, d_mlp=32, n_ctx=16, d_vocab=50,
+                                  act_fn="gelu", normalization_type="LN")  # fmt: skip
+    tokens = np.random.default_rng(0).integers(2, 50, size=(6, 8)).astype(np.int32)
+    tokens[:, 0] = 1  # BOS
+    out = tmp_path / "cache"
+    A.cache_activations(HookedTransformer(cfg), tokens, "blocks.1.hook_resid_post", out, rows_per_shard=4,
+                        batch_rows=2, dtype="float32", bos_token_id=1, progress=False)  # fmt: skip
+    acts, ids = load_activations(out)
+    torch.testing.assert_close(acts, A.load_all(out))
+    assert ids.shape == (acts.shape[0],) and (ids != 1).all()
+    one, one_ids = load_activations(out / "shard_00000.safetensors")
+    torch.testing.assert_close(one, load_file(str(out / "shard_00000.safetensors"))["activations"])
+    assert torch.equal(one_ids, ids[: len(one_ids)]) and len(one) < len(acts)
+    with pytest.raises(SaeRdpError, match="not found"):
+        load_activations(tmp_path / "nope")

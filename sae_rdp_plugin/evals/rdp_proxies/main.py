@@ -187,11 +187,21 @@ def compute_proxies(
 
 
 def load_activations(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(acts, token_ids)`` from a ``.pt`` (a dict, loaded with weights_only) or ``.safetensors`` file
-    holding both keys, on the CPU. Raises SaeRdpError on a missing file, another suffix or missing keys."""
+    """``(acts, token_ids)`` on the CPU from a ``.pt`` (a dict, loaded with weights_only) or ``.safetensors``
+    file holding ``acts`` (or ``activations``, as a shard of ``sae-rdp cache`` names it) and ``token_ids``, or
+    from a ``sae-rdp cache`` folder (its shards in manifest order, concatenated). Raises SaeRdpError on a
+    missing file, another suffix or missing keys."""
     p = Path(path)
+    if p.is_dir() and (p / "manifest.json").is_file():
+        from sae_rdp_plugin.lm.activations import read_cache_manifest
+
+        shards = read_cache_manifest(p).get("shards") or []
+        if not shards:
+            raise SaeRdpError(f"activation cache {p} has no shards")
+        parts = [load_activations(p / s["file"]) for s in shards]
+        return torch.cat([a for a, _ in parts]), torch.cat([t for _, t in parts])
     if not p.is_file():
-        raise SaeRdpError(f"activations file not found: {p}")
+        raise SaeRdpError(f"activations file not found: {p} (a .pt / .safetensors file or a sae-rdp cache folder)")
     suffix = p.suffix.lower()
     if suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -203,6 +213,8 @@ def load_activations(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tenso
         raise SaeRdpError(f"activations file must be .pt or .safetensors, got {p.name}")
     if not isinstance(obj, dict):
         raise SaeRdpError(f"{p}: expected a dict with 'acts' and 'token_ids', got {type(obj).__name__}")
+    if "acts" not in obj and "activations" in obj:  # a shard of sae-rdp cache
+        obj = {**obj, "acts": obj["activations"]}
     missing = [k for k in ("acts", "token_ids") if k not in obj]
     if missing:
         raise SaeRdpError(f"{p}: missing {', '.join(repr(k) for k in missing)} (has {', '.join(map(str, obj))})")
@@ -279,7 +291,10 @@ def arg_parser() -> argparse.ArgumentParser:
     add_selection_args(p, "rdp_proxies")
     p.add_argument("--model_name", type=str, default=d.model_name, help="Label of the language model (metadata)")
     p.add_argument(
-        "--activations_path", type=str, default="", help=".pt or .safetensors file with 'acts' and 'token_ids'"
+        "--activations_path",
+        type=str,
+        default="",
+        help=".pt or .safetensors file with 'acts' (or 'activations') and 'token_ids', or a sae-rdp cache folder",
     )
     p.add_argument("--top_m", type=int, default=d.top_m, help="Top activations per latent for token_entropy")
     p.add_argument("--chunk", type=int, default=d.chunk, help="Tokens per forward pass / decoder rows per block")

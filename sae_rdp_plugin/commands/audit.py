@@ -72,8 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from sae_rdp_plugin.audit.stats import check_resamples
-    from sae_rdp_plugin.evals.rdp_audit.eval_config import RdpAuditEvalConfig
     from sae_rdp_plugin.errors import SaeRdpError
+    from sae_rdp_plugin.evals.rdp_audit.eval_config import RdpAuditEvalConfig
     from sae_rdp_plugin.evals.rdp_audit.main import check_config, run_eval
     from sae_rdp_plugin.io import check_out_folder, staged_folder
 
@@ -175,8 +175,8 @@ def _is_bundled_output(p: Path) -> bool:
 
 
 def _bundled(args: argparse.Namespace) -> int:
-    from sae_rdp_plugin.evals.rdp_audit.bundled import run_bundled
     from sae_rdp_plugin.errors import SaeRdpError
+    from sae_rdp_plugin.evals.rdp_audit.bundled import run_bundled
     from sae_rdp_plugin.io import check_out_folder, staged_folder
 
     if args.seed < 0:

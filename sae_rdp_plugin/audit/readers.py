@@ -93,7 +93,7 @@ _TRAINER_ARCH = {
 
 #: eval_type_id of the rdp_audit eval's own result files (its eval_output.EVAL_TYPE_ID_RDP_AUDIT)
 RDP_AUDIT_EVAL_TYPE_ID = "rdp_audit"
-_RDP_AUDIT_SUMMARY_KEYS = {"rows", "skipped_sweeps", "reader_report"}
+_RDP_AUDIT_SUMMARY_KEYS = {"rows", "skipped_sweeps", "reader_report"}  # and "files" since it lists them
 _CHECKPOINT_ID = re.compile(r"_step_\d+$")
 _HOOK_LAYER = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 CHECKPOINT_MODES = ("exclude", "only", "all")
@@ -425,7 +425,8 @@ def is_rdp_audit_output(obj: Any) -> bool:
     """Whether a parsed JSON object is one of rdp_audit's own outputs (a per-sweep result or the summary)."""
     if not isinstance(obj, dict):
         return False
-    return obj.get("eval_type_id") == RDP_AUDIT_EVAL_TYPE_ID or set(obj) == _RDP_AUDIT_SUMMARY_KEYS
+    keys = set(obj)
+    return obj.get("eval_type_id") == RDP_AUDIT_EVAL_TYPE_ID or keys - {"files"} == _RDP_AUDIT_SUMMARY_KEYS
 
 
 def parse_file(path: str | Path) -> dict[str, Record] | None:

@@ -72,12 +72,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from sae_rdp_plugin.audit.stats import check_resamples
+    from sae_rdp_plugin.errors import SaeRdpError
     from sae_rdp_plugin.evals.rdp_audit.eval_config import RdpAuditEvalConfig
-    from sae_rdp_plugin.evals.rdp_audit.main import run_eval
+    from sae_rdp_plugin.evals.rdp_audit.main import check_config, run_eval
     from sae_rdp_plugin.io import check_out_folder, staged_folder
 
     check_resamples(args.n_boot, args.n_perm)
-    check_out_folder(args.out, _is_audit_output)
+    if args.include_checkpoints and args.checkpoints not in (None, "all"):
+        raise SaeRdpError(
+            f"--include-checkpoints (= --checkpoints all) conflicts with --checkpoints {args.checkpoints}; give one"
+        )
     cfg = RdpAuditEvalConfig(
         results_paths=[str(p) for p in args.results],
         rate_field=args.rate_field,
@@ -92,6 +96,8 @@ def _run(args: argparse.Namespace) -> int:
         random_seed=args.seed,
         make_plots=not args.no_plots,
     )
+    check_config(cfg, {"min_saes": "--min-saes", "random_seed": "--seed"})
+    check_out_folder(args.out, _is_audit_output)
     import json
     import warnings
 
@@ -116,28 +122,65 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_json(path: Path) -> dict | None:
+    import json
+
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 def _is_audit_output(p: Path) -> bool:
-    """A folder holding only what ``audit run`` writes (rdp_audit_* files, one of them the summary)."""
-    names = [q.name for q in p.iterdir()]
-    return "rdp_audit_summary.json" in names and all(
-        q.is_file() and q.name.startswith("rdp_audit_") and q.suffix in (".json", ".md", ".png") for q in p.iterdir()
-    )
+    """An earlier ``audit run`` output: its summary (rdp_audit_summary.json, the marker) lists the files it
+    wrote, and the folder holds those files and nothing else (a user's file put there is never replaced)."""
+    from sae_rdp_plugin.io import folder_holds_only
+
+    summary = _read_json(p / "rdp_audit_summary.json")
+    if summary is None or not isinstance(summary.get("rows"), list):
+        return False
+    files = summary.get("files")
+    if isinstance(files, list):
+        known = {f for f in files if isinstance(f, str)}
+    else:  # written before the summary listed its files: the names of its audited sweeps
+        slugs = {r.get("sweep") for r in summary["rows"] if isinstance(r, dict)}
+        known = {f"rdp_audit_{s}{e}" for s in slugs if isinstance(s, str) for e in ("_eval_results.json", ".png")}
+        known |= {"rdp_audit_summary.json", "rdp_audit_summary.md"}
+    return folder_holds_only(p, known.__contains__) and all(q.is_file() and not q.is_symlink() for q in p.iterdir())
+
+
+def _bundled_names() -> set[str]:
+    from sae_rdp_plugin.evals.rdp_audit.bundled import ANALYSES, DISTORTIONS, RUNS
+
+    return {f"{a}_run{r}_{d}" for a in ANALYSES for r in RUNS for d in DISTORTIONS}
 
 
 def _is_bundled_output(p: Path) -> bool:
-    """A folder holding only what ``audit bundled`` writes (summary.json / .md and audit run folders)."""
-    if not (p / "summary.json").is_file():
+    """An earlier ``audit bundled`` output: summary.json (the marker) and summary.md, and otherwise only
+    its analysis folders, each an ``audit run`` output (or empty)."""
+    from sae_rdp_plugin.io import folder_holds_only
+
+    summary = _read_json(p / "summary.json")
+    if summary is None or "analyses" not in summary or "final_saes_only" not in summary:
+        return False
+    subs = _bundled_names()
+    if not folder_holds_only(p, lambda n: n in ("summary.json", "summary.md") or n in subs):
         return False
     return all(
-        (q.is_file() and q.name in ("summary.json", "summary.md")) or (q.is_dir() and _is_audit_output(q))
+        (q.name in subs and q.is_dir() and not q.is_symlink() and (not any(q.iterdir()) or _is_audit_output(q)))
+        or (q.name not in subs and q.is_file())
         for q in p.iterdir()
     )
 
 
 def _bundled(args: argparse.Namespace) -> int:
+    from sae_rdp_plugin.errors import SaeRdpError
     from sae_rdp_plugin.evals.rdp_audit.bundled import run_bundled
     from sae_rdp_plugin.io import check_out_folder, staged_folder
 
+    if args.seed < 0:
+        raise SaeRdpError(f"--seed must be a non-negative integer, got {args.seed}")
     check_out_folder(args.out, _is_bundled_output)
     n = 200 if args.quick else 2000
     t0 = time.time()

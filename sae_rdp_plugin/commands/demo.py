@@ -23,13 +23,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+#: what the report starts with (how an earlier demo output is recognised)
+REPORT_TITLE = "# sae-rdp demo report\n"
+#: every name the demo writes directly in --out: the report, each section's folder, the train section's files
+DEMO_NAMES = frozenset(["report.md", *SECTIONS, "wsae_run", "train_demo.json"])
+
+
+def is_demo_output(p: Path) -> bool:
+    """An earlier demo output: its report.md (the marker) and nothing but the names the demo writes, so no
+    user's file is overwritten (sections write into their own folders, which they replace or update)."""
+    from sae_rdp_plugin.io import folder_holds_only
+
+    report = p / "report.md"
+    try:
+        ours = report.is_file() and not report.is_symlink() and report.read_text().startswith(REPORT_TITLE)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return ours and folder_holds_only(p, DEMO_NAMES.__contains__)
+
+
 def run(args: argparse.Namespace) -> int:
+    from sae_rdp_plugin.io import check_out_folder
+
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
+    check_out_folder(out, is_demo_output)
     out.mkdir(parents=True, exist_ok=True)
     parts = [
-        "# sae-rdp demo report\n",
+        REPORT_TITLE,
         f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on "
         f"{platform.machine()} / Python {platform.python_version()}, CPU only.\n",
     ]

@@ -18,15 +18,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory (JSON, PNG, RESULTS_*.md)")
     p.add_argument("--quick", action="store_true", help="small grid (2 S x relu/topk x alpha 0/1 x 2 seeds)")
     p.add_argument(
-        "--grid", action="append", default=None, help="run only this grid: sparsity_activation or width (repeatable)"
+        "--grid",
+        action="append",
+        default=None,
+        help="run only this grid (repeatable): sparsity_activation, width, mixed_wp or mixed_wp_inverse; "
+        "not with --quick",
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_handle)
 
 
 def _handle(args: argparse.Namespace) -> int:
-    from sae_rdp_plugin.experiments.identifiability import run_experiment
+    from sae_rdp_plugin.errors import SaeRdpError
+    from sae_rdp_plugin.experiments.identifiability import (
+        foreign_output_files,
+        grid_configs,
+        is_experiment_output,
+        run_experiment,
+    )
+    from sae_rdp_plugin.io import check_out_folder
 
+    if args.quick and args.grid:
+        raise SaeRdpError("--grid does not apply with --quick (the quick grid is fixed): give one or the other")
+    names = list(grid_configs(args.quick, args.grid))  # validates the grid names before anything is written
+    foreign = foreign_output_files(args.out, names) if Path(args.out).is_dir() else []
+    if foreign:
+        raise SaeRdpError(f"--out {args.out}: {foreign[0]} exists and was not written by this command; give another")
+    check_out_folder(args.out, lambda p: is_experiment_output(p, names))
     summary = run_experiment(args.out, quick=args.quick, progress=not args.no_progress, only=args.grid)
     for name, g in summary["grids"].items():
         print(f"{name}: {g['n_saes']} SAEs in {g['seconds']} s -> {Path(args.out) / (name + '.json')}")

@@ -76,16 +76,49 @@ def _check_out(path: Path, suffix: str) -> None:
         raise SaeRdpError(f"output file {path} must end in {suffix}")
 
 
+#: keys every `theory frontier` output JSON holds (how an earlier output is recognised before replacing it)
+FRONTIER_KEYS = ("inputs", "pareto", "monosemantic_frontier", "rate_tax", "checks", "metadata")
+
+
+def _frontier_output(path: Path) -> dict | None:
+    """The JSON object of an earlier `theory frontier` output at ``path``, or None."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    if isinstance(obj, dict) and all(k in obj for k in FRONTIER_KEYS) and isinstance(obj["inputs"], dict):
+        return obj
+    return None
+
+
+def _is_frontier_plot(out: Path, plot: Path) -> bool:
+    """Whether ``plot`` is the figure of the earlier frontier output at ``out`` (its ``figure`` entry)."""
+    import os
+
+    prev = _frontier_output(out) if out.is_file() else None
+    fig = prev.get("figure") if prev else None
+    if not isinstance(fig, str):
+        return False
+    try:
+        return Path(fig).is_file() and os.path.samefile(fig, plot)
+    except OSError:
+        return False
+
+
 def _frontier(args: argparse.Namespace) -> int:
     from sae_rdp_plugin.experiments.theory_suite import run_metadata
-    from sae_rdp_plugin.io import atomic_write_json
+    from sae_rdp_plugin.io import atomic_write_json, check_out_file
     from sae_rdp_plugin.rdp.dgp import ExplicitPMF
     from sae_rdp_plugin.rdp.theory import frontier_summary
 
     t0 = time.time()
     _check_out(args.out, ".json")
+    check_out_file(args.out, "--out", inputs=(args.pmf,), is_ours=lambda p: _frontier_output(p) is not None)
     if args.plot is not None:
         _check_out(args.plot, ".png")
+        check_out_file(
+            args.plot, "--plot", inputs=(args.pmf, args.out), is_ours=lambda p: _is_frontier_plot(args.out, p)
+        )
     pmf = ExplicitPMF.from_json(args.pmf)
     summary, table, mono = frontier_summary(
         pmf,

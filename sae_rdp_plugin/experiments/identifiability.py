@@ -479,6 +479,8 @@ FULL_WIDTH = dict(
 
 def grid_configs(quick: bool, only: list[str] | None = None) -> dict[str, ToyConfig]:
     if quick:
+        if only:
+            raise SaeRdpError(f"grid(s) {list(only)} do not apply to the quick grid: give one or the other")
         return {"quick": ToyConfig(**QUICK)}
     grids = {
         "sparsity_activation": ToyConfig(**FULL_SPARSITY),
@@ -492,6 +494,80 @@ def grid_configs(quick: bool, only: list[str] | None = None) -> dict[str, ToyCon
             raise SaeRdpError(f"unknown grid(s) {bad}; valid: {', '.join(grids)}")
         grids = {k: v for k, v in grids.items() if k in only}
     return grids
+
+
+#: the metrics a grid's figures show (``<grid>_<metric>.png``, and ``<grid>_gap.png``)
+PLOT_METRICS = ("feats_per_latent", "feats_per_latent_rel", "mcc", "mcc_mono", "loss_gt")
+
+
+def _json_object(path: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _has_keys(path: Path, keys: tuple[str, ...]) -> bool:
+    obj = _json_object(path)
+    return obj is not None and all(k in obj for k in keys)
+
+
+def output_files(names: list[str]) -> dict[str, Any]:
+    """``{file name: test(folder, path) -> bool}`` for every file :func:`run_experiment` writes for the grids
+    ``names``: the test says whether an existing file of that name is one this experiment wrote (by content)."""
+    tag = "_".join(names)
+
+    def grid_json(keys: tuple[str, ...]):
+        return lambda folder, p: _has_keys(p, keys)
+
+    def figure(name: str):
+        def test(folder: Path, p: Path) -> bool:
+            obj = _json_object(folder / f"{name}.json")
+            with open(p, "rb") as f:
+                png = f.read(8) == b"\x89PNG\r\n\x1a\n"
+            return png and obj is not None and p.name in (obj.get("figures") or [])
+
+        return test
+
+    files: dict[str, Any] = {
+        f"RESULTS_{tag}.md": lambda folder, p: p.read_text(errors="replace").startswith("# Identifiability toy"),
+        f"summary_{tag}.json": grid_json(("machine", "date", "torch", "grids")),
+    }
+    for name in names:
+        files[f"{name}.json"] = grid_json(("config", "wp", "rows", "seconds"))
+        files[f".{name}.checkpoint.json"] = grid_json(("config", "groups"))
+        for metric in (*PLOT_METRICS, "gap"):
+            files[f"{name}_{metric}.png"] = figure(name)
+    return files
+
+
+def foreign_output_files(out: str | Path, names: list[str]) -> list[Path]:
+    """The files in ``out`` that :func:`run_experiment` for the grids ``names`` would overwrite although it
+    did not write them (a user's file of the same name)."""
+    out = Path(out)
+    bad = []
+    for fname, ours in output_files(names).items():
+        p = out / fname
+        if p.exists() or p.is_symlink():
+            if not p.is_file() or p.is_symlink() or not ours(out, p):
+                bad.append(p)
+    return bad
+
+
+def is_experiment_output(out: str | Path, names: list[str]) -> bool:
+    """Whether ``out`` is an earlier output of this experiment (the marker: a summary, grid result or grid
+    checkpoint JSON of it, so an interrupted run can resume) in which a run of the grids ``names``
+    overwrites only files the experiment wrote (other files are left alone)."""
+    out = Path(out)
+    marker = (
+        any(_has_keys(p, ("machine", "date", "torch", "grids")) for p in out.glob("summary_*.json"))
+        or any(_has_keys(p, ("config", "groups")) for p in out.glob(".*.checkpoint.json"))
+        or any(_has_keys(p, ("config", "wp", "rows", "seconds")) for p in out.glob("*.json"))
+    )
+    return marker and not foreign_output_files(out, names)
 
 
 def _plot(agg: list[dict[str, Any]], name: str, out: Path) -> list[str]:
@@ -630,8 +706,11 @@ def run_experiment(
     from sae_rdp_plugin.io import atomic_write_json, atomic_write_text
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     configs = configs or grid_configs(quick, only)
+    foreign = foreign_output_files(out, list(configs))
+    if foreign:
+        raise SaeRdpError(f"{foreign[0]} exists and was not written by this experiment; give another output folder")
+    out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {
         "machine": f"{platform.node()} ({platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} torch threads, CPU)",

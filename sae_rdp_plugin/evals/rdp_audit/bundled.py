@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from sae_rdp_plugin.audit.readers import ResultsTable, read_bundled
+from sae_rdp_plugin.audit.stats import check_resamples
+from sae_rdp_plugin.errors import SaeRdpError
 from sae_rdp_plugin.evals.rdp_audit.eval_config import RdpAuditEvalConfig
 from sae_rdp_plugin.evals.rdp_audit.main import markdown_table, run_eval
 from sae_rdp_plugin.io import atomic_write_json, atomic_write_text
@@ -46,6 +48,8 @@ DISTORTIONS: dict[str, str] = {
     # robustness check: mean ||x - x_hat||_2 over the same tokens (monotone in L0 within every sweep)
     "l2": "basic.l2_loss",
 }
+#: the sparse-probing runs of the bundled data (separate evaluations of the same SAEs)
+RUNS: tuple[str, ...] = ("A", "A2", "B")
 PROBE_PROXIES = ["sparse_probing.sae.sae_test_accuracy"] + [
     f"sparse_probing.sae.sae_top_{k}_test_accuracy" for k in (1, 2, 5, 10, 20, 50, 100)
 ]
@@ -70,7 +74,7 @@ def run_bundled(
     n_perm: int = 2000,
     seed: int = 42,
     analyses: list[str] | None = None,
-    runs: tuple[str, ...] = ("A", "A2", "B"),
+    runs: tuple[str, ...] = RUNS,
     plots: tuple[str, ...] = ("pooled_layer",),
     distortions: tuple[str, ...] = ("fve", "l2"),
     plot_distortion: str = "l2",
@@ -78,6 +82,16 @@ def run_bundled(
     """Run every analysis on the bundled data into ``out/<analysis>[_run<R>]/``; write
     ``out/summary.md`` and ``out/summary.json``; return the summary rows."""
     out = Path(out)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SaeRdpError(f"seed must be a non-negative integer, got {seed!r}")
+    check_resamples(n_boot, n_perm)
+    for what, given, valid in (("analyses", analyses or [], ANALYSES), ("distortions", distortions, DISTORTIONS)):
+        bad = [x for x in given if x not in valid]
+        if bad:
+            raise SaeRdpError(f"unknown {what} {bad}; valid: {', '.join(valid)}")
+    bad = [r for r in runs if r not in RUNS]
+    if bad:
+        raise SaeRdpError(f"unknown probing runs {bad}; valid: {', '.join(RUNS)}")
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     for run in runs:
@@ -104,7 +118,7 @@ def run_bundled(
                     sub = table.subset(np.isfinite(pc))
                 try:
                     res = run_eval(cfg, None, "cpu", str(sub_out), force_rerun=True, table=sub)
-                except Exception as e:  # a run with no auditable sweep in this grouping
+                except SaeRdpError as e:  # a run with no auditable sweep in this grouping
                     notes.append(f"{name} run {run} D={dname}: {e}")
                     continue
                 summ = json.loads((sub_out / "rdp_audit_summary.json").read_text())

@@ -125,6 +125,48 @@ def missing_group_keys(table: ResultsTable, group_by: Sequence[str]) -> list[str
     return notes
 
 
+#: the flag naming each checked config field in error messages (config field names by default)
+CONFIG_FLAGS = {"min_saes": "min_saes", "random_seed": "random_seed"}
+
+
+def check_config(config: RdpAuditEvalConfig, flags: dict[str, str] | None = None) -> None:
+    """Raise SaeRdpError, naming the field (or its flag in ``flags``), for a setting that cannot be run:
+    ``min_saes`` below 2 (a sweep of fewer SAEs has no pair to compare) or a negative ``random_seed``."""
+    names = dict(CONFIG_FLAGS, **(flags or {}))
+    m = config.min_saes
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 2:
+        raise SaeRdpError(f"{names['min_saes']} must be an integer >= 2 (a sweep needs two SAEs to compare), got {m!r}")
+    s = config.random_seed
+    if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
+        raise SaeRdpError(f"{names['random_seed']} must be a non-negative integer, got {s!r}")
+
+
+def check_rate_distortion(table: ResultsTable, rate_field: str, distortion_field: str) -> None:
+    """Raise SaeRdpError naming the SAE (and its file) and the field for an impossible value: a negative
+    rate, or a negative distortion (e.g. ``1-explained_variance`` with explained variance above 1). Missing
+    (NaN) and infinite values are left to the per-sweep filter."""
+    rate_col = table.resolve(rate_field)
+    spec = distortion_field.replace(" ", "")
+    # (column named in the message, values that must not be negative, why)
+    checks = [(rate_col, table.columns[rate_col], "a rate cannot be negative")]
+    if spec.startswith("1-"):
+        base = table.resolve(spec[2:])
+        checks.append((base, 1.0 - table.columns[base], f"above 1 it would make the distortion {spec} negative"))
+    else:
+        dist_col = table.resolve(spec)
+        checks.append((dist_col, table.columns[dist_col], "a distortion cannot be negative"))
+    for col, v, why in checks:
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(np.isfinite(v) & (v < 0))
+        if len(bad):
+            i = int(bad[0])
+            src = f" ({', '.join(table.sources[i])})" if table.sources and table.sources[i] else ""
+            raise SaeRdpError(
+                f"SAE {table.keys[i]}{src}: {col} = {table.columns[col][i]:g} is impossible: {why}"
+                + (f" ({len(bad)} SAEs have such a value)" if len(bad) > 1 else "")
+            )
+
+
 def checkpoint_mode(config: RdpAuditEvalConfig) -> str:
     """The checkpoint filter of a config: ``checkpoints``, or "all" for the older include_checkpoints=True."""
     mode = check_checkpoint_mode(config.checkpoints)
@@ -306,6 +348,7 @@ def run_eval(
     None or empty = every SAE in the results. ``table``: an already-read :class:`ResultsTable` instead
     of ``config.results_paths``. ``device`` is accepted for SAEBench compatibility and unused.
     """
+    check_config(config)
     if table is None:
         if not config.results_paths:
             raise SaeRdpError("no results given: set results_paths (folders or files of SAEBench results)")
@@ -321,11 +364,12 @@ def run_eval(
     rate_col = table.resolve(config.rate_field)
     dist_spec = config.distortion_field.replace(" ", "")
     dist_col = table.resolve(dist_spec[2:] if dist_spec.startswith("1-") else dist_spec)
+    check_rate_distortion(table, config.rate_field, config.distortion_field)
     proxies = select_proxies(table, config.proxies, config.include_controls, exclude=(rate_col, dist_col))
     if not proxies:
         raise SaeRdpError("no proxies to audit: none given and no metric with a known orientation in the results")
-    out_dir = Path(output_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(output_path)  # created by the first file written: nothing is left if no sweep is audited
+    files: list[str] = []
     results: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
     skipped_sweeps: list[str] = []
@@ -341,6 +385,7 @@ def run_eval(
         if fpath.exists() and not force_rerun:
             obj = json.loads(fpath.read_text())
             results[slug] = obj
+            files += [p.name for p in (fpath, out_dir / f"rdp_audit_{slug}.png") if p.is_file()]
             rows += [dict(d, sweep=slug) for d in obj["eval_result_details"]]
             continue
         rate, dist = sub.column(config.rate_field), sub.column(config.distortion_field)
@@ -396,14 +441,22 @@ def run_eval(
         )
         obj = json.loads(json.dumps(asdict(output), default=str))
         atomic_write_json(fpath, obj)
+        files.append(fpath.name)
         results[slug] = obj
         rows += [dict(asdict(d), sweep=slug) for d in details]
         if config.make_plots:
             b = joint_budget_rank(rate, dist, config.aggregation)  # type: ignore[arg-type]
             _plot(out_dir / f"rdp_audit_{slug}.png", slug, b, pis, details)
+            files.append(f"rdp_audit_{slug}.png")
     if not results:
         raise SaeRdpError("no sweep could be audited: " + "; ".join(skipped_sweeps[:3]))
-    summary = {"rows": rows, "skipped_sweeps": skipped_sweeps, "reader_report": grouping_notes + table.report}
+    summary = {
+        "rows": rows,
+        "skipped_sweeps": skipped_sweeps,
+        "reader_report": grouping_notes + table.report,
+        # every file of this audit (a later `audit run --out` here may replace only a folder holding these)
+        "files": sorted(files) + ["rdp_audit_summary.json", "rdp_audit_summary.md"],
+    }
     atomic_write_json(out_dir / "rdp_audit_summary.json", summary)
     md = "# RDP audit\n\n" + markdown_table(rows)
     if skipped_sweeps:

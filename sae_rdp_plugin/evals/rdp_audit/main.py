@@ -142,17 +142,15 @@ def check_config(config: RdpAuditEvalConfig, flags: dict[str, str] | None = None
 
 
 def check_rate_distortion(table: ResultsTable, rate_field: str, distortion_field: str) -> None:
-    """Raise SaeRdpError naming the SAE (and its file) and the field for an impossible value: a negative
-    rate, or a negative distortion (e.g. ``1-explained_variance`` with explained variance above 1). Missing
-    (NaN) and infinite values are left to the per-sweep filter."""
+    """Raise SaeRdpError naming the SAE (and its file) and the field for an impossible value: a negative rate, or a
+    negative distortion field. A ``1-<field>`` distortion is not checked: SAEBench's core ``explained_variance``
+    exceeds 1 slightly on real SAEs (1.0000-1.0008 on our 65 Gemma-3-270M SAEs), and the audit only ranks the
+    distortions. Missing (NaN) and infinite values are left to the per-sweep filter."""
     rate_col = table.resolve(rate_field)
     spec = distortion_field.replace(" ", "")
     # (column named in the message, values that must not be negative, why)
     checks = [(rate_col, table.columns[rate_col], "a rate cannot be negative")]
-    if spec.startswith("1-"):
-        base = table.resolve(spec[2:])
-        checks.append((base, 1.0 - table.columns[base], f"above 1 it would make the distortion {spec} negative"))
-    else:
+    if not spec.startswith("1-"):
         dist_col = table.resolve(spec)
         checks.append((dist_col, table.columns[dist_col], "a distortion cannot be negative"))
     for col, v, why in checks:

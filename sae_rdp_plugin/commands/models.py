@@ -14,6 +14,8 @@ import json
 import time
 from pathlib import Path
 
+from sae_rdp_plugin.errors import SaeRdpError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `models`, `corpus` and `cache` commands."""
@@ -84,13 +86,31 @@ def _load(args: argparse.Namespace):
     return load_model(args.model, path=args.gguf, device=args.device, n_layers=args.n_layers)
 
 
+def _check_model_args(args: argparse.Namespace) -> None:
+    """--model, --n-layers and --device of a command that loads a model, before anything is loaded."""
+    from sae_rdp_plugin.lm.models import check_model_name
+
+    check_model_name(args.model, args.gguf)
+    if args.n_layers is not None and args.n_layers < 1:
+        raise SaeRdpError(f"--n-layers must be >= 1, got {args.n_layers}")
+    if getattr(args, "device", None) is not None:
+        from sae_rdp_plugin.devices import check_device
+
+        check_device(args.device)
+
+
 def _load_check(args: argparse.Namespace) -> int:
     import torch
 
+    _check_model_args(args)
+    if not args.text.strip():
+        raise SaeRdpError("--text is empty: give a sentence (at least one token after BOS)")
     t = time.time()
     model = _load(args)
     load_s = time.time() - t
     toks = model.to_tokens(args.text)
+    if toks.shape[1] < 2:
+        raise SaeRdpError(f"--text {args.text!r} has fewer than 2 tokens (with BOS): give a longer sentence")
     with torch.no_grad():
         logits, cache = model.run_with_cache(toks)
     lp = torch.log_softmax(logits[0, :-1].double(), -1).gather(-1, toks[0, 1:, None]).mean().item()
@@ -117,14 +137,17 @@ def _load_check(args: argparse.Namespace) -> int:
             float((cache[f"blocks.{l}.hook_resid_post"].cpu() - hs[l + 1]).abs().max())
             for l in range(model.cfg.n_layers - 1)
         )
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2, allow_nan=False))
     return 0
 
 
 def _truncate(args: argparse.Namespace) -> int:
-    from sae_rdp_plugin.lm.models import gguf_path, truncate_gguf
+    from sae_rdp_plugin.io import check_out_file
+    from sae_rdp_plugin.lm.models import gguf_path, is_truncated_gguf, truncate_gguf
 
-    out = truncate_gguf(gguf_path(args.model, args.gguf), args.out, args.n_layers)
+    src = gguf_path(args.model, args.gguf)  # an unknown (not offline) --model is refused here
+    check_out_file(args.out, "--out", inputs=(src,), is_ours=is_truncated_gguf)
+    out = truncate_gguf(src, args.out, args.n_layers)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {args.n_layers} blocks)")
     return 0
 
@@ -142,11 +165,20 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _corpus_build(args: argparse.Namespace) -> int:
-    from sae_rdp_plugin.lm.corpus import DEFAULT_SOURCES, build_corpus
-    from sae_rdp_plugin.lm.models import load_tokenizer
+    from sae_rdp_plugin.lm.corpus import DEFAULT_SOURCES, SOURCES, build_corpus, check_corpus_out
+    from sae_rdp_plugin.lm.models import check_model_name, load_tokenizer
 
-    tok = load_tokenizer(args.model, args.gguf)
     sources = tuple(s.strip() for s in args.sources.split(",")) if args.sources else DEFAULT_SOURCES
+    for s in sources:
+        if s not in SOURCES:
+            raise SaeRdpError(f"--sources: unknown corpus source {s!r}; known: {sorted(SOURCES)}")
+    if args.context_size < 2:
+        raise SaeRdpError(f"--context-size must be >= 2, got {args.context_size}")
+    if args.max_docs_per_source is not None and args.max_docs_per_source < 1:
+        raise SaeRdpError(f"--max-docs-per-source must be >= 1 (leave it out for all), got {args.max_docs_per_source}")
+    check_corpus_out(args.out)
+    check_model_name(args.model, args.gguf)
+    tok = load_tokenizer(args.model, args.gguf)
     m = build_corpus(
         args.raw,
         args.out,
@@ -172,11 +204,29 @@ def _corpus_info(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    from sae_rdp_plugin.lm.activations import cache_activations
+    from sae_rdp_plugin.lm.activations import cache_activations, check_cache_args, check_cache_out, layer_of_hook
     from sae_rdp_plugin.lm.corpus import load_tokens, read_manifest
+    from sae_rdp_plugin.lm.models import model_block_count
 
     tokens = load_tokens(args.corpus, args.split)
     man = read_manifest(args.corpus)
+    if tokens.shape[0] == 0:
+        raise SaeRdpError(f"--split {args.split}: the corpus {args.corpus} has no {args.split} rows")
+    check_cache_args(
+        tokens.shape[0], max_tokens=args.tokens, rows_per_shard=args.rows_per_shard, batch_rows=args.batch_rows
+    )
+    check_cache_out(args.out)
+    _check_model_args(args)
+    layer = layer_of_hook(args.hook)
+    if not args.hook.strip() or (args.hook.startswith("blocks.") and layer is None):
+        raise SaeRdpError(f"--hook {args.hook!r} is not a hook name (e.g. blocks.0.hook_resid_post)")
+    if layer is not None:
+        n_blocks = model_block_count(args.model, args.gguf)
+        if args.n_layers is not None and n_blocks is not None and args.n_layers > n_blocks:
+            raise SaeRdpError(f"--n-layers {args.n_layers}: {args.model} has {n_blocks} blocks")
+        n_blocks = args.n_layers if args.n_layers is not None else n_blocks
+        if n_blocks is not None and layer >= n_blocks:
+            raise SaeRdpError(f"--hook {args.hook}: block {layer} is past the model's blocks 0..{n_blocks - 1}")
     model = _load(args)
     m = cache_activations(
         model,

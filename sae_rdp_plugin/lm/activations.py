@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,10 +39,11 @@ import numpy as np
 import torch
 
 from sae_rdp_plugin.errors import SaeRdpError
-from sae_rdp_plugin.io import atomic_save, atomic_write_json
+from sae_rdp_plugin.io import atomic_save, atomic_write_json, check_out_folder, folder_holds_only
 
 MANIFEST = "manifest.json"
 FORMAT = "sae-rdp activation cache v1"
+_SHARD_RE = re.compile(r"shard_\d{5}\.safetensors")
 
 
 def layer_of_hook(hook_name: str) -> int | None:
@@ -68,9 +70,32 @@ def _read_manifest(out: Path) -> dict[str, Any] | None:
     if not p.is_file():
         return None
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
+        m = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise SaeRdpError(f"malformed activation-cache manifest {p}: {exc}") from exc
+    if not isinstance(m, dict) or not isinstance(m.get("shards", []), list):
+        raise SaeRdpError(f"{p} is not an activation-cache manifest (a JSON object with a list of shards)")
+    return m
+
+
+def is_cache_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` is an activation cache :func:`cache_activations` wrote (complete or killed half-way):
+    nothing but its manifest and shards, and the manifest, if there is one yet, is an activation-cache manifest."""
+    folder = Path(folder)
+    if not folder_holds_only(folder, lambda n: n == MANIFEST or bool(_SHARD_RE.fullmatch(n))):
+        return False
+    if not (folder / MANIFEST).exists():
+        return True
+    try:
+        return (_read_manifest(folder) or {}).get("format") == FORMAT
+    except (SaeRdpError, OSError):
+        return False
+
+
+def check_cache_out(out: str | Path, flag: str = "--out") -> Path:
+    """``out`` as a Path if an activation cache may be written there: new, empty, or an earlier cache (resumed
+    or, with other arguments, refused by :func:`cache_activations`); else SaeRdpError naming ``flag``."""
+    return check_out_folder(out, is_cache_folder, flag)
 
 
 def cache_activations(
@@ -96,16 +121,14 @@ def cache_activations(
 
     if tokens.ndim != 2:
         raise SaeRdpError(f"tokens must be [rows, context], got shape {tokens.shape}")
-    if rows_per_shard <= 0 or batch_rows <= 0:
-        raise SaeRdpError("rows_per_shard and batch_rows must be positive")
+    check_cache_args(tokens.shape[0], max_tokens=max_tokens, rows_per_shard=rows_per_shard, batch_rows=batch_rows)
     if dtype not in ("bfloat16", "float16", "float32"):
         raise SaeRdpError(f"dtype must be bfloat16, float16 or float32, got {dtype!r}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if hook_name not in model.hook_dict:
+        raise SaeRdpError(f"hook {hook_name!r} not in model (e.g. blocks.0.hook_resid_post)")
+    out = check_cache_out(out)
     n_rows = tokens.shape[0]
     if max_tokens is not None:
-        if max_tokens <= 0:
-            raise SaeRdpError(f"max_tokens must be positive, got {max_tokens}")
         n_rows = min(n_rows, math.ceil(max_tokens / tokens.shape[1]))
     n_shards = math.ceil(n_rows / rows_per_shard)
     if bos_token_id is None and exclude_bos:
@@ -129,6 +152,7 @@ def cache_activations(
                 raise SaeRdpError(f"{out} holds a cache with {k}={manifest.get(k)!r}, not {v!r}; use another --out")
     else:
         manifest = {**params, "shards": [], "complete": False}
+    out.mkdir(parents=True, exist_ok=True)
     done = {s["index"] for s in manifest["shards"]}
     device = next(model.parameters()).device
     tdtype = getattr(torch, dtype)
@@ -168,6 +192,20 @@ def cache_activations(
     manifest["total_tokens"] = int(sum(s["tokens"] for s in manifest["shards"]))
     atomic_write_json(out / MANIFEST, manifest)
     return manifest
+
+
+def check_cache_args(
+    n_rows: int, *, max_tokens: int | None = None, rows_per_shard: int = 64, batch_rows: int = 8
+) -> None:
+    """The range checks of :func:`cache_activations` (before a model is loaded): SaeRdpError naming the flag."""
+    if n_rows == 0:
+        raise SaeRdpError("the corpus split has no rows (e.g. --split heldout of a corpus built without held-out text)")
+    if max_tokens is not None and max_tokens <= 0:
+        raise SaeRdpError(f"--tokens must be >= 1 (leave it out for all), got {max_tokens}")
+    if rows_per_shard <= 0:
+        raise SaeRdpError(f"--rows-per-shard must be >= 1, got {rows_per_shard}")
+    if batch_rows <= 0:
+        raise SaeRdpError(f"--batch-rows must be >= 1, got {batch_rows}")
 
 
 def read_cache_manifest(cache_dir: str | Path) -> dict[str, Any]:

@@ -90,6 +90,7 @@ import tarfile
 import tempfile
 import time
 import urllib.parse
+import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -100,7 +101,14 @@ from typing import Any, NoReturn
 import numpy as np
 
 from sae_rdp_plugin.errors import SaeRdpError
-from sae_rdp_plugin.io import atomic_save, atomic_write_bytes, atomic_write_json
+from sae_rdp_plugin.io import (
+    atomic_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_out_folder,
+    folder_holds_only,
+    staged_folder,
+)
 
 # npm package name -> archive file name prefix that `npm pack` writes (the legacy four)
 NPM_SOURCES = {
@@ -924,6 +932,26 @@ def read_source(raw_dir: str | Path, name: str) -> SourceDocs:
         }
         for (pkg, _, _), p in zip(spec.packages, paths)
     ]
+    try:
+        docs = _read_docs(spec, paths, archives)
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, KeyError, UnicodeDecodeError, ValueError) as exc:
+        if isinstance(exc, SaeRdpError):
+            raise
+        names = ", ".join(str(p) for p in paths)
+        why = f"missing member {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+        raise SaeRdpError(f"corpus archive {names} is corrupt or not a {spec.registry} package ({why})") from None
+    except OSError as exc:  # gzip.BadGzipFile and read errors
+        names = ", ".join(str(p) for p in paths)
+        raise SaeRdpError(f"corpus archive {names} is unreadable ({exc})") from None
+    if not docs:
+        raise SaeRdpError(f"no documents found in {paths[0].name}")
+    a0 = archives[0]
+    return SourceDocs(spec.name, a0["version"], a0["archive"], a0["sha256"], docs, spec.kind, spec.registry, archives)
+
+
+def _read_docs(spec: SourceSpec, paths: list[Path], archives: list[dict[str, Any]]) -> list[str]:
+    """The documents of ``spec`` read from its archives ``paths``; fills in the versions and licences of
+    ``archives``. Errors of a corrupt archive propagate (:func:`read_source` names the archive)."""
     if spec.registry == "npm":
         with tarfile.open(paths[0], "r:gz") as tar:
             mem = _members(tar)
@@ -940,10 +968,7 @@ def read_source(raw_dir: str | Path, name: str) -> SourceDocs:
         docs, lics = _deb_docs(spec, paths)
         for a, lic in zip(archives, lics):
             a["licence"] = lic
-    if not docs:
-        raise SaeRdpError(f"no documents found in {paths[0].name}")
-    a0 = archives[0]
-    return SourceDocs(spec.name, a0["version"], a0["archive"], a0["sha256"], docs, spec.kind, spec.registry, archives)
+    return docs
 
 
 def read_sources(raw_dir: str | Path, sources: tuple[str, ...] = DEFAULT_SOURCES) -> list[SourceDocs]:
@@ -1249,9 +1274,14 @@ def build_corpus(
     shuffle_docs: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Build the tokenized corpus in ``out`` (see module docstring); returns the manifest."""
+    """Build the tokenized corpus in ``out`` (see module docstring); returns the manifest. ``out`` must be new,
+    empty or an earlier corpus (:func:`check_corpus_out`); it is written as a whole (a hidden sibling swapped in
+    at the end), so a failed build leaves it as it was."""
     if context_size < 2:
         raise SaeRdpError(f"context_size must be >= 2, got {context_size}")
+    if max_docs_per_source is not None and (isinstance(max_docs_per_source, bool) or max_docs_per_source < 1):
+        raise SaeRdpError(f"--max-docs-per-source must be >= 1 (leave it out for all), got {max_docs_per_source}")
+    check_corpus_out(out)
     bos = tokenizer.bos_token_id
     if bos is None:
         raise SaeRdpError(f"tokenizer {tokenizer_name} has no BOS token")
@@ -1290,6 +1320,32 @@ def build_corpus(
     if len(train) == 0:
         raise SaeRdpError("corpus too small: no full training row of context_size tokens")
     out = Path(out)
+    with staged_folder(out) as tmp_out:
+        manifest = _write_corpus(
+            tmp_out, train, held, srcs, per, counts, tokenizer_name, bos, context_size, heldout_fraction,
+            paragraph_min_chars, max_fraction, shuffle_docs, save_datasets,
+        )  # fmt: skip
+    say(f"[{time.time() - t0:6.0f}s] wrote {out}")
+    return manifest
+
+
+def _write_corpus(
+    out: Path,
+    train: np.ndarray,
+    held: np.ndarray,
+    srcs: list[SourceDocs],
+    per: dict[str, dict[str, int]],
+    counts: dict[str, dict[str, int]],
+    tokenizer_name: str,
+    bos: int,
+    context_size: int,
+    heldout_fraction: float,
+    paragraph_min_chars: int | None,
+    max_fraction: dict[str, float] | None,
+    shuffle_docs: bool,
+    save_datasets: bool,
+) -> dict[str, Any]:
+    """Write tokens.npz, the datasets folders and manifest.json of a corpus into the (staging) folder ``out``."""
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
@@ -1351,8 +1407,27 @@ def build_corpus(
             datasets.Dataset.from_dict({"tokens": arr}).save_to_disk(str(out / f"{split}_dataset"))
         manifest["datasets"] = ["train_dataset", "heldout_dataset"]
     atomic_write_json(out / "manifest.json", manifest)
-    say(f"[{time.time() - t0:6.0f}s] wrote {out}")
     return manifest
+
+
+#: the names :func:`build_corpus` writes into its folder
+CORPUS_NAMES = ("manifest.json", "tokens.npz", "train_dataset", "heldout_dataset")
+CORPUS_FORMAT_PREFIX = "sae-rdp corpus "
+
+
+def is_corpus_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` is a corpus :func:`build_corpus` wrote: its manifest is a corpus manifest and the
+    folder holds nothing but the names it writes (a user's file put into it must not be replaced with it)."""
+    try:
+        read_manifest(folder)
+    except (SaeRdpError, OSError):
+        return False
+    return folder_holds_only(folder, lambda n: n in CORPUS_NAMES)
+
+
+def check_corpus_out(out: str | Path, flag: str = "--out") -> Path:
+    """``out`` as a Path if a corpus may be written there (new, empty, or an earlier corpus); else SaeRdpError."""
+    return check_out_folder(out, is_corpus_folder, flag)
 
 
 def load_tokens(corpus_dir: str | Path, split: str = "train") -> np.ndarray:
@@ -1363,10 +1438,19 @@ def load_tokens(corpus_dir: str | Path, split: str = "train") -> np.ndarray:
         return read_shards(corpus_dir, [split])[split]
     if not p.is_file():
         raise SaeRdpError(f"no corpus at {corpus_dir} (tokens.npz missing; run `sae-rdp corpus build`)")
-    with np.load(p) as z:
-        if split not in z.files:
-            raise SaeRdpError(f"corpus split {split!r} not in {z.files}")
-        return z[split]
+    try:
+        with np.load(p) as z:
+            if split not in z.files:
+                raise SaeRdpError(f"corpus split {split!r} not in {p} ({z.files})")
+            a = z[split]
+    except SaeRdpError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as exc:
+        why = str(exc).split(". ")[0].splitlines()[0][:80] if str(exc) else type(exc).__name__
+        raise SaeRdpError(f"corpus tokens {p} are unreadable, not a tokens.npz of `corpus build` ({why})") from None
+    if a.ndim != 2 or a.dtype.kind not in "iu":
+        raise SaeRdpError(f"corpus tokens {p}: split {split!r} is not an integer [rows, context] array")
+    return a
 
 
 def load_corpus(corpus_dir: str | Path) -> Any:
@@ -1381,11 +1465,14 @@ def load_corpus(corpus_dir: str | Path) -> Any:
 def read_manifest(corpus_dir: str | Path) -> dict[str, Any]:
     p = Path(corpus_dir) / "manifest.json"
     try:
-        return json.loads(p.read_text())
+        m = json.loads(p.read_text())
     except FileNotFoundError as exc:
         raise SaeRdpError(f"no corpus manifest at {p}") from exc
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise SaeRdpError(f"malformed corpus manifest {p}: {exc}") from exc
+    if not isinstance(m, dict) or not str(m.get("format", "")).startswith(CORPUS_FORMAT_PREFIX):
+        raise SaeRdpError(f"{p} is not a corpus manifest (a JSON object with format 'sae-rdp corpus v2')")
+    return m
 
 
 # ------------------------------------------------------------------------------------ travel shards

@@ -192,9 +192,44 @@ def split_file(path: str | os.PathLike, out_dir: str | os.PathLike, piece_bytes:
     return pieces
 
 
+#: the metadata key :func:`truncate_gguf` writes second in its GGUF header (after general.architecture): the
+#: source file's name and the blocks kept; :func:`is_truncated_gguf` recognises a file it wrote by it
+TRUNCATED_KEY = "sae_rdp.truncated_from"
+
+
+def is_truncated_gguf(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a GGUF file :func:`truncate_gguf` wrote (its second metadata key is
+    :data:`TRUNCATED_KEY`); reads the first two header entries only, never raises."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                return False
+            (version,) = struct.unpack("<I", f.read(4))
+            e = "<" if version & 0xFFFF else ">"
+            f.read(16)  # tensor count, key-value count
+            for _ in range(2):
+                (n,) = struct.unpack(e + "Q", f.read(8))
+                if n > 1024:
+                    return False
+                key = f.read(n).decode("utf-8", errors="replace")
+                (vtype,) = struct.unpack(e + "I", f.read(4))
+                if key == TRUNCATED_KEY:
+                    return vtype == 8
+                if vtype != 8:  # general.architecture is a string
+                    return False
+                (n,) = struct.unpack(e + "Q", f.read(8))
+                f.seek(n, 1)
+    except (OSError, struct.error):
+        return False
+    return False
+
+
 def truncate_gguf(src: str | os.PathLike, dst: str | os.PathLike, n_blocks: int) -> Path:
     """Write a copy of GGUF ``src`` keeping only blocks ``0..n_blocks-1`` (tensors copied byte for byte;
-    ``<arch>.block_count`` rewritten). Embedding, final norm and tokenizer are kept."""
+    ``<arch>.block_count`` rewritten, :data:`TRUNCATED_KEY` added). Embedding, final norm and tokenizer are
+    kept."""
     gguf = _require_gguf()
     reader = gguf.GGUFReader(str(src))
     arch = reader.fields["general.architecture"].contents()
@@ -209,8 +244,9 @@ def truncate_gguf(src: str | os.PathLike, dst: str | os.PathLike, n_blocks: int)
 
     def write(tmp: Path) -> None:
         writer = gguf.GGUFWriter(str(tmp), arch=arch, endianess=reader.endianess)
+        writer.add_key_value(TRUNCATED_KEY, f"{Path(src).name}, first {n_blocks} blocks", gguf.GGUFValueType.STRING)
         for field in reader.fields.values():
-            if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            if field.name in (gguf.Keys.General.ARCHITECTURE, TRUNCATED_KEY) or field.name.startswith("GGUF."):
                 continue
             vtype = field.types[0]
             sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
@@ -523,6 +559,39 @@ def hooked_from_hf(model: str, hf: Any, tok: Any, device: str = "cpu", dtype: An
         raise SaeRdpError(f"no offline conversion for model {model!r}")
     hooked.eval()
     return hooked
+
+
+def check_model_name(model: str, path: str | os.PathLike | None = None, flag: str = "--model") -> str:
+    """Refuse, before anything is loaded, a model name that no loader knows: not an offline model
+    (:data:`OFFLINE_MODELS` and aliases), not GPT-2 / Pythia (:data:`PUBLISHED_NAMES`), not a TransformerLens
+    name, unless ``path`` (a local model) exists. Without this an unknown name costs a minute of hub retries."""
+    if canonical_name(model) in OFFLINE_MODELS or published_arch(model) is not None:
+        return model
+    if path is not None and Path(path).exists():
+        return model
+    try:
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+
+        get_official_model_name(model)
+    except ValueError:
+        raise SaeRdpError(
+            f"{flag} {model!r}: unknown model; offline: {sorted(OFFLINE_MODELS)}, GPT-2 / Pythia: "
+            f"{sorted({a for a, _ in PUBLISHED_NAMES.values()})}, or a TransformerLens name"
+        ) from None
+    except ImportError:  # no TransformerLens: the loader's own error will name the model
+        pass
+    return model
+
+
+def model_block_count(model: str, path: str | os.PathLike | None = None) -> int | None:
+    """The number of blocks of ``model`` without loading it, where that is cheap: an offline model's GGUF
+    header; a GPT-2 / Pythia name without ``path``. None otherwise."""
+    if canonical_name(model) in OFFLINE_MODELS:
+        return gguf_block_count(gguf_path(model, path))
+    hit = published_arch(model)
+    if hit is not None and path is None:
+        return hit[0].n_layers
+    return None
 
 
 def load_model(

@@ -357,6 +357,14 @@ def _check_model_name(args: argparse.Namespace) -> None:
         return
     if key in OFFLINE_MODELS or published_arch(name) is not None or Path(name).exists() or _hub_cached(name):
         return
+    if args.saelens_store:  # TransformerLens's own names (HookedTransformer.from_pretrained), when cached
+        try:
+            from transformer_lens.loading_from_pretrained import get_official_model_name
+
+            if _hub_cached(get_official_model_name(name)):
+                return
+        except Exception:  # noqa: BLE001 - not a TransformerLens name
+            pass
     raise SaeRdpError(
         f"--model {name!r} is not a known model ({', '.join(_known_models())}), a local model folder or a model "
         "in the Hugging Face cache"

@@ -21,6 +21,7 @@ import itertools
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from sae_rdp_plugin.architectures import architecture_help
 from sae_rdp_plugin.train.config import B_DEC_INITS, NORMALIZATIONS, TrainConfig
@@ -67,8 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--d-sae", required=True, help="latents; several comma-separated values train several SAEs")
     p.add_argument(
         "--k",
-        default=str(TrainConfig.k),
-        help="active latents per row for (batch)topk (SAELens's default); comma-separated values: several SAEs",
+        default=None,
+        help=f"active latents per row for (batch)topk (default {TrainConfig.k:g}, SAELens's); comma-separated values: "
+        "several SAEs",
     )
     p.add_argument(
         "--alpha",
@@ -119,7 +121,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-decay-steps", type=int, default=0, help="linear decay steps at the end (to --lr-end)")
     p.add_argument("--lr-end", type=float, default=None, help="learning rate after the decay (default lr / 10)")
     p.add_argument("--n-features", type=int, default=None, help="synthetic ground-truth features (default 2 * d_in)")
-    p.add_argument("--firing-probability", type=float, default=0.02, help="synthetic mean firing probability")
+    p.add_argument(
+        "--firing-probability", type=float, default=None, help="synthetic mean firing probability (default 0.02)"
+    )
     p.add_argument(
         "--checkpoints", type=int, default=TrainConfig.n_checkpoints, help="number of intermediate checkpoints"
     )
@@ -179,8 +183,9 @@ def _values(flag: str, text: str | None, kind: type) -> list:
 def train_configs(args: argparse.Namespace, d_in: int | None = None) -> list[TrainConfig]:
     """The TrainConfigs the flags describe: one per (d_sae, k, alpha) of the comma-separated values
     (``d_in``: the model's width when ``--d-in`` is not given)."""
+    k = args.k if args.k is not None else str(TrainConfig.k)
     grid = itertools.product(
-        _values("--d-sae", args.d_sae, int), _values("--k", args.k, float), _values("--alpha", args.alpha, float)
+        _values("--d-sae", args.d_sae, int), _values("--k", k, float), _values("--alpha", args.alpha, float)
     )
     return [
         TrainConfig(
@@ -231,13 +236,34 @@ _PIPELINE_FLAGS = (
 )
 
 
+#: flags of --model only (``--synthetic`` draws its own activations)
+_MODEL_FLAGS = ("hook", "dataset", "n_layers", "gguf", "context_size", "saelens_store")
+#: flags of --synthetic only
+_SYNTHETIC_FLAGS = ("n_features", "firing_probability")
+
+
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
+    return [_flag(f) for f in names if getattr(args, f) not in (None, False)]
+
+
 def _handle(args: argparse.Namespace) -> int:
-    from sae_rdp_plugin.architectures import check_architecture
+    from sae_rdp_plugin.architectures import check_architecture, get_architecture
     from sae_rdp_plugin.devices import check_device
     from sae_rdp_plugin.errors import SaeRdpError
+    from sae_rdp_plugin.train.saelens import check_out_path
 
     check_architecture(args.architecture)
     check_device(args.device)
+    check_out_path(args.out)
+    if args.k is not None and not get_architecture(args.architecture).uses_k:
+        raise SaeRdpError(
+            f"--k: {args.architecture} has no k (its sparsity is set by --sparsity-coefficient); "
+            "--k is for the (weighted_)topk / batchtopk architectures"
+        )
     if args.resume is not None and not args.synthetic:
         if not args.model or args.saelens_store:
             raise SaeRdpError("--resume works with --synthetic (a checkpoint folder) or --model (the word 'latest')")
@@ -245,21 +271,41 @@ def _handle(args: argparse.Namespace) -> int:
             raise SaeRdpError(
                 f"--resume with --model takes 'latest' (the newest checkpoint of --out), not {args.resume!r}"
             )
+    if args.synthetic:
+        used = _given(args, _MODEL_FLAGS)
+        if used:
+            raise SaeRdpError(f"{', '.join(used)}: only with --model (--synthetic draws its own activations)")
+    else:
+        used = _given(args, _SYNTHETIC_FLAGS)
+        if used:
+            raise SaeRdpError(f"{', '.join(used)}: only with --synthetic")
     if args.synthetic or args.saelens_store:
-        used = [f"--{f.replace('_', '-')}" for f in _PIPELINE_FLAGS if getattr(args, f) not in (None, False)]
+        used = _given(args, _PIPELINE_FLAGS)
         used += [f"--b-dec-init {args.b_dec_init}"] if args.b_dec_init != TrainConfig.b_dec_init else []
         if used:
             raise SaeRdpError(f"{', '.join(used)}: only with --model and without --saelens-store")
     if args.synthetic:
         if args.d_in is None:
             raise SaeRdpError("--d-in is required with --synthetic")
+        from sae_rdp_plugin.train.config import check_fits_memory, sae_train_bytes
+
+        cfg = train_config(args)
+        n_features = 2 * cfg.d_in if args.n_features is None else args.n_features
+        if n_features > 0:  # (train_synthetic refuses the others)
+            need = sae_train_bytes(cfg.d_in, cfg.d_sae, cfg.batch_size) + 4 * n_features * (cfg.d_in + cfg.batch_size)
+            check_fits_memory(
+                need,
+                f"the synthetic run ({n_features} ground-truth features of width {cfg.d_in}, SAE of {cfg.d_sae} "
+                f"latents, batches of {cfg.batch_size})",
+                "--d-in, --d-sae, --n-features or --batch-size",
+            )
         from sae_rdp_plugin.train.saelens import train_synthetic
 
         res = train_synthetic(
-            train_config(args),
+            cfg,
             args.out,
             n_features=args.n_features,
-            firing_probability=args.firing_probability,
+            firing_probability=0.02 if args.firing_probability is None else args.firing_probability,
             resume_from=args.resume,
             fast=not args.no_fast,
         )
@@ -273,22 +319,230 @@ def _handle(args: argparse.Namespace) -> int:
     return _train_lm(args) if args.saelens_store else _train_pipeline(args)
 
 
+def _known_models() -> list[str]:
+    """The model names the plugin loads without the hub (and without a path): offline, tiny, GPT-2 / Pythia."""
+    from sae_rdp_plugin.lm.models import OFFLINE_MODELS, PUBLISHED_NAMES, TINY_ARCHS
+
+    return [*OFFLINE_MODELS, *(f"tiny-{a}" for a in TINY_ARCHS), *sorted(n for n in PUBLISHED_NAMES if "/" not in n)]
+
+
+def _hub_cached(repo: str) -> bool:
+    """Whether the Hugging Face cache holds ``repo``'s config.json (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    except Exception:  # noqa: BLE001 - not a valid repository name, no huggingface_hub
+        return False
+
+
+def _check_model_name(args: argparse.Namespace) -> None:
+    """--model must be a name the plugin knows (:data:`~sae_rdp_plugin.lm.models.OFFLINE_MODELS` and aliases,
+    ``tiny-*``, GPT-2 / Pythia), an existing local model path, a name with --gguf, or a name in the Hugging Face
+    cache: anything else would spend half a minute retrying the hub before failing."""
+    from sae_rdp_plugin.errors import SaeRdpError
+    from sae_rdp_plugin.lm.models import OFFLINE_MODELS, TINY_ARCHS, canonical_name, published_arch
+
+    name = args.model
+    key = canonical_name(name)
+    if args.gguf is not None:
+        if not Path(args.gguf).exists():
+            raise SaeRdpError(f"--gguf {args.gguf}: no such file or folder")
+        return
+    if key.startswith("tiny-"):
+        if key.removeprefix("tiny-") not in TINY_ARCHS:
+            raise SaeRdpError(f"--model {name!r}: unknown tiny model; use one of {_known_models()}")
+        if args.saelens_store:
+            raise SaeRdpError(f"--model {name!r}: the tiny test models run in the activation pipeline only")
+        return
+    if key in OFFLINE_MODELS or published_arch(name) is not None or Path(name).exists() or _hub_cached(name):
+        return
+    if args.saelens_store:  # TransformerLens's own names (HookedTransformer.from_pretrained), when cached
+        try:
+            from transformer_lens.loading_from_pretrained import get_official_model_name
+
+            if _hub_cached(get_official_model_name(name)):
+                return
+        except Exception:  # noqa: BLE001 - not a TransformerLens name
+            pass
+    raise SaeRdpError(
+        f"--model {name!r} is not a known model ({', '.join(_known_models())}), a local model folder or a model "
+        "in the Hugging Face cache"
+    )
+
+
+def _model_shape(args: argparse.Namespace) -> tuple[int, int] | None:
+    """(blocks loaded, d_model) of --model from its published config (no weights read), or None where only the
+    weights tell (--gguf, local folders, hub names)."""
+    from sae_rdp_plugin.errors import SaeRdpError
+    from sae_rdp_plugin.lm.models import HF_CONFIGS, canonical_name, published_arch, tiny_hf_config
+
+    if args.gguf is not None:
+        return None
+    key = canonical_name(args.model)
+    if key.startswith("tiny-"):
+        cfg = tiny_hf_config(key.removeprefix("tiny-"), n_layers=args.n_layers or 3)
+        return int(cfg.num_hidden_layers), int(cfg.hidden_size)
+    if key in HF_CONFIGS:
+        cfg = HF_CONFIGS[key](None)
+        total, d = cfg.num_hidden_layers, cfg.hidden_size
+    elif published_arch(args.model) is not None:
+        arch = published_arch(args.model)[0]
+        total, d = arch.n_layers, arch.d_model
+    else:
+        return None
+    if args.n_layers is not None and not 1 <= args.n_layers <= total:
+        raise SaeRdpError(f"--n-layers must be in 1..{total} for {args.model}, got {args.n_layers}")
+    return (args.n_layers or total), int(d)
+
+
+def _check_hooks(hooks: list[str], n_blocks: int | None) -> None:
+    """Hook names: the pipeline's syntax, no duplicate, and (when the model's depth is known) within it."""
+    from sae_rdp_plugin.errors import SaeRdpError
+    from sae_rdp_plugin.lm.pipeline import hidden_state_index
+
+    if not hooks:
+        raise SaeRdpError("--hook is empty; give e.g. blocks.0.hook_resid_post")
+    for h in hooks:
+        try:
+            hidden_state_index(h, 2**62)
+        except SaeRdpError:
+            raise SaeRdpError(
+                f"--hook {h!r}: use blocks.L.hook_resid_pre or blocks.L.hook_resid_post (L: a block index)"
+            ) from None
+        if n_blocks is not None:
+            try:
+                hidden_state_index(h, n_blocks)
+            except SaeRdpError as exc:
+                raise SaeRdpError(f"--hook: {exc}") from None
+    dup = sorted({h for h in hooks if hooks.count(h) > 1})
+    if dup:
+        raise SaeRdpError(f"--hook lists {', '.join(dup)} more than once")
+
+
+def _check_dataset(args: argparse.Namespace, read: bool = True) -> Any:
+    """--dataset and --context-size before the model loads. A folder (corpus or datasets) needs no tokenizer:
+    its rows are read here (returned, as :func:`~sae_rdp_plugin.train.lm.dataset_tokens` gives them); a text
+    file is only checked (None: it is tokenised once the tokenizer is loaded)."""
+    from sae_rdp_plugin.errors import SaeRdpError
+    from sae_rdp_plugin.train.lm import dataset_tokens
+
+    if args.context_size is not None and args.context_size < 2:
+        raise SaeRdpError(f"--context-size must be at least 2 tokens, got {args.context_size}")
+    p = Path(args.dataset)
+    if not p.exists():
+        raise SaeRdpError(f"--dataset {p}: no such file or folder")
+    if p.is_dir():
+        if not any(p.iterdir()):
+            raise SaeRdpError(f"--dataset {p} is an empty folder")
+        return dataset_tokens(p, None, args.context_size) if read else None
+    size = p.stat().st_size
+    if size == 0:
+        raise SaeRdpError(f"--dataset {p} is empty")
+    ctx = args.context_size or 128
+    if 2 * ctx > size + 8:  # a token covers at least one byte (BOS and a leading space aside)
+        raise SaeRdpError(
+            f"--context-size {ctx}: --dataset {p} has {size} bytes, too few for 2 rows (train and held out) of "
+            f"{ctx} tokens"
+        )
+    return None
+
+
+def _check_wandb(project: str | None) -> None:
+    """--wandb-project: wandb installed and able to log in without asking (an API key in the environment or
+    the netrc file, or WANDB_MODE offline / disabled)."""
+    import netrc
+
+    from sae_rdp_plugin.errors import SaeRdpError
+
+    if project is None:
+        return
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        raise SaeRdpError("--wandb-project needs wandb: pip install wandb") from None
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_API_KEY"):
+        return
+    if os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0].split(":")[0]
+    try:
+        if netrc.netrc(os.environ.get("NETRC")).authenticators(host):
+            return
+    except (OSError, netrc.NetrcParseError):
+        pass
+    raise SaeRdpError(
+        f"--wandb-project {project}: wandb is not logged in (no WANDB_API_KEY, no netrc entry for {host}); run "
+        "`wandb login`, or set WANDB_MODE=offline"
+    )
+
+
+def _loaded_blocks(model: Any) -> int:
+    from sae_rdp_plugin.lm.pipeline import base_model_parts
+
+    base, layers, _ = base_model_parts(model)
+    return len(getattr(base, layers))
+
+
 def _train_pipeline(args: argparse.Namespace) -> int:
-    """--model: the activation pipeline and train_on_model; everything is checked before anything is written."""
+    """--model: the activation pipeline and train_on_model; everything is checked before anything is written,
+    and all that does not need the weights before the model loads."""
     from sae_rdp_plugin.errors import SaeRdpError
     from sae_rdp_plugin.lm.models import hf_model
     from sae_rdp_plugin.lm.pipeline import PipelineConfig
-    from sae_rdp_plugin.train.lm import check_out_dir, dataset_tokens, grid_specs, train_on_model, write_summary
+    from sae_rdp_plugin.train.config import check_fits_memory, sae_train_bytes
+    from sae_rdp_plugin.train.lm import (
+        check_out_dir,
+        dataset_tokens,
+        grid_specs,
+        latest_checkpoint,
+        train_on_model,
+        write_summary,
+    )
 
     hooks = [h for h in args.hook.split(",") if h]
     check_out_dir(args.out)
-    train_configs(args, d_in=1 if args.d_in is None else args.d_in)  # flag values checked before the model loads
+    if args.n_layers is not None and args.n_layers < 1:
+        raise SaeRdpError(f"--n-layers must be at least 1, got {args.n_layers}")
+    _check_model_name(args)
+    shape = _model_shape(args)
+    _check_hooks(hooks, None if shape is None else shape[0])
+    if shape is not None and args.d_in is not None and args.d_in != shape[1]:
+        raise SaeRdpError(f"--d-in {args.d_in} does not match the model's width {shape[1]}")
+    d_in0 = args.d_in if args.d_in is not None else (shape[1] if shape is not None else None)
+    cfgs0 = train_configs(args, d_in=1 if d_in0 is None else d_in0)  # flag values checked before the model loads
+    specs0 = grid_specs(hooks, cfgs0, args.out)  # duplicate SAEs
+    if d_in0 is not None:
+        check_fits_memory(
+            sum(sae_train_bytes(c.d_in, c.d_sae, c.batch_size) for c in cfgs0) * len(hooks),
+            f"training {len(specs0)} SAE(s) of width {d_in0}",
+            "--d-sae, --batch-size or the number of --hook / --d-sae / --k / --alpha values",
+        )
+    if args.resume == "latest":
+        missing = [str(s.out) for s in specs0 if latest_checkpoint(s.out) is None]
+        if missing:
+            raise SaeRdpError(
+                f"--resume latest: no checkpoint of an interrupted run of {', '.join(missing)} (the interrupted "
+                "run needs --checkpoints > 0)"
+            )
+    rows = _check_dataset(args)
+    context = int(rows[0].shape[1]) if rows is not None else (args.context_size or 128)
+    if args.tokens_per_forward is not None and args.tokens_per_forward < context:
+        raise SaeRdpError(f"--tokens-per-forward ({args.tokens_per_forward}) must be at least the context ({context})")
+    if args.buffer_tokens is not None and args.buffer_tokens < 2 * args.batch_size:
+        raise SaeRdpError(
+            f"--buffer-tokens ({args.buffer_tokens}) must be at least 2 x --batch-size ({args.batch_size}): the "
+            "buffer hands out half of itself at a time"
+        )
+    _check_wandb(args.wandb_project)
     ctx = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: data-parallel, rank r on cuda:r (or CPU)
         from sae_rdp_plugin.train.distributed import init_distributed
 
         ctx = init_distributed(args.device if args.device != "cuda" else "cuda")
         args.device = ctx.device
+    if args.overlap_forward and not str(args.device).startswith("cuda"):
+        raise SaeRdpError(f"--overlap-forward needs CUDA (a side CUDA stream); --device is {args.device}")
     dtype = args.model_dtype or "bfloat16"
     try:
         model, tok = hf_model(
@@ -304,11 +558,12 @@ def _train_pipeline(args: argparse.Namespace) -> int:
         raise
     except Exception as exc:
         raise SaeRdpError(f"cannot load model {args.model!r}: {str(exc).splitlines()[0][:160]}") from exc
-    train, held, held_note, corpus_bos = dataset_tokens(args.dataset, tok, args.context_size)
+    train, held, held_note, corpus_bos = rows if rows is not None else dataset_tokens(args.dataset, tok, context)
     d_in = model.get_input_embeddings().embedding_dim
     cfgs = train_configs(args, d_in=d_in)
     if args.d_in is not None and args.d_in != d_in:
         raise SaeRdpError(f"--d-in {args.d_in} does not match the model's width {d_in}")
+    _check_hooks(hooks, _loaded_blocks(model))
     specs = grid_specs(hooks, cfgs, args.out)
     pcfg = PipelineConfig(
         hooks=hooks,
@@ -360,9 +615,16 @@ def _train_lm(args: argparse.Namespace) -> int:
         from sae_rdp_plugin.lm.models import load_model
     except ImportError as exc:  # pragma: no cover - models module missing
         raise SaeRdpError(f"model loading unavailable: {exc}") from exc
+    from sae_rdp_plugin.io import check_out_folder, folder_holds_only
+    from sae_rdp_plugin.train.saelens import RUN_NAMES
+
+    # SAELens's runner writes into --out itself: an earlier runner output (cfg.json, nothing foreign) or new
+    check_out_folder(args.out, lambda p: (p / "cfg.json").is_file() and folder_holds_only(p, RUN_NAMES.__contains__))
     train_config(args, d_in=1)  # one SAE: checked before the model loads
     if "," in args.hook:
         raise SaeRdpError("--saelens-store trains one hook; several hooks need the default activation pipeline")
+    _check_model_name(args)
+    _check_dataset(args, read=False)
     try:
         model = load_model(args.model, path=args.gguf, device=args.device, n_layers=args.n_layers)
     except SaeRdpError:

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import operator
 import shutil
@@ -65,7 +64,7 @@ import numpy as np
 import torch
 
 from sae_rdp_plugin.errors import SaeRdpError
-from sae_rdp_plugin.io import atomic_write_json, replace_dir
+from sae_rdp_plugin.io import atomic_write_json
 from sae_rdp_plugin.rdp.metrics import rate_distortion
 from sae_rdp_plugin.train.config import TrainConfig
 from sae_rdp_plugin.train.distributed import DistContext, barrier, broadcast_object, mean_over_ranks
@@ -241,25 +240,20 @@ def standardization(batches: Iterable[torch.Tensor], eps: float = 1e-3) -> Any:
 # ------------------------------------------------------------------------------------ output folders
 
 
-def _is_ours(p: Path) -> bool:
-    if (p / "train_summary.json").is_file():
-        return True
-    try:
-        return json.loads((p / "summary.json").read_text()).get("format") == SUMMARY_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def check_out_dir(out: str | Path) -> Path:
     """``out`` as a Path if a training run may write it: it does not exist, is an empty folder, or holds an
-    earlier sae-rdp training output (``train_summary.json``, or a ``summary.json`` of this module), which is
-    replaced at the end. Anything else raises SaeRdpError; nothing is written or deleted here."""
-    p = Path(out)
+    earlier sae-rdp training output (``train_summary.json``, or a ``summary.json`` of this module) and nothing
+    else than the names training writes (:func:`sae_rdp_plugin.train.saelens.is_train_run`), which is replaced
+    at the end; it and its nearest existing parent are writable. Anything else raises SaeRdpError; nothing is
+    written or deleted here."""
+    from sae_rdp_plugin.train.saelens import check_out_path, check_run_folder, is_train_run
+
+    p = check_out_path(out)
     if p.exists() and not p.is_dir():
         raise SaeRdpError(f"output {p} exists and is not a folder")
-    if p.is_dir() and any(p.iterdir()) and not _is_ours(p):
+    if p.is_dir() and any(p.iterdir()) and not is_train_run(p):
         raise SaeRdpError(f"output folder {p} is not empty and holds no sae-rdp training run; choose another --out")
-    return p
+    return check_run_folder(p)
 
 
 def _staging_dir(out: Path) -> Path:
@@ -269,8 +263,10 @@ def _staging_dir(out: Path) -> Path:
 
 def _publish(staging: Path, out: Path) -> None:
     """Rename the finished ``staging`` folder to ``out`` (an earlier sae-rdp output there is replaced)."""
+    from sae_rdp_plugin.train.saelens import publish_run
+
     check_out_dir(out)
-    replace_dir(staging, out)
+    publish_run(staging, out)
 
 
 #: files a complete SAETrainer checkpoint holds (a folder killed while being written lacks some)
@@ -802,7 +798,13 @@ def train_saes(
         n_gamma = _gamma_pass(runs, stream, ctx)
         n_norm = _start(runs, stream, fast, ctx, fast_options)
         if wandb is not None:
-            wandb.init(project=wandb_project, config={f"{r.hook}/{r.name}": dataclasses.asdict(r.cfg) for r in runs})
+            try:
+                wandb.init(
+                    project=wandb_project, config={f"{r.hook}/{r.name}": dataclasses.asdict(r.cfg) for r in runs}
+                )
+            except wandb.Error as exc:  # not logged in, bad project name, ...
+                line = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+                raise SaeRdpError(f"--wandb-project {wandb_project}: wandb refused to start ({line})") from None
         bar = _Progress(tokens, runs, progress and main, wandb)
         fwd0, wait0 = (_forward_seconds(stats) if stream.n else 0.0), stream.wait_s
         loop_t0 = time.perf_counter()

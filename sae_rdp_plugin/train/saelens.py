@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import sys
 import time
 import uuid
@@ -126,7 +128,7 @@ def train_synthetic(
     from sae_lens.training.sae_trainer import SAETrainer
 
     from sae_rdp_plugin.devices import check_device
-    from sae_rdp_plugin.io import atomic_write_json, replace_dir
+    from sae_rdp_plugin.io import atomic_write_json
 
     if isinstance(cfg, TrainConfig):
         if len(args) != 1 or train_fields:
@@ -210,7 +212,7 @@ def train_synthetic(
         )
         atomic_write_json(staging / "train_summary.json", asdict(res))
         check_run_folder(out)  # again: the folder may have changed during training
-        replace_dir(staging, out)
+        publish_run(staging, out)
     except BaseException:
         _drop_incomplete_checkpoints(staging)
         if staging.exists() and not reused and not _checkpoints(staging):
@@ -227,25 +229,88 @@ _SCALER = "activation_scaler.json"
 _CHECKPOINT_FILES = ("sae_weights.safetensors", _TRAINER_STATE, _SCALER)
 
 
+#: names a training command writes directly into a run folder: SAELens's saved SAE and checkpoints, gamma, our
+#: summaries (``summary.json`` of a ``train --model`` grid, whose SAEs live in hook folders, :data:`_HOOK_DIR`)
+RUN_NAMES = frozenset(
+    {
+        "cfg.json",
+        "sae_weights.safetensors",
+        "sparsity.safetensors",
+        "runner_cfg.json",
+        GAMMA_FILENAME,
+        "train_summary.json",
+        "summary.json",
+        "checkpoints",
+    }
+)
+#: a grid's hook folder (``train --model`` with several SAEs: ``out/<hook>/<sae name>/``)
+_HOOK_DIR = re.compile(r"^blocks\.\d+\.hook_[A-Za-z0-9_]+$")
+
+
 def _is_train_run(p: Path) -> bool:
     """A folder written by a sae-rdp training command (``train_summary.json``, or the ``summary.json``
-    of a ``train --model`` grid)."""
-    if (p / "train_summary.json").is_file():
-        return True
+    of a ``train --model`` grid) that holds nothing else than the names training writes (:data:`RUN_NAMES`):
+    replacing it can then delete no file of the user's."""
+    from sae_rdp_plugin.io import folder_holds_only
+
+    marked = (p / "train_summary.json").is_file()
+    if not marked:
+        try:
+            marked = str(json.loads((p / "summary.json").read_text()).get("format", "")).startswith("sae-rdp ")
+        except (OSError, ValueError, AttributeError, RecursionError):
+            marked = False
     try:
-        return str(json.loads((p / "summary.json").read_text()).get("format", "")).startswith("sae-rdp ")
-    except (OSError, ValueError, AttributeError, RecursionError):
+        return marked and folder_holds_only(p, lambda n: n in RUN_NAMES or bool(_HOOK_DIR.match(n)))
+    except OSError:
         return False
+
+
+is_train_run = _is_train_run
+
+
+def check_out_path(out: str | Path, flag: str = "--out") -> Path:
+    """``out`` as a Path unless it names no folder of its own: empty, ``.`` / ``..``, or the current folder
+    or one above it (a run is written into a sibling and swapped in: the working folder cannot be replaced)."""
+    text = str(out)
+    p = Path(text)
+    if not text.strip():
+        raise SaeRdpError(f"{flag} is empty; give the path of a new or empty folder")
+    if p.name in ("", ".", "..") or Path.cwd().resolve().is_relative_to(p.resolve()):
+        raise SaeRdpError(f"{flag} {text!r} is the current folder or one above it; give a new or empty folder")
+    return p
 
 
 def check_run_folder(out: str | Path) -> Path:
     """``out`` as a Path if a training run may be written there: new, an empty folder, or an earlier
-    sae-rdp training run (replaced whole at the end, so no file of the old run survives next to the new
-    SAE); its nearest existing parent must be writable. Anything else raises SaeRdpError; nothing is
-    written or deleted here."""
+    sae-rdp training run holding only what training writes (replaced whole at the end, so no file of the old
+    run survives next to the new SAE); its nearest existing parent, and ``out`` itself when it exists (it is
+    moved aside by the swap), must be writable. Anything else raises SaeRdpError; nothing is written or
+    deleted here."""
     from sae_rdp_plugin.io import check_out_folder
 
-    return check_out_folder(out, _is_train_run)
+    p = check_out_folder(check_out_path(out), _is_train_run)
+    if p.is_dir() and not p.is_symlink() and not os.access(p, os.W_OK | os.X_OK):
+        raise SaeRdpError(f"--out {p}: no permission to write in {p} (it is replaced by the new run)")
+    return p
+
+
+def publish_run(staging: Path, out: Path) -> None:
+    """:func:`sae_rdp_plugin.io.replace_dir` ``staging`` -> ``out``; when the swap fails, the empty hidden
+    ``.<out>.*.old`` folder it may have made is removed (``rmdir``: only an empty one), so nothing is left."""
+    import glob
+
+    from sae_rdp_plugin.io import replace_dir
+
+    before = set(glob.glob(str(out.parent / glob.escape(f".{out.name}.")) + "*.old"))
+    try:
+        replace_dir(staging, out)
+    except BaseException:
+        for d in set(glob.glob(str(out.parent / glob.escape(f".{out.name}.")) + "*.old")) - before:
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+        raise
 
 
 def _step_of(ck: Path) -> int | None:
@@ -410,7 +475,10 @@ def load_dataset_arg(path: str, tokenizer: Any, context_size: int) -> Any:
     if p.is_dir():
         from datasets import load_from_disk
 
-        ds = load_from_disk(str(p))
+        try:
+            ds = load_from_disk(str(p))
+        except (FileNotFoundError, ValueError) as exc:
+            raise SaeRdpError(f"--dataset {p}: {str(exc).strip().splitlines()[0][:160]}") from None
         if "tokens" not in ds.column_names:
             raise SaeRdpError(f"dataset {p} has no 'tokens' column (columns: {ds.column_names})")
         return ds

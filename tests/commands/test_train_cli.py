@@ -134,6 +134,9 @@ def test_saelens_store_keeps_the_runner_path(tmp_path, monkeypatch, capsys):
         n_layers=2, d_model=16, d_head=4, n_heads=4, d_mlp=32, n_ctx=32, d_vocab=50, act_fn="gelu", seed=0
     )
     monkeypatch.setattr(models, "load_model", lambda *a, **k: HookedTransformer(tiny))
+    import sae_rdp_plugin.commands.train as train_cmd
+
+    monkeypatch.setattr(train_cmd, "_check_model_name", lambda args: None)  # "tiny" is known to the stand-in only
     ds = tmp_path / "ds"
     rows = np.random.default_rng(0).integers(1, 50, size=(64, T))
     datasets.Dataset.from_dict({"tokens": rows}).save_to_disk(str(ds))

@@ -217,9 +217,14 @@ def test_earlier_output_is_replaced_and_checkpoints_written(tmp_path):
     spec = SAESpec("h.a", cfg(n_checkpoints=2), out)
     train_saes(iter(make_batches(10)), [spec], tokens=4 * B, progress=False)
     assert len(list((out / "checkpoints").iterdir())) == 2
-    (out / "stale.txt").write_text("from the first run")
+    (out / "notes.txt").write_text("a user's file")  # not a name training writes: the folder is not replaced
+    with pytest.raises(SaeRdpError, match="is not empty and holds no sae-rdp training run"):
+        train_saes(iter(make_batches(10, seed=1)), [spec], tokens=4 * B, progress=False)
+    assert (out / "notes.txt").read_text() == "a user's file"
+    (out / "notes.txt").unlink()
+    (out / "checkpoints" / "stale").mkdir()  # inside a folder training writes: replaced with it
     train_saes(iter(make_batches(10, seed=1)), [spec], tokens=4 * B, progress=False)
-    assert not (out / "stale.txt").exists() and (out / "cfg.json").exists()
+    assert not (out / "checkpoints" / "stale").exists() and (out / "cfg.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
 
 

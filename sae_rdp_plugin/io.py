@@ -114,7 +114,11 @@ def replace_dir(staging: str | os.PathLike, dest: str | os.PathLike) -> Path:
         os.replace(staging, dest)
         return dest
     aside = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".old"))
-    os.replace(dest, aside / "previous")
+    try:
+        os.replace(dest, aside / "previous")
+    except BaseException:  # dest could not be moved (e.g. no permission on it): nothing left behind
+        aside.rmdir()
+        raise
     try:
         os.replace(staging, dest)
     except BaseException:

@@ -338,8 +338,9 @@ def _hub_cached(repo: str) -> bool:
 
 def _check_model_name(args: argparse.Namespace) -> None:
     """--model must be a name the plugin knows (:data:`~sae_rdp_plugin.lm.models.OFFLINE_MODELS` and aliases,
-    ``tiny-*``, GPT-2 / Pythia), an existing local model path, a name with --gguf, or a name in the Hugging Face
-    cache: anything else would spend half a minute retrying the hub before failing."""
+    ``tiny-*``, GPT-2 / Pythia), an existing local model path, a name with --gguf, a name in the Hugging Face
+    cache, or (unless HF_HUB_OFFLINE=1) a hub repository name ``org/model`` or, with --saelens-store, a
+    TransformerLens model name: a bare unknown name would spend half a minute retrying the hub before failing."""
     from sae_rdp_plugin.errors import SaeRdpError
     from sae_rdp_plugin.lm.models import OFFLINE_MODELS, TINY_ARCHS, canonical_name, published_arch
 
@@ -357,17 +358,21 @@ def _check_model_name(args: argparse.Namespace) -> None:
         return
     if key in OFFLINE_MODELS or published_arch(name) is not None or Path(name).exists() or _hub_cached(name):
         return
-    if args.saelens_store:  # TransformerLens's own names (HookedTransformer.from_pretrained), when cached
+    online = os.environ.get("HF_HUB_OFFLINE", "0") in ("", "0")
+    if "/" in name and online:  # a hub repository name ("org/model"): the loader fetches it
+        return
+    if args.saelens_store:  # TransformerLens's own names (HookedTransformer.from_pretrained)
         try:
             from transformer_lens.loading_from_pretrained import get_official_model_name
 
-            if _hub_cached(get_official_model_name(name)):
+            if online or _hub_cached(get_official_model_name(name)):
+                get_official_model_name(name)
                 return
         except Exception:  # noqa: BLE001 - not a TransformerLens name
             pass
     raise SaeRdpError(
-        f"--model {name!r} is not a known model ({', '.join(_known_models())}), a local model folder or a model "
-        "in the Hugging Face cache"
+        f"--model {name!r} is not a known model ({', '.join(_known_models())}), a local model folder, a hub "
+        "repository name (org/model) or a model in the Hugging Face cache"
     )
 
 

@@ -181,3 +181,23 @@ def test_failed_swap_leaves_no_old_folder(tmp_path, monkeypatch):
     with pytest.raises(PermissionError):
         publish_run(staging, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".o.x.partial", "o"]
+
+
+def test_hub_repository_names_pass_the_name_check_unless_offline(monkeypatch):
+    """A hub repository name (org/model) is left to the loader on a machine that may reach the hub; with
+    HF_HUB_OFFLINE=1 (and not cached) it is refused up front, as a bare unknown name always is."""
+    import argparse
+
+    from sae_rdp_plugin.commands import train as cmd
+    from sae_rdp_plugin.errors import SaeRdpError
+
+    def ns(model: str) -> argparse.Namespace:
+        return argparse.Namespace(model=model, gguf=None, saelens_store=False)
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    cmd._check_model_name(ns("some-org/some-model-not-cached"))
+    with pytest.raises(SaeRdpError, match="nope-xyz-model"):
+        cmd._check_model_name(ns("nope-xyz-model"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SaeRdpError, match="some-org/some-model-not-cached"):
+        cmd._check_model_name(ns("some-org/some-model-not-cached"))

@@ -1014,6 +1014,15 @@ def train_on_model(
             used = found[0][2] // (ctx.world_size if ctx is not None and ctx.distributed else 1)
             used += (max(gamma, default=0) + max(norm, default=0)) * pipeline_cfg.batch_size
             tokens = np.roll(np.asarray(tokens), -((used // max(per_row, 1)) % len(tokens)), axis=0)
+    # the shuffle buffer is filled before the first batch: never larger than what the run draws (its budget and
+    # the batches drawn before training), else a short run reads, and may repeat, far more of the corpus than
+    # it trains on
+    extra = max(
+        [s.cfg.gamma_estimation_batches for s in specs if s.cfg.arch.weighted and not s.cfg.gamma_path] or [0]
+    ) + max([s.cfg.n_batches_for_norm_estimate for s in specs] or [0])
+    need = budget_rank + extra * pipeline_cfg.batch_size
+    if pipeline_cfg.buffer_tokens > max(2 * pipeline_cfg.batch_size, need):
+        pipeline_cfg = dataclasses.replace(pipeline_cfg, buffer_tokens=max(2 * pipeline_cfg.batch_size, need))
     pipe = ActivationPipeline(model, tokens, pipeline_cfg, bos_token_id=bos_token_id, pad_token_id=pad_token_id)
     for s in specs:
         if s.cfg.d_in != pipe.d_in:

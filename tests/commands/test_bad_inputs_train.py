@@ -201,3 +201,14 @@ def test_hub_repository_names_pass_the_name_check_unless_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SaeRdpError, match="some-org/some-model-not-cached"):
         cmd._check_model_name(ns("some-org/some-model-not-cached"))
+
+
+def test_short_model_run_reads_no_more_of_the_corpus_than_it_trains_on(tmp_path, monkeypatch):
+    """A run far shorter than the default shuffle buffer (2**19 rows) fills the buffer only with what it draws:
+    256 training tokens of a 1,240-token corpus read under one pass of it (before, the buffer fill repeated the
+    corpus ~400 times without a word)."""
+    monkeypatch.chdir(tmp_path)
+    _datasets_folder(tmp_path)
+    assert main([*M.split(), "--out", "o"]) == 0
+    summary = json.loads((tmp_path / "o" / "train_summary.json").read_text())
+    assert 0 < summary["epochs"] < 1, summary["epochs"]

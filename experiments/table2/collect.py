@@ -28,7 +28,6 @@ relative, no links).
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys

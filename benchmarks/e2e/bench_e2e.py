@@ -957,7 +957,7 @@ def row_ce_recovered(b: Bench) -> dict[str, Any]:
     loss with the hooked activation zeroed at those positions."""
     from sae_lens import SAE
 
-    prior = {r["row"]: r for r in _load_rows(b.out / "latest.json") if "sae_dirs" in r}
+    prior = {r["row"]: r for r in _rows_so_far(b.out / "latest.json") if "sae_dirs" in r}
     dirs = {
         f"{name}:{Path(d).name}": d for name in ("ours", "saelens") for d in prior.get(name, {}).get("sae_dirs", [])
     }
@@ -1109,6 +1109,13 @@ def _load_rows(path: Path, flag: str = "--resume") -> list[dict[str, Any]]:
     if not _is_bench_result(d) or not all(isinstance(r, dict) and isinstance(r.get("row"), str) for r in rows):
         raise SaeRdpError(f"{flag} {path} is not a latest.json of this benchmark (no rows / settings / device)")
     return list(rows)
+
+
+def _rows_so_far(path: Path) -> list[dict[str, Any]]:
+    """The rows this run has written to its latest.json so far (none yet: [])."""
+    return [
+        r for r in (json.loads(path.read_text()).get("rows", []) if _bench_json(path) else []) if isinstance(r, dict)
+    ]
 
 
 def _is_bench_result(d: Any) -> bool:

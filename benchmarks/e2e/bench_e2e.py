@@ -957,7 +957,7 @@ def row_ce_recovered(b: Bench) -> dict[str, Any]:
     loss with the hooked activation zeroed at those positions."""
     from sae_lens import SAE
 
-    prior = {r["row"]: r for r in _load_rows(b.out / "latest.json") if "sae_dirs" in r}
+    prior = {r["row"]: r for r in _rows_so_far(b.out / "latest.json") if "sae_dirs" in r}
     dirs = {
         f"{name}:{Path(d).name}": d for name in ("ours", "saelens") for d in prior.get(name, {}).get("sae_dirs", [])
     }
@@ -1094,11 +1094,169 @@ def device_name(b: Bench) -> str:
     return torch.cuda.get_device_name() if b.cuda else f"cpu ({os.cpu_count()} cores)"
 
 
-def _load_rows(path: Path) -> list[dict[str, Any]]:
+def _load_rows(path: Path, flag: str = "--resume") -> list[dict[str, Any]]:
+    """The rows of a latest.json this benchmark wrote; SaeRdpError naming ``flag`` and the file when it is
+    missing, unreadable, malformed or not one of ours (a resume must not silently start from nothing)."""
+    from sae_rdp_plugin.errors import SaeRdpError
+
+    if not path.is_file():
+        raise SaeRdpError(f"{flag} {path}: no such file (nothing to resume)")
     try:
-        return list(json.loads(path.read_text()).get("rows", []))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return []
+        d = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise SaeRdpError(f"{flag} {path} is unreadable or not JSON ({type(exc).__name__})") from None
+    rows = d.get("rows") if isinstance(d, dict) else None
+    if not _is_bench_result(d) or not all(isinstance(r, dict) and isinstance(r.get("row"), str) for r in rows):
+        raise SaeRdpError(f"{flag} {path} is not a latest.json of this benchmark (no rows / settings / device)")
+    return list(rows)
+
+
+def _rows_so_far(path: Path) -> list[dict[str, Any]]:
+    """The rows this run has written to its latest.json so far (none yet: [])."""
+    return [
+        r for r in (json.loads(path.read_text()).get("rows", []) if _bench_json(path) else []) if isinstance(r, dict)
+    ]
+
+
+def _is_bench_result(d: Any) -> bool:
+    """Whether a parsed JSON is a latest.json this benchmark wrote (recognised by its keys)."""
+    return (
+        isinstance(d, dict)
+        and isinstance(d.get("rows"), list)
+        and isinstance(d.get("settings"), dict)
+        and isinstance(d.get("device"), str)
+    )
+
+
+def _bench_json(path: Path) -> bool:
+    try:
+        return path.is_file() and _is_bench_result(json.loads(path.read_text()))
+    except (OSError, ValueError, RecursionError):
+        return False
+
+
+def check_results_folder(path: str, flag: str) -> Path:
+    """A folder the results (latest.json, latest.md) may be written into: not a file, and any latest.json /
+    latest.md already there written by this benchmark (a latest.md only next to such a latest.json). Other
+    files in it (e.g. run_on_device.sh's log.txt) are left alone. SaeRdpError naming ``flag`` otherwise."""
+    from sae_rdp_plugin.errors import SaeRdpError
+    from sae_rdp_plugin.io import check_out_folder
+
+    p = Path(path)
+    if str(path) == "":
+        raise SaeRdpError(f"{flag} is empty; give a folder")
+    if p.exists() and not p.is_dir():
+        raise SaeRdpError(f"{flag} {p} exists and is not a folder")
+    js, md = p / "latest.json", p / "latest.md"
+    ours = _bench_json(js) and not js.is_symlink()
+    for f in (js, md):
+        if (f.exists() or f.is_symlink()) and not ours:
+            raise SaeRdpError(
+                f"{flag} {p}: {f.name} there was not written by this benchmark (it would be overwritten); "
+                "give another folder"
+            )
+    return check_out_folder(p, lambda _: True, flag)
+
+
+def _total_memory() -> int | None:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except Exception:  # noqa: BLE001  (psutil missing or failing: os.sysconf)
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return None
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every input checked before anything is written or any row starts (a row's failure is recorded in
+    latest.json and the other rows still run: that is for failures on the device, not for bad input).
+    SaeRdpError naming the flag."""
+    from sae_rdp_plugin.errors import SaeRdpError
+
+    if args.profile is not None and (args.profile[0] < 0 or args.profile[1] < 1):
+        raise SaeRdpError(f"--profile START COUNT needs START >= 0 and COUNT >= 1, got {args.profile}")
+    if args.profile is not None and args.only is not None and "ours_profile" not in args.only:
+        raise SaeRdpError("--profile applies only to the ours_profile row, which --only leaves out")
+    for flag, v in (
+        ("--tokens", args.tokens),
+        ("--baseline-tokens", args.baseline_tokens),
+        ("--heldout-tokens", args.heldout_tokens),
+    ):
+        if v is not None and v < 1:
+            raise SaeRdpError(f"{flag} must be >= 1, got {v}")
+    if args.context is not None and args.context < 2:
+        raise SaeRdpError(f"--context must be >= 2 (BOS and one token), got {args.context}")
+    if args.warmup_steps is not None and args.warmup_steps < 0:
+        raise SaeRdpError(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
+    if not 0 <= args.seed < 2**63 - 1:
+        raise SaeRdpError(f"--seed must be in [0, 2**63 - 1), got {args.seed}")
+    if args.device is not None:
+        try:
+            dev = torch.device(args.device)
+        except (RuntimeError, ValueError):
+            raise SaeRdpError(f"--device {args.device!r} is not a device (cpu, cuda or cuda:N)") from None
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise SaeRdpError(f"--device {args.device}: no CUDA device on this machine")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise SaeRdpError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA devices")
+        elif dev.type != "cpu":
+            raise SaeRdpError(f"--device {args.device}: only cpu and cuda[:N] are supported")
+    if args.gguf is not None:
+        g = Path(args.gguf)
+        if not g.is_file():
+            raise SaeRdpError(f"--gguf {g}: no such file")
+        try:
+            with open(g, "rb") as f:
+                magic = f.read(4)
+        except OSError as exc:
+            raise SaeRdpError(f"--gguf {g}: unreadable ({exc.strerror})") from None
+        if magic != b"GGUF":
+            raise SaeRdpError(f"--gguf {g} is not a GGUF file")
+    if args.corpus is not None:
+        _check_corpus(Path(args.corpus))
+    elif args.tokens is not None or args.heldout_tokens is not None:
+        total = _total_memory()
+        n = 1.25 * (args.tokens or 0) + (args.heldout_tokens or 0)
+        if total and n * 12 > 2 * total:  # int64 draw + int32 rows per token
+            raise SaeRdpError(
+                f"--tokens / --heldout-tokens: {n:.3g} random tokens need ~{n * 12 / 2**30:.0f} GiB, far above "
+                f"this machine's {total / 2**30:.0f} GiB; lower --tokens / --heldout-tokens"
+            )
+    if args.work is not None and Path(args.work).exists() and not Path(args.work).is_dir():
+        raise SaeRdpError(f"--work {args.work} exists and is not a folder")
+    check_results_folder(args.out, "--out")
+    if args.copy_to is not None:
+        check_results_folder(args.copy_to, "--copy-to")
+    if args.resume:  # an explicit file; a bare --resume reads OUT/latest.json
+        _load_rows(Path(args.resume))
+    elif args.resume is not None:
+        _load_rows(Path(args.out) / "latest.json", "--resume (OUT/latest.json)")
+
+
+def _check_corpus(p: Path) -> None:
+    """A ``sae-rdp corpus build`` folder (tokens.npz) or a shards folder (shards.json) with train and heldout."""
+    from sae_rdp_plugin.errors import SaeRdpError
+    from sae_rdp_plugin.io import read_json_object
+
+    if not p.is_dir():
+        raise SaeRdpError(f"--corpus {p}: no such folder")
+    if (p / "tokens.npz").is_file():
+        try:
+            with np.load(p / "tokens.npz") as z:
+                splits = set(z.files)
+        except (OSError, ValueError) as exc:
+            raise SaeRdpError(f"--corpus {p}: tokens.npz is unreadable ({type(exc).__name__})") from None
+    elif (p / "shards.json").is_file():
+        rows = read_json_object(p / "shards.json", "--corpus shards index").get("rows")
+        splits = set(rows) if isinstance(rows, dict) else set()
+    else:
+        raise SaeRdpError(f"--corpus {p}: neither tokens.npz nor shards.json there (run `sae-rdp corpus build`)")
+    if not {"train", "heldout"} <= splits:
+        raise SaeRdpError(f"--corpus {p}: needs the splits train and heldout, has {sorted(splits)}")
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1210,7 +1368,11 @@ def write_results(path: Path, res: dict[str, Any], copy_to: Path | None = None) 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    from sae_rdp_plugin.cli import OneLineArgumentParser
+
+    ap = OneLineArgumentParser(
+        prog="bench_e2e.py", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
     ap.add_argument("--out", default="out/e2e", help="result folder (latest.json, latest.md)")
     ap.add_argument("--copy-to", default=None, help="also write latest.json / latest.md here after every row")
     ap.add_argument("--tokens", type=int, default=None, help="training tokens of ours / saelens (default 20M)")
@@ -1248,10 +1410,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sae_rdp_plugin.errors import SaeRdpError
+
     args = parse_args(argv)
-    if args.profile is not None and (args.profile[0] < 0 or args.profile[1] < 1):
-        print(f"error: --profile START COUNT needs START >= 0 and COUNT >= 1, got {args.profile}", file=sys.stderr)
-        return 2
+    if not args._child:
+        try:
+            check_args(args)  # before any folder is made or any row starts
+        except SaeRdpError as exc:
+            print(f"error: {exc}".splitlines()[0], file=sys.stderr)
+            return 2
     if args._child:  # one row in this (child) process
         cargs = argparse.Namespace(**json.loads(args._child))
         row = run_row(cargs._row, make_bench(cargs))

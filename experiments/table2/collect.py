@@ -28,7 +28,6 @@ relative, no links).
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -64,6 +63,25 @@ _RELEASE = re.compile(r"^table2-(?P<ml>.+-L\d+)-[a-z_]+$")
 _STAGE = re.compile(r"^[CTE]-(?P<model>.+)-(?P<layer>\d+)(?:-[a-z_]+)?$")
 
 
+def _json(rel: Path, data: bytes, where: str = "the bundle's") -> object:
+    """A JSON member of the bundle (or a committed file), parsed; ValueError naming it when malformed."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{where} {rel}: not JSON ({e})") from None
+
+
+def _stage_record(rel: Path, data: bytes, where: str = "the bundle's") -> dict:
+    """A stage_*.json record: a JSON object whose ``calls`` (if any) is a list of objects."""
+    d = _json(rel, data, where)
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} {rel}: not a JSON object (a stage record)")
+    calls = d.get("calls", [])
+    if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
+        raise ValueError(f"{where} {rel}: 'calls' is not a list of objects")
+    return d
+
+
 def model_layer(files: dict[Path, bytes]) -> str | None:
     """``<model>-L<layer>`` of a bundle (relative path -> bytes), from its JSONs' release ids, else its stage ids;
     None when it names none; ValueError when it names several."""
@@ -71,13 +89,16 @@ def model_layer(files: dict[Path, bytes]) -> str | None:
     for rel, data in files.items():
         if rel.suffix != ".json":
             continue
-        d = json.loads(data)
+        d = _json(rel, data)
         if rel.parent != Path(".") and isinstance(d, dict) and (m := _RELEASE.match(str(d.get("sae_lens_release_id")))):
             found.add(m["ml"])
     if not found:
         for rel, data in files.items():
             if rel.parent == Path(".") and rel.name.startswith(("stage_", "calibration_")):
-                if m := _STAGE.match(str(json.loads(data).get("stage", ""))):
+                d = _json(rel, data)
+                if not isinstance(d, dict):
+                    raise ValueError(f"the bundle's {rel}: not a JSON object")
+                if m := _STAGE.match(str(d.get("stage", ""))):
                     found.add(f"{m['model']}-L{m['layer']}")
     if len(found) > 1:
         raise ValueError(f"the bundle spans model-layers {sorted(found)}")
@@ -90,10 +111,7 @@ def by_sae_ids(files: dict[Path, bytes]) -> dict[Path, bytes]:
     out: dict[Path, bytes] = {}
     for rel, data in files.items():
         if len(rel.parts) == 2 and rel.parts[0] in EVAL_DIRS and rel.suffix == ".json":
-            try:
-                d = json.loads(data)
-            except ValueError as e:
-                raise ValueError(f"{rel}: not JSON ({e})") from e
+            d = _json(rel, data)
             ids = (d.get("sae_lens_release_id"), d.get("sae_lens_id")) if isinstance(d, dict) else (None, None)
             if not all(isinstance(i, str) and i for i in ids):
                 raise ValueError(f"{rel}: no sae_lens_release_id / sae_lens_id")
@@ -132,18 +150,21 @@ def collect(bundle: Path, into: Path | None = None, results: Path = RESULTS) -> 
             into = results / named
         elif named is not None and into.name != named:
             raise ValueError(f"{bundle} holds {named} results, not {into.name} (--into)")
+        for d in (into, *(into / rel.parent for rel in contents)):
+            if d.exists() and not d.is_dir():
+                raise ValueError(f"--into {into}: {d} exists and is not a folder")
         plan: list[tuple[Path, bytes, str]] = []
         for rel, data in contents.items():
             dest = into / rel
             if rel.parent == Path(".") and rel.name.startswith("stage_") and rel.suffix == ".json":
-                new = json.loads(data)
+                new = _stage_record(rel, data)
                 if dest.is_file():
-                    new = merge_stage(json.loads(dest.read_text()), new)
+                    new = merge_stage(_stage_record(dest, dest.read_bytes(), "the committed"), new)
                 data = (json.dumps(new, indent=1) + "\n").encode()
                 plan.append((dest, data, "stage"))
                 continue
             if rel.parent == Path(".") and rel.name.startswith("calibration_"):
-                json.loads(data)  # a broken calibration must not reach a fresh machine
+                _json(rel, data)  # a broken calibration must not reach a fresh machine
                 plan.append((results / rel.name, data, "calibration"))
             kind = "new" if not dest.exists() else ("same" if dest.read_bytes() == data else "replaced")
             plan.append((dest, data, kind))
@@ -156,7 +177,9 @@ def collect(bundle: Path, into: Path | None = None, results: Path = RESULTS) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from sae_rdp_plugin.cli import OneLineArgumentParser
+
+    ap = OneLineArgumentParser(prog="collect.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("bundle", type=Path, help="<ID>.tar.xz from a stage.sh run call")
     ap.add_argument("--into", type=Path, default=None, help="the model-layer folder (default: read from the bundle)")
     args = ap.parse_args(argv)

@@ -23,19 +23,47 @@ install_wheels() {
   "$PY" -m pip install -q --no-deps --no-index --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHL"/*.whl
   "$PY" -c "import sae_lens, transformer_lens, datasets, gguf, sae_bench.evals.core.main; print('wheels ok')"
 }
+# usage and input errors: one line on stderr, exit 2; a device-side failure (nothing staged, no wheels, pieces
+# incomplete): one line on stderr, exit 3
+die() { echo "error: $2" >&2; exit "$1"; }
+USAGE="usage: stage.sh wheels | put DIR | join | run STAGE [ARGS] | runprobe T-STAGE [ARGS]"
 need_staged() {
-  [ -f "$WORK/GGUF" ] || { echo "error: $WORK/GGUF missing: redo the put calls back to back"; exit 3; }
+  [ -f "$WORK/GGUF" ] || die 3 "$WORK/GGUF missing: redo the put calls back to back"
 }
 join_gguf() {  # the put calls leave the GGUF in pieces: join them once, checked against the packed sha256
   need_staged
   read -r NAME SHA < "$WORK/GGUF"
   if [ ! -f "$WORK/$NAME" ]; then
     cat "$WORK/$NAME".piece* > "$WORK/$NAME.tmp"
-    echo "$SHA  $WORK/$NAME.tmp" | sha256sum -c - || { echo "error: GGUF pieces incomplete"; exit 3; }
+    echo "$SHA  $WORK/$NAME.tmp" | sha256sum --status -c - || { rm -f "$WORK/$NAME.tmp"; die 3 "GGUF pieces incomplete"; }
     mv "$WORK/$NAME.tmp" "$WORK/$NAME" && rm -f "$WORK/$NAME".piece*
   fi
 }
-STEP=${1:?usage: stage.sh wheels|put DIR|join|run STAGE [ARGS]}
+# the step and its arguments are checked before any folder is made
+STEP=${1:-}
+case "$STEP" in
+wheels | join)
+  [ $# -eq 1 ] || die 2 "$STEP takes no arguments, got: ${*:2} ($USAGE)"
+  ;;
+put)
+  [ $# -eq 2 ] || die 2 "put takes one folder ($USAGE)"
+  [ -d "$2" ] || die 2 "put: $2 is not a folder here (name it in carry)"
+  ;;
+run)
+  [ -n "${2:-}" ] || die 2 "run needs a STAGE ($USAGE)"
+  ;;
+runprobe)
+  [ -n "${2:-}" ] || die 2 "runprobe needs a T-STAGE ($USAGE)"
+  case "$2" in
+    T-*) E="E-${2#T-}"; E="${E%-*}" ;;
+    *) E=${T2_E:-} ;;  # W-wsae: T2_E=E-<model>-<layer> names its eval stage
+  esac
+  [ -n "$E" ] || die 2 "runprobe takes a T-<model>-<layer>-<architecture> stage (or T2_E=E-...), got $2"
+  ;;
+"") die 2 "no step given ($USAGE)" ;;
+*) die 2 "unknown step $STEP (wheels, put, join, run, runprobe)" ;;
+esac
+case "$STEP" in join | run | runprobe) need_staged ;; esac  # staging is what a fresh machine lacks first
 mkdir -p "$WORK" "$OUT"
 # the tokenizer pack.py put in the first call (converted and checked on the dev machine: the device image's
 # transformers converts Gemma's GGUF tokenizer into one that splits words): unpacked once, used by every step
@@ -50,8 +78,7 @@ wheels)
   install_wheels
   ;;
 put)
-  SRC=${2:?usage: stage.sh put DIR}
-  [ -d "$SRC" ] || { echo "error: $SRC not carried (name it in carry)"; exit 3; }
+  SRC=$2
   cp -a "$SRC"/. "$WORK"/
   du -sh "$WORK"; df -h /tmp | tail -1
   ;;
@@ -60,8 +87,7 @@ join)
   echo "$WORK/$NAME"
   ;;
 run)
-  STAGE=${2:?usage: stage.sh run STAGE [ARGS]}
-  need_staged  # before the wheels: staging is what a fresh machine lacks first
+  STAGE=$2
   # a refused `wheels` call does not stop the calls after it: install them here when they came with this call,
   # else say so at once instead of failing in the model load
   if ! "$PY" -c "import sae_lens, gguf, sae_bench" 2>/dev/null; then
@@ -69,8 +95,7 @@ run)
       echo "the wheels are not installed in $SITE: installing the carried $WHL first"
       install_wheels
     else
-      echo "error: the wheels are not installed in $SITE: run stage.sh wheels (carry .whl) first, or carry .whl with this call"
-      exit 3
+      die 3 "the wheels are not installed in $SITE: run stage.sh wheels (carry .whl) first, or carry .whl with this call"
     fi
   fi
   join_gguf
@@ -90,12 +115,7 @@ run)
 runprobe)
   # train, then sparse-probe in the same call what the call's time leaves (probes.sh must have run before, back
   # to back): an SAE's probing no longer waits for a later E call that the session's budget may not reach
-  STAGE=${2:?usage: stage.sh runprobe T-STAGE [ARGS]}
-  case "$STAGE" in
-    T-*) E="E-${STAGE#T-}"; E="${E%-*}" ;;
-    *) E=${T2_E:-} ;;  # W-wsae: T2_E=E-<model>-<layer> names its eval stage
-  esac
-  [ -n "$E" ] || { echo "error: runprobe takes a T-<model>-<layer>-<architecture> stage (or T2_E=E-...), got $STAGE"; exit 2; }
+  STAGE=$2  # (its eval stage E was worked out above)
   bash "$0" run "$STAGE" "${@:3}"
   LEFT=$(( ${T2_CALL_S:-560} - ($(date +%s) - t0) ))
   if [ "$LEFT" -ge "${T2_MIN_PROBE_S:-150}" ]; then
@@ -104,6 +124,5 @@ runprobe)
     echo "runprobe: $LEFT s left of ${T2_CALL_S:-560}: $E not started (run it in the next call)"
   fi
   ;;
-*) echo "error: unknown step $STEP (wheels, put, join, run, runprobe)"; exit 2 ;;
 esac
 echo "stage.sh $STEP done in $(( $(date +%s) - t0 ))s"

@@ -31,17 +31,18 @@ def test_run_without_wheels_fails_at_once_naming_the_missing_step(tmp_path):
     fake.write_text("#!/bin/sh\nexit 1\n")
     fake.chmod(0o755)
     r = _run(tmp_path, "run", "T-gemma3-270m-9-topk", python=str(fake))
-    assert r.returncode == 3 and "GGUF missing" in r.stdout  # staging is checked first
+    assert r.returncode == 3 and r.stderr.strip().startswith("error: ") and "GGUF missing" in r.stderr  # staging first
     (tmp_path / "work").mkdir(exist_ok=True)
     (tmp_path / "work" / "GGUF").write_text("model.gguf 0000\n")
     r = _run(tmp_path, "run", "T-gemma3-270m-9-topk", python=str(fake))
-    assert r.returncode == 3 and "wheels are not installed" in r.stdout and "stage.sh wheels" in r.stdout
+    assert r.returncode == 3 and "wheels are not installed" in r.stderr and "stage.sh wheels" in r.stderr
     assert not (tmp_path / "out" / "log.txt").exists()
 
 
 def test_unknown_step_is_refused(tmp_path):
     r = _run(tmp_path, "train", python="python3")
-    assert r.returncode == 2 and r.stdout.strip() == "error: unknown step train (wheels, put, join, run, runprobe)"
+    assert r.returncode == 2 and r.stderr.strip() == "error: unknown step train (wheels, put, join, run, runprobe)"
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()  # checked before any folder
 
 
 def test_join_assembles_the_gguf_pieces_checked_by_sha256(tmp_path):
@@ -56,7 +57,8 @@ def test_join_assembles_the_gguf_pieces_checked_by_sha256(tmp_path):
     (work / "m.gguf.piece01").write_bytes(data[4000:])
     (work / "GGUF").write_text(f"m.gguf {hashlib.sha256(data + b'x').hexdigest()}\n")
     r = _run(tmp_path, "join", python="python3")
-    assert r.returncode == 3 and "GGUF pieces incomplete" in r.stdout and not (work / "m.gguf").exists()
+    assert r.returncode == 3 and r.stderr.strip() == "error: GGUF pieces incomplete" and not (work / "m.gguf").exists()
+    assert not list(work.glob("*.tmp"))
     (work / "GGUF").write_text(f"m.gguf {hashlib.sha256(data).hexdigest()}\n")
     r = _run(tmp_path, "join", python="python3")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -111,7 +113,7 @@ def test_run_installs_carried_wheels_when_the_wheels_call_was_refused(tmp_path):
     marker.unlink()
     (whl / "sae_lens-6.54.12-py3-none-any.whl").unlink()  # nothing carried: the error, nothing run
     r = _run(tmp_path, "run", "T-m-9-topk", python=str(fake), whl=str(whl))
-    assert r.returncode == 3 and "carry .whl with this call" in r.stdout and "run_stage" not in r.stdout
+    assert r.returncode == 3 and "carry .whl with this call" in r.stderr and "run_stage" not in r.stdout
 
 
 def _staged_fake(tmp: Path, body: str, name: str = "python-fake") -> Path:
@@ -141,7 +143,7 @@ def test_runprobe_trains_then_probes_with_the_time_left(tmp_path):
     r = _run(tmp_path, "runprobe", "T-m-9-jumprelu", python=str(failing))
     assert r.returncode != 0 and r.stdout.count("run_stage ") == 1
     r = _run(tmp_path, "runprobe", "E-m-9", python=str(fake))
-    assert r.returncode == 2 and r.stdout.startswith("error: runprobe takes a T-")
+    assert r.returncode == 2 and r.stderr.startswith("error: runprobe takes a T-") and "run_stage" not in r.stdout
     r = _run(tmp_path, "runprobe", "W-wsae", python=str(fake), T2_E="E-m-9")
     calls = [ln for ln in r.stdout.splitlines() if ln.startswith("run_stage ")]
     assert r.returncode == 0 and "--stage W-wsae" in calls[0] and "--stage E-m-9 " in calls[1]

@@ -454,32 +454,11 @@ def _check_dataset(args: argparse.Namespace, read: bool = True) -> Any:
 
 
 def _check_wandb(project: str | None) -> None:
-    """--wandb-project: wandb installed and able to log in without asking (an API key in the environment or
-    the netrc file, or WANDB_MODE offline / disabled)."""
-    import netrc
+    """--wandb-project: wandb installed and able to log in without asking (train.saelens.check_wandb_login)."""
+    from sae_rdp_plugin.train.saelens import check_wandb_login
 
-    from sae_rdp_plugin.errors import SaeRdpError
-
-    if project is None:
-        return
-    try:
-        import wandb  # noqa: F401
-    except ImportError:
-        raise SaeRdpError("--wandb-project needs wandb: pip install wandb") from None
-    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_API_KEY"):
-        return
-    if os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return
-    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0].split(":")[0]
-    try:
-        if netrc.netrc(os.environ.get("NETRC")).authenticators(host):
-            return
-    except (OSError, netrc.NetrcParseError):
-        pass
-    raise SaeRdpError(
-        f"--wandb-project {project}: wandb is not logged in (no WANDB_API_KEY, no netrc entry for {host}); run "
-        "`wandb login`, or set WANDB_MODE=offline"
-    )
+    if project is not None:
+        check_wandb_login(f"--wandb-project {project}")
 
 
 def _loaded_blocks(model: Any) -> int:

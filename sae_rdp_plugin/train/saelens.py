@@ -608,6 +608,33 @@ def runner_config(
     )
 
 
+def check_wandb_login(what: str) -> None:
+    """Raise SaeRdpError (naming ``what``, the option that turned wandb on) unless wandb is installed and can log
+    in without asking: an API key in the environment or the netrc file, an identity token file, or WANDB_MODE
+    offline / disabled. Checked before a run starts, instead of wandb's traceback at its end."""
+    import netrc
+    import os
+
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        raise SaeRdpError(f"{what} needs wandb: pip install wandb") from None
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_API_KEY"):
+        return
+    if os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0].split(":")[0]
+    try:
+        if netrc.netrc(os.environ.get("NETRC")).authenticators(host):
+            return
+    except (OSError, netrc.NetrcParseError):
+        pass
+    raise SaeRdpError(
+        f"{what}: wandb is not logged in (no WANDB_API_KEY, no netrc entry for {host}); run `wandb login`, or set "
+        "WANDB_MODE=offline"
+    )
+
+
 def saelens_cli(argv: list[str] | None = None) -> Any:
     """SAELens's own runner CLI (``--architecture weighted_topk --alpha 0.5 --model_name ... ``) with the
     plugin registered and gamma estimated from the activation store before training:
@@ -623,6 +650,8 @@ def saelens_cli(argv: list[str] | None = None) -> Any:
     from sae_lens.llm_sae_training_runner import _parse_cfg_args
 
     cfg = _parse_cfg_args(sys.argv[1:] if argv is None else argv)
+    if cfg.logger.log_to_wandb:  # SAELens's default: fail now, not after the gamma pass and training
+        check_wandb_login("wandb logging (SAELens's default; --log_to_wandb False turns it off)")
     return train_language_model(
         cfg, override_model=runner_model(cfg), override_dataset=runner_dataset(cfg.dataset_path)
     )

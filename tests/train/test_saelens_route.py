@@ -140,3 +140,22 @@ def test_other_names_and_datasets_stay_with_saelens(dataset, tmp_path):
     assert runner_dataset(str(dataset))["tokens"][0] == datasets.load_from_disk(str(dataset))["tokens"][0]
     datasets.DatasetDict({"train": datasets.load_from_disk(str(dataset))}).save_to_disk(str(tmp_path / "dd"))
     assert len(runner_dataset(str(tmp_path / "dd"))) == 48
+
+
+def test_cli_with_wandb_on_and_no_login_fails_before_loading(dataset, tmp_path, capsys, monkeypatch):
+    """SAELens's runner CLI logs to wandb unless told not to: with no wandb login that used to end in wandb's
+    traceback after the gamma pass; now one line before the model loads, naming the way out."""
+    pytest.importorskip("wandb")
+    from sae_rdp_plugin.cli import run_entry_point
+    from sae_rdp_plugin.train import saelens
+
+    for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "netrc").write_text("")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    monkeypatch.setattr(saelens, "runner_model", lambda cfg: (_ for _ in ()).throw(AssertionError("model loaded")))
+    argv = cli_args("pythia-70m", SMALL, dataset, tmp_path / "o")[:-2]  # without --log_to_wandb False
+    assert run_entry_point(lambda: saelens.saelens_cli(argv)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "wandb is not logged in" in err[0] and "--log_to_wandb False" in err[0], err
+    assert not (tmp_path / "o").exists()

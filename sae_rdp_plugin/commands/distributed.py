@@ -242,11 +242,18 @@ def _json_has(path: Path, keys: tuple[str, ...]) -> bool:
 
 
 def _is_train_out(p: Path) -> bool:
-    """An earlier ``distributed train`` run: its metrics or checkpoint pointer, and nothing but its names."""
-    ours = _json_has(p / "train_metrics.json", ("world_size", "n_training_steps", "steps_run", "config")) or (
-        _json_has(p / "checkpoints" / "latest.json", ("checkpoint",))
+    """An earlier ``distributed train`` run, finished (its metrics) or killed (only its checkpoint folder:
+    SAELens's ``<samples>`` folders and our ``latest.json``), holding nothing but its names."""
+    if not _holds_only(p, TRAIN_NAMES):
+        return False
+    if _json_has(p / "train_metrics.json", ("world_size", "n_training_steps", "steps_run", "config")):
+        return True
+    ck = p / "checkpoints"
+    return (
+        not (p / "train_metrics.json").exists()
+        and ck.is_dir()
+        and _holds_only(ck, frozenset({"latest.json"}), lambda n: n.isdigit() or n.startswith("."))
     )
-    return ours and _holds_only(p, TRAIN_NAMES)
 
 
 def _is_grid_out(p: Path) -> bool:
@@ -255,13 +262,26 @@ def _is_grid_out(p: Path) -> bool:
 
 
 def _is_sweep_out(p: Path) -> bool:
-    return _json_has(p / "state.json", ("config", "groups", "members")) and _holds_only(p, SWEEP_NAMES)
+    """An earlier ``distributed sweep``: merged (its state.json) or killed before the merge (only the rank
+    folders, each with the state.json of ``train_sweep``), holding nothing but its names."""
+    keys = ("config", "groups", "members")
+    if not _holds_only(p, SWEEP_NAMES):
+        return False
+    if _json_has(p / "state.json", keys):
+        return True
+    ranks = p / "ranks"
+    return (
+        not (p / "state.json").exists()
+        and ranks.is_dir()
+        and any(_json_has(r / "state.json", ("config", "groups")) for r in ranks.glob("rank*"))
+        and _holds_only(ranks, frozenset(), lambda n: n.startswith("rank") and n[4:].isdigit())
+    )
 
 
-def _holds_only(p: Path, names: frozenset[str]) -> bool:
+def _holds_only(p: Path, names: frozenset[str], also: Callable[[str], bool] | None = None) -> bool:
     from sae_rdp_plugin.io import folder_holds_only
 
-    return folder_holds_only(p, names.__contains__)
+    return folder_holds_only(p, lambda n: n in names or (also is not None and also(n)))
 
 
 def _check_out(ctx: Any, out: str, is_ours: Callable[[Path], bool]) -> None:

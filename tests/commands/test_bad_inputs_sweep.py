@@ -237,3 +237,25 @@ def test_distributed_train_reruns_into_its_own_folder(tmp_path, monkeypatch, cap
     assert main(argv) == 2
     assert (tmp_path / "o" / "notes.txt").read_text() == "mine"
     assert "did not write" in capsys.readouterr().err
+
+
+def test_distributed_train_resumes_a_killed_run(tmp_path, monkeypatch):
+    """A folder holding only a killed run's checkpoint folder is its own output (resumed, not refused)."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    (tmp_path / "o" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "o" / "checkpoints" / "latest.json").write_text('{"checkpoint": "16"}')
+    assert main(DIST.split() + ["--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "train_metrics.json").is_file()
+
+
+def test_distributed_sweep_resumes_a_run_killed_before_the_merge(tmp_path, monkeypatch):
+    from sae_rdp_plugin.sweep.config import SweepConfig
+    from sae_rdp_plugin.sweep.train import train_sweep
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    cfg = _cfg(architectures=["topk"])
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    train_sweep(SweepConfig.from_dict(cfg), tmp_path / "o" / "ranks" / "rank0", progress=False)
+    argv = DSWEEP.replace("c.json", str(tmp_path / "c.json")).split() + ["--resume", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
+    assert (tmp_path / "o" / "results.json").is_file()

@@ -173,7 +173,7 @@ def _check_sae_kwargs(cfg: TrainConfig) -> None:
     cfg_cls = get_sae_training_class(cfg_dict["architecture"])[1]
     unknown = sorted(set(cfg.sae_kwargs) - {f.name for f in dataclasses.fields(cfg_cls)})
     if unknown:
-        raise SaeRdpError(f"--sae-kwargs: unknown config field(s) for {cfg.architecture}: {', '.join(unknown)}")
+        raise SaeRdpError(f"--sae-kwargs: unknown config fields for {cfg.architecture}: {', '.join(unknown)}")
     try:
         TrainingSAEConfig.from_dict(cfg_dict)
     except Exception as exc:

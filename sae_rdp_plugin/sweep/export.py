@@ -86,8 +86,9 @@ def export_member(out_dir: str | Path, member_id: str, dest: str | Path) -> Path
     jumprelu, as SAELens does), loadable with ``sae_lens.SAE.load_from_disk(dest)``. The weights go
     through SAELens's own ``save_inference_model`` (decoder-norm fold for TopK / BatchTopK).
 
-    ``dest`` must be new, an empty folder, or a previous export (it holds :data:`EXPORT_MARKER`), which is
-    then replaced; any other existing path raises SaeRdpError and is left untouched."""
+    ``dest`` must be new, an empty folder, or a previous export (it holds :data:`EXPORT_MARKER` and nothing
+    but :data:`EXPORT_NAMES`), which is then replaced; any other existing path raises SaeRdpError and is left
+    untouched. A malformed ``state.json`` is a SaeRdpError naming the file."""
     from safetensors import SafetensorError, safe_open
 
     out = Path(out_dir)

@@ -79,6 +79,11 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the largest --n-samples of ``sweep eval``: the sample is streamed in batches, so the bound is on time
+#: (about a day of CPU work at small d); real evals use 20,000
+MAX_EVAL_SAMPLES = 10**9
+
+
 def _eval(args: argparse.Namespace) -> int:
     from sae_rdp_plugin.devices import check_device
     from sae_rdp_plugin.errors import SaeRdpError
@@ -88,7 +93,24 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.sweep is None and not args.sae_path:
         raise SaeRdpError("give --sweep DIR or --sae-path PATH ...")
+    if args.sweep is not None:
+        # a sweep's members are evaluated against their own DGPs, from the sweep's own config
+        given = [f for f, v in (("--sae-path", args.sae_path), ("--config", args.config), ("--dgp", args.dgp)) if v]
+        if given:
+            raise SaeRdpError(
+                f"{', '.join(given)} cannot be combined with --sweep (its members are evaluated against their own "
+                "DGPs of the sweep's config); give either --sweep DIR or --sae-path PATH ... --config CFG.json"
+            )
+    elif args.config is None:
+        raise SaeRdpError("--sae-path needs --config (the DGP the SAEs are evaluated on)")
+    if isinstance(args.n_samples, int) and args.n_samples > MAX_EVAL_SAMPLES:
+        raise SaeRdpError(
+            f"--n-samples {args.n_samples} is more than {MAX_EVAL_SAMPLES:,} (the eval draws and encodes every "
+            "sample; that many would run for days); lower --n-samples"
+        )
+    RDPSyntheticEvalConfig(n_samples=args.n_samples).check()
     check_device(args.device)
+    _check_eval_out(args.out)
     if args.sweep is not None:
         written = run_eval_on_sweep(
             args.sweep,
@@ -99,19 +121,45 @@ def _eval(args: argparse.Namespace) -> int:
             allow_partial=args.allow_partial,
         )
     else:
-        if args.config is None:
-            raise SaeRdpError("--sae-path needs --config (the DGP the SAEs are evaluated on)")
         cfg = load_config(args.config)
         names = [g.name for g in cfg.dgps]
         name = args.dgp or names[0]
         if name not in names:
             raise SaeRdpError(f"unknown DGP {name!r} (config has {', '.join(names)})")
         spec = next(g for g in cfg.dgps if g.name == name)
+        seen: dict[str, Path] = {}
+        for p in args.sae_path:
+            if p.name in seen:
+                raise SaeRdpError(
+                    f"--sae-path {seen[p.name]} and {p} have the same folder name {p.name!r}, so their results "
+                    f"would both be written to {args.out / (p.name + '_custom_sae_eval_results.json')}; "
+                    "give them distinct folder names"
+                )
+            seen[p.name] = p
         ecfg = RDPSyntheticEvalConfig(dgp=json.loads(json.dumps(spec.__dict__)), n_samples=args.n_samples)
         saes = [(p.name, _load_sae(p, args.device)) for p in args.sae_path]
+        for p, (_, sae) in zip(args.sae_path, saes):
+            d_in, d = int(sae.cfg.d_in), spec.input_dim  # type: ignore[attr-defined]
+            if d and d_in != d:
+                raise SaeRdpError(
+                    f"--sae-path {p}: shape mismatch: SAE d_in={d_in} but DGP {name!r} of --config has d={d}"
+                )
         written = run_eval(ecfg, saes, args.device, str(args.out), force_rerun=args.force_rerun)
     print(f"[sweep eval] wrote {len(written)} result file(s) under {args.out}")
     return 0
+
+
+def _check_eval_out(out: Path) -> None:
+    """--out must be a folder (or new) in a writable place; nothing is created here."""
+    from sae_rdp_plugin.errors import SaeRdpError
+
+    if out.exists() and not out.is_dir():
+        raise SaeRdpError(f"--out {out} exists and is not a folder")
+    above = out.absolute().parent
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        raise SaeRdpError(f"--out {out}: {above} is not a folder")
 
 
 def _load_sae(path: Path, device: str) -> object:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,11 @@ ARCHITECTURES = STOCK_NAMES
 DGP_KINDS = ("pairs", "blocks", "bernoulli", "explicit", "saelens")
 #: SAELens's lr schedulers (``sae_lens.training.optim.get_lr_scheduler``, case-insensitive)
 LR_SCHEDULERS = ("constant", "cosineannealing", "cosineannealingwarmrestarts")
+#: a DGP name is part of every member id, hence of file names (members/<member_id>.json): letters, digits
+#: and ``_ . + = , -``, not starting with a dot (no path separator, no ``..``, no hidden name)
+_DGP_NAME_RE = re.compile(r"^[A-Za-z0-9_+=,-][A-Za-z0-9_.+=,-]{0,99}$")
+#: seeds go to ``torch.Generator.manual_seed``, which takes 64-bit values
+MAX_SEED = 2**63 - 1
 
 
 @dataclass
@@ -153,6 +159,11 @@ class SweepConfig:
         for g in self.dgps:
             if not isinstance(g.name, str) or not g.name:
                 raise SaeRdpError(f"a DGP name must be a non-empty string, got {g.name!r}")
+            if not _DGP_NAME_RE.match(g.name) or ".." in g.name:
+                raise SaeRdpError(
+                    f"DGP name {g.name!r} is not a safe file name part (member ids name files): use letters, "
+                    "digits and _ . + = , - (at most 100, not starting with a dot, no '..')"
+                )
             if g.name in seen:
                 raise SaeRdpError(f"duplicate DGP name {g.name!r}")
             seen.add(g.name)
@@ -200,9 +211,12 @@ class SweepConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise SaeRdpError(f"{name} must be an integer >= 0, got {v!r}")
-        for s in [*self.seeds, self.eval_seed, self.data_seed]:
-            if isinstance(s, bool) or not isinstance(s, int):
-                raise SaeRdpError(f"seeds (seeds, eval_seed, data_seed) must be integers, got {s!r}")
+        for name, vals in (("seeds", self.seeds), ("eval_seed", [self.eval_seed]), ("data_seed", [self.data_seed])):
+            for s in vals:
+                if isinstance(s, bool) or not isinstance(s, int):
+                    raise SaeRdpError(f"{name} must be integers, got {s!r}")
+                if not 0 <= s <= MAX_SEED:
+                    raise SaeRdpError(f"{name} must be in 0..2**63-1, got {s!r}")
         _positive("lr", self.lr)
         if str(self.lr_scheduler_name).lower() not in LR_SCHEDULERS:
             raise SaeRdpError(
@@ -249,7 +263,9 @@ def _int(name: str, v: Any, low: int | None = None) -> None:
 def _check_dgp(g: DGPSpec) -> None:
     """The fields of one DGP spec (the rest, e.g. block indices, is checked when the DGP is built)."""
     where = f"DGP {g.name!r}"
-    _int(f"{where}: concept_seed", g.concept_seed)
+    _int(f"{where}: concept_seed", g.concept_seed, low=0)
+    if g.concept_seed > MAX_SEED:
+        raise SaeRdpError(f"{where}: concept_seed must be in 0..2**63-1, got {g.concept_seed!r}")
     _number(f"{where}: noise_std", g.noise_std, low=0.0)
     if g.kind == "saelens":
         if not isinstance(g.saelens_config, dict):

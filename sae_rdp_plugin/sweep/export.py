@@ -13,12 +13,14 @@ from typing import Any
 import torch
 
 from sae_rdp_plugin.errors import SaeRdpError
-from sae_rdp_plugin.io import read_json_object, replace_dir
+from sae_rdp_plugin.io import folder_holds_only, read_json_object, replace_dir
 from sae_rdp_plugin.sweep.config import SweepConfig
 from sae_rdp_plugin.sweep.members import Member, group_members
 
 #: written into every exported folder; only a folder holding it may be replaced by a later export
 EXPORT_MARKER = ".sae_rdp_export.json"
+#: every name an export writes (SAELens's ``save_inference_model`` and the marker)
+EXPORT_NAMES = frozenset({"cfg.json", "sae_weights.safetensors", EXPORT_MARKER})
 
 
 def saelens_training_sae(cfg: SweepConfig, mb: Member, d: int, device: str | torch.device = "cpu") -> Any:
@@ -84,21 +86,36 @@ def export_member(out_dir: str | Path, member_id: str, dest: str | Path) -> Path
     jumprelu, as SAELens does), loadable with ``sae_lens.SAE.load_from_disk(dest)``. The weights go
     through SAELens's own ``save_inference_model`` (decoder-norm fold for TopK / BatchTopK).
 
-    ``dest`` must be new, an empty folder, or a previous export (it holds :data:`EXPORT_MARKER`), which is
-    then replaced; any other existing path raises SaeRdpError and is left untouched."""
+    ``dest`` must be new, an empty folder, or a previous export (it holds :data:`EXPORT_MARKER` and nothing
+    but :data:`EXPORT_NAMES`), which is then replaced; any other existing path raises SaeRdpError and is left
+    untouched. A malformed ``state.json`` is a SaeRdpError naming the file."""
     from safetensors import SafetensorError, safe_open
 
     out = Path(out_dir)
     if not (out / "state.json").is_file():
         raise SaeRdpError(f"{out} is not a sweep folder (no state.json)")
     state = read_json_object(out / "state.json", "sweep state")
-    gid = state.get("members", {}).get(member_id)
+    for key in ("config", "members", "groups"):
+        if key not in state:
+            raise SaeRdpError(f"sweep state {out / 'state.json'} has no {key!r}; it is not a sae-rdp sweep state")
+        if not isinstance(state[key], dict):
+            raise SaeRdpError(f"sweep state {out / 'state.json'}: {key!r} must be an object")
+    gid = state["members"].get(member_id)
     if gid is None:
         raise SaeRdpError(f"unknown member {member_id!r} in {out}")
-    if state["groups"].get(gid, {}).get("status") != "done":
+    ginfo = state["groups"].get(gid, {}) if isinstance(gid, str) else None
+    if not isinstance(ginfo, dict):
+        raise SaeRdpError(f"sweep state {out / 'state.json'}: the entry of member {member_id!r} is malformed")
+    if ginfo.get("status") != "done":
         raise SaeRdpError(f"member {member_id!r} has not finished training")
-    cfg = SweepConfig.from_dict(state["config"])
-    mbs = dict(group_members(cfg))[gid]
+    try:
+        cfg = SweepConfig.from_dict(state["config"])
+    except (SaeRdpError, TypeError) as exc:
+        raise SaeRdpError(f"sweep state {out / 'state.json'}: bad config ({exc})") from None
+    groups = dict(group_members(cfg))
+    if gid not in groups or member_id not in [m.member_id for m in groups[gid]]:
+        raise SaeRdpError(f"sweep state {out / 'state.json'}: member {member_id!r} is not in group {gid!r}")
+    mbs = groups[gid]
     i = [m.member_id for m in mbs].index(member_id)
     mb = mbs[i]
     weights = out / "groups" / f"{gid}.safetensors"
@@ -136,7 +153,8 @@ def export_member(out_dir: str | Path, member_id: str, dest: str | Path) -> Path
 
 
 def _check_replaceable(dest: Path) -> None:
-    """Refuse to replace anything but nothing, an empty folder or a previous export (it holds EXPORT_MARKER)."""
+    """Refuse to replace anything but nothing, an empty folder or a previous export (it holds EXPORT_MARKER
+    and nothing but the names an export writes: a user's file put into it must not be deleted with it)."""
     if not dest.exists() and not dest.is_symlink():
         return
     if dest.is_symlink() or not dest.is_dir():
@@ -144,4 +162,10 @@ def _check_replaceable(dest: Path) -> None:
     if any(dest.iterdir()) and not (dest / EXPORT_MARKER).is_file():
         raise SaeRdpError(
             f"--dest {dest} is a non-empty folder that is not a sae-rdp export; give a new or empty folder"
+        )
+    if not folder_holds_only(dest, EXPORT_NAMES.__contains__):
+        extra = sorted(e.name for e in dest.iterdir() if e.name not in EXPORT_NAMES)
+        raise SaeRdpError(
+            f"--dest {dest} holds files a sae-rdp export does not write ({', '.join(extra[:3])}); "
+            "give a new or empty folder"
         )

@@ -87,6 +87,7 @@ def train_sweep(
     if out.exists() and not out.is_dir():
         raise SaeRdpError(f"sweep output {out} exists and is not a folder")
     dtype = getattr(torch, cfg.dtype)
+    _check_data_fits(cfg, device)
     dgps = {g.name: build_dgp(g, device, dtype=torch.float32 if dtype == torch.bfloat16 else dtype) for g in cfg.dgps}
     _check_schedule(cfg)
     _check_fits(cfg, grid, dgps, device)
@@ -209,7 +210,9 @@ def _train_group(
     opt, sched = make_optimizer(cfg, model, device)
     used = sorted({mb.dgp for mb in mbs}, key=list(dgps).index)
     gens = {
-        name: torch.Generator(device=device).manual_seed(cfg.data_seed * 1_000_003 + 7919 * gi + list(dgps).index(name))
+        name: torch.Generator(device=device).manual_seed(
+            (cfg.data_seed * 1_000_003 + 7919 * gi + list(dgps).index(name)) % 2**64
+        )
         for name in used
     }
     streams = {name: DataStream(dgps[name], gens[name]) for name in used}
@@ -279,6 +282,36 @@ def _memory_bytes(device: torch.device) -> int | None:
     except (ValueError, OSError, AttributeError, RuntimeError):
         return None
     return None
+
+
+def _check_data_fits(cfg: SweepConfig, device: torch.device) -> None:
+    """Refuse, before any DGP is built, data that cannot fit in twice the device's memory: a DGP's concept
+    vectors (m x d, built in float64) and data-stream chunks (64 batches of d + m values), and the held-out
+    evaluation sample of every DGP (``eval_samples`` x (d + m) values)."""
+    total = _memory_bytes(device)
+    if total is None:
+        return
+    limit = 2 * total
+    item = max(4, torch.finfo(getattr(torch, cfg.dtype)).bits // 8)
+    eval_need = 0
+    for g in cfg.dgps:
+        d = g.input_dim
+        try:
+            m = int((g.saelens_config or {}).get("num_features", 0)) if g.kind == "saelens" else int(g.m)
+        except (TypeError, ValueError):
+            m = 0  # a bad saelens_config is refused when the DGP is built
+        need = 8 * 3 * m * d + 64 * cfg.batch_size * (d + m) * item
+        if need > limit:
+            raise SaeRdpError(
+                f"DGP {g.name!r} (m={m}, d={d}) needs about {need / 2**30:,.1f} GiB, more than twice the "
+                f"{total / 2**30:,.1f} GiB of {device}; lower its d or m (or batch_size)"
+            )
+        eval_need += cfg.eval_samples * (d + m) * item
+    if eval_need > limit:
+        raise SaeRdpError(
+            f"eval_samples={cfg.eval_samples} needs about {eval_need / 2**30:,.1f} GiB of held-out data, more than "
+            f"twice the {total / 2**30:,.1f} GiB of {device}; lower eval_samples"
+        )
 
 
 def group_bytes(cfg: SweepConfig, width: int, d: int, n_members: int, arch: str) -> int:

@@ -72,9 +72,14 @@ def test_export_never_replaces_a_folder_it_did_not_write(tmp_path, small_cfg, mo
     (tmp_path / "empty").mkdir()
     dest = export_member(out, mid, tmp_path / "empty")
     assert (dest / EXPORT_MARKER).is_file() and (dest / "cfg.json").is_file()
-    (dest / "stale.txt").write_text("from the previous export")
-    export_member(out, mid, dest)  # a previous export of ours is replaced
-    assert not (dest / "stale.txt").exists() and (dest / "cfg.json").is_file()
+    (dest / "stale.txt").write_text("a user's file put into the previous export")
+    with pytest.raises(SaeRdpError, match=r"holds files a sae-rdp export does not write \(stale.txt\)"):
+        export_member(out, mid, dest)  # replacing the folder would delete it
+    assert (dest / "stale.txt").read_text() == "a user's file put into the previous export"
+    (dest / "stale.txt").unlink()
+    (dest / "cfg.json").write_text("{}")
+    export_member(out, mid, dest)  # a previous export of ours (nothing but its names) is replaced
+    assert json.loads((dest / "cfg.json").read_text()) != {}
     before = sorted(p.name for p in tmp_path.iterdir())
 
     def boom(self, path):

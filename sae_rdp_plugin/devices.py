@@ -1,4 +1,4 @@
-"""The one check of a ``--device`` value, before anything is built or written on it."""
+"""The one check of a ``--device`` value, and of whether an allocation can fit, before anything is built or written."""
 
 from __future__ import annotations
 
@@ -31,3 +31,39 @@ def check_device(device: Any, flag: str = "--device") -> Any:
     if dev.type == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
         raise SaeRdpError(f"{flag} {device!r}: XPU is not available on this machine")
     return dev
+
+
+def memory_bytes(device: Any = "cpu") -> int | None:
+    """Total memory in bytes of ``device``: a CUDA device's own, else this machine's (psutil, else sysconf);
+    None where neither tells."""
+    import torch
+
+    dev = torch.device(device)
+    try:
+        if dev.type == "cuda":
+            return int(torch.cuda.get_device_properties(dev).total_memory)
+    except (RuntimeError, AssertionError, ValueError):
+        return None
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except Exception:  # noqa: BLE001 - psutil missing or unable to read
+        try:
+            import os
+
+            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        except (ValueError, OSError, AttributeError):
+            return None
+
+
+def check_fits_memory(need_bytes: float, what: str, flags: str, device: Any = "cpu") -> None:
+    """SaeRdpError (naming ``flags``, the flags to lower) when ``need_bytes`` is above twice ``device``'s memory
+    (:func:`memory_bytes`): an allocation that cannot succeed is refused before anything runs. The bound is
+    generous on purpose (a real run is never refused): swap and what is free are not considered."""
+    total = memory_bytes(device)
+    if total and need_bytes > 2 * total:
+        raise SaeRdpError(
+            f"{what} needs about {need_bytes / 2**30:,.1f} GiB, more than twice the {total / 2**30:,.1f} GiB of "
+            f"{device}; lower {flags}"
+        )

@@ -156,6 +156,18 @@ def staged_folder(dest: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def check_parent_writable(p: Path, flag: str) -> Path:
+    """``p`` if the nearest existing folder above it is a folder this process may write in, else SaeRdpError."""
+    above = p.absolute().parent
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        raise SaeRdpError(f"{flag} {p}: {above} is not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise SaeRdpError(f"{flag} {p}: no permission to write in {above}")
+    return p
+
+
 def check_out_folder(path: str | os.PathLike, is_ours: Callable[[Path], bool], flag: str = "--out") -> Path:
     """``path`` as a Path if a command may write (or replace) the folder there: it does not exist, is an
     empty folder, or ``is_ours(path)`` (an earlier output of the same command); and the nearest existing
@@ -167,14 +179,7 @@ def check_out_folder(path: str | os.PathLike, is_ours: Callable[[Path], bool], f
         raise SaeRdpError(f"{flag} {p} exists and is not a folder")
     if p.is_dir() and any(p.iterdir()) and not is_ours(p):
         raise SaeRdpError(f"{flag} {p} is a non-empty folder this command did not write; give a new or empty folder")
-    above = p.absolute().parent
-    while not above.exists():
-        above = above.parent
-    if not above.is_dir():
-        raise SaeRdpError(f"{flag} {p}: {above} is not a folder")
-    if not os.access(above, os.W_OK | os.X_OK):
-        raise SaeRdpError(f"{flag} {p}: no permission to write in {above}")
-    return p
+    return check_parent_writable(p, flag)
 
 
 def folder_holds_only(path: str | os.PathLike, known: Callable[[str], bool]) -> bool:
@@ -203,14 +208,7 @@ def check_out_file(
     if p.exists() or p.is_symlink():
         if is_ours is None or not p.is_file() or not is_ours(p):
             raise SaeRdpError(f"{flag} {p} exists and was not written by this command; give a new path")
-    above = p.absolute().parent
-    while not above.exists():
-        above = above.parent
-    if not above.is_dir():
-        raise SaeRdpError(f"{flag} {p}: {above} is not a folder")
-    if not os.access(above, os.W_OK | os.X_OK):
-        raise SaeRdpError(f"{flag} {p}: no permission to write in {above}")
-    return p
+    return check_parent_writable(p, flag)
 
 
 class FolderLock:

@@ -1158,18 +1158,6 @@ def check_results_folder(path: str, flag: str) -> Path:
     return check_out_folder(p, lambda _: True, flag)
 
 
-def _total_memory() -> int | None:
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().total)
-    except Exception:  # noqa: BLE001  (psutil missing or failing: os.sysconf)
-        try:
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            return None
-
-
 def check_args(args: argparse.Namespace) -> None:
     """Every input checked before anything is written or any row starts (a row's failure is recorded in
     latest.json and the other rows still run: that is for failures on the device, not for bad input).
@@ -1219,7 +1207,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.corpus is not None:
         _check_corpus(Path(args.corpus))
     elif args.tokens is not None or args.heldout_tokens is not None:
-        total = _total_memory()
+        from sae_rdp_plugin.devices import memory_bytes
+
+        total = memory_bytes("cpu")
         n = 1.25 * (args.tokens or 0) + (args.heldout_tokens or 0)
         if total and n * 12 > 2 * total:  # int64 draw + int32 rows per token
             raise SaeRdpError(

@@ -152,14 +152,11 @@ def _eval(args: argparse.Namespace) -> int:
 def _check_eval_out(out: Path) -> None:
     """--out must be a folder (or new) in a writable place; nothing is created here."""
     from sae_rdp_plugin.errors import SaeRdpError
+    from sae_rdp_plugin.io import check_parent_writable
 
     if out.exists() and not out.is_dir():
         raise SaeRdpError(f"--out {out} exists and is not a folder")
-    above = out.absolute().parent
-    while not above.exists():
-        above = above.parent
-    if not above.is_dir():
-        raise SaeRdpError(f"--out {out}: {above} is not a folder")
+    check_parent_writable(out, "--out")
 
 
 def _load_sae(path: Path, device: str) -> object:

@@ -287,7 +287,8 @@ def _handle(args: argparse.Namespace) -> int:
     if args.synthetic:
         if args.d_in is None:
             raise SaeRdpError("--d-in is required with --synthetic")
-        from sae_rdp_plugin.train.config import check_fits_memory, sae_train_bytes
+        from sae_rdp_plugin.devices import check_fits_memory
+        from sae_rdp_plugin.train.config import sae_train_bytes
 
         cfg = train_config(args)
         n_features = 2 * cfg.d_in if args.n_features is None else args.n_features
@@ -471,10 +472,11 @@ def _loaded_blocks(model: Any) -> int:
 def _train_pipeline(args: argparse.Namespace) -> int:
     """--model: the activation pipeline and train_on_model; everything is checked before anything is written,
     and all that does not need the weights before the model loads."""
+    from sae_rdp_plugin.devices import check_fits_memory
     from sae_rdp_plugin.errors import SaeRdpError
     from sae_rdp_plugin.lm.models import hf_model
     from sae_rdp_plugin.lm.pipeline import PipelineConfig
-    from sae_rdp_plugin.train.config import check_fits_memory, sae_train_bytes
+    from sae_rdp_plugin.train.config import sae_train_bytes
     from sae_rdp_plugin.train.lm import (
         check_out_dir,
         dataset_tokens,

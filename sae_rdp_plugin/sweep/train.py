@@ -22,7 +22,6 @@ groups and continues an interrupted one from its last checkpoint.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import sys
 import time
@@ -32,7 +31,7 @@ from typing import Any
 
 import torch
 
-from sae_rdp_plugin.devices import check_device
+from sae_rdp_plugin.devices import check_device, memory_bytes
 from sae_rdp_plugin.errors import SaeRdpError
 from sae_rdp_plugin.io import (
     FolderLock,
@@ -272,23 +271,11 @@ def _check_schedule(cfg: SweepConfig) -> None:
         raise SaeRdpError(f"lr schedule {cfg.lr_scheduler_name!r}: {exc}") from None
 
 
-def _memory_bytes(device: torch.device) -> int | None:
-    """The device's total memory (None where unknown)."""
-    try:
-        if device.type == "cuda":
-            return int(torch.cuda.get_device_properties(device).total_memory)
-        if device.type == "cpu":
-            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError, RuntimeError):
-        return None
-    return None
-
-
 def _check_data_fits(cfg: SweepConfig, device: torch.device) -> None:
     """Refuse, before any DGP is built, data that cannot fit in twice the device's memory: a DGP's concept
     vectors (m x d, built in float64) and data-stream chunks (64 batches of d + m values), and the held-out
     evaluation sample of every DGP (``eval_samples`` x (d + m) values)."""
-    total = _memory_bytes(device)
+    total = memory_bytes(device)
     if total is None:
         return
     limit = 2 * total
@@ -327,7 +314,7 @@ def _check_fits(
     cfg: SweepConfig, grid: list[tuple[str, list[Any]]], dgps: dict[str, BuiltDGP], device: torch.device
 ) -> None:
     """Refuse a grid whose largest group cannot fit in the device's memory (:func:`group_bytes`)."""
-    total = _memory_bytes(device)
+    total = memory_bytes(device)
     if total is None:
         return
     for gid, mbs in grid:

@@ -22,40 +22,13 @@ from typing import Any
 from sae_rdp_plugin.architectures import Architecture, get_architecture
 from sae_rdp_plugin.errors import SaeRdpError
 
-__all__ = ["TrainConfig", "SyntheticStreamConfig", "sae_config_dict", "B_DEC_INITS", "check_fits_memory"]
+__all__ = ["TrainConfig", "SyntheticStreamConfig", "sae_config_dict", "B_DEC_INITS"]
 
 #: values of TrainConfig.b_dec_init
 B_DEC_INITS = ("zeros", "mean")
 #: the largest WSAE exponent accepted: variance^alpha of variances a factor 10 apart already spans 10^alpha,
 #: so beyond this gamma leaves float64 range (1e308) for nearly every activation distribution
 MAX_ALPHA = 100.0
-
-
-def memory_total() -> int:
-    """This machine's memory in bytes (psutil, else sysconf; 0 when neither tells)."""
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().total)
-    except Exception:  # noqa: BLE001 - psutil missing or unable to read
-        try:
-            import os
-
-            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-        except (ValueError, OSError, AttributeError):
-            return 0
-
-
-def check_fits_memory(need_bytes: float, what: str, flags: str) -> None:
-    """SaeRdpError (naming ``flags``, the flags to lower) when ``need_bytes`` is above twice this machine's
-    memory: an allocation that cannot succeed is refused before anything runs. The bound is generous on
-    purpose (a real run is never refused): GPU memory, swap and what is free are not considered."""
-    total = memory_total()
-    if total > 0 and need_bytes > 2 * total:
-        raise SaeRdpError(
-            f"{what} needs about {need_bytes / 2**30:,.0f} GiB, far above this machine's {total / 2**30:,.0f} GiB "
-            f"of memory; lower {flags}"
-        )
 
 
 def sae_train_bytes(d_in: int, d_sae: int, batch_size: int) -> int:

@@ -46,7 +46,8 @@ def random_corpus(folder: Path, rows: int, context: int, vocab: int, bos: int, s
     n_held = max(2, rows // 50)
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / "tokens.npz", train=t[n_held:], heldout=t[:n_held])
-    (folder / "manifest.json").write_text(json.dumps({"bos_token_id": bos, "context_size": context}))
+    manifest = {"format": "sae-rdp corpus v2", "bos_token_id": bos, "context_size": context}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 
 
@@ -66,7 +67,9 @@ def run_point(n: int, a: argparse.Namespace, corpus: Path, work: Path, kernels: 
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=a.timeout)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        err = proc.stderr.strip().splitlines()[-1][:300] if proc.stderr.strip() else "failed"
+        lines = proc.stderr.strip().splitlines()
+        named = [ln for ln in lines if ln.startswith("error:")]  # a rank's one-line error, not torchrun's summary
+        err = (named or lines or ["failed"])[-1][:300]
         return {"gpus": n, "kernels": kernels, "error": err}
     s = json.loads((out / "train_summary.json").read_text())
     return {

@@ -26,7 +26,7 @@ import re
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,6 @@ class SyntheticTrainResult:
     explained_variance: float
     l0: float
     dead_latents: int
-    final_losses: dict[str, float] = field(default_factory=dict)
     gamma_file: str | None = None
 
 

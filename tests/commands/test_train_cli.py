@@ -35,7 +35,7 @@ def dataset_dir(tmp_path_factory):
 def corpus_dir(tmp_path_factory):
     p = tmp_path_factory.mktemp("corpus")
     np.savez_compressed(p / "tokens.npz", train=token_rows(30), heldout=token_rows(4, seed=1))
-    (p / "manifest.json").write_text(json.dumps({"bos_token_id": 2, "context_size": T}))
+    (p / "manifest.json").write_text(json.dumps({"format": "sae-rdp corpus v2", "bos_token_id": 2, "context_size": T}))
     return p
 
 

@@ -42,7 +42,7 @@ def tiny_corpus(tmp: Path) -> tuple[Path, np.ndarray]:
     corpus = tmp / "corpus"
     corpus.mkdir()
     np.savez_compressed(corpus / "tokens.npz", train=train, heldout=held)
-    (corpus / "manifest.json").write_text(json.dumps({"bos_token_id": BOS}))
+    (corpus / "manifest.json").write_text(json.dumps({"format": "sae-rdp corpus v2", "bos_token_id": BOS}))
     (tmp / "recipe.json").write_text((EXP / "recipe.json").read_text())
     return corpus, held
 

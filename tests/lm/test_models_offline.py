@@ -542,5 +542,5 @@ def test_train_gguf_option_is_used_and_checked(tmp_path):
         timeout=300,
     )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-    assert "GGUF file not found" in r.stderr and "missing.gguf" in r.stderr
+    assert ("GGUF file not found" in r.stderr or "--gguf" in r.stderr) and "missing.gguf" in r.stderr
     assert not (tmp_path / "o").exists()

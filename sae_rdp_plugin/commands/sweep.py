@@ -43,7 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--sweep", type=Path, default=None, help="a finished sweep folder (all its members)")
     e.add_argument("--sae-path", type=Path, nargs="*", default=[], help="SAELens SAE folders (cfg.json + weights)")
     e.add_argument("--config", type=Path, default=None, help="sweep config naming the DGP (default: the sweep's)")
-    e.add_argument("--dgp", default=None, help="DGP name in the config (default: each member's own / the first)")
+    e.add_argument(
+        "--dgp",
+        default=None,
+        help="DGP name in the config (default: the one a sweep export recorded, or the config's only DGP)",
+    )
     e.add_argument("--out", required=True, type=Path, help="output folder for SAEBench-format JSON")
     e.add_argument("--device", default="cpu")
     e.add_argument("--n-samples", type=int, default=20000)
@@ -123,10 +127,9 @@ def _eval(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config)
         names = [g.name for g in cfg.dgps]
-        name = args.dgp or names[0]
-        if name not in names:
-            raise SaeRdpError(f"unknown DGP {name!r} (config has {', '.join(names)})")
-        spec = next(g for g in cfg.dgps if g.name == name)
+        if args.dgp is not None and args.dgp not in names:
+            raise SaeRdpError(f"unknown DGP {args.dgp!r} (config has {', '.join(names)})")
+        dgp_of = {p: _dgp_of(p, args.dgp, names) for p in args.sae_path}
         seen: dict[str, Path] = {}
         for p in args.sae_path:
             if p.name in seen:
@@ -136,15 +139,20 @@ def _eval(args: argparse.Namespace) -> int:
                     "give them distinct folder names"
                 )
             seen[p.name] = p
-        ecfg = RDPSyntheticEvalConfig(dgp=json.loads(json.dumps(spec.__dict__)), n_samples=args.n_samples)
+        specs = {g.name: g for g in cfg.dgps}
         saes = [(p.name, _load_sae(p, args.device)) for p in args.sae_path]
         for p, (_, sae) in zip(args.sae_path, saes):
-            d_in, d = int(sae.cfg.d_in), spec.input_dim  # type: ignore[attr-defined]
+            d_in, d = int(sae.cfg.d_in), specs[dgp_of[p]].input_dim  # type: ignore[attr-defined]
             if d and d_in != d:
                 raise SaeRdpError(
-                    f"--sae-path {p}: shape mismatch: SAE d_in={d_in} but DGP {name!r} of --config has d={d}"
+                    f"--sae-path {p}: shape mismatch: SAE d_in={d_in} but DGP {dgp_of[p]!r} of --config has d={d}"
                 )
-        written = run_eval(ecfg, saes, args.device, str(args.out), force_rerun=args.force_rerun)
+        written = []
+        for name in dict.fromkeys(dgp_of.values()):  # each SAE against its own DGP
+            spec = specs[name]
+            ecfg = RDPSyntheticEvalConfig(dgp=json.loads(json.dumps(spec.__dict__)), n_samples=args.n_samples)
+            group = [s for p, s in zip(args.sae_path, saes) if dgp_of[p] == name]
+            written += run_eval(ecfg, group, args.device, str(args.out), force_rerun=args.force_rerun)
     print(f"[sweep eval] wrote {len(written)} result file(s) under {args.out}")
     return 0
 
@@ -157,6 +165,36 @@ def _check_eval_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise SaeRdpError(f"--out {out} exists and is not a folder")
     check_parent_writable(out, "--out")
+
+
+def _dgp_of(sae_path: Path, dgp: str | None, names: list[str]) -> str:
+    """The DGP an SAE folder is evaluated against: ``--dgp``; else the one its sweep export recorded (a member is
+    scored against the data it was trained on); else the config's only DGP. Several DGPs and neither is an
+    error: picking the first would score the SAE against data it never saw."""
+    from sae_rdp_plugin.errors import SaeRdpError
+    from sae_rdp_plugin.sweep.export import EXPORT_MARKER
+
+    if dgp is not None:
+        return dgp
+    marker = sae_path / EXPORT_MARKER
+    if marker.is_file():
+        try:
+            recorded = json.loads(marker.read_text()).get("dgp")
+        except (ValueError, AttributeError):
+            recorded = None
+        if recorded is not None:
+            if recorded not in names:
+                raise SaeRdpError(
+                    f"--sae-path {sae_path} was exported from DGP {recorded!r}, which --config lacks "
+                    f"({', '.join(names)}); give the sweep's config or --dgp"
+                )
+            return recorded
+    if len(names) == 1:
+        return names[0]
+    raise SaeRdpError(
+        f"--sae-path {sae_path}: --config has {len(names)} DGPs ({', '.join(names)}) and the folder does not say "
+        "which it was trained on; name one with --dgp"
+    )
 
 
 def _load_sae(path: Path, device: str) -> object:

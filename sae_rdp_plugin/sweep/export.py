@@ -144,7 +144,8 @@ def export_member(out_dir: str | Path, member_id: str, dest: str | Path) -> Path
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
     try:
         sae.save_inference_model(tmp)
-        (tmp / EXPORT_MARKER).write_text(json.dumps({"sweep": str(out), "member": member_id}) + "\n")
+        marker = {"sweep": str(out), "member": member_id, "dgp": mb.dgp}  # sweep eval --sae-path reads its DGP
+        (tmp / EXPORT_MARKER).write_text(json.dumps(marker) + "\n")
         _check_replaceable(dest)  # again: the folder may have changed while the weights were written
         return replace_dir(tmp, dest)  # a previous export of ours (it held EXPORT_MARKER) is replaced
     except BaseException:

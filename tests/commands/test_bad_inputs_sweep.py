@@ -259,3 +259,28 @@ def test_distributed_sweep_resumes_a_run_killed_before_the_merge(tmp_path, monke
     argv = DSWEEP.replace("c.json", str(tmp_path / "c.json")).split() + ["--resume", "--out", str(tmp_path / "o")]
     assert main(argv) == 0
     assert (tmp_path / "o" / "results.json").is_file()
+
+
+def test_sweep_eval_scores_an_exported_member_against_its_own_dgp(tmp_path, monkeypatch, capsys):
+    """With a config of two DGPs, an exported member is scored against the DGP its export recorded (before, the
+    config's first DGP, whatever the member was trained on); a folder that records none needs --dgp."""
+    from sae_rdp_plugin.sweep.config import SweepConfig
+    from sae_rdp_plugin.sweep.export import export_member
+    from sae_rdp_plugin.sweep.train import train_sweep
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(dgps=[SWEEP["dgps"][0], {**SWEEP["dgps"][0], "name": "b", "rho": 0.0}], seeds=[0],
+               architectures=["topk"])  # fmt: skip
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    train_sweep(SweepConfig.from_dict(cfg), tmp_path / "full", progress=False)
+    export_member(tmp_path / "full", "b__topk__w4__k1__s0__random", tmp_path / "mb")
+    assert main(["sweep", "eval", "--sae-path", "mb", "--config", "c.json", "--out", "e", "--n-samples", "64"]) == 0
+    res = json.loads((tmp_path / "e" / "mb_custom_sae_eval_results.json").read_text())
+    assert res["eval_config"]["dgp"]["name"] == "b"
+    (tmp_path / "plain").mkdir()
+    for f in ("cfg.json", "sae_weights.safetensors"):
+        shutil.copy(tmp_path / "mb" / f, tmp_path / "plain" / f)
+    capsys.readouterr()
+    assert main(["sweep", "eval", "--sae-path", "plain", "--config", "c.json", "--out", "e2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "name one with --dgp" in err[0] and not (tmp_path / "e2").exists()

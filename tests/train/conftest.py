@@ -16,5 +16,6 @@ def tiny_corpus(tmp_path):
     folder = tmp_path / "corpus"
     folder.mkdir()
     np.savez_compressed(folder / "tokens.npz", train=rows[:36], heldout=rows[36:])
-    (folder / "manifest.json").write_text(json.dumps({"format": "sae-rdp corpus v2", "bos_token_id": 2, "context_size": 33}))
+    manifest = {"format": "sae-rdp corpus v2", "bos_token_id": 2, "context_size": 33}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder

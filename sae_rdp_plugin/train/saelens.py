@@ -36,7 +36,7 @@ from sae_rdp_plugin.architectures import check_architecture, is_weighted
 from sae_rdp_plugin.errors import SaeRdpError
 from sae_rdp_plugin.rdp.metrics import rate_distortion
 from sae_rdp_plugin.train.config import TrainConfig, sae_config_dict
-from sae_rdp_plugin.train.synthetic import make_synthetic_source
+from sae_rdp_plugin.train.synthetic import MAGNITUDE_STD, make_synthetic_source
 from sae_rdp_plugin.wsae.gamma import GAMMA_FILENAME
 
 __all__ = [
@@ -92,6 +92,23 @@ class SyntheticTrainResult:
     l0: float
     dead_latents: int
     gamma_file: str | None = None
+
+
+def _save_synthetic_model(path: Path, fd: Any, gen: Any, seed: int) -> None:
+    """The run's ground truth as a SAELens ``SyntheticModel`` folder (its feature vectors, bias and firing
+    probabilities; magnitudes as :func:`~sae_rdp_plugin.train.synthetic.make_synthetic_source` draws them), so
+    the SAE can be scored against the data it was trained on."""
+    from sae_lens.synthetic import SyntheticModel, SyntheticModelConfig
+
+    n, d = fd.feature_vectors.shape
+    mcfg = SyntheticModelConfig(
+        num_features=int(n),
+        hidden_dim=int(d),
+        std_firing_magnitudes=MAGNITUDE_STD,
+        mean_firing_magnitudes=1.0,
+        seed=seed,
+    )
+    SyntheticModel(mcfg, feature_dict=fd, activation_generator=gen, device=str(fd.feature_vectors.device)).save(path)
 
 
 def train_synthetic(
@@ -189,6 +206,7 @@ def train_synthetic(
         except Exception as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
             raise SaeRdpError(f"cannot save the trained SAE for {out}: {reason}") from exc
+        _save_synthetic_model(staging / SYNTHETIC_MODEL_DIR, fd, gen, cfg.seed)
         sae.eval()
         rd = rate_distortion(sae, next(data).to(cfg.device))
         mcc = mean_correlation_coefficient(sae.W_dec.detach().float().cpu(), fd.feature_vectors.detach().float().cpu())
@@ -240,8 +258,12 @@ RUN_NAMES = frozenset(
         "train_summary.json",
         "summary.json",
         "checkpoints",
+        "synthetic_model",
     }
 )
+#: where ``train --synthetic`` saves its ground truth (a SAELens SyntheticModel folder: rdp_synthetic's
+#: ``--synthetic_model_path`` scores the SAE against it)
+SYNTHETIC_MODEL_DIR = "synthetic_model"
 #: a grid's hook folder (``train --model`` with several SAEs: ``out/<hook>/<sae name>/``)
 _HOOK_DIR = re.compile(r"^blocks\.\d+\.hook_[A-Za-z0-9_]+$")
 

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 __all__ = ["make_synthetic_source", "synthetic_model", "ShardedSyntheticStream"]
 
 
+#: the spread of a firing feature's magnitude around 1 (SAELens's ``std_firing_magnitudes``)
+MAGNITUDE_STD = 0.2
+
+
 def make_synthetic_source(
     d_in: int,
     n_features: int,
@@ -35,7 +39,7 @@ def make_synthetic_source(
     firing_probability: float = 0.02,
     seed: int = 0,
     device: str = "cpu",
-    magnitude_std: float = 0.2,
+    magnitude_std: float = MAGNITUDE_STD,
 ) -> tuple[Any, Any]:
     """(FeatureDictionary, ActivationGenerator) from sae_lens.synthetic: feature ``i`` (rank ``i+1``)
     fires with probability ``p_i = min(0.9, c / sqrt(i+1))``, ``c`` chosen so that ``mean(p) =

@@ -205,3 +205,21 @@ def test_interrupted_synthetic_run_keeps_only_its_checkpoints_and_resumes_in_pla
     assert main([*SYNTH, *SMALL, "--checkpoints", "2", "--resume", str(cks[0]), "--out", str(out)]) == 0
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == sorted(p.name for p in cks)
+
+
+def test_synthetic_run_saves_its_ground_truth_for_rdp_synthetic(tmp_path, monkeypatch):
+    """train --synthetic saves its synthetic model (a SAELens SyntheticModel folder) next to the SAE, so
+    rdp_synthetic scores the SAE against the features it was trained on: its MCC equals the one training
+    reported (two code paths: the training run's dictionary, and the folder loaded back by SAELens)."""
+    from sae_rdp_plugin.cli import main as cli_main
+    from sae_rdp_plugin.evals.rdp_synthetic.main import main as eval_main
+
+    monkeypatch.chdir(tmp_path)
+    argv = "train --synthetic --architecture topk --d-in 16 --d-sae 32 --k 4 --tokens 4096 --batch-size 256 --out r"
+    assert cli_main(argv.split()) == 0
+    assert (tmp_path / "r" / "synthetic_model" / "synthetic_model_config.json").is_file()
+    trained = json.loads((tmp_path / "r" / "train_summary.json").read_text())
+    eval_main(["--sae_paths", "r", "--synthetic_model_path", "r/synthetic_model", "--output_folder", "ev"])
+    res = json.loads(next((tmp_path / "ev").glob("*.json")).read_text())
+    assert res["eval_result_metrics"]["ground_truth"]["mcc"] == pytest.approx(trained["mcc"], abs=1e-5)
+    assert cli_main(argv.split()) == 0  # the run folder, synthetic model included, is its own: rerun replaces it

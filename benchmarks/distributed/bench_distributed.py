@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from sae_rdp_plugin.architectures import get_architecture
 from sae_rdp_plugin.io import atomic_write_json
 
 
@@ -99,8 +100,7 @@ def main() -> int:
         str(a.d_in),
         "--d-sae",
         str(a.d_sae),
-        "--k",
-        str(a.k),
+        *(["--k", str(a.k)] if get_architecture(a.architecture).uses_k else []),  # (refused where it has no k)
         "--n-features",
         str(n_features),
         "--device",

@@ -1223,7 +1223,8 @@ def check_args(args: argparse.Namespace) -> None:
         check_results_folder(args.copy_to, "--copy-to")
     if args.resume:  # an explicit file; a bare --resume reads OUT/latest.json
         _load_rows(Path(args.resume))
-    elif args.resume is not None:
+    elif args.resume is not None and (Path(args.out) / "latest.json").exists():
+        # a bare --resume with no OUT/latest.json yet (an earlier call cut before its first row) starts afresh
         _load_rows(Path(args.out) / "latest.json", "--resume (OUT/latest.json)")
 
 
@@ -1425,7 +1426,7 @@ def main(argv: list[str] | None = None) -> int:
     default = [r for r in ROWS if (r != "ce_recovered" or args.gguf) and (r != "ours_profile" or args.profile)]
     names = list(args.only or default)
     rows: list[dict[str, Any]] = []
-    if args.resume is not None:
+    if args.resume is not None and (args.resume or (b.out / "latest.json").exists()):
         rows = _load_rows(Path(args.resume) if args.resume else b.out / "latest.json")
         names = [n for n in names if n not in {r["row"] for r in rows if "error" not in r}]
         rows = [r for r in rows if r["row"] not in names]

@@ -261,11 +261,16 @@ def _is_grid_out(p: Path) -> bool:
     return ours and _holds_only(p, GRID_NAMES)
 
 
+def _is_sweep_plot(name: str) -> bool:
+    return name == "rdp_summary.json" or (name.startswith("rdp_") and name.endswith(".png"))
+
+
 def _is_sweep_out(p: Path) -> bool:
     """An earlier ``distributed sweep``: merged (its state.json) or killed before the merge (only the rank
     folders, each with the state.json of ``train_sweep``), holding nothing but its names."""
     keys = ("config", "groups", "members")
-    if not _holds_only(p, SWEEP_NAMES):
+    # (`sweep plot`, and `sweep run` unless --no-plots, write rdp_summary.json and rdp_*.png into a sweep folder)
+    if not _holds_only(p, SWEEP_NAMES, _is_sweep_plot):
         return False
     if _json_has(p / "state.json", keys):
         return True

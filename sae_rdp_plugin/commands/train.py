@@ -359,7 +359,7 @@ def _check_model_name(args: argparse.Namespace) -> None:
         return
     if key in OFFLINE_MODELS or published_arch(name) is not None or Path(name).exists() or _hub_cached(name):
         return
-    online = os.environ.get("HF_HUB_OFFLINE", "0") in ("", "0")
+    online = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() not in ("1", "ON", "YES", "TRUE")  # as the hub
     if "/" in name and online:  # a hub repository name ("org/model"): the loader fetches it
         return
     if args.saelens_store:  # TransformerLens's own names (HookedTransformer.from_pretrained)

@@ -43,7 +43,7 @@ from sae_rdp_plugin.io import atomic_save, atomic_write_json, check_out_folder, 
 
 MANIFEST = "manifest.json"
 FORMAT = "sae-rdp activation cache v1"
-_SHARD_RE = re.compile(r"shard_\d{5}\.safetensors")
+_SHARD_RE = re.compile(r"shard_\d{5,}\.safetensors")  # (5 digits, more past 99,999 shards)
 
 
 def layer_of_hook(hook_name: str) -> int | None:

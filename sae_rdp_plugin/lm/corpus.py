@@ -1426,7 +1426,21 @@ def is_corpus_folder(folder: str | Path) -> bool:
 
 
 def check_corpus_out(out: str | Path, flag: str = "--out") -> Path:
-    """``out`` as a Path if a corpus may be written there (new, empty, or an earlier corpus); else SaeRdpError."""
+    """``out`` as a Path if a corpus may be written there (new, empty, or an earlier corpus); else SaeRdpError.
+    An earlier corpus with the travel shards made from it in ``shards/`` is refused with its own message: the
+    rebuild replaces the folder, and shards of the old tokens must not survive next to new ones."""
+    p = Path(out)
+    if p.is_dir() and (p / "shards").is_dir():
+        try:
+            read_manifest(p)
+            earlier = folder_holds_only(p, lambda n: n in CORPUS_NAMES or n == "shards")
+        except (SaeRdpError, OSError):
+            earlier = False
+        if earlier:
+            raise SaeRdpError(
+                f"{flag} {p} is an earlier corpus holding shards/ made from it, which a rebuild would leave stale: "
+                f"move or delete {p / 'shards'} first"
+            )
     return check_out_folder(out, is_corpus_folder, flag)
 
 

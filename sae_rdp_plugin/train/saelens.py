@@ -275,6 +275,9 @@ def _is_train_run(p: Path) -> bool:
     from sae_rdp_plugin.io import folder_holds_only
 
     marked = (p / "train_summary.json").is_file()
+    entries = list(p.iterdir()) if p.is_dir() else []
+    if not marked and entries and all(e.is_dir() and _HOOK_DIR.match(e.name) for e in entries):
+        marked = True  # a train --model grid killed before its summary: only its hook folders (SAEs, .partial)
     if not marked:
         try:
             marked = str(json.loads((p / "summary.json").read_text()).get("format", "")).startswith("sae-rdp ")

@@ -203,3 +203,34 @@ def test_truncate_may_overwrite_its_own_output_only(tmp_path, monkeypatch, capsy
     # its own output as the input: refused (the input file, by any name)
     assert main(shlex.split("models truncate --model smollm2-135m --gguf t.gguf --n-layers 1 --out t.gguf")) == 2
     assert "is the input file" in capsys.readouterr().err
+
+
+def test_corpus_out_with_its_travel_shards_is_refused_with_a_reason(tmp_path):
+    """An earlier corpus holding the shards made from it (table2's layout): a rebuild would replace the folder and
+    leave those shards stale, so it is refused saying so, and nothing is touched; without shards/ it is replaced."""
+    from sae_rdp_plugin.errors import SaeRdpError
+    from sae_rdp_plugin.lm.corpus import check_corpus_out
+
+    c = tmp_path / "c"
+    (c / "shards").mkdir(parents=True)
+    (c / "manifest.json").write_text(json.dumps({"format": "sae-rdp corpus v2", "bos_token_id": 1}))
+    (c / "tokens.npz").write_bytes(b"x")
+    (c / "shards" / "shards.json").write_text("{}")
+    with pytest.raises(SaeRdpError, match="move or delete .*shards first"):
+        check_corpus_out(c)
+    assert (c / "shards" / "shards.json").read_text() == "{}"
+    (c / "shards" / "shards.json").unlink()
+    (c / "shards").rmdir()
+    assert check_corpus_out(c) == c
+
+
+def test_corpus_build_takes_a_local_tokenizer_folder_or_a_hub_name(tmp_path, monkeypatch):
+    """corpus build loads only a tokenizer: a local tokenizer folder, or (hub reachable) an org/model name, is not
+    refused by the model-name check the model commands use (a bare unknown name still is, above)."""
+    _write(tmp_path, RAW)
+    monkeypatch.chdir(tmp_path)
+    _stand_in_tokenizer(monkeypatch)
+    (tmp_path / "my_tokenizer").mkdir()
+    assert main(shlex.split(CB.replace("smollm2-135m", "my_tokenizer") + " --out c1")) == 0
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert main(shlex.split(CB.replace("smollm2-135m", "some-org/some-tokenizer") + " --out c2")) == 0

@@ -82,7 +82,6 @@ CASES = [
     ("bench-resume-missing", _nothing, [*BE, "--resume", "nope.json"], {}, "--resume nope.json"),
     ("bench-resume-malformed", _files({"r.json": "{\n"}), [*BE, "--resume", "r.json"], {}, "--resume r.json"),
     ("bench-resume-foreign", _files({"r.json": {"rows": 1}}), [*BE, "--resume", "r.json"], {}, "--resume r.json"),
-    ("bench-resume-default-missing", _nothing, [*BE, "--resume"], {}, "--resume"),
     ("bench-out-file", _files({"o": "precious"}), BE, {}, "--out o exists and is not a folder"),
     (
         "bench-out-user-latest",
@@ -218,3 +217,20 @@ def test_bench_accepts_its_own_earlier_results_and_a_log_beside_them(tmp_path):
     _write(out, {"latest.json": OURS_LATEST, "latest.md": "table", "log.txt": "log"})
     assert bench_e2e.check_results_folder(str(out), "--out") == out
     assert bench_e2e._load_rows(out / "latest.json") == []
+
+
+def test_bench_bare_resume_without_earlier_rows_starts_afresh(tmp_path):
+    """A bare --resume (OUT/latest.json) where an earlier call was cut before its first row: the checks pass and
+    the run starts from no rows (an explicit --resume FILE that is missing stays an error, above)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_e2e_resume", ROOT / "benchmarks" / "e2e" / "bench_e2e.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # (its dataclasses look their module up)
+    spec.loader.exec_module(bench)
+    args = bench.parse_args(["--quick", "--only", "ours", "--out", str(tmp_path / "o"), "--resume"])
+    bench.check_args(args)  # no error
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "latest.json").write_text("{\n")
+    with pytest.raises(Exception, match="latest.json"):
+        bench.check_args(args)  # an OUT/latest.json that is there must be the bench's own

@@ -284,3 +284,16 @@ def test_sweep_eval_scores_an_exported_member_against_its_own_dgp(tmp_path, monk
     assert main(["sweep", "eval", "--sae-path", "plain", "--config", "c.json", "--out", "e2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "name one with --dgp" in err[0] and not (tmp_path / "e2").exists()
+
+
+def test_distributed_sweep_out_with_plots_is_its_own(tmp_path):
+    """`sweep plot` (and `sweep run` unless --no-plots) write rdp_summary.json and rdp_*.png into a sweep folder:
+    it is still the sweep's own for `distributed sweep --out` (resume); a user's file is not."""
+    from sae_rdp_plugin.commands.distributed import _is_sweep_out
+
+    (tmp_path / "state.json").write_text(json.dumps({"config": {}, "groups": {}, "members": {}}))
+    for n in ("rdp_summary.json", "rdp_rate_distortion.png", "rdp_premium_vs_P.png"):
+        (tmp_path / n).write_text("x")
+    assert _is_sweep_out(tmp_path)
+    (tmp_path / "notes.md").write_text("mine")
+    assert not _is_sweep_out(tmp_path)

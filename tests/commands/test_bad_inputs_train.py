@@ -212,3 +212,21 @@ def test_short_model_run_reads_no_more_of_the_corpus_than_it_trains_on(tmp_path,
     assert main([*M.split(), "--out", "o"]) == 0
     summary = json.loads((tmp_path / "o" / "train_summary.json").read_text())
     assert 0 < summary["epochs"] < 1, summary["epochs"]
+
+
+def test_a_killed_model_grid_is_its_own_and_hub_offline_false_is_online(tmp_path, monkeypatch):
+    """A train --model grid killed before its summary leaves only hook folders (SAEs, .partial staging): still a
+    training run (resume, rerun); HF_HUB_OFFLINE=false means online, as huggingface_hub reads it."""
+    import argparse
+
+    from sae_rdp_plugin.commands import train as cmd
+    from sae_rdp_plugin.train.saelens import _is_train_run
+
+    (tmp_path / "g" / "blocks.0.hook_resid_post" / ".topk-d64-k8.abcdef123456.partial" / "checkpoints" / "100").mkdir(
+        parents=True
+    )
+    assert _is_train_run(tmp_path / "g")
+    (tmp_path / "g" / "notes.md").write_text("mine")
+    assert not _is_train_run(tmp_path / "g")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "false")
+    cmd._check_model_name(argparse.Namespace(model="some-org/some-model", gguf=None, saelens_store=False))

@@ -139,7 +139,8 @@ def test_replacing_an_earlier_run_of_only_our_files_still_works(tmp_path, capsys
     assert main([*W.split(), "--out", str(out)]) == 0
     assert (out / "gamma.safetensors").is_file()
     assert main([*T.split(), "--out", str(out)]) == 0  # ours only: replaced
-    assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "sae_weights.safetensors", "train_summary.json"]
+    names = ["cfg.json", "sae_weights.safetensors", "synthetic_model", "train_summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == names
     assert json.loads((out / "train_summary.json").read_text())["architecture"] == "topk"
 
 

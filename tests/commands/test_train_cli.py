@@ -166,7 +166,10 @@ def test_synthetic_rerun_replaces_the_whole_run_folder(tmp_path, capsys):
     assert main([*SYNTH, *SMALL, *weighted, "--out", str(out)]) == 0
     assert (out / "gamma.safetensors").is_file() and len(list((out / "checkpoints").iterdir())) == 2
     assert main([*SYNTH, *SMALL, "--out", str(out)]) == 0  # unweighted, no checkpoints, same folder
-    assert _listing(out) == ["cfg.json", "sae_weights.safetensors", "train_summary.json"]  # nothing of the old run
+    synthetic = ["synthetic_model", "synthetic_model/synthetic_model.safetensors",
+                 "synthetic_model/synthetic_model_config.json"]  # fmt: skip
+    expected = ["cfg.json", "sae_weights.safetensors", *synthetic, "train_summary.json"]
+    assert _listing(out) == expected  # nothing of the old run
     assert json.loads((out / "train_summary.json").read_text())["architecture"] == "topk"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging folder left
 

@@ -425,7 +425,7 @@ def test_eval_stage_absorption_offline(rs, tmp_path, monkeypatch):
     if "probe_s" in a:  # not when the first cut call finished the probe
         parts = a["probe_parts_s"]
         assert {"vocabulary", "activations", "probe_training", "probe_save"} <= set(parts), parts
-        assert 0 < sum(parts.values()) < a["probe_s"]
+        assert 0 < sum(parts.values()) <= a["probe_s"] + 0.05  # (each rounded to 0.01 s)
 
     # cut while an SAE blocks: back at the deadline, no JSON, no temporary file
     cfg2 = {**cfg, "min_feats_for_eval": 2}
@@ -529,10 +529,11 @@ def test_absorption_in_workers_and_in_any_order_gives_the_same_jsons(rs, tmp_pat
     got, rec = run("workers", [1, 2, 0], workers=2)
     assert got == forward and rec["workers"] == 2 and rec["mode"] == "child" and "probe_s" in rec
     # the timed parts of SAEBench's eval: the probe phase's and each SAE's (within the times they are parts of)
-    assert 0 < rec["probe_parts_s"]["probe_training"] and sum(rec["probe_parts_s"].values()) < rec["probe_s"]
+    assert 0 < rec["probe_parts_s"]["probe_training"] and sum(rec["probe_parts_s"].values()) <= rec["probe_s"] + 0.05
     assert sorted(rec["sae_parts_s"]) == sorted(rec["sae_s"]), rec["sae_parts_s"]
     for name, parts in rec["sae_parts_s"].items():
-        assert {"k_sparse_probing", "absorption_experiment"} <= set(parts) and sum(parts.values()) <= rec["sae_s"][name]
+        assert {"k_sparse_probing", "absorption_experiment"} <= set(parts)
+        assert sum(parts.values()) <= rec["sae_s"][name] + 0.05
 
     # the model cannot reach the workers (here it does not pickle; on a GPU, CUDA IPC could fail): the same JSONs,
     # evaluated in this process, and the record says why

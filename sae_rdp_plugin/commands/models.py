@@ -141,13 +141,6 @@ def _load_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _hub_online() -> bool:
-    """Whether the Hugging Face hub may be asked (HF_HUB_OFFLINE unset or false, as huggingface_hub reads it)."""
-    import os
-
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() not in ("1", "ON", "YES", "TRUE")
-
-
 def _truncate(args: argparse.Namespace) -> int:
     from sae_rdp_plugin.io import check_out_file
     from sae_rdp_plugin.lm.models import gguf_path, is_truncated_gguf, truncate_gguf
@@ -176,7 +169,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _corpus_build(args: argparse.Namespace) -> int:
     from sae_rdp_plugin.lm.corpus import DEFAULT_SOURCES, SOURCES, build_corpus, check_corpus_out
-    from sae_rdp_plugin.lm.models import check_model_name, load_tokenizer
+    from sae_rdp_plugin.lm.models import check_model_name, hub_online, load_tokenizer
 
     sources = tuple(s.strip() for s in args.sources.split(",")) if args.sources else DEFAULT_SOURCES
     for s in sources:
@@ -188,7 +181,7 @@ def _corpus_build(args: argparse.Namespace) -> int:
         raise SaeRdpError(f"--max-docs-per-source must be >= 1 (leave it out for all), got {args.max_docs_per_source}")
     check_corpus_out(args.out)
     # only a tokenizer is loaded: a local tokenizer folder or a hub repository name (org/model) is fine too
-    if not Path(args.model).exists() and not ("/" in args.model and _hub_online()):
+    if not Path(args.model).exists() and not ("/" in args.model and hub_online()):
         check_model_name(args.model, args.gguf)
     tok = load_tokenizer(args.model, args.gguf)
     m = build_corpus(

@@ -343,7 +343,7 @@ def _check_model_name(args: argparse.Namespace) -> None:
     cache, or (unless HF_HUB_OFFLINE=1) a hub repository name ``org/model`` or, with --saelens-store, a
     TransformerLens model name: a bare unknown name would spend half a minute retrying the hub before failing."""
     from sae_rdp_plugin.errors import SaeRdpError
-    from sae_rdp_plugin.lm.models import OFFLINE_MODELS, TINY_ARCHS, canonical_name, published_arch
+    from sae_rdp_plugin.lm.models import OFFLINE_MODELS, TINY_ARCHS, canonical_name, hub_online, published_arch
 
     name = args.model
     key = canonical_name(name)
@@ -359,7 +359,7 @@ def _check_model_name(args: argparse.Namespace) -> None:
         return
     if key in OFFLINE_MODELS or published_arch(name) is not None or Path(name).exists() or _hub_cached(name):
         return
-    online = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() not in ("1", "ON", "YES", "TRUE")  # as the hub
+    online = hub_online()
     if "/" in name and online:  # a hub repository name ("org/model"): the loader fetches it
         return
     if args.saelens_store:  # TransformerLens's own names (HookedTransformer.from_pretrained)

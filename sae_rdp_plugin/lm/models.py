@@ -561,6 +561,11 @@ def hooked_from_hf(model: str, hf: Any, tok: Any, device: str = "cpu", dtype: An
     return hooked
 
 
+def hub_online() -> bool:
+    """Whether the Hugging Face hub may be asked: HF_HUB_OFFLINE unset or false, read as huggingface_hub reads it."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() not in ("1", "ON", "YES", "TRUE")
+
+
 def check_model_name(model: str, path: str | os.PathLike | None = None, flag: str = "--model") -> str:
     """Refuse, before anything is loaded, a model name that no loader knows: not an offline model
     (:data:`OFFLINE_MODELS` and aliases), not GPT-2 / Pythia (:data:`PUBLISHED_NAMES`), not a TransformerLens

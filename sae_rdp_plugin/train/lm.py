@@ -263,10 +263,10 @@ def _staging_dir(out: Path) -> Path:
 
 def _publish(staging: Path, out: Path) -> None:
     """Rename the finished ``staging`` folder to ``out`` (an earlier sae-rdp output there is replaced)."""
-    from sae_rdp_plugin.train.saelens import publish_run
+    from sae_rdp_plugin.io import replace_dir
 
     check_out_dir(out)
-    publish_run(staging, out)
+    replace_dir(staging, out)
 
 
 #: files a complete SAETrainer checkpoint holds (a folder killed while being written lacks some)

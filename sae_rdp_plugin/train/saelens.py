@@ -144,7 +144,7 @@ def train_synthetic(
     from sae_lens.training.sae_trainer import SAETrainer
 
     from sae_rdp_plugin.devices import check_device
-    from sae_rdp_plugin.io import atomic_write_json
+    from sae_rdp_plugin.io import atomic_write_json, replace_dir
 
     if isinstance(cfg, TrainConfig):
         if len(args) != 1 or train_fields:
@@ -229,7 +229,7 @@ def train_synthetic(
         )
         atomic_write_json(staging / "train_summary.json", asdict(res))
         check_run_folder(out)  # again: the folder may have changed during training
-        publish_run(staging, out)
+        replace_dir(staging, out)
     except BaseException:
         _drop_incomplete_checkpoints(staging)
         if staging.exists() and not reused and not _checkpoints(staging):
@@ -316,25 +316,6 @@ def check_run_folder(out: str | Path) -> Path:
     if p.is_dir() and not p.is_symlink() and not os.access(p, os.W_OK | os.X_OK):
         raise SaeRdpError(f"--out {p}: no permission to write in {p} (it is replaced by the new run)")
     return p
-
-
-def publish_run(staging: Path, out: Path) -> None:
-    """:func:`sae_rdp_plugin.io.replace_dir` ``staging`` -> ``out``; when the swap fails, the empty hidden
-    ``.<out>.*.old`` folder it may have made is removed (``rmdir``: only an empty one), so nothing is left."""
-    import glob
-
-    from sae_rdp_plugin.io import replace_dir
-
-    before = set(glob.glob(str(out.parent / glob.escape(f".{out.name}.")) + "*.old"))
-    try:
-        replace_dir(staging, out)
-    except BaseException:
-        for d in set(glob.glob(str(out.parent / glob.escape(f".{out.name}.")) + "*.old")) - before:
-            try:
-                os.rmdir(d)
-            except OSError:
-                pass
-        raise
 
 
 def _step_of(ck: Path) -> int | None:

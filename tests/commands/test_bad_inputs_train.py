@@ -163,9 +163,9 @@ def test_read_only_out_refused_before_training_and_nothing_left(tmp_path):
 
 
 def test_failed_swap_leaves_no_old_folder(tmp_path, monkeypatch):
-    """A swap that fails after replace_dir made its hidden .old folder: that empty folder is removed."""
+    """A swap that fails after replace_dir made its hidden .old folder (the run folder cannot be moved aside): that
+    empty folder is removed."""
     import sae_rdp_plugin.io as io
-    from sae_rdp_plugin.train.saelens import publish_run
 
     out, staging = tmp_path / "o", tmp_path / ".o.x.partial"
     out.mkdir()
@@ -180,7 +180,7 @@ def test_failed_swap_leaves_no_old_folder(tmp_path, monkeypatch):
 
     monkeypatch.setattr(io.os, "replace", refuse_moving_out)
     with pytest.raises(PermissionError):
-        publish_run(staging, out)
+        io.replace_dir(staging, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".o.x.partial", "o"]
 
 

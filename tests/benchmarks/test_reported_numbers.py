@@ -67,10 +67,18 @@ def test_aux_graph_numbers_quoted():
 
 
 def test_top_readme_table2_row_quotes_table2_json():
-    """The README row: SAE counts and the ReLU-L1 CE median from the committed core JSONs; sparse probing is
-    withdrawn (archived), so table2.json holds no sparse-probing row and the row says so."""
+    """The README row: SAE counts and the ReLU-L1 CE median from the committed core JSONs; TopK's sparse-probing
+    row of table2.json (the only architecture redone with the checked tokenizer); the others' withdrawn (archived)."""
     rows = json.loads((ROOT / "experiments/table2/table2.json").read_text())["rows"]
-    assert not any("sparse_probing" in x["proxy"] for x in rows)
+    probing = [x for x in rows if "sparse_probing" in x["proxy"]]
+    assert {x["architecture"] for x in probing} == {"topk", "pooled"}  # pooled: TopK's are the only ones
+    (sp,) = [
+        x
+        for x in probing
+        if x["paper_proxy"] == "Sparse Probing" and x["grouping"] == "architecture" and x["distortion"] == "1-EV"
+    ]
+    lo, hi = sp["V_ci"]
+    assert lo < 0.351 < hi and lo < 0.5 < hi  # "paper 0.351 inside the interval, and so is 0.5"
     base = ROOT / "experiments/table2/results"
     assert list(
         (base / "archive/gemma3-270m-L9-sparse-probing-device-tokenizer/sparse_probing_sae_probes").glob("*.json")
@@ -92,7 +100,9 @@ def test_top_readme_table2_row_quotes_table2_json():
         f"{len(planned)} SAEs trained",
         f"SAEBench core on {len(list(core.glob('*.json')))}",
         f"the {len(ce)} ReLU-L1 SAEs on standardised inputs recover a median {median:.2f} of the CE loss",
-        "Sparse probing withdrawn",
+        f"Sparse Probing V {sp['V']:.3f} [{lo:.3f}, {hi:.3f}] over {sp['n_saes']} SAEs and {sp['n_pairs']} "
+        "dominated pairs (paper 0.351",
+        "the other architectures' sparse probing withdrawn",
     ):
         assert q in line, q
     ce_w = {}
@@ -252,12 +262,7 @@ def test_real_weight_ctx128_run_numbers_quoted():
     assert "saelens" not in r  # the text says the 20M-token row did not finish
     old = json.loads((ROOT / "benchmarks/e2e/runs/2026-12-03-real-weights/latest.json").read_text())
     assert f"({next(x for x in old['rows'] if x['row'] == 'ours')['heldout_fvu']:.4f}, trained" in section
-    row = next(x for x in (ROOT / "README.md").read_text().splitlines() if "sae-rdp train --model`, end to" in x)
-    assert f"{s['ours_x_sparsify']:.1f}x sparsify in the previous session's run" in row
-    readme_lim = _flat("README.md", after="## Main limitations")
-    assert f"and {s['ours_x_sparsify']:.1f}x sparsify (an earlier session's run)" in readme_lim
-    lim = _flat("docs/limitations.md")
-    assert f"and {s['ours_x_sparsify']:.1f}x sparsify in an earlier session's run" in lim
+    # the top README row and the limitations now quote the 2026-12-05 same-run sparsify ratio (test below)
 
     f = json.loads((ROOT / "benchmarks/e2e/runs/2026-12-03-real-weights-4saes/latest.json").read_text())
     four = {x["row"]: x for x in f["rows"]}
@@ -500,14 +505,13 @@ def test_aux_mask_numbers_are_quoted():
     assert "1 failed, 13 passed" in (ROOT / "benchmarks/training_speed/aux_mask/pytest_topk_mask.txt").read_text()
 
 
-
 def test_table2_wsae_runprobe_and_e0_quoted_from_the_stage_records():
     """The W-wsae runprobe (T and E parts) and the E0 absorption call of 2026-12-04 in table2's README."""
     base = ROOT / "experiments/table2/results/gemma3-270m-L9"
     (t,) = json.loads((base / "stage_W-wsae.json").read_text())["calls"]
     calls = json.loads((base / "stage_E-gemma3-270m-9.json").read_text())["calls"]
     (e,) = [c for c in calls if any("/weighted_topk/" in i for i in c.get("sparse_probing", {}).get("evaluated", []))]
-    (a,) = [c for c in calls if "absorption" in c]
+    a = [c for c in calls if "absorption" in c][0]  # the first absorption call (2026-12-04)
     sp, ab = e["sparse_probing"], a["absorption"]
     text = _flat("experiments/table2/README.md", after="`runprobe W-wsae` (2026-12-04, third session)")
     quoted = [
@@ -545,3 +549,95 @@ def test_table2_readme_quotes_the_cpu_smoke_records():
         ],
         _flat("experiments/table2/README.md"),
     )
+
+
+def test_real_weight_run_of_2026_12_05_quoted():
+    """benchmarks/e2e/runs/2026-12-05-*: ours, SAELens's runner and sparsify in one call (real weights, context 128);
+    quoted in the e2e README's section, the top README row and the limitations."""
+    runs = ROOT / "benchmarks/e2e/runs"
+    d = json.loads((runs / "2026-12-05-real-weights-ctx128/latest.json").read_text())
+    r = {x["row"]: x for x in d["rows"]}
+    ours, mask, sp, sl, prof = (r[k] for k in ("ours", "ours_mask", "sparsify", "saelens_speed", "ours_profile"))
+    s = d["summary"]
+    assert d["settings"]["context"] == 128 and ours["tokens"] == 20_000_000 and sl["tokens"] == 2_000_000
+    assert s["targets_met"]["x10_saelens"] is True and s["targets_met"]["x10_sparsify"] is False
+    first = ours["saes"][0]["first_steps_s_by_width"]
+    first_prof = prof["saes"][0]["first_steps_s_by_width"]
+    first_mask = [v[0] for w, v in mask["saes"][0]["first_steps_s_by_width"].items() if w != "0"]
+    old = {
+        day: {x["row"]: x for x in json.loads((runs / f"{day}-real-weights-ctx128/latest.json").read_text())["rows"]}
+        for day in ("2026-12-03", "2026-12-04")
+    }
+    ratios = [
+        json.loads((runs / f"{day}-real-weights-ctx128/latest.json").read_text())["summary"]["ours_x_saelens"]
+        for day in ("2026-12-03", "2026-12-04", "2026-12-05")
+    ]
+    p = prof["profile"]
+    section = _flat("benchmarks/e2e/README.md", after="## Real weights, SAELens and sparsify in one run")
+    wall = ours["tokens_per_s_wall"]
+    quoted = [
+        f"ours {ours['tokens_per_s']:,.0f} tokens/s after warm-up; SAELens's runner {sl['tokens_per_s']:,.0f} (2M "
+        f"tokens): ours is {s['ours_x_saelens']:.2f}x",
+        f"sparsify (its own rows of 4 x 1024) {sp['tokens_per_s']:,.0f}: ours is {s['ours_x_sparsify']:.2f}x",
+        f"ours {wall:,.0f}, SAELens {sl['tokens_per_s_wall']:,.0f}, sparsify {sp['tokens_per_s_wall']:,.0f} "
+        f"({wall / sl['tokens_per_s_wall']:.2f}x and {wall / sp['tokens_per_s_wall']:.2f}x)",
+        f"truncated model for {ours['time_split']['first_forward_s']:.1f} s and its first step the fast step's "
+        f"kernels for {first['0'][0]:.1f} s",
+        f"against {old['2026-12-04']['saelens']['tokens_per_s']:,.0f} at 20M tokens on 2026-12-04 and "
+        f"{old['2026-12-03']['saelens_speed']['tokens_per_s']:,.0f} at 2M on 2026-12-03",
+        f"than on 2026-12-04 ({old['2026-12-04']['ours']['tokens_per_s']:,.0f})",
+        "real-weight sessions: " + ", ".join(f"{x:.2f}x" for x in ratios),
+        f"took {first['12288'][0]:.2f} s and {first['16384'][0]:.2f} s (`first_steps_s_by_width`; "
+        f"{first['4096'][0]:.2f} s at 4,096 and 8,192)",
+        f"spent {first_prof['12288'][0]:.2f} s and {first_prof['16384'][0]:.2f} s there",
+        f"{mask['tokens_per_s']:,.0f} tokens/s, {s['mask_x_ours']:.2f}x ours",
+        f"({min(first_mask):.2f}-{max(first_mask):.2f} s each)",
+        f"ours {ours['heldout_fvu']:.4f}, `ours_mask` {mask['heldout_fvu']:.4f} (20M tokens); SAELens "
+        f"{sl['heldout_fvu']:.4f} and sparsify {sp['heldout_fvu']:.4f} at 2M tokens",
+        f"{p['wall_ms_per_step']:.2f} ms per step under the profiler, the GPU busy {p['gpu_busy_fraction']:.3f} of "
+        f"the window, {p['host_syncs_per_step']:.3f} host syncs per step",
+    ]
+    assert f"{first['8192'][0]:.2f}" == f"{first['4096'][0]:.2f}"  # "at 4,096 and 8,192" quotes one value for both
+    _assert_quoted(quoted, section)
+    row = next(x for x in (ROOT / "README.md").read_text().splitlines() if "sae-rdp train --model`, end to" in x)
+    assert f"in one later run {s['ours_x_saelens']:.2f}x SAELens's runner (2M tokens" in row
+    assert f"and {s['ours_x_sparsify']:.2f}x sparsify | H200, 2026-12-04/05 |" in row
+    lo, hi = min(ratios), max(ratios)
+    assert f"; {lo:.1f}-{hi:.1f}x over three sessions' runs) and {s['ours_x_sparsify']:.2f}x sparsify" in _flat(
+        "README.md", after="## Main limitations"
+    )
+    assert (
+        f"in a later run {s['ours_x_saelens']:.2f}x SAELens's runner (whose speed was lower than in the earlier runs)"
+        f" and {s['ours_x_sparsify']:.2f}x sparsify in the same call" in _flat("docs/limitations.md")
+    )
+    assert f"ran at {s['mask_x_ours']:.2f}x end to end" in _flat("docs/limitations.md")
+
+
+def test_table2_session_of_2026_12_05_quoted():
+    """table2 README section 6: the 2026-12-05 calls, from the committed stage records and the session's device
+    call list."""
+    base = ROOT / "experiments/table2/results/gemma3-270m-L9"
+    dev = json.loads((base / "device_calls_2026-12-05.json").read_text())["calls"]
+    (t,) = json.loads((base / "stage_T-gemma3-270m-9-topk.json").read_text())["calls"]
+    calls = json.loads((base / "stage_E-gemma3-270m-9.json").read_text())["calls"]
+    sp, ab = calls[-2], calls[-1]
+    a, s = ab["absorption"], sp["sparse_probing"]
+    assert len(t["trained"]) == 10 and len(t["core_evaluated"]) == len(t["proxies_evaluated"]) == 20
+    assert len(s["evaluated"]) == 20 and not s["baseline_s"] and not a["evaluated"]
+    parts = a["probe_parts_s"]
+    text = _flat("experiments/table2/README.md", after="**Session of 2026-12-05**")
+    _assert_quoted(
+        [
+            f"`stage.sh wheels` {dev[0]['wall_s']:.0f} s",
+            f"in one call, the stage's record {t['wall_s']:.0f} s",
+            f"{dev[3]['wall_s']:.0f} s in one call",
+            f"sparse probing of the 20 in {sp['wall_s']:.0f} s ({s['sae_workers']} workers",
+            f"--time-budget 380`: {ab['wall_s']:.0f} s, the first-letter probe {a['probe_s']:.0f} s (vocabulary "
+            f"{parts['vocabulary']:.1f} s, activations {parts['activations']:.1f} s, probe training "
+            f"{parts['probe_training']:.1f} s, saving {parts['probe_save']:.1f} s)",
+            f"then the {a['workers']} workers started and each spent the remaining {a['cut']['ran_s']:.0f} s",
+            f"| {dev[3]['wall_s']:.0f} (2026-12-05) |",
+        ],
+        text,
+    )
+    assert f"{dev[3]['wall_s']:.0f}" == "472" and a["mode"] == "child"

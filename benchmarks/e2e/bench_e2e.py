@@ -13,6 +13,8 @@ fast step; sparsify: bf16 model, as its CLI loads it). Rows, each in its own pro
     ours_overlap    the same with PipelineConfig.overlap (the next forward on a side CUDA stream during the steps)
     ours_radix      ours with the aux loss's top-k by topk_kernel.masked_topk (FastTopKConfig.aux_topk="radix")
     ours_mask       ours with the aux loss's dense selection by topk_kernel.topk_mask (FastTopKConfig.aux_topk="mask")
+    ours_lagged     ours reading a lagged bound of the dead count instead of counting it each step, a host sync
+                    (FastTopKConfig.dead_count="lagged")
     ours_3hooks     blocks.2/4/6 resid_post from one forward, one SAE each
     ours_4saes      one hook, four SAEs (k 16/32/64/128) from one stream
     ours_3hooks_streams, ours_4saes_streams
@@ -68,6 +70,7 @@ ROWS = (
     "ours_overlap",
     "ours_radix",
     "ours_mask",
+    "ours_lagged",
     "ours_profile",
     "ours_3hooks",
     "ours_4saes",
@@ -687,6 +690,10 @@ def row_ours_mask(b: Bench) -> dict[str, Any]:
     return run_ours(b, "ours_mask", [(b.hook, b.k)], fast_options={"aux_topk": "mask"})
 
 
+def row_ours_lagged(b: Bench) -> dict[str, Any]:
+    return run_ours(b, "ours_lagged", [(b.hook, b.k)], fast_options={"dead_count": "lagged"})
+
+
 def row_ours_profile(b: Bench) -> dict[str, Any]:
     return run_ours(b, "ours_profile", [(b.hook, b.k)], profile=True)
 
@@ -1273,6 +1280,9 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         s["mask_x_ours"] = mask["tokens_per_s"] / ours["tokens_per_s"]  # > 1: the dense topk_mask selection pays
     if mask and sl:
         s["ours_mask_x_saelens"] = mask["tokens_per_s"] / sl["tokens_per_s"]
+    lagged = ok.get("ours_lagged")
+    if lagged and ours:
+        s["lagged_x_ours"] = lagged["tokens_per_s"] / ours["tokens_per_s"]  # > 1: no host sync per step pays
     sp = ok.get("sparsify")
     # sparsify's own rows (4 x 1024); a run that cut them shorter starves its batch and is no baseline
     if ours and sp and sp.get("settings", {}).get("context", 1024) >= 1024:

@@ -118,6 +118,52 @@ def aux_pad_buckets(d_sae: int, k_aux: int) -> tuple[int, ...]:
     return tuple(out)
 
 
+#: dead_count="lagged": how many steps ahead the dead-count bound is recorded (FastTopKConfig.dead_count); the
+#: host may run this many steps ahead of the device before it waits
+DEAD_COUNT_LAG = 4
+
+
+class LaggedDeadCount:
+    """dead_count="lagged" (FastTopKConfig.dead_count): upper bounds of the dead-latent count, each recorded L =
+    ``lag`` steps before the step that reads it, so that reading it does not wait for the device's latest work.
+
+    A latent is dead at step s when its steps-since-fired counter c_s exceeds the window W; c grows by at most
+    one per step (c_{s+1} <= c_s + 1: +1, or 0 when it fires; a data-parallel MIN only lowers it), so a latent dead
+    at step s + L had c_s > W - L, and #{c_s > W - L} bounds the dead count of step s + L. ``record`` enqueues that
+    count on the device's current stream (behind the work queued so far, i.e. from the counters at the start of
+    step s) with a copy into a pinned host slot; ``bound`` reads the slot of its step, waiting at most for the
+    device to reach the point where it was recorded, L steps back."""
+
+    def __init__(self, lag: int = DEAD_COUNT_LAG) -> None:
+        self.lag = lag
+        self.slots: list[list[Any]] = []  # per step in flight: [step index, pinned host count, CUDA event]
+
+    def record(self, counters: torch.Tensor, step: int, window: int) -> None:
+        """At the start of step ``step`` (counters as they are then): the bound for step ``step + lag``."""
+        target = step + self.lag
+        if target <= window:
+            return  # no latent is dead before the window has passed (the steps pass no dead mask then)
+        cuda = counters.device.type == "cuda"
+        if not self.slots:  # one slot per step in flight, reused: read (bound) before it is written again
+            self.slots = [[-1, torch.zeros((), dtype=torch.int64, pin_memory=cuda), None] for _ in range(self.lag)]
+        slot = self.slots[target % self.lag]
+        slot[1].copy_((counters > window - self.lag).sum(), non_blocking=cuda)
+        slot[0] = target
+        if cuda:
+            slot[2] = torch.cuda.Event()
+            slot[2].record()
+
+    def bound(self, step: int) -> int | None:
+        """The bound recorded for ``step``, or None (none: the first ``lag`` steps after the window, a resumed or
+        restarted count): the caller then counts exactly."""
+        if not self.slots or self.slots[step % self.lag][0] != step:
+            return None
+        _, host, event = self.slots[step % self.lag]
+        if event is not None:
+            event.synchronize()
+        return int(host)
+
+
 def aux_pad_width(n_dead: int, d_sae: int, k_aux: int, mode: str = "auto", prev: int | None = None) -> int:
     """Static number of columns n_pad the aux-loss top-k runs over, given n_dead dead latents: the smallest
     bucket of :func:`aux_pad_buckets` that holds all of them (n_dead <= n_pad), or d_sae (the uncompacted
@@ -206,6 +252,16 @@ class FastTopKConfig:
     # the dense selection in one pass, the k_aux-th value found by bisection over the row held in registers,
     # no indices, no scatter or gather; else as "torch")
     aux_topk: str = "torch"
+    # how the step learns the dead-latent count that picks its graph (with or without the aux loss) and the aux
+    # selection's padded width, when it keeps its own dead-latent counters (``step(x)``): "sync" counts the
+    # dead latents each step (one host sync per step: the host waits for the GPU before it can launch the next
+    # step); "lagged" reads, without waiting, an upper bound recorded DEAD_COUNT_LAG steps earlier. A latent's
+    # steps-since-fired counter grows by at most one per step, so every latent dead at step s (counter >
+    # window) had a counter > window - L at step s - L: the count of those bounds the dead count. Same losses
+    # and updates: the aux selection masks latents that are not dead, and a bound > 0 with no latent dead runs
+    # the aux graph with coefficient 0 (SAELens's aux loss is then 0 too); the padded width can be one bucket
+    # wider than the exact count gives.
+    dead_count: str = "sync"
 
     def __post_init__(self) -> None:
         if self.kind not in ("topk", "batchtopk"):
@@ -233,6 +289,8 @@ class FastTopKConfig:
             raise SaeRdpError(f"fast step: aux_compact must be auto or off, got {self.aux_compact!r}")
         if self.aux_topk not in ("torch", "radix", "mask"):
             raise SaeRdpError(f"fast step: aux_topk must be torch, radix or mask, got {self.aux_topk!r}")
+        if self.dead_count not in ("sync", "lagged"):
+            raise SaeRdpError(f"fast step: dead_count must be sync or lagged, got {self.dead_count!r}")
         if self.kind == "topk" and int(self.k) != self.k:
             raise SaeRdpError(f"fast step: TopK needs an integer k, got {self.k}")
 
@@ -416,6 +474,10 @@ class FastTopKTrainer:
         self.aux_width_steps: dict[int, int] = {}
         self.first_steps_s: dict[int, list[float]] = {}  # CUDA: seconds of the first two steps at each aux width
         self.aux_dead_sum = 0
+        # dead_count="lagged": the dead-count bounds of the steps in flight, and the dead latents summed over the
+        # aux steps on the device (read by aux_stats)
+        self.lagged_dead_count = LaggedDeadCount() if cfg.dead_count == "lagged" else None
+        self._aux_dead_sum_t: torch.Tensor | None = None
         self._graph_eager_steps = 0
         self._graph_aux_widths: set[int] = set()  # aux widths that have run eagerly (warm) in _graph_step
         self._graph_failed: str | None = None
@@ -564,10 +626,11 @@ class FastTopKTrainer:
         its aux steps (None without any), and why CUDA-graph replay was given up (``cuda_graph_failed``: the capture
         error; None if it never failed): where the step time went."""
         aux_steps = sum(n for w, n in self.aux_width_steps.items() if w)
+        dead_sum = self.aux_dead_sum + (int(self._aux_dead_sum_t) if self._aux_dead_sum_t is not None else 0)
         return {
             "aux_steps_by_width": {str(w): n for w, n in sorted(self.aux_width_steps.items())},
             "first_steps_s_by_width": {str(w): [round(t, 4) for t in s] for w, s in sorted(self.first_steps_s.items())},
-            "mean_dead_fraction_aux_steps": self.aux_dead_sum / (aux_steps * self.cfg.d_sae) if aux_steps else None,
+            "mean_dead_fraction_aux_steps": dead_sum / (aux_steps * self.cfg.d_sae) if aux_steps else None,
             "cuda_graph_failed": self._graph_failed,
         }
 
@@ -650,11 +713,15 @@ class FastTopKTrainer:
         return _Sparse(tp % d_sae, offsets, tv[order], rows)
 
     # ------------------------------------------------------------------ the step
-    def step(self, x: torch.Tensor, dead: torch.Tensor | None | str = "auto") -> dict[str, torch.Tensor]:
+    def step(
+        self, x: torch.Tensor, dead: torch.Tensor | None | str = "auto", n_dead_bound: int | None = None
+    ) -> dict[str, torch.Tensor]:
         """One training step on a batch ``x`` [B, d_in]; returns the losses (device tensors, no sync):
         ``mse_loss``, ``auxiliary_reconstruction_loss``, ``loss``, ``l0``, and ``fired`` (per-latent
         count of nonzero activations in this batch). ``dead``: the dead-latent mask for the aux loss
-        ("auto": from this trainer's own counters, as SAETrainer does)."""
+        ("auto": from this trainer's own counters, as SAETrainer does; with dead_count="lagged" their lagged
+        bound replaces the count). ``n_dead_bound``: an upper bound of the dead count of a given mask
+        (:class:`LaggedDeadCount`), used instead of counting it (a host sync); None counts."""
         cfg = self.cfg
         if x.ndim != 2 or x.shape[1] != cfg.d_in:
             raise SaeRdpError(f"fast step: batch must be [B, {cfg.d_in}], got {tuple(x.shape)}")
@@ -664,17 +731,27 @@ class FastTopKTrainer:
         # dead_feature_window steps, so the host sync to count them is skipped until then
         if isinstance(dead, str):
             dead = self.dead_neurons if self.n_training_steps > cfg.dead_feature_window else None
+            lag, n = self.lagged_dead_count, self.n_training_steps
+            if lag is not None:  # read this step's bound before recording the one L steps ahead (same slot)
+                n_dead_bound = lag.bound(n)
+                lag.record(self.n_forward_passes_since_fired, n, cfg.dead_feature_window)
         graph = self._graph_applicable()
         n_pad = None
         if dead is not None:
-            n_dead = int(dead.sum())  # (one host sync) the dead count: whether the aux loss runs, its width
+            # the dead count (or its bound): whether the aux loss runs, its width; counting is one host sync
+            lagged = n_dead_bound is not None
+            n_dead = n_dead_bound if lagged else int(dead.sum())
             if n_dead == 0:
                 dead = None  # no latent is dead: no aux loss, the cheaper graph
             else:
                 n_pad = self._aux_n_pad = aux_pad_width(
                     n_dead, cfg.d_sae, self._k_aux(), cfg.aux_compact, prev=self._aux_n_pad
                 )
-                self.aux_dead_sum += n_dead
+                if lagged:  # the exact count, summed on the device
+                    s = dead.sum()
+                    self._aux_dead_sum_t = s if self._aux_dead_sum_t is None else self._aux_dead_sum_t + s
+                else:
+                    self.aux_dead_sum += n_dead
         width = n_pad if dead is not None else 0
         # the first two steps at a width compile its kernels and capture its graph: timed (two syncs each, twice
         # per width) so that a run's report shows what that one-off cost was
@@ -1466,7 +1543,11 @@ def install_fast_step(trainer: Any, ctx: Any = None, **cfg_overrides: Any) -> Fa
     def _train_step(sae: Any, sae_in: torch.Tensor) -> Any:
         ft.set_lr(trainer.optimizer.param_groups[0]["lr"])
         dead = trainer.dead_neurons if trainer.n_training_steps > tc.dead_feature_window else None
-        out = ft.step(sae_in, dead=dead)
+        bound, lag = None, ft.lagged_dead_count
+        if lag is not None and not distributed:  # SAETrainer's counters move as the fast step's own (below)
+            bound = lag.bound(trainer.n_training_steps)
+            lag.record(trainer.n_forward_passes_since_fired, trainer.n_training_steps, tc.dead_feature_window)
+        out = ft.step(sae_in, dead=dead, n_dead_bound=bound)
         fired = out.pop("fired")
         if distributed:
             dist.all_reduce(fired)  # firing counts over the global batch

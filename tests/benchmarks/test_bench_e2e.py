@@ -21,6 +21,7 @@ ALL_ROWS = [
     "ours_overlap",
     "ours_radix",
     "ours_mask",
+    "ours_lagged",
     "ours_profile",
     "ours_3hooks",
     "ours_4saes",
@@ -120,6 +121,7 @@ def test_summary_targets(bench):
     assert bench.summary([*rows, _row("ours_radix", "ours", 1.1e6)])["radix_x_ours"] == pytest.approx(1.1)
     m = bench.summary([*rows, _row("ours_mask", "ours", 1.3e6)])
     assert m["mask_x_ours"] == pytest.approx(1.3) and m["ours_mask_x_saelens"] == pytest.approx(1.3e6 / 0.8e5)
+    assert bench.summary([*rows, _row("ours_lagged", "ours", 1.1e6)])["lagged_x_ours"] == pytest.approx(1.1)
     rows[2]["heldout_fvu"] = 0.103  # 3% above SAELens's
     assert bench.summary(rows)["targets_met"]["fvu_within_2pct"] is False
     # FVU is compared only at equal tokens; failed rows count for nothing
@@ -187,8 +189,8 @@ def test_bench_quick_runs_every_row(tmp_path):
     rows = {r["row"]: r for r in res["rows"]}
     assert list(rows) == ALL_ROWS
     for name in (
-        "forward_only", "step_only", "ours", "ours_overlap", "ours_radix", "ours_mask", "ours_3hooks", "ours_4saes",
-        "saelens_speed", "saelens",
+        "forward_only", "step_only", "ours", "ours_overlap", "ours_radix", "ours_mask", "ours_lagged", "ours_3hooks",
+        "ours_4saes", "saelens_speed", "saelens",
     ):  # fmt: skip
         r = rows[name]
         assert "error" not in r, (name, r.get("error"))
@@ -202,6 +204,7 @@ def test_bench_quick_runs_every_row(tmp_path):
         assert set(rows[name]["time_split"]) >= {"forward_s", "sae_step_s", "other_s"}
     assert rows["ours_radix"]["fast_options"] == {"aux_topk": "radix"} and rows["ours"]["fast_options"] is None
     assert rows["ours_mask"]["fast_options"] == {"aux_topk": "mask"}
+    assert rows["ours_lagged"]["fast_options"] == {"dead_count": "lagged"}
     # --profile 3 4: the ours_profile row's profiler window, 4 steps from step 3 (a CPU run: CPU ops, no GPU share);
     # no measured row is profiled
     assert "error" not in rows["ours_profile"], rows["ours_profile"].get("error")

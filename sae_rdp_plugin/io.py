@@ -194,14 +194,18 @@ def check_out_file(
     flag: str = "--out",
     inputs: tuple[str | os.PathLike, ...] = (),
     is_ours: Callable[[Path], bool] | None = None,
+    suffix: str | None = None,
 ) -> Path:
-    """``path`` as a Path if a command may write the file there: it is not a folder, not one of the command's
-    ``inputs`` (the same file by any name), and either absent or ``is_ours(path)`` (a file this command wrote
-    before); the nearest existing folder above it is writable. Anything else raises SaeRdpError naming
-    ``flag``; nothing is written."""
+    """``path`` as a Path if a command may write the file there: it is not a folder, ends in ``suffix`` (when
+    given: the format the command writes, case-insensitive), is not one of the command's ``inputs`` (the same
+    file by any name), and is either absent or ``is_ours(path)`` (a file this command wrote before); the nearest
+    existing folder above it is writable. Anything else raises SaeRdpError naming ``flag``; nothing is
+    written."""
     p = Path(path)
     if str(path) == "" or p.is_dir():
         raise SaeRdpError(f"{flag} {p} is a folder; give a file path")
+    if suffix is not None and p.suffix.lower() != suffix.lower():
+        raise SaeRdpError(f"{flag} {p} must end in {suffix} (the command writes a {suffix.lstrip('.').upper()} file)")
     for i in inputs:
         if Path(i).exists() and p.exists() and os.path.samefile(p, i):
             raise SaeRdpError(f"{flag} {p} is the input file {i}; give another path")
@@ -209,6 +213,31 @@ def check_out_file(
         if is_ours is None or not p.is_file() or not is_ours(p):
             raise SaeRdpError(f"{flag} {p} exists and was not written by this command; give a new path")
     return check_parent_writable(p, flag)
+
+
+def check_text_file(path: str | os.PathLike, flag: str, prefix_bytes: int = 1 << 20) -> Path:
+    """``path`` as a Path if its first ``prefix_bytes`` read as UTF-8 text: no NUL byte and no invalid UTF-8
+    sequence (a character cut at the end of the prefix is fine). A binary file (an archive, weights, an
+    image) raises SaeRdpError naming ``flag`` and the first bad byte, instead of being decoded into garbage."""
+    import codecs
+
+    p = Path(path)
+    with open(p, "rb") as f:
+        data = f.read(prefix_bytes)
+        at_end = not f.read(1)
+    nul = data.find(b"\x00")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(data, final=at_end)
+        bad = -1
+    except UnicodeDecodeError as exc:
+        bad = exc.start
+    first = min(i for i in (nul, bad) if i >= 0) if max(nul, bad) >= 0 else -1
+    if first >= 0:
+        raise SaeRdpError(
+            f"{flag} {p} is not a UTF-8 text file (byte {first} is {data[first]:#04x}); give a text file, a datasets "
+            "folder with a 'tokens' column or a corpus folder"
+        )
+    return p
 
 
 class FolderLock:

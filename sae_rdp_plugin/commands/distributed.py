@@ -338,6 +338,10 @@ def run_sweep(a: argparse.Namespace) -> int:
 
     check_process_args(a)
     cfg = load_config(a.config)
+    if a.resume:
+        from sae_rdp_plugin.sweep.train import check_resume_out
+
+        check_resume_out(a.out)
     ctx = init_distributed(a.device, a.backend, a.timeout_s)
     try:
         _check_out(ctx, a.out, _is_sweep_out)

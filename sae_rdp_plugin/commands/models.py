@@ -147,9 +147,9 @@ def _truncate(args: argparse.Namespace) -> int:
 
     # --out first (the source is not known yet: checked against it below), so a bad --out is named even where
     # the model's package is missing; then the source (an unknown, not offline --model is refused there)
-    check_out_file(args.out, "--out", is_ours=is_truncated_gguf)
+    check_out_file(args.out, "--out", is_ours=is_truncated_gguf, suffix=".gguf")
     src = gguf_path(args.model, args.gguf)
-    check_out_file(args.out, "--out", inputs=(src,), is_ours=is_truncated_gguf)
+    check_out_file(args.out, "--out", inputs=(src,), is_ours=is_truncated_gguf, suffix=".gguf")
     out = truncate_gguf(src, args.out, args.n_layers)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {args.n_layers} blocks)")
     return 0

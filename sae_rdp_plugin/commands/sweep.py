@@ -70,10 +70,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from sae_rdp_plugin.devices import check_device
     from sae_rdp_plugin.sweep.config import load_config
-    from sae_rdp_plugin.sweep.train import train_sweep
+    from sae_rdp_plugin.sweep.train import check_resume_out, train_sweep
 
     cfg = load_config(args.config)
     check_device(args.device)
+    if args.resume:
+        check_resume_out(args.out)
     res = train_sweep(cfg, args.out, device=args.device, resume=args.resume)
     if not args.no_plots:
         from sae_rdp_plugin.sweep.analysis import plot_sweep
@@ -208,7 +210,10 @@ def _load_sae(path: Path, device: str) -> object:
     try:
         return SAE.load_from_disk(path, device=device)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        # torch's load_state_dict error is "Error(s) in loading state_dict for X:" then one line per tensor
+        reason = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else (lines or [""])[0]
+        reason = reason[:240] or type(exc).__name__
         raise SaeRdpError(f"--sae-path {path}: cannot load the SAE ({reason})") from None
 
 

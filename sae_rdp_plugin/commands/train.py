@@ -431,6 +431,7 @@ def _check_dataset(args: argparse.Namespace, read: bool = True) -> Any:
     its rows are read here (returned, as :func:`~sae_rdp_plugin.train.lm.dataset_tokens` gives them); a text
     file is only checked (None: it is tokenised once the tokenizer is loaded)."""
     from sae_rdp_plugin.errors import SaeRdpError
+    from sae_rdp_plugin.io import check_text_file
     from sae_rdp_plugin.train.lm import dataset_tokens
 
     if args.context_size is not None and args.context_size < 2:
@@ -445,6 +446,7 @@ def _check_dataset(args: argparse.Namespace, read: bool = True) -> Any:
     size = p.stat().st_size
     if size == 0:
         raise SaeRdpError(f"--dataset {p} is empty")
+    check_text_file(p, "--dataset")
     ctx = args.context_size or 128
     if 2 * ctx > size + 8:  # a token covers at least one byte (BOS and a leading space aside)
         raise SaeRdpError(
@@ -611,6 +613,9 @@ def _train_lm(args: argparse.Namespace) -> int:
         raise SaeRdpError("--saelens-store trains one hook; several hooks need the default activation pipeline")
     _check_model_name(args)
     _check_dataset(args, read=False)
+    from sae_rdp_plugin.lm.models import check_tl_hook
+
+    check_tl_hook(args.model, args.hook, path=args.gguf, n_layers=args.n_layers)  # before the weights load
     try:
         model = load_model(args.model, path=args.gguf, device=args.device, n_layers=args.n_layers)
     except SaeRdpError:

@@ -599,6 +599,65 @@ def model_block_count(model: str, path: str | os.PathLike | None = None) -> int 
     return None
 
 
+def _tl_config_offline(model: str) -> Any:
+    """The HookedTransformerConfig of ``model`` from its config alone (no weights, no network), or None where only
+    the weights or the hub tell: the offline models (their transformers configs) and GPT-2 / Pythia."""
+    key = canonical_name(model)
+    if key == "smollm2-135m":
+        return smollm2_config(HF_CONFIGS[key](None))
+    if key == "gemma3-270m":
+        from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
+        try:  # TransformerLens may ask the hub for it: without the hub, the check after loading does it
+            return get_pretrained_model_config(OFFLINE_MODELS[key].tl_name, device="meta")
+        except Exception:  # noqa: BLE001 - whatever TransformerLens raises offline
+            return None
+    if published_arch(model) is not None:
+        return published_tl_config(model, device="meta")
+    return None
+
+
+def check_tl_hook(
+    model: str, hook: str, *, path: str | os.PathLike | None = None, n_layers: int | None = None, flag: str = "--hook"
+) -> None:
+    """Refuse, before the weights load, a TransformerLens hook name that ``model``'s HookedTransformer does not
+    have: its hook names come from a one-block HookedTransformer of the model's config built on the meta device
+    (no memory, no weights); ``blocks.L.<name>`` is checked as block 0's name, L against the depth (``n_layers``
+    when given). Models whose config is known only with the weights (``path``, hub names) pass: the check after
+    loading (``hook in model.hook_dict``) stays."""
+    import re
+
+    if path is not None:
+        return
+    cfg = _tl_config_offline(model)
+    if cfg is None:
+        return
+    import copy
+    import warnings
+
+    import torch
+    from transformer_lens import HookedTransformer
+
+    depth = int(cfg.n_layers) if n_layers is None else min(int(n_layers), int(cfg.n_layers))
+    cfg = copy.copy(cfg)
+    cfg.n_layers, cfg.device, cfg.tokenizer_name = 1, "meta", None  # no tokenizer: it would be fetched
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            names = set(HookedTransformer(cfg, move_to_device=False).hook_dict)
+    except Exception:  # noqa: BLE001 - a config TransformerLens cannot build bare: the check after loading does it
+        return
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", hook)
+    if (f"blocks.0.{m.group(2)}" if m else hook) not in names:
+        block = sorted(n.removeprefix("blocks.0.") for n in names if n.startswith("blocks.0.hook_resid"))
+        raise SaeRdpError(
+            f"{flag} {hook!r} is not a hook of {model} (a block's residual hooks: "
+            f"{', '.join('blocks.L.' + b for b in block)}; TransformerLens names)"
+        )
+    if m and int(m.group(1)) >= depth:
+        raise SaeRdpError(f"{flag} {hook!r}: {model} has blocks 0..{depth - 1} (as loaded)")
+
+
 def load_model(
     model: str,
     *,

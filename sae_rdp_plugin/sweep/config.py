@@ -34,7 +34,8 @@ class DGPSpec:
     kind:
       * "pairs": ``sae_rdp_plugin.rdp.dgp.cooccurring_pairs(m, rho, q)``: pairs {0,1}, {2,3}, .. fire
         together with mixture weight ``rho`` (the co-occurrence knob); otherwise independent Bernoulli(q)
-        (``base="independent"``) or at most one concept (``base="exclusive"``).
+        (``base="independent"``) or at most one concept (``base="exclusive"``). m must be even (an odd m
+        would leave its last concept in no pair).
       * "blocks": ``CooccurringBlocksPMF(m, blocks, q, rho, base=base)``.
       * "bernoulli": independent firing with probability q (no extra co-occurrence).
       * "explicit": an explicit table ``pmf`` in the PMF-file format ({"0,1": 0.4, ...}).
@@ -279,6 +280,18 @@ def _check_dgp(g: DGPSpec) -> None:
         raise SaeRdpError(f"{where}: q has {len(g.q)} entries for m={g.m} concepts")
     for q in qs:
         _number(f"{where}: q", q, low=0.0, high=1.0)
+    if g.kind == "pairs" and g.m % 2:
+        # cooccurring_pairs pairs {0,1}, {2,3}, ...: with an odd m the last concept is in no pair (with rho = 1 it
+        # never fires at all), which a config asking for pairs did not mean
+        raise SaeRdpError(
+            f"{where}: kind 'pairs' needs an even m (pairs {{0,1}}, {{2,3}}, ...); m={g.m} leaves concept {g.m - 1} "
+            "in no pair: use an even m, or kind 'blocks' with the blocks you mean"
+        )
+    # fields of another kind would be ignored without a word
+    if g.blocks is not None and g.kind != "blocks":
+        raise SaeRdpError(f"{where}: blocks is read by kind 'blocks' only, not {g.kind!r}")
+    if g.pmf is not None and g.kind != "explicit":
+        raise SaeRdpError(f"{where}: pmf is read by kind 'explicit' only, not {g.kind!r}")
     if g.blocks is not None and not isinstance(g.blocks, list):
         raise SaeRdpError(f"{where}: blocks must be a list of lists of concept indices")
     if g.pmf is not None and not isinstance(g.pmf, dict):

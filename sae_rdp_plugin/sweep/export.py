@@ -135,7 +135,18 @@ def export_member(out_dir: str | Path, member_id: str, dest: str | Path) -> Path
     except (SafetensorError, OSError, IndexError) as exc:
         reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise SaeRdpError(f"group weights {weights} are unreadable ({reason})") from None
-    sae = saelens_training_sae(cfg, mb, int(W_enc.shape[0]))
+    spec = {g.name: g for g in cfg.dgps}.get(mb.dgp)
+    d = spec.input_dim if spec is not None and spec.input_dim else int(W_enc.shape[0])
+    sae = saelens_training_sae(cfg, mb, d)
+    # the weights must have the shapes the config gives (d_in = the DGP's d, d_sae = the member's width): a file
+    # of another config, or with tensors swapped, is named here (load_state_dict would raise a multi-line error)
+    want = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
+    for k, v in sd.items():
+        if k in want and tuple(v.shape) != want[k]:
+            raise SaeRdpError(
+                f"group weights {weights}: {k} of member {member_id!r} has shape {tuple(v.shape)}, but the sweep "
+                f"config gives {want[k]} (d_in={d}, width={mb.width}); the file does not match the config"
+            )
     sae.load_state_dict({k: v.float().contiguous() if k != "topk_threshold" else v.double() for k, v in sd.items()})
     dest = Path(dest)
     _check_replaceable(dest)

@@ -100,6 +100,26 @@ def train_sweep(
             out.rmdir()  # a run that failed before writing anything leaves no folder behind
 
 
+def check_resume_out(out_dir: str | Path, flag: str = "--out") -> None:
+    """``--resume`` continues a sweep: ``out_dir`` must be a folder holding one (its ``state.json``, or the rank
+    folders of a ``distributed sweep`` killed before its merge). A missing or empty folder raises SaeRdpError
+    instead of starting a new sweep there (a mistyped path would silently retrain everything from step 0).
+    ``train_sweep(resume=True)`` itself still starts a new sweep in a new folder (resume-or-start)."""
+    out = Path(out_dir)
+    if not out.exists():
+        raise SaeRdpError(
+            f"--resume: {flag} {out} does not exist, so there is no sweep to resume; check the path, or leave out "
+            "--resume to start a new sweep"
+        )
+    if not out.is_dir():
+        raise SaeRdpError(f"--resume: {flag} {out} exists and is not a folder")
+    if not (out / "state.json").is_file() and not (out / "ranks").is_dir():
+        raise SaeRdpError(
+            f"--resume: {flag} {out} holds no sweep to resume (no state.json); check the path, or leave out "
+            "--resume to start a new sweep"
+        )
+
+
 def _train_locked(
     cfg: SweepConfig,
     out: Path,

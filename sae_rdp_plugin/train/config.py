@@ -46,6 +46,24 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
         raise SaeRdpError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+#: seeds go to ``torch.manual_seed`` / ``torch.Generator.manual_seed`` (64-bit); a negative seed would alias a
+#: positive one (torch maps it modulo 2**64), so seeds are 0..2**63-1 as in sweep configs
+MAX_SEED = 2**63 - 1
+#: the synthetic stream seeds chunk c of batch t with (data_seed * 1_000_003 + t) * 1009 + c
+#: (:class:`~sae_rdp_plugin.train.synthetic.ShardedSyntheticStream`), which must stay within 64 bits
+MAX_DATA_SEED = 2**32 - 1
+
+
+def _seed(name: str, value: Any, maximum: int = MAX_SEED) -> None:
+    try:
+        v = operator.index(value)
+    except TypeError:
+        v = None
+    if v is None or isinstance(value, bool) or not 0 <= v <= maximum:
+        top = "2**63-1" if maximum == MAX_SEED else "2**32-1" if maximum == MAX_DATA_SEED else str(maximum)
+        raise SaeRdpError(f"{name} must be an integer in 0..{top}, got {value!r}")
+
+
 def _finite(name: str, value: Any) -> float:
     try:
         v = float(value)
@@ -234,6 +252,14 @@ class TrainConfig:
         if self.lr_end is not None and not _finite("lr_end", self.lr_end) >= 0:
             raise SaeRdpError(f"lr_end must be >= 0, got {self.lr_end}")
         _positive_int("n_checkpoints", self.n_checkpoints, minimum=0)
+        if self.n_checkpoints > steps:
+            # SAELens's trainer writes at most one checkpoint per step: more would be dropped without a word
+            # (and it lists every threshold up front: a huge count is a huge list)
+            raise SaeRdpError(
+                f"n_checkpoints ({self.n_checkpoints}) is more than the run's {steps} steps (at most one checkpoint "
+                f"per step); ask for at most {steps}"
+            )
+        _seed("seed", self.seed)
         _positive_int("dead_feature_window", self.dead_feature_window)
         _positive_int("feature_sampling_window", self.feature_sampling_window)
         _positive_int("n_batches_for_norm_estimate", self.n_batches_for_norm_estimate)
@@ -342,6 +368,7 @@ class SyntheticStreamConfig:
     def __post_init__(self) -> None:
         _positive_int("n_features", self.n_features)
         _positive_int("n_chunks", self.n_chunks)
+        _seed("data_seed", self.data_seed, MAX_DATA_SEED)
 
 
 def sae_config_dict(

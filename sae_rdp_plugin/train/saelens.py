@@ -488,6 +488,9 @@ def load_dataset_arg(path: str, tokenizer: Any, context_size: int) -> Any:
             raise SaeRdpError(f"dataset {p} has no 'tokens' column (columns: {ds.column_names})")
         return ds
     if p.is_file():
+        from sae_rdp_plugin.io import check_text_file
+
+        check_text_file(p, "--dataset")  # a binary file would be tokenised as replacement characters
         return tokens_dataset_from_text(p.read_text(encoding="utf-8", errors="replace"), tokenizer, context_size)
     raise SaeRdpError(f"dataset not found: {path} (give a text file or a datasets directory with a 'tokens' column)")
 

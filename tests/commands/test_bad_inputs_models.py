@@ -74,6 +74,7 @@ CLI_CASES = [
         "was not written by this command",
     ),
     ("tr-out-folder", {"t.gguf/x": "p"}, "models truncate --model smollm2-135m --n-layers 1 --out t.gguf", "--out"),
+    ("tr-out-not-gguf", {}, "models truncate --model smollm2-135m --n-layers 1 --out t.txt", "must end in .gguf"),
     # corpus build / info
     (
         "cb-archive-corrupt",

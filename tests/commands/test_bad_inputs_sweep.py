@@ -74,6 +74,28 @@ def _export_plus(name: str, text: str) -> Callable[[Path, dict[str, Path]], None
     return setup
 
 
+def _swap_enc_dec(path: Path) -> None:
+    """W_enc and W_dec of a safetensors file swapped (shapes transposed), the rest as it was."""
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(path))
+    for enc, dec in (("param.W_enc", "param.W_dec"), ("W_enc", "W_dec")):
+        if enc in sd:
+            sd[enc], sd[dec] = sd[dec].contiguous(), sd[enc].contiguous()
+    save_file(sd, str(path))
+
+
+def _swapped_group(work: Path, sweeps: dict[str, Path]) -> None:
+    shutil.copytree(sweeps["full"], work / "full")
+    for f in (work / "full" / "groups").glob("topk_*.safetensors"):
+        _swap_enc_dec(f)
+
+
+def _swapped_export(work: Path, sweeps: dict[str, Path]) -> None:
+    shutil.copytree(sweeps["export"], work / "sae1")
+    _swap_enc_dec(work / "sae1" / "sae_weights.safetensors")
+
+
 EXPORT = f"sweep export --sweep {{sweep_full}} --member {MEMBER} --dest d"
 EXPORT_LOCAL = f"sweep export --sweep full --member {MEMBER} --dest d"
 RUN = "sweep run --config c.json --out o --no-plots"
@@ -145,6 +167,27 @@ CASES = [
         "sweep eval --sweep {sweep_full} --n-samples 100000000000 --out e",
         "--n-samples",
     ),
+    # sw-dgp-m-odd-pairs: kind pairs with an odd m left its last concept in no pair (rho = 1: it never fired)
+    ("dgp-pairs-odd-m", {"c.json": _cfg(dgps=[{"name": "a", "m": 5, "rho": 1.0}])}, None, RUN, "needs an even m"),
+    ("dgp-pairs-blocks", {"c.json": _cfg(dgps=[{"name": "a", "blocks": [[0, 1, 2]]}])}, None, RUN, "blocks is read"),
+    ("dgp-pairs-pmf", {"c.json": _cfg(dgps=[{"name": "a", "pmf": {"0": 1.0}}])}, None, RUN, "pmf is read"),
+    # sw-resume-nonexistent: --resume on a missing or empty folder started a new sweep there
+    ("resume-nonexistent", {"c.json": SWEEP}, None, RUN + " --resume", "--resume: --out o does not exist"),
+    ("resume-empty-folder", {"c.json": SWEEP, "o/.keep": ""}, None, RUN + " --resume", "holds no sweep to resume"),
+    ("dist-sweep-resume-nonexistent", {"c.json": SWEEP}, None, DSWEEP + " --resume --out o", "does not exist"),
+    # ex-weights-swapped: group weights of other shapes than the config's (W_enc / W_dec swapped): a traceback
+    ("export-weights-swapped", {}, _swapped_group, EXPORT_LOCAL, "W_enc of member"),
+    (
+        "eval-weights-swapped",
+        {"c.json": SWEEP},
+        _swapped_export,
+        "sweep eval --sae-path sae1 --config c.json --n-samples 64 --out e",
+        "size mismatch for W_",
+    ),
+    # di-dataseed-neg: a negative --data-seed was taken (torch aliases it to 2**64-1)
+    ("dist-data-seed-negative", {}, None, DIST + " --data-seed -1 --out o", "data_seed must be an integer in 0.."),
+    ("dist-data-seed-huge", {}, None, DIST + " --data-seed 99999999999999999999 --out o", "data_seed must be"),
+    ("dist-seed-negative", {}, None, DIST + " --seed -1 --out o", "seed must be an integer in 0..2**63-1"),
     # 48. --device
     ("dist-train-device", {}, None, DIST.replace("cpu", "banana") + " --out o", "--device 'banana' is not a device"),
     ("dist-sweep-device", {"c.json": SWEEP}, None, DSWEEP.replace("cpu", "banana") + " --out o", "not a device"),

@@ -42,7 +42,16 @@ def _datasets_folder(work: Path) -> None:
     )
 
 
-SETUPS = {"earlier-run": _earlier_run, "datasets": _datasets_folder}
+def _binary_file(work: Path) -> None:
+    (work / "b.bin").write_bytes(bytes(range(256)) * 16)
+
+
+SETUPS = {"earlier-run": _earlier_run, "datasets": _datasets_folder, "binary": _binary_file}
+# --saelens-store with a published model name: its hook names are known from its config (no weights, no hub)
+S = (
+    "train --model gpt2 --saelens-store --architecture topk --d-sae 16 --k 2 --tokens 256 --batch-size 32 "
+    "--dataset d.txt"
+)
 
 # (id, setup, argv, words of the error)
 CASES = [
@@ -102,6 +111,17 @@ CASES = [
     ("buffer-tokens-0", "datasets", M + " --buffer-tokens 0 --out o", "--buffer-tokens (0)"),
     ("buffer-tokens-negative", "datasets", M + " --buffer-tokens -5 --out o", "--buffer-tokens (-5)"),
     ("resume-latest-nothing", "datasets", M + " --resume latest --out o", "--resume latest: no checkpoint"),
+    # tr-seed-neg: a negative seed was taken (torch aliases it to 2**64-1)
+    ("seed-negative", None, T + " --seed -1 --out o", "seed must be an integer in 0..2**63-1"),
+    ("seed-huge", None, T + " --seed 18446744073709551615 --out o", "seed must be an integer in 0..2**63-1"),
+    # tr-ckpt-huge: more checkpoints than steps were silently cut to one per step
+    ("checkpoints-past-steps", None, T + " --checkpoints 3 --out o", "n_checkpoints (3) is more than the run's 2"),
+    ("checkpoints-huge", None, T + " --checkpoints 1000000000 --out o", "n_checkpoints (1000000000)"),
+    # tm-dataset-binary: a binary --dataset was decoded into replacement characters (or refused after the load)
+    ("dataset-binary", "binary", M.replace("--dataset c", "--dataset b.bin") + " --out o", "not a UTF-8 text file"),
+    # --saelens-store: a wrong hook name of a valid block, before the weights load (not after)
+    ("saelens-store-hook-bogus", None, S + " --hook blocks.0.hook_resid_bogus --out o", "is not a hook of gpt2"),
+    ("saelens-store-hook-too-deep", None, S + " --hook blocks.12.hook_resid_post --out o", "blocks 0..11"),
     # 30: an unknown model name, without trying the hub
     ("model-unknown", "datasets", M.replace("tiny-llama", "nope-xyz-model") + " --out o", "--model 'nope-xyz-model'"),
 ]

@@ -59,6 +59,13 @@ parallel processes overlap it. The first child trains the probe if it is missing
 the probe is trained into a temporary folder moved into place when complete, each SAE's JSON is written here
 after its child reports it done, so a cut leaves neither a partial probe nor a partial JSON; the record says
 which phase was cut and after how many seconds.
+
+The carried probe (``carry``, ``OUT/absorption_probe``): a probe trained here is also written there as probe.pth
+and a manifest (sha256, SAEBench's version, the probe config, vocabulary and csv fingerprints), which the stage's
+bundle brings back; on a fresh machine with that folder the probe phase recomputes the vocabulary, prompts and
+activations with SAEBench's own functions and the same seeds, checks the dataframes against the carried
+fingerprints and uses the carried probe instead of training it (:func:`make_probe`; refused, with the reason in the
+record, and trained when anything differs).
 """
 
 from __future__ import annotations

@@ -59,6 +59,13 @@ parallel processes overlap it. The first child trains the probe if it is missing
 the probe is trained into a temporary folder moved into place when complete, each SAE's JSON is written here
 after its child reports it done, so a cut leaves neither a partial probe nor a partial JSON; the record says
 which phase was cut and after how many seconds.
+
+The carried probe (``carry``, ``OUT/absorption_probe``): a probe trained here is also written there as probe.pth
+and a manifest (sha256, SAEBench's version, the probe config, vocabulary and csv fingerprints), which the stage's
+bundle brings back; on a fresh machine with that folder the probe phase recomputes the vocabulary, prompts and
+activations with SAEBench's own functions and the same seeds, checks the dataframes against the carried
+fingerprints and uses the carried probe instead of training it (:func:`make_probe`; refused, with the reason in the
+record, and trained when anything differs).
 """
 
 from __future__ import annotations
@@ -283,26 +290,283 @@ def probe_folder(work: Path, model: Any, layer: int) -> Path:
     return work / "results" / "probes" / model.cfg.model_name / f"layer_{layer}"
 
 
-def _train_probe(model: Any, cfg: Any, layer: int, work: Path, device: str) -> None:
+CARRY_DIR = "absorption_probe"  # under the stage's OUT: <model>/layer_<L>/{probe.pth, manifest.json}
+CARRY_FORMAT = "sae-rdp absorption probe carry 1"
+CSV_BLOCK = 4096  # rows per block fingerprint of a carried csv (says where a recomputed csv first differs)
+# SAEBench's train_and_save_probes defaults, which load_or_train_probe (and so run_eval) leaves as they are
+PROBE_TRAINING = {"batch_size": 64, "num_epochs": 50, "lr": 1e-2, "num_prompts_per_token": 1}
+
+
+class ProbeRefused(Exception):
+    """A carried probe that does not match what this call recomputes (the message is the one-line reason)."""
+
+
+def carry_folder(root: Path, model: Any, layer: int) -> Path:
+    """Where a carried first-letter probe of ``model`` at ``layer`` lies under ``root`` (``OUT/absorption_probe``)."""
+    return root / model.cfg.model_name / f"layer_{layer}"
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _vocab_fingerprint(words: list[str]) -> dict:
+    """The alphabetic vocabulary SAEBench's probe draws from, in the order it gets it (token ids)."""
+    return {"words": len(words), "sha256": _sha256("\n".join(words).encode())}
+
+
+def _df_fingerprint(df: Any) -> dict:
+    """sha256 of ``df`` as SAEBench writes it (``df.to_csv(path, index=True)``: the file's bytes), of each column and
+    of each block of ``CSV_BLOCK`` rows (the last two say where two csvs differ, without carrying them)."""
+    return {
+        "sha256": _sha256(df.to_csv(index=True).encode()),
+        "rows": len(df),
+        "columns": {c: _sha256(df[c].to_csv(index=False, header=False).encode()) for c in df.columns},
+        "blocks": [
+            _sha256(df.iloc[i : i + CSV_BLOCK].to_csv(index=True, header=False).encode())
+            for i in range(0, len(df), CSV_BLOCK)
+        ],
+    }
+
+
+def _df_mismatch(name: str, got: dict, want: dict) -> str | None:
+    """Why the recomputed csv ``name`` (fingerprint ``got``) is not the carried one (``want``); None if equal."""
+    if got["sha256"] == want.get("sha256"):
+        return None
+    cols = sorted(c for c, h in got["columns"].items() if want.get("columns", {}).get(c) != h)
+    blocks = want.get("blocks", [])
+    first = next((i for i, h in enumerate(got["blocks"]) if i >= len(blocks) or blocks[i] != h), None)
+    where = f", first in rows {first * CSV_BLOCK}-{(first + 1) * CSV_BLOCK - 1}" if first is not None else ""
+    return (
+        f"the recomputed {name} ({got['rows']} rows) is not the carried one ({want.get('rows')} rows): "
+        f"column(s) {', '.join(cols) or 'none'} differ{where}"
+    )
+
+
+def _arrays_sha256(arrays: dict[str, Any]) -> dict[str, str]:
+    """sha256 of each array's bytes (data.npz's arrays; np.savez itself stamps the zip with the time)."""
+    import numpy as np
+
+    return {k: _sha256(np.ascontiguousarray(v).tobytes()) for k, v in arrays.items()}
+
+
+def probe_config(cfg: Any, layer: int, vocab_sample: int | None) -> dict:
+    """What the first-letter probe depends on besides the model, the vocabulary and SAEBench's code."""
+    return {
+        "hook_point": f"blocks.{layer}.hook_resid_post",
+        "prompt_template": cfg.prompt_template,
+        "prompt_token_pos": cfg.prompt_token_pos,
+        "random_seed": cfg.random_seed,
+        **PROBE_TRAINING,
+        "vocab_sample": vocab_sample,
+    }
+
+
+def _saebench_version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("sae_bench")
+
+
+def check_carried(folder: Path, model: Any, cfg: Any, layer: int, vocab_sample: int | None) -> dict:
+    """The carried probe's manifest if what can be checked before recomputing anything matches (the files' sha256,
+    SAEBench's version, the model, layer and probe config); else ProbeRefused with the reason."""
+    try:
+        man = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ProbeRefused(f"{folder}/manifest.json unreadable ({type(e).__name__})") from None
+    if not isinstance(man, dict) or man.get("format") != CARRY_FORMAT:
+        raise ProbeRefused(f"{folder}/manifest.json: not a {CARRY_FORMAT!r} manifest")
+    files = man.get("files")
+    if not isinstance(files, dict) or "probe.pth" not in files:
+        raise ProbeRefused(f"{folder}/manifest.json lists no probe.pth")
+    for name, sha in files.items():
+        f = folder / name
+        if not f.is_file():
+            raise ProbeRefused(f"{name} missing from {folder}")
+        if _sha256(f.read_bytes()) != sha:
+            raise ProbeRefused(f"{name}: sha256 differs from the manifest's")
+    want = {
+        "saebench_version": _saebench_version(),
+        "model": model.cfg.model_name,
+        "layer": layer,
+        "probe_config": probe_config(cfg, layer, vocab_sample),
+    }
+    for k, v in want.items():
+        if man.get(k) != v:
+            raise ProbeRefused(f"{k} differs: carried {man.get(k)!r}, here {v!r}")
+    return man
+
+
+def _train_probe(
+    model: Any,
+    cfg: Any,
+    layer: int,
+    work: Path,
+    device: str,
+    carried: tuple[Path, dict] | None = None,
+    part: Callable[[str, float], None] | None = None,
+) -> dict:
     """SAEBench's ``train_and_save_probes`` with the arguments its ``load_or_train_probe`` passes, into a
-    temporary folder moved into place when complete (call inside :func:`offline_absorption`)."""
+    temporary folder moved into place when complete (call inside :func:`offline_absorption`, generators seeded).
+
+    ``carried`` (folder, manifest of :func:`check_carried`): the same call, but where SAEBench would train the
+    probe, the recomputed train / test dataframes are checked against the carried csvs' fingerprints and, when
+    equal, the carried probe is returned instead (``probe_load``); SAEBench's ``save_probe_and_data`` then writes
+    data.npz from the recomputed activations as after training, and probe.pth is the carried file's bytes. A
+    vocabulary that differs raises ProbeRefused before any activation is computed; csvs that differ train the
+    probe in the same pass (``probe_refused`` says why; the draws so far are those training makes).
+    Returns ``probe_source`` ("trained" | "carried"), ``probe_refused`` if any, and the fingerprints of the
+    vocabulary, the csvs and data.npz's arrays (a manifest's contents)."""
+    import numpy as np
+    import torch
     from sae_bench.evals.absorption import common
 
+    got: dict[str, Any] = {}
+    orig_alpha, orig_train = common.get_alpha_tokens, common.train_linear_probe_for_task
+
+    def alpha(tokenizer: Any, *a: Any, **k: Any) -> list[str]:
+        words = orig_alpha(tokenizer, *a, **k)
+        got["vocabulary"] = _vocab_fingerprint(words)
+        if carried is not None and got["vocabulary"] != carried[1].get("vocabulary"):
+            raise ProbeRefused(
+                f"the vocabulary differs: carried {carried[1].get('vocabulary')}, here {got['vocabulary']}"
+            )
+        return words
+
+    def train_or_load(**kw: Any) -> Any:
+        t = time.time()
+        got["csvs"] = {"train_df.csv": _df_fingerprint(kw["train_df"]), "test_df.csv": _df_fingerprint(kw["test_df"])}
+        y = {s: np.array(kw[f"{s}_df"]["answer_class"].values) for s in ("train", "test")}  # as SAEBench's
+        got["data_sha256"] = _arrays_sha256(
+            {"X_train": kw["train_activations"], "X_test": kw["test_activations"], **{f"y_{s}": y[s] for s in y}}
+        )
+        why = None
+        if carried is not None:
+            csvs = carried[1].get("csvs", {})
+            whys = [_df_mismatch(n, fp, csvs.get(n, {})) for n, fp in got["csvs"].items()]
+            why = next((w for w in whys if w), None)
+            if why is None:
+                dev = kw["device"]
+                probe = torch.load(carried[0] / "probe.pth", map_location=dev, weights_only=False)
+                data = {  # what train_linear_probe_for_task returns next to its probe
+                    "X_train": torch.from_numpy(kw["train_activations"]).float().to(dev),
+                    "X_test": torch.from_numpy(kw["test_activations"]).float().to(dev),
+                    "y_train": torch.from_numpy(y["train"]).long().to(dev),
+                    "y_test": torch.from_numpy(y["test"]).long().to(dev),
+                }
+                got["probe_source"] = "carried"
+                if part is not None:
+                    part("probe_load", time.time() - t)
+                return probe, data
+            got["probe_refused"] = why
+        if part is not None:
+            part("probe_fingerprint", time.time() - t)
+        got["probe_source"] = "trained"
+        return orig_train(**kw)
+
     tmp = work / "results" / f"{PROBE_TMP}{uuid.uuid4().hex[:8]}"
-    common.train_and_save_probes(
-        model,
-        layers=[layer],
-        base_template=cfg.prompt_template,
-        pos_idx=cfg.prompt_token_pos,
-        probes_dir=tmp,
-        device=device,
-    )
+    common.get_alpha_tokens, common.train_linear_probe_for_task = alpha, train_or_load
+    try:
+        common.train_and_save_probes(
+            model,
+            layers=[layer],
+            base_template=cfg.prompt_template,
+            pos_idx=cfg.prompt_token_pos,
+            probes_dir=tmp,
+            device=device,
+        )
+    except ProbeRefused:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        common.get_alpha_tokens, common.train_linear_probe_for_task = orig_alpha, orig_train
+    built = tmp / model.cfg.model_name / f"layer_{layer}"
+    if got["probe_source"] == "carried":
+        shutil.copyfile(carried[0] / "probe.pth", built / "probe.pth")  # the carried bytes, not a re-save
     dest = probe_folder(work, model, layer)
     if dest.exists():  # incomplete (the check in _work found a file missing)
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp / model.cfg.model_name / f"layer_{layer}", dest)
+    os.replace(built, dest)
     shutil.rmtree(tmp)
+    return got
+
+
+def write_carry(
+    root: Path, model: Any, cfg: Any, layer: int, work: Path, got: dict, stage: str | None, vocab_sample: int | None
+) -> Path:
+    """The trained probe in its carried form (``root/<model>/layer_<L>/``: probe.pth and manifest.json with the
+    sha256 of probe.pth, SAEBench's version, the probe config, the vocabulary's and the csvs' fingerprints, the
+    sha256 of data.npz's arrays and the stage whose bundle carries it), written to a temporary folder first."""
+    dest = carry_folder(root, model, layer)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir(parents=True)
+    shutil.copyfile(probe_folder(work, model, layer) / "probe.pth", tmp / "probe.pth")
+    man = {
+        "format": CARRY_FORMAT,
+        "stage": stage,
+        "saebench_version": _saebench_version(),
+        "model": model.cfg.model_name,
+        "layer": layer,
+        "probe_config": probe_config(cfg, layer, vocab_sample),
+        "vocabulary": got["vocabulary"],
+        "files": {"probe.pth": _sha256((tmp / "probe.pth").read_bytes())},
+        "csvs": got["csvs"],
+        "data_sha256": got["data_sha256"],
+    }
+    (tmp / "manifest.json").write_text(json.dumps(man, indent=1) + "\n")
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return dest
+
+
+def make_probe(
+    model: Any,
+    cfg: Any,
+    layer: int,
+    work: Path,
+    device: str,
+    carry: Path | None,
+    stage: str | None,
+    vocab_sample: int | None,
+    part: Callable[[str, float], None] | None = None,
+) -> dict:
+    """The first-letter probe into place: from the carried folder under ``carry`` if there is one that passes the
+    checks (:func:`check_carried`, :func:`_train_probe`), else trained (and then written under ``carry`` in its
+    carried form). Returns the record's ``probe_source``, ``probe_refused`` (one line, when a carried probe was
+    refused), ``activations_match`` (carried: whether the recomputed data.npz arrays are the carried run's, bit
+    for bit; not a condition) and ``probe_carry`` (the folder written)."""
+    rec: dict[str, Any] = {}
+    got = None
+    folder = carry_folder(carry, model, layer) if carry is not None else None
+    if folder is not None and (folder / "manifest.json").is_file():
+        t = time.time()
+        try:
+            man = check_carried(folder, model, cfg, layer, vocab_sample)
+            if part is not None:
+                part("probe_check", time.time() - t)
+            seed_everything(cfg.random_seed)
+            got = _train_probe(model, cfg, layer, work, device, carried=(folder, man), part=part)
+        except ProbeRefused as e:
+            rec["probe_refused"] = str(e).splitlines()[0]
+        else:
+            if got["probe_source"] == "carried":
+                return {"probe_source": "carried", "activations_match": got["data_sha256"] == man.get("data_sha256")}
+            rec["probe_refused"] = got["probe_refused"]  # the csvs differed: trained in the same pass
+    if got is None:
+        seed_everything(cfg.random_seed)
+        got = _train_probe(model, cfg, layer, work, device, part=part)
+    rec["probe_source"] = "trained"
+    if carry is not None:
+        t = time.time()
+        rec["probe_carry"] = str(write_carry(carry, model, cfg, layer, work, got, stage, vocab_sample))
+        if part is not None:
+            part("probe_carry", time.time() - t)
+    return rec
 
 
 def _work(
@@ -318,10 +582,13 @@ def _work(
     trains_probe: bool = True,
     threads: int | None = None,
     vocab_sample: int | None = None,
+    carry: Path | None = None,
+    stage: str | None = None,
 ) -> None:
     """The eval SAE by SAE (``jobs``: a list, or a queue shared by the workers, of (name, release, loader), None
-    ends it), the probe first if missing (``trains_probe``; else wait until another worker has moved it into
-    place); each step reported through ``send`` (events handled by :func:`run_absorption`)."""
+    ends it), the probe first if missing (``trains_probe``: :func:`make_probe`, from ``carry`` if it holds one
+    that passes the checks; else wait until another worker has moved it into place); each step reported through
+    ``send`` (events handled by :func:`run_absorption`)."""
     try:
         import torch
         from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
@@ -352,9 +619,10 @@ def _work(
                     if trains_probe:
                         send(("probe_start",))
                         t_probe = time.time()
-                        seed_everything(cfg.random_seed)
-                        _train_probe(model, cfg, sae.cfg.hook_layer, work, device)
-                        send(("probe_done", time.time() - t_probe))
+                        info = make_probe(
+                            model, cfg, sae.cfg.hook_layer, work, device, carry, stage, vocab_sample, part
+                        )
+                        send(("probe_done", time.time() - t_probe, info))
                     else:
                         send(("probe_wait",))
                         while not _probe_ready(p):  # the parent ends this process at the deadline
@@ -388,6 +656,7 @@ def _child(
     index: int,
     threads: int | None,
     vocab_sample: int | None,
+    probe_kw: dict | None = None,
 ) -> None:
     """A spawned worker: ``_work`` on the shared job queue, its events tagged with the worker's index (the queue's
     feeder thread flushes them before the process exits); worker 0 trains the probe if it is missing."""
@@ -403,7 +672,7 @@ def _child(
 
             stack.enter_context(threadpool_limits(threads))
         args = (model, model_name, jobs, work, cfg_kw, device, probe_batch, deadline, send)
-        _work(*args, trains_probe=index == 0, threads=threads, vocab_sample=vocab_sample)
+        _work(*args, trains_probe=index == 0, threads=threads, vocab_sample=vocab_sample, **(probe_kw or {}))
 
 
 def _die_with_parent() -> None:
@@ -441,6 +710,8 @@ def run_absorption(
     workers: int = 1,
     vocab_sample: int | None = None,
     on_result: Callable[[], None] | None = None,
+    carry: Path | None = None,
+    stage: str | None = None,
 ) -> dict:
     """SAE by SAE until ``deadline`` (time.time()) or ``max_saes`` new JSONs; an existing destination is skipped.
     ``config``: fields of SAEBench's ``AbsorptionEvalConfig`` other than ``model_name`` (default: its defaults,
@@ -451,7 +722,12 @@ def run_absorption(
     (the phase running longest at the deadline, and every SAE cut), ``not_evaluable`` or ``error``.
     ``on_result()`` is called after each SAE's JSON is written (the stage's progress export). If no worker starts
     (the model cannot be passed to them), the SAEs are evaluated in this process instead (``mode`` and
-    ``workers_failed`` in the record say so)."""
+    ``workers_failed`` in the record say so).
+    ``carry`` (``OUT/absorption_probe``): a carried probe there is used when it passes the checks (:func:`make_probe`),
+    a probe trained here is written there in its carried form (its manifest names ``stage``, whose bundle carries
+    it); the record then has ``probe_source`` ("trained" | "carried"), ``probe_refused`` (why a carried probe was
+    not used), ``activations_match`` and ``probe_carry``; ``probe_parts_s`` adds ``probe_check``, ``probe_load``
+    (carried) or ``probe_fingerprint``, ``probe_carry`` (trained)."""
     from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
     from sae_bench.evals.absorption.eval_output import AbsorptionEvalOutput
     from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
@@ -496,7 +772,9 @@ def run_absorption(
             parts[ev[1]] = round(parts.get(ev[1], 0.0) + ev[2], 2)
         elif kind == "probe_done":
             rec["probe_s"] = round(ev[1], 2)
-            log(f"absorption: probe trained ({ev[1]:.0f} s)")
+            rec.update(ev[2])
+            why = f"; the carried one refused: {ev[2]['probe_refused']}" if "probe_refused" in ev[2] else ""
+            log(f"absorption: probe {ev[2]['probe_source']} ({ev[1]:.0f} s){why}")
         elif kind == "sae_start":
             state.update(phase="sae", since=now, sae=ev[1])
         elif kind == "not_evaluable":
@@ -536,16 +814,17 @@ def run_absorption(
             )
 
     cfg_kw = dataclasses.asdict(cfg)
+    probe_kw = {"carry": None if carry is None else carry.resolve(), "stage": stage}
     if jobs and inline:
         send0 = functools.partial(handle, 0)
         args = (model, model_name, list(jobs), work, cfg_kw, device, probe_batch, deadline, send0)
-        _work(*args, trains_probe=True, threads=None, vocab_sample=vocab_sample)
+        _work(*args, trains_probe=True, threads=None, vocab_sample=vocab_sample, **probe_kw)
     elif jobs:
         # threads per worker: the CPUs shared out (one worker keeps torch's default)
         threads = None if n == 1 else max(1, (os.cpu_count() or 1) // n)
         common = (model, model_name, work, cfg_kw, device, probe_batch, deadline)
         try:
-            _supervise(common, jobs, n, threads, vocab_sample, deadline, handle, states, rec)
+            _supervise(common, jobs, n, threads, vocab_sample, deadline, handle, states, rec, probe_kw)
         except Exception as e:  # noqa: BLE001 - starting the workers failed here (e.g. the model not picklable)
             rec["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
         if "error" in rec and "child_start_s" not in rec and time.time() < deadline:
@@ -559,7 +838,7 @@ def run_absorption(
                 shutil.rmtree(d)
             send0 = functools.partial(handle, 0)
             args = (model, model_name, list(jobs), work, cfg_kw, device, probe_batch, deadline, send0)
-            _work(*args, trains_probe=True, threads=None, vocab_sample=vocab_sample)
+            _work(*args, trains_probe=True, threads=None, vocab_sample=vocab_sample, **probe_kw)
     rec["config"] = cfg_kw
     rec["left"] = [s.name for s in todo if s.name not in rec["evaluated"]]
     rec["complete"] = not rec["left"] and "error" not in rec
@@ -576,6 +855,7 @@ def _supervise(
     handle: Callable[[int, tuple], None],
     states: list[dict],
     rec: dict,
+    probe_kw: dict | None = None,
 ) -> None:
     """Run :func:`_work` in ``n`` spawned children sharing ``jobs``, ``handle`` their events here, terminate them
     at ``deadline``, at the first error or at the first 'not evaluable' (a property of the model-layer). Before
@@ -584,7 +864,9 @@ def _supervise(
     job_q, events = ctx.Queue(), ctx.Queue()
     for job in [*jobs, *[None] * n]:
         job_q.put(job)
-    procs = [ctx.Process(target=_child, args=(*common, job_q, events, i, threads, vocab_sample)) for i in range(n)]
+    procs = [
+        ctx.Process(target=_child, args=(*common, job_q, events, i, threads, vocab_sample, probe_kw)) for i in range(n)
+    ]
     ended, silent = [False] * n, [0] * n
 
     def take(i: int, ev: tuple) -> None:

@@ -16,6 +16,9 @@ the new session's calls alone. This script extracts into a temporary folder, the
   named from its own ``sae_lens_release_id`` and ``sae_lens_id`` (``run_stage.eval_json_name``), whatever its name
   in the bundle, so that two architectures' SAEs of one id never overwrite each other (bundles made before the
   architecture was part of the name are renamed); one without those ids is refused;
+* ``absorption_probe/<model>/layer_<L>/``: the first-letter probe of SAEBench's absorption eval in its carried form
+  (probe.pth, manifest.json; ``stage.sh run`` copies it onto a fresh machine, where absorption skips training the
+  probe): refused unless the manifest's sha256 of each file matches the bundle's file;
 * every other file: written when new or identical; a different existing file is replaced (an SAE's JSON is
   recomputed only when its SAE was retrained) and listed.
 
@@ -39,6 +42,7 @@ from sae_rdp_plugin.io import atomic_write_bytes
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from run_stage import ABSORPTION_CARRY_DIR as CARRY_DIR  # noqa: E402
 from run_stage import EVAL_DIRS, eval_json_name  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -122,6 +126,26 @@ def by_sae_ids(files: dict[Path, bytes]) -> dict[Path, bytes]:
     return out
 
 
+def check_carried_probes(files: dict[Path, bytes]) -> None:
+    """ValueError unless each ``absorption_probe/**/manifest.json`` of the bundle lists files that the bundle holds
+    next to it with the sha256 it gives (a probe that would be refused on the device is not committed)."""
+    import hashlib
+
+    for rel, data in files.items():
+        if rel.parts[0] != CARRY_DIR or rel.name != "manifest.json":
+            continue
+        d = _json(rel, data)
+        listed = d.get("files") if isinstance(d, dict) else None
+        if not isinstance(listed, dict) or not listed:
+            raise ValueError(f"the bundle's {rel}: no 'files' object")
+        for name, sha in listed.items():
+            f = rel.parent / str(name)
+            if f not in files:
+                raise ValueError(f"the bundle's {rel} lists {name}, which the bundle lacks")
+            if hashlib.sha256(files[f]).hexdigest() != sha:
+                raise ValueError(f"the bundle's {f}: sha256 differs from its manifest's")
+
+
 def collect(bundle: Path, into: Path | None = None, results: Path = RESULTS) -> dict[str, list[str]]:
     """Extract ``bundle`` into ``into`` (default: ``results/<model>-L<layer>`` read from the bundle) as
     described in the module docstring; returns what was done."""
@@ -142,6 +166,7 @@ def collect(bundle: Path, into: Path | None = None, results: Path = RESULTS) -> 
         contents = {p.relative_to(tmp): p.read_bytes() for p in sorted(tmp.rglob("*")) if p.is_file()}
         if not contents:
             raise ValueError(f"{bundle}: empty bundle")
+        check_carried_probes(contents)
         named = model_layer(contents)  # first: JSONs of two model-layers may share a name
         contents = by_sae_ids(contents)
         if into is None:

@@ -59,6 +59,7 @@ EVAL_DIRS = (CORE_DIR, PROXY_DIR, PROBE_DIR, ABSORPTION_DIR)  # one JSON per SAE
 # sae-probes' LLM baseline results (per dataset; the same for every SAE of a model-layer): exported under this
 # name so that stage.sh can put them back on a fresh machine and E-* skips recomputing them
 BASELINE_DIR = "probe_baselines"
+ABSORPTION_CARRY_DIR = "absorption_probe"  # absorption_stage.CARRY_DIR: the first-letter probe, carried
 
 # recipe settings TrainConfig has no field for (reported in every stage file; library change needed)
 DEVIATIONS: list[str] = []
@@ -642,6 +643,8 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
             workers=default_workers() if args.absorption_workers is None else args.absorption_workers,
             vocab_sample=args.absorption_vocab_sample,
             on_result=progress if not args.absorption_vocab_sample else None,
+            carry=None if args.absorption_vocab_sample else args.out / ABSORPTION_CARRY_DIR,
+            stage=stage,
         )
     cuda = args.device.startswith("cuda")
     import torch
@@ -975,8 +978,10 @@ def export(out: Path, dest: Path, stage: str) -> Path:
     proxy, sparse-probing and absorption JSON (``core/``, ``rdp_proxies/``, ``sparse_probing_sae_probes/``,
     ``absorption_first_letter/``),
     the stage and calibration files, each SAE's train_summary.json (``train_summaries/<family path with __>.json``)
-    and sae-probes' LLM baseline results (``probe_baselines/``, as under ``probing/sae_probes/``), plus a plain
-    copy of ``stage_<stage>.json``. The weights stay.
+    and sae-probes' LLM baseline results (``probe_baselines/``, as under ``probing/sae_probes/``), the first-letter
+    probe of SAEBench's absorption eval in its carried form when ``stage`` made it (``absorption_probe/<model>/
+    layer_<L>/``: probe.pth and manifest.json, ~70 kB; absorption_stage.make_probe), plus a plain copy of
+    ``stage_<stage>.json``. The weights stay.
     Unpack on the dev machine with ``tar -xJf <stage>.tar.xz -C <folder>``."""
     import shutil
     import tarfile
@@ -993,6 +998,14 @@ def export(out: Path, dest: Path, stage: str) -> Path:
         probes = out / "probing" / "sae_probes"
         for p in sorted(probes.glob("baseline_results_*/**/*.json")):
             tar.add(p, arcname=f"{BASELINE_DIR}/{p.relative_to(probes).as_posix()}")
+        for man in sorted((out / ABSORPTION_CARRY_DIR).glob("*/layer_*/manifest.json")):
+            try:
+                mine = json.loads(man.read_text()).get("stage") == stage
+            except (OSError, ValueError, AttributeError):
+                mine = False
+            if mine:  # another model-layer's probe would land in this one's results folder
+                for p in (man.parent / "probe.pth", man):
+                    tar.add(p, arcname=p.relative_to(out).as_posix())
     bundle = dest / f"{stage}.tar.xz"
     os.replace(tmp, bundle)
     if (out / f"stage_{stage}.json").is_file():  # not yet, in a progress export of a stage's first call

@@ -107,6 +107,9 @@ run)
   for d in "$RESULTS"/*/probe_baselines; do  # committed LLM baselines of sae-probes: E-* skips those datasets
     if [ -d "$d" ]; then mkdir -p "$WORK/run/probing/sae_probes" && cp -rn "$d"/. "$WORK/run/probing/sae_probes/"; fi
   done
+  for d in "$RESULTS"/*/absorption_probe; do  # committed first-letter probes: absorption skips their training
+    if [ -d "$d" ]; then mkdir -p "$WORK/run/absorption_probe" && cp -rn "$d"/. "$WORK/run/absorption_probe/"; fi
+  done
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
   set -o pipefail
   "$PY" experiments/table2/run_stage.py --stage "$STAGE" --model-path "$WORK/$NAME" --corpus "$WORK/shards" \

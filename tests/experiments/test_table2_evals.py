@@ -623,3 +623,135 @@ def test_absorption_probe_diagnostic_on_a_tiny_model(rs, tmp_path, monkeypatch, 
         ap.main(["--model", "gpt2", "--layer", "1", "--out", str(tmp_path / "q.json")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "--model" in err
+
+
+@needs_probes
+def test_absorption_probe_carried_to_a_fresh_machine(rs, tmp_path, monkeypatch, capsys):
+    """The first-letter probe trained by one E call travels as the device's would (written under
+    OUT/absorption_probe, exported in the stage's bundle, collected into results/<model>-L<layer>/, copied onto a
+    fresh OUT as stage.sh does): there the activations are recomputed, the csvs match the carried fingerprints,
+    probe training does not run, and the SAE's JSON, data.npz, the csvs and probe.pth equal the first machine's.
+    A tampered probe.pth, or csv fingerprints that differ from the recomputed ones, are refused with one line and
+    the probe is trained (the same JSON). Another stage's bundle does not carry the probe; a bundle whose probe
+    does not match its manifest is refused by collect.py (exit 2, one line)."""
+    import hashlib
+
+    from sae_bench.evals.absorption import common
+
+    t = _absorption_setup(rs, tmp_path)
+    ab = importlib.import_module("absorption_stage")
+    col = importlib.import_module("collect")
+    assert rs.ABSORPTION_CARRY_DIR == ab.CARRY_DIR
+    cfg = {"min_GT_probe_f1": 0.0, "k_sparse_probe_num_epochs": 2, "max_k_value": 3, "min_feats_for_eval": 2}
+    stage = "E-tiny-gpt2-1"
+    sae, path, step = t.trained[0]
+
+    def run(out: Path) -> tuple[dict, dict]:
+        item = rs.probe_item(sae, path, step, out / "absorption_first_letter", "cpu")
+        r = ab.run_absorption(
+            t.hooked,
+            "tiny-gpt2",
+            [item],
+            out / "absorption",
+            time.time() + 600,
+            "cpu",
+            config=cfg,
+            log=lambda m: None,
+            inline=True,
+            carry=out / "absorption_probe",
+            stage=stage,
+        )
+        assert r["complete"], r
+        d = json.loads(item.dest.read_text())
+        del d["eval_id"], d["datetime_epoch_millis"]
+        return r, d
+
+    def probe_files(out: Path) -> dict:
+        p = ab.probe_folder(out / "absorption", t.hooked, 1)
+        npz = np.load(p / "data.npz")
+        return {
+            **{f: (p / f).read_bytes() for f in ("probe.pth", "train_df.csv", "test_df.csv")},
+            **{k: npz[k] for k in ("X_train", "X_test", "y_train", "y_test")},
+        }
+
+    m1 = tmp_path / "m1"
+    r1, d1 = run(m1)
+    assert r1["probe_source"] == "trained" and "probe_refused" not in r1 and r1["probe_parts_s"]["probe_training"] > 0
+    carried = ab.carry_folder(m1 / "absorption_probe", t.hooked, 1)
+    assert r1["probe_carry"] == str(carried.resolve())
+    assert sorted(f.name for f in carried.iterdir()) == ["manifest.json", "probe.pth"]
+    man = json.loads((carried / "manifest.json").read_text())
+    f1 = probe_files(m1)
+    # the fingerprints are those of the files SAEBench wrote
+    for name in ("train_df.csv", "test_df.csv"):
+        assert man["csvs"][name]["sha256"] == hashlib.sha256(f1[name]).hexdigest()
+    assert man["files"]["probe.pth"] == hashlib.sha256(f1["probe.pth"]).hexdigest()
+    assert man["stage"] == stage and man["saebench_version"] and man["probe_config"]["num_epochs"] == 50
+
+    # the bundle -> collect.py -> the committed folder -> a fresh OUT (stage.sh: cp -rn results/*/absorption_probe/.)
+    (m1 / f"stage_{stage}.json").write_text(json.dumps({"stage": stage, "calls": []}))
+    bundle = rs.export(m1, tmp_path / "x", stage)
+    with tarfile.open(bundle) as tar:
+        assert {"absorption_probe/gpt2/layer_1/probe.pth", "absorption_probe/gpt2/layer_1/manifest.json"} <= set(
+            tar.getnames()
+        )
+    with tarfile.open(rs.export(m1, tmp_path / "y", "E-other-3")) as tar:
+        assert not [n for n in tar.getnames() if n.startswith("absorption_probe")]
+    results = tmp_path / "results"
+    col.collect(bundle, into=results / "tiny-gpt2-L1", results=results)
+    committed = results / "tiny-gpt2-L1" / "absorption_probe"
+    assert (committed / "gpt2" / "layer_1" / "probe.pth").read_bytes() == f1["probe.pth"]
+
+    def fresh(name: str) -> Path:
+        out = tmp_path / name
+        shutil.copytree(committed, out / "absorption_probe")
+        return out
+
+    def no_training(*a, **k):
+        raise AssertionError("the probe was trained")
+
+    m2 = fresh("m2")
+    with monkeypatch.context() as mp:
+        mp.setattr(common, "train_linear_probe_for_task", no_training)
+        r2, d2 = run(m2)
+    assert r2["probe_source"] == "carried" and r2["activations_match"] is True and "probe_refused" not in r2, r2
+    assert "probe_training" not in r2["probe_parts_s"] and {"activations", "probe_load", "probe_save"} <= set(
+        r2["probe_parts_s"]
+    )
+    assert d2 == d1
+    f2 = probe_files(m2)
+    assert f2.keys() == f1.keys() and all(np.array_equal(f2[k], f1[k]) for k in f1 if k.startswith(("X", "y")))
+    assert all(f2[k] == f1[k] for k in ("probe.pth", "train_df.csv", "test_df.csv"))
+
+    # a tampered probe: refused before any activation, trained (the same probe and JSON), its carry rewritten
+    m3 = fresh("m3")
+    pth = ab.carry_folder(m3 / "absorption_probe", t.hooked, 1) / "probe.pth"
+    pth.write_bytes(pth.read_bytes() + b"\0")
+    r3, d3 = run(m3)
+    assert r3["probe_source"] == "trained" and r3["probe_refused"] == "probe.pth: sha256 differs from the manifest's"
+    assert d3 == d1 and pth.read_bytes() == f1["probe.pth"]
+
+    # carried csvs that are not the recomputed ones: refused after the activations, trained in the same pass
+    m4 = fresh("m4")
+    mf = ab.carry_folder(m4 / "absorption_probe", t.hooked, 1) / "manifest.json"
+    bad = json.loads(mf.read_text())
+    fp = bad["csvs"]["train_df.csv"]
+    fp["sha256"], fp["columns"]["prompt"], fp["blocks"][0] = "0" * 64, "1" * 64, "2" * 64
+    mf.write_text(json.dumps(bad))
+    r4, d4 = run(m4)
+    why = r4["probe_refused"]
+    assert r4["probe_source"] == "trained" and "\n" not in why and "train_df.csv" in why, r4
+    assert "column(s) prompt differ, first in rows 0-4095" in why and r4["probe_parts_s"]["probe_training"] > 0
+    assert d4 == d1
+
+    # collect.py refuses a bundle whose carried probe does not match its manifest
+    work = tmp_path / "bad_bundle"
+    shutil.copytree(m1 / "absorption_probe", work / "absorption_probe")
+    (work / f"stage_{stage}.json").write_text(json.dumps({"stage": stage, "calls": []}))
+    pth = ab.carry_folder(work / "absorption_probe", t.hooked, 1) / "probe.pth"
+    pth.write_bytes(b"x" + pth.read_bytes())
+    capsys.readouterr()
+    assert col.main([str(rs.export(work, tmp_path / "z", stage)), "--into", str(tmp_path / "r2" / "tiny-gpt2-L1")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "sha256 differs from its manifest" in err
+    assert not (tmp_path / "r2").exists()

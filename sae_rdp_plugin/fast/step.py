@@ -486,6 +486,7 @@ class FastTopKTrainer:
         # concurrently (train_saes(sae_streams=True): several SAEs on their own streams) they race on it, and
         # freeing one graph can free the workspace of the others (pytorch/pytorch#193402)
         self._capture_streams: dict[bool, Any] = {}
+        self._all_rows: tuple[torch.Tensor, torch.Tensor] | None = None  # identity RowsAt index and slot (_as_rows)
         from sae_rdp_plugin.fast import kernels as fast_kernels
 
         if cfg.kernels == "triton" and not fast_kernels.available(dev):
@@ -502,6 +503,8 @@ class FastTopKTrainer:
         #: (an all-reduce mean over ranks, see install_fast_step); needs the PyTorch kernels (the Triton
         #: step never forms the weight gradients)
         self.grad_allreduce: Callable[[list[torch.Tensor]], None] | None = None
+        if dev.type == "cuda":
+            self.precompile_aux_selection()
 
     # ------------------------------------------------------------------ construction / export
     @classmethod
@@ -1024,6 +1027,8 @@ class FastTopKTrainer:
         if dead is not None:
             wgrad = _weight_grad_csr if cfg.weight_grad_impl == "csr" else _weight_grad
             aux, X_enc, X_dec = self._aux_loss(dead, pre_s, n, err, u, g_benc, lowp, W_dec, wgrad, n_pad)
+            if AUX_GRAD_ROWS == "rows":
+                X_enc, X_dec = self._as_rows(X_enc), self._as_rows(X_dec)
         g_bdec = r.sum(0)
         if cfg.apply_b_dec_to_input:
             g_bdec -= g_benc @ W_encT
@@ -1061,6 +1066,22 @@ class FastTopKTrainer:
             "g_bdec": g_bdec,
             "cache": c,
         }
+
+    def _as_rows(self, X: torch.Tensor | RowsAt) -> RowsAt:
+        """The aux loss's weight gradient as :class:`RowsAt`: a dense [d_sae, d_in] one (the selection over all
+        d_sae columns, or the sparse aux products) at every row. The fused kernels then take it the same way
+        (X_MAPPED, one specialisation) at every aux width: given dense at width d_sae only, it compiled three
+        more variants of the fused Adam kernel on the first step at that width (seconds per width on a cold
+        Triton cache, inside a run's timed steps). The identity slot costs one int32 read per latent row."""
+        if isinstance(X, RowsAt):
+            return X
+        if self._all_rows is None or self._all_rows[0].device != X.device:
+            d = self.cfg.d_sae
+            self._all_rows = (
+                torch.arange(d, device=X.device, dtype=torch.int64),
+                torch.arange(d, device=X.device, dtype=torch.int32),
+            )
+        return RowsAt(self._all_rows[0], X, self._all_rows[1])
 
     def _hot_rows(self, B: int) -> int:
         """Hot-row capacity H of the Triton step (static per batch size). Automatic (hot_rows=-1): with
@@ -1280,6 +1301,37 @@ class FastTopKTrainer:
             and lowp in (torch.float32, torch.bfloat16)
             and topk_kernel.available(device)
         )
+
+    def aux_widths(self) -> tuple[int, ...]:
+        """Every padded width the aux selection can take (:func:`aux_pad_width`): the buckets and d_sae."""
+        buckets = aux_pad_buckets(self.cfg.d_sae, self._k_aux()) if self.cfg.aux_compact == "auto" else ()
+        return (*buckets, self.cfg.d_sae)
+
+    def precompile_aux_selection(self) -> list[int]:
+        """Compile the aux selection's kernels for every aux width now (on CUDA: at construction, before any
+        step), where they specialise on the width: topk_kernel.topk_mask (cfg.aux_topk "mask") holds a row in
+        registers, so its block (and warps) follow the width's power of two, and at width d_sae it reads all
+        columns (no ``cols``). Otherwise the first step at each new width compiled them inside the run's timed
+        steps (about 1 to 2.5 s each on an H200 with a cold Triton cache, benchmarks/e2e 2026-12-05). Each is
+        one launch on a one-row input with the step's argument types (a cache hit once compiled). Returns the
+        widths compiled for (none on other paths: their kernels do not depend on the width)."""
+        cfg = self.cfg
+        lowp = torch.bfloat16 if cfg.bf16 else self.dtype
+        k_aux = self._k_aux()
+        done = []
+        for width in self.aux_widths():
+            if not (self._aux_dense(k_aux, width) and self._aux_mask_kernel_applies(width, lowp, self.device)):
+                continue  # (topk_mask runs in the dense aux products only)
+            from sae_rdp_plugin.fast import topk_kernel
+
+            d_sae, dev = cfg.d_sae, self.device
+            cols = torch.arange(width, device=dev) if width < d_sae else None
+            div = torch.ones(d_sae, device=dev, dtype=self.dtype) if cfg.rescale_acts_by_decoder_norm else None
+            keep = torch.ones(d_sae, device=dev, dtype=torch.bool)
+            x = torch.zeros(1, d_sae, device=dev, dtype=lowp)
+            topk_kernel.topk_mask(x, k_aux, keep=keep, cols=cols, div=div, out_dtype=lowp)
+            done.append(width)
+        return done
 
     def _aux_dense_selection(
         self,

@@ -220,3 +220,119 @@ def test_every_kernel_the_fast_step_launches_compiles_for_sm90(tmp_path):
     )
     _skip_without_ptxas(r)
     assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-3000:]
+
+
+# Runs one fast step at each padded aux width (fresh trainers, so the width is the bucket of the dead count) in
+# Triton's CPU interpreter and writes, per configuration, the launch keys Triton would compile on CUDA (the
+# argument types with Triton's value specialisation: integers divisible by 16 or equal to 1, 16-byte aligned
+# pointers, do_not_specialize honoured; constexprs; options) of each width's step and of
+# FastTopKTrainer.precompile_aux_selection (JSON, argv[1]).
+WIDTHS = textwrap.dedent(
+    """
+    import inspect, json, math, sys
+    sys.path.insert(0, sys.argv[2])
+    import triton_interp
+    assert triton_interp.enable()
+    import torch
+    import triton.runtime.interpreter as interp
+    from triton.backends.nvidia.compiler import CUDABackend
+    from triton.runtime.jit import KernelParam, create_function_from_signature
+    from sae_rdp_plugin.fast.step import FastTopKConfig, FastTopKTrainer, aux_pad_width
+
+    binders, keys = {}, set()
+    run = interp.InterpretedFunction.run
+
+    def recording_run(self, *args, grid, warmup, **kw):
+        if self.fn not in binders:  # the binder JITFunction.run uses on CUDA: its specialisation is the cache key
+            sig = inspect.signature(self.fn)
+            dns = list(self.kwargs.get("do_not_specialize") or [])
+            dna = list(self.kwargs.get("do_not_specialize_on_alignment") or [])
+            params = [
+                KernelParam(i, p, i in dns or p.name in dns, i in dna or p.name in dna)
+                for i, p in enumerate(sig.parameters.values())
+            ]
+            binders[self.fn] = create_function_from_signature(sig, params, CUDABackend)
+        _, spec, opts = binders[self.fn](*args, **kw)
+        keys.add(json.dumps([self.fn.__name__, spec, sorted(opts.items())], default=str))
+        return run(self, *args, grid=grid, warmup=warmup, **kw)
+
+    interp.InterpretedFunction.run = recording_run
+
+    d_in, d_sae, k, B = 16, 256, 2, 8
+    CASES = {
+        "bf16 dense in_place": {"aux_impl": "dense", "in_place": True},
+        "bf16 dense mask in_place": {"aux_impl": "dense", "aux_topk": "mask", "in_place": True},
+        "bf16 dense radix": {"aux_impl": "dense", "aux_topk": "radix"},
+        "bf16 sparse": {"aux_impl": "sparse"},
+        "fp32 auto (dense from 1/20)": {"bf16": False, "aux_dense_min_density": 1 / 20},
+        "fp32 dense mask": {"bf16": False, "aux_impl": "dense", "aux_topk": "mask"},
+    }
+
+    def trainer(opts):
+        g = torch.Generator().manual_seed(0)
+        opts = {"bf16": True, "row_topk": False, "hot_min_count": 2, **opts}
+        in_place = opts.pop("in_place", False)
+        cfg = FastTopKConfig(d_in=d_in, d_sae=d_sae, k=k, kernels="triton", cuda_graph=False, **opts)
+        tr = FastTopKTrainer(
+            cfg,
+            (torch.randn(d_in, d_sae, generator=g) / math.sqrt(d_in)).contiguous(),
+            torch.randn(d_sae, generator=g) * 0.1,
+            torch.randn(d_sae, d_in, generator=g) / math.sqrt(d_in),
+            torch.randn(d_in, generator=g) * 0.1,
+            dtype=torch.float32,
+            device="cpu",
+            in_place=in_place,
+        )
+        tr._row_topk_on_cpu = True  # the CUDA selection kernels (radix, mask) in the interpreter
+        return tr, g
+
+    out = {}
+    for name, opts in CASES.items():
+        tr, _ = trainer(opts)
+        keys.clear()
+        pre_widths = tr.precompile_aux_selection()
+        res = {"pre": sorted(keys), "pre_widths": pre_widths, "widths": {}}
+        for width in tr.aux_widths():
+            tr, g = trainer(opts)
+            n_dead = width - 2
+            assert aux_pad_width(n_dead, d_sae, tr._k_aux()) == width, (width, n_dead)
+            dead = torch.zeros(d_sae, dtype=torch.bool)
+            dead[torch.randperm(d_sae, generator=g)[:n_dead]] = True
+            keys.clear()
+            tr.step(torch.randn(B, d_in, generator=g), dead=dead)
+            res["widths"][width] = sorted(keys)
+        out[name] = res
+        print(name, file=sys.stderr)
+    json.dump(out, open(sys.argv[1], "w"))
+    """
+)
+
+
+def test_no_aux_width_compiles_a_kernel_another_width_does_not(tmp_path):
+    """The e2e run of 2026-12-05 (H200, cold Triton cache) spent 1.2-2.5 s in the first step at some aux widths
+    (12288, 16384 of d_sae 16384; every width with aux_topk "mask"): kernels compiled inside the timed steps.
+    Each width's step must launch the same Triton specialisations as every other width's (as Triton keys them
+    on CUDA), apart from those FastTopKTrainer.precompile_aux_selection compiles before the first step."""
+    out = tmp_path / "widths.json"
+    r = subprocess.run(
+        [sys.executable, "-c", WIDTHS, str(out), str(ROOT / "tests")],
+        env=_env(tmp_path, True),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name, res in json.loads(out.read_text()).items():
+        pre = set(res["pre"])
+        widths = {int(w): set(k) for w, k in res["widths"].items()}
+        assert len(widths) == 5, (name, sorted(widths))  # d_sae/8, /4, /2, 3/4 and d_sae
+        first = min(widths)
+        for w, ks in widths.items():
+            extra, missing = (ks - pre) - (widths[first] - pre), (widths[first] - pre) - (ks - pre)
+            assert not extra and not missing, (name, w, first, sorted(extra), sorted(missing))
+        if "mask" in name:
+            # topk_mask's block follows the width: the precompile is what covers it (else this test is vacuous)
+            assert res["pre_widths"] == sorted(widths), (name, res["pre_widths"])
+            assert len({frozenset(k) for k in widths.values()}) > 1, name
+        else:
+            assert not pre, (name, res["pre"])

@@ -593,6 +593,7 @@ def _work(
         import torch
         from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
         from sae_bench.evals.absorption.main import run_eval
+        from saebench_fold import fold_for_saebench
 
         if threads is not None:
             torch.set_num_threads(threads)
@@ -614,6 +615,7 @@ def _work(
                 send(("sae_start", name))
                 t = time.time()
                 sae = load()
+                fold = fold_for_saebench(sae)  # as SAEBench's loader folds an SAE it loads by name
                 p = probe_folder(work, model, sae.cfg.hook_layer)
                 if not _probe_ready(p):
                     if trains_probe:
@@ -637,7 +639,7 @@ def _work(
                     send(("not_evaluable", name))
                     break
                 sae_s.append(time.time() - t)
-                send(("sae_done", name, str(out), sae_s[-1]))
+                send(("sae_done", name, str(out), sae_s[-1], fold))
     except Exception:  # noqa: BLE001 - reported to the parent, which records it
         send(("error", traceback.format_exc()))
     send(("end",))
@@ -717,8 +719,10 @@ def run_absorption(
     ``config``: fields of SAEBench's ``AbsorptionEvalConfig`` other than ``model_name`` (default: its defaults,
     with ``BATCH_DEFAULTS``). The work runs in ``workers`` spawned children taking SAEs from one queue, terminated
     at ``deadline`` (``inline``: in this process, the deadline checked only between SAEs). Record: SAEs evaluated
-    / existing / left, ``vocab_sample`` (smoke runs: :func:`offline_absorption`), seconds of the probe phase
-    (``probe_s``, ``probe_parts_s``) and per SAE (``sae_s``, ``sae_parts_s``: SAEBench's timed parts), ``cut``
+    / existing / left, ``saebench_fold`` (per SAE evaluated: its decoder norms folded before SAEBench's
+    ``run_eval`` as SAEBench's loader folds an SAE loaded by name, or why not: :mod:`saebench_fold`),
+    ``vocab_sample`` (smoke runs: :func:`offline_absorption`), seconds of the probe phase (``probe_s``,
+    ``probe_parts_s``) and per SAE (``sae_s``, ``sae_parts_s``: SAEBench's timed parts), ``cut``
     (the phase running longest at the deadline, and every SAE cut), ``not_evaluable`` or ``error``.
     ``on_result()`` is called after each SAE's JSON is written (the stage's progress export). If no worker starts
     (the model cannot be passed to them), the SAEs are evaluated in this process instead (``mode`` and
@@ -739,6 +743,7 @@ def run_absorption(
     existing = [s.name for s in saes if s.dest.is_file()]
     todo = [s for s in saes if not s.dest.is_file()]
     rec: dict[str, Any] = {"eval": f"SAEBench {EVAL_TYPE}", "existing": existing, "evaluated": [], "sae_s": {}}
+    rec["saebench_fold"] = {}  # per SAE evaluated: saebench_fold's record (decoder norms folded or why not)
     rec.update(probe_batch=probe_batch, mode="inline" if inline else "child")
     if vocab_sample is not None:
         rec["vocab_sample"] = vocab_sample
@@ -803,6 +808,7 @@ def run_absorption(
             os.replace(tmp, s.dest)
             rec["sae_s"][s.name] = round(ev[3], 2)
             rec["evaluated"].append(s.name)
+            rec["saebench_fold"][s.name] = ev[4]
             if on_result is not None:
                 on_result()
             state.update(phase="between SAEs", since=now, sae=None)

@@ -19,12 +19,14 @@ back-to-back device calls of at most 600 s:
 3. SAEs: only once every dataset of the fixed subset has activations and a baseline (every SAE JSON covers
    the same datasets), ``run_eval`` SAE by SAE, in ``sae_workers`` spawned processes (one SAE per process at
    a time, one thread each; the cost is sae-probes' single-threaded CV of sklearn logistic regressions) or in
-   this process (``sae_workers`` = 0); each output is checked (all datasets present, LLM baseline present),
-   passed to ``finalize`` (the caller's ids) in this process, written atomically to its destination and
-   validated there against SAEBench's output schema (``validate_eval_output_format_file`` with
-   ``SparseProbingSaeProbesEvalOutput``). A destination that exists is not recomputed. sae-probes keeps its
-   per-dataset JSONs of an SAE under ``<results>/<release>_custom_sae`` and skips a dataset whose JSON exists:
-   that folder is deleted before the SAE starts, so that a file left by a killed call is never reused.
+   this process (``sae_workers`` = 0), each SAE's decoder norms folded first as SAEBench's loader folds an SAE
+   it loads by name (``saebench_fold``; the record's ``saebench_fold`` says which were); each output is checked
+   (all datasets present, LLM baseline present), passed to ``finalize`` (the caller's ids) in this process,
+   written atomically to its destination and validated there against SAEBench's output schema
+   (``validate_eval_output_format_file`` with ``SparseProbingSaeProbesEvalOutput``). A destination that exists
+   is not recomputed. sae-probes keeps its per-dataset JSONs of an SAE under ``<results>/<release>_custom_sae``
+   and skips a dataset whose JSON exists: that folder is deleted before the SAE starts, so that a file left by a
+   killed call is never reused.
 """
 
 from __future__ import annotations
@@ -82,19 +84,23 @@ def _quiet_sklearn() -> None:
     warnings.filterwarnings("ignore", message="Inconsistent values: penalty", category=UserWarning)
 
 
-def _probe_one(cfg_kw: dict, release: str, load: Callable[[], Any], device: str, raw: str) -> tuple[dict, float]:
-    """SAEBench's ``run_eval`` on one SAE (``load()``) under ``release``: (its raw output dict, seconds).
-    Runs in this process or in an SAE worker (``load`` must then pickle: a top-level function or a partial)."""
+def _probe_one(cfg_kw: dict, release: str, load: Callable[[], Any], device: str, raw: str) -> tuple[dict, float, dict]:
+    """SAEBench's ``run_eval`` on one SAE (``load()``, decoder norms folded as SAEBench's loader folds them:
+    ``saebench_fold``) under ``release``: (its raw output dict, seconds, the fold record). Runs in this process or
+    in an SAE worker (``load`` must then pickle: a top-level function or a partial)."""
     from sae_bench.evals.sparse_probing_sae_probes.eval_config import SparseProbingSaeProbesEvalConfig
     from sae_bench.evals.sparse_probing_sae_probes.main import run_eval
+    from saebench_fold import fold_for_saebench
 
     t = time.time()
     cfg = SparseProbingSaeProbesEvalConfig(**cfg_kw)
     # sae-probes skips a dataset whose per-SAE JSON exists: a call killed mid-SAE may have left a partial one
     shutil.rmtree(Path(cfg.results_path) / f"{release}_custom_sae", ignore_errors=True)
-    run_eval(cfg, [(release, load())], device, raw, force_rerun=True)
+    sae = load()
+    fold = fold_for_saebench(sae)
+    run_eval(cfg, [(release, sae)], device, raw, force_rerun=True)
     d = json.loads((Path(raw) / f"{release}_custom_sae_eval_results.json").read_text())
-    return d, time.time() - t
+    return d, time.time() - t, fold
 
 
 class _NoModel:
@@ -139,7 +145,8 @@ def run_probing(
 ) -> dict:
     """Run the three phases (module doc) until ``deadline`` (time.time()) or ``max_saes`` new JSONs; returns
     this call's record:
-    seconds per phase and dataset, the SAEs evaluated / existing / left, and ``complete`` (all SAEs done).
+    seconds per phase and dataset, the SAEs evaluated / existing / left, ``saebench_fold`` (per SAE evaluated:
+    :func:`saebench_fold.fold_for_saebench`'s record) and ``complete`` (all SAEs done).
     ``workers``: processes for the LLM baselines, ``sae_workers``: for the SAEs (0: this process). Either way
     a call finishes at least one SAE, starts none whose estimated time (1.3 x the slowest SAE so far) would pass
     the deadline and, with workers, stops at the deadline once one is done: an SAE not finished then is left
@@ -228,9 +235,10 @@ def run_probing(
         baseline_method=BASELINE,
     )
     rec["sae_workers"] = sae_workers
+    rec["saebench_fold"] = {}  # per SAE evaluated: saebench_fold's record (decoder norms folded or why not)
     sae_s: dict[str, float] = {}
 
-    def store(s: ProbeSAE, d: dict, seconds: float) -> None:
+    def store(s: ProbeSAE, d: dict, seconds: float, fold: dict) -> None:
         got = sorted(det["dataset_name"] for det in d["eval_result_details"])
         if got != sorted(datasets):
             raise ValueError(f"{s.name}: results for datasets {got}, expected {sorted(datasets)}")
@@ -248,6 +256,7 @@ def run_probing(
         os.replace(tmp, s.dest)
         sae_s[s.name] = round(seconds, 2)
         rec["evaluated"].append(s.name)
+        rec["saebench_fold"][s.name] = fold
         if on_result is not None:
             on_result()
         m = obj["eval_result_metrics"]

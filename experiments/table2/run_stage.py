@@ -28,9 +28,11 @@ offline adaptations: the HookedTransformer is passed in (converted from the trai
 :func:`sae_rdp_plugin.lm.models.hooked_from_hf`) instead of loaded by name, and the tokens are the corpus's
 held-out rows (a ``datasets.Dataset`` with a ``tokens`` column) instead of openwebtext; BOS / pad positions are
 excluded (``ignore_tokens``). Per-feature details are computed (the misc metrics need them) but not stored
-(``--keep-feature-details`` stores them; 16k latents make MB-sized files). ``sae_lens_release_id`` is
-``table2-<model>-<architecture>``, ``sae_lens_id`` ``<hook>__w<width>_<level>_s<seed>_step_<final|N>``
-(the audit reads ``_step_<N>`` as a checkpoint).
+(``--keep-feature-details`` stores them; 16k latents make MB-sized files). Every SAE an eval here receives (core,
+probing, absorption) has its decoder norms folded first, as SAEBench's loader folds an SAE it loads by name
+(``saebench_fold.py``; reconstructions unchanged; the stage record's ``saebench_fold`` says which SAEs were).
+``sae_lens_release_id`` is ``table2-<model>-<architecture>``, ``sae_lens_id``
+``<hook>__w<width>_<level>_s<seed>_step_<final|N>`` (the audit reads ``_step_<N>`` as a checkpoint).
 
 ``OUT/stage_<ID>.json``: per device call (appended), the wall seconds, GPU seconds (wall time while the CUDA
 device was in use: training + eval), the SAEs trained / skipped / evaluated, and the deviations from the recipe.
@@ -897,7 +899,10 @@ def main(argv: list[str] | None = None) -> int:
         progress()  # the trained SAEs' summaries, before the evals
     evaluated, eval_skipped, proxied, eval_left = [], [], [], []
     eval_s: dict[str, tuple[float, float]] = {}  # (core, proxies) seconds per evaluated SAE
+    folds: dict[str, dict] = {}  # per SAE loaded for its evals: saebench_fold's record
     if not args.no_eval and not calibration_stage(stage):
+        from saebench_fold import fold_for_saebench
+
         ignore = {t for t in (bos, pad) if t is not None}
         samples: dict[str, tuple[Any, Any]] = {}
         for s, path, step in trained_saes(args.out, fams):
@@ -913,6 +918,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             t_sae = time.perf_counter()
             sae = load_sae(path, args.device)
+            # as SAEBench's loader folds an SAE it loads by name (core gets the object); the proxies are unchanged
+            # by it (per-latent positive scales: top activations per latent, L0, decoder cosines)
+            folds[s["id"]] = fold_for_saebench(sae)
             if not js.is_file():
                 obj = core_eval(sae, hooked, held, ignore, s, step, args)
                 validate_core(obj)
@@ -948,6 +956,7 @@ def main(argv: list[str] | None = None) -> int:
             "proxies_evaluated": proxied,
             "evals_left_for_later": eval_left,
             "eval_seconds": {i: {"core": round(c, 2), "proxies": round(q, 2)} for i, (c, q) in eval_s.items()},
+            "saebench_fold": folds,
             "tokens_scale": args.tokens_scale,
             "corpus": corpus,
         }

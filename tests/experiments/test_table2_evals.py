@@ -126,6 +126,10 @@ def test_eval_stage_sparse_probing_resumable(seq, tmp_path):
     # each call records the tokenizer the prompts went through (tiny-gpt2 has no probe sentence: not checked)
     assert all(c["tokenizer"]["class"] and c["tokenizer"]["probe_ok"] is None for c in rec["calls"])
     assert c2["existing"] == c1["evaluated"] and sorted(c2["evaluated"]) == sorted(c1["left"]) and c2["complete"]
+    # each SAE's decoder norms folded before SAEBench's run_eval, as its loader folds an SAE loaded by name
+    for c in (c1, c2):
+        assert sorted(c["saebench_fold"]) == sorted(c["evaluated"])
+        assert all(f["folded"] is True for f in c["saebench_fold"].values())
     assert (
         rec["complete"] == {"sparse_probing": True}
         and rec["gpu_s_total"] == 0.0
@@ -213,7 +217,7 @@ def test_eval_stage_sae_workers_equal_sequential(seq, tmp_path):
     c1 = json.loads((out / "stage_E-tiny-gpt2-1.json").read_text())["calls"][0]["sparse_probing"]
     assert c1["sae_workers"] == 2 and 1 <= len(c1["evaluated"]) <= 2 and not c1["complete"]
     assert c1["existing"] == [] and len(c1["evaluated"] + c1["left"]) == 3
-    assert sorted(c1["sae_s"]) == sorted(c1["evaluated"])
+    assert sorted(c1["sae_s"]) == sorted(c1["evaluated"]) == sorted(c1["saebench_fold"])  # fold record from workers
     # only the finished SAEs' JSONs, no temporary file
     names = [p.name for p in dest.iterdir()]
     assert len(names) == len(c1["evaluated"]) and all(n.endswith(".json") and n[0] != "." for n in names)
@@ -447,6 +451,9 @@ def test_eval_stage_absorption_offline(rs, tmp_path, monkeypatch):
     assert len(c2["evaluated"]) == 1 and list(c2["sae_s"]) == c2["evaluated"] and "probe_s" not in c2
     assert c3["existing"] == c2["evaluated"] and sorted(c3["evaluated"]) == sorted(c2["left"]) and c3["complete"]
     assert c3["mode"] == "inline" and rec["complete"] == {"absorption": True}
+    for c in (c2, c3):  # decoder norms folded before SAEBench's run_eval (a worker's record, an inline one)
+        assert sorted(c["saebench_fold"]) == sorted(c["evaluated"])
+        assert all(f["folded"] is True for f in c["saebench_fold"].values())
 
     files = sorted(dest.glob("*.json"))
     core = sorted((out / "core").glob("*.json"))

@@ -94,6 +94,9 @@ def test_stage_end_to_end_resume_and_audit(rs, tmp_path, capsys):
     rec = json.loads((out / "stage_T-tiny.json").read_text())
     (call,) = rec["calls"]
     assert len(call["trained"]) == 4 and call["skipped_trained_before"] == [] and len(call["core_evaluated"]) == 5
+    # every SAE's decoder norms folded before SAEBench's core, as its loader folds an SAE loaded by name
+    assert sorted(call["saebench_fold"]) == sorted(call["core_evaluated"])
+    assert all(f["folded"] is True for f in call["saebench_fold"].values())
     # the tiny corpus's manifest names no tokenizer and no hash: nothing to compare, and the record says so
     assert call["corpus"] == {
         "tokenizer": None, "tokens_sha256": None, "manifest_tokens_sha256": None, "matches_manifest": None

@@ -141,6 +141,133 @@ def _batch_loader(loader_cls: Any) -> Callable[..., Any]:
     return make
 
 
+KSP_CACHE_NNZ = 1 << 26  # nonzero activations the k-sparse probes' cache keeps per SAE (8 bytes each: ~0.5 GB)
+_INT_OF_SIZE = {1: "int8", 2: "int16", 4: "int32", 8: "int64"}
+
+
+class CachedSaeActs:
+    """SAEBench's ``k_sparse_probing._get_sae_acts(sae, input_activations, batch_size, sparse_feat_ids)`` with the
+    SAE's activations of one input kept, so that its calls with other ``sparse_feat_ids`` on the same input (the
+    k-sparse probes: 26 letters x ``max_k_value`` calls on the whole training set) select columns instead of
+    re-encoding it.
+
+    The first call for an (SAE, input tensor, batch_size) runs SAEBench's own loop (``batchify``, ``.to(device=
+    sae.device, dtype=sae.dtype)``, ``sae.encode``, ``acts[:, ids].cpu()``, ``torch.cat``) and returns its result;
+    meanwhile it keeps every activation whose bits are not all zero (so -0.0 and NaN too) as (row, value) pairs per
+    column, on the SAE's device. A later call on the same SAE (the same parameter objects, unmodified: their
+    version counters), the same input (the same tensor object, unmodified) and batch size writes those values into
+    a zero [rows, k] tensor and returns it on the CPU: no arithmetic, so the bits are those SAEBench's call would
+    return (as long as ``sae.encode`` is deterministic, which SAEBench's own re-encoding assumes). Anything else is
+    SAEBench's function: a call without ``sparse_feat_ids`` or with ids other than a 1-D integer tensor in range,
+    grad enabled, another SAE, input or batch size (which replaces the cache), an SAE whose activations hold more
+    than ``max_nnz`` nonzeros (then not kept: later calls encode again). ``stats`` counts each case."""
+
+    def __init__(self, orig: Callable[..., Any], max_nnz: int = KSP_CACHE_NNZ) -> None:
+        self.orig, self.max_nnz = orig, max_nnz
+        self.stats = {"builds": 0, "hits": 0, "over_cap": 0, "plain": 0}
+        self.clear()
+
+    def clear(self) -> None:
+        """Drop the kept activations (and the references to the SAE and input they came from)."""
+        self._key: tuple | None = None
+        self._csc: tuple | None = None  # (column starts: d_sae + 1 ints, rows [nnz] int32, values [nnz], rows)
+
+    @staticmethod
+    def _state(sae: Any, inp: Any, batch_size: int) -> tuple:
+        tensors = (*sae.parameters(), *sae.buffers())
+        versions = tuple((t._version, t.data_ptr()) for t in tensors)
+        return sae, inp, tensors, (batch_size, inp._version, inp.data_ptr(), str(sae.device), sae.dtype, versions)
+
+    def _same(self, key: tuple) -> bool:
+        old = self._key
+        return (
+            old is not None
+            and old[0] is key[0]
+            and old[1] is key[1]
+            and len(old[2]) == len(key[2])
+            and all(a is b for a, b in zip(old[2], key[2], strict=True))
+            and old[3] == key[3]
+        )
+
+    def __call__(self, sae: Any, input_activations: Any, batch_size: int = 4096, sparse_feat_ids: Any = None) -> Any:
+        import torch
+
+        ids = sparse_feat_ids
+        if (
+            not isinstance(ids, torch.Tensor)
+            or ids.dim() != 1
+            or ids.dtype not in (torch.int64, torch.int32)
+            or not isinstance(input_activations, torch.Tensor)
+            or input_activations.dim() != 2
+            or not 0 < len(input_activations) < 2**31
+            or not isinstance(batch_size, int)
+            or batch_size < 1
+            or torch.is_grad_enabled()
+        ):
+            self.stats["plain"] += 1
+            return self.orig(sae, input_activations, batch_size=batch_size, sparse_feat_ids=sparse_feat_ids)
+        key = self._state(sae, input_activations, batch_size)
+        if not self._same(key):
+            return self._build(sae, input_activations, batch_size, ids, key)
+        if self._csc is not None:
+            if ids.numel() == 0 or (int(ids.min()) >= 0 and int(ids.max()) < len(self._csc[0]) - 1):
+                self.stats["hits"] += 1
+                return self._slice(ids)
+        self.stats["plain"] += 1
+        return self.orig(sae, input_activations, batch_size=batch_size, sparse_feat_ids=sparse_feat_ids)
+
+    def _build(self, sae: Any, inp: Any, batch_size: int, ids: Any, key: tuple) -> Any:
+        """SAEBench's loop, keeping each batch's nonzero activations (under the cap) on the way."""
+        import sae_bench.evals.absorption.k_sparse_probing as ksp
+        import torch
+
+        self.clear()
+        self.stats["builds"] += 1
+        out, rows, cols, vals = [], [], [], []
+        start, nnz, keep, d_sae = 0, 0, True, None
+        for batch in ksp.batchify(inp, batch_size):
+            acts = sae.encode(batch.to(device=sae.device, dtype=sae.dtype))
+            out.append(acts[:, ids].cpu())  # SAEBench's result, as SAEBench computes it
+            if keep:
+                keep = acts.dim() == 2 and acts.dtype.is_floating_point and d_sae in (None, acts.shape[1])
+            if keep:
+                d_sae = acts.shape[1]
+                nz = acts.view(getattr(torch, _INT_OF_SIZE[acts.element_size()])) != 0  # bits, not == 0.0
+                r, c = nz.nonzero(as_tuple=True)  # row-major
+                nnz += len(r)
+                keep = nnz <= self.max_nnz
+                if keep:
+                    vals.append(acts[r, c])
+                    rows.append((r + start).to(torch.int32))
+                    cols.append(c.to(torch.int32))
+            if not keep:
+                rows, cols, vals = [], [], []
+            start += len(acts)
+        result = torch.cat(out)
+        self._key = key
+        if not keep or d_sae is None:
+            self.stats["over_cap"] += 1
+            return result
+        col = torch.cat(cols)
+        del cols
+        col_ptr = [0, *torch.cumsum(torch.bincount(col, minlength=d_sae), 0).tolist()]
+        order = torch.sort(col, stable=True).indices
+        del col
+        self._csc = (col_ptr, torch.cat(rows)[order], torch.cat(vals)[order], start)
+        return result
+
+    def _slice(self, ids: Any) -> Any:
+        """Columns ``ids`` of the kept activations: a zero [rows, k] tensor with the kept values written in."""
+        import torch
+
+        col_ptr, rows, vals, n = self._csc  # type: ignore[misc]
+        out = torch.zeros(n, len(ids), dtype=vals.dtype, device=vals.device)
+        for j, c in enumerate(ids.tolist()):
+            a, b = col_ptr[c], col_ptr[c + 1]
+            out[rows[a:b].long(), j] = vals[a:b]  # distinct rows: plain copies
+        return out.cpu()
+
+
 @contextlib.contextmanager
 def offline_absorption(
     model: Any,
@@ -149,15 +276,19 @@ def offline_absorption(
     probe_batch: int = PROBE_BATCH,
     progress: Callable[[str, float], None] | None = None,
     vocab_sample: int | None = None,
+    ksp_cache_nnz: int | None = None,
 ):
     """Within the block SAEBench's absorption eval uses ``model``, writes only under ``work`` and runs batched
     (module doc). ``progress(part, seconds)`` is called after each timed part of SAEBench's eval: the vocabulary
     listing, the probe's activations, its training and saving (the probe phase), the k-sparse probing and the
     absorption experiment (per SAE).
     ``vocab_sample``: smoke runs only, not SAEBench's eval: its vocabulary cut to a fixed sample of that many
-    words (seeded, in token-id order), for the probe and the absorption prompts alike."""
+    words (seeded, in token-id order), for the probe and the absorption prompts alike.
+    ``ksp_cache_nnz``: the cap of the k-sparse probes' activation cache (:class:`CachedSaeActs`, emptied when each
+    SAE's k-sparse probing ends); default ``KSP_CACHE_NNZ``, 0: no cache (SAEBench's ``_get_sae_acts``)."""
     import sae_bench.evals.absorption.common as common
     import sae_bench.evals.absorption.feature_absorption_calculator as fac
+    import sae_bench.evals.absorption.k_sparse_probing as ksp_mod
     import sae_bench.evals.absorption.main as am
     import sae_bench.evals.absorption.probing as probing
     import sae_bench.evals.absorption.vocab as vocab
@@ -180,6 +311,9 @@ def offline_absorption(
     orig_validate = Calc._validate_prompts_are_same_length
     orig_get_tokens = vocab.get_tokens
     orig_train, orig_save = common.train_linear_probe_for_task, common.save_probe_and_data
+    orig_acts = ksp_mod._get_sae_acts
+    cap = KSP_CACHE_NNZ if ksp_cache_nnz is None else ksp_cache_nnz
+    acts_cache = CachedSaeActs(orig_acts, cap) if cap > 0 else None
 
     def get_tokens(tokenizer: Any, *a: Any, **k: Any) -> list[str]:
         words = orig_get_tokens(IdOrderedVocab(tokenizer), *a, **k)
@@ -228,7 +362,15 @@ def offline_absorption(
     rng = _rng_state()
     work.mkdir(parents=True, exist_ok=True)
     am.HookedTransformer = _LoadedModel  # type: ignore[assignment]
-    ksp_run = functools.partial(orig[1], experiment_dir=ksp, probes_dir=probes)
+    ksp_call = functools.partial(orig[1], experiment_dir=ksp, probes_dir=probes)
+
+    def ksp_run(*a: Any, **k: Any) -> Any:
+        try:
+            return ksp_call(*a, **k)
+        finally:
+            if acts_cache is not None:
+                acts_cache.clear()  # this SAE's activations
+
     am.run_k_sparse_probing_experiment = timed("k_sparse_probing", ksp_run)
     am.run_feature_absortion_experiment = timed("absorption_experiment", absorption_experiment)
     common.gen_and_save_df_acts_probing = timed("activations", gather)
@@ -237,6 +379,8 @@ def offline_absorption(
     probing.DataLoader = _batch_loader(orig_loader)
     Calc._validate_prompts_are_same_length = validate  # type: ignore[method-assign]
     vocab.get_tokens = timed("vocabulary", get_tokens)
+    if acts_cache is not None:
+        ksp_mod._get_sae_acts = acts_cache
     tok.padding_side = "left"
     try:
         with contextlib.chdir(work):
@@ -247,6 +391,9 @@ def offline_absorption(
         common.train_linear_probe_for_task, common.save_probe_and_data = orig_train, orig_save
         Calc._validate_prompts_are_same_length = orig_validate  # type: ignore[method-assign]
         vocab.get_tokens = orig_get_tokens
+        ksp_mod._get_sae_acts = orig_acts
+        if acts_cache is not None:
+            acts_cache.clear()
         tok.padding_side = side
         torch.set_grad_enabled(grad)
         _set_rng_state(rng)

@@ -47,6 +47,11 @@ Batching adaptations (the same activations, the same probe; only the cost change
 * the probes' minibatches: ``train_multi_probe``'s ``DataLoader(dataset, batch_size, shuffle=True)`` gathers
   each minibatch with one index per tensor (the same sampler, the same random permutation, the same batches in
   the same order) instead of row by row;
+* the k-sparse probes' SAE activations: ``train_k_sparse_probes`` calls ``_get_sae_acts`` once per letter and k
+  (26 x ``max_k_value``), each re-encoding the whole training set to keep k columns; :class:`CachedSaeActs`
+  encodes it once per SAE as SAEBench does, keeps its nonzero activations (up to ``KSP_CACHE_NNZ``; beyond that,
+  SAEBench's function) and copies the k columns out of them: the same bits; emptied when the SAE's k-sparse
+  probing ends;
 * ``BATCH_DEFAULTS`` (``llm_batch_size``, ``eval_k_sparse_probe_batch_size``: prompts per forward pass and
   rows per SAE encoding, nothing else) unless ``config`` sets them. ``k_sparse_probe_batch_size`` is the sparse
   probes' training minibatch (it changes the probes): it keeps SAEBench's default.
@@ -159,8 +164,9 @@ class CachedSaeActs:
     a zero [rows, k] tensor and returns it on the CPU: no arithmetic, so the bits are those SAEBench's call would
     return (as long as ``sae.encode`` is deterministic, which SAEBench's own re-encoding assumes). Anything else is
     SAEBench's function: a call without ``sparse_feat_ids`` or with ids other than a 1-D integer tensor in range,
-    grad enabled, another SAE, input or batch size (which replaces the cache), an SAE whose activations hold more
-    than ``max_nnz`` nonzeros (then not kept: later calls encode again). ``stats`` counts each case."""
+    grad enabled, another SAE, input or batch size (which replaces the cache), an SAE or input changed in place (the
+    tensors' version counters; an inference tensor has none), an SAE whose activations hold more than ``max_nnz``
+    nonzeros (then not kept: later calls encode again). ``stats`` counts each case."""
 
     def __init__(self, orig: Callable[..., Any], max_nnz: int = KSP_CACHE_NNZ) -> None:
         self.orig, self.max_nnz = orig, max_nnz
@@ -174,9 +180,14 @@ class CachedSaeActs:
 
     @staticmethod
     def _state(sae: Any, inp: Any, batch_size: int) -> tuple:
+        def version(t: Any) -> tuple:
+            # inference tensors (made under torch.inference_mode, as SAEBench's probe data can be) keep no
+            # version counter; they can only be changed in place inside inference mode
+            return (None if t.is_inference() else t._version), t.data_ptr()
+
         tensors = (*sae.parameters(), *sae.buffers())
-        versions = tuple((t._version, t.data_ptr()) for t in tensors)
-        return sae, inp, tensors, (batch_size, inp._version, inp.data_ptr(), str(sae.device), sae.dtype, versions)
+        versions = tuple(version(t) for t in tensors)
+        return sae, inp, tensors, (batch_size, version(inp), str(sae.device), sae.dtype, versions)
 
     def _same(self, key: tuple) -> bool:
         old = self._key

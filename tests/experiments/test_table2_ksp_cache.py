@@ -123,6 +123,11 @@ def test_cached_acts_are_saebenchs_bit_for_bit(ab, orig, arch):
         with pytest.raises(IndexError):
             cached(sae, x, 1000, torch.tensor([32]))
         assert cached.stats["plain"] == 4 and cached.stats["builds"] == 6
+    # an input made under inference mode (no version counter), called under inference mode: cached
+    with torch.inference_mode():
+        z = x * 1
+        assert _mismatches(cached, orig, sae, z, 128, sets) == []
+    assert cached.stats["builds"] == 7 and cached.stats["hits"] == 2 * (len(sets) - 1) + 5 * 2
     # grad enabled: SAEBench's function (its result carries the graph)
     got = cached(sae, x, 1000, sets[2])
     assert got.requires_grad and torch.equal(got, orig(sae, x, 1000, sets[2])) and cached.stats["plain"] == 5

@@ -502,7 +502,9 @@ def test_absorption_in_workers_and_in_any_order_gives_the_same_jsons(rs, tmp_pat
     """SAEBench's absorption draws from unseeded global generators (probe split, ICL prompts, probe init and
     minibatches); seeded per SAE, an SAE's JSON is the same in process in one order, in process in the reverse
     order (after other SAEs drew from the generators), and in 2 spawned workers sharing the queue with a probe
-    trained by one of them (every field but the run's uuid and time). The caller's generators are untouched."""
+    trained by one of them (every field but the run's uuid and time), and without the k-sparse probes' activation
+    cache (absorption_stage.CachedSaeActs; its k-sparse probing files byte for byte too). The caller's generators
+    are untouched."""
     import random
 
     t = _absorption_setup(rs, tmp_path)
@@ -531,13 +533,36 @@ def test_absorption_in_workers_and_in_any_order_gives_the_same_jsons(rs, tmp_pat
         root = tmp_path / f"w_{name}"
         return {f.parent.name: pd.read_parquet(f).to_csv() for f in sorted(root.rglob("*_metrics.parquet"))}
 
+    made = []  # the k-sparse probes' activation caches made in this process
+
+    class Recorded(ab.CachedSaeActs):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+
+    monkeypatch.setattr(ab, "CachedSaeActs", Recorded)
     forward, _ = run("forward", [0, 1, 2], inline=True)
     assert len(forward) == 3
+    # the k-sparse probes took their SAE activations from the cache: one encoding per SAE, the other calls sliced
+    # (26 letters x max_k_value 3 calls per SAE); the test split's calls without ids went to SAEBench's function
+    assert len(made) == 1 and made[0].stats["builds"] == 3 and made[0].stats["over_cap"] == 0, made[0].stats
+    assert made[0].stats["hits"] == 3 * (26 * 3 - 1) and made[0].stats["plain"] > 0, made[0].stats
     # the SAEs' results differ (else equality below would prove little): with decoder norms folded (saebench_fold)
     # the tiny SAEs' absorption JSONs can coincide (no absorption, one split feature each), so the per-SAE k-sparse
     # probes behind them are compared too
     ksp_forward = ksp("forward")
     assert len(ksp_forward) == 3 and len(set(ksp_forward.values())) >= 2
+    # without the cache (SAEBench's _get_sae_acts): the same JSONs and the same k-sparse probing files, byte for
+    # byte (the probes' weights and the test split's scores in the metadata and raw results, the metrics)
+    with monkeypatch.context() as m:
+        m.setattr(ab, "KSP_CACHE_NNZ", 0)
+        assert run("nocache", [0, 1, 2], inline=True)[0] == forward and len(made) == 1
+
+    def ksp_files(name: str) -> dict[str, bytes]:
+        root = tmp_path / f"w_{name}" / "results" / "k_sparse_probing"
+        return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*.parquet"))}
+
+    assert len(ksp_files("forward")) == 9 and ksp_files("nocache") == ksp_files("forward")
     # (captured once SAEBench's modules are imported: importing them draws from the generators)
     state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
     assert run("reverse", [2, 1, 0], inline=True)[0] == forward

@@ -232,7 +232,7 @@ def test_offline_absorption_swaps_the_function_and_restores_it(ab, tmp_path, mon
 def test_cached_acts_timing(ab, orig, capsys):
     """260 calls (26 letters x max_k_value 10) of SAEBench's function vs the cache, on the CPU at a modest size
     (printed for the report, not asserted): 8,300 rows of 64, a TopK SAE of 1,024 latents (k=32), batches of 4096.
-    About a minute on 2 busy cores (``-m slow``)."""
+    10-60 s on 2 busy cores (``-m slow``)."""
     from sae_lens import TopKSAE, TopKSAEConfig
 
     torch.manual_seed(0)

@@ -591,7 +591,7 @@ def test_real_weight_run_of_2026_12_05_quoted():
         f"{first['4096'][0]:.2f} s at 4,096 and 8,192)",
         f"spent {first_prof['12288'][0]:.2f} s and {first_prof['16384'][0]:.2f} s there",
         f"{mask['tokens_per_s']:,.0f} tokens/s, {s['mask_x_ours']:.2f}x ours",
-        f"({min(first_mask):.2f}-{max(first_mask):.2f} s each)",
+        f"first steps took {min(first_mask):.2f}-{max(first_mask):.2f} s at every aux width",
         f"ours {ours['heldout_fvu']:.4f}, `ours_mask` {mask['heldout_fvu']:.4f} (20M tokens); SAELens "
         f"{sl['heldout_fvu']:.4f} and sparsify {sp['heldout_fvu']:.4f} at 2M tokens",
         f"{p['wall_ms_per_step']:.2f} ms per step under the profiler, the GPU busy {p['gpu_busy_fraction']:.3f} of "

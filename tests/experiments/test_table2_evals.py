@@ -516,8 +516,17 @@ def test_absorption_in_workers_and_in_any_order_gives_the_same_jsons(rs, tmp_pat
         dest = tmp_path / name
         items = [rs.probe_item(s, p, step, dest, "cpu") for s, p, step in trained]
         items = [items[i] for i in order]
-        r = ab.run_absorption(hooked, "tiny-gpt2", items, tmp_path / f"w_{name}", time.time() + 600, "cpu",
-                              config=cfg, log=lambda m: None, **kw)
+        r = ab.run_absorption(
+            hooked,
+            "tiny-gpt2",
+            items,
+            tmp_path / f"w_{name}",
+            time.time() + 600,
+            "cpu",
+            config=cfg,
+            log=lambda m: None,
+            **kw,
+        )
         assert r["complete"] and sorted(r["evaluated"]) == sorted(s.name for s in items), r
         got = []
         for f in sorted(dest.glob("*.json")):
@@ -601,8 +610,9 @@ def test_absorption_in_workers_and_in_any_order_gives_the_same_jsons(rs, tmp_pat
     # the probe exists in that work folder; margins for a loaded machine
     budget = 3 * rec["child_start_s"] + 3 * max(rec["sae_s"].values()) + 15
     t = time.time()
-    r = ab.run_absorption(hooked, "tiny-gpt2", items, tmp_path / "w_workers", t + budget, "cpu", config=cfg,
-                          log=lambda m: None, workers=2)
+    r = ab.run_absorption(
+        hooked, "tiny-gpt2", items, tmp_path / "w_workers", t + budget, "cpu", config=cfg, log=lambda m: None, workers=2
+    )
     assert budget <= time.time() - t < budget + 10 and r["workers"] == 2 and r["evaluated"] == [items[1].name], r
     assert r["cut"]["phase"] == "sae" and r["cut"]["sae"] == items[0].name and r["cut"]["saes"] == [items[0].name]
     assert [f.name for f in dest.iterdir()] == [items[1].dest.name] and r["left"] == [items[0].name]
@@ -621,8 +631,18 @@ def test_absorption_in_workers_and_in_any_order_gives_the_same_jsons(rs, tmp_pat
         if len(exports) == 1:
             time.sleep(max(0.0, deadline - time.time()) + 2)
 
-    r = ab.run_absorption(hooked, "tiny-gpt2", items, Path("w_workers"), deadline, "cpu", config=cfg,
-                          log=lambda m: None, workers=2, on_result=slow_export)
+    r = ab.run_absorption(
+        hooked,
+        "tiny-gpt2",
+        items,
+        Path("w_workers"),
+        deadline,
+        "cpu",
+        config=cfg,
+        log=lambda m: None,
+        workers=2,
+        on_result=slow_export,
+    )
     assert sorted(r["evaluated"]) == sorted(s.name for s in items) and r["complete"] and "cut" not in r, r
     assert sorted(f.name for f in dest.iterdir()) == sorted(s.dest.name for s in items)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from sae_rdp_plugin.architectures import STOCK_NAMES
 from sae_rdp_plugin.errors import SaeRdpError
+from sae_rdp_plugin.train.config import MAX_SEED  # seeds: 0..2**63-1, as for training
 
 #: the stacked trainer implements the four stock SAELens architectures (weighting needs SAELens's trainer)
 ARCHITECTURES = STOCK_NAMES
@@ -23,8 +24,6 @@ LR_SCHEDULERS = ("constant", "cosineannealing", "cosineannealingwarmrestarts")
 #: a DGP name is part of every member id, hence of file names (members/<member_id>.json): letters, digits
 #: and ``_ . + = , -``, not starting with a dot (no path separator, no ``..``, no hidden name)
 _DGP_NAME_RE = re.compile(r"^[A-Za-z0-9_+=,-][A-Za-z0-9_.+=,-]{0,99}$")
-#: seeds go to ``torch.Generator.manual_seed``, which takes 64-bit values
-MAX_SEED = 2**63 - 1
 
 
 @dataclass

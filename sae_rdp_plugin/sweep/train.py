@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from sae_rdp_plugin.devices import check_device, memory_bytes
+from sae_rdp_plugin.devices import check_device, check_fits_memory, memory_bytes
 from sae_rdp_plugin.errors import SaeRdpError
 from sae_rdp_plugin.io import (
     FolderLock,
@@ -292,13 +292,10 @@ def _check_schedule(cfg: SweepConfig) -> None:
 
 
 def _check_data_fits(cfg: SweepConfig, device: torch.device) -> None:
-    """Refuse, before any DGP is built, data that cannot fit in twice the device's memory: a DGP's concept
-    vectors (m x d, built in float64) and data-stream chunks (64 batches of d + m values), and the held-out
-    evaluation sample of every DGP (``eval_samples`` x (d + m) values)."""
-    total = memory_bytes(device)
-    if total is None:
-        return
-    limit = 2 * total
+    """Refuse, before any DGP is built, data that cannot fit in twice the device's memory
+    (:func:`~sae_rdp_plugin.devices.check_fits_memory`): a DGP's concept vectors (m x d, built in float64) and
+    data-stream chunks (64 batches of d + m values), and the held-out evaluation sample of every DGP
+    (``eval_samples`` x (d + m) values)."""
     item = max(4, torch.finfo(getattr(torch, cfg.dtype)).bits // 8)
     eval_need = 0
     for g in cfg.dgps:
@@ -308,17 +305,9 @@ def _check_data_fits(cfg: SweepConfig, device: torch.device) -> None:
         except (TypeError, ValueError):
             m = 0  # a bad saelens_config is refused when the DGP is built
         need = 8 * 3 * m * d + 64 * cfg.batch_size * (d + m) * item
-        if need > limit:
-            raise SaeRdpError(
-                f"DGP {g.name!r} (m={m}, d={d}) needs about {need / 2**30:,.1f} GiB, more than twice the "
-                f"{total / 2**30:,.1f} GiB of {device}; lower its d or m (or batch_size)"
-            )
+        check_fits_memory(need, f"DGP {g.name!r} (m={m}, d={d})", "its d or m (or batch_size)", device)
         eval_need += cfg.eval_samples * (d + m) * item
-    if eval_need > limit:
-        raise SaeRdpError(
-            f"eval_samples={cfg.eval_samples} needs about {eval_need / 2**30:,.1f} GiB of held-out data, more than "
-            f"twice the {total / 2**30:,.1f} GiB of {device}; lower eval_samples"
-        )
+    check_fits_memory(eval_need, f"the held-out data of eval_samples={cfg.eval_samples}", "eval_samples", device)
 
 
 def group_bytes(cfg: SweepConfig, width: int, d: int, n_members: int, arch: str) -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_rdp_plugin.architectures import architecture_help
-from sae_rdp_plugin.errors import SaeRdpError
+from sae_rdp_plugin.errors import SaeRdpError, exc_line
 from sae_rdp_plugin.train.config import SyntheticStreamConfig, TrainConfig
 
 DEFAULT_TIMEOUT_S = 600.0
@@ -177,7 +177,7 @@ def _check_sae_kwargs(cfg: TrainConfig) -> None:
     try:
         TrainingSAEConfig.from_dict(cfg_dict)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        reason = exc_line(exc)
         raise SaeRdpError(f"--sae-kwargs {json.dumps(cfg.sae_kwargs)}: SAELens refuses it ({reason})") from None
 
 

@@ -475,7 +475,7 @@ def _train_pipeline(args: argparse.Namespace) -> int:
     """--model: the activation pipeline and train_on_model; everything is checked before anything is written,
     and all that does not need the weights before the model loads."""
     from sae_rdp_plugin.devices import check_fits_memory
-    from sae_rdp_plugin.errors import SaeRdpError
+    from sae_rdp_plugin.errors import SaeRdpError, exc_line
     from sae_rdp_plugin.lm.models import hf_model
     from sae_rdp_plugin.lm.pipeline import PipelineConfig
     from sae_rdp_plugin.train.config import sae_train_bytes
@@ -545,7 +545,7 @@ def _train_pipeline(args: argparse.Namespace) -> int:
     except SaeRdpError:
         raise
     except Exception as exc:
-        raise SaeRdpError(f"cannot load model {args.model!r}: {str(exc).splitlines()[0][:160]}") from exc
+        raise SaeRdpError(f"cannot load model {args.model!r}: {exc_line(exc)}") from exc
     train, held, held_note, corpus_bos = rows if rows is not None else dataset_tokens(args.dataset, tok, context)
     d_in = model.get_input_embeddings().embedding_dim
     cfgs = train_configs(args, d_in=d_in)
@@ -595,7 +595,7 @@ def _train_pipeline(args: argparse.Namespace) -> int:
 
 
 def _train_lm(args: argparse.Namespace) -> int:
-    from sae_rdp_plugin.errors import SaeRdpError
+    from sae_rdp_plugin.errors import SaeRdpError, exc_line
     from sae_rdp_plugin.train.saelens import load_dataset_arg, runner_config, train_language_model
 
     context_size = args.context_size or 128
@@ -621,7 +621,7 @@ def _train_lm(args: argparse.Namespace) -> int:
     except SaeRdpError:
         raise
     except Exception as exc:
-        raise SaeRdpError(f"cannot load model {args.model!r} offline: {str(exc).splitlines()[0][:160]}") from exc
+        raise SaeRdpError(f"cannot load model {args.model!r} offline: {exc_line(exc)}") from exc
     if args.hook not in model.hook_dict:
         raise SaeRdpError(f"hook {args.hook!r} not in model (e.g. blocks.0.hook_resid_post)")
     cfg = train_config(args, d_in=int(model.cfg.d_model))

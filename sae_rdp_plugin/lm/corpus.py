@@ -100,7 +100,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from sae_rdp_plugin.errors import SaeRdpError
+from sae_rdp_plugin.errors import SaeRdpError, exc_line
 from sae_rdp_plugin.io import (
     atomic_save,
     atomic_write_bytes,
@@ -1703,7 +1703,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.call_mib} MiB of payload each"
             )
     except (SaeRdpError, OSError, KeyError, json.JSONDecodeError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = exc_line(exc, None)
         print(f"error: {msg}", file=sys.stderr)
         return 2
     return 0

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from sae_rdp_plugin.errors import SaeRdpError
+from sae_rdp_plugin.errors import SaeRdpError, exc_line
 from sae_rdp_plugin.io import folder_holds_only, read_json_object, replace_dir
 from sae_rdp_plugin.sweep.config import SweepConfig
 from sae_rdp_plugin.sweep.members import Member, group_members
@@ -133,7 +133,7 @@ def export_member(out_dir: str | Path, member_id: str, dest: str | Path) -> Path
             if mb.architecture == "batchtopk":
                 sd["topk_threshold"] = f.get_tensor("buf.topk_threshold")[i]
     except (SafetensorError, OSError, IndexError) as exc:
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        reason = exc_line(exc, 120)
         raise SaeRdpError(f"group weights {weights} are unreadable ({reason})") from None
     spec = {g.name: g for g in cfg.dgps}.get(mb.dgp)
     d = spec.input_dim if spec is not None and spec.input_dim else int(W_enc.shape[0])

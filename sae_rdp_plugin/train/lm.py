@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sae_rdp_plugin.errors import SaeRdpError
+from sae_rdp_plugin.errors import SaeRdpError, exc_line
 from sae_rdp_plugin.io import atomic_write_json
 from sae_rdp_plugin.rdp.metrics import rate_distortion
 from sae_rdp_plugin.train.config import TrainConfig
@@ -803,7 +803,7 @@ def train_saes(
                     project=wandb_project, config={f"{r.hook}/{r.name}": dataclasses.asdict(r.cfg) for r in runs}
                 )
             except wandb.Error as exc:  # not logged in, bad project name, ...
-                line = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+                line = exc_line(exc)
                 raise SaeRdpError(f"--wandb-project {wandb_project}: wandb refused to start ({line})") from None
         bar = _Progress(tokens, runs, progress and main, wandb)
         fwd0, wait0 = (_forward_seconds(stats) if stream.n else 0.0), stream.wait_s

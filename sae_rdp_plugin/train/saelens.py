@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from sae_rdp_plugin.architectures import check_architecture, is_weighted
-from sae_rdp_plugin.errors import SaeRdpError
+from sae_rdp_plugin.errors import SaeRdpError, exc_line
 from sae_rdp_plugin.rdp.metrics import rate_distortion
 from sae_rdp_plugin.train.config import TrainConfig, sae_config_dict
 from sae_rdp_plugin.train.synthetic import MAGNITUDE_STD, make_synthetic_source
@@ -385,7 +385,7 @@ def _load_resume(trainer: Any, sae: Any, resume: Path) -> None:
         trainer.load_trainer_state(resume)
         sae.load_weights_from_checkpoint(resume)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        reason = exc_line(exc)
         raise SaeRdpError(f"--resume {resume}: cannot load the checkpoint ({reason})") from None
     # SAETrainer saves a checkpoint inside a step, after counting its samples but before counting the step
     trainer.n_training_steps = trainer.n_training_samples // trainer.cfg.train_batch_size_samples

@@ -1214,15 +1214,11 @@ def check_args(args: argparse.Namespace) -> None:
     if args.corpus is not None:
         _check_corpus(Path(args.corpus))
     elif args.tokens is not None or args.heldout_tokens is not None:
-        from sae_rdp_plugin.devices import memory_bytes
+        from sae_rdp_plugin.devices import check_fits_memory
 
-        total = memory_bytes("cpu")
         n = 1.25 * (args.tokens or 0) + (args.heldout_tokens or 0)
-        if total and n * 12 > 2 * total:  # int64 draw + int32 rows per token
-            raise SaeRdpError(
-                f"--tokens / --heldout-tokens: {n:.3g} random tokens need ~{n * 12 / 2**30:.0f} GiB, far above "
-                f"this machine's {total / 2**30:.0f} GiB; lower --tokens / --heldout-tokens"
-            )
+        # int64 draw + int32 rows per token
+        check_fits_memory(n * 12, f"--tokens / --heldout-tokens ({n:.3g} random tokens)", "--tokens / --heldout-tokens")
     if args.work is not None and Path(args.work).exists() and not Path(args.work).is_dir():
         raise SaeRdpError(f"--work {args.work} exists and is not a folder")
     check_results_folder(args.out, "--out")

@@ -71,6 +71,7 @@ CASES = [
     ("bench-tokens-zero", _nothing, [*BE, "--tokens", "0"], {}, "--tokens"),
     ("bench-baseline-tokens-zero", _nothing, [*BE, "--baseline-tokens", "0"], {}, "--baseline-tokens"),
     ("bench-heldout-zero", _nothing, [*BE, "--heldout-tokens", "0"], {}, "--heldout-tokens"),
+    ("bench-tokens-huge", _nothing, [*BE, "--tokens", str(10**15)], {}, "lower --tokens / --heldout-tokens"),
     ("bench-context-zero", _nothing, [*BE, "--context", "0"], {}, "--context"),
     ("bench-warmup-negative", _nothing, [*BE, "--warmup-steps", "-1"], {}, "--warmup-steps"),
     ("bench-seed-negative", _nothing, [*BE, "--seed", "-1"], {}, "--seed"),

@@ -21,3 +21,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def small_sweep(tmp_path_factory):
+    """tests/small_sweep.py's sweep, trained once per session: a finished sweep folder that tests copy before
+    changing anything in it."""
+    from small_sweep import SWEEP
+
+    from sae_rdp_plugin.sweep.config import SweepConfig
+    from sae_rdp_plugin.sweep.train import train_sweep
+
+    out = tmp_path_factory.mktemp("small_sweep") / "full"
+    train_sweep(SweepConfig.from_dict(SWEEP), out, progress=False)
+    return out

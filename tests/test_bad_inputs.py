@@ -19,26 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from small_sweep import SWEEP  # 2 groups (topk, standard) x 2 seeds = 4 members
 
 from sae_rdp_plugin.cli import main
 from sae_rdp_plugin.errors import SaeRdpError
 
-# a sweep of 2 groups (topk, standard) x 2 seeds = 4 members; ``partial`` trains only the topk group
-SWEEP = {
-    "dgps": [{"name": "a", "m": 4, "d": 8, "rho": 0.5, "q": 0.2}],
-    "architectures": ["topk", "standard"],
-    "widths": [4],
-    "ks": [1],
-    "seeds": [0, 1],
-    "steps": 5,
-    "batch_size": 16,
-    "eval_samples": 64,
-    "checkpoint_every": 5,
-}
-
 
 @pytest.fixture(scope="module")
-def sweeps(tmp_path_factory) -> dict[str, Path]:
+def sweeps(tmp_path_factory, small_sweep) -> dict[str, Path]:
     from sae_rdp_plugin.io import atomic_write_json
     from sae_rdp_plugin.sweep.config import SweepConfig
     from sae_rdp_plugin.sweep.export import export_member
@@ -46,7 +34,7 @@ def sweeps(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("sweeps")
     cfg = SweepConfig.from_dict(SWEEP)
-    train_sweep(cfg, root / "full", progress=False)
+    shutil.copytree(small_sweep, root / "full")
     train_sweep(cfg, root / "partial", progress=False, groups=["topk_w4_d8_c0"])  # as if killed half-way
     # group weights cut short (a damaged disk or copy): topk done, standard interrupted at step 3
     shutil.copytree(root / "full", root / "truncated")

@@ -10,20 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from small_sweep import SWEEP
 
 from sae_rdp_plugin.cli import main
 
-SWEEP = {
-    "dgps": [{"name": "a", "m": 4, "d": 8, "rho": 0.5, "q": 0.2}],
-    "architectures": ["topk", "standard"],
-    "widths": [4],
-    "ks": [1],
-    "seeds": [0, 1],
-    "steps": 5,
-    "batch_size": 16,
-    "eval_samples": 64,
-    "checkpoint_every": 5,
-}
 MEMBER = "a__topk__w4__k1__s0__random"
 DIST = "distributed train --device cpu --d-in 8 --d-sae 16 --k 2 --n-features 16 --batch 16 --steps 2"
 GRID = "distributed grid --device cpu --d-in 8 --d-sae 16 --n-features 16 --batch 16 --steps 2"
@@ -35,13 +25,11 @@ def _cfg(**over) -> dict:
 
 
 @pytest.fixture(scope="module")
-def sweeps(tmp_path_factory) -> dict[str, Path]:
-    from sae_rdp_plugin.sweep.config import SweepConfig
+def sweeps(tmp_path_factory, small_sweep) -> dict[str, Path]:
     from sae_rdp_plugin.sweep.export import export_member
-    from sae_rdp_plugin.sweep.train import train_sweep
 
     root = tmp_path_factory.mktemp("sweeps")
-    train_sweep(SweepConfig.from_dict(SWEEP), root / "full", progress=False)
+    shutil.copytree(small_sweep, root / "full")
     export_member(root / "full", MEMBER, root / "export")
     return {k: root / k for k in ("full", "export")}
 

@@ -144,13 +144,15 @@ class LaggedDeadCount:
         if target <= window:
             return  # no latent is dead before the window has passed (the steps pass no dead mask then)
         cuda = counters.device.type == "cuda"
-        if not self.slots:  # one slot per step in flight, reused: read (bound) before it is written again
-            self.slots = [[-1, torch.zeros((), dtype=torch.int64, pin_memory=cuda), None] for _ in range(self.lag)]
+        if not self.slots:  # one slot per step in flight, reused (read by bound before it is written again)
+            self.slots = [
+                [-1, torch.zeros((), dtype=torch.int64, pin_memory=cuda), torch.cuda.Event() if cuda else None]
+                for _ in range(self.lag)
+            ]
         slot = self.slots[target % self.lag]
         slot[1].copy_((counters > window - self.lag).sum(), non_blocking=cuda)
         slot[0] = target
-        if cuda:
-            slot[2] = torch.cuda.Event()
+        if slot[2] is not None:
             slot[2].record()
 
     def bound(self, step: int) -> int | None:

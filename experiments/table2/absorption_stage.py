@@ -94,6 +94,8 @@ from typing import Any
 
 from probing_stage import ProbeSAE
 
+from sae_rdp_plugin.io import sha256_file
+
 EVAL_TYPE = "absorption_first_letter"
 PROBE_BATCH = 1024  # prompts of ~90 tokens; stopping after the hook's block keeps a batch well under 10 GB
 BATCH_DEFAULTS = {"llm_batch_size": 256, "eval_k_sparse_probe_batch_size": 1024}
@@ -544,7 +546,7 @@ def check_carried(folder: Path, model: Any, cfg: Any, layer: int, vocab_sample: 
         f = folder / name
         if not f.is_file():
             raise ProbeRefused(f"{name} missing from {folder}")
-        if _sha256(f.read_bytes()) != sha:
+        if sha256_file(f) != sha:
             raise ProbeRefused(f"{name}: sha256 differs from the manifest's")
     want = {
         "saebench_version": _saebench_version(),
@@ -671,7 +673,7 @@ def write_carry(
         "layer": layer,
         "probe_config": probe_config(cfg, layer, vocab_sample),
         "vocabulary": got["vocabulary"],
-        "files": {"probe.pth": _sha256((tmp / "probe.pth").read_bytes())},
+        "files": {"probe.pth": sha256_file(tmp / "probe.pth")},
         "csvs": got["csvs"],
         "data_sha256": got["data_sha256"],
     }

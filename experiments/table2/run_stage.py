@@ -382,10 +382,27 @@ def saebench_compat(sae: Any, plan_sae: dict) -> None:
     c.model_from_pretrained_kwargs = {}
 
 
+def _sync(device: str) -> None:
+    """Wait for the device's queued work, so that a phase's wall time includes its kernels."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def core_eval(
-    sae: Any, hooked: Any, held: np.ndarray, ignore: set[int], plan_sae: dict, step: str, args: argparse.Namespace
+    sae: Any,
+    hooked: Any,
+    held: np.ndarray,
+    ignore: set[int],
+    plan_sae: dict,
+    step: str,
+    args: argparse.Namespace,
+    phases: dict[str, float] | None = None,
 ) -> dict:
-    """SAEBench's core output for one SAE (its own run_evals / calculate_misc_metrics / save_single_eval_result)."""
+    """SAEBench's core output for one SAE (its own run_evals / calculate_misc_metrics / save_single_eval_result).
+    ``phases``, when given, receives the wall seconds of each part (``store``: SAELens's ActivationsStore;
+    ``run_evals``: SAEBench's batches; ``save``: misc metrics and the pydantic output), for planning."""
     import tempfile
 
     from datasets import Dataset
@@ -406,6 +423,7 @@ def core_eval(
     md.hook_name, md.model_name, md.context_size = plan_sae["hook"], plan_sae["model"], ctx
     md.prepend_bos = False  # the corpus rows already start with BOS
     saebench_compat(sae, plan_sae)
+    t0 = time.perf_counter()
     ds = Dataset.from_dict({"tokens": held.astype(np.int64)})
     store = ActivationsStore.from_sae(
         hooked,
@@ -435,7 +453,10 @@ def core_eval(
         compute_featurewise_weight_based_metrics=True,
         llm_dtype="float32",
     )
+    t1 = time.perf_counter()
     metrics, feature_metrics = run_evals(sae, store, hooked, cfg, ignore_tokens=ignore)
+    _sync(args.device)
+    t2 = time.perf_counter()
     metrics["misc_metrics"] = calculate_misc_metrics(feature_metrics)
     result = replace_nans_with_negative_one(
         {
@@ -450,6 +471,8 @@ def core_eval(
         p = Path(td) / "core.json"
         save_single_eval_result(result, get_eval_uuid(), get_sae_lens_version(), get_sae_bench_version(), str(p), sae)
         obj = json.loads(p.read_text())
+    if phases is not None:
+        phases.update(store=t1 - t0, run_evals=t2 - t1, save=time.perf_counter() - t2)
     # where the SAE reads and its training architecture, at the top level as well (SAELens 6 keeps the first two
     # under "metadata"; a weighted_topk SAE is saved as a stock "topk" inference SAE)
     f, lev = level_of(plan_sae)
@@ -899,6 +922,7 @@ def main(argv: list[str] | None = None) -> int:
         progress()  # the trained SAEs' summaries, before the evals
     evaluated, eval_skipped, proxied, eval_left = [], [], [], []
     eval_s: dict[str, tuple[float, float]] = {}  # (core, proxies) seconds per evaluated SAE
+    core_phases: dict[str, dict[str, float]] = {}  # where a core eval's seconds go (load, store, ...)
     folds: dict[str, dict] = {}  # per SAE loaded for its evals: saebench_fold's record
     if not args.no_eval and not calibration_stage(stage):
         from saebench_fold import fold_for_saebench
@@ -921,8 +945,9 @@ def main(argv: list[str] | None = None) -> int:
             # as SAEBench's loader folds an SAE it loads by name (core gets the object); the proxies are unchanged
             # by it (per-latent positive scales: top activations per latent, L0, decoder cosines)
             folds[s["id"]] = fold_for_saebench(sae)
+            phases: dict[str, float] = {"load": time.perf_counter() - t_sae}
             if not js.is_file():
-                obj = core_eval(sae, hooked, held, ignore, s, step, args)
+                obj = core_eval(sae, hooked, held, ignore, s, step, args, phases)
                 validate_core(obj)
                 atomic_json(js, obj)
                 evaluated.append(s["id"])
@@ -934,6 +959,7 @@ def main(argv: list[str] | None = None) -> int:
                 proxied.append(s["id"])
             # per SAE, for planning the next calls (a core eval's cost varies with the width and architecture)
             eval_s[s["id"]] = (t_core - t_sae, time.perf_counter() - t_core)
+            core_phases[s["id"]] = {k: round(v, 2) for k, v in phases.items()}
             progress()
 
     calibration = None
@@ -955,7 +981,10 @@ def main(argv: list[str] | None = None) -> int:
             "core_existing": eval_skipped,
             "proxies_evaluated": proxied,
             "evals_left_for_later": eval_left,
-            "eval_seconds": {i: {"core": round(c, 2), "proxies": round(q, 2)} for i, (c, q) in eval_s.items()},
+            "eval_seconds": {
+                i: {"core": round(c, 2), "proxies": round(q, 2), "core_phases": core_phases.get(i, {})}
+                for i, (c, q) in eval_s.items()
+            },
             "saebench_fold": folds,
             "tokens_scale": args.tokens_scale,
             "corpus": corpus,

@@ -207,6 +207,10 @@ def test_stage_end_to_end_resume_and_audit(rs, tmp_path, capsys):
     assert len(third["core_existing"]) == 2 and (export / "T-tiny.tar.xz").is_file()
     ((sid, secs),) = third["eval_seconds"].items()
     assert sid in third["core_evaluated"] and secs["core"] > 0 and secs["proxies"] > 0
+    # the core eval's parts: each measured, together within the core eval's seconds
+    assert set(secs["core_phases"]) == {"load", "store", "run_evals", "save"}
+    assert all(v >= 0 for v in secs["core_phases"].values()) and secs["core_phases"]["run_evals"] > 0
+    assert sum(secs["core_phases"].values()) <= secs["core"] + 0.05
     assert sum(not (out / "core" / n).is_file() for n in gone) == 2
     assert rs.main(_argv(plan, corpus, out, export)) == 0  # the next call does the rest
     fourth = json.loads((out / "stage_T-tiny.json").read_text())["calls"][3]

@@ -370,3 +370,63 @@ def test_wsae_variant_lines_from_core_and_proxy_jsons(tmp_path):
         "- WSAE `k32_alpha1` (s0, s1): `ce_loss_score` 0.025, -0.013; `explained_variance_legacy` 0.395, 0.385; "
         "held-out dead-latent fraction 0.96, 0.97.",
     ]
+
+
+def test_replicate_rows_and_lines_match_brute_force_v(results, capsys):
+    """A replicate (results/replicates/<model>-L<layer>-<arch>-r<N>/): its own V by enumeration, tagged, in
+    table2.json's "replicates" (not its "rows"), and a FINDINGS line setting it next to the committed sweep's V."""
+    tmp, truth = results
+    rep = _report()
+    rng = np.random.default_rng(11)
+    folder = tmp / "results" / "replicates" / "gemma3-270m-L9-topk-r2"
+    release = "table2-gemma3-270m-L9-topk"
+    rows_r2 = []
+    for (w, lev, step), t in zip(product((4096, 16384), range(3), ("final", "5000")), truth["topk"]):
+        sid = f"blocks.9.hook_resid_post__w{w}_lev{lev}_s0_step_{step}"
+        ev, acc = 1 - t[1] + float(rng.normal(0, 0.01)), float(rng.uniform(0.6, 0.9))  # same L0, other accuracies
+        core = {
+            "sparsity": {"l0": t[0]},
+            "reconstruction_quality": {"explained_variance": 1.0, "explained_variance_legacy": ev, "mse": t[3]},
+            "model_performance_preservation": {"ce_loss_score": t[4]},
+        }
+        _write(folder / "core", "core", release, sid, w, core)
+        probe = {"sae": {"sae_top_1_test_accuracy": acc}, "llm": {"llm_test_accuracy": 0.95}}
+        _write(folder / "sparse_probing_sae_probes", "sparse_probing_sae_probes", release, sid, w, probe)
+        rows_r2.append((t[0], 1 - ev, -acc))
+    r2 = np.array(rows_r2)
+    out = tmp / "t2"
+    out.mkdir()
+    (out / "FINDINGS.md").write_text(f"head\n{rep.BEGIN}\n{rep.END}\n")
+    argv = ["--results", str(tmp / "results"), "--out", str(out), "--n-boot", "50", "--n-perm", "50"]
+    assert rep.main(argv) == 0
+    table = json.loads((out / "table2.json").read_text())
+    col = "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"
+    (row,) = [r for r in table["replicates"] if r["proxy"] == col]
+    v, n = _brute_v(r2[:, 0], r2[:, 1], r2[:, 2])
+    assert row["replicate"] == "gemma3-270m-L9-topk-r2" and row["architecture"] == "topk"
+    where = (row["model"], row["layer"], row["grouping"], row["distortion"])
+    assert where == ("gemma3-270m", 9, "architecture", "1-EV")
+    assert row["n_saes"] == 12 and row["n_pairs"] == n and row["V"] == pytest.approx(v, abs=1e-12)
+    assert not any("replicate" in r for r in table["rows"])  # the committed sweeps' rows are unchanged in kind
+    t = truth["topk"]
+    v_main, n_main = _brute_v(t[:, 0], t[:, 1], t[:, 2])
+    doc = (out / "FINDINGS.md").read_text()
+    assert "`gemma3-270m-L9-topk-r2` (topk): 12 SAEs" in doc
+    assert f"`{col}`: V = {v:.3f} [" in doc and f"over 12 SAEs and {n} pairs" in doc
+    assert f"committed sweep {v_main:.3f} [" in doc and f"difference {v - v_main:+.3f}." in doc
+    assert n_main > 0 and (out / "audit" / "replicates" / "gemma3-270m-L9-topk-r2" / "architecture_1EV").is_dir()
+
+    # a replicate named otherwise, or holding another architecture's SAEs: one error line, nothing written
+    before = (out / "table2.json").read_bytes()
+    audit_json = next((out / "audit" / "gemma3-270m-L9").rglob("*.json"))
+    mtime = audit_json.stat().st_mtime_ns
+    for bad, fix in (("topk-again", None), ("gemma3-270m-L9-standard-r3", "standard")):
+        dst = folder.parent / bad
+        folder.rename(dst)
+        with pytest.raises(SystemExit) as e:
+            rep.main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and bad in err[0], err
+        assert (out / "table2.json").read_bytes() == before and audit_json.stat().st_mtime_ns == mtime
+        dst.rename(folder)
+        assert fix is None or "not table2-gemma3-270m-L9-standard alone" in err[0]

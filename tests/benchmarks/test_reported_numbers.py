@@ -636,8 +636,41 @@ def test_table2_session_of_2026_12_05_quoted():
             f"{parts['vocabulary']:.1f} s, activations {parts['activations']:.1f} s, probe training "
             f"{parts['probe_training']:.1f} s, saving {parts['probe_save']:.1f} s)",
             f"then the {a['workers']} workers started and each spent the remaining {a['cut']['ran_s']:.0f} s",
-            f"| {dev[3]['wall_s']:.0f} (2026-12-05) |",
         ],
         text,
     )
     assert f"{dev[3]['wall_s']:.0f}" == "472" and a["mode"] == "child"
+
+
+def test_table2_second_session_of_2026_12_05_quoted():
+    """table2 README section 6 on the second 2026-12-05 session: its device calls, the replicate's stage records
+    and the split of the core evals' seconds."""
+    first = json.loads((ROOT / "experiments/table2/results/gemma3-270m-L9/device_calls_2026-12-05.json").read_text())[
+        "calls"
+    ]
+    rep = ROOT / "experiments/table2/results/replicates/gemma3-270m-L9-topk-r2"
+    record = json.loads((rep / "device_calls_2026-12-05-s2.json").read_text())
+    dev, refused = record["calls"], record["refused"]
+    (t,) = json.loads((rep / "stage_T-gemma3-270m-9-topk.json").read_text())["calls"]
+    (e,) = json.loads((rep / "stage_E-gemma3-270m-9.json").read_text())["calls"]
+    assert len(t["trained"]) == 10 and len(t["core_evaluated"]) == len(t["proxies_evaluated"]) == 20
+    assert len(e["sparse_probing"]["evaluated"]) == 20 and dev[4]["wall_s"] is None
+    secs = t["eval_seconds"].values()
+    run = [x["core_phases"]["run_evals"] for x in secs]
+    core = [x["core"] for x in secs]
+    other = [v for x in secs for k, v in x["core_phases"].items() if k != "run_evals"]
+    text = _flat("experiments/table2/README.md", after="Still missing for Gemma-3-270M layer 9")
+    _assert_quoted(
+        [
+            f"T with `probes.sh` {dev[2]['wall_s']:.0f} s (the stage's record {t['wall_s']:.0f} s), E sparse probing "
+            f"{dev[3]['wall_s']:.0f} s for 20",
+            f"{refused['calls']} calls before it had been refused, which cost "
+            f"{refused['budget_left_s_before'] - refused['budget_left_s_after']} s",
+            f"absorption with {dev[4]['command'].split()[-1]} s",
+            f"| {first[3]['wall_s']:.0f}-{dev[2]['wall_s']:.0f} |",
+            f"{min(run):.1f}-{max(run):.1f} s per SAE (16 batches of 8 x 128 tokens) of the "
+            f"{min(core):.1f}-{max(core):.1f} s",
+        ],
+        text,
+    )
+    assert max(other) < 0.1  # "loading, SAELens's ActivationsStore and saving take hundredths"

@@ -290,6 +290,7 @@ def offline_absorption(
     progress: Callable[[str, float], None] | None = None,
     vocab_sample: int | None = None,
     ksp_cache_nnz: int | None = None,
+    cache_stats: Callable[[dict[str, int]], None] | None = None,
 ):
     """Within the block SAEBench's absorption eval uses ``model``, writes only under ``work`` and runs batched
     (module doc). ``progress(part, seconds)`` is called after each timed part of SAEBench's eval: the vocabulary
@@ -298,7 +299,9 @@ def offline_absorption(
     ``vocab_sample``: smoke runs only, not SAEBench's eval: its vocabulary cut to a fixed sample of that many
     words (seeded, in token-id order), for the probe and the absorption prompts alike.
     ``ksp_cache_nnz``: the cap of the k-sparse probes' activation cache (:class:`CachedSaeActs`, emptied when each
-    SAE's k-sparse probing ends); default ``KSP_CACHE_NNZ``, 0: no cache (SAEBench's ``_get_sae_acts``)."""
+    SAE's k-sparse probing ends); default ``KSP_CACHE_NNZ``, 0: no cache (SAEBench's ``_get_sae_acts``).
+    ``cache_stats(counts)`` is called when an SAE's k-sparse probing ends, with the cache's counts for that SAE
+    (:class:`CachedSaeActs` ``stats``: builds, hits, over_cap, plain), so that a record shows whether it served."""
     import sae_bench.evals.absorption.common as common
     import sae_bench.evals.absorption.feature_absorption_calculator as fac
     import sae_bench.evals.absorption.k_sparse_probing as ksp_mod
@@ -383,6 +386,9 @@ def offline_absorption(
         finally:
             if acts_cache is not None:
                 acts_cache.clear()  # this SAE's activations
+                if cache_stats is not None:
+                    cache_stats(dict(acts_cache.stats))
+                acts_cache.stats = dict.fromkeys(acts_cache.stats, 0)
 
     am.run_k_sparse_probing_experiment = timed("k_sparse_probing", ksp_run)
     am.run_feature_absortion_experiment = timed("absorption_experiment", absorption_experiment)
@@ -764,7 +770,10 @@ def _work(
         def part(name: str, s: float) -> None:
             send(("part", name, s))
 
-        with offline_absorption(model, model_name, work, probe_batch, part, vocab_sample):
+        def cache(counts: dict[str, int]) -> None:
+            send(("ksp_cache", counts))
+
+        with offline_absorption(model, model_name, work, probe_batch, part, vocab_sample, cache_stats=cache):
             raw.mkdir(parents=True, exist_ok=True)
             sae_s: list[float] = []
             while True:
@@ -935,6 +944,9 @@ def run_absorption(
             else:
                 return
             parts[ev[1]] = round(parts.get(ev[1], 0.0) + ev[2], 2)
+        elif kind == "ksp_cache" and state["phase"] == "sae" and state["sae"] is not None:
+            # the k-sparse probes' activation cache per SAE: over_cap > 0 means SAEBench's re-encoding ran
+            rec.setdefault("ksp_cache", {})[state["sae"]] = ev[1]
         elif kind == "probe_done":
             rec["probe_s"] = round(ev[1], 2)
             rec.update(ev[2])

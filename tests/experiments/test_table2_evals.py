@@ -550,12 +550,15 @@ def test_absorption_in_workers_and_in_any_order_gives_the_same_jsons(rs, tmp_pat
             made.append(self)
 
     monkeypatch.setattr(ab, "CachedSaeActs", Recorded)
-    forward, _ = run("forward", [0, 1, 2], inline=True)
+    forward, rec_forward = run("forward", [0, 1, 2], inline=True)
     assert len(forward) == 3
     # the k-sparse probes took their SAE activations from the cache: one encoding per SAE, the other calls sliced
     # (26 letters x max_k_value 3 calls per SAE); the test split's calls without ids went to SAEBench's function
-    assert len(made) == 1 and made[0].stats["builds"] == 3 and made[0].stats["over_cap"] == 0, made[0].stats
-    assert made[0].stats["hits"] == 3 * (26 * 3 - 1) and made[0].stats["plain"] > 0, made[0].stats
+    # (counted per SAE: the stage record's ksp_cache; the counts restart with each SAE)
+    assert len(made) == 1 and sorted(rec_forward["ksp_cache"]) == sorted(rec_forward["sae_s"]), rec_forward
+    for counts in rec_forward["ksp_cache"].values():
+        assert counts["builds"] == 1 and counts["over_cap"] == 0 and counts["hits"] == 26 * 3 - 1, counts
+        assert counts["plain"] > 0, counts
     # the SAEs' results differ (else equality below would prove little): with decoder norms folded (saebench_fold)
     # the tiny SAEs' absorption JSONs can coincide (no absorption, one split feature each), so the per-SAE k-sparse
     # probes behind them are compared too
@@ -565,7 +568,8 @@ def test_absorption_in_workers_and_in_any_order_gives_the_same_jsons(rs, tmp_pat
     # byte (the probes' weights and the test split's scores in the metadata and raw results, the metrics)
     with monkeypatch.context() as m:
         m.setattr(ab, "KSP_CACHE_NNZ", 0)
-        assert run("nocache", [0, 1, 2], inline=True)[0] == forward and len(made) == 1
+        got_nc, rec_nc = run("nocache", [0, 1, 2], inline=True)
+        assert got_nc == forward and len(made) == 1 and "ksp_cache" not in rec_nc
 
     def ksp_files(name: str) -> dict[str, bytes]:
         root = tmp_path / f"w_{name}" / "results" / "k_sparse_probing"
@@ -580,6 +584,8 @@ def test_absorption_in_workers_and_in_any_order_gives_the_same_jsons(rs, tmp_pat
     assert np.array_equal(np.random.get_state()[1], state[1][1])
     got, rec = run("workers", [1, 2, 0], workers=2)
     assert got == forward and rec["workers"] == 2 and rec["mode"] == "child" and "probe_s" in rec
+    assert sorted(rec["ksp_cache"]) == sorted(rec["sae_s"]), rec  # the counts come back from the workers too
+    assert all(c["builds"] == 1 and c["over_cap"] == 0 and c["hits"] > 0 for c in rec["ksp_cache"].values())
     assert ksp("workers") == ksp_forward
     # the timed parts of SAEBench's eval: the probe phase's and each SAE's (within the times they are parts of)
     assert 0 < rec["probe_parts_s"]["probe_training"] and sum(rec["probe_parts_s"].values()) <= rec["probe_s"] + 0.05

@@ -67,3 +67,42 @@ def check_fits_memory(need_bytes: float, what: str, flags: str, device: Any = "c
             f"{what} needs about {need_bytes / 2**30:,.1f} GiB, more than twice the {total / 2**30:,.1f} GiB of "
             f"{device}; lower {flags}"
         )
+
+
+def profile_summary(prof: Any, wall_s: float, per: int = 1, top: int = 30, cuda: bool = False) -> dict[str, Any]:
+    """What a stopped ``torch.profiler.profile`` saw in ``wall_s`` seconds of wall time, per unit of work (``per``
+    steps or calls): ``wall_ms`` per unit; ``gpu_busy_fraction``, the union of the device kernels' time spans over
+    the wall time (None without ``cuda``: a low value means the host, not the GPU, sets the pace);
+    ``host_syncs`` per unit (``aten::_local_scalar_dense``: ``.item()``, ``.tolist()`` and the like); ``top``: the
+    ``top`` ops by self time per unit (device time with ``cuda``, else CPU time)."""
+    import torch
+
+    rows = []
+    for ev in prof.key_averages():
+        self_dt = getattr(ev, "self_device_time_total", getattr(ev, "self_cuda_time_total", 0)) if cuda else 0
+        if cuda and self_dt <= 0:
+            continue
+        dt = self_dt if cuda else ev.self_cpu_time_total
+        rows.append({"name": ev.key[:110], "calls_per_step": ev.count / per, "ms_per_step": dt / 1e3 / per})
+    rows.sort(key=lambda r: -r["ms_per_step"])
+    events = prof.events()
+    syncs = sum(1 for e in events if e.name == "aten::_local_scalar_dense")
+    busy = None
+    if cuda:
+        spans = sorted(
+            (e.time_range.start, e.time_range.end)
+            for e in events
+            if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start
+        )
+        busy_us, end = 0.0, float("-inf")
+        for a, z in spans:  # the union of the intervals
+            if z > end:
+                busy_us += z - max(a, end)
+                end = z
+        busy = busy_us / 1e6 / wall_s
+    return {
+        "wall_ms_per_step": 1e3 * wall_s / per,
+        "gpu_busy_fraction": busy,
+        "host_syncs_per_step": syncs / per,
+        "top": rows[:top],
+    }

@@ -393,38 +393,10 @@ class StepProfiler:
             self.out = {"error": f"{type(exc).__name__}: {exc}"}
 
     def _summary(self, prof: Any, steps: int, wall: float) -> dict[str, Any]:
-        cuda = self.device.startswith("cuda")
-        rows = []
-        for ev in prof.key_averages():
-            self_dt = getattr(ev, "self_device_time_total", getattr(ev, "self_cuda_time_total", 0)) if cuda else 0
-            if cuda and self_dt <= 0:
-                continue
-            dt = self_dt if cuda else ev.self_cpu_time_total
-            rows.append({"name": ev.key[:110], "calls_per_step": ev.count / steps, "ms_per_step": dt / 1e3 / steps})
-        rows.sort(key=lambda r: -r["ms_per_step"])
-        events = prof.events()
-        syncs = sum(1 for e in events if e.name == "aten::_local_scalar_dense")
-        busy = None
-        if cuda:
-            spans = sorted(
-                (e.time_range.start, e.time_range.end)
-                for e in events
-                if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start
-            )
-            busy_us, end = 0.0, float("-inf")
-            for a, z in spans:  # union of the intervals
-                if z > end:
-                    busy_us += z - max(a, end)
-                    end = z
-            busy = busy_us / 1e6 / wall
-        return {
-            "start_step": self.start,
-            "steps": steps,
-            "wall_ms_per_step": 1e3 * wall / steps,
-            "gpu_busy_fraction": busy,
-            "host_syncs_per_step": syncs / steps,
-            "top": rows[: self.top],
-        }
+        from sae_rdp_plugin.devices import profile_summary
+
+        out = profile_summary(prof, wall, per=steps, top=self.top, cuda=self.device.startswith("cuda"))
+        return {"start_step": self.start, "steps": steps, **out}
 
     def result(self) -> dict[str, Any] | None:
         return self.out

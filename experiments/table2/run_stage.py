@@ -390,6 +390,27 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def profiled(fn: Callable[[], Any], device: str, top: int = 15) -> tuple[Any, dict]:
+    """``fn()`` under ``torch.profiler`` and what it saw (:func:`sae_rdp_plugin.devices.profile_summary`: GPU busy
+    share, host syncs, the top ops); a profiler that fails leaves ``fn``'s result and records why."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from sae_rdp_plugin.devices import profile_summary
+
+    cuda = str(device).startswith("cuda")
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    _sync(device)
+    t = time.perf_counter()
+    with profile(activities=acts) as prof:
+        out = fn()
+        _sync(device)
+    wall = time.perf_counter() - t
+    try:
+        return out, profile_summary(prof, wall, top=top, cuda=cuda)
+    except Exception as exc:  # noqa: BLE001 - a diagnostic: its failure must not lose the eval
+        return out, {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def core_eval(
     sae: Any,
     hooked: Any,
@@ -733,6 +754,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--eval-batch-prompts", type=int, default=8)
     ap.add_argument("--keep-feature-details", action="store_true")
     ap.add_argument("--proxy-rows", type=int, default=32, help="held-out rows for the rdp_proxies sample")
+    ap.add_argument(
+        "--profile-core",
+        type=int,
+        default=1,
+        help="profile the first N core evals of the call (torch.profiler; the stage record's core_profile: GPU "
+        "busy share, host syncs, top ops); 0: none",
+    )
     ap.add_argument("--buffer-tokens", type=int, default=2**19, help="activation shuffle buffer (rows)")
     ap.add_argument("--no-eval", action="store_true", help="train only")
     ap.add_argument(
@@ -810,6 +838,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         fail(f"--widths selects SAEs to train: T-* and W-* stages only, got {args.stage}")
     if args.widths is not None and min(args.widths) < 1:
         fail(f"--widths must be >= 1, got {args.widths}")
+    if args.profile_core < 0:
+        fail(f"--profile-core must be >= 0, got {args.profile_core}")
     if not args.tokens_scale > 0:
         fail(f"--tokens-scale must be > 0, got {args.tokens_scale}")
     if not args.time_budget > 0:
@@ -923,6 +953,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluated, eval_skipped, proxied, eval_left = [], [], [], []
     eval_s: dict[str, tuple[float, float]] = {}  # (core, proxies) seconds per evaluated SAE
     core_phases: dict[str, dict[str, float]] = {}  # where a core eval's seconds go (load, store, ...)
+    core_profiles: dict[str, dict] = {}  # --profile-core: what the profiler saw in the first core evals
     folds: dict[str, dict] = {}  # per SAE loaded for its evals: saebench_fold's record
     if not args.no_eval and not calibration_stage(stage):
         from saebench_fold import fold_for_saebench
@@ -947,7 +978,12 @@ def main(argv: list[str] | None = None) -> int:
             folds[s["id"]] = fold_for_saebench(sae)
             phases: dict[str, float] = {"load": time.perf_counter() - t_sae}
             if not js.is_file():
-                obj = core_eval(sae, hooked, held, ignore, s, step, args, phases)
+                if len(core_profiles) < args.profile_core:
+                    obj, core_profiles[s["id"]] = profiled(
+                        lambda: core_eval(sae, hooked, held, ignore, s, step, args, phases), args.device
+                    )
+                else:
+                    obj = core_eval(sae, hooked, held, ignore, s, step, args, phases)
                 validate_core(obj)
                 atomic_json(js, obj)
                 evaluated.append(s["id"])
@@ -986,6 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
                 for i, (c, q) in eval_s.items()
             },
             "saebench_fold": folds,
+            "core_profile": core_profiles,
             "tokens_scale": args.tokens_scale,
             "corpus": corpus,
         }

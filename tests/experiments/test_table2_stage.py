@@ -211,6 +211,10 @@ def test_stage_end_to_end_resume_and_audit(rs, tmp_path, capsys):
     assert set(secs["core_phases"]) == {"load", "store", "run_evals", "save"}
     assert all(v >= 0 for v in secs["core_phases"].values()) and secs["core_phases"]["run_evals"] > 0
     assert sum(secs["core_phases"].values()) <= secs["core"] + 0.05
+    # --profile-core (default 1): the call's first core eval under the profiler (CPU here: no GPU share)
+    ((pid, prof),) = third["core_profile"].items()
+    assert pid == sid and prof["gpu_busy_fraction"] is None and prof["top"] and prof["host_syncs_per_step"] > 0
+    assert 0 < prof["wall_ms_per_step"] / 1e3 <= secs["core"] + 0.05
     assert sum(not (out / "core" / n).is_file() for n in gone) == 2
     assert rs.main(_argv(plan, corpus, out, export)) == 0  # the next call does the rest
     fourth = json.loads((out / "stage_T-tiny.json").read_text())["calls"][3]

@@ -860,10 +860,49 @@ def _die_with_parent() -> None:
             pass
 
 
-def default_workers() -> int:
-    """SAEs evaluated in parallel by default: as the sparse-probing SAE workers, min(14, CPUs - 2), at least one
-    (the per-SAE work is mostly single-threaded Python and scikit-learn; the device has 16 CPUs)."""
-    return max(1, min(14, (os.cpu_count() or 1) - 2))
+#: Host memory of SAEBench's k-sparse scoring per test word at its peak (eval_probe_and_sae_k_sparse_raw_scores
+#: builds one row of 26 x (1 + 3 max_k) Python values and arrays per word, then the DataFrame): ~300 KiB at
+#: max_k 10, measured on the CPU (diagnostics/absorption_memory.json); taken as proportional to max_k.
+EVAL_ROW_BYTES_K10 = 300 << 10
+#: A worker's own process (torch with its CUDA context, SAEBench, the probe's train / test activations): assumed,
+#: not measured on the device.
+WORKER_BASE_BYTES = 3 << 30
+#: The share of the machine's memory the workers' estimated peaks may take together.
+WORKER_MEMORY_SHARE = 0.6
+TEST_FRACTION = 0.2  # SAEBench's probe split (probing.py: train_test_fraction 0.8): the k-sparse scoring's words
+
+
+def worker_peak_bytes(eval_rows: int, max_k: int = 10) -> int:
+    """A worker's estimated peak host memory: its process plus SAEBench's k-sparse scoring of ``eval_rows`` words."""
+    return WORKER_BASE_BYTES + int(eval_rows * EVAL_ROW_BYTES_K10 * max_k / 10)
+
+
+def default_workers(eval_rows: int | None = None, max_k: int = 10, host_bytes: int | None = None) -> int:
+    """SAEs evaluated in parallel by default: as the sparse-probing SAE workers, min(14, CPUs - 2) (the per-SAE
+    work is mostly single-threaded Python and scikit-learn; the device has 16 CPUs), and, given the number of
+    test words, no more than fit in ``WORKER_MEMORY_SHARE`` of ``host_bytes`` (default: this machine's memory) at
+    :func:`worker_peak_bytes` each (Gemma-3's ~28k test words: ~11 GiB each, so 6-7 on 128 GiB rather than 14,
+    whose peaks together would pass the machine's memory); at least one."""
+    n = max(1, min(14, (os.cpu_count() or 1) - 2))
+    if eval_rows is not None:
+        if host_bytes is None:
+            from sae_rdp_plugin.devices import memory_bytes
+
+            host_bytes = memory_bytes("cpu")
+        if host_bytes is not None:
+            n = min(n, int(WORKER_MEMORY_SHARE * host_bytes // worker_peak_bytes(eval_rows, max_k)))
+    return max(1, n)
+
+
+def eval_rows_estimate(model: Any, vocab_sample: int | None = None) -> int:
+    """The number of test words SAEBench's k-sparse scoring will run per SAE: ``TEST_FRACTION`` of the model's
+    alphabetic vocabulary (SAEBench's ``get_alpha_tokens``), or of the smoke runs' sample."""
+    from sae_bench.evals.absorption.vocab import get_alpha_tokens
+
+    words = len(get_alpha_tokens(model.tokenizer))
+    if vocab_sample is not None:
+        words = min(words, vocab_sample)
+    return int(round(TEST_FRACTION * words))
 
 
 def run_absorption(
@@ -878,7 +917,7 @@ def run_absorption(
     log: Callable[[str], None] = print,
     probe_batch: int = PROBE_BATCH,
     inline: bool = False,
-    workers: int = 1,
+    workers: int | None = 1,
     vocab_sample: int | None = None,
     on_result: Callable[[], None] | None = None,
     carry: Path | None = None,
@@ -893,6 +932,8 @@ def run_absorption(
     ``vocab_sample`` (smoke runs: :func:`offline_absorption`), seconds of the probe phase (``probe_s``,
     ``probe_parts_s``) and per SAE (``sae_s``, ``sae_parts_s``: SAEBench's timed parts), ``cut``
     (the phase running longest at the deadline, and every SAE cut), ``not_evaluable`` or ``error``.
+    ``workers`` None: :func:`default_workers` for the model's test words (:func:`eval_rows_estimate`; the record's
+    ``workers_memory`` gives the estimate and the cap it set).
     ``on_result()`` is called after each SAE's JSON is written (the stage's progress export). If no worker starts
     (the model cannot be passed to them), the SAEs are evaluated in this process instead (``mode`` and
     ``workers_failed`` in the record say so).
@@ -905,7 +946,7 @@ def run_absorption(
     from sae_bench.evals.absorption.eval_output import AbsorptionEvalOutput
     from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
 
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     work = work.resolve()  # the eval runs inside it (chdir): a relative path would point elsewhere there
     cfg = AbsorptionEvalConfig(model_name=model_name, **{**BATCH_DEFAULTS, **(config or {})})
@@ -921,6 +962,21 @@ def run_absorption(
         shutil.rmtree(d)
     t0 = time.time()
     jobs = [(s.name, s.dest.stem, s.load) for s in todo[:max_saes]]  # release unique per SAE (SAEBench's cache)
+    if workers is None:
+        if inline or not jobs:
+            workers = 1
+        else:
+            from sae_rdp_plugin.devices import memory_bytes
+
+            rows, host = eval_rows_estimate(model, vocab_sample), memory_bytes("cpu")
+            workers = default_workers(rows, cfg.max_k_value, host)
+            rec["workers_memory"] = {
+                "eval_rows_estimate": rows,
+                "worker_peak_bytes_estimate": worker_peak_bytes(rows, cfg.max_k_value),
+                "host_bytes": host,
+                "workers": workers,
+                "without_the_memory_cap": default_workers(),
+            }
     n = 1 if inline else max(1, min(workers, len(jobs)))
     if not inline:
         rec["workers"] = n

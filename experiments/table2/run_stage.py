@@ -670,7 +670,7 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
             on_result=progress,
         )
     if "absorption" in args.evals:
-        from absorption_stage import default_workers, run_absorption
+        from absorption_stage import run_absorption
 
         # a vocabulary sample (smoke runs) is not SAEBench's eval: its JSONs and its probe go elsewhere
         tag = f"_vocab{args.absorption_vocab_sample}" if args.absorption_vocab_sample else ""
@@ -686,7 +686,7 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
             max_saes=args.max_saes,
             probe_batch=args.absorption_probe_batch,
             inline=args.absorption_inline,
-            workers=default_workers() if args.absorption_workers is None else args.absorption_workers,
+            workers=args.absorption_workers,  # None: as many as fit in memory (absorption_stage.default_workers)
             vocab_sample=args.absorption_vocab_sample,
             on_result=progress if not args.absorption_vocab_sample else None,
             carry=None if args.absorption_vocab_sample else args.out / ABSORPTION_CARRY_DIR,
@@ -808,7 +808,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--absorption-workers",
         type=int,
         default=None,
-        help="E-*: processes evaluating SAEs' absorption in parallel (default min(14, CPUs - 2), at least 1)",
+        help="E-*: processes evaluating SAEs' absorption in parallel (default min(14, CPUs - 2) and no more than "
+        "the host memory holds at SAEBench's k-sparse scoring peak; at least 1)",
     )
     ap.add_argument(
         "--export",

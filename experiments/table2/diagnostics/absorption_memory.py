@@ -1,0 +1,86 @@
+"""Host memory of SAEBench's k-sparse scoring per test word (the absorption eval's peak), on the CPU.
+
+SAEBench's ``eval_probe_and_sae_k_sparse_raw_scores`` (absorption, k-sparse probing step) builds one Python row per
+test word, 26 letters x (one probe score + ``max_k`` k-sparse scores, sums and activation arrays), and a
+DataFrame of them; with Gemma-3's ~28k test words that is GBs per SAE, in every absorption worker at once. This
+script runs that function, unchanged, on a small random TopK SAE with random probes for ``--rows`` words in a
+fresh process per size and records the growth of the peak resident memory (``ru_maxrss``) per word.
+``absorption_stage.EVAL_ROW_BYTES_K10`` (the workers' memory cap) is taken from it.
+
+    .venv/bin/python experiments/table2/diagnostics/absorption_memory.py --rows 1000 4000 \\
+        --out experiments/table2/diagnostics/absorption_memory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+CHILD = r"""
+import gc, json, resource, sys, time
+import torch
+from sae_bench.evals.absorption.k_sparse_probing import KSparseProbe, eval_probe_and_sae_k_sparse_raw_scores
+from sae_bench.evals.absorption.probing import LinearProbe
+from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+rows, max_k, d_in, d_sae = (int(a) for a in sys.argv[1:5])
+torch.manual_seed(0)
+sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=32, device="cpu"))
+probe = LinearProbe(d_in, 26)
+ksp = {
+    k: {i: KSparseProbe(torch.randn(k), torch.tensor(0.0), torch.randperm(d_sae)[:k]) for i in range(26)}
+    for k in range(1, max_k + 1)
+}
+labels = [(f"w{i}", i % 26) for i in range(rows)]
+acts = torch.randn(rows, d_in)
+gc.collect()
+r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.perf_counter()
+df = eval_probe_and_sae_k_sparse_raw_scores(sae, probe, ksp, labels, acts, eval_batch_size=24)
+s = time.perf_counter() - t
+r1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"rows": rows, "columns": df.shape[1], "peak_growth_bytes": (r1 - r0) * 1024, "seconds": s}))
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[1000, 4000])
+    ap.add_argument("--max-k", type=int, default=10, help="SAEBench's max_k_value (default 10)")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    if min(args.rows) < 1 or args.max_k < 1:
+        print("error: --rows and --max-k must be >= 1", file=sys.stderr)
+        return 2
+    runs = []
+    for n in args.rows:
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(n), str(args.max_k), "64", "2048"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        runs.append(json.loads(out.strip().splitlines()[-1]))
+    per_row = [r["peak_growth_bytes"] / r["rows"] for r in runs]
+    rec = {
+        "what": __doc__.split("\n\n")[0],
+        "function": "sae_bench.evals.absorption.k_sparse_probing.eval_probe_and_sae_k_sparse_raw_scores",
+        "max_k": args.max_k,
+        "sae": {"architecture": "topk", "d_in": 64, "d_sae": 2048, "k": 32},
+        "runs": runs,
+        "bytes_per_row": per_row,
+        "machine": f"{platform.machine()}, {platform.python_version()}",
+        "date": dt.date.today().isoformat(),
+    }
+    args.out.write_text(json.dumps(rec, indent=1) + "\n")
+    print(json.dumps({"bytes_per_row": per_row}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The absorption stage's default worker count is bounded by host memory at SAEBench's k-sparse scoring peak
+(absorption_stage.default_workers), with the per-word bytes taken from the committed CPU measurement."""
+
+import importlib
+import json
+import types
+from pathlib import Path
+
+import pytest
+from test_table2_evals import _word_tokenizer
+
+pytest.importorskip("sae_bench")
+
+ROOT = Path(__file__).resolve().parents[2]
+GIB = 1 << 30
+
+
+@pytest.fixture
+def ab(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "experiments" / "table2"))  # absorption_stage imports its neighbours
+    return importlib.import_module("absorption_stage")
+
+
+def test_row_bytes_constant_is_the_measured_one(ab):
+    rec = json.loads((ROOT / "experiments/table2/diagnostics/absorption_memory.json").read_text())
+    assert rec["max_k"] == 10 and len(rec["bytes_per_row"]) >= 2
+    for b in rec["bytes_per_row"]:
+        assert abs(b - ab.EVAL_ROW_BYTES_K10) <= 0.1 * ab.EVAL_ROW_BYTES_K10, (b, ab.EVAL_ROW_BYTES_K10)
+
+
+def test_workers_capped_by_memory(ab, monkeypatch):
+    monkeypatch.setattr(ab.os, "cpu_count", lambda: 16)
+    assert ab.default_workers() == 14  # no estimate: the CPU rule alone
+    # Gemma-3's alphabetic vocabulary (139,585 words, 20% test): by hand, 27,917 x 300 KiB = 7.99 GiB + 3 GiB
+    # base = 10.99 GiB per worker; 0.6 x 128 GiB = 76.8 GiB holds 6 of them
+    rows = round(0.2 * 139585)
+    assert ab.worker_peak_bytes(rows) == 3 * GIB + rows * 300 * 1024
+    assert ab.default_workers(rows, 10, 128 * GIB) == 6
+    assert ab.default_workers(rows, 5, 128 * GIB) == 10  # max_k 5: half the rows' bytes (5.0 GiB + 3 GiB each)
+    assert ab.default_workers(rows, 10, 8 * GIB) == 1  # never fewer than one
+    assert ab.default_workers(100, 10, 1 << 50) == 14  # memory to spare: the CPU rule
+    monkeypatch.setattr(ab.os, "cpu_count", lambda: 2)
+    assert ab.default_workers(rows, 10, 128 * GIB) == 1
+
+
+def test_eval_rows_estimate_counts_the_alphabetic_vocabulary(ab):
+    # the word tokenizer: "has", "the", "first", "letter", 52 single letters and random words up to 10 longer
+    # words per first letter (so 9 for h, t, f and l) are alphabetic, ":" and the special tokens are not:
+    # 4 + 52 + 256 = 312 words, 20% of them the test split
+    model = types.SimpleNamespace(tokenizer=_word_tokenizer(10))
+    assert len(model.tokenizer.vocab) == 9 + 52 + 256
+    assert ab.eval_rows_estimate(model) == round(0.2 * 312)
+    assert ab.eval_rows_estimate(model, vocab_sample=50) == 10

@@ -794,7 +794,15 @@ def bench_impls(rows, cfg_key, d_in, d_sae, k, B, xs, gamma, dev, args, gemm_rat
                         f"fast_weighted_topk+aux[{tags}]",
                         "sparse",
                         lambda dead_frac=dead_frac, compact=compact: build_fast(
-                            "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=dead_frac,
+                            "weighted_topk",
+                            d_in,
+                            d_sae,
+                            k,
+                            bf16,
+                            dev,
+                            xs,
+                            gamma,
+                            dead_frac=dead_frac,
                             aux_compact=compact,
                         ),
                     )

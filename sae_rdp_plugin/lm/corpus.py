@@ -1027,9 +1027,7 @@ def fetch_sources(
 _APT_UPDATED: list[bool] = []  # one `apt-get update` per process, before the first fallback
 
 
-def _download(
-    registry: str, pkg: str, ver: str, tmp: Path, log: Callable[[str], None], fallback: bool = True
-) -> Path:
+def _download(registry: str, pkg: str, ver: str, tmp: Path, log: Callable[[str], None], fallback: bool = True) -> Path:
     """One archive of ``pkg`` into ``tmp``; a Debian package at ``ver`` if apt finds it (after one ``apt-get
     update`` if needed), else (``fallback``) at the version apt serves now."""
 

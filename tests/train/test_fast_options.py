@@ -35,8 +35,13 @@ def test_fast_options_reach_the_fast_step(tmp_path, monkeypatch):
 @pytest.mark.parametrize("opts,word", [({"aux_compactt": "auto"}, "aux_compactt"), ({"lr": 1.0}, "'lr'")])
 def test_bad_fast_options_fail_before_writing(tmp_path, opts, word):
     with pytest.raises(SaeRdpError, match=word):
-        train_saes(iter(make_batches(4)), [SAESpec("h.a", cfg("topk"), tmp_path / "a")], tokens=2 * B,
-                   progress=False, fast_options=opts)
+        train_saes(
+            iter(make_batches(4)),
+            [SAESpec("h.a", cfg("topk"), tmp_path / "a")],
+            tokens=2 * B,
+            progress=False,
+            fast_options=opts,
+        )
     assert not (tmp_path / "a").exists()
 
 
@@ -66,8 +71,9 @@ def test_aux_widths_in_the_summary(tmp_path):
     assert res[1]["aux_steps_by_width"] == {"0": 6} and res[1]["mean_dead_fraction_aux_steps"] is None
     assert res[0]["first_steps_s_by_width"] == {}  # timed on CUDA only (test below)
     assert res[0]["cuda_graph_failed"] is None  # (no graphs on a CPU)
-    slow = train_saes(iter(make_batches(8)), [SAESpec("h.a", cfg("topk"), tmp_path / "s")], tokens=2 * B,
-                      progress=False, fast=False)
+    slow = train_saes(
+        iter(make_batches(8)), [SAESpec("h.a", cfg("topk"), tmp_path / "s")], tokens=2 * B, progress=False, fast=False
+    )
     assert slow[0]["aux_steps_by_width"] is None and slow[0]["mean_dead_fraction_aux_steps"] is None
     assert slow[0]["first_steps_s_by_width"] is None and slow[0]["cuda_graph_failed"] is None
 

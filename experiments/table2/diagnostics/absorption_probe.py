@@ -161,8 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
     atomic_write_json(a.out, result, indent=1)
-    print(f"{a.model} {result['hook']}: {n_pass}/26 letters with probe F1 > {cfg.min_GT_probe_f1} "
-          f"({n_train} train / {len(y_test)} test words); SAEBench needs {cfg.min_feats_for_eval}")
+    print(
+        f"{a.model} {result['hook']}: {n_pass}/26 letters with probe F1 > {cfg.min_GT_probe_f1} "
+        f"({n_train} train / {len(y_test)} test words); SAEBench needs {cfg.min_feats_for_eval}"
+    )
     return 0
 
 

@@ -711,6 +711,47 @@ def audit_replicate(folder: Path, out: Path, n_boot: int, n_perm: int, seed: int
     return [{**r, "replicate": folder.name} for r in rows]
 
 
+def _proxy_value(folder: Path, proxy: str, file: str) -> float | None:
+    """The proxy ``<eval folder>.<metric path>`` (a table2.json row's ``proxy``) of the SAE whose eval JSON is
+    ``file`` in ``folder``, or None where that JSON or value is missing."""
+    eval_dir, _, path = proxy.partition(".")
+    f = folder / eval_dir / file
+    if not f.is_file():
+        return None
+    v: Any = _read(f).get("eval_result_metrics", {})
+    for key in path.split("."):
+        v = v.get(key) if isinstance(v, dict) else None
+    return _finite(v)
+
+
+def pair_flips(main: Path, rep: Path, release: str, proxies: list[str]) -> dict[str, Any]:
+    """The dominated pairs (under the primary distortion) the committed sweep and a replicate share (the same two
+    SAE ids), and per proxy how many of the shared pairs with the proxy in both runs the two runs order the
+    other way round (the sign of the difference, ties a sign of their own): run-to-run noise at the pair level.
+    The orientation of a proxy does not change a flip."""
+
+    def pairs(folder: Path) -> set[tuple[str, str]]:
+        pts = [p for p in _core_points(folder) if p["release"] == release]
+        return {(a["file"], b["file"]) for a, b in _dominating(pts)}
+
+    def sign(x: float, y: float) -> int:
+        return (x > y) - (x < y)
+
+    pm, pr = pairs(main), pairs(rep)
+    shared = sorted(pm & pr)
+    flips: dict[str, dict[str, int]] = {}
+    for proxy in proxies:
+        n = flipped = 0
+        for a, b in shared:
+            vals = [_proxy_value(f, proxy, x) for f in (main, rep) for x in (a, b)]
+            if any(v is None for v in vals):
+                continue
+            n += 1
+            flipped += sign(vals[0], vals[1]) != sign(vals[2], vals[3])
+        flips[proxy] = {"pairs": n, "flipped": flipped}
+    return {"shared": len(shared), "main_only": len(pm - pr), "replicate_only": len(pr - pm), "flips": flips}
+
+
 def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], results: Path) -> str:
     """The generated lines on the replicates: per replicate its SAEs' quality and GPU time, then per proxy its V
     next to the committed sweep's V of the same architecture (architecture grouping, primary distortion)."""
@@ -730,6 +771,17 @@ def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], resu
         gpu = sum(_read(st).get("gpu_s_total", 0.0) for st in folder.glob("stage_*.json"))
         for arch, q in per_architecture(quality(folder)):
             out.append(f"- `{name}` ({arch}): {q['n']} SAEs, {quality_text(q)}; {gpu:.0f} GPU seconds in its stages.")
+        proxies = sorted({r["proxy"] for r in reps if r["replicate"] == name and r["role"] == "proxy"})
+        main_folder = results / m["ml"]
+        if main_folder.is_dir() and proxies:
+            fl = pair_flips(main_folder, folder, f"table2-{m['ml']}-{m['arch']}", proxies)
+            out.append(
+                f"  - dominated pairs (D = {primary}): {fl['shared']} in both runs, {fl['main_only']} in the committed "
+                f"sweep only, {fl['replicate_only']} in the replicate only; of the shared pairs, ordered the other "
+                "way round by the replicate: "
+                + ", ".join(f"`{p}` {v['flipped']} of {v['pairs']}" for p, v in fl["flips"].items())
+                + "."
+            )
         for r in sorted((r for r in reps if r["replicate"] == name and r["role"] == "proxy"), key=lambda r: r["proxy"]):
             base = main.get((m["ml"], r["architecture"], r["proxy"]))
             if r["V"] is None or r["V_ci"][0] is None:

@@ -415,6 +415,27 @@ def test_replicate_rows_and_lines_match_brute_force_v(results, capsys):
     assert f"`{col}`: V = {v:.3f} [" in doc and f"over 12 SAEs and {n} pairs" in doc
     assert f"committed sweep {v_main:.3f} [" in doc and f"difference {v - v_main:+.3f}." in doc
     assert n_main > 0 and (out / "audit" / "replicates" / "gemma3-270m-L9-topk-r2" / "architecture_1EV").is_dir()
+    # the pair line: dominated pairs of each run by enumeration (same SAE ids, index i in both), and the shared
+    # ones whose accuracies the two runs order differently
+
+    def dominated(rows):
+        return {
+            (i, j)
+            for i, j in product(range(len(rows)), repeat=2)
+            if i != j
+            and rows[i][0] <= rows[j][0]
+            and rows[i][1] <= rows[j][1]
+            and tuple(rows[i][:2]) != tuple(rows[j][:2])
+        }
+
+    pm, pr = dominated(t[:, :2]), dominated(r2[:, :2])
+    shared = pm & pr
+    flips = sum(np.sign(t[i, 2] - t[j, 2]) != np.sign(r2[i, 2] - r2[j, 2]) for i, j in shared)
+    assert 0 < flips < len(shared)  # (else the count below would prove little)
+    assert (
+        f"{len(shared)} in both runs, {len(pm - pr)} in the committed sweep only, {len(pr - pm)} in the replicate "
+        f"only; of the shared pairs, ordered the other way round by the replicate: `{col}` {flips} of {len(shared)}."
+    ) in doc
 
     # a replicate named otherwise, or holding another architecture's SAEs: one error line, nothing written
     before = (out / "table2.json").read_bytes()

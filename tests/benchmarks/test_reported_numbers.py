@@ -105,6 +105,19 @@ def test_top_readme_table2_row_quotes_table2_json():
         "the other architectures' sparse probing withdrawn",
     ):
         assert q in line, q
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("t2_report_numbers", ROOT / "experiments/table2/report.py")
+    report = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = report
+    spec.loader.exec_module(report)
+    top1 = "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"
+    fl = report.pair_flips(
+        base / "gemma3-270m-L9", base / "replicates/gemma3-270m-L9-topk-r2", "table2-gemma3-270m-L9-topk", [top1]
+    )
+    assert fl["shared"] == sp["n_pairs"] == fl["flips"][top1]["pairs"]
+    assert f"(same seed) orders {fl['flips'][top1]['flipped']} of those {fl['shared']} pairs the other way" in line
     ce_w = {}
     for f in core.glob("weighted_topk__*_s0_step_final.json"):
         d = json.loads(f.read_text())

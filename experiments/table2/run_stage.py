@@ -382,6 +382,14 @@ def saebench_compat(sae: Any, plan_sae: dict) -> None:
     c.model_from_pretrained_kwargs = {}
 
 
+def fast_deterministic() -> bool:
+    """Whether the fast step trains in its deterministic mode here (``FastTopKConfig``'s default, read from
+    ``SAE_RDP_FAST_DETERMINISTIC``)."""
+    from sae_rdp_plugin.fast.step import FastTopKConfig
+
+    return FastTopKConfig(d_in=1, d_sae=1, k=1).deterministic
+
+
 def _sync(device: str) -> None:
     """Wait for the device's queued work, so that a phase's wall time includes its kernels."""
     import torch
@@ -1024,6 +1032,9 @@ def main(argv: list[str] | None = None) -> int:
             },
             "saebench_fold": folds,
             "core_profile": core_profiles,
+            # SAE_RDP_FAST_DETERMINISTIC=1: the fast step's sorted sums (bit-identical reruns of the step on one
+            # GPU), so that a later session's retraining can be checked against this one's core JSONs
+            "fast_deterministic": fast_deterministic() if trained else None,
             "tokens_scale": args.tokens_scale,
             "corpus": corpus,
         }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -94,6 +95,7 @@ def test_stage_end_to_end_resume_and_audit(rs, tmp_path, capsys):
     rec = json.loads((out / "stage_T-tiny.json").read_text())
     (call,) = rec["calls"]
     assert len(call["trained"]) == 4 and call["skipped_trained_before"] == [] and len(call["core_evaluated"]) == 5
+    assert call["fast_deterministic"] is (os.environ.get("SAE_RDP_FAST_DETERMINISTIC", "0") == "1")
     # every SAE's decoder norms folded before SAEBench's core, as its loader folds an SAE loaded by name
     assert sorted(call["saebench_fold"]) == sorted(call["core_evaluated"])
     assert all(f["folded"] is True for f in call["saebench_fold"].values())
@@ -211,6 +213,7 @@ def test_stage_end_to_end_resume_and_audit(rs, tmp_path, capsys):
     assert set(secs["core_phases"]) == {"load", "store", "run_evals", "save"}
     assert all(v >= 0 for v in secs["core_phases"].values()) and secs["core_phases"]["run_evals"] > 0
     assert sum(secs["core_phases"].values()) <= secs["core"] + 0.05
+    assert third["fast_deterministic"] is None  # nothing trained in that call
     # --profile-core (default 1): the call's first core eval under the profiler (CPU here: no GPU share)
     ((pid, prof),) = third["core_profile"].items()
     assert pid == sid and prof["gpu_busy_fraction"] is None and prof["top"] and prof["host_syncs_per_step"] > 0

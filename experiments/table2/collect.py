@@ -22,6 +22,14 @@ the new session's calls alone. This script extracts into a temporary folder, the
 * every other file: written when new or identical; a different existing file is replaced (an SAE's JSON is
   recomputed only when its SAE was retrained) and listed.
 
+``--replicate <model>-L<layer>-<architecture>-r<N>``: the bundle is another training run of an architecture's
+sweep (``report.py``'s replicates) and goes to ``results/replicates/<name>/``: its eval JSONs and train summaries
+of that architecture and its stage records only (the calibrations and LLM baselines are the committed sweep's;
+a carried absorption probe still goes to the model-layer folder, it belongs to the model). An eval JSON the
+replicate already holds must have the same ``eval_result_metrics`` (a later session that retrained the same SAEs
+in the deterministic mode, README section 6): then the committed file stays; different metrics refuse the whole
+bundle (other SAEs: collect them as a new replicate). A train summary the replicate holds stays as it is.
+
 The model-layer folder (``results/<model>-L<layer>``) is read from the bundle: the release ids of its SAEBench
 JSONs (``table2-<model>-L<layer>-<architecture>``), else its stage ids (``C-<model>-<layer>-<architecture>``,
 ``T-...``, ``E-<model>-<layer>``); a bundle naming two model-layers, or none (give ``--into``), or another one than
@@ -64,6 +72,7 @@ def merge_stage(old: dict, new: dict) -> dict:
 
 
 _RELEASE = re.compile(r"^table2-(?P<ml>.+-L\d+)-[a-z_]+$")
+_REPLICATE = re.compile(r"^(?P<ml>.+-L\d+)-(?P<arch>[a-z_]+)-r(?P<run>\d+)$")
 _STAGE = re.compile(r"^[CTE]-(?P<model>.+)-(?P<layer>\d+)(?:-[a-z_]+)?$")
 
 
@@ -146,9 +155,40 @@ def check_carried_probes(files: dict[Path, bytes]) -> None:
                 raise ValueError(f"the bundle's {f}: sha256 differs from its manifest's")
 
 
-def collect(bundle: Path, into: Path | None = None, results: Path = RESULTS) -> dict[str, list[str]]:
-    """Extract ``bundle`` into ``into`` (default: ``results/<model>-L<layer>`` read from the bundle) as
-    described in the module docstring; returns what was done."""
+def replicate_contents(files: dict[Path, bytes], name: str, named: str | None) -> dict[Path, bytes]:
+    """What of a bundle (named by ids: :func:`by_sae_ids`) goes to the replicate ``name``: the eval JSONs of its
+    release, the train summaries of its architecture, the stage records, a carried probe; ValueError when the
+    name is malformed or the bundle is of another model-layer or holds none of that release's JSONs."""
+    m = _REPLICATE.match(name)
+    if not m:
+        raise ValueError(f"--replicate {name!r}: give <model>-L<layer>-<architecture>-r<N>")
+    if named != m["ml"]:
+        raise ValueError(f"--replicate {name}: the bundle holds {named or 'no model-layer'}'s results, not {m['ml']}'s")
+    release = f"table2-{m['ml']}-{m['arch']}"
+    out: dict[Path, bytes] = {}
+    for rel, data in files.items():
+        top = rel.parts[0]
+        if len(rel.parts) == 2 and top in EVAL_DIRS and rel.suffix == ".json":
+            if json.loads(data).get("sae_lens_release_id") == release:
+                out[rel] = data
+        elif top == "train_summaries" and rel.suffix == ".json":
+            d = _json(rel, data)
+            if isinstance(d, dict) and d.get("architecture") == m["arch"]:
+                out[rel] = data
+        elif (len(rel.parts) == 1 and rel.name.startswith("stage_")) or top == CARRY_DIR:
+            out[rel] = data
+    if not any(r.parts[0] in EVAL_DIRS for r in out):
+        raise ValueError(f"--replicate {name}: the bundle holds no eval JSON of {release}")
+    return out
+
+
+def collect(
+    bundle: Path, into: Path | None = None, results: Path | None = None, replicate: str | None = None
+) -> dict[str, list[str]]:
+    """Extract ``bundle`` into ``into`` (default: ``results/<model>-L<layer>`` read from the bundle), or into
+    ``results/replicates/<replicate>`` (``replicate``), as described in the module docstring; returns what was
+    done. ``results``: default ``RESULTS`` (read at the call)."""
+    results = RESULTS if results is None else results
     if not bundle.is_file():
         raise ValueError(f"no bundle at {bundle}")
     with tempfile.TemporaryDirectory() as tmp_s:
@@ -169,11 +209,16 @@ def collect(bundle: Path, into: Path | None = None, results: Path = RESULTS) -> 
         check_carried_probes(contents)
         named = model_layer(contents)  # first: JSONs of two model-layers may share a name
         contents = by_sae_ids(contents)
+        if replicate is not None:
+            if into is not None:
+                raise ValueError("give --into or --replicate, not both")
+            contents = replicate_contents(contents, replicate, named)
+            into = results / "replicates" / replicate
         if into is None:
             if named is None:
                 raise ValueError(f"{bundle}: names no model-layer; give --into")
             into = results / named
-        elif named is not None and into.name != named:
+        elif replicate is None and named is not None and into.name != named:
             raise ValueError(f"{bundle} holds {named} results, not {into.name} (--into)")
         for d in (into, *(into / rel.parent for rel in contents)):
             if d.exists() and not d.is_dir():
@@ -181,6 +226,22 @@ def collect(bundle: Path, into: Path | None = None, results: Path = RESULTS) -> 
         plan: list[tuple[Path, bytes, str]] = []
         for rel, data in contents.items():
             dest = into / rel
+            if replicate is not None and rel.parts[0] == CARRY_DIR:
+                dest = results / str(named) / rel  # the probe belongs to the model-layer, not to one run
+            if replicate is not None and dest.is_file() and dest.read_bytes() != data:
+                if rel.parts[0] == "train_summaries":
+                    plan.append((dest, data, "kept"))  # the first session's (timings differ run to run)
+                    continue
+                if rel.parts[0] in EVAL_DIRS:
+                    old = _json(rel, dest.read_bytes(), "the committed")
+                    new_metrics = json.loads(data).get("eval_result_metrics")
+                    if not isinstance(old, dict) or old.get("eval_result_metrics") != new_metrics:
+                        raise ValueError(
+                            f"{rel}: its metrics differ from the replicate's committed ones (other SAEs: collect "
+                            "them as a new replicate)"
+                        )
+                    plan.append((dest, data, "same SAE"))
+                    continue
             if rel.parent == Path(".") and rel.name.startswith("stage_") and rel.suffix == ".json":
                 new = _stage_record(rel, data)
                 if dest.is_file():
@@ -195,7 +256,7 @@ def collect(bundle: Path, into: Path | None = None, results: Path = RESULTS) -> 
             plan.append((dest, data, kind))
     done: dict[str, list[str]] = {}
     for dest, data, kind in plan:
-        if kind != "same":
+        if kind not in ("same", "same SAE", "kept"):
             atomic_write_bytes(dest, data)
         done.setdefault(kind, []).append(str(dest))
     return done
@@ -207,15 +268,22 @@ def main(argv: list[str] | None = None) -> int:
     ap = OneLineArgumentParser(prog="collect.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("bundle", type=Path, help="<ID>.tar.xz from a stage.sh run call")
     ap.add_argument("--into", type=Path, default=None, help="the model-layer folder (default: read from the bundle)")
+    ap.add_argument(
+        "--replicate",
+        default=None,
+        help="<model>-L<layer>-<architecture>-r<N>: the bundle is another training run of that architecture's "
+        "sweep, collected into results/replicates/<name>/",
+    )
     args = ap.parse_args(argv)
     try:
-        done = collect(args.bundle, args.into)
+        done = collect(args.bundle, args.into, replicate=args.replicate)
     except (ValueError, OSError, json.JSONDecodeError) as e:
         print(f"error: {e}".splitlines()[0], file=sys.stderr)
         return 2
-    for kind in ("stage", "calibration", "new", "replaced", "same"):
+    for kind in ("stage", "calibration", "new", "replaced", "same", "same SAE", "kept"):
         if done.get(kind):
-            print(f"{kind}: {len(done[kind])}" + ("" if kind in ("new", "same") else f" ({', '.join(done[kind])})"))
+            quiet = kind in ("new", "same", "same SAE", "kept")
+            print(f"{kind}: {len(done[kind])}" + ("" if quiet else f" ({', '.join(done[kind])})"))
     return 0
 
 

@@ -184,3 +184,67 @@ def test_eval_jsons_are_named_from_their_ids(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and msg in err[0], err
     assert sorted(results.rglob("*")) == before
+
+
+def _eval(release: str, sae_id: str, metrics: dict, eval_id: str = "x") -> bytes:
+    return json.dumps(
+        {"sae_lens_release_id": release, "sae_lens_id": sae_id, "eval_id": eval_id, "eval_result_metrics": metrics}
+    ).encode()
+
+
+def test_replicate_takes_its_architecture_and_checks_retrained_saes(tmp_path, capsys, monkeypatch):
+    """--replicate: only the named architecture's eval JSONs and train summaries (and the stage records) go to
+    results/replicates/<name>/, the calibrations and baselines stay out; a later bundle with the same SAEs (same
+    metrics, another eval id) adds its new evals and keeps the committed ones; other metrics refuse it whole."""
+    col = _collect()
+    results = tmp_path / "results"
+    monkeypatch.setattr(col, "RESULTS", results)  # the command line's default: never the repository's here
+    sid = "blocks.9.hook_resid_post__w16_k4_s0_step_final"
+    first = _bundle(
+        tmp_path / "T.tar.xz",
+        {
+            "stage_T-m-9-topk.json": json.dumps({"stage": "T-m-9-topk", "calls": [{"gpu_s": 400.0}]}).encode(),
+            "core/a.json": _eval("table2-m-L9-topk", sid, {"l0": 4.0}),
+            "core/b.json": _eval("table2-m-L9-batchtopk", sid, {"l0": 4.0}),
+            "train_summaries/t.json": json.dumps({"architecture": "topk", "train_seconds": 1.0}).encode(),
+            "train_summaries/u.json": json.dumps({"architecture": "batchtopk"}).encode(),
+            "calibration_C-m-9-standard.json": b'{"levels": {}}',
+            "probe_baselines/x.json": b"{}",
+        },
+    )
+    rep = results / "replicates" / "m-L9-topk-r3"
+    done = col.collect(first, results=results, replicate="m-L9-topk-r3")
+    got = sorted(str(p.relative_to(rep)) for p in rep.rglob("*") if p.is_file())
+    assert got == ["core/" + SAE_FILE, "stage_T-m-9-topk.json", "train_summaries/t.json"], got
+    assert not (results / "calibration_C-m-9-standard.json").exists() and len(done["new"]) == 2
+    # a later session: the same SAEs (same metrics, new eval id and timings) and their absorption JSONs
+    later = {
+        "stage_E-m-9.json": _stage({"gpu_s": 300.0}),
+        "core/a.json": _eval("table2-m-L9-topk", sid, {"l0": 4.0}, eval_id="y"),
+        "absorption_first_letter/a.json": _eval("table2-m-L9-topk", sid, {"mean": 0.1}),
+        "train_summaries/t.json": json.dumps({"architecture": "topk", "train_seconds": 2.0}).encode(),
+    }
+    before = (rep / "core" / SAE_FILE).read_bytes()
+    done = col.collect(_bundle(tmp_path / "E.tar.xz", later), results=results, replicate="m-L9-topk-r3")
+    assert (rep / "core" / SAE_FILE).read_bytes() == before and done["same SAE"] == [str(rep / "core" / SAE_FILE)]
+    assert json.loads((rep / "train_summaries/t.json").read_text())["train_seconds"] == 1.0 and done["kept"]
+    assert (rep / "absorption_first_letter" / SAE_FILE).is_file() and (rep / "stage_E-m-9.json").is_file()
+    # other SAEs (different metrics): refused, nothing written
+    other = {**later, "core/a.json": _eval("table2-m-L9-topk", sid, {"l0": 4.5}), "rdp_proxies/a.json": b""}
+    other["rdp_proxies/a.json"] = _eval("table2-m-L9-topk", sid, {"p": 1.0})
+    snapshot = {p: p.read_bytes() for p in rep.rglob("*") if p.is_file()}
+    assert col.main([str(_bundle(tmp_path / "O.tar.xz", other)), "--replicate", "m-L9-topk-r3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "metrics differ" in err[0], err
+    assert {p: p.read_bytes() for p in rep.rglob("*") if p.is_file()} == snapshot
+    # a malformed name, another model-layer, no JSON of the release, --into with --replicate: one line, exit 2
+    for args in (
+        ["--replicate", "topk-r3"],
+        ["--replicate", "m-L5-topk-r3"],
+        ["--replicate", "m-L9-jumprelu-r1"],
+        ["--replicate", "m-L9-topk-r3", "--into", str(tmp_path / "x")],
+    ):
+        assert col.main([str(first), *args]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), (args, err)
+    assert not (results / "replicates" / "m-L9-jumprelu-r1").exists() and not (tmp_path / "x").exists()

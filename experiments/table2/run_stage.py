@@ -56,6 +56,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SAES_DIR, CORE_DIR, PROBE_DIR, ABSORPTION_DIR = "saes", "core", "sparse_probing_sae_probes", "absorption_first_letter"
+CORE_WORKERS_MARGIN_S = 20.0  # --core-workers: stopped this long before --time-budget (proxies, export)
 PROXY_DIR = "rdp_proxies"  # our ground-truth-free proxies (sae_rdp_plugin.evals.rdp_proxies), next to core
 EVAL_DIRS = (CORE_DIR, PROXY_DIR, PROBE_DIR, ABSORPTION_DIR)  # one JSON per SAE each, named by json_name
 # sae-probes' LLM baseline results (per dataset; the same for every SAE of a model-layer): exported under this
@@ -763,6 +764,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--keep-feature-details", action="store_true")
     ap.add_argument("--proxy-rows", type=int, default=32, help="held-out rows for the rdp_proxies sample")
     ap.add_argument(
+        "--core-workers",
+        type=int,
+        default=1,
+        help="core evals of N SAEs at once in spawned processes (core_workers.py; the same JSONs); 1: one at a time",
+    )
+    ap.add_argument(
         "--profile-core",
         type=int,
         default=1,
@@ -834,6 +841,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "eval_batches",
         "eval_batch_prompts",
         "proxy_rows",
+        "core_workers",
         "buffer_tokens",
         "probe_datasets",
         "absorption_probe_batch",
@@ -963,16 +971,32 @@ def main(argv: list[str] | None = None) -> int:
     eval_s: dict[str, tuple[float, float]] = {}  # (core, proxies) seconds per evaluated SAE
     core_phases: dict[str, dict[str, float]] = {}  # where a core eval's seconds go (load, store, ...)
     core_profiles: dict[str, dict] = {}  # --profile-core: what the profiler saw in the first core evals
+    par: dict[str, tuple[float, dict[str, float], dict]] = {}  # --core-workers: (seconds, parts, fold) per SAE
+    core_workers_error = None  # why the workers stopped early (this process then evaluates the rest)
     folds: dict[str, dict] = {}  # per SAE loaded for its evals: saebench_fold's record
     if not args.no_eval and not calibration_stage(stage):
         from saebench_fold import fold_for_saebench
 
         ignore = {t for t in (bos, pad) if t is not None}
         samples: dict[str, tuple[Any, Any]] = {}
+        # --core-workers N > 1: the core evals in N processes first (the first --profile-core ones stay in this
+        # process, profiled alone), then this loop does the proxies and whatever the workers left
+        need = [
+            (s, path, step, args.out / CORE_DIR / json_name(s, step))
+            for s, path, step in trained_saes(args.out, fams)
+            if not (args.out / CORE_DIR / json_name(s, step)).is_file()
+        ]
+        if args.core_workers > 1 and len(need) > args.profile_core + 1:
+            from core_workers import run_parallel
+
+            left = args.time_budget - (time.perf_counter() - t_call) - CORE_WORKERS_MARGIN_S
+            par, core_workers_error = run_parallel(
+                need[args.profile_core :], hooked, held, ignore, args, time.time() + left, args.core_workers
+            )
         for s, path, step in trained_saes(args.out, fams):
             js = args.out / CORE_DIR / json_name(s, step)
             pj = args.out / PROXY_DIR / json_name(s, step)
-            if js.is_file() and pj.is_file():
+            if js.is_file() and pj.is_file() and s["id"] not in par:
                 eval_skipped.append(s["id"])
                 continue
             # a call killed at the device's command limit brings nothing back: stop early and export instead
@@ -986,7 +1010,11 @@ def main(argv: list[str] | None = None) -> int:
             # by it (per-latent positive scales: top activations per latent, L0, decoder cosines)
             folds[s["id"]] = fold_for_saebench(sae)
             phases: dict[str, float] = {"load": time.perf_counter() - t_sae}
-            if not js.is_file():
+            if s["id"] in par:  # its core JSON came from a worker: that eval's seconds and parts
+                evaluated.append(s["id"])
+                t_sae = time.perf_counter() - par[s["id"]][0]
+                phases = dict(par[s["id"]][1])
+            elif not js.is_file():
                 if len(core_profiles) < args.profile_core:
                     obj, core_profiles[s["id"]] = profiled(
                         lambda: core_eval(sae, hooked, held, ignore, s, step, args, phases), args.device
@@ -1032,6 +1060,11 @@ def main(argv: list[str] | None = None) -> int:
             },
             "saebench_fold": folds,
             "core_profile": core_profiles,
+            "core_workers": (
+                {"workers": args.core_workers, "evaluated": sorted(par), "error": core_workers_error}
+                if par or core_workers_error
+                else None
+            ),
             # SAE_RDP_FAST_DETERMINISTIC=1: the fast step's sorted sums (bit-identical reruns of the step on one
             # GPU), so that a later session's retraining can be checked against this one's core JSONs
             "fast_deterministic": fast_deterministic() if trained else None,

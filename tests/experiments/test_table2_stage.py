@@ -544,3 +544,55 @@ def test_progress_export_during_a_call(rs, tmp_path):
     none = rs.ProgressExport(out, None, "T-x")
     none()
     assert none.n == 0
+
+
+def test_core_workers_give_the_same_jsons(rs, tmp_path):
+    """--core-workers 2: the core evals in spawned processes (but the first, profiled here) give the JSONs of one
+    at a time, but for SAEBench's eval id and date; the record names the SAEs the workers evaluated."""
+    import shutil
+
+    plan, corpus, _ = _setup(tmp_path)
+    out, export = tmp_path / "out", tmp_path / "export"
+    assert rs.main(_argv(plan, corpus, out, export)) == 0
+
+    def jsons() -> dict[str, dict]:
+        got = {}
+        for f in sorted((out / "core").glob("*.json")):
+            d = json.loads(f.read_text())
+            del d["eval_id"], d["datetime_epoch_millis"]
+            got[f.name] = d
+        return got
+
+    one = jsons()
+    assert len(one) == 5
+    shutil.rmtree(out / "core")
+    shutil.rmtree(out / "rdp_proxies")
+    assert rs.main([*_argv(plan, corpus, out, export), "--core-workers", "2"]) == 0
+    assert jsons() == one
+    call = json.loads((out / "stage_T-tiny.json").read_text())["calls"][-1]
+    assert call["trained"] == [] and len(call["core_evaluated"]) == 5 and len(call["proxies_evaluated"]) == 5
+    first = call["core_evaluated"][0]
+    want = {"workers": 2, "evaluated": sorted(set(call["core_evaluated"]) - {first}), "error": None}
+    assert call["core_workers"] == want
+    assert list(call["core_profile"]) == [first]
+    for sid in call["core_workers"]["evaluated"]:  # the workers' seconds and parts reach the record
+        secs = call["eval_seconds"][sid]
+        assert secs["core"] > 0 and secs["core_phases"]["run_evals"] > 0
+        assert sorted(call["saebench_fold"]) == sorted(call["core_evaluated"])
+
+
+def test_core_worker_failure_is_reported_not_raised(rs, tmp_path, monkeypatch):
+    """A worker whose core eval raises: run_parallel returns what was done and the worker's last error line (the
+    stage then evaluates the rest itself), and its processes are gone."""
+    import argparse
+    import time
+
+    monkeypatch.syspath_prepend(str(Path(rs.__file__).parent))
+    import core_workers
+
+    plan_sae = {"id": "m/h/topk/w4/k=1/s0", "hook": "blocks.0.hook_resid_post", "model": "m"}
+    args = argparse.Namespace(device="cpu")
+    job = (plan_sae, tmp_path / "no_such_sae", "final", tmp_path / "core" / "x.json")
+    done, err = core_workers.run_parallel([job, job], None, None, set(), args, time.time() + 120, 2)
+    assert done == {} and err is not None and err.startswith("FileNotFoundError") and "no_such_sae" in err, err
+    assert not (tmp_path / "core").exists()

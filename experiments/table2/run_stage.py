@@ -1001,7 +1001,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             # a call killed at the device's command limit brings nothing back: stop early and export instead
             longest = max((c + q for c, q in eval_s.values()), default=0.0)  # to stop before --time-budget
-            if eval_left or (eval_s and time.perf_counter() - t_call + 1.3 * longest > args.time_budget):
+            late = eval_s and time.perf_counter() - t_call + 1.3 * longest > args.time_budget
+            if s["id"] not in par and (eval_left or late):  # (a worker's SAE needs its proxies only: 0.1 s)
                 eval_left.append(s["id"])
                 continue
             t_sae = time.perf_counter()

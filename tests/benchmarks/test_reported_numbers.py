@@ -680,7 +680,7 @@ def test_table2_second_session_of_2026_12_05_quoted():
             f"{refused['calls']} calls before it had been refused, which cost "
             f"{refused['budget_left_s_before'] - refused['budget_left_s_after']} s",
             f"absorption with {dev[4]['command'].split()[-1]} s",
-            f"| {first[3]['wall_s']:.0f}-{dev[2]['wall_s']:.0f} |",
+            f"| {first[3]['wall_s']:.0f}-{dev[2]['wall_s']:.0f} without the deterministic mode",
             f"{min(run):.1f}-{max(run):.1f} s per SAE (16 batches of 8 x 128 tokens) of the "
             f"{min(core):.1f}-{max(core):.1f} s",
         ],

@@ -227,7 +227,7 @@ def test_core_hands_saebench_unit_rows_and_records_it(tiny, monkeypatch):
 
     got: dict[str, tuple] = {}
 
-    def core_eval(sae, hooked, held, ignore, s, step, args):
+    def core_eval(sae, hooked, held, ignore, s, step, args, phases=None):
         with torch.no_grad():
             got[s["id"]] = (general_utils.check_decoder_norms(sae.W_dec.data), sae.decode(sae.encode(tiny.x)))
         return {}

@@ -88,6 +88,8 @@ join)
   ;;
 run)
   STAGE=$2
+  REP="${T2_RESULTS:-experiments/table2/results}/replicates/${T2_REPLICATE:-}"
+  if [ -n "${T2_REPLICATE:-}" ] && [ ! -d "$REP" ]; then die 2 "T2_REPLICATE=$T2_REPLICATE: no folder $REP"; fi
   # a refused `wheels` call does not stop the calls after it: install them here when they came with this call,
   # else say so at once instead of failing in the model load
   if ! "$PY" -c "import sae_lens, gguf, sae_bench" 2>/dev/null; then
@@ -110,6 +112,14 @@ run)
   for d in "$RESULTS"/*/absorption_probe; do  # committed first-letter probes: absorption skips their training
     if [ -d "$d" ]; then mkdir -p "$WORK/run/absorption_probe" && cp -rn "$d"/. "$WORK/run/absorption_probe/"; fi
   done
+  if [ -n "${T2_REPLICATE:-}" ]; then
+    # a later session of a replicate trained in the deterministic mode (README section 6): its committed sparse
+    # probing and absorption JSONs are put in place so that the E stage skips those SAEs; core is not (it is
+    # recomputed, and collect.py --replicate refuses the bundle unless it equals the committed core)
+    for e in sparse_probing_sae_probes absorption_first_letter; do
+      if compgen -G "$REP/$e/*.json" >/dev/null; then mkdir -p "$WORK/run/$e" && cp -n "$REP/$e"/*.json "$WORK/run/$e/"; fi
+    done
+  fi
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
   set -o pipefail
   "$PY" experiments/table2/run_stage.py --stage "$STAGE" --model-path "$WORK/$NAME" --corpus "$WORK/shards" \

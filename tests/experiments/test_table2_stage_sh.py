@@ -206,3 +206,31 @@ def test_pack_archives_the_checked_tokenizer_under_tokenizer(tmp_path, monkeypat
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "x" / "tokenizer"))
     assert tok.convert_ids_to_tokens(tok.encode(TEXT, add_special_tokens=False)) == PIECES
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_run_puts_a_replicates_probing_and_absorption_jsons_but_not_its_core(tmp_path):
+    """T2_REPLICATE=<name>: the replicate's committed sparse-probing and absorption JSONs go into the run folder
+    (the E stage skips those SAEs; one already there is kept), its core JSONs do not (recomputed, then compared
+    by collect.py); a replicate that is not there stops the call before anything is written."""
+    fake = tmp_path / "python-ok"
+    fake.write_text('#!/bin/sh\n[ "$1" = "-c" ] && exit 0\necho "run_stage $*"\n')
+    fake.chmod(0o755)
+    work, res = tmp_path / "work", tmp_path / "results"
+    _stage_model(tmp_path)
+    rep = res / "replicates" / "m-L9-topk-r3"
+    for d in ("core", "absorption_first_letter", "sparse_probing_sae_probes"):
+        (rep / d).mkdir(parents=True)
+        (rep / d / "topk__a.json").write_text(f"committed {d}")
+    (work / "run" / "absorption_first_letter").mkdir(parents=True)
+    (work / "run" / "absorption_first_letter" / "topk__b.json").write_text("on the machine")
+    r = _run(tmp_path, "run", "E-m-9", python=str(fake), T2_REPLICATE="m-L9-topk-r3")
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = work / "run"
+    assert (run / "absorption_first_letter" / "topk__a.json").read_text() == "committed absorption_first_letter"
+    assert (run / "sparse_probing_sae_probes" / "topk__a.json").read_text() == "committed sparse_probing_sae_probes"
+    assert (run / "absorption_first_letter" / "topk__b.json").read_text() == "on the machine"
+    assert not (run / "core").exists()
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    r = _run(tmp_path, "run", "E-m-9", python=str(fake), T2_REPLICATE="m-L9-topk-r9")
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: T2_REPLICATE=m-L9-topk-r9"), r.stderr
+    assert "run_stage" not in r.stdout and sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

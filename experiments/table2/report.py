@@ -752,6 +752,20 @@ def pair_flips(main: Path, rep: Path, release: str, proxies: list[str]) -> dict[
     return {"shared": len(shared), "main_only": len(pm - pr), "replicate_only": len(pr - pm), "flips": flips}
 
 
+def run_differences(main: Path, rep: Path, release: str) -> dict[str, Any]:
+    """Per SAE id in both runs (the core JSONs of ``release``), the largest absolute difference between the two
+    runs' SAEBench ``ce_loss_score``, ``explained_variance_legacy`` (1 - D) and L0: how far training noise moves an
+    SAE's own core metrics."""
+    a = {p["file"]: p for p in _core_points(main) if p["release"] == release}
+    b = {p["file"]: p for p in _core_points(rep) if p["release"] == release}
+    both = sorted(set(a) & set(b))
+    diff = {
+        key: max((abs(a[f][field] - b[f][field]) for f in both), default=None)
+        for key, field in (("ce_loss_score", "ce"), ("explained_variance_legacy", "D"), ("l0", "R"))
+    }
+    return {"saes": len(both), "max_abs_diff": diff}
+
+
 def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], results: Path) -> str:
     """The generated lines on the replicates: per replicate its SAEs' quality and GPU time, then per proxy its V
     next to the committed sweep's V of the same architecture (architecture grouping, primary distortion)."""
@@ -775,6 +789,14 @@ def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], resu
         main_folder = results / m["ml"]
         if main_folder.is_dir() and proxies:
             fl = pair_flips(main_folder, folder, f"table2-{m['ml']}-{m['arch']}", proxies)
+            rd = run_differences(main_folder, folder, f"table2-{m['ml']}-{m['arch']}")
+            if rd["saes"]:
+                d = rd["max_abs_diff"]
+                out.append(
+                    f"  - the same SAE ids in both runs: {rd['saes']}; largest run-to-run difference of an SAE's "
+                    f"`ce_loss_score` {d['ce_loss_score']:.4f}, `explained_variance_legacy` "
+                    f"{d['explained_variance_legacy']:.4f}, L0 {d['l0']:.2f}."
+                )
             out.append(
                 f"  - dominated pairs (D = {primary}): {fl['shared']} in both runs, {fl['main_only']} in the committed "
                 f"sweep only, {fl['replicate_only']} in the replicate only; of the shared pairs, ordered the other "

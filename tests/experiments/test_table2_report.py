@@ -432,6 +432,15 @@ def test_replicate_rows_and_lines_match_brute_force_v(results, capsys):
     shared = pm & pr
     flips = sum(np.sign(t[i, 2] - t[j, 2]) != np.sign(r2[i, 2] - r2[j, 2]) for i, j in shared)
     assert 0 < flips < len(shared)  # (else the count below would prove little)
+    ev_diff = float(np.abs(t[:, 1] - r2[:, 1]).max())  # the replicate's EV moved by noise; CE and L0 kept
+    assert (
+        ev_diff > 0
+        and (
+            f"the same SAE ids in both runs: 12; largest run-to-run difference of an SAE's `ce_loss_score` 0.0000, "
+            f"`explained_variance_legacy` {ev_diff:.4f}, L0 0.00."
+        )
+        in doc
+    )
     assert (
         f"{len(shared)} in both runs, {len(pm - pr)} in the committed sweep only, {len(pr - pm)} in the replicate "
         f"only; of the shared pairs, ordered the other way round by the replicate: `{col}` {flips} of {len(shared)}."

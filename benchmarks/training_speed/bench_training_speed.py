@@ -675,6 +675,19 @@ def bench_impls(rows, cfg_key, d_in, d_sae, k, B, xs, gamma, dev, args, gemm_rat
                     "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, cuda_graph=False
                 ),
             ),
+            # the deterministic mode (sorted segment sums instead of float atomics): its cost, side by side
+            (
+                "fast_topk[deterministic]",
+                "sparse",
+                lambda: build_fast("topk", d_in, d_sae, k, bf16, dev, xs, gamma, deterministic=True),
+            ),
+            (
+                "fast_weighted_topk[SAETrainer,deterministic]",
+                "sparse",
+                lambda: build_saelens(
+                    "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, fast=True, deterministic=True
+                ),
+            ),
             (
                 "fast_weighted_topk[torch_topk]",
                 "sparse",

@@ -24,6 +24,8 @@ def test_bench_quick_runs(tmp_path):
             "fast_weighted_topk",
             "fast_topk[x4,seq]",
             "fast_topk[x4,streams]",
+            "fast_topk[deterministic]",
+            "fast_weighted_topk[SAETrainer,deterministic]",
             "--skip-pipeline",
         ],
         check=True,
@@ -39,6 +41,8 @@ def test_bench_quick_runs(tmp_path):
         assert rows[("fast_weighted_topk", prec)]["median_ms"] > 0
         assert rows[("saelens_weighted_topk", prec)]["median_ms"] > 0
         assert rows[("fast_topk[x4,seq]", prec)]["median_ms"] > 0
+        assert rows[("fast_topk[deterministic]", prec)]["median_ms"] > 0
+        assert rows[("fast_weighted_topk[SAETrainer,deterministic]", prec)]["median_ms"] > 0
         assert "need CUDA" in rows[("fast_topk[x4,streams]", prec)]["error"]  # CPU: refused, recorded
     chk = next(iter(res["checks"].values()))
     assert chk["rel_err_grad_W_enc_fp32"] < 1e-5  # fast vs SAELens autograd, float32

@@ -739,11 +739,13 @@ def pair_flips(main: Path, rep: Path, release: str, proxies: list[str]) -> dict[
 
     pm, pr = pairs(main), pairs(rep)
     shared = sorted(pm & pr)
+    files = sorted({f for pair in shared for f in pair})
     flips: dict[str, dict[str, int]] = {}
     for proxy in proxies:
+        value = {(d, f): _proxy_value(d, proxy, f) for d in (main, rep) for f in files}  # each JSON read once
         n = flipped = 0
         for a, b in shared:
-            vals = [_proxy_value(f, proxy, x) for f in (main, rep) for x in (a, b)]
+            vals = [value[(d, x)] for d in (main, rep) for x in (a, b)]
             if any(v is None for v in vals):
                 continue
             n += 1

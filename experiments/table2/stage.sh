@@ -88,7 +88,8 @@ join)
   ;;
 run)
   STAGE=$2
-  REP="${T2_RESULTS:-experiments/table2/results}/replicates/${T2_REPLICATE:-}"
+  RESULTS=${T2_RESULTS:-experiments/table2/results}
+  REP="$RESULTS/replicates/${T2_REPLICATE:-}"
   if [ -n "${T2_REPLICATE:-}" ] && [ ! -d "$REP" ]; then die 2 "T2_REPLICATE=$T2_REPLICATE: no folder $REP"; fi
   # a refused `wheels` call does not stop the calls after it: install them here when they came with this call,
   # else say so at once instead of failing in the model load
@@ -102,7 +103,6 @@ run)
   fi
   join_gguf
   mkdir -p "$WORK/run"
-  RESULTS=${T2_RESULTS:-experiments/table2/results}
   for f in "$RESULTS"/calibration_*.json; do  # committed calibrations, for a fresh machine
     if [ -f "$f" ] && [ ! -f "$WORK/run/$(basename "$f")" ]; then cp "$f" "$WORK/run/"; fi
   done

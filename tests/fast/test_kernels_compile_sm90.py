@@ -179,28 +179,31 @@ def _env(tmp_path: Path, interpret: bool) -> dict[str, str]:
     return env
 
 
+def _python(tmp_path: Path, script: str, *args: str, interpret: bool, timeout: int) -> subprocess.CompletedProcess:
+    """``script`` run by this interpreter with ``args``, in :func:`_env` (the Triton interpreter or not)."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env=_env(tmp_path, interpret),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def _skip_without_ptxas(r: subprocess.CompletedProcess) -> None:
     if r.returncode != 0 and "ptxas" in r.stderr and "not found" in r.stderr.lower():
         pytest.skip("this triton install has no ptxas")
 
 
 def test_topk_kernels_compile_for_sm90(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-c", CHILD], env=_env(tmp_path, False), capture_output=True, text=True, timeout=600
-    )
+    r = _python(tmp_path, CHILD, interpret=False, timeout=600)
     _skip_without_ptxas(r)
     assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-3000:]
 
 
 def test_every_kernel_the_fast_step_launches_compiles_for_sm90(tmp_path):
     specs = tmp_path / "specs.json"
-    r = subprocess.run(
-        [sys.executable, "-c", RECORD, str(specs), str(ROOT / "tests")],
-        env=_env(tmp_path, True),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    r = _python(tmp_path, RECORD, str(specs), str(ROOT / "tests"), interpret=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     recorded = json.loads(specs.read_text())
     names = {rec[1] for rec in recorded}
@@ -211,13 +214,7 @@ def test_every_kernel_the_fast_step_launches_compiles_for_sm90(tmp_path):
     mapped = {rec[3]["X_MAPPED"] for rec in recorded if rec[1] == "_sparse_adam_kernel"}
     assert mapped == {True, False}, mapped
     assert any(rec[3]["HAS_HOT"] for rec in recorded if rec[1] == "_sparse_adam_kernel")
-    r = subprocess.run(
-        [sys.executable, "-c", COMPILE, str(specs)],
-        env=_env(tmp_path, False),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    r = _python(tmp_path, COMPILE, str(specs), interpret=False, timeout=900)
     _skip_without_ptxas(r)
     assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-3000:]
 
@@ -314,13 +311,7 @@ def test_no_aux_width_compiles_a_kernel_another_width_does_not(tmp_path):
     Each width's step must launch the same Triton specialisations as every other width's (as Triton keys them
     on CUDA), apart from those FastTopKTrainer.precompile_aux_selection compiles before the first step."""
     out = tmp_path / "widths.json"
-    r = subprocess.run(
-        [sys.executable, "-c", WIDTHS, str(out), str(ROOT / "tests")],
-        env=_env(tmp_path, True),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    r = _python(tmp_path, WIDTHS, str(out), str(ROOT / "tests"), interpret=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     for name, res in json.loads(out.read_text()).items():
         pre = set(res["pre"])

@@ -106,3 +106,13 @@ def profile_summary(prof: Any, wall_s: float, per: int = 1, top: int = 30, cuda:
         "host_syncs_per_step": syncs / per,
         "top": rows[:top],
     }
+
+
+def synchronize(device: Any) -> None:
+    """Wait for ``device``'s queued kernels (a CUDA device; nothing to wait for elsewhere), so that a wall-clock
+    time taken after it includes them."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)

@@ -49,3 +49,11 @@ def test_cpu_profile_ranks_by_cpu_time_and_has_no_busy_share():
     s = profile_summary(_prof([], averages), 1.0, cuda=False, top=1)
     assert s["gpu_busy_fraction"] is None and s["host_syncs_per_step"] == 0
     assert s["top"] == [{"name": "b", "calls_per_step": 3.0, "ms_per_step": 2.0}]
+
+
+def test_synchronize_takes_names_and_devices_and_refuses_nonsense():
+    from sae_rdp_plugin.devices import synchronize
+
+    assert synchronize("cpu") is None and synchronize(torch.device("cpu")) is None  # nothing queued on a CPU
+    with pytest.raises(RuntimeError):
+        synchronize("not-a-device")

@@ -63,6 +63,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from sae_rdp_plugin.devices import synchronize
+
 ROWS = (
     "forward_only",
     "step_only",
@@ -300,11 +302,6 @@ def saelens_fvu(path: str | Path, x: torch.Tensor, device: str) -> float:
 
 
 # ---------------------------------------------------------------------------------------- timing
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 class StepClock:
     """Steady-state rate: ``tick()`` at the start of every step; a synchronised wall-clock mark at step
     ``warmup`` and at step ``total - 1`` gives (total - 1 - warmup) steps over their time."""
@@ -321,7 +318,7 @@ class StepClock:
         if self.profiler is not None:
             self.profiler.tick(self.n)
         if self.n in (self.warmup, self.total - 1):
-            sync(self.device)
+            synchronize(self.device)
             now = time.perf_counter()
             if self.n == self.warmup:
                 self.t_warm = now
@@ -369,7 +366,7 @@ class StepProfiler:
             from torch.profiler import ProfilerActivity, profile
 
             acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.startswith("cuda") else [])
-            sync(self.device)
+            synchronize(self.device)
             self.prof = profile(activities=acts)
             self.prof.start()
             self.t0 = time.perf_counter()
@@ -382,7 +379,7 @@ class StepProfiler:
             self._stop(max(1, steps_run - self.start))
 
     def _stop(self, steps: int) -> None:
-        sync(self.device)
+        synchronize(self.device)
         wall = time.perf_counter() - self.t0
         self.prof.stop()
         prof, self.prof = self.prof, None
@@ -411,10 +408,10 @@ class Split:
 
     def timed(self, key: str, fn: Any) -> Any:
         def run(*a: Any, **kw: Any) -> Any:
-            sync(self.device)
+            synchronize(self.device)
             t0 = time.perf_counter()
             out = fn(*a, **kw)
-            sync(self.device)
+            synchronize(self.device)
             self.s[key] += time.perf_counter() - t0
             return out
 
@@ -489,7 +486,7 @@ def row_forward_only(b: Bench) -> dict[str, Any]:
     for i, batch in enumerate(timed_batches(iter(pipe), clock)):
         if i + 1 >= steps:
             break
-    sync(b.device)
+    synchronize(b.device)
     wall = time.perf_counter() - t0
     sps = clock.steps_per_s()
     return {
@@ -530,7 +527,7 @@ def row_step_only(b: Bench) -> dict[str, Any]:
     for s in range(steps):
         clock.tick()
         ft.step(xs[s % len(xs)])
-    sync(b.device)
+    synchronize(b.device)
     wall = time.perf_counter() - t0
     sps = clock.steps_per_s()
     return {
@@ -581,7 +578,7 @@ def run_ours(
     pipe = ActivationPipeline(model, train, pcfg, bos_token_id=bos, pad_token_id=pad)
     profiler = StepProfiler(b.device, *b.profile) if profile else None
     clock = StepClock(b.device, b.warmup_steps, math.ceil(b.tokens / b.batch), profiler)
-    sync(b.device)
+    synchronize(b.device)
     t0 = time.perf_counter()
     reports = train_saes(
         TickingPipeline(pipe, clock),
@@ -592,7 +589,7 @@ def run_ours(
         sae_streams=sae_streams,
         fast_options=fast_options,
     )
-    sync(b.device)
+    synchronize(b.device)
     wall = time.perf_counter() - t0
     if profiler is not None:
         profiler.finish(clock.n)
@@ -781,10 +778,10 @@ def _run_saelens(b: Bench, name: str, tokens: int) -> dict[str, Any]:
         return run_trainer(trainer)
 
     runner.run_trainer_with_interruption_handling = run_timed
-    sync(b.device)
+    synchronize(b.device)
     t0 = time.perf_counter()
     runner.run()
-    sync(b.device)
+    synchronize(b.device)
     wall = time.perf_counter() - t0
     peak = peak_gb(b)
     sps = clock.steps_per_s()
@@ -870,16 +867,16 @@ def row_sparsify(b: Bench) -> dict[str, Any]:
 
     def pre(mod: Any, args: Any, kwargs: Any) -> None:
         clock.tick()
-        sync(b.device)
+        synchronize(b.device)
         marks["start"] = time.perf_counter()
 
     def at_layer(mod: Any, args: Any, out: Any) -> None:  # runs before sparsify's own hook on this layer
-        sync(b.device)
+        synchronize(b.device)
         marks["layer"] = time.perf_counter()
         split.s["forward_s"] += marks["layer"] - marks["start"]
 
     def post(mod: Any, args: Any, out: Any) -> None:
-        sync(b.device)
+        synchronize(b.device)
         split.s["sae_step_s"] += time.perf_counter() - marks["layer"]
 
     handles = [
@@ -887,14 +884,14 @@ def row_sparsify(b: Bench) -> dict[str, Any]:
         base.layers[layer].register_forward_hook(at_layer),
         base.register_forward_hook(post),
     ]
-    sync(b.device)
+    synchronize(b.device)
     t0 = time.perf_counter()
     try:
         trainer.fit()
     finally:
         for h in handles:
             h.remove()
-    sync(b.device)
+    synchronize(b.device)
     wall = time.perf_counter() - t0
     peak = peak_gb(b)
     sps = clock.steps_per_s()

@@ -31,22 +31,18 @@ from pathlib import Path
 import torch
 
 import sae_rdp_plugin  # noqa: F401  (registers weighted_*)
+from sae_rdp_plugin.devices import synchronize
 from sae_rdp_plugin.fast.step import FastTopKTrainer
 
 RESULTS: dict = {}
 
 
 # ----------------------------------------------------------------------------------------- timing
-def _sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
 def time_fn(fn, dev, warmup: int, iters: int) -> dict:
     """Median / min / p90 wall time per call in ms (CUDA events on GPU, perf_counter on CPU)."""
     for _ in range(warmup):
         fn()
-    _sync(dev)
+    synchronize(dev)
     ts = []
     if dev.type == "cuda":
         evs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]

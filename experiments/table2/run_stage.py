@@ -54,6 +54,8 @@ from typing import Any
 
 import numpy as np
 
+from sae_rdp_plugin.devices import synchronize
+
 HERE = Path(__file__).resolve().parent
 SAES_DIR, CORE_DIR, PROBE_DIR, ABSORPTION_DIR = "saes", "core", "sparse_probing_sae_probes", "absorption_first_letter"
 CORE_WORKERS_MARGIN_S = 20.0  # --core-workers: stopped this long before --time-budget (proxies, export)
@@ -391,14 +393,6 @@ def fast_deterministic() -> bool:
     return FastTopKConfig(d_in=1, d_sae=1, k=1).deterministic
 
 
-def _sync(device: str) -> None:
-    """Wait for the device's queued work, so that a phase's wall time includes its kernels."""
-    import torch
-
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def profiled(fn: Callable[[], Any], device: str, top: int = 15) -> tuple[Any, dict]:
     """``fn()`` under ``torch.profiler`` and what it saw (:func:`sae_rdp_plugin.devices.profile_summary`: GPU busy
     share, host syncs, the top ops); a profiler that fails leaves ``fn``'s result and records why."""
@@ -408,11 +402,11 @@ def profiled(fn: Callable[[], Any], device: str, top: int = 15) -> tuple[Any, di
 
     cuda = str(device).startswith("cuda")
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    _sync(device)
+    synchronize(device)
     t = time.perf_counter()
     with profile(activities=acts) as prof:
         out = fn()
-        _sync(device)
+        synchronize(device)
     wall = time.perf_counter() - t
     try:
         return out, profile_summary(prof, wall, top=top, cuda=cuda)
@@ -485,7 +479,7 @@ def core_eval(
     )
     t1 = time.perf_counter()
     metrics, feature_metrics = run_evals(sae, store, hooked, cfg, ignore_tokens=ignore)
-    _sync(args.device)
+    synchronize(args.device)
     t2 = time.perf_counter()
     metrics["misc_metrics"] = calculate_misc_metrics(feature_metrics)
     result = replace_nans_with_negative_one(

@@ -8,6 +8,9 @@ from sae_rdp_plugin.errors import SaeRdpError
 
 #: device types the training and evaluation code runs on
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+#: this machine's memory in GiB where the machine under-reports it: virtual machines whose RAM grows as it is used
+#: show a MemTotal far below their memory at the start (the GPU machines' notes: 31 GiB of 256)
+HOST_MEMORY_ENV = "SAE_RDP_HOST_MEMORY_GIB"
 
 
 def check_device(device: Any, flag: str = "--device") -> Any:
@@ -34,8 +37,11 @@ def check_device(device: Any, flag: str = "--device") -> Any:
 
 
 def memory_bytes(device: Any = "cpu") -> int | None:
-    """Total memory in bytes of ``device``: a CUDA device's own, else this machine's (psutil, else sysconf);
-    None where neither tells."""
+    """Total memory in bytes of ``device``: a CUDA device's own, else this machine's (``SAE_RDP_HOST_MEMORY_GIB``
+    if set, else psutil, else sysconf); None where none tells. A set variable that is not a positive number of GiB
+    raises SaeRdpError naming it."""
+    import os
+
     import torch
 
     dev = torch.device(device)
@@ -44,14 +50,21 @@ def memory_bytes(device: Any = "cpu") -> int | None:
             return int(torch.cuda.get_device_properties(dev).total_memory)
     except (RuntimeError, AssertionError, ValueError):
         return None
+    env = os.environ.get(HOST_MEMORY_ENV)
+    if env:
+        try:
+            gib = float(env)
+        except ValueError:
+            gib = float("nan")
+        if not (gib > 0 and gib < float("inf")):
+            raise SaeRdpError(f"{HOST_MEMORY_ENV}={env!r} is not a positive number of GiB")
+        return int(gib * 2**30)
     try:
         import psutil
 
         return int(psutil.virtual_memory().total)
     except Exception:  # noqa: BLE001 - psutil missing or unable to read
         try:
-            import os
-
             return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
         except (ValueError, OSError, AttributeError):
             return None

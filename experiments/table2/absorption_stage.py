@@ -63,7 +63,8 @@ work (scikit-learn's k-sparse probes, 26 letters x ``max_k_value``, and a row-by
 parallel processes overlap it. The first child trains the probe if it is missing while the others wait for it;
 the probe is trained into a temporary folder moved into place when complete, each SAE's JSON is written here
 after its child reports it done, so a cut leaves neither a partial probe nor a partial JSON; the record says
-which phase was cut and after how many seconds.
+which phase was cut and after how many seconds. Near the host's memory limit a guard stops the worker holding the
+most memory in an SAE (:class:`workers.MemoryGuard`; that SAE is left for a later call).
 
 The carried probe (``carry``, ``OUT/absorption_probe``): a probe trained here is also written there as probe.pth
 and a manifest (sha256, SAEBench's version, the probe config, vocabulary and csv fingerprints), which the stage's
@@ -93,6 +94,7 @@ from pathlib import Path
 from typing import Any
 
 from probing_stage import ProbeSAE
+from workers import MemoryGuard, die_with_parent, host_limit
 
 from sae_rdp_plugin.io import sha256_file
 
@@ -832,7 +834,7 @@ def _child(
     """A spawned worker: ``_work`` on the shared job queue, its events tagged with the worker's index (the queue's
     feeder thread flushes them before the process exits); worker 0 trains the probe if it is missing."""
 
-    _die_with_parent()
+    die_with_parent()
 
     def send(ev: tuple) -> None:
         events.put((index, ev))
@@ -844,20 +846,6 @@ def _child(
             stack.enter_context(threadpool_limits(threads))
         args = (model, model_name, jobs, work, cfg_kw, device, probe_batch, deadline, send)
         _work(*args, trains_probe=index == 0, threads=threads, vocab_sample=vocab_sample, **(probe_kw or {}))
-
-
-def _die_with_parent() -> None:
-    """Linux: this process gets SIGTERM when its parent dies (a stage killed from outside leaves no worker going
-    on through the queue); elsewhere nothing."""
-    import ctypes
-    import signal
-    import sys
-
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
 
 
 #: Host memory of SAEBench's k-sparse scoring per test word at its peak (eval_probe_and_sae_k_sparse_raw_scores
@@ -922,6 +910,7 @@ def run_absorption(
     on_result: Callable[[], None] | None = None,
     carry: Path | None = None,
     stage: str | None = None,
+    guard: MemoryGuard | None = None,
 ) -> dict:
     """SAE by SAE until ``deadline`` (time.time()) or ``max_saes`` new JSONs; an existing destination is skipped.
     ``config``: fields of SAEBench's ``AbsorptionEvalConfig`` other than ``model_name`` (default: its defaults,
@@ -941,7 +930,10 @@ def run_absorption(
     a probe trained here is written there in its carried form (its manifest names ``stage``, whose bundle carries
     it); the record then has ``probe_source`` ("trained" | "carried"), ``probe_refused`` (why a carried probe was
     not used), ``activations_match`` and ``probe_carry``; ``probe_parts_s`` adds ``probe_check``, ``probe_load``
-    (carried) or ``probe_fingerprint``, ``probe_carry`` (trained)."""
+    (carried) or ``probe_fingerprint``, ``probe_carry`` (trained).
+    ``guard``: the workers' host-memory guard (default :meth:`workers.MemoryGuard.for_host`): near the machine's
+    memory the worker holding the most memory in an SAE is stopped and its SAE left for a later call; the record's
+    ``host_memory`` says what it saw (peak used memory, each worker's peak resident memory, every stop)."""
     from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
     from sae_bench.evals.absorption.eval_output import AbsorptionEvalOutput
     from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
@@ -966,14 +958,13 @@ def run_absorption(
         if inline or not jobs:
             workers = 1
         else:
-            from sae_rdp_plugin.devices import memory_bytes
-
-            rows, host = eval_rows_estimate(model, vocab_sample), memory_bytes("cpu")
+            rows, (host, source) = eval_rows_estimate(model, vocab_sample), host_limit()
             workers = default_workers(rows, cfg.max_k_value, host)
             rec["workers_memory"] = {
                 "eval_rows_estimate": rows,
                 "worker_peak_bytes_estimate": worker_peak_bytes(rows, cfg.max_k_value),
                 "host_bytes": host,
+                "host_bytes_source": source,
                 "workers": workers,
                 "without_the_memory_cap": default_workers(),
             }
@@ -1058,7 +1049,9 @@ def run_absorption(
         threads = None if n == 1 else max(1, (os.cpu_count() or 1) // n)
         common = (model, model_name, work, cfg_kw, device, probe_batch, deadline)
         try:
-            _supervise(common, jobs, n, threads, vocab_sample, deadline, handle, states, rec, probe_kw)
+            guard = guard or MemoryGuard.for_host()
+            _supervise(common, jobs, n, threads, vocab_sample, deadline, handle, states, rec, probe_kw, guard)
+            rec["host_memory"] = guard.record()
         except Exception as e:  # noqa: BLE001 - starting the workers failed here (e.g. the model not picklable)
             rec["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
         if "error" in rec and "child_start_s" not in rec and time.time() < deadline:
@@ -1079,6 +1072,15 @@ def run_absorption(
     return rec
 
 
+def _stop(p: Any, grace_s: float = 5.0) -> None:
+    """Terminate child ``p``, kill it after ``grace_s``, wait for it (its memory is freed when it is reaped)."""
+    p.terminate()
+    p.join(grace_s)
+    if p.is_alive():
+        p.kill()
+    p.join()
+
+
 def _supervise(
     common: tuple,
     jobs: list,
@@ -1090,10 +1092,13 @@ def _supervise(
     states: list[dict],
     rec: dict,
     probe_kw: dict | None = None,
+    guard: MemoryGuard | None = None,
 ) -> None:
     """Run :func:`_work` in ``n`` spawned children sharing ``jobs``, ``handle`` their events here, terminate them
     at ``deadline``, at the first error or at the first 'not evaluable' (a property of the model-layer). Before
-    stopping, the events already queued are handled (an SAE finished just before the deadline is kept)."""
+    stopping, the events already queued are handled (an SAE finished just before the deadline is kept). ``guard``
+    is asked once a second which child to stop for host memory (one evaluating an SAE: its SAE is left, the other
+    children go on)."""
     ctx = mp.get_context("spawn")
     job_q, events = ctx.Queue(), ctx.Queue()
     for job in [*jobs, *[None] * n]:
@@ -1116,6 +1121,19 @@ def _supervise(
             left = deadline - time.time()
             if left <= 0:
                 break
+            if guard is not None:
+                live = {
+                    i: (p.pid, states[i]["phase"], states[i]["sae"])
+                    for i, p in enumerate(procs)
+                    if not ended[i] and p.pid is not None and p.exitcode is None
+                }
+                stop = guard.check(live)
+                if stop is not None:
+                    _stop(procs[stop])
+                    ended[stop] = True
+                    states[stop].update(phase="stopped (host memory)", since=time.time(), sae=None)
+                    rec.setdefault("memory_stopped", []).append(guard.stopped[-1]["sae"])
+                    continue
             try:
                 i, ev = events.get(timeout=min(left, 1.0))
             except queue.Empty:

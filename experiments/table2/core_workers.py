@@ -25,11 +25,11 @@ def _child(
     hooked: Any, held: Any, ignore: set[int], args: Any, deadline: float, jobs: Any, results: Any, index: int
 ) -> None:
     """A worker: core evals of the SAEs it takes from ``jobs`` until None or too close to ``deadline``."""
-    from absorption_stage import _die_with_parent
     from run_stage import atomic_json, core_eval, load_sae, validate_core
     from saebench_fold import fold_for_saebench
+    from workers import die_with_parent
 
-    _die_with_parent()
+    die_with_parent()
     longest = 0.0
     try:
         while True:

@@ -17,6 +17,9 @@ WORK=${T2_WORK:-/tmp/t2}
 SITE=${T2_SITE:-/tmp/site}
 OUT=${OUT:-out/table2}
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 SAE_RDP_MODEL_CACHE="$WORK/model_cache"
+# the machine's memory for the absorption workers' count and memory guard: the lent one-GPU machines have 128 GiB,
+# but their RAM grows as it is used, so MemTotal reads far less at the start (the device notes: 31 of 256 GiB)
+export SAE_RDP_HOST_MEMORY_GIB=${SAE_RDP_HOST_MEMORY_GIB:-128}
 PY=${PYTHON:-python3}
 WHL=${T2_WHL:-.whl}
 install_wheels() {

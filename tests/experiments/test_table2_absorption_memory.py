@@ -38,6 +38,12 @@ def test_workers_capped_by_memory(ab, monkeypatch):
     assert ab.default_workers(rows, 10, 128 * GIB) == 6
     assert ab.default_workers(rows, 5, 128 * GIB) == 10  # max_k 5: half the rows' bytes (5.0 GiB + 3 GiB each)
     assert ab.default_workers(rows, 10, 8 * GIB) == 1  # never fewer than one
+    # the machine's memory from SAE_RDP_HOST_MEMORY_GIB where set (the device's RAM grows as it is used: MemTotal
+    # starts far below it), as the stage reads it when no host_bytes is given
+    monkeypatch.setenv("SAE_RDP_HOST_MEMORY_GIB", "128")
+    assert ab.default_workers(rows, 10) == 6
+    monkeypatch.setenv("SAE_RDP_HOST_MEMORY_GIB", "31")
+    assert ab.default_workers(rows, 10) == 1
     assert ab.default_workers(100, 10, 1 << 50) == 14  # memory to spare: the CPU rule
     monkeypatch.setattr(ab.os, "cpu_count", lambda: 2)
     assert ab.default_workers(rows, 10, 128 * GIB) == 1

@@ -657,6 +657,44 @@ def test_absorption_in_workers_and_in_any_order_gives_the_same_jsons(rs, tmp_pat
 
 
 @needs_probes
+def test_absorption_memory_guard_stops_one_worker(rs, tmp_path):
+    """Host memory over the guard's limit while 2 workers evaluate 3 SAEs: one worker evaluating an SAE is stopped
+    (the guard's cooldown lets it stop only one here), its SAE is left without a JSON, the other worker evaluates
+    the other two, and the record says what the guard saw; the real readings of the children's memory come
+    back. Under the limit nothing is stopped."""
+    t = _absorption_setup(rs, tmp_path)
+    ab = importlib.import_module("absorption_stage")
+    wk = importlib.import_module("workers")
+    cfg = {"min_GT_probe_f1": 0.0, "k_sparse_probe_num_epochs": 2, "max_k_value": 3, "min_feats_for_eval": 2}
+
+    def run(name: str, used: int) -> tuple[dict, list]:
+        dest = tmp_path / name
+        items = [rs.probe_item(s, p, step, dest, "cpu") for s, p, step in t.trained]
+        guard = wk.MemoryGuard(1 << 40, used=lambda: used, interval_s=0.05, cooldown_s=1e9)
+        r = ab.run_absorption(
+            t.hooked, "tiny-gpt2", items, tmp_path / "w", time.time() + 600, "cpu", config=cfg,
+            log=lambda m: None, workers=2, guard=guard,
+        )  # fmt: skip
+        return r, items
+
+    r, items = run("over", 1 << 41)
+    hm = r["host_memory"]
+    assert len(hm["stopped"]) == 1 and r["memory_stopped"] == [hm["stopped"][0]["sae"]], r
+    stopped = hm["stopped"][0]["sae"]
+    assert stopped in [s.name for s in items] and r["left"] == [stopped] and not r["complete"], r
+    assert sorted(r["evaluated"]) == sorted(s.name for s in items if s.name != stopped) and "error" not in r, r
+    assert sorted(f.name for f in (tmp_path / "over").iterdir()) == sorted(
+        s.dest.name for s in items if s.name != stopped
+    )
+    assert hm["limit_bytes"] == 1 << 40 and hm["peak_used_bytes"] == 1 << 41 and hm["samples"] >= 1
+    assert set(hm["worker_peak_rss_bytes"]) <= {"0", "1"} and all(
+        b > 50 << 20 for b in hm["worker_peak_rss_bytes"].values()
+    )  # a child with torch and SAEBench imported holds more than 50 MiB
+    r, items = run("under", 1 << 30)
+    assert r["complete"] and "memory_stopped" not in r and r["host_memory"]["stopped"] == [], r
+
+
+@needs_probes
 def test_absorption_probe_diagnostic_on_a_tiny_model(rs, tmp_path, monkeypatch, capsys):
     """diagnostics/absorption_probe.py trains SAEBench's first-letter probe on a vocabulary sample (here the tiny
     word-level model's own alphabetic tokens): the JSON's per-letter counts add up to the sample's 80/20 split

@@ -234,3 +234,20 @@ def test_run_puts_a_replicates_probing_and_absorption_jsons_but_not_its_core(tmp
     r = _run(tmp_path, "run", "E-m-9", python=str(fake), T2_REPLICATE="m-L9-topk-r9")
     assert r.returncode == 2 and r.stderr.strip().startswith("error: T2_REPLICATE=m-L9-topk-r9"), r.stderr
     assert "run_stage" not in r.stdout and sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_run_names_the_machines_memory(tmp_path):
+    """stage.sh exports SAE_RDP_HOST_MEMORY_GIB=128 for run_stage (the device's RAM grows as it is used, so MemTotal
+    starts far below it; the absorption workers' count and memory guard read the variable); a value already set
+    is kept."""
+    fake = _staged_fake(tmp_path, 'echo "run_stage $* mem=$SAE_RDP_HOST_MEMORY_GIB"\n')
+    env = {k: v for k, v in os.environ.items() if k != "SAE_RDP_HOST_MEMORY_GIB"}
+    r = subprocess.run(
+        ["bash", str(ROOT / "experiments/table2/stage.sh"), "run", "E-m-9"],
+        env={**env, "T2_WORK": str(tmp_path / "work"), "T2_SITE": str(tmp_path / "site"), "OUT": str(tmp_path / "out"),
+             "PYTHON": str(fake), "T2_RESULTS": str(tmp_path / "results"), "T2_WHL": str(tmp_path / "no_wheels")},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0 and "mem=128" in r.stdout, r.stdout + r.stderr
+    r = _run(tmp_path, "run", "E-m-9", python=str(fake), SAE_RDP_HOST_MEMORY_GIB="80")
+    assert r.returncode == 0 and "mem=80" in r.stdout, r.stdout + r.stderr

@@ -164,6 +164,12 @@ CLI_CASES = [
         "sweep run --config c.json --out o",
         "needs about",
     ),
+    (
+        "sweep-host-memory-env-bad",  # SAE_RDP_HOST_MEMORY_GIB=lots (PATCHES): the memory check names the variable
+        {"c.json": SWEEP},
+        "sweep run --config c.json --out o",
+        "SAE_RDP_HOST_MEMORY_GIB='lots' is not a positive number of GiB",
+    ),
     ("sweep-device-banana", {"c.json": SWEEP}, "sweep run --config c.json --out o --device banana", "not a device"),
     ("train-device-banana", {}, TRAIN + " --device banana --out o", "--device 'banana' is not a device"),
     ("train-device-cuda:99", {}, TRAIN + " --device cuda:99 --out o", "--device 'cuda:99'"),
@@ -258,6 +264,7 @@ PATCHES = {
     "sweep-disk-full": _disk_full("safetensors.torch:save_file"),
     "train-disk-full-checkpoint": _disk_full("torch:save"),  # SAELens's trainer state, after the weights
     "train-disk-full-final-save": _disk_full("sae_lens.saes.sae:save_file"),
+    "sweep-host-memory-env-bad": lambda mp: mp.setenv("SAE_RDP_HOST_MEMORY_GIB", "lots"),
 }
 
 

@@ -57,3 +57,16 @@ def test_eval_rows_estimate_counts_the_alphabetic_vocabulary(ab):
     assert len(model.tokenizer.vocab) == 9 + 52 + 256
     assert ab.eval_rows_estimate(model) == round(0.2 * 312)
     assert ab.eval_rows_estimate(model, vocab_sample=50) == 10
+
+
+def test_measurement_script_refuses_a_bad_out_before_measuring(tmp_path, capsys):
+    """diagnostics/absorption_memory.py: --out in a missing folder or onto a folder exits 2 with one error line,
+    before any measurement, writing nothing."""
+    from tests.experiments.script_loader import load_script
+
+    am = load_script("absorption_memory", "experiments/table2/diagnostics/absorption_memory.py")
+    for out, words in ((tmp_path / "no" / "m.json", "its folder does not exist"), (tmp_path, "is a folder")):
+        assert am.main(["--rows", "1", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --out") and words in err[0], err
+    assert list(tmp_path.iterdir()) == []

@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sae_rdp_plugin.io import atomic_write_json
+
 CHILD = r"""
 import gc, json, resource, sys, time
 import torch
@@ -57,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.rows) < 1 or args.max_k < 1:
         print("error: --rows and --max-k must be >= 1", file=sys.stderr)
         return 2
+    if not args.out.parent.is_dir() or args.out.is_dir():
+        print(f"error: --out {args.out}: {'is a folder' if args.out.is_dir() else 'its folder does not exist'}",
+              file=sys.stderr)  # fmt: skip
+        return 2
     runs = []
     for n in args.rows:
         out = subprocess.run(
@@ -77,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {platform.python_version()}",
         "date": dt.date.today().isoformat(),
     }
-    args.out.write_text(json.dumps(rec, indent=1) + "\n")
+    atomic_write_json(args.out, rec, indent=1)
     print(json.dumps({"bytes_per_row": per_row}))
     return 0
 

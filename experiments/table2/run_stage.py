@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from workers import host_snapshot
 
 from sae_rdp_plugin.devices import synchronize
 
@@ -706,6 +707,7 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
             "wall_s": round(wall, 2),
             "gpu_s": round(wall, 2) if cuda else 0.0,
             "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+            "host_memory": {"start": args.host_at_start, "end": host_snapshot()},
             **recs,
             "tokenizer": tokenizer,
             "not_trained_uncalibrated": uncalibrated,
@@ -865,6 +867,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     t_call = time.perf_counter()
+    # the machine's memory at the start and end of the call (the device's MemTotal grows as RAM is used)
+    args.host_at_start = host_snapshot()
     plan = load_json(args.plan)
     recipe = load_json(args.recipe or args.plan.parent / "recipe.json")
     stage = args.stage
@@ -1042,6 +1046,7 @@ def main(argv: list[str] | None = None) -> int:
             "wall_s": round(wall, 2),
             "gpu_s": round(wall, 2) if cuda else 0.0,
             "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+            "host_memory": {"start": args.host_at_start, "end": host_snapshot()},
             "trained": trained,
             "skipped_trained_before": done,
             "left_for_later": [f for f in fams if f not in done and f not in todo],

@@ -81,6 +81,29 @@ def host_limit() -> tuple[int | None, str]:
     return memory_bytes("cpu"), source
 
 
+def host_snapshot() -> dict[str, Any]:
+    """This machine's memory now, for a call record: the limit the stages use and its source (:func:`host_limit`),
+    MemTotal as the machine reports it (on the device it grows as RAM is used), the used memory, and this
+    process's peak resident memory (bytes; None where unreadable)."""
+    import os
+
+    limit, source = host_limit()
+    try:
+        import psutil
+
+        memtotal: int | None = int(psutil.virtual_memory().total)
+    except Exception:  # noqa: BLE001 - psutil missing
+        memtotal = None
+    rss = process_rss_bytes(os.getpid())
+    return {
+        "limit_bytes": limit,
+        "limit_source": source,
+        "memtotal_bytes": memtotal,
+        "used_bytes": host_used_bytes(),
+        "process_peak_rss_bytes": None if rss is None else rss[1],
+    }
+
+
 @dataclasses.dataclass
 class MemoryGuard:
     """Samples host memory while workers run and tells the supervisor which worker to stop near the limit."""

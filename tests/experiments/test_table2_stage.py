@@ -96,6 +96,11 @@ def test_stage_end_to_end_resume_and_audit(rs, tmp_path, capsys):
     (call,) = rec["calls"]
     assert len(call["trained"]) == 4 and call["skipped_trained_before"] == [] and len(call["core_evaluated"]) == 5
     assert call["fast_deterministic"] is (os.environ.get("SAE_RDP_FAST_DETERMINISTIC", "0") == "1")
+    # the machine's memory at the call's start and end (the device's MemTotal grows as RAM is used): this
+    # process's peak resident memory only grows, and a stage that trained and evaluated holds > 100 MiB
+    hm = call["host_memory"]
+    assert hm["start"]["limit_source"] and hm["end"]["memtotal_bytes"] > 0 and hm["end"]["used_bytes"] > 0
+    assert hm["end"]["process_peak_rss_bytes"] >= hm["start"]["process_peak_rss_bytes"] > 100 << 20, hm
     # every SAE's decoder norms folded before SAEBench's core, as its loader folds an SAE loaded by name
     assert sorted(call["saebench_fold"]) == sorted(call["core_evaluated"])
     assert all(f["folded"] is True for f in call["saebench_fold"].values())

@@ -52,6 +52,10 @@ Batching adaptations (the same activations, the same probe; only the cost change
   encodes it once per SAE as SAEBench does, keeps its nonzero activations (up to ``KSP_CACHE_NNZ``; beyond that,
   SAEBench's function) and copies the k columns out of them: the same bits; emptied when the SAE's k-sparse
   probing ends;
+* Python's garbage collector is off during each SAE's k-sparse probing (and on again after): SAEBench's scoring
+  builds ~300 KiB of Python rows and small arrays per test word (~28k words for Gemma-3), over which the collector's
+  passes cost ~13% of the scoring's time on the CPU with no cycle to free (``diagnostics/absorption_memory.json``:
+  the same peak memory, the same values);
 * ``BATCH_DEFAULTS`` (``llm_batch_size``, ``eval_k_sparse_probe_batch_size``: prompts per forward pass and
   rows per SAE encoding, nothing else) unless ``config`` sets them. ``k_sparse_probe_batch_size`` is the sparse
   probes' training minibatch (it changes the probes): it keeps SAEBench's default.
@@ -79,6 +83,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import gc
 import json
 import multiprocessing as mp
 import os
@@ -296,8 +301,8 @@ def offline_absorption(
 ):
     """Within the block SAEBench's absorption eval uses ``model``, writes only under ``work`` and runs batched
     (module doc). ``progress(part, seconds)`` is called after each timed part of SAEBench's eval: the vocabulary
-    listing, the probe's activations, its training and saving (the probe phase), the k-sparse probing and the
-    absorption experiment (per SAE).
+    listing, the probe's activations, its training and saving (the probe phase), the k-sparse probing (within it
+    ``k_sparse_probing.training`` and ``.scoring``) and the absorption experiment (per SAE).
     ``vocab_sample``: smoke runs only, not SAEBench's eval: its vocabulary cut to a fixed sample of that many
     words (seeded, in token-id order), for the probe and the absorption prompts alike.
     ``ksp_cache_nnz``: the cap of the k-sparse probes' activation cache (:class:`CachedSaeActs`, emptied when each
@@ -330,6 +335,7 @@ def offline_absorption(
     orig_get_tokens = vocab.get_tokens
     orig_train, orig_save = common.train_linear_probe_for_task, common.save_probe_and_data
     orig_acts = ksp_mod._get_sae_acts
+    orig_ksp_train, orig_ksp_scores = ksp_mod.train_k_sparse_probes, ksp_mod.eval_probe_and_sae_k_sparse_raw_scores
     cap = KSP_CACHE_NNZ if ksp_cache_nnz is None else ksp_cache_nnz
     acts_cache = CachedSaeActs(orig_acts, cap) if cap > 0 else None
 
@@ -383,9 +389,13 @@ def offline_absorption(
     ksp_call = functools.partial(orig[1], experiment_dir=ksp, probes_dir=probes)
 
     def ksp_run(*a: Any, **k: Any) -> Any:
+        collecting = gc.isenabled()
+        gc.disable()  # the scoring's ~28k rows of arrays: no collector passes over them (the same values)
         try:
             return ksp_call(*a, **k)
         finally:
+            if collecting:
+                gc.enable()
             if acts_cache is not None:
                 acts_cache.clear()  # this SAE's activations
                 if cache_stats is not None:
@@ -393,6 +403,9 @@ def offline_absorption(
                 acts_cache.stats = dict.fromkeys(acts_cache.stats, 0)
 
     am.run_k_sparse_probing_experiment = timed("k_sparse_probing", ksp_run)
+    # its two longest parts, within it (a part name with a dot is inside the part before the dot)
+    ksp_mod.train_k_sparse_probes = timed("k_sparse_probing.training", orig_ksp_train)
+    ksp_mod.eval_probe_and_sae_k_sparse_raw_scores = timed("k_sparse_probing.scoring", orig_ksp_scores)
     am.run_feature_absortion_experiment = timed("absorption_experiment", absorption_experiment)
     common.gen_and_save_df_acts_probing = timed("activations", gather)
     common.train_linear_probe_for_task = timed("probe_training", orig_train)
@@ -413,6 +426,7 @@ def offline_absorption(
         Calc._validate_prompts_are_same_length = orig_validate  # type: ignore[method-assign]
         vocab.get_tokens = orig_get_tokens
         ksp_mod._get_sae_acts = orig_acts
+        ksp_mod.train_k_sparse_probes, ksp_mod.eval_probe_and_sae_k_sparse_raw_scores = orig_ksp_train, orig_ksp_scores
         if acts_cache is not None:
             acts_cache.clear()
         tok.padding_side = side

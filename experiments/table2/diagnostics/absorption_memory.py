@@ -7,8 +7,11 @@ script runs that function, unchanged, on a small random TopK SAE with random pro
 fresh process per size and records the growth of the peak resident memory (``ru_maxrss``) per word.
 ``absorption_stage.EVAL_ROW_BYTES_K10`` (the workers' memory cap) is taken from it.
 
-    .venv/bin/python experiments/table2/diagnostics/absorption_memory.py --rows 1000 4000 \\
+    .venv/bin/python experiments/table2/diagnostics/absorption_memory.py --rows 1000 4000 28000 --gc on off \\
         --out experiments/table2/diagnostics/absorption_memory.json
+
+``--gc on off`` runs each size with Python's garbage collector on (SAEBench's own setting) and off (as
+``absorption_stage`` runs the k-sparse probing: the same values, no collector passes over the rows built).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from sae_bench.evals.absorption.probing import LinearProbe
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
 rows, max_k, d_in, d_sae = (int(a) for a in sys.argv[1:5])
+gc_on = sys.argv[5] == "on"
 torch.manual_seed(0)
 sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=32, device="cpu"))
 probe = LinearProbe(d_in, 26)
@@ -42,11 +46,18 @@ labels = [(f"w{i}", i % 26) for i in range(rows)]
 acts = torch.randn(rows, d_in)
 gc.collect()
 r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if not gc_on:  # as absorption_stage runs SAEBench's k-sparse probing: the values are the same either way
+    gc.disable()
 t = time.perf_counter()
 df = eval_probe_and_sae_k_sparse_raw_scores(sae, probe, ksp, labels, acts, eval_batch_size=24)
 s = time.perf_counter() - t
+gc.enable()
+import hashlib, pickle
+digest = hashlib.sha256(pickle.dumps([df[c].tolist() for c in df.columns])).hexdigest()
 r1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"rows": rows, "columns": df.shape[1], "peak_growth_bytes": (r1 - r0) * 1024, "seconds": s}))
+out = {"rows": rows, "gc": sys.argv[5], "columns": df.shape[1], "peak_growth_bytes": (r1 - r0) * 1024, "seconds": s,
+       "values_sha256": digest}
+print(json.dumps(out))
 """
 
 
@@ -54,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[1000, 4000])
     ap.add_argument("--max-k", type=int, default=10, help="SAEBench's max_k_value (default 10)")
+    ap.add_argument(
+        "--gc", nargs="+", choices=["on", "off"], default=["on"],
+        help="Python's garbage collector during the scoring; each mode is run for every --rows",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     if min(args.rows) < 1 or args.max_k < 1:
@@ -64,15 +79,17 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     runs = []
-    for n in args.rows:
+    for n, mode in ((n, mode) for n in args.rows for mode in args.gc):
         out = subprocess.run(
-            [sys.executable, "-c", CHILD, str(n), str(args.max_k), "64", "2048"],
+            [sys.executable, "-c", CHILD, str(n), str(args.max_k), "64", "2048", mode],
             capture_output=True,
             text=True,
             check=True,
         ).stdout
         runs.append(json.loads(out.strip().splitlines()[-1]))
-    per_row = [r["peak_growth_bytes"] / r["rows"] for r in runs]
+    per_row = [r["peak_growth_bytes"] / r["rows"] for r in runs if r["gc"] == args.gc[0]]
+    # the collector changes no value: every mode's DataFrame of a size hashes the same
+    same = {n: len({r["values_sha256"] for r in runs if r["rows"] == n}) == 1 for n in args.rows}
     rec = {
         "what": __doc__.split("\n\n")[0],
         "function": "sae_bench.evals.absorption.k_sparse_probing.eval_probe_and_sae_k_sparse_raw_scores",
@@ -80,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "sae": {"architecture": "topk", "d_in": 64, "d_sae": 2048, "k": 32},
         "runs": runs,
         "bytes_per_row": per_row,
+        "same_values_in_every_gc_mode": same,
         "machine": f"{platform.machine()}, {platform.python_version()}",
         "date": dt.date.today().isoformat(),
     }

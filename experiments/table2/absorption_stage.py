@@ -53,9 +53,9 @@ Batching adaptations (the same activations, the same probe; only the cost change
   SAEBench's function) and copies the k columns out of them: the same bits; emptied when the SAE's k-sparse
   probing ends;
 * Python's garbage collector is off during each SAE's k-sparse probing (and on again after): SAEBench's scoring
-  builds ~300 KiB of Python rows and small arrays per test word (~28k words for Gemma-3), over which the collector's
-  passes cost ~13% of the scoring's time on the CPU with no cycle to free (``diagnostics/absorption_memory.json``:
-  the same peak memory, the same values);
+  builds ~300 KiB of Python rows and small arrays per test word (~28k words for Gemma-3), over which the collector
+  passes again and again with nothing to free (``diagnostics/absorption_memory.json``: the same values and peak
+  memory either way, the scoring a few percent faster without it);
 * ``BATCH_DEFAULTS`` (``llm_batch_size``, ``eval_k_sparse_probe_batch_size``: prompts per forward pass and
   rows per SAE encoding, nothing else) unless ``config`` sets them. ``k_sparse_probe_batch_size`` is the sparse
   probes' training minibatch (it changes the probes): it keeps SAEBench's default.
@@ -869,8 +869,9 @@ EVAL_ROW_BYTES_K10 = 300 << 10
 #: A worker's own process (torch with its CUDA context, SAEBench, the probe's train / test activations): assumed,
 #: not measured on the device.
 WORKER_BASE_BYTES = 3 << 30
-#: The share of the machine's memory the workers' estimated peaks may take together.
-WORKER_MEMORY_SHARE = 0.6
+#: The share of the machine's memory the workers' estimated peaks may take together (the rest: the stage's own
+#: process, the system, the base's error; beyond it the memory guard stops a worker: workers.MemoryGuard).
+WORKER_MEMORY_SHARE = 0.8
 TEST_FRACTION = 0.2  # SAEBench's probe split (probing.py: train_test_fraction 0.8): the k-sparse scoring's words
 
 
@@ -883,7 +884,7 @@ def default_workers(eval_rows: int | None = None, max_k: int = 10, host_bytes: i
     """SAEs evaluated in parallel by default: as the sparse-probing SAE workers, min(14, CPUs - 2) (the per-SAE
     work is mostly single-threaded Python and scikit-learn; the device has 16 CPUs), and, given the number of
     test words, no more than fit in ``WORKER_MEMORY_SHARE`` of ``host_bytes`` (default: this machine's memory) at
-    :func:`worker_peak_bytes` each (Gemma-3's ~28k test words: ~11 GiB each, so 6-7 on 128 GiB rather than 14,
+    :func:`worker_peak_bytes` each (Gemma-3's ~28k test words: ~11 GiB each, so 9 on 128 GiB rather than 14,
     whose peaks together would pass the machine's memory); at least one."""
     n = max(1, min(14, (os.cpu_count() or 1) - 2))
     if eval_rows is not None:

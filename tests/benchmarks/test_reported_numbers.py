@@ -687,3 +687,21 @@ def test_table2_second_session_of_2026_12_05_quoted():
         text,
     )
     assert max(other) < 0.1  # "loading, SAELens's ActivationsStore and saving take hundredths"
+
+
+def test_table2_absorption_memory_numbers_quoted():
+    """table2 README section 5 (host memory) and section 6: the k-sparse scoring's peak memory and seconds at
+    Gemma-3's scale, from diagnostics/absorption_memory.json; the garbage collector changes no value."""
+    d = json.loads((ROOT / "experiments/table2/diagnostics/absorption_memory.json").read_text())
+    runs = {(r["rows"], r["gc"]): r for r in d["runs"]}
+    on, off = runs[(28000, "on")], runs[(28000, "off")]
+    assert all(d["same_values_in_every_gc_mode"].values()) and on["values_sha256"] == off["values_sha256"]
+    sizes = sorted({n for n, _ in runs})
+    gib = [runs[(n, "on")]["peak_growth_bytes"] / 2**30 for n in sizes]
+    quoted = [
+        f"{' / '.join(f'{n:,}' for n in sizes)} words: {' / '.join(f'{g:.2f}' for g in gib)} GiB",
+        f"{on['seconds']:.0f} s with Python's garbage collector on, {off['seconds']:.0f} s off",
+    ]
+    readme = "experiments/table2/README.md"
+    _assert_quoted(quoted, _flat(readme, after="* host memory:"))
+    _assert_quoted([f"the scoring's {off['seconds']:.0f} s"], _flat(readme, after="Still missing"))

@@ -32,18 +32,18 @@ def test_workers_capped_by_memory(ab, monkeypatch):
     monkeypatch.setattr(ab.os, "cpu_count", lambda: 16)
     assert ab.default_workers() == 14  # no estimate: the CPU rule alone
     # Gemma-3's alphabetic vocabulary (139,585 words, 20% test): by hand, 27,917 x 300 KiB = 7.99 GiB + 3 GiB
-    # base = 10.99 GiB per worker; 0.6 x 128 GiB = 76.8 GiB holds 6 of them
+    # base = 10.99 GiB per worker; 0.8 x 128 GiB = 102.4 GiB holds 9 of them
     rows = round(0.2 * 139585)
     assert ab.worker_peak_bytes(rows) == 3 * GIB + rows * 300 * 1024
-    assert ab.default_workers(rows, 10, 128 * GIB) == 6
-    assert ab.default_workers(rows, 5, 128 * GIB) == 10  # max_k 5: half the rows' bytes (5.0 GiB + 3 GiB each)
+    assert ab.default_workers(rows, 10, 128 * GIB) == 9
+    assert ab.default_workers(rows, 5, 64 * GIB) == 7  # max_k 5: half the rows' bytes (4.0 GiB + 3 GiB each)
     assert ab.default_workers(rows, 10, 8 * GIB) == 1  # never fewer than one
     # the machine's memory from SAE_RDP_HOST_MEMORY_GIB where set (the device's RAM grows as it is used: MemTotal
     # starts far below it), as the stage reads it when no host_bytes is given
     monkeypatch.setenv("SAE_RDP_HOST_MEMORY_GIB", "128")
-    assert ab.default_workers(rows, 10) == 6
-    monkeypatch.setenv("SAE_RDP_HOST_MEMORY_GIB", "31")
-    assert ab.default_workers(rows, 10) == 1
+    assert ab.default_workers(rows, 10) == 9
+    monkeypatch.setenv("SAE_RDP_HOST_MEMORY_GIB", "31")  # what MemTotal read at the start of a growing machine
+    assert ab.default_workers(rows, 10) == 2
     assert ab.default_workers(100, 10, 1 << 50) == 14  # memory to spare: the CPU rule
     monkeypatch.setattr(ab.os, "cpu_count", lambda: 2)
     assert ab.default_workers(rows, 10, 128 * GIB) == 1

@@ -52,9 +52,9 @@ t = time.perf_counter()
 df = eval_probe_and_sae_k_sparse_raw_scores(sae, probe, ksp, labels, acts, eval_batch_size=24)
 s = time.perf_counter() - t
 gc.enable()
+r1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # before the hash below, which holds a copy of the values
 import hashlib, pickle
 digest = hashlib.sha256(pickle.dumps([df[c].tolist() for c in df.columns])).hexdigest()
-r1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 out = {"rows": rows, "gc": sys.argv[5], "columns": df.shape[1], "peak_growth_bytes": (r1 - r0) * 1024, "seconds": s,
        "values_sha256": digest}
 print(json.dumps(out))

@@ -1087,6 +1087,53 @@ def run_absorption(
     return rec
 
 
+def probe_only(
+    model: Any,
+    model_name: str,
+    layer: int,
+    work: Path,
+    device: str,
+    config: dict[str, Any] | None = None,
+    probe_batch: int = PROBE_BATCH,
+    vocab_sample: int | None = None,
+    carry: Path | None = None,
+    stage: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """The first-letter probe alone (``run_stage.py --absorption-probe-only``), in this process: made as the first
+    SAE's worker makes it (:func:`make_probe` under :func:`offline_absorption`: the same seeds, batching and
+    carried-probe checks), into ``work``, so that a later call's SAEs find it in place and skip the probe phase; no
+    SAE is needed or evaluated. Record: ``probe_only``, ``probe_s``, ``probe_parts_s`` and :func:`make_probe`'s
+    fields, or ``probe_present`` (already in place: nothing done); ``evaluated`` / ``existing`` / ``left`` empty
+    and ``complete`` false (no SAE's JSON)."""
+    from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
+
+    work = work.resolve()
+    cfg = AbsorptionEvalConfig(model_name=model_name, **{**BATCH_DEFAULTS, **(config or {})})
+    rec: dict[str, Any] = {"eval": f"SAEBench {EVAL_TYPE}", "probe_only": True, "probe_batch": probe_batch}
+    rec.update(evaluated=[], existing=[], left=[], complete=False, config=dataclasses.asdict(cfg))
+    if vocab_sample is not None:
+        rec["vocab_sample"] = vocab_sample
+    for d in (work / "results").glob(f"{PROBE_TMP}*"):  # a probe phase cut by an earlier call
+        shutil.rmtree(d)
+    if _probe_ready(probe_folder(work, model, layer)):
+        rec["probe_present"] = True
+        log("absorption: the first-letter probe is in place already")
+        return rec
+    parts: dict[str, float] = {}
+
+    def part(name: str, s: float) -> None:
+        parts[name] = round(parts.get(name, 0.0) + s, 2)
+
+    log("absorption: making the first-letter probe only (SAEBench's probe phase)")
+    t = time.time()
+    with offline_absorption(model, model_name, work, probe_batch, part, vocab_sample):
+        info = make_probe(model, cfg, layer, work, device, carry, stage, vocab_sample, part)
+    rec.update(info, probe_s=round(time.time() - t, 2), probe_parts_s=parts)
+    log(f"absorption: probe {info['probe_source']} ({rec['probe_s']:.0f} s)")
+    return rec
+
+
 def _stop(p: Any, grace_s: float = 5.0) -> None:
     """Terminate child ``p``, kill it after ``grace_s``, wait for it (its memory is freed when it is reaped)."""
     p.terminate()

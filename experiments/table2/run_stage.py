@@ -636,8 +636,10 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
         fail(f"stage {stage} spans several hooks: {sorted(where)}")
     model_name, hook = where.pop() if where else (None, None)
     pairs = trained_saes(args.out, fams)
-    if not pairs:
+    if not pairs and not args.absorption_probe_only:
         fail(f"stage {stage}: no trained SAE under {args.out / SAES_DIR} (run the model-layer's T-* stages first)")
+    if model_name is None:
+        fail(f"stage {stage}: no SAE of the plan at that model-layer")
     hf, hooked, _tok = load_models(model_name, args)
     del hf
     if hooked.tokenizer is None:
@@ -673,7 +675,23 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
             sae_workers=args.probe_sae_workers,
             on_result=progress,
         )
-    if "absorption" in args.evals:
+    if "absorption" in args.evals and args.absorption_probe_only:
+        from absorption_stage import probe_only
+
+        tag = f"_vocab{args.absorption_vocab_sample}" if args.absorption_vocab_sample else ""
+        recs["absorption"] = probe_only(
+            hooked,
+            model_name,
+            int(hook.split(".")[1]),
+            args.out / f"absorption{tag}",
+            device=args.device,
+            config=abs_cfg,
+            probe_batch=args.absorption_probe_batch,
+            vocab_sample=args.absorption_vocab_sample,
+            carry=None if args.absorption_vocab_sample else args.out / ABSORPTION_CARRY_DIR,
+            stage=stage,
+        )
+    elif "absorption" in args.evals:
         from absorption_stage import run_absorption
 
         # a vocabulary sample (smoke runs) is not SAEBench's eval: its JSONs and its probe go elsewhere
@@ -816,6 +834,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "eval; JSONs in absorption_first_letter_vocabN/, never collected)",
     )
     ap.add_argument(
+        "--absorption-probe-only",
+        action="store_true",
+        help="E-* with --evals absorption: make the first-letter probe only (carried or trained; no SAE needed or "
+        "evaluated), e.g. alongside a T stage in the same call, so that the absorption calls after it skip it",
+    )
+    ap.add_argument(
         "--absorption-workers",
         type=int,
         default=None,
@@ -847,6 +871,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         v = getattr(args, name)
         if v is not None and v < 1:
             fail(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if args.absorption_probe_only and (args.evals != ["absorption"] or not args.stage.startswith("E-")):
+        fail("--absorption-probe-only: an E-* stage with --evals absorption (alone)")
+    if args.absorption_probe_only and args.absorption_inline:
+        fail("--absorption-probe-only runs in this process: without --absorption-inline")
     if args.widths is not None and not args.stage.startswith(("T-", "W-")):
         fail(f"--widths selects SAEs to train: T-* and W-* stages only, got {args.stage}")
     if args.widths is not None and min(args.widths) < 1:

@@ -8,6 +8,9 @@
 #   bash experiments/table2/stage.sh runprobe T-STAGE [ARGS]  # run T-STAGE, then its E-<model>-<layer> with the
 #                                                      # rest of the call's T2_CALL_S (560) seconds, if >= 150
 #                                                      # (W-wsae: T2_E=E-gemma3-270m-9 names the eval stage)
+#   bash experiments/table2/stage.sh trainprobe T-STAGE [ARGS]  # run T-STAGE and, at the same time, the first-letter
+#                                                      # probe of its E-<model>-<layer> (absorption), so that the
+#                                                      # absorption calls after it skip the probe phase
 # Files on the device survive only between back-to-back calls: wheels, puts and runs of one session follow each
 # other with no pause. `run` writes SAEs to /tmp/t2/run (they stay there) and brings back, under $OUT,
 # STAGE.tar.xz (core JSONs, train summaries, stage and calibration files), stage_STAGE.json and log.txt.
@@ -29,7 +32,7 @@ install_wheels() {
 # usage and input errors: one line on stderr, exit 2; a device-side failure (nothing staged, no wheels, pieces
 # incomplete): one line on stderr, exit 3
 die() { echo "error: $2" >&2; exit "$1"; }
-USAGE="usage: stage.sh wheels | put DIR | join | run STAGE [ARGS] | runprobe T-STAGE [ARGS]"
+USAGE="usage: stage.sh wheels | put DIR | join | run STAGE [ARGS] | runprobe T-STAGE [ARGS] | trainprobe T-STAGE [ARGS]"
 need_staged() {
   [ -f "$WORK/GGUF" ] || die 3 "$WORK/GGUF missing: redo the put calls back to back"
 }
@@ -42,55 +45,7 @@ join_gguf() {  # the put calls leave the GGUF in pieces: join them once, checked
     mv "$WORK/$NAME.tmp" "$WORK/$NAME" && rm -f "$WORK/$NAME".piece*
   fi
 }
-# the step and its arguments are checked before any folder is made
-STEP=${1:-}
-case "$STEP" in
-wheels | join)
-  [ $# -eq 1 ] || die 2 "$STEP takes no arguments, got: ${*:2} ($USAGE)"
-  ;;
-put)
-  [ $# -eq 2 ] || die 2 "put takes one folder ($USAGE)"
-  [ -d "$2" ] || die 2 "put: $2 is not a folder here (name it in carry)"
-  ;;
-run)
-  [ -n "${2:-}" ] || die 2 "run needs a STAGE ($USAGE)"
-  ;;
-runprobe)
-  [ -n "${2:-}" ] || die 2 "runprobe needs a T-STAGE ($USAGE)"
-  case "$2" in
-    T-*) E="E-${2#T-}"; E="${E%-*}" ;;
-    *) E=${T2_E:-} ;;  # W-wsae: T2_E=E-<model>-<layer> names its eval stage
-  esac
-  [ -n "$E" ] || die 2 "runprobe takes a T-<model>-<layer>-<architecture> stage (or T2_E=E-...), got $2"
-  ;;
-"") die 2 "no step given ($USAGE)" ;;
-*) die 2 "unknown step $STEP (wheels, put, join, run, runprobe)" ;;
-esac
-case "$STEP" in join | run | runprobe) need_staged ;; esac  # staging is what a fresh machine lacks first
-mkdir -p "$WORK" "$OUT"
-# the tokenizer pack.py put in the first call (converted and checked on the dev machine: the device image's
-# transformers converts Gemma's GGUF tokenizer into one that splits words): unpacked once, used by every step
-if [ -f "$WORK/tokenizer.tar.xz" ] && [ ! -f "$WORK/tokenizer/tokenizer.json" ]; then
-  "$PY" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' \
-    "$WORK/tokenizer.tar.xz" "$WORK"
-fi
-if [ -f "$WORK/tokenizer/tokenizer.json" ]; then export SAE_RDP_TOKENIZER_DIR="$WORK/tokenizer"; fi
-t0=$(date +%s)
-case "$STEP" in
-wheels)
-  install_wheels
-  ;;
-put)
-  SRC=$2
-  cp -a "$SRC"/. "$WORK"/
-  du -sh "$WORK"; df -h /tmp | tail -1
-  ;;
-join)
-  join_gguf
-  echo "$WORK/$NAME"
-  ;;
-run)
-  STAGE=$2
+prepare_run() {  # once per call, before run_stage: wheels, the joined GGUF, the committed files a fresh machine lacks
   RESULTS=${T2_RESULTS:-experiments/table2/results}
   REP="$RESULTS/replicates/${T2_REPLICATE:-}"
   if [ -n "${T2_REPLICATE:-}" ] && [ ! -d "$REP" ]; then die 2 "T2_REPLICATE=$T2_REPLICATE: no folder $REP"; fi
@@ -123,10 +78,72 @@ run)
       if compgen -G "$REP/$e/*.json" >/dev/null; then mkdir -p "$WORK/run/$e" && cp -n "$REP/$e"/*.json "$WORK/run/$e/"; fi
     done
   fi
+}
+# the step and its arguments are checked before any folder is made
+STEP=${1:-}
+case "$STEP" in
+wheels | join)
+  [ $# -eq 1 ] || die 2 "$STEP takes no arguments, got: ${*:2} ($USAGE)"
+  ;;
+put)
+  [ $# -eq 2 ] || die 2 "put takes one folder ($USAGE)"
+  [ -d "$2" ] || die 2 "put: $2 is not a folder here (name it in carry)"
+  ;;
+run)
+  [ -n "${2:-}" ] || die 2 "run needs a STAGE ($USAGE)"
+  ;;
+runprobe)
+  [ -n "${2:-}" ] || die 2 "runprobe needs a T-STAGE ($USAGE)"
+  case "$2" in
+    T-*) E="E-${2#T-}"; E="${E%-*}" ;;
+    *) E=${T2_E:-} ;;  # W-wsae: T2_E=E-<model>-<layer> names its eval stage
+  esac
+  [ -n "$E" ] || die 2 "runprobe takes a T-<model>-<layer>-<architecture> stage (or T2_E=E-...), got $2"
+  ;;
+trainprobe)
+  [ -n "${2:-}" ] || die 2 "trainprobe needs a T-STAGE ($USAGE)"
+  case "$2" in
+    T-*) E="E-${2#T-}"; E="${E%-*}" ;;
+    *) die 2 "trainprobe takes a T-<model>-<layer>-<architecture> stage, got $2" ;;
+  esac
+  ;;
+"") die 2 "no step given ($USAGE)" ;;
+*) die 2 "unknown step $STEP (wheels, put, join, run, runprobe, trainprobe)" ;;
+esac
+case "$STEP" in join | run | runprobe | trainprobe) need_staged ;; esac  # staging is what a fresh machine lacks first
+mkdir -p "$WORK" "$OUT"
+# the tokenizer pack.py put in the first call (converted and checked on the dev machine: the device image's
+# transformers converts Gemma's GGUF tokenizer into one that splits words): unpacked once, used by every step
+if [ -f "$WORK/tokenizer.tar.xz" ] && [ ! -f "$WORK/tokenizer/tokenizer.json" ]; then
+  "$PY" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' \
+    "$WORK/tokenizer.tar.xz" "$WORK"
+fi
+if [ -f "$WORK/tokenizer/tokenizer.json" ]; then export SAE_RDP_TOKENIZER_DIR="$WORK/tokenizer"; fi
+t0=$(date +%s)
+case "$STEP" in
+wheels)
+  install_wheels
+  ;;
+put)
+  SRC=$2
+  cp -a "$SRC"/. "$WORK"/
+  du -sh "$WORK"; df -h /tmp | tail -1
+  ;;
+join)
+  join_gguf
+  echo "$WORK/$NAME"
+  ;;
+run)
+  STAGE=$2
+  if [ -n "${T2_PREPARED:-}" ]; then  # trainprobe prepared once for both of its runs
+    read -r NAME _ < "$WORK/GGUF"
+  else
+    prepare_run
+  fi
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
   set -o pipefail
   "$PY" experiments/table2/run_stage.py --stage "$STAGE" --model-path "$WORK/$NAME" --corpus "$WORK/shards" \
-    --out "$WORK/run" --device cuda --export "$OUT" "${@:3}" 2>&1 | tee -a "$OUT/log.txt"
+    --out "$WORK/run" --device cuda --export "$OUT" "${@:3}" 2>&1 | tee -a "${T2_LOG:-$OUT/log.txt}"
   ;;
 runprobe)
   # train, then sparse-probe in the same call what the call's time leaves (probes.sh must have run before, back
@@ -139,6 +156,20 @@ runprobe)
   else
     echo "runprobe: $LEFT s left of ${T2_CALL_S:-560}: $E not started (run it in the next call)"
   fi
+  ;;
+trainprobe)
+  # the T stage and, in a second process on the same GPU, the first-letter probe of its model-layer (SAEBench's
+  # absorption probe phase: ~230 s on the H200, mostly small steps that leave the GPU idle), so that the probe is
+  # in the run folder before the absorption calls; preparation once, then both; the probe's log in log_probe.txt
+  STAGE=$2  # (its eval stage E was worked out above)
+  prepare_run
+  export T2_PREPARED=1
+  T2_LOG="$OUT/log_probe.txt" bash "$0" run "$E" --evals absorption --absorption-probe-only >/dev/null 2>&1 &
+  PROBE=$!
+  RC=0; bash "$0" run "$STAGE" "${@:3}" || RC=$?
+  PRC=0; wait "$PROBE" || PRC=$?
+  echo "trainprobe: $STAGE exit $RC; the $E probe exit $PRC (its log: log_probe.txt)"
+  [ "$RC" -eq 0 ] && [ "$PRC" -eq 0 ] || exit 1
   ;;
 esac
 echo "stage.sh $STEP done in $(( $(date +%s) - t0 ))s"

@@ -265,6 +265,10 @@ def test_eval_stage_bad_inputs_exit_2_before_writing(rs, tmp_path, capsys):
         (["--evals", "absorption", "--absorption-workers", "0"], "--absorption-workers must be >= 1"),
         (["--evals", "absorption", "--absorption-vocab-sample", "0"], "--absorption-vocab-sample must be >= 1"),
         (["--stage", "E-tiny-gpt2-7"], "has no SAEs to evaluate"),
+        (["--absorption-probe-only"], "--absorption-probe-only: an E-* stage with --evals absorption (alone)"),
+        (["--evals", "absorption", "sparse_probing", "--absorption-probe-only"], "with --evals absorption (alone)"),
+        (["--stage", "T-tiny", "--evals", "absorption", "--absorption-probe-only"], "an E-* stage"),
+        (["--evals", "absorption", "--absorption-probe-only", "--absorption-inline"], "without --absorption-inline"),
     ]
     for extra, msg in cases:
         with pytest.raises(SystemExit) as e:
@@ -673,6 +677,62 @@ def test_absorption_in_workers_and_in_any_order_gives_the_same_jsons(rs, tmp_pat
     )
     assert sorted(r["evaluated"]) == sorted(s.name for s in items) and r["complete"] and "cut" not in r, r
     assert sorted(f.name for f in dest.iterdir()) == sorted(s.dest.name for s in items)
+
+
+@needs_probes
+def test_absorption_probe_only_before_the_saes_exist(rs, tmp_path):
+    """``--absorption-probe-only`` makes the first-letter probe of an E stage before any SAE is trained (as a
+    call does alongside its T stage), writes its carried form, and records it; the absorption call after the
+    training finds it in place (no probe phase) and writes the JSON that a call training the probe itself writes
+    (every field but the run's uuid and time); a second probe-only call finds it present and does nothing."""
+    import shutil
+
+    plan, corpus, _, _ = _setup(tmp_path)
+    wtok = tmp_path / "wtok"
+    _word_tokenizer().save_pretrained(str(wtok))
+    out = tmp_path / "out"
+    common = ["--plan", str(plan), "--corpus", str(corpus), "--out", str(out), "--n-layers", "2"]
+    cfg = json.dumps(
+        {"min_GT_probe_f1": 0.0, "k_sparse_probe_num_epochs": 2, "max_k_value": 3, "min_feats_for_eval": 2}
+    )
+    ev = [*common, "--stage", "E-tiny-gpt2-1", "--evals", "absorption", "--tokenizer", str(wtok)]
+    ev += ["--absorption-config", cfg]
+    assert rs.main([*ev, "--absorption-probe-only"]) == 0  # no SAE trained yet
+    (call,) = json.loads((out / "stage_E-tiny-gpt2-1.json").read_text())["calls"]
+    a = call["absorption"]
+    assert a["probe_only"] and a["probe_source"] == "trained" and a["evaluated"] == [] and not a["complete"], a
+    assert a["probe_s"] > 0 and {"activations", "probe_training"} <= set(a["probe_parts_s"]), a
+    ab = importlib.import_module("absorption_stage")
+    hooked = _tiny_hooked(rs, wtok)
+    assert ab._probe_ready(ab.probe_folder((out / "absorption").resolve(), hooked, 1))
+    assert len(list((out / "absorption_probe").rglob("manifest.json"))) == 1  # the carried form, for the bundle
+    assert not (out / "absorption_first_letter").exists()
+
+    train = ["--stage", "T-tiny", "--batch-size", "64", "--buffer-tokens", "128", "--eval-batches", "1"]
+    assert rs.main([*common, *train, "--eval-batch-prompts", "4"]) == 0
+    assert rs.main([*ev, "--max-saes", "1", "--absorption-inline"]) == 0
+    calls = json.loads((out / "stage_E-tiny-gpt2-1.json").read_text())["calls"]
+    b = calls[-1]["absorption"]
+    assert len(b["evaluated"]) == 1 and "probe_s" not in b, b  # the probe was in place
+    (got,) = (out / "absorption_first_letter").glob("*.json")
+
+    # the same SAE in a fresh work folder, its probe trained by the eval itself
+    fams, _ = rs.eval_stage_saes(json.loads(plan.read_text()), "E-tiny-gpt2-1", out, {})
+    trained = {rs.probe_item(s, p, step, tmp_path / "ref", "cpu").name: (s, p, step) for s, p, step in
+               rs.trained_saes(out, fams)}  # fmt: skip
+    item = rs.probe_item(*trained[b["evaluated"][0]], tmp_path / "ref", "cpu")
+    r = ab.run_absorption(hooked, "tiny-gpt2", [item], tmp_path / "w_ref", time.time() + 600, "cpu",
+                          config=json.loads(cfg), log=lambda m: None, inline=True)  # fmt: skip
+    assert r["probe_source"] == "trained" and r["evaluated"] == [item.name], r
+    want, have = json.loads(item.dest.read_text()), json.loads(got.read_text())
+    for d in (want, have):
+        del d["eval_id"], d["datetime_epoch_millis"]
+    assert have == want
+
+    shutil.rmtree(out / "absorption_probe")
+    assert rs.main([*ev, "--absorption-probe-only"]) == 0
+    c = json.loads((out / "stage_E-tiny-gpt2-1.json").read_text())["calls"][-1]["absorption"]
+    assert c["probe_present"] and "probe_s" not in c and not (out / "absorption_probe").exists()
 
 
 @needs_probes

@@ -41,7 +41,8 @@ def test_run_without_wheels_fails_at_once_naming_the_missing_step(tmp_path):
 
 def test_unknown_step_is_refused(tmp_path):
     r = _run(tmp_path, "train", python="python3")
-    assert r.returncode == 2 and r.stderr.strip() == "error: unknown step train (wheels, put, join, run, runprobe)"
+    steps = "wheels, put, join, run, runprobe, trainprobe"
+    assert r.returncode == 2 and r.stderr.strip() == f"error: unknown step train ({steps})"
     assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()  # checked before any folder
 
 
@@ -251,3 +252,31 @@ def test_run_names_the_machines_memory(tmp_path):
     assert r.returncode == 0 and "mem=128" in r.stdout, r.stdout + r.stderr
     r = _run(tmp_path, "run", "E-m-9", python=str(fake), SAE_RDP_HOST_MEMORY_GIB="80")
     assert r.returncode == 0 and "mem=80" in r.stdout, r.stdout + r.stderr
+
+
+def test_trainprobe_runs_the_t_stage_and_the_probe_at_once(tmp_path):
+    """trainprobe: the preparation once, then the T stage and its E-<model>-<layer>'s first-letter probe
+    (--absorption-probe-only) in two processes at the same time, the probe's log apart; a failure of either
+    fails the call after both ended; a stage that is not T-* is refused before anything runs."""
+    # each fake run_stage sleeps 1 s and notes when it started and ended: both must overlap
+    fake = _staged_fake(
+        tmp_path,
+        'echo "run_stage $* start $(date +%s.%N)"; sleep 1; echo "end $(date +%s.%N)"\n'
+        'case "$*" in *probe-only*) [ -n "${FAIL_PROBE:-}" ] && exit 1;; esac; exit 0\n',
+    )
+    r = _run(tmp_path, "trainprobe", "T-m-9-topk", "--time-budget", "460", python=str(fake))
+    assert r.returncode == 0, r.stdout + r.stderr
+    log, probe_log = (tmp_path / "out" / "log.txt").read_text(), (tmp_path / "out" / "log_probe.txt").read_text()
+    (t_line,) = [ln for ln in log.splitlines() if ln.startswith("run_stage ")]
+    (p_line,) = [ln for ln in probe_log.splitlines() if ln.startswith("run_stage ")]
+    assert "--stage T-m-9-topk" in t_line and "--time-budget 460" in t_line
+    assert "--stage E-m-9 " in p_line and "--evals absorption --absorption-probe-only" in p_line
+    assert "--time-budget" not in p_line and "--model-path" in p_line and "model.gguf" in p_line
+    t_start, p_start = float(t_line.split("start ")[1]), float(p_line.split("start ")[1])
+    t_end = float([ln for ln in log.splitlines() if ln.startswith("end ")][0].split()[1])
+    assert p_start < t_end and t_start < t_end  # the probe started while the T stage ran
+    assert "trainprobe: T-m-9-topk exit 0; the E-m-9 probe exit 0" in r.stdout
+    r = _run(tmp_path, "trainprobe", "T-m-9-topk", python=str(fake), FAIL_PROBE="1")
+    assert r.returncode == 1 and "the E-m-9 probe exit 1" in r.stdout, r.stdout + r.stderr
+    r = _run(tmp_path, "trainprobe", "E-m-9", python=str(fake))
+    assert r.returncode == 2 and r.stderr.startswith("error: trainprobe takes a T-") and "run_stage" not in r.stdout

@@ -46,27 +46,24 @@ def host_used_bytes() -> int | None:
         vm = psutil.virtual_memory()
         return int(vm.total - vm.available)
     except Exception:  # noqa: BLE001 - psutil missing: /proc/meminfo (Linux), else unknown
-        try:
-            fields = {}
-            for line in open("/proc/meminfo").read().splitlines():
-                key, _, rest = line.partition(":")
-                fields[key] = int(rest.split()[0]) * 1024
-            return fields["MemTotal"] - fields["MemAvailable"]
-        except (OSError, KeyError, ValueError, IndexError):
-            return None
+        f = _proc_kib("/proc/meminfo", ("MemTotal", "MemAvailable"))
+        return None if f is None else f["MemTotal"] - f["MemAvailable"]
 
 
 def process_rss_bytes(pid: int) -> tuple[int, int] | None:
     """(resident, peak resident) bytes of process ``pid`` (``VmRSS``, ``VmHWM`` of /proc/<pid>/status); None
     where it cannot be read (not Linux, the process gone)."""
+    f = _proc_kib(f"/proc/{pid}/status", ("VmRSS", "VmHWM"))
+    return None if f is None else (f["VmRSS"], f["VmHWM"])
+
+
+def _proc_kib(path: str, keys: tuple[str, ...]) -> dict[str, int] | None:
+    """{key: bytes} of the ``key: N kB`` lines of a /proc file; None where the file or a key cannot be read."""
     try:
-        fields = {}
-        for line in open(f"/proc/{pid}/status").read().splitlines():
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(rest.split()[0]) * 1024
-        return fields["VmRSS"], fields["VmHWM"]
-    except (OSError, KeyError, ValueError, IndexError):
+        with open(path) as fh:
+            fields = {k: int(v.split()[0]) * 1024 for k, _, v in (ln.partition(":") for ln in fh) if k in keys}
+        return fields if set(fields) == set(keys) else None
+    except (OSError, ValueError, IndexError):
         return None
 
 

@@ -70,6 +70,9 @@ def test_readings_against_proc(wk):
         fields[k] = int(v.split()[0]) * 1024
     used = wk.host_used_bytes()
     assert abs(used - (fields["MemTotal"] - fields["MemAvailable"])) < 512 << 20
+    with pytest.MonkeyPatch.context() as m:  # without psutil: /proc/meminfo read directly
+        m.setitem(sys.modules, "psutil", None)
+        assert abs(wk.host_used_bytes() - (fields["MemTotal"] - fields["MemAvailable"])) < 512 << 20
     before = wk.process_rss_bytes(os.getpid())
     block = bytearray(300 << 20)  # touched: resident
     for i in range(0, len(block), 4096):

@@ -56,6 +56,7 @@ import numpy as np
 from workers import host_snapshot
 
 from sae_rdp_plugin.devices import synchronize
+from sae_rdp_plugin.lm.activations import layer_of_hook
 
 HERE = Path(__file__).resolve().parent
 SAES_DIR, CORE_DIR, PROBE_DIR, ABSORPTION_DIR = "saes", "core", "sparse_probing_sae_probes", "absorption_first_letter"
@@ -379,7 +380,7 @@ def saebench_compat(sae: Any, plan_sae: dict) -> None:
     ``cfg.metadata`` or has none. They are set on the config object (``to_dict`` does not write them)."""
     c = sae.cfg
     c.hook_name = plan_sae["hook"]
-    c.hook_layer = int(plan_sae["hook"].split(".")[1])
+    c.hook_layer = layer_of_hook(plan_sae["hook"])
     c.hook_head_index = None
     c.model_name = plan_sae["model"]
     c.architecture_str = c.architecture()
@@ -682,7 +683,7 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
         recs["absorption"] = probe_only(
             hooked,
             model_name,
-            int(hook.split(".")[1]),
+            layer_of_hook(hook),
             args.out / f"absorption{tag}",
             device=args.device,
             config=abs_cfg,

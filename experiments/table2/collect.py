@@ -158,7 +158,8 @@ def check_carried_probes(files: dict[Path, bytes]) -> None:
 def replicate_contents(files: dict[Path, bytes], name: str, named: str | None) -> dict[Path, bytes]:
     """What of a bundle (named by ids: :func:`by_sae_ids`) goes to the replicate ``name``: the eval JSONs of its
     release, the train summaries of its architecture, the stage records, a carried probe; ValueError when the
-    name is malformed or the bundle is of another model-layer or holds none of that release's JSONs."""
+    name is malformed or the bundle is of another model-layer or holds neither that release's JSONs nor a carried
+    probe."""
     m = _REPLICATE.match(name)
     if not m:
         raise ValueError(f"--replicate {name!r}: give <model>-L<layer>-<architecture>-r<N>")
@@ -177,8 +178,9 @@ def replicate_contents(files: dict[Path, bytes], name: str, named: str | None) -
                 out[rel] = data
         elif (len(rel.parts) == 1 and rel.name.startswith("stage_")) or top == CARRY_DIR:
             out[rel] = data
-    if not any(r.parts[0] in EVAL_DIRS for r in out):
-        raise ValueError(f"--replicate {name}: the bundle holds no eval JSON of {release}")
+    if not any(r.parts[0] in EVAL_DIRS or r.parts[0] == CARRY_DIR for r in out):
+        # (a bundle of `--absorption-probe-only` holds a carried probe and its stage record, no eval JSON)
+        raise ValueError(f"--replicate {name}: the bundle holds no eval JSON of {release} and no carried probe")
     return out
 
 

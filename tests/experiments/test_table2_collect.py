@@ -248,3 +248,33 @@ def test_replicate_takes_its_architecture_and_checks_retrained_saes(tmp_path, ca
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: "), (args, err)
     assert not (results / "replicates" / "m-L9-jumprelu-r1").exists() and not (tmp_path / "x").exists()
+
+
+def test_replicate_takes_a_probe_only_bundle(tmp_path, monkeypatch):
+    """The bundle of a `--absorption-probe-only` call (stage.sh trainprobe: the first-letter probe made beside the T
+    stage) holds the carried probe and the E stage record, no eval JSON: --replicate takes it, the probe to the
+    model-layer folder, the record to the replicate; a probe whose file does not match its manifest is refused."""
+    import hashlib
+
+    col = _collect()
+    results = tmp_path / "results"
+    monkeypatch.setattr(col, "RESULTS", results)
+    probe = b"weights"
+    manifest = json.dumps({"files": {"probe.pth": hashlib.sha256(probe).hexdigest()}}).encode()
+    files = {
+        "stage_E-m-9.json": _stage({"gpu_s": 240.0, "absorption": {"probe_only": True, "probe_source": "trained"}}),
+        "absorption_probe/m/layer_9/probe.pth": probe,
+        "absorption_probe/m/layer_9/manifest.json": manifest,
+    }
+    col.collect(_bundle(tmp_path / "P.tar.xz", files), results=results, replicate="m-L9-topk-r3")
+    assert (results / "m-L9" / "absorption_probe" / "m" / "layer_9" / "probe.pth").read_bytes() == probe
+    rec = json.loads((results / "replicates" / "m-L9-topk-r3" / "stage_E-m-9.json").read_text())
+    assert rec["calls"][0]["absorption"]["probe_only"]
+    assert not (results / "replicates" / "m-L9-topk-r3" / "absorption_probe").exists()
+    bad = {**files, "absorption_probe/m/layer_9/probe.pth": b"other"}
+    with pytest.raises(ValueError, match="sha256 differs"):
+        col.collect(_bundle(tmp_path / "B.tar.xz", bad), results=tmp_path / "r2", replicate="m-L9-topk-r3")
+    with pytest.raises(ValueError, match="no eval JSON of table2-m-L9-topk and no carried probe"):
+        only_record = {"stage_E-m-9.json": files["stage_E-m-9.json"]}
+        col.collect(_bundle(tmp_path / "R.tar.xz", only_record), results=tmp_path / "r3", replicate="m-L9-topk-r3")
+    assert not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()

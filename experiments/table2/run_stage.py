@@ -724,7 +724,9 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
     rec["calls"].append(
         {
             "wall_s": round(wall, 2),
-            "gpu_s": round(wall, 2) if cuda else 0.0,
+            # beside another stage's call (stage.sh trainprobe): the device time is that call's
+            "gpu_s": round(wall, 2) if cuda and args.beside is None else 0.0,
+            **({"beside": args.beside} if args.beside is not None else {}),
             "device": torch.cuda.get_device_name(0) if cuda else "cpu",
             "host_memory": {"start": args.host_at_start, "end": host_snapshot()},
             **recs,
@@ -841,6 +843,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "evaluated), e.g. alongside a T stage in the same call, so that the absorption calls after it skip it",
     )
     ap.add_argument(
+        "--beside",
+        default=None,
+        metavar="STAGE",
+        help="with --absorption-probe-only: the call runs on the GPU at the same time as STAGE's (stage.sh "
+        "trainprobe); its record says so and counts no GPU seconds of its own (they are inside STAGE's call)",
+    )
+    ap.add_argument(
         "--absorption-workers",
         type=int,
         default=None,
@@ -874,6 +883,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             fail(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     if args.absorption_probe_only and (args.evals != ["absorption"] or not args.stage.startswith("E-")):
         fail("--absorption-probe-only: an E-* stage with --evals absorption (alone)")
+    if args.beside is not None and not args.absorption_probe_only:
+        fail("--beside: only with --absorption-probe-only")
     if args.absorption_probe_only and args.absorption_inline:
         fail("--absorption-probe-only runs in this process: without --absorption-inline")
     if args.widths is not None and not args.stage.startswith(("T-", "W-")):

@@ -164,7 +164,8 @@ trainprobe)
   STAGE=$2  # (its eval stage E was worked out above)
   prepare_run
   export T2_PREPARED=1
-  T2_LOG="$OUT/log_probe.txt" bash "$0" run "$E" --evals absorption --absorption-probe-only >/dev/null 2>&1 &
+  T2_LOG="$OUT/log_probe.txt" bash "$0" run "$E" --evals absorption --absorption-probe-only --beside "$STAGE" \
+    >/dev/null 2>&1 &
   PROBE=$!
   RC=0; bash "$0" run "$STAGE" "${@:3}" || RC=$?
   PRC=0; wait "$PROBE" || PRC=$?

@@ -269,6 +269,7 @@ def test_eval_stage_bad_inputs_exit_2_before_writing(rs, tmp_path, capsys):
         (["--evals", "absorption", "sparse_probing", "--absorption-probe-only"], "with --evals absorption (alone)"),
         (["--stage", "T-tiny", "--evals", "absorption", "--absorption-probe-only"], "an E-* stage"),
         (["--evals", "absorption", "--absorption-probe-only", "--absorption-inline"], "without --absorption-inline"),
+        (["--evals", "absorption", "--beside", "T-tiny"], "--beside: only with --absorption-probe-only"),
     ]
     for extra, msg in cases:
         with pytest.raises(SystemExit) as e:
@@ -697,8 +698,9 @@ def test_absorption_probe_only_before_the_saes_exist(rs, tmp_path):
     )
     ev = [*common, "--stage", "E-tiny-gpt2-1", "--evals", "absorption", "--tokenizer", str(wtok)]
     ev += ["--absorption-config", cfg]
-    assert rs.main([*ev, "--absorption-probe-only"]) == 0  # no SAE trained yet
+    assert rs.main([*ev, "--absorption-probe-only", "--beside", "T-tiny"]) == 0  # no SAE trained yet
     (call,) = json.loads((out / "stage_E-tiny-gpt2-1.json").read_text())["calls"]
+    assert call["beside"] == "T-tiny" and call["gpu_s"] == 0.0  # its device time is inside T-tiny's call
     a = call["absorption"]
     assert a["probe_only"] and a["probe_source"] == "trained" and a["evaluated"] == [] and not a["complete"], a
     assert a["probe_s"] > 0 and {"activations", "probe_training"} <= set(a["probe_parts_s"]), a

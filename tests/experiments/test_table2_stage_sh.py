@@ -270,7 +270,7 @@ def test_trainprobe_runs_the_t_stage_and_the_probe_at_once(tmp_path):
     (t_line,) = [ln for ln in log.splitlines() if ln.startswith("run_stage ")]
     (p_line,) = [ln for ln in probe_log.splitlines() if ln.startswith("run_stage ")]
     assert "--stage T-m-9-topk" in t_line and "--time-budget 460" in t_line
-    assert "--stage E-m-9 " in p_line and "--evals absorption --absorption-probe-only" in p_line
+    assert "--stage E-m-9 " in p_line and "--evals absorption --absorption-probe-only --beside T-m-9-topk" in p_line
     assert "--time-budget" not in p_line and "--model-path" in p_line and "model.gguf" in p_line
     t_start, p_start = float(t_line.split("start ")[1]), float(p_line.split("start ")[1])
     t_end = float([ln for ln in log.splitlines() if ln.startswith("end ")][0].split()[1])

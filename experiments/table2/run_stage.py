@@ -897,6 +897,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         fail(f"--tokens-scale must be > 0, got {args.tokens_scale}")
     if not args.time_budget > 0:
         fail(f"--time-budget must be > 0, got {args.time_budget}")
+    from sae_rdp_plugin.devices import memory_bytes
+    from sae_rdp_plugin.errors import SaeRdpError
+
+    try:
+        memory_bytes("cpu")  # SAE_RDP_HOST_MEMORY_GIB, if set, read by the records and the absorption workers
+    except SaeRdpError as e:
+        fail(str(e))
     if args.probe_workers < 0 or any(k < 1 for k in args.probe_ks):
         fail("--probe-workers must be >= 0 and --probe-ks >= 1")
     if args.probe_sae_workers < 0:

@@ -265,6 +265,13 @@ def test_bad_inputs_exit_2_before_writing(rs, tmp_path, capsys):
             rs.main(argv)
         err = capsys.readouterr().err.strip()
         assert e.value.code == 2 and err.startswith("error: ") and msg in err and "\n" not in err, err
+    # the machine's memory as stage.sh names it, unreadable: one line naming the variable, nothing written
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("SAE_RDP_HOST_MEMORY_GIB", "128GB")
+        with pytest.raises(SystemExit) as e:
+            rs.main(["--plan", str(plan), "--corpus", str(corpus), "--out", str(out), "--stage", "T-tiny"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err == "error: SAE_RDP_HOST_MEMORY_GIB='128GB' is not a positive number of GiB", err
     assert not out.exists()
 
 

@@ -797,7 +797,7 @@ def _work(
                 if job is None or (sae_s and time.time() + 1.3 * max(sae_s) > deadline):
                     break
                 name, release, load = job
-                send(("sae_start", name))
+                send(("sae_load", name))
                 t = time.time()
                 sae = load()
                 fold = fold_for_saebench(sae)  # as SAEBench's loader folds an SAE it loads by name
@@ -814,8 +814,9 @@ def _work(
                         send(("probe_wait",))
                         while not _probe_ready(p):  # the parent ends this process at the deadline
                             time.sleep(0.5)
-                    send(("sae_start", name))
                     t = time.time()
+                # from here on the SAE's eval (the probe is in place): the only phase the memory guard may stop
+                send(("sae_start", name))
                 out = raw / f"{release}_custom_sae_eval_results.json"
                 out.unlink(missing_ok=True)
                 seed_everything(cfg.random_seed)
@@ -1014,6 +1015,8 @@ def run_absorption(
             rec.update(ev[2])
             why = f"; the carried one refused: {ev[2]['probe_refused']}" if "probe_refused" in ev[2] else ""
             log(f"absorption: probe {ev[2]['probe_source']} ({ev[1]:.0f} s){why}")
+        elif kind == "sae_load":  # loading the SAE, then the probe if it is missing
+            state.update(phase="loading", since=now, sae=ev[1])
         elif kind == "sae_start":
             state.update(phase="sae", since=now, sae=ev[1])
         elif kind == "not_evaluable":

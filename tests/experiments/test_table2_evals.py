@@ -447,7 +447,7 @@ def test_eval_stage_absorption_offline(rs, tmp_path, monkeypatch):
     t = time.time()
     r = ab.run_absorption(hooked, "tiny-gpt2", [blocked], work, t + budget, "cpu", config=cfg2, log=lambda m: None)
     assert budget <= time.time() - t < budget + 5
-    assert r["cut"]["phase"] == "sae" and r["cut"]["sae"] == blocked.name and r["left"] == [blocked.name]
+    assert r["cut"]["phase"] == "loading" and r["cut"]["sae"] == blocked.name and r["left"] == [blocked.name]
     assert not dest.exists() or not list(dest.iterdir())
 
     ev2 = [*ev, "--absorption-config", json.dumps(cfg2)]
@@ -647,7 +647,7 @@ def test_absorption_in_workers_and_in_any_order_gives_the_same_jsons(rs, tmp_pat
         hooked, "tiny-gpt2", items, tmp_path / "w_workers", t + budget, "cpu", config=cfg, log=lambda m: None, workers=2
     )
     assert budget <= time.time() - t < budget + 10 and r["workers"] == 2 and r["evaluated"] == [items[1].name], r
-    assert r["cut"]["phase"] == "sae" and r["cut"]["sae"] == items[0].name and r["cut"]["saes"] == [items[0].name]
+    assert r["cut"]["phase"] == "loading" and r["cut"]["sae"] == items[0].name and r["cut"]["saes"] == [items[0].name]
     assert [f.name for f in dest.iterdir()] == [items[1].dest.name] and r["left"] == [items[0].name]
 
     # the deadline passes while the parent handles the first result (a slow export) and the other SAE finishes
@@ -739,7 +739,8 @@ def test_absorption_probe_only_before_the_saes_exist(rs, tmp_path):
 
 @needs_probes
 def test_absorption_memory_guard_stops_one_worker(rs, tmp_path):
-    """Host memory over the guard's limit while 2 workers evaluate 3 SAEs: one worker evaluating an SAE is stopped
+    """Host memory over the guard's limit from the start while 2 workers evaluate 3 SAEs (the probe trained by the
+    first): one worker evaluating an SAE is stopped
     (the guard's cooldown lets it stop only one here), its SAE is left without a JSON, the other worker evaluates
     the other two, and the record says what the guard saw; the real readings of the children's memory come
     back. Under the limit nothing is stopped."""
@@ -753,12 +754,15 @@ def test_absorption_memory_guard_stops_one_worker(rs, tmp_path):
         items = [rs.probe_item(s, p, step, dest, "cpu") for s, p, step in t.trained]
         guard = wk.MemoryGuard(1 << 40, used=lambda: used, interval_s=0.05, cooldown_s=1e9)
         r = ab.run_absorption(
-            t.hooked, "tiny-gpt2", items, tmp_path / "w", time.time() + 600, "cpu", config=cfg,
+            t.hooked, "tiny-gpt2", items, tmp_path / "w", time.time() + 240, "cpu", config=cfg,
             log=lambda m: None, workers=2, guard=guard,
         )  # fmt: skip
         return r, items
 
     r, items = run("over", 1 << 41)
+    # the worker training the probe (the first, still loading its SAE until the probe is in place) is never the
+    # one stopped: stopping it would leave the other waiting for the probe until the deadline
+    assert r["probe_source"] == "trained" and "cut" not in r, r
     hm = r["host_memory"]
     assert len(hm["stopped"]) == 1 and r["memory_stopped"] == [hm["stopped"][0]["sae"]], r
     stopped = hm["stopped"][0]["sae"]

@@ -826,9 +826,26 @@ def _work(
                     break
                 sae_s.append(time.time() - t)
                 send(("sae_done", name, str(out), sae_s[-1], fold))
+    except MemoryStop:  # the parent's memory guard (workers.MemoryGuard): this SAE is left for a later call
+        send(("memory_stopped",))
     except Exception:  # noqa: BLE001 - reported to the parent, which records it
         send(("error", traceback.format_exc()))
     send(("end",))
+
+
+class MemoryStop(BaseException):
+    """Raised in a worker's main thread by :data:`STOP_SIGNAL` (the memory guard's stop): the SAE's eval unwinds,
+    freeing its memory, and the worker ends cleanly. Not an ``Exception``, so no ``except Exception`` in SAEBench or
+    scikit-learn swallows it. Killing the worker instead could leave the shared event queue's lock held (its
+    feeder thread mid-write) and the other workers' events stuck behind it."""
+
+
+#: the signal that stops a worker for host memory (Linux; elsewhere the worker is terminated)
+STOP_SIGNAL = getattr(__import__("signal"), "SIGUSR1", None)
+
+
+def _raise_memory_stop(signum: int, frame: Any) -> None:
+    raise MemoryStop()
 
 
 def _child(
@@ -850,6 +867,10 @@ def _child(
     feeder thread flushes them before the process exits); worker 0 trains the probe if it is missing."""
 
     die_with_parent()
+    if STOP_SIGNAL is not None:
+        import signal
+
+        signal.signal(STOP_SIGNAL, _raise_memory_stop)
 
     def send(ev: tuple) -> None:
         events.put((index, ev))
@@ -1015,6 +1036,8 @@ def run_absorption(
             rec.update(ev[2])
             why = f"; the carried one refused: {ev[2]['probe_refused']}" if "probe_refused" in ev[2] else ""
             log(f"absorption: probe {ev[2]['probe_source']} ({ev[1]:.0f} s){why}")
+        elif kind == "memory_stopped":  # the worker unwound its SAE after the guard's signal; its "end" follows
+            state.update(phase="stopped (host memory)", since=now, sae=None)
         elif kind == "sae_load":  # loading the SAE, then the probe if it is missing
             state.update(phase="loading", since=now, sae=ev[1])
         elif kind == "sae_start":
@@ -1137,6 +1160,9 @@ def probe_only(
     return rec
 
 
+STOP_GRACE_S = 60.0  # a worker told to stop for host memory that has not ended by then is killed
+
+
 def _stop(p: Any, grace_s: float = 5.0) -> None:
     """Terminate child ``p``, kill it after ``grace_s``, wait for it (its memory is freed when it is reaped)."""
     p.terminate()
@@ -1172,6 +1198,7 @@ def _supervise(
         ctx.Process(target=_child, args=(*common, job_q, events, i, threads, vocab_sample, probe_kw)) for i in range(n)
     ]
     ended, silent = [False] * n, [0] * n
+    stopping: dict[int, float] = {}  # workers told to stop for host memory: when
 
     def take(i: int, ev: tuple) -> None:
         if ev[0] == "end":
@@ -1194,11 +1221,23 @@ def _supervise(
                 }
                 stop = guard.check(live)
                 if stop is not None:
-                    _stop(procs[stop])
-                    ended[stop] = True
-                    states[stop].update(phase="stopped (host memory)", since=time.time(), sae=None)
+                    # a signal, not a kill: the worker unwinds its SAE and ends cleanly (MemoryStop); killed only
+                    # if it has not ended STOP_GRACE_S later
+                    if STOP_SIGNAL is not None:
+                        os.kill(procs[stop].pid, STOP_SIGNAL)
+                        stopping[stop] = time.time()
+                    else:
+                        _stop(procs[stop])
+                        ended[stop] = True
+                    states[stop].update(phase="stopping (host memory)", since=time.time())
                     rec.setdefault("memory_stopped", []).append(guard.stopped[-1]["sae"])
                     continue
+                for i, since in list(stopping.items()):
+                    if not ended[i] and time.time() - since > STOP_GRACE_S:
+                        _stop(procs[i])
+                        ended[i] = True
+                        rec.setdefault("memory_killed", []).append(i)
+                        del stopping[i]
             try:
                 i, ev = events.get(timeout=min(left, 1.0))
             except queue.Empty:

@@ -763,6 +763,9 @@ def test_absorption_memory_guard_stops_one_worker(rs, tmp_path):
     # the worker training the probe (the first, still loading its SAE until the probe is in place) is never the
     # one stopped: stopping it would leave the other waiting for the probe until the deadline
     assert r["probe_source"] == "trained" and "cut" not in r, r
+    # stopped by its signal (it unwound its SAE and ended), not killed: a kill can leave the shared event queue's
+    # lock held, and the other worker's events stuck behind it (seen: this test hung so before the signal)
+    assert "memory_killed" not in r, r
     hm = r["host_memory"]
     assert len(hm["stopped"]) == 1 and r["memory_stopped"] == [hm["stopped"][0]["sae"]], r
     stopped = hm["stopped"][0]["sae"]

@@ -1224,7 +1224,8 @@ def _supervise(
                     # a signal, not a kill: the worker unwinds its SAE and ends cleanly (MemoryStop); killed only
                     # if it has not ended STOP_GRACE_S later
                     if STOP_SIGNAL is not None:
-                        os.kill(procs[stop].pid, STOP_SIGNAL)
+                        with contextlib.suppress(ProcessLookupError):  # it exited meanwhile: its "end" is queued
+                            os.kill(procs[stop].pid, STOP_SIGNAL)
                         stopping[stop] = time.time()
                     else:
                         _stop(procs[stop])

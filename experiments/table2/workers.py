@@ -36,18 +36,24 @@ def die_with_parent() -> None:
             pass
 
 
-def host_used_bytes() -> int | None:
-    """Memory in use on this machine, ``MemTotal - MemAvailable`` (page cache that can be dropped not counted);
-    None where it cannot be read. On a machine whose RAM grows as it is used both terms grow; their difference
-    is what the processes hold."""
+def _host_memory() -> tuple[int, int] | None:
+    """(MemTotal, MemAvailable) bytes of this machine (psutil, else /proc/meminfo); None where unreadable."""
     try:
         import psutil
 
         vm = psutil.virtual_memory()
-        return int(vm.total - vm.available)
+        return int(vm.total), int(vm.available)
     except Exception:  # noqa: BLE001 - psutil missing: /proc/meminfo (Linux), else unknown
         f = _proc_kib("/proc/meminfo", ("MemTotal", "MemAvailable"))
-        return None if f is None else f["MemTotal"] - f["MemAvailable"]
+        return None if f is None else (f["MemTotal"], f["MemAvailable"])
+
+
+def host_used_bytes() -> int | None:
+    """Memory in use on this machine, ``MemTotal - MemAvailable`` (page cache that can be dropped not counted);
+    None where it cannot be read. On a machine whose RAM grows as it is used both terms grow; their difference
+    is what the processes hold."""
+    m = _host_memory()
+    return None if m is None else m[0] - m[1]
 
 
 def process_rss_bytes(pid: int) -> tuple[int, int] | None:
@@ -85,18 +91,13 @@ def host_snapshot() -> dict[str, Any]:
     import os
 
     limit, source = host_limit()
-    try:
-        import psutil
-
-        memtotal: int | None = int(psutil.virtual_memory().total)
-    except Exception:  # noqa: BLE001 - psutil missing
-        memtotal = None
+    mem = _host_memory()  # one reading for both fields
     rss = process_rss_bytes(os.getpid())
     return {
         "limit_bytes": limit,
         "limit_source": source,
-        "memtotal_bytes": memtotal,
-        "used_bytes": host_used_bytes(),
+        "memtotal_bytes": None if mem is None else mem[0],
+        "used_bytes": None if mem is None else mem[0] - mem[1],
         "process_peak_rss_bytes": None if rss is None else rss[1],
     }
 

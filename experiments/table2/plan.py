@@ -41,6 +41,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from sae_rdp_plugin.lm.activations import layer_of_hook
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 MIB = 1 << 20
@@ -73,7 +75,7 @@ def expand(recipe: dict) -> list[dict]:
                                         "seed": seed,
                                         "tokens": int(recipe["tokens_per_final_sae"] * frac),
                                         "checkpoint_of_final": frac < 1.0,
-                                        "stage": f"T-{m['model']}-{hook.split('.')[1]}-{arch}",
+                                        "stage": f"T-{m['model']}-{layer_of(hook)}-{arch}",
                                     }
                                 )
     w = recipe["wsae_arm"]
@@ -146,7 +148,11 @@ def rates() -> dict:
 
 
 def layer_of(hook: str) -> int:
-    return int(hook.split(".")[1])
+    """The block of a recipe hook (``blocks.9.hook_resid_post`` -> 9); the recipe hooks only residual blocks."""
+    layer = layer_of_hook(hook)
+    if layer is None:
+        raise SystemExit(f"error: recipe hook {hook!r} is not a block hook (blocks.N....)")
+    return layer
 
 
 def estimate(recipe: dict, saes: list[dict], r: dict, n_probe: int) -> list[dict]:

@@ -417,6 +417,34 @@ def profiled(fn: Callable[[], Any], device: str, top: int = 15) -> tuple[Any, di
         return out, {"error": f"{type(exc).__name__}: {exc}"}
 
 
+CORE_WORKER_OVERHEAD_BYTES = 1 << 30  # a spawned worker's own CUDA context and allocator slack, beyond its eval
+
+
+def workers_that_fit(requested: int, eval_peak_bytes: int | None, free_bytes: int | None) -> int:
+    """How many core-eval workers to start: ``requested``, capped by the device's free memory over one eval's
+    measured peak (plus ``CORE_WORKER_OVERHEAD_BYTES`` each). The HookedTransformer is shared with the workers, so
+    a worker needs only its eval's own memory: SAEBench's core holds several fp32 logit tensors of
+    prompts x context x vocabulary (8 x 1024 x 262,144 x 4 B = 8 GiB each on Gemma-3: the eval's peak was over
+    60 GiB on an 80 GB card). Without a measurement (CPU) the request stands."""
+    if requested < 1:
+        raise ValueError(f"requested workers must be >= 1, got {requested}")
+    if eval_peak_bytes is None or free_bytes is None:
+        return requested
+    need = max(0, eval_peak_bytes) + CORE_WORKER_OVERHEAD_BYTES
+    return max(0, min(requested, free_bytes // need))
+
+
+def gpu_memory(device: str) -> tuple[int | None, int | None]:
+    """(free, total) bytes of the CUDA device after releasing this process's cached blocks; (None, None) on CPU."""
+    if not str(device).startswith("cuda"):
+        return None, None
+    import torch
+
+    torch.cuda.empty_cache()
+    free, total = torch.cuda.mem_get_info(torch.device(device))
+    return int(free), int(total)
+
+
 def core_eval(
     sae: Any,
     hooked: Any,
@@ -778,14 +806,21 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--context-size", type=int, default=None, help="cut the corpus rows (smoke runs)")
     ap.add_argument("--heldout-batches", type=int, default=8)
     ap.add_argument("--eval-batches", type=int, default=16, help="SAEBench core batches (reconstruction, sparsity)")
-    ap.add_argument("--eval-batch-prompts", type=int, default=8)
+    ap.add_argument(
+        "--eval-batch-prompts",
+        type=int,
+        default=8,
+        help="rows per SAEBench core batch (its fp32 logits: rows x context x vocabulary x 4 B, several at once)",
+    )
     ap.add_argument("--keep-feature-details", action="store_true")
     ap.add_argument("--proxy-rows", type=int, default=32, help="held-out rows for the rdp_proxies sample")
     ap.add_argument(
         "--core-workers",
         type=int,
         default=1,
-        help="core evals of N SAEs at once in spawned processes (core_workers.py; the same JSONs); 1: one at a time",
+        help="core evals of up to N SAEs at once in spawned processes (core_workers.py; the same JSONs), started "
+        "after the first in-process eval and capped by the GPU memory its peak leaves (workers_that_fit); 1: one at "
+        "a time",
     )
     ap.add_argument(
         "--profile-core",
@@ -1016,6 +1051,10 @@ def main(argv: list[str] | None = None) -> int:
     core_profiles: dict[str, dict] = {}  # --profile-core: what the profiler saw in the first core evals
     par: dict[str, tuple[float, dict[str, float], dict]] = {}  # --core-workers: (seconds, parts, fold) per SAE
     core_workers_error = None  # why the workers stopped early (this process then evaluates the rest)
+    core_workers_fit: dict | None = None  # --core-workers: requested, started, the measured eval peak, free memory
+    core_peak: dict[str, int] = {}  # GPU bytes an in-process core eval allocated at its peak, above what was held
+    core_oom: dict | None = None  # the in-process core eval that ran out of GPU memory (the rest left for later)
+    in_process = 0  # core evals run in this process this call
     folds: dict[str, dict] = {}  # per SAE loaded for its evals: saebench_fold's record
     if not args.no_eval and not calibration_stage(stage):
         from saebench_fold import fold_for_saebench
@@ -1029,13 +1068,9 @@ def main(argv: list[str] | None = None) -> int:
             for s, path, step in trained_saes(args.out, fams)
             if not (args.out / CORE_DIR / json_name(s, step)).is_file()
         ]
-        if args.core_workers > 1 and len(need) > args.profile_core + 1:
-            from core_workers import run_parallel
-
-            left = args.time_budget - (time.perf_counter() - t_call) - CORE_WORKERS_MARGIN_S
-            par, core_workers_error = run_parallel(
-                need[args.profile_core :], hooked, held, ignore, args, time.time() + left, args.core_workers
-            )
+        # --core-workers N > 1: the workers start after the first max(1, --profile-core) core evals of this
+        # process, sized by the memory the first one measured (workers_that_fit); they take the SAEs left
+        workers_pending = args.core_workers > 1 and len(need) > max(1, args.profile_core) + 1
         for s, path, step in trained_saes(args.out, fams):
             js = args.out / CORE_DIR / json_name(s, step)
             pj = args.out / PROXY_DIR / json_name(s, step)
@@ -1059,15 +1094,49 @@ def main(argv: list[str] | None = None) -> int:
                 t_sae = time.perf_counter() - par[s["id"]][0]
                 phases = dict(par[s["id"]][1])
             elif not js.is_file():
-                if len(core_profiles) < args.profile_core:
-                    obj, core_profiles[s["id"]] = profiled(
-                        lambda: core_eval(sae, hooked, held, ignore, s, step, args, phases), args.device
-                    )
-                else:
-                    obj = core_eval(sae, hooked, held, ignore, s, step, args, phases)
+                base = torch.cuda.memory_allocated() if cuda else 0
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                try:
+                    if len(core_profiles) < args.profile_core:
+                        obj, core_profiles[s["id"]] = profiled(
+                            lambda: core_eval(sae, hooked, held, ignore, s, step, args, phases), args.device
+                        )
+                    else:
+                        obj = core_eval(sae, hooked, held, ignore, s, step, args, phases)
+                except torch.OutOfMemoryError as exc:  # record it and export what is done, not a lost call
+                    del sae
+                    free, total = gpu_memory(args.device)
+                    core_oom = {
+                        "sae": s["id"],
+                        "error": str(exc).splitlines()[0][:300],
+                        "free_gib_after": round(free / 2**30, 2) if free is not None else None,
+                        "total_gib": round(total / 2**30, 2) if total is not None else None,
+                    }
+                    eval_left.append(s["id"])
+                    continue
+                if cuda:
+                    core_peak[s["id"]] = torch.cuda.max_memory_allocated() - base
                 validate_core(obj)
                 atomic_json(js, obj)
                 evaluated.append(s["id"])
+                in_process += 1
+                if workers_pending and in_process >= max(1, args.profile_core):
+                    from core_workers import run_parallel
+
+                    workers_pending = False
+                    rest = [j for j in need if j[0]["id"] != s["id"] and not j[3].is_file()]
+                    free, _total = gpu_memory(args.device)
+                    n = workers_that_fit(args.core_workers, core_peak.get(s["id"]), free)
+                    core_workers_fit = {
+                        "requested": args.core_workers,
+                        "started": n if n > 1 else 0,
+                        "eval_peak_gib": round(core_peak[s["id"]] / 2**30, 2) if s["id"] in core_peak else None,
+                        "free_gib": round(free / 2**30, 2) if free is not None else None,
+                    }
+                    if n > 1:
+                        left = args.time_budget - (time.perf_counter() - t_call) - CORE_WORKERS_MARGIN_S
+                        par, core_workers_error = run_parallel(rest, hooked, held, ignore, args, time.time() + left, n)
             t_core = time.perf_counter()
             if not pj.is_file():
                 if s["hook"] not in samples:
@@ -1106,10 +1175,12 @@ def main(argv: list[str] | None = None) -> int:
             "saebench_fold": folds,
             "core_profile": core_profiles,
             "core_workers": (
-                {"workers": args.core_workers, "evaluated": sorted(par), "error": core_workers_error}
-                if par or core_workers_error
+                {**core_workers_fit, "evaluated": sorted(par), "error": core_workers_error}
+                if core_workers_fit is not None
                 else None
             ),
+            "core_peak_gib": {i: round(b / 2**30, 2) for i, b in core_peak.items()},
+            "core_oom": core_oom,
             # SAE_RDP_FAST_DETERMINISTIC=1: the fast step's sorted sums (bit-identical reruns of the step on one
             # GPU), so that a later session's retraining can be checked against this one's core JSONs
             "fast_deterministic": fast_deterministic() if trained else None,
@@ -1128,6 +1199,15 @@ def main(argv: list[str] | None = None) -> int:
         f"stage {stage}: trained {len(trained)}, skipped {len(done)}, core JSONs {len(evaluated)} new "
         f"({len(eval_skipped)} existing, {len(eval_left)} left for the next call), {wall:.1f} s -> {rec_path}"
     )
+    if core_oom is not None:
+        print(
+            f"error: the core eval of {core_oom['sae']} ran out of GPU memory ({core_oom['free_gib_after']} of "
+            f"{core_oom['total_gib']} GiB free after it): stop other processes on the GPU or lower "
+            f"--eval-batch-prompts (the prompts per SAEBench batch, {args.eval_batch_prompts}); the SAEs left are "
+            "in the record's evals_left_for_later",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

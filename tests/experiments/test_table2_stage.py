@@ -584,13 +584,69 @@ def test_core_workers_give_the_same_jsons(rs, tmp_path):
     call = json.loads((out / "stage_T-tiny.json").read_text())["calls"][-1]
     assert call["trained"] == [] and len(call["core_evaluated"]) == 5 and len(call["proxies_evaluated"]) == 5
     first = call["core_evaluated"][0]
-    want = {"workers": 2, "evaluated": sorted(set(call["core_evaluated"]) - {first}), "error": None}
+    want = {
+        "requested": 2, "started": 2, "eval_peak_gib": None, "free_gib": None,  # no GPU: the request stands
+        "evaluated": sorted(set(call["core_evaluated"]) - {first}), "error": None,
+    }  # fmt: skip
     assert call["core_workers"] == want
     assert list(call["core_profile"]) == [first]
     for sid in call["core_workers"]["evaluated"]:  # the workers' seconds and parts reach the record
         secs = call["eval_seconds"][sid]
         assert secs["core"] > 0 and secs["core_phases"]["run_evals"] > 0
         assert sorted(call["saebench_fold"]) == sorted(call["core_evaluated"])
+
+
+@pytest.mark.parametrize(
+    ("requested", "peak_gib", "free_gib", "want"),
+    [
+        (4, None, None, 4),  # CPU: nothing measured, the request stands
+        (4, 60, 70, 1),  # Gemma-3's core eval on an 80 GB card: one fits (61 GiB with the overhead)
+        (4, 60, 130, 2),  # the same on the H200
+        (4, 60, 50, 0),  # not even one: the stage's own process evaluates (and may run out itself)
+        (2, 1, 100, 2),  # a small model: the request caps it
+        (3, 0, 2.5, 2),  # the per-worker overhead alone (1 GiB) counts
+    ],
+)
+def test_workers_that_fit(rs, requested, peak_gib, free_gib, want):
+    g = 2**30
+    peak = None if peak_gib is None else int(peak_gib * g)
+    free = None if free_gib is None else int(free_gib * g)
+    assert rs.workers_that_fit(requested, peak, free) == want
+    with pytest.raises(ValueError):
+        rs.workers_that_fit(0, peak, free)
+
+
+def test_core_eval_out_of_gpu_memory_is_recorded_and_exported(rs, tmp_path, monkeypatch, capsys):
+    """A core eval that runs out of GPU memory (an 80 GB card beside another GPU process, 2026-12-05) no longer
+    loses the call: the JSONs done so far, the record (``core_oom``, the SAEs left) and the bundle are written,
+    the call exits 1 with one error line naming the knob, and the next call evaluates the rest."""
+    plan, corpus, _ = _setup(tmp_path)
+    out, export = tmp_path / "out", tmp_path / "export"
+    real = rs.core_eval
+    calls = []
+
+    def oom_on_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB.")
+        return real(*a, **k)
+
+    monkeypatch.setattr(rs, "core_eval", oom_on_second)
+    assert rs.main(_argv(plan, corpus, out, export)) == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]  # (SAELens's tqdm too)
+    assert len(err) == 1 and err[0].startswith("error: the core eval of ") and "--eval-batch-prompts" in err[0]
+    call = json.loads((out / "stage_T-tiny.json").read_text())["calls"][-1]
+    assert call["core_oom"]["sae"] in call["evals_left_for_later"] and "out of memory" in call["core_oom"]["error"]
+    assert len(call["core_evaluated"]) == 1 and len(call["evals_left_for_later"]) == 4, call
+    assert len(list((out / "core").glob("*.json"))) == 1
+    with tarfile.open(export / "T-tiny.tar.xz") as tar:
+        names = tar.getnames()
+    assert "stage_T-tiny.json" in names and sum(n.startswith("core/") for n in names) == 1
+    monkeypatch.setattr(rs, "core_eval", real)
+    assert rs.main(_argv(plan, corpus, out, export)) == 0  # the next call: the four left
+    call = json.loads((out / "stage_T-tiny.json").read_text())["calls"][-1]
+    assert len(call["core_evaluated"]) == 4 and call["core_oom"] is None
+    assert len(list((out / "core").glob("*.json"))) == 5
 
 
 def test_core_worker_failure_is_reported_not_raised(rs, tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ SAETrainer.fit on the same batches, gamma against a float64 reference, outputs a
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -73,6 +74,7 @@ def test_train_saes_saves_stock_loadable_saes(tmp_path, captured):
     x = make_batches(1, seed=5)[0]
     for spec, r, trained in zip(specs, res, captured):
         assert r["tokens"] == 12 * B and r["steps"] == 12 and r["fast_step"] is True
+        assert r["fast_deterministic"] is (os.environ.get("SAE_RDP_FAST_DETERMINISTIC") == "1")
         assert r["heldout_tokens"] == 2 * B and 0 < r["heldout_fvu"] < 1.5
         assert r["heldout_l0"] <= spec.cfg.k + 1e-9 and 0 <= r["heldout_dead_fraction"] <= 1
         assert r["forward_s"] >= 0 and r["sae_step_s"] > 0 and r["tokens_per_s"] > 0
@@ -109,6 +111,7 @@ def test_lockstep_equals_saetrainer_fit(tmp_path, captured):
     data = make_batches(40)
     res = train_saes(iter(data), specs, tokens=12 * B, fast=False, progress=False)
     assert [r["fast_step"] for r in res] == [False] * 4
+    assert [r["fast_deterministic"] for r in res] == [None] * 4  # SAELens's own step: the mode does not apply
     assert res[0]["gamma_batches"] == 3 and res[0]["norm_batches"] == 4
     n_gamma, n_norm = 3, 4  # every SAE skips the gamma batches, and the normalisation batches of any SAE
     for spec, ours in zip(specs, captured):
@@ -280,3 +283,13 @@ def test_batchtopk_dense_fallbacks_are_counted_in_the_summary(tmp_path, monkeypa
     assert r["fast_step"] is True and r["batchtopk_dense_fallback_steps"] == r["steps"] == 12
     summary = json.loads((tmp_path / "btk1" / "train_summary.json").read_text())
     assert summary["batchtopk_dense_fallback_steps"] == 12
+
+
+def test_train_summary_records_the_deterministic_mode(tmp_path, monkeypatch):
+    """SAE_RDP_FAST_DETERMINISTIC=1 reaches the fast step and its train summary says so (a later rerun is checked
+    against SAEs trained in that mode)."""
+    monkeypatch.setenv("SAE_RDP_FAST_DETERMINISTIC", "1")
+    spec = SAESpec("h.a", cfg("topk"), tmp_path / "a")
+    res = train_saes(iter(make_batches(8)), [spec], tokens=4 * B, progress=False)
+    assert res[0]["fast_step"] is True and res[0]["fast_deterministic"] is True
+    assert json.loads((spec.out / "train_summary.json").read_text())["fast_deterministic"] is True

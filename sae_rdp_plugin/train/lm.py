@@ -903,7 +903,7 @@ def _save(r: _Run, held: dict[str, torch.Tensor], common: dict[str, Any], seen: 
         "normalize_activations": r.cfg.normalize_activations,
         "threshold_lr_scale": r.cfg.threshold_lr_scale,
         "fast_step": r.fast,
-        # the fast step's deterministic mode (sorted sums: bit-identical reruns on one GPU, slower; docs/fast_training.md)
+        # the fast step's deterministic mode (sorted sums: bit-identical reruns on one GPU; docs/fast_training.md)
         "fast_deterministic": bool(r.fast_step.cfg.deterministic) if r.fast else None,
         "tokens": int(r.trainer.n_training_samples),
         "steps": int(r.trainer.n_training_steps),

@@ -705,3 +705,37 @@ def test_table2_absorption_memory_numbers_quoted():
     readme = "experiments/table2/README.md"
     _assert_quoted(quoted, _flat(readme, after="* host memory:"))
     _assert_quoted([f"the scoring's {off['seconds']:.0f} s"], _flat(readme, after="Still missing"))
+
+
+def test_deterministic_mode_cost_quoted():
+    ms = _step_ms("benchmarks/training_speed/deterministic/training_speed.json")
+    c = "640x16384_k32"
+    fast, det = ms[(c, "fast_topk")], ms[(c, "fast_topk[deterministic]")]
+    via, via_det = (
+        ms[(c, "fast_weighted_topk[SAETrainer,graph]")],
+        ms[(c, "fast_weighted_topk[SAETrainer,deterministic]")],
+    )
+    for rel in ("docs/fast_training.md", "benchmarks/training_speed/README.md"):
+        text = _flat(rel)
+        _assert_quoted(
+            [f"{fast:.2f}", f"{det:.2f} ms", f"{det / fast:.2f}x slower", f"{via:.2f}", f"{via_det:.2f} ms"], text
+        )
+        assert f"({via_det / via:.2f}x)" in text
+    assert "1 passed" in (ROOT / "benchmarks/training_speed/deterministic/pytest.txt").read_text()
+
+
+def test_e2e_h100_lagged_run_quoted():
+    d = json.loads((ROOT / "benchmarks/e2e/runs/2026-12-05-h100-lagged/latest.json").read_text())
+    r = {x["row"]: x for x in d["rows"]}
+    text = _flat("benchmarks/e2e/README.md", after="## Random init, `ours_lagged`")
+    lagged = d["summary"]["lagged_x_ours"]
+    _assert_quoted(
+        [
+            f"{r['ours_lagged']['tokens_per_s']:,.0f} vs {r['ours']['tokens_per_s']:,.0f} tokens/s ({lagged:.2f}x",
+            f"{d['summary']['ours_x_sparsify']:.2f}x sparsify ({r['sparsify']['tokens_per_s']:,.0f})",
+            f"{d['summary']['ours_x_saelens']:.2f}x SAELens ({r['saelens_speed']['tokens_per_s']:,.0f})",
+            f"{r['ours_3hooks']['tokens_per_s']:,.0f} input tokens/s",
+        ],
+        text,
+    )
+    assert f"{lagged:.2f}x the default" in _flat("docs/fast_training.md")

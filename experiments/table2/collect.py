@@ -155,6 +155,11 @@ def check_carried_probes(files: dict[Path, bytes]) -> None:
                 raise ValueError(f"the bundle's {f}: sha256 differs from its manifest's")
 
 
+# a train summary's fields that only the SAE itself decides (its held-out metrics and last loss): equal for the same
+# SAE in two bundles, and for a deterministic retraining that reproduced it; timings differ run to run
+SAME_SAE_FIELDS = ("final_loss", "heldout_fvu", "heldout_l0", "heldout_dead_fraction", "tokens", "steps")
+
+
 def replicate_contents(files: dict[Path, bytes], name: str, named: str | None) -> dict[Path, bytes]:
     """What of a bundle (named by ids: :func:`by_sae_ids`) goes to the replicate ``name``: the eval JSONs of its
     release, the train summaries of its architecture, the stage records, a carried probe; ValueError when the
@@ -232,6 +237,18 @@ def collect(
                 dest = results / str(named) / rel  # the probe belongs to the model-layer, not to one run
             if replicate is not None and dest.is_file() and dest.read_bytes() != data:
                 if rel.parts[0] == "train_summaries":
+                    old = _json(rel, dest.read_bytes(), "the committed")
+                    new_sum = _json(rel, data)
+                    differ = [
+                        k
+                        for k in SAME_SAE_FIELDS
+                        if not isinstance(old, dict) or not isinstance(new_sum, dict) or old.get(k) != new_sum.get(k)
+                    ]
+                    if differ:  # another training run's SAE (its core and absorption would join the wrong SAEs)
+                        raise ValueError(
+                            f"{rel}: its {', '.join(differ)} differ from the replicate's committed summary (other "
+                            "SAEs: collect them as a new replicate)"
+                        )
                     plan.append((dest, data, "kept"))  # the first session's (timings differ run to run)
                     continue
                 if rel.parts[0] in EVAL_DIRS:

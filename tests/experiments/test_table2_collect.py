@@ -206,7 +206,9 @@ def test_replicate_takes_its_architecture_and_checks_retrained_saes(tmp_path, ca
             "stage_T-m-9-topk.json": json.dumps({"stage": "T-m-9-topk", "calls": [{"gpu_s": 400.0}]}).encode(),
             "core/a.json": _eval("table2-m-L9-topk", sid, {"l0": 4.0}),
             "core/b.json": _eval("table2-m-L9-batchtopk", sid, {"l0": 4.0}),
-            "train_summaries/t.json": json.dumps({"architecture": "topk", "train_seconds": 1.0}).encode(),
+            "train_summaries/t.json": json.dumps(
+                {"architecture": "topk", "train_seconds": 1.0, "heldout_fvu": 0.1}
+            ).encode(),
             "train_summaries/u.json": json.dumps({"architecture": "batchtopk"}).encode(),
             "calibration_C-m-9-standard.json": b'{"levels": {}}',
             "probe_baselines/x.json": b"{}",
@@ -222,7 +224,9 @@ def test_replicate_takes_its_architecture_and_checks_retrained_saes(tmp_path, ca
         "stage_E-m-9.json": _stage({"gpu_s": 300.0}),
         "core/a.json": _eval("table2-m-L9-topk", sid, {"l0": 4.0}, eval_id="y"),
         "absorption_first_letter/a.json": _eval("table2-m-L9-topk", sid, {"mean": 0.1}),
-        "train_summaries/t.json": json.dumps({"architecture": "topk", "train_seconds": 2.0}).encode(),
+        "train_summaries/t.json": json.dumps(
+            {"architecture": "topk", "train_seconds": 2.0, "heldout_fvu": 0.1}
+        ).encode(),
     }
     before = (rep / "core" / SAE_FILE).read_bytes()
     done = col.collect(_bundle(tmp_path / "E.tar.xz", later), results=results, replicate="m-L9-topk-r3")
@@ -236,6 +240,18 @@ def test_replicate_takes_its_architecture_and_checks_retrained_saes(tmp_path, ca
     assert col.main([str(_bundle(tmp_path / "O.tar.xz", other)), "--replicate", "m-L9-topk-r3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "metrics differ" in err[0], err
+    assert {p: p.read_bytes() for p in rep.rglob("*") if p.is_file()} == snapshot
+    # a retraining that did not reproduce the SAEs (a train summary's held-out FVU differs), before any eval JSON of
+    # the replicate could tell: refused whole, nothing written
+    retrained = {
+        "absorption_first_letter/a.json": later["absorption_first_letter/a.json"],
+        "train_summaries/t.json": json.dumps(
+            {"architecture": "topk", "train_seconds": 1.0, "heldout_fvu": 0.2}
+        ).encode(),
+    }
+    assert col.main([str(_bundle(tmp_path / "R.tar.xz", retrained)), "--replicate", "m-L9-topk-r3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "heldout_fvu differ" in err[0] and "new replicate" in err[0], err
     assert {p: p.read_bytes() for p in rep.rglob("*") if p.is_file()} == snapshot
     # a malformed name, another model-layer, no JSON of the release, --into with --replicate: one line, exit 2
     for args in (

@@ -721,6 +721,7 @@ def test_deterministic_mode_cost_quoted():
             [f"{fast:.2f}", f"{det:.2f} ms", f"{det / fast:.2f}x slower", f"{via:.2f}", f"{via_det:.2f} ms"], text
         )
         assert f"({via_det / via:.2f}x)" in text
+    assert f"{det / fast:.2f}x slower" in _flat("docs/limitations.md")
     assert "1 passed" in (ROOT / "benchmarks/training_speed/deterministic/pytest.txt").read_text()
 
 

@@ -1,5 +1,5 @@
 """The scripts users are told to run (benchmarks/e2e/bench_e2e.py, experiments/table2/collect.py, report.py,
-stage.sh) under the error contract: bad input gives exit status 2 and exactly one stderr line ``error: ...``
+stage.sh, prepare.sh) under the error contract: bad input gives exit status 2 and exactly one stderr line ``error: ...``
 naming the problem, no traceback, and the working folder unchanged (nothing written, nothing deleted).
 
 Each case runs the script in a subprocess in a fresh working folder after its setup."""
@@ -22,6 +22,7 @@ BE = [*BENCH, "--only", "ours", "--out", "o", "--work", "w"]
 COLLECT = [sys.executable, str(ROOT / "experiments/table2/collect.py")]
 REPORT = [sys.executable, str(ROOT / "experiments/table2/report.py")]
 STAGE = ["bash", str(ROOT / "experiments/table2/stage.sh")]
+PREPARE = ["bash", str(ROOT / "experiments/table2/prepare.sh")]
 T_STAGE = "stage_T-gemma3-270m-9-topk.json"
 OURS_LATEST = {"device": "cpu (2 cores)", "settings": {"tokens": 8192}, "rows": []}
 
@@ -176,6 +177,9 @@ CASES = [
     ("stage-run-no-stage", _nothing, [*STAGE, "run"], {}, "STAGE"),
     ("stage-runprobe-not-a-t-stage", _nothing, [*STAGE, "runprobe", "X-bogus"], {}, "X-bogus"),
     ("stage-wheels-extra-argument", _nothing, [*STAGE, "wheels", "x"], {}, "wheels takes no arguments"),
+    ("prepare-no-model", _nothing, PREPARE, {}, "usage: prepare.sh"),
+    ("prepare-unknown-model", _nothing, [*PREPARE, "gpt2"], {}, "unknown model gpt2"),
+    ("prepare-two-models", _nothing, [*PREPARE, "gemma3-270m", "smollm2-135m"], {}, "usage: prepare.sh"),
 ]
 
 

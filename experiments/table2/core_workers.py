@@ -11,7 +11,8 @@ validated and written atomically by the worker; the parent gets (seconds, parts,
 terminates the workers at the deadline (an SAE cut there has no JSON and is evaluated by a later call).
 The stage starts them after its own first core eval, as many as the GPU memory left by that eval's measured peak
 allows (``run_stage.workers_that_fit``): on Gemma-3 one eval holds several 8 GiB fp32 logit tensors (rows x
-1,024 x 262,144 vocabulary), and four workers asked for on an 80 GB card ran it out of memory (2026-12-05).
+1,024 x 262,144 vocabulary): on an 80 GB card, with four workers asked for and another process on the GPU, the
+stage's first core eval ran out of memory (2026-12-05).
 """
 
 from __future__ import annotations

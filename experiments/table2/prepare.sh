@@ -48,10 +48,12 @@ if [ ! -f "$CORPUS/shards/shards.json" ]; then
 fi
 "$PY" - "$CORPUS" <<'PYEOF'
 import json, sys
-built = json.load(open(f"{sys.argv[1]}/manifest.json"))["tokens_sha256"]
-known = json.dumps(json.load(open("experiments/table2/corpus_manifest.json")))
-print(f"corpus tokens_sha256 {built[:12]}: " + ("as committed (corpus_manifest.json)" if built in known else
-      "NOT the committed build's (README section 1: a stale apt index or another tokenizer version)"))
+sys.path.insert(0, "experiments/table2")
+from run_stage import corpus_provenance  # the check every stage call records, against the same tokenizer's build
+p = corpus_provenance(json.load(open(f"{sys.argv[1]}/manifest.json")))
+print(f"corpus tokens_sha256 {str(p['tokens_sha256'])[:12]}: " + ("as committed (corpus_manifest.json)"
+      if p["matches_manifest"] else "NOT the committed build's (README section 1: a stale apt index or another "
+      f"tokenizer version; committed {str(p['manifest_tokens_sha256'])[:12]})"))
 PYEOF
 
 step "put calls"

@@ -417,6 +417,11 @@ def profiled(fn: Callable[[], Any], device: str, top: int = 15) -> tuple[Any, di
         return out, {"error": f"{type(exc).__name__}: {exc}"}
 
 
+def gib(n_bytes: int | None) -> float | None:
+    """Bytes as GiB for a record, two decimals (None stays None)."""
+    return None if n_bytes is None else round(n_bytes / 2**30, 2)
+
+
 CORE_WORKER_OVERHEAD_BYTES = 1 << 30  # a spawned worker's own CUDA context and allocator slack, beyond its eval
 
 
@@ -1110,8 +1115,8 @@ def main(argv: list[str] | None = None) -> int:
                     core_oom = {
                         "sae": s["id"],
                         "error": str(exc).splitlines()[0][:300],
-                        "free_gib_after": round(free / 2**30, 2) if free is not None else None,
-                        "total_gib": round(total / 2**30, 2) if total is not None else None,
+                        "free_gib_after": gib(free),
+                        "total_gib": gib(total),
                     }
                     eval_left.append(s["id"])
                     continue
@@ -1131,8 +1136,8 @@ def main(argv: list[str] | None = None) -> int:
                     core_workers_fit = {
                         "requested": args.core_workers,
                         "started": n if n > 1 else 0,
-                        "eval_peak_gib": round(core_peak[s["id"]] / 2**30, 2) if s["id"] in core_peak else None,
-                        "free_gib": round(free / 2**30, 2) if free is not None else None,
+                        "eval_peak_gib": gib(core_peak.get(s["id"])),
+                        "free_gib": gib(free),
                     }
                     if n > 1:
                         left = args.time_budget - (time.perf_counter() - t_call) - CORE_WORKERS_MARGIN_S
@@ -1179,7 +1184,7 @@ def main(argv: list[str] | None = None) -> int:
                 if core_workers_fit is not None
                 else None
             ),
-            "core_peak_gib": {i: round(b / 2**30, 2) for i, b in core_peak.items()},
+            "core_peak_gib": {i: gib(b) for i, b in core_peak.items()},
             "core_oom": core_oom,
             # SAE_RDP_FAST_DETERMINISTIC=1: the fast step's sorted sums (bit-identical reruns of the step on one
             # GPU), so that a later session's retraining can be checked against this one's core JSONs

@@ -69,6 +69,8 @@ def run_parallel(
     until ``deadline`` (time.time()): per SAE evaluated, (seconds, core parts, saebench_fold record); and None, or
     why the workers stopped early (a worker's exception, its last line; a worker that died), after which the
     caller evaluates what is left itself."""
+    from workers import start_all
+
     ctx = mp.get_context("spawn")
     job_q, res_q = ctx.Queue(), ctx.Queue()
     n = max(1, min(workers, len(jobs)))
@@ -81,8 +83,7 @@ def run_parallel(
     ended = [False] * n
     error = None
     try:
-        for p in procs:
-            p.start()
+        start_all(procs)  # the children import at once (workers.start_all)
         while not all(ended) and error is None:
             left = deadline - time.time()
             if left <= 0:

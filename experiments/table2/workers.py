@@ -36,6 +36,36 @@ def die_with_parent() -> None:
             pass
 
 
+def start_all(procs: list[Any]) -> float:
+    """Start the spawned processes ``procs`` at once, each ``start()`` in a thread of its own; the seconds it took.
+
+    A spawned child reads its pickled arguments only as it unpickles them, i.e. while importing what they need
+    (torch; with a model, TransformerLens and its CUDA context), and the parent's ``start()`` writes them into a
+    pipe: arguments larger than the pipe's buffer (a model with its tokenizer) keep each ``start()`` waiting for
+    its child's imports, so a loop of ``start()`` calls starts the children one after another (README section 6
+    gives the device's numbers). From threads, the children import at the same time. The first exception of any
+    ``start()`` is raised once all threads have ended."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def start(p: Any) -> None:
+        try:
+            p.start()
+        except BaseException as e:  # noqa: BLE001 - raised below, in the caller's thread
+            errors.append(e)
+
+    t0 = time.time()
+    threads = [threading.Thread(target=start, args=(p,), daemon=True) for p in procs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return time.time() - t0
+
+
 def _host_memory() -> tuple[int, int] | None:
     """(MemTotal, MemAvailable) bytes of this machine (psutil, else /proc/meminfo); None where unreadable."""
     try:

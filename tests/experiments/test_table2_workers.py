@@ -104,3 +104,69 @@ def test_host_limit_names_its_source(wk, monkeypatch):
     assert wk.MemoryGuard.for_host().limit_bytes == 64 * GiB
     monkeypatch.delenv(HOST_MEMORY_ENV)
     assert wk.host_limit()[1] == "the machine's MemTotal"
+
+
+def _restore_slowly(log: str, delay: float) -> str:
+    """Unpickled in the spawned child before the rest of its arguments: logs when it ran, then waits (as a child's
+    imports keep it from reading the rest of its arguments out of the pipe)."""
+    import time
+
+    t = time.time()
+    time.sleep(delay)
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()} {t} {time.time()}\n")
+    return log
+
+
+class _SlowToUnpickle:
+    def __init__(self, log: str, delay: float) -> None:
+        self.log, self.delay = log, delay
+
+    def __reduce__(self):
+        return _restore_slowly, (self.log, self.delay)
+
+
+def _noop(*args) -> None:
+    pass
+
+
+def _unpickle_intervals(wk, tmp_path, threaded: bool) -> list[tuple[float, float]]:
+    import multiprocessing as mp
+
+    log = str(tmp_path / f"log_{threaded}.txt")
+    big = b"x" * (4 << 20)  # far beyond a pipe's buffer: start() waits for the child to read it
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_noop, args=(_SlowToUnpickle(log, 1.5), big)) for _ in range(3)]
+    if threaded:
+        wk.start_all(procs)
+    else:
+        for p in procs:
+            p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    rows = [line.split() for line in open(log).read().splitlines()]
+    return sorted((float(a), float(b)) for _, a, b in rows)
+
+
+def test_start_all_lets_the_children_unpickle_at_once(wk, tmp_path):
+    """Arguments larger than a pipe's buffer, unpickled slowly in the child: a loop of start() calls lets each child
+    begin only after the one before has read its arguments (the intervals do not overlap); start_all's threads let
+    all three unpickle at once (every child began before any ended)."""
+    seq = _unpickle_intervals(wk, tmp_path, threaded=False)
+    assert all(seq[i + 1][0] >= seq[i][1] for i in range(2)), seq
+    par = _unpickle_intervals(wk, tmp_path, threaded=True)
+    assert max(a for a, _ in par) < min(b for _, b in par), par
+
+
+def test_start_all_raises_a_start_error_after_starting_the_rest(wk):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    ok = ctx.Process(target=_noop, args=(1,))
+    bad = ctx.Process(target=_noop, args=(lambda: None,))  # a lambda does not pickle
+    with pytest.raises(Exception, match="pickle|lambda"):
+        wk.start_all([ok, bad])
+    ok.join(60)
+    assert ok.exitcode == 0  # started and ran although its sibling failed
+    assert bad.pid is None  # pickled before its process is made: none was

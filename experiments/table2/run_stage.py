@@ -48,7 +48,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +302,15 @@ def checkpoint_count(fam_saes: list[dict]) -> int:
         if abs(s["tokens"] / final[0]["tokens"] - (i + 1) / (n + 1)) > 1e-9:
             fail(f"{s['id']}: checkpoints must be evenly spaced ({i + 1}/{n + 1} of the final's tokens)")
     return n
+
+
+def longest_eval_s(eval_s: dict[str, tuple[float, float]], profiled: Collection[str]) -> float:
+    """The longest (core + proxies) seconds of the call's evals so far (``eval_s``: id -> (core s, proxies s)),
+    the next eval's allowance before ``--time-budget``: among those that ran without the profiler (a profiled core
+    eval takes several times as long, its trace processed when it ends), all of them if every one was profiled;
+    0 before the first."""
+    timed = [v for k, v in eval_s.items() if k not in profiled] or list(eval_s.values())
+    return max((c + q for c, q in timed), default=0.0)
 
 
 def pick_todo(
@@ -830,9 +839,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--profile-core",
         type=int,
-        default=1,
+        default=0,
         help="profile the first N core evals of the call (torch.profiler; the stage record's core_profile: GPU "
-        "busy share, host syncs, top ops); 0: none",
+        "busy share, host syncs, top ops; a profiled eval takes several times as long); 0: none",
     )
     ap.add_argument("--buffer-tokens", type=int, default=2**19, help="activation shuffle buffer (rows)")
     ap.add_argument("--no-eval", action="store_true", help="train only")
@@ -1083,7 +1092,7 @@ def main(argv: list[str] | None = None) -> int:
                 eval_skipped.append(s["id"])
                 continue
             # a call killed at the device's command limit brings nothing back: stop early and export instead
-            longest = max((c + q for c, q in eval_s.values()), default=0.0)  # to stop before --time-budget
+            longest = longest_eval_s(eval_s, core_profiles)  # to stop before --time-budget
             late = eval_s and time.perf_counter() - t_call + 1.3 * longest > args.time_budget
             if s["id"] not in par and (eval_left or late):  # (a worker's SAE needs its proxies only: 0.1 s)
                 eval_left.append(s["id"])

@@ -208,7 +208,7 @@ def test_stage_end_to_end_resume_and_audit(rs, tmp_path, capsys):
         (out / "core" / name).unlink()
         (out / "rdp_proxies" / name).unlink()
     (export / "T-tiny.tar.xz").unlink()
-    assert rs.main([*_argv(plan, corpus, out, export), "--time-budget", "1e-6"]) == 0
+    assert rs.main([*_argv(plan, corpus, out, export), "--time-budget", "1e-6", "--profile-core", "1"]) == 0
     third = json.loads((out / "stage_T-tiny.json").read_text())["calls"][2]
     assert len(third["core_evaluated"]) == 1 and len(third["evals_left_for_later"]) == 2
     assert len(third["core_existing"]) == 2 and (export / "T-tiny.tar.xz").is_file()
@@ -219,7 +219,7 @@ def test_stage_end_to_end_resume_and_audit(rs, tmp_path, capsys):
     assert all(v >= 0 for v in secs["core_phases"].values()) and secs["core_phases"]["run_evals"] > 0
     assert sum(secs["core_phases"].values()) <= secs["core"] + 0.05
     assert third["fast_deterministic"] is None  # nothing trained in that call
-    # --profile-core (default 1): the call's first core eval under the profiler (CPU here: no GPU share)
+    # --profile-core 1: the call's first core eval under the profiler (CPU here: no GPU share)
     ((pid, prof),) = third["core_profile"].items()
     assert pid == sid and prof["gpu_busy_fraction"] is None and prof["top"] and prof["host_syncs_per_step"] > 0
     assert 0 < prof["wall_ms_per_step"] / 1e3 <= secs["core"] + 0.05
@@ -227,6 +227,7 @@ def test_stage_end_to_end_resume_and_audit(rs, tmp_path, capsys):
     assert rs.main(_argv(plan, corpus, out, export)) == 0  # the next call does the rest
     fourth = json.loads((out / "stage_T-tiny.json").read_text())["calls"][3]
     assert len(fourth["core_evaluated"]) == 2 and fourth["evals_left_for_later"] == []
+    assert not fourth.get("core_profile")  # none by default
     assert all((out / "core" / n).is_file() and (out / "rdp_proxies" / n).is_file() for n in gone)
 
     # the audit groups the JSONs (checkpoints included, pooled) and runs
@@ -589,7 +590,7 @@ def test_core_workers_give_the_same_jsons(rs, tmp_path):
         "evaluated": sorted(set(call["core_evaluated"]) - {first}), "error": None,
     }  # fmt: skip
     assert call["core_workers"] == want
-    assert list(call["core_profile"]) == [first]
+    assert not call["core_profile"]  # --profile-core 0 by default: the first in-process eval unprofiled
     for sid in call["core_workers"]["evaluated"]:  # the workers' seconds and parts reach the record
         secs = call["eval_seconds"][sid]
         assert secs["core"] > 0 and secs["core_phases"]["run_evals"] > 0
@@ -664,3 +665,13 @@ def test_core_worker_failure_is_reported_not_raised(rs, tmp_path, monkeypatch):
     done, err = core_workers.run_parallel([job, job], None, None, set(), args, time.time() + 120, 2)
     assert done == {} and err is not None and err.startswith("FileNotFoundError") and "no_such_sae" in err, err
     assert not (tmp_path / "core").exists()
+
+
+def test_longest_eval_leaves_out_profiled_evals(rs):
+    """The allowance for the next eval before --time-budget: the longest unprofiled (core + proxies) seconds; a
+    profiled eval counts only while every eval so far was profiled."""
+    eval_s = {"a": (76.5, 0.3), "b": (10.6, 0.1), "c": (11.2, 0.4)}
+    assert rs.longest_eval_s(eval_s, {"a"}) == pytest.approx(11.6)
+    assert rs.longest_eval_s(eval_s, set()) == pytest.approx(76.8)
+    assert rs.longest_eval_s({"a": (76.5, 0.3)}, {"a"}) == pytest.approx(76.8)
+    assert rs.longest_eval_s({}, set()) == 0.0

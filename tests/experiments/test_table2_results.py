@@ -16,7 +16,8 @@ RESULTS = ROOT / "experiments" / "table2" / "results"
 RELEASE = re.compile(r"^table2-(?P<ml>.+-L\d+)-(?P<arch>[a-z_]+)$")
 
 
-def test_committed_eval_jsons_are_named_by_their_ids():
+def test_committed_eval_jsons_are_named_by_their_ids(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "experiments" / "table2"))  # run_stage imports its sibling scripts
     rs = load_script("t2_run_stage_results", "experiments/table2/run_stage.py")
     files = [f for d in rs.EVAL_DIRS for f in RESULTS.glob(f"**/{d}/*.json")]
     assert len(files) > 100  # the Gemma sweep is committed
@@ -57,3 +58,18 @@ def test_findings_wsae_reading_holds_in_its_jsons():
         assert abs(x["ce"][0] - x["ce"][1]) < 0.05 and abs(x["ev"][0] - x["ev"][1]) < 0.05
     text = " ".join((ROOT / "experiments/table2/FINDINGS.md").read_text().split())
     assert "uncapped alpha 1 leaves most latents dead and recovers about none of the CE loss" in text
+
+
+def test_deterministic_rerun_reproduced_r3(monkeypatch):
+    """docs/fast_training.md's claim: r3's 4k TopK SAEs, retrained a day later in the deterministic mode (five in
+    lockstep instead of ten), have what the SAE alone decides (collect.SAME_SAE_FIELDS) equal to the last digit."""
+    monkeypatch.syspath_prepend(str(ROOT / "experiments" / "table2"))
+    col = load_script("t2_collect_rerun", "experiments/table2/collect.py")
+    r3 = RESULTS / "replicates" / "gemma3-270m-L9-topk-r3"
+    rerun = sorted((r3 / "rerun_2026-12-06" / "train_summaries").glob("*.json"))
+    assert len(rerun) == 5
+    for f in rerun:
+        new, old = json.loads(f.read_text()), json.loads((r3 / "train_summaries" / f.name).read_text())
+        assert new["fast_deterministic"] is True and new["n_saes"] == 5 and old["n_saes"] == 10, f
+        for k in col.SAME_SAE_FIELDS:
+            assert new[k] == old[k] and new[k] is not None, (f.name, k)

@@ -52,6 +52,17 @@ Batching adaptations (the same activations, the same probe; only the cost change
   encodes it once per SAE as SAEBench does, keeps its nonzero activations (up to ``KSP_CACHE_NNZ``; beyond that,
   SAEBench's function) and copies the k columns out of them: the same bits; emptied when the SAE's k-sparse
   probing ends;
+* the k-sparse scoring (``eval_probe_and_sae_k_sparse_raw_scores``): SAEBench loops over the test words (~28k for
+  Gemma-3) and per word over 26 letters x ``max_k_value`` probes (a 1-D ``x[ids] @ w + b``, ``.sum()``, ``.item()``
+  and ``.numpy()`` each: millions of tiny torch ops, 211-226 s per SAE on the device) into one dict per word.
+  :func:`batched_k_sparse_raw_scores` makes the same SAE encodings and probe scores with SAEBench's calls on
+  SAEBench's batches, then per letter and k computes all words at once, its dots and sums in the order of float32
+  operations that reproduces torch's 1-D dot (a BLAS sdot, whose order depends on the BLAS and the processor) and
+  sum on the machine (:func:`reduction_plan`, calibrated once per process), and builds the DataFrame from columns:
+  the same columns, dtypes, row order and bits. Each SAE's result is checked at run time against SAEBench's own
+  row code on ``SCORING_CHECK_FIRST`` rows of the first batch and ``SCORING_CHECK_SPREAD`` rows spread over the set;
+  on any difference SAEBench's function runs instead (the record's ``ksp_scoring`` says which ran, and why).
+  ``SAE_RDP_ABSORPTION_SCORING=saebench`` (``SCORING_ENV``): SAEBench's function;
 * Python's garbage collector is off during each SAE's k-sparse probing (and on again after): SAEBench's scoring
   builds ~300 KiB of Python rows and small arrays per test word (~28k words for Gemma-3), over which the collector
   passes again and again with nothing to free (``diagnostics/absorption_memory.json``: the same values and peak
@@ -289,6 +300,559 @@ class CachedSaeActs:
         return out.cpu()
 
 
+# ------------------------------------------------------------------------------------------------------------------
+# SAEBench's k-sparse scoring (``k_sparse_probing.eval_probe_and_sae_k_sparse_raw_scores``), per batch
+
+SCORING_ENV = "SAE_RDP_ABSORPTION_SCORING"  # "saebench": SAEBench's row-by-row scoring instead of the batched one
+SCORING_CHECK_FIRST = 256  # rows of the first batch checked against SAEBench's own row code, each SAE
+SCORING_CHECK_SPREAD = 256  # rows spread evenly over the whole set, checked likewise
+_CALIBRATION_SEED = 20261206
+_WIDTHS = (4, 8, 16)  # SIMD lanes of float32 (SSE, AVX, AVX-512) a BLAS dot may accumulate in
+
+
+def scoring_forced_original() -> bool:
+    """Whether ``SCORING_ENV`` asks for SAEBench's own scoring (``saebench``, any case)."""
+    return os.environ.get(SCORING_ENV, "").strip().lower() == "saebench"
+
+
+def _fma32(x: Any, w: Any, c: Any) -> Any:
+    """``fma(x, w, c)`` rounded once to float32, element-wise (float32 arrays or scalars): the product is exact in
+    float64 (24 + 24 bits), the sum is rounded to float64 and its error taken exactly (TwoSum), the float64 is made
+    odd when inexact (round to odd), then rounded to float32: rounding to odd with >= 24 + 2 bits and then to
+    nearest gives the correctly rounded sum (Boldo & Melquiond, 2008)."""
+    import numpy as np
+
+    p = np.asarray(x, np.float64) * np.asarray(w, np.float64)
+    c64 = np.asarray(c, np.float64)
+    s = np.asarray(p + c64, np.float64)
+    bb = s - p
+    err = (p - (s - bb)) + (c64 - bb)
+    fix = (err != 0) & ((s.view(np.int64) & 1) == 0)
+    if fix.any():
+        s = s.copy()
+        s[fix] = np.nextafter(s[fix], np.where(err[fix] > 0, np.inf, -np.inf))
+    return s.astype(np.float32)
+
+
+def _add(a: Any, b: Any) -> Any:
+    return b if a is None else ("+", a, b)
+
+
+def _hsum(lanes: list, order: str) -> Any:
+    """The lanes of a vector added together: ``halve`` (lane i + lane i + h, h = width / 2, repeated: the usual
+    horizontal sum), ``pairs`` (neighbours) or ``seq`` (left to right). Empty lanes (None) hold zeros."""
+    lanes = list(lanes)
+    if order == "seq":
+        e = None
+        for lane in lanes:
+            e = e if lane is None else _add(e, lane)
+        return e
+    while len(lanes) > 1:
+        if order == "halve":
+            h = len(lanes) // 2
+            pairs = [(lanes[i], lanes[i + h]) for i in range(h)]
+        else:
+            pairs = [(lanes[i], lanes[i + 1]) for i in range(0, len(lanes), 2)]
+        lanes = [a if b is None else _add(a, b) for a, b in pairs]
+    return lanes[0]
+
+
+def _dot_lanes(n: int, width: int, tail: str, acc: str, tail_op: str, order: str) -> Any:
+    """A vectorised float32 dot's order of operations as an expression over the terms 0..n-1 (an int i: the rounded
+    product x_i w_i; ``("+", a, b)``: a float32 addition; ``("fma", i, c)``: x_i w_i + c rounded once): ``width``
+    lanes accumulate the full chunks (``acc``: add the rounded product, or fma), the terms after them (``tail``) go
+    one by one into lane 0 (``lane0``), each into its own lane (``masked``) or onto the lanes' sum (``after``), by
+    ``tail_op``; the lanes are summed in ``order``."""
+    chunks = n // width
+    lanes: list[Any] = [None] * width
+
+    def put(e: Any, i: int, op: str) -> Any:
+        if e is None:
+            return i
+        return ("fma", i, e) if op == "fma" else ("+", e, i)
+
+    for c in range(chunks):
+        for j in range(width):
+            lanes[j] = put(lanes[j], c * width + j, acc)
+    rest = range(chunks * width, n)
+    if tail == "lane0":
+        for i in rest:
+            lanes[0] = put(lanes[0], i, tail_op)
+    elif tail == "masked":
+        for i in rest:
+            lanes[i - chunks * width] = put(lanes[i - chunks * width], i, tail_op)
+    e = _hsum(lanes, order)
+    if tail == "after":
+        for i in rest:
+            e = put(e, i, tail_op)
+    return e
+
+
+def _seq_expr(n: int, op: str = "+") -> Any:
+    e: Any = 0
+    for i in range(1, n):
+        e = ("fma", i, e) if op == "fma" else ("+", e, i)
+    return e
+
+
+def _torch_sum_scalar(n: int) -> Any:
+    """torch's CPU sum of n contiguous floats below its vector width (``cascade_sum`` -> ``row_sum``: four
+    interleaved partial sums, the tail into the first, then the four added left to right)."""
+    parts: list[Any] = [None] * 4
+    for i in range(n // 4 * 4):
+        parts[i % 4] = i if parts[i % 4] is None else ("+", parts[i % 4], i)
+    for i in range(n // 4 * 4, n):
+        parts[0] = i if parts[0] is None else ("+", parts[0], i)
+    return _hsum(parts, "seq")
+
+
+def _torch_sum_vector(n: int, width: int) -> Any:
+    """torch's CPU sum of n >= ``width`` (its vector width) contiguous floats, n < 4 ``width``
+    (``vectorized_inner_sum``: lanes over the full vectors, the scalar tail first, then the lanes left to right)."""
+    if n < width:
+        return _torch_sum_scalar(n)
+    chunks = n // width
+    lanes: list[Any] = [None] * width
+    for i in range(chunks * width):
+        lanes[i % width] = _add(lanes[i % width], i)
+    e = None
+    for i in range(chunks * width, n):
+        e = i if e is None else ("+", e, i)
+    for lane in lanes:
+        e = lane if e is None else ("+", e, lane)
+    return e
+
+
+@functools.cache
+def _candidates(op: str, n: int) -> dict[str, Any]:
+    """The orders of operations tried for a 1-D float32 ``op`` ("dot": ``x @ w``, "sum": ``x.sum()``) of n terms,
+    by name, first the ones seen on the machines so far; "torch" and "mv" are torch's own batched ``A.sum(1)`` and
+    ``A @ w``; the others are expressions (:func:`_dot_lanes`), duplicates dropped."""
+    out: dict[str, Any] = {}
+    seen: set[str] = set()
+
+    def add(name: str, e: Any) -> None:
+        if e is not None and repr(e) not in seen:
+            seen.add(repr(e))
+            out[name] = e
+
+    if op == "sum":
+        out["torch"] = "torch"
+        add("torch_scalar", _torch_sum_scalar(n) if n < 64 else None)
+        for width in (8, 16):
+            add(f"torch_vec{width}", _torch_sum_vector(n, width) if n < 4 * width else None)
+        add("seq", _seq_expr(n))
+        return out
+    add("seq", _seq_expr(n))
+    widths = [w for w in _WIDTHS if w <= n][::-1] + [w for w in _WIDTHS if w > n]
+    for width in widths:
+        for tail in ("lane0", "masked", "after"):
+            for acc in ("+", "fma"):
+                for tail_op in ("+", "fma"):
+                    for order in ("halve", "pairs", "seq"):
+                        add(
+                            f"lanes{width}_{tail}_{acc}_{tail_op}_{order}",
+                            _dot_lanes(n, width, tail, acc, tail_op, order),
+                        )
+    add("seq_fma", _seq_expr(n, "fma"))
+    out["mv"] = "mv"
+    return out
+
+
+def _eval_expr(e: Any, a: Any, w: Any, terms: Any) -> Any:
+    """Expression ``e`` evaluated for all rows at once, in float32 (``terms``: the rounded products of ``a``'s
+    columns and ``w`` (one weight vector, or one per row), or ``a`` itself for a sum)."""
+    if isinstance(e, int):
+        return terms[:, e]
+    if e[0] == "+":
+        return _eval_expr(e[1], a, w, terms) + _eval_expr(e[2], a, w, terms)
+    return _fma32(a[:, e[1]], w[..., e[1]], _eval_expr(e[2], a, w, terms))
+
+
+def _emulate(op: str, plan: str, a: Any, w: Any) -> Any:
+    """Expression ``plan`` of :func:`_candidates` on every row of ``a`` (float32 [rows, n]; ``w``: float32 [n] or
+    [rows, n]), float32 [rows]: NumPy's IEEE-754 single-precision additions and multiplications, one operation per
+    call on whole columns (nothing fused or reordered), fma by :func:`_fma32`."""
+    import numpy as np
+
+    with np.errstate(all="ignore"):
+        out = _eval_expr(_candidates(op, a.shape[1])[plan], a, w, a * w if op == "dot" else a)
+    return np.array(out, np.float32, copy=True).reshape(len(a))
+
+
+def _torch_rows(op: str, a: Any, w_t: Any) -> Any:
+    """The 1-D torch op, row by row (each row a fresh tensor, as SAEBench's ``sae_acts[feature_ids]``)."""
+    import numpy as np
+    import torch
+
+    out = np.empty(len(a), np.float32)
+    for r, row in enumerate(a):
+        x = torch.from_numpy(row).clone()
+        out[r] = (x @ w_t if op == "dot" else x.sum()).item()
+    return out
+
+
+def batched_reduction(op: str, plan: str | None, a: Any, w_t: Any = None) -> Any:
+    """``op`` of every row of ``a`` ([rows, n] float32, C-contiguous), as SAEBench's 1-D ``x @ w_t`` ("dot") or
+    ``x.sum()`` ("sum") on each row gives it, float32 [rows].
+
+    ``plan`` (:func:`reduction_plan`): "torch" / "mv": torch's batched ``A.sum(1)`` / ``A @ w`` (torch's sum runs
+    the same kernel on each row as on a 1-D tensor); an expression name (:func:`_candidates`): that order of float32
+    operations, column by column in NumPy (IEEE-754 single additions and multiplications, fma rounded once by
+    :func:`_fma32`), where a row whose result is zero or NaN is recomputed by the 1-D torch op (the sign of a zero
+    and a NaN's bits depend on more than the order; any other result does not depend on the signs of zeros
+    inside); None: the 1-D torch op on every row that is not all +0.0 (all those rows give one value)."""
+    import numpy as np
+    import torch
+
+    w = None if w_t is None else w_t.detach().cpu().numpy()
+    if plan == "torch":
+        return torch.from_numpy(a).sum(dim=1).numpy()
+    if plan == "mv":
+        return (torch.from_numpy(a) @ w_t).numpy()
+    if plan is None:
+        out = np.empty(len(a), np.float32)
+        zero = ~a.view(np.int32).any(axis=1)
+        if zero.any():
+            out[zero] = _torch_rows(op, np.zeros((1, a.shape[1]), np.float32), w_t)[0]
+        out[~zero] = _torch_rows(op, a[~zero], w_t)
+        return out
+    out = _emulate(op, plan, a, w)
+    redo = (out == 0) | np.isnan(out)
+    if redo.any():
+        out[redo] = batched_reduction(op, None, np.ascontiguousarray(a[redo]), w_t)
+    return out
+
+
+def _calibration_data(n: int, groups: int = 32, per_group: int = 24) -> tuple[Any, Any]:
+    """Inputs that tell orders of operations apart: rows of one scale with random signs (cancellations), rows of
+    scales ~e^-9..e^9 apart, half of them non-negative (as ReLU / TopK activations), exact zeros of both signs,
+    float32 subnormals, an all-zero row per weight vector; ``groups`` weight vectors (SAEBench's: one per letter
+    and k), ``per_group`` rows each. A fixed seed: the same data in every process."""
+    import numpy as np
+
+    rng = np.random.default_rng(_CALIBRATION_SEED + n)
+    rows = groups * per_group
+    scale = np.where(rng.random((rows, 1)) < 0.5, 1.0, np.exp(rng.normal(0, 3, (rows, n))))
+    x = rng.standard_normal((rows, n)) * scale
+    u = rng.random((rows, n))
+    x = np.where(rng.random((rows, 1)) < 0.5, np.abs(x), x)
+    x[u < 0.2] = 0.0
+    x[(u >= 0.2) & (u < 0.25)] = -0.0
+    tiny = (u >= 0.25) & (u < 0.28)
+    x[tiny] = rng.uniform(-1e-39, 1e-39, int(tiny.sum()))
+    x[::per_group] = 0.0
+    w = rng.standard_normal((groups, n)) * np.exp(rng.normal(0, 1, (groups, n)))
+    w[rng.random((groups, n)) < 0.05] = 0.0
+    return x.astype(np.float32), w.astype(np.float32)
+
+
+@functools.cache
+def reduction_plan(op: str, n: int) -> str | None:
+    """The first of :func:`_candidates` with which :func:`batched_reduction` gives, bit for bit, what the 1-D torch
+    op SAEBench runs (``x[ids] @ w``: torch's dot, a BLAS sdot; ``x[ids].sum()``) gives on this machine on every
+    row of :func:`_calibration_data` (each row gathered into a fresh tensor, each weight vector a fresh tensor, as
+    SAEBench's); None if none does (then :func:`batched_reduction` runs the 1-D op row by row). Once per process,
+    op and n."""
+    found = matching_plans(op, n, first=True)
+    return found[0] if found else None
+
+
+def matching_plans(op: str, n: int, first: bool = False) -> list[str]:
+    """The names of :func:`_candidates` that pass :func:`reduction_plan`'s calibration (``first``: stop at the
+    first), in the candidates' order."""
+    import numpy as np
+    import torch
+
+    x, w = _calibration_data(n)
+    per = len(x) // len(w)
+    ws = [torch.tensor(w[g]) for g in range(len(w))]
+    w_rows = np.repeat(w, per, axis=0)
+    xt, ids = torch.from_numpy(x), torch.arange(n)
+    found: list[str] = []
+    with torch.inference_mode():
+        ref = np.array(
+            [(xt[r][ids] @ ws[r // per] if op == "dot" else xt[r][ids].sum()).item() for r in range(len(x))],
+            np.float32,
+        )
+        for name, e in _candidates(op, n).items():
+            if isinstance(e, str):  # torch's own batched op, per weight vector
+                try:
+                    got = np.concatenate(
+                        [
+                            batched_reduction(op, name, np.ascontiguousarray(x[g * per : (g + 1) * per]), ws[g])
+                            for g in range(len(w))
+                        ]
+                    )
+                except Exception:  # noqa: BLE001 - an op torch cannot run here is no candidate
+                    continue
+            else:  # a zero or NaN result is recomputed by the 1-D op itself (batched_reduction): ref's value
+                got = _emulate(op, name, x, w_rows)
+                redo = (got == 0) | np.isnan(got)
+                got[redo] = ref[redo]
+            if np.array_equal(got.view(np.int32), ref.view(np.int32)):
+                found.append(name)
+                if first:
+                    break
+    return found
+
+
+class _ReplaySae:
+    """An "SAE" whose ``encode`` returns kept activation rows: row ``int(x[i, 0])`` for input row i."""
+
+    def __init__(self, acts: Any) -> None:
+        import torch
+
+        self.acts, self.device, self.dtype = acts, torch.device("cpu"), torch.float64
+
+    def encode(self, x: Any) -> Any:
+        return self.acts[x[:, 0].long()]
+
+
+def _replay_probe(scores: Any) -> Any:
+    """A probe returning kept score rows, as :class:`_ReplaySae` does activations."""
+    import torch
+
+    class ReplayProbe(torch.nn.Module):
+        def forward(self, x: Any) -> Any:
+            return scores[x[:, 0].long()]
+
+    return ReplayProbe()
+
+
+def _first_difference(got: Any, want: Any) -> str | None:
+    """Where two scoring DataFrames first differ (columns, dtypes, then each value's bits), or None."""
+    import numpy as np
+
+    if list(got.columns) != list(want.columns):
+        return f"columns {list(got.columns)[:4]}... != {list(want.columns)[:4]}..."
+    if len(got) != len(want):
+        return f"{len(got)} rows != {len(want)}"
+    for col in want.columns:
+        a, b = got[col], want[col]
+        if a.dtype != b.dtype:
+            return f"{col}: dtype {a.dtype} != SAEBench's {b.dtype}"
+        if b.dtype == np.float64:
+            bad = np.flatnonzero(a.to_numpy().view(np.int64) != b.to_numpy().view(np.int64))
+            if len(bad):
+                i = int(bad[0])
+                return f"{col} row {i}: {float(a.iloc[i]).hex()} != SAEBench's {float(b.iloc[i]).hex()}"
+            continue
+        for i, (u, v) in enumerate(zip(a.tolist(), b.tolist(), strict=True)):
+            if isinstance(v, np.ndarray):
+                same = (
+                    isinstance(u, np.ndarray)
+                    and u.dtype == v.dtype
+                    and u.shape == v.shape
+                    and u.tobytes() == v.tobytes()
+                )
+            else:
+                same = type(u) is type(v) and u == v
+            if not same:
+                return f"{col} row {i}: {u!r} != SAEBench's {v!r}"
+    return None
+
+
+def _scoring_unsupported(ksp: Any, k_sparse_probes: Any) -> str | None:
+    """Why the batched scoring does not take these k-sparse probes (then SAEBench's function runs), or None."""
+    import torch
+
+    if not isinstance(k_sparse_probes, dict) or not k_sparse_probes:
+        return "no k-sparse probes"
+    for k, probes in k_sparse_probes.items():
+        if not isinstance(probes, dict):
+            return f"k {k}: not a dict of probes"
+        for letter, p in probes.items():
+            if not isinstance(p, ksp.KSparseProbe) or type(p).forward is not ksp.KSparseProbe.forward:
+                return f"k {k} letter {letter}: not SAEBench's KSparseProbe"
+            ids, w, b = p.feature_ids, p.weight, p.bias
+            if not all(isinstance(t, torch.Tensor) and t.device.type == "cpu" for t in (ids, w, b)):
+                return f"k {k} letter {letter}: not CPU tensors"
+            if ids.dim() != 1 or ids.dtype not in (torch.int64, torch.int32) or not 0 < len(ids) < 256:
+                return f"k {k} letter {letter}: feature ids not 1-D integers (1..255 of them)"
+            if w.dtype != torch.float32 or w.shape != ids.shape or b.dtype != torch.float32 or b.numel() != 1:
+                return f"k {k} letter {letter}: weight / bias not float32 of the ids' length / one value"
+            if not w.is_contiguous():
+                return f"k {k} letter {letter}: weight not contiguous"
+    return None
+
+
+def batched_k_sparse_raw_scores(
+    orig: Callable[..., Any],
+    sae: Any,
+    probe: Any,
+    k_sparse_probes: dict[int, dict[int, Any]],
+    eval_labels: list[tuple[str, int]],
+    eval_activations: Any,
+    eval_batch_size: int = 24,
+    *,
+    record: Callable[[dict[str, Any]], None] | None = None,
+    original: bool = False,
+    plain_acts: Callable[..., Any] | None = None,
+    check_first: int = SCORING_CHECK_FIRST,
+    check_spread: int = SCORING_CHECK_SPREAD,
+) -> Any:
+    """SAEBench's ``eval_probe_and_sae_k_sparse_raw_scores`` (``orig``, same arguments), per batch: the same
+    DataFrame (columns, their order and dtypes, row order, every value's bits), from columns instead of one dict of
+    26 x (1 + 3 k) values per word.
+
+    What it computes, and why it is SAEBench's: the SAE's activations and the probe's scores batch by batch exactly
+    as SAEBench does (``batchify_indices(len(eval_labels), eval_batch_size)``, ``eval_activations[a:b]
+    .to(sae.device)``, ``k_sparse_probing._get_sae_acts(sae, batch).float().cpu()``, ``probe(batch).float().cpu()``:
+    the same calls on the same batches, so the same bits, also where a GPU's results depend on the batch); of the
+    activations only the columns some k-sparse probe reads are kept (copies). Then per letter and k, for all rows
+    at once: the probe's columns (``sparse_sae_{L}_k_{k}_acts``: row views of one float32 array, SAEBench's
+    ``sae_acts[feature_ids].numpy()`` values), their dot with the probe's weight plus its bias (float32 addition) and
+    their sum, by :func:`batched_reduction` with the order of operations that reproduces torch's 1-D dot (a BLAS
+    sdot) and sum on this machine (:func:`reduction_plan`: calibrated once per process against the 1-D ops; sdot's
+    order depends on the BLAS and the processor), widened to float64 as ``.item()`` does; ``score_probe_{L}``:
+    the probe's float32 scores widened likewise; ``token``, ``answer_letter``: ``LETTERS[answer]``. Column
+    insertion order is SAEBench's dicts': token, answer_letter, then per letter score_probe, then per k
+    score_sparse_sae, sum_sparse_sae, sparse_sae_..._acts.
+
+    Checked at run time on this SAE: rows ``check_first`` of the first batch and ``check_spread`` rows spread over
+    the set are run through ``orig`` itself on their kept activations and scores (an SAE and probe that replay
+    them: SAEBench's own row code), and must give the same columns, dtypes and bits. On any difference (or an
+    error in the batched path) the result is ``orig``'s on the whole set, and ``record`` says why:
+    ``{"fast": bool, "rows", "checked_rows", "mismatch", "plans": {"dot" | "sum": {k: plan}}}`` (or ``reason`` /
+    ``error``). ``original``: ``orig`` only. ``plain_acts``: SAEBench's ``_get_sae_acts``, put in place for the
+    check's replay (so that a cache wrapping it does not count those calls)."""
+    import sae_bench.evals.absorption.k_sparse_probing as ksp
+    from sae_bench.evals.absorption.vocab import LETTERS
+
+    def report(info: dict[str, Any]) -> None:
+        if record is not None:
+            record(info)
+
+    def run_orig() -> Any:
+        return orig(sae, probe, k_sparse_probes, eval_labels, eval_activations, eval_batch_size)
+
+    n = len(eval_labels)
+    why = "forced (SCORING_ENV or original=True)" if original else None
+    why = why or ("no rows" if n == 0 else None) or _scoring_unsupported(ksp, k_sparse_probes)
+    if why is None and (not isinstance(eval_batch_size, int) or eval_batch_size < 1):
+        why = f"eval_batch_size {eval_batch_size!r}"
+    if why is not None:
+        report({"fast": False, "reason": why})
+        return run_orig()
+    info: dict[str, Any] = {"fast": False, "rows": n}
+    try:
+        args = (orig, ksp, LETTERS, sae, probe, k_sparse_probes, eval_labels, eval_activations, eval_batch_size)
+        df = _checked_batched_scores(*args, check_first, check_spread, plain_acts, info)
+    except Exception as e:  # noqa: BLE001 - SAEBench's function instead, the record says why
+        info["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        df = None
+    info["fast"] = df is not None
+    report(info)
+    # on a difference or an error the batched frame is gone before SAEBench's rows are built (memory)
+    return df if df is not None else run_orig()
+
+
+def _checked_batched_scores(
+    orig: Callable[..., Any],
+    ksp: Any,
+    letters: Any,
+    sae: Any,
+    probe: Any,
+    k_sparse_probes: dict[int, dict[int, Any]],
+    eval_labels: list[tuple[str, int]],
+    eval_activations: Any,
+    eval_batch_size: int,
+    check_first: int,
+    check_spread: int,
+    plain_acts: Callable[..., Any] | None,
+    info: dict[str, Any],
+) -> Any:
+    """:func:`_batched_scores`' frame if the rows kept for the check, run through ``orig`` itself (SAEBench's row
+    code, on an SAE and a probe that replay their activations and scores), give the same columns, dtypes and bits;
+    else None. ``info`` gets the seconds, the rows checked and the first difference."""
+    import torch
+
+    t0 = time.time()
+    args = (ksp, letters, sae, probe, k_sparse_probes, eval_labels, eval_activations, eval_batch_size)
+    df, (rows, acts, scores) = _batched_scores(*args, check_first, check_spread, info)
+    info["batched_s"] = round(time.time() - t0, 3)
+    t0 = time.time()
+    kept = ksp._get_sae_acts
+    if plain_acts is not None:
+        ksp._get_sae_acts = plain_acts  # SAEBench's own, not a cache counting these calls
+    try:
+        idx = torch.arange(len(rows), dtype=torch.float64)[:, None]
+        labels = [eval_labels[r] for r in rows]
+        want = orig(_ReplaySae(acts), _replay_probe(scores), k_sparse_probes, labels, idx, eval_batch_size)
+    finally:
+        ksp._get_sae_acts = kept
+    info["checked_rows"] = len(rows)
+    info["mismatch"] = _first_difference(df.iloc[rows].reset_index(drop=True), want)
+    info["check_s"] = round(time.time() - t0, 3)
+    return df if info["mismatch"] is None else None
+
+
+def _batched_scores(
+    ksp: Any,
+    letters: Any,
+    sae: Any,
+    probe: Any,
+    k_sparse_probes: dict[int, dict[int, Any]],
+    eval_labels: list[tuple[str, int]],
+    eval_activations: Any,
+    eval_batch_size: int,
+    check_first: int,
+    check_spread: int,
+    info: dict[str, Any],
+) -> tuple[Any, tuple[list[int], Any, Any]]:
+    """The batched scoring's DataFrame (:func:`batched_k_sparse_raw_scores`) and the rows kept for its check:
+    (row indices, their full activation rows, their probe score rows)."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    n = len(eval_labels)
+    check_rows = set(range(min(check_first, eval_batch_size, n)))
+    check_rows |= {int(r) for r in np.linspace(0, n - 1, num=min(check_spread, n)).round()}
+    rows = sorted(check_rows)
+    ids_all = torch.cat([p.feature_ids.long() for probes in k_sparse_probes.values() for p in probes.values()])
+    cols = torch.unique(ids_all)  # sorted
+    kept_acts, kept_scores, sel, scores = {}, {}, [], []
+    with torch.inference_mode():
+        probe = probe.to(sae.device)
+        for start, end in ksp.batchify_indices(n, eval_batch_size):
+            batch = eval_activations[start:end].to(sae.device)
+            sae_acts = ksp._get_sae_acts(sae, batch).float().cpu()
+            probe_scores = probe(batch).float().cpu()
+            if sae_acts.dim() != 2 or probe_scores.dim() != 2 or len(sae_acts) != len(probe_scores):
+                raise ValueError(f"activations {tuple(sae_acts.shape)}, probe scores {tuple(probe_scores.shape)}")
+            if start == 0 and (int(cols.min()) < 0 or int(cols.max()) >= sae_acts.shape[1]):
+                raise ValueError(f"feature ids outside the SAE's {sae_acts.shape[1]} latents")
+            for r in range(start, start + len(sae_acts)):
+                if r in check_rows:
+                    kept_acts[r] = sae_acts[r - start].clone()
+                    kept_scores[r] = probe_scores[r - start].clone()
+            sel.append(sae_acts[:, cols].numpy())
+            scores.append(probe_scores.numpy())
+    sel_np, scores_np = np.concatenate(sel), np.concatenate(scores)
+    if len(sel_np) != n:
+        raise ValueError(f"{len(sel_np)} activation rows for {n} words")
+    cols_np = cols.numpy()
+    data: dict[str, Any] = {"token": [t for t, _ in eval_labels], "answer_letter": [letters[a] for _, a in eval_labels]}
+    plans: dict[str, dict[str, str | None]] = {"dot": {}, "sum": {}}
+    for letter_i, letter in enumerate(letters[: scores_np.shape[1]]):
+        data[f"score_probe_{letter}"] = scores_np[:, letter_i].astype(np.float64)
+        for k, k_probes in k_sparse_probes.items():
+            p = k_probes[letter_i]
+            width = len(p.feature_ids)
+            dot_plan, sum_plan = reduction_plan("dot", width), reduction_plan("sum", width)
+            plans["dot"][str(width)], plans["sum"][str(width)] = dot_plan, sum_plan
+            a = np.ascontiguousarray(sel_np[:, np.searchsorted(cols_np, p.feature_ids.long().numpy())])
+            dot = batched_reduction("dot", dot_plan, a, p.weight)
+            data[f"score_sparse_sae_{letter}_k_{k}"] = (dot + np.float32(p.bias.item())).astype(np.float64)
+            data[f"sum_sparse_sae_{letter}_k_{k}"] = batched_reduction("sum", sum_plan, a).astype(np.float64)
+            data[f"sparse_sae_{letter}_k_{k}_acts"] = np.fromiter(a, dtype=object, count=n)  # row views
+    info["plans"] = plans
+    df = pd.DataFrame(data)
+    return df, (rows, torch.stack([kept_acts[r] for r in rows]), torch.stack([kept_scores[r] for r in rows]))
+
+
 @contextlib.contextmanager
 def offline_absorption(
     model: Any,
@@ -299,6 +863,8 @@ def offline_absorption(
     vocab_sample: int | None = None,
     ksp_cache_nnz: int | None = None,
     cache_stats: Callable[[dict[str, int]], None] | None = None,
+    fast_scoring: bool | None = None,
+    scoring_stats: Callable[[dict[str, Any]], None] | None = None,
 ):
     """Within the block SAEBench's absorption eval uses ``model``, writes only under ``work`` and runs batched
     (module doc). ``progress(part, seconds)`` is called after each timed part of SAEBench's eval: the vocabulary
@@ -309,7 +875,11 @@ def offline_absorption(
     ``ksp_cache_nnz``: the cap of the k-sparse probes' activation cache (:class:`CachedSaeActs`, emptied when each
     SAE's k-sparse probing ends); default ``KSP_CACHE_NNZ``, 0: no cache (SAEBench's ``_get_sae_acts``).
     ``cache_stats(counts)`` is called when an SAE's k-sparse probing ends, with the cache's counts for that SAE
-    (:class:`CachedSaeActs` ``stats``: builds, hits, over_cap, plain), so that a record shows whether it served."""
+    (:class:`CachedSaeActs` ``stats``: builds, hits, over_cap, plain), so that a record shows whether it served.
+    ``fast_scoring``: the k-sparse scoring per batch (:func:`batched_k_sparse_raw_scores`, checked against
+    SAEBench's row code on each SAE) or SAEBench's row by row (False); default: per batch unless the environment
+    variable ``SCORING_ENV`` is ``saebench``. ``scoring_stats(info)`` is called after each SAE's scoring with
+    :func:`batched_k_sparse_raw_scores`' record (batched or not, and why not)."""
     import sae_bench.evals.absorption.common as common
     import sae_bench.evals.absorption.feature_absorption_calculator as fac
     import sae_bench.evals.absorption.k_sparse_probing as ksp_mod
@@ -406,7 +976,15 @@ def offline_absorption(
     am.run_k_sparse_probing_experiment = timed("k_sparse_probing", ksp_run)
     # its two longest parts, within it (a part name with a dot is inside the part before the dot)
     ksp_mod.train_k_sparse_probes = timed("k_sparse_probing.training", orig_ksp_train)
-    ksp_mod.eval_probe_and_sae_k_sparse_raw_scores = timed("k_sparse_probing.scoring", orig_ksp_scores)
+    batched = not scoring_forced_original() if fast_scoring is None else fast_scoring
+
+    def scoring(*a: Any, **k: Any) -> Any:
+        # SAEBench's function (orig_ksp_scores) checks the batched result on each SAE, or replaces it
+        return batched_k_sparse_raw_scores(
+            orig_ksp_scores, *a, record=scoring_stats, original=not batched, plain_acts=orig_acts, **k
+        )
+
+    ksp_mod.eval_probe_and_sae_k_sparse_raw_scores = timed("k_sparse_probing.scoring", scoring)
     am.run_feature_absortion_experiment = timed("absorption_experiment", absorption_experiment)
     common.gen_and_save_df_acts_probing = timed("activations", gather)
     common.train_linear_probe_for_task = timed("probe_training", orig_train)
@@ -790,7 +1368,12 @@ def _work(
         def cache(counts: dict[str, int]) -> None:
             send(("ksp_cache", counts))
 
-        with offline_absorption(model, model_name, work, probe_batch, part, vocab_sample, cache_stats=cache):
+        def scoring(info: dict[str, Any]) -> None:
+            send(("ksp_scoring", info))
+
+        with offline_absorption(
+            model, model_name, work, probe_batch, part, vocab_sample, cache_stats=cache, scoring_stats=scoring
+        ):
             raw.mkdir(parents=True, exist_ok=True)
             sae_s: list[float] = []
             while True:
@@ -1041,6 +1624,9 @@ def run_absorption(
         elif kind == "ksp_cache" and state["phase"] == "sae" and state["sae"] is not None:
             # the k-sparse probes' activation cache per SAE: over_cap > 0 means SAEBench's re-encoding ran
             rec.setdefault("ksp_cache", {})[state["sae"]] = ev[1]
+        elif kind == "ksp_scoring" and state["phase"] == "sae" and state["sae"] is not None:
+            # the k-sparse scoring per SAE: batched (checked against SAEBench's row code) or SAEBench's, and why
+            rec.setdefault("ksp_scoring", {})[state["sae"]] = ev[1]
         elif kind == "probe_done":
             rec["probe_s"] = round(ev[1], 2)
             rec.update(ev[2])

@@ -108,7 +108,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from probing_stage import ProbeSAE
 from workers import MemoryGuard, die_with_parent, host_limit, start_all
@@ -737,8 +737,11 @@ def batched_k_sparse_raw_scores(
         return run_orig()
     info: dict[str, Any] = {"fast": False, "rows": n}
     try:
-        args = (orig, ksp, LETTERS, sae, probe, k_sparse_probes, eval_labels, eval_activations, eval_batch_size)
-        df = _checked_batched_scores(*args, check_first, check_spread, plain_acts, info)
+        call = _ScoringCall(
+            ksp, LETTERS, sae, probe, k_sparse_probes, eval_labels, eval_activations, eval_batch_size, check_first,
+            check_spread,
+        )  # fmt: skip
+        df = _checked_batched_scores(orig, call, plain_acts, info)
     except Exception as e:  # noqa: BLE001 - SAEBench's function instead, the record says why
         info["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
         df = None
@@ -748,20 +751,23 @@ def batched_k_sparse_raw_scores(
     return df if df is not None else run_orig()
 
 
+class _ScoringCall(NamedTuple):
+    """SAEBench's scoring arguments (and SAEBench's k-sparse module and letters) with the check's row counts."""
+
+    ksp: Any
+    letters: Any
+    sae: Any
+    probe: Any
+    k_sparse_probes: dict[int, dict[int, Any]]
+    eval_labels: list[tuple[str, int]]
+    eval_activations: Any
+    eval_batch_size: int
+    check_first: int
+    check_spread: int
+
+
 def _checked_batched_scores(
-    orig: Callable[..., Any],
-    ksp: Any,
-    letters: Any,
-    sae: Any,
-    probe: Any,
-    k_sparse_probes: dict[int, dict[int, Any]],
-    eval_labels: list[tuple[str, int]],
-    eval_activations: Any,
-    eval_batch_size: int,
-    check_first: int,
-    check_spread: int,
-    plain_acts: Callable[..., Any] | None,
-    info: dict[str, Any],
+    orig: Callable[..., Any], c: _ScoringCall, plain_acts: Callable[..., Any] | None, info: dict[str, Any]
 ) -> Any:
     """:func:`_batched_scores`' frame if the rows kept for the check, run through ``orig`` itself (SAEBench's row
     code, on an SAE and a probe that replay their activations and scores), give the same columns, dtypes and bits;
@@ -769,47 +775,36 @@ def _checked_batched_scores(
     import torch
 
     t0 = time.time()
-    args = (ksp, letters, sae, probe, k_sparse_probes, eval_labels, eval_activations, eval_batch_size)
-    df, (rows, acts, scores) = _batched_scores(*args, check_first, check_spread, info)
+    df, (rows, acts, scores) = _batched_scores(c, info)
     info["batched_s"] = round(time.time() - t0, 3)
     t0 = time.time()
-    kept = ksp._get_sae_acts
+    kept = c.ksp._get_sae_acts
     if plain_acts is not None:
-        ksp._get_sae_acts = plain_acts  # SAEBench's own, not a cache counting these calls
+        c.ksp._get_sae_acts = plain_acts  # SAEBench's own, not a cache counting these calls
     try:
         idx = torch.arange(len(rows), dtype=torch.float64)[:, None]
-        labels = [eval_labels[r] for r in rows]
-        want = orig(_ReplaySae(acts), _replay_probe(scores), k_sparse_probes, labels, idx, eval_batch_size)
+        labels = [c.eval_labels[r] for r in rows]
+        want = orig(_ReplaySae(acts), _replay_probe(scores), c.k_sparse_probes, labels, idx, c.eval_batch_size)
     finally:
-        ksp._get_sae_acts = kept
+        c.ksp._get_sae_acts = kept
     info["checked_rows"] = len(rows)
     info["mismatch"] = _first_difference(df.iloc[rows].reset_index(drop=True), want)
     info["check_s"] = round(time.time() - t0, 3)
     return df if info["mismatch"] is None else None
 
 
-def _batched_scores(
-    ksp: Any,
-    letters: Any,
-    sae: Any,
-    probe: Any,
-    k_sparse_probes: dict[int, dict[int, Any]],
-    eval_labels: list[tuple[str, int]],
-    eval_activations: Any,
-    eval_batch_size: int,
-    check_first: int,
-    check_spread: int,
-    info: dict[str, Any],
-) -> tuple[Any, tuple[list[int], Any, Any]]:
+def _batched_scores(c: _ScoringCall, info: dict[str, Any]) -> tuple[Any, tuple[list[int], Any, Any]]:
     """The batched scoring's DataFrame (:func:`batched_k_sparse_raw_scores`) and the rows kept for its check:
     (row indices, their full activation rows, their probe score rows)."""
     import numpy as np
     import pandas as pd
     import torch
 
+    ksp, letters, sae, probe, k_sparse_probes = c.ksp, c.letters, c.sae, c.probe, c.k_sparse_probes
+    eval_labels, eval_activations, eval_batch_size = c.eval_labels, c.eval_activations, c.eval_batch_size
     n = len(eval_labels)
-    check_rows = set(range(min(check_first, eval_batch_size, n)))
-    check_rows |= {int(r) for r in np.linspace(0, n - 1, num=min(check_spread, n)).round()}
+    check_rows = set(range(min(c.check_first, eval_batch_size, n)))
+    check_rows |= {int(r) for r in np.linspace(0, n - 1, num=min(c.check_spread, n)).round()}
     rows = sorted(check_rows)
     ids_all = torch.cat([p.feature_ids.long() for probes in k_sparse_probes.values() for p in probes.values()])
     cols = torch.unique(ids_all)  # sorted

@@ -617,9 +617,13 @@ def test_absorption_in_workers_and_in_any_order_gives_the_same_jsons(rs, tmp_pat
     for name, parts in rec["sae_parts_s"].items():
         assert {"k_sparse_probing", "absorption_experiment"} <= set(parts)
         assert sum(v for p, v in parts.items() if "." not in p) <= rec["sae_s"][name] + 0.05
-        # the k-sparse probes' training and scoring are parts of the k-sparse probing
-        inner = parts["k_sparse_probing.training"] + parts["k_sparse_probing.scoring"]
-        assert 0 < inner <= parts["k_sparse_probing"] + 0.02, parts
+        # the k-sparse probes' training and scoring, the probe data's loads, the raw results' parquet files and the
+        # metrics are parts of the k-sparse probing, none counted twice
+        names = ["training", "scoring", "data", "save", "metrics"]
+        assert all(f"k_sparse_probing.{n}" in parts for n in names), parts
+        inner = sum(parts[f"k_sparse_probing.{n}"] for n in names)
+        assert parts["k_sparse_probing.training"] > 0 and parts["k_sparse_probing.save"] >= 0, parts
+        assert 0 < inner <= parts["k_sparse_probing"] + 0.05, parts
 
     # the model cannot reach the workers (here it does not pickle; on a GPU, CUDA IPC could fail): the same JSONs,
     # evaluated in this process, and the record says why

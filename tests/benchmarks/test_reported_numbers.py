@@ -658,9 +658,6 @@ def test_table2_session_of_2026_12_05_quoted():
 def test_table2_second_session_of_2026_12_05_quoted():
     """table2 README section 6 on the second 2026-12-05 session: its device calls, the replicate's stage records
     and the split of the core evals' seconds."""
-    first = json.loads((ROOT / "experiments/table2/results/gemma3-270m-L9/device_calls_2026-12-05.json").read_text())[
-        "calls"
-    ]
     rep = ROOT / "experiments/table2/results/replicates/gemma3-270m-L9-topk-r2"
     record = json.loads((rep / "device_calls_2026-12-05-s2.json").read_text())
     dev, refused = record["calls"], record["refused"]
@@ -680,7 +677,6 @@ def test_table2_second_session_of_2026_12_05_quoted():
             f"{refused['calls']} calls before it had been refused, which cost "
             f"{refused['budget_left_s_before'] - refused['budget_left_s_after']} s",
             f"absorption with {dev[4]['command'].split()[-1]} s",
-            f"| {first[3]['wall_s']:.0f}-{dev[2]['wall_s']:.0f} without the deterministic mode",
             f"{min(run):.1f}-{max(run):.1f} s per SAE (16 batches of 8 x 128 tokens) of the "
             f"{min(core):.1f}-{max(core):.1f} s",
         ],
@@ -704,7 +700,6 @@ def test_table2_absorption_memory_numbers_quoted():
     ]
     readme = "experiments/table2/README.md"
     _assert_quoted(quoted, _flat(readme, after="* host memory:"))
-    _assert_quoted([f"the scoring's {off['seconds']:.0f} s"], _flat(readme, after="Still missing"))
 
 
 def test_deterministic_mode_cost_quoted():
@@ -758,8 +753,50 @@ def test_table2_third_session_of_2026_12_05_quoted():
             f"SAE steps {r3['sae_steps_s']:.1f} s against r2's {r2['sae_steps_s']:.1f} s",
             f"({tp['probe']['probe_s']:.1f} s on the shared H100: activations {parts['activations']:.1f} s, training "
             f"{parts['probe_training']:.1f} s)",
-            f"training took {r3['train_seconds']:.0f} s on the H100",
             f"four refused calls first cost {sum(rec['calls'][0]['refused_cost_s'])} s",
         ],
         text,
     )
+
+
+def test_table2_session_of_2026_12_06_quoted():
+    """table2 README section 6 on the session of 2026-12-06: its device calls, r3's stage records and the rerun's
+    train summaries."""
+    rep = ROOT / "experiments/table2/results/replicates/gemma3-270m-L9-topk-r3"
+    record = json.loads((rep / "device_calls_2026-12-06.json").read_text())
+    dev = record["calls"]
+    t1, t2 = json.loads((rep / "stage_T-gemma3-270m-9-topk.json").read_text())["calls"]
+    e = json.loads((rep / "stage_E-gemma3-270m-9.json").read_text())["calls"][-1]["absorption"]
+    ts = json.loads(
+        (rep / "rerun_2026-12-06/train_summaries/gemma3-270m__blocks.9.hook_resid_post__topk__w4096__k-32__s0.json")
+        .read_text()
+    )  # fmt: skip
+    assert len(t1["trained"]) == 5 and not e["evaluated"] and e["probe_source"] == "carried"
+    first, second = (t1["eval_seconds"][sid] for sid in t1["core_evaluated"])
+    assert list(t1["core_profile"]) == t1["core_evaluated"][:1] and t1["core_workers"]["started"] == 0
+    peaks = list(t1["core_peak_gib"].values())
+    ksp = [p["k_sparse_probing"] for p in e["sae_parts_s"].values() if "k_sparse_probing" in p]
+    train = [p["k_sparse_probing.training"] for p in e["sae_parts_s"].values()]
+    score = [p["k_sparse_probing.scoring"] for p in e["sae_parts_s"].values() if "k_sparse_probing.scoring" in p]
+    (prof,) = t2["eval_seconds"].values()
+    text = _flat("experiments/table2/README.md", after="**Session of 2026-12-06**")
+    _assert_quoted(
+        [
+            f"six refused calls first cost {sum(dev[0]['refused_cost_s'])} s of the 1800 s budget",
+            f"{dev[3]['wall_s']:.1f} s call, stage {t1['wall_s']:.1f} s. Training {ts['train_seconds']:.1f} s",
+            f"SAE steps {ts['sae_steps_s']:.1f} s, forward {ts['forward_s']:.1f} s",
+            f"ran under the profiler in {first['core']:.1f} s (SAEBench's `run_evals` "
+            f"{first['core_phases']['run_evals']:.1f} s of it), the second in {second['core']:.1f} s",
+            f"with 8 evals left at {t1['wall_s']:.0f} s of its 380",
+            f"{min(peaks):.1f}-{max(peaks):.1f} GiB",
+            f"{dev[4]['wall_s']:.1f} s call, **no SAE finished**",
+            f"{e['child_start_s']:.1f} s after the start",
+            f"{e['probe_s']:.1f} s: activations {e['probe_parts_s']['activations']:.1f} s",
+            f"k-sparse probing took {min(ksp):.0f}-{max(ksp):.0f} s",
+            f"its probes' training {min(train):.0f}-{max(train):.0f} s, SAEBench's row-by-row scoring "
+            f"{min(score):.0f}-{max(score):.0f} s",
+            f"profiled again: {prof['core']:.1f} s",
+        ],
+        text,
+    )
+    assert e["workers"] == 9 and len(t1["evals_left_for_later"]) == 8

@@ -23,6 +23,7 @@ COLLECT = [sys.executable, str(ROOT / "experiments/table2/collect.py")]
 REPORT = [sys.executable, str(ROOT / "experiments/table2/report.py")]
 STAGE = ["bash", str(ROOT / "experiments/table2/stage.sh")]
 PREPARE = ["bash", str(ROOT / "experiments/table2/prepare.sh")]
+SCORING = [sys.executable, str(ROOT / "experiments/table2/diagnostics/absorption_scoring.py")]
 T_STAGE = "stage_T-gemma3-270m-9-topk.json"
 OURS_LATEST = {"device": "cpu (2 cores)", "settings": {"tokens": 8192}, "rows": []}
 
@@ -180,6 +181,11 @@ CASES = [
     ("prepare-no-model", _nothing, PREPARE, {}, "usage: prepare.sh"),
     ("prepare-unknown-model", _nothing, [*PREPARE, "gpt2"], {}, "unknown model gpt2"),
     ("prepare-two-models", _nothing, [*PREPARE, "gemma3-270m", "smollm2-135m"], {}, "usage: prepare.sh"),
+    # diagnostics/absorption_scoring.py (the device check of the batched k-sparse scoring's order)
+    ("scoring-zero-rows", _nothing, [*SCORING, "--rows", "0"], {}, "--rows"),
+    ("scoring-zero-batch", _nothing, [*SCORING, "--batch", "0"], {}, "--batch"),
+    ("scoring-narrow-sae", _nothing, [*SCORING, "--d-sae", "16"], {}, "--d-sae"),
+    ("scoring-out-folder-missing", _nothing, [*SCORING, "--plans-only", "--out", "nope/x.json"], {}, "nope/x.json"),
 ]
 
 

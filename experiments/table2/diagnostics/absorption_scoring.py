@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -131,16 +132,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all", action="store_true", help="every candidate that passes the calibration")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
-    if args.rows < 1 or args.max_k < 1:
-        print("error: --rows and --max-k must be >= 1", file=sys.stderr)
+    bad = None
+    if args.rows < 1 or args.max_k < 1 or args.batch < 1:
+        bad = "--rows, --max-k and --batch must be >= 1"
+    elif args.d_sae < max(32, args.max_k):  # the timing's TopK SAE keeps 32 latents; a probe reads up to max_k
+        bad = f"--d-sae must be >= max(32, --max-k), got {args.d_sae}"
+    elif args.out is not None and (args.out.is_dir() or not args.out.parent.is_dir()):
+        bad = f"--out {args.out}: not a file in an existing folder"
+    if bad is not None:
+        print(f"error: {bad}", file=sys.stderr)
         return 2
     rec: dict[str, Any] = {"machine": machine(), "plans": plans(args.max_k, args.all)}
     print(json.dumps(rec, indent=1), flush=True)
     if not args.plans_only:
         rec["timing"] = timing(args.rows, args.max_k, 64, args.d_sae, args.batch)
         print(json.dumps(rec["timing"], indent=1))
-    if args.out is not None:
-        args.out.write_text(json.dumps(rec, indent=1) + "\n")
+    if args.out is not None:  # whole or not at all
+        tmp = args.out.with_name(f".{args.out.name}.tmp")
+        tmp.write_text(json.dumps(rec, indent=1) + "\n")
+        os.replace(tmp, args.out)
     return 0 if rec.get("timing", {}).get("bitwise_equal", True) else 1
 
 

@@ -800,3 +800,19 @@ def test_table2_session_of_2026_12_06_quoted():
         text,
     )
     assert e["workers"] == 9 and len(t1["evals_left_for_later"]) == 8
+
+
+def test_table2_batched_scoring_numbers_quoted():
+    """table2 README section 5: the batched k-sparse scoring's dev-CPU measurement, from its committed JSON."""
+    d = json.loads((ROOT / "experiments/table2/diagnostics/absorption_scoring_28000.json").read_text())
+    t = d["timing"]
+    assert t["bitwise_equal"] and t["record"]["fast"] and t["rows"] == 28000
+    text = _flat("experiments/table2/README.md", after="* the k-sparse scoring")
+    _assert_quoted(
+        [
+            f"{d['date'][:10]}): {t['rows']:,} words {t['saebench_s']:.1f} s with SAEBench's function, "
+            f"{t['batched_s']:.1f} s batched ({t['ratio']:.1f}x; {t['record']['check_s']:.1f} s of it the run-time "
+            "check), bitwise equal",
+        ],
+        text,
+    )

@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad is not None:
         print(f"error: {bad}", file=sys.stderr)
         return 2
-    rec: dict[str, Any] = {"machine": machine(), "plans": plans(args.max_k, args.all)}
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    rec: dict[str, Any] = {"date": date, "machine": machine(), "plans": plans(args.max_k, args.all)}
     print(json.dumps(rec, indent=1), flush=True)
     if not args.plans_only:
         rec["timing"] = timing(args.rows, args.max_k, 64, args.d_sae, args.batch)

@@ -53,8 +53,8 @@ PAPER_V = {
 #: datasets (``sparse_probing_sae_probes``), not on SAEBench's hub datasets: same method, other data.
 PAPER_PROXY_OF = {
     "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy": "Sparse Probing",
-    "absorption_first_letter.mean_absorption_fraction_score": "Absorption",
-    "absorption_first_letter.mean_num_split_features": "Splitting",
+    "absorption_first_letter.mean.mean_absorption_fraction_score": "Absorption",
+    "absorption_first_letter.mean.mean_num_split_features": "Splitting",
 }
 GROUPINGS = {"architecture": ["release"], "width": ["release", "d_sae"], "pooled": ["model", "layer"]}
 #: distortion name -> the audit's distortion field; the first is the primary one (the paper's comparison)
@@ -799,11 +799,14 @@ def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], resu
                     f"`ce_loss_score` {d['ce_loss_score']:.4f}, `explained_variance_legacy` "
                     f"{d['explained_variance_legacy']:.4f}, L0 {d['l0']:.2f}."
                 )
+            both = {p: v for p, v in fl["flips"].items() if v["pairs"]}
+            only = sorted(p for p in fl["flips"] if p not in both)
             out.append(
                 f"  - dominated pairs (D = {primary}): {fl['shared']} in both runs, {fl['main_only']} in the committed "
                 f"sweep only, {fl['replicate_only']} in the replicate only; of the shared pairs, ordered the other "
                 "way round by the replicate: "
-                + ", ".join(f"`{p}` {v['flipped']} of {v['pairs']}" for p, v in fl["flips"].items())
+                + (", ".join(f"`{p}` {v['flipped']} of {v['pairs']}" for p, v in both.items()) or "none compared")
+                + (f"; no shared pair with a value in both runs: {', '.join(f'`{p}`' for p in only)}" if only else "")
                 + "."
             )
         for r in sorted((r for r in reps if r["replicate"] == name and r["role"] == "proxy"), key=lambda r: r["proxy"]):
@@ -819,6 +822,8 @@ def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], resu
                     f"; committed sweep {base['V']:.3f} [{base['V_ci'][0]:.3f}, {base['V_ci'][1]:.3f}] over "
                     f"{base['n_pairs']} pairs: difference {r['V'] - base['V']:+.3f}"
                 )
+            if r["paper_proxy"]:
+                line += f"; {r['paper_proxy']}: {compare(r)}"
             out.append(line + ".")
     return "\n".join(out + [""])
 

@@ -73,3 +73,21 @@ def test_deterministic_rerun_reproduced_r3(monkeypatch):
         assert new["fast_deterministic"] is True and new["n_saes"] == 5 and old["n_saes"] == 10, f
         for k in col.SAME_SAE_FIELDS:
             assert new[k] == old[k] and new[k] is not None, (f.name, k)
+
+
+def test_paper_proxy_columns_exist_in_committed_saebench_jsons(monkeypatch):
+    """Each column report.py maps to a paper proxy names a number in a committed SAEBench JSON of its eval
+    (``<eval folder>.<path in eval_result_metrics>``): a column missing a level (absorption's ``mean.``) left the
+    paper comparison silently empty."""
+    monkeypatch.syspath_prepend(str(ROOT / "experiments" / "table2"))
+    report = load_script("t2_report_paper_cols", "experiments/table2/report.py")
+    assert report.PAPER_PROXY_OF
+    for column in report.PAPER_PROXY_OF:
+        folder, *path = column.split(".")
+        files = sorted(RESULTS.glob(f"**/{folder}/*.json"))
+        assert files, column
+        value = json.loads(files[0].read_text())["eval_result_metrics"]
+        for key in path:
+            assert key in value, (column, files[0], key)
+            value = value[key]
+        assert isinstance(value, float | int), (column, value)

@@ -1490,6 +1490,12 @@ def _child(
 #: builds one row of 26 x (1 + 3 max_k) Python values and arrays per word, then the DataFrame): ~300 KiB at
 #: max_k 10, measured on the CPU (diagnostics/absorption_memory.json); taken as proportional to max_k.
 EVAL_ROW_BYTES_K10 = 300 << 10
+#: The same for :func:`batched_k_sparse_raw_scores` (the stage's default scoring: columns instead of one dict of
+#: values per word, its run-time check on ~512 rows with SAEBench's function included): ~60 KiB per word at max_k 10
+#: with 28,000 words, measured on the CPU (diagnostics/absorption_memory_batched.json). With Gemma-3's ~28k test words
+#: and the base below that is ~4.6 GiB per worker; the device measured 4.5-4.9 GiB peak RSS per worker (H100,
+#: 2026-12-06, nine workers, each SAE scored batched).
+EVAL_ROW_BYTES_K10_BATCHED = 60 << 10
 #: A worker's own process (torch with its CUDA context, SAEBench, the probe's train / test activations): assumed,
 #: not measured on the device.
 WORKER_BASE_BYTES = 3 << 30
@@ -1499,17 +1505,29 @@ WORKER_MEMORY_SHARE = 0.8
 TEST_FRACTION = 0.2  # SAEBench's probe split (probing.py: train_test_fraction 0.8): the k-sparse scoring's words
 
 
-def worker_peak_bytes(eval_rows: int, max_k: int = 10) -> int:
-    """A worker's estimated peak host memory: its process plus SAEBench's k-sparse scoring of ``eval_rows`` words."""
-    return WORKER_BASE_BYTES + int(eval_rows * EVAL_ROW_BYTES_K10 * max_k / 10)
+def worker_peak_bytes(eval_rows: int, max_k: int = 10, scoring: str = "saebench") -> int:
+    """A worker's estimated peak host memory: its process plus the k-sparse scoring of ``eval_rows`` words,
+    ``scoring`` "saebench" (SAEBench's row-by-row function) or "batched" (:func:`batched_k_sparse_raw_scores`)."""
+    per_row = {"saebench": EVAL_ROW_BYTES_K10, "batched": EVAL_ROW_BYTES_K10_BATCHED}[scoring]
+    return WORKER_BASE_BYTES + int(eval_rows * per_row * max_k / 10)
 
 
-def default_workers(eval_rows: int | None = None, max_k: int = 10, host_bytes: int | None = None) -> int:
+def stage_scoring() -> str:
+    """The k-sparse scoring this process's workers run: "saebench" where ``SCORING_ENV`` forces it, else
+    "batched" (which falls back to SAEBench's function for an SAE whose run-time check fails: that SAE then needs
+    SAEBench's memory, and the memory guard stops a worker rather than let the machine run out)."""
+    return "saebench" if scoring_forced_original() else "batched"
+
+
+def default_workers(
+    eval_rows: int | None = None, max_k: int = 10, host_bytes: int | None = None, scoring: str = "saebench"
+) -> int:
     """SAEs evaluated in parallel by default: as the sparse-probing SAE workers, min(14, CPUs - 2) (the per-SAE
     work is mostly single-threaded Python and scikit-learn; the device has 16 CPUs), and, given the number of
     test words, no more than fit in ``WORKER_MEMORY_SHARE`` of ``host_bytes`` (default: this machine's memory) at
-    :func:`worker_peak_bytes` each (Gemma-3's ~28k test words: ~11 GiB each, so 9 on 128 GiB rather than 14,
-    whose peaks together would pass the machine's memory); at least one."""
+    :func:`worker_peak_bytes` each (Gemma-3's ~28k test words: ~11 GiB each with SAEBench's scoring, so 9 on
+    128 GiB rather than 14, whose peaks together would pass the machine's memory; ~4.6 GiB with the batched
+    scoring: 14); at least one."""
     n = max(1, min(14, (os.cpu_count() or 1) - 2))
     if eval_rows is not None:
         if host_bytes is None:
@@ -1517,7 +1535,7 @@ def default_workers(eval_rows: int | None = None, max_k: int = 10, host_bytes: i
 
             host_bytes = memory_bytes("cpu")
         if host_bytes is not None:
-            n = min(n, int(WORKER_MEMORY_SHARE * host_bytes // worker_peak_bytes(eval_rows, max_k)))
+            n = min(n, int(WORKER_MEMORY_SHARE * host_bytes // worker_peak_bytes(eval_rows, max_k, scoring)))
     return max(1, n)
 
 
@@ -1609,10 +1627,12 @@ def run_absorption(
             workers = 1
         else:
             rows, (host, source) = eval_rows_estimate(model, vocab_sample), host_limit()
-            workers = default_workers(rows, cfg.max_k_value, host)
+            scoring = stage_scoring()
+            workers = default_workers(rows, cfg.max_k_value, host, scoring)
             rec["workers_memory"] = {
                 "eval_rows_estimate": rows,
-                "worker_peak_bytes_estimate": worker_peak_bytes(rows, cfg.max_k_value),
+                "scoring": scoring,
+                "worker_peak_bytes_estimate": worker_peak_bytes(rows, cfg.max_k_value, scoring),
                 "host_bytes": host,
                 "host_bytes_source": source,
                 "workers": workers,

@@ -765,8 +765,8 @@ def test_table2_session_of_2026_12_06_quoted():
     rep = ROOT / "experiments/table2/results/replicates/gemma3-270m-L9-topk-r3"
     record = json.loads((rep / "device_calls_2026-12-06.json").read_text())
     dev = record["calls"]
-    t1, t2 = json.loads((rep / "stage_T-gemma3-270m-9-topk.json").read_text())["calls"]
-    e = json.loads((rep / "stage_E-gemma3-270m-9.json").read_text())["calls"][-1]["absorption"]
+    t1, t2 = json.loads((rep / "stage_T-gemma3-270m-9-topk.json").read_text())["calls"][:2]  # that session's
+    e = json.loads((rep / "stage_E-gemma3-270m-9.json").read_text())["calls"][1]["absorption"]
     ts = json.loads(
         (rep / "rerun_2026-12-06/train_summaries/gemma3-270m__blocks.9.hook_resid_post__topk__w4096__k-32__s0.json")
         .read_text()
@@ -813,6 +813,68 @@ def test_table2_batched_scoring_numbers_quoted():
             f"{d['date'][:10]}): {t['rows']:,} words {t['saebench_s']:.1f} s with SAEBench's function, "
             f"{t['batched_s']:.1f} s batched ({t['ratio']:.1f}x; {t['record']['check_s']:.1f} s of it the run-time "
             "check), bitwise equal",
+        ],
+        text,
+    )
+
+
+def test_table2_batched_scoring_memory_quoted():
+    """table2 README section 5 (host memory): the batched scoring's peak memory, from
+    diagnostics/absorption_memory_batched.json."""
+    d = json.loads((ROOT / "experiments/table2/diagnostics/absorption_memory_batched.json").read_text())
+    runs = sorted(d["runs"], key=lambda r: r["rows"])
+    assert d["scoring"] == "batched" and all(r["scoring"] == "batched" for r in runs)
+    big = runs[-1]
+    sizes = " / ".join(f"{r['rows']:,}" for r in runs)
+    gib = " / ".join(f"{r['peak_growth_bytes'] / 2**30:.2f}" for r in runs)
+    per_word = big["peak_growth_bytes"] / big["rows"] / 1024
+    text = _flat("experiments/table2/README.md", after="* host memory:")
+    _assert_quoted([f"{sizes} words: {gib} GiB, about {per_word:.0f} KiB per word"], text)
+
+
+def test_table2_second_session_of_2026_12_06_quoted():
+    """table2 README section 6 on the second session of 2026-12-06: its device calls and r3's stage records."""
+    rep = ROOT / "experiments/table2/results/replicates/gemma3-270m-L9-topk-r3"
+    record = json.loads((rep / "device_calls_2026-12-06-s2.json").read_text())
+    dev = record["calls"]
+    t = json.loads((rep / "stage_T-gemma3-270m-9-topk.json").read_text())["calls"]
+    e = json.loads((rep / "stage_E-gemma3-270m-9.json").read_text())["calls"]
+    t1, t2, a9, a1, sp = t[2], t[3], e[2]["absorption"], e[3]["absorption"], e[4]["sparse_probing"]
+    assert len(a9["evaluated"]) == 9 and len(a1["evaluated"]) == 1 and a1["complete"] and sp["complete"]
+    assert len(t1["core_evaluated"]) == 7 and len(t2["core_evaluated"]) == 3 and not t1["core_profile"]
+    assert all(v["fast"] and v["mismatch"] is None for v in a9["ksp_scoring"].values())
+
+    def rng(xs, f=".1f"):
+        return f"{min(xs):{f}}-{max(xs):{f}}"
+
+    parts = list(a9["sae_parts_s"].values())
+    (one,) = a1["sae_parts_s"].values()
+    gib = [v / 2**30 for v in a9["host_memory"]["worker_peak_rss_bytes"].values()]
+    old = [v / 2**30 for v in e[1]["absorption"]["host_memory"]["worker_peak_rss_bytes"].values()]
+    text = _flat("experiments/table2/README.md", after="**Second session of 2026-12-06**")
+    _assert_quoted(
+        [
+            f"{dev[2]['wall_s']:.1f} s call, stage {t1['wall_s']:.1f} s, 7 core evals "
+            f"({rng([v['core'] for v in t1['eval_seconds'].values()])} s each, none profiled)",
+            f"(stage {t2['wall_s']:.1f} s)",
+            f"{dev[3]['wall_s']:.1f} s call, stage {e[2]['wall_s']:.1f} s, **absorption on 9 SAEs**",
+            f"started in {a9['workers_start_s']:.1f} s (from threads; {e[1]['absorption']['child_start_s']:.1f} s",
+            f"the carried probe {a9['probe_s']:.1f} s, then per SAE {rng(list(a9['sae_s'].values()), '.0f')} s",
+            f"its k-sparse probing {rng([p['k_sparse_probing'] for p in parts])} s (data "
+            f"{rng([p['k_sparse_probing.data'] for p in parts])} s, the probes' training "
+            f"{rng([p['k_sparse_probing.training'] for p in parts])} s, the batched scoring "
+            f"{rng([p['k_sparse_probing.scoring'] for p in parts])} s, its save "
+            f"{rng([p['k_sparse_probing.save'] for p in parts])} s, metrics "
+            f"{rng([p['k_sparse_probing.metrics'] for p in parts])} s) and the absorption experiment "
+            f"{rng([p['absorption_experiment'] for p in parts])} s",
+            f"peak resident memory {rng(gib, '.2f')} GiB",
+            f"row-by-row scoring: {rng(old, '.2f')} GiB",
+            f"alone: {e[3]['absorption']['sae_s'][a1['evaluated'][0]]:.1f} s, of which the probes' training "
+            f"{one['k_sparse_probing.training']:.1f} s",
+            f"the absorption experiment {one['absorption_experiment']:.1f} s",
+            f"{dev[5]['wall_s']:.1f} s call, sparse probing of all 10 SAEs in {e[4]['wall_s']:.1f} s "
+            f"({sp['sae_workers']} workers, {rng(list(sp['sae_s'].values()))} s per SAE",
+            f"{record['given_back_budget_left_s']} s of the budget were left",
         ],
         text,
     )

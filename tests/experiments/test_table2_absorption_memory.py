@@ -28,6 +28,34 @@ def test_row_bytes_constant_is_the_measured_one(ab):
         assert abs(b - ab.EVAL_ROW_BYTES_K10) <= 0.1 * ab.EVAL_ROW_BYTES_K10, (b, ab.EVAL_ROW_BYTES_K10)
 
 
+def test_batched_row_bytes_constant_is_the_measured_one(ab):
+    """The batched scoring's bytes per word: the committed CPU measurement at its largest size (the fixed costs,
+    its run-time check with SAEBench's function among them, spread over the most words)."""
+    rec = json.loads((ROOT / "experiments/table2/diagnostics/absorption_memory_batched.json").read_text())
+    assert rec["max_k"] == 10 and rec["scoring"] == "batched"
+    largest = max(rec["runs"], key=lambda r: r["rows"])
+    assert largest["rows"] >= 20000 and largest["scoring"] == "batched"
+    per_row = largest["peak_growth_bytes"] / largest["rows"]
+    assert abs(per_row - ab.EVAL_ROW_BYTES_K10_BATCHED) <= 0.1 * ab.EVAL_ROW_BYTES_K10_BATCHED, per_row
+    # and well below SAEBench's row-by-row scoring, measured the same way
+    assert per_row < 0.3 * ab.EVAL_ROW_BYTES_K10
+
+
+def test_batched_scoring_lifts_the_worker_cap(ab, monkeypatch):
+    monkeypatch.setattr(ab.os, "cpu_count", lambda: 16)
+    rows = round(0.2 * 139585)  # Gemma-3's test words
+    # by hand: 27,917 x 60 KiB = 1.60 GiB + 3 GiB base = 4.60 GiB per worker; 102.4 GiB holds 22: the CPU rule, 14
+    assert ab.worker_peak_bytes(rows, 10, "batched") == 3 * GIB + rows * 60 * 1024
+    assert ab.default_workers(rows, 10, 128 * GIB, "batched") == 14
+    assert ab.default_workers(rows, 10, 31 * GIB, "batched") == 5  # 24.8 GiB / 4.60 GiB
+    # the stage's scoring: batched unless SAEBench's function is forced, whose cap stays 9
+    monkeypatch.delenv(ab.SCORING_ENV, raising=False)
+    assert ab.stage_scoring() == "batched"
+    monkeypatch.setenv(ab.SCORING_ENV, "SAEBench")
+    assert ab.stage_scoring() == "saebench"
+    assert ab.default_workers(rows, 10, 128 * GIB, ab.stage_scoring()) == 9
+
+
 def test_workers_capped_by_memory(ab, monkeypatch):
     monkeypatch.setattr(ab.os, "cpu_count", lambda: 16)
     assert ab.default_workers() == 14  # no estimate: the CPU rule alone

@@ -429,9 +429,12 @@ def test_eval_stage_absorption_offline(rs, tmp_path, monkeypatch):
     a = rec["calls"][0]["absorption"]
     assert "fewer than 27" in a["not_evaluable"] and a["evaluated"] == [] and len(a["left"]) == 3
     assert a["mode"] == "child" and a["probe_batch"] == 1024 and a["child_start_s"] > 0
-    # no --absorption-workers: as many as the host memory holds at SAEBench's scoring peak (here: plenty)
+    # no --absorption-workers: as many as the host memory holds at the batched scoring's peak (here: plenty)
     wm = a["workers_memory"]
     assert wm["eval_rows_estimate"] > 0 and wm["workers"] == wm["without_the_memory_cap"] >= 1, wm
+    assert wm["scoring"] == "batched" and wm["worker_peak_bytes_estimate"] == ab.worker_peak_bytes(
+        wm["eval_rows_estimate"], cfg.get("max_k_value", 10), "batched"
+    ), wm
     assert a["config"]["llm_batch_size"] == 256 and a["config"]["k_sparse_probe_batch_size"] == 4096
     assert (probe / "probe.pth").is_file() and not list((work / "results").glob(".probes_tmp_*"))
     assert not list(dest.glob("*.json"))

@@ -10,6 +10,8 @@ fresh process per size and records the growth of the peak resident memory (``ru_
     .venv/bin/python experiments/table2/diagnostics/absorption_memory.py --rows 1000 4000 28000 --gc on off \\
         --out experiments/table2/diagnostics/absorption_memory.json
 
+``--scoring batched`` measures ``absorption_stage.batched_k_sparse_raw_scores`` (the same DataFrame, per batch) instead
+(``absorption_stage.EVAL_ROW_BYTES_K10_BATCHED``, the cap when that scoring runs: absorption_memory_batched.json).
 ``--gc on off`` runs each size with Python's garbage collector on (SAEBench's own setting) and off (as
 ``absorption_stage`` runs the k-sparse probing: the same values, no collector passes over the rows built).
 """
@@ -49,16 +51,36 @@ r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if not gc_on:  # as absorption_stage runs SAEBench's k-sparse probing: the values are the same either way
     gc.disable()
 t = time.perf_counter()
-df = eval_probe_and_sae_k_sparse_raw_scores(sae, probe, ksp, labels, acts, eval_batch_size=24)
+scoring = {}
+if sys.argv[6] == "batched":  # absorption_stage's per-batch scoring of the same DataFrame, its run-time check included
+    sys.path.insert(0, sys.argv[7])
+    from absorption_stage import batched_k_sparse_raw_scores
+
+    df = batched_k_sparse_raw_scores(
+        eval_probe_and_sae_k_sparse_raw_scores, sae, probe, ksp, labels, acts, eval_batch_size=24,
+        record=scoring.update,
+    )
+    if not scoring.get("fast"):  # it fell back to SAEBench's function: not the batched scoring's memory
+        raise SystemExit(f"the batched scoring was not used: {scoring}")
+else:
+    df = eval_probe_and_sae_k_sparse_raw_scores(sae, probe, ksp, labels, acts, eval_batch_size=24)
 s = time.perf_counter() - t
 gc.enable()
 r1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # before the hash below, which holds a copy of the values
 import hashlib, pickle
 digest = hashlib.sha256(pickle.dumps([df[c].tolist() for c in df.columns])).hexdigest()
-out = {"rows": rows, "gc": sys.argv[5], "columns": df.shape[1], "peak_growth_bytes": (r1 - r0) * 1024, "seconds": s,
+out = {"rows": rows, "gc": sys.argv[5], "scoring": sys.argv[6], "columns": df.shape[1],
+       "peak_growth_bytes": (r1 - r0) * 1024, "seconds": s,
        "values_sha256": digest}
 print(json.dumps(out))
 """
+
+
+HERE = Path(__file__).resolve().parent
+FUNCTIONS = {
+    "saebench": "sae_bench.evals.absorption.k_sparse_probing.eval_probe_and_sae_k_sparse_raw_scores",
+    "batched": "experiments/table2/absorption_stage.batched_k_sparse_raw_scores",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--gc", nargs="+", choices=["on", "off"], default=["on"],
         help="Python's garbage collector during the scoring; each mode is run for every --rows",
+    )  # fmt: skip
+    ap.add_argument(
+        "--scoring", choices=["saebench", "batched"], default="saebench",
+        help="SAEBench's row-by-row function (default) or absorption_stage.batched_k_sparse_raw_scores",
     )  # fmt: skip
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -81,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for n, mode in ((n, mode) for n in args.rows for mode in args.gc):
         out = subprocess.run(
-            [sys.executable, "-c", CHILD, str(n), str(args.max_k), "64", "2048", mode],
+            [sys.executable, "-c", CHILD, str(n), str(args.max_k), "64", "2048", mode, args.scoring, str(HERE.parent)],
             capture_output=True,
             text=True,
             check=True,
@@ -92,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     same = {n: len({r["values_sha256"] for r in runs if r["rows"] == n}) == 1 for n in args.rows}
     rec = {
         "what": __doc__.split("\n\n")[0],
-        "function": "sae_bench.evals.absorption.k_sparse_probing.eval_probe_and_sae_k_sparse_raw_scores",
+        "function": FUNCTIONS[args.scoring],
+        "scoring": args.scoring,
         "max_k": args.max_k,
         "sae": {"architecture": "topk", "d_in": 64, "d_sae": 2048, "k": 32},
         "runs": runs,

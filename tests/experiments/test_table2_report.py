@@ -413,7 +413,11 @@ def test_replicate_rows_and_lines_match_brute_force_v(results, capsys):
     doc = (out / "FINDINGS.md").read_text()
     assert "`gemma3-270m-L9-topk-r2` (topk): 12 SAEs" in doc
     assert f"`{col}`: V = {v:.3f} [" in doc and f"over 12 SAEs and {n} pairs" in doc
-    assert f"committed sweep {v_main:.3f} [" in doc and f"difference {v - v_main:+.3f}." in doc
+    assert f"committed sweep {v_main:.3f} [" in doc
+    # a paper proxy's line ends with the paper's V placed against the replicate's own interval
+    lo, hi = row["V_ci"]
+    where = "inside" if lo <= 0.351 <= hi else ("below" if 0.351 < lo else "above")
+    assert f"difference {v - v_main:+.3f}; Sparse Probing: paper 0.351 is {where} our interval." in doc
     assert n_main > 0 and (out / "audit" / "replicates" / "gemma3-270m-L9-topk-r2" / "architecture_1EV").is_dir()
     # the pair line: dominated pairs of each run by enumeration (same SAE ids, index i in both), and the shared
     # ones whose accuracies the two runs order differently

@@ -63,6 +63,14 @@ Batching adaptations (the same activations, the same probe; only the cost change
   row code on ``SCORING_CHECK_FIRST`` rows of the first batch and ``SCORING_CHECK_SPREAD`` rows spread over the set;
   on any difference SAEBench's function runs instead (the record's ``ksp_scoring`` says which ran, and why).
   ``SAE_RDP_ABSORPTION_SCORING=saebench`` (``SCORING_ENV``): SAEBench's function;
+* the absorption experiment (``FeatureAbsorptionCalculator.calculate_absorption``): SAEBench reads each word's
+  SAE activations and projections from the SAE's device one at a time (a row copy and a dozen ``.item()`` per word,
+  each a wait for the GPU, slow when several workers share it); :func:`calculate_absorption_host_batches` computes
+  the same tensors with the same operations on the same device and copies each batch to the host once, then runs
+  SAEBench's per-word code on the copies: the same results. Checked per SAE at run time on the first
+  ``ABSORPTION_CHECK_WORDS`` words of its first letter with words (:func:`checked_absorption_calculator`; the record's
+  ``absorption_words``; on a difference SAEBench's method); ``SAE_RDP_ABSORPTION_WORDS=saebench``
+  (``ABSORPTION_WORDS_ENV``): SAEBench's method;
 * Python's garbage collector is off during each SAE's k-sparse probing (and on again after): SAEBench's scoring
   builds ~300 KiB of Python rows and small arrays per test word (~28k words for Gemma-3), over which the collector
   passes again and again with nothing to free (``diagnostics/absorption_memory.json``: the same values and peak
@@ -304,10 +312,17 @@ class CachedSaeActs:
 # SAEBench's k-sparse scoring (``k_sparse_probing.eval_probe_and_sae_k_sparse_raw_scores``), per batch
 
 SCORING_ENV = "SAE_RDP_ABSORPTION_SCORING"  # "saebench": SAEBench's row-by-row scoring instead of the batched one
+#: "saebench": the absorption experiment's words read from the SAE's device one by one (SAEBench's method)
+ABSORPTION_WORDS_ENV = "SAE_RDP_ABSORPTION_WORDS"
 SCORING_CHECK_FIRST = 256  # rows of the first batch checked against SAEBench's own row code, each SAE
 SCORING_CHECK_SPREAD = 256  # rows spread evenly over the whole set, checked likewise
 _CALIBRATION_SEED = 20261206
 _WIDTHS = (4, 8, 16)  # SIMD lanes of float32 (SSE, AVX, AVX-512) a BLAS dot may accumulate in
+
+
+def absorption_words_forced_original() -> bool:
+    """Whether ``ABSORPTION_WORDS_ENV`` asks for SAEBench's own ``calculate_absorption`` (``saebench``, any case)."""
+    return os.environ.get(ABSORPTION_WORDS_ENV, "").strip().lower() == "saebench"
 
 
 def scoring_forced_original() -> bool:
@@ -848,6 +863,209 @@ def _batched_scores(c: _ScoringCall, info: dict[str, Any]) -> tuple[Any, tuple[l
     return df, (rows, torch.stack([kept_acts[r] for r in rows]), torch.stack([kept_scores[r] for r in rows]))
 
 
+# ------------------------------------------------------------------------------------------------------------------
+# SAEBench's absorption experiment (``FeatureAbsorptionCalculator.calculate_absorption``), host copies per batch
+
+ABSORPTION_CHECK_WORDS = 32  # words of each SAE's first letter computed both ways before the rest runs per batch
+
+
+def calculate_absorption_host_batches(
+    calc: Any,
+    sae: Any,
+    words: list[str],
+    probe_direction: Any,
+    main_feature_ids: list[int],
+    layer: int,
+    show_progress: bool = True,
+    *,
+    parts: dict[str, float] | None = None,
+) -> Any:
+    """SAEBench's ``FeatureAbsorptionCalculator.calculate_absorption`` (``calc`` its ``self``) with each batch's
+    SAE activations, their probe projections and the probe's projections copied to the host once per batch.
+
+    SAEBench reads them word by word from the SAE's device: per word one row copy (``.cpu()``), one ``.item()``
+    of the probe projection and one ``.item()`` per main and top-projection latent (``_get_feature_scores``), each a
+    wait for the GPU; with several processes sharing one GPU every wait queues behind the others' work (on the
+    device the experiment took 41.5 s for an SAE alone and 109-130 s with nine at once, 2026-12-06). Here the same
+    tensors are computed by the same operations on the same devices (the forward, ``sae.encode``, the products with
+    the cosines and the probe direction on the SAE's device), then copied whole; a copy changes no bits and every
+    per-word step after it is SAEBench's own CPU arithmetic, so each ``WordAbsorptionResult`` is SAEBench's
+    (checked per SAE at run time: :func:`checked_absorption_calculator`). With ``parts``, the seconds of the
+    batches' forward and copies (``forward``) and of the per-word loop (``words``) are added to it."""
+    import numpy as np
+    import sae_bench.evals.absorption.feature_absorption_calculator as fac
+    import torch
+
+    with torch.inference_mode():
+        if probe_direction.ndim != 1:
+            raise ValueError("probe_direction must be 1D")
+        probe_direction = probe_direction / probe_direction.norm()
+        prompts = calc._build_prompts(words)
+        calc._validate_prompts_are_same_length(prompts)
+        results: list[Any] = []
+        cos_sims = (
+            torch.nn.functional.cosine_similarity(probe_direction.to(sae.device), sae.W_dec, dim=-1).float().cpu()
+        )
+        hook_point = f"blocks.{layer}.hook_resid_post"
+        for batch_prompts in fac.batchify(prompts, batch_size=calc.batch_size):
+            t = time.time()
+            batch_acts = calc.model.run_with_cache([p.base for p in batch_prompts], names_filter=[hook_point])[1][
+                hook_point
+            ][:, calc.word_token_pos, :]
+            batch_sae_acts = sae.encode(batch_acts)
+            batch_sae_probe_projections = batch_sae_acts * cos_sims.to(batch_sae_acts.device)
+            batch_probe_projections = batch_acts @ probe_direction.to(
+                device=batch_sae_acts.device, dtype=batch_sae_acts.dtype
+            )
+            host_sae_acts = batch_sae_acts.cpu()
+            host_sae_probe_projections = batch_sae_probe_projections.cpu()
+            host_probe_projections = batch_probe_projections.cpu()
+            t_words = time.time()
+            for i, prompt in enumerate(fac.tqdm(batch_prompts, disable=not show_progress)):
+                sae_acts = host_sae_acts[i]
+                act_probe_proj = host_probe_projections[i].item()
+                sae_act_probe_proj = host_sae_probe_projections[i]
+                # from here on SAEBench's per-word code, unchanged (its tensors were on the host already)
+                main_feats_probe_proj = torch.sum(sae_act_probe_proj[main_feature_ids]).cpu().item()
+                potential_absorbers_mask = torch.ones(sae_act_probe_proj.size(0), dtype=torch.bool)
+                potential_absorbers_mask[main_feature_ids] = False
+                potential_absorbers_mask &= cos_sims >= calc.absorption_fraction_probe_cos_sim_threshold
+                potential_absorbers_mask &= sae_act_probe_proj > 0
+                potential_absorbers_probe_proj = sae_act_probe_proj[potential_absorbers_mask]
+                top_potential_absorbers_probe_proj = potential_absorbers_probe_proj.topk(
+                    k=min(calc.absorption_fraction_max_absorbing_latents, potential_absorbers_probe_proj.numel())
+                ).values
+                top_potential_absorbers_total_probe_proj = torch.sum(top_potential_absorbers_probe_proj).cpu().item()
+                top_potential_absorbers_probe_proj_proportion = (
+                    top_potential_absorbers_total_probe_proj / act_probe_proj
+                )
+                if (
+                    main_feats_probe_proj >= act_probe_proj
+                    or top_potential_absorbers_probe_proj_proportion < calc.probe_projection_proportion_threshold
+                ):
+                    absorption_fraction = 0.0
+                elif main_feats_probe_proj <= 0.0:
+                    absorption_fraction = 1.0
+                else:
+                    unaccounted_probe_proj = act_probe_proj - main_feats_probe_proj
+                    absorption_probe_proj = min(top_potential_absorbers_total_probe_proj, unaccounted_probe_proj)
+                    absorption_fraction = absorption_probe_proj / (absorption_probe_proj + main_feats_probe_proj)
+                    absorption_fraction = np.clip(absorption_fraction, 0.0, 1.0)
+                top_proj_feats = sae_act_probe_proj.topk(calc.topk_feats).indices.tolist()
+                main_feature_scores = fac._get_feature_scores(
+                    main_feature_ids, probe_cos_sims=cos_sims, sae_acts=sae_acts
+                )
+                top_projection_feature_scores = fac._get_feature_scores(
+                    top_proj_feats, probe_cos_sims=cos_sims, sae_acts=sae_acts
+                )
+                is_full_absorption = calc._is_full_absorption(
+                    probe_projection=act_probe_proj,
+                    top_projection_feature_scores=top_projection_feature_scores,
+                    main_feature_scores=main_feature_scores,
+                )
+                results.append(
+                    fac.WordAbsorptionResult(
+                        word=prompt.word,
+                        prompt=prompt.base,
+                        probe_projection=act_probe_proj,
+                        main_feature_scores=main_feature_scores,
+                        top_projection_feature_scores=top_projection_feature_scores,
+                        absorption_fraction=absorption_fraction,
+                        is_full_absorption=is_full_absorption,
+                    )
+                )
+            if parts is not None:
+                parts["forward"] = parts.get("forward", 0.0) + t_words - t
+                parts["words"] = parts.get("words", 0.0) + time.time() - t_words
+        return fac.AbsorptionResults(main_feature_ids=main_feature_ids, word_results=results)
+
+
+def _absorption_difference(got: Any, want: Any) -> str | None:
+    """The first field in which two ``AbsorptionResults`` differ (floats by their bits: ``==`` and the same
+    type; NaN equal to NaN), or None."""
+    import math
+
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, float | int) and isinstance(b, float | int) and not isinstance(a, bool):
+            if type(a) is not type(b):
+                return False
+            return a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b))
+        return a == b
+
+    if list(got.main_feature_ids) != list(want.main_feature_ids):
+        return "main_feature_ids"
+    if len(got.word_results) != len(want.word_results):
+        return f"{len(got.word_results)} word results for {len(want.word_results)}"
+    for n, (g, w) in enumerate(zip(got.word_results, want.word_results, strict=True)):
+        for field in ("word", "prompt", "probe_projection", "absorption_fraction", "is_full_absorption"):
+            if not same(getattr(g, field), getattr(w, field)):
+                return f"word {n} ({w.word!r}): {field} {getattr(g, field)!r} != {getattr(w, field)!r}"
+        for field in ("main_feature_scores", "top_projection_feature_scores"):
+            gs, ws = getattr(g, field), getattr(w, field)
+            if len(gs) != len(ws):
+                return f"word {n} ({w.word!r}): {len(gs)} {field} for {len(ws)}"
+            for a, b in zip(gs, ws, strict=True):
+                for f in ("feature_id", "activation", "probe_cos_sim"):
+                    if not same(getattr(a, f), getattr(b, f)):
+                        return f"word {n} ({w.word!r}): {field} {f} {getattr(a, f)!r} != {getattr(b, f)!r}"
+    return None
+
+
+def checked_absorption_calculator(
+    orig: Callable[..., Any],
+    record: Callable[[dict[str, Any]], None] | None = None,
+    check_words: int = ABSORPTION_CHECK_WORDS,
+    parts: Callable[[dict[str, float]], None] | None = None,
+) -> Callable[..., Any]:
+    """A ``calculate_absorption`` for one SAE's experiment (a fresh one per SAE; call its ``finish()`` after the
+    experiment): :func:`calculate_absorption_host_batches`, after its first call with words has computed its first
+    ``check_words`` words
+    both ways (SAEBench's method ``orig`` and this one, the same words in the same batches) and found them equal
+    field by field (:func:`_absorption_difference`); on a difference or an error, SAEBench's method for this call
+    and the rest of the SAE. ``record(info)`` is
+    called once, after the check (``host_batches``: used or not; ``checked_words``; ``mismatch``/``error``);
+    ``parts(seconds)`` after every call with its ``forward`` / ``words`` seconds (the host-batch path only)."""
+    state: dict[str, Any] = {"checked": False, "fast": True}
+
+    def calculate(self: Any, sae: Any, words: list[str], *a: Any, **k: Any) -> Any:
+        if not state["fast"] or (not state["checked"] and not words):  # no words to check on yet: SAEBench's
+            return orig(self, sae, words, *a, **k)
+        if not state["checked"]:
+            state["checked"] = True
+            info: dict[str, Any] = {"host_batches": False, "checked_words": min(check_words, len(words))}
+            # the prompts' in-context examples are drawn from the global generators: both check runs start from
+            # the state this call found, and so does the run after them (the same draws as SAEBench's alone)
+            rng = _rng_state()
+            try:
+                head = words[:check_words]
+                got = calculate_absorption_host_batches(self, sae, head, *a, **k)
+                _set_rng_state(rng)
+                diff = _absorption_difference(got, orig(self, sae, head, *a, **k))
+                if diff is not None:
+                    info["mismatch"] = diff[:300]
+            except Exception as e:  # noqa: BLE001 - SAEBench's method instead, the record says why
+                info["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            _set_rng_state(rng)
+            info["host_batches"] = state["fast"] = "mismatch" not in info and "error" not in info
+            if record is not None:
+                record(info)
+            if not state["fast"]:
+                return orig(self, sae, words, *a, **k)
+        seconds: dict[str, float] = {}
+        out = calculate_absorption_host_batches(self, sae, words, *a, **k, parts=seconds)
+        if parts is not None:
+            parts(seconds)
+        return out
+
+    def finish() -> None:
+        """After the SAE's experiment: the record of one whose calls all had no words (none checked, none run)."""
+        if not state["checked"] and record is not None:
+            record({"host_batches": False, "checked_words": 0, "reason": "no words"})
+
+    calculate.finish = finish  # type: ignore[attr-defined]
+    return calculate
+
+
 @contextlib.contextmanager
 def offline_absorption(
     model: Any,
@@ -860,6 +1078,8 @@ def offline_absorption(
     cache_stats: Callable[[dict[str, int]], None] | None = None,
     fast_scoring: bool | None = None,
     scoring_stats: Callable[[dict[str, Any]], None] | None = None,
+    host_batches: bool | None = None,
+    absorption_stats: Callable[[dict[str, Any]], None] | None = None,
 ):
     """Within the block SAEBench's absorption eval uses ``model``, writes only under ``work`` and runs batched
     (module doc). ``progress(part, seconds)`` is called after each timed part of SAEBench's eval: the vocabulary
@@ -874,7 +1094,12 @@ def offline_absorption(
     ``fast_scoring``: the k-sparse scoring per batch (:func:`batched_k_sparse_raw_scores`, checked against
     SAEBench's row code on each SAE) or SAEBench's row by row (False); default: per batch unless the environment
     variable ``SCORING_ENV`` is ``saebench``. ``scoring_stats(info)`` is called after each SAE's scoring with
-    :func:`batched_k_sparse_raw_scores`' record (batched or not, and why not)."""
+    :func:`batched_k_sparse_raw_scores`' record (batched or not, and why not).
+    ``host_batches``: the absorption experiment's per-word steps read each batch's host copies
+    (:func:`checked_absorption_calculator`, checked against SAEBench's method on each SAE) or SAEBench's method
+    (False); default: host copies unless ``ABSORPTION_WORDS_ENV`` is ``saebench``. ``absorption_stats(info)`` is
+    called after each SAE's check with its record; the experiment's ``forward`` and ``words`` seconds are timed
+    parts (``absorption_experiment.forward``, ``.words``)."""
     import sae_bench.evals.absorption.common as common
     import sae_bench.evals.absorption.feature_absorption_calculator as fac
     import sae_bench.evals.absorption.k_sparse_probing as ksp_mod
@@ -898,6 +1123,7 @@ def offline_absorption(
     orig_gather, orig_loader = common.gen_and_save_df_acts_probing, probing.DataLoader
     Calc = fac.FeatureAbsorptionCalculator
     orig_validate = Calc._validate_prompts_are_same_length
+    orig_calculate = Calc.calculate_absorption
     orig_get_tokens = vocab.get_tokens
     orig_train, orig_save = common.train_linear_probe_for_task, common.save_probe_and_data
     orig_acts = ksp_mod._get_sae_acts
@@ -929,14 +1155,30 @@ def offline_absorption(
             kw["model"] = _UpToLayer(kw["model"], layer)
         return orig_gather(**{**kw, "batch_size": probe_batch})
 
+    hosted = not absorption_words_forced_original() if host_batches is None else host_batches
+
+    def experiment_parts(seconds: dict[str, float]) -> None:
+        if progress is not None:
+            for name, sec in seconds.items():
+                progress(f"absorption_experiment.{name}", sec)
+
     def absorption_experiment(**kw: Any) -> Any:
         kw["model"] = _UpToLayer(kw["model"], kw["layer"])
-        return orig[2](
-            **kw,
-            experiment_dir=res / FEATURE_ABSORPTION_EXPERIMENT_NAME,
-            sparse_probing_experiment_dir=ksp,
-            probes_dir=probes,
-        )
+        checked = checked_absorption_calculator(orig_calculate, record=absorption_stats, parts=experiment_parts)
+        if hosted:  # a fresh check per SAE
+            Calc.calculate_absorption = checked  # type: ignore[method-assign]
+        try:
+            out = orig[2](
+                **kw,
+                experiment_dir=res / FEATURE_ABSORPTION_EXPERIMENT_NAME,
+                sparse_probing_experiment_dir=ksp,
+                probes_dir=probes,
+            )
+        finally:
+            Calc.calculate_absorption = orig_calculate  # type: ignore[method-assign]
+        if hosted:
+            checked.finish()  # type: ignore[attr-defined]
+        return out
 
     def validate(self: Any, prompts: list) -> None:
         try:
@@ -1022,6 +1264,7 @@ def offline_absorption(
         common.gen_and_save_df_acts_probing, probing.DataLoader = orig_gather, orig_loader
         common.train_linear_probe_for_task, common.save_probe_and_data = orig_train, orig_save
         Calc._validate_prompts_are_same_length = orig_validate  # type: ignore[method-assign]
+        Calc.calculate_absorption = orig_calculate  # type: ignore[method-assign]
         vocab.get_tokens = orig_get_tokens
         ksp_mod._get_sae_acts = orig_acts
         ksp_mod.train_k_sparse_probes, ksp_mod.eval_probe_and_sae_k_sparse_raw_scores = orig_ksp_train, orig_ksp_scores
@@ -1391,9 +1634,13 @@ def _work(
         def scoring(info: dict[str, Any]) -> None:
             send(("ksp_scoring", info))
 
+        def words(info: dict[str, Any]) -> None:
+            send(("absorption_words", info))
+
         with offline_absorption(
-            model, model_name, work, probe_batch, part, vocab_sample, cache_stats=cache, scoring_stats=scoring
-        ):
+            model, model_name, work, probe_batch, part, vocab_sample, cache_stats=cache, scoring_stats=scoring,
+            absorption_stats=words,
+        ):  # fmt: skip
             raw.mkdir(parents=True, exist_ok=True)
             sae_s: list[float] = []
             while True:
@@ -1667,6 +1914,9 @@ def run_absorption(
         elif kind == "ksp_scoring" and state["phase"] == "sae" and state["sae"] is not None:
             # the k-sparse scoring per SAE: batched (checked against SAEBench's row code) or SAEBench's, and why
             rec.setdefault("ksp_scoring", {})[state["sae"]] = ev[1]
+        elif kind == "absorption_words" and state["phase"] == "sae" and state["sae"] is not None:
+            # the absorption experiment per SAE: host copies per batch (checked against SAEBench's method) or not
+            rec.setdefault("absorption_words", {})[state["sae"]] = ev[1]
         elif kind == "probe_done":
             rec["probe_s"] = round(ev[1], 2)
             rec.update(ev[2])

@@ -540,16 +540,27 @@ def test_stage_gives_saebenchs_jsons_and_parquet_files(tmp_path, monkeypatch):
             d = json.loads(f.read_text())
             del d["eval_id"], d["datetime_epoch_millis"]
             jsons.append(d)
-        root = tmp_path / f"w_{name}" / "results" / "k_sparse_probing"
+        root = tmp_path / f"w_{name}" / "results"
         files = {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*.parquet"))}
         return jsons, files, rec
 
     monkeypatch.delenv(ab.SCORING_ENV, raising=False)
+    monkeypatch.delenv(ab.ABSORPTION_WORDS_ENV, raising=False)
     fast_jsons, fast_files, fast_rec = run("batched")
     monkeypatch.setenv(ab.SCORING_ENV, "saebench")
+    monkeypatch.setenv(ab.ABSORPTION_WORDS_ENV, "saebench")
     orig_jsons, orig_files, orig_rec = run("saebench")
     assert len(fast_jsons) == 3 and fast_jsons == orig_jsons
-    assert len(fast_files) == 9 and fast_files == orig_files  # raw results, metadata, metrics per SAE
+    # per SAE the k-sparse raw results, metadata and metrics, and the absorption experiment's words
+    assert len(fast_files) == 12 and fast_files == orig_files
+    assert sum("absorption" in f for f in fast_files) == 3, sorted(fast_files)
+    # the absorption experiment read its words from host copies, checked per SAE; timed in two parts
+    assert sorted(fast_rec["absorption_words"]) == sorted(fast_rec["sae_s"]) and "absorption_words" not in orig_rec
+    for sae, info in fast_rec["absorption_words"].items():
+        assert info["host_batches"] is True and info["checked_words"] > 0 and "mismatch" not in info, info
+        parts = fast_rec["sae_parts_s"][sae]
+        assert {"absorption_experiment.forward", "absorption_experiment.words"} <= set(parts), parts
+    assert all("absorption_experiment.words" not in p for p in orig_rec["sae_parts_s"].values())
     assert sorted(fast_rec["ksp_scoring"]) == sorted(fast_rec["sae_s"])
     for info in fast_rec["ksp_scoring"].values():
         assert info["fast"] is True and info["mismatch"] is None and info["checked_rows"] == info["rows"], info

@@ -1,0 +1,246 @@
+"""experiments/table2/absorption_stage.py's absorption experiment with host copies per batch
+(``calculate_absorption_host_batches``, swapped in for SAEBench's ``FeatureAbsorptionCalculator.calculate_absorption``)
+against SAEBench's own method, the independent reference: the same ``AbsorptionResults`` (dataclass equality and a
+field-by-field comparison of every float's type and value) on the tiny model's real prompts with TopK, standard
+(ReLU) and JumpReLU SAELens SAEs, probe directions built from some latents' decoder rows so that every branch of
+the absorption fraction and both full-absorption outcomes occur; the comparison catching a one-ulp change; the
+run-time check (its draws of in-context examples leave the run's as SAEBench's alone would draw them), its
+fallback to SAEBench's method with the record saying why, the environment switch, the stage's swap and restore."""
+
+from __future__ import annotations
+
+import importlib
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("sae_bench")
+
+EXP = Path(__file__).resolve().parents[2] / "experiments" / "table2"
+
+
+@pytest.fixture
+def ab(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXP))
+    monkeypatch.delenv("SAE_RDP_ABSORPTION_WORDS", raising=False)
+    return importlib.import_module("absorption_stage")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    import sys
+
+    sys.path.insert(0, str(EXP))
+    from test_table2_evals import _tiny_hooked, _word_tokenizer
+
+    rs = importlib.import_module("run_stage")
+    wtok = tmp_path_factory.mktemp("wtok")
+    _word_tokenizer().save_pretrained(str(wtok))
+    return _tiny_hooked(rs, wtok)
+
+
+def _sae(arch: str, d_in: int, d_sae: int, seed: int) -> Any:
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+
+    torch.manual_seed(seed)
+    sae = {
+        "topk": lambda: TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=12)),
+        "standard": lambda: StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae)),
+        "jumprelu": lambda: JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae)),
+    }[arch]()
+    with torch.no_grad():
+        for name, p in sae.named_parameters():
+            p.copy_(torch.randn_like(p) * (0.01 if name == "threshold" else 0.3))
+    return sae
+
+
+def _calculator(model: Any, **kw: Any) -> Any:
+    import sae_bench.evals.absorption.feature_absorption_calculator as fac
+    from sae_bench.evals.absorption.prompting import first_letter_formatter
+
+    words = [w for w in model.tokenizer.get_vocab() if len(w) > 2 and w.isalpha() and w.islower()]
+    return fac.FeatureAbsorptionCalculator(
+        model=model, icl_word_list=sorted(words), max_icl_examples=3, base_template="{word} has the first letter:",
+        answer_formatter=first_letter_formatter(), word_token_pos=-6, batch_size=kw.pop("batch_size", 7), **kw,
+    )  # fmt: skip
+
+
+def _words(model: Any, n: int) -> list[str]:
+    words = sorted(w for w in model.tokenizer.get_vocab() if len(w) > 2 and w.isalpha() and w.islower())
+    return random.Random(1).sample(words, n)
+
+
+def _both(ab: Any, calc: Any, sae: Any, words: list[str], direction: torch.Tensor, main: list[int]) -> tuple:
+    """SAEBench's method and the host-batch one from the same generator state (their in-context examples)."""
+    kw = {"words": words, "probe_direction": direction, "main_feature_ids": main, "layer": 1, "show_progress": False}
+    random.seed(5)
+    want = type(calc).calculate_absorption(calc, sae, **kw)
+    random.seed(5)
+    got = ab.calculate_absorption_host_batches(calc, sae, **kw)
+    return got, want
+
+
+def _mean_direction(model: Any, words: list[str]) -> torch.Tensor:
+    """The mean activation at the calculator's position over the words' prompts: most words project positively."""
+    random.seed(0)
+    prompts = _calculator(model)._build_prompts(words)
+    hook = "blocks.1.hook_resid_post"
+    return model.run_with_cache([p.base for p in prompts], names_filter=[hook])[1][hook][:, -6, :].mean(0)
+
+
+@pytest.mark.parametrize("arch", ["topk", "standard", "jumprelu"])
+def test_host_batches_give_saebenchs_results(ab, model, arch):
+    words = _words(model, 60)
+    direction = _mean_direction(model, words)
+    sae = _sae(arch, model.cfg.d_model, 96, seed=3)
+    # main latents chosen by their mean projection on the direction: the top ones (no absorption), middle ones
+    # (partial or full absorption) and the lowest (absorption fraction 1)
+    random.seed(0)
+    with torch.no_grad():
+        acts = model.run_with_cache(
+            [p.base for p in _calculator(model)._build_prompts(words)], names_filter=["blocks.1.hook_resid_post"]
+        )[1]["blocks.1.hook_resid_post"][:, -6, :]
+        cos = torch.nn.functional.cosine_similarity(direction, sae.W_dec, dim=-1)
+        order = (sae.encode(acts) * cos).mean(0).argsort(descending=True).tolist()
+    fractions, full = [], []
+    cases = [(order[:3], {}), (order[10:12], {"batch_size": 60}), (order[-2:], {}), (order[:1], {"batch_size": 1})]
+    for main, calc_kw in cases:
+        got, want = _both(ab, _calculator(model, **calc_kw), sae, words, direction, main)
+        assert ab._absorption_difference(got, want) is None
+        assert got == want  # the dataclasses' own equality too
+        fractions += [r.absorption_fraction for r in want.word_results]
+        full += [r.is_full_absorption for r in want.word_results]
+    # the comparison covered the absorption fraction's branches and both full-absorption outcomes
+    assert any(f == 0.0 for f in fractions) and any(f == 1.0 for f in fractions), fractions
+    assert any(0.0 < f < 1.0 for f in fractions) or any(full), fractions
+    assert not all(full)
+
+
+def test_difference_catches_one_ulp(ab, model):
+    import dataclasses
+
+    sae = _sae("topk", model.cfg.d_model, 96, seed=4)
+    direction = sae.W_dec.detach()[:4].sum(0)
+    got, want = _both(ab, _calculator(model), sae, _words(model, 20), direction, [0, 1])
+    assert ab._absorption_difference(got, want) is None
+    r = got.word_results[7]
+    bumped = float(np.nextafter(np.float64(r.probe_projection), np.inf))
+    got.word_results[7] = dataclasses.replace(r, probe_projection=bumped)
+    assert "word 7" in ab._absorption_difference(got, want) and "probe_projection" in ab._absorption_difference(
+        got, want
+    )
+    s = r.top_projection_feature_scores
+    got.word_results[7] = dataclasses.replace(
+        r, top_projection_feature_scores=[dataclasses.replace(s[0], activation=s[0].activation * (1 + 2**-20)), *s[1:]]
+    )
+    assert "top_projection_feature_scores activation" in ab._absorption_difference(got, want)
+    got.word_results[7] = dataclasses.replace(r, absorption_fraction=np.float64(r.absorption_fraction))
+    if type(r.absorption_fraction) is float:  # a numpy float where SAEBench had a Python one: a difference
+        assert "absorption_fraction" in ab._absorption_difference(got, want)
+
+
+def test_checked_calculator_draws_as_saebench_and_falls_back(ab, model, monkeypatch):
+    """The checked method returns SAEBench's results for the whole word list from the same generator state as
+    SAEBench's own call (its check restores the draws); a host path that differs by one ulp is caught on the
+    first call: that call and the later ones run SAEBench's method, the record says why."""
+    import dataclasses
+
+    import sae_bench.evals.absorption.feature_absorption_calculator as fac
+
+    Calc = fac.FeatureAbsorptionCalculator
+    orig = Calc.calculate_absorption
+    sae = _sae("topk", model.cfg.d_model, 96, seed=6)
+    direction = sae.W_dec.detach()[:5].sum(0)
+    words = _words(model, 50)
+    kw = {"probe_direction": direction, "main_feature_ids": [0, 2], "layer": 1, "show_progress": False}
+    calc = _calculator(model)
+    random.seed(9)
+    want = [orig(calc, sae, words=words, **kw), orig(calc, sae, words=words[:20], **kw)]
+    rec: list[dict] = []
+    parts: list[dict] = []
+    checked = ab.checked_absorption_calculator(orig, record=rec.append, check_words=16, parts=parts.append)
+    random.seed(9)
+    got = [checked(calc, sae, words=words, **kw), checked(calc, sae, words=words[:20], **kw)]
+    assert got == want
+    assert rec == [{"host_batches": True, "checked_words": 16}]
+    assert len(parts) == 2 and all(set(p) == {"forward", "words"} and min(p.values()) >= 0 for p in parts)
+
+    real = ab.calculate_absorption_host_batches
+
+    def off_by_one_ulp(*a: Any, **k: Any) -> Any:
+        out = real(*a, **k)
+        r = out.word_results[3]
+        out.word_results[3] = dataclasses.replace(r, probe_projection=float(np.nextafter(r.probe_projection, 0)))
+        return out
+
+    calls = []
+
+    def spy(*a: Any, **k: Any) -> Any:
+        calls.append(len(k["words"] if "words" in k else a[2]))
+        return orig(*a, **k)
+
+    monkeypatch.setattr(ab, "calculate_absorption_host_batches", off_by_one_ulp)
+    rec.clear()
+    checked = ab.checked_absorption_calculator(spy, record=rec.append, check_words=16)
+    random.seed(9)
+    got = [checked(calc, sae, words=words, **kw), checked(calc, sae, words=words[:20], **kw)]
+    assert got == want
+    assert len(rec) == 1 and rec[0]["host_batches"] is False and "word 3" in rec[0]["mismatch"], rec
+    assert calls == [16, 50, 20]  # the check's, then SAEBench's for the whole call and the next
+
+    # a letter without words (SAEBench's list of likely false negatives can be empty) checks nothing: the check
+    # waits for the first call with words; an experiment with none records that nothing was checked
+    monkeypatch.setattr(ab, "calculate_absorption_host_batches", real)
+    rec.clear()
+    calls.clear()
+    checked = ab.checked_absorption_calculator(spy, record=rec.append, check_words=16)
+    random.seed(9)
+    empty = checked(calc, sae, words=[], **kw)
+    assert empty.word_results == [] and rec == [] and calls == [0]
+    random.seed(9)
+    assert checked(calc, sae, words=words, **kw) == want[0]
+    assert rec == [{"host_batches": True, "checked_words": 16}] and calls == [0, 16]
+    checked.finish()
+    assert len(rec) == 1
+    rec.clear()
+    none = ab.checked_absorption_calculator(spy, record=rec.append)
+    none(calc, sae, words=[], **kw)
+    none.finish()
+    assert rec == [{"host_batches": False, "checked_words": 0, "reason": "no words"}]
+
+
+def test_stage_swaps_and_restores(ab, model, tmp_path, monkeypatch):
+    """Inside ``offline_absorption`` SAEBench's experiment runs the checked method (a fresh check per SAE
+    experiment) unless ``SAE_RDP_ABSORPTION_WORDS=saebench`` or ``host_batches=False``; SAEBench's method is back
+    after the block."""
+    import sae_bench.evals.absorption.feature_absorption_calculator as fac
+    import sae_bench.evals.absorption.main as am
+
+    Calc = fac.FeatureAbsorptionCalculator
+    orig = Calc.calculate_absorption
+    seen = []
+
+    def experiment(**kw: Any) -> None:
+        seen.append(Calc.calculate_absorption)
+
+    monkeypatch.setattr(am, "run_feature_absortion_experiment", experiment)
+    for env, kw, hosted in [(None, {}, True), ("SAEBench", {}, False), (None, {"host_batches": False}, False)]:
+        if env is None:
+            monkeypatch.delenv(ab.ABSORPTION_WORDS_ENV, raising=False)
+        else:
+            monkeypatch.setenv(ab.ABSORPTION_WORDS_ENV, env)
+        seen.clear()
+        with ab.offline_absorption(model, "m", tmp_path / "w", **kw):
+            am.run_feature_absortion_experiment(model=model, layer=1)
+            am.run_feature_absortion_experiment(model=model, layer=1)
+            assert Calc.calculate_absorption is orig  # only during an experiment
+        assert Calc.calculate_absorption is orig
+        assert len(seen) == 2
+        if hosted:
+            assert seen[0] is not orig and seen[1] is not orig and seen[0] is not seen[1]
+        else:
+            assert seen == [orig, orig]

@@ -878,3 +878,11 @@ def test_table2_second_session_of_2026_12_06_quoted():
         ],
         text,
     )
+    # section 5 gives the same seconds as the reason for the absorption experiment's host copies
+    _assert_quoted(
+        [
+            f"the experiment took {one['absorption_experiment']:.1f} s for an SAE alone and "
+            f"{rng([p['absorption_experiment'] for p in parts])} s with nine workers",
+        ],
+        _flat("experiments/table2/README.md", after="* the absorption experiment (since 2026-12-06"),
+    )

@@ -24,6 +24,7 @@ REPORT = [sys.executable, str(ROOT / "experiments/table2/report.py")]
 STAGE = ["bash", str(ROOT / "experiments/table2/stage.sh")]
 PREPARE = ["bash", str(ROOT / "experiments/table2/prepare.sh")]
 SCORING = [sys.executable, str(ROOT / "experiments/table2/diagnostics/absorption_scoring.py")]
+MEMORY = [sys.executable, str(ROOT / "experiments/table2/diagnostics/absorption_memory.py")]
 T_STAGE = "stage_T-gemma3-270m-9-topk.json"
 OURS_LATEST = {"device": "cpu (2 cores)", "settings": {"tokens": 8192}, "rows": []}
 
@@ -186,6 +187,12 @@ CASES = [
     ("scoring-zero-batch", _nothing, [*SCORING, "--batch", "0"], {}, "--batch"),
     ("scoring-narrow-sae", _nothing, [*SCORING, "--d-sae", "16"], {}, "--d-sae"),
     ("scoring-out-folder-missing", _nothing, [*SCORING, "--plans-only", "--out", "nope/x.json"], {}, "nope/x.json"),
+    ("scoring-rows-not-a-number", _nothing, [*SCORING, "--rows", "many"], {}, "--rows"),
+    # diagnostics/absorption_memory.py (the workers' memory cap's measurement)
+    ("memory-unknown-scoring", _nothing, [*MEMORY, "--scoring", "fast", "--out", "m.json"], {}, "--scoring"),
+    ("memory-zero-rows", _nothing, [*MEMORY, "--rows", "0", "--out", "m.json"], {}, "--rows"),
+    ("memory-no-out", _nothing, MEMORY, {}, "--out"),
+    ("memory-out-folder-missing", _nothing, [*MEMORY, "--rows", "5", "--out", "nope/m.json"], {}, "--out"),
 ]
 
 

@@ -18,7 +18,6 @@ fresh process per size and records the growth of the peak resident memory (``ru_
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import platform
@@ -26,6 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sae_rdp_plugin.cli import OneLineArgumentParser
 from sae_rdp_plugin.io import atomic_write_json
 
 CHILD = r"""
@@ -84,7 +84,7 @@ FUNCTIONS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = OneLineArgumentParser(prog="absorption_memory.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[1000, 4000])
     ap.add_argument("--max-k", type=int, default=10, help="SAEBench's max_k_value (default 10)")
     ap.add_argument(

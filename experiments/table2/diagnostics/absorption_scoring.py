@@ -14,7 +14,6 @@ seconds and their ratio. ``--plans-only`` needs torch, NumPy and pandas alone (n
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -27,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/tabl
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root (sae_rdp_plugin)
 
 import absorption_stage as ab  # noqa: E402
+
+from sae_rdp_plugin.cli import OneLineArgumentParser  # noqa: E402
 
 
 def machine() -> dict[str, Any]:
@@ -121,7 +122,7 @@ def timing(rows: int, max_k: int, d_in: int, d_sae: int, batch: int) -> dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = OneLineArgumentParser(prog="absorption_scoring.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=5000)
     ap.add_argument("--max-k", type=int, default=10)
     ap.add_argument("--d-sae", type=int, default=2048)

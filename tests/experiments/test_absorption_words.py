@@ -44,18 +44,11 @@ def model(tmp_path_factory):
 
 
 def _sae(arch: str, d_in: int, d_sae: int, seed: int) -> Any:
-    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+    """test_absorption_scoring's tiny SAELens SAE with random weights, from a seeded generator."""
+    from test_absorption_scoring import _sae as random_sae
 
     torch.manual_seed(seed)
-    sae = {
-        "topk": lambda: TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=12)),
-        "standard": lambda: StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae)),
-        "jumprelu": lambda: JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae)),
-    }[arch]()
-    with torch.no_grad():
-        for name, p in sae.named_parameters():
-            p.copy_(torch.randn_like(p) * (0.01 if name == "threshold" else 0.3))
-    return sae
+    return random_sae(arch, d_in, d_sae)
 
 
 def _calculator(model: Any, **kw: Any) -> Any:

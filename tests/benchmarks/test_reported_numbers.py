@@ -886,3 +886,22 @@ def test_table2_second_session_of_2026_12_06_quoted():
         ],
         _flat("experiments/table2/README.md", after="* the absorption experiment (since 2026-12-06"),
     )
+
+
+def test_table2_core_memory_quoted():
+    """table2 README section 6 (core workers): the core eval's memory per token on the CPU and what it makes of the
+    stage's batches, from diagnostics/core_memory_gemma3-270m.json."""
+    d = json.loads((ROOT / "experiments/table2/diagnostics/core_memory_gemma3-270m.json").read_text())
+    rows, bpt, runs = d["logit_rows_per_token"], d["bytes_per_token"], d["runs"]
+    assert len(runs) == 2 and all(r["tokens"] == r["prompts"] * r["context"] for r in runs)
+    peak = [b * 8 * 1024 / 2**30 for b in bpt]  # the stage's 8 prompts of 1,024 tokens
+    text = _flat("experiments/table2/README.md", after="Why so much: the eval's CE loss and KL")
+    _assert_quoted(
+        [
+            f"about {min(rows):.1f}-{max(rows):.1f} float32 rows of Gemma-3's {runs[0]['vocab']:,}-token vocabulary",
+            f"{min(bpt) / 2**20:.1f}-{max(bpt) / 2**20:.1f} MiB per token",
+            f"{runs[0]['prompts']} and {runs[1]['prompts']} prompts of {runs[0]['context']} tokens",
+            f"need about {min(peak):.0f}-{max(peak):.0f} GiB",
+        ],
+        text,
+    )

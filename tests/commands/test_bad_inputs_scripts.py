@@ -25,6 +25,7 @@ STAGE = ["bash", str(ROOT / "experiments/table2/stage.sh")]
 PREPARE = ["bash", str(ROOT / "experiments/table2/prepare.sh")]
 SCORING = [sys.executable, str(ROOT / "experiments/table2/diagnostics/absorption_scoring.py")]
 MEMORY = [sys.executable, str(ROOT / "experiments/table2/diagnostics/absorption_memory.py")]
+CORE_MEMORY = [sys.executable, str(ROOT / "experiments/table2/diagnostics/core_memory.py")]
 T_STAGE = "stage_T-gemma3-270m-9-topk.json"
 OURS_LATEST = {"device": "cpu (2 cores)", "settings": {"tokens": 8192}, "rows": []}
 
@@ -193,6 +194,23 @@ CASES = [
     ("memory-zero-rows", _nothing, [*MEMORY, "--rows", "0", "--out", "m.json"], {}, "--rows"),
     ("memory-no-out", _nothing, MEMORY, {}, "--out"),
     ("memory-out-folder-missing", _nothing, [*MEMORY, "--rows", "5", "--out", "nope/m.json"], {}, "--out"),
+    # diagnostics/core_memory.py (the core eval's memory per token)
+    ("core-memory-no-corpus", _nothing, [*CORE_MEMORY, "--corpus", "c", "--out", "m.json"], {}, "--corpus c"),
+    (
+        "core-memory-zero-prompts",
+        _nothing,
+        [*CORE_MEMORY, "--corpus", "c", "--prompts", "0", "--out", "m.json"],
+        {},
+        "--prompts",
+    ),
+    (
+        "core-memory-unknown-model",
+        _nothing,
+        [*CORE_MEMORY, "--model", "gpt2", "--corpus", "c", "--out", "m.json"],
+        {},
+        "--model",
+    ),
+    ("core-memory-no-out", _nothing, [*CORE_MEMORY, "--corpus", "c"], {}, "--out"),
 ]
 
 

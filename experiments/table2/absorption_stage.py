@@ -1810,6 +1810,20 @@ def _clear_cut_probes(work: Path) -> None:
         shutil.rmtree(d)
 
 
+def worker_threads(n: int, device: str, cpus: int | None = None) -> int | None:
+    """CPU threads per absorption worker (torch's and the BLAS / OpenMP pools scikit-learn uses), ``n`` workers.
+
+    With the SAEs on a GPU a worker's CPU work is Python and scikit-learn's 26 x ``max_k_value`` small logistic
+    regressions per SAE (tens of thousands of rows, at most ``max_k_value`` columns), which more threads slow down:
+    on the device (H100 host, 16 CPUs, 2026-12-06) one worker with every thread trained its k-sparse probes in
+    181.8 s, while nine workers sharing the CPUs at one thread each took 71-112 s each. So one thread per worker.
+    On the CPU (smoke runs: the SAEs and the model there too) the CPUs are shared out, one worker keeping torch's
+    default (None)."""
+    if not device.startswith("cpu"):
+        return 1
+    return None if n == 1 else max(1, (cpus or os.cpu_count() or 1) // n)
+
+
 def run_absorption(
     model: Any,
     model_name: str,
@@ -1972,8 +1986,8 @@ def run_absorption(
         args = (model, model_name, list(jobs), work, cfg_kw, device, probe_batch, deadline, send0)
         _work(*args, trains_probe=True, threads=None, vocab_sample=vocab_sample, **probe_kw)
     elif jobs:
-        # threads per worker: the CPUs shared out (one worker keeps torch's default)
-        threads = None if n == 1 else max(1, (os.cpu_count() or 1) // n)
+        threads = worker_threads(n, device)
+        rec["threads_per_worker"] = threads
         common = (model, model_name, work, cfg_kw, device, probe_batch, deadline)
         try:
             guard = guard or MemoryGuard.for_host()

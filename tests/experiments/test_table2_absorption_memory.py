@@ -98,3 +98,11 @@ def test_measurement_script_refuses_a_bad_out_before_measuring(tmp_path, capsys)
         err = capsys.readouterr().err.splitlines()
         assert len(err) == 1 and err[0].startswith("error: --out") and words in err[0], err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_worker_threads(ab):
+    """One thread per worker when the SAEs are on a GPU (whatever the worker count: scikit-learn's small fits ran
+    slower with all of them); on the CPU the CPUs shared out, a single worker keeping torch's default."""
+    assert [ab.worker_threads(n, "cuda", 16) for n in (1, 2, 9, 14)] == [1, 1, 1, 1]
+    assert ab.worker_threads(1, "cuda:0", 16) == 1
+    assert [ab.worker_threads(n, "cpu", 16) for n in (1, 2, 3, 20)] == [None, 8, 5, 1]

@@ -30,6 +30,17 @@ T_STAGE = "stage_T-gemma3-270m-9-topk.json"
 OURS_LATEST = {"device": "cpu (2 cores)", "settings": {"tokens": 8192}, "rows": []}
 
 
+def _corpus(tokenizer: str):
+    """A setup: a corpus manifest folder ``c`` of that tokenizer, 8 held-out rows of 1024 tokens (no tokens needed:
+    the script refuses before loading them)."""
+
+    def setup(work: Path) -> None:
+        _write(work, {"c/manifest.json": {"tokenizer": tokenizer, "heldout_rows": 8, "context_size": 1024}})
+        _write(work, {"c/tokens.npz": b""})
+
+    return setup
+
+
 def _write(work: Path, files: dict[str, object]) -> None:
     for name, content in files.items():
         p = work / name
@@ -193,6 +204,7 @@ CASES = [
     ("memory-unknown-scoring", _nothing, [*MEMORY, "--scoring", "fast", "--out", "m.json"], {}, "--scoring"),
     ("memory-zero-rows", _nothing, [*MEMORY, "--rows", "0", "--out", "m.json"], {}, "--rows"),
     ("memory-no-out", _nothing, MEMORY, {}, "--out"),
+    ("memory-max-k-above-latents", _nothing, [*MEMORY, "--max-k", "2049", "--out", "m.json"], {}, "--max-k"),
     ("memory-out-folder-missing", _nothing, [*MEMORY, "--rows", "5", "--out", "nope/m.json"], {}, "--out"),
     # diagnostics/core_memory.py (the core eval's memory per token)
     ("core-memory-no-corpus", _nothing, [*CORE_MEMORY, "--corpus", "c", "--out", "m.json"], {}, "--corpus c"),
@@ -211,6 +223,27 @@ CASES = [
         "--model",
     ),
     ("core-memory-no-out", _nothing, [*CORE_MEMORY, "--corpus", "c"], {}, "--out"),
+    (
+        "core-memory-other-model",
+        _corpus("smollm2-135m"),
+        [*CORE_MEMORY, "--corpus", "c", "--out", "m.json"],
+        {},
+        "'smollm2-135m'",
+    ),
+    (
+        "core-memory-too-many-prompts",
+        _corpus("gemma3-270m"),
+        [*CORE_MEMORY, "--corpus", "c", "--prompts", "9", "--out", "m.json"],
+        {},
+        "8 held-out rows",
+    ),
+    (
+        "core-memory-too-long-context",
+        _corpus("gemma3-270m"),
+        [*CORE_MEMORY, "--corpus", "c", "--context", "2048", "--out", "m.json"],
+        {},
+        "of 1024 tokens",
+    ),
 ]
 
 

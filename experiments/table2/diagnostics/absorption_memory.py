@@ -77,6 +77,7 @@ print(json.dumps(out))
 
 
 HERE = Path(__file__).resolve().parent
+D_SAE = 2048  # the measured random TopK SAE's latents (a k-sparse probe reads up to max_k of them)
 FUNCTIONS = {
     "saebench": "sae_bench.evals.absorption.k_sparse_probing.eval_probe_and_sae_k_sparse_raw_scores",
     "batched": "experiments/table2/absorption_stage.batched_k_sparse_raw_scores",
@@ -97,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    if min(args.rows) < 1 or args.max_k < 1:
-        print("error: --rows and --max-k must be >= 1", file=sys.stderr)
+    if min(args.rows) < 1 or not 1 <= args.max_k <= D_SAE:
+        print(f"error: --rows must be >= 1 and --max-k in 1..{D_SAE} (the SAE's latents)", file=sys.stderr)
         return 2
     if not args.out.parent.is_dir() or args.out.is_dir():
         print(f"error: --out {args.out}: {'is a folder' if args.out.is_dir() else 'its folder does not exist'}",
@@ -107,7 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for n, mode in ((n, mode) for n in args.rows for mode in args.gc):
         out = subprocess.run(
-            [sys.executable, "-c", CHILD, str(n), str(args.max_k), "64", "2048", mode, args.scoring, str(HERE.parent)],
+            [
+                sys.executable,
+                "-c",
+                CHILD,
+                str(n),
+                str(args.max_k),
+                "64",
+                str(D_SAE),
+                mode,
+                args.scoring,
+                str(HERE.parent),
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -121,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "function": FUNCTIONS[args.scoring],
         "scoring": args.scoring,
         "max_k": args.max_k,
-        "sae": {"architecture": "topk", "d_in": 64, "d_sae": 2048, "k": 32},
+        "sae": {"architecture": "topk", "d_in": 64, "d_sae": D_SAE, "k": 32},
         "runs": runs,
         "bytes_per_row": per_row,
         "same_values_in_every_gc_mode": same,

@@ -70,6 +70,25 @@ print(json.dumps({"prompts": int(prompts), "context": int(context), "tokens": in
 """
 
 
+def corpus_meta(path: Path) -> dict | None:
+    """The corpus folder's tokenizer (the model it was built for), held-out rows and row length, or None."""
+    try:
+        if (path / "shards.json").is_file():
+            d = json.loads((path / "shards.json").read_text())
+            tok = (d.get("meta") or {}).get("tokenizer")
+            return {"tokenizer": tok, "heldout_rows": d["rows"]["heldout"], "context_size": d["context_size"]}
+        if (path / "tokens.npz").is_file():
+            m = json.loads((path / "manifest.json").read_text())
+            return {
+                "tokenizer": m.get("tokenizer"),
+                "heldout_rows": m["heldout_rows"],
+                "context_size": m["context_size"],
+            }
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = OneLineArgumentParser(prog="core_memory.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=sorted(MODELS), default="gemma3-270m")
@@ -79,10 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     bad = None
+    meta = corpus_meta(args.corpus)
     if min(args.prompts) < 1 or args.context < 2:
         bad = "--prompts must be >= 1 and --context >= 2"
-    elif not ((args.corpus / "shards.json").is_file() or (args.corpus / "tokens.npz").is_file()):
-        bad = f"--corpus {args.corpus}: no corpus there (shards.json or tokens.npz)"
+    elif meta is None:
+        bad = f"--corpus {args.corpus}: no corpus there (shards.json, or tokens.npz with its manifest.json)"
+    elif meta["tokenizer"] != args.model:
+        bad = f"--corpus {args.corpus} was tokenized for {meta['tokenizer']!r}, not --model {args.model}"
+    elif max(args.prompts) > meta["heldout_rows"] or args.context > meta["context_size"]:
+        bad = (
+            f"--prompts {max(args.prompts)} x --context {args.context}: the corpus holds {meta['heldout_rows']} "
+            f"held-out rows of {meta['context_size']} tokens"
+        )
     elif args.out.is_dir() or not args.out.parent.is_dir():
         bad = f"--out {args.out}: not a file in an existing folder"
     if bad is not None:
@@ -90,12 +117,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     runs = []
     for p in args.prompts:
-        out = subprocess.run(
+        child = subprocess.run(
             [sys.executable, "-c", CHILD, str(HERE.parent), str(ROOT), args.model, MODELS[args.model],
              str(args.corpus), str(p), str(args.context)],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        runs.append(json.loads(out.strip().splitlines()[-1]))
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if child.returncode != 0:  # nothing written; the child's last line says why
+            why = (child.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"error: the measurement at --prompts {p} failed: {why}", file=sys.stderr)
+            return 1
+        runs.append(json.loads(child.stdout.strip().splitlines()[-1]))
     per_token = [r["peak_growth_bytes"] / r["tokens"] for r in runs]
     rec = {
         "what": __doc__.split("\n\n")[0],

@@ -114,7 +114,7 @@ import signal
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -867,6 +867,35 @@ def _batched_scores(c: _ScoringCall, info: dict[str, Any]) -> tuple[Any, tuple[l
 # SAEBench's absorption experiment (``FeatureAbsorptionCalculator.calculate_absorption``), host copies per batch
 
 ABSORPTION_CHECK_WORDS = 32  # words of each SAE's first letter computed both ways before the rest runs per batch
+#: sha256 of the SAEBench sources :func:`calculate_absorption_host_batches` reproduces (sae-bench 0.6.0): with any
+#: other source SAEBench's own method runs (the record says why) until the copy is reviewed against it
+REVIEWED_SAEBENCH_SOURCES = {
+    "FeatureAbsorptionCalculator.calculate_absorption": (
+        "3f0b2d424099a281c289639679a11df4cf2c16205d1d5e787fd01c01cfabab16"
+    ),
+    "_get_feature_scores": "a4b62b80b7538cb89ae23cff7ae59e0540c819d8c5a72e1c58d4bbb35a47b7d2",
+}
+
+
+def unreviewed_saebench_source() -> str | None:
+    """The first of SAEBench's absorption sources the host-batch copy follows whose text is not the reviewed one
+    (``REVIEWED_SAEBENCH_SOURCES``), or None."""
+    import hashlib
+    import inspect
+
+    import sae_bench.evals.absorption.feature_absorption_calculator as fac
+
+    for name, digest in REVIEWED_SAEBENCH_SOURCES.items():
+        obj: Any = fac
+        for part in name.split("."):
+            obj = getattr(obj, part, None)
+        try:
+            text = inspect.getsource(obj)
+        except (TypeError, OSError):
+            return name
+        if hashlib.sha256(text.encode()).hexdigest() != digest:
+            return name
+    return None
 
 
 def calculate_absorption_host_batches(
@@ -981,16 +1010,17 @@ def calculate_absorption_host_batches(
 
 
 def _absorption_difference(got: Any, want: Any) -> str | None:
-    """The first field in which two ``AbsorptionResults`` differ (floats by their bits: ``==`` and the same
-    type; NaN equal to NaN), or None."""
+    """The first field in which two ``AbsorptionResults`` differ (every value's type, floats by their bits: -0.0 is
+    not 0.0; NaN equal to NaN), or None."""
     import math
+    import struct
 
     def same(a: Any, b: Any) -> bool:
-        if isinstance(a, float | int) and isinstance(b, float | int) and not isinstance(a, bool):
+        if isinstance(a, float) or isinstance(b, float):  # Python and NumPy floats: the type, then the bits
             if type(a) is not type(b):
                 return False
-            return a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b))
-        return a == b
+            return (math.isnan(a) and math.isnan(b)) or struct.pack("<d", a) == struct.pack("<d", b)
+        return type(a) is type(b) and a == b
 
     if list(got.main_feature_ids) != list(want.main_feature_ids):
         return "main_feature_ids"
@@ -1156,6 +1186,7 @@ def offline_absorption(
         return orig_gather(**{**kw, "batch_size": probe_batch})
 
     hosted = not absorption_words_forced_original() if host_batches is None else host_batches
+    changed = unreviewed_saebench_source() if hosted else None
 
     def experiment_parts(seconds: dict[str, float]) -> None:
         if progress is not None:
@@ -1165,8 +1196,11 @@ def offline_absorption(
     def absorption_experiment(**kw: Any) -> Any:
         kw["model"] = _UpToLayer(kw["model"], kw["layer"])
         checked = checked_absorption_calculator(orig_calculate, record=absorption_stats, parts=experiment_parts)
-        if hosted:  # a fresh check per SAE
+        if hosted and changed is None:  # a fresh check per SAE
             Calc.calculate_absorption = checked  # type: ignore[method-assign]
+        elif absorption_stats is not None:
+            why = f"SAEBench's {changed} is not the reviewed source" if hosted else "forced"
+            absorption_stats({"host_batches": False, "reason": why})
         try:
             out = orig[2](
                 **kw,
@@ -1176,7 +1210,7 @@ def offline_absorption(
             )
         finally:
             Calc.calculate_absorption = orig_calculate  # type: ignore[method-assign]
-        if hosted:
+        if hosted and changed is None:
             checked.finish()  # type: ignore[attr-defined]
         return out
 
@@ -1810,18 +1844,38 @@ def _clear_cut_probes(work: Path) -> None:
         shutil.rmtree(d)
 
 
-def worker_threads(n: int, device: str, cpus: int | None = None) -> int | None:
-    """CPU threads per absorption worker (torch's and the BLAS / OpenMP pools scikit-learn uses), ``n`` workers.
+#: CPU threads of every absorption worker (torch's, and the BLAS / OpenMP pools scikit-learn uses); the in-process
+#: mode runs its SAEs with the same.
+WORKER_THREADS = 1
 
-    With the SAEs on a GPU a worker's CPU work is Python and scikit-learn's 26 x ``max_k_value`` small logistic
-    regressions per SAE (tens of thousands of rows, at most ``max_k_value`` columns), which more threads slow down:
-    on the device (H100 host, 16 CPUs, 2026-12-06) one worker with every thread trained its k-sparse probes in
-    181.8 s, while nine workers sharing the CPUs at one thread each took 71-112 s each. So one thread per worker.
-    On the CPU (smoke runs: the SAEs and the model there too) the CPUs are shared out, one worker keeping torch's
-    default (None)."""
-    if not device.startswith("cpu"):
-        return 1
-    return None if n == 1 else max(1, (cpus or os.cpu_count() or 1) // n)
+
+def worker_threads(n: int, device: str) -> int:
+    """CPU threads per absorption worker, ``n`` workers on ``device``: ``WORKER_THREADS`` whatever both.
+
+    Speed: with the SAEs on a GPU a worker's CPU work is Python and scikit-learn's 26 x ``max_k_value`` small
+    logistic regressions per SAE (tens of thousands of rows, at most ``max_k_value`` columns), which more threads
+    slow down: on the device (H100 host, 16 CPUs, 2026-12-06) a lone worker with every thread trained its k-sparse
+    probes in 181.8 s, while nine workers sharing the CPUs at one thread each took 71-112 s each. Reproducibility:
+    scikit-learn's fitted coefficients change in their last bits with the BLAS thread count, and with them the raw
+    k-sparse scores SAEBench saves, so a count that followed the number of workers (as it did: the CPUs shared out)
+    made an SAE's files depend on how many SAEs its call had. One thread on the CPU too (smoke runs), where the
+    SAEs' encodings then run single-threaded."""
+    del n, device
+    return WORKER_THREADS
+
+
+@contextlib.contextmanager
+def _in_process_threads(threads: int) -> Iterator[None]:
+    """The in-process mode's thread limits (as a worker's), torch's count restored after."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    try:
+        with threadpool_limits(threads):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_absorption(
@@ -1981,13 +2035,15 @@ def run_absorption(
 
     cfg_kw = dataclasses.asdict(cfg)
     probe_kw = {"carry": None if carry is None else carry.resolve(), "stage": stage}
+    threads = worker_threads(n, device)
+    if jobs:
+        rec["threads_per_worker"] = threads
     if jobs and inline:
         send0 = functools.partial(handle, 0)
         args = (model, model_name, list(jobs), work, cfg_kw, device, probe_batch, deadline, send0)
-        _work(*args, trains_probe=True, threads=None, vocab_sample=vocab_sample, **probe_kw)
+        with _in_process_threads(threads):
+            _work(*args, trains_probe=True, threads=threads, vocab_sample=vocab_sample, **probe_kw)
     elif jobs:
-        threads = worker_threads(n, device)
-        rec["threads_per_worker"] = threads
         common = (model, model_name, work, cfg_kw, device, probe_batch, deadline)
         try:
             guard = guard or MemoryGuard.for_host()
@@ -2005,7 +2061,8 @@ def run_absorption(
             _clear_cut_probes(work)  # a probe phase cut by an earlier call (or worker)
             send0 = functools.partial(handle, 0)
             args = (model, model_name, list(jobs), work, cfg_kw, device, probe_batch, deadline, send0)
-            _work(*args, trains_probe=True, threads=None, vocab_sample=vocab_sample, **probe_kw)
+            with _in_process_threads(threads):
+                _work(*args, trains_probe=True, threads=threads, vocab_sample=vocab_sample, **probe_kw)
     rec["config"] = cfg_kw
     rec["left"] = [s.name for s in todo if s.name not in rec["evaluated"]]
     rec["complete"] = not rec["left"] and "error" not in rec

@@ -878,14 +878,40 @@ def test_table2_second_session_of_2026_12_06_quoted():
         ],
         text,
     )
-    # section 5 gives the same seconds as the reason for the absorption experiment's host copies
+    # section 5 gives the same seconds as the reason for the absorption experiment's host copies, and its check size
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(ROOT / "experiments/table2"))
+    ab = importlib.import_module("absorption_stage")
     _assert_quoted(
         [
             f"the experiment took {one['absorption_experiment']:.1f} s for an SAE alone and "
             f"{rng([p['absorption_experiment'] for p in parts])} s with nine workers",
+            f"first {ab.ABSORPTION_CHECK_WORDS} words of its first letter with words",
         ],
         _flat("experiments/table2/README.md", after="* the absorption experiment (since 2026-12-06"),
     )
+    # section 5's memory cap: the estimate from the constants against the device's peaks; 14 workers fit at the peak
+    est = ab.worker_peak_bytes(a9["workers_memory"]["eval_rows_estimate"], 10, "batched") / 2**30
+    assert 14 * max(gib) < 0.8 * 128
+    _assert_quoted(
+        [f"~{est:.1f} GiB per worker for Gemma, against {rng(gib, '.2f')} GiB peak resident memory per worker"],
+        _flat("experiments/table2/README.md", after="* host memory:"),
+    )
+    # the audit of these SAEs: the dominated pairs the README and the results row count
+    rows = json.loads((ROOT / "experiments/table2/table2.json").read_text())["replicates"]
+    pairs = {
+        r["n_pairs"] for r in rows if r["replicate"] == "gemma3-270m-L9-topk-r3" and r["grouping"] == "architecture"
+    }
+    assert len(pairs) == 1
+    (n,) = pairs
+    assert f"audits them ({n} dominated pairs: too few for a direction" in text
+    assert f"{n} dominated pairs: too few for a direction" in _flat("README.md")
+    # the next plan's training estimate: r3's first training of its ten SAEs in lockstep (one train_seconds for all)
+    secs = {json.loads(f.read_text())["train_seconds"] for f in (rep / "train_summaries").glob("*.json")}
+    assert len(secs) == 1
+    assert f"r3's first training of all ten took {secs.pop():.0f} s" in text
 
 
 def test_table2_core_memory_quoted():

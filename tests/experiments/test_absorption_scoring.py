@@ -555,7 +555,9 @@ def test_stage_gives_saebenchs_jsons_and_parquet_files(tmp_path, monkeypatch):
     assert len(fast_files) == 12 and fast_files == orig_files
     assert sum("absorption" in f for f in fast_files) == 3, sorted(fast_files)
     # the absorption experiment read its words from host copies, checked per SAE; timed in two parts
-    assert sorted(fast_rec["absorption_words"]) == sorted(fast_rec["sae_s"]) and "absorption_words" not in orig_rec
+    assert sorted(fast_rec["absorption_words"]) == sorted(fast_rec["sae_s"]) == sorted(orig_rec["absorption_words"])
+    assert all(i == {"host_batches": False, "reason": "forced"} for i in orig_rec["absorption_words"].values())
+    assert fast_rec["threads_per_worker"] == orig_rec["threads_per_worker"] == ab.WORKER_THREADS
     for sae, info in fast_rec["absorption_words"].items():
         assert info["host_batches"] is True and info["checked_words"] > 0 and "mismatch" not in info, info
         parts = fast_rec["sae_parts_s"][sae]

@@ -320,14 +320,10 @@ _CALIBRATION_SEED = 20261206
 _WIDTHS = (4, 8, 16)  # SIMD lanes of float32 (SSE, AVX, AVX-512) a BLAS dot may accumulate in
 
 
-def absorption_words_forced_original() -> bool:
-    """Whether ``ABSORPTION_WORDS_ENV`` asks for SAEBench's own ``calculate_absorption`` (``saebench``, any case)."""
-    return os.environ.get(ABSORPTION_WORDS_ENV, "").strip().lower() == "saebench"
-
-
-def scoring_forced_original() -> bool:
-    """Whether ``SCORING_ENV`` asks for SAEBench's own scoring (``saebench``, any case)."""
-    return os.environ.get(SCORING_ENV, "").strip().lower() == "saebench"
+def saebench_forced(env: str) -> bool:
+    """Whether the environment variable ``env`` (``SCORING_ENV``, ``ABSORPTION_WORDS_ENV``) asks for SAEBench's own
+    code instead of the stage's replacement (``saebench``, any case)."""
+    return os.environ.get(env, "").strip().lower() == "saebench"
 
 
 def _fma32(x: Any, w: Any, c: Any) -> Any:
@@ -1185,8 +1181,9 @@ def offline_absorption(
             kw["model"] = _UpToLayer(kw["model"], layer)
         return orig_gather(**{**kw, "batch_size": probe_batch})
 
-    hosted = not absorption_words_forced_original() if host_batches is None else host_batches
+    hosted = not saebench_forced(ABSORPTION_WORDS_ENV) if host_batches is None else host_batches
     changed = unreviewed_saebench_source() if hosted else None
+    use_host = hosted and changed is None
 
     def experiment_parts(seconds: dict[str, float]) -> None:
         if progress is not None:
@@ -1195,8 +1192,9 @@ def offline_absorption(
 
     def absorption_experiment(**kw: Any) -> Any:
         kw["model"] = _UpToLayer(kw["model"], kw["layer"])
-        checked = checked_absorption_calculator(orig_calculate, record=absorption_stats, parts=experiment_parts)
-        if hosted and changed is None:  # a fresh check per SAE
+        checked = None
+        if use_host:  # a fresh check per SAE
+            checked = checked_absorption_calculator(orig_calculate, record=absorption_stats, parts=experiment_parts)
             Calc.calculate_absorption = checked  # type: ignore[method-assign]
         elif absorption_stats is not None:
             why = f"SAEBench's {changed} is not the reviewed source" if hosted else "forced"
@@ -1210,7 +1208,7 @@ def offline_absorption(
             )
         finally:
             Calc.calculate_absorption = orig_calculate  # type: ignore[method-assign]
-        if hosted and changed is None:
+        if checked is not None:
             checked.finish()  # type: ignore[attr-defined]
         return out
 
@@ -1248,7 +1246,7 @@ def offline_absorption(
     am.run_k_sparse_probing_experiment = timed("k_sparse_probing", ksp_run)
     # its two longest parts, within it (a part name with a dot is inside the part before the dot)
     ksp_mod.train_k_sparse_probes = timed("k_sparse_probing.training", orig_ksp_train)
-    batched = not scoring_forced_original() if fast_scoring is None else fast_scoring
+    batched = not saebench_forced(SCORING_ENV) if fast_scoring is None else fast_scoring
 
     def scoring(*a: Any, **k: Any) -> Any:
         # SAEBench's function (orig_ksp_scores) checks the batched result on each SAE, or replaces it
@@ -1638,7 +1636,6 @@ def _work(
     deadline: float,
     send: Callable[[tuple], None],
     trains_probe: bool = True,
-    threads: int | None = None,
     vocab_sample: int | None = None,
     carry: Path | None = None,
     stage: str | None = None,
@@ -1646,15 +1643,12 @@ def _work(
     """The eval SAE by SAE (``jobs``: a list, or a queue shared by the workers, of (name, release, loader), None
     ends it), the probe first if missing (``trains_probe``: :func:`make_probe`, from ``carry`` if it holds one
     that passes the checks; else wait until another worker has moved it into place); each step reported through
-    ``send`` (events handled by :func:`run_absorption`)."""
+    ``send`` (events handled by :func:`run_absorption`); run it inside :func:`_thread_limits`."""
     try:
-        import torch
         from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
         from sae_bench.evals.absorption.main import run_eval
         from saebench_fold import fold_for_saebench
 
-        if threads is not None:
-            torch.set_num_threads(threads)
         cfg = AbsorptionEvalConfig(**cfg_kw)
         raw = work / "saebench_out"
         send(("ready",))
@@ -1744,7 +1738,7 @@ def _child(
     jobs: Any,
     events: Any,
     index: int,
-    threads: int | None,
+    threads: int,
     vocab_sample: int | None,
     probe_kw: dict | None = None,
 ) -> None:
@@ -1758,13 +1752,9 @@ def _child(
     def send(ev: tuple) -> None:
         events.put((index, ev))
 
-    with contextlib.ExitStack() as stack:
-        if threads is not None:  # scikit-learn's BLAS / OpenMP pools too, not only torch's
-            from threadpoolctl import threadpool_limits
-
-            stack.enter_context(threadpool_limits(threads))
+    with _thread_limits(threads):
         args = (model, model_name, jobs, work, cfg_kw, device, probe_batch, deadline, send)
-        _work(*args, trains_probe=index == 0, threads=threads, vocab_sample=vocab_sample, **(probe_kw or {}))
+        _work(*args, trains_probe=index == 0, vocab_sample=vocab_sample, **(probe_kw or {}))
 
 
 #: Host memory of SAEBench's k-sparse scoring per test word at its peak (eval_probe_and_sae_k_sparse_raw_scores
@@ -1797,7 +1787,7 @@ def stage_scoring() -> str:
     """The k-sparse scoring this process's workers run: "saebench" where ``SCORING_ENV`` forces it, else
     "batched" (which falls back to SAEBench's function for an SAE whose run-time check fails: that SAE then needs
     SAEBench's memory, and the memory guard stops a worker rather than let the machine run out)."""
-    return "saebench" if scoring_forced_original() else "batched"
+    return "saebench" if saebench_forced(SCORING_ENV) else "batched"
 
 
 def default_workers(
@@ -1844,33 +1834,28 @@ def _clear_cut_probes(work: Path) -> None:
         shutil.rmtree(d)
 
 
-#: CPU threads of every absorption worker (torch's, and the BLAS / OpenMP pools scikit-learn uses); the in-process
-#: mode runs its SAEs with the same.
+#: CPU threads of every absorption worker and of the in-process mode (torch's, and the BLAS / OpenMP pools
+#: scikit-learn uses), whatever the number of workers and the device.
+#: Speed: with the SAEs on a GPU a worker's CPU work is Python and scikit-learn's 26 x ``max_k_value`` small logistic
+#: regressions per SAE (tens of thousands of rows, at most ``max_k_value`` columns), which more threads slow down: on
+#: the device (H100 host, 16 CPUs, 2026-12-06) a lone worker with every thread trained its k-sparse probes in
+#: 181.8 s, while nine workers sharing the CPUs at one thread each took 71-112 s each. Reproducibility:
+#: scikit-learn's fitted coefficients change in their last bits with the BLAS thread count, and with them the raw
+#: k-sparse scores SAEBench saves, so a count that followed the number of workers (as it did: the CPUs shared out)
+#: made an SAE's files depend on how many SAEs its call had. One thread on the CPU too (smoke runs), where the SAEs'
+#: encodings then run single-threaded.
 WORKER_THREADS = 1
 
 
-def worker_threads(n: int, device: str) -> int:
-    """CPU threads per absorption worker, ``n`` workers on ``device``: ``WORKER_THREADS`` whatever both.
-
-    Speed: with the SAEs on a GPU a worker's CPU work is Python and scikit-learn's 26 x ``max_k_value`` small
-    logistic regressions per SAE (tens of thousands of rows, at most ``max_k_value`` columns), which more threads
-    slow down: on the device (H100 host, 16 CPUs, 2026-12-06) a lone worker with every thread trained its k-sparse
-    probes in 181.8 s, while nine workers sharing the CPUs at one thread each took 71-112 s each. Reproducibility:
-    scikit-learn's fitted coefficients change in their last bits with the BLAS thread count, and with them the raw
-    k-sparse scores SAEBench saves, so a count that followed the number of workers (as it did: the CPUs shared out)
-    made an SAE's files depend on how many SAEs its call had. One thread on the CPU too (smoke runs), where the
-    SAEs' encodings then run single-threaded."""
-    del n, device
-    return WORKER_THREADS
-
-
 @contextlib.contextmanager
-def _in_process_threads(threads: int) -> Iterator[None]:
-    """The in-process mode's thread limits (as a worker's), torch's count restored after."""
+def _thread_limits(threads: int) -> Iterator[None]:
+    """torch's thread count and scikit-learn's BLAS / OpenMP pools at ``threads`` inside the block (a worker's
+    whole life, or the in-process mode's SAEs), torch's count restored after."""
     import torch
     from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         with threadpool_limits(threads):
             yield
@@ -2035,14 +2020,14 @@ def run_absorption(
 
     cfg_kw = dataclasses.asdict(cfg)
     probe_kw = {"carry": None if carry is None else carry.resolve(), "stage": stage}
-    threads = worker_threads(n, device)
+    threads = WORKER_THREADS
     if jobs:
         rec["threads_per_worker"] = threads
     if jobs and inline:
         send0 = functools.partial(handle, 0)
         args = (model, model_name, list(jobs), work, cfg_kw, device, probe_batch, deadline, send0)
-        with _in_process_threads(threads):
-            _work(*args, trains_probe=True, threads=threads, vocab_sample=vocab_sample, **probe_kw)
+        with _thread_limits(threads):
+            _work(*args, trains_probe=True, vocab_sample=vocab_sample, **probe_kw)
     elif jobs:
         common = (model, model_name, work, cfg_kw, device, probe_batch, deadline)
         try:
@@ -2061,8 +2046,8 @@ def run_absorption(
             _clear_cut_probes(work)  # a probe phase cut by an earlier call (or worker)
             send0 = functools.partial(handle, 0)
             args = (model, model_name, list(jobs), work, cfg_kw, device, probe_batch, deadline, send0)
-            with _in_process_threads(threads):
-                _work(*args, trains_probe=True, threads=threads, vocab_sample=vocab_sample, **probe_kw)
+            with _thread_limits(threads):
+                _work(*args, trains_probe=True, vocab_sample=vocab_sample, **probe_kw)
     rec["config"] = cfg_kw
     rec["left"] = [s.name for s in todo if s.name not in rec["evaluated"]]
     rec["complete"] = not rec["left"] and "error" not in rec
@@ -2129,7 +2114,7 @@ def _supervise(
     common: tuple,
     jobs: list,
     n: int,
-    threads: int | None,
+    threads: int,
     vocab_sample: int | None,
     deadline: float,
     handle: Callable[[int, tuple], None],

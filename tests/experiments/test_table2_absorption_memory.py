@@ -102,9 +102,20 @@ def test_measurement_script_refuses_a_bad_out_before_measuring(tmp_path, capsys)
 
 def test_worker_threads(ab):
     """One thread per worker whatever the worker count and device (scikit-learn's small fits ran slower with all of
-    them, and their bits depend on the count)."""
+    them, and their bits depend on the count); the limits hold inside the block, torch's count is restored after."""
+    import torch
+    from threadpoolctl import threadpool_info
+
     assert ab.WORKER_THREADS == 1
-    assert {ab.worker_threads(n, d) for n in (1, 2, 9, 14) for d in ("cuda", "cuda:0", "cpu")} == {1}
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with ab._thread_limits(ab.WORKER_THREADS):
+            assert torch.get_num_threads() == 1
+            assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_sklearn_fit_bits_depend_on_blas_threads_or_not(ab):

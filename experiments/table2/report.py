@@ -787,6 +787,12 @@ def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], resu
         gpu = sum(_read(st).get("gpu_s_total", 0.0) for st in folder.glob("stage_*.json"))
         for arch, q in per_architecture(quality(folder)):
             out.append(f"- `{name}` ({arch}): {q['n']} SAEs, {quality_text(q)}; {gpu:.0f} GPU seconds in its stages.")
+        kinds = pair_kinds([p for p in _core_points(folder) if p["release"] == f"table2-{m['ml']}-{m['arch']}"])
+        out.append(
+            f"  - its {sum(kinds.values())} dominated pairs under D = {primary}: "
+            + ", ".join(f"{v} {k}" for k, v in kinds.items())
+            + "."
+        )
         proxies = sorted({r["proxy"] for r in reps if r["replicate"] == name and r["role"] == "proxy"})
         main_folder = results / m["ml"]
         if main_folder.is_dir() and proxies:
@@ -825,7 +831,38 @@ def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], resu
             if r["paper_proxy"]:
                 line += f"; {r['paper_proxy']}: {compare(r)}"
             out.append(line + ".")
+        out.append(f"  - {away_from_half([r for r in reps if r['replicate'] == name and r['role'] == 'proxy'])}")
     return "\n".join(out + [""])
+
+
+def away_from_half(rows: list[dict[str, Any]], alpha: float = 0.05) -> str:
+    """The proxies among ``rows`` that show a direction by :func:`direction_text`'s rule (V's interval excludes 0.5
+    and the permutation test rejects random order, p < ``alpha``): "inverted" where the pairs are mostly ordered
+    against the RDP direction (the SAE under the tighter budget is the less polysemantic by the proxy), "faithful"
+    where with it; one sentence, naming the proxies whose interval is off 0.5 without the permutation test too."""
+    shown: dict[str, list[str]] = {"inverted": [], "faithful": [], "no direction": []}
+    n = 0
+    for r in sorted(rows, key=lambda r: r["proxy"]):
+        if r["V_ci"][0] is None:
+            continue
+        n += 1
+        text = direction_text(r["V_ci"][0], r["V_ci"][1], r["p_value_V"], alpha)
+        for word in shown:
+            if text.endswith(f"({word})") or (word == "no direction" and text.endswith(word)):
+                shown[word].append(f"`{r['proxy']}`")
+    if not any(shown.values()):
+        return f"every V interval of the {n} proxies contains 0.5: none shows a direction over these pairs."
+    labels = {
+        "inverted": "inverted (against the RDP direction)",
+        "faithful": "faithful (with the RDP direction)",
+        "no direction": f"interval off 0.5 but permutation p >= {alpha:g}",
+    }
+    parts = [f"{labels[w]}: {', '.join(v)}" for w, v in shown.items() if v]
+    return (
+        f"of the {n} proxies, by V's interval and permutation test (p < {alpha:g}): "
+        + "; ".join(parts)
+        + "; the others' intervals contain 0.5."
+    )
 
 
 def archived(results: Path) -> str:

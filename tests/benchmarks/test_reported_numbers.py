@@ -614,11 +614,14 @@ def test_real_weight_run_of_2026_12_05_quoted():
     _assert_quoted(quoted, section)
     row = next(x for x in (ROOT / "README.md").read_text().splitlines() if "sae-rdp train --model`, end to" in x)
     assert f"in one later run {s['ours_x_saelens']:.2f}x SAELens's runner (2M tokens" in row
-    assert f"and {s['ours_x_sparsify']:.2f}x sparsify | H200, 2026-12-04/05 |" in row
-    lo, hi = min(ratios), max(ratios)
-    assert f"; {lo:.1f}-{hi:.1f}x over three sessions' runs) and {s['ours_x_sparsify']:.2f}x sparsify" in _flat(
-        "README.md", after="## Main limitations"
-    )
+    assert f"and {s['ours_x_sparsify']:.2f}x sparsify; on an H100 (2026-12-06)" in row
+    h100 = json.loads((runs / "2026-12-06-h100-real-weights/latest.json").read_text())
+    assert h100["device"].startswith("NVIDIA H100") and d["device"] == "NVIDIA H200"
+    lo, hi = min([*ratios, h100["summary"]["ours_x_saelens"]]), max([*ratios, h100["summary"]["ours_x_saelens"]])
+    assert (
+        f"; {lo:.1f}-{hi:.1f}x over four sessions' runs, three H200 and one H100) and {s['ours_x_sparsify']:.2f}x "
+        "sparsify"
+    ) in _flat("README.md", after="## Main limitations")
     assert (
         f"in a later run {s['ours_x_saelens']:.2f}x SAELens's runner (whose speed was lower than in the earlier runs)"
         f" and {s['ours_x_sparsify']:.2f}x sparsify in the same call" in _flat("docs/limitations.md")
@@ -899,19 +902,17 @@ def test_table2_second_session_of_2026_12_06_quoted():
         [f"~{est:.1f} GiB per worker for Gemma, against {rng(gib, '.2f')} GiB peak resident memory per worker"],
         _flat("experiments/table2/README.md", after="* host memory:"),
     )
-    # the audit of these SAEs: the dominated pairs the README and the results row count
-    rows = json.loads((ROOT / "experiments/table2/table2.json").read_text())["replicates"]
-    pairs = {
-        r["n_pairs"] for r in rows if r["replicate"] == "gemma3-270m-L9-topk-r3" and r["grouping"] == "architecture"
-    }
-    assert len(pairs) == 1
-    (n,) = pairs
-    assert f"audits them ({n} dominated pairs: too few for a direction" in text
-    assert f"{n} dominated pairs: too few for a direction" in _flat("README.md")
-    # the next plan's training estimate: r3's first training of its ten SAEs in lockstep (one train_seconds for all)
-    secs = {json.loads(f.read_text())["train_seconds"] for f in (rep / "train_summaries").glob("*.json")}
-    assert len(secs) == 1
-    assert f"r3's first training of all ten took {secs.pop():.0f} s" in text
+    # the audit of these SAEs then: the dominated pairs among the ten 4k SAEs, each a final against its checkpoint
+    from sae_rdp_plugin.audit.stats import dominated_pairs
+
+    pts = []
+    for f in sorted((rep / "core").glob("*__w4096_*.json")):
+        m = json.loads(f.read_text())["eval_result_metrics"]
+        pts.append((f.name, m["sparsity"]["l0"], 1 - m["reconstruction_quality"]["explained_variance_legacy"]))
+    assert len(pts) == 10
+    pairs = dominated_pairs([p[1] for p in pts], [p[2] for p in pts])
+    assert all(pts[i][0].split("_step_")[0] == pts[j][0].split("_step_")[0] for i, j in pairs)
+    assert f"audited them then ({len(pairs)} dominated pairs, each a final SAE against its own checkpoint" in text
 
 
 def test_table2_core_memory_quoted():
@@ -930,4 +931,143 @@ def test_table2_core_memory_quoted():
             f"need about {min(peak):.0f}-{max(peak):.0f} GiB",
         ],
         text,
+    )
+
+
+def test_table2_third_session_of_2026_12_06_quoted():
+    """table2 README section 6, the third session of 2026-12-06: r3's 16k SAEs (T call, absorption on ten SAEs in
+    one wave, sparse probing), quoted from the device calls and the stage records; the replicate's pairs all of equal
+    L0; the results row's r3 audit from table2.json."""
+    rep = ROOT / "experiments/table2/results/replicates/gemma3-270m-L9-topk-r3"
+    dev = json.loads((rep / "device_calls_2026-12-06-s3.json").read_text())["calls"]
+    t = json.loads((rep / "stage_T-gemma3-270m-9-topk.json").read_text())["calls"][-1]
+    e = json.loads((rep / "stage_E-gemma3-270m-9.json").read_text())["calls"]
+    ab, sp = e[-2]["absorption"], e[-1]["sparse_probing"]
+    assert t["fast_deterministic"] and len(t["core_evaluated"]) == 10 and not t["evals_left_for_later"]
+    assert len(ab["evaluated"]) == 10 and not ab["left"] and len(sp["evaluated"]) == 10
+    assert all(w["host_batches"] for w in ab["absorption_words"].values())
+    assert all(v["fast"] and v["mismatch"] is None for v in ab["ksp_scoring"].values())
+
+    def rng(v, f=".1f"):
+        return f"{min(v):{f}}-{max(v):{f}}"
+
+    ev = t["eval_seconds"]
+    parts = list(ab["sae_parts_s"].values())
+    rss = [b / 2**30 for b in ab["host_memory"]["worker_peak_rss_bytes"].values()]
+    before = json.loads((rep / "device_calls_2026-12-06-s2.json").read_text())
+    nine = e[2]["absorption"]  # the second session's nine-worker call
+    text = _flat("experiments/table2/README.md", after="**Third session of 2026-12-06**")
+    _assert_quoted(
+        [
+            f"--time-budget 420`: {dev[2]['wall_s']:.1f} s call, stage {t['wall_s']:.1f} s",
+            f"all 10 core evals ran ({rng([v['core'] for v in ev.values()])} s each, peak GPU memory "
+            f"{rng(list(t['core_peak_gib'].values()))} GiB) with our proxies, "
+            f"{sum(v['core'] + v['proxies'] for v in ev.values()):.1f} s of evals in all",
+            f"--time-budget 540`: {dev[3]['wall_s']:.1f} s\n     call, stage {e[-2]['wall_s']:.1f} s".replace(
+                "\n     ", " "
+            ),
+            f"({ab['workers']} workers, the memory cap allowing {ab['workers_memory']['workers']}, one\n     thread "
+            "each)".replace("\n     ", " "),
+            f"the workers started in {ab['workers_start_s']:.1f} s, the carried probe {ab['probe_s']:.1f} s, then per "
+            f"SAE {rng(list(ab['sae_s'].values()), '.0f')} s",
+            f"its k-sparse probing {rng([p['k_sparse_probing'] for p in parts])} s (the probes' training "
+            f"{rng([p['k_sparse_probing.training'] for p in parts])} s, the batched scoring "
+            f"{rng([p['k_sparse_probing.scoring'] for p in parts])} s, no mismatch) and the absorption experiment "
+            f"{rng([p['absorption_experiment'] for p in parts])} s, of which the batches' forward and host copies "
+            f"{rng([p['absorption_experiment.forward'] for p in parts])} s and the per-word loop "
+            f"{rng([p['absorption_experiment.words'] for p in parts])} s",
+            f"peak resident memory {rng(rss, '.2f')} GiB, the machine's "
+            f"{ab['host_memory']['peak_used_bytes'] / 2**30:.1f} GiB",
+            f"--time-budget 250`: {dev[4]['wall_s']:.1f} s call, sparse probing of all 10 SAEs in "
+            f"{e[-1]['wall_s']:.1f} s ({sp['sae_workers']} workers, {rng(list(sp['sae_s'].values()))} s per SAE)",
+            f"The {dev[4]['budget_left_s']} s left",
+            f"({rng([p['absorption_experiment'] for p in parts])} s with ten workers against "
+            f"{rng([p['absorption_experiment'] for p in nine['sae_parts_s'].values()])} s\n   with nine".replace(
+                "\n   ", " "
+            ),
+        ],
+        text,
+    )
+    assert len(nine["evaluated"]) == 9 and before["calls"][3]["wall_s"] == 443.2
+    # the replicate's dominated pairs are all of equal k (one L0), across widths and steps
+    from sae_rdp_plugin.audit.stats import dominated_pairs
+
+    pts = []
+    for f in sorted((rep / "core").glob("*.json")):
+        m = json.loads(f.read_text())["eval_result_metrics"]
+        pts.append((f.name, m["sparsity"]["l0"], 1 - m["reconstruction_quality"]["explained_variance_legacy"]))
+    assert len(pts) == 20
+    pairs = dominated_pairs([p[1] for p in pts], [p[2] for p in pts])
+    k_of = [p[0].split("_k")[1].split("_")[0] for p in pts]
+    assert len(pairs) == 30 and all(k_of[i] == k_of[j] for i, j in pairs)
+    # the results row: r3's audit over its 30 pairs
+    rows = {
+        r["proxy"]: r
+        for r in json.loads((ROOT / "experiments/table2/table2.json").read_text())["replicates"]
+        if r["replicate"] == "gemma3-270m-L9-topk-r3" and r["grouping"] == "architecture"
+    }
+    full, frac, split = (
+        rows[f"absorption_first_letter.mean.mean_{k}"]
+        for k in ("full_absorption_score", "absorption_fraction_score", "num_split_features")
+    )
+    assert full["V_ci"][0] > 0.5 and full["p_value_V"] < 0.05
+    _assert_quoted(
+        [
+            f"a deterministic TopK replicate's {full['n_saes']} (both widths",
+            f"over its {full['n_pairs']} dominated pairs, all of equal L0, full absorption V {full['V']:.3f} "
+            f"[{full['V_ci'][0]:.3f}, {full['V_ci'][1]:.3f}] (p {full['p_value_V']:.3f}: against the RDP direction)",
+            f"absorption fraction {frac['V']:.3f} [{frac['V_ci'][0]:.3f}, {frac['V_ci'][1]:.3f}] (paper 0.480 inside)",
+            f"splitting {split['V']:.3f} [{split['V_ci'][0]:.3f}, {split['V_ci'][1]:.3f}] (paper 0.441 inside)",
+        ],
+        _flat("README.md"),
+    )
+    assert frac["V_ci"][0] <= 0.480 <= frac["V_ci"][1] and split["V_ci"][0] <= 0.441 <= split["V_ci"][1]
+
+
+def test_e2e_h100_real_weight_run_of_2026_12_06_quoted():
+    """benchmarks/e2e README's 2026-12-06 section and the top README's e2e row, from that run's latest.json; the
+    same-run ratios of the four real-weight sessions from their runs' summaries."""
+    runs = ROOT / "benchmarks/e2e/runs"
+    d = json.loads((runs / "2026-12-06-h100-real-weights/latest.json").read_text())
+    r = {x["row"]: x for x in d["rows"]}
+    ours, lag, sp, sl = (r[k] for k in ("ours", "ours_lagged", "sparsify", "saelens_speed"))
+    s = d["summary"]
+    assert d["settings"]["context"] == 128 and d["settings"]["gguf"] and ours["tokens"] == 20_000_000
+    assert sl["tokens"] == 2_000_000 and not s["targets_met"]["x10_saelens"] and not s["targets_met"]["x10_sparsify"]
+    first, first_lag = (x["saes"][0]["first_steps_s_by_width"] for x in (ours, lag))
+    ratios = [
+        json.loads((runs / f"{day}-real-weights-ctx128/latest.json").read_text())["summary"]["ours_x_saelens"]
+        for day in ("2026-12-03", "2026-12-04", "2026-12-05")
+    ] + [s["ours_x_saelens"]]
+    old = json.loads((runs / "2026-12-05-real-weights-ctx128/latest.json").read_text())
+    old_first = {x["row"]: x for x in old["rows"]}["ours"]["saes"][0]["first_steps_s_by_width"]
+    prev_lag = json.loads((runs / "2026-12-05-h100-lagged/latest.json").read_text())["summary"]["lagged_x_ours"]
+    section = _flat("benchmarks/e2e/README.md", after="## Real weights, `ours_lagged`, after a table2 session's calls")
+    _assert_quoted(
+        [
+            f"ours {ours['tokens_per_s']:,.0f} tokens/s after warm-up = {s['ours_x_saelens']:.2f}x SAELens's runner "
+            f"({sl['tokens_per_s']:,.0f}) and {s['ours_x_sparsify']:.2f}x sparsify ({sp['tokens_per_s']:,.0f}",
+            f"ours {ours['tokens_per_s_wall']:,.0f} (its first forward compiled the truncated model for "
+            f"{ours['time_split']['first_forward_s']:.1f} s), `ours_lagged` (run second) "
+            f"{lag['tokens_per_s_wall']:,.0f} (first forward {lag['time_split']['first_forward_s']:.1f} s)",
+            f"`ours_lagged` {lag['tokens_per_s']:,.0f} tokens/s, {s['lagged_x_ours']:.2f}x ours ({prev_lag:.2f}x",
+            f"{first['12288'][0]:.4f} s at 12,288 ({old_first['12288'][0]:.2f} s on 2026-12-05)",
+            f"{first['16384'][0]:.3f} s at 16,384 ({first_lag['16384'][0]:.3f} s in `ours_lagged`)",
+            f"{100 * first['16384'][0] / ours['time_split']['sae_step_s']:.0f}%\n  of ours' "
+            f"{ours['time_split']['sae_step_s']:.1f} s of SAE steps".replace("\n  ", " "),
+            f"ours {ours['heldout_fvu']:.4f}, `ours_lagged` {lag['heldout_fvu']:.4f} (20M tokens); sparsify "
+            f"{sp['heldout_fvu']:.4f} and SAELens {sl['heldout_fvu']:.4f} at 2M tokens",
+            "sessions: " + ", ".join(f"{x:.2f}x" for x in ratios) + ".",
+        ],
+        section,
+    )
+    _assert_quoted(
+        [
+            f"on an H100 (2026-12-06) {s['ours_x_saelens']:.2f}x SAELens's runner and {s['ours_x_sparsify']:.2f}x "
+            "sparsify (2M tokens each)"
+        ],
+        _flat("README.md"),
+    )
+    assert f"H100 (2026-12-06) {s['ours_x_saelens']:.2f}x and {s['ours_x_sparsify']:.2f}x" in _flat(
+        "docs/limitations.md"
     )

@@ -464,3 +464,28 @@ def test_replicate_rows_and_lines_match_brute_force_v(results, capsys):
         assert (out / "table2.json").read_bytes() == before and audit_json.stat().st_mtime_ns == mtime
         dst.rename(folder)
         assert fix is None or "not table2-gemma3-270m-L9-standard alone" in err[0]
+
+
+def test_away_from_half_names_proxies_by_interval_and_permutation_test():
+    """A replicate's direction sentence: a proxy is named inverted / faithful only when its interval is off 0.5 and
+    p < 0.05 (direction_text's rule); off 0.5 with a large p it is listed apart; undefined intervals are not
+    counted; all intervals holding 0.5 give the 'none' sentence."""
+    rep = _report()
+
+    def row(proxy, lo, hi, p):
+        return {"proxy": proxy, "V_ci": [lo, hi], "p_value_V": p}
+
+    rows = [
+        row("a", 0.61, 1.0, 0.002),
+        row("b", 0.0, 0.3, 0.01),
+        row("c", 0.6, 1.0, 0.5),
+        row("d", 0.2, 0.8, 0.9),
+        row("e", None, None, None),
+    ]
+    text = rep.away_from_half(rows)
+    assert text.startswith("of the 4 proxies")
+    assert "inverted (against the RDP direction): `a`;" in text
+    assert "faithful (with the RDP direction): `b`;" in text
+    assert "interval off 0.5 but permutation p >= 0.05: `c`;" in text
+    assert "`d`" not in text
+    assert rep.away_from_half([rows[3], rows[4]]).startswith("every V interval of the 1 proxies contains 0.5")

@@ -655,14 +655,25 @@ def eval_counts(folder: Path) -> list[str]:
     ]
 
 
-def direction_text(lo: float, hi: float, p: float, alpha: float = 0.05) -> str:
-    """What V's interval and permutation p-value say about the direction. The percentile bootstrap over SAEs is
-    degenerate with a handful of dominated pairs (every resample that keeps a pair repeats its order), so an
-    interval off 0.5 names a direction only when the permutation test also rejects random order (p < alpha)."""
+def direction(lo: float, hi: float, p: float, alpha: float = 0.05) -> str | None:
+    """The direction V's interval and permutation p-value name: None where the interval holds 0.5, "inverted"
+    (above 0.5) or "faithful" (below) where the permutation test also rejects random order (p < alpha), else "no
+    direction". The percentile bootstrap over SAEs is degenerate with a handful of dominated pairs (every resample
+    that keeps a pair repeats its order), so an interval off 0.5 alone names none."""
     if lo <= 0.5 <= hi:
-        return "0.5 (random) lies inside the interval"
-    side, word = ("above", "inverted") if lo > 0.5 else ("below", "faithful")
+        return None
     if p < alpha:
+        return "inverted" if lo > 0.5 else "faithful"
+    return "no direction"
+
+
+def direction_text(lo: float, hi: float, p: float, alpha: float = 0.05) -> str:
+    """:func:`direction` in words."""
+    word = direction(lo, hi, p, alpha)
+    if word is None:
+        return "0.5 (random) lies inside the interval"
+    side = "above" if lo > 0.5 else "below"
+    if word != "no direction":
         return f"the interval lies {side} 0.5 and p < {alpha:g} ({word})"
     return f"the interval lies {side} 0.5, but the permutation test does not reject random order: no direction"
 
@@ -836,7 +847,7 @@ def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], resu
 
 
 def away_from_half(rows: list[dict[str, Any]], alpha: float = 0.05) -> str:
-    """The proxies among ``rows`` that show a direction by :func:`direction_text`'s rule (V's interval excludes 0.5
+    """The proxies among ``rows`` that show a direction by :func:`direction`'s rule (V's interval excludes 0.5
     and the permutation test rejects random order, p < ``alpha``): "inverted" where the pairs are mostly ordered
     against the RDP direction (the SAE under the tighter budget is the less polysemantic by the proxy), "faithful"
     where with it; one sentence, naming the proxies whose interval is off 0.5 without the permutation test too."""
@@ -846,10 +857,9 @@ def away_from_half(rows: list[dict[str, Any]], alpha: float = 0.05) -> str:
         if r["V_ci"][0] is None:
             continue
         n += 1
-        text = direction_text(r["V_ci"][0], r["V_ci"][1], r["p_value_V"], alpha)
-        for word in shown:
-            if text.endswith(f"({word})") or (word == "no direction" and text.endswith(word)):
-                shown[word].append(f"`{r['proxy']}`")
+        word = direction(r["V_ci"][0], r["V_ci"][1], r["p_value_V"], alpha)
+        if word is not None:
+            shown[word].append(f"`{r['proxy']}`")
     if not any(shown.values()):
         return f"every V interval of the {n} proxies contains 0.5: none shows a direction over these pairs."
     labels = {

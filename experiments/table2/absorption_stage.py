@@ -873,15 +873,23 @@ REVIEWED_SAEBENCH_SOURCES = {
 }
 
 
-def unreviewed_saebench_source() -> str | None:
-    """The first of SAEBench's absorption sources the host-batch copy follows whose text is not the reviewed one
-    (``REVIEWED_SAEBENCH_SOURCES``), or None."""
+#: sha256 of SAEBench's prompt-length check (sae-bench 0.6.0), which :func:`validate_prompts_on_host` reproduces
+REVIEWED_VALIDATE_SOURCE = {
+    "FeatureAbsorptionCalculator._validate_prompts_are_same_length": (
+        "39e05f31a4e0c25fa335ea2f47e1040cd731a2a1395639ee1f55f1110f6bb714"
+    ),
+}
+
+
+def unreviewed_saebench_source(sources: dict[str, str] | None = None) -> str | None:
+    """The first of SAEBench's absorption sources named in ``sources`` (default ``REVIEWED_SAEBENCH_SOURCES``, the
+    ones the host-batch copy follows) whose text is not the reviewed one, or None."""
     import hashlib
     import inspect
 
     import sae_bench.evals.absorption.feature_absorption_calculator as fac
 
-    for name, digest in REVIEWED_SAEBENCH_SOURCES.items():
+    for name, digest in (REVIEWED_SAEBENCH_SOURCES if sources is None else sources).items():
         obj: Any = fac
         for part in name.split("."):
             obj = getattr(obj, part, None)
@@ -892,6 +900,16 @@ def unreviewed_saebench_source() -> str | None:
         if hashlib.sha256(text.encode()).hexdigest() != digest:
             return name
     return None
+
+
+def validate_prompts_on_host(calc: Any, prompts: list) -> None:
+    """SAEBench's ``FeatureAbsorptionCalculator._validate_prompts_are_same_length`` (``calc`` its ``self``) with
+    each prompt's tokens left on the host: the same ``to_tokens`` call and lengths, without ``move_to_device``.
+    SAEBench's check copies every prompt's tokens to the model's GPU, one small copy per word (tens of thousands per
+    SAE), each queued behind the other workers' work on a shared GPU. Raises SAEBench's ValueError."""
+    token_lens = {len(calc.model.to_tokens(p.base, move_to_device=False)[0]) for p in prompts}
+    if len(token_lens) > 1:
+        raise ValueError("All prompts must have the same token length! Variable-length prompts are not yet supported.")
 
 
 def calculate_absorption_host_batches(
@@ -1125,7 +1143,8 @@ def offline_absorption(
     (:func:`checked_absorption_calculator`, checked against SAEBench's method on each SAE) or SAEBench's method
     (False); default: host copies unless ``ABSORPTION_WORDS_ENV`` is ``saebench``. ``absorption_stats(info)`` is
     called after each SAE's check with its record; the experiment's ``forward`` and ``words`` seconds are timed
-    parts (``absorption_experiment.forward``, ``.words``)."""
+    parts (``absorption_experiment.forward``, ``.words``), as are the prompts' building (``.prompts``) and SAEBench's
+    prompt-length check (``.validate``: with the tokens on the host, :func:`validate_prompts_on_host`)."""
     import sae_bench.evals.absorption.common as common
     import sae_bench.evals.absorption.feature_absorption_calculator as fac
     import sae_bench.evals.absorption.k_sparse_probing as ksp_mod
@@ -1149,6 +1168,7 @@ def offline_absorption(
     orig_gather, orig_loader = common.gen_and_save_df_acts_probing, probing.DataLoader
     Calc = fac.FeatureAbsorptionCalculator
     orig_validate = Calc._validate_prompts_are_same_length
+    orig_build = Calc._build_prompts
     orig_calculate = Calc.calculate_absorption
     orig_get_tokens = vocab.get_tokens
     orig_train, orig_save = common.train_linear_probe_for_task, common.save_probe_and_data
@@ -1212,14 +1232,24 @@ def offline_absorption(
             checked.finish()  # type: ignore[attr-defined]
         return out
 
+    # SAEBench's prompt-length check with the tokens left on the host, while its source is the reviewed one
+    check_lengths = validate_prompts_on_host if unreviewed_saebench_source(REVIEWED_VALIDATE_SOURCE) is None else None
+
     def validate(self: Any, prompts: list) -> None:
+        t = time.time()
         try:
-            orig_validate(self, prompts)
+            (check_lengths or orig_validate)(self, prompts)
         except ValueError:
             # left padding: position word_token_pos of every row is its own prompt's if the tokens after it agree
-            tails = {tuple(self.model.to_tokens(p.base)[0, self.word_token_pos + 1 :].tolist()) for p in prompts}
+            tails = {
+                tuple(self.model.to_tokens(p.base, move_to_device=False)[0, self.word_token_pos + 1 :].tolist())
+                for p in prompts
+            }
             if self.model.tokenizer.padding_side != "left" or len(tails) != 1 or self.word_token_pos >= -1:
                 raise
+        finally:
+            if progress is not None:
+                progress("absorption_experiment.validate", time.time() - t)
 
     tok = model.tokenizer
     side = tok.padding_side
@@ -1284,6 +1314,7 @@ def offline_absorption(
     common.save_probe_and_data = timed("probe_save", orig_save)
     probing.DataLoader = _batch_loader(orig_loader)
     Calc._validate_prompts_are_same_length = validate  # type: ignore[method-assign]
+    Calc._build_prompts = timed("absorption_experiment.prompts", orig_build)  # type: ignore[method-assign]
     vocab.get_tokens = timed("vocabulary", get_tokens)
     if acts_cache is not None:
         ksp_mod._get_sae_acts = acts_cache
@@ -1296,6 +1327,7 @@ def offline_absorption(
         common.gen_and_save_df_acts_probing, probing.DataLoader = orig_gather, orig_loader
         common.train_linear_probe_for_task, common.save_probe_and_data = orig_train, orig_save
         Calc._validate_prompts_are_same_length = orig_validate  # type: ignore[method-assign]
+        Calc._build_prompts = orig_build  # type: ignore[method-assign]
         Calc.calculate_absorption = orig_calculate  # type: ignore[method-assign]
         vocab.get_tokens = orig_get_tokens
         ksp_mod._get_sae_acts = orig_acts

@@ -296,3 +296,68 @@ def test_stage_swaps_and_restores(ab, model, tmp_path, monkeypatch):
             assert seen[0] is not orig and seen[1] is not orig and seen[0] is not seen[1]
         else:
             assert seen == [orig, orig]
+
+
+def test_host_validation_is_saebenchs_check(ab, model):
+    """``validate_prompts_on_host`` raises exactly when SAEBench's prompt-length check does, with its message, and
+    asks ``to_tokens`` for host tensors; the installed SAEBench's check is the reviewed source."""
+    import dataclasses
+
+    import sae_bench.evals.absorption.feature_absorption_calculator as fac
+
+    assert ab.unreviewed_saebench_source(ab.REVIEWED_VALIDATE_SOURCE) is None
+    calc = _calculator(model)
+    random.seed(3)
+    prompts = calc._build_prompts(_words(model, 25))
+    longer = dataclasses.replace(prompts[4], base=prompts[4].base + " " + prompts[7].word)
+    for case in (prompts, [*prompts[:10], longer]):
+        errors = []
+        for check in (fac.FeatureAbsorptionCalculator._validate_prompts_are_same_length, ab.validate_prompts_on_host):
+            try:
+                check(calc, case)
+                errors.append(None)
+            except ValueError as e:
+                errors.append(str(e))
+        assert errors[0] == errors[1]
+        assert (errors[0] is None) == (case is prompts)
+    calls = []
+    to_tokens = model.to_tokens
+
+    def spy(*a: Any, **k: Any) -> Any:
+        calls.append(k.get("move_to_device", True))
+        return to_tokens(*a, **k)
+
+    calc.model = type("M", (), {"to_tokens": staticmethod(spy)})()
+    ab.validate_prompts_on_host(calc, prompts)
+    assert calls == [False] * len(prompts)
+
+
+def test_stage_times_prompts_and_validation(ab, model, tmp_path, monkeypatch):
+    """Inside ``offline_absorption`` the prompts' building and the length check are timed parts of the absorption
+    experiment; the check asks for host tensors while SAEBench's source is the reviewed one, else it is SAEBench's
+    own (tokens moved to the model's device); both are SAEBench's again after the block."""
+    import sae_bench.evals.absorption.feature_absorption_calculator as fac
+
+    Calc = fac.FeatureAbsorptionCalculator
+    orig_build, orig_validate = Calc._build_prompts, Calc._validate_prompts_are_same_length
+    calc = _calculator(model)
+    words = _words(model, 12)
+    to_tokens = model.to_tokens
+    moved: list[bool] = []
+
+    def spy(*a: Any, **k: Any) -> Any:
+        moved.append(k.get("move_to_device", True))
+        return to_tokens(*a, **k)
+
+    calc.model = type("M", (), {"to_tokens": staticmethod(spy), "tokenizer": model.tokenizer})()
+    for digest, host in [(None, True), ("0" * 64, False)]:
+        if digest is not None:
+            monkeypatch.setitem(ab.REVIEWED_VALIDATE_SOURCE, next(iter(ab.REVIEWED_VALIDATE_SOURCE)), digest)
+        seen: list[str] = []
+        with ab.offline_absorption(model, "m", tmp_path / "w", progress=lambda part, s: seen.append(part)):
+            prompts = calc._build_prompts(words)
+            moved.clear()
+            calc._validate_prompts_are_same_length(prompts)
+        assert seen == ["absorption_experiment.prompts", "absorption_experiment.validate"]
+        assert moved == [not host] * len(words)
+        assert Calc._build_prompts is orig_build and Calc._validate_prompts_are_same_length is orig_validate

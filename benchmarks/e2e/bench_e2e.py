@@ -15,6 +15,9 @@ fast step; sparsify: bf16 model, as its CLI loads it). Rows, each in its own pro
     ours_mask       ours with the aux loss's dense selection by topk_kernel.topk_mask (FastTopKConfig.aux_topk="mask")
     ours_lagged     ours reading a lagged bound of the dead count instead of counting it each step, a host sync
                     (FastTopKConfig.dead_count="lagged")
+    ours_first_profile
+                    ours with the first step at each aux width under torch.profiler
+                    (FastTopKConfig.profile_first_steps: where a new width's one-off seconds go)
     ours_3hooks     blocks.2/4/6 resid_post from one forward, one SAE each
     ours_4saes      one hook, four SAEs (k 16/32/64/128) from one stream
     ours_3hooks_streams, ours_4saes_streams
@@ -74,6 +77,7 @@ ROWS = (
     "ours_mask",
     "ours_lagged",
     "ours_profile",
+    "ours_first_profile",
     "ours_3hooks",
     "ours_4saes",
     "ours_3hooks_streams",
@@ -627,6 +631,7 @@ def run_ours(
                 "train_dead_fraction": r.get("train_dead_fraction"),
                 "aux_steps_by_width": r.get("aux_steps_by_width"),
                 "first_steps_s_by_width": r.get("first_steps_s_by_width"),
+                "first_steps_profile_by_width": r.get("first_steps_profile_by_width") or None,
                 "mean_dead_fraction_aux_steps": r.get("mean_dead_fraction_aux_steps"),
                 "cuda_graph_failed": r.get("cuda_graph_failed"),
             }
@@ -661,6 +666,10 @@ def row_ours_mask(b: Bench) -> dict[str, Any]:
 
 def row_ours_lagged(b: Bench) -> dict[str, Any]:
     return run_ours(b, "ours_lagged", [(b.hook, b.k)], fast_options={"dead_count": "lagged"})
+
+
+def row_ours_first_profile(b: Bench) -> dict[str, Any]:
+    return run_ours(b, "ours_first_profile", [(b.hook, b.k)], fast_options={"profile_first_steps": True})
 
 
 def row_ours_profile(b: Bench) -> dict[str, Any]:
@@ -1396,9 +1405,13 @@ def main(argv: list[str] | None = None) -> int:
     args.work = args.work or tempfile.mkdtemp(prefix="bench_e2e_")
     b = make_bench(args)
     b.out.mkdir(parents=True, exist_ok=True)
-    # by default every row but the diagnostic ours_profile (unless --profile asks for it) and, without real
-    # weights, ce_recovered
-    default = [r for r in ROWS if (r != "ce_recovered" or args.gguf) and (r != "ours_profile" or args.profile)]
+    # by default every row but the diagnostic ones (ours_profile unless --profile asks for it, ours_first_profile
+    # unless --only names it) and, without real weights, ce_recovered
+    default = [
+        r
+        for r in ROWS
+        if (r != "ce_recovered" or args.gguf) and (r != "ours_profile" or args.profile) and r != "ours_first_profile"
+    ]
     names = list(args.only or default)
     rows: list[dict[str, Any]] = []
     if args.resume is not None and (args.resume or (b.out / "latest.json").exists()):

@@ -71,6 +71,7 @@ from typing import Any
 import torch
 
 from sae_rdp_plugin.architectures import ARCHITECTURES, FAST_NAMES
+from sae_rdp_plugin.devices import profile_summary, synchronize
 from sae_rdp_plugin.errors import SaeRdpError
 from sae_rdp_plugin.fast.rows import RowsAt, rows_at
 
@@ -183,6 +184,27 @@ def aux_pad_width(n_dead: int, d_sae: int, k_aux: int, mode: str = "auto", prev:
     return min(prev, roomy)
 
 
+def _first_step_profiler(device: torch.device) -> Any:
+    """torch.profiler over one step (CPU activity, and CUDA's on a GPU)."""
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    return torch.profiler.profile(activities=acts)
+
+
+def first_step_profile(prof: Any, wall_s: float, top: int = 8) -> dict[str, Any]:
+    """Where one profiled step's ``wall_s`` seconds of host time went: ``devices.profile_summary``'s top ops by
+    self CPU time, ``ops_cpu_s`` (the self CPU time of all ops, nested ones counted once) and ``unattributed_s`` =
+    wall_s - ops_cpu_s, the time in Python outside any op (Triton compiling a kernel, the allocator's own calls
+    are inside ops)."""
+    ops = sum(ev.self_cpu_time_total for ev in prof.key_averages()) / 1e6
+    out = profile_summary(prof, wall_s, top=top)
+    return {"wall_s": round(wall_s, 4), "ops_cpu_s": round(ops, 4), "unattributed_s": round(wall_s - ops, 4),
+            "host_syncs": out["host_syncs_per_step"],
+            "top": [{"name": r["name"], "calls": r["calls_per_step"], "ms": round(r["ms_per_step"], 3)}
+                    for r in out["top"]]}  # fmt: skip
+
+
 @dataclass
 class FastTopKConfig:
     """What one fast step needs. Defaults are SAELens's (TopKTrainingSAEConfig, SAETrainerConfig)."""
@@ -264,6 +286,11 @@ class FastTopKConfig:
     # the aux graph with coefficient 0 (SAELens's aux loss is then 0 too); the padded width can be one bucket
     # wider than the exact count gives.
     dead_count: str = "sync"
+    # run the first step at each aux width (0: the steps without the aux loss) under torch.profiler and keep where
+    # its host time went (aux_stats' ``first_steps_profile_by_width``: the top ops by self CPU time and the seconds
+    # no op accounts for, such as Triton's compilation in Python). Those one-off steps compile and load what a new
+    # width needs and have cost seconds at some widths; the profile tells which part. Off: no profiler.
+    profile_first_steps: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("topk", "batchtopk"):
@@ -475,6 +502,7 @@ class FastTopKTrainer:
         # steps: the aux term's cost grows with the width, so these say where a run's step time went
         self.aux_width_steps: dict[int, int] = {}
         self.first_steps_s: dict[int, list[float]] = {}  # CUDA: seconds of the first two steps at each aux width
+        self.first_steps_profile: dict[int, dict[str, Any]] = {}  # cfg.profile_first_steps: the first one's profile
         self.aux_dead_sum = 0
         # dead_count="lagged": the dead-count bounds of the steps in flight, and the dead latents summed over the
         # aux steps on the device (read by aux_stats)
@@ -635,6 +663,7 @@ class FastTopKTrainer:
         return {
             "aux_steps_by_width": {str(w): n for w, n in sorted(self.aux_width_steps.items())},
             "first_steps_s_by_width": {str(w): [round(t, 4) for t in s] for w, s in sorted(self.first_steps_s.items())},
+            "first_steps_profile_by_width": {str(w): p for w, p in sorted(self.first_steps_profile.items())},
             "mean_dead_fraction_aux_steps": dead_sum / (aux_steps * self.cfg.d_sae) if aux_steps else None,
             "cuda_graph_failed": self._graph_failed,
         }
@@ -760,21 +789,29 @@ class FastTopKTrainer:
         width = n_pad if dead is not None else 0
         # the first two steps at a width compile its kernels and capture its graph: timed (two syncs each, twice
         # per width) so that a run's report shows what that one-off cost was
-        first = self.device.type == "cuda" and self.aux_width_steps.get(width, 0) < 2
-        if first:
-            torch.cuda.synchronize(self.device)
-            t_first = time.perf_counter()
-        self.aux_width_steps[width] = self.aux_width_steps.get(width, 0) + 1
-        with _deterministic_algorithms(cfg.deterministic):
-            if graph:
-                losses = self._graph_step(x, dead, n_pad)
-            else:
-                losses, sp, vals_s = self._device_step(x, dead, n_pad)
-                self._last_sparse = sp
-                self._last_vals_s = vals_s
-        if first:
-            torch.cuda.synchronize(self.device)
-            self.first_steps_s.setdefault(width, []).append(time.perf_counter() - t_first)
+        done = self.aux_width_steps.get(width, 0)
+        first = done < 2 and (self.device.type == "cuda" or cfg.profile_first_steps)
+        with contextlib.ExitStack() as stack:
+            prof = None
+            if first:
+                synchronize(self.device)
+                if cfg.profile_first_steps and done == 0:
+                    prof = stack.enter_context(_first_step_profiler(self.device))
+                t_first = time.perf_counter()
+            self.aux_width_steps[width] = done + 1
+            with _deterministic_algorithms(cfg.deterministic):
+                if graph:
+                    losses = self._graph_step(x, dead, n_pad)
+                else:
+                    losses, sp, vals_s = self._device_step(x, dead, n_pad)
+                    self._last_sparse = sp
+                    self._last_vals_s = vals_s
+            if first:
+                synchronize(self.device)
+                dt = time.perf_counter() - t_first
+                self.first_steps_s.setdefault(width, []).append(dt)
+        if prof is not None:  # stopped on leaving the block
+            self.first_steps_profile[width] = first_step_profile(prof, dt)
         self.n_frac_active_samples += B
         self.n_training_steps += 1
         return losses

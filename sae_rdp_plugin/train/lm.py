@@ -368,7 +368,13 @@ def _forward_seconds(stats: Any) -> float | None:
 
 
 # the keys of FastTopKTrainer.aux_stats, None in the report of an SAE on SAELens's step
-AUX_STATS_KEYS = ("aux_steps_by_width", "first_steps_s_by_width", "mean_dead_fraction_aux_steps", "cuda_graph_failed")
+AUX_STATS_KEYS = (
+    "aux_steps_by_width",
+    "first_steps_s_by_width",
+    "first_steps_profile_by_width",
+    "mean_dead_fraction_aux_steps",
+    "cuda_graph_failed",
+)
 
 
 class _Clock:

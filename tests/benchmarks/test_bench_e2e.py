@@ -23,6 +23,7 @@ ALL_ROWS = [
     "ours_mask",
     "ours_lagged",
     "ours_profile",
+    "ours_first_profile",
     "ours_3hooks",
     "ours_4saes",
     "ours_3hooks_streams",
@@ -213,6 +214,11 @@ def test_bench_quick_runs_every_row(tmp_path):
     assert prof["wall_ms_per_step"] > 0 and prof["host_syncs_per_step"] >= 0 and prof["top"], prof
     assert all(r["ms_per_step"] >= 0 for r in prof["top"])
     assert rows["ours"]["profile"] is None and rows["ours_4saes"]["profile"] is None
+    # ours_first_profile: the first step at each aux width profiled (on the CPU too); ours has no such profile
+    firsts = rows["ours_first_profile"]["saes"][0]["first_steps_profile_by_width"]
+    assert rows["ours_first_profile"]["fast_options"] == {"profile_first_steps": True} and "0" in firsts, firsts
+    assert all(p["top"] and p["wall_s"] > 0 for p in firsts.values())
+    assert rows["ours"]["saes"][0]["first_steps_profile_by_width"] is None
     assert "profile" not in rows["saelens"]
     assert rows["ours"]["saes"][0]["cuda_graph_failed"] is None  # (no graphs on a CPU)
     for sae in rows["ours"]["saes"]:  # the fast step's steps per aux width add up to the row's steps

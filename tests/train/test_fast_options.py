@@ -78,6 +78,31 @@ def test_aux_widths_in_the_summary(tmp_path):
     assert slow[0]["first_steps_s_by_width"] is None and slow[0]["cuda_graph_failed"] is None
 
 
+def test_first_steps_profiled_per_aux_width(tmp_path):
+    """fast_options={"profile_first_steps": True}: the first step of each aux width that ran is profiled, on the CPU
+    too (its seconds, the ops' self CPU time, the rest, the top ops), the step's results unchanged (the same weights
+    as an unprofiled run of the same seed and data); off by default: no profile."""
+    import torch
+
+    def run(profile: bool, out: str) -> tuple[dict, dict]:
+        spec = SAESpec("h.a", cfg("topk", d_sae=1024, k=1, dead_feature_window=1), tmp_path / out)
+        opts = {"profile_first_steps": True} if profile else None
+        (r,) = train_saes(iter(make_batches(8)), [spec], tokens=6 * B, progress=False, fast=True, fast_options=opts)
+        from safetensors.torch import load_file
+
+        return r, load_file(str(tmp_path / out / "sae_weights.safetensors"))
+
+    (r, w), (r0, w0) = run(True, "p"), run(False, "q")
+    prof, steps = r["first_steps_profile_by_width"], r["aux_steps_by_width"]
+    assert set(prof) == set(steps) and "0" in prof and len(prof) >= 2
+    for p in prof.values():
+        assert p["wall_s"] > 0 and 0 <= p["ops_cpu_s"] and p["top"] and all(t["ms"] >= 0 for t in p["top"])
+        assert p["unattributed_s"] == pytest.approx(p["wall_s"] - p["ops_cpu_s"], abs=2e-4)
+    assert set(r["first_steps_s_by_width"]) == set(steps)  # timed on the CPU when profiled
+    assert r0["first_steps_profile_by_width"] == {} and r0["first_steps_s_by_width"] == {}
+    assert w.keys() == w0.keys() and all(torch.equal(w[k], w0[k]) for k in w)
+
+
 @pytest.mark.gpu
 def test_first_steps_per_aux_width_are_timed_on_cuda(tmp_path):
     """first_steps_s_by_width: the first two steps of each width that ran (its compilation, its graph capture)."""

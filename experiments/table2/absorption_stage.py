@@ -1068,7 +1068,8 @@ def checked_absorption_calculator(
     field by field (:func:`_absorption_difference`); on a difference or an error, SAEBench's method for this call
     and the rest of the SAE. ``record(info)`` is
     called once, after the check (``host_batches``: used or not; ``checked_words``; ``mismatch``/``error``);
-    ``parts(seconds)`` after every call with its ``forward`` / ``words`` seconds (the host-batch path only)."""
+    ``parts(seconds)`` after every call with its ``forward`` / ``words`` seconds (the host-batch path only), and
+    after the check with its ``check`` seconds (both runs on the first words)."""
     state: dict[str, Any] = {"checked": False, "fast": True}
 
     def calculate(self: Any, sae: Any, words: list[str], *a: Any, **k: Any) -> Any:
@@ -1076,6 +1077,7 @@ def checked_absorption_calculator(
             return orig(self, sae, words, *a, **k)
         if not state["checked"]:
             state["checked"] = True
+            t_check = time.time()
             info: dict[str, Any] = {"host_batches": False, "checked_words": min(check_words, len(words))}
             # the prompts' in-context examples are drawn from the global generators: both check runs start from
             # the state this call found, and so does the run after them (the same draws as SAEBench's alone)
@@ -1093,6 +1095,8 @@ def checked_absorption_calculator(
             info["host_batches"] = state["fast"] = "mismatch" not in info and "error" not in info
             if record is not None:
                 record(info)
+            if parts is not None:
+                parts({"check": time.time() - t_check})
             if not state["fast"]:
                 return orig(self, sae, words, *a, **k)
         seconds: dict[str, float] = {}
@@ -1143,9 +1147,11 @@ def offline_absorption(
     (:func:`checked_absorption_calculator`, checked against SAEBench's method on each SAE) or SAEBench's method
     (False); default: host copies unless ``ABSORPTION_WORDS_ENV`` is ``saebench``. ``absorption_stats(info)`` is
     called after each SAE's check with its record; the experiment's ``forward`` and ``words`` seconds are timed
-    parts (``absorption_experiment.forward``, ``.words``), as are the prompts' building (``.prompts``) and SAEBench's
-    prompt-length check (``.validate``: with the tokens on the host, :func:`validate_prompts_on_host`)."""
+    parts (``absorption_experiment.forward``, ``.words``, ``.check``), as are the prompts' building (``.prompts``),
+    SAEBench's prompt-length check (``.validate``: with the tokens on the host, :func:`validate_prompts_on_host`) and
+    the experiment's reads of the k-sparse results and the probe (``.load``)."""
     import sae_bench.evals.absorption.common as common
+    import sae_bench.evals.absorption.feature_absorption as fa
     import sae_bench.evals.absorption.feature_absorption_calculator as fac
     import sae_bench.evals.absorption.k_sparse_probing as ksp_mod
     import sae_bench.evals.absorption.main as am
@@ -1169,6 +1175,7 @@ def offline_absorption(
     Calc = fac.FeatureAbsorptionCalculator
     orig_validate = Calc._validate_prompts_are_same_length
     orig_build = Calc._build_prompts
+    orig_fa_load = (fa.load_experiment_df, fa.load_probe)
     orig_calculate = Calc.calculate_absorption
     orig_get_tokens = vocab.get_tokens
     orig_train, orig_save = common.train_linear_probe_for_task, common.save_probe_and_data
@@ -1315,6 +1322,9 @@ def offline_absorption(
     probing.DataLoader = _batch_loader(orig_loader)
     Calc._validate_prompts_are_same_length = validate  # type: ignore[method-assign]
     Calc._build_prompts = timed("absorption_experiment.prompts", orig_build)  # type: ignore[method-assign]
+    # the experiment's reads: the k-sparse step's metrics and raw results (parquet), the first-letter probe
+    fa.load_experiment_df = timed("absorption_experiment.load", orig_fa_load[0])
+    fa.load_probe = timed("absorption_experiment.load", orig_fa_load[1])
     vocab.get_tokens = timed("vocabulary", get_tokens)
     if acts_cache is not None:
         ksp_mod._get_sae_acts = acts_cache
@@ -1328,6 +1338,7 @@ def offline_absorption(
         common.train_linear_probe_for_task, common.save_probe_and_data = orig_train, orig_save
         Calc._validate_prompts_are_same_length = orig_validate  # type: ignore[method-assign]
         Calc._build_prompts = orig_build  # type: ignore[method-assign]
+        fa.load_experiment_df, fa.load_probe = orig_fa_load
         Calc.calculate_absorption = orig_calculate  # type: ignore[method-assign]
         vocab.get_tokens = orig_get_tokens
         ksp_mod._get_sae_acts = orig_acts

@@ -1071,3 +1071,7 @@ def test_e2e_h100_real_weight_run_of_2026_12_06_quoted():
     assert f"H100 (2026-12-06) {s['ours_x_saelens']:.2f}x and {s['ours_x_sparsify']:.2f}x" in _flat(
         "docs/limitations.md"
     )
+    _assert_quoted(
+        [f"the first step at 12,288 took {first['12288'][0]:.4f} s, at 16,384 still {first['16384'][0]:.3f} s"],
+        _flat("benchmarks/training_speed/README.md"),
+    )

@@ -169,7 +169,9 @@ def test_checked_calculator_draws_as_saebench_and_falls_back(ab, model, monkeypa
     got = [checked(calc, sae, words=words, **kw), checked(calc, sae, words=words[:20], **kw)]
     assert got == want
     assert rec == [{"host_batches": True, "checked_words": 16}]
-    assert len(parts) == 2 and all(set(p) == {"forward", "words"} and min(p.values()) >= 0 for p in parts)
+    # the check's seconds once, then each call's forward and per-word seconds
+    assert [set(p) for p in parts] == [{"check"}, {"forward", "words"}, {"forward", "words"}]
+    assert all(min(p.values()) >= 0 for p in parts)
 
     real = ab.calculate_absorption_host_batches
 
@@ -361,3 +363,14 @@ def test_stage_times_prompts_and_validation(ab, model, tmp_path, monkeypatch):
         assert seen == ["absorption_experiment.prompts", "absorption_experiment.validate"]
         assert moved == [not host] * len(words)
         assert Calc._build_prompts is orig_build and Calc._validate_prompts_are_same_length is orig_validate
+    # the experiment's reads (the k-sparse results' parquet files, the probe) are a timed part too, and SAEBench's
+    # own functions again after the block
+    import pandas as pd
+    import sae_bench.evals.absorption.feature_absorption as fa
+
+    orig_load = (fa.load_experiment_df, fa.load_probe)
+    pd.DataFrame({"a": [1, 2]}).to_parquet(tmp_path / "x.parquet")
+    seen = []
+    with ab.offline_absorption(model, "m", tmp_path / "w", progress=lambda part, s: seen.append(part)):
+        assert fa.load_experiment_df("x", tmp_path / "x.parquet")["a"].tolist() == [1, 2]
+    assert seen == ["absorption_experiment.load"] and (fa.load_experiment_df, fa.load_probe) == orig_load

@@ -501,7 +501,8 @@ class FastTopKTrainer:
         # steps of this process per padded aux width (0: no aux loss) and the dead latents summed over the aux
         # steps: the aux term's cost grows with the width, so these say where a run's step time went
         self.aux_width_steps: dict[int, int] = {}
-        self.first_steps_s: dict[int, list[float]] = {}  # CUDA: seconds of the first two steps at each aux width
+        # seconds of the first two steps at each aux width (on CUDA; on any device with cfg.profile_first_steps)
+        self.first_steps_s: dict[int, list[float]] = {}
         self.first_steps_profile: dict[int, dict[str, Any]] = {}  # cfg.profile_first_steps: the first one's profile
         self.aux_dead_sum = 0
         # dead_count="lagged": the dead-count bounds of the steps in flight, and the dead latents summed over the
@@ -655,9 +656,10 @@ class FastTopKTrainer:
     def aux_stats(self) -> dict[str, Any]:
         """This process's steps per padded aux width (``"0"``: without the aux loss; d_sae: over all columns), the
         seconds of the first two steps at each width on CUDA (``first_steps_s_by_width``: the first runs eagerly
-        and compiles that width's kernels, the second captures its CUDA graph) and the mean dead fraction over
-        its aux steps (None without any), and why CUDA-graph replay was given up (``cuda_graph_failed``: the capture
-        error; None if it never failed): where the step time went."""
+        and compiles that width's kernels, the second captures its CUDA graph; ``first_steps_profile_by_width``:
+        the first one's profile with ``profile_first_steps``, else empty) and the mean dead fraction over its aux
+        steps (None without any), and why CUDA-graph replay was given up (``cuda_graph_failed``: the capture error;
+        None if it never failed): where the step time went."""
         aux_steps = sum(n for w, n in self.aux_width_steps.items() if w)
         dead_sum = self.aux_dead_sum + (int(self._aux_dead_sum_t) if self._aux_dead_sum_t is not None else 0)
         return {

@@ -22,6 +22,18 @@ def _assert_quoted(quoted: list[str], text: str) -> None:
     assert not missing, missing
 
 
+def _core_pairs(folder: Path, pattern: str) -> tuple[list[tuple[str, float, float]], list]:
+    """(file name, L0, 1 - EV legacy) of the core JSONs of ``folder`` matching ``pattern``, and their dominated
+    pairs (``audit.stats.dominated_pairs``, as the audit counts them)."""
+    from sae_rdp_plugin.audit.stats import dominated_pairs
+
+    pts = []
+    for f in sorted((folder / "core").glob(pattern)):
+        m = json.loads(f.read_text())["eval_result_metrics"]
+        pts.append((f.name, m["sparsity"]["l0"], 1 - m["reconstruction_quality"]["explained_variance_legacy"]))
+    return pts, dominated_pairs([p[1] for p in pts], [p[2] for p in pts]).tolist()
+
+
 def _step_ms(rel: str) -> dict[tuple[str, str], float]:
     """{(config, impl): median ms} of a bench_training_speed.py result file."""
     return {(x["config"], x["impl"]): x["median_ms"] for x in json.loads((ROOT / rel).read_text())["rows"]}
@@ -903,14 +915,8 @@ def test_table2_second_session_of_2026_12_06_quoted():
         _flat("experiments/table2/README.md", after="* host memory:"),
     )
     # the audit of these SAEs then: the dominated pairs among the ten 4k SAEs, each a final against its checkpoint
-    from sae_rdp_plugin.audit.stats import dominated_pairs
-
-    pts = []
-    for f in sorted((rep / "core").glob("*__w4096_*.json")):
-        m = json.loads(f.read_text())["eval_result_metrics"]
-        pts.append((f.name, m["sparsity"]["l0"], 1 - m["reconstruction_quality"]["explained_variance_legacy"]))
+    pts, pairs = _core_pairs(rep, "*__w4096_*.json")
     assert len(pts) == 10
-    pairs = dominated_pairs([p[1] for p in pts], [p[2] for p in pts])
     assert all(pts[i][0].split("_step_")[0] == pts[j][0].split("_step_")[0] for i, j in pairs)
     assert f"audited them then ({len(pairs)} dominated pairs, each a final SAE against its own checkpoint" in text
 
@@ -990,14 +996,8 @@ def test_table2_third_session_of_2026_12_06_quoted():
     )
     assert len(nine["evaluated"]) == 9 and before["calls"][3]["wall_s"] == 443.2
     # the replicate's dominated pairs are all of equal k (one L0), across widths and steps
-    from sae_rdp_plugin.audit.stats import dominated_pairs
-
-    pts = []
-    for f in sorted((rep / "core").glob("*.json")):
-        m = json.loads(f.read_text())["eval_result_metrics"]
-        pts.append((f.name, m["sparsity"]["l0"], 1 - m["reconstruction_quality"]["explained_variance_legacy"]))
+    pts, pairs = _core_pairs(rep, "*.json")
     assert len(pts) == 20
-    pairs = dominated_pairs([p[1] for p in pts], [p[2] for p in pts])
     k_of = [p[0].split("_k")[1].split("_")[0] for p in pts]
     assert len(pairs) == 30 and all(k_of[i] == k_of[j] for i, j in pairs)
     # the results row: r3's audit over its 30 pairs

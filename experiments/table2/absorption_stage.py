@@ -1181,6 +1181,7 @@ def offline_absorption(
     orig_train, orig_save = common.train_linear_probe_for_task, common.save_probe_and_data
     orig_acts = ksp_mod._get_sae_acts
     orig_ksp_train, orig_ksp_scores = ksp_mod.train_k_sparse_probes, ksp_mod.eval_probe_and_sae_k_sparse_raw_scores
+    orig_l1_probe = ksp_mod.train_sparse_multi_probe
     orig_ksp_io = (ksp_mod.load_probe_data_split_or_train, ksp_mod.load_dfs_or_run, ksp_mod.build_metrics_df)
     cap = KSP_CACHE_NNZ if ksp_cache_nnz is None else ksp_cache_nnz
     acts_cache = CachedSaeActs(orig_acts, cap) if cap > 0 else None
@@ -1283,6 +1284,9 @@ def offline_absorption(
     am.run_k_sparse_probing_experiment = timed("k_sparse_probing", ksp_run)
     # its two longest parts, within it (a part name with a dot is inside the part before the dot)
     ksp_mod.train_k_sparse_probes = timed("k_sparse_probing.training", orig_ksp_train)
+    # within the training: the L1 probe over all latents (torch, on the SAE's device) that picks each letter's
+    # latents; the rest is scikit-learn's 260 k-sparse fits on the host
+    ksp_mod.train_sparse_multi_probe = timed("k_sparse_probing.training.l1_probe", orig_l1_probe)
     batched = not saebench_forced(SCORING_ENV) if fast_scoring is None else fast_scoring
 
     def scoring(*a: Any, **k: Any) -> Any:
@@ -1343,6 +1347,7 @@ def offline_absorption(
         vocab.get_tokens = orig_get_tokens
         ksp_mod._get_sae_acts = orig_acts
         ksp_mod.train_k_sparse_probes, ksp_mod.eval_probe_and_sae_k_sparse_raw_scores = orig_ksp_train, orig_ksp_scores
+        ksp_mod.train_sparse_multi_probe = orig_l1_probe
         ksp_mod.load_probe_data_split_or_train, ksp_mod.load_dfs_or_run, ksp_mod.build_metrics_df = orig_ksp_io
         if acts_cache is not None:
             acts_cache.clear()

@@ -363,14 +363,19 @@ def test_stage_times_prompts_and_validation(ab, model, tmp_path, monkeypatch):
         assert seen == ["absorption_experiment.prompts", "absorption_experiment.validate"]
         assert moved == [not host] * len(words)
         assert Calc._build_prompts is orig_build and Calc._validate_prompts_are_same_length is orig_validate
-    # the experiment's reads (the k-sparse results' parquet files, the probe) are a timed part too, and SAEBench's
-    # own functions again after the block
+    # the experiment's reads (the k-sparse results' parquet files, the probe) and the k-sparse step's L1 probe are
+    # timed parts too, and SAEBench's own functions again after the block
     import pandas as pd
     import sae_bench.evals.absorption.feature_absorption as fa
+    import sae_bench.evals.absorption.k_sparse_probing as ksp_mod
 
-    orig_load = (fa.load_experiment_df, fa.load_probe)
+    orig_load = (fa.load_experiment_df, fa.load_probe, ksp_mod.train_sparse_multi_probe)
     pd.DataFrame({"a": [1, 2]}).to_parquet(tmp_path / "x.parquet")
     seen = []
+    monkeypatch.setattr(ksp_mod, "train_sparse_multi_probe", lambda *a, **k: "probe")
+    l1 = ksp_mod.train_sparse_multi_probe
     with ab.offline_absorption(model, "m", tmp_path / "w", progress=lambda part, s: seen.append(part)):
         assert fa.load_experiment_df("x", tmp_path / "x.parquet")["a"].tolist() == [1, 2]
-    assert seen == ["absorption_experiment.load"] and (fa.load_experiment_df, fa.load_probe) == orig_load
+        assert ksp_mod.train_sparse_multi_probe(1, 2) == "probe"  # the k-sparse step's L1 probe, timed
+    assert seen == ["absorption_experiment.load", "k_sparse_probing.training.l1_probe"]
+    assert (fa.load_experiment_df, fa.load_probe, ksp_mod.train_sparse_multi_probe) == (*orig_load[:2], l1)

@@ -987,10 +987,8 @@ def test_table2_third_session_of_2026_12_06_quoted():
             f"--time-budget 250`: {dev[4]['wall_s']:.1f} s call, sparse probing of all 10 SAEs in "
             f"{e[-1]['wall_s']:.1f} s ({sp['sae_workers']} workers, {rng(list(sp['sae_s'].values()))} s per SAE)",
             f"The {dev[4]['budget_left_s']} s left",
-            f"({rng([p['absorption_experiment'] for p in parts])} s with ten workers against "
-            f"{rng([p['absorption_experiment'] for p in nine['sae_parts_s'].values()])} s\n   with nine".replace(
-                "\n   ", " "
-            ),
+            f"({rng([p['absorption_experiment'] for p in parts])} s with ten workers on 16k SAEs against "
+            f"{rng([p['absorption_experiment'] for p in nine['sae_parts_s'].values()])} s with nine on 4k SAEs",
         ],
         text,
     )
@@ -1040,6 +1038,7 @@ def test_e2e_h100_real_weight_run_of_2026_12_06_quoted():
         for day in ("2026-12-03", "2026-12-04", "2026-12-05")
     ] + [s["ours_x_saelens"]]
     old = json.loads((runs / "2026-12-05-real-weights-ctx128/latest.json").read_text())
+    assert old["device"] == "NVIDIA H200"
     old_first = {x["row"]: x for x in old["rows"]}["ours"]["saes"][0]["first_steps_s_by_width"]
     prev_lag = json.loads((runs / "2026-12-05-h100-lagged/latest.json").read_text())["summary"]["lagged_x_ours"]
     section = _flat("benchmarks/e2e/README.md", after="## Real weights, `ours_lagged`, after a table2 session's calls")
@@ -1051,7 +1050,7 @@ def test_e2e_h100_real_weight_run_of_2026_12_06_quoted():
             f"{ours['time_split']['first_forward_s']:.1f} s), `ours_lagged` (run second) "
             f"{lag['tokens_per_s_wall']:,.0f} (first forward {lag['time_split']['first_forward_s']:.1f} s)",
             f"`ours_lagged` {lag['tokens_per_s']:,.0f} tokens/s, {s['lagged_x_ours']:.2f}x ours ({prev_lag:.2f}x",
-            f"{first['12288'][0]:.4f} s at 12,288 ({old_first['12288'][0]:.2f} s on 2026-12-05)",
+            f"{first['12288'][0]:.4f} s at 12,288 ({old_first['12288'][0]:.2f} s on 2026-12-05, on the H200",
             f"{first['16384'][0]:.3f} s at 16,384 ({first_lag['16384'][0]:.3f} s in `ours_lagged`)",
             f"{100 * first['16384'][0] / ours['time_split']['sae_step_s']:.0f}%\n  of ours' "
             f"{ours['time_split']['sae_step_s']:.1f} s of SAE steps".replace("\n  ", " "),

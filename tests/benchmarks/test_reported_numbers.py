@@ -1042,6 +1042,12 @@ def test_e2e_h100_real_weight_run_of_2026_12_06_quoted():
     old_first = {x["row"]: x for x in old["rows"]}["ours"]["saes"][0]["first_steps_s_by_width"]
     prev_lag = json.loads((runs / "2026-12-05-h100-lagged/latest.json").read_text())["summary"]["lagged_x_ours"]
     section = _flat("benchmarks/e2e/README.md", after="## Real weights, `ours_lagged`, after a table2 session's calls")
+    # the step time 10x sparsify would allow, from this run's split (the forward after its first, compiling call)
+    ts, steps = ours["time_split"], ours["saes"][0]["steps"]
+    need = 10 * sp["tokens_per_s"]
+    budget = ours["tokens"] / need
+    fwd = ts["forward_s"] - ts["first_forward_s"]
+    left = budget - fwd - ts["other_s"]
     _assert_quoted(
         [
             f"ours {ours['tokens_per_s']:,.0f} tokens/s after warm-up = {s['ours_x_saelens']:.2f}x SAELens's runner "
@@ -1057,6 +1063,11 @@ def test_e2e_h100_real_weight_run_of_2026_12_06_quoted():
             f"ours {ours['heldout_fvu']:.4f}, `ours_lagged` {lag['heldout_fvu']:.4f} (20M tokens); sparsify "
             f"{sp['heldout_fvu']:.4f} and SAELens {sl['heldout_fvu']:.4f} at 2M tokens",
             "sessions: " + ", ".join(f"{x:.2f}x" for x in ratios) + ".",
+            f"10x sparsify would take here: {need:,.0f} tokens/s, i.e. {budget:.1f} s for ours' 20M tokens. Its "
+            f"forward took {fwd:.1f} s after the first (compiling) one and the rest {ts['other_s']:.1f} s, which "
+            f"leaves {left:.1f} s for the {steps:,} SAE steps: {1e3 * left / steps:.2f} ms per step of "
+            f"{d['settings']['batch']:,} tokens against the {1e3 * ts['sae_step_s'] / steps:.2f} ms measured",
+            f"a {ts['sae_step_s'] / left:.1f}x faster step",
         ],
         section,
     )

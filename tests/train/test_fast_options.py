@@ -83,13 +83,12 @@ def test_first_steps_profiled_per_aux_width(tmp_path):
     too (its seconds, the ops' self CPU time, the rest, the top ops), the step's results unchanged (the same weights
     as an unprofiled run of the same seed and data); off by default: no profile."""
     import torch
+    from safetensors.torch import load_file
 
     def run(profile: bool, out: str) -> tuple[dict, dict]:
         spec = SAESpec("h.a", cfg("topk", d_sae=1024, k=1, dead_feature_window=1), tmp_path / out)
         opts = {"profile_first_steps": True} if profile else None
         (r,) = train_saes(iter(make_batches(8)), [spec], tokens=6 * B, progress=False, fast=True, fast_options=opts)
-        from safetensors.torch import load_file
-
         return r, load_file(str(tmp_path / out / "sae_weights.safetensors"))
 
     (r, w), (r0, w0) = run(True, "p"), run(False, "q")

@@ -1786,7 +1786,6 @@ def _child(
     jobs: Any,
     events: Any,
     index: int,
-    threads: int,
     vocab_sample: int | None,
     probe_kw: dict | None = None,
 ) -> None:
@@ -1800,7 +1799,7 @@ def _child(
     def send(ev: tuple) -> None:
         events.put((index, ev))
 
-    with _thread_limits(threads):
+    with _thread_limits(WORKER_THREADS):
         args = (model, model_name, jobs, work, cfg_kw, device, probe_batch, deadline, send)
         _work(*args, trains_probe=index == 0, vocab_sample=vocab_sample, **(probe_kw or {}))
 
@@ -2068,19 +2067,22 @@ def run_absorption(
 
     cfg_kw = dataclasses.asdict(cfg)
     probe_kw = {"carry": None if carry is None else carry.resolve(), "stage": stage}
-    threads = WORKER_THREADS
     if jobs:
-        rec["threads_per_worker"] = threads
-    if jobs and inline:
+        rec["threads_per_worker"] = WORKER_THREADS
+
+    def in_process() -> None:  # every SAE in this process, with a worker's thread limits
         send0 = functools.partial(handle, 0)
         args = (model, model_name, list(jobs), work, cfg_kw, device, probe_batch, deadline, send0)
-        with _thread_limits(threads):
+        with _thread_limits(WORKER_THREADS):
             _work(*args, trains_probe=True, vocab_sample=vocab_sample, **probe_kw)
+
+    if jobs and inline:
+        in_process()
     elif jobs:
         common = (model, model_name, work, cfg_kw, device, probe_batch, deadline)
         try:
             guard = guard or MemoryGuard.for_host()
-            _supervise(common, jobs, n, threads, vocab_sample, deadline, handle, states, rec, probe_kw, guard)
+            _supervise(common, jobs, n, vocab_sample, deadline, handle, states, rec, probe_kw, guard)
             rec["host_memory"] = guard.record()
         except Exception as e:  # noqa: BLE001 - starting the workers failed here (e.g. the model not picklable)
             rec["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
@@ -2092,10 +2094,7 @@ def run_absorption(
             rec["mode"] = "inline (the workers failed to start)"
             log(f"absorption: the workers failed to start ({rec['workers_failed']}); evaluating in this process")
             _clear_cut_probes(work)  # a probe phase cut by an earlier call (or worker)
-            send0 = functools.partial(handle, 0)
-            args = (model, model_name, list(jobs), work, cfg_kw, device, probe_batch, deadline, send0)
-            with _thread_limits(threads):
-                _work(*args, trains_probe=True, vocab_sample=vocab_sample, **probe_kw)
+            in_process()
     rec["config"] = cfg_kw
     rec["left"] = [s.name for s in todo if s.name not in rec["evaluated"]]
     rec["complete"] = not rec["left"] and "error" not in rec
@@ -2162,7 +2161,6 @@ def _supervise(
     common: tuple,
     jobs: list,
     n: int,
-    threads: int,
     vocab_sample: int | None,
     deadline: float,
     handle: Callable[[int, tuple], None],
@@ -2180,9 +2178,7 @@ def _supervise(
     job_q, events = ctx.Queue(), ctx.Queue()
     for job in [*jobs, *[None] * n]:
         job_q.put(job)
-    procs = [
-        ctx.Process(target=_child, args=(*common, job_q, events, i, threads, vocab_sample, probe_kw)) for i in range(n)
-    ]
+    procs = [ctx.Process(target=_child, args=(*common, job_q, events, i, vocab_sample, probe_kw)) for i in range(n)]
     ended, silent = [False] * n, [0] * n
     stopping: dict[int, float] = {}  # workers told to stop for host memory: when
 

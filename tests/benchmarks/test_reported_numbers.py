@@ -1078,6 +1078,14 @@ def test_e2e_h100_real_weight_run_of_2026_12_06_quoted():
         ],
         _flat("README.md"),
     )
+    _assert_quoted(
+        [
+            f"it did not pay: {prev_lag:.2f}x the default in one run",
+            f"and {s['lagged_x_ours']:.2f}x in one more (2026-12-06, real weights",
+            f"on that H100 run {first['12288'][0]:.4f} s at 12,288 but {first['16384'][0]:.3f} s at 16,384",
+        ],
+        _flat("docs/fast_training.md"),
+    )
     assert f"H100 (2026-12-06) {s['ours_x_saelens']:.2f}x and {s['ours_x_sparsify']:.2f}x" in _flat(
         "docs/limitations.md"
     )

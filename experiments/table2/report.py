@@ -423,10 +423,19 @@ def _dominating(pts: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[st
     return [(pts[i], pts[j]) for i, j in dominated_pairs([p["R"] for p in pts], [p["D"] for p in pts])]
 
 
+def _target_level(level: str | None) -> str | None:
+    """The sparsity level an SAE id's level names: its calibration target ``cal<i>`` where it has one (ReLU-L1 and
+    JumpReLU: the coefficient reaching the i-th target L0 differs by width, e.g. ``l0_coefficient0_18_cal0`` at 16k
+    and ``l0_coefficient0_218_cal0`` at 4k), else the level itself (k, or the WSAE arm's variant)."""
+    m = re.search(r"_(cal\d+)$", level or "")
+    return m[1] if m else level
+
+
 def pair_kinds(pts: list[dict[str, Any]]) -> dict[str, int]:
     """Dominated pairs of one release (R_i <= R_j, D_i <= D_j, not equal) by what separates the two SAEs, in this
-    order: the level (the part of the SAE id between width and seed: the sparsity level, or for the WSAE arm's
-    ``weighted_topk`` the alpha / cap variant at one k), the width, the seed, else the training step."""
+    order: the level (the part of the SAE id between width and seed, its calibration target where it has one
+    (:func:`_target_level`): the sparsity level, or for the WSAE arm's ``weighted_topk`` the alpha / cap variant at
+    one k), the width, the seed, else the training step."""
     kinds = {
         "sparsity level": 0,
         "WSAE variant (alpha / cap)": 0,
@@ -437,7 +446,7 @@ def pair_kinds(pts: list[dict[str, Any]]) -> dict[str, int]:
     for a, b in _dominating(pts):
         if a["release"] != b["release"]:
             continue
-        if a["level"] != b["level"]:
+        if _target_level(a["level"]) != _target_level(b["level"]):
             wsae = str(a["release"]).endswith("-weighted_topk")
             kinds["WSAE variant (alpha / cap)" if wsae else "sparsity level"] += 1
         elif a["width"] != b["width"]:

@@ -338,6 +338,19 @@ def test_pair_kinds_tell_seeds_and_wsae_variants_from_checkpoints_and_levels():
         "width (same level)": 2,
         "checkpoint vs final (same width, level, seed)": 1,
     }
+    # calibrated levels: the coefficient reaching a target L0 differs by width; the target (cal<i>) is the level
+    j = "table2-gemma3-270m-L9-jumprelu"
+    pts = [
+        pt(j, 16384, "l0_coefficient0_18_cal0", 0, "final", 198, 0.078),
+        pt(j, 4096, "l0_coefficient0_218_cal0", 0, "final", 268, 0.088),  # same target, other width
+        pt(j, 4096, "l0_coefficient0_46_cal1", 0, "final", 97, 0.157),  # another target: not dominated
+        pt(j, 4096, "l0_coefficient0_5_cal10", 0, "final", 300, 0.090),  # dominated by the cal0 SAEs: level pairs
+    ]
+    assert rep.pair_kinds(pts) == {
+        "sparsity level": 2,
+        "width (same level)": 1,
+        "checkpoint vs final (same width, level, seed)": 0,
+    }
 
 
 def test_wsae_variant_lines_from_core_and_proxy_jsons(tmp_path):

@@ -3,6 +3,7 @@ quoted string is formatted here from the JSON, so a re-run that changes the JSON
 typo in the text) fails."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -1020,6 +1021,130 @@ def test_table2_third_session_of_2026_12_06_quoted():
         _flat("README.md"),
     )
     assert frac["V_ci"][0] <= 0.480 <= frac["V_ci"][1] and split["V_ci"][0] <= 0.441 <= split["V_ci"][1]
+
+
+def test_table2_fourth_session_of_2026_12_06_quoted():
+    """table2 README section 6, the fourth session of 2026-12-06: JumpReLU's replicate r2 (two T calls, absorption on
+    ten SAEs in one wave, sparse probing), quoted from the device calls, the stage records and the train summaries;
+    the 4k SAEs equal to the committed sweep's, the 16k ones close; the SAEs with every offline eval counted."""
+    reps = ROOT / "experiments/table2/results/replicates"
+    rep = reps / "gemma3-270m-L9-jumprelu-r2"
+    committed = ROOT / "experiments/table2/results/gemma3-270m-L9"
+    dev = json.loads((rep / "device_calls_2026-12-06-s4.json").read_text())["calls"]
+    t = json.loads((rep / "stage_T-gemma3-270m-9-jumprelu.json").read_text())["calls"]
+    e = json.loads((rep / "stage_E-gemma3-270m-9.json").read_text())["calls"]
+    ab, sp = e[0]["absorption"], e[1]["sparse_probing"]
+    assert [len(c["trained"]) for c in t] == [5, 5] and not t[1]["left_for_later"] and not t[1]["evals_left_for_later"]
+    assert len(ab["evaluated"]) == 10 and not ab["left"] and len(sp["evaluated"]) == 10
+    assert all(c["device"] == "NVIDIA H100 80GB HBM3" for c in (*t, *e))
+
+    def rng(v, f=".1f"):
+        return f"{min(v):{f}}-{max(v):{f}}"
+
+    ev = t[0]["eval_seconds"].values()
+    parts = list(ab["sae_parts_s"].values())
+
+    def part(k, f=".1f"):
+        return rng([p[k] for p in parts], f)
+
+    r3 = json.loads((reps / "gemma3-270m-L9-topk-r3/stage_E-gemma3-270m-9.json").read_text())["calls"][-2]
+    r3_exp = [p["absorption_experiment"] for p in r3["absorption"]["sae_parts_s"].values()]
+    text = _flat("experiments/table2/README.md", after="**Fourth session of 2026-12-06**")
+    _assert_quoted(
+        [
+            f"--max-saes 5`: {dev[2]['wall_s']:.1f} s call, stage {t[0]['wall_s']:.1f} s",
+            f"core ({max(v['core'] for v in ev):.1f} s each, SAEBench's batches "
+            f"{max(v['core_phases']['run_evals'] for v in ev):.1f} s; peak "
+            f"{min(t[0]['core_peak_gib'].values()):.0f}-{max(t[0]['core_peak_gib'].values()):.0f} GiB)",
+            f"--widths 16384 --max-saes 5`: {dev[3]['wall_s']:.1f} s call, stage {t[1]['wall_s']:.1f} s",
+            f"--time-budget 540`: {dev[4]['wall_s']:.1f} s call, stage {e[0]['wall_s']:.1f} s",
+            f"({ab['workers']} workers, one thread each; started in {ab['workers_start_s']:.1f} s, the carried probe "
+            f"{ab['probe_s']:.1f} s); per SAE {rng(list(ab['sae_s'].values()))} s",
+            f"k-sparse probing {part('k_sparse_probing')} s (the probes' training {part('k_sparse_probing.training')} "
+            f"s, of which the L1 probe over all latents {part('k_sparse_probing.training.l1_probe')} s)",
+            f"the absorption experiment {part('absorption_experiment')} s",
+            f"forward {part('absorption_experiment.forward')} s, SAEBench's prompt-length check on the host "
+            f"{part('absorption_experiment.validate')} s, the per-word loop {part('absorption_experiment.words')} s",
+            f"probe {part('absorption_experiment.load')} s, the prompts {part('absorption_experiment.prompts')} s, "
+            f"the run-time check {part('absorption_experiment.check')} s",
+            f"r3's TopK experiment took {rng(r3_exp)} s",
+            f"--time-budget 250`: {dev[7]['wall_s']:.1f} s call, sparse probing of the ten SAEs in "
+            f"{e[1]['wall_s']:.1f} s ({rng(list(sp['sae_s'].values()))} s per SAE)",
+            f"The {dev[8]['budget_left_s']} s left",
+        ],
+        text,
+    )
+    assert "refused" in dev[5] and dev[7]["carry"] == [".carry/pw_b"]
+    # all of the experiment's time is in its timed parts (to the rounding of each)
+    for p in parts:
+        inner = sum(v for k, v in p.items() if k.startswith("absorption_experiment."))
+        assert abs(inner - p["absorption_experiment"]) < 0.1 * p["absorption_experiment"]
+    # the 4k SAEs: the committed sweep's train summaries digit for digit; the 16k ones: within the quoted bounds
+    fvu, l0 = [], []
+    for f in sorted((rep / "train_summaries").glob("*.json")):
+        a, b = (json.loads(x.read_text()) for x in (f, committed / "train_summaries" / f.name))
+        keys = ("final_loss", "heldout_fvu", "heldout_l0")
+        if "__w4096__" in f.name:
+            assert all(a[k] == b[k] for k in keys), f.name
+        else:
+            assert a["heldout_fvu"] != b["heldout_fvu"]
+            fvu.append(abs(a["heldout_fvu"] / b["heldout_fvu"] - 1))
+            l0.append(abs(a["heldout_l0"] / b["heldout_l0"] - 1))
+    assert len(fvu) == 5
+    dce, dl0 = [], []
+    for f in sorted((rep / "core").glob("*w4096*.json")):
+        a, b = (json.loads(x.read_text())["eval_result_metrics"] for x in (f, committed / "core" / f.name))
+        dce.append(
+            abs(
+                a["model_performance_preservation"]["ce_loss_score"]
+                - b["model_performance_preservation"]["ce_loss_score"]
+            )
+        )
+        dl0.append(abs(a["sparsity"]["l0"] - b["sparsity"]["l0"]))
+    assert len(dce) == 5 and max(dce) <= 1.3e-7 and max(dl0) <= 7e-5
+    _assert_quoted(
+        [
+            f"their held-out FVU within {100 * max(fvu):.1f}% (relative)",
+            f"their held-out L0 within {100 * max(l0):.1f}%",
+        ],
+        text,
+    )
+    # SAEs with every offline eval across the replicates; the replicate's dominated pairs
+    evals = ("core", "rdp_proxies", "absorption_first_letter", "sparse_probing_sae_probes")
+    full = 0
+    for r in reps.iterdir():
+        names = [{f.name for f in (r / ev).glob("*.json")} for ev in evals]
+        full += len(set.intersection(*names))
+    jr = [
+        r
+        for r in json.loads((ROOT / "experiments/table2/table2.json").read_text())["replicates"]
+        if r["replicate"] == "gemma3-270m-L9-jumprelu-r2" and r["grouping"] == "architecture" and r["role"] == "proxy"
+    ]
+    assert len(jr) == 8 and len({r["n_pairs"] for r in jr}) == 1 and len({r["n_saes"] for r in jr}) == 1
+    assert all(r["V_ci"][0] <= 0.5 <= r["V_ci"][1] for r in jr)
+    _assert_quoted(
+        [
+            f"JumpReLU's {jr[0]['n_saes']} trained again (its five 4k SAEs equal the committed ones; "
+            f"{jr[0]['n_pairs']} dominated pairs, no proxy's V interval excludes 0.5)"
+        ],
+        _flat("README.md"),
+    )
+    findings = _flat("experiments/table2/FINDINGS.md", after="- `table2-gemma3-270m-L9-standard`: ")
+    std = re.match(r"- `[^`]+`: \d+ dominated pairs under D = 1-EV: (\d+) sparsity level, (\d+) width", findings)
+    std_level, std_width = int(std[1]), int(std[2])
+    pts, pairs = _core_pairs(rep, "*.json")
+    level = [p[0].split("_cal")[1].split("_")[0] for p in pts]
+    assert len(pts) == 10 and all(level[i] == level[j] and "__w16384_" in pts[i][0] for i, j in pairs)
+    assert all("__w4096_" in pts[j][0] for _, j in pairs)
+    _assert_quoted(
+        [
+            f"{full} SAEs of this model-layer now have every offline eval (r3's 20 TopK, these 10)",
+            f"Their {len(pairs)} dominated pairs are each a 16k SAE against the 4k SAE of the same calibration target",
+            f'turns {std_width} of the committed ReLU-L1 sweep\'s {std_level + std_width} "sparsity level" pairs into '
+            "width pairs",
+        ],
+        text,
+    )
 
 
 def test_e2e_h100_real_weight_run_of_2026_12_06_quoted():

@@ -192,17 +192,58 @@ def _first_step_profiler(device: torch.device) -> Any:
     return torch.profiler.profile(activities=acts)
 
 
-def first_step_profile(prof: Any, wall_s: float, top: int = 8) -> dict[str, Any]:
+@contextlib.contextmanager
+def triton_compiles() -> Iterator[list[dict[str, Any]]]:
+    """The Triton kernels compiled inside the block, in order: ``{"name", "s"}`` (the kernel's qualified name, the
+    seconds from Triton's pre-compile hook to its post-compile hook). Installs ``triton.knobs.runtime``'s
+    ``jit_cache_hook`` / ``jit_post_compile_hook`` for the block, calling any hooks set before (the pre-compile
+    hook's answer is theirs: a true one skips the compilation) and restoring them after. Empty without Triton's
+    hooks, and under the interpreter (nothing is compiled)."""
+    found: list[dict[str, Any]] = []
+    try:
+        from triton import knobs
+    except Exception:  # noqa: BLE001 (no triton, or one without knobs)
+        yield found
+        return
+    rt = knobs.runtime
+    before, after = rt.jit_cache_hook, rt.jit_post_compile_hook
+    started: dict[str, float] = {}
+
+    def pre(**kw: Any) -> bool | None:
+        started[kw["key"] if isinstance(kw["key"], str) else repr(kw["key"])] = time.perf_counter()
+        return before(**kw) if before is not None else None
+
+    def post(**kw: Any) -> bool | None:
+        t0 = started.pop(kw["key"] if isinstance(kw["key"], str) else repr(kw["key"]), None)
+        fn = kw["fn"]
+        name = f"{getattr(fn, 'module', '')}.{getattr(fn, 'name', fn)}".lstrip(".")
+        found.append({"name": name, "s": round(time.perf_counter() - t0, 4) if t0 is not None else None})
+        return after(**kw) if after is not None else None
+
+    rt.jit_cache_hook, rt.jit_post_compile_hook = pre, post
+    try:
+        yield found
+    finally:
+        rt.jit_cache_hook, rt.jit_post_compile_hook = before, after
+
+
+def first_step_profile(
+    prof: Any, wall_s: float, compiled: list[dict[str, Any]] | None = None, top: int = 8
+) -> dict[str, Any]:
     """Where one profiled step's ``wall_s`` seconds of host time went: ``devices.profile_summary``'s top ops by
     self CPU time, ``ops_cpu_s`` (the self CPU time of all ops, nested ones counted once) and ``unattributed_s`` =
     wall_s - ops_cpu_s, the time in Python outside any op (Triton compiling a kernel, the allocator's own calls
-    are inside ops)."""
+    are inside ops); ``triton_compiled``: the kernels Triton compiled in the step (:func:`triton_compiles`) and
+    ``triton_compile_s`` their seconds, the part of ``unattributed_s`` that compilation explains."""
     ops = sum(ev.self_cpu_time_total for ev in prof.key_averages()) / 1e6
     out = profile_summary(prof, wall_s, top=top)
+    compiled = compiled or []
     return {"wall_s": round(wall_s, 4), "ops_cpu_s": round(ops, 4), "unattributed_s": round(wall_s - ops, 4),
             "host_syncs": out["host_syncs_per_step"],
             "top": [{"name": r["name"], "calls": r["calls_per_step"], "ms": round(r["ms_per_step"], 3)}
-                    for r in out["top"]]}  # fmt: skip
+                    for r in out["top"]],
+            "triton_compiled": compiled,
+            "triton_compile_s": round(sum(c["s"] or 0.0 for c in compiled), 4)}  # fmt: skip
 
 
 @dataclass
@@ -655,15 +696,18 @@ class FastTopKTrainer:
 
     def aux_stats(self) -> dict[str, Any]:
         """This process's steps per padded aux width (``"0"``: without the aux loss; d_sae: over all columns), the
-        seconds of the first two steps at each width on CUDA (``first_steps_s_by_width``: the first runs eagerly
-        and compiles that width's kernels, the second captures its CUDA graph; ``first_steps_profile_by_width``:
-        the first one's profile with ``profile_first_steps``, else empty) and the mean dead fraction over its aux
+        widths in the order they first ran (``aux_widths_in_order``: a width's first step pays the one-off costs
+        that no earlier step paid, such as the first aux step's kernels), the seconds of the first two steps at each
+        width on CUDA (``first_steps_s_by_width``: the first runs eagerly and compiles that width's kernels, the
+        second captures its CUDA graph; ``first_steps_profile_by_width``: the first one's profile with
+        ``profile_first_steps``, else empty) and the mean dead fraction over its aux
         steps (None without any), and why CUDA-graph replay was given up (``cuda_graph_failed``: the capture error;
         None if it never failed): where the step time went."""
         aux_steps = sum(n for w, n in self.aux_width_steps.items() if w)
         dead_sum = self.aux_dead_sum + (int(self._aux_dead_sum_t) if self._aux_dead_sum_t is not None else 0)
         return {
             "aux_steps_by_width": {str(w): n for w, n in sorted(self.aux_width_steps.items())},
+            "aux_widths_in_order": list(self.aux_width_steps),  # (a dict keeps its keys' first-insertion order)
             "first_steps_s_by_width": {str(w): [round(t, 4) for t in s] for w, s in sorted(self.first_steps_s.items())},
             "first_steps_profile_by_width": {str(w): p for w, p in sorted(self.first_steps_profile.items())},
             "mean_dead_fraction_aux_steps": dead_sum / (aux_steps * self.cfg.d_sae) if aux_steps else None,
@@ -794,11 +838,12 @@ class FastTopKTrainer:
         done = self.aux_width_steps.get(width, 0)
         first = done < 2 and (self.device.type == "cuda" or cfg.profile_first_steps)
         with contextlib.ExitStack() as stack:
-            prof = None
+            prof = compiled = None
             if first:
                 synchronize(self.device)
                 if cfg.profile_first_steps and done == 0:
                     prof = stack.enter_context(_first_step_profiler(self.device))
+                    compiled = stack.enter_context(triton_compiles())
                 t_first = time.perf_counter()
             self.aux_width_steps[width] = done + 1
             with _deterministic_algorithms(cfg.deterministic):
@@ -813,7 +858,7 @@ class FastTopKTrainer:
                 dt = time.perf_counter() - t_first
                 self.first_steps_s.setdefault(width, []).append(dt)
         if prof is not None:  # stopped on leaving the block
-            self.first_steps_profile[width] = first_step_profile(prof, dt)
+            self.first_steps_profile[width] = first_step_profile(prof, dt, compiled)
         self.n_frac_active_samples += B
         self.n_training_steps += 1
         return losses

@@ -370,6 +370,7 @@ def _forward_seconds(stats: Any) -> float | None:
 # the keys of FastTopKTrainer.aux_stats, None in the report of an SAE on SAELens's step
 AUX_STATS_KEYS = (
     "aux_steps_by_width",
+    "aux_widths_in_order",
     "first_steps_s_by_width",
     "first_steps_profile_by_width",
     "mean_dead_fraction_aux_steps",

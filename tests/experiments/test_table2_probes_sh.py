@@ -60,7 +60,7 @@ def test_a_missing_or_foreign_half_is_refused_and_nothing_joined(tmp_path):
     assert r.returncode == 0
     r = _probes(tmp_path, "join")  # the first half never came
     assert r.returncode == 3 and r.stderr.strip() == (
-        "error: sae_probes-0.4.2-py3-none-any.whl.part0: not in " f"{tmp_path / 'parts'} (put both halves)"
+        f"error: sae_probes-0.4.2-py3-none-any.whl.part0: not in {tmp_path / 'parts'} (put both halves)"
     )
     assert not (tmp_path / "joined").exists() and not (tmp_path / "joined.tmp").exists()
     # a first half from another split (other bytes) is caught by the checksum

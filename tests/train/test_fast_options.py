@@ -69,6 +69,10 @@ def test_aux_widths_in_the_summary(tmp_path):
     assert all(1024 * 7 / 8 <= int(w) <= 1024 for w in widths)
     assert 7 / 8 <= res[0]["mean_dead_fraction_aux_steps"] < 1.0
     assert res[1]["aux_steps_by_width"] == {"0": 6} and res[1]["mean_dead_fraction_aux_steps"] is None
+    # the order they first ran: no aux loss first (window 1), then the aux widths
+    order = res[0]["aux_widths_in_order"]
+    assert order[0] == 0 and sorted(map(str, order)) == sorted({"0", *widths})
+    assert len(set(order)) == len(order) and res[1]["aux_widths_in_order"] == [0]
     assert res[0]["first_steps_s_by_width"] == {}  # timed on CUDA only (test below)
     assert res[0]["cuda_graph_failed"] is None  # (no graphs on a CPU)
     slow = train_saes(
@@ -76,6 +80,7 @@ def test_aux_widths_in_the_summary(tmp_path):
     )
     assert slow[0]["aux_steps_by_width"] is None and slow[0]["mean_dead_fraction_aux_steps"] is None
     assert slow[0]["first_steps_s_by_width"] is None and slow[0]["cuda_graph_failed"] is None
+    assert slow[0]["aux_widths_in_order"] is None
 
 
 def test_first_steps_profiled_per_aux_width(tmp_path):
@@ -97,6 +102,7 @@ def test_first_steps_profiled_per_aux_width(tmp_path):
     for p in prof.values():
         assert p["wall_s"] > 0 and 0 <= p["ops_cpu_s"] and p["top"] and all(t["ms"] >= 0 for t in p["top"])
         assert p["unattributed_s"] == pytest.approx(p["wall_s"] - p["ops_cpu_s"], abs=2e-4)
+        assert p["triton_compiled"] == [] and p["triton_compile_s"] == 0  # nothing compiles on the CPU
     assert set(r["first_steps_s_by_width"]) == set(steps)  # timed on the CPU when profiled
     assert r0["first_steps_profile_by_width"] == {} and r0["first_steps_s_by_width"] == {}
     assert w.keys() == w0.keys() and all(torch.equal(w[k], w0[k]) for k in w)

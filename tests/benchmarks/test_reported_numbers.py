@@ -1147,6 +1147,36 @@ def test_table2_fourth_session_of_2026_12_06_quoted():
     )
 
 
+def test_e2e_first_step_profile_of_2026_12_06_quoted():
+    """benchmarks/e2e README's first-step profile section and docs/fast_training.md, from that run's latest.json."""
+    d = json.loads((ROOT / "benchmarks/e2e/runs/2026-12-06-h100-first-profile/latest.json").read_text())
+    assert "H100" in d["device"] and [r["row"] for r in d["rows"]] == ["ours_first_profile"]
+    row = d["rows"][0]
+    prof = row["saes"][0]["first_steps_profile_by_width"]
+    p16, p0 = prof["16384"], prof["0"]
+    top = {t["name"]: t for t in p16["top"]}
+    others = [p["wall_s"] for w, p in prof.items() if w not in ("0", "16384")]
+    assert p16["host_syncs"] == 0 and p16["unattributed_s"] > 0.9 * p16["wall_s"]
+    _assert_quoted(
+        [
+            f"At 16,384: {p16['wall_s']:.3f} s, of which the ops' self CPU time {p16['ops_cpu_s']:.3f} s and "
+            f"{p16['unattributed_s']:.3f} s in no op, with no host synchronisation",
+            f"`aten::scatter_` ({top['aten::scatter_']['calls']:.0f} calls, {top['aten::scatter_']['ms']:.1f} ms), "
+            f"`aten::topk` ({top['aten::topk']['ms']:.1f} ms), `aten::mm` ({top['aten::mm']['ms']:.1f} ms), "
+            f"{top['cuLaunchKernelEx']['calls']:.0f} Triton launches (`cuLaunchKernelEx`) and "
+            f"{top['Lazy Function Loading']['calls']:.0f} lazy CUDA function loads",
+            f"the first step took {min(others):.4f}-{max(others):.4f} s",
+            f"took {p0['wall_s']:.3f} s, {p0['unattributed_s']:.3f} s of it in no op",
+            f"Its steady-state rate, {row['tokens_per_s']:,.0f} tokens/s",
+        ],
+        _flat("benchmarks/e2e/README.md", after="## First-step profile, real weights"),
+    )
+    _assert_quoted(
+        [f"found {p16['unattributed_s']:.3f} of the {p16['wall_s']:.3f} s at 16,384 outside any op"],
+        _flat("docs/fast_training.md"),
+    )
+
+
 def test_e2e_h100_real_weight_run_of_2026_12_06_quoted():
     """benchmarks/e2e README's 2026-12-06 section and the top README's e2e row, from that run's latest.json; the
     same-run ratios of the four real-weight sessions from their runs' summaries."""

@@ -65,7 +65,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -332,6 +332,13 @@ class FastTopKConfig:
     # no op accounts for, such as Triton's compilation in Python). Those one-off steps compile and load what a new
     # width needs and have cost seconds at some widths; the profile tells which part. Off: no profiler.
     profile_first_steps: bool = False
+    # compile the dead-latent aux loss's kernels at the first step, before the aux loss can run: "auto" (on CUDA
+    # with the Triton step, single process), "on" (any device: tests), "off". Its kernels otherwise compile at the
+    # run's first aux step (step dead_feature_window + 1), inside the timed steps: 0.5-1.5 s on an H100 at whatever
+    # width that step has (benchmarks/e2e). One eager step of a scratch trainer (same config, a copy of the initial
+    # parameters, the first batch) with every latent dead, and one with the smallest compacted width's worth
+    # dead; this trainer's parameters, state and random generators are untouched (see warm_aux_path).
+    warm_aux: str = "auto"
 
     def __post_init__(self) -> None:
         if self.kind not in ("topk", "batchtopk"):
@@ -361,6 +368,8 @@ class FastTopKConfig:
             raise SaeRdpError(f"fast step: aux_topk must be torch, radix or mask, got {self.aux_topk!r}")
         if self.dead_count not in ("sync", "lagged"):
             raise SaeRdpError(f"fast step: dead_count must be sync or lagged, got {self.dead_count!r}")
+        if self.warm_aux not in ("auto", "on", "off"):
+            raise SaeRdpError(f"fast step: warm_aux must be auto, on or off, got {self.warm_aux!r}")
         if self.kind == "topk" and int(self.k) != self.k:
             raise SaeRdpError(f"fast step: TopK needs an integer k, got {self.k}")
 
@@ -545,6 +554,7 @@ class FastTopKTrainer:
         # seconds of the first two steps at each aux width (on CUDA; on any device with cfg.profile_first_steps)
         self.first_steps_s: dict[int, list[float]] = {}
         self.first_steps_profile: dict[int, dict[str, Any]] = {}  # cfg.profile_first_steps: the first one's profile
+        self.aux_warm: dict[str, Any] | None = None  # cfg.warm_aux: what warm_aux_path did (seconds, widths)
         self.aux_dead_sum = 0
         # dead_count="lagged": the dead-count bounds of the steps in flight, and the dead latents summed over the
         # aux steps on the device (read by aux_stats)
@@ -701,7 +711,8 @@ class FastTopKTrainer:
         width on CUDA (``first_steps_s_by_width``: the first runs eagerly and compiles that width's kernels, the
         second captures its CUDA graph; ``first_steps_profile_by_width``: the first one's profile with
         ``profile_first_steps``, else empty) and the mean dead fraction over its aux
-        steps (None without any), and why CUDA-graph replay was given up (``cuda_graph_failed``: the capture error;
+        steps (None without any), what the aux path's warm-up did (``aux_warm``: its seconds and widths, None when
+        it did not run; cfg.warm_aux), and why CUDA-graph replay was given up (``cuda_graph_failed``: the capture error;
         None if it never failed): where the step time went."""
         aux_steps = sum(n for w, n in self.aux_width_steps.items() if w)
         dead_sum = self.aux_dead_sum + (int(self._aux_dead_sum_t) if self._aux_dead_sum_t is not None else 0)
@@ -711,6 +722,7 @@ class FastTopKTrainer:
             "first_steps_s_by_width": {str(w): [round(t, 4) for t in s] for w, s in sorted(self.first_steps_s.items())},
             "first_steps_profile_by_width": {str(w): p for w, p in sorted(self.first_steps_profile.items())},
             "mean_dead_fraction_aux_steps": dead_sum / (aux_steps * self.cfg.d_sae) if aux_steps else None,
+            "aux_warm": self.aux_warm,
             "cuda_graph_failed": self._graph_failed,
         }
 
@@ -807,6 +819,8 @@ class FastTopKTrainer:
             raise SaeRdpError(f"fast step: batch must be [B, {cfg.d_in}], got {tuple(x.shape)}")
         x = x.to(device=self.device, dtype=self.dtype)
         B = x.shape[0]
+        if self.n_training_steps == 0 and self.aux_warm is None and self._warm_aux_applies():
+            self.warm_aux_path(x)
         # dead mask as SAETrainer computes it before the forward pass; a latent can be dead only after
         # dead_feature_window steps, so the host sync to count them is skipped until then
         if isinstance(dead, str):
@@ -1418,6 +1432,61 @@ class FastTopKTrainer:
             topk_kernel.topk_mask(x, k_aux, keep=keep, cols=cols, div=div, out_dtype=lowp)
             done.append(width)
         return done
+
+    def _warm_aux_applies(self) -> bool:
+        """cfg.warm_aux: "on", or "auto" on CUDA with the Triton step in one process (data-parallel steps all-reduce
+        inside the step, which a scratch step must not), when the aux loss can run at all."""
+        cfg = self.cfg
+        if cfg.warm_aux == "off" or cfg.aux_loss_coefficient == 0:
+            return False
+        if cfg.warm_aux == "on":
+            return True
+        return self.device.type == "cuda" and self.use_triton and self.grad_allreduce is None
+
+    def warm_aux_path(self, x: torch.Tensor) -> dict[str, Any]:
+        """Compile and load what the dead-latent aux loss adds to the step, now: one eager step of a scratch
+        trainer (this config, a copy of this trainer's parameters, the batch ``x``) with every latent dead (the
+        selection over all d_sae columns) and, where the selection compacts (:func:`aux_pad_buckets`), one with
+        the smallest bucket's worth dead. The scratch trainer is then dropped: this trainer's parameters, Adam
+        state, counters and (forked) random generators are as before, so training gives the same weights with
+        and without it (``tests/fast/test_warm_aux.py``). Kernels are compiled once per process, so the run's
+        first aux step no longer pays for them inside its timed steps. Returns (and keeps in ``aux_warm``) the
+        seconds and the widths it ran."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        gamma = self.w.sqrt() if self.w is not None else None
+        # [d_in, d_sae], the constructor's layout (in place or not); cloned: the constructor keeps a transposed
+        # contiguous input without copying it, and the scratch step must not update this trainer's W_enc
+        W_enc = self.W_encT.t().clone()
+        devices = [self.device] if self.device.type == "cuda" else []
+        widths = []
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.random.fork_rng(devices=devices))
+            compiled = stack.enter_context(triton_compiles()) if cfg.profile_first_steps else None
+            scratch = FastTopKTrainer(
+                replace(cfg, warm_aux="off", profile_first_steps=False),
+                W_enc,
+                self.b_enc,
+                self.W_dec,
+                self.b_dec,
+                gamma=gamma,
+                topk_threshold=self.topk_threshold.clone(),
+                device=self.device,
+                dtype=self.dtype,
+            )
+            buckets = aux_pad_buckets(cfg.d_sae, self._k_aux()) if cfg.aux_compact == "auto" else ()
+            for n_dead in (cfg.d_sae, *buckets[:1]):
+                dead = torch.zeros(cfg.d_sae, device=self.device, dtype=torch.bool)
+                dead[:n_dead] = True
+                scratch._aux_n_pad = None  # (no hysteresis from the previous width: aux_pad_width's prev)
+                scratch.step(x, dead=dead)
+                widths.append(scratch._aux_n_pad)
+            synchronize(self.device)
+            del scratch
+        self.aux_warm = {"s": round(time.perf_counter() - t0, 4), "widths": widths}
+        if compiled is not None:  # cfg.profile_first_steps: what the warm-up compiled
+            self.aux_warm["triton_compiled"] = compiled
+        return self.aux_warm
 
     def _aux_dense_selection(
         self,

@@ -374,6 +374,7 @@ AUX_STATS_KEYS = (
     "first_steps_s_by_width",
     "first_steps_profile_by_width",
     "mean_dead_fraction_aux_steps",
+    "aux_warm",
     "cuda_graph_failed",
 )
 

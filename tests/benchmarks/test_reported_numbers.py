@@ -1171,8 +1171,17 @@ def test_e2e_first_step_profile_of_2026_12_06_quoted():
         ],
         _flat("benchmarks/e2e/README.md", after="## First-step profile, real weights"),
     )
+    lag = json.loads((ROOT / "benchmarks/e2e/runs/2026-12-05-h100-lagged/latest.json").read_text())
+    firsts = [
+        {r["row"]: r for r in lag["rows"]}[k]["saes"][0]["first_steps_s_by_width"] for k in ("ours", "ours_lagged")
+    ]
+    assert all(min(int(w) for w in f if w != "0") == 2048 for f in firsts)  # its smallest (first) aux width
+    assert all(max(t[0] for w, t in f.items() if w not in ("0", "2048")) < 0.01 for f in firsts)
     _assert_quoted(
-        [f"found {p16['unattributed_s']:.3f} of the {p16['wall_s']:.3f} s at 16,384 outside any op"],
+        [
+            f"found {p16['unattributed_s']:.3f} of the {p16['wall_s']:.3f} s at 16,384 outside any op",
+            f"(2,048 on random-init activations, {firsts[0]['2048'][0]:.2f} s and {firsts[1]['2048'][0]:.2f} s;",
+        ],
         _flat("docs/fast_training.md"),
     )
 

@@ -1180,7 +1180,8 @@ def test_e2e_first_step_profile_of_2026_12_06_quoted():
     _assert_quoted(
         [
             f"found {p16['unattributed_s']:.3f} of the {p16['wall_s']:.3f} s at 16,384 outside any op",
-            f"(2,048 on random-init activations, {firsts[0]['2048'][0]:.2f} s and {firsts[1]['2048'][0]:.2f} s;",
+            f"(2,048, the narrowest, on random-init activations, {firsts[0]['2048'][0]:.2f} s and "
+            f"{firsts[1]['2048'][0]:.2f} s;",
         ],
         _flat("docs/fast_training.md"),
     )

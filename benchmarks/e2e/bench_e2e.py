@@ -631,6 +631,7 @@ def run_ours(
                 "train_dead_fraction": r.get("train_dead_fraction"),
                 "aux_steps_by_width": r.get("aux_steps_by_width"),
                 "aux_widths_in_order": r.get("aux_widths_in_order"),
+                "aux_warm": r.get("aux_warm"),
                 "first_steps_s_by_width": r.get("first_steps_s_by_width"),
                 "first_steps_profile_by_width": r.get("first_steps_profile_by_width") or None,
                 "mean_dead_fraction_aux_steps": r.get("mean_dead_fraction_aux_steps"),

@@ -1455,9 +1455,13 @@ class FastTopKTrainer:
         cfg = self.cfg
         t0 = time.perf_counter()
         gamma = self.w.sqrt() if self.w is not None else None
-        # [d_in, d_sae], the constructor's layout (in place or not); cloned: the constructor keeps a transposed
-        # contiguous input without copying it, and the scratch step must not update this trainer's W_enc
-        W_enc = self.W_encT.t().clone()
+        # the scratch trainer trains copies in this trainer's layout (in place: SAELens's W_enc [d_in, d_sae]; else
+        # latent-major), since the kernels specialise on it; cloned (the constructor keeps a transposed contiguous
+        # W_enc without copying it, and in place trains what it is given): this trainer's tensors stay untouched
+        if self.in_place:
+            W_enc = self.params[0].clone()
+        else:
+            W_enc = self.W_encT.t().clone()
         devices = [self.device] if self.device.type == "cuda" else []
         widths = []
         with contextlib.ExitStack() as stack:
@@ -1466,13 +1470,14 @@ class FastTopKTrainer:
             scratch = FastTopKTrainer(
                 replace(cfg, warm_aux="off", profile_first_steps=False),
                 W_enc,
-                self.b_enc,
-                self.W_dec,
-                self.b_dec,
+                self.b_enc.clone(),
+                self.W_dec.clone(),
+                self.b_dec.clone(),
                 gamma=gamma,
                 topk_threshold=self.topk_threshold.clone(),
                 device=self.device,
                 dtype=self.dtype,
+                in_place=self.in_place,
             )
             buckets = aux_pad_buckets(cfg.d_sae, self._k_aux()) if cfg.aux_compact == "auto" else ()
             for n_dead in (cfg.d_sae, *buckets[:1]):

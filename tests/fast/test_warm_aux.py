@@ -85,3 +85,58 @@ def test_auto_warms_only_on_cuda_and_a_bad_value_is_refused():
     assert off.aux_warm is None
     with pytest.raises(SaeRdpError, match="warm_aux must be auto, on or off, got 'yes'"):
         FastTopKConfig(d_in=8, d_sae=64, k=2, warm_aux="yes")
+
+
+@pytest.mark.parametrize("in_place,bf16", [(True, True), (True, False), (False, True)])
+def test_warm_up_launches_the_kernel_variants_the_aux_steps_use(in_place, bf16, monkeypatch):
+    """The scratch steps launch the fused Adam / gradient kernels with the same layouts, dtypes and flags as this
+    trainer's aux steps (Triton compiles one variant per such key): a scratch trainer in another layout than an
+    in-place one (SAELens's W_enc [d_in, d_sae]) compiled other variants, and the real first aux step still
+    compiled its own (seen on an H100)."""
+    pytest.importorskip("triton")
+    from sae_rdp_plugin.fast import kernels as fk
+    from sae_rdp_plugin.fast.rows import RowsAt
+
+    if not fk.available("cpu"):
+        pytest.skip("Triton's interpreter is not enabled")
+    seen: list[tuple[str, tuple]] = []
+    phase = ["real"]
+    launch = fk._launch
+
+    def spy(crow, tok, coef, S, P, X, mode, **kw):
+        x = X.rows if isinstance(X, RowsAt) else X
+        key = (
+            mode,
+            isinstance(X, RowsAt),
+            None if x is None else (x.dtype, tuple(x.stride())),
+            P.dtype,
+            tuple(P.stride()),
+            S.dtype,
+            tuple(sorted(k for k, v in kw.items() if v is not None)),
+        )
+        seen.append((phase[0], key))
+        return launch(crow, tok, coef, S, P, X, mode, **kw)
+
+    monkeypatch.setattr(fk, "_launch", spy)
+    warm_path = FastTopKTrainer.warm_aux_path
+
+    def tagged(self, x):
+        phase[0] = "warm"
+        try:
+            return warm_path(self, x)
+        finally:
+            phase[0] = "real"
+
+    monkeypatch.setattr(FastTopKTrainer, "warm_aux_path", tagged)
+    d_in, d_sae = 16, 256
+    g = torch.Generator().manual_seed(5)
+    ts = [torch.randn(d_in, d_sae, generator=g) / 4, torch.zeros(d_sae), torch.randn(d_sae, d_in, generator=g) / 4]
+    ts.append(torch.zeros(d_in))
+    c = FastTopKConfig(d_in=d_in, d_sae=d_sae, k=2, kernels="triton", bf16=bf16, warm_aux="on", dead_feature_window=2)
+    t = FastTopKTrainer(c, *ts, in_place=in_place, device="cpu")
+    for _ in range(6):
+        t.step(torch.randn(8, d_in, generator=g))
+    assert sum(n for w, n in t.aux_width_steps.items() if w) >= 3
+    warm = {k for p, k in seen if p == "warm"}
+    aux = {k for p, k in seen if p == "real" and k[1]}  # the aux steps' launches (their gradients as RowsAt)
+    assert aux and aux <= warm, aux - warm

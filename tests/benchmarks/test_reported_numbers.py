@@ -1187,6 +1187,47 @@ def test_e2e_first_step_profile_of_2026_12_06_quoted():
     )
 
 
+def test_e2e_warm_aux_run_of_2026_12_06_quoted():
+    """benchmarks/e2e README's warm_aux section and docs/fast_training.md, from that run's latest.json."""
+    runs = ROOT / "benchmarks/e2e/runs"
+    d = json.loads((runs / "2026-12-06-h100-warm-aux/latest.json").read_text())
+    before = json.loads((runs / "2026-12-06-h100-first-profile/latest.json").read_text())["rows"][0]["saes"][0]
+    ours = {r["row"]: r for r in json.loads((runs / "2026-12-06-h100-real-weights/latest.json").read_text())["rows"]}
+    assert "H100" in d["device"] and [r["row"] for r in d["rows"]] == ["ours_first_profile"]
+    row = d["rows"][0]
+    sae = row["saes"][0]
+    order, first, prof = sae["aux_widths_in_order"], sae["first_steps_s_by_width"], sae["first_steps_profile_by_width"]
+    p16, p0 = prof["16384"], prof["0"]
+    assert order[:2] == [0, 16384] and [c["name"].split(".")[-1] for c in p16["triton_compiled"]] == [
+        "_sparse_adam_kernel"
+    ]
+    others = [t[0] for w, t in first.items() if w not in ("0", "16384")]
+    assert all(prof[w]["triton_compiled"] == [] for w in prof if w not in ("0", "16384"))
+    b16 = before["first_steps_profile_by_width"]["16384"]["wall_s"]
+    b0 = before["first_steps_profile_by_width"]["0"]["wall_s"]
+    o16 = ours["ours"]["saes"][0]["first_steps_s_by_width"]["16384"][0]
+    _assert_quoted(
+        [
+            "first ran in the order " + ", ".join(f"{w:,}" for w in order[:-1]) + f", {order[-1]:,}",
+            f"Its first step took {p16['wall_s']:.3f} s ({b16:.3f} s in the run below, {o16:.3f} s in `ours` before "
+            f"it), {p16['triton_compile_s']:.3f} s of it compiling one variant of the fused Adam kernel",
+            f"the other widths' first steps {min(others):.4f}-{max(others):.4f} s, none compiling",
+            f"The run's first step (no aux loss) {p0['wall_s']:.3f} s, {p0['triton_compile_s']:.3f} s of it "
+            f"four fused-Adam variants ({b0:.3f} s",
+            f"Steady-state {row['tokens_per_s']:,.0f} tokens/s",
+        ],
+        _flat("benchmarks/e2e/README.md", after="## `warm_aux`, first version"),
+    )
+    assert len(p0["triton_compiled"]) == 4
+    _assert_quoted(
+        [
+            f"from {b16:.3f} s to {p16['wall_s']:.3f} s; the {p16['triton_compile_s']:.3f} s left were one "
+            "fused-Adam variant"
+        ],
+        _flat("docs/fast_training.md"),
+    )
+
+
 def test_e2e_h100_real_weight_run_of_2026_12_06_quoted():
     """benchmarks/e2e README's 2026-12-06 section and the top README's e2e row, from that run's latest.json; the
     same-run ratios of the four real-weight sessions from their runs' summaries."""

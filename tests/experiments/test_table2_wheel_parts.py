@@ -1,6 +1,6 @@
-"""experiments/table2/split_probes.sh and probes.sh's put / join: the sparse-probing wheels carried in two halves
-(one device call each) come back byte for byte, and a wrong or missing half is refused before anything is
-installed (bash, no device)."""
+"""experiments/table2/split_wheels.sh, wheel_parts.sh and their users (probes.sh put / join, stage.sh wheels HALF):
+wheels carried in two halves (one device call each) come back byte for byte, and a wrong or missing half is
+refused before anything is installed (bash, no device)."""
 
 import hashlib
 import os
@@ -8,7 +8,8 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SPLIT = ROOT / "experiments/table2/split_probes.sh"
+SPLIT = ROOT / "experiments/table2/split_wheels.sh"
+STAGE = ROOT / "experiments/table2/stage.sh"
 PROBES = ROOT / "experiments/table2/probes.sh"
 
 
@@ -39,7 +40,8 @@ def _split(tmp: Path) -> tuple[dict[str, bytes], Path, Path]:
 def test_halves_put_in_two_calls_join_to_the_same_wheels(tmp_path):
     wheels, a, b = _split(tmp_path)
     sizes = [p.stat().st_size for p in [*a.glob("*.part*"), *b.glob("*.part*")]]
-    assert sorted(sizes) == [5000, 5001]  # each half carries about half of the big wheel
+    assert sorted(sizes) == [5000, 5001]  # each half carries about half of the largest wheel
+    assert [p.name for p in a.glob("*.part*")] == ["sae_probes-0.4.2-py3-none-any.whl.part0"]
     assert (b / "sae_bench-0.6.0-py3-none-any.whl").read_bytes() == wheels["sae_bench-0.6.0-py3-none-any.whl"]
     sums = {ln.split()[1]: ln.split()[0] for ln in (b / "SHA256SUMS").read_text().splitlines()}
     assert sums == {n: hashlib.sha256(d).hexdigest() for n, d in wheels.items()}  # independent of the script
@@ -74,12 +76,12 @@ def test_a_missing_or_foreign_half_is_refused_and_nothing_joined(tmp_path):
     assert not (tmp_path / "joined").exists() and not (tmp_path / "joined.tmp").exists()
 
 
-def test_put_refuses_a_folder_split_probes_did_not_write(tmp_path):
+def test_put_refuses_a_folder_split_wheels_did_not_write(tmp_path):
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "x.whl").write_bytes(b"x")
     r = _probes(tmp_path, "put", str(plain))
-    assert r.returncode == 3 and "not a split_probes.sh folder" in r.stderr
+    assert r.returncode == 3 and "not a split_wheels.sh folder" in r.stderr
     assert not (tmp_path / "parts").exists()
     r = _probes(tmp_path, "put")
     assert r.returncode == 2 and r.stderr.strip() == "error: usage: probes.sh put <carried folder>"
@@ -93,7 +95,7 @@ def test_join_never_replaces_a_folder_it_did_not_write(tmp_path):
     mine.mkdir()
     (mine / "keep.txt").write_text("user data")
     r = _probes(tmp_path, "join")
-    assert r.returncode == 3 and "was not written by probes.sh join" in r.stderr
+    assert r.returncode == 3 and "was not written by a join" in r.stderr
     assert (mine / "keep.txt").read_text() == "user data"
 
 
@@ -105,5 +107,53 @@ def test_split_refuses_to_overwrite_a_foreign_folder(tmp_path):
     r = subprocess.run(
         ["bash", str(SPLIT), str(tmp_path / "src"), str(foreign), str(tmp_path / "p2")], capture_output=True, text=True
     )
-    assert r.returncode == 2 and r.stderr.strip() == f"error: {foreign}: exists and was not written by split_probes.sh"
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {foreign}: exists and was not written by split_wheels.sh"
     assert (foreign / "notes.txt").read_text() == "mine" and not (tmp_path / "p2").exists()
+
+
+def _fake_python(tmp: Path) -> Path:
+    """A python that logs its arguments (pip install, the import check) and succeeds."""
+    fake = tmp / "python-logging"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {tmp / "py.log"}\necho "wheels ok"\n')
+    fake.chmod(0o755)
+    return fake
+
+
+def _stage(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "T2_WORK": str(tmp / "work"),
+        "T2_SITE": str(tmp / "site"),
+        "OUT": str(tmp / "out"),
+        "PYTHON": str(_fake_python(tmp)),
+        "T2_WHL": str(tmp / "no_whl"),
+        "T2_WHL_PARTS": str(tmp / "whl_parts"),
+    }
+    return subprocess.run(["bash", str(STAGE), *args], env=env, capture_output=True, text=True)
+
+
+def test_stage_wheels_installs_once_both_halves_are_put(tmp_path):
+    wheels, a, b = _split(tmp_path)
+    r = _stage(tmp_path, "wheels", str(a))
+    assert r.returncode == 0 and "the other half next" in r.stdout
+    assert not (tmp_path / "py.log").exists()  # nothing installed from one half
+    r = _stage(tmp_path, "wheels", str(b))
+    assert r.returncode == 0, r.stderr
+    joined = tmp_path / "whl_parts.joined"
+    assert {p.name: p.read_bytes() for p in joined.glob("*.whl")} == wheels
+    log = (tmp_path / "py.log").read_text()
+    assert f"--target {tmp_path / 'site'}" in log and all(str(joined / n) in log for n in wheels)
+
+
+def test_stage_wheels_refuses_a_mismatched_half_and_a_missing_folder(tmp_path):
+    _, a, b = _split(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    _, a2, _ = _split(other)
+    assert _stage(tmp_path, "wheels", str(a2)).returncode == 0
+    r = _stage(tmp_path, "wheels", str(b))
+    assert r.returncode == 3 and "do not match" in r.stderr and not (tmp_path / "py.log").exists()
+    r = _stage(tmp_path, "wheels", str(tmp_path / "absent"))
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: wheels: ") and "not a folder here" in r.stderr
+    r = _stage(tmp_path, "wheels")  # no .whl, and the mismatched halves still there: refused again
+    assert r.returncode == 3 and "do not match" in r.stderr

@@ -2,6 +2,9 @@
 # One device call for the training-speed work (benchmarks/training_speed): installs the carried wheels,
 # runs the CUDA tests of the fast step, tunes the Triton block sizes, then benchmarks with the best
 # ones. Usage on the device (carry .whl):  bash benchmarks/training_speed/gpu_speed_run.sh [bench args...]
+# (.whl with the tree passed one call's 64 MiB on 2026-12-06: install it first with experiments/table2/stage.sh
+# wheels .carry/whl_part1, then .carry/whl_part2, one call each; the install below then finds no .whl and the
+# wheels already in /tmp/site)
 # (SKIP_TUNE=1: no tuning; PROFILE_DEAD=F: also profile_fast_step.py with a fraction F of the latents dead;
 # TESTS=aux: only the aux-loss, hot-row and RowsAt tests; SKIP_HOT=1: no bench_topk_hot.py)
 # The package is not installed there: PYTHONPATH puts the repository root on the import path.

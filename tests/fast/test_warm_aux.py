@@ -140,3 +140,23 @@ def test_warm_up_launches_the_kernel_variants_the_aux_steps_use(in_place, bf16, 
     warm = {k for p, k in seen if p == "warm"}
     aux = {k for p, k in seen if p == "real" and k[1]}  # the aux steps' launches (their gradients as RowsAt)
     assert aux and aux <= warm, aux - warm
+
+
+@pytest.mark.gpu
+def test_warm_up_is_skipped_when_the_gpu_lacks_the_memory(monkeypatch):
+    """On CUDA the scratch trainer needs about 3x the parameters: with less than twice that free it is skipped (the
+    aux kernels then compile at the first aux step, as without warm_aux) and the run goes on."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 << 20, 80 << 30))
+    d_in, d_sae = 64, 4096
+    g = torch.Generator().manual_seed(0)
+    c = FastTopKConfig(d_in=d_in, d_sae=d_sae, k=4, warm_aux="on", dead_feature_window=2)
+    t = FastTopKTrainer(
+        c,
+        torch.randn(d_in, d_sae, generator=g),
+        torch.zeros(d_sae),
+        torch.randn(d_sae, d_in, generator=g),
+        torch.zeros(d_in),
+        device="cuda",
+    )
+    t.step(torch.randn(32, d_in, generator=g).cuda())
+    assert t.aux_warm["widths"] == [] and "GiB free" in t.aux_warm["skipped"] and t.n_training_steps == 1

@@ -333,11 +333,10 @@ class FastTopKConfig:
     # width needs and have cost seconds at some widths; the profile tells which part. Off: no profiler.
     profile_first_steps: bool = False
     # compile the dead-latent aux loss's kernels at the first step, before the aux loss can run: "auto" (on CUDA
-    # with the Triton step, single process), "on" (any device: tests), "off". Its kernels otherwise compile at the
-    # run's first aux step (step dead_feature_window + 1), inside the timed steps: 0.5-1.5 s on an H100 at whatever
-    # width that step has (benchmarks/e2e). One eager step of a scratch trainer (same config, a copy of the initial
-    # parameters, the first batch) with every latent dead, and one with the smallest compacted width's worth
-    # dead; this trainer's parameters, state and random generators are untouched (see warm_aux_path).
+    # with the Triton step, single process), "on" (any device: tests), "off". Otherwise they compile at the run's
+    # first aux step (step dead_feature_window + 1), whatever its width, inside the steps a run times as its
+    # steady state (benchmarks/e2e). See warm_aux_path: a scratch trainer's steps; this trainer's parameters,
+    # state and random generators are untouched.
     warm_aux: str = "auto"
 
     def __post_init__(self) -> None:
@@ -1445,13 +1444,15 @@ class FastTopKTrainer:
 
     def warm_aux_path(self, x: torch.Tensor) -> dict[str, Any]:
         """Compile and load what the dead-latent aux loss adds to the step, now: one eager step of a scratch
-        trainer (this config, a copy of this trainer's parameters, the batch ``x``) with every latent dead (the
+        trainer (this config, a copy of this trainer's parameters in its layout, in place or not: the kernels
+        specialise on it; the batch ``x``) with every latent dead (the
         selection over all d_sae columns) and, where the selection compacts (:func:`aux_pad_buckets`), one with
         the smallest bucket's worth dead. The scratch trainer is then dropped: this trainer's parameters, Adam
         state, counters and (forked) random generators are as before, so training gives the same weights with
         and without it (``tests/fast/test_warm_aux.py``). Kernels are compiled once per process, so the run's
-        first aux step no longer pays for them inside its timed steps. Returns (and keeps in ``aux_warm``) the
-        seconds and the widths it ran."""
+        first aux step no longer pays for them inside its timed steps. On a GPU without twice the scratch's memory
+        free it is skipped (``aux_warm["skipped"]``). Returns (and keeps in ``aux_warm``) the seconds and the
+        widths it ran."""
         cfg = self.cfg
         t0 = time.perf_counter()
         if self.device.type == "cuda":

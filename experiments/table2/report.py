@@ -141,6 +141,11 @@ def check_out(out: Path, folders: list[Path], replicates: list[Path] | None = No
             if d.exists() and not d.is_dir():
                 fail(f"--out {out}: {d} exists and is not a folder")
         _check_dest(out, replicate_dest(out, folder))
+    for ml in pooled_replicates(replicates or []):
+        d = pooled_dest(out, ml)
+        if d.parent.exists() and not d.parent.is_dir():
+            fail(f"--out {out}: {d.parent} exists and is not a folder")
+        _check_dest(out, d)
 
 
 def _check_dest(out: Path, dest: Path) -> None:
@@ -175,14 +180,16 @@ def model_layer_folders(results: Path) -> list[Path]:
 
 
 def audit(
-    folder: Path, grouping: str, distortion: str, out: Path, n_boot: int, n_perm: int, seed: int
+    folder: Path | list[Path], grouping: str, distortion: str, out: Path, n_boot: int, n_perm: int, seed: int
 ) -> dict[str, dict[str, Any]]:
-    """Run the audit of one model-layer folder for one grouping and distortion; ``{sweep slug: eval output}``."""
+    """Run the audit of one model-layer folder (or of several folders' SAEs together) for one grouping and
+    distortion; ``{sweep slug: eval output}``."""
     from sae_rdp_plugin.evals.rdp_audit.eval_config import RdpAuditEvalConfig
     from sae_rdp_plugin.evals.rdp_audit.main import run_eval
     from sae_rdp_plugin.io import staged_folder
 
-    paths = [str(folder / d) for d in EVAL_DIRS if (folder / d).is_dir() and any((folder / d).glob("*.json"))]
+    folders = [folder] if isinstance(folder, Path) else folder
+    paths = [str(f / d) for f in folders for d in EVAL_DIRS if (f / d).is_dir() and any((f / d).glob("*.json"))]
     cfg = RdpAuditEvalConfig(
         results_paths=paths,
         group_by=list(GROUPINGS[grouping]),
@@ -731,6 +738,36 @@ def audit_replicate(folder: Path, out: Path, n_boot: int, n_perm: int, seed: int
     return [{**r, "replicate": folder.name} for r in rows]
 
 
+def pooled_replicates(reps: list[Path]) -> dict[str, list[Path]]:
+    """``{model-layer: replicate folders}`` for each model-layer with replicates of at least two architectures: of
+    each architecture its latest run (the highest ``r<N>``: two runs of one recipe share their SAE ids, so they
+    cannot be one sweep), their SAEs audited together (:func:`audit_pooled_replicates`)."""
+    latest: dict[str, dict[str, tuple[int, Path]]] = {}
+    for f in reps:
+        m = _REPLICATE.match(f.name)
+        assert m, f
+        runs = latest.setdefault(m["ml"], {})
+        if m["arch"] not in runs or int(m["run"]) > runs[m["arch"]][0]:
+            runs[m["arch"]] = (int(m["run"]), f)
+    return {ml: [f for _, (_, f) in sorted(runs.items())] for ml, runs in latest.items() if len(runs) >= 2}
+
+
+def pooled_dest(out: Path, ml: str) -> Path:
+    """Where the pooled audit of a model-layer's replicates goes under ``--out``."""
+    return out / "audit" / "replicates" / f"pooled-{ml}" / f"pooled_{list(DISTORTIONS)[0].replace('-', '')}"
+
+
+def audit_pooled_replicates(
+    ml: str, folders: list[Path], out: Path, n_boot: int, n_perm: int, seed: int
+) -> list[dict[str, Any]]:
+    """The rows of one model-layer's replicates audited as one sweep (pooled grouping, primary distortion): the
+    dominated pairs then also join SAEs of different architectures, and so of different L0 where each replicate's
+    own pairs may all share one (TopK's). Tagged ``replicate`` = ``pooled-<model>-L<layer>``."""
+    primary = list(DISTORTIONS)[0]
+    outs = audit(folders, "pooled", primary, pooled_dest(out, ml), n_boot, n_perm, seed)
+    return [{**r, "replicate": f"pooled-{ml}"} for r in rows_of(outs, "pooled", primary, folders[0], {}, name=ml)]
+
+
 def _proxy_value(folder: Path, proxy: str, file: str) -> float | None:
     """The proxy ``<eval folder>.<metric path>`` (a table2.json row's ``proxy``) of the SAE whose eval JSON is
     ``file`` in ``folder``, or None where that JSON or value is missing."""
@@ -800,7 +837,7 @@ def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], resu
         if r["grouping"] == "architecture" and r["distortion"] == primary
     }
     out = ["", "### training-run replicates (same recipe and seed, trained again)", ""]
-    for name in sorted({r["replicate"] for r in reps}):
+    for name in sorted({r["replicate"] for r in reps if not r["replicate"].startswith("pooled-")}):
         folder = results / "replicates" / name
         m = _REPLICATE.match(name)
         assert m
@@ -852,6 +889,25 @@ def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], resu
                 line += f"; {r['paper_proxy']}: {compare(r)}"
             out.append(line + ".")
         out.append(f"  - {away_from_half([r for r in reps if r['replicate'] == name and r['role'] == 'proxy'])}")
+    for ml, folders in pooled_replicates(
+        sorted({results / "replicates" / r["replicate"] for r in reps if not r["replicate"].startswith("pooled-")})
+    ).items():
+        pooled = [r for r in reps if r["replicate"] == f"pooled-{ml}" and r["role"] == "proxy"]
+        pts = [p for f in folders for p in _core_points(f)]
+        cross = sum(cross_pairs(pts).values())
+        out.append(
+            f"- pooled, the replicates of {ml} audited as one sweep ({', '.join(f'`{f.name}`' for f in folders)}): "
+            f"{len(pts)} SAEs with a core JSON, {len(_dominating(pts))} dominated pairs under D = {primary}, "
+            f"{cross} of them joining two architectures; no paper value (the paper's V is per architecture)."
+        )
+        for r in sorted(pooled, key=lambda r: r["proxy"]):
+            if r["V"] is None or r["V_ci"][0] is None:
+                continue
+            out.append(
+                f"  - `{r['proxy']}`: V = {r['V']:.3f} [{r['V_ci'][0]:.3f}, {r['V_ci'][1]:.3f}] over {r['n_saes']} "
+                f"SAEs and {r['n_pairs']} pairs (p = {r['p_value_V']:.3f})."
+            )
+        out.append(f"  - {away_from_half(pooled)}")
     return "\n".join(out + [""])
 
 
@@ -1038,6 +1094,8 @@ def main(argv: list[str] | None = None) -> int:
                     outs = audit(folder, grouping, distortion, dest, args.n_boot, args.n_perm, args.seed)
                     rows += rows_of(outs, grouping, distortion, folder, quals[folder])
         rep_rows = [r for f in reps for r in audit_replicate(f, args.out, args.n_boot, args.n_perm, args.seed)]
+        for ml, fs in pooled_replicates(reps).items():
+            rep_rows += audit_pooled_replicates(ml, fs, args.out, args.n_boot, args.n_perm, args.seed)
     except SaeRdpError as exc:
         fail(str(exc))
     sources = {

@@ -479,6 +479,71 @@ def test_replicate_rows_and_lines_match_brute_force_v(results, capsys):
         assert fix is None or "not table2-gemma3-270m-L9-standard alone" in err[0]
 
 
+def test_replicates_of_two_architectures_are_also_audited_pooled(results):
+    """Replicates of two architectures of one model-layer: besides each one's own rows, one pooled row per proxy
+    over all their SAEs, whose V matches the brute force over the union (pairs across architectures included),
+    and a FINDINGS line counting those cross pairs; a single replicate gets no pooled row (test above); of two
+    runs of one architecture only the latest is pooled (they share SAE ids)."""
+    tmp, _ = results
+    rep = _report()
+    rng = np.random.default_rng(21)
+    union = []
+    older = tmp / "results" / "replicates" / "gemma3-270m-L9-topk-r1"  # same ids as r2 below, other values
+    for w, lev in product((4096, 16384), range(3)):
+        sid = f"blocks.9.hook_resid_post__w{w}_lev{lev}_s0_step_final"
+        core = {
+            "sparsity": {"l0": 50.0 + lev + w / 1e4},
+            "reconstruction_quality": {
+                "explained_variance": 1.0,
+                "explained_variance_legacy": 0.7 - lev / 10,
+                "mse": 1.0,
+            },
+            "model_performance_preservation": {"ce_loss_score": 0.9},
+        }
+        _write(older / "core", "core", "table2-gemma3-270m-L9-topk", sid, w, core)
+    for arch in ("topk", "jumprelu"):
+        folder = tmp / "results" / "replicates" / f"gemma3-270m-L9-{arch}-r2"
+        release = f"table2-gemma3-270m-L9-{arch}"
+        for w, lev in product((4096, 16384), range(3)):
+            sid = f"blocks.9.hook_resid_post__w{w}_lev{lev}_s0_step_final"
+            l0, ev, acc = float(rng.uniform(10, 200)), float(rng.uniform(0.5, 0.95)), float(rng.uniform(0.6, 0.9))
+            core = {
+                "sparsity": {"l0": l0},
+                "reconstruction_quality": {"explained_variance": 1.0, "explained_variance_legacy": ev, "mse": 1.0},
+                "model_performance_preservation": {"ce_loss_score": 0.9},
+            }
+            _write(folder / "core", "core", release, sid, w, core)
+            probe = {"sae": {"sae_top_1_test_accuracy": acc}, "llm": {"llm_test_accuracy": 0.95}}
+            _write(folder / "sparse_probing_sae_probes", "sparse_probing_sae_probes", release, sid, w, probe)
+            union.append((l0, 1 - ev, -acc, arch))
+    out = tmp / "t2"
+    out.mkdir()
+    (out / "FINDINGS.md").write_text(f"head\n{rep.BEGIN}\n{rep.END}\n")
+    argv = ["--results", str(tmp / "results"), "--out", str(out), "--n-boot", "50", "--n-perm", "50"]
+    assert rep.main(argv) == 0
+    table = json.loads((out / "table2.json").read_text())
+    col = "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"
+    (row,) = [r for r in table["replicates"] if r["replicate"] == "pooled-gemma3-270m-L9" and r["proxy"] == col]
+    u = np.array([x[:3] for x in union])
+    v, n = _brute_v(u[:, 0], u[:, 1], u[:, 2])
+    assert row["grouping"] == "pooled" and row["n_saes"] == 12 and row["n_pairs"] == n
+    assert row["V"] == pytest.approx(v, abs=1e-12)
+    arch = [x[3] for x in union]
+    cross = sum(
+        1
+        for i, j in product(range(12), repeat=2)
+        if i != j and arch[i] != arch[j] and u[i, 0] <= u[j, 0] and u[i, 1] <= u[j, 1]
+    )
+    doc = (out / "FINDINGS.md").read_text()
+    assert (
+        "- pooled, the replicates of gemma3-270m-L9 audited as one sweep (`gemma3-270m-L9-jumprelu-r2`, "
+        f"`gemma3-270m-L9-topk-r2`): 12 SAEs with a core JSON, {n} dominated pairs under D = 1-EV, {cross} of them "
+        "joining two architectures"
+    ) in doc
+    assert 0 < cross < n and f"  - `{col}`: V = {v:.3f} [" in doc
+    assert (out / "audit" / "replicates" / "pooled-gemma3-270m-L9" / "pooled_1EV").is_dir()
+
+
 def test_away_from_half_names_proxies_by_interval_and_permutation_test():
     """A replicate's direction sentence: a proxy is named inverted / faithful only when its interval is off 0.5 and
     p < 0.05 (direction_text's rule); off 0.5 with a large p it is listed apart; undefined intervals are not

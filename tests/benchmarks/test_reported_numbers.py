@@ -1129,6 +1129,27 @@ def test_table2_fourth_session_of_2026_12_06_quoted():
         ],
         _flat("README.md"),
     )
+    # the pooled audit of the two replicates (README row)
+    pooled = {
+        r["proxy"]: r
+        for r in json.loads((ROOT / "experiments/table2/table2.json").read_text())["replicates"]
+        if r["replicate"] == "pooled-gemma3-270m-L9" and r["role"] == "proxy"
+    }
+    frac = pooled["absorption_first_letter.mean.mean_absorption_fraction_score"]
+    sp1 = pooled["sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"]
+    assert frac["V"] < 0.5 and sp1["V"] < 0.5 and frac["V_ci"][1] >= 0.5 and sp1["V_ci"][1] >= 0.5
+    pooled_line = _flat("experiments/table2/FINDINGS.md", after="- pooled, the replicates of gemma3-270m-L9")
+    n_cross = int(
+        re.match(r"[^:]*: \d+ SAEs with a core JSON, \d+ dominated pairs under D = 1-EV, (\d+)", pooled_line)[1]
+    )
+    _assert_quoted(
+        [
+            f"the two sets audited as one sweep ({frac['n_saes']} SAEs, {frac['n_pairs']} dominated pairs, {n_cross} "
+            f"across architectures and so across L0): absorption fraction V {frac['V']:.3f} [{frac['V_ci'][0]:.3f}, "
+            f"{frac['V_ci'][1]:.3f}] and sparse probing {sp1['V']:.3f} [{sp1['V_ci'][0]:.3f}, {sp1['V_ci'][1]:.3f}]"
+        ],
+        _flat("README.md"),
+    )
     findings = _flat("experiments/table2/FINDINGS.md", after="- `table2-gemma3-270m-L9-standard`: ")
     std = re.match(r"- `[^`]+`: \d+ dominated pairs under D = 1-EV: (\d+) sparsity level, (\d+) width", findings)
     std_level, std_width = int(std[1]), int(std[2])

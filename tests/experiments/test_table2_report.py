@@ -42,6 +42,32 @@ def _brute_v(r: np.ndarray, d: np.ndarray, pi: np.ndarray) -> tuple[float, int]:
     return viol / n, n
 
 
+def _write_sae(folder: Path, release: str, sid: str, w: int, l0: float, ev: float, acc: float, **q: float) -> None:
+    """One SAE's core JSON (L0, EV legacy, ``mse``, ``ce_loss_score``) and sparse-probing JSON (top-1 accuracy)."""
+    core = {
+        "sparsity": {"l0": l0},
+        "reconstruction_quality": {
+            "explained_variance": 1.0,
+            "explained_variance_legacy": ev,
+            "mse": q.get("mse", 1.0),
+        },
+        "model_performance_preservation": {"ce_loss_score": q.get("ce", 0.9)},
+    }
+    _write(folder / "core", "core", release, sid, w, core)
+    probe = {"sae": {"sae_top_1_test_accuracy": acc}, "llm": {"llm_test_accuracy": 0.95}}
+    _write(folder / "sparse_probing_sae_probes", "sparse_probing_sae_probes", release, sid, w, probe)
+
+
+def _report_into(rep, tmp: Path) -> tuple[Path, list[str], dict]:
+    """report.py on ``tmp/results`` into ``tmp/t2`` (with a FINDINGS.md to fill): (that folder, argv, table2.json)."""
+    out = tmp / "t2"
+    out.mkdir()
+    (out / "FINDINGS.md").write_text(f"head\n{rep.BEGIN}\n{rep.END}\n")
+    argv = ["--results", str(tmp / "results"), "--out", str(out), "--n-boot", "50", "--n-perm", "50"]
+    assert rep.main(argv) == 0
+    return out, argv, json.loads((out / "table2.json").read_text())
+
+
 @pytest.fixture
 def results(tmp_path):
     rng = np.random.default_rng(3)
@@ -397,22 +423,10 @@ def test_replicate_rows_and_lines_match_brute_force_v(results, capsys):
     for (w, lev, step), t in zip(product((4096, 16384), range(3), ("final", "5000")), truth["topk"]):
         sid = f"blocks.9.hook_resid_post__w{w}_lev{lev}_s0_step_{step}"
         ev, acc = 1 - t[1] + float(rng.normal(0, 0.01)), float(rng.uniform(0.6, 0.9))  # same L0, other accuracies
-        core = {
-            "sparsity": {"l0": t[0]},
-            "reconstruction_quality": {"explained_variance": 1.0, "explained_variance_legacy": ev, "mse": t[3]},
-            "model_performance_preservation": {"ce_loss_score": t[4]},
-        }
-        _write(folder / "core", "core", release, sid, w, core)
-        probe = {"sae": {"sae_top_1_test_accuracy": acc}, "llm": {"llm_test_accuracy": 0.95}}
-        _write(folder / "sparse_probing_sae_probes", "sparse_probing_sae_probes", release, sid, w, probe)
+        _write_sae(folder, release, sid, w, t[0], ev, acc, mse=t[3], ce=t[4])
         rows_r2.append((t[0], 1 - ev, -acc))
     r2 = np.array(rows_r2)
-    out = tmp / "t2"
-    out.mkdir()
-    (out / "FINDINGS.md").write_text(f"head\n{rep.BEGIN}\n{rep.END}\n")
-    argv = ["--results", str(tmp / "results"), "--out", str(out), "--n-boot", "50", "--n-perm", "50"]
-    assert rep.main(argv) == 0
-    table = json.loads((out / "table2.json").read_text())
+    out, argv, table = _report_into(rep, tmp)
     col = "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"
     (row,) = [r for r in table["replicates"] if r["proxy"] == col]
     v, n = _brute_v(r2[:, 0], r2[:, 1], r2[:, 2])
@@ -507,21 +521,9 @@ def test_replicates_of_two_architectures_are_also_audited_pooled(results):
         for w, lev in product((4096, 16384), range(3)):
             sid = f"blocks.9.hook_resid_post__w{w}_lev{lev}_s0_step_final"
             l0, ev, acc = float(rng.uniform(10, 200)), float(rng.uniform(0.5, 0.95)), float(rng.uniform(0.6, 0.9))
-            core = {
-                "sparsity": {"l0": l0},
-                "reconstruction_quality": {"explained_variance": 1.0, "explained_variance_legacy": ev, "mse": 1.0},
-                "model_performance_preservation": {"ce_loss_score": 0.9},
-            }
-            _write(folder / "core", "core", release, sid, w, core)
-            probe = {"sae": {"sae_top_1_test_accuracy": acc}, "llm": {"llm_test_accuracy": 0.95}}
-            _write(folder / "sparse_probing_sae_probes", "sparse_probing_sae_probes", release, sid, w, probe)
+            _write_sae(folder, release, sid, w, l0, ev, acc)
             union.append((l0, 1 - ev, -acc, arch))
-    out = tmp / "t2"
-    out.mkdir()
-    (out / "FINDINGS.md").write_text(f"head\n{rep.BEGIN}\n{rep.END}\n")
-    argv = ["--results", str(tmp / "results"), "--out", str(out), "--n-boot", "50", "--n-perm", "50"]
-    assert rep.main(argv) == 0
-    table = json.loads((out / "table2.json").read_text())
+    out, _, table = _report_into(rep, tmp)
     col = "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"
     (row,) = [r for r in table["replicates"] if r["replicate"] == "pooled-gemma3-270m-L9" and r["proxy"] == col]
     u = np.array([x[:3] for x in union])

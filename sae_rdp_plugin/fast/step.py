@@ -207,14 +207,14 @@ def triton_compiles() -> Iterator[list[dict[str, Any]]]:
         return
     rt = knobs.runtime
     before, after = rt.jit_cache_hook, rt.jit_post_compile_hook
-    started: dict[str, float] = {}
+    started: dict[str, float] = {}  # compilation key -> when its pre-compile hook ran
 
     def pre(**kw: Any) -> bool | None:
-        started[kw["key"] if isinstance(kw["key"], str) else repr(kw["key"])] = time.perf_counter()
+        started[repr(kw["key"])] = time.perf_counter()
         return before(**kw) if before is not None else None
 
     def post(**kw: Any) -> bool | None:
-        t0 = started.pop(kw["key"] if isinstance(kw["key"], str) else repr(kw["key"]), None)
+        t0 = started.pop(repr(kw["key"]), None)
         fn = kw["fn"]
         name = f"{getattr(fn, 'module', '')}.{getattr(fn, 'name', fn)}".lstrip(".")
         found.append({"name": name, "s": round(time.perf_counter() - t0, 4) if t0 is not None else None})
@@ -1445,21 +1445,20 @@ class FastTopKTrainer:
     def warm_aux_path(self, x: torch.Tensor) -> dict[str, Any]:
         """Compile and load what the dead-latent aux loss adds to the step, now: one eager step of a scratch
         trainer (this config, a copy of this trainer's parameters in its layout, in place or not: the kernels
-        specialise on it; the batch ``x``) with every latent dead (the
-        selection over all d_sae columns) and, where the selection compacts (:func:`aux_pad_buckets`), one with
-        the smallest bucket's worth dead. The scratch trainer is then dropped: this trainer's parameters, Adam
-        state, counters and (forked) random generators are as before, so training gives the same weights with
-        and without it (``tests/fast/test_warm_aux.py``). Kernels are compiled once per process, so the run's
-        first aux step no longer pays for them inside its timed steps. On a GPU without twice the scratch's memory
-        free it is skipped (``aux_warm["skipped"]``). Returns (and keeps in ``aux_warm``) the seconds and the
-        widths it ran."""
+        specialise on it; the batch ``x``) with every latent dead (the selection over all d_sae columns) and,
+        where the selection compacts (:func:`aux_pad_buckets`), one with the smallest bucket's worth dead. The
+        scratch trainer is then dropped: this trainer's parameters, Adam state, counters and (forked) random
+        generators are as before, so training gives the same weights with and without it
+        (``tests/fast/test_warm_aux.py``). Kernels are compiled once per process, so the run's first aux step no
+        longer pays for them inside its timed steps. On a GPU without twice the scratch's memory free it is
+        skipped (``aux_warm["skipped"]``). Returns (and keeps in ``aux_warm``) the seconds and the widths it ran."""
         cfg = self.cfg
         t0 = time.perf_counter()
         if self.device.type == "cuda":
             # the scratch holds a copy of the parameters and its own Adam state (3x the parameters) plus one step's
             # activations: skipped (the aux kernels then compile at the first aux step, as without it) unless twice
             # that is free, so that the warm-up never makes a run fail for memory
-            n_params = 2 * cfg.d_sae * cfg.d_in + cfg.d_sae + cfg.d_in
+            n_params = sum(p.numel() for p in self.params)
             need = 3 * n_params * self.dtype.itemsize + 8 * x.shape[0] * cfg.d_sae * 4
             free, _ = torch.cuda.mem_get_info(self.device)
             if free < 2 * need:

@@ -18,7 +18,6 @@ JOINED=${T2_PROBES_JOINED:-/tmp/probes_whl}
 PY=${PYTHON:-python3}
 die() { echo "error: $2" >&2; exit "$1"; }
 source experiments/table2/wheel_parts.sh
-shopt -s nullglob
 case "${1:-}" in
 put)
   [ $# -eq 2 ] || die 2 "usage: probes.sh put <carried folder>"

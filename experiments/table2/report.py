@@ -825,6 +825,14 @@ def run_differences(main: Path, rep: Path, release: str) -> dict[str, Any]:
     return {"saes": len(both), "max_abs_diff": diff}
 
 
+def _v_line(r: dict[str, Any]) -> str:
+    """A replicate block's line for one proxy row: its V, interval, SAEs, pairs and permutation p-value."""
+    return (
+        f"  - `{r['proxy']}`: V = {r['V']:.3f} [{r['V_ci'][0]:.3f}, {r['V_ci'][1]:.3f}] over {r['n_saes']} "
+        f"SAEs and {r['n_pairs']} pairs (p = {r['p_value_V']:.3f})"
+    )
+
+
 def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], results: Path) -> str:
     """The generated lines on the replicates: per replicate its SAEs' quality and GPU time, then per proxy its V
     next to the committed sweep's V of the same architecture (architecture grouping, primary distortion)."""
@@ -876,10 +884,7 @@ def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], resu
             base = main.get((m["ml"], r["architecture"], r["proxy"]))
             if r["V"] is None or r["V_ci"][0] is None:
                 continue
-            line = (
-                f"  - `{r['proxy']}`: V = {r['V']:.3f} [{r['V_ci'][0]:.3f}, {r['V_ci'][1]:.3f}] over {r['n_saes']} "
-                f"SAEs and {r['n_pairs']} pairs (p = {r['p_value_V']:.3f})"
-            )
+            line = _v_line(r)
             if base is not None and base["V"] is not None and base["V_ci"][0] is not None:
                 line += (
                     f"; committed sweep {base['V']:.3f} [{base['V_ci'][0]:.3f}, {base['V_ci'][1]:.3f}] over "
@@ -903,10 +908,7 @@ def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], resu
         for r in sorted(pooled, key=lambda r: r["proxy"]):
             if r["V"] is None or r["V_ci"][0] is None:
                 continue
-            out.append(
-                f"  - `{r['proxy']}`: V = {r['V']:.3f} [{r['V_ci'][0]:.3f}, {r['V_ci'][1]:.3f}] over {r['n_saes']} "
-                f"SAEs and {r['n_pairs']} pairs (p = {r['p_value_V']:.3f})."
-            )
+            out.append(_v_line(r) + ".")
         out.append(f"  - {away_from_half(pooled)}")
     return "\n".join(out + [""])
 

@@ -640,28 +640,19 @@ def test_absorption_in_workers_and_in_any_order_gives_the_same_jsons(rs, tmp_pat
     assert got == forward and rec_f["mode"] == "inline (the workers failed to start)", rec_f
     assert "pickle" in rec_f["workers_failed"] and "child_start_s" not in rec_f and "error" not in rec_f
 
-    # 2 workers, one SAE blocking: the other's JSON is written, the call returns at the deadline and names the cut
+    # 2 workers, 3 SAEs, the first blocking one worker: the other worker evaluates the other two, and the deadline
+    # passes while the parent handles the first of their results (a slow export) and the second finishes meanwhile:
+    # its queued result is still taken, and the call names the cut SAE. A relative work folder (the children work
+    # inside it; the probe exists there). One call for both cases: each waits for its deadline.
     import dataclasses
     import functools
 
-    dest = tmp_path / "cut"
-    items = [rs.probe_item(s, p, step, dest, "cpu") for s, p, step in trained][:2]
-    items[0] = dataclasses.replace(items[0], load=functools.partial(time.sleep, 600))
-    # the probe exists in that work folder; margins for a loaded machine
-    budget = 3 * rec["child_start_s"] + 3 * max(rec["sae_s"].values()) + 15
-    t = time.time()
-    r = ab.run_absorption(
-        hooked, "tiny-gpt2", items, tmp_path / "w_workers", t + budget, "cpu", config=cfg, log=lambda m: None, workers=2
-    )
-    assert budget <= time.time() - t < budget + 10 and r["workers"] == 2 and r["evaluated"] == [items[1].name], r
-    assert r["cut"]["phase"] == "loading" and r["cut"]["sae"] == items[0].name and r["cut"]["saes"] == [items[0].name]
-    assert [f.name for f in dest.iterdir()] == [items[1].dest.name] and r["left"] == [items[0].name]
-
-    # the deadline passes while the parent handles the first result (a slow export) and the other SAE finishes
-    # meanwhile: its queued result is still taken. A relative work folder (the children work inside it).
     monkeypatch.chdir(tmp_path)
-    dest = tmp_path / "late"
-    items = [rs.probe_item(s, p, step, dest, "cpu") for s, p, step in trained][:2]
+    dest = tmp_path / "cut"
+    items = [rs.probe_item(s, p, step, dest, "cpu") for s, p, step in trained]
+    items[0] = dataclasses.replace(items[0], load=functools.partial(time.sleep, 600))
+    # margins for a loaded machine: the free worker evaluates two SAEs one after the other
+    budget = 3 * rec["child_start_s"] + 3 * max(rec["sae_s"].values()) + 15
     t = time.time()
     deadline = t + budget
     exports = []
@@ -683,8 +674,11 @@ def test_absorption_in_workers_and_in_any_order_gives_the_same_jsons(rs, tmp_pat
         workers=2,
         on_result=slow_export,
     )
-    assert sorted(r["evaluated"]) == sorted(s.name for s in items) and r["complete"] and "cut" not in r, r
-    assert sorted(f.name for f in dest.iterdir()) == sorted(s.dest.name for s in items)
+    free = sorted(s.name for s in items[1:])
+    assert budget <= time.time() - t < budget + 10 and r["workers"] == 2 and sorted(r["evaluated"]) == free, r
+    assert r["cut"]["phase"] == "loading" and r["cut"]["sae"] == items[0].name and r["cut"]["saes"] == [items[0].name]
+    assert sorted(f.name for f in dest.iterdir()) == sorted(s.dest.name for s in items[1:]) and len(exports) == 2
+    assert r["left"] == [items[0].name] and not r["complete"]
 
 
 @needs_probes

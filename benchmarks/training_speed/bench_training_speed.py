@@ -790,6 +790,15 @@ def bench_impls(rows, cfg_key, d_in, d_sae, k, B, xs, gamma, dev, args, gemm_rat
                 "sparse",
                 lambda: build_saelens("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5, fast=True),
             ),
+            # the deterministic mode with the aux loss running (its sorted segment sums cover the aux path's
+            # sums too), beside fast_weighted_topk+aux
+            (
+                "fast_weighted_topk+aux[deterministic]",
+                "sparse",
+                lambda: build_fast(
+                    "weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, dead_frac=0.5, deterministic=True
+                ),
+            ),
         ]
         # the aux top-k and products over all d_sae columns (aux_compact="off") against the default, which
         # compacts them to the dead columns (d_sae/4 at a fifth dead, d_sae/2 at half; 85% dead: all columns)

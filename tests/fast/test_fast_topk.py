@@ -369,35 +369,47 @@ def test_train_cli_has_no_fast_flag():
     assert args.no_fast is True
 
 
-def _deterministic_run(device: str, deterministic: bool, steps: int, bf16: bool) -> torch.Tensor:
+def _deterministic_run(device: str, deterministic: bool, steps: int, bf16: bool, aux: bool = False) -> torch.Tensor:
+    """The weights after ``steps`` steps; with ``aux``, the same half of the latents is dead at every step (the
+    dead-latent aux loss runs)."""
     sae = _make("topk", True, "float32", seed=3).to(device)
     tr = FastTopKTrainer.from_training_sae(sae, bf16=bf16, deterministic=deterministic, lr=1e-3)
     g = torch.Generator(device=device).manual_seed(5)
+    dead = None
+    if aux:
+        dead = torch.zeros(tr.cfg.d_sae, dtype=torch.bool, device=device)
+        dead[: tr.cfg.d_sae // 2] = True
     for _ in range(steps):
-        tr.step(torch.randn(512, D_IN, device=device, generator=g))
+        out = tr.step(torch.randn(512, D_IN, device=device, generator=g), dead=dead)
+    if aux:
+        assert float(out["auxiliary_reconstruction_loss"]) > 0  # the aux path ran
     return torch.cat([tr.W_encT.flatten(), tr.W_dec.flatten(), tr.b_enc, tr.b_dec])
 
 
-def test_deterministic_mode_same_step_and_restores_torch_setting():
+@pytest.mark.parametrize("aux", [False, True])
+def test_deterministic_mode_same_step_and_restores_torch_setting(aux):
     """deterministic=True changes which kernels run, not the maths: on CPU (deterministic anyway) the
-    weights equal the default mode's exactly, and torch's global deterministic flag is left as it was."""
+    weights equal the default mode's exactly (with the aux loss too), and torch's global deterministic flag is
+    left as it was."""
     assert not torch.are_deterministic_algorithms_enabled()
-    a = _deterministic_run("cpu", True, 4, bf16=False)
+    a = _deterministic_run("cpu", True, 4, bf16=False, aux=aux)
     assert not torch.are_deterministic_algorithms_enabled()
-    b = _deterministic_run("cpu", False, 4, bf16=False)
+    b = _deterministic_run("cpu", False, 4, bf16=False, aux=aux)
     assert torch.equal(a, b)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_deterministic_mode_bit_identical_runs_on_cuda():
-    """Two bf16 runs with the same seed and data: bit-identical weights with deterministic=True."""
-    a = _deterministic_run("cuda", True, 200, bf16=True)
-    b = _deterministic_run("cuda", True, 200, bf16=True)
+@pytest.mark.parametrize("aux", [False, True])
+def test_deterministic_mode_bit_identical_runs_on_cuda(aux):
+    """Two bf16 runs with the same seed and data: bit-identical weights with deterministic=True (with the
+    dead-latent aux loss running too)."""
+    a = _deterministic_run("cuda", True, 200, bf16=True, aux=aux)
+    b = _deterministic_run("cuda", True, 200, bf16=True, aux=aux)
     assert torch.equal(a, b)
-    c = _deterministic_run("cuda", False, 200, bf16=True)
-    d = _deterministic_run("cuda", False, 200, bf16=True)
-    print(f"default mode: max |diff| between two runs {float((c - d).abs().max()):.3g}")
+    c = _deterministic_run("cuda", False, 200, bf16=True, aux=aux)
+    d = _deterministic_run("cuda", False, 200, bf16=True, aux=aux)
+    print(f"default mode (aux {aux}): max |diff| between two runs {float((c - d).abs().max()):.3g}")
 
 
 def test_fields_from_sae_are_exactly_the_ones_install_fast_step_sets():

@@ -6,7 +6,8 @@
 # wheels .carry/whl_part1, then .carry/whl_part2, one call each; the install below then finds no .whl and the
 # wheels already in /tmp/site)
 # (SKIP_TUNE=1: no tuning; PROFILE_DEAD=F: also profile_fast_step.py with a fraction F of the latents dead;
-# TESTS=aux: only the aux-loss, hot-row and RowsAt tests; SKIP_HOT=1: no bench_topk_hot.py)
+# TESTS=aux: only the aux-loss, hot-row and RowsAt tests; TESTS=det: the deterministic mode's and sae_streams' GPU
+# tests; SKIP_HOT=1: no bench_topk_hot.py)
 # The package is not installed there: PYTHONPATH puts the repository root on the import path.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,7 +19,10 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 # whole pytest output into $OUT/pytest.txt (a failure's assertion comes back with it), its summary lines here
 PT="python3 -m pytest -q -p no:cacheprovider -p no:warnings --tb=short"
 : > "$OUT/pytest.txt"
-if [ "${TESTS:-all}" = aux ]; then  # TESTS=aux: only the aux-loss kernel and step tests (a short call)
+if [ "${TESTS:-all}" = det ]; then  # TESTS=det: the deterministic mode's and the CUDA streams' GPU tests (short)
+  $PT -m gpu tests/fast/test_fast_topk.py -k deterministic -s >> "$OUT/pytest.txt" 2>&1
+  $PT -m gpu tests/train/test_sae_streams.py >> "$OUT/pytest.txt" 2>&1
+elif [ "${TESTS:-all}" = aux ]; then  # TESTS=aux: only the aux-loss kernel and step tests (a short call)
   $PT -m gpu tests/fast/test_aux_compact.py >> "$OUT/pytest.txt" 2>&1
   $PT tests/fast/test_topk_mask.py >> "$OUT/pytest.txt" 2>&1
   $PT -m "gpu or not gpu" tests/fast/test_fast_kernels.py -k "hot or row_topk_in or rows_at or sparse_grad" >> "$OUT/pytest.txt" 2>&1

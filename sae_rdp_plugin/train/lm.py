@@ -752,10 +752,12 @@ def train_saes(
     ``{"aux_compact": "off"}``) over its defaults. ``sae_streams`` (CUDA, several SAEs): each SAE steps on a
     CUDA stream of its own, all of them on the same batch, joined before the next batch, so that the steps of
     small SAEs overlap on the GPU (the same kernels, so the same results; on other devices it changes nothing).
-    Off by default: its first GPU run (benchmarks/e2e, four SAEs) hit a NaN loss at step 4, which graphs
-    captured on one shared stream explain (they share a cuBLAS workspace; each graph now has its own capture
-    stream), but no GPU run has checked the fix yet (tests/train/test_sae_streams.py, marked gpu). Its
-    ``sae_step_s`` then sums overlapping intervals. ``heldout`` (another stream of the same hooks) gives each
+    Its first GPU run (benchmarks/e2e, four SAEs) hit a NaN loss at step 4, which graphs captured on one shared
+    stream explain (they share a cuBLAS workspace; each graph now has its own capture stream); the GPU tests of
+    the fix pass (tests/train/test_sae_streams.py, marked gpu). Off by default: with many SAEs each stream keeps
+    its own memory pool, which a caller that needs the card's memory afterwards (SAEBench's core eval after a
+    table2 T stage) would not get back, and that is not measured. Its ``sae_step_s`` then sums overlapping
+    intervals. ``heldout`` (another stream of the same hooks) gives each
     SAE's held-out FVU, L0 and dead fraction on ``heldout_batches`` batches. ``timer`` (a clock in seconds,
     e.g. a synchronising perf_counter) times each SAE step; without one, CUDA events on CUDA. When
     ``batches`` has a ``stats`` dict with ``forward_seconds`` (an

@@ -1320,3 +1320,93 @@ def test_e2e_h100_real_weight_run_of_2026_12_06_quoted():
         [f"the first step at 12,288 took {first['12288'][0]:.4f} s, at 16,384 still {first['16384'][0]:.3f} s"],
         _flat("benchmarks/training_speed/README.md"),
     )
+
+
+def test_deterministic_mode_cost_with_the_aux_loss_quoted():
+    """The deterministic mode's cost with the aux loss (2026-12-06), from its JSON; its GPU tests' summary."""
+    ms = _step_ms("benchmarks/training_speed/deterministic_aux/training_speed.json")
+    c = "640x16384_k32"
+    fast, det = ms[(c, "fast_topk")], ms[(c, "fast_topk[deterministic]")]
+    aux, aux_det = ms[(c, "fast_weighted_topk+aux")], ms[(c, "fast_weighted_topk+aux[deterministic]")]
+    assert aux_det > aux and det > fast
+    for rel in ("docs/fast_training.md", "benchmarks/training_speed/README.md"):
+        _assert_quoted(
+            [f"{aux:.2f}", f"{aux_det:.2f} ms", f"({aux_det / aux:.2f}x slower)", f"({det / fast:.2f}x"], _flat(rel)
+        )
+    _assert_quoted([f"{fast:.2f} -> {det:.2f} ms"], _flat("docs/fast_training.md"))
+    _assert_quoted([f"{fast:.2f} vs {det:.2f} ms"], _flat("benchmarks/training_speed/README.md"))
+    assert f"{aux_det / aux:.2f}x slower with the aux loss" in _flat("docs/limitations.md")
+    pt = (ROOT / "benchmarks/training_speed/deterministic_aux/pytest.txt").read_text()
+    assert pt.count("2 passed") == 2 and "failed" not in pt and "(aux True)" in pt
+
+
+def test_e2e_warm_aux_fixed_and_streams_runs_of_2026_12_06_quoted():
+    """benchmarks/e2e README's fifth-session section, docs and the top README's e2e row, from the two runs' JSONs."""
+    runs = ROOT / "benchmarks/e2e/runs"
+    d = json.loads((runs / "2026-12-06-h100-warm-aux-fixed/latest.json").read_text())
+    r = {x["row"]: x for x in d["rows"]}
+    ours, prof, sp, sl = (r[k] for k in ("ours", "ours_first_profile", "sparsify", "saelens_speed"))
+    s = d["summary"]
+    assert "H100" in d["device"] and d["settings"]["context"] == 128 and d["settings"]["gguf"]
+    assert not s["targets_met"]["x10_saelens"] and not s["targets_met"]["x10_sparsify"]
+    sae = ours["saes"][0]
+    warm, first = sae["aux_warm"], sae["first_steps_s_by_width"]
+    assert sae["aux_widths_in_order"][:2] == [0, 16384]
+    pf = prof["saes"][0]["first_steps_s_by_width"]
+    pprof = prof["saes"][0]["first_steps_profile_by_width"]
+    assert all(pprof[w]["triton_compiled"] == [] for w in pprof if w != "0")
+    aux_first = [pf[w][0] for w in pf if w != "0"]
+    before = json.loads((runs / "2026-12-06-h100-real-weights/latest.json").read_text())
+    b_ours = {x["row"]: x for x in before["rows"]}["ours"]
+    v1 = json.loads((runs / "2026-12-06-h100-warm-aux/latest.json").read_text())["rows"][0]["saes"][0]
+    ts, steps = ours["time_split"], sae["steps"]
+    need = 10 * sp["tokens_per_s"]
+    budget = ours["tokens"] / need
+    fwd = ts["forward_s"] - ts["first_forward_s"]
+    left = budget - fwd - ts["other_s"]
+    e3 = {x["row"]: x for x in json.loads((runs / "2026-12-06-h100-3hooks-streams/latest.json").read_text())["rows"]}
+    seq, st = e3["ours_3hooks"], e3["ours_3hooks_streams"]
+    assert st["sae_streams"] is True and seq["sae_streams"] is False
+    old = [x for x in json.loads((runs / "2026-12-04-real-weights-3hooks/latest.json").read_text())["rows"]]
+    old = {x["row"]: x["tokens_per_s"] for x in old}
+    section = _flat("benchmarks/e2e/README.md", after="## `warm_aux` fixed, same-run ratios")
+    _assert_quoted(
+        [
+            f"ours {ours['tokens_per_s']:,.0f} tokens/s after warm-up = {s['ours_x_saelens']:.2f}x SAELens's runner "
+            f"({sl['tokens_per_s']:,.0f}) and {s['ours_x_sparsify']:.2f}x sparsify ({sp['tokens_per_s']:,.0f})",
+            f"`ours_first_profile` (the same training, its first steps profiled) {prof['tokens_per_s']:,.0f}",
+            f"compiled at step 0 in {warm['s']:.3f} s (`aux_warm`, widths "
+            + " and ".join(f"{w:,}" for w in warm["widths"]),
+            f"took {first['16384'][0]:.4f} s, against {b_ours['saes'][0]['first_steps_s_by_width']['16384'][0]:.3f} s "
+            f"in the section below's `ours` and {v1['first_steps_profile_by_width']['16384']['wall_s']:.3f} s with the "
+            "first version",
+            f"({min(aux_first):.4f}-{max(aux_first):.4f} s)",
+            f"Ours' SAE steps took {ts['sae_step_s']:.1f} s in all ({b_ours['time_split']['sae_step_s']:.1f} s in "
+            f"the section below's run): {1e3 * ts['sae_step_s'] / steps:.2f} ms per step",
+            f"10x sparsify would take {need:,.0f} tokens/s here, i.e. {budget:.1f} s for the 20M tokens: after the "
+            f"forward ({fwd:.1f} s past its first, compiling call) and the rest ({ts['other_s']:.1f} s), "
+            f"{left:.1f} s for the {steps:,} steps, {1e3 * left / steps:.2f} ms per step, a "
+            f"{ts['sae_step_s'] / left:.1f}x faster step",
+            f"ours {ours['heldout_fvu']:.4f} (20M tokens); sparsify {sp['heldout_fvu']:.4f} and SAELens "
+            f"{sl['heldout_fvu']:.4f} at 2M tokens",
+            f"`ours_3hooks` {seq['tokens_per_s']:,.0f} input tokens/s, `ours_3hooks_streams` (each SAE on a CUDA "
+            f"stream of its own) {st['tokens_per_s']:,.0f} ({st['tokens_per_s'] / seq['tokens_per_s']:.2f}x; the "
+            f"2026-12-04 run on the H200: {old['ours_3hooks_streams'] / old['ours_3hooks']:.2f}x)",
+            "Held-out FVUs "
+            + " / ".join(f"{x:.4f}" for x in seq["heldout_fvu"])
+            + " sequential, "
+            + " / ".join(f"{x:.4f}" for x in st["heldout_fvu"])
+            + " on streams",
+        ],
+        section,
+    )
+    _assert_quoted(
+        [
+            f"the warm-up took {warm['s']:.3f} s at step 0 and the first aux step (at 16,384 again) "
+            f"{first['16384'][0]:.4f} s"
+        ],
+        _flat("docs/fast_training.md"),
+    )
+    _assert_quoted([f"in a later run {s['ours_x_saelens']:.2f}x and {s['ours_x_sparsify']:.2f}x"], _flat("README.md"))
+    assert f"then {s['ours_x_saelens']:.2f}x and {s['ours_x_sparsify']:.2f}x" in _flat("docs/limitations.md")
+    assert f"ran {st['tokens_per_s'] / seq['tokens_per_s']:.2f}x faster on streams" in _flat("docs/wsae.md")

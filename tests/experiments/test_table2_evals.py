@@ -443,13 +443,32 @@ def test_eval_stage_absorption_offline(rs, tmp_path, monkeypatch):
         assert {"vocabulary", "activations", "probe_training", "probe_save"} <= set(parts), parts
         assert 0 < sum(parts.values()) <= a["probe_s"] + 0.05  # (each rounded to 0.01 s)
 
-    # cut while an SAE blocks: back at the deadline, no JSON, no temporary file
+    # cut while an SAE blocks: back once the deadline passed, no JSON, no temporary file. The parent's clock
+    # (absorption_stage's ``time``) jumps past the deadline as soon as the child reports loading the blocked SAE,
+    # so the test does not wait out a real deadline
+    import types
+
     cfg2 = {**cfg, "min_feats_for_eval": 2}
     blocked = dataclasses.replace(items[1], load=functools.partial(time.sleep, 600))
-    budget = 3 * a["child_start_s"] + 10  # margins for a loaded machine (the child must reach its SAE first)
+    jump = [0.0]
+    clock = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+    clock.time = lambda: time.time() + jump[0]
+    supervise = ab._supervise
+
+    def supervise_seen(common_, jobs, n, vocab_sample, deadline, handle, *rest):
+        def seen(i: int, ev: tuple) -> None:
+            handle(i, ev)
+            if ev[0] == "sae_load":
+                jump[0] = 7200.0
+
+        return supervise(common_, jobs, n, vocab_sample, deadline, seen, *rest)
+
     t = time.time()
-    r = ab.run_absorption(hooked, "tiny-gpt2", [blocked], work, t + budget, "cpu", config=cfg2, log=lambda m: None)
-    assert budget <= time.time() - t < budget + 5
+    with monkeypatch.context() as mp:
+        mp.setattr(ab, "time", clock)
+        mp.setattr(ab, "_supervise", supervise_seen)
+        r = ab.run_absorption(hooked, "tiny-gpt2", [blocked], work, t + 3600, "cpu", config=cfg2, log=lambda m: None)
+    assert jump[0] > 0 and time.time() - t < 3 * a["child_start_s"] + 30  # margins for a loaded machine
     assert r["cut"]["phase"] == "loading" and r["cut"]["sae"] == blocked.name and r["left"] == [blocked.name]
     assert not dest.exists() or not list(dest.iterdir())
 

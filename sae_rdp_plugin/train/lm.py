@@ -757,8 +757,8 @@ def train_saes(
     the fix pass (tests/train/test_sae_streams.py, marked gpu). Off by default: with many SAEs each stream keeps
     its own memory pool, which a caller that needs the card's memory afterwards (SAEBench's core eval after a
     table2 T stage) would not get back, and that is not measured. Its ``sae_step_s`` then sums overlapping
-    intervals. ``heldout`` (another stream of the same hooks) gives each
-    SAE's held-out FVU, L0 and dead fraction on ``heldout_batches`` batches. ``timer`` (a clock in seconds,
+    intervals. ``heldout`` (another stream of the same hooks) gives each SAE's held-out FVU, L0 and dead
+    fraction on ``heldout_batches`` batches. ``timer`` (a clock in seconds,
     e.g. a synchronising perf_counter) times each SAE step; without one, CUDA events on CUDA. When
     ``batches`` has a ``stats`` dict with ``forward_seconds`` (an
     :class:`~sae_rdp_plugin.lm.pipeline.ActivationPipeline`), that is the forward time; otherwise the time

@@ -842,6 +842,9 @@ def bench_impls(rows, cfg_key, d_in, d_sae, k, B, xs, gamma, dev, args, gemm_rat
             ("mask,dead0.2", {**mask, "dead_frac": 0.2}),
             ("mask,dead0.85", {**mask, "dead_frac": 0.85}),
             ("mask,nocompact", {**mask, "dead_frac": 0.5, "aux_compact": "off"}),
+            # the deterministic mode with the one-pass selection kernel: no scatter of the top-k entries into the
+            # dense selection (PyTorch's deterministic scatter_ sorts), beside fast_weighted_topk+aux[deterministic]
+            ("mask,deterministic", {**mask, "dead_frac": 0.5, "deterministic": True}),
         ):
             impls.append(
                 (

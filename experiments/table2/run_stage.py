@@ -587,6 +587,26 @@ def validate_core(obj: dict) -> None:
 # ------------------------------------------------------------------------------------ E-* stages (SAEBench evals)
 
 
+#: the packages whose versions a call record lists (what produced its JSONs)
+VERSIONED = ("sae-bench", "sae-lens", "transformer-lens", "sae-probes", "torch", "triton", "transformers")
+
+
+def package_versions() -> dict[str, str | None]:
+    """The installed versions of :data:`VERSIONED` (None where not installed), for a call record. SAEBench's JSONs
+    carry no version of SAEBench itself: their ``sae_bench_commit_hash`` is ``git rev-parse HEAD`` of the working
+    directory (SAEBench's ``get_sae_bench_version``), i.e. this repository's commit when the stage runs from its
+    checkout, or "Unknown"."""
+    import importlib.metadata as md
+
+    out: dict[str, str | None] = {}
+    for name in VERSIONED:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def eval_stage(stage: str) -> bool:
     return stage.startswith("E-")
 
@@ -772,6 +792,7 @@ def run_eval_stage(args: argparse.Namespace, plan: dict, recipe: dict, t_call: f
             **({"beside": args.beside} if args.beside is not None else {}),
             "device": torch.cuda.get_device_name(0) if cuda else "cpu",
             "host_memory": {"start": args.host_at_start, "end": host_snapshot()},
+            "versions": package_versions(),
             **recs,
             "tokenizer": tokenizer,
             "not_trained_uncalibrated": uncalibrated,
@@ -1175,6 +1196,7 @@ def main(argv: list[str] | None = None) -> int:
             "gpu_s": round(wall, 2) if cuda else 0.0,
             "device": torch.cuda.get_device_name(0) if cuda else "cpu",
             "host_memory": {"start": args.host_at_start, "end": host_snapshot()},
+            "versions": package_versions(),
             "trained": trained,
             "skipped_trained_before": done,
             "left_for_later": [f for f in fams if f not in done and f not in todo],

@@ -126,6 +126,7 @@ def test_eval_stage_sparse_probing_resumable(seq, tmp_path):
     # each call records the tokenizer the prompts went through (tiny-gpt2 has no probe sentence: not checked)
     assert all(c["tokenizer"]["class"] and c["tokenizer"]["probe_ok"] is None for c in rec["calls"])
     assert all(c["host_memory"]["end"]["used_bytes"] > 0 for c in rec["calls"])  # the machine's memory recorded
+    assert all(c["versions"]["sae-probes"] and c["versions"]["sae-bench"] for c in rec["calls"])
     assert c2["existing"] == c1["evaluated"] and sorted(c2["evaluated"]) == sorted(c1["left"]) and c2["complete"]
     # each SAE's decoder norms folded before SAEBench's run_eval, as its loader folds an SAE loaded by name
     for c in (c1, c2):

@@ -96,6 +96,12 @@ def test_stage_end_to_end_resume_and_audit(rs, tmp_path, capsys):
     (call,) = rec["calls"]
     assert len(call["trained"]) == 4 and call["skipped_trained_before"] == [] and len(call["core_evaluated"]) == 5
     assert call["fast_deterministic"] is (os.environ.get("SAE_RDP_FAST_DETERMINISTIC", "0") == "1")
+    # the versions of what produced the JSONs (SAEBench's own JSONs carry none of SAEBench itself)
+    import importlib.metadata as md
+
+    assert call["versions"]["sae-bench"] == md.version("sae-bench") and call["versions"]["sae-lens"] == md.version(
+        "sae-lens"
+    )
     # the machine's memory at the call's start and end (the device's MemTotal grows as RAM is used): this
     # process's peak resident memory only grows, and a stage that trained and evaluated holds > 100 MiB
     hm = call["host_memory"]

@@ -50,7 +50,6 @@ import dataclasses
 import datetime as _dt
 import functools
 import gc
-import importlib.metadata as _md
 import json
 import math
 import os
@@ -1049,21 +1048,10 @@ def run_row_isolated(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": sys.version.split()[0]}
-    for dist in (
-        "torch",
-        "triton",
-        "transformers",
-        "sae-lens",
-        "transformer-lens",
-        "eai-sparsify",
-        "datasets",
-        "sae-rdp",
-    ):
-        try:
-            out[dist] = _md.version(dist)
-        except _md.PackageNotFoundError:
-            out[dist] = None
+    from sae_rdp_plugin.evals import installed_versions
+
+    dists = ("torch", "triton", "transformers", "sae-lens", "transformer-lens", "eai-sparsify", "datasets", "sae-rdp")
+    out: dict[str, str | None] = {"python": sys.version.split()[0], **installed_versions(dists)}
     try:
         root = Path(__file__).resolve().parents[2]
         out["commit"] = (

@@ -596,15 +596,9 @@ def package_versions() -> dict[str, str | None]:
     carry no version of SAEBench itself: their ``sae_bench_commit_hash`` is ``git rev-parse HEAD`` of the working
     directory (SAEBench's ``get_sae_bench_version``), i.e. this repository's commit when the stage runs from its
     checkout, or "Unknown"."""
-    import importlib.metadata as md
+    from sae_rdp_plugin.evals import installed_versions
 
-    out: dict[str, str | None] = {}
-    for name in VERSIONED:
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
+    return installed_versions(VERSIONED)
 
 
 def eval_stage(stage: str) -> bool:

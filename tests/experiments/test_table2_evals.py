@@ -292,6 +292,24 @@ def _tiny_hooked(rs, tok_dir: Path, n_layers: int = 2):
     return hooked
 
 
+class _JumpingClock:
+    """absorption_stage's ``time`` in tests that cut a call at its deadline without waiting for one: the time
+    module's functions, with ``time()`` moved forward once :meth:`jump` is called (the parent then sees its
+    deadline passed; the spawned workers keep the real clock)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def jump(self) -> None:
+        self.offset = 7200.0
+
+
 def _absorption_setup(rs, tmp_path: Path):
     """The T-tiny stage trained under tmp_path/out (3 SAEs: finals and a checkpoint), the word tokenizer saved,
     the tiny HookedTransformer with it, and the E-tiny-gpt2-1 stage's (SAE, path, step) triples."""
@@ -447,20 +465,16 @@ def test_eval_stage_absorption_offline(rs, tmp_path, monkeypatch):
     # cut while an SAE blocks: back once the deadline passed, no JSON, no temporary file. The parent's clock
     # (absorption_stage's ``time``) jumps past the deadline as soon as the child reports loading the blocked SAE,
     # so the test does not wait out a real deadline
-    import types
-
     cfg2 = {**cfg, "min_feats_for_eval": 2}
     blocked = dataclasses.replace(items[1], load=functools.partial(time.sleep, 600))
-    jump = [0.0]
-    clock = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
-    clock.time = lambda: time.time() + jump[0]
+    clock = _JumpingClock()
     supervise = ab._supervise
 
     def supervise_seen(common_, jobs, n, vocab_sample, deadline, handle, *rest):
         def seen(i: int, ev: tuple) -> None:
             handle(i, ev)
             if ev[0] == "sae_load":
-                jump[0] = 7200.0
+                clock.jump()
 
         return supervise(common_, jobs, n, vocab_sample, deadline, seen, *rest)
 
@@ -469,7 +483,7 @@ def test_eval_stage_absorption_offline(rs, tmp_path, monkeypatch):
         mp.setattr(ab, "time", clock)
         mp.setattr(ab, "_supervise", supervise_seen)
         r = ab.run_absorption(hooked, "tiny-gpt2", [blocked], work, t + 3600, "cpu", config=cfg2, log=lambda m: None)
-    assert jump[0] > 0 and time.time() - t < 3 * a["child_start_s"] + 30  # margins for a loaded machine
+    assert clock.offset > 0 and time.time() - t < 3 * a["child_start_s"] + 30  # margins for a loaded machine
     assert r["cut"]["phase"] == "loading" and r["cut"]["sae"] == blocked.name and r["left"] == [blocked.name]
     assert not dest.exists() or not list(dest.iterdir())
 
@@ -667,15 +681,12 @@ def test_absorption_in_workers_and_in_any_order_gives_the_same_jsons(rs, tmp_pat
     # at the end of the slow export, so the call ends as at a real deadline without waiting for one.
     import dataclasses
     import functools
-    import types
 
     monkeypatch.chdir(tmp_path)
     dest = tmp_path / "cut"
     items = [rs.probe_item(s, p, step, dest, "cpu") for s, p, step in trained]
     items[0] = dataclasses.replace(items[0], load=functools.partial(time.sleep, 600))
-    jump = [0.0]
-    clock = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
-    clock.time = lambda: time.time() + jump[0]
+    clock = _JumpingClock()
     monkeypatch.setattr(ab, "time", clock)
     # margins for a loaded machine: the free worker evaluates the second SAE while the first one's export waits
     wait = 3 * max(rec["sae_s"].values()) + 5
@@ -685,7 +696,7 @@ def test_absorption_in_workers_and_in_any_order_gives_the_same_jsons(rs, tmp_pat
         exports.append(time.time())
         if len(exports) == 1:
             time.sleep(wait)
-            jump[0] = 7200.0  # the deadline below has passed, for the parent
+            clock.jump()  # the deadline below has passed, for the parent
 
     t = time.time()
     r = ab.run_absorption(

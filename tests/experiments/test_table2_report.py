@@ -446,6 +446,15 @@ def test_replicate_rows_and_lines_match_brute_force_v(results, capsys):
     where = "inside" if lo <= 0.351 <= hi else ("below" if 0.351 < lo else "above")
     assert f"difference {v - v_main:+.3f}; Sparse Probing: paper 0.351 is {where} our interval." in doc
     assert n_main > 0 and (out / "audit" / "replicates" / "gemma3-270m-L9-topk-r2" / "architecture_1EV").is_dir()
+    # table2.md's replicate table: the replicate's own V (brute force) beside the paper's, after the committed rows
+    md = (out / "table2.md").read_text()
+    head, rest = md.split("## Paper's proxies on the training-run replicates")
+    assert "## Every sweep" in rest and "`gemma3-270m-L9-topk-r2`" not in head
+    line = (
+        f"| `gemma3-270m-L9-topk-r2` | gemma3-270m | 9 | topk | `{col}` | Sparse Probing | 12 | {n} | "
+        f"{v:.3f} [{lo:.3f}, {hi:.3f}] |"
+    )
+    assert line in rest and rest.split(line)[1].splitlines()[0].endswith(f"paper 0.351 is {where} our interval |")
     # the pair line: dominated pairs of each run by enumeration (same SAE ids, index i in both), and the shared
     # ones whose accuracies the two runs order differently
 

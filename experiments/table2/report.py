@@ -378,9 +378,7 @@ def markdown(rows: list[dict[str, Any]], sources: dict[str, Any], rep_rows: list
     if not key:
         lines.append("| (no paper proxy evaluated yet) | | | | | | | | | | | | |")
     reps = [
-        r
-        for r in rep_rows or []
-        if r["grouping"] == "architecture" and r["paper_proxy"] and r["distortion"] == primary
+        r for r in rep_rows or [] if r["grouping"] == "architecture" and r["paper_proxy"] and r["distortion"] == primary
     ]
     if reps:
         lines += [

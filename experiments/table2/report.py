@@ -939,6 +939,53 @@ def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], resu
     return "\n".join(out + [""])
 
 
+def paper_comparisons(rows: list[dict[str, Any]], reps: list[dict[str, Any]]) -> str:
+    """The generated lines setting each of our V of a paper proxy (committed sweeps' and replicates' rows,
+    architecture grouping, primary distortion) against the paper's V for the same architecture: where the paper's
+    value falls in our 95% interval, and whether that interval also holds 0.5 (then agreement cannot tell the
+    paper's V from a random ordering). Sweeps whose SAEs fail the working-SAE bar are counted, not compared."""
+    primary = list(DISTORTIONS)[0]
+    cands = [
+        r
+        for r in [*rows, *reps]
+        if r["grouping"] == "architecture"
+        and r["distortion"] == primary
+        and r["paper_proxy"]
+        and PAPER_V.get(r["paper_proxy"], {}).get(r["architecture"]) is not None
+        and r["V"] is not None
+        and r["V_ci"][0] is not None
+    ]
+    if not cands:
+        return ""
+    out = ["", "### against the paper's Table 2", ""]
+    lines, where_n, weak, skipped = [], {"inside": 0, "below": 0, "above": 0}, 0, 0
+    for r in sorted(cands, key=lambda r: (r["paper_proxy"], r["architecture"], r.get("replicate", ""))):
+        ce = r.get("median_ce_loss_score")
+        if ce is not None and ce < MIN_CE_LOSS_SCORE:
+            skipped += 1
+            continue
+        paper = PAPER_V[r["paper_proxy"]][r["architecture"]]
+        lo, hi = r["V_ci"]
+        where = "inside" if lo <= paper <= hi else ("below" if paper < lo else "above")
+        where_n[where] += 1
+        weak += where == "inside" and lo <= 0.5 <= hi
+        src = f"`{r['replicate']}`" if r.get("replicate") else "committed sweep"
+        lines.append(
+            f"- {r['paper_proxy']}, {r['architecture']} ({src}, {r['n_saes']} SAEs, {r['n_pairs']} pairs): ours "
+            f"{r['V']:.3f} [{lo:.3f}, {hi:.3f}], paper {paper:.3f}: {where} our interval"
+            + ("; 0.5 is inside it too." if lo <= 0.5 <= hi else "; 0.5 is outside it.")
+        )
+    n = sum(where_n.values())
+    out.append(
+        f"- {n} comparisons (D = {primary}, one row per sweep or replicate and paper proxy): the paper's V is inside "
+        f"our 95% interval in {where_n['inside']}, below it in {where_n['below']}, above it in {where_n['above']}; "
+        f"{weak} of the {where_n['inside']} intervals holding the paper's V hold 0.5 (random ordering) too"
+        + (f"; {skipped} not compared (median CE loss recovered < {MIN_CE_LOSS_SCORE})" if skipped else "")
+        + "."
+    )
+    return "\n".join(out + lines) + "\n"
+
+
 def away_from_half(rows: list[dict[str, Any]], alpha: float = 0.05) -> str:
     """The proxies among ``rows`` that show a direction by :func:`direction`'s rule (V's interval excludes 0.5
     and the permutation test rejects random order, p < ``alpha``): "inverted" where the pairs are mostly ordered
@@ -1147,6 +1194,7 @@ def main(argv: list[str] | None = None) -> int:
             text = (
                 findings(rows, folders, quals)
                 + replicates_text(rows, rep_rows, args.results)
+                + paper_comparisons(rows, rep_rows)
                 + archived(args.results)
                 + diagnostics(args.results.parent / "diagnostics" / "l1_massive_dim.json")
                 + absorption_probes(args.results.parent / "diagnostics")

@@ -143,6 +143,68 @@ def test_top_readme_table2_row_quotes_table2_json():
     )
 
 
+def test_top_readme_table2_row_quotes_the_replicates():
+    """The README row's replicate part: the SAEs with every offline eval (counted from the eval folders), the
+    comparisons with the paper's V (each row's interval against PAPER_V, recomputed here from table2.json), and the
+    pooled audit of the replicates (table2.json's pooled rows; the cross-architecture pairs from FINDINGS.md)."""
+    import re
+
+    t2 = ROOT / "experiments/table2"
+    table = json.loads((t2 / "table2.json").read_text())
+    reps = t2 / "results/replicates"
+    evals = ("core", "rdp_proxies", "absorption_first_letter", "sparse_probing_sae_probes")
+    full = {}
+    for r in reps.iterdir():
+        names = [{f.name for f in (r / ev).glob("*.json")} for ev in evals]
+        full[r.name] = len(set.intersection(*names))
+    assert full["gemma3-270m-L9-standard-r2"] == 20 and full["gemma3-270m-L9-jumprelu-r2"] == 10
+    paper = table["sources"]["paper_V"]
+    cands = [
+        r
+        for r in [*table["rows"], *table["replicates"]]
+        if r["grouping"] == "architecture"
+        and r["distortion"] == "1-EV"
+        and r["paper_proxy"]
+        and paper.get(r["paper_proxy"], {}).get(r["architecture"]) is not None
+        and r["V"] is not None
+        and r["median_ce_loss_score"] >= table["sources"]["min_ce_loss_score"]
+    ]
+    inside = [r for r in cands if r["V_ci"][0] <= paper[r["paper_proxy"]][r["architecture"]] <= r["V_ci"][1]]
+    assert all(r["V_ci"][0] <= 0.5 <= r["V_ci"][1] for r in inside)
+    (out,) = [r for r in cands if r not in inside]
+    assert (out["architecture"], out["paper_proxy"]) == ("standard", "Splitting")
+    pooled = {
+        r["proxy"]: r for r in table["replicates"] if r["replicate"] == "pooled-gemma3-270m-L9" and r["role"] == "proxy"
+    }
+    frac = pooled["absorption_first_letter.mean.mean_absorption_fraction_score"]
+    sp1 = pooled["sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"]
+    cos = pooled["rdp_proxies.proxies.decoder_max_cos"]
+    assert frac["V_ci"][1] < 0.5 and sp1["V_ci"][1] < 0.5 and cos["V_ci"][0] > 0.5
+    pooled_line = _flat("experiments/table2/FINDINGS.md", after="- pooled, the replicates of gemma3-270m-L9")
+    n_cross = int(
+        re.match(r"[^:]*: \d+ SAEs with a core JSON, \d+ dominated pairs under D = 1-EV, (\d+)", pooled_line)[1]
+    )
+
+    n_full = sum(full[f"gemma3-270m-L9-{a}"] for a in ("topk-r3", "jumprelu-r2", "standard-r2"))
+
+    def v(r):
+        return f"{r['V']:.3f} [{r['V_ci'][0]:.3f}, {r['V_ci'][1]:.3f}]"
+
+    _assert_quoted(
+        [
+            f"on the same weights for {n_full} SAEs",
+            f"ReLU-L1 {full['gemma3-270m-L9-standard-r2']}, its training equal to the committed sweep's",
+            f"the paper's V is inside our interval in {len(inside)} of {len(cands)} comparisons, 0.5 inside each of "
+            f"those {len(inside)} too; outside: ReLU-L1 splitting V {v(out)} "
+            f"(paper {paper['Splitting']['standard']:.3f})",
+            f"the three replicates as one sweep ({frac['n_saes']} SAEs, {frac['n_pairs']} dominated pairs, {n_cross} "
+            f"across architectures and so across L0): absorption fraction V {v(frac)} and sparse probing {v(sp1)} "
+            f"(with the RDP direction), decoder cosine {v(cos)} (against it)",
+        ],
+        _flat("README.md"),
+    )
+
+
 def test_recipe_calibration_drift_is_the_reported_median():
     """recipe.json's final_over_calibration_l0 of each calibrated architecture (ReLU-L1, JumpReLU) is the median
     final/target ratio that report.py prints for the Gemma sweep (FINDINGS.md), to the 3 decimals it prints."""
@@ -1012,11 +1074,10 @@ def test_table2_third_session_of_2026_12_06_quoted():
     assert full["V_ci"][0] > 0.5 and full["p_value_V"] < 0.05
     _assert_quoted(
         [
-            f"a deterministic TopK replicate's {full['n_saes']} (both widths",
-            f"over its {full['n_pairs']} dominated pairs, all of equal L0, full absorption V {full['V']:.3f} "
-            f"[{full['V_ci'][0]:.3f}, {full['V_ci'][1]:.3f}] (p {full['p_value_V']:.3f}: against the RDP direction)",
-            f"absorption fraction {frac['V']:.3f} [{frac['V_ci'][0]:.3f}, {frac['V_ci'][1]:.3f}] (paper 0.480 inside)",
-            f"splitting {split['V']:.3f} [{split['V_ci'][0]:.3f}, {split['V_ci'][1]:.3f}] (paper 0.441 inside)",
+            f"TopK {full['n_saes']}, deterministic",
+            f"TopK's full absorption V {full['V']:.3f} [{full['V_ci'][0]:.3f}, {full['V_ci'][1]:.3f}] (p "
+            f"{full['p_value_V']:.3f}: against the RDP direction) over its {full['n_pairs']} dominated pairs, all of "
+            "equal L0",
         ],
         _flat("README.md"),
     )
@@ -1112,7 +1173,7 @@ def test_table2_fourth_session_of_2026_12_06_quoted():
     # SAEs with every offline eval across the replicates; the replicate's dominated pairs
     evals = ("core", "rdp_proxies", "absorption_first_letter", "sparse_probing_sae_probes")
     full = 0
-    for r in reps.iterdir():
+    for r in (reps / "gemma3-270m-L9-topk-r3", rep):  # the replicates with every eval at the time
         names = [{f.name for f in (r / ev).glob("*.json")} for ev in evals]
         full += len(set.intersection(*names))
     jr = [
@@ -1122,34 +1183,7 @@ def test_table2_fourth_session_of_2026_12_06_quoted():
     ]
     assert len(jr) == 8 and len({r["n_pairs"] for r in jr}) == 1 and len({r["n_saes"] for r in jr}) == 1
     assert all(r["V_ci"][0] <= 0.5 <= r["V_ci"][1] for r in jr)
-    _assert_quoted(
-        [
-            f"JumpReLU's {jr[0]['n_saes']} trained again (its five 4k SAEs equal the committed ones; "
-            f"{jr[0]['n_pairs']} dominated pairs, no proxy's V interval excludes 0.5)"
-        ],
-        _flat("README.md"),
-    )
-    # the pooled audit of the two replicates (README row)
-    pooled = {
-        r["proxy"]: r
-        for r in json.loads((ROOT / "experiments/table2/table2.json").read_text())["replicates"]
-        if r["replicate"] == "pooled-gemma3-270m-L9" and r["role"] == "proxy"
-    }
-    frac = pooled["absorption_first_letter.mean.mean_absorption_fraction_score"]
-    sp1 = pooled["sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"]
-    assert frac["V"] < 0.5 and sp1["V"] < 0.5 and frac["V_ci"][1] >= 0.5 and sp1["V_ci"][1] >= 0.5
-    pooled_line = _flat("experiments/table2/FINDINGS.md", after="- pooled, the replicates of gemma3-270m-L9")
-    n_cross = int(
-        re.match(r"[^:]*: \d+ SAEs with a core JSON, \d+ dominated pairs under D = 1-EV, (\d+)", pooled_line)[1]
-    )
-    _assert_quoted(
-        [
-            f"the two sets audited as one sweep ({frac['n_saes']} SAEs, {frac['n_pairs']} dominated pairs, {n_cross} "
-            f"across architectures and so across L0): absorption fraction V {frac['V']:.3f} [{frac['V_ci'][0]:.3f}, "
-            f"{frac['V_ci'][1]:.3f}] and sparse probing {sp1['V']:.3f} [{sp1['V_ci'][0]:.3f}, {sp1['V_ci'][1]:.3f}]"
-        ],
-        _flat("README.md"),
-    )
+    _assert_quoted([f"JumpReLU {jr[0]['n_saes']};"], _flat("README.md"))
     findings = _flat("experiments/table2/FINDINGS.md", after="- `table2-gemma3-270m-L9-standard`: ")
     std = re.match(r"- `[^`]+`: \d+ dominated pairs under D = 1-EV: (\d+) sparsity level, (\d+) width", findings)
     std_level, std_width = int(std[1]), int(std[2])
@@ -1410,3 +1444,66 @@ def test_e2e_warm_aux_fixed_and_streams_runs_of_2026_12_06_quoted():
     _assert_quoted([f"in a later run {s['ours_x_saelens']:.2f}x and {s['ours_x_sparsify']:.2f}x"], _flat("README.md"))
     assert f"then {s['ours_x_saelens']:.2f}x and {s['ours_x_sparsify']:.2f}x" in _flat("docs/limitations.md")
     assert f"ran {st['tokens_per_s'] / seq['tokens_per_s']:.2f}x faster on streams" in _flat("docs/wsae.md")
+
+
+def test_table2_sixth_session_of_2026_12_06_quoted():
+    """table2 README section 6, the sixth session of 2026-12-06: ReLU-L1's replicate r2, quoted from the device
+    calls and the stage records; its train summaries equal to the committed sweep's and its core metrics within the
+    quoted relative bounds (SAEBench's L1 aside: the decoder-norm folding changes it)."""
+    t2 = ROOT / "experiments/table2"
+    rep = t2 / "results/replicates/gemma3-270m-L9-standard-r2"
+    committed = t2 / "results/gemma3-270m-L9"
+    dev = json.loads((rep / "device_calls_2026-12-06-s6.json").read_text())["calls"]
+    t = json.loads((rep / "stage_T-gemma3-270m-9-standard.json").read_text())["calls"]
+    e = json.loads((rep / "stage_E-gemma3-270m-9.json").read_text())["calls"]
+    assert [len(c["trained"]) for c in t] == [5, 5] and all(c["device"] == "NVIDIA H100 80GB HBM3" for c in (*t, *e))
+    ab4, sp4, sp16, ab16 = e[0]["absorption"], e[1]["sparse_probing"], e[2]["sparse_probing"], e[3]["absorption"]
+    assert all(len(x["evaluated"]) == 10 and not x["left"] for x in (ab4, sp4, sp16, ab16))
+
+    def rng(v, f=".1f"):
+        return f"{min(v):{f}}-{max(v):{f}}"
+
+    def part(ab, k):
+        return rng([p[k] for p in ab["sae_parts_s"].values()])
+
+    peaks = t[0]["core_peak_gib"].values()
+    text = _flat("experiments/table2/README.md", after="**Sixth session of 2026-12-06**")
+    _assert_quoted(
+        [
+            f"The first call got no machine ({1800 - dev[0]['budget_left_s']} s of the "
+            "budget)",
+            f"--max-saes 5`: {dev[4]['wall_s']:.1f} s call, stage {t[0]['wall_s']:.1f} s",
+            f"at most {max(v['core'] for v in t[0]['eval_seconds'].values()):.1f} s each, peak "
+            f"{min(peaks):.0f}-{max(peaks):.0f} GiB",
+            f"--widths 16384 --max-saes 5`: {dev[8]['wall_s']:.1f} s call, its T stage {t[1]['wall_s']:.1f} s and its "
+            f"sparse probing {e[2]['wall_s']:.1f} s",
+            f"4k {dev[5]['wall_s']:.1f} s call, stage {e[0]['wall_s']:.1f} s, per SAE {rng(ab4['sae_s'].values())} s "
+            f"(k-sparse probing {part(ab4, 'k_sparse_probing')} s, its L1 probe "
+            f"{part(ab4, 'k_sparse_probing.training.l1_probe')} s; the experiment {part(ab4, 'absorption_experiment')}"
+            f" s, SAEBench's prompt-length check on the host {part(ab4, 'absorption_experiment.validate')} s)",
+            f"16k {dev[9]['wall_s']:.1f} s call (`--time-budget 330`, to fit the {dev[8]['budget_left_s']} s left), "
+            f"stage {e[3]['wall_s']:.1f} s, per SAE {rng(ab16['sae_s'].values())} s (k-sparse probing "
+            f"{part(ab16, 'k_sparse_probing')} s, its L1 probe {part(ab16, 'k_sparse_probing.training.l1_probe')} s)",
+            f"4k {dev[7]['wall_s']:.1f} s call with `probes.sh`, stage {e[1]['wall_s']:.1f} s "
+            f"({rng(sp4['sae_s'].values())} s per SAE)",
+        ],
+        text,
+    )
+    # reproduction: train summaries equal; core metrics within the quoted relative bounds, L1 aside
+    for f in sorted((rep / "train_summaries").glob("*.json")):
+        a, b = (json.loads(x.read_text()) for x in (f, committed / "train_summaries" / f.name))
+        assert all(a[k] == b[k] for k in ("final_loss", "heldout_fvu", "train_l0")), f.name
+    rel, worst, n = 0.0, None, 0
+    for f in sorted((rep / "core").glob("*.json")):
+        a, b = (json.loads(x.read_text())["eval_result_metrics"] for x in (f, committed / "core" / f.name))
+        n += 1
+        for group, vals in a.items():
+            for k, x in vals.items():
+                y = b[group][k]
+                if not isinstance(x, (int, float)) or (group, k) == ("sparsity", "l1"):
+                    continue
+                r = abs(x - y) / max(abs(y), 1e-12)
+                if r > rel:
+                    rel, worst = r, k
+    assert n == 20 and worst == "l0"
+    _assert_quoted([f"differ by at most {rel:.1e} (relative, L0's;"], text)

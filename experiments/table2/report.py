@@ -140,7 +140,8 @@ def check_out(out: Path, folders: list[Path], replicates: list[Path] | None = No
         for d in (out / "audit" / "replicates", out / "audit" / "replicates" / folder.name):
             if d.exists() and not d.is_dir():
                 fail(f"--out {out}: {d} exists and is not a folder")
-        _check_dest(out, replicate_dest(out, folder))
+        for grouping, distortion in REPLICATE_AUDITS:
+            _check_dest(out, replicate_dest(out, folder, grouping, distortion))
     for ml in pooled_replicates(replicates or []):
         d = pooled_dest(out, ml)
         if d.parent.exists() and not d.parent.is_dir():
@@ -378,28 +379,54 @@ def markdown(rows: list[dict[str, Any]], sources: dict[str, Any], rep_rows: list
     if not key:
         lines.append("| (no paper proxy evaluated yet) | | | | | | | | | | | | |")
     reps = [
-        r for r in rep_rows or [] if r["grouping"] == "architecture" and r["paper_proxy"] and r["distortion"] == primary
+        r
+        for r in rep_rows or []
+        if r["grouping"] in ("architecture", "width") and r["paper_proxy"] and r["distortion"] == primary
     ]
+
+    def same_rep(r: dict[str, Any], dist: str) -> dict[str, Any] | None:
+        for o in rep_rows or []:
+            if o["distortion"] == dist and all(
+                o[k] == r[k] for k in ("replicate", "grouping", "architecture", "width", "proxy")
+            ):
+                return o
+        return None
+
     if reps:
         lines += [
             "",
-            "## Paper's proxies on the training-run replicates (one architecture each, widths and checkpoints pooled)",
+            "## Paper's proxies on the training-run replicates (per architecture, then per width; checkpoints pooled)",
             "",
             "An architecture's sweep trained again with the same recipe and seed (`results/replicates/`), with the "
-            f"evals its committed sweep may lack; audited under D = {primary} only. FINDINGS.md says how close each "
-            "replicate's SAEs are to the committed sweep's.",
+            "evals its committed sweep may lack. FINDINGS.md says how close each replicate's SAEs are to the "
+            "committed sweep's. The paper's V is per architecture: width rows are not set against it.",
             "",
-            "| replicate | model | layer | architecture | proxy (ours) | paper proxy | N | pairs | V [95% CI] | rho "
-            "| p(V) | median CE rec. / EV legacy | vs paper |",
-            "|---|---|---:|---|---|---|---:|---:|---|---:|---:|---|---|",
+            "| replicate | model | layer | architecture | width | proxy (ours) | paper proxy | N | pairs | V [95% CI] "
+            f"| rho | p(V) | V with D = {second} | median CE rec. / EV legacy | vs paper |",
+            "|---|---|---:|---|---:|---|---|---:|---:|---|---:|---:|---|---|---|",
         ]
-        for r in sorted(reps, key=lambda r: (r["model"], r["layer"], r["architecture"], r["replicate"])):
+        order = {"architecture": 0, "width": 1}
+        for r in sorted(
+            reps,
+            key=lambda r: (
+                r["model"],
+                r["layer"],
+                r["architecture"],
+                r["replicate"],
+                order[r["grouping"]],
+                r["width"] or 0,
+            ),
+        ):
             lo, hi = r["V_ci"]
+            o = same_rep(r, second)
+            alt = "n/a" if o is None else f"{_f(o['V'])} ({o['n_pairs']} pairs)"
+            vs = compare(r) if r["grouping"] == "architecture" else ""
             lines.append(
-                f"| `{r['replicate']}` | {r['model']} | {r['layer']} | {r['architecture']} | `{r['proxy']}` | "
-                f"{r['paper_proxy']} | {r['n_saes']} | {r['n_pairs']} | {_f(r['V'])} [{_f(lo)}, {_f(hi)}] | "
-                f"{_f(r['rho'], '+.3f')} | {_f(r['p_value_V'])} | {_f(r.get('median_ce_loss_score'), '.2f')} / "
-                f"{_f(r.get('median_explained_variance_legacy'), '.2f')} | {compare(r)} |"
+                f"| `{r['replicate']}` | {r['model']} | {r['layer']} | {r['architecture']} | {r['width'] or ''} | "
+                f"`{r['proxy']}` | {r['paper_proxy']} | {r['n_saes']} | {r['n_pairs']} | {_f(r['V'])} "
+                f"[{_f(lo)}, {_f(hi)}] | {_f(r['rho'], '+.3f')} | {_f(r['p_value_V'])} | {alt} | "
+                f"{_f(r.get('median_ce_loss_score'), '.2f')} / {_f(r.get('median_explained_variance_legacy'), '.2f')} "
+                f"| {vs} |"
             )
     lines += [
         "",
@@ -735,9 +762,14 @@ def replicate_folders(results: Path) -> list[Path]:
     return folders
 
 
-def replicate_dest(out: Path, folder: Path) -> Path:
-    """Where a replicate's audit (architecture grouping, primary distortion) goes under ``--out``."""
-    return out / "audit" / "replicates" / folder.name / f"architecture_{list(DISTORTIONS)[0].replace('-', '')}"
+#: the (grouping, distortion) audits of each replicate: per architecture and per width, under both distortions
+REPLICATE_AUDITS = tuple((g, d) for g in ("architecture", "width") for d in DISTORTIONS)
+
+
+def replicate_dest(out: Path, folder: Path, grouping: str = "architecture", distortion: str | None = None) -> Path:
+    """Where a replicate's audit of one grouping and distortion (default: the primary one) goes under ``--out``."""
+    dist = distortion or list(DISTORTIONS)[0]
+    return out / "audit" / "replicates" / folder.name / f"{grouping}_{dist.replace('-', '')}"
 
 
 def check_replicate(folder: Path) -> None:
@@ -753,14 +785,18 @@ def check_replicate(folder: Path) -> None:
 
 
 def audit_replicate(folder: Path, out: Path, n_boot: int, n_perm: int, seed: int) -> list[dict[str, Any]]:
-    """The replicate's rows: the audit of its SAEs as one sweep (the architecture grouping, primary distortion),
-    each row tagged ``replicate`` with the folder's name (:func:`check_replicate` first)."""
+    """The replicate's rows: the audits of its SAEs as one sweep (architecture grouping) and per width, under
+    each distortion (:data:`REPLICATE_AUDITS`), each row tagged ``replicate`` with the folder's name
+    (:func:`check_replicate` first)."""
     check_replicate(folder)
     m = _REPLICATE.match(folder.name)
     assert m, folder
-    primary = list(DISTORTIONS)[0]
-    outs = audit(folder, "architecture", primary, replicate_dest(out, folder), n_boot, n_perm, seed)
-    rows = rows_of(outs, "architecture", primary, folder, quality(folder), name=m["ml"])
+    qual = quality(folder)
+    rows = []
+    for grouping, distortion in REPLICATE_AUDITS:
+        dest = replicate_dest(out, folder, grouping, distortion)
+        outs = audit(folder, grouping, distortion, dest, n_boot, n_perm, seed)
+        rows += rows_of(outs, grouping, distortion, folder, qual, name=m["ml"])
     return [{**r, "replicate": folder.name} for r in rows]
 
 
@@ -870,6 +906,7 @@ def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], resu
         for r in rows
         if r["grouping"] == "architecture" and r["distortion"] == primary
     }
+    reps = [r for r in reps if r["grouping"] in ("architecture", "pooled") and r["distortion"] == primary]
     out = ["", "### training-run replicates (same recipe and seed, trained again)", ""]
     for name in sorted({r["replicate"] for r in reps if not r["replicate"].startswith("pooled-")}):
         folder = results / "replicates" / name

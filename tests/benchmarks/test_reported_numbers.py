@@ -1065,7 +1065,7 @@ def test_table2_third_session_of_2026_12_06_quoted():
     rows = {
         r["proxy"]: r
         for r in json.loads((ROOT / "experiments/table2/table2.json").read_text())["replicates"]
-        if r["replicate"] == "gemma3-270m-L9-topk-r3" and r["grouping"] == "architecture"
+        if r["replicate"] == "gemma3-270m-L9-topk-r3" and (r["grouping"], r["distortion"]) == ("architecture", "1-EV")
     }
     full, frac, split = (
         rows[f"absorption_first_letter.mean.mean_{k}"]
@@ -1179,7 +1179,8 @@ def test_table2_fourth_session_of_2026_12_06_quoted():
     jr = [
         r
         for r in json.loads((ROOT / "experiments/table2/table2.json").read_text())["replicates"]
-        if r["replicate"] == "gemma3-270m-L9-jumprelu-r2" and r["grouping"] == "architecture" and r["role"] == "proxy"
+        if r["replicate"] == "gemma3-270m-L9-jumprelu-r2"
+        and (r["grouping"], r["distortion"], r["role"]) == ("architecture", "1-EV", "proxy")
     ]
     assert len(jr) == 8 and len({r["n_pairs"] for r in jr}) == 1 and len({r["n_saes"] for r in jr}) == 1
     assert all(r["V_ci"][0] <= 0.5 <= r["V_ci"][1] for r in jr)
@@ -1470,8 +1471,7 @@ def test_table2_sixth_session_of_2026_12_06_quoted():
     text = _flat("experiments/table2/README.md", after="**Sixth session of 2026-12-06**")
     _assert_quoted(
         [
-            f"The first call got no machine ({1800 - dev[0]['budget_left_s']} s of the "
-            "budget)",
+            f"The first call got no machine ({1800 - dev[0]['budget_left_s']} s of the budget)",
             f"--max-saes 5`: {dev[4]['wall_s']:.1f} s call, stage {t[0]['wall_s']:.1f} s",
             f"at most {max(v['core'] for v in t[0]['eval_seconds'].values()):.1f} s each, peak "
             f"{min(peaks):.0f}-{max(peaks):.0f} GiB",

@@ -419,16 +419,21 @@ def test_replicate_rows_and_lines_match_brute_force_v(results, capsys):
     rng = np.random.default_rng(11)
     folder = tmp / "results" / "replicates" / "gemma3-270m-L9-topk-r2"
     release = "table2-gemma3-270m-L9-topk"
-    rows_r2 = []
+    rows_r2, widths_r2 = [], []
     for (w, lev, step), t in zip(product((4096, 16384), range(3), ("final", "5000")), truth["topk"]):
         sid = f"blocks.9.hook_resid_post__w{w}_lev{lev}_s0_step_{step}"
         ev, acc = 1 - t[1] + float(rng.normal(0, 0.01)), float(rng.uniform(0.6, 0.9))  # same L0, other accuracies
         _write_sae(folder, release, sid, w, t[0], ev, acc, mse=t[3], ce=t[4])
-        rows_r2.append((t[0], 1 - ev, -acc))
-    r2 = np.array(rows_r2)
+        rows_r2.append((t[0], 1 - ev, -acc, t[3]))
+        widths_r2.append(w)
+    r2, r2_width = np.array(rows_r2), np.array(widths_r2)
     out, argv, table = _report_into(rep, tmp)
     col = "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"
-    (row,) = [r for r in table["replicates"] if r["proxy"] == col]
+    (row,) = [
+        r
+        for r in table["replicates"]
+        if r["proxy"] == col and r["grouping"] == "architecture" and r["distortion"] == "1-EV"
+    ]
     v, n = _brute_v(r2[:, 0], r2[:, 1], r2[:, 2])
     assert row["replicate"] == "gemma3-270m-L9-topk-r2" and row["architecture"] == "topk"
     where = (row["model"], row["layer"], row["grouping"], row["distortion"])
@@ -450,11 +455,29 @@ def test_replicate_rows_and_lines_match_brute_force_v(results, capsys):
     md = (out / "table2.md").read_text()
     head, rest = md.split("## Paper's proxies on the training-run replicates")
     assert "## Every sweep" in rest and "`gemma3-270m-L9-topk-r2`" not in head
+    v_mse, n_mse = _brute_v(r2[:, 0], r2[:, 3], r2[:, 2])
     line = (
-        f"| `gemma3-270m-L9-topk-r2` | gemma3-270m | 9 | topk | `{col}` | Sparse Probing | 12 | {n} | "
+        f"| `gemma3-270m-L9-topk-r2` | gemma3-270m | 9 | topk |  | `{col}` | Sparse Probing | 12 | {n} | "
         f"{v:.3f} [{lo:.3f}, {hi:.3f}] |"
     )
-    assert line in rest and rest.split(line)[1].splitlines()[0].endswith(f"paper 0.351 is {where} our interval |")
+    tail = rest.split(line)[1].splitlines()[0]
+    assert line in rest and tail.endswith(
+        f"| {v_mse:.3f} ({n_mse} pairs) | {float(np.median(t[:, 4])):.2f} / {float(np.median(1 - r2[:, 1])):.2f} "
+        f"| paper 0.351 is {where} our interval |"
+    )
+    # per width, under both distortions: the replicate's own V by enumeration over that width's SAEs
+    for w in (4096, 16384):
+        sel = r2_width == w
+        for dist, dcol in (("1-EV", 1), ("MSE", 3)):
+            (wr,) = [
+                r
+                for r in table["replicates"]
+                if (r["grouping"], r["distortion"], r["width"], r["proxy"]) == ("width", dist, w, col)
+            ]
+            vw, nw = _brute_v(r2[sel, 0], r2[sel, dcol], r2[sel, 2])
+            assert wr["n_saes"] == 6 and wr["n_pairs"] == nw and wr["V"] == pytest.approx(vw, abs=1e-12)
+            assert (out / "audit" / "replicates" / "gemma3-270m-L9-topk-r2" / f"width_{dist.replace('-', '')}").is_dir()
+        assert f"| `gemma3-270m-L9-topk-r2` | gemma3-270m | 9 | topk | {w} | `{col}` | Sparse Probing | 6 |" in rest
     # FINDINGS' comparison with the paper: the committed TopK row and the replicate's, each placed against its
     # own interval; the committed ReLU-L1 sweep (CE loss recovered under the working-SAE bar) counted, not compared
     (main_row,) = [

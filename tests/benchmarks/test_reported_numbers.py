@@ -1084,16 +1084,32 @@ def test_table2_third_session_of_2026_12_06_quoted():
     assert frac["V_ci"][0] <= 0.480 <= frac["V_ci"][1] and split["V_ci"][0] <= 0.441 <= split["V_ci"][1]
 
 
+def _replicate_records(name: str, calls_file: str, arch: str) -> tuple[Path, Path, list, list, list]:
+    """A table2 replicate's folder, the committed sweep's folder, and the calls of its device-calls record, its T
+    stage record (``T-gemma3-270m-9-<arch>``) and its E stage record."""
+    t2 = ROOT / "experiments/table2/results"
+    rep = t2 / "replicates" / name
+
+    def calls(f: str) -> list:
+        return json.loads((rep / f).read_text())["calls"]
+
+    return (
+        rep,
+        t2 / "gemma3-270m-L9",
+        calls(calls_file),
+        calls(f"stage_T-gemma3-270m-9-{arch}.json"),
+        calls("stage_E-gemma3-270m-9.json"),
+    )
+
+
 def test_table2_fourth_session_of_2026_12_06_quoted():
     """table2 README section 6, the fourth session of 2026-12-06: JumpReLU's replicate r2 (two T calls, absorption on
     ten SAEs in one wave, sparse probing), quoted from the device calls, the stage records and the train summaries;
     the 4k SAEs equal to the committed sweep's, the 16k ones close; the SAEs with every offline eval counted."""
-    reps = ROOT / "experiments/table2/results/replicates"
-    rep = reps / "gemma3-270m-L9-jumprelu-r2"
-    committed = ROOT / "experiments/table2/results/gemma3-270m-L9"
-    dev = json.loads((rep / "device_calls_2026-12-06-s4.json").read_text())["calls"]
-    t = json.loads((rep / "stage_T-gemma3-270m-9-jumprelu.json").read_text())["calls"]
-    e = json.loads((rep / "stage_E-gemma3-270m-9.json").read_text())["calls"]
+    rep, committed, dev, t, e = _replicate_records(
+        "gemma3-270m-L9-jumprelu-r2", "device_calls_2026-12-06-s4.json", "jumprelu"
+    )
+    reps = rep.parent
     ab, sp = e[0]["absorption"], e[1]["sparse_probing"]
     assert [len(c["trained"]) for c in t] == [5, 5] and not t[1]["left_for_later"] and not t[1]["evals_left_for_later"]
     assert len(ab["evaluated"]) == 10 and not ab["left"] and len(sp["evaluated"]) == 10
@@ -1451,12 +1467,9 @@ def test_table2_sixth_session_of_2026_12_06_quoted():
     """table2 README section 6, the sixth session of 2026-12-06: ReLU-L1's replicate r2, quoted from the device
     calls and the stage records; its train summaries equal to the committed sweep's and its core metrics within the
     quoted relative bounds (SAEBench's L1 aside: the decoder-norm folding changes it)."""
-    t2 = ROOT / "experiments/table2"
-    rep = t2 / "results/replicates/gemma3-270m-L9-standard-r2"
-    committed = t2 / "results/gemma3-270m-L9"
-    dev = json.loads((rep / "device_calls_2026-12-06-s6.json").read_text())["calls"]
-    t = json.loads((rep / "stage_T-gemma3-270m-9-standard.json").read_text())["calls"]
-    e = json.loads((rep / "stage_E-gemma3-270m-9.json").read_text())["calls"]
+    rep, committed, dev, t, e = _replicate_records(
+        "gemma3-270m-L9-standard-r2", "device_calls_2026-12-06-s6.json", "standard"
+    )
     assert [len(c["trained"]) for c in t] == [5, 5] and all(c["device"] == "NVIDIA H100 80GB HBM3" for c in (*t, *e))
     ab4, sp4, sp16, ab16 = e[0]["absorption"], e[1]["sparse_probing"], e[2]["sparse_probing"], e[3]["absorption"]
     assert all(len(x["evaluated"]) == 10 and not x["left"] for x in (ab4, sp4, sp16, ab16))

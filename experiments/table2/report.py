@@ -558,6 +558,29 @@ def cross_pairs(pts: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
     return out
 
 
+def v_by_pair_kind(folders: list[Path], proxy: str, orientation: int) -> dict[str, tuple[float | None, int]]:
+    """Definition 3's V over the dominated pairs of ``folders``' SAEs taken together (those with a core JSON and a
+    value of ``proxy``), split into pairs of one architecture (``"within"``: one release) and pairs of two
+    (``"across"``): ``{kind: (V or None without pairs, number of pairs)}``. Pi = ``orientation`` x the proxy (higher
+    = more polysemantic); a pair (a dominating b) violates when Pi_a < Pi_b, ties count 1/2, as in the audit. The
+    two parts, weighted by their pairs, give the pooled audit's V over the same SAEs."""
+    pts = []
+    for f in folders:
+        for p in _core_points(f):
+            v = _proxy_value(f, proxy, p["file"])
+            if v is not None:
+                pts.append({**p, "pi": orientation * v})
+    out: dict[str, tuple[float | None, int]] = {}
+    for kind in ("within", "across"):
+        n, viol = 0, 0.0
+        for a, b in _dominating(pts):
+            if (a["release"] == b["release"]) == (kind == "within"):
+                n += 1
+                viol += 1.0 if a["pi"] < b["pi"] else (0.5 if a["pi"] == b["pi"] else 0.0)
+        out[kind] = (viol / n if n else None, n)
+    return out
+
+
 def _cal_fix(grid: list[list[float]], targets: list[float]) -> str:
     """What a calibration grid whose levels collapse needs: its held-out L0 miss the targets on one side, or
     the targets fall between too few grid points."""
@@ -971,7 +994,16 @@ def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], resu
         for r in sorted(pooled, key=lambda r: r["proxy"]):
             if r["V"] is None or r["V_ci"][0] is None:
                 continue
-            out.append(_v_line(r) + ".")
+            split = v_by_pair_kind(folders, r["proxy"], r["orientation"])
+            out.append(
+                _v_line(r)
+                + "; "
+                + ", ".join(
+                    f"{kind} architectures {_f(v)} over {n} pairs"
+                    for kind, (v, n) in (("within", split["within"]), ("across", split["across"]))
+                )
+                + "."
+            )
         out.append(f"  - {away_from_half(pooled)}")
     return "\n".join(out + [""])
 

@@ -203,6 +203,25 @@ def test_top_readme_table2_row_quotes_the_replicates():
         ],
         _flat("README.md"),
     )
+    # the split by pair kind, from FINDINGS' generated pooled lines (report.v_by_pair_kind, tested by brute force)
+    within = {}
+    for name in (frac, sp1, cos):
+        m = re.search(
+            rf"`{re.escape(name['proxy'])}`: V = [^;]*; within architectures ([0-9.]+) over (\d+) pairs, across "
+            rf"architectures ([0-9.]+) over (\d+) pairs",
+            pooled_line,
+        )
+        within[name["proxy"]] = m
+        assert int(m[2]) + int(m[4]) == name["n_pairs"] and int(m[4]) == n_cross
+    assert float(within[cos["proxy"]][3]) > 0.5 > float(within[frac["proxy"]][3])
+    _assert_quoted(
+        [
+            f"each direction from the pairs across architectures (within one architecture, "
+            f"{within[frac['proxy']][2]} pairs: absorption fraction {within[frac['proxy']][1]}, sparse probing "
+            f"{within[sp1['proxy']][1]}, decoder cosine {within[cos['proxy']][1]})"
+        ],
+        _flat("README.md"),
+    )
 
 
 def test_recipe_calibration_drift_is_the_reported_median():

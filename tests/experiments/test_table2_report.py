@@ -599,6 +599,19 @@ def test_replicates_of_two_architectures_are_also_audited_pooled(results):
         "joining two architectures"
     ) in doc
     assert 0 < cross < n and f"  - `{col}`: V = {v:.3f} [" in doc
+    # the pooled V split by pair kind (brute force over the union: a pair of one architecture or of two)
+    parts = {}
+    for kind in ("within", "across"):
+        viol = cnt = 0.0
+        for i, j in product(range(12), repeat=2):
+            dom = i != j and u[i, 0] <= u[j, 0] and u[i, 1] <= u[j, 1] and tuple(u[i, :2]) != tuple(u[j, :2])
+            if dom and (arch[i] == arch[j]) == (kind == "within"):
+                cnt += 1
+                viol += 1.0 if u[i, 2] < u[j, 2] else (0.5 if u[i, 2] == u[j, 2] else 0.0)
+        parts[kind] = (viol / cnt, int(cnt))
+    (vw, nw), (va, na) = parts["within"], parts["across"]
+    assert na == cross and nw + na == n and (vw * nw + va * na) / n == pytest.approx(v, abs=1e-12)
+    assert f"within architectures {vw:.3f} over {nw} pairs, across architectures {va:.3f} over {na} pairs." in doc
     assert (out / "audit" / "replicates" / "pooled-gemma3-270m-L9" / "pooled_1EV").is_dir()
 
 

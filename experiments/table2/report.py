@@ -558,27 +558,36 @@ def cross_pairs(pts: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
     return out
 
 
-def v_by_pair_kind(folders: list[Path], proxy: str, orientation: int) -> dict[str, tuple[float | None, int]]:
+def v_by_pair_kind(
+    folders: list[Path], proxy: str, orientation: int, release: str | None = None
+) -> dict[str, tuple[float | None, int, int]]:
     """Definition 3's V over the dominated pairs of ``folders``' SAEs taken together (those with a core JSON and a
-    value of ``proxy``), split into pairs of one architecture (``"within"``: one release) and pairs of two
-    (``"across"``): ``{kind: (V or None without pairs, number of pairs)}``. Pi = ``orientation`` x the proxy (higher
-    = more polysemantic); a pair (a dominating b) violates when Pi_a < Pi_b, ties count 1/2, as in the audit. The
-    two parts, weighted by their pairs, give the pooled audit's V over the same SAEs."""
+    value of ``proxy``; of ``release`` only, if given), split into pairs of one architecture (``"within"``: one
+    release) and pairs of two (``"across"``): ``{kind: (V or None without pairs, number of pairs, tied pairs)}``.
+    Pi = ``orientation`` x the proxy (higher = more polysemantic); a pair (a dominating b) violates when
+    Pi_a < Pi_b, ties (equal values: each counts 1/2, as in the audit) pull V to 0.5. The two parts, weighted by
+    their pairs, give the pooled audit's V over the same SAEs."""
     pts = []
     for f in folders:
         for p in _core_points(f):
             v = _proxy_value(f, proxy, p["file"])
-            if v is not None:
+            if v is not None and (release is None or p["release"] == release):
                 pts.append({**p, "pi": orientation * v})
-    out: dict[str, tuple[float | None, int]] = {}
+    out: dict[str, tuple[float | None, int, int]] = {}
     for kind in ("within", "across"):
-        n, viol = 0, 0.0
+        n, ties, viol = 0, 0, 0.0
         for a, b in _dominating(pts):
             if (a["release"] == b["release"]) == (kind == "within"):
                 n += 1
+                ties += a["pi"] == b["pi"]
                 viol += 1.0 if a["pi"] < b["pi"] else (0.5 if a["pi"] == b["pi"] else 0.0)
-        out[kind] = (viol / n if n else None, n)
+        out[kind] = (viol / n if n else None, n, ties)
     return out
+
+
+def _ties_text(ties: int, n: int) -> str:
+    """ "; T of the N pairs tied" (each counts 1/2) where any pair's two SAEs have equal values, else ""."""
+    return f"; {ties} of the {n} pairs tied (each counts 1/2)" if ties else ""
 
 
 def _cal_fix(grid: list[list[float]], targets: list[float]) -> str:
@@ -970,7 +979,8 @@ def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], resu
             base = main.get((m["ml"], r["architecture"], r["proxy"]))
             if r["V"] is None or r["V_ci"][0] is None:
                 continue
-            line = _v_line(r)
+            _, n_pairs, ties = v_by_pair_kind([folder], r["proxy"], r["orientation"])["within"]
+            line = _v_line(r) + _ties_text(ties, n_pairs)
             if base is not None and base["V"] is not None and base["V_ci"][0] is not None:
                 line += (
                     f"; committed sweep {base['V']:.3f} [{base['V_ci'][0]:.3f}, {base['V_ci'][1]:.3f}] over "
@@ -999,8 +1009,8 @@ def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], resu
                 _v_line(r)
                 + "; "
                 + ", ".join(
-                    f"{kind} architectures {_f(v)} over {n} pairs"
-                    for kind, (v, n) in (("within", split["within"]), ("across", split["across"]))
+                    f"{kind} architectures {_f(v)} over {n} pairs" + (f" ({t} tied)" if t else "")
+                    for kind, (v, n, t) in (("within", split["within"]), ("across", split["across"]))
                 )
                 + "."
             )
@@ -1008,11 +1018,13 @@ def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], resu
     return "\n".join(out + [""])
 
 
-def paper_comparisons(rows: list[dict[str, Any]], reps: list[dict[str, Any]]) -> str:
+def paper_comparisons(rows: list[dict[str, Any]], reps: list[dict[str, Any]], results: Path) -> str:
     """The generated lines setting each of our V of a paper proxy (committed sweeps' and replicates' rows,
     architecture grouping, primary distortion) against the paper's V for the same architecture: where the paper's
     value falls in our 95% interval, and whether that interval also holds 0.5 (then agreement cannot tell the
-    paper's V from a random ordering). Sweeps whose SAEs fail the working-SAE bar are counted, not compared."""
+    paper's V from a random ordering), and how many of its pairs are ties (each counts 1/2, pulling V to 0.5;
+    ``results``: the folder of the rows' eval JSONs). Sweeps whose SAEs fail the working-SAE bar are counted, not
+    compared."""
     primary = list(DISTORTIONS)[0]
     cands = [
         r
@@ -1039,10 +1051,17 @@ def paper_comparisons(rows: list[dict[str, Any]], reps: list[dict[str, Any]]) ->
         where_n[where] += 1
         weak += where == "inside" and lo <= 0.5 <= hi
         src = f"`{r['replicate']}`" if r.get("replicate") else "committed sweep"
+        ml = f"{r['model']}-L{r['layer']}"
+        folder = results / "replicates" / r["replicate"] if r.get("replicate") else results / ml
+        _, n_pairs, ties = v_by_pair_kind([folder], r["proxy"], r["orientation"], f"table2-{ml}-{r['architecture']}")[
+            "within"
+        ]
         lines.append(
             f"- {r['paper_proxy']}, {r['architecture']} ({src}, {r['n_saes']} SAEs, {r['n_pairs']} pairs): ours "
             f"{r['V']:.3f} [{lo:.3f}, {hi:.3f}], paper {paper:.3f}: {where} our interval"
-            + ("; 0.5 is inside it too." if lo <= 0.5 <= hi else "; 0.5 is outside it.")
+            + ("; 0.5 is inside it too" if lo <= 0.5 <= hi else "; 0.5 is outside it")
+            + _ties_text(ties, n_pairs)
+            + "."
         )
     n = sum(where_n.values())
     out.append(
@@ -1263,7 +1282,7 @@ def main(argv: list[str] | None = None) -> int:
             text = (
                 findings(rows, folders, quals)
                 + replicates_text(rows, rep_rows, args.results)
-                + paper_comparisons(rows, rep_rows)
+                + paper_comparisons(rows, rep_rows, args.results)
                 + archived(args.results)
                 + diagnostics(args.results.parent / "diagnostics" / "l1_massive_dim.json")
                 + absorption_probes(args.results.parent / "diagnostics")

@@ -549,6 +549,49 @@ def test_replicate_rows_and_lines_match_brute_force_v(results, capsys):
         assert fix is None or "not table2-gemma3-270m-L9-standard alone" in err[0]
 
 
+def test_tied_pairs_are_counted_where_v_is_reported(results):
+    """A replicate whose proxy takes few distinct values: its V line and its comparison with the paper say how many
+    of its dominated pairs are ties (each counts 1/2 in V), counted here by enumeration."""
+    tmp, truth = results
+    rep = _report()
+    folder = tmp / "results" / "replicates" / "gemma3-270m-L9-topk-r2"
+    rows = []
+    for i, ((w, lev, step), t) in enumerate(zip(product((4096, 16384), range(3), ("final", "5000")), truth["topk"])):
+        sid = f"blocks.9.hook_resid_post__w{w}_lev{lev}_s0_step_{step}"
+        acc = (0.6, 0.7)[i % 2]  # two values: many pairs tie
+        _write_sae(folder, "table2-gemma3-270m-L9-topk", sid, w, t[0], 1 - t[1], acc, mse=t[3], ce=t[4])
+        rows.append((t[0], t[1], -acc))
+    r = np.array(rows)
+    v, n = _brute_v(r[:, 0], r[:, 1], r[:, 2])
+    ties = sum(
+        1
+        for i, j in product(range(len(r)), repeat=2)
+        if i != j
+        and r[i, 0] <= r[j, 0]
+        and r[i, 1] <= r[j, 1]
+        and tuple(r[i, :2]) != tuple(r[j, :2])
+        and r[i, 2] == r[j, 2]
+    )
+    assert 0 < ties < n
+    out, _, table = _report_into(rep, tmp)
+    col = "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"
+    (row,) = [
+        x for x in table["replicates"] if (x["proxy"], x["grouping"], x["distortion"]) == (col, "architecture", "1-EV")
+    ]
+    assert row["V"] == pytest.approx(v, abs=1e-12) and row["n_pairs"] == n
+    doc = (out / "FINDINGS.md").read_text()
+    assert (
+        f"over 12 SAEs and {n} pairs (p = {row['p_value_V']:.3f}); {ties} of the {n} pairs tied (each counts 1/2)"
+        in doc
+    )
+    lo, hi = row["V_ci"]
+    assert (
+        f"- Sparse Probing, topk (`gemma3-270m-L9-topk-r2`, 12 SAEs, {n} pairs): ours {v:.3f} [{lo:.3f}, {hi:.3f}]"
+    ) in doc
+    line = doc.split("- Sparse Probing, topk (`gemma3-270m-L9-topk-r2`")[1].splitlines()[0]
+    assert line.endswith(f"; {ties} of the {n} pairs tied (each counts 1/2).")
+
+
 def test_replicates_of_two_architectures_are_also_audited_pooled(results):
     """Replicates of two architectures of one model-layer: besides each one's own rows, one pooled row per proxy
     over all their SAEs, whose V matches the brute force over the union (pairs across architectures included),

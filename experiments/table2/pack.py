@@ -14,7 +14,8 @@ the device machine has started. So before a session:
 
     .venv/bin/python experiments/table2/pack.py --model gemma3-270m --check
 
-measures each packed call plus today's tree and exits 1 (naming the calls) when one no longer fits: re-pack then.
+measures each packed call, and each wheel and probe half the session carries (``HALVES``), beside today's tree and
+exits 1 (naming them) when one no longer fits: re-pack or re-split then.
 
 The first call also holds ``tokenizer.tar.xz``: the model's tokenizer as this machine converts it
 (``lm.models.load_tokenizer``, which checks it splits a probe sentence into whole vocabulary pieces).
@@ -72,30 +73,44 @@ def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def overfull_calls(pack_dir: Path, tree: int, limit: int = LIMIT) -> list[tuple[str, int]]:
-    """The calls of ``pack_dir/calls.json`` whose folder plus ``tree`` bytes exceed ``limit``: (folder, bytes over)."""
+# the split_wheels.sh halves a table2 session carries beside the puts (stage.sh wheels HALF, probes.sh put HALF)
+HALVES = (".carry/whl_part1", ".carry/whl_part2", ".carry/probes_part1", ".carry/probes_part2")
+
+
+def carried_folders(pack_dir: Path) -> list[str]:
+    """The folders a session carries, one per call: the put calls of ``pack_dir/calls.json``, then those of
+    ``HALVES`` that exist."""
+    puts = [c["carry"][0] for c in json.loads((pack_dir / "calls.json").read_text())]
+    return puts + [h for h in HALVES if (ROOT / h).is_dir()]
+
+
+def overfull(folders: list[str], tree: int, limit: int = LIMIT) -> list[tuple[str, int]]:
+    """The ``folders`` (relative to the repository) whose bytes plus ``tree`` exceed ``limit``: (folder, bytes over)."""
     over = []
-    for call in json.loads((pack_dir / "calls.json").read_text()):
-        (rel,) = call["carry"]
-        size = folder_bytes(ROOT / rel if not Path(rel).is_absolute() else Path(rel))
+    for rel in folders:
+        size = folder_bytes(ROOT / rel)
         if size + tree > limit:
             over.append((rel, size + tree - limit))
     return over
 
 
 def check(pack_dir: Path) -> int:
-    """Exit status of ``--check``: 0 when every packed call still fits beside today's tree, 1 when one does not."""
+    """Exit status of ``--check``: 0 when every carried folder still fits beside today's tree, 1 when one does not."""
     tree = tree_bytes()
-    calls = json.loads((pack_dir / "calls.json").read_text())
-    biggest = max(folder_bytes(ROOT / c["carry"][0]) for c in calls)
-    over = overfull_calls(pack_dir, tree, LIMIT)
+    folders = carried_folders(pack_dir)
+    biggest = max(folder_bytes(ROOT / f) for f in folders)
+    over = overfull(folders, tree, LIMIT)
     print(
-        f"tree {tree / MIB:.1f} MiB; {len(calls)} calls, the largest {biggest / MIB:.1f} MiB; room left "
+        f"tree {tree / MIB:.1f} MiB; {len(folders)} carried folders, the largest {biggest / MIB:.1f} MiB; room left "
         f"{(LIMIT - tree - biggest) / MIB:.1f} MiB"
     )
     if over:
         names = ", ".join(f"{rel} (+{b / MIB:.1f} MiB)" for rel, b in over)
-        print(f"error: over 64 MB with today's tree: {names}; re-pack (pack.py without --check)", file=sys.stderr)
+        print(
+            f"error: over 64 MB with today's tree: {names}; re-pack (pack.py without --check; the wheel and probe "
+            "halves: prepare.sh's split_wheels.sh lines)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -283,9 +283,9 @@ def test_trainprobe_runs_the_t_stage_and_the_probe_at_once(tmp_path):
 
 
 def test_pack_check_names_the_calls_that_no_longer_fit_beside_the_tree(tmp_path, monkeypatch, capsys):
-    """pack.py --check: a packed call fits when its folder plus the working tree is at most the run tool's limit;
-    one byte over names that call and exits 1 (the run tool would refuse it after the machine started); nothing
-    packed is bad input (exit 2)."""
+    """pack.py --check: a packed call (or a wheel half the session carries) fits when its folder plus the working
+    tree is at most the run tool's limit; one byte over names that folder and exits 1 (the run tool would refuse it
+    after the machine started); nothing packed is bad input (exit 2)."""
     import json
     import sys
 
@@ -302,15 +302,21 @@ def test_pack_check_names_the_calls_that_no_longer_fit_beside_the_tree(tmp_path,
         (dest / name / "b").write_bytes(b"x" * 100)  # files in the folder and under it both count
     calls = [{"command": f"put {n}", "carry": [f".carry/t2/gemma3-270m/{n}"]} for n in sizes]
     (dest / "calls.json").write_text(json.dumps(calls))
-    assert pack.overfull_calls(dest, tree=3000, limit=4000) == []
-    assert pack.overfull_calls(dest, tree=3001, limit=4000) == [(".carry/t2/gemma3-270m/call0", 1)]
+    folders = pack.carried_folders(dest)
+    assert folders == [".carry/t2/gemma3-270m/call0", ".carry/t2/gemma3-270m/call1"]  # no halves here
+    assert pack.overfull(folders, tree=3000, limit=4000) == []
+    assert pack.overfull(folders, tree=3001, limit=4000) == [(".carry/t2/gemma3-270m/call0", 1)]
+    (tmp_path / ".carry" / "whl_part2").mkdir()
+    (tmp_path / ".carry" / "whl_part2" / "w.whl").write_bytes(b"x" * 1200)  # a wheel half is checked too
+    assert pack.carried_folders(dest)[-1] == ".carry/whl_part2"
     monkeypatch.setattr(pack, "LIMIT", 4000)
     monkeypatch.setattr(pack, "tree_bytes", lambda: 3100)
     out = tmp_path / ".carry" / "t2"
     assert pack.main(["--model", "gemma3-270m", "--check", "--out", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "call0 (+0.0 MiB)" in err and "call1" not in err and err.startswith("error: ")
-    monkeypatch.setattr(pack, "tree_bytes", lambda: 3000)
+    assert "call0 (+0.0 MiB)" in err and "whl_part2 (+0.0 MiB)" in err and "call1" not in err
+    assert err.startswith("error: ")
+    monkeypatch.setattr(pack, "tree_bytes", lambda: 2800)
     assert pack.main(["--model", "gemma3-270m", "--check", "--out", str(out)]) == 0
     assert pack.main(["--model", "smollm2-135m", "--check", "--out", str(out)]) == 2
     assert "nothing packed for smollm2-135m" in capsys.readouterr().err

@@ -157,3 +157,32 @@ def test_stage_wheels_refuses_a_mismatched_half_and_a_missing_folder(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().startswith("error: wheels: ") and "not a folder here" in r.stderr
     r = _stage(tmp_path, "wheels")  # no .whl, and the mismatched halves still there: refused again
     assert r.returncode == 3 and "do not match" in r.stderr
+
+
+def test_the_other_wheels_balance_the_two_halves_and_still_join(tmp_path):
+    """Each half must fit one call beside the tree: the whole wheels go, largest first, to the smaller half, so the
+    halves differ by at most the largest of them; whole wheels in either half join as before."""
+    src = tmp_path / "src"
+    src.mkdir()
+    wheels = {
+        "big-1.0-py3-none-any.whl": os.urandom(10_000),
+        "b-1.0-py3-none-any.whl": os.urandom(4_000),
+        "c-1.0-py3-none-any.whl": os.urandom(3_000),
+        "d-1.0-py3-none-any.whl": os.urandom(100),
+    }
+    for name, data in wheels.items():
+        (src / name).write_bytes(data)
+    a, b = tmp_path / "p1", tmp_path / "p2"
+    r = subprocess.run(["bash", str(SPLIT), str(src), str(a), str(b)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+    def size(d: Path) -> int:
+        return sum(p.stat().st_size for p in d.glob("*.whl*"))
+
+    assert size(a) + size(b) == 17_100
+    assert abs(size(a) - size(b)) <= 4_000 and {size(a), size(b)} == {9_000, 8_100}  # largest-first greedy
+    for half in (a, b):
+        assert _probes(tmp_path, "put", str(half)).returncode == 0
+    r = _probes(tmp_path, "join")
+    assert r.returncode == 0, r.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "joined").glob("*.whl")} == wheels

@@ -189,7 +189,7 @@ def test_top_readme_table2_row_quotes_the_replicates():
     )
 
     # the replicates pooled (FINDINGS names them), and so the SAEs with every eval on the same weights
-    pooled_names = re.findall(r"`(gemma3-270m-L9-[a-z]+-r\d+)`", pooled_line.split(":")[0])
+    pooled_names = re.findall(r"`(gemma3-270m-L9-[a-z_]+-r\d+)`", pooled_line.split(":")[0])
     n_full = sum(full[name] for name in pooled_names)
     n_word = {3: "three", 4: "four", 5: "five", 6: "six"}[len(pooled_names)]
     btk = {

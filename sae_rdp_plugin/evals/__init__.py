@@ -19,10 +19,5 @@ def installed_versions(dists: Iterable[str]) -> dict[str, str | None]:
 
 
 def sae_lens_version() -> str | None:
-    """The installed SAELens version for an eval output's ``sae_lens_version`` (None if unknown)."""
-    try:
-        from importlib.metadata import version
-
-        return version("sae-lens")
-    except Exception:  # noqa: BLE001
-        return None
+    """The installed SAELens version for an eval output's ``sae_lens_version`` (None if not installed)."""
+    return installed_versions(["sae-lens"])["sae-lens"]

@@ -18,8 +18,8 @@ if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
     --find-links "$WHEELS" "$WHEELS"/*.whl 2>&1 | grep -v -i "warning" | tail -5
 elif ! PYTHONPATH=/tmp/site python3 -c "import sae_lens, sparsify, transformer_lens, datasets" 2>/dev/null; then
   # (experiments/table2/stage.sh wheels installs a superset into /tmp/site earlier in the same session)
-  echo "no wheels in $WHEELS and none installed in /tmp/site: call the device with carry [\".carry/e2e\"]" \
-    "(README.md says how to fill it)" >&2
+  echo "error: no wheels in $WHEELS and none installed in /tmp/site: run experiments/table2/stage.sh wheels" \
+    "with its two halves first (README.md; .carry/e2e and the tree no longer fit one call)" >&2
   exit 2
 fi
 export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}

@@ -84,24 +84,19 @@ def carried_folders(pack_dir: Path) -> list[str]:
     return puts + [h for h in HALVES if (ROOT / h).is_dir()]
 
 
-def overfull(folders: list[str], tree: int, limit: int = LIMIT) -> list[tuple[str, int]]:
-    """The ``folders`` (relative to the repository) whose bytes plus ``tree`` exceed ``limit``: (folder, bytes over)."""
-    over = []
-    for rel in folders:
-        size = folder_bytes(ROOT / rel)
-        if size + tree > limit:
-            over.append((rel, size + tree - limit))
-    return over
+def overfull(sizes: dict[str, int], tree: int, limit: int = LIMIT) -> list[tuple[str, int]]:
+    """The folders of ``sizes`` (folder -> bytes) whose bytes plus ``tree`` exceed ``limit``: (folder, bytes over)."""
+    return [(rel, size + tree - limit) for rel, size in sizes.items() if size + tree > limit]
 
 
 def check(pack_dir: Path) -> int:
     """Exit status of ``--check``: 0 when every carried folder still fits beside today's tree, 1 when one does not."""
     tree = tree_bytes()
-    folders = carried_folders(pack_dir)
-    biggest = max(folder_bytes(ROOT / f) for f in folders)
-    over = overfull(folders, tree, LIMIT)
+    sizes = {f: folder_bytes(ROOT / f) for f in carried_folders(pack_dir)}
+    biggest = max(sizes.values())
+    over = overfull(sizes, tree, LIMIT)
     print(
-        f"tree {tree / MIB:.1f} MiB; {len(folders)} carried folders, the largest {biggest / MIB:.1f} MiB; room left "
+        f"tree {tree / MIB:.1f} MiB; {len(sizes)} carried folders, the largest {biggest / MIB:.1f} MiB; room left "
         f"{(LIMIT - tree - biggest) / MIB:.1f} MiB"
     )
     if over:

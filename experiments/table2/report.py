@@ -1291,10 +1291,11 @@ def main(argv: list[str] | None = None) -> int:
             )
     table = {"rows": rows, "replicates": rep_rows, "sources": sources}
     atomic_write_text(args.out / "table2.json", json.dumps(table, indent=1) + "\n")
-    atomic_write_text(args.out / "table2.md", markdown(rows, sources, rep_rows))
+    md = markdown(rows, sources, rep_rows)
+    atomic_write_text(args.out / "table2.md", md)
     if text is not None:
         write_findings(args.out / "FINDINGS.md", text)
-    print(markdown(rows, sources, rep_rows).split("## Every sweep")[0])
+    print(md.split("## Every sweep")[0])
     return 0
 
 

@@ -304,8 +304,10 @@ def test_pack_check_names_the_calls_that_no_longer_fit_beside_the_tree(tmp_path,
     (dest / "calls.json").write_text(json.dumps(calls))
     folders = pack.carried_folders(dest)
     assert folders == [".carry/t2/gemma3-270m/call0", ".carry/t2/gemma3-270m/call1"]  # no halves here
-    assert pack.overfull(folders, tree=3000, limit=4000) == []
-    assert pack.overfull(folders, tree=3001, limit=4000) == [(".carry/t2/gemma3-270m/call0", 1)]
+    sizes = {f: pack.folder_bytes(tmp_path / f) for f in folders}
+    assert sizes == {".carry/t2/gemma3-270m/call0": 1000, ".carry/t2/gemma3-270m/call1": 600}
+    assert pack.overfull(sizes, tree=3000, limit=4000) == []
+    assert pack.overfull(sizes, tree=3001, limit=4000) == [(".carry/t2/gemma3-270m/call0", 1)]
     (tmp_path / ".carry" / "whl_part2").mkdir()
     (tmp_path / ".carry" / "whl_part2" / "w.whl").write_bytes(b"x" * 1200)  # a wheel half is checked too
     assert pack.carried_folders(dest)[-1] == ".carry/whl_part2"

@@ -79,8 +79,15 @@ HALVES = (".carry/whl_part1", ".carry/whl_part2", ".carry/probes_part1", ".carry
 
 def carried_folders(pack_dir: Path) -> list[str]:
     """The folders a session carries, one per call: the put calls of ``pack_dir/calls.json``, then those of
-    ``HALVES`` that exist."""
-    puts = [c["carry"][0] for c in json.loads((pack_dir / "calls.json").read_text())]
+    ``HALVES`` that exist. ValueError when calls.json is not pack.py's or names a folder that is gone (a missing
+    folder would measure 0 bytes and pass)."""
+    try:
+        puts = [c["carry"][0] for c in json.loads((pack_dir / "calls.json").read_text())]
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ValueError(f"{pack_dir / 'calls.json'} is not a pack.py call list ({exc}): re-pack") from exc
+    gone = [p for p in puts if not (ROOT / p).is_dir()]
+    if gone:
+        raise ValueError(f"{', '.join(gone)}: listed in {pack_dir / 'calls.json'} but not there: re-pack")
     return puts + [h for h in HALVES if (ROOT / h).is_dir()]
 
 
@@ -129,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         if not (pack_dir / "calls.json").is_file():
             print(f"error: no calls.json in {pack_dir}: nothing packed for {args.model}", file=sys.stderr)
             return 2
-        return check(pack_dir)
+        try:
+            return check(pack_dir)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.shards is None:
         print("error: --shards is required to pack (or pass --check)", file=sys.stderr)
         return 2

@@ -287,6 +287,7 @@ def test_pack_check_names_the_calls_that_no_longer_fit_beside_the_tree(tmp_path,
     tree is at most the run tool's limit; one byte over names that folder and exits 1 (the run tool would refuse it
     after the machine started); nothing packed is bad input (exit 2)."""
     import json
+    import shutil
     import sys
 
     sys.path.insert(0, str(ROOT / "tests" / "lm"))
@@ -322,3 +323,12 @@ def test_pack_check_names_the_calls_that_no_longer_fit_beside_the_tree(tmp_path,
     assert pack.main(["--model", "gemma3-270m", "--check", "--out", str(out)]) == 0
     assert pack.main(["--model", "smollm2-135m", "--check", "--out", str(out)]) == 2
     assert "nothing packed for smollm2-135m" in capsys.readouterr().err
+    # a listed folder that is gone would measure 0 bytes and pass: bad input instead, as is a foreign calls.json
+    shutil.rmtree(dest / "call1")
+    assert pack.main(["--model", "gemma3-270m", "--check", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: .carry/t2/gemma3-270m/call1: listed in") and err.count("\n") == 1
+    (dest / "calls.json").write_text('{"not": "a list"}')
+    assert pack.main(["--model", "gemma3-270m", "--check", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is not a pack.py call list" in err and err.count("\n") == 1

@@ -70,6 +70,12 @@ _RELEASE = re.compile(r"^table2-(?P<model>.+)-L(?P<layer>\d+)-(?P<arch>[a-z_]+)$
 #: ``results/replicates/<model>-L<layer>-<architecture>-r<N>/``: an architecture's sweep trained again with the
 #: same recipe and seed (bf16 training steps are not bit-reproducible run to run) and evaluated the same way
 _REPLICATE = re.compile(r"^(?P<ml>.+-L\d+)-(?P<arch>[a-z_]+)-r(?P<run>\d+)$")
+#: The WSAE arm's architectures. The pooled replicate audit ``pooled-<model>-L<layer>`` pools the paper's
+#: architectures only, so that it answers the paper's Table 2 question across them; with a WSAE replicate
+#: present, ``pooled-<model>-L<layer>-with-wsae`` pools it as well (its uncapped alpha-1 SAEs recover about none
+#: of the CE loss: a second line, not a change of the first). Decided before the WSAE replicate existed.
+WSAE_ARCHITECTURES = ("weighted_topk",)
+WITH_WSAE = "-with-wsae"
 
 
 def fail(msg: str) -> None:
@@ -142,8 +148,8 @@ def check_out(out: Path, folders: list[Path], replicates: list[Path] | None = No
                 fail(f"--out {out}: {d} exists and is not a folder")
         for grouping, distortion in REPLICATE_AUDITS:
             _check_dest(out, replicate_dest(out, folder, grouping, distortion))
-    for ml in pooled_replicates(replicates or []):
-        d = pooled_dest(out, ml)
+    for tag in pooled_replicates(replicates or []):
+        d = pooled_dest(out, tag)
         if d.parent.exists() and not d.parent.is_dir():
             fail(f"--out {out}: {d.parent} exists and is not a folder")
         _check_dest(out, d)
@@ -828,9 +834,11 @@ def audit_replicate(folder: Path, out: Path, n_boot: int, n_perm: int, seed: int
 
 
 def pooled_replicates(reps: list[Path]) -> dict[str, list[Path]]:
-    """``{model-layer: replicate folders}`` for each model-layer with replicates of at least two architectures: of
-    each architecture its latest run (the highest ``r<N>``: two runs of one recipe share their SAE ids, so they
-    cannot be one sweep), their SAEs audited together (:func:`audit_pooled_replicates`)."""
+    """``{tag: replicate folders}``, the pooled audits of each model-layer's replicates: of each architecture its
+    latest run (the highest ``r<N>``: two runs of one recipe share their SAE ids, so they cannot be one sweep),
+    their SAEs audited together (:func:`audit_pooled_replicates`). ``pooled-<model>-L<layer>``: the paper's
+    architectures (not :data:`WSAE_ARCHITECTURES`), where at least two have a replicate;
+    ``pooled-<model>-L<layer>-with-wsae``: every architecture, where a WSAE replicate joins at least one other."""
     latest: dict[str, dict[str, tuple[int, Path]]] = {}
     for f in reps:
         m = _REPLICATE.match(f.name)
@@ -838,23 +846,36 @@ def pooled_replicates(reps: list[Path]) -> dict[str, list[Path]]:
         runs = latest.setdefault(m["ml"], {})
         if m["arch"] not in runs or int(m["run"]) > runs[m["arch"]][0]:
             runs[m["arch"]] = (int(m["run"]), f)
-    return {ml: [f for _, (_, f) in sorted(runs.items())] for ml, runs in latest.items() if len(runs) >= 2}
+    out: dict[str, list[Path]] = {}
+    for ml, runs in latest.items():
+        paper = [f for arch, (_, f) in sorted(runs.items()) if arch not in WSAE_ARCHITECTURES]
+        if len(paper) >= 2:
+            out[f"pooled-{ml}"] = paper
+        if len(runs) >= 2 and len(paper) < len(runs):
+            out[f"pooled-{ml}{WITH_WSAE}"] = [f for _, (_, f) in sorted(runs.items())]
+    return out
 
 
-def pooled_dest(out: Path, ml: str) -> Path:
-    """Where the pooled audit of a model-layer's replicates goes under ``--out``."""
-    return out / "audit" / "replicates" / f"pooled-{ml}" / f"pooled_{list(DISTORTIONS)[0].replace('-', '')}"
+def pooled_model_layer(tag: str) -> str:
+    """``<model>-L<layer>`` of a pooled audit's tag (:func:`pooled_replicates`)."""
+    return tag.removeprefix("pooled-").removesuffix(WITH_WSAE)
+
+
+def pooled_dest(out: Path, tag: str) -> Path:
+    """Where a pooled audit of a model-layer's replicates (``tag``: :func:`pooled_replicates`) goes under ``--out``."""
+    return out / "audit" / "replicates" / tag / f"pooled_{list(DISTORTIONS)[0].replace('-', '')}"
 
 
 def audit_pooled_replicates(
-    ml: str, folders: list[Path], out: Path, n_boot: int, n_perm: int, seed: int
+    tag: str, folders: list[Path], out: Path, n_boot: int, n_perm: int, seed: int
 ) -> list[dict[str, Any]]:
     """The rows of one model-layer's replicates audited as one sweep (pooled grouping, primary distortion): the
     dominated pairs then also join SAEs of different architectures, and so of different L0 where each replicate's
-    own pairs may all share one (TopK's). Tagged ``replicate`` = ``pooled-<model>-L<layer>``."""
+    own pairs may all share one (TopK's). Tagged ``replicate`` = ``tag`` (:func:`pooled_replicates`)."""
     primary = list(DISTORTIONS)[0]
-    outs = audit(folders, "pooled", primary, pooled_dest(out, ml), n_boot, n_perm, seed)
-    return [{**r, "replicate": f"pooled-{ml}"} for r in rows_of(outs, "pooled", primary, folders[0], {}, name=ml)]
+    outs = audit(folders, "pooled", primary, pooled_dest(out, tag), n_boot, n_perm, seed)
+    ml = pooled_model_layer(tag)
+    return [{**r, "replicate": tag} for r in rows_of(outs, "pooled", primary, folders[0], {}, name=ml)]
 
 
 def _proxy_value(folder: Path, proxy: str, file: str) -> float | None:
@@ -986,14 +1007,16 @@ def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], resu
                 line += f"; {r['paper_proxy']}: {compare(r)}"
             out.append(line + ".")
         out.append(f"  - {away_from_half([r for r in reps if r['replicate'] == name and r['role'] == 'proxy'])}")
-    for ml, folders in pooled_replicates(
+    for tag, folders in pooled_replicates(
         sorted({results / "replicates" / r["replicate"] for r in reps if not r["replicate"].startswith("pooled-")})
     ).items():
-        pooled = [r for r in reps if r["replicate"] == f"pooled-{ml}" and r["role"] == "proxy"]
+        pooled = [r for r in reps if r["replicate"] == tag and r["role"] == "proxy"]
         pts = [p for f in folders for p in _core_points(f)]
         cross = sum(cross_pairs(pts).values())
+        what = "pooled with the WSAE arm:" if tag.endswith(WITH_WSAE) else "pooled,"
         out.append(
-            f"- pooled, the replicates of {ml} audited as one sweep ({', '.join(f'`{f.name}`' for f in folders)}): "
+            f"- {what} the replicates of {pooled_model_layer(tag)} audited as one sweep "
+            f"({', '.join(f'`{f.name}`' for f in folders)}): "
             f"{len(pts)} SAEs with a core JSON, {len(_dominating(pts))} dominated pairs under D = {primary}, "
             f"{cross} of them joining two architectures; no paper value (the paper's V is per architecture)."
         )
@@ -1253,8 +1276,8 @@ def main(argv: list[str] | None = None) -> int:
                     outs = audit(folder, grouping, distortion, dest, args.n_boot, args.n_perm, args.seed)
                     rows += rows_of(outs, grouping, distortion, folder, quals[folder])
         rep_rows = [r for f in reps for r in audit_replicate(f, args.out, args.n_boot, args.n_perm, args.seed)]
-        for ml, fs in pooled_replicates(reps).items():
-            rep_rows += audit_pooled_replicates(ml, fs, args.out, args.n_boot, args.n_perm, args.seed)
+        for tag, fs in pooled_replicates(reps).items():
+            rep_rows += audit_pooled_replicates(tag, fs, args.out, args.n_boot, args.n_perm, args.seed)
     except SaeRdpError as exc:
         fail(str(exc))
     sources = {

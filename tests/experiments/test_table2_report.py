@@ -658,6 +658,47 @@ def test_replicates_of_two_architectures_are_also_audited_pooled(results):
     assert (out / "audit" / "replicates" / "pooled-gemma3-270m-L9" / "pooled_1EV").is_dir()
 
 
+def test_a_wsae_replicate_gets_its_own_pooled_line_and_leaves_the_paper_architectures_pooled_alone(results):
+    """With replicates of TopK, JumpReLU and the WSAE arm (weighted_topk): ``pooled-<ml>`` pools TopK and JumpReLU
+    only (the paper's architectures), ``pooled-<ml>-with-wsae`` all three; each row's V is the brute force over its
+    own union, and FINDINGS has a line for each. With TopK and the WSAE arm alone there is no paper-architecture
+    pooled row (one architecture), only the with-WSAE one."""
+    tmp, _ = results
+    rep = _report()
+    rng = np.random.default_rng(5)
+    pts: dict[str, list[tuple[float, float, float]]] = {}
+    for arch in ("topk", "jumprelu", "weighted_topk"):
+        folder = tmp / "results" / "replicates" / f"gemma3-270m-L9-{arch}-r2"
+        for w, lev in product((4096, 16384), range(3)):
+            sid = f"blocks.9.hook_resid_post__w{w}_lev{lev}_s0_step_final"
+            l0, ev, acc = float(rng.uniform(10, 200)), float(rng.uniform(0.5, 0.95)), float(rng.uniform(0.6, 0.9))
+            _write_sae(folder, f"table2-gemma3-270m-L9-{arch}", sid, w, l0, ev, acc)
+            pts.setdefault(arch, []).append((l0, 1 - ev, -acc))
+    out, _, table = _report_into(rep, tmp)
+    col = "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"
+    doc = (out / "FINDINGS.md").read_text()
+    for tag, archs in (
+        ("pooled-gemma3-270m-L9", ("topk", "jumprelu")),
+        ("pooled-gemma3-270m-L9-with-wsae", ("topk", "jumprelu", "weighted_topk")),
+    ):
+        (row,) = [r for r in table["replicates"] if r["replicate"] == tag and r["proxy"] == col]
+        u = np.array([x for a in archs for x in pts[a]])
+        v, n = _brute_v(u[:, 0], u[:, 1], u[:, 2])
+        assert (row["model"], row["layer"], row["n_saes"], row["n_pairs"]) == ("gemma3-270m", 9, 6 * len(archs), n)
+        assert row["V"] == pytest.approx(v, abs=1e-12)
+        assert (out / "audit" / "replicates" / tag / "pooled_1EV").is_dir()
+    assert (
+        "- pooled, the replicates of gemma3-270m-L9 audited as one sweep (`gemma3-270m-L9-jumprelu-r2`, "
+        "`gemma3-270m-L9-topk-r2`): 12 SAEs with a core JSON"
+    ) in doc
+    assert (
+        "- pooled with the WSAE arm: the replicates of gemma3-270m-L9 audited as one sweep "
+        "(`gemma3-270m-L9-jumprelu-r2`, `gemma3-270m-L9-topk-r2`, `gemma3-270m-L9-weighted_topk-r2`): 18 SAEs"
+    ) in doc
+    folders = [tmp / "results" / "replicates" / f"gemma3-270m-L9-{a}-r2" for a in ("topk", "weighted_topk")]
+    assert rep.pooled_replicates(folders) == {"pooled-gemma3-270m-L9-with-wsae": folders}
+
+
 def test_away_from_half_names_proxies_by_interval_and_permutation_test():
     """A replicate's direction sentence: a proxy is named inverted / faithful only when its interval is off 0.5 and
     p < 0.05 (direction_text's rule); off 0.5 with a large p it is listed apart; undefined intervals are not

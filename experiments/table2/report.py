@@ -964,6 +964,8 @@ def replicates_text(rows: list[dict[str, Any]], reps: list[dict[str, Any]], resu
         gpu = sum(_read(st).get("gpu_s_total", 0.0) for st in folder.glob("stage_*.json"))
         for arch, q in per_architecture(quality(folder)):
             out.append(f"- `{name}` ({arch}): {q['n']} SAEs, {quality_text(q)}; {gpu:.0f} GPU seconds in its stages.")
+        if m["arch"] in WSAE_ARCHITECTURES:  # its variants' quality, as the committed sweep's WSAE lines give it
+            out += [f"  {line}" for line in wsae_variants(folder)]
         kinds = pair_kinds([p for p in _core_points(folder) if p["release"] == release])
         out.append(
             f"  - its {sum(kinds.values())} dominated pairs under D = {primary}: "

@@ -695,6 +695,8 @@ def test_a_wsae_replicate_gets_its_own_pooled_line_and_leaves_the_paper_architec
         "- pooled with the WSAE arm: the replicates of gemma3-270m-L9 audited as one sweep "
         "(`gemma3-270m-L9-jumprelu-r2`, `gemma3-270m-L9-topk-r2`, `gemma3-270m-L9-weighted_topk-r2`): 18 SAEs"
     ) in doc
+    # the WSAE replicate's variant lines (one per level, both widths' SAEs of it), under its own line only
+    assert doc.count("  - WSAE `lev") == 3 and "  - WSAE `lev0` (s0, s0): `ce_loss_score` 0.900, 0.900;" in doc
     folders = [tmp / "results" / "replicates" / f"gemma3-270m-L9-{a}-r2" for a in ("topk", "weighted_topk")]
     assert rep.pooled_replicates(folders) == {"pooled-gemma3-270m-L9-with-wsae": folders}
 

@@ -85,6 +85,8 @@ def carried_folders(pack_dir: Path) -> list[str]:
         puts = [c["carry"][0] for c in json.loads((pack_dir / "calls.json").read_text())]
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise ValueError(f"{pack_dir / 'calls.json'} is not a pack.py call list ({exc}): re-pack") from exc
+    if not puts:
+        raise ValueError(f"{pack_dir / 'calls.json'} lists no put call: re-pack")
     gone = [p for p in puts if not (ROOT / p).is_dir()]
     if gone:
         raise ValueError(f"{', '.join(gone)}: listed in {pack_dir / 'calls.json'} but not there: re-pack")

@@ -332,3 +332,7 @@ def test_pack_check_names_the_calls_that_no_longer_fit_beside_the_tree(tmp_path,
     assert pack.main(["--model", "gemma3-270m", "--check", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "is not a pack.py call list" in err and err.count("\n") == 1
+    (dest / "calls.json").write_text("[]")  # an empty list: bad input, not a max() of nothing
+    assert pack.main(["--model", "gemma3-270m", "--check", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "lists no put call" in err and err.count("\n") == 1

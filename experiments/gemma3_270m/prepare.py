@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Pack Gemma-3-270M, the tokenized corpus and the wheels into device calls of at most 64 MiB each.
+"""Pack Gemma-3-270M, the tokenized corpus and the wheels into device calls of at most 64 MB each.
 
 Run on the dev machine (CPU) right before the device calls:
 
     python experiments/gemma3_270m/prepare.py       # writes .carry/g3/call*/ and .carry/g3/plan.json
 
 Each device call carries the whole working tree (tracked + untracked non-ignored files) plus its
-carry paths, 64 MiB in all. This script measures the working tree now, sizes the model pieces to fill
+carry paths, 64 MB in all. This script measures the working tree now, sizes the model pieces to fill
 each call (minus ``--margin-mib``), and prints the exact calls (command + carry list). Call 0 carries
 ``.whl`` + the corpus + a first model piece, calls 1..N-1 one piece each; the last one also assembles
 the GGUF (sha256-checked), converts it to a HookedTransformer and saves it under /tmp/g3. Then the
@@ -63,7 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-probes", action="store_true", help="no probes call (the run then needs --probe-datasets 0)")
     ap.add_argument("--run-args", default="", help="extra arguments for the run call (e.g. --skip-sweep)")
-    ap.add_argument("--limit-mib", type=float, default=64.0)
+    ap.add_argument(
+        "--limit-mib",
+        type=float,
+        default=64_000_000 / MIB,  # the run tool's "64 MiB" is 64 MB: it refused a call of 65.5 MB (table2's pack.py)
+        help="per call, the working tree included (default: 64 MB in MiB)",
+    )
     ap.add_argument("--margin-mib", type=float, default=2.0, help="slack for files that appear before the calls")
     args = ap.parse_args(argv)
 

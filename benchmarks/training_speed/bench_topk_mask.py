@@ -8,6 +8,8 @@ variant's, and its picks per row to torch's.
 
     python benchmarks/training_speed/bench_topk_mask.py --out $OUT/topk_mask     # on the GPU
     TRITON_INTERPRET=1 python benchmarks/training_speed/bench_topk_mask.py --quick --out /tmp/tm  # CPU smoke test
+
+--quick: tiny shapes, on the GPU where there is one (else on the CPU in Triton's interpreter).
 """
 
 from __future__ import annotations
@@ -61,13 +63,14 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
-    dev = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     B, d_sae, k = (16, 1024, 20) if args.quick else (4096, 16384, 320)
     g = torch.Generator(device=dev).manual_seed(0)
     pre = (torch.randn(B, d_sae, device=dev, generator=g) * 2).bfloat16()
     n = torch.rand(d_sae, device=dev, generator=g) + 0.5
     by_torch, by_mask = selection("torch", d_sae, dev), selection("mask", d_sae, dev)
     rows, lines = [], []
+    defaults = tk._TOPK_MASK_LEAN, tk._TOPK_MASK_WARPS
     try:
         for frac in (0.2, 0.5, 0.85):
             dead = torch.rand(d_sae, device=dev, generator=g) < frac
@@ -99,7 +102,7 @@ def main(argv=None) -> int:
                 lines.append(f"dead {frac:4.2f} width {width:6d}  {name:12s} {ms:8.3f} ms  same={same}")
                 print(lines[-1], flush=True)
     finally:
-        tk._TOPK_MASK_LEAN, tk._TOPK_MASK_WARPS = True, None  # the defaults again
+        tk._TOPK_MASK_LEAN, tk._TOPK_MASK_WARPS = defaults
     env = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),

@@ -496,9 +496,11 @@ def row_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 #: the widest row :func:`topk_mask` holds in registers (one program per row)
 TOPK_MASK_MAX_COLS = 16384
 # topk_mask's warps per program (None: block / 1024, in 4..16) and whether only the keys stay in registers
-# through the search (the values re-read at the end); benchmarks/training_speed/bench_topk_mask.py sweeps both
+# through the search (the values re-read at the end); benchmarks/training_speed/bench_topk_mask.py sweeps both.
+# Keys and values both in registers is the default: at the default warps it was the faster layout at every
+# compacted width that script measures (benchmarks/training_speed/aux_rowsat/topk_mask.json)
 _TOPK_MASK_WARPS: int | None = None
-_TOPK_MASK_LEAN = True
+_TOPK_MASK_LEAN = False
 
 
 def topk_mask(

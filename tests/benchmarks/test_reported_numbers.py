@@ -1551,3 +1551,61 @@ def test_table2_sixth_session_of_2026_12_06_quoted():
                     rel, worst = r, k
     assert n == 20 and worst == "l0"
     _assert_quoted([f"differ by at most {rel:.1e} (relative, L0's;"], text)
+
+
+def test_aux_rowsat_run_of_2026_12_06_quoted():
+    """benchmarks/training_speed/README.md's paragraph on the hot-row sort, RowsAt and the topk_mask layouts quotes
+    aux_rowsat/'s JSONs (the step rows, the selection rows) and its pytest record."""
+    d = "benchmarks/training_speed/aux_rowsat/"
+    ms = _step_ms(d + "training_speed.json")
+    s, f, h = "640x16384_k32", "fast_weighted_topk+aux", "fast_weighted_topk[hot_topk]"
+    sl = ms[s, "saelens_weighted_topk+aux"]
+    tm = json.loads((ROOT / d / "topk_mask.json").read_text())
+    assert tm["device"] == "NVIDIA H100 80GB HBM3" and tm["date_utc"].startswith("2026-12-06")
+
+    def sel(width: int, impl: str) -> float:
+        return next(r["ms"] for r in tm["rows"] if r["width"] == width and r["impl"] == impl)
+
+    def warps(width: int) -> int:  # topk_mask's default warps: next power of two of the width / 1024, in 4..16
+        return max(4, min(16, max(128, 1 << (width - 1).bit_length()) // 1024))
+
+    widths = sorted({r["width"] for r in tm["rows"]})
+    assert widths == [4096, 12288, 16384]
+    regs = [sel(w, f"regs_w{warps(w)}") for w in widths]
+    lean = [sel(w, f"lean_w{warps(w)}") for w in widths]
+    assert all(r < lo for r, lo in zip(regs, lean))  # the claim behind the default layout
+    quoted = [
+        f"{ms[s, 'fast_weighted_topk']:.2f} vs {ms[s, h]:.2f} ms without the aux loss, {ms[s, f]:.2f} vs "
+        f"{ms[s, h + '+aux']:.2f} ms with it",
+        f"{ms[s, f]:.2f} vs {ms[s, f + '[dense_x]']:.2f} ms ({ms[s, f + '[dense_x]'] / ms[s, f]:.2f}x)",
+        f"{ms[s, f + '[mask]']:.2f} vs {ms[s, f]:.2f} ms at half the latents dead, "
+        f"{ms[s, f + '[mask,dead0.2]']:.2f} vs {ms[s, f + '[dead0.2]']:.2f} ms at a fifth, "
+        f"{ms[s, f + '[mask,dead0.85]']:.2f} vs {ms[s, f + '[dead0.85]']:.2f} ms at 85%",
+        f"({sl:.2f} ms in this run;",
+        f"{sl / ms[s, f]:.2f}x at half dead and {sl / ms[s, f + '[dead0.85]']:.2f}x at 85% dead",
+        f"{regs[0]:.3f} vs {lean[0]:.3f} ms at 4,096 columns, {regs[1]:.3f} vs {lean[1]:.3f} ms at 12,288, "
+        f"{regs[2]:.3f} vs {lean[2]:.3f} ms at 16,384 (PyTorch's selection: "
+        + ", ".join(f"{sel(w, 'torch'):.3f}" for w in widths)
+        + " ms)",
+    ]
+    assert sl / ms[s, f + "[dead0.85]"] >= 3 and ms[s, f + "[mask]"] > ms[s, f]  # the README's conclusions
+    _assert_quoted(quoted, _flat("benchmarks/training_speed/README.md"))
+    _assert_quoted(
+        [
+            f"{ms[s, 'fast_weighted_topk']:.2f} vs {ms[s, h]:.2f} ms per step without the aux loss, {ms[s, f]:.2f} vs "
+            f"{ms[s, h + '+aux']:.2f} ms with it",
+            f"{ms[s, f]:.2f} vs {ms[s, f + '[dense_x]']:.2f} ms per step with half the latents dead on an H100",
+        ],
+        _flat("docs/fast_training.md"),
+    )
+    gains = [ms[s, h] / ms[s, "fast_weighted_topk"], ms[s, h + "+aux"] / ms[s, f], ms[s, f + "[dense_x]"] / ms[s, f]]
+    _assert_quoted(
+        [
+            f"{sl / ms[s, f + '[dead0.85]']:.2f}x on an H100 of 2026-12-06",
+            f"measured {min(gains):.2f}-{max(gains):.2f}x faster than the paths they replaced",
+        ],
+        _flat("docs/limitations.md"),
+    )
+    text = (ROOT / d / "pytest.txt").read_text()
+    assert "1 failed, 16 passed" in text and "FAILED tests/fast/test_topk_mask.py::test_bench_script_quick" in text
+    assert "6 passed" in text and "21 passed" in text

@@ -163,8 +163,8 @@ def test_bad_input(call, match):
 
 @pytest.mark.parametrize("lean", [True, False])
 def test_both_register_layouts(lean, monkeypatch):
-    """The kernel with only the keys live through the search (values re-read at the end; the default) and with
-    the values kept in registers: both equal the reference, with and without compaction, ties included."""
+    """The kernel with only the keys live through the search (values re-read at the end) and with the values
+    kept in registers (the default): both equal the reference, with and without compaction, ties included."""
     monkeypatch.setattr(tk, "_TOPK_MASK_LEAN", lean)
     g = torch.Generator().manual_seed(5)
     for dtype in (torch.bfloat16, torch.float32):
@@ -188,10 +188,11 @@ def test_bench_script_quick(tmp_path):
     spec = importlib.util.spec_from_file_location("bench_topk_mask", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    defaults = tk._TOPK_MASK_LEAN, tk._TOPK_MASK_WARPS
     assert mod.main(["--quick", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "topk_mask.json").read_text())
     rows = res["rows"]
     kernels = [f"{lay}_w{w}" for lay in ("lean", "regs") for w in (4, 8, 16)]
     assert [r["impl"] for r in rows] == (["torch"] + kernels) * 3
     assert all(r["same_as_first_kernel_and_torch_picks"] is True for r in rows if r["impl"] != "torch")
-    assert tk._TOPK_MASK_WARPS is None and tk._TOPK_MASK_LEAN is True  # the script restores the defaults
+    assert (tk._TOPK_MASK_LEAN, tk._TOPK_MASK_WARPS) == defaults  # the script restores the defaults

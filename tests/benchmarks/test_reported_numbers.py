@@ -240,6 +240,52 @@ def test_top_readme_table2_row_quotes_the_replicates():
     )
 
 
+def test_top_readme_table2_row_quotes_the_wsae_replicate():
+    """The README row's WSAE part: the replicate's pair kinds (FINDINGS' generated line), its V for sparse probing
+    and absorption fraction and the pooled-with-WSAE sparse probing V (table2.json), with the directions it names."""
+    import re
+
+    table = json.loads((ROOT / "experiments/table2/table2.json").read_text())
+
+    def row(rep: str, proxy: str) -> dict:
+        (r,) = [
+            r
+            for r in table["replicates"]
+            if r["replicate"] == rep
+            and r["proxy"] == proxy
+            and r["role"] == "proxy"
+            and r["distortion"] == "1-EV"
+            and r["grouping"] in ("architecture", "pooled")
+        ]
+        return r
+
+    def v(r):
+        return f"{r['V']:.3f} [{r['V_ci'][0]:.3f}, {r['V_ci'][1]:.3f}]"
+
+    rep, pooled = "gemma3-270m-L9-weighted_topk-r2", "pooled-gemma3-270m-L9-with-wsae"
+    sp1, frac = (
+        "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy",
+        "absorption_first_letter.mean.mean_absorption_fraction_score",
+    )
+    w_sp, w_frac, p_sp = row(rep, sp1), row(rep, frac), row(pooled, sp1)
+    assert w_sp["V_ci"][0] > 0.5 > w_frac["V_ci"][1]  # against / with the RDP direction
+    assert p_sp["V_ci"][0] <= 0.5 <= p_sp["V_ci"][1]
+    kinds = re.search(
+        r"its (\d+) dominated pairs under D = 1-EV: \d+ sparsity level, (\d+) WSAE variant",
+        _flat("experiments/table2/FINDINGS.md", after=f"- `{rep}`"),
+    )
+    assert int(kinds[1]) == w_sp["n_pairs"]
+    _assert_quoted(
+        [
+            f"({w_sp['n_saes']} SAEs, new SAEs of the same recipe): {kinds[2]} of its {kinds[1]} dominated pairs join "
+            f"two weightings, sparse probing V {v(w_sp)} (against the RDP direction) and absorption fraction V "
+            f"{v(w_frac)} (with it)",
+            f"({p_sp['n_saes']} SAEs, {p_sp['n_pairs']} dominated pairs) sparse probing's V is {v(p_sp)}",
+        ],
+        _flat("README.md"),
+    )
+
+
 def test_recipe_calibration_drift_is_the_reported_median():
     """recipe.json's final_over_calibration_l0 of each calibrated architecture (ReLU-L1, JumpReLU) is the median
     final/target ratio that report.py prints for the Gemma sweep (FINDINGS.md), to the 3 decimals it prints."""
@@ -1609,3 +1655,46 @@ def test_aux_rowsat_run_of_2026_12_06_quoted():
     text = (ROOT / d / "pytest.txt").read_text()
     assert "1 failed, 16 passed" in text and "FAILED tests/fast/test_topk_mask.py::test_bench_script_quick" in text
     assert "6 passed" in text and "21 passed" in text
+
+
+def test_table2_ninth_session_of_2026_12_06_quoted():
+    """table2 README section 6, the ninth session of 2026-12-06 (the WSAE arm's replicate): the call and stage times
+    quoted from the device-calls record and the stage records; the SAEs with every offline eval counted."""
+    rep = ROOT / "experiments/table2/results/replicates/gemma3-270m-L9-weighted_topk-r2"
+
+    def calls(f: str) -> list:
+        return json.loads((rep / f).read_text())["calls"]
+
+    dev, w, e = (
+        calls("device_calls_2026-12-06-s9.json"),
+        calls("stage_W-wsae.json"),
+        calls("stage_E-gemma3-270m-9.json"),
+    )
+    assert [len(c["trained"]) for c in w] == [4, 4] and not w[1]["left_for_later"]
+    sp0, sp1, ab = e[0]["sparse_probing"], e[1]["sparse_probing"], e[2]["absorption"]
+    assert len(ab["evaluated"]) == 8 and not ab["left"] and len(sp0["evaluated"]) + len(sp1["evaluated"]) == 8
+    assert all(c["device"] == "NVIDIA H100 80GB HBM3" for c in (*w, *e))
+
+    def rng(v, f=".1f"):
+        return f"{min(v):{f}}-{max(v):{f}}"
+
+    reps = rep.parent
+    full = sum(_saes_with_every_eval(r) for r in reps.iterdir() if r.name != "gemma3-270m-L9-topk-r2")
+    assert _saes_with_every_eval(reps / "gemma3-270m-L9-topk-r2") == 0  # r2 has no absorption: not counted
+    text = _flat("experiments/table2/README.md", after="**Ninth session of 2026-12-06")
+    _assert_quoted(
+        [
+            f"the wheels' halves ({dev[0]['wall_s']:.1f} s and {dev[1]['wall_s']:.1f} s), the thirteen puts "
+            f"({rng(dev[2]['wall_s'])} s each), the probes' first half ({dev[3]['wall_s']:.1f} s)",
+            f"--max-saes 4`: {dev[4]['wall_s']:.1f} s call, stage {w[0]['wall_s']:.1f} s",
+            f"sparse probing {e[0]['wall_s']:.1f} s ({rng(list(sp0['sae_s'].values()))} s per SAE)",
+            f"--max-saes 4`: {dev[5]['wall_s']:.1f} s call, stage {w[1]['wall_s']:.1f} s",
+            f"sparse probing {e[1]['wall_s']:.1f} s ({rng(list(sp1['sae_s'].values()))} s per SAE)",
+            f"--time-budget 420`: {dev[6]['wall_s']:.1f} s call, stage {e[2]['wall_s']:.1f} s ({ab['workers']} "
+            f"workers; {rng(list(ab['sae_s'].values()))} s per SAE)",
+            f"`aux_rowsat/`), {dev[7]['wall_s']:.1f} s; the machine given back with 279 s left",
+            f"{full} SAEs of this model-layer now have every offline eval",
+        ],
+        text,
+    )
+    assert len(dev[2]["wall_s"]) == 13 and dev[7]["budget_left_s"] - 279 < 10

@@ -178,8 +178,9 @@ def test_both_register_layouts(lean, monkeypatch):
 
 
 def test_bench_script_quick(tmp_path):
-    """benchmarks/training_speed/bench_topk_mask.py --quick (tiny shapes; the interpreter on the CPU): every dead fraction has
-    the torch row and the three warp settings, each kernel row equal to the first and with torch's picks per row."""
+    """benchmarks/training_speed/bench_topk_mask.py --quick (tiny shapes; the interpreter on the CPU): every dead
+    fraction has the torch row and the three warp settings, each kernel row equal to the first and with torch's
+    picks per row."""
     import importlib.util
     import json
     from pathlib import Path

@@ -476,6 +476,16 @@ def flops(B, d_in, d_sae, k):
     return dense, sparse, n_params
 
 
+#: --heavy: issue 14's aux-loss anchor, (d_in, d_sae, k) on Student-t activations with HEAVY_DF degrees of freedom
+HEAVY_CONFIG, HEAVY_DF, HEAVY = (768, 16384, 32), 3, "heavy"
+
+
+def config_key(d_in: int, d_sae: int, k: int, source: str | None) -> str:
+    """A configuration's name in the rows: ``<d_in>x<d_sae>_k<k>``, suffixed ``_heavy`` (--heavy's Student-t
+    activations) or ``_acts`` (--acts' real ones)."""
+    return f"{d_in}x{d_sae}_k{k}" + ("_heavy" if source == HEAVY else "_acts" if source else "")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -493,6 +503,12 @@ def main(argv=None) -> int:
         default=None,
         help="safetensors file with real activations ('x': [n, d_in], n >= batch): adds the config "
         "(d_in, 16384, k32) on them (cfg key suffix _acts)",
+    )
+    ap.add_argument(
+        "--heavy",
+        action="store_true",
+        help=f"adds the config {HEAVY_CONFIG} on heavy-tailed random activations (Student-t, "
+        f"{HEAVY_DF} degrees of freedom, per-dimension scales; cfg key suffix _heavy): issue 14's aux-loss anchor",
     )
     ap.add_argument(
         "--blocks-json",
@@ -551,6 +567,8 @@ def main(argv=None) -> int:
             )
     if acts is not None:
         configs.append((acts.shape[1], 256 if args.quick else 16384, 8 if args.quick else 32, args.acts))
+    if args.heavy:
+        configs.append((48, 256, 8, HEAVY) if args.quick else (*HEAVY_CONFIG, HEAVY))
     env = {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
@@ -583,16 +601,20 @@ def main(argv=None) -> int:
     for d_in, d_sae, k, acts_path in configs:
         B = args.batch
         torch.manual_seed(1)
-        if acts_path is None:
+        if acts_path is None or acts_path == HEAVY:
             scale = torch.rand(d_in, device=dev) * 2 + 0.1  # per-dimension scales: gamma is not trivial
-            xs = [torch.randn(B, d_in, device=dev) * scale for _ in range(4)]
+            if acts_path == HEAVY:  # heavy tails: a few large entries per batch, as real residual streams have
+                t = torch.distributions.StudentT(torch.tensor(float(HEAVY_DF), device=dev))
+                xs = [t.sample((B, d_in)) * scale for _ in range(4)]
+            else:
+                xs = [torch.randn(B, d_in, device=dev) * scale for _ in range(4)]
             gamma = _gamma(d_in, dev)
         else:  # real activations: batches of B rows; gamma = variance^0.5 (alpha 0.5), RMS-normalised
             xs = [acts[i * B : (i + 1) * B].to(dev) for i in range(acts.shape[0] // B)]
             g = acts.double().var(0).sqrt().float().to(dev)
             gamma = g / g.pow(2).mean().sqrt()
         dense_f, sparse_f, P = flops(B, d_in, d_sae, k)
-        cfg_key = f"{d_in}x{d_sae}_k{k}" + ("_acts" if acts_path else "")
+        cfg_key = config_key(d_in, d_sae, k, acts_path)
         try:
             RESULTS["checks"][cfg_key] = check_fast_vs_saelens("weighted_topk", d_in, d_sae, k, dev, xs, gamma)
             print("check", cfg_key, json.dumps(RESULTS["checks"][cfg_key]), flush=True)
@@ -912,11 +934,10 @@ def run_one(rows, name, kind, builder, cfg_key, d_in, d_sae, k, B, prec, dev, ar
 
 
 def finish(rows, args, dev, bw, gemm_rate, configs, save):
-    for d_in, d_sae, k, _ in configs:
+    for d_in, d_sae, k, source in configs:
         B = args.batch
         dense_f, sparse_f, P = flops(B, d_in, d_sae, k)
-        cfg_key = f"{d_in}x{d_sae}_k{k}"
-        RESULTS.setdefault("floors", {})[cfg_key] = {
+        RESULTS.setdefault("floors", {})[config_key(d_in, d_sae, k, source)] = {
             "dense_bf16_matmul_ms": dense_f / (gemm_rate["bf16"] * 1e12) * 1e3,
             "sparse_bf16_arith_ms": sparse_f / (gemm_rate["bf16"] * 1e12) * 1e3,
             "adam_fp32_traffic_ms": 28 * P / (bw * 1e9) * 1e3,

@@ -69,3 +69,20 @@ def test_table_from_a_cut_off_run(tmp_path):
     )  # fmt: skip
     assert p.returncode == 2 and p.stdout.startswith("error: --table-from") and p.stdout.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_heavy_config_rows(tmp_path):
+    """--heavy adds issue 14's aux-loss anchor shape (tiny under --quick) on Student-t activations: its rows, its
+    gradient check against SAELens's autograd and its floors are all under the `_heavy` config key."""
+    root = Path(__file__).resolve().parents[2]
+    script = root / "benchmarks" / "training_speed" / "bench_training_speed.py"
+    args = ["--quick", "--heavy", "--skip-pipeline", "--precisions", "bf16", "--out", str(tmp_path)]
+    only = ["--only", "saelens_weighted_topk+aux", "fast_weighted_topk+aux[dead0.85]"]
+    env = {**os.environ, "TRITON_INTERPRET": "0"}  # as test_bench_quick_runs: the PyTorch kernels
+    subprocess.run([sys.executable, str(script), *args, *only], check=True, capture_output=True, timeout=600, env=env)
+    res = json.loads((tmp_path / "training_speed.json").read_text())
+    heavy = {r["impl"]: r for r in res["rows"] if r["config"] == "48x256_k8_heavy"}
+    assert set(heavy) == {"saelens_weighted_topk+aux", "fast_weighted_topk+aux[dead0.85]"}
+    assert all(r["median_ms"] > 0 and "x_sparse_floor" in r for r in heavy.values())
+    assert res["checks"]["48x256_k8_heavy"]["rel_err_grad_W_enc_fp32"] < 1e-5
+    assert {"32x256_k8", "48x256_k8_heavy"} <= set(res["floors"])

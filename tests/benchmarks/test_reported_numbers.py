@@ -23,6 +23,16 @@ def _assert_quoted(quoted: list[str], text: str) -> None:
     assert not missing, missing
 
 
+def _rng(values, f: str = ".1f") -> str:
+    """``min-max`` of ``values`` as the docs quote a range."""
+    return f"{min(values):{f}}-{max(values):{f}}"
+
+
+def _v(r: dict) -> str:
+    """``V [lo, hi]`` of an audit row, as the docs quote it."""
+    return f"{r['V']:.3f} [{r['V_ci'][0]:.3f}, {r['V_ci'][1]:.3f}]"
+
+
 def _saes_with_every_eval(folder: Path) -> int:
     """The SAEs of a table2 results folder with a JSON of every offline eval (core, our proxies, absorption,
     sparse probing): the eval folders' common file names."""
@@ -201,9 +211,6 @@ def test_top_readme_table2_row_quotes_the_replicates():
         and r["distortion"] == "1-EV"
     }
 
-    def v(r):
-        return f"{r['V']:.3f} [{r['V_ci'][0]:.3f}, {r['V_ci'][1]:.3f}]"
-
     _assert_quoted(
         [
             f"on the same weights for {n_full} SAEs",
@@ -211,11 +218,11 @@ def test_top_readme_table2_row_quotes_the_replicates():
             f"{full['gemma3-270m-L9-batchtopk-r2']}",
             f"BatchTopK's replicate alone has {btk[frac['proxy']]['n_pairs']} dominated pairs",
             f"the paper's V is inside our interval in {len(inside)} of {len(cands)} comparisons, 0.5 inside each of "
-            f"those {len(inside)} too; outside: ReLU-L1 splitting V {v(out)} "
+            f"those {len(inside)} too; outside: ReLU-L1 splitting V {_v(out)} "
             f"(paper {paper['Splitting']['standard']:.3f})",
             f"the {n_word} replicates as one sweep ({frac['n_saes']} SAEs, {frac['n_pairs']} dominated pairs, "
-            f"{n_cross} across architectures and so across L0): absorption fraction V {v(frac)} and sparse "
-            f"probing {v(sp1)} (with the RDP direction), decoder cosine {v(cos)} (against it)",
+            f"{n_cross} across architectures and so across L0): absorption fraction V {_v(frac)} and sparse "
+            f"probing {_v(sp1)} (with the RDP direction), decoder cosine {_v(cos)} (against it)",
         ],
         _flat("README.md"),
     )
@@ -259,9 +266,6 @@ def test_top_readme_table2_row_quotes_the_wsae_replicate():
         ]
         return r
 
-    def v(r):
-        return f"{r['V']:.3f} [{r['V_ci'][0]:.3f}, {r['V_ci'][1]:.3f}]"
-
     rep, pooled = "gemma3-270m-L9-weighted_topk-r2", "pooled-gemma3-270m-L9-with-wsae"
     sp1, frac = (
         "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy",
@@ -278,9 +282,9 @@ def test_top_readme_table2_row_quotes_the_wsae_replicate():
     _assert_quoted(
         [
             f"({w_sp['n_saes']} SAEs, new SAEs of the same recipe): {kinds[2]} of its {kinds[1]} dominated pairs join "
-            f"two weightings, sparse probing V {v(w_sp)} (against the RDP direction) and absorption fraction V "
-            f"{v(w_frac)} (with it)",
-            f"({p_sp['n_saes']} SAEs, {p_sp['n_pairs']} dominated pairs) sparse probing's V is {v(p_sp)}",
+            f"two weightings, sparse probing V {_v(w_sp)} (against the RDP direction) and absorption fraction V "
+            f"{_v(w_frac)} (with it)",
+            f"({p_sp['n_saes']} SAEs, {p_sp['n_pairs']} dominated pairs) sparse probing's V is {_v(p_sp)}",
         ],
         _flat("README.md"),
     )
@@ -1003,9 +1007,6 @@ def test_table2_second_session_of_2026_12_06_quoted():
     assert len(t1["core_evaluated"]) == 7 and len(t2["core_evaluated"]) == 3 and not t1["core_profile"]
     assert all(v["fast"] and v["mismatch"] is None for v in a9["ksp_scoring"].values())
 
-    def rng(xs, f=".1f"):
-        return f"{min(xs):{f}}-{max(xs):{f}}"
-
     parts = list(a9["sae_parts_s"].values())
     (one,) = a1["sae_parts_s"].values()
     gib = [v / 2**30 for v in a9["host_memory"]["worker_peak_rss_bytes"].values()]
@@ -1014,25 +1015,25 @@ def test_table2_second_session_of_2026_12_06_quoted():
     _assert_quoted(
         [
             f"{dev[2]['wall_s']:.1f} s call, stage {t1['wall_s']:.1f} s, 7 core evals "
-            f"({rng([v['core'] for v in t1['eval_seconds'].values()])} s each, none profiled)",
+            f"({_rng([v['core'] for v in t1['eval_seconds'].values()])} s each, none profiled)",
             f"(stage {t2['wall_s']:.1f} s)",
             f"{dev[3]['wall_s']:.1f} s call, stage {e[2]['wall_s']:.1f} s, **absorption on 9 SAEs**",
             f"started in {a9['workers_start_s']:.1f} s (from threads; {e[1]['absorption']['child_start_s']:.1f} s",
-            f"the carried probe {a9['probe_s']:.1f} s, then per SAE {rng(list(a9['sae_s'].values()), '.0f')} s",
-            f"its k-sparse probing {rng([p['k_sparse_probing'] for p in parts])} s (data "
-            f"{rng([p['k_sparse_probing.data'] for p in parts])} s, the probes' training "
-            f"{rng([p['k_sparse_probing.training'] for p in parts])} s, the batched scoring "
-            f"{rng([p['k_sparse_probing.scoring'] for p in parts])} s, its save "
-            f"{rng([p['k_sparse_probing.save'] for p in parts])} s, metrics "
-            f"{rng([p['k_sparse_probing.metrics'] for p in parts])} s) and the absorption experiment "
-            f"{rng([p['absorption_experiment'] for p in parts])} s",
-            f"peak resident memory {rng(gib, '.2f')} GiB",
-            f"row-by-row scoring: {rng(old, '.2f')} GiB",
+            f"the carried probe {a9['probe_s']:.1f} s, then per SAE {_rng(list(a9['sae_s'].values()), '.0f')} s",
+            f"its k-sparse probing {_rng([p['k_sparse_probing'] for p in parts])} s (data "
+            f"{_rng([p['k_sparse_probing.data'] for p in parts])} s, the probes' training "
+            f"{_rng([p['k_sparse_probing.training'] for p in parts])} s, the batched scoring "
+            f"{_rng([p['k_sparse_probing.scoring'] for p in parts])} s, its save "
+            f"{_rng([p['k_sparse_probing.save'] for p in parts])} s, metrics "
+            f"{_rng([p['k_sparse_probing.metrics'] for p in parts])} s) and the absorption experiment "
+            f"{_rng([p['absorption_experiment'] for p in parts])} s",
+            f"peak resident memory {_rng(gib, '.2f')} GiB",
+            f"row-by-row scoring: {_rng(old, '.2f')} GiB",
             f"alone: {e[3]['absorption']['sae_s'][a1['evaluated'][0]]:.1f} s, of which the probes' training "
             f"{one['k_sparse_probing.training']:.1f} s",
             f"the absorption experiment {one['absorption_experiment']:.1f} s",
             f"{dev[5]['wall_s']:.1f} s call, sparse probing of all 10 SAEs in {e[4]['wall_s']:.1f} s "
-            f"({sp['sae_workers']} workers, {rng(list(sp['sae_s'].values()))} s per SAE",
+            f"({sp['sae_workers']} workers, {_rng(list(sp['sae_s'].values()))} s per SAE",
             f"{record['given_back_budget_left_s']} s of the budget were left",
         ],
         text,
@@ -1046,7 +1047,7 @@ def test_table2_second_session_of_2026_12_06_quoted():
     _assert_quoted(
         [
             f"the experiment took {one['absorption_experiment']:.1f} s for an SAE alone and "
-            f"{rng([p['absorption_experiment'] for p in parts])} s with nine workers",
+            f"{_rng([p['absorption_experiment'] for p in parts])} s with nine workers",
             f"first {ab.ABSORPTION_CHECK_WORDS} words of its first letter with words",
         ],
         _flat("experiments/table2/README.md", after="* the absorption experiment (since 2026-12-06"),
@@ -1055,7 +1056,7 @@ def test_table2_second_session_of_2026_12_06_quoted():
     est = ab.worker_peak_bytes(a9["workers_memory"]["eval_rows_estimate"], 10, "batched") / 2**30
     assert 14 * max(gib) < 0.8 * 128
     _assert_quoted(
-        [f"~{est:.1f} GiB per worker for Gemma, against {rng(gib, '.2f')} GiB peak resident memory per worker"],
+        [f"~{est:.1f} GiB per worker for Gemma, against {_rng(gib, '.2f')} GiB peak resident memory per worker"],
         _flat("experiments/table2/README.md", after="* host memory:"),
     )
     # the audit of these SAEs then: the dominated pairs among the ten 4k SAEs, each a final against its checkpoint
@@ -1098,9 +1099,6 @@ def test_table2_third_session_of_2026_12_06_quoted():
     assert all(w["host_batches"] for w in ab["absorption_words"].values())
     assert all(v["fast"] and v["mismatch"] is None for v in ab["ksp_scoring"].values())
 
-    def rng(v, f=".1f"):
-        return f"{min(v):{f}}-{max(v):{f}}"
-
     ev = t["eval_seconds"]
     parts = list(ab["sae_parts_s"].values())
     rss = [b / 2**30 for b in ab["host_memory"]["worker_peak_rss_bytes"].values()]
@@ -1110,8 +1108,8 @@ def test_table2_third_session_of_2026_12_06_quoted():
     _assert_quoted(
         [
             f"--time-budget 420`: {dev[2]['wall_s']:.1f} s call, stage {t['wall_s']:.1f} s",
-            f"all 10 core evals ran ({rng([v['core'] for v in ev.values()])} s each, peak GPU memory "
-            f"{rng(list(t['core_peak_gib'].values()))} GiB) with our proxies, "
+            f"all 10 core evals ran ({_rng([v['core'] for v in ev.values()])} s each, peak GPU memory "
+            f"{_rng(list(t['core_peak_gib'].values()))} GiB) with our proxies, "
             f"{sum(v['core'] + v['proxies'] for v in ev.values()):.1f} s of evals in all",
             f"--time-budget 540`: {dev[3]['wall_s']:.1f} s\n     call, stage {e[-2]['wall_s']:.1f} s".replace(
                 "\n     ", " "
@@ -1119,20 +1117,20 @@ def test_table2_third_session_of_2026_12_06_quoted():
             f"({ab['workers']} workers, the memory cap allowing {ab['workers_memory']['workers']}, one\n     thread "
             "each)".replace("\n     ", " "),
             f"the workers started in {ab['workers_start_s']:.1f} s, the carried probe {ab['probe_s']:.1f} s, then per "
-            f"SAE {rng(list(ab['sae_s'].values()), '.0f')} s",
-            f"its k-sparse probing {rng([p['k_sparse_probing'] for p in parts])} s (the probes' training "
-            f"{rng([p['k_sparse_probing.training'] for p in parts])} s, the batched scoring "
-            f"{rng([p['k_sparse_probing.scoring'] for p in parts])} s, no mismatch) and the absorption experiment "
-            f"{rng([p['absorption_experiment'] for p in parts])} s, of which the batches' forward and host copies "
-            f"{rng([p['absorption_experiment.forward'] for p in parts])} s and the per-word loop "
-            f"{rng([p['absorption_experiment.words'] for p in parts])} s",
-            f"peak resident memory {rng(rss, '.2f')} GiB, the machine's "
+            f"SAE {_rng(list(ab['sae_s'].values()), '.0f')} s",
+            f"its k-sparse probing {_rng([p['k_sparse_probing'] for p in parts])} s (the probes' training "
+            f"{_rng([p['k_sparse_probing.training'] for p in parts])} s, the batched scoring "
+            f"{_rng([p['k_sparse_probing.scoring'] for p in parts])} s, no mismatch) and the absorption experiment "
+            f"{_rng([p['absorption_experiment'] for p in parts])} s, of which the batches' forward and host copies "
+            f"{_rng([p['absorption_experiment.forward'] for p in parts])} s and the per-word loop "
+            f"{_rng([p['absorption_experiment.words'] for p in parts])} s",
+            f"peak resident memory {_rng(rss, '.2f')} GiB, the machine's "
             f"{ab['host_memory']['peak_used_bytes'] / 2**30:.1f} GiB",
             f"--time-budget 250`: {dev[4]['wall_s']:.1f} s call, sparse probing of all 10 SAEs in "
-            f"{e[-1]['wall_s']:.1f} s ({sp['sae_workers']} workers, {rng(list(sp['sae_s'].values()))} s per SAE)",
+            f"{e[-1]['wall_s']:.1f} s ({sp['sae_workers']} workers, {_rng(list(sp['sae_s'].values()))} s per SAE)",
             f"The {dev[4]['budget_left_s']} s left",
-            f"({rng([p['absorption_experiment'] for p in parts])} s with ten workers on 16k SAEs against "
-            f"{rng([p['absorption_experiment'] for p in nine['sae_parts_s'].values()])} s with nine on 4k SAEs",
+            f"({_rng([p['absorption_experiment'] for p in parts])} s with ten workers on 16k SAEs against "
+            f"{_rng([p['absorption_experiment'] for p in nine['sae_parts_s'].values()])} s with nine on 4k SAEs",
         ],
         text,
     )
@@ -1196,14 +1194,11 @@ def test_table2_fourth_session_of_2026_12_06_quoted():
     assert len(ab["evaluated"]) == 10 and not ab["left"] and len(sp["evaluated"]) == 10
     assert all(c["device"] == "NVIDIA H100 80GB HBM3" for c in (*t, *e))
 
-    def rng(v, f=".1f"):
-        return f"{min(v):{f}}-{max(v):{f}}"
-
     ev = t[0]["eval_seconds"].values()
     parts = list(ab["sae_parts_s"].values())
 
     def part(k, f=".1f"):
-        return rng([p[k] for p in parts], f)
+        return _rng([p[k] for p in parts], f)
 
     r3 = json.loads((reps / "gemma3-270m-L9-topk-r3/stage_E-gemma3-270m-9.json").read_text())["calls"][-2]
     r3_exp = [p["absorption_experiment"] for p in r3["absorption"]["sae_parts_s"].values()]
@@ -1217,7 +1212,7 @@ def test_table2_fourth_session_of_2026_12_06_quoted():
             f"--widths 16384 --max-saes 5`: {dev[3]['wall_s']:.1f} s call, stage {t[1]['wall_s']:.1f} s",
             f"--time-budget 540`: {dev[4]['wall_s']:.1f} s call, stage {e[0]['wall_s']:.1f} s",
             f"({ab['workers']} workers, one thread each; started in {ab['workers_start_s']:.1f} s, the carried probe "
-            f"{ab['probe_s']:.1f} s); per SAE {rng(list(ab['sae_s'].values()))} s",
+            f"{ab['probe_s']:.1f} s); per SAE {_rng(list(ab['sae_s'].values()))} s",
             f"k-sparse probing {part('k_sparse_probing')} s (the probes' training {part('k_sparse_probing.training')} "
             f"s, of which the L1 probe over all latents {part('k_sparse_probing.training.l1_probe')} s)",
             f"the absorption experiment {part('absorption_experiment')} s",
@@ -1225,9 +1220,9 @@ def test_table2_fourth_session_of_2026_12_06_quoted():
             f"{part('absorption_experiment.validate')} s, the per-word loop {part('absorption_experiment.words')} s",
             f"probe {part('absorption_experiment.load')} s, the prompts {part('absorption_experiment.prompts')} s, "
             f"the run-time check {part('absorption_experiment.check')} s",
-            f"r3's TopK experiment took {rng(r3_exp)} s",
+            f"r3's TopK experiment took {_rng(r3_exp)} s",
             f"--time-budget 250`: {dev[7]['wall_s']:.1f} s call, sparse probing of the ten SAEs in "
-            f"{e[1]['wall_s']:.1f} s ({rng(list(sp['sae_s'].values()))} s per SAE)",
+            f"{e[1]['wall_s']:.1f} s ({_rng(list(sp['sae_s'].values()))} s per SAE)",
             f"The {dev[8]['budget_left_s']} s left",
         ],
         text,
@@ -1551,11 +1546,8 @@ def test_table2_sixth_session_of_2026_12_06_quoted():
     ab4, sp4, sp16, ab16 = e[0]["absorption"], e[1]["sparse_probing"], e[2]["sparse_probing"], e[3]["absorption"]
     assert all(len(x["evaluated"]) == 10 and not x["left"] for x in (ab4, sp4, sp16, ab16))
 
-    def rng(v, f=".1f"):
-        return f"{min(v):{f}}-{max(v):{f}}"
-
     def part(ab, k):
-        return rng([p[k] for p in ab["sae_parts_s"].values()])
+        return _rng([p[k] for p in ab["sae_parts_s"].values()])
 
     peaks = t[0]["core_peak_gib"].values()
     text = _flat("experiments/table2/README.md", after="**Sixth session of 2026-12-06**")
@@ -1567,15 +1559,15 @@ def test_table2_sixth_session_of_2026_12_06_quoted():
             f"{min(peaks):.0f}-{max(peaks):.0f} GiB",
             f"--widths 16384 --max-saes 5`: {dev[8]['wall_s']:.1f} s call, its T stage {t[1]['wall_s']:.1f} s and its "
             f"sparse probing {e[2]['wall_s']:.1f} s",
-            f"4k {dev[5]['wall_s']:.1f} s call, stage {e[0]['wall_s']:.1f} s, per SAE {rng(ab4['sae_s'].values())} s "
+            f"4k {dev[5]['wall_s']:.1f} s call, stage {e[0]['wall_s']:.1f} s, per SAE {_rng(ab4['sae_s'].values())} s "
             f"(k-sparse probing {part(ab4, 'k_sparse_probing')} s, its L1 probe "
             f"{part(ab4, 'k_sparse_probing.training.l1_probe')} s; the experiment {part(ab4, 'absorption_experiment')}"
             f" s, SAEBench's prompt-length check on the host {part(ab4, 'absorption_experiment.validate')} s)",
             f"16k {dev[9]['wall_s']:.1f} s call (`--time-budget 330`, to fit the {dev[8]['budget_left_s']} s left), "
-            f"stage {e[3]['wall_s']:.1f} s, per SAE {rng(ab16['sae_s'].values())} s (k-sparse probing "
+            f"stage {e[3]['wall_s']:.1f} s, per SAE {_rng(ab16['sae_s'].values())} s (k-sparse probing "
             f"{part(ab16, 'k_sparse_probing')} s, its L1 probe {part(ab16, 'k_sparse_probing.training.l1_probe')} s)",
             f"4k {dev[7]['wall_s']:.1f} s call with `probes.sh`, stage {e[1]['wall_s']:.1f} s "
-            f"({rng(sp4['sae_s'].values())} s per SAE)",
+            f"({_rng(sp4['sae_s'].values())} s per SAE)",
         ],
         text,
     )
@@ -1675,9 +1667,6 @@ def test_table2_ninth_session_of_2026_12_06_quoted():
     assert len(ab["evaluated"]) == 8 and not ab["left"] and len(sp0["evaluated"]) + len(sp1["evaluated"]) == 8
     assert all(c["device"] == "NVIDIA H100 80GB HBM3" for c in (*w, *e))
 
-    def rng(v, f=".1f"):
-        return f"{min(v):{f}}-{max(v):{f}}"
-
     reps = rep.parent
     full = sum(_saes_with_every_eval(r) for r in reps.iterdir() if r.name != "gemma3-270m-L9-topk-r2")
     assert _saes_with_every_eval(reps / "gemma3-270m-L9-topk-r2") == 0  # r2 has no absorption: not counted
@@ -1685,13 +1674,13 @@ def test_table2_ninth_session_of_2026_12_06_quoted():
     _assert_quoted(
         [
             f"the wheels' halves ({dev[0]['wall_s']:.1f} s and {dev[1]['wall_s']:.1f} s), the thirteen puts "
-            f"({rng(dev[2]['wall_s'])} s each), the probes' first half ({dev[3]['wall_s']:.1f} s)",
+            f"({_rng(dev[2]['wall_s'])} s each), the probes' first half ({dev[3]['wall_s']:.1f} s)",
             f"--max-saes 4`: {dev[4]['wall_s']:.1f} s call, stage {w[0]['wall_s']:.1f} s",
-            f"sparse probing {e[0]['wall_s']:.1f} s ({rng(list(sp0['sae_s'].values()))} s per SAE)",
+            f"sparse probing {e[0]['wall_s']:.1f} s ({_rng(list(sp0['sae_s'].values()))} s per SAE)",
             f"--max-saes 4`: {dev[5]['wall_s']:.1f} s call, stage {w[1]['wall_s']:.1f} s",
-            f"sparse probing {e[1]['wall_s']:.1f} s ({rng(list(sp1['sae_s'].values()))} s per SAE)",
+            f"sparse probing {e[1]['wall_s']:.1f} s ({_rng(list(sp1['sae_s'].values()))} s per SAE)",
             f"--time-budget 420`: {dev[6]['wall_s']:.1f} s call, stage {e[2]['wall_s']:.1f} s ({ab['workers']} "
-            f"workers; {rng(list(ab['sae_s'].values()))} s per SAE)",
+            f"workers; {_rng(list(ab['sae_s'].values()))} s per SAE)",
             f"`aux_rowsat/`), {dev[7]['wall_s']:.1f} s; the machine given back with 279 s left",
             f"{full} SAEs of this model-layer now have every offline eval",
         ],

@@ -598,12 +598,12 @@ def main(argv=None) -> int:
     def save():
         (out / "training_speed.json").write_text(json.dumps(RESULTS, indent=2, default=str))
 
-    for d_in, d_sae, k, acts_path in configs:
+    for d_in, d_sae, k, source in configs:  # source: None (Gaussian), HEAVY (Student-t) or the --acts file
         B = args.batch
         torch.manual_seed(1)
-        if acts_path is None or acts_path == HEAVY:
+        if source is None or source == HEAVY:
             scale = torch.rand(d_in, device=dev) * 2 + 0.1  # per-dimension scales: gamma is not trivial
-            if acts_path == HEAVY:  # heavy tails: a few large entries per batch, as real residual streams have
+            if source == HEAVY:  # heavy tails: a few large entries per batch, as real residual streams have
                 t = torch.distributions.StudentT(torch.tensor(float(HEAVY_DF), device=dev))
                 xs = [t.sample((B, d_in)) * scale for _ in range(4)]
             else:
@@ -614,7 +614,7 @@ def main(argv=None) -> int:
             g = acts.double().var(0).sqrt().float().to(dev)
             gamma = g / g.pow(2).mean().sqrt()
         dense_f, sparse_f, P = flops(B, d_in, d_sae, k)
-        cfg_key = config_key(d_in, d_sae, k, acts_path)
+        cfg_key = config_key(d_in, d_sae, k, source)
         try:
             RESULTS["checks"][cfg_key] = check_fast_vs_saelens("weighted_topk", d_in, d_sae, k, dev, xs, gamma)
             print("check", cfg_key, json.dumps(RESULTS["checks"][cfg_key]), flush=True)

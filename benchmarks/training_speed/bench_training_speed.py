@@ -984,7 +984,10 @@ def add_ratios(rows):
 def graph_section(rows, args, dev, gemm_rate, configs, save):
     # last, since a failed CUDA-graph capture can leave the device unusable for what follows
     if dev.type == "cuda" and not args.only:
-        for d_in, d_sae, k, _ in configs:
+        for d_in, d_sae, k, source in configs:
+            if source is not None:
+                # its batches are Gaussian, so it is a row only of the Gaussian configs (keys without a suffix)
+                continue
             B = args.batch
             torch.manual_seed(1)
             scale = torch.rand(d_in, device=dev) * 2 + 0.1

@@ -828,6 +828,9 @@ class FastTopKTrainer:
             if lag is not None:  # read this step's bound before recording the one L steps ahead (same slot)
                 n_dead_bound = lag.bound(n)
                 lag.record(self.n_forward_passes_since_fired, n, cfg.dead_feature_window)
+        if cfg.aux_loss_coefficient == 0:
+            # the aux loss and its gradients are c * (...) = 0: skip its work and the host sync counting the dead
+            dead = None
         graph = self._graph_applicable()
         n_pad = None
         if dead is not None:

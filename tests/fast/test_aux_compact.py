@@ -257,6 +257,25 @@ def test_no_dead_latents_no_aux_loss():
     assert float(tr.loss_and_grads(x, torch.zeros(d_sae, dtype=torch.bool))[0]["auxiliary_reconstruction_loss"]) == 0
 
 
+def test_zero_aux_coefficient_skips_the_aux_path():
+    """aux_loss_coefficient = 0 (sparsify's default objective, auxk_alpha 0): SAELens's loss c * aux is 0 with
+    zero gradients, so a step given dead latents equals a step without any (float64, same start), and the aux
+    path does not run (no aux width chosen, no aux step counted)."""
+    d_in, d_sae, k = 32, 256, 8
+    p = _params(d_in, d_sae, 13, torch.float64)
+    x = torch.randn(16, d_in, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
+    dead = _dead(d_sae, 100, 15)
+    zero = _trainer(p, d_in, d_sae, k, torch.float64, aux_loss_coefficient=0.0, lr=1e-2)
+    none = _trainer(p, d_in, d_sae, k, torch.float64, lr=1e-2)
+    out = zero.step(x, dead=dead)
+    ref = none.step(x, dead=None)
+    assert float(out["auxiliary_reconstruction_loss"]) == 0.0 and zero._aux_n_pad is None
+    assert not any(w for w in zero.aux_width_steps)
+    assert float(out["loss"]) == float(ref["loss"])
+    for a, b in zip(zero.params, none.params):
+        assert torch.equal(a, b)
+
+
 # ------------------------------------------------------------------------------------ whole steps
 def _run_steps(tr, xs, deads):
     outs = []

@@ -10,6 +10,8 @@ fast step; sparsify: bf16 model, as its CLI loads it). Rows, each in its own pro
     forward_only    our activation pipeline alone (model forward, shuffle buffer, batches), no SAE
     step_only       our fast step alone on pre-made batches of real activations
     ours            pipeline + train_saes, one hook, one SAE
+    ours_noaux      ours without the dead-latent aux loss (aux_loss_coefficient 0): sparsify's default objective
+                    (its auxk_alpha is 0), for the same-objective ratio against the sparsify row
     ours_overlap    the same with PipelineConfig.overlap (the next forward on a side CUDA stream during the steps)
     ours_radix      ours with the aux loss's top-k by topk_kernel.masked_topk (FastTopKConfig.aux_topk="radix")
     ours_mask       ours with the aux loss's dense selection by topk_kernel.topk_mask (FastTopKConfig.aux_topk="mask")
@@ -71,6 +73,7 @@ ROWS = (
     "forward_only",
     "step_only",
     "ours",
+    "ours_noaux",
     "ours_overlap",
     "ours_radix",
     "ours_mask",
@@ -449,11 +452,22 @@ class TickingPipeline:
 
 
 # ---------------------------------------------------------------------------------------- rows
-def train_cfg(b: Bench, d_in: int, *, k: int, tokens: int) -> Any:
-    """The one SAE of every row: TopK, d_sae latents, 4096-token steps, Adam lr 3e-4, bf16 on CUDA."""
+def train_cfg(b: Bench, d_in: int, *, k: int, tokens: int, sae_kwargs: dict[str, Any] | None = None) -> Any:
+    """The one SAE of every row: TopK, d_sae latents, 4096-token steps, Adam lr 3e-4, bf16 on CUDA (``sae_kwargs``:
+    SAELens config fields over its defaults)."""
     from sae_rdp_plugin.train.config import TrainConfig
 
-    return TrainConfig("topk", d_in, b.d_sae, k=k, tokens=tokens, batch_size=b.batch, autocast=b.cuda, device=b.device)
+    return TrainConfig(
+        "topk",
+        d_in,
+        b.d_sae,
+        k=k,
+        tokens=tokens,
+        batch_size=b.batch,
+        autocast=b.cuda,
+        device=b.device,
+        sae_kwargs=dict(sae_kwargs or {}),
+    )
 
 
 def pipeline_cfg(b: Bench, hooks: list[str], context: int, overlap: bool = False) -> Any:
@@ -554,6 +568,7 @@ def run_ours(
     sae_streams: bool = False,
     fast_options: dict[str, Any] | None = None,
     profile: bool = False,
+    sae_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Ours: the two calls of ``train_on_model`` (an ActivationPipeline over the token rows, then
     ``train_saes`` with the fast step), made here so that a clock can tick on each batch and leave the
@@ -562,7 +577,8 @@ def run_ours(
     training step on the same stream (separates the step's effect on FVU from the data's). ``overlap``: the
     pipeline's side-stream forward (``PipelineConfig.overlap``). ``sae_streams``: each SAE's steps on a CUDA
     stream of its own (``train_saes(sae_streams=True)``). ``fast_options``: FastTopKConfig fields over the fast
-    step's defaults (``train_saes(fast_options=...)``). ``profile``: torch.profiler over the ``b.profile`` window
+    step's defaults (``train_saes(fast_options=...)``). ``sae_kwargs``: SAELens config fields of every SAE
+    (``TrainConfig.sae_kwargs``). ``profile``: torch.profiler over the ``b.profile`` window
     (only the ``ours_profile`` row: profiling CUDA-graph replays has crashed processes in PyTorch, see
     :class:`StepProfiler`, so no measured row takes that risk)."""
     from sae_rdp_plugin.lm.pipeline import ActivationPipeline
@@ -574,7 +590,12 @@ def run_ours(
     hooks = list(dict.fromkeys(h for h, _ in specs_def))
     d_in = int(model.config.hidden_size)
     specs = [
-        SAESpec(hook=h, cfg=train_cfg(b, d_in, k=k, tokens=b.tokens), out=b.work / name / f"{h}-k{k}", name=f"{h}-k{k}")
+        SAESpec(
+            hook=h,
+            cfg=train_cfg(b, d_in, k=k, tokens=b.tokens, sae_kwargs=sae_kwargs),
+            out=b.work / name / f"{h}-k{k}",
+            name=f"{h}-k{k}",
+        )
         for h, k in specs_def
     ]
     pcfg = pipeline_cfg(b, hooks, train.shape[1], overlap=overlap)
@@ -626,6 +647,7 @@ def run_ours(
                 "k": k,
                 "heldout_fvu": f,
                 "fast_step": r.get("fast_step"),
+                "aux_loss_coefficient": r.get("aux_loss_coefficient"),
                 "steps": r.get("steps"),
                 "train_dead_fraction": r.get("train_dead_fraction"),
                 "aux_steps_by_width": r.get("aux_steps_by_width"),
@@ -640,6 +662,7 @@ def run_ours(
         ],
         "sae_streams": reports[0].get("sae_streams"),
         "fast_options": fast_options,
+        "sae_kwargs": sae_kwargs,
         "epochs": pipe.stats.get("epochs"),
         "pipeline": {
             key: pipe.stats.get(key) for key in ("tokens_per_forward", "compiled", "forwards", "tokens_forwarded")
@@ -651,6 +674,12 @@ def run_ours(
 
 def row_ours(b: Bench) -> dict[str, Any]:
     return run_ours(b, "ours", [(b.hook, b.k)])
+
+
+def row_ours_noaux(b: Bench) -> dict[str, Any]:
+    """ours with sparsify's default objective: no dead-latent aux loss (sparsify's ``auxk_alpha`` defaults to 0,
+    SAELens's TopK ``aux_loss_coefficient`` to 1), so that ours and the sparsify row optimise the same loss."""
+    return run_ours(b, "ours_noaux", [(b.hook, b.k)], sae_kwargs={"aux_loss_coefficient": 0.0})
 
 
 def row_ours_overlap(b: Bench) -> dict[str, Any]:
@@ -931,6 +960,7 @@ def row_sparsify(b: Bench) -> dict[str, Any]:
             "batch_seqs": b.sparsify_seqs,
             "context": train.shape[1],
             "optimizer": cfg.optimizer,
+            "auxk_alpha": cfg.auxk_alpha,  # its default 0: no dead-latent aux loss (the ours_noaux row's objective)
             "model_dtype": "bfloat16",
         },
     }
@@ -1249,8 +1279,15 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         s["lagged_x_ours"] = lagged["tokens_per_s"] / ours["tokens_per_s"]  # > 1: no host sync per step pays
     sp = ok.get("sparsify")
     # sparsify's own rows (4 x 1024); a run that cut them shorter starves its batch and is no baseline
-    if ours and sp and sp.get("settings", {}).get("context", 1024) >= 1024:
+    sp_ok = sp is not None and sp.get("settings", {}).get("context", 1024) >= 1024
+    if ours and sp_ok:
         s["ours_x_sparsify"] = ours["tokens_per_s"] / sp["tokens_per_s"]
+    noaux = ok.get("ours_noaux")
+    if noaux and ours:
+        s["noaux_x_ours"] = noaux["tokens_per_s"] / ours["tokens_per_s"]  # what the aux loss costs ours
+    if noaux and sp_ok:
+        # the same objective: sparsify's Trainer at its defaults computes no aux loss (auxk_alpha 0)
+        s["ours_noaux_x_sparsify"] = noaux["tokens_per_s"] / sp["tokens_per_s"]
     if ours and "forward_only" in ok and "step_only" in ok:
         t_sum = 1 / ok["forward_only"]["tokens_per_s"] + 1 / ok["step_only"]["tokens_per_s"]
         s["ours_time_over_forward_plus_step"] = (1 / ours["tokens_per_s"]) / t_sum
@@ -1265,6 +1302,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     s["targets_met"] = {
         "x10_saelens": s["ours_x_saelens"] >= 10 if "ours_x_saelens" in s else None,
         "x10_sparsify": s["ours_x_sparsify"] >= 10 if "ours_x_sparsify" in s else None,
+        "x10_sparsify_same_objective": s["ours_noaux_x_sparsify"] >= 10 if "ours_noaux_x_sparsify" in s else None,
         # "within 2%": at most 2% above SAELens's (a lower FVU is better)
         "fvu_within_2pct": s["fvu_rel_diff_vs_saelens"] <= 0.02 if "fvu_rel_diff_vs_saelens" in s else None,
         "within_1p5x_forward_plus_step": (

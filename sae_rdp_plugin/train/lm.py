@@ -912,6 +912,8 @@ def _save(r: _Run, held: dict[str, torch.Tensor], common: dict[str, Any], seen: 
         "b_dec_init": r.cfg.b_dec_init,
         "normalize_activations": r.cfg.normalize_activations,
         "threshold_lr_scale": r.cfg.threshold_lr_scale,
+        # (batch)topk's dead-latent aux loss weight as the trained SAE holds it (sae_kwargs may set it; 0: no aux loss)
+        "aux_loss_coefficient": getattr(r.sae.cfg, "aux_loss_coefficient", None),
         "fast_step": r.fast,
         # the fast step's deterministic mode (sorted sums: bit-identical reruns on one GPU; docs/fast_training.md)
         "fast_deterministic": bool(r.fast_step.cfg.deterministic) if r.fast else None,

@@ -18,6 +18,7 @@ ALL_ROWS = [
     "forward_only",
     "step_only",
     "ours",
+    "ours_noaux",
     "ours_overlap",
     "ours_radix",
     "ours_mask",
@@ -113,6 +114,7 @@ def test_summary_targets(bench):
     assert s["targets_met"] == {
         "x10_saelens": True,
         "x10_sparsify": False,
+        "x10_sparsify_same_objective": None,
         "fvu_within_2pct": True,
         "within_1p5x_forward_plus_step": True,
     }
@@ -123,6 +125,10 @@ def test_summary_targets(bench):
     m = bench.summary([*rows, _row("ours_mask", "ours", 1.3e6)])
     assert m["mask_x_ours"] == pytest.approx(1.3) and m["ours_mask_x_saelens"] == pytest.approx(1.3e6 / 0.8e5)
     assert bench.summary([*rows, _row("ours_lagged", "ours", 1.1e6)])["lagged_x_ours"] == pytest.approx(1.1)
+    # ours without the aux loss against sparsify (whose defaults compute none): the same-objective ratio
+    na = bench.summary([*rows, _row("ours_noaux", "ours", 1.3e6)])
+    assert na["noaux_x_ours"] == pytest.approx(1.3) and na["ours_noaux_x_sparsify"] == pytest.approx(10.4)
+    assert na["targets_met"]["x10_sparsify_same_objective"] is True and na["targets_met"]["x10_sparsify"] is False
     rows[2]["heldout_fvu"] = 0.103  # 3% above SAELens's
     assert bench.summary(rows)["targets_met"]["fvu_within_2pct"] is False
     # FVU is compared only at equal tokens; failed rows count for nothing
@@ -190,8 +196,8 @@ def test_bench_quick_runs_every_row(tmp_path):
     rows = {r["row"]: r for r in res["rows"]}
     assert list(rows) == ALL_ROWS
     for name in (
-        "forward_only", "step_only", "ours", "ours_overlap", "ours_radix", "ours_mask", "ours_lagged", "ours_3hooks",
-        "ours_4saes", "saelens_speed", "saelens",
+        "forward_only", "step_only", "ours", "ours_noaux", "ours_overlap", "ours_radix", "ours_mask", "ours_lagged",
+        "ours_3hooks", "ours_4saes", "saelens_speed", "saelens",
     ):  # fmt: skip
         r = rows[name]
         assert "error" not in r, (name, r.get("error"))
@@ -206,6 +212,12 @@ def test_bench_quick_runs_every_row(tmp_path):
     assert rows["ours_radix"]["fast_options"] == {"aux_topk": "radix"} and rows["ours"]["fast_options"] is None
     assert rows["ours_mask"]["fast_options"] == {"aux_topk": "mask"}
     assert rows["ours_lagged"]["fast_options"] == {"dead_count": "lagged"}
+    # ours_noaux trains SAELens's TopK with aux_loss_coefficient 0 (its effect on the step: tests/fast)
+    assert rows["ours_noaux"]["sae_kwargs"] == {"aux_loss_coefficient": 0.0} and rows["ours"]["sae_kwargs"] is None
+    assert (
+        rows["ours_noaux"]["saes"][0]["aux_loss_coefficient"] == 0.0
+        and rows["ours"]["saes"][0]["aux_loss_coefficient"] == 1.0
+    )
     # --profile 3 4: the ours_profile row's profiler window, 4 steps from step 3 (a CPU run: CPU ops, no GPU share);
     # no measured row is profiled
     assert "error" not in rows["ours_profile"], rows["ours_profile"].get("error")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -30,16 +29,8 @@ MIB = 1 << 20
 STAGE = "experiments/gemma3_270m/stage.sh"  # run on the device from the repository root
 
 
-def tree_bytes() -> int:
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
-    ).stdout.split(b"\0")
-    total = 0
-    for f in files:
-        p = ROOT / f.decode()
-        if f and p.is_file() and not p.is_symlink():
-            total += p.stat().st_size
-    return total
+sys.path.insert(0, str(ROOT / "experiments" / "table2"))
+from pack import LIMIT, tree_bytes  # noqa: E402  (one measure of the run tool's per-call limit, table2's stager's)
 
 
 def dir_bytes(p: Path) -> int:
@@ -66,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--limit-mib",
         type=float,
-        default=64_000_000 / MIB,  # the run tool's "64 MiB" is 64 MB: it refused a call of 65.5 MB (table2's pack.py)
+        default=LIMIT / MIB,
         help="per call, the working tree included (default: 64 MB in MiB)",
     )
     ap.add_argument("--margin-mib", type=float, default=2.0, help="slack for files that appear before the calls")

@@ -486,6 +486,26 @@ def config_key(d_in: int, d_sae: int, k: int, source: str | None) -> str:
     return f"{d_in}x{d_sae}_k{k}" + ("_heavy" if source == HEAVY else "_acts" if source else "")
 
 
+def config_batches(
+    d_in: int, B: int, source: str | None, acts: torch.Tensor | None, dev: torch.device
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """A configuration's batches and gamma (seed 1): Gaussian (``source`` None) or Student-t (HEAVY) rows with
+    per-dimension scales and :func:`_gamma`; else the --acts rows ``acts`` in batches of B, gamma = variance^0.5
+    (alpha 0.5), RMS-normalised."""
+    torch.manual_seed(1)
+    if source is None or source == HEAVY:
+        scale = torch.rand(d_in, device=dev) * 2 + 0.1  # per-dimension scales: gamma is not trivial
+        if source == HEAVY:  # heavy tails: a few large entries per batch, as real residual streams have
+            t = torch.distributions.StudentT(torch.tensor(float(HEAVY_DF), device=dev))
+            xs = [t.sample((B, d_in)) * scale for _ in range(4)]
+        else:
+            xs = [torch.randn(B, d_in, device=dev) * scale for _ in range(4)]
+        return xs, _gamma(d_in, dev)
+    xs = [acts[i * B : (i + 1) * B].to(dev) for i in range(acts.shape[0] // B)]
+    g = acts.double().var(0).sqrt().float().to(dev)
+    return xs, g / g.pow(2).mean().sqrt()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -600,19 +620,7 @@ def main(argv=None) -> int:
 
     for d_in, d_sae, k, source in configs:  # source: None (Gaussian), HEAVY (Student-t) or the --acts file
         B = args.batch
-        torch.manual_seed(1)
-        if source is None or source == HEAVY:
-            scale = torch.rand(d_in, device=dev) * 2 + 0.1  # per-dimension scales: gamma is not trivial
-            if source == HEAVY:  # heavy tails: a few large entries per batch, as real residual streams have
-                t = torch.distributions.StudentT(torch.tensor(float(HEAVY_DF), device=dev))
-                xs = [t.sample((B, d_in)) * scale for _ in range(4)]
-            else:
-                xs = [torch.randn(B, d_in, device=dev) * scale for _ in range(4)]
-            gamma = _gamma(d_in, dev)
-        else:  # real activations: batches of B rows; gamma = variance^0.5 (alpha 0.5), RMS-normalised
-            xs = [acts[i * B : (i + 1) * B].to(dev) for i in range(acts.shape[0] // B)]
-            g = acts.double().var(0).sqrt().float().to(dev)
-            gamma = g / g.pow(2).mean().sqrt()
+        xs, gamma = config_batches(d_in, B, source, acts, dev)
         dense_f, sparse_f, P = flops(B, d_in, d_sae, k)
         cfg_key = config_key(d_in, d_sae, k, source)
         try:
@@ -625,7 +633,7 @@ def main(argv=None) -> int:
         bench_impls(rows, cfg_key, d_in, d_sae, k, B, xs, gamma, dev, args, gemm_rate, dense_f, sparse_f, save)
         del xs
         gc.collect()
-    finish(rows, args, dev, bw, gemm_rate, configs, save)
+    finish(rows, args, dev, bw, gemm_rate, configs, acts, save)
     return 0
 
 
@@ -933,7 +941,7 @@ def run_one(rows, name, kind, builder, cfg_key, d_in, d_sae, k, B, prec, dev, ar
         torch.cuda.reset_peak_memory_stats(dev)
 
 
-def finish(rows, args, dev, bw, gemm_rate, configs, save):
+def finish(rows, args, dev, bw, gemm_rate, configs, acts, save):
     for d_in, d_sae, k, source in configs:
         B = args.batch
         dense_f, sparse_f, P = flops(B, d_in, d_sae, k)
@@ -953,7 +961,7 @@ def finish(rows, args, dev, bw, gemm_rate, configs, save):
             traceback.print_exc()
         save()
         print(json.dumps(RESULTS["pipeline"]), flush=True)
-    graph_section(rows, args, dev, gemm_rate, configs, save)
+    graph_section(rows, args, dev, gemm_rate, configs, acts, save)
 
 
 def add_ratios(rows):
@@ -981,25 +989,19 @@ def add_ratios(rows):
             r["x_sparse_floor"] = r["median_ms"] / fl["sparse_floor_ms"]
 
 
-def graph_section(rows, args, dev, gemm_rate, configs, save):
+def graph_section(rows, args, dev, gemm_rate, configs, acts, save):
     # last, since a failed CUDA-graph capture can leave the device unusable for what follows
     if dev.type == "cuda" and not args.only:
         for d_in, d_sae, k, source in configs:
-            if source is not None:
-                # its batches are Gaussian, so it is a row only of the Gaussian configs (keys without a suffix)
-                continue
             B = args.batch
-            torch.manual_seed(1)
-            scale = torch.rand(d_in, device=dev) * 2 + 0.1
-            xs = [torch.randn(B, d_in, device=dev) * scale for _ in range(4)]
-            gamma = _gamma(d_in, dev)
+            xs, gamma = config_batches(d_in, B, source, acts, dev)  # each config's own batches, under its own key
             dense_f, sparse_f, _ = flops(B, d_in, d_sae, k)
             run_one(
                 rows,
                 "fast_weighted_topk+cudagraph",
                 "sparse",
                 lambda: build_fast("weighted_topk", d_in, d_sae, k, True, dev, xs, gamma, graph=True),
-                f"{d_in}x{d_sae}_k{k}",
+                config_key(d_in, d_sae, k, source),
                 d_in,
                 d_sae,
                 k,

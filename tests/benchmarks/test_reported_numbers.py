@@ -33,6 +33,19 @@ def _v(r: dict) -> str:
     return f"{r['V']:.3f} [{r['V_ci'][0]:.3f}, {r['V_ci'][1]:.3f}]"
 
 
+def _replicate_rows(replicate: str, grouping: str = "architecture") -> dict[str, dict]:
+    """table2.json's audit rows of one replicate (or pooled line: grouping ``pooled``) under D = 1-EV, the proxies'
+    only, by proxy (one row each)."""
+    rows = [
+        r
+        for r in json.loads((ROOT / "experiments/table2/table2.json").read_text())["replicates"]
+        if (r["replicate"], r["grouping"], r["distortion"], r["role"]) == (replicate, grouping, "1-EV", "proxy")
+    ]
+    by_proxy = {r["proxy"]: r for r in rows}
+    assert len(by_proxy) == len(rows), replicate
+    return by_proxy
+
+
 def _saes_with_every_eval(folder: Path) -> int:
     """The SAEs of a table2 results folder with a JSON of every offline eval (core, our proxies, absorption,
     sparse probing): the eval folders' common file names."""
@@ -186,9 +199,7 @@ def test_top_readme_table2_row_quotes_the_replicates():
     assert all(r["V_ci"][0] <= 0.5 <= r["V_ci"][1] for r in inside)
     (out,) = [r for r in cands if r not in inside]
     assert (out["architecture"], out["paper_proxy"]) == ("standard", "Splitting")
-    pooled = {
-        r["proxy"]: r for r in table["replicates"] if r["replicate"] == "pooled-gemma3-270m-L9" and r["role"] == "proxy"
-    }
+    pooled = _replicate_rows("pooled-gemma3-270m-L9", "pooled")
     frac = pooled["absorption_first_letter.mean.mean_absorption_fraction_score"]
     sp1 = pooled["sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"]
     cos = pooled["rdp_proxies.proxies.decoder_max_cos"]
@@ -202,14 +213,7 @@ def test_top_readme_table2_row_quotes_the_replicates():
     pooled_names = re.findall(r"`(gemma3-270m-L9-[a-z_]+-r\d+)`", pooled_line.split(":")[0])
     n_full = sum(full[name] for name in pooled_names)
     n_word = {3: "three", 4: "four", 5: "five", 6: "six"}[len(pooled_names)]
-    btk = {
-        r["proxy"]: r
-        for r in table["replicates"]
-        if r["replicate"] == "gemma3-270m-L9-batchtopk-r2"
-        and r["grouping"] == "architecture"
-        and r["role"] == "proxy"
-        and r["distortion"] == "1-EV"
-    }
+    btk = _replicate_rows("gemma3-270m-L9-batchtopk-r2")
 
     _assert_quoted(
         [
@@ -252,26 +256,13 @@ def test_top_readme_table2_row_quotes_the_wsae_replicate():
     and absorption fraction and the pooled-with-WSAE sparse probing V (table2.json), with the directions it names."""
     import re
 
-    table = json.loads((ROOT / "experiments/table2/table2.json").read_text())
-
-    def row(rep: str, proxy: str) -> dict:
-        (r,) = [
-            r
-            for r in table["replicates"]
-            if r["replicate"] == rep
-            and r["proxy"] == proxy
-            and r["role"] == "proxy"
-            and r["distortion"] == "1-EV"
-            and r["grouping"] in ("architecture", "pooled")
-        ]
-        return r
-
     rep, pooled = "gemma3-270m-L9-weighted_topk-r2", "pooled-gemma3-270m-L9-with-wsae"
     sp1, frac = (
         "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy",
         "absorption_first_letter.mean.mean_absorption_fraction_score",
     )
-    w_sp, w_frac, p_sp = row(rep, sp1), row(rep, frac), row(pooled, sp1)
+    w_rows = _replicate_rows(rep)
+    w_sp, w_frac, p_sp = w_rows[sp1], w_rows[frac], _replicate_rows(pooled, "pooled")[sp1]
     assert w_sp["V_ci"][0] > 0.5 > w_frac["V_ci"][1]  # against / with the RDP direction
     assert p_sp["V_ci"][0] <= 0.5 <= p_sp["V_ci"][1]
     kinds = re.search(
@@ -1141,11 +1132,7 @@ def test_table2_third_session_of_2026_12_06_quoted():
     k_of = [p[0].split("_k")[1].split("_")[0] for p in pts]
     assert len(pairs) == 30 and all(k_of[i] == k_of[j] for i, j in pairs)
     # the results row: r3's audit over its 30 pairs
-    rows = {
-        r["proxy"]: r
-        for r in json.loads((ROOT / "experiments/table2/table2.json").read_text())["replicates"]
-        if r["replicate"] == "gemma3-270m-L9-topk-r3" and (r["grouping"], r["distortion"]) == ("architecture", "1-EV")
-    }
+    rows = _replicate_rows("gemma3-270m-L9-topk-r3")
     full, frac, split = (
         rows[f"absorption_first_letter.mean.mean_{k}"]
         for k in ("full_absorption_score", "absorption_fraction_score", "num_split_features")
@@ -1264,12 +1251,7 @@ def test_table2_fourth_session_of_2026_12_06_quoted():
     )
     # SAEs with every offline eval across the replicates; the replicate's dominated pairs
     full = sum(_saes_with_every_eval(r) for r in (reps / "gemma3-270m-L9-topk-r3", rep))  # those done at the time
-    jr = [
-        r
-        for r in json.loads((ROOT / "experiments/table2/table2.json").read_text())["replicates"]
-        if r["replicate"] == "gemma3-270m-L9-jumprelu-r2"
-        and (r["grouping"], r["distortion"], r["role"]) == ("architecture", "1-EV", "proxy")
-    ]
+    jr = list(_replicate_rows("gemma3-270m-L9-jumprelu-r2").values())
     assert len(jr) == 8 and len({r["n_pairs"] for r in jr}) == 1 and len({r["n_saes"] for r in jr}) == 1
     assert all(r["V_ci"][0] <= 0.5 <= r["V_ci"][1] for r in jr)
     _assert_quoted([f"JumpReLU {jr[0]['n_saes']};"], _flat("README.md"))

@@ -778,6 +778,7 @@ def test_real_weight_run_of_2026_12_05_quoted():
         f" and {s['ours_x_sparsify']:.2f}x sparsify in the same call" in _flat("docs/limitations.md")
     )
     assert f"ran at {s['mask_x_ours']:.2f}x end to end" in _flat("docs/limitations.md")
+    assert f"pays off ({s['mask_x_ours']:.2f} on the H200, 2026-12-05: below)" in _flat("benchmarks/e2e/README.md")
 
 
 def test_table2_session_of_2026_12_05_quoted():

@@ -25,16 +25,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: paths are relative to it, git measures its tree
-MIB = 1 << 20
 STAGE = "experiments/gemma3_270m/stage.sh"  # run on the device from the repository root
 
 
 sys.path.insert(0, str(ROOT / "experiments" / "table2"))
-from pack import LIMIT, tree_bytes  # noqa: E402  (one measure of the run tool's per-call limit, table2's stager's)
-
-
-def dir_bytes(p: Path) -> int:
-    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+from pack import LIMIT, MIB, folder_bytes, tree_bytes  # noqa: E402  (table2's stager's measures and per-call limit)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"missing {need} (see experiments/gemma3_270m/README.md)")
     tree = tree_bytes()
     cap = int((args.limit_mib - args.margin_mib) * MIB) - tree
-    whl_b = dir_bytes(whl)
+    whl_b = folder_bytes(whl)
     corp_b = (corpus / "tokens.npz").stat().st_size + (corpus / "manifest.json").stat().st_size
     first = cap - whl_b - corp_b
     if first < 0:
@@ -120,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"call{n_calls - 1}" / "LAST").write_text(f"{len(sizes)}\n")
     for c in range(n_calls):
         carry = ([args.whl] if c == 0 else []) + [f"{args.out}/call{c}"]
-        payload = dir_bytes(out / f"call{c}") + (whl_b if c == 0 else 0)
+        payload = folder_bytes(out / f"call{c}") + (whl_b if c == 0 else 0)
         calls.append(
             {
                 "command": f"bash {STAGE} {c}",

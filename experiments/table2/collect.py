@@ -19,6 +19,9 @@ the new session's calls alone. This script extracts into a temporary folder, the
 * ``absorption_probe/<model>/layer_<L>/``: the first-letter probe of SAEBench's absorption eval in its carried form
   (probe.pth, manifest.json; ``stage.sh run`` copies it onto a fresh machine, where absorption skips training the
   probe): refused unless the manifest's sha256 of each file matches the bundle's file;
+* another model's files (``stage.sh run`` copies every committed calibration and LLM baseline onto the machine, so
+  they come back in every bundle): a calibration of another model-layer's stage and
+  ``probe_baselines/baseline_results_<other model>/`` are not written (listed as such);
 * every other file: written when new or identical; a different existing file is replaced (an SAE's JSON is
   recomputed only when its SAE was retrained) and listed.
 
@@ -105,9 +108,13 @@ def model_layer(files: dict[Path, bytes]) -> str | None:
         d = _json(rel, data)
         if rel.parent != Path(".") and isinstance(d, dict) and (m := _RELEASE.match(str(d.get("sae_lens_release_id")))):
             found.add(m["ml"])
-    if not found:
+    # stage records before calibrations: `stage.sh run` puts every committed calibration on the machine, so a
+    # bundle of one model's stage can carry another model's calibration files
+    for prefix in ("stage_", "calibration_"):
+        if found:
+            break
         for rel, data in files.items():
-            if rel.parent == Path(".") and rel.name.startswith(("stage_", "calibration_")):
+            if rel.parent == Path(".") and rel.name.startswith(prefix):
                 d = _json(rel, data)
                 if not isinstance(d, dict):
                     raise ValueError(f"the bundle's {rel}: not a JSON object")
@@ -116,6 +123,28 @@ def model_layer(files: dict[Path, bytes]) -> str | None:
     if len(found) > 1:
         raise ValueError(f"the bundle spans model-layers {sorted(found)}")
     return found.pop() if found else None
+
+
+def other_models_files(files: dict[Path, bytes], named: str | None) -> set[Path]:
+    """The files of a bundle that belong to another model than ``named`` (``<model>-L<layer>``): calibration files
+    of another model-layer's stage and sae-probes' LLM baselines of another model
+    (``probe_baselines/baseline_results_<model>/``). ``stage.sh run`` copies every committed calibration and
+    baseline onto the machine, so they come back in every bundle; they are the committed ones of their own folder
+    and are not written into this one."""
+    if named is None:
+        return set()
+    model = named.rsplit("-L", 1)[0]
+    out = set()
+    for rel, data in files.items():
+        if rel.parent == Path(".") and rel.name.startswith("calibration_"):
+            d = _json(rel, data)
+            m = _STAGE.match(str(d.get("stage", ""))) if isinstance(d, dict) else None
+            if m and f"{m['model']}-L{m['layer']}" != named:
+                out.add(rel)
+        elif len(rel.parts) > 1 and rel.parts[0] == "probe_baselines" and rel.parts[1].startswith("baseline_results_"):
+            if rel.parts[1].removeprefix("baseline_results_") != model:
+                out.add(rel)
+    return out
 
 
 def by_sae_ids(files: dict[Path, bytes]) -> dict[Path, bytes]:
@@ -215,6 +244,9 @@ def collect(
             raise ValueError(f"{bundle}: empty bundle")
         check_carried_probes(contents)
         named = model_layer(contents)  # first: JSONs of two model-layers may share a name
+        other = other_models_files(contents, named)
+        contents = {rel: data for rel, data in contents.items() if rel not in other}
+        skipped = sorted(str(rel) for rel in other)
         contents = by_sae_ids(contents)
         if replicate is not None:
             if into is not None:
@@ -278,6 +310,8 @@ def collect(
         if kind not in ("same", "same SAE", "kept"):
             atomic_write_bytes(dest, data)
         done.setdefault(kind, []).append(str(dest))
+    if skipped:
+        done["other model, not written"] = skipped
     return done
 
 
@@ -299,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, json.JSONDecodeError) as e:
         print(f"error: {e}".splitlines()[0], file=sys.stderr)
         return 2
-    for kind in ("stage", "calibration", "new", "replaced", "same", "same SAE", "kept"):
+    for kind in ("stage", "calibration", "new", "replaced", "same", "same SAE", "kept", "other model, not written"):
         if done.get(kind):
             quiet = kind in ("new", "same", "same SAE", "kept")
             print(f"{kind}: {len(done[kind])}" + ("" if quiet else f" ({', '.join(done[kind])})"))

@@ -294,3 +294,32 @@ def test_replicate_takes_a_probe_only_bundle(tmp_path, monkeypatch):
         only_record = {"stage_E-m-9.json": files["stage_E-m-9.json"]}
         col.collect(_bundle(tmp_path / "R.tar.xz", only_record), results=tmp_path / "r3", replicate="m-L9-topk-r3")
     assert not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()
+
+
+def test_another_models_calibrations_and_baselines_are_not_written(tmp_path, capsys, monkeypatch):
+    """stage.sh run copies every committed calibration and LLM baseline onto the machine, so a SmolLM2 bundle
+    carries Gemma's: they stay out of smollm2-135m-L15/ and results/ (and a bundle naming its model-layer only
+    through its stage record is not read as spanning two model-layers)."""
+    col = _collect()
+    results = tmp_path / "results"
+    monkeypatch.setattr(col, "RESULTS", results)
+    base = "probe_baselines/baseline_results_{}/normal_setting/ds_blocks.{}.hook_resid_post_logreg.json"
+    files = {
+        "stage_T-smollm2-135m-15-topk.json": b'{"stage": "T-smollm2-135m-15-topk", "calls": []}',
+        "calibration_C-gemma3-270m-9-standard.json": b'{"stage": "C-gemma3-270m-9-standard"}',
+        base.format("gemma3-270m", 9): b'{"test_auc": 0.8}',
+        base.format("smollm2-135m", 15): b'{"test_auc": 0.9}',
+    }
+    b = _bundle(tmp_path / "T.tar.xz", files)
+    assert col.main([str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "other model, not written: 2 (" in out and "calibration_C-gemma3-270m-9-standard.json" in out
+    here = results / "smollm2-135m-L15"
+    assert (here / base.format("smollm2-135m", 15)).read_bytes() == b'{"test_auc": 0.9}'
+    assert (here / "stage_T-smollm2-135m-15-topk.json").is_file()
+    assert not (here / base.format("gemma3-270m", 9)).exists()
+    assert not (here / "calibration_C-gemma3-270m-9-standard.json").exists()
+    assert not (results / "calibration_C-gemma3-270m-9-standard.json").exists()
+    assert sorted(p.relative_to(results).as_posix() for p in results.rglob("*") if p.is_file()) == sorted(
+        [f"smollm2-135m-L15/{base.format('smollm2-135m', 15)}", "smollm2-135m-L15/stage_T-smollm2-135m-15-topk.json"]
+    )

@@ -1061,7 +1061,9 @@ def paper_comparisons(rows: list[dict[str, Any]], reps: list[dict[str, Any]], re
         return ""
     out = ["", "### against the paper's Table 2", ""]
     lines, where_n, weak, skipped = [], {"inside": 0, "below": 0, "above": 0}, 0, 0
-    for r in sorted(cands, key=lambda r: (r["paper_proxy"], r["architecture"], r.get("replicate", ""))):
+    for r in sorted(
+        cands, key=lambda r: (r["paper_proxy"], r["architecture"], r["model"], r["layer"], r.get("replicate", ""))
+    ):
         ce = r.get("median_ce_loss_score")
         if ce is not None and ce < MIN_CE_LOSS_SCORE:
             skipped += 1
@@ -1071,8 +1073,8 @@ def paper_comparisons(rows: list[dict[str, Any]], reps: list[dict[str, Any]], re
         where = "inside" if lo <= paper <= hi else ("below" if paper < lo else "above")
         where_n[where] += 1
         weak += where == "inside" and lo <= 0.5 <= hi
-        src = f"`{r['replicate']}`" if r.get("replicate") else "committed sweep"
         ml = f"{r['model']}-L{r['layer']}"
+        src = f"`{r['replicate']}`" if r.get("replicate") else f"`{ml}` sweep"  # several models' sweeps share a list
         folder = results / "replicates" / r["replicate"] if r.get("replicate") else results / ml
         _, n_pairs, ties = v_by_pair_kind([folder], r["proxy"], r["orientation"], release_of(ml, r["architecture"]))[
             "within"

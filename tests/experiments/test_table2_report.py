@@ -486,7 +486,7 @@ def test_replicate_rows_and_lines_match_brute_force_v(results, capsys):
         if (r["grouping"], r["distortion"], r["architecture"], r["proxy"]) == ("architecture", "1-EV", "topk", col)
     ]
     places = []
-    for r, src in ((main_row, "committed sweep"), (row, "`gemma3-270m-L9-topk-r2`")):
+    for r, src in ((main_row, "`gemma3-270m-L9` sweep"), (row, "`gemma3-270m-L9-topk-r2`")):
         a, b = r["V_ci"]
         place = "inside" if a <= 0.351 <= b else ("below" if 0.351 < a else "above")
         places.append((place, a <= 0.5 <= b))

@@ -118,7 +118,10 @@ def test_top_readme_table2_row_quotes_table2_json():
     (sp,) = [
         x
         for x in probing
-        if x["paper_proxy"] == "Sparse Probing" and x["grouping"] == "architecture" and x["distortion"] == "1-EV"
+        if x["paper_proxy"] == "Sparse Probing"
+        and x["grouping"] == "architecture"
+        and x["distortion"] == "1-EV"
+        and x["model"] == "gemma3-270m"  # SmolLM2's TopK row: its own test (2026-12-07)
     ]
     lo, hi = sp["V_ci"]
     assert lo < 0.351 < hi and lo < 0.5 < hi  # "paper 0.351 inside the interval, and so is 0.5"
@@ -138,7 +141,11 @@ def test_top_readme_table2_row_quotes_table2_json():
     for f in base.glob("gemma3-270m-L9/stage_T-*.json"):
         trained |= {i for c in json.loads(f.read_text())["calls"] for i in c["trained"]}
     assert {x["id"].rsplit("/", 1)[0] for x in planned} <= trained  # every planned SAE's family was trained
-    line = next(x for x in (ROOT / "README.md").read_text().splitlines() if "our Table 2 (Gemma-3-270M L9)" in x)
+    line = next(
+        x
+        for x in (ROOT / "README.md").read_text().splitlines()
+        if "our Table 2 (Gemma-3-270M L9, SmolLM2-135M L15)" in x
+    )
     for q in (
         f"{len(planned)} SAEs trained",
         f"SAEBench core on {len(list(core.glob('*.json')))}",
@@ -190,6 +197,7 @@ def test_top_readme_table2_row_quotes_the_replicates():
         for r in [*table["rows"], *table["replicates"]]
         if r["grouping"] == "architecture"
         and r["distortion"] == "1-EV"
+        and r["model"] == "gemma3-270m"  # the row's Gemma part (SmolLM2's: its own test)
         and r["paper_proxy"]
         and paper.get(r["paper_proxy"], {}).get(r["architecture"]) is not None
         and r["V"] is not None
@@ -1672,3 +1680,147 @@ def test_table2_ninth_session_of_2026_12_06_quoted():
         text,
     )
     assert len(dev[2]["wall_s"]) == 13 and dev[7]["budget_left_s"] - 279 < 10
+
+
+def test_table2_smollm2_topk_session_of_2026_12_07_quoted():
+    """table2 README section 6, the session of 2026-12-07 (SmolLM2-135M layer 15, TopK): call and stage times from
+    the device-calls record and the stage records; the top README's SmolLM2 V from table2.json."""
+    res = ROOT / "experiments/table2/results/smollm2-135m-L15"
+
+    def calls(f: str) -> list:
+        return json.loads((res / f).read_text())["calls"]
+
+    dev, t, e = (
+        calls("device_calls_2026-12-07.json"),
+        calls("stage_T-smollm2-135m-15-topk.json"),
+        calls("stage_E-smollm2-135m-15.json"),
+    )
+    assert [len(c["trained"]) for c in t] == [5, 5] and not t[1]["left_for_later"]
+    sp0, sp1, ab = e[0]["sparse_probing"], e[1]["sparse_probing"], e[2]["absorption"]
+    assert len(ab["evaluated"]) == 20 and not ab["left"] and ab["probe_source"] == "trained"
+    assert len(sp0["evaluated"]) + len(sp1["evaluated"]) == 20 and sp1["complete"]
+    assert all(c["device"] == "NVIDIA H100 80GB HBM3" and c["tokenizer"]["probe_ok"] for c in e)
+    assert _saes_with_every_eval(res) == 20
+    assert not (res / "probe_baselines" / "baseline_results_gemma3-270m").exists()
+    assert not list(res.glob("calibration_*.json"))  # Gemma's, carried in the bundles, stay out
+    text = _flat("experiments/table2/README.md", after="**Session of 2026-12-07 (an H100")
+    _assert_quoted(
+        [
+            f"the wheels' halves ({dev[0]['wall_s']:.1f} s and {dev[1]['wall_s']:.1f} s), the seven puts "
+            f"({_rng(dev[2]['wall_s'])} s each), the probes' first half ({dev[3]['wall_s']:.1f} s)",
+            f"5`: {dev[4]['wall_s']:.1f} s call, stage {t[0]['wall_s']:.1f} s",
+            f"sparse probing {e[0]['wall_s']:.1f} s (its LLM baselines and activations first; "
+            f"{_rng(list(sp0['sae_s'].values()))} s per SAE)",
+            f"--max-saes 5`: {dev[5]['wall_s']:.1f} s call, stage {t[1]['wall_s']:.1f} s",
+            f"sparse probing {e[1]['wall_s']:.1f} s ({_rng(list(sp1['sae_s'].values()))} s per SAE)",
+            f"--time-budget 420`: {dev[6]['wall_s']:.1f} s call, stage {e[2]['wall_s']:.1f} s ({ab['workers']} "
+            f"workers; the first-letter probe trained in {ab['probe_s']:.1f} s, the twenty SAEs "
+            f"{_rng(list(ab['sae_s'].values()))} s each)",
+            f"random-init architecture ({dev[7]['wall_s']:.1f} s,",
+        ],
+        text,
+    )
+    assert len(dev[2]["wall_s"]) == 7
+    rows = {
+        r["proxy"]: r
+        for r in json.loads((ROOT / "experiments/table2/table2.json").read_text())["rows"]
+        if (r["model"], r["grouping"], r["distortion"], r["architecture"])
+        == ("smollm2-135m", "architecture", "1-EV", "topk")
+    }
+    sp = rows["sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"]
+    af = rows["absorption_first_letter.mean.mean_absorption_fraction_score"]
+    spl = rows["absorption_first_letter.mean.mean_num_split_features"]
+    assert {r["n_saes"] for r in (sp, af, spl)} == {20} and {r["n_pairs"] for r in (sp, af, spl)} == {31}
+    assert sp["V_ci"][0] > 0.351 and af["V_ci"][0] < 0.480 < af["V_ci"][1] and spl["V_ci"][0] < 0.441 < spl["V_ci"][1]
+    assert all(r["V_ci"][0] < 0.5 < r["V_ci"][1] for r in (sp, af, spl))
+    _assert_quoted(
+        [
+            f"(20 SAEs with every offline eval, one seed, {sp['n_pairs']} dominated pairs): Sparse Probing V {_v(sp)} "
+            f"(paper 0.351 below the interval), absorption fraction {_v(af)} and splitting {_v(spl)} (paper inside); "
+            "0.5 inside all three"
+        ],
+        _flat("README.md"),
+    )
+
+
+def test_e2e_random_init_run_of_2026_12_07_quoted():
+    """benchmarks/e2e README's section of 2026-12-07 (random init, H100), the top README's e2e row and
+    docs/limitations.md, from the run's JSON."""
+    d = json.loads((ROOT / "benchmarks/e2e/runs/2026-12-07-h100-random-init/latest.json").read_text())
+    r = {x["row"]: x for x in d["rows"]}
+    o, n, sp, sl = (r[k] for k in ("ours", "ours_noaux", "sparsify", "saelens_speed"))
+    s = d["summary"]
+    assert "H100" in d["device"] and d["settings"]["gguf"] is None and d["settings"]["corpus"] is None
+    assert d["versions"]["commit"] == "29704fe" and not any(x.get("error") for x in d["rows"])
+    assert n["saes"][0]["aux_loss_coefficient"] == 0 and o["saes"][0]["aux_loss_coefficient"] > 0
+    assert s["targets_met"]["x10_saelens"] and not s["targets_met"]["x10_sparsify_same_objective"]
+    steps = n["saes"][0]["steps"]
+    assert steps == o["saes"][0]["steps"]
+    tn, to = n["time_split"], o["time_split"]
+    need = 10 * sp["tokens_per_s"]
+    budget = n["tokens"] / need
+    fwd = tn["forward_s"] - tn["first_forward_s"]
+    left = budget - fwd - tn["other_s"]
+    _assert_quoted(
+        [
+            f"ours (aux loss on) {o['tokens_per_s']:,.0f} tokens/s after warm-up = {s['ours_x_saelens']:.2f}x "
+            f"SAELens's runner ({sl['tokens_per_s']:,.0f}) and {s['ours_x_sparsify']:.2f}x sparsify "
+            f"({sp['tokens_per_s']:,.0f})",
+            f"{n['tokens_per_s']:,.0f} tokens/s = {s['ours_noaux_x_sparsify']:.2f}x sparsify",
+            f"the aux loss costs ours {s['noaux_x_ours']:.2f}x (SAE steps {to['sae_step_s']:.1f} s with it, "
+            f"{tn['sae_step_s']:.1f} s without, {1e3 * to['sae_step_s'] / steps:.2f} vs "
+            f"{1e3 * tn['sae_step_s'] / steps:.2f} ms per step of 4,096 tokens)",
+            f"{need:,.0f} tokens/s, i.e. {budget:.2f} s for the 20M tokens. The forward took {fwd:.2f} s past its "
+            f"first, compiling call and the rest {tn['other_s']:.2f} s, which leaves {left:.2f} s for the {steps:,} "
+            f"steps: {1e3 * left / steps:.2f} ms per step against the {1e3 * tn['sae_step_s'] / steps:.2f} ms "
+            f"measured, a {tn['sae_step_s'] / left:.1f}x faster step",
+            f"ours {o['heldout_fvu']:.4f}, `ours_noaux` {n['heldout_fvu']:.4f} (20M tokens); sparsify "
+            f"{sp['heldout_fvu']:.4f} and SAELens {sl['heldout_fvu']:.4f} at 2M tokens",
+        ],
+        _flat("benchmarks/e2e/README.md", after="## Random init, the same-objective ratio"),
+    )
+    # sparsify ran faster here than on the real weights of 2026-12-06 (the README says so)
+    real = {
+        x["row"]: x
+        for x in json.loads((ROOT / "benchmarks/e2e/runs/2026-12-06-h100-real-weights/latest.json").read_text())["rows"]
+    }
+    assert sp["tokens_per_s"] > real["sparsify"]["tokens_per_s"]
+    trio = (
+        f"{s['ours_x_saelens']:.2f}x SAELens's runner, {s['ours_x_sparsify']:.2f}x sparsify, "
+        f"{s['ours_noaux_x_sparsify']:.2f}x sparsify without the"
+    )
+    _assert_quoted([trio], _flat("README.md"))
+    _assert_quoted(
+        [
+            f"{s['ours_x_saelens']:.2f}x SAELens's runner and {s['ours_x_sparsify']:.2f}x sparsify, and without the "
+            f"aux loss (sparsify's default objective) {s['ours_noaux_x_sparsify']:.2f}x sparsify",
+            f"would have to run {tn['sae_step_s'] / left:.1f}x faster",
+        ],
+        _flat("docs/limitations.md"),
+    )
+
+
+def test_aux_heavy_anchor_run_of_2026_12_07_quoted():
+    """benchmarks/training_speed/README.md's paragraph on issue 14's aux-loss anchor quotes aux_heavy/'s JSON;
+    docs/limitations.md its ratio."""
+    ms = _step_ms("benchmarks/training_speed/aux_heavy/training_speed.json")
+    h, s, f = "768x16384_k32_heavy", "640x16384_k32", "fast_weighted_topk+aux"
+    sl, sl6 = ms[h, "saelens_weighted_topk+aux"], ms[s, "saelens_weighted_topk+aux"]
+    f85, f856 = ms[h, f + "[dead0.85]"], ms[s, f + "[dead0.85]"]
+    hd, sd = ms[h, f + "[deterministic]"], ms[s, f + "[deterministic]"]
+    rowsat = _step_ms("benchmarks/training_speed/aux_rowsat/training_speed.json")
+    assert sl / f85 < 3 <= sl / ms[h, f]  # the README's reading: missed at 85% dead, met at half
+    _assert_quoted(
+        [
+            f"{f85:.2f} ms against SAELens's step with the aux loss {sl:.2f} ms, {sl / f85:.2f}x",
+            f"With half the latents dead {ms[h, f]:.2f} ms ({sl / ms[h, f]:.2f}x); without the aux loss "
+            f"{ms[h, 'fast_weighted_topk']:.2f} ms",
+            f"{f856:.2f} ms at 85% dead against {sl6:.2f} ms ({sl6 / f856:.2f}x; "
+            f"{rowsat[s, 'saelens_weighted_topk+aux'] / rowsat[s, f + '[dead0.85]']:.2f}x in the run above), "
+            f"{ms[s, f]:.2f} ms at half dead ({sl6 / ms[s, f]:.2f}x)",
+            f"{hd:.2f} ms at (768, 16384, k32) heavy-tailed, half dead ({hd / ms[h, f]:.2f}x slower than the "
+            f"default), {sd:.2f} ms at (640, 16384, k32) ({sd / ms[s, f]:.2f}x)",
+        ],
+        _flat("benchmarks/training_speed/README.md"),
+    )
+    _assert_quoted([f"{sl / f85:.2f}x on an H100 of 2026-12-07"], _flat("docs/limitations.md"))

@@ -65,6 +65,26 @@ def _core_pairs(folder: Path, pattern: str) -> tuple[list[tuple[str, float, floa
     return pts, dominated_pairs([p[1] for p in pts], [p[2] for p in pts]).tolist()
 
 
+def _session_records(folder: Path, device_calls: str, train: str, evals: str, trained: list[int]) -> tuple:
+    """A table2 session's records in ``folder``: the device calls, the training stage's calls (checked to have
+    trained ``trained`` SAEs per call, none left), the E stage's calls, and the E calls' two sparse-probing parts
+    and absorption part."""
+    dev, t, e = (json.loads((folder / f).read_text())["calls"] for f in (device_calls, train, evals))
+    assert [len(c["trained"]) for c in t] == trained and not t[-1]["left_for_later"]
+    return dev, t, e, (e[0]["sparse_probing"], e[1]["sparse_probing"], e[2]["absorption"])
+
+
+def _x10_sparsify(row: dict, sp: dict) -> tuple[float, float, float, float]:
+    """What 10x sparsify's rate would take for an e2e ``row``: that rate, the seconds for the row's tokens, the
+    forward's seconds past its first (compiling) call, and the seconds left for the SAE steps after the forward and
+    the rest."""
+    ts = row["time_split"]
+    need = 10 * sp["tokens_per_s"]
+    budget = row["tokens"] / need
+    fwd = ts["forward_s"] - ts["first_forward_s"]
+    return need, budget, fwd, budget - fwd - ts["other_s"]
+
+
 def _step_ms(rel: str) -> dict[tuple[str, str], float]:
     """{(config, impl): median ms} of a bench_training_speed.py result file."""
     return {(x["config"], x["impl"]): x["median_ms"] for x in json.loads((ROOT / rel).read_text())["rows"]}
@@ -1385,10 +1405,7 @@ def test_e2e_h100_real_weight_run_of_2026_12_06_quoted():
     section = _flat("benchmarks/e2e/README.md", after="## Real weights, `ours_lagged`, after a table2 session's calls")
     # the step time 10x sparsify would allow, from this run's split (the forward after its first, compiling call)
     ts, steps = ours["time_split"], ours["saes"][0]["steps"]
-    need = 10 * sp["tokens_per_s"]
-    budget = ours["tokens"] / need
-    fwd = ts["forward_s"] - ts["first_forward_s"]
-    left = budget - fwd - ts["other_s"]
+    need, budget, fwd, left = _x10_sparsify(ours, sp)
     _assert_quoted(
         [
             f"ours {ours['tokens_per_s']:,.0f} tokens/s after warm-up = {s['ours_x_saelens']:.2f}x SAELens's runner "
@@ -1474,10 +1491,7 @@ def test_e2e_warm_aux_fixed_and_streams_runs_of_2026_12_06_quoted():
     b_ours = {x["row"]: x for x in before["rows"]}["ours"]
     v1 = json.loads((runs / "2026-12-06-h100-warm-aux/latest.json").read_text())["rows"][0]["saes"][0]
     ts, steps = ours["time_split"], sae["steps"]
-    need = 10 * sp["tokens_per_s"]
-    budget = ours["tokens"] / need
-    fwd = ts["forward_s"] - ts["first_forward_s"]
-    left = budget - fwd - ts["other_s"]
+    need, budget, fwd, left = _x10_sparsify(ours, sp)
     e3 = {x["row"]: x for x in json.loads((runs / "2026-12-06-h100-3hooks-streams/latest.json").read_text())["rows"]}
     seq, st = e3["ours_3hooks"], e3["ours_3hooks_streams"]
     assert st["sae_streams"] is True and seq["sae_streams"] is False
@@ -1646,17 +1660,9 @@ def test_table2_ninth_session_of_2026_12_06_quoted():
     """table2 README section 6, the ninth session of 2026-12-06 (the WSAE arm's replicate): the call and stage times
     quoted from the device-calls record and the stage records; the SAEs with every offline eval counted."""
     rep = ROOT / "experiments/table2/results/replicates/gemma3-270m-L9-weighted_topk-r2"
-
-    def calls(f: str) -> list:
-        return json.loads((rep / f).read_text())["calls"]
-
-    dev, w, e = (
-        calls("device_calls_2026-12-06-s9.json"),
-        calls("stage_W-wsae.json"),
-        calls("stage_E-gemma3-270m-9.json"),
+    dev, w, e, (sp0, sp1, ab) = _session_records(
+        rep, "device_calls_2026-12-06-s9.json", "stage_W-wsae.json", "stage_E-gemma3-270m-9.json", [4, 4]
     )
-    assert [len(c["trained"]) for c in w] == [4, 4] and not w[1]["left_for_later"]
-    sp0, sp1, ab = e[0]["sparse_probing"], e[1]["sparse_probing"], e[2]["absorption"]
     assert len(ab["evaluated"]) == 8 and not ab["left"] and len(sp0["evaluated"]) + len(sp1["evaluated"]) == 8
     assert all(c["device"] == "NVIDIA H100 80GB HBM3" for c in (*w, *e))
 
@@ -1686,17 +1692,9 @@ def test_table2_smollm2_topk_session_of_2026_12_07_quoted():
     """table2 README section 6, the session of 2026-12-07 (SmolLM2-135M layer 15, TopK): call and stage times from
     the device-calls record and the stage records; the top README's SmolLM2 V from table2.json."""
     res = ROOT / "experiments/table2/results/smollm2-135m-L15"
-
-    def calls(f: str) -> list:
-        return json.loads((res / f).read_text())["calls"]
-
-    dev, t, e = (
-        calls("device_calls_2026-12-07.json"),
-        calls("stage_T-smollm2-135m-15-topk.json"),
-        calls("stage_E-smollm2-135m-15.json"),
+    dev, t, e, (sp0, sp1, ab) = _session_records(
+        res, "device_calls_2026-12-07.json", "stage_T-smollm2-135m-15-topk.json", "stage_E-smollm2-135m-15.json", [5, 5]
     )
-    assert [len(c["trained"]) for c in t] == [5, 5] and not t[1]["left_for_later"]
-    sp0, sp1, ab = e[0]["sparse_probing"], e[1]["sparse_probing"], e[2]["absorption"]
     assert len(ab["evaluated"]) == 20 and not ab["left"] and ab["probe_source"] == "trained"
     assert len(sp0["evaluated"]) + len(sp1["evaluated"]) == 20 and sp1["complete"]
     assert all(c["device"] == "NVIDIA H100 80GB HBM3" and c["tokenizer"]["probe_ok"] for c in e)
@@ -1757,10 +1755,7 @@ def test_e2e_random_init_run_of_2026_12_07_quoted():
     steps = n["saes"][0]["steps"]
     assert steps == o["saes"][0]["steps"]
     tn, to = n["time_split"], o["time_split"]
-    need = 10 * sp["tokens_per_s"]
-    budget = n["tokens"] / need
-    fwd = tn["forward_s"] - tn["first_forward_s"]
-    left = budget - fwd - tn["other_s"]
+    need, budget, fwd, left = _x10_sparsify(n, sp)
     _assert_quoted(
         [
             f"ours (aux loss on) {o['tokens_per_s']:,.0f} tokens/s after warm-up = {s['ours_x_saelens']:.2f}x "

@@ -1252,8 +1252,10 @@ def export(out: Path, dest: Path, stage: str) -> Path:
     """What comes back from the device (at most 8 files per call): ``dest/<stage>.tar.xz`` holding every core,
     proxy, sparse-probing and absorption JSON (``core/``, ``rdp_proxies/``, ``sparse_probing_sae_probes/``,
     ``absorption_first_letter/``),
-    the stage and calibration files, each SAE's train_summary.json (``train_summaries/<family path with __>.json``)
-    and sae-probes' LLM baseline results (``probe_baselines/``, as under ``probing/sae_probes/``), the first-letter
+    the stage files and the calibrations of the stage's model-layer, each SAE's train_summary.json
+    (``train_summaries/<family path with __>.json``) and sae-probes' LLM baseline results of the stage's model
+    (``probe_baselines/``, as under ``probing/sae_probes/``; a stage id naming no model-layer, such as ``W-wsae``,
+    exports every calibration and baseline in ``out``), the first-letter
     probe of SAEBench's absorption eval in its carried form when ``stage`` made it (``absorption_probe/<model>/
     layer_<L>/``: probe.pth and manifest.json, ~70 kB; absorption_stage.make_probe), plus a plain copy of
     ``stage_<stage>.json``. The weights stay.
@@ -1262,16 +1264,21 @@ def export(out: Path, dest: Path, stage: str) -> Path:
     import tarfile
 
     dest.mkdir(parents=True, exist_ok=True)
+    # stage.sh run puts every model's committed calibrations and LLM baselines in OUT: a stage named by its
+    # model-layer exports only its own (collect.py leaves the others out too); other stage ids (W-wsae) all of them
+    m = re.match(r"^[CTE]-(?P<model>.+)-(?P<layer>\d+)(?:-[a-z_]+)?$", stage)
+    cal = f"calibration_C-{m['model']}-{m['layer']}-*.json" if m else "calibration_*.json"
+    base = f"baseline_results_{m['model']}" if m else "baseline_results_*"
     tmp = dest / f".{stage}.{uuid.uuid4().hex[:8]}.tmp"
     with tarfile.open(tmp, "w:xz") as tar:
         jsons = [p for d in (CORE_DIR, PROXY_DIR, PROBE_DIR, ABSORPTION_DIR) for p in out.glob(f"{d}/*.json")]
-        for p in sorted([*jsons, *out.glob("stage_*.json"), *out.glob("calibration_*.json")]):
+        for p in sorted([*jsons, *out.glob("stage_*.json"), *out.glob(cal)]):
             tar.add(p, arcname=p.relative_to(out).as_posix())
         for p in sorted((out / SAES_DIR).glob("**/train_summary.json")):
             rel = p.parent.relative_to(out / SAES_DIR).as_posix().replace("/", "__")
             tar.add(p, arcname=f"train_summaries/{rel}.json")
         probes = out / "probing" / "sae_probes"
-        for p in sorted(probes.glob("baseline_results_*/**/*.json")):
+        for p in sorted(probes.glob(f"{base}/**/*.json")):
             tar.add(p, arcname=f"{BASELINE_DIR}/{p.relative_to(probes).as_posix()}")
         for man in sorted((out / ABSORPTION_CARRY_DIR).glob("*/layer_*/manifest.json")):
             try:

@@ -681,3 +681,26 @@ def test_longest_eval_leaves_out_profiled_evals(rs):
     assert rs.longest_eval_s(eval_s, set()) == pytest.approx(76.8)
     assert rs.longest_eval_s({"a": (76.5, 0.3)}, {"a"}) == pytest.approx(76.8)
     assert rs.longest_eval_s({}, set()) == 0.0
+
+
+def test_export_leaves_out_other_models_calibrations_and_baselines(rs, tmp_path):
+    """stage.sh run copies every model's committed calibrations and LLM baselines into OUT: a SmolLM2 stage's bundle
+    holds SmolLM2's only; a stage id without a model-layer (W-wsae) keeps them all."""
+    out = tmp_path / "out"
+    (out / "core").mkdir(parents=True)
+    (out / "core" / "a.json").write_text("{}")
+    for ml in ("gemma3-270m-9", "smollm2-135m-15"):
+        (out / f"calibration_C-{ml}-standard.json").write_text("{}")
+    for model, layer in (("gemma3-270m", 9), ("smollm2-135m", 15)):
+        f = out / "probing/sae_probes" / f"baseline_results_{model}/normal_setting/ds_blocks.{layer}_logreg.json"
+        f.parent.mkdir(parents=True)
+        f.write_text("{}")
+    with tarfile.open(rs.export(out, tmp_path / "x", "T-smollm2-135m-15-topk")) as tar:
+        names = sorted(tar.getnames())
+    assert names == [
+        "calibration_C-smollm2-135m-15-standard.json",
+        "core/a.json",
+        "probe_baselines/baseline_results_smollm2-135m/normal_setting/ds_blocks.15_logreg.json",
+    ]
+    with tarfile.open(rs.export(out, tmp_path / "y", "W-wsae")) as tar:
+        assert len([n for n in tar.getnames() if "gemma3" in n or "smollm2" in n]) == 4

@@ -55,6 +55,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from run_stage import ABSORPTION_CARRY_DIR as CARRY_DIR  # noqa: E402
 from run_stage import EVAL_DIRS, eval_json_name  # noqa: E402
+from run_stage import STAGE_ID as _STAGE  # noqa: E402
 
 RESULTS = HERE / "results"
 
@@ -76,7 +77,6 @@ def merge_stage(old: dict, new: dict) -> dict:
 
 _RELEASE = re.compile(r"^table2-(?P<ml>.+-L\d+)-[a-z_]+$")
 _REPLICATE = re.compile(r"^(?P<ml>.+-L\d+)-(?P<arch>[a-z_]+)-r(?P<run>\d+)$")
-_STAGE = re.compile(r"^[CTE]-(?P<model>.+)-(?P<layer>\d+)(?:-[a-z_]+)?$")
 
 
 def _json(rel: Path, data: bytes, where: str = "the bundle's") -> object:

@@ -67,6 +67,8 @@ EVAL_DIRS = (CORE_DIR, PROXY_DIR, PROBE_DIR, ABSORPTION_DIR)  # one JSON per SAE
 # sae-probes' LLM baseline results (per dataset; the same for every SAE of a model-layer): exported under this
 # name so that stage.sh can put them back on a fresh machine and E-* skips recomputing them
 BASELINE_DIR = "probe_baselines"
+# a stage id naming its model-layer: C-/T-<model>-<layer>-<arch>, E-<model>-<layer> (W-wsae names none)
+STAGE_ID = re.compile(r"^[CTE]-(?P<model>.+)-(?P<layer>\d+)(?:-[a-z_]+)?$")
 ABSORPTION_CARRY_DIR = "absorption_probe"  # absorption_stage.CARRY_DIR: the first-letter probe, carried
 
 # recipe settings TrainConfig has no field for (reported in every stage file; library change needed)
@@ -1266,7 +1268,7 @@ def export(out: Path, dest: Path, stage: str) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     # stage.sh run puts every model's committed calibrations and LLM baselines in OUT: a stage named by its
     # model-layer exports only its own (collect.py leaves the others out too); other stage ids (W-wsae) all of them
-    m = re.match(r"^[CTE]-(?P<model>.+)-(?P<layer>\d+)(?:-[a-z_]+)?$", stage)
+    m = STAGE_ID.match(stage)
     cal = f"calibration_C-{m['model']}-{m['layer']}-*.json" if m else "calibration_*.json"
     base = f"baseline_results_{m['model']}" if m else "baseline_results_*"
     tmp = dest / f".{stage}.{uuid.uuid4().hex[:8]}.tmp"

@@ -46,11 +46,12 @@ def _replicate_rows(replicate: str, grouping: str = "architecture") -> dict[str,
     return by_proxy
 
 
-def _saes_with_every_eval(folder: Path) -> int:
-    """The SAEs of a table2 results folder with a JSON of every offline eval (core, our proxies, absorption,
-    sparse probing): the eval folders' common file names."""
+def _saes_with_every_eval(folder: Path, architecture: str = "") -> int:
+    """The SAEs of a table2 results folder (of one ``architecture``, the file names' prefix, if given) with a JSON
+    of every offline eval (core, our proxies, absorption, sparse probing): the eval folders' common file names."""
     evals = ("core", "rdp_proxies", "absorption_first_letter", "sparse_probing_sae_probes")
-    return len(set.intersection(*({f.name for f in (folder / ev).glob("*.json")} for ev in evals)))
+    pattern = f"{architecture}__*.json" if architecture else "*.json"
+    return len(set.intersection(*({f.name for f in (folder / ev).glob(pattern)} for ev in evals)))
 
 
 def _core_pairs(folder: Path, pattern: str) -> tuple[list[tuple[str, float, float]], list]:
@@ -133,8 +134,8 @@ def test_top_readme_table2_row_quotes_table2_json():
     """The README row: SAE counts and the ReLU-L1 CE median from the committed core JSONs; TopK's sparse-probing
     row of table2.json (the only architecture redone with the checked tokenizer); the others' withdrawn (archived)."""
     rows = json.loads((ROOT / "experiments/table2/table2.json").read_text())["rows"]
-    probing = [x for x in rows if "sparse_probing" in x["proxy"]]
-    assert {x["architecture"] for x in probing} == {"topk", "pooled"}  # pooled: TopK's are the only ones
+    probing = [x for x in rows if "sparse_probing" in x["proxy"] and x["model"] == "gemma3-270m"]
+    assert {x["architecture"] for x in probing} == {"topk", "pooled"}  # pooled: TopK's are Gemma's only ones
     (sp,) = [
         x
         for x in probing
@@ -1698,9 +1699,12 @@ def test_table2_smollm2_topk_session_of_2026_12_07_quoted():
     assert len(ab["evaluated"]) == 20 and not ab["left"] and ab["probe_source"] == "trained"
     assert len(sp0["evaluated"]) + len(sp1["evaluated"]) == 20 and sp1["complete"]
     assert all(c["device"] == "NVIDIA H100 80GB HBM3" and c["tokenizer"]["probe_ok"] for c in e)
-    assert _saes_with_every_eval(res) == 20
+    assert _saes_with_every_eval(res, "topk") == 20
     assert not (res / "probe_baselines" / "baseline_results_gemma3-270m").exists()
-    assert not list(res.glob("calibration_*.json"))  # Gemma's, carried in the bundles, stay out
+    assert not list(res.glob("calibration_*gemma*.json"))  # Gemma's, carried in the bundles, stay out
+    assert {f.name for f in res.glob("calibration_*.json")} <= {
+        f"calibration_C-smollm2-135m-15-{a}.json" for a in ("standard", "jumprelu")
+    }
     text = _flat("experiments/table2/README.md", after="**Session of 2026-12-07 (an H100")
     _assert_quoted(
         [
@@ -1819,3 +1823,78 @@ def test_aux_heavy_anchor_run_of_2026_12_07_quoted():
         _flat("benchmarks/training_speed/README.md"),
     )
     _assert_quoted([f"{sl / f85:.2f}x on an H100 of 2026-12-07"], _flat("docs/limitations.md"))
+
+
+def test_table2_smollm2_second_session_of_2026_12_07_quoted():
+    """table2 README section 6, the second session of 2026-12-07 (SmolLM2-135M layer 15: BatchTopK, both
+    calibrations, ReLU-L1's first four): call and stage times from the device-calls and stage records; the
+    ReLU-L1 final / target L0 and the pooled V quoted in the top README, docs/limitations.md and recipe.json, from
+    the core JSONs, the calibration and table2.json."""
+    res = ROOT / "experiments/table2/results/smollm2-135m-L15"
+    dev = json.loads((res / "device_calls_2026-12-07b.json").read_text())["calls"]
+    rec = {s: json.loads((res / f"stage_{s}.json").read_text())["calls"] for s in (
+        "T-smollm2-135m-15-batchtopk", "E-smollm2-135m-15", "C-smollm2-135m-15-standard",
+        "C-smollm2-135m-15-jumprelu", "T-smollm2-135m-15-standard",
+    )}
+    tb, (cs,), (cj,), (ts,) = (rec[s] for s in (
+        "T-smollm2-135m-15-batchtopk", "C-smollm2-135m-15-standard", "C-smollm2-135m-15-jumprelu",
+        "T-smollm2-135m-15-standard",
+    ))
+    e = rec["E-smollm2-135m-15"][3:]  # the first session's three E calls come first
+    assert [len(c["trained"]) for c in tb] == [5, 5] and not tb[-1]["left_for_later"]
+    assert [next(k for k in ("sparse_probing", "absorption") if k in c) for c in e] == [
+        "sparse_probing", "sparse_probing", "absorption", "sparse_probing"
+    ]
+    ab = e[2]["absorption"]
+    assert ab["probe_source"] == "carried" and len(ab["evaluated"]) == 10 and not ab["left"]
+    assert len(ts["trained"]) == 4 and _saes_with_every_eval(res, "batchtopk") == 10
+    text = _flat("experiments/table2/README.md", after="**Second session of 2026-12-07")
+    _assert_quoted(
+        [
+            f"the probes' first half ({_rng([dev[0]['wall_s'], dev[1]['wall_s']])} s each)",
+            f"--max-saes 5`: {dev[4]['wall_s']:.1f} s call, stage {tb[0]['wall_s']:.1f} s",
+            f"sparse probing {e[0]['wall_s']:.1f} s;",
+            f"--max-saes 5`: {dev[5]['wall_s']:.1f} s call, stage {tb[1]['wall_s']:.1f} s, sparse probing "
+            f"{e[1]['wall_s']:.1f} s;",
+            f"--time-budget 420`: {dev[6]['wall_s']:.1f} s call, stage {e[2]['wall_s']:.1f} s (the carried "
+            f"first-letter probe loaded in {ab['probe_s']:.1f} s",
+            f"({dev[7]['wall_s']:.1f} s call, stage {cs['wall_s']:.1f} s, {len(cs['trained'])} short runs)",
+            f"({dev[8]['wall_s']:.1f} s, {cj['wall_s']:.1f} s, {len(cj['trained'])} runs)",
+            f"--max-saes 4`: {dev[9]['wall_s']:.1f} s call, stage {ts['wall_s']:.1f} s",
+            f"({dev[10]['wall_s']:.1f} s call, {e[3]['wall_s']:.1f} s)",
+        ],
+        text,
+    )
+    assert 100 < dev[-1]["budget_left_s"] < 120  # "given back with 111 s left" (two lease reads apart)
+    # final / target L0 of the ReLU-L1 finals (core L0 over the calibration's target of the level)
+    cal = json.loads((res / "calibration_C-smollm2-135m-15-standard.json").read_text())
+    ratios = []
+    for f in (res / "core").glob("standard__*_step_final.json"):
+        level = int(re.search(r"_cal(\d)_", f.name).group(1))
+        ratios.append(json.loads(f.read_text())["eval_result_metrics"]["sparsity"]["l0"] / cal["target_l0"][level])
+    ratios.sort()
+    assert len(ratios) == 4 and cal["final_over_calibration_l0"] == 0.133
+    median = (ratios[1] + ratios[2]) / 2
+    span = f"{ratios[0]:.2f}-{ratios[-1]:.2f}"
+    _assert_quoted([f"ended at {ratios[0]:.1f}-{ratios[-1]:.1f} times their target L0 (median {median:.2f})"], text)
+    rows = {
+        (r["architecture"], r["proxy"]): r
+        for r in json.loads((ROOT / "experiments/table2/table2.json").read_text())["rows"]
+        if (r["model"], r["distortion"]) == ("smollm2-135m", "1-EV") and r["grouping"] in ("architecture", "pooled")
+    }
+    bt = rows["batchtopk", "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"]
+    sp = rows["pooled", "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"]
+    af = rows["pooled", "absorption_first_letter.mean.mean_absorption_fraction_score"]
+    assert bt["n_pairs"] == 1 and all(r["V_ci"][0] < 0.5 < r["V_ci"][1] for r in (sp, af))
+    _assert_quoted(
+        [
+            f"BatchTopK's {bt['n_saes']} SAEs (every offline eval) give {bt['n_pairs']} dominated pair",
+            f"ReLU-L1 {len(ratios)} of 10 finals so far, ending at {span} times their target L0",
+            f"pooled over the model's {sp['n_saes']} SAEs ({sp['n_pairs']} dominated pairs): "
+            f"sparse probing V {_v(sp)}, "
+            f"absorption fraction {_v(af)} over {af['n_saes']} SAEs, 0.5 inside both",
+        ],
+        _flat("README.md"),
+    )
+    _assert_quoted([f"ReLU-L1 finals ended at {span} times their target L0"], _flat("docs/limitations.md"))
+    _assert_quoted([f"ended at {span} of its targets"], _flat("experiments/table2/recipe.json"))

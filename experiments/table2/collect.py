@@ -43,7 +43,6 @@ relative, no links).
 from __future__ import annotations
 
 import json
-import re
 import sys
 import tarfile
 import tempfile
@@ -55,6 +54,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from run_stage import ABSORPTION_CARRY_DIR as CARRY_DIR  # noqa: E402
 from run_stage import EVAL_DIRS, eval_json_name  # noqa: E402
+from run_stage import RELEASE_ID as _RELEASE  # noqa: E402
+from run_stage import REPLICATE_NAME as _REPLICATE  # noqa: E402
 from run_stage import STAGE_ID as _STAGE  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -75,8 +76,6 @@ def merge_stage(old: dict, new: dict) -> dict:
     return out
 
 
-_RELEASE = re.compile(r"^table2-(?P<ml>.+-L\d+)-[a-z_]+$")
-_REPLICATE = re.compile(r"^(?P<ml>.+-L\d+)-(?P<arch>[a-z_]+)-r(?P<run>\d+)$")
 
 
 def _json(rel: Path, data: bytes, where: str = "the bundle's") -> object:
@@ -107,7 +106,7 @@ def model_layer(files: dict[Path, bytes]) -> str | None:
             continue
         d = _json(rel, data)
         if rel.parent != Path(".") and isinstance(d, dict) and (m := _RELEASE.match(str(d.get("sae_lens_release_id")))):
-            found.add(m["ml"])
+            found.add(f"{m['model']}-L{m['layer']}")
     # stage records before calibrations: `stage.sh run` puts every committed calibration on the machine, so a
     # bundle of one model's stage can carry another model's calibration files
     for prefix in ("stage_", "calibration_"):

@@ -41,6 +41,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from run_stage import EVAL_DIRS  # noqa: E402  (the eval folders, in the audit's column order)
+from run_stage import RELEASE_ID as _RELEASE  # noqa: E402
+from run_stage import REPLICATE_NAME as _REPLICATE  # noqa: E402
 
 #: The RDP paper's Table 2 (V on Gemma SAEBench sweeps, TopK / ReLU), the proxies SAEBench can run offline.
 #: ReLU in the paper = SAELens's "standard" (ReLU + L1) architecture here.
@@ -66,10 +68,6 @@ DISTORTIONS = {
 #: (CE_ablated - CE_sae) / (CE_ablated - CE_orig)) does not hold working SAEs: its V is computed and shown, but
 #: not set against the paper's value (the paper's sweeps are SAEBench's trained suites).
 MIN_CE_LOSS_SCORE = 0.5
-_RELEASE = re.compile(r"^table2-(?P<model>.+)-L(?P<layer>\d+)-(?P<arch>[a-z_]+)$")
-#: ``results/replicates/<model>-L<layer>-<architecture>-r<N>/``: an architecture's sweep trained again with the
-#: same recipe and seed (bf16 training steps are not bit-reproducible run to run) and evaluated the same way
-_REPLICATE = re.compile(r"^(?P<ml>.+-L\d+)-(?P<arch>[a-z_]+)-r(?P<run>\d+)$")
 #: The WSAE arm's architectures. The pooled replicate audit ``pooled-<model>-L<layer>`` pools the paper's
 #: architectures only, so that it answers the paper's Table 2 question across them; with a WSAE replicate
 #: present, ``pooled-<model>-L<layer>-with-wsae`` pools it as well (its uncapped alpha-1 SAEs recover about none

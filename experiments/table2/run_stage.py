@@ -132,6 +132,13 @@ def release_id(s: dict) -> str:
     return f"table2-{s['model']}-L{s['hook'].split('.')[1]}-{s['architecture']}"
 
 
+#: :func:`release_id`'s form, read back (collect.py, report.py)
+RELEASE_ID = re.compile(r"^table2-(?P<model>.+)-L(?P<layer>\d+)-(?P<arch>[a-z_]+)$")
+#: ``results/replicates/<model>-L<layer>-<architecture>-r<N>/``: an architecture's sweep trained again with the
+#: same recipe and seed (bf16 training steps are not bit-reproducible run to run) and evaluated the same way
+REPLICATE_NAME = re.compile(r"^(?P<ml>.+-L\d+)-(?P<arch>[a-z_]+)-r(?P<run>\d+)$")
+
+
 def calibration_stage(stage: str) -> bool:
     return stage.startswith("C-")
 

@@ -929,6 +929,8 @@ def run_one(rows, name, kind, builder, cfg_key, d_in, d_sae, k, B, prec, dev, ar
             row["peak_mem_GiB"] = torch.cuda.max_memory_allocated(dev) / 2**30
         if "trainer" in keep and isinstance(keep["trainer"], FastTopKTrainer):
             row["batchtopk_fallbacks"] = keep["trainer"].n_inexact_batchtopk_fallbacks
+            # the columns the last step's aux selection ran over (a compaction bucket, or d_sae; None: no aux)
+            row["aux_width"] = keep["trainer"]._aux_n_pad
         del step_fn, keep
     except Exception as e:  # noqa: BLE001
         row["error"] = repr(e)[:500]

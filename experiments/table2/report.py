@@ -602,7 +602,12 @@ def _cal_fix(grid: list[list[float]], targets: list[float]) -> str:
 
 def calibration_drift(folder: Path, pts: list[dict[str, Any]]) -> list[str]:
     """Per calibrated architecture and width: each level's target L0 (held-out, after the calibration's short
-    runs) against the core L0 of the final SAE trained at that level's coefficient, and their ratio."""
+    runs) against the core L0 of the final SAE trained at that level's coefficient, and their ratio.
+
+    A calibration made with ``final_over_calibration_l0`` r (its file records it; absent: 1) set each level's
+    coefficient for the L0 it aimed at, target / r, in the short runs; the ratio a later calibration of this
+    model-layer should use is then final / aim = r x final / target, which the pooled line gives (it is
+    final / target itself where r = 1)."""
     out = []
     for cal in sorted(folder.glob("calibration_*.json")):
         c = _read(cal)
@@ -632,10 +637,18 @@ def calibration_drift(folder: Path, pts: list[dict[str, Any]]) -> list[str]:
                 + f"; final / target {min(ratios):.2f}-{max(ratios):.2f}."
             )
         if pooled:
-            out.append(
-                f"- `{arch}` final / target over its {len(pooled)} final SAEs: median {statistics.median(pooled):.3f} "
-                "(recipe.json's `final_over_calibration_l0` for later calibrations comes from this line)."
-            )
+            med, r = statistics.median(pooled), float(c.get("final_over_calibration_l0", 1.0))
+            if r == 1.0:
+                out.append(
+                    f"- `{arch}` final / target over its {len(pooled)} final SAEs: median {med:.3f} "
+                    "(recipe.json's `final_over_calibration_l0` for later calibrations comes from this line)."
+                )
+            else:
+                out.append(
+                    f"- `{arch}` final / target over its {len(pooled)} final SAEs: median {med:.3f}; the calibration "
+                    f"aimed at target / {r:g}, so final / calibration L0 at the same coefficient is {r * med:.3f} "
+                    "(the `final_over_calibration_l0` for this model-layer's later calibrations)."
+                )
     return out
 
 

@@ -1876,7 +1876,17 @@ def test_table2_smollm2_second_session_of_2026_12_07_quoted():
     assert len(ratios) == 4 and cal["final_over_calibration_l0"] == 0.133
     median = (ratios[1] + ratios[2]) / 2
     span = f"{ratios[0]:.2f}-{ratios[-1]:.2f}"
-    _assert_quoted([f"ended at {ratios[0]:.1f}-{ratios[-1]:.1f} times their target L0 (median {median:.2f})"], text)
+    _assert_quoted(
+        [
+            f"ended at {ratios[0]:.1f}-{ratios[-1]:.1f} times their target L0 (median {median:.2f})",
+            f"at the same coefficient is {cal['final_over_calibration_l0'] * median:.3f}",
+        ],
+        text,
+    )
+    _assert_quoted(
+        [f"so final / calibration L0 at the same coefficient is {cal['final_over_calibration_l0'] * median:.3f}"],
+        _flat("experiments/table2/FINDINGS.md"),
+    )
     rows = {
         (r["architecture"], r["proxy"]): r
         for r in json.loads((ROOT / "experiments/table2/table2.json").read_text())["rows"]

@@ -273,6 +273,17 @@ def test_calibration_drift_pairs_each_target_with_its_final_sae(tmp_path):
         "- `standard` width 4096, target L0 -> final SAE's core L0 (coefficient): 256 -> 64.0 (2), "
         "128 -> 16.0 (3.5); final / target 0.12-0.25."
     )
+    assert "for later calibrations comes from this line" in pooled  # no ratio recorded: calibrated with 1
+    # calibrated aiming at target / 0.5: the coefficients were set for L0 512 and 256 in the short runs, so the
+    # finals' 64 and 16 are 0.125 and 0.0625 of those (median 0.094), while final / target stays 0.188
+    cal["final_over_calibration_l0"] = 0.5
+    (folder / "calibration_C-gemma3-270m-9-standard.json").write_text(json.dumps(cal))
+    _, pooled = rep.calibration_drift(folder, pts)
+    assert pooled == (
+        "- `standard` final / target over its 2 final SAEs: median 0.188; the calibration aimed at target / 0.5, "
+        "so final / calibration L0 at the same coefficient is 0.094 (the `final_over_calibration_l0` for this "
+        "model-layer's later calibrations)."
+    )
 
 
 def test_cross_pairs_count_dominance_between_architectures():

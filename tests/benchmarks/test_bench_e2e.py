@@ -29,6 +29,7 @@ ALL_ROWS = [
     "ours_4saes",
     "ours_3hooks_streams",
     "ours_4saes_streams",
+    "ours_3hooks_streams_noaux",
     "sparsify",
     "saelens_speed",
     "saelens",
@@ -117,7 +118,23 @@ def test_summary_targets(bench):
         "x10_sparsify_same_objective": None,
         "fvu_within_2pct": True,
         "within_1p5x_forward_plus_step": True,
+        "three_hooks_0p6M": None,
+        "three_hooks_0p6M_noaux": None,
     }
+    # three hooks: the faster of the sequential and the streams row at SAELens's objective; without the aux
+    # loss apart
+    h3 = bench.summary(
+        [
+            *rows,
+            _row("ours_3hooks", "ours", 4.5e5),
+            _row("ours_3hooks_streams", "ours", 5.5e5),
+            _row("ours_3hooks_streams_noaux", "ours", 6.5e5),
+        ]
+    )
+    assert h3["three_hooks_tokens_per_s"] == 5.5e5 and h3["three_hooks_noaux_tokens_per_s"] == 6.5e5
+    assert h3["targets_met"]["three_hooks_0p6M"] is False and h3["targets_met"]["three_hooks_0p6M_noaux"] is True
+    h3 = bench.summary([*rows, _row("ours_3hooks", "ours", 6.1e5)])
+    assert h3["targets_met"]["three_hooks_0p6M"] is True and h3["targets_met"]["three_hooks_0p6M_noaux"] is None
     over = bench.summary([*rows, _row("ours_overlap", "ours", 1.2e6)])
     assert over["overlap_x_ours"] == pytest.approx(1.2) and over["ours_overlap_x_saelens"] == pytest.approx(15.0)
     assert "overlap_x_ours" not in s
@@ -214,6 +231,11 @@ def test_bench_quick_runs_every_row(tmp_path):
     assert rows["ours_lagged"]["fast_options"] == {"dead_count": "lagged"}
     # ours_noaux trains SAELens's TopK with aux_loss_coefficient 0 (its effect on the step: tests/fast)
     assert rows["ours_noaux"]["sae_kwargs"] == {"aux_loss_coefficient": 0.0} and rows["ours"]["sae_kwargs"] is None
+    h3 = rows["ours_3hooks_streams_noaux"]
+    assert "error" not in h3, h3.get("error")
+    assert h3["n_saes"] == 3 and h3["sae_kwargs"] == {"aux_loss_coefficient": 0.0}
+    assert {s["aux_loss_coefficient"] for s in h3["saes"]} == {0.0}
+    assert {s["aux_loss_coefficient"] for s in rows["ours_3hooks_streams"]["saes"]} == {1.0}
     assert (
         rows["ours_noaux"]["saes"][0]["aux_loss_coefficient"] == 0.0
         and rows["ours"]["saes"][0]["aux_loss_coefficient"] == 1.0

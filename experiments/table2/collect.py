@@ -76,8 +76,6 @@ def merge_stage(old: dict, new: dict) -> dict:
     return out
 
 
-
-
 def _json(rel: Path, data: bytes, where: str = "the bundle's") -> object:
     """A JSON member of the bundle (or a committed file), parsed; ValueError naming it when malformed."""
     try:

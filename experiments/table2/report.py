@@ -341,8 +341,16 @@ def compare(row: dict[str, Any]) -> str:
         )
     if lo is None or hi is None:
         return f"paper {paper:.3f}; no interval"
+    if _holds_any(lo, hi):
+        return f"paper {paper:.3f}; our interval [0, 1] holds any value: no comparison"
     where = "inside" if lo <= paper <= hi else ("below" if paper < lo else "above")
     return f"paper {paper:.3f} is {where} our interval"
+
+
+def _holds_any(lo: float, hi: float) -> bool:
+    """An interval of V spanning all of [0, 1] (few pairs): any value, the paper's included, lies in it, so it is
+    no agreement with the paper."""
+    return lo <= 0.0 and hi >= 1.0
 
 
 def markdown(rows: list[dict[str, Any]], sources: dict[str, Any], rep_rows: list[dict[str, Any]] | None = None) -> str:
@@ -1055,8 +1063,8 @@ def paper_comparisons(rows: list[dict[str, Any]], reps: list[dict[str, Any]], re
     architecture grouping, primary distortion) against the paper's V for the same architecture: where the paper's
     value falls in our 95% interval, and whether that interval also holds 0.5 (then agreement cannot tell the
     paper's V from a random ordering), and how many of its pairs are ties (each counts 1/2, pulling V to 0.5;
-    ``results``: the folder of the rows' eval JSONs). Sweeps whose SAEs fail the working-SAE bar are counted, not
-    compared."""
+    ``results``: the folder of the rows' eval JSONs). Sweeps whose SAEs fail the working-SAE bar, and intervals
+    spanning all of [0, 1] (:func:`_holds_any`), are listed and counted, not compared."""
     primary = list(DISTORTIONS)[0]
     cands = [
         r
@@ -1071,7 +1079,7 @@ def paper_comparisons(rows: list[dict[str, Any]], reps: list[dict[str, Any]], re
     if not cands:
         return ""
     out = ["", "### against the paper's Table 2", ""]
-    lines, where_n, weak, skipped = [], {"inside": 0, "below": 0, "above": 0}, 0, 0
+    lines, where_n, weak, skipped, spans = [], {"inside": 0, "below": 0, "above": 0}, 0, 0, 0
     for r in sorted(
         cands, key=lambda r: (r["paper_proxy"], r["architecture"], r["model"], r["layer"], r.get("replicate", ""))
     ):
@@ -1082,17 +1090,27 @@ def paper_comparisons(rows: list[dict[str, Any]], reps: list[dict[str, Any]], re
         paper = PAPER_V[r["paper_proxy"]][r["architecture"]]
         lo, hi = r["V_ci"]
         where = "inside" if lo <= paper <= hi else ("below" if paper < lo else "above")
-        where_n[where] += 1
-        weak += where == "inside" and lo <= 0.5 <= hi
+        if _holds_any(lo, hi):
+            spans += 1
+        else:
+            where_n[where] += 1
+            weak += where == "inside" and lo <= 0.5 <= hi
         ml = f"{r['model']}-L{r['layer']}"
         src = f"`{r['replicate']}`" if r.get("replicate") else f"`{ml}` sweep"  # several models' sweeps share a list
         folder = results / "replicates" / r["replicate"] if r.get("replicate") else results / ml
         _, n_pairs, ties = v_by_pair_kind([folder], r["proxy"], r["orientation"], release_of(ml, r["architecture"]))[
             "within"
         ]
+        head = f"- {r['paper_proxy']}, {r['architecture']} ({src}, {r['n_saes']} SAEs, {r['n_pairs']} pairs): ours "
+        if _holds_any(lo, hi):
+            lines.append(
+                head + f"{r['V']:.3f} [{lo:.3f}, {hi:.3f}], paper {paper:.3f}: our interval holds any value, "
+                "so no comparison" + _ties_text(ties, n_pairs) + "."
+            )
+            continue
         lines.append(
-            f"- {r['paper_proxy']}, {r['architecture']} ({src}, {r['n_saes']} SAEs, {r['n_pairs']} pairs): ours "
-            f"{r['V']:.3f} [{lo:.3f}, {hi:.3f}], paper {paper:.3f}: {where} our interval"
+            head
+            + f"{r['V']:.3f} [{lo:.3f}, {hi:.3f}], paper {paper:.3f}: {where} our interval"
             + ("; 0.5 is inside it too" if lo <= 0.5 <= hi else "; 0.5 is outside it")
             + _ties_text(ties, n_pairs)
             + "."
@@ -1103,6 +1121,7 @@ def paper_comparisons(rows: list[dict[str, Any]], reps: list[dict[str, Any]], re
         f"our 95% interval in {where_n['inside']}, below it in {where_n['below']}, above it in {where_n['above']}; "
         f"{weak} of the {where_n['inside']} intervals holding the paper's V hold 0.5 (random ordering) too"
         + (f"; {skipped} not compared (median CE loss recovered < {MIN_CE_LOSS_SCORE})" if skipped else "")
+        + (f"; {spans} not compared (an interval spanning [0, 1], which holds any value)" if spans else "")
         + "."
     )
     return "\n".join(out + lines) + "\n"

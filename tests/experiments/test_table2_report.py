@@ -159,6 +159,9 @@ def test_compare_text_follows_the_interval():
     assert rep.compare({**row, "architecture": "jumprelu"}) == "no paper value"
     assert rep.compare({**row, "median_ce_loss_score": 0.9}) == "paper 0.351 is below our interval"
     assert rep.compare({**row, "median_ce_loss_score": 0.3}).startswith("not compared with the paper's 0.351")
+    # an interval over all of [0, 1] (a few pairs) holds any value: no agreement to report
+    assert rep.compare({**row, "V_ci": [0.0, 1.0]}) == "paper 0.351; our interval [0, 1] holds any value: no comparison"
+    assert rep.compare({**row, "V_ci": [0.0, 0.99]}) == "paper 0.351 is inside our interval"
 
 
 def test_direction_needs_the_interval_and_the_permutation_test():

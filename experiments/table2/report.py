@@ -341,16 +341,18 @@ def compare(row: dict[str, Any]) -> str:
         )
     if lo is None or hi is None:
         return f"paper {paper:.3f}; no interval"
-    if _holds_any(lo, hi):
+    where = _place(paper, lo, hi)
+    if where is None:
         return f"paper {paper:.3f}; our interval [0, 1] holds any value: no comparison"
-    where = "inside" if lo <= paper <= hi else ("below" if paper < lo else "above")
     return f"paper {paper:.3f} is {where} our interval"
 
 
-def _holds_any(lo: float, hi: float) -> bool:
-    """An interval of V spanning all of [0, 1] (few pairs): any value, the paper's included, lies in it, so it is
-    no agreement with the paper."""
-    return lo <= 0.0 and hi >= 1.0
+def _place(paper: float, lo: float, hi: float) -> str | None:
+    """Where the paper's V lies against our interval [lo, hi]: "inside", "below" or "above"; None for an interval
+    spanning all of [0, 1] (few pairs), which any value lies in: no agreement with the paper."""
+    if lo <= 0.0 and hi >= 1.0:
+        return None
+    return "inside" if lo <= paper <= hi else ("below" if paper < lo else "above")
 
 
 def markdown(rows: list[dict[str, Any]], sources: dict[str, Any], rep_rows: list[dict[str, Any]] | None = None) -> str:
@@ -646,17 +648,14 @@ def calibration_drift(folder: Path, pts: list[dict[str, Any]]) -> list[str]:
             )
         if pooled:
             med, r = statistics.median(pooled), float(c.get("final_over_calibration_l0", 1.0))
-            if r == 1.0:
-                out.append(
-                    f"- `{arch}` final / target over its {len(pooled)} final SAEs: median {med:.3f} "
-                    "(recipe.json's `final_over_calibration_l0` for later calibrations comes from this line)."
-                )
-            else:
-                out.append(
-                    f"- `{arch}` final / target over its {len(pooled)} final SAEs: median {med:.3f}; the calibration "
-                    f"aimed at target / {r:g}, so final / calibration L0 at the same coefficient is {r * med:.3f} "
-                    "(the `final_over_calibration_l0` for this model-layer's later calibrations)."
-                )
+            head = f"- `{arch}` final / target over its {len(pooled)} final SAEs: median {med:.3f}"
+            out.append(
+                head + " (recipe.json's `final_over_calibration_l0` for later calibrations comes from this line)."
+                if r == 1.0
+                else head + f"; the calibration aimed at target / {r:g}, so final / calibration L0 at the same "
+                f"coefficient is {r * med:.3f} (the `final_over_calibration_l0` for this model-layer's later "
+                "calibrations)."
+            )
     return out
 
 
@@ -1064,7 +1063,7 @@ def paper_comparisons(rows: list[dict[str, Any]], reps: list[dict[str, Any]], re
     value falls in our 95% interval, and whether that interval also holds 0.5 (then agreement cannot tell the
     paper's V from a random ordering), and how many of its pairs are ties (each counts 1/2, pulling V to 0.5;
     ``results``: the folder of the rows' eval JSONs). Sweeps whose SAEs fail the working-SAE bar, and intervals
-    spanning all of [0, 1] (:func:`_holds_any`), are listed and counted, not compared."""
+    spanning all of [0, 1] (:func:`_place`), are listed and counted, not compared."""
     primary = list(DISTORTIONS)[0]
     cands = [
         r
@@ -1089,8 +1088,8 @@ def paper_comparisons(rows: list[dict[str, Any]], reps: list[dict[str, Any]], re
             continue
         paper = PAPER_V[r["paper_proxy"]][r["architecture"]]
         lo, hi = r["V_ci"]
-        where = "inside" if lo <= paper <= hi else ("below" if paper < lo else "above")
-        if _holds_any(lo, hi):
+        where = _place(paper, lo, hi)
+        if where is None:
             spans += 1
         else:
             where_n[where] += 1
@@ -1102,7 +1101,7 @@ def paper_comparisons(rows: list[dict[str, Any]], reps: list[dict[str, Any]], re
             "within"
         ]
         head = f"- {r['paper_proxy']}, {r['architecture']} ({src}, {r['n_saes']} SAEs, {r['n_pairs']} pairs): ours "
-        if _holds_any(lo, hi):
+        if where is None:
             lines.append(
                 head + f"{r['V']:.3f} [{lo:.3f}, {hi:.3f}], paper {paper:.3f}: our interval holds any value, "
                 "so no comparison" + _ties_text(ties, n_pairs) + "."

@@ -75,6 +75,16 @@ def _session_records(folder: Path, device_calls: str, train: str, evals: str, tr
     return dev, t, e, (e[0]["sparse_probing"], e[1]["sparse_probing"], e[2]["absorption"])
 
 
+def _final_over_target(folder: Path, calibration: dict) -> list[float]:
+    """Core L0 of each final ReLU-L1 SAE of a table2 results folder over its level's target L0 in
+    ``calibration`` (the level from the file name's ``_cal<N>_``), sorted."""
+    return sorted(
+        json.loads(f.read_text())["eval_result_metrics"]["sparsity"]["l0"]
+        / calibration["target_l0"][int(re.search(r"_cal(\d)_", f.name).group(1))]
+        for f in (folder / "core").glob("standard__*_step_final.json")
+    )
+
+
 def _x10_sparsify(row: dict, sp: dict) -> tuple[float, float, float, float]:
     """What 10x sparsify's rate would take for an e2e ``row``: that rate, the seconds for the row's tokens, the
     forward's seconds past its first (compiling) call, and the seconds left for the SAE steps after the forward and
@@ -1868,11 +1878,7 @@ def test_table2_smollm2_second_session_of_2026_12_07_quoted():
     assert 100 < dev[-1]["budget_left_s"] < 120  # "given back with 111 s left" (two lease reads apart)
     # final / target L0 of the ReLU-L1 finals (core L0 over the calibration's target of the level)
     cal = json.loads((res / "calibration_C-smollm2-135m-15-standard.json").read_text())
-    ratios = []
-    for f in (res / "core").glob("standard__*_step_final.json"):
-        level = int(re.search(r"_cal(\d)_", f.name).group(1))
-        ratios.append(json.loads(f.read_text())["eval_result_metrics"]["sparsity"]["l0"] / cal["target_l0"][level])
-    ratios.sort()
+    ratios = _final_over_target(res, cal)
     assert len(ratios) == 4 and cal["final_over_calibration_l0"] == 0.133
     median = (ratios[1] + ratios[2]) / 2
     span = f"{ratios[0]:.2f}-{ratios[-1]:.2f}"
@@ -1909,11 +1915,7 @@ def test_table2_smollm2_second_session_of_2026_12_07_quoted():
     gem = ROOT / "experiments/table2/results/gemma3-270m-L9"
     gcal = json.loads((gem / "calibration_C-gemma3-270m-9-standard.json").read_text())
     assert "final_over_calibration_l0" not in gcal  # Gemma's calibration predates the ratio: made with 1
-    g = [
-        json.loads(f.read_text())["eval_result_metrics"]["sparsity"]["l0"]
-        / gcal["target_l0"][int(re.search(r"_cal(\d)_", f.name).group(1))]
-        for f in (gem / "core").glob("standard__*_step_final.json")
-    ]
+    g = _final_over_target(gem, gcal)
     assert len(g) == 10
     _assert_quoted(
         [f"ReLU-L1 finals ended at {span} times their target L0 with it (Gemma's at {min(g):.2f}-{max(g):.2f} without"],

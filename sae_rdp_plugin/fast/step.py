@@ -53,8 +53,8 @@ sync it already made to skip the aux loss when none is dead) and picks a static 
 buckets (:func:`aux_pad_width`); the device gathers the dead columns first (padded with live ones, masked to
 -inf), takes the top k_aux of those n_pad columns instead of all d_sae, and multiplies by the n_pad gathered
 decoder rows, so the step stays graph-capturable (the captured aux step is redone when the bucket changes;
-aux_pad_width keeps a bucket while it fits). It paid with up to 3/4 of the latents dead
-(benchmarks/training_speed/aux_compact/); 7/8 is the largest bucket (more dead: all d_sae columns, as "off").
+aux_pad_width keeps a bucket while it fits). It pays when at most 3/4 of the latents are dead (the largest
+bucket; more dead: all d_sae columns, as "off"): benchmarks/training_speed/aux_compact/.
 """
 
 from __future__ import annotations
@@ -100,16 +100,14 @@ def fast_architecture_of(architecture: str) -> str | None:
 AUX_GRAD_ROWS = "rows"
 
 #: fractions of d_sae that are the padded widths of the compacted aux-loss selection (see aux_pad_width)
-#: 7/8 holds the 84-87% dead of issue 14's aux anchor, which 3/4 did not (there the step selected over all
-#: d_sae columns, the live ones masked); whether it pays there is measured by bench_training_speed.py --heavy
-#: ([dead0.85] against [nocompact,dead0.85])
-_AUX_BUCKET_FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 3 / 4, 7 / 8)
+#: (no 7/8: at 85% dead it measured no faster than all d_sae columns, benchmarks/training_speed/aux_heavy78/)
+_AUX_BUCKET_FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 3 / 4)
 #: aux_pad_width hysteresis: move down to a smaller bucket only once n_dead <= this fraction of it
 _AUX_SHRINK_MARGIN = 0.9
 
 
 def aux_pad_buckets(d_sae: int, k_aux: int) -> tuple[int, ...]:
-    """The padded widths below d_sae that the compacted aux selection uses: d_sae/8, /4, /2, 3/4, 7/8 rounded up
+    """The padded widths below d_sae that the compacted aux selection uses: d_sae/8, /4, /2, 3/4 rounded up
     to a multiple of g, the largest power of two <= d_sae/16 capped at 128 (128 for d_sae >= 2048; at most
     d_sae/16, so rounding never merges two buckets of d_sae >= 16), keeping those >= k_aux (the top k_aux
     needs k_aux columns) and < d_sae. Ascending, no duplicates; empty when none qualifies (k_aux = d_sae)."""
@@ -281,7 +279,7 @@ class FastTopKConfig:
     aux_impl: str = "auto"
     aux_dense_min_density: float | None = None
     # dead-latent aux loss: "auto" takes its top k_aux over the dead columns only, gathered into a static
-    # padded width (d_sae/8, /4, /2, 3/4 or 7/8: aux_pad_width; all d_sae columns when more are dead; the CUDA
+    # padded width (d_sae/8, /4, /2 or 3/4: aux_pad_width; all d_sae columns when more are dead; the CUDA
     # graph is recaptured when it changes; the dense aux products then use those columns only); "off": always
     # all d_sae columns, the live ones masked (same loss; slower: benchmarks/training_speed/aux_compact/)
     aux_compact: str = "auto"

@@ -60,22 +60,20 @@ def _dead(d_sae: int, n_dead: int, seed: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------ the bucket rule
 def test_buckets():
-    assert aux_pad_buckets(16384, 320) == (2048, 4096, 8192, 12288, 14336)
-    assert aux_pad_buckets(65536, 1152) == (8192, 16384, 32768, 49152, 57344)
-    assert aux_pad_buckets(16384, 3000) == (4096, 8192, 12288, 14336)  # d_sae/8 < k_aux: dropped
-    assert aux_pad_buckets(16384, 8192) == (8192, 12288, 14336)  # == k_aux is enough
-    assert aux_pad_buckets(16384, 12289) == (14336,)
-    assert aux_pad_buckets(16384, 14337) == ()
-    assert aux_pad_buckets(1000, 10) == (128, 256, 512, 768, 896)  # granule 32 (<= 1000 / 16): 875 -> 896
-    assert aux_pad_buckets(200, 32) == (32, 56, 104, 152, 176)  # granule 8: 25 -> 32, 50 -> 56, ...
-    assert aux_pad_buckets(200, 33) == (56, 104, 152, 176)
-    assert aux_pad_buckets(256, 16) == (32, 64, 128, 192, 224)
-    assert aux_pad_buckets(10, 1) == (2, 3, 5, 8, 9)  # granule 1
-    assert aux_pad_buckets(4, 1) == (1, 2, 3)  # 4/8 rounds up to 1 (one bucket with 4/4's), 4 x 7/8 to d_sae
+    assert aux_pad_buckets(16384, 320) == (2048, 4096, 8192, 12288)
+    assert aux_pad_buckets(65536, 1152) == (8192, 16384, 32768, 49152)
+    assert aux_pad_buckets(16384, 3000) == (4096, 8192, 12288)  # d_sae/8 < k_aux: dropped
+    assert aux_pad_buckets(16384, 8192) == (8192, 12288)  # == k_aux is enough
+    assert aux_pad_buckets(16384, 12289) == ()
+    assert aux_pad_buckets(1000, 10) == (128, 256, 512, 768)  # granule 32 (<= 1000 / 16)
+    assert aux_pad_buckets(200, 32) == (32, 56, 104, 152)  # granule 8: 25 -> 32, 50 -> 56, ...
+    assert aux_pad_buckets(200, 33) == (56, 104, 152)
+    assert aux_pad_buckets(256, 16) == (32, 64, 128, 192)
+    assert aux_pad_buckets(10, 1) == (2, 3, 5, 8)  # granule 1
+    assert aux_pad_buckets(4, 1) == (1, 2, 3)  # 4/8 and 4/4 both round up to 1: one bucket
     assert aux_pad_buckets(1, 1) == ()
-    assert aux_pad_buckets(64, 32) == (32, 48, 56)
+    assert aux_pad_buckets(64, 32) == (32, 48)
     assert aux_pad_buckets(64, 64) == ()  # k_aux = d_sae: never compacted
-    assert aux_pad_buckets(64, 57) == ()  # 7/8 x 64 = 56 < k_aux
 
 
 def test_pad_width_edges():
@@ -83,7 +81,7 @@ def test_pad_width_edges():
     assert aux_pad_width(0, d, ka) == 2048
     assert aux_pad_width(1, d, ka) == 2048
     assert aux_pad_width(ka - 1, d, ka) == 2048  # n_dead < k_aux: padded up to a bucket >= k_aux
-    for lo, hi in ((2048, 4096), (4096, 8192), (8192, 12288), (12288, 14336), (14336, d)):
+    for lo, hi in ((2048, 4096), (4096, 8192), (8192, 12288), (12288, d)):
         assert aux_pad_width(lo, d, ka) == lo  # n_dead == bucket: fits
         assert aux_pad_width(lo + 1, d, ka) == hi
     assert aux_pad_width(d, d, ka) == d  # all dead: full
@@ -127,11 +125,9 @@ def test_config_rejects_unknown_mode():
 # (B, d_in, d_sae, k): k_aux = d_in // 2; dead counts around each bucket of aux_pad_buckets(d_sae, k_aux),
 # below k_aux, and all latents
 CASES = [
-    # buckets 32/64/128/192/224
-    ((32, 32, 256, 8), [1, 5, 31, 32, 33, 63, 64, 65, 127, 128, 129, 191, 192, 193, 224, 225, 256]),
-    # buckets 32/56/104/152/176, k_aux 32
-    ((24, 64, 200, 6), [3, 31, 32, 33, 55, 56, 57, 103, 104, 105, 151, 152, 153, 176, 177, 200]),
-    ((16, 160, 256, 4), [5, 79, 80, 81, 127, 128, 129, 192, 193, 224, 225]),  # k_aux 80 > 32, 64: 128/192/224
+    ((32, 32, 256, 8), [1, 5, 31, 32, 33, 63, 64, 65, 127, 128, 129, 191, 192, 193, 256]),  # buckets 32/64/128/192
+    ((24, 64, 200, 6), [3, 31, 32, 33, 55, 56, 57, 103, 104, 105, 151, 152, 153, 200]),  # 32/56/104/152, k_aux 32
+    ((16, 160, 256, 4), [5, 79, 80, 81, 127, 128, 129, 192, 193]),  # k_aux 80 > 32, 64: buckets 128/192
 ]
 
 

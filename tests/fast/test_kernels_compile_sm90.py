@@ -316,7 +316,7 @@ def test_no_aux_width_compiles_a_kernel_another_width_does_not(tmp_path):
     for name, res in json.loads(out.read_text()).items():
         pre = set(res["pre"])
         widths = {int(w): set(k) for w, k in res["widths"].items()}
-        assert len(widths) == 6, (name, sorted(widths))  # d_sae/8, /4, /2, 3/4, 7/8 and d_sae
+        assert len(widths) == 5, (name, sorted(widths))  # d_sae/8, /4, /2, 3/4 and d_sae
         first = min(widths)
         for w, ks in widths.items():
             extra, missing = (ks - pre) - (widths[first] - pre), (widths[first] - pre) - (ks - pre)

@@ -75,13 +75,13 @@ def _session_records(folder: Path, device_calls: str, train: str, evals: str, tr
     return dev, t, e, (e[0]["sparse_probing"], e[1]["sparse_probing"], e[2]["absorption"])
 
 
-def _final_over_target(folder: Path, calibration: dict) -> list[float]:
-    """Core L0 of each final ReLU-L1 SAE of a table2 results folder over its level's target L0 in
-    ``calibration`` (the level from the file name's ``_cal<N>_``), sorted."""
+def _final_over_target(folder: Path, calibration: dict, pattern: str = "standard__*_step_final.json") -> list[float]:
+    """Core L0 of each final ReLU-L1 SAE of a table2 results folder (core JSONs matching ``pattern``) over its
+    level's target L0 in ``calibration`` (the level from the file name's ``_cal<N>_``), sorted."""
     return sorted(
         json.loads(f.read_text())["eval_result_metrics"]["sparsity"]["l0"]
         / calibration["target_l0"][int(re.search(r"_cal(\d)_", f.name).group(1))]
-        for f in (folder / "core").glob("standard__*_step_final.json")
+        for f in (folder / "core").glob(pattern)
     )
 
 
@@ -1832,7 +1832,36 @@ def test_aux_heavy_anchor_run_of_2026_12_07_quoted():
         ],
         _flat("benchmarks/training_speed/README.md"),
     )
-    _assert_quoted([f"{sl / f85:.2f}x on an H100 of 2026-12-07"], _flat("docs/limitations.md"))
+    _assert_quoted([f"{sl / f85:.2f}x and "], _flat("docs/limitations.md"))
+
+
+def test_aux_heavy78_run_of_2026_12_07_quoted():
+    """benchmarks/training_speed/README.md's paragraph on the 7/8 aux bucket quotes aux_heavy78/'s JSON (each
+    bucket row selected over the columns it names); docs/limitations.md the anchor's ratio over all columns."""
+    rel = "benchmarks/training_speed/aux_heavy78/training_speed.json"
+    ms = _step_ms(rel)
+    width = {(x["config"], x["impl"]): x.get("aux_width") for x in json.loads((ROOT / rel).read_text())["rows"]}
+    h, s, f = "768x16384_k32_heavy", "640x16384_k32", "fast_weighted_topk+aux"
+    b, a = f + "[dead0.85]", f + "[nocompact,dead0.85]"
+    assert {width[c, b] for c in (h, s)} == {14336} and {width[c, a] for c in (h, s)} == {16384}
+    assert all(abs(ms[c, b] / ms[c, a] - 1) < 0.02 for c in (h, s))  # "within about 1%"
+    assert (ms[s, b] < ms[s, a]) != (ms[h, b] < ms[h, a])  # faster at one shape, slower at the other
+    sl, sl6 = ms[h, "saelens_weighted_topk+aux"], ms[s, "saelens_weighted_topk+aux"]
+    first = _step_ms("benchmarks/training_speed/aux_heavy/training_speed.json")
+    r1 = first[h, "saelens_weighted_topk+aux"] / first[h, f + "[dead0.85]"]
+    assert max(r1, sl / ms[h, a]) < 3 <= sl / ms[h, f]
+    _assert_quoted(
+        [
+            f"At 85% dead: {ms[s, b]:.2f} ms with the bucket against {ms[s, a]:.2f} ms over all columns at (640, "
+            f"16384, k32), and {ms[h, b]:.2f} against {ms[h, a]:.2f} ms at (768, 16384, k32) heavy-tailed",
+            f"took {sl:.2f} ms at the anchor: {sl / ms[h, a]:.2f}x at 85% dead over all columns ({r1:.2f}x in the "
+            f"run above), {sl / ms[h, f]:.2f}x with half dead ({ms[h, f]:.2f} ms); at (640, 16384, k32) {sl6:.2f} "
+            f"ms, {sl6 / ms[s, a]:.2f}x at 85% dead over all columns",
+            f"missed at the anchor in both runs ({r1:.2f}x, {sl / ms[h, a]:.2f}x)",
+        ],
+        _flat("benchmarks/training_speed/README.md"),
+    )
+    _assert_quoted([f"{r1:.2f}x and {sl / ms[h, a]:.2f}x in two runs on an H100"], _flat("docs/limitations.md"))
 
 
 def test_table2_smollm2_second_session_of_2026_12_07_quoted():
@@ -1846,11 +1875,11 @@ def test_table2_smollm2_second_session_of_2026_12_07_quoted():
         "T-smollm2-135m-15-batchtopk", "E-smollm2-135m-15", "C-smollm2-135m-15-standard",
         "C-smollm2-135m-15-jumprelu", "T-smollm2-135m-15-standard",
     )}
-    tb, (cs,), (cj,), (ts,) = (rec[s] for s in (
+    tb, (cs,), (cj,) = (rec[s] for s in (
         "T-smollm2-135m-15-batchtopk", "C-smollm2-135m-15-standard", "C-smollm2-135m-15-jumprelu",
-        "T-smollm2-135m-15-standard",
     ))
-    e = rec["E-smollm2-135m-15"][3:]  # the first session's three E calls come first
+    ts = rec["T-smollm2-135m-15-standard"][0]  # this session's; later sessions' calls follow
+    e = rec["E-smollm2-135m-15"][3:7]  # the first session's three E calls come first
     assert [len(c["trained"]) for c in tb] == [5, 5] and not tb[-1]["left_for_later"]
     assert [next(k for k in ("sparse_probing", "absorption") if k in c) for c in e] == [
         "sparse_probing", "sparse_probing", "absorption", "sparse_probing"
@@ -1878,13 +1907,60 @@ def test_table2_smollm2_second_session_of_2026_12_07_quoted():
     assert 100 < dev[-1]["budget_left_s"] < 120  # "given back with 111 s left" (two lease reads apart)
     # final / target L0 of the ReLU-L1 finals (core L0 over the calibration's target of the level)
     cal = json.loads((res / "calibration_C-smollm2-135m-15-standard.json").read_text())
-    ratios = _final_over_target(res, cal)
+    ratios = _final_over_target(res, cal, "standard__*__w4096_*_cal[0-3]_s0_step_final.json")  # the first four
     assert len(ratios) == 4 and cal["final_over_calibration_l0"] == 0.133
     median = (ratios[1] + ratios[2]) / 2
-    span = f"{ratios[0]:.2f}-{ratios[-1]:.2f}"
     _assert_quoted(
         [
             f"ended at {ratios[0]:.1f}-{ratios[-1]:.1f} times their target L0 (median {median:.2f})",
+            f"at the same coefficient is {cal['final_over_calibration_l0'] * median:.3f}",
+        ],
+        text,
+    )
+
+
+def test_table2_smollm2_third_session_of_2026_12_07_quoted():
+    """table2 README section 6, the third session of 2026-12-07 (SmolLM2-135M layer 15, ReLU-L1 to 16 of 20
+    SAEs): call and stage times from the device-calls and stage records; the current SmolLM2 state quoted in the
+    top README, FINDINGS.md, docs/limitations.md and recipe.json, from the core JSONs, the calibrations and
+    table2.json."""
+    res = ROOT / "experiments/table2/results/smollm2-135m-L15"
+    rec = json.loads((res / "device_calls_2026-12-07c.json").read_text())
+    dev = rec["calls"]
+    ts = json.loads((res / "stage_T-smollm2-135m-15-standard.json").read_text())["calls"][1:]
+    e = json.loads((res / "stage_E-smollm2-135m-15.json").read_text())["calls"][7:]
+    assert [len(c["trained"]) for c in ts] == [6, 2] and len(e) == 4
+    assert [next(k for k in ("sparse_probing", "absorption") if k in c) for c in e] == [
+        "sparse_probing", "absorption", "sparse_probing", "absorption"
+    ]
+    assert [len(c[k]["evaluated"]) for c, k in zip(e, ("sparse_probing", "absorption") * 2)] == [12, 12, 4, 4]
+    assert _saes_with_every_eval(res, "standard") == 16
+    text = _flat("experiments/table2/README.md", after="**Third session of 2026-12-07")
+    _assert_quoted(
+        [
+            f"{['One', 'Two', 'Three', 'Four'][rec['failed_starts'] - 1]} requests got no machine and cost "
+            f"{rec['failed_starts_budget_s']} s",
+            f"aux-loss benchmark ({dev[2]['wall_s']:.1f} s",
+            f"--max-saes 6`: {dev[11]['wall_s']:.1f} s call, stage {ts[0]['wall_s']:.1f} s",
+            f"sparse probing {e[0]['wall_s']:.1f} s",
+            f"--time-budget 420`: {dev[12]['wall_s']:.1f} s call, stage {e[1]['wall_s']:.1f} s",
+            f"--max-saes 2`: {dev[13]['wall_s']:.1f} s call, stage {ts[1]['wall_s']:.1f} s",
+            f"({dev[14]['wall_s']:.1f} s call, {e[2]['wall_s']:.1f} s)",
+            f"({dev[15]['wall_s']:.1f} s call, {e[3]['wall_s']:.1f} s)",
+            f"Given back with {rec['given_back_budget_left_s']} s left",
+        ],
+        text,
+    )
+    cal = json.loads((res / "calibration_C-smollm2-135m-15-standard.json").read_text())
+    n4, n16 = (_final_over_target(res, cal, f"standard__*__w{w}_*_step_final.json") for w in (4096, 16384))
+    both = sorted(n4 + n16)
+    assert (len(n4), len(n16)) == (5, 3) and n16[1] < n4[2]  # "the wider SAEs land nearer their targets"
+    median = (both[3] + both[4]) / 2
+    w4, w16 = f"{n4[0]:.2f}-{n4[-1]:.2f}", f"{n16[0]:.2f}-{n16[-1]:.2f}"
+    _assert_quoted(
+        [
+            f"ended at {w4} times their target L0 at width 4,096 and {w16} at 16,384 (medians {n4[2]:.2f} and "
+            f"{n16[1]:.2f}; {median:.2f} over the eight)",
             f"at the same coefficient is {cal['final_over_calibration_l0'] * median:.3f}",
         ],
         text,
@@ -1901,14 +1977,23 @@ def test_table2_smollm2_second_session_of_2026_12_07_quoted():
     bt = rows["batchtopk", "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"]
     sp = rows["pooled", "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"]
     af = rows["pooled", "absorption_first_letter.mean.mean_absorption_fraction_score"]
-    assert bt["n_pairs"] == 1 and all(r["V_ci"][0] < 0.5 < r["V_ci"][1] for r in (sp, af))
+    ra, rs, rp = (rows["standard", p] for p in (
+        "absorption_first_letter.mean.mean_absorption_fraction_score",
+        "absorption_first_letter.mean.mean_num_split_features",
+        "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy",
+    ))
+    assert bt["n_pairs"] == 1 and all(r["V_ci"][0] < 0.5 < r["V_ci"][1] for r in (sp, af, ra, rs))
+    assert rp["V_ci"] == [0.0, 1.0] and sp["n_saes"] == af["n_saes"] and ra["n_saes"] == 16
+    assert all(r["V_ci"][0] <= paper <= r["V_ci"][1] for r, paper in ((ra, 0.766), (rs, 0.411)))
     _assert_quoted(
         [
             f"BatchTopK's {bt['n_saes']} SAEs (every offline eval) give {bt['n_pairs']} dominated pair",
-            f"ReLU-L1 {len(ratios)} of 10 finals so far, ending at {span} times their target L0",
+            f"ReLU-L1 {len(both)} of 10 finals ({ra['n_saes']} SAEs with checkpoints, every offline eval, "
+            f"{ra['n_pairs']} dominated pairs): absorption fraction V {_v(ra)} and splitting {_v(rs)} (paper "
+            f"inside, and 0.5), sparse probing's interval {_v(rp).split(' ', 1)[1]} (no comparison); its finals "
+            f"ended at {w4} times their target L0 at width 4,096 and {w16} at 16,384",
             f"pooled over the model's {sp['n_saes']} SAEs ({sp['n_pairs']} dominated pairs): "
-            f"sparse probing V {_v(sp)}, "
-            f"absorption fraction {_v(af)} over {af['n_saes']} SAEs, 0.5 inside both",
+            f"sparse probing V {_v(sp)}, absorption fraction {_v(af)}, 0.5 inside both",
         ],
         _flat("README.md"),
     )
@@ -1918,7 +2003,11 @@ def test_table2_smollm2_second_session_of_2026_12_07_quoted():
     g = _final_over_target(gem, gcal)
     assert len(g) == 10
     _assert_quoted(
-        [f"ReLU-L1 finals ended at {span} times their target L0 with it (Gemma's at {min(g):.2f}-{max(g):.2f} without"],
+        [
+            f"ReLU-L1 finals ended at {w4} times their target L0 with it at width 4,096 and {w16} at 16,384 "
+            f"(Gemma's at {min(g):.2f}-{max(g):.2f} without"
+        ],
         _flat("docs/limitations.md"),
     )
-    _assert_quoted([f"ended at {span} of its targets"], _flat("experiments/table2/recipe.json"))
+    _assert_quoted([f"ended at {w4} of its targets at width 4,096 and {w16} at 16,384"],
+                   _flat("experiments/table2/recipe.json"))

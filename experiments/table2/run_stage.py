@@ -18,8 +18,10 @@ Training: :func:`sae_rdp_plugin.train.lm.train_on_model`; the final SAEs of the 
 batch size and a token budget are trained in lockstep from one activation stream, ``--group-size`` at a time.
 A plan SAE with ``checkpoint_of_final`` (tokens = f x the final's) is the final run's SAELens checkpoint
 (``n_checkpoints`` = the number of such fractions, evenly spaced: f = i / (n + 1)), evaluated as a separate SAE.
-Resumable: an SAE whose folder holds ``train_summary.json`` is not trained again, a core JSON that exists is not
-recomputed (the library writes each SAE atomically; JSONs are written to a temporary file and renamed).
+Resumable: an SAE whose folder holds ``train_summary.json`` is not trained again, nor (``--committed``, T-* and
+W-* stages) one whose train summary is committed, so that a fresh machine goes on where the sweep stands; a core
+JSON that exists is not recomputed (the library writes each SAE atomically; JSONs are written to a temporary file
+and renamed).
 
 Core eval: SAEBench's own code (``sae_bench.evals.core.main``: ``run_evals`` for CE loss recovered
 ``ce_loss_score = (CE_abl - CE_sae) / (CE_abl - CE_orig)``, KL score, explained variance, MSE, L0, L1, shrinkage;
@@ -322,23 +324,38 @@ def longest_eval_s(eval_s: dict[str, tuple[float, float]], profiled: Collection[
     return max((c + q for c, q in timed), default=0.0)
 
 
+def committed_summary(results: Path, fam: str, s: dict) -> Path:
+    """Where ``collect.py`` commits the train summary of family ``fam`` (plan SAE ``s`` one of its members):
+    ``results/<model>-L<layer>/train_summaries/<the family's SAE folder, / as __>.json``."""
+    rel = sae_dir(Path(), fam).relative_to(SAES_DIR).as_posix().replace("/", "__")
+    return results / f"{s['model']}-L{s['hook'].split('.')[1]}" / "train_summaries" / f"{rel}.json"
+
+
 def pick_todo(
-    fams: dict[str, list[dict]], out: Path, widths: list[int] | None, max_saes: int | None
-) -> tuple[list[str], list[str]]:
-    """(to train this call, trained before) among a stage's families (final SAE + its checkpoints): those
-    without a train summary under ``out`` are to train, in plan order, only those of ``widths`` (None: all),
-    at most ``max_saes`` of them; the rest are left for a later call. Exit 2 if ``widths`` names none of them."""
+    fams: dict[str, list[dict]],
+    out: Path,
+    widths: list[int] | None,
+    max_saes: int | None,
+    committed: Path | None = None,
+) -> tuple[list[str], list[str], list[str]]:
+    """(to train this call, trained before here, committed) among a stage's families (final SAE + its
+    checkpoints): those without a train summary under ``out`` nor, when ``committed`` (a results folder) is given,
+    one committed there (:func:`committed_summary`: a fresh machine would otherwise train a sweep's first SAEs again)
+    are to train, in plan order, only those of ``widths`` (None: all), at most ``max_saes`` of them; the rest are
+    left for a later call. Exit 2 if ``widths`` names none of them."""
     if widths is not None:
         have = sorted({m[0]["width"] for m in fams.values()})
         if not set(widths) & set(have):
             fail(f"--widths {widths}: the stage has no SAEs of those widths (its widths: {have})")
-    todo, done = [], []
+    todo, done, kept = [], [], []
     for fam, members in fams.items():
         if (sae_dir(out, fam) / "train_summary.json").is_file():
             done.append(fam)
+        elif committed is not None and committed_summary(committed, fam, members[0]).is_file():
+            kept.append(fam)
         elif widths is None or members[0]["width"] in widths:
             todo.append(fam)
-    return (todo if max_saes is None else todo[:max_saes]), done
+    return (todo if max_saes is None else todo[:max_saes]), done, kept
 
 
 def trained_saes(out: Path, fams: dict[str, list[dict]]) -> list[tuple[dict, Path, str]]:
@@ -838,6 +855,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--widths", type=int, nargs="+", default=None, help="T-*, W-*: train only SAEs of these widths this call"
     )
+    ap.add_argument(
+        "--committed",
+        type=Path,
+        default=None,
+        help="T-*, W-*: a committed results folder (experiments/table2/results); an SAE whose train summary is "
+        "committed there (<model>-L<layer>/train_summaries/) is not trained again (stage.sh run passes it unless "
+        "T2_RETRAIN=1 or T2_REPLICATE is set: a training-run replicate retrains on purpose; C-* and E-* ignore it)",
+    )
     ap.add_argument("--tokens-scale", type=float, default=1.0, help="multiply every SAE's tokens (smoke runs)")
     ap.add_argument("--group-size", type=int, default=10, help="SAEs per lockstep activation stream")
     ap.add_argument("--batch-size", type=int, default=None, help="default: the recipe's batch_size_tokens")
@@ -965,6 +990,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         fail(f"--widths selects SAEs to train: T-* and W-* stages only, got {args.stage}")
     if args.widths is not None and min(args.widths) < 1:
         fail(f"--widths must be >= 1, got {args.widths}")
+    if args.committed is not None and not args.committed.is_dir():
+        fail(f"--committed {args.committed}: not a folder (the committed results, experiments/table2/results)")
     if args.profile_core < 0:
         fail(f"--profile-core must be >= 0, got {args.profile_core}")
     if not args.tokens_scale > 0:
@@ -1031,7 +1058,9 @@ def main(argv: list[str] | None = None) -> int:
     fams: dict[str, list[dict]] = {}
     for s in saes:
         fams.setdefault(family(s), []).append(s)
-    todo, done = pick_todo(fams, args.out, args.widths, args.max_saes)
+    # a calibration's short runs are read back from this machine's run folder, so committed ones are run again
+    committed = None if calibration_stage(stage) else args.committed
+    todo, done, kept = pick_todo(fams, args.out, args.widths, args.max_saes, committed)
 
     import torch
 
@@ -1202,7 +1231,8 @@ def main(argv: list[str] | None = None) -> int:
             "versions": package_versions(),
             "trained": trained,
             "skipped_trained_before": done,
-            "left_for_later": [f for f in fams if f not in done and f not in todo],
+            "skipped_committed": kept,
+            "left_for_later": [f for f in fams if f not in done and f not in todo and f not in kept],
             "core_evaluated": evaluated,
             "core_existing": eval_skipped,
             "proxies_evaluated": proxied,
@@ -1235,7 +1265,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.export is not None:
         export(args.out, args.export, stage)
     print(
-        f"stage {stage}: trained {len(trained)}, skipped {len(done)}, core JSONs {len(evaluated)} new "
+        f"stage {stage}: trained {len(trained)}, skipped {len(done)} (+{len(kept)} committed), core JSONs "
+        f"{len(evaluated)} new "
         f"({len(eval_skipped)} existing, {len(eval_left)} left for the next call), {wall:.1f} s -> {rec_path}"
     )
     if core_oom is not None:

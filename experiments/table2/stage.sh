@@ -6,7 +6,9 @@
 #                                                      # that completes the halves joins, checks and installs them
 #   bash experiments/table2/stage.sh put DIR           # carry [DIR]: copy a pack.py call folder into /tmp/t2
 #   bash experiments/table2/stage.sh join              # join the put GGUF pieces (run does it too); prints its path
-#   bash experiments/table2/stage.sh run STAGE [ARGS]  # run_stage.py on the staged model and shards
+#   bash experiments/table2/stage.sh run STAGE [ARGS]  # run_stage.py on the staged model and shards; SAEs whose
+#                                                      # train summary is committed are not trained again
+#                                                      # (T2_RETRAIN=1: they are, for a training-run replicate)
 #                                                      # (with .whl carried it installs them if `wheels` was refused;
 #                                                      # .whl no longer fits beside the tree: redo the wheels calls)
 #   bash experiments/table2/stage.sh runprobe T-STAGE [ARGS]  # run T-STAGE, then its E-<model>-<layer> with the
@@ -51,8 +53,8 @@ join_gguf() {  # the put calls leave the GGUF in pieces: join them once, checked
     mv "$WORK/$NAME.tmp" "$WORK/$NAME" && rm -f "$WORK/$NAME".piece*
   fi
 }
+RESULTS=${T2_RESULTS:-experiments/table2/results}
 prepare_run() {  # once per call, before run_stage: wheels, the joined GGUF, the committed files a fresh machine lacks
-  RESULTS=${T2_RESULTS:-experiments/table2/results}
   REP="$RESULTS/replicates/${T2_REPLICATE:-}"
   if [ -n "${T2_REPLICATE:-}" ] && [ ! -d "$REP" ]; then die 2 "T2_REPLICATE=$T2_REPLICATE: no folder $REP"; fi
   # a refused `wheels` call does not stop the calls after it: install them here when they came with this call,
@@ -164,9 +166,14 @@ run)
     prepare_run
   fi
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+  # SAEs whose train summary is committed are not trained again on a fresh machine (T2_RETRAIN=1: they are, for
+  # a training-run replicate; T2_REPLICATE: a replicate's later session retrains its own SAEs)
+  COMMITTED=(--committed "$RESULTS")
+  if [ -n "${T2_RETRAIN:-}" ] || [ -n "${T2_REPLICATE:-}" ]; then COMMITTED=(); fi
   set -o pipefail
   "$PY" experiments/table2/run_stage.py --stage "$STAGE" --model-path "$WORK/$NAME" --corpus "$WORK/shards" \
-    --out "$WORK/run" --device cuda --export "$OUT" "${@:3}" 2>&1 | tee -a "${T2_LOG:-$OUT/log.txt}"
+    --out "$WORK/run" --device cuda --export "$OUT" ${COMMITTED[@]+"${COMMITTED[@]}"} "${@:3}" 2>&1 \
+    | tee -a "${T2_LOG:-$OUT/log.txt}"
   ;;
 runprobe)
   # train, then sparse-probe in the same call what the call's time leaves (probes.sh must have run before, back

@@ -1871,18 +1871,32 @@ def test_table2_smollm2_second_session_of_2026_12_07_quoted():
     the core JSONs, the calibration and table2.json."""
     res = ROOT / "experiments/table2/results/smollm2-135m-L15"
     dev = json.loads((res / "device_calls_2026-12-07b.json").read_text())["calls"]
-    rec = {s: json.loads((res / f"stage_{s}.json").read_text())["calls"] for s in (
-        "T-smollm2-135m-15-batchtopk", "E-smollm2-135m-15", "C-smollm2-135m-15-standard",
-        "C-smollm2-135m-15-jumprelu", "T-smollm2-135m-15-standard",
-    )}
-    tb, (cs,), (cj,) = (rec[s] for s in (
-        "T-smollm2-135m-15-batchtopk", "C-smollm2-135m-15-standard", "C-smollm2-135m-15-jumprelu",
-    ))
+    rec = {
+        s: json.loads((res / f"stage_{s}.json").read_text())["calls"]
+        for s in (
+            "T-smollm2-135m-15-batchtopk",
+            "E-smollm2-135m-15",
+            "C-smollm2-135m-15-standard",
+            "C-smollm2-135m-15-jumprelu",
+            "T-smollm2-135m-15-standard",
+        )
+    }
+    tb, (cs,), (cj,) = (
+        rec[s]
+        for s in (
+            "T-smollm2-135m-15-batchtopk",
+            "C-smollm2-135m-15-standard",
+            "C-smollm2-135m-15-jumprelu",
+        )
+    )
     ts = rec["T-smollm2-135m-15-standard"][0]  # this session's; later sessions' calls follow
     e = rec["E-smollm2-135m-15"][3:7]  # the first session's three E calls come first
     assert [len(c["trained"]) for c in tb] == [5, 5] and not tb[-1]["left_for_later"]
     assert [next(k for k in ("sparse_probing", "absorption") if k in c) for c in e] == [
-        "sparse_probing", "sparse_probing", "absorption", "sparse_probing"
+        "sparse_probing",
+        "sparse_probing",
+        "absorption",
+        "sparse_probing",
     ]
     ab = e[2]["absorption"]
     assert ab["probe_source"] == "carried" and len(ab["evaluated"]) == 10 and not ab["left"]
@@ -1931,7 +1945,10 @@ def test_table2_smollm2_third_session_of_2026_12_07_quoted():
     e = json.loads((res / "stage_E-smollm2-135m-15.json").read_text())["calls"][7:]
     assert [len(c["trained"]) for c in ts] == [6, 2] and len(e) == 4
     assert [next(k for k in ("sparse_probing", "absorption") if k in c) for c in e] == [
-        "sparse_probing", "absorption", "sparse_probing", "absorption"
+        "sparse_probing",
+        "absorption",
+        "sparse_probing",
+        "absorption",
     ]
     assert [len(c[k]["evaluated"]) for c, k in zip(e, ("sparse_probing", "absorption") * 2)] == [12, 12, 4, 4]
     assert _saes_with_every_eval(res, "standard") == 16
@@ -1977,11 +1994,14 @@ def test_table2_smollm2_third_session_of_2026_12_07_quoted():
     bt = rows["batchtopk", "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"]
     sp = rows["pooled", "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"]
     af = rows["pooled", "absorption_first_letter.mean.mean_absorption_fraction_score"]
-    ra, rs, rp = (rows["standard", p] for p in (
-        "absorption_first_letter.mean.mean_absorption_fraction_score",
-        "absorption_first_letter.mean.mean_num_split_features",
-        "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy",
-    ))
+    ra, rs, rp = (
+        rows["standard", p]
+        for p in (
+            "absorption_first_letter.mean.mean_absorption_fraction_score",
+            "absorption_first_letter.mean.mean_num_split_features",
+            "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy",
+        )
+    )
     assert bt["n_pairs"] == 1 and all(r["V_ci"][0] < 0.5 < r["V_ci"][1] for r in (sp, af, ra, rs))
     assert rp["V_ci"] == [0.0, 1.0] and sp["n_saes"] == af["n_saes"] and ra["n_saes"] == 16
     assert all(r["V_ci"][0] <= paper <= r["V_ci"][1] for r, paper in ((ra, 0.766), (rs, 0.411)))
@@ -2009,5 +2029,6 @@ def test_table2_smollm2_third_session_of_2026_12_07_quoted():
         ],
         _flat("docs/limitations.md"),
     )
-    _assert_quoted([f"ended at {w4} of its targets at width 4,096 and {w16} at 16,384"],
-                   _flat("experiments/table2/recipe.json"))
+    _assert_quoted(
+        [f"ended at {w4} of its targets at width 4,096 and {w16} at 16,384"], _flat("experiments/table2/recipe.json")
+    )

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 EXP = ROOT / "experiments" / "table2"
@@ -208,6 +209,18 @@ def test_stage_end_to_end_resume_and_audit(rs, tmp_path, capsys):
     assert second["core_evaluated"] == [] and len(second["core_existing"]) == 5 and second["proxies_evaluated"] == []
     assert all(f.stat().st_mtime_ns == t for f, t in mtimes.items())
 
+    # a fresh machine after the bundle was committed (collect.py, as after a session): with --committed nothing is
+    # trained again, and the record names what was skipped as committed
+    results = tmp_path / "results"
+    (results / "tiny-gpt2-L1").mkdir(parents=True)
+    col = load_script("t2_collect", "experiments/table2/collect.py")
+    assert col.main([str(export / "T-tiny.tar.xz"), "--into", str(results / "tiny-gpt2-L1")]) == 0
+    fresh = tmp_path / "fresh"
+    assert rs.main([*_argv(plan, corpus, fresh, tmp_path / "export2"), "--committed", str(results)]) == 0
+    (third,) = json.loads((fresh / "stage_T-tiny.json").read_text())["calls"]
+    assert third["trained"] == [] and third["skipped_committed"] == call["trained"] and third["core_evaluated"] == []
+    assert not list(fresh.glob("saes/**/sae_weights.safetensors"))
+
     # --time-budget: after the first SAE's evals, stop when the next would not fit, export, leave the rest
     gone = sorted(objs)[:3]
     for name in gone:
@@ -264,6 +277,7 @@ def test_bad_inputs_exit_2_before_writing(rs, tmp_path, capsys):
         (["--stage", "T-tiny", "--widths", "64"], "no SAEs of those widths (its widths: [128])"),
         (["--stage", "T-tiny", "--widths", "0"], "--widths must be >= 1"),
         (["--stage", "E-tiny", "--widths", "128"], "T-* and W-* stages only"),
+        (["--stage", "T-tiny", "--committed", str(tmp_path / "no_results")], "no_results: not a folder"),
         (["--stage", "C-gemma3-270m-9-standard", "--model-path", "m.gguf", "--n-layers", "10"], "add --no-eval"),
     ]
     for extra, msg in cases:
@@ -289,10 +303,32 @@ def test_pick_todo_by_width_and_count(rs, tmp_path):
     done_dir = rs.sae_dir(tmp_path, "f2")
     done_dir.mkdir(parents=True)
     (done_dir / "train_summary.json").write_text("{}")
-    assert rs.pick_todo(fams, tmp_path, None, None) == (["f0", "f1", "f3", "f4"], ["f2"])
-    assert rs.pick_todo(fams, tmp_path, [16], None) == (["f3", "f4"], ["f2"])
-    assert rs.pick_todo(fams, tmp_path, [16, 4], 3) == (["f0", "f1", "f3"], ["f2"])
-    assert rs.pick_todo(fams, tmp_path, None, 1) == (["f0"], ["f2"])
+    assert rs.pick_todo(fams, tmp_path, None, None) == (["f0", "f1", "f3", "f4"], ["f2"], [])
+    assert rs.pick_todo(fams, tmp_path, [16], None) == (["f3", "f4"], ["f2"], [])
+    assert rs.pick_todo(fams, tmp_path, [16, 4], 3) == (["f0", "f1", "f3"], ["f2"], [])
+    assert rs.pick_todo(fams, tmp_path, None, 1) == (["f0"], ["f2"], [])
+
+
+def test_pick_todo_skips_committed_families(rs, tmp_path):
+    """With --committed, a family whose train summary collect.py committed (results/<model>-L<layer>/
+    train_summaries/, the SAE folder's path with / as __) is not trained again: a fresh machine's --max-saes 2
+    takes the first two not committed (2026-12-07 retrained four committed ReLU-L1 SAEs without it)."""
+    fam = "m1/blocks.15.hook_resid_post/standard/w{w}/l1_coefficient=cal{c}/s0"
+    fams = {fam.format(w=w, c=c): [{"width": w, "model": "m1", "hook": "blocks.15.hook_resid_post"}]
+            for w in (4, 16) for c in range(3)}  # fmt: skip
+    names = list(fams)
+    summaries = tmp_path / "results" / "m1-L15" / "train_summaries"
+    summaries.mkdir(parents=True)
+    for f in names[:4]:  # as collect.py names them (hand-written here)
+        (summaries / (f.replace("=", "-").replace("/", "__") + ".json")).write_text("{}")
+    (summaries / "m1__blocks.15.hook_resid_post__standard__w16__l1_coefficient-cal2__s0__cal.json").write_text("{}")
+    out = tmp_path / "run"
+    assert rs.pick_todo(fams, out, None, 2, tmp_path / "results") == (names[4:], [], names[:4])
+    assert rs.pick_todo(fams, out, None, 2) == (names[:2], [], [])  # without it: the plan's first two
+    assert rs.pick_todo(fams, out, [4], None, tmp_path / "results") == ([], [], names[:4])
+    other = tmp_path / "other"
+    (other / "m1-L9" / "train_summaries").mkdir(parents=True)  # another layer's folder: nothing committed here
+    assert rs.pick_todo(fams, out, None, None, other) == (names, [], [])
 
 
 def _interp_ref(pts, t):

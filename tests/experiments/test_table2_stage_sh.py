@@ -336,3 +336,18 @@ def test_pack_check_names_the_calls_that_no_longer_fit_beside_the_tree(tmp_path,
     assert pack.main(["--model", "gemma3-270m", "--check", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "lists no put call" in err and err.count("\n") == 1
+
+
+def test_run_passes_the_committed_results_unless_retraining(tmp_path):
+    """`run` hands run_stage the committed results folder (--committed T2_RESULTS: SAEs committed there are not
+    trained again on a fresh machine); T2_RETRAIN=1 (a new training-run replicate) and T2_REPLICATE (a replicate's
+    later session) leave it out, so every SAE of the stage is trained."""
+    fake = _staged_fake(tmp_path, 'echo "run_stage $*"\n')
+    results = tmp_path / "results"
+    (results / "replicates" / "m-L9-topk-r2").mkdir(parents=True)
+    for extra, expect in (({}, True), ({"T2_RETRAIN": "1"}, False), ({"T2_REPLICATE": "m-L9-topk-r2"}, False)):
+        r = _run(tmp_path, "run", "T-m-9-topk", "--max-saes", "2", python=str(fake), **extra)
+        assert r.returncode == 0, r.stdout + r.stderr
+        (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith("run_stage ")]
+        assert (f"--committed {results} " in line) is expect, (extra, line)
+        assert line.endswith("--max-saes 2") and line.count("--committed") == int(expect)

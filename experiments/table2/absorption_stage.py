@@ -1719,6 +1719,7 @@ def _work(
         ):  # fmt: skip
             raw.mkdir(parents=True, exist_ok=True)
             sae_s: list[float] = []
+            name = None  # the SAE in hand, for a memory stop's report
             while True:
                 job = (jobs.pop(0) if jobs else None) if isinstance(jobs, list) else jobs.get()
                 if job is None or (sae_s and time.time() + 1.3 * max(sae_s) > deadline):
@@ -1747,16 +1748,20 @@ def _work(
                 out = raw / f"{release}_custom_sae_eval_results.json"
                 out.unlink(missing_ok=True)
                 seed_everything(cfg.random_seed)
-                run_eval(cfg, [(release, sae)], device, str(raw), force_rerun=True)
+                with _stop_armed():
+                    run_eval(cfg, [(release, sae)], device, str(raw), force_rerun=True)
                 if not out.is_file():
                     send(("not_evaluable", name))
                     break
                 sae_s.append(time.time() - t)
                 send(("sae_done", name, str(out), sae_s[-1], fold))
+                name = None
+                _report_missed_stop(send)
     except MemoryStop:  # the parent's memory guard (workers.MemoryGuard): this SAE is left for a later call
-        send(("memory_stopped",))
+        send(("memory_stopped", name))
     except Exception:  # noqa: BLE001 - reported to the parent, which records it
         send(("error", traceback.format_exc()))
+    _report_missed_stop(send)
     send(("end",))
 
 
@@ -1771,8 +1776,35 @@ class MemoryStop(BaseException):
 STOP_SIGNAL = getattr(signal, "SIGUSR1", None)
 
 
+#: [armed, missed]: the stop signal raises MemoryStop only while an SAE's eval runs (armed by _work); one that
+#: lands outside it (the SAE the guard aimed at finished before the signal arrived, or the worker is loading the
+#: next) is noted as missed, reported to the parent and otherwise ignored, so that it cannot end a worker outside
+#: its try block
+_STOP = [False, False]
+
+
 def _raise_memory_stop(signum: int, frame: Any) -> None:
-    raise MemoryStop()
+    if _STOP[0]:
+        raise MemoryStop()
+    _STOP[1] = True
+
+
+@contextlib.contextmanager
+def _stop_armed() -> Iterator[None]:
+    """The memory guard's signal raises MemoryStop inside this block only (an SAE's eval)."""
+    _STOP[0] = True
+    try:
+        yield
+    finally:
+        _STOP[0] = False
+
+
+def _report_missed_stop(send: Callable[[tuple], None]) -> None:
+    """Tell the parent once that a stop signal landed outside an SAE's eval (it then stops waiting for this
+    worker to end)."""
+    if _STOP[1]:
+        _STOP[1] = False
+        send(("memory_stop_missed",))
 
 
 def _child(
@@ -2023,7 +2055,11 @@ def run_absorption(
             why = f"; the carried one refused: {ev[2]['probe_refused']}" if "probe_refused" in ev[2] else ""
             log(f"absorption: probe {ev[2]['probe_source']} ({ev[1]:.0f} s){why}")
         elif kind == "memory_stopped":  # the worker unwound its SAE after the guard's signal; its "end" follows
+            if ev[1] is not None:
+                rec.setdefault("memory_stopped", []).append(ev[1])
             state.update(phase="stopped (host memory)", since=now, sae=None)
+        elif kind == "memory_stop_missed":  # the guard's signal came after the SAE it aimed at: the worker goes on
+            rec.setdefault("memory_stop_missed", []).append(i)
         elif kind == "sae_load":  # loading the SAE, then the probe if it is missing
             state.update(phase="loading", since=now, sae=ev[1])
         elif kind == "sae_start":
@@ -2186,6 +2222,8 @@ def _supervise(
         if ev[0] == "end":
             ended[i] = True
         else:
+            if ev[0] == "memory_stop_missed":
+                stopping.pop(i, None)  # it goes on: not to be killed after the grace period
             handle(i, ev)
 
     try:
@@ -2195,6 +2233,11 @@ def _supervise(
             if left <= 0:
                 break
             if guard is not None:
+                while True:  # the events already queued first, so that the guard sees the workers' latest phases
+                    try:
+                        take(*events.get_nowait())
+                    except queue.Empty:
+                        break
                 live = {
                     i: (p.pid, states[i]["phase"], states[i]["sae"])
                     for i, p in enumerate(procs)
@@ -2205,14 +2248,17 @@ def _supervise(
                     # a signal, not a kill: the worker unwinds its SAE and ends cleanly (MemoryStop); killed only
                     # if it has not ended STOP_GRACE_S later
                     if STOP_SIGNAL is not None:
-                        with contextlib.suppress(ProcessLookupError):  # it exited meanwhile: its "end" is queued
+                        try:
                             os.kill(procs[stop].pid, STOP_SIGNAL)
-                        stopping[stop] = time.time()
-                    else:
+                            stopping[stop] = time.time()
+                        except ProcessLookupError:  # it exited meanwhile (its "end" is queued): nothing to stop
+                            rec.setdefault("memory_stop_missed", []).append(stop)
+                    else:  # no stop signal here: terminated, its SAE (as last reported) left
                         _stop(procs[stop])
                         ended[stop] = True
+                        rec.setdefault("memory_stopped", []).append(guard.stopped[-1]["sae"])
+                    # with the signal, rec["memory_stopped"] comes from the worker: the SAE it unwound
                     states[stop].update(phase="stopping (host memory)", since=time.time())
-                    rec.setdefault("memory_stopped", []).append(guard.stopped[-1]["sae"])
                     continue
                 for i in [i for i, since in stopping.items() if time.time() - since > STOP_GRACE_S]:
                     del stopping[i]
@@ -2220,6 +2266,8 @@ def _supervise(
                         _stop(procs[i])
                         ended[i] = True
                         rec.setdefault("memory_killed", []).append(i)
+                        if states[i]["sae"] is not None:  # it did not unwind in time: its SAE is left
+                            rec.setdefault("memory_stopped", []).append(states[i]["sae"])
             try:
                 i, ev = events.get(timeout=min(left, 1.0))
             except queue.Empty:

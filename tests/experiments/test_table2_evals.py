@@ -803,12 +803,17 @@ def test_absorption_memory_guard_stops_one_worker(rs, tmp_path):
     assert r["probe_source"] == "trained" and "cut" not in r, r
     # stopped by its signal (it unwound its SAE and ended), not killed: a kill can leave the shared event queue's
     # lock held, and the other worker's events stuck behind it (seen: this test hung so before the signal)
-    assert "memory_killed" not in r, r
+    assert "memory_killed" not in r and "error" not in r, r
     hm = r["host_memory"]
-    assert len(hm["stopped"]) == 1 and r["memory_stopped"] == [hm["stopped"][0]["sae"]], r
+    assert len(hm["stopped"]) == 1 and hm["stopped"][0]["sae"] in [s.name for s in items], r
+    if "memory_stop_missed" in r:
+        # the SAE the guard aimed at finished before the signal landed (seen once on a loaded 2-core machine, when
+        # the guard read a phase behind the queued events): nothing unwound, the worker went on, every SAE done
+        assert "memory_stopped" not in r and r["complete"] and len(r["memory_stop_missed"]) == 1, r
+        return
     stopped = hm["stopped"][0]["sae"]
-    assert stopped in [s.name for s in items] and r["left"] == [stopped] and not r["complete"], r
-    assert sorted(r["evaluated"]) == sorted(s.name for s in items if s.name != stopped) and "error" not in r, r
+    assert r["memory_stopped"] == [stopped] and r["left"] == [stopped] and not r["complete"], r
+    assert sorted(r["evaluated"]) == sorted(s.name for s in items if s.name != stopped), r
     assert sorted(f.name for f in (tmp_path / "over").iterdir()) == sorted(
         s.dest.name for s in items if s.name != stopped
     )
@@ -818,6 +823,23 @@ def test_absorption_memory_guard_stops_one_worker(rs, tmp_path):
     )  # a child with torch and SAEBench imported holds more than 50 MiB
     r, items = run("under", 1 << 30)
     assert r["complete"] and "memory_stopped" not in r and r["host_memory"]["stopped"] == [], r
+
+
+def test_memory_stop_signal_raises_only_inside_an_sae_eval(rs):
+    """The guard's stop signal raises MemoryStop inside an SAE's eval only; landing outside it (the aimed SAE already
+    finished) it is noted, reported once as ``memory_stop_missed`` and otherwise ignored, so that it can never end
+    a worker outside its try block (where it had no handler)."""
+    ab = importlib.import_module("absorption_stage")
+    sent: list[tuple] = []
+    ab._raise_memory_stop(0, None)  # outside: no exception
+    ab._report_missed_stop(sent.append)
+    ab._report_missed_stop(sent.append)  # once
+    assert sent == [("memory_stop_missed",)]
+    with pytest.raises(ab.MemoryStop), ab._stop_armed():
+        ab._raise_memory_stop(0, None)
+    ab._raise_memory_stop(0, None)  # disarmed again on the way out of the block
+    ab._report_missed_stop(sent.append)
+    assert sent == [("memory_stop_missed",)] * 2
 
 
 @needs_probes

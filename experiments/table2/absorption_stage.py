@@ -1776,34 +1776,37 @@ class MemoryStop(BaseException):
 STOP_SIGNAL = getattr(signal, "SIGUSR1", None)
 
 
-#: [armed, missed]: the stop signal raises MemoryStop only while an SAE's eval runs (armed by _work); one that
-#: lands outside it (the SAE the guard aimed at finished before the signal arrived, or the worker is loading the
-#: next) is noted as missed, reported to the parent and otherwise ignored, so that it cannot end a worker outside
-#: its try block
-_STOP = [False, False]
+class _StopState:
+    """The stop signal raises MemoryStop only while an SAE's eval runs (``armed``, set by :func:`_stop_armed`);
+    one that lands outside it (the SAE the guard aimed at finished before the signal arrived, or the worker is
+    loading the next) is noted (``missed``), reported to the parent and otherwise ignored, so that it cannot end
+    a worker outside its try block."""
+
+    armed = False
+    missed = False
 
 
 def _raise_memory_stop(signum: int, frame: Any) -> None:
-    if _STOP[0]:
+    if _StopState.armed:
         raise MemoryStop()
-    _STOP[1] = True
+    _StopState.missed = True
 
 
 @contextlib.contextmanager
 def _stop_armed() -> Iterator[None]:
     """The memory guard's signal raises MemoryStop inside this block only (an SAE's eval)."""
-    _STOP[0] = True
+    _StopState.armed = True
     try:
         yield
     finally:
-        _STOP[0] = False
+        _StopState.armed = False
 
 
 def _report_missed_stop(send: Callable[[tuple], None]) -> None:
     """Tell the parent once that a stop signal landed outside an SAE's eval (it then stops waiting for this
     worker to end)."""
-    if _STOP[1]:
-        _STOP[1] = False
+    if _StopState.missed:
+        _StopState.missed = False
         send(("memory_stop_missed",))
 
 
@@ -2226,6 +2229,13 @@ def _supervise(
                 stopping.pop(i, None)  # it goes on: not to be killed after the grace period
             handle(i, ev)
 
+    def take_queued() -> None:
+        while True:
+            try:
+                take(*events.get_nowait())
+            except queue.Empty:
+                return
+
     try:
         rec["workers_start_s"] = round(start_all(procs), 2)  # the children import at once (workers.start_all)
         while not all(ended) and "error" not in rec and "not_evaluable" not in rec:
@@ -2233,11 +2243,7 @@ def _supervise(
             if left <= 0:
                 break
             if guard is not None:
-                while True:  # the events already queued first, so that the guard sees the workers' latest phases
-                    try:
-                        take(*events.get_nowait())
-                    except queue.Empty:
-                        break
+                take_queued()  # first, so that the guard sees the workers' latest phases
                 live = {
                     i: (p.pid, states[i]["phase"], states[i]["sae"])
                     for i, p in enumerate(procs)
@@ -2282,11 +2288,7 @@ def _supervise(
                             )
                 continue
             take(i, ev)
-        while True:  # what is already queued: a finished SAE's JSON is kept even at the deadline
-            try:
-                take(*events.get_nowait())
-            except queue.Empty:
-                break
+        take_queued()  # a finished SAE's JSON is kept even at the deadline
         if not all(ended) and time.time() >= deadline:
             now = time.time()
             cut = [(i, st) for i, st in enumerate(states) if not ended[i]]

@@ -324,11 +324,17 @@ def longest_eval_s(eval_s: dict[str, tuple[float, float]], profiled: Collection[
     return max((c + q for c, q in timed), default=0.0)
 
 
+def train_summary_name(sae_folder: Path) -> str:
+    """The file name of an SAE's train summary in a bundle's and the committed ``train_summaries/``: its folder
+    under ``OUT/saes/`` (``sae_folder``, relative) with / as __."""
+    return f"{sae_folder.as_posix().replace('/', '__')}.json"
+
+
 def committed_summary(results: Path, fam: str, s: dict) -> Path:
     """Where ``collect.py`` commits the train summary of family ``fam`` (plan SAE ``s`` one of its members):
-    ``results/<model>-L<layer>/train_summaries/<the family's SAE folder, / as __>.json``."""
-    rel = sae_dir(Path(), fam).relative_to(SAES_DIR).as_posix().replace("/", "__")
-    return results / f"{s['model']}-L{s['hook'].split('.')[1]}" / "train_summaries" / f"{rel}.json"
+    ``results/<model>-L<layer>/train_summaries/`` (:func:`train_summary_name`)."""
+    name = train_summary_name(sae_dir(Path(), fam).relative_to(SAES_DIR))
+    return results / f"{s['model']}-L{s['hook'].split('.')[1]}" / "train_summaries" / name
 
 
 def pick_todo(
@@ -1315,8 +1321,7 @@ def export(out: Path, dest: Path, stage: str) -> Path:
         for p in sorted([*jsons, *out.glob("stage_*.json"), *out.glob(cal)]):
             tar.add(p, arcname=p.relative_to(out).as_posix())
         for p in sorted((out / SAES_DIR).glob("**/train_summary.json")):
-            rel = p.parent.relative_to(out / SAES_DIR).as_posix().replace("/", "__")
-            tar.add(p, arcname=f"train_summaries/{rel}.json")
+            tar.add(p, arcname=f"train_summaries/{train_summary_name(p.parent.relative_to(out / SAES_DIR))}")
         probes = out / "probing" / "sae_probes"
         for p in sorted(probes.glob(f"{base}/**/*.json")):
             tar.add(p, arcname=f"{BASELINE_DIR}/{p.relative_to(probes).as_posix()}")

@@ -4,6 +4,7 @@ typo in the text) fails."""
 
 import json
 import re
+import statistics
 from pathlib import Path
 
 import pytest
@@ -1747,7 +1748,7 @@ def test_table2_smollm2_topk_session_of_2026_12_07_quoted():
     assert all(r["V_ci"][0] < 0.5 < r["V_ci"][1] for r in (sp, af, spl))
     _assert_quoted(
         [
-            f"(20 SAEs with every offline eval, one seed, {sp['n_pairs']} dominated pairs): Sparse Probing V {_v(sp)} "
+            f"TopK (20 SAEs, {sp['n_pairs']} dominated pairs): Sparse Probing V {_v(sp)} "
             f"(paper 0.351 below the interval), absorption fraction {_v(af)} and splitting {_v(spl)} (paper inside); "
             "0.5 inside all three"
         ],
@@ -1935,14 +1936,13 @@ def test_table2_smollm2_second_session_of_2026_12_07_quoted():
 
 def test_table2_smollm2_third_session_of_2026_12_07_quoted():
     """table2 README section 6, the third session of 2026-12-07 (SmolLM2-135M layer 15, ReLU-L1 to 16 of 20
-    SAEs): call and stage times from the device-calls and stage records; the current SmolLM2 state quoted in the
-    top README, FINDINGS.md, docs/limitations.md and recipe.json, from the core JSONs, the calibrations and
-    table2.json."""
+    SAEs): call and stage times from the device-calls and stage records, and the eight finals' L0 over their
+    targets then (the 4,096-wide five and the 16,384-wide cal0-cal2) from their core JSONs and the calibration."""
     res = ROOT / "experiments/table2/results/smollm2-135m-L15"
     rec = json.loads((res / "device_calls_2026-12-07c.json").read_text())
     dev = rec["calls"]
-    ts = json.loads((res / "stage_T-smollm2-135m-15-standard.json").read_text())["calls"][1:]
-    e = json.loads((res / "stage_E-smollm2-135m-15.json").read_text())["calls"][7:]
+    ts = json.loads((res / "stage_T-smollm2-135m-15-standard.json").read_text())["calls"][1:3]
+    e = json.loads((res / "stage_E-smollm2-135m-15.json").read_text())["calls"][7:11]
     assert [len(c["trained"]) for c in ts] == [6, 2] and len(e) == 4
     assert [next(k for k in ("sparse_probing", "absorption") if k in c) for c in e] == [
         "sparse_probing",
@@ -1951,7 +1951,6 @@ def test_table2_smollm2_third_session_of_2026_12_07_quoted():
         "absorption",
     ]
     assert [len(c[k]["evaluated"]) for c, k in zip(e, ("sparse_probing", "absorption") * 2)] == [12, 12, 4, 4]
-    assert _saes_with_every_eval(res, "standard") == 16
     text = _flat("experiments/table2/README.md", after="**Third session of 2026-12-07")
     _assert_quoted(
         [
@@ -1969,7 +1968,8 @@ def test_table2_smollm2_third_session_of_2026_12_07_quoted():
         text,
     )
     cal = json.loads((res / "calibration_C-smollm2-135m-15-standard.json").read_text())
-    n4, n16 = (_final_over_target(res, cal, f"standard__*__w{w}_*_step_final.json") for w in (4096, 16384))
+    n4 = _final_over_target(res, cal, "standard__*__w4096_*_step_final.json")
+    n16 = _final_over_target(res, cal, "standard__*__w16384_*_cal[0-2]_*_step_final.json")
     both = sorted(n4 + n16)
     assert (len(n4), len(n16)) == (5, 3) and n16[1] < n4[2]  # "the wider SAEs land nearer their targets"
     median = (both[3] + both[4]) / 2
@@ -1982,8 +1982,69 @@ def test_table2_smollm2_third_session_of_2026_12_07_quoted():
         ],
         text,
     )
+
+
+def test_table2_smollm2_fourth_session_of_2026_12_07_quoted():
+    """table2 README section 6, the fourth session of 2026-12-07 (SmolLM2-135M layer 15: ReLU-L1's last two
+    finals, JumpReLU's ten; 60 SAEs): call and stage times from the device-calls and stage records; the current
+    SmolLM2 state quoted in the top README, FINDINGS.md, docs/limitations.md and recipe.json, from the core JSONs,
+    the calibrations and table2.json."""
+    res = ROOT / "experiments/table2/results/smollm2-135m-L15"
+    rec = json.loads((res / "device_calls_2026-12-07d.json").read_text())
+    dev = rec["calls"]
+    ts = json.loads((res / "stage_T-smollm2-135m-15-standard.json").read_text())["calls"][3]
+    tj = json.loads((res / "stage_T-smollm2-135m-15-jumprelu.json").read_text())["calls"]
+    e = json.loads((res / "stage_E-smollm2-135m-15.json").read_text())["calls"][11:]
+    kinds = ("sparse_probing", "absorption", "sparse_probing", "sparse_probing", "absorption")
+    assert [next(k for k in ("sparse_probing", "absorption") if k in c) for c in e] == list(kinds)
+    assert [len(c[k]["evaluated"]) for c, k in zip(e, kinds)] == [4, 4, 5, 5, 10]
+    assert len(ts["trained"]) == 2 and len(ts["skipped_committed"]) == 8 and [len(c["trained"]) for c in tj] == [5, 5]
+    assert len(dev) == 15 and all(c["rc"] == 0 for c in dev)
+    small = [c["wall_s"] for c in dev[:10]]
+    text = _flat("experiments/table2/README.md", after="**Fourth session of 2026-12-07")
     _assert_quoted(
-        [f"so final / calibration L0 at the same coefficient is {cal['final_over_calibration_l0'] * median:.3f}"],
+        [
+            f"{['One', 'Two', 'Three', 'Four'][rec['failed_starts'] - 1]} requests got no machine and cost "
+            f"{rec['failed_starts_budget_s']} s",
+            f"first half ({min(small):.1f}-{max(small):.1f} s each)",
+            f"--max-saes 2`: {dev[10]['wall_s']:.1f} s call, stage {ts['wall_s']:.1f} s",
+            f"`+{len(ts['skipped_committed'])} committed`",
+            f"sparse probing {e[0]['wall_s']:.1f} s (four SAEs",
+            f"--time-budget 200`: {dev[11]['wall_s']:.1f} s call, stage {e[1]['wall_s']:.1f} s (four SAEs)",
+            f"--max-saes 5`: {dev[12]['wall_s']:.1f} s call, stage {tj[0]['wall_s']:.1f} s",
+            f"sparse probing {e[2]['wall_s']:.1f} s;",
+            f"--max-saes 5`: {dev[13]['wall_s']:.1f} s call, stage {tj[1]['wall_s']:.1f} s",
+            f"{dev[14]['wall_s']:.1f} s call, stages {e[3]['wall_s']:.1f} s (five SAEs) and {e[4]['wall_s']:.1f} s "
+            "(all ten",
+            f"Given back with {rec['given_back_budget_left_s']} s left",
+        ],
+        text,
+    )
+    counts = {a: _saes_with_every_eval(res, a) for a in ("topk", "standard", "batchtopk", "jumprelu")}
+    assert counts == {"topk": 20, "standard": 20, "batchtopk": 10, "jumprelu": 10}
+    assert _saes_with_every_eval(res) == sum(counts.values()) == 60
+    cal = json.loads((res / "calibration_C-smollm2-135m-15-standard.json").read_text())
+    jcal = json.loads((res / "calibration_C-smollm2-135m-15-jumprelu.json").read_text())
+    n4, n16 = (_final_over_target(res, cal, f"standard__*__w{w}_*_step_final.json") for w in (4096, 16384))
+    j4, j16 = (_final_over_target(res, jcal, f"jumprelu__*__w{w}_*_step_final.json") for w in (4096, 16384))
+    assert [len(x) for x in (n4, n16, j4, j16)] == [5] * 4
+    med, jmed = (statistics.median(a + b) for a, b in ((n4, n16), (j4, j16)))
+    q = {k: f"{x[0]:.2f}-{x[-1]:.2f}" for k, x in (("n4", n4), ("n16", n16), ("j4", j4), ("j16", j16))}
+    c_n, c_j = cal["final_over_calibration_l0"], jcal["final_over_calibration_l0"]
+    _assert_quoted(
+        [
+            f"Its finals ended at {q['j4']} times their target L0 at width 4,096 and {q['j16']} at 16,384 (median "
+            f"{jmed:.2f} over the ten; final / calibration L0 at the same coefficient {c_j * jmed:.3f}, where "
+            f"Gemma's sweep gave {c_j}), ReLU-L1's ten at {q['n4']} and {q['n16']} (median {med:.2f}; "
+            f"{c_n * med:.3f} where Gemma gave {c_n})",
+        ],
+        text,
+    )
+    _assert_quoted(
+        [
+            f"so final / calibration L0 at the same coefficient is {c_n * med:.3f}",
+            f"so final / calibration L0 at the same coefficient is {c_j * jmed:.3f}",
+        ],
         _flat("experiments/table2/FINDINGS.md"),
     )
     rows = {
@@ -1991,29 +2052,33 @@ def test_table2_smollm2_third_session_of_2026_12_07_quoted():
         for r in json.loads((ROOT / "experiments/table2/table2.json").read_text())["rows"]
         if (r["model"], r["distortion"]) == ("smollm2-135m", "1-EV") and r["grouping"] in ("architecture", "pooled")
     }
-    bt = rows["batchtopk", "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"]
-    sp = rows["pooled", "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy"]
-    af = rows["pooled", "absorption_first_letter.mean.mean_absorption_fraction_score"]
-    ra, rs, rp = (
-        rows["standard", p]
-        for p in (
-            "absorption_first_letter.mean.mean_absorption_fraction_score",
-            "absorption_first_letter.mean.mean_num_split_features",
-            "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy",
-        )
+    sp1, ab, spl = (
+        "sparse_probing_sae_probes.sae.sae_top_1_test_accuracy",
+        "absorption_first_letter.mean.mean_absorption_fraction_score",
+        "absorption_first_letter.mean.mean_num_split_features",
     )
-    assert bt["n_pairs"] == 1 and all(r["V_ci"][0] < 0.5 < r["V_ci"][1] for r in (sp, af, ra, rs))
-    assert rp["V_ci"] == [0.0, 1.0] and sp["n_saes"] == af["n_saes"] and ra["n_saes"] == 16
-    assert all(r["V_ci"][0] <= paper <= r["V_ci"][1] for r, paper in ((ra, 0.766), (rs, 0.411)))
+    bt, jr = rows["batchtopk", sp1], rows["jumprelu", sp1]
+    tk, tka, tks = (rows["topk", p] for p in (sp1, ab, spl))
+    ra, rs, rp = (rows["standard", p] for p in (ab, spl, sp1))
+    sp, af = rows["pooled", sp1], rows["pooled", ab]
+    assert (bt["n_pairs"], jr["n_pairs"]) == (1, 3) and sp["n_saes"] == af["n_saes"] == 60
+    assert ra["n_saes"] == tk["n_saes"] == 20 and rp["V_ci"] == [0.0, 1.0]
+    assert all(r["V_ci"][0] < 0.5 < r["V_ci"][1] for r in (sp, af, ra, rs, tk, tka, tks))
+    assert ra["V_ci"][1] < 0.766 and rs["V_ci"][0] <= 0.411 <= rs["V_ci"][1] and tk["V_ci"][0] > 0.351
+    assert all(r["V_ci"][0] <= paper <= r["V_ci"][1] for r, paper in ((tka, 0.480), (tks, 0.441)))
     _assert_quoted(
         [
-            f"BatchTopK's {bt['n_saes']} SAEs (every offline eval) give {bt['n_pairs']} dominated pair",
-            f"ReLU-L1 {len(both)} of 10 finals ({ra['n_saes']} SAEs with checkpoints, every offline eval, "
-            f"{ra['n_pairs']} dominated pairs): absorption fraction V {_v(ra)} and splitting {_v(rs)} (paper "
-            f"inside, and 0.5), sparse probing's interval {_v(rp).split(' ', 1)[1]} (no comparison); its finals "
-            f"ended at {w4} times their target L0 at width 4,096 and {w16} at 16,384",
-            f"pooled over the model's {sp['n_saes']} SAEs ({sp['n_pairs']} dominated pairs): "
-            f"sparse probing V {_v(sp)}, absorption fraction {_v(af)}, 0.5 inside both",
+            f"SmolLM2-135M L15, the recipe's {sp['n_saes']} SAEs with every offline eval (one seed): TopK "
+            f"({tk['n_saes']} SAEs, {tk['n_pairs']} dominated pairs): Sparse Probing V {_v(tk)} (paper 0.351 below "
+            f"the interval), absorption fraction {_v(tka)} and splitting {_v(tks)} (paper inside)",
+            f"BatchTopK's {bt['n_saes']} SAEs give {bt['n_pairs']} dominated pair and JumpReLU's {jr['n_saes']} give "
+            f"{jr['n_pairs']}, too few",
+            f"ReLU-L1 ({ra['n_saes']} SAEs with checkpoints, {ra['n_pairs']} dominated pairs): absorption fraction V "
+            f"{_v(ra)} (paper 0.766 above the interval) and splitting {_v(rs)} (paper inside), 0.5 inside both, "
+            f"sparse probing's interval {_v(rp).split(' ', 1)[1]} (no comparison); its finals ended at {q['n4']} "
+            f"times their target L0 at width 4,096 and {q['n16']} at 16,384",
+            f"pooled over the model's {sp['n_saes']} SAEs ({sp['n_pairs']} dominated pairs): sparse probing V "
+            f"{_v(sp)}, absorption fraction {_v(af)} (permutation p {af['p_value_V']:.3f}), 0.5 inside both",
         ],
         _flat("README.md"),
     )
@@ -2024,11 +2089,18 @@ def test_table2_smollm2_third_session_of_2026_12_07_quoted():
     assert len(g) == 10
     _assert_quoted(
         [
-            f"ReLU-L1 finals ended at {w4} times their target L0 with it at width 4,096 and {w16} at 16,384 "
-            f"(Gemma's at {min(g):.2f}-{max(g):.2f} without"
+            f"ReLU-L1 finals ended at {q['n4']} times their target L0 with it at width 4,096 and {q['n16']} at "
+            f"16,384 (Gemma's at {min(g):.2f}-{max(g):.2f} without it), its JumpReLU finals at {q['j4']} and "
+            f"{q['j16']}",
+            f"SmolLM2-135M layer 15 ({sum(counts.values())} SAEs with every offline eval: TopK {counts['topk']}, "
+            f"ReLU-L1 {counts['standard']}, BatchTopK {counts['batchtopk']}, JumpReLU {counts['jumprelu']}",
         ],
         _flat("docs/limitations.md"),
     )
     _assert_quoted(
-        [f"ended at {w4} of its targets at width 4,096 and {w16} at 16,384"], _flat("experiments/table2/recipe.json")
+        [
+            f"ended at {q['n4']} of its targets at width 4,096 and {q['n16']} at 16,384",
+            f"ended at {q['j4']} of its targets at width 4,096 and {q['j16']} at 16,384",
+        ],
+        _flat("experiments/table2/recipe.json"),
     )

@@ -129,9 +129,14 @@ def sae_lens_id(s: dict, step: str) -> str:
     return f"{s['hook']}__w{s['width']}_{f}{lev}{extra}_s{s['seed']}_step_{step}"
 
 
+def model_layer_of(s: dict) -> str:
+    """``<model>-L<layer>`` of a plan SAE: its results folder's name (``results/<model>-L<layer>/``)."""
+    return f"{s['model']}-L{s['hook'].split('.')[1]}"
+
+
 def release_id(s: dict) -> str:
     """``table2-<model>-L<layer>-<architecture>``: one release per architecture and model-layer."""
-    return f"table2-{s['model']}-L{s['hook'].split('.')[1]}-{s['architecture']}"
+    return f"table2-{model_layer_of(s)}-{s['architecture']}"
 
 
 #: :func:`release_id`'s form, read back (collect.py, report.py)
@@ -334,7 +339,7 @@ def committed_summary(results: Path, fam: str, s: dict) -> Path:
     """Where ``collect.py`` commits the train summary of family ``fam`` (plan SAE ``s`` one of its members):
     ``results/<model>-L<layer>/train_summaries/`` (:func:`train_summary_name`)."""
     name = train_summary_name(sae_dir(Path(), fam).relative_to(SAES_DIR))
-    return results / f"{s['model']}-L{s['hook'].split('.')[1]}" / "train_summaries" / name
+    return results / model_layer_of(s) / "train_summaries" / name
 
 
 def pick_todo(

@@ -20,6 +20,7 @@ from pathlib import Path
 import bench_training_speed as B
 import torch
 
+from sae_rdp_plugin.devices import synchronize
 from sae_rdp_plugin.io import atomic_write_json, atomic_write_text
 
 
@@ -29,12 +30,12 @@ def profile(step, steps: int, dev: torch.device) -> list[dict]:
 
     for _ in range(5):
         step()
-    B._sync(dev)
+    synchronize(dev)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with tprof(activities=acts) as prof:
         for _ in range(steps):
             step()
-        B._sync(dev)
+        synchronize(dev)
     rows = []
     for ev in prof.key_averages():
         dt = getattr(ev, "device_time_total", None)
@@ -57,6 +58,11 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--dead-frac", type=float, default=0.0, help="fraction of latents kept dead (aux loss runs)")
     ap.add_argument("--small-only", action="store_true", help="only the (640, 16384, k32) configuration")
+    ap.add_argument(
+        "--heavy",
+        action="store_true",
+        help=f"only bench_training_speed's heavy-tailed config {B.HEAVY_CONFIG} (issue 14's aux-loss anchor)",
+    )
     args = ap.parse_args(argv)
     dev = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
     out = Path(args.out)
@@ -64,6 +70,8 @@ def main(argv=None) -> int:
     configs = [(64, 512, 8)] if args.quick else [(640, 16384, 32), (2304, 65536, 64)]
     if args.small_only:
         configs = configs[:1]
+    if args.heavy and not args.quick:
+        configs = [B.HEAVY_CONFIG]
     dead = {"dead_frac": args.dead_frac}
     batch = 256 if args.quick else 4096
     res: dict = {
@@ -74,8 +82,11 @@ def main(argv=None) -> int:
     }
     text = []
     for d_in, d_sae, k in configs:
-        gamma = B._gamma(d_in, dev)
-        xs = [torch.randn(batch, d_in, device=dev) * gamma.sqrt() for _ in range(4)]
+        if args.heavy:  # Student-t rows with per-dimension scales, as bench_training_speed.py --heavy
+            xs, gamma = B.config_batches(d_in, batch, B.HEAVY, None, dev)
+        else:
+            gamma = B._gamma(d_in, dev)
+            xs = [torch.randn(batch, d_in, device=dev) * gamma.sqrt() for _ in range(4)]
         builds = [
             ("fast_weighted_topk", lambda: B.build_fast("weighted_topk", d_in, d_sae, k, True, dev, xs, gamma, **dead)),
             (
@@ -95,7 +106,8 @@ def main(argv=None) -> int:
         for name, build in builds:
             step, _extras = build()
             rows = profile(step, args.steps, dev)
-            key = f"{name}@{d_in}x{d_sae}k{k}" + (f"_dead{args.dead_frac:g}" if args.dead_frac else "")
+            key = f"{name}@{d_in}x{d_sae}k{k}" + ("_heavy" if args.heavy else "")
+            key += f"_dead{args.dead_frac:g}" if args.dead_frac else ""
             total = sum(r["ms_per_step"] for r in rows)
             res["runs"][key] = {"total_kernel_ms_per_step": total, "kernels": rows[:40]}
             text.append(f"## {key}: kernels {total:.2f} ms/step")

@@ -86,3 +86,20 @@ def test_heavy_config_rows(tmp_path):
     assert all(r["median_ms"] > 0 and "x_sparse_floor" in r for r in heavy.values())
     assert res["checks"]["48x256_k8_heavy"]["rel_err_grad_W_enc_fp32"] < 1e-5
     assert {"32x256_k8", "48x256_k8_heavy"} <= set(res["floors"])
+
+
+def test_profile_script_quick(tmp_path):
+    """benchmarks/training_speed/profile_fast_step.py --quick --heavy (tiny shape, CPU profiler): one kernel table per
+    implementation under the `_heavy` / `_dead` key, each with ops whose times add up to the reported total."""
+    root = Path(__file__).resolve().parents[2]
+    script = root / "benchmarks" / "training_speed" / "profile_fast_step.py"
+    args = ["--quick", "--heavy", "--dead-frac", "0.5", "--steps", "2", "--out", str(tmp_path)]
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    subprocess.run([sys.executable, str(script), *args], check=True, capture_output=True, timeout=600, env=env)
+    runs = json.loads((tmp_path / "profile_fast_step.json").read_text())["runs"]
+    names = ["fast_weighted_topk", "fast_weighted_topk[SAETrainer]", "fast_weighted_topk[mask]"]
+    assert set(runs) == {f"{n}@64x512k8_heavy_dead0.5" for n in names}
+    for run in runs.values():
+        assert run["kernels"] and run["total_kernel_ms_per_step"] > 0
+        assert sum(r["ms_per_step"] for r in run["kernels"]) <= run["total_kernel_ms_per_step"] * (1 + 1e-9)
+    assert (tmp_path / "profile_fast_step.txt").read_text().startswith("## fast_weighted_topk@64x512k8_heavy_dead0.5")

@@ -855,6 +855,22 @@ def bench_impls(rows, cfg_key, d_in, d_sae, k, B, xs, gamma, dev, args, gemm_rat
                         ),
                     )
                 )
+        # the aux selection's masked copy over all d_sae columns by a separate broadcast masked_fill
+        # (step.AUX_COPY_IN_TOPK False, the step before 2026-12-07) against the default rows, where the main TopK's
+        # row_topk writes it from its own read: at 85% dead, and with half dead over all columns (nocompact)
+        for tag, kw in (("maskfill,dead0.85", {"dead_frac": 0.85}), ("maskfill,nocompact", {"dead_frac": 0.5})):
+            impls.append(
+                (
+                    f"fast_weighted_topk+aux[{tag}]",
+                    "sparse",
+                    lambda kw=kw: with_setting(
+                        fstep,
+                        "AUX_COPY_IN_TOPK",
+                        False,
+                        build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, aux_compact="off", **kw),
+                    ),
+                )
+            )
         # the aux top-k by topk_kernel.masked_topk (radix select, mask fused; aux_topk="radix") and the dense
         # selection by topk_kernel.topk_mask (aux_topk="mask") against the masked copy + torch.topk of the rows
         # above, compacted as by default; at 85% dead (no compaction) the dense aux products run over all d_sae

@@ -99,6 +99,11 @@ def fast_architecture_of(architecture: str) -> str | None:
 #: 2026-12-04, kept for benchmarks/training_speed's side-by-side rows)
 AUX_GRAD_ROWS = "rows"
 
+#: the aux selection over all d_sae columns with aux_topk "torch" takes its top-k over a copy of the pre-activations
+#: with the live latents at -inf: True writes that copy inside the main TopK's row_topk read
+#: (topk_kernel.row_topk_masked_copy), False by a separate broadcast masked_fill (kept for side-by-side benchmarks)
+AUX_COPY_IN_TOPK = True
+
 #: fractions of d_sae that are the padded widths of the compacted aux-loss selection (see aux_pad_width)
 #: (no 7/8: at 85% dead it measured no faster than all d_sae columns, benchmarks/training_speed/aux_heavy78/)
 _AUX_BUCKET_FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 3 / 4)
@@ -731,13 +736,16 @@ class FastTopKTrainer:
         return self.act_freq_scores / max(self.n_frac_active_samples, 1)
 
     # ------------------------------------------------------------------ selection
-    def _row_topk(self, pre_s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _row_topk(
+        self, pre_s: torch.Tensor, k: int, keep: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Per-row top k (unsorted): the Triton kernel sae_rdp_plugin.fast.topk_kernel.row_topk on the Triton
         path (faster than torch.topk: benchmarks/training_speed; exact, same values; ties may pick other
         columns) when cfg.row_topk, k <= 256 (its lower bound needs k <= 256 column groups) and on CUDA
         (under Triton's CPU interpreter it is far too slow for whole steps; tests/fast/test_topk_kernel.py
         checks it there on its own, and tests/fast/test_fast_kernels.py::test_row_topk_in_the_triton_step in
-        one step), else torch.topk."""
+        one step), else torch.topk. ``keep`` (bool [d_sae]): also return ``pre_s.masked_fill(~keep, -inf)`` when
+        row_topk writes it from the same read (:func:`topk_kernel.row_topk_masked_copy`), else None."""
         if (
             self.use_triton
             and self.cfg.row_topk
@@ -747,41 +755,46 @@ class FastTopKTrainer:
             from sae_rdp_plugin.fast import topk_kernel
 
             if topk_kernel.available(pre_s.device):
-                return topk_kernel.row_topk(pre_s, k)
-        return pre_s.topk(k, dim=1, sorted=False)
+                if keep is not None:
+                    return topk_kernel.row_topk_masked_copy(pre_s, k, keep)
+                return (*topk_kernel.row_topk(pre_s, k), None)
+        return (*pre_s.topk(k, dim=1, sorted=False), None)
 
     #: tests only: use row_topk on CPU too (Triton interpreter)
     _row_topk_on_cpu = False
 
     def _aux_topk(
-        self, sel: torch.Tensor, keep: torch.Tensor, k: int, fresh: bool
+        self, sel: torch.Tensor, keep: torch.Tensor, k: int, fresh: bool, masked: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top k per row of ``sel`` among the columns ``keep`` (the others as -inf): cfg.aux_topk "radix" on the
         Triton path (topk_kernel.masked_topk: the mask read by the kernel, no masked copy; on CPU only with
         ``_row_topk_on_cpu``, as row_topk), else a masked copy and torch.topk (``fresh``: ``sel`` is a temporary
-        of the caller and is filled in place)."""
+        of the caller and is filled in place; ``masked``: that masked copy, already made by the main TopK's read)."""
         if self.cfg.aux_topk == "radix" and self.use_triton and (sel.device.type == "cuda" or self._row_topk_on_cpu):
             from sae_rdp_plugin.fast import topk_kernel
 
             if topk_kernel.available(sel.device):
                 return topk_kernel.masked_topk(sel, k, keep)
-        sel = sel.masked_fill_(~keep, -torch.inf) if fresh else sel.masked_fill(~keep, -torch.inf)
-        return sel.topk(k, dim=1, sorted=False)
+        if masked is None:
+            masked = sel.masked_fill_(~keep, -torch.inf) if fresh else sel.masked_fill(~keep, -torch.inf)
+        return masked.topk(k, dim=1, sorted=False)
 
-    def _select(self, pre_s: torch.Tensor) -> _Sparse:
-        """Sparse codes from the rescaled pre-activations pre_s = pre * n (values: relu(pre_s), rescaled)."""
+    def _select(self, pre_s: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[_Sparse, torch.Tensor | None]:
+        """Sparse codes from the rescaled pre-activations pre_s = pre * n (values: relu(pre_s), rescaled), and
+        ``pre_s.masked_fill(~keep, -inf)`` when ``keep`` is given and the row TopK kernel wrote it (else None)."""
         B, d_sae = pre_s.shape
         cfg = self.cfg
         if cfg.kind == "topk":
             k = int(cfg.k)
-            v, i = self._row_topk(pre_s, k)
+            v, i, masked = self._row_topk(pre_s, k, keep)
             offsets = torch.arange(0, B * k, k, device=pre_s.device)
             o2b = torch.arange(B * k, device=pre_s.device) // k
-            return _Sparse(i.reshape(-1), offsets, v.to(self.dtype).relu_().reshape(-1), o2b)
+            return _Sparse(i.reshape(-1), offsets, v.to(self.dtype).relu_().reshape(-1), o2b), masked
         K = int(cfg.k * B)  # BatchTopK: the K largest of relu(pre_s) over the whole batch
         kc = min(d_sae, max(1, int(math.ceil(cfg.batchtopk_candidates * cfg.k))))
+        masked = None
         if kc < d_sae:
-            cv, ci = self._row_topk(pre_s, kc)
+            cv, ci, masked = self._row_topk(pre_s, kc, keep)
             flat = cv.to(self.dtype).relu_().reshape(-1)
             K = min(K, flat.numel())
             tv, tp = flat.topk(K, sorted=False)
@@ -794,7 +807,7 @@ class FastTopKTrainer:
                 order = torch.argsort(tp)
                 tp = tp[order]
                 offsets = torch.cumsum(counts, 0) - counts
-                return _Sparse(ci.reshape(-1)[tp], offsets, tv[order], rows[order])
+                return _Sparse(ci.reshape(-1)[tp], offsets, tv[order], rows[order]), masked
         flat = pre_s.to(self.dtype).relu().reshape(-1)
         tv, tp = flat.topk(min(K, flat.numel()), sorted=False)
         order = torch.argsort(tp)
@@ -802,7 +815,7 @@ class FastTopKTrainer:
         rows = tp // d_sae
         counts = torch.bincount(rows, minlength=B)
         offsets = torch.cumsum(counts, 0) - counts
-        return _Sparse(tp % d_sae, offsets, tv[order], rows)
+        return _Sparse(tp % d_sae, offsets, tv[order], rows), masked
 
     # ------------------------------------------------------------------ the step
     def step(
@@ -1017,7 +1030,7 @@ class FastTopKTrainer:
             pre_s = torch.addmm(b_enc, u, W_encT.t())
             if n is not None:
                 pre_s.mul_(n)
-        sp = self._select(pre_s)
+        sp, masked = self._select(pre_s, self._aux_copy_keep(dead, n_pad))
         vals_s = sp.vals  # relu(pre * n), fp32 (what SAELens calls feature_acts)
         inv_n_sel = (1.0 / n)[sp.idx] if n is not None else None
         a = vals_s * inv_n_sel if n is not None else vals_s
@@ -1039,7 +1052,7 @@ class FastTopKTrainer:
         # ---- dead-latent auxiliary loss (SAELens calculate_topk_aux_loss; gamma^2-weighted if weighted)
         aux = torch.zeros((), device=self.device, dtype=self.dtype)
         if dead is not None:
-            aux, x_enc, x_dec = self._aux_loss(dead, pre_s, n, err, u, g_benc, lowp, Wd, wgrad, n_pad)
+            aux, x_enc, x_dec = self._aux_loss(dead, pre_s, n, err, u, g_benc, lowp, Wd, wgrad, n_pad, masked)
             _add_rows(g_WencT, x_enc)
             _add_rows(g_Wdec, x_dec)
         g_bdec = r.sum(0)
@@ -1107,7 +1120,7 @@ class FastTopKTrainer:
             pre_s = torch.addmm(b_enc, u, W_encT.t())
             if n is not None:
                 pre_s.mul_(n)
-        sp = self._select(pre_s)
+        sp, masked = self._select(pre_s, self._aux_copy_keep(dead, n_pad))
         vals_s = sp.vals
         a = vals_s / n[sp.idx] if n is not None else vals_s
         sp.vals = a
@@ -1129,7 +1142,8 @@ class FastTopKTrainer:
         X_dec = X_enc = None  # the aux loss's weight gradients: dense, or at the compacted columns only (RowsAt)
         if dead is not None:
             wgrad = _weight_grad_csr if cfg.weight_grad_impl == "csr" else _weight_grad
-            aux, X_enc, X_dec = self._aux_loss(dead, pre_s, n, err, u, g_benc, lowp, W_dec, wgrad, n_pad)
+            Wdl = c["Wdec"] if cfg.bf16 else None  # the bf16 decoder the step keeps (no second conversion)
+            aux, X_enc, X_dec = self._aux_loss(dead, pre_s, n, err, u, g_benc, lowp, W_dec, wgrad, n_pad, masked, Wdl)
             if AUX_GRAD_ROWS == "rows":
                 X_enc, X_dec = self._as_rows(X_enc), self._as_rows(X_dec)
         g_bdec = r.sum(0)
@@ -1322,6 +1336,15 @@ class FastTopKTrainer:
         """Width of the aux selection: min(d_in/2, d_sae) (SAELens's k_aux, capped at the latent count)."""
         return min(self.cfg.d_in // 2, self.cfg.d_sae)
 
+    def _aux_copy_keep(self, dead: torch.Tensor | None, n_pad: int | None) -> torch.Tensor | None:
+        """The dead mask, for the main TopK to write the aux selection's masked copy of all d_sae columns from its
+        own read of the pre-activations (AUX_COPY_IN_TOPK, aux_topk "torch", selection not compacted), else None
+        (the aux selection then masks the copy itself, or needs none)."""
+        cfg = self.cfg
+        if dead is None or not AUX_COPY_IN_TOPK or cfg.aux_topk != "torch":
+            return None
+        return dead if n_pad is None or n_pad >= cfg.d_sae else None
+
     def _aux_n_pad_of(self, dead: torch.Tensor) -> int:
         """aux_pad_width for this mask (counts it: a host sync; no hysteresis)."""
         return aux_pad_width(int(dead.sum()), self.cfg.d_sae, self._k_aux(), self.cfg.aux_compact)
@@ -1338,6 +1361,8 @@ class FastTopKTrainer:
         Wd: torch.Tensor,
         wgrad: Callable[..., torch.Tensor],
         n_pad: int | None = None,
+        masked: torch.Tensor | None = None,
+        Wdl: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | RowsAt, torch.Tensor | RowsAt]:
         """SAELens's calculate_topk_aux_loss (gamma^2-weighted if weighted): the top k_aux = min(d_in/2,
         n_dead) dead latents of pre*n per row, their pre-activations (no ReLU) decoding the residual,
@@ -1352,7 +1377,10 @@ class FastTopKTrainer:
 
         ``n_pad`` < d_sae (compacted selection; the caller guarantees n_dead <= n_pad and K <= n_pad, see
         aux_pad_width): the top K runs over n_pad columns only, the dead latents' columns (ascending)
-        followed by live ones masked to -inf; same entries, static shapes."""
+        followed by live ones masked to -inf; same entries, static shapes.
+
+        ``masked`` (not compacted): ``pre_s`` with the live latents at -inf, written by the main TopK
+        (:meth:`_aux_copy_keep`); ``Wdl``: W_dec in lowp, if the caller holds it."""
         cfg = self.cfg
         k_aux_full = cfg.d_in // 2
         k_aux = self._k_aux()
@@ -1366,23 +1394,29 @@ class FastTopKTrainer:
         width = n_pad if compact else cfg.d_sae
         if self._aux_dense(k_aux, width):
             # compacted: the dense products run over the n_pad selected columns only (W_dec rows gathered)
-            A, M = self._aux_dense_selection(pre_s, dead, n, cols, k_aux, lowp)
-            return self._aux_loss_dense(A, M, err, c, u, g_benc, lowp, cols)
-        _, ai, valid, aux_a = self._aux_entries(pre_s, dead, n, cols, k_aux)
+            A, M = self._aux_dense_selection(pre_s, dead, n, cols, k_aux, lowp, masked)
+            return self._aux_loss_dense(A, M, err, c, u, g_benc, lowp, cols, Wdl)
+        _, ai, valid, aux_a = self._aux_entries(pre_s, dead, n, cols, k_aux, masked)
         aux, aux_sp, g_aux_a, g_dec = self._aux_loss_sparse(ai, aux_a, valid, err, c, Wd, wgrad)
         g_benc.index_add_(0, aux_sp.idx, g_aux_a)
         return aux, wgrad(aux_sp, u, g_aux_a, cfg.d_sae), g_dec
 
     def _aux_entries(
-        self, pre_s: torch.Tensor, dead: torch.Tensor, n: torch.Tensor | None, cols: torch.Tensor | None, k_aux: int
+        self,
+        pre_s: torch.Tensor,
+        dead: torch.Tensor,
+        n: torch.Tensor | None,
+        cols: torch.Tensor | None,
+        k_aux: int,
+        masked: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The aux selection as [B, k_aux] entries: (column in the selection ``j``, latent ``ai``, whether it is
         dead ``valid``, its value pre = pre_s / n, zeroed where not ``valid``) from :meth:`_aux_topk` over the
-        columns ``cols`` (compacted) or all d_sae."""
+        columns ``cols`` (compacted) or all d_sae (``masked``: their copy with the live latents at -inf, if made)."""
         compact = cols is not None
         sel, sel_dead = (pre_s.index_select(1, cols), dead[cols]) if compact else (pre_s, dead)
         # not row_topk: its candidate ranking grows as k^2 and measured slower at k_aux (benchmarks/training_speed)
-        av, j = self._aux_topk(sel, sel_dead, k_aux, fresh=compact)
+        av, j = self._aux_topk(sel, sel_dead, k_aux, fresh=compact, masked=None if compact else masked)
         ai = cols[j] if compact else j
         valid = dead[ai]
         av = av.to(self.dtype)
@@ -1519,6 +1553,7 @@ class FastTopKTrainer:
         cols: torch.Tensor | None,
         k_aux: int,
         lowp: torch.dtype,
+        masked: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The aux selection as dense matrices over the selection's columns (``cols``, else all d_sae): ``A``
         [B, width] (lowp) holds pre = pre_s / n at each row's top k_aux dead latents of pre_s and 0 elsewhere,
@@ -1530,7 +1565,7 @@ class FastTopKTrainer:
             from sae_rdp_plugin.fast import topk_kernel
 
             return topk_kernel.topk_mask(pre_s, k_aux, keep=dead, cols=cols, div=n, out_dtype=lowp)
-        j, _, valid, aux_a = self._aux_entries(pre_s, dead, n, cols, k_aux)
+        j, _, valid, aux_a = self._aux_entries(pre_s, dead, n, cols, k_aux, masked)
         B = pre_s.shape[0]
         A = torch.zeros(B, width, device=pre_s.device, dtype=lowp).scatter_(1, j, aux_a.to(lowp))
         M = torch.zeros(B, width, device=pre_s.device, dtype=torch.bool).scatter_(1, j, valid)
@@ -1566,16 +1601,19 @@ class FastTopKTrainer:
         g_benc: torch.Tensor,
         lowp: torch.dtype,
         cols: torch.Tensor | None = None,
+        Wdl: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | RowsAt, torch.Tensor | RowsAt]:
         """SAELens's aux loss the way SAELens computes it (the selection as a dense [B, width] matrix ``A``,
         dense decoder matmul; bf16 under bf16), with the backward as three dense matmuls: e_hat = A W_dec,
         G = M * (r_aux W_dec^T) (dL/dpre at the selected entries ``M``), dW_dec += A^T r_aux,
         dW_enc^T += G^T u, db_enc += column sums of G. ``cols`` (compacted selection): A has one column per
         latent in ``cols``, the products use W_dec[cols] and the weight gradients are given at the rows ``cols``
-        (distinct) only. Accumulates into g_benc; returns (aux loss, dW_enc^T, dW_dec) in lowp, dense
-        [d_sae, d_in] or :class:`RowsAt`."""
+        (distinct) only. ``Wdl``: W_dec in lowp if the caller holds it (else converted here). Accumulates into
+        g_benc; returns (aux loss, dW_enc^T, dW_dec) in lowp, dense [d_sae, d_in] or :class:`RowsAt`."""
         B = err.shape[0]
-        W_dec = self.W_dec if cols is None else self.W_dec.index_select(0, cols)
+        W_dec = self.W_dec if Wdl is None else Wdl
+        if cols is not None:
+            W_dec = W_dec.index_select(0, cols)
         Wdl = W_dec.to(lowp)
         e_hat = (A @ Wdl).to(self.dtype)
         d_aux = e_hat + err  # e_hat - (x - x_hat); the residual is detached in SAELens
@@ -1583,7 +1621,7 @@ class FastTopKTrainer:
         aux = c * (wd_aux * d_aux).sum() / B
         rl = (wd_aux * (2.0 * c / B)).to(lowp)
         gW = A.t() @ rl
-        G = (rl @ Wdl.t()).masked_fill_(~M, 0)  # dL/dpre (pre itself, no ReLU: SAELens's aux acts)
+        G = torch.where(M, rl @ Wdl.t(), 0)  # dL/dpre (pre itself, no ReLU: SAELens's aux acts); one pass, no ~M
         gE = G.t() @ u.to(lowp)
         gb = G.sum(0, dtype=self.dtype)
         if cols is None:

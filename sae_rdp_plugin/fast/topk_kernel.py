@@ -60,7 +60,7 @@ except Exception:  # noqa: BLE001  (ImportError, or a broken install)
 # the same condition as the fused-step kernels: CUDA with Triton, or CPU under Triton's interpreter
 from sae_rdp_plugin.fast.kernels import available  # noqa: E402  (after the optional triton import)
 
-__all__ = ["available", "masked_topk", "row_topk", "topk_mask", "TOPK_MASK_MAX_COLS"]
+__all__ = ["available", "masked_topk", "row_topk", "row_topk_masked_copy", "topk_mask", "TOPK_MASK_MAX_COLS"]
 
 # columns per block (one coalesced 4 KiB load per pass and iteration) and warps per program: the best
 # of a sweep on Hopper (BLOCK x warps in {512..8192} x {2, 4, 8, 16}); fewer, smaller programs won
@@ -168,9 +168,13 @@ if _HAVE_TRITON:
         USE_BOUND: tl.constexpr,
         CAP: tl.constexpr,
         CB: tl.constexpr,
+        KEEP,
+        XM,
+        COPY: tl.constexpr,
     ):
         pid = tl.program_id(0).to(tl.int64)
         row = X + pid * stride_x
+        xmrow = XM + pid * n  # COPY: the masked copy's row (contiguous [B, n])
         vrow = VAL + pid * k
         irow = IDX + pid * k
         srow = SCR + pid * CAP
@@ -196,7 +200,11 @@ if _HAVE_TRITON:
         for c0 in range(0, n, BLOCK):
             cols = c0 + tl.arange(0, BLOCK)
             cm = cols < n
-            key = _keys(tl.load(row + cols, mask=cm, other=0.0), KEY_BITS)
+            v = tl.load(row + cols, mask=cm, other=0.0)
+            key = _keys(v, KEY_BITS)
+            if COPY:  # the row with the columns not kept at -inf, from the same read (no bf16 constant: interpreter)
+                kept = tl.load(KEEP + cols, mask=cm, other=0) != 0
+                tl.store(xmrow + cols, tl.where(kept, v.to(tl.float32), float("-inf")).to(v.dtype), mask=cm)
             cand = (cm & (key >= lo)).to(tl.int32)
             pos = cnt + tl.cumsum(cand, 0) - 1
             tl.store(srow + pos, cols, mask=(cand > 0) & (pos < CAP))
@@ -466,10 +474,36 @@ def row_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     no host synchronisation, so the call can be captured in a CUDA graph. Raises ValueError for a
     tensor that is not 2-D, an unsupported dtype, or ``k`` outside ``1 .. x.shape[1]``.
     """
-    x, vals, idx, keys = _prepare(x, k, "row_topk")
+    vals, idx, _ = _row_topk(x, k, None, "row_topk")
+    return vals, idx
+
+
+def row_topk_masked_copy(
+    x: torch.Tensor, k: int, keep: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`row_topk` of ``x`` and, from the same read of each row, ``x.masked_fill(~keep, -inf)`` (a new
+    contiguous tensor; ``keep``: bool ``[x.shape[1]]``). The fast step's dead-latent aux loss takes its top-k
+    over such a copy (live latents at -inf) of the pre-activations whose top-k this selects: written here, the
+    copy costs one store per element instead of a separate pass that reads the row again (a broadcast
+    ``masked_fill``, one of the aux step's larger kernels)."""
+    if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool or keep.dim() != 1:
+        raise ValueError("row_topk_masked_copy: keep must be a 1-D bool tensor")
+    return _row_topk(x, k, keep, "row_topk_masked_copy")
+
+
+def _row_topk(
+    x: torch.Tensor, k: int, keep: torch.Tensor | None, name: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Launch of :data:`_row_topk_kernel` (with ``keep``: also the masked copy)."""
+    x, vals, idx, keys = _prepare(x, k, name)
     B, n = x.shape
+    xm = None
+    if keep is not None:
+        if keep.shape != (n,) or keep.device != x.device:
+            raise ValueError(f"{name}: keep must have shape ({n},) on {x.device}, got {tuple(keep.shape)}")
+        xm = torch.empty(B, n, device=x.device, dtype=x.dtype)
     if B == 0:
-        return vals, idx
+        return vals, idx, xm
     block = _default_block(x.dtype)
     groups = min(_GROUPS, block)
     cap = max(_CAP, 2 * k)
@@ -487,10 +521,13 @@ def row_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         USE_BOUND=k <= groups,
         CAP=cap,
         CB=_CB,
+        KEEP=keep.contiguous().view(torch.uint8) if keep is not None else scratch,  # (unused pointer: no copy)
+        XM=xm if xm is not None else x,
+        COPY=keep is not None,
         num_warps=_NUM_WARPS,
         **keys,
     )
-    return vals, idx
+    return vals, idx, xm
 
 
 #: the widest row :func:`topk_mask` holds in registers (one program per row)

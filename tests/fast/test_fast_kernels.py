@@ -447,6 +447,53 @@ def test_row_topk_in_the_triton_step(monkeypatch):
         assert _rel(a, b) < 1e-6
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_aux_masked_copy_from_the_main_topk(monkeypatch, bf16):
+    """With most latents dead the aux selection runs over all d_sae columns, and the main TopK's row_topk writes its
+    masked copy (step.AUX_COPY_IN_TOPK): the same loss and gradients as the separate masked_fill, exactly, and the
+    kernel ran. Under bf16 the aux products take the step's bf16 decoder copy (the one the main path gathers), which
+    the fused Adam writes: after two steps with the aux loss it is W_dec in bf16."""
+    from sae_rdp_plugin.fast import step as fs
+    from sae_rdp_plugin.fast import topk_kernel
+
+    monkeypatch.setattr(topk_kernel, "_BLOCK_32", 64)
+    monkeypatch.setattr(topk_kernel, "_BLOCK_16", 64)
+    monkeypatch.setattr(topk_kernel, "_GROUPS", 16)
+    monkeypatch.setattr(topk_kernel, "_CB", 16)
+    monkeypatch.setattr(topk_kernel, "_CAP", 32)
+    calls = []
+    orig = topk_kernel.row_topk_masked_copy
+    monkeypatch.setattr(topk_kernel, "row_topk_masked_copy", lambda x, k, keep: calls.append(k) or orig(x, k, keep))
+    sae = _make("topk", True, "float32", seed=3)
+    torch.manual_seed(4)
+    x = torch.randn(16, D_IN, device=DEV) * 2
+    dead = torch.zeros(D_SAE, dtype=torch.bool, device=DEV)
+    dead[torch.randperm(D_SAE)[: D_SAE - 5]] = True  # 43 of 48 dead: more than the 3/4 bucket, all columns
+    out = []
+    for on in (False, True):
+        monkeypatch.setattr(fs, "AUX_COPY_IN_TOPK", on)
+        tr = FastTopKTrainer.from_training_sae(sae, kernels="triton", device=DEV, bf16=bf16)
+        tr._row_topk_on_cpu = True
+        assert tr._aux_n_pad_of(dead) == D_SAE
+        losses, grads = tr.triton_loss_and_grads(x, dead)
+        assert float(losses["auxiliary_reconstruction_loss"]) > 0
+        out.append((losses, grads))
+        assert len(calls) == int(on)
+    for key in ("mse_loss", "auxiliary_reconstruction_loss"):
+        assert torch.equal(out[0][0][key], out[1][0][key]), key
+    for a, b in zip(out[0][1], out[1][1]):
+        assert torch.equal(a, b)
+    if bf16:
+        for _ in range(2):
+            tr.step(x, dead=dead)
+        c = tr._lowp_weights()
+        assert c["key"] == tr._cache_key()  # the copy the fused Adam wrote, not a fresh conversion
+        if DEV == "cuda":  # Triton rounds to nearest even on the GPU, as torch does
+            assert torch.equal(c["Wdec"], tr.W_dec.to(torch.bfloat16))
+        else:  # Triton's CPU interpreter truncates: less than one bf16 step (2^-7 relative) from W_dec
+            assert bool(((c["Wdec"].float() - tr.W_dec).abs() <= tr.W_dec.abs() * 2**-7).all())
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("bf16", [False, True])
 def test_cuda_graph_with_dead_latents_equals_eager(bf16):

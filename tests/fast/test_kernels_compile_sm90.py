@@ -43,10 +43,12 @@ CHILD = textwrap.dedent(
             sig = {**base, "MASK": "*u8", "n": "i32", "k": "i32", "HAS_MASK": "constexpr"}
             sig |= {c: "constexpr" for c in digits}
             assert build(tk._radix_topk_kernel, sig, {"HAS_MASK": has_mask, **digits}, 4).asm["cubin"]
-        sig = {**base, "SCR": "*i32", "n": "i32", "k": "i32"}
-        extra = {"G": 256, "USE_BOUND": True, "CAP": 1024, "CB": 128}
-        sig |= {c: "constexpr" for c in [*digits, *extra]}
-        assert build(tk._row_topk_kernel, sig, {**digits, **extra}, 2).asm["cubin"]
+        for copy, keep in ((False, "*i32"), (True, "*u8")):  # without / with the masked copy (row_topk_masked_copy)
+            sig = {**base, "SCR": "*i32", "n": "i32", "k": "i32"}
+            extra = {"G": 256, "USE_BOUND": True, "CAP": 1024, "CB": 128}
+            sig |= {c: "constexpr" for c in [*digits, *extra]}
+            sig |= {"KEEP": keep, "XM": f"*{dt}", "COPY": "constexpr"}
+            assert build(tk._row_topk_kernel, sig, {**digits, **extra, "COPY": copy}, 2).asm["cubin"]
     print("compiled")
     """
 )

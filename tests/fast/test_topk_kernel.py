@@ -124,6 +124,50 @@ def test_row_topk_rejects_bad_input(x, k, msg):
         tk.row_topk(x, k)
 
 
+def _check_masked_copy(x: torch.Tensor, k: int, keep: torch.Tensor) -> None:
+    """row_topk_masked_copy: the top-k as row_topk checks it, and the copy equal to x.masked_fill(~keep, -inf)."""
+    x, keep = x.to(DEV), keep.to(DEV)
+    v, i, xm = tk.row_topk_masked_copy(x, k, keep)
+    _check(x, k)
+    rv, ri = tk.row_topk(x, k)
+    assert torch.equal(v, rv) and torch.equal(i, ri), "top-k differs from row_topk's"
+    assert xm.dtype == x.dtype and xm.shape == x.shape and xm.is_contiguous()
+    assert torch.equal(xm, x.masked_fill(~keep, -torch.inf)), "masked copy differs from masked_fill"
+
+
+@pytest.mark.parametrize(
+    "dtype,kind,kept",
+    [
+        (torch.bfloat16, "randn", 0.15),
+        (torch.float32, "integers", 0.15),
+        (torch.float16, "zeros", 0.0),
+        (torch.bfloat16, "integers", 1.0),
+    ],
+)
+def test_row_topk_masked_copy(config, dtype, kind, kept):
+    """The masked copy comes from the same read as the top-k, on the bound path and the radix fallback (the
+    "fallback" config: the copy is written before the branch); rows of several blocks, a strided input."""
+    x = _rows(kind, (4, 300), seed=7).to(dtype)
+    keep = torch.rand(400, generator=torch.Generator().manual_seed(8)) < kept
+    _check_masked_copy(x, 9, keep[:300].clone())
+    base = _rows(kind, (6, 500), seed=9).to(dtype)
+    _check_masked_copy(base[::2, 50:450], 5, keep)  # row stride 1000, 400 columns
+
+
+def test_row_topk_masked_copy_default_blocks_and_bad_keep():
+    x = torch.randn(3, 1000).to(torch.bfloat16)
+    _check_masked_copy(x, 40, torch.rand(1000, generator=torch.Generator().manual_seed(2)) < 0.2)
+    v, i, xm = tk.row_topk_masked_copy(torch.empty(0, 50, device=DEV), 5, torch.ones(50, dtype=torch.bool, device=DEV))
+    assert v.shape == (0, 5) and xm.shape == (0, 50)
+    for keep, msg in (
+        (torch.ones(999, dtype=torch.bool), "shape"),
+        (torch.ones(1000), "bool"),
+        (torch.ones(2, 500, dtype=torch.bool), "1-D"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            tk.row_topk_masked_copy(x.to(DEV), 40, keep.to(DEV))
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     rows=st.integers(1, 3),

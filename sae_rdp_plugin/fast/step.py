@@ -321,7 +321,8 @@ class FastTopKConfig:
     # benchmarks/training_speed/aux_radix and nothing end to end) or "mask" (the dense aux products only, on the
     # Triton path with at most topk_kernel.TOPK_MASK_MAX_COLS selection columns: topk_kernel.topk_mask writes
     # the dense selection in one pass, the k_aux-th value found by bisection over the row held in registers,
-    # no indices, no scatter or gather; else as "torch")
+    # no indices, no scatter or gather; else as "torch"); "auto": "mask" where the selection runs over all d_sae
+    # columns (more than 3/4 of the latents dead, or aux_compact "off") and "torch" over compacted columns
     aux_topk: str = "torch"
     # how the step learns the dead-latent count that picks its graph (with or without the aux loss) and the aux
     # selection's padded width, when it keeps its own dead-latent counters (``step(x)``): "sync" counts the
@@ -369,8 +370,8 @@ class FastTopKConfig:
             raise SaeRdpError(f"fast step: aux_impl must be auto, dense or sparse, got {self.aux_impl!r}")
         if self.aux_compact not in ("auto", "off"):
             raise SaeRdpError(f"fast step: aux_compact must be auto or off, got {self.aux_compact!r}")
-        if self.aux_topk not in ("torch", "radix", "mask"):
-            raise SaeRdpError(f"fast step: aux_topk must be torch, radix or mask, got {self.aux_topk!r}")
+        if self.aux_topk not in ("torch", "radix", "mask", "auto"):
+            raise SaeRdpError(f"fast step: aux_topk must be torch, radix, mask or auto, got {self.aux_topk!r}")
         if self.dead_count not in ("sync", "lagged"):
             raise SaeRdpError(f"fast step: dead_count must be sync or lagged, got {self.dead_count!r}")
         if self.warm_aux not in ("auto", "on", "off"):
@@ -1338,12 +1339,17 @@ class FastTopKTrainer:
 
     def _aux_copy_keep(self, dead: torch.Tensor | None, n_pad: int | None) -> torch.Tensor | None:
         """The dead mask, for the main TopK to write the aux selection's masked copy of all d_sae columns from its
-        own read of the pre-activations (AUX_COPY_IN_TOPK, aux_topk "torch", selection not compacted), else None
-        (the aux selection then masks the copy itself, or needs none)."""
+        own read of the pre-activations (AUX_COPY_IN_TOPK; the selection not compacted and taken by torch.topk, not
+        by the radix or topk_mask kernels, which read pre_s with the mask themselves), else None."""
         cfg = self.cfg
-        if dead is None or not AUX_COPY_IN_TOPK or cfg.aux_topk != "torch":
+        if dead is None or not AUX_COPY_IN_TOPK or cfg.aux_topk == "radix":
             return None
-        return dead if n_pad is None or n_pad >= cfg.d_sae else None
+        if n_pad is not None and n_pad < cfg.d_sae:
+            return None
+        lowp = torch.bfloat16 if cfg.bf16 else self.dtype
+        if self._aux_dense(self._k_aux(), cfg.d_sae) and self._aux_mask_kernel_applies(cfg.d_sae, lowp, self.device):
+            return None  # topk_kernel.topk_mask selects from pre_s itself
+        return dead
 
     def _aux_n_pad_of(self, dead: torch.Tensor) -> int:
         """aux_pad_width for this mask (counts it: a host sync; no hysteresis)."""
@@ -1424,10 +1430,11 @@ class FastTopKTrainer:
         return j, ai, valid, aux_a
 
     def _aux_mask_kernel_applies(self, width: int, lowp: torch.dtype, device: torch.device) -> bool:
-        """Whether the dense aux selection runs as topk_kernel.topk_mask (cfg.aux_topk "mask", the Triton path,
-        a row of at most TOPK_MASK_MAX_COLS columns, fp32 or bf16 products; on CPU only with ``_row_topk_on_cpu``,
-        as row_topk)."""
-        if self.cfg.aux_topk != "mask" or not self.use_triton:
+        """Whether the dense aux selection runs as topk_kernel.topk_mask (cfg.aux_topk "mask", or "auto" at width
+        d_sae; the Triton path, a row of at most TOPK_MASK_MAX_COLS columns, fp32 or bf16 products; on CPU only with
+        ``_row_topk_on_cpu``, as row_topk)."""
+        mode = self.cfg.aux_topk
+        if not self.use_triton or not (mode == "mask" or (mode == "auto" and width >= self.cfg.d_sae)):
             return False
         if device.type != "cuda" and not self._row_topk_on_cpu:
             return False

@@ -561,6 +561,38 @@ def test_triton_step_kernel_aux_topk_equals_torch(impl, flags, compact, n_dead, 
         assert _rel(gx, gy) < tol
 
 
+def test_aux_topk_auto_runs_topk_mask_over_all_columns_only(monkeypatch):
+    """aux_topk="auto": topk_kernel.topk_mask where the selection runs over all d_sae columns (more than 3/4 of the
+    latents dead), torch.topk over compacted columns (no kernel call); the same loss and gradients as "torch"."""
+    from sae_rdp_plugin.fast import kernels as fk
+    from sae_rdp_plugin.fast import topk_kernel
+
+    if not fk.available("cpu"):
+        pytest.skip("Triton kernels unavailable (no TRITON_INTERPRET)")
+    monkeypatch.setattr(topk_kernel, "_BLOCK_32", 64)
+    calls = []
+    orig = topk_kernel.topk_mask
+    monkeypatch.setattr(topk_kernel, "topk_mask", lambda x, k, keep, **kw: calls.append(k) or orig(x, k, keep, **kw))
+    B, d_in, d_sae, k = 16, 32, 128, 4
+    p = _params(d_in, d_sae, 35, torch.float32)
+    x = torch.randn(B, d_in, generator=torch.Generator().manual_seed(36))
+    for n_dead, runs in ((110, 1), (40, 0)):  # all 128 columns / the compacted d_sae/2 bucket
+        dead = _dead(d_sae, n_dead, 37)
+        out = []
+        for topk in ("torch", "auto"):
+            tr = _trainer(p, d_in, d_sae, k, torch.float32, kernels="triton", aux_topk=topk, aux_impl="dense")
+            tr._row_topk_on_cpu = True
+            assert (tr._aux_n_pad_of(dead) == d_sae) == bool(runs)
+            out.append(tr.triton_loss_and_grads(x, dead))
+        assert len(calls) == runs
+        calls.clear()
+        (la, ga), (lb, gb) = out
+        assert float(lb["auxiliary_reconstruction_loss"]) > 0
+        assert float(la["loss"]) == pytest.approx(float(lb["loss"]), rel=1e-6)
+        for gx, gy in zip(ga, gb):
+            assert _rel(gx, gy) < 1e-6
+
+
 def test_aux_topk_is_validated():
     with pytest.raises(SaeRdpError, match="aux_topk"):
         FastTopKConfig(d_in=8, d_sae=16, k=2, aux_topk="bitonic")

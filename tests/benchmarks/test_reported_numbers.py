@@ -2104,3 +2104,79 @@ def test_table2_smollm2_fourth_session_of_2026_12_07_quoted():
         ],
         _flat("experiments/table2/recipe.json"),
     )
+
+
+def test_aux_copy_run_of_2026_12_07_quoted():
+    """benchmarks/training_speed/README.md's paragraph on the aux selection's masked copy written by row_topk quotes
+    aux_copy/'s JSON and its two profiles (the masked_fill's and G's kernels before and after)."""
+    rel = "benchmarks/training_speed/aux_copy/training_speed.json"
+    ms = _step_ms(rel)
+    h, c, f = "768x16384_k32_heavy", "640x16384_k32", "fast_weighted_topk+aux"
+
+    def cmp(cfg: str, a: str, b: str) -> str:
+        return f"{ms[cfg, a]:.2f} against {ms[cfg, b]:.2f} ms ({ms[cfg, b] / ms[cfg, a]:.2f}x)"
+
+    sl, sl6 = ms[h, "saelens_weighted_topk+aux"], ms[c, "saelens_weighted_topk+aux"]
+    d85, m85, k85 = f + "[dead0.85]", f + "[maskfill,dead0.85]", f + "[mask,dead0.85]"
+    assert sl / ms[h, m85] < 3 <= sl / ms[h, d85]  # "met at the anchor in this run", not with the separate copy
+    assert ms[h, k85] < ms[h, d85] and ms[c, k85] < ms[c, d85]  # "faster still in this call"
+
+    def kernels(name: str) -> tuple[float, dict[str, float]]:
+        runs = json.loads((ROOT / "benchmarks/training_speed/aux_copy" / name).read_text())["runs"]
+        run = runs["fast_weighted_topk@768x16384k32_heavy_dead0.85"]
+        by = {}
+        for r in run["kernels"]:  # names cut at 110 characters: kernels of one name prefix summed
+            key = next((t for t in KERNELS if r["name"].startswith(t)), r["name"])
+            by[key] = by.get(key, 0.0) + r["ms_per_step"]
+        return run["total_kernel_ms_per_step"], by
+
+    KERNELS = (
+        "void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<at::native::(anonymous",
+        "void at::native::vectorized_elementwise_kernel<8, at::native::(anonymous namespace)::masked_fill_kernel",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::bitwise_not_kernel_cuda",
+    )
+    nocast, mfill, bnot = KERNELS
+    tot0, k0 = kernels("profile_before.json")
+    tot1, k1 = kernels("profile_after.json")
+    assert mfill not in k1 and bnot not in k1 and "memcpy128" not in k1
+    _assert_quoted(
+        [
+            f"at {k0[nocast]:.3f} ms of {tot0:.2f} ms of kernels per step",
+            f"at the anchor, 85% dead: {cmp(h, d85, m85)} with the copy written by `row_topk`;",
+            f"at (640, 16384, k32), 85% dead: {cmp(c, d85, m85)};",
+            f"(`nocompact`): {cmp(h, f + '[nocompact]', f + '[maskfill,nocompact]')} at the anchor, "
+            f"{cmp(c, f + '[nocompact]', f + '[maskfill,nocompact]')} at (640, 16384, k32);",
+            f"({sl:.2f} ms at the anchor, {sl6:.2f} ms at (640, 16384, k32) in this call): "
+            f"{sl / ms[h, d85]:.2f}x at the anchor with 85% dead ({sl / ms[h, m85]:.2f}x with the separate copy), "
+            f"{sl6 / ms[c, d85]:.2f}x at (640, 16384, k32) ({sl6 / ms[c, m85]:.2f}x)",
+            f"{ms[h, k85]:.2f} ms at the anchor ({sl / ms[h, k85]:.2f}x SAELens's) and {ms[c, k85]:.2f} ms at "
+            f"(640, 16384, k32), against {ms[h, d85]:.2f} and {ms[c, d85]:.2f} ms by default",
+            f"`row_topk` {k0['_row_topk_kernel']:.3f} -> {k1['_row_topk_kernel']:.3f} ms with the copy's stores and "
+            f"the `masked_fill` gone (with it the `memcpy128` kernels, {k0['memcpy128']:.3f} ms, and the "
+            f"`bitwise_not` ones, {k0[bnot]:.3f} ms; kernels {tot0:.2f} -> {tot1:.2f} ms per step), but a "
+            f"`torch.where` of {k1[nocast]:.3f} ms in place of the {k0[mfill]:.3f} ms `masked_fill_`",
+        ],
+        _flat("benchmarks/training_speed/README.md"),
+    )
+
+
+def test_e2e_three_hooks_noaux_run_of_2026_12_07_quoted():
+    """benchmarks/e2e/README.md's section on three hooks with and without the aux loss quotes its run's JSON."""
+    d = json.loads((ROOT / "benchmarks/e2e/runs/2026-12-07-h100-3hooks-noaux/latest.json").read_text())
+    r = {x["row"]: x for x in d["rows"]}
+    a, b = r["ours_3hooks_streams"], r["ours_3hooks_streams_noaux"]
+    assert a["tokens_per_s"] < 6e5 <= b["tokens_per_s"]
+    assert d["summary"]["targets_met"]["three_hooks_0p6M_noaux"] and not d["summary"]["targets_met"]["three_hooks_0p6M"]
+    widths = {w for s in a["saes"] for w in s["aux_widths_in_order"] if w}
+    assert min(widths) == 2048 and max(widths) == 8192 < d["settings"]["d_sae"]
+    fv = lambda x: "/".join(f"{v:.4f}" for v in x["heldout_fvu"])  # noqa: E731
+    _assert_quoted(
+        [
+            f"With the aux loss (SAELens's objective): {a['tokens_per_s']:,.0f} input tokens/s: the 0.6M target is "
+            f"missed ({a['tokens_per_s'] / 6e5:.2f} of it;",
+            f"{b['tokens_per_s']:,.0f} tokens/s, the target met ({b['tokens_per_s'] / 6e5:.2f}x it); the aux loss "
+            f"costs the three SAEs {b['tokens_per_s'] / a['tokens_per_s']:.2f}x",
+            f"per hook 2/4/6: {fv(a)} with the aux loss, {fv(b)} without",
+        ],
+        _flat("benchmarks/e2e/README.md"),
+    )

@@ -2160,6 +2160,19 @@ def test_aux_copy_run_of_2026_12_07_quoted():
     )
 
 
+def test_fast_training_doc_quotes_the_aux_copy_range():
+    """docs/fast_training.md's range for the masked copy written by row_topk: the four same-run ratios of aux_copy/
+    (85% dead and half dead over all columns, at both shapes)."""
+    ms = _step_ms("benchmarks/training_speed/aux_copy/training_speed.json")
+    f = "fast_weighted_topk+aux"
+    ratios = [
+        ms[c, f"{f}[maskfill,{t}]"] / ms[c, f"{f}[{t}]"]
+        for c in ("768x16384_k32_heavy", "640x16384_k32")
+        for t in ("dead0.85", "nocompact")
+    ]
+    _assert_quoted([f"all columns {_rng(ratios, '.2f')}x faster at two shapes"], _flat("docs/fast_training.md"))
+
+
 def test_e2e_three_hooks_noaux_run_of_2026_12_07_quoted():
     """benchmarks/e2e/README.md's section on three hooks with and without the aux loss quotes its run's JSON."""
     d = json.loads((ROOT / "benchmarks/e2e/runs/2026-12-07-h100-3hooks-noaux/latest.json").read_text())

@@ -856,18 +856,24 @@ def bench_impls(rows, cfg_key, d_in, d_sae, k, B, xs, gamma, dev, args, gemm_rat
                     )
                 )
         # the aux selection's masked copy over all d_sae columns by a separate broadcast masked_fill
-        # (step.AUX_COPY_IN_TOPK False, the step before 2026-12-07) against the default rows, where the main TopK's
-        # row_topk writes it from its own read: at 85% dead, and with half dead over all columns (nocompact)
-        for tag, kw in (("maskfill,dead0.85", {"dead_frac": 0.85}), ("maskfill,nocompact", {"dead_frac": 0.5})):
+        # (step.AUX_COPY_IN_TOPK "off", the step before 2026-12-07) against the default rows, where the main TopK's
+        # row_topk writes it from its own read: at 85% dead, and with half dead over all columns (nocompact); and the
+        # compacted selection's gather written there too ("all") against its index_select + masked_fill (default)
+        for tag, mode, kw in (
+            ("maskfill,dead0.85", "off", {"dead_frac": 0.85, "aux_compact": "off"}),
+            ("maskfill,nocompact", "off", {"dead_frac": 0.5, "aux_compact": "off"}),
+            ("copyall", "all", {"dead_frac": 0.5}),
+            ("copyall,dead0.2", "all", {"dead_frac": 0.2}),
+        ):
             impls.append(
                 (
                     f"fast_weighted_topk+aux[{tag}]",
                     "sparse",
-                    lambda kw=kw: with_setting(
+                    lambda mode=mode, kw=kw: with_setting(
                         fstep,
                         "AUX_COPY_IN_TOPK",
-                        False,
-                        build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, aux_compact="off", **kw),
+                        mode,
+                        build_fast("weighted_topk", d_in, d_sae, k, bf16, dev, xs, gamma, **kw),
                     ),
                 )
             )

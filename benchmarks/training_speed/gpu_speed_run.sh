@@ -25,7 +25,7 @@ if [ "${TESTS:-all}" = det ]; then  # TESTS=det: the deterministic mode's and th
 elif [ "${TESTS:-all}" = aux ]; then  # TESTS=aux: only the aux-loss kernel and step tests (a short call)
   $PT -m gpu tests/fast/test_aux_compact.py >> "$OUT/pytest.txt" 2>&1
   $PT tests/fast/test_topk_mask.py >> "$OUT/pytest.txt" 2>&1
-  $PT -m "gpu or not gpu" tests/fast/test_fast_kernels.py -k "hot or row_topk_in or rows_at or sparse_grad or masked_copy" >> "$OUT/pytest.txt" 2>&1
+  $PT -m "gpu or not gpu" tests/fast/test_fast_kernels.py -k "hot or row_topk_in or rows_at or sparse_grad or masked_copy or compacted_copy" >> "$OUT/pytest.txt" 2>&1
   $PT tests/fast/test_topk_kernel.py -k masked_copy >> "$OUT/pytest.txt" 2>&1
 else
   $PT -m "gpu or not gpu" tests/fast/test_fast_kernels.py >> "$OUT/pytest.txt" 2>&1

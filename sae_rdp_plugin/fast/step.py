@@ -66,7 +66,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -99,10 +99,12 @@ def fast_architecture_of(architecture: str) -> str | None:
 #: 2026-12-04, kept for benchmarks/training_speed's side-by-side rows)
 AUX_GRAD_ROWS = "rows"
 
-#: the aux selection over all d_sae columns with aux_topk "torch" takes its top-k over a copy of the pre-activations
-#: with the live latents at -inf: True writes that copy inside the main TopK's row_topk read
-#: (topk_kernel.row_topk_masked_copy), False by a separate broadcast masked_fill (kept for side-by-side benchmarks)
-AUX_COPY_IN_TOPK = True
+#: the aux selection's top-k by torch.topk runs over a copy of the pre-activations with the live latents at -inf (over
+#: the compacted columns: their gather): "full" writes that copy inside the main TopK's row_topk read
+#: (topk_kernel.row_topk_masked_copy) when the selection runs over all d_sae columns, "all" also writes the compacted
+#: selection's gather there (not yet measured on a GPU), "off" makes it by a separate index_select / masked_fill (the
+#: step before 2026-12-07, kept for side-by-side benchmarks)
+AUX_COPY_IN_TOPK = "full"
 
 #: fractions of d_sae that are the padded widths of the compacted aux-loss selection (see aux_pad_width)
 #: (no 7/8: at 85% dead it measured no faster than all d_sae columns, benchmarks/training_speed/aux_heavy78/)
@@ -394,6 +396,16 @@ class _Captured:
     sparse: Any
     vals_s: torch.Tensor
     n_pad: int | None = None
+
+
+class _CopyPlan(NamedTuple):
+    """The aux selection's masked copy the main TopK writes (:meth:`FastTopKTrainer._aux_copy_plan`): ``keep`` (the
+    dead mask), ``pos`` (int32 [d_sae]: each latent's column in the compacted selection, -1 if none; None over all
+    columns) and the copy's ``width``."""
+
+    keep: torch.Tensor
+    pos: torch.Tensor | None
+    width: int
 
 
 class _Sparse:
@@ -738,15 +750,15 @@ class FastTopKTrainer:
 
     # ------------------------------------------------------------------ selection
     def _row_topk(
-        self, pre_s: torch.Tensor, k: int, keep: torch.Tensor | None = None
+        self, pre_s: torch.Tensor, k: int, copy: _CopyPlan | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Per-row top k (unsorted): the Triton kernel sae_rdp_plugin.fast.topk_kernel.row_topk on the Triton
         path (faster than torch.topk: benchmarks/training_speed; exact, same values; ties may pick other
         columns) when cfg.row_topk, k <= 256 (its lower bound needs k <= 256 column groups) and on CUDA
         (under Triton's CPU interpreter it is far too slow for whole steps; tests/fast/test_topk_kernel.py
         checks it there on its own, and tests/fast/test_fast_kernels.py::test_row_topk_in_the_triton_step in
-        one step), else torch.topk. ``keep`` (bool [d_sae]): also return ``pre_s.masked_fill(~keep, -inf)`` when
-        row_topk writes it from the same read (:func:`topk_kernel.row_topk_masked_copy`), else None."""
+        one step), else torch.topk. ``copy`` (:meth:`_aux_copy_plan`): also return the aux selection's masked copy
+        when row_topk writes it from the same read (:func:`topk_kernel.row_topk_masked_copy`), else None."""
         if (
             self.use_triton
             and self.cfg.row_topk
@@ -756,8 +768,8 @@ class FastTopKTrainer:
             from sae_rdp_plugin.fast import topk_kernel
 
             if topk_kernel.available(pre_s.device):
-                if keep is not None:
-                    return topk_kernel.row_topk_masked_copy(pre_s, k, keep)
+                if copy is not None:
+                    return topk_kernel.row_topk_masked_copy(pre_s, k, copy.keep, pos=copy.pos, width=copy.width)
                 return (*topk_kernel.row_topk(pre_s, k), None)
         return (*pre_s.topk(k, dim=1, sorted=False), None)
 
@@ -765,7 +777,7 @@ class FastTopKTrainer:
     _row_topk_on_cpu = False
 
     def _aux_topk(
-        self, sel: torch.Tensor, keep: torch.Tensor, k: int, fresh: bool, masked: torch.Tensor | None = None
+        self, sel: torch.Tensor, keep: torch.Tensor | None, k: int, fresh: bool, masked: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top k per row of ``sel`` among the columns ``keep`` (the others as -inf): cfg.aux_topk "radix" on the
         Triton path (topk_kernel.masked_topk: the mask read by the kernel, no masked copy; on CPU only with
@@ -780,14 +792,14 @@ class FastTopKTrainer:
             masked = sel.masked_fill_(~keep, -torch.inf) if fresh else sel.masked_fill(~keep, -torch.inf)
         return masked.topk(k, dim=1, sorted=False)
 
-    def _select(self, pre_s: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[_Sparse, torch.Tensor | None]:
-        """Sparse codes from the rescaled pre-activations pre_s = pre * n (values: relu(pre_s), rescaled), and
-        ``pre_s.masked_fill(~keep, -inf)`` when ``keep`` is given and the row TopK kernel wrote it (else None)."""
+    def _select(self, pre_s: torch.Tensor, copy: _CopyPlan | None = None) -> tuple[_Sparse, torch.Tensor | None]:
+        """Sparse codes from the rescaled pre-activations pre_s = pre * n (values: relu(pre_s), rescaled), and the
+        aux selection's masked copy ``copy`` asks for when the row TopK kernel wrote it (else None)."""
         B, d_sae = pre_s.shape
         cfg = self.cfg
         if cfg.kind == "topk":
             k = int(cfg.k)
-            v, i, masked = self._row_topk(pre_s, k, keep)
+            v, i, masked = self._row_topk(pre_s, k, copy)
             offsets = torch.arange(0, B * k, k, device=pre_s.device)
             o2b = torch.arange(B * k, device=pre_s.device) // k
             return _Sparse(i.reshape(-1), offsets, v.to(self.dtype).relu_().reshape(-1), o2b), masked
@@ -795,7 +807,7 @@ class FastTopKTrainer:
         kc = min(d_sae, max(1, int(math.ceil(cfg.batchtopk_candidates * cfg.k))))
         masked = None
         if kc < d_sae:
-            cv, ci, masked = self._row_topk(pre_s, kc, keep)
+            cv, ci, masked = self._row_topk(pre_s, kc, copy)
             flat = cv.to(self.dtype).relu_().reshape(-1)
             K = min(K, flat.numel())
             tv, tp = flat.topk(K, sorted=False)
@@ -1031,7 +1043,8 @@ class FastTopKTrainer:
             pre_s = torch.addmm(b_enc, u, W_encT.t())
             if n is not None:
                 pre_s.mul_(n)
-        sp, masked = self._select(pre_s, self._aux_copy_keep(dead, n_pad))
+        cols = self._aux_cols(dead, n_pad)
+        sp, masked = self._select(pre_s, self._aux_copy_plan(dead, n_pad, cols))
         vals_s = sp.vals  # relu(pre * n), fp32 (what SAELens calls feature_acts)
         inv_n_sel = (1.0 / n)[sp.idx] if n is not None else None
         a = vals_s * inv_n_sel if n is not None else vals_s
@@ -1053,7 +1066,9 @@ class FastTopKTrainer:
         # ---- dead-latent auxiliary loss (SAELens calculate_topk_aux_loss; gamma^2-weighted if weighted)
         aux = torch.zeros((), device=self.device, dtype=self.dtype)
         if dead is not None:
-            aux, x_enc, x_dec = self._aux_loss(dead, pre_s, n, err, u, g_benc, lowp, Wd, wgrad, n_pad, masked)
+            aux, x_enc, x_dec = self._aux_loss(
+                dead, pre_s, n, err, u, g_benc, lowp, Wd, wgrad, n_pad, masked, cols=cols
+            )
             _add_rows(g_WencT, x_enc)
             _add_rows(g_Wdec, x_dec)
         g_bdec = r.sum(0)
@@ -1121,7 +1136,8 @@ class FastTopKTrainer:
             pre_s = torch.addmm(b_enc, u, W_encT.t())
             if n is not None:
                 pre_s.mul_(n)
-        sp, masked = self._select(pre_s, self._aux_copy_keep(dead, n_pad))
+        cols = self._aux_cols(dead, n_pad)
+        sp, masked = self._select(pre_s, self._aux_copy_plan(dead, n_pad, cols))
         vals_s = sp.vals
         a = vals_s / n[sp.idx] if n is not None else vals_s
         sp.vals = a
@@ -1144,7 +1160,9 @@ class FastTopKTrainer:
         if dead is not None:
             wgrad = _weight_grad_csr if cfg.weight_grad_impl == "csr" else _weight_grad
             Wdl = c["Wdec"] if cfg.bf16 else None  # the bf16 decoder the step keeps (no second conversion)
-            aux, X_enc, X_dec = self._aux_loss(dead, pre_s, n, err, u, g_benc, lowp, W_dec, wgrad, n_pad, masked, Wdl)
+            aux, X_enc, X_dec = self._aux_loss(
+                dead, pre_s, n, err, u, g_benc, lowp, W_dec, wgrad, n_pad, masked, Wdl, cols=cols
+            )
             if AUX_GRAD_ROWS == "rows":
                 X_enc, X_dec = self._as_rows(X_enc), self._as_rows(X_dec)
         g_bdec = r.sum(0)
@@ -1337,19 +1355,35 @@ class FastTopKTrainer:
         """Width of the aux selection: min(d_in/2, d_sae) (SAELens's k_aux, capped at the latent count)."""
         return min(self.cfg.d_in // 2, self.cfg.d_sae)
 
-    def _aux_copy_keep(self, dead: torch.Tensor | None, n_pad: int | None) -> torch.Tensor | None:
-        """The dead mask, for the main TopK to write the aux selection's masked copy of all d_sae columns from its
-        own read of the pre-activations (AUX_COPY_IN_TOPK; the selection not compacted and taken by torch.topk, not
-        by the radix or topk_mask kernels, which read pre_s with the mask themselves), else None."""
+    def _aux_cols(self, dead: torch.Tensor | None, n_pad: int | None) -> torch.Tensor | None:
+        """The compacted aux selection's columns (n_pad < d_sae): the latent of each, the dead ones first (ascending),
+        then live ones as padding; None over all d_sae columns or without the aux loss."""
+        if dead is None or n_pad is None or n_pad >= self.cfg.d_sae:
+            return None
+        # a stable sort of one byte per latent: one radix pass on CUDA, no sync
+        return torch.argsort((~dead).to(torch.int8), stable=True)[:n_pad]
+
+    def _aux_copy_plan(
+        self, dead: torch.Tensor | None, n_pad: int | None, cols: torch.Tensor | None
+    ) -> _CopyPlan | None:
+        """What the main TopK should write of the aux selection (AUX_COPY_IN_TOPK): over all d_sae columns
+        pre_s.masked_fill(~dead, -inf), over the compacted ``cols`` ("all" only) its gather at those columns; None
+        when the selection is not a torch.topk over such a copy (the radix and topk_mask kernels read pre_s with the
+        mask themselves) or the switch is off."""
         cfg = self.cfg
-        if dead is None or not AUX_COPY_IN_TOPK or cfg.aux_topk == "radix":
+        if dead is None or AUX_COPY_IN_TOPK == "off" or cfg.aux_topk == "radix":
             return None
-        if n_pad is not None and n_pad < cfg.d_sae:
+        if cols is not None and AUX_COPY_IN_TOPK != "all":
             return None
+        width = cfg.d_sae if cols is None else int(cols.numel())
         lowp = torch.bfloat16 if cfg.bf16 else self.dtype
-        if self._aux_dense(self._k_aux(), cfg.d_sae) and self._aux_mask_kernel_applies(cfg.d_sae, lowp, self.device):
+        if self._aux_dense(self._k_aux(), width) and self._aux_mask_kernel_applies(width, lowp, self.device):
             return None  # topk_kernel.topk_mask selects from pre_s itself
-        return dead
+        if cols is None:
+            return _CopyPlan(dead, None, width)
+        pos = torch.full((cfg.d_sae,), -1, device=dead.device, dtype=torch.int32)
+        pos[cols] = torch.arange(width, device=dead.device, dtype=torch.int32)
+        return _CopyPlan(dead, pos, width)
 
     def _aux_n_pad_of(self, dead: torch.Tensor) -> int:
         """aux_pad_width for this mask (counts it: a host sync; no hysteresis)."""
@@ -1369,6 +1403,7 @@ class FastTopKTrainer:
         n_pad: int | None = None,
         masked: torch.Tensor | None = None,
         Wdl: torch.Tensor | None = None,
+        cols: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | RowsAt, torch.Tensor | RowsAt]:
         """SAELens's calculate_topk_aux_loss (gamma^2-weighted if weighted): the top k_aux = min(d_in/2,
         n_dead) dead latents of pre*n per row, their pre-activations (no ReLU) decoding the residual,
@@ -1385,18 +1420,17 @@ class FastTopKTrainer:
         aux_pad_width): the top K runs over n_pad columns only, the dead latents' columns (ascending)
         followed by live ones masked to -inf; same entries, static shapes.
 
-        ``masked`` (not compacted): ``pre_s`` with the live latents at -inf, written by the main TopK
-        (:meth:`_aux_copy_keep`); ``Wdl``: W_dec in lowp, if the caller holds it."""
+        ``masked``: the selection's copy with the live latents at -inf (``pre_s``'s, or its gather at the compacted
+        columns), written by the main TopK (:meth:`_aux_copy_plan`); ``Wdl``: W_dec in lowp, if the caller holds it;
+        ``cols``: the compacted columns (:meth:`_aux_cols`), if the caller made them."""
         cfg = self.cfg
         k_aux_full = cfg.d_in // 2
         k_aux = self._k_aux()
         num_dead = dead.sum().to(self.dtype)
         c = cfg.aux_loss_coefficient * torch.clamp(num_dead / k_aux_full, max=1.0)
         compact = n_pad is not None and n_pad < cfg.d_sae
-        cols = None  # compacted: the latent of each column of the selection (dead ones first, ascending)
-        if compact:
-            # dead latents first (a stable sort of one byte per latent: one radix pass on CUDA, no sync)
-            cols = torch.argsort((~dead).to(torch.int8), stable=True)[:n_pad]
+        if compact and cols is None:
+            cols = self._aux_cols(dead, n_pad)  # the latent of each column of the selection (dead ones first)
         width = n_pad if compact else cfg.d_sae
         if self._aux_dense(k_aux, width):
             # compacted: the dense products run over the n_pad selected columns only (W_dec rows gathered)
@@ -1420,9 +1454,12 @@ class FastTopKTrainer:
         dead ``valid``, its value pre = pre_s / n, zeroed where not ``valid``) from :meth:`_aux_topk` over the
         columns ``cols`` (compacted) or all d_sae (``masked``: their copy with the live latents at -inf, if made)."""
         compact = cols is not None
-        sel, sel_dead = (pre_s.index_select(1, cols), dead[cols]) if compact else (pre_s, dead)
+        if masked is not None:  # written by the main TopK: no gather, no mask here
+            sel, sel_dead = masked, None
+        else:
+            sel, sel_dead = (pre_s.index_select(1, cols), dead[cols]) if compact else (pre_s, dead)
         # not row_topk: its candidate ranking grows as k^2 and measured slower at k_aux (benchmarks/training_speed)
-        av, j = self._aux_topk(sel, sel_dead, k_aux, fresh=compact, masked=None if compact else masked)
+        av, j = self._aux_topk(sel, sel_dead, k_aux, fresh=compact, masked=masked)
         ai = cols[j] if compact else j
         valid = dead[ai]
         av = av.to(self.dtype)

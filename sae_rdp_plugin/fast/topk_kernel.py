@@ -170,11 +170,14 @@ if _HAVE_TRITON:
         CB: tl.constexpr,
         KEEP,
         XM,
+        POS,
+        width,
         COPY: tl.constexpr,
+        HAS_POS: tl.constexpr,
     ):
         pid = tl.program_id(0).to(tl.int64)
         row = X + pid * stride_x
-        xmrow = XM + pid * n  # COPY: the masked copy's row (contiguous [B, n])
+        xmrow = XM + pid * width  # COPY: the masked copy's row (contiguous [B, width])
         vrow = VAL + pid * k
         irow = IDX + pid * k
         srow = SCR + pid * CAP
@@ -204,7 +207,12 @@ if _HAVE_TRITON:
             key = _keys(v, KEY_BITS)
             if COPY:  # the row with the columns not kept at -inf, from the same read (no bf16 constant: interpreter)
                 kept = tl.load(KEEP + cols, mask=cm, other=0) != 0
-                tl.store(xmrow + cols, tl.where(kept, v.to(tl.float32), float("-inf")).to(v.dtype), mask=cm)
+                cv = tl.where(kept, v.to(tl.float32), float("-inf")).to(v.dtype)
+                if HAS_POS:  # column c goes to column POS[c] of the copy, or nowhere (-1)
+                    dst = tl.load(POS + cols, mask=cm, other=-1)
+                    tl.store(xmrow + dst, cv, mask=cm & (dst >= 0))
+                else:
+                    tl.store(xmrow + cols, cv, mask=cm)
             cand = (cm & (key >= lo)).to(tl.int32)
             pos = cnt + tl.cumsum(cand, 0) - 1
             tl.store(srow + pos, cols, mask=(cand > 0) & (pos < CAP))
@@ -479,29 +487,46 @@ def row_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def row_topk_masked_copy(
-    x: torch.Tensor, k: int, keep: torch.Tensor
+    x: torch.Tensor, k: int, keep: torch.Tensor, pos: torch.Tensor | None = None, width: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`row_topk` of ``x`` and, from the same read of each row, ``x.masked_fill(~keep, -inf)`` (a new
     contiguous tensor; ``keep``: bool ``[x.shape[1]]``). The fast step's dead-latent aux loss takes its top-k
     over such a copy (live latents at -inf) of the pre-activations whose top-k this selects: written here, the
     copy costs one store per element instead of a separate pass that reads the row again (a broadcast
-    ``masked_fill``, one of the aux step's larger kernels)."""
+    ``masked_fill``, one of the aux step's larger kernels).
+
+    With ``pos`` (int32 ``[x.shape[1]]``) the copy has ``width`` columns and column ``c`` of ``x`` lands in column
+    ``pos[c]`` (none where ``pos[c] < 0``): the caller's gather ``x.masked_fill(~keep, -inf)[:, cols]`` for ``pos``
+    the inverse of ``cols`` (distinct columns; every copy column must be some ``pos[c]``, it is not zeroed)."""
     if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool or keep.dim() != 1:
         raise ValueError("row_topk_masked_copy: keep must be a 1-D bool tensor")
-    return _row_topk(x, k, keep, "row_topk_masked_copy")
+    if pos is not None:
+        if not isinstance(pos, torch.Tensor) or pos.dtype != torch.int32 or pos.shape != keep.shape:
+            raise ValueError("row_topk_masked_copy: pos must be an int32 tensor shaped like keep")
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"row_topk_masked_copy: width must be a positive int with pos, got {width!r}")
+    return _row_topk(x, k, keep, "row_topk_masked_copy", pos, width)
 
 
 def _row_topk(
-    x: torch.Tensor, k: int, keep: torch.Tensor | None, name: str
+    x: torch.Tensor,
+    k: int,
+    keep: torch.Tensor | None,
+    name: str,
+    pos: torch.Tensor | None = None,
+    width: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Launch of :data:`_row_topk_kernel` (with ``keep``: also the masked copy)."""
+    """Launch of :data:`_row_topk_kernel` (with ``keep``: also the masked copy, at ``pos`` if given)."""
     x, vals, idx, keys = _prepare(x, k, name)
     B, n = x.shape
     xm = None
+    width = width if pos is not None else n
     if keep is not None:
         if keep.shape != (n,) or keep.device != x.device:
             raise ValueError(f"{name}: keep must have shape ({n},) on {x.device}, got {tuple(keep.shape)}")
-        xm = torch.empty(B, n, device=x.device, dtype=x.dtype)
+        if pos is not None and pos.device != x.device:
+            raise ValueError(f"{name}: pos must be on {x.device}")
+        xm = torch.empty(B, width, device=x.device, dtype=x.dtype)
     if B == 0:
         return vals, idx, xm
     block = _default_block(x.dtype)
@@ -523,7 +548,10 @@ def _row_topk(
         CB=_CB,
         KEEP=keep.contiguous().view(torch.uint8) if keep is not None else scratch,  # (unused pointer: no copy)
         XM=xm if xm is not None else x,
+        POS=pos.contiguous() if pos is not None else scratch,  # (unused pointer without pos)
+        width=width,
         COPY=keep is not None,
+        HAS_POS=pos is not None,
         num_warps=_NUM_WARPS,
         **keys,
     )

@@ -463,7 +463,8 @@ def test_aux_masked_copy_from_the_main_topk(monkeypatch, bf16):
     monkeypatch.setattr(topk_kernel, "_CAP", 32)
     calls = []
     orig = topk_kernel.row_topk_masked_copy
-    monkeypatch.setattr(topk_kernel, "row_topk_masked_copy", lambda x, k, keep: calls.append(k) or orig(x, k, keep))
+    spy = lambda x, k, keep, **kw: calls.append(k) or orig(x, k, keep, **kw)  # noqa: E731
+    monkeypatch.setattr(topk_kernel, "row_topk_masked_copy", spy)
     sae = _make("topk", True, "float32", seed=3)
     torch.manual_seed(4)
     x = torch.randn(16, D_IN, device=DEV) * 2
@@ -471,7 +472,7 @@ def test_aux_masked_copy_from_the_main_topk(monkeypatch, bf16):
     dead[torch.randperm(D_SAE)[: D_SAE - 5]] = True  # 43 of 48 dead: more than the 3/4 bucket, all columns
     out = []
     for on in (False, True):
-        monkeypatch.setattr(fs, "AUX_COPY_IN_TOPK", on)
+        monkeypatch.setattr(fs, "AUX_COPY_IN_TOPK", "full" if on else "off")
         tr = FastTopKTrainer.from_training_sae(sae, kernels="triton", device=DEV, bf16=bf16)
         tr._row_topk_on_cpu = True
         assert tr._aux_n_pad_of(dead) == D_SAE
@@ -492,6 +493,48 @@ def test_aux_masked_copy_from_the_main_topk(monkeypatch, bf16):
             assert torch.equal(c["Wdec"], tr.W_dec.to(torch.bfloat16))
         else:  # Triton's CPU interpreter truncates: less than one bf16 step (2^-7 relative) from W_dec
             assert bool(((c["Wdec"].float() - tr.W_dec).abs() <= tr.W_dec.abs() * 2**-7).all())
+
+
+@pytest.mark.parametrize("aux_impl", ["dense", "sparse"])
+def test_aux_compacted_copy_from_the_main_topk(monkeypatch, aux_impl):
+    """AUX_COPY_IN_TOPK "all": over compacted columns too, row_topk writes the selection's gather (dead latents
+    first, live ones as padding at -inf) at positions: the same loss and gradients as index_select + masked_fill
+    ("off"), exactly, with the kernel called with positions; "full" leaves compacted selections to the separate
+    gather."""
+    from sae_rdp_plugin.fast import step as fs
+    from sae_rdp_plugin.fast import topk_kernel
+
+    monkeypatch.setattr(topk_kernel, "_BLOCK_32", 64)
+    monkeypatch.setattr(topk_kernel, "_GROUPS", 16)
+    monkeypatch.setattr(topk_kernel, "_CB", 16)
+    monkeypatch.setattr(topk_kernel, "_CAP", 32)
+    calls = []
+    orig = topk_kernel.row_topk_masked_copy
+
+    def spy(x, k, keep, pos=None, width=None):
+        calls.append(width if pos is not None else None)
+        return orig(x, k, keep, pos=pos, width=width)
+
+    monkeypatch.setattr(topk_kernel, "row_topk_masked_copy", spy)
+    sae = _make("topk", True, "float32", seed=5)
+    torch.manual_seed(6)
+    x = torch.randn(16, D_IN, device=DEV) * 2
+    dead = torch.zeros(D_SAE, dtype=torch.bool, device=DEV)
+    dead[torch.randperm(D_SAE)[:20]] = True  # 20 of 48 dead: the d_sae/2 bucket, 24 columns
+    out = []
+    for mode in ("off", "full", "all"):
+        monkeypatch.setattr(fs, "AUX_COPY_IN_TOPK", mode)
+        tr = FastTopKTrainer.from_training_sae(sae, kernels="triton", device=DEV, aux_impl=aux_impl)
+        tr._row_topk_on_cpu = True
+        n_pad = tr._aux_n_pad_of(dead)
+        assert n_pad == D_SAE // 2
+        out.append(tr.triton_loss_and_grads(x, dead))
+    assert calls == [n_pad]  # "all" only, at positions, n_pad columns wide
+    for losses, grads in out[1:]:
+        assert float(losses["auxiliary_reconstruction_loss"]) > 0
+        assert torch.equal(losses["loss"], out[0][0]["loss"])
+        for a, b in zip(grads, out[0][1]):
+            assert torch.equal(a, b)
 
 
 @pytest.mark.gpu

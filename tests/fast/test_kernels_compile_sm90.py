@@ -43,12 +43,15 @@ CHILD = textwrap.dedent(
             sig = {**base, "MASK": "*u8", "n": "i32", "k": "i32", "HAS_MASK": "constexpr"}
             sig |= {c: "constexpr" for c in digits}
             assert build(tk._radix_topk_kernel, sig, {"HAS_MASK": has_mask, **digits}, 4).asm["cubin"]
-        for copy, keep in ((False, "*i32"), (True, "*u8")):  # without / with the masked copy (row_topk_masked_copy)
+        # without / with the masked copy (row_topk_masked_copy), at the same columns or at positions (compacted)
+        for copy, keep, has_pos in ((False, "*i32", False), (True, "*u8", False), (True, "*u8", True)):
             sig = {**base, "SCR": "*i32", "n": "i32", "k": "i32"}
             extra = {"G": 256, "USE_BOUND": True, "CAP": 1024, "CB": 128}
             sig |= {c: "constexpr" for c in [*digits, *extra]}
-            sig |= {"KEEP": keep, "XM": f"*{dt}", "COPY": "constexpr"}
-            assert build(tk._row_topk_kernel, sig, {**digits, **extra, "COPY": copy}, 2).asm["cubin"]
+            sig |= {"KEEP": keep, "XM": f"*{dt}", "POS": "*i32", "width": "i32", "COPY": "constexpr"}
+            sig |= {"HAS_POS": "constexpr"}
+            const = {**digits, **extra, "COPY": copy, "HAS_POS": has_pos}
+            assert build(tk._row_topk_kernel, sig, const, 2).asm["cubin"]
     print("compiled")
     """
 )

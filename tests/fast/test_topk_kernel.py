@@ -154,6 +154,24 @@ def test_row_topk_masked_copy(config, dtype, kind, kept):
     _check_masked_copy(base[::2, 50:450], 5, keep)  # row stride 1000, 400 columns
 
 
+@pytest.mark.parametrize("dtype,kind", [(torch.bfloat16, "randn"), (torch.float32, "integers")])
+def test_row_topk_masked_copy_at_positions(config, dtype, kind):
+    """With ``pos`` (the inverse of a column gather ``cols``, -1 for columns not gathered) the copy is
+    ``x.masked_fill(~keep, -inf)[:, cols]``: the compacted aux selection (kept columns first, then others)."""
+    x = _rows(kind, (4, 300), seed=11).to(dtype).to(DEV)
+    g = torch.Generator().manual_seed(12)
+    keep = (torch.rand(300, generator=g) < 0.4).to(DEV)
+    for width in (int(keep.sum()), int(keep.sum()) + 17, 300):
+        cols = torch.argsort((~keep).to(torch.int8), stable=True)[:width]
+        pos = torch.full((300,), -1, dtype=torch.int32, device=DEV)
+        pos[cols] = torch.arange(width, dtype=torch.int32, device=DEV)
+        v, i, xm = tk.row_topk_masked_copy(x, 9, keep, pos=pos, width=width)
+        rv, ri = tk.row_topk(x, 9)
+        assert torch.equal(v, rv) and torch.equal(i, ri)
+        assert xm.shape == (4, width) and xm.is_contiguous()
+        assert torch.equal(xm, x.masked_fill(~keep, -torch.inf)[:, cols])
+
+
 def test_row_topk_masked_copy_default_blocks_and_bad_keep():
     x = torch.randn(3, 1000).to(torch.bfloat16)
     _check_masked_copy(x, 40, torch.rand(1000, generator=torch.Generator().manual_seed(2)) < 0.2)
@@ -166,6 +184,15 @@ def test_row_topk_masked_copy_default_blocks_and_bad_keep():
     ):
         with pytest.raises(ValueError, match=msg):
             tk.row_topk_masked_copy(x.to(DEV), 40, keep.to(DEV))
+    keep = torch.ones(1000, dtype=torch.bool, device=DEV)
+    for pos, width, msg in (
+        (torch.zeros(1000, dtype=torch.int64), 5, "int32"),
+        (torch.zeros(999, dtype=torch.int32), 5, "shaped like keep"),
+        (torch.zeros(1000, dtype=torch.int32), None, "width"),
+        (torch.zeros(1000, dtype=torch.int32), 0, "width"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            tk.row_topk_masked_copy(x.to(DEV), 40, keep, pos=pos.to(DEV), width=width)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])

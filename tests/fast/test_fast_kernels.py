@@ -419,16 +419,21 @@ def test_auto_hot_rows_capacity_bounds_the_gather_loop():
         assert h == d_sae or B * k / (h + 1) <= (64 if bf16 else 256)
 
 
+def _small_topk_blocks(monkeypatch) -> None:
+    """row_topk with small blocks, groups and scratch, so that the interpreter stays quick on whole steps."""
+    from sae_rdp_plugin.fast import topk_kernel
+
+    for name, value in (("_BLOCK_32", 64), ("_BLOCK_16", 64), ("_GROUPS", 16), ("_CB", 16), ("_CAP", 32)):
+        monkeypatch.setattr(topk_kernel, name, value)
+
+
 def test_row_topk_in_the_triton_step(monkeypatch):
     """The Triton step with the row_topk kernel (used on CUDA) gives the same loss and gradients as with
     torch.topk (float32, small blocks so the interpreter stays quick)."""
     from sae_rdp_plugin.fast import topk_kernel
     from sae_rdp_plugin.fast.step import FastTopKTrainer
 
-    monkeypatch.setattr(topk_kernel, "_BLOCK_32", 64)
-    monkeypatch.setattr(topk_kernel, "_GROUPS", 16)
-    monkeypatch.setattr(topk_kernel, "_CB", 16)
-    monkeypatch.setattr(topk_kernel, "_CAP", 32)
+    _small_topk_blocks(monkeypatch)
     calls = []
     orig = topk_kernel.row_topk
     monkeypatch.setattr(topk_kernel, "row_topk", lambda x, k: calls.append(k) or orig(x, k))
@@ -456,11 +461,7 @@ def test_aux_masked_copy_from_the_main_topk(monkeypatch, bf16):
     from sae_rdp_plugin.fast import step as fs
     from sae_rdp_plugin.fast import topk_kernel
 
-    monkeypatch.setattr(topk_kernel, "_BLOCK_32", 64)
-    monkeypatch.setattr(topk_kernel, "_BLOCK_16", 64)
-    monkeypatch.setattr(topk_kernel, "_GROUPS", 16)
-    monkeypatch.setattr(topk_kernel, "_CB", 16)
-    monkeypatch.setattr(topk_kernel, "_CAP", 32)
+    _small_topk_blocks(monkeypatch)
     calls = []
     orig = topk_kernel.row_topk_masked_copy
     spy = lambda x, k, keep, **kw: calls.append(k) or orig(x, k, keep, **kw)  # noqa: E731
@@ -504,10 +505,7 @@ def test_aux_compacted_copy_from_the_main_topk(monkeypatch, aux_impl):
     from sae_rdp_plugin.fast import step as fs
     from sae_rdp_plugin.fast import topk_kernel
 
-    monkeypatch.setattr(topk_kernel, "_BLOCK_32", 64)
-    monkeypatch.setattr(topk_kernel, "_GROUPS", 16)
-    monkeypatch.setattr(topk_kernel, "_CB", 16)
-    monkeypatch.setattr(topk_kernel, "_CAP", 32)
+    _small_topk_blocks(monkeypatch)
     calls = []
     orig = topk_kernel.row_topk_masked_copy
 

@@ -452,8 +452,8 @@ def test_row_topk_in_the_triton_step(monkeypatch):
         assert _rel(a, b) < 1e-6
 
 
-@pytest.mark.parametrize("bf16", [False, True])
-def test_aux_masked_copy_from_the_main_topk(monkeypatch, bf16):
+@pytest.mark.parametrize("kind,bf16", [("topk", False), ("topk", True), ("batchtopk", False)])
+def test_aux_masked_copy_from_the_main_topk(monkeypatch, kind, bf16):
     """With most latents dead the aux selection runs over all d_sae columns, and the main TopK's row_topk writes its
     masked copy (step.AUX_COPY_IN_TOPK): the same loss and gradients as the separate masked_fill, exactly, and the
     kernel ran. Under bf16 the aux products take the step's bf16 decoder copy (the one the main path gathers), which
@@ -466,7 +466,7 @@ def test_aux_masked_copy_from_the_main_topk(monkeypatch, bf16):
     orig = topk_kernel.row_topk_masked_copy
     spy = lambda x, k, keep, **kw: calls.append(k) or orig(x, k, keep, **kw)  # noqa: E731
     monkeypatch.setattr(topk_kernel, "row_topk_masked_copy", spy)
-    sae = _make("topk", True, "float32", seed=3)
+    sae = _make(kind, True, "float32", seed=3)  # BatchTopK: the copy comes from its per-row candidate TopK
     torch.manual_seed(4)
     x = torch.randn(16, D_IN, device=DEV) * 2
     dead = torch.zeros(D_SAE, dtype=torch.bool, device=DEV)

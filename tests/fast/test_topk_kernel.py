@@ -136,17 +136,19 @@ def _check_masked_copy(x: torch.Tensor, k: int, keep: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize(
-    "dtype,kind,kept",
+    "cfg,dtype,kind,kept",
     [
-        (torch.bfloat16, "randn", 0.15),
-        (torch.float32, "integers", 0.15),
-        (torch.float16, "zeros", 0.0),
-        (torch.bfloat16, "integers", 1.0),
+        ("small", torch.bfloat16, "randn", 0.15),
+        ("small", torch.float32, "integers", 0.15),
+        ("small", torch.float16, "zeros", 0.0),
+        ("small", torch.bfloat16, "integers", 1.0),
+        ("fallback", torch.float32, "integers", 0.15),
     ],
 )
-def test_row_topk_masked_copy(config, dtype, kind, kept):
+def test_row_topk_masked_copy(monkeypatch, cfg, dtype, kind, kept):
     """The masked copy comes from the same read as the top-k, on the bound path and the radix fallback (the
     "fallback" config: the copy is written before the branch); rows of several blocks, a strided input."""
+    _use(monkeypatch, cfg)
     x = _rows(kind, (4, 300), seed=7).to(dtype)
     keep = torch.rand(400, generator=torch.Generator().manual_seed(8)) < kept
     _check_masked_copy(x, 9, keep[:300].clone())
@@ -154,10 +156,13 @@ def test_row_topk_masked_copy(config, dtype, kind, kept):
     _check_masked_copy(base[::2, 50:450], 5, keep)  # row stride 1000, 400 columns
 
 
-@pytest.mark.parametrize("dtype,kind", [(torch.bfloat16, "randn"), (torch.float32, "integers")])
-def test_row_topk_masked_copy_at_positions(config, dtype, kind):
+@pytest.mark.parametrize(
+    "cfg,dtype,kind", [("small", torch.bfloat16, "randn"), ("fallback", torch.float32, "integers")]
+)
+def test_row_topk_masked_copy_at_positions(monkeypatch, cfg, dtype, kind):
     """With ``pos`` (the inverse of a column gather ``cols``, -1 for columns not gathered) the copy is
     ``x.masked_fill(~keep, -inf)[:, cols]``: the compacted aux selection (kept columns first, then others)."""
+    _use(monkeypatch, cfg)
     x = _rows(kind, (4, 300), seed=11).to(dtype).to(DEV)
     g = torch.Generator().manual_seed(12)
     keep = (torch.rand(300, generator=g) < 0.4).to(DEV)

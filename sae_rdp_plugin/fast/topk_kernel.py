@@ -428,6 +428,14 @@ def _prepare(x: torch.Tensor, k: int, name: str) -> tuple[torch.Tensor, torch.Te
     return x, vals, idx, {**keys, "NBINS": 1 << max(digits)}
 
 
+def _check_keep(keep: torch.Tensor, n: int, device: torch.device, name: str) -> None:
+    """ValueError unless ``keep`` is a 1-D bool tensor of ``n`` entries on ``device`` (a column mask)."""
+    ok = isinstance(keep, torch.Tensor) and keep.dtype == torch.bool and keep.shape == (n,) and keep.device == device
+    if not ok:
+        got = tuple(keep.shape) if isinstance(keep, torch.Tensor) else type(keep).__name__
+        raise ValueError(f"{name}: keep must be a 1-D bool tensor of shape ({n},) on {device}, got {got}")
+
+
 def _default_block(dtype: torch.dtype) -> int:
     """Columns per read of either kernel (the module's block sizes)."""
     return _BLOCK_32 if dtype == torch.float32 else _BLOCK_16
@@ -451,8 +459,8 @@ def masked_topk(
     if block is not None and (block < 16 or block > 2**14 or block & (block - 1)):
         # tl.arange needs a power of two; the packed counters of _write_selected need BLOCK < 2^15
         raise ValueError(f"masked_topk: block must be a power of two in 16..16384, got {block}")
-    if keep is not None and (keep.shape != (n,) or keep.dtype != torch.bool or keep.device != x.device):
-        raise ValueError(f"masked_topk: keep must be a bool tensor of shape ({n},) on {x.device}")
+    if keep is not None:
+        _check_keep(keep, n, x.device, "masked_topk")
     if B == 0:
         return vals, idx
     mask = keep.contiguous().view(torch.uint8) if keep is not None else vals  # unused pointer without a mask
@@ -498,13 +506,6 @@ def row_topk_masked_copy(
     With ``pos`` (int32 ``[x.shape[1]]``) the copy has ``width`` columns and column ``c`` of ``x`` lands in column
     ``pos[c]`` (none where ``pos[c] < 0``): the caller's gather ``x.masked_fill(~keep, -inf)[:, cols]`` for ``pos``
     the inverse of ``cols`` (distinct columns; every copy column must be some ``pos[c]``, it is not zeroed)."""
-    if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool or keep.dim() != 1:
-        raise ValueError("row_topk_masked_copy: keep must be a 1-D bool tensor")
-    if pos is not None:
-        if not isinstance(pos, torch.Tensor) or pos.dtype != torch.int32 or pos.shape != keep.shape:
-            raise ValueError("row_topk_masked_copy: pos must be an int32 tensor shaped like keep")
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"row_topk_masked_copy: width must be a positive int with pos, got {width!r}")
     return _row_topk(x, k, keep, "row_topk_masked_copy", pos, width)
 
 
@@ -522,10 +523,14 @@ def _row_topk(
     xm = None
     width = width if pos is not None else n
     if keep is not None:
-        if keep.shape != (n,) or keep.device != x.device:
-            raise ValueError(f"{name}: keep must have shape ({n},) on {x.device}, got {tuple(keep.shape)}")
-        if pos is not None and pos.device != x.device:
-            raise ValueError(f"{name}: pos must be on {x.device}")
+        _check_keep(keep, n, x.device, name)
+        if pos is not None:
+            if not isinstance(pos, torch.Tensor) or pos.dtype != torch.int32 or pos.shape != keep.shape:
+                raise ValueError(f"{name}: pos must be an int32 tensor shaped like keep")
+            if pos.device != x.device:
+                raise ValueError(f"{name}: pos must be on {x.device}")
+            if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+                raise ValueError(f"{name}: width must be a positive int with pos, got {width!r}")
         xm = torch.empty(B, width, device=x.device, dtype=x.dtype)
     if B == 0:
         return vals, idx, xm

@@ -1028,7 +1028,7 @@ class FastTopKTrainer:
         B = x.shape[0]
         _, b_enc, W_dec, b_dec = self.params
         W_encT = self.W_encT
-        lowp = torch.bfloat16 if cfg.bf16 else self.dtype
+        lowp = self._lowp
         wgrad = _weight_grad_csr if cfg.weight_grad_impl == "csr" else _weight_grad
         u = x - b_dec if cfg.apply_b_dec_to_input else x
         n = W_dec.norm(dim=1) if cfg.rescale_acts_by_decoder_norm else None
@@ -1044,7 +1044,7 @@ class FastTopKTrainer:
             if n is not None:
                 pre_s.mul_(n)
         cols = self._aux_cols(dead, n_pad)
-        sp, masked = self._select(pre_s, self._aux_copy_plan(dead, n_pad, cols))
+        sp, masked = self._select(pre_s, self._aux_copy_plan(dead, cols))
         vals_s = sp.vals  # relu(pre * n), fp32 (what SAELens calls feature_acts)
         inv_n_sel = (1.0 / n)[sp.idx] if n is not None else None
         a = vals_s * inv_n_sel if n is not None else vals_s
@@ -1066,9 +1066,7 @@ class FastTopKTrainer:
         # ---- dead-latent auxiliary loss (SAELens calculate_topk_aux_loss; gamma^2-weighted if weighted)
         aux = torch.zeros((), device=self.device, dtype=self.dtype)
         if dead is not None:
-            aux, x_enc, x_dec = self._aux_loss(
-                dead, pre_s, n, err, u, g_benc, lowp, Wd, wgrad, n_pad, masked, cols=cols
-            )
+            aux, x_enc, x_dec = self._aux_loss(dead, pre_s, n, err, u, g_benc, lowp, Wd, wgrad, cols, masked)
             _add_rows(g_WencT, x_enc)
             _add_rows(g_Wdec, x_dec)
         g_bdec = r.sum(0)
@@ -1126,7 +1124,7 @@ class FastTopKTrainer:
         c = self._lowp_weights()
         n = c["n"]
         u = x - b_dec if cfg.apply_b_dec_to_input else x
-        lowp = torch.bfloat16 if cfg.bf16 else self.dtype
+        lowp = self._lowp
         if cfg.bf16:
             u_l = u.to(lowp)
             bias = (b_enc * n if n is not None else b_enc).to(lowp)
@@ -1137,7 +1135,7 @@ class FastTopKTrainer:
             if n is not None:
                 pre_s.mul_(n)
         cols = self._aux_cols(dead, n_pad)
-        sp, masked = self._select(pre_s, self._aux_copy_plan(dead, n_pad, cols))
+        sp, masked = self._select(pre_s, self._aux_copy_plan(dead, cols))
         vals_s = sp.vals
         a = vals_s / n[sp.idx] if n is not None else vals_s
         sp.vals = a
@@ -1160,9 +1158,7 @@ class FastTopKTrainer:
         if dead is not None:
             wgrad = _weight_grad_csr if cfg.weight_grad_impl == "csr" else _weight_grad
             Wdl = c["Wdec"] if cfg.bf16 else None  # the bf16 decoder the step keeps (no second conversion)
-            aux, X_enc, X_dec = self._aux_loss(
-                dead, pre_s, n, err, u, g_benc, lowp, W_dec, wgrad, n_pad, masked, Wdl, cols=cols
-            )
+            aux, X_enc, X_dec = self._aux_loss(dead, pre_s, n, err, u, g_benc, lowp, W_dec, wgrad, cols, masked, Wdl)
             if AUX_GRAD_ROWS == "rows":
                 X_enc, X_dec = self._as_rows(X_enc), self._as_rows(X_dec)
         g_bdec = r.sum(0)
@@ -1351,6 +1347,11 @@ class FastTopKTrainer:
         return f["losses"], f["sp"], f["vals_s"]
 
     # ------------------------------------------------------------------ dead-latent aux loss
+    @property
+    def _lowp(self) -> torch.dtype:
+        """The dtype of the step's products: bf16 under cfg.bf16, else the trainer's dtype."""
+        return torch.bfloat16 if self.cfg.bf16 else self.dtype
+
     def _k_aux(self) -> int:
         """Width of the aux selection: min(d_in/2, d_sae) (SAELens's k_aux, capped at the latent count)."""
         return min(self.cfg.d_in // 2, self.cfg.d_sae)
@@ -1363,9 +1364,7 @@ class FastTopKTrainer:
         # a stable sort of one byte per latent: one radix pass on CUDA, no sync
         return torch.argsort((~dead).to(torch.int8), stable=True)[:n_pad]
 
-    def _aux_copy_plan(
-        self, dead: torch.Tensor | None, n_pad: int | None, cols: torch.Tensor | None
-    ) -> _CopyPlan | None:
+    def _aux_copy_plan(self, dead: torch.Tensor | None, cols: torch.Tensor | None) -> _CopyPlan | None:
         """What the main TopK should write of the aux selection (AUX_COPY_IN_TOPK): over all d_sae columns
         pre_s.masked_fill(~dead, -inf), over the compacted ``cols`` ("all" only) its gather at those columns; None
         when the selection is not a torch.topk over such a copy (the radix and topk_mask kernels read pre_s with the
@@ -1376,8 +1375,7 @@ class FastTopKTrainer:
         if cols is not None and AUX_COPY_IN_TOPK != "all":
             return None
         width = cfg.d_sae if cols is None else int(cols.numel())
-        lowp = torch.bfloat16 if cfg.bf16 else self.dtype
-        if self._aux_dense(self._k_aux(), width) and self._aux_mask_kernel_applies(width, lowp, self.device):
+        if self._aux_dense(self._k_aux(), width) and self._aux_mask_kernel_applies(width, self._lowp, self.device):
             return None  # topk_kernel.topk_mask selects from pre_s itself
         if cols is None:
             return _CopyPlan(dead, None, width)
@@ -1400,10 +1398,9 @@ class FastTopKTrainer:
         lowp: torch.dtype,
         Wd: torch.Tensor,
         wgrad: Callable[..., torch.Tensor],
-        n_pad: int | None = None,
+        cols: torch.Tensor | None = None,
         masked: torch.Tensor | None = None,
         Wdl: torch.Tensor | None = None,
-        cols: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | RowsAt, torch.Tensor | RowsAt]:
         """SAELens's calculate_topk_aux_loss (gamma^2-weighted if weighted): the top k_aux = min(d_in/2,
         n_dead) dead latents of pre*n per row, their pre-activations (no ReLU) decoding the residual,
@@ -1416,22 +1413,20 @@ class FastTopKTrainer:
         are not dead latents are zeroed. With n_dead >= K these are SAELens's K entries; with
         n_dead < K they are all n_dead dead latents plus zeroed entries, i.e. SAELens's top n_dead.
 
-        ``n_pad`` < d_sae (compacted selection; the caller guarantees n_dead <= n_pad and K <= n_pad, see
-        aux_pad_width): the top K runs over n_pad columns only, the dead latents' columns (ascending)
-        followed by live ones masked to -inf; same entries, static shapes.
+        ``cols`` (compacted selection, :meth:`_aux_cols` of a padded width n_pad < d_sae; the caller guarantees
+        n_dead <= n_pad and K <= n_pad, see aux_pad_width): the top K runs over those n_pad columns only, the dead
+        latents' columns (ascending) followed by live ones masked to -inf; same entries, static shapes. None: all
+        d_sae columns.
 
         ``masked``: the selection's copy with the live latents at -inf (``pre_s``'s, or its gather at the compacted
-        columns), written by the main TopK (:meth:`_aux_copy_plan`); ``Wdl``: W_dec in lowp, if the caller holds it;
-        ``cols``: the compacted columns (:meth:`_aux_cols`), if the caller made them."""
+        columns), written by the main TopK (:meth:`_aux_copy_plan`); ``Wdl``: W_dec in lowp, if the caller holds
+        it."""
         cfg = self.cfg
         k_aux_full = cfg.d_in // 2
         k_aux = self._k_aux()
         num_dead = dead.sum().to(self.dtype)
         c = cfg.aux_loss_coefficient * torch.clamp(num_dead / k_aux_full, max=1.0)
-        compact = n_pad is not None and n_pad < cfg.d_sae
-        if compact and cols is None:
-            cols = self._aux_cols(dead, n_pad)  # the latent of each column of the selection (dead ones first)
-        width = n_pad if compact else cfg.d_sae
+        width = cfg.d_sae if cols is None else int(cols.numel())
         if self._aux_dense(k_aux, width):
             # compacted: the dense products run over the n_pad selected columns only (W_dec rows gathered)
             A, M = self._aux_dense_selection(pre_s, dead, n, cols, k_aux, lowp, masked)
@@ -1497,7 +1492,7 @@ class FastTopKTrainer:
         one launch on a one-row input with the step's argument types (a cache hit once compiled). Returns the
         widths compiled for (none on other paths: their kernels do not depend on the width)."""
         cfg = self.cfg
-        lowp = torch.bfloat16 if cfg.bf16 else self.dtype
+        lowp = self._lowp
         k_aux = self._k_aux()
         done = []
         for width in self.aux_widths():

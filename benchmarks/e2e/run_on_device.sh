@@ -17,9 +17,9 @@ if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     --find-links "$WHEELS" "$WHEELS"/*.whl 2>&1 | grep -v -i "warning" | tail -5
 elif ! PYTHONPATH=/tmp/site python3 -c "import sae_lens, sparsify, transformer_lens, datasets" 2>/dev/null; then
-  # (experiments/table2/stage.sh wheels installs a superset into /tmp/site earlier in the same session)
-  echo "error: no wheels in $WHEELS and none installed in /tmp/site: run experiments/table2/stage.sh wheels" \
-    "with its two halves first (README.md; .carry/e2e and the tree no longer fit one call)" >&2
+  # (experiments/table2/stage.sh site or wheels puts a superset into /tmp/site earlier in the same session)
+  echo "error: no wheels in $WHEELS and none installed in /tmp/site: run experiments/table2/stage.sh site" \
+    ".carry/site first (or stage.sh wheels, its two halves; README.md: .carry/e2e and the tree no longer fit one call)" >&2
   exit 2
 fi
 export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}

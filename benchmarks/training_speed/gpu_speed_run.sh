@@ -3,8 +3,8 @@
 # runs the CUDA tests of the fast step, tunes the Triton block sizes, then benchmarks with the best
 # ones. Usage on the device (carry .whl):  bash benchmarks/training_speed/gpu_speed_run.sh [bench args...]
 # (.whl with the tree passed one call's 64 MiB on 2026-12-06: install it first with experiments/table2/stage.sh
-# wheels .carry/whl_part1, then .carry/whl_part2, one call each; the install below then finds no .whl and the
-# wheels already in /tmp/site)
+# site .carry/site, one call (or stage.sh wheels .carry/whl_part1, then .carry/whl_part2); the install below then
+# finds no .whl and the wheels already in /tmp/site)
 # (SKIP_TUNE=1: no tuning; PROFILE_DEAD=F: also profile_fast_step.py with a fraction F of the latents dead;
 # TESTS=aux: only the aux-loss, hot-row and RowsAt tests; TESTS=det: the deterministic mode's and sae_streams' GPU
 # tests; SKIP_HOT=1: no bench_topk_hot.py)

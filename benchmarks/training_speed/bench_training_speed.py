@@ -858,10 +858,13 @@ def bench_impls(rows, cfg_key, d_in, d_sae, k, B, xs, gamma, dev, args, gemm_rat
         # the aux selection's masked copy over all d_sae columns by a separate broadcast masked_fill
         # (step.AUX_COPY_IN_TOPK "off", the step before 2026-12-07) against the default rows, where the main TopK's
         # row_topk writes it from its own read: at 85% dead, and with half dead over all columns (nocompact); and the
-        # compacted selection's gather written there too ("all") against its index_select + masked_fill (default)
+        # compacted selection's gather written there too ("all") against its index_select + masked_fill (default);
+        # the masked copy feeds torch.topk only: the maskfill rows take aux_topk "torch" (the default "auto" runs
+        # topk_mask over all columns, which reads the pre-activations itself), beside [torch,...] below
+        torch_topk = {"aux_topk": "torch"}
         for tag, mode, kw in (
-            ("maskfill,dead0.85", "off", {"dead_frac": 0.85, "aux_compact": "off"}),
-            ("maskfill,nocompact", "off", {"dead_frac": 0.5, "aux_compact": "off"}),
+            ("maskfill,dead0.85", "off", {**torch_topk, "dead_frac": 0.85, "aux_compact": "off"}),
+            ("maskfill,nocompact", "off", {**torch_topk, "dead_frac": 0.5, "aux_compact": "off"}),
             ("copyall", "all", {"dead_frac": 0.5}),
             ("copyall,dead0.2", "all", {"dead_frac": 0.2}),
         ):
@@ -893,6 +896,9 @@ def bench_impls(rows, cfg_key, d_in, d_sae, k, B, xs, gamma, dev, args, gemm_rat
             ("mask", {**mask, "dead_frac": 0.5}),
             ("mask,dead0.2", {**mask, "dead_frac": 0.2}),
             ("mask,dead0.85", {**mask, "dead_frac": 0.85}),
+            # the masked copy (written by row_topk) + torch.topk over all columns: the default before "auto"
+            ("torch,dead0.85", {**torch_topk, "dead_frac": 0.85}),
+            ("torch,nocompact", {**torch_topk, "dead_frac": 0.5, "aux_compact": "off"}),
             ("mask,nocompact", {**mask, "dead_frac": 0.5, "aux_compact": "off"}),
             # the deterministic mode with the one-pass selection kernel: no scatter of the top-k entries into the
             # dense selection (PyTorch's deterministic scatter_ sorts), beside fast_weighted_topk+aux[deterministic]

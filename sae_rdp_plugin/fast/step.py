@@ -323,9 +323,10 @@ class FastTopKConfig:
     # benchmarks/training_speed/aux_radix and nothing end to end) or "mask" (the dense aux products only, on the
     # Triton path with at most topk_kernel.TOPK_MASK_MAX_COLS selection columns: topk_kernel.topk_mask writes
     # the dense selection in one pass, the k_aux-th value found by bisection over the row held in registers,
-    # no indices, no scatter or gather; else as "torch"); "auto": "mask" where the selection runs over all d_sae
-    # columns (more than 3/4 of the latents dead, or aux_compact "off") and "torch" over compacted columns
-    aux_topk: str = "torch"
+    # no indices, no scatter or gather; else as "torch"); "auto" (the default): "mask" where the selection runs over
+    # all d_sae columns (more than 3/4 of the latents dead, or aux_compact "off"), where it measured faster in two
+    # runs, and "torch" over compacted columns, where it measured slower (benchmarks/training_speed/aux_copy_2)
+    aux_topk: str = "auto"
     # how the step learns the dead-latent count that picks its graph (with or without the aux loss) and the aux
     # selection's padded width, when it keeps its own dead-latent counters (``step(x)``): "sync" counts the
     # dead latents each step (one host sync per step: the host waits for the GPU before it can launch the next

@@ -452,12 +452,22 @@ def test_row_topk_in_the_triton_step(monkeypatch):
         assert _rel(a, b) < 1e-6
 
 
+def _same_step_result(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Two runs of the step's loss/gradients that differ only in how the aux selection's input was copied: equal
+    bit for bit in Triton's CPU interpreter; on the GPU within float-sum reordering (the default mode's atomic
+    index_add_ sums, bias gradients and aux loss among them, are not bit-reproducible from run to run: the
+    card gave 2e-5 relative on an H100, 2026-12-07). The copies themselves are compared exactly on both
+    (test_topk_kernel.py masked_copy cases)."""
+    return torch.equal(a, b) if DEV == "cpu" else _rel(a, b) < 1e-4
+
+
 @pytest.mark.parametrize("kind,bf16", [("topk", False), ("topk", True), ("batchtopk", False)])
 def test_aux_masked_copy_from_the_main_topk(monkeypatch, kind, bf16):
     """With most latents dead the aux selection runs over all d_sae columns, and the main TopK's row_topk writes its
-    masked copy (step.AUX_COPY_IN_TOPK): the same loss and gradients as the separate masked_fill, exactly, and the
-    kernel ran. Under bf16 the aux products take the step's bf16 decoder copy (the one the main path gathers), which
-    the fused Adam writes: after two steps with the aux loss it is W_dec in bf16."""
+    masked copy (step.AUX_COPY_IN_TOPK): the same loss and gradients as the separate masked_fill (exactly in the
+    interpreter: _same_step_result), and the kernel ran. Under bf16 the aux products take the step's bf16 decoder
+    copy (the one the main path gathers), which the fused Adam writes: after two steps with the aux loss it is
+    W_dec in bf16."""
     from sae_rdp_plugin.fast import step as fs
     from sae_rdp_plugin.fast import topk_kernel
 
@@ -474,7 +484,8 @@ def test_aux_masked_copy_from_the_main_topk(monkeypatch, kind, bf16):
     out = []
     for on in (False, True):
         monkeypatch.setattr(fs, "AUX_COPY_IN_TOPK", "full" if on else "off")
-        tr = FastTopKTrainer.from_training_sae(sae, kernels="triton", device=DEV, bf16=bf16)
+        # the copy feeds torch.topk (the default "auto" selects over all columns with topk_mask, no copy)
+        tr = FastTopKTrainer.from_training_sae(sae, kernels="triton", device=DEV, bf16=bf16, aux_topk="torch")
         tr._row_topk_on_cpu = True
         assert tr._aux_n_pad_of(dead) == D_SAE
         losses, grads = tr.triton_loss_and_grads(x, dead)
@@ -482,9 +493,9 @@ def test_aux_masked_copy_from_the_main_topk(monkeypatch, kind, bf16):
         out.append((losses, grads))
         assert len(calls) == int(on)
     for key in ("mse_loss", "auxiliary_reconstruction_loss"):
-        assert torch.equal(out[0][0][key], out[1][0][key]), key
+        assert _same_step_result(out[0][0][key], out[1][0][key]), key
     for a, b in zip(out[0][1], out[1][1]):
-        assert torch.equal(a, b)
+        assert _same_step_result(a, b)
     if bf16:
         for _ in range(2):
             tr.step(x, dead=dead)
@@ -500,8 +511,8 @@ def test_aux_masked_copy_from_the_main_topk(monkeypatch, kind, bf16):
 def test_aux_compacted_copy_from_the_main_topk(monkeypatch, aux_impl):
     """AUX_COPY_IN_TOPK "all": over compacted columns too, row_topk writes the selection's gather (dead latents
     first, live ones as padding at -inf) at positions: the same loss and gradients as index_select + masked_fill
-    ("off"), exactly, with the kernel called with positions; "full" leaves compacted selections to the separate
-    gather."""
+    ("off"; exactly in the interpreter: _same_step_result), with the kernel called with positions; "full" leaves
+    compacted selections to the separate gather."""
     from sae_rdp_plugin.fast import step as fs
     from sae_rdp_plugin.fast import topk_kernel
 
@@ -530,9 +541,9 @@ def test_aux_compacted_copy_from_the_main_topk(monkeypatch, aux_impl):
     assert calls == [n_pad]  # "all" only, at positions, n_pad columns wide
     for losses, grads in out[1:]:
         assert float(losses["auxiliary_reconstruction_loss"]) > 0
-        assert torch.equal(losses["loss"], out[0][0]["loss"])
+        assert _same_step_result(losses["loss"], out[0][0]["loss"])
         for a, b in zip(grads, out[0][1]):
-            assert torch.equal(a, b)
+            assert _same_step_result(a, b)
 
 
 @pytest.mark.gpu

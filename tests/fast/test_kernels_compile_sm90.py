@@ -330,5 +330,9 @@ def test_no_aux_width_compiles_a_kernel_another_width_does_not(tmp_path):
             # topk_mask's block follows the width: the precompile is what covers it (else this test is vacuous)
             assert res["pre_widths"] == sorted(widths), (name, res["pre_widths"])
             assert len({frozenset(k) for k in widths.values()}) > 1, name
-        else:
+        elif "radix" in name or "sparse" in name:
             assert not pre, (name, res["pre"])
+        else:  # aux_topk "auto" (the default): topk_mask over all d_sae columns only, in the dense aux products
+            # only (the fp32 case's density rule takes the sparse gathers there), precompiled at that width
+            expected = [max(widths)] if name == "bf16 dense in_place" else []
+            assert res["pre_widths"] == expected, (name, res["pre_widths"])

@@ -2213,3 +2213,81 @@ def test_e2e_three_hooks_noaux_run_of_2026_12_07_quoted():
         [f"three hooks {a['tokens_per_s']:,.0f} tokens/s ({b['tokens_per_s']:,.0f} without the aux loss)"],
         _flat("README.md"),
     )
+
+
+def test_e2e_real_weights_noaux_run_of_2026_12_07_quoted():
+    """benchmarks/e2e README's real-weight same-objective section (H100, 2026-12-07, thirty-fifth session), the top
+    README's e2e row and docs/limitations.md, from the two runs' JSONs."""
+    d = json.loads((ROOT / "benchmarks/e2e/runs/2026-12-07-h100-real-weights-noaux/latest.json").read_text())
+    r = {x["row"]: x for x in d["rows"]}
+    o, n, sp, sl = (r[k] for k in ("ours", "ours_noaux", "sparsify", "saelens_speed"))
+    s = d["summary"]
+    assert "H100" in d["device"] and d["settings"]["gguf"] and d["settings"]["context"] == 128
+    assert not any(x.get("error") for x in d["rows"])
+    assert n["saes"][0]["aux_loss_coefficient"] == 0 and o["saes"][0]["aux_loss_coefficient"] > 0
+    assert s["targets_met"]["x10_sparsify_same_objective"] and s["targets_met"]["x10_saelens"]
+    assert not s["targets_met"]["x10_sparsify"]
+    steps = n["saes"][0]["steps"]
+    assert steps == o["saes"][0]["steps"]
+    tn, to = n["time_split"], o["time_split"]
+    earlier = json.loads((ROOT / "benchmarks/e2e/runs/2026-12-06-h100-warm-aux-fixed/latest.json").read_text())
+    sp6 = next(x for x in earlier["rows"] if x["row"] == "sparsify")["tokens_per_s"]
+    assert sp6 > sp["tokens_per_s"]  # the README: sparsify ran slower here
+    three = json.loads((ROOT / "benchmarks/e2e/runs/2026-12-07-h100-real-weights-3hooks-aux/latest.json").read_text())
+    t3 = three["rows"][0]
+    assert t3["row"] == "ours_3hooks_streams" and not three["summary"]["targets_met"]["three_hooks_0p6M"]
+    _assert_quoted(
+        [
+            f"`ours_noaux` (sparsify's default objective: no aux loss) {n['tokens_per_s']:,.0f} tokens/s after "
+            f"warm-up = {s['ours_noaux_x_sparsify']:.2f}x sparsify ({sp['tokens_per_s']:,.0f})",
+            f"Sparsify ran slower here than on 2026-12-06 ({sp6:,.0f}); against that rate the same `ours_noaux` "
+            f"would be {n['tokens_per_s'] / sp6:.2f}x",
+            f"ours (aux loss on, SAELens's objective) {o['tokens_per_s']:,.0f} tokens/s = {s['ours_x_saelens']:.2f}x "
+            f"SAELens's runner ({sl['tokens_per_s']:,.0f}) and {s['ours_x_sparsify']:.2f}x sparsify at its own "
+            f"default; the aux loss costs ours {s['noaux_x_ours']:.2f}x here (SAE steps {to['sae_step_s']:.1f} s "
+            f"with it, {tn['sae_step_s']:.1f} s without: {1e3 * to['sae_step_s'] / steps:.2f} vs "
+            f"{1e3 * tn['sae_step_s'] / steps:.2f} ms per step",
+            f"Held-out FVU: ours {o['heldout_fvu']:.4f}, `ours_noaux` {n['heldout_fvu']:.4f} (20M tokens); sparsify "
+            f"{sp['heldout_fvu']:.4f} and SAELens {sl['heldout_fvu']:.4f} at 2M tokens",
+            f"{t3['tokens_per_s']:,.0f} input tokens/s with the aux loss (target 0.6M: not met",
+            f"SAE steps {t3['time_split']['sae_step_s']:.1f} s",
+        ],
+        _flat("benchmarks/e2e/README.md", after="## Real weights, the same-objective ratio"),
+    )
+    quote = (
+        f"real weights (H100, 2026-12-07): {s['ours_noaux_x_sparsify']:.2f}x sparsify without the aux loss, "
+        f"{s['ours_x_saelens']:.2f}x SAELens's runner with it"
+    )
+    _assert_quoted([quote], _flat("README.md"))
+    _assert_quoted([quote, f"three hooks {t3['tokens_per_s']:,.0f}"], _flat("docs/limitations.md"))
+
+
+def test_aux_copy_second_run_of_2026_12_07_quoted():
+    """benchmarks/training_speed/README.md's second run of the aux-copy rows quotes aux_copy_2/'s JSON, and the
+    decisions it states follow from the numbers."""
+    ms = _step_ms("benchmarks/training_speed/aux_copy_2/training_speed.json")
+    h, s, f = "768x16384_k32_heavy", "640x16384_k32", "fast_weighted_topk+aux"
+    sl, sl6 = ms[h, "saelens_weighted_topk+aux"], ms[s, "saelens_weighted_topk+aux"]
+    d85, d856 = ms[h, f + "[dead0.85]"], ms[s, f + "[dead0.85]"]
+    assert sl / d85 >= 3  # "holds in a second run"
+    for c in (h, s):  # copyall slower at half and a fifth dead; mask faster at 85% dead
+        assert ms[c, f + "[copyall]"] > ms[c, f] and ms[c, f + "[copyall,dead0.2]"] > ms[c, f + "[dead0.2]"]
+        assert ms[c, f + "[mask,dead0.85]"] < ms[c, f + "[dead0.85]"]
+    text = _flat("benchmarks/training_speed/README.md", after="Second run of these rows")
+    _assert_quoted(
+        [
+            f"at the anchor, 85% dead: {d85:.2f} against SAELens's {sl:.2f} ms, {sl / d85:.2f}x "
+            f"({sl / ms[h, f + '[maskfill,dead0.85]']:.2f}x with the separate copy, "
+            f"{ms[h, f + '[maskfill,dead0.85]']:.2f} ms)",
+            f"at (640, 16384, k32) {sl6 / d856:.2f}x ({d856:.2f} against {sl6:.2f} ms)",
+            f"({ms[h, f + '[copyall]']:.2f} vs {ms[h, f]:.2f} ms at the anchor, {ms[s, f + '[copyall]']:.2f} vs "
+            f"{ms[s, f]:.2f} at (640, 16384, k32)) and at a fifth dead ({ms[h, f + '[copyall,dead0.2]']:.2f} vs "
+            f"{ms[h, f + '[dead0.2]']:.2f}, {ms[s, f + '[copyall,dead0.2]']:.2f} vs {ms[s, f + '[dead0.2]']:.2f})",
+            f"{ms[h, f + '[mask,dead0.85]']:.2f} vs {d85:.2f} ms at the anchor "
+            f"({sl / ms[h, f + '[mask,dead0.85]']:.2f}x SAELens's), {ms[s, f + '[mask,dead0.85]']:.2f} vs "
+            f"{d856:.2f} at (640, 16384, k32)",
+        ],
+        text,
+    )
+    pt = (ROOT / "benchmarks/training_speed/aux_copy_2/pytest.txt").read_text()
+    assert "3 failed, 23 passed" in pt and "8 passed" in pt

@@ -12,7 +12,7 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0" || python -m pip install -q "torch>=2.4,<2.15"
-python -m pip install -q -e ".[test,models,saebench]" "zstandard>=0.19"  # zstandard: the [probes] extra, see pyproject
+python -m pip install -q -e ".[test,models,saebench,baselines]" "zstandard>=0.19"  # zstandard: the [probes] extra, see pyproject
 # Triton: the fast step's GPU kernels are tested on CPU through Triton's interpreter (tests/test_fast_kernels.py)
 python -c "import triton" 2>/dev/null || python -m pip install -q "triton==3.6.0" || echo "setup: triton not installed: tests/test_fast_kernels.py will be skipped"
 python -m pip install -q --no-deps "sae-bench>=0.6,<0.7" "sae-probes>=0.4.2,<0.5"

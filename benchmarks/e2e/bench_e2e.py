@@ -243,12 +243,21 @@ def token_rows(b: Bench, model: Any, bos: int | None, tokens: int) -> tuple[np.n
     if b.corpus:
         from sae_rdp_plugin.lm.corpus import load_tokens
 
-        train, held = load_tokens(b.corpus, "train"), load_tokens(b.corpus, "heldout")
-        return cut_rows(train, b.context), cut_rows(held, b.context)
-    vocab = int(model.config.vocab_size)
+        return cut_rows(load_tokens(b.corpus, "train"), b.context), heldout_rows(b, model, bos)
     n_rows = math.ceil(1.25 * tokens / (b.context - 1)) + 8
+    return make_tokens(n_rows, b.context, int(model.config.vocab_size), bos, b.seed), heldout_rows(b, model, bos)
+
+
+def heldout_rows(b: Bench, model: Any, bos: int | None) -> np.ndarray:
+    """The held-out rows of ``b.context`` tokens: the corpus's held-out split cut to that length, or
+    ``b.heldout_tokens`` random tokens (seed ``b.seed + 1``). Every row's SAEs are evaluated on these, and
+    sparsify's also on its own rows of ``b.sparsify_context``."""
+    if b.corpus:
+        from sae_rdp_plugin.lm.corpus import load_tokens
+
+        return cut_rows(load_tokens(b.corpus, "heldout"), b.context)
     n_held = max(1, b.heldout_tokens // b.context)
-    return make_tokens(n_rows, b.context, vocab, bos, b.seed), make_tokens(n_held, b.context, vocab, bos, b.seed + 1)
+    return make_tokens(n_held, b.context, int(model.config.vocab_size), bos, b.seed + 1)
 
 
 def base_of(model: Any) -> Any:
@@ -294,20 +303,25 @@ def hook_activations(
     return {h: torch.cat([a.reshape(-1, a.shape[-1]) for a in got[h]])[keep].float() for h in hooks}
 
 
-def fvu(sae: Any, x: torch.Tensor, decode: Any = None) -> float:
-    """Held-out FVU = 1 - explained variance (sae_rdp_plugin.rdp.metrics.rate_distortion, float64 sums)."""
+def heldout_stats(sae: Any, x: torch.Tensor, n_latents: int, decode: Any = None) -> dict[str, float]:
+    """Held-out statistics of one SAE on ``x`` (sae_rdp_plugin.rdp.metrics.rate_distortion, float64 sums):
+    ``fvu`` = 1 - explained variance, ``dead_fraction`` = the fraction of latents that fire on none of the
+    held-out tokens (of ``n_latents``), ``l0`` = mean active latents per token. ``sae``: a SAELens SAE, or an
+    encode callable with ``decode``. The dead fraction says whether two SAEs of equal tokens/s are the same kind of
+    result (without the aux loss most latents can die on real activations)."""
     from sae_rdp_plugin.rdp.metrics import rate_distortion
 
-    return 1.0 - rate_distortion(sae, x, decode=decode).explained_variance
+    rd = rate_distortion(sae, x, decode=decode)
+    return {"fvu": 1.0 - rd.explained_variance, "dead_fraction": rd.dead_latents / n_latents, "l0": rd.rate}
 
 
 @_phase("heldout")
-def saelens_fvu(path: str | Path, x: torch.Tensor, device: str) -> float:
-    """FVU of a saved SAELens-format SAE (ours and SAELens's both save this format)."""
+def saelens_heldout(path: str | Path, x: torch.Tensor, device: str) -> dict[str, float]:
+    """:func:`heldout_stats` of a saved SAELens-format SAE (ours and SAELens's both save this format)."""
     from sae_lens import SAE
 
     sae = SAE.load_from_disk(str(path), device=device).eval()
-    return fvu(sae, x.to(device))
+    return heldout_stats(sae, x.to(device), int(sae.cfg.d_sae))
 
 
 # ---------------------------------------------------------------------------------------- timing
@@ -623,7 +637,9 @@ def run_ours(
     peak = peak_gb(b)
     sps = clock.steps_per_s()
     x = hook_activations(model, held, hooks, b.device, [i for i in (bos, pad) if i is not None])
-    fvus = [saelens_fvu(s.out, x[s.hook], b.device) for s in specs]
+    stats = [saelens_heldout(s.out, x[s.hook], b.device) for s in specs]
+    fvus = [st["fvu"] for st in stats]
+    dead = [st["dead_fraction"] for st in stats]
     rep = reports[0]
     return {
         "hooks": hooks,
@@ -644,11 +660,14 @@ def run_ours(
             "first_forward_s": pipe.stats.get("first_forward_seconds"),
         },
         "heldout_fvu": fvus if len(specs) > 1 else fvus[0],
+        "heldout_dead_fraction": dead if len(specs) > 1 else dead[0],
         "saes": [
             {
                 "hook": s.hook,
                 "k": k,
-                "heldout_fvu": f,
+                "heldout_fvu": st["fvu"],
+                "heldout_dead_fraction": st["dead_fraction"],
+                "heldout_l0": st["l0"],
                 "fast_step": r.get("fast_step"),
                 "aux_loss_coefficient": r.get("aux_loss_coefficient"),
                 "steps": r.get("steps"),
@@ -661,7 +680,7 @@ def run_ours(
                 "mean_dead_fraction_aux_steps": r.get("mean_dead_fraction_aux_steps"),
                 "cuda_graph_failed": r.get("cuda_graph_failed"),
             }
-            for s, (_, k), f, r in zip(specs, specs_def, fvus, reports)
+            for s, (_, k), st, r in zip(specs, specs_def, stats, reports)
         ],
         "sae_streams": reports[0].get("sae_streams"),
         "fast_options": fast_options,
@@ -842,7 +861,7 @@ def _run_saelens(b: Bench, name: str, tokens: int) -> dict[str, Any]:
     del runner, hooked
     gc.collect()
     x = hook_activations(model, held, [b.hook], b.device, [i for i in (bos, pad) if i is not None])[b.hook]
-    f = saelens_fvu(out, x, b.device)
+    st = saelens_heldout(out, x, b.device)
     return {
         "hooks": [b.hook],
         "n_saes": 1,
@@ -854,7 +873,9 @@ def _run_saelens(b: Bench, name: str, tokens: int) -> dict[str, Any]:
         "wall_s": round(wall, 3),
         "peak_mem_gb": peak,
         "time_split": split.report(wall),
-        "heldout_fvu": f,
+        "heldout_fvu": st["fvu"],
+        "heldout_dead_fraction": st["dead_fraction"],
+        "heldout_l0": st["l0"],
         "sae_dirs": [str(out)],
         "settings": {
             "context_size": ctx,
@@ -950,14 +971,19 @@ def row_sparsify(b: Bench) -> dict[str, Any]:
     peak = peak_gb(b)
     sps = clock.steps_per_s()
     tokens = n_batches * b.sparsify_seqs * per_row
-    x = hook_activations(model, held, [b.hook], b.device, excl)[b.hook]
     sae = SparseCoder.load_from_disk(b.work / "sparsify" / "run" / f"layers.{layer}", device=b.device)
 
     def encode(v: torch.Tensor) -> torch.Tensor:
         e = sae.encode(v.to(sae.dtype))
         return torch.zeros(v.shape[0], sae.num_latents, device=v.device).scatter_(1, e.top_indices, e.top_acts.float())
 
-    f = fvu(encode, x, decode=lambda z: z @ sae.W_dec.float() + sae.b_dec.float())
+    def stats(rows: np.ndarray) -> dict[str, float]:
+        x = hook_activations(model, rows, [b.hook], b.device, excl)[b.hook]
+        return heldout_stats(encode, x, sae.num_latents, decode=lambda z: z @ sae.W_dec.float() + sae.b_dec.float())
+
+    own = stats(held)
+    # the held-out rows every other row is evaluated on (rows of b.context): the FVU comparable with theirs
+    common = own if held.shape[1] == b.context else stats(heldout_rows(b, model, bos))
     return {
         "hooks": [b.hook],
         "hookpoint": f"layers.{layer}",
@@ -970,7 +996,13 @@ def row_sparsify(b: Bench) -> dict[str, Any]:
         "wall_s": round(wall, 3),
         "peak_mem_gb": peak,
         "time_split": split.report(wall),
-        "heldout_fvu": f,
+        # on its own rows of sparsify_context tokens (as trained); _common: on the rows of --context tokens that
+        # every other row's SAEs are evaluated on
+        "heldout_fvu": own["fvu"],
+        "heldout_dead_fraction": own["dead_fraction"],
+        "heldout_l0": own["l0"],
+        "heldout_fvu_common": common["fvu"],
+        "heldout_dead_fraction_common": common["dead_fraction"],
         "settings": {
             "batch_seqs": b.sparsify_seqs,
             "context": train.shape[1],
@@ -1352,6 +1384,11 @@ def _notes(r: dict[str, Any]) -> str:
         return r["error"][:80]
     if r["row"] == "ce_recovered":
         return "CE recovered " + ", ".join(f"{k} {v['ce_recovered']:.3f}" for k, v in r["saes"].items())
+    if r.get("heldout_fvu_common") is not None and r["heldout_fvu_common"] != r.get("heldout_fvu"):
+        return (
+            f"FVU {r['heldout_fvu_common']:.4f}, dead {r['heldout_dead_fraction_common']:.3f} on the other rows' "
+            "held-out rows"
+        )
     return ""
 
 
@@ -1365,8 +1402,8 @@ def table(res: dict[str, Any]) -> str:
         f"sae-lens {res['versions'].get('sae-lens')}, eai-sparsify {res['versions'].get('eai-sparsify')}",
         "",
         "| row | impl | hooks | SAEs | tokens | tokens/s | x SAELens | peak GB | fwd / step / other s | held-out FVU | "
-        "notes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "held-out dead | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ts = r.get("time_split") or {}
@@ -1376,7 +1413,7 @@ def table(res: dict[str, Any]) -> str:
         lines.append(
             f"| {r['row']} | {r['impl']} | {hooks or '-'} | {_fmt(r.get('n_saes'))} | {_fmt(r.get('tokens'))} | "
             f"{_fmt(r.get('tokens_per_s'))} | {_fmt(x, 2)} | {_fmt(r.get('peak_mem_gb'), 2)} | {split} | "
-            f"{_fmt(r.get('heldout_fvu'), 4)} | {_notes(r)} |"
+            f"{_fmt(r.get('heldout_fvu'), 4)} | {_fmt(r.get('heldout_dead_fraction'), 3)} | {_notes(r)} |"
         )
     lines += ["", "summary: " + json.dumps(res.get("summary", {}))]
     return "\n".join(lines)

@@ -340,3 +340,58 @@ def test_corpus_rows_are_cut_to_the_context(bench, monkeypatch):
     assert np.array_equal(t[:8].reshape(-1), train[0, :1024]) and np.array_equal(t[8], train[1, :128])
     assert np.array_equal(h[9], held[1, 128:256])
     assert bench.cut_rows(train, 2000) is train  # rows not longer than the context stay as they are
+
+
+def test_heldout_stats_against_hand_counts(bench):
+    """FVU, dead fraction and L0 of an SAE whose codes and reconstructions are known: latents 0 and 2 of 6 fire
+    (latent 2 on one token only), the reconstruction misses x by a known residual."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 5, generator=g, dtype=torch.float64).float()
+    r = 0.1 * torch.randn(40, 5, generator=g, dtype=torch.float64).float()
+
+    def encode(v):
+        z = torch.zeros(v.shape[0], 6)
+        z[:, 0] = 1.0
+        if v.shape[0] == x.shape[0]:
+            z[7, 2] = 3.0
+        return z
+
+    stats = bench.heldout_stats(encode, x, 6, decode=lambda z: x - r)
+    xd, rd = x.double(), r.double()
+    fvu = (rd**2).sum() / ((xd - xd.mean(0)) ** 2).sum()
+    assert stats["fvu"] == pytest.approx(float(fvu), rel=1e-6)  # (x - r) rounds in float32
+    assert stats["dead_fraction"] == pytest.approx(4 / 6)
+    assert stats["l0"] == pytest.approx(41 / 40)
+
+
+def test_sparsify_row_is_also_evaluated_on_the_common_rows(bench, tmp_path):
+    """sparsify trains on its own rows (64 tokens in --quick); with --context 32 every other row is evaluated on
+    rows of 32, and sparsify's row gives its FVU there too (``heldout_fvu_common``), checked here against the
+    saved SAE through sparsify's own encoder and a float64 FVU on those rows' activations."""
+    pytest.importorskip("sparsify")
+    from sparsify import SparseCoder
+
+    out = tmp_path / "o"
+    os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
+    argv = ["--quick", "--context", "32", "--out", str(out), "--work", str(tmp_path / "w")]
+    assert bench.main([*argv, "--only", "sparsify"]) == 0
+    row = json.loads((out / "latest.json").read_text())["rows"][0]
+    assert "error" not in row, row.get("error")
+    assert row["settings"]["context"] == 64 and row["heldout_fvu_common"] != row["heldout_fvu"]
+    b = bench.make_bench(bench.parse_args(argv))
+    model, tok = bench.load_hf(b)
+    bos, pad = bench.special_ids(model, tok)
+    held = bench.heldout_rows(b, model, bos)
+    assert held.shape[1] == 32
+    x = bench.hook_activations(model, held, [b.hook], "cpu", [i for i in (bos, pad) if i is not None])[b.hook]
+    sae = SparseCoder.load_from_disk(tmp_path / "w" / "sparsify" / "run" / "layers.6", device="cpu")
+    with torch.no_grad():
+        e = sae.encode(x.to(sae.dtype))
+        xh = sae.decode(e.top_acts, e.top_indices).double()
+    xd = x.double()
+    fvu = float(((xd - xh) ** 2).sum() / ((xd - xd.mean(0)) ** 2).sum())
+    assert row["heldout_fvu_common"] == pytest.approx(fvu, rel=1e-3)
+    fired = torch.zeros(sae.num_latents, dtype=torch.bool)
+    fired[e.top_indices[e.top_acts > 0].unique()] = True
+    assert row["heldout_dead_fraction_common"] == pytest.approx(1 - fired.float().mean().item())
+    assert "on the other rows' held-out rows" in (out / "latest.md").read_text()

@@ -2233,6 +2233,9 @@ def test_e2e_real_weights_noaux_run_of_2026_12_07_quoted():
     earlier = json.loads((ROOT / "benchmarks/e2e/runs/2026-12-06-h100-warm-aux-fixed/latest.json").read_text())
     sp6 = next(x for x in earlier["rows"] if x["row"] == "sparsify")["tokens_per_s"]
     assert sp6 > sp["tokens_per_s"]  # the README: sparsify ran slower here
+    rand = json.loads((ROOT / "benchmarks/e2e/runs/2026-12-07-h100-random-init/latest.json").read_text())
+    rn, ro = (next(x for x in rand["rows"] if x["row"] == k) for k in ("ours_noaux", "ours"))
+    assert "heldout_dead_fraction" not in sp  # "Sparsify's dead fraction was not recorded"
     three = json.loads((ROOT / "benchmarks/e2e/runs/2026-12-07-h100-real-weights-3hooks-aux/latest.json").read_text())
     t3 = three["rows"][0]
     assert t3["row"] == "ours_3hooks_streams" and not three["summary"]["targets_met"]["three_hooks_0p6M"]
@@ -2250,6 +2253,11 @@ def test_e2e_real_weights_noaux_run_of_2026_12_07_quoted():
             f"Held-out FVU: ours {o['heldout_fvu']:.4f}, `ours_noaux` {n['heldout_fvu']:.4f} (20M tokens); sparsify "
             f"{sp['heldout_fvu']:.4f} and SAELens {sl['heldout_fvu']:.4f} at 2M tokens",
             f"{t3['tokens_per_s']:,.0f} input tokens/s with the aux loss (target 0.6M: not met",
+            f"`ours_noaux` ended with {100 * n['saes'][0]['train_dead_fraction']:.1f}% of its latents dead",
+            f"ours with the aux loss {100 * o['saes'][0]['train_dead_fraction']:.1f}%; on the random-init "
+            f"architecture {100 * rn['saes'][0]['train_dead_fraction']:.1f}% against "
+            f"{100 * ro['saes'][0]['train_dead_fraction']:.1f}%",
+            f"so the {s['ours_noaux_x_sparsify']:.2f}x compares two runs of one objective",
             f"SAE steps {t3['time_split']['sae_step_s']:.1f} s",
         ],
         _flat("benchmarks/e2e/README.md", after="## Real weights, the same-objective ratio"),
@@ -2259,7 +2267,14 @@ def test_e2e_real_weights_noaux_run_of_2026_12_07_quoted():
         f"{s['ours_x_saelens']:.2f}x SAELens's runner with it"
     )
     _assert_quoted([quote], _flat("README.md"))
-    _assert_quoted([quote, f"three hooks {t3['tokens_per_s']:,.0f}"], _flat("docs/limitations.md"))
+    _assert_quoted(
+        [
+            quote,
+            f"three hooks {t3['tokens_per_s']:,.0f}",
+            f"without the aux loss {100 * n['saes'][0]['train_dead_fraction']:.1f}% of our SAE's latents were dead",
+        ],
+        _flat("docs/limitations.md"),
+    )
 
 
 def test_aux_copy_second_run_of_2026_12_07_quoted():

@@ -12,6 +12,8 @@ fast step; sparsify: bf16 model, as its CLI loads it). Rows, each in its own pro
     ours            pipeline + train_saes, one hook, one SAE
     ours_noaux      ours without the dead-latent aux loss (aux_loss_coefficient 0): sparsify's default objective
                     (its auxk_alpha is 0), for the same-objective ratio against the sparsify row
+    ours_noaux_mean ours_noaux with b_dec started at the mean of the first batches (TrainConfig.b_dec_init="mean"),
+                    as sparsify's Trainer starts it: its recipe as well as its objective
     ours_overlap    the same with PipelineConfig.overlap (the next forward on a side CUDA stream during the steps)
     ours_radix      ours with the aux loss's top-k by topk_kernel.masked_topk (FastTopKConfig.aux_topk="radix")
     ours_mask       ours with the aux loss's dense selection by topk_kernel.topk_mask (FastTopKConfig.aux_topk="mask")
@@ -76,6 +78,7 @@ ROWS = (
     "step_only",
     "ours",
     "ours_noaux",
+    "ours_noaux_mean",
     "ours_overlap",
     "ours_radix",
     "ours_mask",
@@ -469,9 +472,11 @@ class TickingPipeline:
 
 
 # ---------------------------------------------------------------------------------------- rows
-def train_cfg(b: Bench, d_in: int, *, k: int, tokens: int, sae_kwargs: dict[str, Any] | None = None) -> Any:
+def train_cfg(
+    b: Bench, d_in: int, *, k: int, tokens: int, sae_kwargs: dict[str, Any] | None = None, b_dec_init: str = "zeros"
+) -> Any:
     """The one SAE of every row: TopK, d_sae latents, 4096-token steps, Adam lr 3e-4, bf16 on CUDA (``sae_kwargs``:
-    SAELens config fields over its defaults)."""
+    SAELens config fields over its defaults; ``b_dec_init``: TrainConfig's, SAELens's zeros by default)."""
     from sae_rdp_plugin.train.config import TrainConfig
 
     return TrainConfig(
@@ -484,6 +489,7 @@ def train_cfg(b: Bench, d_in: int, *, k: int, tokens: int, sae_kwargs: dict[str,
         autocast=b.cuda,
         device=b.device,
         sae_kwargs=dict(sae_kwargs or {}),
+        b_dec_init=b_dec_init,
     )
 
 
@@ -586,6 +592,7 @@ def run_ours(
     fast_options: dict[str, Any] | None = None,
     profile: bool = False,
     sae_kwargs: dict[str, Any] | None = None,
+    b_dec_init: str = "zeros",
 ) -> dict[str, Any]:
     """Ours: the two calls of ``train_on_model`` (an ActivationPipeline over the token rows, then
     ``train_saes`` with the fast step), made here so that a clock can tick on each batch and leave the
@@ -595,9 +602,9 @@ def run_ours(
     pipeline's side-stream forward (``PipelineConfig.overlap``). ``sae_streams``: each SAE's steps on a CUDA
     stream of its own (``train_saes(sae_streams=True)``). ``fast_options``: FastTopKConfig fields over the fast
     step's defaults (``train_saes(fast_options=...)``). ``sae_kwargs``: SAELens config fields of every SAE
-    (``TrainConfig.sae_kwargs``). ``profile``: torch.profiler over the ``b.profile`` window
-    (only the ``ours_profile`` row: profiling CUDA-graph replays has crashed processes in PyTorch, see
-    :class:`StepProfiler`, so no measured row takes that risk)."""
+    (``TrainConfig.sae_kwargs``); ``b_dec_init``: ``TrainConfig.b_dec_init``. ``profile``: torch.profiler over
+    the ``b.profile`` window (only the ``ours_profile`` row: profiling CUDA-graph replays has crashed processes in
+    PyTorch, see :class:`StepProfiler`, so no measured row takes that risk)."""
     from sae_rdp_plugin.lm.pipeline import ActivationPipeline
     from sae_rdp_plugin.train.lm import SAESpec, train_saes
 
@@ -609,7 +616,7 @@ def run_ours(
     specs = [
         SAESpec(
             hook=h,
-            cfg=train_cfg(b, d_in, k=k, tokens=b.tokens, sae_kwargs=sae_kwargs),
+            cfg=train_cfg(b, d_in, k=k, tokens=b.tokens, sae_kwargs=sae_kwargs, b_dec_init=b_dec_init),
             out=b.work / name / f"{h}-k{k}",
             name=f"{h}-k{k}",
         )
@@ -685,6 +692,7 @@ def run_ours(
         "sae_streams": reports[0].get("sae_streams"),
         "fast_options": fast_options,
         "sae_kwargs": sae_kwargs,
+        "b_dec_init": b_dec_init,
         "epochs": pipe.stats.get("epochs"),
         "pipeline": {
             key: pipe.stats.get(key) for key in ("tokens_per_forward", "compiled", "forwards", "tokens_forwarded")
@@ -702,6 +710,13 @@ def row_ours_noaux(b: Bench) -> dict[str, Any]:
     """ours with sparsify's default objective: no dead-latent aux loss (sparsify's ``auxk_alpha`` defaults to 0,
     SAELens's TopK ``aux_loss_coefficient`` to 1), so that ours and the sparsify row optimise the same loss."""
     return run_ours(b, "ours_noaux", [(b.hook, b.k)], sae_kwargs={"aux_loss_coefficient": 0.0})
+
+
+def row_ours_noaux_mean(b: Bench) -> dict[str, Any]:
+    """ours_noaux with b_dec started at the mean of the first batches: sparsify's Trainer sets its b_dec to the
+    first batch's mean before its first step (its pre-activations centred), SAELens starts it at zero, and with a
+    large offset in the activations the two recipes can end with very different numbers of dead latents."""
+    return run_ours(b, "ours_noaux_mean", [(b.hook, b.k)], sae_kwargs={"aux_loss_coefficient": 0.0}, b_dec_init="mean")
 
 
 def row_ours_overlap(b: Bench) -> dict[str, Any]:
@@ -1336,6 +1351,8 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if noaux and sp_ok:
         # the same objective: sparsify's Trainer at its defaults computes no aux loss (auxk_alpha 0)
         s["ours_noaux_x_sparsify"] = noaux["tokens_per_s"] / sp["tokens_per_s"]
+    if "ours_noaux_mean" in ok and sp_ok:  # sparsify's recipe too (b_dec from the data's mean)
+        s["ours_noaux_mean_x_sparsify"] = ok["ours_noaux_mean"]["tokens_per_s"] / sp["tokens_per_s"]
     if ours and "forward_only" in ok and "step_only" in ok:
         t_sum = 1 / ok["forward_only"]["tokens_per_s"] + 1 / ok["step_only"]["tokens_per_s"]
         s["ours_time_over_forward_plus_step"] = (1 / ours["tokens_per_s"]) / t_sum

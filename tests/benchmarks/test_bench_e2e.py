@@ -19,6 +19,7 @@ ALL_ROWS = [
     "step_only",
     "ours",
     "ours_noaux",
+    "ours_noaux_mean",
     "ours_overlap",
     "ours_radix",
     "ours_mask",
@@ -146,6 +147,9 @@ def test_summary_targets(bench):
     na = bench.summary([*rows, _row("ours_noaux", "ours", 1.3e6)])
     assert na["noaux_x_ours"] == pytest.approx(1.3) and na["ours_noaux_x_sparsify"] == pytest.approx(10.4)
     assert na["targets_met"]["x10_sparsify_same_objective"] is True and na["targets_met"]["x10_sparsify"] is False
+    assert "ours_noaux_mean_x_sparsify" not in na
+    nm = bench.summary([*rows, _row("ours_noaux_mean", "ours", 1.1e6)])  # sparsify's recipe: b_dec from the mean
+    assert nm["ours_noaux_mean_x_sparsify"] == pytest.approx(8.8) and "ours_noaux_x_sparsify" not in nm
     rows[2]["heldout_fvu"] = 0.103  # 3% above SAELens's
     assert bench.summary(rows)["targets_met"]["fvu_within_2pct"] is False
     # FVU is compared only at equal tokens; failed rows count for nothing
@@ -213,8 +217,8 @@ def test_bench_quick_runs_every_row(tmp_path):
     rows = {r["row"]: r for r in res["rows"]}
     assert list(rows) == ALL_ROWS
     for name in (
-        "forward_only", "step_only", "ours", "ours_noaux", "ours_overlap", "ours_radix", "ours_mask", "ours_lagged",
-        "ours_3hooks", "ours_4saes", "saelens_speed", "saelens",
+        "forward_only", "step_only", "ours", "ours_noaux", "ours_noaux_mean", "ours_overlap", "ours_radix",
+        "ours_mask", "ours_lagged", "ours_3hooks", "ours_4saes", "saelens_speed", "saelens",
     ):  # fmt: skip
         r = rows[name]
         assert "error" not in r, (name, r.get("error"))
@@ -231,6 +235,12 @@ def test_bench_quick_runs_every_row(tmp_path):
     assert rows["ours_lagged"]["fast_options"] == {"dead_count": "lagged"}
     # ours_noaux trains SAELens's TopK with aux_loss_coefficient 0 (its effect on the step: tests/fast)
     assert rows["ours_noaux"]["sae_kwargs"] == {"aux_loss_coefficient": 0.0} and rows["ours"]["sae_kwargs"] is None
+    nm = rows["ours_noaux_mean"]
+    assert nm["sae_kwargs"] == {"aux_loss_coefficient": 0.0} and nm["b_dec_init"] == "mean"
+    assert rows["ours_noaux"]["b_dec_init"] == "zeros"
+    for name in ("ours", "ours_noaux_mean", "ours_4saes", "saelens"):  # held-out dead fraction per SAE
+        dead = rows[name]["heldout_dead_fraction"]
+        assert all(0 <= d <= 1 for d in (dead if isinstance(dead, list) else [dead])), (name, dead)
     h3 = rows["ours_3hooks_streams_noaux"]
     assert "error" not in h3, h3.get("error")
     assert h3["n_saes"] == 3 and h3["sae_kwargs"] == {"aux_loss_coefficient": 0.0}

@@ -2266,7 +2266,10 @@ def test_e2e_real_weights_noaux_run_of_2026_12_07_quoted():
         f"real weights (H100, 2026-12-07): {s['ours_noaux_x_sparsify']:.2f}x sparsify without the aux loss, "
         f"{s['ours_x_saelens']:.2f}x SAELens's runner with it"
     )
-    _assert_quoted([quote], _flat("README.md"))
+    _assert_quoted(
+        [quote, f"our SAE {100 * n['saes'][0]['train_dead_fraction']:.1f}% dead at the end without the aux loss"],
+        _flat("README.md"),
+    )
     _assert_quoted(
         [
             quote,

@@ -1353,6 +1353,13 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         s["ours_noaux_x_sparsify"] = noaux["tokens_per_s"] / sp["tokens_per_s"]
     if "ours_noaux_mean" in ok and sp_ok:  # sparsify's recipe too (b_dec from the data's mean)
         s["ours_noaux_mean_x_sparsify"] = ok["ours_noaux_mean"]["tokens_per_s"] / sp["tokens_per_s"]
+    # beside the same-objective ratios, what each run's SAE kept alive (on the common held-out rows): the ratio
+    # compares runs of one loss; these say whether the SAEs are alike
+    dead = {name: ok[name].get("heldout_dead_fraction") for name in ("ours_noaux", "ours_noaux_mean") if name in ok}
+    if sp_ok:
+        dead["sparsify"] = sp.get("heldout_dead_fraction_common")
+    if any(isinstance(v, float) for v in dead.values()):
+        s["heldout_dead_fraction"] = {k: v for k, v in dead.items() if isinstance(v, float)}
     if ours and "forward_only" in ok and "step_only" in ok:
         t_sum = 1 / ok["forward_only"]["tokens_per_s"] + 1 / ok["step_only"]["tokens_per_s"]
         s["ours_time_over_forward_plus_step"] = (1 / ours["tokens_per_s"]) / t_sum

@@ -150,6 +150,10 @@ def test_summary_targets(bench):
     assert "ours_noaux_mean_x_sparsify" not in na
     nm = bench.summary([*rows, _row("ours_noaux_mean", "ours", 1.1e6)])  # sparsify's recipe: b_dec from the mean
     assert nm["ours_noaux_mean_x_sparsify"] == pytest.approx(8.8) and "ours_noaux_x_sparsify" not in nm
+    assert "heldout_dead_fraction" not in nm  # rows without it (earlier runs) add nothing
+    sp_dead = {**rows[4], "heldout_dead_fraction_common": 0.1}
+    dd = bench.summary([*rows[:4], sp_dead, _row("ours_noaux", "ours", 1.3e6, heldout_dead_fraction=0.95)])
+    assert dd["heldout_dead_fraction"] == {"ours_noaux": 0.95, "sparsify": 0.1}
     rows[2]["heldout_fvu"] = 0.103  # 3% above SAELens's
     assert bench.summary(rows)["targets_met"]["fvu_within_2pct"] is False
     # FVU is compared only at equal tokens; failed rows count for nothing

@@ -31,6 +31,8 @@ fast step; sparsify: bf16 model, as its CLI loads it). Rows, each in its own pro
     sparsify        sparsify's Trainer (batch 4 x 1024, its defaults otherwise), --baseline-tokens
     saelens_speed   SAELens's runner (context 128, 32 prompts per forward, 32 batches in buffer), --baseline-tokens
     saelens         the same at --tokens (held-out FVU at equal tokens with ours)
+    sparsify_full   sparsify's Trainer at --tokens (held-out FVU at equal tokens with ours and ours_noaux, on the
+                    common held-out rows)
     ce_recovered    CE loss recovered on held-out text by ours' and SAELens's SAEs (a default row with --gguf)
 
 Per row: tokens/s after ``--warmup-steps`` steps (CUDA-synchronised marks at the end of the warm-up and
@@ -94,9 +96,11 @@ ROWS = (
     "sparsify",
     "saelens_speed",
     "saelens",
+    "sparsify_full",
     "ce_recovered",
 )
 IMPL = {r: "ours" for r in ROWS} | {"sparsify": "sparsify", "saelens_speed": "saelens", "saelens": "saelens"}
+IMPL["sparsify_full"] = "sparsify"
 IMPL["ce_recovered"] = "eval"
 
 
@@ -920,8 +924,17 @@ def row_saelens_speed(b: Bench) -> dict[str, Any]:
 
 
 def row_sparsify(b: Bench) -> dict[str, Any]:
+    return _run_sparsify(b, "sparsify", b.baseline_tokens)
+
+
+def row_sparsify_full(b: Bench) -> dict[str, Any]:
+    return _run_sparsify(b, "sparsify_full", b.tokens)
+
+
+def _run_sparsify(b: Bench, name: str, tokens_wanted: int) -> dict[str, Any]:
     """sparsify's Trainer as its CLI runs it for an FVU loss (the decoder stack in bf16, signum optimizer,
-    batch ``sparsify_seqs`` rows), hookpoint ``layers.L``, BOS excluded; --baseline-tokens tokens."""
+    batch ``sparsify_seqs`` rows), hookpoint ``layers.L``, BOS excluded, ``tokens_wanted`` tokens in whole batches
+    (fewer when the corpus has fewer: ``tokens`` is what it trained on, ``short_of_tokens`` says so)."""
     if not b.cuda:  # its Triton decoder needs a GPU; on CPU the eager one (same math)
         os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
     try:
@@ -933,10 +946,12 @@ def row_sparsify(b: Bench) -> dict[str, Any]:
 
     model, tok = load_hf(b)
     bos, pad = special_ids(model, tok)
-    train, held = token_rows(dataclasses.replace(b, context=b.sparsify_context), model, bos, b.baseline_tokens)
+    train, held = token_rows(dataclasses.replace(b, context=b.sparsify_context), model, bos, tokens_wanted)
     excl = [i for i in (bos, pad) if i is not None]
     per_row = train.shape[1] - 1  # BOS excluded
-    n_batches = max(2, math.ceil(b.baseline_tokens / (b.sparsify_seqs * per_row)))
+    n_batches = max(2, math.ceil(tokens_wanted / (b.sparsify_seqs * per_row)))
+    # one pass over the rows (sparsify's Trainer runs one epoch): a corpus with fewer rows gives fewer batches
+    n_batches = min(n_batches, train.shape[0] // b.sparsify_seqs)
     ds = Dataset.from_dict({"input_ids": train[: n_batches * b.sparsify_seqs]}).with_format("torch")
     layer = b.n_layers - 1
     base = base_of(model)
@@ -946,7 +961,7 @@ def row_sparsify(b: Bench) -> dict[str, Any]:
         hookpoints=[f"layers.{layer}"],
         exclude_tokens=excl,
         log_to_wandb=False,
-        save_dir=str(b.work / "sparsify"),
+        save_dir=str(b.work / name),
         run_name="run",
         save_every=10**9,
     )
@@ -986,7 +1001,7 @@ def row_sparsify(b: Bench) -> dict[str, Any]:
     peak = peak_gb(b)
     sps = clock.steps_per_s()
     tokens = n_batches * b.sparsify_seqs * per_row
-    sae = SparseCoder.load_from_disk(b.work / "sparsify" / "run" / f"layers.{layer}", device=b.device)
+    sae = SparseCoder.load_from_disk(b.work / name / "run" / f"layers.{layer}", device=b.device)
 
     def encode(v: torch.Tensor) -> torch.Tensor:
         e = sae.encode(v.to(sae.dtype))
@@ -1006,6 +1021,7 @@ def row_sparsify(b: Bench) -> dict[str, Any]:
         "d_sae": b.d_sae,
         "k": b.k,
         "tokens": tokens,
+        "short_of_tokens": tokens < tokens_wanted,
         "tokens_per_s": sps * b.sparsify_seqs * per_row if sps else None,
         "tokens_per_s_wall": tokens / wall,
         "wall_s": round(wall, 3),
@@ -1368,6 +1384,19 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         fo, fs = ours.get("heldout_fvu"), full.get("heldout_fvu")
         if isinstance(fo, float) and isinstance(fs, float) and fs > 0:
             s["fvu_rel_diff_vs_saelens"] = (fo - fs) / fs
+    # sparsify at the same tokens, rounded up to its whole batches (4 x 1023 tokens: < 0.1% of 20M)
+    spf = ok.get("sparsify_full")
+    fsp = spf.get("heldout_fvu_common") if spf else None
+    if isinstance(fsp, float) and fsp > 0:
+        st = spf.get("settings", {})
+        batch = st.get("batch_seqs", 0) * (st.get("context", 1) - 1)
+        rel = {}
+        for name in ("ours", "ours_noaux", "ours_noaux_mean"):
+            r = ok.get(name)
+            if r and isinstance(r.get("heldout_fvu"), float) and 0 <= spf["tokens"] - r["tokens"] < batch:
+                rel[name] = (r["heldout_fvu"] - fsp) / fsp
+        if rel:
+            s["fvu_rel_diff_vs_sparsify_full"] = rel
     ce = next((r for r in rows if r["row"] == "ce_recovered" and "error" not in r), None)
     if ce:
         s["ce_recovered"] = {key: v["ce_recovered"] for key, v in ce["saes"].items()}

@@ -34,6 +34,7 @@ ALL_ROWS = [
     "sparsify",
     "saelens_speed",
     "saelens",
+    "sparsify_full",
     "ce_recovered",
 ]
 
@@ -154,6 +155,13 @@ def test_summary_targets(bench):
     sp_dead = {**rows[4], "heldout_dead_fraction_common": 0.1}
     dd = bench.summary([*rows[:4], sp_dead, _row("ours_noaux", "ours", 1.3e6, heldout_dead_fraction=0.95)])
     assert dd["heldout_dead_fraction"] == {"ours_noaux": 0.95, "sparsify": 0.1}
+    # FVU against sparsify at the same tokens (up to its whole batches of 4 x 1023), on the common held-out rows
+    settings = {"batch_seqs": 4, "context": 1024}
+    full = _row("sparsify_full", "sparsify", 1e5, tokens=100 + 4091, heldout_fvu_common=0.02, settings=settings)
+    eq = bench.summary([*rows, full, _row("ours_noaux", "ours", 1.3e6, heldout_fvu=0.03)])
+    assert eq["fvu_rel_diff_vs_sparsify_full"] == {"ours": pytest.approx(4.05), "ours_noaux": pytest.approx(0.5)}
+    full["tokens"] = 100 + 4092  # a whole batch more: not the same tokens
+    assert "fvu_rel_diff_vs_sparsify_full" not in bench.summary([*rows, full])
     rows[2]["heldout_fvu"] = 0.103  # 3% above SAELens's
     assert bench.summary(rows)["targets_met"]["fvu_within_2pct"] is False
     # FVU is compared only at equal tokens; failed rows count for nothing
@@ -289,6 +297,11 @@ def test_bench_quick_runs_every_row(tmp_path):
         assert "not installed" in sp["error"]
     else:
         assert math.isfinite(sp["heldout_fvu"]) and sp["tokens_per_s"] > 0
+        full = rows["sparsify_full"]  # --tokens in its whole batches: the same tokens as ours, FVU compared
+        assert full["impl"] == "sparsify" and 0 <= full["tokens"] - rows["ours"]["tokens"] < 4 * 63
+        assert not full["short_of_tokens"] and set(res["summary"]["fvu_rel_diff_vs_sparsify_full"]) == {
+            "ours", "ours_noaux", "ours_noaux_mean",
+        }  # fmt: skip
     ce = rows["ce_recovered"]
     assert "error" not in ce, ce.get("error")
     assert ce["n_saes"] == 2 and all(math.isfinite(v["ce_recovered"]) for v in ce["saes"].values())

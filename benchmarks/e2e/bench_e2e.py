@@ -629,7 +629,10 @@ def run_ours(
     pcfg = pipeline_cfg(b, hooks, train.shape[1], overlap=overlap)
     pipe = ActivationPipeline(model, train, pcfg, bos_token_id=bos, pad_token_id=pad)
     profiler = StepProfiler(b.device, *b.profile) if profile else None
-    clock = StepClock(b.device, b.warmup_steps, math.ceil(b.tokens / b.batch), profiler)
+    # b_dec_init "mean" draws its batches from the stream before the first step: they tick the clock too, inside
+    # the warm-up (more steps than they are), so the timed window still holds training steps only
+    extra = specs[0].cfg.n_batches_for_norm_estimate if b_dec_init == "mean" else 0
+    clock = StepClock(b.device, max(b.warmup_steps, extra), math.ceil(b.tokens / b.batch) + extra, profiler)
     synchronize(b.device)
     t0 = time.perf_counter()
     reports = train_saes(
@@ -697,6 +700,9 @@ def run_ours(
         "fast_options": fast_options,
         "sae_kwargs": sae_kwargs,
         "b_dec_init": b_dec_init,
+        # the clock's ticks (batches drawn) against the count it expected: equal when its last mark fell on the last
+        # training step
+        "clock": {"ticks": clock.n, "total": clock.total, "warmup": clock.warmup},
         "epochs": pipe.stats.get("epochs"),
         "pipeline": {
             key: pipe.stats.get(key) for key in ("tokens_per_forward", "compiled", "forwards", "tokens_forwarded")

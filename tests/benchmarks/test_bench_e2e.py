@@ -250,6 +250,9 @@ def test_bench_quick_runs_every_row(tmp_path):
     nm = rows["ours_noaux_mean"]
     assert nm["sae_kwargs"] == {"aux_loss_coefficient": 0.0} and nm["b_dec_init"] == "mean"
     assert rows["ours_noaux"]["b_dec_init"] == "zeros"
+    for name in ("ours", "ours_noaux_mean"):  # b_dec's mean batches inside the warm-up: the last mark on the last step
+        c = rows[name]["clock"]
+        assert c["ticks"] == c["total"] and c["warmup"] >= (4 if name == "ours_noaux_mean" else 0), (name, c)
     for name in ("ours", "ours_noaux_mean", "ours_4saes", "saelens"):  # held-out dead fraction per SAE
         dead = rows[name]["heldout_dead_fraction"]
         assert all(0 <= d <= 1 for d in (dead if isinstance(dead, list) else [dead])), (name, dead)

@@ -18,13 +18,12 @@ x86_64; no index, no dependencies resolved: SRC holds them all), then, in the ar
   missing program instead of logging nowhere.
 
 Writes ``OUT/site.tar.xz``, ``OUT/SHA256SUMS`` (of the archive), ``OUT/WHEELS`` (the wheels it holds, with their
-sha256) and the marker ``OUT/.pack_site``, all into a new folder that then replaces OUT; a folder OUT this script
-did not write is refused, never replaced. Exit status 2 and one line ``error: ...`` on bad input.
+sha256) and the marker ``OUT/.pack_site``, all into a new folder that then replaces OUT (``io.staged_folder``); a
+folder OUT this script did not write is refused, never replaced. Exit status 2 and one line ``error: ...`` on bad input.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -32,7 +31,8 @@ import tempfile
 from pathlib import Path
 
 from sae_rdp_plugin.cli import OneLineArgumentParser
-from sae_rdp_plugin.io import sha256_file
+from sae_rdp_plugin.errors import SaeRdpError
+from sae_rdp_plugin.io import check_out_folder, sha256_file, staged_folder
 
 MARKER = ".pack_site"
 # the device's interpreter and platform (the GPU image's python3; ECOSYSTEM.md)
@@ -44,27 +44,21 @@ PIP_TARGET = [
 LEFT_OUT = ("bin", "wandb/bin")
 
 
-class PackError(ValueError):
-    """Bad input: the message is printed as ``error: <message>``."""
-
-
 def check_args(src: Path, out: Path) -> list[Path]:
-    """The wheels of ``src``, after checking that ``out`` may be written (absent, empty, or this script's)."""
+    """The wheels of ``src``, after checking that ``out`` may be written (absent, empty, or this script's:
+    :func:`sae_rdp_plugin.io.check_out_folder`). Bad input: SaeRdpError."""
     if not src.is_dir():
-        raise PackError(f"{src}: no such folder (experiments/table2/prepare.sh downloads the wheels into .whl)")
+        raise SaeRdpError(f"{src}: no such folder (experiments/table2/prepare.sh downloads the wheels into .whl)")
     wheels = sorted(src.glob("*.whl"))
     if not wheels:
-        raise PackError(f"{src}: no .whl files")
+        raise SaeRdpError(f"{src}: no .whl files")
     names = [w.name.split("-")[0].lower().replace("_", "-") for w in wheels]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:  # pip --target would install one over the other
-        raise PackError(f"{src}: more than one wheel of {', '.join(twice)}")
-    if out.exists() and not out.is_dir():
-        raise PackError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise PackError(f"{out}: exists and was not written by pack_site.py")
+        raise SaeRdpError(f"{src}: more than one wheel of {', '.join(twice)}")
+    check_out_folder(out, lambda p: (p / MARKER).is_file(), flag="out")
     if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
-        raise PackError(f"{out}: inside the wheels folder {src}")
+        raise SaeRdpError(f"{out}: inside the wheels folder {src}")
     return wheels
 
 
@@ -74,7 +68,7 @@ def install(wheels: list[Path], target: Path) -> None:
     r = subprocess.run([*cmd, str(target), *PIP_TARGET, *map(str, wheels)], capture_output=True, text=True)
     if r.returncode != 0:
         last = (r.stderr.strip().splitlines() or ["(no message)"])[-1]
-        raise PackError(f"pip could not install the wheels for the device's Python: {last}")
+        raise SaeRdpError(f"pip could not install the wheels for the device's Python: {last}")
 
 
 def archive(target: Path, dest: Path) -> None:
@@ -101,18 +95,14 @@ def pack(src: Path, out: Path) -> Path:
     kept = [out / MARKER, out / "WHEELS", out / "site.tar.xz"]
     if all(p.is_file() for p in kept) and (out / "WHEELS").read_text() == listing:
         return out / "site.tar.xz"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-        target, new = Path(tmp) / "site", Path(tmp) / "out"
+    # the installed tree apart (it is not carried); out replaced whole once its files are all written
+    with tempfile.TemporaryDirectory(prefix="pack_site.") as tmp, staged_folder(out) as new:
+        target = Path(tmp) / "site"
         install(wheels, target)
-        new.mkdir()
         archive(target, new / "site.tar.xz")
         (new / "SHA256SUMS").write_text(f"{sha256_file(new / 'site.tar.xz')}  site.tar.xz\n")
         (new / "WHEELS").write_text(listing)
         (new / MARKER).write_text("written by experiments/table2/pack_site.py\n")
-        if out.exists():
-            shutil.rmtree(out)  # checked above: empty or written by this script
-        new.replace(out)
     return out / "site.tar.xz"
 
 
@@ -123,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         path = pack(args.src, args.out)
-    except PackError as exc:
+    except SaeRdpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{path}: {path.stat().st_size / (1 << 20):.1f} MiB (stage.sh site {args.out})")

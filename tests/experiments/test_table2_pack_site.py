@@ -83,7 +83,7 @@ def test_the_same_wheels_keep_the_archive_and_a_changed_wheel_remakes_it(tmp_pat
         ("no_src", "no such folder"),
         ("no_wheels", "no .whl files"),
         ("twice", "more than one wheel of toypkg"),
-        ("foreign_out", "was not written by pack_site.py"),
+        ("foreign_out", "is a non-empty folder this command did not write"),
         ("out_is_file", "exists and is not a folder"),
         ("out_inside_src", "inside the wheels folder"),
         ("broken_wheel", "pip could not install the wheels"),

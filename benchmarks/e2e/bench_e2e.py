@@ -610,7 +610,7 @@ def run_ours(
     the ``b.profile`` window (only the ``ours_profile`` row: profiling CUDA-graph replays has crashed processes in
     PyTorch, see :class:`StepProfiler`, so no measured row takes that risk)."""
     from sae_rdp_plugin.lm.pipeline import ActivationPipeline
-    from sae_rdp_plugin.train.lm import SAESpec, train_saes
+    from sae_rdp_plugin.train.lm import SAESpec, batches_before_training, train_saes
 
     model, tok = load_hf(b)
     bos, pad = special_ids(model, tok)
@@ -629,9 +629,9 @@ def run_ours(
     pcfg = pipeline_cfg(b, hooks, train.shape[1], overlap=overlap)
     pipe = ActivationPipeline(model, train, pcfg, bos_token_id=bos, pad_token_id=pad)
     profiler = StepProfiler(b.device, *b.profile) if profile else None
-    # b_dec_init "mean" draws its batches from the stream before the first step: they tick the clock too, inside
+    # the batches train_saes draws before the first step (b_dec_init "mean": its estimate) tick the clock too, inside
     # the warm-up (more steps than they are), so the timed window still holds training steps only
-    extra = specs[0].cfg.n_batches_for_norm_estimate if b_dec_init == "mean" else 0
+    extra = batches_before_training(specs)
     clock = StepClock(b.device, max(b.warmup_steps, extra), math.ceil(b.tokens / b.batch) + extra, profiler)
     synchronize(b.device)
     t0 = time.perf_counter()

@@ -55,7 +55,7 @@ import shutil
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,7 @@ __all__ = [
     "SteppedFit",
     "train_saes",
     "train_on_model",
+    "batches_before_training",
     "grid_specs",
     "dataset_tokens",
     "sae_name",
@@ -725,6 +726,19 @@ class _Progress:
             self.wandb.log(log, step=step)
 
 
+def batches_before_training(specs: Sequence[SAESpec]) -> int:
+    """The batches :func:`train_saes` draws from its stream before the first training step of a fresh run: gamma of
+    the weighted SAEs without a gamma file (the largest ``gamma_estimation_batches``), then the normalisation
+    estimate and b_dec mean (the largest ``n_batches_for_norm_estimate`` among the SAEs that need one)."""
+    gamma = [s.cfg.gamma_estimation_batches for s in specs if s.cfg.arch.weighted and not s.cfg.gamma_path]
+    norm = [
+        s.cfg.n_batches_for_norm_estimate
+        for s in specs
+        if s.cfg.normalize_activations != "none" or s.cfg.b_dec_init == "mean"
+    ]
+    return max(gamma, default=0) + max(norm, default=0)
+
+
 def train_saes(
     batches: Iterable[Mapping[str, torch.Tensor]],
     specs: list[SAESpec],
@@ -1017,16 +1031,8 @@ def train_on_model(
         found = [latest_checkpoint(s.out) for s in specs]
         if all(found):
             per_row = pipeline_cfg.context_size - (1 if bos_token_id is not None else 0)
-            # the batches the first run drew before training: gamma of weighted SAEs without a gamma file,
-            # then the normalisation estimate and b_dec mean (train_saes draws the largest count of each)
-            gamma = [s.cfg.gamma_estimation_batches for s in specs if s.cfg.arch.weighted and not s.cfg.gamma_path]
-            norm = [
-                s.cfg.n_batches_for_norm_estimate
-                for s in specs
-                if s.cfg.normalize_activations != "none" or s.cfg.b_dec_init == "mean"
-            ]
             used = found[0][2] // (ctx.world_size if ctx is not None and ctx.distributed else 1)
-            used += (max(gamma, default=0) + max(norm, default=0)) * pipeline_cfg.batch_size
+            used += batches_before_training(specs) * pipeline_cfg.batch_size  # what the first run drew before
             tokens = np.roll(np.asarray(tokens), -((used // max(per_row, 1)) % len(tokens)), axis=0)
     # the shuffle buffer is filled before the first batch: never larger than what the run draws (its budget and
     # the batches drawn before training), else a short run reads, and may repeat, far more of the corpus than

@@ -65,6 +65,7 @@ def test_mean_init_is_the_float64_mean_of_the_normalised_batches(tmp_path, first
     res = train_saes(iter(data), specs, tokens=2 * B, fast=fast, progress=False)
     # the stream: 2 gamma batches, then the 4 batches of the normalisation / mean estimates, then training
     assert res[0]["gamma_batches"] == 2 and res[0]["norm_batches"] == 4 and res[0]["stream_batches"] == 2 + 4 + 2
+    assert lm.batches_before_training(specs) == 2 + 4  # what the stream gave before training, told beforehand
     expect = [
         normalised_mean([b["h.a"] for b in data[2:5]], norm=True),
         normalised_mean([b["h.a"] for b in data[2:4]], norm=False),
